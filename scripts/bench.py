@@ -1,0 +1,1323 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of pgdoorman, Debian's PgBouncer 1.18 and direct PostgreSQL (`make bench`).
+
+Owns the whole run: a throwaway cluster on ports 26000-26099, both poolers as plain child processes,
+pgbench select-only cells with per-process CPU accounting, the idle-client memory test
+(scripts/idle_clients.py), and the generated report docs/benchmarks.md. Every process it starts is
+stopped again in `finally`, also on Ctrl-C / SIGTERM.
+
+Method (facts carried over from the project's performance baseline):
+* every process of ours (postmaster and backends, the pooler, pgbench) runs at nice -10, so that
+  other work on the shared box mostly gets leftover cycles;
+* before each cell we wait (bounded) for the machine to be idle;
+* CPU is exact on-CPU time from /proc/PID/task/*/schedstat summed over threads, taken over a steady
+  window chosen from pgbench's -P 1 progress lines; transactions in the window are rebuilt from them;
+* "foreign" CPU = machine busy (from /proc/stat idle) minus our processes; a cell above the limit is
+  re-run, and a cell where every attempt was contaminated is marked with a dagger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import glob
+import json
+import math
+import os
+import platform
+import queue
+import re
+import resource
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+SCRIPT_DIR = Path(__file__).resolve().parent
+REPO = SCRIPT_DIR.parent
+sys.path.insert(0, str(SCRIPT_DIR))
+
+HOST = "127.0.0.1"
+PORT_PG = 26000
+PORT_PGBOUNCER = 26001
+PORT_PGDOORMAN = 26002
+DB = "bench"
+ROLE = "bench"
+# 200 like the baseline: direct -c 100 fits next to a 20-connection pool, -c 1000 does not.
+PG_MAX_CONNECTIONS = 200
+PG_RESERVED = 3  # superuser_reserved_connections default
+MAX_CLIENTS_POOLER = 12000
+TARGETS = ("direct", "pgbouncer", "pgdoorman")
+MODES = ("simple", "extended", "prepared")
+NICE = -10
+HZ = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+PGBOUNCER_PREPARED_NOTE = "not supported (1.18 has no prepared statement support in transaction mode)"
+DIRECT_TOO_MANY_NOTE = "n/a (max_connections)"
+IDLE_LOGIN_CONCURRENCY = 200
+
+
+class StartError(RuntimeError):
+    """A pooler (or the cluster) could not be started; the message says why, with its log tail."""
+
+
+class Interrupted(BaseException):
+    """Raised from the SIGTERM/SIGHUP handler so that `finally` blocks run as for Ctrl-C."""
+
+
+# ----------------------------------------------------------------------------------------------
+# process bookkeeping
+
+
+class Procs:
+    """Every child process we start, so that all of them are stopped on any exit path."""
+
+    def __init__(self) -> None:
+        self.live: list[subprocess.Popen[Any]] = []
+
+    def spawn(self, cmd: list[str], **kw: Any) -> subprocess.Popen[Any]:
+        p: subprocess.Popen[Any] = subprocess.Popen(cmd, **kw)
+        self.live.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.terminate()
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+                p.wait(5)
+        for stream in (p.stdin, p.stdout, p.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        if p in self.live:
+            self.live.remove(p)
+
+    def stop_all(self) -> None:
+        for p in reversed(list(self.live)):
+            with contextlib.suppress(Exception):
+                self.stop(p, timeout=5.0)
+
+
+def nice_prefix() -> list[str]:
+    # A negative nice value needs root; without it we run at the default priority.
+    return ["nice", "-n", str(NICE)] if os.geteuid() == 0 else []
+
+
+def renice(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, pid, NICE)
+
+
+def raise_nofile(needed: int) -> int:
+    """Raise RLIMIT_NOFILE for us and every child (poolers hold 10,000 idle clients)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed and os.geteuid() == 0:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            return needed
+    new = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def run_text(cmd: list[str], timeout: float = 30.0, env: dict[str, str] | None = None) -> str:
+    """stdout of a short command, or 'unknown (...)' if it fails: used only for version strings."""
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    if r.returncode != 0:
+        return f"unknown ({(r.stderr or r.stdout).strip()[-200:]})"
+    return r.stdout.strip()
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU accounting from /proc
+
+
+def task_cpu_ns(pid: int) -> int | None:
+    """Exact on-CPU ns of pid summed over its threads (schedstat; tick-based utime is unreliable)."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(FileNotFoundError):
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+    except OSError:
+        return None
+    return total
+
+
+def family_cpu_ns(parent: int) -> dict[int, int]:
+    """{pid: ns} for `parent` and its direct children: our postmaster and its backends only."""
+    out: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        pid = int(d)
+        try:
+            if pid != parent:
+                with open(f"/proc/{d}/stat") as f:
+                    s = f.read()
+                if int(s[s.rindex(")") + 2 :].split()[1]) != parent:
+                    continue
+            with open(f"/proc/{d}/schedstat") as f:
+                out[pid] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def machine_idle_s() -> float:
+    """Idle + iowait seconds of all CPUs since boot (exact under nohz)."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    return (vals[3] + vals[4]) / HZ
+
+
+def busy_cores(interval: float) -> float:
+    a = machine_idle_s()
+    time.sleep(interval)
+    return NCPU - (machine_idle_s() - a) / interval
+
+
+def wait_quiet(max_wait: float, threshold: float) -> float | None:
+    """Wait (up to max_wait s) until the box is nearly idle; returns the last busy reading."""
+    if max_wait <= 0:
+        return None
+    deadline = time.monotonic() + max_wait
+    while True:
+        b = busy_cores(2.0)
+        if b < threshold or time.monotonic() >= deadline:
+            return round(b, 3)
+
+
+@dataclasses.dataclass
+class Snapshot:
+    t: float
+    procs: dict[str, int | None]
+    postgres: dict[int, int]
+    idle_s: float
+
+    @classmethod
+    def take(cls, pids: dict[str, int], postmaster: int) -> Snapshot:
+        return cls(
+            time.monotonic(),
+            {k: task_cpu_ns(p) for k, p in pids.items()},
+            family_cpu_ns(postmaster),
+            machine_idle_s(),
+        )
+
+
+def vm_kib(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                k, v = line.split(":")
+                out[k] = int(v.split()[0])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# results
+
+
+@dataclasses.dataclass
+class Cell:
+    target: str
+    mode: str
+    clients: int
+    status: str = "ok"  # ok | failed (transactions failed / clients aborted) | error | skipped
+    note: str = ""
+    tps: float | None = None
+    lat_ms: float | None = None
+    p99_ms: float | None = None
+    n_tx: int | None = None
+    failed: int | None = None
+    aborted_clients: int = 0
+    rc: int | None = None
+    pooler_us: float | None = None
+    pgbench_us: float | None = None
+    postgres_us: float | None = None
+    box_us: float | None = None
+    busy_cores: float | None = None
+    foreign_cores: float | None = None
+    pre_busy: float | None = None
+    window_s: float | None = None
+    cpu_whole_run: bool = False
+    attempts: int = 0
+    contaminated: bool = False
+    errors: list[str] = dataclasses.field(default_factory=list)
+    cmd: str = ""
+
+
+@dataclasses.dataclass
+class Idle:
+    target: str
+    clients: int
+    status: str = "ok"
+    rss_before: int | None = None
+    rss_after: int | None = None
+    hwm_after: int | None = None
+    logged_in: int | None = None
+    login_s: float | None = None
+    alive: str = ""
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def kib_per_client(self) -> float | None:
+        if self.rss_before is None or self.rss_after is None or not self.logged_in:
+            return None
+        return (self.rss_after - self.rss_before) / self.logged_in
+
+
+# ----------------------------------------------------------------------------------------------
+# the benchmark
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.procs = Procs()
+        self.tmp = Path(tempfile.mkdtemp(prefix="pgdoorman-bench-"))
+        self.tmp.chmod(0o755)  # the postgres OS user runs the cluster and PgBouncer below it
+        self.password = secrets.token_hex(12)
+        self.stored_password = ""
+        self.cluster: Any = None
+        self.bindir = ""
+        self.postmaster = 0
+        self.cells: list[Cell] = []
+        self.idle: list[Idle] = []
+        self.commands: list[str] = []
+        self.versions: dict[str, str] = {}
+        self.start_errors: dict[str, str] = {}
+        self.env = dict(os.environ)
+        self.env.update(PGPASSWORD=self.password, PGSSLMODE="disable", PGGSSENCMODE="disable")
+        for k in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE", "PGOPTIONS"):
+            self.env.pop(k, None)
+
+    # --- cluster ---------------------------------------------------------------------------
+
+    def start_cluster(self) -> None:
+        try:
+            from pgcluster import PgCluster, find_bindir
+        except ImportError as exc:
+            raise StartError(f"scripts/pgcluster.py is not importable: {exc}") from exc
+        self.bindir = find_bindir()
+        settings = {
+            "listen_addresses": f"'{HOST}'",
+            "max_connections": str(PG_MAX_CONNECTIONS),
+            "fsync": "off",
+            # The ~160 MB scale-10 data set must sit in shared buffers (default 128MB is too small).
+            "shared_buffers": "'1GB'",
+        }
+        self.cluster = PgCluster(str(self.tmp / "pg"), PORT_PG, host=HOST, settings=settings)
+        self.cluster.init()
+        self.cluster.start()
+        self.cluster.create_role(ROLE, self.password, method="md5")
+        self.cluster.create_database(DB, owner=ROLE)
+        self.stored_password = self.cluster.stored_password(ROLE)
+        if not self.stored_password.startswith("md5"):
+            raise StartError(f"role {ROLE} has no md5 password (got {self.stored_password[:12]}...)")
+        datadir = self.cluster.psql("SHOW data_directory").strip()
+        with open(os.path.join(datadir, "postmaster.pid")) as f:
+            self.postmaster = int(f.readline())
+        self.renice_postgres()
+        init = [
+            self.bin("pgbench"),
+            "-i",
+            "-s",
+            str(self.args.scale),
+            "-q",
+            "-h",
+            HOST,
+            "-p",
+            str(PORT_PG),
+            "-U",
+            ROLE,
+            DB,
+        ]
+        self.commands.append(shlex.join(init))
+        r = subprocess.run(init, env=self.env, capture_output=True, text=True, timeout=1800)
+        if r.returncode != 0:
+            raise StartError(f"pgbench -i failed: {r.stderr.strip()[-2000:]}")
+
+    def renice_postgres(self) -> None:
+        # Backends forked later inherit the postmaster's nice value.
+        for pid in family_cpu_ns(self.postmaster):
+            renice(pid)
+
+    def bin(self, name: str) -> str:
+        return os.path.join(self.bindir, name)
+
+    # --- poolers ---------------------------------------------------------------------------
+
+    def wait_ready(self, p: subprocess.Popen[Any], port: int, logs: list[Path], name: str) -> None:
+        """Poll with a real login + query until the pooler answers, it exits, or time runs out."""
+        deadline = time.monotonic() + self.args.start_timeout
+        env = dict(self.env, PGCONNECT_TIMEOUT="3")
+        probe = [self.bin("psql"), "-h", HOST, "-p", str(port), "-U", ROLE, "-d", DB, "-Atc", "select 1"]
+        last = "no answer"
+        while True:
+            rc = p.poll()
+            if rc is not None:
+                raise StartError(f"{name} exited with status {rc} during start-up:\n{self.log_tails(logs)}")
+            try:
+                r = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=15)
+                if r.returncode == 0 and r.stdout.strip() == "1":
+                    return
+                last = (r.stderr or r.stdout).strip()
+            except subprocess.TimeoutExpired:
+                last = "probe query timed out"
+            if time.monotonic() > deadline:
+                raise StartError(
+                    f"{name} did not answer `select 1` within {self.args.start_timeout:.0f} s "
+                    f"({last}):\n{self.log_tails(logs)}"
+                )
+            time.sleep(0.3)
+
+    @staticmethod
+    def log_tails(logs: list[Path]) -> str:
+        return "\n".join(t for t in (tail(log) for log in logs) if t)
+
+    def start_pgbouncer(self) -> subprocess.Popen[Any]:
+        exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not os.path.exists(exe):
+            ensure = REPO / "scripts" / "ensure_deps.sh"
+            r = subprocess.run(["bash", str(ensure), "pgbouncer"], capture_output=True, text=True)
+            exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+            if not os.path.exists(exe):
+                raise StartError(f"pgbouncer is not installed and ensure_deps.sh failed: {r.stderr[-500:]}")
+        d = self.tmp / "pgbouncer"
+        d.mkdir(exist_ok=True)
+        userlist = d / "userlist.txt"
+        userlist.write_text(f'"{ROLE}" "{self.stored_password}"\n')
+        userlist.chmod(0o600)
+        ini = d / "pgbouncer.ini"
+        ini.write_text(
+            "[databases]\n"
+            f"{DB} = host={HOST} port={PORT_PG} dbname={DB}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = {HOST}\n"
+            f"listen_port = {PORT_PGBOUNCER}\n"
+            "unix_socket_dir =\n"
+            "auth_type = md5\n"
+            f"auth_file = {userlist}\n"
+            "pool_mode = transaction\n"
+            f"default_pool_size = {self.args.pool_size}\n"
+            f"max_client_conn = {MAX_CLIENTS_POOLER}\n"
+            "max_db_connections = 0\n"
+            f"logfile = {d / 'pgbouncer.log'}\n"
+            "log_connections = 0\n"
+            "log_disconnections = 0\n"
+            "log_pooler_errors = 1\n"
+        )
+        cmd = [exe, str(ini)]
+        if os.geteuid() == 0:
+            # PgBouncer refuses to run as root; setpriv execs in place, so the pid we get is PgBouncer's.
+            for path in d.iterdir():
+                os.chown(path, _postgres_uid(), _postgres_gid())
+            os.chown(d, _postgres_uid(), _postgres_gid())
+            cmd = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *cmd]
+        cmd = nice_prefix() + cmd
+        self._note_command(cmd)
+        log = d / "stdout.log"
+        with open(log, "ab") as out:
+            p = self.procs.spawn(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            self.wait_ready(p, PORT_PGBOUNCER, [log, d / "pgbouncer.log"], "pgbouncer")
+        except BaseException:
+            self.procs.stop(p)
+            raise
+        return p
+
+    def pgdoorman_config(self) -> Path:
+        d = self.tmp / "pgdoorman"
+        d.mkdir(exist_ok=True)
+        cfg = d / "pgdoorman.yaml"
+        q = json.dumps  # a JSON string is a valid YAML scalar, so no YAML library is needed here
+        cfg.write_text(
+            "general:\n"
+            f"  host: {q(HOST)}\n"
+            f"  port: {PORT_PGDOORMAN}\n"
+            f"  admin_username: {q('admin')}\n"
+            f"  admin_password: {q(secrets.token_hex(8))}\n"
+            f"  worker_threads: {self.workers}\n"
+            f"  max_connections: {MAX_CLIENTS_POOLER}\n"
+            "pools:\n"
+            f"  {DB}:\n"
+            f"    server_host: {q(HOST)}\n"
+            f"    server_port: {PORT_PG}\n"
+            f"    pool_mode: {q('transaction')}\n"
+            "    users:\n"
+            f"      - username: {q(ROLE)}\n"
+            f"        password: {q(self.stored_password)}\n"
+            f"        pool_size: {self.args.pool_size}\n"
+        )
+        return cfg
+
+    def start_pgdoorman(self) -> subprocess.Popen[Any]:
+        cfg = self.pgdoorman_config()
+        cmd = nice_prefix() + [self.args.python, "-m", "pgdoorman", str(cfg)]
+        self._note_command(cmd)
+        env = dict(self.env)
+        # A --python interpreter outside the venv still finds this checkout's package.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+        log = cfg.parent / "pgdoorman.log"
+        with open(log, "ab") as out:
+            p = self.procs.spawn(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cfg.parent
+            )
+        try:
+            self.wait_ready(p, PORT_PGDOORMAN, [log], "pgdoorman")
+        except BaseException:
+            self.procs.stop(p)
+            raise
+        return p
+
+    def _note_command(self, cmd: list[str]) -> None:
+        line = shlex.join(cmd).replace(str(self.tmp), "$TMP")
+        if line not in self.commands:
+            self.commands.append(line)
+
+    @property
+    def workers(self) -> int:
+        if self.args.workers is not None:
+            return int(self.args.workers)
+        # One worker per core only pays off without a GIL; on ordinary CPython threads would contend.
+        return NCPU if self.free_threaded else 1
+
+    @property
+    def free_threaded(self) -> bool:
+        return self.versions.get("pooler_gil_disabled") == "True"
+
+    # --- pgbench cells ---------------------------------------------------------------------
+
+    def cell(self, target: str, port: int, mode: str, clients: int, pooler_pid: int | None) -> Cell:
+        """Run one cell, retrying while foreign load contaminated the CPU window."""
+        best: Cell | None = None
+        for attempt in range(1, self.args.retries + 2):
+            pre = wait_quiet(self.args.wait_quiet, self.args.max_foreign)
+            c = self.pgbench_once(target, port, mode, clients, pooler_pid)
+            c.attempts, c.pre_busy = attempt, pre
+            if c.status == "ok" and c.foreign_cores is not None and c.foreign_cores > self.args.max_foreign:
+                c.contaminated = True
+            # Keep the last clean attempt, else the least contaminated one.
+            if (
+                best is None
+                or not c.contaminated
+                or (best.contaminated and (c.foreign_cores or 0) < (best.foreign_cores or 0))
+            ):
+                best = c
+            best.attempts = attempt
+            if not c.contaminated:
+                break
+            print(
+                f"    foreign load {c.foreign_cores} cores > {self.args.max_foreign}: re-running", flush=True
+            )
+        assert best is not None
+        return best
+
+    def pgbench_once(self, target: str, port: int, mode: str, clients: int, pooler_pid: int | None) -> Cell:
+        c = Cell(target, mode, clients)
+        logdir = Path(tempfile.mkdtemp(prefix=f"{target}-{mode}-{clients}-", dir=self.tmp))
+        duration = self.args.duration
+        cmd = [
+            *nice_prefix(),
+            self.bin("pgbench"),
+            "-h",
+            HOST,
+            "-p",
+            str(port),
+            "-U",
+            ROLE,
+            "-M",
+            mode,
+            "-S",
+            "-c",
+            str(clients),
+            "-j",
+            str(min(2, clients)),
+            "-T",
+            str(duration),
+            "-P",
+            "1",
+            "--log",
+            "--log-prefix",
+            str(logdir / "tx"),
+            DB,
+        ]
+        c.cmd = shlex.join(cmd).replace(str(logdir), "$LOGDIR")
+        # Steady window: skip the ramp-up (connections, first second) and the last second.
+        win_start = max(1.0, round(duration * 0.2))
+        win_end = max(win_start + 1.0, duration - 1.0)
+        p = self.procs.spawn(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=self.env,
+        )
+        # pgbench -T cannot stop a client stuck in connect(); a hung pooler must not hang the benchmark.
+        watchdog = threading.Timer(duration + 60 + clients * 0.05, p.kill)
+        watchdog.start()
+        pids = {"pgbench": p.pid}
+        if pooler_pid:
+            pids["pooler"] = pooler_pid
+        s_begin = Snapshot.take(pids, self.postmaster)
+        out_lines: list[str] = []
+        reader = threading.Thread(target=lambda: out_lines.extend(p.stdout or []), daemon=True)
+        reader.start()
+        progress: list[tuple[float, float]] = []
+        err_lines: list[str] = []
+        s0 = s1 = None
+        t0 = t1 = 0.0
+        prog_re = re.compile(r"^progress: ([\d.]+) s, ([\d.]+) tps")
+        try:
+            assert p.stderr is not None
+            for line in p.stderr:
+                m = prog_re.match(line)
+                if not m:
+                    err_lines.append(line.rstrip())
+                    continue
+                t, tps = float(m.group(1)), float(m.group(2))
+                progress.append((t, tps))
+                if s0 is None and t >= win_start:
+                    s0, t0 = Snapshot.take(pids, self.postmaster), t
+                elif s0 is not None and s1 is None and t >= win_end:
+                    s1, t1 = Snapshot.take(pids, self.postmaster), t
+            p.wait()
+            s_end = Snapshot.take(pids, self.postmaster)
+            reader.join(10)
+        finally:
+            watchdog.cancel()
+            self.procs.stop(p)
+        c.rc = p.returncode
+        out = "".join(out_lines)
+
+        def grab(pattern: str) -> str | None:
+            m = re.search(pattern, out)
+            return m.group(1) if m else None
+
+        tps_s = grab(r"tps = ([\d.]+) \(without initial connection time\)")
+        lat = grab(r"latency average = ([\d.]+) ms")
+        n_tx = grab(r"number of transactions actually processed: (\d+)")
+        failed = grab(r"number of failed transactions: (\d+)")
+        c.tps = float(tps_s) if tps_s else None
+        c.lat_ms = float(lat) if lat else None
+        c.n_tx = int(n_tx) if n_tx else None
+        c.failed = int(failed) if failed else None
+        c.aborted_clients = sum(1 for ln in err_lines if re.search(r"client \d+ .*aborted", ln))
+        noise = ("pgbench (", "starting vacuum", "end.", "dropping old", "creating ")
+        c.errors = [ln for ln in err_lines if ln and not ln.startswith(noise)][-6:]
+        c.p99_ms, log_failed = p99_from_logs(logdir)
+        if c.failed is None and log_failed:
+            c.failed = log_failed
+        shutil.rmtree(logdir, ignore_errors=True)
+        if p.returncode != 0 or c.tps is None:
+            c.status = "error" if c.tps is None else "failed"
+            if "Run was aborted" in out + "\n".join(err_lines):
+                c.note = "run aborted"
+        elif c.failed or c.aborted_clients:
+            c.status = "failed"
+
+        # CPU: steady window when pgbench got that far, else the whole run (marked in the report).
+        if s0 is not None and s1 is not None:
+            tx = 0.0
+            prev: float | None = None
+            for t, rate in progress:
+                if prev is not None and t0 < t <= t1:
+                    tx += rate * (t - prev)
+                prev = t
+            a, b, tx_n = s0, s1, tx
+        else:
+            a, b, tx_n = s_begin, s_end, float(c.n_tx or 0)
+            c.cpu_whole_run = True
+        wall = b.t - a.t
+        if tx_n > 0 and wall > 0:
+            c.window_s = round(wall, 2)
+
+            def per_tx(ns: float) -> float:
+                return round(ns / 1e3 / tx_n, 1)
+
+            mine = 0.0
+            for key in pids:
+                x, y = a.procs.get(key), b.procs.get(key)
+                if x is not None and y is not None:
+                    mine += y - x
+                    if key == "pooler":
+                        c.pooler_us = per_tx(y - x)
+                    else:
+                        c.pgbench_us = per_tx(y - x)
+            pg = sum(b.postgres[q] - a.postgres[q] for q in set(a.postgres) & set(b.postgres))
+            mine += pg
+            c.postgres_us = per_tx(pg)
+            busy_s = NCPU * wall - (b.idle_s - a.idle_s)
+            c.box_us = round(busy_s * 1e6 / tx_n, 1)
+            c.busy_cores = round(busy_s / wall, 2)
+            c.foreign_cores = round(c.busy_cores - mine / 1e9 / wall, 2)
+        return c
+
+    def run_target(self, target: str) -> None:
+        pooler: subprocess.Popen[Any] | None = None
+        port = {"direct": PORT_PG, "pgbouncer": PORT_PGBOUNCER, "pgdoorman": PORT_PGDOORMAN}[target]
+        starter: Callable[[], subprocess.Popen[Any]] | None = {
+            "pgbouncer": self.start_pgbouncer,
+            "pgdoorman": self.start_pgdoorman,
+        }.get(target)
+        try:
+            if starter is not None:
+                try:
+                    pooler = starter()
+                except StartError as exc:
+                    self.start_errors[target] = str(exc)
+                    print(f"  {target}: could not start: {exc}", flush=True)
+            for mode in self.args.modes:
+                for clients in self.args.clients:
+                    cell = self.skip_reason(target, mode, clients)
+                    if cell is None and target in self.start_errors:
+                        cell = Cell(target, mode, clients, status="error", note="pooler did not start")
+                    if cell is None:
+                        if pooler is not None and pooler.poll() is not None:
+                            # An earlier cell killed the pooler: restart it so one crash is one red cell.
+                            self.procs.stop(pooler)
+                            try:
+                                assert starter is not None
+                                pooler = starter()
+                            except StartError as exc:
+                                self.start_errors[target] = str(exc)
+                                cell = Cell(target, mode, clients, status="error", note="pooler crashed")
+                    if cell is None:
+                        print(f"  {target:9} -M {mode:8} -c {clients:<5} ...", end="", flush=True)
+                        cell = self.cell(target, port, mode, clients, pooler.pid if pooler else None)
+                        if pooler is not None and pooler.poll() is not None:
+                            cell.status = "error"
+                            cell.note = (cell.note + "; " if cell.note else "") + (
+                                f"pooler exited with status {pooler.returncode}"
+                            )
+                        print(" " + one_line(cell), flush=True)
+                    self.cells.append(cell)
+        finally:
+            if pooler is not None:
+                self.procs.stop(pooler)
+        if starter is not None and self.args.idle_clients > 0 and target not in self.start_errors:
+            self.idle.append(self.idle_memory(target, starter, port))
+
+    def skip_reason(self, target: str, mode: str, clients: int) -> Cell | None:
+        if target == "pgbouncer" and mode == "prepared":
+            return Cell(target, mode, clients, status="skipped", note=PGBOUNCER_PREPARED_NOTE)
+        # Both pools may hold their server connections at the same time as direct clients.
+        room = PG_MAX_CONNECTIONS - PG_RESERVED - 2 * self.args.pool_size
+        if target == "direct" and clients > room:
+            return Cell(target, mode, clients, status="skipped", note=DIRECT_TOO_MANY_NOTE)
+        return None
+
+    # --- idle clients ----------------------------------------------------------------------
+
+    def idle_memory(self, target: str, starter: Callable[[], subprocess.Popen[Any]], port: int) -> Idle:
+        n = self.args.idle_clients
+        res = Idle(target, n)
+        print(f"  {target:9} idle clients: {n} ...", end="", flush=True)
+        pooler: subprocess.Popen[Any] | None = None
+        holder: subprocess.Popen[Any] | None = None
+        try:
+            pooler = starter()  # a fresh process: RSS must not include the pgbench runs' leftovers
+            time.sleep(1.0)
+            res.rss_before = vm_kib(pooler.pid)["VmRSS"]
+            cmd = [
+                sys.executable,
+                str(SCRIPT_DIR / "idle_clients.py"),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--user",
+                ROLE,
+                "--password",
+                self.password,
+                "--dbname",
+                DB,
+                "-n",
+                str(n),
+                "--concurrency",
+                str(IDLE_LOGIN_CONCURRENCY),
+            ]
+            self._note_command(cmd[:-8] + ["--password", "$PASSWORD", *cmd[-6:]])
+            holder = self.procs.spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            lines = _line_queue(holder.stdout)
+            ready = _next_json(lines, timeout=60 + n / 100)
+            if ready is None:
+                raise StartError("idle_clients.py did not report its logins in time")
+            res.logged_in, res.login_s = ready["clients"], ready["login_seconds"]
+            if ready["failed"]:
+                res.status = "failed"
+                res.errors.append(f"{ready['failed']} logins failed: {ready['errors']}")
+            time.sleep(2.0)  # let the pooler finish any per-client work before measuring
+            if pooler.poll() is not None:
+                raise StartError(f"{target} exited with status {pooler.returncode} holding idle clients")
+            mem = vm_kib(pooler.pid)
+            res.rss_after, res.hwm_after = mem["VmRSS"], mem["VmHWM"]
+            assert holder.stdin is not None
+            holder.stdin.close()
+            alive = _next_json(lines, timeout=120)
+            if alive is None:
+                res.status = "failed"
+                res.alive = "no answer"
+            else:
+                res.alive = f"{alive['ok']}/{alive['checked']} answered SELECT 1"
+                if alive["ok"] != alive["checked"] or alive["lost_while_idle"]:
+                    res.status = "failed"
+                    res.errors.append(
+                        f"{alive['lost_while_idle']} clients dropped while idle; check errors: {alive['errors']}"
+                    )
+            holder.wait(60)
+        except (StartError, OSError, subprocess.TimeoutExpired, KeyError) as exc:
+            res.status = "error"
+            res.errors.append(str(exc))
+        finally:
+            if holder is not None:
+                self.procs.stop(holder)
+            if pooler is not None:
+                self.procs.stop(pooler)
+        per = res.kib_per_client
+        print(
+            f" {res.status}: {res.logged_in} logged in, "
+            f"{f'{per:.2f} KiB/client' if per is not None else 'no RSS figure'} {'; '.join(res.errors)}",
+            flush=True,
+        )
+        return res
+
+    # --- versions, the whole run -----------------------------------------------------------
+
+    def collect_versions(self) -> None:
+        v = self.versions
+        v["harness_python"] = platform.python_version()
+        env = dict(self.env)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+        probe = (
+            "import sys, sysconfig\n"
+            "print(sys.version.split()[0])\n"
+            "print(bool(sysconfig.get_config_var('Py_GIL_DISABLED')))\n"
+            "try:\n"
+            "    import pgdoorman\n"
+            "    print(getattr(pgdoorman, '__version__', 'unknown'))\n"
+            "except Exception as exc:\n"
+            "    print(f'not importable ({exc})')\n"
+        )
+        out = run_text([self.args.python, "-c", probe], env=env).splitlines()
+        v["pooler_python"] = out[0] if out else "unknown"
+        v["pooler_gil_disabled"] = out[1] if len(out) > 1 else "unknown"
+        version = out[2] if len(out) > 2 else "unknown"
+        commit = run_text(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+        dirty = run_text(["git", "-C", str(REPO), "status", "--porcelain", "--", "pgdoorman"])
+        if commit.startswith("unknown"):
+            commit = "no commit"
+        v["pgdoorman"] = f"{version} (git {commit}{', pgdoorman/ modified' if dirty else ''})"
+        exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        v["pgbouncer"] = (
+            run_text([exe, "--version"]).splitlines()[0] if os.path.exists(exe) else "not installed"
+        )
+
+    def run(self) -> int:
+        self.collect_versions()
+        raise_nofile(MAX_CLIENTS_POOLER + 4096)
+        print(f"workdir {self.tmp}; creating the cluster (pgbench -i -s {self.args.scale}) ...", flush=True)
+        try:
+            self.start_cluster()
+        except (RuntimeError, OSError, KeyError, subprocess.SubprocessError) as exc:
+            if isinstance(exc, StartError):
+                raise
+            raise StartError(f"cluster set-up failed: {exc}") from exc
+        self.versions["postgresql"] = run_text([self.bin("postgres"), "--version"])
+        self.versions["pgbench"] = run_text([self.bin("pgbench"), "--version"])
+        for target in TARGETS:
+            if self.args.only and target != self.args.only:
+                continue
+            print(f"{target}:", flush=True)
+            self.run_target(target)
+        return 0
+
+    def cleanup(self) -> None:
+        # A second Ctrl-C must not cut the clean-up short and leave processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.procs.stop_all()
+        if self.cluster is not None:
+            try:
+                self.cluster.stop()
+            except Exception as exc:  # noqa: BLE001 - cleanup must go on to remove the directory
+                print(f"warning: stopping the cluster failed: {exc}", file=sys.stderr)
+        if not self.args.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            print(f"kept {self.tmp}", file=sys.stderr)
+
+    def bad_results(self) -> list[str]:
+        """Pooler cells and idle tests whose answers were wrong or missing: these fail the run."""
+        bad = [
+            f"{c.target} -M {c.mode} -c {c.clients}: {c.status} {c.note}".strip()
+            for c in self.cells
+            if c.target != "direct" and c.status in ("failed", "error")
+        ]
+        bad += [f"{i.target} idle clients: {i.status}" for i in self.idle if i.status != "ok"]
+        bad += [f"{t}: did not start" for t in self.start_errors]
+        return bad
+
+
+def _postgres_uid() -> int:
+    import pwd
+
+    return pwd.getpwnam("postgres").pw_uid
+
+
+def _postgres_gid() -> int:
+    import pwd
+
+    return pwd.getpwnam("postgres").pw_gid
+
+
+def _line_queue(stream: IO[str] | None) -> queue.Queue[str | None]:
+    q: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        if stream is not None:
+            for line in stream:
+                q.put(line)
+        q.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return q
+
+
+def _next_json(lines: queue.Queue[str | None], timeout: float) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return None
+        if line is None:
+            return None
+        with contextlib.suppress(json.JSONDecodeError):
+            obj = json.loads(line)
+            if isinstance(obj, dict):
+                return obj
+
+
+def p99_from_logs(logdir: Path) -> tuple[float | None, int]:
+    """p99 latency (ms) from pgbench --log files, and the number of transactions logged as failed.
+
+    Per-transaction log lines are `client_id transaction_no time script_no time_epoch time_us [...]`
+    where `time` is the latency in microseconds, or "failed" / "skipped"."""
+    lat: list[int] = []
+    failed = 0
+    for path in glob.glob(str(logdir / "tx.*")):
+        with open(path) as f:
+            for line in f:
+                parts = line.split(" ", 3)
+                if len(parts) < 3:
+                    continue
+                field = parts[2]
+                if field.isdigit():
+                    lat.append(int(field))
+                elif field == "failed":
+                    failed += 1
+    if not lat:
+        return None, failed
+    lat.sort()
+    return lat[max(0, math.ceil(0.99 * len(lat)) - 1)] / 1000.0, failed
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+
+
+def fmt(x: float | int | None, digits: int = 1, thousands: bool = False) -> str:
+    if x is None:
+        return "–"
+    if thousands:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def failed_text(c: Cell) -> str:
+    parts = [] if c.failed is None else [str(c.failed)]
+    if c.aborted_clients:
+        parts.append(f"{c.aborted_clients} clients aborted")
+    elif c.note == "run aborted":
+        parts.append("run aborted")
+    return ", ".join(parts) if parts else "–"
+
+
+def one_line(c: Cell) -> str:
+    s = (
+        f"{c.status}: tps={fmt(c.tps, thousands=True)} avg={fmt(c.lat_ms, 3)}ms p99={fmt(c.p99_ms, 3)}ms "
+        f"failed={failed_text(c)} pooler={fmt(c.pooler_us)}us/tx foreign={fmt(c.foreign_cores, 2)} "
+        f"attempts={c.attempts}"
+    )
+    if c.status != "ok" and (c.note or c.errors):
+        s += f" [{'; '.join(filter(None, [c.note, *c.errors[-2:]]))}]"
+    return s
+
+
+def mode_table(cells: list[Cell], mode: str, clients: list[int]) -> list[str]:
+    rows = [
+        "| -c | target | tps | avg latency ms | p99 latency ms | failed tx | pooler µs/tx | pgdoorman / pgbouncer tps |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    by_key = {(c.target, c.mode, c.clients): c for c in cells}
+    for n in clients:
+        for target in TARGETS:
+            c = by_key.get((target, mode, n))
+            if c is None:
+                continue
+            ratio = "–"
+            if target == "pgdoorman":
+                b = by_key.get(("pgbouncer", mode, n))
+                if b is not None and b.tps and c.tps is not None and c.status == "ok" and b.status == "ok":
+                    ratio = f"{c.tps / b.tps:.2f}×"
+            if c.status == "skipped":
+                rows.append(f"| {n} | {target} | {c.note} | – | – | – | – | – |")
+                continue
+            tps = fmt(c.tps, thousands=True) + (" †" if c.contaminated else "")
+            if c.status == "error" and c.tps is None:
+                tps = "error: " + _md((c.note + ": " if c.note else "") + (c.errors[-1] if c.errors else ""))
+            elif c.status != "ok":
+                tps += " (FAILED)"
+            pooler = fmt(c.pooler_us) + (
+                " (whole run)" if c.cpu_whole_run and c.pooler_us is not None else ""
+            )
+            rows.append(
+                f"| {n} | {target} | {tps} | {fmt(c.lat_ms, 3)} | {fmt(c.p99_ms, 3)} | {failed_text(c)} "
+                f"| {pooler if target != 'direct' else '–'} | {ratio} |"
+            )
+    return rows
+
+
+def _md(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")[:300]
+
+
+def machine_facts() -> dict[str, str]:
+    model = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = "unknown"
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    return {
+        "nproc": str(NCPU),
+        "CPU model": model,
+        "memory": mem,
+        "kernel": platform.release(),
+        "OS": platform.platform(terse=True),
+    }
+
+
+def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime, argv: list[str]) -> str:
+    a = bench.args
+    v = bench.versions
+    out: list[str] = [
+        "# Benchmarks: pgdoorman vs PgBouncer vs direct PostgreSQL",
+        "",
+        f"Generated by `scripts/bench.py` (`make bench`) on {started:%Y-%m-%d %H:%M} UTC "
+        f"(finished {finished:%H:%M} UTC). Do not edit by hand: re-run the script.",
+        "",
+        "Each cell is a single pgbench run on a shared machine. Single runs carry about 3–8 % noise on this "
+        "kind of box, so treat differences under about 10 % as noise.",
+        "",
+        "## Machine and versions",
+        "",
+        "| item | value |",
+        "|---|---|",
+    ]
+    for k, val in machine_facts().items():
+        out.append(f"| {k} | {_md(val)} |")
+    free = " (free-threaded, GIL disabled)" if bench.free_threaded else ""
+    items = [
+        ("Python running pgdoorman", f"{v.get('pooler_python')}{free} — `{a.python}`"),
+        ("Python running the harness", v.get("harness_python", "")),
+        ("PostgreSQL", v.get("postgresql", "")),
+        ("pgbench", v.get("pgbench", "")),
+        ("PgBouncer", v.get("pgbouncer", "")),
+        ("pgdoorman", v.get("pgdoorman", "")),
+        ("pgdoorman worker_threads", str(bench.workers)),
+        ("pool size (both poolers)", str(a.pool_size)),
+    ]
+    for k, val in items:
+        out.append(f"| {k} | {_md(val)} |")
+    out += [
+        "",
+        "## Setup and method",
+        "",
+        f"* PostgreSQL: throwaway cluster on {HOST}:{PORT_PG}, `max_connections={PG_MAX_CONNECTIONS}`, "
+        f"`fsync=off`, `shared_buffers=1GB`; data from `pgbench -i -s {a.scale}` in database `{DB}`, "
+        f"owned by role `{ROLE}` with an md5 password.",
+        f"* PgBouncer on port {PORT_PGBOUNCER}: a plain process (not the system service), "
+        f"`pool_mode = transaction`, `default_pool_size = {a.pool_size}`, `auth_type = md5` with an auth_file, "
+        f"`max_client_conn = {MAX_CLIENTS_POOLER}`.",
+        f"* pgdoorman on port {PORT_PGDOORMAN}: `pool_mode: transaction`, md5 user, `pool_size: {a.pool_size}`, "
+        f"`max_connections: {MAX_CLIENTS_POOLER}`, `worker_threads: {bench.workers}`.",
+        "* Direct: pgbench straight to PostgreSQL. Direct cells with more clients than "
+        f"`max_connections` − {PG_RESERVED} reserved − both pools' server connections are not run "
+        f"({DIRECT_TOO_MANY_NOTE}).",
+        f"* Every cell: `pgbench -S` (select-only), `-j 2`, `-T {a.duration}`, `-P 1`, over TCP with "
+        "`PGSSLMODE=disable`. **tps** is pgbench's figure without initial connection time, **avg latency** is "
+        "pgbench's latency average, **p99** is computed from pgbench's per-transaction `--log` files, "
+        '**failed tx** is pgbench\'s "number of failed transactions" (plus aborted clients, if any).',
+        "* **pooler µs/tx**: the pooler's exact on-CPU time (`/proc/PID/task/*/schedstat`, summed over threads, "
+        "user + kernel) over a steady window divided by the transactions in that window. The window runs from "
+        f"the progress line at {max(1.0, round(a.duration * 0.2)):.0f} s to the one at "
+        f"{max(max(1.0, round(a.duration * 0.2)) + 1, a.duration - 1):.0f} s; transactions in it are rebuilt "
+        'from the progress lines. "(whole run)" marks a cell that never reached the window (for instance '
+        "an aborted run), where the whole run is used instead.",
+        f"* All our processes (postmaster and backends, poolers, pgbench) run at nice {NICE}. Before each cell "
+        f"the script waits up to {a.wait_quiet:.0f} s for the machine to be idle (below {a.max_foreign} busy "
+        "cores). Foreign CPU (machine busy minus our processes) is measured in the window; above "
+        f"{a.max_foreign} cores the cell is re-run, up to {a.retries} more time(s). **†** marks a cell where "
+        "every attempt was contaminated (the least contaminated one is shown).",
+        "* `-M prepared` through PgBouncer 1.18 is not run: prepared statements in transaction mode arrived "
+        "only in PgBouncer 1.21. Through pgdoorman it is run and any failure is reported as such.",
+        f"* Idle clients: a fresh pooler process; `scripts/idle_clients.py` logs in {a.idle_clients:,} clients "
+        "(StartupMessage, md5 password, up to ReadyForQuery) and holds them idle. KiB per idle client = "
+        f"(VmRSS with the clients − VmRSS before) / clients, read 2 s after the last login. Afterwards "
+        "`SELECT 1` runs on 20 random idle clients to prove they are alive.",
+        "",
+        "## Commands",
+        "",
+        "```sh",
+        "# this report",
+        shlex.join(
+            [
+                os.path.relpath(sys.executable, REPO)
+                if sys.executable.startswith(str(REPO))
+                else sys.executable,
+                "scripts/bench.py",
+                *argv,
+            ]
+        ),
+        "# what it ran ($TMP is its throwaway directory, $LOGDIR a per-cell directory in it)",
+        *bench.commands,
+    ]
+    seen: list[str] = []
+    for c in bench.cells:
+        if c.cmd:
+            key = re.sub(r"-c \d+ -j \d+ ", "-c N -j 2 ", c.cmd.replace(str(bench.tmp), "$TMP"))
+            if key not in seen:
+                seen.append(key)
+    if seen:
+        out.append(f"# pgbench cells: N in {{{','.join(map(str, a.clients))}}} (-j 1 when N is 1)")
+        out += seen
+    out += ["```", ""]
+    for mode in a.modes:
+        cells = [c for c in bench.cells if c.mode == mode]
+        if not cells:
+            continue
+        out += [f"## -S -M {mode}", ""] + mode_table(cells, mode, a.clients) + [""]
+    if bench.idle:
+        out += [
+            "## Idle clients: memory",
+            "",
+            "| pooler | idle clients logged in | VmRSS before KiB | VmRSS with clients KiB | KiB per idle client "
+            "| login time s | liveness check | status |",
+            "|---|---:|---:|---:|---:|---:|---|---|",
+        ]
+        for i in bench.idle:
+            out.append(
+                f"| {i.target} | {fmt(i.logged_in, thousands=True)} | {fmt(i.rss_before, thousands=True)} "
+                f"| {fmt(i.rss_after, thousands=True)} | {fmt(i.kib_per_client, 2)} | {fmt(i.login_s, 2)} "
+                f"| {i.alive or '–'} | {i.status}{': ' + _md('; '.join(i.errors)) if i.errors else ''} |"
+            )
+        out.append("")
+    out += [
+        "## CPU detail per cell",
+        "",
+        'µs of CPU per transaction in the window, by process. "box" is everything the machine did '
+        "(2 cores = 2,000,000 µs/s); foreign is what other work on the machine used.",
+        "",
+        "| target | -M | -c | tps | pgbench µs/tx | postgres µs/tx | pooler µs/tx | box µs/tx | busy cores "
+        "| foreign cores | idle before (cores) | window s | attempts |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in bench.cells:
+        if c.status == "skipped" or (c.tps is None and c.pooler_us is None):
+            continue
+        out.append(
+            f"| {c.target} | {c.mode} | {c.clients} | {fmt(c.tps, thousands=True)}{' †' if c.contaminated else ''} "
+            f"| {fmt(c.pgbench_us)} | {fmt(c.postgres_us)} | {fmt(c.pooler_us)} | {fmt(c.box_us)} "
+            f"| {fmt(c.busy_cores, 2)} | {fmt(c.foreign_cores, 2)} | {fmt(c.pre_busy, 2)} | {fmt(c.window_s, 1)} "
+            f"| {c.attempts} |"
+        )
+    problems = [c for c in bench.cells if c.status in ("failed", "error")]
+    if problems or bench.start_errors:
+        out += ["", "## Failures and errors", ""]
+        for t, err in bench.start_errors.items():
+            out += [
+                f"* **{t} did not start:**",
+                "",
+                "  ```",
+                *("  " + ln for ln in err.splitlines()),
+                "  ```",
+            ]
+        for c in problems:
+            detail = "; ".join(filter(None, [c.note, *c.errors]))
+            out.append(f"* {c.target} -M {c.mode} -c {c.clients}: {c.status}, rc={c.rc}: {_md(detail)}")
+    bad = bench.bad_results()
+    out += [
+        "",
+        "## Verdict",
+        "",
+        (
+            "Every transaction through the poolers succeeded."
+            if not bad
+            else "**Not a clean benchmark:** " + "; ".join(_md(b) for b in bad) + "."
+        ),
+        "",
+    ]
+    return "\n".join(out)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, help="seconds per pgbench cell (-T); default 15, 5 with --quick")
+    ap.add_argument(
+        "--clients", help="comma-separated client counts; default 10,100,1000 (10,100 with --quick)"
+    )
+    ap.add_argument("--modes", default="simple,extended,prepared", help="comma-separated pgbench -M modes")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke test: 5 s cells, 10 and 100 clients, 2,000 idle"
+    )
+    ap.add_argument("--only", choices=TARGETS, help="run one target only")
+    ap.add_argument(
+        "--python",
+        default=str(REPO / ".venv" / "bin" / "python"),
+        help="interpreter that runs pgdoorman (e.g. a free-threaded 3.13t)",
+    )
+    ap.add_argument(
+        "--workers", type=int, help="pgdoorman worker_threads (default: nproc if free-threaded, else 1)"
+    )
+    ap.add_argument("--pool-size", type=int, default=20, help="server connections per pool, both poolers")
+    ap.add_argument(
+        "--idle-clients",
+        type=int,
+        help="idle clients for the memory test (0 skips it); default 10000, 2000 with --quick",
+    )
+    ap.add_argument("--scale", type=int, default=10, help="pgbench -i -s")
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        help="max seconds to wait for an idle box before a cell (default 60, 10 with --quick)",
+    )
+    ap.add_argument(
+        "--max-foreign", type=float, default=0.15, help="foreign CPU cores that contaminate a cell"
+    )
+    ap.add_argument("--retries", type=int, help="re-runs of a contaminated cell (default 2, 0 with --quick)")
+    ap.add_argument("--start-timeout", type=float, default=30.0, help="seconds for a pooler to answer")
+    ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="report path")
+    ap.add_argument("--json", help="also write the raw results as JSON to this path")
+    ap.add_argument("--keep", action="store_true", help="keep the throwaway directory (logs) for debugging")
+    a = ap.parse_args(argv)
+    a.duration = a.duration or (5 if a.quick else 15)
+    a.clients = [int(x) for x in (a.clients or ("10,100" if a.quick else "10,100,1000")).split(",") if x]
+    a.modes = [m for m in a.modes.split(",") if m]
+    for m in a.modes:
+        if m not in MODES:
+            ap.error(f"unknown mode {m!r} (choose from {', '.join(MODES)})")
+    if a.idle_clients is None:
+        a.idle_clients = 2000 if a.quick else 10000
+    if a.wait_quiet is None:
+        a.wait_quiet = 10.0 if a.quick else 60.0
+    if a.retries is None:
+        a.retries = 0 if a.quick else 2
+    if a.duration < 3:
+        ap.error("--duration must be at least 3 s (the CPU window needs a steady part)")
+    return a
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise Interrupted(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    bench = Bench(args)
+    started = datetime.datetime.now(datetime.UTC)
+    status = 0
+    interrupted = False
+    try:
+        bench.run()
+    except StartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        status = 2
+    except (KeyboardInterrupt, Interrupted):
+        interrupted = True
+        print("\ninterrupted: stopping everything", file=sys.stderr)
+    finally:
+        bench.cleanup()
+    if interrupted:
+        return 130
+    finished = datetime.datetime.now(datetime.UTC)
+    if bench.cells or bench.idle:
+        report = render(bench, started, finished, argv)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(report)
+        print()
+        print(report[report.index("## -S") if "## -S" in report else 0 :])
+        print(f"wrote {args.out}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "versions": bench.versions,
+                    "cells": [dataclasses.asdict(c) for c in bench.cells],
+                    "idle": [
+                        dataclasses.asdict(i) | {"kib_per_client": i.kib_per_client} for i in bench.idle
+                    ],
+                    "start_errors": bench.start_errors,
+                },
+                indent=1,
+            )
+        )
+    bad = bench.bad_results()
+    if bad:
+        print("FAILED: " + "; ".join(bad), file=sys.stderr)
+        return max(status, 1)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
