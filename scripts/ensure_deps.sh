@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests, `make run`, the benchmark and the free-threaded build need.
+# Idempotent and quiet when everything is present; runs `apt-get update` at most once per call.
+# Usage: scripts/ensure_deps.sh [postgres|pgbouncer|ftbuild|all]...   (default: postgres)
+set -euo pipefail
+
+want=()
+for group in "${@:-postgres}"; do
+    case "$group" in
+        postgres) want+=(postgresql postgresql-client libpq5) ;;
+        pgbouncer) want+=(pgbouncer) ;;
+        # What CPython's configure needs for ssl (pip), zlib (wheels), ctypes (psycopg's libpq
+        # binding), and the other stdlib modules the test tools import.
+        ftbuild) want+=(build-essential dpkg-dev pkg-config libssl-dev zlib1g-dev libffi-dev libbz2-dev
+                        liblzma-dev libsqlite3-dev libreadline-dev libncurses-dev uuid-dev libpq5) ;;
+        all) exec "$0" postgres pgbouncer ftbuild ;;
+        *) echo "ensure_deps.sh: unknown group '$group' (postgres|pgbouncer|ftbuild|all)" >&2; exit 2 ;;
+    esac
+done
+
+installed() {
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = "installed" ]
+}
+
+missing=()
+for pkg in "${want[@]}"; do
+    # The postgres group is satisfied by any server version that ships initdb and pg_ctl.
+    if [ "$pkg" = postgresql ] && compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null; then
+        continue
+    fi
+    if [ "$pkg" = postgresql-client ] && command -v psql >/dev/null; then
+        continue
+    fi
+    installed "$pkg" || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null; then sudo=(sudo); else
+        echo "ensure_deps.sh: need root to install: ${missing[*]}" >&2; exit 1
+    fi
+else
+    sudo=()
+fi
+
+echo "ensure_deps.sh: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# Debian's pgbouncer package starts a system pgbouncer on 6432 where the init system allows it;
+# that port belongs to `make run` and the benchmark here, so stop it again.
+if printf '%s\n' "${missing[@]}" | grep -qx pgbouncer; then
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        "${sudo[@]}" systemctl disable --now pgbouncer >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/pgbouncer ]; then
+        "${sudo[@]}" /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
+    fi
+fi

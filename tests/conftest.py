@@ -1,0 +1,90 @@
+"""Shared fixtures: a session-wide throwaway PostgreSQL (``pg``), pooler subprocesses built on it
+(``pooler_factory``), the ``concurrency`` marker, and pooler logs attached to failing test reports.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Tests import their helpers as ``tests.support.*`` whatever directory pytest was started from.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.support.cluster import PgCluster, pooler_config, start_test_cluster  # noqa: E402
+from tests.support.pooler import Pooler, free_port  # noqa: E402
+
+_POOLERS = pytest.StashKey[list[Pooler]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "concurrency: multi-threaded tests, also run under free-threaded CPython 3.13t by `make test`",
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    # A failing test shows the tail of every pooler it started, next to its traceback.
+    if report.failed:
+        for pooler in item.stash.get(_POOLERS, []):
+            report.sections.append((f"pooler log (port {pooler.port})", pooler.log_tail()))
+    return report
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgCluster]:
+    """A started PostgreSQL with database ``app``, roles app_scram (SCRAM) / app_md5 (md5), superuser postgres."""
+    # Not pytest's tmp_path: it lives under a 0700 root directory the postgres OS user cannot enter.
+    basedir = tempfile.mkdtemp(prefix="pgdoorman-test-pg-")
+    try:
+        cluster = start_test_cluster(basedir, free_port())
+    except BaseException:
+        shutil.rmtree(basedir, ignore_errors=True)
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        if os.environ.get("PGDOORMAN_KEEP_PG"):
+            print(f"\nkept test cluster in {basedir}")
+        else:
+            shutil.rmtree(basedir, ignore_errors=True)
+
+
+@pytest.fixture
+def pooler_factory(
+    pg: PgCluster, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Pooler]]:
+    """Call with pooler_config() keyword overrides (general=, pool=, users=, pools=, pool_mode=,
+    pool_size=) plus start= (default True), python= and env=; returns a Pooler. All are stopped at
+    teardown."""
+    poolers: list[Pooler] = []
+    request.node.stash[_POOLERS] = poolers
+
+    def make(
+        *,
+        start: bool = True,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> Pooler:
+        workdir = tmp_path / f"pooler{len(poolers)}"
+        workdir.mkdir()
+        pooler = Pooler(pooler_config(pg, **overrides), str(workdir), python=python, env=env)
+        poolers.append(pooler)
+        return pooler.start() if start else pooler
+
+    yield make
+    for pooler in poolers:
+        pooler.stop()

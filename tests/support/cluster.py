@@ -1,0 +1,94 @@
+"""The test suite's PostgreSQL: one throwaway cluster per session with fixed roles and a database,
+and the pooler config that points at it. Names and passwords live here so tests share one source.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
+
+from pgcluster import PgCluster  # noqa: E402  (scripts/ is not a package)
+
+DBNAME = "app"
+SCRAM_USER = "app_scram"
+SCRAM_PASSWORD = "scram_pw"
+MD5_USER = "app_md5"
+MD5_PASSWORD = "md5_pw"
+SUPERUSER = "postgres"  # trusted over 127.0.0.1 and the Unix socket
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = "admin"
+
+
+def start_test_cluster(basedir: str, port: int) -> PgCluster:
+    """initdb + start, then roles app_scram (SCRAM) and app_md5 (md5) and database app they can use."""
+    pg = PgCluster(basedir, port)
+    pg.init()
+    pg.start()
+    try:
+        pg.create_role(SCRAM_USER, SCRAM_PASSWORD, "scram-sha-256")
+        pg.create_role(MD5_USER, MD5_PASSWORD, "md5")
+        pg.create_database(DBNAME, owner=SCRAM_USER)
+        # PostgreSQL 15 no longer lets PUBLIC create in schema public: grant it to the md5 role too.
+        pg.psql(f"GRANT ALL ON DATABASE {DBNAME} TO {MD5_USER};")
+        pg.psql(f"GRANT ALL ON SCHEMA public TO {MD5_USER};", dbname=DBNAME)
+    except BaseException:
+        pg.stop("immediate")
+        raise
+    return pg
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``override`` merged in: nested dicts merge, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def pooler_config(
+    pg: PgCluster,
+    general: dict[str, Any] | None = None,
+    pool: dict[str, Any] | None = None,
+    users: list[dict[str, Any]] | None = None,
+    pools: dict[str, Any] | None = None,
+    pool_mode: str = "transaction",
+    pool_size: int = 5,
+) -> dict[str, Any]:
+    """PgDoorman config with one pool ``app`` on ``pg`` for both test roles.
+
+    Users carry the verifiers PostgreSQL stores (as PgDoorman users copy pg_shadow), so SCRAM and md5
+    passthrough to the server work. ``general`` and ``pool`` merge into the defaults, ``users``
+    replaces the user list, ``pools`` merges at the top of ``pools`` (extra pools, or overrides).
+    """
+    if users is None:
+        users = [
+            {"username": SCRAM_USER, "password": pg.stored_password(SCRAM_USER), "pool_size": pool_size},
+            {"username": MD5_USER, "password": pg.stored_password(MD5_USER), "pool_size": pool_size},
+        ]
+    app_pool: dict[str, Any] = {
+        "server_host": pg.host,
+        "server_port": pg.port,
+        "pool_mode": pool_mode,
+        "users": users,
+    }
+    config: dict[str, Any] = {
+        "general": {
+            "host": "127.0.0.1",
+            "admin_username": ADMIN_USER,
+            "admin_password": ADMIN_PASSWORD,
+            "worker_threads": 1,
+        },
+        "pools": {DBNAME: deep_merge(app_pool, pool or {})},
+    }
+    config["general"] = deep_merge(config["general"], general or {})
+    config["pools"] = deep_merge(config["pools"], pools or {})
+    return config

@@ -1,0 +1,180 @@
+"""Runs the real pooler (``python -m pgdoorman CONFIG -l debug``) as a subprocess for integration tests:
+writes its YAML config, waits until its port accepts connections, stops it, and exposes its log.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel just considered free (racy by nature, but fine for loopback tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def libpq_quote(value: str) -> str:
+    """Quote a value for a libpq key=value connection string."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _connect_host(listen_host: str) -> str:
+    # A wildcard listen address is reached through loopback.
+    if listen_host in ("", "*", "0.0.0.0"):
+        return "127.0.0.1"
+    if listen_host == "::":
+        return "::1"
+    return listen_host
+
+
+class Pooler:
+    """One pooler process. ``config`` is PgDoorman's YAML schema as a dict; it is copied."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: str,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.config = copy.deepcopy(config)
+        self.workdir = workdir
+        self.python = python
+        self.env = dict(env or {})
+        general = self.config.setdefault("general", {})
+        general.setdefault("host", "127.0.0.1")
+        self.host = _connect_host(str(general["host"]))
+        self.port: int = int(general["port"]) if "port" in general else 0
+        self.config_path = os.path.join(workdir, "pg_doorman.yaml")
+        self.log_path = os.path.join(workdir, "pooler.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Pooler:
+        return self.start() if self.proc is None else self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def write_config(self) -> None:
+        """(Re)write the YAML file from ``self.config``, e.g. before sending SIGHUP."""
+        os.makedirs(self.workdir, exist_ok=True)
+        with open(self.config_path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(self.config, f, sort_keys=False)
+
+    def start(self, timeout: float = 15) -> Pooler:
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("pooler already running")
+        if not self.port:
+            self.port = free_port()
+        self.config["general"]["port"] = self.port
+        self.write_config()
+        env = {**os.environ, **self.env}
+        # The pooler must import this checkout even from a venv where it is not installed.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- starting pooler on {self.host}:{self.port} ---\n".encode())
+            log.flush()
+            # New session: a Ctrl-C aimed at pytest must not reach the pooler (SIGINT without a TTY
+            # means "binary upgrade" to PgDoorman), and stop() can reap the whole process group.
+            self.proc = subprocess.Popen(
+                [self.python, "-m", "pgdoorman", self.config_path, "-l", "debug"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=env,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"pooler exited with {self.proc.returncode} before accepting connections\n{self.log_tail()}"
+                )
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"pooler did not accept connections within {timeout}s\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        if self.proc is None:
+            raise RuntimeError("pooler not started")
+        self.proc.send_signal(sig)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10) -> int:
+        """SIGTERM (PgDoorman's immediate exit), SIGKILL after ``timeout``; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._kill_group()
+                self.proc.wait(5)
+        # Children it spawned (a binary upgrade, say) share its process group: leave none behind.
+        self._kill_group()
+        return self.proc.returncode
+
+    def _kill_group(self) -> None:
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        tail = self.log().splitlines()[-lines:]
+        return f"--- {self.log_path} (last {len(tail)} lines) ---\n" + "\n".join(tail)
+
+    def wait_for_log(self, text: str, timeout: float = 10) -> bool:
+        """True once ``text`` appears in the log; False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return True
+            time.sleep(0.05)
+        return text in self.log()
+
+    def dsn(self, user: str, password: str, dbname: str) -> str:
+        parts = {
+            "host": self.host,
+            "port": str(self.port),
+            "user": user,
+            "password": password,
+            "dbname": dbname,
+            "sslmode": "disable",
+        }
+        return " ".join(f"{k}={libpq_quote(v)}" for k, v in parts.items())
