@@ -1,0 +1,273 @@
+"""The process owner: builds pools and workers from the config, binds listeners, runs the worker threads,
+and turns signals and admin commands into reload, pause and shutdown. Signal handlers only set flags
+and wake the main thread; the main thread does the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from pgdoorman import __version__
+from pgdoorman.cancel import CancelRegistry
+from pgdoorman.config import Config, ConfigError, load_config
+from pgdoorman.net.sockopts import TcpOptions, tcp_listener, unix_listener
+from pgdoorman.pool import Pool
+from pgdoorman.protocol import auth
+from pgdoorman.worker import Worker
+
+if TYPE_CHECKING:
+    from pgdoorman.client import ClientConn
+
+log = logging.getLogger("pgdoorman")
+
+
+def gil_enabled() -> bool:
+    f = getattr(sys, "_is_gil_enabled", None)
+    return True if f is None else bool(f())
+
+
+def default_workers() -> int:
+    if gil_enabled():
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class App:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        g = config.general
+        self.nworkers = g.worker_threads or default_workers()
+        self.workers = [Worker(self, i) for i in range(self.nworkers)]
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.pool_list: list[Pool] = []
+        self.cancels = CancelRegistry()
+        self.count_lock = threading.Lock()
+        self.n_clients = 0
+        self.total_accepted = 0
+        self.shutting_down = False
+        self.started = time.time()
+        self._admin_verifier: auth.ScramVerifier | None = None
+        self._wake = threading.Event()
+        self._reload_requested = False
+        self._shutdown_requested = False
+        self.shutdown_deadline = 0.0
+        self.unix_path: str | None = None
+        self.tcp_options = self._tcp_options()
+        self._build_pools(config)
+
+    # ------------------------------------------------------------------ config
+    def _tcp_options(self) -> TcpOptions:
+        g = self.config.general
+        return TcpOptions(
+            no_delay=g.tcp_no_delay,
+            keepalives_idle=g.tcp_keepalives_idle,
+            keepalives_interval=g.tcp_keepalives_interval,
+            keepalives_count=g.tcp_keepalives_count,
+            user_timeout=g.tcp_user_timeout,
+        )
+
+    def _build_pools(self, config: Config) -> None:
+        seen = set()
+        for pname, pcfg in config.pools.items():
+            for ucfg in pcfg.users:
+                key = (pname, ucfg.username)
+                seen.add(key)
+                pool = self.pools.get(key)
+                if pool is None:
+                    pool = Pool(config, pcfg, ucfg, self.nworkers)
+                    self.pools[key] = pool
+                else:
+                    old_target = (pool.pool_cfg.server_host, pool.pool_cfg.server_port,
+                                  pool.pool_cfg.server_database, pool.server_user, pool.server_secret)
+                    pool.apply(config, pcfg, ucfg)
+                    new_target = (pcfg.server_host, pcfg.server_port, pcfg.server_database,
+                                  pool.server_user, pool.server_secret)
+                    if old_target != new_target:
+                        pool.epoch += 1  # servers of the old target are closed as they come back
+                        pool.server_params = None
+                        self._close_idle(pool)
+                    pool.scram_verifier = None
+        for key in list(self.pools):
+            if key not in seen:
+                pool = self.pools.pop(key)
+                pool.epoch += 1
+                pool.paused = False
+                self._close_idle(pool)
+        self.pool_list = list(self.pools.values())
+
+    def _close_idle(self, pool: Pool) -> None:
+        for w in self.workers:
+            w.loop.call_soon_threadsafe(self._close_idle_in, w, pool)
+
+    @staticmethod
+    def _close_idle_in(w: Worker, pool: Pool) -> None:
+        with pool.lock:
+            victims = list(pool.idle[w.id])
+            pool.idle[w.id].clear()
+            pool.n_idle -= len(victims)
+        for s in victims:
+            s.state = 5
+            s.close("pool reconfigured")
+
+    def reload(self) -> tuple[bool, str]:
+        """Re-read the config file; keep the old one if the new one is invalid."""
+        path = self.config.path
+        try:
+            new = load_config(path)
+        except ConfigError as e:
+            log.error("RELOAD failed, keeping the running configuration:\n%s", e)
+            return False, str(e)
+        for w in new.warnings:
+            log.warning("%s", w)
+        old = self.config
+        for key in ("host", "port", "worker_threads", "unix_socket_dir"):
+            if getattr(old.general, key) != getattr(new.general, key):
+                log.warning("RELOAD: general.%s changed but needs a restart (or binary upgrade) to apply", key)
+        self.config = new
+        self.tcp_options = self._tcp_options()
+        self._build_pools(new)
+        log.info("configuration reloaded from %s", path)
+        return True, "reloaded"
+
+    def admin_verifier(self) -> auth.ScramVerifier:
+        if self._admin_verifier is None:
+            pw = self.config.general.admin_password
+            self._admin_verifier = (auth.ScramVerifier.parse(pw) if auth.is_scram_verifier(pw)
+                                    else auth.ScramVerifier.from_password(pw))
+        return self._admin_verifier
+
+    def make_admin(self, client: ClientConn) -> Any:
+        from pgdoorman.admin.console import AdminSession
+
+        return AdminSession(self, client)
+
+    # ------------------------------------------------------------------ client accounting
+    def client_admitted(self) -> bool:
+        with self.count_lock:
+            if self.n_clients >= self.config.general.max_connections:
+                return False
+            self.n_clients += 1
+            self.total_accepted += 1
+            return True
+
+    def client_left(self) -> None:
+        with self.count_lock:
+            self.n_clients -= 1
+
+    def cpu_for_worker(self, wid: int) -> set[int] | None:
+        if not self.config.general.worker_cpu_affinity_pinning or not hasattr(os, "sched_getaffinity"):
+            return None
+        cpus = sorted(os.sched_getaffinity(0))
+        return {cpus[wid % len(cpus)]}
+
+    # ------------------------------------------------------------------ running
+    def bind(self) -> None:
+        g = self.config.general
+        backlog = g.backlog or min(g.max_connections, 4096)
+        for w in self.workers:
+            w.add_listener(tcp_listener(g.host, g.port, backlog, reuse_port=True))
+        if g.unix_socket_dir:
+            mode = int(str(g.unix_socket_mode), 8) if isinstance(g.unix_socket_mode, str) else g.unix_socket_mode
+            sock, path = unix_listener(g.unix_socket_dir, g.port, mode, backlog)
+            self.unix_path = path
+            self.workers[0].add_listener(sock, is_unix=True)
+        log.info("pgdoorman %s listening on %s:%d with %d worker(s)%s%s", __version__, g.host, g.port,
+                 self.nworkers, f", unix socket {self.unix_path}" if self.unix_path else "",
+                 "" if gil_enabled() else " (free-threaded)")
+
+    def start_workers(self) -> None:
+        for w in self.workers:
+            th = threading.Thread(target=w.run, name=f"worker-{w.id}", daemon=True)
+            w.loop.thread = th
+            th.start()
+        for pool in self.pool_list:
+            if pool.min_pool_size:
+                self.workers[0].loop.call_soon_threadsafe(self.workers[0].ensure_min, pool)
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGHUP, lambda *_: self._request("reload"))
+        signal.signal(signal.SIGTERM, lambda *_: self._request("shutdown"))
+        signal.signal(signal.SIGINT, lambda *_: self._request("shutdown"))
+
+    def _request(self, what: str) -> None:
+        if what == "reload":
+            self._reload_requested = True
+        else:
+            self._shutdown_requested = True
+        self._wake.set()
+
+    def request_shutdown(self) -> None:
+        self._request("shutdown")
+
+    def run(self) -> int:
+        """Main thread: wait for signals and drive reload/shutdown."""
+        while True:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+            if self._shutdown_requested:
+                return self._graceful_shutdown()
+
+    def _graceful_shutdown(self) -> int:
+        timeout = self.config.general.shutdown_timeout / 1000.0
+        log.info("shutting down: no new connections; waiting up to %.1fs for transactions to finish", timeout)
+        self.shutting_down = True
+        for w in self.workers:
+            w.loop.call_soon_threadsafe(w.stop_accepting)
+        if self.unix_path:
+            try:
+                os.unlink(self.unix_path)
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for w in self.workers:
+                w.loop.call_soon_threadsafe(w.idle_clients_close)
+            time.sleep(0.1)
+            if all(not w.clients for w in self.workers):
+                break
+        remaining = sum(len(w.clients) for w in self.workers)
+        if remaining:
+            log.warning("shutdown_timeout reached: closing %d client(s) still in a transaction", remaining)
+        done = threading.Event()
+        left = [len(self.workers)]
+        lk = threading.Lock()
+
+        def close_and_stop(w: Worker) -> None:
+            w.close_all("pooler is shut down now")
+            w.loop.stop()
+            with lk:
+                left[0] -= 1
+                if left[0] == 0:
+                    done.set()
+
+        for w in self.workers:
+            w.loop.call_soon_threadsafe(close_and_stop, w)
+        done.wait(5)
+        log.info("pgdoorman stopped")
+        return 0
+
+
+def serve(config: Config) -> int:
+    app = App(config)
+    try:
+        app.bind()
+    except OSError as e:
+        g = config.general
+        log.error("cannot listen on %s:%s: %s", g.host, g.port, e)
+        return 1
+    app.install_signals()
+    app.start_workers()
+    return app.run()
+
+
+__all__ = ["App", "serve", "socket"]

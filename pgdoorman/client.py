@@ -1,0 +1,540 @@
+"""A client connection: startup packet, authentication (md5, SCRAM-SHA-256), routing to a pool, then the
+relay of frontend messages to whichever server the pool lends it.
+
+The relay decides on headers only: it counts the messages that will be answered by ReadyForQuery
+(Query, Sync, FunctionCall), notes unsynced extended-protocol traffic, drops Terminate, and rejects
+anything that is not a frontend message type (08P01 and close). Bodies are forwarded untouched.
+
+States: STARTUP -> AUTH -> LOGIN_WAIT (waiting for a server to learn parameters or, in session mode,
+to keep) -> READY.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import socket
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+from pgdoorman.net.conn import HIGH_WATER, Conn
+from pgdoorman.pool import TRACKED_PARAMS
+from pgdoorman.protocol import auth
+from pgdoorman.protocol import messages as m
+from pgdoorman.protocol.framing import FULL, INVALID, NOTIFY, PASS, Scanner
+
+if TYPE_CHECKING:
+    from pgdoorman.pool import Pool
+    from pgdoorman.server import ServerConn
+    from pgdoorman.worker import Worker
+
+log = logging.getLogger("pgdoorman.client")
+
+STARTUP, AUTH_MD5, AUTH_SASL, AUTH_SASL_FINAL, LOGIN_WAIT, READY, ADMIN = range(7)
+
+# Frontend message types after login. Password messages ('p') are only valid during authentication.
+_t = bytearray([INVALID]) * 256
+for _c in b"BCDEHPd":
+    _t[_c] = PASS
+for _c in b"QSFcf":
+    _t[_c] = NOTIFY
+for _c in b"BCDEP":
+    _t[_c] = NOTIFY
+_t[ord("X")] = FULL
+CLIENT_TABLE = bytes(_t)
+del _t, _c
+
+# Startup parameters that are not settings to replay on a server.
+NOT_SETTINGS = frozenset({"user", "database", "replication", "options"})
+_LOWER_TRACKED = {k.lower(): k for k in TRACKED_PARAMS}
+# Settings PostgreSQL reports but no client may set.
+READ_ONLY = frozenset({
+    "server_version", "server_encoding", "is_superuser", "session_authorization", "integer_datetimes",
+    "in_hot_standby", "server_version_num", "lc_collate", "lc_ctype", "transaction_isolation",
+    "default_transaction_read_only", "scram_iterations",
+})
+
+_SALT = struct.Struct("!I")
+# Fake SCRAM salt for unknown users: derived from a per-process key so repeated attempts look stable.
+_FAKE_KEY = os.urandom(32)
+
+
+class ClientConn(Conn):
+    __slots__ = (
+        "worker", "app", "state", "inbuf", "pool", "server", "user", "database", "startup", "want",
+        "want_key", "expect", "unsynced", "transaction_mode", "waiting", "wait_start", "pending",
+        "scanner", "terminating", "pid", "secret", "md5_salt", "scram", "stored", "addr", "connect_time",
+        "query_count", "xact_count", "error_count", "login_timer", "admin", "application_name", "is_unix",
+        "last_status", "xact_start", "counted", "query_start",
+    )
+
+    def __init__(self, sock: socket.socket, worker: Worker, addr: str, is_unix: bool = False) -> None:
+        super().__init__(sock, worker.loop)
+        self.worker = worker
+        self.app = worker.app
+        self.addr = addr
+        self.is_unix = is_unix
+        self.state = STARTUP
+        self.inbuf = bytearray()
+        self.pool: Pool | None = None
+        self.server: ServerConn | None = None
+        self.user = ""
+        self.database = ""
+        self.startup: dict[str, str] = {}
+        self.want: dict[str, str] = {}
+        self.want_key: tuple[tuple[str, str], ...] = ()
+        self.expect = 0
+        self.unsynced = False
+        self.transaction_mode = True
+        self.waiting = False
+        self.wait_start = 0.0
+        self.pending = bytearray()
+        self.scanner = Scanner(CLIENT_TABLE, on_header=self._on_header, on_message=self._on_message)
+        self.terminating = False
+        self.pid = 0
+        self.secret = 0
+        self.md5_salt = b""
+        self.scram: auth.ScramServer | None = None
+        self.stored = ""
+        self.connect_time = time.time()
+        self.query_count = 0
+        self.xact_count = 0
+        self.error_count = 0
+        self.admin: Any = None
+        self.application_name = ""
+        self.last_status = 73
+        self.xact_start = 0.0
+        self.query_start = 0.0
+        self.counted = True
+        self.login_timer = worker.loop.call_later(60.0, self._login_timeout)
+
+    def __repr__(self) -> str:
+        return f"<client {self.user}@{self.database} {self.addr}>"
+
+    # ------------------------------------------------------------------ errors
+    def fatal(self, sqlstate: str, message: str, detail: str | None = None) -> None:
+        """Send a FATAL ErrorResponse and close."""
+        if not self.closed:
+            self.write(m.error_response(sqlstate, message, "FATAL", detail))
+            self.close(f"{sqlstate}: {message}")
+
+    def _login_timeout(self) -> None:
+        if self.state < READY:
+            self.fatal("08P01", "authentication timeout")
+
+    # ------------------------------------------------------------------ reading
+    def on_readable(self) -> None:
+        if self.state == READY:
+            try:
+                n = self.sock.recv_into(self.loop.rbuf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.close(f"read failed: {e}")
+                return
+            if not n:
+                self.close("client disconnected")
+                return
+            try:
+                out = self.scanner.feed(self.loop.rview[:n])
+            except m.ProtocolViolation as e:
+                self.fatal("08P01", f"protocol violation: {e}")
+                return
+            s = self.server
+            if out is not None:
+                if s is not None and s.state == 3:  # ACTIVE
+                    s.bytes_out += n
+                    s.pstats.bytes_in += n
+                    s.write(out)
+                else:
+                    self.pending += out
+                    if s is None and not self.waiting and not self.terminating:
+                        self.need_server()
+                    if len(self.pending) > HIGH_WATER:
+                        self.pause_reading()
+            if self.terminating:
+                self.close("client terminated")
+            return
+        if self.state == ADMIN:
+            self.admin.on_readable()
+            return
+        self._login_read()
+
+    def _on_header(self, t: int, ln: int) -> None:
+        if t == 81:  # Query
+            self.expect += 1
+            if self.query_start == 0.0:
+                self.query_start = self.xact_start or time.monotonic()
+                if self.xact_start == 0.0:
+                    self.xact_start = self.query_start
+        elif t == 83:  # Sync
+            self.expect += 1
+            self.unsynced = False
+        elif t == 70:  # FunctionCall
+            self.expect += 1
+        elif t in b"PBDEC":
+            self.unsynced = True
+            if self.query_start == 0.0:
+                self.query_start = self.xact_start or time.monotonic()
+                if self.xact_start == 0.0:
+                    self.xact_start = self.query_start
+
+    def _on_message(self, t: int, body: memoryview) -> bytes | None:
+        # Only Terminate is FULL: never forward it (the server stays with the pool).
+        self.terminating = True
+        return b""
+
+    # ------------------------------------------------------------------ server side events
+    def on_ready(self, status: int) -> None:
+        """ReadyForQuery relayed from the linked server: account the query and maybe the transaction."""
+        self.last_status = status
+        pool = self.pool
+        if pool is None:
+            return
+        st = pool.stats[self.worker.id]
+        now = time.monotonic()
+        qs = self.query_start
+        if qs:
+            us = int((now - qs) * 1e6)
+            st.query_count += 1
+            st.query_time_us += us
+            st.query_hist.record(us)
+            self.query_start = now if self.expect > 0 else 0.0
+        if status == 73 and self.expect <= 0:
+            self.xact_count += 1
+            start = self.xact_start
+            if start:
+                us = int((now - start) * 1e6)
+                st.xact_count += 1
+                st.xact_time_us += us
+                st.xact_hist.record(us)
+                self.xact_start = 0.0
+
+    def on_server_error(self, body: memoryview) -> None:
+        self.error_count += 1
+        pool = self.pool
+        if pool is not None:
+            st = pool.stats[self.worker.id]
+            st.errors += 1
+            code = m.parse_fields(body).get("C", "XX000")[:2]
+            st.errors_by_class[code] = st.errors_by_class.get(code, 0) + 1
+
+    def param_changed(self, k: str, v: str) -> None:
+        """The client changed a reported setting (SET): remember it for the next server it gets."""
+        if k in self.want or k in TRACKED_PARAMS:
+            self.want[k] = v
+            self.want_key = tuple(self.want.items())
+            if self.server is not None:
+                self.server.synced_key = self.want_key
+
+    def param_synced(self, k: str, v: str) -> None:
+        """PostgreSQL's normalised form of a value we set for this client (e.g. 'ISO' -> 'ISO, MDY')."""
+        if k in self.want and self.want[k] != v:
+            self.want[k] = v
+            self.want_key = tuple(self.want.items())
+
+    # ------------------------------------------------------------------ pool interaction
+    def need_server(self) -> None:
+        pool = self.pool
+        assert pool is not None
+        s = pool.checkout(self, self.worker)
+        if s is not None:
+            self.attach_server(s)
+        else:
+            self.waiting = True
+
+    def attach_server(self, s: ServerConn) -> None:
+        """Link a server (already registered on this worker's loop) to this client."""
+        if self.waiting:
+            self.waiting = False
+            pool = self.pool
+            if pool is not None:
+                waited = int((time.monotonic() - self.wait_start) * 1e6)
+                st = pool.stats[self.worker.id]
+                st.wait_time_us += waited
+                st.wait_count += 1
+                st.wait_hist.record(waited)
+                if waited > st.max_wait_us:
+                    st.max_wait_us = waited
+        if self.closed:
+            self.worker.release_server(s, client_gone=True)
+            return
+        self.server = s
+        s.client = self
+        s.state = 3  # ACTIVE
+        if s.synced_key != self.want_key:
+            queries = s.sync_queries(self.want)
+            if queries:
+                s.run_internal(queries, self._synced)
+                return
+            s.synced_key = self.want_key
+        self._server_ready()
+
+    def _synced(self, ok: bool) -> None:
+        s = self.server
+        if s is None:
+            return
+        if not ok:
+            err = s.internal_error or {}
+            self.server = None
+            s.client = None
+            self.worker.release_server(s, client_gone=True)
+            self.fatal(err.get("C", "22023"), f"could not apply connection parameters: {err.get('M')}")
+            return
+        s.synced_key = self.want_key
+        self._server_ready()
+
+    def _server_ready(self) -> None:
+        s = self.server
+        assert s is not None
+        if self.state == LOGIN_WAIT:
+            self._finish_login()
+            if self.transaction_mode and not self.pending:
+                self.server = None
+                s.client = None
+                self.worker.release_server(s)
+                return
+        if self.pending:
+            data = self.pending
+            self.pending = bytearray()
+            s.bytes_out += len(data)
+            s.write(data)
+            if self.read_paused and not s.out:
+                self.resume_reading()
+
+    def wait_timed_out(self) -> None:
+        if not self.waiting or self.closed:
+            return
+        self.waiting = False
+        pool = self.pool
+        name = pool.name if pool else "?"
+        paused = " (pool is paused)" if pool is not None and pool.paused else ""
+        self.fatal(
+            "53300",
+            f"could not get a database connection from the pool {name} within query_wait_timeout{paused}",
+        )
+
+    def server_failed(self, error: bytes | None) -> None:
+        """A server this client waited for (or was linked to) is gone: tell the client, then close."""
+        if self.closed:
+            return
+        self.waiting = False
+        if error:
+            self.write(error)
+            self.close("server connection failed")
+        else:
+            self.fatal("08006", "server closed the connection unexpectedly")
+
+    # ------------------------------------------------------------------ login
+    def _login_read(self) -> None:
+        try:
+            data = self.sock.recv(16384)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.close(f"read failed: {e}")
+            return
+        if not data:
+            self.close("client disconnected during login")
+            return
+        buf = self.inbuf
+        buf += data
+        try:
+            while buf and not self.closed:
+                if self.state == STARTUP:
+                    if len(buf) < 4:
+                        return
+                    (ln,) = m.I32.unpack_from(buf, 0)
+                    if ln < m.MIN_STARTUP_LEN or ln > m.MAX_STARTUP_LEN:
+                        raise m.ProtocolViolation("invalid length of startup packet")
+                    if len(buf) < ln:
+                        return
+                    body = bytes(buf[4:ln])
+                    del buf[:ln]
+                    self._startup(body)
+                elif self.state in (AUTH_MD5, AUTH_SASL, AUTH_SASL_FINAL):
+                    if len(buf) < 5:
+                        return
+                    (ln,) = m.U32.unpack_from(buf, 1)
+                    if buf[0] != 112 or ln < 4 or ln > 65536:  # 'p'
+                        raise m.ProtocolViolation("expected a password message")
+                    if len(buf) < ln + 1:
+                        return
+                    body = bytes(buf[5 : ln + 1])
+                    del buf[: ln + 1]
+                    self._password(body)
+                else:
+                    # Pipelined messages after login (sent before ReadyForQuery): keep for the relay.
+                    self.pending += buf
+                    buf.clear()
+                    return
+        except m.ProtocolViolation as e:
+            self.fatal("08P01", str(e))
+
+    def _startup(self, body: bytes) -> None:
+        code, params = m.parse_startup(body)
+        if code == m.SSL_REQUEST or code == m.GSSENC_REQUEST:
+            if self.inbuf:
+                raise m.ProtocolViolation("unexpected data after encryption request")
+            self.write(b"N")
+            return
+        if code == m.CANCEL_REQUEST:
+            self.app.cancels.cancel(int(params["pid"]), int(params["secret"]))
+            self.counted = False
+            self.close("cancel request")
+            return
+        user = params.get("user", "")
+        if not user:
+            self.fatal("28000", "no PostgreSQL user name specified in startup packet")
+            return
+        self.user = user
+        self.database = params.get("database") or user
+        self.startup = params
+        self.application_name = params.get("application_name", "")
+        if "replication" in params and params["replication"].lower() not in ("false", "0", "off", "no"):
+            self.fatal("08P01", "replication connections are not supported by pgdoorman")
+            return
+        app = self.app
+        if self.database in ("pgdoorman", "pgbouncer"):
+            self.stored = app.config.general.admin_password if user == app.config.general.admin_username else ""
+            self.admin = True
+        else:
+            pool_cfg = app.config.pools.get(self.database)
+            if pool_cfg is None:
+                self.fatal("3D000", f'no such database: "{self.database}"')
+                return
+            self.pool = app.pools.get((self.database, user))
+            self.stored = self.pool.user_cfg.password if self.pool is not None else ""
+        self._begin_auth()
+
+    def _begin_auth(self) -> None:
+        stored = self.stored
+        if stored and not auth.is_scram_verifier(stored) and auth.is_md5_hash(stored):
+            self.md5_salt = os.urandom(4)
+            self.state = AUTH_MD5
+            self.write(m.auth_md5(self.md5_salt))
+            return
+        verifier: auth.ScramVerifier
+        if stored and auth.is_scram_verifier(stored):
+            verifier = auth.ScramVerifier.parse(stored)
+        elif stored:
+            pool = self.pool
+            if pool is not None:
+                if pool.scram_verifier is None:
+                    pool.scram_verifier = auth.ScramVerifier.from_password(stored)
+                verifier = pool.scram_verifier
+            else:
+                verifier = self.app.admin_verifier()
+        else:
+            # Unknown user (or no password): run a believable exchange that can only fail.
+            seed = hmac.new(_FAKE_KEY, self.user.encode(), hashlib.sha256).digest()
+            verifier = auth.ScramVerifier(4096, seed[:16], os.urandom(32), os.urandom(32))
+        self.scram = auth.ScramServer(verifier)
+        self.state = AUTH_SASL
+        self.write(m.auth_sasl(auth.ScramServer.MECHANISMS))
+
+    def _auth_failed(self) -> None:
+        log.info("password authentication failed for user %r from %s", self.user, self.addr)
+        self.fatal("28P01", f'password authentication failed for user "{self.user}"')
+
+    def _password(self, body: bytes) -> None:
+        st = self.state
+        if st == AUTH_MD5:
+            ok = bool(self.stored) and auth.md5_verify(self.user, self.stored, self.md5_salt, body.rstrip(b"\x00"))
+            if not ok:
+                self._auth_failed()
+                return
+            self._authenticated()
+            return
+        scram = self.scram
+        assert scram is not None
+        try:
+            if st == AUTH_SASL:
+                mech, pos = m.read_cstr(body, 0)
+                if len(body) < pos + 4:
+                    raise m.ProtocolViolation("malformed SASLInitialResponse")
+                (dl,) = m.I32.unpack_from(body, pos)
+                data = body[pos + 4 : pos + 4 + dl] if dl >= 0 else b""
+                reply = scram.client_first(mech.decode(errors="replace"), data)
+                self.state = AUTH_SASL_FINAL
+                self.write(m.auth_sasl_continue(reply))
+            else:
+                final = scram.client_final(body)
+                if not self.stored:
+                    raise auth.AuthError("no such user")
+                self.write(m.auth_sasl_final(final))
+                pool = self.pool
+                if pool is not None and scram.client_key is not None and auth.is_scram_verifier(self.stored):
+                    pool.scram_client_key = scram.client_key
+                self._authenticated()
+        except auth.AuthError:
+            self._auth_failed()
+
+    def _authenticated(self) -> None:
+        self.scram = None
+        self.write(m.AUTH_OK)
+        if self.admin:
+            self._start_admin()
+            return
+        pool = self.pool
+        assert pool is not None
+        self.transaction_mode = pool.transaction_mode
+        self.state = LOGIN_WAIT
+        if pool.server_params is None or not self.transaction_mode:
+            self.need_server()
+        else:
+            self._finish_login()
+
+    def _finish_login(self) -> None:
+        pool = self.pool
+        assert pool is not None
+        sp = pool.server_params or {}
+        want: dict[str, str] = {}
+        for k in TRACKED_PARAMS:
+            if k in sp:
+                want[k] = sp[k]
+        for k, v in self.startup.items():
+            lk = k.lower()
+            if k in NOT_SETTINGS or lk.startswith("_pq_") or lk in READ_ONLY:
+                continue
+            want[_LOWER_TRACKED.get(lk, k)] = v
+        self.want = want
+        self.want_key = tuple(want.items())
+        out = []
+        for k, v in sp.items():
+            out.append(m.parameter_status(k, want.get(k, v)))
+        self.pid, self.secret = self.app.cancels.register(self)
+        out.append(m.backend_key_data(self.pid, self.secret))
+        out.append(m.RFQ_IDLE)
+        self.write(b"".join(out))
+        self.login_timer.cancel()
+        self.state = READY
+        pool.active_clients += 0
+        if self.app.config.general.log_client_connections:
+            log.info("client %s logged in to %s (%s mode)", self.addr, pool.name, pool.mode)
+        if self.inbuf:
+            self.pending += self.inbuf
+            self.inbuf = bytearray()
+
+    def _start_admin(self) -> None:
+        self.login_timer.cancel()
+        self.state = ADMIN
+        self.admin = self.app.make_admin(self)
+
+    # ------------------------------------------------------------------ teardown
+    def on_backlog(self) -> None:
+        s = self.server
+        if s is not None:
+            s.pause_reading()
+
+    def on_drained(self) -> None:
+        s = self.server
+        if s is not None and s.read_paused and not s.closed:
+            s.resume_reading()
+
+    def on_close(self, reason: str) -> None:
+        self.login_timer.cancel()
+        self.worker.client_closed(self, reason)

@@ -1,0 +1,148 @@
+"""A non-blocking socket registered on one loop: write now and queue the rest, watch for writability only
+while something is queued, and pause/resume reading for back-pressure. `OSError` stops here: subclasses
+get `on_close(reason)` exactly once.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from pgdoorman.net.loop import EVENT_READ, EVENT_WRITE, Loop
+
+# Back-pressure: stop reading the producer once this much is queued for a slow consumer, resume when the
+# queue has drained. 1 MiB bounds per-connection memory while letting big results flow at full speed.
+HIGH_WATER = 1 << 20
+
+
+class Conn:
+    __slots__ = ("sock", "loop", "mask", "out", "closed", "read_paused", "fd", "__weakref__")
+
+    def __init__(self, sock: socket.socket, loop: Loop) -> None:
+        self.sock = sock
+        self.loop = loop
+        self.mask = 0
+        self.out: bytearray | None = None
+        self.closed = False
+        self.read_paused = False
+        self.fd = sock.fileno()
+
+    # ------------------------------------------------------------------ selector registration
+    def _apply_mask(self) -> None:
+        want = (0 if self.read_paused else EVENT_READ) | (EVENT_WRITE if self.out else 0)
+        if want == self.mask or self.closed:
+            return
+        sel = self.loop.sel
+        try:
+            if self.mask == 0:
+                sel.register(self.sock, want, self)
+            elif want == 0:
+                sel.unregister(self.sock)
+            else:
+                sel.modify(self.sock, want, self)
+        except (KeyError, ValueError, OSError):
+            # The fd may have been closed underneath us; the read path will notice.
+            return
+        self.mask = want
+
+    def attach(self, loop: Loop) -> None:
+        """Register on `loop` (called from that loop's thread)."""
+        self.loop = loop
+        self.mask = 0
+        self._apply_mask()
+
+    def detach(self) -> None:
+        """Unregister from the current loop so another loop can adopt the socket."""
+        if self.mask:
+            try:
+                self.loop.sel.unregister(self.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+        self.mask = 0
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self._apply_mask()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            self._apply_mask()
+
+    # ------------------------------------------------------------------ I/O
+    def on_event(self, mask: int) -> None:
+        if mask & EVENT_WRITE:
+            self._flush()
+            if self.closed:
+                return
+        if mask & EVENT_READ:
+            self.on_readable()
+
+    def on_readable(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def write(self, data: Any) -> None:
+        if self.closed:
+            return
+        out = self.out
+        if out:
+            out += data
+            if len(out) > HIGH_WATER:
+                self.on_backlog()
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
+            self.close(f"write failed: {e}")
+            return
+        if sent < len(data):
+            self.out = bytearray(data[sent:])
+            self._apply_mask()
+            if len(self.out) > HIGH_WATER:
+                self.on_backlog()
+
+    def _flush(self) -> None:
+        out = self.out
+        if not out:
+            return
+        try:
+            sent = self.sock.send(out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.close(f"write failed: {e}")
+            return
+        if sent == len(out):
+            self.out = None
+            self._apply_mask()
+            self.on_drained()
+        else:
+            del out[:sent]
+
+    @property
+    def backlog(self) -> int:
+        return len(self.out) if self.out else 0
+
+    def on_backlog(self) -> None:
+        """Queued output passed HIGH_WATER: the producer feeding this connection should pause."""
+
+    def on_drained(self) -> None:
+        """Everything queued has been sent: a paused producer may resume."""
+
+    def close(self, reason: str = "") -> None:
+        if self.closed:
+            return
+        self.detach()
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.out = None
+        self.on_close(reason)
+
+    def on_close(self, reason: str) -> None:
+        """Called once after the socket is closed."""

@@ -1,0 +1,270 @@
+"""A (database, user) pool shared by every worker: the global cap, the FIFO of waiting clients and one
+idle LIFO per worker (shard). All decisions are taken under `lock`; the resulting actions (attach a
+server to a client, move a server to another worker's loop, open a new connection) run outside it.
+
+Invariant: a server is handed to a waiter exactly once, and no client waits while an idle server sits in
+any shard: every state change that could break that (a server becoming idle, a client starting to wait)
+ends with `_match_locked`, which pairs idle servers with waiters, oldest waiter first.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from pgdoorman.config import Config, PoolConfig, UserConfig
+from pgdoorman.stats import Histogram
+
+if TYPE_CHECKING:
+    from pgdoorman.client import ClientConn
+    from pgdoorman.server import ServerConn
+    from pgdoorman.worker import Worker
+
+TRACKED_PARAMS = (
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "standard_conforming_strings",
+    "application_name",
+)
+
+
+class PoolStats:
+    """Per-worker counters of one pool: only the owning worker writes them, readers sum the shards."""
+
+    __slots__ = ("xact_count", "query_count", "bytes_in", "bytes_out", "xact_time_us", "wait_time_us",
+                 "max_wait_us", "errors", "query_time_us", "xact_hist", "query_hist", "wait_hist",
+                 "errors_by_class", "wait_count")
+
+    def __init__(self) -> None:
+        self.xact_count = 0
+        self.query_count = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.xact_time_us = 0
+        self.query_time_us = 0
+        self.wait_time_us = 0
+        self.max_wait_us = 0
+        self.errors = 0
+        self.wait_count = 0
+        self.xact_hist = Histogram()
+        self.query_hist = Histogram()
+        self.wait_hist = Histogram()
+        self.errors_by_class: dict[str, int] = {}  # SQLSTATE class (first two chars) -> count
+
+
+class Pool:
+    def __init__(self, cfg: Config, pool_cfg: PoolConfig, user_cfg: UserConfig, nworkers: int) -> None:
+        self.lock = threading.Lock()
+        self.database = pool_cfg.name
+        self.username = user_cfg.username
+        self.idle: list[list[ServerConn]] = [[] for _ in range(nworkers)]
+        self.stats = [PoolStats() for _ in range(nworkers)]
+        self.n_idle = 0
+        self.total = 0  # connected + connecting servers, counted against pool_size
+        self.connecting = 0
+        self.waiters: deque[ClientConn] = deque()
+        self.active_clients = 0
+        self.paused = False
+        self.epoch = 0  # RECONNECT bumps it: servers of an older epoch are closed when they come back
+        # Learned from the first server connection and sent to every client at login.
+        self.server_params: dict[str, str] | None = None
+        # SCRAM passthrough: the ClientKey recovered from a client's proof lets us log in to PostgreSQL.
+        self.scram_client_key: bytes | None = None
+        self.scram_verifier: Any = None  # cached verifier for plain-text passwords (client side)
+        self.apply(cfg, pool_cfg, user_cfg)
+
+    def apply(self, cfg: Config, pool_cfg: PoolConfig, user_cfg: UserConfig) -> None:
+        """(Re)load settings; called at start and on RELOAD."""
+        self.cfg = cfg
+        self.pool_cfg = pool_cfg
+        self.user_cfg = user_cfg
+        self.pool_size = user_cfg.pool_size
+        self.min_pool_size = user_cfg.min_pool_size
+        self.mode = cfg.pool_mode_for(pool_cfg, user_cfg)
+        self.transaction_mode = self.mode == "transaction"
+        self.connect_timeout = cfg.timeout_for(pool_cfg, user_cfg, "connect_timeout") / 1000.0
+        self.idle_timeout = cfg.timeout_for(pool_cfg, user_cfg, "idle_timeout") / 1000.0
+        self.server_lifetime = cfg.timeout_for(pool_cfg, user_cfg, "server_lifetime") / 1000.0
+        self.query_wait_timeout = cfg.general.query_wait_timeout / 1000.0
+        self.cleanup = pool_cfg.cleanup_server_connections
+        self.server_user = user_cfg.server_username or user_cfg.username
+        if user_cfg.server_username and user_cfg.server_password is not None:
+            self.server_secret: str | None = user_cfg.server_password
+        elif user_cfg.server_username:
+            self.server_secret = None
+        else:
+            self.server_secret = user_cfg.password  # passthrough: md5 hash, SCRAM verifier or plain text
+        self.passthrough = user_cfg.server_username is None
+
+    @property
+    def name(self) -> str:
+        return f"{self.username}@{self.database}"
+
+    # ------------------------------------------------------------------ checkout / release
+    def checkout(self, client: ClientConn, worker: Worker) -> ServerConn | None:
+        """Return a local idle server now, or queue the client (it gets one later through `attach`)."""
+        wid = worker.id
+        with self.lock:
+            if not self.waiters and not self.paused:
+                lst = self.idle[wid]
+                if lst:
+                    self.n_idle -= 1
+                    return lst.pop()
+            client.wait_start = time.monotonic()
+            self.waiters.append(client)
+            pairs = self._match_locked() if self.n_idle else None
+            spawn = self._want_spawn_locked()
+        if pairs:
+            self._dispatch(pairs, worker)
+        if spawn:
+            worker.spawn_server(self)
+        return None
+
+    def _want_spawn_locked(self) -> bool:
+        if self.paused:
+            return False
+        if self.total < self.pool_size and self.connecting < len(self.waiters):
+            self.total += 1
+            self.connecting += 1
+            return True
+        return False
+
+    def reserve_spawn(self) -> bool:
+        """Reserve a slot for a new server outside of a checkout (min_pool_size, login parameters)."""
+        with self.lock:
+            if self.total < self.pool_size and not self.paused:
+                self.total += 1
+                self.connecting += 1
+                return True
+            return False
+
+    def _match_locked(self) -> list[tuple[ServerConn, ClientConn]]:
+        pairs: list[tuple[ServerConn, ClientConn]] = []
+        if self.paused:
+            return pairs
+        waiters = self.waiters
+        while waiters and self.n_idle:
+            c = waiters.popleft()
+            if not c.waiting:
+                continue
+            lst = self.idle[c.worker.id]
+            if not lst:
+                lst = next(x for x in self.idle if x)
+            self.n_idle -= 1
+            pairs.append((lst.pop(), c))
+        return pairs
+
+    def _dispatch(self, pairs: list[tuple[ServerConn, ClientConn]], here: Worker) -> None:
+        for s, c in pairs:
+            owner = s.worker
+            if owner is here:
+                if c.worker is here:
+                    c.attach_server(s)
+                else:
+                    s.detach()
+                    c.worker.loop.call_soon_threadsafe(c.worker.adopt, s, c)
+            else:
+                owner.loop.call_soon_threadsafe(owner.hand_over, s, c)
+
+    def release(self, server: ServerConn, worker: Worker) -> None:
+        """A server became free in `worker` (its owner): give it to the oldest waiter or park it idle."""
+        with self.lock:
+            if self.waiters and not self.paused:
+                c = self.waiters.popleft()
+                while not c.waiting and self.waiters:
+                    c = self.waiters.popleft()
+                if c.waiting:
+                    pair: tuple[ServerConn, ClientConn] | None = (server, c)
+                else:
+                    pair = None
+            else:
+                pair = None
+            if pair is None:
+                self.idle[worker.id].append(server)
+                self.n_idle += 1
+                server.idle_since = time.monotonic()
+        if pair is not None:
+            self._dispatch([pair], worker)
+
+    def take_idle(self, server: ServerConn, worker: Worker) -> bool:
+        """Remove a specific idle server from the worker's shard (it died or is being retired)."""
+        with self.lock:
+            lst = self.idle[worker.id]
+            try:
+                lst.remove(server)
+            except ValueError:
+                return False
+            self.n_idle -= 1
+            return True
+
+    def server_gone(self, server: ServerConn, worker: Worker, was_connecting: bool = False) -> bool:
+        """A server closed (or failed to connect): free its slot; maybe start a replacement for waiters."""
+        with self.lock:
+            self.total -= 1
+            if was_connecting:
+                self.connecting -= 1
+            spawn = self._want_spawn_locked() if not was_connecting else False
+        if spawn:
+            worker.spawn_server(self)
+        return spawn
+
+    def connected(self, server: ServerConn) -> None:
+        with self.lock:
+            self.connecting -= 1
+
+    def fail_first_waiter(self) -> ClientConn | None:
+        with self.lock:
+            while self.waiters:
+                c = self.waiters.popleft()
+                if c.waiting:
+                    return c
+        return None
+
+    def retry_for_waiters(self, worker: Worker) -> None:
+        with self.lock:
+            spawn = self._want_spawn_locked()
+        if spawn:
+            worker.spawn_server(self)
+
+    def remove_waiter(self, client: ClientConn) -> None:
+        with self.lock:
+            try:
+                self.waiters.remove(client)
+            except ValueError:
+                pass
+
+    def expired_waiters(self, now: float) -> list[ClientConn]:
+        """Pop waiters older than query_wait_timeout (the FIFO is ordered by wait start)."""
+        out: list[ClientConn] = []
+        limit = now - self.query_wait_timeout
+        with self.lock:
+            w = self.waiters
+            while w and (not w[0].waiting or w[0].wait_start <= limit):
+                c = w.popleft()
+                if c.waiting:
+                    out.append(c)
+        return out
+
+    def set_paused(self, paused: bool, worker: Worker) -> None:
+        with self.lock:
+            self.paused = paused
+            pairs = [] if paused else self._match_locked()
+            spawn = False if paused else self._want_spawn_locked()
+        if pairs:
+            self._dispatch(pairs, worker)
+        if spawn:
+            worker.spawn_server(self)
+
+    # ------------------------------------------------------------------ reporting
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            return {
+                "sv_idle": self.n_idle,
+                "sv_total": self.total,
+                "sv_login": self.connecting,
+                "cl_waiting": sum(1 for c in self.waiters if c.waiting),
+            }

@@ -1,0 +1,186 @@
+"""Streaming message framing: walk the 5-byte headers of a byte stream fed in arbitrary chunks, forward
+bodies untouched, and hand only the messages the pooler must look at to a handler.
+
+One `Scanner` per direction per connection. Each message type has a mode in a 256-entry table:
+
+* PASS (0): forwarded, never looked at (DataRow, CopyData, ...). Bodies stream through even when a single
+  message is larger than any buffer (a 100 MB DataRow is never held in memory).
+* NOTIFY (1): `on_header(type, length)` is called as soon as the header is known; the body streams.
+* FULL (2): the whole message is assembled (only a split one is copied) and `on_message(type, body)` is
+  called; it returns None to forward the message unchanged or bytes to forward instead (b"" drops it).
+  Bytes of an incomplete FULL message are withheld until it is complete, so a replacement is possible.
+* INVALID (3): raises ProtocolViolation (a frontend type the client may not send now).
+
+`feed(view)` returns what to forward: the input view itself in the common case (zero copy), a sub-view,
+a bytearray when something was replaced or carried across chunks, or None when everything was withheld.
+Incomplete headers (< 5 bytes) are always withheld: at most 4 bytes of delay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pgdoorman.protocol.messages import MAX_MESSAGE_LEN, U32, ProtocolViolation
+
+PASS = 0
+NOTIFY = 1
+FULL = 2
+INVALID = 3
+
+_unpack = U32.unpack_from
+
+Body = memoryview
+OnHeader = Callable[[int, int], None]
+OnMessage = Callable[[int, Body], "bytes | None"]
+
+
+def make_table(
+    notify: bytes = b"", full: bytes = b"", invalid: bytes = b"", default: int = PASS
+) -> bytes:
+    t = bytearray([default]) * 256
+    for c in notify:
+        t[c] = NOTIFY
+    for c in full:
+        t[c] = FULL
+    for c in invalid:
+        t[c] = INVALID
+    return bytes(t)
+
+
+def _noop_header(t: int, ln: int) -> None:
+    return None
+
+
+def _noop_message(t: int, body: Body) -> bytes | None:
+    return None
+
+
+class Scanner:
+    __slots__ = ("table", "on_header", "on_message", "skip", "carry", "max_len")
+
+    def __init__(
+        self,
+        table: bytes,
+        on_header: OnHeader = _noop_header,
+        on_message: OnMessage = _noop_message,
+        max_len: int = MAX_MESSAGE_LEN,
+    ) -> None:
+        self.table = table
+        self.on_header = on_header
+        self.on_message = on_message
+        self.skip = 0  # body bytes of a PASS/NOTIFY message still to stream through
+        self.carry: bytearray | None = None  # withheld incomplete header or FULL message
+        self.max_len = max_len
+
+    @property
+    def mid_message(self) -> bool:
+        """True when the stream is not at a message boundary (a cut here would corrupt the peer)."""
+        return bool(self.skip) or bool(self.carry)
+
+    def reset(self) -> None:
+        self.skip = 0
+        self.carry = None
+
+    def _check(self, t: int, ln: int) -> int:
+        mode = self.table[t]
+        if mode == INVALID:
+            raise ProtocolViolation(f"invalid message type {chr(t)!r}" if 32 < t < 127 else f"invalid message type {t}")
+        if ln < 4 or ln > self.max_len:
+            raise ProtocolViolation(f"invalid message length {ln}")
+        return mode
+
+    def feed(self, data: memoryview) -> memoryview | bytearray | None:
+        n = len(data)
+        pos = 0
+        out: bytearray | None = None
+        emit = 0  # start of the raw range of `data` not yet emitted
+
+        skip = self.skip
+        if skip:
+            if skip >= n:
+                self.skip = skip - n
+                return data
+            pos = skip
+            self.skip = 0
+
+        carry = self.carry
+        if carry is not None:
+            self.carry = None
+            if len(carry) < 5:
+                take = 5 - len(carry)
+                if take > n:
+                    carry += data
+                    self.carry = carry
+                    return None
+                carry += data[:take]
+                pos = take
+            t = carry[0]
+            (ln,) = _unpack(carry, 1)
+            mode = self._check(t, ln)
+            total = ln + 1
+            if mode == FULL:
+                take = total - len(carry)
+                if take > n - pos:
+                    carry += data[pos:]
+                    self.carry = carry
+                    return None
+                carry += data[pos : pos + take]
+                pos += take
+                rep = self.on_message(t, memoryview(carry)[5:])
+                out = carry if rep is None else bytearray(rep)
+                emit = pos
+            else:
+                if mode == 1:
+                    self.on_header(t, ln)
+                out = carry
+                rem = total - len(carry)  # body bytes left, all of them in `data` from pos on
+                if rem > n - pos:
+                    self.skip = rem - (n - pos)
+                    out += data[pos:]
+                    return out
+                emit = pos
+                pos += rem
+
+        table = self.table
+        end = n
+        while pos < n:
+            if n - pos < 5:
+                self.carry = bytearray(data[pos:])
+                end = pos
+                break
+            t = data[pos]
+            (ln,) = _unpack(data, pos + 1)
+            mode = table[t]
+            if mode or ln < 4 or ln > self.max_len:
+                mode = self._check(t, ln)
+            nxt = pos + 1 + ln
+            if mode == FULL:
+                if nxt > n:
+                    self.carry = bytearray(data[pos:])
+                    end = pos
+                    break
+                rep = self.on_message(t, data[pos + 5 : nxt])
+                if rep is not None:
+                    if out is None:
+                        out = bytearray(data[emit:pos])
+                    else:
+                        out += data[emit:pos]
+                    out += rep
+                    emit = nxt
+            else:
+                if mode == NOTIFY:
+                    self.on_header(t, ln)
+                if nxt > n:
+                    self.skip = nxt - n
+                    break
+            pos = nxt
+
+        if out is None:
+            if emit == 0 and end == n:
+                return data
+            if emit == end:
+                return None
+            return data[emit:end]
+        if emit < end:
+            out += data[emit:end]
+        return out

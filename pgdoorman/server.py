@@ -1,0 +1,482 @@
+"""A server (PostgreSQL backend) connection: non-blocking connect, startup and authentication as a client
+of PostgreSQL, then the relay of responses to the linked client, watching only ReadyForQuery,
+CommandComplete, ParameterStatus and ErrorResponse. It also runs the pooler's own housekeeping queries
+(parameter sync at checkout, cleanup at checkin) with their responses swallowed.
+
+States: CONNECTING -> LOGIN -> IDLE <-> ACTIVE, with INTERNAL while a housekeeping query runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pgdoorman.net.conn import Conn
+from pgdoorman.protocol import auth
+from pgdoorman.protocol import messages as m
+from pgdoorman.protocol.framing import Scanner, make_table
+
+if TYPE_CHECKING:
+    from pgdoorman.client import ClientConn
+    from pgdoorman.pool import Pool
+    from pgdoorman.worker import Worker
+
+log = logging.getLogger("pgdoorman.server")
+
+CONNECTING, LOGIN, IDLE, ACTIVE, INTERNAL, CLOSED = range(6)
+STATE_NAMES = ("login", "login", "idle", "active", "used", "closed")
+
+# Server -> client: look at ReadyForQuery, CommandComplete, ParameterStatus, ErrorResponse and the COPY
+# responses; everything else (RowDescription, DataRow, CopyData, notices...) streams through unread.
+SERVER_TABLE = make_table(full=b"ZCSEGHW")
+
+# CommandComplete tags that leave session state behind on the server (reset at checkin).
+DIRTY_SET = 1
+DIRTY_PREPARE = 2
+DIRTY_CURSOR = 4
+DIRTY_LISTEN = 8
+
+_ids = iter(range(1, 1 << 62))
+
+
+def _quote(v: str) -> str:
+    # E'' literals parse the same whatever standard_conforming_strings is.
+    return "E'" + v.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+class ServerConn(Conn):
+    __slots__ = (
+        "id", "worker", "pool", "state", "client", "params", "extra", "synced_key", "pid", "secret",
+        "created", "idle_since", "epoch", "dirty", "cancelled", "scanner", "inbuf", "release_pending",
+        "internal_left", "internal_error", "internal_done", "deferred", "txn_status", "scram",
+        "timer", "connect_error", "fatal_forwarded", "addr", "xact_start", "query_count", "xact_count",
+        "bytes_in", "bytes_out", "login_client", "pstats",
+    )
+
+    def __init__(self, sock: socket.socket, worker: Worker, pool: Pool, addr: str) -> None:
+        super().__init__(sock, worker.loop)
+        self.id = next(_ids)
+        self.worker = worker
+        self.pool = pool
+        self.addr = addr
+        self.state = CONNECTING
+        self.client: ClientConn | None = None
+        self.params: dict[str, str] = {}
+        self.extra: dict[str, str] = {}
+        self.synced_key: tuple[tuple[str, str], ...] | None = None
+        self.pid = 0
+        self.secret = 0
+        self.created = time.monotonic()
+        self.idle_since = self.created
+        self.epoch = pool.epoch
+        self.dirty = 0
+        self.cancelled = False
+        self.scanner = Scanner(SERVER_TABLE, on_message=self._on_message)
+        self.inbuf = bytearray()
+        self.release_pending = False
+        self.internal_left = 0
+        self.internal_error: dict[str, str] | None = None
+        self.internal_done: Callable[[bool], None] | None = None
+        self.deferred: bytearray | None = None
+        self.txn_status = 73  # 'I'
+        self.scram: auth.ScramClient | None = None
+        self.timer = worker.loop.call_later(pool.connect_timeout, self._connect_timed_out)
+        self.connect_error: bytes | None = None
+        self.fatal_forwarded = False
+        self.xact_start = 0.0
+        self.query_count = 0
+        self.xact_count = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.login_client: ClientConn | None = None
+        self.pstats = pool.stats[worker.id]
+
+    # ------------------------------------------------------------------ connecting and login
+    @classmethod
+    def open(cls, worker: Worker, pool: Pool) -> ServerConn:
+        host = pool.pool_cfg.server_host
+        port = pool.pool_cfg.server_port
+        if host.startswith("/"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            target: str | tuple[str, int] = os.path.join(host, f".s.PGSQL.{port}")
+            addr = str(target)
+        else:
+            infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+            family, _, _, _, target = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            addr = f"{host}:{port}"
+        sock.setblocking(False)
+        s = cls(sock, worker, pool, addr)
+        worker.apply_tcp(sock)
+        err = sock.connect_ex(target)
+        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
+            s.connect_error = m.error_response(
+                "08006", f"could not connect to server {addr}: {os.strerror(err)}", "FATAL")
+            worker.loop.call_soon(s.close, f"connect failed: {os.strerror(err)}")
+            return s
+        s.out = bytearray(s._startup_packet())  # sent once the socket is writable (connected)
+        s._apply_mask()
+        return s
+
+    def _startup_packet(self) -> bytes:
+        pool = self.pool
+        params = {
+            "user": pool.server_user,
+            "database": pool.pool_cfg.server_database,
+            "application_name": pool.pool_cfg.application_name or "pg_doorman",
+        }
+        return m.startup_message(params)
+
+    def _connect_timed_out(self) -> None:
+        if self.state in (CONNECTING, LOGIN):
+            self.connect_error = m.error_response(
+                "08006", f"could not connect to server {self.addr}: connect_timeout expired", "FATAL")
+            self.close("connect timeout")
+
+    def on_event(self, mask: int) -> None:
+        if self.state == CONNECTING and mask & 2:
+            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self.connect_error = m.error_response(
+                    "08006", f"could not connect to server {self.addr}: {os.strerror(err)}", "FATAL")
+                self.close(f"connect failed: {os.strerror(err)}")
+                return
+            self.state = LOGIN
+        Conn.on_event(self, mask)
+
+    def _login_read(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.connect_error = m.error_response("08006", f"server connection failed: {e}", "FATAL")
+            self.close(str(e))
+            return
+        if not data:
+            if self.connect_error is None:
+                self.connect_error = m.error_response(
+                    "08006", "server closed the connection unexpectedly during login", "FATAL")
+            self.close("server closed during login")
+            return
+        buf = self.inbuf
+        buf += data
+        while len(buf) >= 5:
+            (ln,) = m.U32.unpack_from(buf, 1)
+            if len(buf) < ln + 1:
+                break
+            t = buf[0]
+            body = bytes(buf[5 : ln + 1])
+            del buf[: ln + 1]
+            try:
+                done = self._login_message(t, body)
+            except auth.AuthError as e:
+                self.connect_error = m.error_response("28000", f"server authentication failed: {e}", "FATAL")
+                self.close(f"server authentication failed: {e}")
+                return
+            if self.closed:
+                return
+            if done:
+                self._login_complete()
+                return
+
+    def _login_message(self, t: int, body: bytes) -> bool:
+        pool = self.pool
+        if t == 82:  # 'R'
+            (code,) = m.I32.unpack_from(body, 0)
+            if code == 0:
+                return False
+            secret = pool.server_secret
+            user = pool.server_user
+            if code == 5:
+                if not secret:
+                    raise auth.AuthError("server asked for an md5 password and none is configured")
+                if auth.is_scram_verifier(secret):
+                    raise auth.AuthError(
+                        "server asked for md5 but the configured password is a SCRAM verifier; "
+                        "set server_password or store the role's password as md5")
+                self.write(m.password_message(auth.md5_response(user, secret, body[4:8]) + b"\x00"))
+            elif code == 3:
+                if not secret or auth.is_md5_hash(secret) or auth.is_scram_verifier(secret):
+                    raise auth.AuthError("server asked for a clear-text password and no plain-text password is configured")
+                self.write(m.password_message(m.cstr(secret)))
+            elif code == 10:
+                mechs = [x.decode() for x in body[4:].split(b"\x00") if x]
+                if "SCRAM-SHA-256" not in mechs:
+                    raise auth.AuthError(f"server offers unsupported SASL mechanisms {mechs}")
+                if not secret:
+                    raise auth.AuthError("server asked for SCRAM and no password is configured")
+                if auth.is_scram_verifier(secret):
+                    if pool.scram_client_key is None:
+                        raise auth.AuthError(
+                            "SCRAM passthrough needs one client to log in first (no ClientKey yet); "
+                            "or set server_username/server_password")
+                    v = auth.ScramVerifier.parse(secret)
+                    self.scram = auth.ScramClient(user, client_key=pool.scram_client_key, server_key=v.server_key)
+                elif auth.is_md5_hash(secret):
+                    raise auth.AuthError(
+                        "server asked for SCRAM but the configured password is an md5 hash; "
+                        "set server_password or store the role's password as SCRAM")
+                else:
+                    self.scram = auth.ScramClient(user, password=secret)
+                self.write(m.sasl_initial_response("SCRAM-SHA-256", self.scram.client_first()))
+            elif code == 11:
+                if self.scram is None:
+                    raise auth.AuthError("unexpected SASL continue")
+                self.write(m.msg(b"p", self.scram.server_first(body[4:])))
+            elif code == 12:
+                if self.scram is None:
+                    raise auth.AuthError("unexpected SASL final")
+                self.scram.server_final(body[4:])
+            else:
+                raise auth.AuthError(f"unsupported authentication request {code} from server")
+            return False
+        if t == 83:  # ParameterStatus
+            k, v = m.parse_parameter_status(body)
+            self.params[k] = v
+            return False
+        if t == 75:  # BackendKeyData
+            self.pid, self.secret = m.TWO_I32.unpack_from(body, 0)
+            return False
+        if t == 90:  # ReadyForQuery
+            return True
+        if t == 69:  # ErrorResponse: forward PostgreSQL's own refusal to whoever waits
+            self.connect_error = m.msg(b"E", body)
+            f = m.parse_fields(body)
+            log.warning("server %s refused login for %s: %s %s", self.addr, self.pool.name, f.get("C"), f.get("M"))
+            self.close(f"login refused: {f.get('M')}")
+            return False
+        if t == 78:  # notice
+            return False
+        raise auth.AuthError(f"unexpected message {chr(t)!r} during server login")
+
+    def _login_complete(self) -> None:
+        self.timer.cancel()
+        self.state = IDLE
+        self.inbuf = bytearray()
+        self.scram = None
+        pool = self.pool
+        if pool.server_params is None:
+            pool.server_params = dict(self.params)
+        pool.connected(self)
+        log.debug("server %s connected for %s (pid %d)", self.addr, pool.name, self.pid)
+        self.worker.server_ready(self)
+
+    # ------------------------------------------------------------------ relay
+    def on_readable(self) -> None:
+        st = self.state
+        if st == ACTIVE:
+            try:
+                n = self.sock.recv_into(self.loop.rbuf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.close(f"read failed: {e}")
+                return
+            if not n:
+                self.close("server closed the connection")
+                return
+            self.bytes_in += n
+            self.pstats.bytes_out += n
+            out = self.scanner.feed(self.loop.rview[:n])
+            c = self.client
+            if out is not None and c is not None:
+                c.write(out)
+            if self.release_pending:
+                self.release_pending = False
+                self.worker.release_server(self)
+        elif st == INTERNAL:
+            self._internal_read()
+        elif st in (CONNECTING, LOGIN):
+            self._login_read()
+        elif st == IDLE:
+            self._idle_read()
+
+    def _on_message(self, t: int, body: memoryview) -> bytes | None:
+        if t == 90:  # ReadyForQuery
+            st = body[0]
+            self.txn_status = st
+            c = self.client
+            if c is not None:
+                c.expect -= 1
+                if st == 73 and c.expect <= 0 and not c.unsynced and c.transaction_mode:
+                    self.release_pending = True
+                c.on_ready(st)
+        elif t == 67:  # CommandComplete
+            b0 = body[0]
+            if b0 in b"SPDLUCR":
+                self._note_tag(bytes(body[:-1]))
+            if self.client is not None:
+                self.client.query_count += 1
+        elif t == 83:  # ParameterStatus
+            k, v = m.parse_parameter_status(body)
+            self.params[k] = v
+            self.synced_key = None
+            c = self.client
+            if c is not None:
+                c.param_changed(k, v)
+        elif t == 69:
+            c = self.client
+            if c is not None:
+                c.on_server_error(body)
+        return None
+
+    def _note_tag(self, tag: bytes) -> None:
+        if tag == b"SET":
+            self.dirty |= DIRTY_SET
+            self.synced_key = None
+            self.extra.clear()
+        elif tag == b"PREPARE":
+            self.dirty |= DIRTY_PREPARE
+        elif tag == b"DECLARE CURSOR":
+            self.dirty |= DIRTY_CURSOR
+        elif tag == b"LISTEN":
+            self.dirty |= DIRTY_LISTEN
+        elif tag == b"DISCARD ALL":
+            self.dirty = 0
+            self.extra.clear()
+            self.synced_key = None
+        elif tag == b"DEALLOCATE ALL":
+            self.dirty &= ~DIRTY_PREPARE
+        elif tag == b"RESET":
+            self.synced_key = None
+            self.extra.clear()
+
+    def _idle_read(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.close(f"idle server read failed: {e}")
+            return
+        if not data:
+            self.close("server closed an idle connection")
+            return
+        # Anything an idle backend says (a FATAL before it exits, a stray notification) makes it unsafe.
+        reason = "unexpected data from an idle server"
+        if data[:1] == b"E":
+            try:
+                f = m.parse_fields(data[5:])
+                reason = f"idle server sent {f.get('S')} {f.get('C')}: {f.get('M')}"
+            except Exception:
+                pass
+        self.close(reason)
+
+    # ------------------------------------------------------------------ housekeeping queries
+    def run_internal(self, queries: list[str], done: Callable[[bool], None]) -> None:
+        """Send our own simple queries; swallow their responses; call done(ok) after the last Z."""
+        self.state = INTERNAL
+        self.internal_left = len(queries)
+        self.internal_error = None
+        self.internal_done = done
+        self.inbuf = bytearray()
+        self.write(b"".join(m.query(q) for q in queries))
+
+    def _internal_read(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.close(f"read failed: {e}")
+            return
+        if not data:
+            self.close("server closed the connection")
+            return
+        buf = self.inbuf
+        buf += data
+        while len(buf) >= 5:
+            (ln,) = m.U32.unpack_from(buf, 1)
+            if len(buf) < ln + 1:
+                break
+            t = buf[0]
+            if t == 90:
+                self.txn_status = buf[5]
+                self.internal_left -= 1
+            elif t == 69:
+                self.internal_error = m.parse_fields(buf[5 : ln + 1])
+            elif t == 83:
+                k, v = m.parse_parameter_status(buf[5 : ln + 1])
+                self.params[k] = v
+                c = self.client
+                if c is not None:
+                    c.param_synced(k, v)
+            del buf[: ln + 1]
+            if self.internal_left == 0:
+                if buf:
+                    self.close("unexpected data after housekeeping query")
+                    return
+                done = self.internal_done
+                self.internal_done = None
+                self.state = ACTIVE if self.client is not None else IDLE
+                ok = self.internal_error is None
+                if not ok:
+                    err = self.internal_error or {}
+                    log.warning("housekeeping query on %s failed: %s %s", self.addr, err.get("C"), err.get("M"))
+                if done is not None:
+                    done(ok)
+                return
+
+    def sync_queries(self, want: dict[str, str]) -> list[str]:
+        """set_config() calls that make this server match a client's parameters."""
+        calls = []
+        for k, v in want.items():
+            cur = self.params.get(k)
+            if cur is None:
+                cur = self.extra.get(k)
+            if cur != v:
+                calls.append(f"pg_catalog.set_config({_quote(k)}, {_quote(v)}, false)")
+                if k not in self.params:
+                    self.extra[k] = v
+        if not calls:
+            return []
+        return ["SELECT " + ", ".join(calls)]
+
+    def cleanup_queries(self, in_txn: bool) -> list[str]:
+        q = []
+        if in_txn:
+            q.append("ROLLBACK")
+        if self.pool.cleanup:
+            d = self.dirty
+            parts = []
+            if d & DIRTY_SET:
+                parts.append("RESET ROLE; RESET SESSION AUTHORIZATION; RESET ALL")
+            if d & DIRTY_PREPARE:
+                parts.append("DEALLOCATE ALL")
+            if d & DIRTY_CURSOR:
+                parts.append("CLOSE ALL")
+            if d & DIRTY_LISTEN:
+                parts.append("UNLISTEN *")
+            if parts:
+                q.append("; ".join(parts))
+        return q
+
+    def after_cleanup(self) -> None:
+        if self.pool.cleanup:
+            if self.dirty & DIRTY_SET:
+                self.extra.clear()
+                self.synced_key = None
+            self.dirty = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_backlog(self) -> None:
+        c = self.client
+        if c is not None:
+            c.pause_reading()
+
+    def on_drained(self) -> None:
+        c = self.client
+        if c is not None and not c.closed and c.read_paused and not c.waiting:
+            c.resume_reading()
+
+    def on_close(self, reason: str) -> None:
+        prev = self.state
+        self.state = CLOSED
+        self.timer.cancel()
+        self.worker.server_closed(self, prev, reason)

@@ -1,0 +1,351 @@
+"""One worker = one thread = one selector loop with its own SO_REUSEPORT listener, the clients it accepted
+and its shard of every pool. Everything that happens to a connection happens on its worker's thread;
+servers move between workers only through `hand_over`/`adopt`, posted on the loops' wake-up queues.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from pgdoorman.client import READY, ClientConn
+from pgdoorman.net.conn import Conn
+from pgdoorman.net.loop import Loop
+from pgdoorman.net.sockopts import apply_tcp
+from pgdoorman.protocol import messages as m
+from pgdoorman.server import ACTIVE, CONNECTING, IDLE, INTERNAL, LOGIN, ServerConn
+
+if TYPE_CHECKING:
+    from pgdoorman.app import App
+    from pgdoorman.pool import Pool
+
+log = logging.getLogger("pgdoorman.worker")
+
+# How often waiters are checked against query_wait_timeout (the error comes at most this late).
+WAIT_TICK = 0.1
+
+
+class Listener:
+    """Accepts connections on one listening socket and turns them into ClientConns."""
+
+    __slots__ = ("sock", "worker", "is_unix")
+
+    def __init__(self, sock: socket.socket, worker: Worker, is_unix: bool) -> None:
+        self.sock = sock
+        self.worker = worker
+        self.is_unix = is_unix
+
+    def on_event(self, mask: int) -> None:
+        w = self.worker
+        for _ in range(64):
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("accept failed: %s", e)
+                return
+            w.accepted(conn, addr, self.is_unix)
+
+
+class Worker:
+    def __init__(self, app: App, wid: int) -> None:
+        self.app = app
+        self.id = wid
+        self.loop = Loop(f"worker-{wid}")
+        self.listeners: list[Listener] = []
+        self.clients: set[ClientConn] = set()
+        self.servers: set[ServerConn] = set()
+        self.accepting = True
+
+    # ------------------------------------------------------------------ setup
+    def add_listener(self, sock: socket.socket, is_unix: bool = False) -> None:
+        lst = Listener(sock, self, is_unix)
+        self.listeners.append(lst)
+        self.loop.call_soon_threadsafe(self._register_listener, lst)
+
+    def _register_listener(self, lst: Listener) -> None:
+        self.loop.sel.register(lst.sock, 1, lst)
+
+    def stop_accepting(self) -> None:
+        self.accepting = False
+        for lst in self.listeners:
+            try:
+                self.loop.sel.unregister(lst.sock)
+            except (KeyError, ValueError):
+                pass
+            lst.sock.close()
+        self.listeners.clear()
+
+    def run(self) -> None:
+        cpus = self.app.cpu_for_worker(self.id)
+        if cpus is not None:
+            try:
+                os.sched_setaffinity(0, cpus)
+            except OSError as e:
+                log.warning("worker %d: could not pin to CPUs %s: %s", self.id, cpus, e)
+        self.loop.call_later(WAIT_TICK, self._wait_tick)
+        self.loop.call_later(self._retain_interval(), self._retain_tick)
+        self.loop.run()
+
+    def apply_tcp(self, sock: socket.socket) -> None:
+        apply_tcp(sock, self.app.tcp_options)
+
+    # ------------------------------------------------------------------ clients
+    def accepted(self, sock: socket.socket, addr: object, is_unix: bool) -> None:
+        sock.setblocking(False)
+        if not is_unix:
+            self.apply_tcp(sock)
+        peer = "unix" if is_unix else f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        if not self.accepting:
+            sock.close()
+            return
+        if not self.app.client_admitted():
+            try:
+                sock.send(m.error_response("53300", "sorry, too many clients already", "FATAL"))
+            except OSError:
+                pass
+            sock.close()
+            return
+        c = ClientConn(sock, self, peer, is_unix)
+        self.clients.add(c)
+        c._apply_mask()
+
+    def client_closed(self, c: ClientConn, reason: str) -> None:
+        self.clients.discard(c)
+        self.app.client_left()
+        if c.pid:
+            self.app.cancels.unregister(c.pid)
+        if c.admin is not None and c.admin is not True:
+            try:
+                c.admin.on_close()
+            except Exception:
+                log.exception("admin session close failed")
+        if c.state == READY and self.app.config.general.log_client_disconnections:
+            log.info("client %s (%s@%s) disconnected: %s", c.addr, c.user, c.database, reason)
+        pool = c.pool
+        if c.waiting:
+            c.waiting = False
+            if pool is not None:
+                pool.remove_waiter(c)
+        s = c.server
+        if s is not None:
+            c.server = None
+            s.client = None
+            self.release_server(s, client_gone=True, client=c)
+
+    # ------------------------------------------------------------------ servers
+    def spawn_server(self, pool: Pool) -> None:
+        try:
+            s = ServerConn.open(self, pool)
+        except OSError as e:
+            log.warning("cannot connect to %s:%s for %s: %s", pool.pool_cfg.server_host,
+                        pool.pool_cfg.server_port, pool.name, e)
+            pool.server_gone(None, self, was_connecting=True)  # type: ignore[arg-type]
+            c = pool.fail_first_waiter()
+            if c is not None:
+                self._fail_client(c, m.error_response("08006", f"could not connect to server: {e}", "FATAL"))
+            return
+        self.servers.add(s)
+
+    def server_ready(self, s: ServerConn) -> None:
+        """A new server finished login: give it to the oldest waiter or park it."""
+        s.pool.release(s, self)
+
+    def release_server(self, s: ServerConn, client_gone: bool = False, client: ClientConn | None = None) -> None:
+        """The linked client is done with `s` (ReadyForQuery idle in transaction mode, or it left)."""
+        if s.closed:
+            return
+        s.client = None
+        pool = s.pool
+        if client_gone:
+            c_expect = client.expect if client is not None else 0
+            c_unsynced = client.unsynced if client is not None else False
+            mid = s.scanner.mid_message or (client is not None and client.scanner.mid_message)
+            if s.state == INTERNAL:
+                # Our own query is running: let it finish, then clean up as usual.
+                s.internal_done = lambda ok: self._after_client_left(s, ok)
+                return
+            if c_expect > 0 or c_unsynced or mid or s.out:
+                # The server is still working for a client that is gone: it cannot be handed over.
+                s.close("client left with a request in flight")
+                return
+        queries = s.cleanup_queries(s.txn_status != 73)
+        if queries:
+            s.run_internal(queries, lambda ok: self._cleaned(s, ok))
+            return
+        self._return_to_pool(s)
+
+    def _after_client_left(self, s: ServerConn, ok: bool) -> None:
+        if not ok:
+            s.close("housekeeping failed")
+            return
+        self.release_server(s)
+
+    def _cleaned(self, s: ServerConn, ok: bool) -> None:
+        if not ok or s.txn_status != 73:
+            s.close("cleanup failed")
+            return
+        s.after_cleanup()
+        self._return_to_pool(s)
+
+    def _return_to_pool(self, s: ServerConn) -> None:
+        pool = s.pool
+        s.state = IDLE
+        s.release_pending = False
+        now = time.monotonic()
+        if s.cancelled:
+            s.close("a cancel request was sent to it")
+            return
+        if s.epoch != pool.epoch:
+            s.close("pool reconnected")
+            return
+        if pool.server_lifetime > 0 and now - s.created > pool.server_lifetime:
+            s.close("server_lifetime reached")
+            return
+        if self.app.shutting_down:
+            s.close("shutting down")
+            return
+        pool.release(s, self)
+
+    def server_closed(self, s: ServerConn, prev_state: int, reason: str) -> None:
+        self.servers.discard(s)
+        pool = s.pool
+        if prev_state in (CONNECTING, LOGIN):
+            log.warning("server connection to %s for %s failed: %s", s.addr, pool.name, reason)
+            pool.server_gone(s, self, was_connecting=True)
+            c = pool.fail_first_waiter()
+            if c is not None:
+                self._fail_client(c, s.connect_error)
+            pool.retry_for_waiters(self)
+            return
+        if prev_state == IDLE:
+            pool.take_idle(s, self)
+            log.info("idle server %s (%s) closed: %s", s.addr, pool.name, reason)
+        else:
+            log.debug("server %s (%s) closed: %s", s.addr, pool.name, reason)
+        c = s.client
+        s.client = None
+        if c is not None and not c.closed:
+            c.server = None
+            if prev_state in (ACTIVE, INTERNAL):
+                c.server_failed(None)
+        pool.server_gone(s, self)
+
+    def _fail_client(self, c: ClientConn, error: bytes | None) -> None:
+        if c.worker is self:
+            c.server_failed(error)
+        else:
+            c.worker.loop.call_soon_threadsafe(c.server_failed, error)
+
+    # -- cross-shard handover
+    def hand_over(self, s: ServerConn, c: ClientConn) -> None:
+        """In the server's owner: detach it and send it to the client's worker."""
+        if s.closed:
+            # It died in transit: the client is no longer in the queue; let it ask again.
+            c.worker.loop.call_soon_threadsafe(c.worker.retry_checkout, c)
+            return
+        if c.worker is self:
+            c.attach_server(s) if c.waiting else s.pool.release(s, self)
+            return
+        s.detach()
+        self.servers.discard(s)
+        c.worker.loop.call_soon_threadsafe(c.worker.adopt, s, c)
+
+    def adopt(self, s: ServerConn, c: ClientConn) -> None:
+        """In the client's worker: take ownership of a server moved from another worker."""
+        s.worker = self
+        s.loop = self.loop
+        s.pstats = s.pool.stats[self.id]
+        self.servers.add(s)
+        s.attach(self.loop)
+        if c.waiting and not c.closed:
+            c.attach_server(s)
+        else:
+            s.pool.release(s, self)
+
+    def retry_checkout(self, c: ClientConn) -> None:
+        if c.waiting and not c.closed:
+            c.waiting = False
+            c.need_server()
+
+    # ------------------------------------------------------------------ timers
+    def _wait_tick(self) -> None:
+        now = time.monotonic()
+        for pool in self.app.pool_list:
+            if pool.waiters:
+                for c in pool.expired_waiters(now):
+                    if c.worker is self:
+                        c.wait_timed_out()
+                    else:
+                        c.worker.loop.call_soon_threadsafe(c.wait_timed_out)
+        self.loop.call_later(WAIT_TICK, self._wait_tick)
+
+    def _retain_interval(self) -> float:
+        base = self.app.config.general.retain_connections_time / 1000.0
+        return max(0.05, base)
+
+    def _retain_tick(self) -> None:
+        """Close idle servers past idle_timeout or server_lifetime; keep min_pool_size warm."""
+        now = time.monotonic()
+        limit = self.app.config.general.retain_connections_max or 1 << 30
+        closed = 0
+        pools = list(self.app.pool_list)
+        random.shuffle(pools)
+        for pool in pools:
+            victims = []
+            with pool.lock:
+                lst = pool.idle[self.id]
+                for s in list(lst):
+                    if closed >= limit:
+                        break
+                    # +-20% jitter so servers opened together do not all expire together.
+                    jit = 0.8 + 0.4 * ((s.id * 2654435761) % 1000) / 1000.0
+                    too_idle = pool.idle_timeout > 0 and now - s.idle_since > pool.idle_timeout * jit
+                    too_old = pool.server_lifetime > 0 and now - s.created > pool.server_lifetime * jit
+                    if (too_idle or too_old) and pool.total - len(victims) > pool.min_pool_size:
+                        lst.remove(s)
+                        pool.n_idle -= 1
+                        victims.append(s)
+                        closed += 1
+            for s in victims:
+                s.state = 5
+                s.close("idle_timeout" if now - s.idle_since > pool.idle_timeout else "server_lifetime")
+            if self.id == 0:
+                self.ensure_min(pool)
+        self.loop.call_later(self._retain_interval(), self._retain_tick)
+
+    def ensure_min(self, pool: Pool) -> None:
+        if pool.min_pool_size <= 0:
+            return
+        if pool.passthrough and pool.scram_client_key is None and pool.server_secret and \
+                pool.server_secret.startswith("SCRAM-SHA-256$"):
+            return  # passthrough SCRAM cannot log in before a client has (no ClientKey yet)
+        while pool.total < pool.min_pool_size and pool.reserve_spawn():
+            self.spawn_server(pool)
+
+    # ------------------------------------------------------------------ shutdown
+    def close_all(self, reason: str) -> None:
+        for c in list(self.clients):
+            if c.state == READY or c.state == 6:
+                c.write(m.error_response("58006", "pooler is shut down now", "FATAL"))
+            c.close(reason)
+        for s in list(self.servers):
+            s.close(reason)
+
+    def idle_clients_close(self) -> None:
+        """During shutdown: close clients that hold no server (between transactions)."""
+        for c in list(self.clients):
+            if c.server is None and not c.waiting and c.state == READY:
+                c.write(m.error_response("58006", "pooler is shut down now", "FATAL"))
+                c.close("shutdown")
+
+    def conn_count(self) -> tuple[int, int]:
+        return len(self.clients), len(self.servers)
+
+
+__all__ = ["Worker", "Listener", "Conn"]
