@@ -535,11 +535,9 @@ class Bench:
             ):
                 best = c
             best.attempts = attempt
-            if not c.contaminated:
+            if not c.contaminated or attempt > self.args.retries:
                 break
-            print(
-                f"    foreign load {c.foreign_cores} cores > {self.args.max_foreign}: re-running", flush=True
-            )
+            print(f" foreign load {c.foreign_cores} cores, re-running ...", end="", flush=True)
         assert best is not None
         return best
 
@@ -882,7 +880,7 @@ class Bench:
         bad = [
             f"{c.target} -M {c.mode} -c {c.clients}: {c.status} {c.note}".strip()
             for c in self.cells
-            if c.target != "direct" and c.status in ("failed", "error")
+            if c.target != "direct" and c.status in ("failed", "error") and c.target not in self.start_errors
         ]
         bad += [f"{i.target} idle clients: {i.status}" for i in self.idle if i.status != "ok"]
         bad += [f"{t}: did not start" for t in self.start_errors]
@@ -1006,7 +1004,7 @@ def mode_table(cells: list[Cell], mode: str, clients: list[int]) -> list[str]:
                 continue
             tps = fmt(c.tps, thousands=True) + (" †" if c.contaminated else "")
             if c.status == "error" and c.tps is None:
-                tps = "error: " + _md((c.note + ": " if c.note else "") + (c.errors[-1] if c.errors else ""))
+                tps = "error: " + _md("; ".join(filter(None, [c.note, *c.errors[-1:]])))
             elif c.status != "ok":
                 tps += " (FAILED)"
             pooler = fmt(c.pooler_us) + (
@@ -1160,19 +1158,24 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
                 f"| {i.alive or '–'} | {i.status}{': ' + _md('; '.join(i.errors)) if i.errors else ''} |"
             )
         out.append("")
-    out += [
-        "## CPU detail per cell",
-        "",
-        'µs of CPU per transaction in the window, by process. "box" is everything the machine did '
-        "(2 cores = 2,000,000 µs/s); foreign is what other work on the machine used.",
-        "",
-        "| target | -M | -c | tps | pgbench µs/tx | postgres µs/tx | pooler µs/tx | box µs/tx | busy cores "
-        "| foreign cores | idle before (cores) | window s | attempts |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    measured = [
+        c for c in bench.cells if c.status != "skipped" and (c.tps is not None or c.pooler_us is not None)
     ]
-    for c in bench.cells:
-        if c.status == "skipped" or (c.tps is None and c.pooler_us is None):
-            continue
+    out += (
+        []
+        if not measured
+        else [
+            "## CPU detail per cell",
+            "",
+            'µs of CPU per transaction in the window, by process. "box" is everything the machine did '
+            "(2 cores = 2,000,000 µs/s); foreign is what other work on the machine used.",
+            "",
+            "| target | -M | -c | tps | pgbench µs/tx | postgres µs/tx | pooler µs/tx | box µs/tx | busy cores "
+            "| foreign cores | idle before (cores) | window s | attempts |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    )
+    for c in measured:
         out.append(
             f"| {c.target} | {c.mode} | {c.clients} | {fmt(c.tps, thousands=True)}{' †' if c.contaminated else ''} "
             f"| {fmt(c.pgbench_us)} | {fmt(c.postgres_us)} | {fmt(c.pooler_us)} | {fmt(c.box_us)} "
