@@ -1,7 +1,7 @@
 """Throwaway PostgreSQL clusters for tests, `make run` and the benchmark: initdb, configure, start,
 stop, run SQL as the superuser. Importable (``PgCluster``, ``find_bindir``) and a small CLI:
 
-    python scripts/pgcluster.py start|stop|status DIR PORT
+    python scripts/pgcluster.py start DIR PORT | stop DIR [PORT] | status DIR [PORT]
 
 PostgreSQL refuses to run as root, so when we are root every server-side command runs as the
 ``postgres`` OS user via runuser and the cluster directory is chowned to it.
@@ -232,13 +232,16 @@ class PgCluster:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3 or args[0] not in ("start", "stop", "status"):
-        print("usage: pgcluster.py start|stop|status DIR PORT", file=sys.stderr)
+    # PORT matters only to start (stop and status find the server through its data directory).
+    if not (args and args[0] in ("start", "stop", "status") and len(args) in (2, 3)) or (
+        args[0] == "start" and len(args) != 3
+    ):
+        print("usage: pgcluster.py start DIR PORT | stop DIR [PORT] | status DIR [PORT]", file=sys.stderr)
         return 2
-    action, basedir, port = args[0], args[1], int(args[2])
-    os.makedirs(basedir, exist_ok=True)
-    cluster = PgCluster(basedir, port)
+    action, basedir = args[0], args[1]
+    cluster = PgCluster(basedir, int(args[2]) if len(args) == 3 else 0)
     if action == "start":
+        os.makedirs(basedir, exist_ok=True)
         if not os.path.exists(os.path.join(cluster.datadir, "PG_VERSION")):
             cluster.init()
         if not cluster.running():

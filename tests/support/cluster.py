@@ -15,6 +15,11 @@ if str(ROOT / "scripts") not in sys.path:
 
 from pgcluster import PgCluster  # noqa: E402  (scripts/ is not a package)
 
+__all__ = [
+    "ADMIN_PASSWORD", "ADMIN_USER", "DBNAME", "MD5_PASSWORD", "MD5_USER", "SCRAM_PASSWORD", "SCRAM_USER",
+    "SUPERUSER", "PgCluster", "deep_merge", "pooler_config", "start_test_cluster",
+]
+
 DBNAME = "app"
 SCRAM_USER = "app_scram"
 SCRAM_PASSWORD = "scram_pw"

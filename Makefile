@@ -1,0 +1,67 @@
+# pgdoorman developer entry points. Everything installs what it needs (Debian packages via
+# scripts/ensure_deps.sh, Python packages into .venv), so each target works on a fresh Debian 12/13.
+
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+FT_PY  := .venv-ft/bin/python
+STAMP  := $(VENV)/.pgdoorman-installed
+
+.PHONY: help venv deps run test test-ft lint bench ft-python clean distclean
+
+help:
+	@echo "make run        throwaway PostgreSQL + pgdoorman on 127.0.0.1:6432 in the foreground"
+	@echo "make test       lint, type-check, the test suite, then the free-threaded (3.13t) concurrency tests"
+	@echo "make lint       ruff + mypy only"
+	@echo "make bench      scripts/bench.py (pgdoorman vs pgbouncer)"
+	@echo "make ft-python  build/reuse free-threaded CPython 3.13t and .venv-ft"
+	@echo "make clean      stop the demo cluster, remove .run/ and caches (distclean: also the venvs)"
+
+# The stamp makes `make venv` a no-op until pyproject.toml changes.
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	@echo "pip install -e '.[test]' into $(VENV) (log: $(VENV)/pip.log)"
+	@{ $(VPY) -m pip install -q --upgrade pip && $(VPY) -m pip install -q -e '.[test]'; } \
+		>$(VENV)/pip.log 2>&1 || { tail -n 40 $(VENV)/pip.log; exit 1; }
+	touch $@
+
+deps:
+	scripts/ensure_deps.sh postgres
+
+run: deps venv
+	$(VPY) scripts/run_demo.py $(ARGS)
+
+lint: venv
+	$(VPY) -m ruff check pgdoorman tests scripts
+	$(VPY) -m mypy
+
+# Every step runs even after a failure, so one CI run reports all of them; the exit code is
+# non-zero if any failed.
+test: deps venv
+	@failed=""; \
+	step() { name=$$1; shift; echo "=== $$name: $$*"; "$$@" || failed="$$failed $$name"; }; \
+	step ruff $(VPY) -m ruff check pgdoorman tests scripts; \
+	step mypy $(VPY) -m mypy; \
+	step pytest $(VPY) -m pytest; \
+	step free-threaded $(MAKE) --no-print-directory test-ft; \
+	if [ -n "$$failed" ]; then echo "=== FAILED:$$failed"; exit 1; fi; \
+	echo "=== all checks passed"
+
+test-ft: deps ft-python
+	PGDOORMAN_EXPECT_FREE_THREADING=1 $(FT_PY) -m pytest -m concurrency tests/integration
+
+ft-python:
+	scripts/build_python_ft.sh
+
+bench: venv
+	scripts/ensure_deps.sh postgres pgbouncer
+	$(VPY) scripts/bench.py $(ARGS)
+
+clean:
+	-test -d .run/pg && $(PYTHON) scripts/pgcluster.py stop .run/pg
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -not -path './.venv*' -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) .venv-ft
