@@ -1,0 +1,620 @@
+"""The one table of configuration settings (every PgDoorman key of `include`, `general`, `web`,
+`talos`, `pools.<name>`, `users[]` and `auth_query`). The loader's validation, the config
+dataclasses' defaults, the annotated reference config and the Markdown reference are all derived
+from it. To implement a setting: flip `implemented=True` here and use the dataclass attribute."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final
+
+from pgdoorman.config.values import (
+    Bool,
+    ByteSize,
+    Choice,
+    Duration,
+    HbaSource,
+    Int,
+    OctalMode,
+    Password,
+    PgHbaRules,
+    Port,
+    Seconds,
+    StartupParameters,
+    Str,
+    StrList,
+    Subsection,
+    ValueType,
+    WorkerThreads,
+)
+
+
+class _Required:
+    """Sentinel default of settings that must be present (the dataclass attribute has no default)."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Final = _Required()
+
+
+@dataclass(frozen=True)
+class Field:
+    section: str
+    key: str
+    type: ValueType
+    default: Any
+    doc: str
+    implemented: bool
+    reloadable: bool = True
+    group: str = ""
+    required: bool = False
+    # May be absent with no default value: the attribute is then None (`default` must be None).
+    optional: bool = False
+    # Never echoed into error messages, diffs or logs.
+    secret: bool = False
+    # Old names accepted with a deprecation warning.
+    aliases: tuple[str, ...] = ()
+    # Docs text for the default when the stored default (None, "") means something else.
+    default_doc: str = ""
+    # Config-file value shown commented out in the reference config when there is no default.
+    example: Any = None
+
+    @property
+    def annotation(self) -> Any:
+        """The Python type of this setting's dataclass attribute."""
+        base = self.type.annotation
+        return base | None if self.optional else base
+
+    @property
+    def path(self) -> str:
+        return f"{SECTIONS[self.section].path}.{self.key}"
+
+    def default_text(self) -> str:
+        """The default as the docs and the reference comments show it."""
+        if self.default_doc:
+            return self.default_doc
+        if self.default is REQUIRED:
+            return "required"
+        if self.default is None:
+            return "unset"
+        return self.type.describe(self.default)
+
+
+@dataclass(frozen=True)
+class SectionInfo:
+    name: str
+    path: str
+    title: str
+    intro: str
+    doc_file: str
+
+
+SECTIONS: Final[Mapping[str, SectionInfo]] = MappingProxyType(
+    {
+        "include": SectionInfo(
+            "include",
+            "include",
+            "`include` section",
+            "Other configuration files merged into this one.",
+            "index.md",
+        ),
+        "general": SectionInfo(
+            "general",
+            "general",
+            "`general` section",
+            "Process-wide settings: listener, timeouts, TCP options, memory limits, workers, logging, "
+            "prepared statements and the admin console.",
+            "general.md",
+        ),
+        "web": SectionInfo(
+            "web",
+            "web",
+            "`web` section",
+            "The HTTP listener serving Prometheus metrics. The older section name `prometheus` is "
+            "accepted as an alias (use one or the other, not both).",
+            "web.md",
+        ),
+        "talos": SectionInfo(
+            "talos",
+            "talos",
+            "`talos` section",
+            "Talos JWT authentication (PgDoorman's `talos` user). Top-level section, not part of `general`.",
+            "talos.md",
+        ),
+        "pool": SectionInfo(
+            "pool",
+            "pools.<name>",
+            "`pools.<name>` sections",
+            "One section per pool. The pool name is the database name clients connect to; "
+            "`server_database` may point it at a differently named database.",
+            "pool.md",
+        ),
+        "user": SectionInfo(
+            "user",
+            "pools.<name>.users[]",
+            "`pools.<name>.users[]` entries",
+            "The users of a pool. Write them as a list (`users: [...]` in YAML, `[[pools.<name>.users]]` "
+            "in TOML) or as the legacy TOML map with numeric keys (`[pools.<name>.users.0]`). "
+            "Usernames must be unique within a pool.",
+            "users.md",
+        ),
+        "auth_query": SectionInfo(
+            "auth_query",
+            "pools.<name>.auth_query",
+            "`pools.<name>.auth_query` section",
+            "Users looked up in PostgreSQL at login time instead of being listed in the file.",
+            "auth_query.md",
+        ),
+    }
+)
+
+# Docs wording reused by the pool-level timing overrides (PgDoorman parses these as integers only).
+_INT_MS_NOTE = (
+    " Integer milliseconds; pgdoorman also accepts duration strings such as \"5s\" here, "
+    "PgDoorman itself does not (generated files therefore use integers)."
+)
+_NI_WARNING = "not implemented by pgdoorman yet; ignored"
+
+_ANY_TLS_MODE = Choice("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_POOL_MODE = Choice("transaction", "session")
+
+
+def _general(
+    group: str,
+    key: str,
+    type_: ValueType,
+    default: Any,
+    implemented: bool,
+    doc: str,
+    **kw: Any,
+) -> Field:
+    return Field("general", key, type_, default, doc, implemented, group=group, **kw)
+
+
+def _web(group: str, key: str, type_: ValueType, default: Any, implemented: bool, doc: str, **kw: Any) -> Field:
+    return Field("web", key, type_, default, doc, implemented, group=group, **kw)
+
+
+def _pool(group: str, key: str, type_: ValueType, default: Any, implemented: bool, doc: str, **kw: Any) -> Field:
+    return Field("pool", key, type_, default, doc, implemented, group=group, **kw)
+
+
+def _user(key: str, type_: ValueType, default: Any, implemented: bool, doc: str, **kw: Any) -> Field:
+    return Field("user", key, type_, default, doc, implemented, **kw)
+
+
+def _aq(key: str, type_: ValueType, default: Any, doc: str, **kw: Any) -> Field:
+    return Field("auth_query", key, type_, default, doc, False, **kw)
+
+
+MiB = 1 << 20
+
+FIELDS: Final[tuple[Field, ...]] = (
+    # ------------------------------------------------------------------ include
+    Field(
+        "include",
+        "files",
+        StrList(),
+        (),
+        "Config files merged over this one, in order; later files win for single values, tables are "
+        "merged key by key and lists are concatenated. Relative paths are relative to the file that "
+        "names them. Formats may be mixed (YAML by extension .yaml/.yml, TOML otherwise) and included "
+        "files may include further files.",
+        True,
+    ),
+    # ------------------------------------------------------------------ general: network
+    _general("Network", "host", Str(nonempty=True), "0.0.0.0", True,
+             'Address the client listener binds to ("0.0.0.0": every IPv4 address, "::": every IPv6 address).',
+             reloadable=False),
+    _general("Network", "port", Port(), 5432, True,
+             "TCP port of the client listener. The Unix socket, if any, is named `.s.PGSQL.<port>`.",
+             reloadable=False),
+    _general("Network", "backlog", Int(0), 0, True,
+             "Length of the listen() queue of pending connections; 0 means use `max_connections`.",
+             reloadable=False),
+    _general("Network", "unix_socket_dir", Str(nonempty=True), None, True,
+             "Directory in which to listen on a Unix socket `.s.PGSQL.<port>` as well; unset means no Unix socket.",
+             optional=True, reloadable=False, example="/var/run/pg_doorman"),
+    _general("Network", "unix_socket_mode", OctalMode(), 0o600, True,
+             'Permissions given to the Unix socket file after it is created, as an octal string such as "0660". '
+             "Only permission bits within 0777 are allowed.",
+             reloadable=False),
+    _general("Network", "unix_socket_buffer_size", ByteSize(), MiB, False,
+             "Socket buffer size used for Unix socket connections."),
+    _general("Network", "max_connections", Int(1), 8192, True,
+             "Maximum number of client connections at once; further clients are refused with SQLSTATE 53300 "
+             "(too many clients)."),
+    # ------------------------------------------------------------------ general: timeouts
+    _general("Timeouts", "connect_timeout", Duration(), 3000, True,
+             "Time allowed to open a server connection: the TCP connect plus the startup and authentication "
+             "exchange. Pools may override it."),
+    _general("Timeouts", "query_wait_timeout", Duration(), 5000, True,
+             "How long a client may wait for a server connection from its pool before it gets an error."),
+    _general("Timeouts", "idle_timeout", Duration(), 600_000, True,
+             "Server connections that have served at least one client and then stayed idle this long are closed. "
+             "0 disables. A random jitter of up to 20% keeps connections from expiring together. Pools may "
+             "override it."),
+    _general("Timeouts", "server_lifetime", Duration(), 1_200_000, True,
+             "Server connections older than this are closed when they next become idle. 0 disables. Jittered by "
+             "up to 20%. Pools and users may override it."),
+    _general("Timeouts", "retain_connections_time", Duration(), 30_000, True,
+             "Period of the maintenance pass that closes idle and expired server connections and tops pools up "
+             "to their `min_pool_size`."),
+    _general("Timeouts", "retain_connections_max", Int(0), 3, True,
+             "Most server connections closed by one maintenance pass (oldest first); 0 means no limit."),
+    _general("Timeouts", "server_idle_check_timeout", Duration(), 60_000, True,
+             "A server connection idle for longer than this is checked with an empty query before a client gets "
+             "it, so connections killed while idle are not handed out. 0 disables the check."),
+    _general("Timeouts", "shutdown_timeout", Duration(), 10_000, True,
+             "On graceful shutdown or binary upgrade, how long clients get to finish before they are disconnected."),
+    _general("Timeouts", "proxy_copy_data_timeout", Duration(), 15_000, False,
+             "Timeout for relaying COPY data and streamed large messages between client and server."),
+    # ------------------------------------------------------------------ general: TCP
+    _general("TCP", "tcp_keepalives_idle", Seconds(), 5, True,
+             "TCP keepalive: seconds of idleness before the first probe (client and server sockets)."),
+    _general("TCP", "tcp_keepalives_interval", Seconds(), 5, True,
+             "TCP keepalive: seconds between probes."),
+    _general("TCP", "tcp_keepalives_count", Int(0), 5, True,
+             "TCP keepalive: unanswered probes before the connection is declared dead."),
+    _general("TCP", "tcp_user_timeout", Seconds(), 60, True,
+             "TCP_USER_TIMEOUT (Linux): a connection whose sent data stays unacknowledged this many seconds is "
+             "dropped. 0 keeps the operating system default."),
+    _general("TCP", "tcp_so_linger", Seconds(), 0, True,
+             "SO_LINGER seconds applied when closing sockets; 0 resets the connection (RST) at once instead of "
+             "lingering."),
+    _general("TCP", "tcp_no_delay", Bool(), True, True,
+             "Set TCP_NODELAY so small protocol messages are sent without Nagle's delay."),
+    _general("TCP", "tcp_socket_buffer_size", ByteSize(), 0, False,
+             "When not 0, sets SO_RCVBUF and SO_SNDBUF on client, server and web sockets; 0 leaves buffer sizing "
+             "to the kernel."),
+    # ------------------------------------------------------------------ general: limits
+    _general("Limits", "max_memory_usage", ByteSize(), 256 * MiB, True,
+             "Budget for protocol message bytes buffered in memory across all connections."),
+    _general("Limits", "message_size_to_be_stream", ByteSize(), MiB, True,
+             "DataRow, CopyData and FunctionCallResponse messages larger than this are relayed in pieces as they "
+             "arrive instead of being buffered whole."),
+    # ------------------------------------------------------------------ general: workers
+    _general("Workers", "worker_threads", WorkerThreads(), None, True,
+             'Number of worker threads, each running its own event loop. "auto" means one per CPU on '
+             "free-threaded CPython and 1 when the GIL is enabled (PgDoorman's default is 4).",
+             reloadable=False, default_doc='`"auto"`'),
+    _general("Workers", "worker_cpu_affinity_pinning", Bool(), False, True,
+             "Pin each worker thread to a CPU of its own.", reloadable=False),
+    _general("Workers", "worker_stack_size", ByteSize(), None, False,
+             "Stack size of PgDoorman's tokio worker threads.", optional=True, reloadable=False, example="8MB"),
+    _general("Workers", "max_blocking_threads", Int(1), None, False,
+             "Upper bound on PgDoorman's tokio blocking-thread pool.", optional=True, reloadable=False,
+             example=512),
+    _general("Workers", "tokio_global_queue_interval", Int(1), None, False,
+             "Tokio scheduler tuning knob of PgDoorman (global queue interval).", optional=True,
+             reloadable=False, example=61),
+    _general("Workers", "tokio_event_interval", Int(1), None, False,
+             "Tokio scheduler tuning knob of PgDoorman (event interval).", optional=True, reloadable=False,
+             example=61),
+    # ------------------------------------------------------------------ general: logging
+    _general("Logging", "log_client_connections", Bool(), True, True,
+             "Log each accepted client connection. (PgDoorman documents true but reads a missing key as false; "
+             "pgdoorman uses the documented default.)"),
+    _general("Logging", "log_client_disconnections", Bool(), True, True,
+             "Log each client disconnection. (Same default note as `log_client_connections`.)"),
+    _general("Logging", "syslog_prog_name", Str(nonempty=True), None, True,
+             "Send the log to syslog under this program name instead of stderr.", optional=True,
+             reloadable=False, example="pg_doorman"),
+    # ------------------------------------------------------------------ general: pool behaviour
+    _general("Pool behaviour", "server_round_robin", Bool(), False, True,
+             "Hand out idle server connections in rotation instead of most-recently-used first. The default "
+             "keeps a small hot set busy and lets the rest reach `idle_timeout`."),
+    _general("Pool behaviour", "sync_server_parameters", Bool(), False, True,
+             "In transaction mode, make each server connection match the client's session parameters "
+             "(client_encoding, DateStyle, IntervalStyle, TimeZone, standard_conforming_strings, application_name "
+             "and safe startup parameters) with SET/RESET when it is checked out."),
+    _general("Pool behaviour", "pooler_check_query", Str(nonempty=True), ";", True,
+             "A simple query byte-for-byte equal to this is a health check: it is answered from a cached server "
+             "reply without using a server connection."),
+    _general("Pool behaviour", "startup_parameters", StartupParameters(), MappingProxyType({}), False,
+             "Parameters (GUCs) sent in the startup packet of every server connection; pools override them "
+             "key by key. Reserved names (user, database, options, role, ...) are refused."),
+    # ------------------------------------------------------------------ general: prepared statements
+    _general("Prepared statements", "prepared_statements", Bool(), True, True,
+             "Support prepared statements in transaction mode: statements are renamed to shared server-side "
+             "names and prepared again on whichever server connection the client gets."),
+    _general("Prepared statements", "prepared_statements_cache_size", Int(0), 8192, True,
+             "Size of each pool's cache of prepared statements (distinct statements). Must be at least 1 when "
+             "`prepared_statements` is on. Pools may override it."),
+    _general("Prepared statements", "server_prepared_statements_cache_size", Int(1), None, True,
+             "How many prepared statements each server connection keeps (least recently used are closed). "
+             "Unset: the pool-level cache size.", optional=True, example=1024,
+             default_doc="`prepared_statements_cache_size`"),
+    _general("Prepared statements", "client_anonymous_prepared_cache_size", Int(0), None, True,
+             "How many unnamed prepared statements each client keeps (least recently used are dropped); 0 means "
+             "no limit (warned about). Unset: the pool-level cache size. The old name "
+             "`client_prepared_statements_cache_size` is accepted with a warning.",
+             optional=True, aliases=("client_prepared_statements_cache_size",), example=256,
+             default_doc="`prepared_statements_cache_size`"),
+    _general("Prepared statements", "query_interner_gc_interval_seconds", Seconds(1), 60, False,
+             "Interval of PgDoorman's query-text interner garbage collection.", reloadable=False),
+    _general("Prepared statements", "query_interner_anon_idle_ttl_seconds", Seconds(), 60, False,
+             "Query text of unnamed statements idle this long is released; 0 keeps it."),
+    # ------------------------------------------------------------------ general: Patroni
+    _general("Patroni-assisted fallback", "patroni_api_urls", StrList(), None, False,
+             "Patroni REST API URLs (http or https). When set, a failed local server connection falls back to "
+             "another cluster member found through Patroni (sync standby first). Pools inherit it.",
+             optional=True, example=["http://10.0.0.1:8008", "http://10.0.0.2:8008"]),
+    _general("Patroni-assisted fallback", "fallback_cooldown", Duration(), None, False,
+             "How long the local server is avoided after a failure.", optional=True, default_doc="`30s`",
+             example="30s"),
+    _general("Patroni-assisted fallback", "patroni_api_timeout", Duration(), None, False,
+             "HTTP timeout of Patroni API requests.", optional=True, default_doc="`5s`", example="5s"),
+    _general("Patroni-assisted fallback", "fallback_connect_timeout", Duration(), None, False,
+             "Connect timeout for each fallback candidate.", optional=True, default_doc="`5s`", example="5s"),
+    _general("Patroni-assisted fallback", "fallback_lifetime", Duration(), None, False,
+             "Lifetime of server connections opened to a fallback host.", optional=True,
+             default_doc="`fallback_cooldown`", example="30s"),
+    # ------------------------------------------------------------------ general: admin
+    _general("Admin console", "admin_username", Str(nonempty=True), "admin", True,
+             'User name for the admin console (database "pgdoorman" or "pgbouncer"). Required.',
+             required=True),
+    _general("Admin console", "admin_password", Str(), "admin", True,
+             "Plain-text password of the admin console user. Required.", required=True, secret=True),
+    # ------------------------------------------------------------------ general: client TLS
+    _general("Client TLS", "tls_certificate", Str(nonempty=True), None, False,
+             "PEM certificate presented to clients; set together with `tls_private_key`.", optional=True,
+             reloadable=False, example="/etc/pg_doorman/server.crt"),
+    _general("Client TLS", "tls_private_key", Str(nonempty=True), None, False,
+             "PEM private key of `tls_certificate`.", optional=True, reloadable=False,
+             example="/etc/pg_doorman/server.key"),
+    _general("Client TLS", "tls_ca_cert", Str(nonempty=True), None, False,
+             "CA bundle used to verify client certificates (needed by `verify-full`).", optional=True,
+             reloadable=False, example="/etc/pg_doorman/ca.crt"),
+    _general("Client TLS", "tls_mode", Choice("disable", "allow", "require", "verify-full"), None, False,
+             "Client TLS policy: disable, allow (TLS if the client asks), require (TCP clients must use TLS), "
+             "verify-full (also verify the client certificate).", optional=True, reloadable=False,
+             default_doc='behaves as `"allow"`', example="allow"),
+    _general("Client TLS", "tls_rate_limit_per_second", Int(0), 0, False,
+             "Limit on TLS handshakes per second; 0 disables, otherwise a multiple of 100."),
+    # ------------------------------------------------------------------ general: server TLS
+    _general("Server TLS", "server_tls_mode", _ANY_TLS_MODE, "allow", False,
+             "TLS policy towards PostgreSQL: disable, allow (plain first, TLS if refused), prefer, require, "
+             "verify-ca, verify-full. Pools may override it."),
+    _general("Server TLS", "server_tls_ca_cert", Str(nonempty=True), None, False,
+             "CA bundle for verifying the server (needed by verify-ca and verify-full).", optional=True,
+             example="/etc/pg_doorman/pg-ca.crt"),
+    _general("Server TLS", "server_tls_certificate", Str(nonempty=True), None, False,
+             "Client certificate presented to PostgreSQL (mutual TLS); needs `server_tls_private_key`.",
+             optional=True, example="/etc/pg_doorman/client.crt"),
+    _general("Server TLS", "server_tls_private_key", Str(nonempty=True), None, False,
+             "Private key of `server_tls_certificate`.", optional=True, example="/etc/pg_doorman/client.key"),
+    # ------------------------------------------------------------------ general: daemon
+    _general("Daemon", "daemon_pid_file", Str(nonempty=True), "/tmp/pg_doorman.pid", True,
+             "PID file written when running as a daemon (`-d`).", reloadable=False),
+    # ------------------------------------------------------------------ general: access control
+    _general("Access control", "hba", StrList(), (), False,
+             "Legacy allow-list of client networks in CIDR notation, for TCP clients only; empty allows all. "
+             "Cannot be combined with `pg_hba`."),
+    _general("Access control", "pg_hba", PgHbaRules(), None, False,
+             "pg_hba.conf-style rules (`local`/`host`/`hostssl`/`hostnossl`; trust, md5, scram-sha-256, "
+             "reject): inline text, `{path = \"...\"}` or `{content = \"...\"}`.", optional=True,
+             example="host all all 127.0.0.1/32 md5"),
+    # ------------------------------------------------------------------ general: connection scaling
+    _general("Connection scaling", "max_concurrent_creates", Int(1), 4, False,
+             "Most server connections being opened at once."),
+    _general("Connection scaling", "scaling_warm_pool_ratio", Int(0, 100), 20, False,
+             "Percentage of pool_size below which new server connections are opened without waiting."),
+    _general("Connection scaling", "scaling_fast_retries", Int(0), 10, False,
+             "Quick retries for an idle server before opening a new one."),
+    _general("Connection scaling", "scaling_max_parallel_creates", Int(1), 2, False,
+             "Most server connections being opened at once per pool."),
+    # ------------------------------------------------------------------ web
+    _web("Listener", "enabled", Bool(), False, True,
+         "Start the HTTP listener serving Prometheus metrics at `/metrics`.", reloadable=False),
+    _web("Listener", "host", Str(nonempty=True), "0.0.0.0", True, "Address of the HTTP listener.",
+         reloadable=False),
+    _web("Listener", "port", Port(), 9127, True, "Port of the HTTP listener.", reloadable=False),
+    _web("Web UI", "ui", Bool(), False, False, "Serve PgDoorman's web UI and JSON API as well."),
+    _web("Web UI", "ui_anonymous", Bool(), False, False, "Allow read-only API access without authentication."),
+    _web("Web UI", "log_tap_max_entries", Int(0), 8192, False,
+         "Log lines kept in memory for the web UI; 0 disables."),
+    _web("Web UI", "trusted_proxies", StrList(), (), False,
+         "Networks (CIDR) whose X-Forwarded-For / Forwarded headers are believed."),
+    _web("SSO", "sso_enabled", Bool(), False, False, "Accept single-sign-on JWTs for the web UI."),
+    _web("SSO", "sso_proxy_url", Str(), None, False, "Where the web UI sends users to log in.", optional=True,
+         example="https://sso.example.com/login"),
+    _web("SSO", "sso_public_key_file", Str(), None, False, "RSA public key (PEM) verifying SSO tokens (RS256).",
+         optional=True, example="/etc/pg_doorman/sso.pub"),
+    _web("SSO", "sso_audience", StrList(), (), False, "Accepted `aud` claims; empty accepts any."),
+    _web("SSO", "sso_allowed_users", StrList(), ("*",), False, 'Users allowed in; "*" allows every user.'),
+    _web("SSO", "sso_groups_claim", Str(), "groups", False, "Token claim holding the user's groups."),
+    _web("SSO", "sso_admin_groups", StrList(), (), False, "Groups granted the admin role."),
+    _web("SSO", "sso_require_https", Bool(), False, False,
+         "Require that a trusted proxy reports the request came over HTTPS."),
+    # ------------------------------------------------------------------ talos
+    Field("talos", "keys", StrList(), (), "PEM public keys; each file's name without extension is the JWT `kid`.",
+          False),
+    Field("talos", "databases", StrList(), (), "Databases Talos tokens may grant access to.", False),
+    # ------------------------------------------------------------------ pools.<name>
+    _pool("Server", "server_host", Str(nonempty=True), "127.0.0.1", True,
+          "PostgreSQL host name or IP address, or a directory holding its Unix socket."),
+    _pool("Server", "server_port", Port(), 5432, True, "PostgreSQL port."),
+    _pool("Server", "server_database", Str(nonempty=True), "", True,
+          "Database to connect to on the server.", default_doc="the pool name", example="postgres"),
+    _pool("Behaviour", "pool_mode", _POOL_MODE, "transaction", True,
+          "transaction: a server connection is held only for the length of a transaction; session: for the "
+          "whole client session. Users may override it."),
+    _pool("Behaviour", "application_name", Str(), None, True,
+          "application_name sent to PostgreSQL by this pool's server connections.", optional=True,
+          default_doc='unset (the server sees `"pg_doorman"`)', example="pg_doorman"),
+    _pool("Behaviour", "cleanup_server_connections", Bool(), True, True,
+          "Reset session state (RESET ALL, DEALLOCATE ALL, CLOSE ALL, as needed) when a client gives back a "
+          "server connection it changed. Open transactions are always rolled back."),
+    _pool("Behaviour", "log_client_parameter_status_changes", Bool(), False, True,
+          "Log parameter changes (SET) reported for this pool's clients."),
+    _pool("Behaviour", "sync_server_parameters", Bool(), None, False,
+          "Per-pool `general.sync_server_parameters` (added by a PgDoorman release after 3.10.7).", optional=True,
+          default_doc="`general.sync_server_parameters`", example=True),
+    _pool("Timeouts", "connect_timeout", Duration(int_only_upstream=True), None, True,
+          "Overrides `general.connect_timeout` for this pool." + _INT_MS_NOTE, optional=True,
+          default_doc="`general.connect_timeout`", example=3000),
+    _pool("Timeouts", "idle_timeout", Duration(int_only_upstream=True), None, True,
+          "Overrides `general.idle_timeout` for this pool." + _INT_MS_NOTE, optional=True,
+          default_doc="`general.idle_timeout`", example=600000),
+    _pool("Timeouts", "server_lifetime", Duration(int_only_upstream=True), None, True,
+          "Overrides `general.server_lifetime` for this pool." + _INT_MS_NOTE, optional=True,
+          default_doc="`general.server_lifetime`", example=1200000),
+    _pool("Prepared statements", "prepared_statements_cache_size", Int(1), None, True,
+          "Overrides `general.prepared_statements_cache_size` for this pool.", optional=True,
+          default_doc="`general.prepared_statements_cache_size`", example=8192),
+    _pool("Prepared statements", "server_prepared_statements_cache_size", Int(1), None, True,
+          "Overrides `general.server_prepared_statements_cache_size` for this pool.", optional=True,
+          default_doc="`general.server_prepared_statements_cache_size`", example=1024),
+    _pool("Connection scaling", "scaling_warm_pool_ratio", Int(0, 100), None, False,
+          "Overrides `general.scaling_warm_pool_ratio`.", optional=True,
+          default_doc="`general.scaling_warm_pool_ratio`", example=20),
+    _pool("Connection scaling", "scaling_fast_retries", Int(0), None, False,
+          "Overrides `general.scaling_fast_retries`.", optional=True,
+          default_doc="`general.scaling_fast_retries`", example=10),
+    _pool("Pool coordinator", "max_db_connections", Int(0), None, False,
+          "Cap on server connections to this database summed over all its users; 0 or unset disables the "
+          "coordinator.", optional=True, example=100),
+    _pool("Pool coordinator", "min_connection_lifetime", Duration(int_only_upstream=True), None, False,
+          "Connections younger than this are not evicted to make room for another user." + _INT_MS_NOTE,
+          optional=True, default_doc="`30000` ms", example=30000),
+    _pool("Pool coordinator", "reserve_pool_size", Int(0), None, False,
+          "Extra connections allowed above `max_db_connections` under pressure.", optional=True,
+          default_doc="`0`", example=5),
+    _pool("Pool coordinator", "reserve_pool_timeout", Duration(int_only_upstream=True), None, False,
+          "How long to wait for a coordinator permit before using the reserve." + _INT_MS_NOTE, optional=True,
+          default_doc="`3000` ms", example=3000),
+    _pool("Pool coordinator", "min_guaranteed_pool_size", Int(0), None, False,
+          "Connections per user that are never evicted for another user.", optional=True, default_doc="`0`",
+          example=2),
+    _pool("Patroni-assisted fallback", "patroni_api_urls", StrList(), None, False,
+          "Overrides `general.patroni_api_urls`.", optional=True, default_doc="`general.patroni_api_urls`",
+          example=["http://10.0.0.1:8008"]),
+    _pool("Patroni-assisted fallback", "fallback_cooldown", Duration(), None, False,
+          "Overrides `general.fallback_cooldown`; must be above 0.", optional=True, default_doc="`30s`",
+          example="30s"),
+    _pool("Patroni-assisted fallback", "patroni_api_timeout", Duration(), None, False,
+          "Overrides `general.patroni_api_timeout`.", optional=True, default_doc="`5s`", example="5s"),
+    _pool("Patroni-assisted fallback", "fallback_connect_timeout", Duration(), None, False,
+          "Overrides `general.fallback_connect_timeout`.", optional=True, default_doc="`5s`", example="5s"),
+    _pool("Patroni-assisted fallback", "fallback_lifetime", Duration(), None, False,
+          "Overrides `general.fallback_lifetime`.", optional=True, default_doc="`fallback_cooldown`",
+          example="30s"),
+    _pool("Server TLS", "server_tls_mode", _ANY_TLS_MODE, None, False, "Overrides `general.server_tls_mode`.",
+          optional=True, default_doc="`general.server_tls_mode`", example="prefer"),
+    _pool("Server TLS", "server_tls_ca_cert", Str(nonempty=True), None, False,
+          "Overrides `general.server_tls_ca_cert`.", optional=True, example="/etc/pg_doorman/pg-ca.crt"),
+    _pool("Server TLS", "server_tls_certificate", Str(nonempty=True), None, False,
+          "Overrides `general.server_tls_certificate`.", optional=True, example="/etc/pg_doorman/client.crt"),
+    _pool("Server TLS", "server_tls_private_key", Str(nonempty=True), None, False,
+          "Overrides `general.server_tls_private_key`.", optional=True, example="/etc/pg_doorman/client.key"),
+    _pool("Startup parameters", "startup_parameters", StartupParameters(), MappingProxyType({}), False,
+          "Startup parameters for this pool's server connections, overriding `general.startup_parameters` key "
+          "by key."),
+    _pool("Dynamic users", "auth_query", Subsection("auth_query", many=False), None, False,
+          "Look users up in PostgreSQL at login time (see the auth_query reference).", optional=True),
+    _pool("Users", "users", Subsection("user", many=True), (), True, "The users of this pool (see the users reference)."),
+    # ------------------------------------------------------------------ pools.<name>.users[]
+    _user("username", Str(nonempty=True), REQUIRED, True, "Name the client logs in with.", required=True),
+    _user("password", Password(), REQUIRED, True,
+          'Password the client must present: `"md5"` + 32 hex digits (md5 of password + username), a SCRAM '
+          "verifier `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, or plain text. With no "
+          "`server_username` the same credentials are used towards PostgreSQL. PgDoorman's "
+          '`"jwt-pkey-fpath:<pem>"` JWT form is accepted but not implemented yet (warned about).',
+          required=True, secret=True),
+    _user("pool_size", Int(1), REQUIRED, True,
+          "Most server connections this user may hold in this pool. Required (PgDoorman documents 40 but "
+          "requires the key).", required=True),
+    _user("min_pool_size", Int(0), 0, True,
+          "Server connections opened in advance and kept open; at most `pool_size`."),
+    _user("pool_mode", _POOL_MODE, None, True, "Overrides the pool's `pool_mode` for this user.", optional=True,
+          default_doc="the pool's `pool_mode`", example="session"),
+    _user("server_username", Str(nonempty=True), None, True,
+          "Role used on the server instead of the client's user name and credentials.", optional=True,
+          example="app_owner"),
+    _user("server_password", Str(), None, True,
+          "Plain-text password of `server_username` (requires it).", optional=True, secret=True,
+          example="owner-secret"),
+    _user("server_lifetime", Duration(int_only_upstream=True), None, True,
+          "Overrides the pool's `server_lifetime` for this user's server connections." + _INT_MS_NOTE,
+          optional=True, default_doc="the pool's `server_lifetime`", example=1200000),
+    _user("auth_pam_service", Str(nonempty=True), None, False,
+          "Authenticate this user through this PAM service.", optional=True, example="pg_doorman"),
+    # ------------------------------------------------------------------ pools.<name>.auth_query
+    _aq("query", Str(nonempty=True), REQUIRED,
+        "Query returning the password hash of user $1 (a `passwd` or `password` column, or a single column).",
+        required=True, example="SELECT usename, passwd FROM pg_shadow WHERE usename = $1"),
+    _aq("user", Str(nonempty=True), REQUIRED, "Role that runs the query.", required=True, example="doorman_auth"),
+    _aq("password", Str(), "", "Plain-text password of `user`.", secret=True),
+    _aq("database", Str(nonempty=True), None, "Database the query runs in.", optional=True,
+        default_doc="the pool name", example="postgres"),
+    _aq("workers", Int(1), 2, "Connections used to run the query."),
+    _aq("server_user", Str(nonempty=True), None,
+        "When set, all looked-up users share one pool connecting as this role; unset, each user gets its own "
+        "pool using its own credentials.", optional=True, example="app_owner"),
+    _aq("server_password", Str(), None, "Password of `server_user`.", optional=True, secret=True,
+        example="owner-secret"),
+    _aq("pool_size", Int(1), 40, "Pool size of each dynamically created pool."),
+    _aq("min_pool_size", Int(0), 0, "Connections kept open per dynamic pool (one pool per user only)."),
+    _aq("cache_ttl", Duration(), 3_600_000, "How long a looked-up password is cached."),
+    _aq("cache_failure_ttl", Duration(), 30_000, "How long an unknown user is remembered as unknown."),
+    _aq("min_interval", Duration(), 1000, "Minimum time between re-fetches of a user after a failed login."),
+)
+
+
+def fields_of(section: str) -> tuple[Field, ...]:
+    return tuple(f for f in FIELDS if f.section == section)
+
+
+_BY_KEY: Final[Mapping[tuple[str, str], Field]] = MappingProxyType(
+    {(f.section, name): f for f in FIELDS for name in (f.key, *f.aliases)}
+)
+
+
+def lookup(section: str, key: str) -> Field | None:
+    """The field for `key` in `section`, also when `key` is a deprecated alias."""
+    return _BY_KEY.get((section, key))
+
+
+def field(section: str, key: str) -> Field:
+    """The field for a canonical key; KeyError if there is none."""
+    f = _BY_KEY[(section, key)]
+    if f.key != key:
+        raise KeyError(key)
+    return f
+
+
+def attribute_default(section: str, key: str) -> Any:
+    """The dataclass default of a setting: its table default, with mappings made per-instance."""
+    import dataclasses
+
+    f = field(section, key)
+    # Secrets stay out of repr() so a logged config object cannot leak them.
+    show = not f.secret
+    if f.default is REQUIRED:
+        return dataclasses.field(repr=show)
+    if isinstance(f.default, Mapping):
+        snapshot = dict(f.default)
+        return dataclasses.field(default_factory=lambda: MappingProxyType(dict(snapshot)), repr=show)
+    return dataclasses.field(default=f.default, repr=show)
+
+
+NOT_IMPLEMENTED_WARNING: Final = _NI_WARNING
+
+__all__ = [
+    "FIELDS",
+    "REQUIRED",
+    "SECTIONS",
+    "Field",
+    "HbaSource",
+    "NOT_IMPLEMENTED_WARNING",
+    "SectionInfo",
+    "attribute_default",
+    "field",
+    "fields_of",
+    "lookup",
+]

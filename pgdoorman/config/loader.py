@@ -1,0 +1,612 @@
+"""Reading config files (YAML or TOML, with `include.files`) and turning them into a validated
+`Config`. Every problem found is collected, each naming the file, the key path and what is wrong,
+and they are raised together as one `ConfigError`."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import sys
+from collections.abc import Hashable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from pgdoorman.config.fields import (
+    FIELDS,
+    NOT_IMPLEMENTED_WARNING,
+    SECTIONS,
+    field,
+    fields_of,
+    lookup,
+)
+from pgdoorman.config.model import (
+    AuthQueryConfig,
+    Config,
+    General,
+    PoolConfig,
+    TalosConfig,
+    UserConfig,
+    WebConfig,
+)
+from pgdoorman.config.values import (
+    JWT_PRIVKEY_PREFIX,
+    Invalid,
+    Subsection,
+    password_kind,
+    show,
+)
+
+if sys.version_info >= (3, 11):  # noqa: UP036 - kept so the package also runs where tomli is needed
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(Exception):
+    """The config could not be loaded. `errors` holds one line per problem, each starting with the
+    file name; str() is those lines joined by newlines."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+TOP_LEVEL_KEYS = ("include", "general", "web", "prometheus", "talos", "pools")
+
+PathSeg = str | int
+
+
+def is_yaml_path(path: str) -> bool:
+    return path.lower().endswith((".yaml", ".yml"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parsed documents remember, per key, which file the value came from (for error messages after merging).
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Table(dict[Any, Any]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.origin: dict[Any, str] = {}
+
+
+class _Array(list[Any]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.origins: list[str] = []
+
+
+def _tag(value: Any, file: str) -> Any:
+    """Copy a parsed document into _Table/_Array containers that remember `file` per key."""
+    if isinstance(value, Mapping):
+        table = _Table()
+        for k, v in value.items():
+            # Null means "not set": PgDoorman drops nulls before reading the config, and so do we.
+            if v is None:
+                continue
+            table[k] = _tag(v, file)
+            table.origin[k] = file
+        return table
+    if isinstance(value, list | tuple):
+        array = _Array()
+        array.extend(_tag(v, file) for v in value)
+        array.origins = [file] * len(array)
+        return array
+    return value
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return f"the value {show(value)}"
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def format_path(path: list[PathSeg] | tuple[PathSeg, ...]) -> str:
+    """Key path as shown in messages: `pools.app.users[0].pool_size`; odd names are quoted."""
+    out = ""
+    for seg in path:
+        if isinstance(seg, int):
+            out += f"[{seg}]"
+        else:
+            text = seg if _BARE_KEY.match(seg) else json.dumps(seg, ensure_ascii=False)
+            out += f".{text}" if out else text
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# YAML: read with YAML 1.2 core-schema scalars, as PgDoorman's serde_yaml does. PyYAML's YAML 1.1
+# defaults would turn `on`/`no` into booleans and `0600` into the octal number 384.
+# ---------------------------------------------------------------------------------------------------
+
+
+class _YamlLoader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable key: SafeConstructor reports it below
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    text = str(loader.construct_scalar(node))  # type: ignore[arg-type]
+    sign = -1 if text.startswith("-") else 1
+    body = text.lstrip("+-")
+    if body.startswith("0o"):
+        return sign * int(body[2:], 8)
+    if body.startswith("0x"):
+        return sign * int(body[2:], 16)
+    return sign * int(body, 10)
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.Node) -> float:
+    text = str(loader.construct_scalar(node)).lower()  # type: ignore[arg-type]
+    if text.endswith(".inf"):
+        return float("-inf") if text.startswith("-") else float("inf")
+    if text == ".nan":
+        return float("nan")
+    return float(text)
+
+
+def _construct_bool(loader: yaml.SafeLoader, node: yaml.Node) -> bool:
+    return str(loader.construct_scalar(node)).lower() == "true"  # type: ignore[arg-type]
+
+
+_YamlLoader.yaml_implicit_resolvers = {}
+for _tag_name, _regexp, _first in (
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+.0123456789",
+    ),
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", "~nN"),
+    ("tag:yaml.org,2002:merge", r"^(?:<<)$", "<"),
+):
+    _YamlLoader.add_implicit_resolver(_tag_name, re.compile(_regexp), list(_first))
+# The empty plain scalar (`key:` with nothing after it) is null.
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^$"), [""])
+_YamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_YamlLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+_YamlLoader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+
+
+def _parse_yaml(text: str, file: str, errors: list[str]) -> Any:
+    try:
+        return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = e.problem or "invalid YAML"
+        context = f" ({e.context})" if e.context else ""
+        errors.append(f"{file}: {where}YAML syntax error: {problem}{context}")
+    except yaml.YAMLError as e:
+        errors.append(f"{file}: YAML syntax error: {e}")
+    return None
+
+
+def _parse_toml(text: str, file: str, errors: list[str]) -> Any:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        errors.append(f"{file}: TOML syntax error: {e}")
+    return None
+
+
+def _read(file: str, errors: list[str], included_from: str | None = None) -> _Table | None:
+    suffix = f" (included from {included_from})" if included_from else ""
+    try:
+        with open(file, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as e:
+        errors.append(f"{file}: cannot read config file{suffix}: {e.strerror or e}")
+        return None
+    except UnicodeDecodeError as e:
+        errors.append(f"{file}: config file is not valid UTF-8{suffix}: {e.reason} at byte {e.start}")
+        return None
+    bad = len(errors)
+    data = _parse_yaml(text, file, errors) if is_yaml_path(file) else _parse_toml(text, file, errors)
+    if len(errors) > bad:
+        return None
+    if data is None:  # an empty YAML document
+        data = {}
+    if not isinstance(data, dict):
+        errors.append(f"{file}: the top level must be a table of sections, got {_kind(data)}")
+        return None
+    result = _tag(data, file)
+    assert isinstance(result, _Table)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# include.files and merging
+# ---------------------------------------------------------------------------------------------------
+
+
+def _merge(dst: _Table, src: _Table, path: list[PathSeg], errors: list[str]) -> None:
+    """Merge `src` over `dst`: tables key by key, lists concatenated (PgDoorman's merge does the
+    same, so users of one pool may be split across files), other values replaced."""
+    for key, value in src.items():
+        src_file = src.origin[key]
+        if key not in dst:
+            dst[key] = value
+            dst.origin[key] = src_file
+            continue
+        old = dst[key]
+        if isinstance(old, _Table) and isinstance(value, _Table):
+            _merge(old, value, [*path, key], errors)
+        elif isinstance(old, _Array) and isinstance(value, _Array):
+            old.extend(value)
+            old.origins.extend(value.origins)
+        elif isinstance(old, _Table | _Array) or isinstance(value, _Table | _Array):
+            errors.append(
+                f"{src_file}: {format_path([*path, key])}: cannot merge {_kind(value)} "
+                f"over {_kind(old)} from {dst.origin[key]}"
+            )
+            continue
+        else:
+            dst[key] = value
+        dst.origin[key] = src_file
+
+
+def _include_files(include: Any, file: str, errors: list[str]) -> list[str]:
+    if include is None:
+        return []
+    if not isinstance(include, _Table):
+        errors.append(f"{file}: include: must be a table with a `files` list, got {_kind(include)}")
+        return []
+    files: list[str] = []
+    for key, value in include.items():
+        if key != "files":
+            errors.append(f"{file}: include.{key}: {_unknown_key_message('include', str(key))}")
+            continue
+        try:
+            files = list(field("include", "files").type.parse(value))
+        except Invalid as e:
+            errors.append(f"{file}: include.files: {e}, got {show(value)}")
+    return files
+
+
+def _load_tree(file: str, chain: list[tuple[str, str]], errors: list[str], included_from: str | None) -> _Table | None:
+    """Read `file` and merge its include files (recursively) over it."""
+    data = _read(file, errors, included_from)
+    if data is None:
+        return None
+    include = data.pop("include", None)
+    data.origin.pop("include", None)
+    for i, name in enumerate(_include_files(include, file, errors)):
+        target = os.path.normpath(os.path.join(os.path.dirname(file), os.path.expanduser(name)))
+        real = os.path.realpath(target)
+        if any(real == seen for seen, _ in chain):
+            cycle = " -> ".join([shown for _, shown in chain] + [target])
+            errors.append(f"{file}: include.files[{i}]: include cycle: {cycle}")
+            continue
+        sub = _load_tree(target, [*chain, (real, target)], errors, file)
+        if sub is not None:
+            _merge(data, sub, [], errors)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation against the field table
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Ctx:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    def error(self, file: str, path: list[PathSeg], message: str) -> None:
+        self.errors.append(f"{file}: {format_path(path)}: {message}")
+
+    def warn(self, file: str, path: list[PathSeg], message: str) -> None:
+        self.warnings.append(f"{file}: {format_path(path)}: {message}")
+
+
+def _unknown_key_message(section: str, key: str) -> str:
+    message = f"unknown key {json.dumps(key, ensure_ascii=False)}"
+    candidates = [f.key for f in fields_of(section)] if section != "top" else list(TOP_LEVEL_KEYS)
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.7)
+    if close:
+        return f'{message}; did you mean "{close[0]}"?'
+    elsewhere = sorted({SECTIONS[f.section].path for f in FIELDS if f.section != section and key in (f.key, *f.aliases)})
+    if elsewhere:
+        return f"{message}; {key} is a setting of {' and '.join(elsewhere)}"
+    return message
+
+
+class _Sub:
+    """A subsection value (users, auth_query) found while walking a section."""
+
+    def __init__(self, raw: Any, file: str, path: list[PathSeg]) -> None:
+        self.raw = raw
+        self.file = file
+        self.path = path
+
+
+def _walk_section(
+    ctx: _Ctx, section: str, table: _Table, file: str, path: list[PathSeg]
+) -> tuple[dict[str, Any], dict[str, _Sub], dict[str, str]]:
+    """Check every key of `table` against `section`'s fields. Returns the parsed values of the
+    implemented settings present, the subsections present, and each present key's file."""
+    values: dict[str, Any] = {}
+    subs: dict[str, _Sub] = {}
+    files: dict[str, str] = {}
+    written: dict[str, str] = {}
+    for key, raw in table.items():
+        kfile = table.origin.get(key, file)
+        kpath: list[PathSeg] = [*path, str(key)]
+        if not isinstance(key, str):
+            ctx.error(kfile, kpath, "keys must be strings")
+            continue
+        f = lookup(section, key)
+        if f is None:
+            ctx.error(kfile, kpath, _unknown_key_message(section, key))
+            continue
+        if f.key in written:
+            ctx.error(kfile, kpath, f'given twice: also as "{written[f.key]}"')
+            continue
+        written[f.key] = key
+        files[f.key] = kfile
+        if key != f.key:
+            ctx.warn(kfile, kpath, f'deprecated name; use "{f.key}"')
+        if isinstance(f.type, Subsection):
+            subs[f.key] = _Sub(raw, kfile, kpath)
+            continue
+        if not f.implemented:
+            ctx.warn(kfile, kpath, NOT_IMPLEMENTED_WARNING)
+            continue
+        try:
+            values[f.key] = f.type.parse(raw)
+        except Invalid as e:
+            got = "" if f.secret else f", got {show(raw)}"
+            ctx.error(kfile, kpath, f"{e}{got}")
+    for f in fields_of(section):
+        if f.required and f.implemented and f.key not in written:
+            ctx.error(file, [*path, f.key], "is required")
+    return values, subs, files
+
+
+def _as_table(ctx: _Ctx, raw: Any, file: str, path: list[PathSeg]) -> _Table | None:
+    if isinstance(raw, _Table):
+        return raw
+    ctx.error(file, path, f"must be a table, got {_kind(raw)}")
+    return None
+
+
+def _iter_users(ctx: _Ctx, sub: _Sub) -> Iterator[tuple[Any, str, list[PathSeg]]]:
+    """The entries of a pool's `users`: a list, or the legacy TOML map with numeric keys."""
+    raw = sub.raw
+    if isinstance(raw, _Array):
+        for i, item in enumerate(raw):
+            yield item, raw.origins[i], [*sub.path, i]
+        return
+    if isinstance(raw, _Table):
+        numbered: list[tuple[int, Any]] = []
+        for key in raw:
+            text = str(key)
+            if isinstance(key, bool) or not text.isdigit():
+                ctx.error(raw.origin.get(key, sub.file), [*sub.path, text], "keys of the users map must be numbers")
+                continue
+            numbered.append((int(text), key))
+        for _, key in sorted(numbered):
+            yield raw[key], raw.origin.get(key, sub.file), [*sub.path, str(key)]
+        return
+    ctx.error(sub.file, sub.path, f"must be a list of user tables (or a table with numeric keys), got {_kind(raw)}")
+
+
+def _walk_users(ctx: _Ctx, sub: _Sub) -> list[dict[str, Any]]:
+    users: list[dict[str, Any]] = []
+    first_seen: dict[str, list[PathSeg]] = {}
+    for raw, file, path in _iter_users(ctx, sub):
+        table = _as_table(ctx, raw, file, path)
+        if table is None:
+            continue
+        values, _, files = _walk_section(ctx, "user", table, file, path)
+        name = values.get("username")
+        if name is not None:
+            if name in first_seen:
+                ctx.error(
+                    files["username"],
+                    [*path, "username"],
+                    f"duplicate username {show(name)} (also at {format_path(first_seen[name])})",
+                )
+            else:
+                first_seen[name] = path
+        size, minimum = values.get("pool_size"), values.get("min_pool_size")
+        if size is not None and minimum is not None and minimum > size:
+            ctx.error(files["min_pool_size"], [*path, "min_pool_size"], f"must be <= pool_size ({size}), got {minimum}")
+        if "server_password" in files and "server_username" not in files:
+            ctx.error(files["server_password"], [*path, "server_password"], "requires server_username")
+        password = values.get("password")
+        if password is not None and password_kind(password) == "jwt":
+            ctx.warn(
+                files["password"],
+                [*path, "password"],
+                "JWT authentication (jwt-pkey-fpath:) is not implemented by pgdoorman yet; this user cannot log in",
+            )
+        server_password = values.get("server_password")
+        if server_password is not None and server_password.startswith(JWT_PRIVKEY_PREFIX):
+            ctx.warn(
+                files["server_password"],
+                [*path, "server_password"],
+                "JWT server credentials (jwt-priv-key-fpath:) are not implemented by pgdoorman yet; "
+                "server logins for this user will fail",
+            )
+        users.append(values)
+    return users
+
+
+class _PoolSpec:
+    def __init__(self, name: str, values: dict[str, Any], users: list[dict[str, Any]], aq: dict[str, Any] | None):
+        self.name = name
+        self.values = values
+        self.users = users
+        self.auth_query = aq
+
+
+def _walk_pool(ctx: _Ctx, name: str, table: _Table, file: str, path: list[PathSeg]) -> _PoolSpec:
+    values, subs, _ = _walk_section(ctx, "pool", table, file, path)
+    users = _walk_users(ctx, subs["users"]) if "users" in subs else []
+    auth_query: dict[str, Any] | None = None
+    if "auth_query" in subs:
+        sub = subs["auth_query"]
+        aq_table = _as_table(ctx, sub.raw, sub.file, sub.path)
+        if aq_table is not None:
+            aq_values, _, _ = _walk_section(ctx, "auth_query", aq_table, sub.file, sub.path)
+            # Every auth_query key is warned about while the feature is not implemented; the pool
+            # then behaves as if the section were absent.
+            if field("pool", "auth_query").implemented:
+                auth_query = aq_values
+    return _PoolSpec(name, values, users, auth_query)
+
+
+def _check_general(ctx: _Ctx, values: dict[str, Any], files: dict[str, str]) -> None:
+    enabled = values.get("prepared_statements", field("general", "prepared_statements").default)
+    size = values.get("prepared_statements_cache_size")
+    if enabled and size == 0:
+        ctx.error(
+            files["prepared_statements_cache_size"],
+            ["general", "prepared_statements_cache_size"],
+            "must be >= 1 while prepared_statements is true, got 0",
+        )
+    if values.get("client_anonymous_prepared_cache_size") == 0:
+        ctx.warn(
+            files["client_anonymous_prepared_cache_size"],
+            ["general", "client_anonymous_prepared_cache_size"],
+            "0 means no limit on the unnamed prepared statements a client may leave behind",
+        )
+
+
+def _pool_name(ctx: _Ctx, key: Any, file: str) -> str | None:
+    if isinstance(key, bool) or not isinstance(key, str | int):
+        ctx.error(file, ["pools", str(key)], "pool names must be strings")
+        return None
+    name = str(key)  # YAML reads `5432:` as a number; a pool name is text either way
+    if not name:
+        ctx.error(file, ["pools", name], "pool name must not be empty")
+        return None
+    return name
+
+
+def _build(root: _Table, main_file: str) -> Config:
+    ctx = _Ctx()
+    for key in root:
+        if key not in TOP_LEVEL_KEYS:
+            ctx.error(root.origin.get(key, main_file), [str(key)], _unknown_key_message("top", str(key)))
+
+    def section_table(key: str) -> tuple[_Table, str] | None:
+        if key not in root:
+            return None
+        file = root.origin.get(key, main_file)
+        table = _as_table(ctx, root[key], file, [key])
+        return (table, file) if table is not None else None
+
+    general_src = section_table("general")
+    if general_src is None and "general" not in root:
+        general_src = (_Table(), main_file)
+    general_values: dict[str, Any] = {}
+    if general_src is not None:
+        general_values, _, general_files = _walk_section(ctx, "general", general_src[0], general_src[1], ["general"])
+        _check_general(ctx, general_values, general_files)
+
+    web_values: dict[str, Any] = {}
+    if "web" in root and "prometheus" in root:
+        ctx.error(
+            root.origin.get("prometheus", main_file),
+            ["prometheus"],
+            'both "web" and its old name "prometheus" are given; keep only "web"',
+        )
+    web_key = "web" if "web" in root else "prometheus"
+    web_src = section_table(web_key)
+    if web_src is not None:
+        web_values, _, _ = _walk_section(ctx, "web", web_src[0], web_src[1], [web_key])
+
+    talos_values: dict[str, Any] = {}
+    talos_src = section_table("talos")
+    if talos_src is not None:
+        talos_values, _, _ = _walk_section(ctx, "talos", talos_src[0], talos_src[1], ["talos"])
+
+    specs: list[_PoolSpec] = []
+    pools_src = section_table("pools")
+    if "pools" not in root:
+        ctx.warn(main_file, ["pools"], "no pools configured; only the admin console can be reached")
+    if pools_src is not None:
+        pools_table, pools_file = pools_src
+        for key, raw in pools_table.items():
+            file = pools_table.origin.get(key, pools_file)
+            name = _pool_name(ctx, key, file)
+            if name is None:
+                continue
+            table = _as_table(ctx, raw, file, ["pools", name])
+            if table is not None:
+                specs.append(_walk_pool(ctx, name, table, file, ["pools", name]))
+
+    if ctx.errors:
+        raise ConfigError(ctx.errors)
+    pools = {
+        spec.name: PoolConfig(
+            name=spec.name,
+            **spec.values,
+            users=tuple(UserConfig(**u) for u in spec.users),
+            auth_query=AuthQueryConfig(**spec.auth_query) if spec.auth_query is not None else None,
+        )
+        for spec in specs
+    }
+    return Config(
+        path=main_file,
+        general=General(**general_values),
+        web=WebConfig(**web_values),
+        pools=MappingProxyType(pools),
+        warnings=tuple(ctx.warnings),
+        talos=TalosConfig(**talos_values),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_config(path: str) -> Config:
+    """Load, merge and validate the config at `path`. Raises ConfigError listing every problem."""
+    errors: list[str] = []
+    root = _load_tree(path, [(os.path.realpath(path), path)], errors, None)
+    if root is None or errors:
+        raise ConfigError(errors)
+    return _build(root, path)
+
+
+def config_from_dict(data: Mapping[str, Any], path: str = "<config>") -> Config:
+    """Validate an in-memory config (as it would be read from a file) into a Config. `path` is used
+    in messages only. `include` is not allowed here: there is no file to resolve it against."""
+    root = _tag(data, path)
+    assert isinstance(root, _Table)
+    if "include" in root:
+        raise ConfigError([f"{path}: include: include files are only supported when loading a file"])
+    return _build(root, path)
