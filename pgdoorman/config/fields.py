@@ -77,7 +77,7 @@ class Field:
         """The default as the docs and the reference comments show it."""
         if self.default_doc:
             return self.default_doc
-        if self.default is REQUIRED:
+        if self.default is REQUIRED or self.required:
             return "required"
         if self.default is None:
             return "unset"

@@ -15,9 +15,7 @@ from typing import Any
 from pgdoorman.config.fields import FIELDS, REQUIRED, SECTIONS, Field, fields_of, lookup
 from pgdoorman.config.values import (
     DURATION_FORMS,
-    DURATION_HELP,
     SIZE_FORMS,
-    SIZE_HELP,
     Subsection,
 )
 
@@ -516,8 +514,8 @@ def _index_doc() -> str:
         '`0600` is the number 600; quote strings such as `"0600"`). Any other file is TOML.',
         "- Top-level sections: `include`, `general`, `web` (or its old name `prometheus`), `talos`, `pools`.",
         "- A null value (YAML `key:` or `key: null`) means the key is not set.",
-        f"- Durations: {DURATION_HELP}.",
-        f"- Byte sizes: {SIZE_HELP}.",
+        f"- Durations: {DURATION_FORMS}.",
+        f"- Byte sizes: {SIZE_FORMS}.",
         "- Users of a pool are a list (`users: [...]`, `[[pools.<name>.users]]`) or the legacy TOML map "
         "`[pools.<name>.users.0]` with numeric keys.",
         "- Passwords: `md5` followed by 32 hex digits (an MD5 hash), a SCRAM verifier "
