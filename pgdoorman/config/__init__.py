@@ -3,7 +3,7 @@ table they are validated against, and the reference config / docs generated from
 
 from pgdoorman.config.diff import Change, config_changes, diff_configs, restart_required
 from pgdoorman.config.fields import FIELDS, Field
-from pgdoorman.config.loader import ConfigError, config_from_dict, load_config
+from pgdoorman.config.loader import ConfigError, config_format_for, config_from_dict, load_config
 from pgdoorman.config.model import (
     AuthQueryConfig,
     Config,
@@ -40,6 +40,7 @@ __all__ = [
     "UserConfig",
     "WebConfig",
     "config_changes",
+    "config_format_for",
     "config_from_dict",
     "diff_configs",
     "load_config",

@@ -15,6 +15,7 @@ from pgdoorman.config.values import (
     ByteSize,
     Choice,
     Duration,
+    FrozenMapping,
     HbaSource,
     Int,
     OctalMode,
@@ -315,7 +316,7 @@ FIELDS: Final[tuple[Field, ...]] = (
     _general("Pool behaviour", "pooler_check_query", Str(nonempty=True), ";", True,
              "A simple query byte-for-byte equal to this is a health check: it is answered from a cached server "
              "reply without using a server connection."),
-    _general("Pool behaviour", "startup_parameters", StartupParameters(), MappingProxyType({}), False,
+    _general("Pool behaviour", "startup_parameters", StartupParameters(), FrozenMapping[str, str](), False,
              "Parameters (GUCs) sent in the startup packet of every server connection; pools override them "
              "key by key. Reserved names (user, database, options, role, ...) are refused."),
     # ------------------------------------------------------------------ general: prepared statements
@@ -512,7 +513,7 @@ FIELDS: Final[tuple[Field, ...]] = (
           "Overrides `general.server_tls_certificate`.", optional=True, example="/etc/pg_doorman/client.crt"),
     _pool("Server TLS", "server_tls_private_key", Str(nonempty=True), None, False,
           "Overrides `general.server_tls_private_key`.", optional=True, example="/etc/pg_doorman/client.key"),
-    _pool("Startup parameters", "startup_parameters", StartupParameters(), MappingProxyType({}), False,
+    _pool("Startup parameters", "startup_parameters", StartupParameters(), FrozenMapping[str, str](), False,
           "Startup parameters for this pool's server connections, overriding `general.startup_parameters` key "
           "by key."),
     _pool("Dynamic users", "auth_query", Subsection("auth_query", many=False), None, False,
@@ -598,8 +599,10 @@ def attribute_default(section: str, key: str) -> Any:
     if f.default is REQUIRED:
         return dataclasses.field(repr=show)
     if isinstance(f.default, Mapping):
-        snapshot = dict(f.default)
-        return dataclasses.field(default_factory=lambda: MappingProxyType(dict(snapshot)), repr=show)
+        # dataclasses refuse mapping defaults (they look mutable); a factory returns the shared
+        # read-only default instead.
+        default = f.default
+        return dataclasses.field(default_factory=lambda: default, repr=show)
     return dataclasses.field(default=f.default, repr=show)
 
 

@@ -10,7 +10,6 @@ import os
 import re
 import sys
 from collections.abc import Hashable, Iterator, Mapping
-from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -34,6 +33,7 @@ from pgdoorman.config.model import (
 )
 from pgdoorman.config.values import (
     JWT_PRIVKEY_PREFIX,
+    FrozenMapping,
     Invalid,
     Subsection,
     password_kind,
@@ -65,6 +65,11 @@ PathSeg = str | int
 
 def is_yaml_path(path: str) -> bool:
     return path.lower().endswith((".yaml", ".yml"))
+
+
+def config_format_for(path: str) -> str:
+    """The config format PgDoorman picks for a file name: "yaml" for .yaml/.yml, else "toml"."""
+    return "yaml" if is_yaml_path(path) else "toml"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -334,6 +339,8 @@ def _unknown_key_message(section: str, key: str) -> str:
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.7)
     if close:
         return f'{message}; did you mean "{close[0]}"?'
+    if section != "top" and key in TOP_LEVEL_KEYS:
+        return f"{message}; {key} is a top-level section"
     elsewhere = sorted({SECTIONS[f.section].path for f in FIELDS if f.section != section and key in (f.key, *f.aliases)})
     if elsewhere:
         return f"{message}; {key} is a setting of {' and '.join(elsewhere)}"
@@ -554,8 +561,9 @@ def _build(root: _Table, main_file: str) -> Config:
 
     specs: list[_PoolSpec] = []
     pools_src = section_table("pools")
-    if "pools" not in root:
-        ctx.warn(main_file, ["pools"], "no pools configured; only the admin console can be reached")
+    if "pools" not in root or root["pools"] == {}:
+        file = root.origin.get("pools", main_file)
+        ctx.warn(file, ["pools"], "no pools configured; only the admin console can be reached")
     if pools_src is not None:
         pools_table, pools_file = pools_src
         for key, raw in pools_table.items():
@@ -582,7 +590,7 @@ def _build(root: _Table, main_file: str) -> Config:
         path=main_file,
         general=General(**general_values),
         web=WebConfig(**web_values),
-        pools=MappingProxyType(pools),
+        pools=FrozenMapping(pools),
         warnings=tuple(ctx.warnings),
         talos=TalosConfig(**talos_values),
     )

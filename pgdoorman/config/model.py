@@ -7,11 +7,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 from pgdoorman.config.fields import attribute_default
-from pgdoorman.config.values import HbaSource
+from pgdoorman.config.values import FrozenMapping, HbaSource
 
 
 def _g(key: str) -> Any:
@@ -220,7 +219,7 @@ class Config:
     path: str = ""
     general: General = dataclasses.field(default_factory=General)
     web: WebConfig = dataclasses.field(default_factory=WebConfig)
-    pools: Mapping[str, PoolConfig] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    pools: Mapping[str, PoolConfig] = dataclasses.field(default_factory=FrozenMapping[str, PoolConfig])
     warnings: tuple[str, ...] = ()
     talos: TalosConfig = dataclasses.field(default_factory=TalosConfig)
 

@@ -9,10 +9,39 @@ import binascii
 import datetime
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Literal, NamedTuple
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FrozenMapping(Mapping[K, V], Generic[K, V]):
+    """A read-only, hashable mapping, so config dataclasses holding tables stay hashable."""
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, data: Mapping[K, V] | None = None) -> None:
+        self._data: dict[K, V] = dict(data or {})
+        self._hash: int | None = None
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._data.items()))
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"FrozenMapping({self._data!r})"
 
 
 class Invalid(ValueError):
@@ -427,7 +456,7 @@ class StartupParameters(ValueType):
             if "\0" in text:
                 raise Invalid(f"has a NUL byte in the value of {show(key)}")
             out[key] = text
-        return MappingProxyType(out)
+        return FrozenMapping(out)
 
     def to_config(self, value: Any) -> Any:
         return dict(value)

@@ -82,6 +82,8 @@ def test_minimal_config_loads_with_defaults(tmp_path: Path, name: str, text: str
     assert pool.server_database == "app"
     assert pool.pool_mode == "transaction"
     assert pool.users[0].min_pool_size == 0
+    # Configs are hashable values: equal files give equal, equally hashed configs.
+    assert hash(config) == hash(load_config(path)) and config == load_config(path)
 
 
 def test_durations_and_sizes_in_files(tmp_path: Path) -> None:
@@ -490,11 +492,36 @@ def test_deprecated_alias_warns_and_is_used(tmp_path: Path) -> None:
     ]
 
 
-def test_no_pools_warns(tmp_path: Path) -> None:
-    path = write(tmp_path, "c.toml", '[general]\nadmin_username="a"\nadmin_password="b"\n')
+@pytest.mark.parametrize("pools", ["", "[pools]\n"])
+def test_no_pools_warns(tmp_path: Path, pools: str) -> None:
+    path = write(tmp_path, "c.toml", '[general]\nadmin_username="a"\nadmin_password="b"\n' + pools)
     config = load_config(path)
     assert config.pools == {}
     assert config.warnings == (f"{path}: pools: no pools configured; only the admin console can be reached",)
+
+
+def test_section_put_inside_general_gets_a_hint(tmp_path: Path) -> None:
+    # PgDoorman's docs once showed `general.talos`; the section is top-level.
+    path = write(tmp_path, "c.yaml", BASE_YAML.replace("general:\n", "general:\n  talos: {keys: []}\n"))
+    assert errors_of(path) == [f'{path}: general.talos: unknown key "talos"; talos is a top-level section']
+
+
+def test_yaml_anchors_and_merge_keys(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "c.yaml",
+        """\
+        general: {admin_username: admin, admin_password: secret}
+        pools:
+          app:
+            users:
+              - &defaults {username: alice, password: p, pool_size: 7, pool_mode: session}
+              - <<: *defaults
+                username: bob
+        """,
+    )
+    users = load_config(path).pools["app"].users
+    assert [(u.username, u.pool_size, u.pool_mode) for u in users] == [("alice", 7, "session"), ("bob", 7, "session")]
 
 
 # --------------------------------------------------------------------------------------------- web / prometheus
