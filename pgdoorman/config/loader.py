@@ -417,7 +417,7 @@ def _iter_users(ctx: _Ctx, sub: _Sub) -> Iterator[tuple[Any, str, list[PathSeg]]
         numbered: list[tuple[int, Any]] = []
         for key in raw:
             text = str(key)
-            if isinstance(key, bool) or not text.isdigit():
+            if isinstance(key, bool) or not (text.isascii() and text.isdigit()):
                 ctx.error(raw.origin.get(key, sub.file), [*sub.path, text], "keys of the users map must be numbers")
                 continue
             numbered.append((int(text), key))

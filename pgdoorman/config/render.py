@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgdoorman.config.fields import FIELDS, REQUIRED, SECTIONS, Field, fields_of, lookup
+from pgdoorman.config.fields import field as setting
 from pgdoorman.config.values import (
     DURATION_FORMS,
     SIZE_FORMS,
@@ -256,6 +257,8 @@ def _toml_table(table: _Table, path: list[str], array: bool, disabled: bool) -> 
 
 def _toml_document(header: list[str], sections: list[_Node]) -> str:
     lines = _comment_lines("", header)
+    # Top-level plain keys must precede the first table header or they would land inside it.
+    sections = [s for s in sections if isinstance(s, _Item)] + [s for s in sections if not isinstance(s, _Item)]
     for section in sections:
         if lines:
             lines.append("")
@@ -330,7 +333,7 @@ def _nodes(section: str | None, data: Mapping[str, Any], comments: bool) -> list
         sub = f.type.section if f is not None and isinstance(f.type, Subsection) else None
         if sub == "user" and isinstance(value, Mapping):
             # The legacy numbered users map is written as a list, in key order.
-            value = [value[k] for k in sorted(value, key=lambda k: int(k) if str(k).isdigit() else 0)]
+            value = [value[k] for k in sorted(value, key=lambda k: int(k) if str(k).isascii() and str(k).isdigit() else 0)]
         if isinstance(value, Mapping):
             nodes.append(_Table(str(key), _nodes(sub, value, comments), comment))
         elif _is_table_list(value):
@@ -404,9 +407,11 @@ def _reference_pool() -> _Table:
         "user",
         {"username": EXAMPLE_USER, "password": EXAMPLE_PASSWORD_HASH, "pool_size": EXAMPLE_POOL_SIZE},
     )
-    user_nodes[1].comment.append(f'Example: the MD5 hash of password "{EXAMPLE_PASSWORD}" for user "{EXAMPLE_USER}".')
-    users_field = next(f for f in fields_of("pool") if f.key == "users")
-    auth_query_field = next(f for f in fields_of("pool") if f.key == "auth_query")
+    for node in user_nodes:
+        if node.key == "password":
+            node.comment.append(f'Example: the MD5 hash of password "{EXAMPLE_PASSWORD}" for user "{EXAMPLE_USER}".')
+    users_field = setting("pool", "users")
+    auth_query_field = setting("pool", "auth_query")
     auth_query = _Table(
         "auth_query",
         _reference_section("auth_query"),
@@ -440,7 +445,7 @@ _REFERENCE_HEADER = [
 def render_reference(fmt: str = "yaml") -> str:
     """The annotated reference config: every section and setting with a comment and its default
     value, plus one example pool and user, loadable as is (without warnings)."""
-    include_files = next(f for f in fields_of("include") if f.key == "files")
+    include_files = setting("include", "files")
     sections: list[_Node] = [
         _Table("include", [_reference_item(include_files)], ["Other config files to merge over this one."]),
         _Table("general", _reference_section("general"), ["Process-wide settings."]),
@@ -494,7 +499,7 @@ def _section_doc(section: str) -> str:
 
 
 def _index_doc() -> str:
-    include_files = next(f for f in fields_of("include") if f.key == "files")
+    include_files = setting("include", "files")
     total = len(FIELDS)
     done = sum(f.implemented for f in FIELDS)
     lines = [

@@ -292,8 +292,7 @@ class Int(ValueType):
         self.minimum = minimum
         self.maximum = maximum
         self.unit = unit
-        if unit:
-            self.doc_name = f"integer ({unit})"
+        self.doc_name = self.expectation().removeprefix("an ") + (f", in {unit}" if unit else "")
 
     def expectation(self) -> str:
         if self.minimum is not None and self.maximum is not None:
@@ -317,10 +316,9 @@ class Int(ValueType):
 
 
 class Port(Int):
-    doc_name = "port"
-
     def __init__(self) -> None:
         super().__init__(1, 65535)
+        self.doc_name = "port (1-65535)"
 
 
 class Bool(ValueType):

@@ -73,6 +73,11 @@ def test_render_config_rejects_unknown_format() -> None:
         render_config({}, "json")
 
 
+def test_render_config_toml_puts_top_level_values_first() -> None:
+    text = render_config({"pools": {"db": {}}, "zz": 1}, "toml", comments=False)
+    assert text.index("zz = 1") < text.index("[pools]")
+
+
 def test_render_config_leaves_out_nulls() -> None:
     assert "unix_socket_dir" not in render_config({"general": {"unix_socket_dir": None}}, "toml")
 
