@@ -583,7 +583,14 @@ class Bench:
             env=self.env,
         )
         # pgbench -T cannot stop a client stuck in connect(); a hung pooler must not hang the benchmark.
-        watchdog = threading.Timer(duration + 60 + clients * 0.05, p.kill)
+        limit = duration + 60 + clients * 0.05
+        hung = threading.Event()
+
+        def kill_hung() -> None:
+            hung.set()
+            p.kill()
+
+        watchdog = threading.Timer(limit, kill_hung)
         watchdog.start()
         pids = {"pgbench": p.pid}
         if pooler_pid:
@@ -634,6 +641,10 @@ class Bench:
         c.aborted_clients = sum(1 for ln in err_lines if re.search(r"client \d+ .*aborted", ln))
         noise = ("pgbench (", "starting vacuum", "end.", "dropping old", "creating ")
         c.errors = [ln for ln in err_lines if ln and not ln.startswith(noise)][-6:]
+        if hung.is_set():
+            # Say where pgbench was stuck: its last output line, e.g. an unfinished "starting vacuum...".
+            last = next((ln for ln in reversed(err_lines) if ln), "no output")
+            c.note = f"pgbench hung and was killed after {limit:.0f} s (last output: {last!r})"
         c.p99_ms, log_failed = p99_from_logs(logdir)
         if c.failed is None and log_failed:
             c.failed = log_failed
