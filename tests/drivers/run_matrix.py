@@ -1,0 +1,735 @@
+"""The driver compatibility matrix: starts a throwaway PostgreSQL and pgdoorman (session mode, then
+transaction mode, pool_size 3), runs every driver program under tests/drivers/ directly against
+PostgreSQL ("direct", which proves the scenario itself) and through each pooler, prints a
+driver x scenario x mode table, writes docs/compatibility.md and exits non-zero on any failure.
+
+    python tests/drivers/run_matrix.py [--drivers a,b] [--modes direct,session,transaction]
+                                       [--scenarios x,y] [--workers N] [--doc PATH | --no-doc]
+
+tests/drivers/test_matrix.py is the pytest entry point over the same Matrix class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+for _p in (str(ROOT), str(HERE)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from scenarios import BY_DESIGN_TRANSACTION_MODE, SCENARIO_TABLE, SCENARIOS  # noqa: E402
+
+from tests.support.cluster import (  # noqa: E402
+    DBNAME,
+    MD5_PASSWORD,
+    MD5_USER,
+    SCRAM_PASSWORD,
+    SCRAM_USER,
+    PgCluster,
+    pooler_config,
+    start_test_cluster,
+)
+from tests.support.pooler import Pooler, free_port  # noqa: E402
+
+MODES = ("direct", "session", "transaction")
+POOL_SIZE = 3
+BUILD = HERE / "build"
+GOCODE = Path("/usr/share/gocode")
+PGJDBC_JAR = Path("/usr/share/java/postgresql.jar")
+SCENARIO_TIMEOUT = 60  # seconds per scenario inside a program (pool_churn through a pooler is the longest)
+PROGRAM_TIMEOUT = 420  # seconds for one program run; then it is killed and unreported cells fail
+DOC_PATH = ROOT / "docs" / "compatibility.md"
+
+
+# --------------------------------------------------------------------------------------------
+# Drivers: how to find the toolchain, build the program and run it
+
+
+def _which(*tools: str) -> str | None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    return f"{', '.join(missing)} not on PATH" if missing else None
+
+
+def _quiet(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+
+
+_build_lock = threading.Lock()
+_built: dict[str, str | None] = {}  # lang -> None when built, else the error text
+
+
+def _build_once(lang: str, build: Callable[[], str | None]) -> str | None:
+    with _build_lock:
+        if lang not in _built:
+            _built[lang] = build()
+        return _built[lang]
+
+
+def _go_env() -> dict[str, str]:
+    gopath = BUILD / "gopath"
+    return {
+        **os.environ,
+        "GO111MODULE": "off",  # Debian's packaged sources, GOPATH mode: nothing is downloaded
+        "GOPATH": f"{gopath}:{GOCODE}",
+        "GOCACHE": str(BUILD / "gocache"),
+        "GOFLAGS": "",
+    }
+
+
+def _build_go() -> str | None:
+    src = BUILD / "gopath" / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    link = src / "drivertests"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(HERE / "go")
+    (BUILD / "bin").mkdir(parents=True, exist_ok=True)
+    for prog in ("pgx", "pq"):
+        proc = _quiet(["go", "build", "-o", str(BUILD / "bin" / prog), f"drivertests/{prog}"], env=_go_env())
+        if proc.returncode != 0:
+            return f"go build drivertests/{prog} failed: {(proc.stdout + proc.stderr).strip()[-1500:]}"
+    return None
+
+
+def _build_java() -> str | None:
+    out = BUILD / "java"
+    out.mkdir(parents=True, exist_ok=True)
+    proc = _quiet(
+        ["javac", "-nowarn", "-d", str(out), "-cp", str(PGJDBC_JAR), str(HERE / "java" / "PgJdbcDriver.java")]
+    )
+    if proc.returncode != 0:
+        return f"javac failed: {(proc.stdout + proc.stderr).strip()[-1500:]}"
+    return None
+
+
+@dataclass(frozen=True)
+class Driver:
+    name: str  # as printed by the program
+    short: str  # column header in the tables
+    lang: str
+    argv: tuple[str, ...]
+    probe: Callable[[], str | None]  # None when the toolchain is present, else why not
+    build: Callable[[], str | None] = lambda: None  # None when built, else the build error
+
+    def missing(self) -> str | None:
+        return self.probe()
+
+
+def _python_probe(*modules: str) -> Callable[[], str | None]:
+    def probe() -> str | None:
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        return f"Python modules missing: {', '.join(missing)}" if missing else None
+
+    return probe
+
+
+def _node_probe() -> str | None:
+    why = _which("node")
+    if why:
+        return why
+    missing = [
+        m for m in ("pg", "pg-copy-streams", "postgres") if not (HERE / "node" / "node_modules" / m).is_dir()
+    ]
+    return f"tests/drivers/node/node_modules lacks {', '.join(missing)} (npm ci)" if missing else None
+
+
+def _go_probe() -> str | None:
+    why = _which("go")
+    if why:
+        return why
+    need = [GOCODE / "src/github.com/jackc/pgx/v4", GOCODE / "src/github.com/lib/pq"]
+    missing = [str(p) for p in need if not p.is_dir()]
+    return f"Debian Go sources missing: {', '.join(missing)}" if missing else None
+
+
+def _java_probe() -> str | None:
+    return _which("java", "javac") or (None if PGJDBC_JAR.is_file() else f"{PGJDBC_JAR} missing")
+
+
+def _ruby_probe() -> str | None:
+    why = _which("ruby")
+    if why:
+        return why
+    return None if _quiet(["ruby", "-e", "require 'pg'"]).returncode == 0 else "Ruby gem pg missing (ruby-pg)"
+
+
+def _php_probe() -> str | None:
+    why = _which("php")
+    if why:
+        return why
+    code = "exit(class_exists('PDO') && in_array('pgsql', PDO::getAvailableDrivers()) ? 0 : 1);"
+    return None if _quiet(["php", "-r", code]).returncode == 0 else "PHP PDO_pgsql missing (php-pgsql)"
+
+
+PY = sys.executable
+PYDIR = HERE / "python"
+JAVA_CP = f"{BUILD / 'java'}:{PGJDBC_JAR}"
+
+DRIVERS: list[Driver] = [
+    Driver("psycopg3", "pg3", "python", (PY, str(PYDIR / "psycopg3_sync.py")), _python_probe("psycopg")),
+    Driver(
+        "psycopg3-prepare0",
+        "pg3-p0",
+        "python",
+        (PY, str(PYDIR / "psycopg3_sync.py"), "--prepare-threshold", "0"),
+        _python_probe("psycopg"),
+    ),
+    Driver(
+        "psycopg3-async", "pg3-as", "python", (PY, str(PYDIR / "psycopg3_async.py")), _python_probe("psycopg")
+    ),
+    Driver("psycopg2", "pg2", "python", (PY, str(PYDIR / "psycopg2_driver.py")), _python_probe("psycopg2")),
+    Driver("asyncpg", "apg", "python", (PY, str(PYDIR / "asyncpg_driver.py")), _python_probe("asyncpg")),
+    Driver(
+        "sqlalchemy-psycopg",
+        "sa-pg3",
+        "python",
+        (PY, str(PYDIR / "sqlalchemy_driver.py"), "--dialect", "psycopg"),
+        _python_probe("sqlalchemy", "psycopg"),
+    ),
+    Driver(
+        "sqlalchemy-asyncpg",
+        "sa-apg",
+        "python",
+        (PY, str(PYDIR / "sqlalchemy_driver.py"), "--dialect", "asyncpg"),
+        _python_probe("sqlalchemy", "asyncpg", "greenlet"),
+    ),
+    Driver("node-pg", "node-pg", "node", ("node", str(HERE / "node" / "pg_driver.js")), _node_probe),
+    Driver("postgres.js", "pg.js", "node", ("node", str(HERE / "node" / "postgres_driver.js")), _node_probe),
+    Driver(
+        "pgx-v4", "pgx", "go", (str(BUILD / "bin" / "pgx"),), _go_probe, lambda: _build_once("go", _build_go)
+    ),
+    Driver(
+        "lib/pq", "pq", "go", (str(BUILD / "bin" / "pq"),), _go_probe, lambda: _build_once("go", _build_go)
+    ),
+    Driver(
+        "pgjdbc",
+        "jdbc",
+        "java",
+        ("java", "-cp", JAVA_CP, "PgJdbcDriver"),
+        _java_probe,
+        lambda: _build_once("java", _build_java),
+    ),
+    Driver(
+        "pgjdbc-pt1",
+        "jdbc-pt1",
+        "java",
+        ("java", "-cp", JAVA_CP, "PgJdbcDriver", "--prepare-threshold", "1"),
+        _java_probe,
+        lambda: _build_once("java", _build_java),
+    ),
+    Driver("ruby-pg", "ruby-pg", "ruby", ("ruby", str(HERE / "ruby" / "pg_driver.rb")), _ruby_probe),
+    Driver("php-pdo", "php-pdo", "php", ("php", str(HERE / "php" / "pdo_driver.php")), _php_probe),
+]
+DRIVERS_BY_NAME = {d.name: d for d in DRIVERS}
+
+# Drivers the issue asks about that cannot run on this machine, with the reason (for the doc).
+NOT_RUN = [
+    (
+        ".NET (Npgsql)",
+        "Npgsql is distributed only through NuGet, which is not reachable from this machine, and "
+        "Debian packages neither the .NET SDK nor Npgsql.",
+    ),
+    (
+        "Rust (tokio-postgres / postgres)",
+        "crates.io is not reachable from this machine. Debian does package the crates "
+        "(librust-tokio-postgres-dev, rustc 1.63, cargo) so an offline build in the style of the Go "
+        "drivers is possible; it has not been added yet.",
+    ),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class Cell:
+    status: str  # pass | fail | na | missing
+    detail: str
+
+
+@dataclass
+class Run:
+    driver: str
+    mode: str
+    cells: dict[str, Cell] = field(default_factory=dict)
+    version: str | None = None
+    missing: str | None = None  # toolchain missing: nothing ran
+    elapsed: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def failures(self) -> list[tuple[str, str]]:
+        return [(s, c.detail) for s, c in self.cells.items() if c.status == "fail"]
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def run_program(
+    driver: Driver,
+    mode: str,
+    host: str,
+    port: int,
+    scenarios: list[str],
+    churn: int = 1000,
+    clients: int = 30,
+    timeout: float = PROGRAM_TIMEOUT,
+) -> Run:
+    """Runs one driver program against host:port and parses its JSON lines into a Run."""
+    run = Run(driver.name, mode)
+    missing = driver.missing()
+    if missing:
+        run.missing = missing
+        for s in scenarios:
+            run.cells[s] = Cell("missing", missing)
+        return run
+    build_error = driver.build()
+    if build_error:
+        for s in scenarios:
+            run.cells[s] = Cell("fail", build_error)
+        return run
+    env = {
+        **os.environ,
+        "DRV_HOST": host,
+        "DRV_PORT": str(port),
+        "DRV_DB": DBNAME,
+        "DRV_USER": SCRAM_USER,
+        "DRV_PASSWORD": SCRAM_PASSWORD,
+        "DRV_MD5_USER": MD5_USER,
+        "DRV_MD5_PASSWORD": MD5_PASSWORD,
+        "DRV_MODE": mode,
+        "DRV_CLIENTS": str(clients),
+        "DRV_CHURN": str(churn),
+        "DRV_TIMEOUT": str(SCENARIO_TIMEOUT),
+        "DRV_ONLY": ",".join(scenarios) if scenarios != SCENARIOS else "",
+        "DRV_SCENARIOS_FILE": str(HERE / "scenarios.py"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        list(driver.argv),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=str(HERE),
+        start_new_session=True,  # so a timeout can kill the program and whatever it spawned
+    )
+    killed = False
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        killed = True
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    run.elapsed = time.monotonic() - start
+    for line in out.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "version" in rec:
+            run.version = str(rec["version"])
+        elif rec.get("scenario") in scenarios:
+            run.cells[rec["scenario"]] = Cell(str(rec["status"]), str(rec.get("detail", "")))
+    for s in scenarios:
+        if s not in run.cells:
+            why = f"killed after {timeout:.0f}s" if killed else f"exited with {proc.returncode}"
+            run.cells[s] = Cell("fail", f"no result reported (program {why}); stderr: {_tail(err, 6)}")
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# The environment: PostgreSQL plus one pooler per mode
+
+
+class Matrix:
+    """Owns the PostgreSQL cluster (or borrows one) and the pooler for the current mode."""
+
+    def __init__(
+        self, pg: PgCluster | None = None, workers: int | None = None, workdir: str | None = None
+    ) -> None:
+        self._own_dir = workdir is None
+        self.workdir = workdir or tempfile.mkdtemp(prefix="pgdoorman-drivers-")
+        # mkdtemp makes it 0700: the postgres OS user must traverse it to reach the cluster inside.
+        os.chmod(self.workdir, 0o711)
+        self._own_pg = pg is None
+        self._pg = pg
+        self.workers = workers
+        self.pooler: Pooler | None = None
+        self.pooler_mode: str | None = None
+        self.pooler_error: str | None = None
+        self.runs: dict[tuple[str, str], Run] = {}
+        self.pooler_logs: dict[str, str] = {}
+        self._pooler_starts = 0
+
+    @property
+    def pg(self) -> PgCluster:
+        if self._pg is None:
+            # The postgres OS user must reach the cluster directory: not under a private temp dir.
+            self._pg = start_test_cluster(os.path.join(self.workdir, "pg"), free_port())
+        return self._pg
+
+    def _start_pooler(self, mode: str) -> None:
+        self.stop_pooler()
+        general: dict[str, Any] = {}
+        if self.workers is not None:
+            general["worker_threads"] = self.workers
+        cfg = pooler_config(self.pg, general=general, pool_mode=mode, pool_size=POOL_SIZE)
+        self._pooler_starts += 1
+        workdir = os.path.join(self.workdir, f"pooler-{mode}-{self._pooler_starts}")
+        os.makedirs(workdir, exist_ok=True)
+        pooler = Pooler(cfg, workdir)
+        self.pooler_mode = mode
+        self.pooler_logs[mode] = pooler.log_path
+        try:
+            pooler.start()
+        except Exception as exc:  # noqa: BLE001 - becomes the detail of every cell in this mode
+            self.pooler = None
+            self.pooler_error = f"pooler did not start: {_tail(str(exc), 12)}"
+            return
+        self.pooler = pooler
+        self.pooler_error = None
+
+    def stop_pooler(self) -> None:
+        if self.pooler is not None:
+            self.pooler.stop()
+        self.pooler = None
+        self.pooler_mode = None
+
+    def target(self, mode: str) -> tuple[str, int] | str:
+        """(host, port) for the mode, or why there is none."""
+        if mode == "direct":
+            return (self.pg.host, self.pg.port)
+        if self.pooler_mode != mode or self.pooler is None or not self.pooler.running():
+            self._start_pooler(mode)
+        if self.pooler is None:
+            return self.pooler_error or "pooler did not start"
+        return (self.pooler.host, self.pooler.port)
+
+    def run(self, driver: Driver, mode: str, scenarios: list[str] | None = None, churn: int = 1000) -> Run:
+        scenarios = scenarios or list(SCENARIOS)
+        tgt = self.target(mode)
+        if isinstance(tgt, str):
+            run = Run(driver.name, mode)
+            missing = driver.missing()
+            for s in scenarios:
+                run.cells[s] = Cell("missing", missing) if missing else Cell("fail", tgt)
+            run.missing = missing
+        else:
+            log_before = len(self.pooler.log()) if self.pooler and mode != "direct" else 0
+            run = run_program(driver, mode, tgt[0], tgt[1], scenarios, churn=churn)
+            if self.pooler is not None and mode != "direct":
+                new_log = self.pooler.log()[log_before:]
+                if "Traceback" in new_log:
+                    run.notes.append("the pooler logged a Python traceback during this run")
+                if not self.pooler.running():
+                    code = self.pooler.proc.returncode if self.pooler.proc else None
+                    run.notes.append(
+                        f"the pooler exited (code {code}) during this run; restarted for the next"
+                    )
+                    for c in run.cells.values():
+                        if c.status == "fail":
+                            c.detail += f" [pooler exited with code {code}]"
+        self.runs[(driver.name, mode)] = run
+        return run
+
+    def server_version(self) -> str:
+        try:
+            return self.pg.psql("SHOW server_version;")
+        except Exception as exc:  # noqa: BLE001
+            return f"unknown ({exc})"
+
+    def close(self) -> None:
+        self.stop_pooler()
+        if self._own_pg and self._pg is not None:
+            self._pg.stop()
+        if self._own_dir and not os.environ.get("PGDOORMAN_KEEP_DRIVER_RUNS"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+SYMBOL = {"pass": "ok", "fail": "FAIL", "na": "n/a", "missing": "--"}
+
+
+def _grid(
+    runs: dict[tuple[str, str], Run], drivers: list[Driver], mode: str, scenarios: list[str]
+) -> list[list[str]]:
+    rows = [["scenario", *[d.short for d in drivers]]]
+    for s in scenarios:
+        row = [s]
+        for d in drivers:
+            run = runs.get((d.name, mode))
+            cell = run.cells.get(s) if run else None
+            row.append(SYMBOL.get(cell.status, cell.status) if cell else "")
+        rows.append(row)
+    return rows
+
+
+def render_text(
+    runs: dict[tuple[str, str], Run], drivers: list[Driver], modes: list[str], scenarios: list[str]
+) -> str:
+    out: list[str] = []
+    for mode in modes:
+        grid = _grid(runs, drivers, mode, scenarios)
+        widths = [max(len(r[i]) for r in grid) for i in range(len(grid[0]))]
+        out.append(f"== {mode} ==")
+        for r in grid:
+            out.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        out.append("")
+    fails = [
+        (run.driver, run.mode, s, c.detail)
+        for run in runs.values()
+        for s, c in run.cells.items()
+        if c.status == "fail"
+    ]
+    if fails:
+        out.append(f"{len(fails)} failing cells:")
+        for d, m, s, detail in fails:
+            out.append(f"  {d} / {m} / {s}: {detail}")
+    missing = sorted({(run.driver, run.missing) for run in runs.values() if run.missing})
+    for d, why in missing:
+        out.append(f"  {d}: not run, {why}")
+    notes = [(run.driver, run.mode, n) for run in runs.values() for n in run.notes]
+    for d, m, n in notes:
+        out.append(f"  note {d} / {m}: {n}")
+    legend = ", ".join(f"{d.short}={d.name}" for d in drivers)
+    out.append(f"legend: ok=pass FAIL=fail n/a=not applicable --=toolchain missing; {legend}")
+    return "\n".join(out)
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _git_head() -> str:
+    proc = _quiet(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+
+
+def _debian_version() -> str:
+    try:
+        return Path("/etc/debian_version").read_text().strip()
+    except OSError:
+        return platform.platform()
+
+
+def _dpkg_versions(packages: list[str]) -> str:
+    proc = _quiet(["dpkg-query", "-W", "-f=${Package} ${Version}\\n", *packages])
+    return ", ".join(proc.stdout.split("\n")[:-1]) if proc.stdout else "not installed"
+
+
+def render_markdown(
+    runs: dict[tuple[str, str], Run],
+    drivers: list[Driver],
+    modes: list[str],
+    scenarios: list[str],
+    pg_version: str,
+    workers: int | None,
+) -> str:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Driver compatibility",
+        "",
+        "<!-- Generated by tests/drivers/run_matrix.py; do not edit by hand. -->",
+        "",
+        f"Generated {now} by `python tests/drivers/run_matrix.py` at commit `{_git_head()}`: every driver program "
+        "in `tests/drivers/` runs the same scenarios directly against PostgreSQL (**direct**, which proves the "
+        "scenario itself) and through pgdoorman in **session** and **transaction** mode, with "
+        f"`pool_size: {POOL_SIZE}` and 30 concurrent clients where a scenario is concurrent"
+        + (f", `worker_threads: {workers}`" if workers else "")
+        + ".",
+        "",
+        "Legend: `ok` pass, **FAIL** fail (details below), `n/a` not applicable (reason below), "
+        "`--` toolchain missing on the machine that generated this file.",
+        "",
+        "## Versions tested",
+        "",
+        f"- PostgreSQL {pg_version}; Debian {_debian_version()}; Python {platform.python_version()} (pooler and Python drivers)",
+    ]
+    for d in drivers:
+        vs = sorted({r.version for (dn, _), r in runs.items() if dn == d.name and r.version})
+        lines.append(f"- {d.name}: {'; '.join(vs) if vs else 'not run'}")
+    lines.append(
+        "- Debian packages: "
+        + _dpkg_versions(
+            [
+                "golang-go",
+                "golang-github-jackc-pgx-v4-dev",
+                "golang-github-lib-pq-dev",
+                "libpostgresql-jdbc-java",
+                "ruby-pg",
+                "php-pgsql",
+            ]
+        )
+    )
+    lines += ["", "## Scenarios", "", "| scenario | what it checks |", "|---|---|"]
+    desc = dict(SCENARIO_TABLE)
+    for s in scenarios:
+        lines.append(f"| `{s}` | {_md_escape(desc[s])} |")
+    for mode in modes:
+        grid = _grid(runs, drivers, mode, scenarios)
+        lines += ["", f"## {mode}", ""]
+        lines.append("| " + " | ".join(grid[0]) + " |")
+        lines.append("|" + "---|" * len(grid[0]))
+        for r in grid[1:]:
+            cells = [f"**{c}**" if c == "FAIL" else c for c in r[1:]]
+            lines.append(f"| `{r[0]}` | " + " | ".join(cells) + " |")
+    lines += ["", "Columns: " + ", ".join(f"`{d.short}` = {d.name}" for d in drivers) + "."]
+
+    na: dict[tuple[str, str], list[str]] = {}
+    for (dn, mode), run in runs.items():
+        for s, c in run.cells.items():
+            if c.status == "na":
+                na.setdefault((s, c.detail), []).append(f"{dn} ({mode})")
+    lines += ["", "## Not applicable", ""]
+    for s, why in BY_DESIGN_TRANSACTION_MODE.items():
+        lines.append(f"- `{s}` in transaction mode, by design: {why}.")
+    for (s, why), where in sorted(na.items()):
+        lines.append(f"- `{s}`: {_md_escape(why)} — {', '.join(sorted(where))}")
+
+    fails = [
+        (run.driver, run.mode, s, c.detail)
+        for run in runs.values()
+        for s, c in run.cells.items()
+        if c.status == "fail"
+    ]
+    lines += ["", "## Failures", ""]
+    if not fails:
+        lines.append("None.")
+    for d, m, s, detail in fails:
+        lines.append(f"- {d} / {m} / `{s}`: {_md_escape(detail)}")
+    notes = [(run.driver, run.mode, n) for run in runs.values() for n in run.notes]
+    for d, m, n in notes:
+        lines.append(f"- note, {d} / {m}: {n}")
+
+    lines += ["", "## Drivers not run here", ""]
+    for d, why in NOT_RUN:
+        lines.append(f"- {d}: {why}")
+    for d in drivers:
+        missing = {r.missing for (dn, _), r in runs.items() if dn == d.name and r.missing}
+        for why in missing:
+            lines.append(f"- {d.name}: toolchain missing when this file was generated ({why}).")
+    lines += [
+        "",
+        "## Running it",
+        "",
+        "`scripts/install_drivers.sh` (as root) installs Node packages from the committed lock file, Go with "
+        "Debian's packaged pgx v4 and lib/pq sources, the JDK and pgjdbc, Ruby pg and PHP PDO_pgsql. Then "
+        "`python tests/drivers/run_matrix.py` regenerates this file; `pytest tests/drivers` runs one test "
+        "per driver and mode (a missing toolchain fails under `CI=true` and is skipped with its reason otherwise). "
+        "Each program reads `DRV_HOST`, `DRV_PORT`, `DRV_DB`, `DRV_USER`, `DRV_PASSWORD`, `DRV_MD5_USER`, "
+        "`DRV_MD5_PASSWORD`, `DRV_MODE` (and optionally `DRV_ONLY`, `DRV_CLIENTS`, `DRV_CHURN`, `DRV_TIMEOUT`) "
+        "and prints one JSON line per scenario: `{driver, scenario, status: pass|fail|na, detail}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--drivers", help="comma-separated driver names (default: all)")
+    ap.add_argument(
+        "--modes", default=",".join(MODES), help="comma-separated subset of direct,session,transaction"
+    )
+    ap.add_argument("--scenarios", help="comma-separated scenario names (default: all)")
+    ap.add_argument(
+        "--workers", type=int, default=None, help="pooler worker_threads (default: the test config's)"
+    )
+    ap.add_argument("--churn", type=int, default=1000, help="connections in pool_churn (default 1000)")
+    ap.add_argument(
+        "--doc", default=None, help=f"markdown output (default {DOC_PATH.relative_to(ROOT)} on a full run)"
+    )
+    ap.add_argument("--no-doc", action="store_true", help="do not write the markdown file")
+    ap.add_argument("--json", default=None, help="also write the raw results as JSON here")
+    ap.add_argument("--allow-missing", action="store_true", help="a missing toolchain does not fail the run")
+    args = ap.parse_args(argv)
+
+    drivers = DRIVERS
+    if args.drivers:
+        unknown = [n for n in args.drivers.split(",") if n not in DRIVERS_BY_NAME]
+        if unknown:
+            ap.error(f"unknown drivers {unknown}; known: {', '.join(DRIVERS_BY_NAME)}")
+        drivers = [DRIVERS_BY_NAME[n] for n in args.drivers.split(",")]
+    modes = [m for m in args.modes.split(",") if m]
+    if any(m not in MODES for m in modes):
+        ap.error(f"modes must be among {MODES}")
+    scenarios = list(SCENARIOS)
+    if args.scenarios:
+        scenarios = [s for s in args.scenarios.split(",") if s]
+        if any(s not in SCENARIOS for s in scenarios):
+            ap.error(f"scenarios must be among {SCENARIOS}")
+    full = not args.drivers and not args.scenarios and modes == list(MODES) and args.churn == 1000
+    doc = None if args.no_doc else (Path(args.doc) if args.doc else (DOC_PATH if full else None))
+
+    matrix = Matrix(workers=args.workers)
+    started = time.monotonic()
+    try:
+        for mode in modes:
+            for d in drivers:
+                run = matrix.run(d, mode, scenarios, churn=args.churn)
+                counts = {st: sum(1 for c in run.cells.values() if c.status == st) for st in SYMBOL}
+                summary = ", ".join(f"{n} {st}" for st, n in counts.items() if n)
+                print(f"[{mode:<11}] {d.name:<20} {summary} ({run.elapsed:.1f}s)", flush=True)
+        pg_version = matrix.server_version()
+        logs = dict(matrix.pooler_logs)
+    finally:
+        matrix.close()
+    print()
+    print(render_text(matrix.runs, drivers, modes, scenarios))
+    print(f"\nmatrix took {time.monotonic() - started:.0f}s")
+    if os.environ.get("PGDOORMAN_KEEP_DRIVER_RUNS"):
+        for mode, path in logs.items():
+            print(f"pooler log ({mode}): {path}")
+    if doc is not None:
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        doc.write_text(render_markdown(matrix.runs, drivers, modes, scenarios, pg_version, args.workers))
+        print(f"wrote {doc}")
+    if args.json:
+        data = [
+            {
+                "driver": r.driver,
+                "mode": r.mode,
+                "version": r.version,
+                "missing": r.missing,
+                "notes": r.notes,
+                "cells": {s: {"status": c.status, "detail": c.detail} for s, c in r.cells.items()},
+            }
+            for r in matrix.runs.values()
+        ]
+        Path(args.json).write_text(json.dumps(data, indent=1))
+    bad = [c for r in matrix.runs.values() for c in r.cells.values() if c.status == "fail"]
+    missing = [r for r in matrix.runs.values() if r.missing]
+    return 1 if bad or (missing and not args.allow_missing) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
