@@ -1,0 +1,441 @@
+"""The SHOW subcommands: each one's columns (names, order and types as PgDoorman 3.10 sends them) and the
+builder that fills the rows from the running pooler. Builders only read (see admin/state.py) and return
+a ResultSet; rendering to the wire is resultset.render's job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pgdoorman import __version__
+from pgdoorman.admin import loglevel
+from pgdoorman.admin.parser import SHOW_SUBCOMMANDS
+from pgdoorman.admin.resultset import INT4, NUMERIC, TEXT, Cell, ResultSet
+from pgdoorman.admin.state import (
+    Snapshot,
+    StatsSampler,
+    client_state,
+    copy_of,
+    get_sampler,
+    pool_histograms,
+    pool_totals,
+    server_state,
+    take_snapshot,
+)
+from pgdoorman.stats import percentile
+
+if TYPE_CHECKING:
+    from pgdoorman.app import App
+    from pgdoorman.client import ClientConn
+
+Columns = list[tuple[str, int]]
+
+POOLS_COLUMNS: Columns = [
+    ("database", TEXT), ("user", TEXT), ("pool_mode", TEXT),
+    ("cl_idle", NUMERIC), ("cl_active", NUMERIC), ("cl_waiting", NUMERIC), ("cl_cancel_req", NUMERIC),
+    ("sv_active", NUMERIC), ("sv_idle", NUMERIC), ("sv_used", NUMERIC), ("sv_login", NUMERIC),
+    ("pool_size", NUMERIC), ("maxwait", NUMERIC), ("maxwait_us", NUMERIC), ("avg_xact_time", NUMERIC),
+    ("paused", NUMERIC), ("fallback_active", NUMERIC), ("oldest_active_age_ms", NUMERIC),
+]
+POOLS_EXTENDED_COLUMNS: Columns = [
+    ("database", TEXT), ("user", TEXT),
+    ("cl_active", NUMERIC), ("cl_waiting", NUMERIC),
+    ("sv_active", NUMERIC), ("sv_idle", NUMERIC), ("sv_used", NUMERIC), ("sv_login", NUMERIC),
+    ("maxwait", NUMERIC), ("maxwait_us", NUMERIC), ("pool_mode", TEXT),
+    ("bytes_recieved", NUMERIC),  # sic: PgDoorman's spelling, kept for scripts that parse it
+    ("bytes_sent", NUMERIC),
+    ("query_0.99", NUMERIC), ("transaction_0.99", NUMERIC),
+    ("query_0.95", NUMERIC), ("transaction_0.95", NUMERIC),
+    ("query_0.5", NUMERIC), ("transaction_0.5", NUMERIC),
+]
+POOLS_MEMORY_COLUMNS: Columns = [
+    ("database", TEXT), ("user", TEXT),
+    ("pool_prepared_count", NUMERIC), ("pool_prepared_bytes", NUMERIC),
+    ("client_prepared_count", NUMERIC), ("client_prepared_bytes", NUMERIC),
+    ("client_named_count", NUMERIC), ("client_anonymous_count", NUMERIC),
+    ("client_anonymous_evictions_alive", NUMERIC), ("async_clients", NUMERIC),
+]
+CLIENTS_COLUMNS: Columns = [
+    ("client_id", TEXT), ("database", TEXT), ("user", TEXT), ("application_name", TEXT), ("addr", TEXT),
+    ("tls", TEXT), ("state", TEXT), ("wait", TEXT),
+    ("transaction_count", NUMERIC), ("query_count", NUMERIC), ("error_count", NUMERIC), ("age_seconds", NUMERIC),
+]
+SERVERS_COLUMNS: Columns = [
+    ("server_id", TEXT), ("server_process_id", TEXT), ("database_name", TEXT), ("user", TEXT),
+    ("application_name", TEXT), ("tls", TEXT), ("state", TEXT), ("wait", TEXT),
+    ("transaction_count", NUMERIC), ("query_count", NUMERIC), ("bytes_sent", NUMERIC), ("bytes_received", NUMERIC),
+    ("age_seconds", NUMERIC), ("prepare_cache_hit", NUMERIC), ("prepare_cache_miss", NUMERIC),
+    ("prepare_cache_size", NUMERIC),
+]
+STATS_COLUMNS: Columns = [
+    ("database", TEXT), ("user", TEXT),
+    ("total_xact_count", NUMERIC), ("total_query_count", NUMERIC), ("total_received", NUMERIC),
+    ("total_sent", NUMERIC), ("total_xact_time", NUMERIC), ("total_query_time", NUMERIC),
+    ("total_wait_time", NUMERIC), ("total_errors", NUMERIC),
+    ("avg_xact_count", NUMERIC), ("avg_query_count", NUMERIC), ("avg_recv", NUMERIC), ("avg_sent", NUMERIC),
+    ("avg_errors", NUMERIC), ("avg_xact_time", NUMERIC), ("avg_query_time", NUMERIC), ("avg_wait_time", NUMERIC),
+]
+DATABASES_COLUMNS: Columns = [
+    ("name", TEXT), ("host", TEXT), ("port", TEXT), ("database", TEXT), ("force_user", TEXT),
+    ("pool_size", INT4), ("min_pool_size", INT4), ("reserve_pool", INT4), ("pool_mode", TEXT),
+    ("max_connections", INT4), ("current_connections", INT4),
+]
+USERS_COLUMNS: Columns = [("name", TEXT), ("pool_mode", TEXT)]
+CONFIG_COLUMNS: Columns = [("key", TEXT), ("value", TEXT), ("default", TEXT), ("changeable", TEXT)]
+CONNECTIONS_COLUMNS: Columns = [
+    ("total", NUMERIC), ("errors", NUMERIC), ("tls", NUMERIC), ("plain", NUMERIC), ("cancel", NUMERIC),
+]
+LISTS_COLUMNS: Columns = [("list", TEXT), ("items", INT4)]
+PREPARED_STATEMENTS_COLUMNS: Columns = [
+    ("pool", TEXT), ("hash", NUMERIC), ("name", TEXT), ("query", TEXT), ("count_used", NUMERIC), ("kind", TEXT),
+]
+HELP_COLUMNS: Columns = [("item", TEXT)]
+LOG_LEVEL_COLUMNS: Columns = [("log_level", TEXT)]
+VERSION_COLUMNS: Columns = [("version", TEXT)]
+
+HELP_ITEMS = (
+    "SHOW HELP|CONFIG|DATABASES|POOLS|POOLS_EXTENDED|POOLS_MEMORY|PREPARED_STATEMENTS|CLIENTS|SERVERS|USERS|VERSION",
+    "SHOW LISTS",
+    "SHOW CONNECTIONS",
+    "SHOW STATS",
+    "SHOW LOG_LEVEL",
+    "SET log_level = '<level>'",
+    "RELOAD",
+    "SHUTDOWN",
+    "PAUSE [db]",
+    "RESUME [db]",
+    "RECONNECT [db]",
+    "KILL <db>",
+)
+
+# Settings that only a restart (or binary upgrade) applies: SHOW CONFIG says changeable = no.
+RESTART_ONLY = frozenset({
+    "host", "port", "backlog", "unix_socket_dir", "unix_socket_mode", "worker_threads",
+    "worker_cpu_affinity_pinning", "worker_stack_size", "max_blocking_threads", "tokio_global_queue_interval",
+    "tokio_event_interval", "query_interner_gc_interval_seconds", "tls_certificate", "tls_private_key",
+    "daemon_pid_file", "web.host", "web.port", "web.enabled",
+})
+SECRET_KEYS = frozenset({"admin_password", "server_password", "password"})
+
+
+def version_string() -> str:
+    return f"PgDoorman {__version__} (pgdoorman, Python {sys.version_info[0]}.{sys.version_info[1]})"
+
+
+@dataclass
+class ShowContext:
+    """What the builders read: the app, one lazily taken snapshot shared by a Query's statements, and
+    the stats sampler."""
+
+    app: App
+    _snap: Snapshot | None = None
+    _sampler: StatsSampler | None = None
+
+    @property
+    def snap(self) -> Snapshot:
+        if self._snap is None:
+            self._snap = take_snapshot(self.app)
+        return self._snap
+
+    @property
+    def sampler(self) -> StatsSampler:
+        if self._sampler is None:
+            self._sampler = get_sampler(self.app)
+        return self._sampler
+
+
+# ------------------------------------------------------------------------------------------ builders
+def show_help(ctx: ShowContext) -> ResultSet:
+    return ResultSet(HELP_COLUMNS, [[item] for item in HELP_ITEMS])
+
+
+def show_version(ctx: ShowContext) -> ResultSet:
+    return ResultSet(VERSION_COLUMNS, [[version_string()]])
+
+
+def show_log_level(ctx: ShowContext) -> ResultSet:
+    return ResultSet(LOG_LEVEL_COLUMNS, [[loglevel.current_filter()]])
+
+
+def split_maxwait(us: int) -> tuple[int, int]:
+    """PgBouncer's maxwait (whole seconds) and maxwait_us (the microseconds part)."""
+    return us // 1_000_000, us % 1_000_000
+
+
+def show_pools(ctx: ShowContext) -> ResultSet:
+    rows: list[list[Cell]] = []
+    now = time.monotonic()
+    for v in ctx.snap.pools:
+        p = v.pool
+        secs, us = split_maxwait(v.maxwait_us)
+        avg = ctx.sampler.averages_for(v.key, pool_totals(p), now)
+        rows.append([
+            p.database, p.username, p.mode,
+            v.cl_idle, v.cl_active, v.cl_waiting, 0,
+            v.sv_active, v.sv_idle, v.sv_used, v.sv_login,
+            p.pool_size, secs, us, avg.xact_time,
+            1 if p.paused else 0, 0, v.oldest_active_age_ms,
+        ])
+    return ResultSet(POOLS_COLUMNS, rows)
+
+
+def show_pools_extended(ctx: ShowContext) -> ResultSet:
+    rows: list[list[Cell]] = []
+    for v in ctx.snap.pools:
+        p = v.pool
+        t = pool_totals(p)
+        (qc, qn, _), (xc, xn, _), _ = pool_histograms(p)
+        q = [int(percentile(qc, qn, x)) for x in (0.99, 0.95, 0.5)]
+        x = [int(percentile(xc, xn, x_)) for x_ in (0.99, 0.95, 0.5)]
+        rows.append([
+            p.database, p.username, v.cl_active, v.cl_waiting,
+            v.sv_active, v.sv_idle, v.sv_used, v.sv_login,
+            v.maxwait_us / 1_000_000, v.maxwait_us % 1_000_000, p.mode,
+            t.bytes_in, t.bytes_out,
+            q[0], x[0], q[1], x[1], q[2], x[2],
+        ])
+    return ResultSet(POOLS_EXTENDED_COLUMNS, rows)
+
+
+def show_pools_memory(ctx: ShowContext) -> ResultSet:
+    # Prepared statement caches do not exist yet: every pool reports empty caches.
+    rows: list[list[Cell]] = [[p.database, p.username, 0, 0, 0, 0, 0, 0, 0, 0] for p in copy_of(ctx.app.pool_list)]
+    return ResultSet(POOLS_MEMORY_COLUMNS, rows)
+
+
+def show_prepared_statements(ctx: ShowContext) -> ResultSet:
+    # Empty until the pool-level prepared statement cache lands (same columns as PgDoorman).
+    return ResultSet(PREPARED_STATEMENTS_COLUMNS, [])
+
+
+_client_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_next_login_id = [1 << 31]  # above any cancel key (< 2**31), so the two id spaces never collide
+
+
+def client_id(c: ClientConn) -> str:
+    """`#c<N>`: N is the client's cancel key (its BackendKeyData pid) once it has one; a client still
+    logging in gets a number from a separate range that stays the same while it lives."""
+    if c.pid:
+        return f"#c{c.pid}"
+    n = _client_ids.get(c)
+    if n is None:
+        n = _next_login_id[0]
+        _next_login_id[0] += 1
+        _client_ids[c] = n
+    return f"#c{n}"
+
+
+def client_host(addr: str) -> str:
+    """The IP part of 'ip:port' ('unix' stays 'unix'); IPv6 keeps its colons."""
+    if addr.startswith("["):
+        return addr[1 : addr.find("]")] if "]" in addr else addr
+    host, sep, port = addr.rpartition(":")
+    if sep and port.isdigit():
+        return host
+    return addr
+
+
+def client_wait(c: ClientConn, state: str) -> str:
+    """PgDoorman's wait column: a queued client waits on nothing ('idle'); otherwise the pooler is
+    reading from it, or writing when output is queued for it."""
+    if state == "waiting":
+        return "idle"
+    return "write" if c.out else "read"
+
+
+def show_clients(ctx: ShowContext) -> ResultSet:
+    rows: list[list[Cell]] = []
+    wall = ctx.snap.wall
+    for c in ctx.snap.clients:
+        if c.admin is not None:
+            continue
+        st = client_state(c)
+        if st is None:
+            continue
+        rows.append([
+            client_id(c), c.database, c.user, c.application_name, client_host(c.addr),
+            "true" if getattr(c, "tls", False) else "false", st, client_wait(c, st),
+            c.xact_count, c.query_count, c.error_count, max(0, int(wall - c.connect_time)),
+        ])
+    return ResultSet(CLIENTS_COLUMNS, rows)
+
+
+def show_servers(ctx: ShowContext) -> ResultSet:
+    rows: list[list[Cell]] = []
+    now = ctx.snap.taken
+    for s in ctx.snap.servers:
+        if s.state == 5:
+            continue
+        st = server_state(s)
+        wait = "write" if s.out else ("read" if st == "active" else "idle")
+        rows.append([
+            f"0x{s.id:08X}", str(s.pid), s.pool.database, s.pool.username, s.params.get("application_name", ""),
+            "true" if getattr(s, "tls", False) else "false", st, wait,
+            s.xact_count, s.query_count, s.bytes_out, s.bytes_in, max(0, int(now - s.created)),
+            getattr(s, "prepare_cache_hit", 0), getattr(s, "prepare_cache_miss", 0),
+            getattr(s, "prepare_cache_size", 0),
+        ])
+    return ResultSet(SERVERS_COLUMNS, rows)
+
+
+def show_stats(ctx: ShowContext) -> ResultSet:
+    rows: list[list[Cell]] = []
+    now = time.monotonic()
+    for p in copy_of(ctx.app.pool_list):
+        t = pool_totals(p)
+        a = ctx.sampler.averages_for((p.database, p.username), t, now)
+        rows.append([
+            p.database, p.username,
+            t.xact_count, t.query_count, t.bytes_in, t.bytes_out, t.xact_time_us, t.query_time_us,
+            t.wait_time_us, t.errors,
+            a.xact_count, a.query_count, a.recv, a.sent, a.errors, a.xact_time, a.query_time, a.wait_time,
+        ])
+    return ResultSet(STATS_COLUMNS, rows)
+
+
+def show_databases(ctx: ShowContext) -> ResultSet:
+    rows: list[list[Cell]] = []
+    for p in copy_of(ctx.app.pool_list):
+        pc = p.pool_cfg
+        rows.append([
+            p.database, pc.server_host, str(pc.server_port), pc.server_database, p.username,
+            p.pool_size, p.min_pool_size or 0, pc.reserve_pool_size or 0, p.mode,
+            p.pool_size, p.total,
+        ])
+    return ResultSet(DATABASES_COLUMNS, rows)
+
+
+def show_users(ctx: ShowContext) -> ResultSet:
+    return ResultSet(USERS_COLUMNS, [[p.username, p.mode] for p in copy_of(ctx.app.pool_list)])
+
+
+def _config_text(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (tuple, list)):
+        return ",".join(_config_text(x) for x in v)
+    if isinstance(v, dict) or hasattr(v, "items"):
+        return ",".join(f"{k}={_config_text(x)}" for k, x in v.items())
+    return str(v)
+
+
+def _config_rows(obj: Any, prefix: str) -> list[list[Cell]]:
+    rows: list[list[Cell]] = []
+    if not dataclasses.is_dataclass(obj):
+        return rows
+    for f in dataclasses.fields(obj):
+        key = prefix + f.name
+        value = getattr(obj, f.name)
+        if f.default is not dataclasses.MISSING:
+            default = _config_text(f.default)
+        else:
+            default = "-"
+        if f.name in SECRET_KEYS:
+            value = "********" if value else ""
+            default = "-"
+        rows.append([key, _config_text(value), default, "no" if key in RESTART_ONLY else "yes"])
+    return rows
+
+
+def show_config(ctx: ShowContext) -> ResultSet:
+    cfg = ctx.app.config
+    rows = _config_rows(cfg.general, "")
+    rows += _config_rows(cfg.web, "web.")
+    for name, pc in cfg.pools.items():
+        base = f"pools.{name}."
+        for key in ("server_host", "server_port", "server_database", "pool_mode"):
+            rows.append([base + key, _config_text(getattr(pc, key)), "-", "yes"])
+        for u in pc.users:
+            ubase = f"{base}users.{u.username}."
+            rows.append([ubase + "pool_size", str(u.pool_size), "-", "yes"])
+            rows.append([ubase + "min_pool_size", str(u.min_pool_size or 0), "-", "yes"])
+            rows.append([ubase + "pool_mode", u.pool_mode or pc.pool_mode, "-", "yes"])
+    return ResultSet(CONFIG_COLUMNS, rows)
+
+
+def connection_counts(app: App) -> dict[str, int]:
+    """total / errors / tls / plain / cancel since start. `tls_connections` and `connection_errors` are
+    read from the app if the core counts them; otherwise they are 0 and everything else is plain."""
+    total = int(getattr(app, "total_accepted", 0))
+    cancel = int(getattr(app.cancels, "requests", 0))
+    tls = int(getattr(app, "tls_connections", 0))
+    errors = int(getattr(app, "connection_errors", 0))
+    plain = max(0, total - tls - cancel - errors)
+    return {"total": total, "errors": errors, "tls": tls, "plain": plain, "cancel": cancel}
+
+
+def show_connections(ctx: ShowContext) -> ResultSet:
+    n = connection_counts(ctx.app)
+    return ResultSet(CONNECTIONS_COLUMNS, [[n["total"], n["errors"], n["tls"], n["plain"], n["cancel"]]])
+
+
+def show_lists(ctx: ShowContext) -> ResultSet:
+    snap = ctx.snap
+    pools = [v.pool for v in snap.pools]
+    free_clients = used_clients = login_clients = 0
+    for c in snap.clients:
+        if c.admin is not None:
+            continue
+        st = client_state(c)
+        if st == "idle":
+            free_clients += 1
+        elif st in ("active", "waiting"):
+            used_clients += 1
+        elif st is None and not c.closed:
+            login_clients += 1
+    free_servers = sum(1 for s in snap.servers if s.state == 2)
+    used_servers = sum(1 for s in snap.servers if s.state in (3, 4))
+    rows: list[list[Cell]] = [
+        # +1: the admin database and the admin user count, as in PgBouncer.
+        ["databases", len({p.database for p in pools}) + 1],
+        ["users", len({p.username for p in pools}) + 1],
+        ["pools", len(pools)],
+        ["free_clients", free_clients],
+        ["used_clients", used_clients],
+        ["login_clients", login_clients],
+        ["free_servers", free_servers],
+        ["used_servers", used_servers],
+        ["dns_names", 0],
+        ["dns_zones", 0],
+        ["dns_queries", 0],
+        ["dns_pending", 0],
+    ]
+    return ResultSet(LISTS_COLUMNS, rows)
+
+
+SHOW_BUILDERS: dict[str, Callable[[ShowContext], ResultSet]] = {
+    "help": show_help,
+    "config": show_config,
+    "databases": show_databases,
+    "pools": show_pools,
+    "pools_extended": show_pools_extended,
+    "pools_memory": show_pools_memory,
+    "prepared_statements": show_prepared_statements,
+    "clients": show_clients,
+    "servers": show_servers,
+    "connections": show_connections,
+    "stats": show_stats,
+    "version": show_version,
+    "users": show_users,
+    "log_level": show_log_level,
+    "lists": show_lists,
+}
+assert set(SHOW_BUILDERS) == set(SHOW_SUBCOMMANDS), "parser and builders disagree on SHOW subcommands"
+
+# Columns per subcommand, for tests and docs (help/version/log_level are single-column tables).
+SHOW_COLUMNS: dict[str, Columns] = {
+    "help": HELP_COLUMNS, "config": CONFIG_COLUMNS, "databases": DATABASES_COLUMNS, "pools": POOLS_COLUMNS,
+    "pools_extended": POOLS_EXTENDED_COLUMNS, "pools_memory": POOLS_MEMORY_COLUMNS,
+    "prepared_statements": PREPARED_STATEMENTS_COLUMNS, "clients": CLIENTS_COLUMNS, "servers": SERVERS_COLUMNS,
+    "connections": CONNECTIONS_COLUMNS, "stats": STATS_COLUMNS, "version": VERSION_COLUMNS,
+    "users": USERS_COLUMNS, "log_level": LOG_LEVEL_COLUMNS, "lists": LISTS_COLUMNS,
+}
+

@@ -1,0 +1,209 @@
+"""Collectors: the metric families of a scrape, built from the live pooler at scrape time.
+
+Names, types and labels follow PgDoorman 3.10 (see docs/metrics.md) so its Grafana dashboard and alert
+rules work unchanged. Pool state comes from one admin/state snapshot per scrape, so the clients and
+servers counts agree with `SHOW POOLS` taken at the same moment; counters are the per-worker shards
+summed at read time. Families of features that do not exist yet (prepared statement caches) are
+emitted with zeros so dashboards find their series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pgdoorman import __version__
+from pgdoorman.admin import loglevel
+from pgdoorman.admin.show import connection_counts
+from pgdoorman.admin.state import Snapshot, get_sampler, pool_histograms, pool_totals, take_snapshot
+from pgdoorman.metrics.exposition import Family, cumulative_at, render
+from pgdoorman.metrics.process import cached_socket_counts, memory_bytes
+from pgdoorman.stats import percentile
+
+if TYPE_CHECKING:
+    from pgdoorman.app import App
+
+# Histogram buckets in seconds, as PgDoorman's.
+QUERY_BUCKETS = (0.0005, 0.005, 0.05, 0.5, 5.0)
+TRANSACTION_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
+WAIT_BUCKETS = (0.0001, 0.001, 0.01, 0.1, 1.0)
+# pg_doorman_pools_errors_total keeps its cardinality fixed: these buckets and nothing else.
+ERROR_BUCKETS = ("08", "53", "57", "25P02", "26000", "other")
+PERCENTILES = (("99", 0.99), ("95", 0.95), ("90", 0.90), ("50", 0.50))
+CONNECTION_TYPES = ("plain", "tls", "cancel", "total")
+REJECTION_REASONS = ("hba", "tls_required", "tls_handshake_fail", "protocol_error", "invalid_startup",
+                     "too_many_clients")
+
+
+def error_bucket(code: str) -> str:
+    """PgDoorman's SQLSTATE rollup. The core may record a class ('42') or a full code ('25P02')."""
+    if code in ("25P02", "26000"):
+        return code
+    cls = code[:2]
+    if cls in ("08", "53", "57"):
+        return cls
+    if cls == "26":  # class 26 has a single code, 26000
+        return "26000"
+    return "other"
+
+
+def errors_by_bucket(by_class: dict[str, int]) -> dict[str, int]:
+    out = dict.fromkeys(ERROR_BUCKETS, 0)
+    for code, n in by_class.items():
+        out[error_bucket(code)] += n
+    return out
+
+
+def histogram_buckets(counts: Sequence[int], bounds_s: Sequence[float]) -> list[tuple[float, int]]:
+    cum = cumulative_at(counts, [b * 1e6 for b in bounds_s])
+    return list(zip(bounds_s, cum, strict=True))
+
+
+def collect(app: App, snap: Snapshot | None = None) -> list[Family]:
+    snap = snap or take_snapshot(app)
+    sampler = get_sampler(app)
+    F = Family
+    fams: list[Family] = []
+
+    # ---------------------------------------------------------------- process
+    fams.append(F("pg_doorman_build_info", "gauge",
+                  "Build information of the running pooler; always 1, the version is in the label.")
+                .add(1, {"version": __version__}))
+    fams.append(F("pg_doorman_log_level", "gauge",
+                  "Current log filter (as SHOW LOG_LEVEL reports it); always 1, the filter is in the label.")
+                .add(1, {"level": loglevel.current_filter()}))
+    fams.append(F("pg_doorman_total_memory", "gauge", "Resident memory of the pooler process in bytes.")
+                .add(memory_bytes()))
+    conns = connection_counts(app)
+    total_f = F("pg_doorman_connections_total", "counter",
+                "Client connections accepted since start, by type: plain, tls, cancel (cancel requests) and total.")
+    gauge_f = F("pg_doorman_connection_count", "gauge",
+                "DEPRECATED: the same values as pg_doorman_connections_total exposed as a gauge.")
+    for ctype in CONNECTION_TYPES:
+        total_f.add(conns[ctype], {"type": ctype})
+        gauge_f.add(conns[ctype], {"type": ctype})
+    fams += [total_f, gauge_f]
+    rejections = getattr(app, "listener_rejections", None)
+    if isinstance(rejections, dict):
+        rej = F("pg_doorman_listener_rejections_total", "counter",
+                "Client connections rejected before authentication completed, by reason.")
+        for r in REJECTION_REASONS:
+            rej.add(int(rejections.get(r, 0)), {"reason": r})
+        fams.append(rej)
+    socks = cached_socket_counts()
+    if socks is not None:
+        sf = F("pg_doorman_sockets", "gauge",
+               "Sockets held by the pooler process by type (tcp, tcp6, unix, unknown); refreshed every 15 s.")
+        for stype in ("tcp", "tcp6", "unix", "unknown"):
+            sf.add(socks.get(stype, 0), {"type": stype})
+        fams.append(sf)
+    users = F("pg_doorman_users_configured", "gauge",
+              "One series per configured (user, database, pool_mode), value 1.")
+    cfg = app.config
+    for db, pc in cfg.pools.items():
+        for u in pc.users:
+            users.add(1, {"user": u.username, "database": db, "pool_mode": cfg.pool_mode_for(pc, u)})
+    fams.append(users)
+
+    # ---------------------------------------------------------------- pools
+    clients = F("pg_doorman_pools_clients", "gauge",
+                "Clients per pool by status: idle (between transactions), waiting (queued for a server), "
+                "active (linked to a server).")
+    servers = F("pg_doorman_pools_servers", "gauge",
+                "Server connections per pool by status: active (linked to a client) or idle (available).")
+    pool_size = F("pg_doorman_pool_size", "gauge", "Configured maximum number of server connections per pool.")
+    paused = F("pg_doorman_pools_paused", "gauge", "1 while the pool is paused (PAUSE), 0 when running.")
+    oldest = F("pg_doorman_pools_oldest_active_age_ms", "gauge",
+               "Age in milliseconds of the longest-running transaction on an active server of the pool; "
+               "0 when no server is active.")
+    maxwait = F("pg_doorman_pools_maxwait_microseconds", "gauge",
+                "Longest wait, in microseconds, of a client queued for a server right now.")
+    bytes_total = F("pg_doorman_pools_bytes_total", "counter",
+                    "Bytes through the pool by direction: received (from clients) and sent (to clients).")
+    bytes_gauge = F("pg_doorman_pools_bytes", "gauge",
+                    "DEPRECATED: pg_doorman_pools_bytes_total exposed as a gauge.")
+    q_total = F("pg_doorman_pools_queries_total", "counter", "Queries completed per pool.")
+    q_count = F("pg_doorman_pools_queries_count", "gauge", "DEPRECATED: pg_doorman_pools_queries_total as a gauge.")
+    x_total = F("pg_doorman_pools_transactions_total", "counter", "Transactions completed per pool.")
+    x_count = F("pg_doorman_pools_transactions_count", "gauge",
+                "DEPRECATED: pg_doorman_pools_transactions_total as a gauge.")
+    q_time = F("pg_doorman_pools_queries_total_time", "gauge", "Total query time per pool in milliseconds.")
+    x_time = F("pg_doorman_pools_transactions_total_time", "gauge",
+               "Total transaction time per pool in milliseconds.")
+    q_hist = F("pg_doorman_pools_query_duration_seconds", "histogram",
+               "Query latency per pool in seconds (first byte of the query to the ReadyForQuery that ends it).")
+    x_hist = F("pg_doorman_pools_transaction_duration_seconds", "histogram",
+               "Transaction latency per pool in seconds (first query to the ReadyForQuery that ends the transaction).")
+    w_hist = F("pg_doorman_pools_wait_duration_seconds", "histogram",
+               "Time clients spent queued for a server connection, per pool, in seconds.")
+    q_pct = F("pg_doorman_pools_queries_percentile", "gauge",
+              "DEPRECATED: query latency percentiles (50/90/95/99) per pool in milliseconds; "
+              "use pg_doorman_pools_query_duration_seconds.")
+    x_pct = F("pg_doorman_pools_transactions_percentile", "gauge",
+              "DEPRECATED: transaction latency percentiles (50/90/95/99) per pool in milliseconds; "
+              "use pg_doorman_pools_transaction_duration_seconds.")
+    avg_wait = F("pg_doorman_pools_avg_wait_time", "gauge",
+                 "DEPRECATED: average client wait per transaction over the last 15 s, in milliseconds; "
+                 "use pg_doorman_pools_wait_duration_seconds.")
+    errors = F("pg_doorman_pools_errors_total", "counter",
+               "Errors returned by PostgreSQL per pool, by SQLSTATE bucket: 08, 53, 57, 25P02, 26000 or other.")
+    prepared = [
+        F("pg_doorman_pool_prepared_cache_entries", "gauge", "Entries in the pool-level prepared statement cache."),
+        F("pg_doorman_pool_prepared_cache_bytes", "gauge", "Approximate bytes of the pool-level prepared statement cache."),
+        F("pg_doorman_clients_prepared_cache_entries", "gauge", "Entries in all clients' prepared statement caches."),
+        F("pg_doorman_clients_prepared_cache_bytes", "gauge", "Approximate bytes of all clients' prepared statement caches."),
+        F("pg_doorman_clients_prepared_named_entries", "gauge", "Named entries in all clients' prepared statement caches."),
+        F("pg_doorman_clients_prepared_anonymous_entries", "gauge",
+          "Anonymous entries in all clients' prepared statement caches."),
+        F("pg_doorman_clients_prepared_anonymous_evictions_total", "counter",
+          "Evictions from the clients' anonymous prepared statement LRU."),
+        F("pg_doorman_servers_prepared_hits", "gauge", "Prepared statement cache hits of the pool's current servers."),
+        F("pg_doorman_servers_prepared_misses", "gauge",
+          "Prepared statement cache misses of the pool's current servers."),
+        F("pg_doorman_servers_prepared_hits_total", "counter", "Prepared statement cache hits per pool."),
+        F("pg_doorman_servers_prepared_misses_total", "counter", "Prepared statement cache misses per pool."),
+        F("pg_doorman_async_clients_count", "gauge", "Clients using Flush-based (async) pipelining."),
+    ]
+
+    for v in snap.pools:
+        p = v.pool
+        ud = {"user": p.username, "database": p.database}
+        for status, n in (("idle", v.cl_idle), ("waiting", v.cl_waiting), ("active", v.cl_active)):
+            clients.add(n, {"status": status, **ud})
+        for status, n in (("active", v.sv_active), ("idle", v.sv_idle)):
+            servers.add(n, {"status": status, **ud})
+        pool_size.add(p.pool_size, ud)
+        paused.add(1 if p.paused else 0, ud)
+        oldest.add(v.oldest_active_age_ms, ud)
+        maxwait.add(v.maxwait_us, ud)
+        t = pool_totals(p)
+        for direction, n in (("received", t.bytes_in), ("sent", t.bytes_out)):
+            bytes_total.add(n, {"direction": direction, **ud})
+            bytes_gauge.add(n, {"direction": direction, **ud})
+        q_total.add(t.query_count, ud)
+        q_count.add(t.query_count, ud)
+        x_total.add(t.xact_count, ud)
+        x_count.add(t.xact_count, ud)
+        q_time.add(t.query_time_us / 1000.0, ud)
+        x_time.add(t.xact_time_us / 1000.0, ud)
+        (qc, qn, qs), (xc, xn, xs), (wc, wn, ws) = pool_histograms(p)
+        q_hist.add_histogram(ud, histogram_buckets(qc, QUERY_BUCKETS), qs / 1e6, qn)
+        x_hist.add_histogram(ud, histogram_buckets(xc, TRANSACTION_BUCKETS), xs / 1e6, xn)
+        w_hist.add_histogram(ud, histogram_buckets(wc, WAIT_BUCKETS), ws / 1e6, wn)
+        for label, q in PERCENTILES:
+            q_pct.add(percentile(qc, qn, q) / 1000.0, {"percentile": label, **ud})
+            x_pct.add(percentile(xc, xn, q) / 1000.0, {"percentile": label, **ud})
+        avg_wait.add(sampler.averages_for(v.key, t).wait_time / 1000.0, ud)
+        for bucket, n in errors_by_bucket(t.errors_by_class).items():
+            errors.add(n, {**ud, "sqlstate": bucket})
+        for f in prepared:
+            f.add(0, ud)
+
+    fams += [clients, servers, pool_size, paused, oldest, maxwait, bytes_total, bytes_gauge, q_total, q_count,
+             x_total, x_count, q_time, x_time, q_hist, x_hist, w_hist, q_pct, x_pct, avg_wait, errors]
+    fams += prepared
+    return fams
+
+
+def render_metrics(app: App) -> str:
+    return render(collect(app))
