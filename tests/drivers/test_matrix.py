@@ -1,0 +1,66 @@
+"""pytest entry point of the driver compatibility matrix: one test per driver x mode (direct,
+session, transaction), each running that driver's program through tests/drivers/run_matrix.py's
+Matrix and failing with every failed scenario's detail. A driver whose toolchain is missing fails
+under CI=true (CI must run scripts/install_drivers.sh) and is skipped with its reason otherwise.
+The driver x scenario x mode table is printed at the end of the module."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_matrix import DRIVERS, MODES, SCENARIOS, Driver, Matrix, render_text  # noqa: E402
+
+from tests.support.cluster import PgCluster  # noqa: E402
+
+# Mode-major order: all drivers run against one pooler before the next mode's pooler starts.
+CASES = [(mode, d) for mode in MODES for d in DRIVERS]
+
+
+@pytest.fixture(scope="module")
+def matrix(pg: PgCluster, request: pytest.FixtureRequest) -> Iterator[Matrix]:
+    workers = os.environ.get("PGDOORMAN_DRIVER_WORKERS")
+    m = Matrix(pg=pg, workers=int(workers) if workers else None)
+    try:
+        yield m
+    finally:
+        m.close()
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is not None and capture is not None and m.runs:
+            ran = [d for d in DRIVERS if any(dn == d.name for dn, _ in m.runs)]
+            modes = [mode for mode in MODES if any(md == mode for _, md in m.runs)]
+            # Teardown output is captured by default; the table is for the person running `make test`.
+            with capture.global_and_fixture_disabled():
+                reporter.ensure_newline()
+                reporter.section("driver compatibility matrix")
+                reporter.write_line(render_text(m.runs, ran, modes, list(SCENARIOS)))
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(("mode", "driver"), CASES, ids=[f"{d.name}-{mode}" for mode, d in CASES])
+def test_driver(matrix: Matrix, mode: str, driver: Driver) -> None:
+    missing = driver.missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(
+                f"{driver.name}: toolchain missing in CI ({missing}); CI must run scripts/install_drivers.sh"
+            )
+        pytest.skip(f"{driver.name}: toolchain missing ({missing}); run scripts/install_drivers.sh as root")
+    run = matrix.run(driver, mode)
+    failures = run.failures()
+    lines = [f"{s}: {detail}" for s, detail in failures] + [f"note: {n}" for n in run.notes]
+    assert not failures, f"{driver.name} in {mode} mode: {len(failures)} failing scenarios\n" + "\n".join(
+        lines
+    )
+    # Every scenario must have been reported; "na" is allowed only with a reason.
+    assert set(run.cells) == set(SCENARIOS)
+    for s, c in run.cells.items():
+        assert c.status in ("pass", "na"), f"{s}: {c.status} {c.detail}"
+        assert c.status != "na" or c.detail, f"{s}: n/a without a reason"
