@@ -60,7 +60,7 @@ bench: venv
 
 clean:
 	-test -d .run/pg && $(PYTHON) scripts/pgcluster.py stop .run/pg
-	rm -rf .run .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -not -path './.venv*' -prune -exec rm -rf {} +
 
 distclean: clean

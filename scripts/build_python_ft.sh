@@ -37,9 +37,9 @@ build_interpreter() {
     # shellcheck disable=SC2064
     trap "rm -rf '$work'" EXIT
     cd "$work"
-    # --download-only + dpkg-source --skip-patches: we want upstream 3.13.5 as Debian ships it, built
-    # with upstream's own build system; Debian's patches target its packaging layout (multiarch
-    # paths, dist-packages, ...) and would fight a plain --prefix install.
+    # --download-only + dpkg-source --skip-patches: upstream 3.13.5 as Debian ships it, built with
+    # upstream's own build system. Debian's patches are written for its packaging layout (multiarch
+    # paths, dist-packages), not for a private --prefix install.
     fetch() { apt-get source -qq --download-only "$1" >"$work/apt-source.log" 2>&1; }
     if ! fetch "python3.13=$PY_FT_VERSION"; then
         # Stale or missing package lists (the source line was added by an earlier run): refresh once.

@@ -4,6 +4,7 @@ writes its YAML config, waits until its port accepts connections, stops it, and 
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
 import signal
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,6 +20,16 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# Poolers started by this process; whatever a crashed or interrupted test left running is stopped
+# when the interpreter exits, so no pooler outlives the test run.
+_live: weakref.WeakSet[Pooler] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for pooler in list(_live):
+        pooler.stop(timeout=2)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -102,6 +114,7 @@ class Pooler:
                 env=env,
                 start_new_session=True,
             )
+        _live.add(self)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
