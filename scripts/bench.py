@@ -866,7 +866,7 @@ class Bench:
         self.versions["postgresql"] = run_text([self.bin("postgres"), "--version"])
         self.versions["pgbench"] = run_text([self.bin("pgbench"), "--version"])
         for target in TARGETS:
-            if self.args.only and target != self.args.only:
+            if target not in self.args.only:
                 continue
             print(f"{target}:", flush=True)
             self.run_target(target)
@@ -1232,7 +1232,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--quick", action="store_true", help="smoke test: 5 s cells, 10 and 100 clients, 2,000 idle"
     )
-    ap.add_argument("--only", choices=TARGETS, help="run one target only")
+    ap.add_argument("--only", help="run only these targets: pgdoorman, pgbouncer, direct (comma-separated)")
     ap.add_argument(
         "--python",
         default=str(REPO / ".venv" / "bin" / "python"),
@@ -1265,6 +1265,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.duration = a.duration or (5 if a.quick else 15)
     a.clients = [int(x) for x in (a.clients or ("10,100" if a.quick else "10,100,1000")).split(",") if x]
     a.modes = [m for m in a.modes.split(",") if m]
+    a.only = [t for t in (a.only or ",".join(TARGETS)).split(",") if t]
+    for t in a.only:
+        if t not in TARGETS:
+            ap.error(f"unknown target {t!r} (choose from {', '.join(TARGETS)})")
     for m in a.modes:
         if m not in MODES:
             ap.error(f"unknown mode {m!r} (choose from {', '.join(MODES)})")
@@ -1288,6 +1292,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
+    # Started in the background by a non-interactive shell, SIGINT arrives ignored; we still want it to stop us.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     bench = Bench(args)
     started = datetime.datetime.now(datetime.UTC)
     status = 0
