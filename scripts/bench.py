@@ -583,7 +583,7 @@ class Bench:
             env=self.env,
         )
         # pgbench -T cannot stop a client stuck in connect(); a hung pooler must not hang the benchmark.
-        limit = duration + 60 + clients * 0.05
+        limit = duration + 30 + clients * 0.02
         hung = threading.Event()
 
         def kill_hung() -> None:
@@ -643,8 +643,11 @@ class Bench:
         c.errors = [ln for ln in err_lines if ln and not ln.startswith(noise)][-6:]
         if hung.is_set():
             # Say where pgbench was stuck: its last output line, e.g. an unfinished "starting vacuum...".
-            last = next((ln for ln in reversed(err_lines) if ln), "no output")
-            c.note = f"pgbench hung and was killed after {limit:.0f} s (last output: {last!r})"
+            last = next((ln for ln in reversed(err_lines) if ln), "")
+            where = f"{len(progress)} progress reports" if progress else "before its first progress report"
+            c.note = f"pgbench hung and was killed after {limit:.0f} s ({where}" + (
+                f"; last stderr line: {last!r})" if last else ")"
+            )
         c.p99_ms, log_failed = p99_from_logs(logdir)
         if c.failed is None and log_failed:
             c.failed = log_failed
@@ -700,6 +703,7 @@ class Bench:
             "pgbouncer": self.start_pgbouncer,
             "pgdoorman": self.start_pgdoorman,
         }.get(target)
+        restart = False
         try:
             if starter is not None:
                 try:
@@ -713,8 +717,10 @@ class Bench:
                     if cell is None and target in self.start_errors:
                         cell = Cell(target, mode, clients, status="error", note="pooler did not start")
                     if cell is None:
-                        if pooler is not None and pooler.poll() is not None:
-                            # An earlier cell killed the pooler: restart it so one crash is one red cell.
+                        if pooler is not None and (pooler.poll() is not None or restart):
+                            # An earlier cell killed or wedged the pooler: restart it so that one crash
+                            # or hang is one red cell, not a column of them.
+                            restart = False
                             self.procs.stop(pooler)
                             try:
                                 assert starter is not None
@@ -730,6 +736,7 @@ class Bench:
                             cell.note = (cell.note + "; " if cell.note else "") + (
                                 f"pooler exited with status {pooler.returncode}"
                             )
+                        restart = cell.note.startswith("pgbench hung")
                         print(" " + one_line(cell), flush=True)
                     self.cells.append(cell)
         finally:
