@@ -23,6 +23,7 @@ from pgdoorman.config import config_from_dict
 from pgdoorman.metrics.collect import collect, error_bucket, render_metrics
 from pgdoorman.protocol import messages as m
 from pgdoorman.server import ACTIVE, IDLE, INTERNAL, LOGIN, ServerConn
+from tests.unit.test_metrics_exposition import promtool_check
 
 
 @pytest.fixture
@@ -276,9 +277,9 @@ def test_metrics_agree_with_show_pools(app: App) -> None:
     assert value("pg_doorman_pools_maxwait_microseconds", **u1) == pytest.approx(2_500_000, rel=0.2)
     assert value("pg_doorman_pool_prepared_cache_entries", **u1) == 0
     assert value("pg_doorman_total_memory") > 1_000_000
-    # Every pool gets the same fixed set of series in each per-pool family.
     names = [f.name for f in collect(app)]
     assert len(names) == len(set(names))
+    promtool_check(text)
 
 
 def test_error_buckets() -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
+import subprocess
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -151,3 +153,33 @@ def test_cumulative_error_is_within_one_internal_bucket() -> None:
         lo, hi = log_bucket_bounds_us(bucket_of(int(bound)))
         slack = sum(1 for v in values if lo <= v < hi)
         assert abs(cumulative_at(h.counts, [bound])[0] - exact) <= slack
+
+
+# ------------------------------------------------------------------------------------------ promtool
+def promtool_check(text: str) -> None:
+    exe = shutil.which("promtool")
+    if exe is None:
+        print("\npromtool not found (apt-get install prometheus): skipping `promtool check metrics`")
+        return
+    res = subprocess.run([exe, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    # Exit 1 is a parse error; exit 3 is lint findings only. The findings allowed are about names PgDoorman
+    # dashboards depend on (gauges ending in _count, non-base units), nothing else.
+    assert res.returncode in (0, 3), res.stderr
+    assert "error while linting" not in res.stderr, res.stderr
+    for line in res.stderr.splitlines():
+        assert line.split()[0] in LINT_ACCEPTED, line
+
+
+LINT_ACCEPTED = {
+    "pg_doorman_async_clients_count", "pg_doorman_connection_count", "pg_doorman_pools_queries_count",
+    "pg_doorman_pools_transactions_count", "pg_doorman_pools_maxwait_microseconds",
+    "pg_doorman_pools_oldest_active_age_ms",
+}
+
+
+def test_promtool_accepts_golden_text() -> None:
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool not found (apt-get install prometheus)")
+    promtool_check(render(demo()))
+    with pytest.raises(AssertionError):  # and it does catch a broken exposition
+        promtool_check('# TYPE x gauge\nx{a="b} 1\n')
