@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration file {args.config} test is successful")
         return 0
     logs.setup(args.log_level, fmt, config.general.syslog_prog_name)
+    import faulthandler
+    import signal
+
+    # `kill -QUIT <pid>` prints every thread's stack to stderr: the first thing to ask for when it hangs.
+    faulthandler.register(signal.SIGQUIT, all_threads=True)
     import logging
 
     for w in config.warnings:

@@ -160,8 +160,10 @@ class Worker:
         """The linked client is done with `s` (ReadyForQuery idle in transaction mode, or it left)."""
         if s.closed:
             return
+        linked = s.client
+        if linked is not None and linked.server is s:
+            linked.server = None
         s.client = None
-        pool = s.pool
         if client_gone:
             c_expect = client.expect if client is not None else 0
             c_unsynced = client.unsynced if client is not None else False
