@@ -2,9 +2,9 @@
 # Installs the toolchains and client drivers that tests/drivers/ runs against pgdoorman, on a bare
 # Debian 12/13 machine run as root. Idempotent: a second run only checks what is already there.
 #
-# Only Debian's archive and the npm registry are used (no other network): Node packages are pinned
-# by tests/drivers/node/package-lock.json; Go drivers come from Debian's packaged sources and are
-# built offline in GOPATH mode; the JDBC driver is Debian's libpostgresql-jdbc-java.
+# Only Debian's archive, the npm registry and (for greenlet) PyPI are used: Node packages are pinned
+# by tests/drivers/node/package-lock.json; Go drivers and Rust crates come from Debian's packaged
+# sources and are built offline; the JDBC driver is Debian's libpostgresql-jdbc-java.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -80,4 +80,18 @@ apt_install libpostgresql-jdbc-java
 # --- Further drivers available from Debian: Ruby pg and PHP PDO_pgsql -------------------------------
 apt_install ruby ruby-pg php-cli php-pgsql
 
-log "done: node $(node --version), $(go version | cut -d' ' -f3), javac $(javac -version 2>&1 | cut -d' ' -f2), ruby $(ruby -e 'print RUBY_VERSION'), php $(php -r 'echo PHP_VERSION;')"
+# --- Rust: cargo and tokio-postgres from Debian's packaged crates (/usr/share/cargo/registry) ------
+# crates.io is not reachable; run_matrix.py points cargo at Debian's registry and builds offline.
+apt_install cargo librust-tokio-postgres-dev librust-tokio-dev librust-futures-util-dev \
+    librust-bytes-dev librust-md5-dev
+
+# --- Python: SQLAlchemy's asyncio extension needs greenlet ------------------------------------------
+# The Python drivers themselves come from the project's test extras (.venv); greenlet is the one
+# piece SQLAlchemy only pulls in through its [asyncio] extra, so make sure it is importable.
+py="${PYTHON:-$ROOT/.venv/bin/python}"
+if [ -x "$py" ] && ! "$py" -c 'import greenlet' 2>/dev/null; then
+    log "pip install greenlet into $py"
+    "$py" -m pip install -q greenlet
+fi
+
+log "done: node $(node --version), $(go version | cut -d' ' -f3), javac $(javac -version 2>&1 | cut -d' ' -f2), ruby $(ruby -e 'print RUBY_VERSION'), php $(php -r 'echo PHP_VERSION;'), $(/usr/bin/cargo --version)"

@@ -50,10 +50,10 @@ class Params:
         return cls(
             host=e.get("DRV_HOST", "127.0.0.1"),
             port=int(e.get("DRV_PORT", "5432")),
-            db=e.get("DRV_DB", "drivers"),
-            user=e.get("DRV_USER", "drv_scram"),
+            db=e.get("DRV_DB", "app"),
+            user=e.get("DRV_USER", "app_scram"),
             password=e.get("DRV_PASSWORD", ""),
-            md5_user=e.get("DRV_MD5_USER", "drv_md5"),
+            md5_user=e.get("DRV_MD5_USER", "app_md5"),
             md5_password=e.get("DRV_MD5_PASSWORD", ""),
             mode=e.get("DRV_MODE", "direct"),
             clients=int(e.get("DRV_CLIENTS", "30")),
