@@ -115,6 +115,7 @@ class Pool:
                     self.n_idle -= 1
                     return lst.pop()
             client.wait_start = time.monotonic()
+            client.waiting = True
             self.waiters.append(client)
             pairs = self._match_locked() if self.n_idle else None
             spawn = self._want_spawn_locked()
@@ -166,6 +167,7 @@ class Pool:
                     c.attach_server(s)
                 else:
                     s.detach()
+                    here.servers.discard(s)
                     c.worker.loop.call_soon_threadsafe(c.worker.adopt, s, c)
             else:
                 owner.loop.call_soon_threadsafe(owner.hand_over, s, c)

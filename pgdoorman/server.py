@@ -107,7 +107,8 @@ class ServerConn(Conn):
             addr = str(target)
         else:
             infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
-            family, _, _, _, target = infos[0]
+            family, _, _, _, sockaddr = infos[0]
+            target = (str(sockaddr[0]), int(sockaddr[1]))
             sock = socket.socket(family, socket.SOCK_STREAM)
             addr = f"{host}:{port}"
         sock.setblocking(False)
@@ -216,8 +217,8 @@ class ServerConn(Conn):
                         raise auth.AuthError(
                             "SCRAM passthrough needs one client to log in first (no ClientKey yet); "
                             "or set server_username/server_password")
-                    v = auth.ScramVerifier.parse(secret)
-                    self.scram = auth.ScramClient(user, client_key=pool.scram_client_key, server_key=v.server_key)
+                    ver = auth.ScramVerifier.parse(secret)
+                    self.scram = auth.ScramClient(user, client_key=pool.scram_client_key, server_key=ver.server_key)
                 elif auth.is_md5_hash(secret):
                     raise auth.AuthError(
                         "server asked for SCRAM but the configured password is an md5 hash; "

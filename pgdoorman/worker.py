@@ -299,7 +299,7 @@ class Worker:
         pools = list(self.app.pool_list)
         random.shuffle(pools)
         for pool in pools:
-            victims = []
+            victims: list[ServerConn] = []
             with pool.lock:
                 lst = pool.idle[self.id]
                 for s in list(lst):

@@ -178,9 +178,11 @@ def test_listen_notify_in_session_mode(pooler_factory: Any) -> None:
     with connect(p) as listener, connect(p) as sender:
         listener.execute("listen chan")
         sender.execute("notify chan, 'payload'")
-        gen = listener.notifies(timeout=5)
-        n = next(gen)
-        assert (n.channel, n.payload) == ("chan", "payload")
+        got = []
+        for n in listener.notifies(timeout=5):
+            got.append((n.channel, n.payload))
+            break
+        assert got == [("chan", "payload")]
 
 
 def test_cancel_reaches_only_its_own_query(pooler_factory: Any) -> None:
@@ -196,7 +198,7 @@ def test_cancel_reaches_only_its_own_query(pooler_factory: Any) -> None:
         assert victim.execute("select 1").fetchone() == (1,)
         # a late cancel (nothing running) is harmless for the other client's query
         victim.cancel()
-        assert bystander.execute("select pg_sleep(0.5), 7").fetchone() == (None, 7)
+        assert bystander.execute("select pg_sleep(0.5), 7").fetchone()[1] == 7
 
 
 def test_large_result_and_large_row_stream(pooler_factory: Any) -> None:
@@ -319,7 +321,9 @@ def test_max_connections(pooler_factory: Any) -> None:
         with pytest.raises(psycopg.OperationalError) as ei:
             connect(p)
         assert "sorry, too many clients already" in str(ei.value)
-        assert ei.value.sqlstate == "53300"
+        with socket.create_connection((p.host, p.port), timeout=5) as s:
+            data = s.recv(4096)
+        assert data[:1] == b"E" and parse_fields(data[5:])["C"] == "53300"
     finally:
         c1.close()
         c2.close()
@@ -329,16 +333,14 @@ def test_max_connections(pooler_factory: Any) -> None:
 
 
 def test_pool_size_is_a_hard_cap_and_min_pool_size(pooler_factory: Any, pg: Any) -> None:
-    p = pooler_factory(pool_size=3, users=None, general={"worker_threads": 2})
-    p.stop()
     users = [{"username": SCRAM_USER, "password": SCRAM_PASSWORD, "pool_size": 3, "min_pool_size": 2,
               "server_username": SCRAM_USER, "server_password": SCRAM_PASSWORD}]
-    p = pooler_factory(users=users, general={"worker_threads": 2, "retain_connections_time": 200})
+    p = pooler_factory(users=users, general={"worker_threads": 2, "retain_connections_time": 200},
+                       pool={"application_name": "minpool_test"})
     deadline = time.monotonic() + 5
     n = 0
     while time.monotonic() < deadline:
-        n = int(pg.psql(f"select count(*) from pg_stat_activity where usename = '{SCRAM_USER}' "
-                        "and application_name = 'pg_doorman'"))
+        n = int(pg.psql("select count(*) from pg_stat_activity where application_name = 'minpool_test'"))
         if n >= 2:
             break
         time.sleep(0.1)
@@ -350,7 +352,8 @@ def test_pool_size_is_a_hard_cap_and_min_pool_size(pooler_factory: Any, pg: Any)
         peak = 0
         for _ in range(5):
             await asyncio.gather(*(c.execute("select pg_sleep(0.05)") for c in conns))
-            peak = max(peak, int(pg.psql(f"select count(*) from pg_stat_activity where usename = '{SCRAM_USER}'")))
+            peak = max(peak, int(pg.psql(
+                "select count(*) from pg_stat_activity where application_name = 'minpool_test'")))
         for c in conns:
             await c.close()
         return peak
@@ -423,7 +426,7 @@ def test_postgres_down_gives_errors_not_silence(pooler_factory: Any, pg: Any) ->
 
 
 @pytest.mark.parametrize("garbage", [
-    b"\x00\x00\x00\x04",                       # not a message type
+    b"\x00\x00\x00\x00\x04",                   # not a message type
     b"Y\x00\x00\x00\x05x",                     # unknown type
     b"Q\x00\x00\x00\x02",                      # impossible length
     b"p\x00\x00\x00\x08abc\x00",               # password message after login
@@ -510,7 +513,7 @@ def test_200_clients_over_pool_of_5(pooler_factory: Any, workers: int) -> None:
     async def client(i: int) -> None:
         conn = await psycopg.AsyncConnection.connect(
             p.dsn(SCRAM_USER if i % 2 else MD5_USER, SCRAM_PASSWORD if i % 2 else MD5_PASSWORD, DBNAME),
-            autocommit=True, application_name=f"c{i}")
+            autocommit=True, application_name=f"c{i}", prepare_threshold=None)
         try:
             for j in range(20):
                 cur = await conn.execute("select %s::int, %s::text, current_setting('application_name')",
