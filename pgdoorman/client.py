@@ -15,16 +15,19 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import socket
 import struct
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from pgdoorman import prepared as ps
 from pgdoorman.net.conn import HIGH_WATER, Conn
 from pgdoorman.pool import TRACKED_PARAMS
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
-from pgdoorman.protocol.framing import FULL, INVALID, NOTIFY, PASS, Scanner
+from pgdoorman.protocol.framing import FULL, INVALID, NOTIFY, PASS, SMALL, Scanner
 
 if TYPE_CHECKING:
     from pgdoorman.pool import Pool
@@ -37,15 +40,20 @@ STARTUP, AUTH_MD5, AUTH_SASL, AUTH_SASL_FINAL, LOGIN_WAIT, READY, ADMIN = range(
 
 # Frontend message types after login. Password messages ('p') are only valid during authentication.
 _t = bytearray([INVALID]) * 256
-for _c in b"BCDEHPd":
+for _c in b"Hd":
     _t[_c] = PASS
-for _c in b"QSFcf":
-    _t[_c] = NOTIFY
-for _c in b"BCDEP":
+for _c in b"QSFcfBCDEP":
     _t[_c] = NOTIFY
 _t[ord("X")] = FULL
 CLIENT_TABLE = bytes(_t)
+# With transparent prepared statements every extended-protocol message is read (and maybe rewritten);
+# a simple query is read when small enough to be a DEALLOCATE.
+for _c in b"PBDCESHX":
+    _t[_c] = FULL
+_t[ord("Q")] = SMALL
+CLIENT_PS_TABLE = bytes(_t)
 del _t, _c
+_DEALLOCATE = re.compile(rb"^\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)\s*;?\s*$", re.I)
 
 # Startup parameters that are not settings to replay on a server.
 NOT_SETTINGS = frozenset({"user", "database", "replication", "options"})
@@ -68,7 +76,8 @@ class ClientConn(Conn):
         "want_key", "expect", "unsynced", "transaction_mode", "waiting", "wait_start", "pending",
         "scanner", "terminating", "pid", "secret", "md5_salt", "scram", "stored", "addr", "connect_time",
         "query_count", "xact_count", "error_count", "login_timer", "admin", "application_name", "is_unix",
-        "last_status", "xact_start", "counted", "query_start",
+        "last_status", "xact_start", "counted", "query_start", "ps", "named", "unnamed", "rq", "raw",
+        "planner_sig",
     )
 
     def __init__(self, sock: socket.socket, worker: Worker, addr: str, is_unix: bool = False) -> None:
@@ -109,6 +118,12 @@ class ClientConn(Conn):
         self.xact_start = 0.0
         self.query_start = 0.0
         self.counted = True
+        self.ps = False  # transparent prepared statements active (transaction mode)
+        self.named: dict[bytes, ps.Statement] = {}
+        self.unnamed: ps.Statement | None = None
+        self.rq: deque[tuple[int, Any]] = deque()
+        self.raw = bytearray()  # received but not yet scanned (waiting for a server, prepared mode)
+        self.planner_sig: tuple[str, ...] = ()
         self.login_timer = worker.loop.call_later(60.0, self._login_timeout)
 
     def __repr__(self) -> str:
@@ -138,30 +153,48 @@ class ClientConn(Conn):
             if not n:
                 self.close("client disconnected")
                 return
-            try:
-                out = self.scanner.feed(self.loop.rview[:n])
-            except m.ProtocolViolation as e:
-                self.fatal("08P01", f"protocol violation: {e}")
-                return
-            s = self.server
-            if out is not None:
-                if s is not None and s.state == 3:  # ACTIVE
-                    s.bytes_out += n
-                    s.pstats.bytes_in += n
-                    s.write(out)
-                else:
-                    self.pending += out
-                    if s is None and not self.waiting and not self.terminating:
-                        self.need_server()
-                    if len(self.pending) > HIGH_WATER:
-                        self.pause_reading()
-            if self.terminating:
-                self.close("client terminated")
+            self._consume(self.loop.rview[:n], n)
             return
         if self.state == ADMIN:
             self.admin.on_readable()
             return
         self._login_read()
+
+    def _consume(self, view: memoryview, n: int) -> None:
+        """Frontend bytes after login: scan, then forward to the linked server or keep until one is."""
+        s = self.server
+        if self.ps and (s is None or s.state != 3 or self.raw):
+            # Rewriting needs to know the server: scan once one is linked (see _server_ready).
+            if s is None and not self.raw and n == 5 and view[0] == 88:  # a lone Terminate
+                self.close("client terminated")
+                return
+            self.raw += view
+            if s is None and not self.waiting:
+                self.need_server()
+            if len(self.raw) > HIGH_WATER:
+                self.pause_reading()
+            return
+        try:
+            out = self.scanner.feed(view)
+        except m.ProtocolViolation as e:
+            self.fatal("08P01", f"protocol violation: {e}")
+            return
+        if self.ps:
+            self._after_ps_scan(out, n)
+            return
+        if out is not None:
+            if s is not None and s.state == 3:  # ACTIVE
+                s.bytes_out += n
+                s.pstats.bytes_in += n
+                s.write(out)
+            else:
+                self.pending += out
+                if s is None and not self.waiting and not self.terminating:
+                    self.need_server()
+                if len(self.pending) > HIGH_WATER:
+                    self.pause_reading()
+        if self.terminating:
+            self.close("client terminated")
 
     def _on_header(self, t: int, ln: int) -> None:
         if t == 81:  # Query
@@ -186,6 +219,176 @@ class ClientConn(Conn):
         # Only Terminate is FULL: never forward it (the server stays with the pool).
         self.terminating = True
         return b""
+
+    # ------------------------------------------------------------------ prepared-statement mode
+    def _after_ps_scan(self, out: Any, n: int) -> None:
+        s = self.server
+        assert s is not None
+        if out:
+            s.bytes_out += n
+            s.pstats.bytes_in += n
+            s.write(out)
+        self.flush_synth()
+        if self.terminating:
+            self.close("client terminated")
+        elif not self.rq and self.expect <= 0 and not self.unsynced and s.txn_status == 73 \
+                and self.transaction_mode and self.server is s and not s.release_pending:
+            # Everything was answered locally (e.g. a DEALLOCATE): the server is free again.
+            self.worker.release_server(s)
+
+    def flush_synth(self) -> None:
+        rq = self.rq
+        if rq and rq[0][0] == ps.SYNTH:
+            out = bytearray()
+            while rq and rq[0][0] == ps.SYNTH:
+                out += rq.popleft()[1]
+            self.write(out)
+
+    def _lookup(self, name: bytes) -> ps.Statement | None:
+        return self.named.get(name) if name else self.unnamed
+
+    def _ensure(self, st: ps.Statement) -> bytes:
+        """Make sure the linked server holds `st`: b'' if it does, else the Parse to inject before."""
+        s = self.server
+        assert s is not None
+        prepared = s.prepared
+        if st.name in prepared:
+            prepared.move_to_end(st.name)
+            return b""
+        s.remember(st.name)
+        self.rq.append((ps.INJECT, st))
+        return st.parse_msg
+
+    def _on_message_ps(self, t: int, body: memoryview) -> bytes | None:
+        rq = self.rq
+        if t == 66:  # Bind: portal, statement, ...
+            self.unsynced = True
+            self._mark_query()
+            b = bytes(body)
+            j = b.index(b"\x00")
+            k = b.index(b"\x00", j + 1)
+            st = self._lookup(b[j + 1 : k])
+            if st is None:
+                rq.append((ps.BIND, None))
+                return None  # PostgreSQL answers 26000 itself: the client's name does not exist there
+            pre = self._ensure(st)
+            rq.append((ps.BIND, st))
+            nb = b[: j + 1] + st.name + b[k:]
+            return pre + b"B" + m.U32.pack(len(nb) + 4) + nb
+        if t == 69:  # Execute
+            self.unsynced = True
+            rq.append((ps.EXEC, None))
+            return None
+        if t == 83:  # Sync
+            self.expect += 1
+            self.unsynced = False
+            rq.append((ps.SYNC, None))
+            return None
+        if t == 80:  # Parse: name, query, types
+            self.unsynced = True
+            self._mark_query()
+            b = bytes(body)
+            j = b.index(b"\x00")
+            k = b.index(b"\x00", j + 1)
+            name = b[:j]
+            pool = self.pool
+            assert pool is not None
+            st = pool.ps_cache.get(b[j + 1 : k], b[k + 1 :], self.planner_sig)
+            if name:
+                self.named[name] = st
+            else:
+                self.unnamed = st
+            s = self.server
+            assert s is not None
+            if st.name in s.prepared:
+                s.prepared.move_to_end(st.name)
+                s.ps_hits += 1
+                rq.append((ps.SYNTH, m.PARSE_COMPLETE))
+                return b""
+            s.ps_misses += 1
+            s.remember(st.name)
+            rq.append((ps.PARSE, (st, name)))
+            return st.parse_msg
+        if t == 68:  # Describe
+            self.unsynced = True
+            if body[0] == 80:  # portal
+                rq.append((ps.DESC_P, None))
+                return None
+            b = bytes(body)
+            st = self._lookup(b[1:-1])
+            if st is None:
+                rq.append((ps.DESC_S, None))
+                return None
+            pre = self._ensure(st)
+            rq.append((ps.DESC_S, st))
+            nb = b"S" + st.name + b"\x00"
+            return pre + b"D" + m.U32.pack(len(nb) + 4) + nb
+        if t == 67:  # Close
+            self.unsynced = True
+            if body[0] == 80:
+                rq.append((ps.CLOSE, None))
+                return None
+            name = bytes(body[1:-1])
+            if name:
+                self.named.pop(name, None)
+            else:
+                self.unnamed = None
+            # The server's copy stays (other clients share it); PostgreSQL answers CloseComplete even
+            # for a name that does not exist, so do we.
+            rq.append((ps.SYNTH, m.CLOSE_COMPLETE))
+            return b""
+        if t == 72:  # Flush
+            return None
+        if t == 81:  # small simple query
+            mt = _DEALLOCATE.match(bytes(body[:-1]))
+            if mt is not None:
+                return self._deallocate(mt.group(1))
+            self._on_header_ps(t, 0)
+            return None
+        # Terminate
+        self.terminating = True
+        return b""
+
+    def _on_header_ps(self, t: int, ln: int) -> None:
+        if t == 81:
+            self.expect += 1
+            self._mark_query()
+            self.rq.append((ps.QUERY, None))
+        elif t == 70:
+            self.expect += 1
+            self.rq.append((ps.FUNC, None))
+
+    def _mark_query(self) -> None:
+        if self.query_start == 0.0:
+            self.query_start = self.xact_start or time.monotonic()
+            if self.xact_start == 0.0:
+                self.xact_start = self.query_start
+
+    def _deallocate(self, ident: bytes) -> bytes | None:
+        """DEALLOCATE of a protocol-level statement is answered here: the server copy is shared."""
+        if ident.lower() == b"all":
+            self.named.clear()
+            self.unnamed = None
+            tag = "DEALLOCATE ALL"
+        else:
+            name = ident[1:-1].replace(b'""', b'"') if ident[:1] == b'"' else ident.lower()
+            if name not in self.named:
+                if ident[:1] != b'"' and ident in self.named:
+                    name = ident
+                else:
+                    self._on_header_ps(81, 0)
+                    return None  # let PostgreSQL say 26000 in its own words
+            del self.named[name]
+            tag = "DEALLOCATE"
+        s = self.server
+        status = s.txn_status if s is not None else 73
+        self.rq.append((ps.SYNTH, m.command_complete(tag) + m.ready_for_query(bytes([status]))))
+        return b""
+
+    def forget_statements(self) -> None:
+        """The server ran DISCARD ALL / DEALLOCATE ALL for us: PostgreSQL would have dropped them all."""
+        self.named.clear()
+        self.unnamed = None
 
     # ------------------------------------------------------------------ server side events
     def on_ready(self, status: int) -> None:
@@ -265,6 +468,7 @@ class ClientConn(Conn):
         self.server = s
         s.client = self
         s.state = 3  # ACTIVE
+        s.set_ps_mode(self.ps)
         if s.synced_key != self.want_key:
             queries = s.sync_queries(self.want)
             if queries:
@@ -292,18 +496,23 @@ class ClientConn(Conn):
         assert s is not None
         if self.state == LOGIN_WAIT:
             self._finish_login()
-            if self.transaction_mode and not self.pending:
-                self.server = None
-                s.client = None
-                self.worker.release_server(s)
-                return
         if self.pending:
             data = self.pending
             self.pending = bytearray()
             s.bytes_out += len(data)
             s.write(data)
-            if self.read_paused and not s.out:
-                self.resume_reading()
+        if self.raw:
+            raw = self.raw
+            self.raw = bytearray()
+            self._consume(memoryview(raw), len(raw))
+            if self.closed:
+                return
+        if self.read_paused and not s.out and not self.closed:
+            self.resume_reading()
+        if self.transaction_mode and self.server is s and self.expect <= 0 and not self.unsynced \
+                and not self.rq and s.txn_status == 73 and not s.release_pending:
+            # Nothing to send (login parameters only, or everything answered locally).
+            self.worker.release_server(s)
 
     def wait_timed_out(self) -> None:
         if not self.waiting or self.closed:
@@ -368,7 +577,7 @@ class ClientConn(Conn):
                     self._password(body)
                 else:
                     # Pipelined messages after login (sent before ReadyForQuery): keep for the relay.
-                    self.pending += buf
+                    self.raw += buf
                     buf.clear()
                     return
         except m.ProtocolViolation as e:
@@ -487,6 +696,10 @@ class ClientConn(Conn):
             self.need_server()
         else:
             self._finish_login()
+            if self.raw:
+                raw = self.raw
+                self.raw = bytearray()
+                self._consume(memoryview(raw), len(raw))
 
     def _finish_login(self) -> None:
         pool = self.pool
@@ -503,6 +716,11 @@ class ClientConn(Conn):
             want[_LOWER_TRACKED.get(lk, k)] = v
         self.want = want
         self.want_key = tuple(want.items())
+        self.ps = self.transaction_mode and self.app.config.general.prepared_statements
+        if self.ps:
+            self.scanner = Scanner(CLIENT_PS_TABLE, on_header=self._on_header_ps, on_message=self._on_message_ps)
+            low = {k.lower(): v for k, v in self.startup.items()}
+            self.planner_sig = tuple(low.get(k, "") for k in ps.PLANNER_PARAMS)
         out = []
         for k, v in sp.items():
             out.append(m.parameter_status(k, want.get(k, v)))
@@ -516,7 +734,7 @@ class ClientConn(Conn):
         if self.app.config.general.log_client_connections:
             log.info("client %s logged in to %s (%s mode)", self.addr, pool.name, pool.mode)
         if self.inbuf:
-            self.pending += self.inbuf
+            self.raw += self.inbuf
             self.inbuf = bytearray()
 
     def _start_admin(self) -> None:

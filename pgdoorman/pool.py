@@ -15,6 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pgdoorman.config import Config, PoolConfig, UserConfig
+from pgdoorman.prepared import PoolCache
 from pgdoorman.stats import Histogram
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class Pool:
         # SCRAM passthrough: the ClientKey recovered from a client's proof lets us log in to PostgreSQL.
         self.scram_client_key: bytes | None = None
         self.scram_verifier: Any = None  # cached verifier for plain-text passwords (client side)
+        self.ps_cache = PoolCache(cfg.prepared_cache_size_for(pool_cfg))
         self.apply(cfg, pool_cfg, user_cfg)
 
     def apply(self, cfg: Config, pool_cfg: PoolConfig, user_cfg: UserConfig) -> None:
@@ -91,6 +93,8 @@ class Pool:
         self.server_lifetime = cfg.timeout_for(pool_cfg, user_cfg, "server_lifetime") / 1000.0
         self.query_wait_timeout = cfg.general.query_wait_timeout / 1000.0
         self.cleanup = pool_cfg.cleanup_server_connections
+        self.ps_cache.size = max(1, cfg.prepared_cache_size_for(pool_cfg))
+        self.server_ps_cache_size = max(1, cfg.server_prepared_cache_size_for(pool_cfg))
         self.server_user = user_cfg.server_username or user_cfg.username
         if user_cfg.server_username and user_cfg.server_password is not None:
             self.server_secret: str | None = user_cfg.server_password

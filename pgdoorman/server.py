@@ -13,9 +13,11 @@ import logging
 import os
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pgdoorman import prepared as ps
 from pgdoorman.net.conn import Conn
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
@@ -34,6 +36,9 @@ STATE_NAMES = ("login", "login", "idle", "active", "used", "closed")
 # Server -> client: look at ReadyForQuery, CommandComplete, ParameterStatus, ErrorResponse and the COPY
 # responses; everything else (RowDescription, DataRow, CopyData, notices...) streams through unread.
 SERVER_TABLE = make_table(full=b"ZCSEGHW")
+# With transparent prepared statements every response that completes a frontend message is read, so that
+# synthetic ParseCompletes can be spliced in and responses to injected Parses swallowed. DataRows stream.
+SERVER_PS_TABLE = make_table(full=b"ZCSEGHW123tTnIsV")
 
 # CommandComplete tags that leave session state behind on the server (reset at checkin).
 DIRTY_SET = 1
@@ -55,7 +60,8 @@ class ServerConn(Conn):
         "created", "idle_since", "epoch", "dirty", "cancelled", "scanner", "inbuf", "release_pending",
         "internal_left", "internal_error", "internal_done", "deferred", "txn_status", "scram",
         "timer", "connect_error", "fatal_forwarded", "addr", "xact_start", "query_count", "xact_count",
-        "bytes_in", "bytes_out", "login_client", "pstats",
+        "bytes_in", "bytes_out", "login_client", "pstats", "prepared", "evicted", "ps_cap", "ps_hits",
+        "ps_misses", "ps_on", "_plain_handler", "_ps_handler",
     )
 
     def __init__(self, sock: socket.socket, worker: Worker, pool: Pool, addr: str) -> None:
@@ -95,6 +101,14 @@ class ServerConn(Conn):
         self.bytes_out = 0
         self.login_client: ClientConn | None = None
         self.pstats = pool.stats[worker.id]
+        self.prepared: OrderedDict[bytes, None] = OrderedDict()  # DOORMAN_n names this backend holds
+        self.evicted: list[bytes] = []  # to DEALLOCATE at the next checkin
+        self.ps_cap = pool.server_ps_cache_size
+        self.ps_hits = 0
+        self.ps_misses = 0
+        self.ps_on = False
+        self._plain_handler = self._on_message
+        self._ps_handler = self._on_message_ps
 
     # ------------------------------------------------------------------ connecting and login
     @classmethod
@@ -327,6 +341,109 @@ class ServerConn(Conn):
                 c.on_server_error(body)
         return None
 
+    def set_ps_mode(self, on: bool) -> None:
+        if on != self.ps_on:
+            self.ps_on = on
+            sc = self.scanner
+            sc.table = SERVER_PS_TABLE if on else SERVER_TABLE
+            sc.on_message = self._ps_handler if on else self._plain_handler
+
+    def remember(self, name: bytes) -> None:
+        """Record that a Parse of `name` is being sent; evict the least recently used beyond the cap."""
+        prepared = self.prepared
+        prepared[name] = None
+        if len(prepared) > self.ps_cap:
+            old, _ = prepared.popitem(last=False)
+            self.evicted.append(old)
+
+    def _on_message_ps(self, t: int, body: memoryview) -> bytes | None:
+        c = self.client
+        if c is None:
+            return self._on_message(t, body)
+        rq = c.rq
+        prefix = None
+        if rq and rq[0][0] == ps.SYNTH:
+            prefix = bytearray()
+            while rq and rq[0][0] == ps.SYNTH:
+                prefix += rq.popleft()[1]
+        swallow = False
+        if rq and t not in (83, 78, 65):  # ParameterStatus, notices and notifications belong to no entry
+            kind, data = rq[0]
+            if t == 90:  # ReadyForQuery ends the batch
+                while rq and rq[0][0] not in (ps.SYNC, ps.QUERY, ps.FUNC):
+                    rq.popleft()
+                if rq:
+                    rq.popleft()
+            elif t == 69:  # ErrorResponse
+                if kind not in (ps.QUERY, ps.FUNC):
+                    self._ps_error(kind, data, body)
+                    # PostgreSQL skips everything up to the next Sync: so do the expectations.
+                    while rq and rq[0][0] != ps.SYNC:
+                        rq.popleft()
+            elif kind == ps.PARSE:
+                if t == 49:
+                    rq.popleft()
+            elif kind == ps.INJECT:
+                if t == 49:
+                    rq.popleft()
+                    swallow = True
+            elif kind == ps.BIND:
+                if t == 50:
+                    rq.popleft()
+            elif kind == ps.EXEC:
+                if t in (67, 73, 115):  # CommandComplete, EmptyQueryResponse, PortalSuspended
+                    rq.popleft()
+            elif kind == ps.DESC_S or kind == ps.DESC_P:
+                if t == 84 or t == 110:  # RowDescription, NoData
+                    rq.popleft()
+            elif kind == ps.CLOSE:
+                if t == 51:
+                    rq.popleft()
+        self._on_message(t, body)
+        if t == 90 and rq:
+            self.release_pending = False  # more was pipelined after this Sync
+        if swallow:
+            return bytes(prefix) if prefix else b""
+        if prefix is None:
+            return None
+        prefix += bytes([t]) + m.U32.pack(len(body) + 4) + body
+        return bytes(prefix)
+
+    def _ps_error(self, kind: int, data: object, body: memoryview) -> None:
+        c = self.client
+        pool = self.pool
+        if kind == ps.PARSE or kind == ps.INJECT:
+            st = data[0] if kind == ps.PARSE else data  # type: ignore[index]
+            assert isinstance(st, ps.Statement)
+            self.prepared.pop(st.name, None)
+            if kind == ps.PARSE:
+                # A failed Parse creates nothing, on PostgreSQL as here: forget it everywhere.
+                pool.ps_cache.forget(st)
+                name = data[1]  # type: ignore[index]
+                if c is not None:
+                    if name:
+                        if c.named.get(name) is st:
+                            del c.named[name]
+                    elif c.unnamed is st:
+                        c.unnamed = None
+            return
+        f = m.parse_fields(body)
+        if f.get("C") == "0A000" and "cached plan must not change result type" in f.get("M", "") \
+                and isinstance(data, ps.Statement):
+            # DDL changed the statement's result type. PostgreSQL keeps failing a statement like that until
+            # it is prepared again: do that for the client, under a new name, and drop the stale copy here.
+            st = data
+            self.prepared.pop(st.name, None)
+            self.evicted.append(st.name)
+            pool.ps_cache.forget(st)
+            if c is not None:
+                fresh = pool.ps_cache.get(st.query, st.key[1], st.key[2])
+                for k, v in list(c.named.items()):
+                    if v is st:
+                        c.named[k] = fresh
+                if c.unnamed is st:
+                    c.unnamed = fresh
+
     def _note_tag(self, tag: bytes) -> None:
         if tag == b"SET":
             self.dirty |= DIRTY_SET
@@ -342,11 +459,20 @@ class ServerConn(Conn):
             self.dirty = 0
             self.extra.clear()
             self.synced_key = None
+            self._statements_gone()
         elif tag == b"DEALLOCATE ALL":
             self.dirty &= ~DIRTY_PREPARE
+            self._statements_gone()
         elif tag == b"RESET":
             self.synced_key = None
             self.extra.clear()
+
+    def _statements_gone(self) -> None:
+        self.prepared.clear()
+        self.evicted.clear()
+        c = self.client
+        if c is not None:
+            c.forget_statements()
 
     def _idle_read(self) -> None:
         try:
@@ -372,6 +498,7 @@ class ServerConn(Conn):
     # ------------------------------------------------------------------ housekeeping queries
     def run_internal(self, queries: list[str], done: Callable[[bool], None]) -> None:
         """Send our own simple queries; swallow their responses; call done(ok) after the last Z."""
+        log.debug("server %s (pid %d): housekeeping %r", self.addr, self.pid, queries)
         self.state = INTERNAL
         self.internal_left = len(queries)
         self.internal_error = None
@@ -440,25 +567,33 @@ class ServerConn(Conn):
         return ["SELECT " + ", ".join(calls)]
 
     def cleanup_queries(self, in_txn: bool) -> list[str]:
+        """What to run before this server may serve another client: ROLLBACK if a transaction is open,
+        resets for the session state the client changed, DEALLOCATE of evicted prepared statements."""
         q = []
         if in_txn:
             q.append("ROLLBACK")
+        parts = []
         if self.pool.cleanup:
             d = self.dirty
-            parts = []
             if d & DIRTY_SET:
                 parts.append("RESET ROLE; RESET SESSION AUTHORIZATION; RESET ALL")
             if d & DIRTY_PREPARE:
                 parts.append("DEALLOCATE ALL")
+                self.evicted.clear()
             if d & DIRTY_CURSOR:
                 parts.append("CLOSE ALL")
             if d & DIRTY_LISTEN:
                 parts.append("UNLISTEN *")
-            if parts:
-                q.append("; ".join(parts))
+        if parts:
+            q.append("; ".join(parts))
+        if self.evicted:
+            q.extend(ps.deallocate_queries(self.evicted))
         return q
 
     def after_cleanup(self) -> None:
+        self.evicted.clear()
+        if self.pool.cleanup and self.dirty & DIRTY_PREPARE:
+            self.prepared.clear()
         if self.pool.cleanup:
             if self.dirty & DIRTY_SET:
                 self.extra.clear()

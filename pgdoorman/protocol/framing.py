@@ -10,6 +10,8 @@ One `Scanner` per direction per connection. Each message type has a mode in a 25
   called; it returns None to forward the message unchanged or bytes to forward instead (b"" drops it).
   Bytes of an incomplete FULL message are withheld until it is complete, so a replacement is possible.
 * INVALID (3): raises ProtocolViolation (a frontend type the client may not send now).
+* SMALL (4): FULL when the message is at most SMALL_LIMIT bytes, NOTIFY otherwise (a simple query is
+  worth reading when it might be `DEALLOCATE x`, never when it is a 100 MB INSERT).
 
 `feed(view)` returns what to forward: the input view itself in the common case (zero copy), a sub-view,
 a bytearray when something was replaced or carried across chunks, or None when everything was withheld.
@@ -26,6 +28,8 @@ PASS = 0
 NOTIFY = 1
 FULL = 2
 INVALID = 3
+SMALL = 4
+SMALL_LIMIT = 8192
 
 _unpack = U32.unpack_from
 
@@ -87,6 +91,8 @@ class Scanner:
             raise ProtocolViolation(f"invalid message type {chr(t)!r}" if 32 < t < 127 else f"invalid message type {t}")
         if ln < 4 or ln > self.max_len:
             raise ProtocolViolation(f"invalid message length {ln}")
+        if mode == SMALL:
+            return FULL if ln <= SMALL_LIMIT else NOTIFY
         return mode
 
     def feed(self, data: memoryview) -> memoryview | bytearray | None:

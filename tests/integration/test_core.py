@@ -513,7 +513,7 @@ def test_200_clients_over_pool_of_5(pooler_factory: Any, workers: int) -> None:
     async def client(i: int) -> None:
         conn = await psycopg.AsyncConnection.connect(
             p.dsn(SCRAM_USER if i % 2 else MD5_USER, SCRAM_PASSWORD if i % 2 else MD5_PASSWORD, DBNAME),
-            autocommit=True, application_name=f"c{i}", prepare_threshold=None)
+            autocommit=True, application_name=f"c{i}", prepare_threshold=2)
         try:
             for j in range(20):
                 cur = await conn.execute("select %s::int, %s::text, current_setting('application_name')",

@@ -1,0 +1,108 @@
+"""Transparent prepared statements for transaction pooling.
+
+Every Parse a client sends (named or unnamed) is mapped to a pooler-owned server-side name
+`DOORMAN_<n>`, shared by all clients of the pool that prepare the same statement (same text, same
+parameter types, same planner-relevant startup settings). A statement is parsed on a server only once;
+when a client binds or describes a statement the server it holds does not have, the Parse is injected
+just before, in the same batch, and its ParseComplete swallowed. When a Parse is skipped because the
+server already has it, a synthetic ParseComplete is spliced into the response stream at the place
+PostgreSQL would have put it.
+
+Ordering is kept by a per-client queue of expected responses (one entry per frontend message that
+PostgreSQL answers, plus synthetic and swallowed entries); the server-side relay walks it as responses
+arrive (see ServerConn._on_message_ps).
+
+Three caches: the pool's (statement key -> Statement, LRU of `prepared_statements_cache_size`), the
+client's (its names -> Statement, as PostgreSQL would keep them for its session) and each server's LRU
+of names it holds (`server_prepared_statements_cache_size`; evicted names are deallocated when the
+server is next returned to the pool, never under a batch that may still bind them).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+
+from pgdoorman.protocol import messages as m
+
+# Entry kinds of the expected-response queue.
+SYNTH = 0      # bytes to emit to the client when everything before them has been answered
+PARSE = 1      # ParseComplete or ErrorResponse; on error the statement is forgotten
+INJECT = 2     # our own Parse: swallow ParseComplete; on error forget it on this server
+BIND = 3
+DESC_S = 4     # ParameterDescription, then RowDescription or NoData
+DESC_P = 5     # RowDescription or NoData
+EXEC = 6       # ... CommandComplete, EmptyQueryResponse or PortalSuspended
+CLOSE = 7
+SYNC = 8       # ReadyForQuery
+QUERY = 9      # simple query: everything through ReadyForQuery
+FUNC = 10      # function call: FunctionCallResponse through ReadyForQuery
+
+# Settings given at connection start that change what a statement means; part of the cache key so that
+# clients with another search_path never share a plan (and never get rows from the wrong schema).
+PLANNER_PARAMS = ("search_path", "default_transaction_isolation", "default_transaction_read_only",
+                  "default_text_search_config", "role", "plan_cache_mode")
+
+_names = itertools.count(1)  # process-wide: a name is never reused, even after eviction
+
+
+class Statement:
+    __slots__ = ("name", "parse_msg", "query", "key", "uses")
+
+    def __init__(self, key: tuple[bytes, bytes, tuple[str, ...]], query: bytes, types: bytes) -> None:
+        self.key = key
+        self.name = b"DOORMAN_%d" % next(_names)
+        self.query = query
+        self.uses = 0
+        body = self.name + b"\x00" + query + b"\x00" + types
+        self.parse_msg = b"P" + m.U32.pack(len(body) + 4) + body
+
+
+class PoolCache:
+    """Statements of one pool, shared by its clients across workers."""
+
+    def __init__(self, size: int) -> None:
+        self.lock = threading.Lock()
+        self.size = max(1, size)
+        self.entries: OrderedDict[tuple[bytes, bytes, tuple[str, ...]], Statement] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, query: bytes, types: bytes, sig: tuple[str, ...]) -> Statement:
+        key = (query, types, sig)
+        with self.lock:
+            st = self.entries.get(key)
+            if st is not None:
+                self.entries.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
+                st = Statement(key, query, types)
+                self.entries[key] = st
+                # Evicting here never closes anything: clients and servers keep their references.
+                while len(self.entries) > self.size:
+                    self.entries.popitem(last=False)
+            st.uses += 1
+            return st
+
+    def forget(self, st: Statement) -> None:
+        with self.lock:
+            if self.entries.get(st.key) is st:
+                del self.entries[st.key]
+
+    def snapshot(self) -> list[Statement]:
+        with self.lock:
+            return list(self.entries.values())
+
+
+def split_cstr(body: memoryview | bytes, pos: int) -> tuple[bytes, int]:
+    b = body if isinstance(body, bytes) else bytes(body)
+    j = b.index(b"\x00", pos)
+    return b[pos:j], j + 1
+
+
+def deallocate_queries(names: list[bytes]) -> list[str]:
+    if not names:
+        return []
+    return ["; ".join(f"DEALLOCATE {n.decode()}" for n in names)]
