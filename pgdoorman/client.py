@@ -272,7 +272,7 @@ class ClientConn(Conn):
                 rq.append((ps.BIND, None))
                 return None  # PostgreSQL answers 26000 itself: the client's name does not exist there
             pre = self._ensure(st)
-            rq.append((ps.BIND, st))
+            rq.append((ps.BIND, (st, b[j + 1 : k])))
             nb = b[: j + 1] + st.name + b[k:]
             return pre + b"B" + m.U32.pack(len(nb) + 4) + nb
         if t == 69:  # Execute
@@ -320,7 +320,7 @@ class ClientConn(Conn):
                 rq.append((ps.DESC_S, None))
                 return None
             pre = self._ensure(st)
-            rq.append((ps.DESC_S, st))
+            rq.append((ps.DESC_S, (st, b[1:-1])))
             nb = b"S" + st.name + b"\x00"
             return pre + b"D" + m.U32.pack(len(nb) + 4) + nb
         if t == 67:  # Close

@@ -367,6 +367,7 @@ class ServerConn(Conn):
             while rq and rq[0][0] == ps.SYNTH:
                 prefix += rq.popleft()[1]
         swallow = False
+        rewritten = False
         if rq and t not in (83, 78, 65):  # ParameterStatus, notices and notifications belong to no entry
             kind, data = rq[0]
             if t == 90:  # ReadyForQuery ends the batch
@@ -376,7 +377,10 @@ class ServerConn(Conn):
                     rq.popleft()
             elif t == 69:  # ErrorResponse
                 if kind not in (ps.QUERY, ps.FUNC):
-                    self._ps_error(kind, data, body)
+                    rep = self._ps_error(kind, data, body)
+                    if rep is not None:
+                        body = memoryview(rep)
+                        rewritten = True
                     # PostgreSQL skips everything up to the next Sync: so do the expectations.
                     while rq and rq[0][0] != ps.SYNC:
                         rq.popleft()
@@ -400,16 +404,27 @@ class ServerConn(Conn):
                 if t == 51:
                     rq.popleft()
         self._on_message(t, body)
+        # Synthetic responses due right after this one (e.g. a CloseComplete between a BindComplete and the
+        # DataRows that follow): emit them now, since DataRows stream by without reaching this handler.
+        suffix = None
+        if rq and rq[0][0] == ps.SYNTH:
+            suffix = bytearray()
+            while rq and rq[0][0] == ps.SYNTH:
+                suffix += rq.popleft()[1]
         if t == 90 and rq:
             self.release_pending = False  # more was pipelined after this Sync
-        if swallow:
-            return bytes(prefix) if prefix else b""
-        if prefix is None:
-            return None
-        prefix += bytes([t]) + m.U32.pack(len(body) + 4) + body
-        return bytes(prefix)
+        if prefix is None and suffix is None and not rewritten:
+            return b"" if swallow else None
+        out = prefix if prefix is not None else bytearray()
+        if not swallow:
+            out += bytes([t]) + m.U32.pack(len(body) + 4) + body
+        if suffix is not None:
+            out += suffix
+        return bytes(out)
 
-    def _ps_error(self, kind: int, data: object, body: memoryview) -> None:
+    def _ps_error(self, kind: int, data: object, body: memoryview) -> bytes | None:
+        """Keep caches true after an error; return the error body with our statement name replaced by the
+        client's when PostgreSQL quoted it."""
         c = self.client
         pool = self.pool
         if kind == ps.PARSE or kind == ps.INJECT:
@@ -426,13 +441,17 @@ class ServerConn(Conn):
                             del c.named[name]
                     elif c.unnamed is st:
                         c.unnamed = None
-            return
-        f = m.parse_fields(body)
-        if f.get("C") == "0A000" and "cached plan must not change result type" in f.get("M", "") \
-                and isinstance(data, ps.Statement):
+            return None
+        if not isinstance(data, tuple):
+            return None
+        st, cname = data
+        assert isinstance(st, ps.Statement)
+        raw = bytes(body)
+        rep = raw.replace(b'"' + st.name + b'"', b'"' + cname + b'"')
+        f = m.parse_fields(raw)
+        if f.get("C") == "0A000" and "cached plan must not change result type" in f.get("M", ""):
             # DDL changed the statement's result type. PostgreSQL keeps failing a statement like that until
             # it is prepared again: do that for the client, under a new name, and drop the stale copy here.
-            st = data
             self.prepared.pop(st.name, None)
             self.evicted.append(st.name)
             pool.ps_cache.forget(st)
@@ -443,6 +462,7 @@ class ServerConn(Conn):
                         c.named[k] = fresh
                 if c.unnamed is st:
                     c.unnamed = fresh
+        return rep if rep != raw else None
 
     def _note_tag(self, tag: bytes) -> None:
         if tag == b"SET":

@@ -1,0 +1,238 @@
+"""Differential tests of transparent prepared statements: each sequence of wire messages is sent directly to
+PostgreSQL and through pgdoorman (transaction mode, pool_size 2, with the client's server switched between
+steps), and the responses must be the same message for message (BackendKeyData and ParameterStatus values
+aside; ErrorResponses compared on severity, SQLSTATE and message)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER
+from tests.support.wire import (
+    WireClient,
+    bind,
+    close,
+    describe,
+    execute,
+    flush,
+    parse,
+    parse_fields,
+    query,
+    sync,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+# A step: (client index, bytes to send, what to wait for). An int waits for that many ReadyForQuery; ("n", k)
+# waits for exactly k messages (for Flush-terminated batches, which end with no ReadyForQuery).
+Step = tuple[int, bytes, Any]
+S = sync()
+
+
+def P(name: str, sql: str, types: tuple[int, ...] = ()) -> bytes:
+    return parse(name, sql, types)
+
+
+def B(stmt: str = "", params: tuple[Any, ...] = (), portal: str = "", fmts: tuple[int, ...] = ()) -> bytes:
+    return bind(portal, stmt, params, fmts)
+
+
+def E(portal: str = "", rows: int = 0) -> bytes:
+    return execute(portal, rows)
+
+
+def Q(sql: str) -> bytes:
+    return query(sql)
+
+
+def one(*msgs: bytes, client: int = 0, wait: Any = 1) -> Step:
+    return (client, b"".join(msgs), wait)
+
+
+SEQUENCES: dict[str, list[Step]] = {
+    "unnamed_parse_bind_execute": [one(P("", "select 1"), B(), E(), S)],
+    "unnamed_parse_then_bind_later": [one(P("", "select $1::int + 1"), describe("S"), S),
+                                      one(B("", ("41",)), E(), S)],
+    "named_reused_across_switches": [one(P("s1", "select $1::int * 2"), S)]
+    + [one(B("s1", (str(i),)), E(), S) for i in range(4)],
+    "named_describe_statement_and_portal": [one(P("s2", "select $1::text as t, 2 as n"), describe("S", "s2"), S),
+                                            one(B("s2", ("x",)), describe("P"), E(), S)],
+    "pipeline_two_statements_one_sync": [one(P("", "select 1"), B(), E(), P("", "select 2"), B(), E(), S)],
+    "pipeline_five_named": [one(*[P(f"p{i}", f"select {i}") for i in range(5)],
+                                *[m for i in range(5) for m in (B(f"p{i}"), E())], S)],
+    "flush_then_sync_asyncpg_style": [one(P("a1", "select $1::int"), describe("S", "a1"), flush(), wait=("n", 3)),
+                                      one(B("a1", ("7",)), E(), S)],
+    "flush_parse_only": [one(P("a2", "select 5"), flush(), wait=("n", 1)), one(S)],
+    "flush_skipped_parse_second_time": [one(P("a3", "select 6"), S), one(P("a4", "select 6"), flush(),
+                                                                          wait=("n", 1)),
+                                        one(B("a4"), E(), S)],
+    "describe_before_bind": [one(P("d1", "select $1::int4 as v"), describe("S", "d1"), B("d1", ("3",)),
+                                 describe("P"), E(), S)],
+    "describe_after_bind": [one(P("d2", "select 'x'::text"), B("d2"), describe("P"), E(), S)],
+    "close_then_reparse_other_text": [one(P("c1", "select 1"), S), one(close("S", "c1"), S),
+                                      one(P("c1", "select 2"), B("c1"), E(), S)],
+    "close_portal": [one(P("", "select 1"), B("", portal="po"), close("P", "po"), E("po"), S)],
+    "close_unknown_statement": [one(close("S", "nope"), S)],
+    "bind_unknown_name": [one(B("ghost"), E(), S), one(Q("select 'after'"))],
+    "describe_unknown_name": [one(describe("S", "ghost"), S)],
+    "bind_unnamed_without_parse": [one(B(""), E(), S)],
+    "error_mid_pipeline_parse": [one(P("", "select 1"), B(), E(), P("", "selec oops"), B(), E(), S),
+                                 one(P("", "select 3"), B(), E(), S)],
+    "error_mid_pipeline_execute": [one(P("e1", "select 1/$1::int"), B("e1", ("0",)), E(), B("e1", ("1",)), E(), S),
+                                   one(B("e1", ("1",)), E(), S)],
+    "failed_parse_leaves_no_statement": [one(P("bad", "select from from"), S), one(B("bad"), E(), S)],
+    "deallocate_then_bind": [one(P("dd", "select 1"), S), one(Q("deallocate dd")), one(B("dd"), E(), S)],
+    "deallocate_prepare_keyword": [one(P("dd2", "select 1"), S), one(Q("DEALLOCATE PREPARE dd2")),
+                                   one(B("dd2"), E(), S)],
+    "deallocate_all_then_bind": [one(P("da", "select 1"), P("db", "select 2"), S), one(Q("deallocate all")),
+                                 one(B("da"), E(), S)],
+    "deallocate_unknown": [one(Q("deallocate nosuch"))],
+    "discard_all_then_bind": [one(P("dc", "select 1"), S), one(Q("discard all")), one(B("dc"), E(), S)],
+    "same_name_two_clients_different_text": [one(P("x", "select 'client0'"), S),
+                                             one(P("x", "select 'client1'"), S, client=1),
+                                             one(B("x"), E(), S), one(B("x"), E(), S, client=1),
+                                             one(B("x"), E(), S)],
+    "same_text_two_clients_different_names": [one(P("m0", "select 42"), S), one(P("m1", "select 42"), S, client=1),
+                                              one(B("m0"), E(), S), one(B("m1"), E(), S, client=1)],
+    "unnamed_reparsed_many_texts": [one(P("", f"select {i}"), B(), E(), S) for i in range(6)],
+    "typed_parameters": [one(P("t1", "select $1", (20,)), describe("S", "t1"), B("t1", ("9",)), E(), S)],
+    "untyped_vs_typed_same_text": [one(P("t2", "select $1::int"), describe("S", "t2"), S),
+                                   one(P("t3", "select $1::int", (25,)), describe("S", "t3"), S)],
+    "binary_parameter": [one(P("bp", "select $1::int4 + 1"), B("bp", ((5).to_bytes(4, "big"),), fmts=(1,)), E(), S)],
+    "portal_suspended": [one(P("ps", "select g from generate_series(1, 5) g"), B("ps", portal="cur"),
+                             E("cur", 2), E("cur", 2), E("cur", 0), S)],
+    "inside_explicit_transaction": [one(Q("begin")), one(P("tx", "select 1"), B("tx"), E(), S),
+                                    one(B("tx"), E(), S), one(Q("commit"))],
+    "error_inside_transaction": [one(Q("begin")), one(P("te", "select 1/0"), B("te"), E(), S),
+                                 one(B("te"), E(), S), one(Q("rollback")), one(B("te"), E(), S)],
+    "ddl_between_executions": [one(Q("drop table if exists ddl_t; create table ddl_t (a int)")),
+                               one(P("dq", "select * from ddl_t"), B("dq"), E(), S),
+                               one(Q("alter table ddl_t add column b int")),
+                               one(B("dq"), E(), S),
+                               one(close("S", "dq"), P("dq", "select * from ddl_t"), B("dq"), E(), S),
+                               one(Q("drop table ddl_t"))],
+    "empty_query": [one(P("", ""), B(), E(), S)],
+    "sync_alone_and_repeated": [one(S), one(S, S, S, wait=3)],
+    "simple_query_between_batches": [one(P("sq", "select 1"), S), one(Q("select 2; select 3")), one(B("sq"), E(), S)],
+    "no_data_statement": [one(P("nd", "do $$begin end$$"), describe("S", "nd"), B("nd"), E(), S)],
+    "portal_outlives_closed_statement": [one(P("os", "select 7"), B("os", portal="keep"), close("S", "os"),
+                                             E("keep"), S)],
+    "wrong_parameter_count": [one(P("wc", "select $1::int"), B("wc", ()), E(), S), one(B("wc", ("1",)), E(), S)],
+    "bind_in_transaction_after_parse_elsewhere": [one(P("el", "select 'elsewhere'"), S), one(Q("begin")),
+                                                  one(B("el"), E(), S), one(Q("commit"))],
+    "quoted_deallocate_name": [one(P("MixedCase", "select 1"), S), one(Q('deallocate "MixedCase"')),
+                               one(B("MixedCase"), E(), S)],
+    "execute_unnamed_after_error_sync": [one(P("", "select 1"), S), one(B("", ("extra",)), E(), S),
+                                         one(B(""), E(), S)],
+}
+
+
+def normalise(msgs: list[tuple[str, bytes]]) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for t, body in msgs:
+        if t in ("S", "K"):
+            continue
+        if t in ("E", "N"):
+            f = parse_fields(body)
+            out.append((t, (f.get("S"), f.get("C"), f.get("M"))))
+        else:
+            out.append((t, body))
+    return out
+
+
+def run_steps(clients: list[WireClient], steps: list[Step], shuffle: Any = None) -> list[tuple[int, Any]]:
+    transcript: list[tuple[int, Any]] = []
+    for idx, data, wait in steps:
+        c = clients[idx]
+        c.send(data)
+        got: list[tuple[str, bytes]] = []
+        if isinstance(wait, tuple):
+            for _ in range(wait[1]):
+                got.append(c.read_message(timeout=10))
+        else:
+            zs = 0
+            while zs < wait:
+                t, body = c.read_message(timeout=10)
+                got.append((t, body))
+                if t == "Z":
+                    zs += 1
+        transcript.append((idx, normalise(got)))
+        if shuffle is not None:
+            shuffle()
+    return transcript
+
+
+@pytest.fixture(scope="module")
+def pooler(pg: Any, tmp_path_factory: Any) -> Iterator[Any]:
+    from tests.support.cluster import pooler_config
+    from tests.support.pooler import Pooler
+
+    cfg = pooler_config(pg, pool_size=2, general={"server_prepared_statements_cache_size": 100,
+                                                  "query_wait_timeout": 20000})
+    p = Pooler(cfg, str(tmp_path_factory.mktemp("pooler-diff"))).start()
+    yield p
+    p.stop()
+
+
+def _connect(host: str, port: int) -> WireClient:
+    return WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD)
+
+
+@pytest.mark.parametrize("name", list(SEQUENCES))
+def test_same_responses_as_postgres(pg: Any, pooler: Any, name: str) -> None:
+    steps = SEQUENCES[name]
+    nclients = 1 + max(s[0] for s in steps)
+    direct = [_connect(pg.host, pg.port) for _ in range(nclients)]
+    pooled = [_connect(pooler.host, pooler.port) for _ in range(nclients)]
+    helper = _connect(pooler.host, pooler.port)
+    # pool_size 2 and an idle LIFO: grabbing the most recently used server in a helper transaction makes the
+    # client's next transaction land on the other server.
+    holding = [False]
+
+    def shuffle() -> None:
+        if holding[0]:
+            helper.query("commit")
+        helper.query("begin")
+        helper.query("select 1")
+        holding[0] = True
+
+    try:
+        want = run_steps(direct, steps)
+        got = run_steps(pooled, steps, shuffle)
+        assert got == want
+    finally:
+        if holding[0]:
+            helper.query("commit")
+        for c in direct + pooled + [helper]:
+            c.close()
+
+
+def test_thousand_statements_through_cache_of_100(pg: Any, pooler: Any) -> None:
+    """1,000 distinct statements with server caches of 100: evictions happen, answers stay right."""
+    direct = _connect(pg.host, pg.port)
+    pooled = _connect(pooler.host, pooler.port)
+    try:
+        for c in (direct, pooled):
+            for i in range(1000):
+                c.send(P(f"k{i}", f"select {i} as v"), S)
+                c.read_until("Z")
+        for i in list(range(0, 1000, 37)) + [999, 0]:
+            outs = []
+            for c in (direct, pooled):
+                c.send(B(f"k{i}"), E(), S)
+                outs.append(normalise(c.read_until("Z")))
+            assert outs[0] == outs[1]
+            assert outs[1][1][1][-len(str(i)):] == str(i).encode()
+        # the servers really evicted: through the pooler, every server holds at most 100 statements
+        seen = set()
+        for _ in range(6):
+            rows = pooled.query_rows("select count(*), pg_backend_pid() from pg_prepared_statements")
+            n, pid = int(rows[0][0] or 0), rows[0][1]
+            seen.add(pid)
+            assert 0 < n <= 100
+    finally:
+        direct.close()
+        pooled.close()
