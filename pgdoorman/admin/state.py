@@ -61,9 +61,14 @@ def live_clients(app: App) -> list[ClientConn]:
 
 
 def live_servers(app: App) -> list[ServerConn]:
+    # A server moving between workers can sit in two workers' sets for a moment: count it once.
+    seen: set[int] = set()
     out: list[ServerConn] = []
     for w in app.workers:
-        out.extend(copy_of(w.servers))
+        for s in copy_of(w.servers):
+            if id(s) not in seen:
+                seen.add(id(s))
+                out.append(s)
     return out
 
 

@@ -178,8 +178,10 @@ def psql(p: Any, *args: str, check: bool = True) -> str:
     return res.stdout + res.stderr
 
 
-def test_show_values_under_twenty_waiting_clients(pooler_factory: Any) -> None:
-    p = pooler_factory(pool_size=2, general={"query_wait_timeout": 30000})
+@pytest.mark.concurrency
+@pytest.mark.parametrize("workers", [1, 2])
+def test_show_values_under_twenty_waiting_clients(pooler_factory: Any, workers: int) -> None:
+    p = pooler_factory(pool_size=2, general={"query_wait_timeout": 30000, "worker_threads": workers})
     # Two clients hold both servers inside open transactions.
     holders = [client(p) for _ in range(2)]
     try:
@@ -496,8 +498,10 @@ def finish_pgbench(proc: subprocess.Popen[str]) -> str:
     return out
 
 
-def test_pause_resume_reconnect_reload_under_pgbench(pooler_factory: Any, tmp_path: Any) -> None:
-    p = pooler_factory(pool_size=4)
+@pytest.mark.concurrency
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pause_resume_reconnect_reload_under_pgbench(pooler_factory: Any, tmp_path: Any, workers: int) -> None:
+    p = pooler_factory(pool_size=4, general={"worker_threads": workers})
     with admin(p) as a:
         bench = start_pgbench(p, tmp_path, clients=8, seconds=12)
         try:

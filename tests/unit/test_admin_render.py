@@ -136,3 +136,16 @@ def test_set_filter_applies_and_default_restores() -> None:
     finally:
         root.setLevel(before)
         loglevel._current = None
+
+
+def test_docs_list_every_command_and_column() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "admin.md").read_text()
+    for sub, cols in EXPECTED_COLUMNS.items():
+        assert f"### SHOW {sub.upper()}" in doc, sub
+        for col in cols.split():
+            assert f"`{col}`" in doc, (sub, col)
+    for cmd in ("PAUSE [db]", "RESUME [db]", "RECONNECT [db]", "KILL <db>", "`RELOAD`", "`SHUTDOWN`",
+                "SET log_level"):
+        assert cmd in doc, cmd

@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -280,6 +281,9 @@ def test_metrics_agree_with_show_pools(app: App) -> None:
     names = [f.name for f in collect(app)]
     assert len(names) == len(set(names))
     promtool_check(text)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    undocumented = [n for n in names if f"`{n}`" not in doc]
+    assert not undocumented, f"families missing from docs/metrics.md: {undocumented}"
 
 
 def test_error_buckets() -> None:
