@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,19 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "concurrency: multi-threaded tests, also run under free-threaded CPython 3.13t by `make test`",
     )
+
+
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # `timeout`, CI and process managers stop a run with SIGTERM, whose default action skips fixture
+    # teardown and leaves PostgreSQL and poolers running. As KeyboardInterrupt, pytest still tears
+    # the session down.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
 
 
 @pytest.hookimpl(wrapper=True)
