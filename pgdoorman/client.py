@@ -165,9 +165,12 @@ class ClientConn(Conn):
         s = self.server
         if self.ps and (s is None or s.state != 3 or self.raw):
             # Rewriting needs to know the server: scan once one is linked (see _server_ready).
-            if s is None and not self.raw and n == 5 and view[0] == 88:  # a lone Terminate
-                self.close("client terminated")
-                return
+            if s is None and not self.raw:
+                if n == 5 and view[0] == 88:  # a lone Terminate
+                    self.close("client terminated")
+                    return
+                if view[0] == 80 and not self.waiting and self._parse_sync_locally(view):
+                    return
             self.raw += view
             if s is None and not self.waiting:
                 self.need_server()
@@ -235,6 +238,45 @@ class ClientConn(Conn):
                 and self.transaction_mode and self.server is s and not s.release_pending:
             # Everything was answered locally (e.g. a DEALLOCATE): the server is free again.
             self.worker.release_server(s)
+
+    def _parse_sync_locally(self, view: memoryview) -> bool:
+        """Answer `Parse... Sync` without a server when every statement is already in the pool cache and
+        no transaction is open: what PQprepare sends. A client preparing while others hold every server in
+        open transactions (pgbench -M prepared, JDBC) would otherwise wait for one, and may deadlock with
+        its own application."""
+        if self.last_status != 73:
+            return False
+        pool = self.pool
+        assert pool is not None
+        data = bytes(view)
+        n = len(data)
+        pos = 0
+        found: list[tuple[bytes, ps.Statement]] = []
+        cache = pool.ps_cache
+        sig = self.planner_sig
+        while pos + 5 <= n and data[pos] == 80:
+            (ln,) = m.U32.unpack_from(data, pos + 1)
+            end = pos + 1 + ln
+            if ln < 4 or end > n:
+                return False
+            j = data.find(b"\x00", pos + 5, end)
+            k = data.find(b"\x00", j + 1, end) if j >= 0 else -1
+            if k < 0:
+                return False
+            st = cache.peek(data[j + 1 : k], data[k + 1 : end], sig)
+            if st is None:
+                return False
+            found.append((data[pos + 5 : j], st))
+            pos = end
+        if not found or data[pos:] != m.SYNC:
+            return False
+        for name, st in found:
+            if name:
+                self.named[name] = st
+            else:
+                self.unnamed = st
+        self.write(m.PARSE_COMPLETE * len(found) + m.RFQ_IDLE)
+        return True
 
     def flush_synth(self) -> None:
         rq = self.rq

@@ -86,6 +86,17 @@ class PoolCache:
             st.uses += 1
             return st
 
+    def peek(self, query: bytes, types: bytes, sig: tuple[str, ...]) -> Statement | None:
+        """The statement if some client already prepared it successfully (a failed Parse is forgotten)."""
+        key = (query, types, sig)
+        with self.lock:
+            st = self.entries.get(key)
+            if st is not None:
+                self.entries.move_to_end(key)
+                self.hits += 1
+                st.uses += 1
+            return st
+
     def forget(self, st: Statement) -> None:
         with self.lock:
             if self.entries.get(st.key) is st:
