@@ -101,6 +101,11 @@ public class PgJdbcDriver {
         return out.length() > 500 ? out.substring(0, 500) : out;
     }
 
+    // A pooler's refusal of LISTEN must say so: SQLSTATE 0A000 or a message naming LISTEN.
+    static boolean listenRefused(SQLException e) {
+        return "0A000".equals(e.getSQLState()) || String.valueOf(e.getMessage()).toLowerCase().contains("listen");
+    }
+
     static SQLException expectState(Executable fn, String... states) throws Exception {
         try {
             fn.run();
@@ -409,7 +414,7 @@ public class PgJdbcDriver {
                 try {
                     exec(listener, "LISTEN " + channel);
                 } catch (SQLException e) {
-                    if (mode.equals("transaction")) throw new NotApplicable(LISTEN_TXN_NA + describe(e));
+                    if (mode.equals("transaction") && listenRefused(e)) throw new NotApplicable(LISTEN_TXN_NA + describe(e));
                     throw e;
                 }
                 try (PreparedStatement ps = sender.prepareStatement("SELECT pg_notify(?, ?)")) {

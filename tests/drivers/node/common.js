@@ -155,6 +155,12 @@ async function runClients(n, fn) {
   }
 }
 
+// A pooler's refusal of LISTEN must say so: SQLSTATE 0A000 or a message naming LISTEN; any other
+// error on LISTEN (say, a prepared-statement bug) is a plain failure.
+function listenRefused(err) {
+  return Boolean(err) && (err.code === '0A000' || /listen/i.test(String(err.message)))
+}
+
 const LISTEN_TXN_NA = 'impossible by design in transaction mode; the pooler refused LISTEN: '
 const LISTEN_TXN_SILENT =
   'LISTEN was accepted silently in transaction mode and the notification was lost; ' +
@@ -186,6 +192,7 @@ module.exports = {
   PREPARED_REUSES,
   LISTEN_TXN_NA,
   LISTEN_TXN_SILENT,
+  listenRefused,
   params,
   NotApplicable,
   CheckFailed,

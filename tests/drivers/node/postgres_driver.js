@@ -209,7 +209,7 @@ const scenarios = {
             }),
           ])
         } catch (e) {
-          if (p.mode === 'transaction' && !(e instanceof c.CheckFailed)) {
+          if (p.mode === 'transaction' && !(e instanceof c.CheckFailed) && c.listenRefused(e)) {
             throw new c.NotApplicable(c.LISTEN_TXN_NA + c.describe(e))
           }
           throw e

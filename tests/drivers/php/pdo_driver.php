@@ -320,7 +320,8 @@ $scenarios = [
         try {
             $listener->exec("LISTEN $channel");
         } catch (PDOException $e) {
-            if ($P['mode'] === 'transaction') {
+            // A refusal must say so: SQLSTATE 0A000 or a message naming LISTEN.
+            if ($P['mode'] === 'transaction' && (($e->errorInfo[0] ?? '') === '0A000' || stripos($e->getMessage(), 'listen') !== false)) {
                 throw new NotApplicable(LISTEN_TXN_NA . describe($e));
             }
             throw $e;
@@ -409,10 +410,45 @@ function emit(string $scenario, string $status, string $detail): void
     fflush(STDOUT);
 }
 
+// PHP cannot interrupt a call blocked in libpq, so each scenario runs in a forked process that the
+// parent kills (with its process group, i.e. forked clients too) when DRV_TIMEOUT passes.
+function run_isolated(callable $fn, float $timeout): array
+{
+    $file = tempnam(sys_get_temp_dir(), 'drv');
+    $pid = pcntl_fork();
+    if ($pid === 0) {
+        posix_setpgid(0, 0);
+        try {
+            $r = ['pass', $fn()];
+        } catch (NotApplicable $e) {
+            $r = ['na', $e->getMessage()];
+        } catch (Throwable $e) {
+            $r = ['fail', describe($e)];
+        }
+        file_put_contents($file, json_encode($r, JSON_INVALID_UTF8_SUBSTITUTE));
+        exit(0);
+    }
+    $deadline = microtime(true) + $timeout;
+    while (pcntl_waitpid($pid, $status, WNOHANG) === 0) {
+        if (microtime(true) > $deadline) {
+            posix_kill(-$pid, SIGKILL);
+            posix_kill($pid, SIGKILL);
+            pcntl_waitpid($pid, $status);
+            @unlink($file);
+            return ['fail', sprintf('timed out after %.0fs', $timeout)];
+        }
+        usleep(20000);
+    }
+    $r = json_decode((string) @file_get_contents($file), true);
+    @unlink($file);
+    return is_array($r) ? $r : ['fail', "scenario process ended with status $status and no result"];
+}
+
 $probe = connect();
 echo json_encode(['driver' => NAME, 'version' => 'PHP ' . PHP_VERSION . ', PDO_pgsql (libpq '
     . $probe->getAttribute(PDO::ATTR_CLIENT_VERSION) . ')']), "\n";
 $probe = null;
+$timeout = (float) envv('DRV_TIMEOUT', '60');
 foreach (scenario_names() as $name) {
     if ($P['only'] && !in_array($name, $P['only'], true)) {
         continue;
@@ -422,12 +458,9 @@ foreach (scenario_names() as $name) {
         continue;
     }
     $t0 = microtime(true);
-    try {
-        $d = $scenarios[$name]();
-        emit($name, 'pass', sprintf('%s (%.2fs)', $d ?: 'ok', microtime(true) - $t0));
-    } catch (NotApplicable $e) {
-        emit($name, 'na', $e->getMessage());
-    } catch (Throwable $e) {
-        emit($name, 'fail', describe($e));
+    [$status, $detail] = run_isolated($scenarios[$name], $timeout);
+    if ($status === 'pass') {
+        $detail = sprintf('%s (%.2fs)', $detail ?: 'ok', microtime(true) - $t0);
     }
+    emit($name, $status, (string) $detail);
 }

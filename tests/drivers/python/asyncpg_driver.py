@@ -29,6 +29,7 @@ from common import (
     emit_version,
     expect_sqlstate,
     gather_clients,
+    listen_refused,
     md5hex,
     run_async,
     sleep_query,
@@ -231,7 +232,7 @@ class Driver:
                     channel, lambda _c, _pid, ch, payload: got.put_nowait((ch, payload))
                 )
             except asyncpg.PostgresError as exc:
-                if self.p.mode == "transaction":
+                if self.p.mode == "transaction" and listen_refused(exc):
                     raise NotApplicable(LISTEN_TXN_NA.format(err=describe(exc))) from exc
                 raise
             await sender.execute(f"NOTIFY {channel}, 'payload-1'")

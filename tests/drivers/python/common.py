@@ -249,6 +249,12 @@ async def gather_clients(n: int, fn: Callable[[int], Awaitable[None]]) -> None:
         raise CheckFailed(f"{len(errors)}/{n} clients failed; client {cid}: {describe(first)}") from first
 
 
+def listen_refused(exc: BaseException) -> bool:
+    """A pooler's refusal of LISTEN must say so: SQLSTATE 0A000 (feature_not_supported) or a message
+    naming LISTEN. Any other error on LISTEN (say, a prepared-statement bug) is a plain failure."""
+    return sqlstate_of(exc) == "0A000" or "listen" in str(exc).lower()
+
+
 LISTEN_TXN_NA = "impossible by design in transaction mode; the pooler refused LISTEN: {err}"
 LISTEN_TXN_SILENT = (
     "LISTEN was accepted silently in transaction mode and the notification was lost; "

@@ -29,6 +29,7 @@ from common import (
     describe,
     emit_version,
     expect_sqlstate,
+    listen_refused,
     md5hex,
     run_sync,
     run_threads,
@@ -230,7 +231,7 @@ class Driver:
             try:
                 self.run(listener, f"LISTEN {channel}")
             except psycopg2.Error as exc:
-                if self.p.mode == "transaction":
+                if self.p.mode == "transaction" and listen_refused(exc):
                     raise NotApplicable(LISTEN_TXN_NA.format(err=describe(exc))) from exc
                 raise
             self.run(sender, "SELECT pg_notify(%s, %s)", (channel, "payload-1"))

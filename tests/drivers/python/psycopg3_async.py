@@ -28,6 +28,7 @@ from common import (
     emit_version,
     expect_sqlstate,
     gather_clients,
+    listen_refused,
     md5hex,
     run_async,
     sleep_query,
@@ -202,7 +203,7 @@ class Driver:
             try:
                 await listener.execute(f"LISTEN {channel}")
             except psycopg.Error as exc:
-                if self.p.mode == "transaction":
+                if self.p.mode == "transaction" and listen_refused(exc):
                     raise NotApplicable(LISTEN_TXN_NA.format(err=describe(exc))) from exc
                 raise
             await sender.execute("SELECT pg_notify(%s, %s)", (channel, "payload-1"))

@@ -28,6 +28,7 @@ from common import (
     describe,
     emit_version,
     expect_sqlstate,
+    listen_refused,
     md5hex,
     run_sync,
     run_threads,
@@ -200,7 +201,7 @@ class Driver:
             try:
                 listener.execute(f"LISTEN {channel}")
             except psycopg.Error as exc:
-                if self.p.mode == "transaction":
+                if self.p.mode == "transaction" and listen_refused(exc):
                     raise NotApplicable(LISTEN_TXN_NA.format(err=describe(exc))) from exc
                 raise
             sender.execute("SELECT pg_notify(%s, %s)", (channel, "payload-1"))

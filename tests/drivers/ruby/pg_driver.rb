@@ -52,6 +52,11 @@ rescue PG::Error => e
   e
 end
 
+# A pooler's refusal of LISTEN must say so: SQLSTATE 0A000 or a message naming LISTEN.
+def listen_refused(err)
+  sqlstate(err) == '0A000' || err.message =~ /listen/i
+end
+
 def connect(user = P[:user], password = P[:password])
   PG.connect(host: P[:host], port: P[:port], dbname: P[:db], user: user, password: password, connect_timeout: 10)
 end
@@ -274,7 +279,7 @@ SCENARIO_IMPLS = {
       begin
         listener.exec("LISTEN #{channel}")
       rescue PG::Error => e
-        raise NotApplicable, LISTEN_TXN_NA + describe(e) if P[:mode] == 'transaction'
+        raise NotApplicable, LISTEN_TXN_NA + describe(e) if P[:mode] == 'transaction' && listen_refused(e)
 
         raise
       end

@@ -33,6 +33,12 @@ const ListenTxnNA = "impossible by design in transaction mode; the pooler refuse
 const ListenTxnSilent = "LISTEN was accepted silently in transaction mode and the notification was lost; " +
 	"the pooler must refuse LISTEN with a clear error"
 
+// ListenRefused: a pooler's refusal of LISTEN must say so, with SQLSTATE 0A000 or a message naming
+// LISTEN; any other error on LISTEN (say, a prepared-statement bug) is a plain failure.
+func ListenRefused(err error) bool {
+	return err != nil && (StateOf(err) == "0A000" || strings.Contains(strings.ToLower(err.Error()), "listen"))
+}
+
 type Params struct {
 	Host, DB, User, Password, MD5User, MD5Password, Mode string
 	Port, Clients, Churn                                 int

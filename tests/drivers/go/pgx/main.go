@@ -243,7 +243,7 @@ func scenarios() map[string]common.Scenario {
 			sender := connect("", "")
 			defer sender.Close(bg)
 			if _, err := listener.Exec(bg, "LISTEN "+channel); err != nil {
-				if p.Mode == "transaction" {
+				if p.Mode == "transaction" && common.ListenRefused(err) {
 					panic(common.NotApplicable{Reason: common.ListenTxnNA + common.Describe(err)})
 				}
 				panic(err)

@@ -262,7 +262,7 @@ func scenarios() map[string]common.Scenario {
 			l := pq.NewListener(p.URL("", ""), 100*time.Millisecond, time.Second, nil)
 			defer l.Close()
 			if err := l.Listen(channel); err != nil {
-				if p.Mode == "transaction" {
+				if p.Mode == "transaction" && common.ListenRefused(err) {
 					panic(common.NotApplicable{Reason: common.ListenTxnNA + common.Describe(err)})
 				}
 				panic(err)
