@@ -6,6 +6,7 @@ a ResultSet; rendering to the wire is resultset.render's job.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sys
 import time
 import weakref
@@ -21,10 +22,13 @@ from pgdoorman.admin.state import (
     Snapshot,
     StatsSampler,
     client_state,
+    client_statements,
     copy_of,
     get_sampler,
     pool_histograms,
+    pool_statements,
     pool_totals,
+    prepared_view,
     server_state,
     take_snapshot,
 )
@@ -204,14 +208,39 @@ def show_pools_extended(ctx: ShowContext) -> ResultSet:
 
 
 def show_pools_memory(ctx: ShowContext) -> ResultSet:
-    # Prepared statement caches do not exist yet: every pool reports empty caches.
-    rows: list[list[Cell]] = [[p.database, p.username, 0, 0, 0, 0, 0, 0, 0, 0] for p in copy_of(ctx.app.pool_list)]
+    rows: list[list[Cell]] = []
+    for v in ctx.snap.pools:
+        pv = prepared_view(v)
+        # One unnamed statement per client, never evicted; Flush-based "async" clients are not tracked.
+        rows.append([v.pool.database, v.pool.username, pv.pool_entries, pv.pool_bytes, pv.client_entries,
+                     pv.client_bytes, pv.client_named, pv.client_anonymous, 0, 0])
     return ResultSet(POOLS_MEMORY_COLUMNS, rows)
 
 
+def statement_hash(st: Any) -> int:
+    """A stable unsigned 64-bit hash of what identifies a statement (text, parameter types, settings)."""
+    return int.from_bytes(hashlib.blake2b(repr(st.key).encode(), digest_size=8).digest(), "big")
+
+
 def show_prepared_statements(ctx: ShowContext) -> ResultSet:
-    # Empty until the pool-level prepared statement cache lands (same columns as PgDoorman).
-    return ResultSet(PREPARED_STATEMENTS_COLUMNS, [])
+    rows: list[list[Cell]] = []
+    for v in ctx.snap.pools:
+        named_ids: set[int] = set()
+        unnamed_ids: set[int] = set()
+        for c in v.clients:
+            named, unnamed = client_statements(c)
+            named_ids.update(id(st) for st in named)
+            if unnamed is not None:
+                unnamed_ids.add(id(unnamed))
+        for st in pool_statements(v.pool):
+            kind = getattr(st, "kind", None)
+            if kind is None:
+                # How connected clients refer to it now ('' when none does).
+                n, a = id(st) in named_ids, id(st) in unnamed_ids
+                kind = "mixed" if n and a else "named" if n else "anonymous" if a else ""
+            rows.append([v.pool.name, statement_hash(st), st.name.decode("utf-8", "replace"),
+                         st.query.decode("utf-8", "replace"), st.uses, kind])
+    return ResultSet(PREPARED_STATEMENTS_COLUMNS, rows)
 
 
 _client_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -278,8 +307,7 @@ def show_servers(ctx: ShowContext) -> ResultSet:
             f"0x{s.id:08X}", str(s.pid), s.pool.database, s.pool.username, s.params.get("application_name", ""),
             "true" if getattr(s, "tls", False) else "false", st, wait,
             s.xact_count, s.query_count, s.bytes_out, s.bytes_in, max(0, int(now - s.created)),
-            getattr(s, "prepare_cache_hit", 0), getattr(s, "prepare_cache_miss", 0),
-            getattr(s, "prepare_cache_size", 0),
+            getattr(s, "ps_hits", 0), getattr(s, "ps_misses", 0), len(getattr(s, "prepared", ())),
         ])
     return ResultSet(SERVERS_COLUMNS, rows)
 

@@ -44,7 +44,11 @@ def copy_of(container: Iterable[T]) -> list[T]:
     return []
 
 
-def dict_copy(d: dict[str, int]) -> dict[str, int]:
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def dict_copy(d: dict[K, V]) -> dict[K, V]:
     for _ in range(100):
         try:
             return dict(d)
@@ -189,6 +193,54 @@ def take_snapshot(app: App) -> Snapshot:
     return Snapshot(now, time.time(), clients, servers, [views[id(p)] for p in pools])
 
 
+# ------------------------------------------------------------------------------------------ prepared statements
+@dataclass
+class PreparedView:
+    """Prepared statement caches of one pool: the pool's shared cache, the references its clients hold
+    (named, and the one unnamed statement each), and the live servers' hit/miss counters."""
+
+    pool_entries: int = 0
+    pool_bytes: int = 0
+    client_entries: int = 0
+    client_bytes: int = 0
+    client_named: int = 0
+    client_anonymous: int = 0
+    server_hits: int = 0
+    server_misses: int = 0
+    server_cached: int = 0
+
+
+def pool_statements(pool: Pool) -> list[Any]:
+    cache = getattr(pool, "ps_cache", None)
+    return list(cache.snapshot()) if cache is not None else []
+
+
+def client_statements(c: ClientConn) -> tuple[list[Any], Any]:
+    """(named statements, unnamed statement or None) a client holds."""
+    named = getattr(c, "named", None)
+    return (list(dict_copy(named).values()) if named else []), getattr(c, "unnamed", None)
+
+
+def prepared_view(v: PoolView) -> PreparedView:
+    pv = PreparedView()
+    for st in pool_statements(v.pool):
+        pv.pool_entries += 1
+        pv.pool_bytes += len(st.parse_msg)
+    for c in v.clients:
+        named, unnamed = client_statements(c)
+        pv.client_named += len(named)
+        pv.client_bytes += sum(len(st.parse_msg) for st in named)
+        if unnamed is not None:
+            pv.client_anonymous += 1
+            pv.client_bytes += len(unnamed.parse_msg)
+    pv.client_entries = pv.client_named + pv.client_anonymous
+    for s in v.servers:
+        pv.server_hits += getattr(s, "ps_hits", 0)
+        pv.server_misses += getattr(s, "ps_misses", 0)
+        pv.server_cached += len(getattr(s, "prepared", ()))
+    return pv
+
+
 # ------------------------------------------------------------------------------------------ counters
 @dataclass
 class Totals:
@@ -288,6 +340,11 @@ class StatsSampler:
         self.origin = time.monotonic() - max(0.0, time.time() - app.started)
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
+        # Servers' prepared statement hits/misses die with the server: accumulate their increases per
+        # pool so the *_total counters stay monotonic (a server closing between two samples loses at
+        # most one tick of increases).
+        self.ps_last: dict[int, tuple[int, int]] = {}
+        self.ps_totals: dict[PoolKey, list[int]] = {}
 
     def start(self) -> StatsSampler:
         self.thread = threading.Thread(target=self._run, name="stats-sampler", daemon=True)
@@ -313,9 +370,28 @@ class StatsSampler:
             n += 1
             self._stop.wait(self.tick)
 
+    def track_prepared(self, servers: list[ServerConn]) -> None:
+        with self.lock:
+            last = self.ps_last
+            seen: dict[int, tuple[int, int]] = {}
+            for s in servers:
+                hits, misses = getattr(s, "ps_hits", 0), getattr(s, "ps_misses", 0)
+                ph, pm = last.get(s.id, (0, 0))
+                tot = self.ps_totals.setdefault((s.pool.database, s.pool.username), [0, 0])
+                tot[0] += max(0, hits - ph)
+                tot[1] += max(0, misses - pm)
+                seen[s.id] = (hits, misses)
+            self.ps_last = seen
+
+    def prepared_totals(self, key: PoolKey) -> tuple[int, int]:
+        with self.lock:
+            h, m = self.ps_totals.get(key, (0, 0))
+            return h, m
+
     def sample(self) -> None:
         now = time.monotonic()
         totals = {(p.database, p.username): pool_totals(p) for p in copy_of(self.app.pool_list)}
+        self.track_prepared(live_servers(self.app))
         with self.lock:
             self.samples.append((now, totals))
             # Keep the newest sample that is at least `period` old: it is the base of the window.

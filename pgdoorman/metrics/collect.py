@@ -3,8 +3,7 @@
 Names, types and labels follow PgDoorman 3.10 (see docs/metrics.md) so its Grafana dashboard and alert
 rules work unchanged. Pool state comes from one admin/state snapshot per scrape, so the clients and
 servers counts agree with `SHOW POOLS` taken at the same moment; counters are the per-worker shards
-summed at read time. Families of features that do not exist yet (prepared statement caches) are
-emitted with zeros so dashboards find their series.
+summed at read time.
 """
 
 from __future__ import annotations
@@ -15,7 +14,14 @@ from typing import TYPE_CHECKING
 from pgdoorman import __version__
 from pgdoorman.admin import loglevel
 from pgdoorman.admin.show import connection_counts
-from pgdoorman.admin.state import Snapshot, get_sampler, pool_histograms, pool_totals, take_snapshot
+from pgdoorman.admin.state import (
+    Snapshot,
+    get_sampler,
+    pool_histograms,
+    pool_totals,
+    prepared_view,
+    take_snapshot,
+)
 from pgdoorman.metrics.exposition import Family, cumulative_at, render
 from pgdoorman.metrics.process import cached_socket_counts, memory_bytes
 from pgdoorman.stats import percentile
@@ -62,6 +68,7 @@ def histogram_buckets(counts: Sequence[int], bounds_s: Sequence[float]) -> list[
 def collect(app: App, snap: Snapshot | None = None) -> list[Family]:
     snap = snap or take_snapshot(app)
     sampler = get_sampler(app)
+    sampler.track_prepared(snap.servers)
     F = Family
     fams: list[Family] = []
 
@@ -157,11 +164,15 @@ def collect(app: App, snap: Snapshot | None = None) -> list[Family]:
           "Anonymous entries in all clients' prepared statement caches."),
         F("pg_doorman_clients_prepared_anonymous_evictions_total", "counter",
           "Evictions from the clients' anonymous prepared statement LRU."),
-        F("pg_doorman_servers_prepared_hits", "gauge", "Prepared statement cache hits of the pool's current servers."),
+        F("pg_doorman_servers_prepared_hits", "gauge",
+          "Parses skipped because the server already held the statement, summed over the pool's current "
+          "servers (drops when servers close; use the _total counter for rates)."),
         F("pg_doorman_servers_prepared_misses", "gauge",
-          "Prepared statement cache misses of the pool's current servers."),
-        F("pg_doorman_servers_prepared_hits_total", "counter", "Prepared statement cache hits per pool."),
-        F("pg_doorman_servers_prepared_misses_total", "counter", "Prepared statement cache misses per pool."),
+          "Parses sent to a server that did not hold the statement, summed over the pool's current servers."),
+        F("pg_doorman_servers_prepared_hits_total", "counter",
+          "Parses skipped because the server already held the statement, per pool, since start."),
+        F("pg_doorman_servers_prepared_misses_total", "counter",
+          "Parses sent to a server that did not hold the statement, per pool, since start."),
         F("pg_doorman_async_clients_count", "gauge", "Clients using Flush-based (async) pipelining."),
     ]
 
@@ -196,8 +207,16 @@ def collect(app: App, snap: Snapshot | None = None) -> list[Family]:
         avg_wait.add(sampler.averages_for(v.key, t).wait_time / 1000.0, ud)
         for bucket, n in errors_by_bucket(t.errors_by_class).items():
             errors.add(n, {**ud, "sqlstate": bucket})
-        for f in prepared:
-            f.add(0, ud)
+        pv = prepared_view(v)
+        hits_total, misses_total = sampler.prepared_totals(v.key)
+        for f, n in zip(prepared, (
+            pv.pool_entries, pv.pool_bytes, pv.client_entries, pv.client_bytes, pv.client_named,
+            pv.client_anonymous,
+            0,  # one unnamed statement per client, replaced, never evicted from an LRU
+            pv.server_hits, pv.server_misses, hits_total, misses_total,
+            0,  # Flush-based "async" clients are not tracked
+        ), strict=True):
+            f.add(n, ud)
 
     fams += [clients, servers, pool_size, paused, oldest, maxwait, bytes_total, bytes_gauge, q_total, q_count,
              x_total, x_count, q_time, x_time, q_hist, x_hist, w_hist, q_pct, x_pct, avg_wait, errors]

@@ -284,6 +284,39 @@ def test_show_config_users_databases_help(pooler_factory: Any) -> None:
         assert len(mem) == 2 and all(int(r["pool_prepared_count"]) == 0 for r in mem)
 
 
+def test_prepared_statement_views(pooler_factory: Any) -> None:
+    p = pooler_factory(pool_size=1)
+    # psycopg's default for a query with parameters: unnamed Parse/Bind/Execute/Sync in one batch.
+    c1 = client(p, prepare_threshold=None)
+    c2 = client(p, prepare_threshold=None)
+    # prepare_threshold=0: a named Parse on first use, then only Bind/Execute.
+    c3 = client(p, prepare_threshold=0)
+    try:
+        for i in range(3):
+            assert c1.execute("select %s::int + 1", (i,)).fetchone() == (i + 1,)
+            assert c2.execute("select %s::int + 1", (i,)).fetchone() == (i + 1,)
+            assert c3.execute("select %s::text", (str(i),)).fetchone() == (str(i),)
+        with admin(p) as a:
+            ps = {r["query"]: r for r in rows(a, "PREPARED_STATEMENTS") if r["pool"] == f"{SCRAM_USER}@{DBNAME}"}
+            assert set(ps) == {"select $1::int + 1", "select $1::text"}, ps
+            unnamed, named = ps["select $1::int + 1"], ps["select $1::text"]
+            assert unnamed["name"].startswith("DOORMAN_") and named["name"].startswith("DOORMAN_")
+            assert (int(unnamed["count_used"]), unnamed["kind"]) == (6, "anonymous")  # one Parse per execute
+            assert (int(named["count_used"]), named["kind"]) == (1, "named")  # prepared once, then bound
+            sv = [r for r in rows(a, "SERVERS") if r["user"] == SCRAM_USER]
+            assert len(sv) == 1  # pool_size 1: every client used the same server
+            # The unnamed statement went to PostgreSQL once and was skipped 5 times; the named one once.
+            assert (int(sv[0]["prepare_cache_miss"]), int(sv[0]["prepare_cache_hit"])) == (2, 5)
+            assert int(sv[0]["prepare_cache_size"]) == 2
+            mem = [r for r in rows(a, "POOLS_MEMORY") if r["user"] == SCRAM_USER][0]
+            assert int(mem["pool_prepared_count"]) == 2
+            assert (int(mem["client_named_count"]), int(mem["client_anonymous_count"])) == (1, 2)
+            assert int(mem["client_prepared_count"]) == 3 and int(mem["client_prepared_bytes"]) > 50
+    finally:
+        for c in (c1, c2, c3):
+            c.close()
+
+
 # ------------------------------------------------------------------------------------------ errors
 def test_bad_input_gets_errors_and_the_session_goes_on(pooler_factory: Any) -> None:
     p = pooler_factory()

@@ -178,6 +178,31 @@ def test_families_labels_and_errors(pooler_factory: Any) -> None:
     assert status == 200 and body == "" and int(headers["content-length"]) > 1000
 
 
+def test_prepared_statement_metrics(pooler_factory: Any) -> None:
+    p, port = metrics_pooler(pooler_factory, pool_size=1)
+    scram = {"user": SCRAM_USER, "database": DBNAME}
+    # Unnamed Parse/Bind/Execute/Sync batches (psycopg's default with parameters).
+    with client(p, prepare_threshold=None) as c1, client(p, prepare_threshold=None) as c2:
+        for c in (c1, c2, c1):
+            c.execute("select %s::text", ("x",))
+        s = scrape(port)
+        assert s.value("pg_doorman_pool_prepared_cache_entries", **scram) == 1
+        assert s.value("pg_doorman_clients_prepared_anonymous_entries", **scram) == 2
+        assert s.value("pg_doorman_clients_prepared_named_entries", **scram) == 0
+        assert s.value("pg_doorman_servers_prepared_misses_total", **scram) == 1
+        assert s.value("pg_doorman_servers_prepared_hits_total", **scram) == 2
+        assert s.value("pg_doorman_servers_prepared_hits", **scram) == 2
+        with admin(p) as a:
+            a.execute("RECONNECT")
+    # The server that counted them is gone; the counters keep what it counted.
+    with client(p, prepare_threshold=None) as c3:
+        c3.execute("select %s::text", ("y",))
+    s = scrape(port)
+    assert s.value("pg_doorman_servers_prepared_misses_total", **scram) == 2
+    assert s.value("pg_doorman_servers_prepared_hits_total", **scram) == 2
+    assert s.value("pg_doorman_servers_prepared_hits", **scram) == 0
+
+
 def test_log_level_and_pause_show_in_metrics(pooler_factory: Any) -> None:
     p, port = metrics_pooler(pooler_factory)
     with admin(p) as a:

@@ -104,8 +104,16 @@ def populate(app: App) -> dict[str, Any]:
     login.state = 1
     adm = client(app, 1, "app", "u2", 0)
     adm.admin = True
-    # Counters live in per-worker shards; readers sum them.
+    # Prepared statements: two in the pool cache; the active client names one and holds the other unnamed.
     p = app.pools[("app", "u1")]
+    st1 = p.ps_cache.get(b"select $1", b"\x00\x01\x00\x00\x00\x17", ())
+    st2 = p.ps_cache.get(b"select 2", b"\x00\x00", ())
+    p.ps_cache.get(b"select $1", b"\x00\x01\x00\x00\x00\x17", ())
+    active.named[b"mine"] = st1
+    active.unnamed = st2
+    s_active.ps_hits, s_active.ps_misses = 5, 2
+    s_active.prepared[st1.name] = None
+    # Counters live in per-worker shards; readers sum them.
     for wid, (x, q) in enumerate([(10, 30), (5, 12)]):
         st = p.stats[wid]
         st.xact_count, st.query_count = x, q
@@ -118,7 +126,7 @@ def populate(app: App) -> dict[str, Any]:
             st.query_hist.record(us)
             st.xact_hist.record(us * 2)
         st.wait_hist.record(50)
-    return {"waiting": waiting, "active": active, "idle": idle}
+    return {"waiting": waiting, "active": active, "idle": idle, "statements": (st1, st2)}
 
 
 def rows_by(rs: Any, *keys: str) -> dict[tuple[Any, ...], dict[str, Any]]:
@@ -191,6 +199,31 @@ def test_show_stats_and_extended(app: App) -> None:
     assert db[("other", "u1")]["host"] == "10.0.0.1" and db[("other", "u1")]["database"] == "real"
     assert db[("other", "u1")]["min_pool_size"] == 1 and db[("other", "u1")]["port"] == "6000"
     assert db[("other", "u1")]["current_connections"] == 0  # pool.total: nothing reserved by the workers here
+
+
+def test_prepared_statements_views(app: App) -> None:
+    st1, st2 = populate(app)["statements"]
+    ctx = ShowContext(app)
+    ps = rows_by(SHOW_BUILDERS["prepared_statements"](ctx), "name")
+    assert set(ps) == {(st1.name.decode(),), (st2.name.decode(),)}
+    r1 = ps[(st1.name.decode(),)]
+    assert (r1["pool"], r1["query"], r1["count_used"], r1["kind"]) == ("u1@app", "select $1", 2, "named")
+    assert ps[(st2.name.decode(),)]["kind"] == "anonymous" and 0 <= r1["hash"] < 2**64
+    mem = rows_by(SHOW_BUILDERS["pools_memory"](ctx), "database", "user")[("app", "u1")]
+    assert (mem["pool_prepared_count"], mem["client_prepared_count"]) == (2, 2)
+    assert (mem["client_named_count"], mem["client_anonymous_count"]) == (1, 1)
+    assert mem["pool_prepared_bytes"] == len(st1.parse_msg) + len(st2.parse_msg) == mem["client_prepared_bytes"]
+    sv = rows_by(SHOW_BUILDERS["servers"](ctx), "server_process_id")[("9001",)]
+    assert (sv["prepare_cache_hit"], sv["prepare_cache_miss"], sv["prepare_cache_size"]) == (5, 2, 1)
+    # The *_total counters survive the server: its increases were accumulated before it went away.
+    sampler = state.get_sampler(app)
+    sampler.track_prepared(state.live_servers(app))
+    s = next(x for x in app.workers[0].servers if x.pid == 9001)
+    s.ps_hits = 9
+    sampler.track_prepared(state.live_servers(app))
+    app.workers[0].servers.discard(s)
+    sampler.track_prepared(state.live_servers(app))
+    assert sampler.prepared_totals(("app", "u1")) == (9, 2)
 
 
 def test_show_config_hides_passwords(app: App) -> None:
@@ -276,7 +309,11 @@ def test_metrics_agree_with_show_pools(app: App) -> None:
     assert value("pg_doorman_build_info") == 1
     assert value("pg_doorman_users_configured", user="u2", database="app", pool_mode="session") == 1
     assert value("pg_doorman_pools_maxwait_microseconds", **u1) == pytest.approx(2_500_000, rel=0.2)
-    assert value("pg_doorman_pool_prepared_cache_entries", **u1) == 0
+    assert value("pg_doorman_pool_prepared_cache_entries", **u1) == 2
+    assert value("pg_doorman_clients_prepared_named_entries", **u1) == 1
+    assert value("pg_doorman_servers_prepared_hits", **u1) == 5
+    assert value("pg_doorman_servers_prepared_hits_total", **u1) == 5
+    assert value("pg_doorman_servers_prepared_misses_total", **u1) == 2
     assert value("pg_doorman_total_memory") > 1_000_000
     names = [f.name for f in collect(app)]
     assert len(names) == len(set(names))
