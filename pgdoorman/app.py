@@ -1,6 +1,10 @@
-"""The process owner: builds pools and workers from the config, binds listeners, runs the worker threads,
-and turns signals and admin commands into reload, pause and shutdown. Signal handlers only set flags
-and wake the main thread; the main thread does the work.
+"""The process owner: builds pools and workers from the config, binds listeners (or takes over those of
+the process it upgrades), runs the worker threads, and turns signals and admin commands into reload,
+binary upgrade and shutdown. Signal handlers only set flags and wake the main thread; the main thread does
+the work.
+
+Signals: SIGHUP reloads the config; SIGTERM shuts down gracefully; SIGUSR2 upgrades the binary (see
+upgrade.py); SIGINT shuts down when stdin is a terminal (Ctrl-C) and upgrades otherwise, as PgDoorman does.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from pgdoorman import __version__
+from pgdoorman import __version__, systemd, upgrade
 from pgdoorman.cancel import CancelRegistry
 from pgdoorman.config import Config, ConfigError, load_config
 from pgdoorman.net.sockopts import TcpOptions, tcp_listener, unix_listener
@@ -24,6 +28,8 @@ from pgdoorman.worker import Worker
 
 if TYPE_CHECKING:
     from pgdoorman.client import ClientConn
+    from pgdoorman.daemon import Daemon
+    from pgdoorman.metrics import MetricsServer
 
 log = logging.getLogger("pgdoorman")
 
@@ -57,6 +63,11 @@ class App:
         self._wake = threading.Event()
         self._reload_requested = False
         self._shutdown_requested = False
+        self._upgrade_requested = False
+        self._reload_lock = threading.Lock()
+        self.sigint_shutdown = upgrade.sigint_means_shutdown()
+        self.handoff: upgrade.Handoff | None = None  # set once a new process took over our listeners
+        self.metrics: MetricsServer | None = None
         self.shutdown_deadline = 0.0
         self.unix_path: str | None = None
         self.tcp_options = self._tcp_options()
@@ -117,7 +128,16 @@ class App:
             s.close("pool reconfigured")
 
     def reload(self) -> tuple[bool, str]:
-        """Re-read the config file; keep the old one if the new one is invalid."""
+        """Re-read the config file; keep the old one if the new one is invalid. Called from the main thread
+        (SIGHUP) and from admin sessions (RELOAD): one at a time."""
+        with self._reload_lock:
+            systemd.reloading()
+            try:
+                return self._reload()
+            finally:
+                systemd.ready()
+
+    def _reload(self) -> tuple[bool, str]:
         path = self.config.path
         try:
             new = load_config(path)
@@ -168,19 +188,70 @@ class App:
         return {cpus[wid % len(cpus)]}
 
     # ------------------------------------------------------------------ running
-    def bind(self) -> None:
+    def bind(self, inherited: upgrade.Inherited | None = None) -> None:
+        """Listen: one SO_REUSEPORT socket per worker, plus the Unix socket if configured. A new process of
+        a binary upgrade keeps using the sockets of the old one (same accept queues: nothing is refused or
+        lost while both run); it binds fresh ones only for what it did not inherit (more workers, another
+        address)."""
         g = self.config.general
         backlog = g.backlog or min(g.max_connections, 4096)
-        for w in self.workers:
-            w.add_listener(tcp_listener(g.host, g.port, backlog, reuse_port=True))
+        tcp, unix = self._inherited_listeners(inherited)
+        n = len(self.workers)
+        for i, w in enumerate(self.workers):
+            w.add_listener(tcp[i] if i < len(tcp) else tcp_listener(g.host, g.port, backlog, reuse_port=True))
+        for i, extra in enumerate(tcp[n:]):
+            self.workers[i % n].add_listener(extra)
         if g.unix_socket_dir:
-            mode = int(str(g.unix_socket_mode), 8) if isinstance(g.unix_socket_mode, str) else g.unix_socket_mode
-            sock, path = unix_listener(g.unix_socket_dir, g.port, mode, backlog)
+            path = os.path.join(g.unix_socket_dir, f".s.PGSQL.{g.port}")
+            if unix is not None:
+                sock = unix
+            else:
+                mode = int(str(g.unix_socket_mode), 8) if isinstance(g.unix_socket_mode, str) else g.unix_socket_mode
+                sock, path = unix_listener(g.unix_socket_dir, g.port, mode, backlog)
             self.unix_path = path
             self.workers[0].add_listener(sock, is_unix=True)
+        elif unix is not None:
+            unix.close()
         log.info("pgdoorman %s listening on %s:%d with %d worker(s)%s%s", __version__, g.host, g.port,
                  self.nworkers, f", unix socket {self.unix_path}" if self.unix_path else "",
                  "" if gil_enabled() else " (free-threaded)")
+
+    def _inherited_listeners(
+        self, inherited: upgrade.Inherited | None
+    ) -> tuple[list[socket.socket], socket.socket | None]:
+        if inherited is None or not inherited.listeners:
+            return [], None
+        g = self.config.general
+        want: set[tuple[Any, ...]] = set()
+        try:
+            for info in socket.getaddrinfo(g.host or None, g.port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                           socket.AI_PASSIVE):
+                want.add(tuple(info[4][:2]))
+        except OSError:
+            pass
+        unix_path = os.path.join(g.unix_socket_dir, f".s.PGSQL.{g.port}") if g.unix_socket_dir else None
+        tcp: list[socket.socket] = []
+        unix: socket.socket | None = None
+        for kind, fd in inherited.listeners:
+            sock = socket.socket(fileno=fd)
+            sock.setblocking(False)
+            try:
+                name = sock.getsockname()
+            except OSError:
+                sock.close()
+                continue
+            if kind == "tcp" and tuple(name[:2]) in want:
+                tcp.append(sock)
+            elif kind == "unix" and unix is None and name == unix_path:
+                unix = sock
+            else:
+                # The address changed in the config: the old process's sockets are not ours to serve.
+                log.info("not reusing the old process's listener %s: the configuration moved to another address",
+                         name)
+                sock.close()
+        if tcp:
+            log.info("took over %d listening socket(s) from the old process", len(tcp) + (unix is not None))
+        return tcp, unix
 
     def start_workers(self) -> None:
         for w in self.workers:
@@ -194,11 +265,14 @@ class App:
     def install_signals(self) -> None:
         signal.signal(signal.SIGHUP, lambda *_: self._request("reload"))
         signal.signal(signal.SIGTERM, lambda *_: self._request("shutdown"))
-        signal.signal(signal.SIGINT, lambda *_: self._request("shutdown"))
+        signal.signal(signal.SIGUSR2, lambda *_: self._request("upgrade"))
+        signal.signal(signal.SIGINT, lambda *_: self._request("shutdown" if self.sigint_shutdown else "upgrade"))
 
     def _request(self, what: str) -> None:
         if what == "reload":
             self._reload_requested = True
+        elif what == "upgrade":
+            self._upgrade_requested = True
         else:
             self._shutdown_requested = True
         self._wake.set()
@@ -206,20 +280,88 @@ class App:
     def request_shutdown(self) -> None:
         self._request("shutdown")
 
+    def request_upgrade(self) -> bool:
+        """Start a binary upgrade (the console's UPGRADE). False if this process already handed over to a
+        new one. The work happens on the main thread; the outcome is in the log."""
+        if self.handoff is not None or self._shutdown_requested:
+            return False
+        self._request("upgrade")
+        return True
+
+    def shutdown_pending(self) -> bool:
+        return self._shutdown_requested
+
+    def wait_wakeup(self, timeout: float) -> None:
+        self._wake.wait(timeout)
+        self._wake.clear()
+
     def run(self) -> int:
-        """Main thread: wait for signals and drive reload/shutdown."""
+        """Main thread: wait for signals and drive reload, upgrade and shutdown."""
         while True:
-            self._wake.wait(0.5)
-            self._wake.clear()
+            self.wait_wakeup(0.5)
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload()
             if self._shutdown_requested:
                 return self._graceful_shutdown()
+            if self._upgrade_requested:
+                self._upgrade_requested = False
+                code = self._upgrade()
+                if code is not None:
+                    return code
+
+    def _upgrade(self) -> int | None:
+        """Binary upgrade; the exit code once clients are handed over, None if we keep serving."""
+        if self.handoff is not None:
+            log.warning("binary upgrade already in progress: request ignored")
+            return None
+        handoff = upgrade.start_upgrade(self)
+        if handoff is None:
+            return None
+        self.handoff = handoff
+        if self.metrics is not None:
+            # The new process binds the metrics port as soon as we let go of it.
+            self.metrics.stop()
+            self.metrics = None
+        code = handoff.drain()
+        if code is None:
+            self.handoff = None
+            self._upgrade_requested = False
+            self.start_metrics(retry=True)
+        return code
+
+    def start_metrics(self, retry: bool = False) -> None:
+        """The /metrics listener if `web.enabled`. With `retry` (a new process of a binary upgrade, whose
+        predecessor still holds the port for a moment), keep trying in the background."""
+        if not self.config.web.enabled:
+            return
+        from pgdoorman.metrics import start_metrics_server
+
+        try:
+            self.metrics = start_metrics_server(self)
+            return
+        except OSError as e:
+            if not retry:
+                raise
+            log.info("metrics port busy (%s): retrying while the old process lets go of it", e)
+
+        def again() -> None:
+            deadline = time.monotonic() + max(30.0, self.config.general.shutdown_timeout / 1000.0 + 10)
+            while time.monotonic() < deadline and not self.shutting_down:
+                time.sleep(0.1)
+                try:
+                    self.metrics = start_metrics_server(self)
+                    return
+                except OSError:
+                    continue
+            log.error("could not bind the metrics listener %s:%s", self.config.web.host, self.config.web.port)
+
+        threading.Thread(target=again, name="metrics-bind", daemon=True).start()
 
     def _graceful_shutdown(self) -> int:
         timeout = self.config.general.shutdown_timeout / 1000.0
         log.info("shutting down: no new connections; waiting up to %.1fs for transactions to finish", timeout)
+        systemd.stopping()
         self.shutting_down = True
         for w in self.workers:
             w.loop.call_soon_threadsafe(w.stop_accepting)
@@ -238,12 +380,25 @@ class App:
         remaining = sum(len(w.clients) for w in self.workers)
         if remaining:
             log.warning("shutdown_timeout reached: closing %d client(s) still in a transaction", remaining)
+        return self.stop_workers("pooler is shut down now", unlink_unix=False)
+
+    def stop_workers(self, reason: str, unlink_unix: bool = True) -> int:
+        """Close every client (58006 to those logged in) and server, stop the loops; the exit code."""
+        self.shutting_down = True
+        if unlink_unix and self.unix_path and self.handoff is None:
+            try:
+                os.unlink(self.unix_path)
+            except OSError:
+                pass
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         done = threading.Event()
         left = [len(self.workers)]
         lk = threading.Lock()
 
         def close_and_stop(w: Worker) -> None:
-            w.close_all("pooler is shut down now")
+            w.close_all(reason)
             w.loop.stop()
             with lk:
                 left[0] -= 1
@@ -257,16 +412,34 @@ class App:
         return 0
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, daemon: Daemon | None = None, inherited: upgrade.Inherited | None = None) -> int:
     app = App(config)
+    if inherited is not None and inherited.cancel_pid_base is not None:
+        app.cancels.next_pid = inherited.cancel_pid_base
     try:
-        app.bind()
+        app.bind(inherited)
     except OSError as e:
         g = config.general
         log.error("cannot listen on %s:%s: %s", g.host, g.port, e)
+        if daemon is not None:
+            daemon.failed(f"cannot listen on {g.host}:{g.port}: {e}")
         return 1
     app.install_signals()
     app.start_workers()
+    try:
+        app.start_metrics(retry=inherited is not None and inherited.is_upgrade)
+    except OSError as e:
+        log.error("cannot listen for metrics on %s:%s: %s", config.web.host, config.web.port, e)
+        if daemon is not None:
+            daemon.failed(f"cannot listen for metrics on {config.web.host}:{config.web.port}: {e}")
+        app.stop_workers("startup failed")
+        return 1
+    if inherited is not None and inherited.is_upgrade:
+        upgrade.child_ready(app, inherited)  # the old process tells systemd our pid
+    else:
+        systemd.ready(f"serving on {config.general.host}:{config.general.port}")
+    if daemon is not None:
+        daemon.ready()
     return app.run()
 
 

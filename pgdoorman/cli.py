@@ -1,6 +1,7 @@
-"""Command line: `pg_doorman [CONFIG]` runs the pooler, `-t` tests a config, `generate` writes one.
+"""Command line: `pg_doorman [CONFIG]` runs the pooler (`-d` as a daemon), `-t` tests a config, `generate`
+writes one.
 
-Options and environment variables follow PgDoorman (CONFIG_FILE, LOG_LEVEL, LOG_FORMAT).
+Options and environment variables follow PgDoorman (CONFIG_FILE, LOG_LEVEL, LOG_FORMAT, DAEMON).
 """
 
 from __future__ import annotations
@@ -27,10 +28,25 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["text", "structured", "debug"],
                    help="text, or structured (one JSON object per line); env LOG_FORMAT")
     p.add_argument("-n", "--no-color", action="store_true", help="accepted for compatibility (no colours are used)")
+    p.add_argument("-d", "--daemon", action="store_true",
+                   default=os.environ.get("DAEMON", "").lower() in ("1", "true", "yes", "on"),
+                   help="run in the background (pid file: general.daemon_pid_file); env DAEMON")
     return p
 
 
+def _is_file(fd: int) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pgdoorman import upgrade
+
+    upgrade.remember_start_dir()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "generate":
         from pgdoorman.generate import main as generate_main
@@ -43,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
     fmt = "text" if args.log_format == "debug" else args.log_format
     try:
-        config = load_config(args.config)
+        # Absolute: a daemon runs from "/" and RELOAD must still find the file.
+        config = load_config(os.path.abspath(args.config))
     except ConfigError as e:
         print(f"pg_doorman: configuration is invalid:\n{e}", file=sys.stderr)
         return 1
@@ -53,6 +70,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the configuration file {args.config} syntax is ok")
         print(f"configuration file {args.config} test is successful")
         return 0
+    inherited = upgrade.take_inherited()
+    daemon = None
+    if args.daemon:
+        from pgdoorman.daemon import DaemonError, daemonize
+
+        if os.environ.get("NOTIFY_SOCKET"):
+            print("pg_doorman: warning: -d under systemd (NOTIFY_SOCKET is set): use Type=notify without -d",
+                  file=sys.stderr)
+        if not config.general.syslog_prog_name and not _is_file(2):
+            print("pg_doorman: note: as a daemon, the log goes to /dev/null unless stderr is a file or "
+                  "general.syslog_prog_name is set", file=sys.stderr)
+        try:
+            # An upgrade's new process takes over from the running one: its pid file is expected.
+            daemon = daemonize(config.general.daemon_pid_file, check_running=not inherited.is_upgrade)
+        except (DaemonError, OSError) as e:
+            print(f"pg_doorman: {e}", file=sys.stderr)
+            return 1
     logs.setup(args.log_level, fmt, config.general.syslog_prog_name)
     import faulthandler
     import signal
@@ -65,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("pgdoorman.config").warning("%s", w)
     from pgdoorman.app import serve
 
-    return serve(config)
+    try:
+        return serve(config, daemon=daemon, inherited=inherited)
+    finally:
+        if daemon is not None:
+            daemon.cleanup()
 
 
 if __name__ == "__main__":

@@ -298,11 +298,23 @@ class ClientConn(Conn):
             prepared.move_to_end(st.name)
             return b""
         s.remember(st.name)
-        self.rq.append((ps.INJECT, st))
+        self._track().append((ps.INJECT, st))
         return st.parse_msg
 
     def _on_message_ps(self, t: int, body: memoryview) -> bytes | None:
-        rq = self.rq
+        if t == 81:  # small simple query
+            if body[0] | 32 == 100 or body[0] in b" \t\r\n":  # starts with d/D or blank: maybe DEALLOCATE
+                mt = _DEALLOCATE.match(bytes(body[:-1]))
+                if mt is not None:
+                    return self._deallocate(mt.group(1))
+            self._on_header_ps(t, 0)
+            return None
+        if t == 72:  # Flush
+            return None
+        if t == 88:  # Terminate
+            self.terminating = True
+            return b""
+        rq = self._track()
         if t == 66:  # Bind: portal, statement, ...
             self.unsynced = True
             self._mark_query()
@@ -379,26 +391,29 @@ class ClientConn(Conn):
             # for a name that does not exist, so do we.
             rq.append((ps.SYNTH, m.CLOSE_COMPLETE))
             return b""
-        if t == 72:  # Flush
-            return None
-        if t == 81:  # small simple query
-            mt = _DEALLOCATE.match(bytes(body[:-1]))
-            if mt is not None:
-                return self._deallocate(mt.group(1))
-            self._on_header_ps(t, 0)
-            return None
-        # Terminate
-        self.terminating = True
-        return b""
+        return None
 
     def _on_header_ps(self, t: int, ln: int) -> None:
+        # Simple queries and function calls end at ReadyForQuery: while nothing else is in flight they
+        # need no entry (the server relays with the plain handler); `_track` adds placeholders for them
+        # when an extended-protocol entry joins.
         if t == 81:
-            self.expect += 1
             self._mark_query()
-            self.rq.append((ps.QUERY, None))
-        elif t == 70:
+        if t == 81 or t == 70:
             self.expect += 1
-            self.rq.append((ps.FUNC, None))
+            if self.rq:
+                self.rq.append((ps.QUERY if t == 81 else ps.FUNC, None))
+
+    def _track(self) -> deque[tuple[int, Any]]:
+        """The response queue, switched on: the server relay walks it from now on."""
+        rq = self.rq
+        if not rq:
+            for _ in range(max(0, self.expect)):
+                rq.append((ps.QUERY, None))
+            s = self.server
+            if s is not None:
+                s.set_ps_mode(True)
+        return rq
 
     def _mark_query(self) -> None:
         if self.query_start == 0.0:
@@ -424,7 +439,7 @@ class ClientConn(Conn):
             tag = "DEALLOCATE"
         s = self.server
         status = s.txn_status if s is not None else 73
-        self.rq.append((ps.SYNTH, m.command_complete(tag) + m.ready_for_query(bytes([status]))))
+        self._track().append((ps.SYNTH, m.command_complete(tag) + m.ready_for_query(bytes([status]))))
         return b""
 
     def forget_statements(self) -> None:
@@ -510,7 +525,7 @@ class ClientConn(Conn):
         self.server = s
         s.client = self
         s.state = 3  # ACTIVE
-        s.set_ps_mode(self.ps)
+        s.set_ps_mode(False)  # switched on by _track() when extended-protocol entries are in flight
         if s.synced_key != self.want_key:
             queries = s.sync_queries(self.want)
             if queries:

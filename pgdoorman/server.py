@@ -154,6 +154,9 @@ class ServerConn(Conn):
             self.close("connect timeout")
 
     def on_event(self, mask: int) -> None:
+        if mask == 1 and self.state == ACTIVE:
+            self.on_readable()
+            return
         if self.state == CONNECTING and mask & 2:
             err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
@@ -411,8 +414,11 @@ class ServerConn(Conn):
             suffix = bytearray()
             while rq and rq[0][0] == ps.SYNTH:
                 suffix += rq.popleft()[1]
-        if t == 90 and rq:
-            self.release_pending = False  # more was pipelined after this Sync
+        if t == 90:
+            if rq:
+                self.release_pending = False  # more was pipelined after this Sync
+            else:
+                self.set_ps_mode(False)
         if prefix is None and suffix is None and not rewritten:
             return b"" if swallow else None
         out = prefix if prefix is not None else bytearray()

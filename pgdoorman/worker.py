@@ -176,6 +176,9 @@ class Worker:
                 # The server is still working for a client that is gone: it cannot be handed over.
                 s.close("client left with a request in flight")
                 return
+        if not client_gone and s.txn_status == 73 and not s.dirty and not s.evicted:
+            self._return_to_pool(s)  # the common case: nothing to clean
+            return
         queries = s.cleanup_queries(s.txn_status != 73)
         if queries:
             s.run_internal(queries, lambda ok: self._cleaned(s, ok))

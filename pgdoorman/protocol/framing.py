@@ -148,6 +148,7 @@ class Scanner:
                 pos += rem
 
         table = self.table
+        max_len = self.max_len
         end = n
         while pos < n:
             if n - pos < 5:
@@ -157,7 +158,7 @@ class Scanner:
             t = data[pos]
             (ln,) = _unpack(data, pos + 1)
             mode = table[t]
-            if mode or ln < 4 or ln > self.max_len:
+            if mode > 2 or ln < 4 or ln > max_len:
                 mode = self._check(t, ln)
             nxt = pos + 1 + ln
             if mode == FULL:
