@@ -95,14 +95,27 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(readlink -f "$VENV/bin/python")" != "$(re
             || { tail -n 40 "$pip_log" >&2; return 1; }
     }
     pip_install --upgrade pip
-    # psycopg without [binary]: the pure-Python build over Debian's libpq5 has no GIL-bound extension.
+    # Required for the concurrency run. psycopg without [binary]: the pure-Python build over
+    # Debian's libpq5 brings no extension module that could re-enable the GIL.
     pip_install pytest pytest-timeout PyYAML psycopg
     pip_install --no-deps -e "$ROOT"
-    if pip_install asyncpg 2>/dev/null; then
-        log "asyncpg installed"
-    else
-        log "asyncpg did not install for 3.13t; tests needing it must skip under .venv-ft"
-    fi
+    # Best effort: the rest of the [test] extra, since pytest imports every module it collects under
+    # tests/integration even when only `-m concurrency` tests run. Linters and stubs are not needed.
+    "$VENV/bin/python" - "$ROOT/pyproject.toml" <<'PY' >"$VENV/.test-extras"
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    extras = tomllib.load(f)["project"]["optional-dependencies"].get("test", [])
+skip = ("pytest", "psycopg[", "ruff", "mypy", "types-")
+print("\n".join(r for r in extras if not r.replace(" ", "").startswith(skip)))
+PY
+    while read -r req; do
+        [ -n "$req" ] || continue
+        if pip_install "$req" 2>/dev/null; then
+            log "installed $req"
+        else
+            log "$req did not install for 3.13t; tests importing it cannot be collected under .venv-ft"
+        fi
+    done <"$VENV/.test-extras"
     rm -f "$pip_log"
     touch "$stamp"
 fi

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -292,15 +293,37 @@ def test_pooler_factory_runs_the_pooler(
 # ------------------------------------------------------------------- concurrency (also run under 3.13t)
 
 
+# Imports every pgdoorman module (except __main__, which would run the pooler) in a fresh interpreter
+# and prints whether the GIL is on: what the pooler subprocess itself runs with.
+POOLER_GIL_PROBE = """
+import importlib, pkgutil, sys
+import pgdoorman
+for mod in pkgutil.walk_packages(pgdoorman.__path__, "pgdoorman."):
+    if not mod.name.endswith("__main__"):
+        try:
+            importlib.import_module(mod.name)
+        except ModuleNotFoundError as e:  # optional runtime extras (PyJWT, python-pam) may be absent
+            if e.name and e.name.startswith("pgdoorman"):
+                raise
+print(sys._is_gil_enabled())
+"""
+
+
 @pytest.mark.concurrency
 def test_free_threaded_interpreter_when_expected() -> None:
     if not os.environ.get("PGDOORMAN_EXPECT_FREE_THREADING"):
         pytest.skip("checked only in the free-threaded run (make test sets PGDOORMAN_EXPECT_FREE_THREADING=1)")
     assert sysconfig.get_config_var("Py_GIL_DISABLED") == 1
-    import yaml  # noqa: F401  (an extension without free-threading support would re-enable the GIL)
-
-    # sys._is_gil_enabled exists from 3.13 on.
-    assert not sys._is_gil_enabled()  # type: ignore[attr-defined, unused-ignore]
+    # An extension module that does not declare free-threading support re-enables the GIL when
+    # imported (with a RuntimeWarning naming it): first in this pytest process...
+    assert not sys._is_gil_enabled(), "an imported extension re-enabled the GIL in the test process"  # type: ignore[attr-defined, unused-ignore]
+    # ...then in the pooler's own process, which must stay free-threaded.
+    out = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-c", POOLER_GIL_PROBE],
+        capture_output=True, text=True, timeout=60, cwd=str(Path(__file__).resolve().parents[2]),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.concurrency
