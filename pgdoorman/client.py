@@ -45,6 +45,9 @@ for _c in b"Hd":
 for _c in b"QSFcfBCDEP":
     _t[_c] = NOTIFY
 _t[ord("X")] = FULL
+CLIENT_SESSION_TABLE = bytes(_t)
+# Transaction mode reads small simple queries to refuse LISTEN (see _refuse_listen).
+_t[ord("Q")] = SMALL
 CLIENT_TABLE = bytes(_t)
 # With transparent prepared statements every extended-protocol message is read (and maybe rewritten);
 # a simple query is read when small enough to be a DEALLOCATE.
@@ -53,6 +56,15 @@ for _c in b"PBDCESHX":
 _t[ord("Q")] = SMALL
 CLIENT_PS_TABLE = bytes(_t)
 del _t, _c
+_LISTEN = re.compile(rb"^\s*listen\b", re.I)
+# LISTEN cannot work in transaction mode (notifications arrive on whichever server the client had): the
+# statement is replaced by one that makes PostgreSQL itself raise 0A000, so the error, the aborted
+# transaction and ReadyForQuery's status are exactly what the client would get from a refusal there.
+LISTEN_REFUSAL = (
+    b"DO $pgdoorman$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', "
+    b"MESSAGE = 'LISTEN is not supported in transaction pooling mode', "
+    b"HINT = 'Use a pool with pool_mode = session for LISTEN/NOTIFY.'; END $pgdoorman$"
+)
 _DEALLOCATE = re.compile(rb"^\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)\s*;?\s*$", re.I)
 
 # Startup parameters that are not settings to replay on a server.
@@ -219,9 +231,19 @@ class ClientConn(Conn):
                     self.xact_start = self.query_start
 
     def _on_message(self, t: int, body: memoryview) -> bytes | None:
-        # Only Terminate is FULL: never forward it (the server stays with the pool).
+        if t == 81:  # a small simple query (transaction mode)
+            self._on_header(t, 0)
+            return self._refuse_listen(body)
+        # Terminate: never forwarded (the server stays with the pool).
         self.terminating = True
         return b""
+
+    @staticmethod
+    def _refuse_listen(body: memoryview) -> bytes | None:
+        b0 = body[0] | 32
+        if (b0 == 108 or body[0] in b" \t\r\n") and _LISTEN.match(body):
+            return m.query(LISTEN_REFUSAL.decode())
+        return None
 
     # ------------------------------------------------------------------ prepared-statement mode
     def _after_ps_scan(self, out: Any, n: int) -> None:
@@ -308,7 +330,7 @@ class ClientConn(Conn):
                 if mt is not None:
                     return self._deallocate(mt.group(1))
             self._on_header_ps(t, 0)
-            return None
+            return self._refuse_listen(body)
         if t == 72:  # Flush
             return None
         if t == 88:  # Terminate
@@ -347,7 +369,10 @@ class ClientConn(Conn):
             name = b[:j]
             pool = self.pool
             assert pool is not None
-            st = pool.ps_cache.get(b[j + 1 : k], b[k + 1 :], self.planner_sig)
+            text = b[j + 1 : k]
+            if _LISTEN.match(text):
+                text = LISTEN_REFUSAL
+            st = pool.ps_cache.get(text, b[k + 1 :], self.planner_sig)
             if name:
                 self.named[name] = st
             else:
@@ -774,6 +799,8 @@ class ClientConn(Conn):
         self.want = want
         self.want_key = tuple(want.items())
         self.ps = self.transaction_mode and self.app.config.general.prepared_statements
+        if not self.transaction_mode:
+            self.scanner.table = CLIENT_SESSION_TABLE
         if self.ps:
             self.scanner = Scanner(CLIENT_PS_TABLE, on_header=self._on_header_ps, on_message=self._on_message_ps)
             low = {k.lower(): v for k, v in self.startup.items()}

@@ -235,7 +235,7 @@ def test_transaction_mode_shares_servers_and_resets_session_state(pooler_factory
         a.execute("set statement_timeout = 1234")
         a.execute("prepare sp as select 1")
         a.execute("declare cur cursor with hold for select 1")
-        a.execute("listen somechan")
+        a.execute("select 1; listen somechan")  # only a statement-leading LISTEN is refused
         assert b.execute("show statement_timeout").fetchone() == ("0",)
         assert b.execute("select count(*) from pg_prepared_statements").fetchone() == (0,)
         assert b.execute("select count(*) from pg_cursors").fetchone() == (0,)
@@ -535,3 +535,22 @@ def test_200_clients_over_pool_of_5(pooler_factory: Any, workers: int) -> None:
 
     asyncio.run(main())
     assert errors_seen == []
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+def test_listen_refused_in_transaction_mode(pooler_factory: Any, prepared: bool) -> None:
+    p = pooler_factory(general={"prepared_statements": prepared})
+    with connect(p) as c:
+        for sql in ("listen chan", "  LISTEN chan"):
+            with pytest.raises(errors.FeatureNotSupported) as ei:
+                c.execute(sql)
+            assert "LISTEN is not supported in transaction pooling mode" in str(ei.value)
+        c.execute("begin")
+        with pytest.raises(errors.FeatureNotSupported):
+            c.execute("listen chan")
+        assert c.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        c.execute("rollback")
+        assert c.execute("select 'still fine'").fetchone() == ("still fine",)
+    with WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD) as w:
+        msgs = w.query("listen chan")
+        assert [t for t, _ in msgs] == ["E", "Z"] and parse_fields(msgs[0][1])["C"] == "0A000"
