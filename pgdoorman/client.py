@@ -823,8 +823,8 @@ class ClientConn(Conn):
 
     def _start_admin(self) -> None:
         self.login_timer.cancel()
-        self.state = ADMIN
         self.admin = self.app.make_admin(self)
+        self.state = ADMIN
 
     # ------------------------------------------------------------------ teardown
     def on_backlog(self) -> None:

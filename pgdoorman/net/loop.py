@@ -120,7 +120,15 @@ class Loop:
                 try:
                     key.data.on_event(mask)
                 except Exception:
-                    log.exception("unhandled error in %s handler %r", self.name, key.data)
+                    # A bug must cost one connection, not the worker: close it, or its fd (level-triggered)
+                    # would fire again at once and spin the loop.
+                    log.exception("unhandled error in %s handler %r; closing it", self.name, key.data)
+                    close = getattr(key.data, "close", None)
+                    if close is not None:
+                        try:
+                            close("internal error")
+                        except Exception:
+                            log.exception("closing %r failed", key.data)
             while calls:
                 fn, args = calls.popleft()
                 try:
