@@ -20,6 +20,11 @@ def bucket_of(us: int) -> int:
     return b if b < BUCKETS else BUCKETS - 1
 
 
+def bucket_bounds_us(b: int) -> tuple[float, float]:
+    """[lower, upper) of bucket b in microseconds (bucket 0 also holds 0)."""
+    return (0.0 if b == 0 else bucket_upper_us(b - 1)), bucket_upper_us(b)
+
+
 def bucket_upper_us(b: int) -> float:
     """Upper bound of bucket b in microseconds (exclusive)."""
     if b < 8:

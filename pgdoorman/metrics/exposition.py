@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from pgdoorman.stats import bucket_bounds_us
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TYPES = ("counter", "gauge", "histogram", "untyped")
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -130,10 +132,8 @@ def render(families: Iterable[Family]) -> str:
 
 # ------------------------------------------------------------------------------------------ histograms
 def log_bucket_bounds_us(b: int) -> tuple[float, float]:
-    """[lower, upper) of bucket b of pgdoorman.stats.Histogram, in microseconds (4 buckets per doubling;
-    bucket 0 also holds 0 and 1)."""
-    lower = 0.0 if b == 0 else 2.0 ** (b / 4)
-    return lower, 2.0 ** ((b + 1) / 4)
+    """[lower, upper) of bucket b of pgdoorman.stats.Histogram, in microseconds (4 buckets per doubling)."""
+    return bucket_bounds_us(b)
 
 
 def cumulative_at(counts: Sequence[int], bounds_us: Sequence[float]) -> list[int]:
