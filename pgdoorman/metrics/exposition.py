@@ -137,33 +137,30 @@ def log_bucket_bounds_us(b: int) -> tuple[float, float]:
 
 
 def cumulative_at(counts: Sequence[int], bounds_us: Sequence[float]) -> list[int]:
-    """Cumulative sample counts at each upper bound (µs), read from log-spaced buckets.
+    """Cumulative sample counts at each upper bound (µs), read from the pooler's histogram buckets.
 
-    Buckets entirely below a bound count fully; the one bucket a bound falls into counts in proportion to
-    where the bound sits in it (geometrically, as the buckets are log-spaced). So each value is exact up
-    to the ~19% width of one internal bucket, never decreases as samples arrive, and never decreases as
-    the bound grows.
+    Samples are whole microseconds; a bucket [lo, hi) holds the integers lo..hi-1, four buckets per
+    doubling, each splitting its power of two linearly. Buckets entirely at or below a bound count
+    fully; the one bucket a bound falls into counts the share of its integers that are <= the bound, as
+    if its samples were spread evenly. So each value is exact up to the samples of one internal bucket
+    (at most 25% of the value wide), never decreases as samples arrive, and never decreases as the bound
+    grows.
     """
     out: list[int] = []
     nb = len(counts)
     for bound in bounds_us:
         acc = 0.0
+        top = math.floor(bound)  # the largest whole microsecond <= bound
         for b in range(nb):
             c = counts[b]
+            if not c:
+                continue
             lo, hi = log_bucket_bounds_us(b)
             if b == nb - 1:
                 hi = math.inf  # the last bucket also collects everything larger
-            if hi <= bound:
+            if hi - 1 <= top:
                 acc += c
-                continue
-            if lo < bound and c:
-                if lo <= 0.0:
-                    frac = bound / hi
-                elif math.isinf(hi):
-                    frac = 0.0
-                else:
-                    frac = math.log(bound / lo) / math.log(hi / lo)
-                acc += c * frac
-            break
+            elif lo <= top:
+                acc += c * min(1.0, (top - lo + 1) / (hi - lo)) if not math.isinf(hi) else 0.0
         out.append(int(acc + 1e-9))
     return out

@@ -191,10 +191,11 @@ def test_show_stats_and_extended(app: App) -> None:
     assert u1["avg_wait_time"] == 60_000 // 15
     ext = rows_by(SHOW_BUILDERS["pools_extended"](ctx), "database", "user")[("app", "u1")]
     assert (ext["bytes_recieved"], ext["bytes_sent"]) == (3000, 15000)
-    # p50 of {200, 3000, 40000} x2 is the 3000 us bucket; p99 the 40000 us one (bucket upper bounds).
-    assert 3000 <= ext["query_0.5"] < 3000 * 1.19 + 1
-    assert 40_000 <= ext["query_0.99"] < 40_000 * 1.19 + 1
-    assert 80_000 <= ext["transaction_0.99"] < 80_000 * 1.19 + 1
+    # p50 of {200, 3000, 40000} x2 is the 3000 us bucket; p99 the 40000 us one (bucket upper bounds, at
+    # most 25% above the value).
+    assert 3000 < ext["query_0.5"] <= 3000 * 1.25
+    assert 40_000 < ext["query_0.99"] <= 40_000 * 1.25
+    assert 80_000 < ext["transaction_0.99"] <= 80_000 * 1.25
     db = rows_by(SHOW_BUILDERS["databases"](ctx), "name", "force_user")
     assert db[("other", "u1")]["host"] == "10.0.0.1" and db[("other", "u1")]["database"] == "real"
     assert db[("other", "u1")]["min_pool_size"] == 1 and db[("other", "u1")]["port"] == "6000"

@@ -1,6 +1,6 @@
 """The Prometheus text renderer: golden output (HELP/TYPE, escaping, histogram lines), validation of
 names and bucket shapes, the parse-back through prometheus_client's parser, and the conversion of the
-pooler's log-spaced latency histograms into Prometheus buckets."""
+pooler's latency histograms (4 buckets per doubling) into Prometheus buckets."""
 
 from __future__ import annotations
 
@@ -126,6 +126,15 @@ def test_cumulative_exact_away_from_boundaries() -> None:
     h = hist_of([10] * 5 + [300] * 7 + [40_000] * 2 + [9_000_000])
     assert cumulative_at(h.counts, [100, 1000, 100_000, 1e9]) == [5, 12, 14, 15]
     assert cumulative_at(h.counts, [1]) == [0]
+
+
+def test_cumulative_exact_at_internal_bucket_edges() -> None:
+    # 448..511 and 512..639 are internal buckets: a bound on a bucket's last integer counts it whole.
+    h = hist_of([447, 448, 511, 512, 639, 640])
+    assert cumulative_at(h.counts, [447, 511, 639, 1e6]) == [1, 3, 5, 6]
+    # Inside a bucket, its samples count in proportion to the integers at or below the bound.
+    h = hist_of([448] * 64)
+    assert cumulative_at(h.counts, [448, 479, 500]) == [1, 32, 53]
 
 
 def test_cumulative_is_monotonic_and_bounded() -> None:
