@@ -220,8 +220,10 @@ def test_legacy_prometheus_section(pooler_factory: Any) -> None:
     assert scrape(port).value("pg_doorman_pool_size", user=SCRAM_USER, database=DBNAME) == 5
 
 
-def test_scrapes_under_pgbench_agree_and_counters_grow(pooler_factory: Any, tmp_path: Any) -> None:
-    p, port = metrics_pooler(pooler_factory, pool_size=3)
+@pytest.mark.concurrency
+@pytest.mark.parametrize("workers", [1, 2])
+def test_scrapes_under_pgbench_agree_and_counters_grow(pooler_factory: Any, tmp_path: Any, workers: int) -> None:
+    p, port = metrics_pooler(pooler_factory, pool_size=3, general={"worker_threads": workers})
     scram = {"user": SCRAM_USER, "database": DBNAME}
     with admin(p) as a:
         bench = start_pgbench(p, tmp_path, clients=8, seconds=6)
