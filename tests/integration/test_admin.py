@@ -488,17 +488,32 @@ def test_reload_applies_changes_and_keeps_config_when_invalid(pooler_factory: An
 
 
 def test_shutdown_from_console(pooler_factory: Any) -> None:
-    p = pooler_factory(general={"shutdown_timeout": 3000})
-    with client(p) as c:
-        c.execute("select 1")
+    p = pooler_factory(general={"shutdown_timeout": 5000})
+    with client(p) as idle, client(p) as busy:
+        idle.execute("select 1")
+        busy.execute("begin")
+        busy.execute("select 1")
         with admin(p) as a:
             assert a.execute("SHUTDOWN").fetchone() == (True,)
+        # New connections are refused at once; the open transaction may finish.
+        wait_for(lambda: not _connects(p), what="the listener to close")
+        busy.execute("select 2")
+        busy.execute("commit")
         assert p.proc is not None
         p.proc.wait(15)
         assert p.proc.returncode == 0
-        with pytest.raises(psycopg.OperationalError):
-            c.execute("select 2")
+        for c in (idle, busy):
+            with pytest.raises(psycopg.OperationalError):
+                c.execute("select 3")
     assert "shutting down" in p.log()
+
+
+def _connects(p: Any) -> bool:
+    try:
+        client(p, connect_timeout=2).close()
+        return True
+    except psycopg.OperationalError:
+        return False
 
 
 # ------------------------------------------------------------------------------------------ pgbench
