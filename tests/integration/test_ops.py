@@ -403,6 +403,49 @@ def test_new_process_that_fails_to_start_leaves_old_serving(pooler_factory: Any,
             assert c.execute("select 1").fetchone() == (1,)
 
 
+def test_old_process_takes_over_again_when_the_new_one_dies(pooler_factory: Any) -> None:
+    # A session-mode client keeps the old process draining; the new process is killed meanwhile: the old
+    # one must accept connections again (on the very sockets it shared) instead of leaving the port dead.
+    p = pooler_factory(pool_mode="session", pool_size=3, general={"shutdown_timeout": 60000})
+    old = current_pid(p)
+    sess = client(p)
+    new = upgrade(p)
+    with client(p) as c:
+        assert owner_of(c, p.port, [old, new]) == [new]
+    os.kill(new, signal.SIGKILL)
+    assert p.wait_for_log("BINARY UPGRADE FAILED", 20), p.log_tail()
+    with client(p) as c:
+        assert c.execute("select 1").fetchone() == (1,)
+        assert owner_of(c, p.port, [old]) == [old]
+    assert sess.execute("select 2").fetchone() == (2,)
+    sess.close()
+    # And a later upgrade works from there.
+    newer = upgrade(p, old_pid=old)
+    wait_exit(old, p)
+    with client(p) as c:
+        assert owner_of(c, p.port, [newer]) == [newer]
+    stop_pid(newer)
+
+
+def test_console_upgrade_command(pooler_factory: Any) -> None:
+    p = pooler_factory(pool_size=2)
+    old = current_pid(p)
+    c = client(p)
+    with admin(p) as a:
+        try:
+            row = a.execute("UPGRADE").fetchone()
+        except psycopg.Error as e:
+            pytest.skip(f"the admin console has no UPGRADE command yet ({e}); it should call app.request_upgrade()")
+        assert row is not None and row[0] in (True, "t")
+        new = wait_for(lambda: new_pids(p), 30, "the new process")[-1]
+        # Admin sessions never move: this one is closed when the old process exits, once clients are gone.
+        wait_exit(old, p)
+    assert c.execute("select 1").fetchone() == (1,)
+    assert owner_of(c, p.port, [new, old]) == [new]
+    c.close()
+    stop_pid(new)
+
+
 # ------------------------------------------------------------------------------------------ reload
 @pytest.mark.concurrency
 def test_sighup_and_reload_under_pgbench_drop_nobody(pooler_factory: Any, tmp_path: Path) -> None:
