@@ -796,16 +796,20 @@ def render_markdown(
             lines.append(f"| `{r[0]}` | " + " | ".join(cells) + " |")
     lines += ["", "Columns: " + ", ".join(f"`{d.short}` = {d.name}" for d in drivers) + "."]
 
-    na: dict[tuple[str, str], list[str]] = {}
+    na: dict[tuple[str, str], dict[str, list[str]]] = {}
     for (dn, mode), run in runs.items():
         for s, c in run.cells.items():
             if c.status == "na":
-                na.setdefault((s, c.detail), []).append(f"{dn} ({mode})")
+                na.setdefault((s, c.detail), {}).setdefault(dn, []).append(mode)
     lines += ["", "## Not applicable", ""]
     for s, why in BY_DESIGN_TRANSACTION_MODE.items():
         lines.append(f"- `{s}` in transaction mode, by design: {why}.")
     for (s, why), where in sorted(na.items()):
-        lines.append(f"- `{s}`: {_md_escape(why)} — {', '.join(sorted(where))}")
+        who = ", ".join(
+            f"{dn} ({'all modes' if len(ms) == len(modes) else ', '.join(ms)})"
+            for dn, ms in sorted(where.items())
+        )
+        lines.append(f"- `{s}`: {_md_escape(why)} — {who}")
 
     fails = [
         (run.driver, run.mode, s, c.detail)

@@ -146,6 +146,11 @@ def emit(driver: str, scenario: str, status: str, detail: str) -> None:
     sys.stdout.flush()
 
 
+def libpq_str(v: int) -> str:
+    # libpq reports 150018 for 15.18 (and 90624 for 9.6.24).
+    return f"{v // 10000}.{v % 100}" if v >= 100000 else f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+
+
 def emit_version(driver: str, version: str) -> None:
     sys.stdout.write(json.dumps({"driver": driver, "version": version}) + "\n")
     sys.stdout.flush()

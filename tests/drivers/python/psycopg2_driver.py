@@ -29,6 +29,7 @@ from common import (
     describe,
     emit_version,
     expect_sqlstate,
+    libpq_str,
     listen_refused,
     md5hex,
     run_sync,
@@ -377,7 +378,8 @@ def main() -> None:
     params = Params.from_env()
     d = Driver(params)
     emit_version(
-        NAME, f"psycopg2 {psycopg2.__version__.split()[0]}, libpq {psycopg2.extensions.libpq_version()}"
+        NAME,
+        f"psycopg2 {psycopg2.__version__.split()[0]}, libpq {libpq_str(psycopg2.extensions.libpq_version())}",
     )
     run_sync(NAME, params, {s: getattr(d, s) for s in dir(d) if not s.startswith("_")})
 

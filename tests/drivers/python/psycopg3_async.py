@@ -28,6 +28,7 @@ from common import (
     emit_version,
     expect_sqlstate,
     gather_clients,
+    libpq_str,
     listen_refused,
     md5hex,
     run_async,
@@ -320,7 +321,7 @@ class Driver:
 async def amain() -> None:
     params = Params.from_env()
     d = Driver(params)
-    emit_version(NAME, f"psycopg {psycopg.__version__} (asyncio), libpq {psycopg.pq.version()}")
+    emit_version(NAME, f"psycopg {psycopg.__version__} (asyncio), libpq {libpq_str(psycopg.pq.version())}")
     await run_async(NAME, params, {s: getattr(d, s) for s in dir(d) if not s.startswith("_")})
 
 

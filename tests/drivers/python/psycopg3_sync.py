@@ -28,6 +28,7 @@ from common import (
     describe,
     emit_version,
     expect_sqlstate,
+    libpq_str,
     listen_refused,
     md5hex,
     run_sync,
@@ -329,7 +330,7 @@ def main() -> None:
     name = "psycopg3" if args.prepare_threshold is None else f"psycopg3-prepare{args.prepare_threshold}"
     params = Params.from_env()
     d = Driver(params, name, args.prepare_threshold)
-    emit_version(name, f"psycopg {psycopg.__version__}, libpq {psycopg.pq.version()}")
+    emit_version(name, f"psycopg {psycopg.__version__}, libpq {libpq_str(psycopg.pq.version())}")
     run_sync(name, params, {s: getattr(d, s) for s in dir(d) if not s.startswith("_")})
 
 

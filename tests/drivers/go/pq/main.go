@@ -259,13 +259,36 @@ func scenarios() map[string]common.Scenario {
 
 		"listen_notify": func() string {
 			channel := common.Unique("ch")
-			l := pq.NewListener(p.URL("", ""), 100*time.Millisecond, time.Second, nil)
-			defer l.Close()
-			if err := l.Listen(channel); err != nil {
+			// pq.Listener reports connection-level trouble only through its event callback and keeps
+			// retrying, so a refused LISTEN surfaces there, not as Listen's return value.
+			events := make(chan error, 16)
+			l := pq.NewListener(p.URL("", ""), 100*time.Millisecond, time.Second, func(_ pq.ListenerEventType, err error) {
+				if err != nil {
+					select {
+					case events <- err:
+					default:
+					}
+				}
+			})
+			// Close can block while the listener retries; never let it hold up the scenario.
+			defer func() { go l.Close() }()
+			listened := make(chan error, 1)
+			go func() { listened <- l.Listen(channel) }()
+			select {
+			case err := <-listened:
+				if err != nil {
+					if p.Mode == "transaction" && common.ListenRefused(err) {
+						panic(common.NotApplicable{Reason: common.ListenTxnNA + common.Describe(err)})
+					}
+					panic(err)
+				}
+			case err := <-events:
 				if p.Mode == "transaction" && common.ListenRefused(err) {
 					panic(common.NotApplicable{Reason: common.ListenTxnNA + common.Describe(err)})
 				}
 				panic(err)
+			case <-time.After(5 * time.Second):
+				panic(fmt.Errorf("LISTEN did not complete within 5s"))
 			}
 			db := open("", "")
 			defer db.Close()
