@@ -89,7 +89,7 @@ class ClientConn(Conn):
         "scanner", "terminating", "pid", "secret", "md5_salt", "scram", "stored", "addr", "connect_time",
         "query_count", "xact_count", "error_count", "login_timer", "admin", "application_name", "is_unix",
         "last_status", "xact_start", "counted", "query_start", "ps", "named", "unnamed", "rq", "raw",
-        "planner_sig",
+        "planner_sig", "last_parse",
     )
 
     def __init__(self, sock: socket.socket, worker: Worker, addr: str, is_unix: bool = False) -> None:
@@ -136,6 +136,7 @@ class ClientConn(Conn):
         self.rq: deque[tuple[int, Any]] = deque()
         self.raw = bytearray()  # received but not yet scanned (waiting for a server, prepared mode)
         self.planner_sig: tuple[str, ...] = ()
+        self.last_parse: tuple[bytes, bytes, ps.Statement] | None = None
         self.login_timer = worker.loop.call_later(60.0, self._login_timeout)
 
     def __repr__(self) -> str:
@@ -153,6 +154,22 @@ class ClientConn(Conn):
             self.fatal("08P01", "authentication timeout")
 
     # ------------------------------------------------------------------ reading
+    def on_event(self, mask: int) -> None:
+        if mask == 1 and self.state == READY:
+            try:
+                n = self.sock.recv_into(self.loop.rbuf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.close(f"read failed: {e}")
+                return
+            if not n:
+                self.close("client disconnected")
+                return
+            self._consume(self.loop.rview[:n], n)
+            return
+        Conn.on_event(self, mask)
+
     def on_readable(self) -> None:
         if self.state == READY:
             try:
@@ -175,19 +192,39 @@ class ClientConn(Conn):
     def _consume(self, view: memoryview, n: int) -> None:
         """Frontend bytes after login: scan, then forward to the linked server or keep until one is."""
         s = self.server
-        if self.ps and (s is None or s.state != 3 or self.raw):
-            # Rewriting needs to know the server: scan once one is linked (see _server_ready).
-            if s is None and not self.raw:
-                if n == 5 and view[0] == 88:  # a lone Terminate
-                    self.close("client terminated")
-                    return
-                if view[0] == 80 and not self.waiting and self._parse_sync_locally(view):
-                    return
-            self.raw += view
-            if s is None and not self.waiting:
-                self.need_server()
-            if len(self.raw) > HIGH_WATER:
-                self.pause_reading()
+        if s is None and not self.waiting and not self.raw and not self.pending:
+            # Start of a transaction: take a server first so the bytes go straight through, unscanned
+            # twice and uncopied, when one is free (the common case).
+            if n == 5 and view[0] == 88:  # a lone Terminate
+                self.close("client terminated")
+                return
+            if self.ps and view[0] == 80 and self._parse_sync_locally(view):
+                return
+            pool = self.pool
+            assert pool is not None
+            s = pool.checkout(self, self.worker)
+            if s is not None and not self._link(s):
+                s = None  # linked, but a parameter sync runs first: hold the bytes until it is done
+        if s is None or s.state != 3 or (self.ps and self.raw):
+            if self.server is None and not self.waiting and not self.closed:
+                self.need_server()  # held bytes and no request yet (defensive: should not happen)
+            if self.ps:
+                # Rewriting needs to know the server: scan once one is linked (see _server_ready).
+                self.raw += view
+                if len(self.raw) > HIGH_WATER:
+                    self.pause_reading()
+                return
+            try:
+                out = self.scanner.feed(view)
+            except m.ProtocolViolation as e:
+                self.fatal("08P01", f"protocol violation: {e}")
+                return
+            if out is not None:
+                self.pending += out
+                if len(self.pending) > HIGH_WATER:
+                    self.pause_reading()
+            if self.terminating:
+                self.close("client terminated")
             return
         try:
             out = self.scanner.feed(view)
@@ -198,16 +235,9 @@ class ClientConn(Conn):
             self._after_ps_scan(out, n)
             return
         if out is not None:
-            if s is not None and s.state == 3:  # ACTIVE
-                s.bytes_out += n
-                s.pstats.bytes_in += n
-                s.write(out)
-            else:
-                self.pending += out
-                if s is None and not self.waiting and not self.terminating:
-                    self.need_server()
-                if len(self.pending) > HIGH_WATER:
-                    self.pause_reading()
+            s.bytes_out += n
+            s.pstats.bytes_in += n
+            s.write(out)
         if self.terminating:
             self.close("client terminated")
 
@@ -293,6 +323,7 @@ class ClientConn(Conn):
         if not found or data[pos:] != m.SYNC:
             return False
         for name, st in found:
+            cache.count_hit(st)
             if name:
                 self.named[name] = st
             else:
@@ -363,16 +394,24 @@ class ClientConn(Conn):
         if t == 80:  # Parse: name, query, types
             self.unsynced = True
             self._mark_query()
-            b = bytes(body)
-            j = b.index(b"\x00")
-            k = b.index(b"\x00", j + 1)
-            name = b[:j]
-            pool = self.pool
-            assert pool is not None
-            text = b[j + 1 : k]
-            if _LISTEN.match(text):
-                text = LISTEN_REFUSAL
-            st = pool.ps_cache.get(text, b[k + 1 :], self.planner_sig)
+            memo = self.last_parse
+            if memo is not None and not memo[2].dead and body == memo[0]:
+                name, st = memo[1], memo[2]  # the same Parse as last time (pgbench, ORMs): no lookup
+                pool = self.pool
+                assert pool is not None
+                pool.ps_cache.count_hit(st)
+            else:
+                b = bytes(body)
+                j = b.index(b"\x00")
+                k = b.index(b"\x00", j + 1)
+                name = b[:j]
+                pool = self.pool
+                assert pool is not None
+                text = b[j + 1 : k]
+                if _LISTEN.match(text):
+                    text = LISTEN_REFUSAL
+                st = pool.ps_cache.get(text, b[k + 1 :], self.planner_sig)
+                self.last_parse = (b, name, st)
             if name:
                 self.named[name] = st
             else:
@@ -547,17 +586,23 @@ class ClientConn(Conn):
         if self.closed:
             self.worker.release_server(s, client_gone=True)
             return
+        if self._link(s):
+            self._server_ready()
+
+    def _link(self, s: ServerConn) -> bool:
+        """Make `s` this client's server; False while a parameter sync runs first (then _synced follows)."""
         self.server = s
         s.client = self
         s.state = 3  # ACTIVE
-        s.set_ps_mode(False)  # switched on by _track() when extended-protocol entries are in flight
+        if s.ps_on:
+            s.set_ps_mode(False)  # switched on by _track() when extended-protocol entries are in flight
         if s.synced_key != self.want_key:
             queries = s.sync_queries(self.want)
             if queries:
                 s.run_internal(queries, self._synced)
-                return
+                return False
             s.synced_key = self.want_key
-        self._server_ready()
+        return True
 
     def _synced(self, ok: bool) -> None:
         s = self.server

@@ -48,13 +48,14 @@ _names = itertools.count(1)  # process-wide: a name is never reused, even after 
 
 
 class Statement:
-    __slots__ = ("name", "parse_msg", "query", "key", "uses")
+    __slots__ = ("name", "parse_msg", "query", "key", "uses", "dead")
 
     def __init__(self, key: tuple[bytes, bytes, tuple[str, ...]], query: bytes, types: bytes) -> None:
         self.key = key
         self.name = b"DOORMAN_%d" % next(_names)
         self.query = query
         self.uses = 0
+        self.dead = False  # forgotten by the pool (failed Parse, result type changed): never reuse
         body = self.name + b"\x00" + query + b"\x00" + types
         self.parse_msg = b"P" + m.U32.pack(len(body) + 4) + body
 
@@ -87,17 +88,23 @@ class PoolCache:
             return st
 
     def peek(self, query: bytes, types: bytes, sig: tuple[str, ...]) -> Statement | None:
-        """The statement if some client already prepared it successfully (a failed Parse is forgotten)."""
+        """The statement if some client already prepared it successfully (a failed Parse is forgotten).
+        Counts nothing: the caller may still decide to send the Parse (see count_hit)."""
         key = (query, types, sig)
         with self.lock:
             st = self.entries.get(key)
             if st is not None:
                 self.entries.move_to_end(key)
-                self.hits += 1
-                st.uses += 1
             return st
 
+    def count_hit(self, st: Statement) -> None:
+        """A peeked statement was really used (answered without a server)."""
+        with self.lock:
+            self.hits += 1
+            st.uses += 1
+
     def forget(self, st: Statement) -> None:
+        st.dead = True
         with self.lock:
             if self.entries.get(st.key) is st:
                 del self.entries[st.key]

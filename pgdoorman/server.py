@@ -47,6 +47,9 @@ DIRTY_CURSOR = 4
 DIRTY_LISTEN = 8
 
 _ids = iter(range(1, 1 << 62))
+# Lengths (with NUL) of the CommandComplete tags _note_tag acts on: SET, RESET, LISTEN, PREPARE, DISCARD ALL,
+# DECLARE CURSOR, DEALLOCATE ALL. Most tags ("SELECT 1") are ruled out by length before any copy.
+_TAG_LENS = frozenset({4, 6, 7, 8, 12, 15})
 
 
 def _quote(v: str) -> str:
@@ -319,6 +322,8 @@ class ServerConn(Conn):
         if t == 90:  # ReadyForQuery
             st = body[0]
             self.txn_status = st
+            if st == 73:
+                self.xact_count += 1
             c = self.client
             if c is not None:
                 c.expect -= 1
@@ -326,8 +331,8 @@ class ServerConn(Conn):
                     self.release_pending = True
                 c.on_ready(st)
         elif t == 67:  # CommandComplete
-            b0 = body[0]
-            if b0 in b"SPDLUCR":
+            self.query_count += 1
+            if len(body) in _TAG_LENS and body[0] in b"SPDLUR":
                 self._note_tag(bytes(body[:-1]))
             if self.client is not None:
                 self.client.query_count += 1
