@@ -98,6 +98,8 @@ class Daemon:
         self._report(f"OK {os.getpid()}\n")
 
     def failed(self, why: str) -> None:
+        # The pid file goes first: whoever waits for our report may look for it as soon as it has one.
+        self.cleanup()
         self._report(f"ERROR {why}\n")
 
     def cleanup(self) -> None:
