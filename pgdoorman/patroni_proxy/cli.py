@@ -1,0 +1,92 @@
+"""The `patroni_proxy [CONFIG]` command: `-t` checks the configuration, otherwise run the proxy in the
+foreground until SIGINT/SIGTERM; SIGHUP re-reads the configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+
+from pgdoorman import __version__
+
+log = logging.getLogger("pgdoorman.patroni_proxy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="patroni_proxy",
+        description="TCP proxy routing to Patroni cluster members by role (PgDoorman's patroni_proxy)",
+    )
+    p.add_argument("config", nargs="?", default="patroni_proxy.yaml",
+                   help="configuration file (YAML; default patroni_proxy.yaml)")
+    p.add_argument("-V", "--version", action="version", version=f"patroni_proxy (pgdoorman) {__version__}")
+    p.add_argument("-t", "--test-config", action="store_true", help="check the configuration and exit")
+    p.add_argument("-l", "--log-level", default=os.environ.get("LOG_LEVEL", "info"),
+                   choices=["error", "warn", "info", "debug", "trace"], help="log level; env LOG_LEVEL")
+    p.add_argument("-F", "--log-format", default=os.environ.get("LOG_FORMAT", "text"),
+                   choices=["text", "structured"],
+                   help="text, or structured (one JSON object per line); env LOG_FORMAT")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+
+    from pgdoorman import logs
+    from pgdoorman.patroni_proxy.config import ConfigError, load
+
+    path = os.path.abspath(args.config)  # SIGHUP re-reads it whatever the cwd becomes
+    try:
+        config = load(path)
+    except ConfigError as e:
+        print(f"patroni_proxy: configuration is invalid:\n{e}", file=sys.stderr)
+        return 1
+    if args.test_config:
+        for w in config.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        print(f"the configuration file {args.config} syntax is ok")
+        print(f"configuration file {args.config} test is successful")
+        return 0
+
+    logs.setup(args.log_level, args.log_format)
+    for w in config.warnings:
+        log.warning("%s", w)
+
+    from pgdoorman.patroni_proxy.proxy import Proxy
+
+    proxy = Proxy(config)
+    log.info("starting patroni_proxy %s with config %s", __version__, path)
+    try:
+        proxy.start()
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        print(f"patroni_proxy: cannot start: {e}", file=sys.stderr)
+        proxy.loop.close()
+        return 1
+
+    loop = proxy.loop
+
+    # Handlers only queue work: the loop owns every socket and all proxy state.
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        log.info("received SIGHUP, reloading the configuration")
+        loop.call_soon_threadsafe(proxy.reload)
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        loop.call_soon_threadsafe(proxy.shutdown)
+
+    signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
+    log.info("patroni_proxy is running; SIGHUP reloads the configuration, SIGINT/SIGTERM stop it")
+    try:
+        loop.run()
+    finally:
+        proxy.stop_all("shutdown")
+        loop.close()
+    log.info("stopped")
+    return 0
