@@ -283,7 +283,13 @@ class ClientConn(Conn):
             s.bytes_out += n
             s.pstats.bytes_in += n
             s.write(out)
-        self.flush_synth()
+        rq = self.rq
+        if rq and rq[0][0] == ps.SYNTH:
+            for e in rq:
+                if e[0] != ps.SYNTH:
+                    break  # a server response follows: the synthetic ones ride with it (one send, not two)
+            else:
+                self.flush_synth()
         if self.terminating:
             self.close("client terminated")
         elif not self.rq and self.expect <= 0 and not self.unsynced and s.txn_status == 73 \
@@ -298,10 +304,20 @@ class ClientConn(Conn):
         its own application."""
         if self.last_status != 73:
             return False
+        n = len(view)
+        if view[n - 5 : n] != m.SYNC:
+            return False
+        pos = 0
+        unpack = m.U32.unpack_from
+        while pos < n - 5:  # headers only, no copy: most batches (Parse, Bind, ..., Sync) fail here
+            if view[pos] != 80:
+                return False
+            pos += 1 + unpack(view, pos + 1)[0]
+        if pos != n - 5:
+            return False
         pool = self.pool
         assert pool is not None
         data = bytes(view)
-        n = len(data)
         pos = 0
         found: list[tuple[bytes, ps.Statement]] = []
         cache = pool.ps_cache
