@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 deps:
-	scripts/ensure_deps.sh postgres
+	scripts/ensure_deps.sh postgres promtool
 
 run: deps venv
 	$(VPY) scripts/run_demo.py $(ARGS)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests, `make run`, the benchmark and the free-threaded build need.
 # Idempotent and quiet when everything is present; runs `apt-get update` at most once per call.
-# Usage: scripts/ensure_deps.sh [postgres|pgbouncer|ftbuild|all]...   (default: postgres)
+# Usage: scripts/ensure_deps.sh [postgres|pgbouncer|promtool|ftbuild|all]...   (default: postgres)
 set -euo pipefail
 
 want=()
@@ -9,12 +9,14 @@ for group in "${@:-postgres}"; do
     case "$group" in
         postgres) want+=(postgresql postgresql-client libpq5) ;;
         pgbouncer) want+=(pgbouncer) ;;
+        # `promtool check metrics` validates our /metrics exposition in the tests (Debian ships it in prometheus).
+        promtool) command -v promtool >/dev/null || want+=(prometheus) ;;
         # What CPython's configure needs for ssl (pip), zlib (wheels), ctypes (psycopg's libpq
         # binding), and the other stdlib modules the test tools import.
         ftbuild) want+=(build-essential dpkg-dev pkg-config libssl-dev zlib1g-dev libffi-dev libbz2-dev
                         liblzma-dev libsqlite3-dev libreadline-dev libncurses-dev uuid-dev libpq5) ;;
-        all) exec "$0" postgres pgbouncer ftbuild ;;
-        *) echo "ensure_deps.sh: unknown group '$group' (postgres|pgbouncer|ftbuild|all)" >&2; exit 2 ;;
+        all) exec "$0" postgres pgbouncer promtool ftbuild ;;
+        *) echo "ensure_deps.sh: unknown group '$group' (postgres|pgbouncer|promtool|ftbuild|all)" >&2; exit 2 ;;
     esac
 done
 
@@ -50,10 +52,12 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Debian's pgbouncer package starts a system pgbouncer on 6432 where the init system allows it;
 # that port belongs to `make run` and the benchmark here, so stop it again.
-if printf '%s\n' "${missing[@]}" | grep -qx pgbouncer; then
+# The same goes for the prometheus server that comes with promtool (port 9090, and 9127-style exporters).
+for svc in pgbouncer prometheus; do
+    printf '%s\n' "${missing[@]}" | grep -qx "$svc" || continue
     if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-        "${sudo[@]}" systemctl disable --now pgbouncer >/dev/null 2>&1 || true
-    elif [ -x /etc/init.d/pgbouncer ]; then
-        "${sudo[@]}" /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
+        "${sudo[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    elif [ -x "/etc/init.d/$svc" ]; then
+        "${sudo[@]}" "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
     fi
-fi
+done
