@@ -303,27 +303,34 @@ class Cluster:
         for done in waiters:
             done()
 
+    def release(self, cfg: ClusterConfig) -> None:
+        """Reload, first phase: stop the ports `cfg` drops or moves, so their addresses are free before
+        any port binds."""
+        for name, port in list(self.ports.items()):
+            pcfg = cfg.ports.get(name)
+            if pcfg is None:
+                self.ports.pop(name).stop("port removed from the configuration")
+            elif pcfg.listen != port.cfg.listen:
+                self.ports.pop(name).stop("listen address changed")
+
     def reconfigure(self, cfg: ClusterConfig) -> None:
+        """Reload, second phase (after `release`): new Patroni settings, changed ports, new ports."""
         old = self.cfg
         self.cfg = cfg
         if (old.hosts, old.tls) != (cfg.hosts, cfg.tls):
             log.info("cluster '%s': Patroni hosts %s -> %s", self.name, list(old.hosts), list(cfg.hosts))
         self.poller.reconfigure(self._client(cfg), self.proxy.config.cluster_update_interval)
-        for name in [n for n in self.ports if n not in cfg.ports]:
-            self.ports.pop(name).stop("port removed from the configuration")
         for name, pcfg in cfg.ports.items():
             port = self.ports.get(name)
             if port is not None and port.cfg == pcfg:
                 continue
-            if port is not None and port.cfg.listen == pcfg.listen:
+            if port is not None:
                 # Same listener: keep it and its clients; only those whose backend is no longer
                 # eligible under the new roles/lag/host_port are disconnected.
                 log.info("port '%s': settings changed, re-evaluating its backends", port.name)
                 port.cfg = pcfg
                 port.update(self.members or [])
                 continue
-            if port is not None:
-                self.ports.pop(name).stop("listen address changed")
             new = Port(self.proxy, self.name, pcfg)
             try:
                 new.bind()
@@ -518,6 +525,11 @@ class Proxy:
             log.info("reload: configuration unchanged")
             return
         self.config = new
+        for name in [n for n in self.clusters if n not in new.clusters]:
+            log.info("reload: cluster '%s' removed", name)
+            self.clusters.pop(name).stop("cluster removed from the configuration")
+        for name, kept in self.clusters.items():
+            kept.release(new.clusters[name])
         if new.listen_address != old.listen_address:
             api = Api(self, new.listen_address)
             try:
@@ -529,9 +541,6 @@ class Proxy:
                 if self.api is not None:
                     self.api.close()
                 self.api = api
-        for name in [n for n in self.clusters if n not in new.clusters]:
-            log.info("reload: cluster '%s' removed", name)
-            self.clusters.pop(name).stop("cluster removed from the configuration")
         for name, ccfg in new.clusters.items():
             cluster = self.clusters.get(name)
             if cluster is None:

@@ -559,3 +559,21 @@ def test_bind_failure_at_start_leaves_nothing_open(env: Env, tmp_path: Path) -> 
             s.bind(("127.0.0.1", env.listen["master"]))
     finally:
         taken.close()
+
+
+def test_reload_can_swap_listen_addresses_and_move_a_port_to_another_cluster(env: Env) -> None:
+    cfg = env.config({"master": {"roles": ["leader"]}, "replicas": {"roles": ["async"]}})
+    rp = env.start(cfg)
+    l1, l2 = env.listen["master"], env.listen["replicas"]
+    assert (Client(l1).who(), Client(l2).who()) == ("A", "B")
+    ports = cfg["clusters"]["main"]["ports"]
+    ports["master"]["listen"], ports["replicas"]["listen"] = f"127.0.0.1:{l2}", f"127.0.0.1:{l1}"
+    rp.reload(cfg)
+    assert (Client(l1).who(), Client(l2).who()) == ("B", "A")
+    # `replicas` leaves cluster main for a new cluster (same Patroni) on the same address.
+    moved = ports.pop("replicas")
+    cfg["clusters"]["second"] = {"hosts": [env.patroni.url], "ports": {"ro": moved}}
+    rp.reload(cfg)
+    wait_for(lambda: rp.status()["clusters"]["second"]["polls"] >= 1, what="the new cluster's first poll")
+    assert Client(l1).who() == "B"
+    assert sorted(rp.status()["clusters"]) == ["main", "second"]
