@@ -223,6 +223,11 @@ def run_command(app: App, worker: Worker, ctx: ShowContext, cmd: Command) -> byt
         if not ok:
             raise AdminError("F0000", f"RELOAD failed, the running configuration is kept: {message}")
         return render_command("RELOAD")
+    if verb == "UPGRADE":
+        # Binary upgrade, as SIGUSR2: validate the config with the new executable, start it, hand clients over.
+        log.info("UPGRADE requested from the admin console")
+        ok = app.request_upgrade()
+        return render(ResultSet([("success", BOOL)], [[bool(ok)]], tag="UPGRADE"))
     if verb == "SHUTDOWN":
         log.info("SHUTDOWN requested from the admin console")
         app.request_shutdown()

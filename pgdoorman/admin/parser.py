@@ -37,7 +37,7 @@ UNSUPPORTED_SHOW = "Unsupported SHOW query against the admin database"
 
 @dataclass(frozen=True)
 class Command:
-    """verb: SHOW, PAUSE, RESUME, RECONNECT, KILL, RELOAD, SHUTDOWN, SET, TAB_COMPLETION, EMPTY.
+    """verb: SHOW, PAUSE, RESUME, RECONNECT, KILL, RELOAD, SHUTDOWN, UPGRADE, SET, TAB_COMPLETION, EMPTY.
     arg: the SHOW subcommand (lower case), the database name, the log filter, or the raw query."""
 
     verb: str
@@ -168,7 +168,7 @@ def parse_statement(stmt: str) -> Parsed:
         if len(args) != 1:
             return ParseError("42601", "KILL takes one argument: KILL <db>")
         return Command(verb, unquote(args[0]))
-    if verb in ("RELOAD", "SHUTDOWN"):
+    if verb in ("RELOAD", "SHUTDOWN", "UPGRADE"):
         if args:
             return ParseError("42601", f"{verb} takes no arguments")
         return Command(verb)

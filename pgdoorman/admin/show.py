@@ -112,6 +112,7 @@ HELP_ITEMS = (
     "SET log_level = '<level>'",
     "RELOAD",
     "SHUTDOWN",
+    "UPGRADE",
     "PAUSE [db]",
     "RESUME [db]",
     "RECONNECT [db]",

@@ -89,7 +89,7 @@ def test_set_errors_are_42601(sql: str, fragment: str) -> None:
 
 
 def test_unknown_commands_are_58000() -> None:
-    for sql in ("SELECT 1", "BEGIN", "UPGRADE", "KILL_CLIENT 1", "RESET INTERNER", "hello world"):
+    for sql in ("SELECT 1", "BEGIN", "KILL_CLIENT 1", "RESET INTERNER", "hello world"):
         assert parse(sql) == [ParseError("58000", UNSUPPORTED)], sql
 
 
@@ -120,3 +120,8 @@ def test_split_and_tokenize_helpers() -> None:
     assert split_statements("x 'it''s;' ; y") == ["x 'it''s;'", "y"]
     assert tokenize("SET log_level='a b'") == ["SET", "log_level", "=", "'a b'"]
     assert tokenize("PAUSE  \"My DB\"") == ["PAUSE", '"My DB"']
+
+
+def test_upgrade_parses_without_arguments() -> None:
+    assert parse("UPGRADE;") == [Command("UPGRADE")]
+    assert isinstance(parse("UPGRADE now")[0], ParseError)
