@@ -352,6 +352,7 @@ class Run:
     missing: str | None = None  # toolchain missing: nothing ran
     elapsed: float = 0.0
     notes: list[str] = field(default_factory=list)
+    pooler_excerpt: list[str] = field(default_factory=list)  # pooler warnings/errors during the run
 
     def failures(self) -> list[tuple[str, str]]:
         return [(s, c.detail) for s, c in self.cells.items() if c.status == "fail"]
@@ -622,6 +623,14 @@ class Matrix:
             run.notes.extend(notes)
             if self.pooler is not None and mode != "direct":
                 new_log = self.pooler.log()[log_before:]
+                # What the pooler had to say about this program's run, minus per-client chatter.
+                run.pooler_excerpt = [
+                    ln
+                    for ln in new_log.splitlines()
+                    if any(
+                        k in ln for k in ("WARNING", "ERROR", "CRITICAL", "Traceback", "Error", " closed: ")
+                    )
+                ][-40:]
                 if "Traceback" in new_log:
                     run.notes.append("the pooler logged a Python traceback during this run")
                 if not self.pooler.running():

@@ -56,6 +56,8 @@ def test_driver(matrix: Matrix, mode: str, driver: Driver) -> None:
     run = matrix.run(driver, mode)
     failures = run.failures()
     lines = [f"{s}: {detail}" for s, detail in failures] + [f"note: {n}" for n in run.notes]
+    if failures and run.pooler_excerpt:
+        lines += ["--- pooler warnings/errors during this run ---", *run.pooler_excerpt]
     assert not failures, f"{driver.name} in {mode} mode: {len(failures)} failing scenarios\n" + "\n".join(
         lines
     )
