@@ -27,7 +27,7 @@ from pgdoorman.net.conn import HIGH_WATER, Conn
 from pgdoorman.pool import TRACKED_PARAMS
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
-from pgdoorman.protocol.framing import FULL, INVALID, NOTIFY, PASS, SMALL, Scanner
+from pgdoorman.protocol.framing import FULL, INVALID, NOTIFY, PASS, SMALL, SMALL_LIMIT, Scanner
 
 if TYPE_CHECKING:
     from pgdoorman.pool import Pool
@@ -46,8 +46,10 @@ for _c in b"QSFcfBCDEP":
     _t[_c] = NOTIFY
 _t[ord("X")] = FULL
 CLIENT_SESSION_TABLE = bytes(_t)
-# Transaction mode reads small simple queries to refuse LISTEN (see _refuse_listen).
+# Transaction mode reads small simple queries to refuse LISTEN (see _refuse_listen), and small Parse
+# messages to see whether they name a statement (which must then be deallocated at checkin).
 _t[ord("Q")] = SMALL
+_t[ord("P")] = SMALL
 CLIENT_TABLE = bytes(_t)
 # With transparent prepared statements every extended-protocol message is read (and maybe rewritten);
 # a simple query is read when small enough to be a DEALLOCATE.
@@ -89,7 +91,7 @@ class ClientConn(Conn):
         "scanner", "terminating", "pid", "secret", "md5_salt", "scram", "stored", "addr", "connect_time",
         "query_count", "xact_count", "error_count", "login_timer", "admin", "application_name", "is_unix",
         "last_status", "xact_start", "counted", "query_start", "ps", "named", "unnamed", "rq", "raw",
-        "planner_sig", "last_parse",
+        "planner_sig", "last_parse", "named_parse",
     )
 
     def __init__(self, sock: socket.socket, worker: Worker, addr: str, is_unix: bool = False) -> None:
@@ -137,6 +139,7 @@ class ClientConn(Conn):
         self.raw = bytearray()  # received but not yet scanned (waiting for a server, prepared mode)
         self.planner_sig: tuple[str, ...] = ()
         self.last_parse: tuple[bytes, bytes, ps.Statement] | None = None
+        self.named_parse = False  # a named Parse was forwarded untouched (prepared_statements off)
         self.login_timer = worker.loop.call_later(60.0, self._login_timeout)
 
     def __repr__(self) -> str:
@@ -255,6 +258,8 @@ class ClientConn(Conn):
             self.expect += 1
         elif t in b"PBDEC":
             self.unsynced = True
+            if t == 80 and ln > SMALL_LIMIT:
+                self.named_parse = True  # too big to read: assume it named a statement
             if self.query_start == 0.0:
                 self.query_start = self.xact_start or time.monotonic()
                 if self.xact_start == 0.0:
@@ -264,6 +269,11 @@ class ClientConn(Conn):
         if t == 81:  # a small simple query (transaction mode)
             self._on_header(t, 0)
             return self._refuse_listen(body)
+        if t == 80:  # a small Parse (transaction mode, prepared_statements off)
+            self._on_header(t, 0)
+            if body[0] != 0:
+                self.named_parse = True
+            return None
         # Terminate: never forwarded (the server stays with the pool).
         self.terminating = True
         return b""

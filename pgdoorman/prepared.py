@@ -39,6 +39,21 @@ SYNC = 8       # ReadyForQuery
 QUERY = 9      # simple query: everything through ReadyForQuery
 FUNC = 10      # function call: FunctionCallResponse through ReadyForQuery
 
+# Response types that complete an entry of each kind (ReadyForQuery and ErrorResponse are handled apart).
+TERMINAL: tuple[frozenset[int], ...] = (
+    frozenset(),                # SYNTH
+    frozenset(b"1"),            # PARSE: ParseComplete
+    frozenset(b"1"),            # INJECT
+    frozenset(b"2"),            # BIND: BindComplete
+    frozenset(b"Tn"),           # DESC_S: ParameterDescription first, then RowDescription or NoData
+    frozenset(b"Tn"),           # DESC_P
+    frozenset(b"CIs"),          # EXEC: CommandComplete, EmptyQueryResponse, PortalSuspended
+    frozenset(b"3"),            # CLOSE: CloseComplete
+    frozenset(),                # SYNC: ReadyForQuery
+    frozenset(),                # QUERY
+    frozenset(),                # FUNC
+)
+
 # Settings given at connection start that change what a statement means; part of the cache key so that
 # clients with another search_path never share a plan (and never get rows from the wrong schema).
 PLANNER_PARAMS = ("search_path", "default_transaction_isolation", "default_transaction_read_only",
@@ -98,10 +113,10 @@ class PoolCache:
             return st
 
     def count_hit(self, st: Statement) -> None:
-        """A peeked statement was really used (answered without a server)."""
-        with self.lock:
-            self.hits += 1
-            st.uses += 1
+        """A statement found without get() was really used. Statistics only: no lock on this hot path
+        (under free-threading a concurrent increment may rarely be lost)."""
+        self.hits += 1
+        st.uses += 1
 
     def forget(self, st: Statement) -> None:
         st.dead = True

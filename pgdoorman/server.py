@@ -45,11 +45,14 @@ DIRTY_SET = 1
 DIRTY_PREPARE = 2
 DIRTY_CURSOR = 4
 DIRTY_LISTEN = 8
+DIRTY_SESSION = 16  # a session-mode client left: reset everything (DISCARD ALL), as PgBouncer does
 
 _ids = iter(range(1, 1 << 62))
 # Lengths (with NUL) of the CommandComplete tags _note_tag acts on: SET, RESET, LISTEN, PREPARE, DISCARD ALL,
 # DECLARE CURSOR, DEALLOCATE ALL. Most tags ("SELECT 1") are ruled out by length before any copy.
 _TAG_LENS = frozenset({4, 6, 7, 8, 12, 15})
+# The response types the plain relay handler acts on (ReadyForQuery, CommandComplete, ParameterStatus, Error).
+_PLAIN_TYPES = frozenset(b"ZCSE")
 
 
 def _quote(v: str) -> str:
@@ -392,26 +395,11 @@ class ServerConn(Conn):
                     # PostgreSQL skips everything up to the next Sync: so do the expectations.
                     while rq and rq[0][0] != ps.SYNC:
                         rq.popleft()
-            elif kind == ps.PARSE:
-                if t == 49:
-                    rq.popleft()
-            elif kind == ps.INJECT:
-                if t == 49:
-                    rq.popleft()
-                    swallow = True
-            elif kind == ps.BIND:
-                if t == 50:
-                    rq.popleft()
-            elif kind == ps.EXEC:
-                if t in (67, 73, 115):  # CommandComplete, EmptyQueryResponse, PortalSuspended
-                    rq.popleft()
-            elif kind == ps.DESC_S or kind == ps.DESC_P:
-                if t == 84 or t == 110:  # RowDescription, NoData
-                    rq.popleft()
-            elif kind == ps.CLOSE:
-                if t == 51:
-                    rq.popleft()
-        self._on_message(t, body)
+            elif t in ps.TERMINAL[kind]:
+                rq.popleft()
+                swallow = kind == ps.INJECT
+        if t in _PLAIN_TYPES:
+            self._on_message(t, body)
         # Synthetic responses due right after this one (e.g. a CloseComplete between a BindComplete and the
         # DataRows that follow): emit them now, since DataRows stream by without reaching this handler.
         suffix = None
@@ -604,7 +592,12 @@ class ServerConn(Conn):
         if in_txn:
             q.append("ROLLBACK")
         parts = []
-        if self.pool.cleanup:
+        if self.pool.cleanup and self.dirty & DIRTY_SESSION:
+            # Protocol-level prepared statements, temp tables, advisory locks, settings: a session client
+            # may have left anything behind, and DISCARD ALL takes it all away.
+            parts.append("DISCARD ALL")
+            self.evicted.clear()
+        elif self.pool.cleanup:
             d = self.dirty
             if d & DIRTY_SET:
                 parts.append("RESET ROLE; RESET SESSION AUTHORIZATION; RESET ALL")
@@ -623,8 +616,11 @@ class ServerConn(Conn):
 
     def after_cleanup(self) -> None:
         self.evicted.clear()
-        if self.pool.cleanup and self.dirty & DIRTY_PREPARE:
+        if self.pool.cleanup and self.dirty & (DIRTY_PREPARE | DIRTY_SESSION):
             self.prepared.clear()
+            if self.dirty & DIRTY_SESSION:
+                self.extra.clear()
+                self.synced_key = None
         if self.pool.cleanup:
             if self.dirty & DIRTY_SET:
                 self.extra.clear()

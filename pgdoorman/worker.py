@@ -17,7 +17,16 @@ from pgdoorman.net.conn import Conn
 from pgdoorman.net.loop import Loop
 from pgdoorman.net.sockopts import apply_tcp
 from pgdoorman.protocol import messages as m
-from pgdoorman.server import ACTIVE, CONNECTING, IDLE, INTERNAL, LOGIN, ServerConn
+from pgdoorman.server import (
+    ACTIVE,
+    CONNECTING,
+    DIRTY_PREPARE,
+    DIRTY_SESSION,
+    IDLE,
+    INTERNAL,
+    LOGIN,
+    ServerConn,
+)
 
 if TYPE_CHECKING:
     from pgdoorman.app import App
@@ -164,6 +173,14 @@ class Worker:
         if linked is not None and linked.server is s:
             linked.server = None
         s.client = None
+        c = client if client is not None else linked
+        if c is not None:
+            if not c.transaction_mode:
+                if client_gone:
+                    s.dirty |= DIRTY_SESSION
+            elif c.named_parse:
+                s.dirty |= DIRTY_PREPARE  # prepared_statements off: a named Parse stays on the server
+                c.named_parse = False
         if client_gone:
             c_expect = client.expect if client is not None else 0
             c_unsynced = client.unsynced if client is not None else False

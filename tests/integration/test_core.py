@@ -554,3 +554,24 @@ def test_listen_refused_in_transaction_mode(pooler_factory: Any, prepared: bool)
     with WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD) as w:
         msgs = w.query("listen chan")
         assert [t for t, _ in msgs] == ["E", "Z"] and parse_fields(msgs[0][1])["C"] == "0A000"
+
+
+@pytest.mark.parametrize("mode,prepared", [("session", True), ("transaction", False)])
+def test_protocol_prepared_statements_do_not_leak_to_the_next_client(
+    pooler_factory: Any, mode: str, prepared: bool
+) -> None:
+    """A driver's named statements must not survive on the server for the next client (which would get
+    42P05 'already exists' for the same driver-generated name)."""
+    p = pooler_factory(pool_mode=mode, pool_size=1, general={"prepared_statements": prepared})
+    for _ in range(3):
+        with connect(p, prepare_threshold=0) as c:
+            # Without transparent prepared statements a statement cannot outlive its transaction in
+            # transaction mode (as with PgBouncer): prepare and use it inside one.
+            with c.transaction():
+                assert c.execute("select %s::int + 1", (1,)).fetchone() == (2,)  # psycopg prepares _pg3_0
+                assert c.execute("select %s::int + 1", (2,)).fetchone() == (3,)
+            c.execute("create temp table if not exists leak_t (x int)") if mode == "session" else None
+    with connect(p) as c:
+        assert c.execute("select count(*) from pg_prepared_statements").fetchone() == (0,)
+        if mode == "session":
+            assert c.execute("select count(*) from pg_class where relname = 'leak_t'").fetchone() == (0,)
