@@ -7,7 +7,7 @@ VPY    := $(VENV)/bin/python
 FT_PY  := .venv-ft/bin/python
 STAMP  := $(VENV)/.pgdoorman-installed
 
-.PHONY: help venv deps run test test-ft lint bench ft-python clean distclean
+.PHONY: help venv deps drivers run test test-ft lint bench ft-python clean distclean
 
 help:
 	@echo "make run        throwaway PostgreSQL + pgdoorman on 127.0.0.1:6432 in the foreground"
@@ -29,6 +29,10 @@ $(STAMP): pyproject.toml
 deps:
 	scripts/ensure_deps.sh postgres promtool
 
+# Toolchains and client libraries of tests/drivers/ (Node packages, Go, a JDK, Ruby, PHP, Rust crates).
+drivers: venv
+	scripts/install_drivers.sh
+
 run: deps venv
 	$(VPY) scripts/run_demo.py $(ARGS)
 
@@ -38,7 +42,7 @@ lint: venv
 
 # Every step runs even after a failure, so one CI run reports all of them; the exit code is
 # non-zero if any failed.
-test: deps venv
+test: deps venv drivers
 	@failed=""; \
 	step() { name=$$1; shift; echo "=== $$name: $$*"; "$$@" || failed="$$failed $$name"; }; \
 	step ruff $(VPY) -m ruff check pgdoorman tests scripts; \
