@@ -91,7 +91,7 @@ class ClientConn(Conn):
         "scanner", "terminating", "pid", "secret", "md5_salt", "scram", "stored", "addr", "connect_time",
         "query_count", "xact_count", "error_count", "login_timer", "admin", "application_name", "is_unix",
         "last_status", "xact_start", "counted", "query_start", "ps", "named", "unnamed", "rq", "raw",
-        "planner_sig", "last_parse", "named_parse",
+        "planner_sig", "last_parse", "named_parse", "copy_window", "copy_syncs", "in_copy_in",
     )
 
     def __init__(self, sock: socket.socket, worker: Worker, addr: str, is_unix: bool = False) -> None:
@@ -140,6 +140,10 @@ class ClientConn(Conn):
         self.planner_sig: tuple[str, ...] = ()
         self.last_parse: tuple[bytes, bytes, ps.Statement] | None = None
         self.named_parse = False  # a named Parse was forwarded untouched (prepared_statements off)
+        # COPY FROM STDIN bookkeeping (see copy_in_started)
+        self.copy_window = False  # since the last Execute/Query, no CopyDone/CopyFail yet
+        self.copy_syncs = 0  # Syncs counted in that window
+        self.in_copy_in = False  # PostgreSQL is in COPY IN for us: it ignores Sync
         self.login_timer = worker.loop.call_later(60.0, self._login_timeout)
 
     def __repr__(self) -> str:
@@ -247,17 +251,29 @@ class ClientConn(Conn):
     def _on_header(self, t: int, ln: int) -> None:
         if t == 81:  # Query
             self.expect += 1
+            self.copy_window = True
+            self.copy_syncs = 0
             if self.query_start == 0.0:
                 self.query_start = self.xact_start or time.monotonic()
                 if self.xact_start == 0.0:
                     self.xact_start = self.query_start
         elif t == 83:  # Sync
+            if self.in_copy_in:
+                return  # PostgreSQL ignores Sync during COPY IN
             self.expect += 1
             self.unsynced = False
+            if self.copy_window:
+                self.copy_syncs += 1
         elif t == 70:  # FunctionCall
             self.expect += 1
+        elif t == 99 or t == 102:  # CopyDone, CopyFail
+            self.copy_window = False
+            self.in_copy_in = False
         elif t in b"PBDEC":
             self.unsynced = True
+            if t == 69:
+                self.copy_window = True  # an Execute may start a COPY FROM STDIN
+                self.copy_syncs = 0
             if t == 80 and ln > SMALL_LIMIT:
                 self.named_parse = True  # too big to read: assume it named a statement
             if self.query_start == 0.0:
@@ -393,6 +409,8 @@ class ClientConn(Conn):
         if t == 88:  # Terminate
             self.terminating = True
             return b""
+        if t == 83 and self.in_copy_in:
+            return None  # PostgreSQL ignores Sync during COPY IN: no ReadyForQuery will answer it
         rq = self._track()
         if t == 66:  # Bind: portal, statement, ...
             self.unsynced = True
@@ -410,11 +428,15 @@ class ClientConn(Conn):
             return pre + b"B" + m.U32.pack(len(nb) + 4) + nb
         if t == 69:  # Execute
             self.unsynced = True
+            self.copy_window = True  # it may start a COPY FROM STDIN
+            self.copy_syncs = 0
             rq.append((ps.EXEC, None))
             return None
         if t == 83:  # Sync
             self.expect += 1
             self.unsynced = False
+            if self.copy_window:
+                self.copy_syncs += 1
             rq.append((ps.SYNC, None))
             return None
         if t == 80:  # Parse: name, query, types
@@ -489,10 +511,15 @@ class ClientConn(Conn):
         # when an extended-protocol entry joins.
         if t == 81:
             self._mark_query()
+            self.copy_window = True
+            self.copy_syncs = 0
         if t == 81 or t == 70:
             self.expect += 1
             if self.rq:
                 self.rq.append((ps.QUERY if t == 81 else ps.FUNC, None))
+        elif t == 99 or t == 102:  # CopyDone, CopyFail
+            self.copy_window = False
+            self.in_copy_in = False
 
     def _track(self) -> deque[tuple[int, Any]]:
         """The response queue, switched on: the server relay walks it from now on."""
@@ -531,6 +558,27 @@ class ClientConn(Conn):
         status = s.txn_status if s is not None else 73
         self._track().append((ps.SYNTH, m.command_complete(tag) + m.ready_for_query(bytes([status]))))
         return b""
+
+    def copy_in_started(self) -> None:
+        """PostgreSQL answered CopyInResponse. Until the client's CopyDone/CopyFail it ignores Sync and Flush,
+        so Syncs the client sent after the Execute (tokio-postgres sends Bind, Execute, Sync, then the data)
+        will get no ReadyForQuery: stop expecting one for them."""
+        n = self.copy_syncs
+        self.copy_syncs = 0
+        self.in_copy_in = self.copy_window
+        if not n:
+            return
+        self.expect -= n
+        rq = self.rq
+        if rq:
+            keep = [rq.popleft()]  # the Execute being answered
+            while rq and n:
+                e = rq.popleft()
+                if e[0] == ps.SYNC:
+                    n -= 1
+                else:
+                    keep.append(e)
+            rq.extendleft(reversed(keep))
 
     def forget_statements(self) -> None:
         """The server ran DISCARD ALL / DEALLOCATE ALL for us: PostgreSQL would have dropped them all."""

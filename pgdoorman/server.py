@@ -52,7 +52,7 @@ _ids = iter(range(1, 1 << 62))
 # DECLARE CURSOR, DEALLOCATE ALL. Most tags ("SELECT 1") are ruled out by length before any copy.
 _TAG_LENS = frozenset({4, 6, 7, 8, 12, 15})
 # The response types the plain relay handler acts on (ReadyForQuery, CommandComplete, ParameterStatus, Error).
-_PLAIN_TYPES = frozenset(b"ZCSE")
+_PLAIN_TYPES = frozenset(b"ZCSEG")
 
 
 def _quote(v: str) -> str:
@@ -350,6 +350,10 @@ class ServerConn(Conn):
             c = self.client
             if c is not None:
                 c.on_server_error(body)
+        elif t == 71:  # CopyInResponse
+            c = self.client
+            if c is not None:
+                c.copy_in_started()
         return None
 
     def set_ps_mode(self, on: bool) -> None:
