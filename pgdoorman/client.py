@@ -740,15 +740,8 @@ class ClientConn(Conn):
 
     # ------------------------------------------------------------------ login
     def _login_read(self) -> None:
-        try:
-            data = self.sock.recv(16384)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            self.close(f"read failed: {e}")
-            return
-        if not data:
-            self.close("client disconnected during login")
+        data = self.recv_or_close(16384, "client disconnected during login")
+        if data is None:
             return
         buf = self.inbuf
         buf += data

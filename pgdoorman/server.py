@@ -498,15 +498,8 @@ class ServerConn(Conn):
             c.forget_statements()
 
     def _idle_read(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            self.close(f"idle server read failed: {e}")
-            return
-        if not data:
-            self.close("server closed an idle connection")
+        data = self.recv_or_close(65536, "server closed an idle connection")
+        if data is None:
             return
         # Anything an idle backend says (a FATAL before it exits, a stray notification) makes it unsafe.
         reason = "unexpected data from an idle server"
@@ -530,15 +523,8 @@ class ServerConn(Conn):
         self.write(b"".join(m.query(q) for q in queries))
 
     def _internal_read(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            self.close(f"read failed: {e}")
-            return
-        if not data:
-            self.close("server closed the connection")
+        data = self.recv_or_close(65536, "server closed the connection")
+        if data is None:
             return
         buf = self.inbuf
         buf += data

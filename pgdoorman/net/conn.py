@@ -82,6 +82,21 @@ class Conn:
     def on_readable(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def recv_or_close(self, size: int, eof_reason: str) -> bytes | None:
+        """recv() for the slow paths (login, housekeeping): the bytes, or None when there is nothing to
+        read yet or the connection was closed (EOF or error)."""
+        try:
+            data = self.sock.recv(size)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as e:
+            self.close(f"read failed: {e}")
+            return None
+        if not data:
+            self.close(eof_reason)
+            return None
+        return data
+
     def write(self, data: Any) -> None:
         if self.closed:
             return
