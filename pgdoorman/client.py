@@ -90,7 +90,7 @@ class ClientConn(Conn):
         "want_key", "expect", "unsynced", "transaction_mode", "waiting", "wait_start", "pending",
         "scanner", "terminating", "pid", "secret", "md5_salt", "scram", "stored", "addr", "connect_time",
         "query_count", "xact_count", "error_count", "login_timer", "admin", "application_name", "is_unix",
-        "last_status", "xact_start", "counted", "query_start", "ps", "named", "unnamed", "rq", "raw",
+        "last_status", "xact_start", "query_start", "ps", "named", "unnamed", "rq", "raw",
         "planner_sig", "last_parse", "named_parse", "copy_window", "copy_syncs", "in_copy_in",
     )
 
@@ -131,7 +131,6 @@ class ClientConn(Conn):
         self.last_status = 73
         self.xact_start = 0.0
         self.query_start = 0.0
-        self.counted = True
         self.ps = False  # transparent prepared statements active (transaction mode)
         self.named: dict[bytes, ps.Statement] = {}
         self.unnamed: ps.Statement | None = None
@@ -786,7 +785,6 @@ class ClientConn(Conn):
             return
         if code == m.CANCEL_REQUEST:
             self.app.cancels.cancel(int(params["pid"]), int(params["secret"]))
-            self.counted = False
             self.close("cancel request")
             return
         user = params.get("user", "")
@@ -926,7 +924,6 @@ class ClientConn(Conn):
         self.write(b"".join(out))
         self.login_timer.cancel()
         self.state = READY
-        pool.active_clients += 0
         if self.app.config.general.log_client_connections:
             log.info("client %s logged in to %s (%s mode)", self.addr, pool.name, pool.mode)
         if self.inbuf:

@@ -68,7 +68,6 @@ class Pool:
         self.total = 0  # connected + connecting servers, counted against pool_size
         self.connecting = 0
         self.waiters: deque[ClientConn] = deque()
-        self.active_clients = 0
         self.paused = False
         self.epoch = 0  # RECONNECT bumps it: servers of an older epoch are closed when they come back
         # Learned from the first server connection and sent to every client at login.

@@ -66,7 +66,7 @@ class ServerConn(Conn):
         "created", "idle_since", "epoch", "dirty", "cancelled", "scanner", "inbuf", "release_pending",
         "internal_left", "internal_error", "internal_done", "deferred", "txn_status", "scram",
         "timer", "connect_error", "fatal_forwarded", "addr", "xact_start", "query_count", "xact_count",
-        "bytes_in", "bytes_out", "login_client", "pstats", "prepared", "evicted", "ps_cap", "ps_hits",
+        "bytes_in", "bytes_out", "pstats", "prepared", "evicted", "ps_cap", "ps_hits",
         "ps_misses", "ps_on", "_plain_handler", "_ps_handler",
     )
 
@@ -105,7 +105,6 @@ class ServerConn(Conn):
         self.xact_count = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        self.login_client: ClientConn | None = None
         self.pstats = pool.stats[worker.id]
         self.prepared: OrderedDict[bytes, None] = OrderedDict()  # DOORMAN_n names this backend holds
         self.evicted: list[bytes] = []  # to DEALLOCATE at the next checkin
