@@ -595,19 +595,13 @@ class ClientConn(Conn):
         now = time.monotonic()
         qs = self.query_start
         if qs:
-            us = int((now - qs) * 1e6)
-            st.query_count += 1
-            st.query_time_us += us
-            st.query_hist.record(us)
+            st.query_hist.record(int((now - qs) * 1e6))
             self.query_start = now if self.expect > 0 else 0.0
         if status == 73 and self.expect <= 0:
             self.xact_count += 1
             start = self.xact_start
             if start:
-                us = int((now - start) * 1e6)
-                st.xact_count += 1
-                st.xact_time_us += us
-                st.xact_hist.record(us)
+                st.xact_hist.record(int((now - start) * 1e6))
                 self.xact_start = 0.0
 
     def on_server_error(self, body: memoryview) -> None:
@@ -651,8 +645,6 @@ class ClientConn(Conn):
             if pool is not None:
                 waited = int((time.monotonic() - self.wait_start) * 1e6)
                 st = pool.stats[self.worker.id]
-                st.wait_time_us += waited
-                st.wait_count += 1
                 st.wait_hist.record(waited)
                 if waited > st.max_wait_us:
                     st.max_wait_us = waited

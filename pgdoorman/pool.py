@@ -34,27 +34,48 @@ TRACKED_PARAMS = (
 
 
 class PoolStats:
-    """Per-worker counters of one pool: only the owning worker writes them, readers sum the shards."""
+    """Per-worker counters of one pool: only the owning worker writes them, readers sum the shards.
 
-    __slots__ = ("xact_count", "query_count", "bytes_in", "bytes_out", "xact_time_us", "wait_time_us",
-                 "max_wait_us", "errors", "query_time_us", "xact_hist", "query_hist", "wait_hist",
-                 "errors_by_class", "wait_count")
+    Query, transaction and wait counts and time sums live in the histograms only: one write per event,
+    so a reader on another thread (free-threaded CPython) never sees a count and its histogram disagree.
+    """
+
+    __slots__ = ("bytes_in", "bytes_out", "max_wait_us", "errors", "xact_hist", "query_hist", "wait_hist",
+                 "errors_by_class")
 
     def __init__(self) -> None:
-        self.xact_count = 0
-        self.query_count = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        self.xact_time_us = 0
-        self.query_time_us = 0
-        self.wait_time_us = 0
         self.max_wait_us = 0
         self.errors = 0
-        self.wait_count = 0
         self.xact_hist = Histogram()
         self.query_hist = Histogram()
         self.wait_hist = Histogram()
         self.errors_by_class: dict[str, int] = {}  # SQLSTATE class (first two chars) -> count
+
+    @property
+    def xact_count(self) -> int:
+        return self.xact_hist.n
+
+    @property
+    def xact_time_us(self) -> int:
+        return self.xact_hist.total
+
+    @property
+    def query_count(self) -> int:
+        return self.query_hist.n
+
+    @property
+    def query_time_us(self) -> int:
+        return self.query_hist.total
+
+    @property
+    def wait_count(self) -> int:
+        return self.wait_hist.n
+
+    @property
+    def wait_time_us(self) -> int:
+        return self.wait_hist.total
 
 
 class Pool:

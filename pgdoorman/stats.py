@@ -56,15 +56,16 @@ class Histogram:
 
 
 def merged(hists: Iterable[Histogram]) -> tuple[list[int], int, int]:
+    """(bucket counts, count, sum of us) over shards that other threads keep writing: the count is the sum of
+    the buckets read here, so it always agrees with them (the sum may be one sample apart)."""
     counts = [0] * BUCKETS
-    n = total = 0
+    total = 0
     for h in hists:
         c = h.counts
         for i in range(BUCKETS):
             counts[i] += c[i]
-        n += h.n
         total += h.total
-    return counts, n, total
+    return counts, sum(counts), total
 
 
 def percentile(counts: Sequence[int], n: int, q: float) -> float:

@@ -25,7 +25,6 @@ from pgdoorman.admin.state import (
     client_statements,
     copy_of,
     get_sampler,
-    pool_histograms,
     pool_statements,
     pool_totals,
     prepared_view,
@@ -195,7 +194,7 @@ def show_pools_extended(ctx: ShowContext) -> ResultSet:
     for v in ctx.snap.pools:
         p = v.pool
         t = pool_totals(p)
-        (qc, qn, _), (xc, xn, _), _ = pool_histograms(p)
+        (qc, qn, _), (xc, xn, _), _ = t.hists
         q = [int(percentile(qc, qn, x)) for x in (0.99, 0.95, 0.5)]
         x = [int(percentile(xc, xn, x_)) for x_ in (0.99, 0.95, 0.5)]
         rows.append([

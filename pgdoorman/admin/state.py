@@ -242,6 +242,9 @@ def prepared_view(v: PoolView) -> PreparedView:
 
 
 # ------------------------------------------------------------------------------------------ counters
+Merged = tuple[list[int], int, int]  # (bucket counts, n, sum of microseconds)
+
+
 @dataclass
 class Totals:
     """Counters of one pool since it was created, summed over the per-worker shards."""
@@ -257,27 +260,30 @@ class Totals:
     errors: int = 0
     max_wait_us: int = 0
     errors_by_class: dict[str, int] = field(default_factory=dict)
+    # (query, transaction, wait) histograms read in the same pass as the counts above, which come from them:
+    # a scrape's totals and histogram counts agree even while workers keep counting.
+    hists: tuple[Merged, Merged, Merged] = ((([], 0, 0)), (([], 0, 0)), (([], 0, 0)))
 
 
 def pool_totals(pool: Pool) -> Totals:
     t = Totals()
-    for st in copy_of(pool.stats):
-        t.xact_count += st.xact_count
-        t.query_count += st.query_count
+    shards = copy_of(pool.stats)
+    q, x, w = t.hists = (
+        merged(s.query_hist for s in shards),
+        merged(s.xact_hist for s in shards),
+        merged(s.wait_hist for s in shards),
+    )
+    t.query_count, t.query_time_us = q[1], q[2]
+    t.xact_count, t.xact_time_us = x[1], x[2]
+    t.wait_count, t.wait_time_us = w[1], w[2]
+    for st in shards:
         t.bytes_in += st.bytes_in
         t.bytes_out += st.bytes_out
-        t.xact_time_us += st.xact_time_us
-        t.query_time_us += st.query_time_us
-        t.wait_time_us += st.wait_time_us
-        t.wait_count += st.wait_count
         t.errors += st.errors
         t.max_wait_us = max(t.max_wait_us, st.max_wait_us)
         for k, n in dict_copy(st.errors_by_class).items():
             t.errors_by_class[k] = t.errors_by_class.get(k, 0) + n
     return t
-
-
-Merged = tuple[list[int], int, int]  # (bucket counts, n, sum of microseconds)
 
 
 def pool_histograms(pool: Pool) -> tuple[Merged, Merged, Merged]:

@@ -17,7 +17,6 @@ from pgdoorman.admin.show import connection_counts
 from pgdoorman.admin.state import (
     Snapshot,
     get_sampler,
-    pool_histograms,
     pool_totals,
     prepared_view,
     take_snapshot,
@@ -197,7 +196,7 @@ def collect(app: App, snap: Snapshot | None = None) -> list[Family]:
         x_count.add(t.xact_count, ud)
         q_time.add(t.query_time_us / 1000.0, ud)
         x_time.add(t.xact_time_us / 1000.0, ud)
-        (qc, qn, qs), (xc, xn, xs), (wc, wn, ws) = pool_histograms(p)
+        (qc, qn, qs), (xc, xn, xs), (wc, wn, ws) = t.hists
         q_hist.add_histogram(ud, histogram_buckets(qc, QUERY_BUCKETS), qs / 1e6, qn)
         x_hist.add_histogram(ud, histogram_buckets(xc, TRANSACTION_BUCKETS), xs / 1e6, xn)
         w_hist.add_histogram(ud, histogram_buckets(wc, WAIT_BUCKETS), ws / 1e6, wn)

@@ -114,18 +114,24 @@ def populate(app: App) -> dict[str, Any]:
     s_active.ps_hits, s_active.ps_misses = 5, 2
     s_active.prepared[st1.name] = None
     # Counters live in per-worker shards; readers sum them.
+    # Counts and time sums are the histograms' own: record samples, then pad to the wanted count with
+    # mid-range samples (so p50 stays the 3 ms bucket and p99 the 40 ms one) and set the sums.
     for wid, (x, q) in enumerate([(10, 30), (5, 12)]):
         st = p.stats[wid]
-        st.xact_count, st.query_count = x, q
         st.bytes_in, st.bytes_out = 1000 * (wid + 1), 5000 * (wid + 1)
-        st.xact_time_us, st.query_time_us = 150_000 * (wid + 1), 90_000 * (wid + 1)
-        st.wait_time_us, st.wait_count = 30_000, 3
         st.errors = 4
         st.errors_by_class.update({"08": 1, "42": 2, "26": 1} if wid == 0 else {"57": 1, "25P02": 2, "53": 1})
         for us in (200, 3000, 40_000):
             st.query_hist.record(us)
             st.xact_hist.record(us * 2)
-        st.wait_hist.record(50)
+        for _ in range(q - 3):
+            st.query_hist.record(3000)
+        for _ in range(x - 3):
+            st.xact_hist.record(6000)
+        for _ in range(3):
+            st.wait_hist.record(50)
+        st.xact_hist.total, st.query_hist.total = 150_000 * (wid + 1), 90_000 * (wid + 1)
+        st.wait_hist.total = 30_000
     return {"waiting": waiting, "active": active, "idle": idle, "statements": (st1, st2)}
 
 
@@ -252,11 +258,13 @@ def test_sampler_window(app: App) -> None:
     t0 = time.monotonic()
     s.origin = t0 - 100  # a process started long ago
     p = app.pools[("app", "u1")]
-    p.stats[0].xact_count = 10
+    for _ in range(10):
+        p.stats[0].xact_hist.record(100)
     s.samples.append((t0 - 20, {("app", "u1"): Totals(xact_count=0)}))
     s.samples.append((t0 - 15.5, {("app", "u1"): Totals(xact_count=10)}))
     s.samples.append((t0 - 5, {("app", "u1"): Totals(xact_count=20)}))
-    p.stats[0].xact_count = 41
+    for _ in range(31):
+        p.stats[0].xact_hist.record(100)
     a = s.averages_for(("app", "u1"), state.pool_totals(p), t0)
     assert a.window == pytest.approx(15.5) and a.xact_count == 2  # (41 - 10) / 15.5
     # Nothing old enough and a process older than the period: the oldest sample gives a recent window.
@@ -297,12 +305,13 @@ def test_metrics_agree_with_show_pools(app: App) -> None:
     assert value("pg_doorman_pools_transactions_total", **u1) == 15
     assert value("pg_doorman_pools_bytes_total", direction="received", **u1) == 3000
     assert value("pg_doorman_pools_bytes_total", direction="sent", **u1) == 15000
-    assert value("pg_doorman_pools_query_duration_seconds_count", **u1) == 6
-    assert value("pg_doorman_pools_query_duration_seconds_sum", **u1) == pytest.approx(2 * 43_200 / 1e6)
+    # the histogram's count is the same counter as queries_total (one write per query)
+    assert value("pg_doorman_pools_query_duration_seconds_count", **u1) == 42
+    assert value("pg_doorman_pools_query_duration_seconds_sum", **u1) == pytest.approx((90_000 + 180_000) / 1e6)
     assert value("pg_doorman_pools_query_duration_seconds_bucket", le="0.0005", **u1) == 2
-    assert value("pg_doorman_pools_query_duration_seconds_bucket", le="0.005", **u1) == 4
-    assert value("pg_doorman_pools_query_duration_seconds_bucket", le="0.05", **u1) == 6
-    assert value("pg_doorman_pools_wait_duration_seconds_bucket", le="0.0001", **u1) == 2
+    assert value("pg_doorman_pools_query_duration_seconds_bucket", le="0.005", **u1) == 40
+    assert value("pg_doorman_pools_query_duration_seconds_bucket", le="0.05", **u1) == 42
+    assert value("pg_doorman_pools_wait_duration_seconds_bucket", le="0.0001", **u1) == 6  # 3 waits of 50 us per worker
     errors = {s.labels["sqlstate"]: s.value for f in fams for s in f.samples
               if s.name == "pg_doorman_pools_errors_total" and s.labels["user"] == "u1"
               and s.labels["database"] == "app"}
