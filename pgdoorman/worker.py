@@ -173,6 +173,9 @@ class Worker:
         if linked is not None and linked.server is s:
             linked.server = None
         s.client = None
+        if s.read_paused:
+            # Paused for a slow client whose queue has not drained yet: the next client must be heard.
+            s.resume_reading()
         c = client if client is not None else linked
         if c is not None:
             if not c.transaction_mode:

@@ -575,3 +575,27 @@ def test_protocol_prepared_statements_do_not_leak_to_the_next_client(
         assert c.execute("select count(*) from pg_prepared_statements").fetchone() == (0,)
         if mode == "session":
             assert c.execute("select count(*) from pg_class where relname = 'leak_t'").fetchone() == (0,)
+
+
+def test_server_paused_for_a_slow_client_is_heard_by_the_next(pooler_factory: Any) -> None:
+    """A slow reader of a large result gets it all and the next client is served. (The exact window, where the
+    chunk with ReadyForQuery arrives while the server is paused for back-pressure, depends on kernel buffer
+    timing: tests/unit/test_worker_release.py pins that invariant down deterministically.)"""
+    p = pooler_factory(pool_size=1)
+    for _ in range(3):
+        slow = WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, timeout=30)
+        # A tiny receive buffer and slow reads to the very end: the pooler's queue for this client stays past
+        # its high-water mark (server paused) when the chunk with ReadyForQuery comes in.
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        slow.send(query("select repeat('z', 3 * 1024 * 1024)"))
+        got = bytearray()
+        slow.sock.settimeout(20)
+        while not got.endswith(b"Z\x00\x00\x00\x05I"):
+            chunk = slow.sock.recv(65536)
+            assert chunk, "pooler closed the connection"
+            got += chunk
+            time.sleep(0.002)
+        assert len(got) > 3 * 1024 * 1024
+        slow.close()
+        with WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, timeout=5) as w:
+            assert w.query_rows("select 'heard'") == [["heard"]]
