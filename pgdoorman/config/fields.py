@@ -247,7 +247,7 @@ FIELDS: Final[tuple[Field, ...]] = (
              "to their `min_pool_size`."),
     _general("Timeouts", "retain_connections_max", Int(0), 3, True,
              "Most server connections closed by one maintenance pass (oldest first); 0 means no limit."),
-    _general("Timeouts", "server_idle_check_timeout", Duration(), 60_000, True,
+    _general("Timeouts", "server_idle_check_timeout", Duration(), 60_000, False,
              "A server connection idle for longer than this is checked with an empty query before a client gets "
              "it, so connections killed while idle are not handed out. 0 disables the check."),
     _general("Timeouts", "shutdown_timeout", Duration(), 10_000, True,
@@ -264,7 +264,7 @@ FIELDS: Final[tuple[Field, ...]] = (
     _general("TCP", "tcp_user_timeout", Seconds(), 60, True,
              "TCP_USER_TIMEOUT (Linux): a connection whose sent data stays unacknowledged this many seconds is "
              "dropped. 0 keeps the operating system default."),
-    _general("TCP", "tcp_so_linger", Seconds(), 0, True,
+    _general("TCP", "tcp_so_linger", Seconds(), 0, False,
              "SO_LINGER seconds applied when closing sockets; 0 resets the connection (RST) at once instead of "
              "lingering."),
     _general("TCP", "tcp_no_delay", Bool(), True, True,
@@ -273,9 +273,9 @@ FIELDS: Final[tuple[Field, ...]] = (
              "When not 0, sets SO_RCVBUF and SO_SNDBUF on client, server and web sockets; 0 leaves buffer sizing "
              "to the kernel."),
     # ------------------------------------------------------------------ general: limits
-    _general("Limits", "max_memory_usage", ByteSize(), 256 * MiB, True,
+    _general("Limits", "max_memory_usage", ByteSize(), 256 * MiB, False,
              "Budget for protocol message bytes buffered in memory across all connections."),
-    _general("Limits", "message_size_to_be_stream", ByteSize(), MiB, True,
+    _general("Limits", "message_size_to_be_stream", ByteSize(), MiB, False,
              "DataRow, CopyData and FunctionCallResponse messages larger than this are relayed in pieces as they "
              "arrive instead of being buffered whole."),
     # ------------------------------------------------------------------ general: workers
@@ -306,14 +306,14 @@ FIELDS: Final[tuple[Field, ...]] = (
              "Send the log to syslog under this program name instead of stderr.", optional=True,
              reloadable=False, example="pg_doorman"),
     # ------------------------------------------------------------------ general: pool behaviour
-    _general("Pool behaviour", "server_round_robin", Bool(), False, True,
+    _general("Pool behaviour", "server_round_robin", Bool(), False, False,
              "Hand out idle server connections in rotation instead of most-recently-used first. The default "
              "keeps a small hot set busy and lets the rest reach `idle_timeout`."),
-    _general("Pool behaviour", "sync_server_parameters", Bool(), False, True,
+    _general("Pool behaviour", "sync_server_parameters", Bool(), False, False,
              "In transaction mode, make each server connection match the client's session parameters "
              "(client_encoding, DateStyle, IntervalStyle, TimeZone, standard_conforming_strings, application_name "
              "and safe startup parameters) with SET/RESET when it is checked out."),
-    _general("Pool behaviour", "pooler_check_query", Str(nonempty=True), ";", True,
+    _general("Pool behaviour", "pooler_check_query", Str(nonempty=True), ";", False,
              "A simple query byte-for-byte equal to this is a health check: it is answered from a cached server "
              "reply without using a server connection."),
     _general("Pool behaviour", "startup_parameters", StartupParameters(), FrozenMapping[str, str](), False,
@@ -330,7 +330,7 @@ FIELDS: Final[tuple[Field, ...]] = (
              "How many prepared statements each server connection keeps (least recently used are closed). "
              "Unset: the pool-level cache size.", optional=True, example=1024,
              default_doc="`prepared_statements_cache_size`"),
-    _general("Prepared statements", "client_anonymous_prepared_cache_size", Int(0), None, True,
+    _general("Prepared statements", "client_anonymous_prepared_cache_size", Int(0), None, False,
              "How many unnamed prepared statements each client keeps (least recently used are dropped); 0 means "
              "no limit (warned about). Unset: the pool-level cache size. The old name "
              "`client_prepared_statements_cache_size` is accepted with a warning.",
@@ -451,7 +451,7 @@ FIELDS: Final[tuple[Field, ...]] = (
     _pool("Behaviour", "cleanup_server_connections", Bool(), True, True,
           "Reset session state (RESET ALL, DEALLOCATE ALL, CLOSE ALL, as needed) when a client gives back a "
           "server connection it changed. Open transactions are always rolled back."),
-    _pool("Behaviour", "log_client_parameter_status_changes", Bool(), False, True,
+    _pool("Behaviour", "log_client_parameter_status_changes", Bool(), False, False,
           "Log parameter changes (SET) reported for this pool's clients."),
     _pool("Behaviour", "sync_server_parameters", Bool(), None, False,
           "Per-pool `general.sync_server_parameters` (added by a PgDoorman release after 3.10.7).", optional=True,
