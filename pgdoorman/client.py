@@ -161,20 +161,10 @@ class ClientConn(Conn):
 
     # ------------------------------------------------------------------ reading
     def on_event(self, mask: int) -> None:
-        if mask == 1 and self.state == READY:
-            try:
-                n = self.sock.recv_into(self.loop.rbuf)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                self.close(f"read failed: {e}")
-                return
-            if not n:
-                self.close("client disconnected")
-                return
-            self._consume(self.loop.rview[:n], n)
-            return
-        Conn.on_event(self, mask)
+        if mask == 1:  # readable only: the common case, without Conn.on_event's write check
+            self.on_readable()
+        else:
+            Conn.on_event(self, mask)
 
     def on_readable(self) -> None:
         if self.state == READY:
