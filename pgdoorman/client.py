@@ -242,10 +242,7 @@ class ClientConn(Conn):
             self.expect += 1
             self.copy_window = True
             self.copy_syncs = 0
-            if self.query_start == 0.0:
-                self.query_start = self.xact_start or time.monotonic()
-                if self.xact_start == 0.0:
-                    self.xact_start = self.query_start
+            self._mark_query()
         elif t == 83:  # Sync
             if self.in_copy_in:
                 return  # PostgreSQL ignores Sync during COPY IN
@@ -265,10 +262,7 @@ class ClientConn(Conn):
                 self.copy_syncs = 0
             if t == 80 and ln > SMALL_LIMIT:
                 self.named_parse = True  # too big to read: assume it named a statement
-            if self.query_start == 0.0:
-                self.query_start = self.xact_start or time.monotonic()
-                if self.xact_start == 0.0:
-                    self.xact_start = self.query_start
+            self._mark_query()
 
     def _on_message(self, t: int, body: memoryview) -> bytes | None:
         if t == 81:  # a small simple query (transaction mode)
@@ -363,11 +357,8 @@ class ClientConn(Conn):
         return True
 
     def flush_synth(self) -> None:
-        rq = self.rq
-        if rq and rq[0][0] == ps.SYNTH:
-            out = bytearray()
-            while rq and rq[0][0] == ps.SYNTH:
-                out += rq.popleft()[1]
+        out = ps.take_synth(self.rq)
+        if out is not None:
             self.write(out)
 
     def _lookup(self, name: bytes) -> ps.Statement | None:

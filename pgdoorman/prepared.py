@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from typing import Any
 
 from pgdoorman.protocol import messages as m
 
@@ -129,10 +130,15 @@ class PoolCache:
             return list(self.entries.values())
 
 
-def split_cstr(body: memoryview | bytes, pos: int) -> tuple[bytes, int]:
-    b = body if isinstance(body, bytes) else bytes(body)
-    j = b.index(b"\x00", pos)
-    return b[pos:j], j + 1
+def take_synth(rq: deque[tuple[int, Any]]) -> bytearray | None:
+    """Pop the synthetic responses at the head of a client's expected-response queue: their bytes, or None
+    when the head is not synthetic (everything before them has been answered, so they are due now)."""
+    if not rq or rq[0][0] != SYNTH:
+        return None
+    out = bytearray()
+    while rq and rq[0][0] == SYNTH:
+        out += rq.popleft()[1]
+    return out
 
 
 def deallocate_queries(names: list[bytes]) -> list[str]:

@@ -375,11 +375,7 @@ class ServerConn(Conn):
         if c is None:
             return self._on_message(t, body)
         rq = c.rq
-        prefix = None
-        if rq and rq[0][0] == ps.SYNTH:
-            prefix = bytearray()
-            while rq and rq[0][0] == ps.SYNTH:
-                prefix += rq.popleft()[1]
+        prefix = ps.take_synth(rq)
         swallow = False
         rewritten = False
         if rq and t not in (83, 78, 65):  # ParameterStatus, notices and notifications belong to no entry
@@ -405,11 +401,7 @@ class ServerConn(Conn):
             self._on_message(t, body)
         # Synthetic responses due right after this one (e.g. a CloseComplete between a BindComplete and the
         # DataRows that follow): emit them now, since DataRows stream by without reaching this handler.
-        suffix = None
-        if rq and rq[0][0] == ps.SYNTH:
-            suffix = bytearray()
-            while rq and rq[0][0] == ps.SYNTH:
-                suffix += rq.popleft()[1]
+        suffix = ps.take_synth(rq)
         if t == 90:
             if rq:
                 self.release_pending = False  # more was pipelined after this Sync
