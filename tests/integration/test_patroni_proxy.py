@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,35 +25,19 @@ import pytest
 import yaml
 
 from tests.support.cluster import PgCluster
+from tests.support.pooler import free_port
+from tests.support.pooler import port_free_on_both as _port_free_on_both
+from tests.support.pooler import wait_for as _wait_for
 
 HOST_A, HOST_B = "127.0.0.1", "127.0.0.2"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def port_free_on_both() -> int:
-    for _ in range(50):
-        p = free_port(HOST_A)
-        try:
-            with socket.socket() as s:
-                s.bind((HOST_B, p))
-        except OSError:
-            continue
-        return p
-    raise RuntimeError("no port free on both 127.0.0.1 and 127.0.0.2")
+    return _port_free_on_both(HOST_A, HOST_B)
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    _wait_for(pred, timeout, what, interval=0.05)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,6 +38,29 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def port_free_on_both(host_a: str, host_b: str) -> int:
+    """A port free on two loopback addresses at once (servers that must share a port number)."""
+    for _ in range(50):
+        p = free_port(host_a)
+        try:
+            with socket.socket() as s:
+                s.bind((host_b, p))
+        except OSError:
+            continue
+        return p
+    raise RuntimeError(f"no port free on both {host_a} and {host_b}")
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition", interval: float = 0.05) -> None:
+    """Poll `pred` until it is true; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def libpq_quote(value: str) -> str:

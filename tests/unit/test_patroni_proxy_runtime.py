@@ -23,35 +23,19 @@ from pgdoorman.net.conn import HIGH_WATER
 from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.patroni_proxy.config import load
 from pgdoorman.patroni_proxy.proxy import Proxy
+from tests.support.pooler import free_port
+from tests.support.pooler import port_free_on_both as _port_free_on_both
+from tests.support.pooler import wait_for as _wait_for
 
 HOST_A, HOST_B = "127.0.0.1", "127.0.0.2"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def port_free_on_both() -> int:
-    for _ in range(50):
-        p = free_port(HOST_A)
-        try:
-            with socket.socket() as s:
-                s.bind((HOST_B, p))
-        except OSError:
-            continue
-        return p
-    raise RuntimeError("no port free on both 127.0.0.1 and 127.0.0.2")
+    return _port_free_on_both(HOST_A, HOST_B)
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    _wait_for(pred, timeout, what, interval=0.02)
 
 
 # ------------------------------------------------------------------------------------------- backends
