@@ -201,7 +201,8 @@ class ClientConn(Conn):
             s = pool.checkout(self, self.worker)
             if s is not None and not self._link(s):
                 s = None  # linked, but a parameter sync runs first: hold the bytes until it is done
-        if s is None or s.state != 3 or (self.ps and self.raw):
+        hold = s is None or s.state != 3 or (self.ps and bool(self.raw))
+        if hold:
             if self.server is None and not self.waiting and not self.closed:
                 self.need_server()  # held bytes and no request yet (defensive: should not happen)
             if self.ps:
@@ -210,18 +211,6 @@ class ClientConn(Conn):
                 if len(self.raw) > HIGH_WATER:
                     self.pause_reading()
                 return
-            try:
-                out = self.scanner.feed(view)
-            except m.ProtocolViolation as e:
-                self.fatal("08P01", f"protocol violation: {e}")
-                return
-            if out is not None:
-                self.pending += out
-                if len(self.pending) > HIGH_WATER:
-                    self.pause_reading()
-            if self.terminating:
-                self.close("client terminated")
-            return
         try:
             out = self.scanner.feed(view)
         except m.ProtocolViolation as e:
@@ -231,9 +220,15 @@ class ClientConn(Conn):
             self._after_ps_scan(out, n)
             return
         if out is not None:
-            s.bytes_out += n
-            s.pstats.bytes_in += n
-            s.write(out)
+            if hold:
+                self.pending += out  # scanned, sent when the server is ready
+                if len(self.pending) > HIGH_WATER:
+                    self.pause_reading()
+            else:
+                assert s is not None
+                s.bytes_out += n
+                s.pstats.bytes_in += n
+                s.write(out)
         if self.terminating:
             self.close("client terminated")
 

@@ -189,13 +189,8 @@ class ServerConn(Conn):
             return
         buf = self.inbuf
         buf += data
-        while len(buf) >= 5:
-            (ln,) = m.U32.unpack_from(buf, 1)
-            if len(buf) < ln + 1:
-                break
-            t = buf[0]
-            body = bytes(buf[5 : ln + 1])
-            del buf[: ln + 1]
+        while (msg := m.pop_message(buf)) is not None:
+            t, body = msg
             try:
                 done = self._login_message(t, body)
             except auth.AuthError as e:
@@ -519,23 +514,19 @@ class ServerConn(Conn):
             return
         buf = self.inbuf
         buf += data
-        while len(buf) >= 5:
-            (ln,) = m.U32.unpack_from(buf, 1)
-            if len(buf) < ln + 1:
-                break
-            t = buf[0]
+        while (msg := m.pop_message(buf)) is not None:
+            t, body = msg
             if t == 90:
-                self.txn_status = buf[5]
+                self.txn_status = body[0]
                 self.internal_left -= 1
             elif t == 69:
-                self.internal_error = m.parse_fields(buf[5 : ln + 1])
+                self.internal_error = m.parse_fields(body)
             elif t == 83:
-                k, v = m.parse_parameter_status(buf[5 : ln + 1])
+                k, v = m.parse_parameter_status(body)
                 self.params[k] = v
                 c = self.client
                 if c is not None:
                     c.param_synced(k, v)
-            del buf[: ln + 1]
             if self.internal_left == 0:
                 if buf:
                     self.close("unexpected data after housekeeping query")

@@ -95,16 +95,8 @@ class AdminSession:
             self.feed(extra)
 
     def on_readable(self) -> None:
-        c = self.client
-        try:
-            data = c.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            c.close(f"admin read failed: {e}")
-            return
-        if not data:
-            c.close("admin client disconnected")
+        data = self.client.recv_or_close(65536, "admin client disconnected")
+        if data is None:
             return
         self.feed(data)
 

@@ -225,6 +225,20 @@ def read_cstr(buf: bytes | bytearray | memoryview, pos: int) -> tuple[bytes, int
     return bytes(b[pos:j]), j + 1
 
 
+def pop_message(buf: bytearray) -> tuple[int, bytes] | None:
+    """Take the first complete message (type, body) off the front of `buf`, or None if it is not all there
+    yet (the slow paths: login and housekeeping replies, which are small)."""
+    if len(buf) < 5:
+        return None
+    (ln,) = U32.unpack_from(buf, 1)
+    if len(buf) < ln + 1:
+        return None
+    t = buf[0]
+    body = bytes(buf[5 : ln + 1])
+    del buf[: ln + 1]
+    return t, body
+
+
 def iter_messages(data: bytes) -> Iterable[tuple[int, bytes]]:
     """Split a complete byte string into (type, body) pairs (for tests and slow paths)."""
     pos = 0

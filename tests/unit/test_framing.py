@@ -166,3 +166,16 @@ def test_error_response_round_trip() -> None:
     (t, body), = list(m.iter_messages(e))
     f = m.parse_fields(body)
     assert t == ord("E") and f["C"] == "28P01" and f["S"] == "FATAL" and f["V"] == "FATAL"
+
+
+def test_pop_message_in_every_split() -> None:
+    stream = m.auth_md5(b"salt") + m.parameter_status("a", "b") + m.ready_for_query(b"I")
+    want = [(t, bytes(body)) for t, body in m.iter_messages(stream)]
+    for cut in range(len(stream) + 1):
+        buf = bytearray()
+        got = []
+        for part in (stream[:cut], stream[cut:]):
+            buf += part
+            while (msg := m.pop_message(buf)) is not None:
+                got.append(msg)
+        assert got == want and not buf, cut
