@@ -10,7 +10,6 @@ ends with `_match_locked`, which pairs idle servers with waiters, oldest waiter 
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -138,7 +137,7 @@ class Pool:
                 if lst:
                     self.n_idle -= 1
                     return lst.pop()
-            client.wait_start = time.monotonic()
+            client.wait_start = worker.loop.now
             client.waiting = True
             self.waiters.append(client)
             pairs = self._match_locked() if self.n_idle else None
@@ -199,22 +198,23 @@ class Pool:
     def release(self, server: ServerConn, worker: Worker) -> None:
         """A server became free in `worker` (its owner): give it to the oldest waiter or park it idle."""
         with self.lock:
-            if self.waiters and not self.paused:
-                c = self.waiters.popleft()
-                while not c.waiting and self.waiters:
-                    c = self.waiters.popleft()
-                if c.waiting:
-                    pair: tuple[ServerConn, ClientConn] | None = (server, c)
-                else:
-                    pair = None
-            else:
-                pair = None
-            if pair is None:
+            c = None
+            waiters = self.waiters
+            if waiters and not self.paused:
+                c = waiters.popleft()
+                while not c.waiting and waiters:
+                    c = waiters.popleft()
+                if not c.waiting:
+                    c = None
+            if c is None:
                 self.idle[worker.id].append(server)
                 self.n_idle += 1
-                server.idle_since = time.monotonic()
-        if pair is not None:
-            self._dispatch([pair], worker)
+                server.idle_since = worker.loop.now
+                return
+        if c.worker is worker:
+            c.attach_server(server)  # the common case: server and waiter on this worker
+        else:
+            self._dispatch([(server, c)], worker)
 
     def take_idle(self, server: ServerConn, worker: Worker) -> bool:
         """Remove a specific idle server from the worker's shard (it died or is being retired)."""

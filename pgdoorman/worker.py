@@ -222,7 +222,7 @@ class Worker:
         pool = s.pool
         s.state = IDLE
         s.release_pending = False
-        now = time.monotonic()
+        now = self.loop.now
         if s.cancelled:
             s.close("a cancel request was sent to it")
             return

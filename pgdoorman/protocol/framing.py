@@ -159,7 +159,7 @@ class Scanner:
             (ln,) = _unpack(data, pos + 1)
             mode = table[t]
             if mode > 2 or ln < 4 or ln > max_len:
-                mode = self._check(t, ln)
+                mode = FULL if mode == SMALL and 4 <= ln <= SMALL_LIMIT else self._check(t, ln)
             nxt = pos + 1 + ln
             if mode == FULL:
                 if nxt > n:
