@@ -80,6 +80,8 @@ READ_ONLY = frozenset({
 })
 
 _SALT = struct.Struct("!I")
+_unpack = m.U32.unpack_from
+_U32_pack = m.U32.pack
 # Fake SCRAM salt for unknown users: derived from a per-process key so repeated attempts look stable.
 _FAKE_KEY = os.urandom(32)
 
@@ -92,6 +94,7 @@ class ClientConn(Conn):
         "query_count", "xact_count", "error_count", "login_timer", "admin", "application_name", "is_unix",
         "last_status", "xact_start", "query_start", "ps", "named", "unnamed", "rq", "raw",
         "planner_sig", "last_parse", "named_parse", "copy_window", "copy_syncs", "in_copy_in",
+        "synth_head", "fast_bind", "fast_redo", "held_error",
     )
 
     def __init__(self, sock: socket.socket, worker: Worker, addr: str, is_unix: bool = False) -> None:
@@ -143,6 +146,15 @@ class ClientConn(Conn):
         self.copy_window = False  # since the last Execute/Query, no CopyDone/CopyFail yet
         self.copy_syncs = 0  # Syncs counted in that window
         self.in_copy_in = False  # PostgreSQL is in COPY IN for us: it ignores Sync
+        # Batch fast path (see _fast_batch): a synthetic ParseComplete to put in front of the server's next
+        # bytes, and the Bind's (statement, client name) for error rewriting until its ReadyForQuery.
+        self.synth_head: bytes | None = None
+        self.fast_bind: tuple[ps.Statement, bytes] | None = None
+        # When that batch's Parse was skipped: its Bind body, the two NULs around the statement name and the
+        # bytes after the Bind, to send it again under a fresh statement if the cached plan went stale
+        # (0A000 "cached plan must not change result type", held in held_error until ReadyForQuery).
+        self.fast_redo: tuple[bytes, int, int, bytes] | None = None
+        self.held_error: bytes | None = None
         self.login_timer = worker.loop.call_later(60.0, self._login_timeout)
 
     def __repr__(self) -> str:
@@ -210,6 +222,11 @@ class ClientConn(Conn):
                 self.raw += view
                 if len(self.raw) > HIGH_WATER:
                     self.pause_reading()
+                return
+        if self.ps:
+            assert s is not None
+            if view[0] != 81 and not self.rq and self.expect <= 0 and not self.unsynced and not self.in_copy_in \
+                    and self.synth_head is None and self._fast_batch(view, n, s):
                 return
         try:
             out = self.scanner.feed(view)
@@ -300,6 +317,112 @@ class ClientConn(Conn):
                 and self.transaction_mode and self.server is s and not s.release_pending:
             # Everything was answered locally (e.g. a DEALLOCATE): the server is free again.
             self.worker.release_server(s)
+
+    def _fast_batch(self, view: memoryview, n: int, s: ServerConn) -> bool:
+        """The batch drivers send for one statement, `[Parse] Bind [Describe portal] Execute Sync`, in one
+        chunk with nothing else in flight and the statement already on the server (pgbench -M extended and
+        -M prepared, psycopg, asyncpg, JDBC): rewrite the Bind, answer the Parse with a ParseComplete put in
+        front of the server's reply, and let the server relay in plain mode, without the per-message
+        expected-response queue. Anything else returns False (nothing changed) for the general path."""
+        sc = self.scanner
+        if n < 20 or sc.skip or sc.carry is not None or view[n - 5 : n] != m.SYNC:
+            return False
+        unpack = _unpack
+        pos = 0
+        t = view[0]
+        parsed: ps.Statement | None = None
+        pname = b""
+        if t == 80:  # Parse: only the one this client sent last time (the memo), already on this server
+            memo = self.last_parse
+            if memo is None:
+                return False
+            pos = 1 + unpack(view, 1)[0]
+            parsed = memo[2]
+            if pos + 5 > n or parsed.dead or parsed.name not in s.prepared or view[5:pos] != memo[0]:
+                return False
+            pname = memo[1]
+            t = view[pos]
+        if t != 66:
+            return False
+        bstart = pos
+        bend = pos + 1 + unpack(view, pos + 1)[0]
+        if bend + 5 > n:
+            return False
+        pos = bend
+        if view[pos] == 68:  # Describe: the portal only (a statement Describe needs the queue)
+            if view[pos + 5] != 80:
+                return False
+            pos += 1 + unpack(view, pos + 1)[0]
+            if pos + 5 > n:
+                return False
+        if view[pos] != 69 or pos + 1 + unpack(view, pos + 1)[0] != n - 5:
+            return False
+        b = bytes(view[bstart + 5 : bend])
+        j = b.find(b"\x00")
+        k = b.find(b"\x00", j + 1) if j >= 0 else -1
+        if k < 0 or bend - bstart < 9:
+            return False
+        sname = b[j + 1 : k]
+        if parsed is not None and sname == pname:
+            st: ps.Statement | None = parsed
+        else:
+            st = self.named.get(sname) if sname else self.unnamed
+            if st is None or st.name not in s.prepared:
+                return False
+        assert st is not None
+        # Committed: the same effects as the general path, message by message.
+        prepared = s.prepared
+        if parsed is not None:
+            pool = self.pool
+            assert pool is not None
+            pool.ps_cache.count_hit(parsed)
+            if pname:
+                self.named[pname] = parsed
+            else:
+                self.unnamed = parsed
+            prepared.move_to_end(parsed.name)
+            s.ps_hits += 1
+            self.synth_head = m.PARSE_COMPLETE
+        prepared.move_to_end(st.name)
+        self.fast_bind = (st, sname)
+        if st is parsed:
+            # PostgreSQL would have planned this Parse afresh: a plan gone stale must not show (see fast_redo).
+            self.fast_redo = (b, j, k, bytes(view[bend:n]))
+        self._mark_query()
+        self.expect += 1
+        self.copy_window = True
+        self.copy_syncs = 1
+        nb = b[: j + 1] + st.name + b[k:]
+        s.bytes_out += n
+        s.pstats.bytes_in += n
+        s.write(b"B" + _U32_pack(len(nb) + 4) + nb + view[bend:n])
+        return True
+
+    def redo_fast_batch(self, status: int) -> bytes | None:
+        """ReadyForQuery after a fast batch whose Bind failed with a stale cached plan (the error is held):
+        outside a transaction block, send the batch again with a fresh Parse and return None (the error and
+        this ReadyForQuery are dropped: the client sees the answer to its Parse as PostgreSQL would give
+        it). Otherwise return the held error, to be relayed in front of this ReadyForQuery."""
+        held = self.held_error
+        redo = self.fast_redo
+        fb = self.fast_bind
+        self.held_error = None
+        self.fast_redo = None
+        s = self.server
+        if status == 73 and redo is not None and fb is not None and s is not None:
+            sname = fb[1]
+            fresh = self.named.get(sname) if sname else self.unnamed  # _ps_error put a fresh one there
+            if fresh is not None and not fresh.dead and fresh is not fb[0]:
+                self.fast_bind = None
+                b, j, k, rest = redo
+                nb = b[: j + 1] + fresh.name + b[k:]
+                s.remember(fresh.name)
+                self.rq.append((ps.INJECT, fresh))
+                self.rq.append((ps.QUERY, (fresh, sname)))
+                s.set_ps_mode(True)
+                s.write(fresh.parse_msg + b"B" + _U32_pack(len(nb) + 4) + nb + rest)
+                return None
+        return held
 
     def _parse_sync_locally(self, view: memoryview) -> bool:
         """Answer `Parse... Sync` without a server when every statement is already in the pool cache and
@@ -500,7 +623,22 @@ class ClientConn(Conn):
         """The response queue, switched on: the server relay walks it from now on."""
         rq = self.rq
         if not rq:
-            for _ in range(max(0, self.expect)):
+            left = self.expect
+            if self.fast_bind is not None:
+                # A fast batch is the oldest request in flight: queue it as one entry through its
+                # ReadyForQuery (errors still rewritten as for its Bind), its ParseComplete first if unsent,
+                # then an error held for a redo (no redo once other requests follow).
+                if self.synth_head is not None:
+                    rq.append((ps.SYNTH, self.synth_head))
+                    self.synth_head = None
+                if self.held_error is not None:
+                    rq.append((ps.SYNTH, self.held_error))
+                    self.held_error = None
+                rq.append((ps.QUERY, self.fast_bind))
+                self.fast_bind = None
+                self.fast_redo = None
+                left -= 1
+            for _ in range(max(0, left)):
                 rq.append((ps.QUERY, None))
             s = self.server
             if s is not None:
@@ -509,7 +647,7 @@ class ClientConn(Conn):
 
     def _mark_query(self) -> None:
         if self.query_start == 0.0:
-            self.query_start = self.xact_start or time.monotonic()
+            self.query_start = self.xact_start or self.loop.now
             if self.xact_start == 0.0:
                 self.xact_start = self.query_start
 
@@ -541,6 +679,8 @@ class ClientConn(Conn):
         n = self.copy_syncs
         self.copy_syncs = 0
         self.in_copy_in = self.copy_window
+        self.fast_bind = None  # its Bind succeeded, and its Sync will get no ReadyForQuery (counted below)
+        self.fast_redo = None
         if not n:
             return
         self.expect -= n
@@ -568,7 +708,7 @@ class ClientConn(Conn):
         if pool is None:
             return
         st = pool.stats[self.worker.id]
-        now = time.monotonic()
+        now = self.loop.now
         qs = self.query_start
         if qs:
             st.query_hist.record(int((now - qs) * 1e6))
@@ -619,7 +759,7 @@ class ClientConn(Conn):
             self.waiting = False
             pool = self.pool
             if pool is not None:
-                waited = int((time.monotonic() - self.wait_start) * 1e6)
+                waited = int((self.loop.now - self.wait_start) * 1e6)
                 st = pool.stats[self.worker.id]
                 st.wait_hist.record(waited)
                 if waited > st.max_wait_us:

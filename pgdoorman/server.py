@@ -53,6 +53,8 @@ _ids = iter(range(1, 1 << 62))
 _TAG_LENS = frozenset({4, 6, 7, 8, 12, 15})
 # The response types the plain relay handler acts on (ReadyForQuery, CommandComplete, ParameterStatus, Error).
 _PLAIN_TYPES = frozenset(b"ZCSEG")
+# PostgreSQL's message when DDL changed the result of a statement prepared before (SQLSTATE 0A000).
+_STALE_PLAN = b"cached plan must not change result type"
 
 
 def _quote(v: str) -> str:
@@ -304,7 +306,12 @@ class ServerConn(Conn):
             out = self.scanner.feed(self.loop.rview[:n])
             c = self.client
             if out is not None and c is not None:
-                c.write(out)
+                head = c.synth_head
+                if head is None:
+                    c.write(out)
+                else:  # a fast batch's ParseComplete goes in front of its first response
+                    c.synth_head = None
+                    c.write(head + out)
             if self.release_pending:
                 self.release_pending = False
                 self.worker.release_server(self)
@@ -318,15 +325,25 @@ class ServerConn(Conn):
     def _on_message(self, t: int, body: memoryview) -> bytes | None:
         if t == 90:  # ReadyForQuery
             st = body[0]
+            c = self.client
+            held = None
+            if c is not None and c.held_error is not None:
+                held = c.redo_fast_batch(st)
+                if held is None:
+                    self.txn_status = st
+                    return b""  # the batch was sent again: its own ReadyForQuery will follow
             self.txn_status = st
             if st == 73:
                 self.xact_count += 1
-            c = self.client
             if c is not None:
                 c.expect -= 1
+                c.fast_bind = None
+                c.fast_redo = None
                 if st == 73 and c.expect <= 0 and not c.unsynced and c.transaction_mode:
                     self.release_pending = True
                 c.on_ready(st)
+            if held is not None:
+                return held + b"Z\x00\x00\x00\x05" + bytes(body)
         elif t == 67:  # CommandComplete
             self.query_count += 1
             if len(body) in _TAG_LENS and body[0] in b"SPDLUR":
@@ -343,7 +360,20 @@ class ServerConn(Conn):
         elif t == 69:
             c = self.client
             if c is not None:
-                c.on_server_error(body)
+                fb = c.fast_bind
+                if fb is not None:  # in a fast batch: as the general path does for its Bind
+                    if c.fast_redo is not None and _STALE_PLAN in bytes(body):
+                        f = m.parse_fields(body)
+                        if f.get("C") == "0A000" and f.get("M", "").startswith(_STALE_PLAN.decode()):
+                            self._ps_error(ps.BIND, fb, body)  # forgets the stale statement, makes a fresh one
+                            c.held_error = b"E" + m.U32.pack(len(body) + 4) + body
+                            return b""  # held until ReadyForQuery (see ClientConn.redo_fast_batch)
+                    c.on_server_error(body)
+                    rep = self._ps_error(ps.BIND, fb, body)
+                    if rep is not None:
+                        return b"E" + m.U32.pack(len(rep) + 4) + rep
+                else:
+                    c.on_server_error(body)
         elif t == 71:  # CopyInResponse
             c = self.client
             if c is not None:
@@ -389,6 +419,11 @@ class ServerConn(Conn):
                     # PostgreSQL skips everything up to the next Sync: so do the expectations.
                     while rq and rq[0][0] != ps.SYNC:
                         rq.popleft()
+                elif data is not None:  # a fast batch (see ClientConn._fast_batch): errors are its Bind's
+                    rep = self._ps_error(ps.BIND, data, body)
+                    if rep is not None:
+                        body = memoryview(rep)
+                        rewritten = True
             elif t in ps.TERMINAL[kind]:
                 rq.popleft()
                 swallow = kind == ps.INJECT

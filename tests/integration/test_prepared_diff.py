@@ -139,6 +139,18 @@ SEQUENCES: dict[str, list[Step]] = {
                                one(P("", "copy cpy from stdin"), B(), E(), flush(), wait=("n", 3)),
                                one(frame("d", b"7\n"), frame("c"), S),
                                one(Q("select sum(a) from cpy; drop table cpy"))],
+    # Repeated batches take the batch fast path (ClientConn._fast_batch) once both servers hold the statement.
+    "fast_unnamed_repeated": [one(P("", "select $1::int + 1"), B("", ("1",)), describe("P"), E(), S)] * 5,
+    "fast_named_bind_error": [one(P("fw", "select $1::int"), S)] + [one(B("fw", ("2",)), E(), S)] * 3
+                             + [one(B("fw", ()), E(), S), one(B("fw", ("3",)), E(), S)],
+    "fast_result_type_changed": [one(Q("drop table if exists frt; create table frt (a int)")),
+                                 *[one(P("", "select * from frt"), B(), E(), S)] * 3,
+                                 one(Q("alter table frt add column b int")),
+                                 *[one(P("", "select * from frt"), B(), E(), S)] * 3,
+                                 one(Q("drop table frt"))],
+    "fast_then_pipelined": [*[one(P("", "select 5"), B(), E(), S)] * 3,
+                            one(P("", "select 5"), B(), E(), S, wait=0),
+                            one(P("", "select 6"), B(), E(), S, wait=2)],
     "execute_unnamed_after_error_sync": [one(P("", "select 1"), S), one(B("", ("extra",)), E(), S),
                                          one(B(""), E(), S)],
 }

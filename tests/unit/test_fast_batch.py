@@ -1,0 +1,201 @@
+"""The batch fast path of transparent prepared statements (ClientConn._fast_batch), driven message by message
+over real sockets with the test playing PostgreSQL, so that the orderings a live server makes unlikely are
+forced: a second batch pipelined before the first one's answer, and an error answering a fast batch.
+The worker's loop is not run: the test calls the connections' read handlers itself."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pgdoorman.app import App
+from pgdoorman.client import CLIENT_PS_TABLE, READY, ClientConn
+from pgdoorman.config import config_from_dict
+from pgdoorman.protocol.framing import Scanner
+from pgdoorman.server import ACTIVE, IDLE, ServerConn
+from tests.support.wire import bind, describe, execute, frame, parse, sync
+
+
+def _read_messages(sock: socket.socket) -> list[tuple[str, bytes]]:
+    """Everything the pooler wrote to this socket so far, split into messages."""
+    sock.settimeout(1.0)
+    data = b""
+    while True:
+        try:
+            sock.setblocking(False)
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    out = []
+    pos = 0
+    while pos < len(data):
+        (ln,) = struct.unpack_from("!I", data, pos + 1)
+        out.append((chr(data[pos]), data[pos + 5 : pos + 1 + ln]))
+        pos += 1 + ln
+    assert pos == len(data)
+    return out
+
+
+def _error(message: str) -> bytes:
+    body = b"SERROR\0C26000\0M" + message.encode() + b"\0\0"
+    return frame("E", body)
+
+
+ROW = frame("T", b"\0\x01a\0" + b"\0" * 18) + frame("D", b"\0\x01\0\0\0\x011") + frame("C", b"SELECT 1\0")
+RFQ = frame("Z", b"I")
+
+
+@pytest.fixture()
+def linked() -> Iterator[tuple[ClientConn, ServerConn, socket.socket, socket.socket]]:
+    cfg = config_from_dict({
+        "general": {"admin_username": "admin", "admin_password": "admin", "worker_threads": 1},
+        "pools": {"app": {"server_host": "127.0.0.1", "server_port": 5432, "pool_mode": "transaction",
+                          "users": [{"username": "u", "password": "p", "pool_size": 1}]}},
+    }, "test.yaml")
+    app = App(cfg)
+    worker = app.workers[0]
+    pool = app.pools[("app", "u")]
+    c_sock, c_peer = socket.socketpair()
+    s_sock, s_peer = socket.socketpair()
+    for x in (c_sock, s_sock):
+        x.setblocking(False)
+    client = ClientConn(c_sock, worker, "test")
+    client.login_timer.cancel()
+    client.pool = pool
+    client.state = READY
+    client.ps = True
+    client.scanner = Scanner(CLIENT_PS_TABLE, on_header=client._on_header_ps, on_message=client._on_message_ps)
+    server = ServerConn(s_sock, worker, pool, "test")
+    server.timer.cancel()
+    server.state = IDLE
+    server.synced_key = ()
+    server.attach(worker.loop)
+    pool.total = 1
+    pool.release(server, worker)  # idle in the pool: the client's first bytes check it out
+    try:
+        yield client, server, c_peer, s_peer
+    finally:
+        for x in (c_sock, c_peer, s_sock, s_peer):
+            x.close()
+        worker.loop.close()
+
+
+def _client_sends(client: ClientConn, peer: socket.socket, *chunks: bytes) -> None:
+    peer.sendall(b"".join(chunks))
+    client.on_readable()
+
+
+def _server_answers(server: ServerConn, peer: socket.socket, data: bytes) -> None:
+    peer.sendall(data)
+    assert server.state == ACTIVE
+    server.on_readable()
+
+
+def _prime(client: ClientConn, server: ServerConn, c_peer: socket.socket, s_peer: socket.socket,
+           name: str, sql: str) -> bytes:
+    """One batch through the general path: the server learns the statement; returns its DOORMAN name."""
+    _client_sends(client, c_peer, parse(name, sql), bind("", name), execute(), sync())
+    sent = _read_messages(s_peer)
+    assert [t for t, _ in sent] == ["P", "B", "E", "S"]
+    _server_answers(server, s_peer, frame("1") + frame("2") + ROW + RFQ)
+    assert [t for t, _ in _read_messages(c_peer)] == ["1", "2", "T", "D", "C", "Z"]
+    assert client.server is None  # released at ReadyForQuery
+    return sent[0][1].split(b"\0")[0]
+
+
+def test_pipelined_batch_behind_a_fast_batch(linked: Any) -> None:
+    client, server, c_peer, s_peer = linked
+    _prime(client, server, c_peer, s_peer, "", "select 1")
+    # The same batch again: the fast path sends Bind, Describe, Execute, Sync only.
+    _client_sends(client, c_peer, parse("", "select 1"), bind(), describe("P"), execute(), sync())
+    assert client.fast_bind is not None and client.synth_head is not None and not client.rq
+    assert [t for t, _ in _read_messages(s_peer)] == ["B", "D", "E", "S"]
+    # Before PostgreSQL answers, a second batch: the fast one joins the expected-response queue.
+    _client_sends(client, c_peer, bind(), execute(), sync())
+    assert client.fast_bind is None and client.synth_head is None and client.rq
+    assert [t for t, _ in _read_messages(s_peer)] == ["B", "E", "S"]
+    _server_answers(server, s_peer, frame("2") + ROW + RFQ + frame("2") + frame("D", b"\0\x01\0\0\0\x011")
+                    + frame("C", b"SELECT 1\0") + RFQ)
+    got = [t for t, _ in _read_messages(c_peer)]
+    assert got == ["1", "2", "T", "D", "C", "Z", "2", "D", "C", "Z"]
+    assert not client.rq and client.expect == 0 and client.server is None
+
+
+def test_fast_batch_error_names_the_clients_statement(linked: Any) -> None:
+    client, server, c_peer, s_peer = linked
+    ours = _prime(client, server, c_peer, s_peer, "mine", "select 1")
+    _client_sends(client, c_peer, bind("", "mine"), execute(), sync())
+    assert client.fast_bind is not None
+    sent = _read_messages(s_peer)
+    assert [t for t, _ in sent] == ["B", "E", "S"] and ours in sent[0][1]
+    _server_answers(server, s_peer, _error(f'prepared statement "{ours.decode()}" does not exist') + RFQ)
+    got = _read_messages(c_peer)
+    assert [t for t, _ in got] == ["E", "Z"]
+    assert b'prepared statement "mine" does not exist' in got[0][1]
+    assert client.fast_bind is None
+
+
+def test_fast_batch_answer_split_across_reads(linked: Any) -> None:
+    client, server, c_peer, s_peer = linked
+    _prime(client, server, c_peer, s_peer, "", "select 1")
+    _client_sends(client, c_peer, parse("", "select 1"), bind(), execute(), sync())
+    assert [t for t, _ in _read_messages(s_peer)] == ["B", "E", "S"]
+    answer = frame("2") + ROW + RFQ
+    _server_answers(server, s_peer, answer[:3])  # not even a header: nothing relayed, ParseComplete kept
+    assert _read_messages(c_peer) == [] and client.synth_head is not None
+    _server_answers(server, s_peer, answer[3:])
+    assert [t for t, _ in _read_messages(c_peer)] == ["1", "2", "T", "D", "C", "Z"]
+
+
+def test_other_batches_take_the_general_path(linked: Any) -> None:
+    client, server, c_peer, s_peer = linked
+    _prime(client, server, c_peer, s_peer, "", "select 1")
+    # Another text than last time: the general path (the server has not got it: Parse sent).
+    _client_sends(client, c_peer, parse("", "select 2"), bind(), execute(), sync())
+    assert client.fast_bind is None and client.rq
+    assert [t for t, _ in _read_messages(s_peer)] == ["P", "B", "E", "S"]
+    _server_answers(server, s_peer, frame("1") + frame("2") + ROW + RFQ)
+    assert [t for t, _ in _read_messages(c_peer)] == ["1", "2", "T", "D", "C", "Z"]
+    # A statement Describe needs the queue too.
+    _client_sends(client, c_peer, parse("", "select 2"), describe("S"), bind(), execute(), sync())
+    assert client.fast_bind is None and client.rq
+
+
+STALE = b"SERROR\0C0A000\0Mcached plan must not change result type\0\0"
+
+
+def test_stale_plan_is_parsed_again_outside_a_transaction(linked: Any) -> None:
+    """DDL changed the statement's result: PostgreSQL would have planned the client's Parse afresh, so the
+    batch is sent again under a new statement and the client never sees the 0A000."""
+    client, server, c_peer, s_peer = linked
+    old = _prime(client, server, c_peer, s_peer, "", "select * from t")
+    _client_sends(client, c_peer, parse("", "select * from t"), bind(), describe("P"), execute(), sync())
+    assert [t for t, _ in _read_messages(s_peer)] == ["B", "D", "E", "S"]
+    _server_answers(server, s_peer, frame("E", STALE) + frame("Z", b"I"))
+    assert [t for t, _ in _read_messages(c_peer)] == ["1"]  # the error and its ReadyForQuery are held back
+    again = _read_messages(s_peer)
+    assert [t for t, _ in again] == ["P", "B", "D", "E", "S"]
+    fresh = again[0][1].split(b"\0")[0]
+    assert fresh != old and fresh in again[1][1] and old in server.evicted
+    _server_answers(server, s_peer, frame("1") + frame("2") + ROW + RFQ)
+    assert [t for t, _ in _read_messages(c_peer)] == ["2", "T", "D", "C", "Z"]
+    assert not client.rq and client.expect == 0 and client.server is None and client.held_error is None
+
+
+def test_stale_plan_in_a_failed_transaction_reaches_the_client(linked: Any) -> None:
+    """Inside a transaction block the error has aborted the client's transaction: nothing to redo."""
+    client, server, c_peer, s_peer = linked
+    _prime(client, server, c_peer, s_peer, "", "select * from t")
+    _client_sends(client, c_peer, parse("", "select * from t"), bind(), execute(), sync())
+    _read_messages(s_peer)
+    _server_answers(server, s_peer, frame("E", STALE) + frame("Z", b"E"))
+    got = _read_messages(c_peer)
+    assert [t for t, _ in got] == ["1", "E", "Z"] and got[1][1] == STALE and got[2][1] == b"E"
+    assert _read_messages(s_peer) == [] and client.expect == 0 and client.held_error is None
