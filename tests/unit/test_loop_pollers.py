@@ -1,0 +1,102 @@
+"""Both readiness backends of the worker loop (epoll used directly on Linux, selectors elsewhere) behave the
+same through the loop: handlers get EVENT_READ/EVENT_WRITE masks, registrations can be changed and dropped,
+and a socket closed under its registration can still be unregistered."""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+from pgdoorman.net.loop import EVENT_READ, EVENT_WRITE, EpollPoller, Loop, SelectorPoller
+
+POLLERS = [SelectorPoller] + ([EpollPoller] if hasattr(select, "epoll") else [])
+
+
+class Recorder:
+    def __init__(self, loop: Loop, sock: socket.socket) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.masks: list[int] = []
+
+    def on_event(self, mask: int) -> None:
+        self.masks.append(mask)
+        if mask & EVENT_READ:
+            self.sock.recv(4096)
+        self.loop.stop()
+
+
+@pytest.mark.parametrize("poller", POLLERS, ids=lambda p: p.__name__)
+def test_loop_dispatches_masks(poller: Any) -> None:
+    loop = Loop("t")
+    loop.sel.close()
+    loop.sel = poller()
+    loop.sel.register(loop._wake_r, EVENT_READ, loop)
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        rec = Recorder(loop, a)
+        loop.sel.register(a, EVENT_READ, rec)
+        b.send(b"x")
+        loop.run()
+        assert rec.masks == [EVENT_READ]
+        loop.sel.modify(a, EVENT_READ | EVENT_WRITE, rec)  # writable at once, nothing to read
+        loop.run()
+        assert rec.masks[-1] == EVENT_WRITE
+        b.send(b"y")
+        loop.run()
+        assert rec.masks[-1] == EVENT_READ | EVENT_WRITE
+        loop.sel.unregister(a)
+        assert a.fileno() not in loop.sel.handlers
+        with pytest.raises(KeyError):
+            loop.sel.unregister(a)
+        # A call from another thread wakes the loop (the wake-up socket is registered like any handler).
+        done: list[bool] = []
+
+        def finish() -> None:
+            done.append(True)
+            loop.stop()
+
+        threading.Timer(0.05, loop.call_soon_threadsafe, (finish,)).start()
+        loop.run()
+        assert done == [True]
+    finally:
+        a.close()
+        b.close()
+        loop.close()
+
+
+@pytest.mark.parametrize("poller", POLLERS, ids=lambda p: p.__name__)
+def test_closed_socket_can_be_unregistered(poller: Any) -> None:
+    p = poller()
+    a, b = socket.socketpair()
+    try:
+        p.register(a, EVENT_READ, object())
+        with pytest.raises(KeyError):
+            p.register(a, EVENT_READ, object())
+        fd = a.fileno()
+        a.close()
+        p.unregister(a)  # fileno() is -1 now: found by identity
+        assert fd not in p.handlers
+    finally:
+        b.close()
+        p.close()
+
+
+@pytest.mark.parametrize("poller", POLLERS, ids=lambda p: p.__name__)
+def test_hang_up_wakes_a_reader(poller: Any) -> None:
+    p = poller()
+    a, b = socket.socketpair()
+    try:
+        p.register(a, EVENT_READ, object())
+        b.close()
+        events = p.poll(1.0)
+        assert [fd for fd, _ in events] == [a.fileno()]
+        fd, native = events[0]
+        assert (1 if native == 1 else p.to_mask(fd, native)) == EVENT_READ
+    finally:
+        a.close()
+        p.close()
