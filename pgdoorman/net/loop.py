@@ -54,6 +54,9 @@ class _PollerBase:
         self.handlers: dict[int, Any] = {}
         self.events: dict[int, int] = {}
         self.fileobjs: dict[int, Any] = {}
+        # fds unregistered since the last poll: their events in the current batch are stale (the fd may
+        # already belong to a new socket, registered for other events).
+        self.dropped: set[int] = set()
 
     def _lookup(self, fileobj: Any) -> int:
         try:
@@ -75,6 +78,7 @@ class _PollerBase:
         if fd not in self.handlers:
             raise KeyError(f"{fileobj!r} is not registered")
         del self.handlers[fd], self.events[fd], self.fileobjs[fd]
+        self.dropped.add(fd)
         return fd
 
 
@@ -232,6 +236,7 @@ class Loop:
         poll = self.sel.poll
         handlers = self.sel.handlers
         to_mask = self.sel.to_mask
+        dropped = self.sel.dropped
         calls = self.calls
         timers = self.timers
         monotonic = time.monotonic
@@ -249,10 +254,13 @@ class Loop:
             # One clock reading per wake-up, for everything this iteration stamps (query, transaction and
             # wait times, idle_since): cheaper than a reading per event, and PgBouncer's way as well.
             self.now = monotonic()
+            if dropped:
+                dropped.clear()
             for fd, ev in events:
-                # Looked up now, not at poll time: a handler closed by an earlier event of this batch is
-                # gone (its fd may even belong to a new socket by now, which then sees a harmless
-                # spurious wake-up).
+                # Skip what an earlier handler of this batch unregistered: its event is stale, and the fd
+                # may already belong to a new socket.
+                if dropped and fd in dropped:
+                    continue
                 h = handlers.get(fd)
                 if h is None:
                     continue

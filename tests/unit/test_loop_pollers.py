@@ -100,3 +100,59 @@ def test_hang_up_wakes_a_reader(poller: Any) -> None:
     finally:
         a.close()
         p.close()
+
+
+class Closer:
+    """On its first event, closes its partner's socket and opens a new one that may take over its fd."""
+
+    def __init__(self, loop: Loop, sock: socket.socket) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.partner: Closer | None = None
+        self.calls = 0
+        self.closed = False
+        self.reborn: list[socket.socket] = []
+
+    def on_event(self, mask: int) -> None:
+        self.calls += 1
+        self.loop.stop()
+        other = self.partner
+        assert other is not None
+        if other.closed or self.closed:
+            return
+        fd = other.sock.fileno()
+        self.loop.sel.unregister(other.sock)
+        other.sock.close()
+        other.closed = True
+        new, peer = socket.socketpair()
+        new.setblocking(False)
+        self.reborn += [new, peer]
+        if new.fileno() == fd:
+            self.loop.sel.register(new, EVENT_WRITE, Recorder(self.loop, new))
+
+
+@pytest.mark.parametrize("poller", POLLERS, ids=lambda p: p.__name__)
+def test_stale_event_of_an_unregistered_fd_is_not_dispatched(poller: Any) -> None:
+    """Two sockets readable in one batch; whichever handler runs first closes the other (whose fd a new
+    socket may take at once): the stale event reaches neither the closed handler nor the new one."""
+    loop = Loop("t")
+    loop.sel.close()
+    loop.sel = poller()
+    a, a_peer = socket.socketpair()
+    b, b_peer = socket.socketpair()
+    ha, hb = Closer(loop, a), Closer(loop, b)
+    ha.partner, hb.partner = hb, ha
+    try:
+        loop.sel.register(a, EVENT_READ, ha)
+        loop.sel.register(b, EVENT_READ, hb)
+        a_peer.send(b"x")
+        b_peer.send(b"y")
+        loop.run()
+        assert ha.calls + hb.calls == 1
+        for s in ha.reborn + hb.reborn:
+            h = loop.sel.handlers.get(s.fileno())
+            assert h is None or h.masks == []
+    finally:
+        for s in [a, a_peer, b, b_peer, *ha.reborn, *hb.reborn]:
+            s.close()
+        loop.close()
