@@ -206,8 +206,10 @@ class ClientConn(Conn):
             if n == 5 and view[0] == 88:  # a lone Terminate
                 self.close("client terminated")
                 return
-            if self.ps and view[0] == 80 and self._parse_sync_locally(view):
-                return
+            if self.ps and view[0] == 80 and n > 10:
+                second = 1 + _unpack(view, 1)[0]  # only Parse... Sync can be answered here: peek first
+                if second < n and (view[second] == 80 or view[second] == 83) and self._parse_sync_locally(view):
+                    return
             pool = self.pool
             assert pool is not None
             s = pool.checkout(self, self.worker)
@@ -385,17 +387,18 @@ class ClientConn(Conn):
             self.synth_head = m.PARSE_COMPLETE
         prepared.move_to_end(st.name)
         self.fast_bind = (st, sname)
+        nb = b[: j + 1] + st.name + b[k:]
+        out = b"".join((b"B", _U32_pack(len(nb) + 4), nb, view[bend:n]))
         if st is parsed:
             # PostgreSQL would have planned this Parse afresh: a plan gone stale must not show (see fast_redo).
-            self.fast_redo = (b, j, k, bytes(view[bend:n]))
+            self.fast_redo = (b, j, k, out[5 + len(nb) :])
         self._mark_query()
         self.expect += 1
         self.copy_window = True
         self.copy_syncs = 1
-        nb = b[: j + 1] + st.name + b[k:]
         s.bytes_out += n
         s.pstats.bytes_in += n
-        s.write(b"B" + _U32_pack(len(nb) + 4) + nb + view[bend:n])
+        s.write(out)
         return True
 
     def redo_fast_batch(self, status: int) -> bytes | None:
