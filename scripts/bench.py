@@ -58,6 +58,7 @@ PG_MAX_CONNECTIONS = 200
 PG_RESERVED = 3  # superuser_reserved_connections default
 MAX_CLIENTS_POOLER = 12000
 TARGETS = ("direct", "pgbouncer", "pgdoorman")
+PORTS = {"direct": PORT_PG, "pgbouncer": PORT_PGBOUNCER, "pgdoorman": PORT_PGDOORMAN}
 MODES = ("simple", "extended", "prepared")
 NICE = -10
 HZ = os.sysconf("SC_CLK_TCK")
@@ -696,54 +697,70 @@ class Bench:
             c.foreign_cores = round(c.busy_cores - mine / 1e9 / wall, 2)
         return c
 
-    def run_target(self, target: str) -> None:
-        pooler: subprocess.Popen[Any] | None = None
-        port = {"direct": PORT_PG, "pgbouncer": PORT_PGBOUNCER, "pgdoorman": PORT_PGDOORMAN}[target]
-        starter: Callable[[], subprocess.Popen[Any]] | None = {
-            "pgbouncer": self.start_pgbouncer,
-            "pgdoorman": self.start_pgdoorman,
-        }.get(target)
-        restart = False
+    def starter(self, target: str) -> Callable[[], subprocess.Popen[Any]] | None:
+        return {"pgbouncer": self.start_pgbouncer, "pgdoorman": self.start_pgdoorman}.get(target)
+
+    def run_targets(self, targets: list[str]) -> None:
+        """Every cell for every target, the targets of one cell back to back (pgbouncer, then pgdoorman, at
+        the same -M and -c): slow drifts of a shared machine then hit both sides of a ratio alike, which
+        running all of one pooler's cells before the other's does not. Both poolers stay up throughout
+        (an idle one costs nothing measurable); the idle-client test runs afterwards on fresh processes."""
+        poolers: dict[str, subprocess.Popen[Any] | None] = {}
+        restart: dict[str, bool] = {}
         try:
-            if starter is not None:
-                try:
-                    pooler = starter()
-                except StartError as exc:
-                    self.start_errors[target] = str(exc)
-                    print(f"  {target}: could not start: {exc}", flush=True)
+            for target in targets:
+                poolers[target] = None
+                restart[target] = False
+                starter = self.starter(target)
+                if starter is not None:
+                    try:
+                        poolers[target] = starter()
+                    except StartError as exc:
+                        self.start_errors[target] = str(exc)
+                        print(f"  {target}: could not start: {exc}", flush=True)
             for mode in self.args.modes:
                 for clients in self.args.clients:
-                    cell = self.skip_reason(target, mode, clients)
-                    if cell is None and target in self.start_errors:
-                        cell = Cell(target, mode, clients, status="error", note="pooler did not start")
-                    if cell is None:
-                        if pooler is not None and (pooler.poll() is not None or restart):
-                            # An earlier cell killed or wedged the pooler: restart it so that one crash
-                            # or hang is one red cell, not a column of them.
-                            restart = False
-                            self.procs.stop(pooler)
-                            try:
-                                assert starter is not None
-                                pooler = starter()
-                            except StartError as exc:
-                                self.start_errors[target] = str(exc)
-                                cell = Cell(target, mode, clients, status="error", note="pooler crashed")
-                    if cell is None:
-                        print(f"  {target:9} -M {mode:8} -c {clients:<5} ...", end="", flush=True)
-                        cell = self.cell(target, port, mode, clients, pooler.pid if pooler else None)
-                        if pooler is not None and pooler.poll() is not None:
-                            cell.status = "error"
-                            cell.note = (cell.note + "; " if cell.note else "") + (
-                                f"pooler exited with status {pooler.returncode}"
-                            )
-                        restart = cell.note.startswith("pgbench hung")
-                        print(" " + one_line(cell), flush=True)
-                    self.cells.append(cell)
+                    for target in targets:
+                        cell = self.run_cell(target, mode, clients, poolers, restart)
+                        self.cells.append(cell)
         finally:
-            if pooler is not None:
-                self.procs.stop(pooler)
-        if starter is not None and self.args.idle_clients > 0 and target not in self.start_errors:
-            self.idle.append(self.idle_memory(target, starter, port))
+            for pooler in poolers.values():
+                if pooler is not None:
+                    self.procs.stop(pooler)
+        for target in targets:
+            starter = self.starter(target)
+            if starter is not None and self.args.idle_clients > 0 and target not in self.start_errors:
+                self.idle.append(self.idle_memory(target, starter, PORTS[target]))
+
+    def run_cell(self, target: str, mode: str, clients: int, poolers: dict[str, subprocess.Popen[Any] | None],
+                 restart: dict[str, bool]) -> Cell:
+        starter = self.starter(target)
+        cell = self.skip_reason(target, mode, clients)
+        if cell is None and target in self.start_errors:
+            cell = Cell(target, mode, clients, status="error", note="pooler did not start")
+        pooler = poolers.get(target)
+        if cell is None and pooler is not None and (pooler.poll() is not None or restart[target]):
+            # An earlier cell killed or wedged the pooler: restart it so that one crash or hang is one red
+            # cell, not a column of them.
+            restart[target] = False
+            self.procs.stop(pooler)
+            poolers[target] = None
+            try:
+                assert starter is not None
+                pooler = poolers[target] = starter()
+            except StartError as exc:
+                self.start_errors[target] = str(exc)
+                cell = Cell(target, mode, clients, status="error", note="pooler crashed")
+        if cell is not None:
+            return cell
+        print(f"  {target:9} -M {mode:8} -c {clients:<5} ...", end="", flush=True)
+        cell = self.cell(target, PORTS[target], mode, clients, pooler.pid if pooler else None)
+        if pooler is not None and pooler.poll() is not None:
+            cell.status = "error"
+            cell.note = (cell.note + "; " if cell.note else "") + f"pooler exited with status {pooler.returncode}"
+        restart[target] = cell.note.startswith("pgbench hung")
+        print(" " + one_line(cell), flush=True)
+        return cell
 
     def skip_reason(self, target: str, mode: str, clients: int) -> Cell | None:
         if target == "pgbouncer" and mode == "prepared":
@@ -872,11 +889,7 @@ class Bench:
             raise StartError(f"cluster set-up failed: {exc}") from exc
         self.versions["postgresql"] = run_text([self.bin("postgres"), "--version"])
         self.versions["pgbench"] = run_text([self.bin("pgbench"), "--version"])
-        for target in TARGETS:
-            if target not in self.args.only:
-                continue
-            print(f"{target}:", flush=True)
-            self.run_target(target)
+        self.run_targets([t for t in TARGETS if t in self.args.only])
         return 0
 
     def cleanup(self) -> None:
@@ -1118,6 +1131,9 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
         f"{max(max(1.0, round(a.duration * 0.2)) + 1, a.duration - 1):.0f} s; transactions in it are rebuilt "
         'from the progress lines. "(whole run)" marks a cell that never reached the window (for instance '
         "an aborted run), where the whole run is used instead.",
+        "* Cells are run cell by cell, not target by target: direct, PgBouncer and pgdoorman at one -M and -c "
+        "back to back (both poolers stay up, idle while the other is measured), so that slow drifts of the "
+        "machine hit both sides of a ratio alike.",
         f"* All our processes (postmaster and backends, poolers, pgbench) run at nice {NICE}. Before each cell "
         f"the script waits up to {a.wait_quiet:.0f} s for the machine to be idle (below {a.max_foreign} busy "
         "cores). Foreign CPU (machine busy minus our processes) is measured in the window; above "
@@ -1176,9 +1192,10 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
                 f"| {i.alive or '–'} | {i.status}{': ' + _md('; '.join(i.errors)) if i.errors else ''} |"
             )
         out.append("")
-    measured = [
-        c for c in bench.cells if c.status != "skipped" and (c.tps is not None or c.pooler_us is not None)
-    ]
+    measured = sorted(
+        (c for c in bench.cells if c.status != "skipped" and (c.tps is not None or c.pooler_us is not None)),
+        key=lambda c: (TARGETS.index(c.target), a.modes.index(c.mode), a.clients.index(c.clients)),
+    )
     out += (
         []
         if not measured
