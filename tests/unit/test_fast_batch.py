@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
-from pgdoorman.app import App
 from pgdoorman.client import CLIENT_PS_TABLE, READY, ClientConn
-from pgdoorman.config import config_from_dict
 from pgdoorman.protocol.framing import Scanner
 from pgdoorman.server import ACTIVE, IDLE, ServerConn
+from tests.support.app import one_pool_app
 from tests.support.wire import bind, describe, execute, frame, parse, sync
 
 
@@ -54,12 +53,7 @@ RFQ = frame("Z", b"I")
 
 @pytest.fixture()
 def linked() -> Iterator[tuple[ClientConn, ServerConn, socket.socket, socket.socket]]:
-    cfg = config_from_dict({
-        "general": {"admin_username": "admin", "admin_password": "admin", "worker_threads": 1},
-        "pools": {"app": {"server_host": "127.0.0.1", "server_port": 5432, "pool_mode": "transaction",
-                          "users": [{"username": "u", "password": "p", "pool_size": 1}]}},
-    }, "test.yaml")
-    app = App(cfg)
+    app = one_pool_app(pool_size=1, pool_mode="transaction")
     worker = app.workers[0]
     pool = app.pools[("app", "u")]
     c_sock, c_peer = socket.socketpair()

@@ -6,19 +6,13 @@ from __future__ import annotations
 
 import socket
 
-from pgdoorman.app import App
-from pgdoorman.config import config_from_dict
 from pgdoorman.net.loop import EVENT_READ
 from pgdoorman.server import ACTIVE, ServerConn
+from tests.support.app import one_pool_app
 
 
 def test_paused_server_goes_back_to_the_pool_readable() -> None:
-    cfg = config_from_dict({
-        "general": {"admin_username": "admin", "admin_password": "admin", "worker_threads": 1},
-        "pools": {"app": {"server_host": "127.0.0.1", "server_port": 5432,
-                          "users": [{"username": "u", "password": "p", "pool_size": 2}]}},
-    }, "test.yaml")
-    app = App(cfg)
+    app = one_pool_app(pool_size=2)
     worker = app.workers[0]
     pool = app.pools[("app", "u")]
     a, b = socket.socketpair()
