@@ -5,7 +5,6 @@ clients ask `SHOW cluster_name` to see where they landed."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
@@ -14,7 +13,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ import pytest
 import yaml
 
 from tests.support.cluster import PgCluster
+from tests.support.fake_patroni import FakePatroni, pmember
 from tests.support.pooler import free_port
 from tests.support.pooler import port_free_on_both as _port_free_on_both
 from tests.support.pooler import wait_for as _wait_for
@@ -59,54 +58,6 @@ def nodes() -> Iterator[dict[str, PgCluster]]:
         for pg in started.values():
             pg.stop("immediate")
         shutil.rmtree(basedir, ignore_errors=True)
-
-
-def pmember(name: str, role: str, host: str, port: int, state: str = "running", lag: Any = 0) -> dict[str, Any]:
-    m: dict[str, Any] = {"name": name, "role": role, "state": state, "host": host, "port": port,
-                         "api_url": f"http://{host}:8008/patroni", "timeline": 1}
-    if role != "leader":
-        m["lag"] = lag
-    return m
-
-
-class FakePatroni:
-    """GET /cluster answers the `members` set by the test; `down()` refuses connections, `up()` listens
-    on the same port again."""
-
-    def __init__(self, members: list[dict[str, Any]]) -> None:
-        self.members = members
-        self.requests = 0
-        self.server: http.server.ThreadingHTTPServer | None = None
-        self.port = 0
-        self.up()
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def up(self) -> None:
-        fake = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                fake.requests += 1
-                body = json.dumps({"scope": "demo", "members": fake.members}).encode()
-                self.send_response(200 if self.path == "/cluster" else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def down(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
 
 
 def _command() -> list[str]:
@@ -180,7 +131,7 @@ class Env:
         self.nodes = nodes
         self.workdir = workdir
         self.pg_port = nodes["node_a"].port
-        self.patroni = FakePatroni(self.topology(leader="node_a"))
+        self.patroni = FakePatroni(self.topology(leader="node_a"), scope="demo")
         self.listen = {name: free_port() for name in ("master", "replicas", "all", "extra")}
         self.proxy: ProxyProcess | None = None
 

@@ -5,7 +5,6 @@ the HTTP API and reload."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
 import socketserver
@@ -23,6 +22,7 @@ from pgdoorman.net.conn import HIGH_WATER
 from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.patroni_proxy.config import load
 from pgdoorman.patroni_proxy.proxy import Proxy
+from tests.support.fake_patroni import FakePatroni, pmember
 from tests.support.pooler import free_port
 from tests.support.pooler import port_free_on_both as _port_free_on_both
 from tests.support.pooler import wait_for as _wait_for
@@ -96,61 +96,6 @@ class IdentServer(socketserver.ThreadingTCPServer):
     def close(self) -> None:
         self.shutdown()
         self.server_close()
-
-
-# ---------------------------------------------------------------------------------------- fake Patroni
-def pmember(name: str, role: str, host: str, state: str = "running", lag: Any = 0,
-            tags: dict[str, Any] | None = None) -> dict[str, Any]:
-    m: dict[str, Any] = {"name": name, "role": role, "state": state, "host": host, "port": 5432,
-                         "api_url": f"http://{host}:8008/patroni", "timeline": 1}
-    if role != "leader":
-        m["lag"] = lag
-    if tags:
-        m["tags"] = tags
-    return m
-
-
-class FakePatroni:
-    """GET /cluster answers {"scope": ..., "members": self.members}; `status` != 200 answers an error.
-    `down()` closes the listening socket (connection refused), `up()` listens on the same port again."""
-
-    def __init__(self, members: list[dict[str, Any]]) -> None:
-        self.members = members
-        self.status = 200
-        self.requests = 0
-        self.server: http.server.ThreadingHTTPServer | None = None
-        self.port = 0
-        self.up()
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def up(self) -> None:
-        fake = self
-
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                fake.requests += 1
-                body = json.dumps({"scope": "test", "members": fake.members}).encode()
-                self.send_response(fake.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), H)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def down(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-    close = down
 
 
 # --------------------------------------------------------------------------------------------- proxy
