@@ -9,8 +9,37 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 from pgdoorman import __version__
+
+
+class _Checked(Protocol):
+    @property
+    def warnings(self) -> Sequence[str]: ...
+
+
+C = TypeVar("C", bound=_Checked)
+
+
+def load_checked(prog: str, load: Callable[[str], C], errors: type[Exception], path: str, shown: str,
+                 test_only: bool) -> C | int:
+    """Load a configuration file the way pg_doorman and patroni_proxy both do: an invalid one prints why and
+    gives exit status 1; with -t a valid one prints its warnings and PgDoorman's two success lines and gives
+    0; otherwise the loaded configuration."""
+    try:
+        config = load(path)
+    except errors as e:
+        print(f"{prog}: configuration is invalid:\n{e}", file=sys.stderr)
+        return 1
+    if test_only:
+        for w in config.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        print(f"the configuration file {shown} syntax is ok")
+        print(f"configuration file {shown} test is successful")
+        return 0
+    return config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,18 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     from pgdoorman.config import ConfigError, load_config
 
     fmt = "text" if args.log_format == "debug" else args.log_format
-    try:
-        # Absolute: a daemon runs from "/" and RELOAD must still find the file.
-        config = load_config(os.path.abspath(args.config))
-    except ConfigError as e:
-        print(f"pg_doorman: configuration is invalid:\n{e}", file=sys.stderr)
-        return 1
-    if args.test_config:
-        for w in config.warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        print(f"the configuration file {args.config} syntax is ok")
-        print(f"configuration file {args.config} test is successful")
-        return 0
+    # Absolute: a daemon runs from "/" and RELOAD must still find the file.
+    config = load_checked("pg_doorman", load_config, ConfigError, os.path.abspath(args.config), args.config,
+                          args.test_config)
+    if isinstance(config, int):
+        return config
     inherited = upgrade.take_inherited()
     daemon = None
     if args.daemon:

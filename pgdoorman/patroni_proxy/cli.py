@@ -37,20 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
 
     from pgdoorman import logs
+    from pgdoorman.cli import load_checked
     from pgdoorman.patroni_proxy.config import ConfigError, load
 
     path = os.path.abspath(args.config)  # SIGHUP re-reads it whatever the cwd becomes
-    try:
-        config = load(path)
-    except ConfigError as e:
-        print(f"patroni_proxy: configuration is invalid:\n{e}", file=sys.stderr)
-        return 1
-    if args.test_config:
-        for w in config.warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        print(f"the configuration file {args.config} syntax is ok")
-        print(f"configuration file {args.config} test is successful")
-        return 0
+    config = load_checked("patroni_proxy", load, ConfigError, path, args.config, args.test_config)
+    if isinstance(config, int):
+        return config
 
     logs.setup(args.log_level, args.log_format)
     for w in config.warnings:
