@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,17 @@ pytestmark = pytest.mark.timeout(300)
 # The issue asks for 30 seconds of load per driver; the three drivers run at the same time.
 SOAK = float(os.environ.get("PGDOORMAN_SOAK_SECONDS", "30"))
 CLIENTS = 20
+
+
+async def _each_client(client: Callable[[int], Awaitable[None]]) -> None:
+    await asyncio.gather(*(client(i) for i in range(CLIENTS)))
+
+
+def _run(name: str, main: Coroutine[Any, Any, None], errors: list[str]) -> None:
+    try:
+        asyncio.run(main)
+    except Exception as e:  # noqa: BLE001 - reported as a test failure by the caller
+        errors.append(f"{name} crashed: {e!r}")
 
 
 def _asyncpg_load(p: Any, deadline: float, errors: list[str], counter: list[int]) -> None:
@@ -52,13 +64,7 @@ def _asyncpg_load(p: Any, deadline: float, errors: list[str], counter: list[int]
         finally:
             await conn.close()
 
-    async def main() -> None:
-        await asyncio.gather(*(client(i) for i in range(CLIENTS)))
-
-    try:
-        asyncio.run(main())
-    except Exception as e:  # noqa: BLE001 - reported as a test failure below
-        errors.append(f"asyncpg crashed: {e!r}")
+    _run("asyncpg", _each_client(client), errors)
 
 
 def _psycopg_load(p: Any, deadline: float, errors: list[str], counter: list[int]) -> None:
@@ -82,13 +88,7 @@ def _psycopg_load(p: Any, deadline: float, errors: list[str], counter: list[int]
         finally:
             await conn.close()
 
-    async def main() -> None:
-        await asyncio.gather(*(client(i) for i in range(CLIENTS)))
-
-    try:
-        asyncio.run(main())
-    except Exception as e:  # noqa: BLE001
-        errors.append(f"psycopg crashed: {e!r}")
+    _run("psycopg", _each_client(client), errors)
 
 
 class Base(DeclarativeBase):
@@ -126,15 +126,12 @@ def _sqlalchemy_load(p: Any, deadline: float, errors: list[str], counter: list[i
                         errors.append(f"sqlalchemy {i}: {v}")
                 counter[0] += 1
 
-        await asyncio.gather(*(client(i) for i in range(CLIENTS)))
+        await _each_client(client)
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
         await engine.dispose()
 
-    try:
-        asyncio.run(main())
-    except Exception as e:  # noqa: BLE001
-        errors.append(f"sqlalchemy crashed: {e!r}")
+    _run("sqlalchemy", main(), errors)
 
 
 def test_drivers_with_prepared_statements_in_transaction_mode(pooler_factory: Any) -> None:
