@@ -54,7 +54,11 @@ _TAG_LENS = frozenset({4, 6, 7, 8, 12, 15})
 # The response types the plain relay handler acts on (ReadyForQuery, CommandComplete, ParameterStatus, Error).
 _PLAIN_TYPES = frozenset(b"ZCSEG")
 # PostgreSQL's message when DDL changed the result of a statement prepared before (SQLSTATE 0A000).
-_STALE_PLAN = b"cached plan must not change result type"
+_STALE_PLAN = "cached plan must not change result type"
+
+
+def _is_stale_plan(fields: dict[str, str]) -> bool:
+    return fields.get("C") == "0A000" and _STALE_PLAN in fields.get("M", "")
 
 
 def _quote(v: str) -> str:
@@ -362,12 +366,10 @@ class ServerConn(Conn):
             if c is not None:
                 fb = c.fast_bind
                 if fb is not None:  # in a fast batch: as the general path does for its Bind
-                    if c.fast_redo is not None and _STALE_PLAN in bytes(body):
-                        f = m.parse_fields(body)
-                        if f.get("C") == "0A000" and f.get("M", "").startswith(_STALE_PLAN.decode()):
-                            self._ps_error(ps.BIND, fb, body)  # forgets the stale statement, makes a fresh one
-                            c.held_error = b"E" + m.U32.pack(len(body) + 4) + body
-                            return b""  # held until ReadyForQuery (see ClientConn.redo_fast_batch)
+                    if c.fast_redo is not None and _is_stale_plan(m.parse_fields(body)):
+                        self._ps_error(ps.BIND, fb, body)  # forgets the stale statement, makes a fresh one
+                        c.held_error = b"E" + m.U32.pack(len(body) + 4) + body
+                        return b""  # held until ReadyForQuery (see ClientConn.redo_fast_batch)
                     c.on_server_error(body)
                     rep = self._ps_error(ps.BIND, fb, body)
                     if rep is not None:
@@ -473,7 +475,7 @@ class ServerConn(Conn):
         raw = bytes(body)
         rep = raw.replace(b'"' + st.name + b'"', b'"' + cname + b'"')
         f = m.parse_fields(raw)
-        if f.get("C") == "0A000" and "cached plan must not change result type" in f.get("M", ""):
+        if _is_stale_plan(f):
             # DDL changed the statement's result type. PostgreSQL keeps failing a statement like that until
             # it is prepared again: do that for the client, under a new name, and drop the stale copy here.
             self.prepared.pop(st.name, None)
