@@ -368,7 +368,7 @@ class ClientConn(Conn):
         if parsed is not None and sname == pname:
             st: ps.Statement | None = parsed
         else:
-            st = self.named.get(sname) if sname else self.unnamed
+            st = self._lookup(sname)
             if st is None or st.name not in s.prepared:
                 return False
         assert st is not None
@@ -378,10 +378,7 @@ class ClientConn(Conn):
             pool = self.pool
             assert pool is not None
             pool.ps_cache.count_hit(parsed)
-            if pname:
-                self.named[pname] = parsed
-            else:
-                self.unnamed = parsed
+            self._define(pname, parsed)
             prepared.move_to_end(parsed.name)
             s.ps_hits += 1
             self.synth_head = m.PARSE_COMPLETE
@@ -414,7 +411,7 @@ class ClientConn(Conn):
         s = self.server
         if status == 73 and redo is not None and fb is not None and s is not None:
             sname = fb[1]
-            fresh = self.named.get(sname) if sname else self.unnamed  # _ps_error put a fresh one there
+            fresh = self._lookup(sname)  # _ps_error put a fresh one there
             if fresh is not None and not fresh.dead and fresh is not fb[0]:
                 self.fast_bind = None
                 b, j, k, rest = redo
@@ -470,10 +467,7 @@ class ClientConn(Conn):
             return False
         for name, st in found:
             cache.count_hit(st)
-            if name:
-                self.named[name] = st
-            else:
-                self.unnamed = st
+            self._define(name, st)
         self.write(m.PARSE_COMPLETE * len(found) + m.RFQ_IDLE)
         return True
 
@@ -484,6 +478,13 @@ class ClientConn(Conn):
 
     def _lookup(self, name: bytes) -> ps.Statement | None:
         return self.named.get(name) if name else self.unnamed
+
+    def _define(self, name: bytes, st: ps.Statement) -> None:
+        """The client's Parse of `name` (b"" = the unnamed statement) now means `st`."""
+        if name:
+            self.named[name] = st
+        else:
+            self.unnamed = st
 
     def _ensure(self, st: ps.Statement) -> bytes:
         """Make sure the linked server holds `st`: b'' if it does, else the Parse to inject before."""
@@ -561,10 +562,7 @@ class ClientConn(Conn):
                     text = LISTEN_REFUSAL
                 st = pool.ps_cache.get(text, b[k + 1 :], self.planner_sig)
                 self.last_parse = (b, name, st)
-            if name:
-                self.named[name] = st
-            else:
-                self.unnamed = st
+            self._define(name, st)
             s = self.server
             assert s is not None
             if st.name in s.prepared:
