@@ -42,6 +42,16 @@ def load_checked(prog: str, load: Callable[[str], C], errors: type[Exception], p
     return config
 
 
+def add_common_options(p: argparse.ArgumentParser, prog: str, log_formats: list[str]) -> None:
+    """-V, -t, -l and -F, as pg_doorman and patroni_proxy both take them."""
+    p.add_argument("-V", "--version", action="version", version=f"{prog} (pgdoorman) {__version__}")
+    p.add_argument("-t", "--test-config", action="store_true", help="check the configuration and exit")
+    p.add_argument("-l", "--log-level", default=os.environ.get("LOG_LEVEL", "info"),
+                   choices=["error", "warn", "info", "debug", "trace"], help="log level; env LOG_LEVEL")
+    p.add_argument("-F", "--log-format", default=os.environ.get("LOG_FORMAT", "text"), choices=log_formats,
+                   help="text, or structured (one JSON object per line); env LOG_FORMAT")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pg_doorman",
@@ -49,13 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", nargs="?", default=os.environ.get("CONFIG_FILE", "pg_doorman.toml"),
                    help="configuration file (.yaml/.yml = YAML, anything else = TOML); env CONFIG_FILE")
-    p.add_argument("-V", "--version", action="version", version=f"pg_doorman (pgdoorman) {__version__}")
-    p.add_argument("-t", "--test-config", action="store_true", help="check the configuration and exit")
-    p.add_argument("-l", "--log-level", default=os.environ.get("LOG_LEVEL", "info"),
-                   choices=["error", "warn", "info", "debug", "trace"], help="log level; env LOG_LEVEL")
-    p.add_argument("-F", "--log-format", default=os.environ.get("LOG_FORMAT", "text"),
-                   choices=["text", "structured", "debug"],
-                   help="text, or structured (one JSON object per line); env LOG_FORMAT")
+    add_common_options(p, "pg_doorman", ["text", "structured", "debug"])
     p.add_argument("-n", "--no-color", action="store_true", help="accepted for compatibility (no colours are used)")
     p.add_argument("-d", "--daemon", action="store_true",
                    default=os.environ.get("DAEMON", "").lower() in ("1", "true", "yes", "on"),

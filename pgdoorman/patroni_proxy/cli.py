@@ -12,6 +12,7 @@ import sys
 from types import FrameType
 
 from pgdoorman import __version__
+from pgdoorman.cli import add_common_options, load_checked
 
 log = logging.getLogger("pgdoorman.patroni_proxy")
 
@@ -23,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", nargs="?", default="patroni_proxy.yaml",
                    help="configuration file (YAML; default patroni_proxy.yaml)")
-    p.add_argument("-V", "--version", action="version", version=f"patroni_proxy (pgdoorman) {__version__}")
-    p.add_argument("-t", "--test-config", action="store_true", help="check the configuration and exit")
-    p.add_argument("-l", "--log-level", default=os.environ.get("LOG_LEVEL", "info"),
-                   choices=["error", "warn", "info", "debug", "trace"], help="log level; env LOG_LEVEL")
-    p.add_argument("-F", "--log-format", default=os.environ.get("LOG_FORMAT", "text"),
-                   choices=["text", "structured"],
-                   help="text, or structured (one JSON object per line); env LOG_FORMAT")
+    add_common_options(p, "patroni_proxy", ["text", "structured"])
     return p
 
 
@@ -37,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
 
     from pgdoorman import logs
-    from pgdoorman.cli import load_checked
     from pgdoorman.patroni_proxy.config import ConfigError, load
 
     path = os.path.abspath(args.config)  # SIGHUP re-reads it whatever the cwd becomes
