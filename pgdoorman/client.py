@@ -150,8 +150,8 @@ class ClientConn(Conn):
         # bytes, and the Bind's (statement, client name) for error rewriting until its ReadyForQuery.
         self.synth_head: bytes | None = None
         self.fast_bind: tuple[ps.Statement, bytes] | None = None
-        # When that batch's Parse was skipped: its Bind body, the two NULs around the statement name and the
-        # bytes after the Bind, to send it again under a fresh statement if the cached plan went stale
+        # When that batch's Parse was skipped: the client's Bind body, the two NULs around the statement name
+        # in it and the batch as sent, to send it again under a fresh statement if the cached plan went stale
         # (0A000 "cached plan must not change result type", held in held_error until ReadyForQuery).
         self.fast_redo: tuple[bytes, int, int, bytes] | None = None
         self.held_error: bytes | None = None
@@ -388,7 +388,7 @@ class ClientConn(Conn):
         out = b"".join((b"B", _U32_pack(len(nb) + 4), nb, view[bend:n]))
         if st is parsed:
             # PostgreSQL would have planned this Parse afresh: a plan gone stale must not show (see fast_redo).
-            self.fast_redo = (b, j, k, out[5 + len(nb) :])
+            self.fast_redo = (b, j, k, out)
         self._mark_query()
         self.expect += 1
         self.copy_window = True
@@ -414,7 +414,8 @@ class ClientConn(Conn):
             fresh = self._lookup(sname)  # _ps_error put a fresh one there
             if fresh is not None and not fresh.dead and fresh is not fb[0]:
                 self.fast_bind = None
-                b, j, k, rest = redo
+                b, j, k, sent = redo
+                rest = sent[5 + len(b) - (k - j - 1) + len(fb[0].name) :]  # what followed the Bind we sent
                 nb = b[: j + 1] + fresh.name + b[k:]
                 s.remember(fresh.name)
                 self.rq.append((ps.INJECT, fresh))
