@@ -27,6 +27,7 @@ from tests.support.cluster import (
     SCRAM_PASSWORD,
     SCRAM_USER,
 )
+from tests.support.pooler import wait_for
 from tests.support.wire import WireClient, bind, execute, parse, parse_fields, query, sync
 from tests.unit.test_admin_render import EXPECTED_COLUMNS
 
@@ -72,17 +73,6 @@ def pool_row_when(a: psycopg.Connection[Any], cond: Callable[[Row], bool], what:
         return r if cond(r) else None
 
     return wait_for(check, what=what)  # type: ignore[no-any-return]
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 10, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last value: {last!r})")
 
 
 def sqlstate(exc: BaseException) -> str | None:

@@ -17,6 +17,7 @@ import pytest
 from psycopg import errors
 
 from tests.support.cluster import DBNAME, MD5_PASSWORD, MD5_USER, SCRAM_PASSWORD, SCRAM_USER
+from tests.support.pooler import wait_for
 from tests.support.wire import WireClient, WireError, frame, parse_fields, query
 
 pytestmark = pytest.mark.timeout(120)
@@ -365,8 +366,8 @@ def test_idle_timeout_and_server_lifetime(pooler_factory: Any, pg: Any) -> None:
     p = pooler_factory(general={"idle_timeout": 300, "retain_connections_time": 100})
     with connect(p) as c:
         pid = c.execute("select pg_backend_pid()").fetchone()[0]
-        time.sleep(1.2)
-        assert int(pg.psql(f"select count(*) from pg_stat_activity where pid = {pid}")) == 0
+        wait_for(lambda: int(pg.psql(f"select count(*) from pg_stat_activity where pid = {pid}")) == 0,
+                 what="the idle server to be closed after idle_timeout")
         assert c.execute("select pg_backend_pid() <> %s", (pid,)).fetchone() == (True,)
     p2 = pooler_factory(general={"server_lifetime": 300})
     with connect(p2) as c:

@@ -35,7 +35,7 @@ from tests.support.cluster import (
     SCRAM_PASSWORD,
     SCRAM_USER,
 )
-from tests.support.pooler import ROOT, Pooler, free_port
+from tests.support.pooler import ROOT, Pooler, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -50,17 +50,6 @@ def client(p: Any, user: str = SCRAM_USER, password: str = SCRAM_PASSWORD, db: s
 
 def admin(p: Any) -> psycopg.Connection[Any]:
     return psycopg.connect(p.dsn(ADMIN_USER, ADMIN_PASSWORD, "pgdoorman"), autocommit=True, prepare_threshold=None)
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def new_pids(p: Pooler) -> list[int]:
@@ -297,7 +286,10 @@ def test_cancel_key_and_settings_survive_the_move(pooler_factory: Any) -> None:
 
     th = threading.Thread(target=sleeper)
     th.start()
-    time.sleep(0.7)
+    with client(p) as watcher:
+        wait_for(lambda: watcher.execute(
+            "select count(*) from pg_stat_activity where query = 'select pg_sleep(20)' and state = 'active'"
+        ).fetchone() == (1,), what="the sleeper's query to run")
     t0 = time.monotonic()
     c.cancel()  # the cancel key handed out by the old process reaches the new one
     th.join(15)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,8 @@ import yaml
 
 from tests.support.cluster import PgCluster
 from tests.support.fake_patroni import FakePatroni, pmember
-from tests.support.pooler import free_port
+from tests.support.pooler import free_port, wait_for
 from tests.support.pooler import port_free_on_both as _port_free_on_both
-from tests.support.pooler import wait_for as _wait_for
 
 HOST_A, HOST_B = "127.0.0.1", "127.0.0.2"
 
@@ -34,9 +33,6 @@ HOST_A, HOST_B = "127.0.0.1", "127.0.0.2"
 def port_free_on_both() -> int:
     return _port_free_on_both(HOST_A, HOST_B)
 
-
-def wait_for(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    _wait_for(pred, timeout, what, interval=0.05)
 
 
 @pytest.fixture(scope="module")

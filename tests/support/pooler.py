@@ -53,14 +53,18 @@ def port_free_on_both(host_a: str, host_b: str) -> int:
     raise RuntimeError(f"no port free on both {host_a} and {host_b}")
 
 
-def wait_for(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition", interval: float = 0.05) -> None:
-    """Poll `pred` until it is true; AssertionError naming `what` after `timeout` seconds."""
+def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition", interval: float = 0.05) -> Any:
+    """Poll `cond` until it returns something true and return that; AssertionError naming `what` and the
+    last value after `timeout` seconds. Tests wait with this instead of sleeping a fixed time."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
+    last: Any = None
+    while True:
+        last = cond()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what} (last value: {last!r})")
         time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def libpq_quote(value: str) -> str:

@@ -23,9 +23,8 @@ from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.patroni_proxy.config import load
 from pgdoorman.patroni_proxy.proxy import Proxy
 from tests.support.fake_patroni import FakePatroni, pmember
-from tests.support.pooler import free_port
+from tests.support.pooler import free_port, wait_for
 from tests.support.pooler import port_free_on_both as _port_free_on_both
-from tests.support.pooler import wait_for as _wait_for
 
 HOST_A, HOST_B = "127.0.0.1", "127.0.0.2"
 
@@ -33,9 +32,6 @@ HOST_A, HOST_B = "127.0.0.1", "127.0.0.2"
 def port_free_on_both() -> int:
     return _port_free_on_both(HOST_A, HOST_B)
 
-
-def wait_for(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    _wait_for(pred, timeout, what, interval=0.02)
 
 
 # ------------------------------------------------------------------------------------------- backends
