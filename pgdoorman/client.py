@@ -81,6 +81,9 @@ READ_ONLY = frozenset({
 
 _SALT = struct.Struct("!I")
 _unpack = m.U32.unpack_from
+# First bytes of a simple query that the fast path leaves to the general one: DEALLOCATE and LISTEN are
+# answered or refused by the pooler, and either may follow leading blanks.
+_MAYBE_SPECIAL = frozenset(b"dDlL \t\r\n\x0b\x0c")
 _U32_pack = m.U32.pack
 # Fake SCRAM salt for unknown users: derived from a per-process key so repeated attempts look stable.
 _FAKE_KEY = os.urandom(32)
@@ -227,7 +230,10 @@ class ClientConn(Conn):
                 return
         if self.ps:
             assert s is not None
-            if view[0] != 81 and not self.rq and self.expect <= 0 and not self.unsynced and not self.in_copy_in \
+            if view[0] == 81:
+                if self._fast_query(view, n, s):
+                    return
+            elif not self.rq and self.expect <= 0 and not self.unsynced and not self.in_copy_in \
                     and self.synth_head is None and self._fast_batch(view, n, s):
                 return
         try:
@@ -319,6 +325,31 @@ class ClientConn(Conn):
                 and self.transaction_mode and self.server is s and not s.release_pending:
             # Everything was answered locally (e.g. a DEALLOCATE): the server is free again.
             self.worker.release_server(s)
+
+    def _fast_query(self, view: memoryview, n: int, s: ServerConn) -> bool:
+        """One whole small simple Query with nothing queued: what the scanner and `_on_message_ps` would do,
+        in one step. Anything else (a partial or pipelined message, a possible DEALLOCATE or LISTEN, a
+        client already queueing extended-protocol responses) takes the general path."""
+        ln = _unpack(view, 1)[0]
+        if ln + 1 != n or ln > SMALL_LIMIT or ln < 5 or self.rq or self.in_copy_in:
+            return False
+        sc = self.scanner
+        if sc.carry is not None or sc.skip:
+            return False
+        b0 = view[5]
+        if b0 in _MAYBE_SPECIAL:
+            return False
+        if self.query_start == 0.0:  # _mark_query()
+            self.query_start = self.xact_start or self.loop.now
+            if self.xact_start == 0.0:
+                self.xact_start = self.query_start
+        self.copy_window = True
+        self.copy_syncs = 0
+        self.expect += 1
+        s.bytes_out += n
+        s.pstats.bytes_in += n
+        s.write(view)
+        return True
 
     def _fast_batch(self, view: memoryview, n: int, s: ServerConn) -> bool:
         """The batch drivers send for one statement, `[Parse] Bind [Describe portal] Execute Sync`, in one

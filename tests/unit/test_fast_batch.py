@@ -16,7 +16,7 @@ from pgdoorman.client import CLIENT_PS_TABLE, READY, ClientConn
 from pgdoorman.protocol.framing import Scanner
 from pgdoorman.server import ACTIVE, IDLE, ServerConn
 from tests.support.app import one_pool_app
-from tests.support.wire import bind, describe, execute, frame, parse, sync
+from tests.support.wire import bind, describe, execute, frame, parse, query, sync
 
 
 def _read_messages(sock: socket.socket) -> list[tuple[str, bytes]]:
@@ -193,3 +193,51 @@ def test_stale_plan_in_a_failed_transaction_reaches_the_client(linked: Any) -> N
     got = _read_messages(c_peer)
     assert [t for t, _ in got] == ["1", "E", "Z"] and got[1][1] == STALE and got[2][1] == b"E"
     assert _read_messages(s_peer) == [] and client.expect == 0 and client.held_error is None
+
+
+# ------------------------------------------------------------------ simple Query fast path (_fast_query)
+def test_simple_query_fast_path_and_what_it_leaves_alone(linked: Any) -> None:
+    client, server, c_peer, s_peer = linked
+    _client_sends(client, c_peer, query("select 1"))
+    assert client.expect == 1 and client.query_start and client.server is server
+    assert _read_messages(s_peer) == [("Q", b"select 1\0")]
+    _server_answers(server, s_peer, ROW + RFQ)
+    assert [t for t, _ in _read_messages(c_peer)] == ["T", "D", "C", "Z"]
+    assert client.expect == 0 and client.server is None and client.query_start == 0.0
+    # LISTEN behind a blank is still refused (the fast path leaves blanks, d/D and l/L to the general one).
+    _client_sends(client, c_peer, query(" \tlisten chan"))
+    sent = _read_messages(s_peer)
+    assert len(sent) == 1 and sent[0][0] == "Q" and sent[0][1].startswith(b"DO $pgdoorman$")
+    _server_answers(server, s_peer, _error("refused") + RFQ)
+    assert [t for t, _ in _read_messages(c_peer)] == ["E", "Z"]
+    # Two queries in one read: the general path relays both, and the server is kept until both answered.
+    _client_sends(client, c_peer, query("select 1"), query("select 2"))
+    assert [t for t, _ in _read_messages(s_peer)] == ["Q", "Q"] and client.expect == 2
+    _server_answers(server, s_peer, ROW + RFQ)
+    assert client.server is server  # one answer of two: not released
+    _server_answers(server, s_peer, ROW + RFQ)
+    assert [t for t, _ in _read_messages(c_peer)] == ["T", "D", "C", "Z"] * 2
+    assert client.expect == 0 and client.server is None
+    # A query split across reads: the second part reaches the scanner mid-message, not the fast path.
+    q = query("select 3")
+    _client_sends(client, c_peer, q[:7])
+    _client_sends(client, c_peer, q[7:])
+    assert b"".join(frame(t, b) for t, b in _read_messages(s_peer)) == q and client.expect == 1
+    _server_answers(server, s_peer, ROW + RFQ)
+    assert [t for t, _ in _read_messages(c_peer)] == ["T", "D", "C", "Z"] and client.server is None
+
+
+def test_simple_query_behind_a_pipelined_batch_keeps_the_response_order(linked: Any) -> None:
+    """With extended-protocol responses queued, a Query must join the queue (general path)."""
+    client, server, c_peer, s_peer = linked
+    _client_sends(client, c_peer, parse("s1", "select 1"), bind("", "s1"), execute(), sync())
+    assert client.rq
+    _client_sends(client, c_peer, query("select 2"))
+    # The same statement again behind the Query: its ParseComplete is made here, after the Query's answer.
+    _client_sends(client, c_peer, parse("s1", "select 1"), bind("", "s1"), execute(), sync())
+    assert [t for t, _ in _read_messages(s_peer)] == ["P", "B", "E", "S", "Q", "B", "E", "S"]
+    assert client.expect == 3
+    _server_answers(server, s_peer, frame("1") + frame("2") + ROW + RFQ + ROW + RFQ + frame("2") + ROW + RFQ)
+    assert [t for t, _ in _read_messages(c_peer)] == ["1", "2", "T", "D", "C", "Z", "T", "D", "C", "Z",
+                                                      "1", "2", "T", "D", "C", "Z"]
+    assert not client.rq and client.expect == 0 and client.server is None
