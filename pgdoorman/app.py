@@ -22,6 +22,7 @@ from pgdoorman import __version__, systemd, upgrade
 from pgdoorman.cancel import CancelRegistry
 from pgdoorman.config import Config, ConfigError, load_config
 from pgdoorman.net.sockopts import TcpOptions, tcp_listener, unix_listener
+from pgdoorman.net.tls import client_tls
 from pgdoorman.pool import Pool
 from pgdoorman.protocol import auth
 from pgdoorman.worker import Worker
@@ -57,6 +58,13 @@ class App:
         self.count_lock = threading.Lock()
         self.n_clients = 0
         self.total_accepted = 0
+        self.tls_connections = 0  # clients that completed a TLS handshake
+        self.connection_errors = 0  # clients refused before authentication (listener_rejections summed)
+        self.listener_rejections: dict[str, int] = {}
+        g = config.general
+        # Client TLS is set up once: certificates are not reloaded (as in PgDoorman); the loader already
+        # checked that this succeeds.
+        self.client_tls = client_tls(g.tls_mode, g.tls_certificate, g.tls_private_key, g.tls_ca_cert)
         self.shutting_down = False
         self.started = time.time()
         self._admin_verifier: auth.ScramVerifier | None = None
@@ -147,7 +155,8 @@ class App:
         for w in new.warnings:
             log.warning("%s", w)
         old = self.config
-        for key in ("host", "port", "worker_threads", "unix_socket_dir"):
+        for key in ("host", "port", "worker_threads", "unix_socket_dir", "tls_mode", "tls_certificate",
+                    "tls_private_key", "tls_ca_cert"):
             if getattr(old.general, key) != getattr(new.general, key):
                 log.warning("RELOAD: general.%s changed but needs a restart (or binary upgrade) to apply", key)
         self.config = new
@@ -172,10 +181,23 @@ class App:
     def client_admitted(self) -> bool:
         with self.count_lock:
             if self.n_clients >= self.config.general.max_connections:
+                self.total_accepted += 1
+                self.listener_rejections["too_many_clients"] = self.listener_rejections.get("too_many_clients", 0) + 1
+                self.connection_errors += 1
                 return False
             self.n_clients += 1
             self.total_accepted += 1
             return True
+
+    def count_rejection(self, reason: str) -> None:
+        """A client refused before it authenticated (pg_doorman_listener_rejections_total{reason})."""
+        with self.count_lock:
+            self.listener_rejections[reason] = self.listener_rejections.get(reason, 0) + 1
+            self.connection_errors += 1
+
+    def count_tls(self) -> None:
+        with self.count_lock:
+            self.tls_connections += 1
 
     def client_left(self) -> None:
         with self.count_lock:

@@ -17,13 +17,16 @@ import logging
 import os
 import re
 import socket
+import ssl
 import struct
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pgdoorman import prepared as ps
-from pgdoorman.net.conn import HIGH_WATER, Conn
+from pgdoorman.net.conn import AGAIN, HIGH_WATER, Conn
+from pgdoorman.net.loop import EVENT_READ, EVENT_WRITE, RECV_BUFFER_SIZE
+from pgdoorman.net.tls import TLS_READ_MIN
 from pgdoorman.pool import TRACKED_PARAMS
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
@@ -81,6 +84,7 @@ READ_ONLY = frozenset({
 
 _SALT = struct.Struct("!I")
 _unpack = m.U32.unpack_from
+assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls
 # First bytes of a simple query that the fast path leaves to the general one: DEALLOCATE and LISTEN are
 # answered or refused by the pooler, and either may follow leading blanks.
 _MAYBE_SPECIAL = frozenset(b"dDlL \t\r\n\x0b\x0c")
@@ -97,7 +101,7 @@ class ClientConn(Conn):
         "query_count", "xact_count", "error_count", "login_timer", "admin", "application_name", "is_unix",
         "last_status", "xact_start", "query_start", "ps", "named", "unnamed", "rq", "raw",
         "planner_sig", "last_parse", "named_parse", "copy_window", "copy_syncs", "in_copy_in",
-        "synth_head", "fast_bind", "fast_redo", "held_error",
+        "synth_head", "fast_bind", "fast_redo", "held_error", "tls", "handshaking",
     )
 
     def __init__(self, sock: socket.socket, worker: Worker, addr: str, is_unix: bool = False) -> None:
@@ -158,6 +162,8 @@ class ClientConn(Conn):
         # (0A000 "cached plan must not change result type", held in held_error until ReadyForQuery).
         self.fast_redo: tuple[bytes, int, int, bytes] | None = None
         self.held_error: bytes | None = None
+        self.tls = False  # the client's socket is an ssl.SSLSocket (handshake done)
+        self.handshaking = False  # wrapped after SSLRequest, handshake not finished yet
         self.login_timer = worker.loop.call_later(60.0, self._login_timeout)
 
     def __repr__(self) -> str:
@@ -178,14 +184,63 @@ class ClientConn(Conn):
     def on_event(self, mask: int) -> None:
         if mask == 1:  # readable only: the common case, without Conn.on_event's write check
             self.on_readable()
+        elif self.handshaking:
+            self._tls_handshake()
         else:
             Conn.on_event(self, mask)
+
+    # ------------------------------------------------------------------ TLS
+    def _start_tls(self) -> None:
+        """SSLRequest accepted: answer 'S' on the plain socket, then wrap it and wait for the ClientHello.
+
+        After the handshake the socket is read as any other: every read asks for at least a whole TLS
+        record's plaintext (TLS_READ_MIN), so OpenSSL never keeps decrypted bytes that epoll
+        cannot see, and records not yet read stay in the kernel, where level-triggered epoll reports them."""
+        ctx = self.app.client_tls.context
+        assert ctx is not None
+        try:
+            # Nothing was sent to this client yet, so the one byte goes out at once or the client is gone.
+            if self.sock.send(b"S") != 1:
+                raise OSError("could not send the SSLRequest answer")
+            self.detach()
+            self.sock = ctx.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as e:
+            self.close(f"TLS setup failed: {e}")
+            return
+        self.handshaking = True
+        self._apply_mask()
+
+    def _tls_handshake(self) -> None:
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            return
+        except ssl.SSLWantWriteError:
+            # Our handshake flight did not fit in the socket buffer: wait until it can be written.
+            try:
+                self.loop.sel.modify(sock, EVENT_READ | EVENT_WRITE, self)
+                self.mask = EVENT_READ | EVENT_WRITE
+            except (KeyError, ValueError, OSError):
+                pass
+            return
+        except (ssl.SSLError, OSError) as e:
+            self.app.count_rejection("tls_handshake_fail")
+            reason = e.reason if isinstance(e, ssl.SSLError) and e.reason else str(e)
+            log.info("client %s: TLS handshake failed: %s", self.addr, reason)
+            self.close(f"TLS handshake failed: {reason}")
+            return
+        self.handshaking = False
+        self.tls = True
+        self.app.count_tls()
+        self._apply_mask()  # back to read interest only
 
     def on_readable(self) -> None:
         if self.state == READY:
             try:
                 n = self.sock.recv_into(self.loop.rbuf)
-            except (BlockingIOError, InterruptedError):
+            except AGAIN:
                 return
             except OSError as e:
                 self.close(f"read failed: {e}")
@@ -880,7 +935,10 @@ class ClientConn(Conn):
 
     # ------------------------------------------------------------------ login
     def _login_read(self) -> None:
-        data = self.recv_or_close(16384, "client disconnected during login")
+        if self.handshaking:
+            self._tls_handshake()
+            return
+        data = self.recv_or_close(TLS_READ_MIN, "client disconnected during login")
         if data is None:
             return
         buf = self.inbuf
@@ -915,6 +973,7 @@ class ClientConn(Conn):
                     buf.clear()
                     return
         except m.ProtocolViolation as e:
+            self.app.count_rejection("invalid_startup" if self.state == STARTUP else "protocol_error")
             self.fatal("08P01", str(e))
 
     def _startup(self, body: bytes) -> None:
@@ -922,11 +981,18 @@ class ClientConn(Conn):
         if code == m.SSL_REQUEST or code == m.GSSENC_REQUEST:
             if self.inbuf:
                 raise m.ProtocolViolation("unexpected data after encryption request")
-            self.write(b"N")
+            if code == m.SSL_REQUEST and not self.tls and not self.is_unix and self.app.client_tls.context is not None:
+                self._start_tls()
+                return
+            self.write(b"N")  # as PostgreSQL on a Unix socket, or with TLS off (or asked twice)
             return
         if code == m.CANCEL_REQUEST:
             self.app.cancels.cancel(int(params["pid"]), int(params["secret"]))
             self.close("cancel request")
+            return
+        if not self.tls and not self.is_unix and self.app.client_tls.required:
+            self.app.count_rejection("tls_required")
+            self.fatal("28000", "SSL required", f"tls_mode is {self.app.client_tls.mode!r}: TCP clients must use TLS")
             return
         user = params.get("user", "")
         if not user:

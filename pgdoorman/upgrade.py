@@ -151,6 +151,7 @@ def movable(c: ClientConn) -> bool:
         c.state == READY and not c.closed and c.server is None and not c.waiting and not c.terminating
         and c.expect <= 0 and not c.unsynced and c.last_status == 73 and not c.pending and not c.inbuf
         and not c.out and not c.read_paused and not c.scanner.mid_message and not c.rq and not c.raw
+        and not c.tls  # a TLS session cannot be handed to another process: it stays here until it leaves
     )
 
 

@@ -7,7 +7,8 @@ set -euo pipefail
 want=()
 for group in "${@:-postgres}"; do
     case "$group" in
-        postgres) want+=(postgresql postgresql-client libpq5) ;;
+        # openssl: the TLS tests make their throwaway certificates with it.
+        postgres) want+=(postgresql postgresql-client libpq5 openssl) ;;
         pgbouncer) want+=(pgbouncer) ;;
         # `promtool check metrics` validates our /metrics exposition in the tests (Debian ships it in prometheus).
         promtool) command -v promtool >/dev/null || want+=(prometheus) ;;

@@ -123,6 +123,7 @@ RESTART_ONLY = frozenset({
     "host", "port", "backlog", "unix_socket_dir", "unix_socket_mode", "worker_threads",
     "worker_cpu_affinity_pinning", "worker_stack_size", "max_blocking_threads", "tokio_global_queue_interval",
     "tokio_event_interval", "query_interner_gc_interval_seconds", "tls_certificate", "tls_private_key",
+    "tls_ca_cert", "tls_mode",
     "daemon_pid_file", "web.host", "web.port", "web.enabled",
 })
 SECRET_KEYS = frozenset({"admin_password", "server_password", "password"})

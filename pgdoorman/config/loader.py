@@ -502,12 +502,25 @@ def _check_general(ctx: _Ctx, values: dict[str, Any], files: dict[str, str]) -> 
             ["general", "prepared_statements_cache_size"],
             "must be >= 1 while prepared_statements is true, got 0",
         )
+    _check_client_tls(ctx, values, files)
     if values.get("client_anonymous_prepared_cache_size") == 0:
         ctx.warn(
             files["client_anonymous_prepared_cache_size"],
             ["general", "client_anonymous_prepared_cache_size"],
             "0 means no limit on the unnamed prepared statements a client may leave behind",
         )
+
+
+def _check_client_tls(ctx: _Ctx, values: dict[str, Any], files: dict[str, str]) -> None:
+    """The tls_* settings together, and the files they name loaded (so `-t` catches a bad certificate)."""
+    from pgdoorman.net.tls import TlsSetupError, client_tls
+
+    try:
+        client_tls(values.get("tls_mode"), values.get("tls_certificate"), values.get("tls_private_key"),
+                   values.get("tls_ca_cert"))
+    except TlsSetupError as e:
+        given = [k for k in (e.key, "tls_certificate", "tls_private_key", "tls_mode") if k in files]
+        ctx.error(files[given[0]] if given else next(iter(files.values()), ""), ["general", e.key], str(e))
 
 
 def _pool_name(ctx: _Ctx, key: Any, file: str) -> str | None:

@@ -6,6 +6,7 @@ get `on_close(reason)` exactly once.
 from __future__ import annotations
 
 import socket
+import ssl
 from typing import Any
 
 from pgdoorman.net.loop import EVENT_READ, EVENT_WRITE, Loop
@@ -13,6 +14,10 @@ from pgdoorman.net.loop import EVENT_READ, EVENT_WRITE, Loop
 # Back-pressure: stop reading the producer once this much is queued for a slow consumer, resume when the
 # queue has drained. 1 MiB bounds per-connection memory while letting big results flow at full speed.
 HIGH_WATER = 1 << 20
+
+# "Nothing to do now, try again on the next event": a plain non-blocking socket raises the first two, a TLS
+# socket the last two (its record layer needs more bytes in, or room out).
+AGAIN = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class Conn:
@@ -87,7 +92,7 @@ class Conn:
         read yet or the connection was closed (EOF or error)."""
         try:
             data = self.sock.recv(size)
-        except (BlockingIOError, InterruptedError):
+        except AGAIN:
             return None
         except OSError as e:
             self.close(f"read failed: {e}")
@@ -108,7 +113,7 @@ class Conn:
             return
         try:
             sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
+        except AGAIN:
             sent = 0
         except OSError as e:
             self.close(f"write failed: {e}")
@@ -125,7 +130,7 @@ class Conn:
             return
         try:
             sent = self.sock.send(out)
-        except (BlockingIOError, InterruptedError):
+        except AGAIN:
             return
         except OSError as e:
             self.close(f"write failed: {e}")

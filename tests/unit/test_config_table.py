@@ -25,6 +25,7 @@ from pgdoorman.config import (
 )
 from pgdoorman.config.fields import FIELDS, REQUIRED, SECTIONS, Field, fields_of
 from pgdoorman.config.values import Invalid, Subsection
+from tests.support.certs import make_certs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +52,7 @@ IMPLEMENTED = {
         "tcp_keepalives_count", "tcp_user_timeout", "backlog", "log_client_connections",
         "log_client_disconnections", "prepared_statements", "prepared_statements_cache_size",
         "server_prepared_statements_cache_size",
-        "daemon_pid_file", "syslog_prog_name",
+        "daemon_pid_file", "syslog_prog_name", "tls_certificate", "tls_private_key", "tls_ca_cert", "tls_mode",
     },
     "web": {"enabled", "host", "port"},
     "talos": set(),
@@ -210,6 +211,12 @@ def test_unimplemented_settings_uncommented_only_warn(tmp_path: Path, fmt: str) 
     uncommented = re.sub(rf"^( *)# ((?:- )?(?:{keys}){sep} )", r"\1\2", text, flags=re.M)
     for header in ("auth_query:", "talos:", "[talos]", "[pools.exampledb.auth_query]"):
         uncommented = uncommented.replace(f"# {header}", header)
+    # The client TLS files are loaded: point the examples at real ones.
+    certs = make_certs(tmp_path / "certs", "someone")
+    for example, real in (("/etc/pg_doorman/server.crt", certs.server_cert),
+                          ("/etc/pg_doorman/server.key", certs.server_key), ("/etc/pg_doorman/ca.crt", certs.ca)):
+        assert example in uncommented
+        uncommented = uncommented.replace(example, real)
     path = tmp_path / f"all.{fmt}"
     path.write_text(uncommented)
     config = load_config(str(path))

@@ -1,0 +1,218 @@
+"""TLS towards clients (general.tls_*): libpq (psycopg), asyncpg and a raw wire client over TLS through the
+pooler as a subprocess, each tls_mode, client certificates, cancel requests, big results and pipelines
+over TLS, binary upgrade with a TLS client, the admin console's accounting, and the config errors for bad
+TLS settings."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+from psycopg import errors
+
+from tests.integration.test_ops import alive, current_pid, owner_of, stop_pid, upgrade, wait_exit
+from tests.support.certs import Certs, make_certs
+from tests.support.cluster import DBNAME, MD5_PASSWORD, MD5_USER, SCRAM_PASSWORD, SCRAM_USER
+from tests.support.pooler import ROOT, wait_for
+from tests.support.wire import WireClient, parse_fields, startup_message
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Certs]:
+    yield make_certs(tmp_path_factory.mktemp("certs"), SCRAM_USER)
+
+
+def tls_general(certs: Certs, mode: str | None = None, **extra: Any) -> dict[str, Any]:
+    g: dict[str, Any] = {"tls_certificate": certs.server_cert, "tls_private_key": certs.server_key, **extra}
+    if mode is not None:
+        g["tls_mode"] = mode
+    return g
+
+
+def connect(p: Any, sslmode: str, user: str = SCRAM_USER, password: str = SCRAM_PASSWORD, db: str = DBNAME,
+            **kw: Any) -> psycopg.Connection[Any]:
+    return psycopg.connect(host=p.host, port=p.port, user=user, password=password, dbname=db, sslmode=sslmode,
+                           autocommit=True, connect_timeout=10, **kw)
+
+
+def admin(p: Any, sslmode: str = "disable") -> psycopg.Connection[Any]:
+    return connect(p, sslmode, user="admin", password="admin", db="pgdoorman")
+
+
+def test_allow_mode_serves_tls_and_plain_clients(pooler_factory: Any, certs: Certs) -> None:
+    p = pooler_factory(general=tls_general(certs))  # tls_mode unset: behaves as allow
+    with connect(p, "require") as tls_c, connect(p, "disable") as plain_c:
+        assert tls_c.pgconn.ssl_in_use and not plain_c.pgconn.ssl_in_use
+        assert tls_c.execute("select 1 + 1").fetchone() == (2,)
+        assert plain_c.execute("select 2 + 2").fetchone() == (4,)
+        # The server certificate is the configured one: libpq verifies it against our CA and the host.
+        with connect(p, "verify-full", sslrootcert=certs.ca) as verified:
+            assert verified.pgconn.ssl_in_use
+        with admin(p) as a:
+            a.execute("SHOW CLIENTS")
+            cols = [d.name for d in a.execute("SHOW CLIENTS").description or []]
+            rows = [dict(zip(cols, r, strict=True)) for r in a.execute("SHOW CLIENTS").fetchall()]
+            mine = {r["client_id"]: r["tls"] for r in rows if r["user"] == SCRAM_USER}
+            assert mine == {f"#c{tls_c.info.backend_pid}": "true", f"#c{plain_c.info.backend_pid}": "false"}
+            conns = a.execute("SHOW CONNECTIONS").fetchone()
+            assert conns is not None
+            total, errs, tls, plain, cancel = (int(x) for x in conns)
+            assert tls == 2 and errs == 0 and plain >= 2  # TLS: tls_c and the verify-full one; plain: plain_c, us
+
+
+def test_disable_mode_answers_n(pooler_factory: Any, certs: Certs) -> None:
+    p = pooler_factory(general=tls_general(certs, "disable"))
+    with connect(p, "prefer") as c:
+        assert not c.pgconn.ssl_in_use
+    with pytest.raises(psycopg.OperationalError) as ei:
+        connect(p, "require")
+    assert "does not support SSL" in str(ei.value)
+
+
+def test_require_mode_refuses_plain_tcp_but_not_unix_or_cancel(pooler_factory: Any, certs: Certs,
+                                                                tmp_path: Path) -> None:
+    p = pooler_factory(general=tls_general(certs, "require", unix_socket_dir=str(tmp_path)), pool_size=2)
+    with pytest.raises(psycopg.OperationalError) as ei:
+        connect(p, "disable")
+    assert "SSL required" in str(ei.value)
+    with WireClient(p.host, p.port) as w:
+        w.send(startup_message({"user": SCRAM_USER, "database": DBNAME}))
+        data = w.expect_closed()
+        assert data[:1] == b"E" and parse_fields(data[5:])["C"] == "28000"
+    # Unix-socket clients are exempt; PostgreSQL never offers TLS there and neither do we.
+    with psycopg.connect(host=str(tmp_path), port=p.port, user=SCRAM_USER, password=SCRAM_PASSWORD,
+                         dbname=DBNAME, sslmode="prefer") as u:
+        assert not u.pgconn.ssl_in_use and u.execute("select 3").fetchone() == (3,)
+    # libpq sends cancel requests in plain text before version 17 (over TLS after): both must get through.
+    with connect(p, "require") as c:
+        t = threading.Timer(0.5, c.cancel)
+        t.start()
+        with pytest.raises(errors.QueryCanceled):
+            c.execute("select pg_sleep(20)")
+        t.join()
+        assert c.execute("select 4").fetchone() == (4,)
+    with admin(p, "require") as a:
+        cols = [d.name for d in a.execute("SHOW CONNECTIONS").description or []]
+        row = a.execute("SHOW CONNECTIONS").fetchone()
+        assert row is not None
+        counts = dict(zip(cols, (int(x) for x in row), strict=True))
+        assert counts["errors"] >= 2 and counts["cancel"] >= 1 and counts["tls"] >= 2
+
+
+def test_verify_full_needs_a_client_certificate_from_the_ca(pooler_factory: Any, certs: Certs) -> None:
+    p = pooler_factory(general=tls_general(certs, "verify-full", tls_ca_cert=certs.ca))
+    with connect(p, "verify-full", sslrootcert=certs.ca, sslcert=certs.client_cert, sslkey=certs.client_key) as c:
+        assert c.execute("select current_user").fetchone() == (SCRAM_USER,)
+    with pytest.raises(psycopg.OperationalError):
+        connect(p, "require")  # no certificate: the handshake fails
+    p2 = pooler_factory(general=tls_general(certs, "verify-full", tls_ca_cert=certs.other_ca))
+    with pytest.raises(psycopg.OperationalError):
+        connect(p2, "require", sslcert=certs.client_cert, sslkey=certs.client_key)  # signed by another CA
+    assert p.wait_for_log("TLS handshake failed")
+
+
+def test_big_results_pipelines_and_asyncpg_over_tls(pooler_factory: Any, certs: Certs) -> None:
+    """Many TLS records per query in both directions, back-pressure towards a TLS client, and pipelines of
+    small batches sharing records."""
+    p = pooler_factory(general=tls_general(certs), pool_size=2)
+    with connect(p, "require") as c:
+        # 8 MB out (back-pressure towards a TLS client), then 2 MB in as one query text.
+        n, total = c.execute("select count(*), sum(length(x)) from (select repeat('x', 1000) || g as x "
+                             "from generate_series(1, 8000) g) s").fetchone() or (0, 0)
+        assert n == 8000
+        rows = c.execute("select repeat('y', 1000) || g from generate_series(1, 8000) g").fetchall()
+        assert len(rows) == 8000 and rows[-1][0].endswith("8000")
+        big = "z" * 2_000_000
+        assert c.execute("select length(%s::text)", (big,)).fetchone() == (2_000_000,)
+        # A pipeline of many small extended-protocol batches in a few TLS records.
+        with c.pipeline():
+            curs = [c.execute("select %s::int * 2", (i,)) for i in range(200)]
+        assert [cur.fetchone() for cur in curs] == [(i * 2,) for i in range(200)]
+
+    async def main() -> None:
+        ctx = ssl.create_default_context(cafile=certs.ca)
+        conns = [await asyncpg.connect(host=p.host, port=p.port, user=MD5_USER, password=MD5_PASSWORD,
+                                       database=DBNAME, ssl=ctx) for _ in range(5)]
+        try:
+            for _ in range(3):
+                got = await asyncio.gather(*(cn.fetchval("select $1::int + 1", i) for i, cn in enumerate(conns)))
+                assert got == [i + 1 for i in range(5)]
+            stmt = await conns[0].prepare("select g from generate_series(1, $1::int) g")
+            assert len(await stmt.fetch(50_000)) == 50_000
+        finally:
+            for cn in conns:
+                await cn.close()
+
+    asyncio.run(main())
+
+
+def test_tls_client_stays_on_the_old_process_in_a_binary_upgrade(pooler_factory: Any, certs: Certs) -> None:
+    """A TLS session cannot be handed to another process: the old one keeps serving it (plain clients move)."""
+    p = pooler_factory(general=tls_general(certs, shutdown_timeout=30000))
+    tls_c = connect(p, "require")
+    plain_c = connect(p, "disable")
+    old = current_pid(p)
+    new = upgrade(p)
+    wait_for(lambda: owner_of(plain_c, p.port, [old, new]) == [new], what="the plain client to move")
+    assert plain_c.execute("select 6").fetchone() == (6,)
+    # The TLS client stays with the old process, which keeps serving it.
+    assert tls_c.execute("select 5").fetchone() == (5,)
+    assert owner_of(tls_c, p.port, [old, new]) == [old] and alive(old)
+    tls_c.close()
+    wait_exit(old, p, timeout=30)  # its last client left: the old process is done
+    with connect(p, "require") as again:
+        assert again.execute("select 7").fetchone() == (7,) and owner_of(again, p.port, [new]) == [new]
+    plain_c.close()
+    stop_pid(new)
+
+
+@pytest.mark.parametrize("general,key,why", [
+    ({"tls_certificate": "{cert}"}, "tls_private_key", "must be set together with tls_certificate"),
+    ({"tls_mode": "require"}, "tls_mode", "needs tls_certificate and tls_private_key"),
+    ({"tls_certificate": "{cert}", "tls_private_key": "{key}", "tls_mode": "verify-full"}, "tls_ca_cert",
+     "is required by tls_mode 'verify-full'"),
+    ({"tls_certificate": "/nonexistent/server.crt", "tls_private_key": "{key}"}, "tls_certificate",
+     "cannot read /nonexistent/server.crt"),
+    ({"tls_certificate": "{cert}", "tls_private_key": "{cert}"}, "tls_certificate", "cannot load certificate"),
+    ({"tls_certificate": "{cert}", "tls_private_key": "{key}", "tls_ca_cert": "{key}"}, "tls_ca_cert",
+     "cannot load CA bundle"),
+])
+def test_bad_tls_settings_name_the_file_and_key(tmp_path: Path, certs: Certs, general: dict[str, str], key: str,
+                                                why: str) -> None:
+    lines = ["general:", "  host: 127.0.0.1", "  port: 6432", "  admin_username: admin", "  admin_password: x"]
+    for k, v in general.items():
+        lines.append(f"  {k}: \"{v.format(cert=certs.server_cert, key=certs.server_key)}\"")
+    lines += ["pools:", "  app:", "    server_host: 127.0.0.1", "    server_port: 5432", "    users:",
+              "      - username: u", "        password: p", "        pool_size: 1"]
+    cfg = tmp_path / "pg_doorman.yaml"
+    cfg.write_text("\n".join(lines) + "\n")
+    r = subprocess.run([sys.executable, "-m", "pgdoorman", "-t", str(cfg)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert f"{cfg}: general.{key}: " in out and why in out, out
+
+
+def test_wire_sslrequest_inside_tls_is_answered_n(pooler_factory: Any, certs: Certs) -> None:
+    """The raw protocol: 'S', a handshake, then a second SSLRequest inside TLS is answered 'N'."""
+    p = pooler_factory(general=tls_general(certs))
+    raw = socket.create_connection((p.host, p.port), timeout=10)
+    raw.sendall((8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"))
+    assert raw.recv(1) == b"S"
+    ctx = ssl.create_default_context(cafile=certs.ca)
+    s = ctx.wrap_socket(raw, server_hostname="localhost")
+    s.sendall((8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"))
+    assert s.recv(1) == b"N"
+    s.close()
