@@ -320,10 +320,11 @@ def introspect(conn: PgClient) -> Inventory:
 
 
 def build_config(inv: Inventory, server_host: str, server_port: int, pool_size: int, session_mode: bool,
-                 admin_password: str | None = None) -> dict[str, object]:
+                 admin_password: str | None = None, server_tls: bool = False) -> dict[str, object]:
     """The config as a dict for render_config: one pool per database, every user in every pool, each
     user's password being the server's stored secret (passthrough: clients log in with their own passwords
-    and pgdoorman logs in to PostgreSQL with the same secret)."""
+    and pgdoorman logs in to PostgreSQL with the same secret). `server_tls` (generate --ssl) writes
+    `server_tls_mode: require`, as PgDoorman does."""
     users = [
         {"username": name, "password": PLACEHOLDER_PASSWORD if secret is None else secret, "pool_size": pool_size}
         for name, secret in inv.users
@@ -344,6 +345,7 @@ def build_config(inv: Inventory, server_host: str, server_port: int, pool_size: 
             "admin_username": "admin",
             # A fresh random secret: a generated config must not ship the well-known "admin".
             "admin_password": admin_password or secrets.token_urlsafe(18),
+            **({"server_tls_mode": "require"} if server_tls else {}),
         },
         "pools": pools,
     }
@@ -472,17 +474,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             conn.close()
         for note in inv.notes:
             print(f"pg_doorman generate: note: {note}", file=err)
-        if args.ssl:
-            print("pg_doorman generate: note: the catalog was read over TLS, but pgdoorman does not implement "
-                  "TLS to PostgreSQL yet (server_tls_mode), so the generated pools connect without it",
-                  file=err)
         if not inv.databases:
             print("pg_doorman generate: the server lists no database that accepts connections", file=err)
             return 1
         if not inv.users:
             print("pg_doorman generate: note: no login role could be written: the pools have no users", file=err)
         server_host = args.server_host or args.host
-        data = build_config(inv, server_host, args.port, args.pool_size, args.session_pool_mode)
+        data = build_config(inv, server_host, args.port, args.pool_size, args.session_pool_mode,
+                            server_tls=args.ssl)
         text = render_config(data, fmt, comments=not args.no_comments)
         source = conn.where()
     if not args.no_comments and source is not None:

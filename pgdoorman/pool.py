@@ -14,6 +14,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pgdoorman.config import Config, PoolConfig, UserConfig
+from pgdoorman.net.tls import server_tls
 from pgdoorman.prepared import PoolCache
 from pgdoorman.stats import Histogram
 
@@ -115,6 +116,9 @@ class Pool:
         self.ps_cache.size = max(1, cfg.prepared_cache_size_for(pool_cfg))
         self.server_ps_cache_size = max(1, cfg.server_prepared_cache_size_for(pool_cfg))
         self.server_user = user_cfg.server_username or user_cfg.username
+        tls = cfg.server_tls_settings_for(pool_cfg)  # checked by the loader: this does not fail
+        self.server_tls = server_tls(tls["server_tls_mode"], tls["server_tls_ca_cert"], tls["server_tls_certificate"],
+                                     tls["server_tls_private_key"])
         if user_cfg.server_username and user_cfg.server_password is not None:
             self.server_secret: str | None = user_cfg.server_password
         elif user_cfg.server_username:

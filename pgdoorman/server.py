@@ -12,13 +12,15 @@ import errno
 import logging
 import os
 import socket
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pgdoorman import prepared as ps
-from pgdoorman.net.conn import Conn
+from pgdoorman.net.conn import AGAIN, Conn
+from pgdoorman.net.loop import EVENT_READ, EVENT_WRITE
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner, make_table
@@ -73,7 +75,7 @@ class ServerConn(Conn):
         "internal_left", "internal_error", "internal_done", "deferred", "txn_status", "scram",
         "timer", "connect_error", "fatal_forwarded", "addr", "xact_start", "query_count", "xact_count",
         "bytes_in", "bytes_out", "pstats", "prepared", "evicted", "ps_cap", "ps_hits",
-        "ps_misses", "ps_on", "_plain_handler", "_ps_handler",
+        "ps_misses", "ps_on", "_plain_handler", "_ps_handler", "tls", "tls_phase", "tls_retried", "target",
     )
 
     def __init__(self, sock: socket.socket, worker: Worker, pool: Pool, addr: str) -> None:
@@ -120,6 +122,10 @@ class ServerConn(Conn):
         self.ps_on = False
         self._plain_handler = self._on_message
         self._ps_handler = self._on_message_ps
+        self.tls = False  # the socket is an ssl.SSLSocket, handshake done
+        self.tls_phase = 0  # 1: SSLRequest sent, waiting for S/N; 2: handshaking
+        self.tls_retried = False  # server_tls_mode allow: the plain attempt was refused, this is the TLS one
+        self.target: str | tuple[str, int] = ""
 
     # ------------------------------------------------------------------ connecting and login
     @classmethod
@@ -138,16 +144,103 @@ class ServerConn(Conn):
             addr = f"{host}:{port}"
         sock.setblocking(False)
         s = cls(sock, worker, pool, addr)
-        worker.apply_tcp(sock)
-        err = sock.connect_ex(target)
-        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
-            s.connect_error = m.error_response(
-                "08006", f"could not connect to server {addr}: {os.strerror(err)}", "FATAL")
-            worker.loop.call_soon(s.close, f"connect failed: {os.strerror(err)}")
-            return s
-        s.out = bytearray(s._startup_packet())  # sent once the socket is writable (connected)
-        s._apply_mask()
+        s.target = target
+        s._connect(pool.server_tls.first and isinstance(target, tuple))
         return s
+
+    def _connect(self, tls: bool) -> None:
+        """Start connecting self.sock; the first bytes (SSLRequest or the startup packet) go out once it is
+        writable."""
+        self.worker.apply_tcp(self.sock)
+        err = self.sock.connect_ex(self.target)
+        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
+            self.connect_error = m.error_response(
+                "08006", f"could not connect to server {self.addr}: {os.strerror(err)}", "FATAL")
+            self.loop.call_soon(self.close, f"connect failed: {os.strerror(err)}")
+            return
+        if tls:
+            self.tls_phase = 1
+            self.out = bytearray(m.I32.pack(8) + m.I32.pack(m.SSL_REQUEST))
+        else:
+            self.out = bytearray(self._startup_packet())
+        self._apply_mask()
+
+    def _retry_with_tls(self) -> None:
+        """server_tls_mode allow: PostgreSQL refused the plain connection (a hostssl rule): once more, on a
+        new socket, with TLS (libpq's sslmode=allow does the same)."""
+        self.detach()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        assert isinstance(self.target, tuple)
+        family = socket.AF_INET6 if ":" in self.target[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.inbuf = bytearray()
+        self.params = {}
+        self.scram = None
+        self.connect_error = None
+        self.tls_retried = True
+        self.state = CONNECTING
+        self._connect(True)
+
+    def _tls_answer(self, answer: int) -> None:
+        """PostgreSQL's one-byte answer to our SSLRequest."""
+        st = self.pool.server_tls
+        if answer == 83:  # 'S'
+            assert st.context is not None
+            host = self.pool.pool_cfg.server_host
+            try:
+                self.detach()
+                self.sock = st.context.wrap_socket(self.sock, server_side=False, do_handshake_on_connect=False,
+                                                   server_hostname=host if st.context.check_hostname else None)
+            except (OSError, ValueError) as e:
+                self._tls_failed(f"TLS setup failed: {e}")
+                return
+            self.tls_phase = 2
+            self._apply_mask()
+            self._tls_handshake()
+            return
+        if answer == 78 and not st.required:  # 'N' under prefer (or allow's retry): go on in plain text
+            self.tls_phase = 0
+            self.write(self._startup_packet())
+            return
+        why = ("server does not support SSL, but SSL was required" if answer == 78
+               else f"unexpected answer {bytes([answer])!r} to SSLRequest")
+        self._tls_failed(why)
+
+    def _tls_handshake(self) -> None:
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            return
+        except ssl.SSLWantWriteError:
+            try:
+                self.loop.sel.modify(sock, EVENT_READ | EVENT_WRITE, self)
+                self.mask = EVENT_READ | EVENT_WRITE
+            except (KeyError, ValueError, OSError):
+                pass
+            return
+        except (ssl.SSLError, OSError) as e:
+            reason = e.reason if isinstance(e, ssl.SSLError) and e.reason else str(e)
+            if isinstance(e, ssl.SSLCertVerificationError):
+                reason = e.verify_message or reason
+            self._tls_failed(f"TLS handshake failed: {reason}")
+            return
+        self.tls_phase = 0
+        self.tls = True
+        self._apply_mask()
+        self.write(self._startup_packet())
+
+    def _tls_failed(self, why: str) -> None:
+        self.connect_error = m.error_response("08006", f"could not connect to server {self.addr}: {why}", "FATAL")
+        log.warning("server %s for %s: %s", self.addr, self.pool.name, why)
+        self.close(why)
 
     def _startup_packet(self) -> bytes:
         pool = self.pool
@@ -168,6 +261,9 @@ class ServerConn(Conn):
         if mask == 1 and self.state == ACTIVE:
             self.on_readable()
             return
+        if self.tls_phase == 2:
+            self._tls_handshake()
+            return
         if self.state == CONNECTING and mask & 2:
             err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
@@ -179,9 +275,13 @@ class ServerConn(Conn):
         Conn.on_event(self, mask)
 
     def _login_read(self) -> None:
+        if self.tls_phase == 2:
+            self._tls_handshake()
+            return
         try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+            # One byte while the SSLRequest is answered: whatever follows 'S' is the TLS handshake.
+            data = self.sock.recv(1 if self.tls_phase == 1 else 65536)
+        except AGAIN:
             return
         except OSError as e:
             self.connect_error = m.error_response("08006", f"server connection failed: {e}", "FATAL")
@@ -193,6 +293,9 @@ class ServerConn(Conn):
                     "08006", "server closed the connection unexpectedly during login", "FATAL")
             self.close("server closed during login")
             return
+        if self.tls_phase == 1:
+            self._tls_answer(data[0])
+            return
         buf = self.inbuf
         buf += data
         while (msg := m.pop_message(buf)) is not None:
@@ -203,7 +306,7 @@ class ServerConn(Conn):
                 self.connect_error = m.error_response("28000", f"server authentication failed: {e}", "FATAL")
                 self.close(f"server authentication failed: {e}")
                 return
-            if self.closed:
+            if self.closed or self.state == CONNECTING:  # closed, or starting again with TLS
                 return
             if done:
                 self._login_complete()
@@ -270,8 +373,14 @@ class ServerConn(Conn):
         if t == 90:  # ReadyForQuery
             return True
         if t == 69:  # ErrorResponse: forward PostgreSQL's own refusal to whoever waits
-            self.connect_error = m.msg(b"E", body)
             f = m.parse_fields(body)
+            if f.get("C") == "28000" and not self.tls and not self.tls_retried and pool.server_tls.mode == "allow" \
+                    and isinstance(self.target, tuple):
+                log.info("server %s refused a plain connection for %s (%s): retrying with TLS", self.addr,
+                         pool.name, f.get("M"))
+                self._retry_with_tls()
+                return False
+            self.connect_error = m.msg(b"E", body)
             log.warning("server %s refused login for %s: %s %s", self.addr, self.pool.name, f.get("C"), f.get("M"))
             self.close(f"login refused: {f.get('M')}")
             return False
@@ -297,7 +406,7 @@ class ServerConn(Conn):
         if st == ACTIVE:
             try:
                 n = self.sock.recv_into(self.loop.rbuf)
-            except (BlockingIOError, InterruptedError):
+            except AGAIN:
                 return
             except OSError as e:
                 self.close(f"read failed: {e}")

@@ -470,15 +470,17 @@ def _walk_users(ctx: _Ctx, sub: _Sub) -> list[dict[str, Any]]:
 
 
 class _PoolSpec:
-    def __init__(self, name: str, values: dict[str, Any], users: list[dict[str, Any]], aq: dict[str, Any] | None):
+    def __init__(self, name: str, values: dict[str, Any], users: list[dict[str, Any]], aq: dict[str, Any] | None,
+                 files: dict[str, str] | None = None):
         self.name = name
+        self.files = files or {}
         self.values = values
         self.users = users
         self.auth_query = aq
 
 
 def _walk_pool(ctx: _Ctx, name: str, table: _Table, file: str, path: list[PathSeg]) -> _PoolSpec:
-    values, subs, _ = _walk_section(ctx, "pool", table, file, path)
+    values, subs, files = _walk_section(ctx, "pool", table, file, path)
     users = _walk_users(ctx, subs["users"]) if "users" in subs else []
     auth_query: dict[str, Any] | None = None
     if "auth_query" in subs:
@@ -490,7 +492,7 @@ def _walk_pool(ctx: _Ctx, name: str, table: _Table, file: str, path: list[PathSe
             # then behaves as if the section were absent.
             if field("pool", "auth_query").implemented:
                 auth_query = aq_values
-    return _PoolSpec(name, values, users, auth_query)
+    return _PoolSpec(name, values, users, auth_query, files)
 
 
 def _check_general(ctx: _Ctx, values: dict[str, Any], files: dict[str, str]) -> None:
@@ -521,6 +523,43 @@ def _check_client_tls(ctx: _Ctx, values: dict[str, Any], files: dict[str, str]) 
     except TlsSetupError as e:
         given = [k for k in (e.key, "tls_certificate", "tls_private_key", "tls_mode") if k in files]
         ctx.error(files[given[0]] if given else next(iter(files.values()), ""), ["general", e.key], str(e))
+
+
+_SERVER_TLS_KEYS = ("server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key")
+
+
+def _check_server_tls(ctx: _Ctx, general: dict[str, Any], general_files: dict[str, str], specs: list[_PoolSpec],
+                      main_file: str) -> None:
+    """server_tls_* of general and of every pool that overrides one (pool value, else general's) checked
+    together and loaded; an error names the pool's key when the pool set it, else general's."""
+    from pgdoorman.net.tls import TlsSetupError, server_tls
+
+    def check(values: dict[str, Any]) -> TlsSetupError | None:
+        try:
+            server_tls(values.get("server_tls_mode"), values.get("server_tls_ca_cert"),
+                       values.get("server_tls_certificate"), values.get("server_tls_private_key"))
+        except TlsSetupError as e:
+            return e
+        return None
+
+    def blame_general(e: TlsSetupError) -> None:
+        key = e.key if e.key in general_files else next((k for k in _SERVER_TLS_KEYS if k in general_files), e.key)
+        ctx.error(general_files.get(key, main_file), ["general", e.key], str(e))
+
+    general_tls = {k: general.get(k) for k in _SERVER_TLS_KEYS}
+    err = check(general_tls)
+    if err is not None:
+        blame_general(err)
+        return
+    for spec in specs:
+        own = {k: spec.values[k] for k in _SERVER_TLS_KEYS if spec.values.get(k) is not None}
+        if not own:
+            continue
+        err = check({**general_tls, **own})
+        if err is None:
+            continue
+        key = err.key if err.key in spec.files else next(k for k in _SERVER_TLS_KEYS if k in own)
+        ctx.error(spec.files.get(key, main_file), ["pools", spec.name, err.key], str(err))
 
 
 def _pool_name(ctx: _Ctx, key: Any, file: str) -> str | None:
@@ -588,6 +627,7 @@ def _build(root: _Table, main_file: str) -> Config:
             if table is not None:
                 specs.append(_walk_pool(ctx, name, table, file, ["pools", name]))
 
+    _check_server_tls(ctx, general_values, general_files if general_src is not None else {}, specs, main_file)
     if ctx.errors:
         raise ConfigError(ctx.errors)
     pools = {

@@ -246,6 +246,14 @@ class Config:
             return pool.prepared_statements_cache_size
         return self.general.prepared_statements_cache_size
 
+    def server_tls_settings_for(self, pool: PoolConfig) -> dict[str, str | None]:
+        """server_tls_mode / _ca_cert / _certificate / _private_key of a pool: its own value, else general's."""
+        out: dict[str, str | None] = {}
+        for key in ("server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key"):
+            own = getattr(pool, key)
+            out[key] = own if own is not None else getattr(self.general, key)
+        return out
+
     def server_prepared_cache_size_for(self, pool: PoolConfig) -> int:
         """Per-server-connection prepared statement LRU size: pool override, else general, else the
         pool-level cache size."""

@@ -1,11 +1,12 @@
-"""TLS towards clients: the server-side SSLContext built from `general.tls_*`, and what each `tls_mode`
-means. The connection layer wraps an accepted socket after answering SSLRequest with 'S' and drives the
-handshake and the reads on the worker's loop (see ClientConn); nothing here blocks.
+"""TLS towards clients (`general.tls_*`: the server-side SSLContext and what each `tls_mode` means) and
+towards PostgreSQL (`server_tls_*`, per pool: libpq's sslmode semantics). The connection layer wraps a socket
+after SSLRequest was answered with 'S' and drives the handshake and the reads on the worker's loop (see
+ClientConn and ServerConn); nothing here blocks.
 
-Modes (PgDoorman's): `disable` answers 'N' to SSLRequest; `allow` (the default) offers TLS when a
+Client modes (PgDoorman's): `disable` answers 'N' to SSLRequest; `allow` (the default) offers TLS when a
 certificate is configured; `require` also refuses TCP clients that start without TLS (Unix-socket clients
 are exempt: PostgreSQL never offers TLS there); `verify-full` is `require` plus a client certificate
-signed by `tls_ca_cert`. TLS 1.2 is the minimum.
+signed by `tls_ca_cert`. TLS 1.2 is the minimum both ways.
 """
 
 from __future__ import annotations
@@ -59,14 +60,7 @@ def client_tls(mode: str | None, certificate: str | None, private_key: str | Non
     if mode == "disable" or not certificate:
         return ClientTls(mode, None)
     assert private_key is not None
-    # OpenSSL's errors do not say which file it could not open: check each one first.
-    for key, path in (("tls_certificate", certificate), ("tls_private_key", private_key), ("tls_ca_cert", ca_cert)):
-        if path:
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError as e:
-                raise TlsSetupError(key, f"cannot read {path}: {e.strerror or e}") from None
+    _check_readable(("tls_certificate", certificate), ("tls_private_key", private_key), ("tls_ca_cert", ca_cert))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -91,7 +85,81 @@ def client_tls(mode: str | None, certificate: str | None, private_key: str | Non
     return ClientTls(mode, ctx)
 
 
+def _check_readable(*settings: tuple[str, str | None]) -> None:
+    """OpenSSL's errors do not say which file it could not open: try each one first."""
+    for key, path in settings:
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as e:
+                raise TlsSetupError(key, f"cannot read {path}: {e.strerror or e}") from None
+
+
 def _reason(e: BaseException) -> str:
     if isinstance(e, ssl.SSLError) and e.reason:
         return str(e.reason).lower().replace("_", " ")
     return str(e)
+
+
+# ---------------------------------------------------------------------------------------- towards servers
+SERVER_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """How a pool connects to PostgreSQL, libpq's sslmode semantics: `disable` plain; `allow` plain first and
+    TLS on a new connection if PostgreSQL refuses the plain one (28000, a pg_hba `hostssl` rule); `prefer`
+    TLS when the server offers it; `require` TLS without checking the certificate; `verify-ca` the
+    certificate is signed by `ca_cert`; `verify-full` and it names the host. Unix sockets never use TLS."""
+
+    mode: str
+    context: ssl.SSLContext | None  # None for disable
+
+    @property
+    def first(self) -> bool:
+        """Ask for TLS on the first connection (SSLRequest before the startup packet)."""
+        return self.mode not in ("disable", "allow")
+
+    @property
+    def required(self) -> bool:
+        return self.mode in ("require", "verify-ca", "verify-full")
+
+
+def server_tls(mode: str | None, ca_cert: str | None, certificate: str | None, private_key: str | None,
+               prefix: str = "server_tls_") -> ServerTls:
+    """The settings of one pool (pool overrides already applied); TlsSetupError names the key that is wrong
+    (e.g. `server_tls_ca_cert`). The files are read now: a RELOAD picks up renewed certificates."""
+    mode = mode or "allow"
+    if mode not in SERVER_MODES:
+        raise TlsSetupError(prefix + "mode", f"must be one of {', '.join(SERVER_MODES)}, got {mode!r}")
+    if bool(certificate) != bool(private_key):
+        missing = "private_key" if certificate else "certificate"
+        given = "certificate" if certificate else "private_key"
+        raise TlsSetupError(prefix + missing, f"must be set together with {prefix}{given}")
+    if mode in ("verify-ca", "verify-full") and not ca_cert:
+        raise TlsSetupError(prefix + "ca_cert", f"is required by {prefix}mode {mode!r} (the server certificate is "
+                                                "verified against it)")
+    if mode == "disable":
+        return ServerTls(mode, None)
+    _check_readable((prefix + "ca_cert", ca_cert), (prefix + "certificate", certificate),
+                    (prefix + "private_key", private_key))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = mode == "verify-full"
+    if mode in ("verify-ca", "verify-full"):
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        try:
+            ctx.load_verify_locations(cafile=ca_cert)
+        except (ssl.SSLError, OSError) as e:
+            raise TlsSetupError(prefix + "ca_cert", f"cannot load CA bundle {ca_cert}: {_reason(e)}") from None
+    else:
+        ctx.verify_mode = ssl.CERT_NONE  # libpq's require/prefer/allow: encrypted, not authenticated
+    if certificate:
+        try:
+            ctx.load_cert_chain(certificate, private_key)
+        except (ssl.SSLError, OSError) as e:
+            raise TlsSetupError(prefix + "certificate", f"cannot load certificate {certificate} with key "
+                                                        f"{private_key}: {_reason(e)}") from None
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
+    return ServerTls(mode, ctx)

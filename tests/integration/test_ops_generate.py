@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 import yaml
 
 from pgdoorman.config import load_config
+from tests.support.certs import make_certs, tls_cluster
 from tests.support.cluster import (
     DBNAME,
     MD5_PASSWORD,
@@ -180,41 +179,19 @@ def test_generate_reference_loads_back_without_warnings(tmp_path: Path, ext: str
 
 # ------------------------------------------------------------------------------------------ TLS
 @pytest.fixture
-def ssl_pg() -> Iterator[PgCluster]:
-    """A second throwaway PostgreSQL with ssl = on (self-signed certificate)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot make a certificate for the TLS test")
-    base = tempfile.mkdtemp(prefix="pgdoorman-test-sslpg-")
-    cluster = PgCluster(base, free_port())
-    try:
-        cluster.init()
-        cert, key = os.path.join(base, "server.crt"), os.path.join(base, "server.key")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                        "/CN=localhost", "-keyout", key, "-out", cert], check=True, capture_output=True)
-        import pwd
-
-        pw = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
-        for path in (cert, key):
-            if pw is not None:
-                os.chown(path, pw.pw_uid, pw.pw_gid)
-        os.chmod(key, 0o600)
-        with open(os.path.join(cluster.datadir, "postgresql.conf"), "a") as f:
-            f.write(f"ssl = on\nssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n")
-        with open(os.path.join(cluster.datadir, "pg_hba.conf"), "w") as f:
-            f.write("local all all trust\nhostssl all postgres 127.0.0.1/32 trust\n")  # TLS only over TCP
-        cluster.start()
+def ssl_pg(tmp_path: Path) -> Iterator[PgCluster]:
+    """A second throwaway PostgreSQL that takes TCP connections over TLS only."""
+    certs = make_certs(tmp_path / "certs", "postgres")
+    with tls_cluster(certs, "local all all trust\nhostssl all postgres 127.0.0.1/32 trust\n") as cluster:
         yield cluster
-    finally:
-        cluster.stop("immediate")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_generate_over_tls(ssl_pg: PgCluster) -> None:
     r = generate("--host", ssl_pg.host, "-p", str(ssl_pg.port), "-u", "postgres", "--ssl")
     assert r.returncode == 0, r.stderr
-    assert "does not implement TLS to PostgreSQL yet" in r.stderr
     data = yaml.safe_load(r.stdout)
     assert "postgres" in data["pools"]
+    assert data["general"]["server_tls_mode"] == "require"  # the pools connect as generate did
     # Without --ssl the server's hostssl-only rules refuse us.
     r = generate("--host", ssl_pg.host, "-p", str(ssl_pg.port), "-u", "postgres")
     assert r.returncode == 1 and re.search(r"no pg_hba.conf entry", r.stderr), r.stderr

@@ -21,8 +21,15 @@ import pytest
 from psycopg import errors
 
 from tests.integration.test_ops import alive, current_pid, owner_of, stop_pid, upgrade, wait_exit
-from tests.support.certs import Certs, make_certs
-from tests.support.cluster import DBNAME, MD5_PASSWORD, MD5_USER, SCRAM_PASSWORD, SCRAM_USER
+from tests.support.certs import Certs, make_certs, tls_cluster
+from tests.support.cluster import (
+    DBNAME,
+    MD5_PASSWORD,
+    MD5_USER,
+    SCRAM_PASSWORD,
+    SCRAM_USER,
+    PgCluster,
+)
 from tests.support.pooler import ROOT, wait_for
 from tests.support.wire import WireClient, parse_fields, startup_message
 
@@ -216,3 +223,150 @@ def test_wire_sslrequest_inside_tls_is_answered_n(pooler_factory: Any, certs: Ce
     s.sendall((8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"))
     assert s.recv(1) == b"N"
     s.close()
+
+
+# ------------------------------------------------------------------------------------------ towards servers
+TLS_HBA = """\
+local all all trust
+hostssl all postgres 127.0.0.1/32 trust
+hostssl app app_md5 127.0.0.1/32 md5 clientcert=verify-ca
+hostssl all all 127.0.0.1/32 md5
+"""
+
+
+@pytest.fixture(scope="module")
+def tls_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PgCluster, Certs]]:
+    """A second PostgreSQL that accepts TLS connections only over TCP (hostssl), app_md5 only with a client
+    certificate signed by the test CA."""
+    certs = make_certs(tmp_path_factory.mktemp("server-certs"), MD5_USER)
+    with tls_cluster(certs, TLS_HBA) as cluster:
+        yield cluster, certs
+
+
+def tls_pool(pg: PgCluster, **extra: Any) -> dict[str, Any]:
+    return {"server_host": "127.0.0.1", "server_port": pg.port, **extra}
+
+
+# Plain-text server credentials: the users' stored verifiers belong to the other cluster (other salts).
+TLS_USERS = [
+    {"username": SCRAM_USER, "password": SCRAM_PASSWORD, "server_username": SCRAM_USER,
+     "server_password": SCRAM_PASSWORD, "pool_size": 3},
+    {"username": MD5_USER, "password": MD5_PASSWORD, "server_username": MD5_USER, "server_password": MD5_PASSWORD,
+     "pool_size": 3},
+]
+
+
+def server_ssl(c: psycopg.Connection[Any]) -> bool:
+    row = c.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone()
+    return bool(row and row[0])
+
+
+def test_server_tls_allow_retries_a_refused_plain_connection_with_tls(pooler_factory: Any,
+                                                                      tls_pg: tuple[PgCluster, Certs]) -> None:
+    pg, _ = tls_pg
+    p = pooler_factory(pool=tls_pool(pg), users=TLS_USERS)  # server_tls_mode unset: allow
+    with connect(p, "disable") as c:
+        assert server_ssl(c) and c.execute("select 1").fetchone() == (1,)
+    assert p.wait_for_log("retrying with TLS")
+    with admin(p) as a:
+        cols = [d.name for d in a.execute("SHOW SERVERS").description or []]
+        rows = [dict(zip(cols, r, strict=True)) for r in a.execute("SHOW SERVERS").fetchall()]
+        assert rows and all(r["tls"] == "true" for r in rows)
+
+
+def test_server_tls_prefer_require_disable(pooler_factory: Any, pg: PgCluster, tls_pg: tuple[PgCluster, Certs]) -> None:
+    tpg, _ = tls_pg
+    p = pooler_factory(pool=tls_pool(tpg, server_tls_mode="prefer"), users=TLS_USERS)
+    with connect(p, "disable") as c:
+        assert server_ssl(c)
+    assert not p.wait_for_log("retrying with TLS", timeout=0.5)  # TLS from the first packet
+    # disable: PostgreSQL's own refusal reaches the client.
+    p2 = pooler_factory(pool=tls_pool(tpg, server_tls_mode="disable"), users=TLS_USERS)
+    with pytest.raises(psycopg.OperationalError) as ei:
+        connect(p2, "disable")
+    assert "no pg_hba.conf entry" in str(ei.value)
+    # require against a server without TLS (the suite's main cluster runs with ssl off).
+    p3 = pooler_factory(general={"server_tls_mode": "require"})
+    with pytest.raises(psycopg.OperationalError) as ei:
+        connect(p3, "disable")
+    assert "server does not support SSL, but SSL was required" in str(ei.value)
+    # prefer against the same server: plain text, as libpq does.
+    p4 = pooler_factory(general={"server_tls_mode": "prefer"})
+    with connect(p4, "disable") as c:
+        assert c.execute("select 2").fetchone() == (2,)
+
+
+def test_server_tls_verification_and_client_certificate(pooler_factory: Any, tls_pg: tuple[PgCluster, Certs]) -> None:
+    pg, certs = tls_pg
+    p = pooler_factory(pool=tls_pool(pg, server_tls_mode="verify-full", server_tls_ca_cert=certs.ca), users=TLS_USERS)
+    with connect(p, "disable") as c:
+        assert server_ssl(c)
+    p2 = pooler_factory(pool=tls_pool(pg, server_tls_mode="verify-ca", server_tls_ca_cert=certs.other_ca),
+                        users=TLS_USERS)
+    with pytest.raises(psycopg.OperationalError) as ei:
+        connect(p2, "disable")
+    assert "TLS handshake failed" in str(ei.value) and "certificate" in str(ei.value)
+    # app_md5 needs a client certificate from our CA (hba clientcert=verify-ca).
+    with pytest.raises(psycopg.OperationalError) as ei:
+        connect(p, "disable", user=MD5_USER, password=MD5_PASSWORD)
+    p3 = pooler_factory(pool=tls_pool(pg, server_tls_mode="require", server_tls_certificate=certs.client_cert,
+                                      server_tls_private_key=certs.client_key), users=TLS_USERS)
+    with connect(p3, "disable", user=MD5_USER, password=MD5_PASSWORD) as c:
+        assert server_ssl(c) and c.execute("select current_user").fetchone() == (MD5_USER,)
+
+
+def test_transaction_pooling_over_tls_both_ways(pooler_factory: Any, tls_pg: tuple[PgCluster, Certs],
+                                                certs: Certs) -> None:
+    """Clients switch servers every transaction; big results, pipelines and prepared statements cross two
+    TLS connections."""
+    pg, _ = tls_pg
+    p = pooler_factory(general=tls_general(certs), pool=tls_pool(pg, server_tls_mode="require"), users=TLS_USERS)
+
+    async def main() -> None:
+        ctx = ssl.create_default_context(cafile=certs.ca)
+        conns = [await asyncpg.connect(host=p.host, port=p.port, user=SCRAM_USER, password=SCRAM_PASSWORD,
+                                       database=DBNAME, ssl=ctx) for _ in range(8)]
+        try:
+            for _ in range(5):
+                got = await asyncio.gather(*(cn.fetchval("select $1::int * 3", i) for i, cn in enumerate(conns)))
+                assert got == [i * 3 for i in range(8)]
+            rows = await conns[0].fetch("select repeat('q', 1000) || g as x from generate_series(1, 5000) g")
+            assert len(rows) == 5000 and rows[-1]["x"].endswith("5000")
+        finally:
+            for cn in conns:
+                await cn.close()
+
+    asyncio.run(main())
+    with connect(p, "require") as c:
+        with c.pipeline():
+            curs = [c.execute("select %s::int + 1", (i,)) for i in range(100)]
+        assert [cur.fetchone() for cur in curs] == [(i + 1,) for i in range(100)]
+        assert server_ssl(c)
+        # The cancel request goes to the backend in plain text: PostgreSQL handles it before pg_hba, so a
+        # hostssl-only server accepts it.
+        t = threading.Timer(0.5, c.cancel)
+        t.start()
+        with pytest.raises(errors.QueryCanceled):
+            c.execute("select pg_sleep(20)")
+        t.join()
+        assert c.execute("select 8").fetchone() == (8,)
+
+
+@pytest.mark.parametrize("general,pool,where", [
+    ({"server_tls_mode": "verify-ca"}, {}, "general.server_tls_ca_cert: is required by server_tls_mode 'verify-ca'"),
+    ({}, {"server_tls_mode": "verify-full"}, "pools.app.server_tls_ca_cert: is required by server_tls_mode"),
+    ({}, {"server_tls_certificate": "/x.crt"}, "pools.app.server_tls_private_key: must be set together"),
+    ({"server_tls_mode": "require", "server_tls_ca_cert": "/nonexistent/ca.crt"}, {},
+     "general.server_tls_ca_cert: cannot read /nonexistent/ca.crt"),
+])
+def test_bad_server_tls_settings(tmp_path: Path, general: dict[str, str], pool: dict[str, str], where: str) -> None:
+    lines = ["general:", "  host: 127.0.0.1", "  port: 6432", "  admin_username: admin", "  admin_password: x"]
+    lines += [f"  {k}: \"{v}\"" for k, v in general.items()]
+    lines += ["pools:", "  app:", "    server_host: 127.0.0.1", "    server_port: 5432"]
+    lines += [f"    {k}: \"{v}\"" for k, v in pool.items()]
+    lines += ["    users:", "      - username: u", "        password: p", "        pool_size: 1"]
+    cfg = tmp_path / "pg_doorman.yaml"
+    cfg.write_text("\n".join(lines) + "\n")
+    r = subprocess.run([sys.executable, "-m", "pgdoorman", "-t", str(cfg)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0 and f"{cfg}: {where}" in r.stdout + r.stderr, r.stdout + r.stderr

@@ -1,14 +1,21 @@
 """Throwaway certificates for TLS tests, made with the openssl command line tool (installed by
-scripts/ensure_deps.sh): a CA, a server certificate for 127.0.0.1/localhost signed by it, and a client
-certificate for CN=app_scram signed by it."""
+scripts/ensure_deps.sh): a CA, a server certificate for 127.0.0.1/localhost signed by it, a client
+certificate signed by it and a second CA that signed nothing; and a PostgreSQL that uses them."""
 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.cluster import PgCluster, start_test_cluster
+from tests.support.pooler import free_port
 
 
 @dataclass(frozen=True)
@@ -50,3 +57,35 @@ def make_certs(d: Path, client_cn: str) -> Certs:
         os.chmod(key, 0o600)  # libpq refuses a client key readable by others
     return Certs(str(d / "ca.crt"), str(d / "server.crt"), str(d / "server.key"), str(d / "client.crt"),
                  str(d / "client.key"), str(d / "other_ca.crt"))
+
+
+@contextmanager
+def tls_cluster(certs: Certs, hba: str) -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL (the suite's roles and database) with ssl = on, `certs`' server certificate,
+    `certs.ca` for client certificates, and `hba` as its whole pg_hba.conf."""
+    # Not pytest's tmp_path: the postgres OS user cannot enter it.
+    basedir = tempfile.mkdtemp(prefix="pgdoorman-test-tlspg-")
+    os.chmod(basedir, 0o755)
+
+    def install(pg: PgCluster) -> None:
+        for src, name in ((certs.server_cert, "server.crt"), (certs.server_key, "server.key"), (certs.ca, "ca.crt")):
+            dst = os.path.join(pg.datadir, name)
+            shutil.copy(src, dst)
+            os.chmod(dst, 0o600)
+            if os.geteuid() == 0:
+                pw = pwd.getpwnam("postgres")
+                os.chown(dst, pw.pw_uid, pw.pw_gid)
+        with open(os.path.join(pg.datadir, "pg_hba.conf"), "w", encoding="utf-8") as f:
+            f.write(hba)
+
+    settings = {"ssl": "on", "ssl_cert_file": "'server.crt'", "ssl_key_file": "'server.key'", "ssl_ca_file": "'ca.crt'"}
+    try:
+        cluster = start_test_cluster(basedir, free_port(), settings=settings, before_start=install)
+    except BaseException:
+        shutil.rmtree(basedir, ignore_errors=True)
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(basedir, ignore_errors=True)

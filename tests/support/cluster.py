@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,15 @@ ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin"
 
 
-def start_test_cluster(basedir: str, port: int) -> PgCluster:
-    """initdb + start, then roles app_scram (SCRAM) and app_md5 (md5) and database app they can use."""
-    pg = PgCluster(basedir, port)
+def start_test_cluster(basedir: str, port: int, settings: dict[str, str] | None = None,
+                       before_start: Callable[[PgCluster], None] | None = None) -> PgCluster:
+    """initdb + start, then roles app_scram (SCRAM) and app_md5 (md5) and database app they can use.
+    `settings` go to postgresql.conf; `before_start` may put files in the data directory (certificates,
+    pg_hba.conf) between initdb and the first start."""
+    pg = PgCluster(basedir, port, settings=settings)
     pg.init()
+    if before_start is not None:
+        before_start(pg)
     pg.start()
     try:
         pg.create_role(SCRAM_USER, SCRAM_PASSWORD, "scram-sha-256")

@@ -430,7 +430,7 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
         general:
           admin_username: admin
           admin_password: secret
-          server_tls_mode: require
+          tls_rate_limit_per_second: 100
           proxy_copy_data_timeout: not-even-a-duration
         web:
           ui: true
@@ -450,7 +450,7 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
     )
     config = load_config(path)
     assert config.warnings == (
-        f"{path}: general.server_tls_mode: not implemented by pgdoorman yet; ignored",
+        f"{path}: general.tls_rate_limit_per_second: not implemented by pgdoorman yet; ignored",
         f"{path}: general.proxy_copy_data_timeout: not implemented by pgdoorman yet; ignored",
         f"{path}: web.ui: not implemented by pgdoorman yet; ignored",
         f"{path}: talos.keys: not implemented by pgdoorman yet; ignored",
@@ -461,7 +461,7 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
         f"{path}: pools.b.max_db_connections: not implemented by pgdoorman yet; ignored",
     )
     # Ignored means ignored: the attributes keep their defaults.
-    assert config.general.server_tls_mode == "allow"
+    assert config.general.tls_rate_limit_per_second == 0
     assert config.pools["a"].max_db_connections is None
     assert config.pools["a"].auth_query is None
 

@@ -53,6 +53,7 @@ IMPLEMENTED = {
         "log_client_disconnections", "prepared_statements", "prepared_statements_cache_size",
         "server_prepared_statements_cache_size",
         "daemon_pid_file", "syslog_prog_name", "tls_certificate", "tls_private_key", "tls_ca_cert", "tls_mode",
+        "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key",
     },
     "web": {"enabled", "host", "port"},
     "talos": set(),
@@ -60,6 +61,7 @@ IMPLEMENTED = {
         "server_host", "server_port", "server_database", "pool_mode", "application_name",
         "cleanup_server_connections", "connect_timeout", "idle_timeout", "server_lifetime",
         "prepared_statements_cache_size", "server_prepared_statements_cache_size", "users",
+        "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key",
     },
     "user": {
         "username", "password", "pool_size", "min_pool_size", "pool_mode", "server_username",
@@ -211,10 +213,12 @@ def test_unimplemented_settings_uncommented_only_warn(tmp_path: Path, fmt: str) 
     uncommented = re.sub(rf"^( *)# ((?:- )?(?:{keys}){sep} )", r"\1\2", text, flags=re.M)
     for header in ("auth_query:", "talos:", "[talos]", "[pools.exampledb.auth_query]"):
         uncommented = uncommented.replace(f"# {header}", header)
-    # The client TLS files are loaded: point the examples at real ones.
+    # TLS files are loaded: point the examples at real ones.
     certs = make_certs(tmp_path / "certs", "someone")
     for example, real in (("/etc/pg_doorman/server.crt", certs.server_cert),
-                          ("/etc/pg_doorman/server.key", certs.server_key), ("/etc/pg_doorman/ca.crt", certs.ca)):
+                          ("/etc/pg_doorman/server.key", certs.server_key), ("/etc/pg_doorman/ca.crt", certs.ca),
+                          ("/etc/pg_doorman/pg-ca.crt", certs.ca), ("/etc/pg_doorman/client.crt", certs.client_cert),
+                          ("/etc/pg_doorman/client.key", certs.client_key)):
         assert example in uncommented
         uncommented = uncommented.replace(example, real)
     path = tmp_path / f"all.{fmt}"

@@ -1,4 +1,4 @@
-"""pgdoorman.net.tls.client_tls: the tls_* settings checked together, and the SSLContext they give."""
+"""pgdoorman.net.tls: the tls_* and server_tls_* settings checked together, and the SSLContexts they give."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pgdoorman.net.tls import TlsSetupError, client_tls
+from pgdoorman.net.tls import TlsSetupError, client_tls, server_tls
 from tests.support.certs import Certs, make_certs
 
 
@@ -48,4 +48,34 @@ def test_errors_name_the_key(certs: Certs, tmp_path: Path, args: tuple[str | Non
     mode, cert, pkey, ca = (real.get(a, a) if a else a for a in args)
     with pytest.raises(TlsSetupError) as ei:
         client_tls(mode, cert, pkey, ca)
+    assert ei.value.key == key and text in str(ei.value), str(ei.value)
+
+
+def test_server_modes(certs: Certs) -> None:
+    assert server_tls(None, None, None, None).mode == "allow"
+    assert server_tls("disable", None, None, None).context is None
+    for mode, first, required in (("allow", False, False), ("prefer", True, False), ("require", True, True)):
+        st = server_tls(mode, None, None, None)
+        assert (st.first, st.required) == (first, required)
+        assert st.context is not None and st.context.verify_mode == ssl.CERT_NONE and not st.context.check_hostname
+    ca = server_tls("verify-ca", certs.ca, None, None)
+    assert ca.context is not None and ca.context.verify_mode == ssl.CERT_REQUIRED and not ca.context.check_hostname
+    full = server_tls("verify-full", certs.ca, certs.client_cert, certs.client_key)
+    assert full.context is not None and full.context.check_hostname and full.required
+    assert full.context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+@pytest.mark.parametrize("args,key,text", [
+    (("sometimes", None, None, None), "server_tls_mode", "must be one of"),
+    (("verify-ca", None, None, None), "server_tls_ca_cert", "is required by server_tls_mode 'verify-ca'"),
+    (("require", None, "CERT", None), "server_tls_private_key", "must be set together"),
+    (("require", "/nonexistent-ca.crt", None, None), "server_tls_ca_cert", "cannot read"),
+    (("verify-ca", "KEY", None, None), "server_tls_ca_cert", "cannot load CA bundle"),
+    (("require", None, "CERT", "CA"), "server_tls_certificate", "cannot load certificate"),
+])
+def test_server_errors_name_the_key(certs: Certs, args: tuple[str | None, ...], key: str, text: str) -> None:
+    real = {"CERT": certs.client_cert, "KEY": certs.client_key, "CA": certs.ca}
+    mode, ca, cert, pkey = (real.get(a, a) if a else a for a in args)
+    with pytest.raises(TlsSetupError) as ei:
+        server_tls(mode, ca, cert, pkey)
     assert ei.value.key == key and text in str(ei.value), str(ei.value)
