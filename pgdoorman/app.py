@@ -18,7 +18,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from pgdoorman import __version__, systemd, upgrade
+from pgdoorman import __version__, hba, systemd, upgrade
 from pgdoorman.cancel import CancelRegistry
 from pgdoorman.config import Config, ConfigError, load_config
 from pgdoorman.net.sockopts import TcpOptions, tcp_listener, unix_listener
@@ -65,6 +65,9 @@ class App:
         # Client TLS is set up once: certificates are not reloaded (as in PgDoorman); the loader already
         # checked that this succeeds.
         self.client_tls = client_tls(g.tls_mode, g.tls_certificate, g.tls_private_key, g.tls_ca_cert)
+        self.hba_rules: tuple[hba.Rule, ...] | None = None  # general.pg_hba; None: no rules, everyone may try
+        self.hba_networks: tuple[hba.Network, ...] = ()  # legacy general.hba
+        self._load_access(config)
         self.shutting_down = False
         self.started = time.time()
         self._admin_verifier: auth.ScramVerifier | None = None
@@ -82,6 +85,13 @@ class App:
         self._build_pools(config)
 
     # ------------------------------------------------------------------ config
+    def _load_access(self, config: Config) -> None:
+        """pg_hba rules and the legacy hba list (the loader already read and checked them)."""
+        g = config.general
+        src = g.pg_hba
+        self.hba_rules = hba.read_rules(src.content, src.path) if src is not None else None
+        self.hba_networks = hba.parse_networks(g.hba)
+
     def _tcp_options(self) -> TcpOptions:
         g = self.config.general
         return TcpOptions(
@@ -159,6 +169,11 @@ class App:
                     "tls_private_key", "tls_ca_cert"):
             if getattr(old.general, key) != getattr(new.general, key):
                 log.warning("RELOAD: general.%s changed but needs a restart (or binary upgrade) to apply", key)
+        try:
+            self._load_access(new)
+        except (OSError, ValueError) as e:  # the rules file changed again since the loader read it
+            log.error("RELOAD failed, keeping the running configuration: pg_hba: %s", e)
+            return False, str(e)
         self.config = new
         self.tcp_options = self._tcp_options()
         self._build_pools(new)

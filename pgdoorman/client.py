@@ -23,6 +23,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from pgdoorman import hba
 from pgdoorman import prepared as ps
 from pgdoorman.net.conn import AGAIN, HIGH_WATER, Conn
 from pgdoorman.net.loop import EVENT_READ, EVENT_WRITE, RECV_BUFFER_SIZE
@@ -1016,10 +1017,53 @@ class ClientConn(Conn):
                 return
             self.pool = app.pools.get((self.database, user))
             self.stored = self.pool.user_cfg.password if self.pool is not None else ""
-        self._begin_auth()
+        method = self._access_method()
+        if method is None:
+            return
+        if method == "trust":
+            log.info("client %s: %s@%s let in by a pg_hba trust rule", self.addr, user, self.database)
+            self._authenticated()
+            return
+        self._begin_auth(force_md5=method == "md5")
 
-    def _begin_auth(self) -> None:
+    def _access_method(self) -> str | None:
+        """general.hba / general.pg_hba for this connection: None if refused (the client was told), else
+        "trust", "md5" or "scram" ("scram" also when no rules are configured: the stored password decides)."""
+        app = self.app
+        ip = None if self.is_unix else self.addr.rsplit(":", 1)[0]
+        if app.hba_networks and not self.is_unix and not hba.allowed_by_networks(app.hba_networks, ip):
+            self._hba_refuse(f'no hba entry for host "{ip}"')
+            return None
+        rules = app.hba_rules
+        if rules is None:
+            return "scram"
         stored = self.stored
+        kind = "scram" if auth.is_scram_verifier(stored) else "md5" if auth.is_md5_hash(stored) else "plain"
+        verdict = hba.choose(rules, kind, self.is_unix, self.tls, ip, self.database, self.user)
+        known = self.user == app.config.general.admin_username if self.admin else self.pool is not None
+        if verdict == "trust" and not known:
+            verdict = "scram"  # an unknown user: the usual exchange that can only fail says nothing more
+        if verdict in ("scram", "md5", "trust"):
+            return verdict
+        where = "local connection" if self.is_unix else f'host "{ip}"'
+        enc = "" if self.is_unix else (", SSL encryption" if self.tls else ", no encryption")
+        if verdict == "reject":
+            self._hba_refuse(f'pg_hba.conf rejects connection for {where}, user "{self.user}", '
+                             f'database "{self.database}"{enc}')
+        else:
+            self._hba_refuse(f'no pg_hba.conf entry for {where}, user "{self.user}", database "{self.database}"{enc}')
+        return None
+
+    def _hba_refuse(self, message: str) -> None:
+        self.app.count_rejection("hba")
+        log.info("client %s refused: %s", self.addr, message)
+        self.fatal("28000", message)
+
+    def _begin_auth(self, force_md5: bool = False) -> None:
+        """SCRAM, or md5 for an md5-hash password (or a plain-text one when pg_hba chose md5)."""
+        stored = self.stored
+        if force_md5 and stored and not auth.is_md5_hash(stored):
+            self.stored = stored = auth.md5_stored(self.user, stored)  # the plain-text password as md5 hashes it
         if stored and not auth.is_scram_verifier(stored) and auth.is_md5_hash(stored):
             self.md5_salt = os.urandom(4)
             self.state = AUTH_MD5

@@ -393,10 +393,10 @@ FIELDS: Final[tuple[Field, ...]] = (
     _general("Daemon", "daemon_pid_file", Str(nonempty=True), "/tmp/pg_doorman.pid", True,
              "PID file written when running as a daemon (`-d`).", reloadable=False),
     # ------------------------------------------------------------------ general: access control
-    _general("Access control", "hba", StrList(), (), False,
+    _general("Access control", "hba", StrList(), (), True,
              "Legacy allow-list of client networks in CIDR notation, for TCP clients only; empty allows all. "
              "Cannot be combined with `pg_hba`."),
-    _general("Access control", "pg_hba", PgHbaRules(), None, False,
+    _general("Access control", "pg_hba", PgHbaRules(), None, True,
              "pg_hba.conf-style rules (`local`/`host`/`hostssl`/`hostnossl`; trust, md5, scram-sha-256, "
              "reject): inline text, `{path = \"...\"}` or `{content = \"...\"}`.", optional=True,
              example="host all all 127.0.0.1/32 md5"),

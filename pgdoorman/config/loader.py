@@ -505,6 +505,7 @@ def _check_general(ctx: _Ctx, values: dict[str, Any], files: dict[str, str]) -> 
             "must be >= 1 while prepared_statements is true, got 0",
         )
     _check_client_tls(ctx, values, files)
+    _check_access(ctx, values, files)
     if values.get("client_anonymous_prepared_cache_size") == 0:
         ctx.warn(
             files["client_anonymous_prepared_cache_size"],
@@ -523,6 +524,28 @@ def _check_client_tls(ctx: _Ctx, values: dict[str, Any], files: dict[str, str]) 
     except TlsSetupError as e:
         given = [k for k in (e.key, "tls_certificate", "tls_private_key", "tls_mode") if k in files]
         ctx.error(files[given[0]] if given else next(iter(files.values()), ""), ["general", e.key], str(e))
+
+
+def _check_access(ctx: _Ctx, values: dict[str, Any], files: dict[str, str]) -> None:
+    """pg_hba rules read (from their file too) and parsed, the legacy hba list parsed, not both at once."""
+    from pgdoorman.hba import HbaError, parse_networks, read_rules
+
+    if values.get("hba") and values.get("pg_hba") is not None:
+        ctx.error(files["hba"], ["general", "hba"], "cannot be combined with pg_hba: keep one of them")
+    if values.get("hba"):
+        try:
+            parse_networks(values["hba"])
+        except ValueError as e:
+            ctx.error(files["hba"], ["general", "hba"], str(e))
+    src = values.get("pg_hba")
+    if src is not None:
+        try:
+            read_rules(src.content, src.path)
+        except OSError as e:
+            ctx.error(files["pg_hba"], ["general", "pg_hba"], f"cannot read {src.path}: {e.strerror or e}")
+        except HbaError as e:
+            where = f"{src.path} " if src.path else ""
+            ctx.error(files["pg_hba"], ["general", "pg_hba"], f"{where}{e}")
 
 
 _SERVER_TLS_KEYS = ("server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key")

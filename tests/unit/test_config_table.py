@@ -53,7 +53,7 @@ IMPLEMENTED = {
         "log_client_disconnections", "prepared_statements", "prepared_statements_cache_size",
         "server_prepared_statements_cache_size",
         "daemon_pid_file", "syslog_prog_name", "tls_certificate", "tls_private_key", "tls_ca_cert", "tls_mode",
-        "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key",
+        "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key", "hba", "pg_hba",
     },
     "web": {"enabled", "host", "port"},
     "talos": set(),
