@@ -23,7 +23,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from pgdoorman import hba
+from pgdoorman import hba, jwt_auth
 from pgdoorman import prepared as ps
 from pgdoorman.net.conn import AGAIN, HIGH_WATER, Conn
 from pgdoorman.net.loop import EVENT_READ, EVENT_WRITE, RECV_BUFFER_SIZE
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgdoorman.client")
 
-STARTUP, AUTH_MD5, AUTH_SASL, AUTH_SASL_FINAL, LOGIN_WAIT, READY, ADMIN = range(7)
+STARTUP, AUTH_MD5, AUTH_SASL, AUTH_SASL_FINAL, AUTH_CLEARTEXT, LOGIN_WAIT, READY, ADMIN = range(8)
 
 # Frontend message types after login. Password messages ('p') are only valid during authentication.
 _t = bytearray([INVALID]) * 256
@@ -957,7 +957,7 @@ class ClientConn(Conn):
                     body = bytes(buf[4:ln])
                     del buf[:ln]
                     self._startup(body)
-                elif self.state in (AUTH_MD5, AUTH_SASL, AUTH_SASL_FINAL):
+                elif self.state in (AUTH_MD5, AUTH_SASL, AUTH_SASL_FINAL, AUTH_CLEARTEXT):
                     if len(buf) < 5:
                         return
                     (ln,) = m.U32.unpack_from(buf, 1)
@@ -1060,8 +1060,13 @@ class ClientConn(Conn):
         self.fatal("28000", message)
 
     def _begin_auth(self, force_md5: bool = False) -> None:
-        """SCRAM, or md5 for an md5-hash password (or a plain-text one when pg_hba chose md5)."""
+        """SCRAM, or md5 for an md5-hash password (or a plain-text one when pg_hba chose md5), or a clear-text
+        password for a JWT user (the token)."""
         stored = self.stored
+        if self.pool is not None and self.pool.jwt_key is not None:
+            self.state = AUTH_CLEARTEXT
+            self.write(m.AUTH_CLEARTEXT)
+            return
         if force_md5 and stored and not auth.is_md5_hash(stored):
             self.stored = stored = auth.md5_stored(self.user, stored)  # the plain-text password as md5 hashes it
         if stored and not auth.is_scram_verifier(stored) and auth.is_md5_hash(stored):
@@ -1094,6 +1099,16 @@ class ClientConn(Conn):
 
     def _password(self, body: bytes) -> None:
         st = self.state
+        if st == AUTH_CLEARTEXT:
+            pool = self.pool
+            assert pool is not None and pool.jwt_key is not None
+            why = jwt_auth.verify(body.rstrip(b"\x00").decode("utf-8", "replace"), pool.jwt_key, self.user)
+            if why is not None:
+                log.info("JWT login of %r from %s refused: %s", self.user, self.addr, why)
+                self._auth_failed()
+                return
+            self._authenticated()
+            return
         if st == AUTH_MD5:
             ok = bool(self.stored) and auth.md5_verify(self.user, self.stored, self.md5_salt, body.rstrip(b"\x00"))
             if not ok:

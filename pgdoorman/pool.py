@@ -13,7 +13,9 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from pgdoorman import jwt_auth
 from pgdoorman.config import Config, PoolConfig, UserConfig
+from pgdoorman.config.values import JWT_PRIVKEY_PREFIX, JWT_PUBKEY_PREFIX
 from pgdoorman.net.tls import server_tls
 from pgdoorman.prepared import PoolCache
 from pgdoorman.stats import Histogram
@@ -126,6 +128,11 @@ class Pool:
         else:
             self.server_secret = user_cfg.password  # passthrough: md5 hash, SCRAM verifier or plain text
         self.passthrough = user_cfg.server_username is None
+        # JWT keys, read at start and on RELOAD (the loader checked them).
+        pw, spw = user_cfg.password, user_cfg.server_password
+        self.jwt_key = jwt_auth.load_public_key(pw[len(JWT_PUBKEY_PREFIX):]) if pw.startswith(JWT_PUBKEY_PREFIX) else None
+        self.jwt_server_key = (jwt_auth.load_private_key(spw[len(JWT_PRIVKEY_PREFIX):])
+                               if spw is not None and spw.startswith(JWT_PRIVKEY_PREFIX) else None)
 
     @property
     def name(self) -> str:

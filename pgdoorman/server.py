@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pgdoorman import jwt_auth
 from pgdoorman import prepared as ps
 from pgdoorman.net.conn import AGAIN, Conn
 from pgdoorman.net.loop import EVENT_READ, EVENT_WRITE
@@ -320,6 +321,9 @@ class ServerConn(Conn):
                 return False
             secret = pool.server_secret
             user = pool.server_user
+            if pool.jwt_server_key is not None and code in (5, 10):
+                raise auth.AuthError("server asked for md5 or SCRAM, but server_password is a JWT key "
+                                     "(the server must ask for a clear-text password)")
             if code == 5:
                 if not secret:
                     raise auth.AuthError("server asked for an md5 password and none is configured")
@@ -329,6 +333,9 @@ class ServerConn(Conn):
                         "set server_password or store the role's password as md5")
                 self.write(m.password_message(auth.md5_response(user, secret, body[4:8]) + b"\x00"))
             elif code == 3:
+                if pool.jwt_server_key is not None:  # server_password: jwt-priv-key-fpath:...
+                    self.write(m.password_message(m.cstr(jwt_auth.mint(pool.jwt_server_key, user))))
+                    return False
                 if not secret or auth.is_md5_hash(secret) or auth.is_scram_verifier(secret):
                     raise auth.AuthError("server asked for a clear-text password and no plain-text password is configured")
                 self.write(m.password_message(m.cstr(secret)))

@@ -12,7 +12,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from pgdoorman.client import READY, ClientConn
+from pgdoorman.client import ADMIN, READY, ClientConn
 from pgdoorman.net.conn import Conn
 from pgdoorman.net.loop import Loop
 from pgdoorman.net.sockopts import apply_tcp
@@ -356,7 +356,7 @@ class Worker:
     # ------------------------------------------------------------------ shutdown
     def close_all(self, reason: str) -> None:
         for c in list(self.clients):
-            if c.state == READY or c.state == 6:
+            if c.state == READY or c.state == ADMIN:
                 c.write(m.error_response("58006", "pooler is shut down now", "FATAL"))
             c.close(reason)
         for s in list(self.servers):

@@ -524,8 +524,9 @@ FIELDS: Final[tuple[Field, ...]] = (
     _user("password", Password(), REQUIRED, True,
           'Password the client must present: `"md5"` + 32 hex digits (md5 of password + username), a SCRAM '
           "verifier `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, or plain text. With no "
-          "`server_username` the same credentials are used towards PostgreSQL. PgDoorman's "
-          '`"jwt-pkey-fpath:<pem>"` JWT form is accepted but not implemented yet (warned about).',
+          "`server_username` the same credentials are used towards PostgreSQL. Or "
+          '`"jwt-pkey-fpath:<pem>"`: the client presents an RS256 token signed by that public key as its '
+          "password (needs the `jwt` extra and `server_username`/`server_password`).",
           required=True, secret=True),
     _user("pool_size", Int(1), REQUIRED, True,
           "Most server connections this user may hold in this pool. Required (PgDoorman documents 40 but "
@@ -538,7 +539,9 @@ FIELDS: Final[tuple[Field, ...]] = (
           "Role used on the server instead of the client's user name and credentials.", optional=True,
           example="app_owner"),
     _user("server_password", Str(), None, True,
-          "Plain-text password of `server_username` (requires it).", optional=True, secret=True,
+          "Plain-text password of `server_username` (requires it), or `\"jwt-priv-key-fpath:<pem>\"`: answer "
+          "PostgreSQL's clear-text password request with an RS256 token signed by that private key.",
+          optional=True, secret=True,
           example="owner-secret"),
     _user("server_lifetime", Duration(int_only_upstream=True), None, True,
           "Overrides the pool's `server_lifetime` for this user's server connections." + _INT_MS_NOTE,

@@ -33,6 +33,7 @@ from pgdoorman.config.model import (
 )
 from pgdoorman.config.values import (
     JWT_PRIVKEY_PREFIX,
+    JWT_PUBKEY_PREFIX,
     FrozenMapping,
     Invalid,
     Subsection,
@@ -450,23 +451,30 @@ def _walk_users(ctx: _Ctx, sub: _Sub) -> list[dict[str, Any]]:
             ctx.error(files["min_pool_size"], [*path, "min_pool_size"], f"must be <= pool_size ({size}), got {minimum}")
         if "server_password" in files and "server_username" not in files:
             ctx.error(files["server_password"], [*path, "server_password"], "requires server_username")
-        password = values.get("password")
-        if password is not None and password_kind(password) == "jwt":
-            ctx.warn(
-                files["password"],
-                [*path, "password"],
-                "JWT authentication (jwt-pkey-fpath:) is not implemented by pgdoorman yet; this user cannot log in",
-            )
-        server_password = values.get("server_password")
-        if server_password is not None and server_password.startswith(JWT_PRIVKEY_PREFIX):
-            ctx.warn(
-                files["server_password"],
-                [*path, "server_password"],
-                "JWT server credentials (jwt-priv-key-fpath:) are not implemented by pgdoorman yet; "
-                "server logins for this user will fail",
-            )
+        _check_jwt(ctx, values, files, path)
         users.append(values)
     return users
+
+
+def _check_jwt(ctx: _Ctx, values: dict[str, Any], files: dict[str, str], path: list[PathSeg]) -> None:
+    """JWT keys are loaded now (so `-t` reports a bad one); a JWT user needs server credentials."""
+    from pgdoorman.jwt_auth import JwtSetupError, load_private_key, load_public_key
+
+    password = values.get("password")
+    if password is not None and password_kind(password) == "jwt":
+        try:
+            load_public_key(password[len(JWT_PUBKEY_PREFIX):])
+        except JwtSetupError as e:
+            ctx.error(files["password"], [*path, "password"], str(e))
+        if "server_password" not in files:
+            ctx.error(files["password"], [*path, "server_password"],
+                      "is required for a JWT user (PostgreSQL cannot be logged in to with the client's token)")
+    server_password = values.get("server_password")
+    if server_password is not None and server_password.startswith(JWT_PRIVKEY_PREFIX):
+        try:
+            load_private_key(server_password[len(JWT_PRIVKEY_PREFIX):])
+        except JwtSetupError as e:
+            ctx.error(files["server_password"], [*path, "server_password"], str(e))
 
 
 class _PoolSpec:

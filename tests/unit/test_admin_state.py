@@ -382,3 +382,9 @@ def _cells(body: bytes) -> list[str]:
         out.append(body[pos : pos + ln].decode())
         pos += ln
     return out
+
+
+def test_client_ready_literal_matches_the_client_state() -> None:
+    from pgdoorman.admin.state import CLIENT_READY
+
+    assert CLIENT_READY == READY

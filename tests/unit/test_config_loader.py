@@ -319,12 +319,15 @@ def test_users_must_be_a_list(tmp_path: Path) -> None:
     ]
 
 
-def test_jwt_password_warns(tmp_path: Path) -> None:
+def test_jwt_password_needs_its_key_and_server_credentials(tmp_path: Path) -> None:
     path = write(tmp_path, "c.yaml", BASE_YAML.replace('password: "hunter2"', 'password: "jwt-pkey-fpath:/k.pem"'))
-    assert load_config(path).warnings == (
-        f"{path}: pools.app.users[0].password: JWT authentication (jwt-pkey-fpath:) is not implemented by "
-        "pgdoorman yet; this user cannot log in",
-    )
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    assert ei.value.errors == [
+        f"{path}: pools.app.users[0].password: cannot read /k.pem: No such file or directory",
+        f"{path}: pools.app.users[0].server_password: is required for a JWT user (PostgreSQL cannot be logged "
+        "in to with the client's token)",
+    ]
 
 
 # --------------------------------------------------------------------------------------------- general and pools
