@@ -5,8 +5,8 @@ The relay decides on headers only: it counts the messages that will be answered 
 (Query, Sync, FunctionCall), notes unsynced extended-protocol traffic, drops Terminate, and rejects
 anything that is not a frontend message type (08P01 and close). Bodies are forwarded untouched.
 
-States: STARTUP -> AUTH -> LOGIN_WAIT (waiting for a server to learn parameters or, in session mode,
-to keep) -> READY.
+States: STARTUP -> AUTH_* (md5, SCRAM, or a clear-text password for JWT/PAM; AUTH_WAIT while a PAM thread
+checks it) -> LOGIN_WAIT (waiting for a server to learn parameters or, in session mode, to keep) -> READY.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from pgdoorman import hba, jwt_auth
+from pgdoorman import hba, jwt_auth, pam_auth
 from pgdoorman import prepared as ps
 from pgdoorman.net.conn import AGAIN, HIGH_WATER, Conn
 from pgdoorman.net.loop import EVENT_READ, EVENT_WRITE, RECV_BUFFER_SIZE
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgdoorman.client")
 
-STARTUP, AUTH_MD5, AUTH_SASL, AUTH_SASL_FINAL, AUTH_CLEARTEXT, LOGIN_WAIT, READY, ADMIN = range(8)
+STARTUP, AUTH_MD5, AUTH_SASL, AUTH_SASL_FINAL, AUTH_CLEARTEXT, AUTH_WAIT, LOGIN_WAIT, READY, ADMIN = range(9)
 
 # Frontend message types after login. Password messages ('p') are only valid during authentication.
 _t = bytearray([INVALID]) * 256
@@ -1063,7 +1063,8 @@ class ClientConn(Conn):
         """SCRAM, or md5 for an md5-hash password (or a plain-text one when pg_hba chose md5), or a clear-text
         password for a JWT user (the token)."""
         stored = self.stored
-        if self.pool is not None and self.pool.jwt_key is not None:
+        pool = self.pool
+        if pool is not None and (pool.jwt_key is not None or pool.user_cfg.auth_pam_service):
             self.state = AUTH_CLEARTEXT
             self.write(m.AUTH_CLEARTEXT)
             return
@@ -1101,8 +1102,17 @@ class ClientConn(Conn):
         st = self.state
         if st == AUTH_CLEARTEXT:
             pool = self.pool
-            assert pool is not None and pool.jwt_key is not None
-            why = jwt_auth.verify(body.rstrip(b"\x00").decode("utf-8", "replace"), pool.jwt_key, self.user)
+            assert pool is not None
+            secret = body.rstrip(b"\x00").decode("utf-8", "replace")
+            service = pool.user_cfg.auth_pam_service
+            if service:
+                self.state = AUTH_WAIT  # the answer comes from a PAM thread; bytes sent meanwhile are kept
+                loop = self.loop
+                pam_auth.authenticate(service, self.user, secret,
+                                      lambda why: loop.call_soon_threadsafe(self._pam_done, why))
+                return
+            assert pool.jwt_key is not None
+            why = jwt_auth.verify(secret, pool.jwt_key, self.user)
             if why is not None:
                 log.info("JWT login of %r from %s refused: %s", self.user, self.addr, why)
                 self._auth_failed()
@@ -1139,6 +1149,15 @@ class ClientConn(Conn):
                 self._authenticated()
         except auth.AuthError:
             self._auth_failed()
+
+    def _pam_done(self, why: str | None) -> None:
+        if self.closed:
+            return
+        if why is not None:
+            log.info("PAM login of %r from %s refused: %s", self.user, self.addr, why)
+            self._auth_failed()
+            return
+        self._authenticated()
 
     def _authenticated(self) -> None:
         self.scram = None

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-CLIENT_READY = 6  # pgdoorman.client.READY (kept literal: importing client.py here would be circular for tests)
+CLIENT_READY = 7  # pgdoorman.client.READY (kept literal: importing client.py here would be circular for tests)
 SERVER_STATES = ("login", "login", "idle", "active", "used", "closed")  # pgdoorman.server.STATE_NAMES
 SERVER_IDLE, SERVER_ACTIVE, SERVER_USED, SERVER_CLOSED = 2, 3, 4, 5
 

@@ -546,8 +546,9 @@ FIELDS: Final[tuple[Field, ...]] = (
     _user("server_lifetime", Duration(int_only_upstream=True), None, True,
           "Overrides the pool's `server_lifetime` for this user's server connections." + _INT_MS_NOTE,
           optional=True, default_doc="the pool's `server_lifetime`", example=1200000),
-    _user("auth_pam_service", Str(nonempty=True), None, False,
-          "Authenticate this user through this PAM service.", optional=True, example="pg_doorman"),
+    _user("auth_pam_service", Str(nonempty=True), None, True,
+          "Authenticate this user through this PAM service (a clear-text password checked by PAM; needs the "
+          "`pam` extra and `server_username`/`server_password`).", optional=True, example="pg_doorman"),
     # ------------------------------------------------------------------ pools.<name>.auth_query
     _aq("query", Str(nonempty=True), REQUIRED,
         "Query returning the password hash of user $1 (a `passwd` or `password` column, or a single column).",

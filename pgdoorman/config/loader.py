@@ -452,6 +452,16 @@ def _walk_users(ctx: _Ctx, sub: _Sub) -> list[dict[str, Any]]:
         if "server_password" in files and "server_username" not in files:
             ctx.error(files["server_password"], [*path, "server_password"], "requires server_username")
         _check_jwt(ctx, values, files, path)
+        if values.get("auth_pam_service"):
+            from pgdoorman.pam_auth import PamSetupError, check_available
+
+            try:
+                check_available()
+            except PamSetupError as e:
+                ctx.error(files["auth_pam_service"], [*path, "auth_pam_service"], str(e))
+            if "server_password" not in files:
+                ctx.error(files["auth_pam_service"], [*path, "server_password"],
+                          "is required for a PAM user (PostgreSQL cannot check the PAM password)")
         users.append(values)
     return users
 

@@ -445,7 +445,7 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
             auth_query:
               query: SELECT 1
               user: x
-            users: [{username: u, password: p, pool_size: 1, auth_pam_service: svc}]
+            users: [{username: u, password: p, pool_size: 1}]
           b:
             max_db_connections: 10
             users: [{username: u, password: p, pool_size: 1}]
@@ -458,7 +458,6 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
         f"{path}: web.ui: not implemented by pgdoorman yet; ignored",
         f"{path}: talos.keys: not implemented by pgdoorman yet; ignored",
         f"{path}: pools.a.max_db_connections: not implemented by pgdoorman yet; ignored",
-        f"{path}: pools.a.users[0].auth_pam_service: not implemented by pgdoorman yet; ignored",
         f"{path}: pools.a.auth_query.query: not implemented by pgdoorman yet; ignored",
         f"{path}: pools.a.auth_query.user: not implemented by pgdoorman yet; ignored",
         f"{path}: pools.b.max_db_connections: not implemented by pgdoorman yet; ignored",

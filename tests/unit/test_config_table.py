@@ -65,7 +65,7 @@ IMPLEMENTED = {
     },
     "user": {
         "username", "password", "pool_size", "min_pool_size", "pool_mode", "server_username",
-        "server_password", "server_lifetime",
+        "server_password", "server_lifetime", "auth_pam_service",
     },
     "auth_query": set(),
 }  # fmt: skip
