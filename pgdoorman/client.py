@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 from pgdoorman import hba, jwt_auth, pam_auth
 from pgdoorman import prepared as ps
 from pgdoorman.net.conn import AGAIN, HIGH_WATER, Conn
-from pgdoorman.net.loop import EVENT_READ, EVENT_WRITE, RECV_BUFFER_SIZE
-from pgdoorman.net.tls import TLS_READ_MIN
+from pgdoorman.net.loop import RECV_BUFFER_SIZE
+from pgdoorman.net.tls import TLS_READ_MIN, ssl_reason
 from pgdoorman.pool import TRACKED_PARAMS
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
@@ -212,23 +212,12 @@ class ClientConn(Conn):
         self._apply_mask()
 
     def _tls_handshake(self) -> None:
-        sock = self.sock
-        assert isinstance(sock, ssl.SSLSocket)
         try:
-            sock.do_handshake()
-        except ssl.SSLWantReadError:
-            return
-        except ssl.SSLWantWriteError:
-            # Our handshake flight did not fit in the socket buffer: wait until it can be written.
-            try:
-                self.loop.sel.modify(sock, EVENT_READ | EVENT_WRITE, self)
-                self.mask = EVENT_READ | EVENT_WRITE
-            except (KeyError, ValueError, OSError):
-                pass
-            return
+            if not self.tls_handshake_step():
+                return
         except (ssl.SSLError, OSError) as e:
             self.app.count_rejection("tls_handshake_fail")
-            reason = e.reason if isinstance(e, ssl.SSLError) and e.reason else str(e)
+            reason = ssl_reason(e)
             log.info("client %s: TLS handshake failed: %s", self.addr, reason)
             self.close(f"TLS handshake failed: {reason}")
             return

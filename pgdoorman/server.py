@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from pgdoorman import jwt_auth
 from pgdoorman import prepared as ps
 from pgdoorman.net.conn import AGAIN, Conn
-from pgdoorman.net.loop import EVENT_READ, EVENT_WRITE
+from pgdoorman.net.tls import ssl_reason
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner, make_table
@@ -214,24 +214,11 @@ class ServerConn(Conn):
         self._tls_failed(why)
 
     def _tls_handshake(self) -> None:
-        sock = self.sock
-        assert isinstance(sock, ssl.SSLSocket)
         try:
-            sock.do_handshake()
-        except ssl.SSLWantReadError:
-            return
-        except ssl.SSLWantWriteError:
-            try:
-                self.loop.sel.modify(sock, EVENT_READ | EVENT_WRITE, self)
-                self.mask = EVENT_READ | EVENT_WRITE
-            except (KeyError, ValueError, OSError):
-                pass
-            return
+            if not self.tls_handshake_step():
+                return
         except (ssl.SSLError, OSError) as e:
-            reason = e.reason if isinstance(e, ssl.SSLError) and e.reason else str(e)
-            if isinstance(e, ssl.SSLCertVerificationError):
-                reason = e.verify_message or reason
-            self._tls_failed(f"TLS handshake failed: {reason}")
+            self._tls_failed(f"TLS handshake failed: {ssl_reason(e)}")
             return
         self.tls_phase = 0
         self.tls = True

@@ -4,11 +4,8 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -21,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.support.cluster import PgCluster, pooler_config, start_test_cluster  # noqa: E402
-from tests.support.pooler import Pooler, free_port  # noqa: E402
+from tests.support.cluster import PgCluster, pooler_config, throwaway_cluster  # noqa: E402
+from tests.support.pooler import Pooler  # noqa: E402
 
 _POOLERS = pytest.StashKey[list[Pooler]]()
 
@@ -72,21 +69,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PgCluster]:
     """A started PostgreSQL with database ``app``, roles app_scram (SCRAM) / app_md5 (md5), superuser postgres."""
-    # Not pytest's tmp_path: it lives under a 0700 root directory the postgres OS user cannot enter.
-    basedir = tempfile.mkdtemp(prefix="pgdoorman-test-pg-")
-    try:
-        cluster = start_test_cluster(basedir, free_port())
-    except BaseException:
-        shutil.rmtree(basedir, ignore_errors=True)
-        raise
-    try:
+    with throwaway_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        if os.environ.get("PGDOORMAN_KEEP_PG"):
-            print(f"\nkept test cluster in {basedir}")
-        else:
-            shutil.rmtree(basedir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -75,6 +75,25 @@ class Conn:
             self.read_paused = False
             self._apply_mask()
 
+    def tls_handshake_step(self) -> bool:
+        """One step of the TLS handshake on self.sock (an ssl.SSLSocket): True when it is done, False to wait
+        for the next event (with write interest while OpenSSL has bytes to send). ssl.SSLError and OSError
+        propagate: the handshake failed."""
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        except ssl.SSLWantWriteError:
+            try:
+                self.loop.sel.modify(sock, EVENT_READ | EVENT_WRITE, self)
+                self.mask = EVENT_READ | EVENT_WRITE
+            except (KeyError, ValueError, OSError):
+                pass
+            return False
+        return True
+
     # ------------------------------------------------------------------ I/O
     def on_event(self, mask: int) -> None:
         if mask & EVENT_WRITE:

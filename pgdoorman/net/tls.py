@@ -96,6 +96,15 @@ def _check_readable(*settings: tuple[str, str | None]) -> None:
                 raise TlsSetupError(key, f"cannot read {path}: {e.strerror or e}") from None
 
 
+def ssl_reason(e: BaseException) -> str:
+    """What went wrong in a handshake, in OpenSSL's words where it has some."""
+    if isinstance(e, ssl.SSLCertVerificationError) and e.verify_message:
+        return f"certificate verify failed: {e.verify_message}"
+    if isinstance(e, ssl.SSLError) and e.reason:
+        return str(e.reason)
+    return str(e)
+
+
 def _reason(e: BaseException) -> str:
     if isinstance(e, ssl.SSLError) and e.reason:
         return str(e.reason).lower().replace("_", " ")

@@ -130,6 +130,28 @@ def test_verify_full_needs_a_client_certificate_from_the_ca(pooler_factory: Any,
     assert p.wait_for_log("TLS handshake failed")
 
 
+def asyncpg_over_tls(p: Any, certs: Certs, user: str, password: str, clients: int, rounds: int, rows: int) -> None:
+    """asyncpg clients over TLS (verifying the pooler's certificate): rounds of concurrent prepared queries,
+    then one prepared statement fetching `rows` rows of 100+ bytes."""
+
+    async def main() -> None:
+        ctx = ssl.create_default_context(cafile=certs.ca)
+        conns = [await asyncpg.connect(host=p.host, port=p.port, user=user, password=password, database=DBNAME,
+                                       ssl=ctx) for _ in range(clients)]
+        try:
+            for _ in range(rounds):
+                got = await asyncio.gather(*(cn.fetchval("select $1::int * 3", i) for i, cn in enumerate(conns)))
+                assert got == [i * 3 for i in range(clients)]
+            stmt = await conns[0].prepare("select repeat('q', 100) || g as x from generate_series(1, $1::int) g")
+            fetched = await stmt.fetch(rows)
+            assert len(fetched) == rows and fetched[-1]["x"].endswith(str(rows))
+        finally:
+            for cn in conns:
+                await cn.close()
+
+    asyncio.run(main())
+
+
 def test_big_results_pipelines_and_asyncpg_over_tls(pooler_factory: Any, certs: Certs) -> None:
     """Many TLS records per query in both directions, back-pressure towards a TLS client, and pipelines of
     small batches sharing records."""
@@ -148,21 +170,7 @@ def test_big_results_pipelines_and_asyncpg_over_tls(pooler_factory: Any, certs: 
             curs = [c.execute("select %s::int * 2", (i,)) for i in range(200)]
         assert [cur.fetchone() for cur in curs] == [(i * 2,) for i in range(200)]
 
-    async def main() -> None:
-        ctx = ssl.create_default_context(cafile=certs.ca)
-        conns = [await asyncpg.connect(host=p.host, port=p.port, user=MD5_USER, password=MD5_PASSWORD,
-                                       database=DBNAME, ssl=ctx) for _ in range(5)]
-        try:
-            for _ in range(3):
-                got = await asyncio.gather(*(cn.fetchval("select $1::int + 1", i) for i, cn in enumerate(conns)))
-                assert got == [i + 1 for i in range(5)]
-            stmt = await conns[0].prepare("select g from generate_series(1, $1::int) g")
-            assert len(await stmt.fetch(50_000)) == 50_000
-        finally:
-            for cn in conns:
-                await cn.close()
-
-    asyncio.run(main())
+    asyncpg_over_tls(p, certs, MD5_USER, MD5_PASSWORD, clients=5, rounds=3, rows=50_000)
 
 
 def test_tls_client_stays_on_the_old_process_in_a_binary_upgrade(pooler_factory: Any, certs: Certs) -> None:
@@ -322,21 +330,7 @@ def test_transaction_pooling_over_tls_both_ways(pooler_factory: Any, tls_pg: tup
     pg, _ = tls_pg
     p = pooler_factory(general=tls_general(certs), pool=tls_pool(pg, server_tls_mode="require"), users=TLS_USERS)
 
-    async def main() -> None:
-        ctx = ssl.create_default_context(cafile=certs.ca)
-        conns = [await asyncpg.connect(host=p.host, port=p.port, user=SCRAM_USER, password=SCRAM_PASSWORD,
-                                       database=DBNAME, ssl=ctx) for _ in range(8)]
-        try:
-            for _ in range(5):
-                got = await asyncio.gather(*(cn.fetchval("select $1::int * 3", i) for i, cn in enumerate(conns)))
-                assert got == [i * 3 for i in range(8)]
-            rows = await conns[0].fetch("select repeat('q', 1000) || g as x from generate_series(1, 5000) g")
-            assert len(rows) == 5000 and rows[-1]["x"].endswith("5000")
-        finally:
-            for cn in conns:
-                await cn.close()
-
-    asyncio.run(main())
+    asyncpg_over_tls(p, certs, SCRAM_USER, SCRAM_PASSWORD, clients=8, rounds=5, rows=5000)
     with connect(p, "require") as c:
         with c.pipeline():
             curs = [c.execute("select %s::int + 1", (i,)) for i in range(100)]

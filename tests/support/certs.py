@@ -8,14 +8,12 @@ import os
 import pwd
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.cluster import PgCluster, start_test_cluster
-from tests.support.pooler import free_port
+from tests.support.cluster import PgCluster, throwaway_cluster
 
 
 @dataclass(frozen=True)
@@ -63,9 +61,6 @@ def make_certs(d: Path, client_cn: str) -> Certs:
 def tls_cluster(certs: Certs, hba: str) -> Iterator[PgCluster]:
     """A throwaway PostgreSQL (the suite's roles and database) with ssl = on, `certs`' server certificate,
     `certs.ca` for client certificates, and `hba` as its whole pg_hba.conf."""
-    # Not pytest's tmp_path: the postgres OS user cannot enter it.
-    basedir = tempfile.mkdtemp(prefix="pgdoorman-test-tlspg-")
-    os.chmod(basedir, 0o755)
 
     def install(pg: PgCluster) -> None:
         for src, name in ((certs.server_cert, "server.crt"), (certs.server_key, "server.key"), (certs.ca, "ca.crt")):
@@ -79,13 +74,5 @@ def tls_cluster(certs: Certs, hba: str) -> Iterator[PgCluster]:
             f.write(hba)
 
     settings = {"ssl": "on", "ssl_cert_file": "'server.crt'", "ssl_key_file": "'server.key'", "ssl_ca_file": "'ca.crt'"}
-    try:
-        cluster = start_test_cluster(basedir, free_port(), settings=settings, before_start=install)
-    except BaseException:
-        shutil.rmtree(basedir, ignore_errors=True)
-        raise
-    try:
+    with throwaway_cluster("pgdoorman-test-tlspg-", settings, install, stop_mode="immediate") as cluster:
         yield cluster
-    finally:
-        cluster.stop("immediate")
-        shutil.rmtree(basedir, ignore_errors=True)

@@ -5,8 +5,12 @@ and the pooler config that points at it. Names and passwords live here so tests 
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ from pgcluster import PgCluster  # noqa: E402  (scripts/ is not a package)
 
 __all__ = [
     "ADMIN_PASSWORD", "ADMIN_USER", "DBNAME", "MD5_PASSWORD", "MD5_USER", "SCRAM_PASSWORD", "SCRAM_USER",
-    "SUPERUSER", "PgCluster", "deep_merge", "pooler_config", "start_test_cluster",
+    "SUPERUSER", "PgCluster", "deep_merge", "pooler_config", "start_test_cluster", "throwaway_cluster",
 ]
 
 DBNAME = "app"
@@ -52,6 +56,32 @@ def start_test_cluster(basedir: str, port: int, settings: dict[str, str] | None 
         pg.stop("immediate")
         raise
     return pg
+
+
+@contextmanager
+def throwaway_cluster(prefix: str = "pgdoorman-test-pg-", settings: dict[str, str] | None = None,
+                      before_start: Callable[[PgCluster], None] | None = None,
+                      stop_mode: str = "fast") -> Iterator[PgCluster]:
+    """start_test_cluster() in a fresh directory on a free port, stopped and removed afterwards (kept, and
+    its path printed, with PGDOORMAN_KEEP_PG=1)."""
+    from tests.support.pooler import free_port
+
+    # Not pytest's tmp_path: it lives under a 0700 root directory the postgres OS user cannot enter.
+    basedir = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(basedir, 0o755)
+    try:
+        cluster = start_test_cluster(basedir, free_port(), settings=settings, before_start=before_start)
+    except BaseException:
+        shutil.rmtree(basedir, ignore_errors=True)
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.stop(stop_mode)
+        if os.environ.get("PGDOORMAN_KEEP_PG"):
+            print(f"\nkept test cluster in {basedir}")
+        else:
+            shutil.rmtree(basedir, ignore_errors=True)
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

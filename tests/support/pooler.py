@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import copy
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,8 +34,34 @@ def _stop_leftovers() -> None:
         pooler.stop(timeout=2)
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel just considered free (racy by nature, but fine for loopback tests)."""
+    """A port that binds now, below the kernel's ephemeral range and never handed out before by this
+    process. Port 0 would give an ephemeral port, the very range every outgoing connection of the suite
+    (clients, pgbench, the pooler's server connections) draws from, so a listener started a moment later
+    could find it taken. Still racy against other programs, as any free-port scheme."""
+    low, high = 12000, _ephemeral_low() - 1
+    for _ in range(200 if high - low > 1000 else 0):
+        port = random.randint(low, high)
+        if port in _handed_out:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
