@@ -7,13 +7,14 @@ VPY    := $(VENV)/bin/python
 FT_PY  := .venv-ft/bin/python
 STAMP  := $(VENV)/.pgdoorman-installed
 
-.PHONY: help venv deps drivers run test test-ft lint bench ft-python clean distclean
+.PHONY: help venv deps drivers run test test-ft lint bench bench-tls ft-python clean distclean
 
 help:
 	@echo "make run        throwaway PostgreSQL + pgdoorman on 127.0.0.1:6432 in the foreground"
 	@echo "make test       lint, type-check, the test suite, then the free-threaded (3.13t) concurrency tests"
 	@echo "make lint       ruff + mypy only"
 	@echo "make bench      scripts/bench.py (pgdoorman vs pgbouncer)"
+	@echo "make bench-tls  the same with clients over TLS (docs/benchmarks-tls.md)"
 	@echo "make ft-python  build/reuse free-threaded CPython 3.13t and .venv-ft"
 	@echo "make clean      stop the demo cluster, remove .run/ and caches (distclean: also the venvs)"
 
@@ -61,6 +62,10 @@ ft-python:
 bench: venv
 	scripts/ensure_deps.sh postgres pgbouncer
 	$(VPY) scripts/bench.py $(ARGS)
+
+bench-tls: venv
+	scripts/ensure_deps.sh postgres pgbouncer
+	$(VPY) scripts/bench.py --tls $(ARGS)
 
 clean:
 	-test -d .run/pg && $(PYTHON) scripts/pgcluster.py stop .run/pg
