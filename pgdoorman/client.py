@@ -1027,9 +1027,15 @@ class ClientConn(Conn):
         if rules is None:
             return "scram"
         stored = self.stored
-        kind = "scram" if auth.is_scram_verifier(stored) else "md5" if auth.is_md5_hash(stored) else "plain"
+        pool = self.pool
+        known = self.user == app.config.general.admin_username if self.admin else pool is not None
+        if not known:
+            kind = "scram"  # an unknown user is read as a SCRAM user: that is the exchange it will get
+        elif pool is not None and (pool.jwt_key is not None or pool.user_cfg.auth_pam_service):
+            kind = "plain"  # JWT and PAM users answer with a clear-text password
+        else:
+            kind = "scram" if auth.is_scram_verifier(stored) else "md5" if auth.is_md5_hash(stored) else "plain"
         verdict = hba.choose(rules, kind, self.is_unix, self.tls, ip, self.database, self.user)
-        known = self.user == app.config.general.admin_username if self.admin else self.pool is not None
         if verdict == "trust" and not known:
             verdict = "scram"  # an unknown user: the usual exchange that can only fail says nothing more
         if verdict in ("scram", "md5", "trust"):

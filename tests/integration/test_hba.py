@@ -38,6 +38,8 @@ def test_method_rules_follow_the_stored_password(pooler_factory: Any) -> None:
         assert c.execute("select current_user").fetchone() == (MD5_USER,)
     msg = refused(p, SCRAM_USER, SCRAM_PASSWORD)
     assert f'no pg_hba.conf entry for host "127.0.0.1", user "{SCRAM_USER}", database "{DBNAME}", no encryption' in msg
+    # An unknown user is answered as a SCRAM user would be: the rules do not tell whether a name exists.
+    assert 'no pg_hba.conf entry for host "127.0.0.1", user "ghost"' in refused(p, "ghost", "x")
     # scram rule only: the other way round.
     p2 = pooler_factory(general={"pg_hba": "host all all 127.0.0.1/32 scram-sha-256"})
     with connect(p2, SCRAM_USER, SCRAM_PASSWORD) as c:
