@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.integration.test_admin import rows
 from tests.support.certs import make_certs
 from tests.support.cluster import DBNAME, MD5_PASSWORD, MD5_USER, SCRAM_PASSWORD, SCRAM_USER
 from tests.support.pooler import ROOT, wait_for
@@ -96,10 +97,7 @@ def test_hostssl_local_and_the_admin_console(pooler_factory: Any, tmp_path: Path
         assert c.execute("select 4").fetchone() == (4,)
     # The admin console: trust for admin over TCP; anybody else is not let in by that rule.
     with connect(p, "admin", "", db="pgdoorman") as a:
-        assert a.execute("SHOW CONNECTIONS").fetchone() is not None
-        cols = [d.name for d in a.execute("SHOW CONNECTIONS").description or []]
-        row = a.execute("SHOW CONNECTIONS").fetchone()
-        assert row is not None and int(dict(zip(cols, row, strict=True))["errors"]) >= 1
+        assert int(rows(a, "CONNECTIONS")[0]["errors"]) >= 1  # the plain TCP client refused above
     assert "pg_hba.conf rejects connection" in refused(p, "someone", "x", db="pgdoorman")
 
 

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from tests.integration.test_admin import rows
 from tests.integration.test_ops import alive, current_pid, owner_of, stop_pid, upgrade, wait_exit
 from tests.support.certs import Certs, make_certs, tls_cluster
 from tests.support.cluster import (
@@ -68,15 +69,11 @@ def test_allow_mode_serves_tls_and_plain_clients(pooler_factory: Any, certs: Cer
         with connect(p, "verify-full", sslrootcert=certs.ca) as verified:
             assert verified.pgconn.ssl_in_use
         with admin(p) as a:
-            a.execute("SHOW CLIENTS")
-            cols = [d.name for d in a.execute("SHOW CLIENTS").description or []]
-            rows = [dict(zip(cols, r, strict=True)) for r in a.execute("SHOW CLIENTS").fetchall()]
-            mine = {r["client_id"]: r["tls"] for r in rows if r["user"] == SCRAM_USER}
+            mine = {r["client_id"]: r["tls"] for r in rows(a, "CLIENTS") if r["user"] == SCRAM_USER}
             assert mine == {f"#c{tls_c.info.backend_pid}": "true", f"#c{plain_c.info.backend_pid}": "false"}
-            conns = a.execute("SHOW CONNECTIONS").fetchone()
-            assert conns is not None
-            total, errs, tls, plain, cancel = (int(x) for x in conns)
-            assert tls == 2 and errs == 0 and plain >= 2  # TLS: tls_c and the verify-full one; plain: plain_c, us
+            conns = {k: int(v) for k, v in rows(a, "CONNECTIONS")[0].items()}
+            # TLS: tls_c and the verify-full one; plain: plain_c and this admin session.
+            assert conns["tls"] == 2 and conns["errors"] == 0 and conns["plain"] >= 2
 
 
 def test_disable_mode_answers_n(pooler_factory: Any, certs: Certs) -> None:
@@ -111,10 +108,7 @@ def test_require_mode_refuses_plain_tcp_but_not_unix_or_cancel(pooler_factory: A
         t.join()
         assert c.execute("select 4").fetchone() == (4,)
     with admin(p, "require") as a:
-        cols = [d.name for d in a.execute("SHOW CONNECTIONS").description or []]
-        row = a.execute("SHOW CONNECTIONS").fetchone()
-        assert row is not None
-        counts = dict(zip(cols, (int(x) for x in row), strict=True))
+        counts = {k: int(v) for k, v in rows(a, "CONNECTIONS")[0].items()}
         assert counts["errors"] >= 2 and counts["cancel"] >= 1 and counts["tls"] >= 2
 
 
@@ -277,9 +271,8 @@ def test_server_tls_allow_retries_a_refused_plain_connection_with_tls(pooler_fac
         assert server_ssl(c) and c.execute("select 1").fetchone() == (1,)
     assert p.wait_for_log("retrying with TLS")
     with admin(p) as a:
-        cols = [d.name for d in a.execute("SHOW SERVERS").description or []]
-        rows = [dict(zip(cols, r, strict=True)) for r in a.execute("SHOW SERVERS").fetchall()]
-        assert rows and all(r["tls"] == "true" for r in rows)
+        servers = rows(a, "SERVERS")
+        assert servers and all(r["tls"] == "true" for r in servers)
 
 
 def test_server_tls_prefer_require_disable(pooler_factory: Any, pg: PgCluster, tls_pg: tuple[PgCluster, Certs]) -> None:
