@@ -59,6 +59,17 @@ def admin(p: Any, sslmode: str = "disable") -> psycopg.Connection[Any]:
     return connect(p, sslmode, user="admin", password="admin", db="pgdoorman")
 
 
+def cancel_a_sleep(c: psycopg.Connection[Any]) -> None:
+    """A long query cancelled from another thread (libpq's cancel request) half a second in; the connection
+    is usable afterwards."""
+    t = threading.Timer(0.5, c.cancel)
+    t.start()
+    with pytest.raises(errors.QueryCanceled):
+        c.execute("select pg_sleep(20)")
+    t.join()
+    assert c.execute("select 4").fetchone() == (4,)
+
+
 def test_allow_mode_serves_tls_and_plain_clients(pooler_factory: Any, certs: Certs) -> None:
     p = pooler_factory(general=tls_general(certs))  # tls_mode unset: behaves as allow
     with connect(p, "require") as tls_c, connect(p, "disable") as plain_c:
@@ -101,12 +112,7 @@ def test_require_mode_refuses_plain_tcp_but_not_unix_or_cancel(pooler_factory: A
         assert not u.pgconn.ssl_in_use and u.execute("select 3").fetchone() == (3,)
     # libpq sends cancel requests in plain text before version 17 (over TLS after): both must get through.
     with connect(p, "require") as c:
-        t = threading.Timer(0.5, c.cancel)
-        t.start()
-        with pytest.raises(errors.QueryCanceled):
-            c.execute("select pg_sleep(20)")
-        t.join()
-        assert c.execute("select 4").fetchone() == (4,)
+        cancel_a_sleep(c)
     with admin(p, "require") as a:
         counts = {k: int(v) for k, v in rows(a, "CONNECTIONS")[0].items()}
         assert counts["errors"] >= 2 and counts["cancel"] >= 1 and counts["tls"] >= 2
@@ -331,12 +337,7 @@ def test_transaction_pooling_over_tls_both_ways(pooler_factory: Any, tls_pg: tup
         assert server_ssl(c)
         # The cancel request goes to the backend in plain text: PostgreSQL handles it before pg_hba, so a
         # hostssl-only server accepts it.
-        t = threading.Timer(0.5, c.cancel)
-        t.start()
-        with pytest.raises(errors.QueryCanceled):
-            c.execute("select pg_sleep(20)")
-        t.join()
-        assert c.execute("select 8").fetchone() == (8,)
+        cancel_a_sleep(c)
 
 
 @pytest.mark.parametrize("general,pool,where", [
