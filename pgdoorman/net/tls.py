@@ -48,10 +48,7 @@ def client_tls(mode: str | None, certificate: str | None, private_key: str | Non
     mode = mode or "allow"
     if mode not in MODES:
         raise TlsSetupError("tls_mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
-    if bool(certificate) != bool(private_key):
-        missing = "tls_private_key" if certificate else "tls_certificate"
-        given = "tls_certificate" if certificate else "tls_private_key"
-        raise TlsSetupError(missing, f"must be set together with {given}")
+    _check_pair("tls_", certificate, private_key)
     if mode in ("require", "verify-full") and not certificate:
         raise TlsSetupError("tls_mode", f"{mode!r} needs tls_certificate and tls_private_key")
     if mode == "verify-full" and not ca_cert:
@@ -63,16 +60,9 @@ def client_tls(mode: str | None, certificate: str | None, private_key: str | Non
     _check_readable(("tls_certificate", certificate), ("tls_private_key", private_key), ("tls_ca_cert", ca_cert))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(certificate, private_key)
-    except (ssl.SSLError, OSError) as e:
-        raise TlsSetupError("tls_certificate", f"cannot load certificate {certificate} with key {private_key}: "
-                                               f"{_reason(e)}") from None
+    _load_chain(ctx, "tls_certificate", certificate, private_key)
     if ca_cert:
-        try:
-            ctx.load_verify_locations(cafile=ca_cert)
-        except (ssl.SSLError, OSError) as e:
-            raise TlsSetupError("tls_ca_cert", f"cannot load CA bundle {ca_cert}: {_reason(e)}") from None
+        _load_ca(ctx, "tls_ca_cert", ca_cert)
     if mode == "verify-full":
         ctx.verify_mode = ssl.CERT_REQUIRED
     # No session tickets (TLS 1.2 or 1.3): PostgreSQL does not offer resumption either, and TLS 1.3 would
@@ -83,6 +73,29 @@ def client_tls(mode: str | None, certificate: str | None, private_key: str | Non
     # it too).
     ctx.options |= ssl.OP_NO_RENEGOTIATION
     return ClientTls(mode, ctx)
+
+
+def _check_pair(prefix: str, certificate: str | None, private_key: str | None) -> None:
+    """`<prefix>certificate` and `<prefix>private_key` come together or not at all."""
+    if bool(certificate) != bool(private_key):
+        missing = "private_key" if certificate else "certificate"
+        given = "certificate" if certificate else "private_key"
+        raise TlsSetupError(prefix + missing, f"must be set together with {prefix}{given}")
+
+
+def _load_chain(ctx: ssl.SSLContext, key: str, certificate: str, private_key: str) -> None:
+    try:
+        ctx.load_cert_chain(certificate, private_key)
+    except (ssl.SSLError, OSError) as e:
+        raise TlsSetupError(key, f"cannot load certificate {certificate} with key {private_key}: "
+                                 f"{_reason(e)}") from None
+
+
+def _load_ca(ctx: ssl.SSLContext, key: str, ca_cert: str) -> None:
+    try:
+        ctx.load_verify_locations(cafile=ca_cert)
+    except (ssl.SSLError, OSError) as e:
+        raise TlsSetupError(key, f"cannot load CA bundle {ca_cert}: {_reason(e)}") from None
 
 
 def _check_readable(*settings: tuple[str, str | None]) -> None:
@@ -142,10 +155,7 @@ def server_tls(mode: str | None, ca_cert: str | None, certificate: str | None, p
     mode = mode or "allow"
     if mode not in SERVER_MODES:
         raise TlsSetupError(prefix + "mode", f"must be one of {', '.join(SERVER_MODES)}, got {mode!r}")
-    if bool(certificate) != bool(private_key):
-        missing = "private_key" if certificate else "certificate"
-        given = "certificate" if certificate else "private_key"
-        raise TlsSetupError(prefix + missing, f"must be set together with {prefix}{given}")
+    _check_pair(prefix, certificate, private_key)
     if mode in ("verify-ca", "verify-full") and not ca_cert:
         raise TlsSetupError(prefix + "ca_cert", f"is required by {prefix}mode {mode!r} (the server certificate is "
                                                 "verified against it)")
@@ -158,17 +168,12 @@ def server_tls(mode: str | None, ca_cert: str | None, certificate: str | None, p
     ctx.check_hostname = mode == "verify-full"
     if mode in ("verify-ca", "verify-full"):
         ctx.verify_mode = ssl.CERT_REQUIRED
-        try:
-            ctx.load_verify_locations(cafile=ca_cert)
-        except (ssl.SSLError, OSError) as e:
-            raise TlsSetupError(prefix + "ca_cert", f"cannot load CA bundle {ca_cert}: {_reason(e)}") from None
+        assert ca_cert is not None
+        _load_ca(ctx, prefix + "ca_cert", ca_cert)
     else:
         ctx.verify_mode = ssl.CERT_NONE  # libpq's require/prefer/allow: encrypted, not authenticated
     if certificate:
-        try:
-            ctx.load_cert_chain(certificate, private_key)
-        except (ssl.SSLError, OSError) as e:
-            raise TlsSetupError(prefix + "certificate", f"cannot load certificate {certificate} with key "
-                                                        f"{private_key}: {_reason(e)}") from None
+        assert private_key is not None
+        _load_chain(ctx, prefix + "certificate", certificate, private_key)
     ctx.options |= ssl.OP_NO_RENEGOTIATION
     return ServerTls(mode, ctx)
