@@ -89,7 +89,13 @@ assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls
 # First bytes of a simple query that the fast path leaves to the general one: DEALLOCATE and LISTEN are
 # answered or refused by the pooler, and either may follow leading blanks.
 _MAYBE_SPECIAL = frozenset(b"dDlL \t\r\n\x0b\x0c")
-_U32_pack = m.U32.pack
+
+
+def _renamed_bind(b: bytes, j: int, k: int, name: bytes) -> bytes:
+    """The Bind message with body `b`, whose statement name lies between the NULs at j and k, naming `name`."""
+    return m.msg(b"B", b[: j + 1] + name + b[k:])
+
+
 # Fake SCRAM salt for unknown users: derived from a per-process key so repeated attempts look stable.
 _FAKE_KEY = os.urandom(32)
 
@@ -384,10 +390,7 @@ class ClientConn(Conn):
         b0 = view[5]
         if b0 in _MAYBE_SPECIAL:
             return False
-        if self.query_start == 0.0:  # _mark_query()
-            self.query_start = self.xact_start or self.loop.now
-            if self.xact_start == 0.0:
-                self.xact_start = self.query_start
+        self._mark_query()
         self.copy_window = True
         self.copy_syncs = 0
         self.expect += 1
@@ -460,8 +463,7 @@ class ClientConn(Conn):
             self.synth_head = m.PARSE_COMPLETE
         prepared.move_to_end(st.name)
         self.fast_bind = (st, sname)
-        nb = b[: j + 1] + st.name + b[k:]
-        out = b"".join((b"B", _U32_pack(len(nb) + 4), nb, view[bend:n]))
+        out = _renamed_bind(b, j, k, st.name) + view[bend:n]
         if st is parsed:
             # PostgreSQL would have planned this Parse afresh: a plan gone stale must not show (see fast_redo).
             self.fast_redo = (b, j, k, out)
@@ -492,12 +494,11 @@ class ClientConn(Conn):
                 self.fast_bind = None
                 b, j, k, sent = redo
                 rest = sent[5 + len(b) - (k - j - 1) + len(fb[0].name) :]  # what followed the Bind we sent
-                nb = b[: j + 1] + fresh.name + b[k:]
                 s.remember(fresh.name)
                 self.rq.append((ps.INJECT, fresh))
                 self.rq.append((ps.QUERY, (fresh, sname)))
                 s.set_ps_mode(True)
-                s.write(fresh.parse_msg + b"B" + _U32_pack(len(nb) + 4) + nb + rest)
+                s.write(fresh.parse_msg + _renamed_bind(b, j, k, fresh.name) + rest)
                 return None
         return held
 
@@ -603,8 +604,7 @@ class ClientConn(Conn):
                 return None  # PostgreSQL answers 26000 itself: the client's name does not exist there
             pre = self._ensure(st)
             rq.append((ps.BIND, (st, b[j + 1 : k])))
-            nb = b[: j + 1] + st.name + b[k:]
-            return pre + b"B" + m.U32.pack(len(nb) + 4) + nb
+            return pre + _renamed_bind(b, j, k, st.name)
         if t == 69:  # Execute
             self.unsynced = True
             self.copy_window = True  # it may start a COPY FROM STDIN

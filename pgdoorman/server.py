@@ -450,7 +450,7 @@ class ServerConn(Conn):
                     self.release_pending = True
                 c.on_ready(st)
             if held is not None:
-                return held + b"Z\x00\x00\x00\x05" + bytes(body)
+                return held + m.msg(b"Z", body)
         elif t == 67:  # CommandComplete
             self.query_count += 1
             if len(body) in _TAG_LENS and body[0] in b"SPDLUR":
@@ -471,12 +471,12 @@ class ServerConn(Conn):
                 if fb is not None:  # in a fast batch: as the general path does for its Bind
                     if c.fast_redo is not None and _is_stale_plan(m.parse_fields(body)):
                         self._ps_error(ps.BIND, fb, body)  # forgets the stale statement, makes a fresh one
-                        c.held_error = b"E" + m.U32.pack(len(body) + 4) + body
+                        c.held_error = m.msg(b"E", body)
                         return b""  # held until ReadyForQuery (see ClientConn.redo_fast_batch)
                     c.on_server_error(body)
                     rep = self._ps_error(ps.BIND, fb, body)
                     if rep is not None:
-                        return b"E" + m.U32.pack(len(rep) + 4) + rep
+                        return m.msg(b"E", rep)
                 else:
                     c.on_server_error(body)
         elif t == 71:  # CopyInResponse

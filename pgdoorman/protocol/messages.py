@@ -39,7 +39,7 @@ class ProtocolViolation(Exception):
 # ---------------------------------------------------------------------------------------------- builders
 
 
-def msg(t: bytes, body: bytes = b"") -> bytes:
+def msg(t: bytes, body: bytes | bytearray | memoryview = b"") -> bytes:
     return t + U32.pack(len(body) + 4) + body
 
 
