@@ -1031,7 +1031,7 @@ class ClientConn(Conn):
         known = self.user == app.config.general.admin_username if self.admin else pool is not None
         if not known:
             kind = "scram"  # an unknown user is read as a SCRAM user: that is the exchange it will get
-        elif pool is not None and (pool.jwt_key is not None or pool.user_cfg.auth_pam_service):
+        elif pool is not None and pool.cleartext_login:
             kind = "plain"  # JWT and PAM users answer with a clear-text password
         else:
             kind = "scram" if auth.is_scram_verifier(stored) else "md5" if auth.is_md5_hash(stored) else "plain"
@@ -1059,7 +1059,7 @@ class ClientConn(Conn):
         password for a JWT user (the token)."""
         stored = self.stored
         pool = self.pool
-        if pool is not None and (pool.jwt_key is not None or pool.user_cfg.auth_pam_service):
+        if pool is not None and pool.cleartext_login:
             self.state = AUTH_CLEARTEXT
             self.write(m.AUTH_CLEARTEXT)
             return
@@ -1104,15 +1104,10 @@ class ClientConn(Conn):
                 self.state = AUTH_WAIT  # the answer comes from a PAM thread; bytes sent meanwhile are kept
                 loop = self.loop
                 pam_auth.authenticate(service, self.user, secret,
-                                      lambda why: loop.call_soon_threadsafe(self._pam_done, why))
+                                      lambda why: loop.call_soon_threadsafe(self._cleartext_checked, "PAM", why))
                 return
             assert pool.jwt_key is not None
-            why = jwt_auth.verify(secret, pool.jwt_key, self.user)
-            if why is not None:
-                log.info("JWT login of %r from %s refused: %s", self.user, self.addr, why)
-                self._auth_failed()
-                return
-            self._authenticated()
+            self._cleartext_checked("JWT", jwt_auth.verify(secret, pool.jwt_key, self.user))
             return
         if st == AUTH_MD5:
             ok = bool(self.stored) and auth.md5_verify(self.user, self.stored, self.md5_salt, body.rstrip(b"\x00"))
@@ -1145,11 +1140,13 @@ class ClientConn(Conn):
         except auth.AuthError:
             self._auth_failed()
 
-    def _pam_done(self, why: str | None) -> None:
+    def _cleartext_checked(self, method: str, why: str | None) -> None:
+        """The verdict on a clear-text password (`why` None: accepted), from JWT at once or from a PAM thread
+        later (the client may have left meanwhile)."""
         if self.closed:
             return
         if why is not None:
-            log.info("PAM login of %r from %s refused: %s", self.user, self.addr, why)
+            log.info("%s login of %r from %s refused: %s", method, self.user, self.addr, why)
             self._auth_failed()
             return
         self._authenticated()

@@ -133,6 +133,8 @@ class Pool:
         self.jwt_key = jwt_auth.load_public_key(pw[len(JWT_PUBKEY_PREFIX):]) if pw.startswith(JWT_PUBKEY_PREFIX) else None
         self.jwt_server_key = (jwt_auth.load_private_key(spw[len(JWT_PRIVKEY_PREFIX):])
                                if spw is not None and spw.startswith(JWT_PRIVKEY_PREFIX) else None)
+        # Clients of this user answer with a clear-text password: a JWT token, or a password PAM checks.
+        self.cleartext_login = self.jwt_key is not None or bool(user_cfg.auth_pam_service)
 
     @property
     def name(self) -> str:
