@@ -197,16 +197,22 @@ class Pool:
 
     def _dispatch(self, pairs: list[tuple[ServerConn, ClientConn]], here: Worker) -> None:
         for s, c in pairs:
-            owner = s.worker
-            if owner is here:
-                if c.worker is here:
-                    c.attach_server(s)
-                else:
-                    s.detach()
-                    here.servers.discard(s)
-                    c.worker.loop.call_soon_threadsafe(c.worker.adopt, s, c)
+            self._hand(s, c, here)
+
+    @staticmethod
+    def _hand(s: ServerConn, c: ClientConn, here: Worker) -> None:
+        """Give server `s` to waiter `c`, from worker `here`: directly when both live here (the common case),
+        else through the loop of the worker that must act."""
+        owner = s.worker
+        if owner is here:
+            if c.worker is here:
+                c.attach_server(s)
             else:
-                owner.loop.call_soon_threadsafe(owner.hand_over, s, c)
+                s.detach()
+                here.servers.discard(s)
+                c.worker.loop.call_soon_threadsafe(c.worker.adopt, s, c)
+        else:
+            owner.loop.call_soon_threadsafe(owner.hand_over, s, c)
 
     def release(self, server: ServerConn, worker: Worker) -> None:
         """A server became free in `worker` (its owner): give it to the oldest waiter or park it idle."""
@@ -224,10 +230,7 @@ class Pool:
                 self.n_idle += 1
                 server.idle_since = worker.loop.now
                 return
-        if c.worker is worker:
-            c.attach_server(server)  # the common case: server and waiter on this worker
-        else:
-            self._dispatch([(server, c)], worker)
+        self._hand(server, c, worker)
 
     def take_idle(self, server: ServerConn, worker: Worker) -> bool:
         """Remove a specific idle server from the worker's shard (it died or is being retired)."""

@@ -81,6 +81,11 @@ class _PollerBase:
         self.dropped.add(fd)
         return fd
 
+    def close(self) -> None:
+        self.handlers.clear()
+        self.events.clear()
+        self.fileobjs.clear()
+
 
 class EpollPoller(_PollerBase):
     def __init__(self) -> None:
@@ -121,9 +126,7 @@ class EpollPoller(_PollerBase):
 
     def close(self) -> None:
         self._ep.close()
-        self.handlers.clear()
-        self.events.clear()
-        self.fileobjs.clear()
+        super().close()
 
 
 class SelectorPoller(_PollerBase):
@@ -154,9 +157,7 @@ class SelectorPoller(_PollerBase):
 
     def close(self) -> None:
         self._sel.close()
-        self.handlers.clear()
-        self.events.clear()
-        self.fileobjs.clear()
+        super().close()
 
 
 def new_poller() -> EpollPoller | SelectorPoller:
