@@ -7,6 +7,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -69,37 +70,38 @@ def test_loop_dispatches_masks(poller: Any) -> None:
         loop.close()
 
 
-@pytest.mark.parametrize("poller", POLLERS, ids=lambda p: p.__name__)
-def test_closed_socket_can_be_unregistered(poller: Any) -> None:
-    p = poller()
+@pytest.fixture(params=POLLERS, ids=lambda p: p.__name__)
+def poller_and_pair(request: pytest.FixtureRequest) -> Iterator[tuple[Any, socket.socket, socket.socket]]:
+    """A poller of each kind and a connected socket pair, all closed afterwards (closing twice is harmless)."""
+    p = request.param()
     a, b = socket.socketpair()
     try:
-        p.register(a, EVENT_READ, object())
-        with pytest.raises(KeyError):
-            p.register(a, EVENT_READ, object())
-        fd = a.fileno()
-        a.close()
-        p.unregister(a)  # fileno() is -1 now: found by identity
-        assert fd not in p.handlers
+        yield p, a, b
     finally:
+        a.close()
         b.close()
         p.close()
 
 
-@pytest.mark.parametrize("poller", POLLERS, ids=lambda p: p.__name__)
-def test_hang_up_wakes_a_reader(poller: Any) -> None:
-    p = poller()
-    a, b = socket.socketpair()
-    try:
+def test_closed_socket_can_be_unregistered(poller_and_pair: Any) -> None:
+    p, a, _ = poller_and_pair
+    p.register(a, EVENT_READ, object())
+    with pytest.raises(KeyError):
         p.register(a, EVENT_READ, object())
-        b.close()
-        events = p.poll(1.0)
-        assert [fd for fd, _ in events] == [a.fileno()]
-        fd, native = events[0]
-        assert (1 if native == 1 else p.to_mask(fd, native)) == EVENT_READ
-    finally:
-        a.close()
-        p.close()
+    fd = a.fileno()
+    a.close()
+    p.unregister(a)  # fileno() is -1 now: found by identity
+    assert fd not in p.handlers
+
+
+def test_hang_up_wakes_a_reader(poller_and_pair: Any) -> None:
+    p, a, b = poller_and_pair
+    p.register(a, EVENT_READ, object())
+    b.close()
+    events = p.poll(1.0)
+    assert [fd for fd, _ in events] == [a.fileno()]
+    fd, native = events[0]
+    assert (1 if native == 1 else p.to_mask(fd, native)) == EVENT_READ
 
 
 class Closer:
