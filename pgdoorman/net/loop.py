@@ -164,20 +164,43 @@ def new_poller() -> EpollPoller | SelectorPoller:
     return EpollPoller() if hasattr(select, "epoll") else SelectorPoller()
 
 
-class Timer:
-    __slots__ = ("when", "fn", "args", "cancelled")
+def _cancelled_fn(*args: Any) -> None:
+    """What a cancelled (or fired) Timer points at instead of its callback."""
 
-    def __init__(self, when: float, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+
+class Timer:
+    """One call_later/call_at entry. `cancel()` drops the callback and its arguments at once, so whatever
+    they reference (a closed connection, typically) is freed now, not when the deadline would have come;
+    the loop then removes the empty shell from its heap (at the head as it goes, all at once when cancelled
+    entries are the majority, see Loop._compact). A timer that fired lets go of its callback the same way.
+    Cancelling is for the loop's own thread; cancelling twice, or after it fired, does nothing."""
+
+    __slots__ = ("when", "fn", "args", "cancelled", "loop")
+
+    def __init__(self, when: float, fn: Callable[..., Any], args: tuple[Any, ...], loop: Loop | None = None) -> None:
         self.when = when
         self.fn = fn
         self.args = args
         self.cancelled = False
+        self.loop = loop  # set while the timer is in that loop's heap
 
     def cancel(self) -> None:
+        if self.cancelled:
+            return
         self.cancelled = True
+        self.fn = _cancelled_fn
+        self.args = ()
+        loop = self.loop
+        if loop is not None:
+            loop.n_cancelled += 1
 
     def __lt__(self, other: Timer) -> bool:
         return self.when < other.when
+
+
+# The heap is rebuilt without its cancelled entries once they are more than this many and more than half
+# of it: amortised O(1) per cancel, and the heap never holds more than about twice its live timers.
+COMPACT_MIN = 256
 
 
 class Loop:
@@ -185,6 +208,7 @@ class Loop:
         self.name = name
         self.sel = new_poller()
         self.timers: list[Timer] = []
+        self.n_cancelled = 0  # cancelled timers still in self.timers
         self.calls: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self.rbuf = bytearray(RECV_BUFFER_SIZE)
         self.rview = memoryview(self.rbuf)
@@ -220,14 +244,25 @@ class Loop:
         self.calls.append((fn, args))
 
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Timer:
-        t = Timer(time.monotonic() + delay, fn, args)
+        t = Timer(time.monotonic() + delay, fn, args, self)
         heapq.heappush(self.timers, t)
         return t
 
     def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> Timer:
-        t = Timer(when, fn, args)
+        t = Timer(when, fn, args, self)
         heapq.heappush(self.timers, t)
         return t
+
+    def _compact(self) -> None:
+        """Rebuild the heap without its cancelled entries (in place: run() holds the list)."""
+        timers = self.timers
+        live = [t for t in timers if not t.cancelled]
+        for t in timers:
+            if t.cancelled:
+                t.loop = None
+        timers[:] = live
+        heapq.heapify(timers)
+        self.n_cancelled = 0
 
     def stop(self) -> None:
         self.running = False
@@ -287,15 +322,29 @@ class Loop:
                 now = monotonic()
                 while timers and timers[0].when <= now:
                     t = heapq.heappop(timers)
+                    t.loop = None
                     if t.cancelled:
+                        self.n_cancelled -= 1
                         continue
+                    fn = t.fn
+                    args = t.args
+                    # Let go of the callback before running it: a fired timer kept by its owner (a
+                    # connection's login timer, say) must not keep the owner alive through a cycle.
+                    t.fn = _cancelled_fn
+                    t.args = ()
                     try:
-                        t.fn(*t.args)
+                        fn(*args)
                     except Exception:
-                        log.exception("unhandled error in %s timer %r", self.name, t.fn)
+                        log.exception("unhandled error in %s timer %r", self.name, fn)
+                    del fn, args
                 # Drop cancelled timers that pile up at the head (waiter timers cancelled on handoff).
                 while timers and timers[0].cancelled:
-                    heapq.heappop(timers)
+                    heapq.heappop(timers).loop = None
+                    self.n_cancelled -= 1
+                # ... and the ones behind live timers when they are the bulk of the heap (a login timer
+                # per refused connection, cancelled long before its deadline).
+                if self.n_cancelled > COMPACT_MIN and 2 * self.n_cancelled > len(timers):
+                    self._compact()
 
     def close(self) -> None:
         try:
