@@ -1,5 +1,5 @@
 """Command line: `pg_doorman [CONFIG]` runs the pooler (`-d` as a daemon), `-t` tests a config, `generate`
-writes one.
+writes one, `import-pgbouncer` translates a PgBouncer configuration.
 
 Options and environment variables follow PgDoorman (CONFIG_FILE, LOG_LEVEL, LOG_FORMAT, DAEMON).
 """
@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         from pgdoorman.generate import main as generate_main
 
         return generate_main(argv[1:])
+    if argv and argv[0] == "import-pgbouncer":
+        from pgdoorman.import_pgbouncer import main as import_main
+
+        return import_main(argv[1:])
     args = build_parser().parse_args(argv)
 
     from pgdoorman import logs
