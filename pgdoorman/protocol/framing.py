@@ -149,6 +149,7 @@ class Scanner:
 
         table = self.table
         max_len = self.max_len
+        small_max = SMALL_LIMIT if SMALL_LIMIT <= max_len else max_len
         end = n
         while pos < n:
             if n - pos < 5:
@@ -159,7 +160,7 @@ class Scanner:
             (ln,) = _unpack(data, pos + 1)
             mode = table[t]
             if mode > 2 or ln < 4 or ln > max_len:
-                mode = FULL if mode == SMALL and 4 <= ln <= SMALL_LIMIT else self._check(t, ln)
+                mode = FULL if mode == SMALL and 4 <= ln <= small_max else self._check(t, ln)
             nxt = pos + 1 + ln
             if mode == FULL:
                 if nxt > n:

@@ -2,7 +2,9 @@
 must look inside (startup packets, ErrorResponse, ParameterStatus, CommandComplete, BackendKeyData).
 
 Nothing here touches sockets or time. Builders return `bytes`; parsers take a buffer and offsets so the
-hot path never slices a copy it does not need.
+hot path never slices a copy it does not need. On any input the parsers either return or raise
+ProtocolViolation, nothing else (tests/unit/test_protocol_fuzz.py); parse_fields never raises.
+Frontend message bodies after login are parsed by pgdoorman.protocol.frontend.
 """
 
 from __future__ import annotations
@@ -218,6 +220,8 @@ def parse_parameter_status(body: bytes | bytearray | memoryview) -> tuple[str, s
 
 def read_cstr(buf: bytes | bytearray | memoryview, pos: int) -> tuple[bytes, int]:
     """Return (string without NUL, position after NUL)."""
+    if pos < 0:
+        raise ProtocolViolation("missing string terminator")
     b = buf if isinstance(buf, (bytes, bytearray)) else bytes(buf)
     j = b.find(b"\x00", pos)
     if j < 0:
@@ -227,10 +231,13 @@ def read_cstr(buf: bytes | bytearray | memoryview, pos: int) -> tuple[bytes, int
 
 def pop_message(buf: bytearray) -> tuple[int, bytes] | None:
     """Take the first complete message (type, body) off the front of `buf`, or None if it is not all there
-    yet (the slow paths: login and housekeeping replies, which are small)."""
+    yet (the slow paths: login and housekeeping replies, which are small). A length word below 4 or above
+    MAX_MESSAGE_LEN raises ProtocolViolation (the stream cannot be followed past it)."""
     if len(buf) < 5:
         return None
     (ln,) = U32.unpack_from(buf, 1)
+    if ln < 4 or ln > MAX_MESSAGE_LEN:
+        raise ProtocolViolation(f"invalid message length {ln}")
     if len(buf) < ln + 1:
         return None
     t = buf[0]
