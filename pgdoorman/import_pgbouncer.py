@@ -15,6 +15,7 @@ Docs: docs/migrating-from-pgbouncer.md (the translation table).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import secrets
@@ -271,6 +272,14 @@ def _duration(ms: int) -> str:
     if ms % 1000 == 0:
         return f"{ms // 1000}s"
     return f"{ms}ms"
+
+
+def _is_mask(word: str) -> bool:
+    try:
+        ipaddress.ip_network(f"0.0.0.0/{word}" if "." in word else f"::/{word}")
+    except ValueError:
+        return False
+    return "." in word or ":" in word
 
 
 def _is_hashed(secret: str) -> bool:
@@ -731,10 +740,13 @@ class Translator:
             mi = 3 if words[0] == "local" else 4
             if len(words) <= mi:
                 raise ImportFailed(f"{path}:{n}: too few fields in {line!r}")
-            if len(words) > mi + 1 and "/" not in words[3] and words[0] != "local" and len(words) > mi + 1:
-                # host db user address mask method: PostgreSQL's two-field address form
-                if re.fullmatch(r"[0-9.]+", words[4]) and len(words) > 5:
-                    mi = 5
+            if words[0] != "local" and "/" not in words[3] and len(words) > 5 and _is_mask(words[4]):
+                # PostgreSQL's address + netmask form: written as CIDR.
+                prefix = ipaddress.ip_network(f"0.0.0.0/{words[4]}" if "." in words[4] else f"::/{words[4]}").prefixlen
+                words = [*words[:3], f"{words[3]}/{prefix}", *words[5:]]
+            if words[0] != "local" and words[3] in ("samehost", "samenet"):
+                notes.append(f"{tag} {line!r}: not translated: {words[3]} is not supported; write the network out")
+                continue
             method = words[mi]
             if any("@" in w for w in words[1:3]):
                 notes.append(f"{tag} {line!r}: not translated: @file lists are not supported; write the names out")
@@ -911,7 +923,9 @@ class Translator:
                         "hash); pgdoorman wants it in plain text here: fill it in"]))
                 adb = p.get("auth_dbname") or (auth_db_s.value.strip() if auth_db_s is not None else "")
                 if adb:
-                    pool.auth_query.append(Line("database", adb, ["auth_dbname: translated"]))
+                    adb_src = (f"{src}: auth_dbname={adb}" if "auth_dbname" in p else
+                               _src(auth_db_s) if auth_db_s is not None else "auth_dbname")
+                    pool.auth_query.append(Line("database", adb, [f"{adb_src}: translated"]))
                 pool.auth_query.append(Line("pool_size", int(p.get("pool_size") or default_size or 1), [
                     "the pool size of looked-up users, like the pool's"]))
                 pool.user_notes.append(
@@ -997,6 +1011,8 @@ class Translator:
             if self.userlist is not None and name not in seen_users:
                 self.trailing.append(f"{s.where} [users] {name}: not translated: the user is not in the userlist")
         if not dbs:
+            for u in self.userlist or []:
+                self.trailing.append(f"{u.where} user {u.name}: not translated: there are no pools to list it in")
             self.header.append("the source has no [databases] entries: the output has no pools (only the admin "
                                "console can be reached); add them under `pools:`")
         for key in ("reserve_pool_size", "reserve_pool_timeout", "max_db_connections", "server_reset_query",
