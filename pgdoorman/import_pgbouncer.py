@@ -725,7 +725,9 @@ class Translator:
         except OSError as e:
             raise ImportFailed(f"{s.file}:{s.line}: auth_hba_file {s.value.strip()}: {e}") from None
         kept: list[str] = []
-        notes = [f"{where} with {_src(s)}: translated rule by rule into pg_hba (inline)"]
+        notes = [f"{where} with {_src(s)}: translated rule by rule into pg_hba (inline); each md5 rule becomes a "
+                 "scram-sha-256 + md5 pair, as PgBouncer's md5 runs SCRAM for SCRAM secrets and pgdoorman reads "
+                 "the rules per password method (docs/pg_hba.md)"]
         methods = {"trust": "trust", "reject": "reject", "md5": "md5", "scram-sha-256": "scram-sha-256",
                    "password": "md5"}
         for n, raw in enumerate(text.splitlines(), 1):
@@ -760,6 +762,10 @@ class Translator:
                 notes.append(f"{tag}: options {' '.join(rest)} dropped")
             if method == "password":
                 notes.append(f"{tag}: approximated: method password becomes md5")
+            if methods[method] == "md5":
+                # PgBouncer's md5 runs SCRAM for users whose secret is a SCRAM verifier; pgdoorman reads the
+                # rules per password method (docs/pg_hba.md), so the pair keeps both kinds of user in here.
+                kept.append(" ".join(words[:mi] + ["scram-sha-256"]))
             kept.append(" ".join(words[:mi] + [methods[method]]))
         if not kept:
             kept.append("host all all 0.0.0.0/0 reject")

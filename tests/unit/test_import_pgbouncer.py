@@ -168,8 +168,10 @@ def test_hba_file(work: Path) -> None:
     assert_every_line_accounted(text, "hba.ini", "userlist.txt")
     rules = [ln for ln in text.split("pg_hba: |\n", 1)[1].split("\n\n", 1)[0].splitlines()]
     assert [r.split() for r in rules] == [
+        ["host", "all", "pgb_admin", "127.0.0.1/32", "scram-sha-256"],
         ["host", "all", "pgb_admin", "127.0.0.1/32", "md5"],
         ["host", "app", "all", "10.0.0.0/8", "scram-sha-256"],
+        ["hostnossl", "all", "reporting", "192.168.0.0/16", "scram-sha-256"],
         ["hostnossl", "all", "reporting", "192.168.0.0/16", "md5"],
         ["host", "all", "all", "0.0.0.0/0", "reject"],
     ]
