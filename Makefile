@@ -7,7 +7,7 @@ VPY    := $(VENV)/bin/python
 FT_PY  := .venv-ft/bin/python
 STAMP  := $(VENV)/.pgdoorman-installed
 
-.PHONY: help venv deps drivers run test test-ft lint bench bench-tls ft-python clean distclean
+.PHONY: help venv deps drivers run test test-ft lint bench bench-tls soak abuse-bench ft-python deb test-deb test-pipx man clean distclean
 
 help:
 	@echo "make run        throwaway PostgreSQL + pgdoorman on 127.0.0.1:6432 in the foreground"
@@ -15,7 +15,12 @@ help:
 	@echo "make lint       ruff + mypy only"
 	@echo "make bench      scripts/bench.py (pgdoorman vs pgbouncer)"
 	@echo "make bench-tls  the same with clients over TLS (docs/benchmarks-tls.md)"
+	@echo "make soak       scripts/soak.py: 30 min of mixed traffic, RSS/fds/servers every minute (ARGS=--duration S)"
+	@echo "make abuse-bench scripts/abuse_bench.py: RSS and canary latency under refused/half-open/stalled clients"
 	@echo "make ft-python  build/reuse free-threaded CPython 3.13t and .venv-ft"
+	@echo "make deb        build/pg-doorman_<version>_all.deb with dpkg-deb, checked by lintian"
+	@echo "make test-deb   make deb, install it with apt/dpkg here and test it (CI; root only)"
+	@echo "make test-pipx  pipx install from a clean copy of the checkout and run both commands"
 	@echo "make clean      stop the demo cluster, remove .run/ and caches (distclean: also the venvs)"
 
 # The stamp makes `make venv` a no-op until pyproject.toml changes.
@@ -28,7 +33,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 deps:
-	scripts/ensure_deps.sh postgres promtool
+	scripts/ensure_deps.sh postgres promtool pgbouncer
 
 # Toolchains and client libraries of tests/drivers/ (Node packages, Go, a JDK, Ruby, PHP, Rust crates).
 drivers: venv
@@ -50,6 +55,8 @@ test: deps venv drivers
 	step mypy $(VPY) -m mypy; \
 	step pytest $(VPY) -m pytest; \
 	step free-threaded $(MAKE) --no-print-directory test-ft; \
+	step deb $(MAKE) --no-print-directory test-deb; \
+	step pipx $(MAKE) --no-print-directory test-pipx; \
 	if [ -n "$$failed" ]; then echo "=== FAILED:$$failed"; exit 1; fi; \
 	echo "=== all checks passed"
 
@@ -58,6 +65,30 @@ test-ft: deps ft-python
 
 ft-python:
 	scripts/build_python_ft.sh
+
+# Long-running checks of docs/robustness.md; not part of `make test`.
+soak: deps venv
+	$(VPY) scripts/soak.py $(ARGS)
+
+abuse-bench: deps venv
+	$(VPY) scripts/abuse_bench.py $(ARGS)
+
+# The Debian package (docs/install.md): dpkg-deb from this checkout, man pages from the code, lintian.
+deb: venv
+	scripts/ensure_deps.sh deb
+	PYTHON=$(VPY) scripts/build_deb.sh
+
+man: venv
+	$(VPY) scripts/gen_man.py -o build/man
+
+# Installs the .deb on this machine (apt-get install ./build/...deb) and tests it; purged afterwards.
+test-deb: deps deb
+	PGDOORMAN_TEST_DEB=1 $(VPY) -m pytest -q tests/integration/test_deb_package.py
+
+# `pipx install` (Debian's pipx) from a clean copy of the committed tree, into a throwaway PIPX_HOME.
+test-pipx:
+	scripts/ensure_deps.sh pipx
+	scripts/test_pipx.sh
 
 bench: venv
 	scripts/ensure_deps.sh postgres pgbouncer
@@ -69,7 +100,7 @@ bench-tls: venv
 
 clean:
 	-test -d .run/pg && $(PYTHON) scripts/pgcluster.py stop .run/pg
-	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache build
 	find . -name __pycache__ -type d -not -path './.venv*' -prune -exec rm -rf {} +
 
 distclean: clean

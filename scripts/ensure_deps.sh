@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests, `make run`, the benchmark and the free-threaded build need.
 # Idempotent and quiet when everything is present; runs `apt-get update` at most once per call.
-# Usage: scripts/ensure_deps.sh [postgres|pgbouncer|promtool|ftbuild|all]...   (default: postgres)
+# Usage: scripts/ensure_deps.sh [postgres|pgbouncer|promtool|ftbuild|deb|pipx|all]...   (default: postgres)
 set -euo pipefail
 
 want=()
@@ -16,8 +16,13 @@ for group in "${@:-postgres}"; do
         # binding), and the other stdlib modules the test tools import.
         ftbuild) want+=(build-essential dpkg-dev pkg-config libssl-dev zlib1g-dev libffi-dev libbz2-dev
                         liblzma-dev libsqlite3-dev libreadline-dev libncurses-dev uuid-dev libpq5) ;;
-        all) exec "$0" postgres pgbouncer promtool ftbuild ;;
-        *) echo "ensure_deps.sh: unknown group '$group' (postgres|pgbouncer|promtool|ftbuild|all)" >&2; exit 2 ;;
+        # make deb / test-deb: dpkg-deb (dpkg), lintian, man -l (man-db, groff), logrotate and
+        # (systemd-analyze verify too, when systemd is there) for the package test, python3-yaml for the installed package.
+        deb) want+=(dpkg lintian man-db groff-base logrotate python3-yaml adduser) ;;
+        # make test-pipx: Debian's pipx (and the venv module it needs).
+        pipx) want+=(pipx python3-venv) ;;
+        all) exec "$0" postgres pgbouncer promtool ftbuild deb pipx ;;
+        *) echo "ensure_deps.sh: unknown group '$group' (postgres|pgbouncer|promtool|ftbuild|deb|pipx|all)" >&2; exit 2 ;;
     esac
 done
 
