@@ -32,6 +32,7 @@ from tests.support.cluster import (  # noqa: E402
     SCRAM_PASSWORD,
     SCRAM_USER,
     PgCluster,
+    deep_merge,
     pooler_config,
     throwaway_cluster,
 )
@@ -39,7 +40,7 @@ from tests.support.pooler import Pooler, free_port  # noqa: E402
 
 __all__ = [
     "ADMIN_PASSWORD", "ADMIN_USER", "DBNAME", "MD5_PASSWORD", "MD5_USER", "ROOT", "SCRAM_PASSWORD", "SCRAM_USER",
-    "Canary", "PgCluster", "PoolerProcess", "admin_rows", "percentiles", "pooler_config", "proc_stats",
+    "Canary", "PgCluster", "PoolerProcess", "admin_rows", "deep_merge", "percentiles", "pooler_config", "proc_stats",
     "raise_nofile", "stack", "throwaway_cluster", "wire",
 ]
 
