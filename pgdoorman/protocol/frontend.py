@@ -151,8 +151,8 @@ def _end(pos: int, n: int) -> None:
         raise InvalidMessage(INVALID_FORMAT)
 
 
-def _skip_values(v: memoryview, pos: int, n: int, count: int, what: str) -> int:
-    """Walk `count` (int32 length, bytes) values, -1 meaning NULL; the position after them."""
+def _skip_args(v: memoryview, pos: int, n: int, count: int) -> int:
+    """Walk `count` FunctionCall arguments ((int32 length, bytes), -1 meaning NULL); the position after them."""
     for _ in range(count):
         if pos + 4 > n:
             raise InvalidMessage(INSUFFICIENT)
@@ -161,7 +161,7 @@ def _skip_values(v: memoryview, pos: int, n: int, count: int, what: str) -> int:
         if ln == -1:
             continue
         if ln < 0:
-            raise InvalidMessage(INSUFFICIENT if what == "bind" else f"invalid argument size {ln} in function call message")
+            raise InvalidMessage(f"invalid argument size {ln} in function call message")
         if ln > n - pos:
             raise InvalidMessage(INSUFFICIENT)
         pos += ln
@@ -169,7 +169,7 @@ def _skip_values(v: memoryview, pos: int, n: int, count: int, what: str) -> int:
 
 
 def _values(v: memoryview, pos: int, count: int) -> tuple[memoryview | None, ...]:
-    """The values _skip_values already checked."""
+    """The values _bind_layout or _skip_args already checked."""
     out: list[memoryview | None] = []
     for _ in range(count):
         ln = _I32(v, pos)[0]
@@ -218,27 +218,47 @@ def parse_parse(body: Buffer) -> tuple[bytes, memoryview, tuple[int, ...]]:
 
 
 def _bind_layout(v: memoryview) -> tuple[int, int, int, int, int, int]:
-    """(j, k, formats count, values count, values start, result formats count) of a checked Bind."""
+    """(j, k, formats count, values count, values start, result formats count) of a checked Bind.
+    Written out (no helper calls) because the relay checks every Bind it forwards."""
     n = len(v)
-    j = _cstr_end(v, 0, n)
-    k = _cstr_end(v, j + 1, n)
-    pos = k + 1
-    nformats = _u16(v, pos, n)
-    pos += 2
-    if pos + 2 * nformats > n:
+    mt = _search_nul(v, 0, n)
+    if mt is None:
+        raise InvalidMessage(INVALID_STRING)
+    j = mt.start()
+    mt = _search_nul(v, j + 1, n)
+    if mt is None:
+        raise InvalidMessage(INVALID_STRING)
+    k = mt.start()
+    pos = k + 3
+    if pos > n:
         raise InvalidMessage(INSUFFICIENT)
+    nformats = _U16(v, k + 1)[0]
     pos += 2 * nformats
-    nparams = _u16(v, pos, n)
+    if pos + 2 > n:
+        raise InvalidMessage(INSUFFICIENT)
+    nparams = _U16(v, pos)[0]
     pos += 2
     if nformats > 1 and nformats != nparams:
         raise InvalidMessage(f"bind message has {nformats} parameter formats but {nparams} parameters")
     values = pos
-    pos = _skip_values(v, pos, n, nparams, "bind")
-    nresults = _u16(v, pos, n)
-    pos += 2
-    if pos + 2 * nresults > n:
+    for _ in range(nparams):
+        if pos + 4 > n:
+            raise InvalidMessage(INSUFFICIENT)
+        ln = _I32(v, pos)[0]
+        pos += 4
+        if ln == -1:
+            continue
+        if ln < 0 or ln > n - pos:
+            raise InvalidMessage(INSUFFICIENT)
+        pos += ln
+    if pos + 2 > n:
         raise InvalidMessage(INSUFFICIENT)
-    _end(pos + 2 * nresults, n)
+    nresults = _U16(v, pos)[0]
+    pos += 2 + 2 * nresults
+    if pos > n:
+        raise InvalidMessage(INSUFFICIENT)
+    if pos != n:
+        raise InvalidMessage(INVALID_FORMAT)
     return j, k, nformats, nparams, values, nresults
 
 
@@ -306,7 +326,7 @@ def _function_call_layout(v: memoryview) -> tuple[int, int, int, int]:
     if nformats > 1 and nformats != nargs:
         raise InvalidMessage(f"function call message contains {nformats} argument formats but {nargs} arguments")
     start = pos
-    pos = _skip_values(v, pos, n, nargs, "function call")
+    pos = _skip_args(v, pos, n, nargs)
     if pos + 2 > n:
         raise InvalidMessage(INSUFFICIENT)
     rformat = int(_I16(v, pos)[0])
