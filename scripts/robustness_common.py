@@ -260,9 +260,17 @@ class Canary:
 @contextlib.contextmanager
 def stack(config_for: Any, src: Path, workdir_prefix: str, settings: dict[str, str] | None = None,
           level: str = "info") -> Iterator[tuple[PgCluster, PoolerProcess]]:
-    """A throwaway cluster and a pooler configured by `config_for(cluster)`, both stopped afterwards."""
+    """A throwaway cluster and a pooler configured by `config_for(cluster)`, both stopped and removed
+    afterwards (kept with PGDOORMAN_KEEP_PG=1), also on SIGTERM."""
+    import shutil
     import tempfile
 
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # SIGTERM (and SIGINT, which a shell ignores in background jobs) end the run through the cleanup below.
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     with throwaway_cluster(prefix=workdir_prefix + "pg-", settings=settings) as pg:
         workdir = tempfile.mkdtemp(prefix=workdir_prefix + "pooler-")
         pooler = PoolerProcess(config_for(pg), workdir, src=src, level=level)
@@ -271,3 +279,7 @@ def stack(config_for: Any, src: Path, workdir_prefix: str, settings: dict[str, s
             yield pg, pooler
         finally:
             pooler.stop()
+            if os.environ.get("PGDOORMAN_KEEP_PG"):
+                print(f"kept the pooler's config and log in {workdir}", flush=True)
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
