@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pgdoorman import __version__, hba, systemd, upgrade
-from pgdoorman.cancel import CancelRegistry
+from pgdoorman.cancel import CancelRegistry, fake_pid
 from pgdoorman.config import Config, ConfigError, load_config
 from pgdoorman.net.sockopts import TcpOptions, tcp_listener, unix_listener
 from pgdoorman.net.tls import client_tls
@@ -452,7 +452,7 @@ class App:
 def serve(config: Config, daemon: Daemon | None = None, inherited: upgrade.Inherited | None = None) -> int:
     app = App(config)
     if inherited is not None and inherited.cancel_pid_base is not None:
-        app.cancels.next_pid = inherited.cancel_pid_base
+        app.cancels.next_pid = fake_pid(inherited.cancel_pid_base)
     try:
         app.bind(inherited)
     except OSError as e:

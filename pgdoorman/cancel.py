@@ -1,6 +1,11 @@
-"""Cancel keys: the BackendKeyData the pooler gives each client, and the routing of a CancelRequest to the
-server that client holds at that moment. A server that was sent a cancel is closed instead of reused, so a
-cancel that reaches PostgreSQL late can never hit another client's query.
+"""Cancel keys: the BackendKeyData each client gets, and the routing of a CancelRequest to that client.
+
+A transaction-mode client gets a key made here; its PID lies above any Linux process ID (`FAKE_PID_MIN`), so it
+can never equal the PID of a real backend. A session-mode client may get the real key of the server it holds
+for its whole session (`register_key`). Either way a CancelRequest is handed to the client's own worker loop
+(`ClientConn.cancel_requested`), which cancels what that client is doing at that moment: a request still
+waiting for a server is answered there with 57014; a running one is cancelled on its server, and that server
+is closed instead of reused, so a cancel that reaches PostgreSQL late can never hit another client's query.
 """
 
 from __future__ import annotations
@@ -18,25 +23,48 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgdoorman.cancel")
 
+# Linux PIDs stay below 2^22 (the largest pid_max): pooler-made keys live above it.
+FAKE_PID_MIN = 1 << 22
+_FAKE_PID_MAX = 0x7FFFFFF0
+
+
+def fake_pid(n: int) -> int:
+    """`n` folded into the range of pooler-made PIDs."""
+    return FAKE_PID_MIN + (n - FAKE_PID_MIN) % (_FAKE_PID_MAX - FAKE_PID_MIN)
+
 
 class CancelRegistry:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.by_pid: dict[int, tuple[int, ClientConn]] = {}
-        self.next_pid = int.from_bytes(os.urandom(2), "big") + 1000
+        self.next_pid = fake_pid(FAKE_PID_MIN + int.from_bytes(os.urandom(3), "big"))
         self.requests = 0
 
     def register(self, client: ClientConn) -> tuple[int, int]:
+        """A new pooler-made key for `client`."""
         secret = int.from_bytes(os.urandom(4), "big", signed=True)
         with self.lock:
             pid = self.next_pid
-            self.next_pid = pid + 1 if pid < 0x7FFFFFF0 else 1000
+            while pid in self.by_pid:
+                pid = fake_pid(pid + 1)
+            self.next_pid = fake_pid(pid + 1)
             self.by_pid[pid] = (secret, client)
         return pid, secret
 
-    def unregister(self, pid: int) -> None:
+    def register_key(self, client: ClientConn, pid: int, secret: int) -> bool:
+        """Route cancel requests carrying a real server's key to `client`; False when another client of ours
+        already has that PID (a server of another PostgreSQL with the same PID)."""
         with self.lock:
-            self.by_pid.pop(pid, None)
+            if pid in self.by_pid:
+                return False
+            self.by_pid[pid] = (secret, client)
+            return True
+
+    def unregister(self, pid: int, client: ClientConn | None = None) -> None:
+        with self.lock:
+            entry = self.by_pid.get(pid)
+            if entry is not None and (client is None or entry[1] is client):
+                del self.by_pid[pid]
 
     def cancel(self, pid: int, secret: int) -> None:
         with self.lock:
@@ -46,15 +74,13 @@ class CancelRegistry:
             log.info("cancel request for unknown key (pid %d) ignored", pid)
             return
         client = entry[1]
-        server = client.server
-        if server is None or server.closed or not server.pid:
-            log.debug("cancel request for %r: no query running", client)
-            return
-        server.cancelled = True
-        target = server.addr
-        spid, ssecret = server.pid, server.secret
-        # Connecting to PostgreSQL can block: do it off the worker loop.
-        threading.Thread(target=_send_cancel, args=(target, spid, ssecret), daemon=True).start()
+        # Whatever the client is doing is decided on its own loop, where its state is consistent.
+        client.worker.loop.call_soon_threadsafe(client.cancel_requested)
+
+
+def send_cancel(target: str, pid: int, secret: int) -> None:
+    """Send a CancelRequest to a server, off the worker loop (connecting to PostgreSQL can block)."""
+    threading.Thread(target=_send_cancel, args=(target, pid, secret), daemon=True).start()
 
 
 def _send_cancel(target: str, pid: int, secret: int) -> None:

@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 from pgdoorman import hba, jwt_auth, pam_auth
 from pgdoorman import prepared as ps
+from pgdoorman.cancel import send_cancel
+from pgdoorman.leaks import TAIL, lowered_may_leave_state
 from pgdoorman.net.conn import AGAIN, HIGH_WATER, Conn
 from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN, ssl_reason
-from pgdoorman.pool import TRACKED_PARAMS
+from pgdoorman.params import READ_ONLY, TRACKED_PARAMS, OptionsError, known_spelling, startup_settings
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import FULL, INVALID, NOTIFY, PASS, SMALL, SMALL_LIMIT, Scanner
@@ -73,22 +75,28 @@ LISTEN_REFUSAL = (
 )
 _DEALLOCATE = re.compile(rb"^\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)\s*;?\s*$", re.I)
 
-# Startup parameters that are not settings to replay on a server.
-NOT_SETTINGS = frozenset({"user", "database", "replication", "options"})
-_LOWER_TRACKED = {k.lower(): k for k in TRACKED_PARAMS}
-# Settings PostgreSQL reports but no client may set.
-READ_ONLY = frozenset({
-    "server_version", "server_encoding", "is_superuser", "session_authorization", "integer_datetimes",
-    "in_hot_standby", "server_version_num", "lc_collate", "lc_ctype", "transaction_isolation",
-    "default_transaction_read_only", "scram_iterations",
-})
-
 _SALT = struct.Struct("!I")
 _unpack = m.U32.unpack_from
 assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls
 # First bytes of a simple query that the fast path leaves to the general one: DEALLOCATE and LISTEN are
 # answered or refused by the pooler, and either may follow leading blanks.
 _MAYBE_SPECIAL = frozenset(b"dDlL \t\r\n\x0b\x0c")
+
+
+def _first_request_end(buf: bytearray) -> int | None:
+    """The length of the first request in `buf` (whole messages through the first Query, Sync or
+    FunctionCall: what one ReadyForQuery answers), or None if it is not all there."""
+    pos = 0
+    n = len(buf)
+    while pos + 5 <= n:
+        t = buf[pos]
+        end = pos + 1 + _unpack(buf, pos + 1)[0]
+        if end > n:
+            return None
+        if t == 81 or t == 83 or t == 70:
+            return int(end)
+        pos = end
+    return None
 
 
 def _renamed_bind(b: bytes, j: int, k: int, name: bytes) -> bytes:
@@ -102,13 +110,13 @@ _FAKE_KEY = os.urandom(32)
 
 class ClientConn(Conn):
     __slots__ = (
-        "worker", "app", "state", "inbuf", "pool", "server", "user", "database", "startup", "want",
+        "worker", "app", "state", "inbuf", "pool", "server", "user", "database", "startup", "settings", "want",
         "want_key", "expect", "unsynced", "transaction_mode", "waiting", "wait_start", "pending",
         "scanner", "terminating", "pid", "secret", "md5_salt", "scram", "stored", "addr", "connect_time",
         "query_count", "xact_count", "error_count", "login_timer", "admin", "application_name", "is_unix",
         "last_status", "xact_start", "query_start", "ps", "named", "unnamed", "rq", "raw",
         "planner_sig", "last_parse", "named_parse", "copy_window", "copy_syncs", "in_copy_in",
-        "synth_head", "fast_bind", "fast_redo", "held_error", "tls", "handshaking",
+        "synth_head", "fast_bind", "fast_redo", "held_error", "tls", "handshaking", "leaves", "scan_tail",
     )
 
     def __init__(self, sock: socket.socket, worker: Worker, addr: str, is_unix: bool = False) -> None:
@@ -124,6 +132,7 @@ class ClientConn(Conn):
         self.user = ""
         self.database = ""
         self.startup: dict[str, str] = {}
+        self.settings: dict[str, str] = {}  # the settings the startup packet asks for (params.startup_settings)
         self.want: dict[str, str] = {}
         self.want_key: tuple[tuple[str, str], ...] = ()
         self.expect = 0
@@ -171,16 +180,21 @@ class ClientConn(Conn):
         self.held_error: bytes | None = None
         self.tls = False  # the client's socket is an ssl.SSLSocket (handshake done)
         self.handshaking = False  # wrapped after SSLRequest, handshake not finished yet
+        # Transaction mode: what this client sent may leave temp objects or advisory locks on its server (see
+        # leaks.py; the worker turns it into a cleanup when the server comes back), and the last bytes read,
+        # lower-cased, for a keyword split between two reads.
+        self.leaves = False
+        self.scan_tail = b""
         self.login_timer = worker.loop.call_later(60.0, self._login_timeout)
 
     def __repr__(self) -> str:
         return f"<client {self.user}@{self.database} {self.addr}>"
 
     # ------------------------------------------------------------------ errors
-    def fatal(self, sqlstate: str, message: str, detail: str | None = None) -> None:
+    def fatal(self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None) -> None:
         """Send a FATAL ErrorResponse and close."""
         if not self.closed:
-            self.write(m.error_response(sqlstate, message, "FATAL", detail))
+            self.write(m.error_response(sqlstate, message, "FATAL", detail, hint))
             self.close(f"{sqlstate}: {message}")
 
     def _login_timeout(self) -> None:
@@ -253,6 +267,11 @@ class ClientConn(Conn):
 
     def _consume(self, view: memoryview, n: int) -> None:
         """Frontend bytes after login: scan, then forward to the linked server or keep until one is."""
+        if self.transaction_mode:
+            low = view.tobytes().lower()
+            if lowered_may_leave_state(low) or (self.scan_tail and lowered_may_leave_state(self.scan_tail + low[:TAIL])):
+                self.leaves = True
+            self.scan_tail = low[-TAIL:]
         s = self.server
         if s is None and not self.waiting and not self.raw and not self.pending:
             # Start of a transaction: take a server first so the bytes go straight through, unscanned
@@ -413,15 +432,30 @@ class ClientConn(Conn):
         t = view[0]
         parsed: ps.Statement | None = None
         pname = b""
-        if t == 80:  # Parse: only the one this client sent last time (the memo), already on this server
-            memo = self.last_parse
-            if memo is None:
-                return False
+        memo_body: bytes | None = None
+        if t == 80:  # Parse: of a statement the pool has (the one this client sent last time: no lookup)
             pos = 1 + unpack(view, 1)[0]
-            parsed = memo[2]
-            if pos + 5 > n or parsed.dead or parsed.name not in s.prepared or view[5:pos] != memo[0]:
+            if pos + 5 > n:
                 return False
-            pname = memo[1]
+            memo = self.last_parse
+            if memo is not None and not memo[2].dead and view[5:pos] == memo[0]:
+                parsed = memo[2]
+                pname = memo[1]
+            else:
+                memo_body = bytes(view[5:pos])
+                j = memo_body.find(b"\x00")
+                k = memo_body.find(b"\x00", j + 1) if j >= 0 else -1
+                if k < 0 or _LISTEN.match(memo_body[j + 1 : k]):
+                    return False
+                pool = self.pool
+                assert pool is not None
+                found = pool.ps_cache.peek(memo_body[j + 1 : k], memo_body[k + 1 :], self.planner_sig)
+                if found is None or found.dead:
+                    return False
+                parsed = found
+                pname = memo_body[:j]
+            if parsed.name not in s.prepared or (pname and pname in self.named):
+                return False  # to be parsed on this server, or a second Parse of a name (42P05): general path
             t = view[pos]
         if t != 66:
             return False
@@ -451,12 +485,16 @@ class ClientConn(Conn):
             if st is None or st.name not in s.prepared:
                 return False
         assert st is not None
+        if st.leaves:
+            self.leaves = True
         # Committed: the same effects as the general path, message by message.
         prepared = s.prepared
         if parsed is not None:
             pool = self.pool
             assert pool is not None
             pool.ps_cache.count_hit(parsed)
+            if memo_body is not None:
+                self.last_parse = (memo_body, pname, parsed)
             self._define(pname, parsed)
             prepared.move_to_end(parsed.name)
             s.ps_hits += 1
@@ -536,10 +574,13 @@ class ClientConn(Conn):
             k = data.find(b"\x00", j + 1, end) if j >= 0 else -1
             if k < 0:
                 return False
+            name = data[pos + 5 : j]
+            if name and (name in self.named or any(name == f[0] for f in found)):
+                return False  # a second Parse of a name: PostgreSQL's 42P05 comes from the general path
             st = cache.peek(data[j + 1 : k], data[k + 1 : end], sig)
             if st is None:
                 return False
-            found.append((data[pos + 5 : j], st))
+            found.append((name, st))
             pos = end
         if not found or data[pos:] != m.SYNC:
             return False
@@ -557,12 +598,26 @@ class ClientConn(Conn):
     def _lookup(self, name: bytes) -> ps.Statement | None:
         return self.named.get(name) if name else self.unnamed
 
-    def _define(self, name: bytes, st: ps.Statement) -> None:
-        """The client's Parse of `name` (b"" = the unnamed statement) now means `st`."""
+    def _define(self, name: bytes, st: ps.Statement | None) -> None:
+        """The client's Parse of `name` (b"" = the unnamed statement) now means `st` (None: nothing)."""
         if name:
-            self.named[name] = st
+            if st is None:
+                self.named.pop(name, None)
+            else:
+                self.named[name] = st
         else:
             self.unnamed = st
+
+    def skipped(self, kind: int, data: Any) -> None:
+        """PostgreSQL skipped the message of this queue entry (an earlier error in the same batch): undo what
+        sending it did here. Returns nothing; the server connection undoes its own part."""
+        if kind == ps.PARSE:
+            self._define(data[1], data[2])
+        elif kind == ps.SYNTH and isinstance(data, tuple):
+            name, prev = data[1]
+            self._define(name, prev)
+        elif kind == ps.QUERY or kind == ps.FUNC:
+            self.expect -= 1  # no ReadyForQuery will answer it
 
     def _ensure(self, st: ps.Statement) -> bytes:
         """Make sure the linked server holds `st`: b'' if it does, else the Parse to inject before."""
@@ -602,6 +657,8 @@ class ClientConn(Conn):
             if st is None:
                 rq.append((ps.BIND, None))
                 return None  # PostgreSQL answers 26000 itself: the client's name does not exist there
+            if st.leaves:
+                self.leaves = True
             pre = self._ensure(st)
             rq.append((ps.BIND, (st, b[j + 1 : k])))
             return pre + _renamed_bind(b, j, k, st.name)
@@ -639,17 +696,26 @@ class ClientConn(Conn):
                     text = LISTEN_REFUSAL
                 st = pool.ps_cache.get(text, b[k + 1 :], self.planner_sig)
                 self.last_parse = (b, name, st)
+            if name:
+                held = self.named.get(name)
+                if held is not None:
+                    # PostgreSQL refuses a second Parse of a name (42P05) and skips to Sync: have it do exactly
+                    # that, with a Parse of the statement's own server name (the error names the client's).
+                    pre = self._ensure(held)
+                    rq.append((ps.DUP, (held, name)))
+                    return pre + m.msg(b"P", held.name + b"\x00\x00\x00\x00")
+            prev = self._lookup(name)
             self._define(name, st)
             s = self.server
             assert s is not None
             if st.name in s.prepared:
                 s.prepared.move_to_end(st.name)
                 s.ps_hits += 1
-                rq.append((ps.SYNTH, m.PARSE_COMPLETE))
+                rq.append((ps.SYNTH, (m.PARSE_COMPLETE, (name, prev))))
                 return b""
             s.ps_misses += 1
             s.remember(st.name)
-            rq.append((ps.PARSE, (st, name)))
+            rq.append((ps.PARSE, (st, name, prev)))
             return st.parse_msg
         if t == 68:  # Describe
             self.unsynced = True
@@ -662,6 +728,16 @@ class ClientConn(Conn):
                 rq.append((ps.DESC_S, None))
                 return None
             pre = self._ensure(st)
+            if not pre and rq:
+                last = rq[-1]
+                if last[0] == ps.SYNTH and isinstance(last[1], tuple) and last[1][1][0] == b[1:-1]:
+                    # Parse then Describe of the same statement (a driver preparing it): the Parse was answered
+                    # here, but PostgreSQL would have parsed it afresh, and DDL since (maybe through another
+                    # connection) may have changed its parameter or result types. Parse it again on this
+                    # server, so Describe says what the schema says now.
+                    rq.append((ps.UNPARSE, None))
+                    rq.append((ps.INJECT, st))
+                    pre = m.msg(b"C", b"S" + st.name + b"\x00") + st.parse_msg
             rq.append((ps.DESC_S, (st, b[1:-1])))
             nb = b"S" + st.name + b"\x00"
             return pre + b"D" + m.U32.pack(len(nb) + 4) + nb
@@ -671,13 +747,14 @@ class ClientConn(Conn):
                 rq.append((ps.CLOSE, None))
                 return None
             name = bytes(body[1:-1])
+            prev = self._lookup(name)
             if name:
                 self.named.pop(name, None)
             else:
                 self.unnamed = None
             # The server's copy stays (other clients share it); PostgreSQL answers CloseComplete even
             # for a name that does not exist, so do we.
-            rq.append((ps.SYNTH, m.CLOSE_COMPLETE))
+            rq.append((ps.SYNTH, (m.CLOSE_COMPLETE, (name, prev))))
             return b""
         return None
 
@@ -869,10 +946,13 @@ class ClientConn(Conn):
             return
         if not ok:
             err = s.internal_error or {}
+            s.sync_failed()
             self.server = None
             s.client = None
             self.worker.release_server(s, client_gone=True)
-            self.fatal(err.get("C", "22023"), f"could not apply connection parameters: {err.get('M')}")
+            # As PostgreSQL refuses a startup packet with a bad setting: its own error, as FATAL.
+            self.fatal(err.get("C", "22023"), err.get("M") or "could not apply connection parameters",
+                       err.get("D"), err.get("H"))
             return
         s.synced_key = self.want_key
         self._server_ready()
@@ -881,11 +961,13 @@ class ClientConn(Conn):
         s = self.server
         assert s is not None
         if self.state == LOGIN_WAIT:
+            self._learn_spellings(s)
             self._finish_login()
         if self.pending:
             data = self.pending
             self.pending = bytearray()
             s.bytes_out += len(data)
+            s.pstats.bytes_in += len(data)
             s.write(data)
         if self.raw:
             raw = self.raw
@@ -899,6 +981,53 @@ class ClientConn(Conn):
                 and not self.rq and s.txn_status == 73 and not s.release_pending:
             # Nothing to send (login parameters only, or everything answered locally).
             self.worker.release_server(s)
+
+    # ------------------------------------------------------------------ cancel requests
+    def cancel_requested(self) -> None:
+        """A CancelRequest with this client's key (on this client's loop): cancel what it is doing now, as
+        PostgreSQL would. A request still waiting for a server is answered here with 57014 and never reaches
+        one; a running one is cancelled on its server, which is then closed instead of reused."""
+        if self.closed or self.state != READY:
+            return
+        s = self.server
+        if self.waiting or (s is not None and s.state == 4):  # waiting, or its server runs our sync first
+            self._cancel_held()
+            return
+        if s is None or s.closed or not s.pid:
+            log.debug("cancel request for %r: no query running", self)
+            return
+        s.cancelled = True
+        send_cancel(s.addr, s.pid, s.secret)
+
+    def _cancel_held(self) -> None:
+        """Answer the oldest request held for a server with PostgreSQL's cancel error and drop its bytes; stop
+        waiting when nothing else is held. A request not wholly received yet cannot be cut out: then the
+        cancel is ignored, as PostgreSQL ignores one that arrives before the query."""
+        held = self.raw if self.ps else self.pending
+        end = _first_request_end(held)
+        if end is None:
+            log.debug("cancel request for %r: no whole request held", self)
+            return
+        del held[:end]
+        if not self.ps:
+            self.expect -= 1  # counted when it was scanned
+            if not held:
+                self.unsynced = False
+        self.query_start = 0.0
+        self.xact_start = 0.0
+        self.write(m.error_response("57014", "canceling statement due to user request") + m.RFQ_IDLE)
+        if held or self.raw or self.pending:
+            return
+        s = self.server
+        if self.waiting:
+            self.waiting = False
+            pool = self.pool
+            if pool is not None:
+                pool.remove_waiter(self)
+        elif s is not None:
+            s.cancelled = False  # nothing of ours ran there
+        if self.read_paused and not self.closed:
+            self.resume_reading()
 
     def wait_timed_out(self) -> None:
         if not self.waiting or self.closed:
@@ -991,7 +1120,12 @@ class ClientConn(Conn):
         self.user = user
         self.database = params.get("database") or user
         self.startup = params
-        self.application_name = params.get("application_name", "")
+        try:
+            self.settings = startup_settings(params)
+        except OptionsError as e:
+            self.fatal("42601", str(e))
+            return
+        self.application_name = self.settings.get("application_name", "")
         if "replication" in params and params["replication"].lower() not in ("false", "0", "off", "no"):
             self.fatal("08P01", "replication connections are not supported by pgdoorman")
             return
@@ -1161,7 +1295,10 @@ class ClientConn(Conn):
         assert pool is not None
         self.transaction_mode = pool.transaction_mode
         self.state = LOGIN_WAIT
-        if pool.server_params is None or not self.transaction_mode:
+        known = self._want_settings()
+        if not known or not self.transaction_mode:
+            # Session mode keeps the server it gets now; in transaction mode a server checks settings whose
+            # spelling (or validity) is not known yet, as PostgreSQL checks them at login.
             self.need_server()
         else:
             self._finish_login()
@@ -1170,32 +1307,66 @@ class ClientConn(Conn):
                 self.raw = bytearray()
                 self._consume(memoryview(raw), len(raw))
 
+    def _want_settings(self) -> bool:
+        """Set `want`: the pool's reported defaults with the client's startup settings over them, spelled as
+        PostgreSQL reports them where known. True when every value's spelling is known (no server needed)."""
+        pool = self.pool
+        assert pool is not None
+        sp = pool.server_params
+        known = sp is not None
+        want = {k: v for k, v in sp.items() if k not in READ_ONLY} if sp is not None else {}
+        if "application_name" not in self.settings and pool.pool_cfg.application_name is None:
+            # What a direct connection without one shows; the server's own "pg_doorman" is for idle connections.
+            want["application_name"] = ""
+        spellings = pool.spellings
+        for k, v in self.settings.items():
+            c = spellings.get((k, v))
+            if c is None:
+                c = known_spelling(k, v)
+                if c is None:
+                    known = False
+                    c = v
+            want[k] = c
+        self.want = want
+        self.want_key = tuple(want.items())
+        return known
+
+    def _learn_spellings(self, s: ServerConn) -> None:
+        """A server accepted this client's startup settings: remember how PostgreSQL reports each."""
+        pool = self.pool
+        assert pool is not None
+        spellings = pool.spellings
+        if len(spellings) > 4096:
+            spellings.clear()  # many distinct values (unique application names): start over
+        for k, v in self.settings.items():
+            spellings[(k, v)] = s.params.get(k, v)
+
     def _finish_login(self) -> None:
         pool = self.pool
         assert pool is not None
-        sp = pool.server_params or {}
-        want: dict[str, str] = {}
-        for k in TRACKED_PARAMS:
-            if k in sp:
-                want[k] = sp[k]
-        for k, v in self.startup.items():
-            lk = k.lower()
-            if k in NOT_SETTINGS or lk.startswith("_pq_") or lk in READ_ONLY:
-                continue
-            want[_LOWER_TRACKED.get(lk, k)] = v
-        self.want = want
-        self.want_key = tuple(want.items())
+        s = self.server
+        if s is not None:
+            # What the server reports now, our settings applied (ParameterStatus during the sync).
+            reported = {k: v for k, v in s.params.items()}
+        else:
+            reported = dict(pool.server_params or {})
+            for k in reported:
+                if k in self.want:
+                    reported[k] = self.want[k]
+        want = self.want
         self.ps = self.transaction_mode and self.app.config.general.prepared_statements
         if not self.transaction_mode:
             self.scanner.table = CLIENT_SESSION_TABLE
         if self.ps:
             self.scanner = Scanner(CLIENT_PS_TABLE, on_header=self._on_header_ps, on_message=self._on_message_ps)
-            low = {k.lower(): v for k, v in self.startup.items()}
-            self.planner_sig = tuple(low.get(k, "") for k in ps.PLANNER_PARAMS)
-        out = []
-        for k, v in sp.items():
-            out.append(m.parameter_status(k, want.get(k, v)))
-        self.pid, self.secret = self.app.cancels.register(self)
+            self.planner_sig = tuple(want.get(k, "") for k in ps.PLANNER_PARAMS)
+        out = [m.parameter_status(k, v) for k, v in reported.items()]
+        if s is not None and not self.transaction_mode and self.app.config.general.session_real_backend_key \
+                and s.pid and self.app.cancels.register_key(self, s.pid, s.secret):
+            # Session mode: the client is this server's only user until it leaves; it may know its real key.
+            self.pid, self.secret = s.pid, s.secret
+        else:
+            self.pid, self.secret = self.app.cancels.register(self)
         out.append(m.backend_key_data(self.pid, self.secret))
         out.append(m.RFQ_IDLE)
         self.write(b"".join(out))

@@ -25,14 +25,6 @@ if TYPE_CHECKING:
     from pgdoorman.server import ServerConn
     from pgdoorman.worker import Worker
 
-TRACKED_PARAMS = (
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "IntervalStyle",
-    "standard_conforming_strings",
-    "application_name",
-)
 
 
 class PoolStats:
@@ -95,6 +87,9 @@ class Pool:
         self.epoch = 0  # RECONNECT bumps it: servers of an older epoch are closed when they come back
         # Learned from the first server connection and sent to every client at login.
         self.server_params: dict[str, str] | None = None
+        # (setting, value as a client gave it) -> the value as PostgreSQL reports it, for startup settings a
+        # server accepted: a client whose settings are all known logs in (transaction mode) without a server.
+        self.spellings: dict[tuple[str, str], str] = {}
         # SCRAM passthrough: the ClientKey recovered from a client's proof lets us log in to PostgreSQL.
         self.scram_client_key: bytes | None = None
         self.scram_verifier: Any = None  # cached verifier for plain-text passwords (client side)

@@ -25,11 +25,14 @@ import threading
 from collections import OrderedDict, deque
 from typing import Any
 
+from pgdoorman.leaks import may_leave_state
 from pgdoorman.protocol import messages as m
 
 # Entry kinds of the expected-response queue.
-SYNTH = 0      # bytes to emit to the client when everything before them has been answered
-PARSE = 1      # ParseComplete or ErrorResponse; on error the statement is forgotten
+# bytes to emit to the client when everything before them has been answered; or (bytes, (name, previous)) for
+# a client's Parse or Close answered here, undone (name means previous again) when PostgreSQL skips it
+SYNTH = 0
+PARSE = 1      # (statement, name, previous): ParseComplete or ErrorResponse; on error the statement is forgotten
 INJECT = 2     # our own Parse: swallow ParseComplete; on error forget it on this server
 BIND = 3
 DESC_S = 4     # ParameterDescription, then RowDescription or NoData
@@ -39,6 +42,8 @@ CLOSE = 7
 SYNC = 8       # ReadyForQuery
 QUERY = 9      # simple query: everything through ReadyForQuery
 FUNC = 10      # function call: FunctionCallResponse through ReadyForQuery
+DUP = 11       # (statement, name): a Parse of a name the client holds, sent to fail as PostgreSQL fails it (42P05)
+UNPARSE = 12   # our own Close of a statement about to be parsed again: swallow CloseComplete
 
 # Response types that complete an entry of each kind (ReadyForQuery and ErrorResponse are handled apart).
 TERMINAL: tuple[frozenset[int], ...] = (
@@ -53,7 +58,10 @@ TERMINAL: tuple[frozenset[int], ...] = (
     frozenset(),                # SYNC: ReadyForQuery
     frozenset(),                # QUERY
     frozenset(),                # FUNC
+    frozenset(b"1"),            # DUP (always answered by an ErrorResponse)
+    frozenset(b"3"),            # UNPARSE
 )
+SWALLOWED = frozenset((INJECT, UNPARSE))
 
 # Settings given at connection start that change what a statement means; part of the cache key so that
 # clients with another search_path never share a plan (and never get rows from the wrong schema).
@@ -64,7 +72,7 @@ _names = itertools.count(1)  # process-wide: a name is never reused, even after 
 
 
 class Statement:
-    __slots__ = ("name", "parse_msg", "query", "key", "uses", "dead")
+    __slots__ = ("name", "parse_msg", "query", "key", "uses", "dead", "leaves")
 
     def __init__(self, key: tuple[bytes, bytes, tuple[str, ...]], query: bytes, types: bytes) -> None:
         self.key = key
@@ -72,6 +80,7 @@ class Statement:
         self.query = query
         self.uses = 0
         self.dead = False  # forgotten by the pool (failed Parse, result type changed): never reuse
+        self.leaves = may_leave_state(query)  # executing it may leave temp objects or advisory locks (leaks.py)
         body = self.name + b"\x00" + query + b"\x00" + types
         self.parse_msg = b"P" + m.U32.pack(len(body) + 4) + body
 
@@ -85,6 +94,7 @@ class PoolCache:
         self.entries: OrderedDict[tuple[bytes, bytes, tuple[str, ...]], Statement] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self.invalidations = 0
 
     def get(self, query: bytes, types: bytes, sig: tuple[str, ...]) -> Statement:
         key = (query, types, sig)
@@ -125,6 +135,15 @@ class PoolCache:
             if self.entries.get(st.key) is st:
                 del self.entries[st.key]
 
+    def invalidate(self) -> None:
+        """Forget every statement (DDL ran): the next Parse of each text makes a new one, parsed afresh on
+        the server. Clients keep what they prepared by name, as PostgreSQL keeps a session's statements."""
+        with self.lock:
+            for st in self.entries.values():
+                st.dead = True
+            self.entries.clear()
+            self.invalidations += 1
+
     def snapshot(self) -> list[Statement]:
         with self.lock:
             return list(self.entries.values())
@@ -137,7 +156,8 @@ def take_synth(rq: deque[tuple[int, Any]]) -> bytearray | None:
         return None
     out = bytearray()
     while rq and rq[0][0] == SYNTH:
-        out += rq.popleft()[1]
+        data = rq.popleft()[1]
+        out += data if isinstance(data, bytes) else data[0]
     return out
 
 

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pgdoorman import jwt_auth
+from pgdoorman import jwt_auth, leaks, params
 from pgdoorman import prepared as ps
 from pgdoorman.net.conn import AGAIN, Conn
 from pgdoorman.net.tls import ssl_reason
@@ -49,29 +49,36 @@ DIRTY_PREPARE = 2
 DIRTY_CURSOR = 4
 DIRTY_LISTEN = 8
 DIRTY_SESSION = 16  # a session-mode client left: reset everything (DISCARD ALL), as PgBouncer does
+DIRTY_TEMP = 32  # temp objects or session advisory locks may be left (leaks.py)
 
 _ids = iter(range(1, 1 << 62))
+# A value no setting can have (a NUL cannot be sent): `extra` entries whose value on the server is unknown.
+UNKNOWN = "\x00"
 # Lengths (with NUL) of the CommandComplete tags _note_tag acts on: SET, RESET, LISTEN, PREPARE, DISCARD ALL,
 # DECLARE CURSOR, DEALLOCATE ALL. Most tags ("SELECT 1") are ruled out by length before any copy.
 _TAG_LENS = frozenset({4, 6, 7, 8, 12, 15})
 # The response types the plain relay handler acts on (ReadyForQuery, CommandComplete, ParameterStatus, Error).
 _PLAIN_TYPES = frozenset(b"ZCSEG")
+# CommandComplete tags of DDL, by their first five bytes (no other tag starts like these).
+_DDL_TAGS = frozenset((b"CREAT", b"ALTER", b"DROP "))
+_FATAL_SEVERITY = (b"SFATAL\x00", b"SPANIC\x00")
 # PostgreSQL's message when DDL changed the result of a statement prepared before (SQLSTATE 0A000).
 _STALE_PLAN = "cached plan must not change result type"
+_DROPPED_TYPE = "cache lookup failed for type"
 
 
 def _is_stale_plan(fields: dict[str, str]) -> bool:
-    return fields.get("C") == "0A000" and _STALE_PLAN in fields.get("M", "")
-
-
-def _quote(v: str) -> str:
-    # E'' literals parse the same whatever standard_conforming_strings is.
-    return "E'" + v.replace("\\", "\\\\").replace("'", "''") + "'"
+    """The error says a statement parsed before no longer fits the schema: its result type changed (0A000), or
+    a type it was parsed against was dropped (XX000 "cache lookup failed for type", e.g. a type re-created
+    under the same name). A fresh Parse of the same text would not fail so."""
+    code = fields.get("C")
+    msg = fields.get("M", "")
+    return (code == "0A000" and _STALE_PLAN in msg) or (code == "XX000" and msg.startswith(_DROPPED_TYPE))
 
 
 class ServerConn(Conn):
     __slots__ = (
-        "id", "worker", "pool", "state", "client", "params", "extra", "synced_key", "pid", "secret",
+        "id", "worker", "pool", "state", "client", "params", "extra", "extra_undo", "synced_key", "pid", "secret",
         "created", "idle_since", "epoch", "dirty", "cancelled", "scanner", "inbuf", "release_pending",
         "internal_left", "internal_error", "internal_done", "deferred", "txn_status", "scram",
         "timer", "connect_error", "fatal_forwarded", "addr", "xact_start", "query_count", "xact_count",
@@ -88,7 +95,8 @@ class ServerConn(Conn):
         self.state = CONNECTING
         self.client: ClientConn | None = None
         self.params: dict[str, str] = {}
-        self.extra: dict[str, str] = {}
+        self.extra: dict[str, str] = {}  # settings we set that PostgreSQL does not report (params.sync_calls)
+        self.extra_undo: dict[str, str] | None = None
         self.synced_key: tuple[tuple[str, str], ...] | None = None
         self.pid = 0
         self.secret = 0
@@ -453,8 +461,14 @@ class ServerConn(Conn):
                 return held + m.msg(b"Z", body)
         elif t == 67:  # CommandComplete
             self.query_count += 1
-            if len(body) in _TAG_LENS and body[0] in b"SPDLUR":
+            b0 = body[0]
+            if len(body) in _TAG_LENS and b0 in b"SPDLUR":
                 self._note_tag(bytes(body[:-1]))
+            if b0 in b"CDA" and bytes(body[:5]) in _DDL_TAGS:
+                # DDL may change what a statement parsed before means (types, columns, result rows), and the
+                # pool's statements are parsed once per server: from now on each text is parsed afresh, as a
+                # client's own Parse would be on PostgreSQL.
+                self.pool.ps_cache.invalidate()
             if self.client is not None:
                 self.client.query_count += 1
         elif t == 83:  # ParameterStatus
@@ -465,6 +479,8 @@ class ServerConn(Conn):
             if c is not None:
                 c.param_changed(k, v)
         elif t == 69:
+            if body[:7] in _FATAL_SEVERITY:
+                self.fatal_forwarded = True  # PostgreSQL ends the session: the client needs nothing more from us
             c = self.client
             if c is not None:
                 fb = c.fast_bind
@@ -521,9 +537,14 @@ class ServerConn(Conn):
                     if rep is not None:
                         body = memoryview(rep)
                         rewritten = True
-                    # PostgreSQL skips everything up to the next Sync: so do the expectations.
+                    # PostgreSQL skips everything up to the next Sync: so do the expectations, and what the
+                    # skipped messages did to our view of the client's and this server's statements is undone.
+                    rq.popleft()
                     while rq and rq[0][0] != ps.SYNC:
-                        rq.popleft()
+                        skind, sdata = rq.popleft()
+                        c.skipped(skind, sdata)
+                        if skind == ps.PARSE or skind == ps.INJECT:
+                            self.prepared.pop((sdata[0] if skind == ps.PARSE else sdata).name, None)
                 elif data is not None:  # a fast batch (see ClientConn._fast_batch): errors are its Bind's
                     rep = self._ps_error(ps.BIND, data, body)
                     if rep is not None:
@@ -531,7 +552,7 @@ class ServerConn(Conn):
                         rewritten = True
             elif t in ps.TERMINAL[kind]:
                 rq.popleft()
-                swallow = kind == ps.INJECT
+                swallow = kind in ps.SWALLOWED
         if t in _PLAIN_TYPES:
             self._on_message(t, body)
         # Synthetic responses due right after this one (e.g. a CloseComplete between a BindComplete and the
@@ -596,8 +617,7 @@ class ServerConn(Conn):
     def _note_tag(self, tag: bytes) -> None:
         if tag == b"SET":
             self.dirty |= DIRTY_SET
-            self.synced_key = None
-            self.extra.clear()
+            self._settings_unknown()
         elif tag == b"PREPARE":
             self.dirty |= DIRTY_PREPARE
         elif tag == b"DECLARE CURSOR":
@@ -613,8 +633,14 @@ class ServerConn(Conn):
             self.dirty &= ~DIRTY_PREPARE
             self._statements_gone()
         elif tag == b"RESET":
-            self.synced_key = None
-            self.extra.clear()
+            self._settings_unknown()
+
+    def _settings_unknown(self) -> None:
+        """The client changed settings with SQL: what we set there (`extra`) may no longer hold, so the next
+        sync sets or resets each of them again."""
+        self.synced_key = None
+        for k in self.extra:
+            self.extra[k] = UNKNOWN
 
     def _statements_gone(self) -> None:
         self.prepared.clear()
@@ -683,19 +709,20 @@ class ServerConn(Conn):
                 return
 
     def sync_queries(self, want: dict[str, str]) -> list[str]:
-        """set_config() calls that make this server match a client's parameters."""
-        calls = []
-        for k, v in want.items():
-            cur = self.params.get(k)
-            if cur is None:
-                cur = self.extra.get(k)
-            if cur != v:
-                calls.append(f"pg_catalog.set_config({_quote(k)}, {_quote(v)}, false)")
-                if k not in self.params:
-                    self.extra[k] = v
+        """set_config() calls that make this server match a client's settings (see params.sync_calls)."""
+        before = dict(self.extra)
+        calls = params.sync_calls(want, self.params, self.extra)
         if not calls:
             return []
+        self.extra_undo = before
         return ["SELECT " + ", ".join(calls)]
+
+    def sync_failed(self) -> None:
+        """The sync query failed: PostgreSQL rolled all of its set_config() calls back."""
+        if self.extra_undo is not None:
+            self.extra = self.extra_undo
+            self.extra_undo = None
+        self.synced_key = None
 
     def cleanup_queries(self, in_txn: bool) -> list[str]:
         """What to run before this server may serve another client: ROLLBACK if a transaction is open,
@@ -720,6 +747,8 @@ class ServerConn(Conn):
                 parts.append("CLOSE ALL")
             if d & DIRTY_LISTEN:
                 parts.append("UNLISTEN *")
+            if d & DIRTY_TEMP:
+                parts.append(leaks.CLEANUP)
         if parts:
             q.append("; ".join(parts))
         if self.evicted:

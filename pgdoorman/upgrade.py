@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pgdoorman import systemd
+from pgdoorman.cancel import fake_pid
 
 if TYPE_CHECKING:
     from pgdoorman.app import App
@@ -229,8 +230,7 @@ def restore_client(app: App, w: Worker, fd: int, st: dict[str, Any]) -> None:
         if st.get("ps"):
             c.planner_sig = tuple(str(x) for x in st["planner_sig"])
         else:
-            low = {k.lower(): v for k, v in c.startup.items()}
-            c.planner_sig = tuple(low.get(k, "") for k in ps.PLANNER_PARAMS)
+            c.planner_sig = tuple(c.want.get(k, "") for k in ps.PLANNER_PARAMS)
         cache = pool.ps_cache
         for name, q, types in st.get("named") or []:
             c.named[_unb64(name)] = cache.get(_unb64(q), _unb64(types), c.planner_sig)
@@ -434,7 +434,7 @@ def start_upgrade(app: App) -> Handoff | None:
     env[ENV_LISTEN_FDS] = ",".join(f"{kind}:{fd}" for kind, fd in listeners)
     with app.cancels.lock:
         base = app.cancels.next_pid + CANCEL_PID_GAP
-    env[ENV_CANCEL_PID_BASE] = str(1000 + base % 0x7FFF0000)
+    env[ENV_CANCEL_PID_BASE] = str(fake_pid(base))
     try:
         # Same process group and session (a Ctrl-C reaches both; a supervisor's group kill too); stdio is
         # inherited, so both write to the same log.

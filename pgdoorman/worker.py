@@ -22,6 +22,7 @@ from pgdoorman.server import (
     CONNECTING,
     DIRTY_PREPARE,
     DIRTY_SESSION,
+    DIRTY_TEMP,
     IDLE,
     INTERNAL,
     LOGIN,
@@ -128,7 +129,7 @@ class Worker:
         self.clients.discard(c)
         self.app.client_left()
         if c.pid:
-            self.app.cancels.unregister(c.pid)
+            self.app.cancels.unregister(c.pid, c)
         if c.admin is not None and c.admin is not True:
             try:
                 c.admin.on_close()
@@ -181,9 +182,13 @@ class Worker:
             if not c.transaction_mode:
                 if client_gone:
                     s.dirty |= DIRTY_SESSION
-            elif c.named_parse:
-                s.dirty |= DIRTY_PREPARE  # prepared_statements off: a named Parse stays on the server
-                c.named_parse = False
+            else:
+                if c.named_parse:
+                    s.dirty |= DIRTY_PREPARE  # prepared_statements off: a named Parse stays on the server
+                    c.named_parse = False
+                if c.leaves:
+                    s.dirty |= DIRTY_TEMP
+                    c.leaves = False
         if client_gone:
             c_expect = client.expect if client is not None else 0
             c_unsynced = client.unsynced if client is not None else False
@@ -257,7 +262,9 @@ class Worker:
         s.client = None
         if c is not None and not c.closed:
             c.server = None
-            if prev_state in (ACTIVE, INTERNAL):
+            if s.fatal_forwarded:
+                c.close(f"server ended the session: {reason}")  # the client has PostgreSQL's FATAL already
+            elif prev_state in (ACTIVE, INTERNAL):
                 c.server_failed(None)
         pool.server_gone(s, self)
 

@@ -313,6 +313,11 @@ FIELDS: Final[tuple[Field, ...]] = (
              "In transaction mode, make each server connection match the client's session parameters "
              "(client_encoding, DateStyle, IntervalStyle, TimeZone, standard_conforming_strings, application_name "
              "and safe startup parameters) with SET/RESET when it is checked out."),
+    _general("Pool behaviour", "session_real_backend_key", Bool(), True, True,
+             "Session mode only (a pgdoorman setting, not PgDoorman's): give each client the BackendKeyData "
+             "(process ID and secret key) of the server connection it holds for its whole session, so that "
+             "`pg_backend_pid()`, `pg_terminate_backend()`, NOTIFY's sender PID, `pg_stat_activity` and cancel "
+             "requests behave as on a direct connection. Off: a pooler-made key, as in transaction mode."),
     _general("Pool behaviour", "pooler_check_query", Str(nonempty=True), ";", False,
              "A simple query byte-for-byte equal to this is a health check: it is answered from a cached server "
              "reply without using a server connection."),

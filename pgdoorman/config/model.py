@@ -75,6 +75,7 @@ class General:
     syslog_prog_name: str | None = _g("syslog_prog_name")
     server_round_robin: bool = _g("server_round_robin")
     sync_server_parameters: bool = _g("sync_server_parameters")
+    session_real_backend_key: bool = _g("session_real_backend_key")
     pooler_check_query: str = _g("pooler_check_query")
     startup_parameters: Mapping[str, str] = _g("startup_parameters")
     prepared_statements: bool = _g("prepared_statements")

@@ -1,7 +1,8 @@
-"""Differential tests of transparent prepared statements: each sequence of wire messages is sent directly to
-PostgreSQL and through pgdoorman (transaction mode, pool_size 2, with the client's server switched between
-steps), and the responses must be the same message for message (BackendKeyData and ParameterStatus values
-aside; ErrorResponses compared on severity, SQLSTATE and message)."""
+"""Differential tests: each sequence of wire messages is sent directly to PostgreSQL and through pgdoorman, and
+the responses must be the same message for message (BackendKeyData and ParameterStatus values aside;
+ErrorResponses compared on severity, SQLSTATE and message). Transaction mode (pool_size 2, the client's server
+switched between steps, so statements are prepared again and settings replayed on another server) and session
+mode (pool_size 2, servers reused from one sequence to the next)."""
 
 from __future__ import annotations
 
@@ -153,6 +154,40 @@ SEQUENCES: dict[str, list[Step]] = {
                             one(P("", "select 6"), B(), E(), S, wait=2)],
     "execute_unnamed_after_error_sync": [one(P("", "select 1"), S), one(B("", ("extra",)), E(), S),
                                          one(B(""), E(), S)],
+    # A second Parse of a name fails (42P05) and PostgreSQL skips to Sync.
+    "parse_existing_name": [one(P("dup", "select 1"), S), one(P("dup", "select 2"), B("", "dup"), E(), S),
+                            one(B("", "dup"), E(), S), one(P("dup", "select 1"), S)],
+    # Messages skipped after an error (up to Sync, Flush or not) define nothing, close nothing.
+    "skipped_parse_after_error": [one(P("", "select error"), P("sk", "select 3"), flush(), S),
+                                  one(B("", "sk"), E(), S)],
+    "skipped_parse_of_cached_text": [one(P("h1", "select 4"), S), one(close("S", "h1"), S),
+                                     one(P("", "select error"), P("h2", "select 4"), B("", "h2"), E(), S),
+                                     one(B("", "h2"), E(), S)],
+    "skipped_unnamed_parse_keeps_previous": [one(P("", "select 'kept'"), S),
+                                             one(P("", "select error"), S),
+                                             one(P("", "select 'keep2'"), S),
+                                             one(B("", ("x",)), E(), P("", "select 'lost'"), S),
+                                             one(B(""), E(), S)],
+    "skipped_close": [one(P("kc", "select 5"), S), one(P("", "select error"), close("S", "kc"), S),
+                      one(B("", "kc"), E(), S)],
+    "skipped_query_after_error": [one(P("", "select 1"), B("", fmts=(7,)), Q("select 2"), E(), S),
+                                  one(Q("select 'next'"))],
+    # Startup settings (see CLIENT_PARAMS): each client sees its own, whatever server it lands on.
+    "startup_settings_two_clients": [one(Q("show search_path; show work_mem; show application_name")),
+                                     one(Q("show search_path; show work_mem; show TimeZone"), client=1),
+                                     one(P("", "select current_setting('work_mem')"), B(), E(), S),
+                                     one(Q("show work_mem; show search_path; show DateStyle")),
+                                     one(P("", "select current_setting('work_mem')"), B(), E(), S, client=1),
+                                     one(Q("show application_name; show statement_timeout"), client=1)],
+}
+
+# Startup-packet settings of each client, per sequence (default: none).
+CLIENT_PARAMS: dict[str, list[dict[str, str]]] = {
+    "startup_settings_two_clients": [
+        {"search_path": "s1, public", "work_mem": "7MB", "application_name": "c0", "DateStyle": "SQL, DMY",
+         "options": "-c statement_timeout=12345"},
+        {"TimeZone": "Asia/Tokyo"},
+    ],
 }
 
 
@@ -191,34 +226,39 @@ def run_steps(clients: list[WireClient], steps: list[Step], shuffle: Any = None)
     return transcript
 
 
-@pytest.fixture(scope="module")
-def pooler(pg: Any, tmp_path_factory: Any) -> Iterator[Any]:
+@pytest.fixture(scope="module", params=["transaction", "session"])
+def pooler(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> Iterator[Any]:
     from tests.support.cluster import pooler_config
     from tests.support.pooler import Pooler
 
-    cfg = pooler_config(pg, pool_size=2, general={"server_prepared_statements_cache_size": 100,
-                                                  "query_wait_timeout": 20000})
-    p = Pooler(cfg, str(tmp_path_factory.mktemp("pooler-diff"))).start()
+    cfg = pooler_config(pg, pool_size=2, pool_mode=request.param,
+                        general={"server_prepared_statements_cache_size": 100, "query_wait_timeout": 20000})
+    p = Pooler(cfg, str(tmp_path_factory.mktemp(f"pooler-diff-{request.param}"))).start()
+    p.mode = request.param
     yield p
     p.stop()
 
 
-def _connect(host: str, port: int) -> WireClient:
-    return WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD)
+def _connect(host: str, port: int, params: dict[str, str] | None = None) -> WireClient:
+    return WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, params=params)
 
 
 @pytest.mark.parametrize("name", list(SEQUENCES))
 def test_same_responses_as_postgres(pg: Any, pooler: Any, name: str) -> None:
     steps = SEQUENCES[name]
     nclients = 1 + max(s[0] for s in steps)
-    direct = [_connect(pg.host, pg.port) for _ in range(nclients)]
-    pooled = [_connect(pooler.host, pooler.port) for _ in range(nclients)]
-    helper = _connect(pooler.host, pooler.port)
-    # pool_size 2 and an idle LIFO: grabbing the most recently used server in a helper transaction makes the
-    # client's next transaction land on the other server.
+    params = CLIENT_PARAMS.get(name, [{}] * nclients)
+    direct = [_connect(pg.host, pg.port, params[i]) for i in range(nclients)]
+    pooled = [_connect(pooler.host, pooler.port, params[i]) for i in range(nclients)]
+    # Transaction mode, pool_size 2 and an idle LIFO: grabbing the most recently used server in a helper
+    # transaction makes the client's next transaction land on the other server. (Session mode: each client
+    # keeps its server; the sequences before this one used them.)
+    helper = _connect(pooler.host, pooler.port) if pooler.mode == "transaction" else None
     holding = [False]
 
     def shuffle() -> None:
+        if helper is None:
+            return
         if holding[0]:
             helper.query("commit")
         helper.query("begin")
@@ -230,14 +270,15 @@ def test_same_responses_as_postgres(pg: Any, pooler: Any, name: str) -> None:
         got = run_steps(pooled, steps, shuffle)
         assert got == want
     finally:
-        if holding[0]:
+        if holding[0] and helper is not None:
             helper.query("commit")
-        for c in direct + pooled + [helper]:
+        for c in direct + pooled + ([helper] if helper is not None else []):
             c.close()
 
 
 def test_thousand_statements_through_cache_of_100(pg: Any, pooler: Any) -> None:
-    """1,000 distinct statements with server caches of 100: evictions happen, answers stay right."""
+    """1,000 distinct statements with server caches of 100 (transaction mode): evictions happen, answers stay
+    right."""
     direct = _connect(pg.host, pg.port)
     pooled = _connect(pooler.host, pooler.port)
     try:
@@ -252,13 +293,15 @@ def test_thousand_statements_through_cache_of_100(pg: Any, pooler: Any) -> None:
                 outs.append(normalise(c.read_until("Z")))
             assert outs[0] == outs[1]
             assert outs[1][1][1][-len(str(i)):] == str(i).encode()
-        # the servers really evicted: through the pooler, every server holds at most 100 statements
-        seen = set()
+        # Transaction mode: the servers really evicted, every one holds at most 100 statements. Session mode:
+        # the client's statements are its own, all 1,000 of them on its server, as on PostgreSQL.
         for _ in range(6):
-            rows = pooled.query_rows("select count(*), pg_backend_pid() from pg_prepared_statements")
-            n, pid = int(rows[0][0] or 0), rows[0][1]
-            seen.add(pid)
-            assert 0 < n <= 100
+            rows = pooled.query_rows("select count(*) from pg_prepared_statements")
+            n = int(rows[0][0] or 0)
+            if pooler.mode == "transaction":
+                assert 0 < n <= 100
+            else:
+                assert n == 1000
     finally:
         direct.close()
         pooled.close()

@@ -307,7 +307,9 @@ class WireClient:
         startup_params = {"user": user, "database": database, **(params or {})}
         self.send(startup_message(startup_params))
         self.authenticate(user, password)
-        msgs = self.read_until("Z")
+        msgs: list[Message] = []
+        while not msgs or msgs[-1][0] not in ("Z", "E"):  # a FATAL ends the login: no ReadyForQuery follows
+            msgs.append(self.read_message())
         for t, body in msgs:
             if t == "S":
                 name, value, _ = body.split(b"\x00", 2)
@@ -316,6 +318,8 @@ class WireClient:
                 self.backend_key = (_I32.unpack_from(body, 0)[0], _I32.unpack_from(body, 4)[0])
             elif t == "E":
                 raise WireError(parse_fields(body))
+            elif t == "Z":
+                self.transaction_status = body.decode()
         return msgs
 
     def authenticate(self, user: str, password: str | None) -> None:

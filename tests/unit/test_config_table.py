@@ -54,6 +54,7 @@ IMPLEMENTED = {
         "server_prepared_statements_cache_size",
         "daemon_pid_file", "syslog_prog_name", "tls_certificate", "tls_private_key", "tls_ca_cert", "tls_mode",
         "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key", "hba", "pg_hba",
+        "session_real_backend_key",
     },
     "web": {"enabled", "host", "port"},
     "talos": set(),
@@ -139,10 +140,19 @@ def test_dataclass_matches_table(section: str, cls: type[Any], extra: tuple[str,
         assert attr.repr is not f.secret, f"{section}.{f.key}: secrets must be left out of repr()"
 
 
+# Settings of ours that PgDoorman does not have (each documented as such in its text).
+OUR_KEYS = {"general": {"session_real_backend_key"}}
+
+
 def test_every_pgdoorman_key_is_in_the_table() -> None:
     for section, keys in PGDOORMAN_KEYS.items():
         names = {name for f in fields_of(section) for name in (f.key, *f.aliases)}
+        keys = keys | OUR_KEYS.get(section, set())
         assert names == keys, f"{section}: missing {keys - names}, unexpected {names - keys}"
+    for section, ours in OUR_KEYS.items():
+        for f in fields_of(section):
+            if f.key in ours:
+                assert "not PgDoorman's" in f.doc, f"{section}.{f.key}: say in its text that it is ours"
 
 
 def test_implemented_flags() -> None:

@@ -230,11 +230,12 @@ def test_simple_query_fast_path_and_what_it_leaves_alone(linked: Any) -> None:
 def test_simple_query_behind_a_pipelined_batch_keeps_the_response_order(linked: Any) -> None:
     """With extended-protocol responses queued, a Query must join the queue (general path)."""
     client, server, c_peer, s_peer = linked
-    _client_sends(client, c_peer, parse("s1", "select 1"), bind("", "s1"), execute(), sync())
+    _client_sends(client, c_peer, parse("", "select 1"), bind("", ""), execute(), sync())
     assert client.rq
     _client_sends(client, c_peer, query("select 2"))
-    # The same statement again behind the Query: its ParseComplete is made here, after the Query's answer.
-    _client_sends(client, c_peer, parse("s1", "select 1"), bind("", "s1"), execute(), sync())
+    # The same statement again behind the Query (unnamed: a second Parse of a name would fail with 42P05, as on
+    # PostgreSQL): its ParseComplete is made here, after the Query's answer.
+    _client_sends(client, c_peer, parse("", "select 1"), bind("", ""), execute(), sync())
     assert [t for t, _ in _read_messages(s_peer)] == ["P", "B", "E", "S", "Q", "B", "E", "S"]
     assert client.expect == 3
     _server_answers(server, s_peer, frame("1") + frame("2") + ROW + RFQ + ROW + RFQ + frame("2") + ROW + RFQ)

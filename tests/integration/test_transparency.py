@@ -1,0 +1,233 @@
+"""A client cannot tell pgdoorman from PostgreSQL: the same steps run directly and through the pooler (session
+and transaction mode, pool_size 1 so that the second client reuses the first one's server) and give the same
+answers. Each test here was written for a defect found by such a comparison (issue "Drop-in means
+indistinguishable")."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER
+from tests.support.pooler import Pooler
+from tests.support.wire import (
+    WireClient,
+    WireError,
+    bind,
+    cancel_request,
+    execute,
+    flush,
+    parse,
+    parse_fields,
+    query,
+    sync,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+MODES = ("session", "transaction")
+
+# Startup settings of client A, PostgreSQL's reported ones and others, one through `options`.
+SETTINGS_A = {
+    "application_name": "app-1",
+    "TimeZone": "Asia/Tokyo",
+    "DateStyle": "SQL, DMY",
+    "search_path": "s1, public",
+    "work_mem": "7MB",
+    "statement_timeout": "12345",
+    "client_encoding": "utf8",
+    "options": "-c lock_timeout=4s --geqo=off -c default_transaction_isolation=repeatable\\ read",
+}
+SHOWN = ("application_name", "TimeZone", "DateStyle", "search_path", "work_mem", "statement_timeout",
+         "lock_timeout", "geqo", "client_encoding", "default_transaction_isolation", "IntervalStyle")
+
+
+def show_all(c: WireClient) -> dict[str, str | None]:
+    return {k: c.query_rows(f"show {k}")[0][0] for k in SHOWN}
+
+
+def connect(host: str, port: int, params: dict[str, str] | None = None) -> WireClient:
+    return WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, params=params)
+
+
+@pytest.fixture(scope="module", params=MODES)
+def mode_pooler(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
+    from tests.support.cluster import pooler_config
+
+    cfg = pooler_config(pg, pool_mode=request.param, pool_size=1, general={"query_wait_timeout": 20000})
+    p = Pooler(cfg, str(tmp_path_factory.mktemp(f"transparency-{request.param}"))).start()
+    p.mode = request.param  # type: ignore[attr-defined]
+    yield p
+    p.stop()
+
+
+def test_startup_settings_reach_the_server_and_follow_their_client(pg: Any, mode_pooler: Pooler) -> None:
+    """Defects 1, 2 and 8: every startup setting is applied before the first query, reported as PostgreSQL
+    reports it, and a second client on the same server (pool_size 1) sees none of them."""
+    expected: dict[str, Any] = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
+        a = connect(host, port, SETTINGS_A)
+        got: dict[str, Any] = {"a_params": {k: a.parameters.get(k) for k in ("application_name", "TimeZone",
+                                                                             "DateStyle", "client_encoding")},
+                               "a": show_all(a)}
+        if mode_pooler.mode == "session":  # type: ignore[attr-defined]
+            a.terminate()  # pool_size 1: B gets A's server once A has left
+            a.close()
+        b = connect(host, port, {"TimeZone": "UTC"})
+        got["b"] = show_all(b)
+        got["b_params"] = {k: b.parameters.get(k) for k in ("application_name", "TimeZone", "DateStyle",
+                                                            "client_encoding")}
+        if mode_pooler.mode == "transaction":  # type: ignore[attr-defined]
+            got["a_again"] = show_all(a)
+            got["b_again"] = show_all(b)
+            a.close()
+        b.close()
+        expected[name] = got
+    assert expected["pooled"] == expected["direct"]
+    assert expected["direct"]["a"]["client_encoding"] == "UTF8"  # the test means what it says
+
+
+def test_bad_startup_setting_is_refused_as_postgres_refuses_it(pg: Any, mode_pooler: Pooler) -> None:
+    answers = []
+    for host, port in ((pg.host, pg.port), (mode_pooler.host, mode_pooler.port)):
+        for params in ({"work_mem": "lots"}, {"no_such_setting": "1"}, {"options": "-z"}):
+            with pytest.raises(WireError) as ei:
+                connect(host, port, params)
+            f = ei.value.fields
+            answers.append((f.get("S"), f.get("C"), f.get("M")))
+    assert answers[:3] == answers[3:]
+    # and the pool still serves
+    with connect(mode_pooler.host, mode_pooler.port) as c:
+        assert c.query_rows("select 1") == [["1"]]
+
+
+def test_temp_tables_and_advisory_locks_do_not_leak(pg: Any, mode_pooler: Pooler) -> None:
+    """Defect 3: a temporary table or session advisory lock left by one client is gone for the next one."""
+    seen = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
+        a = connect(host, port)
+        a.query("create temp table leak_t (a int)")
+        a.query("select pg_advisory_lock(4242)")
+        if mode_pooler.mode == "session":  # type: ignore[attr-defined]
+            a.terminate()
+            a.close()
+        b = connect(host, port)
+        # B sees no temp table of A's and holds no lock it did not take. (Whether A still holds its lock
+        # is for the session-semantics issue: until then a transaction-mode client's lock ends with its
+        # transaction.)
+        seen[name] = (
+            b.query_rows("select to_regclass('leak_t') is null"),
+            b.query_rows("select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()"),
+        )
+        b.close()
+        if mode_pooler.mode == "transaction":  # type: ignore[attr-defined]
+            a.close()
+    assert seen["pooled"] == seen["direct"]
+
+
+def test_parse_of_existing_name_fails_as_in_postgres(pg: Any, mode_pooler: Pooler) -> None:
+    """Defect 7 (and 6): a second Parse of a name answers 42P05 and PostgreSQL skips to Sync; a Parse that was
+    skipped after an error does not exist afterwards (26000 at Bind)."""
+    seq = [
+        parse("dup", "select 1") + sync(),
+        parse("dup", "select 2") + bind("", "dup") + execute() + sync(),
+        bind("", "dup") + execute() + sync(),
+        parse("", "select error") + parse("skipped", "select 3") + flush() + sync(),
+        bind("", "skipped") + execute() + sync(),
+        query("select 'after'"),
+    ]
+    out = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
+        c = connect(host, port)
+        got = []
+        for data in seq:
+            c.send(data)
+            got.append([(t, _norm(t, b)) for t, b in c.read_until("Z")])
+        out[name] = got
+        c.close()
+    assert out["pooled"] == out["direct"]
+    assert ("E", ("ERROR", "42P05", 'prepared statement "dup" already exists')) in out["direct"][1]
+
+
+def _norm(t: str, body: bytes) -> Any:
+    if t in ("E", "N"):
+        f = parse_fields(body)
+        return (f.get("S"), f.get("C"), f.get("M"))
+    return body
+
+
+def test_session_mode_client_gets_the_real_backend_key(pg: Any, pooler_factory: Any) -> None:
+    """Session mode: pg_backend_pid() is the PID the client was given; pg_terminate_backend of it from another
+    connection ends the client with PostgreSQL's 57P01 and nothing after it; cancel by that key works."""
+    p = pooler_factory(pool_mode="session", pool_size=2)
+    a = connect(p.host, p.port)
+    pid = int(a.query_rows("select pg_backend_pid()")[0][0] or 0)
+    assert a.backend_key[0] == pid
+    # a cancel with the real key reaches the query
+    a.send(query("select pg_sleep(10)"))
+    time.sleep(0.5)
+    with socket.create_connection((p.host, p.port)) as s:
+        s.sendall(cancel_request(*a.backend_key))
+        s.recv(1)
+    msgs = a.read_until("Z", timeout=8)
+    errs = [parse_fields(b) for t, b in msgs if t == "E"]
+    assert errs and errs[0]["C"] == "57014"
+    # NOTIFY's sender PID is the one the client was given
+    msgs = a.query("listen chan; notify chan, 'hi'")
+    notes = [b for t, b in msgs if t == "A"]
+    assert notes and int.from_bytes(notes[0][:4], "big") == pid
+    with connect(pg.host, pg.port) as killer:
+        killer.query(f"select pg_terminate_backend({pid})")
+    t, body = a.read_message(timeout=10)
+    assert t == "E" and parse_fields(body)["C"] == "57P01"
+    assert a.expect_closed(timeout=10) == b""
+    a.close()
+
+
+def test_session_mode_real_key_can_be_turned_off(pg: Any, pooler_factory: Any) -> None:
+    p = pooler_factory(pool_mode="session", pool_size=2, general={"session_real_backend_key": False})
+    with connect(p.host, p.port) as a:
+        pid = int(a.query_rows("select pg_backend_pid()")[0][0] or 0)
+        assert a.backend_key[0] != pid and a.backend_key[0] >= 1 << 22
+
+
+def test_cancel_reaches_a_query_waiting_for_a_server(pg: Any, pooler_factory: Any) -> None:
+    """Defect 9: 20 clients, pool_size 5, pg_sleep(5) each, all cancelled after 1 s: every one answers 57014
+    within a second or two of its cancel (PostgreSQL cancels them all)."""
+    p = pooler_factory(pool_mode="transaction", pool_size=5, general={"query_wait_timeout": 30000})
+    clients = [connect(p.host, p.port) for _ in range(20)]
+    results: list[Any] = [None] * 20
+    try:
+        for c in clients:
+            c.send(query("select pg_sleep(5)"))
+        time.sleep(1.0)
+        t0 = time.monotonic()
+
+        def cancel(i: int) -> None:
+            with socket.create_connection((p.host, p.port)) as s:
+                s.sendall(cancel_request(*clients[i].backend_key))
+                s.recv(1)
+
+        threads = [threading.Thread(target=cancel, args=(i,)) for i in range(20)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        for i, c in enumerate(clients):
+            msgs = c.read_until("Z", timeout=10)
+            errs = [parse_fields(b)["C"] for t, b in msgs if t == "E"]
+            results[i] = (errs, time.monotonic() - t0, msgs[-1][1])
+        assert all(r[0] == ["57014"] for r in results), results
+        assert all(r[2] == b"I" for r in results)
+        assert max(r[1] for r in results) < 3.0, results  # generous: the sleeps would take 5 s and more
+        # and every client goes on normally
+        for c in clients:
+            assert c.query_rows("select 1") == [["1"]]
+    finally:
+        for c in clients:
+            c.close()
