@@ -15,7 +15,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from pgdoorman.admin import loglevel
+from pgdoorman import logs
 from pgdoorman.admin.parser import SHOW_SUBCOMMANDS, Command, ParseError, parse
 from pgdoorman.admin.resultset import BOOL, TEXT, ResultSet, render, render_command
 from pgdoorman.admin.show import SHOW_BUILDERS, ShowContext
@@ -77,7 +77,7 @@ class AdminSession:
         self.buf = bytearray()
         self.skipping = False  # after an extended-protocol message: ignore everything up to Sync
         self.closed = False
-        loglevel.remember_initial()
+        logs.remember_initial()
         get_sampler(app)  # start collecting so SHOW STATS has a window by the time it is asked
         client.write(startup_messages(client))
         # Bytes the client pipelined behind its password end up in client.pending once login returns.
@@ -189,7 +189,7 @@ def run_command(app: App, worker: Worker, ctx: ShowContext, cmd: Command) -> byt
         return render(tab_completion(cmd.arg or ""))
     if verb == "SET":
         try:
-            level = loglevel.set_filter(cmd.arg or "")
+            level = logs.set_filter(cmd.arg or "")
         except ValueError as e:
             raise AdminError("42601", str(e)) from None
         log.info("SET log_level = '%s'", level)

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pgdoorman import __version__
-from pgdoorman.admin import loglevel
+from pgdoorman import __version__, logs
 from pgdoorman.admin.parser import SHOW_SUBCOMMANDS
 from pgdoorman.admin.resultset import INT4, NUMERIC, TEXT, Cell, ResultSet
 from pgdoorman.admin.state import (
@@ -165,7 +164,7 @@ def show_version(ctx: ShowContext) -> ResultSet:
 
 
 def show_log_level(ctx: ShowContext) -> ResultSet:
-    return ResultSet(LOG_LEVEL_COLUMNS, [[loglevel.current_filter()]])
+    return ResultSet(LOG_LEVEL_COLUMNS, [[logs.current_filter()]])
 
 
 def split_maxwait(us: int) -> tuple[int, int]:

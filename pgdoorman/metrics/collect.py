@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pgdoorman import __version__
-from pgdoorman.admin import loglevel
+from pgdoorman import __version__, logs
 from pgdoorman.admin.show import connection_counts
 from pgdoorman.admin.state import (
     Snapshot,
@@ -77,7 +76,7 @@ def collect(app: App, snap: Snapshot | None = None) -> list[Family]:
                 .add(1, {"version": __version__}))
     fams.append(F("pg_doorman_log_level", "gauge",
                   "Current log filter (as SHOW LOG_LEVEL reports it); always 1, the filter is in the label.")
-                .add(1, {"level": loglevel.current_filter()}))
+                .add(1, {"level": logs.current_filter()}))
     fams.append(F("pg_doorman_total_memory", "gauge", "Resident memory of the pooler process in bytes.")
                 .add(memory_bytes()))
     conns = connection_counts(app)

@@ -8,7 +8,6 @@ import logging
 import pytest
 
 from pgdoorman import logs
-from pgdoorman.admin import loglevel
 from pgdoorman.admin.console import tab_completion
 from pgdoorman.admin.parser import SHOW_SUBCOMMANDS
 from pgdoorman.admin.resultset import NUMERIC, TEXT, ResultSet, fmt, render
@@ -108,12 +107,12 @@ def test_tab_completion_answers() -> None:
 
 
 def test_log_filter_parsing() -> None:
-    assert loglevel.parse_filter("info") == ("info", [])
-    assert loglevel.parse_filter("WARN, pg_doorman::pool=debug") == ("warn", [("pgdoorman.pool", "debug")])
-    assert loglevel.parse_filter("pgdoorman.server=trace") == (None, [("pgdoorman.server", "trace")])
+    assert logs.parse_filter("info") == ("info", [])
+    assert logs.parse_filter("WARN, pg_doorman::pool=debug") == ("warn", [("pgdoorman.pool", "debug")])
+    assert logs.parse_filter("pgdoorman.server=trace") == (None, [("pgdoorman.server", "trace")])
     for bad in ("", "loud", "info,debug", "info,,", "x y=debug", "pool=loud"):
         with pytest.raises(ValueError):
-            loglevel.parse_filter(bad)
+            logs.parse_filter(bad)
 
 
 def test_set_filter_applies_and_default_restores() -> None:
@@ -121,21 +120,21 @@ def test_set_filter_applies_and_default_restores() -> None:
     before = root.level
     try:
         logs.set_level("info")
-        loglevel._initial = None
-        loglevel.remember_initial()
-        assert loglevel.set_filter("warn,pg_doorman::pool=debug") == "warn,pgdoorman.pool=debug"
+        logs._initial = None
+        logs.remember_initial()
+        assert logs.set_filter("warn,pg_doorman::pool=debug") == "warn,pgdoorman.pool=debug"
         assert root.level == logging.WARNING
         assert logging.getLogger("pgdoorman.pool").level == logging.DEBUG
-        assert loglevel.current_filter() == "warn,pgdoorman.pool=debug"
-        assert loglevel.set_filter("default") == "info"
+        assert logs.current_filter() == "warn,pgdoorman.pool=debug"
+        assert logs.set_filter("default") == "info"
         assert root.level == logging.INFO
         assert logging.getLogger("pgdoorman.pool").level == logging.NOTSET
         with pytest.raises(ValueError):
-            loglevel.set_filter("chatty")
-        assert loglevel.current_filter() == "info"
+            logs.set_filter("chatty")
+        assert logs.current_filter() == "info"
     finally:
         root.setLevel(before)
-        loglevel._current = None
+        logs._current = None
 
 
 def test_docs_list_every_command_and_column() -> None:
