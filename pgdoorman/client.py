@@ -31,7 +31,7 @@ from pgdoorman.net.conn import AGAIN, HIGH_WATER, Conn
 from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN, ssl_reason
 from pgdoorman.params import READ_ONLY, TRACKED_PARAMS, OptionsError, known_spelling, startup_settings
-from pgdoorman.protocol import auth
+from pgdoorman.protocol import auth, frontend
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import FULL, INVALID, NOTIFY, PASS, SMALL, SMALL_LIMIT, Scanner
 
@@ -324,6 +324,12 @@ class ClientConn(Conn):
                 s.bytes_out += n
                 s.pstats.bytes_in += n
                 s.write(out)
+                if self.expect <= 0 and not self.unsynced and s.txn_status == 73 and self.transaction_mode \
+                        and not s.release_pending and s.state == 3 and not self.scanner.mid_message \
+                        and not self.terminating:
+                    # A message no answer waits for (a CopyData outside COPY, which PostgreSQL ignores) ended
+                    # after the last ReadyForQuery: the server is free again now that the message is whole.
+                    self.worker.release_server(s)
         if self.terminating:
             self.close("client terminated")
 
@@ -357,10 +363,10 @@ class ClientConn(Conn):
     def _on_message(self, t: int, body: memoryview) -> bytes | None:
         if t == 81:  # a small simple query (transaction mode)
             self._on_header(t, 0)
-            return self._refuse_listen(body)
+            return self._refuse_listen(body) if body else None
         if t == 80:  # a small Parse (transaction mode, prepared_statements off)
             self._on_header(t, 0)
-            if body[0] != 0:
+            if not body or body[0] != 0:
                 self.named_parse = True
             return None
         # Terminate: never forwarded (the server stays with the pool).
@@ -392,8 +398,10 @@ class ClientConn(Conn):
         if self.terminating:
             self.close("client terminated")
         elif not self.rq and self.expect <= 0 and not self.unsynced and s.txn_status == 73 \
-                and self.transaction_mode and self.server is s and not s.release_pending:
-            # Everything was answered locally (e.g. a DEALLOCATE): the server is free again.
+                and self.transaction_mode and self.server is s and not s.release_pending \
+                and not self.scanner.mid_message:
+            # Everything was answered locally (e.g. a DEALLOCATE), or a message that no answer was waiting
+            # for was completed: the server is free again.
             self.worker.release_server(s)
 
     def _fast_query(self, view: memoryview, n: int, s: ServerConn) -> bool:
@@ -631,8 +639,18 @@ class ClientConn(Conn):
         self._track().append((ps.INJECT, st))
         return st.parse_msg
 
+    def _malformed(self, rq: deque[tuple[int, Any]]) -> bytes | None:
+        """A message body PostgreSQL will refuse (08P01, "invalid message format" and the like): sent on
+        untouched, so PostgreSQL answers it in its own words and skips to Sync, as it would directly."""
+        self.unsynced = True
+        rq.append((ps.MALFORMED, None))
+        return None
+
     def _on_message_ps(self, t: int, body: memoryview) -> bytes | None:
         if t == 81:  # small simple query
+            if len(body) < 2:  # empty, or no text before the NUL: PostgreSQL's answer, untouched
+                self._on_header_ps(t, 0)
+                return None
             if body[0] | 32 == 100 or body[0] in b" \t\r\n":  # starts with d/D or blank: maybe DEALLOCATE
                 mt = _DEALLOCATE.match(bytes(body[:-1]))
                 if mt is not None:
@@ -651,8 +669,17 @@ class ClientConn(Conn):
             self.unsynced = True
             self._mark_query()
             b = bytes(body)
-            j = b.index(b"\x00")
-            k = b.index(b"\x00", j + 1)
+            try:
+                j, k, _ = frontend.check_bind(body)
+            except frontend.InvalidMessage:
+                # PostgreSQL looks the statement up before it reads the parameters: name ours, so that it
+                # refuses the rest of the body in its own words (or says the statement does not exist).
+                j = b.find(b"\x00")
+                k = b.find(b"\x00", j + 1) if j >= 0 else -1
+                st = self._lookup(b[j + 1 : k]) if k >= 0 else None
+                pre = self._ensure(st) if st is not None else b""  # an injected Parse is answered first
+                self._malformed(rq)
+                return None if st is None else pre + _renamed_bind(b, j, k, st.name)
             st = self._lookup(b[j + 1 : k])
             if st is None:
                 rq.append((ps.BIND, None))
@@ -685,9 +712,11 @@ class ClientConn(Conn):
                 assert pool is not None
                 pool.ps_cache.count_hit(st)
             else:
+                try:
+                    j, k, _ = frontend.check_parse(body)
+                except frontend.InvalidMessage:
+                    return self._malformed(rq)
                 b = bytes(body)
-                j = b.index(b"\x00")
-                k = b.index(b"\x00", j + 1)
                 name = b[:j]
                 pool = self.pool
                 assert pool is not None
@@ -719,6 +748,10 @@ class ClientConn(Conn):
             return st.parse_msg
         if t == 68:  # Describe
             self.unsynced = True
+            try:
+                frontend.parse_describe(body)
+            except frontend.InvalidMessage:
+                return self._malformed(rq)
             if body[0] == 80:  # portal
                 rq.append((ps.DESC_P, None))
                 return None
@@ -743,6 +776,10 @@ class ClientConn(Conn):
             return pre + b"D" + m.U32.pack(len(nb) + 4) + nb
         if t == 67:  # Close
             self.unsynced = True
+            try:
+                frontend.parse_close(body)
+            except frontend.InvalidMessage:
+                return self._malformed(rq)
             if body[0] == 80:
                 rq.append((ps.CLOSE, None))
                 return None

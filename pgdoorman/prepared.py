@@ -44,6 +44,7 @@ QUERY = 9      # simple query: everything through ReadyForQuery
 FUNC = 10      # function call: FunctionCallResponse through ReadyForQuery
 DUP = 11       # (statement, name): a Parse of a name the client holds, sent to fail as PostgreSQL fails it (42P05)
 UNPARSE = 12   # our own Close of a statement about to be parsed again: swallow CloseComplete
+MALFORMED = 13  # a message sent on untouched for PostgreSQL to refuse (ErrorResponse, then the skip to Sync)
 
 # Response types that complete an entry of each kind (ReadyForQuery and ErrorResponse are handled apart).
 TERMINAL: tuple[frozenset[int], ...] = (
@@ -60,6 +61,7 @@ TERMINAL: tuple[frozenset[int], ...] = (
     frozenset(),                # FUNC
     frozenset(b"1"),            # DUP (always answered by an ErrorResponse)
     frozenset(b"3"),            # UNPARSE
+    frozenset(),                # MALFORMED
 )
 SWALLOWED = frozenset((INJECT, UNPARSE))
 

@@ -454,7 +454,10 @@ class ServerConn(Conn):
                 c.expect -= 1
                 c.fast_bind = None
                 c.fast_redo = None
-                if st == 73 and c.expect <= 0 and not c.unsynced and c.transaction_mode:
+                if st == 73 and c.expect <= 0 and not c.unsynced and c.transaction_mode \
+                        and not c.scanner.mid_message:
+                    # (Mid-message: PostgreSQL still reads the rest of a message the client is sending; the
+                    # server stays with the client until that message is whole.)
                     self.release_pending = True
                 c.on_ready(st)
             if held is not None:
