@@ -1,7 +1,8 @@
 """The process owner: builds pools and workers from the config, binds listeners (or takes over those of
 the process it upgrades), runs the worker threads, and turns signals and admin commands into reload,
 binary upgrade and shutdown. Signal handlers only set flags and wake the main thread; the main thread does
-the work.
+the work. It implements `observe.Source` and `observe.Control` structurally and imports neither admin/ nor
+metrics/: serve.py (the composition root) plugs the admin session factory and the metrics listener in.
 
 Signals: SIGHUP reloads the config; SIGTERM shuts down gracefully; SIGUSR2 upgrades the binary (see
 upgrade.py); SIGINT shuts down when stdin is a terminal (Ctrl-C) and upgrades otherwise, as PgDoorman does.
@@ -16,21 +17,22 @@ import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pgdoorman import __version__, hba, systemd, upgrade
-from pgdoorman.cancel import CancelRegistry, fake_pid
+from pgdoorman import __version__, hba, logs, systemd, upgrade
+from pgdoorman.cancel import CancelRegistry
 from pgdoorman.config import Config, ConfigError, load_config
 from pgdoorman.net.sockopts import TcpOptions, tcp_listener, unix_listener
 from pgdoorman.net.tls import client_tls
+from pgdoorman.observe import UnknownDatabase
 from pgdoorman.pool import Pool
 from pgdoorman.protocol import auth
+from pgdoorman.protocol import messages as m
 from pgdoorman.worker import Worker
 
 if TYPE_CHECKING:
     from pgdoorman.client import ClientConn
-    from pgdoorman.daemon import Daemon
-    from pgdoorman.metrics import MetricsServer
 
 log = logging.getLogger("pgdoorman")
 
@@ -44,6 +46,10 @@ def default_workers() -> int:
     if gil_enabled():
         return 1
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
 
 
 class App:
@@ -78,7 +84,11 @@ class App:
         self._reload_lock = threading.Lock()
         self.sigint_shutdown = upgrade.sigint_means_shutdown()
         self.handoff: upgrade.Handoff | None = None  # set once a new process took over our listeners
-        self.metrics: MetricsServer | None = None
+        # Set by the composition root (serve.py): the admin console's session factory and the /metrics
+        # listener's starter. Without them an admin login is refused and web.enabled starts nothing.
+        self.admin_factory: Callable[[ClientConn], Any] | None = None
+        self.metrics_factory: Callable[[], Stoppable] | None = None
+        self.metrics: Stoppable | None = None
         self.shutdown_deadline = 0.0
         self.unix_path: str | None = None
         self.tcp_options = self._tcp_options()
@@ -188,9 +198,57 @@ class App:
         return self._admin_verifier
 
     def make_admin(self, client: ClientConn) -> Any:
-        from pgdoorman.admin.console import AdminSession
+        if self.admin_factory is None:
+            raise RuntimeError("no admin console wired into this App (see pgdoorman/serve.py)")
+        return self.admin_factory(client)
 
-        return AdminSession(self, client)
+    # ------------------------------------------------------------------ control (observe.Control)
+    def _pools_for(self, database: str | None) -> list[Pool]:
+        pools = list(self.pool_list)
+        if database is None:
+            return pools
+        found = [p for p in pools if p.database == database]
+        if not found:
+            raise UnknownDatabase(database)
+        return found
+
+    def pause(self, database: str | None, here: Worker) -> None:
+        for p in self._pools_for(database):
+            p.set_paused(True, here)
+
+    def resume(self, database: str | None, here: Worker) -> None:
+        """Waiters of a resumed pool are handed servers starting from `here`, the caller's worker."""
+        for p in self._pools_for(database):
+            p.set_paused(False, here)
+
+    def reconnect(self, database: str | None) -> None:
+        """New epoch: servers of the old one are closed when they come back; idle ones are closed now."""
+        for pool in self._pools_for(database):
+            with pool.lock:
+                pool.epoch += 1
+            self._close_idle(pool)
+
+    def kill(self, database: str | None) -> None:
+        """Drop every client and server of the database's pools, each on its own worker."""
+        targets = {id(p) for p in self._pools_for(database)}
+        for w in self.workers:
+            w.loop.call_soon_threadsafe(self._kill_in, w, targets)
+
+    @staticmethod
+    def _kill_in(w: Worker, targets: set[int]) -> None:
+        # Clients first, with PostgreSQL's own message for an administrator's kill; their servers then
+        # close with them (or below) instead of telling the client that the server vanished.
+        msg = m.error_response("57P01", "terminating connection due to administrator command", "FATAL")
+        for c in list(w.clients):
+            if c.admin is None and not c.closed and c.pool is not None and id(c.pool) in targets:
+                c.write(msg)
+                c.close("killed from the admin console")
+        for s in list(w.servers):
+            if not s.closed and id(s.pool) in targets:
+                s.close("killed from the admin console")
+
+    def set_log_level(self, spec: str) -> str:
+        return logs.set_filter(spec)
 
     # ------------------------------------------------------------------ client accounting
     def client_admitted(self) -> bool:
@@ -370,12 +428,11 @@ class App:
     def start_metrics(self, retry: bool = False) -> None:
         """The /metrics listener if `web.enabled`. With `retry` (a new process of a binary upgrade, whose
         predecessor still holds the port for a moment), keep trying in the background."""
-        if not self.config.web.enabled:
+        if not self.config.web.enabled or self.metrics_factory is None:
             return
-        from pgdoorman.metrics import start_metrics_server
-
+        start = self.metrics_factory
         try:
-            self.metrics = start_metrics_server(self)
+            self.metrics = start()
             return
         except OSError as e:
             if not retry:
@@ -387,7 +444,7 @@ class App:
             while time.monotonic() < deadline and not self.shutting_down:
                 time.sleep(0.1)
                 try:
-                    self.metrics = start_metrics_server(self)
+                    self.metrics = start()
                     return
                 except OSError:
                     continue
@@ -449,35 +506,4 @@ class App:
         return 0
 
 
-def serve(config: Config, daemon: Daemon | None = None, inherited: upgrade.Inherited | None = None) -> int:
-    app = App(config)
-    if inherited is not None and inherited.cancel_pid_base is not None:
-        app.cancels.next_pid = fake_pid(inherited.cancel_pid_base)
-    try:
-        app.bind(inherited)
-    except OSError as e:
-        g = config.general
-        log.error("cannot listen on %s:%s: %s", g.host, g.port, e)
-        if daemon is not None:
-            daemon.failed(f"cannot listen on {g.host}:{g.port}: {e}")
-        return 1
-    app.install_signals()
-    app.start_workers()
-    try:
-        app.start_metrics(retry=inherited is not None and inherited.is_upgrade)
-    except OSError as e:
-        log.error("cannot listen for metrics on %s:%s: %s", config.web.host, config.web.port, e)
-        if daemon is not None:
-            daemon.failed(f"cannot listen for metrics on {config.web.host}:{config.web.port}: {e}")
-        app.stop_workers("startup failed")
-        return 1
-    if inherited is not None and inherited.is_upgrade:
-        upgrade.child_ready(app, inherited)  # the old process tells systemd our pid
-    else:
-        systemd.ready(f"serving on {config.general.host}:{config.general.port}")
-    if daemon is not None:
-        daemon.ready()
-    return app.run()
-
-
-__all__ = ["App", "serve", "socket"]
+__all__ = ["App", "socket"]

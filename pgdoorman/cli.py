@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for w in config.warnings:
         logging.getLogger("pgdoorman.config").warning("%s", w)
-    from pgdoorman.app import serve
+    from pgdoorman.serve import serve
 
     try:
         return serve(config, daemon=daemon, inherited=inherited)

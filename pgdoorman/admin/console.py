@@ -1,6 +1,7 @@
 """The admin console session: what a client authenticated on the virtual database `pgdoorman` (or
 `pgbouncer`) talks to. It runs on the client's worker thread: the core calls `on_readable` when the
-socket is readable and `on_close` once it closed.
+socket is readable and `on_close` once it closed. It reads the pooler through an `observe.Observer` and
+acts through an `observe.Control`; the composition root (serve.py) hands it both.
 
 Simple query protocol only. Each Query is parsed (admin/parser.py) into statements that are run in
 order; a failing statement gets an ErrorResponse and ends the Query, as in PostgreSQL, and every Query
@@ -13,20 +14,44 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from pgdoorman import logs
 from pgdoorman.admin.parser import SHOW_SUBCOMMANDS, Command, ParseError, parse
 from pgdoorman.admin.resultset import BOOL, TEXT, ResultSet, render, render_command
 from pgdoorman.admin.show import SHOW_BUILDERS, ShowContext
-from pgdoorman.admin.state import copy_of, get_sampler
+from pgdoorman.observe import Control, Observer, UnknownDatabase
 from pgdoorman.protocol import messages as m
 
-if TYPE_CHECKING:
-    from pgdoorman.app import App
-    from pgdoorman.client import ClientConn
-    from pgdoorman.pool import Pool
-    from pgdoorman.worker import Worker
+
+class ConsoleLoop(Protocol):
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+
+
+class ConsoleClient(Protocol):
+    """The client connection an admin session talks through (a logged-in `ClientConn`)."""
+
+    pending: bytearray
+    inbuf: bytearray
+
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def addr(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def application_name(self) -> str: ...
+    @property
+    def loop(self) -> ConsoleLoop: ...
+    @property
+    def worker(self) -> Any: ...  # passed through to Control.pause/resume unread
+    def write(self, data: bytes) -> Any: ...
+    def recv_or_close(self, n: int, reason: str) -> bytes | None: ...
+    def fatal(self, sqlstate: str, message: str) -> None: ...
+    def close(self, reason: str) -> None: ...
+
 
 log = logging.getLogger("pgdoorman.admin")
 
@@ -46,7 +71,7 @@ class AdminError(Exception):
         self.message = message
 
 
-def startup_messages(client: ClientConn) -> bytes:
+def startup_messages(client: ConsoleClient) -> bytes:
     """ParameterStatus set psql and drivers expect, BackendKeyData, ReadyForQuery."""
     params = [
         ("application_name", client.application_name),
@@ -71,14 +96,15 @@ def startup_messages(client: ClientConn) -> bytes:
 
 
 class AdminSession:
-    def __init__(self, app: App, client: ClientConn) -> None:
-        self.app = app
+    def __init__(self, obs: Observer, control: Control, client: ConsoleClient) -> None:
+        self.obs = obs
+        self.control = control
         self.client = client
         self.buf = bytearray()
         self.skipping = False  # after an extended-protocol message: ignore everything up to Sync
         self.closed = False
         logs.remember_initial()
-        get_sampler(app)  # start collecting so SHOW STATS has a window by the time it is asked
+        obs.start_sampler()  # start collecting so SHOW STATS has a window by the time it is asked
         client.write(startup_messages(client))
         # Bytes the client pipelined behind its password end up in client.pending once login returns.
         client.loop.call_soon(self._take_pending)
@@ -153,12 +179,12 @@ class AdminSession:
     # ------------------------------------------------------------------ commands
     def run_query(self, sql: str) -> bytes:
         log.debug("admin query from %s: %s", self.client.addr, sql)
-        return execute(self.app, self.client.worker, sql)
+        return execute(self.obs, self.control, self.client.worker, sql)
 
 
-def execute(app: App, worker: Worker, sql: str) -> bytes:
-    """All statements of one Query, then ReadyForQuery. Runs on `worker`'s thread."""
-    ctx = ShowContext(app)
+def execute(obs: Observer, control: Control, here: Any, sql: str) -> bytes:
+    """All statements of one Query, then ReadyForQuery. Runs on the thread of the worker `here`."""
+    ctx = ShowContext(obs)
     out: list[bytes] = []
     for cmd in parse(sql):
         if isinstance(cmd, ParseError):
@@ -166,9 +192,12 @@ def execute(app: App, worker: Worker, sql: str) -> bytes:
             out.append(m.error_response(cmd.sqlstate, cmd.message))
             break
         try:
-            out.append(run_command(app, worker, ctx, cmd))
+            out.append(run_command(control, here, ctx, cmd))
         except AdminError as e:
             out.append(m.error_response(e.sqlstate, e.message))
+            break
+        except UnknownDatabase as e:
+            out.append(m.error_response("3D000", f'No pool for database "{e.database}"'))
             break
         except Exception as e:
             log.exception("admin command %r failed", cmd)
@@ -178,7 +207,7 @@ def execute(app: App, worker: Worker, sql: str) -> bytes:
     return b"".join(out)
 
 
-def run_command(app: App, worker: Worker, ctx: ShowContext, cmd: Command) -> bytes:
+def run_command(control: Control, here: Any, ctx: ShowContext, cmd: Command) -> bytes:
     verb = cmd.verb
     if verb == "SHOW":
         assert cmd.arg is not None
@@ -189,79 +218,41 @@ def run_command(app: App, worker: Worker, ctx: ShowContext, cmd: Command) -> byt
         return render(tab_completion(cmd.arg or ""))
     if verb == "SET":
         try:
-            level = logs.set_filter(cmd.arg or "")
+            level = control.set_log_level(cmd.arg or "")
         except ValueError as e:
             raise AdminError("42601", str(e)) from None
         log.info("SET log_level = '%s'", level)
         return render_command("SET")
     if verb in ("PAUSE", "RESUME"):
-        paused = verb == "PAUSE"
-        for p in pools_for(app, cmd.arg):
-            p.set_paused(paused, worker)
+        if verb == "PAUSE":
+            control.pause(cmd.arg, here)
+        else:
+            control.resume(cmd.arg, here)
         log.info("%s %s", verb, cmd.arg or "(all pools)")
         return render_command(verb)
     if verb == "RECONNECT":
-        for p in pools_for(app, cmd.arg):
-            reconnect_pool(app, p)
+        control.reconnect(cmd.arg)
         log.info("RECONNECT %s", cmd.arg or "(all pools)")
         return render_command(verb)
     if verb == "KILL":
-        pools = pools_for(app, cmd.arg)
-        kill_pools(app, pools)
+        control.kill(cmd.arg)
         log.info("KILL %s", cmd.arg)
         return render_command(verb)
     if verb == "RELOAD":
-        ok, message = app.reload()
+        ok, message = control.reload()
         if not ok:
             raise AdminError("F0000", f"RELOAD failed, the running configuration is kept: {message}")
         return render_command("RELOAD")
     if verb == "UPGRADE":
         # Binary upgrade, as SIGUSR2: validate the config with the new executable, start it, hand clients over.
         log.info("UPGRADE requested from the admin console")
-        ok = app.request_upgrade()
+        ok = control.request_upgrade()
         return render(ResultSet([("success", BOOL)], [[bool(ok)]], tag="UPGRADE"))
     if verb == "SHUTDOWN":
         log.info("SHUTDOWN requested from the admin console")
-        app.request_shutdown()
+        control.request_shutdown()
         return render(ResultSet([("success", BOOL)], [[True]], tag="SHUTDOWN"))
     raise AdminError("58000", f"unsupported admin command {verb}")
-
-
-def pools_for(app: App, database: str | None) -> list[Pool]:
-    pools = copy_of(app.pool_list)
-    if database is None:
-        return pools
-    found = [p for p in pools if p.database == database]
-    if not found:
-        raise AdminError("3D000", f'No pool for database "{database}"')
-    return found
-
-
-def reconnect_pool(app: App, pool: Pool) -> None:
-    """New epoch: servers of the old one are closed when they come back; idle ones are closed now."""
-    with pool.lock:
-        pool.epoch += 1
-    app._close_idle(pool)
-
-
-def kill_pools(app: App, pools: list[Pool]) -> None:
-    """Drop every client and server of `pools`, each on its own worker."""
-    targets = {id(p) for p in pools}
-    for w in app.workers:
-        w.loop.call_soon_threadsafe(_kill_in, w, targets)
-
-
-def _kill_in(w: Worker, targets: set[int]) -> None:
-    # Clients first, with PostgreSQL's own message for an administrator's kill; their servers then
-    # close with them (or below) instead of telling the client that the server vanished.
-    msg = m.error_response("57P01", "terminating connection due to administrator command", "FATAL")
-    for c in copy_of(w.clients):
-        if c.admin is None and not c.closed and c.pool is not None and id(c.pool) in targets:
-            c.write(msg)
-            c.close("killed from the admin console")
-    for s in copy_of(w.servers):
-        if not s.closed and id(s.pool) in targets:
-            s.close("killed from the admin console")
 
 
 _LIKE = re.compile(r"like\s+(?:pg_catalog\.lower\s*\(\s*)?'((?:[^']|'')*)'", re.IGNORECASE)

@@ -1,40 +1,22 @@
 """The SHOW subcommands: each one's columns (names, order and types as PgDoorman 3.10 sends them) and the
-builder that fills the rows from the running pooler. Builders only read (see admin/state.py) and return
-a ResultSet; rendering to the wire is resultset.render's job.
+builder that fills the rows from an observation snapshot. Builders only read (through pgdoorman.observe)
+and return a ResultSet; rendering to the wire is resultset.render's job.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pgdoorman import __version__, logs
 from pgdoorman.admin.parser import SHOW_SUBCOMMANDS
 from pgdoorman.admin.resultset import INT4, NUMERIC, TEXT, Cell, ResultSet
-from pgdoorman.admin.state import (
-    Snapshot,
-    StatsSampler,
-    client_state,
-    client_statements,
-    copy_of,
-    get_sampler,
-    pool_statements,
-    pool_totals,
-    prepared_view,
-    server_state,
-    take_snapshot,
-)
+from pgdoorman.observe import ClientInfo, Observer, Snapshot, StatsSampler
 from pgdoorman.stats import percentile
-
-if TYPE_CHECKING:
-    from pgdoorman.app import App
-    from pgdoorman.client import ClientConn
 
 Columns = list[tuple[str, int]]
 
@@ -134,24 +116,21 @@ def version_string() -> str:
 
 @dataclass
 class ShowContext:
-    """What the builders read: the app, one lazily taken snapshot shared by a Query's statements, and
+    """What the builders read: the observer, one lazily taken snapshot shared by a Query's statements, and
     the stats sampler."""
 
-    app: App
+    obs: Observer
     _snap: Snapshot | None = None
-    _sampler: StatsSampler | None = None
 
     @property
     def snap(self) -> Snapshot:
         if self._snap is None:
-            self._snap = take_snapshot(self.app)
+            self._snap = self.obs.snapshot()
         return self._snap
 
     @property
     def sampler(self) -> StatsSampler:
-        if self._sampler is None:
-            self._sampler = get_sampler(self.app)
-        return self._sampler
+        return self.obs.sampler
 
 
 # ------------------------------------------------------------------------------------------ builders
@@ -176,11 +155,11 @@ def show_pools(ctx: ShowContext) -> ResultSet:
     rows: list[list[Cell]] = []
     now = time.monotonic()
     for v in ctx.snap.pools:
-        p = v.pool
+        p = v.info
         secs, us = split_maxwait(v.maxwait_us)
-        avg = ctx.sampler.averages_for(v.key, pool_totals(p), now)
+        avg = ctx.sampler.averages_for(v.key, ctx.obs.totals(v.key), now)
         rows.append([
-            p.database, p.username, p.mode,
+            p.database, p.user, p.mode,
             v.cl_idle, v.cl_active, v.cl_waiting, 0,
             v.sv_active, v.sv_idle, v.sv_used, v.sv_login,
             p.pool_size, secs, us, avg.xact_time,
@@ -192,13 +171,13 @@ def show_pools(ctx: ShowContext) -> ResultSet:
 def show_pools_extended(ctx: ShowContext) -> ResultSet:
     rows: list[list[Cell]] = []
     for v in ctx.snap.pools:
-        p = v.pool
-        t = pool_totals(p)
+        p = v.info
+        t = ctx.obs.totals(v.key)
         (qc, qn, _), (xc, xn, _), _ = t.hists
         q = [int(percentile(qc, qn, x)) for x in (0.99, 0.95, 0.5)]
         x = [int(percentile(xc, xn, x_)) for x_ in (0.99, 0.95, 0.5)]
         rows.append([
-            p.database, p.username, v.cl_active, v.cl_waiting,
+            p.database, p.user, v.cl_active, v.cl_waiting,
             v.sv_active, v.sv_idle, v.sv_used, v.sv_login,
             v.maxwait_us / 1_000_000, v.maxwait_us % 1_000_000, p.mode,
             t.bytes_in, t.bytes_out,
@@ -210,16 +189,11 @@ def show_pools_extended(ctx: ShowContext) -> ResultSet:
 def show_pools_memory(ctx: ShowContext) -> ResultSet:
     rows: list[list[Cell]] = []
     for v in ctx.snap.pools:
-        pv = prepared_view(v)
+        pv = ctx.obs.prepared(v)
         # One unnamed statement per client, never evicted; Flush-based "async" clients are not tracked.
-        rows.append([v.pool.database, v.pool.username, pv.pool_entries, pv.pool_bytes, pv.client_entries,
+        rows.append([v.info.database, v.info.user, pv.pool_entries, pv.pool_bytes, pv.client_entries,
                      pv.client_bytes, pv.client_named, pv.client_anonymous, 0, 0])
     return ResultSet(POOLS_MEMORY_COLUMNS, rows)
-
-
-def statement_hash(st: Any) -> int:
-    """A stable unsigned 64-bit hash of what identifies a statement (text, parameter types, settings)."""
-    return int.from_bytes(hashlib.blake2b(repr(st.key).encode(), digest_size=8).digest(), "big")
 
 
 def show_prepared_statements(ctx: ShowContext) -> ResultSet:
@@ -228,36 +202,17 @@ def show_prepared_statements(ctx: ShowContext) -> ResultSet:
         named_ids: set[int] = set()
         unnamed_ids: set[int] = set()
         for c in v.clients:
-            named, unnamed = client_statements(c)
-            named_ids.update(id(st) for st in named)
-            if unnamed is not None:
-                unnamed_ids.add(id(unnamed))
-        for st in pool_statements(v.pool):
-            kind = getattr(st, "kind", None)
+            named_ids.update(c.ps_named)
+            if c.ps_unnamed is not None:
+                unnamed_ids.add(c.ps_unnamed)
+        for st in ctx.obs.statements(v.key):
+            kind = st.kind
             if kind is None:
                 # How connected clients refer to it now ('' when none does).
-                n, a = id(st) in named_ids, id(st) in unnamed_ids
+                n, a = st.ident in named_ids, st.ident in unnamed_ids
                 kind = "mixed" if n and a else "named" if n else "anonymous" if a else ""
-            rows.append([v.pool.name, statement_hash(st), st.name.decode("utf-8", "replace"),
-                         st.query.decode("utf-8", "replace"), st.uses, kind])
+            rows.append([v.info.name, st.hash, st.name, st.query, st.uses, kind])
     return ResultSet(PREPARED_STATEMENTS_COLUMNS, rows)
-
-
-_client_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-_next_login_id = [1 << 31]  # above any cancel key (< 2**31), so the two id spaces never collide
-
-
-def client_id(c: ClientConn) -> str:
-    """`#c<N>`: N is the client's cancel key (its BackendKeyData pid) once it has one; a client still
-    logging in gets a number from a separate range that stays the same while it lives."""
-    if c.pid:
-        return f"#c{c.pid}"
-    n = _client_ids.get(c)
-    if n is None:
-        n = _next_login_id[0]
-        _next_login_id[0] += 1
-        _client_ids[c] = n
-    return f"#c{n}"
 
 
 def client_host(addr: str) -> str:
@@ -270,26 +225,23 @@ def client_host(addr: str) -> str:
     return addr
 
 
-def client_wait(c: ClientConn, state: str) -> str:
+def client_wait(c: ClientInfo) -> str:
     """PgDoorman's wait column: a queued client waits on nothing ('idle'); otherwise the pooler is
     reading from it, or writing when output is queued for it."""
-    if state == "waiting":
+    if c.state == "waiting":
         return "idle"
-    return "write" if c.out else "read"
+    return "write" if c.writing else "read"
 
 
 def show_clients(ctx: ShowContext) -> ResultSet:
     rows: list[list[Cell]] = []
     wall = ctx.snap.wall
     for c in ctx.snap.clients:
-        if c.admin is not None:
-            continue
-        st = client_state(c)
-        if st is None:
+        if c.state == "login":
             continue
         rows.append([
-            client_id(c), c.database, c.user, c.application_name, client_host(c.addr),
-            "true" if getattr(c, "tls", False) else "false", st, client_wait(c, st),
+            c.id, c.database, c.user, c.application_name, client_host(c.addr),
+            "true" if c.tls else "false", c.state, client_wait(c),
             c.xact_count, c.query_count, c.error_count, max(0, int(wall - c.connect_time)),
         ])
     return ResultSet(CLIENTS_COLUMNS, rows)
@@ -299,15 +251,15 @@ def show_servers(ctx: ShowContext) -> ResultSet:
     rows: list[list[Cell]] = []
     now = ctx.snap.taken
     for s in ctx.snap.servers:
-        if s.state == 5:
+        st = s.state
+        if st == "closed":
             continue
-        st = server_state(s)
-        wait = "write" if s.out else ("read" if st == "active" else "idle")
+        wait = "write" if s.writing else ("read" if st == "active" else "idle")
         rows.append([
-            f"0x{s.id:08X}", str(s.pid), s.pool.database, s.pool.username, s.params.get("application_name", ""),
-            "true" if getattr(s, "tls", False) else "false", st, wait,
+            f"0x{s.id:08X}", str(s.pid), s.pool[0], s.pool[1], s.application_name,
+            "true" if s.tls else "false", st, wait,
             s.xact_count, s.query_count, s.bytes_out, s.bytes_in, max(0, int(now - s.created)),
-            getattr(s, "ps_hits", 0), getattr(s, "ps_misses", 0), len(getattr(s, "prepared", ())),
+            s.ps_hits, s.ps_misses, s.ps_cached,
         ])
     return ResultSet(SERVERS_COLUMNS, rows)
 
@@ -315,11 +267,11 @@ def show_servers(ctx: ShowContext) -> ResultSet:
 def show_stats(ctx: ShowContext) -> ResultSet:
     rows: list[list[Cell]] = []
     now = time.monotonic()
-    for p in copy_of(ctx.app.pool_list):
-        t = pool_totals(p)
-        a = ctx.sampler.averages_for((p.database, p.username), t, now)
+    for p in ctx.obs.pools():
+        t = ctx.obs.totals(p.key)
+        a = ctx.sampler.averages_for(p.key, t, now)
         rows.append([
-            p.database, p.username,
+            p.database, p.user,
             t.xact_count, t.query_count, t.bytes_in, t.bytes_out, t.xact_time_us, t.query_time_us,
             t.wait_time_us, t.errors,
             a.xact_count, a.query_count, a.recv, a.sent, a.errors, a.xact_time, a.query_time, a.wait_time,
@@ -329,18 +281,17 @@ def show_stats(ctx: ShowContext) -> ResultSet:
 
 def show_databases(ctx: ShowContext) -> ResultSet:
     rows: list[list[Cell]] = []
-    for p in copy_of(ctx.app.pool_list):
-        pc = p.pool_cfg
+    for p in ctx.obs.pools():
         rows.append([
-            p.database, pc.server_host, str(pc.server_port), pc.server_database, p.username,
-            p.pool_size, p.min_pool_size or 0, pc.reserve_pool_size or 0, p.mode,
+            p.database, p.server_host, str(p.server_port), p.server_database, p.user,
+            p.pool_size, p.min_pool_size, p.reserve_pool_size, p.mode,
             p.pool_size, p.total,
         ])
     return ResultSet(DATABASES_COLUMNS, rows)
 
 
 def show_users(ctx: ShowContext) -> ResultSet:
-    return ResultSet(USERS_COLUMNS, [[p.username, p.mode] for p in copy_of(ctx.app.pool_list)])
+    return ResultSet(USERS_COLUMNS, [[p.user, p.mode] for p in ctx.obs.pools()])
 
 
 def _config_text(v: Any) -> str:
@@ -374,7 +325,7 @@ def _config_rows(obj: Any, prefix: str) -> list[list[Cell]]:
 
 
 def show_config(ctx: ShowContext) -> ResultSet:
-    cfg = ctx.app.config
+    cfg = ctx.obs.config
     rows = _config_rows(cfg.general, "")
     rows += _config_rows(cfg.web, "web.")
     for name, pc in cfg.pools.items():
@@ -389,42 +340,24 @@ def show_config(ctx: ShowContext) -> ResultSet:
     return ResultSet(CONFIG_COLUMNS, rows)
 
 
-def connection_counts(app: App) -> dict[str, int]:
-    """total / errors / tls / plain / cancel since start. `tls_connections` and `connection_errors` are
-    read from the app if the core counts them; otherwise they are 0 and everything else is plain."""
-    total = int(getattr(app, "total_accepted", 0))
-    cancel = int(getattr(app.cancels, "requests", 0))
-    tls = int(getattr(app, "tls_connections", 0))
-    errors = int(getattr(app, "connection_errors", 0))
-    plain = max(0, total - tls - cancel - errors)
-    return {"total": total, "errors": errors, "tls": tls, "plain": plain, "cancel": cancel}
-
-
 def show_connections(ctx: ShowContext) -> ResultSet:
-    n = connection_counts(ctx.app)
+    n = ctx.obs.connection_counts()
     return ResultSet(CONNECTIONS_COLUMNS, [[n["total"], n["errors"], n["tls"], n["plain"], n["cancel"]]])
 
 
 def show_lists(ctx: ShowContext) -> ResultSet:
     snap = ctx.snap
-    pools = [v.pool for v in snap.pools]
-    free_clients = used_clients = login_clients = 0
-    for c in snap.clients:
-        if c.admin is not None:
-            continue
-        st = client_state(c)
-        if st == "idle":
-            free_clients += 1
-        elif st in ("active", "waiting"):
-            used_clients += 1
-        elif st is None and not c.closed:
-            login_clients += 1
-    free_servers = sum(1 for s in snap.servers if s.state == 2)
-    used_servers = sum(1 for s in snap.servers if s.state in (3, 4))
+    pools = [v.info for v in snap.pools]
+    states = [c.state for c in snap.clients]
+    free_clients = states.count("idle")
+    used_clients = states.count("active") + states.count("waiting")
+    login_clients = states.count("login")
+    free_servers = sum(1 for s in snap.servers if s.state == "idle")
+    used_servers = sum(1 for s in snap.servers if s.state in ("active", "used"))
     rows: list[list[Cell]] = [
         # +1: the admin database and the admin user count, as in PgBouncer.
         ["databases", len({p.database for p in pools}) + 1],
-        ["users", len({p.username for p in pools}) + 1],
+        ["users", len({p.user for p in pools}) + 1],
         ["pools", len(pools)],
         ["free_clients", free_clients],
         ["used_clients", used_clients],

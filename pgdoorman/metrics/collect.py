@@ -1,31 +1,20 @@
 """Collectors: the metric families of a scrape, built from the live pooler at scrape time.
 
 Names, types and labels follow PgDoorman 3.10 (see docs/metrics.md) so its Grafana dashboard and alert
-rules work unchanged. Pool state comes from one admin/state snapshot per scrape, so the clients and
-servers counts agree with `SHOW POOLS` taken at the same moment; counters are the per-worker shards
-summed at read time.
+rules work unchanged. Everything is read through pgdoorman.observe: pool state comes from one snapshot per
+scrape, so the clients and servers counts agree with `SHOW POOLS` taken at the same moment; counters are
+the per-worker shards summed at read time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from pgdoorman import __version__, logs
-from pgdoorman.admin.show import connection_counts
-from pgdoorman.admin.state import (
-    Snapshot,
-    get_sampler,
-    pool_totals,
-    prepared_view,
-    take_snapshot,
-)
 from pgdoorman.metrics.exposition import Family, cumulative_at, render
 from pgdoorman.metrics.process import cached_socket_counts, memory_bytes
+from pgdoorman.observe import Observer, Snapshot
 from pgdoorman.stats import percentile
-
-if TYPE_CHECKING:
-    from pgdoorman.app import App
 
 # Histogram buckets in seconds, as PgDoorman's.
 QUERY_BUCKETS = (0.0005, 0.005, 0.05, 0.5, 5.0)
@@ -63,9 +52,9 @@ def histogram_buckets(counts: Sequence[int], bounds_s: Sequence[float]) -> list[
     return list(zip(bounds_s, cum, strict=True))
 
 
-def collect(app: App, snap: Snapshot | None = None) -> list[Family]:
-    snap = snap or take_snapshot(app)
-    sampler = get_sampler(app)
+def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
+    snap = snap or obs.snapshot()
+    sampler = obs.sampler
     sampler.track_prepared(snap.servers)
     F = Family
     fams: list[Family] = []
@@ -79,7 +68,7 @@ def collect(app: App, snap: Snapshot | None = None) -> list[Family]:
                 .add(1, {"level": logs.current_filter()}))
     fams.append(F("pg_doorman_total_memory", "gauge", "Resident memory of the pooler process in bytes.")
                 .add(memory_bytes()))
-    conns = connection_counts(app)
+    conns = obs.connection_counts()
     total_f = F("pg_doorman_connections_total", "counter",
                 "Client connections accepted since start, by type: plain, tls, cancel (cancel requests) and total.")
     gauge_f = F("pg_doorman_connection_count", "gauge",
@@ -88,13 +77,12 @@ def collect(app: App, snap: Snapshot | None = None) -> list[Family]:
         total_f.add(conns[ctype], {"type": ctype})
         gauge_f.add(conns[ctype], {"type": ctype})
     fams += [total_f, gauge_f]
-    rejections = getattr(app, "listener_rejections", None)
-    if isinstance(rejections, dict):
-        rej = F("pg_doorman_listener_rejections_total", "counter",
-                "Client connections rejected before authentication completed, by reason.")
-        for r in REJECTION_REASONS:
-            rej.add(int(rejections.get(r, 0)), {"reason": r})
-        fams.append(rej)
+    rejections = obs.rejections()
+    rej = F("pg_doorman_listener_rejections_total", "counter",
+            "Client connections rejected before authentication completed, by reason.")
+    for r in REJECTION_REASONS:
+        rej.add(int(rejections.get(r, 0)), {"reason": r})
+    fams.append(rej)
     socks = cached_socket_counts()
     if socks is not None:
         sf = F("pg_doorman_sockets", "gauge",
@@ -104,7 +92,7 @@ def collect(app: App, snap: Snapshot | None = None) -> list[Family]:
         fams.append(sf)
     users = F("pg_doorman_users_configured", "gauge",
               "One series per configured (user, database, pool_mode), value 1.")
-    cfg = app.config
+    cfg = obs.config
     for db, pc in cfg.pools.items():
         for u in pc.users:
             users.add(1, {"user": u.username, "database": db, "pool_mode": cfg.pool_mode_for(pc, u)})
@@ -175,8 +163,8 @@ def collect(app: App, snap: Snapshot | None = None) -> list[Family]:
     ]
 
     for v in snap.pools:
-        p = v.pool
-        ud = {"user": p.username, "database": p.database}
+        p = v.info
+        ud = {"user": p.user, "database": p.database}
         for status, n in (("idle", v.cl_idle), ("waiting", v.cl_waiting), ("active", v.cl_active)):
             clients.add(n, {"status": status, **ud})
         for status, n in (("active", v.sv_active), ("idle", v.sv_idle)):
@@ -185,7 +173,7 @@ def collect(app: App, snap: Snapshot | None = None) -> list[Family]:
         paused.add(1 if p.paused else 0, ud)
         oldest.add(v.oldest_active_age_ms, ud)
         maxwait.add(v.maxwait_us, ud)
-        t = pool_totals(p)
+        t = obs.totals(v.key)
         for direction, n in (("received", t.bytes_in), ("sent", t.bytes_out)):
             bytes_total.add(n, {"direction": direction, **ud})
             bytes_gauge.add(n, {"direction": direction, **ud})
@@ -205,7 +193,7 @@ def collect(app: App, snap: Snapshot | None = None) -> list[Family]:
         avg_wait.add(sampler.averages_for(v.key, t).wait_time / 1000.0, ud)
         for bucket, n in errors_by_bucket(t.errors_by_class).items():
             errors.add(n, {**ud, "sqlstate": bucket})
-        pv = prepared_view(v)
+        pv = obs.prepared(v)
         hits_total, misses_total = sampler.prepared_totals(v.key)
         for f, n in zip(prepared, (
             pv.pool_entries, pv.pool_bytes, pv.client_entries, pv.client_bytes, pv.client_named,
@@ -222,5 +210,5 @@ def collect(app: App, snap: Snapshot | None = None) -> list[Family]:
     return fams
 
 
-def render_metrics(app: App) -> str:
-    return render(collect(app))
+def render_metrics(obs: Observer) -> str:
+    return render(collect(obs))

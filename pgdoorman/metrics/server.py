@@ -9,14 +9,11 @@ import logging
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pgdoorman.admin.state import get_sampler
 from pgdoorman.metrics.collect import render_metrics
 from pgdoorman.metrics.exposition import CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from pgdoorman.app import App
+from pgdoorman.observe import Observer
 
 log = logging.getLogger("pgdoorman.metrics")
 
@@ -40,9 +37,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path != "/metrics":
             self._respond(404, b"not found; metrics are at /metrics\n", "text/plain; charset=utf-8", head)
             return
-        app: App = self.server.app  # type: ignore[attr-defined]
+        obs: Observer = self.server.obs  # type: ignore[attr-defined]
         try:
-            body = render_metrics(app).encode("utf-8")
+            body = render_metrics(obs).encode("utf-8")
         except Exception:
             log.exception("rendering /metrics failed")
             self._respond(500, b"internal error while collecting metrics\n", "text/plain; charset=utf-8", head)
@@ -71,18 +68,18 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr: tuple[str, int], app: App, family: int) -> None:
+    def __init__(self, addr: tuple[str, int], obs: Observer, family: int) -> None:
         self.address_family = family
-        self.app = app
+        self.obs = obs
         super().__init__(addr, _Handler)
 
 
 class MetricsServer:
     """Handle of a running listener: `address` is the bound (host, port); `stop()` closes it."""
 
-    def __init__(self, app: App, host: str, port: int) -> None:
+    def __init__(self, obs: Observer, host: str, port: int) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.httpd = _Server((host, port), app, family)
+        self.httpd = _Server((host, port), obs, family)
         self.address: tuple[str, int] = self.httpd.server_address[:2]  # type: ignore[assignment]
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.5},
                                        name="metrics-http", daemon=True)
@@ -98,12 +95,12 @@ class MetricsServer:
         self.thread.join(5)
 
 
-def start_metrics_server(app: App) -> MetricsServer:
+def start_metrics_server(obs: Observer) -> MetricsServer:
     """Bind `web.host:web.port` and serve /metrics from a background thread. Raises OSError if the port
     cannot be bound. The caller checks `config.web.enabled`."""
-    web = app.config.web
+    web = obs.config.web
     host = web.host or "0.0.0.0"
     if host in ("*", ""):
         host = "0.0.0.0"
-    get_sampler(app)  # averages (and socket counts) start accumulating from now
-    return MetricsServer(app, host, int(web.port)).start()
+    obs.start_sampler()  # averages (and socket counts) start accumulating from now
+    return MetricsServer(obs, host, int(web.port)).start()

@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgdoorman.admin import console, state
+from pgdoorman import observe
+from pgdoorman.admin import console
 from pgdoorman.admin.show import SHOW_BUILDERS, SHOW_COLUMNS, ShowContext
-from pgdoorman.admin.state import StatsSampler, Totals, averages
 from pgdoorman.app import App
 from pgdoorman.client import READY, ClientConn
 from pgdoorman.config import config_from_dict
 from pgdoorman.metrics.collect import collect, error_bucket, render_metrics
+from pgdoorman.observe import Observer, StatsSampler, Totals, averages
 from pgdoorman.protocol import messages as m
 from pgdoorman.server import ACTIVE, IDLE, INTERNAL, LOGIN, ServerConn
 from tests.unit.test_metrics_exposition import promtool_check
@@ -44,9 +45,6 @@ def app() -> Iterator[App]:
     socks: list[socket.socket] = []
     a._test_socks = socks  # type: ignore[attr-defined]
     yield a
-    sampler = state._samplers.pop(a, None)
-    if sampler is not None:
-        sampler.stop()
     for s in socks:
         s.close()
     for w in a.workers:
@@ -55,6 +53,13 @@ def app() -> Iterator[App]:
         for sv in list(w.servers):
             sv.sock.close()
         w.loop.close()
+
+
+@pytest.fixture
+def obs(app: App) -> Iterator[Observer]:
+    o = Observer(app)
+    yield o
+    o.stop()
 
 
 def pair(app: App) -> socket.socket:
@@ -144,9 +149,9 @@ def rows_by(rs: Any, *keys: str) -> dict[tuple[Any, ...], dict[str, Any]]:
     return out
 
 
-def test_show_pools_counts(app: App) -> None:
+def test_show_pools_counts(app: App, obs: Observer) -> None:
     populate(app)
-    rs = SHOW_BUILDERS["pools"](ShowContext(app))
+    rs = SHOW_BUILDERS["pools"](ShowContext(obs))
     assert rs.columns == SHOW_COLUMNS["pools"]
     rows = rows_by(rs, "database", "user")
     assert list(rows) == [("app", "u1"), ("app", "u2"), ("other", "u1")]  # config order
@@ -164,9 +169,9 @@ def test_show_pools_counts(app: App) -> None:
     assert (other["sv_used"], other["sv_login"], other["sv_idle"]) == (1, 1, 0)
 
 
-def test_show_clients_servers_lists(app: App) -> None:
+def test_show_clients_servers_lists(app: App, obs: Observer) -> None:
     cl = populate(app)
-    ctx = ShowContext(app)
+    ctx = ShowContext(obs)
     clients = rows_by(SHOW_BUILDERS["clients"](ctx), "client_id")
     assert len(clients) == 6  # logging-in and admin clients are not listed
     a = clients[("#c200",)]
@@ -185,9 +190,9 @@ def test_show_clients_servers_lists(app: App) -> None:
     assert (lists["free_servers"], lists["used_servers"]) == (1, 2)
 
 
-def test_show_stats_and_extended(app: App) -> None:
+def test_show_stats_and_extended(app: App, obs: Observer) -> None:
     populate(app)
-    ctx = ShowContext(app)
+    ctx = ShowContext(obs)
     u1 = rows_by(SHOW_BUILDERS["stats"](ctx), "database", "user")[("app", "u1")]
     assert (u1["total_xact_count"], u1["total_query_count"]) == (15, 42)
     assert (u1["total_received"], u1["total_sent"]) == (3000, 15000)
@@ -208,9 +213,9 @@ def test_show_stats_and_extended(app: App) -> None:
     assert db[("other", "u1")]["current_connections"] == 0  # pool.total: nothing reserved by the workers here
 
 
-def test_prepared_statements_views(app: App) -> None:
+def test_prepared_statements_views(app: App, obs: Observer) -> None:
     st1, st2 = populate(app)["statements"]
-    ctx = ShowContext(app)
+    ctx = ShowContext(obs)
     ps = rows_by(SHOW_BUILDERS["prepared_statements"](ctx), "name")
     assert set(ps) == {(st1.name.decode(),), (st2.name.decode(),)}
     r1 = ps[(st1.name.decode(),)]
@@ -223,18 +228,18 @@ def test_prepared_statements_views(app: App) -> None:
     sv = rows_by(SHOW_BUILDERS["servers"](ctx), "server_process_id")[("9001",)]
     assert (sv["prepare_cache_hit"], sv["prepare_cache_miss"], sv["prepare_cache_size"]) == (5, 2, 1)
     # The *_total counters survive the server: its increases were accumulated before it went away.
-    sampler = state.get_sampler(app)
-    sampler.track_prepared(state.live_servers(app))
+    sampler = obs.sampler
+    sampler.track_prepared([observe.server_info(x) for x in observe.live_servers(app)])
     s = next(x for x in app.workers[0].servers if x.pid == 9001)
     s.ps_hits = 9
-    sampler.track_prepared(state.live_servers(app))
+    sampler.track_prepared([observe.server_info(x) for x in observe.live_servers(app)])
     app.workers[0].servers.discard(s)
-    sampler.track_prepared(state.live_servers(app))
+    sampler.track_prepared([observe.server_info(x) for x in observe.live_servers(app)])
     assert sampler.prepared_totals(("app", "u1")) == (9, 2)
 
 
-def test_show_config_hides_passwords(app: App) -> None:
-    cfg = rows_by(SHOW_BUILDERS["config"](ShowContext(app)), "key")
+def test_show_config_hides_passwords(app: App, obs: Observer) -> None:
+    cfg = rows_by(SHOW_BUILDERS["config"](ShowContext(obs)), "key")
     assert cfg[("admin_password",)]["value"] == "********"
     assert cfg[("port",)]["value"] == "6432" and cfg[("port",)]["changeable"] == "no"
     assert cfg[("query_wait_timeout",)]["changeable"] == "yes"
@@ -265,7 +270,7 @@ def test_sampler_window(app: App) -> None:
     s.samples.append((t0 - 5, {("app", "u1"): Totals(xact_count=20)}))
     for _ in range(31):
         p.stats[0].xact_hist.record(100)
-    a = s.averages_for(("app", "u1"), state.pool_totals(p), t0)
+    a = s.averages_for(("app", "u1"), observe.pool_totals(p), t0)
     assert a.window == pytest.approx(15.5) and a.xact_count == 2  # (41 - 10) / 15.5
     # Nothing old enough and a process older than the period: the oldest sample gives a recent window.
     s.samples.popleft()
@@ -276,10 +281,10 @@ def test_sampler_window(app: App) -> None:
     assert s.samples[-1][1][("app", "u1")].xact_count == 41
 
 
-def test_metrics_agree_with_show_pools(app: App) -> None:
+def test_metrics_agree_with_show_pools(app: App, obs: Observer) -> None:
     populate(app)
-    snap = state.take_snapshot(app)
-    text = render_metrics(app)
+    snap = obs.snapshot()
+    text = render_metrics(obs)
     # A list, not a dict: the parser names both pg_doorman_pools_bytes (gauge) and
     # pg_doorman_pools_bytes_total (counter) "pg_doorman_pools_bytes".
     fams = list(text_string_to_metric_families(text))
@@ -293,13 +298,13 @@ def test_metrics_agree_with_show_pools(app: App) -> None:
         raise KeyError((name, labels))
 
     for v in snap.pools:
-        ud = {"user": v.pool.username, "database": v.pool.database}
+        ud = {"user": v.info.user, "database": v.info.database}
         assert value("pg_doorman_pools_clients", status="waiting", **ud) == v.cl_waiting
         assert value("pg_doorman_pools_clients", status="active", **ud) == v.cl_active
         assert value("pg_doorman_pools_clients", status="idle", **ud) == v.cl_idle
         assert value("pg_doorman_pools_servers", status="active", **ud) == v.sv_active
         assert value("pg_doorman_pools_servers", status="idle", **ud) == v.sv_idle
-        assert value("pg_doorman_pool_size", **ud) == v.pool.pool_size
+        assert value("pg_doorman_pool_size", **ud) == v.info.pool_size
     u1 = {"user": "u1", "database": "app"}
     assert value("pg_doorman_pools_queries_total", **u1) == 42
     assert value("pg_doorman_pools_transactions_total", **u1) == 15
@@ -325,7 +330,7 @@ def test_metrics_agree_with_show_pools(app: App) -> None:
     assert value("pg_doorman_servers_prepared_hits_total", **u1) == 5
     assert value("pg_doorman_servers_prepared_misses_total", **u1) == 2
     assert value("pg_doorman_total_memory") > 1_000_000
-    names = [f.name for f in collect(app)]
+    names = [f.name for f in collect(obs)]
     assert len(names) == len(set(names))
     promtool_check(text)
     doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
@@ -339,34 +344,34 @@ def test_error_buckets() -> None:
                                                     "other", "other"]
 
 
-def test_console_execute_pause_resume_unknown(app: App) -> None:
+def test_console_execute_pause_resume_unknown(app: App, obs: Observer) -> None:
     populate(app)
     w = app.workers[0]
-    out = console.execute(app, w, "PAUSE app; SHOW POOLS")
+    out = console.execute(obs, app, w, "PAUSE app; SHOW POOLS")
     msgs = list(m.iter_messages(out))
     assert [chr(t) for t, _ in msgs][:2] == ["C", "T"] and msgs[0][1] == b"PAUSE\x00"
     assert chr(msgs[-1][0]) == "Z"
     assert app.pools[("app", "u1")].paused and app.pools[("app", "u2")].paused
     assert not app.pools[("other", "u1")].paused
-    console.execute(app, w, "RESUME")
+    console.execute(obs, app, w, "RESUME")
     assert not any(p.paused for p in app.pool_list)
     for sql, code in [("PAUSE nosuch", "3D000"), ("KILL nosuch", "3D000"), ("SHOW NOPE", "58000"),
                       ("SET log_level = 'loud'", "42601"), ("DROP TABLE x", "58000")]:
-        msgs = list(m.iter_messages(console.execute(app, w, sql)))
+        msgs = list(m.iter_messages(console.execute(obs, app, w, sql)))
         assert [chr(t) for t, _ in msgs] == ["E", "Z"], sql
         assert m.parse_fields(msgs[0][1])["C"] == code, sql
     # A failing statement ends the query: the SHOW after it does not run.
-    msgs = list(m.iter_messages(console.execute(app, w, "PAUSE nosuch; SHOW POOLS")))
+    msgs = list(m.iter_messages(console.execute(obs, app, w, "PAUSE nosuch; SHOW POOLS")))
     assert [chr(t) for t, _ in msgs] == ["E", "Z"]
     epoch = app.pools[("other", "u1")].epoch
-    console.execute(app, w, "RECONNECT other")
+    console.execute(obs, app, w, "RECONNECT other")
     assert app.pools[("other", "u1")].epoch == epoch + 1
     assert app.pools[("app", "u1")].epoch == 0
 
 
-def test_numeric_columns_render_as_numbers(app: App) -> None:
+def test_numeric_columns_render_as_numbers(app: App, obs: Observer) -> None:
     populate(app)
-    out = console.execute(app, app.workers[0], "SHOW STATS")
+    out = console.execute(obs, app, app.workers[0], "SHOW STATS")
     rows = [body for t, body in m.iter_messages(out) if t == ord("D")]
     assert len(rows) == 3
     # First value after the two text columns is total_xact_count = 15 for app/u1.
@@ -382,9 +387,3 @@ def _cells(body: bytes) -> list[str]:
         out.append(body[pos : pos + ln].decode())
         pos += ln
     return out
-
-
-def test_client_ready_literal_matches_the_client_state() -> None:
-    from pgdoorman.admin.state import CLIENT_READY
-
-    assert CLIENT_READY == READY

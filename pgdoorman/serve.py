@@ -1,0 +1,71 @@
+"""The composition root: builds the App, wires the admin console and the /metrics listener into it
+through the observation API (one Observer, one stats sampler), then binds, starts the workers and runs
+the main loop. The only module that imports app, admin/ and metrics/ together.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pgdoorman import systemd, upgrade
+from pgdoorman.admin.console import AdminSession
+from pgdoorman.app import App
+from pgdoorman.cancel import fake_pid
+from pgdoorman.metrics.process import refresh_socket_counts
+from pgdoorman.metrics.server import MetricsServer, start_metrics_server
+from pgdoorman.observe import Observer
+
+if TYPE_CHECKING:
+    from pgdoorman.client import ClientConn
+    from pgdoorman.config import Config
+    from pgdoorman.daemon import Daemon
+
+log = logging.getLogger("pgdoorman")
+
+
+def wire(app: App) -> Observer:
+    """Plug the admin console and the metrics listener into `app`; the Observer they share."""
+    obs = Observer(app, sampler_extra=refresh_socket_counts)
+
+    def make_admin(client: ClientConn) -> Any:
+        return AdminSession(obs, app, client)
+
+    def start_metrics() -> MetricsServer:
+        return start_metrics_server(obs)
+
+    app.admin_factory = make_admin
+    app.metrics_factory = start_metrics
+    return obs
+
+
+def serve(config: Config, daemon: Daemon | None = None, inherited: upgrade.Inherited | None = None) -> int:
+    app = App(config)
+    wire(app)
+    if inherited is not None and inherited.cancel_pid_base is not None:
+        app.cancels.next_pid = fake_pid(inherited.cancel_pid_base)
+    try:
+        app.bind(inherited)
+    except OSError as e:
+        g = config.general
+        log.error("cannot listen on %s:%s: %s", g.host, g.port, e)
+        if daemon is not None:
+            daemon.failed(f"cannot listen on {g.host}:{g.port}: {e}")
+        return 1
+    app.install_signals()
+    app.start_workers()
+    try:
+        app.start_metrics(retry=inherited is not None and inherited.is_upgrade)
+    except OSError as e:
+        log.error("cannot listen for metrics on %s:%s: %s", config.web.host, config.web.port, e)
+        if daemon is not None:
+            daemon.failed(f"cannot listen for metrics on {config.web.host}:{config.web.port}: {e}")
+        app.stop_workers("startup failed")
+        return 1
+    if inherited is not None and inherited.is_upgrade:
+        upgrade.child_ready(app, inherited)  # the old process tells systemd our pid
+    else:
+        systemd.ready(f"serving on {config.general.host}:{config.general.port}")
+    if daemon is not None:
+        daemon.ready()
+    return app.run()
