@@ -11,8 +11,8 @@ STAMP  := $(VENV)/.pgdoorman-installed
 
 help:
 	@echo "make run        throwaway PostgreSQL + pgdoorman on 127.0.0.1:6432 in the foreground"
-	@echo "make test       lint, type-check, the test suite, then the free-threaded (3.13t) concurrency tests"
-	@echo "make lint       ruff + mypy only"
+	@echo "make test       lint, type-check, import contracts, the test suite, then the free-threaded (3.13t) concurrency tests"
+	@echo "make lint       ruff, mypy and the import contracts (lint-imports) only"
 	@echo "make bench      scripts/bench.py (pgdoorman vs pgbouncer)"
 	@echo "make bench-tls  the same with clients over TLS (docs/benchmarks-tls.md)"
 	@echo "make soak       scripts/soak.py: 30 min of mixed traffic, RSS/fds/servers every minute (ARGS=--duration S)"
@@ -42,9 +42,11 @@ drivers: venv
 run: deps venv
 	$(VPY) scripts/run_demo.py $(ARGS)
 
+# lint-imports checks the import contracts in pyproject.toml ([tool.importlinter]).
 lint: venv
 	$(VPY) -m ruff check pgdoorman tests scripts
 	$(VPY) -m mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 # Every step runs even after a failure, so one CI run reports all of them; the exit code is
 # non-zero if any failed.
@@ -53,6 +55,7 @@ test: deps venv drivers
 	step() { name=$$1; shift; echo "=== $$name: $$*"; "$$@" || failed="$$failed $$name"; }; \
 	step ruff $(VPY) -m ruff check pgdoorman tests scripts; \
 	step mypy $(VPY) -m mypy; \
+	step imports $(VENV)/bin/lint-imports --no-cache; \
 	step pytest $(VPY) -m pytest; \
 	step free-threaded $(MAKE) --no-print-directory test-ft; \
 	step deb $(MAKE) --no-print-directory test-deb; \
