@@ -267,7 +267,7 @@ class ClientConn(Conn):
 
     def _consume(self, view: memoryview, n: int) -> None:
         """Frontend bytes after login: scan, then forward to the linked server or keep until one is."""
-        if self.transaction_mode:
+        if self.transaction_mode and not self.in_copy_in:  # (COPY data is not SQL)
             low = view.tobytes().lower()
             if lowered_may_leave_state(low) or (self.scan_tail and lowered_may_leave_state(self.scan_tail + low[:TAIL])):
                 self.leaves = True

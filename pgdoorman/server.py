@@ -16,7 +16,7 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pgdoorman import jwt_auth, leaks, params
 from pgdoorman import prepared as ps
@@ -83,7 +83,7 @@ class ServerConn(Conn):
         "internal_left", "internal_error", "internal_done", "deferred", "txn_status", "scram",
         "timer", "connect_error", "fatal_forwarded", "addr", "xact_start", "query_count", "xact_count",
         "bytes_in", "bytes_out", "pstats", "prepared", "evicted", "ps_cap", "ps_hits",
-        "ps_misses", "ps_on", "_plain_handler", "_ps_handler", "tls", "tls_phase", "tls_retried", "target",
+        "ps_misses", "ps_on", "skipping", "_plain_handler", "_ps_handler", "tls", "tls_phase", "tls_retried", "target",
     )
 
     def __init__(self, sock: socket.socket, worker: Worker, pool: Pool, addr: str) -> None:
@@ -129,6 +129,9 @@ class ServerConn(Conn):
         self.ps_hits = 0
         self.ps_misses = 0
         self.ps_on = False
+        # PostgreSQL skips the client's messages until its next Sync (an extended-protocol error came before
+        # that Sync reached our queue): what the client sends meanwhile is skipped too.
+        self.skipping = False
         self._plain_handler = self._on_message
         self._ps_handler = self._on_message_ps
         self.tls = False  # the socket is an ssl.SSLSocket, handshake done
@@ -524,14 +527,22 @@ class ServerConn(Conn):
         if c is None:
             return self._on_message(t, body)
         rq = c.rq
-        prefix = ps.take_synth(rq)
+        # (While PostgreSQL skips to a Sync it sends nothing: no synthetic answer is due before its ReadyForQuery.)
+        prefix = None if self.skipping else ps.take_synth(rq)
         swallow = False
         rewritten = False
         if rq and t not in (83, 78, 65):  # ParameterStatus, notices and notifications belong to no entry
             kind, data = rq[0]
             if t == 90:  # ReadyForQuery ends the batch
-                while rq and rq[0][0] not in (ps.SYNC, ps.QUERY, ps.FUNC):
-                    rq.popleft()
+                if self.skipping:
+                    # It answers the Sync that ended PostgreSQL's skip: whatever the client sent before that
+                    # Sync (also after the error reached us) was skipped.
+                    self.skipping = False
+                    while rq and rq[0][0] != ps.SYNC:
+                        self._skip_entry(c, *rq.popleft())
+                else:
+                    while rq and rq[0][0] not in (ps.SYNC, ps.QUERY, ps.FUNC):
+                        self._skip_entry(c, *rq.popleft())  # never answered: skipped
                 if rq:
                     rq.popleft()
             elif t == 69:  # ErrorResponse
@@ -541,13 +552,13 @@ class ServerConn(Conn):
                         body = memoryview(rep)
                         rewritten = True
                     # PostgreSQL skips everything up to the next Sync: so do the expectations, and what the
-                    # skipped messages did to our view of the client's and this server's statements is undone.
+                    # skipped messages did to our view of the client's and this server's statements is undone
+                    # (also for messages the client sends after this, until its Sync: see `skipping`).
                     rq.popleft()
                     while rq and rq[0][0] != ps.SYNC:
-                        skind, sdata = rq.popleft()
-                        c.skipped(skind, sdata)
-                        if skind == ps.PARSE or skind == ps.INJECT:
-                            self.prepared.pop((sdata[0] if skind == ps.PARSE else sdata).name, None)
+                        self._skip_entry(c, *rq.popleft())
+                    if not rq:
+                        self.skipping = True
                 elif data is not None:  # a fast batch (see ClientConn._fast_batch): errors are its Bind's
                     rep = self._ps_error(ps.BIND, data, body)
                     if rep is not None:
@@ -574,6 +585,14 @@ class ServerConn(Conn):
         if suffix is not None:
             out += suffix
         return bytes(out)
+
+    def _skip_entry(self, c: ClientConn, kind: int, data: Any) -> None:
+        """PostgreSQL skipped the message of this expected-response entry: undo what sending it did."""
+        c.skipped(kind, data)
+        if kind == ps.PARSE:
+            self.prepared.pop(data[0].name, None)
+        elif kind == ps.INJECT:
+            self.prepared.pop(data.name, None)
 
     def _ps_error(self, kind: int, data: object, body: memoryview) -> bytes | None:
         """Keep caches true after an error; return the error body with our statement name replaced by the

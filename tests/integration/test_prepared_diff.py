@@ -168,6 +168,12 @@ SEQUENCES: dict[str, list[Step]] = {
                                              one(P("", "select 'keep2'"), S),
                                              one(B("", ("x",)), E(), P("", "select 'lost'"), S),
                                              one(B(""), E(), S)],
+    # The error reaches the client (Flush) before it sends the rest of the batch: what it sends until its
+    # Sync is skipped all the same (psycopg's pipeline does this).
+    "skipped_after_error_already_answered": [one(P("", "select error"), B(), E(), flush(), wait=("n", 1)),
+                                             one(P("", "select 1"), P("late", "select 1"), B("", "late"), E(),
+                                                 Q("select 'skipped'"), S),
+                                             one(B("", "late"), E(), S), one(B(""), E(), S)],
     "skipped_close": [one(P("kc", "select 5"), S), one(P("", "select error"), close("S", "kc"), S),
                       one(B("", "kc"), E(), S)],
     "skipped_query_after_error": [one(P("", "select 1"), B("", fmts=(7,)), Q("select 2"), E(), S),
