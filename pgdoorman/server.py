@@ -297,19 +297,24 @@ class ServerConn(Conn):
             return
         buf = self.inbuf
         buf += data
-        while (msg := m.pop_message(buf)) is not None:
-            t, body = msg
-            try:
-                done = self._login_message(t, body)
-            except auth.AuthError as e:
-                self.connect_error = m.error_response("28000", f"server authentication failed: {e}", "FATAL")
-                self.close(f"server authentication failed: {e}")
-                return
-            if self.closed or self.state == CONNECTING:  # closed, or starting again with TLS
-                return
-            if done:
-                self._login_complete()
-                return
+        try:
+            while (msg := m.pop_message(buf)) is not None:
+                t, body = msg
+                try:
+                    done = self._login_message(t, body)
+                except auth.AuthError as e:
+                    self.connect_error = m.error_response("28000", f"server authentication failed: {e}", "FATAL")
+                    self.close(f"server authentication failed: {e}")
+                    return
+                if self.closed or self.state == CONNECTING:  # closed, or starting again with TLS
+                    return
+                if done:
+                    self._login_complete()
+                    return
+        except m.ProtocolViolation as e:  # a length word no PostgreSQL sends
+            # Not PostgreSQL speaking (or a broken one): its clients get an error, not a traceback.
+            self.connect_error = m.error_response("08P01", f"invalid message from server {self.addr}: {e}", "FATAL")
+            self.close(f"invalid message during login: {e}")
 
     def _login_message(self, t: int, body: bytes) -> bool:
         pool = self.pool
@@ -702,6 +707,12 @@ class ServerConn(Conn):
             return
         buf = self.inbuf
         buf += data
+        try:
+            self._internal_messages(buf)
+        except m.ProtocolViolation as e:  # a length word no PostgreSQL sends
+            self.close(f"invalid message from server during housekeeping: {e}")
+
+    def _internal_messages(self, buf: bytearray) -> None:
         while (msg := m.pop_message(buf)) is not None:
             t, body = msg
             if t == 90:

@@ -137,3 +137,44 @@ def test_malformed_bodies_get_postgres_answer_and_cost_no_server(pg: Any, one_se
     assert any(a[0] == "E" and a[2] == "08P01" for a in answers[0]), answers[0]
     assert pids[2] == pids[3]  # through the pooler: the same (only) server before and after
     assert "Traceback" not in one_server.log()
+
+
+def test_a_server_that_breaks_the_protocol_gives_its_clients_an_error(pg: Any, pooler_factory: Any) -> None:
+    """A "server" whose first answer has a length word below 4 (no PostgreSQL sends that): the waiting client
+    gets a FATAL error naming it, and the pooler logs no traceback."""
+    import socket
+    import threading
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        lsock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    conn.recv(1024)
+                    conn.sendall(b"R\x00\x00\x00\x02")
+                    conn.recv(1024)
+                except OSError:
+                    pass
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        p = pooler_factory(pool_mode="session", pool_size=1, pool={"server_port": lsock.getsockname()[1]})
+        with pytest.raises(Exception) as ei:
+            connect(p.host, p.port)
+        assert "08P01" in str(ei.value) and "invalid message from server" in str(ei.value)
+        assert "Traceback" not in p.log()
+    finally:
+        stop.set()
+        th.join(timeout=5)
+        lsock.close()
