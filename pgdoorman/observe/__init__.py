@@ -1,0 +1,151 @@
+"""The observation API and the control interface of a running pooler: what the admin console and the
+metrics endpoint read and act through. They import this module, never app, worker or the connections.
+
+`Observer` turns the live pooler (a `Source`, which `App` satisfies) into plain snapshots: pools, clients
+and servers as frozen dataclasses with their states as names, per-pool counter totals summed over the
+workers' lock-free shards, connection counts, and the 15-second sampler behind SHOW STATS averages.
+`Control` is the `Protocol` of what the console may ask the pooler to do (reload, pause, kill, ...).
+
+Nothing here mutates the pooler. Worker-owned containers are copied with `list(...)` and the copy is
+retried if the owner resized it meanwhile; counters are plain ints read without locks, so a snapshot is a
+consistent-enough picture, not an atomic one. This is the one package above the connections that reads
+their fields (observe/snapshot.py); interfaces.py holds Source and Control, totals.py the counters and
+the sampler.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pgdoorman.observe.interfaces import (
+    CancelCounts,
+    Control,
+    PoolKey,
+    Source,
+    UnknownDatabase,
+    WorkerView,
+    copy_of,
+    dict_copy,
+)
+from pgdoorman.observe.snapshot import (
+    CLIENT_STATES,
+    ClientInfo,
+    PoolInfo,
+    PoolView,
+    PreparedView,
+    ServerInfo,
+    Snapshot,
+    StatementInfo,
+    client_id,
+    client_state,
+    live_clients,
+    live_servers,
+    pool_info,
+    pool_statement_sizes,
+    pool_statements,
+    server_info,
+    server_state,
+    take_snapshot,
+)
+from pgdoorman.observe.totals import Averages, StatsSampler, Totals, averages, pool_totals
+
+if TYPE_CHECKING:
+    from pgdoorman.config import Config
+    from pgdoorman.pool import Pool
+
+__all__ = [
+    "CLIENT_STATES", "Averages", "CancelCounts", "ClientInfo", "Control", "Observer", "PoolInfo", "PoolKey",
+    "PoolView", "PreparedView", "ServerInfo", "Snapshot", "Source", "StatementInfo", "StatsSampler", "Totals",
+    "UnknownDatabase", "WorkerView", "averages", "client_id", "client_state", "copy_of", "dict_copy",
+    "live_clients", "live_servers", "pool_info", "pool_statement_sizes", "pool_statements", "pool_totals",
+    "server_info", "server_state", "take_snapshot",
+]
+
+
+# ------------------------------------------------------------------------------------------ the API
+class Observer:
+    """The read side handed to the admin console and the metrics endpoint. One per process, made by the
+    composition root; its sampler starts on first use (the first admin session or the metrics listener),
+    so a pooler nobody watches runs no sampler thread."""
+
+    def __init__(self, src: Source, sampler_extra: Callable[[], None] | None = None) -> None:
+        self._src = src
+        self._extra = sampler_extra
+        self._sampler: StatsSampler | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def config(self) -> Config:
+        return self._src.config
+
+    @property
+    def sampler(self) -> StatsSampler:
+        """The stats sampler, started on first use."""
+        with self._lock:
+            if self._sampler is None:
+                self._sampler = StatsSampler(self._src, extra=self._extra).start()
+            return self._sampler
+
+    def start_sampler(self) -> None:
+        self.sampler  # noqa: B018 (the property starts it)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._sampler is not None:
+                self._sampler.stop()
+                self._sampler = None
+
+    def snapshot(self) -> Snapshot:
+        return take_snapshot(self._src)
+
+    def pools(self) -> list[PoolInfo]:
+        return [pool_info(p) for p in copy_of(self._src.pool_list)]
+
+    def _pool(self, key: PoolKey) -> Pool | None:
+        for p in copy_of(self._src.pool_list):
+            if (p.database, p.username) == key:
+                return p
+        return None
+
+    def totals(self, key: PoolKey) -> Totals:
+        """The pool's counters now (zeros for a pool that went away)."""
+        p = self._pool(key)
+        return pool_totals(p) if p is not None else Totals()
+
+    def statements(self, key: PoolKey) -> list[StatementInfo]:
+        """The entries of a pool's prepared statement cache."""
+        p = self._pool(key)
+        return pool_statements(p) if p is not None else []
+
+    def prepared(self, v: PoolView) -> PreparedView:
+        pv = PreparedView()
+        p = self._pool(v.key)
+        if p is not None:
+            pv.pool_entries, pv.pool_bytes = pool_statement_sizes(p)
+        for c in v.clients:
+            pv.client_named += len(c.ps_named)
+            pv.client_bytes += c.ps_bytes
+            if c.ps_unnamed is not None:
+                pv.client_anonymous += 1
+        pv.client_entries = pv.client_named + pv.client_anonymous
+        for s in v.servers:
+            pv.server_hits += s.ps_hits
+            pv.server_misses += s.ps_misses
+            pv.server_cached += s.ps_cached
+        return pv
+
+    def connection_counts(self) -> dict[str, int]:
+        """total / errors / tls / plain / cancel since start."""
+        src = self._src
+        total = int(src.total_accepted)
+        cancel = int(getattr(src.cancels, "requests", 0))
+        tls = int(src.tls_connections)
+        errors = int(src.connection_errors)
+        plain = max(0, total - tls - cancel - errors)
+        return {"total": total, "errors": errors, "tls": tls, "plain": plain, "cancel": cancel}
+
+    def rejections(self) -> dict[str, int]:
+        """Clients refused before they authenticated, by reason."""
+        return dict_copy(self._src.listener_rejections)

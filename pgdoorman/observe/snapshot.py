@@ -1,0 +1,353 @@
+"""Plain snapshots of the running pooler: pools, clients and servers as frozen dataclasses with their states
+as names, taken from the workers' sets (copied, retried if resized meanwhile). The state names are mapped
+here from the constants client.py and server.py export: this is the one place above the connections that
+reads their fields."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pgdoorman.client import READY as CLIENT_READY
+from pgdoorman.observe.interfaces import PoolKey, Source, copy_of, dict_copy
+from pgdoorman.server import ACTIVE as SERVER_ACTIVE
+from pgdoorman.server import CLOSED as SERVER_CLOSED
+from pgdoorman.server import IDLE as SERVER_IDLE
+from pgdoorman.server import INTERNAL as SERVER_USED
+from pgdoorman.server import STATE_NAMES as SERVER_STATES
+
+if TYPE_CHECKING:
+    from pgdoorman.client import ClientConn
+    from pgdoorman.pool import Pool
+    from pgdoorman.server import ServerConn
+
+# Client states as SHOW CLIENTS names them, and 'login' for a client still logging in.
+CLIENT_STATES = ("login", "waiting", "active", "idle")
+
+
+def live_clients(src: Source) -> list[ClientConn]:
+    out: list[ClientConn] = []
+    for w in src.workers:
+        out.extend(copy_of(w.clients))
+    return out
+
+
+def live_servers(src: Source) -> list[ServerConn]:
+    # A server moving between workers can sit in two workers' sets for a moment: count it once.
+    seen: set[int] = set()
+    out: list[ServerConn] = []
+    for w in src.workers:
+        for s in copy_of(w.servers):
+            if id(s) not in seen:
+                seen.add(id(s))
+                out.append(s)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ state names
+def client_state(c: ClientConn) -> str | None:
+    """'waiting' (queued for a server), 'active' (linked to a server), 'idle' (logged in, between
+    transactions), 'login' (still logging in), or None for admin sessions and closed clients."""
+    if c.admin is not None or c.closed:
+        return None
+    if c.waiting:
+        return "waiting"
+    if c.server is not None:
+        return "active"
+    if c.state == CLIENT_READY:
+        return "idle"
+    return "login"
+
+
+def server_state(s: ServerConn) -> str:
+    """'login', 'idle', 'active', 'used' (housekeeping), 'closed', or 'unknown'."""
+    st = s.state
+    return SERVER_STATES[st] if 0 <= st < len(SERVER_STATES) else "unknown"
+
+
+def server_active_since(s: ServerConn) -> float | None:
+    """Monotonic time the server's current piece of work started: the core's `active_since` if it keeps
+    one, else the start of the linked client's transaction."""
+    t = getattr(s, "active_since", None)
+    if isinstance(t, float) and t > 0:
+        return t
+    c = s.client
+    if c is not None and c.xact_start:
+        return float(c.xact_start)
+    return None
+
+
+_client_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_next_login_id = [1 << 31]  # above any cancel key (< 2**31), so the two id spaces never collide
+_ids_lock = threading.Lock()
+
+
+def client_id(c: ClientConn) -> str:
+    """`#c<N>`: N is the client's cancel key (its BackendKeyData pid) once it has one; a client without
+    one gets a number from a separate range that stays the same while it lives."""
+    if c.pid:
+        return f"#c{c.pid}"
+    with _ids_lock:
+        n = _client_ids.get(c)
+        if n is None:
+            n = _next_login_id[0]
+            _next_login_id[0] += 1
+            _client_ids[c] = n
+    return f"#c{n}"
+
+
+# ------------------------------------------------------------------------------------------ snapshots
+@dataclass(frozen=True, slots=True)
+class PoolInfo:
+    """A pool's identity and settings as they are now."""
+
+    database: str
+    user: str
+    name: str  # 'user@database', as SHOW PREPARED_STATEMENTS names it
+    mode: str
+    pool_size: int
+    min_pool_size: int
+    reserve_pool_size: int
+    paused: bool
+    total: int  # server connections counted against pool_size
+    server_host: str
+    server_port: int
+    server_database: str
+
+    @property
+    def key(self) -> PoolKey:
+        return (self.database, self.user)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """One client that is not an admin session and not closed."""
+
+    id: str  # '#c<N>'; '' while logging in
+    pool: PoolKey | None
+    state: str  # one of CLIENT_STATES
+    database: str
+    user: str
+    application_name: str
+    addr: str
+    tls: bool
+    writing: bool  # output is queued for it
+    xact_count: int
+    query_count: int
+    error_count: int
+    connect_time: float  # wall clock
+    wait_start: float  # monotonic; 0 when not queued
+    ps_named: tuple[int, ...] = ()  # identities (StatementInfo.ident) of its named prepared statements
+    ps_unnamed: int | None = None  # identity of its unnamed statement, if any
+    ps_bytes: int = 0  # Parse bytes of those statements
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    id: int
+    pid: int
+    pool: PoolKey
+    state: str  # see server_state()
+    application_name: str
+    tls: bool
+    writing: bool
+    xact_count: int
+    query_count: int
+    bytes_out: int
+    bytes_in: int
+    created: float  # monotonic
+    active_since: float | None
+    ps_hits: int
+    ps_misses: int
+    ps_cached: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatementInfo:
+    """One entry of a pool's prepared statement cache."""
+
+    ident: int
+    name: str
+    query: str
+    uses: int
+    size: int  # bytes of its Parse message
+    hash: int  # stable 64-bit hash of what identifies it (text, parameter types, settings)
+    kind: str | None  # the core's own label, if it keeps one
+
+
+@dataclass
+class PoolView:
+    """Live state of one pool, computed from one snapshot of clients and servers."""
+
+    info: PoolInfo
+    cl_idle: int = 0
+    cl_active: int = 0
+    cl_waiting: int = 0
+    cl_login: int = 0
+    sv_active: int = 0
+    sv_idle: int = 0
+    sv_used: int = 0
+    sv_login: int = 0
+    maxwait_us: int = 0  # longest wait of a client queued right now
+    oldest_active_age_ms: int = 0
+    clients: list[ClientInfo] = field(default_factory=list)  # logged in (idle, active, waiting)
+    servers: list[ServerInfo] = field(default_factory=list)  # not closed
+
+    @property
+    def key(self) -> PoolKey:
+        return self.info.key
+
+
+@dataclass
+class Snapshot:
+    taken: float  # monotonic
+    wall: float
+    clients: list[ClientInfo]  # every client but admin sessions and closed ones
+    servers: list[ServerInfo]  # every server, closed ones included (state 'closed')
+    pools: list[PoolView]
+
+    def view(self, key: PoolKey) -> PoolView | None:
+        for v in self.pools:
+            if v.key == key:
+                return v
+        return None
+
+
+def pool_info(p: Pool) -> PoolInfo:
+    pc = p.pool_cfg
+    return PoolInfo(
+        database=p.database, user=p.username, name=p.name, mode=p.mode, pool_size=p.pool_size,
+        min_pool_size=p.min_pool_size or 0, reserve_pool_size=pc.reserve_pool_size or 0, paused=bool(p.paused),
+        total=p.total, server_host=pc.server_host, server_port=pc.server_port, server_database=pc.server_database,
+    )
+
+
+def client_info(c: ClientConn, state: str) -> ClientInfo:
+    pool = c.pool
+    named: tuple[int, ...] = ()
+    unnamed: int | None = None
+    size = 0
+    if state != "login":
+        stmts = getattr(c, "named", None)
+        if stmts:
+            values = list(dict_copy(stmts).values())
+            named = tuple(id(st) for st in values)
+            size = sum(len(st.parse_msg) for st in values)
+        un = getattr(c, "unnamed", None)
+        if un is not None:
+            unnamed = id(un)
+            size += len(un.parse_msg)
+    return ClientInfo(
+        id="" if state == "login" else client_id(c),
+        pool=(pool.database, pool.username) if pool is not None else None,
+        state=state, database=c.database, user=c.user, application_name=c.application_name, addr=c.addr,
+        tls=bool(getattr(c, "tls", False)), writing=bool(c.out), xact_count=c.xact_count,
+        query_count=c.query_count, error_count=c.error_count, connect_time=c.connect_time,
+        wait_start=c.wait_start if state == "waiting" else 0.0, ps_named=named, ps_unnamed=unnamed, ps_bytes=size,
+    )
+
+
+def server_info(s: ServerConn) -> ServerInfo:
+    return ServerInfo(
+        id=s.id, pid=s.pid, pool=(s.pool.database, s.pool.username), state=server_state(s),
+        application_name=s.params.get("application_name", ""), tls=bool(getattr(s, "tls", False)),
+        writing=bool(s.out), xact_count=s.xact_count, query_count=s.query_count, bytes_out=s.bytes_out,
+        bytes_in=s.bytes_in, created=s.created, active_since=server_active_since(s),
+        ps_hits=getattr(s, "ps_hits", 0), ps_misses=getattr(s, "ps_misses", 0),
+        ps_cached=len(getattr(s, "prepared", ())),
+    )
+
+
+def take_snapshot(src: Source) -> Snapshot:
+    now = time.monotonic()
+    pools = copy_of(src.pool_list)
+    views = {id(p): PoolView(pool_info(p)) for p in pools}
+    clients: list[ClientInfo] = []
+    for c in live_clients(src):
+        st = client_state(c)
+        if st is None:
+            continue
+        ci = client_info(c, st)
+        clients.append(ci)
+        p = c.pool
+        v = views.get(id(p)) if p is not None else None
+        if v is None:
+            continue
+        if st == "login":
+            v.cl_login += 1
+            continue
+        v.clients.append(ci)
+        if st == "waiting":
+            v.cl_waiting += 1
+            if ci.wait_start:
+                v.maxwait_us = max(v.maxwait_us, int((now - ci.wait_start) * 1e6))
+        elif st == "active":
+            v.cl_active += 1
+        else:
+            v.cl_idle += 1
+    servers: list[ServerInfo] = []
+    for s in live_servers(src):
+        si = server_info(s)
+        servers.append(si)
+        v = views.get(id(s.pool))
+        if v is None or s.state == SERVER_CLOSED:
+            continue
+        v.servers.append(si)
+        sst = s.state
+        if sst == SERVER_IDLE:
+            v.sv_idle += 1
+        elif sst == SERVER_ACTIVE:
+            v.sv_active += 1
+            if si.active_since is not None:
+                v.oldest_active_age_ms = max(v.oldest_active_age_ms, int((now - si.active_since) * 1000))
+        elif sst == SERVER_USED:
+            v.sv_used += 1
+        else:
+            v.sv_login += 1
+    return Snapshot(now, time.time(), clients, servers, [views[id(p)] for p in pools])
+
+
+# ------------------------------------------------------------------------------------------ prepared statements
+@dataclass
+class PreparedView:
+    """Prepared statement caches of one pool: the pool's shared cache, the references its clients hold
+    (named, and the one unnamed statement each), and the live servers' hit/miss counters."""
+
+    pool_entries: int = 0
+    pool_bytes: int = 0
+    client_entries: int = 0
+    client_bytes: int = 0
+    client_named: int = 0
+    client_anonymous: int = 0
+    server_hits: int = 0
+    server_misses: int = 0
+    server_cached: int = 0
+
+
+def statement_hash(key: Any) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "big")
+
+
+def pool_statements(pool: Pool) -> list[StatementInfo]:
+    cache = getattr(pool, "ps_cache", None)
+    if cache is None:
+        return []
+    return [StatementInfo(ident=id(st), name=st.name.decode("utf-8", "replace"),
+                          query=st.query.decode("utf-8", "replace"), uses=st.uses, size=len(st.parse_msg),
+                          hash=statement_hash(st.key), kind=getattr(st, "kind", None))
+            for st in cache.snapshot()]
+
+
+def pool_statement_sizes(pool: Pool) -> tuple[int, int]:
+    """(entries, bytes) of a pool's prepared statement cache, without building StatementInfo rows."""
+    cache = getattr(pool, "ps_cache", None)
+    if cache is None:
+        return 0, 0
+    stmts = list(cache.snapshot())
+    return len(stmts), sum(len(st.parse_msg) for st in stmts)
+
+
