@@ -147,13 +147,8 @@ class App:
 
     @staticmethod
     def _close_idle_in(w: Worker, pool: Pool) -> None:
-        with pool.lock:
-            victims = list(pool.idle[w.id])
-            pool.idle[w.id].clear()
-            pool.n_idle -= len(victims)
-        for s in victims:
-            s.state = 5
-            s.close("pool reconfigured")
+        for s in pool.drain_idle(w.id):
+            s.retire("pool reconfigured")
 
     def reload(self) -> tuple[bool, str]:
         """Re-read the config file; keep the old one if the new one is invalid. Called from the main thread

@@ -965,8 +965,7 @@ class ClientConn(Conn):
     def _link(self, s: ServerConn) -> bool:
         """Make `s` this client's server; False while a parameter sync runs first (then _synced follows)."""
         self.server = s
-        s.client = self
-        s.state = 3  # ACTIVE
+        s.link(self)
         if s.ps_on:
             s.set_ps_mode(False)  # switched on by _track() when extended-protocol entries are in flight
         if s.synced_key != self.want_key:

@@ -238,6 +238,38 @@ class Pool:
             self.n_idle -= 1
             return True
 
+    def drain_idle(self, wid: int, unless_waited_for: bool = False) -> list[ServerConn]:
+        """Take every idle server out of shard `wid` (the pool is reconfigured, or a binary upgrade hands over;
+        with `unless_waited_for`, none while clients wait): the caller retires them."""
+        with self.lock:
+            if unless_waited_for and self.waiters:
+                return []
+            lst = self.idle[wid]
+            victims = list(lst)
+            lst.clear()
+            self.n_idle -= len(victims)
+        return victims
+
+    def take_expired(self, wid: int, now: float, budget: int) -> list[tuple[ServerConn, str]]:
+        """Take up to `budget` idle servers of shard `wid` past idle_timeout or server_lifetime out of the pool,
+        never going below min_pool_size, with the reason for each; the caller retires them. +-20% jitter so
+        servers opened together do not all expire together."""
+        out: list[tuple[ServerConn, str]] = []
+        with self.lock:
+            lst = self.idle[wid]
+            for s in list(lst):
+                if len(out) >= budget:
+                    break
+                jit = 0.8 + 0.4 * ((s.id * 2654435761) % 1000) / 1000.0
+                too_idle = self.idle_timeout > 0 and now - s.idle_since > self.idle_timeout * jit
+                too_old = self.server_lifetime > 0 and now - s.created > self.server_lifetime * jit
+                if (too_idle or too_old) and self.total - len(out) > self.min_pool_size:
+                    lst.remove(s)
+                    self.n_idle -= 1
+                    why = "idle_timeout" if now - s.idle_since > self.idle_timeout else "server_lifetime"
+                    out.append((s, why))
+        return out
+
     def server_gone(self, server: ServerConn, worker: Worker, was_connecting: bool = False) -> bool:
         """A server closed (or failed to connect): free its slot; maybe start a replacement for waiters."""
         with self.lock:

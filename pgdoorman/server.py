@@ -16,6 +16,7 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 from pgdoorman import jwt_auth, leaks, params
@@ -33,7 +34,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgdoorman.server")
 
-CONNECTING, LOGIN, IDLE, ACTIVE, INTERNAL, CLOSED = range(6)
+class ServerState(IntEnum):
+    """Where a server connection is in its life. Only this module assigns `ServerConn.state` (other modules
+    move a server through `link`, `park` and `retire`)."""
+
+    CONNECTING = 0
+    LOGIN = 1
+    IDLE = 2
+    ACTIVE = 3
+    INTERNAL = 4  # our own housekeeping query runs
+    CLOSED = 5
+
+
+CONNECTING, LOGIN, IDLE, ACTIVE, INTERNAL, CLOSED = ServerState
 STATE_NAMES = ("login", "login", "idle", "active", "used", "closed")
 
 # Server -> client: look at ReadyForQuery, CommandComplete, ParameterStatus, ErrorResponse and the COPY
@@ -811,6 +824,22 @@ class ServerConn(Conn):
         c = self.client
         if c is not None and not c.closed and c.read_paused and not c.waiting:
             c.resume_reading()
+
+    # ------------------------------------------------------------------ state moves made by other modules
+    def link(self, client: ClientConn) -> None:
+        """Lent to `client` (its relay runs now)."""
+        self.client = client
+        self.state = ACTIVE
+
+    def park(self) -> None:
+        """Back from a client, clean: idle (the pool's list is the pool's business)."""
+        self.state = IDLE
+        self.release_pending = False
+
+    def retire(self, reason: str) -> None:
+        """Close a server already taken out of its pool's idle list."""
+        self.state = CLOSED
+        self.close(reason)
 
     def on_close(self, reason: str) -> None:
         prev = self.state

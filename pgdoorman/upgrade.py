@@ -629,18 +629,8 @@ class Handoff:
     def _trim(self, w: Worker) -> None:
         """Close this shard's idle servers of pools nobody here waits for: the new process has its own."""
         for pool in self.app.pool_list:
-            victims = []
-            with pool.lock:
-                if pool.waiters:
-                    continue
-                lst = pool.idle[w.id]
-                if lst:
-                    victims = list(lst)
-                    lst.clear()
-                    pool.n_idle -= len(victims)
-            for s in victims:
-                s.state = 5
-                s.close("binary upgrade: not needed by the old process")
+            for s in pool.drain_idle(w.id, unless_waited_for=True):
+                s.retire("binary upgrade: not needed by the old process")
 
     # -- sender thread
     def _send_loop(self) -> None:

@@ -225,8 +225,7 @@ class Worker:
 
     def _return_to_pool(self, s: ServerConn) -> None:
         pool = s.pool
-        s.state = IDLE
-        s.release_pending = False
+        s.park()
         now = self.loop.now
         if s.cancelled:
             s.close("a cancel request was sent to it")
@@ -329,24 +328,9 @@ class Worker:
         pools = list(self.app.pool_list)
         random.shuffle(pools)
         for pool in pools:
-            victims: list[ServerConn] = []
-            with pool.lock:
-                lst = pool.idle[self.id]
-                for s in list(lst):
-                    if closed >= limit:
-                        break
-                    # +-20% jitter so servers opened together do not all expire together.
-                    jit = 0.8 + 0.4 * ((s.id * 2654435761) % 1000) / 1000.0
-                    too_idle = pool.idle_timeout > 0 and now - s.idle_since > pool.idle_timeout * jit
-                    too_old = pool.server_lifetime > 0 and now - s.created > pool.server_lifetime * jit
-                    if (too_idle or too_old) and pool.total - len(victims) > pool.min_pool_size:
-                        lst.remove(s)
-                        pool.n_idle -= 1
-                        victims.append(s)
-                        closed += 1
-            for s in victims:
-                s.state = 5
-                s.close("idle_timeout" if now - s.idle_since > pool.idle_timeout else "server_lifetime")
+            for s, why in pool.take_expired(self.id, now, limit - closed):
+                s.retire(why)
+                closed += 1
             if self.id == 0:
                 self.ensure_min(pool)
         self.loop.call_later(self._retain_interval(), self._retain_tick)

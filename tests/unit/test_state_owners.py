@@ -1,0 +1,43 @@
+"""One owner per state (issue 11): only pgdoorman/server.py assigns a server connection's `state` (others move
+it through ServerConn.link/park/retire), and only pgdoorman/pool.py touches a pool's idle lists."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[2] / "pgdoorman"
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PKG.rglob("*.py") if "patroni_proxy" not in p.parts)
+
+
+def test_only_server_module_assigns_server_state() -> None:
+    offenders = []
+    for path in _modules():
+        if path.name == "server.py" and path.parent == PKG:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+                if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            for t in targets:
+                if isinstance(t, ast.Attribute) and t.attr == "state" and not (
+                        isinstance(t.value, ast.Name) and t.value.id == "self"):
+                    # The one foreign assignment left is a client's own state in the binary upgrade's restore.
+                    if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id == "READY":
+                        continue
+                    offenders.append(f"{path.relative_to(PKG.parent)}:{node.lineno}")
+    assert offenders == []
+
+
+def test_only_pool_module_touches_idle_lists() -> None:
+    offenders = []
+    for path in _modules():
+        if path.name == "pool.py" and path.parent == PKG:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr in ("idle", "n_idle") and not (
+                    isinstance(node.value, ast.Name) and node.value.id == "self"):
+                offenders.append(f"{path.relative_to(PKG.parent)}:{node.lineno} .{node.attr}")
+    assert offenders == []
