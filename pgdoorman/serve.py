@@ -1,11 +1,14 @@
-"""The composition root: builds the App, wires the admin console and the /metrics listener into it
-through the observation API (one Observer, one stats sampler), then binds, starts the workers and runs
-the main loop. The only module that imports app, admin/ and metrics/ together.
+"""The composition root: builds the App, wires the admin console, the /metrics listener and the JSON API
+(pgdoorman.web) into it through the observation API (one Observer, one stats sampler), then binds,
+starts the workers and runs the main loop. The only module that imports app, admin/, metrics/ and web/
+together.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pgdoorman import systemd, upgrade
@@ -15,6 +18,7 @@ from pgdoorman.cancel import fake_pid
 from pgdoorman.metrics.process import refresh_socket_counts
 from pgdoorman.metrics.server import MetricsServer, start_metrics_server
 from pgdoorman.observe import Observer
+from pgdoorman.web.api import WebApi
 
 if TYPE_CHECKING:
     from pgdoorman.client import ClientConn
@@ -31,8 +35,31 @@ def wire(app: App) -> Observer:
     def make_admin(client: ClientConn) -> Any:
         return AdminSession(obs, app, client)
 
+    def run_on_worker(fn: Callable[[Any], None]) -> None:
+        """Run `fn(worker)` on the first worker's loop, as the console runs commands on its client's
+        worker (Control.pause/resume hand work out from there); re-raise what it raised."""
+        w = app.workers[0]
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                fn(w)
+            except BaseException as e:  # noqa: BLE001 (handed to the waiting web thread)
+                failure.append(e)
+            finally:
+                done.set()
+
+        w.loop.call_soon_threadsafe(run)
+        if not done.wait(10):
+            raise TimeoutError("worker did not run the command")
+        if failure:
+            raise failure[0]
+
+    api = WebApi(obs, app, run_on_worker, started=lambda: app.started)
+
     def start_metrics() -> MetricsServer:
-        return start_metrics_server(obs)
+        return start_metrics_server(obs, routes=api)
 
     app.admin_factory = make_admin
     app.metrics_factory = start_metrics

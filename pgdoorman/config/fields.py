@@ -420,8 +420,12 @@ FIELDS: Final[tuple[Field, ...]] = (
     _web("Listener", "host", Str(nonempty=True), "0.0.0.0", True, "Address of the HTTP listener.",
          reloadable=False),
     _web("Listener", "port", Port(), 9127, True, "Port of the HTTP listener.", reloadable=False),
-    _web("Web UI", "ui", Bool(), False, False, "Serve PgDoorman's web UI and JSON API as well."),
-    _web("Web UI", "ui_anonymous", Bool(), False, False, "Allow read-only API access without authentication."),
+    _web("Web UI", "ui", Bool(), False, True,
+         "Serve the JSON API (`/api/*`, docs/web-api.md) on the web listener as well. Refused while "
+         "`general.admin_password` is empty or the default `admin`: the API's Admin role uses it."),
+    _web("Web UI", "ui_anonymous", Bool(), False, True,
+         "Allow read-only API access without authentication (never to client addresses or SQL text, "
+         "never to the admin commands)."),
     _web("Web UI", "log_tap_max_entries", Int(0), 8192, False,
          "Log lines kept in memory for the web UI; 0 disables."),
     _web("Web UI", "trusted_proxies", StrList(), (), False,

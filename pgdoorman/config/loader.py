@@ -645,7 +645,17 @@ def _build(root: _Table, main_file: str) -> Config:
     web_key = "web" if "web" in root else "prometheus"
     web_src = section_table(web_key)
     if web_src is not None:
-        web_values, _, _ = _walk_section(ctx, "web", web_src[0], web_src[1], [web_key])
+        web_values, _, web_files = _walk_section(ctx, "web", web_src[0], web_src[1], [web_key])
+        if web_values.get("ui"):
+            password = general_values.get("admin_password", field("general", "admin_password").default)
+            if password in ("", "admin"):
+                ctx.error(
+                    web_files.get("ui", web_src[1]),
+                    [web_key, "ui"],
+                    "cannot be turned on while general.admin_password is "
+                    + ("empty" if password == "" else 'the default "admin"')
+                    + ": the web API's Admin role signs in with it; set a strong admin_password first",
+                )
 
     talos_values: dict[str, Any] = {}
     talos_src = section_table("talos")

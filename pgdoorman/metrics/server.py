@@ -1,6 +1,8 @@
-"""The `/metrics` HTTP listener: a stdlib ThreadingHTTPServer on `web.host:web.port`, in its own threads,
-so a scrape never runs on a worker loop. `GET /metrics` (and HEAD) returns the exposition; anything else
-is 404 (405 for other methods). HTTP/1.1 with Content-Length, so scrapers may keep the connection open.
+"""The web listener: a stdlib ThreadingHTTPServer on `web.host:web.port`, in its own threads, so a
+scrape never runs on a worker loop. `GET /metrics` (and HEAD) returns the exposition. Other paths go to
+the optional `routes` hook the composition root plugs in (the JSON API of pgdoorman.web); what it does not
+answer is 404. HTTP/1.1 with Content-Length, so scrapers may keep the connection open. Every request gets
+one access log line on `pgdoorman.web.access` (logfmt; successful /metrics scrapes at DEBUG).
 """
 
 from __future__ import annotations
@@ -8,6 +10,10 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -16,6 +22,39 @@ from pgdoorman.metrics.exposition import CONTENT_TYPE
 from pgdoorman.observe import Observer
 
 log = logging.getLogger("pgdoorman.metrics")
+access_log = logging.getLogger("pgdoorman.web.access")
+
+MAX_BODY = 64 * 1024  # request bodies the routes may get; the JSON API's POSTs need none
+
+
+@dataclass
+class HttpRequest:
+    method: str
+    path: str  # without the query string
+    query: str
+    headers: Message
+    remote: str  # the peer's address
+    body: bytes = b""
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    who: str = "-"  # the role/user the access log names
+
+
+# The hook behind every path but /metrics: a response, or None for 404.
+Routes = Callable[[HttpRequest], HttpResponse | None]
+TEXT = "text/plain; charset=utf-8"
+
+
+def _logfmt(value: str) -> str:
+    if value and all(33 <= ord(ch) < 127 and ch not in '"=\\' for ch in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -24,41 +63,86 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = 30  # a scraper that stalls mid-request does not pin a thread forever
 
-    def _respond(self, status: int, body: bytes, content_type: str, head: bool = False) -> None:
+    def _respond(self, status: int, body: bytes, content_type: str, head: bool = False,
+                 headers: list[tuple[str, str]] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for k, v in headers or ():
+            self.send_header(k, v)
         self.end_headers()
         if not head:
             self.wfile.write(body)
 
-    def _serve(self, head: bool) -> None:
-        path = self.path.split("?", 1)[0]
-        if path != "/metrics":
-            self._respond(404, b"not found; metrics are at /metrics\n", "text/plain; charset=utf-8", head)
+    def _access(self, method: str, path: str, status: int, size: int, who: str, started: float) -> None:
+        level = logging.DEBUG if path == "/metrics" and status == 200 else logging.INFO
+        if not access_log.isEnabledFor(level):
             return
-        obs: Observer = self.server.obs  # type: ignore[attr-defined]
-        try:
-            body = render_metrics(obs).encode("utf-8")
-        except Exception:
-            log.exception("rendering /metrics failed")
-            self._respond(500, b"internal error while collecting metrics\n", "text/plain; charset=utf-8", head)
-            return
-        self._respond(200, body, CONTENT_TYPE, head)
+        ms = (time.monotonic() - started) * 1000
+        access_log.log(level, "remote=%s method=%s path=%s status=%d bytes=%d who=%s ms=%.1f",
+                       _logfmt(self.client_address[0] if self.client_address else "-"), _logfmt(method),
+                       _logfmt(path), status, size, _logfmt(who), ms)
+
+    def _serve(self, method: str) -> None:
+        started = time.monotonic()
+        head = method == "HEAD"
+        path, _, query = self.path.partition("?")
+        resp = self._route(method, path, query)
+        self._respond(resp.status, resp.body, resp.content_type, head, resp.headers)
+        self._access(method, path, resp.status, len(resp.body), resp.who, started)
+
+    def _route(self, method: str, path: str, query: str) -> HttpResponse:
+        if path == "/metrics":
+            if method not in ("GET", "HEAD"):
+                return HttpResponse(405, b"", TEXT, [("Allow", "GET, HEAD")])
+            obs: Observer = self.server.obs  # type: ignore[attr-defined]
+            try:
+                return HttpResponse(200, render_metrics(obs).encode("utf-8"), CONTENT_TYPE)
+            except Exception:
+                log.exception("rendering /metrics failed")
+                return HttpResponse(500, b"internal error while collecting metrics\n", TEXT)
+        routes: Routes | None = self.server.routes  # type: ignore[attr-defined]
+        if routes is not None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length < 0 or length > MAX_BODY:
+                self.close_connection = True
+                return HttpResponse(413, b"request body too large\n", TEXT)
+            body = self.rfile.read(length) if length else b""
+            req = HttpRequest(method, path, query, self.headers,
+                              self.client_address[0] if self.client_address else "", body)
+            try:
+                resp = routes(req)
+            except Exception:
+                log.exception("web request %s %s failed", method, path)
+                resp = HttpResponse(500, b'{"error":"internal","message":"internal error"}')
+            if resp is not None:
+                return resp
+        if method not in ("GET", "HEAD"):
+            return HttpResponse(405, b"", TEXT, [("Allow", "GET, HEAD")])
+        return HttpResponse(404, b"not found; metrics are at /metrics\n", TEXT)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._serve(head=False)
+        self._serve("GET")
 
     def do_HEAD(self) -> None:  # noqa: N802
-        self._serve(head=True)
+        self._serve("HEAD")
 
-    def _not_allowed(self) -> None:
-        self.send_response(405)
-        self.send_header("Allow", "GET, HEAD")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+    def do_POST(self) -> None:  # noqa: N802
+        self._serve("POST")
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
+    def do_PUT(self) -> None:  # noqa: N802
+        self._serve("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._serve("DELETE")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._serve("PATCH")
+
+    def do_OPTIONS(self) -> None:  # noqa: N802 (no CORS: a cross-origin preflight gets no permission)
+        self._serve("OPTIONS")
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -68,18 +152,19 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr: tuple[str, int], obs: Observer, family: int) -> None:
+    def __init__(self, addr: tuple[str, int], obs: Observer, family: int, routes: Routes | None) -> None:
         self.address_family = family
         self.obs = obs
+        self.routes = routes
         super().__init__(addr, _Handler)
 
 
 class MetricsServer:
     """Handle of a running listener: `address` is the bound (host, port); `stop()` closes it."""
 
-    def __init__(self, obs: Observer, host: str, port: int) -> None:
+    def __init__(self, obs: Observer, host: str, port: int, routes: Routes | None = None) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.httpd = _Server((host, port), obs, family)
+        self.httpd = _Server((host, port), obs, family, routes)
         self.address: tuple[str, int] = self.httpd.server_address[:2]  # type: ignore[assignment]
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.5},
                                        name="metrics-http", daemon=True)
@@ -95,12 +180,12 @@ class MetricsServer:
         self.thread.join(5)
 
 
-def start_metrics_server(obs: Observer) -> MetricsServer:
-    """Bind `web.host:web.port` and serve /metrics from a background thread. Raises OSError if the port
-    cannot be bound. The caller checks `config.web.enabled`."""
+def start_metrics_server(obs: Observer, routes: Routes | None = None) -> MetricsServer:
+    """Bind `web.host:web.port` and serve /metrics (and `routes`) from a background thread. Raises OSError
+    if the port cannot be bound. The caller checks `config.web.enabled`."""
     web = obs.config.web
     host = web.host or "0.0.0.0"
     if host in ("*", ""):
         host = "0.0.0.0"
     obs.start_sampler()  # averages (and socket counts) start accumulating from now
-    return MetricsServer(obs, host, int(web.port)).start()
+    return MetricsServer(obs, host, int(web.port), routes).start()

@@ -436,7 +436,7 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
           tls_rate_limit_per_second: 100
           proxy_copy_data_timeout: not-even-a-duration
         web:
-          ui: true
+          sso_enabled: true
         talos:
           keys: [/k.pem]
         pools:
@@ -455,7 +455,7 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
     assert config.warnings == (
         f"{path}: general.tls_rate_limit_per_second: not implemented by pgdoorman yet; ignored",
         f"{path}: general.proxy_copy_data_timeout: not implemented by pgdoorman yet; ignored",
-        f"{path}: web.ui: not implemented by pgdoorman yet; ignored",
+        f"{path}: web.sso_enabled: not implemented by pgdoorman yet; ignored",
         f"{path}: talos.keys: not implemented by pgdoorman yet; ignored",
         f"{path}: pools.a.max_db_connections: not implemented by pgdoorman yet; ignored",
         f"{path}: pools.a.auth_query.query: not implemented by pgdoorman yet; ignored",

@@ -1,0 +1,325 @@
+"""The JSON API: `GET /api/<view>` (the SHOW commands' rows as JSON objects, plus an overview and the
+process's sockets) and `POST /api/admin/{reload,pause,resume,reconnect}` (the console's commands), for
+`web.ui`. A route hook of the web listener (metrics/server.py); serve.py plugs it in.
+
+Access: Admin is HTTP Basic with the admin console's credentials (constant-time compare); Anonymous is
+a request without credentials while `web.ui_anonymous` is on. No or wrong credentials: 401 with
+`WWW-Authenticate: Basic realm="pg_doorman"`; authenticated but not allowed (Anonymous on a POST, or on
+a view with personal data: client addresses, SQL text): 403. A POST must show it is not a cross-site
+form or fetch: a same-origin `Origin` or `Sec-Fetch-Site`, or an `X-Requested-With` header (which a
+cross-site page cannot send without a CORS preflight, and the listener grants none); else 403 before
+credentials are even looked at.
+
+Every view of one second reads the same snapshot (`SnapshotCache`): a page polling every view builds
+each at most once a second, on the listener's threads, never on a worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from pgdoorman.admin.resultset import BOOL, INT4, INT8, NUMERIC, ResultSet
+from pgdoorman.admin.show import SHOW_BUILDERS, ShowContext, show_stats, version_string
+from pgdoorman.metrics.process import cached_socket_counts
+from pgdoorman.metrics.server import HttpRequest, HttpResponse
+from pgdoorman.observe import Control, Observer, UnknownDatabase
+
+log = logging.getLogger("pgdoorman.web")
+
+REALM = 'Basic realm="pg_doorman"'
+CACHE_SECONDS = 1.0
+ADMIN = "admin"
+ANONYMOUS = "anonymous"
+
+# GET /api/<name> -> the SHOW subcommand whose rows it returns.
+TABLE_VIEWS: dict[str, str] = {
+    "version": "version",
+    "pools": "pools",
+    "pools_extended": "pools_extended",
+    "pools_memory": "pools_memory",
+    "clients": "clients",
+    "servers": "servers",
+    "connections": "connections",
+    "stats": "stats",
+    "databases": "databases",
+    "users": "users",
+    "config": "config",
+    "log_level": "log_level",
+    "prepared": "prepared_statements",
+    "lists": "lists",
+}
+OBJECT_VIEWS = ("overview", "sockets")
+VIEWS = (*TABLE_VIEWS, *OBJECT_VIEWS)
+# Views with personal data (client addresses and application names, SQL text): never anonymous.
+PERSONAL = frozenset({"clients", "prepared"})
+ACTIONS = ("reload", "pause", "resume", "reconnect")
+
+# Text columns whose values JSON carries typed: SHOW's 'true'/'false' and a port number.
+_BOOL_TEXT = frozenset({"tls"})
+_INT_TEXT = frozenset({("databases", "port")})
+
+RunOnWorker = Callable[[Callable[[Any], None]], None]
+
+
+# ------------------------------------------------------------------------------------------ JSON
+def json_value(value: Any) -> Any:
+    """A cell as JSON takes it: non-finite floats become null, integral floats stay floats."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _column_type(view: str, name: str, oid: int) -> str:
+    if name in _BOOL_TEXT:
+        return "boolean"
+    if (view, name) in _INT_TEXT or oid in (NUMERIC, INT4, INT8):
+        return "number"
+    if oid == BOOL:
+        return "boolean"
+    return "string"
+
+
+def _typed(kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == "boolean" and isinstance(value, str):
+        return value == "true"
+    if kind == "number" and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    return json_value(value)
+
+
+def table_json(view: str, rs: ResultSet) -> dict[str, Any]:
+    """A SHOW result as `{"columns": [{name, type}], "rows": [{column: value}]}`: the same columns in
+    the same order, values typed (numbers as numbers, tls as a boolean)."""
+    kinds = [(name, _column_type(view, name, oid)) for name, oid in rs.columns]
+    rows = [{name: _typed(kind, cell) for (name, kind), cell in zip(kinds, row, strict=True)} for row in rs.rows]
+    return {"columns": [{"name": n, "type": k} for n, k in kinds], "rows": rows}
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def error(status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None,
+          who: str = "-") -> HttpResponse:
+    return HttpResponse(status, dumps({"error": code, "message": message}), headers=headers or [], who=who)
+
+
+# ------------------------------------------------------------------------------------------ views
+def build_overview(ctx: ShowContext, started: float | None) -> dict[str, Any]:
+    snap = ctx.snap
+    clients: dict[str, int] = {"active": 0, "idle": 0, "waiting": 0, "login": 0}
+    for c in snap.clients:
+        clients[c.state] = clients.get(c.state, 0) + 1
+    servers: dict[str, int] = {"active": 0, "idle": 0, "used": 0, "login": 0}
+    for s in snap.servers:
+        if s.state != "closed":
+            servers[s.state] = servers.get(s.state, 0) + 1
+    stats = show_stats(ctx)
+    names = [c[0] for c in stats.columns]
+    xi, qi = names.index("avg_xact_count"), names.index("avg_query_count")
+    return {
+        "version": version_string(),
+        "started_at": started,
+        "uptime_seconds": None if started is None else max(0, int(snap.wall - started)),
+        "pools": len(snap.pools),
+        "paused_pools": sum(1 for v in snap.pools if v.info.paused),
+        "clients": clients,
+        "servers": servers,
+        "maxwait_us": max((v.maxwait_us for v in snap.pools), default=0),
+        "xact_per_second": sum(float(r[xi] or 0) for r in stats.rows),
+        "query_per_second": sum(float(r[qi] or 0) for r in stats.rows),
+        "connections": ctx.obs.connection_counts(),
+    }
+
+
+def build_sockets() -> dict[str, Any]:
+    counts = cached_socket_counts()
+    return {"available": counts is not None, "counts": counts or {}}
+
+
+class SnapshotCache:
+    """One ShowContext (so one snapshot) per `ttl` seconds, and each view built from it at most once.
+    Building holds the lock: concurrent requests wait for the one build instead of taking their own."""
+
+    def __init__(self, obs: Observer, ttl: float = CACHE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.obs = obs
+        self.ttl = ttl
+        self.clock = clock
+        self.generation = 0
+        self._lock = threading.Lock()
+        self._ctx: ShowContext | None = None
+        self._at = 0.0
+        self._wall = 0.0
+        self._results: dict[str, Any] = {}
+
+    def get(self, name: str, build: Callable[[ShowContext], Any]) -> tuple[Any, float, int]:
+        """The view `name` of the current snapshot: (data, wall time it was taken, generation)."""
+        with self._lock:
+            now = self.clock()
+            if self._ctx is None or now - self._at >= self.ttl:
+                self._ctx = ShowContext(self.obs)
+                self._at = now
+                self._wall = time.time()
+                self._results = {}
+                self.generation += 1
+            if name not in self._results:
+                self._results[name] = build(self._ctx)
+            return self._results[name], self._wall, self.generation
+
+    def invalidate(self) -> None:
+        """After a command: the next read takes a new snapshot, so it shows the command's effect."""
+        with self._lock:
+            self._ctx = None
+
+
+# ------------------------------------------------------------------------------------------ access
+def cross_site_reason(req: HttpRequest) -> str | None:
+    """Why a POST looks cross-site (None if it does not): a mutating request must prove it comes from a
+    page of this origin or from a script, never from another site's form or fetch."""
+    h = req.headers
+    site = (h.get("Sec-Fetch-Site") or "").strip().lower()
+    if site and site not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site is {site}"
+    origin = (h.get("Origin") or "").strip()
+    if origin:
+        host = (h.get("Host") or "").strip().lower()
+        if origin == "null" or not host or urlsplit(origin).netloc.lower() != host:
+            return f"Origin {origin} is not this listener"
+        return None
+    if site == "same-origin" or (h.get("X-Requested-With") or "").strip():
+        return None
+    return "a POST needs an X-Requested-With header (or a same-origin Origin)"
+
+
+class WebApi:
+    """The route hook: `__call__(request)` answers /api/* while `web.ui` is on (None otherwise: 404)."""
+
+    def __init__(self, obs: Observer, control: Control, run_on_worker: RunOnWorker,
+                 started: Callable[[], float] | None = None, ttl: float = CACHE_SECONDS) -> None:
+        self.obs = obs
+        self.control = control
+        self.run_on_worker = run_on_worker
+        self.started = started
+        self.cache = SnapshotCache(obs, ttl)
+
+    # -------------------------------------------------------------- auth
+    def role(self, req: HttpRequest) -> tuple[str | None, str]:
+        """(ADMIN, ANONYMOUS or None for 401, and why not)."""
+        cfg = self.obs.config
+        header = (req.headers.get("Authorization") or "").strip()
+        if header:
+            scheme, _, cred = header.partition(" ")
+            if scheme.lower() != "basic":
+                return None, f"{scheme} authorization is not supported (SSO is not implemented)"
+            try:
+                user, sep, password = base64.b64decode(cred.strip(), validate=True).decode("utf-8").partition(":")
+            except (binascii.Error, ValueError):
+                return None, "malformed Basic credentials"
+            g = cfg.general
+            user_ok = hmac.compare_digest(user.encode("utf-8"), g.admin_username.encode("utf-8"))
+            password_ok = hmac.compare_digest(password.encode("utf-8"), g.admin_password.encode("utf-8"))
+            if sep and user_ok and password_ok and g.admin_password:
+                return ADMIN, ""
+            return None, "invalid credentials"
+        if cfg.web.ui_anonymous:
+            return ANONYMOUS, ""
+        return None, "authentication required"
+
+    # -------------------------------------------------------------- routing
+    def __call__(self, req: HttpRequest) -> HttpResponse | None:
+        if not (req.path == "/api" or req.path.startswith("/api/")) or not self.obs.config.web.ui:
+            return None
+        name = req.path[len("/api/"):].strip("/")
+        if name.startswith("admin/") or name == "admin":
+            return self._admin(req, name[len("admin/"):])
+        if name not in VIEWS:
+            return error(404, "not_found", f"no API endpoint /api/{name}")
+        if req.method not in ("GET", "HEAD"):
+            return error(405, "method_not_allowed", "use GET", [("Allow", "GET, HEAD")])
+        role, why = self.role(req)
+        if role is None:
+            return error(401, "unauthorized", why, [("WWW-Authenticate", REALM)])
+        if role != ADMIN and name in PERSONAL:
+            return error(403, "forbidden", "admin role required", who=role)
+        return self._view(name, role)
+
+    def _view(self, name: str, who: str) -> HttpResponse:
+        if name in TABLE_VIEWS:
+            sub = TABLE_VIEWS[name]
+            build: Callable[[ShowContext], Any] = lambda ctx: table_json(name, SHOW_BUILDERS[sub](ctx))  # noqa: E731
+        elif name == "overview":
+            build = lambda ctx: build_overview(ctx, self.started() if self.started else None)  # noqa: E731
+        else:
+            build = lambda ctx: build_sockets()  # noqa: E731
+        data, taken, generation = self.cache.get(name, build)
+        body: dict[str, Any] = {"view": name, "taken_at": taken, "snapshot": generation}
+        body.update(data if name in TABLE_VIEWS else {"data": data})
+        return HttpResponse(200, dumps(body), who=who)
+
+    def _admin(self, req: HttpRequest, action: str) -> HttpResponse:
+        if action not in ACTIONS:
+            return error(404, "not_found", f"no admin command {action!r}; there are {', '.join(ACTIONS)}")
+        if req.method != "POST":
+            return error(405, "method_not_allowed", "use POST", [("Allow", "POST")])
+        reason = cross_site_reason(req)
+        if reason is not None:
+            log.warning("refused cross-site POST /api/admin/%s from %s: %s", action, req.remote, reason)
+            return error(403, "cross_site", f"refused as a possible cross-site request: {reason}")
+        role, why = self.role(req)
+        if role is None:
+            return error(401, "unauthorized", why, [("WWW-Authenticate", REALM)])
+        if role != ADMIN:
+            return error(403, "forbidden", "admin role required", who=role)
+        params = parse_qs(req.query, keep_blank_values=True)
+        if "pool" in params:
+            return error(400, "bad_request", "commands act on a database (?db=) or on every pool, not on one pool",
+                         who=role)
+        db = params.get("db", [None])[-1] or None
+        return self._run(action, db, role)
+
+    def _run(self, action: str, db: str | None, who: str) -> HttpResponse:
+        verb = action.upper()
+        if action == "reload":
+            if db is not None:
+                return error(400, "bad_request", "RELOAD takes no database", who=who)
+            ok, message = self.control.reload()
+            self.cache.invalidate()
+            if not ok:
+                return error(409, "reload_failed", f"RELOAD failed, the running configuration is kept: {message}",
+                             who=who)
+            log.info("RELOAD (web API)")
+            return HttpResponse(200, dumps({"ok": True, "command": verb}), who=who)
+        control = self.control
+
+        def act(here: Any) -> None:
+            if action == "pause":
+                control.pause(db, here)
+            elif action == "resume":
+                control.resume(db, here)
+            else:
+                control.reconnect(db)
+
+        try:
+            self.run_on_worker(act)
+        except UnknownDatabase as e:
+            return error(404, "unknown_database", f'No pool for database "{e.database}"', who=who)
+        except TimeoutError:
+            return error(503, "unavailable", f"{verb} was not run: the workers did not answer", who=who)
+        self.cache.invalidate()
+        log.info("%s %s (web API)", verb, db or "(all pools)")
+        return HttpResponse(200, dumps({"ok": True, "command": verb, "database": db}), who=who)

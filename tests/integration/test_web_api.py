@@ -1,0 +1,214 @@
+"""The JSON API (`web.ui`) end to end: a pooler subprocess with the web listener on, its /api views
+compared with the admin console's SHOW output on the same pooler, the access rules (401 / 403 / 200 per
+role), refusal of cross-site POSTs, the console's commands over POST, and the one-second snapshot cache."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import time
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgdoorman.web.api import ACTIONS, PERSONAL, TABLE_VIEWS, VIEWS
+from tests.integration.test_admin import admin, client, show
+from tests.support.cluster import ADMIN_USER, DBNAME, SCRAM_USER
+from tests.support.pooler import free_port, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+PASSWORD = "s3cret-admin-pw"
+AUTH = "Basic " + base64.b64encode(f"{ADMIN_USER}:{PASSWORD}".encode()).decode()
+XHR = {"X-Requested-With": "test"}
+# Columns that move with the clock between the SHOW and the API's snapshot.
+VOLATILE = {"age_seconds", "oldest_active_age_ms", "maxwait", "maxwait_us"}
+
+
+def web_pooler(pooler_factory: Any, ui: bool = True, anonymous: bool = False, **kw: Any) -> tuple[Any, int]:
+    port = free_port()
+    general = {"admin_password": PASSWORD, **kw.pop("general", {})}
+    p = pooler_factory(start=False, general=general, **kw)
+    p.config["web"] = {"enabled": True, "host": "127.0.0.1", "port": port, "ui": ui, "ui_anonymous": anonymous}
+    p.start()
+    return p, port
+
+
+def request(port: int, path: str, method: str = "GET", auth: str | None = AUTH,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    hdrs = dict(headers or {})
+    if auth is not None:
+        hdrs["Authorization"] = auth
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request(method, path, headers=hdrs)
+            resp = conn.getresponse()
+            raw = resp.read()
+            conn.close()
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    got = {k.lower(): v for k, v in resp.getheaders()}
+    body: Any = raw.decode()
+    if got.get("content-type", "").startswith("application/json"):
+        body = json.loads(raw)
+    return resp.status, got, body
+
+
+def get(port: int, view: str, **kw: Any) -> Any:
+    status, _, body = request(port, f"/api/{view}", **kw)
+    assert status == 200, (view, status, body)
+    return body
+
+
+def post(port: int, action: str, query: str = "", **kw: Any) -> tuple[int, Any]:
+    kw.setdefault("headers", XHR)
+    status, _, body = request(port, f"/api/admin/{action}{query}", method="POST", **kw)
+    return status, body
+
+
+def norm(v: Any) -> Any:
+    """A SHOW cell (psycopg: Decimal/int/str) and an API value (int/float/bool/str) in one form."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float, Decimal)):
+        return Decimal(str(v))
+    if isinstance(v, str) and v.isdigit():
+        return Decimal(v)
+    return v
+
+
+def comparable(rows: list[dict[str, Any]]) -> list[list[tuple[str, Any]]]:
+    out = [[(k, norm(v)) for k, v in r.items() if k not in VOLATILE and not k.startswith("avg_")] for r in rows]
+    return sorted(out, key=repr)
+
+
+def test_every_view_is_its_show(pooler_factory: Any) -> None:
+    p, port = web_pooler(pooler_factory, pool_size=3)
+    with admin(p, password=PASSWORD) as a, client(p) as c1, client(p) as c2:
+        c1.execute("SELECT 1").fetchall()
+        c2.execute("SELECT %s::int + 1", (1,), prepare=True).fetchall()  # a prepared statement with SQL text
+        c2.execute("SELECT %s::int + 1", (2,), prepare=True).fetchall()
+        time.sleep(0.2)  # let the servers go back to idle
+        for view, sub in TABLE_VIEWS.items():
+            names, want = show(a, sub.upper())
+            body = get(port, view)
+            assert body["view"] == view
+            assert [col["name"] for col in body["columns"]] == names, view
+            assert all(list(r) == names for r in body["rows"]), view
+            assert comparable(body["rows"]) == comparable(want), view
+    pools = get(port, "pools")
+    (row,) = [r for r in pools["rows"] if r["user"] == SCRAM_USER]
+    assert isinstance(row["sv_idle"], int) and row["paused"] == 0 and row["database"] == DBNAME
+    clients = get(port, "clients")["rows"]
+    assert clients and all(isinstance(r["tls"], bool) for r in clients)
+    prepared = get(port, "prepared")["rows"]
+    assert any("+ 1" in r["query"] for r in prepared), prepared
+    assert isinstance(get(port, "databases")["rows"][0]["port"], int)
+    assert get(port, "version")["rows"][0]["version"].startswith("PgDoorman ")
+
+    overview = get(port, "overview")["data"]
+    assert overview["pools"] == len(pools["rows"]) and overview["uptime_seconds"] >= 0
+    assert overview["version"].startswith("PgDoorman ")
+    sockets = get(port, "sockets")["data"]
+    assert sockets["available"] is False or sockets["counts"]["tcp"] >= 1
+    assert "path=/api/pools status=200" in p.log() and "who=admin" in p.log()
+
+
+def test_roles(pooler_factory: Any) -> None:
+    p, port = web_pooler(pooler_factory)
+    for view in VIEWS:
+        status, headers, body = request(port, f"/api/{view}", auth=None)
+        assert status == 401 and headers["www-authenticate"] == 'Basic realm="pg_doorman"', (view, body)
+        assert request(port, f"/api/{view}")[0] == 200
+    bad = "Basic " + base64.b64encode(f"{ADMIN_USER}:wrong".encode()).decode()
+    assert request(port, "/api/pools", auth=bad)[0] == 401
+    assert request(port, "/api/pools", auth="Bearer x.y.z")[0] == 401
+    assert request(port, "/api/pools", auth="Basic !!!")[0] == 401
+    assert post(port, "pause", auth=None)[0] == 401
+    assert request(port, "/api/nope")[0] == 404
+    assert request(port, "/api/pools", method="POST", headers=XHR)[0] == 405
+    assert request(port, "/api/admin/pause")[0] == 405
+    assert request(port, "/metrics", auth=None)[0] == 200
+
+    # Anonymous: read-only, no personal data; wrong credentials are still 401.
+    p2, port2 = web_pooler(pooler_factory, anonymous=True)
+    for view in VIEWS:
+        status, _, body = request(port2, f"/api/{view}", auth=None)
+        want = 403 if view in PERSONAL else 200
+        assert status == want, (view, status, body)
+        assert request(port2, f"/api/{view}")[0] == 200
+    assert request(port2, "/api/clients", auth=None)[2] == {"error": "forbidden", "message": "admin role required"}
+    for action in ACTIONS:
+        assert post(port2, action, auth=None)[0] == 403
+    assert request(port2, "/api/pools", auth=bad)[0] == 401
+
+    # ui off: the API is not there, /metrics is.
+    p3, port3 = web_pooler(pooler_factory, ui=False)
+    assert request(port3, "/api/pools")[0] == 404
+    assert request(port3, "/metrics", auth=None)[0] == 200
+
+
+def paused(a: psycopg.Connection[Any]) -> int:
+    (row,) = [r for r in show(a, "POOLS")[1] if r["user"] == SCRAM_USER]
+    return int(row["paused"])
+
+
+def test_commands_and_cross_site_refusal(pooler_factory: Any) -> None:
+    p, port = web_pooler(pooler_factory)
+    with admin(p, password=PASSWORD) as a:
+        # A cross-site form or fetch: refused before anything happens, whatever the credentials.
+        for headers in ({}, {"Origin": "http://evil.example"}, {"Origin": "null", **XHR},
+                        {"Sec-Fetch-Site": "cross-site", **XHR}, {"Sec-Fetch-Site": "same-site"}):
+            status, body = post(port, "pause", headers=headers)
+            assert (status, body["error"]) == (403, "cross_site"), headers
+        assert paused(a) == 0
+
+        status, body = post(port, "pause", headers={"Origin": f"http://127.0.0.1:{port}"})
+        assert (status, body) == (200, {"ok": True, "command": "PAUSE", "database": None})
+        assert paused(a) == 1
+        # The command drops the cached snapshot: the next read shows it.
+        assert all(r["paused"] == 1 for r in get(port, "pools")["rows"])
+        assert post(port, "resume", f"?db={DBNAME}", headers={"Sec-Fetch-Site": "same-origin"})[0] == 200
+        assert paused(a) == 0
+
+        status, body = post(port, "pause", "?db=nope")
+        assert (status, body["error"], body["message"]) == (404, "unknown_database", 'No pool for database "nope"')
+        assert post(port, "pause", f"?pool={SCRAM_USER}@{DBNAME}")[0] == 400
+        assert paused(a) == 0
+
+        with client(p) as c:
+            c.execute("SELECT 1").fetchall()
+        wait_for(lambda: any(r["sv_idle"] for r in get(port, "pools")["rows"]), what="an idle server")
+        assert post(port, "reconnect", f"?db={DBNAME}") == (200, {"ok": True, "command": "RECONNECT",
+                                                                  "database": DBNAME})
+        wait_for(lambda: all(int(r["sv_idle"]) == 0 for r in show(a, "POOLS")[1]), what="idle servers closed")
+        assert post(port, "reload") == (200, {"ok": True, "command": "RELOAD"})
+        assert "RELOAD (web API)" in p.log() and "PAUSE (all pools) (web API)" in p.log()
+        assert "refused cross-site POST /api/admin/pause" in p.log()
+
+
+def test_one_snapshot_per_second(pooler_factory: Any) -> None:
+    p, port = web_pooler(pooler_factory)
+    with client(p) as c1:
+        c1.execute("SELECT 1").fetchall()
+        time.sleep(1.05)  # a fresh cache window from here
+        first = get(port, "clients")
+        with client(p) as c2:
+            c2.execute("SELECT 1").fetchall()
+            again = get(port, "clients")
+            others = [get(port, v) for v in ("pools", "servers", "overview")]
+            if time.time() - first["taken_at"] < 0.9:  # still inside the window (a slow machine may miss it)
+                assert again == first  # the same snapshot: c2 is not in it yet
+                assert {o["snapshot"] for o in others} == {first["snapshot"]}
+            time.sleep(1.1)
+            later = get(port, "clients")
+            assert later["snapshot"] > first["snapshot"]
+            assert len(later["rows"]) == len(first["rows"]) + 1
