@@ -83,6 +83,23 @@ assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls
 _MAYBE_SPECIAL = frozenset(b"dDlL \t\r\n\x0b\x0c")
 
 
+class _NoRequests(deque[tuple[int, Any]]):
+    """The queue of a client not in prepared-statement mode: always empty, and loud if anything is queued."""
+
+    def append(self, _: tuple[int, Any]) -> None:
+        raise RuntimeError("response queued outside prepared-statement mode")
+
+    appendleft = append
+
+    def extend(self, _: Any) -> None:
+        raise RuntimeError("response queued outside prepared-statement mode")
+
+    extendleft = extend
+
+
+NO_REQUESTS = _NoRequests()
+
+
 def _first_request_end(buf: bytearray) -> int | None:
     """The length of the first request in `buf` (whole messages through the first Query, Sync or
     FunctionCall: what one ReadyForQuery answers), or None if it is not all there."""
@@ -160,7 +177,9 @@ class ClientConn(Conn):
         self.ps = False  # transparent prepared statements active (transaction mode)
         self.named: dict[bytes, ps.Statement] = {}
         self.unnamed: ps.Statement | None = None
-        self.rq: deque[tuple[int, Any]] = deque()
+        # The expected-response queue of prepared-statement mode, made at login (760 bytes each: most refused
+        # connections never get that far, and session-mode clients never use it).
+        self.rq: deque[tuple[int, Any]] = NO_REQUESTS
         self.raw = bytearray()  # received but not yet scanned (waiting for a server, prepared mode)
         self.planner_sig: tuple[str, ...] = ()
         self.last_parse: tuple[bytes, bytes, ps.Statement] | None = None
@@ -1394,7 +1413,7 @@ class ClientConn(Conn):
         if not self.transaction_mode:
             self.scanner.table = CLIENT_SESSION_TABLE
         if self.ps:
-            self.scanner = Scanner(CLIENT_PS_TABLE, on_header=self._on_header_ps, on_message=self._on_message_ps)
+            self.use_ps_scanner()
             self.planner_sig = tuple(want.get(k, "") for k in ps.PLANNER_PARAMS)
         out = [m.parameter_status(k, v) for k, v in reported.items()]
         if s is not None and not self.transaction_mode and self.app.config.general.session_real_backend_key \
@@ -1413,6 +1432,11 @@ class ClientConn(Conn):
         if self.inbuf:
             self.raw += self.inbuf
             self.inbuf = bytearray()
+
+    def use_ps_scanner(self) -> None:
+        """Prepared-statement mode from now on: every extended-protocol message is read, responses queued."""
+        self.scanner = Scanner(CLIENT_PS_TABLE, on_header=self._on_header_ps, on_message=self._on_message_ps)
+        self.rq = deque()
 
     def _start_admin(self) -> None:
         self.login_timer.cancel()

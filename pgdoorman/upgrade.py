@@ -187,8 +187,7 @@ def restore_client(app: App, w: Worker, fd: int, st: dict[str, Any]) -> None:
     """On `w`'s thread: rebuild a ClientConn from a handed-over socket and its state, ready for its next
     query. Used by the new process, and by the old one to take a client back if the handover fails."""
     from pgdoorman import prepared as ps
-    from pgdoorman.client import CLIENT_PS_TABLE, READY, ClientConn
-    from pgdoorman.protocol.framing import Scanner
+    from pgdoorman.client import READY, ClientConn
 
     try:
         sock = socket.socket(fileno=fd)
@@ -226,7 +225,7 @@ def restore_client(app: App, w: Worker, fd: int, st: dict[str, Any]) -> None:
     c.last_status = 73
     c.ps = c.transaction_mode and app.config.general.prepared_statements
     if c.ps:
-        c.scanner = Scanner(CLIENT_PS_TABLE, on_header=c._on_header_ps, on_message=c._on_message_ps)
+        c.use_ps_scanner()
         if st.get("ps"):
             c.planner_sig = tuple(str(x) for x in st["planner_sig"])
         else:

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from pgdoorman.client import CLIENT_PS_TABLE, READY, ClientConn
-from pgdoorman.protocol.framing import Scanner
+from pgdoorman.client import READY, ClientConn
 from pgdoorman.server import ACTIVE, IDLE, ServerConn
 from tests.support.app import one_pool_app
 from tests.support.wire import bind, describe, execute, frame, parse, query, sync
@@ -65,7 +64,7 @@ def linked() -> Iterator[tuple[ClientConn, ServerConn, socket.socket, socket.soc
     client.pool = pool
     client.state = READY
     client.ps = True
-    client.scanner = Scanner(CLIENT_PS_TABLE, on_header=client._on_header_ps, on_message=client._on_message_ps)
+    client.use_ps_scanner()
     server = ServerConn(s_sock, worker, pool, "test")
     server.timer.cancel()
     server.state = IDLE
