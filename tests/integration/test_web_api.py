@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from pgdoorman.web.api import ACTIONS, PERSONAL, TABLE_VIEWS, VIEWS
-from tests.integration.test_admin import admin, client, show
+from tests.integration.test_admin import admin, client, pool_row_when, show, waiting_clients
 from tests.support.cluster import ADMIN_USER, DBNAME, SCRAM_USER
 from tests.support.pooler import free_port, wait_for
 
@@ -193,6 +193,22 @@ def test_commands_and_cross_site_refusal(pooler_factory: Any) -> None:
         assert post(port, "reload") == (200, {"ok": True, "command": "RELOAD"})
         assert "RELOAD (web API)" in p.log() and "PAUSE (all pools) (web API)" in p.log()
         assert "refused cross-site POST /api/admin/pause" in p.log()
+
+
+def test_pause_from_the_api_makes_clients_wait(pooler_factory: Any) -> None:
+    p, port = web_pooler(pooler_factory, general={"query_wait_timeout": 20000})
+    with client(p) as c:  # a first login learns the server's parameters from a server
+        c.execute("SELECT 1").fetchall()
+    with admin(p, password=PASSWORD) as a:
+        assert post(port, "pause", f"?db={DBNAME}")[0] == 200
+        with waiting_clients(p, 2) as results:
+            pool_row_when(a, lambda r: r["cl_waiting"] == 2, "two clients waiting on the paused pool")
+            wait_for(lambda: sum(r["cl_waiting"] for r in get(port, "pools")["rows"]) == 2,
+                     what="/api/pools showing the waiters")
+            assert results == []
+            assert post(port, "resume", f"?db={DBNAME}")[0] == 200
+        assert [tuple(r) for r in results] == [(42,), (42,)]
+        assert pool_row_when(a, lambda r: r["cl_waiting"] == 0, "no waiters")["paused"] == 0
 
 
 def test_one_snapshot_per_second(pooler_factory: Any) -> None:
