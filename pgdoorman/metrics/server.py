@@ -105,10 +105,16 @@ class _Handler(BaseHTTPRequestHandler):
                 return HttpResponse(500, b"internal error while collecting metrics\n", TEXT)
         routes: Routes | None = self.server.routes  # type: ignore[attr-defined]
         if routes is not None:
-            length = int(self.headers.get("Content-Length") or 0)
+            if self.headers.get("Transfer-Encoding"):
+                self.close_connection = True
+                return HttpResponse(411, b"send a Content-Length, not a chunked body\n", TEXT)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
             if length < 0 or length > MAX_BODY:
                 self.close_connection = True
-                return HttpResponse(413, b"request body too large\n", TEXT)
+                return HttpResponse(413, b"request body too large or Content-Length invalid\n", TEXT)
             body = self.rfile.read(length) if length else b""
             req = HttpRequest(method, path, query, self.headers,
                               self.client_address[0] if self.client_address else "", body)

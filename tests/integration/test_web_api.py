@@ -228,3 +228,11 @@ def test_one_snapshot_per_second(pooler_factory: Any) -> None:
             later = get(port, "clients")
             assert later["snapshot"] > first["snapshot"]
             assert len(later["rows"]) == len(first["rows"]) + 1
+
+
+def test_odd_requests_get_an_http_answer(pooler_factory: Any) -> None:
+    p, port = web_pooler(pooler_factory)
+    assert request(port, "/api/admin/pause", "POST", headers={**XHR, "Content-Length": "x"})[0] == 413
+    assert request(port, "/api/admin/pause", "POST", headers={**XHR, "Transfer-Encoding": "chunked"})[0] == 411
+    assert request(port, "/api/pools", headers={"Content-Length": str(1 << 20)})[0] == 413
+    assert request(port, "/api/pools")[0] == 200  # the listener is fine
