@@ -286,11 +286,6 @@ class ClientConn(Conn):
 
     def _consume(self, view: memoryview, n: int) -> None:
         """Frontend bytes after login: scan, then forward to the linked server or keep until one is."""
-        if self.transaction_mode and not self.in_copy_in:  # (COPY data is not SQL)
-            low = view.tobytes().lower()
-            if lowered_may_leave_state(low) or (self.scan_tail and lowered_may_leave_state(self.scan_tail + low[:TAIL])):
-                self.leaves = True
-            self.scan_tail = low[-TAIL:]
         s = self.server
         if s is None and not self.waiting and not self.raw and not self.pending:
             # Start of a transaction: take a server first so the bytes go straight through, unscanned
@@ -325,6 +320,13 @@ class ClientConn(Conn):
             elif not self.rq and self.expect <= 0 and not self.unsynced and not self.in_copy_in \
                     and self.synth_head is None and self._fast_batch(view, n, s):
                 return
+        if self.transaction_mode and not self.in_copy_in:  # (COPY data is not SQL)
+            # The general path sees every byte (large messages stream through unread), so it looks for temp/
+            # advisory here; the fast paths look at their own text or statement (see leaks.py).
+            low = view.tobytes().lower()
+            if lowered_may_leave_state(low) or (self.scan_tail and lowered_may_leave_state(self.scan_tail + low[:TAIL])):
+                self.leaves = True
+            self.scan_tail = low[-TAIL:]
         try:
             out = self.scanner.feed(view)
         except m.ProtocolViolation as e:
@@ -436,6 +438,8 @@ class ClientConn(Conn):
         b0 = view[5]
         if b0 in _MAYBE_SPECIAL:
             return False
+        if lowered_may_leave_state(view[5:n].tobytes().lower()):
+            self.leaves = True
         self._mark_query()
         self.copy_window = True
         self.copy_syncs = 0
