@@ -429,6 +429,8 @@ class ClientConn(Conn):
         """One whole small simple Query with nothing queued: what the scanner and `_on_message_ps` would do,
         in one step. Anything else (a partial or pipelined message, a possible DEALLOCATE or LISTEN, a
         client already queueing extended-protocol responses) takes the general path."""
+        if n < 6:
+            return False  # not even a whole header and one byte: the scanner keeps it until the rest comes
         ln = _unpack(view, 1)[0]
         if ln + 1 != n or ln > SMALL_LIMIT or ln < 5 or self.rq or self.in_copy_in:
             return False

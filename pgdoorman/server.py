@@ -74,6 +74,8 @@ _TAG_LENS = frozenset({4, 6, 7, 8, 12, 15})
 _PLAIN_TYPES = frozenset(b"ZCSEG")
 # CommandComplete tags of DDL, by their first five bytes (no other tag starts like these).
 _DDL_TAGS = frozenset((b"CREAT", b"ALTER", b"DROP "))
+# What PostgreSQL may send while it skips to a Sync: that Sync's ReadyForQuery, and asynchronous messages.
+_WHILE_SKIPPING = frozenset(b"ZSNA")
 _FATAL_SEVERITY = (b"SFATAL\x00", b"SPANIC\x00")
 # PostgreSQL's message when DDL changed the result of a statement prepared before (SQLSTATE 0A000).
 _STALE_PLAN = "cached plan must not change result type"
@@ -545,7 +547,10 @@ class ServerConn(Conn):
         if c is None:
             return self._on_message(t, body)
         rq = c.rq
-        # (While PostgreSQL skips to a Sync it sends nothing: no synthetic answer is due before its ReadyForQuery.)
+        # (While PostgreSQL skips to a Sync it sends nothing: no synthetic answer is due before its ReadyForQuery.
+        # A response other than that ReadyForQuery means it is not skipping any more.)
+        if self.skipping and t not in _WHILE_SKIPPING:
+            self.skipping = False
         prefix = None if self.skipping else ps.take_synth(rq)
         swallow = False
         rewritten = False
@@ -632,10 +637,9 @@ class ServerConn(Conn):
                     elif c.unnamed is st:
                         c.unnamed = None
             return None
-        if not isinstance(data, tuple):
-            return None
+        if not isinstance(data, tuple) or not isinstance(data[0], ps.Statement):
+            return None  # an entry with nothing to rewrite (an unknown name, a malformed message, ...)
         st, cname = data
-        assert isinstance(st, ps.Statement)
         raw = bytes(body)
         rep = raw.replace(b'"' + st.name + b'"', b'"' + cname + b'"')
         f = m.parse_fields(raw)
@@ -830,11 +834,13 @@ class ServerConn(Conn):
         """Lent to `client` (its relay runs now)."""
         self.client = client
         self.state = ACTIVE
+        self.skipping = False
 
     def park(self) -> None:
         """Back from a client, clean: idle (the pool's list is the pool's business)."""
         self.state = IDLE
         self.release_pending = False
+        self.skipping = False
 
     def retire(self, reason: str) -> None:
         """Close a server already taken out of its pool's idle list."""

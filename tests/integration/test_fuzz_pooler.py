@@ -468,24 +468,6 @@ def mutate(rng: random.Random, msgs: list[bytes]) -> tuple[list[bytes], bool]:
     return msgs, framed
 
 
-def avoid_short_q_reads(pieces: list[bytes]) -> list[bytes]:
-    """Steer clear of the one defect this fuzz found (see test_q_byte_alone_in_one_read, xfail): a read of
-    fewer than 5 bytes that starts with 'Q' raises in the pooler. A short piece starting with 'Q' is merged
-    into the piece after it, or before it; alone, it is not sent."""
-    out: list[bytes] = []
-    carry = b""
-    for piece in pieces:
-        piece = carry + piece
-        carry = b""
-        if piece[:1] == b"Q" and len(piece) < 5:
-            carry = piece
-        else:
-            out.append(piece)
-    if carry and out:
-        out[-1] += carry
-    return out
-
-
 def settle(c: WireClient, rng: random.Random, attempt_timeout: float) -> str:
     """Bring a fuzz session back to a known point: CopyFail (ends a COPY IN, ignored elsewhere), Sync (ends
     an error skip), then "rollback; select <marker>". "ok" once the marker's row and the ReadyForQuery after
@@ -541,7 +523,6 @@ def run_session(host: str, port: int, index: int, seed: int = SEED, unsettled_te
             if rng.random() < 0.3 and len(data) > 2:  # in pieces
                 cuts = sorted(rng.sample(range(1, len(data)), min(3, len(data) - 1)))
                 pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
-            pieces = avoid_short_q_reads(pieces)
             case.sent.append(b"".join(pieces))
             try:
                 for piece in pieces:
@@ -748,16 +729,10 @@ def test_fuzz_keeps_pool_serving(pg: Any, pooler_factory: Any, copy_table: None,
     print(f"fuzz seed {SEED} pool_size {pool_size}: {time.monotonic() - started:.1f}s {sorted(stats.items())}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect found by this fuzz: a read of 1-4 bytes starting with 'Q' (0x51) from a logged-in client "
-    "with a server linked (transaction mode, prepared_statements on) raises struct.error in "
-    "ClientConn._fast_query (client.py: `_unpack(view, 1)` before any length check); the client is dropped "
-    "with no ErrorResponse ('internal error') and the loop logs 'unhandled error ... Traceback'",
-)
 def test_q_byte_alone_in_one_read(pooler_factory: Any) -> None:
-    """Minimal reproduction: log in, send the type byte of a Query alone, then the rest of it. PostgreSQL
-    waits for the rest and answers; the pooler must do the same."""
+    """A defect this fuzz found (a read of 1-4 bytes starting with 'Q' raised in ClientConn._fast_query).
+    Log in, send the type byte of a Query alone, then the rest of it: PostgreSQL waits for the rest and
+    answers; the pooler must do the same."""
     p = pooler_factory(pool_mode="transaction", pool_size=1)
     with WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, timeout=5.0) as c:
         c.send(b"Q")
