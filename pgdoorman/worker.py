@@ -197,7 +197,9 @@ class Worker:
                 # Our own query is running: let it finish, then clean up as usual.
                 s.internal_done = lambda ok: self._after_client_left(s, ok)
                 return
-            if c_expect > 0 or c_unsynced or mid or s.out:
+            # (A response still queued in prepared-statement mode means the same, whatever the counters say.)
+            queued = client is not None and bool(client.rq)
+            if c_expect > 0 or c_unsynced or mid or s.out or queued or s.skipping:
                 # The server is still working for a client that is gone: it cannot be handed over.
                 s.close("client left with a request in flight")
                 return

@@ -496,12 +496,10 @@ def settle(c: WireClient, rng: random.Random, attempt_timeout: float) -> str:
     return "stalled"
 
 
-def run_session(host: str, port: int, index: int, seed: int = SEED, unsettled_terminate: bool = False) -> Case:
+def run_session(host: str, port: int, index: int, seed: int = SEED, unsettled_terminate: bool = True) -> Case:
     """One logged-in fuzz client sending a few mutated sequences, each followed by a settle, or ended by an
-    abrupt disconnect (mid-message, or with a reset), Terminate, or the pooler closing the connection.
-    A Terminate right behind an unanswered sequence triggers a known defect (see
-    test_terminate_behind_unanswered_batch, xfail): with `unsettled_terminate` False, that session settles
-    its last sequence first and then terminates."""
+    abrupt disconnect (mid-message, or with a reset), Terminate (right behind an unanswered sequence; with
+    `unsettled_terminate` False, after settling it), or the pooler closing the connection."""
     rng = case_rng("session", index, seed)
     case = Case("session", index)
     try:
@@ -743,17 +741,10 @@ def test_q_byte_alone_in_one_read(pooler_factory: Any) -> None:
     assert not log_problems(p), log_problems(p)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect found by this fuzz: clients that send Terminate right behind a batch PostgreSQL has not "
-    "answered yet (prepared_statements on, transaction mode, pool_size 1, two such clients at once) get the "
-    "server back to the pool with that batch's answer still in flight: the next client receives another "
-    "client's ErrorResponse (08P01 'invalid string in message' or 42P05 'prepared statement \"DOORMAN_1\" "
-    "already exists') instead of its own result, the pooler logs 'idle server ... closed: idle server sent "
-    "ERROR' and, at times, a Traceback (AssertionError in ServerConn._ps_error, server.py)",
-)
 def test_terminate_behind_unanswered_batch(pooler_factory: Any, copy_table: None) -> None:
-    """The shortest reproduction found (not minimal; it is timing-dependent): two clients replay fuzz session
+    """A defect this fuzz found: a Terminate right behind a batch PostgreSQL had not answered yet returned the
+    server to the pool with that batch's answer in flight (the next client got another client's error).
+    The shortest reproduction found (not minimal; it is timing-dependent): two clients replay fuzz session
     309 of seed 182026 at once, whose last sequence, sent with Terminate right behind it, is
     c | P "s1" "select $1::int" [23] | D with body b"P" (no NUL) | E | S | X; the sentinel queries after each
     round. About one round in seven fails; 60 rounds make a pass by chance negligible."""
