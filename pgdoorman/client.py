@@ -133,7 +133,7 @@ class ClientConn(Conn):
         "query_count", "xact_count", "error_count", "login_timer", "admin", "application_name", "is_unix",
         "last_status", "xact_start", "query_start", "ps", "named", "unnamed", "rq", "raw",
         "planner_sig", "last_parse", "named_parse", "copy_window", "copy_syncs", "in_copy_in",
-        "synth_head", "fast_bind", "fast_redo", "held_error", "tls", "handshaking", "leaves", "scan_tail",
+        "synth_head", "fast_bind", "fast_redo", "held_error", "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
     )
 
     def __init__(self, sock: socket.socket, worker: Worker, addr: str, is_unix: bool = False) -> None:
@@ -204,6 +204,7 @@ class ClientConn(Conn):
         # lower-cased, for a keyword split between two reads.
         self.leaves = False
         self.scan_tail = b""
+        self.copy_confused = False  # see copy_in_started
         self.login_timer = worker.loop.call_later(60.0, self._login_timeout)
 
     def __repr__(self) -> str:
@@ -894,6 +895,14 @@ class ClientConn(Conn):
         so Syncs the client sent after the Execute (tokio-postgres sends Bind, Execute, Sync, then the data)
         will get no ReadyForQuery: stop expecting one for them."""
         n = self.copy_syncs
+        rq = self.rq
+        pipelined = any(e[0] != ps.SYNC for e in list(rq)[1:]) if rq else self.expect > 1 + n
+        if pipelined or not self.copy_window:
+            # The client sent more than data behind the message that started this COPY before PostgreSQL
+            # answered it (other requests, or the CopyDone already): which of its Syncs PostgreSQL ignores
+            # cannot be told from the counters. This client keeps the server until it leaves, and the server
+            # is closed then, so that no answer of its can reach another client.
+            self.copy_confused = True
         self.copy_syncs = 0
         self.in_copy_in = self.copy_window
         self.fast_bind = None  # its Bind succeeded, and its Sync will get no ReadyForQuery (counted below)
@@ -901,7 +910,6 @@ class ClientConn(Conn):
         if not n:
             return
         self.expect -= n
-        rq = self.rq
         if rq:
             keep = [rq.popleft()]  # the Execute being answered
             while rq and n:

@@ -171,6 +171,8 @@ class Worker:
         if s.closed:
             return
         linked = s.client
+        if not client_gone and linked is not None and linked.copy_confused:
+            return  # it keeps this server until it leaves (ClientConn.copy_in_started)
         if linked is not None and linked.server is s:
             linked.server = None
         s.client = None
@@ -198,7 +200,7 @@ class Worker:
                 s.internal_done = lambda ok: self._after_client_left(s, ok)
                 return
             # (A response still queued in prepared-statement mode means the same, whatever the counters say.)
-            queued = client is not None and bool(client.rq)
+            queued = client is not None and (bool(client.rq) or client.copy_confused)
             if c_expect > 0 or c_unsynced or mid or s.out or queued or s.skipping:
                 # The server is still working for a client that is gone: it cannot be handed over.
                 s.close("client left with a request in flight")
