@@ -178,3 +178,25 @@ def test_a_server_that_breaks_the_protocol_gives_its_clients_an_error(pg: Any, p
         stop.set()
         th.join(timeout=5)
         lsock.close()
+
+
+def test_requests_pipelined_behind_a_copy_start_stay_with_their_client(pg: Any, one_server: Pooler) -> None:
+    """COPY FROM STDIN, its data and CopyDone, then an extended-protocol batch, all sent before PostgreSQL's
+    CopyInResponse: every answer reaches this client (as on PostgreSQL), none the next client. (Such a client
+    keeps its server until it leaves: with pool_size 1 the next client comes after it.)"""
+    with connect(pg.host, pg.port) as d:
+        d.query("drop table if exists hostile_copy; create table hostile_copy (a int)")
+    batch = (query("copy hostile_copy from stdin") + frame("d", b"1\n") + frame("c")
+             + parse("", "select 42") + bind() + execute() + sync())
+    answers = []
+    for host, port in ((pg.host, pg.port), (one_server.host, one_server.port)):
+        a = connect(host, port)
+        a.send(batch)
+        got = a.read_until("Z") + a.read_until("Z")
+        answers.append(norm([(t, b) for t, b in got if t != "G"]))
+        answers.append(norm(a.query("select 'a again'")))
+        a.close()
+        with connect(host, port) as b:
+            assert b.query_rows("select 'b'") == [["b"]]
+    assert answers[2:] == answers[:2]
+    assert "unexpected data from an idle server" not in one_server.log()
