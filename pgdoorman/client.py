@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pgdoorman import hba, jwt_auth, pam_auth
 from pgdoorman import prepared as ps
 from pgdoorman.cancel import send_cancel
-from pgdoorman.leaks import TAIL, lowered_may_leave_state
+from pgdoorman.leaks import TAIL, lowered_may_leave_state, may_leave_state
 from pgdoorman.net.conn import AGAIN, HIGH_WATER, Conn
 from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN, ssl_reason
@@ -346,9 +346,7 @@ class ClientConn(Conn):
                 s.bytes_out += n
                 s.pstats.bytes_in += n
                 s.write(out)
-                if self.expect <= 0 and not self.unsynced and s.txn_status == 73 and self.transaction_mode \
-                        and not s.release_pending and s.state == 3 and not self.scanner.mid_message \
-                        and not self.terminating:
+                if not self.terminating and self._server_done(s):
                     # A message no answer waits for (a CopyData outside COPY, which PostgreSQL ignores) ended
                     # after the last ReadyForQuery: the server is free again now that the message is whole.
                     self.worker.release_server(s)
@@ -419,9 +417,7 @@ class ClientConn(Conn):
                 self.flush_synth()
         if self.terminating:
             self.close("client terminated")
-        elif not self.rq and self.expect <= 0 and not self.unsynced and s.txn_status == 73 \
-                and self.transaction_mode and self.server is s and not s.release_pending \
-                and not self.scanner.mid_message:
+        elif self._server_done(s):
             # Everything was answered locally (e.g. a DEALLOCATE), or a message that no answer was waiting
             # for was completed: the server is free again.
             self.worker.release_server(s)
@@ -441,7 +437,7 @@ class ClientConn(Conn):
         b0 = view[5]
         if b0 in _MAYBE_SPECIAL:
             return False
-        if lowered_may_leave_state(view[5:n].tobytes().lower()):
+        if may_leave_state(view[5:n]):
             self.leaves = True
         self._mark_query()
         self.copy_window = True
@@ -1046,10 +1042,17 @@ class ClientConn(Conn):
                 return
         if self.read_paused and not s.out and not self.closed:
             self.resume_reading()
-        if self.transaction_mode and self.server is s and self.expect <= 0 and not self.unsynced \
-                and not self.rq and s.txn_status == 73 and not s.release_pending:
+        if self._server_done(s):
             # Nothing to send (login parameters only, or everything answered locally).
             self.worker.release_server(s)
+
+    def _server_done(self, s: ServerConn) -> bool:
+        """Transaction mode, `s` is this client's and idle, everything sent to it was answered (no response is
+        due, none queued) and on a message boundary: it may go back to the pool now. (A ReadyForQuery that
+        ends the work is handled by the server's relay, which sets release_pending.)"""
+        return (self.transaction_mode and self.server is s and s.state == 3 and s.txn_status == 73
+                and self.expect <= 0 and not self.unsynced and not self.rq and not s.release_pending
+                and not self.scanner.mid_message)
 
     # ------------------------------------------------------------------ cancel requests
     def cancel_requested(self) -> None:
