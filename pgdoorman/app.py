@@ -21,18 +21,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pgdoorman import __version__, hba, logs, systemd, upgrade
-from pgdoorman.cancel import CancelRegistry
 from pgdoorman.config import Config, ConfigError, load_config
+from pgdoorman.core.cancel import CancelRegistry
+from pgdoorman.core.pool import Pool
 from pgdoorman.net.sockopts import TcpOptions, tcp_listener, unix_listener
 from pgdoorman.net.tls import client_tls
 from pgdoorman.observe import UnknownDatabase
-from pgdoorman.pool import Pool
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
 from pgdoorman.worker import Worker
 
 if TYPE_CHECKING:
-    from pgdoorman.client import ClientConn
+    from pgdoorman.session.client import ClientConn
 
 log = logging.getLogger("pgdoorman")
 

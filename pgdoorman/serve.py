@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 from pgdoorman import systemd, upgrade
 from pgdoorman.admin.console import AdminSession
 from pgdoorman.app import App
-from pgdoorman.cancel import fake_pid
+from pgdoorman.core.cancel import fake_pid
 from pgdoorman.metrics.process import refresh_socket_counts
 from pgdoorman.metrics.server import MetricsServer, start_metrics_server
 from pgdoorman.observe import Observer
 from pgdoorman.web.api import WebApi
 
 if TYPE_CHECKING:
-    from pgdoorman.client import ClientConn
     from pgdoorman.config import Config
     from pgdoorman.daemon import Daemon
+    from pgdoorman.session.client import ClientConn
 
 log = logging.getLogger("pgdoorman")
 

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pgdoorman import systemd
-from pgdoorman.cancel import fake_pid
+from pgdoorman.core.cancel import fake_pid
 
 if TYPE_CHECKING:
     from pgdoorman.app import App
-    from pgdoorman.client import ClientConn
+    from pgdoorman.session.client import ClientConn
     from pgdoorman.worker import Worker
 
 log = logging.getLogger("pgdoorman.upgrade")
@@ -146,7 +146,7 @@ def movable(c: ClientConn) -> bool:
     """A client can move when it is logged in, holds no server, waits for none, and nothing of it is
     buffered here: not a byte withheld or half-scanned, no response owed, nothing unsent. (Bytes it already
     sent that sit in the kernel's socket buffer move with the socket.)"""
-    from pgdoorman.client import READY
+    from pgdoorman.session.client import READY
 
     return (
         c.state == READY and not c.closed and c.server is None and not c.waiting and not c.terminating
@@ -186,8 +186,8 @@ def client_state(c: ClientConn) -> dict[str, Any]:
 def restore_client(app: App, w: Worker, fd: int, st: dict[str, Any]) -> None:
     """On `w`'s thread: rebuild a ClientConn from a handed-over socket and its state, ready for its next
     query. Used by the new process, and by the old one to take a client back if the handover fails."""
-    from pgdoorman import prepared as ps
-    from pgdoorman.client import READY, ClientConn
+    from pgdoorman.core import prepared as ps
+    from pgdoorman.session.client import READY, ClientConn
 
     try:
         sock = socket.socket(fileno=fd)
@@ -582,7 +582,7 @@ class Handoff:
     def _tick(self, w: Worker) -> None:
         if not self.active:
             return
-        from pgdoorman.client import ADMIN
+        from pgdoorman.session.client import ADMIN
 
         busy = 0
         for c in list(w.clients):

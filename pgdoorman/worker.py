@@ -12,12 +12,12 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from pgdoorman.client import ADMIN, READY, ClientConn
 from pgdoorman.net.conn import Conn
 from pgdoorman.net.loop import Loop
 from pgdoorman.net.sockopts import apply_tcp
 from pgdoorman.protocol import messages as m
-from pgdoorman.server import (
+from pgdoorman.session.client import ADMIN, READY, ClientConn
+from pgdoorman.session.server import (
     ACTIVE,
     CONNECTING,
     DIRTY_PREPARE,
@@ -31,7 +31,7 @@ from pgdoorman.server import (
 
 if TYPE_CHECKING:
     from pgdoorman.app import App
-    from pgdoorman.pool import Pool
+    from pgdoorman.core.pool import Pool
 
 log = logging.getLogger("pgdoorman.worker")
 

@@ -15,8 +15,8 @@ from typing import Any
 from pgdoorman import __version__, logs
 from pgdoorman.admin.parser import SHOW_SUBCOMMANDS
 from pgdoorman.admin.resultset import INT4, NUMERIC, TEXT, Cell, ResultSet
+from pgdoorman.core.stats import percentile
 from pgdoorman.observe import ClientInfo, Observer, Snapshot, StatsSampler
-from pgdoorman.stats import percentile
 
 Columns = list[tuple[str, int]]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pgdoorman import __version__, logs
+from pgdoorman.core.stats import percentile
 from pgdoorman.metrics.exposition import Family, cumulative_at, render
 from pgdoorman.metrics.process import cached_socket_counts, memory_bytes
 from pgdoorman.observe import Observer, Snapshot
-from pgdoorman.stats import percentile
 
 # Histogram buckets in seconds, as PgDoorman's.
 QUERY_BUCKETS = (0.0005, 0.005, 0.05, 0.5, 5.0)

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pgdoorman.stats import bucket_bounds_us
+from pgdoorman.core.stats import bucket_bounds_us
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TYPES = ("counter", "gauge", "histogram", "untyped")
@@ -132,7 +132,7 @@ def render(families: Iterable[Family]) -> str:
 
 # ------------------------------------------------------------------------------------------ histograms
 def log_bucket_bounds_us(b: int) -> tuple[float, float]:
-    """[lower, upper) of bucket b of pgdoorman.stats.Histogram, in microseconds (4 buckets per doubling)."""
+    """[lower, upper) of bucket b of pgdoorman.core.stats.Histogram, in microseconds (4 buckets per doubling)."""
     return bucket_bounds_us(b)
 
 

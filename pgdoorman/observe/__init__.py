@@ -53,7 +53,7 @@ from pgdoorman.observe.totals import Averages, StatsSampler, Totals, averages, p
 
 if TYPE_CHECKING:
     from pgdoorman.config import Config
-    from pgdoorman.pool import Pool
+    from pgdoorman.core.pool import Pool
 
 __all__ = [
     "CLIENT_STATES", "Averages", "CancelCounts", "ClientInfo", "Control", "Observer", "PoolInfo", "PoolKey",

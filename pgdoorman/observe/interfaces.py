@@ -8,10 +8,10 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from pgdoorman.client import ClientConn
     from pgdoorman.config import Config
-    from pgdoorman.pool import Pool
-    from pgdoorman.server import ServerConn
+    from pgdoorman.core.pool import Pool
+    from pgdoorman.session.client import ClientConn
+    from pgdoorman.session.server import ServerConn
 
 T = TypeVar("T")
 K = TypeVar("K")

@@ -12,18 +12,18 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pgdoorman.client import READY as CLIENT_READY
 from pgdoorman.observe.interfaces import PoolKey, Source, copy_of, dict_copy
-from pgdoorman.server import ACTIVE as SERVER_ACTIVE
-from pgdoorman.server import CLOSED as SERVER_CLOSED
-from pgdoorman.server import IDLE as SERVER_IDLE
-from pgdoorman.server import INTERNAL as SERVER_USED
-from pgdoorman.server import STATE_NAMES as SERVER_STATES
+from pgdoorman.session.client import READY as CLIENT_READY
+from pgdoorman.session.server import ACTIVE as SERVER_ACTIVE
+from pgdoorman.session.server import CLOSED as SERVER_CLOSED
+from pgdoorman.session.server import IDLE as SERVER_IDLE
+from pgdoorman.session.server import INTERNAL as SERVER_USED
+from pgdoorman.session.server import STATE_NAMES as SERVER_STATES
 
 if TYPE_CHECKING:
-    from pgdoorman.client import ClientConn
-    from pgdoorman.pool import Pool
-    from pgdoorman.server import ServerConn
+    from pgdoorman.core.pool import Pool
+    from pgdoorman.session.client import ClientConn
+    from pgdoorman.session.server import ServerConn
 
 # Client states as SHOW CLIENTS names them, and 'login' for a client still logging in.
 CLIENT_STATES = ("login", "waiting", "active", "idle")

@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pgdoorman.core.stats import merged
 from pgdoorman.observe.interfaces import PoolKey, Source, copy_of, dict_copy
 from pgdoorman.observe.snapshot import ServerInfo, live_servers, server_info
-from pgdoorman.stats import merged
 
 if TYPE_CHECKING:
-    from pgdoorman.pool import Pool
+    from pgdoorman.core.pool import Pool
 
 
 # ------------------------------------------------------------------------------------------ counters

@@ -19,12 +19,12 @@ from pgdoorman import observe
 from pgdoorman.admin import console
 from pgdoorman.admin.show import SHOW_BUILDERS, SHOW_COLUMNS, ShowContext
 from pgdoorman.app import App
-from pgdoorman.client import READY, ClientConn
 from pgdoorman.config import config_from_dict
 from pgdoorman.metrics.collect import collect, error_bucket, render_metrics
 from pgdoorman.observe import Observer, StatsSampler, Totals, averages
 from pgdoorman.protocol import messages as m
-from pgdoorman.server import ACTIVE, IDLE, INTERNAL, LOGIN, ServerConn
+from pgdoorman.session.client import READY, ClientConn
+from pgdoorman.session.server import ACTIVE, IDLE, INTERNAL, LOGIN, ServerConn
 from tests.unit.test_metrics_exposition import promtool_check
 
 

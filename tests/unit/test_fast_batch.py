@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from pgdoorman.client import READY, ClientConn
-from pgdoorman.server import ACTIVE, IDLE, ServerConn
+from pgdoorman.session.client import READY, ClientConn
+from pgdoorman.session.server import ACTIVE, IDLE, ServerConn
 from tests.support.app import one_pool_app
 from tests.support.wire import bind, describe, execute, frame, parse, query, sync
 

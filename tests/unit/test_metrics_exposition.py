@@ -12,6 +12,7 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pgdoorman.core.stats import BUCKETS, Histogram, bucket_of
 from pgdoorman.metrics.exposition import (
     Family,
     cumulative_at,
@@ -21,7 +22,6 @@ from pgdoorman.metrics.exposition import (
     log_bucket_bounds_us,
     render,
 )
-from pgdoorman.stats import BUCKETS, Histogram, bucket_of
 
 GOLDEN = """\
 # HELP demo_requests_total Requests by path.\\nSecond line with a \\\\ backslash.

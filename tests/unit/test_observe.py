@@ -13,7 +13,7 @@ import pytest
 from pgdoorman import observe
 from pgdoorman.app import App
 from pgdoorman.observe import ClientInfo, Control, Observer, PoolInfo, ServerInfo, Source, UnknownDatabase
-from pgdoorman.server import CLOSED
+from pgdoorman.session.server import CLOSED
 from tests.unit.test_admin_state import app, client, obs, populate, server  # noqa: F401 (fixtures)
 
 PLAIN = (str, int, float, bool, type(None))

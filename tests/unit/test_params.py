@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pgdoorman.leaks import TAIL, may_leave_state
-from pgdoorman.params import (
+from pgdoorman.core.leaks import TAIL, may_leave_state
+from pgdoorman.core.params import (
     OptionsError,
     canonical_name,
     known_spelling,

@@ -1,5 +1,5 @@
-"""One owner per state (issue 11): only pgdoorman/server.py assigns a server connection's `state` (others move
-it through ServerConn.link/park/retire), and only pgdoorman/pool.py touches a pool's idle lists."""
+"""One owner per state (issue 11): only pgdoorman/session/server.py assigns a server connection's `state` (others move
+it through ServerConn.link/park/retire), and only pgdoorman/core/pool.py touches a pool's idle lists."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 
 from pgdoorman.net.loop import EVENT_READ
-from pgdoorman.server import ACTIVE, ServerConn
+from pgdoorman.session.server import ACTIVE, ServerConn
 from tests.support.app import one_pool_app
 
 

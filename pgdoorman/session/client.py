@@ -24,20 +24,20 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pgdoorman import hba, jwt_auth, pam_auth
-from pgdoorman import prepared as ps
-from pgdoorman.cancel import send_cancel
-from pgdoorman.leaks import TAIL, lowered_may_leave_state, may_leave_state
+from pgdoorman.core import prepared as ps
+from pgdoorman.core.cancel import send_cancel
+from pgdoorman.core.leaks import TAIL, lowered_may_leave_state, may_leave_state
+from pgdoorman.core.params import READ_ONLY, TRACKED_PARAMS, OptionsError, known_spelling, startup_settings
 from pgdoorman.net.conn import AGAIN, HIGH_WATER, Conn
 from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN, ssl_reason
-from pgdoorman.params import READ_ONLY, TRACKED_PARAMS, OptionsError, known_spelling, startup_settings
 from pgdoorman.protocol import auth, frontend
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import FULL, INVALID, NOTIFY, PASS, SMALL, SMALL_LIMIT, Scanner
 
 if TYPE_CHECKING:
-    from pgdoorman.pool import Pool
-    from pgdoorman.server import ServerConn
+    from pgdoorman.core.pool import Pool
+    from pgdoorman.session.server import ServerConn
     from pgdoorman.worker import Worker
 
 log = logging.getLogger("pgdoorman.client")

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
-from pgdoorman import jwt_auth, leaks, params
-from pgdoorman import prepared as ps
+from pgdoorman import jwt_auth
+from pgdoorman.core import leaks, params
+from pgdoorman.core import prepared as ps
 from pgdoorman.net.conn import AGAIN, Conn
 from pgdoorman.net.tls import ssl_reason
 from pgdoorman.protocol import auth
@@ -28,8 +29,8 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner, make_table
 
 if TYPE_CHECKING:
-    from pgdoorman.client import ClientConn
-    from pgdoorman.pool import Pool
+    from pgdoorman.core.pool import Pool
+    from pgdoorman.session.client import ClientConn
     from pgdoorman.worker import Worker
 
 log = logging.getLogger("pgdoorman.server")

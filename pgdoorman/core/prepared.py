@@ -25,7 +25,7 @@ import threading
 from collections import OrderedDict, deque
 from typing import Any
 
-from pgdoorman.leaks import may_leave_state
+from pgdoorman.core.leaks import may_leave_state
 from pgdoorman.protocol import messages as m
 
 # Entry kinds of the expected-response queue.

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pgdoorman.protocol import messages as m
 
 if TYPE_CHECKING:
-    from pgdoorman.client import ClientConn
+    from pgdoorman.session.client import ClientConn
 
 log = logging.getLogger("pgdoorman.cancel")
 

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 from pgdoorman import jwt_auth
 from pgdoorman.config import Config, PoolConfig, UserConfig
 from pgdoorman.config.values import JWT_PRIVKEY_PREFIX, JWT_PUBKEY_PREFIX
+from pgdoorman.core.prepared import PoolCache
+from pgdoorman.core.stats import Histogram
 from pgdoorman.net.tls import server_tls
-from pgdoorman.prepared import PoolCache
-from pgdoorman.stats import Histogram
 
 if TYPE_CHECKING:
-    from pgdoorman.client import ClientConn
-    from pgdoorman.server import ServerConn
+    from pgdoorman.session.client import ClientConn
+    from pgdoorman.session.server import ServerConn
     from pgdoorman.worker import Worker
 
 
