@@ -96,6 +96,9 @@ class Scanner:
         return mode
 
     def feed(self, data: memoryview) -> memoryview | bytearray | None:
+        # Exempt from the size rule (functions of at most about 60 lines, tests/unit/test_sizes.py): this is
+        # the scanner's hot loop, run for every message header of every connection; splitting it into helpers
+        # would add a function call per message on the hot path, so it stays one function.
         n = len(data)
         pos = 0
         out: bytearray | None = None
