@@ -9,12 +9,13 @@ the per-worker shards summed at read time.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pgdoorman import __version__, logs
 from pgdoorman.core.stats import percentile
 from pgdoorman.metrics.exposition import Family, cumulative_at, render
 from pgdoorman.metrics.process import cached_socket_counts, memory_bytes
-from pgdoorman.observe import Observer, Snapshot
+from pgdoorman.observe import Observer, PoolView, PreparedView, Snapshot, Totals
 
 # Histogram buckets in seconds, as PgDoorman's.
 QUERY_BUCKETS = (0.0005, 0.005, 0.05, 0.5, 5.0)
@@ -53,21 +54,40 @@ def histogram_buckets(counts: Sequence[int], bounds_s: Sequence[float]) -> list[
 
 
 def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
+    """Every family of a scrape, in PgDoorman's order: the process and listener, then the pools."""
     snap = snap or obs.snapshot()
-    sampler = obs.sampler
-    sampler.track_prepared(snap.servers)
-    F = Family
-    fams: list[Family] = []
+    obs.sampler.track_prepared(snap.servers)
+    fams = _process_families(obs)
+    fams += _listener_families(obs)
+    fams.append(_users_configured(obs))
+    rows = _pool_rows(obs, snap)
+    fams += _pool_state_families(rows)
+    fams += _pool_traffic_families(rows)
+    fams += _pool_latency_families(rows)
+    fams.append(_pool_errors_family(rows))
+    fams += _pool_prepared_families(rows)
+    return fams
 
-    # ---------------------------------------------------------------- process
-    fams.append(F("pg_doorman_build_info", "gauge",
-                  "Build information of the running pooler; always 1, the version is in the label.")
-                .add(1, {"version": __version__}))
-    fams.append(F("pg_doorman_log_level", "gauge",
-                  "Current log filter (as SHOW LOG_LEVEL reports it); always 1, the filter is in the label.")
-                .add(1, {"level": logs.current_filter()}))
-    fams.append(F("pg_doorman_total_memory", "gauge", "Resident memory of the pooler process in bytes.")
-                .add(memory_bytes()))
+
+# ---------------------------------------------------------------- process
+def _process_families(obs: Observer) -> list[Family]:
+    """Build info, log level and memory of the pooler process."""
+    F = Family
+    return [
+        F("pg_doorman_build_info", "gauge",
+          "Build information of the running pooler; always 1, the version is in the label.")
+        .add(1, {"version": __version__}),
+        F("pg_doorman_log_level", "gauge",
+          "Current log filter (as SHOW LOG_LEVEL reports it); always 1, the filter is in the label.")
+        .add(1, {"level": logs.current_filter()}),
+        F("pg_doorman_total_memory", "gauge", "Resident memory of the pooler process in bytes.")
+        .add(memory_bytes()),
+    ]
+
+
+def _listener_families(obs: Observer) -> list[Family]:
+    """Client connections accepted and rejected, and the sockets the process holds."""
+    F = Family
     conns = obs.connection_counts()
     total_f = F("pg_doorman_connections_total", "counter",
                 "Client connections accepted since start, by type: plain, tls, cancel (cancel requests) and total.")
@@ -76,7 +96,7 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     for ctype in CONNECTION_TYPES:
         total_f.add(conns[ctype], {"type": ctype})
         gauge_f.add(conns[ctype], {"type": ctype})
-    fams += [total_f, gauge_f]
+    fams = [total_f, gauge_f]
     rejections = obs.rejections()
     rej = F("pg_doorman_listener_rejections_total", "counter",
             "Client connections rejected before authentication completed, by reason.")
@@ -90,15 +110,48 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
         for stype in ("tcp", "tcp6", "unix", "unknown"):
             sf.add(socks.get(stype, 0), {"type": stype})
         fams.append(sf)
-    users = F("pg_doorman_users_configured", "gauge",
-              "One series per configured (user, database, pool_mode), value 1.")
+    return fams
+
+
+def _users_configured(obs: Observer) -> Family:
+    users = Family("pg_doorman_users_configured", "gauge",
+                   "One series per configured (user, database, pool_mode), value 1.")
     cfg = obs.config
     for db, pc in cfg.pools.items():
         for u in pc.users:
             users.add(1, {"user": u.username, "database": db, "pool_mode": cfg.pool_mode_for(pc, u)})
-    fams.append(users)
+    return users
 
-    # ---------------------------------------------------------------- pools
+
+# ---------------------------------------------------------------- pools
+@dataclass(frozen=True)
+class _PoolRow:
+    """What the pool families read of one pool, read once per scrape in the snapshot's order."""
+
+    view: PoolView
+    labels: dict[str, str]
+    totals: Totals
+    wait_ms: float  # the sampler's average wait per transaction over the last 15 s
+    prepared: PreparedView
+    prepared_hits_total: int
+    prepared_misses_total: int
+
+
+def _pool_rows(obs: Observer, snap: Snapshot) -> list[_PoolRow]:
+    rows: list[_PoolRow] = []
+    for v in snap.pools:
+        t = obs.totals(v.key)
+        wait_ms = obs.sampler.averages_for(v.key, t).wait_time / 1000.0
+        pv = obs.prepared(v)
+        hits_total, misses_total = obs.sampler.prepared_totals(v.key)
+        labels = {"user": v.info.user, "database": v.info.database}
+        rows.append(_PoolRow(v, labels, t, wait_ms, pv, hits_total, misses_total))
+    return rows
+
+
+def _pool_state_families(rows: list[_PoolRow]) -> list[Family]:
+    """Clients and servers by status, size, pause state, oldest transaction and longest wait."""
+    F = Family
     clients = F("pg_doorman_pools_clients", "gauge",
                 "Clients per pool by status: idle (between transactions), waiting (queued for a server), "
                 "active (linked to a server).")
@@ -111,6 +164,22 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
                "0 when no server is active.")
     maxwait = F("pg_doorman_pools_maxwait_microseconds", "gauge",
                 "Longest wait, in microseconds, of a client queued for a server right now.")
+    for row in rows:
+        v, p, ud = row.view, row.view.info, row.labels
+        for status, n in (("idle", v.cl_idle), ("waiting", v.cl_waiting), ("active", v.cl_active)):
+            clients.add(n, {"status": status, **ud})
+        for status, n in (("active", v.sv_active), ("idle", v.sv_idle)):
+            servers.add(n, {"status": status, **ud})
+        pool_size.add(p.pool_size, ud)
+        paused.add(1 if p.paused else 0, ud)
+        oldest.add(v.oldest_active_age_ms, ud)
+        maxwait.add(v.maxwait_us, ud)
+    return [clients, servers, pool_size, paused, oldest, maxwait]
+
+
+def _pool_traffic_families(rows: list[_PoolRow]) -> list[Family]:
+    """Bytes, queries and transactions per pool, and their total times."""
+    F = Family
     bytes_total = F("pg_doorman_pools_bytes_total", "counter",
                     "Bytes through the pool by direction: received (from clients) and sent (to clients).")
     bytes_gauge = F("pg_doorman_pools_bytes", "gauge",
@@ -123,6 +192,23 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     q_time = F("pg_doorman_pools_queries_total_time", "gauge", "Total query time per pool in milliseconds.")
     x_time = F("pg_doorman_pools_transactions_total_time", "gauge",
                "Total transaction time per pool in milliseconds.")
+    for row in rows:
+        t, ud = row.totals, row.labels
+        for direction, n in (("received", t.bytes_in), ("sent", t.bytes_out)):
+            bytes_total.add(n, {"direction": direction, **ud})
+            bytes_gauge.add(n, {"direction": direction, **ud})
+        q_total.add(t.query_count, ud)
+        q_count.add(t.query_count, ud)
+        x_total.add(t.xact_count, ud)
+        x_count.add(t.xact_count, ud)
+        q_time.add(t.query_time_us / 1000.0, ud)
+        x_time.add(t.xact_time_us / 1000.0, ud)
+    return [bytes_total, bytes_gauge, q_total, q_count, x_total, x_count, q_time, x_time]
+
+
+def _pool_latency_families(rows: list[_PoolRow]) -> list[Family]:
+    """Query, transaction and wait latency per pool: histograms, and the deprecated percentiles and average."""
+    F = Family
     q_hist = F("pg_doorman_pools_query_duration_seconds", "histogram",
                "Query latency per pool in seconds (first byte of the query to the ReadyForQuery that ends it).")
     x_hist = F("pg_doorman_pools_transaction_duration_seconds", "histogram",
@@ -138,8 +224,31 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     avg_wait = F("pg_doorman_pools_avg_wait_time", "gauge",
                  "DEPRECATED: average client wait per transaction over the last 15 s, in milliseconds; "
                  "use pg_doorman_pools_wait_duration_seconds.")
-    errors = F("pg_doorman_pools_errors_total", "counter",
-               "Errors returned by PostgreSQL per pool, by SQLSTATE bucket: 08, 53, 57, 25P02, 26000 or other.")
+    for row in rows:
+        ud = row.labels
+        (qc, qn, qs), (xc, xn, xs), (wc, wn, ws) = row.totals.hists
+        q_hist.add_histogram(ud, histogram_buckets(qc, QUERY_BUCKETS), qs / 1e6, qn)
+        x_hist.add_histogram(ud, histogram_buckets(xc, TRANSACTION_BUCKETS), xs / 1e6, xn)
+        w_hist.add_histogram(ud, histogram_buckets(wc, WAIT_BUCKETS), ws / 1e6, wn)
+        for label, q in PERCENTILES:
+            q_pct.add(percentile(qc, qn, q) / 1000.0, {"percentile": label, **ud})
+            x_pct.add(percentile(xc, xn, q) / 1000.0, {"percentile": label, **ud})
+        avg_wait.add(row.wait_ms, ud)
+    return [q_hist, x_hist, w_hist, q_pct, x_pct, avg_wait]
+
+
+def _pool_errors_family(rows: list[_PoolRow]) -> Family:
+    errors = Family("pg_doorman_pools_errors_total", "counter",
+                    "Errors returned by PostgreSQL per pool, by SQLSTATE bucket: 08, 53, 57, 25P02, 26000 or other.")
+    for row in rows:
+        for bucket, n in errors_by_bucket(row.totals.errors_by_class).items():
+            errors.add(n, {**row.labels, "sqlstate": bucket})
+    return errors
+
+
+def _pool_prepared_families(rows: list[_PoolRow]) -> list[Family]:
+    """The prepared statement caches of the pool, its clients and its servers."""
+    F = Family
     prepared = [
         F("pg_doorman_pool_prepared_cache_entries", "gauge", "Entries in the pool-level prepared statement cache."),
         F("pg_doorman_pool_prepared_cache_bytes", "gauge", "Approximate bytes of the pool-level prepared statement cache."),
@@ -161,53 +270,17 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
           "Parses sent to a server that did not hold the statement, per pool, since start."),
         F("pg_doorman_async_clients_count", "gauge", "Clients using Flush-based (async) pipelining."),
     ]
-
-    for v in snap.pools:
-        p = v.info
-        ud = {"user": p.user, "database": p.database}
-        for status, n in (("idle", v.cl_idle), ("waiting", v.cl_waiting), ("active", v.cl_active)):
-            clients.add(n, {"status": status, **ud})
-        for status, n in (("active", v.sv_active), ("idle", v.sv_idle)):
-            servers.add(n, {"status": status, **ud})
-        pool_size.add(p.pool_size, ud)
-        paused.add(1 if p.paused else 0, ud)
-        oldest.add(v.oldest_active_age_ms, ud)
-        maxwait.add(v.maxwait_us, ud)
-        t = obs.totals(v.key)
-        for direction, n in (("received", t.bytes_in), ("sent", t.bytes_out)):
-            bytes_total.add(n, {"direction": direction, **ud})
-            bytes_gauge.add(n, {"direction": direction, **ud})
-        q_total.add(t.query_count, ud)
-        q_count.add(t.query_count, ud)
-        x_total.add(t.xact_count, ud)
-        x_count.add(t.xact_count, ud)
-        q_time.add(t.query_time_us / 1000.0, ud)
-        x_time.add(t.xact_time_us / 1000.0, ud)
-        (qc, qn, qs), (xc, xn, xs), (wc, wn, ws) = t.hists
-        q_hist.add_histogram(ud, histogram_buckets(qc, QUERY_BUCKETS), qs / 1e6, qn)
-        x_hist.add_histogram(ud, histogram_buckets(xc, TRANSACTION_BUCKETS), xs / 1e6, xn)
-        w_hist.add_histogram(ud, histogram_buckets(wc, WAIT_BUCKETS), ws / 1e6, wn)
-        for label, q in PERCENTILES:
-            q_pct.add(percentile(qc, qn, q) / 1000.0, {"percentile": label, **ud})
-            x_pct.add(percentile(xc, xn, q) / 1000.0, {"percentile": label, **ud})
-        avg_wait.add(sampler.averages_for(v.key, t).wait_time / 1000.0, ud)
-        for bucket, n in errors_by_bucket(t.errors_by_class).items():
-            errors.add(n, {**ud, "sqlstate": bucket})
-        pv = obs.prepared(v)
-        hits_total, misses_total = sampler.prepared_totals(v.key)
+    for row in rows:
+        pv = row.prepared
         for f, n in zip(prepared, (
             pv.pool_entries, pv.pool_bytes, pv.client_entries, pv.client_bytes, pv.client_named,
             pv.client_anonymous,
             0,  # one unnamed statement per client, replaced, never evicted from an LRU
-            pv.server_hits, pv.server_misses, hits_total, misses_total,
+            pv.server_hits, pv.server_misses, row.prepared_hits_total, row.prepared_misses_total,
             0,  # Flush-based "async" clients are not tracked
         ), strict=True):
-            f.add(n, ud)
-
-    fams += [clients, servers, pool_size, paused, oldest, maxwait, bytes_total, bytes_gauge, q_total, q_count,
-             x_total, x_count, q_time, x_time, q_hist, x_hist, w_hist, q_pct, x_pct, avg_wait, errors]
-    fams += prepared
-    return fams
+            f.add(n, row.labels)
+    return prepared
 
 
 def render_metrics(obs: Observer) -> str:
