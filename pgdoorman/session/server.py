@@ -19,7 +19,6 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
-from pgdoorman import jwt_auth
 from pgdoorman.core import leaks, params
 from pgdoorman.core import prepared as ps
 from pgdoorman.net.conn import AGAIN, Conn
@@ -27,6 +26,7 @@ from pgdoorman.net.tls import ssl_reason
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner, make_table
+from pgdoorman.session.server_login import READY, REFUSED, BackendLogin
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pool
@@ -96,7 +96,7 @@ class ServerConn(Conn):
     __slots__ = (
         "id", "worker", "pool", "state", "client", "params", "extra", "extra_undo", "synced_key", "pid", "secret",
         "created", "idle_since", "epoch", "dirty", "cancelled", "scanner", "inbuf", "release_pending",
-        "internal_left", "internal_error", "internal_done", "deferred", "txn_status", "scram",
+        "internal_left", "internal_error", "internal_done", "deferred", "txn_status", "login",
         "timer", "connect_error", "fatal_forwarded", "addr", "xact_start", "query_count", "xact_count",
         "bytes_in", "bytes_out", "pstats", "prepared", "evicted", "ps_cap", "ps_hits",
         "ps_misses", "ps_on", "skipping", "_plain_handler", "_ps_handler", "tls", "tls_phase", "tls_retried", "target",
@@ -129,7 +129,7 @@ class ServerConn(Conn):
         self.internal_done: Callable[[bool], None] | None = None
         self.deferred: bytearray | None = None
         self.txn_status = 73  # 'I'
-        self.scram: auth.ScramClient | None = None
+        self.login: BackendLogin | None = BackendLogin(pool)  # None once logged in
         self.timer = worker.loop.call_later(pool.connect_timeout, self._connect_timed_out)
         self.connect_error: bytes | None = None
         self.fatal_forwarded = False
@@ -209,7 +209,7 @@ class ServerConn(Conn):
         self.fd = sock.fileno()
         self.inbuf = bytearray()
         self.params = {}
-        self.scram = None
+        self.login = BackendLogin(self.pool)
         self.connect_error = None
         self.tls_retried = True
         self.state = CONNECTING
@@ -258,13 +258,9 @@ class ServerConn(Conn):
         self.close(why)
 
     def _startup_packet(self) -> bytes:
-        pool = self.pool
-        params = {
-            "user": pool.server_user,
-            "database": pool.pool_cfg.server_database,
-            "application_name": pool.pool_cfg.application_name or "pg_doorman",
-        }
-        return m.startup_message(params)
+        assert self.login is not None
+        cfg = self.pool.pool_cfg
+        return self.login.startup_packet(cfg.server_database, cfg.application_name or "pg_doorman")
 
     def _connect_timed_out(self) -> None:
         if self.state in (CONNECTING, LOGIN):
@@ -333,73 +329,16 @@ class ServerConn(Conn):
             self.close(f"invalid message during login: {e}")
 
     def _login_message(self, t: int, body: bytes) -> bool:
-        pool = self.pool
-        if t == 82:  # 'R'
-            (code,) = m.I32.unpack_from(body, 0)
-            if code == 0:
-                return False
-            secret = pool.server_secret
-            user = pool.server_user
-            if pool.jwt_server_key is not None and code in (5, 10):
-                raise auth.AuthError("server asked for md5 or SCRAM, but server_password is a JWT key "
-                                     "(the server must ask for a clear-text password)")
-            if code == 5:
-                if not secret:
-                    raise auth.AuthError("server asked for an md5 password and none is configured")
-                if auth.is_scram_verifier(secret):
-                    raise auth.AuthError(
-                        "server asked for md5 but the configured password is a SCRAM verifier; "
-                        "set server_password or store the role's password as md5")
-                self.write(m.password_message(auth.md5_response(user, secret, body[4:8]) + b"\x00"))
-            elif code == 3:
-                if pool.jwt_server_key is not None:  # server_password: jwt-priv-key-fpath:...
-                    self.write(m.password_message(m.cstr(jwt_auth.mint(pool.jwt_server_key, user))))
-                    return False
-                if not secret or auth.is_md5_hash(secret) or auth.is_scram_verifier(secret):
-                    raise auth.AuthError("server asked for a clear-text password and no plain-text password is configured")
-                self.write(m.password_message(m.cstr(secret)))
-            elif code == 10:
-                mechs = [x.decode() for x in body[4:].split(b"\x00") if x]
-                if "SCRAM-SHA-256" not in mechs:
-                    raise auth.AuthError(f"server offers unsupported SASL mechanisms {mechs}")
-                if not secret:
-                    raise auth.AuthError("server asked for SCRAM and no password is configured")
-                if auth.is_scram_verifier(secret):
-                    if pool.scram_client_key is None:
-                        raise auth.AuthError(
-                            "SCRAM passthrough needs one client to log in first (no ClientKey yet); "
-                            "or set server_username/server_password")
-                    ver = auth.ScramVerifier.parse(secret)
-                    self.scram = auth.ScramClient(user, client_key=pool.scram_client_key, server_key=ver.server_key)
-                elif auth.is_md5_hash(secret):
-                    raise auth.AuthError(
-                        "server asked for SCRAM but the configured password is an md5 hash; "
-                        "set server_password or store the role's password as SCRAM")
-                else:
-                    self.scram = auth.ScramClient(user, password=secret)
-                self.write(m.sasl_initial_response("SCRAM-SHA-256", self.scram.client_first()))
-            elif code == 11:
-                if self.scram is None:
-                    raise auth.AuthError("unexpected SASL continue")
-                self.write(m.msg(b"p", self.scram.server_first(body[4:])))
-            elif code == 12:
-                if self.scram is None:
-                    raise auth.AuthError("unexpected SASL final")
-                self.scram.server_final(body[4:])
-            else:
-                raise auth.AuthError(f"unsupported authentication request {code} from server")
-            return False
-        if t == 83:  # ParameterStatus
-            k, v = m.parse_parameter_status(body)
-            self.params[k] = v
-            return False
-        if t == 75:  # BackendKeyData
-            self.pid, self.secret = m.TWO_I32.unpack_from(body, 0)
-            return False
-        if t == 90:  # ReadyForQuery
+        login = self.login
+        assert login is not None
+        out, outcome = login.feed(t, body)
+        if out:
+            self.write(out)
+        if outcome == READY:
             return True
-        if t == 69:  # ErrorResponse: forward PostgreSQL's own refusal to whoever waits
-            f = m.parse_fields(body)
+        if outcome == REFUSED:  # forward PostgreSQL's own refusal to whoever waits
+            pool = self.pool
+            f = login.error
             if f.get("C") == "28000" and not self.tls and not self.tls_retried and pool.server_tls.mode == "allow" \
                     and isinstance(self.target, tuple):
                 log.info("server %s refused a plain connection for %s (%s): retrying with TLS", self.addr,
@@ -407,18 +346,18 @@ class ServerConn(Conn):
                 self._retry_with_tls()
                 return False
             self.connect_error = m.msg(b"E", body)
-            log.warning("server %s refused login for %s: %s %s", self.addr, self.pool.name, f.get("C"), f.get("M"))
+            log.warning("server %s refused login for %s: %s %s", self.addr, pool.name, f.get("C"), f.get("M"))
             self.close(f"login refused: {f.get('M')}")
-            return False
-        if t == 78:  # notice
-            return False
-        raise auth.AuthError(f"unexpected message {chr(t)!r} during server login")
+        return False
 
     def _login_complete(self) -> None:
         self.timer.cancel()
         self.state = IDLE
         self.inbuf = bytearray()
-        self.scram = None
+        login = self.login
+        assert login is not None
+        self.params, self.pid, self.secret = login.params, login.pid, login.secret
+        self.login = None
         pool = self.pool
         if pool.server_params is None:
             pool.server_params = dict(self.params)
