@@ -4,8 +4,9 @@ binary upgrade and shutdown. Signal handlers only set flags and wake the main th
 the work. It implements `observe.Source` and `observe.Control` structurally and imports neither admin/ nor
 metrics/: serve.py (the composition root) plugs the admin session factory and the metrics listener in.
 
-Signals: SIGHUP reloads the config; SIGTERM shuts down gracefully; SIGUSR2 upgrades the binary (see
-upgrade.py); SIGINT shuts down when stdin is a terminal (Ctrl-C) and upgrades otherwise, as PgDoorman does.
+Signals: SIGHUP reloads the config; SIGTERM shuts down gracefully; SIGUSR2 upgrades the binary (through
+the `upgrader` hook serve.py sets: pgdoorman/upgrade/, which app.py does not import); SIGINT shuts down
+when stdin is a terminal (Ctrl-C) and upgrades otherwise, as PgDoorman does.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pgdoorman import __version__, hba, logs, systemd, upgrade
+from pgdoorman import __version__, hba, logs, systemd
 from pgdoorman.config import Config, ConfigError, load_config
 from pgdoorman.core.cancel import CancelRegistry
 from pgdoorman.core.pool import Pool
@@ -82,8 +83,11 @@ class App:
         self._shutdown_requested = False
         self._upgrade_requested = False
         self._reload_lock = threading.Lock()
-        self.sigint_shutdown = upgrade.sigint_means_shutdown()
-        self.handoff: upgrade.Handoff | None = None  # set once a new process took over our listeners
+        # Set by serve.py: whether SIGINT means shutdown (else upgrade), and the binary upgrade to run on an
+        # upgrade request (the exit code once clients are handed over, None to keep serving).
+        self.sigint_shutdown = True
+        self.upgrader: Callable[[], int | None] | None = None
+        self.handed_over = False  # a new process took over our listeners (set by the upgrade)
         # Set by the composition root (serve.py): the admin console's session factory and the /metrics
         # listener's starter. Without them an admin login is refused and web.enabled starts nothing.
         self.admin_factory: Callable[[ClientConn], Any] | None = None
@@ -278,14 +282,13 @@ class App:
         return {cpus[wid % len(cpus)]}
 
     # ------------------------------------------------------------------ running
-    def bind(self, inherited: upgrade.Inherited | None = None) -> None:
+    def bind(self, tcp: Sequence[socket.socket] = (), unix: socket.socket | None = None) -> None:
         """Listen: one SO_REUSEPORT socket per worker, plus the Unix socket if configured. A new process of
-        a binary upgrade keeps using the sockets of the old one (same accept queues: nothing is refused or
-        lost while both run); it binds fresh ones only for what it did not inherit (more workers, another
-        address)."""
+        a binary upgrade keeps using the sockets of the old one (`tcp`, `unix`: same accept queues: nothing is
+        refused or lost while both run); it binds fresh ones only for what it did not inherit (more workers,
+        another address)."""
         g = self.config.general
         backlog = g.backlog or min(g.max_connections, 4096)
-        tcp, unix = self._inherited_listeners(inherited)
         n = len(self.workers)
         for i, w in enumerate(self.workers):
             w.add_listener(tcp[i] if i < len(tcp) else tcp_listener(g.host, g.port, backlog, reuse_port=True))
@@ -305,43 +308,6 @@ class App:
         log.info("pgdoorman %s listening on %s:%d with %d worker(s)%s%s", __version__, g.host, g.port,
                  self.nworkers, f", unix socket {self.unix_path}" if self.unix_path else "",
                  "" if gil_enabled() else " (free-threaded)")
-
-    def _inherited_listeners(
-        self, inherited: upgrade.Inherited | None
-    ) -> tuple[list[socket.socket], socket.socket | None]:
-        if inherited is None or not inherited.listeners:
-            return [], None
-        g = self.config.general
-        want: set[tuple[Any, ...]] = set()
-        try:
-            for info in socket.getaddrinfo(g.host or None, g.port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
-                                           socket.AI_PASSIVE):
-                want.add(tuple(info[4][:2]))
-        except OSError:
-            pass
-        unix_path = os.path.join(g.unix_socket_dir, f".s.PGSQL.{g.port}") if g.unix_socket_dir else None
-        tcp: list[socket.socket] = []
-        unix: socket.socket | None = None
-        for kind, fd in inherited.listeners:
-            sock = socket.socket(fileno=fd)
-            sock.setblocking(False)
-            try:
-                name = sock.getsockname()
-            except OSError:
-                sock.close()
-                continue
-            if kind == "tcp" and tuple(name[:2]) in want:
-                tcp.append(sock)
-            elif kind == "unix" and unix is None and name == unix_path:
-                unix = sock
-            else:
-                # The address changed in the config: the old process's sockets are not ours to serve.
-                log.info("not reusing the old process's listener %s: the configuration moved to another address",
-                         name)
-                sock.close()
-        if tcp:
-            log.info("took over %d listening socket(s) from the old process", len(tcp) + (unix is not None))
-        return tcp, unix
 
     def start_workers(self) -> None:
         for w in self.workers:
@@ -373,7 +339,7 @@ class App:
     def request_upgrade(self) -> bool:
         """Start a binary upgrade (the console's UPGRADE). False if this process already handed over to a
         new one. The work happens on the main thread; the outcome is in the log."""
-        if self.handoff is not None or self._shutdown_requested:
+        if self.handed_over or self._shutdown_requested:
             return False
         self._request("upgrade")
         return True
@@ -402,22 +368,12 @@ class App:
 
     def _upgrade(self) -> int | None:
         """Binary upgrade; the exit code once clients are handed over, None if we keep serving."""
-        if self.handoff is not None:
-            log.warning("binary upgrade already in progress: request ignored")
+        if self.upgrader is None:
+            log.warning("binary upgrade requested, but none is wired into this process: request ignored")
             return None
-        handoff = upgrade.start_upgrade(self)
-        if handoff is None:
-            return None
-        self.handoff = handoff
-        if self.metrics is not None:
-            # The new process binds the metrics port as soon as we let go of it.
-            self.metrics.stop()
-            self.metrics = None
-        code = handoff.drain()
+        code = self.upgrader()
         if code is None:
-            self.handoff = None
             self._upgrade_requested = False
-            self.start_metrics(retry=True)
         return code
 
     def start_metrics(self, retry: bool = False) -> None:
@@ -474,7 +430,7 @@ class App:
     def stop_workers(self, reason: str, unlink_unix: bool = True) -> int:
         """Close every client (58006 to those logged in) and server, stop the loops; the exit code."""
         self.shutting_down = True
-        if unlink_unix and self.unix_path and self.handoff is None:
+        if unlink_unix and self.unix_path and not self.handed_over:
             try:
                 os.unlink(self.unix_path)
             except OSError:

@@ -11,13 +11,16 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pgdoorman import systemd, upgrade
+from pgdoorman import systemd
 from pgdoorman.admin.console import AdminSession
 from pgdoorman.app import App
 from pgdoorman.core.cancel import fake_pid
 from pgdoorman.metrics.process import refresh_socket_counts
 from pgdoorman.metrics.server import MetricsServer, start_metrics_server
 from pgdoorman.observe import Observer
+from pgdoorman.upgrade.handoff import run_upgrade
+from pgdoorman.upgrade.inherit import Inherited, inherited_listeners, sigint_means_shutdown
+from pgdoorman.upgrade.receive import child_ready
 from pgdoorman.web.api import WebApi
 
 if TYPE_CHECKING:
@@ -66,15 +69,18 @@ def wire(app: App) -> Observer:
     return obs
 
 
-def serve(config: Config, daemon: Daemon | None = None, inherited: upgrade.Inherited | None = None) -> int:
+def serve(config: Config, daemon: Daemon | None = None, inherited: Inherited | None = None) -> int:
     app = App(config)
     wire(app)
+    app.sigint_shutdown = sigint_means_shutdown()
+    app.upgrader = lambda: run_upgrade(app)
     if inherited is not None and inherited.cancel_pid_base is not None:
         app.cancels.next_pid = fake_pid(inherited.cancel_pid_base)
+    g = config.general
     try:
-        app.bind(inherited)
+        tcp, unix = inherited_listeners(inherited, g.host, g.port, g.unix_socket_dir)
+        app.bind(tcp, unix)
     except OSError as e:
-        g = config.general
         log.error("cannot listen on %s:%s: %s", g.host, g.port, e)
         if daemon is not None:
             daemon.failed(f"cannot listen on {g.host}:{g.port}: {e}")
@@ -90,7 +96,7 @@ def serve(config: Config, daemon: Daemon | None = None, inherited: upgrade.Inher
         app.stop_workers("startup failed")
         return 1
     if inherited is not None and inherited.is_upgrade:
-        upgrade.child_ready(app, inherited)  # the old process tells systemd our pid
+        child_ready(app, inherited)  # the old process tells systemd our pid
     else:
         systemd.ready(f"serving on {config.general.host}:{config.general.port}")
     if daemon is not None:

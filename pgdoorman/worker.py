@@ -91,6 +91,24 @@ class Worker:
             lst.sock.close()
         self.listeners.clear()
 
+    def pause_accepting(self) -> None:
+        """Stop accepting but keep the listening sockets open (a binary upgrade shares them with the new
+        process, and comes back to them if it dies)."""
+        self.accepting = False
+        for lst in self.listeners:
+            try:
+                self.loop.sel.unregister(lst.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    def resume_accepting(self) -> None:
+        self.accepting = True
+        for lst in self.listeners:
+            try:
+                self.loop.sel.register(lst.sock, 1, lst)
+            except (KeyError, ValueError, OSError):
+                pass
+
     def run(self) -> None:
         cpus = self.app.cpu_for_worker(self.id)
         if cpus is not None:

@@ -60,6 +60,16 @@ class CancelRegistry:
             self.by_pid[pid] = (secret, client)
             return True
 
+    def adopt(self, pid: int, secret: int, client: ClientConn) -> tuple[int, int]:
+        """Keep the key a client handed over by a binary upgrade already had; the key `client` has now. Only
+        if that pid is taken (cannot happen with the upgrade's pid gap unless the counter wrapped) does it get
+        a new one: its old key is then lost, and the caller says so."""
+        with self.lock:
+            if pid and pid not in self.by_pid:
+                self.by_pid[pid] = (secret, client)
+                return pid, secret
+        return self.register(client)
+
     def unregister(self, pid: int, client: ClientConn | None = None) -> None:
         with self.lock:
             entry = self.by_pid.get(pid)

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from pgdoorman import daemon, generate, systemd, upgrade
+from pgdoorman import daemon, generate, systemd
 from pgdoorman.cli import build_parser
 from pgdoorman.config import config_from_dict
 from pgdoorman.protocol import auth
+from pgdoorman.upgrade import handoff, inherit, records
 
 
 # ------------------------------------------------------------------------------------------ systemd
@@ -62,20 +63,20 @@ def test_records_with_fds_and_large_bodies_cross_a_seqpacket_pair() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     r, w = os.pipe()
     try:
-        big = {"kind": "client", "blob": "x" * (3 * upgrade.CHUNK + 17)}
-        upgrade.send_record(a, {"kind": "pool", "n": 1}, [])
-        upgrade.send_record(a, big, [w])
-        upgrade.send_record(a, {"kind": "done"}, [])
-        rec, fds = upgrade.recv_record(b)
+        big = {"kind": "client", "blob": "x" * (3 * records.CHUNK + 17)}
+        records.send_record(a, {"kind": "pool", "n": 1}, [])
+        records.send_record(a, big, [w])
+        records.send_record(a, {"kind": "done"}, [])
+        rec, fds = records.recv_record(b)
         assert rec == {"kind": "pool", "n": 1} and fds == []
-        rec, fds = upgrade.recv_record(b)
+        rec, fds = records.recv_record(b)
         assert rec == big and len(fds) == 1
         os.write(fds[0], b"hi")  # the received descriptor is the same pipe
         assert os.read(r, 2) == b"hi"
         os.close(fds[0])
-        assert upgrade.recv_record(b) == ({"kind": "done"}, [])
+        assert records.recv_record(b) == ({"kind": "done"}, [])
         a.close()
-        assert upgrade.recv_record(b) == (None, [])
+        assert records.recv_record(b) == (None, [])
     finally:
         for fd in (r, w):
             os.close(fd)
@@ -86,36 +87,36 @@ def test_records_with_fds_and_large_bodies_cross_a_seqpacket_pair() -> None:
 def test_upgrade_command_for_module_and_script_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(sys, "orig_argv", ["python3", "-X", "dev", "-m", "pgdoorman", "cfg.yaml", "-l", "debug"])
     monkeypatch.setattr(sys, "argv", ["/x/pgdoorman/__main__.py", "cfg.yaml", "-l", "debug"])
-    assert upgrade.upgrade_command() == [sys.executable, "-X", "dev", "-m", "pgdoorman", "cfg.yaml", "-l", "debug"]
+    assert handoff.upgrade_command() == [sys.executable, "-X", "dev", "-m", "pgdoorman", "cfg.yaml", "-l", "debug"]
     script = tmp_path / "pg_doorman"
     script.write_text("#!/bin/sh\n")
     script.chmod(0o755)
     monkeypatch.setattr(sys, "orig_argv", ["/usr/bin/python3", str(script), "cfg.toml", "-d"])
     monkeypatch.setattr(sys, "argv", [str(script), "cfg.toml", "-d"])
-    assert upgrade.upgrade_command() == [str(script), "cfg.toml", "-d"]
+    assert handoff.upgrade_command() == [str(script), "cfg.toml", "-d"]
 
 
 def test_sigint_meaning(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(upgrade.ENV_SHUTDOWN_ONLY, "1")
-    assert upgrade.sigint_means_shutdown()
-    monkeypatch.delenv(upgrade.ENV_SHUTDOWN_ONLY)
-    assert upgrade.sigint_means_shutdown() == os.isatty(0)
+    monkeypatch.setenv(inherit.ENV_SHUTDOWN_ONLY, "1")
+    assert inherit.sigint_means_shutdown()
+    monkeypatch.delenv(inherit.ENV_SHUTDOWN_ONLY)
+    assert inherit.sigint_means_shutdown() == os.isatty(0)
 
 
 def test_take_inherited_reads_and_clears_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     r, w = os.pipe()
     lst = socket.socket()
     try:
-        monkeypatch.setenv(upgrade.ENV_READY_FD, str(w))
-        monkeypatch.setenv(upgrade.ENV_LISTEN_FDS, f"tcp:{lst.fileno()},bogus:3,unix:999999")
-        monkeypatch.setenv(upgrade.ENV_CANCEL_PID_BASE, "5000")
-        inh = upgrade.take_inherited()
+        monkeypatch.setenv(inherit.ENV_READY_FD, str(w))
+        monkeypatch.setenv(inherit.ENV_LISTEN_FDS, f"tcp:{lst.fileno()},bogus:3,unix:999999")
+        monkeypatch.setenv(inherit.ENV_CANCEL_PID_BASE, "5000")
+        inh = inherit.take_inherited()
         assert inh.is_upgrade and inh.ready_fd == w and inh.migration_fd is None
         assert inh.listeners == [("tcp", lst.fileno())]
         assert inh.cancel_pid_base == 5000
-        assert not any(k in os.environ for k in (upgrade.ENV_READY_FD, upgrade.ENV_LISTEN_FDS))
+        assert not any(k in os.environ for k in (inherit.ENV_READY_FD, inherit.ENV_LISTEN_FDS))
         assert not os.get_inheritable(w)
-        assert not upgrade.take_inherited().is_upgrade
+        assert not inherit.take_inherited().is_upgrade
     finally:
         lst.close()
         os.close(r)

@@ -1,34 +1,37 @@
-"""Binary upgrade without downtime: validate with `-t`, start the new process with the same command line,
-share the listening sockets with it, then hand every idle client over (socket and session state) through
-an AF_UNIX socketpair with SCM_RIGHTS; clients in a transaction finish first, then move. Both sides live
-here: the old process's `start_upgrade`/`Handoff`, the new process's `take_inherited`/`child_ready`.
+"""Binary upgrade, the old process's side: validate the new binary with `-t`, start it with the same command
+line, share the listening sockets with it, then hand every idle client over as it becomes idle.
 
-Handover protocol (SOCK_SEQPACKET, one sender thread, one receiver thread): a record is a JSON object,
-sent as a 4-byte length + the first chunk (carrying the client's fd, if any) and raw continuation chunks.
-Kinds: "pool" (a SCRAM ClientKey a pool needs to log in to PostgreSQL in passthrough mode), "client"
-(one fd + its state) and "done" (nothing more will come).
+Clients go (socket and session state) through an AF_UNIX socketpair with SCM_RIGHTS (records.py); clients in
+a transaction finish first, then move. The new process's side is receive.py; the environment contract
+between the two is inherit.py.
 """
 
 from __future__ import annotations
 
-import base64
 import errno
-import json
 import logging
 import os
 import queue
 import select
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pgdoorman import systemd
 from pgdoorman.core.cancel import fake_pid
+from pgdoorman.upgrade import inherit
+from pgdoorman.upgrade.inherit import (
+    ENV_CANCEL_PID_BASE,
+    ENV_LISTEN_FDS,
+    ENV_MIGRATION_FD,
+    ENV_READY_FD,
+    clean_env,
+)
+from pgdoorman.upgrade.receive import restore_client
+from pgdoorman.upgrade.records import b64, send_record
 
 if TYPE_CHECKING:
     from pgdoorman.app import App
@@ -37,34 +40,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgdoorman.upgrade")
 
-# Environment of the new process (names as in PgDoorman where it has the same thing).
-ENV_READY_FD = "PG_DOORMAN_READY_FD"  # write end of the readiness pipe: "READY <pid>\n"
-ENV_MIGRATION_FD = "PG_DOORMAN_MIGRATION_FD"  # our end of the handover socketpair
-ENV_LISTEN_FDS = "PG_DOORMAN_LISTEN_FDS"  # "tcp:5,tcp:6,unix:7": listening sockets to keep using
-ENV_CANCEL_PID_BASE = "PG_DOORMAN_CANCEL_PID_BASE"  # first cancel key pid to hand out
-ENV_SHUTDOWN_ONLY = "PG_DOORMAN_CI_SHUTDOWN_ONLY"  # "1": SIGINT always means shutdown, never upgrade
-_OUR_ENV = (ENV_READY_FD, ENV_MIGRATION_FD, ENV_LISTEN_FDS, ENV_CANCEL_PID_BASE)
-
 VALIDATE_TIMEOUT = 30.0  # for `<new binary> -t`
 READY_TIMEOUT = 15.0  # from spawning the new process to its readiness byte
 TICK = 0.005  # how often each worker looks for clients that became idle and can move
 TRIM_EVERY = 20  # ticks between closing idle servers the old process no longer needs
-CHUNK = 32 * 1024
 # Cancel keys of the new process start this far from the old one's counter so the two never collide while
 # the old process is still logging clients in.
 CANCEL_PID_GAP = 1_000_000
-
-_HEAD = struct.Struct("!I")
-
-# The directory the process was started from: the command line (relative config path included) is replayed
-# from there even after a daemon chdir'ed to "/".
-START_CWD = os.getcwd()
-
-
-def remember_start_dir() -> None:
-    global START_CWD
-    START_CWD = os.getcwd()
-
 
 # ------------------------------------------------------------------------------------------ command line
 def upgrade_command() -> list[str]:
@@ -79,66 +61,12 @@ def upgrade_command() -> list[str]:
         i = -1
     if i > 0 and i + 1 < len(orig) and orig[i + 1].split(".")[0] == "pgdoorman":
         return [sys.executable, *orig[1:]]
-    script = os.path.join(START_CWD, argv[0]) if argv and argv[0] else ""
+    script = os.path.join(inherit.START_CWD, argv[0]) if argv and argv[0] else ""
     if script and os.path.isfile(script) and os.access(script, os.X_OK) and not script.endswith(".py"):
         return [os.path.abspath(script), *argv[1:]]
     if orig:
         return [sys.executable, *orig[1:]]
     return [sys.executable, "-m", "pgdoorman", *argv[1:]]
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in _OUR_ENV}
-
-
-def sigint_means_shutdown() -> bool:
-    """PgDoorman: SIGINT is a graceful shutdown for a foreground process with a terminal on stdin (Ctrl-C),
-    and a binary upgrade otherwise (daemon, service manager, container)."""
-    if os.environ.get(ENV_SHUTDOWN_ONLY) == "1":
-        return True
-    try:
-        return os.isatty(0)
-    except OSError:
-        return False
-
-
-# ------------------------------------------------------------------------------------------ record framing
-def send_record(sock: socket.socket, obj: dict[str, Any], fds: list[int]) -> None:
-    data = json.dumps(obj, separators=(",", ":")).encode()
-    first = _HEAD.pack(len(data)) + data[:CHUNK]
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))] if fds else []
-    sock.sendmsg([first], anc)
-    for i in range(CHUNK, len(data), CHUNK):
-        sock.sendmsg([data[i : i + CHUNK]])
-
-
-def recv_record(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    """(record, fds); (None, []) at end of stream."""
-    msg, fds, flags, _ = socket.recv_fds(sock, CHUNK + _HEAD.size, 4)
-    if not msg:
-        return None, list(fds)
-    if flags & socket.MSG_CTRUNC:
-        log.error("handover: file descriptors were dropped by the kernel (fd limit reached?)")
-    (total,) = _HEAD.unpack_from(msg, 0)
-    body = bytearray(msg[_HEAD.size :])
-    out = list(fds)
-    while len(body) < total:
-        more, fds2, _, _ = socket.recv_fds(sock, CHUNK, 4)
-        if not more:
-            for fd in out:
-                os.close(fd)
-            raise EOFError("handover stream ended inside a record")
-        body += more
-        out += fds2
-    return json.loads(bytes(body)), out
-
-
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode("ascii")
-
-
-def _unb64(s: str) -> bytes:
-    return base64.b64decode(s.encode("ascii"))
 
 
 # ------------------------------------------------------------------------------------------ client state
@@ -177,188 +105,10 @@ def client_state(c: ClientConn) -> dict[str, Any]:
         "error_count": c.error_count,
         "ps": bool(c.ps),
         "planner_sig": list(c.planner_sig),
-        "named": [[_b64(name), _b64(s.query), _b64(s.key[1])] for name, s in c.named.items()],
-        "unnamed": None if c.unnamed is None else [_b64(c.unnamed.query), _b64(c.unnamed.key[1])],
+        "named": [[b64(name), b64(s.query), b64(s.key[1])] for name, s in c.named.items()],
+        "unnamed": None if c.unnamed is None else [b64(c.unnamed.query), b64(c.unnamed.key[1])],
     }
     return st
-
-
-def restore_client(app: App, w: Worker, fd: int, st: dict[str, Any]) -> None:
-    """On `w`'s thread: rebuild a ClientConn from a handed-over socket and its state, ready for its next
-    query. Used by the new process, and by the old one to take a client back if the handover fails."""
-    from pgdoorman.core import prepared as ps
-    from pgdoorman.session.client import READY, ClientConn
-
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError as e:
-        log.warning("handover: unusable client socket: %s", e)
-        os.close(fd)
-        return
-    sock.setblocking(False)
-    if not st["is_unix"]:
-        w.apply_tcp(sock)
-    with app.count_lock:
-        # Admitted once already: max_connections does not apply again.
-        app.n_clients += 1
-    c = ClientConn(sock, w, str(st["addr"]), bool(st["is_unix"]))
-    c.login_timer.cancel()
-    c.user = str(st["user"])
-    c.database = str(st["database"])
-    c.startup = {str(k): str(v) for k, v in st["startup"].items()}
-    c.application_name = str(st["application_name"])
-    c.connect_time = float(st["connect_time"])
-    c.query_count = int(st["query_count"])
-    c.xact_count = int(st["xact_count"])
-    c.error_count = int(st["error_count"])
-    w.clients.add(c)
-    pool = app.pools.get((c.database, c.user))
-    if pool is None:
-        c.state = READY
-        c.fatal("3D000", f'pool for user "{c.user}" and database "{c.database}" no longer exists after the '
-                         "binary upgrade")
-        return
-    c.pool = pool
-    c.transaction_mode = pool.transaction_mode
-    c.want = {str(k): str(v) for k, v in st["want"]}
-    c.want_key = tuple(c.want.items())
-    c.last_status = 73
-    c.ps = c.transaction_mode and app.config.general.prepared_statements
-    if c.ps:
-        c.use_ps_scanner()
-        if st.get("ps"):
-            c.planner_sig = tuple(str(x) for x in st["planner_sig"])
-        else:
-            c.planner_sig = tuple(c.want.get(k, "") for k in ps.PLANNER_PARAMS)
-        cache = pool.ps_cache
-        for name, q, types in st.get("named") or []:
-            c.named[_unb64(name)] = cache.get(_unb64(q), _unb64(types), c.planner_sig)
-        un = st.get("unnamed")
-        if un:
-            c.unnamed = cache.get(_unb64(un[0]), _unb64(un[1]), c.planner_sig)
-    elif st.get("named"):
-        log.warning("client %s (%s@%s) had %d prepared statement(s); prepared_statements is off now: they are "
-                    "gone", c.addr, c.user, c.database, len(st["named"]))
-    c.state = READY
-    _register_cancel_key(app, c, int(st["pid"]), int(st["secret"]))
-    c._apply_mask()
-
-
-def _register_cancel_key(app: App, c: ClientConn, pid: int, secret: int) -> None:
-    reg = app.cancels
-    with reg.lock:
-        if pid and pid not in reg.by_pid:
-            reg.by_pid[pid] = (secret, c)
-            c.pid, c.secret = pid, secret
-            return
-    # Taken (cannot happen with the pid gap unless the counter wrapped): the client's old key is lost.
-    c.pid, c.secret = reg.register(c)
-    log.warning("client %s: cancel key %d already in use after the handover; its cancel requests will be "
-                "ignored", c.addr, pid)
-
-
-# ------------------------------------------------------------------------------------------ new process
-@dataclass
-class Inherited:
-    """What an upgrading parent passed us (empty for an ordinary start)."""
-
-    ready_fd: int | None = None
-    migration_fd: int | None = None
-    listeners: list[tuple[str, int]] = field(default_factory=list)
-    cancel_pid_base: int | None = None
-
-    @property
-    def is_upgrade(self) -> bool:
-        return self.ready_fd is not None
-
-
-def _fd_env(name: str) -> int | None:
-    raw = os.environ.get(name)
-    if not raw:
-        return None
-    try:
-        fd = int(raw)
-        os.fstat(fd)
-    except (ValueError, OSError):
-        log.warning("ignoring %s=%r: not an open file descriptor", name, raw)
-        return None
-    # Ours alone: a later upgrade passes exactly the descriptors it means to.
-    os.set_inheritable(fd, False)
-    return fd
-
-
-def take_inherited() -> Inherited:
-    """Read (and remove from the environment, so our own children never see stale values) what an upgrading
-    parent passed."""
-    inh = Inherited(ready_fd=_fd_env(ENV_READY_FD), migration_fd=_fd_env(ENV_MIGRATION_FD))
-    for part in (os.environ.get(ENV_LISTEN_FDS) or "").split(","):
-        kind, _, num = part.partition(":")
-        if kind in ("tcp", "unix") and num.isdigit():
-            try:
-                os.fstat(int(num))
-            except OSError:
-                continue
-            os.set_inheritable(int(num), False)
-            inh.listeners.append((kind, int(num)))
-    base = os.environ.get(ENV_CANCEL_PID_BASE, "")
-    if base.isdigit():
-        inh.cancel_pid_base = int(base)
-    for k in _OUR_ENV:
-        os.environ.pop(k, None)
-    return inh
-
-
-def child_ready(app: App, inh: Inherited) -> None:
-    """The new process serves: start receiving clients, then tell the old process."""
-    if inh.migration_fd is not None:
-        sock = socket.socket(fileno=inh.migration_fd)
-        sock.setblocking(True)
-        th = threading.Thread(target=_receive_loop, args=(app, sock), name="handover-recv", daemon=True)
-        th.start()
-    if inh.ready_fd is not None:
-        try:
-            os.write(inh.ready_fd, f"READY {os.getpid()}\n".encode())
-        except OSError as e:
-            log.error("cannot report readiness to the old process: %s", e)
-        os.close(inh.ready_fd)
-        inh.ready_fd = None
-
-
-def _receive_loop(app: App, sock: socket.socket) -> None:
-    n = 0
-    rr = 0
-    try:
-        while True:
-            try:
-                rec, fds = recv_record(sock)
-            except (OSError, EOFError, ValueError) as e:
-                log.error("handover channel failed: %s", e)
-                break
-            if rec is None:
-                break
-            kind = rec.get("kind")
-            if kind == "client" and len(fds) == 1:
-                workers = app.workers
-                w = min(workers, key=lambda x: (len(x.clients), (x.id - rr) % len(workers)))
-                rr += 1
-                w.loop.call_soon_threadsafe(restore_client, app, w, fds[0], rec)
-                n += 1
-                continue
-            for fd in fds:
-                os.close(fd)
-            if kind == "pool":
-                pool = app.pools.get((str(rec["database"]), str(rec["user"])))
-                if pool is not None:
-                    with pool.lock:
-                        if pool.scram_client_key is None:
-                            pool.scram_client_key = _unb64(rec["scram_client_key"])
-            elif kind == "done":
-                break
-            else:
-                log.warning("handover: unexpected record %r", kind)
-    finally:
-        sock.close()
-        log.info("handover finished: %d client(s) taken over from the old process", n)
 
 
 # ------------------------------------------------------------------------------------------ old process
@@ -374,7 +124,7 @@ def _abort(why: str, output: str = "") -> None:
 def validate(cmd: list[str]) -> bool:
     """Run the new binary with `-t`; False (and the reason logged) if it refuses the configuration."""
     try:
-        r = subprocess.run([*cmd, "-t"], cwd=START_CWD, env=clean_env(), stdin=subprocess.DEVNULL,
+        r = subprocess.run([*cmd, "-t"], cwd=inherit.START_CWD, env=clean_env(), stdin=subprocess.DEVNULL,
                            capture_output=True, timeout=VALIDATE_TIMEOUT)
     except subprocess.TimeoutExpired:
         _abort(f"`{' '.join(cmd)} -t` did not finish within {VALIDATE_TIMEOUT:.0f}s")
@@ -437,7 +187,7 @@ def start_upgrade(app: App) -> Handoff | None:
     try:
         # Same process group and session (a Ctrl-C reaches both; a supervisor's group kill too); stdio is
         # inherited, so both write to the same log.
-        proc = subprocess.Popen(cmd, cwd=START_CWD, env=env, pass_fds=[wfd, child.fileno(), *(fd for _, fd in listeners)])
+        proc = subprocess.Popen(cmd, cwd=inherit.START_CWD, env=env, pass_fds=[wfd, child.fileno(), *(fd for _, fd in listeners)])
     except OSError as e:
         os.close(rfd)
         parent.close()
@@ -465,6 +215,27 @@ def start_upgrade(app: App) -> Handoff | None:
     h = Handoff(app, parent, pid, proc)
     h.start()
     return h
+
+
+def run_upgrade(app: App) -> int | None:
+    """A binary upgrade, run on the main thread when one is requested (the App's upgrade hook, wired by
+    serve.py): the exit code once clients are handed over, None if this process keeps serving."""
+    if app.handed_over:
+        log.warning("binary upgrade already in progress: request ignored")
+        return None
+    handoff = start_upgrade(app)
+    if handoff is None:
+        return None
+    app.handed_over = True
+    if app.metrics is not None:
+        # The new process binds the metrics port as soon as we let go of it.
+        app.metrics.stop()
+        app.metrics = None
+    code = handoff.drain()
+    if code is None:
+        app.handed_over = False
+        app.start_metrics(retry=True)
+    return code
 
 
 class Handoff:
@@ -563,21 +334,11 @@ class Handoff:
     def _begin_in(self, w: Worker) -> None:
         # Stop accepting but keep the sockets open: they are shared with the new process, which accepts
         # from them now, and they are what we go back to if it dies.
-        w.accepting = False
-        for lst in w.listeners:
-            try:
-                w.loop.sel.unregister(lst.sock)
-            except (KeyError, ValueError, OSError):
-                pass
+        w.pause_accepting()
         self._tick(w)
 
     def _resume_in(self, w: Worker) -> None:
-        w.accepting = True
-        for lst in w.listeners:
-            try:
-                w.loop.sel.register(lst.sock, 1, lst)
-            except (KeyError, ValueError, OSError):
-                pass
+        w.resume_accepting()
 
     def _tick(self, w: Worker) -> None:
         if not self.active:
@@ -623,7 +384,7 @@ class Handoff:
             self.sent_keys[k] = key
             self.inflight += 1
         self.q.put((-1, {"kind": "pool", "database": pool.database, "user": pool.username,
-                         "scram_client_key": _b64(key)}))
+                         "scram_client_key": b64(key)}))
 
     def _trim(self, w: Worker) -> None:
         """Close this shard's idle servers of pools nobody here waits for: the new process has its own."""
