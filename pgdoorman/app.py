@@ -22,14 +22,16 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pgdoorman import __version__, hba, logs, systemd
-from pgdoorman.config import Config, ConfigError, load_config
+from pgdoorman.config import Config, ConfigError
 from pgdoorman.core.cancel import CancelRegistry
 from pgdoorman.core.pool import Pool
 from pgdoorman.net.sockopts import TcpOptions, tcp_listener, unix_listener
-from pgdoorman.net.tls import client_tls
 from pgdoorman.observe import UnknownDatabase
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
+from pgdoorman.resources import Resources
+from pgdoorman.resources import build as build_resources
+from pgdoorman.resources import load as load_resources
 from pgdoorman.worker import Worker
 
 if TYPE_CHECKING:
@@ -54,8 +56,11 @@ class Stoppable(Protocol):
 
 
 class App:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, resources: Resources | None = None) -> None:
+        """`resources`: the live objects built from `config` (pgdoorman.resources; serve() passes those built
+        while the config was checked); built here when not given."""
         self.config = config
+        self.resources = resources if resources is not None else build_resources(config)
         g = config.general
         self.nworkers = g.worker_threads or default_workers()
         self.workers = [Worker(self, i) for i in range(self.nworkers)]
@@ -69,12 +74,11 @@ class App:
         self.connection_errors = 0  # clients refused before authentication (listener_rejections summed)
         self.listener_rejections: dict[str, int] = {}
         g = config.general
-        # Client TLS is set up once: certificates are not reloaded (as in PgDoorman); the loader already
-        # checked that this succeeds.
-        self.client_tls = client_tls(g.tls_mode, g.tls_certificate, g.tls_private_key, g.tls_ca_cert)
+        # Client TLS is the one built at start: certificates are not reloaded (as in PgDoorman).
+        self.client_tls = self.resources.client_tls
         self.hba_rules: tuple[hba.Rule, ...] | None = None  # general.pg_hba; None: no rules, everyone may try
         self.hba_networks: tuple[hba.Network, ...] = ()  # legacy general.hba
-        self._load_access(config)
+        self._use_access(self.resources)
         self.shutting_down = False
         self.started = time.time()
         self._admin_verifier: auth.ScramVerifier | None = None
@@ -99,12 +103,10 @@ class App:
         self._build_pools(config)
 
     # ------------------------------------------------------------------ config
-    def _load_access(self, config: Config) -> None:
-        """pg_hba rules and the legacy hba list (the loader already read and checked them)."""
-        g = config.general
-        src = g.pg_hba
-        self.hba_rules = hba.read_rules(src.content, src.path) if src is not None else None
-        self.hba_networks = hba.parse_networks(g.hba)
+    def _use_access(self, resources: Resources) -> None:
+        """pg_hba rules and the legacy hba list, as built from the config."""
+        self.hba_rules = resources.hba_rules
+        self.hba_networks = resources.hba_networks
 
     def _tcp_options(self) -> TcpOptions:
         g = self.config.general
@@ -117,19 +119,22 @@ class App:
         )
 
     def _build_pools(self, config: Config) -> None:
+        """Pools of `config`, with the objects in self.resources (built from it): new ones created, kept
+        ones re-applied, removed ones emptied."""
         seen = set()
         for pname, pcfg in config.pools.items():
             for ucfg in pcfg.users:
                 key = (pname, ucfg.username)
                 seen.add(key)
                 pool = self.pools.get(key)
+                live = self.resources.for_pool(pname, ucfg.username)
                 if pool is None:
-                    pool = Pool(config, pcfg, ucfg, self.nworkers)
+                    pool = Pool(config, pcfg, ucfg, self.nworkers, live)
                     self.pools[key] = pool
                 else:
                     old_target = (pool.pool_cfg.server_host, pool.pool_cfg.server_port,
                                   pool.pool_cfg.server_database, pool.server_user, pool.server_secret)
-                    pool.apply(config, pcfg, ucfg)
+                    pool.apply(config, pcfg, ucfg, live)
                     new_target = (pcfg.server_host, pcfg.server_port, pcfg.server_database,
                                   pool.server_user, pool.server_secret)
                     if old_target != new_target:
@@ -167,10 +172,11 @@ class App:
     def _reload(self) -> tuple[bool, str]:
         path = self.config.path
         try:
-            new = load_config(path)
+            loaded = load_resources(path)  # the files it names are read here, once
         except ConfigError as e:
             log.error("RELOAD failed, keeping the running configuration:\n%s", e)
             return False, str(e)
+        new = loaded.config
         for w in new.warnings:
             log.warning("%s", w)
         old = self.config
@@ -178,12 +184,9 @@ class App:
                     "tls_private_key", "tls_ca_cert"):
             if getattr(old.general, key) != getattr(new.general, key):
                 log.warning("RELOAD: general.%s changed but needs a restart (or binary upgrade) to apply", key)
-        try:
-            self._load_access(new)
-        except (OSError, ValueError) as e:  # the rules file changed again since the loader read it
-            log.error("RELOAD failed, keeping the running configuration: pg_hba: %s", e)
-            return False, str(e)
         self.config = new
+        self.resources = loaded.resources
+        self._use_access(loaded.resources)
         self.tcp_options = self._tcp_options()
         self._build_pools(new)
         log.info("configuration reloaded from %s", path)

@@ -91,15 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         return import_main(argv[1:])
     args = build_parser().parse_args(argv)
 
-    from pgdoorman import logs
-    from pgdoorman.config import ConfigError, load_config
+    from pgdoorman import logs, resources
+    from pgdoorman.config import ConfigError
 
     fmt = "text" if args.log_format == "debug" else args.log_format
-    # Absolute: a daemon runs from "/" and RELOAD must still find the file.
-    config = load_checked("pg_doorman", load_config, ConfigError, os.path.abspath(args.config), args.config,
+    # The config and the objects it names (TLS, pg_hba, JWT keys, PAM), built once: -t reports what start-up
+    # would. Absolute: a daemon runs from "/" and RELOAD must still find the file.
+    loaded = load_checked("pg_doorman", resources.load, ConfigError, os.path.abspath(args.config), args.config,
                           args.test_config)
-    if isinstance(config, int):
-        return config
+    if isinstance(loaded, int):
+        return loaded
+    config = loaded.config
     inherited = upgrade.take_inherited()
     daemon = None
     if args.daemon:
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from pgdoorman.serve import serve
 
     try:
-        return serve(config, daemon=daemon, inherited=inherited)
+        return serve(config, daemon=daemon, inherited=inherited, resources=loaded.resources)
     finally:
         if daemon is not None:
             daemon.cleanup()

@@ -17,7 +17,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pgdoorman.config import ConfigError, config_format_for, load_config, render_config, render_reference
+from pgdoorman import resources
+from pgdoorman.config import ConfigError, config_format_for, render_config, render_reference
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
 
@@ -368,14 +369,14 @@ def _header(source: str, fmt: str, inv: Inventory | None) -> str:
 
 
 def check_loads(text: str, fmt: str) -> list[str]:
-    """Load `text` with the real loader (through a temporary file with the right extension); return its
-    warnings, raise ConfigError if it does not load."""
+    """Load `text` as `pg_doorman -t` does, the files it names too (through a temporary file with the right
+    extension); return its warnings, raise ConfigError if it does not load."""
     d = tempfile.mkdtemp(prefix="pg_doorman-generate-")
     path = os.path.join(d, "pg_doorman." + ("yaml" if fmt == "yaml" else "toml"))
     try:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
-        return list(load_config(path).warnings)
+        return list(resources.load(path).warnings)
     finally:
         try:
             os.unlink(path)

@@ -26,6 +26,7 @@ from pgdoorman.web.api import WebApi
 if TYPE_CHECKING:
     from pgdoorman.config import Config
     from pgdoorman.daemon import Daemon
+    from pgdoorman.resources import Resources
     from pgdoorman.session.client import ClientConn
 
 log = logging.getLogger("pgdoorman")
@@ -69,8 +70,10 @@ def wire(app: App) -> Observer:
     return obs
 
 
-def serve(config: Config, daemon: Daemon | None = None, inherited: Inherited | None = None) -> int:
-    app = App(config)
+def serve(config: Config, daemon: Daemon | None = None, inherited: Inherited | None = None,
+          resources: Resources | None = None) -> int:
+    """Run the pooler for `config`; `resources` are the objects built from it (pgdoorman.resources)."""
+    app = App(config, resources)
     wire(app)
     app.sigint_shutdown = sigint_means_shutdown()
     app.upgrader = lambda: run_upgrade(app)

@@ -3,11 +3,12 @@ table they are validated against, and the reference config / docs generated from
 
 from pgdoorman.config.diff import Change, config_changes, diff_configs, restart_required
 from pgdoorman.config.fields import FIELDS, Field
-from pgdoorman.config.loader import ConfigError, config_format_for, config_from_dict, load_config
+from pgdoorman.config.loader import ConfigError, config_format_for, config_from_dict, load_config, read_config
 from pgdoorman.config.model import (
     AuthQueryConfig,
     Config,
     General,
+    Origin,
     PoolConfig,
     TalosConfig,
     UserConfig,
@@ -34,6 +35,7 @@ __all__ = [
     "General",
     "HbaSource",
     "Invalid",
+    "Origin",
     "PoolConfig",
     "ScramVerifier",
     "TalosConfig",
@@ -47,6 +49,7 @@ __all__ = [
     "parse_byte_size",
     "parse_duration",
     "parse_scram_verifier",
+    "read_config",
     "password_kind",
     "render_config",
     "render_docs",

@@ -1,6 +1,9 @@
 """Reading config files (YAML or TOML, with `include.files`) and turning them into a validated
 `Config`. Every problem found is collected, each naming the file, the key path and what is wrong,
-and they are raised together as one `ConfigError`."""
+and they are raised together as one `ConfigError`.
+
+Plain data only: the files a config names (certificates, pg_hba files, JWT keys) and PAM are loaded and
+checked by pgdoorman.resources, from the `Config.origins` this records, with messages of the same form."""
 
 from __future__ import annotations
 
@@ -9,10 +12,8 @@ import json
 import os
 import re
 import sys
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
-
-import yaml
 
 from pgdoorman.config.fields import (
     FIELDS,
@@ -26,20 +27,20 @@ from pgdoorman.config.model import (
     AuthQueryConfig,
     Config,
     General,
+    KeyPath,
+    Origin,
     PoolConfig,
     TalosConfig,
     UserConfig,
     WebConfig,
 )
 from pgdoorman.config.values import (
-    JWT_PRIVKEY_PREFIX,
-    JWT_PUBKEY_PREFIX,
     FrozenMapping,
     Invalid,
     Subsection,
-    password_kind,
     show,
 )
+from pgdoorman.config.yaml12 import parse_yaml
 
 if sys.version_info >= (3, 11):  # noqa: UP036 - kept so the package also runs where tomli is needed
     import tomllib
@@ -132,89 +133,6 @@ def format_path(path: list[PathSeg] | tuple[PathSeg, ...]) -> str:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------
-# YAML: read with YAML 1.2 core-schema scalars, as PgDoorman's serde_yaml does. PyYAML's YAML 1.1
-# defaults would turn `on`/`no` into booleans and `0600` into the octal number 384.
-# ---------------------------------------------------------------------------------------------------
-
-
-class _YamlLoader(yaml.SafeLoader):
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:
-                continue  # unhashable key: SafeConstructor reports it below
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
-def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
-    text = str(loader.construct_scalar(node))  # type: ignore[arg-type]
-    sign = -1 if text.startswith("-") else 1
-    body = text.lstrip("+-")
-    if body.startswith("0o"):
-        return sign * int(body[2:], 8)
-    if body.startswith("0x"):
-        return sign * int(body[2:], 16)
-    return sign * int(body, 10)
-
-
-def _construct_float(loader: yaml.SafeLoader, node: yaml.Node) -> float:
-    text = str(loader.construct_scalar(node)).lower()  # type: ignore[arg-type]
-    if text.endswith(".inf"):
-        return float("-inf") if text.startswith("-") else float("inf")
-    if text == ".nan":
-        return float("nan")
-    return float(text)
-
-
-def _construct_bool(loader: yaml.SafeLoader, node: yaml.Node) -> bool:
-    return str(loader.construct_scalar(node)).lower() == "true"  # type: ignore[arg-type]
-
-
-_YamlLoader.yaml_implicit_resolvers = {}
-for _tag_name, _regexp, _first in (
-    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
-    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
-    (
-        "tag:yaml.org,2002:float",
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
-        "-+.0123456789",
-    ),
-    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", "~nN"),
-    ("tag:yaml.org,2002:merge", r"^(?:<<)$", "<"),
-):
-    _YamlLoader.add_implicit_resolver(_tag_name, re.compile(_regexp), list(_first))
-# The empty plain scalar (`key:` with nothing after it) is null.
-_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^$"), [""])
-_YamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-_YamlLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
-_YamlLoader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
-
-
-def _parse_yaml(text: str, file: str, errors: list[str]) -> Any:
-    try:
-        return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = e.problem or "invalid YAML"
-        context = f" ({e.context})" if e.context else ""
-        errors.append(f"{file}: {where}YAML syntax error: {problem}{context}")
-    except yaml.YAMLError as e:
-        errors.append(f"{file}: YAML syntax error: {e}")
-    return None
-
-
 def _parse_toml(text: str, file: str, errors: list[str]) -> Any:
     try:
         return tomllib.loads(text)
@@ -235,7 +153,7 @@ def _read(file: str, errors: list[str], included_from: str | None = None) -> _Ta
         errors.append(f"{file}: config file is not valid UTF-8{suffix}: {e.reason} at byte {e.start}")
         return None
     bad = len(errors)
-    data = _parse_yaml(text, file, errors) if is_yaml_path(file) else _parse_toml(text, file, errors)
+    data = parse_yaml(text, file, errors) if is_yaml_path(file) else _parse_toml(text, file, errors)
     if len(errors) > bad:
         return None
     if data is None:  # an empty YAML document
@@ -326,6 +244,13 @@ class _Ctx:
     def __init__(self) -> None:
         self.errors: list[str] = []
         self.warnings: list[str] = []
+        self.origins: dict[KeyPath, Origin] = {}
+
+    def remember(self, at: KeyPath, file: str, path: list[PathSeg], files: dict[str, str]) -> None:
+        """Record where the table at `at` (shown as `path`) and each of its keys (`files`) came from."""
+        self.origins[at] = Origin(file, format_path(path))
+        for key, kfile in files.items():
+            self.origins[(*at, key)] = Origin(kfile, format_path([*path, key]))
 
     def error(self, file: str, path: list[PathSeg], message: str) -> None:
         self.errors.append(f"{file}: {format_path(path)}: {message}")
@@ -428,7 +353,7 @@ def _iter_users(ctx: _Ctx, sub: _Sub) -> Iterator[tuple[Any, str, list[PathSeg]]
     ctx.error(sub.file, sub.path, f"must be a list of user tables (or a table with numeric keys), got {_kind(raw)}")
 
 
-def _walk_users(ctx: _Ctx, sub: _Sub) -> list[dict[str, Any]]:
+def _walk_users(ctx: _Ctx, sub: _Sub, at: KeyPath) -> list[dict[str, Any]]:
     users: list[dict[str, Any]] = []
     first_seen: dict[str, list[PathSeg]] = {}
     for raw, file, path in _iter_users(ctx, sub):
@@ -451,40 +376,14 @@ def _walk_users(ctx: _Ctx, sub: _Sub) -> list[dict[str, Any]]:
             ctx.error(files["min_pool_size"], [*path, "min_pool_size"], f"must be <= pool_size ({size}), got {minimum}")
         if "server_password" in files and "server_username" not in files:
             ctx.error(files["server_password"], [*path, "server_password"], "requires server_username")
-        _check_jwt(ctx, values, files, path)
-        if values.get("auth_pam_service"):
-            from pgdoorman.pam_auth import PamSetupError, check_available
-
-            try:
-                check_available()
-            except PamSetupError as e:
-                ctx.error(files["auth_pam_service"], [*path, "auth_pam_service"], str(e))
-            if "server_password" not in files:
-                ctx.error(files["auth_pam_service"], [*path, "server_password"],
-                          "is required for a PAM user (PostgreSQL cannot check the PAM password)")
-        users.append(values)
+        if _complete("user", values):  # else reported as required and left out, so the Config can be built
+            ctx.remember((*at, len(users)), file, path, files)
+            users.append(values)
     return users
 
 
-def _check_jwt(ctx: _Ctx, values: dict[str, Any], files: dict[str, str], path: list[PathSeg]) -> None:
-    """JWT keys are loaded now (so `-t` reports a bad one); a JWT user needs server credentials."""
-    from pgdoorman.jwt_auth import JwtSetupError, load_private_key, load_public_key
-
-    password = values.get("password")
-    if password is not None and password_kind(password) == "jwt":
-        try:
-            load_public_key(password[len(JWT_PUBKEY_PREFIX):])
-        except JwtSetupError as e:
-            ctx.error(files["password"], [*path, "password"], str(e))
-        if "server_password" not in files:
-            ctx.error(files["password"], [*path, "server_password"],
-                      "is required for a JWT user (PostgreSQL cannot be logged in to with the client's token)")
-    server_password = values.get("server_password")
-    if server_password is not None and server_password.startswith(JWT_PRIVKEY_PREFIX):
-        try:
-            load_private_key(server_password[len(JWT_PRIVKEY_PREFIX):])
-        except JwtSetupError as e:
-            ctx.error(files["server_password"], [*path, "server_password"], str(e))
+def _complete(section: str, values: dict[str, Any]) -> bool:
+    return all(f.key in values for f in fields_of(section) if f.required and f.implemented)
 
 
 class _PoolSpec:
@@ -499,7 +398,8 @@ class _PoolSpec:
 
 def _walk_pool(ctx: _Ctx, name: str, table: _Table, file: str, path: list[PathSeg]) -> _PoolSpec:
     values, subs, files = _walk_section(ctx, "pool", table, file, path)
-    users = _walk_users(ctx, subs["users"]) if "users" in subs else []
+    ctx.remember(("pools", name), file, path, files)
+    users = _walk_users(ctx, subs["users"], ("pools", name, "users")) if "users" in subs else []
     auth_query: dict[str, Any] | None = None
     if "auth_query" in subs:
         sub = subs["auth_query"]
@@ -508,7 +408,7 @@ def _walk_pool(ctx: _Ctx, name: str, table: _Table, file: str, path: list[PathSe
             aq_values, _, _ = _walk_section(ctx, "auth_query", aq_table, sub.file, sub.path)
             # Every auth_query key is warned about while the feature is not implemented; the pool
             # then behaves as if the section were absent.
-            if field("pool", "auth_query").implemented:
+            if field("pool", "auth_query").implemented and _complete("auth_query", aq_values):
                 auth_query = aq_values
     return _PoolSpec(name, values, users, auth_query, files)
 
@@ -522,85 +422,14 @@ def _check_general(ctx: _Ctx, values: dict[str, Any], files: dict[str, str]) -> 
             ["general", "prepared_statements_cache_size"],
             "must be >= 1 while prepared_statements is true, got 0",
         )
-    _check_client_tls(ctx, values, files)
-    _check_access(ctx, values, files)
+    if values.get("hba") and values.get("pg_hba") is not None:
+        ctx.error(files["hba"], ["general", "hba"], "cannot be combined with pg_hba: keep one of them")
     if values.get("client_anonymous_prepared_cache_size") == 0:
         ctx.warn(
             files["client_anonymous_prepared_cache_size"],
             ["general", "client_anonymous_prepared_cache_size"],
             "0 means no limit on the unnamed prepared statements a client may leave behind",
         )
-
-
-def _check_client_tls(ctx: _Ctx, values: dict[str, Any], files: dict[str, str]) -> None:
-    """The tls_* settings together, and the files they name loaded (so `-t` catches a bad certificate)."""
-    from pgdoorman.net.tls import TlsSetupError, client_tls
-
-    try:
-        client_tls(values.get("tls_mode"), values.get("tls_certificate"), values.get("tls_private_key"),
-                   values.get("tls_ca_cert"))
-    except TlsSetupError as e:
-        given = [k for k in (e.key, "tls_certificate", "tls_private_key", "tls_mode") if k in files]
-        ctx.error(files[given[0]] if given else next(iter(files.values()), ""), ["general", e.key], str(e))
-
-
-def _check_access(ctx: _Ctx, values: dict[str, Any], files: dict[str, str]) -> None:
-    """pg_hba rules read (from their file too) and parsed, the legacy hba list parsed, not both at once."""
-    from pgdoorman.hba import HbaError, parse_networks, read_rules
-
-    if values.get("hba") and values.get("pg_hba") is not None:
-        ctx.error(files["hba"], ["general", "hba"], "cannot be combined with pg_hba: keep one of them")
-    if values.get("hba"):
-        try:
-            parse_networks(values["hba"])
-        except ValueError as e:
-            ctx.error(files["hba"], ["general", "hba"], str(e))
-    src = values.get("pg_hba")
-    if src is not None:
-        try:
-            read_rules(src.content, src.path)
-        except OSError as e:
-            ctx.error(files["pg_hba"], ["general", "pg_hba"], f"cannot read {src.path}: {e.strerror or e}")
-        except HbaError as e:
-            where = f"{src.path} " if src.path else ""
-            ctx.error(files["pg_hba"], ["general", "pg_hba"], f"{where}{e}")
-
-
-_SERVER_TLS_KEYS = ("server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key")
-
-
-def _check_server_tls(ctx: _Ctx, general: dict[str, Any], general_files: dict[str, str], specs: list[_PoolSpec],
-                      main_file: str) -> None:
-    """server_tls_* of general and of every pool that overrides one (pool value, else general's) checked
-    together and loaded; an error names the pool's key when the pool set it, else general's."""
-    from pgdoorman.net.tls import TlsSetupError, server_tls
-
-    def check(values: dict[str, Any]) -> TlsSetupError | None:
-        try:
-            server_tls(values.get("server_tls_mode"), values.get("server_tls_ca_cert"),
-                       values.get("server_tls_certificate"), values.get("server_tls_private_key"))
-        except TlsSetupError as e:
-            return e
-        return None
-
-    def blame_general(e: TlsSetupError) -> None:
-        key = e.key if e.key in general_files else next((k for k in _SERVER_TLS_KEYS if k in general_files), e.key)
-        ctx.error(general_files.get(key, main_file), ["general", e.key], str(e))
-
-    general_tls = {k: general.get(k) for k in _SERVER_TLS_KEYS}
-    err = check(general_tls)
-    if err is not None:
-        blame_general(err)
-        return
-    for spec in specs:
-        own = {k: spec.values[k] for k in _SERVER_TLS_KEYS if spec.values.get(k) is not None}
-        if not own:
-            continue
-        err = check({**general_tls, **own})
-        if err is None:
-            continue
-        key = err.key if err.key in spec.files else next(k for k in _SERVER_TLS_KEYS if k in own)
-        ctx.error(spec.files.get(key, main_file), ["pools", spec.name, err.key], str(err))
 
 
 def _pool_name(ctx: _Ctx, key: Any, file: str) -> str | None:
@@ -614,61 +443,79 @@ def _pool_name(ctx: _Ctx, key: Any, file: str) -> str | None:
     return name
 
 
-def _build(root: _Table, main_file: str) -> Config:
-    ctx = _Ctx()
-    for key in root:
-        if key not in TOP_LEVEL_KEYS:
-            ctx.error(root.origin.get(key, main_file), [str(key)], _unknown_key_message("top", str(key)))
+class _Root:
+    """The merged document being built: its top-level sections and the main file they default to."""
 
-    def section_table(key: str) -> tuple[_Table, str] | None:
-        if key not in root:
+    def __init__(self, ctx: _Ctx, root: _Table, main_file: str) -> None:
+        self.ctx = ctx
+        self.root = root
+        self.main_file = main_file
+
+    def file_of(self, key: str) -> str:
+        return self.root.origin.get(key, self.main_file)
+
+    def section(self, key: str) -> tuple[_Table, str] | None:
+        """The table of section `key` and its file; None when absent or not a table (reported)."""
+        if key not in self.root:
             return None
-        file = root.origin.get(key, main_file)
-        table = _as_table(ctx, root[key], file, [key])
+        file = self.file_of(key)
+        table = _as_table(self.ctx, self.root[key], file, [key])
         return (table, file) if table is not None else None
 
-    general_src = section_table("general")
-    if general_src is None and "general" not in root:
-        general_src = (_Table(), main_file)
-    general_values: dict[str, Any] = {}
-    if general_src is not None:
-        general_values, _, general_files = _walk_section(ctx, "general", general_src[0], general_src[1], ["general"])
-        _check_general(ctx, general_values, general_files)
 
-    web_values: dict[str, Any] = {}
-    if "web" in root and "prometheus" in root:
-        ctx.error(
-            root.origin.get("prometheus", main_file),
-            ["prometheus"],
-            'both "web" and its old name "prometheus" are given; keep only "web"',
-        )
-    web_key = "web" if "web" in root else "prometheus"
-    web_src = section_table(web_key)
-    if web_src is not None:
-        web_values, _, web_files = _walk_section(ctx, "web", web_src[0], web_src[1], [web_key])
-        if web_values.get("ui"):
-            password = general_values.get("admin_password", field("general", "admin_password").default)
-            if password in ("", "admin"):
-                ctx.error(
-                    web_files.get("ui", web_src[1]),
-                    [web_key, "ui"],
-                    "cannot be turned on while general.admin_password is "
-                    + ("empty" if password == "" else 'the default "admin"')
-                    + ": the web API's Admin role signs in with it; set a strong admin_password first",
-                )
+def _build_general(doc: _Root) -> dict[str, Any]:
+    src = doc.section("general")
+    if src is None and "general" not in doc.root:
+        src = (_Table(), doc.main_file)
+    if src is None:
+        return {}
+    values, _, files = _walk_section(doc.ctx, "general", src[0], src[1], ["general"])
+    doc.ctx.remember(("general",), src[1], ["general"], files)
+    _check_general(doc.ctx, values, files)
+    return values
 
-    talos_values: dict[str, Any] = {}
-    talos_src = section_table("talos")
-    if talos_src is not None:
-        talos_values, _, _ = _walk_section(ctx, "talos", talos_src[0], talos_src[1], ["talos"])
 
+def _build_web(doc: _Root, general: dict[str, Any]) -> dict[str, Any]:
+    ctx = doc.ctx
+    if "web" in doc.root and "prometheus" in doc.root:
+        ctx.error(doc.file_of("prometheus"), ["prometheus"],
+                  'both "web" and its old name "prometheus" are given; keep only "web"')
+    web_key = "web" if "web" in doc.root else "prometheus"
+    src = doc.section(web_key)
+    if src is None:
+        return {}
+    values, _, files = _walk_section(ctx, "web", src[0], src[1], [web_key])
+    doc.ctx.remember(("web",), src[1], [web_key], files)
+    if values.get("ui"):
+        password = general.get("admin_password", field("general", "admin_password").default)
+        if password in ("", "admin"):
+            ctx.error(
+                files.get("ui", src[1]),
+                [web_key, "ui"],
+                "cannot be turned on while general.admin_password is "
+                + ("empty" if password == "" else 'the default "admin"')
+                + ": the web API's Admin role signs in with it; set a strong admin_password first",
+            )
+    return values
+
+
+def _build_talos(doc: _Root) -> dict[str, Any]:
+    src = doc.section("talos")
+    if src is None:
+        return {}
+    values, _, files = _walk_section(doc.ctx, "talos", src[0], src[1], ["talos"])
+    doc.ctx.remember(("talos",), src[1], ["talos"], files)
+    return values
+
+
+def _build_pools(doc: _Root) -> dict[str, PoolConfig]:
+    ctx = doc.ctx
+    if "pools" not in doc.root or doc.root["pools"] == {}:
+        ctx.warn(doc.file_of("pools"), ["pools"], "no pools configured; only the admin console can be reached")
+    src = doc.section("pools")
     specs: list[_PoolSpec] = []
-    pools_src = section_table("pools")
-    if "pools" not in root or root["pools"] == {}:
-        file = root.origin.get("pools", main_file)
-        ctx.warn(file, ["pools"], "no pools configured; only the admin console can be reached")
-    if pools_src is not None:
-        pools_table, pools_file = pools_src
+    if src is not None:
+        pools_table, pools_file = src
         for key, raw in pools_table.items():
             file = pools_table.origin.get(key, pools_file)
             name = _pool_name(ctx, key, file)
@@ -677,11 +524,7 @@ def _build(root: _Table, main_file: str) -> Config:
             table = _as_table(ctx, raw, file, ["pools", name])
             if table is not None:
                 specs.append(_walk_pool(ctx, name, table, file, ["pools", name]))
-
-    _check_server_tls(ctx, general_values, general_files if general_src is not None else {}, specs, main_file)
-    if ctx.errors:
-        raise ConfigError(ctx.errors)
-    pools = {
+    return {
         spec.name: PoolConfig(
             name=spec.name,
             **spec.values,
@@ -690,14 +533,30 @@ def _build(root: _Table, main_file: str) -> Config:
         )
         for spec in specs
     }
-    return Config(
+
+
+def _build(root: _Table, main_file: str) -> tuple[Config, list[str]]:
+    """The Config of a merged document and the problems found. With problems, the Config holds what was
+    valid (defaults elsewhere), so the files it names can still be checked and every problem reported."""
+    ctx = _Ctx()
+    for key in root:
+        if key not in TOP_LEVEL_KEYS:
+            ctx.error(root.origin.get(key, main_file), [str(key)], _unknown_key_message("top", str(key)))
+    doc = _Root(ctx, root, main_file)
+    general_values = _build_general(doc)
+    web_values = _build_web(doc, general_values)
+    talos_values = _build_talos(doc)
+    pools = _build_pools(doc)
+    config = Config(
         path=main_file,
         general=General(**general_values),
         web=WebConfig(**web_values),
         pools=FrozenMapping(pools),
         warnings=tuple(ctx.warnings),
         talos=TalosConfig(**talos_values),
+        origins=FrozenMapping(ctx.origins),
     )
+    return config, ctx.errors
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -705,13 +564,24 @@ def _build(root: _Table, main_file: str) -> Config:
 # ---------------------------------------------------------------------------------------------------
 
 
-def load_config(path: str) -> Config:
-    """Load, merge and validate the config at `path`. Raises ConfigError listing every problem."""
+def read_config(path: str) -> tuple[Config | None, list[str]]:
+    """Load, merge and validate the config at `path` without raising: the Config and every problem found.
+    The Config is None when a file could not be read or parsed; with problems it holds only what was valid
+    (for pgdoorman.resources to report the files it names as well: one message with every problem)."""
     errors: list[str] = []
     root = _load_tree(path, [(os.path.realpath(path), path)], errors, None)
     if root is None or errors:
-        raise ConfigError(errors)
+        return None, errors
     return _build(root, path)
+
+
+def load_config(path: str) -> Config:
+    """Load, merge and validate the config at `path`. Raises ConfigError listing every problem. The files
+    it names are not read here: pgdoorman.resources.load does both."""
+    config, errors = read_config(path)
+    if config is None or errors:
+        raise ConfigError(errors)
+    return config
 
 
 def config_from_dict(data: Mapping[str, Any], path: str = "<config>") -> Config:
@@ -721,4 +591,7 @@ def config_from_dict(data: Mapping[str, Any], path: str = "<config>") -> Config:
     assert isinstance(root, _Table)
     if "include" in root:
         raise ConfigError([f"{path}: include: include files are only supported when loading a file"])
-    return _build(root, path)
+    config, errors = _build(root, path)
+    if errors:
+        raise ConfigError(errors)
+    return config

@@ -214,6 +214,20 @@ class PoolConfig:
 
 _TIMEOUT_KEYS = ("connect_timeout", "idle_timeout", "server_lifetime")
 
+# A key path as the loader walks it: ("general", "tls_certificate"), ("pools", "app", "users", 0, "password").
+# A user is numbered by its place in PoolConfig.users, whatever the file called it.
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a table or key of the config came from (included files merge into one Config): the file, and
+    the key path as messages show it (`pools.app.users[0].password`; a legacy TOML users map keeps its own
+    numbers)."""
+
+    file: str
+    path: str
+
 
 @dataclass(frozen=True)
 class Config:
@@ -223,6 +237,14 @@ class Config:
     pools: Mapping[str, PoolConfig] = dataclasses.field(default_factory=FrozenMapping[str, PoolConfig])
     warnings: tuple[str, ...] = ()
     talos: TalosConfig = dataclasses.field(default_factory=TalosConfig)
+    # Every table and key given, in the order read: where it came from. Plain data for messages about the
+    # config found after loading (pgdoorman.resources); not part of equality.
+    origins: Mapping[KeyPath, Origin] = dataclasses.field(
+        default_factory=FrozenMapping[KeyPath, Origin], compare=False, repr=False)
+
+    def origin(self, *path: str | int) -> Origin | None:
+        """Where the key (or table) at `path` was given; None when it was not (a default)."""
+        return self.origins.get(path)
 
     def pool_mode_for(self, pool: PoolConfig, user: UserConfig) -> str:
         """The effective pool mode: the user's override, else the pool's."""

@@ -11,20 +11,44 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pgdoorman import jwt_auth
 from pgdoorman.config import Config, PoolConfig, UserConfig
-from pgdoorman.config.values import JWT_PRIVKEY_PREFIX, JWT_PUBKEY_PREFIX
 from pgdoorman.core.prepared import PoolCache
 from pgdoorman.core.stats import Histogram
-from pgdoorman.net.tls import server_tls
 
 if TYPE_CHECKING:
+    import ssl
+
     from pgdoorman.session.client import ClientConn
     from pgdoorman.session.server import ServerConn
     from pgdoorman.worker import Worker
 
+
+
+class ServerTlsLike(Protocol):
+    """What a pool's server connections read of its server TLS (pgdoorman.net.tls.ServerTls)."""
+
+    @property
+    def mode(self) -> str: ...
+    @property
+    def context(self) -> ssl.SSLContext | None: ...
+    @property
+    def first(self) -> bool: ...
+    @property
+    def required(self) -> bool: ...
+
+
+class PoolLive(Protocol):
+    """The live objects of one (pool, user), built once from the checked config by pgdoorman.resources
+    (PoolResources): server TLS, and the JWT keys for clients' tokens and for ours to PostgreSQL."""
+
+    @property
+    def server_tls(self) -> ServerTlsLike: ...
+    @property
+    def jwt_key(self) -> Any: ...
+    @property
+    def jwt_server_key(self) -> Any: ...
 
 
 class PoolStats:
@@ -73,7 +97,8 @@ class PoolStats:
 
 
 class Pool:
-    def __init__(self, cfg: Config, pool_cfg: PoolConfig, user_cfg: UserConfig, nworkers: int) -> None:
+    def __init__(self, cfg: Config, pool_cfg: PoolConfig, user_cfg: UserConfig, nworkers: int,
+                 live: PoolLive) -> None:
         self.lock = threading.Lock()
         self.database = pool_cfg.name
         self.username = user_cfg.username
@@ -94,10 +119,10 @@ class Pool:
         self.scram_client_key: bytes | None = None
         self.scram_verifier: Any = None  # cached verifier for plain-text passwords (client side)
         self.ps_cache = PoolCache(cfg.prepared_cache_size_for(pool_cfg))
-        self.apply(cfg, pool_cfg, user_cfg)
+        self.apply(cfg, pool_cfg, user_cfg, live)
 
-    def apply(self, cfg: Config, pool_cfg: PoolConfig, user_cfg: UserConfig) -> None:
-        """(Re)load settings; called at start and on RELOAD."""
+    def apply(self, cfg: Config, pool_cfg: PoolConfig, user_cfg: UserConfig, live: PoolLive) -> None:
+        """(Re)load settings; called at start and on RELOAD with the objects built from that config."""
         self.cfg = cfg
         self.pool_cfg = pool_cfg
         self.user_cfg = user_cfg
@@ -113,9 +138,7 @@ class Pool:
         self.ps_cache.size = max(1, cfg.prepared_cache_size_for(pool_cfg))
         self.server_ps_cache_size = max(1, cfg.server_prepared_cache_size_for(pool_cfg))
         self.server_user = user_cfg.server_username or user_cfg.username
-        tls = cfg.server_tls_settings_for(pool_cfg)  # checked by the loader: this does not fail
-        self.server_tls = server_tls(tls["server_tls_mode"], tls["server_tls_ca_cert"], tls["server_tls_certificate"],
-                                     tls["server_tls_private_key"])
+        self.server_tls = live.server_tls
         if user_cfg.server_username and user_cfg.server_password is not None:
             self.server_secret: str | None = user_cfg.server_password
         elif user_cfg.server_username:
@@ -123,11 +146,8 @@ class Pool:
         else:
             self.server_secret = user_cfg.password  # passthrough: md5 hash, SCRAM verifier or plain text
         self.passthrough = user_cfg.server_username is None
-        # JWT keys, read at start and on RELOAD (the loader checked them).
-        pw, spw = user_cfg.password, user_cfg.server_password
-        self.jwt_key = jwt_auth.load_public_key(pw[len(JWT_PUBKEY_PREFIX):]) if pw.startswith(JWT_PUBKEY_PREFIX) else None
-        self.jwt_server_key = (jwt_auth.load_private_key(spw[len(JWT_PRIVKEY_PREFIX):])
-                               if spw is not None and spw.startswith(JWT_PRIVKEY_PREFIX) else None)
+        self.jwt_key = live.jwt_key
+        self.jwt_server_key = live.jwt_server_key
         # Clients of this user answer with a clear-text password: a JWT token, or a password PAM checks.
         self.cleartext_login = self.jwt_key is not None or bool(user_cfg.auth_pam_service)
 

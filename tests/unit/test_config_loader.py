@@ -320,9 +320,12 @@ def test_users_must_be_a_list(tmp_path: Path) -> None:
 
 
 def test_jwt_password_needs_its_key_and_server_credentials(tmp_path: Path) -> None:
+    # The key is read by pgdoorman.resources (what `pg_doorman -t` and start-up load with), not the loader.
+    from pgdoorman import resources
+
     path = write(tmp_path, "c.yaml", BASE_YAML.replace('password: "hunter2"', 'password: "jwt-pkey-fpath:/k.pem"'))
     with pytest.raises(ConfigError) as ei:
-        load_config(path)
+        resources.load(path)
     assert ei.value.errors == [
         f"{path}: pools.app.users[0].password: cannot read /k.pem: No such file or directory",
         f"{path}: pools.app.users[0].server_password: is required for a JWT user (PostgreSQL cannot be logged "
