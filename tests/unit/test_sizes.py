@@ -1,0 +1,142 @@
+"""Size limits of the code: no module in pgdoorman/ over MAX_MODULE_LINES lines and no function or method over
+MAX_FUNCTION_LINES lines (the def line to its last line, decorators excluded: end_lineno - lineno + 1).
+
+EXEMPT lists the two hot loops that stay whole on purpose, each with its reason (the function says so in a
+comment too). PENDING lists the offenders being split right now; each is reported as skipped with its
+reason, and fails once it is no longer over the limit, so that its entry is removed and the list shrinks to
+empty. An offender in one of PENDING_AREAS that PENDING does not name (a function renamed or moved while its
+module is split) is skipped as well, until PENDING is empty: then PENDING_AREAS must be emptied too.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "pgdoorman"
+
+MAX_MODULE_LINES = 650
+MAX_FUNCTION_LINES = 60
+
+# "path" is a module over MAX_MODULE_LINES; "path::Qual.name" a function or method over MAX_FUNCTION_LINES.
+EXEMPT: dict[str, str] = {
+    "pgdoorman/net/loop.py::Loop.run": "the event loop's hot loop: a helper would cost one function call more "
+                                       "per event on the hot path",
+    "pgdoorman/protocol/framing.py::Scanner.feed": "the scanner's hot loop: a helper would cost one function "
+                                                   "call more per message on the hot path",
+}
+
+# Areas other engineers were rewriting when this test was written (the redesign issue), and by whom.
+PENDING_AREAS: dict[str, str] = {
+    "pgdoorman/session/": "the connection classes, being split by the lead",
+    "pgdoorman/core/": "the shared state, being reworked",
+    "pgdoorman/config/loader.py": "the config loader, being split",
+    "pgdoorman/app.py": "being reworked",
+    "pgdoorman/upgrade.py": "the binary upgrade, being split",
+    "pgdoorman/upgrade/": "the binary upgrade, being split",
+    "pgdoorman/worker.py": "being reworked",
+}
+
+# The offenders in those areas when this test was written. Remove each entry once it is split.
+PENDING: set[str] = {
+    "pgdoorman/session/client.py",
+    "pgdoorman/session/client.py::ClientConn.__init__",
+    "pgdoorman/session/client.py::ClientConn._consume",
+    "pgdoorman/session/client.py::ClientConn._fast_batch",
+    "pgdoorman/session/client.py::ClientConn._on_message_ps",
+    "pgdoorman/session/server.py",
+    "pgdoorman/session/server.py::ServerConn._on_message",
+    "pgdoorman/session/server.py::ServerConn._on_message_ps",
+    "pgdoorman/upgrade/receive.py::restore_client",
+}
+
+
+def _functions(node: ast.AST, prefix: str = "") -> list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    """(qualified name, node) of every function and method under node, nested ones included."""
+    out: list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]] = []
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            name = prefix + child.name
+            out.append((name, child))
+            out += _functions(child, name + ".")
+        elif isinstance(child, ast.ClassDef):
+            out += _functions(child, prefix + child.name + ".")
+        else:
+            out += _functions(child, prefix)
+    return out
+
+
+def _lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    assert node.end_lineno is not None
+    return node.end_lineno - node.lineno + 1
+
+
+def measure() -> dict[str, tuple[int, int]]:
+    """Every module and function over its limit: key -> (lines, limit)."""
+    over: dict[str, tuple[int, int]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        text = path.read_text(encoding="utf-8")
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES:
+            over[rel] = (lines, MAX_MODULE_LINES)
+        for name, node in _functions(ast.parse(text, filename=rel)):
+            if _lines(node) > MAX_FUNCTION_LINES:
+                over[f"{rel}::{name}"] = (_lines(node), MAX_FUNCTION_LINES)
+    return over
+
+
+OVER = measure()
+
+
+def _area(key: str) -> str | None:
+    path = key.split("::", 1)[0]
+    for area in PENDING_AREAS:
+        if path == area or (area.endswith("/") and path.startswith(area)):
+            return area
+    return None
+
+
+def _describe(key: str) -> str:
+    n, limit = OVER[key]
+    kind = "module" if "::" not in key else "function"
+    return f"{key}: {kind} of {n} lines (limit {limit})"
+
+
+def test_no_module_or_function_over_the_limit() -> None:
+    offenders = [_describe(k) for k in sorted(OVER) if k not in EXEMPT and k not in PENDING and _area(k) is None]
+    assert not offenders, (
+        "over the size limit (split it; tests/unit/test_sizes.py explains the exemptions):\n  "
+        + "\n  ".join(offenders))
+
+
+@pytest.mark.parametrize("key", sorted(EXEMPT))
+def test_exemption_still_needed(key: str) -> None:
+    path, _, name = key.partition("::")
+    assert key in OVER, f"{key} is no longer over the limit: remove it from EXEMPT in tests/unit/test_sizes.py"
+    source = (ROOT / path).read_text(encoding="utf-8")
+    node = dict(_functions(ast.parse(source)))[name]
+    body = "\n".join(source.splitlines()[node.lineno - 1:node.end_lineno])
+    assert "Exempt from the size rule" in body, f"{key}: say in the function why it is exempt from the size rule"
+
+
+@pytest.mark.parametrize("key", sorted(PENDING))
+def test_pending(key: str) -> None:
+    area = _area(key)
+    assert area is not None, f"{key}: PENDING holds only offenders in PENDING_AREAS"
+    assert key in OVER, (f"{key} is no longer over the limit (or no longer exists): remove it from PENDING in "
+                         "tests/unit/test_sizes.py")
+    pytest.skip(f"pending: {_describe(key)}; {area}: {PENDING_AREAS[area]}")
+
+
+def test_pending_areas_unlisted() -> None:
+    if not PENDING:
+        assert not PENDING_AREAS, "PENDING is empty: empty PENDING_AREAS as well (the splitting is over)"
+        return
+    unlisted = [f"{_describe(k)}; {_area(k)}: {PENDING_AREAS[a]}" for k in sorted(OVER)
+                if k not in PENDING and (a := _area(k)) is not None]
+    if unlisted:
+        pytest.skip("pending, not named in PENDING (moved or renamed while being split): " + "; ".join(unlisted))
