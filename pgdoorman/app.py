@@ -25,6 +25,7 @@ from pgdoorman import __version__, hba, logs, systemd
 from pgdoorman.config import Config, ConfigError
 from pgdoorman.core.cancel import CancelRegistry
 from pgdoorman.core.pool import Pool
+from pgdoorman.janitor import Janitor
 from pgdoorman.net.sockopts import TcpOptions, tcp_listener, unix_listener
 from pgdoorman.observe import UnknownDatabase
 from pgdoorman.protocol import auth
@@ -64,6 +65,7 @@ class App:
         g = config.general
         self.nworkers = g.worker_threads or default_workers()
         self.workers = [Worker(self, i) for i in range(self.nworkers)]
+        self.janitors = [Janitor(w) for w in self.workers]  # one per worker, on its loop
         self.pools: dict[tuple[str, str], Pool] = {}
         self.pool_list: list[Pool] = []
         self.cancels = CancelRegistry()
@@ -151,13 +153,8 @@ class App:
         self.pool_list = list(self.pools.values())
 
     def _close_idle(self, pool: Pool) -> None:
-        for w in self.workers:
-            w.loop.call_soon_threadsafe(self._close_idle_in, w, pool)
-
-    @staticmethod
-    def _close_idle_in(w: Worker, pool: Pool) -> None:
-        for s in pool.drain_idle(w.id):
-            s.retire("pool reconfigured")
+        for j in self.janitors:
+            j.worker.loop.call_soon_threadsafe(j.close_idle, pool)
 
     def reload(self) -> tuple[bool, str]:
         """Re-read the config file; keep the old one if the new one is invalid. Called from the main thread
@@ -216,12 +213,12 @@ class App:
 
     def pause(self, database: str | None, here: Worker) -> None:
         for p in self._pools_for(database):
-            p.set_paused(True, here)
+            here.pause_pool(p, True)
 
     def resume(self, database: str | None, here: Worker) -> None:
         """Waiters of a resumed pool are handed servers starting from `here`, the caller's worker."""
         for p in self._pools_for(database):
-            p.set_paused(False, here)
+            here.pause_pool(p, False)
 
     def reconnect(self, database: str | None) -> None:
         """New epoch: servers of the old one are closed when they come back; idle ones are closed now."""
@@ -313,13 +310,16 @@ class App:
                  "" if gil_enabled() else " (free-threaded)")
 
     def start_workers(self) -> None:
-        for w in self.workers:
+        for j in self.janitors:
+            w = j.worker
+            w.loop.call_soon_threadsafe(j.start)
             th = threading.Thread(target=w.run, name=f"worker-{w.id}", daemon=True)
             w.loop.thread = th
             th.start()
+        first = self.janitors[0]
         for pool in self.pool_list:
             if pool.min_pool_size:
-                self.workers[0].loop.call_soon_threadsafe(self.workers[0].ensure_min, pool)
+                first.worker.loop.call_soon_threadsafe(first.ensure_min, pool)
 
     def install_signals(self) -> None:
         signal.signal(signal.SIGHUP, lambda *_: self._request("reload"))

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
-import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pgdoorman.net.conn import Conn
 from pgdoorman.net.loop import Loop
@@ -31,12 +29,9 @@ from pgdoorman.session.server import (
 
 if TYPE_CHECKING:
     from pgdoorman.app import App
-    from pgdoorman.core.pool import Pool
+    from pgdoorman.core.pool import Pairs, Pool
 
 log = logging.getLogger("pgdoorman.worker")
-
-# How often waiters are checked against query_wait_timeout (the error comes at most this late).
-WAIT_TICK = 0.1
 
 
 class Listener:
@@ -116,8 +111,6 @@ class Worker:
                 os.sched_setaffinity(0, cpus)
             except OSError as e:
                 log.warning("worker %d: could not pin to CPUs %s: %s", self.id, cpus, e)
-        self.loop.call_later(WAIT_TICK, self._wait_tick)
-        self.loop.call_later(self._retain_interval(), self._retain_tick)
         self.loop.run()
 
     def apply_tcp(self, sock: socket.socket) -> None:
@@ -173,16 +166,61 @@ class Worker:
         except OSError as e:
             log.warning("cannot connect to %s:%s for %s: %s", pool.pool_cfg.server_host,
                         pool.pool_cfg.server_port, pool.name, e)
-            pool.server_gone(None, self, was_connecting=True)  # type: ignore[arg-type]
+            pool.server_gone(was_connecting=True)
             c = pool.fail_first_waiter()
             if c is not None:
-                self._fail_client(c, m.error_response("08006", f"could not connect to server: {e}", "FATAL"))
+                self._fail_client(cast(ClientConn, c), m.error_response("08006", f"could not connect to server: {e}", "FATAL"))
             return
         self.servers.add(s)
 
     def server_ready(self, s: ServerConn) -> None:
         """A new server finished login: give it to the oldest waiter or park it."""
-        s.pool.release(s, self)
+        self._give_back(s)
+
+    def _give_back(self, s: ServerConn) -> None:
+        c = s.pool.release(s, self.id, self.loop.now)
+        if c is not None:
+            self.hand(s, cast(ClientConn, c))
+
+    # -- carrying out the pool's decisions
+    def checkout(self, pool: Pool, c: ClientConn) -> ServerConn | None:
+        """A server for `c` now (an idle one of this shard), or None: `c` waits in the pool's queue and gets
+        one later through `hand`."""
+        r = pool.acquire(c, self.id, self.loop.now)
+        if r is None:
+            return None
+        if isinstance(r, tuple):
+            self.carry_out(pool, r[0], r[1])
+            return None
+        return r  # type: ignore[return-value]  # the pool holds only the ServerConns workers gave it
+
+    def carry_out(self, pool: Pool, pairs: Pairs | None, spawn: bool) -> None:
+        """What a pool's decision asks of this worker: hand servers to waiters, open a server."""
+        if pairs:
+            for s, c in pairs:
+                self.hand(cast(ServerConn, s), cast(ClientConn, c))
+        if spawn:
+            self.spawn_server(pool)
+
+    def hand(self, s: ServerConn, c: ClientConn) -> None:
+        """Give server `s` to waiter `c`, from this worker: directly when both live here (the common case),
+        else through the loop of the worker that must act."""
+        owner = s.worker
+        if owner is self:
+            if c.worker is self:
+                c.attach_server(s)
+            else:
+                s.detach()
+                self.servers.discard(s)
+                c.worker.loop.call_soon_threadsafe(c.worker.adopt, s, c)
+        else:
+            owner.loop.call_soon_threadsafe(owner.hand_over, s, c)
+
+    def pause_pool(self, pool: Pool, paused: bool) -> None:
+        """PAUSE / RESUME of `pool`; clients that waited meanwhile are served starting from this worker."""
+        r = pool.set_paused(paused)
+        if r is not None:
+            self.carry_out(pool, r[0], r[1])
 
     def release_server(self, s: ServerConn, client_gone: bool = False, client: ClientConn | None = None) -> None:
         """The linked client is done with `s` (ReadyForQuery idle in transaction mode, or it left)."""
@@ -261,21 +299,24 @@ class Worker:
         if self.app.shutting_down:
             s.close("shutting down")
             return
-        pool.release(s, self)
+        c = pool.release(s, self.id, now)
+        if c is not None:
+            self.hand(s, cast(ClientConn, c))
 
     def server_closed(self, s: ServerConn, prev_state: int, reason: str) -> None:
         self.servers.discard(s)
         pool = s.pool
         if prev_state in (CONNECTING, LOGIN):
             log.warning("server connection to %s for %s failed: %s", s.addr, pool.name, reason)
-            pool.server_gone(s, self, was_connecting=True)
+            pool.server_gone(was_connecting=True)
             c = pool.fail_first_waiter()
             if c is not None:
-                self._fail_client(c, s.connect_error)
-            pool.retry_for_waiters(self)
+                self._fail_client(cast(ClientConn, c), s.connect_error)
+            if pool.retry_for_waiters():
+                self.spawn_server(pool)
             return
         if prev_state == IDLE:
-            pool.take_idle(s, self)
+            pool.take_idle(s, self.id)
             log.info("idle server %s (%s) closed: %s", s.addr, pool.name, reason)
         else:
             log.debug("server %s (%s) closed: %s", s.addr, pool.name, reason)
@@ -287,7 +328,8 @@ class Worker:
                 c.close(f"server ended the session: {reason}")  # the client has PostgreSQL's FATAL already
             elif prev_state in (ACTIVE, INTERNAL):
                 c.server_failed(None)
-        pool.server_gone(s, self)
+        if pool.server_gone():
+            self.spawn_server(pool)
 
     def _fail_client(self, c: ClientConn, error: bytes | None) -> None:
         if c.worker is self:
@@ -303,7 +345,7 @@ class Worker:
             c.worker.loop.call_soon_threadsafe(c.worker.retry_checkout, c)
             return
         if c.worker is self:
-            c.attach_server(s) if c.waiting else s.pool.release(s, self)
+            c.attach_server(s) if c.waiting else self._give_back(s)
             return
         s.detach()
         self.servers.discard(s)
@@ -319,52 +361,12 @@ class Worker:
         if c.waiting and not c.closed:
             c.attach_server(s)
         else:
-            s.pool.release(s, self)
+            self._give_back(s)
 
     def retry_checkout(self, c: ClientConn) -> None:
         if c.waiting and not c.closed:
             c.waiting = False
             c.need_server()
-
-    # ------------------------------------------------------------------ timers
-    def _wait_tick(self) -> None:
-        now = time.monotonic()
-        for pool in self.app.pool_list:
-            if pool.waiters:
-                for c in pool.expired_waiters(now):
-                    if c.worker is self:
-                        c.wait_timed_out()
-                    else:
-                        c.worker.loop.call_soon_threadsafe(c.wait_timed_out)
-        self.loop.call_later(WAIT_TICK, self._wait_tick)
-
-    def _retain_interval(self) -> float:
-        base = self.app.config.general.retain_connections_time / 1000.0
-        return max(0.05, base)
-
-    def _retain_tick(self) -> None:
-        """Close idle servers past idle_timeout or server_lifetime; keep min_pool_size warm."""
-        now = time.monotonic()
-        limit = self.app.config.general.retain_connections_max or 1 << 30
-        closed = 0
-        pools = list(self.app.pool_list)
-        random.shuffle(pools)
-        for pool in pools:
-            for s, why in pool.take_expired(self.id, now, limit - closed):
-                s.retire(why)
-                closed += 1
-            if self.id == 0:
-                self.ensure_min(pool)
-        self.loop.call_later(self._retain_interval(), self._retain_tick)
-
-    def ensure_min(self, pool: Pool) -> None:
-        if pool.min_pool_size <= 0:
-            return
-        if pool.passthrough and pool.scram_client_key is None and pool.server_secret and \
-                pool.server_secret.startswith("SCRAM-SHA-256$"):
-            return  # passthrough SCRAM cannot log in before a client has (no ClientKey yet)
-        while pool.total < pool.min_pool_size and pool.reserve_spawn():
-            self.spawn_server(pool)
 
     # ------------------------------------------------------------------ shutdown
     def close_all(self, reason: str) -> None:

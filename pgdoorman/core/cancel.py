@@ -14,12 +14,12 @@ import logging
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pgdoorman.protocol import messages as m
 
 if TYPE_CHECKING:
-    from pgdoorman.session.client import ClientConn
+    from pgdoorman.net.loop import Loop
 
 log = logging.getLogger("pgdoorman.cancel")
 
@@ -33,14 +33,28 @@ def fake_pid(n: int) -> int:
     return FAKE_PID_MIN + (n - FAKE_PID_MIN) % (_FAKE_PID_MAX - FAKE_PID_MIN)
 
 
+class _Owner(Protocol):
+    @property
+    def loop(self) -> Loop: ...
+
+
+class Cancellable(Protocol):
+    """A client as the registry sees it (ClientConn): a cancel request runs on its worker's loop."""
+
+    @property
+    def worker(self) -> _Owner: ...
+
+    def cancel_requested(self) -> None: ...
+
+
 class CancelRegistry:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.by_pid: dict[int, tuple[int, ClientConn]] = {}
+        self.by_pid: dict[int, tuple[int, Cancellable]] = {}
         self.next_pid = fake_pid(FAKE_PID_MIN + int.from_bytes(os.urandom(3), "big"))
         self.requests = 0
 
-    def register(self, client: ClientConn) -> tuple[int, int]:
+    def register(self, client: Cancellable) -> tuple[int, int]:
         """A new pooler-made key for `client`."""
         secret = int.from_bytes(os.urandom(4), "big", signed=True)
         with self.lock:
@@ -51,7 +65,7 @@ class CancelRegistry:
             self.by_pid[pid] = (secret, client)
         return pid, secret
 
-    def register_key(self, client: ClientConn, pid: int, secret: int) -> bool:
+    def register_key(self, client: Cancellable, pid: int, secret: int) -> bool:
         """Route cancel requests carrying a real server's key to `client`; False when another client of ours
         already has that PID (a server of another PostgreSQL with the same PID)."""
         with self.lock:
@@ -60,7 +74,7 @@ class CancelRegistry:
             self.by_pid[pid] = (secret, client)
             return True
 
-    def adopt(self, pid: int, secret: int, client: ClientConn) -> tuple[int, int]:
+    def adopt(self, pid: int, secret: int, client: Cancellable) -> tuple[int, int]:
         """Keep the key a client handed over by a binary upgrade already had; the key `client` has now. Only
         if that pid is taken (cannot happen with the upgrade's pid gap unless the counter wrapped) does it get
         a new one: its old key is then lost, and the caller says so."""
@@ -70,7 +84,7 @@ class CancelRegistry:
                 return pid, secret
         return self.register(client)
 
-    def unregister(self, pid: int, client: ClientConn | None = None) -> None:
+    def unregister(self, pid: int, client: Cancellable | None = None) -> None:
         with self.lock:
             entry = self.by_pid.get(pid)
             if entry is not None and (client is None or entry[1] is client):

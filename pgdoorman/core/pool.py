@@ -1,6 +1,8 @@
 """A (database, user) pool shared by every worker: the global cap, the FIFO of waiting clients and one
-idle LIFO per worker (shard). All decisions are taken under `lock`; the resulting actions (attach a
-server to a client, move a server to another worker's loop, open a new connection) run outside it.
+idle LIFO per worker (shard). All decisions are taken under `lock`; the methods return the resulting actions
+(a server to attach, (server, waiter) pairs to hand, whether to open a new connection) and the worker
+carries them out outside the lock (worker.py: Worker.checkout, hand, carry_out). The pool never calls
+up: it knows a client and a server only through the small protocols `Waiter` and `Pooled`.
 
 Invariant: a server is handed to a waiter exactly once, and no client waits while an idle server sits in
 any shard: every state change that could break that (a server becoming idle, a client starting to wait)
@@ -19,11 +21,6 @@ from pgdoorman.core.stats import Histogram
 
 if TYPE_CHECKING:
     import ssl
-
-    from pgdoorman.session.client import ClientConn
-    from pgdoorman.session.server import ServerConn
-    from pgdoorman.worker import Worker
-
 
 
 class ServerTlsLike(Protocol):
@@ -96,18 +93,54 @@ class PoolStats:
         return self.wait_hist.total
 
 
+class Shard(Protocol):
+    """The worker a waiter lives on, as the pool sees it: which idle list to serve it from."""
+
+    @property
+    def id(self) -> int: ...
+
+
+class Waiter(Protocol):
+    """A client as the pool sees it (ClientConn): queued while it waits; `waiting` turns False when it gets
+    a server or gives up, and the pool then skips it."""
+
+    waiting: bool
+    wait_start: float
+
+    @property
+    def worker(self) -> Shard: ...
+
+
+class Pooled(Protocol):
+    """A server as the pool sees it (ServerConn): parked idle, expired by age or idleness."""
+
+    idle_since: float
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def created(self) -> float: ...
+
+
+# What the worker must do after a state change: (server, waiter) pairs to hand over, and whether to open a
+# new server connection (its slot is already reserved).
+Pairs = list[tuple[Pooled, Waiter]]
+Actions = tuple[Pairs | None, bool]
+
+
 class Pool:
     def __init__(self, cfg: Config, pool_cfg: PoolConfig, user_cfg: UserConfig, nworkers: int,
                  live: PoolLive) -> None:
         self.lock = threading.Lock()
         self.database = pool_cfg.name
         self.username = user_cfg.username
-        self.idle: list[list[ServerConn]] = [[] for _ in range(nworkers)]
+        self.idle: list[list[Pooled]] = [[] for _ in range(nworkers)]
         self.stats = [PoolStats() for _ in range(nworkers)]
         self.n_idle = 0
         self.total = 0  # connected + connecting servers, counted against pool_size
         self.connecting = 0
-        self.waiters: deque[ClientConn] = deque()
+        self.waiters: deque[Waiter] = deque()
         self.paused = False
         self.epoch = 0  # RECONNECT bumps it: servers of an older epoch are closed when they come back
         # Learned from the first server connection and sent to every client at login.
@@ -156,25 +189,26 @@ class Pool:
         return f"{self.username}@{self.database}"
 
     # ------------------------------------------------------------------ checkout / release
-    def checkout(self, client: ClientConn, worker: Worker) -> ServerConn | None:
-        """Return a local idle server now, or queue the client (it gets one later through `attach`)."""
-        wid = worker.id
+    def checkout(self, client: Any, worker: Any) -> Any:
+        """Transitional, for session/ code not yet calling `Worker.checkout(pool, client)`: the pool does
+        not call up into the worker otherwise. Delete it once session/ calls the worker."""
+        return worker.checkout(self, client)
+
+    def acquire(self, client: Waiter, wid: int, now: float) -> Pooled | Actions | None:
+        """A local idle server now (the common case: nothing allocated), or queue the client: then None, or
+        the actions that the queueing calls for (idle servers elsewhere to hand, a server to open)."""
         with self.lock:
             if not self.waiters and not self.paused:
                 lst = self.idle[wid]
                 if lst:
                     self.n_idle -= 1
                     return lst.pop()
-            client.wait_start = worker.loop.now
+            client.wait_start = now
             client.waiting = True
             self.waiters.append(client)
             pairs = self._match_locked() if self.n_idle else None
             spawn = self._want_spawn_locked()
-        if pairs:
-            self._dispatch(pairs, worker)
-        if spawn:
-            worker.spawn_server(self)
-        return None
+        return (pairs, spawn) if pairs or spawn else None
 
     def _want_spawn_locked(self) -> bool:
         if self.paused:
@@ -194,8 +228,8 @@ class Pool:
                 return True
             return False
 
-    def _match_locked(self) -> list[tuple[ServerConn, ClientConn]]:
-        pairs: list[tuple[ServerConn, ClientConn]] = []
+    def _match_locked(self) -> Pairs:
+        pairs: Pairs = []
         if self.paused:
             return pairs
         waiters = self.waiters
@@ -210,47 +244,26 @@ class Pool:
             pairs.append((lst.pop(), c))
         return pairs
 
-    def _dispatch(self, pairs: list[tuple[ServerConn, ClientConn]], here: Worker) -> None:
-        for s, c in pairs:
-            self._hand(s, c, here)
-
-    @staticmethod
-    def _hand(s: ServerConn, c: ClientConn, here: Worker) -> None:
-        """Give server `s` to waiter `c`, from worker `here`: directly when both live here (the common case),
-        else through the loop of the worker that must act."""
-        owner = s.worker
-        if owner is here:
-            if c.worker is here:
-                c.attach_server(s)
-            else:
-                s.detach()
-                here.servers.discard(s)
-                c.worker.loop.call_soon_threadsafe(c.worker.adopt, s, c)
-        else:
-            owner.loop.call_soon_threadsafe(owner.hand_over, s, c)
-
-    def release(self, server: ServerConn, worker: Worker) -> None:
-        """A server became free in `worker` (its owner): give it to the oldest waiter or park it idle."""
+    def release(self, server: Pooled, wid: int, now: float) -> Waiter | None:
+        """A server became free in worker `wid` (its owner): the oldest waiter to hand it to, or None when
+        it was parked idle in that shard."""
         with self.lock:
-            c = None
             waiters = self.waiters
             if waiters and not self.paused:
                 c = waiters.popleft()
                 while not c.waiting and waiters:
                     c = waiters.popleft()
-                if not c.waiting:
-                    c = None
-            if c is None:
-                self.idle[worker.id].append(server)
-                self.n_idle += 1
-                server.idle_since = worker.loop.now
-                return
-        self._hand(server, c, worker)
+                if c.waiting:
+                    return c
+            self.idle[wid].append(server)
+            self.n_idle += 1
+            server.idle_since = now
+            return None
 
-    def take_idle(self, server: ServerConn, worker: Worker) -> bool:
-        """Remove a specific idle server from the worker's shard (it died or is being retired)."""
+    def take_idle(self, server: Pooled, wid: int) -> bool:
+        """Remove a specific idle server from shard `wid` (it died or is being retired)."""
         with self.lock:
-            lst = self.idle[worker.id]
+            lst = self.idle[wid]
             try:
                 lst.remove(server)
             except ValueError:
@@ -258,7 +271,7 @@ class Pool:
             self.n_idle -= 1
             return True
 
-    def drain_idle(self, wid: int, unless_waited_for: bool = False) -> list[ServerConn]:
+    def drain_idle(self, wid: int, unless_waited_for: bool = False) -> list[Pooled]:
         """Take every idle server out of shard `wid` (the pool is reconfigured, or a binary upgrade hands over;
         with `unless_waited_for`, none while clients wait): the caller retires them."""
         with self.lock:
@@ -270,11 +283,11 @@ class Pool:
             self.n_idle -= len(victims)
         return victims
 
-    def take_expired(self, wid: int, now: float, budget: int) -> list[tuple[ServerConn, str]]:
+    def take_expired(self, wid: int, now: float, budget: int) -> list[tuple[Pooled, str]]:
         """Take up to `budget` idle servers of shard `wid` past idle_timeout or server_lifetime out of the pool,
         never going below min_pool_size, with the reason for each; the caller retires them. +-20% jitter so
         servers opened together do not all expire together."""
-        out: list[tuple[ServerConn, str]] = []
+        out: list[tuple[Pooled, str]] = []
         with self.lock:
             lst = self.idle[wid]
             for s in list(lst):
@@ -290,22 +303,21 @@ class Pool:
                     out.append((s, why))
         return out
 
-    def server_gone(self, server: ServerConn, worker: Worker, was_connecting: bool = False) -> bool:
-        """A server closed (or failed to connect): free its slot; maybe start a replacement for waiters."""
+    def server_gone(self, was_connecting: bool = False) -> bool:
+        """A server closed (or failed to connect): free its slot. True: open a replacement for the waiters
+        (its slot is reserved)."""
         with self.lock:
             self.total -= 1
             if was_connecting:
                 self.connecting -= 1
-            spawn = self._want_spawn_locked() if not was_connecting else False
-        if spawn:
-            worker.spawn_server(self)
-        return spawn
+                return False
+            return self._want_spawn_locked()
 
-    def connected(self, server: ServerConn) -> None:
+    def connected(self, server: Pooled) -> None:
         with self.lock:
             self.connecting -= 1
 
-    def fail_first_waiter(self) -> ClientConn | None:
+    def fail_first_waiter(self) -> Waiter | None:
         with self.lock:
             while self.waiters:
                 c = self.waiters.popleft()
@@ -313,22 +325,23 @@ class Pool:
                     return c
         return None
 
-    def retry_for_waiters(self, worker: Worker) -> None:
+    def retry_for_waiters(self) -> bool:
+        """True: open a server for the waiters (its slot is reserved)."""
         with self.lock:
-            spawn = self._want_spawn_locked()
-        if spawn:
-            worker.spawn_server(self)
+            return self._want_spawn_locked()
 
-    def remove_waiter(self, client: ClientConn) -> None:
+    def remove_waiter(self, client: Waiter) -> None:
         with self.lock:
             try:
                 self.waiters.remove(client)
             except ValueError:
                 pass
 
-    def expired_waiters(self, now: float) -> list[ClientConn]:
+    def expired_waiters(self, now: float) -> list[Waiter]:
         """Pop waiters older than query_wait_timeout (the FIFO is ordered by wait start)."""
-        out: list[ClientConn] = []
+        out: list[Waiter] = []
+        if not self.waiters:  # read without the lock: a waiter queued meanwhile is checked next time
+            return out
         limit = now - self.query_wait_timeout
         with self.lock:
             w = self.waiters
@@ -338,15 +351,15 @@ class Pool:
                     out.append(c)
         return out
 
-    def set_paused(self, paused: bool, worker: Worker) -> None:
+    def set_paused(self, paused: bool) -> Actions | None:
+        """PAUSE or RESUME; on resume, the actions for the clients that waited meanwhile."""
         with self.lock:
             self.paused = paused
-            pairs = [] if paused else self._match_locked()
-            spawn = False if paused else self._want_spawn_locked()
-        if pairs:
-            self._dispatch(pairs, worker)
-        if spawn:
-            worker.spawn_server(self)
+            if paused:
+                return None
+            pairs = self._match_locked()
+            spawn = self._want_spawn_locked()
+        return (pairs, spawn) if pairs or spawn else None
 
     # ------------------------------------------------------------------ reporting
     def counts(self) -> dict[str, int]:

@@ -356,7 +356,7 @@ class Handoff:
         self.left[w.id] = busy
         self.ticks[w.id] += 1
         if self.ticks[w.id] % TRIM_EVERY == 0:
-            self._trim(w)
+            self.app.janitors[w.id].trim()  # idle servers nobody here needs: the new process has its own
         w.loop.call_later(TICK, self._tick, w)
 
     def _move(self, w: Worker, c: ClientConn) -> None:
@@ -385,12 +385,6 @@ class Handoff:
             self.inflight += 1
         self.q.put((-1, {"kind": "pool", "database": pool.database, "user": pool.username,
                          "scram_client_key": b64(key)}))
-
-    def _trim(self, w: Worker) -> None:
-        """Close this shard's idle servers of pools nobody here waits for: the new process has its own."""
-        for pool in self.app.pool_list:
-            for s in pool.drain_idle(w.id, unless_waited_for=True):
-                s.retire("binary upgrade: not needed by the old process")
 
     # -- sender thread
     def _send_loop(self) -> None:

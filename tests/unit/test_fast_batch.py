@@ -71,7 +71,7 @@ def linked() -> Iterator[tuple[ClientConn, ServerConn, socket.socket, socket.soc
     server.synced_key = ()
     server.attach(worker.loop)
     pool.total = 1
-    pool.release(server, worker)  # idle in the pool: the client's first bytes check it out
+    assert pool.release(server, worker.id, worker.loop.now) is None  # idle: the client's first bytes check it out
     try:
         yield client, server, c_peer, s_peer
     finally:

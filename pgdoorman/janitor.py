@@ -1,0 +1,102 @@
+"""Per-worker maintenance, the one home of the periodic and bulk work on a worker's shard of every pool:
+query_wait_timeout for waiters, idle_timeout and server_lifetime, min_pool_size, and closing idle servers.
+
+One Janitor per worker, driven by timers on that worker's loop (App.start_workers starts them) and by the
+App (RELOAD, RECONNECT: `close_idle`) and the binary upgrade (`trim`). It decides nothing a pool decides:
+the pool picks which servers expire or which waiters waited too long, under its lock; the janitor retires
+them on this worker's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from pgdoorman.core.pool import Pool
+    from pgdoorman.session.client import ClientConn
+    from pgdoorman.session.server import ServerConn
+    from pgdoorman.worker import Worker
+
+log = logging.getLogger("pgdoorman.janitor")
+
+# How often waiters are checked against query_wait_timeout (the error comes at most this late).
+WAIT_TICK = 0.1
+
+
+class Janitor:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def start(self) -> None:
+        """On the worker's loop (or before it runs): arm the two periodic checks."""
+        loop = self.worker.loop
+        loop.call_later(WAIT_TICK, self._wait_tick)
+        loop.call_later(self._retain_interval(), self._retain_tick)
+
+    def _wait_tick(self) -> None:
+        self.expire_waiters(time.monotonic())
+        self.worker.loop.call_later(WAIT_TICK, self._wait_tick)
+
+    def expire_waiters(self, now: float) -> int:
+        """Fail the clients (of any worker) that waited longer than query_wait_timeout; how many."""
+        w = self.worker
+        n = 0
+        for pool in w.app.pool_list:
+            for waiter in pool.expired_waiters(now):
+                c = cast("ClientConn", waiter)
+                if c.worker is w:
+                    c.wait_timed_out()
+                else:
+                    c.worker.loop.call_soon_threadsafe(c.wait_timed_out)
+                n += 1
+        return n
+
+    def _retain_interval(self) -> float:
+        base = self.worker.app.config.general.retain_connections_time / 1000.0
+        return max(0.05, base)
+
+    def _retain_tick(self) -> None:
+        self.retain(time.monotonic())
+        self.worker.loop.call_later(self._retain_interval(), self._retain_tick)
+
+    def retain(self, now: float) -> int:
+        """Close idle servers past idle_timeout or server_lifetime (at most retain_connections_max per
+        round, pools in random order); worker 0 also keeps min_pool_size warm. How many were closed."""
+        w = self.worker
+        limit = w.app.config.general.retain_connections_max or 1 << 30
+        closed = 0
+        pools = list(w.app.pool_list)
+        random.shuffle(pools)
+        for pool in pools:
+            for s, why in pool.take_expired(w.id, now, limit - closed):
+                cast("ServerConn", s).retire(why)
+                closed += 1
+            if w.id == 0:
+                self.ensure_min(pool)
+        return closed
+
+    def ensure_min(self, pool: Pool) -> None:
+        if pool.min_pool_size <= 0:
+            return
+        if pool.passthrough and pool.scram_client_key is None and pool.server_secret and \
+                pool.server_secret.startswith("SCRAM-SHA-256$"):
+            return  # passthrough SCRAM cannot log in before a client has (no ClientKey yet)
+        while pool.total < pool.min_pool_size and pool.reserve_spawn():
+            self.worker.spawn_server(pool)
+
+    def close_idle(self, pool: Pool, reason: str = "pool reconfigured", unless_waited_for: bool = False) -> int:
+        """Close this shard's idle servers of `pool` (RELOAD changed its target, RECONNECT, a removed pool;
+        with `unless_waited_for`, none while clients wait for it); how many."""
+        victims = pool.drain_idle(self.worker.id, unless_waited_for)
+        for s in victims:
+            cast("ServerConn", s).retire(reason)
+        return len(victims)
+
+    def trim(self) -> None:
+        """Binary upgrade: close this shard's idle servers of pools nobody here waits for; the new process
+        has its own."""
+        for pool in self.worker.app.pool_list:
+            self.close_idle(pool, "binary upgrade: not needed by the old process", unless_waited_for=True)
