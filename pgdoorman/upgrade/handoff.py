@@ -70,47 +70,6 @@ def upgrade_command() -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ client state
-def movable(c: ClientConn) -> bool:
-    """A client can move when it is logged in, holds no server, waits for none, and nothing of it is
-    buffered here: not a byte withheld or half-scanned, no response owed, nothing unsent. (Bytes it already
-    sent that sit in the kernel's socket buffer move with the socket.)"""
-    from pgdoorman.session.client import READY
-
-    return (
-        c.state == READY and not c.closed and c.server is None and not c.waiting and not c.terminating
-        and c.expect <= 0 and not c.unsynced and c.last_status == 73 and not c.pending and not c.inbuf
-        and not c.out and not c.read_paused and not c.scanner.mid_message and not c.rq and not c.raw
-        and not c.tls  # a TLS session cannot be handed to another process: it stays here until it leaves
-    )
-
-
-def client_state(c: ClientConn) -> dict[str, Any]:
-    """Everything the new process needs to keep serving `c` as if nothing happened: who it is, the settings
-    it asked for (replayed on whichever server it gets next), its cancel key, its counters and its prepared
-    statements (the pool-owned names are re-resolved in the new process's cache)."""
-    st: dict[str, Any] = {
-        "kind": "client",
-        "addr": c.addr,
-        "is_unix": c.is_unix,
-        "user": c.user,
-        "database": c.database,
-        "startup": c.startup,
-        "application_name": c.application_name,
-        "want": [[k, v] for k, v in c.want.items()],
-        "pid": c.pid,
-        "secret": c.secret,
-        "connect_time": c.connect_time,
-        "query_count": c.query_count,
-        "xact_count": c.xact_count,
-        "error_count": c.error_count,
-        "ps": bool(c.ps),
-        "planner_sig": list(c.planner_sig),
-        "named": [[b64(name), b64(s.query), b64(s.key[1])] for name, s in c.named.items()],
-        "unnamed": None if c.unnamed is None else [b64(c.unnamed.query), b64(c.unnamed.key[1])],
-    }
-    return st
-
-
 # ------------------------------------------------------------------------------------------ old process
 def _listener_fds(app: App) -> list[tuple[str, int]]:
     return [("unix" if lst.is_unix else "tcp", lst.sock.fileno()) for w in app.workers for lst in w.listeners]
@@ -349,7 +308,7 @@ class Handoff:
         for c in list(w.clients):
             if c.closed or c.state == ADMIN:
                 continue  # admin sessions stay until the end
-            if movable(c):
+            if c.movable:
                 self._move(w, c)
             else:
                 busy += 1
@@ -361,7 +320,7 @@ class Handoff:
 
     def _move(self, w: Worker, c: ClientConn) -> None:
         try:
-            st = client_state(c)
+            st = c.export_state()
             fd = os.dup(c.sock.fileno())
         except OSError as e:
             log.warning("binary upgrade: cannot hand over client %s yet: %s", c.addr, e)

@@ -80,10 +80,10 @@ def _take_pool_key(app: App, rec: dict[str, Any]) -> None:
 
 
 def restore_client(app: App, w: Worker, fd: int, st: dict[str, Any]) -> None:
-    """On `w`'s thread: rebuild a ClientConn from a handed-over socket and its state, ready for its next
-    query. Used by the new process, and by the old one to take a client back if the handover fails."""
-    from pgdoorman.core import prepared as ps
-    from pgdoorman.session.client import READY, ClientConn
+    """On `w`'s thread: rebuild a ClientConn from a handed-over socket and its state (ClientConn.restore),
+    ready for its next query. Used by the new process, and by the old one to take a client back if the
+    handover fails."""
+    from pgdoorman.session.client import ClientConn
 
     try:
         sock = socket.socket(fileno=fd)
@@ -97,48 +97,4 @@ def restore_client(app: App, w: Worker, fd: int, st: dict[str, Any]) -> None:
     with app.count_lock:
         # Admitted once already: max_connections does not apply again.
         app.n_clients += 1
-    c = ClientConn(sock, w, str(st["addr"]), bool(st["is_unix"]))
-    c.login_timer.cancel()
-    c.user = str(st["user"])
-    c.database = str(st["database"])
-    c.startup = {str(k): str(v) for k, v in st["startup"].items()}
-    c.application_name = str(st["application_name"])
-    c.connect_time = float(st["connect_time"])
-    c.query_count = int(st["query_count"])
-    c.xact_count = int(st["xact_count"])
-    c.error_count = int(st["error_count"])
-    w.clients.add(c)
-    pool = app.pools.get((c.database, c.user))
-    if pool is None:
-        c.state = READY
-        c.fatal("3D000", f'pool for user "{c.user}" and database "{c.database}" no longer exists after the '
-                         "binary upgrade")
-        return
-    c.pool = pool
-    c.transaction_mode = pool.transaction_mode
-    c.want = {str(k): str(v) for k, v in st["want"]}
-    c.want_key = tuple(c.want.items())
-    c.last_status = 73
-    c.ps = c.transaction_mode and app.config.general.prepared_statements
-    if c.ps:
-        c.use_ps_scanner()
-        if st.get("ps"):
-            c.planner_sig = tuple(str(x) for x in st["planner_sig"])
-        else:
-            c.planner_sig = tuple(c.want.get(k, "") for k in ps.PLANNER_PARAMS)
-        cache = pool.ps_cache
-        for name, q, types in st.get("named") or []:
-            c.named[unb64(name)] = cache.get(unb64(q), unb64(types), c.planner_sig)
-        un = st.get("unnamed")
-        if un:
-            c.unnamed = cache.get(unb64(un[0]), unb64(un[1]), c.planner_sig)
-    elif st.get("named"):
-        log.warning("client %s (%s@%s) had %d prepared statement(s); prepared_statements is off now: they are "
-                    "gone", c.addr, c.user, c.database, len(st["named"]))
-    c.state = READY
-    pid = int(st["pid"])
-    c.pid, c.secret = app.cancels.adopt(pid, int(st["secret"]), c)
-    if c.pid != pid:
-        log.warning("client %s: cancel key %d already in use after the handover; its cancel requests will be "
-                    "ignored", c.addr, pid)
-    c._apply_mask()
+    w.clients.add(ClientConn.restore(w, sock, st))

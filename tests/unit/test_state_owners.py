@@ -25,7 +25,7 @@ def test_only_server_module_assigns_server_state() -> None:
             for t in targets:
                 if isinstance(t, ast.Attribute) and t.attr == "state" and not (
                         isinstance(t.value, ast.Name) and t.value.id == "self"):
-                    # The one foreign assignment left is a client's own state in the binary upgrade's restore.
+                    # The one foreign assignment left is ClientConn.restore setting the new client's state.
                     if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id == "READY":
                         continue
                     offenders.append(f"{path.relative_to(PKG.parent)}:{node.lineno}")
@@ -42,3 +42,14 @@ def test_only_pool_module_touches_idle_lists_and_waiters() -> None:
                     isinstance(node.value, ast.Name) and node.value.id == "self"):
                 offenders.append(f"{path.relative_to(PKG.parent)}:{node.lineno} .{node.attr}")
     assert offenders == []
+
+
+def test_connections_keep_slots_through_their_parts() -> None:
+    """ClientConn is assembled from parts in several files (client_base, rewrite, fastpath, login): each
+    must declare __slots__, or every connection would carry a __dict__ again."""
+    from pgdoorman.session.client import ClientConn
+    from pgdoorman.session.server import ServerConn
+
+    for cls in (ClientConn, ServerConn):
+        assert cls.__dictoffset__ == 0, cls
+        assert all("__slots__" in vars(k) for k in cls.__mro__ if k is not object), cls.__mro__

@@ -1,0 +1,413 @@
+"""The bottom part of a client connection: its state, its link to a server (checkout, parameter sync, the
+end of a request, cancel, wait timeouts) and its close. The other parts of ClientConn subclass it, one
+file each: rewrite.py, fastpath.py, login.py, and client.py on top."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, cast
+
+from pgdoorman.core import prepared as ps
+from pgdoorman.core.cancel import send_cancel
+from pgdoorman.core.params import TRACKED_PARAMS
+from pgdoorman.net.conn import Conn
+from pgdoorman.net.loop import RECV_BUFFER_SIZE
+from pgdoorman.net.tls import TLS_READ_MIN
+from pgdoorman.protocol import auth
+from pgdoorman.protocol import messages as m
+from pgdoorman.protocol.framing import Scanner
+from pgdoorman.session.states import (
+    CLIENT_TABLE,
+    READY,
+    STARTUP,
+)
+
+if TYPE_CHECKING:
+    from pgdoorman.core.pool import Pool
+    from pgdoorman.session.client import ClientConn
+    from pgdoorman.session.server import ServerConn
+    from pgdoorman.worker import Worker
+
+log = logging.getLogger("pgdoorman.client")
+
+_unpack = m.U32.unpack_from
+assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls
+
+
+class _NoRequests(deque[tuple[int, Any]]):
+    """The queue of a client not in prepared-statement mode: always empty, and loud if anything is queued."""
+
+    def append(self, _: tuple[int, Any]) -> None:
+        raise RuntimeError("response queued outside prepared-statement mode")
+
+    appendleft = append
+
+    def extend(self, _: Any) -> None:
+        raise RuntimeError("response queued outside prepared-statement mode")
+
+    extendleft = extend
+
+
+NO_REQUESTS = _NoRequests()
+
+
+def _first_request_end(buf: bytearray) -> int | None:
+    """The length of the first request in `buf` (whole messages through the first Query, Sync or
+    FunctionCall: what one ReadyForQuery answers), or None if it is not all there."""
+    pos = 0
+    n = len(buf)
+    while pos + 5 <= n:
+        t = buf[pos]
+        end = pos + 1 + _unpack(buf, pos + 1)[0]
+        if end > n:
+            return None
+        if t == 81 or t == 83 or t == 70:
+            return int(end)
+        pos = end
+    return None
+
+
+
+
+class ClientBase(Conn):
+    """The state of one client connection and its link to a server: what every part of ClientConn reads."""
+
+    __slots__ = (
+        "worker", "app", "state", "inbuf", "pool", "server", "user", "database", "startup", "settings", "want",
+        "want_key", "expect", "unsynced", "transaction_mode", "waiting", "wait_start", "pending",
+        "scanner", "terminating", "pid", "secret", "md5_salt", "scram", "stored", "addr", "connect_time",
+        "query_count", "xact_count", "error_count", "login_timer", "admin", "application_name", "is_unix",
+        "last_status", "xact_start", "query_start", "ps", "named", "unnamed", "rq", "raw",
+        "planner_sig", "last_parse", "named_parse", "copy_window", "copy_syncs", "in_copy_in",
+        "synth_head", "fast_bind", "fast_redo", "held_error", "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
+    )
+
+    def __init__(self, sock: socket.socket, worker: Worker, addr: str, is_unix: bool = False) -> None:
+        super().__init__(sock, worker.loop)
+        self.worker = worker
+        self.app = worker.app
+        self.addr = addr
+        self.is_unix = is_unix
+        self.state = STARTUP
+        self.inbuf = bytearray()
+        self.pool: Pool | None = None
+        self.server: ServerConn | None = None
+        self.user = ""
+        self.database = ""
+        self.startup: dict[str, str] = {}
+        self.settings: dict[str, str] = {}  # the settings the startup packet asks for (params.startup_settings)
+        self.want: dict[str, str] = {}
+        self.want_key: tuple[tuple[str, str], ...] = ()
+        self.expect = 0
+        self.unsynced = False
+        self.transaction_mode = True
+        self.waiting = False
+        self.wait_start = 0.0
+        self.pending = bytearray()
+        self.scanner = Scanner(CLIENT_TABLE, on_header=self._on_header, on_message=self._on_message)
+        self.terminating = False
+        self.pid = 0
+        self.secret = 0
+        self.md5_salt = b""
+        self.scram: auth.ScramServer | None = None
+        self.stored = ""
+        self.connect_time = time.time()
+        self.query_count = 0
+        self.xact_count = 0
+        self.error_count = 0
+        self.admin: Any = None
+        self.application_name = ""
+        self.last_status = 73
+        self.xact_start = 0.0
+        self.query_start = 0.0
+        self.ps = False  # transparent prepared statements active (transaction mode)
+        self.named: dict[bytes, ps.Statement] = {}
+        self.unnamed: ps.Statement | None = None
+        # The expected-response queue of prepared-statement mode, made at login (760 bytes each: most refused
+        # connections never get that far, and session-mode clients never use it).
+        self.rq: deque[tuple[int, Any]] = NO_REQUESTS
+        self.raw = bytearray()  # received but not yet scanned (waiting for a server, prepared mode)
+        self.planner_sig: tuple[str, ...] = ()
+        self.last_parse: tuple[bytes, bytes, ps.Statement] | None = None
+        self.named_parse = False  # a named Parse was forwarded untouched (prepared_statements off)
+        # COPY FROM STDIN bookkeeping (see copy_in_started)
+        self.copy_window = False  # since the last Execute/Query, no CopyDone/CopyFail yet
+        self.copy_syncs = 0  # Syncs counted in that window
+        self.in_copy_in = False  # PostgreSQL is in COPY IN for us: it ignores Sync
+        # Batch fast path (see _fast_batch): a synthetic ParseComplete to put in front of the server's next
+        # bytes, and the Bind's (statement, client name) for error rewriting until its ReadyForQuery.
+        self.synth_head: bytes | None = None
+        self.fast_bind: tuple[ps.Statement, bytes] | None = None
+        # When that batch's Parse was skipped: the client's Bind body, the two NULs around the statement name
+        # in it and the batch as sent, to send it again under a fresh statement if the cached plan went stale
+        # (0A000 "cached plan must not change result type", held in held_error until ReadyForQuery).
+        self.fast_redo: tuple[bytes, int, int, bytes] | None = None
+        self.held_error: bytes | None = None
+        self.tls = False  # the client's socket is an ssl.SSLSocket (handshake done)
+        self.handshaking = False  # wrapped after SSLRequest, handshake not finished yet
+        # Transaction mode: what this client sent may leave temp objects or advisory locks on its server (see
+        # leaks.py; the worker turns it into a cleanup when the server comes back), and the last bytes read,
+        # lower-cased, for a keyword split between two reads.
+        self.leaves = False
+        self.scan_tail = b""
+        self.copy_confused = False  # see copy_in_started
+        self.login_timer = worker.loop.call_later(60.0, self._login_timeout)
+
+    # Implemented by the parts above this one (client.py, login.py); declared here for the parts below.
+    def _on_header(self, t: int, ln: int) -> None:
+        raise NotImplementedError
+
+    def _on_message(self, t: int, body: memoryview) -> bytes | None:
+        raise NotImplementedError
+
+    def _consume(self, view: memoryview, n: int) -> None:
+        raise NotImplementedError
+
+    def _server_ready(self) -> None:
+        raise NotImplementedError
+
+    def _login_timeout(self) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<client {self.user}@{self.database} {self.addr}>"
+
+    # ------------------------------------------------------------------ errors
+    def fatal(self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None) -> None:
+        """Send a FATAL ErrorResponse and close."""
+        if not self.closed:
+            self.write(m.error_response(sqlstate, message, "FATAL", detail, hint))
+            self.close(f"{sqlstate}: {message}")
+
+    def _mark_query(self) -> None:
+        if self.query_start == 0.0:
+            self.query_start = self.xact_start or self.loop.now
+            if self.xact_start == 0.0:
+                self.xact_start = self.query_start
+
+    def copy_in_started(self) -> None:
+        """PostgreSQL answered CopyInResponse. Until the client's CopyDone/CopyFail it ignores Sync and Flush,
+        so Syncs the client sent after the Execute (tokio-postgres sends Bind, Execute, Sync, then the data)
+        will get no ReadyForQuery: stop expecting one for them."""
+        n = self.copy_syncs
+        rq = self.rq
+        pipelined = any(e[0] != ps.SYNC for e in list(rq)[1:]) if rq else self.expect > 1 + n
+        if pipelined or not self.copy_window:
+            # The client sent more than data behind the message that started this COPY before PostgreSQL
+            # answered it (other requests, or the CopyDone already): which of its Syncs PostgreSQL ignores
+            # cannot be told from the counters. This client keeps the server until it leaves, and the server
+            # is closed then, so that no answer of its can reach another client.
+            self.copy_confused = True
+        self.copy_syncs = 0
+        self.in_copy_in = self.copy_window
+        self.fast_bind = None  # its Bind succeeded, and its Sync will get no ReadyForQuery (counted below)
+        self.fast_redo = None
+        if not n:
+            return
+        self.expect -= n
+        if rq:
+            keep = [rq.popleft()]  # the Execute being answered
+            while rq and n:
+                e = rq.popleft()
+                if e[0] == ps.SYNC:
+                    n -= 1
+                else:
+                    keep.append(e)
+            rq.extendleft(reversed(keep))
+
+    # ------------------------------------------------------------------ server side events
+    def on_ready(self, status: int) -> None:
+        """ReadyForQuery relayed from the linked server: account the query and maybe the transaction."""
+        self.last_status = status
+        pool = self.pool
+        if pool is None:
+            return
+        st = pool.stats[self.worker.id]
+        now = self.loop.now
+        qs = self.query_start
+        if qs:
+            st.query_hist.record(int((now - qs) * 1e6))
+            self.query_start = now if self.expect > 0 else 0.0
+        if status == 73 and self.expect <= 0:
+            self.xact_count += 1
+            start = self.xact_start
+            if start:
+                st.xact_hist.record(int((now - start) * 1e6))
+                self.xact_start = 0.0
+
+    def on_server_error(self, body: memoryview) -> None:
+        self.error_count += 1
+        pool = self.pool
+        if pool is not None:
+            st = pool.stats[self.worker.id]
+            st.errors += 1
+            code = m.parse_fields(body).get("C", "XX000")[:2]
+            st.errors_by_class[code] = st.errors_by_class.get(code, 0) + 1
+
+    def param_changed(self, k: str, v: str) -> None:
+        """The client changed a reported setting (SET): remember it for the next server it gets."""
+        if k in self.want or k in TRACKED_PARAMS:
+            self.want[k] = v
+            self.want_key = tuple(self.want.items())
+            if self.server is not None:
+                self.server.synced_key = self.want_key
+
+    def param_synced(self, k: str, v: str) -> None:
+        """PostgreSQL's normalised form of a value we set for this client (e.g. 'ISO' -> 'ISO, MDY')."""
+        if k in self.want and self.want[k] != v:
+            self.want[k] = v
+            self.want_key = tuple(self.want.items())
+
+    # ------------------------------------------------------------------ pool interaction
+    def need_server(self) -> None:
+        pool = self.pool
+        assert pool is not None
+        s = pool.checkout(cast("ClientConn", self), self.worker)
+        if s is not None:
+            self.attach_server(s)
+        else:
+            self.waiting = True
+
+    def attach_server(self, s: ServerConn) -> None:
+        """Link a server (already registered on this worker's loop) to this client."""
+        if self.waiting:
+            self.waiting = False
+            pool = self.pool
+            if pool is not None:
+                waited = int((self.loop.now - self.wait_start) * 1e6)
+                st = pool.stats[self.worker.id]
+                st.wait_hist.record(waited)
+                if waited > st.max_wait_us:
+                    st.max_wait_us = waited
+        if self.closed:
+            self.worker.release_server(s, client_gone=True)
+            return
+        if self._link(s):
+            self._server_ready()
+
+    def _link(self, s: ServerConn) -> bool:
+        """Make `s` this client's server; False while a parameter sync runs first (then _synced follows)."""
+        self.server = s
+        s.link(cast("ClientConn", self))
+        if s.ps_on:
+            s.set_ps_mode(False)  # switched on by _track() when extended-protocol entries are in flight
+        if s.synced_key != self.want_key:
+            queries = s.sync_queries(self.want)
+            if queries:
+                s.run_internal(queries, self._synced)
+                return False
+            s.synced_key = self.want_key
+        return True
+
+    def _synced(self, ok: bool) -> None:
+        s = self.server
+        if s is None:
+            return
+        if not ok:
+            err = s.internal_error or {}
+            s.sync_failed()
+            self.server = None
+            s.client = None
+            self.worker.release_server(s, client_gone=True)
+            # As PostgreSQL refuses a startup packet with a bad setting: its own error, as FATAL.
+            self.fatal(err.get("C", "22023"), err.get("M") or "could not apply connection parameters",
+                       err.get("D"), err.get("H"))
+            return
+        s.synced_key = self.want_key
+        self._server_ready()
+
+    def _server_done(self, s: ServerConn) -> bool:
+        """Transaction mode, `s` is this client's and idle, everything sent to it was answered (no response is
+        due, none queued) and on a message boundary: it may go back to the pool now. (A ReadyForQuery that
+        ends the work is handled by the server's relay, which sets release_pending.)"""
+        return (self.transaction_mode and self.server is s and s.state == 3 and s.txn_status == 73
+                and self.expect <= 0 and not self.unsynced and not self.rq and not s.release_pending
+                and not self.scanner.mid_message)
+
+    # ------------------------------------------------------------------ cancel requests
+    def cancel_requested(self) -> None:
+        """A CancelRequest with this client's key (on this client's loop): cancel what it is doing now, as
+        PostgreSQL would. A request still waiting for a server is answered here with 57014 and never reaches
+        one; a running one is cancelled on its server, which is then closed instead of reused."""
+        if self.closed or self.state != READY:
+            return
+        s = self.server
+        if self.waiting or (s is not None and s.state == 4):  # waiting, or its server runs our sync first
+            self._cancel_held()
+            return
+        if s is None or s.closed or not s.pid:
+            log.debug("cancel request for %r: no query running", self)
+            return
+        s.cancelled = True
+        send_cancel(s.addr, s.pid, s.secret)
+
+    def _cancel_held(self) -> None:
+        """Answer the oldest request held for a server with PostgreSQL's cancel error and drop its bytes; stop
+        waiting when nothing else is held. A request not wholly received yet cannot be cut out: then the
+        cancel is ignored, as PostgreSQL ignores one that arrives before the query."""
+        held = self.raw if self.ps else self.pending
+        end = _first_request_end(held)
+        if end is None:
+            log.debug("cancel request for %r: no whole request held", self)
+            return
+        del held[:end]
+        if not self.ps:
+            self.expect -= 1  # counted when it was scanned
+            if not held:
+                self.unsynced = False
+        self.query_start = 0.0
+        self.xact_start = 0.0
+        self.write(m.error_response("57014", "canceling statement due to user request") + m.RFQ_IDLE)
+        if held or self.raw or self.pending:
+            return
+        s = self.server
+        if self.waiting:
+            self.waiting = False
+            pool = self.pool
+            if pool is not None:
+                pool.remove_waiter(cast("ClientConn", self))
+        elif s is not None:
+            s.cancelled = False  # nothing of ours ran there
+        if self.read_paused and not self.closed:
+            self.resume_reading()
+
+    def wait_timed_out(self) -> None:
+        if not self.waiting or self.closed:
+            return
+        self.waiting = False
+        pool = self.pool
+        name = pool.name if pool else "?"
+        paused = " (pool is paused)" if pool is not None and pool.paused else ""
+        self.fatal(
+            "53300",
+            f"could not get a database connection from the pool {name} within query_wait_timeout{paused}",
+        )
+
+    def server_failed(self, error: bytes | None) -> None:
+        """A server this client waited for (or was linked to) is gone: tell the client, then close."""
+        if self.closed:
+            return
+        self.waiting = False
+        if error:
+            self.write(error)
+            self.close("server connection failed")
+        else:
+            self.fatal("08006", "server closed the connection unexpectedly")
+
+    # ------------------------------------------------------------------ teardown
+    def on_backlog(self) -> None:
+        s = self.server
+        if s is not None:
+            s.pause_reading()
+
+    def on_drained(self) -> None:
+        s = self.server
+        if s is not None and s.read_paused and not s.closed:
+            s.resume_reading()
+
+    def on_close(self, reason: str) -> None:
+        self.login_timer.cancel()
+        self.worker.client_closed(cast("ClientConn", self), reason)

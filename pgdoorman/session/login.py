@@ -1,0 +1,424 @@
+"""A client's login, before any query: TLS, the startup packet, pg_hba, authentication (md5, SCRAM, clear
+text checked by PAM or as a JWT) and the settings sync that ends it with ReadyForQuery.
+
+`ClientLogin` is a part of `ClientConn` kept in its own file ;
+`ClientConn` owns the socket and the relay that follows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import ssl
+import struct
+from typing import TYPE_CHECKING, cast
+
+from pgdoorman import hba, jwt_auth, pam_auth
+from pgdoorman.core import prepared as ps
+from pgdoorman.core.params import READ_ONLY, OptionsError, known_spelling, startup_settings
+from pgdoorman.net.tls import TLS_READ_MIN, ssl_reason
+from pgdoorman.protocol import auth
+from pgdoorman.protocol import messages as m
+from pgdoorman.session.fastpath import FastPaths
+from pgdoorman.session.states import (
+    ADMIN,
+    AUTH_CLEARTEXT,
+    AUTH_MD5,
+    AUTH_SASL,
+    AUTH_SASL_FINAL,
+    AUTH_WAIT,
+    CLIENT_SESSION_TABLE,
+    LOGIN_WAIT,
+    READY,
+    STARTUP,
+)
+
+if TYPE_CHECKING:
+    from pgdoorman.session.server import ServerConn
+
+if TYPE_CHECKING:
+    from pgdoorman.session.client import ClientConn
+
+log = logging.getLogger("pgdoorman.client")
+
+_SALT = struct.Struct("!I")
+# Fake SCRAM salt for unknown users: derived from a per-process key so repeated attempts look stable.
+_FAKE_KEY = os.urandom(32)
+
+
+
+class ClientLogin(FastPaths):
+    __slots__ = ()
+
+    def _login_timeout(self) -> None:
+        if self.state < READY:
+            self.fatal("08P01", "authentication timeout")
+
+    # ------------------------------------------------------------------ TLS
+    def _start_tls(self) -> None:
+        """SSLRequest accepted: answer 'S' on the plain socket, then wrap it and wait for the ClientHello.
+
+        After the handshake the socket is read as any other: every read asks for at least a whole TLS
+        record's plaintext (TLS_READ_MIN), so OpenSSL never keeps decrypted bytes that epoll
+        cannot see, and records not yet read stay in the kernel, where level-triggered epoll reports them."""
+        ctx = self.app.client_tls.context
+        assert ctx is not None
+        try:
+            # Nothing was sent to this client yet, so the one byte goes out at once or the client is gone.
+            if self.sock.send(b"S") != 1:
+                raise OSError("could not send the SSLRequest answer")
+            self.detach()
+            self.sock = ctx.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as e:
+            self.close(f"TLS setup failed: {e}")
+            return
+        self.handshaking = True
+        self._apply_mask()
+
+    def _tls_handshake(self) -> None:
+        try:
+            if not self.tls_handshake_step():
+                return
+        except (ssl.SSLError, OSError) as e:
+            self.app.count_rejection("tls_handshake_fail")
+            reason = ssl_reason(e)
+            log.info("client %s: TLS handshake failed: %s", self.addr, reason)
+            self.close(f"TLS handshake failed: {reason}")
+            return
+        self.handshaking = False
+        self.tls = True
+        self.app.count_tls()
+        self._apply_mask()  # back to read interest only
+
+    # ------------------------------------------------------------------ login
+    def _login_read(self) -> None:
+        if self.handshaking:
+            self._tls_handshake()
+            return
+        data = self.recv_or_close(TLS_READ_MIN, "client disconnected during login")
+        if data is None:
+            return
+        buf = self.inbuf
+        buf += data
+        try:
+            while buf and not self.closed:
+                if self.state == STARTUP:
+                    if len(buf) < 4:
+                        return
+                    (ln,) = m.I32.unpack_from(buf, 0)
+                    if ln < m.MIN_STARTUP_LEN or ln > m.MAX_STARTUP_LEN:
+                        raise m.ProtocolViolation("invalid length of startup packet")
+                    if len(buf) < ln:
+                        return
+                    body = bytes(buf[4:ln])
+                    del buf[:ln]
+                    self._startup(body)
+                elif self.state in (AUTH_MD5, AUTH_SASL, AUTH_SASL_FINAL, AUTH_CLEARTEXT):
+                    if len(buf) < 5:
+                        return
+                    (ln,) = m.U32.unpack_from(buf, 1)
+                    if buf[0] != 112 or ln < 4 or ln > 65536:  # 'p'
+                        raise m.ProtocolViolation("expected a password message")
+                    if len(buf) < ln + 1:
+                        return
+                    body = bytes(buf[5 : ln + 1])
+                    del buf[: ln + 1]
+                    self._password(body)
+                else:
+                    # Pipelined messages after login (sent before ReadyForQuery): keep for the relay.
+                    self.raw += buf
+                    buf.clear()
+                    return
+        except m.ProtocolViolation as e:
+            self.app.count_rejection("invalid_startup" if self.state == STARTUP else "protocol_error")
+            self.fatal("08P01", str(e))
+
+    def _startup(self, body: bytes) -> None:
+        code, params = m.parse_startup(body)
+        if code == m.SSL_REQUEST or code == m.GSSENC_REQUEST:
+            if self.inbuf:
+                raise m.ProtocolViolation("unexpected data after encryption request")
+            if code == m.SSL_REQUEST and not self.tls and not self.is_unix and self.app.client_tls.context is not None:
+                self._start_tls()
+                return
+            self.write(b"N")  # as PostgreSQL on a Unix socket, or with TLS off (or asked twice)
+            return
+        if code == m.CANCEL_REQUEST:
+            self.app.cancels.cancel(int(params["pid"]), int(params["secret"]))
+            self.close("cancel request")
+            return
+        if not self.tls and not self.is_unix and self.app.client_tls.required:
+            self.app.count_rejection("tls_required")
+            self.fatal("28000", "SSL required", f"tls_mode is {self.app.client_tls.mode!r}: TCP clients must use TLS")
+            return
+        user = params.get("user", "")
+        if not user:
+            self.fatal("28000", "no PostgreSQL user name specified in startup packet")
+            return
+        self.user = user
+        self.database = params.get("database") or user
+        self.startup = params
+        try:
+            self.settings = startup_settings(params)
+        except OptionsError as e:
+            self.fatal("42601", str(e))
+            return
+        self.application_name = self.settings.get("application_name", "")
+        if "replication" in params and params["replication"].lower() not in ("false", "0", "off", "no"):
+            self.fatal("08P01", "replication connections are not supported by pgdoorman")
+            return
+        app = self.app
+        if self.database in ("pgdoorman", "pgbouncer"):
+            self.stored = app.config.general.admin_password if user == app.config.general.admin_username else ""
+            self.admin = True
+        else:
+            pool_cfg = app.config.pools.get(self.database)
+            if pool_cfg is None:
+                self.fatal("3D000", f'no such database: "{self.database}"')
+                return
+            self.pool = app.pools.get((self.database, user))
+            self.stored = self.pool.user_cfg.password if self.pool is not None else ""
+        method = self._access_method()
+        if method is None:
+            return
+        if method == "trust":
+            log.info("client %s: %s@%s let in by a pg_hba trust rule", self.addr, user, self.database)
+            self._authenticated()
+            return
+        self._begin_auth(force_md5=method == "md5")
+
+    def _access_method(self) -> str | None:
+        """general.hba / general.pg_hba for this connection: None if refused (the client was told), else
+        "trust", "md5" or "scram" ("scram" also when no rules are configured: the stored password decides)."""
+        app = self.app
+        ip = None if self.is_unix else self.addr.rsplit(":", 1)[0]
+        if app.hba_networks and not self.is_unix and not hba.allowed_by_networks(app.hba_networks, ip):
+            self._hba_refuse(f'no hba entry for host "{ip}"')
+            return None
+        rules = app.hba_rules
+        if rules is None:
+            return "scram"
+        stored = self.stored
+        pool = self.pool
+        known = self.user == app.config.general.admin_username if self.admin else pool is not None
+        if not known:
+            kind = "scram"  # an unknown user is read as a SCRAM user: that is the exchange it will get
+        elif pool is not None and pool.cleartext_login:
+            kind = "plain"  # JWT and PAM users answer with a clear-text password
+        else:
+            kind = "scram" if auth.is_scram_verifier(stored) else "md5" if auth.is_md5_hash(stored) else "plain"
+        verdict = hba.choose(rules, kind, self.is_unix, self.tls, ip, self.database, self.user)
+        if verdict == "trust" and not known:
+            verdict = "scram"  # an unknown user: the usual exchange that can only fail says nothing more
+        if verdict in ("scram", "md5", "trust"):
+            return verdict
+        where = "local connection" if self.is_unix else f'host "{ip}"'
+        enc = "" if self.is_unix else (", SSL encryption" if self.tls else ", no encryption")
+        if verdict == "reject":
+            self._hba_refuse(f'pg_hba.conf rejects connection for {where}, user "{self.user}", '
+                             f'database "{self.database}"{enc}')
+        else:
+            self._hba_refuse(f'no pg_hba.conf entry for {where}, user "{self.user}", database "{self.database}"{enc}')
+        return None
+
+    def _hba_refuse(self, message: str) -> None:
+        self.app.count_rejection("hba")
+        log.info("client %s refused: %s", self.addr, message)
+        self.fatal("28000", message)
+
+    def _begin_auth(self, force_md5: bool = False) -> None:
+        """SCRAM, or md5 for an md5-hash password (or a plain-text one when pg_hba chose md5), or a clear-text
+        password for a JWT user (the token)."""
+        stored = self.stored
+        pool = self.pool
+        if pool is not None and pool.cleartext_login:
+            self.state = AUTH_CLEARTEXT
+            self.write(m.AUTH_CLEARTEXT)
+            return
+        if force_md5 and stored and not auth.is_md5_hash(stored):
+            self.stored = stored = auth.md5_stored(self.user, stored)  # the plain-text password as md5 hashes it
+        if stored and not auth.is_scram_verifier(stored) and auth.is_md5_hash(stored):
+            self.md5_salt = os.urandom(4)
+            self.state = AUTH_MD5
+            self.write(m.auth_md5(self.md5_salt))
+            return
+        verifier: auth.ScramVerifier
+        if stored and auth.is_scram_verifier(stored):
+            verifier = auth.ScramVerifier.parse(stored)
+        elif stored:
+            pool = self.pool
+            if pool is not None:
+                if pool.scram_verifier is None:
+                    pool.scram_verifier = auth.ScramVerifier.from_password(stored)
+                verifier = pool.scram_verifier
+            else:
+                verifier = self.app.admin_verifier()
+        else:
+            # Unknown user (or no password): run a believable exchange that can only fail.
+            seed = hmac.new(_FAKE_KEY, self.user.encode(), hashlib.sha256).digest()
+            verifier = auth.ScramVerifier(4096, seed[:16], os.urandom(32), os.urandom(32))
+        self.scram = auth.ScramServer(verifier)
+        self.state = AUTH_SASL
+        self.write(m.auth_sasl(auth.ScramServer.MECHANISMS))
+
+    def _auth_failed(self) -> None:
+        log.info("password authentication failed for user %r from %s", self.user, self.addr)
+        self.fatal("28P01", f'password authentication failed for user "{self.user}"')
+
+    def _password(self, body: bytes) -> None:
+        st = self.state
+        if st == AUTH_CLEARTEXT:
+            pool = self.pool
+            assert pool is not None
+            secret = body.rstrip(b"\x00").decode("utf-8", "replace")
+            service = pool.user_cfg.auth_pam_service
+            if service:
+                self.state = AUTH_WAIT  # the answer comes from a PAM thread; bytes sent meanwhile are kept
+                loop = self.loop
+                pam_auth.authenticate(service, self.user, secret,
+                                      lambda why: loop.call_soon_threadsafe(self._cleartext_checked, "PAM", why))
+                return
+            assert pool.jwt_key is not None
+            self._cleartext_checked("JWT", jwt_auth.verify(secret, pool.jwt_key, self.user))
+            return
+        if st == AUTH_MD5:
+            ok = bool(self.stored) and auth.md5_verify(self.user, self.stored, self.md5_salt, body.rstrip(b"\x00"))
+            if not ok:
+                self._auth_failed()
+                return
+            self._authenticated()
+            return
+        scram = self.scram
+        assert scram is not None
+        try:
+            if st == AUTH_SASL:
+                mech, pos = m.read_cstr(body, 0)
+                if len(body) < pos + 4:
+                    raise m.ProtocolViolation("malformed SASLInitialResponse")
+                (dl,) = m.I32.unpack_from(body, pos)
+                data = body[pos + 4 : pos + 4 + dl] if dl >= 0 else b""
+                reply = scram.client_first(mech.decode(errors="replace"), data)
+                self.state = AUTH_SASL_FINAL
+                self.write(m.auth_sasl_continue(reply))
+            else:
+                final = scram.client_final(body)
+                if not self.stored:
+                    raise auth.AuthError("no such user")
+                self.write(m.auth_sasl_final(final))
+                pool = self.pool
+                if pool is not None and scram.client_key is not None and auth.is_scram_verifier(self.stored):
+                    pool.scram_client_key = scram.client_key
+                self._authenticated()
+        except auth.AuthError:
+            self._auth_failed()
+
+    def _cleartext_checked(self, method: str, why: str | None) -> None:
+        """The verdict on a clear-text password (`why` None: accepted), from JWT at once or from a PAM thread
+        later (the client may have left meanwhile)."""
+        if self.closed:
+            return
+        if why is not None:
+            log.info("%s login of %r from %s refused: %s", method, self.user, self.addr, why)
+            self._auth_failed()
+            return
+        self._authenticated()
+
+    def _authenticated(self) -> None:
+        self.scram = None
+        self.write(m.AUTH_OK)
+        if self.admin:
+            self._start_admin()
+            return
+        pool = self.pool
+        assert pool is not None
+        self.transaction_mode = pool.transaction_mode
+        self.state = LOGIN_WAIT
+        known = self._want_settings()
+        if not known or not self.transaction_mode:
+            # Session mode keeps the server it gets now; in transaction mode a server checks settings whose
+            # spelling (or validity) is not known yet, as PostgreSQL checks them at login.
+            self.need_server()
+        else:
+            self._finish_login()
+            if self.raw:
+                raw = self.raw
+                self.raw = bytearray()
+                self._consume(memoryview(raw), len(raw))
+
+    def _want_settings(self) -> bool:
+        """Set `want`: the pool's reported defaults with the client's startup settings over them, spelled as
+        PostgreSQL reports them where known. True when every value's spelling is known (no server needed)."""
+        pool = self.pool
+        assert pool is not None
+        sp = pool.server_params
+        known = sp is not None
+        want = {k: v for k, v in sp.items() if k not in READ_ONLY} if sp is not None else {}
+        if "application_name" not in self.settings and pool.pool_cfg.application_name is None:
+            # What a direct connection without one shows; the server's own "pg_doorman" is for idle connections.
+            want["application_name"] = ""
+        spellings = pool.spellings
+        for k, v in self.settings.items():
+            c = spellings.get((k, v))
+            if c is None:
+                c = known_spelling(k, v)
+                if c is None:
+                    known = False
+                    c = v
+            want[k] = c
+        self.want = want
+        self.want_key = tuple(want.items())
+        return known
+
+    def _learn_spellings(self, s: ServerConn) -> None:
+        """A server accepted this client's startup settings: remember how PostgreSQL reports each."""
+        pool = self.pool
+        assert pool is not None
+        spellings = pool.spellings
+        if len(spellings) > 4096:
+            spellings.clear()  # many distinct values (unique application names): start over
+        for k, v in self.settings.items():
+            spellings[(k, v)] = s.params.get(k, v)
+
+    def _finish_login(self) -> None:
+        pool = self.pool
+        assert pool is not None
+        s = self.server
+        if s is not None:
+            # What the server reports now, our settings applied (ParameterStatus during the sync).
+            reported = {k: v for k, v in s.params.items()}
+        else:
+            reported = dict(pool.server_params or {})
+            for k in reported:
+                if k in self.want:
+                    reported[k] = self.want[k]
+        want = self.want
+        self.ps = self.transaction_mode and self.app.config.general.prepared_statements
+        if not self.transaction_mode:
+            self.scanner.table = CLIENT_SESSION_TABLE
+        if self.ps:
+            self.use_ps_scanner()
+            self.planner_sig = tuple(want.get(k, "") for k in ps.PLANNER_PARAMS)
+        out = [m.parameter_status(k, v) for k, v in reported.items()]
+        if s is not None and not self.transaction_mode and self.app.config.general.session_real_backend_key \
+                and s.pid and self.app.cancels.register_key(cast("ClientConn", self), s.pid, s.secret):
+            # Session mode: the client is this server's only user until it leaves; it may know its real key.
+            self.pid, self.secret = s.pid, s.secret
+        else:
+            self.pid, self.secret = self.app.cancels.register(cast("ClientConn", self))
+        out.append(m.backend_key_data(self.pid, self.secret))
+        out.append(m.RFQ_IDLE)
+        self.write(b"".join(out))
+        self.login_timer.cancel()
+        self.state = READY
+        if self.app.config.general.log_client_connections:
+            log.info("client %s logged in to %s (%s mode)", self.addr, pool.name, pool.mode)
+        if self.inbuf:
+            self.raw += self.inbuf
+            self.inbuf = bytearray()
+
+    def _start_admin(self) -> None:
+        self.login_timer.cancel()
+        self.admin = self.app.make_admin(cast("ClientConn", self))
+        self.state = ADMIN
