@@ -187,12 +187,10 @@ class Worker:
         """A server for `c` now (an idle one of this shard), or None: `c` waits in the pool's queue and gets
         one later through `hand`."""
         r = pool.acquire(c, self.id, self.loop.now)
-        if r is None:
-            return None
-        if isinstance(r, tuple):
+        if type(r) is tuple:
             self.carry_out(pool, r[0], r[1])
             return None
-        return r  # type: ignore[return-value]  # the pool holds only the ServerConns workers gave it
+        return r  # type: ignore[return-value]  # None, or a server: the pool holds only the ServerConns workers gave it
 
     def carry_out(self, pool: Pool, pairs: Pairs | None, spawn: bool) -> None:
         """What a pool's decision asks of this worker: hand servers to waiters, open a server."""
