@@ -77,9 +77,9 @@ def _is_file(fd: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pgdoorman import upgrade
+    from pgdoorman.upgrade import inherit
 
-    upgrade.remember_start_dir()
+    inherit.remember_start_dir()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "generate":
         from pgdoorman.generate import main as generate_main
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(loaded, int):
         return loaded
     config = loaded.config
-    inherited = upgrade.take_inherited()
+    inherited = inherit.take_inherited()
     daemon = None
     if args.daemon:
         from pgdoorman.daemon import DaemonError, daemonize

@@ -3,9 +3,4 @@ its listening sockets and hands every idle client over; the new process (receive
 
 The environment contract between the two is inherit.py, the record framing over the handover socketpair
 records.py. serve.py (the composition root) wires the upgrade into the App; app.py imports none of this.
-Re-exported here: what cli.py needs before the App exists.
 """
-
-from pgdoorman.upgrade.inherit import remember_start_dir, take_inherited
-
-__all__ = ["remember_start_dir", "take_inherited"]
