@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 deps:
-	scripts/ensure_deps.sh postgres promtool pgbouncer
+	scripts/ensure_deps.sh postgres promtool pgbouncer browser
 
 # Toolchains and client libraries of tests/drivers/ (Node packages, Go, a JDK, Ruby, PHP, Rust crates).
 drivers: venv

@@ -21,8 +21,8 @@ mkdir -p "$stage/DEBIAN" "$stage/usr/bin" "$stage/usr/lib/python3/dist-packages"
     "$stage/usr/share/doc/pg-doorman" "$stage/usr/share/man/man1" "$stage/usr/share/man/man5" \
     "$stage/usr/share/lintian/overrides"
 
-# The Python package (sources only; byte code is left to run time and removed by prerm).
-(cd "$ROOT" && find pgdoorman -name '*.py' -o -name py.typed) | while read -r f; do
+# The Python package (sources and the web console's static files; byte code is left to run time and removed by prerm).
+(cd "$ROOT" && find pgdoorman \( -name '*.py' -o -name py.typed -o -path 'pgdoorman/web/static/*' \) -type f) | while read -r f; do
     install -D -m 0644 "$f" "$stage/usr/lib/python3/dist-packages/$f"
 done
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests, `make run`, the benchmark and the free-threaded build need.
 # Idempotent and quiet when everything is present; runs `apt-get update` at most once per call.
-# Usage: scripts/ensure_deps.sh [postgres|pgbouncer|promtool|ftbuild|deb|pipx|all]...   (default: postgres)
+# Usage: scripts/ensure_deps.sh [postgres|pgbouncer|promtool|browser|ftbuild|deb|pipx|all]...   (default: postgres)
 set -euo pipefail
 
 want=()
@@ -12,6 +12,8 @@ for group in "${@:-postgres}"; do
         pgbouncer) want+=(pgbouncer) ;;
         # `promtool check metrics` validates our /metrics exposition in the tests (Debian ships it in prometheus).
         promtool) command -v promtool >/dev/null || want+=(prometheus) ;;
+        # The web console's tests (tests/browser) drive Debian's headless Chromium with Selenium.
+        browser) want+=(chromium chromium-driver) ;;
         # What CPython's configure needs for ssl (pip), zlib (wheels), ctypes (psycopg's libpq
         # binding), and the other stdlib modules the test tools import.
         ftbuild) want+=(build-essential dpkg-dev pkg-config libssl-dev zlib1g-dev libffi-dev libbz2-dev
@@ -21,8 +23,8 @@ for group in "${@:-postgres}"; do
         deb) want+=(dpkg lintian man-db groff-base logrotate python3-yaml adduser) ;;
         # make test-pipx: Debian's pipx (and the venv module it needs).
         pipx) want+=(pipx python3-venv) ;;
-        all) exec "$0" postgres pgbouncer promtool ftbuild deb pipx ;;
-        *) echo "ensure_deps.sh: unknown group '$group' (postgres|pgbouncer|promtool|ftbuild|deb|pipx|all)" >&2; exit 2 ;;
+        all) exec "$0" postgres pgbouncer promtool browser ftbuild deb pipx ;;
+        *) echo "ensure_deps.sh: unknown group '$group' (postgres|pgbouncer|promtool|browser|ftbuild|deb|pipx|all)" >&2; exit 2 ;;
     esac
 done
 

@@ -30,9 +30,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from pgdoorman.admin.resultset import BOOL, INT4, INT8, NUMERIC, ResultSet
 from pgdoorman.admin.show import SHOW_BUILDERS, ShowContext, show_stats, version_string
+from pgdoorman.core.stats import percentile
 from pgdoorman.metrics.process import cached_socket_counts
 from pgdoorman.metrics.server import HttpRequest, HttpResponse
 from pgdoorman.observe import Control, Observer, UnknownDatabase
+from pgdoorman.web import ui
 
 log = logging.getLogger("pgdoorman.web")
 
@@ -110,6 +112,46 @@ def table_json(view: str, rs: ResultSet) -> dict[str, Any]:
     return {"columns": [{"name": n, "type": k} for n, k in kinds], "rows": rows}
 
 
+def _int_param(params: dict[str, list[str]], name: str, default: int) -> int:
+    raw = params.get(name, [""])[-1]
+    if raw == "":
+        return default
+    if not raw.isdigit():
+        raise ValueError(f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if value is None:
+        return (2, 0)
+    if isinstance(value, (int, float)):
+        return (0, value)
+    return (1, str(value).lower())
+
+
+def page_of(table: dict[str, Any], params: dict[str, list[str]]) -> dict[str, Any]:
+    """One page of a table view, for a console showing 10,000 clients a hundred at a time:
+    `filter` (rows with a cell containing it, case-insensitive), `sort` (a column; `-column` descending),
+    `offset` and `limit`. Adds `total` (rows after the filter) and `offset` when any is given; without
+    them the table is returned whole, as before."""
+    if not any(k in params for k in ("filter", "sort", "offset", "limit")):
+        return table
+    rows: list[dict[str, Any]] = table["rows"]
+    needle = params.get("filter", [""])[-1].strip().lower()
+    if needle:
+        rows = [r for r in rows if any(v is not None and needle in str(v).lower() for v in r.values())]
+    sort = params.get("sort", [""])[-1]
+    if sort:
+        column, desc = sort.lstrip("-"), sort.startswith("-")
+        if column not in {c["name"] for c in table["columns"]}:
+            raise ValueError(f"no column {column!r} to sort by")
+        rows = sorted(rows, key=lambda r: _sort_key(r.get(column)), reverse=desc)
+    offset = _int_param(params, "offset", 0)
+    limit = _int_param(params, "limit", len(rows))
+    return {"columns": table["columns"], "rows": rows[offset:offset + limit], "total": len(rows),
+            "offset": offset}
+
+
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
@@ -120,7 +162,41 @@ def error(status: int, code: str, message: str, headers: list[tuple[str, str]] |
 
 
 # ------------------------------------------------------------------------------------------ views
-def build_overview(ctx: ShowContext, started: float | None) -> dict[str, Any]:
+class LatencyWindow:
+    """Query and transaction latency percentiles over the last window: the pools' histograms summed, minus
+    their sum at the previous build (the overview is built at most once per snapshot, so a page polling
+    every second sees each second's percentiles). A window without samples gives nulls; a pool going
+    away (counts shrinking) restarts the window from the current sums."""
+
+    def __init__(self) -> None:
+        self._prev: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+
+    def measure(self, ctx: ShowContext) -> dict[str, Any]:
+        sums: dict[str, list[int]] = {"query": [], "xact": []}
+        for v in ctx.snap.pools:
+            (qc, _, _), (xc, _, _), _ = ctx.obs.totals(v.key).hists
+            for kind, counts in (("query", qc), ("xact", xc)):
+                acc = sums[kind]
+                if len(acc) < len(counts):
+                    acc.extend([0] * (len(counts) - len(acc)))
+                for i, c in enumerate(counts):
+                    acc[i] += c
+        out: dict[str, Any] = {}
+        with self._lock:
+            for kind, now in sums.items():
+                prev = self._prev.get(kind, [])
+                delta = [c - (prev[i] if i < len(prev) else 0) for i, c in enumerate(now)]
+                if any(d < 0 for d in delta):
+                    delta = [0] * len(now)
+                n = sum(delta)
+                out[kind] = {"count": n, **{f"p{int(q * 100)}": (percentile(delta, n, q) if n else None)
+                                           for q in (0.5, 0.95, 0.99)}}
+                self._prev[kind] = now
+        return out
+
+
+def build_overview(ctx: ShowContext, started: float | None, latency: LatencyWindow | None = None) -> dict[str, Any]:
     snap = ctx.snap
     clients: dict[str, int] = {"active": 0, "idle": 0, "waiting": 0, "login": 0}
     for c in snap.clients:
@@ -144,6 +220,8 @@ def build_overview(ctx: ShowContext, started: float | None) -> dict[str, Any]:
         "xact_per_second": sum(float(r[xi] or 0) for r in stats.rows),
         "query_per_second": sum(float(r[qi] or 0) for r in stats.rows),
         "connections": ctx.obs.connection_counts(),
+        # Microseconds (bucket upper bounds, as SHOW POOLS_EXTENDED's percentiles).
+        "latency_us": latency.measure(ctx) if latency is not None else None,
     }
 
 
@@ -216,6 +294,7 @@ class WebApi:
         self.run_on_worker = run_on_worker
         self.started = started
         self.cache = SnapshotCache(obs, ttl)
+        self.latency = LatencyWindow()
 
     # -------------------------------------------------------------- auth
     def role(self, req: HttpRequest) -> tuple[str | None, str]:
@@ -242,11 +321,19 @@ class WebApi:
 
     # -------------------------------------------------------------- routing
     def __call__(self, req: HttpRequest) -> HttpResponse | None:
-        if not (req.path == "/api" or req.path.startswith("/api/")) or not self.obs.config.web.ui:
+        if not self.obs.config.web.ui:
             return None
+        if not (req.path == "/api" or req.path.startswith("/api/")):
+            return self._page(req)
         name = req.path[len("/api/"):].strip("/")
         if name.startswith("admin/") or name == "admin":
             return self._admin(req, name[len("admin/"):])
+        if name == "whoami":
+            role, why = self.role(req)
+            if role is None:
+                return error(401, "unauthorized", why, [("WWW-Authenticate", REALM)])
+            return HttpResponse(200, dumps({"role": role, "admin": role == ADMIN,
+                                            "personal": role == ADMIN}), who=role)
         if name not in VIEWS:
             return error(404, "not_found", f"no API endpoint /api/{name}")
         if req.method not in ("GET", "HEAD"):
@@ -256,19 +343,45 @@ class WebApi:
             return error(401, "unauthorized", why, [("WWW-Authenticate", REALM)])
         if role != ADMIN and name in PERSONAL:
             return error(403, "forbidden", "admin role required", who=role)
-        return self._view(name, role)
+        return self._view(name, role, req.query)
 
-    def _view(self, name: str, who: str) -> HttpResponse:
+    def _page(self, req: HttpRequest) -> HttpResponse | None:
+        """The console: `/` (the shell; the same access as a view), `/static/*` (no data, no sign-in),
+        `/login` (asks for Admin credentials even where Anonymous may read, then back to `/`)."""
+        if req.method not in ("GET", "HEAD"):
+            return None
+        if req.path.startswith("/static/"):
+            return ui.static(req.path[len("/static/"):])
+        if req.path not in ("/", "/index.html", "/login"):
+            return None
+        role, _ = self.role(req)
+        if req.path == "/login":
+            if role != ADMIN:
+                return ui.page(401, headers=[("WWW-Authenticate", REALM)])
+            return ui.redirect("/", role)
+        if role is None:
+            return ui.page(401, headers=[("WWW-Authenticate", REALM)])
+        return ui.page(who=role)
+
+    def _view(self, name: str, who: str, query: str = "") -> HttpResponse:
         if name in TABLE_VIEWS:
             sub = TABLE_VIEWS[name]
             build: Callable[[ShowContext], Any] = lambda ctx: table_json(name, SHOW_BUILDERS[sub](ctx))  # noqa: E731
         elif name == "overview":
-            build = lambda ctx: build_overview(ctx, self.started() if self.started else None)  # noqa: E731
+            build = lambda ctx: build_overview(ctx, self.started() if self.started else None,  # noqa: E731
+                                               self.latency)
         else:
             build = lambda ctx: build_sockets()  # noqa: E731
         data, taken, generation = self.cache.get(name, build)
         body: dict[str, Any] = {"view": name, "taken_at": taken, "snapshot": generation}
-        body.update(data if name in TABLE_VIEWS else {"data": data})
+        if name in TABLE_VIEWS:
+            try:
+                data = page_of(data, parse_qs(query))
+            except ValueError as e:
+                return error(400, "bad_request", str(e), who=who)
+            body.update(data)
+        else:
+            body["data"] = data
         return HttpResponse(200, dumps(body), who=who)
 
     def _admin(self, req: HttpRequest, action: str) -> HttpResponse:

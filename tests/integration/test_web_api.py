@@ -236,3 +236,41 @@ def test_odd_requests_get_an_http_answer(pooler_factory: Any) -> None:
     assert request(port, "/api/admin/pause", "POST", headers={**XHR, "Transfer-Encoding": "chunked"})[0] == 411
     assert request(port, "/api/pools", headers={"Content-Length": str(1 << 20)})[0] == 413
     assert request(port, "/api/pools")[0] == 200  # the listener is fine
+
+
+def test_page_routes_and_paging(pooler_factory: Any) -> None:
+    p, port = web_pooler(pooler_factory)
+    status, headers, body = request(port, "/")
+    assert status == 200 and headers["content-type"].startswith("text/html") and "/static/app.js" in body
+    assert "script-src 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
+    status, headers, body = request(port, "/", auth=None)
+    assert status == 401 and headers["www-authenticate"] == 'Basic realm="pg_doorman"' and "Sign in" in body
+    for name, kind in (("app.js", "text/javascript"), ("app.css", "text/css"), ("favicon.svg", "image/svg+xml")):
+        status, headers, _ = request(port, f"/static/{name}", auth=None)  # no data in them: no sign-in
+        assert status == 200 and headers["content-type"].startswith(kind), name
+    assert request(port, "/static/../web/api.py")[0] == 404
+    assert request(port, "/static/nope.js")[0] == 404
+    status, headers, _ = request(port, "/login")
+    assert status == 303 and headers["location"] == "/"
+    assert request(port, "/login", auth=None)[0] == 401
+    assert get(port, "whoami") == {"role": "admin", "admin": True, "personal": True}
+    assert request(port, "/api/whoami", auth=None)[0] == 401
+
+    conns = [client(p, application_name=f"pager-{i}") for i in range(5)]
+    try:
+        time.sleep(1.05)  # a new snapshot window with all five
+        page = get(port, "clients?filter=PAGER-&sort=-application_name&offset=1&limit=2")
+        assert page["total"] == 5 and page["offset"] == 1
+        assert [r["application_name"] for r in page["rows"]] == ["pager-3", "pager-2"]
+        assert request(port, "/api/clients?sort=nope")[0] == 400
+    finally:
+        for c in conns:
+            c.close()
+
+    # Anonymous (ui_anonymous): the page and the read-only views; /login still asks for the admin.
+    p2, port2 = web_pooler(pooler_factory, anonymous=True)
+    assert request(port2, "/", auth=None)[0] == 200
+    assert get(port2, "whoami", auth=None) == {"role": "anonymous", "admin": False, "personal": False}
+    assert request(port2, "/login", auth=None)[0] == 401
+    p3, port3 = web_pooler(pooler_factory, ui=False)
+    assert request(port3, "/")[0] == 404 and request(port3, "/static/app.js")[0] == 404

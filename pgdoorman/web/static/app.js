@@ -1,0 +1,356 @@
+// The pg_doorman console: polls /api/* and builds the page with DOM calls. Server data goes into the
+// page through textContent and attribute setters only, never as HTML (the listener's CSP allows no
+// inline script either). No dependencies, no build step.
+"use strict";
+
+const HISTORY = 300;            // chart points: five minutes at one poll a second
+const PAGE_SIZE = 100;          // rows per page of the clients, servers and prepared statements tables
+const POLL_MS = 1000;
+const SVG = "http://www.w3.org/2000/svg";
+
+const state = {
+  tab: "overview", role: null, admin: false,
+  history: [],                  // [{t, xact, query, p50, p95, p99, active, waiting}]
+  pools: { rows: [], columns: [], sort: "database", desc: false },
+  tables: {
+    clients: { view: "clients", offset: 0, sort: "", desc: false, filter: "", key: "client_id" },
+    servers: { view: "servers", offset: 0, sort: "", desc: false, filter: "", key: "server_id" },
+    prepared: { view: "prepared", offset: 0, sort: "", desc: false, filter: "", key: "hash" },
+  },
+  pending: null,
+};
+
+function $(id) { return document.getElementById(id); }
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c);   // strings become text nodes
+  return e;
+}
+
+function svg(tag, attrs) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  return e;
+}
+
+function notice(text, isError) {
+  const n = $("notice");
+  n.textContent = text;
+  n.className = isError ? "error" : "";
+  n.hidden = !text;
+}
+
+async function api(path, options) {
+  const opts = Object.assign({ credentials: "same-origin", cache: "no-store" }, options || {});
+  const resp = await fetch(location.origin + path, opts);
+  let body = null;
+  try { body = await resp.json(); } catch (e) { body = null; }
+  if (!resp.ok) {
+    const err = new Error((body && body.message) || resp.statusText || String(resp.status));
+    err.status = resp.status;
+    throw err;
+  }
+  return body;
+}
+
+// ------------------------------------------------------------------------------------------ format
+function fmtNumber(v, digits) {
+  if (v === null || v === undefined || v === "") return "";
+  if (typeof v !== "number") return String(v);
+  if (!Number.isInteger(v)) return v.toFixed(digits === undefined ? 1 : digits);
+  return v.toLocaleString("en-US");
+}
+
+function fmtDuration(s) {
+  if (s === null || s === undefined) return "";
+  const d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60);
+  if (d) return `${d}d ${h}h ${m}m`;
+  if (h) return `${h}h ${m}m`;
+  return `${m}m ${s % 60}s`;
+}
+
+function fmtMs(us) { return us === null || us === undefined ? "–" : (us / 1000).toFixed(us < 10000 ? 2 : 1) + " ms"; }
+
+// ------------------------------------------------------------------------------------------ overview
+function card(label, value, alert, id) {
+  const c = el("div", { class: "card" + (alert ? " alert" : ""), "data-card": id },
+    el("div", { class: "label", text: label }), el("div", { class: "value", text: value }));
+  return c;
+}
+
+function renderOverview(o) {
+  $("version").textContent = o.version;
+  $("uptime").textContent = o.uptime_seconds === null ? "" : "up " + fmtDuration(o.uptime_seconds);
+  const lat = o.latency_us || {};
+  const q = lat.query || {};
+  $("cards").replaceChildren(
+    card("Transactions/s", fmtNumber(o.xact_per_second, 1), false, "tps"),
+    card("Queries/s", fmtNumber(o.query_per_second, 1), false, "qps"),
+    card("Clients active", fmtNumber(o.clients.active), false, "clients-active"),
+    card("Clients idle", fmtNumber(o.clients.idle), false, "clients-idle"),
+    card("Clients waiting", fmtNumber(o.clients.waiting), o.clients.waiting > 0, "clients-waiting"),
+    card("Servers active", fmtNumber(o.servers.active), false, "servers-active"),
+    card("Servers idle", fmtNumber(o.servers.idle), false, "servers-idle"),
+    card("Longest wait", fmtMs(o.maxwait_us), o.maxwait_us > 1000000, "maxwait"),
+    card("Query p99 (1 s)", fmtMs(q.p99), false, "p99"),
+    card("Pools", `${o.pools}` + (o.paused_pools ? ` (${o.paused_pools} paused)` : ""), o.paused_pools > 0, "pools"),
+  );
+  state.history.push({
+    t: Date.now(), xact: o.xact_per_second, query: o.query_per_second,
+    p50: q.p50 === null || q.p50 === undefined ? null : q.p50 / 1000,
+    p95: q.p95 === null || q.p95 === undefined ? null : q.p95 / 1000,
+    p99: q.p99 === null || q.p99 === undefined ? null : q.p99 / 1000,
+    active: o.clients.active, waiting: o.clients.waiting,
+  });
+  if (state.history.length > HISTORY) state.history.splice(0, state.history.length - HISTORY);
+  drawChart($("chart-rate"), [["xact", "transactions/s"], ["query", "queries/s"]]);
+  drawChart($("chart-latency"), [["p50", "p50"], ["p95", "p95"], ["p99", "p99"]]);
+  drawChart($("chart-clients"), [["active", "active"], ["waiting", "waiting"]]);
+}
+
+// A line chart of state.history, hand-written SVG: x is time (the last HISTORY seconds), y from 0 to
+// the largest value shown. Gaps (null) break the line.
+function drawChart(box, series) {
+  const W = 600, H = 150, L = 40, B = 16, T = 6;
+  const now = Date.now(), span = HISTORY * 1000;
+  let max = 0;
+  for (const p of state.history) for (const [k] of series) if (p[k] !== null && p[k] > max) max = p[k];
+  max = max > 0 ? niceCeil(max) : 1;
+  const x = (t) => L + (W - L) * (1 - (now - t) / span);
+  const y = (v) => T + (H - T - B) * (1 - v / max);
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img" });
+  for (const f of [0, 0.5, 1]) {
+    root.append(svg("line", { class: "grid", x1: L, x2: W, y1: y(max * f), y2: y(max * f) }));
+    const label = svg("text", { x: L - 4, y: y(max * f) + 3, "text-anchor": "end" });
+    label.textContent = fmtNumber(max * f, max * f < 10 ? 2 : 0);
+    root.append(label);
+  }
+  const minutes = svg("text", { x: L, y: H - 3 });
+  minutes.textContent = "-5 min";
+  const nowLabel = svg("text", { x: W, y: H - 3, "text-anchor": "end" });
+  nowLabel.textContent = "now";
+  root.append(minutes, nowLabel);
+  series.forEach(([k], i) => {
+    let d = "", pen = "M";
+    for (const p of state.history) {
+      if (p[k] === null || p[k] === undefined) { pen = "M"; continue; }
+      d += `${pen}${x(p.t).toFixed(1)},${y(p[k]).toFixed(1)} `;
+      pen = "L";
+    }
+    root.append(svg("path", { class: "s" + i, d: d.trim(), "data-series": k }));
+  });
+  const legend = el("div", { class: "legend" });
+  series.forEach(([k, label], i) => {
+    const last = state.history.length ? state.history[state.history.length - 1][k] : null;
+    legend.append(el("span", { class: "s" + i, text: `${label} ${last === null || last === undefined ? "–" : fmtNumber(last, 2)}` }));
+  });
+  box.replaceChildren(root, legend);
+  box.dataset.points = String(state.history.length);
+}
+
+function niceCeil(v) {
+  const p = Math.pow(10, Math.floor(Math.log10(v)));
+  for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p;
+  return 10 * p;
+}
+
+// ------------------------------------------------------------------------------------------ tables
+const NUMERIC = new Set(["number"]);
+
+function headerRow(columns, sort, desc, onSort, extra, extraAt) {
+  const tr = el("tr");
+  columns.forEach((c, i) => {
+    if (i === extraAt) for (const name of extra) tr.append(el("th", { text: name }));
+    const th = el("th", { text: c.name, "data-col": c.name, class: NUMERIC.has(c.type) ? "num" : "" });
+    if (c.name === sort) th.classList.add(desc ? "sorted-desc" : "sorted-asc");
+    th.addEventListener("click", () => onSort(c.name));
+    tr.append(th);
+  });
+  return el("thead", {}, tr);
+}
+
+function cell(c, v) {
+  const td = el("td", { "data-col": c.name, class: NUMERIC.has(c.type) ? "num" : (c.name === "query" ? "text" : "") });
+  td.textContent = typeof v === "boolean" ? (v ? "yes" : "no") : fmtNumber(v, 2);
+  if (c.name === "query" && typeof v === "string") td.title = v;
+  return td;
+}
+
+function compare(a, b) {
+  if (a === b) return 0;
+  if (a === null || a === undefined) return 1;
+  if (b === null || b === undefined) return -1;
+  if (typeof a === "number" && typeof b === "number") return a - b;
+  return String(a).localeCompare(String(b));
+}
+
+function renderPools() {
+  const p = state.pools;
+  const cols = p.columns;
+  const rows = p.rows.slice().sort((a, b) => (p.desc ? -1 : 1) * compare(a[p.sort], b[p.sort]));
+  const onSort = (name) => { p.desc = p.sort === name ? !p.desc : false; p.sort = name; renderPools(); };
+  const extra = ["pressure"].concat(state.admin ? ["actions"] : []);
+  const body = el("tbody");
+  for (const r of rows) {
+    const busy = r.sv_active + r.sv_used + r.sv_login;
+    const pressure = r.pool_size > 0 ? Math.min(1, busy / r.pool_size) : 0;
+    const tr = el("tr", { "data-pool": `${r.database}/${r.user}` });
+    if (r.cl_waiting > 0) tr.classList.add("waiting");
+    else if (pressure >= 0.9) tr.classList.add("pressure");
+    cols.forEach((c, i) => {
+      if (i === 2) {   // after database and user: what an operator looks at first
+        const fill = el("i");
+        fill.style.width = `${Math.round(pressure * 100)}%`;   // CSSOM, not a style attribute (the CSP has no 'unsafe-inline')
+        tr.append(el("td", { "data-col": "pressure" }, el("span", { class: "bar" }, fill), `${Math.round(pressure * 100)}%`));
+        if (state.admin) {
+          const td = el("td", { class: "row-actions" });
+          for (const action of [r.paused ? "resume" : "pause", "reconnect"]) {
+            td.append(el("button", { type: "button", text: action, "data-action": action, "data-db": r.database,
+              onclick: () => confirmAction(action, r.database) }), " ");
+          }
+          tr.append(td);
+        }
+      }
+      const td = cell(c, r[c.name]);
+      if ((c.name === "cl_waiting" && r.cl_waiting > 0) || (c.name === "paused" && r.paused)) td.classList.add("hot");
+      tr.append(td);
+    });
+    body.append(tr);
+  }
+  $("pools-table").replaceChildren(headerRow(cols, p.sort, p.desc, onSort, extra, 2), body);
+}
+
+function renderPaged(name, data) {
+  const t = state.tables[name];
+  const onSort = (col) => { t.desc = t.sort === col ? !t.desc : false; t.sort = col; t.offset = 0; refresh(); };
+  const body = el("tbody");
+  for (const r of data.rows) {
+    const tr = el("tr", { "data-key": String(r[t.key]) });
+    for (const c of data.columns) tr.append(cell(c, r[c.name]));
+    body.append(tr);
+  }
+  $(`${name}-table`).replaceChildren(headerRow(data.columns, t.sort, t.desc, onSort, [], -1), body);
+  const total = data.total, first = total ? data.offset + 1 : 0, last = data.offset + data.rows.length;
+  const prev = el("button", { type: "button", text: "‹ Prev", "data-page": "prev" });
+  const next = el("button", { type: "button", text: "Next ›", "data-page": "next" });
+  prev.disabled = data.offset === 0;
+  next.disabled = last >= total;
+  prev.addEventListener("click", () => { t.offset = Math.max(0, t.offset - PAGE_SIZE); refresh(); });
+  next.addEventListener("click", () => { t.offset += PAGE_SIZE; refresh(); });
+  $(`${name}-pager`).replaceChildren(prev, el("span", { class: "muted", text: `${first}–${last} of ${total}` }), next);
+}
+
+function tableMessage(name, text) {
+  $(`${name}-table`).replaceChildren(el("tbody", {}, el("tr", {}, el("td", { class: "muted", text }))));
+  const pager = $(`${name}-pager`);
+  if (pager) pager.replaceChildren();
+}
+
+// ------------------------------------------------------------------------------------------ commands
+function confirmAction(action, db) {
+  const what = db ? `database "${db}"` : "every pool";
+  const text = {
+    reload: "Reload the configuration file? An invalid file is refused and the running configuration kept.",
+    pause: `Pause ${what}? New transactions wait until RESUME; running ones finish.`,
+    resume: `Resume ${what}? Waiting clients get their servers.`,
+    reconnect: `Reconnect ${what}? Idle server connections are closed and new ones opened.`,
+  }[action];
+  state.pending = { action, db };
+  $("confirm-text").textContent = text;
+  $("confirm-ok").textContent = action.charAt(0).toUpperCase() + action.slice(1);
+  $("confirm").showModal();
+}
+
+async function runPending() {
+  const p = state.pending;
+  state.pending = null;
+  $("confirm").close();
+  if (!p) return;
+  const query = p.db ? "?db=" + encodeURIComponent(p.db) : "";
+  try {
+    const r = await api(`/api/admin/${p.action}${query}`, { method: "POST", headers: { "X-Requested-With": "pg_doorman-console" } });
+    notice(`${r.command}${r.database ? " " + r.database : ""}: done`, false);
+  } catch (e) {
+    notice(`${p.action} failed: ${e.message}`, true);
+  }
+  refresh();
+}
+
+// ------------------------------------------------------------------------------------------ polling
+let refreshing = false;
+
+async function refresh() {
+  if (refreshing) return;
+  refreshing = true;
+  try {
+    const overview = await api("/api/overview");
+    renderOverview(overview.data);
+    if (state.tab === "pools" || state.tab === "overview") {
+      const pools = await api("/api/pools");
+      state.pools.rows = pools.rows;
+      state.pools.columns = pools.columns;
+      renderPools();
+    }
+    const t = state.tables[state.tab];
+    if (t) {
+      const params = new URLSearchParams({ offset: String(t.offset), limit: String(PAGE_SIZE) });
+      if (t.filter) params.set("filter", t.filter);
+      if (t.sort) params.set("sort", (t.desc ? "-" : "") + t.sort);
+      try {
+        renderPaged(state.tab, await api(`/api/${t.view}?${params}`));
+      } catch (e) {
+        if (e.status === 403) tableMessage(state.tab, "Only an admin may see this (it holds client addresses or SQL text). Sign in as admin.");
+        else throw e;
+      }
+    }
+    if ($("notice").className === "error" && $("notice").dataset.poll) notice("", false);
+  } catch (e) {
+    notice(e.status === 401 ? "Signed out: reload the page to sign in." : `Cannot reach the pooler: ${e.message}`, true);
+    $("notice").dataset.poll = "1";
+  } finally {
+    refreshing = false;
+  }
+}
+
+function showTab(name) {
+  state.tab = name;
+  for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.tab === name);
+  for (const s of document.querySelectorAll("main > section")) s.hidden = s.id !== "tab-" + name;
+  refresh();
+}
+
+async function start() {
+  for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
+  for (const b of document.querySelectorAll("#admin-actions button")) b.addEventListener("click", () => confirmAction(b.dataset.action, null));
+  $("confirm-cancel").addEventListener("click", () => { state.pending = null; $("confirm").close(); });
+  $("confirm-ok").addEventListener("click", runPending);
+  for (const name of Object.keys(state.tables)) {
+    let timer = null;
+    $(`${name}-filter`).addEventListener("input", (ev) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => { state.tables[name].filter = ev.target.value; state.tables[name].offset = 0; refresh(); }, 250);
+    });
+  }
+  try {
+    const me = await api("/api/whoami");
+    state.role = me.role;
+    state.admin = me.admin;
+  } catch (e) {
+    notice("Not signed in: reload the page to sign in.", true);
+    return;
+  }
+  $("role").textContent = state.role;
+  $("signin").hidden = state.admin;
+  $("admin-actions").hidden = !state.admin;
+  await refresh();
+  setInterval(refresh, POLL_MS);
+}
+
+document.addEventListener("DOMContentLoaded", start);
