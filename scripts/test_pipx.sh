@@ -28,6 +28,8 @@ bin=$tmp/bin
 # It runs pipx's copy, not the checkout.
 where=$("$PIPX_HOME/venvs/pgdoorman/bin/python" -c 'import pgdoorman; print(pgdoorman.__file__)')
 case $where in "$PIPX_HOME"/venvs/pgdoorman/*) ;; *) echo "imports pgdoorman from $where" >&2; exit 1 ;; esac
+# The web console's page is package data (pyproject's [tool.setuptools.package-data]): it must be there.
+"$PIPX_HOME/venvs/pgdoorman/bin/python" -c 'from pgdoorman.web import ui; assert all(ui.asset(n) for n in ("index.html", *ui.ASSETS))'
 "$bin/pg_doorman" generate --reference -o ref.yaml
 "$bin/pg_doorman" -t ref.yaml
 printf '[databases]\napp = host=127.0.0.1 port=5432\n[pgbouncer]\nlisten_addr = *\nauth_file = users.txt\n' > pgb.ini
