@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.pgdoorman-installed
 .PHONY: help venv deps drivers run test test-ft lint bench bench-tls soak abuse-bench ft-python deb test-deb test-pipx man clean distclean
 
 help:
-	@echo "make run        throwaway PostgreSQL + pgdoorman on 127.0.0.1:6432 in the foreground"
+	@echo "make run        throwaway PostgreSQL + pgdoorman on 127.0.0.1:6432 in the foreground, web console on :9127"
 	@echo "make test       lint, type-check, import contracts, the test suite, then the free-threaded (3.13t) concurrency tests"
 	@echo "make lint       ruff, mypy and the import contracts (lint-imports) only"
 	@echo "make bench      scripts/bench.py (pgdoorman vs pgbouncer)"

@@ -1,9 +1,12 @@
 """`make run`: a throwaway PostgreSQL under .run/ with database ``demo`` and roles ``app`` (SCRAM,
 password ``app``) and ``app_md5`` (md5, password ``app_md5``), and pgdoorman in the foreground on
-127.0.0.1:6432 in front of it. PostgreSQL is stopped when the pooler exits or on Ctrl-C.
+127.0.0.1:6432 in front of it, with its web listener on 127.0.0.1:9127 (/metrics, the JSON API and the
+web console, signed in as ``admin`` / ``ADMIN_PASSWORD``: web.ui refuses the default ``admin``).
+PostgreSQL is stopped when the pooler exits or on Ctrl-C.
 
 Usage: .venv/bin/python scripts/run_demo.py [extra pgdoorman args, e.g. -l debug]
-Env:   PGDOORMAN_DEMO_PORT (default 6432), PGDOORMAN_DEMO_PG_PORT (default: a free port)
+Env:   PGDOORMAN_DEMO_PORT (default 6432), PGDOORMAN_DEMO_PG_PORT (default: a free port),
+       PGDOORMAN_DEMO_WEB_PORT (default 9127, or a free port when 9127 is taken)
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ RUN_DIR = ROOT / ".run"
 HOST = "127.0.0.1"
 DB = "demo"
 USERS = {"app": ("app", "scram-sha-256"), "app_md5": ("app_md5", "md5")}  # name -> (password, method)
+ADMIN_PASSWORD = "doorman-demo"  # the demo's admin console and web console password (not the default "admin")
 
 
 def free_port() -> int:
@@ -58,7 +62,7 @@ def fresh_cluster(pg_port: int) -> PgCluster:
     return cluster
 
 
-def write_config(cluster: PgCluster, port: int) -> Path:
+def write_config(cluster: PgCluster, port: int, web_port: int) -> Path:
     # Users carry the verifiers PostgreSQL stored, as PgDoorman configs copy them from pg_shadow;
     # that is what lets the pooler log in to PostgreSQL as the client (passthrough).
     config: dict[str, Any] = {
@@ -66,9 +70,10 @@ def write_config(cluster: PgCluster, port: int) -> Path:
             "host": HOST,
             "port": port,
             "admin_username": "admin",
-            "admin_password": "admin",
+            "admin_password": ADMIN_PASSWORD,
             "worker_threads": 1,
         },
+        "web": {"enabled": True, "host": HOST, "port": web_port, "ui": True},
         "pools": {
             DB: {
                 "server_host": cluster.host,
@@ -113,6 +118,12 @@ def main(argv: list[str]) -> int:
         print(f"run_demo: {HOST}:{port} is already in use; stop whatever listens there or set PGDOORMAN_DEMO_PORT")
         return 1
     pg_port = int(os.environ.get("PGDOORMAN_DEMO_PG_PORT") or free_port())
+    web_port = int(os.environ.get("PGDOORMAN_DEMO_WEB_PORT") or 9127)
+    if port_in_use(web_port):
+        if os.environ.get("PGDOORMAN_DEMO_WEB_PORT"):
+            print(f"run_demo: {HOST}:{web_port} (PGDOORMAN_DEMO_WEB_PORT) is already in use")
+            return 1
+        web_port = free_port()
     RUN_DIR.mkdir(exist_ok=True)
 
     # SIGTERM (e.g. from a process manager) unwinds like Ctrl-C so the finally blocks run.
@@ -123,7 +134,7 @@ def main(argv: list[str]) -> int:
 
     cluster = fresh_cluster(pg_port)
     try:
-        config = write_config(cluster, port)
+        config = write_config(cluster, port, web_port)
         print(f"PostgreSQL {cluster.bindir} on {HOST}:{pg_port} (log {cluster.logfile})")
         print(f"pgdoorman config: {config}")
         proc = subprocess.Popen([sys.executable, "-m", "pgdoorman", str(config), *argv], cwd=ROOT)
@@ -133,7 +144,9 @@ def main(argv: list[str]) -> int:
                 print("\npgdoorman is listening. Connect with:")
                 print(f'  {psql} "host={HOST} port={port} dbname={DB} user=app password=app sslmode=disable"')
                 print(f'  {psql} "host={HOST} port={port} dbname={DB} user=app_md5 password=app_md5 sslmode=disable"')
-                print(f'  {psql} "host={HOST} port={port} dbname=pgdoorman user=admin password=admin sslmode=disable"')
+                print(f'  {psql} "host={HOST} port={port} dbname=pgdoorman user=admin password={ADMIN_PASSWORD} sslmode=disable"')
+                print(f"Web console: http://{HOST}:{web_port}/ (user admin, password {ADMIN_PASSWORD}); "
+                      f"metrics: http://{HOST}:{web_port}/metrics")
                 print("Press Ctrl-C to stop the pooler and PostgreSQL.\n", flush=True)
             elif proc.poll() is None:
                 print(f"run_demo: pgdoorman is running but not listening on {HOST}:{port} after 15s", flush=True)
