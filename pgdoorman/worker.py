@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from pgdoorman.net.conn import Conn
 from pgdoorman.net.loop import Loop
 from pgdoorman.net.sockopts import apply_tcp
 from pgdoorman.protocol import messages as m
 from pgdoorman.session.client import ADMIN, READY, ClientConn
+from pgdoorman.session.host import Registry
 from pgdoorman.session.server import (
     ACTIVE,
     CONNECTING,
@@ -28,10 +29,31 @@ from pgdoorman.session.server import (
 )
 
 if TYPE_CHECKING:
-    from pgdoorman.app import App
     from pgdoorman.core.pool import Pairs, Pool
+    from pgdoorman.net.sockopts import TcpOptions
 
 log = logging.getLogger("pgdoorman.worker")
+
+
+class Process(Registry, Protocol):
+    """The process as a worker sees it (implemented by App): the registry its connections read, plus CPU
+    pinning, TCP options, admission counting and the shutdown flag. Declared here so that the worker does not
+    import the app."""
+
+    @property
+    def tcp_options(self) -> TcpOptions: ...
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+    @property
+    def pool_list(self) -> list[Pool]: ...
+
+    def cpu_for_worker(self, wid: int) -> set[int] | None: ...
+
+    def client_admitted(self) -> bool: ...
+
+    def client_left(self) -> None: ...
 
 
 class Listener:
@@ -58,7 +80,7 @@ class Listener:
 
 
 class Worker:
-    def __init__(self, app: App, wid: int) -> None:
+    def __init__(self, app: Process, wid: int) -> None:
         self.app = app
         self.id = wid
         self.loop = Loop(f"worker-{wid}")
@@ -224,7 +246,9 @@ class Worker:
         """The linked client is done with `s` (ReadyForQuery idle in transaction mode, or it left)."""
         if s.closed:
             return
-        linked = s.client
+        # ServerConn.client is typed with session/'s ClientPeer protocol (the server's modules do not import
+        # the client's); every client a server is linked to is a ClientConn.
+        linked: ClientConn | None = s.client  # type: ignore[assignment]
         if not client_gone and linked is not None and linked.copy_confused:
             return  # it keeps this server until it leaves (ClientConn.copy_in_started)
         if linked is not None and linked.server is s:
@@ -318,14 +342,14 @@ class Worker:
             log.info("idle server %s (%s) closed: %s", s.addr, pool.name, reason)
         else:
             log.debug("server %s (%s) closed: %s", s.addr, pool.name, reason)
-        c = s.client
+        linked: ClientConn | None = s.client  # type: ignore[assignment]  # (see release_server)
         s.client = None
-        if c is not None and not c.closed:
-            c.server = None
+        if linked is not None and not linked.closed:
+            linked.server = None
             if s.fatal_forwarded:
-                c.close(f"server ended the session: {reason}")  # the client has PostgreSQL's FATAL already
+                linked.close(f"server ended the session: {reason}")  # the client has PostgreSQL's FATAL already
             elif prev_state in (ACTIVE, INTERNAL):
-                c.server_failed(None)
+                linked.server_failed(None)
         if pool.server_gone():
             self.spawn_server(pool)
 

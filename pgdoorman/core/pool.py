@@ -189,11 +189,6 @@ class Pool:
         return f"{self.username}@{self.database}"
 
     # ------------------------------------------------------------------ checkout / release
-    def checkout(self, client: Any, worker: Any) -> Any:
-        """Transitional, for session/ code not yet calling `Worker.checkout(pool, client)`: the pool does
-        not call up into the worker otherwise. Delete it once session/ calls the worker."""
-        return worker.checkout(self, client)
-
     def acquire(self, client: Waiter, wid: int, now: float) -> Pooled | Actions | None:
         """A local idle server now (the common case: nothing allocated), or queue the client: then None, or
         the actions that the queueing calls for (idle servers elsewhere to hand, a server to open)."""

@@ -75,7 +75,7 @@ def server_active_since(s: ServerConn) -> float | None:
     t = getattr(s, "active_since", None)
     if isinstance(t, float) and t > 0:
         return t
-    c = s.client
+    c: ClientConn | None = s.client  # type: ignore[assignment]  # a ClientPeer: always a ClientConn
     if c is not None and c.xact_start:
         return float(c.xact_start)
     return None

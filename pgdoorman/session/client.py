@@ -30,7 +30,7 @@ from pgdoorman.session.states import READY as READY
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pool
-    from pgdoorman.worker import Worker
+    from pgdoorman.session.host import Host
 
 log = logging.getLogger("pgdoorman.client")
 
@@ -88,19 +88,12 @@ class ClientConn(ClientLogin):
                     return
             pool = self.pool
             assert pool is not None
-            s = pool.checkout(self, self.worker)
+            s = self.worker.checkout(pool, self)
             if s is not None and not self._link(s):
                 s = None  # linked, but a parameter sync runs first: hold the bytes until it is done
         hold = s is None or s.state != 3 or (self.ps and bool(self.raw))
-        if hold:
-            if self.server is None and not self.waiting and not self.closed:
-                self.need_server()  # held bytes and no request yet (defensive: should not happen)
-            if self.ps:
-                # Rewriting needs to know the server: scan once one is linked (see _server_ready).
-                self.raw += view
-                if len(self.raw) > HIGH_WATER:
-                    self.pause_reading()
-                return
+        if hold and self._hold(view):
+            return
         if self.ps:
             assert s is not None
             if view[0] == 81:
@@ -110,12 +103,7 @@ class ClientConn(ClientLogin):
                     and self.synth_head is None and self._fast_batch(view, n, s):
                 return
         if self.transaction_mode and not self.in_copy_in:  # (COPY data is not SQL)
-            # The general path sees every byte (large messages stream through unread), so it looks for temp/
-            # advisory here; the fast paths look at their own text or statement (see leaks.py).
-            low = view.tobytes().lower()
-            if lowered_may_leave_state(low) or (self.scan_tail and lowered_may_leave_state(self.scan_tail + low[:TAIL])):
-                self.leaves = True
-            self.scan_tail = low[-TAIL:]
+            self._scan_leaks(view)
         try:
             out = self.scanner.feed(view)
         except m.ProtocolViolation as e:
@@ -140,6 +128,26 @@ class ClientConn(ClientLogin):
                     self.worker.release_server(s)
         if self.terminating:
             self.close("client terminated")
+
+    def _hold(self, view: memoryview) -> bool:
+        """No server ready for these bytes yet. True when they are kept unscanned (prepared-statement mode:
+        rewriting needs to know the server, so they are scanned once one is linked, see _server_ready)."""
+        if self.server is None and not self.waiting and not self.closed:
+            self.need_server()  # held bytes and no request yet (defensive: should not happen)
+        if not self.ps:
+            return False
+        self.raw += view
+        if len(self.raw) > HIGH_WATER:
+            self.pause_reading()
+        return True
+
+    def _scan_leaks(self, view: memoryview) -> None:
+        """The general path sees every byte (large messages stream through unread), so it looks for temp/advisory
+        here, across reads; the fast paths look at their own text or statement (see leaks.py)."""
+        low = view.tobytes().lower()
+        if lowered_may_leave_state(low) or (self.scan_tail and lowered_may_leave_state(self.scan_tail + low[:TAIL])):
+            self.leaves = True
+        self.scan_tail = low[-TAIL:]
 
     def _on_header(self, t: int, ln: int) -> None:
         if t == 81:  # Query
@@ -235,7 +243,7 @@ class ClientConn(ClientLogin):
         }
 
     @classmethod
-    def restore(cls, worker: Worker, sock: socket.socket, st: dict[str, Any]) -> ClientConn:
+    def restore(cls, worker: Host, sock: socket.socket, st: dict[str, Any]) -> ClientConn:
         """A client handed over with export_state()'s record, on `worker`'s thread, ready for its next query
         (or told with a FATAL that its pool is gone). The caller owns admission counting and registration."""
         c = cls(sock, worker, str(st["addr"]), bool(st["is_unix"]))

@@ -8,7 +8,7 @@ import logging
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from pgdoorman.core import prepared as ps
 from pgdoorman.core.cancel import send_cancel
@@ -27,9 +27,8 @@ from pgdoorman.session.states import (
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pool
-    from pgdoorman.session.client import ClientConn
+    from pgdoorman.session.host import Host
     from pgdoorman.session.server import ServerConn
-    from pgdoorman.worker import Worker
 
 log = logging.getLogger("pgdoorman.client")
 
@@ -85,7 +84,7 @@ class ClientBase(Conn):
         "synth_head", "fast_bind", "fast_redo", "held_error", "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
     )
 
-    def __init__(self, sock: socket.socket, worker: Worker, addr: str, is_unix: bool = False) -> None:
+    def __init__(self, sock: socket.socket, worker: Host, addr: str, is_unix: bool = False) -> None:
         super().__init__(sock, worker.loop)
         self.worker = worker
         self.app = worker.app
@@ -123,6 +122,11 @@ class ClientBase(Conn):
         self.last_status = 73
         self.xact_start = 0.0
         self.query_start = 0.0
+        self._init_relay_state()
+        self.login_timer = worker.loop.call_later(60.0, self._login_timeout)
+
+    def _init_relay_state(self) -> None:
+        """The relay's bookkeeping: prepared statements, COPY, the fast paths, TLS, leaks (part of __init__)."""
         self.ps = False  # transparent prepared statements active (transaction mode)
         self.named: dict[bytes, ps.Statement] = {}
         self.unnamed: ps.Statement | None = None
@@ -154,7 +158,6 @@ class ClientBase(Conn):
         self.leaves = False
         self.scan_tail = b""
         self.copy_confused = False  # see copy_in_started
-        self.login_timer = worker.loop.call_later(60.0, self._login_timeout)
 
     # Implemented by the parts above this one (client.py, login.py); declared here for the parts below.
     def _on_header(self, t: int, ln: int) -> None:
@@ -170,6 +173,15 @@ class ClientBase(Conn):
         raise NotImplementedError
 
     def _login_timeout(self) -> None:
+        raise NotImplementedError
+
+    def redo_fast_batch(self, status: int) -> bytes | None:
+        raise NotImplementedError
+
+    def skipped(self, kind: int, data: Any) -> None:
+        raise NotImplementedError
+
+    def forget_statements(self) -> None:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -219,24 +231,37 @@ class ClientBase(Conn):
             rq.extendleft(reversed(keep))
 
     # ------------------------------------------------------------------ server side events
-    def on_ready(self, status: int) -> None:
-        """ReadyForQuery relayed from the linked server: account the query and maybe the transaction."""
+    def ready(self, status: int, completed: int) -> bool:
+        """ReadyForQuery relayed from the linked server, after `completed` CommandCompletes: one request fewer
+        in flight; account the queries and maybe the transaction. True when the server may go back to the pool: transaction mode, idle, nothing
+        in flight and no message half-read (PostgreSQL still reads the rest of a message the client is
+        sending: the server stays with the client until that message is whole)."""
+        self.expect -= 1
+        self.query_count += completed
+        self.fast_bind = None
+        self.fast_redo = None
         self.last_status = status
         pool = self.pool
-        if pool is None:
-            return
-        st = pool.stats[self.worker.id]
-        now = self.loop.now
-        qs = self.query_start
-        if qs:
-            st.query_hist.record(int((now - qs) * 1e6))
-            self.query_start = now if self.expect > 0 else 0.0
-        if status == 73 and self.expect <= 0:
-            self.xact_count += 1
-            start = self.xact_start
-            if start:
-                st.xact_hist.record(int((now - start) * 1e6))
-                self.xact_start = 0.0
+        if pool is not None:  # accounting, inline: this runs once per request
+            st = pool.stats[self.worker.id]
+            now = self.loop.now
+            qs = self.query_start
+            if qs:
+                st.query_hist.record(int((now - qs) * 1e6))
+                self.query_start = now if self.expect > 0 else 0.0
+            if status == 73 and self.expect <= 0:
+                self.xact_count += 1
+                start = self.xact_start
+                if start:
+                    st.xact_hist.record(int((now - start) * 1e6))
+                    self.xact_start = 0.0
+        return status == 73 and self.expect <= 0 and not self.unsynced and self.transaction_mode \
+            and not self.scanner.mid_message
+
+    def hold_error(self, body: memoryview) -> None:
+        """A fast batch's statement went stale: its ErrorResponse waits for ReadyForQuery, when the batch is
+        sent again with fresh statements (redo_fast_batch) or the error is relayed after all."""
+        self.held_error = m.msg(b"E", body)
 
     def on_server_error(self, body: memoryview) -> None:
         self.error_count += 1
@@ -265,7 +290,7 @@ class ClientBase(Conn):
     def need_server(self) -> None:
         pool = self.pool
         assert pool is not None
-        s = pool.checkout(cast("ClientConn", self), self.worker)
+        s: ServerConn | None = self.worker.checkout(pool, self)
         if s is not None:
             self.attach_server(s)
         else:
@@ -291,7 +316,7 @@ class ClientBase(Conn):
     def _link(self, s: ServerConn) -> bool:
         """Make `s` this client's server; False while a parameter sync runs first (then _synced follows)."""
         self.server = s
-        s.link(cast("ClientConn", self))
+        s.link(self)
         if s.ps_on:
             s.set_ps_mode(False)  # switched on by _track() when extended-protocol entries are in flight
         if s.synced_key != self.want_key:
@@ -368,7 +393,7 @@ class ClientBase(Conn):
             self.waiting = False
             pool = self.pool
             if pool is not None:
-                pool.remove_waiter(cast("ClientConn", self))
+                pool.remove_waiter(self)
         elif s is not None:
             s.cancelled = False  # nothing of ours ran there
         if self.read_paused and not self.closed:
@@ -410,4 +435,4 @@ class ClientBase(Conn):
 
     def on_close(self, reason: str) -> None:
         self.login_timer.cancel()
-        self.worker.client_closed(cast("ClientConn", self), reason)
+        self.worker.client_closed(self, reason)

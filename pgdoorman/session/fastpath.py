@@ -56,6 +56,45 @@ class FastPaths(PreparedRelay):
         s.write(view)
         return True
 
+    def _fast_parse(self, view: memoryview, n: int, s: ServerConn) -> tuple[int, ps.Statement, bytes, bytes | None] | None:
+        """The batch's leading Parse, if it is of a statement the pool has and `s` holds (the one this client
+        sent last time needs no lookup): (end of the Parse, the statement, the client's name, the Parse body
+        to remember or None when it is the remembered one). None: the general path must take the batch."""
+        pos = 1 + _unpack(view, 1)[0]
+        if pos + 5 > n:
+            return None
+        memo = self.last_parse
+        memo_body: bytes | None = None
+        if memo is not None and not memo[2].dead and view[5:pos] == memo[0]:
+            parsed, pname = memo[2], memo[1]
+        else:
+            memo_body = bytes(view[5:pos])
+            j = memo_body.find(b"\x00")
+            k = memo_body.find(b"\x00", j + 1) if j >= 0 else -1
+            if k < 0 or LISTEN_START.match(memo_body[j + 1 : k]):
+                return None
+            pool = self.pool
+            assert pool is not None
+            found = pool.ps_cache.peek(memo_body[j + 1 : k], memo_body[k + 1 :], self.planner_sig)
+            if found is None or found.dead:
+                return None
+            parsed, pname = found, memo_body[:j]
+        if parsed.name not in s.prepared or (pname and pname in self.named):
+            return None  # to be parsed on this server, or a second Parse of a name (42P05): general path
+        return pos, parsed, pname, memo_body
+
+    def _fast_parsed(self, s: ServerConn, parsed: ps.Statement, pname: bytes, memo_body: bytes | None) -> None:
+        """The batch's Parse, answered here: what the general path does for a Parse the server holds."""
+        pool = self.pool
+        assert pool is not None
+        pool.ps_cache.count_hit(parsed)
+        if memo_body is not None:
+            self.last_parse = (memo_body, pname, parsed)
+        self._define(pname, parsed)
+        s.prepared.move_to_end(parsed.name)
+        s.ps_hits += 1
+        self.synth_head = m.PARSE_COMPLETE
+
     def _fast_batch(self, view: memoryview, n: int, s: ServerConn) -> bool:
         """The batch drivers send for one statement, `[Parse] Bind [Describe portal] Execute Sync`, in one
         chunk with nothing else in flight and the statement already on the server (pgbench -M extended and
@@ -65,50 +104,22 @@ class FastPaths(PreparedRelay):
         sc = self.scanner
         if n < 20 or sc.skip or sc.carry is not None or view[n - 5 : n] != m.SYNC:
             return False
-        unpack = _unpack
         pos = 0
         t = view[0]
         parsed: ps.Statement | None = None
         pname = b""
         memo_body: bytes | None = None
-        if t == 80:  # Parse: of a statement the pool has (the one this client sent last time: no lookup)
-            pos = 1 + unpack(view, 1)[0]
-            if pos + 5 > n:
+        if t == 80:
+            found = self._fast_parse(view, n, s)
+            if found is None:
                 return False
-            memo = self.last_parse
-            if memo is not None and not memo[2].dead and view[5:pos] == memo[0]:
-                parsed = memo[2]
-                pname = memo[1]
-            else:
-                memo_body = bytes(view[5:pos])
-                j = memo_body.find(b"\x00")
-                k = memo_body.find(b"\x00", j + 1) if j >= 0 else -1
-                if k < 0 or LISTEN_START.match(memo_body[j + 1 : k]):
-                    return False
-                pool = self.pool
-                assert pool is not None
-                found = pool.ps_cache.peek(memo_body[j + 1 : k], memo_body[k + 1 :], self.planner_sig)
-                if found is None or found.dead:
-                    return False
-                parsed = found
-                pname = memo_body[:j]
-            if parsed.name not in s.prepared or (pname and pname in self.named):
-                return False  # to be parsed on this server, or a second Parse of a name (42P05): general path
+            pos, parsed, pname, memo_body = found
             t = view[pos]
         if t != 66:
             return False
         bstart = pos
-        bend = pos + 1 + unpack(view, pos + 1)[0]
-        if bend + 5 > n:
-            return False
-        pos = bend
-        if view[pos] == 68:  # Describe: the portal only (a statement Describe needs the queue)
-            if view[pos + 5] != 80:
-                return False
-            pos += 1 + unpack(view, pos + 1)[0]
-            if pos + 5 > n:
-                return False
-        if view[pos] != 69 or pos + 1 + unpack(view, pos + 1)[0] != n - 5:
+        bend = _bind_end(view, pos, n)
+        if not bend:
             return False
         b = bytes(view[bstart + 5 : bend])
         j = b.find(b"\x00")
@@ -128,15 +139,7 @@ class FastPaths(PreparedRelay):
         # Committed: the same effects as the general path, message by message.
         prepared = s.prepared
         if parsed is not None:
-            pool = self.pool
-            assert pool is not None
-            pool.ps_cache.count_hit(parsed)
-            if memo_body is not None:
-                self.last_parse = (memo_body, pname, parsed)
-            self._define(pname, parsed)
-            prepared.move_to_end(parsed.name)
-            s.ps_hits += 1
-            self.synth_head = m.PARSE_COMPLETE
+            self._fast_parsed(s, parsed, pname, memo_body)
         prepared.move_to_end(st.name)
         self.fast_bind = (st, sname)
         out = renamed_bind(b, j, k, st.name) + view[bend:n]
@@ -151,3 +154,21 @@ class FastPaths(PreparedRelay):
         s.pstats.bytes_in += n
         s.write(out)
         return True
+
+
+def _bind_end(view: memoryview, pos: int, n: int) -> int:
+    """Where the Bind at `pos` ends, if the batch goes on as `Bind [Describe portal] Execute Sync` to its end
+    `n`; 0 otherwise (a statement Describe needs the general path's queue)."""
+    bend: int = pos + 1 + _unpack(view, pos + 1)[0]
+    if bend + 5 > n:
+        return 0
+    pos = bend
+    if view[pos] == 68:  # Describe
+        if view[pos + 5] != 80:
+            return 0
+        pos += 1 + _unpack(view, pos + 1)[0]
+        if pos + 5 > n:
+            return 0
+    if view[pos] != 69 or pos + 1 + _unpack(view, pos + 1)[0] != n - 5:
+        return 0
+    return bend

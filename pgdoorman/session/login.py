@@ -13,7 +13,7 @@ import logging
 import os
 import ssl
 import struct
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from pgdoorman import hba, jwt_auth, pam_auth
 from pgdoorman.core import prepared as ps
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from pgdoorman.session.server import ServerConn
 
 if TYPE_CHECKING:
-    from pgdoorman.session.client import ClientConn
+    pass
 
 log = logging.getLogger("pgdoorman.client")
 
@@ -402,11 +402,11 @@ class ClientLogin(FastPaths):
             self.planner_sig = tuple(want.get(k, "") for k in ps.PLANNER_PARAMS)
         out = [m.parameter_status(k, v) for k, v in reported.items()]
         if s is not None and not self.transaction_mode and self.app.config.general.session_real_backend_key \
-                and s.pid and self.app.cancels.register_key(cast("ClientConn", self), s.pid, s.secret):
+                and s.pid and self.app.cancels.register_key(self, s.pid, s.secret):
             # Session mode: the client is this server's only user until it leaves; it may know its real key.
             self.pid, self.secret = s.pid, s.secret
         else:
-            self.pid, self.secret = self.app.cancels.register(cast("ClientConn", self))
+            self.pid, self.secret = self.app.cancels.register(self)
         out.append(m.backend_key_data(self.pid, self.secret))
         out.append(m.RFQ_IDLE)
         self.write(b"".join(out))
@@ -420,5 +420,5 @@ class ClientLogin(FastPaths):
 
     def _start_admin(self) -> None:
         self.login_timer.cancel()
-        self.admin = self.app.make_admin(cast("ClientConn", self))
+        self.admin = self.app.make_admin(self)
         self.state = ADMIN

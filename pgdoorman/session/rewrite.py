@@ -206,29 +206,7 @@ class PreparedRelay(ClientBase):
             return None  # PostgreSQL ignores Sync during COPY IN: no ReadyForQuery will answer it
         rq = self._track()
         if t == 66:  # Bind: portal, statement, ...
-            self.unsynced = True
-            self._mark_query()
-            b = bytes(body)
-            try:
-                j, k, _ = frontend.check_bind(body)
-            except frontend.InvalidMessage:
-                # PostgreSQL looks the statement up before it reads the parameters: name ours, so that it
-                # refuses the rest of the body in its own words (or says the statement does not exist).
-                j = b.find(b"\x00")
-                k = b.find(b"\x00", j + 1) if j >= 0 else -1
-                st = self._lookup(b[j + 1 : k]) if k >= 0 else None
-                pre = self._ensure(st) if st is not None else b""  # an injected Parse is answered first
-                self._malformed(rq)
-                return None if st is None else pre + renamed_bind(b, j, k, st.name)
-            st = self._lookup(b[j + 1 : k])
-            if st is None:
-                rq.append((ps.BIND, None))
-                return None  # PostgreSQL answers 26000 itself: the client's name does not exist there
-            if st.leaves:
-                self.leaves = True
-            pre = self._ensure(st)
-            rq.append((ps.BIND, (st, b[j + 1 : k])))
-            return pre + renamed_bind(b, j, k, st.name)
+            return self._ps_bind(body, rq)
         if t == 69:  # Execute
             self.unsynced = True
             self.copy_window = True  # it may start a COPY FROM STDIN
@@ -243,97 +221,135 @@ class PreparedRelay(ClientBase):
             rq.append((ps.SYNC, None))
             return None
         if t == 80:  # Parse: name, query, types
-            self.unsynced = True
-            self._mark_query()
-            memo = self.last_parse
-            if memo is not None and not memo[2].dead and body == memo[0]:
-                name, st = memo[1], memo[2]  # the same Parse as last time (pgbench, ORMs): no lookup
-                pool = self.pool
-                assert pool is not None
-                pool.ps_cache.count_hit(st)
-            else:
-                try:
-                    j, k, _ = frontend.check_parse(body)
-                except frontend.InvalidMessage:
-                    return self._malformed(rq)
-                b = bytes(body)
-                name = b[:j]
-                pool = self.pool
-                assert pool is not None
-                text = b[j + 1 : k]
-                if LISTEN_START.match(text):
-                    text = LISTEN_REFUSAL
-                st = pool.ps_cache.get(text, b[k + 1 :], self.planner_sig)
-                self.last_parse = (b, name, st)
-            if name:
-                held = self.named.get(name)
-                if held is not None:
-                    # PostgreSQL refuses a second Parse of a name (42P05) and skips to Sync: have it do exactly
-                    # that, with a Parse of the statement's own server name (the error names the client's).
-                    pre = self._ensure(held)
-                    rq.append((ps.DUP, (held, name)))
-                    return pre + m.msg(b"P", held.name + b"\x00\x00\x00\x00")
-            prev = self._lookup(name)
-            self._define(name, st)
-            s = self.server
-            assert s is not None
-            if st.name in s.prepared:
-                s.prepared.move_to_end(st.name)
-                s.ps_hits += 1
-                rq.append((ps.SYNTH, (m.PARSE_COMPLETE, (name, prev))))
-                return b""
-            s.ps_misses += 1
-            s.remember(st.name)
-            rq.append((ps.PARSE, (st, name, prev)))
-            return st.parse_msg
+            return self._ps_parse(body, rq)
         if t == 68:  # Describe
-            self.unsynced = True
-            try:
-                frontend.parse_describe(body)
-            except frontend.InvalidMessage:
-                return self._malformed(rq)
-            if body[0] == 80:  # portal
-                rq.append((ps.DESC_P, None))
-                return None
-            b = bytes(body)
-            st = self._lookup(b[1:-1])
-            if st is None:
-                rq.append((ps.DESC_S, None))
-                return None
-            pre = self._ensure(st)
-            if not pre and rq:
-                last = rq[-1]
-                if last[0] == ps.SYNTH and isinstance(last[1], tuple) and last[1][1][0] == b[1:-1]:
-                    # Parse then Describe of the same statement (a driver preparing it): the Parse was answered
-                    # here, but PostgreSQL would have parsed it afresh, and DDL since (maybe through another
-                    # connection) may have changed its parameter or result types. Parse it again on this
-                    # server, so Describe says what the schema says now.
-                    rq.append((ps.UNPARSE, None))
-                    rq.append((ps.INJECT, st))
-                    pre = m.msg(b"C", b"S" + st.name + b"\x00") + st.parse_msg
-            rq.append((ps.DESC_S, (st, b[1:-1])))
-            nb = b"S" + st.name + b"\x00"
-            return pre + b"D" + m.U32.pack(len(nb) + 4) + nb
+            return self._ps_describe(body, rq)
         if t == 67:  # Close
-            self.unsynced = True
+            return self._ps_close(body, rq)
+        return None
+
+    def _ps_bind(self, body: memoryview, rq: deque[tuple[int, Any]]) -> bytes | None:
+        """Bind: portal, statement, parameters: the statement renamed to the pool's."""
+        self.unsynced = True
+        self._mark_query()
+        b = bytes(body)
+        try:
+            j, k, _ = frontend.check_bind(body)
+        except frontend.InvalidMessage:
+            # PostgreSQL looks the statement up before it reads the parameters: name ours, so that it
+            # refuses the rest of the body in its own words (or says the statement does not exist).
+            j = b.find(b"\x00")
+            k = b.find(b"\x00", j + 1) if j >= 0 else -1
+            st = self._lookup(b[j + 1 : k]) if k >= 0 else None
+            pre = self._ensure(st) if st is not None else b""  # an injected Parse is answered first
+            self._malformed(rq)
+            return None if st is None else pre + renamed_bind(b, j, k, st.name)
+        st = self._lookup(b[j + 1 : k])
+        if st is None:
+            rq.append((ps.BIND, None))
+            return None  # PostgreSQL answers 26000 itself: the client's name does not exist there
+        if st.leaves:
+            self.leaves = True
+        pre = self._ensure(st)
+        rq.append((ps.BIND, (st, b[j + 1 : k])))
+        return pre + renamed_bind(b, j, k, st.name)
+
+    def _ps_parse(self, body: memoryview, rq: deque[tuple[int, Any]]) -> bytes | None:
+        """Parse: name, query, types: answered here when this server holds the statement already."""
+        self.unsynced = True
+        self._mark_query()
+        memo = self.last_parse
+        if memo is not None and not memo[2].dead and body == memo[0]:
+            name, st = memo[1], memo[2]  # the same Parse as last time (pgbench, ORMs): no lookup
+            pool = self.pool
+            assert pool is not None
+            pool.ps_cache.count_hit(st)
+        else:
             try:
-                frontend.parse_close(body)
+                j, k, _ = frontend.check_parse(body)
             except frontend.InvalidMessage:
                 return self._malformed(rq)
-            if body[0] == 80:
-                rq.append((ps.CLOSE, None))
-                return None
-            name = bytes(body[1:-1])
-            prev = self._lookup(name)
-            if name:
-                self.named.pop(name, None)
-            else:
-                self.unnamed = None
-            # The server's copy stays (other clients share it); PostgreSQL answers CloseComplete even
-            # for a name that does not exist, so do we.
-            rq.append((ps.SYNTH, (m.CLOSE_COMPLETE, (name, prev))))
+            b = bytes(body)
+            name = b[:j]
+            pool = self.pool
+            assert pool is not None
+            text = b[j + 1 : k]
+            if LISTEN_START.match(text):
+                text = LISTEN_REFUSAL
+            st = pool.ps_cache.get(text, b[k + 1 :], self.planner_sig)
+            self.last_parse = (b, name, st)
+        if name:
+            held = self.named.get(name)
+            if held is not None:
+                # PostgreSQL refuses a second Parse of a name (42P05) and skips to Sync: have it do exactly
+                # that, with a Parse of the statement's own server name (the error names the client's).
+                pre = self._ensure(held)
+                rq.append((ps.DUP, (held, name)))
+                return pre + m.msg(b"P", held.name + b"\x00\x00\x00\x00")
+        prev = self._lookup(name)
+        self._define(name, st)
+        s = self.server
+        assert s is not None
+        if st.name in s.prepared:
+            s.prepared.move_to_end(st.name)
+            s.ps_hits += 1
+            rq.append((ps.SYNTH, (m.PARSE_COMPLETE, (name, prev))))
             return b""
-        return None
+        s.ps_misses += 1
+        s.remember(st.name)
+        rq.append((ps.PARSE, (st, name, prev)))
+        return st.parse_msg
+
+    def _ps_describe(self, body: memoryview, rq: deque[tuple[int, Any]]) -> bytes | None:
+        """Describe of a portal or a statement (renamed to the pool's)."""
+        self.unsynced = True
+        try:
+            frontend.parse_describe(body)
+        except frontend.InvalidMessage:
+            return self._malformed(rq)
+        if body[0] == 80:  # portal
+            rq.append((ps.DESC_P, None))
+            return None
+        b = bytes(body)
+        st = self._lookup(b[1:-1])
+        if st is None:
+            rq.append((ps.DESC_S, None))
+            return None
+        pre = self._ensure(st)
+        if not pre and rq:
+            last = rq[-1]
+            if last[0] == ps.SYNTH and isinstance(last[1], tuple) and last[1][1][0] == b[1:-1]:
+                # Parse then Describe of the same statement (a driver preparing it): the Parse was answered
+                # here, but PostgreSQL would have parsed it afresh, and DDL since (maybe through another
+                # connection) may have changed its parameter or result types. Parse it again on this
+                # server, so Describe says what the schema says now.
+                rq.append((ps.UNPARSE, None))
+                rq.append((ps.INJECT, st))
+                pre = m.msg(b"C", b"S" + st.name + b"\x00") + st.parse_msg
+        rq.append((ps.DESC_S, (st, b[1:-1])))
+        nb = b"S" + st.name + b"\x00"
+        return pre + b"D" + m.U32.pack(len(nb) + 4) + nb
+
+    def _ps_close(self, body: memoryview, rq: deque[tuple[int, Any]]) -> bytes | None:
+        """Close: the client's name is forgotten; the server's statement stays (others share it)."""
+        self.unsynced = True
+        try:
+            frontend.parse_close(body)
+        except frontend.InvalidMessage:
+            return self._malformed(rq)
+        if body[0] == 80:
+            rq.append((ps.CLOSE, None))
+            return None
+        name = bytes(body[1:-1])
+        prev = self._lookup(name)
+        if name:
+            self.named.pop(name, None)
+        else:
+            self.unnamed = None
+        # The server's copy stays (other clients share it); PostgreSQL answers CloseComplete even
+        # for a name that does not exist, so do we.
+        rq.append((ps.SYNTH, (m.CLOSE_COMPLETE, (name, prev))))
+        return b""
 
     def _on_header_ps(self, t: int, ln: int) -> None:
         # Simple queries and function calls end at ReadyForQuery: while nothing else is in flight they

@@ -31,8 +31,8 @@ from pgdoorman.session.server_prepared import SERVER_TABLE, ServerPrepared, is_s
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pool
-    from pgdoorman.session.client import ClientConn
-    from pgdoorman.worker import Worker
+    from pgdoorman.session.host import Host
+    from pgdoorman.session.peer import ClientPeer
 
 log = logging.getLogger("pgdoorman.server")
 
@@ -73,18 +73,18 @@ class ServerConn(ServerPrepared):
         "id", "worker", "pool", "state", "client", "params", "extra", "extra_undo", "synced_key", "pid", "secret",
         "created", "idle_since", "epoch", "dirty", "cancelled", "scanner", "inbuf",
         "internal_left", "internal_error", "internal_done", "deferred", "txn_status", "login",
-        "timer", "connect_error", "fatal_forwarded", "addr", "xact_start", "query_count", "xact_count",
+        "timer", "connect_error", "fatal_forwarded", "addr", "xact_start", "query_count", "counted", "xact_count",
         "bytes_in", "bytes_out", "pstats", "tls", "tls_phase", "tls_retried", "target",
     )
 
-    def __init__(self, sock: socket.socket, worker: Worker, pool: Pool, addr: str) -> None:
+    def __init__(self, sock: socket.socket, worker: Host, pool: Pool, addr: str) -> None:
         super().__init__(sock, worker.loop)
         self.id = next(_ids)
         self.worker = worker
         self.pool = pool
         self.addr = addr
         self.state = CONNECTING
-        self.client: ClientConn | None = None
+        self.client: ClientPeer | None = None
         self.params: dict[str, str] = {}
         self.extra: dict[str, str] = {}  # settings we set that PostgreSQL does not report (params.sync_calls)
         self.extra_undo: dict[str, str] | None = None
@@ -110,6 +110,7 @@ class ServerConn(ServerPrepared):
         self.fatal_forwarded = False
         self.xact_start = 0.0
         self.query_count = 0
+        self.counted = 0  # query_count when the linked client was last told (ClientBase.ready)
         self.xact_count = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -132,7 +133,7 @@ class ServerConn(ServerPrepared):
 
     # ------------------------------------------------------------------ connecting and login
     @classmethod
-    def open(cls, worker: Worker, pool: Pool) -> ServerConn:
+    def open(cls, worker: Host, pool: Pool) -> ServerConn:
         host = pool.pool_cfg.server_host
         port = pool.pool_cfg.server_port
         if host.startswith("/"):
@@ -388,16 +389,9 @@ class ServerConn(ServerPrepared):
             self.txn_status = st
             if st == 73:
                 self.xact_count += 1
-            if c is not None:
-                c.expect -= 1
-                c.fast_bind = None
-                c.fast_redo = None
-                if st == 73 and c.expect <= 0 and not c.unsynced and c.transaction_mode \
-                        and not c.scanner.mid_message:
-                    # (Mid-message: PostgreSQL still reads the rest of a message the client is sending; the
-                    # server stays with the client until that message is whole.)
-                    self.release_pending = True
-                c.on_ready(st)
+            if c is not None and c.ready(st, self.query_count - self.counted):
+                self.release_pending = True
+            self.counted = self.query_count
             if held is not None:
                 return held + m.msg(b"Z", body)
         elif t == 67:  # CommandComplete
@@ -410,37 +404,43 @@ class ServerConn(ServerPrepared):
                 # pool's statements are parsed once per server: from now on each text is parsed afresh, as a
                 # client's own Parse would be on PostgreSQL.
                 self.pool.ps_cache.invalidate()
-            if self.client is not None:
-                self.client.query_count += 1
         elif t == 83:  # ParameterStatus
-            k, v = m.parse_parameter_status(body)
-            self.params[k] = v
-            self.synced_key = None
-            c = self.client
-            if c is not None:
-                c.param_changed(k, v)
+            self._on_parameter(body)
         elif t == 69:
-            if body[:7] in _FATAL_SEVERITY:
-                self.fatal_forwarded = True  # PostgreSQL ends the session: the client needs nothing more from us
-            c = self.client
-            if c is not None:
-                fb = c.fast_bind
-                if fb is not None:  # in a fast batch: as the general path does for its Bind
-                    if c.fast_redo is not None and is_stale_plan(m.parse_fields(body)):
-                        self._ps_error(ps.BIND, fb, body)  # forgets the stale statement, makes a fresh one
-                        c.held_error = m.msg(b"E", body)
-                        return b""  # held until ReadyForQuery (see ClientConn.redo_fast_batch)
-                    c.on_server_error(body)
-                    rep = self._ps_error(ps.BIND, fb, body)
-                    if rep is not None:
-                        return m.msg(b"E", rep)
-                else:
-                    c.on_server_error(body)
+            return self._on_error(body)
         elif t == 71:  # CopyInResponse
             c = self.client
             if c is not None:
                 c.copy_in_started()
         return None
+
+    def _on_parameter(self, body: memoryview) -> None:
+        k, v = m.parse_parameter_status(body)
+        self.params[k] = v
+        self.synced_key = None
+        c = self.client
+        if c is not None:
+            c.param_changed(k, v)
+
+    def _on_error(self, body: memoryview) -> bytes | None:
+        """An ErrorResponse relayed to the linked client (None: as it is; b"": held; else the replacement)."""
+        if body[:7] in _FATAL_SEVERITY:
+            self.fatal_forwarded = True  # PostgreSQL ends the session: the client needs nothing more from us
+        c = self.client
+        if c is None:
+            return None
+        fb = c.fast_bind
+        if fb is None:
+            c.on_server_error(body)
+            return None
+        # In a fast batch: as the general path does for its Bind.
+        if c.fast_redo is not None and is_stale_plan(m.parse_fields(body)):
+            self._ps_error(ps.BIND, fb, body)  # forgets the stale statement, makes a fresh one
+            c.hold_error(body)
+            return b""  # held until ReadyForQuery (see ClientPeer.redo_fast_batch)
+        c.on_server_error(body)
+        rep = self._ps_error(ps.BIND, fb, body)
+        return None if rep is None else m.msg(b"E", rep)
 
     def _note_tag(self, tag: bytes) -> None:
         if tag == b"SET":
@@ -614,9 +614,10 @@ class ServerConn(ServerPrepared):
             c.resume_reading()
 
     # ------------------------------------------------------------------ state moves made by other modules
-    def link(self, client: ClientConn) -> None:
+    def link(self, client: ClientPeer) -> None:
         """Lent to `client` (its relay runs now)."""
         self.client = client
+        self.counted = self.query_count
         self.state = ACTIVE
         self.skipping = False
 

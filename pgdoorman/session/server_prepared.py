@@ -18,10 +18,11 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner, make_table
 
 if TYPE_CHECKING:
+    from collections import deque
     from collections.abc import Callable as _Callable
 
     from pgdoorman.core.pool import Pool
-    from pgdoorman.session.client import ClientConn
+    from pgdoorman.session.peer import ClientPeer
 
 log = logging.getLogger("pgdoorman.server")
 
@@ -66,7 +67,7 @@ class ServerPrepared(Conn):
     _ps_handler: _Callable[[int, memoryview], bytes | None]
 
     if TYPE_CHECKING:  # fields and methods of ServerConn this part uses
-        client: ClientConn | None
+        client: ClientPeer | None
         pool: Pool
         scanner: Scanner
 
@@ -114,24 +115,10 @@ class ServerPrepared(Conn):
                 if rq:
                     rq.popleft()
             elif t == 69:  # ErrorResponse
-                if kind not in (ps.QUERY, ps.FUNC):
-                    rep = self._ps_error(kind, data, body)
-                    if rep is not None:
-                        body = memoryview(rep)
-                        rewritten = True
-                    # PostgreSQL skips everything up to the next Sync: so do the expectations, and what the
-                    # skipped messages did to our view of the client's and this server's statements is undone
-                    # (also for messages the client sends after this, until its Sync: see `skipping`).
-                    rq.popleft()
-                    while rq and rq[0][0] != ps.SYNC:
-                        self._skip_entry(c, *rq.popleft())
-                    if not rq:
-                        self.skipping = True
-                elif data is not None:  # a fast batch (see ClientConn._fast_batch): errors are its Bind's
-                    rep = self._ps_error(ps.BIND, data, body)
-                    if rep is not None:
-                        body = memoryview(rep)
-                        rewritten = True
+                rep = self._ps_error_response(c, rq, kind, data, body)
+                if rep is not None:
+                    body = memoryview(rep)
+                    rewritten = True
             elif t in ps.TERMINAL[kind]:
                 rq.popleft()
                 swallow = kind in ps.SWALLOWED
@@ -154,7 +141,26 @@ class ServerPrepared(Conn):
             out += suffix
         return bytes(out)
 
-    def _skip_entry(self, c: ClientConn, kind: int, data: Any) -> None:
+    def _ps_error_response(self, c: ClientPeer, rq: deque[tuple[int, Any]], kind: int, data: Any,
+                           body: memoryview) -> bytes | None:
+        """An ErrorResponse answering the entry (kind, data) at the head of `rq`: the rewritten error, or None
+        to relay PostgreSQL's own."""
+        if kind in (ps.QUERY, ps.FUNC):
+            # A simple query's error ends at its ReadyForQuery; in a fast batch (see FastPaths._fast_batch)
+            # errors are its Bind's.
+            return None if data is None else self._ps_error(ps.BIND, data, body)
+        rep = self._ps_error(kind, data, body)
+        # PostgreSQL skips everything up to the next Sync: so do the expectations, and what the skipped
+        # messages did to our view of the client's and this server's statements is undone (also for messages
+        # the client sends after this, until its Sync: see `skipping`).
+        rq.popleft()
+        while rq and rq[0][0] != ps.SYNC:
+            self._skip_entry(c, *rq.popleft())
+        if not rq:
+            self.skipping = True
+        return rep
+
+    def _skip_entry(self, c: ClientPeer, kind: int, data: Any) -> None:
         """PostgreSQL skipped the message of this expected-response entry: undo what sending it did."""
         c.skipped(kind, data)
         if kind == ps.PARSE:

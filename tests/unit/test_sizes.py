@@ -2,8 +2,7 @@
 MAX_FUNCTION_LINES lines (the def line to its last line, decorators excluded: end_lineno - lineno + 1).
 
 EXEMPT lists the two hot loops that stay whole on purpose, each with its reason (the function says so in a
-comment too). PENDING names the known offenders still to split (issue 11): allowed by name only, and an entry
-fails once it is no longer over the limit, so that the list only shrinks.
+comment too).
 """
 
 from __future__ import annotations
@@ -26,18 +25,6 @@ EXEMPT: dict[str, str] = {
     "pgdoorman/protocol/framing.py::Scanner.feed": "the scanner's hot loop: a helper would cost one function "
                                                    "call more per message on the hot path",
 }
-
-# Known offenders still to split (issue 11, the redesign): allowed by name only, each with its size printed by
-# test_pending; an entry that is no longer over the limit fails, so the list only shrinks.
-PENDING: set[str] = {
-    "pgdoorman/session/client_base.py::ClientBase.__init__",
-    "pgdoorman/session/client.py::ClientConn._consume",
-    "pgdoorman/session/fastpath.py::FastPaths._fast_batch",
-    "pgdoorman/session/rewrite.py::PreparedRelay._on_message_ps",
-    "pgdoorman/session/server.py::ServerConn._on_message",
-    "pgdoorman/session/server_prepared.py::ServerPrepared._on_message_ps",
-}
-
 
 def _functions(node: ast.AST, prefix: str = "") -> list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
     """(qualified name, node) of every function and method under node, nested ones included."""
@@ -84,7 +71,7 @@ def _describe(key: str) -> str:
 
 
 def test_no_module_or_function_over_the_limit() -> None:
-    offenders = [_describe(k) for k in sorted(OVER) if k not in EXEMPT and k not in PENDING]
+    offenders = [_describe(k) for k in sorted(OVER) if k not in EXEMPT]
     assert not offenders, (
         "over the size limit (split it; tests/unit/test_sizes.py explains the exemptions):\n  "
         + "\n  ".join(offenders))
@@ -98,10 +85,3 @@ def test_exemption_still_needed(key: str) -> None:
     node = dict(_functions(ast.parse(source)))[name]
     body = "\n".join(source.splitlines()[node.lineno - 1:node.end_lineno])
     assert "Exempt from the size rule" in body, f"{key}: say in the function why it is exempt from the size rule"
-
-
-@pytest.mark.parametrize("key", sorted(PENDING))
-def test_pending_still_over(key: str) -> None:
-    assert key in OVER, (f"{key} is no longer over the limit (or no longer exists): remove it from PENDING in "
-                         "tests/unit/test_sizes.py")
-    print(f"known offender, still to split: {_describe(key)}")
