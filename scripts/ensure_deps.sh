@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests, `make run`, the benchmark and the free-threaded build need.
 # Idempotent and quiet when everything is present; runs `apt-get update` at most once per call.
-# Usage: scripts/ensure_deps.sh [postgres|pgbouncer|promtool|browser|ftbuild|deb|pipx|all]...   (default: postgres)
+# Usage: scripts/ensure_deps.sh [postgres|pgbouncer|pgbouncerbuild|promtool|browser|ftbuild|deb|pipx|all]...   (default: postgres)
 set -euo pipefail
 
 want=()
@@ -18,6 +18,8 @@ for group in "${@:-postgres}"; do
         # binding), and the other stdlib modules the test tools import.
         ftbuild) want+=(build-essential dpkg-dev pkg-config libssl-dev zlib1g-dev libffi-dev libbz2-dev
                         liblzma-dev libsqlite3-dev libreadline-dev libncurses-dev uuid-dev libpq5) ;;
+        # scripts/build_pgbouncer.sh: a current PgBouncer from Debian's source package (make bench).
+        pgbouncerbuild) want+=(build-essential dpkg-dev pkg-config libssl-dev libevent-dev libc-ares-dev libpam0g-dev) ;;
         # make deb / test-deb: dpkg-deb (dpkg), lintian, man -l (man-db, groff), logrotate and
         # (systemd-analyze verify too, when systemd is there) for the package test, python3-yaml for the installed package.
         deb) want+=(dpkg lintian man-db groff-base logrotate python3-yaml adduser) ;;
