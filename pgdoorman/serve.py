@@ -21,6 +21,7 @@ from pgdoorman.observe import Observer
 from pgdoorman.upgrade.handoff import run_upgrade
 from pgdoorman.upgrade.inherit import Inherited, inherited_listeners, sigint_means_shutdown
 from pgdoorman.upgrade.receive import child_ready
+from pgdoorman.web import logtap
 from pgdoorman.web.api import WebApi
 
 if TYPE_CHECKING:
@@ -60,7 +61,9 @@ def wire(app: App) -> Observer:
         if failure:
             raise failure[0]
 
-    api = WebApi(obs, app, run_on_worker, started=lambda: app.started)
+    # The log tap of /api/logs: records kept only while web.ui is on (both may change on RELOAD).
+    tap = logtap.install(lambda: app.config.web.log_tap_max_entries if app.config.web.ui else 0)
+    api = WebApi(obs, app, run_on_worker, started=lambda: app.started, logtap=tap)
 
     def start_metrics() -> MetricsServer:
         return start_metrics_server(obs, routes=api)

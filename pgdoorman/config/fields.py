@@ -421,13 +421,14 @@ FIELDS: Final[tuple[Field, ...]] = (
          reloadable=False),
     _web("Listener", "port", Port(), 9127, True, "Port of the HTTP listener.", reloadable=False),
     _web("Web UI", "ui", Bool(), False, True,
-         "Serve the JSON API (`/api/*`, docs/web-api.md) on the web listener as well. Refused while "
+         "Serve the web console (`/`, docs/web-console.md) and the JSON API (`/api/*`, docs/web-api.md) on "
+         "the web listener as well. Refused while "
          "`general.admin_password` is empty or the default `admin`: the API's Admin role uses it."),
     _web("Web UI", "ui_anonymous", Bool(), False, True,
          "Allow read-only API access without authentication (never to client addresses or SQL text, "
          "never to the admin commands)."),
-    _web("Web UI", "log_tap_max_entries", Int(0), 8192, False,
-         "Log lines kept in memory for the web UI; 0 disables."),
+    _web("Web UI", "log_tap_max_entries", Int(0), 8192, True,
+         "Log lines kept in memory for the web console's log tail (`/api/logs`, admin only); 0 disables."),
     _web("Web UI", "trusted_proxies", StrList(), (), False,
          "Networks (CIDR) whose X-Forwarded-For / Forwarded headers are believed."),
     _web("SSO", "sso_enabled", Bool(), False, False, "Accept single-sign-on JWTs for the web UI."),

@@ -35,6 +35,7 @@ from pgdoorman.metrics.process import cached_socket_counts
 from pgdoorman.metrics.server import HttpRequest, HttpResponse
 from pgdoorman.observe import Control, Observer, UnknownDatabase
 from pgdoorman.web import ui
+from pgdoorman.web.logtap import LogTap
 
 log = logging.getLogger("pgdoorman.web")
 
@@ -61,9 +62,10 @@ TABLE_VIEWS: dict[str, str] = {
     "lists": "lists",
 }
 OBJECT_VIEWS = ("overview", "sockets")
-VIEWS = (*TABLE_VIEWS, *OBJECT_VIEWS)
-# Views with personal data (client addresses and application names, SQL text): never anonymous.
-PERSONAL = frozenset({"clients", "prepared"})
+LIVE_VIEWS = ("logs",)  # read live, not from the snapshot
+VIEWS = (*TABLE_VIEWS, *OBJECT_VIEWS, *LIVE_VIEWS)
+# Views with personal data (client addresses and application names, SQL text, log lines): never anonymous.
+PERSONAL = frozenset({"clients", "prepared", "logs"})
 ACTIONS = ("reload", "pause", "resume", "reconnect")
 
 # Text columns whose values JSON carries typed: SHOW's 'true'/'false' and a port number.
@@ -288,8 +290,10 @@ class WebApi:
     """The route hook: `__call__(request)` answers /api/* while `web.ui` is on (None otherwise: 404)."""
 
     def __init__(self, obs: Observer, control: Control, run_on_worker: RunOnWorker,
-                 started: Callable[[], float] | None = None, ttl: float = CACHE_SECONDS) -> None:
+                 started: Callable[[], float] | None = None, ttl: float = CACHE_SECONDS,
+                 logtap: LogTap | None = None) -> None:
         self.obs = obs
+        self.logtap = logtap
         self.control = control
         self.run_on_worker = run_on_worker
         self.started = started
@@ -343,7 +347,26 @@ class WebApi:
             return error(401, "unauthorized", why, [("WWW-Authenticate", REALM)])
         if role != ADMIN and name in PERSONAL:
             return error(403, "forbidden", "admin role required", who=role)
+        if name == "logs":
+            return self._logs(role, req.query)
         return self._view(name, role, req.query)
+
+    def _logs(self, who: str, query: str) -> HttpResponse:
+        """GET /api/logs?after=<seq>&limit=<n>&level=<name>: the log tap's entries after `after`."""
+        if self.logtap is None or self.obs.config.web.log_tap_max_entries <= 0:
+            return error(404, "not_found", "the log tap is off (web.log_tap_max_entries: 0)", who=who)
+        params = parse_qs(query)
+        try:
+            after = _int_param(params, "after", 0)
+            limit = min(_int_param(params, "limit", 1000), 10_000)
+        except ValueError as e:
+            return error(400, "bad_request", str(e), who=who)
+        level_name = params.get("level", ["debug"])[-1].lower()
+        level = {"warn": logging.WARNING}.get(level_name, logging.getLevelName(level_name.upper()))
+        if not isinstance(level, int):
+            return error(400, "bad_request", f"unknown level {level_name!r}", who=who)
+        body = {"view": "logs", **self.logtap.read(after, limit, level)}
+        return HttpResponse(200, dumps(body), who=who)
 
     def _page(self, req: HttpRequest) -> HttpResponse | None:
         """The console: `/` (the shell; the same access as a view), `/static/*` (no data, no sign-in),

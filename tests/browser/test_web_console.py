@@ -303,3 +303,19 @@ def test_anonymous_gets_the_sign_in_prompt(browser: Any, console: Console, tmp_p
         assert browser.find_elements("css selector", "#cards, #pools-table") == []
         assert "cl_idle" not in browser.page_source
     shot(browser, tmp_path, "anonymous")
+
+
+def test_log_tail_shows_hostile_lines_as_text(browser: Any, console: Console, tmp_path: Path) -> None:
+    # A login with a hostile user name: the pooler logs the refusal with the name in it.
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(console.pooler.dsn(XSS, "wrong", DBNAME), connect_timeout=10).close()
+    open_console(browser, console)
+    tab(browser, "logs")
+    wait_for(lambda: any("onerror" in t for t in texts(browser, "#logs .line .msg")), what="the refusal in the log tail")
+    assert any(t == "INFO" for t in texts(browser, "#logs .line .lv"))
+    shot(browser, tmp_path, "logs")
+    assert browser.find_elements("css selector", "#logs img, #logs script") == []
+    assert browser.execute_script("return window.__xss === undefined")
+    # The page's own polling of /api/logs is not in the tail.
+    assert not any("path=/api/logs " in t for t in texts(browser, "#logs .line .msg"))
+    assert console_errors(browser) == []

@@ -31,8 +31,9 @@ VOLATILE = {"age_seconds", "oldest_active_age_ms", "maxwait", "maxwait_us"}
 def web_pooler(pooler_factory: Any, ui: bool = True, anonymous: bool = False, **kw: Any) -> tuple[Any, int]:
     port = free_port()
     general = {"admin_password": PASSWORD, **kw.pop("general", {})}
+    web = kw.pop("web", {})
     p = pooler_factory(start=False, general=general, **kw)
-    p.config["web"] = {"enabled": True, "host": "127.0.0.1", "port": port, "ui": ui, "ui_anonymous": anonymous}
+    p.config["web"] = {"enabled": True, "host": "127.0.0.1", "port": port, "ui": ui, "ui_anonymous": anonymous, **web}
     p.start()
     return p, port
 
@@ -274,3 +275,36 @@ def test_page_routes_and_paging(pooler_factory: Any) -> None:
     assert request(port2, "/login", auth=None)[0] == 401
     p3, port3 = web_pooler(pooler_factory, ui=False)
     assert request(port3, "/")[0] == 404 and request(port3, "/static/app.js")[0] == 404
+
+
+def test_log_tap(pooler_factory: Any) -> None:
+    p, port = web_pooler(pooler_factory, web={"log_tap_max_entries": 8})
+    assert post(port, "reload") == (200, {"ok": True, "command": "RELOAD"})
+    # The access line of a request is written after its response: wait for the POST's.
+    def logs_when(query: str, cond: Any) -> Any:
+        def check() -> Any:
+            got = get(port, "logs" + query)
+            return got if cond(got) else None
+        return wait_for(check, what=f"/api/logs{query} as expected")
+
+    body = logs_when("", lambda got: any("path=/api/admin/reload " in e["message"] for e in got["entries"]))
+    assert body["capacity"] == 8 and 0 < len(body["entries"]) <= 8, body
+    assert any(e["message"] == "RELOAD (web API)" and e["logger"] == "pgdoorman.web" for e in body["entries"])
+    assert all(set(e) == {"seq", "time", "level", "logger", "thread", "message"} for e in body["entries"])
+    seqs = [e["seq"] for e in body["entries"]]
+    assert seqs == sorted(seqs) and seqs[-1] == body["last"]
+    # Only what came after: the page's polls of /api/logs are not logged into the tap.
+    assert get(port, f"logs?after={body['last']}")["entries"] == []
+    for _ in range(10):
+        assert request(port, "/api/version")[0] == 200  # an access log line each
+    # Ten requests: an access line each (and a debug line at -l debug).
+    later = logs_when(f"?after={body['last']}", lambda got: got["last"] - body["last"] >= 10)
+    new = later["last"] - body["last"]
+    assert len(later["entries"]) == 8 and later["dropped"] == new - 8, later  # the ring holds eight
+    assert get(port, "logs?level=warning")["entries"] == []
+    assert request(port, "/api/logs?level=nope")[0] == 400
+    assert request(port, "/api/logs", auth=None)[0] == 401
+
+    p2, port2 = web_pooler(pooler_factory, web={"log_tap_max_entries": 0})
+    status, _, body = request(port2, "/api/logs")
+    assert status == 404 and "log_tap_max_entries" in body["message"]

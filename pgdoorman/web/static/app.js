@@ -18,7 +18,9 @@ const state = {
     prepared: { view: "prepared", offset: 0, sort: "", desc: false, filter: "", key: "hash" },
   },
   pending: null,
+  logs: { after: 0, level: "debug", lines: 0 },
 };
+const LOG_LINES = 2000;         // lines the log tail keeps in the page
 
 function $(id) { return document.getElementById(id); }
 
@@ -253,6 +255,35 @@ function tableMessage(name, text) {
   if (pager) pager.replaceChildren();
 }
 
+// ------------------------------------------------------------------------------------------ logs
+async function refreshLogs() {
+  const l = state.logs;
+  const box = $("logs");
+  let data;
+  try {
+    data = await api(`/api/logs?after=${l.after}&limit=500&level=${encodeURIComponent(l.level)}`);
+  } catch (e) {
+    $("logs-status").textContent = e.status === 403 ? "Only an admin may read the log. Sign in as admin."
+      : e.status === 404 ? "The log tap is off (web.log_tap_max_entries: 0)." : `Cannot read the log: ${e.message}`;
+    return;
+  }
+  const follow = $("logs-follow").checked;
+  for (const e of data.entries) {
+    const t = new Date(e.time * 1000);
+    box.append(el("div", { class: "line", "data-seq": String(e.seq) },
+      el("span", { class: "ts", text: t.toLocaleTimeString() + "." + String(t.getMilliseconds()).padStart(3, "0") }),
+      el("span", { class: `lv lv-${e.level}`, text: e.level.toUpperCase() }),
+      el("span", { class: "lg", text: e.logger }),
+      el("span", { class: "msg", text: e.message })));
+    l.lines++;
+  }
+  while (l.lines > LOG_LINES && box.firstChild) { box.firstChild.remove(); l.lines--; }
+  if (data.dropped > 0 && l.after > 0) box.append(el("div", { class: "line muted", text: `… ${data.dropped} lines no longer held` }));
+  l.after = data.last;
+  if (follow && data.entries.length) box.scrollTop = box.scrollHeight;
+  $("logs-status").textContent = `${l.lines} lines (the pooler keeps the last ${data.capacity})`;
+}
+
 // ------------------------------------------------------------------------------------------ commands
 function confirmAction(action, db) {
   const what = db ? `database "${db}"` : "every pool";
@@ -298,6 +329,7 @@ async function refresh() {
       state.pools.columns = pools.columns;
       renderPools();
     }
+    if (state.tab === "logs") await refreshLogs();
     const t = state.tables[state.tab];
     if (t) {
       const params = new URLSearchParams({ offset: String(t.offset), limit: String(PAGE_SIZE) });
@@ -331,6 +363,11 @@ async function start() {
   for (const b of document.querySelectorAll("#admin-actions button")) b.addEventListener("click", () => confirmAction(b.dataset.action, null));
   $("confirm-cancel").addEventListener("click", () => { state.pending = null; $("confirm").close(); });
   $("confirm-ok").addEventListener("click", runPending);
+  $("logs-level").addEventListener("change", (ev) => {
+    state.logs = { after: 0, level: ev.target.value, lines: 0 };
+    $("logs").replaceChildren();
+    refresh();
+  });
   for (const name of Object.keys(state.tables)) {
     let timer = null;
     $(`${name}-filter`).addEventListener("input", (ev) => {
