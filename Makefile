@@ -7,14 +7,15 @@ VPY    := $(VENV)/bin/python
 FT_PY  := .venv-ft/bin/python
 STAMP  := $(VENV)/.pgdoorman-installed
 
-.PHONY: help venv deps drivers run test test-ft lint bench bench-tls soak abuse-bench ft-python deb test-deb test-pipx man clean distclean
+.PHONY: help venv deps drivers run test test-ft lint bench bench-tls bench-deps bench-profile soak abuse-bench ft-python deb test-deb test-pipx man clean distclean
 
 help:
 	@echo "make run        throwaway PostgreSQL + pgdoorman on 127.0.0.1:6432 in the foreground, web console on :9127"
 	@echo "make test       lint, type-check, import contracts, the test suite, then the free-threaded (3.13t) concurrency tests"
 	@echo "make lint       ruff, mypy and the import contracts (lint-imports) only"
-	@echo "make bench      scripts/bench.py (pgdoorman vs pgbouncer)"
+	@echo "make bench      scripts/bench.py (pgdoorman vs Debian's and a current PgBouncer, charts; docs/benchmarks.md)"
 	@echo "make bench-tls  the same with clients over TLS (docs/benchmarks-tls.md)"
+	@echo "make bench-profile scripts/profile_workers.py: 1 vs 2 workers on 3.13t, perf and counters (docs/performance.md)"
 	@echo "make soak       scripts/soak.py: 30 min of mixed traffic, RSS/fds/servers every minute (ARGS=--duration S)"
 	@echo "make abuse-bench scripts/abuse_bench.py: RSS and canary latency under refused/half-open/stalled clients"
 	@echo "make ft-python  build/reuse free-threaded CPython 3.13t and .venv-ft"
@@ -93,13 +94,27 @@ test-pipx:
 	scripts/ensure_deps.sh pipx
 	scripts/test_pipx.sh
 
-bench: venv
+# Benchmark-only Python tools (matplotlib for the charts, py-spy): scripts/bench-requirements.txt, not the
+# package's dependencies. A failed install does not stop the benchmark (it then draws no charts).
+BENCH_STAMP := $(VENV)/.bench-installed
+bench-deps: venv
+	@test -f $(BENCH_STAMP) -a $(BENCH_STAMP) -nt scripts/bench-requirements.txt -a $(BENCH_STAMP) -nt $(STAMP) || { \
+		echo "pip install -r scripts/bench-requirements.txt into $(VENV) (log: $(VENV)/pip-bench.log)"; \
+		if $(VPY) -m pip install -q -r scripts/bench-requirements.txt >$(VENV)/pip-bench.log 2>&1; then touch $(BENCH_STAMP); \
+		else tail -n 5 $(VENV)/pip-bench.log; echo "bench-deps: not installed; the benchmark runs without charts"; fi; }
+
+# bench.py builds (or reuses) the current PgBouncer with scripts/build_pgbouncer.sh; if that cannot work here it
+# says why and leaves that column out.
+bench: venv bench-deps
 	scripts/ensure_deps.sh postgres pgbouncer
 	$(VPY) scripts/bench.py $(ARGS)
 
-bench-tls: venv
+bench-tls: venv bench-deps
 	scripts/ensure_deps.sh postgres pgbouncer
 	$(VPY) scripts/bench.py --tls $(ARGS)
+
+bench-profile: deps venv bench-deps ft-python
+	$(VPY) scripts/profile_workers.py $(ARGS)
 
 clean:
 	-test -d .run/pg && $(PYTHON) scripts/pgcluster.py stop .run/pg

@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark of pgdoorman, Debian's PgBouncer 1.18 and direct PostgreSQL (`make bench`).
+"""Side-by-side benchmark of pgdoorman, PgBouncer and direct PostgreSQL (`make bench`).
 
-Owns the whole run: a throwaway cluster on ports 26000-26099, both poolers as plain child processes,
+Two PgBouncers: the one Debian installs (`pgbouncer`: 1.18 on Debian 12, no prepared statements in transaction
+mode) and a current one (`pgbouncer-new`: 1.24+, with max_prepared_statements) that scripts/build_pgbouncer.sh
+builds from Debian trixie's source package into /var/cache/pgdoorman; when it cannot be built the run says why
+and goes on without that column.
+
+Owns the whole run: a throwaway cluster on ports 26000-26099, the poolers as plain child processes,
 pgbench select-only cells with per-process CPU accounting, the idle-client memory test
-(scripts/idle_clients.py), and the generated report docs/benchmarks.md. Every process it starts is
-stopped again in `finally`, also on Ctrl-C / SIGTERM.
+(scripts/idle_clients.py), the generated report docs/benchmarks.md and its charts (PNG, matplotlib, next to
+the report in img/). Every process it starts is stopped again in `finally`, also on Ctrl-C / SIGTERM.
 
 Method (facts carried over from the project's performance baseline):
 * every process of ours (postmaster and backends, the pooler, pgbench) runs at nice -10, so that
@@ -51,19 +56,24 @@ HOST = "127.0.0.1"
 PORT_PG = 26000
 PORT_PGBOUNCER = 26001
 PORT_PGDOORMAN = 26002
+PORT_PGBOUNCER_NEW = 26003
 DB = "bench"
 ROLE = "bench"
 # 200 like the baseline: direct -c 100 fits next to a 20-connection pool, -c 1000 does not.
 PG_MAX_CONNECTIONS = 200
 PG_RESERVED = 3  # superuser_reserved_connections default
 MAX_CLIENTS_POOLER = 12000
-TARGETS = ("direct", "pgbouncer", "pgdoorman")
-PORTS = {"direct": PORT_PG, "pgbouncer": PORT_PGBOUNCER, "pgdoorman": PORT_PGDOORMAN}
+TARGETS = ("direct", "pgbouncer", "pgbouncer-new", "pgdoorman")
+PORTS = {"direct": PORT_PG, "pgbouncer": PORT_PGBOUNCER, "pgbouncer-new": PORT_PGBOUNCER_NEW,
+         "pgdoorman": PORT_PGDOORMAN}
+POOLERS = ("pgbouncer", "pgbouncer-new", "pgdoorman")
+# max_prepared_statements of the current PgBouncer (0 would switch its prepared-statement support off).
+PGBOUNCER_MAX_PREPARED = 200
 MODES = ("simple", "extended", "prepared")
 NICE = -10
 HZ = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
-PGBOUNCER_PREPARED_NOTE = "not supported (1.18 has no prepared statement support in transaction mode)"
+PGBOUNCER_PREPARED_NOTE = "not supported (PgBouncer before 1.21 has no prepared statements in transaction mode)"
 DIRECT_TOO_MANY_NOTE = "n/a (max_connections)"
 IDLE_LOGIN_CONCURRENCY = 200
 
@@ -317,6 +327,16 @@ class Bench:
         self.commands: list[str] = []
         self.versions: dict[str, str] = {}
         self.start_errors: dict[str, str] = {}
+        # Targets left out of this run, and why (the current PgBouncer could not be built, say): not a failure.
+        self.unavailable: dict[str, str] = {}
+        self.pgbouncer_new_exe: str | None = None
+        self.charts: dict[str, str] = {}  # mode -> PNG path relative to the report
+        self.charts_note = ""
+        # How pgdoorman is started: scripts/profile_workers.py runs it under scripts/pgdoorman_counters.py,
+        # or from a snapshot of the package (`src`: the directory that holds pgdoorman/).
+        self.pgdoorman_launch: list[str] = ["-m", "pgdoorman"]
+        self.pgdoorman_src = REPO
+        self.pgdoorman_env: dict[str, str] = {}
         self.env = dict(os.environ)
         self.env.update(PGPASSWORD=self.password, PGSSLMODE="disable", PGGSSENCMODE="disable")
         for k in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE", "PGOPTIONS"):
@@ -430,7 +450,45 @@ class Bench:
             exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
             if not os.path.exists(exe):
                 raise StartError(f"pgbouncer is not installed and ensure_deps.sh failed: {r.stderr[-500:]}")
-        d = self.tmp / "pgbouncer"
+        return self._start_pgbouncer("pgbouncer", exe, PORT_PGBOUNCER, "")
+
+    def start_pgbouncer_new(self) -> subprocess.Popen[Any]:
+        if not self.pgbouncer_new_exe:
+            raise StartError("the current PgBouncer is not available")
+        return self._start_pgbouncer("pgbouncer-new", self.pgbouncer_new_exe, PORT_PGBOUNCER_NEW,
+                                     f"max_prepared_statements = {PGBOUNCER_MAX_PREPARED}\n")
+
+    def find_pgbouncer_new(self) -> None:
+        """The current PgBouncer: --pgbouncer-new, else scripts/build_pgbouncer.sh (a cached build is reused;
+        a first build takes about a minute). If neither works the target is left out, with the reason."""
+        if "pgbouncer-new" not in self.args.only:
+            return
+        exe = self.args.pgbouncer_new
+        if not exe:
+            print("finding or building the current PgBouncer (scripts/build_pgbouncer.sh) ...", flush=True)
+            try:
+                r = subprocess.run(["bash", str(SCRIPT_DIR / "build_pgbouncer.sh")], capture_output=True, text=True,
+                                   timeout=1800)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                self.unavailable["pgbouncer-new"] = f"scripts/build_pgbouncer.sh did not finish: {exc}"
+            else:
+                lines = r.stdout.strip().splitlines()
+                if r.returncode == 0 and lines and os.access(lines[-1], os.X_OK):
+                    exe = lines[-1]
+                else:
+                    why = (r.stderr or r.stdout).strip().splitlines()[-3:]
+                    self.unavailable["pgbouncer-new"] = (
+                        f"scripts/build_pgbouncer.sh failed (status {r.returncode}): {' / '.join(why)}")
+        elif not os.access(exe, os.X_OK):
+            self.unavailable["pgbouncer-new"] = f"--pgbouncer-new {exe} is not an executable"
+            exe = None
+        if exe:
+            self.pgbouncer_new_exe = exe
+        else:
+            print(f"  pgbouncer-new: left out of this run: {self.unavailable['pgbouncer-new']}", flush=True)
+
+    def _start_pgbouncer(self, name: str, exe: str, port: int, extra: str) -> subprocess.Popen[Any]:
+        d = self.tmp / name
         d.mkdir(exist_ok=True)
         userlist = d / "userlist.txt"
         userlist.write_text(f'"{ROLE}" "{self.stored_password}"\n')
@@ -441,7 +499,7 @@ class Bench:
             f"{DB} = host={HOST} port={PORT_PG} dbname={DB}\n"
             "[pgbouncer]\n"
             f"listen_addr = {HOST}\n"
-            f"listen_port = {PORT_PGBOUNCER}\n"
+            f"listen_port = {port}\n"
             "unix_socket_dir =\n"
             "auth_type = md5\n"
             f"auth_file = {userlist}\n"
@@ -453,6 +511,7 @@ class Bench:
             "log_connections = 0\n"
             "log_disconnections = 0\n"
             "log_pooler_errors = 1\n"
+            + extra
         )
         if self.args.tls:
             cert, key = self.tls_files()
@@ -471,7 +530,7 @@ class Bench:
         with open(log, "ab") as out:
             p = self.procs.spawn(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            self.wait_ready(p, PORT_PGBOUNCER, [log, d / "pgbouncer.log"], "pgbouncer")
+            self.wait_ready(p, port, [log, d / "pgbouncer.log"], name)
         except BaseException:
             self.procs.stop(p)
             raise
@@ -506,11 +565,11 @@ class Bench:
 
     def start_pgdoorman(self) -> subprocess.Popen[Any]:
         cfg = self.pgdoorman_config()
-        cmd = nice_prefix() + [self.args.python, "-m", "pgdoorman", str(cfg)]
+        cmd = nice_prefix() + [self.args.python, *self.pgdoorman_launch, str(cfg)]
         self._note_command(cmd)
-        env = dict(self.env)
+        env = dict(self.env, **self.pgdoorman_env)
         # A --python interpreter outside the venv still finds this checkout's package.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.pgdoorman_src), env.get("PYTHONPATH", "")]))
         log = cfg.parent / "pgdoorman.log"
         with open(log, "ab") as out:
             p = self.procs.spawn(
@@ -723,7 +782,8 @@ class Bench:
         return c
 
     def starter(self, target: str) -> Callable[[], subprocess.Popen[Any]] | None:
-        return {"pgbouncer": self.start_pgbouncer, "pgdoorman": self.start_pgdoorman}.get(target)
+        return {"pgbouncer": self.start_pgbouncer, "pgbouncer-new": self.start_pgbouncer_new,
+                "pgdoorman": self.start_pgdoorman}.get(target)
 
     def run_targets(self, targets: list[str]) -> None:
         """Every cell for every target, the targets of one cell back to back (pgbouncer, then pgdoorman, at
@@ -788,10 +848,11 @@ class Bench:
         return cell
 
     def skip_reason(self, target: str, mode: str, clients: int) -> Cell | None:
-        if target == "pgbouncer" and mode == "prepared":
+        if target.startswith("pgbouncer") and mode == "prepared" and not self.pgbouncer_prepares(target):
             return Cell(target, mode, clients, status="skipped", note=PGBOUNCER_PREPARED_NOTE)
-        # Both pools may hold their server connections at the same time as direct clients.
-        room = PG_MAX_CONNECTIONS - PG_RESERVED - 2 * self.args.pool_size
+        # Every pool may hold its server connections at the same time as direct clients.
+        poolers = sum(1 for t in POOLERS if t in self.args.only and t not in self.unavailable)
+        room = PG_MAX_CONNECTIONS - PG_RESERVED - poolers * self.args.pool_size
         if target == "direct" and clients > room:
             return Cell(target, mode, clients, status="skipped", note=DIRECT_TOO_MANY_NOTE)
         return None
@@ -877,7 +938,7 @@ class Bench:
         v = self.versions
         v["harness_python"] = platform.python_version()
         env = dict(self.env)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.pgdoorman_src), env.get("PYTHONPATH", "")]))
         probe = (
             "import sys, sysconfig\n"
             "print(sys.version.split()[0])\n"
@@ -901,8 +962,21 @@ class Bench:
         v["pgbouncer"] = (
             run_text([exe, "--version"]).splitlines()[0] if os.path.exists(exe) else "not installed"
         )
+        if self.pgbouncer_new_exe:
+            v["pgbouncer-new"] = run_text([self.pgbouncer_new_exe, "--version"]).splitlines()[0]
+            src = Path(self.pgbouncer_new_exe).parent.parent / "SOURCE"
+            if src.exists():
+                v["pgbouncer-new"] += f" (built from Debian's {src.read_text().strip()})"
+        elif "pgbouncer-new" in self.unavailable:
+            v["pgbouncer-new"] = "left out: " + self.unavailable["pgbouncer-new"]
+
+    def pgbouncer_prepares(self, target: str) -> bool:
+        """Whether this PgBouncer keeps prepared statements in transaction mode (1.21+)."""
+        m = re.match(r"PgBouncer (\d+)\.(\d+)", self.versions.get(target, ""))
+        return m is not None and (int(m.group(1)), int(m.group(2))) >= (1, 21)
 
     def run(self) -> int:
+        self.find_pgbouncer_new()
         self.collect_versions()
         raise_nofile(MAX_CLIENTS_POOLER + 4096)
         print(f"workdir {self.tmp}; creating the cluster (pgbench -i -s {self.args.scale}) ...", flush=True)
@@ -914,7 +988,7 @@ class Bench:
             raise StartError(f"cluster set-up failed: {exc}") from exc
         self.versions["postgresql"] = run_text([self.bin("postgres"), "--version"])
         self.versions["pgbench"] = run_text([self.bin("pgbench"), "--version"])
-        self.run_targets([t for t in TARGETS if t in self.args.only])
+        self.run_targets([t for t in TARGETS if t in self.args.only and t not in self.unavailable])
         return 0
 
     def cleanup(self) -> None:
@@ -1039,24 +1113,31 @@ def one_line(c: Cell) -> str:
     return s
 
 
+def ratio_text(c: Cell, base: Cell | None) -> str:
+    if base is None or not base.tps or c.tps is None or c.status != "ok" or base.status != "ok":
+        return "–"
+    return f"{c.tps / base.tps:.2f}×"
+
+
 def mode_table(cells: list[Cell], mode: str, clients: list[int]) -> list[str]:
-    rows = [
-        "| -c | target | tps | avg latency ms | p99 latency ms | failed tx | pooler µs/tx | pgdoorman / pgbouncer tps |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
-    ]
     by_key = {(c.target, c.mode, c.clients): c for c in cells}
+    new = any(c.target == "pgbouncer-new" for c in cells)
+    rows = [
+        "| -c | target | tps | avg latency ms | p99 latency ms | failed tx | pooler µs/tx | pgdoorman / pgbouncer tps |"
+        + (" pgdoorman / pgbouncer-new tps |" if new else ""),
+        "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if new else ""),
+    ]
     for n in clients:
         for target in TARGETS:
             c = by_key.get((target, mode, n))
             if c is None:
                 continue
-            ratio = "–"
+            ratios = ["–", "–"]
             if target == "pgdoorman":
-                b = by_key.get(("pgbouncer", mode, n))
-                if b is not None and b.tps and c.tps is not None and c.status == "ok" and b.status == "ok":
-                    ratio = f"{c.tps / b.tps:.2f}×"
+                ratios = [ratio_text(c, by_key.get((b, mode, n))) for b in ("pgbouncer", "pgbouncer-new")]
+            ratio = " | ".join(ratios if new else ratios[:1])
             if c.status == "skipped":
-                rows.append(f"| {n} | {target} | {c.note} | – | – | – | – | – |")
+                rows.append(f"| {n} | {target} | {c.note} | – | – | – | – | {ratio} |")
                 continue
             tps = fmt(c.tps, thousands=True) + (" †" if c.contaminated else "")
             if c.status == "error" and c.tps is None:
@@ -1125,7 +1206,8 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
         ("Python running the harness", v.get("harness_python", "")),
         ("PostgreSQL", v.get("postgresql", "")),
         ("pgbench", v.get("pgbench", "")),
-        ("PgBouncer", v.get("pgbouncer", "")),
+        ("PgBouncer (`pgbouncer`: what Debian installs)", v.get("pgbouncer", "")),
+        ("PgBouncer (`pgbouncer-new`: scripts/build_pgbouncer.sh)", v.get("pgbouncer-new", "not run")),
         ("pgdoorman", v.get("pgdoorman", "")),
         ("pgdoorman worker_threads", str(bench.workers)),
         ("pool size (both poolers)", str(a.pool_size)),
@@ -1139,10 +1221,14 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
         f"* PostgreSQL: throwaway cluster on {HOST}:{PORT_PG}, `max_connections={PG_MAX_CONNECTIONS}`, "
         f"`fsync=off`, `shared_buffers=1GB`; data from `pgbench -i -s {a.scale}` in database `{DB}`, "
         f"owned by role `{ROLE}` with an md5 password.",
-        f"* PgBouncer on port {PORT_PGBOUNCER}: a plain process (not the system service), "
-        f"`pool_mode = transaction`, `default_pool_size = {a.pool_size}`, `auth_type = md5` with an auth_file, "
-        f"`max_client_conn = {MAX_CLIENTS_POOLER}`"
-        + (", `client_tls_sslmode = require` with a self-signed RSA 2048 certificate." if a.tls else "."),
+        f"* PgBouncer on port {PORT_PGBOUNCER} (`pgbouncer`, Debian's package) and on port {PORT_PGBOUNCER_NEW} "
+        "(`pgbouncer-new`, built by `scripts/build_pgbouncer.sh` from Debian trixie's source package): plain "
+        f"processes (not the system service), `pool_mode = transaction`, `default_pool_size = {a.pool_size}`, "
+        f"`auth_type = md5` with an auth_file, `max_client_conn = {MAX_CLIENTS_POOLER}`"
+        + (", `client_tls_sslmode = require` with a self-signed RSA 2048 certificate" if a.tls else "")
+        + f"; `pgbouncer-new` also `max_prepared_statements = {PGBOUNCER_MAX_PREPARED}`."
+        + (f" **pgbouncer-new was left out of this run:** {_md(bench.unavailable['pgbouncer-new'])}."
+           if "pgbouncer-new" in bench.unavailable else ""),
         f"* pgdoorman on port {PORT_PGDOORMAN}: `pool_mode: transaction`, md5 user, `pool_size: {a.pool_size}`, "
         f"`max_connections: {MAX_CLIENTS_POOLER}`, `worker_threads: {bench.workers}`"
         + (", `tls_mode: require` with the same certificate." if a.tls else "."),
@@ -1162,16 +1248,20 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
         f"{max(max(1.0, round(a.duration * 0.2)) + 1, a.duration - 1):.0f} s; transactions in it are rebuilt "
         'from the progress lines. "(whole run)" marks a cell that never reached the window (for instance '
         "an aborted run), where the whole run is used instead.",
-        "* Cells are run cell by cell, not target by target: direct, PgBouncer and pgdoorman at one -M and -c "
-        "back to back (both poolers stay up, idle while the other is measured), so that slow drifts of the "
+        "* Cells are run cell by cell, not target by target: direct, both PgBouncers and pgdoorman at one -M and -c "
+        "back to back (every pooler stays up, idle while another is measured), so that slow drifts of the "
         "machine hit both sides of a ratio alike.",
         f"* All our processes (postmaster and backends, poolers, pgbench) run at nice {NICE}. Before each cell "
         f"the script waits up to {a.wait_quiet:.0f} s for the machine to be idle (below {a.max_foreign} busy "
         "cores). Foreign CPU (machine busy minus our processes) is measured in the window; above "
         f"{a.max_foreign} cores the cell is re-run, up to {a.retries} more time(s). **†** marks a cell where "
         "every attempt was contaminated (the least contaminated one is shown).",
-        "* `-M prepared` through PgBouncer 1.18 is not run: prepared statements in transaction mode arrived "
-        "only in PgBouncer 1.21. Through pgdoorman it is run and any failure is reported as such.",
+        "* `-M prepared` through a PgBouncer older than 1.21 (Debian 12's 1.18) is not run: prepared statements in "
+        "transaction mode arrived in PgBouncer 1.21 (`max_prepared_statements`). Through `pgbouncer-new` and "
+        "pgdoorman it is run and any failure is reported as such.",
+        "* Charts: `scripts/bench.py` draws tps and pooler CPU per transaction by client count, one PNG per "
+        "protocol, with matplotlib (a benchmark-only dependency: `scripts/bench-requirements.txt`, installed "
+        "into .venv by `make bench`)." + (f" Not drawn in this run: {bench.charts_note}" if bench.charts_note else ""),
         (f"* Idle clients: a fresh pooler process; `scripts/idle_clients.py` logs in {a.idle_clients:,} clients "
          "(StartupMessage, md5 password, up to ReadyForQuery) and holds them idle. KiB per idle client = "
          f"(VmRSS with the clients − VmRSS before) / clients, read 2 s after the last login. Afterwards "
@@ -1209,6 +1299,8 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
         if not cells:
             continue
         out += [f"## -S -M {mode}", ""] + mode_table(cells, mode, a.clients) + [""]
+        if mode in bench.charts:
+            out += [f"![-S -M {mode}: tps and pooler CPU per transaction by clients]({bench.charts[mode]})", ""]
     if bench.idle:
         out += [
             "## Idle clients: memory",
@@ -1278,6 +1370,80 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
     return "\n".join(out)
 
 
+CHART_STYLE = {
+    "direct": ("#7f7f7f", "s", "direct PostgreSQL"),
+    "pgbouncer": ("#1f77b4", "o", "PgBouncer (Debian)"),
+    "pgbouncer-new": ("#9467bd", "D", "PgBouncer (current)"),
+    "pgdoorman": ("#ff7f0e", "^", "pgdoorman"),
+}
+
+
+def chart_label(bench: Bench, target: str) -> str:
+    v = bench.versions
+    if target.startswith("pgbouncer"):
+        m = re.match(r"PgBouncer (\S+)", v.get(target, ""))
+        where = "Debian package" if target == "pgbouncer" else "built from Debian trixie source"
+        return f"PgBouncer {m.group(1)} ({where})" if m else CHART_STYLE[target][2]
+    if target == "pgdoorman":
+        py = v.get("pooler_python", "?") + ("t" if bench.free_threaded else "")
+        return f"pgdoorman (Python {py}, {bench.workers} worker{'s' if bench.workers != 1 else ''})"
+    return CHART_STYLE[target][2]
+
+
+def draw_charts(bench: Bench, report: Path) -> None:
+    """One PNG per -M mode next to the report (img/<report stem>-<mode>.png): tps and the pooler's CPU per
+    transaction against the client count, one line per target. Sets bench.charts (mode -> path relative to the
+    report) or bench.charts_note (why none were drawn)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        bench.charts_note = f"matplotlib is not importable ({exc}; pip install -r scripts/bench-requirements.txt)."
+        print(f"charts: {bench.charts_note}", file=sys.stderr)
+        return
+    a = bench.args
+    img = report.parent / "img"
+    for mode in a.modes:
+        cells = [c for c in bench.cells if c.mode == mode and c.status == "ok" and c.tps is not None]
+        if not cells:
+            continue
+        fig, (ax_tps, ax_cpu) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+        for target in TARGETS:
+            pts = sorted((c.clients, c.tps, c.pooler_us) for c in cells if c.target == target)
+            if not pts:
+                continue
+            color, marker, _ = CHART_STYLE[target]
+            label = chart_label(bench, target)
+            xs = [p[0] for p in pts]
+            ax_tps.plot(xs, [p[1] for p in pts], color=color, marker=marker, label=label)
+            cpu = [(p[0], p[2]) for p in pts if p[2] is not None]
+            if target != "direct" and cpu:
+                ax_cpu.plot([p[0] for p in cpu], [p[1] for p in cpu], color=color, marker=marker, label=label)
+        for ax, title, unit in ((ax_tps, "throughput", "transactions per second"),
+                                (ax_cpu, "pooler CPU per transaction", "µs of CPU per transaction")):
+            ax.set_xscale("log")
+            ax.set_xticks(a.clients, [str(n) for n in a.clients])
+            ax.minorticks_off()
+            ax.set_xlabel("pgbench clients (-c)")
+            ax.set_ylabel(unit)
+            ax.set_title(title)
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
+        handles, labels = ax_tps.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small", frameon=False)
+        tls = ", clients over TLS" if a.tls else ""
+        fig.suptitle(f"pgbench -S -M {mode}{tls}: pool size {a.pool_size}, {NCPU} cores, {a.duration} s per cell")
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        img.mkdir(parents=True, exist_ok=True)
+        path = img / f"{report.stem}-{mode}.png"
+        fig.savefig(path, metadata={"Software": None})
+        plt.close(fig)
+        bench.charts[mode] = os.path.relpath(path, report.parent)
+        print(f"wrote {path}")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, help="seconds per pgbench cell (-T); default 15, 5 with --quick")
@@ -1288,7 +1454,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--quick", action="store_true", help="smoke test: 5 s cells, 10 and 100 clients, 2,000 idle"
     )
-    ap.add_argument("--only", help="run only these targets: pgdoorman, pgbouncer, direct (comma-separated)")
+    ap.add_argument(
+        "--only", help="run only these targets: pgdoorman, pgbouncer, pgbouncer-new, direct (comma-separated)"
+    )
+    ap.add_argument(
+        "--pgbouncer-new",
+        help="a PgBouncer 1.21+ binary for the pgbouncer-new column (default: scripts/build_pgbouncer.sh builds "
+        "or reuses one in /var/cache/pgdoorman)",
+    )
+    ap.add_argument("--no-charts", dest="charts", action="store_false", help="do not draw the PNG charts")
     ap.add_argument(
         "--python",
         default=str(REPO / ".venv" / "bin" / "python"),
@@ -1377,6 +1551,8 @@ def main(argv: list[str] | None = None) -> int:
     if interrupted:
         return 130
     finished = datetime.datetime.now(datetime.UTC)
+    if bench.cells and args.charts:
+        draw_charts(bench, Path(args.out))
     if bench.cells or bench.idle:
         report = render(bench, started, finished, argv)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -1394,6 +1570,7 @@ def main(argv: list[str] | None = None) -> int:
                         dataclasses.asdict(i) | {"kib_per_client": i.kib_per_client} for i in bench.idle
                     ],
                     "start_errors": bench.start_errors,
+                    "unavailable": bench.unavailable,
                 },
                 indent=1,
             )

@@ -1,0 +1,92 @@
+"""scripts/bench.py's report and charts from made-up cells (no benchmark is run, nothing is timed): the current
+PgBouncer's column and ratio, which PgBouncer runs -M prepared, the column left out when it cannot be built,
+and one PNG per protocol referenced from the report."""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import bench  # noqa: E402
+
+
+@pytest.fixture
+def b(tmp_path: Path) -> Iterator[bench.Bench]:
+    args = bench.parse_args(["--out", str(tmp_path / "report.md"), "--clients", "10,100", "--idle-clients", "0"])
+    x = bench.Bench(args)
+    x.versions.update(pgbouncer="PgBouncer 1.18.0", pooler_python="3.13.5", pooler_gil_disabled="True")
+    x.versions["pgbouncer-new"] = "PgBouncer 1.24.1 (built from Debian's pgbouncer_1.24.1-1+deb13u2)"
+    yield x
+    shutil.rmtree(x.tmp, ignore_errors=True)
+
+
+def cells() -> list[bench.Cell]:
+    out = []
+    for mode in ("simple", "prepared"):
+        for n in (10, 100):
+            for target, tps, us in (("direct", 30000.0, None), ("pgbouncer", 20000.0, 21.0),
+                                    ("pgbouncer-new", 16000.0, 25.0), ("pgdoorman", 16000.0, 32.0)):
+                if mode == "prepared" and target == "pgbouncer":
+                    out.append(bench.Cell(target, mode, n, status="skipped", note=bench.PGBOUNCER_PREPARED_NOTE))
+                    continue
+                out.append(bench.Cell(target, mode, n, tps=tps, pooler_us=us, lat_ms=1.0, p99_ms=2.0, failed=0))
+    return out
+
+
+def test_prepared_runs_only_through_a_pgbouncer_that_keeps_prepared_statements(b: bench.Bench) -> None:
+    assert b.pgbouncer_prepares("pgbouncer-new")
+    assert not b.pgbouncer_prepares("pgbouncer")
+    skipped = b.skip_reason("pgbouncer", "prepared", 100)
+    assert skipped is not None and skipped.status == "skipped"
+    assert b.skip_reason("pgbouncer-new", "prepared", 100) is None
+    assert b.skip_reason("pgbouncer", "simple", 100) is None
+
+
+def test_ratio_columns_against_both_pgbouncers(b: bench.Bench) -> None:
+    b.cells = cells()
+    rows = bench.mode_table([c for c in b.cells if c.mode == "simple"], "simple", [10, 100])
+    assert rows[0].endswith("pgdoorman / pgbouncer tps | pgdoorman / pgbouncer-new tps |")
+    doorman = [r for r in rows if r.startswith("| 100 | pgdoorman |")]
+    assert doorman and doorman[0].endswith("| 0.80× | 1.00× |")
+    rows = bench.mode_table([c for c in b.cells if c.mode == "prepared"], "prepared", [10, 100])
+    doorman = [r for r in rows if r.startswith("| 100 | pgdoorman |")]
+    assert doorman[0].endswith("| – | 1.00× |")
+
+
+def test_without_the_current_pgbouncer_the_table_has_one_ratio(b: bench.Bench) -> None:
+    b.cells = [c for c in cells() if c.target != "pgbouncer-new"]
+    rows = bench.mode_table([c for c in b.cells if c.mode == "simple"], "simple", [10, 100])
+    assert "pgbouncer-new" not in rows[0]
+    assert all(r.count("|") == rows[0].count("|") for r in rows)
+
+
+def test_unbuildable_pgbouncer_is_left_out_not_failed(b: bench.Bench, tmp_path: Path) -> None:
+    b.args.pgbouncer_new = str(tmp_path / "missing-pgbouncer")
+    b.find_pgbouncer_new()
+    assert "pgbouncer-new" in b.unavailable and b.pgbouncer_new_exe is None
+    assert b.bad_results() == []
+    b.cells = [c for c in cells() if c.target != "pgbouncer-new"]
+    now = datetime.datetime.now(datetime.UTC)
+    report = bench.render(b, now, now, [])
+    assert "pgbouncer-new was left out of this run" in report
+
+
+def test_charts_one_png_per_protocol_referenced_from_the_report(b: bench.Bench, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    b.cells = cells()
+    bench.draw_charts(b, Path(b.args.out))
+    assert set(b.charts) == {"simple", "prepared"}
+    for mode, rel in b.charts.items():
+        png = tmp_path / rel
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", mode
+    now = datetime.datetime.now(datetime.UTC)
+    report = bench.render(b, now, now, [])
+    assert "![-S -M simple: tps and pooler CPU per transaction by clients](img/report-simple.png)" in report
