@@ -113,7 +113,8 @@ bench-tls: venv bench-deps
 	scripts/ensure_deps.sh postgres pgbouncer
 	$(VPY) scripts/bench.py --tls $(ARGS)
 
-bench-profile: deps venv bench-deps ft-python
+bench-profile: venv bench-deps ft-python
+	scripts/ensure_deps.sh postgres
 	$(VPY) scripts/profile_workers.py $(ARGS)
 
 clean:

@@ -90,6 +90,7 @@ else
     build
     usable || { log "$EXE was built but does not run or is older than 1.21: $("$EXE" --version 2>&1 | head -n 1)"; exit 1; }
 fi
-# Readable and executable by the postgres user, which the benchmark runs PgBouncer as.
-chmod 0755 "$CACHE" "$PREFIX" "$PREFIX/bin"
+# Readable and executable by the postgres user, which the benchmark runs PgBouncer as (best effort: a
+# non-root user reusing root's build cannot chmod, and need not).
+chmod 0755 "$CACHE" "$PREFIX" "$PREFIX/bin" 2>/dev/null || true
 echo "$EXE"
