@@ -429,8 +429,9 @@ FIELDS: Final[tuple[Field, ...]] = (
          "never to the admin commands)."),
     _web("Web UI", "log_tap_max_entries", Int(0), 8192, True,
          "Log lines kept in memory for the web console's log tail (`/api/logs`, admin only); 0 disables."),
-    _web("Web UI", "trusted_proxies", StrList(), (), False,
-         "Networks (CIDR) whose X-Forwarded-For / Forwarded headers are believed."),
+    _web("Web UI", "trusted_proxies", StrList(), (), True,
+         "Networks (CIDR) whose X-Forwarded-For / Forwarded headers are believed: behind such a reverse "
+         "proxy the web listener's access log and API see the client's address, not the proxy's."),
     _web("SSO", "sso_enabled", Bool(), False, False, "Accept single-sign-on JWTs for the web UI."),
     _web("SSO", "sso_proxy_url", Str(), None, False, "Where the web UI sends users to log in.", optional=True,
          example="https://sso.example.com/login"),

@@ -8,6 +8,7 @@ checked by pgdoorman.resources, from the `Config.origins` this records, with mes
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -486,6 +487,12 @@ def _build_web(doc: _Root, general: dict[str, Any]) -> dict[str, Any]:
         return {}
     values, _, files = _walk_section(ctx, "web", src[0], src[1], [web_key])
     doc.ctx.remember(("web",), src[1], [web_key], files)
+    for i, net in enumerate(values.get("trusted_proxies") or ()):
+        try:
+            ipaddress.ip_network(str(net).strip(), strict=False)
+        except ValueError:
+            ctx.error(files.get("trusted_proxies", src[1]), [web_key, "trusted_proxies", str(i)],
+                      f"{net!r} is not a network: use CIDR notation (10.0.0.0/8, 192.0.2.7/32, fd00::/8)")
     if values.get("ui"):
         password = general.get("admin_password", field("general", "admin_password").default)
         if password in ("", "admin"):

@@ -3,10 +3,16 @@ scrape never runs on a worker loop. `GET /metrics` (and HEAD) returns the exposi
 the optional `routes` hook the composition root plugs in (the JSON API of pgdoorman.web); what it does not
 answer is 404. HTTP/1.1 with Content-Length, so scrapers may keep the connection open. Every request gets
 one access log line on `pgdoorman.web.access` (logfmt; successful /metrics scrapes at DEBUG).
+
+Behind a reverse proxy listed in `web.trusted_proxies` (CIDR networks), the client's address is taken from
+`X-Forwarded-For` (or, without it, `Forwarded: for=`): the nearest address in the chain that is not itself
+a trusted proxy. From any other peer those headers are ignored: a client cannot name its own address.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import logging
 import socket
 import threading
@@ -33,7 +39,7 @@ class HttpRequest:
     path: str  # without the query string
     query: str
     headers: Message
-    remote: str  # the peer's address
+    remote: str  # the client's address (the peer's, or from a trusted proxy's forwarding headers)
     body: bytes = b""
 
 
@@ -49,6 +55,69 @@ class HttpResponse:
 # The hook behind every path but /metrics: a response, or None for 404.
 Routes = Callable[[HttpRequest], HttpResponse | None]
 TEXT = "text/plain; charset=utf-8"
+
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=8)
+def trusted_networks(entries: tuple[str, ...]) -> tuple[IpNetwork, ...]:
+    """`web.trusted_proxies` parsed (the config loader has refused what does not parse)."""
+    nets = []
+    for e in entries:
+        try:
+            nets.append(ipaddress.ip_network(e.strip(), strict=False))
+        except ValueError:
+            log.warning("web.trusted_proxies: %r is not a network; ignored", e)
+    return tuple(nets)
+
+
+def _ip(text: str) -> IpAddress | None:
+    """An address of a forwarding header or a peer: `1.2.3.4`, `1.2.3.4:80`, `[::1]:80`, `"[::1]"`, `::1`."""
+    t = text.strip().strip('"')
+    if t.startswith("["):
+        t = t[1:t.find("]")] if "]" in t else t[1:]
+    elif t.count(":") == 1:
+        t = t.partition(":")[0]
+    try:
+        ip = ipaddress.ip_address(t)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _forwarded_chain(headers: Message) -> list[str]:
+    """The addresses a request passed through, client first: X-Forwarded-For, else Forwarded's for=."""
+    xff = headers.get_all("X-Forwarded-For") or []
+    if xff:
+        return [a.strip() for h in xff for a in h.split(",") if a.strip()]
+    chain = []
+    for h in headers.get_all("Forwarded") or []:
+        for element in h.split(","):
+            for pair in element.split(";"):
+                k, _, v = pair.strip().partition("=")
+                if k.strip().lower() == "for" and v.strip():
+                    chain.append(v.strip())
+    return chain
+
+
+def client_address(peer: str, headers: Message, trusted: tuple[str, ...]) -> str:
+    """The client's address: `peer`, unless `peer` is in a trusted proxy network; then the nearest address
+    of the forwarding chain that is not (an address that does not parse ends the walk at the proxy)."""
+    nets = trusted_networks(tuple(trusted)) if trusted else ()
+    ip = _ip(peer)
+    if not nets or ip is None or not any(ip in n for n in nets):
+        return peer
+    for hop in reversed(_forwarded_chain(headers)):
+        addr = _ip(hop)
+        if addr is None:
+            return peer
+        if not any(addr in n for n in nets):
+            return str(addr)
+    return peer
 
 
 def _logfmt(value: str) -> str:
@@ -76,22 +145,27 @@ class _Handler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(body)
 
-    def _access(self, method: str, path: str, status: int, size: int, who: str, started: float) -> None:
+    def _access(self, method: str, path: str, status: int, size: int, who: str, started: float,
+                client: str) -> None:
         level = logging.DEBUG if path == "/metrics" and status == 200 else logging.INFO
         if not access_log.isEnabledFor(level):
             return
         ms = (time.monotonic() - started) * 1000
-        access_log.log(level, "remote=%s method=%s path=%s status=%d bytes=%d who=%s ms=%.1f",
-                       _logfmt(self.client_address[0] if self.client_address else "-"), _logfmt(method),
-                       _logfmt(path), status, size, _logfmt(who), ms)
+        peer = self.client_address[0] if self.client_address else "-"
+        proxy = f" proxy={_logfmt(peer)}" if client != peer else ""
+        access_log.log(level, "remote=%s%s method=%s path=%s status=%d bytes=%d who=%s ms=%.1f",
+                       _logfmt(client), proxy, _logfmt(method), _logfmt(path), status, size, _logfmt(who), ms)
 
     def _serve(self, method: str) -> None:
         started = time.monotonic()
         head = method == "HEAD"
+        peer = self.client_address[0] if self.client_address else ""
+        obs: Observer = self.server.obs  # type: ignore[attr-defined]
+        self.client = client_address(peer, self.headers, obs.config.web.trusted_proxies) if peer else "-"
         path, _, query = self.path.partition("?")
         resp = self._route(method, path, query)
         self._respond(resp.status, resp.body, resp.content_type, head, resp.headers)
-        self._access(method, path, resp.status, len(resp.body), resp.who, started)
+        self._access(method, path, resp.status, len(resp.body), resp.who, started, self.client)
 
     def _route(self, method: str, path: str, query: str) -> HttpResponse:
         if path == "/metrics":
@@ -116,8 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return HttpResponse(413, b"request body too large or Content-Length invalid\n", TEXT)
             body = self.rfile.read(length) if length else b""
-            req = HttpRequest(method, path, query, self.headers,
-                              self.client_address[0] if self.client_address else "", body)
+            req = HttpRequest(method, path, query, self.headers, self.client, body)
             try:
                 resp = routes(req)
             except Exception:

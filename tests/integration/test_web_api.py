@@ -308,3 +308,17 @@ def test_log_tap(pooler_factory: Any) -> None:
     p2, port2 = web_pooler(pooler_factory, web={"log_tap_max_entries": 0})
     status, _, body = request(port2, "/api/logs")
     assert status == 404 and "log_tap_max_entries" in body["message"]
+
+
+def test_trusted_proxies(pooler_factory: Any) -> None:
+    fwd = {"X-Forwarded-For": "6.6.6.6, 198.51.100.4"}
+    p, port = web_pooler(pooler_factory, web={"trusted_proxies": ["127.0.0.0/8"]})
+    assert request(port, "/api/version", headers=fwd)[0] == 200
+    assert request(port, "/api/pools", headers={"Forwarded": 'for="[2001:db8::1]:4711"'})[0] == 200
+    assert p.wait_for_log("remote=198.51.100.4 proxy=127.0.0.1 method=GET path=/api/version status=200")
+    assert p.wait_for_log('remote=2001:db8::1 proxy=127.0.0.1 method=GET path=/api/pools status=200')
+    # Not a trusted proxy: the header is the client's own claim, ignored.
+    p2, port2 = web_pooler(pooler_factory, web={"trusted_proxies": ["10.0.0.0/8"]})
+    assert request(port2, "/api/version", headers=fwd)[0] == 200
+    assert p2.wait_for_log("remote=127.0.0.1 method=GET path=/api/version status=200")
+    assert "198.51.100.4" not in p2.log()

@@ -56,7 +56,7 @@ IMPLEMENTED = {
         "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key", "hba", "pg_hba",
         "session_real_backend_key",
     },
-    "web": {"enabled", "host", "port", "ui", "ui_anonymous", "log_tap_max_entries"},
+    "web": {"enabled", "host", "port", "ui", "ui_anonymous", "log_tap_max_entries", "trusted_proxies"},
     "talos": set(),
     "pool": {
         "server_host", "server_port", "server_database", "pool_mode", "application_name",
