@@ -18,6 +18,7 @@ from pgdoorman.core.cancel import fake_pid
 from pgdoorman.metrics.process import refresh_socket_counts
 from pgdoorman.metrics.server import MetricsServer, start_metrics_server
 from pgdoorman.observe import Observer
+from pgdoorman.observe.events import EventJournal, RecordingControl
 from pgdoorman.upgrade.handoff import run_upgrade
 from pgdoorman.upgrade.inherit import Inherited, inherited_listeners, sigint_means_shutdown
 from pgdoorman.upgrade.receive import child_ready
@@ -33,12 +34,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgdoorman")
 
 
-def wire(app: App) -> Observer:
-    """Plug the admin console and the metrics listener into `app`; the Observer they share."""
+def wire(app: App, events: EventJournal | None = None) -> Observer:
+    """Plug the admin console and the metrics listener into `app`; the Observer they share. The console's
+    and the web API's commands are recorded in `events` (the web console's /api/events)."""
     obs = Observer(app, sampler_extra=refresh_socket_counts)
+    journal = events if events is not None else EventJournal()
 
     def make_admin(client: ClientConn) -> Any:
-        return AdminSession(obs, app, client)
+        return AdminSession(obs, RecordingControl(app, journal, f"admin console {client.addr} ({client.user})"),
+                            client)
 
     def run_on_worker(fn: Callable[[Any], None]) -> None:
         """Run `fn(worker)` on the first worker's loop, as the console runs commands on its client's
@@ -63,7 +67,7 @@ def wire(app: App) -> Observer:
 
     # The log tap of /api/logs: records kept only while web.ui is on (both may change on RELOAD).
     tap = logtap.install(lambda: app.config.web.log_tap_max_entries if app.config.web.ui else 0)
-    api = WebApi(obs, app, run_on_worker, started=lambda: app.started, logtap=tap)
+    api = WebApi(obs, app, run_on_worker, started=lambda: app.started, logtap=tap, events=journal)
 
     def start_metrics() -> MetricsServer:
         return start_metrics_server(obs, routes=api)
@@ -77,9 +81,18 @@ def serve(config: Config, daemon: Daemon | None = None, inherited: Inherited | N
           resources: Resources | None = None) -> int:
     """Run the pooler for `config`; `resources` are the objects built from it (pgdoorman.resources)."""
     app = App(config, resources)
-    wire(app)
+    events = EventJournal()
+    wire(app, events)
     app.sigint_shutdown = sigint_means_shutdown()
-    app.upgrader = lambda: run_upgrade(app)
+
+    def upgrade() -> int | None:
+        events.record("upgrade", source="binary upgrade", detail="started")
+        code = run_upgrade(app)
+        events.record("upgrade", source="binary upgrade", ok=code is not None,
+                      detail="handed over to the new process" if code is not None else "failed: still serving")
+        return code
+
+    app.upgrader = upgrade
     if inherited is not None and inherited.cancel_pid_base is not None:
         app.cancels.next_pid = fake_pid(inherited.cancel_pid_base)
     g = config.general
@@ -101,6 +114,8 @@ def serve(config: Config, daemon: Daemon | None = None, inherited: Inherited | N
             daemon.failed(f"cannot listen for metrics on {config.web.host}:{config.web.port}: {e}")
         app.stop_workers("startup failed")
         return 1
+    events.record("start", source="binary upgrade" if inherited is not None and inherited.is_upgrade else "",
+                  detail=f"listening on {g.host}:{g.port}")
     if inherited is not None and inherited.is_upgrade:
         child_ready(app, inherited)  # the old process tells systemd our pid
     else:

@@ -34,6 +34,7 @@ from pgdoorman.core.stats import percentile
 from pgdoorman.metrics.process import cached_socket_counts
 from pgdoorman.metrics.server import HttpRequest, HttpResponse
 from pgdoorman.observe import Control, Observer, UnknownDatabase
+from pgdoorman.observe.events import EventJournal, RecordingControl
 from pgdoorman.web import ui
 from pgdoorman.web.logtap import LogTap
 
@@ -62,7 +63,7 @@ TABLE_VIEWS: dict[str, str] = {
     "lists": "lists",
 }
 OBJECT_VIEWS = ("overview", "sockets")
-LIVE_VIEWS = ("logs",)  # read live, not from the snapshot
+LIVE_VIEWS = ("logs", "events")  # read live, not from the snapshot
 VIEWS = (*TABLE_VIEWS, *OBJECT_VIEWS, *LIVE_VIEWS)
 # Views with personal data (client addresses and application names, SQL text, log lines): never anonymous.
 PERSONAL = frozenset({"clients", "prepared", "logs"})
@@ -291,9 +292,10 @@ class WebApi:
 
     def __init__(self, obs: Observer, control: Control, run_on_worker: RunOnWorker,
                  started: Callable[[], float] | None = None, ttl: float = CACHE_SECONDS,
-                 logtap: LogTap | None = None) -> None:
+                 logtap: LogTap | None = None, events: EventJournal | None = None) -> None:
         self.obs = obs
         self.logtap = logtap
+        self.events = events
         self.control = control
         self.run_on_worker = run_on_worker
         self.started = started
@@ -349,7 +351,25 @@ class WebApi:
             return error(403, "forbidden", "admin role required", who=role)
         if name == "logs":
             return self._logs(role, req.query)
+        if name == "events":
+            return self._events(role, req.query)
         return self._view(name, role, req.query)
+
+    def _events(self, who: str, query: str) -> HttpResponse:
+        """GET /api/events?after=<seq>&limit=<n>: the event journal, newest last. The source (an address)
+        is for the Admin only."""
+        params = parse_qs(query)
+        try:
+            after = _int_param(params, "after", 0)
+            limit = _int_param(params, "limit", 1000)
+        except ValueError as e:
+            return error(400, "bad_request", str(e), who=who)
+        events, last = self.events.read(after, limit) if self.events is not None else ([], 0)
+        rows = [e.as_dict() for e in events]
+        if who != ADMIN:
+            for r in rows:
+                r["source"] = ""
+        return HttpResponse(200, dumps({"view": "events", "events": rows, "last": last}), who=who)
 
     def _logs(self, who: str, query: str) -> HttpResponse:
         """GET /api/logs?after=<seq>&limit=<n>&level=<name>: the log tap's entries after `after`."""
@@ -426,21 +446,23 @@ class WebApi:
             return error(400, "bad_request", "commands act on a database (?db=) or on every pool, not on one pool",
                          who=role)
         db = params.get("db", [None])[-1] or None
-        return self._run(action, db, role)
+        return self._run(action, db, role, req.remote)
 
-    def _run(self, action: str, db: str | None, who: str) -> HttpResponse:
+    def _run(self, action: str, db: str | None, who: str, remote: str = "") -> HttpResponse:
         verb = action.upper()
+        control: Control = self.control
+        if self.events is not None:
+            control = RecordingControl(control, self.events, f"web API {remote} ({who})")
         if action == "reload":
             if db is not None:
                 return error(400, "bad_request", "RELOAD takes no database", who=who)
-            ok, message = self.control.reload()
+            ok, message = control.reload()
             self.cache.invalidate()
             if not ok:
                 return error(409, "reload_failed", f"RELOAD failed, the running configuration is kept: {message}",
                              who=who)
             log.info("RELOAD (web API)")
             return HttpResponse(200, dumps({"ok": True, "command": verb}), who=who)
-        control = self.control
 
         def act(here: Any) -> None:
             if action == "pause":

@@ -246,6 +246,12 @@ def test_pause_and_resume_from_the_page(browser: Any, console: Console, tmp_path
         assert [tuple(r) for r in results] == [(42,), (42,)]
         assert pool_row_when(a, lambda r: r["cl_waiting"] == 0, "no waiters")["paused"] == 0
     assert "PAUSE app (web API)" in console.pooler.log() and "RESUME app (web API)" in console.pooler.log()
+    # Both are in the overview's recent events, newest first.
+    tab(browser, "overview")
+    wait_for(lambda: texts(browser, '#events-table tr[data-kind] td:nth-child(2)')[:2] == ["resume", "pause"],
+             what="the pause and resume in the recent events")
+    assert texts(browser, '#events-table tr[data-kind="pause"] td:nth-child(3)')[0] == DBNAME
+    shot(browser, tmp_path, "events")
     assert console_errors(browser) == []
 
 

@@ -322,3 +322,31 @@ def test_trusted_proxies(pooler_factory: Any) -> None:
     assert request(port2, "/api/version", headers=fwd)[0] == 200
     assert p2.wait_for_log("remote=127.0.0.1 method=GET path=/api/version status=200")
     assert "198.51.100.4" not in p2.log()
+
+
+def test_events(pooler_factory: Any) -> None:
+    p, port = web_pooler(pooler_factory, anonymous=True)
+    start = get(port, "events")
+    assert [e["kind"] for e in start["events"]] == ["start"] and start["last"] == 1
+    assert post(port, "pause", f"?db={DBNAME}")[0] == 200
+    assert post(port, "resume", "?db=nope")[0] == 404  # changed nothing: not recorded
+    assert post(port, "resume")[0] == 200
+    with admin(p, password=PASSWORD) as a:
+        a.execute("RECONNECT")
+        a.execute("SET log_level = 'debug'")
+    assert post(port, "reload")[0] == 200
+    events = get(port, f"events?after={start['last']}")["events"]
+    got = [(e["kind"], e["target"], e["ok"]) for e in events]
+    assert got == [("pause", DBNAME, True), ("resume", "all pools", True), ("reconnect", "all pools", True),
+                   ("log_level", "debug", True), ("reload", "", True)], got
+    assert events[0]["source"] == "web API 127.0.0.1 (admin)"
+    assert events[2]["source"].startswith("admin console 127.0.0.1:") and events[2]["source"].endswith(f"({ADMIN_USER})")
+    # A failed RELOAD is recorded with why.
+    p.config["general"]["port"] = "not a port"
+    p.write_config()
+    assert post(port, "reload")[0] == 409
+    (failed,) = get(port, f"events?after={events[-1]['seq']}")["events"]
+    assert failed["kind"] == "reload" and failed["ok"] is False and "port" in failed["detail"]
+    # Anonymous: the events, not who (addresses).
+    anon = get(port, "events", auth=None)["events"]
+    assert len(anon) == 7 and {e["source"] for e in anon} == {""}

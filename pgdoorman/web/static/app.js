@@ -255,6 +255,24 @@ function tableMessage(name, text) {
   if (pager) pager.replaceChildren();
 }
 
+// ------------------------------------------------------------------------------------------ events
+const EVENTS_SHOWN = 20;
+
+async function refreshEvents() {
+  const data = await api(`/api/events?limit=${EVENTS_SHOWN}`);
+  const head = el("thead", {}, el("tr", {}, ...["time", "event", "target", "by", "result"].map((t) => el("th", { text: t }))));
+  const body = el("tbody");
+  for (const e of data.events.slice().reverse()) {
+    const tr = el("tr", { "data-seq": String(e.seq), "data-kind": e.kind, class: e.ok ? "" : "failed" },
+      el("td", { text: new Date(e.time * 1000).toLocaleString() }),
+      el("td", { text: e.kind }), el("td", { text: e.target }), el("td", { text: e.source }),
+      el("td", { text: (e.ok ? "ok" : "failed") + (e.detail ? `: ${e.detail}` : "") }));
+    body.append(tr);
+  }
+  if (!data.events.length) body.append(el("tr", {}, el("td", { class: "muted", text: "nothing yet" })));
+  $("events-table").replaceChildren(head, body);
+}
+
 // ------------------------------------------------------------------------------------------ logs
 async function refreshLogs() {
   const l = state.logs;
@@ -329,6 +347,7 @@ async function refresh() {
       state.pools.columns = pools.columns;
       renderPools();
     }
+    if (state.tab === "overview") await refreshEvents();
     if (state.tab === "logs") await refreshLogs();
     const t = state.tables[state.tab];
     if (t) {
