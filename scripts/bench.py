@@ -285,6 +285,7 @@ class Cell:
     contaminated: bool = False
     errors: list[str] = dataclasses.field(default_factory=list)
     cmd: str = ""
+    progress: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # pgbench -P 1: (s, tps)
 
 
 @dataclasses.dataclass
@@ -709,6 +710,7 @@ class Bench:
             watchdog.cancel()
             self.procs.stop(p)
         c.rc = p.returncode
+        c.progress = progress
         out = "".join(out_lines)
 
         def grab(pattern: str) -> str | None:

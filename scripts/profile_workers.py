@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -74,6 +75,25 @@ class Profiler:
     def cell(self, pid: int) -> bench.Cell:
         return self.b.cell("pgdoorman", bench.PORT_PGDOORMAN, self.a.mode, self.a.clients, pid)
 
+    def single(self, pid: int, recorder: Any = None) -> bench.Cell:
+        """One pgbench run, no re-runs (a recorder attached to the pooler must see exactly this run): wait for
+        a quiet machine, start `recorder` 2.5 s into pgbench (past the connection ramp-up), run."""
+        pre = bench.wait_quiet(self.a.wait_quiet, self.b.args.max_foreign)
+        t = None
+        if recorder is not None:
+            def later() -> None:
+                time.sleep(2.5)
+                recorder()
+
+            t = threading.Thread(target=later)
+            t.start()
+        c = self.b.pgbench_once("pgdoorman", bench.PORT_PGDOORMAN, self.a.mode, self.a.clients, pid)
+        c.attempts, c.pre_busy = 1, pre
+        c.contaminated = c.foreign_cores is not None and c.foreign_cores > self.b.args.max_foreign
+        if t is not None:
+            t.join()
+        return c
+
     def plain(self, workers: int) -> list[dict[str, Any]]:
         out = []
         for rep in range(self.a.repeat):
@@ -120,17 +140,13 @@ class Profiler:
         try:
             rec: subprocess.Popen[Any] | None = None
 
-            def later() -> None:
+            def start_perf() -> None:
                 nonlocal rec
-                time.sleep(2.5)
                 rec = subprocess.Popen([exe, "record", "-q", "-k", "1", "-F", str(self.a.perf_hz), "--call-graph",
                                         "dwarf,16384", "-p", str(p.pid), "-o", str(data), "--", "sleep", str(window)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-            t = threading.Thread(target=later)
-            t.start()
-            c = self.cell(p.pid)
-            t.join()
+            c = self.single(p.pid, start_perf)
             if rec is not None:
                 _, err = rec.communicate(timeout=120)
                 if rec.returncode != 0:
@@ -181,17 +197,25 @@ class Profiler:
         path = Path(tempfile.mkdtemp(prefix="counters-", dir=self.b.tmp)) / "counters.jsonl"
         env = {"PGDOORMAN_COUNTERS": str(path), "PGDOORMAN_SAMPLE_HZ": str(self.a.sample_hz)}
         p = self.start(workers, launch=[str(SCRIPT_DIR / "pgdoorman_counters.py")], env=env)
+        t0 = 0.0
         try:
-            time.sleep(1.2)
-            t0 = time.monotonic()
-            c = self.cell(p.pid)
+            def mark() -> None:
+                nonlocal t0
+                t0 = time.monotonic()
+
+            # Counted from 2.5 s into the run (the snapshot before that moment) to its end: n_tx is rebuilt
+            # from pgbench's progress lines over the same span.
+            c = self.single(p.pid, mark)
             time.sleep(1.5)
         finally:
             self.b.procs.stop(p)
         lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
         first = max((x for x in lines if x["t"] <= t0), key=lambda x: x["t"], default=lines[0])
         last = lines[-1]
-        n = c.n_tx or 1
+        # Transactions from the snapshot's time to the end, from pgbench's per-second progress (its -T run
+        # started at t0 - 2.5 s in CLOCK_MONOTONIC terms).
+        since = first["t"] - (t0 - 2.5)
+        n = max(1, round(sum(tps for t, tps in c.progress if t > since))) if c.progress else c.n_tx or 1
 
         def delta(kind: str) -> dict[str, collections.Counter[str]]:
             out: dict[str, collections.Counter[str]] = {}
@@ -236,17 +260,13 @@ class Profiler:
         try:
             rec: subprocess.Popen[Any] | None = None
 
-            def later() -> None:
+            def start_pyspy() -> None:
                 nonlocal rec
-                time.sleep(2.5)
                 rec = subprocess.Popen([exe, "record", "--native", "--nonblocking", "-r", "97", "-d", str(window),
                                         "-f", "raw", "-o", str(raw), "-p", str(p.pid)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-            t = threading.Thread(target=later)
-            t.start()
-            c = self.cell(p.pid)
-            t.join()
+            c = self.single(p.pid, start_pyspy)
             if rec is not None:
                 _, err = rec.communicate(timeout=60)
                 if rec.returncode != 0 or not raw.exists():
@@ -348,10 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write all results here")
     a = ap.parse_args(argv)
     a.workers = [int(x) for x in a.workers.split(",") if x]
+    # As in bench.py: SIGTERM/SIGHUP and (even when started in the background) SIGINT stop the run through
+    # `finally`, which stops every process it started.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, bench._on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     prof = Profiler(a)
     try:
         prof.run()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, bench.Interrupted):
         print("interrupted", file=sys.stderr)
         return 130
     finally:
