@@ -26,6 +26,7 @@ from pgdoorman.config import Config, ConfigError
 from pgdoorman.core.cancel import CancelRegistry
 from pgdoorman.core.pool import Pool
 from pgdoorman.janitor import Janitor
+from pgdoorman.net.ratelimit import HandshakeLimiter
 from pgdoorman.net.sockopts import TcpOptions, tcp_listener, unix_listener
 from pgdoorman.observe import UnknownDatabase
 from pgdoorman.protocol import auth
@@ -78,6 +79,7 @@ class App:
         g = config.general
         # Client TLS is the one built at start: certificates are not reloaded (as in PgDoorman).
         self.client_tls = self.resources.client_tls
+        self.tls_limiter = HandshakeLimiter(g.tls_rate_limit_per_second)  # not reloaded either (as PgDoorman)
         self.hba_rules: tuple[hba.Rule, ...] | None = None  # general.pg_hba; None: no rules, everyone may try
         self.hba_networks: tuple[hba.Network, ...] = ()  # legacy general.hba
         self._use_access(self.resources)
@@ -118,6 +120,9 @@ class App:
             keepalives_interval=g.tcp_keepalives_interval,
             keepalives_count=g.tcp_keepalives_count,
             user_timeout=g.tcp_user_timeout,
+            so_linger=g.tcp_so_linger,
+            buffer_size=g.tcp_socket_buffer_size,
+            unix_buffer_size=g.unix_socket_buffer_size,
         )
 
     def _build_pools(self, config: Config) -> None:
@@ -178,7 +183,7 @@ class App:
             log.warning("%s", w)
         old = self.config
         for key in ("host", "port", "worker_threads", "unix_socket_dir", "tls_mode", "tls_certificate",
-                    "tls_private_key", "tls_ca_cert"):
+                    "tls_private_key", "tls_ca_cert", "tls_rate_limit_per_second"):
             if getattr(old.general, key) != getattr(new.general, key):
                 log.warning("RELOAD: general.%s changed but needs a restart (or binary upgrade) to apply", key)
         self.config = new

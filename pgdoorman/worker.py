@@ -5,14 +5,17 @@ servers move between workers only through `hand_over`/`adopt`, posted on the loo
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import select
 import socket
+import time
 from typing import TYPE_CHECKING, Protocol, cast
 
 from pgdoorman.net.conn import Conn
 from pgdoorman.net.loop import Loop
-from pgdoorman.net.sockopts import apply_tcp
+from pgdoorman.net.sockopts import apply_socket, linger_off
 from pgdoorman.protocol import messages as m
 from pgdoorman.session.client import ADMIN, READY, ClientConn
 from pgdoorman.session.host import Registry
@@ -30,6 +33,7 @@ from pgdoorman.session.server import (
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pairs, Pool
+    from pgdoorman.net.loop import Timer
     from pgdoorman.net.sockopts import TcpOptions
 
 log = logging.getLogger("pgdoorman.worker")
@@ -56,15 +60,37 @@ class Process(Registry, Protocol):
     def client_left(self) -> None: ...
 
 
-class Listener:
-    """Accepts connections on one listening socket and turns them into ClientConns."""
+# accept() failing for want of resources: the process's descriptor table is full (EMFILE), the system's is
+# (ENFILE), or the kernel is short of socket memory. Accepting again at once fails again, and the listener
+# stays readable (level-triggered) while connections queue: without a pause the loop would spin.
+_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_BACKOFF_MIN = 0.01  # PgDoorman sleeps 10 ms after such an error
+ACCEPT_BACKOFF_MAX = 0.5  # doubling up to this while the shortage lasts
+ACCEPT_REMINDER = 60.0  # a burst that lasts is logged again this often
 
-    __slots__ = ("sock", "worker", "is_unix")
+
+class Listener:
+    """Accepts connections on one listening socket and turns them into ClientConns.
+
+    When accept() fails for want of descriptors (EMFILE, ENFILE) the listener leaves the loop's poll set for
+    a back-off (10 ms doubling up to 0.5 s) and tries again; connections wait in the kernel's listen queue
+    meanwhile. A burst lasts from the first such failure until the listen queue is drained; it is logged
+    once when it starts, with a reminder each minute while it lasts, and once when it ends, with the number
+    of failed attempts."""
+
+    __slots__ = ("sock", "worker", "is_unix", "backoff", "timer", "burst_failures", "burst_started",
+                 "burst_logged", "bursts")
 
     def __init__(self, sock: socket.socket, worker: Worker, is_unix: bool) -> None:
         self.sock = sock
         self.worker = worker
         self.is_unix = is_unix
+        self.backoff = 0.0  # current back-off; 0 outside a burst
+        self.timer: Timer | None = None  # set while backing off (unregistered from the loop)
+        self.burst_failures = 0
+        self.burst_started = 0.0
+        self.burst_logged = 0.0
+        self.bursts = 0  # bursts since start
 
     def on_event(self, mask: int) -> None:
         w = self.worker
@@ -72,11 +98,95 @@ class Listener:
             try:
                 conn, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
+                if self.backoff:
+                    self._burst_over()  # the listen queue is drained
                 return
             except OSError as e:
+                if e.errno in _EXHAUSTED:
+                    self._back_off(e)
+                    return
+                # ECONNABORTED and the like: that one connection is gone, the next may be fine.
                 log.warning("accept failed: %s", e)
                 return
+            if self.backoff:
+                self.backoff = ACCEPT_BACKOFF_MIN  # descriptors came back: retry soon if they run out again
             w.accepted(conn, addr, self.is_unix)
+        if self.backoff and not self._queued():
+            self._burst_over()
+
+    # ------------------------------------------------------------------ descriptor shortage
+    def _back_off(self, e: OSError) -> None:
+        now = time.monotonic()
+        self.burst_failures += 1
+        if not self.backoff:
+            self.bursts += 1
+            self.burst_started = self.burst_logged = now
+            self.backoff = ACCEPT_BACKOFF_MIN
+            log.error("accept failed: %s (%s): not accepting new connections on this listener, retrying with "
+                      "back-off; they wait in the listen queue", e.strerror or e, _why(e))
+        else:
+            self.backoff = min(self.backoff * 2, ACCEPT_BACKOFF_MAX)
+            if now - self.burst_logged >= ACCEPT_REMINDER:
+                self.burst_logged = now
+                log.error("accept still failing: %s (%s): %d failed attempts in %.0f s", e.strerror or e,
+                          _why(e), self.burst_failures, now - self.burst_started)
+        self.pause()
+        self.timer = self.worker.loop.call_later(self.backoff, self._retry)
+
+    def _retry(self) -> None:
+        self.timer = None
+        if self.worker.accepting and self.sock.fileno() != -1:
+            self.arm()
+            # accept() fails with EMFILE even on an empty queue (the descriptor is reserved first): when
+            # nothing is queued any more, the listener will not be readable, and the burst is over now.
+            if not self._queued():
+                self._burst_over()
+
+    def _queued(self) -> bool:
+        """Connections wait in the listen queue (a zero-timeout poll(2), which needs no descriptor)."""
+        p = select.poll()
+        p.register(self.sock, select.POLLIN)
+        try:
+            return bool(p.poll(0))
+        except OSError:
+            return False
+
+    def _burst_over(self) -> None:
+        log.warning("accepting connections again: the listen queue is drained after %d failed accept attempts "
+                    "over %.1f s", self.burst_failures, time.monotonic() - self.burst_started)
+        self.backoff = 0.0
+        self.burst_failures = 0
+
+    # ------------------------------------------------------------------ poll set
+    def arm(self) -> None:
+        """Watch the listening socket (not while a back-off runs: its timer does it)."""
+        if self.timer is not None:
+            return
+        try:
+            self.worker.loop.sel.register(self.sock, 1, self)
+        except (KeyError, ValueError, OSError):
+            pass  # registered already, or closed
+
+    def pause(self) -> None:
+        try:
+            self.worker.loop.sel.unregister(self.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def close(self, reason: str = "") -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.pause()
+        self.sock.close()
+
+
+def _why(e: OSError) -> str:
+    if e.errno == errno.EMFILE:
+        return "the process's open file limit is reached; raise `ulimit -n` (LimitNOFILE) or lower max_connections"
+    if e.errno == errno.ENFILE:
+        return "the system-wide open file limit is reached (fs.file-max)"
+    return "the kernel is short of memory for sockets"
 
 
 class Worker:
@@ -96,16 +206,12 @@ class Worker:
         self.loop.call_soon_threadsafe(self._register_listener, lst)
 
     def _register_listener(self, lst: Listener) -> None:
-        self.loop.sel.register(lst.sock, 1, lst)
+        lst.arm()
 
     def stop_accepting(self) -> None:
         self.accepting = False
         for lst in self.listeners:
-            try:
-                self.loop.sel.unregister(lst.sock)
-            except (KeyError, ValueError):
-                pass
-            lst.sock.close()
+            lst.close()
         self.listeners.clear()
 
     def pause_accepting(self) -> None:
@@ -113,18 +219,12 @@ class Worker:
         process, and comes back to them if it dies)."""
         self.accepting = False
         for lst in self.listeners:
-            try:
-                self.loop.sel.unregister(lst.sock)
-            except (KeyError, ValueError, OSError):
-                pass
+            lst.pause()
 
     def resume_accepting(self) -> None:
         self.accepting = True
         for lst in self.listeners:
-            try:
-                self.loop.sel.register(lst.sock, 1, lst)
-            except (KeyError, ValueError, OSError):
-                pass
+            lst.arm()
 
     def run(self) -> None:
         cpus = self.app.cpu_for_worker(self.id)
@@ -136,13 +236,13 @@ class Worker:
         self.loop.run()
 
     def apply_tcp(self, sock: socket.socket) -> None:
-        apply_tcp(sock, self.app.tcp_options)
+        """The socket options of a client or server connection (TCP or Unix: see net/sockopts.py)."""
+        apply_socket(sock, self.app.tcp_options)
 
     # ------------------------------------------------------------------ clients
     def accepted(self, sock: socket.socket, addr: object, is_unix: bool) -> None:
         sock.setblocking(False)
-        if not is_unix:
-            self.apply_tcp(sock)
+        self.apply_tcp(sock)
         peer = "unix" if is_unix else f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
         if not self.accepting:
             sock.close()
@@ -152,6 +252,9 @@ class Worker:
                 sock.send(m.error_response("53300", "sorry, too many clients already", "FATAL"))
             except OSError:
                 pass
+            # Sent before the client's startup packet: a reset (tcp_so_linger 0) could reach the client while
+            # it still connects, before it reads the error. An orderly close delivers it.
+            linger_off(sock)
             sock.close()
             return
         c = ClientConn(sock, self, peer, is_unix)

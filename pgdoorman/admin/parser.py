@@ -27,6 +27,7 @@ SHOW_SUBCOMMANDS = (
     "users",
     "log_level",
     "lists",
+    "sockets",
 )
 # Accepted spellings that map onto a canonical subcommand.
 SHOW_ALIASES = {"pool_memory": "pools_memory"}

@@ -16,7 +16,7 @@ from pgdoorman import __version__, logs
 from pgdoorman.admin.parser import SHOW_SUBCOMMANDS
 from pgdoorman.admin.resultset import INT4, NUMERIC, TEXT, Cell, ResultSet
 from pgdoorman.core.stats import percentile
-from pgdoorman.observe import ClientInfo, Observer, Snapshot, StatsSampler
+from pgdoorman.observe import ClientInfo, Observer, Snapshot, StatsSampler, sockets
 
 Columns = list[tuple[str, int]]
 
@@ -79,6 +79,8 @@ LISTS_COLUMNS: Columns = [("list", TEXT), ("items", INT4)]
 PREPARED_STATEMENTS_COLUMNS: Columns = [
     ("pool", TEXT), ("hash", NUMERIC), ("name", TEXT), ("query", TEXT), ("count_used", NUMERIC), ("kind", TEXT),
 ]
+# One row: the process's sockets by kind and state (observe/sockets.py).
+SOCKETS_COLUMNS: Columns = [(name, NUMERIC) for name in sockets.COLUMNS]
 HELP_COLUMNS: Columns = [("item", TEXT)]
 LOG_LEVEL_COLUMNS: Columns = [("log_level", TEXT)]
 VERSION_COLUMNS: Columns = [("version", TEXT)]
@@ -86,6 +88,7 @@ VERSION_COLUMNS: Columns = [("version", TEXT)]
 HELP_ITEMS = (
     "SHOW HELP|CONFIG|DATABASES|POOLS|POOLS_EXTENDED|POOLS_MEMORY|PREPARED_STATEMENTS|CLIENTS|SERVERS|USERS|VERSION",
     "SHOW LISTS",
+    "SHOW SOCKETS",
     "SHOW CONNECTIONS",
     "SHOW STATS",
     "SHOW LOG_LEVEL",
@@ -372,6 +375,13 @@ def show_lists(ctx: ShowContext) -> ResultSet:
     return ResultSet(LISTS_COLUMNS, rows)
 
 
+def show_sockets(ctx: ShowContext) -> ResultSet:
+    """A snapshot at most a second old (observe/sockets.py); no row where /proc is not available."""
+    states = sockets.cached(sockets.SHOW_MAX_AGE)
+    rows: list[list[Cell]] = [] if states is None else [[states[name] for name in sockets.COLUMNS]]
+    return ResultSet(SOCKETS_COLUMNS, rows)
+
+
 SHOW_BUILDERS: dict[str, Callable[[ShowContext], ResultSet]] = {
     "help": show_help,
     "config": show_config,
@@ -388,6 +398,7 @@ SHOW_BUILDERS: dict[str, Callable[[ShowContext], ResultSet]] = {
     "users": show_users,
     "log_level": show_log_level,
     "lists": show_lists,
+    "sockets": show_sockets,
 }
 assert set(SHOW_BUILDERS) == set(SHOW_SUBCOMMANDS), "parser and builders disagree on SHOW subcommands"
 
@@ -397,6 +408,6 @@ SHOW_COLUMNS: dict[str, Columns] = {
     "pools_extended": POOLS_EXTENDED_COLUMNS, "pools_memory": POOLS_MEMORY_COLUMNS,
     "prepared_statements": PREPARED_STATEMENTS_COLUMNS, "clients": CLIENTS_COLUMNS, "servers": SERVERS_COLUMNS,
     "connections": CONNECTIONS_COLUMNS, "stats": STATS_COLUMNS, "version": VERSION_COLUMNS,
-    "users": USERS_COLUMNS, "log_level": LOG_LEVEL_COLUMNS, "lists": LISTS_COLUMNS,
+    "users": USERS_COLUMNS, "log_level": LOG_LEVEL_COLUMNS, "lists": LISTS_COLUMNS, "sockets": SOCKETS_COLUMNS,
 }
 

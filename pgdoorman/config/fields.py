@@ -224,8 +224,9 @@ FIELDS: Final[tuple[Field, ...]] = (
              'Permissions given to the Unix socket file after it is created, as an octal string such as "0660". '
              "Only permission bits within 0777 are allowed.",
              reloadable=False),
-    _general("Network", "unix_socket_buffer_size", ByteSize(), MiB, False,
-             "Socket buffer size used for Unix socket connections."),
+    _general("Network", "unix_socket_buffer_size", ByteSize(), MiB, True,
+             "SO_SNDBUF and SO_RCVBUF of Unix-socket connections, client and server side. Linux doubles the "
+             "value and caps it at net.core.wmem_max / rmem_max. A reload applies it to new connections only."),
     _general("Network", "max_connections", Int(1), 8192, True,
              "Maximum number of client connections at once; further clients are refused with SQLSTATE 53300 "
              "(too many clients)."),
@@ -264,14 +265,18 @@ FIELDS: Final[tuple[Field, ...]] = (
     _general("TCP", "tcp_user_timeout", Seconds(), 60, True,
              "TCP_USER_TIMEOUT (Linux): a connection whose sent data stays unacknowledged this many seconds is "
              "dropped. 0 keeps the operating system default."),
-    _general("TCP", "tcp_so_linger", Seconds(), 0, False,
-             "SO_LINGER seconds applied when closing sockets; 0 resets the connection (RST) at once instead of "
-             "lingering."),
+    _general("TCP", "tcp_so_linger", Seconds(), 0, True,
+             "SO_LINGER seconds set on client and server connections (TCP and Unix): how long closing a socket "
+             "may wait for unsent data to be delivered. 0 resets the connection (RST) at once instead, so closed "
+             "connections leave no TIME_WAIT behind. A reload applies it to new connections only."),
     _general("TCP", "tcp_no_delay", Bool(), True, True,
              "Set TCP_NODELAY so small protocol messages are sent without Nagle's delay."),
-    _general("TCP", "tcp_socket_buffer_size", ByteSize(), 0, False,
-             "When not 0, sets SO_RCVBUF and SO_SNDBUF on client, server and web sockets; 0 leaves buffer sizing "
-             "to the kernel."),
+    _general("TCP", "tcp_socket_buffer_size", ByteSize(), 0, True,
+             "When not 0, sets SO_RCVBUF and SO_SNDBUF on TCP client and server connections (server ones before "
+             "connecting), which turns Linux's buffer autotuning off for them; 0 leaves buffer sizing to the "
+             "kernel. Linux doubles the value and caps it at net.core.wmem_max / rmem_max. Values below 64 KiB "
+             "are warned about: they slow large results and COPY. A reload applies it to new connections only. "
+             "(PgDoorman also sets it on the web listener's connections; pgdoorman does not.)"),
     # ------------------------------------------------------------------ general: limits
     _general("Limits", "max_memory_usage", ByteSize(), 256 * MiB, False,
              "Budget for protocol message bytes buffered in memory across all connections."),
@@ -380,8 +385,11 @@ FIELDS: Final[tuple[Field, ...]] = (
              "Client TLS policy: disable, allow (TLS if the client asks), require (TCP clients must use TLS), "
              "verify-full (also verify the client certificate).", optional=True, reloadable=False,
              default_doc='behaves as `"allow"`', example="allow"),
-    _general("Client TLS", "tls_rate_limit_per_second", Int(0), 0, False,
-             "Limit on TLS handshakes per second; 0 disables, otherwise a multiple of 100."),
+    _general("Client TLS", "tls_rate_limit_per_second", Int(0), 0, True,
+             "Most client TLS handshakes started per second by the process; 0 means no limit, otherwise a "
+             "multiple of 100. Handshakes over the rate are not refused: they wait their turn (rate/100 may "
+             "start at once, then one every 1/rate seconds). Protects the CPU from a reconnect storm of TLS "
+             "clients.", reloadable=False),
     # ------------------------------------------------------------------ general: server TLS
     _general("Server TLS", "server_tls_mode", _ANY_TLS_MODE, "allow", True,
              "TLS policy towards PostgreSQL: disable, allow (plain first, TLS if refused), prefer, require, "

@@ -425,12 +425,25 @@ def _check_general(ctx: _Ctx, values: dict[str, Any], files: dict[str, str]) -> 
         )
     if values.get("hba") and values.get("pg_hba") is not None:
         ctx.error(files["hba"], ["general", "hba"], "cannot be combined with pg_hba: keep one of them")
+    _check_sockets(ctx, values, files)
     if values.get("client_anonymous_prepared_cache_size") == 0:
         ctx.warn(
             files["client_anonymous_prepared_cache_size"],
             ["general", "client_anonymous_prepared_cache_size"],
             "0 means no limit on the unnamed prepared statements a client may leave behind",
         )
+
+
+def _check_sockets(ctx: _Ctx, values: dict[str, Any], files: dict[str, str]) -> None:
+    rate = values.get("tls_rate_limit_per_second", 0)
+    if rate and (rate < 100 or rate % 100):
+        ctx.error(files["tls_rate_limit_per_second"], ["general", "tls_rate_limit_per_second"],
+                  f"must be 0 or a multiple of 100 (100, 200, ...), got {rate}")
+    size = values.get("tcp_socket_buffer_size", 0)
+    if 0 < size < 65536:
+        ctx.warn(files["tcp_socket_buffer_size"], ["general", "tcp_socket_buffer_size"],
+                 f"{size} bytes turns TCP buffer autotuning off with a very small buffer: large results, COPY "
+                 "and distant clients slow down; use at least 64 KiB unless measurements say otherwise")
 
 
 def _pool_name(ctx: _Ctx, key: Any, file: str) -> str | None:

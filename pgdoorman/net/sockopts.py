@@ -1,5 +1,7 @@
-"""Socket options for client, server and listening sockets (TCP_NODELAY, keepalives, TCP_USER_TIMEOUT,
-SO_LINGER, SO_REUSEPORT), applied from the `general` settings. Unix sockets get none of the TCP ones.
+"""Socket options for client, server and listening sockets, applied from the `general` settings as PgDoorman
+applies them: TCP client and server sockets get SO_LINGER (`tcp_so_linger`), TCP_NODELAY, SO_SNDBUF/SO_RCVBUF
+(`tcp_socket_buffer_size`, when not 0), keepalives and TCP_USER_TIMEOUT; Unix-socket clients and servers get
+SO_LINGER and SO_SNDBUF/SO_RCVBUF (`unix_socket_buffer_size`). Listening sockets: SO_REUSEADDR, SO_REUSEPORT.
 """
 
 from __future__ import annotations
@@ -17,13 +19,53 @@ class TcpOptions:
     keepalives_interval: int = 5
     keepalives_count: int = 5
     user_timeout: int = 60  # seconds; 0 disables
-    so_linger: int | None = None  # seconds; None leaves the kernel default
+    # SO_LINGER on, with this many seconds: 0 (PgDoorman's default) makes close() reset the connection at once
+    # (RST) instead of leaving it in TIME_WAIT. None leaves the kernel default (linger off).
+    so_linger: int | None = None
+    buffer_size: int = 0  # SO_SNDBUF and SO_RCVBUF of TCP sockets; 0 leaves them to the kernel's autotuning
+    unix_buffer_size: int = 0  # SO_SNDBUF and SO_RCVBUF of Unix sockets; 0 leaves the kernel default
+
+
+def apply_socket(sock: socket.socket, opts: TcpOptions) -> None:
+    """The options of a client or server connection: TCP or Unix by the socket's family."""
+    if sock.family == socket.AF_UNIX:
+        apply_unix(sock, opts)
+    else:
+        apply_tcp(sock, opts)
+
+
+def _linger_and_buffers(sock: socket.socket, linger: int | None, size: int) -> None:
+    if linger is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, linger))
+    if size > 0:
+        # Linux doubles the value and caps it at net.core.wmem_max / rmem_max; a fixed size turns TCP's
+        # receive-buffer autotuning off for the socket. Set before connect() where we connect, so that the
+        # window scale offered in the SYN fits.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def linger_off(sock: socket.socket) -> None:
+    """An orderly close (FIN) for this socket whatever tcp_so_linger says: PgDoorman's choice for the
+    connections that carry a cancel request, whose sender waits for the end of file."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 0, 0))
+    except OSError:
+        pass
+
+
+def apply_unix(sock: socket.socket, opts: TcpOptions) -> None:
+    try:
+        _linger_and_buffers(sock, opts.so_linger, opts.unix_buffer_size)
+    except OSError:
+        pass
 
 
 def apply_tcp(sock: socket.socket, opts: TcpOptions) -> None:
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     try:
+        _linger_and_buffers(sock, opts.so_linger, opts.buffer_size)
         if opts.no_delay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if opts.keepalives_idle > 0:
@@ -36,8 +78,6 @@ def apply_tcp(sock: socket.socket, opts: TcpOptions) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, opts.keepalives_count)
         if opts.user_timeout > 0 and hasattr(socket, "TCP_USER_TIMEOUT"):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, opts.user_timeout * 1000)
-        if opts.so_linger is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, opts.so_linger))
     except OSError:
         # Options are best effort: a socket the peer already reset must not take the worker down.
         pass

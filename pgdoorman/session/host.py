@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pgdoorman.core.cancel import CancelRegistry
     from pgdoorman.core.pool import Pool
     from pgdoorman.net.loop import Loop
+    from pgdoorman.net.ratelimit import HandshakeLimiter
     from pgdoorman.net.tls import ClientTls
     from pgdoorman.protocol import auth
 
@@ -41,6 +42,9 @@ class Registry(Protocol):
 
     @property
     def client_tls(self) -> ClientTls: ...
+
+    @property
+    def tls_limiter(self) -> HandshakeLimiter: ...  # general.tls_rate_limit_per_second
 
     @property
     def hba_rules(self) -> tuple[hba.Rule, ...] | None: ...

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from pgdoorman import hba, jwt_auth, pam_auth
 from pgdoorman.core import prepared as ps
 from pgdoorman.core.params import READ_ONLY, OptionsError, known_spelling, startup_settings
+from pgdoorman.net.sockopts import linger_off
 from pgdoorman.net.tls import TLS_READ_MIN, ssl_reason
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
@@ -75,6 +76,10 @@ class ClientLogin(FastPaths):
             self.close(f"TLS setup failed: {e}")
             return
         self.handshaking = True
+        wait = self.app.tls_limiter.delay()
+        if wait > 0:  # tls_rate_limit_per_second: the client waits for our part of the handshake
+            self.loop.call_later(wait, self._apply_mask)
+            return
         self._apply_mask()
 
     def _tls_handshake(self) -> None:
@@ -147,6 +152,7 @@ class ClientLogin(FastPaths):
             return
         if code == m.CANCEL_REQUEST:
             self.app.cancels.cancel(int(params["pid"]), int(params["secret"]))
+            linger_off(self.sock)  # the sender waits for an end of file, not a reset (tcp_so_linger)
             self.close("cancel request")
             return
         if not self.tls and not self.is_unix and self.app.client_tls.required:

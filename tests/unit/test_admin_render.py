@@ -76,6 +76,11 @@ EXPECTED_COLUMNS = {
     "config": "key value default changeable",
     "connections": "total errors tls plain cancel",
     "lists": "list items",
+    "sockets": " ".join([*(f"{p}_{s}" for p in ("tcp", "tcp6") for s in (
+        "established syn_sent syn_recv fin_wait1 fin_wait2 time_wait close close_wait last_ack listen closing "
+        "new_syn_recv bound_inactive").split()),
+        "unix_free unix_unconnected unix_connecting unix_connected unix_disconnecting unix_dgram unix_seq_packet",
+        "unknown"]),
     "prepared_statements": "pool hash name query count_used kind",
     "help": "item",
     "log_level": "log_level",

@@ -436,7 +436,7 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
         general:
           admin_username: admin
           admin_password: secret
-          tls_rate_limit_per_second: 100
+          worker_stack_size: 8MB
           proxy_copy_data_timeout: not-even-a-duration
         web:
           sso_enabled: true
@@ -456,7 +456,7 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
     )
     config = load_config(path)
     assert config.warnings == (
-        f"{path}: general.tls_rate_limit_per_second: not implemented by pgdoorman yet; ignored",
+        f"{path}: general.worker_stack_size: not implemented by pgdoorman yet; ignored",
         f"{path}: general.proxy_copy_data_timeout: not implemented by pgdoorman yet; ignored",
         f"{path}: web.sso_enabled: not implemented by pgdoorman yet; ignored",
         f"{path}: talos.keys: not implemented by pgdoorman yet; ignored",
@@ -466,7 +466,7 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
         f"{path}: pools.b.max_db_connections: not implemented by pgdoorman yet; ignored",
     )
     # Ignored means ignored: the attributes keep their defaults.
-    assert config.general.tls_rate_limit_per_second == 0
+    assert config.general.worker_stack_size is None
     assert config.pools["a"].max_db_connections is None
     assert config.pools["a"].auth_query is None
 

@@ -50,6 +50,7 @@ IMPLEMENTED = {
         "admin_username", "admin_password", "worker_threads", "worker_cpu_affinity_pinning", "unix_socket_dir",
         "unix_socket_mode", "tcp_no_delay", "tcp_keepalives_idle", "tcp_keepalives_interval",
         "tcp_keepalives_count", "tcp_user_timeout", "backlog", "log_client_connections",
+        "tcp_so_linger", "tcp_socket_buffer_size", "unix_socket_buffer_size", "tls_rate_limit_per_second",
         "log_client_disconnections", "prepared_statements", "prepared_statements_cache_size",
         "server_prepared_statements_cache_size",
         "daemon_pid_file", "syslog_prog_name", "tls_certificate", "tls_private_key", "tls_ca_cert", "tls_mode",

@@ -1,0 +1,239 @@
+"""Sockets end to end, the pooler as a subprocess on a real PostgreSQL: tcp_so_linger, tcp_socket_buffer_size
+and unix_socket_buffer_size read back from the pooler's own client and server sockets (TCP and Unix), the
+reset a closed client sees by default, an accept loop that neither spins nor floods its log when the
+descriptor limit is reached and accepts again once descriptors free up, tls_rate_limit_per_second with real
+TLS handshakes, and SHOW SOCKETS."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgdoorman.observe import sockets as proc_sockets
+from tests.integration.test_admin import admin, client, rows
+from tests.support.certs import Certs, make_certs
+from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER, PgCluster
+from tests.support.pooler import Pooler, wait_for
+from tests.support.wire import WireClient, cancel_request, parse_fields, startup_message
+
+pytestmark = pytest.mark.timeout(120)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture
+
+
+def pooler_sockets(pid: int) -> Iterator[socket.socket]:
+    """Duplicates of the pooler's sockets (pidfd_getfd: the test is its parent), to read their options."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            fd = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                err = ctypes.get_errno()
+                if err == 1:  # EPERM: ptrace is not allowed here
+                    pytest.skip("pidfd_getfd not permitted (ptrace restrictions)")
+                continue
+            yield socket.socket(fileno=fd)
+    finally:
+        os.close(pidfd)
+
+
+def linger(s: socket.socket) -> tuple[int, int]:
+    on, secs = struct.unpack("ii", s.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))
+    return on, secs
+
+
+def peer_of(s: socket.socket) -> Any:
+    try:
+        return s.getpeername()
+    except OSError:
+        return None  # a listener
+
+
+def test_socket_options_on_client_and_server_connections(pooler_factory: Any, pg: PgCluster,
+                                                         tmp_path: Path) -> None:
+    sockdir = tmp_path / "sock"
+    sockdir.mkdir()
+    unix_pool = {"server_host": pg.sockdir, "server_port": pg.port, "server_database": DBNAME,
+                 "users": [{"username": SCRAM_USER, "password": pg.stored_password(SCRAM_USER), "pool_size": 1}]}
+    p = pooler_factory(general={"tcp_so_linger": 3, "tcp_socket_buffer_size": "192KB",
+                                "unix_socket_buffer_size": "160KB", "unix_socket_dir": str(sockdir)},
+                       pools={"viaunix": unix_pool}, pool_size=1)
+    pg_unix = os.path.join(pg.sockdir, f".s.PGSQL.{pg.port}")
+    my_unix = str(sockdir / f".s.PGSQL.{p.port}")
+    # A TCP client on the TCP pool, a Unix-socket client on the pool that reaches PostgreSQL by its socket.
+    with client(p) as tcp_c, psycopg.connect(host=str(sockdir), port=p.port, user=SCRAM_USER,
+                                             password=SCRAM_PASSWORD, dbname="viaunix", autocommit=True) as unix_c:
+        assert tcp_c.execute("select 1").fetchone() == (1,)
+        assert unix_c.execute("select 2").fetchone() == (2,)
+        seen: dict[str, socket.socket] = {}
+        for s in pooler_sockets(p.proc.pid):
+            peer = peer_of(s)
+            if s.family == socket.AF_UNIX:
+                if peer == pg_unix:
+                    seen["unix server"] = s
+                elif peer is not None and s.getsockname() == my_unix:
+                    seen["unix client"] = s
+            elif peer is not None and peer[1] == pg.port:
+                seen["tcp server"] = s
+            elif peer is not None and s.getsockname()[1] == p.port:
+                seen["tcp client"] = s
+        assert set(seen) == {"tcp client", "tcp server", "unix client", "unix server"}
+        for kind, s in seen.items():
+            assert linger(s) == (1, 3), kind
+            # Linux doubles what was asked for.
+            want = 2 * (192 if kind.startswith("tcp") else 160) * 1024
+            assert s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == want, kind
+            if kind.startswith("tcp"):
+                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == want, kind
+        for s in seen.values():
+            s.close()
+
+
+def test_default_linger_resets_a_closed_client_after_its_error(pooler_factory: Any) -> None:
+    """tcp_so_linger 0 (the default): the pooler's close is a reset, after the FATAL the client can read;
+    a cancel request's connection is closed in order."""
+    p = pooler_factory()
+    with WireClient(p.host, p.port) as w:
+        local = w.sock.getsockname()
+        w.send(startup_message({"user": SCRAM_USER, "database": "no_such_db"}))
+        data = w.expect_closed()  # a reset counts as closed here, after what arrived
+        assert data[:1] == b"E" and parse_fields(data[5:])["C"] == "3D000"
+    # No TIME_WAIT on either side of that connection: a reset leaves none.
+    ports = {f"{local[1]:04X}", f"{p.port:04X}"}
+    with open("/proc/net/tcp", encoding="ascii") as f:
+        time_wait = [ln.split() for ln in f if ln.split()[3:4] == ["06"]]
+    assert not [t for t in time_wait if {t[1].split(":")[1], t[2].split(":")[1]} == ports]
+    # Except a cancel request's connection (as PgDoorman): its sender waits for an end of file.
+    with socket.create_connection((p.host, p.port), timeout=5) as s:
+        s.sendall(cancel_request(12345, 678))
+        assert s.recv(1) == b""
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_accept_backs_off_when_descriptors_run_out_and_recovers(pooler_factory: Any) -> None:
+    p: Pooler = pooler_factory(pool_size=1)
+    pid = p.proc.pid
+    with client(p) as kept:
+        assert kept.execute("select 1").fetchone() == (1,)  # the pool's server is open and idle now
+        in_use = len(os.listdir(f"/proc/{pid}/fd"))
+        _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 8, hard))
+        flood: list[socket.socket] = []
+        try:
+            # The kernel completes these handshakes from the listen queue; the pooler runs out after ~8.
+            for _ in range(40):
+                flood.append(socket.create_connection((p.host, p.port), timeout=5))
+            assert wait_for(lambda: "accept failed" in p.log(), timeout=10, what="EMFILE on accept")
+            # Flooded: the listener stays readable, yet the pooler must not spin on it.
+            before, t0 = cpu_seconds(pid), time.monotonic()
+            time.sleep(2.0)
+            used = (cpu_seconds(pid) - before) / (time.monotonic() - t0)
+            assert used < 0.2, f"the pooler used {used:.0%} of a core while out of descriptors"
+            # Clients already in keep being served (their server is in the pool).
+            assert kept.execute("select 2").fetchone() == (2,)
+        finally:
+            for s in flood:
+                s.close()
+        # Descriptors come back as the pooler closes the flood's connections; the queue drains.
+        assert wait_for(lambda: "accepting connections again" in p.log(), timeout=10, what="accepting again")
+        with client(p) as fresh:
+            assert fresh.execute("select 3").fetchone() == (3,)
+        log = p.log()
+        assert log.count("accept failed") == 1, "one log line per burst, not one per attempt"
+        assert log.count("accepting connections again") == 1
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Certs]:
+    yield make_certs(tmp_path_factory.mktemp("certs"), SCRAM_USER)
+
+
+def tls_handshakes(host: str, port: int, n: int) -> list[float]:
+    """n TLS clients at once (SSLRequest answered first, then every handshake started together): when each
+    handshake finished, and each ended in PostgreSQL's authentication request."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection((host, port), timeout=20)
+        s.sendall(struct.pack("!ii", 8, 80877103))
+        assert s.recv(1) == b"S"
+        socks.append(s)
+    done: list[float] = []
+    errors: list[BaseException] = []
+    go = threading.Barrier(n)
+
+    def one(s: socket.socket) -> None:
+        try:
+            go.wait()
+            with ctx.wrap_socket(s) as t:
+                done.append(time.monotonic())
+                t.sendall(startup_message({"user": SCRAM_USER, "database": DBNAME}))
+                assert t.recv(1) == b"R"
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in socks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    return sorted(done)
+
+
+def test_tls_rate_limit_spreads_handshakes_without_refusing(pooler_factory: Any, certs: Certs) -> None:
+    p = pooler_factory(general={"tls_certificate": certs.server_cert, "tls_private_key": certs.server_key,
+                                "tls_rate_limit_per_second": 100})
+    n = 40
+    done = tls_handshakes(p.host, p.port, n)
+    assert len(done) == n  # none refused
+    # 100 a second, one at a time: the last starts 39/100 s after the first.
+    assert done[-1] - done[0] >= 0.3, f"{n} handshakes within {done[-1] - done[0]:.3f} s"
+    # In any 100 ms about 10 finish (the clients' threads add their own jitter to when each one is seen).
+    assert max(sum(1 for t in done if a <= t < a + 0.1) for a in done) <= 20
+
+
+def test_show_sockets(pooler_factory: Any, tmp_path: Path) -> None:
+    p = pooler_factory(general={"unix_socket_dir": str(tmp_path)}, pool_size=2)
+    with client(p) as c1, client(p) as c2, psycopg.connect(host=str(tmp_path), port=p.port, user=SCRAM_USER,
+                                                          password=SCRAM_PASSWORD, dbname=DBNAME) as u, admin(p) as a:
+        for c in (c1, c2):
+            c.execute("select 1")
+        u.execute("select 1")
+        (row,) = rows(a, "SOCKETS")
+        assert list(row) == list(proc_sockets.COLUMNS)
+        got = {k: int(v) for k, v in row.items()}
+        # Seen from outside the same moment: the same listeners; the connections of this test at least
+        # (three TCP clients with the console, the pool's TCP servers) established.
+        outside = proc_sockets.socket_states(f"/proc/{p.proc.pid}")
+        assert outside is not None
+        assert got["tcp_listen"] == outside["tcp_listen"] >= 1
+        assert got["unix_unconnected"] == outside["unix_unconnected"] >= 1  # the Unix listener
+        assert got["unix_connected"] >= 1
+        assert got["tcp_established"] >= 3 + 1
+        assert got["tcp_time_wait"] == 0  # sockets in TIME_WAIT belong to no process
