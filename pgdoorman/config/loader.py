@@ -506,6 +506,9 @@ def _build_web(doc: _Root, general: dict[str, Any]) -> dict[str, Any]:
         except ValueError:
             ctx.error(files.get("trusted_proxies", src[1]), [web_key, "trusted_proxies", str(i)],
                       f"{net!r} is not a network: use CIDR notation (10.0.0.0/8, 192.0.2.7/32, fd00::/8)")
+    if values.get("sso_enabled") and not values.get("sso_public_key_file"):
+        ctx.error(files.get("sso_enabled", src[1]), [web_key, "sso_enabled"],
+                  "needs web.sso_public_key_file (the RSA public key, PEM, that signs the tokens)")
     if values.get("ui"):
         password = general.get("admin_password", field("general", "admin_password").default)
         if password in ("", "admin"):

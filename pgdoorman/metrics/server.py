@@ -41,6 +41,7 @@ class HttpRequest:
     headers: Message
     remote: str  # the client's address (the peer's, or from a trusted proxy's forwarding headers)
     body: bytes = b""
+    forwarded_proto: str = ""  # "https"/"http" as a trusted proxy reports it; "" from any other peer
 
 
 @dataclass
@@ -104,6 +105,28 @@ def _forwarded_chain(headers: Message) -> list[str]:
     return chain
 
 
+def _trusted(peer: str, trusted: tuple[str, ...]) -> bool:
+    nets = trusted_networks(tuple(trusted)) if trusted else ()
+    ip = _ip(peer)
+    return bool(nets) and ip is not None and any(ip in n for n in nets)
+
+
+def forwarded_proto(peer: str, headers: Message, trusted: tuple[str, ...]) -> str:
+    """The scheme the client used, as a trusted proxy says (X-Forwarded-Proto, else Forwarded proto=);
+    "" when the peer is not a trusted proxy or says nothing."""
+    if not _trusted(peer, trusted):
+        return ""
+    xfp = (headers.get("X-Forwarded-Proto") or "").split(",")[0].strip().lower()
+    if xfp:
+        return xfp
+    for h in headers.get_all("Forwarded") or []:
+        for pair in h.split(",")[0].split(";"):
+            k, _, v = pair.strip().partition("=")
+            if k.strip().lower() == "proto":
+                return v.strip().strip('"').lower()
+    return ""
+
+
 def client_address(peer: str, headers: Message, trusted: tuple[str, ...]) -> str:
     """The client's address: `peer`, unless `peer` is in a trusted proxy network; then the nearest address
     of the forwarding chain that is not (an address that does not parse ends the walk at the proxy)."""
@@ -161,7 +184,9 @@ class _Handler(BaseHTTPRequestHandler):
         head = method == "HEAD"
         peer = self.client_address[0] if self.client_address else ""
         obs: Observer = self.server.obs  # type: ignore[attr-defined]
-        self.client = client_address(peer, self.headers, obs.config.web.trusted_proxies) if peer else "-"
+        trusted = obs.config.web.trusted_proxies
+        self.client = client_address(peer, self.headers, trusted) if peer else "-"
+        self.proto = forwarded_proto(peer, self.headers, trusted) if peer else ""
         path, _, query = self.path.partition("?")
         resp = self._route(method, path, query)
         self._respond(resp.status, resp.body, resp.content_type, head, resp.headers)
@@ -190,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return HttpResponse(413, b"request body too large or Content-Length invalid\n", TEXT)
             body = self.rfile.read(length) if length else b""
-            req = HttpRequest(method, path, query, self.headers, self.client, body)
+            req = HttpRequest(method, path, query, self.headers, self.client, body, self.proto)
             try:
                 resp = routes(req)
             except Exception:

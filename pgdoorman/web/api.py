@@ -37,12 +37,14 @@ from pgdoorman.observe import Control, Observer, UnknownDatabase
 from pgdoorman.observe.events import EventJournal, RecordingControl
 from pgdoorman.web import ui
 from pgdoorman.web.logtap import LogTap
+from pgdoorman.web.sso import Identity, SsoCheck, token_of
 
 log = logging.getLogger("pgdoorman.web")
 
 REALM = 'Basic realm="pg_doorman"'
 CACHE_SECONDS = 1.0
 ADMIN = "admin"
+SSO = "sso"
 ANONYMOUS = "anonymous"
 
 # GET /api/<name> -> the SHOW subcommand whose rows it returns.
@@ -296,6 +298,7 @@ class WebApi:
         self.obs = obs
         self.logtap = logtap
         self.events = events
+        self.sso = SsoCheck()
         self.control = control
         self.run_on_worker = run_on_worker
         self.started = started
@@ -303,27 +306,40 @@ class WebApi:
         self.latency = LatencyWindow()
 
     # -------------------------------------------------------------- auth
-    def role(self, req: HttpRequest) -> tuple[str | None, str]:
-        """(ADMIN, ANONYMOUS or None for 401, and why not)."""
+    def identify(self, req: HttpRequest) -> Identity:
+        """Who sent `req`: Admin (Basic with the admin credentials, or an SSO token with an admin group),
+        Sso, Anonymous (no credentials, `ui_anonymous`), or role None (401) with why."""
         cfg = self.obs.config
         header = (req.headers.get("Authorization") or "").strip()
         if header:
             scheme, _, cred = header.partition(" ")
+            if scheme.lower() == "bearer":
+                if not cfg.web.sso_enabled:
+                    return Identity(None, why="Bearer tokens need web.sso_enabled")
+                return self.sso.identify(cred.strip(), cfg.web, req)
             if scheme.lower() != "basic":
-                return None, f"{scheme} authorization is not supported (SSO is not implemented)"
+                return Identity(None, why=f"{scheme} authorization is not supported")
             try:
                 user, sep, password = base64.b64decode(cred.strip(), validate=True).decode("utf-8").partition(":")
             except (binascii.Error, ValueError):
-                return None, "malformed Basic credentials"
+                return Identity(None, why="malformed Basic credentials")
             g = cfg.general
             user_ok = hmac.compare_digest(user.encode("utf-8"), g.admin_username.encode("utf-8"))
             password_ok = hmac.compare_digest(password.encode("utf-8"), g.admin_password.encode("utf-8"))
             if sep and user_ok and password_ok and g.admin_password:
-                return ADMIN, ""
-            return None, "invalid credentials"
+                return Identity(ADMIN)
+            return Identity(None, why="invalid credentials")
+        token = token_of(req) if cfg.web.sso_enabled else None
+        if token:
+            return self.sso.identify(token, cfg.web, req)
         if cfg.web.ui_anonymous:
-            return ANONYMOUS, ""
-        return None, "authentication required"
+            return Identity(ANONYMOUS)
+        return Identity(None, why="authentication required")
+
+    def role(self, req: HttpRequest) -> tuple[str | None, str]:
+        """(ADMIN, SSO, ANONYMOUS or None for 401, and why not)."""
+        ident = self.identify(req)
+        return ident.role, ident.why
 
     # -------------------------------------------------------------- routing
     def __call__(self, req: HttpRequest) -> HttpResponse | None:
@@ -335,29 +351,39 @@ class WebApi:
         if name.startswith("admin/") or name == "admin":
             return self._admin(req, name[len("admin/"):])
         if name == "whoami":
-            role, why = self.role(req)
-            if role is None:
-                return error(401, "unauthorized", why, [("WWW-Authenticate", REALM)])
-            return HttpResponse(200, dumps({"role": role, "admin": role == ADMIN,
-                                            "personal": role == ADMIN}), who=role)
+            ident = self.identify(req)
+            if ident.role is None:
+                return self._unauthorized(ident)
+            return HttpResponse(200, dumps({"role": ident.role, "user": ident.user, "admin": ident.role == ADMIN,
+                                            "personal": ident.role != ANONYMOUS}), who=ident.who)
         if name not in VIEWS:
             return error(404, "not_found", f"no API endpoint /api/{name}")
         if req.method not in ("GET", "HEAD"):
             return error(405, "method_not_allowed", "use GET", [("Allow", "GET, HEAD")])
-        role, why = self.role(req)
-        if role is None:
-            return error(401, "unauthorized", why, [("WWW-Authenticate", REALM)])
-        if role != ADMIN and name in PERSONAL:
-            return error(403, "forbidden", "admin role required", who=role)
+        ident = self.identify(req)
+        if ident.role is None:
+            return self._unauthorized(ident)
+        if ident.role == ANONYMOUS and name in PERSONAL:
+            return error(403, "forbidden", "admin role required", who=ident.who)
         if name == "logs":
-            return self._logs(role, req.query)
+            return self._logs(ident.who, req.query)
         if name == "events":
-            return self._events(role, req.query)
-        return self._view(name, role, req.query)
+            return self._events(ident, req.query)
+        return self._view(name, ident.who, req.query)
 
-    def _events(self, who: str, query: str) -> HttpResponse:
+    def challenges(self) -> list[tuple[str, str]]:
+        out = [("WWW-Authenticate", REALM)]
+        if self.obs.config.web.sso_enabled:
+            out.append(("WWW-Authenticate", 'Bearer realm="pg_doorman"'))
+        return out
+
+    def _unauthorized(self, ident: Identity) -> HttpResponse:
+        return error(401, "unauthorized", ident.why, self.challenges(), who=ident.who)
+
+    def _events(self, ident: Identity, query: str) -> HttpResponse:
         """GET /api/events?after=<seq>&limit=<n>: the event journal, newest last. The source (an address)
-        is for the Admin only."""
+        is not for Anonymous readers."""
+        who = ident.who
         params = parse_qs(query)
         try:
             after = _int_param(params, "after", 0)
@@ -366,7 +392,7 @@ class WebApi:
             return error(400, "bad_request", str(e), who=who)
         events, last = self.events.read(after, limit) if self.events is not None else ([], 0)
         rows = [e.as_dict() for e in events]
-        if who != ADMIN:
+        if ident.role == ANONYMOUS:
             for r in rows:
                 r["source"] = ""
         return HttpResponse(200, dumps({"view": "events", "events": rows, "last": last}), who=who)
@@ -395,16 +421,19 @@ class WebApi:
             return None
         if req.path.startswith("/static/"):
             return ui.static(req.path[len("/static/"):])
+        if req.path == "/favicon.ico":  # what a browser asks for on a page without an icon link
+            return ui.static("favicon.svg")
         if req.path not in ("/", "/index.html", "/login"):
             return None
-        role, _ = self.role(req)
+        ident = self.identify(req)
+        sso_url = self.obs.config.web.sso_proxy_url if self.obs.config.web.sso_enabled else None
         if req.path == "/login":
-            if role != ADMIN:
-                return ui.page(401, headers=[("WWW-Authenticate", REALM)])
-            return ui.redirect("/", role)
-        if role is None:
-            return ui.page(401, headers=[("WWW-Authenticate", REALM)])
-        return ui.page(who=role)
+            if ident.role != ADMIN:
+                return ui.page(401, headers=self.challenges(), sso_url=sso_url)
+            return ui.redirect("/", ident.who)
+        if ident.role is None:
+            return ui.page(401, headers=self.challenges(), sso_url=sso_url)
+        return ui.page(who=ident.who)
 
     def _view(self, name: str, who: str, query: str = "") -> HttpResponse:
         if name in TABLE_VIEWS:
@@ -436,17 +465,17 @@ class WebApi:
         if reason is not None:
             log.warning("refused cross-site POST /api/admin/%s from %s: %s", action, req.remote, reason)
             return error(403, "cross_site", f"refused as a possible cross-site request: {reason}")
-        role, why = self.role(req)
-        if role is None:
-            return error(401, "unauthorized", why, [("WWW-Authenticate", REALM)])
-        if role != ADMIN:
-            return error(403, "forbidden", "admin role required", who=role)
+        ident = self.identify(req)
+        if ident.role is None:
+            return self._unauthorized(ident)
+        if ident.role != ADMIN:
+            return error(403, "forbidden", "admin role required", who=ident.who)
         params = parse_qs(req.query, keep_blank_values=True)
         if "pool" in params:
             return error(400, "bad_request", "commands act on a database (?db=) or on every pool, not on one pool",
-                         who=role)
+                         who=ident.who)
         db = params.get("db", [None])[-1] or None
-        return self._run(action, db, role, req.remote)
+        return self._run(action, db, ident.who, req.remote)
 
     def _run(self, action: str, db: str | None, who: str, remote: str = "") -> HttpResponse:
         verb = action.upper()

@@ -8,6 +8,7 @@ inline, so an application_name or a query text can never run as code.
 from __future__ import annotations
 
 import functools
+import html
 from importlib import resources
 
 from pgdoorman.metrics.server import HttpResponse
@@ -33,8 +34,12 @@ def asset(name: str) -> bytes:
     return resources.files("pgdoorman.web").joinpath("static", name).read_bytes()
 
 
-def page(status: int = 200, who: str = "-", headers: list[tuple[str, str]] | None = None) -> HttpResponse:
+def page(status: int = 200, who: str = "-", headers: list[tuple[str, str]] | None = None,
+         sso_url: str | None = None) -> HttpResponse:
     body = asset("index.html") if status == 200 else SIGN_IN_PAGE
+    if status != 200 and sso_url:
+        body += b'<p><a href="' + html.escape(sso_url, quote=True).encode() + b'">Sign in with SSO</a></p>'
+
     return HttpResponse(status, body, HTML, [*SECURITY_HEADERS, *(headers or [])], who=who)
 
 

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from tests.integration.test_admin import admin, client, pool_row_when, show, waiting_clients
+from tests.integration.test_jwt import keypair, token
 from tests.support.cluster import ADMIN_USER, DBNAME, SCRAM_USER, PgCluster, pooler_config
 from tests.support.pooler import Pooler, free_port, wait_for
 
@@ -40,9 +41,10 @@ XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 class Console:
     """A running pooler with `web.ui` on, and the URL of its page."""
 
-    def __init__(self, pooler: Pooler, web_port: int) -> None:
+    def __init__(self, pooler: Pooler, web_port: int, sso_key: Any) -> None:
         self.pooler = pooler
         self.url = f"http://127.0.0.1:{web_port}"
+        self.sso_key = sso_key  # signs SSO tokens the pooler accepts
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +52,13 @@ def console(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     general = {"admin_password": PASSWORD, "query_wait_timeout": 30000}
     config = pooler_config(pg, general=general, pool_size=4)
     port = free_port()
-    config["web"] = {"enabled": True, "host": "127.0.0.1", "port": port, "ui": True}
+    keys = tmp_path_factory.mktemp("sso-keys")
+    _, pub, key = keypair(keys, "sso")
+    config["web"] = {"enabled": True, "host": "127.0.0.1", "port": port, "ui": True, "sso_enabled": True,
+                     "sso_public_key_file": str(pub), "sso_admin_groups": ["dba"]}
     pooler = Pooler(config, str(tmp_path_factory.mktemp("console-pooler"))).start()
     try:
-        yield Console(pooler, port)
+        yield Console(pooler, port, key)
     finally:
         pooler.stop()
 
@@ -305,7 +310,7 @@ def test_anonymous_gets_the_sign_in_prompt(browser: Any, console: Console, tmp_p
         # Chromium leaves the prompt unanswered and shows nothing); none of the pooler's state is there.
         main = document_response(browser)
         headers = {k.lower(): v for k, v in main["headers"].items()}
-        assert main["status"] == 401 and headers["www-authenticate"] == 'Basic realm="pg_doorman"', main
+        assert main["status"] == 401 and 'Basic realm="pg_doorman"' in headers["www-authenticate"].splitlines(), main
         assert browser.find_elements("css selector", "#cards, #pools-table") == []
         assert "cl_idle" not in browser.page_source
     shot(browser, tmp_path, "anonymous")
@@ -325,3 +330,33 @@ def test_log_tail_shows_hostile_lines_as_text(browser: Any, console: Console, tm
     # The page's own polling of /api/logs is not in the tail.
     assert not any("path=/api/logs " in t for t in texts(browser, "#logs .line .msg"))
     assert console_errors(browser) == []
+
+
+def test_sso_user_reads_but_cannot_act(browser: Any, console: Console, tmp_path: Path) -> None:
+    sign_in(browser, None)
+    browser.get(console.url + "/static/favicon.svg")  # a page of the origin, to set its cookie on
+    browser.add_cookie({"name": "sso_access_token", "value": token(console.sso_key, "carol", groups=["dev"]),
+                        "path": "/"})
+    try:
+        browser.get(console.url + "/")
+        wait_for(lambda: browser.find_element("id", "role").text == "sso: carol", what="signed in by SSO")
+        tab(browser, "pools")
+        wait_for(lambda: page_pool_row(browser), what="the pool's row")
+        # No command buttons for an Sso user: neither every pool's nor a pool row's.
+        assert not browser.find_element("id", "admin-actions").is_displayed()
+        assert browser.find_elements("css selector", "#pools-table button") == []
+        tab(browser, "clients")  # personal data: an Sso user may read it
+        wait_for(lambda: texts(browser, "#clients-pager span"), what="the clients page")
+        # A POST from the page itself, with the cookie: refused with 403.
+        status = browser.execute_async_script(
+            """const done = arguments[arguments.length - 1];
+            fetch(location.origin + "/api/admin/pause", {method: "POST", headers: {"X-Requested-With": "test"}})
+              .then(r => done(r.status), e => done(String(e)));""")
+        assert status == 403
+        shot(browser, tmp_path, "sso")
+        with admin(console.pooler, password=PASSWORD) as a:
+            assert pool_row_when(a, lambda r: True, "the pool")["paused"] == 0
+    finally:
+        browser.delete_all_cookies()
+    # The 403 just provoked is the one error.
+    assert [e for e in console_errors(browser) if "/api/admin/pause" not in e["message"]] == []

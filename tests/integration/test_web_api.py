@@ -7,8 +7,11 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import subprocess
+import sys
 import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -16,6 +19,7 @@ import pytest
 
 from pgdoorman.web.api import ACTIONS, PERSONAL, TABLE_VIEWS, VIEWS
 from tests.integration.test_admin import admin, client, pool_row_when, show, waiting_clients
+from tests.integration.test_jwt import keypair, token
 from tests.support.cluster import ADMIN_USER, DBNAME, SCRAM_USER
 from tests.support.pooler import free_port, wait_for
 
@@ -254,7 +258,7 @@ def test_page_routes_and_paging(pooler_factory: Any) -> None:
     status, headers, _ = request(port, "/login")
     assert status == 303 and headers["location"] == "/"
     assert request(port, "/login", auth=None)[0] == 401
-    assert get(port, "whoami") == {"role": "admin", "admin": True, "personal": True}
+    assert get(port, "whoami") == {"role": "admin", "user": "", "admin": True, "personal": True}
     assert request(port, "/api/whoami", auth=None)[0] == 401
 
     conns = [client(p, application_name=f"pager-{i}") for i in range(5)]
@@ -271,7 +275,7 @@ def test_page_routes_and_paging(pooler_factory: Any) -> None:
     # Anonymous (ui_anonymous): the page and the read-only views; /login still asks for the admin.
     p2, port2 = web_pooler(pooler_factory, anonymous=True)
     assert request(port2, "/", auth=None)[0] == 200
-    assert get(port2, "whoami", auth=None) == {"role": "anonymous", "admin": False, "personal": False}
+    assert get(port2, "whoami", auth=None) == {"role": "anonymous", "user": "", "admin": False, "personal": False}
     assert request(port2, "/login", auth=None)[0] == 401
     p3, port3 = web_pooler(pooler_factory, ui=False)
     assert request(port3, "/")[0] == 404 and request(port3, "/static/app.js")[0] == 404
@@ -350,3 +354,68 @@ def test_events(pooler_factory: Any) -> None:
     # Anonymous: the events, not who (addresses).
     anon = get(port, "events", auth=None)["events"]
     assert len(anon) == 7 and {e["source"] for e in anon} == {""}
+
+
+def test_sso(pooler_factory: Any, tmp_path: Path) -> None:
+    _, pub, key = keypair(tmp_path, "sso")
+    web = {"sso_enabled": True, "sso_public_key_file": str(pub), "sso_audience": ["pg_doorman"],
+           "sso_allowed_users": ["alice", "bob", "carol"], "sso_admin_groups": ["dba"]}
+    p, port = web_pooler(pooler_factory, web=web)
+
+    def bearer(user: str, **claims: Any) -> str:
+        return "Bearer " + token(key, user, **{"aud": "pg_doorman", **claims})
+
+    alice = bearer("alice", groups=["dev"])  # Sso: read-only, personal data included
+    assert get(port, "whoami", auth=alice) == {"role": "sso", "user": "alice", "admin": False, "personal": True}
+    for view in VIEWS:
+        assert request(port, f"/api/{view}", auth=alice)[0] == 200, view
+    assert post(port, "pause", auth=alice) == (403, {"error": "forbidden", "message": "admin role required"})
+    assert request(port, "/", auth=alice)[0] == 200
+    assert request(port, "/login", auth=alice)[0] == 401
+    # The cookie and ?token= carry it too.
+    raw = alice.split(" ", 1)[1]
+    assert get(port, "whoami", auth=None, headers={"Cookie": f"theme=dark; sso_access_token={raw}"})["user"] == "alice"
+    assert get(port, f"whoami?token={raw}", auth=None)["role"] == "sso"
+
+    bob = bearer("bob", groups=["dev", "dba"])  # an admin group: Admin
+    assert get(port, "whoami", auth=bob)["role"] == "admin"
+    assert post(port, "pause", auth=bob)[0] == 200 and post(port, "resume", auth=bob)[0] == 200
+    assert get(port, "events", auth=bob)["events"][-1]["source"] == "web API 127.0.0.1 (admin:bob)"
+    assert "who=admin:bob" in p.log() and "who=sso:alice" in p.log()
+
+    _, _, other = keypair(tmp_path, "other")
+    refused = {
+        "expired": "Bearer " + token(key, "alice", exp_in=-5, aud="pg_doorman"),
+        "wrong audience": "Bearer " + token(key, "alice", aud="someone-else"),
+        "no audience": "Bearer " + token(key, "alice"),
+        "not allowed": bearer("mallory"),
+        "no user": "Bearer " + token(key, None, aud="pg_doorman"),  # type: ignore[arg-type]
+        "other key": "Bearer " + token(other, "alice", aud="pg_doorman"),
+        "garbage": "Bearer x.y.z",
+    }
+    for why, auth in refused.items():
+        status, headers, body = request(port, "/api/pools", auth=auth)
+        assert status == 401 and body["error"] == "unauthorized", (why, body)
+    # Basic still works; the Bearer challenge is offered beside it.
+    status, headers, _ = request(port, "/api/pools", auth=None)
+    assert status == 401
+    assert get(port, "whoami")["role"] == "admin"
+
+    # SSO off: a Bearer token is not a way in.
+    p2, port2 = web_pooler(pooler_factory)
+    assert request(port2, "/api/pools", auth=alice)[0] == 401
+
+    # sso_require_https: only through a trusted proxy that says https.
+    p3, port3 = web_pooler(pooler_factory, web={**web, "sso_require_https": True, "trusted_proxies": ["127.0.0.1/32"]})
+    assert request(port3, "/api/pools", auth=alice)[0] == 401
+    assert request(port3, "/api/pools", auth=alice, headers={"X-Forwarded-Proto": "http"})[0] == 401
+    assert request(port3, "/api/pools", auth=alice, headers={"X-Forwarded-Proto": "https"})[0] == 200
+
+
+def test_sso_config_needs_a_key(pooler_factory: Any) -> None:
+    p = pooler_factory(start=False, general={"admin_password": PASSWORD})
+    p.config["web"] = {"enabled": True, "port": free_port(), "ui": True, "sso_enabled": True}
+    p.write_config()
+    res = subprocess.run([sys.executable, "-m", "pgdoorman", "-t", p.config_path], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode != 0 and "web.sso_enabled: needs web.sso_public_key_file" in res.stderr + res.stdout

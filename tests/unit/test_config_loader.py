@@ -438,8 +438,6 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
           admin_password: secret
           worker_stack_size: 8MB
           proxy_copy_data_timeout: not-even-a-duration
-        web:
-          sso_enabled: true
         talos:
           keys: [/k.pem]
         pools:
@@ -458,7 +456,6 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
     assert config.warnings == (
         f"{path}: general.worker_stack_size: not implemented by pgdoorman yet; ignored",
         f"{path}: general.proxy_copy_data_timeout: not implemented by pgdoorman yet; ignored",
-        f"{path}: web.sso_enabled: not implemented by pgdoorman yet; ignored",
         f"{path}: talos.keys: not implemented by pgdoorman yet; ignored",
         f"{path}: pools.a.max_db_connections: not implemented by pgdoorman yet; ignored",
         f"{path}: pools.a.auth_query.query: not implemented by pgdoorman yet; ignored",

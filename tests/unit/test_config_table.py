@@ -57,7 +57,9 @@ IMPLEMENTED = {
         "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key", "hba", "pg_hba",
         "session_real_backend_key",
     },
-    "web": {"enabled", "host", "port", "ui", "ui_anonymous", "log_tap_max_entries", "trusted_proxies"},
+    "web": {"enabled", "host", "port", "ui", "ui_anonymous", "log_tap_max_entries", "trusted_proxies",
+            "sso_enabled", "sso_proxy_url", "sso_public_key_file", "sso_audience", "sso_allowed_users",
+            "sso_groups_claim", "sso_admin_groups", "sso_require_https"},
     "talos": set(),
     "pool": {
         "server_host", "server_port", "server_database", "pool_mode", "application_name",

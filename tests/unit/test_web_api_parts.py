@@ -29,15 +29,18 @@ def test_ui_needs_a_real_admin_password(tmp_path: Path, general: str, what: str)
     assert err.startswith(f"{path}: web.ui: cannot be turned on while general.admin_password is {what}")
 
 
-def test_ui_with_a_password_and_sso_still_warned(tmp_path: Path) -> None:
+def test_ui_with_a_password_and_sso(tmp_path: Path) -> None:
     path = write(tmp_path, "c.yaml", "general:\n  admin_username: admin\n  admin_password: pw\nweb:\n  ui: true\n  ui_anonymous: true\n"
-                 "  sso_enabled: true\n  sso_admin_groups: [ops]\n")
+                 "  sso_enabled: true\n  sso_public_key_file: /etc/sso.pub\n  sso_admin_groups: [ops]\n")
     config = load_config(path)
-    assert config.web.ui and config.web.ui_anonymous
-    assert tuple(w for w in config.warnings if "not implemented" in w) == (
-        f"{path}: web.sso_enabled: not implemented by pgdoorman yet; ignored",
-        f"{path}: web.sso_admin_groups: not implemented by pgdoorman yet; ignored",
-    )
+    assert config.web.ui and config.web.ui_anonymous and config.web.sso_enabled
+    assert config.web.sso_admin_groups == ("ops",)
+    assert not [w for w in config.warnings if "not implemented" in w]
+    # SSO on needs the key that signs the tokens.
+    path = write(tmp_path, "d.yaml", "general:\n  admin_username: admin\n  admin_password: pw\nweb:\n  sso_enabled: true\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"{path}: web.sso_enabled: needs web.sso_public_key_file" in str(info.value)
 
 
 def req(**headers: str) -> HttpRequest:

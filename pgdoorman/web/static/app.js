@@ -9,7 +9,7 @@ const POLL_MS = 1000;
 const SVG = "http://www.w3.org/2000/svg";
 
 const state = {
-  tab: "overview", role: null, admin: false,
+  tab: "overview", role: null, user: "", admin: false,
   history: [],                  // [{t, xact, query, p50, p95, p99, active, waiting}]
   pools: { rows: [], columns: [], sort: "database", desc: false },
   tables: {
@@ -397,12 +397,13 @@ async function start() {
   try {
     const me = await api("/api/whoami");
     state.role = me.role;
+    state.user = me.user;
     state.admin = me.admin;
   } catch (e) {
     notice("Not signed in: reload the page to sign in.", true);
     return;
   }
-  $("role").textContent = state.role;
+  $("role").textContent = state.user ? `${state.role}: ${state.user}` : state.role;
   $("signin").hidden = state.admin;
   $("admin-actions").hidden = !state.admin;
   await refresh();
