@@ -5,8 +5,8 @@ The relay decides on headers only: it counts the messages that will be answered 
 (Query, Sync, FunctionCall), notes unsynced extended-protocol traffic, drops Terminate, and rejects
 anything that is not a frontend message type (08P01 and close). Bodies are forwarded untouched.
 
-States: STARTUP -> AUTH_* (md5, SCRAM, or a clear-text password for JWT/PAM; AUTH_WAIT while a PAM thread
-checks it) -> LOGIN_WAIT (waiting for a server to learn parameters or, in session mode, to keep) -> READY.
+States: STARTUP -> AUTH (md5, SCRAM, or a clear-text password for JWT/PAM: client_auth.py; AUTH_WAIT while a
+PAM thread checks it) -> LOGIN_WAIT (waiting for a server to learn parameters or, in session mode, to keep) -> READY.
 """
 
 from __future__ import annotations

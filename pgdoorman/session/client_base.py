@@ -16,7 +16,6 @@ from pgdoorman.core.params import TRACKED_PARAMS
 from pgdoorman.net.conn import Conn
 from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN
-from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
 from pgdoorman.session.states import (
@@ -27,6 +26,7 @@ from pgdoorman.session.states import (
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pool
+    from pgdoorman.session.client_auth import ClientAuth
     from pgdoorman.session.host import Host
     from pgdoorman.session.server import ServerConn
 
@@ -69,15 +69,13 @@ def _first_request_end(buf: bytearray) -> int | None:
     return None
 
 
-
-
 class ClientBase(Conn):
     """The state of one client connection and its link to a server: what every part of ClientConn reads."""
 
     __slots__ = (
         "worker", "app", "state", "inbuf", "pool", "server", "user", "database", "startup", "settings", "want",
         "want_key", "expect", "unsynced", "transaction_mode", "waiting", "wait_start", "pending",
-        "scanner", "terminating", "pid", "secret", "md5_salt", "scram", "stored", "addr", "connect_time",
+        "scanner", "terminating", "pid", "secret", "client_auth", "stored", "addr", "connect_time",
         "query_count", "xact_count", "error_count", "login_timer", "admin", "application_name", "is_unix",
         "last_status", "xact_start", "query_start", "ps", "named", "unnamed", "rq", "raw",
         "planner_sig", "last_parse", "named_parse", "copy_window", "copy_syncs", "in_copy_in",
@@ -110,8 +108,7 @@ class ClientBase(Conn):
         self.terminating = False
         self.pid = 0
         self.secret = 0
-        self.md5_salt = b""
-        self.scram: auth.ScramServer | None = None
+        self.client_auth: ClientAuth | None = None  # while authenticating (client_auth.py)
         self.stored = ""
         self.connect_time = time.time()
         self.query_count = 0

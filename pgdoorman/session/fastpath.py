@@ -26,7 +26,6 @@ _unpack = m.U32.unpack_from
 _MAYBE_SPECIAL = frozenset(b"dDlL \t\r\n\x0b\x0c")
 
 
-
 class FastPaths(PreparedRelay):
     __slots__ = ()
 

@@ -7,12 +7,8 @@ text checked by PAM or as a JWT) and the settings sync that ends it with ReadyFo
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import os
 import ssl
-import struct
 from typing import TYPE_CHECKING
 
 from pgdoorman import hba, jwt_auth, pam_auth
@@ -22,13 +18,11 @@ from pgdoorman.net.sockopts import linger_off
 from pgdoorman.net.tls import TLS_READ_MIN, ssl_reason
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
+from pgdoorman.session.client_auth import CHECK, FAILED, PENDING, ClientAuth
 from pgdoorman.session.fastpath import FastPaths
 from pgdoorman.session.states import (
     ADMIN,
-    AUTH_CLEARTEXT,
-    AUTH_MD5,
-    AUTH_SASL,
-    AUTH_SASL_FINAL,
+    AUTH,
     AUTH_WAIT,
     CLIENT_SESSION_TABLE,
     LOGIN_WAIT,
@@ -43,11 +37,6 @@ if TYPE_CHECKING:
     pass
 
 log = logging.getLogger("pgdoorman.client")
-
-_SALT = struct.Struct("!I")
-# Fake SCRAM salt for unknown users: derived from a per-process key so repeated attempts look stable.
-_FAKE_KEY = os.urandom(32)
-
 
 
 class ClientLogin(FastPaths):
@@ -120,7 +109,7 @@ class ClientLogin(FastPaths):
                     body = bytes(buf[4:ln])
                     del buf[:ln]
                     self._startup(body)
-                elif self.state in (AUTH_MD5, AUTH_SASL, AUTH_SASL_FINAL, AUTH_CLEARTEXT):
+                elif self.state == AUTH:
                     if len(buf) < 5:
                         return
                     (ln,) = m.U32.unpack_from(buf, 1)
@@ -236,89 +225,60 @@ class ClientLogin(FastPaths):
 
     def _begin_auth(self, force_md5: bool = False) -> None:
         """SCRAM, or md5 for an md5-hash password (or a plain-text one when pg_hba chose md5), or a clear-text
-        password for a JWT user (the token)."""
-        stored = self.stored
+        password for a JWT or PAM user (see client_auth.py)."""
         pool = self.pool
-        if pool is not None and pool.cleartext_login:
-            self.state = AUTH_CLEARTEXT
-            self.write(m.AUTH_CLEARTEXT)
-            return
-        if force_md5 and stored and not auth.is_md5_hash(stored):
-            self.stored = stored = auth.md5_stored(self.user, stored)  # the plain-text password as md5 hashes it
-        if stored and not auth.is_scram_verifier(stored) and auth.is_md5_hash(stored):
-            self.md5_salt = os.urandom(4)
-            self.state = AUTH_MD5
-            self.write(m.auth_md5(self.md5_salt))
-            return
-        verifier: auth.ScramVerifier
-        if stored and auth.is_scram_verifier(stored):
-            verifier = auth.ScramVerifier.parse(stored)
-        elif stored:
-            pool = self.pool
-            if pool is not None:
-                if pool.scram_verifier is None:
-                    pool.scram_verifier = auth.ScramVerifier.from_password(stored)
-                verifier = pool.scram_verifier
-            else:
-                verifier = self.app.admin_verifier()
-        else:
-            # Unknown user (or no password): run a believable exchange that can only fail.
-            seed = hmac.new(_FAKE_KEY, self.user.encode(), hashlib.sha256).digest()
-            verifier = auth.ScramVerifier(4096, seed[:16], os.urandom(32), os.urandom(32))
-        self.scram = auth.ScramServer(verifier)
-        self.state = AUTH_SASL
-        self.write(m.auth_sasl(auth.ScramServer.MECHANISMS))
+        a = ClientAuth(self.user, self.stored, cleartext=pool is not None and pool.cleartext_login,
+                       force_md5=force_md5, plain_verifier=self._plain_verifier)
+        self.client_auth = a
+        self.state = AUTH
+        self.write(a.request())
+
+    def _plain_verifier(self) -> auth.ScramVerifier:
+        """The SCRAM verifier of a plain-text configured password, derived once (4096 rounds of PBKDF2)."""
+        pool = self.pool
+        if pool is None:
+            return self.app.admin_verifier()
+        if pool.scram_verifier is None:
+            pool.scram_verifier = auth.ScramVerifier.from_password(self.stored)
+        verifier: auth.ScramVerifier = pool.scram_verifier
+        return verifier
 
     def _auth_failed(self) -> None:
         log.info("password authentication failed for user %r from %s", self.user, self.addr)
         self.fatal("28P01", f'password authentication failed for user "{self.user}"')
 
     def _password(self, body: bytes) -> None:
-        st = self.state
-        if st == AUTH_CLEARTEXT:
-            pool = self.pool
-            assert pool is not None
-            secret = body.rstrip(b"\x00").decode("utf-8", "replace")
-            service = pool.user_cfg.auth_pam_service
-            if service:
-                self.state = AUTH_WAIT  # the answer comes from a PAM thread; bytes sent meanwhile are kept
-                loop = self.loop
-                pam_auth.authenticate(service, self.user, secret,
-                                      lambda why: loop.call_soon_threadsafe(self._cleartext_checked, "PAM", why))
-                return
-            assert pool.jwt_key is not None
-            self._cleartext_checked("JWT", jwt_auth.verify(secret, pool.jwt_key, self.user))
+        a = self.client_auth
+        assert a is not None
+        out, outcome = a.feed(body)
+        if out:
+            self.write(out)
+        if outcome == PENDING:
             return
-        if st == AUTH_MD5:
-            ok = bool(self.stored) and auth.md5_verify(self.user, self.stored, self.md5_salt, body.rstrip(b"\x00"))
-            if not ok:
-                self._auth_failed()
-                return
-            self._authenticated()
-            return
-        scram = self.scram
-        assert scram is not None
-        try:
-            if st == AUTH_SASL:
-                mech, pos = m.read_cstr(body, 0)
-                if len(body) < pos + 4:
-                    raise m.ProtocolViolation("malformed SASLInitialResponse")
-                (dl,) = m.I32.unpack_from(body, pos)
-                data = body[pos + 4 : pos + 4 + dl] if dl >= 0 else b""
-                reply = scram.client_first(mech.decode(errors="replace"), data)
-                self.state = AUTH_SASL_FINAL
-                self.write(m.auth_sasl_continue(reply))
-            else:
-                final = scram.client_final(body)
-                if not self.stored:
-                    raise auth.AuthError("no such user")
-                self.write(m.auth_sasl_final(final))
-                pool = self.pool
-                if pool is not None and scram.client_key is not None and auth.is_scram_verifier(self.stored):
-                    pool.scram_client_key = scram.client_key
-                self._authenticated()
-        except auth.AuthError:
+        if outcome == FAILED:
+            log.debug("client %s: authentication of %r failed: %s", self.addr, self.user, a.why)
             self._auth_failed()
+            return
+        if outcome == CHECK:
+            self._check_cleartext(a.password)
+            return
+        pool = self.pool
+        if pool is not None and a.client_key is not None:
+            pool.scram_client_key = a.client_key  # SCRAM passthrough: the key PostgreSQL will ask us for
+        self._authenticated()
+
+    def _check_cleartext(self, secret: str) -> None:
+        pool = self.pool
+        assert pool is not None
+        service = pool.user_cfg.auth_pam_service
+        if service:
+            self.state = AUTH_WAIT  # the answer comes from a PAM thread; bytes sent meanwhile are kept
+            loop = self.loop
+            pam_auth.authenticate(service, self.user, secret,
+                                  lambda why: loop.call_soon_threadsafe(self._cleartext_checked, "PAM", why))
+            return
+        assert pool.jwt_key is not None
+        self._cleartext_checked("JWT", jwt_auth.verify(secret, pool.jwt_key, self.user))
 
     def _cleartext_checked(self, method: str, why: str | None) -> None:
         """The verdict on a clear-text password (`why` None: accepted), from JWT at once or from a PAM thread
@@ -332,7 +292,7 @@ class ClientLogin(FastPaths):
         self._authenticated()
 
     def _authenticated(self) -> None:
-        self.scram = None
+        self.client_auth = None
         self.write(m.AUTH_OK)
         if self.admin:
             self._start_admin()

@@ -30,8 +30,6 @@ def renamed_bind(b: bytes, j: int, k: int, name: bytes) -> bytes:
     return m.msg(b"B", b[: j + 1] + name + b[k:])
 
 
-
-
 class PreparedRelay(ClientBase):
     __slots__ = ()
 

@@ -8,7 +8,8 @@ import re
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import FULL, INVALID, NOTIFY, PASS, SMALL
 
-STARTUP, AUTH_MD5, AUTH_SASL, AUTH_SASL_FINAL, AUTH_CLEARTEXT, AUTH_WAIT, LOGIN_WAIT, READY, ADMIN = range(9)
+# AUTH: password messages go to the ClientAuth exchange; AUTH_WAIT: a PAM thread checks a clear-text password.
+STARTUP, AUTH, AUTH_WAIT, LOGIN_WAIT, READY, ADMIN = range(6)
 
 # Frontend message types after login. Password messages ('p') are only valid during authentication.
 _t = bytearray([INVALID]) * 256
@@ -39,7 +40,6 @@ LISTEN_REFUSAL = (
     b"MESSAGE = 'LISTEN is not supported in transaction pooling mode', "
     b"HINT = 'Use a pool with pool_mode = session for LISTEN/NOTIFY.'; END $pgdoorman$"
 )
-
 
 
 def refuse_listen(body: memoryview) -> bytes | None:
