@@ -2,7 +2,8 @@
 """Where does a second worker's CPU go? (`make bench-profile`; docs/performance.md).
 
 For each worker count, on one throwaway cluster (scripts/bench.py's), pgbench -S through pgdoorman:
-* plain runs (`--repeat` of them): the pooler's CPU per transaction, per thread, and its context switches;
+* plain runs (`--repeat` of them, each a single pgbench run: contamination by other work on the machine is
+  reported, not retried): the pooler's CPU per transaction, per thread, and its context switches;
 * one run under `perf record` (native self time by symbol, kernel included; needs perf and root or
   perf_event_paranoid <= 1): what the interpreter, the allocator, atomics and the syscalls cost;
 * one run under scripts/pgdoorman_counters.py: handovers, wake-ups, epoll waits and pool-lock waits per
@@ -58,7 +59,7 @@ class Profiler:
         self.a = a
         bargs = bench.parse_args([
             "--python", a.python, "--duration", str(a.duration), "--idle-clients", "0", "--only", "pgdoorman",
-            "--modes", a.mode, "--clients", str(a.clients), "--retries", str(a.retries),
+            "--modes", a.mode, "--clients", str(a.clients),
             "--wait-quiet", str(a.wait_quiet), "--pool-size", str(a.pool_size),
         ])
         self.b = bench.Bench(bargs)
@@ -71,9 +72,6 @@ class Profiler:
         self.b.pgdoorman_launch = launch or ["-m", "pgdoorman"]
         self.b.pgdoorman_env = env or {}
         return self.b.start_pgdoorman()
-
-    def cell(self, pid: int) -> bench.Cell:
-        return self.b.cell("pgdoorman", bench.PORT_PGDOORMAN, self.a.mode, self.a.clients, pid)
 
     def single(self, pid: int, recorder: Any = None) -> bench.Cell:
         """One pgbench run, no re-runs (a recorder attached to the pooler must see exactly this run): wait for
@@ -94,36 +92,38 @@ class Profiler:
             t.join()
         return c
 
-    def plain(self, workers: int) -> list[dict[str, Any]]:
-        out = []
-        for rep in range(self.a.repeat):
-            p = self.start(workers)
-            try:
-                before = thread_stats(p.pid)
-                c = self.cell(p.pid)
-                after = thread_stats(p.pid)
-            finally:
-                self.b.procs.stop(p)
-            n = c.n_tx or 0
-            threads = sorted(
-                (
-                    {
-                        "cpu_us_per_tx": round((v["cpu_ns"] - before.get(k, {}).get("cpu_ns", 0)) / 1e3 / n, 2),
-                        "vcsw_per_tx": round((v["vcsw"] - before.get(k, {}).get("vcsw", 0)) / n, 3),
-                        "ivcsw_per_tx": round((v["ivcsw"] - before.get(k, {}).get("ivcsw", 0)) / n, 3),
-                    }
-                    for k, v in after.items()
-                    if n
-                ),
-                key=lambda d: -d["cpu_us_per_tx"],
-            )
-            r = {"kind": "plain", "workers": workers, "rep": rep, "tps": c.tps, "pooler_us": c.pooler_us,
-                 "postgres_us": c.postgres_us, "pgbench_us": c.pgbench_us, "box_us": c.box_us,
-                 "foreign_cores": c.foreign_cores, "contaminated": c.contaminated, "attempts": c.attempts,
-                 "status": c.status, "n_tx": n, "threads_whole_run": threads}
-            print(f"  plain w={workers} #{rep + 1}: {bench.one_line(c)}", flush=True)
-            out.append(r)
-        return out
+    def plain(self, workers: int, rep: int) -> dict[str, Any]:
+        """One run: the pooler's CPU per transaction (bench.py's steady window) and its threads' CPU and context
+        switches from 2.5 s into pgbench to its end."""
+        p = self.start(workers)
+        try:
+            snaps: list[dict[str, dict[str, int]]] = []
+            c = self.single(p.pid, lambda snaps=snaps, pid=p.pid: snaps.append(thread_stats(pid)))
+            after = thread_stats(p.pid)
+        finally:
+            self.b.procs.stop(p)
+        before = snaps[0] if snaps else {}
+        n = c.n_tx or 0
+        if c.progress and snaps:
+            n = round(sum(tps for t, tps in c.progress if t > 2.5)) or n
+        threads = sorted(
+            (
+                {
+                    "cpu_us_per_tx": round((v["cpu_ns"] - before.get(k, {}).get("cpu_ns", 0)) / 1e3 / n, 2),
+                    "vcsw_per_tx": round((v["vcsw"] - before.get(k, {}).get("vcsw", 0)) / n, 3),
+                    "ivcsw_per_tx": round((v["ivcsw"] - before.get(k, {}).get("ivcsw", 0)) / n, 3),
+                }
+                for k, v in after.items()
+                if n
+            ),
+            key=lambda d: -d["cpu_us_per_tx"],
+        )
+        r = {"kind": "plain", "workers": workers, "rep": rep, "tps": c.tps, "pooler_us": c.pooler_us,
+             "postgres_us": c.postgres_us, "pgbench_us": c.pgbench_us, "box_us": c.box_us,
+             "foreign_cores": c.foreign_cores, "contaminated": c.contaminated, "attempts": c.attempts,
+             "status": c.status, "n_tx": n, "threads": threads}
+        print(f"  plain w={workers} #{rep + 1}: {bench.one_line(c)}", flush=True)
+        return r
 
     def perf(self, workers: int) -> dict[str, Any] | None:
         """perf with DWARF call graphs and CPython's perf_jit (3.13+): every sample names the native function
@@ -228,6 +228,11 @@ class Profiler:
         total: collections.Counter[str] = collections.Counter()
         for d in counts.values():
             total.update(d)
+        # pgbench -S runs one statement per transaction, which checks out a server once (any -M): the
+        # checkout count is the exact number of transactions in the counted span (n is the progress estimate).
+        checkouts = total.get("pool.acquire.queued", 0) + total.get("pool.acquire.local_idle", 0)
+        if checkouts:
+            n = checkouts
         per_tx = {k: round(v / n, 4) for k, v in sorted(total.items())}
         samples = delta("samples")
         sampler = delta("sampler")
@@ -290,8 +295,11 @@ class Profiler:
         bench.raise_nofile(bench.MAX_CLIENTS_POOLER + 4096)
         print(f"workdir {b.tmp}; creating the cluster ...", flush=True)
         b.start_cluster()
+        # Plain runs interleaved (1, 2, 1, 2, ...): a drift in the machine's other load hits every worker count.
+        for rep in range(self.a.repeat):
+            for w in self.a.workers:
+                self.results["runs"].append(self.plain(w, rep))
         for w in self.a.workers:
-            self.results["runs"] += self.plain(w)
             if self.a.perf:
                 r = self.perf(w)
                 if r:
@@ -314,8 +322,8 @@ def summary(res: dict[str, Any]) -> str:
             out.append(f"workers={w}: pooler us/tx {', '.join(map(str, us))} (tps "
                        f"{', '.join(str(round(r['tps'] or 0)) for r in plain)}; foreign cores "
                        f"{', '.join(str(r['foreign_cores']) for r in plain)})")
-            for v in plain[-1]["threads_whole_run"][:4]:
-                out.append(f"    thread (busiest first, whole run): {v}")
+            for v in plain[-1]["threads"][:4]:
+                out.append(f"    thread (busiest first, from 2.5 s into the run): {v}")
         for r in runs:
             if r["workers"] != w:
                 continue
@@ -356,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool-size", type=int, default=20)
     ap.add_argument("--duration", type=int, default=20, help="seconds per pgbench run")
     ap.add_argument("--repeat", type=int, default=2, help="plain runs per worker count")
-    ap.add_argument("--retries", type=int, default=1, help="re-runs of a run contaminated by foreign load")
-    ap.add_argument("--wait-quiet", type=float, default=30.0)
+    ap.add_argument("--wait-quiet", type=float, default=30.0,
+                    help="seconds to wait for an idle machine before each run (bench.py's --wait-quiet)")
     ap.add_argument("--no-perf", dest="perf", action="store_false")
     ap.add_argument("--perf-hz", type=int, default=199)
     ap.add_argument("--no-counters", dest="counters", action="store_false")
