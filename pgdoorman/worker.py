@@ -19,7 +19,8 @@ from pgdoorman.net.sockopts import apply_socket, linger_off
 from pgdoorman.protocol import messages as m
 from pgdoorman.session.client import ADMIN, READY, ClientConn
 from pgdoorman.session.host import Registry
-from pgdoorman.session.server import (
+from pgdoorman.session.server import ServerConn
+from pgdoorman.session.states import (
     ACTIVE,
     CONNECTING,
     DIRTY_PREPARE,
@@ -28,7 +29,6 @@ from pgdoorman.session.server import (
     IDLE,
     INTERNAL,
     LOGIN,
-    ServerConn,
 )
 
 if TYPE_CHECKING:

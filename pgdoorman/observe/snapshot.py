@@ -1,7 +1,6 @@
 """Plain snapshots of the running pooler: pools, clients and servers as frozen dataclasses with their states
-as names, taken from the workers' sets (copied, retried if resized meanwhile). The state names are mapped
-here from the constants client.py and server.py export: this is the one place above the connections that
-reads their fields."""
+as names, taken from the workers' sets (copied, retried if resized meanwhile). The connection classes name
+their own states (`status`); this is the one place above the connections that reads their fields."""
 
 from __future__ import annotations
 
@@ -13,12 +12,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pgdoorman.observe.interfaces import PoolKey, Source, copy_of, dict_copy
-from pgdoorman.session.client import READY as CLIENT_READY
-from pgdoorman.session.server import ACTIVE as SERVER_ACTIVE
-from pgdoorman.session.server import CLOSED as SERVER_CLOSED
-from pgdoorman.session.server import IDLE as SERVER_IDLE
-from pgdoorman.session.server import INTERNAL as SERVER_USED
-from pgdoorman.session.server import STATE_NAMES as SERVER_STATES
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pool
@@ -50,35 +43,13 @@ def live_servers(src: Source) -> list[ServerConn]:
 
 # ------------------------------------------------------------------------------------------ state names
 def client_state(c: ClientConn) -> str | None:
-    """'waiting' (queued for a server), 'active' (linked to a server), 'idle' (logged in, between
-    transactions), 'login' (still logging in), or None for admin sessions and closed clients."""
-    if c.admin is not None or c.closed:
-        return None
-    if c.waiting:
-        return "waiting"
-    if c.server is not None:
-        return "active"
-    if c.state == CLIENT_READY:
-        return "idle"
-    return "login"
+    """SHOW CLIENTS' state of `c` (ClientConn.status): None for admin sessions and closed clients."""
+    return c.status
 
 
 def server_state(s: ServerConn) -> str:
-    """'login', 'idle', 'active', 'used' (housekeeping), 'closed', or 'unknown'."""
-    st = s.state
-    return SERVER_STATES[st] if 0 <= st < len(SERVER_STATES) else "unknown"
-
-
-def server_active_since(s: ServerConn) -> float | None:
-    """Monotonic time the server's current piece of work started: the core's `active_since` if it keeps
-    one, else the start of the linked client's transaction."""
-    t = getattr(s, "active_since", None)
-    if isinstance(t, float) and t > 0:
-        return t
-    c: ClientConn | None = s.client  # type: ignore[assignment]  # a ClientPeer: always a ClientConn
-    if c is not None and c.xact_start:
-        return float(c.xact_start)
-    return None
+    """SHOW SERVERS' state of `s` (ServerConn.status)."""
+    return s.status
 
 
 _client_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -256,7 +227,7 @@ def server_info(s: ServerConn) -> ServerInfo:
         id=s.id, pid=s.pid, pool=(s.pool.database, s.pool.username), state=server_state(s),
         application_name=s.params.get("application_name", ""), tls=bool(getattr(s, "tls", False)),
         writing=bool(s.out), xact_count=s.xact_count, query_count=s.query_count, bytes_out=s.bytes_out,
-        bytes_in=s.bytes_in, created=s.created, active_since=server_active_since(s),
+        bytes_in=s.bytes_in, created=s.created, active_since=s.active_since,
         ps_hits=getattr(s, "ps_hits", 0), ps_misses=getattr(s, "ps_misses", 0),
         ps_cached=len(getattr(s, "prepared", ())),
     )
@@ -294,17 +265,17 @@ def take_snapshot(src: Source) -> Snapshot:
         si = server_info(s)
         servers.append(si)
         v = views.get(id(s.pool))
-        if v is None or s.state == SERVER_CLOSED:
+        if v is None or si.state == "closed":
             continue
         v.servers.append(si)
-        sst = s.state
-        if sst == SERVER_IDLE:
+        sst = si.state
+        if sst == "idle":
             v.sv_idle += 1
-        elif sst == SERVER_ACTIVE:
+        elif sst == "active":
             v.sv_active += 1
             if si.active_since is not None:
                 v.oldest_active_age_ms = max(v.oldest_active_age_ms, int((now - si.active_since) * 1000))
-        elif sst == SERVER_USED:
+        elif sst == "used":
             v.sv_used += 1
         else:
             v.sv_login += 1

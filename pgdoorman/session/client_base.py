@@ -156,6 +156,19 @@ class ClientBase(Conn):
         self.scan_tail = b""
         self.copy_confused = False  # see copy_in_started
 
+    @property
+    def status(self) -> str | None:
+        """The state as SHOW CLIENTS names it: 'waiting' (queued for a server), 'active' (linked to a server),
+        'idle' (logged in, between transactions), 'login' (still logging in), or None for admin sessions and
+        closed clients."""
+        if self.admin is not None or self.closed:
+            return None
+        if self.waiting:
+            return "waiting"
+        if self.server is not None:
+            return "active"
+        return "idle" if self.state == READY else "login"
+
     # Implemented by the parts above this one (client.py, login.py); declared here for the parts below.
     def _on_header(self, t: int, ln: int) -> None:
         raise NotImplementedError

@@ -17,6 +17,7 @@ class ClientPeer(Protocol):
     # The client's side of its requests in flight and of its prepared statements, which the server's relay
     # reads and, for a stale statement, replaces (server_prepared.py).
     waiting: bool
+    xact_start: float  # monotonic start of its transaction, 0.0 outside one
     rq: deque[tuple[int, Any]]
     named: dict[bytes, Statement]
     unnamed: Statement | None

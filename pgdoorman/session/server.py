@@ -16,7 +16,6 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from pgdoorman.core import leaks, params
@@ -28,6 +27,21 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
 from pgdoorman.session.server_login import READY, REFUSED, BackendLogin
 from pgdoorman.session.server_prepared import SERVER_TABLE, ServerPrepared, is_stale_plan
+from pgdoorman.session.states import (
+    ACTIVE,
+    CLOSED,
+    CONNECTING,
+    DIRTY_CURSOR,
+    DIRTY_LISTEN,
+    DIRTY_PREPARE,
+    DIRTY_SESSION,
+    DIRTY_SET,
+    DIRTY_TEMP,
+    IDLE,
+    INTERNAL,
+    LOGIN,
+    STATE_NAMES,
+)
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pool
@@ -36,28 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgdoorman.server")
 
-class ServerState(IntEnum):
-    """Where a server connection is in its life. Only this module assigns `ServerConn.state` (other modules
-    move a server through `link`, `park` and `retire`)."""
-
-    CONNECTING = 0
-    LOGIN = 1
-    IDLE = 2
-    ACTIVE = 3
-    INTERNAL = 4  # our own housekeeping query runs
-    CLOSED = 5
-
-
-CONNECTING, LOGIN, IDLE, ACTIVE, INTERNAL, CLOSED = ServerState
-STATE_NAMES = ("login", "login", "idle", "active", "used", "closed")
-
-# CommandComplete tags that leave session state behind on the server (reset at checkin).
-DIRTY_SET = 1
-DIRTY_PREPARE = 2
-DIRTY_CURSOR = 4
-DIRTY_LISTEN = 8
-DIRTY_SESSION = 16  # a session-mode client left: reset everything (DISCARD ALL), as PgBouncer does
-DIRTY_TEMP = 32  # temp objects or session advisory locks may be left (leaks.py)
 
 _ids = iter(range(1, 1 << 62))
 # A value no setting can have (a NUL cannot be sent): `extra` entries whose value on the server is unknown.
@@ -614,6 +606,19 @@ class ServerConn(ServerPrepared):
             c.resume_reading()
 
     # ------------------------------------------------------------------ state moves made by other modules
+    @property
+    def status(self) -> str:
+        """The state as SHOW SERVERS names it: 'login', 'idle', 'active', 'used' (housekeeping), 'closed' (or
+        'unknown' for a state this version does not name)."""
+        st = self.state
+        return STATE_NAMES[st] if 0 <= st < len(STATE_NAMES) else "unknown"
+
+    @property
+    def active_since(self) -> float | None:
+        """Monotonic time the current piece of work started (the linked client's transaction), if any."""
+        c = self.client
+        return c.xact_start if c is not None and c.xact_start else None
+
     def link(self, client: ClientPeer) -> None:
         """Lent to `client` (its relay runs now)."""
         self.client = client

@@ -1,9 +1,10 @@
-"""The client connection's states and the frontend message tables its scanner uses in each mode, shared by
-the parts of ClientConn (client.py, login.py, rewrite.py, fastpath.py) and read by observe/."""
+"""The connections' states: the client's and the frontend message tables its scanner uses in each mode
+(shared by the parts of ClientConn), the server's lifecycle enum and the session-state bits it cleans."""
 
 from __future__ import annotations
 
 import re
+from enum import IntEnum
 
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import FULL, INVALID, NOTIFY, PASS, SMALL
@@ -48,3 +49,27 @@ def refuse_listen(body: memoryview) -> bytes | None:
     if (b0 == 108 or body[0] in b" \t\r\n") and LISTEN_START.match(body):
         return m.query(LISTEN_REFUSAL.decode())
     return None
+
+
+class ServerState(IntEnum):
+    """Where a server connection is in its life. Only server.py assigns `ServerConn.state` (other modules
+    move a server through `link`, `park` and `retire`; tests/unit/test_state_owners.py checks it)."""
+
+    CONNECTING = 0
+    LOGIN = 1
+    IDLE = 2
+    ACTIVE = 3
+    INTERNAL = 4  # our own housekeeping query runs
+    CLOSED = 5
+
+
+CONNECTING, LOGIN, IDLE, ACTIVE, INTERNAL, CLOSED = ServerState
+STATE_NAMES = ("login", "login", "idle", "active", "used", "closed")
+
+# CommandComplete tags that leave session state behind on the server (reset at checkin).
+DIRTY_SET = 1
+DIRTY_PREPARE = 2
+DIRTY_CURSOR = 4
+DIRTY_LISTEN = 8
+DIRTY_SESSION = 16  # a session-mode client left: reset everything (DISCARD ALL), as PgBouncer does
+DIRTY_TEMP = 32  # temp objects or session advisory locks may be left (leaks.py)
