@@ -840,7 +840,7 @@ class Bench:
                 cell = Cell(target, mode, clients, status="error", note="pooler crashed")
         if cell is not None:
             return cell
-        print(f"  {target:9} -M {mode:8} -c {clients:<5} ...", end="", flush=True)
+        print(f"  {target:13} -M {mode:8} -c {clients:<5} ...", end="", flush=True)
         cell = self.cell(target, PORTS[target], mode, clients, pooler.pid if pooler else None)
         if pooler is not None and pooler.poll() is not None:
             cell.status = "error"
@@ -864,7 +864,7 @@ class Bench:
     def idle_memory(self, target: str, starter: Callable[[], subprocess.Popen[Any]], port: int) -> Idle:
         n = self.args.idle_clients
         res = Idle(target, n)
-        print(f"  {target:9} idle clients: {n} ...", end="", flush=True)
+        print(f"  {target:13} idle clients: {n} ...", end="", flush=True)
         pooler: subprocess.Popen[Any] | None = None
         holder: subprocess.Popen[Any] | None = None
         try:
