@@ -267,7 +267,9 @@ class Profiler:
 
             def start_pyspy() -> None:
                 nonlocal rec
-                rec = subprocess.Popen([exe, "record", "--native", "--nonblocking", "-r", "97", "-d", str(window),
+                # --native cannot go with --nonblocking: py-spy stops the process for each sample (the CPU
+                # figure of this run is not the plain one).
+                rec = subprocess.Popen([exe, "record", "--threads", "--native", "-r", "97", "-d", str(window),
                                         "-f", "raw", "-o", str(raw), "-p", str(p.pid)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -279,14 +281,26 @@ class Profiler:
                     return None
         finally:
             self.b.procs.stop(p)
-        selfc: collections.Counter[str] = collections.Counter()
+        # Raw lines: "thread (TID): worker-N;outermost;...;innermost COUNT"; Python frames look like
+        # "func (file.py:line)", native ones "symbol (library)".
+        native: collections.Counter[str] = collections.Counter()
+        python: collections.Counter[str] = collections.Counter()
         for line in raw.read_text().splitlines():
             stack, _, k = line.rpartition(" ")
-            if stack and k.isdigit() and "worker-" in stack.split(";")[0]:
-                selfc[stack.split(";")[-1]] += int(k)
-        s = sum(selfc.values()) or 1
-        return {"kind": "py-spy", "workers": workers, "tps": c.tps, "pooler_us": c.pooler_us,
-                "top": [(fn, round(100 * k / s, 1)) for fn, k in selfc.most_common(self.a.top)]}
+            frames = stack.split(";")
+            if not (stack and k.isdigit() and "worker-" in frames[0]):
+                continue
+            native[frames[-1]] += int(k)
+            py = next((f for f in reversed(frames[1:]) if re.search(r"\.py:\d+\)$", f)), "(no Python frame)")
+            python[re.sub(r":\d+\)$", ")", py)] += int(k)
+        n = sum(native.values()) or 1
+
+        def top(cnt: collections.Counter[str]) -> list[dict[str, Any]]:
+            return [{"name": k, "pct": round(100 * v / n, 1)} for k, v in cnt.most_common(self.a.top * 2)]
+
+        print(f"  py-spy w={workers}: {bench.one_line(c)}; {n} samples", flush=True)
+        return {"kind": "py-spy", "workers": workers, "tps": c.tps, "pooler_us": c.pooler_us, "samples": n,
+                "native": top(native), "python": top(python)}
 
     def run(self) -> None:
         b = self.b
@@ -350,8 +364,11 @@ def summary(res: dict[str, Any]) -> str:
                     out.append(f"  sampled Python frames on CPU, {th}:")
                     out += [f"    {pct:5.1f}%  {fn}" for fn, pct in top]
             elif r["kind"] == "py-spy":
-                out.append(f"  py-spy --native top self (w={w}):")
-                out += [f"    {pct:5.1f}%  {fn}" for fn, pct in r["top"]]
+                out.append(f"  py-spy --native (w={w}, {r['samples']} samples of the worker threads):")
+                out.append("   leaf frame (native or Python): %")
+                out += [f"    {x['pct']:5.1f}%  {x['name']}" for x in r["native"]]
+                out.append("   innermost Python function: %")
+                out += [f"    {x['pct']:5.1f}%  {x['name']}" for x in r["python"]]
     return "\n".join(out)
 
 
