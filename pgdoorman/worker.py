@@ -23,9 +23,6 @@ from pgdoorman.session.server import ServerConn
 from pgdoorman.session.states import (
     ACTIVE,
     CONNECTING,
-    DIRTY_PREPARE,
-    DIRTY_SESSION,
-    DIRTY_TEMP,
     IDLE,
     INTERNAL,
     LOGIN,
@@ -354,35 +351,22 @@ class Worker:
         linked: ClientConn | None = s.client  # type: ignore[assignment]
         if not client_gone and linked is not None and linked.copy_confused:
             return  # it keeps this server until it leaves (ClientConn.copy_in_started)
-        if linked is not None and linked.server is s:
-            linked.server = None
+        c = client if client is not None else linked
+        if linked is not None and linked is not c:
+            s.dirty |= linked.gave_back(s, False)
         s.client = None
         if s.read_paused:
             # Paused for a slow client whose queue has not drained yet: the next client must be heard.
             s.resume_reading()
-        c = client if client is not None else linked
         if c is not None:
-            if not c.transaction_mode:
-                if client_gone:
-                    s.dirty |= DIRTY_SESSION
-            else:
-                if c.named_parse:
-                    s.dirty |= DIRTY_PREPARE  # prepared_statements off: a named Parse stays on the server
-                    c.named_parse = False
-                if c.leaves:
-                    s.dirty |= DIRTY_TEMP
-                    c.leaves = False
+            s.dirty |= c.gave_back(s, client_gone)
         if client_gone:
-            c_expect = client.expect if client is not None else 0
-            c_unsynced = client.unsynced if client is not None else False
-            mid = s.scanner.mid_message or (client is not None and client.scanner.mid_message)
             if s.state == INTERNAL:
                 # Our own query is running: let it finish, then clean up as usual.
                 s.internal_done = lambda ok: self._after_client_left(s, ok)
                 return
-            # (A response still queued in prepared-statement mode means the same, whatever the counters say.)
-            queued = client is not None and (bool(client.rq) or client.copy_confused)
-            if c_expect > 0 or c_unsynced or mid or s.out or queued or s.skipping:
+            busy = client is not None and client.in_flight
+            if busy or s.scanner.mid_message or s.out or s.skipping:
                 # The server is still working for a client that is gone: it cannot be handed over.
                 s.close("client left with a request in flight")
                 return

@@ -222,9 +222,9 @@ class ClientConn(ClientLogin):
         handed to another process: such a client stays here until it leaves."""
         return (
             self.state == READY and not self.closed and self.server is None and not self.waiting
-            and not self.terminating and self.expect <= 0 and not self.unsynced and self.last_status == 73
+            and not self.terminating and not self.in_flight and self.last_status == 73
             and not self.pending and not self.inbuf and not self.out and not self.read_paused
-            and not self.scanner.mid_message and not self.rq and not self.raw and not self.tls
+            and not self.raw and not self.tls
         )
 
     def export_state(self) -> dict[str, Any]:

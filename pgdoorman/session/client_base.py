@@ -20,6 +20,9 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
 from pgdoorman.session.states import (
     CLIENT_TABLE,
+    DIRTY_PREPARE,
+    DIRTY_SESSION,
+    DIRTY_TEMP,
     READY,
     STARTUP,
 )
@@ -194,6 +197,15 @@ class ClientBase(Conn):
     def forget_statements(self) -> None:
         raise NotImplementedError
 
+    def statement_failed(self, name: bytes, st: ps.Statement) -> None:
+        raise NotImplementedError
+
+    def statement_replaced(self, st: ps.Statement, fresh: ps.Statement) -> None:
+        raise NotImplementedError
+
+    def write_after_synth(self, out: bytes | bytearray | memoryview) -> None:
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"<client {self.user}@{self.database} {self.addr}>"
 
@@ -267,6 +279,29 @@ class ClientBase(Conn):
                     self.xact_start = 0.0
         return status == 73 and self.expect <= 0 and not self.unsynced and self.transaction_mode \
             and not self.scanner.mid_message
+
+    def gave_back(self, s: ServerConn, gone: bool) -> int:
+        """The worker takes `s` back from this client (it is done, or it left if `gone`): unlink it, and say
+        what this client may have left on it (DIRTY_* bits for the cleanup), forgotten here."""
+        if self.server is s:
+            self.server = None
+        if not self.transaction_mode:
+            return DIRTY_SESSION if gone else 0
+        dirty = 0
+        if self.named_parse:
+            dirty = DIRTY_PREPARE  # prepared_statements off: a named Parse stays on the server
+            self.named_parse = False
+        if self.leaves:
+            dirty |= DIRTY_TEMP  # temp objects or advisory locks may be left (leaks.py)
+            self.leaves = False
+        return dirty
+
+    @property
+    def in_flight(self) -> bool:
+        """Something sent to the server is not answered yet, or a message of ours is half-sent: a server
+        still working for this client cannot go to another (the counters, the prepared-statement queue,
+        a COPY whose Syncs cannot be told apart)."""
+        return self.expect > 0 or self.unsynced or self.scanner.mid_message or bool(self.rq) or self.copy_confused
 
     def hold_error(self, body: memoryview) -> None:
         """A fast batch's statement went stale: its ErrorResponse waits for ReadyForQuery, when the batch is

@@ -11,22 +11,43 @@ from pgdoorman.core.prepared import Statement
 
 
 class ClientPeer(Protocol):
-    # Connection state the server reads (net/conn.py).
-    closed: bool
-    read_paused: bool
-    # The client's side of its requests in flight and of its prepared statements, which the server's relay
-    # reads and, for a stale statement, replaces (server_prepared.py).
-    waiting: bool
-    xact_start: float  # monotonic start of its transaction, 0.0 outside one
-    rq: deque[tuple[int, Any]]
-    named: dict[bytes, Statement]
-    unnamed: Statement | None
-    synth_head: bytes | None
-    fast_bind: tuple[Statement, bytes] | None
-    fast_redo: tuple[bytes, int, int, bytes] | None
-    held_error: bytes | None
+    """Read-only fields (properties here, so mypy refuses a write through this protocol) and the calls through
+    which the server reports to its client: the server writes nothing of the client's."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def read_paused(self) -> bool: ...
+
+    @property
+    def waiting(self) -> bool: ...
+
+    @property
+    def xact_start(self) -> float: ...  # monotonic start of its transaction, 0.0 outside one
+
+    # The expected-response queue of prepared-statement mode: the client appends what each message it sent
+    # expects; the server takes entries off the front as PostgreSQL answers them (server_prepared.py).
+    @property
+    def rq(self) -> deque[tuple[int, Any]]: ...
+
+    # The fast batch in flight (fastpath.py): its synthetic ParseComplete, its Bind's statement, and what is
+    # needed to send it again if its statement went stale.
+    @property
+    def synth_head(self) -> bytes | None: ...
+
+    @property
+    def fast_bind(self) -> tuple[Statement, bytes] | None: ...
+
+    @property
+    def fast_redo(self) -> tuple[bytes, int, int, bytes] | None: ...
+
+    @property
+    def held_error(self) -> bytes | None: ...
 
     def write(self, data: Any) -> None: ...
+
+    def write_after_synth(self, out: bytes | bytearray | memoryview) -> None: ...
 
     def pause_reading(self) -> None: ...
 
@@ -49,3 +70,7 @@ class ClientPeer(Protocol):
     def skipped(self, kind: int, data: Any) -> None: ...
 
     def forget_statements(self) -> None: ...
+
+    def statement_failed(self, name: bytes, st: Statement) -> None: ...
+
+    def statement_replaced(self, st: Statement, fresh: Statement) -> None: ...

@@ -412,6 +412,31 @@ class PreparedRelay(ClientBase):
         self._track().append((ps.SYNTH, m.command_complete(tag) + m.ready_for_query(bytes([status]))))
         return b""
 
+    def statement_failed(self, name: bytes, st: ps.Statement) -> None:
+        """PostgreSQL refused the Parse of `st` under the client's `name`: the name means nothing now, as on
+        PostgreSQL, where a failed Parse creates nothing."""
+        if name:
+            if self.named.get(name) is st:
+                del self.named[name]
+        elif self.unnamed is st:
+            self.unnamed = None
+
+    def statement_replaced(self, st: ps.Statement, fresh: ps.Statement) -> None:
+        """`st` went stale on the server (DDL changed its result type): the client's names for it now mean
+        `fresh`, the same text prepared again under a new server name."""
+        for k, v in list(self.named.items()):
+            if v is st:
+                self.named[k] = fresh
+        if self.unnamed is st:
+            self.unnamed = fresh
+
+    def write_after_synth(self, out: bytes | bytearray | memoryview) -> None:
+        """The server's first bytes after a fast batch whose Parse was answered here: the synthetic
+        ParseComplete goes in front of them."""
+        head = self.synth_head
+        self.synth_head = None
+        self.write(head + out if head is not None else out)
+
     def forget_statements(self) -> None:
         """The server ran DISCARD ALL / DEALLOCATE ALL for us: PostgreSQL would have dropped them all."""
         self.named.clear()

@@ -352,12 +352,10 @@ class ServerConn(ServerPrepared):
             out = self.scanner.feed(self.loop.rview[:n])
             c = self.client
             if out is not None and c is not None:
-                head = c.synth_head
-                if head is None:
+                if c.synth_head is None:
                     c.write(out)
                 else:  # a fast batch's ParseComplete goes in front of its first response
-                    c.synth_head = None
-                    c.write(head + out)
+                    c.write_after_synth(out)
             if self.release_pending:
                 self.release_pending = False
                 self.worker.release_server(self)

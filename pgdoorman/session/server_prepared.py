@@ -180,13 +180,8 @@ class ServerPrepared(Conn):
             if kind == ps.PARSE:
                 # A failed Parse creates nothing, on PostgreSQL as here: forget it everywhere.
                 pool.ps_cache.forget(st)
-                name = data[1]  # type: ignore[index]
                 if c is not None:
-                    if name:
-                        if c.named.get(name) is st:
-                            del c.named[name]
-                    elif c.unnamed is st:
-                        c.unnamed = None
+                    c.statement_failed(data[1], st)  # type: ignore[index]
             return None
         if not isinstance(data, tuple) or not isinstance(data[0], ps.Statement):
             return None  # an entry with nothing to rewrite (an unknown name, a malformed message, ...)
@@ -201,10 +196,5 @@ class ServerPrepared(Conn):
             self.evicted.append(st.name)
             pool.ps_cache.forget(st)
             if c is not None:
-                fresh = pool.ps_cache.get(st.query, st.key[1], st.key[2])
-                for k, v in list(c.named.items()):
-                    if v is st:
-                        c.named[k] = fresh
-                if c.unnamed is st:
-                    c.unnamed = fresh
+                c.statement_replaced(st, pool.ps_cache.get(st.query, st.key[1], st.key[2]))
         return rep if rep != raw else None
