@@ -1,12 +1,14 @@
-"""A client connection: startup packet, authentication (md5, SCRAM-SHA-256), routing to a pool, then the
-relay of frontend messages to whichever server the pool lends it.
+"""The top part of a client connection (ClientConn): its socket events and the relay of frontend messages to
+whichever server the pool lends it, and the binary upgrade's export and restore of a client.
 
 The relay decides on headers only: it counts the messages that will be answered by ReadyForQuery
 (Query, Sync, FunctionCall), notes unsynced extended-protocol traffic, drops Terminate, and rejects
-anything that is not a frontend message type (08P01 and close). Bodies are forwarded untouched.
+anything that is not a frontend message type (08P01 and close). Bodies are forwarded untouched, except in
+prepared-statement mode (rewrite.py, fastpath.py).
 
 States: STARTUP -> AUTH (md5, SCRAM, or a clear-text password for JWT/PAM: client_auth.py; AUTH_WAIT while a
-PAM thread checks it) -> LOGIN_WAIT (waiting for a server to learn parameters or, in session mode, to keep) -> READY.
+PAM thread checks it) -> LOGIN_WAIT (waiting for a server to learn parameters or, in session mode, to keep)
+-> READY.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class ClientConn(ClientLogin):
             s = self.worker.checkout(pool, self)
             if s is not None and not self._link(s):
                 s = None  # linked, but a parameter sync runs first: hold the bytes until it is done
-        hold = s is None or s.state != 3 or (self.ps and bool(self.raw))
+        hold = s is None or s.state != 3 or (self.ps and bool(self.raw))  # 3: ServerState.ACTIVE
         if hold and self._hold(view):
             return
         if self.ps:
