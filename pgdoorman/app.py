@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pgdoorman import __version__, hba, logs, systemd
+from pgdoorman import __version__, hba, logs, systemd, talos
+from pgdoorman.auth_query import DynamicPools
 from pgdoorman.config import Config, ConfigError
 from pgdoorman.core.cancel import CancelRegistry
 from pgdoorman.core.pool import Pool
@@ -104,7 +105,12 @@ class App:
         self.shutdown_deadline = 0.0
         self.unix_path: str | None = None
         self.tcp_options = self._tcp_options()
+        for n in config.notes:  # settings that do not apply to pgdoorman (said once, at info level)
+            log.info("%s", n)
         self._build_pools(config)
+        # auth_query: the lookups and the pools of the users they find (pgdoorman/auth_query/).
+        self.auth_query = DynamicPools(self)
+        self._next_collect = 0.0
 
     # ------------------------------------------------------------------ config
     def _use_access(self, resources: Resources) -> None:
@@ -135,6 +141,10 @@ class App:
                 seen.add(key)
                 pool = self.pools.get(key)
                 live = self.resources.for_pool(pname, ucfg.username)
+                if pool is not None and pool.dynamic:  # an auth_query user is now a static one: a new pool
+                    pool.epoch += 1
+                    self._close_idle(pool)
+                    pool = None
                 if pool is None:
                     pool = Pool(config, pcfg, ucfg, self.nworkers, live)
                     self.pools[key] = pool
@@ -150,7 +160,7 @@ class App:
                         self._close_idle(pool)
                     pool.scram_verifier = None
         for key in list(self.pools):
-            if key not in seen:
+            if key not in seen and not self.pools[key].dynamic:  # auth_query's pools: auth_query.reload
                 pool = self.pools.pop(key)
                 pool.epoch += 1
                 pool.paused = False
@@ -181,6 +191,8 @@ class App:
         new = loaded.config
         for w in new.warnings:
             log.warning("%s", w)
+        for n in new.notes:
+            log.info("%s", n)
         old = self.config
         for key in ("host", "port", "worker_threads", "unix_socket_dir", "tls_mode", "tls_certificate",
                     "tls_private_key", "tls_ca_cert", "tls_rate_limit_per_second"):
@@ -190,7 +202,9 @@ class App:
         self.resources = loaded.resources
         self._use_access(loaded.resources)
         self.tcp_options = self._tcp_options()
-        self._build_pools(new)
+        with self.auth_query.lock:
+            self._build_pools(new)
+            self.auth_query.reload(old, new)
         log.info("configuration reloaded from %s", path)
         return True, "reloaded"
 
@@ -200,6 +214,29 @@ class App:
             self._admin_verifier = (auth.ScramVerifier.parse(pw) if auth.is_scram_verifier(pw)
                                     else auth.ScramVerifier.from_password(pw))
         return self._admin_verifier
+
+    # ------------------------------------------------------------------ auth_query (session.host.Registry)
+    def auth_query_lookup(self, database: str, user: str,
+                          done: Callable[[Pool | None, str], None]) -> tuple[Pool | None, str] | None:
+        """A user of `database` not in its static users: its pool and stored password now ((None, ""):
+        unknown or the lookup failed), or None when `done` will get them from an executor thread."""
+        return self.auth_query.lookup(database, user, done)
+
+    def auth_query_verdict(self, database: str, user: str, ok: bool) -> None:
+        self.auth_query.verdict(database, user, ok)
+
+    def auth_query_rows(self) -> list[tuple[str, dict[str, int]]]:
+        return self.auth_query.rows()
+
+    # ------------------------------------------------------------------ Talos (session.host.Registry)
+    def talos_login(self, database: str, token: str) -> tuple[Pool, str, str]:
+        """The pool a Talos token opens in `database`, its user (the role) and the client's application_name;
+        talos.TalosRefused says why not."""
+        grant = talos.verify(token, self.resources.talos_keys, database, self.config.talos.databases)
+        pool = self.pools.get((database, grant.role))
+        if pool is None or pool.dynamic:
+            raise talos.TalosRefused(f"pool {database!r} has no user {grant.role!r} for the token's role")
+        return pool, grant.role, grant.client_id
 
     def make_admin(self, client: ClientConn) -> Any:
         if self.admin_factory is None:
@@ -363,6 +400,13 @@ class App:
         """Main thread: wait for signals and drive reload, upgrade and shutdown."""
         while True:
             self.wait_wakeup(0.5)
+            now = time.monotonic()
+            if now >= self._next_collect:
+                self._next_collect = now + min(5.0, max(0.5, self.config.general.retain_connections_time / 1000.0))
+                try:
+                    self.auth_query.collect()
+                except Exception:
+                    log.exception("auth_query: collecting unused dynamic pools failed")
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload()
@@ -438,6 +482,7 @@ class App:
     def stop_workers(self, reason: str, unlink_unix: bool = True) -> int:
         """Close every client (58006 to those logged in) and server, stop the loops; the exit code."""
         self.shutting_down = True
+        self.auth_query.stop()
         if unlink_unix and self.unix_path and not self.handed_over:
             try:
                 os.unlink(self.unix_path)

@@ -36,6 +36,8 @@ def load_checked(prog: str, load: Callable[[str], C], errors: type[Exception], p
     if test_only:
         for w in config.warnings:
             print(f"warning: {w}", file=sys.stderr)
+        for n in getattr(config, "notes", ()):
+            print(f"info: {n}", file=sys.stderr)
         print(f"the configuration file {shown} syntax is ok")
         print(f"configuration file {shown} test is successful")
         return 0

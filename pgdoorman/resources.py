@@ -10,10 +10,10 @@ returns its Resources or raises ConfigError. A problem names the file and key pa
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from pgdoorman import hba
+from pgdoorman import hba, talos
 from pgdoorman.config import Config, ConfigError, UserConfig, password_kind, read_config
 from pgdoorman.config.loader import format_path
 from pgdoorman.config.values import JWT_PRIVKEY_PREFIX, JWT_PUBKEY_PREFIX
@@ -39,9 +39,16 @@ class Resources:
     hba_rules: tuple[hba.Rule, ...] | None  # general.pg_hba; None: no rules, everyone may try
     hba_networks: tuple[hba.Network, ...]  # legacy general.hba
     pools: Mapping[tuple[str, str], PoolResources]  # (pool name, username)
+    # Each pool's server TLS (what the auth_query users' pools, made at run time, connect with).
+    server_tls_by_pool: Mapping[str, ServerTls] = field(default_factory=dict)
+    talos_keys: Mapping[str, Any] = field(default_factory=dict)  # talos.keys: kid -> public key
 
     def for_pool(self, pool: str, username: str) -> PoolResources:
         return self.pools[(pool, username)]
+
+    def for_dynamic(self, pool: str) -> PoolResources:
+        """What an auth_query user's pool in `pool` connects with: the pool's server TLS, no JWT keys."""
+        return PoolResources(self.server_tls_by_pool[pool])
 
 
 @dataclass(frozen=True)
@@ -91,10 +98,21 @@ class _Builder:
         keys = {(name, u.username): self.user_keys(name, i, u)
                 for name, pool in self.config.pools.items() for i, u in enumerate(pool.users)}
         pool_tls = self.server_tls()
+        talos_keys = self.talos_keys()
         if self.errors or tls is None or pool_tls is None:
             return None
         pools = {(name, user): PoolResources(pool_tls[name], *pair) for (name, user), pair in keys.items()}
-        return Resources(tls, rules, networks, pools)
+        return Resources(tls, rules, networks, pools, pool_tls, talos_keys)
+
+    def talos_keys(self) -> dict[str, Any]:
+        """talos.keys loaded (kid = file name without extension)."""
+        keys: dict[str, Any] = {}
+        for path in self.config.talos.keys:
+            try:
+                keys.update(talos.load_keys([path]))
+            except JwtSetupError as e:
+                self.error(self.file("talos", "keys"), "talos.keys", str(e))
+        return keys
 
     def client_tls(self) -> ClientTls | None:
         """The tls_* settings together, and the files they name loaded."""

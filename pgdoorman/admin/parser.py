@@ -27,6 +27,7 @@ SHOW_SUBCOMMANDS = (
     "users",
     "log_level",
     "lists",
+    "auth_query",
     "sockets",
 )
 # Accepted spellings that map onto a canonical subcommand.

@@ -84,6 +84,12 @@ SOCKETS_COLUMNS: Columns = [(name, NUMERIC) for name in sockets.COLUMNS]
 HELP_COLUMNS: Columns = [("item", TEXT)]
 LOG_LEVEL_COLUMNS: Columns = [("log_level", TEXT)]
 VERSION_COLUMNS: Columns = [("version", TEXT)]
+AUTH_QUERY_COLUMNS: Columns = [
+    ("database", TEXT), ("cache_entries", NUMERIC), ("cache_hits", NUMERIC), ("cache_misses", NUMERIC),
+    ("cache_refetches", NUMERIC), ("cache_rate_limited", NUMERIC), ("auth_success", NUMERIC),
+    ("auth_failure", NUMERIC), ("executor_queries", NUMERIC), ("executor_errors", NUMERIC),
+    ("dynamic_pools_current", NUMERIC), ("dynamic_pools_created", NUMERIC), ("dynamic_pools_destroyed", NUMERIC),
+]
 
 HELP_ITEMS = (
     "SHOW HELP|CONFIG|DATABASES|POOLS|POOLS_EXTENDED|POOLS_MEMORY|PREPARED_STATEMENTS|CLIENTS|SERVERS|USERS|VERSION",
@@ -92,6 +98,7 @@ HELP_ITEMS = (
     "SHOW CONNECTIONS",
     "SHOW STATS",
     "SHOW LOG_LEVEL",
+    "SHOW AUTH_QUERY",
     "SET log_level = '<level>'",
     "RELOAD",
     "SHUTDOWN",
@@ -375,6 +382,12 @@ def show_lists(ctx: ShowContext) -> ResultSet:
     return ResultSet(LISTS_COLUMNS, rows)
 
 
+def show_auth_query(ctx: ShowContext) -> ResultSet:
+    """One row per pool with an auth_query: its cache, logins, executor and dynamic pools."""
+    names = [c[0] for c in AUTH_QUERY_COLUMNS[1:]]
+    return ResultSet(AUTH_QUERY_COLUMNS, [[db, *(d.get(k, 0) for k in names)] for db, d in ctx.obs.auth_query()])
+
+
 def show_sockets(ctx: ShowContext) -> ResultSet:
     """A snapshot at most a second old (observe/sockets.py); no row where /proc is not available."""
     states = sockets.cached(sockets.SHOW_MAX_AGE)
@@ -398,6 +411,7 @@ SHOW_BUILDERS: dict[str, Callable[[ShowContext], ResultSet]] = {
     "users": show_users,
     "log_level": show_log_level,
     "lists": show_lists,
+    "auth_query": show_auth_query,
     "sockets": show_sockets,
 }
 assert set(SHOW_BUILDERS) == set(SHOW_SUBCOMMANDS), "parser and builders disagree on SHOW subcommands"
@@ -409,5 +423,6 @@ SHOW_COLUMNS: dict[str, Columns] = {
     "prepared_statements": PREPARED_STATEMENTS_COLUMNS, "clients": CLIENTS_COLUMNS, "servers": SERVERS_COLUMNS,
     "connections": CONNECTIONS_COLUMNS, "stats": STATS_COLUMNS, "version": VERSION_COLUMNS,
     "users": USERS_COLUMNS, "log_level": LOG_LEVEL_COLUMNS, "lists": LISTS_COLUMNS, "sockets": SOCKETS_COLUMNS,
+    "auth_query": AUTH_QUERY_COLUMNS,
 }
 

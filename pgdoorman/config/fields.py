@@ -63,6 +63,8 @@ class Field:
     default_doc: str = ""
     # Config-file value shown commented out in the reference config when there is no default.
     example: Any = None
+    # False: no meaning in pgdoorman (tokio's knobs): checked, then ignored with one info line per load.
+    applies: bool = True
 
     @property
     def annotation(self) -> Any:
@@ -159,6 +161,7 @@ _INT_MS_NOTE = (
     "PgDoorman itself does not (generated files therefore use integers)."
 )
 _NI_WARNING = "not implemented by pgdoorman yet; ignored"
+_INAPPLICABLE_DOC = " Does not apply to pgdoorman (see `worker_threads`): checked, then ignored."
 
 _ANY_TLS_MODE = Choice("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _POOL_MODE = Choice("transaction", "session")
@@ -176,6 +179,11 @@ def _general(
     return Field("general", key, type_, default, doc, implemented, group=group, **kw)
 
 
+def _tokio(key: str, type_: ValueType, doc: str, example: Any) -> Field:
+    return _general("Workers", key, type_, None, True, doc + _INAPPLICABLE_DOC, optional=True, reloadable=False,
+                    example=example, applies=False)
+
+
 def _web(group: str, key: str, type_: ValueType, default: Any, implemented: bool, doc: str, **kw: Any) -> Field:
     return Field("web", key, type_, default, doc, implemented, group=group, **kw)
 
@@ -189,7 +197,7 @@ def _user(key: str, type_: ValueType, default: Any, implemented: bool, doc: str,
 
 
 def _aq(key: str, type_: ValueType, default: Any, doc: str, **kw: Any) -> Field:
-    return Field("auth_query", key, type_, default, doc, False, **kw)
+    return Field("auth_query", key, type_, default, doc, True, **kw)
 
 
 MiB = 1 << 20
@@ -290,17 +298,11 @@ FIELDS: Final[tuple[Field, ...]] = (
              reloadable=False, default_doc='`"auto"`'),
     _general("Workers", "worker_cpu_affinity_pinning", Bool(), False, True,
              "Pin each worker thread to a CPU of its own.", reloadable=False),
-    _general("Workers", "worker_stack_size", ByteSize(), None, False,
-             "Stack size of PgDoorman's tokio worker threads.", optional=True, reloadable=False, example="8MB"),
-    _general("Workers", "max_blocking_threads", Int(1), None, False,
-             "Upper bound on PgDoorman's tokio blocking-thread pool.", optional=True, reloadable=False,
-             example=512),
-    _general("Workers", "tokio_global_queue_interval", Int(1), None, False,
-             "Tokio scheduler tuning knob of PgDoorman (global queue interval).", optional=True,
-             reloadable=False, example=61),
-    _general("Workers", "tokio_event_interval", Int(1), None, False,
-             "Tokio scheduler tuning knob of PgDoorman (event interval).", optional=True, reloadable=False,
-             example=61),
+    _tokio("worker_stack_size", ByteSize(), "Stack size of PgDoorman's tokio worker threads.", "8MB"),
+    _tokio("max_blocking_threads", Int(1), "Upper bound on PgDoorman's tokio blocking-thread pool.", 512),
+    _tokio("tokio_global_queue_interval", Int(1), "Tokio scheduler tuning knob of PgDoorman (global queue interval).",
+           61),
+    _tokio("tokio_event_interval", Int(1), "Tokio scheduler tuning knob of PgDoorman (event interval).", 61),
     # ------------------------------------------------------------------ general: logging
     _general("Logging", "log_client_connections", Bool(), True, True,
              "Log each accepted client connection. (PgDoorman documents true but reads a missing key as false; "
@@ -455,8 +457,8 @@ FIELDS: Final[tuple[Field, ...]] = (
          "Require that a trusted proxy reports the request came over HTTPS."),
     # ------------------------------------------------------------------ talos
     Field("talos", "keys", StrList(), (), "PEM public keys; each file's name without extension is the JWT `kid`.",
-          False),
-    Field("talos", "databases", StrList(), (), "Databases Talos tokens may grant access to.", False),
+          True),
+    Field("talos", "databases", StrList(), (), "Databases Talos tokens may grant access to.", True),
     # ------------------------------------------------------------------ pools.<name>
     _pool("Server", "server_host", Str(nonempty=True), "127.0.0.1", True,
           "PostgreSQL host name or IP address, or a directory holding its Unix socket."),
@@ -537,7 +539,7 @@ FIELDS: Final[tuple[Field, ...]] = (
     _pool("Startup parameters", "startup_parameters", StartupParameters(), FrozenMapping[str, str](), False,
           "Startup parameters for this pool's server connections, overriding `general.startup_parameters` key "
           "by key."),
-    _pool("Dynamic users", "auth_query", Subsection("auth_query", many=False), None, False,
+    _pool("Dynamic users", "auth_query", Subsection("auth_query", many=False), None, True,
           "Look users up in PostgreSQL at login time (see the auth_query reference).", optional=True),
     _pool("Users", "users", Subsection("user", many=True), (), True, "The users of this pool (see the users reference)."),
     # ------------------------------------------------------------------ pools.<name>.users[]

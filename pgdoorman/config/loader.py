@@ -241,10 +241,16 @@ def _load_tree(file: str, chain: list[tuple[str, str]], errors: list[str], inclu
 # ---------------------------------------------------------------------------------------------------
 
 
+# The one info line about settings that do not apply (Field.applies False), after their key paths.
+INAPPLICABLE_NOTE = ("do not apply to pgdoorman (settings of PgDoorman's tokio runtime; pgdoorman's workers are "
+                     "threads with one event loop each, see general.worker_threads): checked and ignored")
+
+
 class _Ctx:
     def __init__(self) -> None:
         self.errors: list[str] = []
         self.warnings: list[str] = []
+        self.inapplicable: list[str] = []  # "file: key.path" of settings that do not apply (fields.applies)
         self.origins: dict[KeyPath, Origin] = {}
 
     def remember(self, at: KeyPath, file: str, path: list[PathSeg], files: dict[str, str]) -> None:
@@ -320,6 +326,9 @@ def _walk_section(
         except Invalid as e:
             got = "" if f.secret else f", got {show(raw)}"
             ctx.error(kfile, kpath, f"{e}{got}")
+            continue
+        if not f.applies:
+            ctx.inapplicable.append(f"{kfile}: {format_path(kpath)}")
     for f in fields_of(section):
         if f.required and f.implemented and f.key not in written:
             ctx.error(file, [*path, f.key], "is required")
@@ -406,9 +415,9 @@ def _walk_pool(ctx: _Ctx, name: str, table: _Table, file: str, path: list[PathSe
         sub = subs["auth_query"]
         aq_table = _as_table(ctx, sub.raw, sub.file, sub.path)
         if aq_table is not None:
-            aq_values, _, _ = _walk_section(ctx, "auth_query", aq_table, sub.file, sub.path)
-            # Every auth_query key is warned about while the feature is not implemented; the pool
-            # then behaves as if the section were absent.
+            aq_values, _, aq_files = _walk_section(ctx, "auth_query", aq_table, sub.file, sub.path)
+            if "server_password" in aq_files and "server_user" not in aq_files:
+                ctx.error(aq_files["server_password"], [*sub.path, "server_password"], "requires server_user")
             if field("pool", "auth_query").implemented and _complete("auth_query", aq_values):
                 auth_query = aq_values
     return _PoolSpec(name, values, users, auth_query, files)
@@ -576,6 +585,7 @@ def _build(root: _Table, main_file: str) -> tuple[Config, list[str]]:
         web=WebConfig(**web_values),
         pools=FrozenMapping(pools),
         warnings=tuple(ctx.warnings),
+        notes=(f"{', '.join(ctx.inapplicable)}: {INAPPLICABLE_NOTE}",) if ctx.inapplicable else (),
         talos=TalosConfig(**talos_values),
         origins=FrozenMapping(ctx.origins),
     )

@@ -197,7 +197,7 @@ class PoolConfig:
     server_tls_certificate: str | None = _p("server_tls_certificate")
     server_tls_private_key: str | None = _p("server_tls_private_key")
     startup_parameters: Mapping[str, str] = _p("startup_parameters")
-    # None while auth_query is not implemented, even when the file has the section (it is warned about).
+    # Users looked up in PostgreSQL at login (pgdoorman/auth_query/); None: only the static users.
     auth_query: AuthQueryConfig | None = _p("auth_query")
     users: tuple[UserConfig, ...] = _p("users")
 
@@ -236,6 +236,8 @@ class Config:
     web: WebConfig = dataclasses.field(default_factory=WebConfig)
     pools: Mapping[str, PoolConfig] = dataclasses.field(default_factory=FrozenMapping[str, PoolConfig])
     warnings: tuple[str, ...] = ()
+    # Said once at info level when the config is loaded (settings that do not apply to pgdoorman).
+    notes: tuple[str, ...] = ()
     talos: TalosConfig = dataclasses.field(default_factory=TalosConfig)
     # Every table and key given, in the order read: where it came from. Plain data for messages about the
     # config found after loading (pgdoorman.resources); not part of equality.

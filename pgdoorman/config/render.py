@@ -295,6 +295,8 @@ def field_comment(f: Field) -> list[str]:
     lines += textwrap.wrap(facts, _WIDTH)
     if not f.implemented:
         lines.append("Not implemented by pgdoorman yet: accepted with a warning and ignored.")
+    elif not f.applies:
+        lines.append("Does not apply to pgdoorman: checked, then ignored (one info line when loaded).")
     if not f.reloadable:
         lines.append("Changing it takes a restart.")
     return lines
@@ -415,8 +417,9 @@ def _reference_pool() -> _Table:
     auth_query = _Table(
         "auth_query",
         _reference_section("auth_query"),
-        field_comment(auth_query_field),
-        disabled=not auth_query_field.implemented,
+        # An example, commented out: the section's query and user have no default.
+        [*field_comment(auth_query_field), "Uncomment the section and set query and user to use it."],
+        disabled=True,
     )
     children: list[_Node] = [
         *_reference_section("pool"),
@@ -469,6 +472,16 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _implemented_cell(f: Field) -> str:
+    return "not yet" if not f.implemented else "yes" if f.applies else "does not apply"
+
+
+def _implemented_text(f: Field) -> str:
+    if not f.implemented:
+        return "not yet (accepted with a warning and ignored)"
+    return "yes" if f.applies else "does not apply to pgdoorman (checked, then ignored with one info line)"
+
+
 def _section_doc(section: str) -> str:
     info = SECTIONS[section]
     fields = fields_of(section)
@@ -479,7 +492,7 @@ def _section_doc(section: str) -> str:
     for f in fields:
         out.append(
             f"| [`{f.key}`](#{f.key}) | {_cell(f.type.doc_name)} | {_cell(f.default_text())} | "
-            f"{'yes' if f.implemented else 'not yet'} | {'yes' if f.reloadable else 'restart'} |"
+            f"{_implemented_cell(f)} | {'yes' if f.reloadable else 'restart'} |"
         )
     group = None
     for f in fields:
@@ -490,7 +503,7 @@ def _section_doc(section: str) -> str:
         out.append(f"- Path: `{f.path}`")
         out.append(f"- Type: {f.type.doc_name}")
         out.append(f"- Default: {f.default_text()}")
-        out.append(f"- Implemented: {'yes' if f.implemented else 'not yet (accepted with a warning and ignored)'}")
+        out.append(f"- Implemented: {_implemented_text(f)}")
         out.append(f"- Reload: {'applied on reload' if f.reloadable else 'takes a restart'}")
         if f.aliases:
             out.append("- Deprecated names: " + ", ".join(f"`{a}`" for a in f.aliases))

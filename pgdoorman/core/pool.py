@@ -152,6 +152,10 @@ class Pool:
         self.scram_client_key: bytes | None = None
         self.scram_verifier: Any = None  # cached verifier for plain-text passwords (client side)
         self.ps_cache = PoolCache(cfg.prepared_cache_size_for(pool_cfg))
+        # An auth_query user's pool (pgdoorman/auth_query/pools.py), made at first login and collected when
+        # unused; `touched` is when a login last took it (monotonic).
+        self.dynamic = False
+        self.touched = 0.0
         self.apply(cfg, pool_cfg, user_cfg, live)
 
     def apply(self, cfg: Config, pool_cfg: PoolConfig, user_cfg: UserConfig, live: PoolLive) -> None:

@@ -66,6 +66,7 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     fams += _pool_latency_families(rows)
     fams.append(_pool_errors_family(rows))
     fams += _pool_prepared_families(rows)
+    fams += _auth_query_families(obs)
     return fams
 
 
@@ -281,6 +282,43 @@ def _pool_prepared_families(rows: list[_PoolRow]) -> list[Family]:
         ), strict=True):
             f.add(n, row.labels)
     return prepared
+
+
+# ---------------------------------------------------------------- auth_query
+# (family, label, help, [(label value, counter key)]): a gauge and its `_total` counter, as PgDoorman pairs them.
+_AUTH_QUERY_FAMILIES = (
+    ("pg_doorman_auth_query_cache", "type", "auth_query cache lookups by outcome",
+     (("hits", "cache_hits"), ("misses", "cache_misses"), ("refetches", "cache_refetches"),
+      ("rate_limited", "cache_rate_limited"))),
+    ("pg_doorman_auth_query_auth", "result", "logins of auth_query users by result",
+     (("success", "auth_success"), ("failure", "auth_failure"))),
+    ("pg_doorman_auth_query_executor", "type", "auth_query executor queries and errors",
+     (("queries", "executor_queries"), ("errors", "executor_errors"))),
+    ("pg_doorman_auth_query_dynamic_pools", "type", "auth_query dynamic pools created and destroyed",
+     (("created", "dynamic_pools_created"), ("destroyed", "dynamic_pools_destroyed"))),
+)
+
+
+def _auth_query_families(obs: Observer) -> list[Family]:
+    """pg_doorman_auth_query_{cache,auth,executor,dynamic_pools} (gauges: current values, with `entries` and
+    `current`) and their `_total` counters, per database with an auth_query."""
+    rows = obs.auth_query()
+    if not rows:
+        return []
+    fams: list[Family] = []
+    for name, label, what, kinds in _AUTH_QUERY_FAMILIES:
+        gauge = Family(name, "gauge", f"{what[0].upper()}{what[1:]}, current values.")
+        total = Family(f"{name}_total", "counter", f"{what[0].upper()}{what[1:]} since start.")
+        for db, d in rows:
+            if name == "pg_doorman_auth_query_cache":
+                gauge.add(d.get("cache_entries", 0), {"type": "entries", "database": db})
+            if name == "pg_doorman_auth_query_dynamic_pools":
+                gauge.add(d.get("dynamic_pools_current", 0), {"type": "current", "database": db})
+            for value, key in kinds:
+                gauge.add(d.get(key, 0), {label: value, "database": db})
+                total.add(d.get(key, 0), {label: value, "database": db})
+        fams += [gauge, total]
+    return fams
 
 
 def render_metrics(obs: Observer) -> str:

@@ -146,6 +146,13 @@ class Observer:
         plain = max(0, total - tls - cancel - errors)
         return {"total": total, "errors": errors, "tls": tls, "plain": plain, "cancel": cancel}
 
+    def auth_query(self) -> list[tuple[str, dict[str, int]]]:
+        """(database, counters) of each pool's auth_query (SHOW AUTH_QUERY, pg_doorman_auth_query_*): cache_entries,
+        cache_hits/misses/refetches/rate_limited, auth_success/failure, executor_queries/errors and
+        dynamic_pools_current/created/destroyed. Empty for a source without auth_query."""
+        rows = getattr(self._src, "auth_query_rows", None)
+        return list(rows()) if rows is not None else []
+
     def rejections(self) -> dict[str, int]:
         """Clients refused before they authenticated, by reason."""
         return dict_copy(self._src.listener_rejections)

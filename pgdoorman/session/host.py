@@ -3,12 +3,14 @@ protocols so that nothing in session/ imports the worker or the app: `Worker` an
 
 A connection's upward calls are few: give a server back, report that a connection closed or a server
 logged in, apply the listener's TCP options. The registry is the process-wide, read-mostly half: config,
-pools, cancel keys, client TLS, pg_hba rules, the admin console and the rejection counters.
+pools, cancel keys, client TLS, pg_hba rules, the admin console, the rejection counters and the auth_query
+lookups.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 # A connection as its host's methods take it: Any, because the connection classes import this module (a
@@ -59,6 +61,15 @@ class Registry(Protocol):
     def admin_verifier(self) -> auth.ScramVerifier: ...
 
     def make_admin(self, client: Client) -> Any: ...
+
+    # auth_query (pgdoorman/auth_query/): a user of the database not among its static users.
+    def auth_query_lookup(self, database: str, user: str,
+                          done: Callable[[Pool | None, str], None]) -> tuple[Pool | None, str] | None: ...
+
+    def auth_query_verdict(self, database: str, user: str, ok: bool) -> None: ...
+
+    # Talos: the pool a token opens, its user and application_name (raises talos.TalosRefused).
+    def talos_login(self, database: str, token: str) -> tuple[Pool, str, str]: ...
 
 
 class Host(Protocol):

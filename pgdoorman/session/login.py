@@ -11,7 +11,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
-from pgdoorman import hba, jwt_auth, pam_auth
+from pgdoorman import hba, jwt_auth, pam_auth, talos
 from pgdoorman.core import prepared as ps
 from pgdoorman.core.params import READ_ONLY, OptionsError, known_spelling, startup_settings
 from pgdoorman.net.sockopts import linger_off
@@ -31,6 +31,7 @@ from pgdoorman.session.states import (
 )
 
 if TYPE_CHECKING:
+    from pgdoorman.core.pool import Pool
     from pgdoorman.session.server import ServerConn
 
 if TYPE_CHECKING:
@@ -175,11 +176,38 @@ class ClientLogin(FastPaths):
                 return
             self.pool = app.pools.get((self.database, user))
             self.stored = self.pool.user_cfg.password if self.pool is not None else ""
+            if user == talos.USERNAME and app.config.talos.keys:
+                self.pool, self.stored = None, ""  # a token as its password (_check_cleartext)
+            elif pool_cfg.auth_query is not None and (self.pool is None or self.pool.dynamic):
+                self._look_up()  # not a static user: auth_query finds its password (static users win)
+                return
+        self._choose_method()
+
+    def _look_up(self) -> None:
+        """auth_query: the stored password from the cache now, or from an executor thread later (meanwhile
+        the client waits in AUTH_WAIT; its bytes are kept). Not found or failed: the unknown user's exchange."""
+        loop = self.loop
+        found = self.app.auth_query_lookup(self.database, self.user,
+                                           lambda pool, stored: loop.call_soon_threadsafe(self._looked_up, pool, stored))
+        if found is None:
+            self.pool = None
+            self.state = AUTH_WAIT
+            return
+        self._looked_up(*found)
+
+    def _looked_up(self, pool: Pool | None, stored: str) -> None:
+        if self.closed:
+            return
+        self.pool, self.stored = pool, stored
+        self.state = STARTUP
+        self._choose_method()
+
+    def _choose_method(self) -> None:
         method = self._access_method()
         if method is None:
             return
         if method == "trust":
-            log.info("client %s: %s@%s let in by a pg_hba trust rule", self.addr, user, self.database)
+            log.info("client %s: %s@%s let in by a pg_hba trust rule", self.addr, self.user, self.database)
             self._authenticated()
             return
         self._begin_auth(force_md5=method == "md5")
@@ -227,7 +255,7 @@ class ClientLogin(FastPaths):
         """SCRAM, or md5 for an md5-hash password (or a plain-text one when pg_hba chose md5), or a clear-text
         password for a JWT or PAM user (see client_auth.py)."""
         pool = self.pool
-        a = ClientAuth(self.user, self.stored, cleartext=pool is not None and pool.cleartext_login,
+        a = ClientAuth(self.user, self.stored, cleartext=pool.cleartext_login if pool is not None else self._talos(),
                        force_md5=force_md5, plain_verifier=self._plain_verifier)
         self.client_auth = a
         self.state = AUTH
@@ -244,6 +272,9 @@ class ClientLogin(FastPaths):
         return verifier
 
     def _auth_failed(self) -> None:
+        pool = self.pool
+        if not self.admin and (pool is None or pool.dynamic) and not self._talos():
+            self.app.auth_query_verdict(self.database, self.user, False)
         log.info("password authentication failed for user %r from %s", self.user, self.addr)
         self.fatal("28P01", f'password authentication failed for user "{self.user}"')
 
@@ -265,11 +296,25 @@ class ClientLogin(FastPaths):
         pool = self.pool
         if pool is not None and a.client_key is not None:
             pool.scram_client_key = a.client_key  # SCRAM passthrough: the key PostgreSQL will ask us for
+        if pool is not None and pool.dynamic:
+            self.app.auth_query_verdict(self.database, self.user, True)
         self._authenticated()
+
+    def _talos(self) -> bool:
+        return not self.admin and self.user == talos.USERNAME and bool(self.app.config.talos.keys)
 
     def _check_cleartext(self, secret: str) -> None:
         pool = self.pool
-        assert pool is not None
+        if pool is None:  # Talos: the token says which pool user this client is
+            try:
+                self.pool, self.user, client_id = self.app.talos_login(self.database, secret)
+            except talos.TalosRefused as e:
+                self._cleartext_checked("Talos", str(e))
+                return
+            if client_id:
+                self.settings["application_name"] = self.application_name = client_id
+            self._cleartext_checked("Talos", None)
+            return
         service = pool.user_cfg.auth_pam_service
         if service:
             self.state = AUTH_WAIT  # the answer comes from a PAM thread; bytes sent meanwhile are kept

@@ -54,6 +54,9 @@ def test_cell_format(value: object, text: str | None) -> None:
 
 
 EXPECTED_COLUMNS = {
+    "auth_query": "database cache_entries cache_hits cache_misses cache_refetches cache_rate_limited auth_success "
+                  "auth_failure executor_queries executor_errors dynamic_pools_current dynamic_pools_created "
+                  "dynamic_pools_destroyed",
     "pools": "database user pool_mode cl_idle cl_active cl_waiting cl_cancel_req sv_active sv_idle sv_used "
              "sv_login pool_size maxwait maxwait_us avg_xact_time paused fallback_active oldest_active_age_ms",
     "pools_extended": "database user cl_active cl_waiting sv_active sv_idle sv_used sv_login maxwait maxwait_us "

@@ -454,23 +454,35 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
     )
     config = load_config(path)
     assert config.warnings == (
-        f"{path}: general.worker_stack_size: not implemented by pgdoorman yet; ignored",
         f"{path}: general.proxy_copy_data_timeout: not implemented by pgdoorman yet; ignored",
-        f"{path}: talos.keys: not implemented by pgdoorman yet; ignored",
         f"{path}: pools.a.max_db_connections: not implemented by pgdoorman yet; ignored",
-        f"{path}: pools.a.auth_query.query: not implemented by pgdoorman yet; ignored",
-        f"{path}: pools.a.auth_query.user: not implemented by pgdoorman yet; ignored",
         f"{path}: pools.b.max_db_connections: not implemented by pgdoorman yet; ignored",
     )
+    # tokio settings have no meaning here: one info line, no warning.
+    assert config.notes == (f"{path}: general.worker_stack_size: do not apply to pgdoorman (settings of PgDoorman's "
+                            "tokio runtime; pgdoorman's workers are threads with one event loop each, see "
+                            "general.worker_threads): checked and ignored",)
     # Ignored means ignored: the attributes keep their defaults.
-    assert config.general.worker_stack_size is None
     assert config.pools["a"].max_db_connections is None
-    assert config.pools["a"].auth_query is None
+    assert config.pools["a"].auth_query is not None and config.pools["a"].auth_query.query == "SELECT 1"
 
 
-def test_unknown_key_inside_unimplemented_section_is_still_an_error(tmp_path: Path) -> None:
+def test_unknown_key_inside_auth_query_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, "c.yaml", BASE_YAML + "    auth_query:\n      usr: x\n")
-    assert errors_of(path) == [f'{path}: pools.app.auth_query.usr: unknown key "usr"; did you mean "user"?']
+    assert errors_of(path) == [f'{path}: pools.app.auth_query.usr: unknown key "usr"; did you mean "user"?',
+                               f"{path}: pools.app.auth_query.query: is required",
+                               f"{path}: pools.app.auth_query.user: is required"]
+
+
+def test_auth_query_section(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.yaml", BASE_YAML + "    auth_query:\n      query: SELECT passwd FROM f($1)\n"
+                 "      user: lookup\n      cache_ttl: 5m\n      server_password: x\n")
+    assert errors_of(path) == [f"{path}: pools.app.auth_query.server_password: requires server_user"]
+    path = write(tmp_path, "d.yaml", BASE_YAML + "    auth_query:\n      query: SELECT passwd FROM f($1)\n"
+                 "      user: lookup\n      cache_ttl: 5m\n")
+    aq = load_config(path).pools["app"].auth_query
+    assert aq is not None and aq.user == "lookup" and aq.cache_ttl == 300_000 and aq.workers == 2
+    assert aq.cache_failure_ttl == 30_000 and aq.min_interval == 1000 and aq.pool_size == 40
 
 
 def test_deprecated_alias_warns_and_is_used(tmp_path: Path) -> None:

@@ -48,6 +48,8 @@ IMPLEMENTED = {
         "host", "port", "max_connections", "connect_timeout", "query_wait_timeout", "idle_timeout",
         "server_lifetime", "retain_connections_time", "retain_connections_max", "shutdown_timeout",
         "admin_username", "admin_password", "worker_threads", "worker_cpu_affinity_pinning", "unix_socket_dir",
+        # parsing only (fields.applies False): they load with one info line
+        "worker_stack_size", "max_blocking_threads", "tokio_global_queue_interval", "tokio_event_interval",
         "unix_socket_mode", "tcp_no_delay", "tcp_keepalives_idle", "tcp_keepalives_interval",
         "tcp_keepalives_count", "tcp_user_timeout", "backlog", "log_client_connections",
         "tcp_so_linger", "tcp_socket_buffer_size", "unix_socket_buffer_size", "tls_rate_limit_per_second",
@@ -60,18 +62,21 @@ IMPLEMENTED = {
     "web": {"enabled", "host", "port", "ui", "ui_anonymous", "log_tap_max_entries", "trusted_proxies",
             "sso_enabled", "sso_proxy_url", "sso_public_key_file", "sso_audience", "sso_allowed_users",
             "sso_groups_claim", "sso_admin_groups", "sso_require_https"},
-    "talos": set(),
+    "talos": {"keys", "databases"},
     "pool": {
         "server_host", "server_port", "server_database", "pool_mode", "application_name",
         "cleanup_server_connections", "connect_timeout", "idle_timeout", "server_lifetime",
         "prepared_statements_cache_size", "server_prepared_statements_cache_size", "users",
-        "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key",
+        "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key", "auth_query",
     },
     "user": {
         "username", "password", "pool_size", "min_pool_size", "pool_mode", "server_username",
         "server_password", "server_lifetime", "auth_pam_service",
     },
-    "auth_query": set(),
+    "auth_query": {
+        "query", "user", "password", "database", "workers", "server_user", "server_password", "pool_size",
+        "min_pool_size", "cache_ttl", "cache_failure_ttl", "min_interval",
+    },
 }  # fmt: skip
 
 # Every PgDoorman key of the reference study (sections 2.1-2.6), so that any PgDoorman config loads.
@@ -265,3 +270,21 @@ def test_docs_cover_every_setting() -> None:
     for f in FIELDS:
         page = docs[SECTIONS[f.section].doc_file]
         assert f"### `{f.key}`" in page or f.section == "include" and f.key in page, f.path
+
+
+def test_inapplicable_settings_load_with_one_info_line(tmp_path: Any) -> None:
+    from pgdoorman.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("general:\n  admin_username: a\n  admin_password: b\n  worker_stack_size: 8MB\n"
+                    "  tokio_event_interval: 61\n"
+                    "pools:\n  app:\n    users: [{username: u, password: p, pool_size: 1}]\n")
+    config = load_config(str(path))
+    assert config.warnings == ()
+    (note,) = config.notes
+    assert note.startswith(f"{path}: general.worker_stack_size, {path}: general.tokio_event_interval: do not apply")
+    assert config.general.worker_stack_size == 8 << 20
+    bad = tmp_path / "d.yaml"
+    bad.write_text("general:\n  max_blocking_threads: 0\n")
+    with pytest.raises(Exception, match="max_blocking_threads"):
+        load_config(str(bad))
