@@ -241,9 +241,10 @@ def test_killed_executor_recovers(aq_pg: PgCluster, pooler_factory: Any) -> None
     u1, pw1 = new_user(aq_pg, "md5")
     with connect(p, u1, pw1):
         pass
+    # Every executor backend (a pooler of an earlier test may still be leaving): at least ours.
     killed = aq_pg.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                         "WHERE application_name = 'pg_doorman_auth_query'")
-    assert killed == "1"
+    assert int(killed) >= 1
     u2, pw2 = new_user(aq_pg, "scram-sha-256")
     with connect(p, u2, pw2) as c:  # the executor notices its dead connection and opens another
         assert c.execute("select current_user").fetchone() == (u2,)
