@@ -347,3 +347,17 @@ def test_reload_drops_the_cache(aq_pg: PgCluster, pooler_factory: Any) -> None:
         assert c.execute("select current_user").fetchone() == (user,)
     row = aq_row(p)
     assert calls(aq_pg, user) == 2 and row["dynamic_pools_created"] == 1 and row["dynamic_pools_destroyed"] == 0
+
+
+def test_pg_hba_applies_to_looked_up_users(aq_pg: PgCluster, pooler_factory: Any) -> None:
+    rejected, rpw = new_user(aq_pg, "scram-sha-256")
+    md5_user, mpw = new_user(aq_pg, "md5")
+    scram_user, spw = new_user(aq_pg, "scram-sha-256")
+    hba = (f"host all {rejected} 127.0.0.1/32 reject\n"
+           "host all all 127.0.0.1/32 scram-sha-256\n")
+    p = pooler_factory(general={"pg_hba": hba}, pool={"auth_query": aq_section()})
+    assert "pg_hba.conf rejects connection" in refused(p, rejected, rpw)
+    # A stored md5 hash needs an md5 rule, as for a static md5 user.
+    assert "no pg_hba.conf entry" in refused(p, md5_user, mpw)
+    with connect(p, scram_user, spw) as c:
+        assert c.execute("select current_user").fetchone() == (scram_user,)
