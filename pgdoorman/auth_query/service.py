@@ -25,6 +25,9 @@ log = logging.getLogger("pgdoorman.auth_query")
 
 # After a failure to connect, lookups fail at once for this long instead of each waiting for a timeout.
 DOWN_BACKOFF = 1.0
+# Past this many cached users (logins with ever new names fill the negative cache), expired entries are
+# dropped, then the oldest.
+CACHE_LIMIT = 10000
 
 
 @dataclass(frozen=True)
@@ -208,12 +211,22 @@ class AuthQueryService:
                 ttl = self.aq.cache_ttl if lookup.password is not None else self.aq.cache_failure_ttl
                 if ttl > 0:
                     self.cache[user] = _Entry(lookup, now, now + ttl / 1000.0)
+                    if len(self.cache) > CACHE_LIMIT:
+                        self._trim_locked(now)
             waiting = self.inflight.pop(user, [])
         for done in waiting:
             try:
                 done(lookup)
             except Exception:
                 log.exception("auth_query callback failed")
+
+    def _trim_locked(self, now: float) -> None:
+        cache = self.cache
+        for k in [k for k, e in cache.items() if e.expires <= now]:
+            del cache[k]
+        if len(cache) > CACHE_LIMIT:
+            for k in sorted(cache, key=lambda k: cache[k].fetched)[: len(cache) - CACHE_LIMIT // 2]:
+                del cache[k]
 
     def _log_once(self, cause: str, line: str) -> None:
         with self.lock:

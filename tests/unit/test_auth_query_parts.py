@@ -29,3 +29,16 @@ def test_unknown_user_and_bad_results() -> None:
 def test_startup_parameters_column() -> None:
     row = pick(["passwd", "startup_parameters"], [[MD5, '{"work_mem": "8MB"}']])
     assert row == Row(MD5, '{"work_mem": "8MB"}')
+
+
+def test_cache_is_bounded() -> None:
+    from pgdoorman.auth_query import service
+    from pgdoorman.config import AuthQueryConfig, Config, PoolConfig
+
+    aq = AuthQueryConfig(query="q", user="u")
+    svc = service.AuthQueryService(Config(), PoolConfig(name="app"), aq)
+    for i in range(service.CACHE_LIMIT + 1):  # what an executor thread does with each answer
+        svc.inflight[f"u{i}"] = []
+        svc._answer(f"u{i}", (service.Lookup(None), True))
+    assert len(svc.cache) <= service.CACHE_LIMIT // 2 + 1
+    assert "u0" not in svc.cache and f"u{service.CACHE_LIMIT}" in svc.cache
