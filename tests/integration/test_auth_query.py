@@ -162,6 +162,16 @@ def test_dedicated_mode(aq_pg: PgCluster, pooler_factory: Any) -> None:
     for user, pw in ((u1, pw1), (u2, pw2)):
         with connect(p, user, pw) as c:  # PostgreSQL sees server_user; the pooler knows the client's name
             assert c.execute("select current_user").fetchone() == (SCRAM_USER,)
+
+        async def run(user: str = user, pw: str = pw) -> None:
+            conn = await asyncpg.connect(host=p.host, port=p.port, user=user, password=pw, database=DBNAME,
+                                         ssl=False)
+            try:
+                assert await conn.fetchval("select current_user") == SCRAM_USER
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
     assert "password authentication failed" in refused(p, u1, pw2)
     dyn = [r for r in show(p, "POOLS") if r["database"] == DBNAME]
     assert [r["user"] for r in dyn] == [SCRAM_USER]  # one shared pool
@@ -171,7 +181,7 @@ def test_dedicated_mode(aq_pg: PgCluster, pooler_factory: Any) -> None:
     text = conn.getresponse().read().decode()
     conn.close()
     for line in ('pg_doorman_auth_query_dynamic_pools_total{type="created",database="app"} 1',
-                 'pg_doorman_auth_query_auth_total{result="success",database="app"} 2',
+                 'pg_doorman_auth_query_auth_total{result="success",database="app"} 4',
                  'pg_doorman_auth_query_auth_total{result="failure",database="app"} 1',
                  'pg_doorman_auth_query_executor_total{type="queries",database="app"} 2',
                  'pg_doorman_auth_query_cache{type="entries",database="app"} 2'):
