@@ -1212,7 +1212,7 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
         ("PgBouncer (`pgbouncer-new`: scripts/build_pgbouncer.sh)", v.get("pgbouncer-new", "not run")),
         ("pgdoorman", v.get("pgdoorman", "")),
         ("pgdoorman worker_threads", str(bench.workers)),
-        ("pool size (both poolers)", str(a.pool_size)),
+        ("pool size (every pooler)", str(a.pool_size)),
     ]
     for k, val in items:
         out.append(f"| {k} | {_md(val)} |")
@@ -1502,6 +1502,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the throwaway directory (logs) for debugging")
     a = ap.parse_args(argv)
     a.out = a.out or str(REPO / "docs" / ("benchmarks-tls.md" if a.tls else "benchmarks.md"))
+    if os.sep in a.python:
+        a.python = os.path.abspath(a.python)  # pgdoorman runs in the throwaway directory
     a.duration = a.duration or (5 if a.quick else 15)
     a.clients = [int(x) for x in (a.clients or ("10,100" if a.quick else "10,100,1000")).split(",") if x]
     a.modes = [m for m in a.modes.split(",") if m]
