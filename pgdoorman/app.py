@@ -150,10 +150,11 @@ class App:
                     self.pools[key] = pool
                 else:
                     old_target = (pool.pool_cfg.server_host, pool.pool_cfg.server_port,
-                                  pool.pool_cfg.server_database, pool.server_user, pool.server_secret)
+                                  pool.pool_cfg.server_database, pool.server_user, pool.server_secret,
+                                  pool.startup_parameters)
                     pool.apply(config, pcfg, ucfg, live)
                     new_target = (pcfg.server_host, pcfg.server_port, pcfg.server_database,
-                                  pool.server_user, pool.server_secret)
+                                  pool.server_user, pool.server_secret, pool.startup_parameters)
                     if old_target != new_target:
                         pool.epoch += 1  # servers of the old target are closed as they come back
                         pool.server_params = None

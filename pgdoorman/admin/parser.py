@@ -28,6 +28,7 @@ SHOW_SUBCOMMANDS = (
     "log_level",
     "lists",
     "auth_query",
+    "startup_parameters",
     "sockets",
 )
 # Accepted spellings that map onto a canonical subcommand.

@@ -84,6 +84,9 @@ SOCKETS_COLUMNS: Columns = [(name, NUMERIC) for name in sockets.COLUMNS]
 HELP_COLUMNS: Columns = [("item", TEXT)]
 LOG_LEVEL_COLUMNS: Columns = [("log_level", TEXT)]
 VERSION_COLUMNS: Columns = [("version", TEXT)]
+STARTUP_PARAMETERS_COLUMNS: Columns = [
+    ("user", TEXT), ("database", TEXT), ("parameter", TEXT), ("value", TEXT), ("source", TEXT), ("state", TEXT),
+]
 AUTH_QUERY_COLUMNS: Columns = [
     ("database", TEXT), ("cache_entries", NUMERIC), ("cache_hits", NUMERIC), ("cache_misses", NUMERIC),
     ("cache_refetches", NUMERIC), ("cache_rate_limited", NUMERIC), ("auth_success", NUMERIC),
@@ -99,6 +102,7 @@ HELP_ITEMS = (
     "SHOW STATS",
     "SHOW LOG_LEVEL",
     "SHOW AUTH_QUERY",
+    "SHOW STARTUP_PARAMETERS",
     "SET log_level = '<level>'",
     "RELOAD",
     "SHUTDOWN",
@@ -395,6 +399,12 @@ def show_sockets(ctx: ShowContext) -> ResultSet:
     return ResultSet(SOCKETS_COLUMNS, rows)
 
 
+def show_startup_parameters(ctx: ShowContext) -> ResultSet:
+    """What each pool's server connections send in their StartupMessage, with the level each setting came from,
+    and the auth_query settings dropped for the packet's size."""
+    return ResultSet(STARTUP_PARAMETERS_COLUMNS, [list(r) for r in ctx.obs.startup_parameters()])
+
+
 SHOW_BUILDERS: dict[str, Callable[[ShowContext], ResultSet]] = {
     "help": show_help,
     "config": show_config,
@@ -412,6 +422,7 @@ SHOW_BUILDERS: dict[str, Callable[[ShowContext], ResultSet]] = {
     "log_level": show_log_level,
     "lists": show_lists,
     "auth_query": show_auth_query,
+    "startup_parameters": show_startup_parameters,
     "sockets": show_sockets,
 }
 assert set(SHOW_BUILDERS) == set(SHOW_SUBCOMMANDS), "parser and builders disagree on SHOW subcommands"
@@ -423,6 +434,6 @@ SHOW_COLUMNS: dict[str, Columns] = {
     "prepared_statements": PREPARED_STATEMENTS_COLUMNS, "clients": CLIENTS_COLUMNS, "servers": SERVERS_COLUMNS,
     "connections": CONNECTIONS_COLUMNS, "stats": STATS_COLUMNS, "version": VERSION_COLUMNS,
     "users": USERS_COLUMNS, "log_level": LOG_LEVEL_COLUMNS, "lists": LISTS_COLUMNS, "sockets": SOCKETS_COLUMNS,
-    "auth_query": AUTH_QUERY_COLUMNS,
+    "auth_query": AUTH_QUERY_COLUMNS, "startup_parameters": STARTUP_PARAMETERS_COLUMNS,
 }
 

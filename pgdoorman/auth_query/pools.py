@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from pgdoorman.auth_query.service import AuthQueryService, Lookup, Stats
 from pgdoorman.config import AuthQueryConfig, Config, PoolConfig, UserConfig
+from pgdoorman.core import startup_params
 from pgdoorman.core.pool import Pool, PoolLive
 
 log = logging.getLogger("pgdoorman.auth_query")
@@ -164,7 +165,7 @@ class DynamicPools:
         return self._pool_for(svc, user, lk.password, lk.startup_parameters), lk.password
 
     def _pool_for(self, svc: AuthQueryService, user: str, secret: str, row: str | None) -> Pool | None:
-        """`row`: the raw startup_parameters column (not applied yet)."""
+        """`row`: the raw startup_parameters column (the cascade's third level, passthrough mode only)."""
         host = self.host
         aq = svc.aq
         database = svc.name
@@ -194,6 +195,8 @@ class DynamicPools:
                     return None
                 pool = Pool(config, pcfg, ucfg, host.nworkers, host.resources.for_dynamic(database))
                 pool.dynamic = True
+                if not aq.server_user:
+                    pool.set_startup(row)  # the row's startup_parameters: the cascade's third level
                 pools = dict(host.pools)
                 pools[key] = pool
                 self._publish(pools)
@@ -204,6 +207,14 @@ class DynamicPools:
                 # The password changed in PostgreSQL: log in to it with the new hash from now on.
                 pool.apply(host.config, pool.pool_cfg, ucfg, host.resources.for_dynamic(database))
                 pool.scram_client_key = None
+            if aq.server_user:
+                if row:  # one pool serves every user: a row's own settings cannot apply
+                    startup_params.count_dropped(pool.database, startup_params.cascade({}, {}, row, dedicated=True))
+            elif row != pool.startup_row:
+                pool.set_startup(row)  # the row's settings changed: servers with the old ones are replaced
+                with pool.lock:
+                    pool.epoch += 1
+                host._close_idle(pool)
             pool.touched = time.monotonic()
         return pool  # min_pool_size is kept warm by the janitor's round on worker 0, as for static pools
 

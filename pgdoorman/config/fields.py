@@ -328,7 +328,7 @@ FIELDS: Final[tuple[Field, ...]] = (
     _general("Pool behaviour", "pooler_check_query", Str(nonempty=True), ";", False,
              "A simple query byte-for-byte equal to this is a health check: it is answered from a cached server "
              "reply without using a server connection."),
-    _general("Pool behaviour", "startup_parameters", StartupParameters(), FrozenMapping[str, str](), False,
+    _general("Pool behaviour", "startup_parameters", StartupParameters(), FrozenMapping[str, str](), True,
              "Parameters (GUCs) sent in the startup packet of every server connection; pools override them "
              "key by key. Reserved names (user, database, options, role, ...) are refused."),
     # ------------------------------------------------------------------ general: prepared statements
@@ -536,9 +536,9 @@ FIELDS: Final[tuple[Field, ...]] = (
           "Overrides `general.server_tls_certificate`.", optional=True, example="/etc/pg_doorman/client.crt"),
     _pool("Server TLS", "server_tls_private_key", Str(nonempty=True), None, True,
           "Overrides `general.server_tls_private_key`.", optional=True, example="/etc/pg_doorman/client.key"),
-    _pool("Startup parameters", "startup_parameters", StartupParameters(), FrozenMapping[str, str](), False,
+    _pool("Startup parameters", "startup_parameters", StartupParameters(), FrozenMapping[str, str](), True,
           "Startup parameters for this pool's server connections, overriding `general.startup_parameters` key "
-          "by key."),
+          "by key (an auth_query row's `startup_parameters` JSON overrides both; docs/startup-parameters.md)."),
     _pool("Dynamic users", "auth_query", Subsection("auth_query", many=False), None, True,
           "Look users up in PostgreSQL at login time (see the auth_query reference).", optional=True),
     _pool("Users", "users", Subsection("user", many=True), (), True, "The users of this pool (see the users reference)."),

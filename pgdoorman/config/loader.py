@@ -40,6 +40,7 @@ from pgdoorman.config.values import (
     Invalid,
     Subsection,
     show,
+    startup_size,
 )
 from pgdoorman.config.yaml12 import parse_yaml
 
@@ -567,6 +568,23 @@ def _build_pools(doc: _Root) -> dict[str, PoolConfig]:
     }
 
 
+def _check_startup_packets(ctx: _Ctx, general: Mapping[str, str], pools: dict[str, PoolConfig]) -> None:
+    """general.startup_parameters with a pool's over them must fit, with each of its users' user, database and
+    application_name, in PostgreSQL's 10,000-byte startup packet (checked per level by the value type)."""
+    for name, pool in pools.items():
+        merged = {**general, **pool.startup_parameters}
+        users = [u.server_username or u.username for u in pool.users] or ["x" * 63]  # auth_query: the longest
+        worst = max(users, key=lambda u: len(u.encode()))
+        app_name = pool.application_name or "pg_doorman"
+        total = 9 + startup_size({"user": worst, "database": pool.server_database, "application_name": app_name})
+        total += startup_size(merged)
+        if merged and total > 10000:
+            origin = ctx.origins.get(("pools", name, "startup_parameters")) or ctx.origins.get(("pools", name))
+            ctx.error(origin.file if origin is not None else "", ["pools", name, "startup_parameters"],
+                      f"with general.startup_parameters the startup packet of user {worst!r} would take {total} "
+                      "bytes; PostgreSQL refuses more than 10000")
+
+
 def _build(root: _Table, main_file: str) -> tuple[Config, list[str]]:
     """The Config of a merged document and the problems found. With problems, the Config holds what was
     valid (defaults elsewhere), so the files it names can still be checked and every problem reported."""
@@ -579,6 +597,7 @@ def _build(root: _Table, main_file: str) -> tuple[Config, list[str]]:
     web_values = _build_web(doc, general_values)
     talos_values = _build_talos(doc)
     pools = _build_pools(doc)
+    _check_startup_packets(ctx, general_values.get("startup_parameters", {}), pools)
     config = Config(
         path=main_file,
         general=General(**general_values),

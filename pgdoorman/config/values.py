@@ -427,6 +427,24 @@ class StrList(ValueType):
 
 _STARTUP_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _RESERVED_STARTUP_KEYS = frozenset({"user", "database", "replication", "options", "role", "session_authorization"})
+# One level of startup_parameters may take this much of PostgreSQL's 10,000-byte startup packet.
+STARTUP_LEVEL_BUDGET = 10000 - 512
+
+
+def startup_size(params: Mapping[str, str]) -> int:
+    """Bytes the settings take in a StartupMessage (name, NUL, value, NUL each)."""
+    return sum(len(k.encode()) + len(v.encode()) + 2 for k, v in params.items())
+
+
+def startup_parameter_problem(key: object, text: str) -> str | None:
+    """Why `key` = `text` cannot be a startup parameter (PgDoorman's rules), or None."""
+    if not isinstance(key, str) or not _STARTUP_KEY_RE.match(key):
+        return f"has an invalid parameter name {show(key)}"
+    if key.lower() in _RESERVED_STARTUP_KEYS or key.lower().startswith("_pq_."):
+        return f"must not set the reserved parameter {show(key)}"
+    if "\0" in text:
+        return f"has a NUL byte in the value of {show(key)}"
+    return None
 
 
 class StartupParameters(ValueType):
@@ -443,17 +461,20 @@ class StartupParameters(ValueType):
         for key, value in raw.items():
             if not isinstance(key, str) or not _STARTUP_KEY_RE.match(key):
                 raise Invalid(f"has an invalid parameter name {show(key)}")
-            if key.lower() in _RESERVED_STARTUP_KEYS or key.lower().startswith("_pq_."):
-                raise Invalid(f"must not set the reserved parameter {show(key)}")
             if isinstance(value, bool):
                 text = "on" if value else "off"
             elif isinstance(value, str | int | float):
                 text = str(value)
             else:
                 raise Invalid(f"has a non-scalar value for {show(key)}")
-            if "\0" in text:
-                raise Invalid(f"has a NUL byte in the value of {show(key)}")
+            problem = startup_parameter_problem(key, text)
+            if problem is not None:
+                raise Invalid(problem)
             out[key] = text
+        size = startup_size(out)
+        if size > STARTUP_LEVEL_BUDGET:
+            raise Invalid(f"takes {size} bytes of the startup packet, more than the {STARTUP_LEVEL_BUDGET} "
+                          "one level may (PostgreSQL refuses packets over 10000)")
         return FrozenMapping(out)
 
     def to_config(self, value: Any) -> Any:

@@ -16,6 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pgdoorman.config import Config, PoolConfig, UserConfig
+from pgdoorman.core import startup_params
 from pgdoorman.core.prepared import PoolCache
 from pgdoorman.core.stats import Histogram
 
@@ -156,6 +157,9 @@ class Pool:
         # unused; `touched` is when a login last took it (monotonic).
         self.dynamic = False
         self.touched = 0.0
+        # The startup_parameters cascade (core/startup_params.py): an auth_query row's JSON, and dedicated mode.
+        self.startup_row: str | None = None
+        self.startup_dedicated = False
         self.apply(cfg, pool_cfg, user_cfg, live)
 
     def apply(self, cfg: Config, pool_cfg: PoolConfig, user_cfg: UserConfig, live: PoolLive) -> None:
@@ -187,6 +191,21 @@ class Pool:
         self.jwt_server_key = live.jwt_server_key
         # Clients of this user answer with a clear-text password: a JWT token, or a password PAM checks.
         self.cleartext_login = self.jwt_key is not None or bool(user_cfg.auth_pam_service)
+        self.set_startup(self.startup_row, self.startup_dedicated)
+
+    def set_startup(self, row: str | None, dedicated: bool = False) -> None:
+        """The settings this pool's server connections send in their StartupMessage: general's, the pool's,
+        then an auth_query row's (`row`, its raw JSON; dropped in `dedicated` mode), and whether the packet
+        fits PostgreSQL's limit (else clients get 53400 at login)."""
+        self.startup_row, self.startup_dedicated = row, dedicated
+        sc = startup_params.cascade(self.cfg.general.startup_parameters, self.pool_cfg.startup_parameters, row,
+                                    dedicated)
+        base = {"user": self.server_user, "database": self.pool_cfg.server_database,
+                "application_name": self.pool_cfg.application_name or "pg_doorman"}
+        self.startup = sc
+        self.startup_parameters = sc.params
+        self.startup_fits = startup_params.fits(base, sc.params)
+        startup_params.count_dropped(self.database, sc)
 
     @property
     def name(self) -> str:

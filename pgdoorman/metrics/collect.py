@@ -67,6 +67,7 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     fams.append(_pool_errors_family(rows))
     fams += _pool_prepared_families(rows)
     fams += _auth_query_families(obs)
+    fams += _startup_parameters_family(obs)
     return fams
 
 
@@ -319,6 +320,19 @@ def _auth_query_families(obs: Observer) -> list[Family]:
                 total.add(d.get(key, 0), {label: value, "database": db})
         fams += [gauge, total]
     return fams
+
+
+def _startup_parameters_family(obs: Observer) -> list[Family]:
+    """pg_doorman_startup_parameters_dropped_total{pool,reason}: settings of the startup_parameters cascade
+    left out (an auth_query row's that do not fit or are invalid, or in dedicated mode)."""
+    counts = obs.startup_dropped()
+    if not counts:
+        return []
+    f = Family("pg_doorman_startup_parameters_dropped_total", "counter",
+               "Startup parameters dropped from the cascade since start, by pool and reason.")
+    for (pool, reason), n in sorted(counts.items()):
+        f.add(n, {"pool": pool, "reason": reason})
+    return [f]
 
 
 def render_metrics(obs: Observer) -> str:

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pgdoorman.core import startup_params
 from pgdoorman.observe.interfaces import (
     CancelCounts,
     Control,
@@ -152,6 +153,23 @@ class Observer:
         dynamic_pools_current/created/destroyed. Empty for a source without auth_query."""
         rows = getattr(self._src, "auth_query_rows", None)
         return list(rows()) if rows is not None else []
+
+    def startup_parameters(self) -> list[tuple[str, str, str, str, str, str]]:
+        """(user, database, parameter, value, source, state) of every pool's startup_parameters cascade: state
+        `applied`, or `dropped_due_to_budget` for auth_query settings left out for the packet's size."""
+        rows = []
+        for p in copy_of(self._src.pool_list):
+            sc = p.startup
+            for k, v in sc.params.items():
+                rows.append((p.username, p.database, k, v, sc.source.get(k, ""), "applied"))
+            for k, v, src, reason in sc.dropped:
+                if reason in startup_params.BUDGET_REASONS:
+                    rows.append((p.username, p.database, k, v, src, "dropped_due_to_budget"))
+        return rows
+
+    def startup_dropped(self) -> dict[tuple[str, str], int]:
+        """(pool, reason) -> startup parameters dropped since start (pool: the database name)."""
+        return startup_params.dropped_counts()
 
     def rejections(self) -> dict[str, int]:
         """Clients refused before they authenticated, by reason."""

@@ -344,6 +344,11 @@ class ClientLogin(FastPaths):
             return
         pool = self.pool
         assert pool is not None
+        if not pool.startup_fits:
+            self.fatal("53400", "startup parameters do not fit in a startup packet",
+                       f"the startup_parameters of pool {pool.name} with its user, database and application_name "
+                       "exceed PostgreSQL's 10000-byte startup packet")
+            return
         self.transaction_mode = pool.transaction_mode
         self.state = LOGIN_WAIT
         known = self._want_settings()

@@ -228,7 +228,8 @@ class ServerConn(ServerPrepared):
     def _startup_packet(self) -> bytes:
         assert self.login is not None
         cfg = self.pool.pool_cfg
-        return self.login.startup_packet(cfg.server_database, cfg.application_name or "pg_doorman")
+        return self.login.startup_packet(cfg.server_database, cfg.application_name or "pg_doorman",
+                                         self.pool.startup_parameters)
 
     def _connect_timed_out(self) -> None:
         if self.state in (CONNECTING, LOGIN):

@@ -9,6 +9,7 @@ ParameterStatus and BackendKeyData, and says when ReadyForQuery ends the login. 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from pgdoorman import jwt_auth
@@ -49,9 +50,13 @@ class BackendLogin:
         self.scram: auth.ScramClient | None = None
         self.error: dict[str, str] = {}
 
-    def startup_packet(self, database: str, application_name: str) -> bytes:
-        return m.startup_message(
-            {"user": self.creds.server_user, "database": database, "application_name": application_name})
+    def startup_packet(self, database: str, application_name: str,
+                       settings: Mapping[str, str] | None = None) -> bytes:
+        """`settings`: the pool's startup_parameters (core/startup_params.py), sent after the fixed three."""
+        params = {"user": self.creds.server_user, "database": database, "application_name": application_name}
+        if settings:
+            params.update(settings)
+        return m.startup_message(params)
 
     def feed(self, t: int, body: bytes) -> tuple[bytes, int]:
         """One backend message: (bytes to send, PENDING | READY | REFUSED)."""

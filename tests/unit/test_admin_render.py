@@ -54,6 +54,7 @@ def test_cell_format(value: object, text: str | None) -> None:
 
 
 EXPECTED_COLUMNS = {
+    "startup_parameters": "user database parameter value source state",
     "auth_query": "database cache_entries cache_hits cache_misses cache_refetches cache_rate_limited auth_success "
                   "auth_failure executor_queries executor_errors dynamic_pools_current dynamic_pools_created "
                   "dynamic_pools_destroyed",

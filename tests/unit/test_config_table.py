@@ -48,6 +48,7 @@ IMPLEMENTED = {
         "host", "port", "max_connections", "connect_timeout", "query_wait_timeout", "idle_timeout",
         "server_lifetime", "retain_connections_time", "retain_connections_max", "shutdown_timeout",
         "admin_username", "admin_password", "worker_threads", "worker_cpu_affinity_pinning", "unix_socket_dir",
+        "startup_parameters",
         # parsing only (fields.applies False): they load with one info line
         "worker_stack_size", "max_blocking_threads", "tokio_global_queue_interval", "tokio_event_interval",
         "unix_socket_mode", "tcp_no_delay", "tcp_keepalives_idle", "tcp_keepalives_interval",
@@ -68,6 +69,7 @@ IMPLEMENTED = {
         "cleanup_server_connections", "connect_timeout", "idle_timeout", "server_lifetime",
         "prepared_statements_cache_size", "server_prepared_statements_cache_size", "users",
         "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key", "auth_query",
+        "startup_parameters",
     },
     "user": {
         "username", "password", "pool_size", "min_pool_size", "pool_mode", "server_username",
