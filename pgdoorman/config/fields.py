@@ -474,8 +474,8 @@ FIELDS: Final[tuple[Field, ...]] = (
     _pool("Behaviour", "cleanup_server_connections", Bool(), True, True,
           "Reset session state (RESET ALL, DEALLOCATE ALL, CLOSE ALL, as needed) when a client gives back a "
           "server connection it changed. Open transactions are always rolled back."),
-    _pool("Behaviour", "log_client_parameter_status_changes", Bool(), False, False,
-          "Log parameter changes (SET) reported for this pool's clients."),
+    _pool("Behaviour", "log_client_parameter_status_changes", Bool(), False, True,
+          "Log (info) each reported setting (TimeZone, application_name, ...) a client of this pool SETs."),
     _pool("Behaviour", "sync_server_parameters", Bool(), None, False,
           "Per-pool `general.sync_server_parameters` (added by a PgDoorman release after 3.10.7).", optional=True,
           default_doc="`general.sync_server_parameters`", example=True),

@@ -319,6 +319,8 @@ class ClientBase(Conn):
 
     def param_changed(self, k: str, v: str) -> None:
         """The client changed a reported setting (SET): remember it for the next server it gets."""
+        if self.pool is not None and self.pool.pool_cfg.log_client_parameter_status_changes:
+            log.info("client %s (%s@%s): %s changed to %r", self.addr, self.user, self.database, k, v)
         if k in self.want or k in TRACKED_PARAMS:
             self.want[k] = v
             self.want_key = tuple(self.want.items())

@@ -121,3 +121,16 @@ def test_packet_too_big_is_53400(pg: PgCluster, pooler_factory: Any) -> None:
     with pytest.raises(psycopg.OperationalError) as ei:
         connect(p, user, "long_pw").close()
     assert "startup parameters do not fit in a startup packet" in str(ei.value)
+
+
+def test_log_client_parameter_status_changes(pg: PgCluster, pooler_factory: Any) -> None:
+    p = pooler_factory(pool={"log_client_parameter_status_changes": True})
+    with connect(p, SCRAM_USER, SCRAM_PASSWORD) as c:
+        c.execute("set application_name = 'billing-report'")
+        c.execute("set work_mem = '9MB'")  # not a reported setting: nothing to log
+    assert p.wait_for_log("application_name changed to 'billing-report'")
+    assert "work_mem changed" not in p.log()
+    q = pooler_factory()  # off by default
+    with connect(q, SCRAM_USER, SCRAM_PASSWORD) as c:
+        c.execute("set application_name = 'quiet'")
+    assert "changed to 'quiet'" not in q.log()

@@ -69,7 +69,7 @@ IMPLEMENTED = {
         "cleanup_server_connections", "connect_timeout", "idle_timeout", "server_lifetime",
         "prepared_statements_cache_size", "server_prepared_statements_cache_size", "users",
         "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key", "auth_query",
-        "startup_parameters",
+        "startup_parameters", "log_client_parameter_status_changes",
     },
     "user": {
         "username", "password", "pool_size", "min_pool_size", "pool_mode", "server_username",
