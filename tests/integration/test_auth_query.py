@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -59,17 +60,32 @@ def setup_cluster(pg: PgCluster) -> None:
 
 
 @pytest.fixture(scope="module")
-def aq_pg(pg: PgCluster) -> PgCluster:
+def aq_pg(pg: PgCluster) -> Iterator[PgCluster]:
     setup_cluster(pg)
-    return pg
+    yield pg
+    drop_test_roles(pg)
+
+
+# Roles new_user() made (here and in test_startup_parameters.py): dropped when the module ends, so that later
+# tests that list the cluster's roles (pg_doorman generate) see only the suite's own users.
+CREATED: list[str] = []
 
 
 def new_user(pg: PgCluster, method: str = "scram-sha-256", prefix: str = "aq") -> tuple[str, str]:
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     password = f"pw_{uuid.uuid4().hex[:8]}"
     pg.create_role(name, password, method)
+    CREATED.append(name)
     pg.psql(f"GRANT CONNECT ON DATABASE {DBNAME} TO {name};")
     return name, password
+
+
+def drop_test_roles(pg: PgCluster) -> None:
+    """Drop the roles new_user() made and the executor role, with their privileges (DROP OWNED)."""
+    for name in [*CREATED, EXEC_USER]:
+        pg.psql(f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') THEN "
+                f"EXECUTE 'DROP OWNED BY {name}'; EXECUTE 'DROP ROLE {name}'; END IF; END $$;", dbname=DBNAME)
+    CREATED.clear()
 
 
 def calls(pg: PgCluster, user: str | None = None, prefix: str | None = None) -> int:

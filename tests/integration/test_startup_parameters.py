@@ -6,12 +6,22 @@ from __future__ import annotations
 
 import http.client
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.integration.test_auth_query import EXEC_USER, aq_section, connect, new_user, setup_cluster, show
+from tests.integration.test_auth_query import (
+    CREATED,
+    EXEC_USER,
+    aq_section,
+    connect,
+    drop_test_roles,
+    new_user,
+    setup_cluster,
+    show,
+)
 from tests.support.cluster import DBNAME, MD5_PASSWORD, MD5_USER, SCRAM_PASSWORD, SCRAM_USER, PgCluster
 from tests.support.pooler import free_port
 
@@ -19,6 +29,12 @@ pytestmark = pytest.mark.timeout(120)
 
 ROW_QUERY = "SELECT passwd, startup_parameters FROM public.aq_lookup_sp($1)"
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_roles_after(pg: PgCluster) -> Iterator[None]:
+    yield
+    drop_test_roles(pg)
 
 def setup_rows(pg: PgCluster) -> None:
     setup_cluster(pg)
@@ -111,6 +127,7 @@ def test_packet_too_big_is_53400(pg: PgCluster, pooler_factory: Any) -> None:
     setup_rows(pg)
     user = ("aq_long_" + uuid.uuid4().hex * 2)[:63]
     pg.create_role(user, "long_pw", "md5")
+    CREATED.append(user)  # dropped with the others when the module ends
     pg.psql(f"GRANT CONNECT ON DATABASE {DBNAME} TO {user};")
     users = [{"username": "u", "password": "x", "server_username": SCRAM_USER, "server_password": SCRAM_PASSWORD,
               "pool_size": 1}]
