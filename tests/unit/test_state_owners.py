@@ -53,3 +53,17 @@ def test_connections_keep_slots_through_their_parts() -> None:
     for cls in (ClientConn, ServerConn):
         assert cls.__dictoffset__ == 0, cls
         assert all("__slots__" in vars(k) for k in cls.__mro__ if k is not object), cls.__mro__
+
+
+def test_every_declared_part_method_is_implemented() -> None:
+    """ClientBase declares (raising NotImplementedError) the methods the parts above it implement, so that the
+    parts below type-check; ClientConn must override every one of them."""
+    import inspect
+
+    from pgdoorman.session.client import ClientConn
+    from pgdoorman.session.client_base import ClientBase
+
+    stubs = [name for name, fn in vars(ClientBase).items()
+             if inspect.isfunction(fn) and "raise NotImplementedError" in inspect.getsource(fn)]
+    assert stubs, "ClientBase declares no stubs: update this test"
+    assert [name for name in stubs if getattr(ClientConn, name) is vars(ClientBase)[name]] == []
