@@ -40,14 +40,12 @@ from pgdoorman.observe.snapshot import (
     Snapshot,
     StatementInfo,
     client_id,
-    client_state,
     live_clients,
     live_servers,
     pool_info,
     pool_statement_sizes,
     pool_statements,
     server_info,
-    server_state,
     take_snapshot,
 )
 from pgdoorman.observe.totals import Averages, StatsSampler, Totals, averages, pool_totals
@@ -59,9 +57,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CLIENT_STATES", "Averages", "CancelCounts", "ClientInfo", "Control", "Observer", "PoolInfo", "PoolKey",
     "PoolView", "PreparedView", "ServerInfo", "Snapshot", "Source", "StatementInfo", "StatsSampler", "Totals",
-    "UnknownDatabase", "WorkerView", "averages", "client_id", "client_state", "copy_of", "dict_copy",
+    "UnknownDatabase", "WorkerView", "averages", "client_id", "copy_of", "dict_copy",
     "live_clients", "live_servers", "pool_info", "pool_statement_sizes", "pool_statements", "pool_totals",
-    "server_info", "server_state", "take_snapshot",
+    "server_info", "take_snapshot",
 ]
 
 

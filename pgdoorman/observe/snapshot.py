@@ -42,16 +42,6 @@ def live_servers(src: Source) -> list[ServerConn]:
 
 
 # ------------------------------------------------------------------------------------------ state names
-def client_state(c: ClientConn) -> str | None:
-    """SHOW CLIENTS' state of `c` (ClientConn.status): None for admin sessions and closed clients."""
-    return c.status
-
-
-def server_state(s: ServerConn) -> str:
-    """SHOW SERVERS' state of `s` (ServerConn.status)."""
-    return s.status
-
-
 _client_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 _next_login_id = [1 << 31]  # above any cancel key (< 2**31), so the two id spaces never collide
 _ids_lock = threading.Lock()
@@ -122,7 +112,7 @@ class ServerInfo:
     id: int
     pid: int
     pool: PoolKey
-    state: str  # see server_state()
+    state: str  # ServerConn.status
     application_name: str
     tls: bool
     writing: bool
@@ -224,7 +214,7 @@ def client_info(c: ClientConn, state: str) -> ClientInfo:
 
 def server_info(s: ServerConn) -> ServerInfo:
     return ServerInfo(
-        id=s.id, pid=s.pid, pool=(s.pool.database, s.pool.username), state=server_state(s),
+        id=s.id, pid=s.pid, pool=(s.pool.database, s.pool.username), state=s.status,
         application_name=s.params.get("application_name", ""), tls=bool(getattr(s, "tls", False)),
         writing=bool(s.out), xact_count=s.xact_count, query_count=s.query_count, bytes_out=s.bytes_out,
         bytes_in=s.bytes_in, created=s.created, active_since=s.active_since,
@@ -239,7 +229,7 @@ def take_snapshot(src: Source) -> Snapshot:
     views = {id(p): PoolView(pool_info(p)) for p in pools}
     clients: list[ClientInfo] = []
     for c in live_clients(src):
-        st = client_state(c)
+        st = c.status
         if st is None:
             continue
         ci = client_info(c, st)

@@ -26,7 +26,7 @@ from pgdoorman.net.tls import TLS_READ_MIN
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import SMALL_LIMIT
 from pgdoorman.session.login import ClientLogin
-from pgdoorman.session.states import ADMIN as ADMIN  # re-exported: the worker and observe/ read them here
+from pgdoorman.session.states import ADMIN as ADMIN  # re-exported: the worker and tests import them from here
 from pgdoorman.session.states import LOGIN_WAIT, refuse_listen
 from pgdoorman.session.states import READY as READY
 

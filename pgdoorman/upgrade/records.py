@@ -1,5 +1,6 @@
 """Binary upgrade, record framing over the handover socketpair (AF_UNIX, SOCK_SEQPACKET, SCM_RIGHTS), and
-the one place that base64s (bytes inside the JSON records: prepared statements, SCRAM ClientKeys).
+base64 for the pool records' SCRAM ClientKeys (a client record's prepared statements are encoded by
+ClientConn.export_state/restore, which own that record's format).
 
 A record is a JSON object, sent as a 4-byte length + the first chunk (carrying the client's fd, if any) and
 raw continuation chunks. Kinds: "pool" (a SCRAM ClientKey a pool needs to log in to PostgreSQL in
