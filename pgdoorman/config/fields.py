@@ -1,15 +1,28 @@
 """The one table of configuration settings (every PgDoorman key of `include`, `general`, `web`,
-`talos`, `pools.<name>`, `users[]` and `auth_query`). The loader's validation, the config
-dataclasses' defaults, the annotated reference config and the Markdown reference are all derived
-from it. To implement a setting: flip `implemented=True` here and use the dataclass attribute."""
+`talos`, `pools.<name>`, `users[]` and `auth_query`; the last three sections' rows are in
+`fields_pool.py`). The loader's validation, the config dataclasses' defaults, the annotated reference
+config and the Markdown reference are all derived from it. To implement a setting: flip
+`implemented=True` in its row and use the dataclass attribute."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
+from pgdoorman.config.field import (
+    _ANY_TLS_MODE,
+    _NI_WARNING,
+    REQUIRED,
+    SECTIONS,
+    Field,
+    MiB,
+    SectionInfo,
+    _general,
+    _tokio,
+    _web,
+)
+from pgdoorman.config.fields_pool import POOL_FIELDS
 from pgdoorman.config.values import (
     Bool,
     ByteSize,
@@ -19,188 +32,14 @@ from pgdoorman.config.values import (
     HbaSource,
     Int,
     OctalMode,
-    Password,
     PgHbaRules,
     Port,
     Seconds,
     StartupParameters,
     Str,
     StrList,
-    Subsection,
-    ValueType,
     WorkerThreads,
 )
-
-
-class _Required:
-    """Sentinel default of settings that must be present (the dataclass attribute has no default)."""
-
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Final = _Required()
-
-
-@dataclass(frozen=True)
-class Field:
-    section: str
-    key: str
-    type: ValueType
-    default: Any
-    doc: str
-    implemented: bool
-    reloadable: bool = True
-    group: str = ""
-    required: bool = False
-    # May be absent with no default value: the attribute is then None (`default` must be None).
-    optional: bool = False
-    # Never echoed into error messages, diffs or logs.
-    secret: bool = False
-    # Old names accepted with a deprecation warning.
-    aliases: tuple[str, ...] = ()
-    # Docs text for the default when the stored default (None, "") means something else.
-    default_doc: str = ""
-    # Config-file value shown commented out in the reference config when there is no default.
-    example: Any = None
-    # False: no meaning in pgdoorman (tokio's knobs): checked, then ignored with one info line per load.
-    applies: bool = True
-
-    @property
-    def annotation(self) -> Any:
-        """The Python type of this setting's dataclass attribute."""
-        base = self.type.annotation
-        return base | None if self.optional else base
-
-    @property
-    def path(self) -> str:
-        return f"{SECTIONS[self.section].path}.{self.key}"
-
-    def default_text(self) -> str:
-        """The default as the docs and the reference comments show it."""
-        if self.default_doc:
-            return self.default_doc
-        if self.default is REQUIRED or self.required:
-            return "required"
-        if self.default is None:
-            return "unset"
-        return self.type.describe(self.default)
-
-
-@dataclass(frozen=True)
-class SectionInfo:
-    name: str
-    path: str
-    title: str
-    intro: str
-    doc_file: str
-
-
-SECTIONS: Final[Mapping[str, SectionInfo]] = MappingProxyType(
-    {
-        "include": SectionInfo(
-            "include",
-            "include",
-            "`include` section",
-            "Other configuration files merged into this one.",
-            "index.md",
-        ),
-        "general": SectionInfo(
-            "general",
-            "general",
-            "`general` section",
-            "Process-wide settings: listener, timeouts, TCP options, memory limits, workers, logging, "
-            "prepared statements and the admin console.",
-            "general.md",
-        ),
-        "web": SectionInfo(
-            "web",
-            "web",
-            "`web` section",
-            "The HTTP listener serving Prometheus metrics. The older section name `prometheus` is "
-            "accepted as an alias (use one or the other, not both).",
-            "web.md",
-        ),
-        "talos": SectionInfo(
-            "talos",
-            "talos",
-            "`talos` section",
-            "Talos JWT authentication (PgDoorman's `talos` user). Top-level section, not part of `general`.",
-            "talos.md",
-        ),
-        "pool": SectionInfo(
-            "pool",
-            "pools.<name>",
-            "`pools.<name>` sections",
-            "One section per pool. The pool name is the database name clients connect to; "
-            "`server_database` may point it at a differently named database.",
-            "pool.md",
-        ),
-        "user": SectionInfo(
-            "user",
-            "pools.<name>.users[]",
-            "`pools.<name>.users[]` entries",
-            "The users of a pool. Write them as a list (`users: [...]` in YAML, `[[pools.<name>.users]]` "
-            "in TOML) or as the legacy TOML map with numeric keys (`[pools.<name>.users.0]`). "
-            "Usernames must be unique within a pool.",
-            "users.md",
-        ),
-        "auth_query": SectionInfo(
-            "auth_query",
-            "pools.<name>.auth_query",
-            "`pools.<name>.auth_query` section",
-            "Users looked up in PostgreSQL at login time instead of being listed in the file.",
-            "auth_query.md",
-        ),
-    }
-)
-
-# Docs wording reused by the pool-level timing overrides (PgDoorman parses these as integers only).
-_INT_MS_NOTE = (
-    " Integer milliseconds; pgdoorman also accepts duration strings such as \"5s\" here, "
-    "PgDoorman itself does not (generated files therefore use integers)."
-)
-_NI_WARNING = "not implemented by pgdoorman yet; ignored"
-_INAPPLICABLE_DOC = " Does not apply to pgdoorman (see `worker_threads`): checked, then ignored."
-
-_ANY_TLS_MODE = Choice("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-_POOL_MODE = Choice("transaction", "session")
-
-
-def _general(
-    group: str,
-    key: str,
-    type_: ValueType,
-    default: Any,
-    implemented: bool,
-    doc: str,
-    **kw: Any,
-) -> Field:
-    return Field("general", key, type_, default, doc, implemented, group=group, **kw)
-
-
-def _tokio(key: str, type_: ValueType, doc: str, example: Any) -> Field:
-    return _general("Workers", key, type_, None, True, doc + _INAPPLICABLE_DOC, optional=True, reloadable=False,
-                    example=example, applies=False)
-
-
-def _web(group: str, key: str, type_: ValueType, default: Any, implemented: bool, doc: str, **kw: Any) -> Field:
-    return Field("web", key, type_, default, doc, implemented, group=group, **kw)
-
-
-def _pool(group: str, key: str, type_: ValueType, default: Any, implemented: bool, doc: str, **kw: Any) -> Field:
-    return Field("pool", key, type_, default, doc, implemented, group=group, **kw)
-
-
-def _user(key: str, type_: ValueType, default: Any, implemented: bool, doc: str, **kw: Any) -> Field:
-    return Field("user", key, type_, default, doc, implemented, **kw)
-
-
-def _aq(key: str, type_: ValueType, default: Any, doc: str, **kw: Any) -> Field:
-    return Field("auth_query", key, type_, default, doc, True, **kw)
-
-
-MiB = 1 << 20
 
 FIELDS: Final[tuple[Field, ...]] = (
     # ------------------------------------------------------------------ include
@@ -459,140 +298,8 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field("talos", "keys", StrList(), (), "PEM public keys; each file's name without extension is the JWT `kid`.",
           True),
     Field("talos", "databases", StrList(), (), "Databases Talos tokens may grant access to.", True),
-    # ------------------------------------------------------------------ pools.<name>
-    _pool("Server", "server_host", Str(nonempty=True), "127.0.0.1", True,
-          "PostgreSQL host name or IP address, or a directory holding its Unix socket."),
-    _pool("Server", "server_port", Port(), 5432, True, "PostgreSQL port."),
-    _pool("Server", "server_database", Str(nonempty=True), "", True,
-          "Database to connect to on the server.", default_doc="the pool name", example="postgres"),
-    _pool("Behaviour", "pool_mode", _POOL_MODE, "transaction", True,
-          "transaction: a server connection is held only for the length of a transaction; session: for the "
-          "whole client session. Users may override it."),
-    _pool("Behaviour", "application_name", Str(), None, True,
-          "application_name sent to PostgreSQL by this pool's server connections.", optional=True,
-          default_doc='unset (the server sees `"pg_doorman"`)', example="pg_doorman"),
-    _pool("Behaviour", "cleanup_server_connections", Bool(), True, True,
-          "Reset session state (RESET ALL, DEALLOCATE ALL, CLOSE ALL, as needed) when a client gives back a "
-          "server connection it changed. Open transactions are always rolled back."),
-    _pool("Behaviour", "log_client_parameter_status_changes", Bool(), False, True,
-          "Log (info) each reported setting (TimeZone, application_name, ...) a client of this pool SETs."),
-    _pool("Behaviour", "sync_server_parameters", Bool(), None, False,
-          "Per-pool `general.sync_server_parameters` (added by a PgDoorman release after 3.10.7).", optional=True,
-          default_doc="`general.sync_server_parameters`", example=True),
-    _pool("Timeouts", "connect_timeout", Duration(int_only_upstream=True), None, True,
-          "Overrides `general.connect_timeout` for this pool." + _INT_MS_NOTE, optional=True,
-          default_doc="`general.connect_timeout`", example=3000),
-    _pool("Timeouts", "idle_timeout", Duration(int_only_upstream=True), None, True,
-          "Overrides `general.idle_timeout` for this pool." + _INT_MS_NOTE, optional=True,
-          default_doc="`general.idle_timeout`", example=600000),
-    _pool("Timeouts", "server_lifetime", Duration(int_only_upstream=True), None, True,
-          "Overrides `general.server_lifetime` for this pool." + _INT_MS_NOTE, optional=True,
-          default_doc="`general.server_lifetime`", example=1200000),
-    _pool("Prepared statements", "prepared_statements_cache_size", Int(1), None, True,
-          "Overrides `general.prepared_statements_cache_size` for this pool.", optional=True,
-          default_doc="`general.prepared_statements_cache_size`", example=8192),
-    _pool("Prepared statements", "server_prepared_statements_cache_size", Int(1), None, True,
-          "Overrides `general.server_prepared_statements_cache_size` for this pool.", optional=True,
-          default_doc="`general.server_prepared_statements_cache_size`", example=1024),
-    _pool("Connection scaling", "scaling_warm_pool_ratio", Int(0, 100), None, False,
-          "Overrides `general.scaling_warm_pool_ratio`.", optional=True,
-          default_doc="`general.scaling_warm_pool_ratio`", example=20),
-    _pool("Connection scaling", "scaling_fast_retries", Int(0), None, False,
-          "Overrides `general.scaling_fast_retries`.", optional=True,
-          default_doc="`general.scaling_fast_retries`", example=10),
-    _pool("Pool coordinator", "max_db_connections", Int(0), None, False,
-          "Cap on server connections to this database summed over all its users; 0 or unset disables the "
-          "coordinator.", optional=True, example=100),
-    _pool("Pool coordinator", "min_connection_lifetime", Duration(int_only_upstream=True), None, False,
-          "Connections younger than this are not evicted to make room for another user." + _INT_MS_NOTE,
-          optional=True, default_doc="`30000` ms", example=30000),
-    _pool("Pool coordinator", "reserve_pool_size", Int(0), None, False,
-          "Extra connections allowed above `max_db_connections` under pressure.", optional=True,
-          default_doc="`0`", example=5),
-    _pool("Pool coordinator", "reserve_pool_timeout", Duration(int_only_upstream=True), None, False,
-          "How long to wait for a coordinator permit before using the reserve." + _INT_MS_NOTE, optional=True,
-          default_doc="`3000` ms", example=3000),
-    _pool("Pool coordinator", "min_guaranteed_pool_size", Int(0), None, False,
-          "Connections per user that are never evicted for another user.", optional=True, default_doc="`0`",
-          example=2),
-    _pool("Patroni-assisted fallback", "patroni_api_urls", StrList(), None, False,
-          "Overrides `general.patroni_api_urls`.", optional=True, default_doc="`general.patroni_api_urls`",
-          example=["http://10.0.0.1:8008"]),
-    _pool("Patroni-assisted fallback", "fallback_cooldown", Duration(), None, False,
-          "Overrides `general.fallback_cooldown`; must be above 0.", optional=True, default_doc="`30s`",
-          example="30s"),
-    _pool("Patroni-assisted fallback", "patroni_api_timeout", Duration(), None, False,
-          "Overrides `general.patroni_api_timeout`.", optional=True, default_doc="`5s`", example="5s"),
-    _pool("Patroni-assisted fallback", "fallback_connect_timeout", Duration(), None, False,
-          "Overrides `general.fallback_connect_timeout`.", optional=True, default_doc="`5s`", example="5s"),
-    _pool("Patroni-assisted fallback", "fallback_lifetime", Duration(), None, False,
-          "Overrides `general.fallback_lifetime`.", optional=True, default_doc="`fallback_cooldown`",
-          example="30s"),
-    _pool("Server TLS", "server_tls_mode", _ANY_TLS_MODE, None, True, "Overrides `general.server_tls_mode`.",
-          optional=True, default_doc="`general.server_tls_mode`", example="prefer"),
-    _pool("Server TLS", "server_tls_ca_cert", Str(nonempty=True), None, True,
-          "Overrides `general.server_tls_ca_cert`.", optional=True, example="/etc/pg_doorman/pg-ca.crt"),
-    _pool("Server TLS", "server_tls_certificate", Str(nonempty=True), None, True,
-          "Overrides `general.server_tls_certificate`.", optional=True, example="/etc/pg_doorman/client.crt"),
-    _pool("Server TLS", "server_tls_private_key", Str(nonempty=True), None, True,
-          "Overrides `general.server_tls_private_key`.", optional=True, example="/etc/pg_doorman/client.key"),
-    _pool("Startup parameters", "startup_parameters", StartupParameters(), FrozenMapping[str, str](), True,
-          "Startup parameters for this pool's server connections, overriding `general.startup_parameters` key "
-          "by key (an auth_query row's `startup_parameters` JSON overrides both; docs/startup-parameters.md)."),
-    _pool("Dynamic users", "auth_query", Subsection("auth_query", many=False), None, True,
-          "Look users up in PostgreSQL at login time (see the auth_query reference).", optional=True),
-    _pool("Users", "users", Subsection("user", many=True), (), True, "The users of this pool (see the users reference)."),
-    # ------------------------------------------------------------------ pools.<name>.users[]
-    _user("username", Str(nonempty=True), REQUIRED, True, "Name the client logs in with.", required=True),
-    _user("password", Password(), REQUIRED, True,
-          'Password the client must present: `"md5"` + 32 hex digits (md5 of password + username), a SCRAM '
-          "verifier `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, or plain text. With no "
-          "`server_username` the same credentials are used towards PostgreSQL. Or "
-          '`"jwt-pkey-fpath:<pem>"`: the client presents an RS256 token signed by that public key as its '
-          "password (needs the `jwt` extra and `server_username`/`server_password`).",
-          required=True, secret=True),
-    _user("pool_size", Int(1), REQUIRED, True,
-          "Most server connections this user may hold in this pool. Required (PgDoorman documents 40 but "
-          "requires the key).", required=True),
-    _user("min_pool_size", Int(0), 0, True,
-          "Server connections opened in advance and kept open; at most `pool_size`."),
-    _user("pool_mode", _POOL_MODE, None, True, "Overrides the pool's `pool_mode` for this user.", optional=True,
-          default_doc="the pool's `pool_mode`", example="session"),
-    _user("server_username", Str(nonempty=True), None, True,
-          "Role used on the server instead of the client's user name and credentials.", optional=True,
-          example="app_owner"),
-    _user("server_password", Str(), None, True,
-          "Plain-text password of `server_username` (requires it), or `\"jwt-priv-key-fpath:<pem>\"`: answer "
-          "PostgreSQL's clear-text password request with an RS256 token signed by that private key.",
-          optional=True, secret=True,
-          example="owner-secret"),
-    _user("server_lifetime", Duration(int_only_upstream=True), None, True,
-          "Overrides the pool's `server_lifetime` for this user's server connections." + _INT_MS_NOTE,
-          optional=True, default_doc="the pool's `server_lifetime`", example=1200000),
-    _user("auth_pam_service", Str(nonempty=True), None, True,
-          "Authenticate this user through this PAM service (a clear-text password checked by PAM; needs the "
-          "`pam` extra and `server_username`/`server_password`).", optional=True, example="pg_doorman"),
-    # ------------------------------------------------------------------ pools.<name>.auth_query
-    _aq("query", Str(nonempty=True), REQUIRED,
-        "Query returning the password hash of user $1 (a `passwd` or `password` column, or a single column).",
-        required=True, example="SELECT usename, passwd FROM pg_shadow WHERE usename = $1"),
-    _aq("user", Str(nonempty=True), REQUIRED, "Role that runs the query.", required=True, example="doorman_auth"),
-    _aq("password", Str(), "", "Plain-text password of `user`.", secret=True),
-    _aq("database", Str(nonempty=True), None, "Database the query runs in.", optional=True,
-        default_doc="the pool name", example="postgres"),
-    _aq("workers", Int(1), 2, "Connections used to run the query."),
-    _aq("server_user", Str(nonempty=True), None,
-        "When set, all looked-up users share one pool connecting as this role; unset, each user gets its own "
-        "pool using its own credentials.", optional=True, example="app_owner"),
-    _aq("server_password", Str(), None, "Password of `server_user`.", optional=True, secret=True,
-        example="owner-secret"),
-    _aq("pool_size", Int(1), 40, "Pool size of each dynamically created pool."),
-    _aq("min_pool_size", Int(0), 0, "Connections kept open per dynamic pool (one pool per user only)."),
-    _aq("cache_ttl", Duration(), 3_600_000, "How long a looked-up password is cached."),
-    _aq("cache_failure_ttl", Duration(), 30_000, "How long an unknown user is remembered as unknown."),
-    _aq("min_interval", Duration(), 1000, "Minimum time between re-fetches of a user after a failed login."),
+    *POOL_FIELDS,
 )
-
 
 def fields_of(section: str) -> tuple[Field, ...]:
     return tuple(f for f in FIELDS if f.section == section)
