@@ -96,6 +96,8 @@ class App:
         # upgrade request (the exit code once clients are handed over, None to keep serving).
         self.sigint_shutdown = True
         self.upgrader: Callable[[], int | None] | None = None
+        # What SIGHUP runs: reload() itself, or serve.py's wrapper that records it in the event journal.
+        self.signal_reload: Callable[[], tuple[bool, str]] = self.reload
         self.handed_over = False  # a new process took over our listeners (set by the upgrade)
         # Set by the composition root (serve.py): the admin console's session factory and the /metrics
         # listener's starter. Without them an admin login is refused and web.enabled starts nothing.
@@ -410,7 +412,7 @@ class App:
                     log.exception("auth_query: collecting unused dynamic pools failed")
             if self._reload_requested:
                 self._reload_requested = False
-                self.reload()
+                self.signal_reload()
             if self._shutdown_requested:
                 return self._graceful_shutdown()
             if self._upgrade_requested:

@@ -72,6 +72,7 @@ def wire(app: App, events: EventJournal | None = None) -> Observer:
     def start_metrics() -> MetricsServer:
         return start_metrics_server(obs, routes=api)
 
+    app.signal_reload = RecordingControl(app, journal, "SIGHUP").reload
     app.admin_factory = make_admin
     app.metrics_factory = start_metrics
     return obs

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -354,6 +355,27 @@ def test_events(pooler_factory: Any) -> None:
     # Anonymous: the events, not who (addresses).
     anon = get(port, "events", auth=None)["events"]
     assert len(anon) == 7 and {e["source"] for e in anon} == {""}
+
+
+def test_sighup_reload_is_an_event(pooler_factory: Any) -> None:
+    """A RELOAD by SIGHUP to the pooler process is in /api/events as the console's RELOAD is, with source
+    SIGHUP; a refused one with why."""
+    p, port = web_pooler(pooler_factory)
+    last = get(port, "events")["last"]
+    p.config["general"]["query_wait_timeout"] = 12345
+    p.write_config()
+    p.signal(signal.SIGHUP)
+    (ev,) = wait_for(lambda: get(port, f"events?after={last}")["events"], what="the SIGHUP reload's event")
+    assert (ev["kind"], ev["target"], ev["source"], ev["ok"], ev["detail"]) == ("reload", "", "SIGHUP", True, "")
+    with admin(p, password=PASSWORD) as a:
+        (row,) = [r for r in show(a, "CONFIG")[1] if r["key"] == "query_wait_timeout"]
+        assert "12345" in str(row["value"])  # the reload did happen
+    p.config["general"]["port"] = "not a port"
+    p.write_config()
+    p.signal(signal.SIGHUP)
+    (failed,) = wait_for(lambda: get(port, f"events?after={ev['seq']}")["events"], what="the refused reload's event")
+    assert (failed["kind"], failed["source"], failed["ok"]) == ("reload", "SIGHUP", False)
+    assert "port" in failed["detail"]
 
 
 def test_sso(pooler_factory: Any, tmp_path: Path) -> None:
