@@ -31,11 +31,11 @@ from urllib.parse import parse_qs, urlsplit
 from pgdoorman.admin.resultset import BOOL, INT4, INT8, NUMERIC, ResultSet
 from pgdoorman.admin.show import SHOW_BUILDERS, ShowContext, show_stats, version_string
 from pgdoorman.core.stats import percentile
-from pgdoorman.metrics.process import cached_socket_counts
+from pgdoorman.metrics.process import cached_socket_counts, process_facts
 from pgdoorman.metrics.server import HttpRequest, HttpResponse
 from pgdoorman.observe import Control, Observer, UnknownDatabase
 from pgdoorman.observe.events import EventJournal, RecordingControl
-from pgdoorman.web import ui
+from pgdoorman.web import ui, views
 from pgdoorman.web.logtap import LogTap
 from pgdoorman.web.sso import Identity, SsoCheck, token_of
 
@@ -63,12 +63,15 @@ TABLE_VIEWS: dict[str, str] = {
     "log_level": "log_level",
     "prepared": "prepared_statements",
     "lists": "lists",
+    "auth_query": "auth_query",
 }
-OBJECT_VIEWS = ("overview", "sockets")
+OBJECT_VIEWS = ("overview", "sockets", "process")
 LIVE_VIEWS = ("logs", "events")  # read live, not from the snapshot
-VIEWS = (*TABLE_VIEWS, *OBJECT_VIEWS, *LIVE_VIEWS)
+VIEWS = (*TABLE_VIEWS, *views.DERIVED, *OBJECT_VIEWS, *LIVE_VIEWS)
 # Views with personal data (client addresses and application names, SQL text, log lines): never anonymous.
-PERSONAL = frozenset({"clients", "prepared", "logs"})
+# (And /api/prepared/text/<hash>, the SQL text of one statement.)
+PERSONAL = frozenset({"clients", "prepared", "logs", "top/clients", "top/queries", "apps"})
+PREPARED_TEXT = "prepared/text/"
 ACTIONS = ("reload", "pause", "resume", "reconnect")
 
 # Text columns whose values JSON carries typed: SHOW's 'true'/'false' and a port number.
@@ -230,6 +233,13 @@ def build_overview(ctx: ShowContext, started: float | None, latency: LatencyWind
     }
 
 
+def build_process(ctx: ShowContext, started: float | None) -> dict[str, Any]:
+    """/api/process: the pooler process's resources (metrics/process.py) with its start and uptime."""
+    return {"started_at": started,
+            "uptime_seconds": None if started is None else max(0, int(time.time() - started)),
+            **process_facts()}
+
+
 def build_sockets() -> dict[str, Any]:
     counts = cached_socket_counts()
     return {"available": counts is not None, "counts": counts or {}}
@@ -350,21 +360,25 @@ class WebApi:
         name = req.path[len("/api/"):].strip("/")
         if name.startswith("admin/") or name == "admin":
             return self._admin(req, name[len("admin/"):])
+        if name == "auth/config":
+            return self._auth_config(req)
         if name == "whoami":
             ident = self.identify(req)
             if ident.role is None:
                 return self._unauthorized(ident)
             return HttpResponse(200, dumps({"role": ident.role, "user": ident.user, "admin": ident.role == ADMIN,
                                             "personal": ident.role != ANONYMOUS}), who=ident.who)
-        if name not in VIEWS:
+        if name not in VIEWS and not name.startswith(PREPARED_TEXT):
             return error(404, "not_found", f"no API endpoint /api/{name}")
         if req.method not in ("GET", "HEAD"):
             return error(405, "method_not_allowed", "use GET", [("Allow", "GET, HEAD")])
         ident = self.identify(req)
         if ident.role is None:
             return self._unauthorized(ident)
-        if ident.role == ANONYMOUS and name in PERSONAL:
+        if ident.role == ANONYMOUS and (name in PERSONAL or name.startswith(PREPARED_TEXT)):
             return error(403, "forbidden", "admin role required", who=ident.who)
+        if name.startswith(PREPARED_TEXT):
+            return self._prepared_text(name[len(PREPARED_TEXT):], ident.who)
         if name == "logs":
             return self._logs(ident.who, req.query)
         if name == "events":
@@ -435,26 +449,71 @@ class WebApi:
             return ui.page(401, headers=self.challenges(), sso_url=sso_url)
         return ui.page(who=ident.who)
 
-    def _view(self, name: str, who: str, query: str = "") -> HttpResponse:
+    def _builder(self, name: str) -> Callable[[ShowContext], Any]:
+        """How the view `name` is built from a snapshot (once per snapshot window)."""
         if name in TABLE_VIEWS:
             sub = TABLE_VIEWS[name]
-            build: Callable[[ShowContext], Any] = lambda ctx: table_json(name, SHOW_BUILDERS[sub](ctx))  # noqa: E731
-        elif name == "overview":
-            build = lambda ctx: build_overview(ctx, self.started() if self.started else None,  # noqa: E731
-                                               self.latency)
-        else:
-            build = lambda ctx: build_sockets()  # noqa: E731
-        data, taken, generation = self.cache.get(name, build)
+            return lambda ctx: table_json(name, SHOW_BUILDERS[sub](ctx))
+        if name in views.DERIVED:
+            table = views.DERIVED[name][0]
+            return lambda ctx: table_json(name, table(ctx))
+        started = self.started() if self.started else None
+        if name == "overview":
+            return lambda ctx: build_overview(ctx, started, self.latency)
+        if name == "process":
+            return lambda ctx: build_process(ctx, started)
+        return lambda ctx: build_sockets()
+
+    def _view(self, name: str, who: str, query: str = "") -> HttpResponse:
+        data, taken, generation = self.cache.get(name, self._builder(name))
         body: dict[str, Any] = {"view": name, "taken_at": taken, "snapshot": generation}
-        if name in TABLE_VIEWS:
+        if name in TABLE_VIEWS or name in views.DERIVED:
+            params = parse_qs(query)
             try:
-                data = page_of(data, parse_qs(query))
+                if name in views.DERIVED:
+                    params = views.DERIVED[name][1](params)
+                    if "pool" in params:
+                        data = views.only_pool(data, params["pool"][-1])
+                data = page_of(data, params)
             except ValueError as e:
                 return error(400, "bad_request", str(e), who=who)
             body.update(data)
         else:
             body["data"] = data
         return HttpResponse(200, dumps(body), who=who)
+
+    def _prepared_text(self, text: str, who: str) -> HttpResponse:
+        """GET /api/prepared/text/<hash>: the rows of SHOW PREPARED_STATEMENTS with that hash (one per pool whose
+        cache holds the statement), SQL text included."""
+        try:
+            h = views.parse_hash(text)
+        except views.BadRequest as e:
+            return error(400, "bad_hash", str(e), who=who)
+        data, taken, generation = self.cache.get("prepared", self._builder("prepared"))
+        rows = [r for r in data["rows"] if r["hash"] == h]
+        if not rows:
+            return error(404, "not_found", "no prepared statement with this hash", who=who)
+        body = {"view": "prepared/text", "taken_at": taken, "snapshot": generation, "hash": str(h),
+                "columns": data["columns"], "rows": rows}
+        return HttpResponse(200, dumps(body), who=who)
+
+    def _auth_config(self, req: HttpRequest) -> HttpResponse:
+        """GET /api/auth/config, for anyone (a page learns how to sign in before it can): whether SSO is on
+        and usable, where to sign in, whether SSO admin groups are set, and who the request is signed in as."""
+        web = self.obs.config.web
+        ident = self.identify(req)
+        problem = None
+        if web.sso_enabled:
+            problem = self.sso.config_error(web)
+        current = None
+        if ident.role in (ADMIN, SSO):
+            basic = not ident.user
+            current = {"username": self.obs.config.general.admin_username if basic else ident.user,
+                       "source": "basic" if basic else "sso", "role": ident.role}
+        data = {"sso_enabled": web.sso_enabled and problem is None, "sso_proxy_url": web.sso_proxy_url or None,
+                "sso_config_error": problem, "sso_admin_groups_configured": bool(web.sso_admin_groups),
+                "current_user": current}
+        return HttpResponse(200, dumps({"view": "auth/config", "data": data}), who=ident.who)
 
     def _admin(self, req: HttpRequest, action: str) -> HttpResponse:
         if action not in ACTIONS:

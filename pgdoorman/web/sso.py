@@ -65,6 +65,17 @@ class SsoCheck:
                 self._key = (path, mtime, jwt_auth.load_public_key(path))
             return self._key[2]
 
+    def config_error(self, web: WebConfig) -> str | None:
+        """Why SSO cannot check tokens (no key file, a key that does not load, no PyJWT), None if it can."""
+        if not web.sso_public_key_file:
+            return "web.sso_public_key_file is not set"
+        try:
+            self.key(web.sso_public_key_file)
+            jwt_auth._jwt()
+        except (OSError, jwt_auth.JwtSetupError) as e:
+            return f"cannot use web.sso_public_key_file {web.sso_public_key_file}: {e}"
+        return None
+
     def identify(self, token: str, web: WebConfig, req: HttpRequest) -> Identity:
         if web.sso_require_https and req.forwarded_proto != "https":
             return Identity(None, why="SSO needs HTTPS through a trusted proxy (web.sso_require_https)")
