@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from pgdoorman import __version__, logs
 from pgdoorman.core.stats import percentile
+from pgdoorman.metrics import webstats
 from pgdoorman.metrics.exposition import Family, cumulative_at, render
 from pgdoorman.metrics.process import cached_socket_counts, memory_bytes
 from pgdoorman.observe import Observer, PoolView, PreparedView, Snapshot, Totals
@@ -68,6 +69,7 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     fams += _pool_prepared_families(rows)
     fams += _auth_query_families(obs)
     fams += _startup_parameters_family(obs)
+    fams += webstats.families(obs.config)
     return fams
 
 

@@ -23,6 +23,7 @@ from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from pgdoorman.metrics import webstats
 from pgdoorman.metrics.collect import render_metrics
 from pgdoorman.metrics.exposition import CONTENT_TYPE
 from pgdoorman.observe import Observer
@@ -191,6 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
         resp = self._route(method, path, query)
         self._respond(resp.status, resp.body, resp.content_type, head, resp.headers)
         self._access(method, path, resp.status, len(resp.body), resp.who, started, self.client)
+        webstats.count_request(resp.status, resp.who)
 
     def _route(self, method: str, path: str, query: str) -> HttpResponse:
         if path == "/metrics":

@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 from pgdoorman.admin.resultset import BOOL, INT4, INT8, NUMERIC, ResultSet
 from pgdoorman.admin.show import SHOW_BUILDERS, ShowContext, show_stats, version_string
 from pgdoorman.core.stats import percentile
+from pgdoorman.metrics import webstats
 from pgdoorman.metrics.process import cached_socket_counts, process_facts
 from pgdoorman.metrics.server import HttpRequest, HttpResponse
 from pgdoorman.observe import Control, Observer, UnknownDatabase
@@ -314,37 +315,46 @@ class WebApi:
         self.started = started
         self.cache = SnapshotCache(obs, ttl)
         self.latency = LatencyWindow()
+        webstats.sso_problem = lambda config: self.sso.config_error(config.web)
 
     # -------------------------------------------------------------- auth
     def identify(self, req: HttpRequest) -> Identity:
         """Who sent `req`: Admin (Basic with the admin credentials, or an SSO token with an admin group),
-        Sso, Anonymous (no credentials, `ui_anonymous`), or role None (401) with why."""
+        Sso, Anonymous (no credentials, `ui_anonymous`), or role None (401) with why. Counted in
+        pg_doorman_web_auth_attempts_total (role `rejected` for credentials that failed)."""
+        ident, presented = self._identify(req)
+        role = ident.role or ("rejected" if presented != "none" else ANONYMOUS)
+        webstats.count_auth(role, presented if ident.role in (ADMIN, SSO) else "none")
+        return ident
+
+    def _identify(self, req: HttpRequest) -> tuple[Identity, str]:
+        """The identity, and what the request presented: basic, sso or none."""
         cfg = self.obs.config
         header = (req.headers.get("Authorization") or "").strip()
         if header:
             scheme, _, cred = header.partition(" ")
             if scheme.lower() == "bearer":
                 if not cfg.web.sso_enabled:
-                    return Identity(None, why="Bearer tokens need web.sso_enabled")
-                return self.sso.identify(cred.strip(), cfg.web, req)
+                    return Identity(None, why="Bearer tokens need web.sso_enabled"), "sso"
+                return self.sso.identify(cred.strip(), cfg.web, req), "sso"
             if scheme.lower() != "basic":
-                return Identity(None, why=f"{scheme} authorization is not supported")
+                return Identity(None, why=f"{scheme} authorization is not supported"), "basic"
             try:
                 user, sep, password = base64.b64decode(cred.strip(), validate=True).decode("utf-8").partition(":")
             except (binascii.Error, ValueError):
-                return Identity(None, why="malformed Basic credentials")
+                return Identity(None, why="malformed Basic credentials"), "basic"
             g = cfg.general
             user_ok = hmac.compare_digest(user.encode("utf-8"), g.admin_username.encode("utf-8"))
             password_ok = hmac.compare_digest(password.encode("utf-8"), g.admin_password.encode("utf-8"))
             if sep and user_ok and password_ok and g.admin_password:
-                return Identity(ADMIN)
-            return Identity(None, why="invalid credentials")
+                return Identity(ADMIN), "basic"
+            return Identity(None, why="invalid credentials"), "basic"
         token = token_of(req) if cfg.web.sso_enabled else None
         if token:
-            return self.sso.identify(token, cfg.web, req)
+            return self.sso.identify(token, cfg.web, req), "sso"
         if cfg.web.ui_anonymous:
-            return Identity(ANONYMOUS)
-        return Identity(None, why="authentication required")
+            return Identity(ANONYMOUS), "none"
+        return Identity(None, why="authentication required"), "none"
 
     def role(self, req: HttpRequest) -> tuple[str | None, str]:
         """(ADMIN, SSO, ANONYMOUS or None for 401, and why not)."""

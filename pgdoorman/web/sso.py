@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 
 from pgdoorman import jwt_auth
 from pgdoorman.config import WebConfig
+from pgdoorman.metrics import webstats
 from pgdoorman.metrics.server import HttpRequest
 
 log = logging.getLogger("pgdoorman.web")
@@ -53,6 +54,17 @@ def token_of(req: HttpRequest) -> str | None:
     return token or None
 
 
+def _refusal_reason(jwt: Any, e: Exception) -> str:
+    """pg_doorman_web_sso_validation_errors_total's reason for a token PyJWT refused."""
+    if isinstance(e, (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError)):
+        return "expired"
+    if isinstance(e, jwt.MissingRequiredClaimError) and e.claim == "exp":
+        return "expired"
+    if isinstance(e, jwt.InvalidAudienceError) or (isinstance(e, jwt.MissingRequiredClaimError) and e.claim == "aud"):
+        return "audience"
+    return "signature"
+
+
 class SsoCheck:
     def __init__(self) -> None:
         self._key: tuple[str, float, Any] | None = None
@@ -78,6 +90,7 @@ class SsoCheck:
 
     def identify(self, token: str, web: WebConfig, req: HttpRequest) -> Identity:
         if web.sso_require_https and req.forwarded_proto != "https":
+            webstats.count_sso_error("insecure_transport")
             return Identity(None, why="SSO needs HTTPS through a trusted proxy (web.sso_require_https)")
         if not web.sso_public_key_file:
             return Identity(None, why="SSO is on but web.sso_public_key_file is not set")
@@ -92,11 +105,14 @@ class SsoCheck:
             claims = jwt.decode(token, key, algorithms=["RS256"], audience=audience or None, leeway=0,
                                 options={"require": ["exp"], "verify_aud": bool(audience)})
         except jwt.PyJWTError as e:
+            webstats.count_sso_error(_refusal_reason(jwt, e))
             return Identity(None, why=f"invalid SSO token: {e}")
         user = claims.get("preferred_username") or claims.get("sub")
         if not isinstance(user, str) or not user:
+            webstats.count_sso_error("no_username")
             return Identity(None, why="the SSO token names no user (preferred_username or sub)")
         if "*" not in web.sso_allowed_users and user not in web.sso_allowed_users:
+            webstats.count_sso_error("allowlist")
             return Identity(None, user, f"SSO user {user!r} is not in web.sso_allowed_users")
         groups = claims.get(web.sso_groups_claim) or []
         if isinstance(groups, str):

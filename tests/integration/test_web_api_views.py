@@ -4,6 +4,7 @@ while nothing moves, and the access each role gets."""
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_admin import admin, client, show
 from tests.integration.test_auth_query import aq_section, drop_test_roles, new_user, setup_cluster
@@ -169,3 +171,64 @@ def test_auth_query_view_is_show_auth_query(aq_pg: PgCluster, pooler_factory: An
     (row,) = [r for r in body["rows"] if r["database"] == DBNAME]
     assert row["auth_success"] == 1 and row["auth_failure"] == 1 and row["dynamic_pools_current"] == 1
     assert comparable(body["rows"]) == comparable(want)
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, _, text = request(port, "/metrics", auth=None)
+    assert status == 200
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def delta(before: dict[Any, float], after: dict[Any, float], name: str) -> dict[tuple[str, ...], float]:
+    """name's series that grew between the scrapes: {label values: increase}."""
+    return {tuple(v for _, v in labels): n - before.get((nm, labels), 0)
+            for (nm, labels), n in after.items() if nm == name and n - before.get((nm, labels), 0)}
+
+
+def test_web_metrics(pooler_factory: Any, tmp_path: Path) -> None:
+    _, pub, key = keypair(tmp_path, "sso")
+    _, _, other = keypair(tmp_path, "other")
+    web = {"sso_enabled": True, "sso_public_key_file": str(pub), "sso_audience": ["pg_doorman"],
+           "sso_allowed_users": ["alice", "bob"], "sso_admin_groups": ["dba"]}
+    p, port = web_pooler(pooler_factory, web=web)
+    before = scrape(port)
+    assert before[("pg_doorman_web_sso_enabled", ())] == 1 and before[("pg_doorman_web_sso_config_error", ())] == 0
+
+    def bearer(user: str | None, key: Any = key, **claims: Any) -> str:
+        return "Bearer " + token(key, user, **{"aud": "pg_doorman", **claims})  # type: ignore[arg-type]
+
+    bad_basic = "Basic " + "eDp5"  # x:y
+    sent = [  # (auth, expected status)
+        (None, 401), (None, 401), (bad_basic, 401),  # nothing presented twice, wrong password
+        (bearer("alice"), 200), (bearer("bob", groups=["dba"]), 200),  # Sso, and an SSO admin
+        ("Basic " + base64.b64encode(f"{ADMIN_USER}:{PASSWORD}".encode()).decode(), 200),
+        (bearer("alice", exp_in=-5), 401), (bearer("alice", aud="elsewhere"), 401), (bearer("mallory"), 401),
+        (bearer(None), 401), (bearer("alice", key=other), 401), ("Bearer x.y.z", 401),
+    ]
+    for auth, want in sent:
+        assert request(port, "/api/pools", auth=auth)[0] == want, auth
+    assert request(port, "/api/nope")[0] == 404  # answered before anyone is asked who they are
+    after = scrape(port)
+    assert delta(before, after, "pg_doorman_web_requests_total") == {  # (role, status_class)
+        ("anonymous", "2xx"): 1,  # the first scrape
+        ("rejected", "4xx"): 9, ("sso", "2xx"): 1, ("admin", "2xx"): 2, ("anonymous", "4xx"): 1}
+    assert delta(before, after, "pg_doorman_web_auth_attempts_total") == {
+        ("anonymous", "none"): 2, ("rejected", "none"): 7, ("sso", "sso"): 1, ("admin", "sso"): 1,
+        ("admin", "basic"): 1}
+    assert delta(before, after, "pg_doorman_web_sso_validation_errors_total") == {
+        ("expired",): 1, ("audience",): 1, ("allowlist",): 1, ("no_username",): 1, ("signature",): 2}
+    reasons = {dict(labels)["reason"] for (nm, labels) in after if nm == "pg_doorman_web_sso_validation_errors_total"}
+    assert reasons == {"signature", "expired", "audience", "no_username", "allowlist", "insecure_transport"}
+
+    # sso_require_https without a trusted proxy saying https.
+    p2, port2 = web_pooler(pooler_factory, web={**web, "sso_require_https": True})
+    assert request(port2, "/api/pools", auth=bearer("alice"))[0] == 401
+    assert scrape(port2)[("pg_doorman_web_sso_validation_errors_total", (("reason", "insecure_transport"),))] == 1
+    # SSO on with a key that is not there: the gauges say so.
+    p3, port3 = web_pooler(pooler_factory, web={**web, "sso_public_key_file": str(tmp_path / "missing.pem")})
+    got = scrape(port3)
+    assert got[("pg_doorman_web_sso_enabled", ())] == 0 and got[("pg_doorman_web_sso_config_error", ())] == 1
