@@ -366,7 +366,7 @@ class Worker:
                 s.internal_done = lambda ok: self._after_client_left(s, ok)
                 return
             busy = client is not None and client.in_flight
-            if busy or s.scanner.mid_message or s.out or s.skipping:
+            if busy or s.scanner.mid_message or s.out or s.skipping or s.ahead:
                 # The server is still working for a client that is gone: it cannot be handed over.
                 s.close("client left with a request in flight")
                 return
@@ -489,7 +489,7 @@ class Worker:
     def idle_clients_close(self) -> None:
         """During shutdown: close clients that hold no server (between transactions)."""
         for c in list(self.clients):
-            if c.server is None and not c.waiting and c.state == READY:
+            if c.server is None and not c.waiting and c.state == READY and c.last_status == 73:
                 c.write(m.error_response("58006", "pooler is shut down now", "FATAL"))
                 c.close("shutdown")
 

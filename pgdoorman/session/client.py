@@ -29,6 +29,7 @@ from pgdoorman.session.login import ClientLogin
 from pgdoorman.session.states import ADMIN as ADMIN  # re-exported: the worker and tests import them from here
 from pgdoorman.session.states import LOGIN_WAIT, refuse_listen
 from pgdoorman.session.states import READY as READY
+from pgdoorman.session.txbegin import BEGIN_MAX, end_answer, lone_begin, lone_end
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pool
@@ -84,6 +85,11 @@ class ClientConn(ClientLogin):
             if n == 5 and view[0] == 88:  # a lone Terminate
                 self.close("client terminated")
                 return
+            if self.begin_held is not None:
+                if self._end_deferred(view, n):
+                    return
+            elif view[0] == 81 and 5 < n < BEGIN_MAX and view[5] | 32 in b"bs" and self._defer_begin(view, n):
+                return
             if self.ps and view[0] == 80 and n > 10:
                 second = 1 + _unpack(view, 1)[0]  # only Parse... Sync can be answered here: peek first
                 if second < n and (view[second] == 80 or view[second] == 83) and self._parse_sync_locally(view):
@@ -130,6 +136,35 @@ class ClientConn(ClientLogin):
                     self.worker.release_server(s)
         if self.terminating:
             self.close("client terminated")
+
+    def _defer_begin(self, view: memoryview, n: int) -> bool:
+        """A lone BEGIN (transaction mode, no server held): answered here, sent with the next request."""
+        if _unpack(view, 1)[0] + 1 != n or not self.transaction_mode or self.last_status != 73:
+            return False
+        answer = lone_begin(bytes(view[5:n]))
+        if answer is None:
+            return False
+        self.begin_held = (bytes(view[:n]), 0)
+        self.last_status = 84
+        self.query_count += 1
+        self.xact_start = self.loop.now
+        self.write(answer)
+        return True
+
+    def _end_deferred(self, view: memoryview, n: int) -> bool:
+        """A lone COMMIT or ROLLBACK right after a deferred BEGIN: the empty transaction ends here."""
+        if view[0] != 81 or n >= BEGIN_MAX or _unpack(view, 1)[0] + 1 != n:
+            return False
+        commit = lone_end(bytes(view[5:n]))
+        if commit is None:
+            return False
+        self.write(end_answer(commit, self.last_status == 69))
+        self.begin_held = None
+        self.last_status = 73
+        self.query_count += 1
+        self.xact_count += 1
+        self.xact_start = 0.0
+        return True
 
     def _hold(self, view: memoryview) -> bool:
         """No server ready for these bytes yet. True when they are kept unscanned (prepared-statement mode:

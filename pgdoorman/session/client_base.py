@@ -26,6 +26,7 @@ from pgdoorman.session.states import (
     READY,
     STARTUP,
 )
+from pgdoorman.session.txbegin import ABORT_QUERY
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pool
@@ -83,6 +84,7 @@ class ClientBase(Conn):
         "last_status", "xact_start", "query_start", "ps", "named", "unnamed", "rq", "raw",
         "planner_sig", "last_parse", "named_parse", "copy_window", "copy_syncs", "in_copy_in",
         "synth_head", "fast_bind", "fast_redo", "held_error", "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
+        "begin_held", "answered",
     )
 
     def __init__(self, sock: socket.socket, worker: Host, addr: str, is_unix: bool = False) -> None:
@@ -158,18 +160,23 @@ class ClientBase(Conn):
         self.leaves = False
         self.scan_tail = b""
         self.copy_confused = False  # see copy_in_started
+        # A deferred BEGIN (txbegin.py): the Query messages to send ahead of this client's next request, and how
+        # many of them make the server's transaction fail (a request cancelled while it waited for a server).
+        self.begin_held: tuple[bytes, int] | None = None
+        self.answered = 0  # ReadyForQuery messages relayed so far (the janitor's query_timeout tells requests apart)
 
     @property
     def status(self) -> str | None:
-        """The state as SHOW CLIENTS names it: 'waiting' (queued for a server), 'active' (linked to a server),
+        """The state as SHOW CLIENTS names it: 'waiting' (queued for a server), 'active' (linked to a server, or
+        in a transaction whose BEGIN is deferred),
         'idle' (logged in, between transactions), 'login' (still logging in), or None for admin sessions and
         closed clients."""
         if self.admin is not None or self.closed:
             return None
         if self.waiting:
             return "waiting"
-        if self.server is not None:
-            return "active"
+        if self.server is not None or self.begin_held is not None:
+            return "active"  # holding a server, or told it is in a transaction (a deferred BEGIN)
         return "idle" if self.state == READY else "login"
 
     # Implemented by the parts above this one (client.py, login.py); declared here for the parts below.
@@ -259,6 +266,7 @@ class ClientBase(Conn):
         in flight and no message half-read (PostgreSQL still reads the rest of a message the client is
         sending: the server stays with the client until that message is whole)."""
         self.expect -= 1
+        self.answered += 1
         self.query_count += completed
         self.fast_bind = None
         self.fast_redo = None
@@ -372,7 +380,18 @@ class ClientBase(Conn):
                 s.run_internal(queries, self._synced)
                 return False
             s.synced_key = self.want_key
+        if self.begin_held is not None:
+            self._send_begin(s)
         return True
+
+    def _send_begin(self, s: ServerConn) -> None:
+        """The deferred BEGIN goes ahead of this client's bytes; its answer is swallowed (ServerConn.send_ahead)."""
+        held = self.begin_held
+        assert held is not None
+        self.begin_held = None
+        s.bytes_out += len(held[0])
+        s.pstats.bytes_in += len(held[0])
+        s.send_ahead(held[0], 1 + held[1], held[1])
 
     def _synced(self, ok: bool) -> None:
         s = self.server
@@ -389,6 +408,8 @@ class ClientBase(Conn):
                        err.get("D"), err.get("H"))
             return
         s.synced_key = self.want_key
+        if self.begin_held is not None:
+            self._send_begin(s)
         self._server_ready()
 
     def _server_done(self, s: ServerConn) -> bool:
@@ -431,8 +452,16 @@ class ClientBase(Conn):
             if not held:
                 self.unsynced = False
         self.query_start = 0.0
-        self.xact_start = 0.0
-        self.write(m.error_response("57014", "canceling statement due to user request") + m.RFQ_IDLE)
+        held_begin = self.begin_held
+        if held_begin is None:
+            self.xact_start = 0.0
+            rfq = m.RFQ_IDLE
+        else:  # in a transaction (deferred BEGIN): it fails, as on PostgreSQL, and the server's must too
+            if not held_begin[1]:
+                self.begin_held = (held_begin[0] + ABORT_QUERY, 1)
+            self.last_status = 69
+            rfq = m.ready_for_query(b"E")
+        self.write(m.error_response("57014", "canceling statement due to user request") + rfq)
         if held or self.raw or self.pending:
             return
         s = self.server

@@ -26,7 +26,8 @@ from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
 from pgdoorman.session.server_login import READY, REFUSED, BackendLogin
-from pgdoorman.session.server_prepared import SERVER_TABLE, ServerPrepared, is_stale_plan
+from pgdoorman.session.server_prepared import SERVER_TABLE, is_stale_plan
+from pgdoorman.session.server_wrap import FATAL_SEVERITY, ServerWrapped
 from pgdoorman.session.states import (
     ACTIVE,
     CLOSED,
@@ -59,13 +60,12 @@ UNKNOWN = "\x00"
 _TAG_LENS = frozenset({4, 6, 7, 8, 12, 15})
 # CommandComplete tags of DDL, by their first five bytes (no other tag starts like these).
 _DDL_TAGS = frozenset((b"CREAT", b"ALTER", b"DROP "))
-_FATAL_SEVERITY = (b"SFATAL\x00", b"SPANIC\x00")
-class ServerConn(ServerPrepared):
+class ServerConn(ServerWrapped):
     __slots__ = (
         "id", "worker", "pool", "state", "client", "params", "extra", "extra_undo", "synced_key", "pid", "secret",
         "created", "idle_since", "epoch", "dirty", "cancelled", "scanner", "inbuf",
-        "internal_left", "internal_error", "internal_done", "deferred", "txn_status", "login",
-        "timer", "connect_error", "fatal_forwarded", "addr", "xact_start", "query_count", "counted", "xact_count",
+        "internal_left", "internal_error", "internal_done", "deferred", "login",
+        "timer", "connect_error", "addr", "xact_start", "query_count", "counted", "xact_count",
         "bytes_in", "bytes_out", "pstats", "tls", "tls_phase", "tls_retried", "target",
     )
 
@@ -116,12 +116,14 @@ class ServerConn(ServerPrepared):
         # PostgreSQL skips the client's messages until its next Sync (an extended-protocol error came before
         # that Sync reached our queue): what the client sends meanwhile is skipped too.
         self.skipping = False
-        self._plain_handler = self._on_message
+        self._plain_handler = self.scanner.on_message  # the same object: set_ps_mode compares them
         self._ps_handler = self._on_message_ps
         self.tls = False  # the socket is an ssl.SSLSocket, handshake done
         self.tls_phase = 0  # 1: SSLRequest sent, waiting for S/N; 2: handshaking
         self.tls_retried = False  # server_tls_mode allow: the plain attempt was refused, this is the TLS one
         self.target: str | tuple[str, int] = ""
+        self.ahead = 0
+        self.ahead_quiet = 0
 
     # ------------------------------------------------------------------ connecting and login
     @classmethod
@@ -415,7 +417,7 @@ class ServerConn(ServerPrepared):
 
     def _on_error(self, body: memoryview) -> bytes | None:
         """An ErrorResponse relayed to the linked client (None: as it is; b"": held; else the replacement)."""
-        if body[:7] in _FATAL_SEVERITY:
+        if body[:7] in FATAL_SEVERITY:
             self.fatal_forwarded = True  # PostgreSQL ends the session: the client needs nothing more from us
         c = self.client
         if c is None:

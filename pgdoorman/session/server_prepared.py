@@ -78,7 +78,8 @@ class ServerPrepared(Conn):
             self.ps_on = on
             sc = self.scanner
             sc.table = SERVER_PS_TABLE if on else SERVER_TABLE
-            sc.on_message = self._ps_handler if on else self._plain_handler
+            if sc.on_message is self._plain_handler or sc.on_message is self._ps_handler:  # else wrapped (send_ahead)
+                sc.on_message = self._ps_handler if on else self._plain_handler
 
     def remember(self, name: bytes) -> None:
         """Record that a Parse of `name` is being sent; evict the least recently used beyond the cap."""
