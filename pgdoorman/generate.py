@@ -1,7 +1,7 @@
 """`pg_doorman generate`: read databases and login roles (with their md5 / SCRAM secrets) from a running
 PostgreSQL and write a commented config that starts as is; `--reference` writes the annotated reference
-config instead. Talks to PostgreSQL through a small blocking client built on the pooler's own protocol
-code (simple query protocol only), so it needs nothing beyond the runtime dependencies.
+config instead. Talks to PostgreSQL through the pooler's own blocking client (session/pgclient.py: the server
+login and server TLS the pools use), so it needs nothing beyond the runtime dependencies.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import socket
-import ssl
 import sys
 import tempfile
 import time
@@ -19,8 +17,9 @@ from dataclasses import dataclass, field
 
 from pgdoorman import resources
 from pgdoorman.config import ConfigError, config_format_for, render_config, render_reference
+from pgdoorman.net.tls import server_tls
 from pgdoorman.protocol import auth
-from pgdoorman.protocol import messages as m
+from pgdoorman.session.pgclient import PgClient, PgError
 
 # What a user whose secret could not be read gets as `password`. An empty password can never log in
 # (pgdoorman answers with a SCRAM exchange that always fails), so the config is safe to start as is; the
@@ -36,222 +35,6 @@ _SQL_DATABASES = (
 )
 _SQL_AUTHID = "SELECT rolname, rolpassword FROM pg_catalog.pg_authid WHERE rolcanlogin ORDER BY rolname"
 _SQL_ROLES = "SELECT rolname FROM pg_catalog.pg_roles WHERE rolcanlogin ORDER BY rolname"
-
-
-class PgError(Exception):
-    """An ErrorResponse from PostgreSQL (fields: 'C' = SQLSTATE, 'M' = message, ...) or a client-side
-    failure (connection, protocol, authentication)."""
-
-    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.fields = fields or {}
-
-    @property
-    def sqlstate(self) -> str:
-        return self.fields.get("C", "")
-
-
-def _error_from(body: bytes) -> PgError:
-    f = m.parse_fields(body)
-    text = f.get("M", "unknown error")
-    if f.get("D"):
-        text += f" ({f['D']})"
-    return PgError(f"{f.get('S', 'ERROR')}: {text} [SQLSTATE {f.get('C', '?')}]", f)
-
-
-class PgClient:
-    """A blocking PostgreSQL connection: startup, trust / password / md5 / SCRAM-SHA-256 login, optional
-    TLS (sslmode=require semantics: encrypted, certificate not verified), simple queries."""
-
-    def __init__(self, host: str, port: int, user: str, password: str | None, database: str,
-                 use_ssl: bool = False, timeout: float = 10.0) -> None:
-        self.host = host
-        self.port = port
-        self.user = user
-        self.password = password
-        self.database = database
-        self.use_ssl = use_ssl
-        self.timeout = timeout
-        self.sock: socket.socket | None = None
-        self.buf = bytearray()
-        # How PostgreSQL authenticated us: "trust", "password", "md5" or "scram-sha-256", and for SCRAM the
-        # salt and iteration count of the role's stored verifier (from the server-first-message).
-        self.auth_method = ""
-        self.scram_salt: bytes | None = None
-        self.scram_iterations: int | None = None
-        self.params: dict[str, str] = {}
-
-    # -- connection -------------------------------------------------------------------------
-    def connect(self) -> PgClient:
-        try:
-            if self.host.startswith("/"):
-                path = os.path.join(self.host, f".s.PGSQL.{self.port}")
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(self.timeout)
-                sock.connect(path)
-            else:
-                sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        except OSError as e:
-            raise PgError(f"could not connect to {self.where()}: {e}") from e
-        self.sock = sock
-        try:
-            if self.use_ssl:
-                self._start_tls()
-            self._send(m.startup_message({
-                "user": self.user, "database": self.database, "application_name": APPLICATION_NAME,
-                "client_encoding": "UTF8",
-            }))
-            self._login()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def where(self) -> str:
-        return f"{self.host}:{self.port}" if not self.host.startswith("/") else \
-            os.path.join(self.host, f".s.PGSQL.{self.port}")
-
-    def _start_tls(self) -> None:
-        assert self.sock is not None
-        self._send(m.I32.pack(8) + m.I32.pack(m.SSL_REQUEST))
-        answer = self._recv_exact(1)
-        if answer != b"S":
-            raise PgError(f"{self.where()} does not accept SSL connections (--ssl was given)")
-        ctx = ssl.create_default_context()
-        # sslmode=require: encryption without certificate checks, as libpq does by default for it.
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        try:
-            self.sock = ctx.wrap_socket(self.sock, server_hostname=None if self.host.startswith("/") else self.host)
-        except (ssl.SSLError, OSError) as e:
-            raise PgError(f"SSL handshake with {self.where()} failed: {e}") from e
-
-    def _login(self) -> None:
-        scram: auth.ScramClient | None = None
-        while True:
-            t, body = self._read_message()
-            if t == "E":
-                raise _error_from(body)
-            if t == "R":
-                (code,) = m.I32.unpack_from(body, 0)
-                if code == 0:
-                    self.auth_method = self.auth_method or "trust"
-                elif code == 3:
-                    self.auth_method = "password"
-                    self._send(m.password_message(m.cstr(self._need_password())))
-                elif code == 5:
-                    self.auth_method = "md5"
-                    salt = bytes(body[4:8])
-                    self._send(m.password_message(
-                        auth.md5_response(self.user, self._need_password(), salt) + b"\x00"))
-                elif code == 10:
-                    mechs = [x.decode() for x in bytes(body[4:]).split(b"\x00") if x]
-                    if "SCRAM-SHA-256" not in mechs:
-                        raise PgError(f"server offers only SASL mechanisms {mechs}; SCRAM-SHA-256 is required")
-                    self.auth_method = "scram-sha-256"
-                    scram = auth.ScramClient(self.user, password=self._need_password())
-                    self._send(m.sasl_initial_response("SCRAM-SHA-256", scram.client_first()))
-                elif code == 11:
-                    if scram is None:
-                        raise PgError("unexpected SASLContinue")
-                    try:
-                        final = scram.server_first(bytes(body[4:]))
-                    except auth.AuthError as e:
-                        raise PgError(f"SCRAM authentication failed: {e}") from e
-                    self.scram_salt, self.scram_iterations = scram.salt, scram.iterations
-                    self._send(m.password_message(final))
-                elif code == 12:
-                    if scram is None:
-                        raise PgError("unexpected SASLFinal")
-                    try:
-                        scram.server_final(bytes(body[4:]))
-                    except auth.AuthError as e:
-                        raise PgError(f"SCRAM authentication failed: {e}") from e
-                else:
-                    raise PgError(f"unsupported authentication request {code} (only trust, password, md5 "
-                                  "and SCRAM-SHA-256 are supported)")
-            elif t == "S":
-                k, v = m.parse_parameter_status(body)
-                self.params[k] = v
-            elif t == "Z":
-                return
-            # 'K' (BackendKeyData) and 'N' (notices) need no answer.
-
-    def _need_password(self) -> str:
-        if self.password is None:
-            raise PgError(f"the server asks a password for user {self.user!r}: give --password or PGPASSWORD")
-        return self.password
-
-    # -- queries ----------------------------------------------------------------------------
-    def query(self, sql: str) -> list[tuple[str | None, ...]]:
-        """Run one statement with the simple query protocol; rows as text (None = NULL)."""
-        self._send(m.query(sql))
-        rows: list[tuple[str | None, ...]] = []
-        error: PgError | None = None
-        while True:
-            t, body = self._read_message()
-            if t == "D":
-                rows.append(_data_row(body))
-            elif t == "E":
-                error = _error_from(body)
-            elif t == "Z":
-                if error is not None:
-                    raise error
-                return rows
-
-    def close(self) -> None:
-        if self.sock is not None:
-            try:
-                self.sock.sendall(m.TERMINATE)
-            except OSError:
-                pass
-            self.sock.close()
-            self.sock = None
-
-    # -- I/O --------------------------------------------------------------------------------
-    def _send(self, data: bytes) -> None:
-        assert self.sock is not None
-        try:
-            self.sock.sendall(data)
-        except OSError as e:
-            raise PgError(f"connection to {self.where()} lost: {e}") from e
-
-    def _recv_exact(self, n: int) -> bytes:
-        assert self.sock is not None
-        while len(self.buf) < n:
-            try:
-                chunk = self.sock.recv(65536)
-            except OSError as e:
-                raise PgError(f"connection to {self.where()} lost: {e}") from e
-            if not chunk:
-                raise PgError(f"{self.where()} closed the connection")
-            self.buf += chunk
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
-
-    def _read_message(self) -> tuple[str, bytes]:
-        hdr = self._recv_exact(5)
-        t = chr(hdr[0])
-        (ln,) = m.U32.unpack_from(hdr, 1)
-        if ln < 4 or ln > m.MAX_MESSAGE_LEN:
-            raise PgError(f"protocol error: message {t!r} with length {ln}")
-        return t, self._recv_exact(ln - 4)
-
-
-def _data_row(body: bytes) -> tuple[str | None, ...]:
-    (n,) = m.I16.unpack_from(body, 0)
-    pos = 2
-    out: list[str | None] = []
-    for _ in range(n):
-        (ln,) = m.I32.unpack_from(body, pos)
-        pos += 4
-        if ln < 0:
-            out.append(None)
-        else:
-            out.append(body[pos : pos + ln].decode("utf-8", "replace"))
-            pos += ln
-    return tuple(out)
 
 
 # ------------------------------------------------------------------------------------------- introspection
@@ -446,6 +229,20 @@ def pick_format(fmt: str | None, output: str | None) -> str:
     return fmt
 
 
+def _read_server(conn: PgClient) -> Inventory | None:
+    """Connect and introspect (--ssl: libpq's sslmode=require, encrypted, certificate not checked, as
+    server_tls_mode require); None once the error is printed."""
+    try:
+        conn.connect()
+        return introspect(conn)
+    except PgError as e:
+        hint = ": give --password or PGPASSWORD" if e.cause == "no password" else ""
+        print(f"pg_doorman generate: {e}{hint}", file=sys.stderr)
+        return None
+    finally:
+        conn.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[2:] if argv is None else argv))
     err = sys.stderr
@@ -463,16 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = None
         inv: Inventory | None = None
     else:
-        conn = PgClient(args.host, args.port, args.user, args.password, args.database, use_ssl=args.ssl,
-                        timeout=float(os.environ.get("PGCONNECT_TIMEOUT") or 10))
-        try:
-            conn.connect()
-            inv = introspect(conn)
-        except PgError as e:
-            print(f"pg_doorman generate: {e}", file=err)
+        conn = PgClient(args.host, args.port, args.user, args.password, args.database,
+                        tls=server_tls("require", None, None, None) if args.ssl else None,
+                        timeout=float(os.environ.get("PGCONNECT_TIMEOUT") or 10), application_name=APPLICATION_NAME)
+        inv = _read_server(conn)
+        if inv is None:
             return 1
-        finally:
-            conn.close()
         for note in inv.notes:
             print(f"pg_doorman generate: note: {note}", file=err)
         if not inv.databases:

@@ -95,7 +95,8 @@ class DynamicPools:
                 self.services[name] = self._service(config, pcfg, pcfg.auth_query)
 
     def _service(self, config: Config, pcfg: PoolConfig, aq: AuthQueryConfig) -> AuthQueryService:
-        return AuthQueryService(config, pcfg, aq, self.stats.setdefault(pcfg.name, Stats()))
+        return AuthQueryService(config, pcfg, aq, self.stats.setdefault(pcfg.name, Stats()),
+                                self.host.resources.for_dynamic(pcfg.name).server_tls)
 
     def reload(self, old: Config, new: Config) -> None:
         """RELOAD (with `lock` held by the caller, after the static pools were rebuilt): every cache is
@@ -111,6 +112,7 @@ class DynamicPools:
                 self._drop_pools(name, "auth_query configuration changed")
             else:
                 svc.drop_cache()
+                svc.server_tls = host.resources.for_dynamic(name).server_tls  # general server_tls_* may change
         for name, pcfg in new.pools.items():
             if pcfg.auth_query is not None and name not in self.services:
                 self.services[name] = self._service(new, pcfg, pcfg.auth_query)

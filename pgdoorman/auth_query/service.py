@@ -16,15 +16,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pgdoorman.auth_query.executor import Executor, ExecutorError
+from pgdoorman.auth_query.executor import APPLICATION_NAME, Executor
 from pgdoorman.config import AuthQueryConfig, Config, PoolConfig
 from pgdoorman.protocol import auth
+from pgdoorman.session.pgclient import PgClient, PgError
+
+if TYPE_CHECKING:
+    from pgdoorman.core.pool import ServerTlsLike
 
 log = logging.getLogger("pgdoorman.auth_query")
 
 # After a failure to connect, lookups fail at once for this long instead of each waiting for a timeout.
 DOWN_BACKOFF = 1.0
+DOWN_CAUSES = ("could not connect", "TLS failed", "login refused", "login failed")
 # Past this many cached users (logins with ever new names fill the negative cache), expired entries are
 # dropped, then the oldest.
 CACHE_LIMIT = 10000
@@ -77,8 +83,11 @@ Done = Callable[[Lookup], None]
 
 class AuthQueryService:
     def __init__(self, config: Config, pool_cfg: PoolConfig, aq: AuthQueryConfig,
-                 stats: Stats | None = None) -> None:
+                 stats: Stats | None = None, server_tls: ServerTlsLike | None = None) -> None:
         self.name = pool_cfg.name
+        # The pool's server TLS (server_tls_*): executor connections use it as the pool's servers do; RELOAD
+        # sets it again, and each new executor connection reads it.
+        self.server_tls = server_tls
         self.pool_cfg = pool_cfg
         self.aq = aq
         self.lock = threading.Lock()
@@ -93,8 +102,7 @@ class AuthQueryService:
         self.stopped = False
         connect_timeout = config.timeout_for(pool_cfg, None, "connect_timeout") / 1000.0
         query_timeout = max(connect_timeout, config.general.query_wait_timeout / 1000.0)
-        self._executor_args = (pool_cfg.server_host, pool_cfg.server_port, aq.database or pool_cfg.name,
-                               aq.user, aq.password, aq.query, connect_timeout, query_timeout)
+        self._timeouts = (connect_timeout, query_timeout)
 
     # ------------------------------------------------------------------ lookups (any thread)
     def lookup(self, user: str, done: Done) -> Lookup | None:
@@ -164,12 +172,17 @@ class AuthQueryService:
             th.start()
 
     def _serve(self) -> None:
-        ex = Executor(*self._executor_args)
+        pcfg, aq = self.pool_cfg, self.aq
+        connect_timeout, query_timeout = self._timeouts
+        ex = Executor(PgClient(pcfg.server_host, pcfg.server_port, aq.user, aq.password, aq.database or pcfg.name,
+                               timeout=connect_timeout, query_timeout=query_timeout,
+                               application_name=APPLICATION_NAME), aq.query)
         try:
             while True:
                 user = self.queue.get()
                 if user is None:
                     return
+                ex.client.tls = self.server_tls
                 self._answer(user, self._fetch(ex, user))
         finally:
             ex.close()
@@ -185,10 +198,10 @@ class AuthQueryService:
             return Lookup(None, error=self.down_cause), False
         try:
             row = ex.fetch(user)
-        except ExecutorError as e:
+        except PgError as e:
             with self.lock:
                 self.stats.executor_errors += 1
-                if e.cause in ("cannot connect", "login refused", "login failed"):
+                if e.cause in DOWN_CAUSES:
                     self.down_until = time.monotonic() + DOWN_BACKOFF
                     self.down_cause = str(e)
             self._log_once(e.cause, f"auth_query of pool {self.name!r}: {e} (clients get 28P01)")

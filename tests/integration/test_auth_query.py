@@ -296,7 +296,7 @@ def test_stopped_postgres_then_recovers(pooler_factory: Any, tmp_path: Any) -> N
             c.execute("select 1")
         assert ei.value.sqlstate == "08006", ei.value
         log = p.log()
-        assert log.count("auth_query of pool 'app': cannot connect") == 1, log
+        assert log.count("auth_query of pool 'app': could not connect") == 1, log
         assert aq_row(p)["executor_errors"] >= 1
         pg2.start()
         time.sleep(1.1)  # the executor's back-off after a failed connect

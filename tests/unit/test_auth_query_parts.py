@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pgdoorman.auth_query.executor import ExecutorError, Row, pick
+from pgdoorman.auth_query.executor import Row, pick
+from pgdoorman.session.pgclient import PgError
 
 MD5 = "md5" + "0" * 32
 
@@ -14,7 +15,7 @@ def test_password_column_choice() -> None:
     assert pick(["usename", "password"], [["u", MD5]]) == Row(MD5)
     assert pick(["PASSWD", "password"], [[MD5, "other"]]) == Row(MD5)  # passwd first
     assert pick(["secret"], [[MD5]]) == Row(MD5)  # a single column
-    with pytest.raises(ExecutorError, match="no passwd or password column"):
+    with pytest.raises(PgError, match="no passwd or password column"):
         pick(["a", "b"], [["x", MD5]])
 
 
@@ -22,7 +23,7 @@ def test_unknown_user_and_bad_results() -> None:
     assert pick(["passwd"], []) == Row(None)  # no row
     assert pick(["passwd"], [[None]]) == Row(None)  # NULL
     assert pick(["passwd"], [[""]]) == Row(None)  # empty
-    with pytest.raises(ExecutorError, match="2 rows"):
+    with pytest.raises(PgError, match="2 rows"):
         pick(["passwd"], [[MD5], [MD5]])
 
 
