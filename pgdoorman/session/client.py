@@ -280,9 +280,11 @@ class ClientConn(ClientLogin):
         }
 
     @classmethod
-    def restore(cls, worker: Host, sock: socket.socket, st: dict[str, Any]) -> ClientConn:
+    def restore(cls, worker: Host, sock: socket.socket, st: dict[str, Any], pool: Pool | None = None) -> ClientConn:
         """A client handed over with export_state()'s record, on `worker`'s thread, ready for its next query
-        (or told with a FATAL that its pool is gone). The caller owns admission counting and registration."""
+        (or told with a FATAL that its pool is gone). `pool`: the one the caller found for it (an auth_query
+        user's, upgrade/receive.py); else its user's static pool. The caller owns admission counting and
+        registration."""
         c = cls(sock, worker, str(st["addr"]), bool(st["is_unix"]))
         c.login_timer.cancel()
         c.user, c.database = str(st["user"]), str(st["database"])
@@ -293,7 +295,7 @@ class ClientConn(ClientLogin):
         c.error_count = int(st["error_count"])
         c.state = READY
         app = worker.app
-        pool = app.pools.get((c.database, c.user))
+        pool = pool or app.pools.get((c.database, c.user))
         if pool is None:  # told on the next turn of the loop, once the caller has registered it
             c.loop.call_soon(c.fatal, "3D000", f'pool for user "{c.user}" and database "{c.database}" no longer '
                                                "exists after the binary upgrade")

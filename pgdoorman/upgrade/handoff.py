@@ -30,7 +30,7 @@ from pgdoorman.upgrade.inherit import (
     ENV_READY_FD,
     clean_env,
 )
-from pgdoorman.upgrade.receive import restore_client
+from pgdoorman.upgrade.receive import adopt
 from pgdoorman.upgrade.records import b64, send_record
 
 if TYPE_CHECKING:
@@ -326,6 +326,8 @@ class Handoff:
             log.warning("binary upgrade: cannot hand over client %s yet: %s", c.addr, e)
             return
         pool = c.pool
+        if pool is not None and pool.dynamic:
+            st["auth_query"] = True  # the new process looks its user up again before taking it (receive.py)
         if pool is not None and pool.scram_client_key is not None:
             self._queue_pool_key(pool)
         # Closing our descriptor leaves the connection open: the duplicate keeps it until it is sent.
@@ -372,8 +374,7 @@ class Handoff:
             finally:
                 if fd >= 0:
                     # Not delivered: take the client back here rather than drop it.
-                    w = self.app.workers[0]
-                    w.loop.call_soon_threadsafe(restore_client, self.app, w, fd, rec)
+                    adopt(self.app, self.app.workers[0], fd, rec)
                 with self.lock:
                     self.inflight -= 1
 
