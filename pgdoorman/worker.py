@@ -349,8 +349,11 @@ class Worker:
         # ServerConn.client is typed with session/'s ClientPeer protocol (the server's modules do not import
         # the client's); every client a server is linked to is a ClientConn.
         linked: ClientConn | None = s.client  # type: ignore[assignment]
-        if not client_gone and linked is not None and linked.copy_confused:
-            return  # it keeps this server until it leaves (ClientConn.copy_in_started)
+        if not client_gone and linked is not None:
+            if linked.copy_confused:
+                return  # it keeps this server until it leaves (ClientConn.copy_in_started)
+            if linked.transaction_mode and s.txn_status == 73 and linked.session_check(s):
+                return  # its session state is read back first, or it stays pinned to `s`
         c = client if client is not None else linked
         if linked is not None and linked is not c:
             s.dirty |= linked.gave_back(s, False)

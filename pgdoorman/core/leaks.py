@@ -1,30 +1,37 @@
-"""Session state that outlives a transaction but cannot follow its client to another server: temporary
-objects and session-level advisory locks.
+"""What a client's SQL text may leave on its server beyond the transaction, recognised by keyword without
+parsing SQL: state that cannot follow the client to another server (temporary objects, session-level
+advisory locks) and settings changed by a function call rather than a SET statement (`set_config`).
 
 Transaction mode hands a client's next transaction to whichever server is free, so a temporary table or a
 session advisory lock it leaves behind would be seen by (or block) the next client of that server, and a
 temporary table even shadows the next client's table of the same name (pg_temp comes first in every
-search_path). Until such state can pin its client to its server, a server that may carry it is cleaned with
-`DISCARD TEMP` and `pg_advisory_unlock_all()` before anyone else gets it.
+search_path). A transaction whose text named one of them ends with a check on its server (session/txstate.py):
+what remains pins the client to that server; settings are read back so that they follow the client.
 
-What may leave such state is recognised by keyword, without parsing SQL: any text the client sends that
-contains "temp" (TEMP, TEMPORARY, pg_temp) or "advisory" (pg_advisory_lock and friends), in any letter case.
-A false positive costs one cleanup round trip at the end of that transaction; a false negative is impossible
-for these spellings, since every statement that creates a temporary object or takes a session advisory lock
-names one of them.
+The keywords: "temp" (TEMP, TEMPORARY, pg_temp), "advisory" (pg_advisory_lock and friends) and "set_config",
+in any letter case. A false positive costs one housekeeping round trip at the end of that transaction; a
+false negative is impossible for these spellings, since every statement that creates a temporary object,
+takes a session advisory lock or calls set_config names one of them (a function that does so internally is
+not seen: docs/transaction-mode.md).
 """
 
 from __future__ import annotations
 
-# The longest keyword is 8 bytes: a keyword split between two reads has at most 7 bytes in the first.
-TAIL = 7
+# Bits of what a text may leave (ClientConn.leaves, Statement.leaves).
+PINS = 1  # temporary objects or advisory locks
+SETTINGS = 2  # set_config(): session settings changed without a SET tag
+# The longest keyword is 10 bytes: a keyword split between two reads has at most 9 bytes in the first.
+TAIL = 9
 CLEANUP = "DISCARD TEMP; SELECT pg_catalog.pg_advisory_unlock_all()"
 
 
-def lowered_may_leave_state(low: bytes) -> bool:
-    """`low` (already lower-cased) names something that may leave temp objects or advisory locks."""
-    return low.find(b"temp") >= 0 or low.find(b"advisory") >= 0
+def lowered_may_leave_state(low: bytes) -> int:
+    """What `low` (already lower-cased) may leave: PINS | SETTINGS bits, 0 for nothing."""
+    bits = PINS if low.find(b"temp") >= 0 or low.find(b"advisory") >= 0 else 0
+    if low.find(b"set_config") >= 0:
+        bits |= SETTINGS
+    return bits
 
 
-def may_leave_state(text: bytes | bytearray | memoryview) -> bool:
+def may_leave_state(text: bytes | bytearray | memoryview) -> int:
     return lowered_may_leave_state(bytes(text).lower())

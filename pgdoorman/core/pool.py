@@ -57,7 +57,7 @@ class PoolStats:
     """
 
     __slots__ = ("bytes_in", "bytes_out", "max_wait_us", "errors", "xact_hist", "query_hist", "wait_hist",
-                 "errors_by_class")
+                 "errors_by_class", "pins", "refused")
 
     def __init__(self) -> None:
         self.bytes_in = 0
@@ -68,6 +68,8 @@ class PoolStats:
         self.query_hist = Histogram()
         self.wait_hist = Histogram()
         self.errors_by_class: dict[str, int] = {}  # SQLSTATE class (first two chars) -> count
+        self.pins = 0  # transaction-mode clients pinned to their server (session/client_base.py session_check)
+        self.refused = 0  # statements refused because they would pin (transaction_pinning: refuse)
 
     @property
     def xact_count(self) -> int:

@@ -82,7 +82,7 @@ class Statement:
         self.query = query
         self.uses = 0
         self.dead = False  # forgotten by the pool (failed Parse, result type changed): never reuse
-        self.leaves = may_leave_state(query)  # executing it may leave temp objects or advisory locks (leaks.py)
+        self.leaves = may_leave_state(query)  # leaks.PINS | leaks.SETTINGS bits
         body = self.name + b"\x00" + query + b"\x00" + types
         self.parse_msg = b"P" + m.U32.pack(len(body) + 4) + body
 

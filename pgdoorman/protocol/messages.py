@@ -218,6 +218,22 @@ def parse_parameter_status(body: bytes | bytearray | memoryview) -> tuple[str, s
     return b[:i].decode("utf-8", "replace"), b[i + 1 : j].decode("utf-8", "replace")
 
 
+def parse_data_row(body: bytes | bytearray | memoryview) -> list[str | None]:
+    """A DataRow's values (text format; None for NULL)."""
+    n = I16.unpack_from(body, 0)[0]
+    pos = 2
+    out: list[str | None] = []
+    for _ in range(n):
+        ln = I32.unpack_from(body, pos)[0]
+        pos += 4
+        if ln < 0:
+            out.append(None)
+        else:
+            out.append(bytes(body[pos : pos + ln]).decode("utf-8", "replace"))
+            pos += ln
+    return out
+
+
 def read_cstr(buf: bytes | bytearray | memoryview, pos: int) -> tuple[bytes, int]:
     """Return (string without NUL, position after NUL)."""
     if pos < 0:

@@ -180,10 +180,13 @@ class ClientConn(ClientLogin):
 
     def _scan_leaks(self, view: memoryview) -> None:
         """The general path sees every byte (large messages stream through unread), so it looks for temp/advisory
-        here, across reads; the fast paths look at their own text or statement (see leaks.py)."""
+        here, across reads (temp/advisory/set_config); the fast paths look at their own text or statement (see leaks.py)."""
         low = view.tobytes().lower()
-        if lowered_may_leave_state(low) or (self.scan_tail and lowered_may_leave_state(self.scan_tail + low[:TAIL])):
-            self.leaves = True
+        bits = lowered_may_leave_state(low)
+        if self.scan_tail:
+            bits |= lowered_may_leave_state(self.scan_tail + low[:TAIL])
+        if bits:
+            self.leaves |= bits
         self.scan_tail = low[-TAIL:]
 
     def _on_header(self, t: int, ln: int) -> None:
@@ -272,7 +275,8 @@ class ClientConn(ClientLogin):
         return {
             "kind": "client", "addr": self.addr, "is_unix": self.is_unix, "user": self.user,
             "database": self.database, "startup": self.startup, "application_name": self.application_name,
-            "want": [[k, v] for k, v in self.want.items()], "pid": self.pid, "secret": self.secret,
+            "want": [[k, v] for k, v in self.want.items()],
+            "want_base": [[k, v] for k, v in self.want_base.items()], "pid": self.pid, "secret": self.secret,
             "connect_time": self.connect_time, "query_count": self.query_count, "xact_count": self.xact_count,
             "error_count": self.error_count, "ps": bool(self.ps), "planner_sig": list(self.planner_sig),
             "named": [[_b64(name), _b64(s.query), _b64(s.key[1])] for name, s in self.named.items()],
@@ -304,6 +308,7 @@ class ClientConn(ClientLogin):
         c.transaction_mode = pool.transaction_mode
         c.want = {str(k): str(v) for k, v in st["want"]}
         c.want_key = tuple(c.want.items())
+        c.want_base = {str(k): str(v) for k, v in st.get("want_base", st["want"])}
         c.last_status = 73
         c.ps = c.transaction_mode and app.config.general.prepared_statements
         if c.ps:

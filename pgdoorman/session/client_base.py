@@ -10,6 +10,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from pgdoorman.core import leaks, txstate
 from pgdoorman.core import prepared as ps
 from pgdoorman.core.cancel import send_cancel
 from pgdoorman.core.params import TRACKED_PARAMS
@@ -20,8 +21,10 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
 from pgdoorman.session.states import (
     CLIENT_TABLE,
+    DIRTY_CURSOR,
     DIRTY_PREPARE,
     DIRTY_SESSION,
+    DIRTY_SET,
     DIRTY_TEMP,
     READY,
     STARTUP,
@@ -35,6 +38,10 @@ if TYPE_CHECKING:
     from pgdoorman.session.server import ServerConn
 
 log = logging.getLogger("pgdoorman.client")
+
+# Server dirt that a transaction-mode client's check at the end of its transaction looks at (see session_check).
+_CHECKED = DIRTY_SET | DIRTY_TEMP | DIRTY_CURSOR | DIRTY_PREPARE
+_PINNING = DIRTY_TEMP | DIRTY_CURSOR | DIRTY_PREPARE
 
 _unpack = m.U32.unpack_from
 assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls
@@ -85,6 +92,7 @@ class ClientBase(Conn):
         "planner_sig", "last_parse", "named_parse", "copy_window", "copy_syncs", "in_copy_in",
         "synth_head", "fast_bind", "fast_redo", "held_error", "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
         "begin_held", "answered",
+        "want_base", "pinned", "checked_xact",
     )
 
     def __init__(self, sock: socket.socket, worker: Host, addr: str, is_unix: bool = False) -> None:
@@ -102,6 +110,9 @@ class ClientBase(Conn):
         self.startup: dict[str, str] = {}
         self.settings: dict[str, str] = {}  # the settings the startup packet asks for (params.startup_settings)
         self.want: dict[str, str] = {}
+        self.want_base: dict[str, str] = {}  # `want` at login: what RESET returns to (core/txstate.py)
+        self.pinned = ""  # what keeps this client on its server between transactions ('' for nothing)
+        self.checked_xact = -1  # the server's xact_count at the last check (session_check)
         self.want_key: tuple[tuple[str, str], ...] = ()
         self.expect = 0
         self.unsynced = False
@@ -154,10 +165,10 @@ class ClientBase(Conn):
         self.held_error: bytes | None = None
         self.tls = False  # the client's socket is an ssl.SSLSocket (handshake done)
         self.handshaking = False  # wrapped after SSLRequest, handshake not finished yet
-        # Transaction mode: what this client sent may leave temp objects or advisory locks on its server (see
-        # leaks.py; the worker turns it into a cleanup when the server comes back), and the last bytes read,
-        # lower-cased, for a keyword split between two reads.
-        self.leaves = False
+        # Transaction mode: what this client sent may leave temp objects, advisory locks or settings on its
+        # server (leaks.PINS | leaks.SETTINGS, see leaks.py; checked at the end of the transaction), and the
+        # last bytes read, lower-cased, for a keyword split between two reads.
+        self.leaves = 0
         self.scan_tail = b""
         self.copy_confused = False  # see copy_in_started
         # A deferred BEGIN (txbegin.py): the Query messages to send ahead of this client's next request, and how
@@ -300,9 +311,82 @@ class ClientBase(Conn):
             dirty = DIRTY_PREPARE  # prepared_statements off: a named Parse stays on the server
             self.named_parse = False
         if self.leaves:
-            dirty |= DIRTY_TEMP  # temp objects or advisory locks may be left (leaks.py)
-            self.leaves = False
+            dirty |= self._leaves_dirt()
+        if gone and self.pinned:
+            self.pinned = ""
         return dirty
+
+    def _leaves_dirt(self) -> int:
+        """What `leaves` means for the server (DIRTY_* bits), forgotten here."""
+        bits = self.leaves
+        self.leaves = 0
+        return (DIRTY_TEMP if bits & leaks.PINS else 0) | (DIRTY_SET if bits & leaks.SETTINGS else 0)
+
+    # ------------------------------------------------------------------ session state (transaction mode)
+    def session_check(self, s: ServerConn) -> bool:
+        """Transaction mode, `s` is this client's, idle, and about to go back to the pool. When this transaction
+        may have changed settings or left what cannot move, read it back first (one housekeeping query,
+        core/txstate.py): the settings then follow this client, and what cannot move pins it to `s`. True:
+        the worker must not take `s` back now (the check runs, or the client stays pinned)."""
+        if self.leaves:
+            s.dirty |= self._leaves_dirt()
+        d = s.dirty & _CHECKED
+        if self.pinned:
+            if s.xact_count == self.checked_xact:
+                return True  # nothing ran since the last check
+        elif not d:
+            return False
+        pins = bool(self.pinned) or bool(d & _PINNING)
+        reset = bool(d & DIRTY_SET) and not pins
+        q = txstate.check_query(bool(d & DIRTY_SET), pins, reset)
+        s.run_internal([q], lambda ok: self._checked(s, ok, reset), rows=True)
+        return True
+
+    def _checked(self, s: ServerConn, ok: bool, reset: bool) -> None:
+        rows, s.internal_rows = s.internal_rows or [], None
+        if s.client is not self or self.closed:
+            return
+        pins = ""
+        session: list[tuple[str, str]] = []
+        if ok:
+            pool = self.pool
+            login_user = pool.server_params.get("session_authorization") if pool and pool.server_params else None
+            session, pins = txstate.read_rows(rows, login_user)
+            if s.dirty & DIRTY_SET:
+                self._follow(txstate.followed(self.want_base, session))
+            if reset:
+                s.dirty &= ~DIRTY_SET
+                s.extra.clear()
+                s.synced_key = None
+            if not pins:
+                s.dirty &= ~_PINNING  # nothing is left of what these bits were about
+        self.checked_xact = s.xact_count
+        if pins:
+            if not self.pinned and self.pool is not None:
+                self.pool.stats[self.worker.id].pins += 1
+            self.pinned = pins
+            if s.dirty & DIRTY_SET:
+                # RESET on PostgreSQL returns to the client's startup values, on `s` to the pool's: sync.
+                s.extra = {k: v for k, v in session if k not in s.params}
+                s.synced_key = None
+                if not self._link(s):
+                    return  # _synced sends what the client sent meanwhile
+            self._server_ready()  # what the client sent meanwhile
+            return
+        self.pinned = ""
+        self.server = None
+        s.client = None
+        self.worker.release_server(s, client=self)
+        if (self.pending or self.raw) and not self.closed and not self.waiting:
+            self.need_server()  # sent meanwhile: held for the next server
+
+    def _follow(self, want: dict[str, str]) -> None:
+        """The settings this client's session holds now: replayed on the next server it gets."""
+        if want != self.want:
+            self.want = want
+            self.want_key = tuple(want.items())
+            if self.ps:
+                self.planner_sig = tuple(want.get(k, "") for k in ps.PLANNER_PARAMS)
 
     @property
     def in_flight(self) -> bool:

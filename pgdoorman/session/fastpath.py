@@ -44,8 +44,9 @@ class FastPaths(PreparedRelay):
         b0 = view[5]
         if b0 in _MAYBE_SPECIAL:
             return False
-        if may_leave_state(view[5:n]):
-            self.leaves = True
+        bits = may_leave_state(view[5:n])
+        if bits:
+            self.leaves |= bits
         self._mark_query()
         self.copy_window = True
         self.copy_syncs = 0
@@ -134,7 +135,7 @@ class FastPaths(PreparedRelay):
                 return False
         assert st is not None
         if st.leaves:
-            self.leaves = True
+            self.leaves |= st.leaves
         # Committed: the same effects as the general path, message by message.
         prepared = s.prepared
         if parsed is not None:

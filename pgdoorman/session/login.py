@@ -384,6 +384,7 @@ class ClientLogin(FastPaths):
                     c = v
             want[k] = c
         self.want = want
+        self.want_base = dict(want)
         self.want_key = tuple(want.items())
         return known
 
@@ -404,6 +405,8 @@ class ClientLogin(FastPaths):
         if s is not None:
             # What the server reports now, our settings applied (ParameterStatus during the sync).
             reported = {k: v for k, v in s.params.items()}
+            if pool.server_params is None or len(self.want_base) < len(reported):
+                self._want_reported(reported)
         else:
             reported = dict(pool.server_params or {})
             for k in reported:
@@ -433,6 +436,14 @@ class ClientLogin(FastPaths):
         if self.inbuf:
             self.raw += self.inbuf
             self.inbuf = bytearray()
+
+    def _want_reported(self, reported: dict[str, str]) -> None:
+        """The first login of a pool learns its reported defaults from this server: they are wanted too, so
+        that another client's value of one of them never stays on a server this client gets."""
+        for k, v in reported.items():
+            if k not in READ_ONLY and k not in self.want:
+                self.want[k] = self.want_base[k] = v
+        self.want_key = tuple(self.want.items())
 
     def _start_admin(self) -> None:
         self.login_timer.cancel()

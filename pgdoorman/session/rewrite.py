@@ -247,7 +247,7 @@ class PreparedRelay(ClientBase):
             rq.append((ps.BIND, None))
             return None  # PostgreSQL answers 26000 itself: the client's name does not exist there
         if st.leaves:
-            self.leaves = True
+            self.leaves |= st.leaves
         pre = self._ensure(st)
         rq.append((ps.BIND, (st, b[j + 1 : k])))
         return pre + renamed_bind(b, j, k, st.name)

@@ -64,7 +64,7 @@ class ServerConn(ServerWrapped):
     __slots__ = (
         "id", "worker", "pool", "state", "client", "params", "extra", "extra_undo", "synced_key", "pid", "secret",
         "created", "idle_since", "epoch", "dirty", "cancelled", "scanner", "inbuf",
-        "internal_left", "internal_error", "internal_done", "deferred", "login",
+        "internal_left", "internal_error", "internal_done", "internal_rows", "deferred", "login",
         "timer", "connect_error", "addr", "xact_start", "query_count", "counted", "xact_count",
         "bytes_in", "bytes_out", "pstats", "tls", "tls_phase", "tls_retried", "target",
     )
@@ -94,6 +94,7 @@ class ServerConn(ServerWrapped):
         self.internal_left = 0
         self.internal_error: dict[str, str] | None = None
         self.internal_done: Callable[[bool], None] | None = None
+        self.internal_rows: list[list[str | None]] | None = None  # DataRows of a housekeeping query, if kept
         self.deferred: bytearray | None = None
         self.txn_status = 73  # 'I'
         self.login: BackendLogin | None = BackendLogin(pool)  # None once logged in
@@ -436,8 +437,8 @@ class ServerConn(ServerWrapped):
         return None if rep is None else m.msg(b"E", rep)
 
     def _note_tag(self, tag: bytes) -> None:
-        if tag == b"SET":
-            self.dirty |= DIRTY_SET
+        if tag == b"SET" or tag == b"RESET":
+            self.dirty |= DIRTY_SET  # transaction mode reads the settings back at its end (txstate.py)
             self._settings_unknown()
         elif tag == b"PREPARE":
             self.dirty |= DIRTY_PREPARE
@@ -446,15 +447,13 @@ class ServerConn(ServerWrapped):
         elif tag == b"LISTEN":
             self.dirty |= DIRTY_LISTEN
         elif tag == b"DISCARD ALL":
-            self.dirty = 0
+            self.dirty = DIRTY_SET  # settings back to the session's start: read back at the transaction's end
             self.extra.clear()
             self.synced_key = None
             self._statements_gone()
         elif tag == b"DEALLOCATE ALL":
             self.dirty &= ~DIRTY_PREPARE
             self._statements_gone()
-        elif tag == b"RESET":
-            self._settings_unknown()
 
     def _settings_unknown(self) -> None:
         """The client changed settings with SQL: what we set there (`extra`) may no longer hold, so the next
@@ -485,12 +484,14 @@ class ServerConn(ServerWrapped):
         self.close(reason)
 
     # ------------------------------------------------------------------ housekeeping queries
-    def run_internal(self, queries: list[str], done: Callable[[bool], None]) -> None:
-        """Send our own simple queries; swallow their responses; call done(ok) after the last Z."""
+    def run_internal(self, queries: list[str], done: Callable[[bool], None], rows: bool = False) -> None:
+        """Send our own simple queries; swallow their responses (their DataRows kept in `internal_rows` if
+        `rows`); call done(ok) after the last Z."""
         log.debug("server %s (pid %d): housekeeping %r", self.addr, self.pid, queries)
         self.state = INTERNAL
         self.internal_left = len(queries)
         self.internal_error = None
+        self.internal_rows = [] if rows else None
         self.internal_done = done
         self.inbuf = bytearray()
         self.write(b"".join(m.query(q) for q in queries))
@@ -514,6 +515,9 @@ class ServerConn(ServerWrapped):
                 self.internal_left -= 1
             elif t == 69:
                 self.internal_error = m.parse_fields(body)
+            elif t == 68:
+                if self.internal_rows is not None:
+                    self.internal_rows.append(m.parse_data_row(body))
             elif t == 83:
                 k, v = m.parse_parameter_status(body)
                 self.params[k] = v

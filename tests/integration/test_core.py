@@ -236,8 +236,14 @@ def test_transaction_mode_shares_servers_and_resets_session_state(pooler_factory
         a.execute("set statement_timeout = 1234")
         a.execute("prepare sp as select 1")
         a.execute("declare cur cursor with hold for select 1")
+        # They pin A to the server until released (test_transaction_session.py): B runs once they are.
+        assert a.execute("execute sp").fetchone() == (1,)
+        assert a.execute("fetch cur").fetchone() == (1,)
+        a.execute("deallocate sp")
+        a.execute("close cur")
         a.execute("select 1; listen somechan")  # only a statement-leading LISTEN is refused
         assert b.execute("show statement_timeout").fetchone() == ("0",)
+        assert a.execute("show statement_timeout").fetchone() == ("1234ms",)
         assert b.execute("select count(*) from pg_prepared_statements").fetchone() == (0,)
         assert b.execute("select count(*) from pg_cursors").fetchone() == (0,)
         assert b.execute("select count(*) from pg_listening_channels()").fetchone() == (0,)

@@ -1,0 +1,269 @@
+"""Issue 12 items 1 and 3: in transaction mode a client's session settings follow it from server to server with
+PostgreSQL's semantics, and what cannot move (temporary tables, session advisory locks, WITH HOLD cursors,
+SQL prepared statements) pins it to its server until released. Every test runs the same steps directly on
+PostgreSQL and through pgdoorman (transaction mode, pool_size 1 and 2, psycopg 3 and asyncpg) and compares
+what the clients saw."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER
+from tests.support.pooler import Pooler
+
+pytestmark = pytest.mark.timeout(300)
+
+Steps = list[tuple[str, str]]
+
+SHOW = ("SELECT current_setting('work_mem'), current_setting('geqo'), "
+        "current_setting('default_transaction_isolation'), current_setting('TimeZone'), "
+        "current_setting('lock_timeout'), current_setting('search_path'), current_setting('transaction_isolation'), "
+        "current_setting('application_name'), current_setting('DateStyle'), current_setting('role')")
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["pool_size1", "pool_size2"])
+def pooler(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
+    from tests.support.cluster import pooler_config
+
+    cfg = pooler_config(pg, pool_mode="transaction", pool_size=request.param, general={"query_wait_timeout": 20000})
+    p = Pooler(cfg, str(tmp_path_factory.mktemp(f"txsession-{request.param}"))).start()
+    p.pool_size = request.param  # type: ignore[attr-defined]
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _roles(pg: Any) -> Iterator[None]:
+    pg.psql(f"DROP ROLE IF EXISTS txs_reader; CREATE ROLE txs_reader; GRANT txs_reader TO {SCRAM_USER};")
+    yield
+    pg.psql(f"REVOKE txs_reader FROM {SCRAM_USER}; DROP ROLE IF EXISTS txs_reader;")
+
+
+def _dsn(host: str, port: int, **extra: str) -> str:
+    more = "".join(f" {k}={v}" for k, v in extra.items())
+    return f"host={host} port={port} user={SCRAM_USER} password={SCRAM_PASSWORD} dbname={DBNAME} sslmode=disable{more}"
+
+
+def run_psycopg(host: str, port: int, steps: Steps, options: dict[str, dict[str, str]] | None = None) -> list[Any]:
+    names = sorted({w for w, _ in steps})
+    conns = {n: psycopg.connect(_dsn(host, port, **(options or {}).get(n, {})), autocommit=True) for n in names}
+    out: list[Any] = []
+    try:
+        for who, sql in steps:
+            if sql == "CLOSE-CONNECTION":
+                conns.pop(who).close()
+                continue
+            try:
+                cur = conns[who].execute(sql)
+                out.append((who, sql, cur.fetchall() if cur.description else cur.statusmessage))
+            except psycopg.Error as e:
+                out.append((who, sql, "error", e.sqlstate))
+    finally:
+        for c in conns.values():
+            c.close()
+    return out
+
+
+def run_asyncpg(host: str, port: int, steps: Steps, options: dict[str, dict[str, str]] | None = None) -> list[Any]:
+    async def main() -> list[Any]:
+        names = sorted({w for w, _ in steps})
+        conns = {n: await asyncpg.connect(host=host, port=port, user=SCRAM_USER, password=SCRAM_PASSWORD,
+                                          database=DBNAME, ssl=False, server_settings=(options or {}).get(n))
+                 for n in names}
+        out: list[Any] = []
+        try:
+            for who, sql in steps:
+                if sql == "CLOSE-CONNECTION":
+                    await conns.pop(who).close()
+                    continue
+                try:
+                    out.append((who, sql, [tuple(r) for r in await conns[who].fetch(sql)]))
+                except asyncpg.PostgresError as e:
+                    out.append((who, sql, "error", e.sqlstate))
+        finally:
+            for c in conns.values():
+                await c.close()
+        return out
+
+    return asyncio.run(main())
+
+
+DRIVERS: dict[str, Callable[..., list[Any]]] = {"psycopg": run_psycopg, "asyncpg": run_asyncpg}
+
+
+def compare(pg: Any, p: Pooler, driver: str, steps: Steps, options: dict[str, dict[str, str]] | None = None) -> None:
+    run = DRIVERS[driver]
+    direct = run(pg.host, pg.port, steps, options)
+    pooled = run(p.host, p.port, steps, options)
+    for d, q in zip(direct, pooled, strict=True):
+        assert q == d, f"through pgdoorman {q!r}, on PostgreSQL {d!r}"
+
+
+SETTINGS_STEPS: Steps = [
+    ("a", "SET work_mem = '9MB'"),
+    ("a", "SELECT set_config('geqo', 'off', false)"),
+    ("a", "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ"),
+    ("a", "SET TimeZone = 'Asia/Tokyo'"),
+    ("a", "SET ROLE txs_reader"),
+    ("b", SHOW), ("a", SHOW), ("b", "SHOW work_mem"), ("a", "SHOW work_mem"),
+    # SET LOCAL, set_config(..., true), a rolled back SET, savepoints
+    ("a", "BEGIN"), ("a", "SET LOCAL work_mem = '1MB'"), ("a", SHOW), ("a", "COMMIT"), ("a", SHOW),
+    ("a", "SELECT set_config('lock_timeout', '6s', true)"), ("a", SHOW),
+    ("a", "BEGIN"), ("a", "SET lock_timeout = '3s'"), ("a", "ROLLBACK"), ("a", SHOW),
+    ("a", "BEGIN"), ("a", "SET lock_timeout = '4s'"), ("a", "SAVEPOINT s"), ("a", "SET lock_timeout = '5s'"),
+    ("a", "ROLLBACK TO SAVEPOINT s"), ("a", "COMMIT"), ("a", SHOW), ("b", SHOW),
+    ("a", "BEGIN"), ("a", "SET search_path = pg_catalog, public"), ("a", "SELECT 1/0"), ("a", "ROLLBACK"),
+    ("a", SHOW),
+    # the other client's changes are its own
+    ("b", "SET work_mem = '2MB'"), ("b", "SET DateStyle = 'German'"), ("a", SHOW), ("b", SHOW),
+    ("a", "RESET work_mem"), ("a", SHOW), ("b", SHOW),
+    ("a", "SET work_mem TO DEFAULT"), ("a", "RESET ROLE"), ("a", SHOW),
+    ("a", "SET statement_timeout = '7s'"), ("a", "RESET ALL"), ("a", SHOW), ("a", "SHOW statement_timeout"),
+    ("b", "RESET ALL"), ("b", SHOW), ("a", SHOW),
+]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_settings_follow_their_client(pg: Any, pooler: Pooler, driver: str) -> None:
+    compare(pg, pooler, driver, SETTINGS_STEPS)
+
+
+def test_startup_settings_and_reset_all(pg: Any, pooler: Pooler) -> None:
+    """RESET returns a setting to the client's startup value (options=-c and the packet's own), as on
+    PostgreSQL; DISCARD ALL too."""
+    steps: Steps = [
+        ("a", "SET work_mem = '9MB'"), ("a", "SET TimeZone = 'UTC'"), ("b", SHOW), ("a", SHOW),
+        ("a", "RESET ALL"), ("b", SHOW), ("a", SHOW), ("a", "SET geqo = off"), ("a", "DISCARD ALL"),
+        ("b", SHOW), ("a", SHOW), ("a", "SHOW geqo"),
+    ]
+    opts = {"a": {"options": "'-c work_mem=5MB -c lock_timeout=2s -c TimeZone=Europe/Paris'",
+                  "application_name": "txs-a"}}
+    compare(pg, pooler, "psycopg", steps, opts)
+
+
+PIN_STEPS: Steps = [
+    ("a", "CREATE TEMP TABLE pin_t (x int)"),
+    ("a", "INSERT INTO pin_t VALUES (1)"),
+    ("a", "SELECT count(*) FROM pin_t"),
+    ("a", "SELECT pg_advisory_lock(7701)"),
+    ("a", "DECLARE pin_c CURSOR WITH HOLD FOR SELECT generate_series(1, 3)"),
+    ("a", "FETCH 1 FROM pin_c"),
+    ("a", "PREPARE pin_p AS SELECT 41 + $1"),
+    ("a", "EXECUTE pin_p(1)"),
+    ("a", "FETCH 1 FROM pin_c"),
+    ("a", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"),
+    ("a", "DROP TABLE pin_t"),
+    ("a", "SELECT pg_advisory_unlock(7701)"),
+    ("a", "CLOSE pin_c"),
+    ("a", "DEALLOCATE pin_p"),
+    ("b", "SELECT to_regclass('pin_t') IS NULL, (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+          "AND pid = pg_backend_pid()), (SELECT count(*) FROM pg_cursors), "
+          "(SELECT count(*) FROM pg_prepared_statements WHERE from_sql)"),
+    ("a", "SELECT to_regclass('pin_t') IS NULL"),
+]
+
+# Two servers: B runs while A is pinned, and sees nothing of A's.
+PIN_STEPS_2: Steps = [
+    ("a", "CREATE TEMP TABLE pin_t (x int)"),
+    ("a", "SELECT pg_advisory_lock(7702)"),
+    ("b", "SELECT to_regclass('pin_t') IS NULL, pg_try_advisory_xact_lock(7702)"),
+    ("a", "INSERT INTO pin_t VALUES (2)"),
+    ("b", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"),
+    ("a", "SELECT x FROM pin_t"),
+    ("a", "CLOSE-CONNECTION"),  # A leaves pinned: its server is cleaned and goes back to the pool
+    ("b", "SELECT pg_try_advisory_xact_lock(7702)"),
+    ("b", "SELECT to_regclass('pin_t') IS NULL"),
+]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_what_cannot_move_pins_the_client(pg: Any, pooler: Pooler, driver: str) -> None:
+    compare(pg, pooler, driver, PIN_STEPS)
+    if pooler.pool_size == 2:  # type: ignore[attr-defined]
+        compare(pg, pooler, driver, PIN_STEPS_2)
+
+
+# The leak checker: many clients run a random mix of session-state statements; each then looks for
+# settings, temporary tables, locks, cursors and prepared statements and must find only its own.
+def _leak_program(rng: random.Random, me: int) -> list[str]:
+    ops = [
+        lambda: f"SET application_name = 'leak{me}'",
+        lambda: f"SELECT set_config('work_mem', '{64 + me}kB', false)",
+        lambda: f"SET LOCAL lock_timeout = '{me + 1}s'",
+        lambda: f"CREATE TEMP TABLE IF NOT EXISTS leak_t{me} ()",
+        lambda: f"DROP TABLE IF EXISTS leak_t{me}",
+        lambda: f"SELECT pg_advisory_lock({9000 + me})",
+        lambda: "SELECT pg_advisory_unlock_all()",
+        lambda: f"DECLARE leak_c{me} CURSOR WITH HOLD FOR SELECT 1",
+        lambda: "CLOSE ALL",
+        lambda: f"PREPARE leak_p{me} AS SELECT {me}",
+        lambda: "DEALLOCATE ALL",
+        lambda: "RESET ALL",
+        lambda: "DISCARD ALL",
+    ]
+    return [rng.choice(ops)() for _ in range(12)]
+
+
+LEAK_CHECK = (
+    "SELECT current_setting('application_name'), current_setting('work_mem'), current_setting('lock_timeout'), "
+    "(SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relnamespace = pg_my_temp_schema()), "
+    "(SELECT string_agg(objid::text, ',' ORDER BY objid) FROM pg_locks WHERE locktype = 'advisory' "
+    "AND pid = pg_backend_pid()), (SELECT string_agg(name, ',' ORDER BY name) FROM pg_cursors), "
+    "(SELECT string_agg(name, ',' ORDER BY name) FROM pg_prepared_statements WHERE from_sql)"
+)
+
+
+@pytest.mark.parametrize("seed", range(1, 7))
+def test_no_client_sees_another_clients_state(pg: Any, pooler: Pooler, seed: int) -> None:
+    rng = random.Random(seed)
+    n = 4 if pooler.pool_size == 2 else 3  # type: ignore[attr-defined]
+    programs = {f"c{i}": _leak_program(rng, i) for i in range(n)}
+    steps: Steps = []
+    cursors = {k: 0 for k in programs}
+    while any(cursors[k] < len(v) for k, v in programs.items()):
+        k = rng.choice([k for k in programs if cursors[k] < len(programs[k])])
+        steps.append((k, programs[k][cursors[k]]))
+        steps.append((k, LEAK_CHECK))
+        cursors[k] += 1
+    # pool_size 1 and 2 allow only so many pinned clients at once: release everything, then check all
+    steps = _bounded(steps, pooler.pool_size)  # type: ignore[attr-defined]
+    for k in programs:
+        steps.append((k, LEAK_CHECK))
+    compare(pg, pooler, "psycopg", steps)
+
+
+def _bounded(steps: Steps, servers: int) -> Steps:
+    """The steps with releases inserted so that at most `servers - 1` clients are pinned at once (others may
+    still run): a pinned client holds its server as on PostgreSQL, and a client that waits for one would
+    hang the sequential script."""
+    out: Steps = []
+    pinned: set[str] = set()
+    for who, sql in steps:
+        if _pins(sql) and who not in pinned:
+            while len(pinned) >= servers - 1 and pinned:
+                other = pinned.pop()
+                out.extend(_release(other))
+            if servers - 1 <= 0:
+                continue  # pool_size 1: nobody may stay pinned; skip pinning statements
+            pinned.add(who)
+        out.append((who, sql))
+        if who in pinned and sql == "DISCARD ALL":
+            pinned.discard(who)
+    for who in sorted(pinned):
+        out.extend(_release(who))
+    return out
+
+
+def _pins(sql: str) -> bool:
+    return sql.startswith(("CREATE TEMP", "SELECT pg_advisory_lock", "DECLARE", "PREPARE"))
+
+
+def _release(who: str) -> Steps:
+    return [(who, "DISCARD ALL")]
