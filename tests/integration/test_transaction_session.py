@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -59,6 +60,7 @@ def run_psycopg(host: str, port: int, steps: Steps, options: dict[str, dict[str,
         for who, sql in steps:
             if sql == "CLOSE-CONNECTION":
                 conns.pop(who).close()
+                time.sleep(0.5)  # the backend's exit (or the pooler's cleanup) is asynchronous
                 continue
             try:
                 cur = conns[who].execute(sql)
@@ -82,6 +84,7 @@ def run_asyncpg(host: str, port: int, steps: Steps, options: dict[str, dict[str,
             for who, sql in steps:
                 if sql == "CLOSE-CONNECTION":
                     await conns.pop(who).close()
+                    await asyncio.sleep(0.5)  # the backend's exit (or the pooler's cleanup) is asynchronous
                     continue
                 try:
                     out.append((who, sql, [tuple(r) for r in await conns[who].fetch(sql)]))
