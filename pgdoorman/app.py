@@ -77,6 +77,8 @@ class App:
         self.tls_connections = 0  # clients that completed a TLS handshake
         self.connection_errors = 0  # clients refused before authentication (listener_rejections summed)
         self.listener_rejections: dict[str, int] = {}
+        # Server connections the pooler failed to open or log in: (database, user, SQLSTATE class) -> count.
+        self.server_login_failures: dict[tuple[str, str, str], int] = {}
         g = config.general
         # Client TLS is the one built at start: certificates are not reloaded (as in PgDoorman).
         self.client_tls = self.resources.client_tls
@@ -311,6 +313,14 @@ class App:
         with self.count_lock:
             self.listener_rejections[reason] = self.listener_rejections.get(reason, 0) + 1
             self.connection_errors += 1
+
+    def server_login_failed(self, pool: Pool, error: bytes | None) -> None:
+        """A server connection of `pool` failed before it was ready: counted by the SQLSTATE class of the
+        ErrorResponse its waiter gets (pg_doorman_server_login_failures_total); 08 when there is none."""
+        code = m.parse_fields(error[5:]).get("C", "") if error and error[:1] == b"E" else ""
+        key = (pool.database, pool.username, code[:2] or "08")
+        with self.count_lock:
+            self.server_login_failures[key] = self.server_login_failures.get(key, 0) + 1
 
     def count_tls(self) -> None:
         with self.count_lock:

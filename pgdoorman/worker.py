@@ -56,6 +56,8 @@ class Process(Registry, Protocol):
 
     def client_left(self) -> None: ...
 
+    def server_login_failed(self, pool: Pool, error: bytes | None) -> None: ...
+
 
 # accept() failing for want of resources: the process's descriptor table is full (EMFILE), the system's is
 # (ENFILE), or the kernel is short of socket memory. Accepting again at once fails again, and the listener
@@ -289,9 +291,11 @@ class Worker:
             log.warning("cannot connect to %s:%s for %s: %s", pool.pool_cfg.server_host,
                         pool.pool_cfg.server_port, pool.name, e)
             pool.server_gone(was_connecting=True)
+            err = m.error_response("08006", f"could not connect to server: {e}", "FATAL")
+            self.app.server_login_failed(pool, err)
             c = pool.fail_first_waiter()
             if c is not None:
-                self._fail_client(cast(ClientConn, c), m.error_response("08006", f"could not connect to server: {e}", "FATAL"))
+                self._fail_client(cast(ClientConn, c), err)
             return
         self.servers.add(s)
 
@@ -420,6 +424,7 @@ class Worker:
         pool = s.pool
         if prev_state in (CONNECTING, LOGIN):
             log.warning("server connection to %s for %s failed: %s", s.addr, pool.name, reason)
+            self.app.server_login_failed(pool, s.connect_error)
             pool.server_gone(was_connecting=True)
             c = pool.fail_first_waiter()
             if c is not None:

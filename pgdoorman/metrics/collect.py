@@ -66,6 +66,7 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     fams += _pool_traffic_families(rows)
     fams += _pool_latency_families(rows)
     fams.append(_pool_errors_family(rows))
+    fams.append(_server_login_failures_family(obs))
     fams += _pool_prepared_families(rows)
     fams += _auth_query_families(obs)
     fams += _startup_parameters_family(obs)
@@ -248,6 +249,18 @@ def _pool_errors_family(rows: list[_PoolRow]) -> Family:
         for bucket, n in errors_by_bucket(row.totals.errors_by_class).items():
             errors.add(n, {**row.labels, "sqlstate": bucket})
     return errors
+
+
+def _server_login_failures_family(obs: Observer) -> Family:
+    """pg_doorman_server_login_failures_total{user,database,sqlstate}: series appear once counted, and stay
+    (RELOAD and pools going away included)."""
+    f = Family("pg_doorman_server_login_failures_total", "counter",
+               "Server connections the pooler failed to open or log in to PostgreSQL, per pool, by the SQLSTATE "
+               "class of the error its waiting client gets (08: could not connect, 28: authentication, "
+               "3D: no such database, 53: too many connections, 57: shutting down or starting up, ...).")
+    for (database, user, cls), n in sorted(obs.server_login_failures().items()):
+        f.add(n, {"user": user, "database": database, "sqlstate": cls})
+    return f
 
 
 def _pool_prepared_families(rows: list[_PoolRow]) -> list[Family]:

@@ -169,6 +169,12 @@ class Observer:
         """(pool, reason) -> startup parameters dropped since start (pool: the database name)."""
         return startup_params.dropped_counts()
 
+    def server_login_failures(self) -> dict[tuple[str, str, str], int]:
+        """(database, user, SQLSTATE class) -> server connections the pooler failed to open or log in since
+        start (empty for a source that does not count them)."""
+        counts = getattr(self._src, "server_login_failures", None)
+        return dict_copy(counts) if counts is not None else {}
+
     def rejections(self) -> dict[str, int]:
         """Clients refused before they authenticated, by reason."""
         return dict_copy(self._src.listener_rejections)

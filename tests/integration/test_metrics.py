@@ -4,10 +4,12 @@ when Debian's prometheus package is installed), and its numbers agree with SHOW 
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import time
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,8 +24,8 @@ from tests.integration.test_admin import (
     start_pgbench,
     waiting_clients,
 )
-from tests.support.cluster import DBNAME, MD5_USER, SCRAM_USER
-from tests.support.pooler import free_port
+from tests.support.cluster import DBNAME, MD5_USER, SCRAM_PASSWORD, SCRAM_USER
+from tests.support.pooler import free_port, wait_for
 from tests.unit.test_metrics_exposition import promtool_check
 
 pytestmark = pytest.mark.timeout(180)
@@ -244,3 +246,58 @@ def test_scrapes_under_pgbench_agree_and_counters_grow(pooler_factory: Any, tmp_
         s = scrape(port)
         assert s.value("pg_doorman_pools_transactions_total", **scram) == int(st["total_xact_count"]) > prev > 0
         assert s.value("pg_doorman_pools_avg_wait_time", **scram) >= 0
+
+
+def login_sqlstate(host: str, port: int, database: str, password: str) -> str | None:
+    """The SQLSTATE a login of SCRAM_USER gets (asyncpg keeps it for login errors; libpq does not)."""
+    async def run() -> str | None:
+        try:
+            conn = await asyncpg.connect(host=host, port=port, user=SCRAM_USER, password=password, database=database,
+                                         ssl=False, timeout=10)
+        except asyncpg.PostgresError as e:
+            return str(e.sqlstate)
+        await conn.close()
+        return None
+    return asyncio.run(run())
+
+
+def test_server_login_failures(pooler_factory: Any, pg: Any) -> None:
+    """Server connections the pooler could not open or log in, counted per pool by the SQLSTATE class of
+    what PostgreSQL (or the failed connect) said: the client gets the same SQLSTATE PostgreSQL gives a
+    direct login with the same credentials; a min_pool_size pool nobody uses counts its attempts too."""
+    def user(**kw: Any) -> list[dict[str, Any]]:
+        return [{"username": SCRAM_USER, "password": pg.stored_password(SCRAM_USER), "pool_size": 1, **kw}]
+
+    base = {"server_host": pg.host, "server_port": pg.port, "pool_mode": "transaction"}
+    pools = {
+        "badpw": {**base, "server_database": DBNAME,
+                  "users": user(server_username=SCRAM_USER, server_password="not-the-password")},
+        "nodb": {**base, "server_database": "no_such_database", "users": user()},
+        "dead": {**base, "server_port": free_port(), "users": user()},
+    }
+    p, port = metrics_pooler(pooler_factory, pools=pools)
+    direct = {"badpw": (DBNAME, "not-the-password"), "nodb": ("no_such_database", SCRAM_PASSWORD)}
+    for db, (dbname, password) in direct.items():
+        want = login_sqlstate(pg.host, pg.port, dbname, password)
+        assert want in ("28P01", "3D000"), want
+        for attempt in (1, 2):
+            assert login_sqlstate(p.host, p.port, db, SCRAM_PASSWORD) == want, db
+            n = scrape(port).value("pg_doorman_server_login_failures_total", user=SCRAM_USER, database=db,
+                                   sqlstate=want[:2])
+            assert n == attempt, (db, n)
+    assert login_sqlstate(p.host, p.port, "dead", SCRAM_PASSWORD) == "08006"
+    assert scrape(port).value("pg_doorman_server_login_failures_total", user=SCRAM_USER, database="dead",
+                              sqlstate="08") == 1
+    with client(p) as c:  # the working pool: no failure of its own
+        c.execute("SELECT 1").fetchall()
+    assert not [x for x in scrape(port).samples("pg_doorman_server_login_failures_total")
+                if x.labels["database"] == DBNAME]
+
+    # Nobody waits for a min_pool_size server: its failures are counted all the same. (A server password:
+    # passthrough SCRAM cannot log in before a client has.)
+    warm = {"warm": {**base, "server_port": free_port(), "users": user(
+        min_pool_size=1, server_username=SCRAM_USER, server_password=SCRAM_PASSWORD)}}
+    p2, port2 = metrics_pooler(pooler_factory, pools=warm)
+    wait_for(lambda: scrape(port2).samples("pg_doorman_server_login_failures_total"), what="a failed warm-up")
+    assert scrape(port2).value("pg_doorman_server_login_failures_total", user=SCRAM_USER, database="warm",
+                               sqlstate="08") >= 1

@@ -14,11 +14,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_admin import client
+from tests.support.cluster import SCRAM_PASSWORD, SCRAM_USER
 from tests.support.pooler import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,11 +80,16 @@ def test_the_dashboard_is_grafana_json() -> None:
             assert p["targets"] and p["datasource"]["uid"] == "${datasource}", p["title"]
 
 
-def test_every_metric_used_is_exported(pooler_factory: Any) -> None:
+def test_every_metric_used_is_exported(pooler_factory: Any, pg: Any) -> None:
     port = free_port()
-    p = pooler_factory(start=False)
+    # A pool whose server is not there: a failed server login (pg_doorman_server_login_failures_total).
+    users = [{"username": SCRAM_USER, "password": pg.stored_password(SCRAM_USER), "pool_size": 1}]
+    p = pooler_factory(start=False, pools={"unreachable": {"server_host": "127.0.0.1", "server_port": free_port(),
+                                                           "users": users}})
     p.config["web"] = {"enabled": True, "host": "127.0.0.1", "port": port}
     p.start()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(p.dsn(SCRAM_USER, SCRAM_PASSWORD, "unreachable"))
     with client(p) as c:  # traffic: histograms, byte counters and prepared statements with samples
         for i in range(20):
             c.execute("SELECT %s::int", (i,), prepare=True).fetchall()
