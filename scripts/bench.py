@@ -308,6 +308,18 @@ class Idle:
         return (self.rss_after - self.rss_before) / self.logged_in
 
 
+@dataclasses.dataclass
+class Storm:
+    """One row of the login-storm cell (scripts/login_storm.py): static or auth_query users, both passes."""
+
+    kind: str
+    logins: int = 0
+    errors: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    cpu_us_per_login: float | None = None
+
+
 # ----------------------------------------------------------------------------------------------
 # the benchmark
 
@@ -325,6 +337,8 @@ class Bench:
         self.postmaster = 0
         self.cells: list[Cell] = []
         self.idle: list[Idle] = []
+        self.storm: list[Storm] = []
+        self.storm_error = ""  # why the login-storm cell gave no rows
         self.commands: list[str] = []
         self.versions: dict[str, str] = {}
         self.start_errors: dict[str, str] = {}
@@ -818,6 +832,30 @@ class Bench:
             starter = self.starter(target)
             if starter is not None and self.args.idle_clients > 0 and target not in self.start_errors:
                 self.idle.append(self.idle_memory(target, starter, PORTS[target]))
+        if "pgdoorman" in targets and self.args.login_storm > 0 and not self.args.tls:
+            self.login_storm()
+
+    # --- login storm -----------------------------------------------------------------------
+
+    def login_storm(self) -> None:
+        """scripts/login_storm.py (its own PostgreSQL and pgdoorman): static against auth_query users in the
+        same run, two passes of each; one Storm row per kind from its JSON line."""
+        a = self.args
+        cmd = [sys.executable, str(SCRIPT_DIR / "login_storm.py"), "--rate", str(a.login_storm_rate), "--seconds",
+               str(a.login_storm), "--workers", str(self.workers), "--python", a.python, "--json"]
+        self._note_command(cmd)
+        print(f"  pgdoorman     login storm: {a.login_storm_rate}/s, {a.login_storm} s a pass ...", end="", flush=True)
+        proc = self.procs.spawn([*nice_prefix(), *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out = ""
+        try:
+            out, _ = proc.communicate(timeout=120 + 4 * a.login_storm)
+            self.storm = storm_rows(out)
+        except (ValueError, KeyError, subprocess.TimeoutExpired) as exc:
+            self.storm_error = f"no result from login_storm.py ({exc}): {out.strip()[-300:]}"
+        finally:
+            self.procs.stop(proc)
+        print(" " + ("; ".join(f"{r.kind} p99 {fmt(r.p99_ms, 2)} ms, {fmt(r.cpu_us_per_login, 0)} µs/login"
+                               for r in self.storm) or self.storm_error), flush=True)
 
     def run_cell(self, target: str, mode: str, clients: int, poolers: dict[str, subprocess.Popen[Any] | None],
                  restart: dict[str, bool]) -> Cell:
@@ -1015,6 +1053,8 @@ class Bench:
             if c.target != "direct" and c.status in ("failed", "error") and c.target not in self.start_errors
         ]
         bad += [f"{i.target} idle clients: {i.status}" for i in self.idle if i.status != "ok"]
+        bad += [f"login storm ({r.kind}): {r.errors} logins failed" for r in self.storm if r.errors]
+        bad += [f"login storm: {self.storm_error}"] if self.storm_error else []
         bad += [f"{t}: did not start" for t in self.start_errors]
         return bad
 
@@ -1085,6 +1125,43 @@ def p99_from_logs(logdir: Path) -> tuple[float | None, int]:
 
 # ----------------------------------------------------------------------------------------------
 # report
+
+
+def storm_rows(out: str) -> list[Storm]:
+    """The static and auth_query rows of login_storm.py --json's last JSON line; ValueError without one."""
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise ValueError("no JSON line")
+    kinds = json.loads(lines[-1])["kinds"]
+    fields = [f.name for f in dataclasses.fields(Storm) if f.name != "kind"]
+    return [Storm(k, **{f: kinds[k][f] for f in fields}) for k in ("static", "auth_query")]
+
+
+def storm_table(bench: Bench) -> list[str]:
+    """The login-storm section of the report (empty when it did not run)."""
+    a = bench.args
+    if not bench.storm and not bench.storm_error:
+        return []
+    out = [
+        "## Login storm: static vs auth_query users",
+        "",
+        f"`scripts/login_storm.py`: {a.login_storm_rate} new connections per second for {a.login_storm} s a pass "
+        "through one pgdoorman (its own throwaway PostgreSQL; md5, `select 1`, close; 50 users), static users "
+        "and auth_query users (a `SECURITY DEFINER` lookup over `pg_shadow`) in the same run, two passes of "
+        "each interleaved (static, auth_query, auth_query, static). A row is both passes together, the first "
+        "pass's server connections and auth_query lookups included. **p99 login** is connect until "
+        "ReadyForQuery as the client sees it; **pooler CPU per login** is the pooler process's CPU time over "
+        "the passes divided by the logins.",
+        "",
+    ]
+    if bench.storm_error:
+        return out + [f"Not measured: {_md(bench.storm_error)}", ""]
+    out += ["| users | logins | failed | p50 login ms | p99 login ms | pooler CPU µs/login |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for r in bench.storm:
+        out.append(f"| {r.kind} | {fmt(r.logins, thousands=True)} | {r.errors} | {fmt(r.p50_ms, 2)} "
+                   f"| {fmt(r.p99_ms, 2)} | {fmt(r.cpu_us_per_login, 0)} |")
+    return out + [""]
 
 
 def fmt(x: float | int | None, digits: int = 1, thousands: bool = False) -> str:
@@ -1318,6 +1395,7 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
                 f"| {i.alive or '–'} | {i.status}{': ' + _md('; '.join(i.errors)) if i.errors else ''} |"
             )
         out.append("")
+    out += storm_table(bench)
     measured = sorted(
         (c for c in bench.cells if c.status != "skipped" and (c.tps is not None or c.pooler_us is not None)),
         key=lambda c: (TARGETS.index(c.target), a.modes.index(c.mode), a.clients.index(c.clients)),
@@ -1479,6 +1557,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         help="idle clients for the memory test (0 skips it); default 10000, 2000 with --quick",
     )
+    ap.add_argument(
+        "--login-storm",
+        type=int,
+        help="seconds a pass of the login-storm cell (scripts/login_storm.py: static vs auth_query users; 0 skips "
+        "it, as --tls does); default 5, 3 with --quick",
+    )
+    ap.add_argument("--login-storm-rate", type=int, default=500, help="new connections per second in it")
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i -s")
     ap.add_argument(
         "--wait-quiet",
@@ -1516,6 +1601,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             ap.error(f"unknown mode {m!r} (choose from {', '.join(MODES)})")
     if a.idle_clients is None:
         a.idle_clients = 0 if a.tls else 2000 if a.quick else 10000
+    if a.login_storm is None:
+        a.login_storm = 0 if a.tls else 3 if a.quick else 5
     if a.tls:
         a.only = [t for t in a.only if t != "direct"]  # the benchmark cluster runs without TLS
     if a.wait_quiet is None:
@@ -1557,7 +1644,7 @@ def main(argv: list[str] | None = None) -> int:
     finished = datetime.datetime.now(datetime.UTC)
     if bench.cells and args.charts:
         draw_charts(bench, Path(args.out))
-    if bench.cells or bench.idle:
+    if bench.cells or bench.idle or bench.storm or bench.storm_error:
         report = render(bench, started, finished, argv)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(report)
@@ -1573,6 +1660,7 @@ def main(argv: list[str] | None = None) -> int:
                     "idle": [
                         dataclasses.asdict(i) | {"kib_per_client": i.kib_per_client} for i in bench.idle
                     ],
+                    "login_storm": [dataclasses.asdict(r) for r in bench.storm],
                     "start_errors": bench.start_errors,
                     "unavailable": bench.unavailable,
                 },

@@ -4,8 +4,11 @@ pooler, in the same run (issue 13's login-storm cell). Each connection logs in (
 leaves. Reported per kind: logins done, p50/p99 login time (connect until ReadyForQuery) and the pooler's
 CPU per login (its process CPU time over the phase / logins).
 
-    .venv/bin/python scripts/login_storm.py [--rate 1000] [--seconds 5] [--users 50] [--workers auto]
+    .venv/bin/python scripts/login_storm.py [--rate 1000] [--seconds 5] [--users 50] [--workers auto] [--json]
 
+Two passes of each kind, interleaved (static, auth_query, auth_query, static), so that a drift of a shared
+machine hits both alike; the first pass of each kind also opens its servers (and, for auth_query, runs the
+lookups). With --json the last line is one JSON object: the passes and, per kind, both passes together.
 It starts its own throwaway PostgreSQL (scripts/pgcluster.py) and pooler; needs asyncpg (a test dependency).
 """
 
@@ -13,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -109,13 +114,44 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
+def summary(kind: str, times: list[float], errors: int, cpu: float) -> dict[str, Any]:
+    """One row: logins, errors, p50/p99 login time (ms) and pooler CPU per login (µs)."""
+    return {"kind": kind, "logins": len(times), "errors": errors, "p50_ms": pct(times, 0.5) * 1e3,
+            "p99_ms": pct(times, 0.99) * 1e3, "cpu_us_per_login": cpu / max(1, len(times)) * 1e6}
+
+
+def run_passes(pid: int, port: int, names: list[str], rate: int, seconds: float) -> dict[str, Any]:
+    """The four passes, printed as they end; the passes and both passes of each kind together."""
+    print(f"{'kind':<12}{'logins':>8}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/login':>14}", flush=True)
+    passes = []
+    together: dict[str, tuple[list[float], int, float]] = {}
+    for kind, db in (("static", "static"), ("auth_query", "dynamic"), ("auth_query", "dynamic"),
+                     ("static", "static")):
+        c0 = cpu_seconds(pid)
+        times, errors = asyncio.run(storm(port, db, names, rate, seconds))
+        used = cpu_seconds(pid) - c0
+        row = summary(kind, times, errors, used)
+        passes.append(row)
+        print(f"{kind:<12}{row['logins']:>8}{errors:>8}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
+              f"{row['cpu_us_per_login']:>14.0f}", flush=True)
+        t, e, c = together.get(kind, ([], 0, 0.0))
+        together[kind] = (t + times, e + errors, c + used)
+    return {"passes": passes, "kinds": {k: summary(k, *v) for k, v in together.items()}}
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # SIGTERM (bench.py stopping us): the `finally` stops PostgreSQL and the pooler
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _stop)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=int, default=1000, help="new connections per second")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--users", type=int, default=50)
     ap.add_argument("--workers", default="auto", help='pooler worker_threads ("auto" or a number)')
     ap.add_argument("--python", default=sys.executable, help="interpreter running the pooler")
+    ap.add_argument("--json", action="store_true", help="end with the results as one line of JSON")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="login-storm-") as tmp:
         os.chmod(tmp, 0o755)  # the postgres OS user (when run as root) must reach the data directory
@@ -142,14 +178,10 @@ def main() -> int:
                     time.sleep(0.1)
             print(f"{args.rate} new connections/s for {args.seconds:g} s over {args.users} users "
                   f"(md5, select 1, close); pooler worker_threads={args.workers}")
-            print(f"{'kind':<12}{'logins':>8}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/login':>14}")
-            for kind, db in (("static", "static"), ("auth_query", "dynamic"), ("auth_query", "dynamic"),
-                             ("static", "static")):
-                c0 = cpu_seconds(proc.pid)
-                times, errors = asyncio.run(storm(port, db, names, args.rate, args.seconds))
-                used = cpu_seconds(proc.pid) - c0
-                print(f"{kind:<12}{len(times):>8}{errors:>8}{pct(times, 0.5) * 1e3:>9.2f}{pct(times, 0.99) * 1e3:>9.2f}"
-                      f"{used / max(1, len(times)) * 1e6:>14.0f}")
+            result = run_passes(proc.pid, port, names, args.rate, args.seconds)
+            if args.json:
+                print(json.dumps({"rate": args.rate, "seconds": args.seconds, "users": args.users,
+                                  "workers": args.workers, **result}))
         finally:
             if proc is not None:
                 proc.terminate()

@@ -90,3 +90,34 @@ def test_charts_one_png_per_protocol_referenced_from_the_report(b: bench.Bench, 
     now = datetime.datetime.now(datetime.UTC)
     report = bench.render(b, now, now, [])
     assert "![-S -M simple: tps and pooler CPU per transaction by clients](img/report-simple.png)" in report
+
+
+STORM_OUT = """500 new connections/s for 3 s over 50 users (md5, select 1, close); pooler worker_threads=1
+kind          logins  errors   p50 ms   p99 ms  CPU us/login
+static          1500       0     2.10    24.00           510
+{"rate": 500, "seconds": 3.0, "users": 50, "workers": "1", "passes": [], "kinds": {"static": {"kind": "static", \
+"logins": 3000, "errors": 0, "p50_ms": 2.1, "p99_ms": 24.0, "cpu_us_per_login": 510.4}, "auth_query": {"kind": \
+"auth_query", "logins": 2998, "errors": 2, "p50_ms": 2.3, "p99_ms": 31.5, "cpu_us_per_login": 548.9}}}
+"""
+
+
+def test_login_storm_rows_in_the_report(b: bench.Bench) -> None:
+    b.storm = bench.storm_rows(STORM_OUT)
+    assert [(r.kind, r.logins, r.errors) for r in b.storm] == [("static", 3000, 0), ("auth_query", 2998, 2)]
+    now = datetime.datetime.now(datetime.UTC)
+    report = bench.render(b, now, now, [])
+    assert "## Login storm: static vs auth_query users" in report
+    assert "| static | 3,000 | 0 | 2.10 | 24.00 | 510 |" in report
+    assert "| auth_query | 2,998 | 2 | 2.30 | 31.50 | 549 |" in report
+    # Failed logins fail the run, as failed transactions do.
+    assert b.bad_results() == ["login storm (auth_query): 2 logins failed"]
+
+
+def test_login_storm_without_a_result_says_so(b: bench.Bench) -> None:
+    with pytest.raises(ValueError):
+        bench.storm_rows("Traceback (most recent call last):\n  ...")
+    b.storm_error = "no result from login_storm.py (no JSON line): Traceback"
+    now = datetime.datetime.now(datetime.UTC)
+    assert "Not measured: no result from login_storm.py" in bench.render(b, now, now, [])
+    assert b.bad_results() == ["login storm: no result from login_storm.py (no JSON line): Traceback"]
+    assert bench.parse_args(["--tls"]).login_storm == 0 and bench.parse_args(["--quick"]).login_storm == 3
