@@ -10,7 +10,7 @@ PostgreSQL would have put it.
 
 Ordering is kept by a per-client queue of expected responses (one entry per frontend message that
 PostgreSQL answers, plus synthetic and swallowed entries); the server-side relay walks it as responses
-arrive (see ServerConn._on_message_ps).
+arrive (session/rewrite.py and rewrite_replies.py: one Rewriter per client).
 
 Three caches: the pool's (statement key -> Statement, LRU of `prepared_statements_cache_size`), the
 client's (its names -> Statement, as PostgreSQL would keep them for its session) and each server's LRU

@@ -193,12 +193,13 @@ def client_info(c: ClientConn, state: str) -> ClientInfo:
     unnamed: int | None = None
     size = 0
     if state != "login":
-        stmts = getattr(c, "named", None)
+        rw = getattr(c, "rw", None)
+        stmts = getattr(rw, "named", None)
         if stmts:
             values = list(dict_copy(stmts).values())
             named = tuple(id(st) for st in values)
             size = sum(len(st.parse_msg) for st in values)
-        un = getattr(c, "unnamed", None)
+        un = getattr(rw, "unnamed", None)
         if un is not None:
             unnamed = id(un)
             size += len(un.parse_msg)

@@ -4,7 +4,7 @@ whichever server the pool lends it, and the binary upgrade's export and restore 
 The relay decides on headers only: it counts the messages that will be answered by ReadyForQuery
 (Query, Sync, FunctionCall), notes unsynced extended-protocol traffic, drops Terminate, and rejects
 anything that is not a frontend message type (08P01 and close). Bodies are forwarded untouched, except in
-prepared-statement mode (rewrite.py, fastpath.py).
+prepared-statement mode (fastpath.py hands them to the client's Rewriter, rewrite.py).
 
 States: STARTUP -> AUTH (md5, SCRAM, or a clear-text password for JWT/PAM: client_auth.py; AUTH_WAIT while a
 PAM thread checks it) -> LOGIN_WAIT (waiting for a server to learn parameters or, in session mode, to keep)
@@ -43,8 +43,8 @@ assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls
 
 class ClientConn(ClientLogin):
     """One client connection. Its parts, one file each, from the bottom: ClientBase (client_base.py: state
-    and the link to a server), PreparedRelay (rewrite.py), FastPaths (fastpath.py), ClientLogin (login.py);
-    this class adds the socket events and the relay's entry points."""
+    and the link to a server), FastPaths (fastpath.py: prepared-statement mode, through the client's Rewriter
+    of rewrite.py), ClientLogin (login.py); this class adds the socket events and the relay's entry points."""
 
     __slots__ = ()  # every field is declared in ClientBase
 
@@ -92,8 +92,11 @@ class ClientConn(ClientLogin):
                 return
             if self.ps and view[0] == 80 and n > 10:
                 second = 1 + _unpack(view, 1)[0]  # only Parse... Sync can be answered here: peek first
-                if second < n and (view[second] == 80 or view[second] == 83) and self._parse_sync_locally(view):
-                    return
+                if second < n and (view[second] == 80 or view[second] == 83):
+                    answer = self.rw.parse_sync_locally(view)
+                    if answer is not None:
+                        self.write(answer)
+                        return
             pool = self.pool
             assert pool is not None
             s = self.worker.checkout(pool, self)
@@ -107,8 +110,7 @@ class ClientConn(ClientLogin):
             if view[0] == 81:
                 if self._fast_query(view, n, s):
                     return
-            elif not self.rq and self.expect <= 0 and not self.unsynced and not self.in_copy_in \
-                    and self.synth_head is None and self._fast_batch(view, n, s):
+            elif self.expect <= 0 and not self.unsynced and not self.in_copy_in and self._fast_batch(view, n, s):
                 return
         if self.transaction_mode and not self.in_copy_in:  # (COPY data is not SQL)
             self._scan_leaks(view)
@@ -272,15 +274,16 @@ class ClientConn(ClientLogin):
         settings it asked for (replayed on whichever server it gets next), its cancel key, its counters and its
         prepared statements (the pool-owned names are re-resolved in the new process's cache). The record's
         format is a contract between two versions of pgdoorman: add keys, never change one."""
+        rw = self.rw
         return {
             "kind": "client", "addr": self.addr, "is_unix": self.is_unix, "user": self.user,
             "database": self.database, "startup": self.startup, "application_name": self.application_name,
             "want": [[k, v] for k, v in self.want.items()],
             "want_base": [[k, v] for k, v in self.want_base.items()], "pid": self.pid, "secret": self.secret,
             "connect_time": self.connect_time, "query_count": self.query_count, "xact_count": self.xact_count,
-            "error_count": self.error_count, "ps": bool(self.ps), "planner_sig": list(self.planner_sig),
-            "named": [[_b64(name), _b64(s.query), _b64(s.key[1])] for name, s in self.named.items()],
-            "unnamed": None if self.unnamed is None else [_b64(self.unnamed.query), _b64(self.unnamed.key[1])],
+            "error_count": self.error_count, "ps": bool(self.ps), "planner_sig": list(rw.sig),
+            "named": [[_b64(name), _b64(s.query), _b64(s.key[1])] for name, s in rw.named.items()],
+            "unnamed": None if rw.unnamed is None else [_b64(rw.unnamed.query), _b64(rw.unnamed.key[1])],
         }
 
     @classmethod
@@ -325,17 +328,18 @@ class ClientConn(ClientLogin):
         return c
 
     def _restore_statements(self, pool: Pool, st: dict[str, Any]) -> None:
-        self.use_ps_scanner()
         if st.get("ps"):
-            self.planner_sig = tuple(str(x) for x in st["planner_sig"])
+            sig = tuple(str(x) for x in st["planner_sig"])
         else:
-            self.planner_sig = tuple(self.want.get(k, "") for k in ps.PLANNER_PARAMS)
+            sig = tuple(self.want.get(k, "") for k in ps.PLANNER_PARAMS)
+        self.use_ps_scanner(pool, sig)
+        rw = self.rw
         cache = pool.ps_cache
         for name, q, types in st.get("named") or []:
-            self.named[_unb64(name)] = cache.get(_unb64(q), _unb64(types), self.planner_sig)
+            rw.named[_unb64(name)] = cache.get(_unb64(q), _unb64(types), sig)
         un = st.get("unnamed")
         if un:
-            self.unnamed = cache.get(_unb64(un[0]), _unb64(un[1]), self.planner_sig)
+            rw.unnamed = cache.get(_unb64(un[0]), _unb64(un[1]), sig)
 
 
 def _b64(b: bytes) -> str:

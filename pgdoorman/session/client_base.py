@@ -1,13 +1,13 @@
 """The bottom part of a client connection: its state, its link to a server (checkout, parameter sync, the
 end of a request, cancel, wait timeouts) and its close. The other parts of ClientConn subclass it, one
-file each: rewrite.py, fastpath.py, login.py, and client.py on top."""
+file each: fastpath.py, login.py, and client.py on top. Its prepared-statement state is its Rewriter
+(rewrite.py), an object of its own."""
 
 from __future__ import annotations
 
 import logging
 import socket
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pgdoorman.core import leaks, txstate
@@ -19,6 +19,7 @@ from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
+from pgdoorman.session.rewrite import Rewriter
 from pgdoorman.session.states import (
     CLIENT_TABLE,
     DIRTY_CURSOR,
@@ -47,23 +48,6 @@ _unpack = m.U32.unpack_from
 assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls
 
 
-class _NoRequests(deque[tuple[int, Any]]):
-    """The queue of a client not in prepared-statement mode: always empty, and loud if anything is queued."""
-
-    def append(self, _: tuple[int, Any]) -> None:
-        raise RuntimeError("response queued outside prepared-statement mode")
-
-    appendleft = append
-
-    def extend(self, _: Any) -> None:
-        raise RuntimeError("response queued outside prepared-statement mode")
-
-    extendleft = extend
-
-
-NO_REQUESTS = _NoRequests()
-
-
 def _first_request_end(buf: bytearray) -> int | None:
     """The length of the first request in `buf` (whole messages through the first Query, Sync or
     FunctionCall: what one ReadyForQuery answers), or None if it is not all there."""
@@ -88,9 +72,9 @@ class ClientBase(Conn):
         "want_key", "expect", "unsynced", "transaction_mode", "waiting", "wait_start", "pending",
         "scanner", "terminating", "pid", "secret", "client_auth", "stored", "addr", "connect_time",
         "query_count", "xact_count", "error_count", "login_timer", "admin", "application_name", "is_unix",
-        "last_status", "xact_start", "query_start", "ps", "named", "unnamed", "rq", "raw",
-        "planner_sig", "last_parse", "named_parse", "copy_window", "copy_syncs", "in_copy_in",
-        "synth_head", "fast_bind", "fast_redo", "held_error", "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
+        "last_status", "xact_start", "query_start", "ps", "rw", "raw",
+        "named_parse", "copy_window", "copy_syncs", "in_copy_in",
+        "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
         "begin_held", "answered",
         "want_base", "pinned", "checked_xact",
     )
@@ -141,28 +125,14 @@ class ClientBase(Conn):
     def _init_relay_state(self) -> None:
         """The relay's bookkeeping: prepared statements, COPY, the fast paths, TLS, leaks (part of __init__)."""
         self.ps = False  # transparent prepared statements active (transaction mode)
-        self.named: dict[bytes, ps.Statement] = {}
-        self.unnamed: ps.Statement | None = None
-        # The expected-response queue of prepared-statement mode, made at login (760 bytes each: most refused
-        # connections never get that far, and session-mode clients never use it).
-        self.rq: deque[tuple[int, Any]] = NO_REQUESTS
+        # Its prepared-statement state and rewriting, both directions (rewrite.py; started at login).
+        self.rw = Rewriter(self)
         self.raw = bytearray()  # received but not yet scanned (waiting for a server, prepared mode)
-        self.planner_sig: tuple[str, ...] = ()
-        self.last_parse: tuple[bytes, bytes, ps.Statement] | None = None
         self.named_parse = False  # a named Parse was forwarded untouched (prepared_statements off)
         # COPY FROM STDIN bookkeeping (see copy_in_started)
         self.copy_window = False  # since the last Execute/Query, no CopyDone/CopyFail yet
         self.copy_syncs = 0  # Syncs counted in that window
         self.in_copy_in = False  # PostgreSQL is in COPY IN for us: it ignores Sync
-        # Batch fast path (see _fast_batch): a synthetic ParseComplete to put in front of the server's next
-        # bytes, and the Bind's (statement, client name) for error rewriting until its ReadyForQuery.
-        self.synth_head: bytes | None = None
-        self.fast_bind: tuple[ps.Statement, bytes] | None = None
-        # When that batch's Parse was skipped: the client's Bind body, the two NULs around the statement name
-        # in it and the batch as sent, to send it again under a fresh statement if the cached plan went stale
-        # (0A000 "cached plan must not change result type", held in held_error until ReadyForQuery).
-        self.fast_redo: tuple[bytes, int, int, bytes] | None = None
-        self.held_error: bytes | None = None
         self.tls = False  # the client's socket is an ssl.SSLSocket (handshake done)
         self.handshaking = False  # wrapped after SSLRequest, handshake not finished yet
         # Transaction mode: what this client sent may leave temp objects, advisory locks or settings on its
@@ -206,24 +176,6 @@ class ClientBase(Conn):
     def _login_timeout(self) -> None:
         raise NotImplementedError
 
-    def redo_fast_batch(self, status: int) -> bytes | None:
-        raise NotImplementedError
-
-    def skipped(self, kind: int, data: Any) -> None:
-        raise NotImplementedError
-
-    def forget_statements(self) -> None:
-        raise NotImplementedError
-
-    def statement_failed(self, name: bytes, st: ps.Statement) -> None:
-        raise NotImplementedError
-
-    def statement_replaced(self, st: ps.Statement, fresh: ps.Statement) -> None:
-        raise NotImplementedError
-
-    def write_after_synth(self, out: bytes | bytearray | memoryview) -> None:
-        raise NotImplementedError
-
     def __repr__(self) -> str:
         return f"<client {self.user}@{self.database} {self.addr}>"
 
@@ -245,7 +197,8 @@ class ClientBase(Conn):
         so Syncs the client sent after the Execute (tokio-postgres sends Bind, Execute, Sync, then the data)
         will get no ReadyForQuery: stop expecting one for them."""
         n = self.copy_syncs
-        rq = self.rq
+        rw = self.rw
+        rq = rw.rq
         pipelined = any(e[0] != ps.SYNC for e in list(rq)[1:]) if rq else self.expect > 1 + n
         if pipelined or not self.copy_window:
             # The client sent more than data behind the message that started this COPY before PostgreSQL
@@ -255,20 +208,8 @@ class ClientBase(Conn):
             self.copy_confused = True
         self.copy_syncs = 0
         self.in_copy_in = self.copy_window
-        self.fast_bind = None  # its Bind succeeded, and its Sync will get no ReadyForQuery (counted below)
-        self.fast_redo = None
-        if not n:
-            return
+        rw.copy_started(n)  # its Syncs get no ReadyForQuery, and a fast batch's Bind succeeded
         self.expect -= n
-        if rq:
-            keep = [rq.popleft()]  # the Execute being answered
-            while rq and n:
-                e = rq.popleft()
-                if e[0] == ps.SYNC:
-                    n -= 1
-                else:
-                    keep.append(e)
-            rq.extendleft(reversed(keep))
 
     # ------------------------------------------------------------------ server side events
     def ready(self, status: int, completed: int) -> bool:
@@ -279,8 +220,9 @@ class ClientBase(Conn):
         self.expect -= 1
         self.answered += 1
         self.query_count += completed
-        self.fast_bind = None
-        self.fast_redo = None
+        rw = self.rw
+        rw.fast_bind = None
+        rw.fast_redo = None
         self.last_status = status
         pool = self.pool
         if pool is not None:  # accounting, inline: this runs once per request
@@ -393,12 +335,7 @@ class ClientBase(Conn):
         """Something sent to the server is not answered yet, or a message of ours is half-sent: a server
         still working for this client cannot go to another (the counters, the prepared-statement queue,
         a COPY whose Syncs cannot be told apart)."""
-        return self.expect > 0 or self.unsynced or self.scanner.mid_message or bool(self.rq) or self.copy_confused
-
-    def hold_error(self, body: memoryview) -> None:
-        """A fast batch's statement went stale: its ErrorResponse waits for ReadyForQuery, when the batch is
-        sent again with fresh statements (redo_fast_batch) or the error is relayed after all."""
-        self.held_error = m.msg(b"E", body)
+        return self.expect > 0 or self.unsynced or self.scanner.mid_message or bool(self.rw.rq) or self.copy_confused
 
     def on_server_error(self, body: memoryview) -> None:
         self.error_count += 1
@@ -501,7 +438,7 @@ class ClientBase(Conn):
         due, none queued) and on a message boundary: it may go back to the pool now. (A ReadyForQuery that
         ends the work is handled by the server's relay, which sets release_pending.)"""
         return (self.transaction_mode and self.server is s and s.state == 3 and s.txn_status == 73
-                and self.expect <= 0 and not self.unsynced and not self.rq and not s.release_pending
+                and self.expect <= 0 and not self.unsynced and not self.rw.rq and not s.release_pending
                 and not self.scanner.mid_message)
 
     # ------------------------------------------------------------------ cancel requests

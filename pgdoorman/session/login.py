@@ -417,8 +417,7 @@ class ClientLogin(FastPaths):
         if not self.transaction_mode:
             self.scanner.table = CLIENT_SESSION_TABLE
         if self.ps:
-            self.use_ps_scanner()
-            self.planner_sig = tuple(want.get(k, "") for k in ps.PLANNER_PARAMS)
+            self.use_ps_scanner(pool, tuple(want.get(k, "") for k in ps.PLANNER_PARAMS))
         out = [m.parameter_status(k, v) for k, v in reported.items()]
         if s is not None and not self.transaction_mode and self.app.config.general.session_real_backend_key \
                 and s.pid and self.app.cancels.register_key(self, s.pid, s.secret):

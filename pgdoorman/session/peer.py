@@ -4,10 +4,9 @@ links itself to a server (ServerConn.link)."""
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any, Protocol
 
-from pgdoorman.core.prepared import Statement
+from pgdoorman.session.rewrite import Rewriter
 
 
 class ClientPeer(Protocol):
@@ -26,28 +25,12 @@ class ClientPeer(Protocol):
     @property
     def xact_start(self) -> float: ...  # monotonic start of its transaction, 0.0 outside one
 
-    # The expected-response queue of prepared-statement mode: the client appends what each message it sent
-    # expects; the server takes entries off the front as PostgreSQL answers them (server_prepared.py).
+    # The client's prepared-statement rewriter (rewrite.py): the server hands it each response in
+    # prepared-statement mode, and asks it about the fast batch in flight.
     @property
-    def rq(self) -> deque[tuple[int, Any]]: ...
-
-    # The fast batch in flight (fastpath.py): its synthetic ParseComplete, its Bind's statement, and what is
-    # needed to send it again if its statement went stale.
-    @property
-    def synth_head(self) -> bytes | None: ...
-
-    @property
-    def fast_bind(self) -> tuple[Statement, bytes] | None: ...
-
-    @property
-    def fast_redo(self) -> tuple[bytes, int, int, bytes] | None: ...
-
-    @property
-    def held_error(self) -> bytes | None: ...
+    def rw(self) -> Rewriter: ...
 
     def write(self, data: Any) -> None: ...
-
-    def write_after_synth(self, out: bytes | bytearray | memoryview) -> None: ...
 
     def pause_reading(self) -> None: ...
 
@@ -59,18 +42,6 @@ class ClientPeer(Protocol):
 
     def on_server_error(self, body: memoryview) -> None: ...
 
-    def hold_error(self, body: memoryview) -> None: ...
-
     def param_changed(self, k: str, v: str) -> None: ...
 
     def param_synced(self, k: str, v: str) -> None: ...
-
-    def redo_fast_batch(self, status: int) -> bytes | None: ...
-
-    def skipped(self, kind: int, data: Any) -> None: ...
-
-    def forget_statements(self) -> None: ...
-
-    def statement_failed(self, name: bytes, st: Statement) -> None: ...
-
-    def statement_replaced(self, st: Statement, fresh: Statement) -> None: ...

@@ -1,13 +1,17 @@
-"""Transparent prepared statements in transaction mode, client side: each extended-protocol message is
-read, statement names are mapped to the pool's shared DOORMAN_n statements, and the expected responses are
-queued so the server's answers can be rewritten back (see core/prepared.py and ServerConn._on_message_ps).
+"""Transparent prepared statements in transaction mode: one `Rewriter` per client, which maps the client's
+statement names to the pool's shared DOORMAN_n statements in what it sends, and rewrites the server's answers
+back (rewrite_replies.py, its lower half). It holds no socket: the connections hand it each message and send
+what it returns (session/fastpath.py for the client, ServerConn._on_message_ps for the server).
 
-`PreparedRelay` is a part of `ClientConn` kept in its own file .
+Client to server: each extended-protocol message is read (a Scanner calls on_header/on_message), statement
+names are renamed, a Parse the linked server already holds is answered here, and the responses each message
+expects are queued (`rq`) for the reply direction. Two shortcuts produce exactly what that general path
+would: `fast_batch` (a whole `[Parse] Bind [Describe portal] Execute Sync` batch of cached statements, relayed
+in plain mode) and `parse_sync_locally` (`Parse... Sync` of cached statements, answered without a server).
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import deque
 from typing import Any
@@ -15,11 +19,8 @@ from typing import Any
 from pgdoorman.core import prepared as ps
 from pgdoorman.protocol import frontend
 from pgdoorman.protocol import messages as m
-from pgdoorman.protocol.framing import Scanner
-from pgdoorman.session.client_base import ClientBase
-from pgdoorman.session.states import CLIENT_PS_TABLE, LISTEN_REFUSAL, LISTEN_START, refuse_listen
-
-log = logging.getLogger("pgdoorman.client")
+from pgdoorman.session.rewrite_replies import Held, RewriterBase
+from pgdoorman.session.states import LISTEN_REFUSAL, LISTEN_START, refuse_listen
 
 _DEALLOCATE = re.compile(rb"^\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)\s*;?\s*$", re.I)
 _unpack = m.U32.unpack_from
@@ -30,145 +31,12 @@ def renamed_bind(b: bytes, j: int, k: int, name: bytes) -> bytes:
     return m.msg(b"B", b[: j + 1] + name + b[k:])
 
 
-class PreparedRelay(ClientBase):
+class Rewriter(RewriterBase):
     __slots__ = ()
-
-    def use_ps_scanner(self) -> None:
-        """Prepared-statement mode from now on: every extended-protocol message is read, responses queued."""
-        self.scanner = Scanner(CLIENT_PS_TABLE, on_header=self._on_header_ps, on_message=self._on_message_ps)
-        self.rq = deque()
-
-    # ------------------------------------------------------------------ prepared-statement mode
-    def _after_ps_scan(self, out: Any, n: int) -> None:
-        s = self.server
-        assert s is not None
-        if out:
-            s.bytes_out += n
-            s.pstats.bytes_in += n
-            s.write(out)
-        rq = self.rq
-        if rq and rq[0][0] == ps.SYNTH:
-            for e in rq:
-                if e[0] != ps.SYNTH:
-                    break  # a server response follows: the synthetic ones ride with it (one send, not two)
-            else:
-                self.flush_synth()
-        if self.terminating:
-            self.close("client terminated")
-        elif self._server_done(s):
-            # Everything was answered locally (e.g. a DEALLOCATE), or a message that no answer was waiting
-            # for was completed: the server is free again.
-            self.worker.release_server(s)
-
-    def redo_fast_batch(self, status: int) -> bytes | None:
-        """ReadyForQuery after a fast batch whose Bind failed with a stale cached plan (the error is held):
-        outside a transaction block, send the batch again with a fresh Parse and return None (the error and
-        this ReadyForQuery are dropped: the client sees the answer to its Parse as PostgreSQL would give
-        it). Otherwise return the held error, to be relayed in front of this ReadyForQuery."""
-        held = self.held_error
-        redo = self.fast_redo
-        fb = self.fast_bind
-        self.held_error = None
-        self.fast_redo = None
-        s = self.server
-        if status == 73 and redo is not None and fb is not None and s is not None:
-            sname = fb[1]
-            fresh = self._lookup(sname)  # _ps_error put a fresh one there
-            if fresh is not None and not fresh.dead and fresh is not fb[0]:
-                self.fast_bind = None
-                b, j, k, sent = redo
-                rest = sent[5 + len(b) - (k - j - 1) + len(fb[0].name) :]  # what followed the Bind we sent
-                s.remember(fresh.name)
-                self.rq.append((ps.INJECT, fresh))
-                self.rq.append((ps.QUERY, (fresh, sname)))
-                s.set_ps_mode(True)
-                s.write(fresh.parse_msg + renamed_bind(b, j, k, fresh.name) + rest)
-                return None
-        return held
-
-    def _parse_sync_locally(self, view: memoryview) -> bool:
-        """Answer `Parse... Sync` without a server when every statement is already in the pool cache and
-        no transaction is open: what PQprepare sends. A client preparing while others hold every server in
-        open transactions (pgbench -M prepared, JDBC) would otherwise wait for one, and may deadlock with
-        its own application."""
-        if self.last_status != 73:
-            return False
-        n = len(view)
-        if view[n - 5 : n] != m.SYNC:
-            return False
-        pos = 0
-        unpack = m.U32.unpack_from
-        while pos < n - 5:  # headers only, no copy: most batches (Parse, Bind, ..., Sync) fail here
-            if view[pos] != 80:
-                return False
-            pos += 1 + unpack(view, pos + 1)[0]
-        if pos != n - 5:
-            return False
-        pool = self.pool
-        assert pool is not None
-        data = bytes(view)
-        pos = 0
-        found: list[tuple[bytes, ps.Statement]] = []
-        cache = pool.ps_cache
-        sig = self.planner_sig
-        while pos + 5 <= n and data[pos] == 80:
-            (ln,) = m.U32.unpack_from(data, pos + 1)
-            end = pos + 1 + ln
-            if ln < 4 or end > n:
-                return False
-            j = data.find(b"\x00", pos + 5, end)
-            k = data.find(b"\x00", j + 1, end) if j >= 0 else -1
-            if k < 0:
-                return False
-            name = data[pos + 5 : j]
-            if name and (name in self.named or any(name == f[0] for f in found)):
-                return False  # a second Parse of a name: PostgreSQL's 42P05 comes from the general path
-            st = cache.peek(data[j + 1 : k], data[k + 1 : end], sig)
-            if st is None:
-                return False
-            found.append((name, st))
-            pos = end
-        if not found or data[pos:] != m.SYNC:
-            return False
-        for name, st in found:
-            cache.count_hit(st)
-            self._define(name, st)
-        self.write(m.PARSE_COMPLETE * len(found) + m.RFQ_IDLE)
-        return True
-
-    def flush_synth(self) -> None:
-        out = ps.take_synth(self.rq)
-        if out is not None:
-            self.write(out)
-
-    def _lookup(self, name: bytes) -> ps.Statement | None:
-        return self.named.get(name) if name else self.unnamed
-
-    def _define(self, name: bytes, st: ps.Statement | None) -> None:
-        """The client's Parse of `name` (b"" = the unnamed statement) now means `st` (None: nothing)."""
-        if name:
-            if st is None:
-                self.named.pop(name, None)
-            else:
-                self.named[name] = st
-        else:
-            self.unnamed = st
-
-    def skipped(self, kind: int, data: Any) -> None:
-        """PostgreSQL skipped the message of this queue entry (an earlier error in the same batch): undo what
-        sending it did here. Returns nothing; the server connection undoes its own part."""
-        if kind == ps.PARSE:
-            self._define(data[1], data[2])
-        elif kind == ps.SYNTH and isinstance(data, tuple):
-            name, prev = data[1]
-            self._define(name, prev)
-        elif kind == ps.QUERY or kind == ps.FUNC:
-            self.expect -= 1  # no ReadyForQuery will answer it
 
     def _ensure(self, st: ps.Statement) -> bytes:
         """Make sure the linked server holds `st`: b'' if it does, else the Parse to inject before."""
-        s = self.server
-        assert s is not None
+        s: Held = self.relay.server
         prepared = s.prepared
         if st.name in prepared:
             prepared.move_to_end(st.name)
@@ -180,42 +48,42 @@ class PreparedRelay(ClientBase):
     def _malformed(self, rq: deque[tuple[int, Any]]) -> bytes | None:
         """A message body PostgreSQL will refuse (08P01, "invalid message format" and the like): sent on
         untouched, so PostgreSQL answers it in its own words and skips to Sync, as it would directly."""
-        self.unsynced = True
+        self.relay.unsynced = True
         rq.append((ps.MALFORMED, None))
         return None
 
-    def _on_message_ps(self, t: int, body: memoryview) -> bytes | None:
+    def on_message(self, t: int, body: memoryview) -> bytes | None:
         if t == 81:  # small simple query
             if len(body) < 2:  # empty, or no text before the NUL: PostgreSQL's answer, untouched
-                self._on_header_ps(t, 0)
+                self.on_header(t, 0)
                 return None
             if body[0] | 32 == 100 or body[0] in b" \t\r\n":  # starts with d/D or blank: maybe DEALLOCATE
                 mt = _DEALLOCATE.match(bytes(body[:-1]))
                 if mt is not None:
                     return self._deallocate(mt.group(1))
-            self._on_header_ps(t, 0)
+            self.on_header(t, 0)
             return refuse_listen(body)
         if t == 72:  # Flush
             return None
         if t == 88:  # Terminate
-            self.terminating = True
+            self.relay.terminating = True
             return b""
-        if t == 83 and self.in_copy_in:
+        if t == 83 and self.relay.in_copy_in:
             return None  # PostgreSQL ignores Sync during COPY IN: no ReadyForQuery will answer it
         rq = self._track()
         if t == 66:  # Bind: portal, statement, ...
             return self._ps_bind(body, rq)
         if t == 69:  # Execute
-            self.unsynced = True
-            self.copy_window = True  # it may start a COPY FROM STDIN
-            self.copy_syncs = 0
+            self.relay.unsynced = True
+            self.relay.copy_window = True  # it may start a COPY FROM STDIN
+            self.relay.copy_syncs = 0
             rq.append((ps.EXEC, None))
             return None
         if t == 83:  # Sync
-            self.expect += 1
-            self.unsynced = False
-            if self.copy_window:
-                self.copy_syncs += 1
+            self.relay.expect += 1
+            self.relay.unsynced = False
+            if self.relay.copy_window:
+                self.relay.copy_syncs += 1
             rq.append((ps.SYNC, None))
             return None
         if t == 80:  # Parse: name, query, types
@@ -228,8 +96,8 @@ class PreparedRelay(ClientBase):
 
     def _ps_bind(self, body: memoryview, rq: deque[tuple[int, Any]]) -> bytes | None:
         """Bind: portal, statement, parameters: the statement renamed to the pool's."""
-        self.unsynced = True
-        self._mark_query()
+        self.relay.unsynced = True
+        self.relay._mark_query()
         b = bytes(body)
         try:
             j, k, _ = frontend.check_bind(body)
@@ -238,30 +106,30 @@ class PreparedRelay(ClientBase):
             # refuses the rest of the body in its own words (or says the statement does not exist).
             j = b.find(b"\x00")
             k = b.find(b"\x00", j + 1) if j >= 0 else -1
-            st = self._lookup(b[j + 1 : k]) if k >= 0 else None
+            st = self.lookup(b[j + 1 : k]) if k >= 0 else None
             pre = self._ensure(st) if st is not None else b""  # an injected Parse is answered first
             self._malformed(rq)
             return None if st is None else pre + renamed_bind(b, j, k, st.name)
-        st = self._lookup(b[j + 1 : k])
+        st = self.lookup(b[j + 1 : k])
         if st is None:
             rq.append((ps.BIND, None))
             return None  # PostgreSQL answers 26000 itself: the client's name does not exist there
         if st.leaves:
-            self.leaves |= st.leaves
+            self.relay.leaves |= st.leaves
         pre = self._ensure(st)
         rq.append((ps.BIND, (st, b[j + 1 : k])))
         return pre + renamed_bind(b, j, k, st.name)
 
     def _ps_parse(self, body: memoryview, rq: deque[tuple[int, Any]]) -> bytes | None:
         """Parse: name, query, types: answered here when this server holds the statement already."""
-        self.unsynced = True
-        self._mark_query()
+        self.relay.unsynced = True
+        self.relay._mark_query()
         memo = self.last_parse
         if memo is not None and not memo[2].dead and body == memo[0]:
             name, st = memo[1], memo[2]  # the same Parse as last time (pgbench, ORMs): no lookup
-            pool = self.pool
-            assert pool is not None
-            pool.ps_cache.count_hit(st)
+            cache = self.cache
+            assert cache is not None
+            cache.count_hit(st)
         else:
             try:
                 j, k, _ = frontend.check_parse(body)
@@ -269,12 +137,12 @@ class PreparedRelay(ClientBase):
                 return self._malformed(rq)
             b = bytes(body)
             name = b[:j]
-            pool = self.pool
-            assert pool is not None
+            cache = self.cache
+            assert cache is not None
             text = b[j + 1 : k]
             if LISTEN_START.match(text):
                 text = LISTEN_REFUSAL
-            st = pool.ps_cache.get(text, b[k + 1 :], self.planner_sig)
+            st = cache.get(text, b[k + 1 :], self.sig)
             self.last_parse = (b, name, st)
         if name:
             held = self.named.get(name)
@@ -284,9 +152,9 @@ class PreparedRelay(ClientBase):
                 pre = self._ensure(held)
                 rq.append((ps.DUP, (held, name)))
                 return pre + m.msg(b"P", held.name + b"\x00\x00\x00\x00")
-        prev = self._lookup(name)
-        self._define(name, st)
-        s = self.server
+        prev = self.lookup(name)
+        self.define(name, st)
+        s = self.relay.server
         assert s is not None
         if st.name in s.prepared:
             s.prepared.move_to_end(st.name)
@@ -300,7 +168,7 @@ class PreparedRelay(ClientBase):
 
     def _ps_describe(self, body: memoryview, rq: deque[tuple[int, Any]]) -> bytes | None:
         """Describe of a portal or a statement (renamed to the pool's)."""
-        self.unsynced = True
+        self.relay.unsynced = True
         try:
             frontend.parse_describe(body)
         except frontend.InvalidMessage:
@@ -309,7 +177,7 @@ class PreparedRelay(ClientBase):
             rq.append((ps.DESC_P, None))
             return None
         b = bytes(body)
-        st = self._lookup(b[1:-1])
+        st = self.lookup(b[1:-1])
         if st is None:
             rq.append((ps.DESC_S, None))
             return None
@@ -330,7 +198,7 @@ class PreparedRelay(ClientBase):
 
     def _ps_close(self, body: memoryview, rq: deque[tuple[int, Any]]) -> bytes | None:
         """Close: the client's name is forgotten; the server's statement stays (others share it)."""
-        self.unsynced = True
+        self.relay.unsynced = True
         try:
             frontend.parse_close(body)
         except frontend.InvalidMessage:
@@ -339,7 +207,7 @@ class PreparedRelay(ClientBase):
             rq.append((ps.CLOSE, None))
             return None
         name = bytes(body[1:-1])
-        prev = self._lookup(name)
+        prev = self.lookup(name)
         if name:
             self.named.pop(name, None)
         else:
@@ -349,27 +217,27 @@ class PreparedRelay(ClientBase):
         rq.append((ps.SYNTH, (m.CLOSE_COMPLETE, (name, prev))))
         return b""
 
-    def _on_header_ps(self, t: int, ln: int) -> None:
+    def on_header(self, t: int, ln: int) -> None:
         # Simple queries and function calls end at ReadyForQuery: while nothing else is in flight they
         # need no entry (the server relays with the plain handler); `_track` adds placeholders for them
         # when an extended-protocol entry joins.
         if t == 81:
-            self._mark_query()
-            self.copy_window = True
-            self.copy_syncs = 0
+            self.relay._mark_query()
+            self.relay.copy_window = True
+            self.relay.copy_syncs = 0
         if t == 81 or t == 70:
-            self.expect += 1
+            self.relay.expect += 1
             if self.rq:
                 self.rq.append((ps.QUERY if t == 81 else ps.FUNC, None))
         elif t == 99 or t == 102:  # CopyDone, CopyFail
-            self.copy_window = False
-            self.in_copy_in = False
+            self.relay.copy_window = False
+            self.relay.in_copy_in = False
 
     def _track(self) -> deque[tuple[int, Any]]:
         """The response queue, switched on: the server relay walks it from now on."""
         rq = self.rq
         if not rq:
-            left = self.expect
+            left = self.relay.expect
             if self.fast_bind is not None:
                 # A fast batch is the oldest request in flight: queue it as one entry through its
                 # ReadyForQuery (errors still rewritten as for its Bind), its ParseComplete first if unsent,
@@ -386,7 +254,7 @@ class PreparedRelay(ClientBase):
                 left -= 1
             for _ in range(max(0, left)):
                 rq.append((ps.QUERY, None))
-            s = self.server
+            s = self.relay.server
             if s is not None:
                 s.set_ps_mode(True)
         return rq
@@ -403,41 +271,205 @@ class PreparedRelay(ClientBase):
                 if ident[:1] != b'"' and ident in self.named:
                     name = ident
                 else:
-                    self._on_header_ps(81, 0)
+                    self.on_header(81, 0)
                     return None  # let PostgreSQL say 26000 in its own words
             del self.named[name]
             tag = "DEALLOCATE"
-        s = self.server
+        s = self.relay.server
         status = s.txn_status if s is not None else 73
         self._track().append((ps.SYNTH, m.command_complete(tag) + m.ready_for_query(bytes([status]))))
         return b""
 
-    def statement_failed(self, name: bytes, st: ps.Statement) -> None:
-        """PostgreSQL refused the Parse of `st` under the client's `name`: the name means nothing now, as on
-        PostgreSQL, where a failed Parse creates nothing."""
-        if name:
-            if self.named.get(name) is st:
-                del self.named[name]
-        elif self.unnamed is st:
-            self.unnamed = None
+    # ------------------------------------------------------------------ shortcuts
+    def parse_sync_locally(self, view: memoryview) -> bytes | None:
+        """The answer to `Parse... Sync` when every statement is already in the pool cache and no transaction
+        is open (what PQprepare sends), or None. A client preparing while others hold every server in open
+        transactions (pgbench -M prepared, JDBC) would otherwise wait for one, and may deadlock with its own
+        application."""
+        if self.relay.last_status != 73:
+            return None
+        n = len(view)
+        if view[n - 5 : n] != m.SYNC:
+            return None
+        pos = 0
+        unpack = _unpack
+        while pos < n - 5:  # headers only, no copy: most batches (Parse, Bind, ..., Sync) fail here
+            if view[pos] != 80:
+                return None
+            pos += 1 + unpack(view, pos + 1)[0]
+        if pos != n - 5:
+            return None
+        cache = self.cache
+        assert cache is not None
+        data = bytes(view)
+        pos = 0
+        found: list[tuple[bytes, ps.Statement]] = []
+        sig = self.sig
+        while pos + 5 <= n and data[pos] == 80:
+            (ln,) = unpack(data, pos + 1)
+            end = pos + 1 + ln
+            if ln < 4 or end > n:
+                return None
+            j = data.find(b"\x00", pos + 5, end)
+            k = data.find(b"\x00", j + 1, end) if j >= 0 else -1
+            if k < 0:
+                return None
+            name = data[pos + 5 : j]
+            if name and (name in self.named or any(name == f[0] for f in found)):
+                return None  # a second Parse of a name: PostgreSQL's 42P05 comes from the general path
+            st = cache.peek(data[j + 1 : k], data[k + 1 : end], sig)
+            if st is None:
+                return None
+            found.append((name, st))
+            pos = end
+        if not found or data[pos:] != m.SYNC:
+            return None
+        for name, st in found:
+            cache.count_hit(st)
+            self.define(name, st)
+        return m.PARSE_COMPLETE * len(found) + m.RFQ_IDLE
 
-    def statement_replaced(self, st: ps.Statement, fresh: ps.Statement) -> None:
-        """`st` went stale on the server (DDL changed its result type): the client's names for it now mean
-        `fresh`, the same text prepared again under a new server name."""
-        for k, v in list(self.named.items()):
-            if v is st:
-                self.named[k] = fresh
-        if self.unnamed is st:
-            self.unnamed = fresh
+    def _fast_parse(self, view: memoryview, n: int, s: Held) -> tuple[int, ps.Statement, bytes, bytes | None] | None:
+        """The batch's leading Parse, if it is of a statement the pool has and `s` holds (the one this client
+        sent last time needs no lookup): (end of the Parse, the statement, the client's name, the Parse body
+        to remember or None when it is the remembered one). None: the general path must take the batch."""
+        pos = 1 + _unpack(view, 1)[0]
+        if pos + 5 > n:
+            return None
+        memo = self.last_parse
+        memo_body: bytes | None = None
+        if memo is not None and not memo[2].dead and view[5:pos] == memo[0]:
+            parsed, pname = memo[2], memo[1]
+        else:
+            memo_body = bytes(view[5:pos])
+            j = memo_body.find(b"\x00")
+            k = memo_body.find(b"\x00", j + 1) if j >= 0 else -1
+            if k < 0 or LISTEN_START.match(memo_body[j + 1 : k]):
+                return None
+            cache = self.cache
+            assert cache is not None
+            found = cache.peek(memo_body[j + 1 : k], memo_body[k + 1 :], self.sig)
+            if found is None or found.dead:
+                return None
+            parsed, pname = found, memo_body[:j]
+        if parsed.name not in s.prepared or (pname and pname in self.named):
+            return None  # to be parsed on this server, or a second Parse of a name (42P05): general path
+        return pos, parsed, pname, memo_body
 
-    def write_after_synth(self, out: bytes | bytearray | memoryview) -> None:
-        """The server's first bytes after a fast batch whose Parse was answered here: the synthetic
-        ParseComplete goes in front of them."""
-        head = self.synth_head
-        self.synth_head = None
-        self.write(head + out if head is not None else out)
+    def fast_batch(self, view: memoryview, n: int, s: Held) -> bytes | None:
+        """The batch drivers send for one statement, `[Parse] Bind [Describe portal] Execute Sync`, whole in
+        `view`, with nothing else in flight and the statement already on `s` (pgbench -M extended and -M
+        prepared, psycopg, asyncpg, JDBC): the batch to send, its Bind renamed, its Parse answered here by a
+        ParseComplete put in front of the server's reply (`synth_head`); the server relays in plain mode,
+        without the per-message queue. None (nothing changed) for anything else: the general path takes it."""
+        if n < 20 or view[n - 5 : n] != m.SYNC:
+            return None
+        pos = 0
+        t = view[0]
+        parsed: ps.Statement | None = None
+        pname = b""
+        memo_body: bytes | None = None
+        if t == 80:
+            found = self._fast_parse(view, n, s)
+            if found is None:
+                return None
+            pos, parsed, pname, memo_body = found
+            t = view[pos]
+        if t != 66:
+            return None
+        bstart = pos
+        bend = _bind_end(view, pos, n)
+        if not bend:
+            return None
+        b = bytes(view[bstart + 5 : bend])
+        j = b.find(b"\x00")
+        k = b.find(b"\x00", j + 1) if j >= 0 else -1
+        if k < 0 or bend - bstart < 9:
+            return None
+        sname = b[j + 1 : k]
+        prepared = s.prepared
+        if parsed is not None and sname == pname:
+            st: ps.Statement | None = parsed
+        else:
+            st = self.lookup(sname)
+            if st is None or st.name not in prepared:
+                return None
+        assert st is not None
+        if st.leaves:
+            self.relay.leaves |= st.leaves
+        # Committed: the same effects as the general path, message by message.
+        if parsed is not None:
+            cache = self.cache
+            assert cache is not None
+            cache.count_hit(parsed)
+            if memo_body is not None:
+                self.last_parse = (memo_body, pname, parsed)
+            self.define(pname, parsed)
+            prepared.move_to_end(parsed.name)
+            s.ps_hits += 1
+            self.synth_head = m.PARSE_COMPLETE
+        prepared.move_to_end(st.name)
+        self.fast_bind = (st, sname)
+        out = renamed_bind(b, j, k, st.name) + view[bend:n]
+        if st is parsed:
+            # PostgreSQL would have planned this Parse afresh: a plan gone stale must not show (see fast_redo).
+            self.fast_redo = (b, j, k, out)
+        return out
 
-    def forget_statements(self) -> None:
-        """The server ran DISCARD ALL / DEALLOCATE ALL for us: PostgreSQL would have dropped them all."""
-        self.named.clear()
-        self.unnamed = None
+    def redo_fast_batch(self, status: int, s: Held) -> tuple[bytes | None, bytes | None]:
+        """ReadyForQuery `status` from `s` after a fast batch whose Bind failed with a stale cached plan (the
+        error is held): outside a transaction block, (the batch again with a fresh Parse, None): the error and
+        this ReadyForQuery are dropped, the client sees the answer to its Parse as PostgreSQL would give it.
+        Otherwise (None, the held error), to be relayed in front of this ReadyForQuery."""
+        held = self.held_error
+        redo = self.fast_redo
+        fb = self.fast_bind
+        self.held_error = None
+        self.fast_redo = None
+        if status == 73 and redo is not None and fb is not None:
+            sname = fb[1]
+            fresh = self.lookup(sname)  # error_rewrite put a fresh one there
+            if fresh is not None and not fresh.dead and fresh is not fb[0]:
+                self.fast_bind = None
+                b, j, k, sent = redo
+                rest = sent[5 + len(b) - (k - j - 1) + len(fb[0].name) :]  # what followed the Bind we sent
+                s.remember(fresh.name)
+                self.rq.append((ps.INJECT, fresh))
+                self.rq.append((ps.QUERY, (fresh, sname)))
+                s.set_ps_mode(True)
+                return fresh.parse_msg + renamed_bind(b, j, k, fresh.name) + rest, None
+        return None, held
+
+    def copy_started(self, syncs: int) -> None:
+        """PostgreSQL answered CopyInResponse and will ignore the client's next `syncs` Syncs (see
+        ClientBase.copy_in_started): no ReadyForQuery answers them, and the fast batch's Bind succeeded."""
+        self.fast_bind = None
+        self.fast_redo = None
+        rq = self.rq
+        if syncs and rq:
+            keep = [rq.popleft()]  # the Execute being answered
+            while rq and syncs:
+                e = rq.popleft()
+                if e[0] == ps.SYNC:
+                    syncs -= 1
+                else:
+                    keep.append(e)
+            rq.extendleft(reversed(keep))
+
+
+def _bind_end(view: memoryview, pos: int, n: int) -> int:
+    """Where the Bind at `pos` ends, if the batch goes on as `Bind [Describe portal] Execute Sync` to its end
+    `n`; 0 otherwise (a statement Describe needs the general path's queue)."""
+    bend: int = pos + 1 + _unpack(view, pos + 1)[0]
+    if bend + 5 > n:
+        return 0
+    pos = bend
+    if view[pos] == 68:  # Describe
+        if view[pos + 5] != 80:
+            return 0
+        pos += 1 + _unpack(view, pos + 1)[0]
+        if pos + 5 > n:
+            return 0
+    if view[pos] != 69 or pos + 1 + _unpack(view, pos + 1)[0] != n - 5:
+        return 0
+    return bend

@@ -26,7 +26,7 @@ from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
 from pgdoorman.session.server_login import READY, REFUSED, BackendLogin
-from pgdoorman.session.server_prepared import SERVER_TABLE, is_stale_plan
+from pgdoorman.session.server_prepared import SERVER_TABLE
 from pgdoorman.session.server_wrap import FATAL_SEVERITY, ServerWrapped
 from pgdoorman.session.states import (
     ACTIVE,
@@ -356,10 +356,11 @@ class ServerConn(ServerWrapped):
             out = self.scanner.feed(self.loop.rview[:n])
             c = self.client
             if out is not None and c is not None:
-                if c.synth_head is None:
+                rw = c.rw
+                if rw.synth_head is None:
                     c.write(out)
                 else:  # a fast batch's ParseComplete goes in front of its first response
-                    c.write_after_synth(out)
+                    c.write(rw.after_synth(out))
             if self.release_pending:
                 self.release_pending = False
                 self.worker.release_server(self)
@@ -375,10 +376,11 @@ class ServerConn(ServerWrapped):
             st = body[0]
             c = self.client
             held = None
-            if c is not None and c.held_error is not None:
-                held = c.redo_fast_batch(st)
-                if held is None:
+            if c is not None and c.rw.held_error is not None:
+                resend, held = c.rw.redo_fast_batch(st, self)
+                if resend is not None:
                     self.txn_status = st
+                    self.write(resend)
                     return b""  # the batch was sent again: its own ReadyForQuery will follow
             self.txn_status = st
             if st == 73:
@@ -423,18 +425,14 @@ class ServerConn(ServerWrapped):
         c = self.client
         if c is None:
             return None
-        fb = c.fast_bind
-        if fb is None:
+        if c.rw.fast_bind is None:
             c.on_server_error(body)
             return None
         # In a fast batch: as the general path does for its Bind.
-        if c.fast_redo is not None and is_stale_plan(m.parse_fields(body)):
-            self._ps_error(ps.BIND, fb, body)  # forgets the stale statement, makes a fresh one
-            c.hold_error(body)
-            return b""  # held until ReadyForQuery (see ClientPeer.redo_fast_batch)
-        c.on_server_error(body)
-        rep = self._ps_error(ps.BIND, fb, body)
-        return None if rep is None else m.msg(b"E", rep)
+        out = c.rw.fast_error(self, body)
+        if out != b"":  # not held for a redo (Rewriter.redo_fast_batch)
+            c.on_server_error(body)
+        return out
 
     def _note_tag(self, tag: bytes) -> None:
         if tag == b"SET" or tag == b"RESET":
@@ -467,7 +465,7 @@ class ServerConn(ServerWrapped):
         self.evicted.clear()
         c = self.client
         if c is not None:
-            c.forget_statements()
+            c.rw.forget_statements()
 
     def _idle_read(self) -> None:
         data = self.recv_or_close(65536, "server closed an idle connection")

@@ -1,4 +1,4 @@
-"""The batch fast path of transparent prepared statements (ClientConn._fast_batch), driven message by message
+"""The batch fast path of transparent prepared statements (ClientConn._fast_batch, Rewriter.fast_batch), driven message by message
 over real sockets with the test playing PostgreSQL, so that the orderings a live server makes unlikely are
 forced: a second batch pipelined before the first one's answer, and an error answering a fast batch.
 The worker's loop is not run: the test calls the connections' read handlers itself."""
@@ -64,7 +64,7 @@ def linked() -> Iterator[tuple[ClientConn, ServerConn, socket.socket, socket.soc
     client.pool = pool
     client.state = READY
     client.ps = True
-    client.use_ps_scanner()
+    client.use_ps_scanner(pool, ())
     server = ServerConn(s_sock, worker, pool, "test")
     server.timer.cancel()
     server.state = IDLE
@@ -108,31 +108,31 @@ def test_pipelined_batch_behind_a_fast_batch(linked: Any) -> None:
     _prime(client, server, c_peer, s_peer, "", "select 1")
     # The same batch again: the fast path sends Bind, Describe, Execute, Sync only.
     _client_sends(client, c_peer, parse("", "select 1"), bind(), describe("P"), execute(), sync())
-    assert client.fast_bind is not None and client.synth_head is not None and not client.rq
+    assert client.rw.fast_bind is not None and client.rw.synth_head is not None and not client.rw.rq
     assert [t for t, _ in _read_messages(s_peer)] == ["B", "D", "E", "S"]
     # Before PostgreSQL answers, a second batch: the fast one joins the expected-response queue.
     _client_sends(client, c_peer, bind(), execute(), sync())
-    assert client.fast_bind is None and client.synth_head is None and client.rq
+    assert client.rw.fast_bind is None and client.rw.synth_head is None and client.rw.rq
     assert [t for t, _ in _read_messages(s_peer)] == ["B", "E", "S"]
     _server_answers(server, s_peer, frame("2") + ROW + RFQ + frame("2") + frame("D", b"\0\x01\0\0\0\x011")
                     + frame("C", b"SELECT 1\0") + RFQ)
     got = [t for t, _ in _read_messages(c_peer)]
     assert got == ["1", "2", "T", "D", "C", "Z", "2", "D", "C", "Z"]
-    assert not client.rq and client.expect == 0 and client.server is None
+    assert not client.rw.rq and client.expect == 0 and client.server is None
 
 
 def test_fast_batch_error_names_the_clients_statement(linked: Any) -> None:
     client, server, c_peer, s_peer = linked
     ours = _prime(client, server, c_peer, s_peer, "mine", "select 1")
     _client_sends(client, c_peer, bind("", "mine"), execute(), sync())
-    assert client.fast_bind is not None
+    assert client.rw.fast_bind is not None
     sent = _read_messages(s_peer)
     assert [t for t, _ in sent] == ["B", "E", "S"] and ours in sent[0][1]
     _server_answers(server, s_peer, _error(f'prepared statement "{ours.decode()}" does not exist') + RFQ)
     got = _read_messages(c_peer)
     assert [t for t, _ in got] == ["E", "Z"]
     assert b'prepared statement "mine" does not exist' in got[0][1]
-    assert client.fast_bind is None
+    assert client.rw.fast_bind is None
 
 
 def test_fast_batch_answer_split_across_reads(linked: Any) -> None:
@@ -142,7 +142,7 @@ def test_fast_batch_answer_split_across_reads(linked: Any) -> None:
     assert [t for t, _ in _read_messages(s_peer)] == ["B", "E", "S"]
     answer = frame("2") + ROW + RFQ
     _server_answers(server, s_peer, answer[:3])  # not even a header: nothing relayed, ParseComplete kept
-    assert _read_messages(c_peer) == [] and client.synth_head is not None
+    assert _read_messages(c_peer) == [] and client.rw.synth_head is not None
     _server_answers(server, s_peer, answer[3:])
     assert [t for t, _ in _read_messages(c_peer)] == ["1", "2", "T", "D", "C", "Z"]
 
@@ -152,13 +152,13 @@ def test_other_batches_take_the_general_path(linked: Any) -> None:
     _prime(client, server, c_peer, s_peer, "", "select 1")
     # Another text than last time: the general path (the server has not got it: Parse sent).
     _client_sends(client, c_peer, parse("", "select 2"), bind(), execute(), sync())
-    assert client.fast_bind is None and client.rq
+    assert client.rw.fast_bind is None and client.rw.rq
     assert [t for t, _ in _read_messages(s_peer)] == ["P", "B", "E", "S"]
     _server_answers(server, s_peer, frame("1") + frame("2") + ROW + RFQ)
     assert [t for t, _ in _read_messages(c_peer)] == ["1", "2", "T", "D", "C", "Z"]
     # A statement Describe needs the queue too.
     _client_sends(client, c_peer, parse("", "select 2"), describe("S"), bind(), execute(), sync())
-    assert client.fast_bind is None and client.rq
+    assert client.rw.fast_bind is None and client.rw.rq
 
 
 STALE = b"SERROR\0C0A000\0Mcached plan must not change result type\0\0"
@@ -179,7 +179,7 @@ def test_stale_plan_is_parsed_again_outside_a_transaction(linked: Any) -> None:
     assert fresh != old and fresh in again[1][1] and old in server.evicted
     _server_answers(server, s_peer, frame("1") + frame("2") + ROW + RFQ)
     assert [t for t, _ in _read_messages(c_peer)] == ["2", "T", "D", "C", "Z"]
-    assert not client.rq and client.expect == 0 and client.server is None and client.held_error is None
+    assert not client.rw.rq and client.expect == 0 and client.server is None and client.rw.held_error is None
 
 
 def test_stale_plan_in_a_failed_transaction_reaches_the_client(linked: Any) -> None:
@@ -191,7 +191,7 @@ def test_stale_plan_in_a_failed_transaction_reaches_the_client(linked: Any) -> N
     _server_answers(server, s_peer, frame("E", STALE) + frame("Z", b"E"))
     got = _read_messages(c_peer)
     assert [t for t, _ in got] == ["1", "E", "Z"] and got[1][1] == STALE and got[2][1] == b"E"
-    assert _read_messages(s_peer) == [] and client.expect == 0 and client.held_error is None
+    assert _read_messages(s_peer) == [] and client.expect == 0 and client.rw.held_error is None
 
 
 # ------------------------------------------------------------------ simple Query fast path (_fast_query)
@@ -230,7 +230,7 @@ def test_simple_query_behind_a_pipelined_batch_keeps_the_response_order(linked: 
     """With extended-protocol responses queued, a Query must join the queue (general path)."""
     client, server, c_peer, s_peer = linked
     _client_sends(client, c_peer, parse("", "select 1"), bind("", ""), execute(), sync())
-    assert client.rq
+    assert client.rw.rq
     _client_sends(client, c_peer, query("select 2"))
     # The same statement again behind the Query (unnamed: a second Parse of a name would fail with 42P05, as on
     # PostgreSQL): its ParseComplete is made here, after the Query's answer.
@@ -240,4 +240,4 @@ def test_simple_query_behind_a_pipelined_batch_keeps_the_response_order(linked: 
     _server_answers(server, s_peer, frame("1") + frame("2") + ROW + RFQ + ROW + RFQ + frame("2") + ROW + RFQ)
     assert [t for t, _ in _read_messages(c_peer)] == ["1", "2", "T", "D", "C", "Z", "T", "D", "C", "Z",
                                                       "1", "2", "T", "D", "C", "Z"]
-    assert not client.rq and client.expect == 0 and client.server is None
+    assert not client.rw.rq and client.expect == 0 and client.server is None

@@ -45,7 +45,7 @@ def test_only_pool_module_touches_idle_lists_and_waiters() -> None:
 
 
 def test_connections_keep_slots_through_their_parts() -> None:
-    """ClientConn is assembled from parts in several files (client_base, rewrite, fastpath, login): each
+    """ClientConn is assembled from parts in several files (client_base, fastpath, login): each
     must declare __slots__, or every connection would carry a __dict__ again."""
     from pgdoorman.session.client import ClientConn
     from pgdoorman.session.server import ServerConn

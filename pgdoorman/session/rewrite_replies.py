@@ -1,0 +1,312 @@
+"""Transparent prepared statements, the state of one client and the server-to-client direction: the
+client's names for the pool's statements, the queue of responses its requests expect, and the rewriting of
+the server's answers (synthetic ParseCompletes spliced in, answers to injected Parses swallowed, a stale plan
+re-parsed, PostgreSQL's skip after an extended-protocol error mirrored).
+
+`RewriterBase` is the lower half of `Rewriter` (rewrite.py: the client-to-server direction). Neither holds a
+socket: the client it serves is a `Relay` (the request counters it keeps true) and the server its client is
+linked to is a `Held` (the statements that server holds); tests/unit/test_rewriter.py drives both directions
+with plain objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pgdoorman.core import prepared as ps
+from pgdoorman.protocol import messages as m
+
+if TYPE_CHECKING:
+    from pgdoorman.core.prepared import PoolCache
+
+log = logging.getLogger("pgdoorman.server")
+
+# The response types the plain relay handler acts on (ReadyForQuery, CommandComplete, ParameterStatus, Error).
+PLAIN_TYPES = frozenset(b"ZCSEG")
+# What PostgreSQL may send while it skips to a Sync: that Sync's ReadyForQuery, and asynchronous messages.
+_WHILE_SKIPPING = frozenset(b"ZSNA")
+# PostgreSQL's message when DDL changed the result of a statement prepared before (SQLSTATE 0A000).
+_STALE_PLAN = "cached plan must not change result type"
+_DROPPED_TYPE = "cache lookup failed for type"
+
+
+def is_stale_plan(fields: dict[str, str]) -> bool:
+    """The error says a statement parsed before no longer fits the schema: its result type changed (0A000), or
+    a type it was parsed against was dropped (XX000 "cache lookup failed for type", e.g. a type re-created
+    under the same name). A fresh Parse of the same text would not fail so."""
+    code = fields.get("C")
+    msg = fields.get("M", "")
+    return (code == "0A000" and _STALE_PLAN in msg) or (code == "XX000" and msg.startswith(_DROPPED_TYPE))
+
+
+class _NoRequests(deque[tuple[int, Any]]):
+    """The queue of a client not in prepared-statement mode: always empty, and loud if anything is queued."""
+
+    def append(self, _: tuple[int, Any]) -> None:
+        raise RuntimeError("response queued outside prepared-statement mode")
+
+    appendleft = append
+
+    def extend(self, _: Any) -> None:
+        raise RuntimeError("response queued outside prepared-statement mode")
+
+    extendleft = extend
+
+
+NO_REQUESTS = _NoRequests()
+
+
+class Held(Protocol):
+    """The server a client is linked to, as its rewriter sees it: which pool statements (DOORMAN_n) it holds,
+    its hit/miss counters, and its relay's switches. ServerConn is one."""
+
+    prepared: OrderedDict[bytes, None]
+    evicted: list[bytes]
+    ps_hits: int
+    ps_misses: int
+    txn_status: int
+    skipping: bool  # PostgreSQL skips to the next Sync after an error in this batch
+    release_pending: bool
+
+    def remember(self, name: bytes) -> None: ...
+
+    def set_ps_mode(self, on: bool) -> None: ...
+
+    def _on_message(self, t: int, body: memoryview) -> bytes | None: ...  # the plain relay handler
+
+
+class Relay(Protocol):
+    """The client a rewriter serves, as the rewriter sees it: the request counters its relay keeps, which the
+    rewriter keeps true for the messages it reads. ClientConn is one."""
+
+    expect: int  # ReadyForQuerys due
+    unsynced: bool  # an extended-protocol message was sent and its Sync not yet
+    copy_window: bool
+    copy_syncs: int
+    in_copy_in: bool
+    leaves: int  # what it may leave on its server: core/leaks.py's PINS | SETTINGS bits
+    terminating: bool
+    last_status: int
+
+    @property
+    def server(self) -> Any: ...  # Held | None (Any: ClientConn's attribute is the richer ServerConn)
+
+    def _mark_query(self) -> None: ...
+
+
+class RewriterBase:
+    """The prepared-statement state of one client: its names (`named`, `unnamed`) for statements of the pool's
+    cache, the responses its requests expect (`rq`), the fast batch in flight, and the reply direction."""
+
+    __slots__ = ("relay", "cache", "sig", "named", "unnamed", "rq", "last_parse", "synth_head", "fast_bind",
+                 "fast_redo", "held_error")
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.cache: PoolCache | None = None  # the pool's statements (set by start())
+        self.sig: tuple[str, ...] = ()  # the client's planner settings: part of each statement's key
+        self.named: dict[bytes, ps.Statement] = {}
+        self.unnamed: ps.Statement | None = None
+        # The expected-response queue, made by start() (760 bytes each: most refused connections never get
+        # that far, and session-mode clients never use it).
+        self.rq: deque[tuple[int, Any]] = NO_REQUESTS
+        self.last_parse: tuple[bytes, bytes, ps.Statement] | None = None  # the last Parse body, its name and statement
+        # A fast batch in flight (rewrite.py fast_batch): its ParseComplete answered here, to go in front of the
+        # server's first bytes; its Bind's (statement, client name); what to send again if that statement's plan
+        # went stale (0A000 "cached plan must not change result type", held in held_error until ReadyForQuery).
+        self.synth_head: bytes | None = None
+        self.fast_bind: tuple[ps.Statement, bytes] | None = None
+        self.fast_redo: tuple[bytes, int, int, bytes] | None = None
+        self.held_error: bytes | None = None
+
+    def start(self, cache: PoolCache, sig: tuple[str, ...]) -> None:
+        """Prepared-statement mode from now on, with this pool cache and these planner settings."""
+        self.cache = cache
+        self.sig = sig
+        self.rq = deque()
+
+    # ------------------------------------------------------------------ the client's names
+    def lookup(self, name: bytes) -> ps.Statement | None:
+        return self.named.get(name) if name else self.unnamed
+
+    def define(self, name: bytes, st: ps.Statement | None) -> None:
+        """The client's Parse of `name` (b"" = the unnamed statement) now means `st` (None: nothing)."""
+        if name:
+            if st is None:
+                self.named.pop(name, None)
+            else:
+                self.named[name] = st
+        else:
+            self.unnamed = st
+
+    def forget_statements(self) -> None:
+        """The server ran DISCARD ALL / DEALLOCATE ALL for us: PostgreSQL would have dropped them all."""
+        self.named.clear()
+        self.unnamed = None
+
+    def _statement_failed(self, name: bytes, st: ps.Statement) -> None:
+        """PostgreSQL refused the Parse of `st` under the client's `name`: the name means nothing now, as on
+        PostgreSQL, where a failed Parse creates nothing."""
+        if name:
+            if self.named.get(name) is st:
+                del self.named[name]
+        elif self.unnamed is st:
+            self.unnamed = None
+
+    def _statement_replaced(self, st: ps.Statement, fresh: ps.Statement) -> None:
+        """`st` went stale on the server (DDL changed its result type): the client's names for it now mean
+        `fresh`, the same text prepared again under a new server name."""
+        for k, v in list(self.named.items()):
+            if v is st:
+                self.named[k] = fresh
+        if self.unnamed is st:
+            self.unnamed = fresh
+
+    def take_synth(self) -> bytearray | None:
+        """The synthetic responses at the head of the queue (answered here), to be written to the client."""
+        return ps.take_synth(self.rq)
+
+    def after_synth(self, out: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
+        """The server's first bytes after a fast batch whose Parse was answered here: the synthetic
+        ParseComplete goes in front of them."""
+        head = self.synth_head
+        self.synth_head = None
+        return head + out if head is not None else out
+
+    def hold_error(self, body: memoryview) -> None:
+        """A fast batch's statement went stale: its ErrorResponse waits for ReadyForQuery, when the batch is
+        sent again with fresh statements (rewrite.py redo_fast_batch) or the error is relayed after all."""
+        self.held_error = m.msg(b"E", body)
+
+    def _skipped(self, kind: int, data: Any) -> None:
+        """PostgreSQL skipped the message of this queue entry (an earlier error in the same batch): undo what
+        sending it did to the client's names and counters."""
+        if kind == ps.PARSE:
+            self.define(data[1], data[2])
+        elif kind == ps.SYNTH and isinstance(data, tuple):
+            name, prev = data[1]
+            self.define(name, prev)
+        elif kind == ps.QUERY or kind == ps.FUNC:
+            self.relay.expect -= 1  # no ReadyForQuery will answer it
+
+    # ------------------------------------------------------------------ server -> client
+    def reply(self, t: int, body: memoryview, s: Held) -> bytes | None:
+        """A message from server `s` in prepared-statement mode (its scanner's handler): what to relay instead
+        of it (None: as it is, b"": nothing), with synthetic answers due before or after it."""
+        rq = self.rq
+        # (While PostgreSQL skips to a Sync it sends nothing: no synthetic answer is due before its ReadyForQuery.
+        # A response other than that ReadyForQuery means it is not skipping any more.)
+        if s.skipping and t not in _WHILE_SKIPPING:
+            s.skipping = False
+        prefix = None if s.skipping else ps.take_synth(rq)
+        swallow = False
+        rewritten = False
+        if rq and t not in (83, 78, 65):  # ParameterStatus, notices and notifications belong to no entry
+            kind, data = rq[0]
+            if t == 90:  # ReadyForQuery ends the batch
+                if s.skipping:
+                    # It answers the Sync that ended PostgreSQL's skip: whatever the client sent before that
+                    # Sync (also after the error reached us) was skipped.
+                    s.skipping = False
+                    while rq and rq[0][0] != ps.SYNC:
+                        self._skip_entry(s, *rq.popleft())
+                else:
+                    while rq and rq[0][0] not in (ps.SYNC, ps.QUERY, ps.FUNC):
+                        self._skip_entry(s, *rq.popleft())  # never answered: skipped
+                if rq:
+                    rq.popleft()
+            elif t == 69:  # ErrorResponse
+                rep = self._error_response(s, kind, data, body)
+                if rep is not None:
+                    body = memoryview(rep)
+                    rewritten = True
+            elif t in ps.TERMINAL[kind]:
+                rq.popleft()
+                swallow = kind in ps.SWALLOWED
+        if t in PLAIN_TYPES:
+            s._on_message(t, body)
+        # Synthetic responses due right after this one (e.g. a CloseComplete between a BindComplete and the
+        # DataRows that follow): emit them now, since DataRows stream by without reaching this handler.
+        suffix = ps.take_synth(rq)
+        if t == 90:
+            if rq:
+                s.release_pending = False  # more was pipelined after this Sync
+            else:
+                s.set_ps_mode(False)
+        if prefix is None and suffix is None and not rewritten:
+            return b"" if swallow else None
+        out = prefix if prefix is not None else bytearray()
+        if not swallow:
+            out += bytes([t]) + m.U32.pack(len(body) + 4) + body
+        if suffix is not None:
+            out += suffix
+        return bytes(out)
+
+    def _error_response(self, s: Held, kind: int, data: Any, body: memoryview) -> bytes | None:
+        """An ErrorResponse answering the entry (kind, data) at the head of the queue: the rewritten error, or
+        None to relay PostgreSQL's own."""
+        rq = self.rq
+        if kind in (ps.QUERY, ps.FUNC):
+            # A simple query's error ends at its ReadyForQuery; in a fast batch errors are its Bind's.
+            return None if data is None else self.error_rewrite(s, ps.BIND, data, body)
+        rep = self.error_rewrite(s, kind, data, body)
+        # PostgreSQL skips everything up to the next Sync: so do the expectations, and what the skipped
+        # messages did to our view of the client's and this server's statements is undone (also for messages
+        # the client sends after this, until its Sync: see Held.skipping).
+        rq.popleft()
+        while rq and rq[0][0] != ps.SYNC:
+            self._skip_entry(s, *rq.popleft())
+        if not rq:
+            s.skipping = True
+        return rep
+
+    def _skip_entry(self, s: Held, kind: int, data: Any) -> None:
+        """PostgreSQL skipped the message of this expected-response entry: undo what sending it did."""
+        self._skipped(kind, data)
+        if kind == ps.PARSE:
+            s.prepared.pop(data[0].name, None)
+        elif kind == ps.INJECT:
+            s.prepared.pop(data.name, None)
+
+    def error_rewrite(self, s: Held, kind: int, data: object, body: memoryview) -> bytes | None:
+        """Keep caches true after an error; return the error body with our statement name replaced by the
+        client's when PostgreSQL quoted it."""
+        cache = self.cache
+        assert cache is not None
+        if kind == ps.PARSE or kind == ps.INJECT:
+            st = data[0] if kind == ps.PARSE else data  # type: ignore[index]
+            assert isinstance(st, ps.Statement)
+            s.prepared.pop(st.name, None)
+            if kind == ps.PARSE:
+                # A failed Parse creates nothing, on PostgreSQL as here: forget it everywhere.
+                cache.forget(st)
+                self._statement_failed(data[1], st)  # type: ignore[index]
+            return None
+        if not isinstance(data, tuple) or not isinstance(data[0], ps.Statement):
+            return None  # an entry with nothing to rewrite (an unknown name, a malformed message, ...)
+        st, cname = data
+        raw = bytes(body)
+        rep = raw.replace(b'"' + st.name + b'"', b'"' + cname + b'"')
+        f = m.parse_fields(raw)
+        if is_stale_plan(f):
+            # DDL changed the statement's result type. PostgreSQL keeps failing a statement like that until
+            # it is prepared again: do that for the client, under a new name, and drop the stale copy here.
+            s.prepared.pop(st.name, None)
+            s.evicted.append(st.name)
+            cache.forget(st)
+            self._statement_replaced(st, cache.get(st.query, st.key[1], st.key[2]))
+        return rep if rep != raw else None
+
+    def fast_error(self, s: Held, body: memoryview) -> bytes | None:
+        """An ErrorResponse in plain relay mode while a fast batch is in flight (its Bind's error): the error
+        to relay (None: PostgreSQL's own, b"": held until ReadyForQuery for a redo)."""
+        fb = self.fast_bind
+        assert fb is not None
+        if self.fast_redo is not None and is_stale_plan(m.parse_fields(body)):
+            self.error_rewrite(s, ps.BIND, fb, body)  # forgets the stale statement, makes a fresh one
+            self.hold_error(body)
+            return b""  # held until ReadyForQuery (see Rewriter.redo_fast_batch)
+        rep = self.error_rewrite(s, ps.BIND, fb, body)
+        return None if rep is None else m.msg(b"E", rep)

@@ -1,0 +1,266 @@
+"""The prepared-statement Rewriter on its own, both directions, with no socket and no connection: the client's
+bytes go through a Scanner into it (as ClientConn does), what it returns is what the server would get; the
+server's answers go through the server's Scanner into `reply` (as ServerConn does), what it returns is what
+the client would get. The "server" here is the plain record of which statements a backend holds (`Held`); the
+answers are the ones PostgreSQL gives to those messages (the live comparison is test_prepared_diff.py)."""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from typing import Any
+
+from pgdoorman.core.prepared import PoolCache
+from pgdoorman.protocol import messages as m
+from pgdoorman.protocol.framing import Scanner
+from pgdoorman.session.rewrite import Rewriter
+from pgdoorman.session.server_prepared import SERVER_PS_TABLE, SERVER_TABLE
+from pgdoorman.session.states import CLIENT_PS_TABLE
+from tests.support.wire import bind, close, describe, execute, frame, parse, query, sync
+
+
+class FakeHeld:
+    """What a backend holds, and the relay switches the rewriter flips: a record, no socket."""
+
+    def __init__(self) -> None:
+        self.prepared: OrderedDict[bytes, None] = OrderedDict()
+        self.evicted: list[bytes] = []
+        self.ps_hits = 0
+        self.ps_misses = 0
+        self.txn_status = 73
+        self.skipping = False
+        self.release_pending = False
+        self.ps_on = False
+        self.plain: list[int] = []  # message types handed to the plain relay handler
+        self.relay: FakeRelay | None = None
+
+    def remember(self, name: bytes) -> None:
+        self.prepared[name] = None
+
+    def set_ps_mode(self, on: bool) -> None:
+        self.ps_on = on
+
+    def _on_message(self, t: int, body: memoryview) -> bytes | None:
+        """As ServerConn's: a ReadyForQuery answers one request of the client (ClientConn.ready)."""
+        self.plain.append(t)
+        if t == 90 and self.relay is not None:
+            self.relay.expect -= 1
+            self.relay.last_status = body[0]
+        return None
+
+
+class FakeRelay:
+    """The client's request counters."""
+
+    def __init__(self, server: FakeHeld) -> None:
+        self.server = server
+        self.expect = 0
+        self.unsynced = False
+        self.copy_window = False
+        self.copy_syncs = 0
+        self.in_copy_in = False
+        self.leaves = False
+        self.terminating = False
+        self.last_status = 73
+        self.marked = 0
+
+    def _mark_query(self) -> None:
+        self.marked += 1
+
+
+class Pair:
+    """One client's rewriter between its bytes and one backend's answers."""
+
+    def __init__(self, cache: PoolCache | None = None, held: FakeHeld | None = None) -> None:
+        self.cache = cache or PoolCache(100)
+        self.held = held or FakeHeld()
+        self.relay = FakeRelay(self.held)
+        self.held.relay = self.relay
+        self.rw = Rewriter(self.relay)
+        self.rw.start(self.cache, ())
+        self.client_scanner = Scanner(CLIENT_PS_TABLE, on_header=self.rw.on_header, on_message=self.rw.on_message)
+
+    def send(self, data: bytes) -> list[tuple[str, bytes]]:
+        """The client sends `data`: the messages the server gets."""
+        out = self.client_scanner.feed(memoryview(data))
+        return split(b"" if out is None else bytes(out))
+
+    def answer(self, data: bytes) -> list[tuple[str, bytes]]:
+        """The server answers `data`: the messages the client gets (synthetic ones included)."""
+        sc = Scanner(SERVER_PS_TABLE if self.held.ps_on or self.rw.rq else SERVER_TABLE,
+                     on_message=lambda t, b: self.rw.reply(t, b, self.held))
+        out = sc.feed(memoryview(data))
+        got = b"" if out is None else bytes(out)
+        synth = self.rw.take_synth()  # what the client side flushes when nothing else is due
+        return split(got + (bytes(synth) if synth else b""))
+
+
+def split(data: bytes) -> list[tuple[str, bytes]]:
+    out = []
+    pos = 0
+    while pos < len(data):
+        (ln,) = struct.unpack_from("!I", data, pos + 1)
+        out.append((chr(data[pos]), data[pos + 5 : pos + 1 + ln]))
+        pos += 1 + ln
+    return out
+
+
+def types(msgs: list[tuple[str, bytes]]) -> str:
+    return "".join(t for t, _ in msgs)
+
+
+def error(code: str, message: str) -> bytes:
+    return frame("E", b"SERROR\0C" + code.encode() + b"\0M" + message.encode() + b"\0\0")
+
+
+OK_ROW = frame("D", b"\0\x01\0\0\0\x011") + frame("C", b"SELECT 1\0")
+RFQ = frame("Z", b"I")
+
+
+def test_first_parse_goes_to_the_server_renamed_and_answers_pass_through() -> None:
+    p = Pair()
+    sent = p.send(parse("s1", "select 1") + bind("", "s1") + execute() + sync())
+    assert types(sent) == "PBES"
+    st = p.rw.named[b"s1"]
+    assert sent[0][1].startswith(st.name + b"\0select 1\0")
+    assert sent[1][1].split(b"\0")[1] == st.name  # the Bind names the pool's statement
+    assert st.name in p.held.prepared and p.held.ps_misses == 1
+    assert p.relay.expect == 1 and not p.relay.unsynced
+    got = p.answer(m.PARSE_COMPLETE + m.BIND_COMPLETE + OK_ROW + RFQ)
+    assert types(got) == "12DCZ"
+    assert not p.rw.rq and not p.held.ps_on and p.held.plain == [ord("C"), ord("Z")]
+
+
+def test_a_parse_the_server_holds_is_answered_here() -> None:
+    cache = PoolCache(100)
+    held = FakeHeld()
+    first = Pair(cache, held)
+    first.send(parse("", "select 1") + sync())
+    first.answer(m.PARSE_COMPLETE + RFQ)
+    second = Pair(cache, held)  # another client of the pool, given the same backend
+    sent = second.send(parse("mine", "select 1") + bind("", "mine") + execute() + sync())
+    assert types(sent) == "BES"  # no Parse: the backend has it
+    assert held.ps_hits == 1
+    got = second.answer(m.BIND_COMPLETE + OK_ROW + RFQ)
+    assert types(got) == "12DCZ"  # the ParseComplete the client expects, in its place
+    assert second.rw.named[b"mine"] is first.rw.unnamed
+
+
+def test_failed_parse_forgets_the_name_and_skips_to_sync() -> None:
+    p = Pair()
+    sent = p.send(parse("bad", "selec 1") + bind("", "bad") + execute() + sync())
+    assert types(sent) == "PBES"
+    st = p.rw.named[b"bad"]
+    got = p.answer(error("42601", 'syntax error at or near "selec"') + RFQ)
+    assert types(got) == "EZ"
+    assert b"bad" not in p.rw.named and st.name not in p.held.prepared
+    assert st.dead or p.cache.peek(b"selec 1", b"\0\0", ()) is None  # a failed Parse is not cached
+    assert not p.rw.rq and p.relay.expect == 0
+
+
+def test_error_names_the_clients_statement() -> None:
+    p = Pair()
+    p.send(parse("s1", "select $1::int") + sync())
+    p.answer(m.PARSE_COMPLETE + RFQ)
+    st = p.rw.named[b"s1"]
+    p.send(describe("S", "s1") + sync())
+    msg = b'prepared statement "' + st.name + b'" does not exist'
+    got = p.answer(error("26000", msg.decode()) + RFQ)
+    assert types(got) == "EZ"
+    assert b'"s1"' in got[0][1] and st.name not in got[0][1]
+
+
+def test_close_is_answered_here_and_the_server_copy_stays() -> None:
+    p = Pair()
+    p.send(parse("s1", "select 1") + sync())
+    p.answer(m.PARSE_COMPLETE + RFQ)
+    st = p.rw.named[b"s1"]
+    sent = p.send(close("S", "s1") + sync())
+    assert types(sent) == "S"
+    got = p.answer(RFQ)
+    assert types(got) == "3Z"
+    assert b"s1" not in p.rw.named and st.name in p.held.prepared
+
+
+def test_deallocate_is_answered_here() -> None:
+    p = Pair()
+    p.send(parse("s1", "select 1") + sync())
+    p.answer(m.PARSE_COMPLETE + RFQ)
+    sent = p.send(query("DEALLOCATE s1"))
+    assert sent == []
+    synth = p.rw.take_synth()
+    assert synth is not None and types(split(bytes(synth))) == "CZ"
+    assert b"s1" not in p.rw.named
+
+
+def test_stale_plan_makes_a_fresh_statement_under_the_clients_name() -> None:
+    p = Pair()
+    p.send(parse("s1", "select * from t") + sync())
+    p.answer(m.PARSE_COMPLETE + RFQ)
+    old = p.rw.named[b"s1"]
+    p.send(bind("", "s1") + execute() + sync())
+    got = p.answer(error("0A000", "cached plan must not change result type") + RFQ)
+    assert types(got) == "EZ"
+    fresh = p.rw.named[b"s1"]
+    assert fresh is not old and fresh.query == old.query
+    assert old.name not in p.held.prepared and old.name in p.held.evicted
+
+
+def test_skipped_messages_after_an_error_are_undone() -> None:
+    p = Pair()
+    # Bind of an unknown name fails; the Parse and Close after it are skipped by PostgreSQL until Sync.
+    p.send(bind("", "nope") + parse("later", "select 2") + close("S", "gone") + sync())
+    st = p.rw.named.get(b"later")
+    assert st is not None
+    got = p.answer(error("26000", 'prepared statement "nope" does not exist') + RFQ)
+    assert types(got) == "EZ"  # no ParseComplete or CloseComplete for the skipped messages
+    assert b"later" not in p.rw.named and st.name not in p.held.prepared
+
+
+def test_fast_batch_renames_the_bind_and_puts_parse_complete_first() -> None:
+    cache = PoolCache(100)
+    held = FakeHeld()
+    warm = Pair(cache, held)
+    warm.send(parse("", "select 1") + sync())
+    warm.answer(m.PARSE_COMPLETE + RFQ)
+    p = Pair(cache, held)
+    batch = parse("", "select 1") + bind("", "") + describe("P", "") + execute() + sync()
+    out = p.rw.fast_batch(memoryview(batch), len(batch), held)
+    assert out is not None
+    sent = split(bytes(out))
+    assert types(sent) == "BDES" and sent[0][1].split(b"\0")[1] == warm.rw.unnamed.name  # type: ignore[union-attr]
+    assert p.rw.synth_head == m.PARSE_COMPLETE and p.rw.fast_bind is not None and not p.rw.rq
+    first = m.BIND_COMPLETE
+    assert types(split(bytes(p.rw.after_synth(first)))) == "12"
+    assert p.rw.synth_head is None
+
+
+def test_fast_batch_declines_what_the_general_path_must_take() -> None:
+    p = Pair()
+    batch = parse("", "select 1") + bind("", "") + execute() + sync()
+    assert p.rw.fast_batch(memoryview(batch), len(batch), p.held) is None
+    assert not p.rw.named and p.rw.unnamed is None and p.rw.synth_head is None  # nothing changed
+
+
+def test_parse_sync_answered_locally_from_the_pool_cache() -> None:
+    cache = PoolCache(100)
+    warm = Pair(cache)
+    warm.send(parse("", "select 1") + sync())
+    warm.answer(m.PARSE_COMPLETE + RFQ)
+    p = Pair(cache, FakeHeld())
+    data = parse("q1", "select 1") + sync()
+    answer = p.rw.parse_sync_locally(memoryview(data))
+    assert answer is not None and types(split(answer)) == "1Z"
+    assert p.rw.named[b"q1"] is warm.rw.unnamed
+    unknown = parse("q2", "select 42") + sync()
+    assert p.rw.parse_sync_locally(memoryview(unknown)) is None
+
+
+def test_copy_start_drops_the_syncs_postgres_ignores() -> None:
+    p = Pair()
+    rq: Any = p.rw.rq
+    p.send(parse("", "copy t from stdin") + bind("", "") + execute() + sync())
+    p.answer(m.PARSE_COMPLETE + m.BIND_COMPLETE)
+    assert [e[0] for e in rq][-1] != 0 and len(rq) == 2  # the Execute and the Sync
+    p.rw.copy_started(1)
+    assert len(rq) == 1  # the Execute only: PostgreSQL ignores that Sync during COPY IN
