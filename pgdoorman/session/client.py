@@ -92,11 +92,9 @@ class ClientConn(ClientLogin):
                 return
             if self.ps and view[0] == 80 and n > 10:
                 second = 1 + _unpack(view, 1)[0]  # only Parse... Sync can be answered here: peek first
-                if second < n and (view[second] == 80 or view[second] == 83):
-                    answer = self.rw.parse_sync_locally(view)
-                    if answer is not None:
-                        self.write(answer)
-                        return
+                if second < n and view[second] in b"PS" and (answer := self.rw.parse_sync_locally(view)):
+                    self.write(answer)
+                    return
             pool = self.pool
             assert pool is not None
             s = self.worker.checkout(pool, self)
