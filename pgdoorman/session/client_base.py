@@ -328,7 +328,7 @@ class ClientBase(Conn):
             self.want = want
             self.want_key = tuple(want.items())
             if self.ps:
-                self.planner_sig = tuple(want.get(k, "") for k in ps.PLANNER_PARAMS)
+                self.rw.sig = tuple(want.get(k, "") for k in ps.PLANNER_PARAMS)
 
     @property
     def in_flight(self) -> bool:
