@@ -360,3 +360,60 @@ def test_sso_user_reads_but_cannot_act(browser: Any, console: Console, tmp_path:
         browser.delete_all_cookies()
     # The 403 just provoked is the one error.
     assert [e for e in console_errors(browser) if "/api/admin/pause" not in e["message"]] == []
+
+
+def table_rows(driver: Any, table: str) -> dict[str, dict[str, str]]:
+    """The rows of a table of the page: {data-key: {column: cell text}}."""
+    return driver.execute_script(  # type: ignore[no-any-return]
+        """const out = {};
+        for (const tr of document.querySelectorAll(`#${arguments[0]} tbody tr[data-key]`)) {
+          const row = {};
+          for (const td of tr.querySelectorAll("td[data-col]")) row[td.dataset.col] = td.textContent;
+          out[tr.dataset.key] = row;
+        }
+        return out;""", table)
+
+
+def test_applications_top_clients_and_process(browser: Any, console: Console, tmp_path: Path) -> None:
+    conns = [client(console.pooler, application_name=name) for name in ("billing", "billing", "reports")]
+    try:
+        for i, c in enumerate(conns):
+            for _ in range(i + 1):
+                c.execute("SELECT 1").fetchall()
+        open_console(browser, console)
+        tab(browser, "apps")
+        with admin(console.pooler, password=PASSWORD) as a:
+            def agree() -> bool:
+                clients = show(a, "CLIENTS")[1]
+                page = table_rows(browser, "apps-table")
+                for name in ("billing", "reports"):
+                    mine = [r for r in clients if r["application_name"] == name]
+                    want = {"application_name": name, "clients": str(len(mine)),
+                            "queries_total": str(sum(int(r["query_count"]) for r in mine)),
+                            "transactions_total": str(sum(int(r["transaction_count"]) for r in mine)),
+                            "errors_total": str(sum(int(r["error_count"]) for r in mine))}
+                    if page.get(name) != want:
+                        return False
+                return True
+
+            wait_for(agree, what="the page's applications equal to SHOW CLIENTS grouped by application_name")
+            assert table_rows(browser, "apps-table")["billing"]["clients"] == "2"
+            ids = {r["client_id"] for r in show(a, "CLIENTS")[1] if r["application_name"] in ("billing", "reports")}
+        wait_for(lambda: ids <= set(table_rows(browser, "top-table")), what="the busiest clients")
+        browser.find_element("css selector", '#top-by option[value="age"]').click()
+        shot(browser, tmp_path, "applications")
+
+        tab(browser, "process")
+        wait_for(lambda: texts(browser, '#process-cards [data-card="pid"] .value') == [str(console.pooler.proc.pid)],
+                 what="the process's pid")
+        names = wait_for(lambda: {r["name"] for r in table_rows(browser, "threads-table").values()} or None,
+                         what="the threads")
+        assert {"MainThread", "worker-0", "metrics-http"} <= names, names
+        # CPU % needs two snapshots a second apart.
+        wait_for(lambda: texts(browser, '#process-cards [data-card="cpu"] .value')[0].endswith("%"),
+                 what="the CPU share")
+        shot(browser, tmp_path, "process")
+    finally:
+        for c in conns:
+            c.close()
+    assert console_errors(browser) == []

@@ -18,6 +18,8 @@ const state = {
     prepared: { view: "prepared", offset: 0, sort: "", desc: false, filter: "", key: "hash" },
   },
   pending: null,
+  topBy: "qps",
+  cpu: null,                    // the previous /api/process: {t, total, threads: {tid: total}} for CPU %
   logs: { after: 0, level: "debug", lines: 0 },
 };
 const LOG_LINES = 2000;         // lines the log tail keeps in the page
@@ -255,6 +257,69 @@ function tableMessage(name, text) {
   if (pager) pager.replaceChildren();
 }
 
+// A whole table (no paging): the API's columns and rows, a row's `key` column as its data-key.
+function renderTable(id, data, key) {
+  const body = el("tbody");
+  for (const r of data.rows) {
+    const tr = el("tr", { "data-key": String(r[key]) });
+    for (const c of data.columns) tr.append(cell(c, r[c.name]));
+    body.append(tr);
+  }
+  if (!data.rows.length) body.append(el("tr", {}, el("td", { class: "muted", text: "none" })));
+  $(id).replaceChildren(headerRow(data.columns, "", false, () => {}, [], -1), body);
+}
+
+// ------------------------------------------------------------------------------------------ applications
+async function refreshApps() {
+  try {
+    renderTable("apps-table", await api("/api/apps"), "application_name");
+    renderTable("top-table", await api(`/api/top/clients?by=${encodeURIComponent(state.topBy)}&n=20`), "client_id");
+  } catch (e) {
+    if (e.status !== 403) throw e;
+    for (const id of ["apps-table", "top-table"]) {
+      $(id).replaceChildren(el("tbody", {}, el("tr", {}, el("td", { class: "muted",
+        text: "Only an admin may see this (it holds application names and client addresses). Sign in as admin." }))));
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------ process
+function pct(now, before, seconds) {
+  return before === undefined || seconds <= 0 ? null : Math.max(0, (now - before) / (seconds * 1e6) * 100);
+}
+
+async function refreshProcess() {
+  const body = await api("/api/process");
+  const p = body.data;
+  const prev = state.cpu;
+  const t = body.taken_at, total = p.cpu_user_us + p.cpu_system_us;
+  const seconds = prev ? t - prev.t : 0;
+  const cpu = prev ? pct(total, prev.total, seconds) : null;
+  const mb = (b) => (b / 1048576).toFixed(1) + " MB";
+  $("process-cards").replaceChildren(
+    card("PID", String(p.pid), false, "pid"),
+    card("Host", p.hostname, false, "host"),
+    card("CPU", cpu === null ? "–" : cpu.toFixed(1) + " %", false, "cpu"),
+    card("Memory (RSS)", mb(p.rss_bytes), false, "rss"),
+    card("Virtual memory", mb(p.vm_size_bytes), false, "vm"),
+    card("Threads", fmtNumber(p.threads), false, "threads"),
+    card("Open files", `${fmtNumber(p.fd_open)} of ${fmtNumber(p.fd_limit)}`, p.fd_limit > 0 && p.fd_open > 0.9 * p.fd_limit, "fds"),
+    card("CPUs", fmtNumber(p.cpu_cores), false, "cores"),
+  );
+  const threads = {};
+  const rows = p.threads_breakdown.map((th) => {
+    const sum = th.cpu_user_us + th.cpu_system_us;
+    threads[th.tid] = sum;   // tid shown as text below: an id, not a quantity (no thousands separator)
+    const share = prev ? pct(sum, prev.threads[th.tid], seconds) : null;
+    return { tid: String(th.tid), name: th.name, "cpu_%": share === null ? null : Math.round(share * 10) / 10,
+      user_s: th.cpu_user_us / 1e6, system_s: th.cpu_system_us / 1e6 };
+  });
+  const columns = [{ name: "tid", type: "number" }, { name: "name", type: "string" }, { name: "cpu_%", type: "number" },
+    { name: "user_s", type: "number" }, { name: "system_s", type: "number" }];
+  renderTable("threads-table", { columns, rows }, "tid");
+  if (!prev || t > prev.t) state.cpu = { t, total, threads };
+}
+
 // ------------------------------------------------------------------------------------------ events
 const EVENTS_SHOWN = 20;
 
@@ -349,6 +414,8 @@ async function refresh() {
     }
     if (state.tab === "overview") await refreshEvents();
     if (state.tab === "logs") await refreshLogs();
+    if (state.tab === "apps") await refreshApps();
+    if (state.tab === "process") await refreshProcess();
     const t = state.tables[state.tab];
     if (t) {
       const params = new URLSearchParams({ offset: String(t.offset), limit: String(PAGE_SIZE) });
@@ -382,6 +449,7 @@ async function start() {
   for (const b of document.querySelectorAll("#admin-actions button")) b.addEventListener("click", () => confirmAction(b.dataset.action, null));
   $("confirm-cancel").addEventListener("click", () => { state.pending = null; $("confirm").close(); });
   $("confirm-ok").addEventListener("click", runPending);
+  $("top-by").addEventListener("change", (ev) => { state.topBy = ev.target.value; refresh(); });
   $("logs-level").addEventListener("change", (ev) => {
     state.logs = { after: 0, level: ev.target.value, lines: 0 };
     $("logs").replaceChildren();
