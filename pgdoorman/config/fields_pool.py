@@ -146,7 +146,9 @@ POOL_FIELDS: Final[tuple[Field, ...]] = (
     _aq("query", Str(nonempty=True), REQUIRED,
         "Query returning the password hash of user $1 (a `passwd` or `password` column, or a single column).",
         required=True, example="SELECT usename, passwd FROM pg_shadow WHERE usename = $1"),
-    _aq("user", Str(nonempty=True), REQUIRED, "Role that runs the query.", required=True, example="doorman_auth"),
+    _aq("user", Str(nonempty=True), REQUIRED, "Role that runs the query, on the pool's server with its "
+        "server TLS settings (`server_tls_*`, as the pool's own server connections).", required=True,
+        example="doorman_auth"),
     _aq("password", Str(), "", "Plain-text password of `user`.", secret=True),
     _aq("database", Str(nonempty=True), None, "Database the query runs in.", optional=True,
         default_doc="the pool name", example="postgres"),
