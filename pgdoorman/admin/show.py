@@ -49,13 +49,14 @@ CLIENTS_COLUMNS: Columns = [
     ("client_id", TEXT), ("database", TEXT), ("user", TEXT), ("application_name", TEXT), ("addr", TEXT),
     ("tls", TEXT), ("state", TEXT), ("wait", TEXT),
     ("transaction_count", NUMERIC), ("query_count", NUMERIC), ("error_count", NUMERIC), ("age_seconds", NUMERIC),
+    ("pinned", TEXT),
 ]
 SERVERS_COLUMNS: Columns = [
     ("server_id", TEXT), ("server_process_id", TEXT), ("database_name", TEXT), ("user", TEXT),
     ("application_name", TEXT), ("tls", TEXT), ("state", TEXT), ("wait", TEXT),
     ("transaction_count", NUMERIC), ("query_count", NUMERIC), ("bytes_sent", NUMERIC), ("bytes_received", NUMERIC),
     ("age_seconds", NUMERIC), ("prepare_cache_hit", NUMERIC), ("prepare_cache_miss", NUMERIC),
-    ("prepare_cache_size", NUMERIC),
+    ("prepare_cache_size", NUMERIC), ("pinned", TEXT),
 ]
 STATS_COLUMNS: Columns = [
     ("database", TEXT), ("user", TEXT),
@@ -256,7 +257,7 @@ def show_clients(ctx: ShowContext) -> ResultSet:
         rows.append([
             c.id, c.database, c.user, c.application_name, client_host(c.addr),
             "true" if c.tls else "false", c.state, client_wait(c),
-            c.xact_count, c.query_count, c.error_count, max(0, int(wall - c.connect_time)),
+            c.xact_count, c.query_count, c.error_count, max(0, int(wall - c.connect_time)), c.pinned,
         ])
     return ResultSet(CLIENTS_COLUMNS, rows)
 
@@ -273,7 +274,7 @@ def show_servers(ctx: ShowContext) -> ResultSet:
             f"0x{s.id:08X}", str(s.pid), s.pool[0], s.pool[1], s.application_name,
             "true" if s.tls else "false", st, wait,
             s.xact_count, s.query_count, s.bytes_out, s.bytes_in, max(0, int(now - s.created)),
-            s.ps_hits, s.ps_misses, s.ps_cached,
+            s.ps_hits, s.ps_misses, s.ps_cached, s.pinned,
         ])
     return ResultSet(SERVERS_COLUMNS, rows)
 

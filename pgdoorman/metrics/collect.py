@@ -67,6 +67,7 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     fams += _pool_latency_families(rows)
     fams.append(_pool_errors_family(rows))
     fams.append(_server_login_failures_family(obs))
+    fams += _pool_pinning_families(rows)
     fams += _pool_prepared_families(rows)
     fams += _auth_query_families(obs)
     fams += _startup_parameters_family(obs)
@@ -261,6 +262,22 @@ def _server_login_failures_family(obs: Observer) -> Family:
     for (database, user, cls), n in sorted(obs.server_login_failures().items()):
         f.add(n, {"user": user, "database": database, "sqlstate": cls})
     return f
+
+
+def _pool_pinning_families(rows: list[_PoolRow]) -> list[Family]:
+    """Transaction-mode clients pinned to their server (docs/transaction-mode.md)."""
+    F = Family
+    pinned = F("pg_doorman_pools_clients_pinned", "gauge",
+               "Clients pinned to their server between transactions (temporary tables, session advisory locks, "
+               "WITH HOLD cursors, SQL prepared statements), per pool.")
+    pins = F("pg_doorman_pools_pins_total", "counter", "Times a client was pinned to its server, per pool.")
+    refused = F("pg_doorman_pools_pinning_refused_total", "counter",
+                "Statements refused with 0A000 because they would pin the client (transaction_pinning: refuse).")
+    for row in rows:
+        pinned.add(row.view.cl_pinned, row.labels)
+        pins.add(row.totals.pins, row.labels)
+        refused.add(row.totals.refused, row.labels)
+    return [pinned, pins, refused]
 
 
 def _pool_prepared_families(rows: list[_PoolRow]) -> list[Family]:

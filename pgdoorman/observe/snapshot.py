@@ -105,6 +105,7 @@ class ClientInfo:
     ps_named: tuple[int, ...] = ()  # identities (StatementInfo.ident) of its named prepared statements
     ps_unnamed: int | None = None  # identity of its unnamed statement, if any
     ps_bytes: int = 0  # Parse bytes of those statements
+    pinned: str = ""  # transaction mode: what keeps it on its server between transactions ('temp,cursor'...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,7 @@ class ServerInfo:
     ps_hits: int
     ps_misses: int
     ps_cached: int
+    pinned: str = ""  # its client's `pinned`: the server stays with that client between transactions
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,7 @@ class PoolView:
     cl_active: int = 0
     cl_waiting: int = 0
     cl_login: int = 0
+    cl_pinned: int = 0  # clients pinned to their server (transaction mode), whatever their state
     sv_active: int = 0
     sv_idle: int = 0
     sv_used: int = 0
@@ -210,6 +213,7 @@ def client_info(c: ClientConn, state: str) -> ClientInfo:
         tls=bool(getattr(c, "tls", False)), writing=bool(c.out), xact_count=c.xact_count,
         query_count=c.query_count, error_count=c.error_count, connect_time=c.connect_time,
         wait_start=c.wait_start if state == "waiting" else 0.0, ps_named=named, ps_unnamed=unnamed, ps_bytes=size,
+        pinned=str(getattr(c, "pinned", "")),
     )
 
 
@@ -221,6 +225,7 @@ def server_info(s: ServerConn) -> ServerInfo:
         bytes_in=s.bytes_in, created=s.created, active_since=s.active_since,
         ps_hits=getattr(s, "ps_hits", 0), ps_misses=getattr(s, "ps_misses", 0),
         ps_cached=len(getattr(s, "prepared", ())),
+        pinned=str(getattr(s.client, "pinned", "")),
     )
 
 
@@ -243,6 +248,8 @@ def take_snapshot(src: Source) -> Snapshot:
             v.cl_login += 1
             continue
         v.clients.append(ci)
+        if ci.pinned:
+            v.cl_pinned += 1
         if st == "waiting":
             v.cl_waiting += 1
             if ci.wait_start:

@@ -38,6 +38,8 @@ class Totals:
     errors: int = 0
     max_wait_us: int = 0
     errors_by_class: dict[str, int] = field(default_factory=dict)
+    pins: int = 0  # times a transaction-mode client was pinned to its server
+    refused: int = 0  # statements refused because they would pin (transaction_pinning: refuse)
     # (query, transaction, wait) histograms read in the same pass as the counts above, which come from them:
     # a scrape's totals and histogram counts agree even while workers keep counting.
     hists: tuple[Merged, Merged, Merged] = ((([], 0, 0)), (([], 0, 0)), (([], 0, 0)))
@@ -59,6 +61,8 @@ def pool_totals(pool: Pool) -> Totals:
         t.bytes_out += st.bytes_out
         t.errors += st.errors
         t.max_wait_us = max(t.max_wait_us, st.max_wait_us)
+        t.pins += st.pins
+        t.refused += st.refused
         for k, n in dict_copy(st.errors_by_class).items():
             t.errors_by_class[k] = t.errors_by_class.get(k, 0) + n
     return t

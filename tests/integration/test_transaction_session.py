@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,8 +17,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER
-from tests.support.pooler import Pooler
+from tests.support.cluster import ADMIN_PASSWORD, ADMIN_USER, DBNAME, SCRAM_PASSWORD, SCRAM_USER
+from tests.support.pooler import Pooler, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -34,8 +35,11 @@ def pooler(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> It
     from tests.support.cluster import pooler_config
 
     cfg = pooler_config(pg, pool_mode="transaction", pool_size=request.param, general={"query_wait_timeout": 20000})
+    web_port = free_port()
+    cfg["web"] = {"enabled": True, "host": "127.0.0.1", "port": web_port}
     p = Pooler(cfg, str(tmp_path_factory.mktemp(f"txsession-{request.param}"))).start()
     p.pool_size = request.param  # type: ignore[attr-defined]
+    p.web_port = web_port  # type: ignore[attr-defined]
     yield p
     p.stop()
 
@@ -191,6 +195,41 @@ def test_what_cannot_move_pins_the_client(pg: Any, pooler: Pooler, driver: str) 
     compare(pg, pooler, driver, PIN_STEPS)
     if pooler.pool_size == 2:  # type: ignore[attr-defined]
         compare(pg, pooler, driver, PIN_STEPS_2)
+
+
+def _admin(p: Pooler, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(f"host={p.host} port={p.port} user={ADMIN_USER} password={ADMIN_PASSWORD} "
+                         "dbname=pgdoorman sslmode=disable", autocommit=True) as c:
+        cur = c.execute(sql, prepare=False)
+        cols = [d.name for d in cur.description or ()]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]  # type: ignore[misc]
+
+
+def _metric(p: Pooler, name: str) -> float:
+    body = urllib.request.urlopen(f"http://{p.host}:{p.web_port}/metrics", timeout=10).read().decode()  # type: ignore[attr-defined]
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in body.splitlines()
+               if ln.startswith(name + "{") and f'user="{SCRAM_USER}"' in ln)
+
+
+def test_pinning_is_shown(pooler: Pooler) -> None:
+    """SHOW CLIENTS and SHOW SERVERS name what pins a client, and the metrics count it."""
+    # Clients of the tests before this one may still be leaving (their close is asynchronous).
+    wait_for(lambda: _metric(pooler, "pg_doorman_pools_clients_pinned") == 0, what="no pinned client")
+    pins_before = _metric(pooler, "pg_doorman_pools_pins_total")
+    with psycopg.connect(_dsn(pooler.host, pooler.port, application_name="txs-shown"), autocommit=True) as a:
+        a.execute("CREATE TEMP TABLE shown_t ()")
+        a.execute("SELECT pg_advisory_lock(7703)")
+        clients = [r for r in _admin(pooler, "SHOW CLIENTS") if r["application_name"] == "txs-shown"]
+        servers = [r for r in _admin(pooler, "SHOW SERVERS") if r["user"] == SCRAM_USER and r["pinned"]]
+        assert [r["pinned"] for r in clients] == ["temp,advisory_lock"]
+        assert [r["pinned"] for r in servers] == ["temp,advisory_lock"]
+        assert _metric(pooler, "pg_doorman_pools_clients_pinned") == 1
+        assert _metric(pooler, "pg_doorman_pools_pins_total") == pins_before + 1
+        a.execute("DROP TABLE shown_t")
+        a.execute("SELECT pg_advisory_unlock(7703)")
+        clients = [r for r in _admin(pooler, "SHOW CLIENTS") if r["application_name"] == "txs-shown"]
+        assert [r["pinned"] for r in clients] == [""]
+        assert _metric(pooler, "pg_doorman_pools_clients_pinned") == 0
 
 
 # The leak checker: many clients run a random mix of session-state statements; each then looks for

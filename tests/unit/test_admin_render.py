@@ -67,10 +67,10 @@ EXPECTED_COLUMNS = {
                     "client_prepared_bytes client_named_count client_anonymous_count "
                     "client_anonymous_evictions_alive async_clients",
     "clients": "client_id database user application_name addr tls state wait transaction_count query_count "
-               "error_count age_seconds",
+               "error_count age_seconds pinned",
     "servers": "server_id server_process_id database_name user application_name tls state wait transaction_count "
                "query_count bytes_sent bytes_received age_seconds prepare_cache_hit prepare_cache_miss "
-               "prepare_cache_size",
+               "prepare_cache_size pinned",
     "stats": "database user total_xact_count total_query_count total_received total_sent total_xact_time "
              "total_query_time total_wait_time total_errors avg_xact_count avg_query_count avg_recv avg_sent "
              "avg_errors avg_xact_time avg_query_time avg_wait_time",
