@@ -85,7 +85,7 @@ def process_facts(proc: str = "/proc/self") -> dict[str, Any]:
     names = {th.native_id: th.name for th in threading.enumerate() if th.native_id is not None}
     threads: list[dict[str, Any]] = []
     try:
-        tids = sorted(int(t) for t in os.listdir(f"{proc}/task") if t.isdigit())
+        tids = sorted(int(name) for name in os.listdir(f"{proc}/task") if name.isdigit())
     except OSError:
         tids = []
     for tid in tids:

@@ -234,7 +234,7 @@ def build_overview(ctx: ShowContext, started: float | None, latency: LatencyWind
     }
 
 
-def build_process(ctx: ShowContext, started: float | None) -> dict[str, Any]:
+def build_process(started: float | None) -> dict[str, Any]:
     """/api/process: the pooler process's resources (metrics/process.py) with its start and uptime."""
     return {"started_at": started,
             "uptime_seconds": None if started is None else max(0, int(time.time() - started)),
@@ -471,7 +471,7 @@ class WebApi:
         if name == "overview":
             return lambda ctx: build_overview(ctx, started, self.latency)
         if name == "process":
-            return lambda ctx: build_process(ctx, started)
+            return lambda ctx: build_process(started)
         return lambda ctx: build_sockets()
 
     def _view(self, name: str, who: str, query: str = "") -> HttpResponse:

@@ -77,29 +77,30 @@ class SsoCheck:
                 self._key = (path, mtime, jwt_auth.load_public_key(path))
             return self._key[2]
 
-    def config_error(self, web: WebConfig) -> str | None:
-        """Why SSO cannot check tokens (no key file, a key that does not load, no PyJWT), None if it can."""
+    def _usable(self, web: WebConfig) -> tuple[Any, Any] | str:
+        """(the public key, the jwt module), or why SSO cannot check tokens (no key file, a key that does not
+        load, no PyJWT)."""
         if not web.sso_public_key_file:
             return "web.sso_public_key_file is not set"
         try:
-            self.key(web.sso_public_key_file)
-            jwt_auth._jwt()
+            return self.key(web.sso_public_key_file), jwt_auth._jwt()
         except (OSError, jwt_auth.JwtSetupError) as e:
             return f"cannot use web.sso_public_key_file {web.sso_public_key_file}: {e}"
-        return None
+
+    def config_error(self, web: WebConfig) -> str | None:
+        """Why SSO cannot check tokens, None if it can (/api/auth/config, pg_doorman_web_sso_config_error)."""
+        usable = self._usable(web)
+        return usable if isinstance(usable, str) else None
 
     def identify(self, token: str, web: WebConfig, req: HttpRequest) -> Identity:
         if web.sso_require_https and req.forwarded_proto != "https":
             webstats.count_sso_error("insecure_transport")
             return Identity(None, why="SSO needs HTTPS through a trusted proxy (web.sso_require_https)")
-        if not web.sso_public_key_file:
-            return Identity(None, why="SSO is on but web.sso_public_key_file is not set")
-        try:
-            key = self.key(web.sso_public_key_file)
-            jwt = jwt_auth._jwt()
-        except (OSError, jwt_auth.JwtSetupError) as e:
-            log.error("SSO: cannot use web.sso_public_key_file %s: %s", web.sso_public_key_file, e)
+        usable = self._usable(web)
+        if isinstance(usable, str):
+            log.error("SSO: %s", usable)
             return Identity(None, why="SSO is not usable: see the pooler's log")
+        key, jwt = usable
         audience = list(web.sso_audience)
         try:
             claims = jwt.decode(token, key, algorithms=["RS256"], audience=audience or None, leeway=0,
