@@ -46,8 +46,9 @@ def translate_settings(t: Translator) -> None:
             t.trailing.append(f"{src_note(s)}: not translated: {why}")
 
 
-def translate(ini_path: str, userlist_path: str | None) -> tuple[str, list[str]]:
-    """The YAML text and the files read."""
+def translate(ini_path: str, userlist_path: str | None,
+              fallback_databases: list[str] | None = None) -> tuple[str, list[str]]:
+    """The YAML text and the files read (fallback_databases: the pools to make from a `*` entry)."""
     ini = read_ini(ini_path)
     sources = list(ini.files)
     userlist: list[UserEntry] | None = None
@@ -63,7 +64,7 @@ def translate(ini_path: str, userlist_path: str | None) -> tuple[str, list[str]]
     if used_path is not None:
         userlist = read_userlist(used_path)
         sources.append(used_path)
-    t = Translator(ini, userlist, used_path)
+    t = Translator(ini, userlist, used_path, fallback_databases)
     auth_file = t.get("auth_file")
     if auth_file is not None:
         if userlist_path is not None:
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ini", help="pgbouncer.ini (%%include files are followed)")
     p.add_argument("--userlist", default=None,
                    help="PgBouncer's auth_file (default: the auth_file the ini names, if readable)")
+    p.add_argument("--fallback-databases", default="", metavar="DB[,DB...]",
+                   help="databases to make pools for from the `*` (fallback) database entry: PgBouncer serves "
+                        "any database name through it, pgdoorman only listed pools")
     p.add_argument("-o", "--output", default=None, help="YAML file to write, mode 0600 (default stdout)")
     return p
 
@@ -99,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "from the name)", file=err)
         return 2
     try:
-        text, _ = translate(args.ini, args.userlist)
+        fallback = [n.strip() for n in args.fallback_databases.split(",") if n.strip()]
+        text, _ = translate(args.ini, args.userlist, fallback)
     except ImportFailed as e:
         print(f"pg_doorman import-pgbouncer: {e}", file=err)
         return 1

@@ -8,7 +8,7 @@ import re
 import secrets
 
 from pgdoorman.import_pgbouncer.output import Line, src_note
-from pgdoorman.import_pgbouncer.reading import ImportFailed
+from pgdoorman.import_pgbouncer.reading import ImportFailed, Setting
 from pgdoorman.import_pgbouncer.translator import Translator
 from pgdoorman.import_pgbouncer.values import duration, millis, to_bool, to_int
 
@@ -82,9 +82,24 @@ def admin(t: Translator) -> None:
             t.gen("admin_password", secrets.token_urlsafe(18),
                   f"a random password: {why}; put the plain-text password or its SCRAM verifier here")
     if stats is not None:
-        t.general.append(Line(None, None, [
-            f"{src_note(stats)}: not translated: pgdoorman has no read-only console users (SHOW is open to the "
-            "admin user; /metrics (section web) serves the same numbers without a login)"]))
+        _stats_users(t, stats, names)
+
+
+def _stats_users(t: Translator, stats: Setting, admins: list[str]) -> None:
+    """stats_users (read-only SHOW on the console) -> the web listener's /metrics, which needs no login."""
+    users = [n.strip() for n in stats.value.split(",") if n.strip()]
+    if not users:
+        t.general.append(Line(None, None, [f"{src_note(stats)}: translated: no stats users, nothing to do"]))
+        return
+    t.web.append(Line("enabled", True, [
+        f"{src_note(stats)}: approximated: pgdoorman has no read-only console users; what they read with "
+        "SHOW POOLS/STATS/SERVERS/CLIENTS is served as Prometheus metrics at http://127.0.0.1:9127/metrics "
+        "(docs/metrics.md), which needs no login, so the listener is bound to 127.0.0.1 only: set host to "
+        "open it to the monitoring host. The console itself (SHOW) is for admin_username only" + (
+            f"; {', '.join(u for u in users if u not in admins[:1])} cannot log in to it"
+            if any(u not in admins[:1] for u in users) else "")]))
+    t.web.append(Line("host", "127.0.0.1", ["loopback only: /metrics has no password"]))
+    t.web.append(Line("port", 9127, ["PgDoorman's metrics port"]))
 
 
 def timeouts(t: Translator) -> None:

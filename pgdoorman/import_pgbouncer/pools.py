@@ -7,6 +7,7 @@ in the order they are written out.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pgdoorman.import_pgbouncer.not_translated import NOT_TRANSLATED
@@ -30,6 +31,10 @@ class _Db:
     name: str
     setting: Setting
     params: dict[str, str]
+    src: str = ""  # how comments name the entry: `file:line [databases] name`, or the `*` entry it came from
+
+    def __post_init__(self) -> None:
+        self.src = self.src or f"{self.setting.where} [databases] {self.name}"
 
 
 @dataclass
@@ -90,11 +95,34 @@ def _read_databases(t: Translator) -> list[_Db]:
             continue
         dbs.append(_Db(s.key, s, params))
     if fallback is not None:
+        dbs += _fallback(t, fallback, {d.name for d in dbs})
+    elif t.fallback_databases:
+        t.header.append(f"--fallback-databases {','.join(t.fallback_databases)}: not used: the source has no "
+                        "`*` database entry to make their pools from")
+    return dbs
+
+
+def _fallback(t: Translator, fallback: Setting, listed: set[str]) -> list[_Db]:
+    """The `*` entry: PgBouncer makes a pool for any other database a client asks for; pgdoorman's pools are
+    listed, so the names given with --fallback-databases each get a pool from the entry's connection string
+    (its dbname= if any, else the database of that name, as PgBouncer connects)."""
+    params = dict(parse_connstring(fallback))
+    names = [n for n in t.fallback_databases if n not in listed]
+    for n in t.fallback_databases:
+        if n in listed:
+            t.header.append(f"--fallback-databases {n}: already a [databases] entry, which wins as in PgBouncer")
+    if not names:
         t.header.append(
             f"{src_note(fallback)}: not translated: pgdoorman has no fallback (automatic) database; every "
-            "database clients use must be a pool. `pg_doorman generate --host <server>` lists a server's "
-            "databases and roles as pools")
-    return dbs
+            "database clients use must be a pool. Run the import again with --fallback-databases db1,db2,... "
+            "(for example the output of psql -Atc \"SELECT string_agg(datname, ',') FROM pg_database WHERE "
+            "datallowconn AND NOT datistemplate\" on that server) to get a pool for each from this entry")
+        return []
+    t.header.append(
+        f"{src_note(fallback)}: translated for the databases given with --fallback-databases "
+        f"({', '.join(names)}): one pool each from this entry; PgBouncer also served any other database "
+        "name on demand, pgdoorman refuses a database that is not a pool (3D000)")
+    return [_Db(n, fallback, params, f"{fallback.where} [databases] * (for {n})") for n in names]
 
 
 def _defaults(t: Translator) -> _Defaults:
@@ -123,7 +151,7 @@ def _pool(t: Translator, db: _Db, d: _Defaults, users_section: _UsersSection, se
           first: bool) -> PoolOut:
     """The pool of one [databases] entry (first: the first one, which carries the notes said once)."""
     pool = PoolOut(db.name)
-    src = f"{db.setting.where} [databases] {db.name}"
+    src = db.src
     _server(t, pool, db, src)
     _mode(pool, db, d, src)
     _server_parameters(pool, db, src)
@@ -195,9 +223,8 @@ def _server_parameters(pool: PoolOut, db: _Db, src: str) -> None:
     if startup:
         pool.lines.append(Line("startup_parameters", startup, [
             f"{src}: {', '.join(f'{k}={v}' for k, v in startup.items())}: translated into the startup "
-            "parameters of the pool's server connections; pgdoorman does not implement them yet (-t warns): "
-            "until it does, servers start with PostgreSQL's defaults and clients' own settings still follow "
-            "them"]))
+            "parameters of the pool's server connections (docs/startup-parameters.md); a client's own "
+            "settings still win, as in PgBouncer"]))
     if "connect_query" in p:
         pool.lines.append(Line(None, None, [f"{src}: connect_query: not translated: no counterpart"]))
     for k in ("load_balance_hosts", "max_db_client_connections"):
@@ -255,7 +282,7 @@ def _reset(pool: PoolOut, d: _Defaults) -> None:
 
 
 def _auth_query(t: Translator, pool: PoolOut, db: _Db, d: _Defaults, src: str, first: bool) -> None:
-    """auth_user / auth_query -> auth_query (not implemented by pgdoorman yet)."""
+    """auth_user / auth_query / auth_dbname -> the pool's auth_query section (docs/auth-query.md)."""
     p = db.params
     auth_user_s, auth_query_s, auth_db_s = d.auth_user_s, d.auth_query_s, d.auth_db_s
     au = p.get("auth_user") or (auth_user_s.value.strip() if auth_user_s is not None else "")
@@ -267,9 +294,13 @@ def _auth_query(t: Translator, pool: PoolOut, db: _Db, d: _Defaults, src: str, f
     aq_src = f"{src}: auth_user={au}" if "auth_user" in p else src_note(auth_user_s) if auth_user_s else ""
     query = p.get("auth_query") or (auth_query_s.value.strip() if auth_query_s is not None else
                                     PGBOUNCER_AUTH_QUERY)
-    pool.auth_query.append(Line("query", query, [
-        f"{src_note(auth_query_s)}: translated" if auth_query_s is not None and "auth_query" not in p else
-        "PgBouncer's default auth_query" if "auth_query" not in p else f"{src}: auth_query: translated"]))
+    note = (f"{src_note(auth_query_s)}: translated" if auth_query_s is not None and "auth_query" not in p else
+            "PgBouncer's default auth_query" if "auth_query" not in p else f"{src}: auth_query: translated")
+    query, wrapped = _aq_columns(query)
+    if wrapped:
+        note += ("; wrapped so its two columns are named usename, passwd: PgBouncer reads the second column, "
+                 "pgdoorman the one named passwd")
+    pool.auth_query.append(Line("query", query, [note]))
     pool.auth_query.append(Line("user", au, [f"{aq_src}: translated"]))
     entry = t.user(au)
     if entry is not None and entry.secret and not is_hashed(entry.secret):
@@ -283,11 +314,41 @@ def _auth_query(t: Translator, pool: PoolOut, db: _Db, d: _Defaults, src: str, f
         adb_src = (f"{src}: auth_dbname={adb}" if "auth_dbname" in p else
                    src_note(auth_db_s) if auth_db_s is not None else "auth_dbname")
         pool.auth_query.append(Line("database", adb, [f"{adb_src}: translated"]))
-    pool.auth_query.append(Line("pool_size", int(p.get("pool_size") or d.default_size or 1), [
-        "the pool size of looked-up users, like the pool's"]))
+    else:
+        pool.auth_query.append(Line(None, None, [
+            "auth_dbname not set: the query runs in the pool's own database, as PgBouncer's does"]))
+    _aq_pool(pool, db, d, src)
     pool.user_notes.append(
-        "auth_query is not implemented by pgdoorman yet (-t warns): only the users listed below can "
-        "log in; add the others (their pg_authid secret as password) until it is")
+        "users not listed below are looked up with auth_query at login (as PgBouncer does for users not in "
+        "its auth_file); listed users win")
+
+
+def _aq_columns(query: str) -> tuple[str, bool]:
+    """PgBouncer's query returns (name, secret) by position; pgdoorman reads the `passwd` (or `password`)
+    column: a query with neither name is wrapped to give its two columns those names."""
+    q = query.strip().rstrip(";").strip()
+    if re.search(r"\b(passwd|password)\b", q, re.IGNORECASE):
+        return q, False
+    return f"SELECT usename, passwd FROM ({q}) AS pgbouncer_auth_query(usename, passwd)", True
+
+
+def _aq_pool(pool: PoolOut, db: _Db, d: _Defaults, src: str) -> None:
+    """The looked-up users' pools: sizes like the pool's; a forced user= makes them share one (dedicated)."""
+    p = db.params
+    size = int(p.get("pool_size") or d.default_size or 1)
+    pool.auth_query.append(Line("pool_size", size, ["the pool size of looked-up users, like the pool's"]))
+    min_size = int(p.get("min_pool_size") or d.min_size or 0)
+    if min_size:
+        pool.auth_query.append(Line("min_pool_size", min(min_size, size), ["like the pool's min_pool_size"]))
+    if p.get("user") and p.get("password") is not None:
+        pool.auth_query.append(Line("server_user", p["user"], [
+            f"{src}: user={p['user']}: translated: looked-up users also log in to PostgreSQL as this role "
+            "(dedicated mode: one shared pool)"]))
+        pool.auth_query.append(Line("server_password", p["password"], [f"{src}: password=***: translated"]))
+    elif p.get("user"):
+        pool.auth_query.append(Line(None, None, [
+            f"{src}: user={p['user']}: not translated for looked-up users: pgdoorman's dedicated mode needs "
+            "server_user and server_password (plain text) here; without them each logs in as itself"]))
 
 
 def _sizes(db: _Db, d: _Defaults, src: str) -> _Sizes:

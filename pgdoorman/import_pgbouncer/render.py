@@ -52,6 +52,10 @@ def render(t: Translator, sources: list[str]) -> str:
         out.append("  # Source settings with no pgdoorman counterpart:")
         out += _comments("  ", t.trailing)
     out.append("")
+    if t.web:
+        out.append("web:")
+        out += _emit(t.web, "  ")
+        out.append("")
     if not t.pools:
         out.append("pools: {}")
     else:
@@ -60,8 +64,7 @@ def render(t: Translator, sources: list[str]) -> str:
             out.append(f"  {_yaml_key(pool.name)}:")
             out += _emit(pool.lines, "    ")
             if pool.auth_query:
-                out += _comments("    ", ["auth_user/auth_query -> auth_query: pgdoorman does not implement it yet "
-                                          "(-t warns)"])
+                out += _comments("    ", ["auth_user/auth_query -> auth_query (docs/auth-query.md)"])
                 out.append("    auth_query:")
                 out += _emit(pool.auth_query, "      ")
             out += _comments("    ", pool.user_notes)

@@ -11,9 +11,11 @@ from pgdoorman.import_pgbouncer.reading import Ini, Setting, UserEntry
 
 
 class Translator:
-    def __init__(self, ini: Ini, userlist: list[UserEntry] | None, userlist_path: str | None) -> None:
+    def __init__(self, ini: Ini, userlist: list[UserEntry] | None, userlist_path: str | None,
+                 fallback_databases: list[str] | None = None) -> None:
         self.ini = ini
         self.general: list[Line] = []
+        self.web: list[Line] = []  # the web section (stats_users -> /metrics)
         self.trailing: list[str] = []  # comments for [pgbouncer] settings with no counterpart
         self.pools: list[PoolOut] = []
         self.header: list[str] = []
@@ -23,6 +25,7 @@ class Translator:
         self.userlist_path = userlist_path
         self.unix_dir: str | None = None  # PgBouncer's unix_socket_dir (None: no socket), set by general.listen
         self.auth_kind = "md5"  # PgBouncer's auth_type, set by auth.auth_rules
+        self.fallback_databases = fallback_databases or []  # pools to make from the `*` entry
 
     def get(self, key: str) -> Setting | None:
         """The [pgbouncer] setting, marked as used (translated or commented on where it is used)."""

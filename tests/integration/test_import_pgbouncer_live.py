@@ -91,16 +91,20 @@ def run_pgbouncer(ini: Path, port: int, check: Callable[[], Any]) -> Any:
             proc.wait(5)
 
 
-def run_pgdoorman(ini: Path, port: int, check: Callable[[], Any], extra: list[str] | None = None) -> Any:
+def run_pgdoorman(ini: Path, port: int, check: Callable[[], Any], extra: list[str] | None = None,
+                  adjust: Callable[[dict[str, Any]], None] | None = None) -> Any:
     out = ini.with_suffix(".yaml")
     r = subprocess.run([sys.executable, "-m", "pgdoorman", "import-pgbouncer", str(ini), "-o", str(out),
-                        *(extra or [])], capture_output=True, text=True, cwd=ini.parent, timeout=60)
+                        *(extra or [])], capture_output=True, text=True, cwd=ini.parent, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})  # this checkout, whatever the cwd
     assert r.returncode == 0, r.stderr
     t = subprocess.run([sys.executable, "-m", "pgdoorman", "-t", str(out)], capture_output=True, text=True,
                        timeout=60)
     assert t.returncode == 0, t.stderr
     config = yaml.safe_load(out.read_text())
     assert config["general"]["port"] == port
+    if adjust is not None:
+        adjust(config)
     work = ini.parent / "pgdoorman"
     work.mkdir(exist_ok=True)
     with Pooler(config, str(work)) as pooler:
@@ -194,8 +198,8 @@ def test_md5_transaction_passthrough(pg: PgCluster, workdir: Path) -> None:
     assert result[0][0] == f"{MD5_USER}|{DBNAME}|42" and result[-2:] == (True, True)
 
 
-def psql_admin(port: int, user: str, password: str) -> bool:
-    r = subprocess.run(["psql", "-X", "-A", "-t", "-c", "SHOW POOLS"],
+def psql_admin(port: int, user: str, password: str, show: str = "POOLS") -> bool:
+    r = subprocess.run(["psql", "-X", "-A", "-t", "-c", f"SHOW {show}"],
                        env={**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(port), "PGUSER": user,
                             "PGPASSWORD": password, "PGDATABASE": "pgbouncer", "PGSSLMODE": "disable"},
                        capture_output=True, text=True, timeout=30)
@@ -263,3 +267,74 @@ def test_forced_user_and_hba_file(pg: PgCluster, workdir: Path) -> None:
     assert result[0][0] == f"{SCRAM_USER}|{DBNAME}|42"
     assert result == run_pgdoorman(ini, port, check)
     assert result[-1] is True
+
+
+LOOKUP = """
+CREATE OR REPLACE FUNCTION public.pgb_lookup(uname text, OUT u name, OUT p text) RETURNS SETOF record
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
+$$ SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = uname $$;
+REVOKE ALL ON FUNCTION public.pgb_lookup(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.pgb_lookup(text) TO pgb_lookup;
+"""
+
+
+def test_auth_query_fallback_database_and_stats_users(pg: PgCluster, workdir: Path) -> None:
+    """auth_user/auth_query: clients not in the userlist are looked up in PostgreSQL (a SECURITY DEFINER
+    function whose columns are not named passwd: pgdoorman's translation wraps the query); the `*` entry
+    serves `postgres`, which is not listed (a pool through --fallback-databases postgres); stats_users
+    read SHOW POOLS on PgBouncer's console and /metrics on pgdoorman's."""
+    port = free_port()
+    pg.create_role("pgb_lookup", "lookup-pw", "scram-sha-256")
+    try:
+        for db in (DBNAME, "postgres"):  # PgBouncer 1.18 runs the query in the client's database
+            pg.psql(LOOKUP, dbname=db)
+        (workdir / "userlist.txt").write_text('"pgb_lookup" "lookup-pw"\n"pgb_stats" "stats-pw"\n'
+                                              '"pgb_admin" "admin-pw"\n')
+        ini = workdir / "pgbouncer.ini"
+        ini.write_text(
+            "[databases]\n"
+            f"{DBNAME} = host=127.0.0.1 port={pg.port}\n"
+            f"* = host=127.0.0.1 port={pg.port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+            "auth_type = md5\nauth_file = userlist.txt\nauth_user = pgb_lookup\n"
+            "auth_query = SELECT * FROM public.pgb_lookup($1)\n"
+            "admin_users = pgb_admin\nstats_users = pgb_stats\n"
+            "pool_mode = transaction\ndefault_pool_size = 2\n"
+            f"logfile = {workdir / 'pgbouncer.log'}\n"
+        )
+
+        def check() -> Any:
+            return (
+                psql(port, MD5_USER, MD5_PASSWORD, DBNAME),
+                psql(port, SCRAM_USER, SCRAM_PASSWORD, "postgres"),
+                with_psycopg(port, SCRAM_USER, SCRAM_PASSWORD, DBNAME),
+                with_psycopg(port, MD5_USER, MD5_PASSWORD, "postgres"),
+                wrong_password_refused(port, SCRAM_USER, DBNAME),
+                wrong_password_refused(port, "nobody_here", DBNAME),
+            )
+
+        web_port = free_port()
+
+        def metrics() -> str:
+            import urllib.request
+
+            check()
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=10) as r:
+                return str(r.read().decode())
+
+        def on_port(config: dict[str, Any]) -> None:
+            assert config["web"] == {"enabled": True, "host": "127.0.0.1", "port": 9127}
+            config["web"]["port"] = web_port  # 9127 may be taken on a shared machine
+
+        result = both(ini, port, check, ["--fallback-databases", "postgres"])
+        assert result[0][0] == f"{MD5_USER}|{DBNAME}|42" and result[1][0] == f"{SCRAM_USER}|postgres|42"
+        assert result[-2:] == (True, True)
+        # stats_users: PgBouncer's console as the stats user; pgdoorman's /metrics (no login).
+        assert run_pgbouncer(ini, port, lambda: psql_admin(port, "pgb_stats", "stats-pw", "DATABASES"))
+        body = run_pgdoorman(ini, port, metrics, ["--fallback-databases", "postgres"], adjust=on_port)
+        assert f'database="{DBNAME}"' in body and 'database="postgres"' in body
+    finally:
+        for db in (DBNAME, "postgres"):
+            pg.psql("DROP FUNCTION IF EXISTS public.pgb_lookup(text);", dbname=db)
+        pg.psql("DROP ROLE IF EXISTS pgb_lookup;")

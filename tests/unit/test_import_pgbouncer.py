@@ -145,7 +145,10 @@ def test_production_transaction(work: Path) -> None:
     batch = text.split("  batch:\n", 1)[1]
     assert "max_db_connections: 10\n" in batch and "reserve_pool_size: 2\n" in batch
     assert pool_user(cfg, "batch", "app").pool_size == 1 and pool_user(cfg, "batch", "app").min_pool_size == 1
-    assert "ops get no console access" in text and "stats_users = monitoring: not translated" in text
+    assert "ops get no console access" in text
+    # stats_users: /metrics on loopback, which needs no login (no read-only console users in pgdoorman).
+    assert "stats_users = monitoring: approximated" in text and "monitoring cannot log in to it" in text
+    assert (cfg.web.enabled, cfg.web.host, cfg.web.port) == (True, "127.0.0.1", 9127)
     assert "ignore_startup_parameters = extra_float_digits, search_path: not needed" in text
     assert "max_db_connections" in err  # -t's not-implemented warnings are passed on
 
@@ -183,14 +186,66 @@ def test_hba_file(work: Path) -> None:
 def test_auth_query(work: Path) -> None:
     text, cfg, err = translate(work, "auth_query.ini")
     assert_every_line_accounted(text, "auth_query.ini", "userlist.txt")
-    # auth_query loads with a warning and is not kept (not implemented yet): read the text.
-    app, other = text.split("  app:\n", 1)[1].split("  other:\n", 1)
-    assert ('query: "SELECT usename, passwd FROM pgbouncer.get_auth($1)"\n      '
-            '# auth_query.ini:10 auth_user = auth_lookup: translated\n      user: "auth_lookup"') in app
-    assert 'password: "lookup-pw"' in app and 'database: "app"' in app
-    assert 'user: "bouncer"' in other and 'password: "bouncer-pw"' in other and 'database: "postgres"' in other
+    app, other = cfg.pools["app"].auth_query, cfg.pools["other"].auth_query
+    # The source's query already names its passwd column: kept as written.
+    assert app.query == "SELECT usename, passwd FROM pgbouncer.get_auth($1)"
+    assert (app.user, app.password, app.database, app.pool_size) == ("auth_lookup", "lookup-pw", "app", 20)
+    assert (other.user, other.password, other.database) == ("bouncer", "bouncer-pw", "postgres")
+    assert app.server_user is None and other.server_user is None  # passthrough, as PgBouncer
     assert cfg.pools["app"].users
-    assert "auth_query is not implemented by pgdoorman yet" in text and "auth_query" in err
+    assert "not implemented" not in text and "warning" not in err
+    assert "users not listed below are looked up with auth_query" in text
+
+
+def test_auth_query_default_query_wrapped_and_forced_user(work: Path) -> None:
+    """PgBouncer's default query returns (name, secret) by position: wrapped so pgdoorman finds passwd; a
+    forced user= with password= makes looked-up users share its pool (dedicated mode)."""
+    (work / "aq2.ini").write_text(
+        "[databases]\nshop = host=127.0.0.1 dbname=shop user=shop_owner password=owner-pw min_pool_size=2\n"
+        "[pgbouncer]\nauth_type = md5\nauth_file = userlist.txt\nauth_user = auth_lookup\n"
+        "auth_query = SELECT rolname, rolpassword FROM pg_authid WHERE rolname = $1;\n"
+        "default_pool_size = 5\n")
+    text, cfg, err = translate(work, "aq2.ini")
+    assert_every_line_accounted(text, "aq2.ini", "userlist.txt")
+    aq = cfg.pools["shop"].auth_query
+    assert aq.query == ("SELECT usename, passwd FROM (SELECT rolname, rolpassword FROM pg_authid WHERE "
+                        "rolname = $1) AS pgbouncer_auth_query(usename, passwd)")
+    assert "wrapped so its two columns are named usename, passwd" in text
+    assert (aq.pool_size, aq.min_pool_size, aq.server_user, aq.server_password) == (5, 2, "shop_owner", "owner-pw")
+    assert aq.database is None and "auth_dbname not set" in text
+    # Without auth_query in the source: PgBouncer's default, wrapped the same way.
+    (work / "aq3.ini").write_text(
+        "[databases]\nshop = host=127.0.0.1\n[pgbouncer]\nauth_file = userlist.txt\nauth_user = bouncer\n")
+    text, cfg, _ = translate(work, "aq3.ini")
+    assert "PgBouncer's default auth_query" in text
+    assert "FROM pg_authid WHERE rolname=$1 AND rolcanlogin) AS pgbouncer_auth_query" in \
+        cfg.pools["shop"].auth_query.query
+
+
+def test_fallback_database_pools(work: Path) -> None:
+    """`*` with --fallback-databases: one pool per name from the entry's connection string; a listed
+    database keeps its own entry."""
+    text, cfg, _ = translate(work, "fallback_users.ini", "--fallback-databases", "sales, hr,app")
+    assert_every_line_accounted(text, "fallback_users.ini", "userlist.txt")
+    assert set(cfg.pools) == {"app", "sales", "hr"}
+    for name in ("sales", "hr"):
+        p = cfg.pools[name]
+        assert (p.server_host, p.server_port, p.server_database or name, p.pool_mode) == (
+            "127.0.0.1", 5432, name, "transaction")
+        assert {u.username for u in p.users} == {u.username for u in cfg.pools["app"].users}
+        assert pool_user(cfg, name, "app").pool_size == 7  # [users] applies to them too
+        assert f"fallback_users.ini:4 [databases] * (for {name}): port=5432: translated" in text
+    assert "--fallback-databases app: already a [databases] entry" in text
+    assert "translated for the databases given with --fallback-databases (sales, hr)" in text
+    # A dbname= in the `*` entry sends every one of them to that database, as in PgBouncer.
+    (work / "star.ini").write_text("[databases]\n* = host=db1 dbname=common\n[pgbouncer]\n"
+                                   "auth_file = userlist.txt\n")
+    _, cfg, _ = translate(work, "star.ini", "--fallback-databases", "x")
+    assert cfg.pools["x"].server_database == "common" and cfg.pools["x"].server_host == "db1"
+    # Names but no `*` entry: said, nothing made.
+    (work / "nostar.ini").write_text("[databases]\na = host=db1\n[pgbouncer]\nauth_file = userlist.txt\n")
+    text, cfg, _ = translate(work, "nostar.ini", "--fallback-databases", "x")
+    assert set(cfg.pools) == {"a"} and "not used: the source has no `*` database entry" in text
 
 
 def test_tls(work: Path) -> None:
@@ -236,6 +291,7 @@ def test_fallback_users_syslog(work: Path) -> None:
     assert_every_line_accounted(text, "fallback_users.ini", "userlist.txt")
     assert set(cfg.pools) == {"app"}
     assert "* = host=127.0.0.1 port=5432: not translated: pgdoorman has no fallback" in text
+    assert "Run the import again with --fallback-databases" in text
     assert pool_user(cfg, "app", "reporting").pool_mode == "session"
     app = pool_user(cfg, "app", "app")
     assert (app.pool_size, app.pool_mode) == (7, "transaction")
