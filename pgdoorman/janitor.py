@@ -1,5 +1,6 @@
 """Per-worker maintenance, the one home of the periodic and bulk work on a worker's shard of every pool:
-query_wait_timeout for waiters, idle_timeout and server_lifetime, min_pool_size, and closing idle servers.
+query_wait_timeout for waiters, query_timeout for requests running on servers, idle_timeout and server_lifetime,
+min_pool_size, and closing idle servers.
 
 One Janitor per worker, driven by timers on that worker's loop (App.start_workers starts them) and by the
 App (RELOAD, RECONNECT: `close_idle`) and the binary upgrade (`trim`). It decides nothing a pool decides:
@@ -13,6 +14,8 @@ import logging
 import random
 import time
 from typing import TYPE_CHECKING, cast
+
+from pgdoorman.session.states import ACTIVE
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pool
@@ -29,6 +32,8 @@ WAIT_TICK = 0.1
 class Janitor:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
+        # query_timeout: the requests in flight at the last tick, by server: (client, its answered count, since).
+        self.watch: dict[ServerConn, tuple[object, int, float]] = {}
 
     def start(self) -> None:
         """On the worker's loop (or before it runs): arm the two periodic checks."""
@@ -37,8 +42,40 @@ class Janitor:
         loop.call_later(self._retain_interval(), self._retain_tick)
 
     def _wait_tick(self) -> None:
-        self.expire_waiters(time.monotonic())
+        now = time.monotonic()
+        self.expire_waiters(now)
+        if any(p.query_timeout > 0 for p in self.worker.app.pool_list):
+            self.check_queries(now)
+        elif self.watch:
+            self.watch = {}
         self.worker.loop.call_later(WAIT_TICK, self._wait_tick)
+
+    def check_queries(self, now: float) -> int:
+        """query_timeout: cancel the requests of this worker's servers that have been unanswered longer than their
+        pool's; how many. A request is told apart from the next by its client and the count of ReadyForQuery
+        messages relayed to it (ClientBase.answered), and timed from the first tick that saw it, so a cancel
+        is never early and at most one tick late."""
+        watch: dict[ServerConn, tuple[object, int, float]] = {}
+        seen = self.watch
+        n = 0
+        for s in self.worker.servers:
+            limit = s.pool.query_timeout
+            if limit <= 0 or s.state != ACTIVE or s.cancel_pending:
+                continue
+            c = cast("ClientConn | None", s.client)
+            if c is None or c.expect <= 0:
+                continue
+            since = now
+            prev = seen.get(s)
+            if prev is not None and prev[0] is c and prev[1] == c.answered:
+                since = prev[2]
+            if now - since >= limit:
+                s.cancel_for_timeout(now - since)
+                n += 1
+            else:
+                watch[s] = (c, c.answered, since)
+        self.watch = watch
+        return n
 
     def expire_waiters(self, now: float) -> int:
         """Fail the clients (of any worker) that waited longer than query_wait_timeout; how many."""

@@ -377,6 +377,12 @@ class Worker:
                 # The server is still working for a client that is gone: it cannot be handed over.
                 s.close("client left with a request in flight")
                 return
+        if s.cancel_pending:
+            # query_timeout's cancel is on its way: nothing more goes to this server, cleanup included, until
+            # PostgreSQL has it; then it comes back here (ServerWrapped._cancel_sent).
+            s.park()
+            s.cancel_parked = True
+            return
         if not client_gone and s.txn_status == 73 and not s.dirty and not s.evicted:
             self._return_to_pool(s)  # the common case: nothing to clean
             return

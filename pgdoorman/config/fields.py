@@ -83,6 +83,13 @@ FIELDS: Final[tuple[Field, ...]] = (
              "exchange. Pools may override it."),
     _general("Timeouts", "query_wait_timeout", Duration(), 5000, True,
              "How long a client may wait for a server connection from its pool before it gets an error."),
+    _general("Timeouts", "query_timeout", Duration(), 0, True,
+             "A request (a simple query, or an extended-protocol batch up to its Sync) still unanswered on its "
+             "server after this long is cancelled: the pooler sends PostgreSQL a CancelRequest, the client gets "
+             "PostgreSQL's own error (57014, canceling statement due to user request) and the server connection "
+             "stays in the pool. 0 disables. Checked every 100 ms, so a cancel comes up to that much late. Ours, "
+             "not PgDoorman's (PgBouncer's of this name closes the server connection instead). Pools may "
+             "override it."),
     _general("Timeouts", "idle_timeout", Duration(), 600_000, True,
              "Server connections that have served at least one client and then stayed idle this long are closed. "
              "0 disables. A random jitter of up to 20% keeps connections from expiring together. Pools may "

@@ -48,6 +48,7 @@ class General:
     max_connections: int = _g("max_connections")
     connect_timeout: int = _g("connect_timeout")
     query_wait_timeout: int = _g("query_wait_timeout")
+    query_timeout: int = _g("query_timeout")
     idle_timeout: int = _g("idle_timeout")
     server_lifetime: int = _g("server_lifetime")
     retain_connections_time: int = _g("retain_connections_time")
@@ -177,6 +178,7 @@ class PoolConfig:
     sync_server_parameters: bool | None = _p("sync_server_parameters")
     connect_timeout: int | None = _p("connect_timeout")
     idle_timeout: int | None = _p("idle_timeout")
+    query_timeout: int | None = _p("query_timeout")
     server_lifetime: int | None = _p("server_lifetime")
     prepared_statements_cache_size: int | None = _p("prepared_statements_cache_size")
     server_prepared_statements_cache_size: int | None = _p("server_prepared_statements_cache_size")
@@ -212,7 +214,7 @@ class PoolConfig:
         return None
 
 
-_TIMEOUT_KEYS = ("connect_timeout", "idle_timeout", "server_lifetime")
+_TIMEOUT_KEYS = ("connect_timeout", "idle_timeout", "server_lifetime", "query_timeout")
 
 # A key path as the loader walks it: ("general", "tls_certificate"), ("pools", "app", "users", 0, "password").
 # A user is numbered by its place in PoolConfig.users, whatever the file called it.
@@ -253,7 +255,7 @@ class Config:
         return user.pool_mode if user.pool_mode is not None else pool.pool_mode
 
     def timeout_for(self, pool: PoolConfig, user: UserConfig | None, key: str) -> int:
-        """Effective milliseconds for connect_timeout / idle_timeout / server_lifetime: the user's
+        """Effective milliseconds for connect_timeout / idle_timeout / server_lifetime / query_timeout: the user's
         value (only server_lifetime exists per user), else the pool's, else general's."""
         if key not in _TIMEOUT_KEYS:
             raise ValueError(f"timeout_for: unknown key {key!r}; expected one of {', '.join(_TIMEOUT_KEYS)}")

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from pgdoorman.protocol import messages as m
@@ -102,12 +103,25 @@ class CancelRegistry:
         client.worker.loop.call_soon_threadsafe(client.cancel_requested)
 
 
-def send_cancel(target: str, pid: int, secret: int) -> None:
-    """Send a CancelRequest to a server, off the worker loop (connecting to PostgreSQL can block)."""
-    threading.Thread(target=_send_cancel, args=(target, pid, secret), daemon=True).start()
+# Outcomes of a CancelRequest (send_cancel's `done`): PostgreSQL closed the cancel connection after it had
+# signalled the backend; the request was sent but that close was not seen; it was never sent.
+CANCEL_DELIVERED, CANCEL_UNSURE, CANCEL_NOT_SENT = range(3)
 
 
-def _send_cancel(target: str, pid: int, secret: int) -> None:
+def send_cancel(target: str, pid: int, secret: int, done: Callable[[int], None] | None = None) -> None:
+    """Send a CancelRequest to a server, off the worker loop (connecting to PostgreSQL can block); `done` is
+    called on that thread with the outcome (CANCEL_*)."""
+    threading.Thread(target=_send_cancel, args=(target, pid, secret, done), daemon=True).start()
+
+
+def _send_cancel(target: str, pid: int, secret: int, done: Callable[[int], None] | None = None) -> None:
+    outcome = _deliver(target, pid, secret)
+    if done is not None:
+        done(outcome)
+
+
+def _deliver(target: str, pid: int, secret: int) -> int:
+    sent = False
     try:
         if target.startswith("/"):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -118,9 +132,9 @@ def _send_cancel(target: str, pid: int, secret: int) -> None:
             s = socket.create_connection((host, int(port)), timeout=5)
         with s:
             s.sendall(m.cancel_request(pid, secret))
-            try:
-                s.recv(1)  # PostgreSQL closes the connection once it has processed the request
-            except OSError:
-                pass
+            sent = True
+            # PostgreSQL closes the connection once it has processed the request (signalled the backend).
+            return CANCEL_DELIVERED if s.recv(1) == b"" else CANCEL_UNSURE
     except OSError as e:
         log.warning("could not send cancel request to %s: %s", target, e)
+    return CANCEL_UNSURE if sent else CANCEL_NOT_SENT

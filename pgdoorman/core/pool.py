@@ -57,7 +57,7 @@ class PoolStats:
     """
 
     __slots__ = ("bytes_in", "bytes_out", "max_wait_us", "errors", "xact_hist", "query_hist", "wait_hist",
-                 "errors_by_class", "pins", "refused")
+                 "errors_by_class", "pins", "refused", "query_timeouts")
 
     def __init__(self) -> None:
         self.bytes_in = 0
@@ -70,6 +70,7 @@ class PoolStats:
         self.errors_by_class: dict[str, int] = {}  # SQLSTATE class (first two chars) -> count
         self.pins = 0  # transaction-mode clients pinned to their server (session/client_base.py session_check)
         self.refused = 0  # statements refused because they would pin (transaction_pinning: refuse)
+        self.query_timeouts = 0  # requests cancelled by query_timeout
 
     @property
     def xact_count(self) -> int:
@@ -177,6 +178,7 @@ class Pool:
         self.idle_timeout = cfg.timeout_for(pool_cfg, user_cfg, "idle_timeout") / 1000.0
         self.server_lifetime = cfg.timeout_for(pool_cfg, user_cfg, "server_lifetime") / 1000.0
         self.query_wait_timeout = cfg.general.query_wait_timeout / 1000.0
+        self.query_timeout = cfg.timeout_for(pool_cfg, user_cfg, "query_timeout") / 1000.0
         self.cleanup = pool_cfg.cleanup_server_connections
         self.ps_cache.size = max(1, cfg.prepared_cache_size_for(pool_cfg))
         self.server_ps_cache_size = max(1, cfg.server_prepared_cache_size_for(pool_cfg))

@@ -68,6 +68,7 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     fams.append(_pool_errors_family(rows))
     fams.append(_server_login_failures_family(obs))
     fams += _pool_pinning_families(rows)
+    fams.append(_pool_query_timeouts_family(rows))
     fams += _pool_prepared_families(rows)
     fams += _auth_query_families(obs)
     fams += _startup_parameters_family(obs)
@@ -278,6 +279,15 @@ def _pool_pinning_families(rows: list[_PoolRow]) -> list[Family]:
         pins.add(row.totals.pins, row.labels)
         refused.add(row.totals.refused, row.labels)
     return [pinned, pins, refused]
+
+
+def _pool_query_timeouts_family(rows: list[_PoolRow]) -> Family:
+    fam = Family("pg_doorman_pools_query_timeouts_total", "counter",
+                 "Requests the pooler cancelled on their server because they ran longer than the pool's "
+                 "query_timeout (a pgdoorman metric, not PgDoorman's).")
+    for row in rows:
+        fam.add(row.totals.query_timeouts, row.labels)
+    return fam
 
 
 def _pool_prepared_families(rows: list[_PoolRow]) -> list[Family]:

@@ -36,6 +36,7 @@ class Totals:
     wait_time_us: int = 0
     wait_count: int = 0
     errors: int = 0
+    query_timeouts: int = 0  # requests cancelled for query_timeout
     max_wait_us: int = 0
     errors_by_class: dict[str, int] = field(default_factory=dict)
     pins: int = 0  # times a transaction-mode client was pinned to its server
@@ -60,6 +61,7 @@ def pool_totals(pool: Pool) -> Totals:
         t.bytes_in += st.bytes_in
         t.bytes_out += st.bytes_out
         t.errors += st.errors
+        t.query_timeouts += st.query_timeouts
         t.max_wait_us = max(t.max_wait_us, st.max_wait_us)
         t.pins += st.pins
         t.refused += st.refused

@@ -23,7 +23,10 @@ class ClientPeer(Protocol):
     def waiting(self) -> bool: ...
 
     @property
-    def xact_start(self) -> float: ...  # monotonic start of its transaction, 0.0 outside one
+    def xact_start(self) -> float: ...
+
+    @property
+    def in_flight(self) -> bool: ...  # something it sent is unanswered (see ClientBase.in_flight)  # monotonic start of its transaction, 0.0 outside one
 
     # The client's prepared-statement rewriter (rewrite.py): the server hands it each response in
     # prepared-statement mode, and asks it about the fast batch in flight.

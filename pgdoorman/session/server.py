@@ -125,6 +125,9 @@ class ServerConn(ServerWrapped):
         self.target: str | tuple[str, int] = ""
         self.ahead = 0
         self.ahead_quiet = 0
+        self.cancel_pending = False
+        self.cancel_parked = False
+        self.cancel_paused: ClientPeer | None = None
 
     # ------------------------------------------------------------------ connecting and login
     @classmethod

@@ -1,6 +1,15 @@
 """The server relay's temporary handlers: while answers the linked client must not see are due, the scanner's
 message handler is wrapped, so that the relay of every other request pays nothing for them. Answers to queries
-sent ahead of the client's request (a deferred BEGIN, see txbegin.py) are swallowed.
+sent ahead of the client's request (a deferred BEGIN, see txbegin.py) are swallowed; and while a CancelRequest
+sent for query_timeout is on its way, the ReadyForQuery that ends the request gates what may follow.
+
+query_timeout (the janitor decides when): the cancel goes to PostgreSQL on a thread, and until PostgreSQL has
+closed that cancel connection (it does so after signalling the backend) nothing new is sent to the server: a
+server done with its client waits outside the pool (the worker's release_server parks it), and a client that
+keeps it (in a transaction, or session mode) is not read. A backend ignores a cancel signal that reaches it
+while it waits for a command, so once the close is seen the cancel can no longer hit a later statement, of this
+client or another, and the server stays in the pool. If the close is not seen (an error after the request was
+sent), the server is closed instead.
 
 `ServerWrapped` is a part of `ServerConn` (server.py) kept in its own file; its fields are created by
 ServerConn.__init__.
@@ -8,23 +17,48 @@ ServerConn.__init__.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pgdoorman.core.cancel import CANCEL_DELIVERED, CANCEL_NOT_SENT, send_cancel
 from pgdoorman.session.server_prepared import ServerPrepared
+
+if TYPE_CHECKING:
+    from pgdoorman.core.pool import PoolStats
+    from pgdoorman.session.host import Host
+    from pgdoorman.session.peer import ClientPeer
+
+log = logging.getLogger("pgdoorman.server")
 
 FATAL_SEVERITY = (b"SFATAL\x00", b"SPANIC\x00")
 
 
 class ServerWrapped(ServerPrepared):
-    __slots__ = ("ahead", "ahead_quiet", "txn_status", "fatal_forwarded")
+    __slots__ = ("ahead", "ahead_quiet", "txn_status", "fatal_forwarded", "cancel_pending", "cancel_parked",
+                 "cancel_paused")
     ahead: int  # answers (ReadyForQuery) still due for queries sent ahead of the client's (send_ahead)
     ahead_quiet: int  # errors among them that are expected (swallowed)
     txn_status: int  # the transaction status of the last ReadyForQuery (73 'I', 84 'T', 69 'E')
     fatal_forwarded: bool  # PostgreSQL ended the session with a FATAL the client got
+    cancel_pending: bool  # a query_timeout CancelRequest is on its way (see the module's docstring)
+    cancel_parked: bool  # given back meanwhile: waits outside the pool
+    cancel_paused: ClientPeer | None  # the linked client, not read meanwhile
 
     if TYPE_CHECKING:  # fields and methods of ServerConn this part uses
+        worker: Host
+        pstats: PoolStats
+        addr: str
+        pid: int
+        secret: int
+        state: int
 
         def _on_parameter(self, body: memoryview) -> None: ...
+
+    def _relay_handler(self) -> Callable[[int, memoryview], bytes | None]:
+        if self.cancel_pending:
+            return self._on_cancelling
+        return self._ps_handler if self.ps_on else self._plain_handler
 
     def send_ahead(self, data: bytes, n: int, quiet: int) -> None:
         """`n` simple queries of the linked client's that the pooler answered itself (a deferred BEGIN), sent in
@@ -44,7 +78,7 @@ class ServerWrapped(ServerPrepared):
             self.ahead -= 1
             if self.ahead <= 0:
                 self.ahead = self.ahead_quiet = 0
-                self.scanner.on_message = self._ps_handler if self.ps_on else self._plain_handler
+                self.scanner.on_message = self._relay_handler()
             return b""
         if t == 69:  # ErrorResponse
             if body[:7] in FATAL_SEVERITY:
@@ -60,3 +94,47 @@ class ServerWrapped(ServerPrepared):
             self._on_parameter(body)
             return None
         return b""  # CommandComplete (and nothing else comes for BEGIN)
+
+    # ------------------------------------------------------------------ query_timeout
+    def cancel_for_timeout(self, waited: float) -> None:
+        """The linked client's request has run `waited` seconds, past its pool's query_timeout: cancel it."""
+        c = self.client
+        log.info("server %s (pid %d): cancelling a request that has run %.1f s (query_timeout)%s", self.addr,
+                 self.pid, waited, f" for client {c!r}" if c is not None else "")
+        self.pstats.query_timeouts += 1
+        self.cancel_pending = True
+        if not self.ahead:
+            self.scanner.on_message = self._on_cancelling
+        loop = self.loop
+        send_cancel(self.addr, self.pid, self.secret,
+                    lambda outcome: loop.call_soon_threadsafe(self._cancel_sent, outcome))
+
+    def _on_cancelling(self, t: int, body: memoryview) -> bytes | None:
+        """The relay handler while the cancel is on its way: as usual, but a ReadyForQuery that leaves the client
+        nothing in flight stops reading the client until the cancel has reached PostgreSQL."""
+        rep = (self._ps_handler if self.ps_on else self._plain_handler)(t, body)
+        if t == 90 and not self.release_pending:
+            c = self.client
+            if c is not None and not c.in_flight and self.cancel_paused is None:
+                self.cancel_paused = c
+                c.pause_reading()
+        return rep
+
+    def _cancel_sent(self, outcome: int) -> None:
+        """(On this server's loop.) The cancel's outcome: let the server and its client go on."""
+        self.cancel_pending = False
+        c = self.cancel_paused
+        self.cancel_paused = None
+        if self.closed:
+            return
+        if outcome != CANCEL_DELIVERED and outcome != CANCEL_NOT_SENT:
+            # Sent, but PostgreSQL's close was not seen: the signal may still be on its way. Not reused.
+            self.close("query_timeout: the cancel request's outcome is unknown")
+            return
+        if self.scanner.on_message == self._on_cancelling:
+            self.scanner.on_message = self._relay_handler()
+        if c is not None and c is self.client and not c.closed and c.read_paused:
+            c.resume_reading()
+        if self.cancel_parked:
+            self.cancel_parked = False
+            self.worker.release_server(self)

@@ -45,7 +45,7 @@ SUBSECTION_TYPES = {"users": tuple[UserConfig, ...], "auth_query": AuthQueryConf
 IMPLEMENTED = {
     "include": {"files"},
     "general": {
-        "host", "port", "max_connections", "connect_timeout", "query_wait_timeout", "idle_timeout",
+        "host", "port", "max_connections", "connect_timeout", "query_wait_timeout", "query_timeout", "idle_timeout",
         "server_lifetime", "retain_connections_time", "retain_connections_max", "shutdown_timeout",
         "admin_username", "admin_password", "worker_threads", "worker_cpu_affinity_pinning", "unix_socket_dir",
         "startup_parameters",
@@ -66,7 +66,7 @@ IMPLEMENTED = {
     "talos": {"keys", "databases"},
     "pool": {
         "server_host", "server_port", "server_database", "pool_mode", "application_name",
-        "cleanup_server_connections", "connect_timeout", "idle_timeout", "server_lifetime",
+        "cleanup_server_connections", "connect_timeout", "idle_timeout", "query_timeout", "server_lifetime",
         "prepared_statements_cache_size", "server_prepared_statements_cache_size", "users",
         "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key", "auth_query",
         "startup_parameters", "log_client_parameter_status_changes",
@@ -151,7 +151,7 @@ def test_dataclass_matches_table(section: str, cls: type[Any], extra: tuple[str,
 
 
 # Settings of ours that PgDoorman does not have (each documented as such in its text).
-OUR_KEYS = {"general": {"session_real_backend_key"}}
+OUR_KEYS = {"general": {"session_real_backend_key", "query_timeout"}, "pool": {"query_timeout"}}
 
 
 def test_every_pgdoorman_key_is_in_the_table() -> None:
