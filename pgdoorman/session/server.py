@@ -123,11 +123,7 @@ class ServerConn(ServerWrapped):
         self.tls_phase = 0  # 1: SSLRequest sent, waiting for S/N; 2: handshaking
         self.tls_retried = False  # server_tls_mode allow: the plain attempt was refused, this is the TLS one
         self.target: str | tuple[str, int] = ""
-        self.ahead = 0
-        self.ahead_quiet = 0
-        self.cancel_pending = False
-        self.cancel_parked = False
-        self.cancel_paused: ClientPeer | None = None
+        self._init_wrapped()
 
     # ------------------------------------------------------------------ connecting and login
     @classmethod

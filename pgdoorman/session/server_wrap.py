@@ -55,6 +55,14 @@ class ServerWrapped(ServerPrepared):
 
         def _on_parameter(self, body: memoryview) -> None: ...
 
+    def _init_wrapped(self) -> None:
+        """This part's fields (part of ServerConn.__init__)."""
+        self.ahead = 0
+        self.ahead_quiet = 0
+        self.cancel_pending = False
+        self.cancel_parked = False
+        self.cancel_paused = None
+
     def _relay_handler(self) -> Callable[[int, memoryview], bytes | None]:
         if self.cancel_pending:
             return self._on_cancelling
