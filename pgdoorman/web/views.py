@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pgdoorman.admin.resultset import NUMERIC, TEXT, Cell, ResultSet
-from pgdoorman.admin.show import ShowContext, client_host, show_prepared_statements
+from pgdoorman.admin.show import ShowContext, show_clients, show_prepared_statements
 
 Params = dict[str, list[str]]
 
@@ -47,16 +47,19 @@ def _top_n(params: Params) -> int:
 
 
 # ------------------------------------------------------------------------------------------ tables
+def _show_clients(ctx: ShowContext) -> list[dict[str, Cell]]:
+    rs = show_clients(ctx)
+    names = rs.column_names()
+    return [dict(zip(names, row, strict=True)) for row in rs.rows]
+
+
 def top_clients(ctx: ShowContext) -> ResultSet:
-    """Every logged-in client with its query rate over its whole life (queries / age, age at least 1 s)."""
+    """SHOW CLIENTS' clients with their query rate over their whole life (queries / age, age at least 1 s)."""
     rows: list[list[Cell]] = []
-    wall = ctx.snap.wall
-    for c in ctx.snap.clients:
-        if c.state == "login":
-            continue
-        age = max(0, int(wall - c.connect_time))
-        rows.append([c.id, c.application_name, c.user, c.database, client_host(c.addr), age, c.query_count,
-                     c.error_count, c.query_count / max(1, age)])
+    for c in _show_clients(ctx):
+        queries, age = int(c["query_count"] or 0), int(c["age_seconds"] or 0)
+        rows.append([c["client_id"], c["application_name"], c["user"], c["database"], c["addr"], age, queries,
+                     c["error_count"], queries / max(1, age)])
     return ResultSet(TOP_CLIENTS_COLUMNS, rows)
 
 
@@ -82,16 +85,14 @@ def top_queries(ctx: ShowContext) -> ResultSet:
 
 
 def apps(ctx: ShowContext) -> ResultSet:
-    """Logged-in clients grouped by application_name: how many, and their queries, transactions and errors."""
+    """SHOW CLIENTS' clients grouped by application_name: how many, and their queries, transactions and errors."""
     acc: dict[str, list[int]] = {}
-    for c in ctx.snap.clients:
-        if c.state == "login":
-            continue
-        a = acc.setdefault(c.application_name, [0, 0, 0, 0])
+    for c in _show_clients(ctx):
+        a = acc.setdefault(str(c["application_name"]), [0, 0, 0, 0])
         a[0] += 1
-        a[1] += c.query_count
-        a[2] += c.xact_count
-        a[3] += c.error_count
+        a[1] += int(c["query_count"] or 0)
+        a[2] += int(c["transaction_count"] or 0)
+        a[3] += int(c["error_count"] or 0)
     return ResultSet(APPS_COLUMNS, [[name, *v] for name, v in sorted(acc.items())])
 
 
