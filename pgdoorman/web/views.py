@@ -1,10 +1,10 @@
-"""The JSON API's views that are not one SHOW command each: the top lists (`top/clients`, `top/prepared`,
-`top/queries`), clients grouped by application (`apps`), one prepared statement's text
-(`prepared/text/<hash>`), the process's resources (`process`) and the sign-in facts (`auth/config`).
+"""The JSON API's tables that are not one SHOW command each: the top lists (`top/clients`, `top/prepared`,
+`top/queries`) and clients grouped by application (`apps`), and the hash of `prepared/text/<hash>`.
 
-The tables are built from the same snapshot as the SHOW views (each at most once per snapshot window) as
-ResultSets, so they come out typed like every table view; a request's own choices (`by`, `n`, `sort`,
-`order`) become the generic paging parameters (`sort`, `limit`) applied to the built table.
+The tables are made of SHOW CLIENTS' and SHOW PREPARED_STATEMENTS' rows, from the same snapshot as the
+SHOW views (each at most once per snapshot window), as ResultSets, so they come out typed like every table
+view; a request's own choices (`by`, `n`, `sort`, `order`) become the generic paging parameters (`sort`,
+`limit`) applied to the built table. (`process` and `auth/config` are objects, built in api.py.)
 """
 
 from __future__ import annotations
