@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgdoorman.client")
 
 _unpack = m.U32.unpack_from
+# The sums of the first two letters (lower-cased) of BEGIN and START: a Query starting otherwise (SELECT, SET,
+# SHOW, ...) is not looked at for a deferred BEGIN; an unrelated text with the same sum only costs a regex.
+_BE_ST = (98 + 101, 115 + 116)
 assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls
 
 
@@ -85,10 +88,8 @@ class ClientConn(ClientLogin):
             if n == 5 and view[0] == 88:  # a lone Terminate
                 self.close("client terminated")
                 return
-            if self.begin_held is not None:
-                if self._end_deferred(view, n):
-                    return
-            elif view[0] == 81 and 5 < n < BEGIN_MAX and view[5] | 32 in b"bs" and self._defer_begin(view, n):
+            maybe = view[0] == 81 and 6 < n < BEGIN_MAX and (view[5] | 32) + (view[6] | 32) in _BE_ST
+            if (maybe or self.begin_held is not None) and self._deferred_begin(view, n):
                 return
             if self.ps and view[0] == 80 and n > 10:
                 second = 1 + _unpack(view, 1)[0]  # only Parse... Sync can be answered here: peek first
@@ -136,6 +137,10 @@ class ClientConn(ClientLogin):
                     self.worker.release_server(s)
         if self.terminating:
             self.close("client terminated")
+
+    def _deferred_begin(self, view: memoryview, n: int) -> bool:
+        """Deferred BEGIN (txbegin.py): True when these bytes were answered here."""
+        return self._end_deferred(view, n) if self.begin_held is not None else self._defer_begin(view, n)
 
     def _defer_begin(self, view: memoryview, n: int) -> bool:
         """A lone BEGIN (transaction mode, no server held): answered here, sent with the next request."""
