@@ -371,6 +371,8 @@ class WebApi:
         if name.startswith("admin/") or name == "admin":
             return self._admin(req, name[len("admin/"):])
         if name == "auth/config":
+            if req.method not in ("GET", "HEAD"):
+                return error(405, "method_not_allowed", "use GET", [("Allow", "GET, HEAD")])
             return self._auth_config(req)
         if name == "whoami":
             ident = self.identify(req)

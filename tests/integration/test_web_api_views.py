@@ -143,6 +143,9 @@ def test_roles_of_the_new_views(pooler_factory: Any, tmp_path: Path) -> None:
                                                                  "role": "admin"}
     bad = "Basic " + "eDp5"  # x:y
     assert get(port2, "auth/config", auth=bad)["data"]["current_user"] is None
+    assert request(port2, "/api/auth/config", method="POST", headers={"X-Requested-With": "t"})[0] == 405
+    assert request(port2, "/api/top/clients?n=100000")[0] == 200  # n is capped, not refused
+    assert request(port2, "/api/prepared/text/")[0] == 404
 
     # SSO on but unusable: said, and SSO counts as off.
     p3, port3 = web_pooler(pooler_factory, web={**web, "sso_public_key_file": str(tmp_path / "missing.pem")})

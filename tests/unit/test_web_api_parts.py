@@ -106,3 +106,27 @@ def test_snapshot_cache_window() -> None:
     assert (data, generation) == (2, 2)
     cache.invalidate()
     assert cache.get("a", build("a"))[0] == 3
+
+
+def test_top_list_parameters() -> None:
+    from pgdoorman.web import views
+
+    clients = views.DERIVED["top/clients"][1]
+    assert clients({}) == {"sort": ["-qps"], "limit": ["20"]}
+    assert clients({"n": ["0"], "by": ["errors"]}) == {"sort": ["-errors_total"], "limit": ["20"]}
+    assert clients({"n": ["100000"], "by": ["age"], "pool": ["u@db"]}) == {
+        "sort": ["-age_seconds"], "limit": ["200"], "pool": ["u@db"]}
+    assert views.DERIVED["apps"][1]({"sort": ["errors"], "order": ["asc"]}) == {"sort": ["errors_total"]}
+    for name, params in (("top/clients", {"by": ["nope"]}), ("top/clients", {"n": ["-1"]}),
+                         ("top/prepared", {"by": ["hits"]}), ("top/queries", {"by": ["duration"]}),
+                         ("apps", {"sort": ["x"]}), ("apps", {"order": ["up"]})):
+        with pytest.raises(views.BadRequest):
+            views.DERIVED[name][1](params)
+    assert views.parse_hash("255") == views.parse_hash("0xff") == views.parse_hash("0XFF") == 255
+    assert views.parse_hash(str((1 << 64) - 1)) == (1 << 64) - 1
+    for bad in ("", "x", "0x", "0xzz", "-1", str(1 << 64), "²"):
+        with pytest.raises(views.BadRequest):
+            views.parse_hash(bad)
+    table = {"columns": [], "rows": [{"user": "u", "database": "db"}, {"user": "v", "database": "db"},
+                                     {"user": "u@x", "database": "db"}]}
+    assert views.only_pool(table, "u@x@db")["rows"] == [{"user": "u@x", "database": "db"}]
