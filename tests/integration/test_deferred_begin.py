@@ -35,14 +35,17 @@ def connect(host: str, port: int) -> WireClient:
     return WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD)
 
 
-@pytest.fixture(scope="module", params=[("transaction", 1), ("transaction", 2), ("session", 2)],
-                ids=["tx-pool1", "tx-pool2", "session"])
+@pytest.fixture(scope="module", params=[("transaction", 1, True), ("transaction", 2, True),
+                                        ("transaction", 1, False), ("session", 2, True)],
+                ids=["tx-pool1", "tx-pool2", "tx-pool1-no-prepared", "session"])
 def pooler(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
+    """prepared_statements off too: the relay then reads messages with another scanner table and handler."""
     from tests.support.cluster import pooler_config
 
-    mode, size = request.param
-    cfg = pooler_config(pg, pool_mode=mode, pool_size=size, general={"query_wait_timeout": 3000})
-    p = Pooler(cfg, str(tmp_path_factory.mktemp(f"begin-{mode}-{size}"))).start()
+    mode, size, prepared = request.param
+    cfg = pooler_config(pg, pool_mode=mode, pool_size=size,
+                        general={"query_wait_timeout": 3000, "prepared_statements": prepared})
+    p = Pooler(cfg, str(tmp_path_factory.mktemp(f"begin-{mode}-{size}-{prepared}"))).start()
     p.mode = mode  # type: ignore[attr-defined]
     yield p
     p.stop()
@@ -287,3 +290,28 @@ def test_drivers_same_as_postgres(pg: Any, pooler_factory: Any, pool_size: int) 
     p = pooler_factory(pool_mode="transaction", pool_size=pool_size, general={"query_wait_timeout": 2000})
     assert _psycopg_steps(p.host, p.port) == _psycopg_steps(pg.host, pg.port)
     assert asyncio.run(_asyncpg_steps(p.host, p.port)) == asyncio.run(_asyncpg_steps(pg.host, pg.port))
+
+
+def test_binary_upgrade_waits_for_a_deferred_begin(pg: Any, pooler_factory: Any) -> None:
+    """A client told it is in a transaction stays with the old process while its BEGIN is deferred (it holds
+    no server, but the new process would not know of its transaction), finishes it there, and moves once it
+    is idle; an idle client moves at once."""
+    from tests.integration.test_ops import alive, current_pid, owner_of, stop_pid, upgrade, wait_exit
+    from tests.support.pooler import wait_for
+
+    p = pooler_factory(pool_mode="transaction", pool_size=2, general={"shutdown_timeout": 30000})
+    dsn = p.dsn(SCRAM_USER, SCRAM_PASSWORD, DBNAME)
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
+        a.execute("select 1")
+        b.execute("select 1")
+        old = current_pid(p)
+        with a.transaction():  # BEGIN, deferred
+            new = upgrade(p)
+            wait_for(lambda: owner_of(b, p.port, [old, new]) == [new], what="the idle client to move")
+            time.sleep(1.0)  # several of the old process's hand-over rounds
+            assert owner_of(a, p.port, [old, new]) == [old] and alive(old)
+            assert a.execute("select 2").fetchone() == (2,)
+        wait_for(lambda: owner_of(a, p.port, [old, new]) == [new], what="the client to move after its COMMIT")
+        assert a.execute("select 3").fetchone() == (3,) and b.execute("select 4").fetchone() == (4,)
+    wait_exit(old, p, timeout=30)
+    stop_pid(new)
