@@ -17,6 +17,7 @@ from pgdoorman.config.field import (
 )
 from pgdoorman.config.values import (
     Bool,
+    Choice,
     Duration,
     FrozenMapping,
     Int,
@@ -46,6 +47,13 @@ POOL_FIELDS: Final[tuple[Field, ...]] = (
           "server connection it changed. Open transactions are always rolled back."),
     _pool("Behaviour", "log_client_parameter_status_changes", Bool(), False, True,
           "Log (info) each reported setting (TimeZone, application_name, ...) a client of this pool SETs."),
+    _pool("Behaviour", "transaction_pinning", Choice("allow", "refuse"), "allow", True,
+          "Transaction mode (a pgdoorman setting, not PgDoorman's): session state that cannot move between "
+          "servers (temporary tables, session advisory locks, WITH HOLD cursors, SQL PREPARE). allow: the client "
+          "keeps its server (is pinned) until it releases that state, as on a dedicated session; refuse: a "
+          "simple query or a prepared statement that creates it is refused with 0A000 before it reaches "
+          "PostgreSQL, and such state created otherwise (inside a function) is cleaned at the end of the "
+          "transaction. See docs/transaction-mode.md."),
     _pool("Behaviour", "sync_server_parameters", Bool(), None, False,
           "Per-pool `general.sync_server_parameters` (added by a PgDoorman release after 3.10.7).", optional=True,
           default_doc="`general.sync_server_parameters`", example=True),

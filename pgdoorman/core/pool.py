@@ -180,6 +180,8 @@ class Pool:
         self.query_wait_timeout = cfg.general.query_wait_timeout / 1000.0
         self.query_timeout = cfg.timeout_for(pool_cfg, user_cfg, "query_timeout") / 1000.0
         self.cleanup = pool_cfg.cleanup_server_connections
+        # transaction_pinning: refuse (statements that would pin a client are refused, core/sqllex.py)
+        self.pin_refuse = self.transaction_mode and pool_cfg.transaction_pinning == "refuse"
         self.ps_cache.size = max(1, cfg.prepared_cache_size_for(pool_cfg))
         self.server_ps_cache_size = max(1, cfg.server_prepared_cache_size_for(pool_cfg))
         self.server_user = user_cfg.server_username or user_cfg.username

@@ -40,6 +40,25 @@ PINS_QUERY = (
 RESET = "RESET ROLE; RESET SESSION AUTHORIZATION; RESET ALL"
 
 
+_REFUSED = {
+    "temp": "temporary tables",
+    "advisory_lock": "session-level advisory locks",
+    "cursor": "WITH HOLD cursors",
+    "prepare": "SQL PREPARE",
+}
+
+
+def refusal(why: str, pool: str) -> str:
+    """A statement that makes PostgreSQL itself raise 0A000 for a statement that would pin its client (the
+    error, the failed transaction and ReadyForQuery's status are then PostgreSQL's own)."""
+    what = _REFUSED.get(why, why)
+    msg = f"{what} are not supported in transaction pooling mode".replace("'", "''")
+    hint = (f"Pool {pool.replace('$', '')} has transaction_pinning = refuse; use transaction_pinning = allow or "
+            "pool_mode = session.").replace("'", "''")
+    return (f"DO $pgdoorman$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{msg}', "
+            f"HINT = '{hint}'; END $pgdoorman$")
+
+
 def check_query(settings: bool, pins: bool, reset: bool) -> str:
     """One simple query (one round trip): the settings read back, the pin check, then the reset."""
     parts = []

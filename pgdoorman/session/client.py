@@ -224,7 +224,10 @@ class ClientConn(ClientLogin):
     def _on_message(self, t: int, body: memoryview) -> bytes | None:
         if t == 81:  # a small simple query (transaction mode)
             self._on_header(t, 0)
-            return refuse_listen(body) if body else None
+            if not body:
+                return None
+            refused = self.refuse_pinning(body)
+            return refuse_listen(body) if refused is None else m.query(refused)
         if t == 80:  # a small Parse (transaction mode, prepared_statements off)
             self._on_header(t, 0)
             if not body or body[0] != 0:

@@ -10,7 +10,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from pgdoorman.core import leaks, txstate
+from pgdoorman.core import leaks, sqllex, txstate
 from pgdoorman.core import prepared as ps
 from pgdoorman.core.cancel import send_cancel
 from pgdoorman.core.params import TRACKED_PARAMS
@@ -303,6 +303,11 @@ class ClientBase(Conn):
             if not pins:
                 s.dirty &= ~_PINNING  # nothing is left of what these bits were about
         self.checked_xact = s.xact_count
+        if pins and self.pool is not None and self.pool.pin_refuse:
+            # Not recognised up front (a function did it, a query too large to read): cleaned, not kept.
+            log.warning("client %s (%s@%s) left %s on its server, which transaction_pinning: refuse does not "
+                        "keep: cleaned", self.addr, self.user, self.database, pins)
+            pins = ""
         if pins:
             if not self.pinned and self.pool is not None:
                 self.pool.stats[self.worker.id].pins += 1
@@ -321,6 +326,18 @@ class ClientBase(Conn):
         self.worker.release_server(s, client=self)
         if (self.pending or self.raw) and not self.closed and not self.waiting:
             self.need_server()  # sent meanwhile: held for the next server
+
+    def refuse_pinning(self, text: bytes | memoryview) -> str | None:
+        """transaction_pinning: refuse: the statement to run instead of query text that would pin this client
+        (it raises 0A000 on PostgreSQL), or None to run the text as it is."""
+        pool = self.pool
+        if pool is None or not pool.pin_refuse:
+            return None
+        why = sqllex.pinning_text(text)
+        if why is None:
+            return None
+        pool.stats[self.worker.id].refused += 1
+        return txstate.refusal(why, pool.name)
 
     def _follow(self, want: dict[str, str]) -> None:
         """The settings this client's session holds now: replayed on the next server it gets."""

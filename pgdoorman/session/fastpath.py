@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pgdoorman.core import prepared as ps
+from pgdoorman.core import sqllex
 from pgdoorman.core.leaks import may_leave_state
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import SMALL_LIMIT, Scanner
@@ -80,7 +81,10 @@ class FastPaths(ClientBase):
         if b0 in _MAYBE_SPECIAL:
             return False
         bits = may_leave_state(view[5:n])
-        if bits:
+        if bits or b0 | 32 == 112:  # temp/advisory, or a PREPARE: transaction_pinning refuse refuses it there
+            pool = self.pool
+            if pool is not None and pool.pin_refuse and sqllex.pinning_text(view[5:n]) is not None:
+                return False
             self.leaves |= bits
         self._mark_query()
         self.copy_window = True

@@ -62,7 +62,8 @@ class Rewriter(RewriterBase):
                 if mt is not None:
                     return self._deallocate(mt.group(1))
             self.on_header(t, 0)
-            return refuse_listen(body)
+            refused = self.relay.refuse_pinning(body)  # transaction_pinning: refuse
+            return refuse_listen(body) if refused is None else m.query(refused)
         if t == 72:  # Flush
             return None
         if t == 88:  # Terminate
@@ -142,6 +143,8 @@ class Rewriter(RewriterBase):
             text = b[j + 1 : k]
             if LISTEN_START.match(text):
                 text = LISTEN_REFUSAL
+            elif (refused := self.relay.refuse_pinning(text)) is not None:
+                text = refused.encode()
             st = cache.get(text, b[k + 1 :], self.sig)
             self.last_parse = (b, name, st)
         if name:

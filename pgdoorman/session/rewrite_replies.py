@@ -95,6 +95,8 @@ class Relay(Protocol):
 
     def _mark_query(self) -> None: ...
 
+    def refuse_pinning(self, text: bytes | memoryview) -> str | None: ...  # transaction_pinning: refuse
+
 
 class RewriterBase:
     """The prepared-statement state of one client: its names (`named`, `unnamed`) for statements of the pool's

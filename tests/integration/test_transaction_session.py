@@ -309,3 +309,47 @@ def _pins(sql: str) -> bool:
 
 def _release(who: str) -> Steps:
     return [(who, "DISCARD ALL")]
+
+
+# transaction_pinning: refuse
+REFUSED_STEPS: Steps = [
+    ("a", "CREATE TEMP TABLE refused_t (a int)"),
+    ("a", "SELECT pg_advisory_lock(7704)"),
+    ("a", "DECLARE refused_c CURSOR WITH HOLD FOR SELECT 1"),
+    ("a", "PREPARE refused_p AS SELECT 1"),
+    ("a", "BEGIN"), ("a", "SELECT 1"), ("a", "CREATE TEMPORARY TABLE refused_t ()"), ("a", "SELECT 1"),
+    ("a", "ROLLBACK"),
+    ("a", "SELECT pg_advisory_xact_lock(7704), 'create temp table x'"),  # not pinning: runs
+    # not recognised up front (inside a DO block): runs, and is cleaned at the end of the transaction
+    ("a", "DO $$ BEGIN CREATE TEMP TABLE hidden_t (); END $$"),
+    ("b", "SELECT to_regclass('refused_t') IS NULL, to_regclass('hidden_t') IS NULL"),
+    ("a", "SELECT to_regclass('refused_t') IS NULL, to_regclass('hidden_t') IS NULL, "
+          "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), "
+          "(SELECT count(*) FROM pg_cursors WHERE is_holdable), "
+          "(SELECT count(*) FROM pg_prepared_statements WHERE from_sql)"),
+]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_refuse_policy(pg: Any, pooler_factory: Any, driver: str) -> None:
+    """transaction_pinning: refuse: what would pin is refused with 0A000 before PostgreSQL sees it (simple
+    queries and prepared statements), the transaction fails as PostgreSQL's own error would fail it, and what
+    slips through is cleaned, not kept."""
+    port = free_port()
+    p = pooler_factory(start=False, pool_size=1, pool={"transaction_pinning": "refuse"})
+    p.config["web"] = {"enabled": True, "host": "127.0.0.1", "port": port}
+    p.start()
+    p.web_port = port
+    got = DRIVERS[driver](p.host, p.port, REFUSED_STEPS)
+    codes = [r[3] if r[2] == "error" else "ok" for r in got]
+    assert codes == ["0A000"] * 4 + ["ok", "ok", "0A000", "25P02", "ok", "ok", "ok", "ok", "ok"]
+    assert got[-2][2] == [(True, True)]
+    assert got[-1][2] == [(True, True, 0, 0, 0)]
+    assert _metric(p, "pg_doorman_pools_pinning_refused_total") == 5
+    assert _metric(p, "pg_doorman_pools_pins_total") == 0
+    assert p.wait_for_log("transaction_pinning: refuse does not keep")
+    with psycopg.connect(_dsn(p.host, p.port), autocommit=True) as c:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as ei:
+            c.execute("create temp table t2 ()")
+        assert ei.value.diag.message_primary == "temporary tables are not supported in transaction pooling mode"
+        assert "transaction_pinning = refuse" in (ei.value.diag.message_hint or "")

@@ -69,7 +69,7 @@ IMPLEMENTED = {
         "cleanup_server_connections", "connect_timeout", "idle_timeout", "query_timeout", "server_lifetime",
         "prepared_statements_cache_size", "server_prepared_statements_cache_size", "users",
         "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key", "auth_query",
-        "startup_parameters", "log_client_parameter_status_changes",
+        "startup_parameters", "log_client_parameter_status_changes", "transaction_pinning",
     },
     "user": {
         "username", "password", "pool_size", "min_pool_size", "pool_mode", "server_username",
@@ -151,7 +151,7 @@ def test_dataclass_matches_table(section: str, cls: type[Any], extra: tuple[str,
 
 
 # Settings of ours that PgDoorman does not have (each documented as such in its text).
-OUR_KEYS = {"general": {"session_real_backend_key", "query_timeout"}, "pool": {"query_timeout"}}
+OUR_KEYS = {"general": {"session_real_backend_key", "query_timeout"}, "pool": {"query_timeout", "transaction_pinning"}}
 
 
 def test_every_pgdoorman_key_is_in_the_table() -> None:

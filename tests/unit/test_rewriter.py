@@ -67,6 +67,9 @@ class FakeRelay:
     def _mark_query(self) -> None:
         self.marked += 1
 
+    def refuse_pinning(self, text: bytes | memoryview) -> str | None:
+        return None  # transaction_pinning: allow
+
 
 class Pair:
     """One client's rewriter between its bytes and one backend's answers."""

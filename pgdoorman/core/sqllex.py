@@ -1,0 +1,179 @@
+"""A small SQL lexer: just enough to tell, before a statement reaches PostgreSQL, whether it creates session
+state that cannot move between servers (transaction_pinning: refuse, docs/transaction-mode.md).
+
+It reads what PostgreSQL's scanner would: `--` and nested `/* */` comments, '' strings (E'' with backslash
+escapes, U&'' and B''/X'' alike), "" identifiers, $tag$ dollar quotes, and splits statements at `;` outside
+parentheses. Nothing inside a string, a quoted identifier, a comment or a dollar-quoted body (a DO block, a
+function body) is looked at. What it does not recognise is left alone: PostgreSQL answers it, and the check at
+the end of the transaction (core/txstate.py) still finds what it left.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+WORD, QIDENT, STRING, OTHER = range(4)
+
+_IDENT_START = re.compile(r"[A-Za-z_\x80-\uffff]")
+_IDENT = re.compile(r"[A-Za-z_0-9$\x80-\uffff]*")
+_DOLLAR_TAG = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z_0-9\x80-\uffff]*)?\$")
+_PARAM = re.compile(r"\$[0-9]+")
+
+_ADVISORY = frozenset({"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock",
+                       "pg_try_advisory_lock_shared"})
+_TEMP = frozenset({"temp", "temporary"})
+# Cheap pre-check: a statement that pins names one of these (lower-cased).
+KEYWORDS = (b"temp", b"advisory", b"declare", b"prepare")
+
+
+def tokens(sql: str) -> Iterator[tuple[int, str]]:
+    """(kind, text): WORD (an unquoted identifier or keyword, lower-cased), QIDENT, STRING (its body
+    unread), OTHER (one character of punctuation or an operator, or a number or parameter)."""
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c.isspace():
+            i += 1
+        elif c == "-" and sql.startswith("--", i):
+            j = sql.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif c == "/" and sql.startswith("/*", i):
+            i = _skip_block_comment(sql, i)
+        elif c == "'":
+            i = _skip_string(sql, i + 1, backslash=_word_before(sql, i) in ("e", "E"))
+            yield STRING, ""
+        elif c == '"':
+            j = i + 1
+            while True:
+                k = sql.find('"', j)
+                if k < 0:
+                    j = n
+                    break
+                if sql.startswith('""', k):
+                    j = k + 2
+                    continue
+                j = k + 1
+                break
+            yield QIDENT, sql[i + 1 : j - 1].replace('""', '"')
+            i = j
+        elif c == "$":
+            m = _DOLLAR_TAG.match(sql, i)
+            if m is not None:
+                end = sql.find(m.group(0), m.end())
+                i = n if end < 0 else end + len(m.group(0))
+                yield STRING, ""
+            else:
+                m2 = _PARAM.match(sql, i)
+                i = m2.end() if m2 is not None else i + 1
+                yield OTHER, "$"
+        elif _IDENT_START.match(c):
+            m3 = _IDENT.match(sql, i + 1)
+            assert m3 is not None
+            word = sql[i : m3.end()]
+            i = m3.end()
+            if i < n and sql[i] == "'" and word.lower() in ("e", "b", "x", "n", "u&"):
+                continue  # a prefixed string: the quote comes next
+            yield WORD, word.lower()
+        else:
+            i += 1
+            yield OTHER, c
+
+
+def _word_before(sql: str, i: int) -> str:
+    """The one-letter prefix right before a quote at `i` (E'...'), if it is a word of its own."""
+    if i >= 2 and (sql[i - 2].isalnum() or sql[i - 2] == "_"):
+        return ""
+    return sql[i - 1]
+
+
+def _skip_block_comment(sql: str, i: int) -> int:
+    depth, i, n = 0, i, len(sql)
+    while i < n:
+        if sql.startswith("/*", i):
+            depth += 1
+            i += 2
+        elif sql.startswith("*/", i):
+            depth -= 1
+            i += 2
+            if depth == 0:
+                return i
+        else:
+            i += 1
+    return n
+
+
+def _skip_string(sql: str, i: int, backslash: bool) -> int:
+    n = len(sql)
+    while i < n:
+        c = sql[i]
+        if backslash and c == "\\":
+            i += 2
+        elif c == "'":
+            if sql.startswith("''", i):
+                i += 2
+            else:
+                return i + 1
+        else:
+            i += 1
+    return n
+
+
+def statements(sql: str) -> Iterator[list[tuple[int, str]]]:
+    """The statements of a query string: its tokens split at `;` outside parentheses (empty ones skipped)."""
+    cur: list[tuple[int, str]] = []
+    depth = 0
+    for tok in tokens(sql):
+        if tok[0] == OTHER:
+            if tok[1] == "(":
+                depth += 1
+            elif tok[1] == ")":
+                depth = max(0, depth - 1)
+            elif tok[1] == ";" and depth == 0:
+                if cur:
+                    yield cur
+                cur = []
+                continue
+        cur.append(tok)
+    if cur:
+        yield cur
+
+
+def pinning(stmt: list[tuple[int, str]]) -> str | None:
+    """What a statement creates that cannot move between servers: 'temp', 'advisory_lock', 'cursor',
+    'prepare', or None."""
+    words = [t for k, t in stmt if k == WORD]
+    if not words:
+        return None
+    first = words[0]
+    if first == "create" and _TEMP.intersection(words[1:5]):
+        return "temp"  # CREATE [OR REPLACE] [GLOBAL | LOCAL] {TEMP | TEMPORARY} ...
+    for i, (k, t) in enumerate(stmt):
+        if k != WORD:
+            continue
+        nxt = stmt[i + 1] if i + 1 < len(stmt) else (OTHER, "")
+        if t in _ADVISORY and nxt == (OTHER, "("):
+            return "advisory_lock"
+        if t == "pg_temp" and nxt == (OTHER, ".") and first == "create":
+            return "temp"
+        if t == "into" and first in ("select", "with") and nxt[0] == WORD and nxt[1] in _TEMP:
+            return "temp"  # SELECT ... INTO TEMP t
+    if first == "declare" and any(a == "with" and b == "hold" for a, b in zip(words, words[1:], strict=False)):
+        return "cursor"
+    if first == "prepare" and len(words) > 1 and words[1] != "transaction":
+        return "prepare"
+    return None
+
+
+def pinning_text(text: bytes | bytearray | memoryview) -> str | None:
+    """`pinning` of the first statement of a query text that pins, or None (a cheap keyword test first)."""
+    raw = bytes(text)
+    low = raw.lower()
+    if not any(low.find(k) >= 0 for k in KEYWORDS):
+        return None
+    sql = raw.decode("utf-8", "replace")
+    for stmt in statements(sql):
+        why = pinning(stmt)
+        if why is not None:
+            return why
+    return None
