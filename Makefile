@@ -7,7 +7,7 @@ VPY    := $(VENV)/bin/python
 FT_PY  := .venv-ft/bin/python
 STAMP  := $(VENV)/.pgdoorman-installed
 
-.PHONY: help venv deps drivers run test test-ft lint bench bench-tls bench-deps bench-profile soak abuse-bench ft-python deb test-deb test-pipx man clean distclean
+.PHONY: help venv deps drivers run test test-ft lint bench bench-tls bench-deps bench-profile soak abuse-bench ft-python deb test-deb test-pipx rootfs man clean distclean
 
 help:
 	@echo "make run        throwaway PostgreSQL + pgdoorman on 127.0.0.1:6432 in the foreground, web console on :9127"
@@ -22,6 +22,7 @@ help:
 	@echo "make deb        build/pg-doorman_<version>_all.deb with dpkg-deb, checked by lintian"
 	@echo "make test-deb   make deb, install it with apt/dpkg here and test it (CI; root only)"
 	@echo "make test-pipx  pipx install from a clean copy of the checkout and run both commands"
+	@echo "make rootfs     the container image's root filesystem from the Dockerfile with debootstrap (no engine)"
 	@echo "make clean      stop the demo cluster, remove .run/ and caches (distclean: also the venvs)"
 
 # The stamp makes `make venv` a no-op until pyproject.toml changes.
@@ -93,6 +94,12 @@ test-deb: deps deb
 test-pipx:
 	scripts/ensure_deps.sh pipx
 	scripts/test_pipx.sh
+
+# The Dockerfile carried out on a debootstrap'd Debian root (docs/install.md); tests/integration/test_image_rootfs.py
+# builds and runs it too. ARGS="--tar image.tar" also writes it as a tar (podman import).
+rootfs:
+	scripts/ensure_deps.sh rootfs
+	python3 scripts/build_rootfs.py $(ARGS)
 
 # Benchmark-only Python tools (matplotlib for the charts, py-spy): scripts/bench-requirements.txt, not the
 # package's dependencies. A failed install does not stop the benchmark (it then draws no charts).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests, `make run`, the benchmark and the free-threaded build need.
 # Idempotent and quiet when everything is present; runs `apt-get update` at most once per call.
-# Usage: scripts/ensure_deps.sh [postgres|pgbouncer|pgbouncerbuild|promtool|browser|ftbuild|deb|pipx|all]...   (default: postgres)
+# Usage: scripts/ensure_deps.sh [postgres|pgbouncer|pgbouncerbuild|promtool|browser|ftbuild|deb|pipx|rootfs|all]...   (default: postgres)
 set -euo pipefail
 
 want=()
@@ -23,10 +23,14 @@ for group in "${@:-postgres}"; do
         # make deb / test-deb: dpkg-deb (dpkg), lintian, man -l (man-db, groff), logrotate and
         # (systemd-analyze verify too, when systemd is there) for the package test, python3-yaml for the installed package.
         deb) want+=(dpkg lintian man-db groff-base logrotate python3-yaml adduser) ;;
+        # scripts/build_rootfs.py and tests/integration/test_image_rootfs.py: the container image's root
+        # built with debootstrap and run in namespaces (unshare/nsenter: util-linux; ip: iproute2);
+        # systemd-container (systemd-nspawn) boots the packaged unit in such a root.
+        rootfs) want+=(debootstrap util-linux iproute2 systemd-container) ;;
         # make test-pipx: Debian's pipx (and the venv module it needs).
         pipx) want+=(pipx python3-venv) ;;
-        all) exec "$0" postgres pgbouncer promtool browser ftbuild deb pipx ;;
-        *) echo "ensure_deps.sh: unknown group '$group' (postgres|pgbouncer|promtool|browser|ftbuild|deb|pipx|all)" >&2; exit 2 ;;
+        all) exec "$0" postgres pgbouncer promtool browser ftbuild deb pipx rootfs ;;
+        *) echo "ensure_deps.sh: unknown group '$group' (postgres|pgbouncer|promtool|browser|ftbuild|deb|pipx|rootfs|all)" >&2; exit 2 ;;
     esac
 done
 
