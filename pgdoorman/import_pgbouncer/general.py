@@ -125,6 +125,12 @@ def timeouts(t: Translator) -> None:
                 continue
             note += " (0 disables it in both)"
         t.gen(ours, duration(ms), note)
+    s = t.get("query_timeout")
+    if s is not None and millis(s) > 0:
+        t.gen("query_timeout", duration(millis(s)), f"{src_note(s)}: approximated: a query past it is cancelled "
+              "(the client gets 57014) and the server connection kept; PgBouncer closes the connection")
+    elif s is not None:
+        t.gen("query_timeout", "0s", f"{src_note(s)}: translated (0 disables it in both)")
     s = t.get("listen_backlog")
     if s is not None:
         t.gen("backlog", to_int(s), f"{src_note(s)}: translated")

@@ -37,7 +37,7 @@ NOT_TRANSLATED: dict[str, str] = {
                     "(general.worker_threads); run one pgdoorman rather than several processes",
     "tcp_defer_accept": "no counterpart",
     "suspend_timeout": "no SUSPEND / online reboot (-R): pgdoorman's binary upgrade (SIGUSR2) replaces it",
-    "query_timeout": "no counterpart; use PostgreSQL's statement_timeout",
+    "query_timeout": "pgdoorman's query_timeout is general or per pool, not per user",
     "client_idle_timeout": "no counterpart",
     "idle_transaction_timeout": "no counterpart; use PostgreSQL's idle_in_transaction_session_timeout",
     "transaction_timeout": "no counterpart; use PostgreSQL's transaction_timeout (PostgreSQL 17)",

@@ -101,7 +101,8 @@ def test_upstream_test_ini(work: Path) -> None:
     assert cfg.general.tcp_keepalives_idle == 0
     assert cfg.general.server_lifetime == 120_000 and cfg.general.idle_timeout == 60_000
     assert cfg.general.pg_hba is not None  # auth_type = trust
-    assert "query_timeout = 20: not translated" in text
+    assert "query_timeout = 20: approximated: a query past it is cancelled" in text
+    assert cfg.general.query_timeout == 20_000
 
 
 def test_upstream_small_ini(work: Path) -> None:
