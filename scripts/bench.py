@@ -993,8 +993,9 @@ class Bench:
         v["pooler_python"] = out[0] if out else "unknown"
         v["pooler_gil_disabled"] = out[1] if len(out) > 1 else "unknown"
         version = out[2] if len(out) > 2 else "unknown"
-        commit = run_text(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-        dirty = run_text(["git", "-C", str(REPO), "status", "--porcelain", "--", "pgdoorman"])
+        src = str(self.pgdoorman_src)
+        commit = run_text(["git", "-C", src, "rev-parse", "--short", "HEAD"])
+        dirty = run_text(["git", "-C", src, "status", "--porcelain", "--", "pgdoorman"])
         if commit.startswith("unknown"):
             commit = "no commit"
         v["pgdoorman"] = f"{version} (git {commit}{', pgdoorman/ modified' if dirty else ''})"
@@ -1585,6 +1586,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--out", help="report path (default docs/benchmarks.md, docs/benchmarks-tls.md with --tls)")
     ap.add_argument("--json", help="also write the raw results as JSON to this path")
     ap.add_argument("--keep", action="store_true", help="keep the throwaway directory (logs) for debugging")
+    ap.add_argument("--src", help="run the pgdoorman package of this checkout (a worktree of another commit, for "
+                    "before/after comparisons of the same run method); default: this one")
     a = ap.parse_args(argv)
     a.out = a.out or str(REPO / "docs" / ("benchmarks-tls.md" if a.tls else "benchmarks.md"))
     if os.sep in a.python:
@@ -1626,6 +1629,8 @@ def main(argv: list[str] | None = None) -> int:
     # Started in the background by a non-interactive shell, SIGINT arrives ignored; we still want it to stop us.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     bench = Bench(args)
+    if args.src:
+        bench.pgdoorman_src = Path(args.src).resolve()
     started = datetime.datetime.now(datetime.UTC)
     status = 0
     interrupted = False
