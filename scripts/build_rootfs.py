@@ -313,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dockerfile", default=str(here / "Dockerfile"))
     p.add_argument("--context", default=str(here))
     p.add_argument("--tar", default=None, help="also write the final root as this tar file")
+    p.add_argument("--print-base", action="store_true",
+                   help="only make (or find) the debootstrap'd root of the first FROM and print its path "
+                        "(for `podman import` as that base image)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("build_rootfs: needs root (debootstrap, chroot, unshare)", file=sys.stderr)
@@ -322,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            if args.print_base:
+                first = next(a for w, a in instructions(Path(args.dockerfile).read_text()) if w == "FROM")
+                print(base_root(cache, first.split()[0]))
+                return 0
             final = build(Path(args.dockerfile), Path(args.context), cache)
         except (BuildError, OSError) as e:
             print(f"build_rootfs: {e}", file=sys.stderr)

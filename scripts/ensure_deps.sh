@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests, `make run`, the benchmark and the free-threaded build need.
 # Idempotent and quiet when everything is present; runs `apt-get update` at most once per call.
-# Usage: scripts/ensure_deps.sh [postgres|pgbouncer|pgbouncerbuild|promtool|browser|ftbuild|deb|pipx|rootfs|all]...   (default: postgres)
+# Usage: scripts/ensure_deps.sh [postgres|pgbouncer|pgbouncerbuild|promtool|browser|ftbuild|deb|pipx|rootfs|podman|all]...   (default: postgres)
 set -euo pipefail
 
 want=()
@@ -27,10 +27,13 @@ for group in "${@:-postgres}"; do
         # built with debootstrap and run in namespaces (unshare/nsenter: util-linux; ip: iproute2);
         # systemd-container (systemd-nspawn) boots the packaged unit in such a root.
         rootfs) want+=(debootstrap util-linux iproute2 systemd-container) ;;
+        # tests/integration/test_image_podman.py: Debian's podman builds the Dockerfile on that root imported
+        # as its base image (buildah's chroot isolation) and runs it with runc (crun refuses hybrid cgroups).
+        podman) want+=(podman buildah runc) ;;
         # make test-pipx: Debian's pipx (and the venv module it needs).
         pipx) want+=(pipx python3-venv) ;;
-        all) exec "$0" postgres pgbouncer promtool browser ftbuild deb pipx rootfs ;;
-        *) echo "ensure_deps.sh: unknown group '$group' (postgres|pgbouncer|promtool|browser|ftbuild|deb|pipx|rootfs|all)" >&2; exit 2 ;;
+        all) exec "$0" postgres pgbouncer promtool browser ftbuild deb pipx rootfs podman ;;
+        *) echo "ensure_deps.sh: unknown group '$group' (postgres|pgbouncer|promtool|browser|ftbuild|deb|pipx|rootfs|podman|all)" >&2; exit 2 ;;
     esac
 done
 
