@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 _unpack = m.U32.unpack_from
 # First bytes of a simple query that the fast path leaves to the general one: DEALLOCATE and LISTEN are
-# answered or refused by the pooler, and either may follow leading blanks.
-_MAYBE_SPECIAL = frozenset(b"dDlL \t\r\n\x0b\x0c")
+# answered or refused by the pooler, EXECUTE may name a protocol-level statement, and any may follow blanks.
+_MAYBE_SPECIAL = frozenset(b"dDlLeE \t\r\n\x0b\x0c")
 
 
 class FastPaths(ClientBase):

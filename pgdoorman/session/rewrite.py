@@ -22,6 +22,8 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.session.rewrite_replies import Held, RewriterBase
 from pgdoorman.session.states import LISTEN_REFUSAL, LISTEN_START, refuse_listen
 
+# SQL EXECUTE of a statement the client prepared through the protocol: the server knows it by the pool's name.
+_EXECUTE = re.compile(rb"^(\s*execute\s+)(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)", re.I)
 _DEALLOCATE = re.compile(rb"^\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)\s*;?\s*$", re.I)
 _unpack = m.U32.unpack_from
 
@@ -57,10 +59,13 @@ class Rewriter(RewriterBase):
             if len(body) < 2:  # empty, or no text before the NUL: PostgreSQL's answer, untouched
                 self.on_header(t, 0)
                 return None
-            if body[0] | 32 == 100 or body[0] in b" \t\r\n":  # starts with d/D or blank: maybe DEALLOCATE
+            blank = body[0] in b" \t\r\n"
+            if body[0] | 32 == 100 or blank:  # starts with d/D or blank: maybe DEALLOCATE
                 mt = _DEALLOCATE.match(bytes(body[:-1]))
                 if mt is not None:
                     return self._deallocate(mt.group(1))
+            if (body[0] | 32 == 101 or blank) and (ex := self._sql_execute(body)) is not None:  # maybe EXECUTE
+                return ex
             self.on_header(t, 0)
             refused = self.relay.refuse_pinning(body)  # transaction_pinning: refuse
             return refuse_listen(body) if refused is None else m.query(refused)
@@ -219,6 +224,22 @@ class Rewriter(RewriterBase):
         # for a name that does not exist, so do we.
         rq.append((ps.SYNTH, (m.CLOSE_COMPLETE, (name, prev))))
         return b""
+
+    def _sql_execute(self, body: memoryview) -> bytes | None:
+        """`EXECUTE name ...` of a statement this client prepared through the protocol: PostgreSQL finds it
+        under its own name, which is the pool's on the server (parsed there first if it is not yet)."""
+        text = bytes(body[:-1])
+        mt = _EXECUTE.match(text)
+        if mt is None:
+            return None
+        raw = mt.group(2)
+        name = raw[1:-1].replace(b'""', b'"') if raw[:1] == b'"' else raw.lower()
+        st = self.lookup(name)
+        if st is None:
+            return None  # a statement of SQL PREPARE, or none: PostgreSQL answers
+        pre = self._ensure(st)
+        self.on_header(81, 0)
+        return pre + m.msg(b"Q", text[: mt.end(1)] + b'"' + st.name + b'"' + text[mt.end(2) :] + b"\x00")
 
     def on_header(self, t: int, ln: int) -> None:
         # Simple queries and function calls end at ReadyForQuery: while nothing else is in flight they

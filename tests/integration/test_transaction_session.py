@@ -19,6 +19,7 @@ import pytest
 
 from tests.support.cluster import ADMIN_PASSWORD, ADMIN_USER, DBNAME, SCRAM_PASSWORD, SCRAM_USER
 from tests.support.pooler import Pooler, free_port, wait_for
+from tests.support.wire import WireClient, WireError, parse, sync
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -353,3 +354,27 @@ def test_refuse_policy(pg: Any, pooler_factory: Any, driver: str) -> None:
             c.execute("create temp table t2 ()")
         assert ei.value.diag.message_primary == "temporary tables are not supported in transaction pooling mode"
         assert "transaction_pinning = refuse" in (ei.value.diag.message_hint or "")
+
+
+def test_sql_execute_finds_a_protocol_prepared_statement(pg: Any, pooler: Pooler) -> None:
+    """SQL EXECUTE of a statement the client prepared with a Parse finds it, as on PostgreSQL, on whichever
+    server the client gets (pool_size 2: another client holds one server in between)."""
+    answers = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", pooler.host, pooler.port)):
+        got: list[Any] = []
+        with WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD) as a, \
+                WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD) as b:
+            a.send(parse("plus1", "select $1::int + 1"), parse("Mixed", "select 'm' || $1"), sync())
+            got.append([t for t, _ in a.read_until("Z")])
+            for sql in ("EXECUTE plus1(41)", "  execute PLUS1 (1)", 'EXECUTE "Mixed"(\'x\')', "EXECUTE mixed('y')",
+                        "EXECUTE nosuch", "BEGIN", "EXECUTE plus1(2)", "COMMIT"):
+                if sql == "BEGIN" and pooler.pool_size == 2:  # type: ignore[attr-defined]
+                    b.query("BEGIN")  # b holds a server: a's next transaction may run on the other one
+                try:
+                    got.append(a.query_rows(sql))
+                except WireError as e:
+                    got.append(e.fields.get("C"))
+            b.query("COMMIT")
+        answers[name] = got
+    assert answers["pooled"] == answers["direct"]
+    assert answers["direct"][1] == [["42"]]
