@@ -217,19 +217,21 @@ def test_pinning_is_shown(pooler: Pooler) -> None:
     # Clients of the tests before this one may still be leaving (their close is asynchronous).
     wait_for(lambda: _metric(pooler, "pg_doorman_pools_clients_pinned") == 0, what="no pinned client")
     pins_before = _metric(pooler, "pg_doorman_pools_pins_total")
+    def pinned_clients() -> list[str]:
+        return [r["pinned"] for r in _admin(pooler, "SHOW CLIENTS") if r["application_name"] == "txs-shown"]
+
     with psycopg.connect(_dsn(pooler.host, pooler.port, application_name="txs-shown"), autocommit=True) as a:
         a.execute("CREATE TEMP TABLE shown_t ()")
         a.execute("SELECT pg_advisory_lock(7703)")
-        clients = [r for r in _admin(pooler, "SHOW CLIENTS") if r["application_name"] == "txs-shown"]
+        # The check runs once the client has its ReadyForQuery: wait for it.
+        wait_for(lambda: pinned_clients() == ["temp,advisory_lock"], what="client pinned")
         servers = [r for r in _admin(pooler, "SHOW SERVERS") if r["user"] == SCRAM_USER and r["pinned"]]
-        assert [r["pinned"] for r in clients] == ["temp,advisory_lock"]
         assert [r["pinned"] for r in servers] == ["temp,advisory_lock"]
         assert _metric(pooler, "pg_doorman_pools_clients_pinned") == 1
         assert _metric(pooler, "pg_doorman_pools_pins_total") == pins_before + 1
         a.execute("DROP TABLE shown_t")
         a.execute("SELECT pg_advisory_unlock(7703)")
-        clients = [r for r in _admin(pooler, "SHOW CLIENTS") if r["application_name"] == "txs-shown"]
-        assert [r["pinned"] for r in clients] == [""]
+        wait_for(lambda: pinned_clients() == [""], what="client unpinned")
         assert _metric(pooler, "pg_doorman_pools_clients_pinned") == 0
 
 
