@@ -272,7 +272,9 @@ class SnapshotCache:
                 self._results = {}
                 self.generation += 1
             if name not in self._results:
+                started = time.perf_counter()
                 self._results[name] = build(self._ctx)
+                webstats.count_build(name, time.perf_counter() - started)
             return self._results[name], self._wall, self.generation
 
     def invalidate(self) -> None:

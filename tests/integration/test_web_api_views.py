@@ -227,6 +227,19 @@ def test_web_metrics(pooler_factory: Any, tmp_path: Path) -> None:
     reasons = {dict(labels)["reason"] for (nm, labels) in after if nm == "pg_doorman_web_sso_validation_errors_total"}
     assert reasons == {"signature", "expired", "audience", "no_username", "allowlist", "insecure_transport"}
 
+    # Views built: at most once per snapshot window, however many ask.
+    fresh_window()
+    started = time.monotonic()
+    for _ in range(5):
+        assert request(port, "/api/servers")[0] == 200
+    quick = time.monotonic() - started < 0.9
+    built = scrape(port)
+    n = built[("pg_doorman_web_view_build_duration_seconds_count", (("view", "servers"),))]
+    assert n == 1 or (not quick and n <= 2), n
+    assert built[("pg_doorman_web_view_build_duration_seconds_bucket", (("le", "+Inf"), ("view", "servers")))] == n
+    assert 0 < built[("pg_doorman_web_view_build_duration_seconds_sum", (("view", "servers"),))] < 1
+    assert 1 <= built[("pg_doorman_web_view_build_duration_seconds_count", (("view", "pools"),))] <= 3
+
     # sso_require_https without a trusted proxy saying https.
     p2, port2 = web_pooler(pooler_factory, web={**web, "sso_require_https": True})
     assert request(port2, "/api/pools", auth=bearer("alice"))[0] == 401
