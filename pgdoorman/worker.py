@@ -409,9 +409,6 @@ class Worker:
         pool = s.pool
         s.park()
         now = self.loop.now
-        if s.cancelled:
-            s.close("a cancel request was sent to it")
-            return
         if s.epoch != pool.epoch:
             s.close("pool reconnected")
             return

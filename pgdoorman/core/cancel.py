@@ -4,8 +4,9 @@ A transaction-mode client gets a key made here; its PID lies above any Linux pro
 can never equal the PID of a real backend. A session-mode client may get the real key of the server it holds
 for its whole session (`register_key`). Either way a CancelRequest is handed to the client's own worker loop
 (`ClientConn.cancel_requested`), which cancels what that client is doing at that moment: a request still
-waiting for a server is answered there with 57014; a running one is cancelled on its server, and that server
-is closed instead of reused, so a cancel that reaches PostgreSQL late can never hit another client's query.
+waiting for a server is answered there with 57014; a running one is cancelled on its server, and nothing more
+is sent to that server until PostgreSQL has closed the cancel connection (session/server_wrap.py), so a cancel
+that reaches PostgreSQL late can never hit a later query, of that client or another, and the server is kept.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from pgdoorman.core import leaks, sqllex, txstate
 from pgdoorman.core import prepared as ps
-from pgdoorman.core.cancel import send_cancel
 from pgdoorman.core.params import TRACKED_PARAMS
 from pgdoorman.net.conn import Conn
 from pgdoorman.net.loop import RECV_BUFFER_SIZE
@@ -462,7 +461,8 @@ class ClientBase(Conn):
     def cancel_requested(self) -> None:
         """A CancelRequest with this client's key (on this client's loop): cancel what it is doing now, as
         PostgreSQL would. A request still waiting for a server is answered here with 57014 and never reaches
-        one; a running one is cancelled on its server, which is then closed instead of reused."""
+        one; a running one is cancelled on its server, and nothing more is sent to that server until PostgreSQL
+        has the cancel (ServerWrapped.cancel_gated), so it cannot hit a later statement and the server is kept."""
         if self.closed or self.state != READY:
             return
         s = self.server
@@ -472,8 +472,7 @@ class ClientBase(Conn):
         if s is None or s.closed or not s.pid:
             log.debug("cancel request for %r: no query running", self)
             return
-        s.cancelled = True
-        send_cancel(s.addr, s.pid, s.secret)
+        s.cancel_gated()
 
     def _cancel_held(self) -> None:
         """Answer the oldest request held for a server with PostgreSQL's cancel error and drop its bytes; stop
@@ -502,14 +501,11 @@ class ClientBase(Conn):
         self.write(m.error_response("57014", "canceling statement due to user request") + rfq)
         if held or self.raw or self.pending:
             return
-        s = self.server
         if self.waiting:
             self.waiting = False
             pool = self.pool
             if pool is not None:
                 pool.remove_waiter(self)
-        elif s is not None:
-            s.cancelled = False  # nothing of ours ran there
         if self.read_paused and not self.closed:
             self.resume_reading()
 

@@ -63,7 +63,7 @@ _DDL_TAGS = frozenset((b"CREAT", b"ALTER", b"DROP "))
 class ServerConn(ServerWrapped):
     __slots__ = (
         "id", "worker", "pool", "state", "client", "params", "extra", "extra_undo", "synced_key", "pid", "secret",
-        "created", "idle_since", "epoch", "dirty", "cancelled", "scanner", "inbuf",
+        "created", "idle_since", "epoch", "dirty", "scanner", "inbuf",
         "internal_left", "internal_error", "internal_done", "internal_rows", "deferred", "login",
         "timer", "connect_error", "addr", "xact_start", "query_count", "counted", "xact_count",
         "bytes_in", "bytes_out", "pstats", "tls", "tls_phase", "tls_retried", "target",
@@ -87,7 +87,6 @@ class ServerConn(ServerWrapped):
         self.idle_since = self.created
         self.epoch = pool.epoch
         self.dirty = 0
-        self.cancelled = False
         self.scanner = Scanner(SERVER_TABLE, on_message=self._on_message)
         self.inbuf = bytearray()
         self.release_pending = False

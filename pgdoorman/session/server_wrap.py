@@ -1,9 +1,11 @@
 """The server relay's temporary handlers: while answers the linked client must not see are due, the scanner's
 message handler is wrapped, so that the relay of every other request pays nothing for them. Answers to queries
 sent ahead of the client's request (a deferred BEGIN, see txbegin.py) are swallowed; and while a CancelRequest
-sent for query_timeout is on its way, the ReadyForQuery that ends the request gates what may follow.
+sent for query_timeout or for the client is on its way, the ReadyForQuery that ends the request gates what may
+follow.
 
-query_timeout (the janitor decides when): the cancel goes to PostgreSQL on a thread, and until PostgreSQL has
+Cancels (query_timeout's, which the janitor decides, and the client's own): the cancel goes to PostgreSQL on a
+thread, and until PostgreSQL has
 closed that cancel connection (it does so after signalling the backend) nothing new is sent to the server: a
 server done with its client waits outside the pool (the worker's release_server parks it), and a client that
 keeps it (in a transaction, or session mode) is not read. A backend ignores a cancel signal that reaches it
@@ -41,7 +43,7 @@ class ServerWrapped(ServerPrepared):
     ahead_quiet: int  # errors among them that are expected (swallowed)
     txn_status: int  # the transaction status of the last ReadyForQuery (73 'I', 84 'T', 69 'E')
     fatal_forwarded: bool  # PostgreSQL ended the session with a FATAL the client got
-    cancel_pending: bool  # a query_timeout CancelRequest is on its way (see the module's docstring)
+    cancel_pending: int  # CancelRequests on their way (see the module's docstring)
     cancel_parked: bool  # given back meanwhile: waits outside the pool
     cancel_paused: ClientPeer | None  # the linked client, not read meanwhile
 
@@ -59,7 +61,7 @@ class ServerWrapped(ServerPrepared):
         """This part's fields (part of ServerConn.__init__)."""
         self.ahead = 0
         self.ahead_quiet = 0
-        self.cancel_pending = False
+        self.cancel_pending = 0
         self.cancel_parked = False
         self.cancel_paused = None
 
@@ -103,16 +105,24 @@ class ServerWrapped(ServerPrepared):
             return None
         return b""  # CommandComplete (and nothing else comes for BEGIN)
 
-    # ------------------------------------------------------------------ query_timeout
+    # ------------------------------------------------------------------ cancels
     def cancel_for_timeout(self, waited: float) -> None:
         """The linked client's request has run `waited` seconds, past its pool's query_timeout: cancel it."""
         c = self.client
         log.info("server %s (pid %d): cancelling a request that has run %.1f s (query_timeout)%s", self.addr,
                  self.pid, waited, f" for client {c!r}" if c is not None else "")
         self.pstats.query_timeouts += 1
-        self.cancel_pending = True
+        self.cancel_gated()
+
+    def cancel_gated(self) -> None:
+        """Send PostgreSQL a CancelRequest for this server's backend; gate what follows until it has it."""
+        self.cancel_pending += 1
         if not self.ahead:
             self.scanner.on_message = self._on_cancelling
+        c = self.client
+        if c is not None and not c.in_flight and self.cancel_paused is None:  # (a client's cancel, when idle)
+            self.cancel_paused = c
+            c.pause_reading()
         loop = self.loop
         send_cancel(self.addr, self.pid, self.secret,
                     lambda outcome: loop.call_soon_threadsafe(self._cancel_sent, outcome))
@@ -130,15 +140,17 @@ class ServerWrapped(ServerPrepared):
 
     def _cancel_sent(self, outcome: int) -> None:
         """(On this server's loop.) The cancel's outcome: let the server and its client go on."""
-        self.cancel_pending = False
-        c = self.cancel_paused
-        self.cancel_paused = None
+        self.cancel_pending -= 1
         if self.closed:
             return
         if outcome != CANCEL_DELIVERED and outcome != CANCEL_NOT_SENT:
             # Sent, but PostgreSQL's close was not seen: the signal may still be on its way. Not reused.
-            self.close("query_timeout: the cancel request's outcome is unknown")
+            self.close("the outcome of a cancel request sent to it is unknown")
             return
+        if self.cancel_pending:
+            return  # another one is still on its way
+        c = self.cancel_paused
+        self.cancel_paused = None
         if self.scanner.on_message == self._on_cancelling:
             self.scanner.on_message = self._relay_handler()
         if c is not None and c is self.client and not c.closed and c.read_paused:

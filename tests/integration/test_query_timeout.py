@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -23,7 +24,7 @@ import pytest
 
 from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER, SUPERUSER
 from tests.support.pooler import free_port
-from tests.support.wire import WireClient, parse_fields, query
+from tests.support.wire import WireClient, cancel_request, parse_fields, query
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -158,6 +159,43 @@ def test_late_cancel_never_hits_the_next_statement(pg: Any, pooler_factory: Any,
     assert not [m for m in _norm(second) if m[0] == "E"], _norm(second)
     assert [r for t, r in second if t == "D"][0].endswith(str(pid).encode())  # the same server, kept
     assert _timeouts_metric(p) == 1
+    a.close()
+    if b is not a:
+        b.close()
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_client_cancel_is_gated_the_same_way(pg: Any, pooler_factory: Any, mode: str) -> None:
+    """A client's own CancelRequest goes the same way (query_timeout off here): while the pooler's cancel waits
+    for the frozen postmaster, the statement ends on its own, and the next one (another client's, or the same
+    client's in session mode) is sent only after, runs to its end, and on the same backend: the server that got
+    the cancel is kept, not closed."""
+    p = _pooler(pooler_factory, mode, 1, timeout=0)
+    a = connect(p.host, p.port)
+    b = connect(p.host, p.port) if mode == "transaction" else a
+    pid = _pid(a)
+    with frozen_postmaster(pg):
+        a.send(query("select pg_sleep(1)"))
+        time.sleep(0.3)
+        with socket.create_connection((p.host, p.port)) as s:
+            s.sendall(cancel_request(*a.backend_key))
+            s.recv(1)
+        first = _norm(a.read_until("Z", timeout=10))
+        assert not [m for m in first if m[0] == "E"]  # the cancel has not reached PostgreSQL: it ran to its end
+        b.send(query("select pg_sleep(0.6), pg_backend_pid()"))
+        time.sleep(0.3)  # without the gate, b's statement would be running now, and get the cancel below
+    second = b.read_until("Z", timeout=10)
+    assert not [m for m in _norm(second) if m[0] == "E"], _norm(second)
+    assert [r for t, r in second if t == "D"][0].endswith(str(pid).encode())
+    # and a cancel that reaches a running statement cancels it, as before, on a server that is kept
+    b.send(query("select pg_sleep(5)"))
+    time.sleep(0.3)
+    with socket.create_connection((p.host, p.port)) as s:
+        s.sendall(cancel_request(*b.backend_key))
+        s.recv(1)
+    assert [parse_fields(body)["C"] for t, body in b.read_until("Z", timeout=5) if t == "E"] == ["57014"]
+    assert _pid(b) == pid
+    assert _timeouts_metric(p) == 0
     a.close()
     if b is not a:
         b.close()
