@@ -129,6 +129,13 @@ def _terminate(pg: Any, pid: int) -> None:
         k.query(f"select pg_terminate_backend({pid})")
 
 
+def _column(adm: psycopg.Connection[Any], sql: str, name: str) -> list[Any]:
+    cur = adm.execute(sql)
+    assert cur.description is not None
+    i = [d.name for d in cur.description].index(name)
+    return [r[i] for r in cur.fetchall()]
+
+
 def test_lone_begin_holds_no_server(pg: Any, pooler_factory: Any) -> None:
     """pool_size 1: a client in a deferred transaction leaves the server to others; its transaction is real once
     it sends a statement (the other client's row is visible to it only after that other commit, and its own
@@ -144,8 +151,8 @@ def test_lone_begin_holds_no_server(pg: Any, pooler_factory: Any) -> None:
         assert b.query_rows("select 1") == [["1"]]  # would wait 2 s and fail if A held the only server
         with psycopg.connect(p.dsn(ADMIN_USER, ADMIN_PASSWORD, "pgdoorman"), autocommit=True,
                              prepare_threshold=None) as adm:
-            states = [r[6] for r in adm.execute("show clients").fetchall()]
-            servers = [r[6] for r in adm.execute("show servers").fetchall()]
+            states = _column(adm, "show clients", "state")
+            servers = _column(adm, "show servers", "state")
         assert sorted(states) == ["active", "idle"] and "active" not in servers
         b.query("insert into dbt values (1)")
         assert a.query_rows("select count(*) from dbt") == [["1"]]  # the snapshot is taken now
