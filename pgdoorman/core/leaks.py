@@ -27,6 +27,7 @@ CLEANUP = "DISCARD TEMP; SELECT pg_catalog.pg_advisory_unlock_all()"
 
 def lowered_may_leave_state(low: bytes) -> int:
     """What `low` (already lower-cased) may leave: PINS | SETTINGS bits, 0 for nothing."""
+    # find() rather than `in`: measurably faster on short queries (bytes.__contains__ searches differently).
     bits = PINS if low.find(b"temp") >= 0 or low.find(b"advisory") >= 0 else 0
     if low.find(b"set_config") >= 0:
         bits |= SETTINGS

@@ -301,6 +301,12 @@ class ClientBase(Conn):
                 s.synced_key = None
             if not pins:
                 s.dirty &= ~_PINNING  # nothing is left of what these bits were about
+        else:
+            # What the session holds is unknown (a statement_timeout shorter than the check, say): keep it
+            # all on this server, as a dedicated session would, and check again after the next transaction.
+            log.warning("client %s (%s@%s): session state check failed: %s; it keeps its server", self.addr,
+                        self.user, self.database, (s.internal_error or {}).get("M"))
+            pins = "unchecked"
         self.checked_xact = s.xact_count
         if pins and self.pool is not None and self.pool.pin_refuse:
             # Not recognised up front (a function did it, a query too large to read): cleaned, not kept.
@@ -311,7 +317,7 @@ class ClientBase(Conn):
             if not self.pinned and self.pool is not None:
                 self.pool.stats[self.worker.id].pins += 1
             self.pinned = pins
-            if s.dirty & DIRTY_SET:
+            if ok and s.dirty & DIRTY_SET:
                 # RESET on PostgreSQL returns to the client's startup values, on `s` to the pool's: sync.
                 s.extra = {k: v for k, v in session if k not in s.params}
                 s.synced_key = None
