@@ -325,6 +325,27 @@ def test_session_mode_client_stays_on_old_process_until_it_leaves(pooler_factory
     stop_pid(new)
 
 
+def test_pinned_transaction_client_moves_once_unpinned(pooler_factory: Any) -> None:
+    """A transaction-mode client pinned to its server (a temporary table) stays on the old process with it,
+    and moves to the new one once it drops the table (docs/transaction-mode.md)."""
+    p = pooler_factory(pool_size=3, general={"shutdown_timeout": 30000})
+    old = current_pid(p)
+    pinned = client(p)
+    pinned.execute("CREATE TEMP TABLE pin_t(x int)")
+    new = upgrade(p)
+    time.sleep(1.5)
+    assert alive(old)
+    pinned.execute("INSERT INTO pin_t VALUES (1)")
+    assert pinned.execute("select count(*) from pin_t").fetchone() == (1,)
+    assert owner_of(pinned, p.port, [old, new]) == [old]
+    pinned.execute("DROP TABLE pin_t")
+    wait_exit(old, p, timeout=20)  # it moved: nothing keeps the old process
+    assert pinned.execute("select to_regclass('pin_t') is null").fetchone() == (True,)
+    assert owner_of(pinned, p.port, [new]) == [new]
+    pinned.close()
+    stop_pid(new)
+
+
 def test_session_client_is_closed_at_shutdown_timeout(pooler_factory: Any) -> None:
     p = pooler_factory(pool_mode="session", pool_size=2, general={"shutdown_timeout": 2000})
     old = current_pid(p)
