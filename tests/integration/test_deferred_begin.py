@@ -290,11 +290,13 @@ async def _asyncpg_steps(host: str, port: int) -> list[Any]:
     return out
 
 
-@pytest.mark.parametrize("pool_size", [1, 2])
-def test_drivers_same_as_postgres(pg: Any, pooler_factory: Any, pool_size: int) -> None:
+@pytest.mark.parametrize("pool_size,workers", [(1, 1), (2, 1), (1, 2)])
+def test_drivers_same_as_postgres(pg: Any, pooler_factory: Any, pool_size: int, workers: int) -> None:
     """With pool_size 1 these steps run a query of client B while client A's transaction is open but empty:
-    through a pooler that sent BEGIN at once, B would wait for query_wait_timeout and fail."""
-    p = pooler_factory(pool_mode="transaction", pool_size=pool_size, general={"query_wait_timeout": 2000})
+    through a pooler that sent BEGIN at once, B would wait for query_wait_timeout and fail. With two workers
+    the clients may land on different workers, and the one server then moves between them."""
+    p = pooler_factory(pool_mode="transaction", pool_size=pool_size,
+                       general={"query_wait_timeout": 2000, "worker_threads": workers})
     assert _psycopg_steps(p.host, p.port) == _psycopg_steps(pg.host, pg.port)
     assert asyncio.run(_asyncpg_steps(p.host, p.port)) == asyncio.run(_asyncpg_steps(pg.host, pg.port))
 
