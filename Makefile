@@ -86,9 +86,11 @@ deb: venv
 man: venv
 	$(VPY) scripts/gen_man.py -o build/man
 
-# Installs the .deb on this machine (apt-get install ./build/...deb) and tests it; purged afterwards.
+# Installs the .deb on this machine (apt-get install ./build/...deb) and tests it; purged afterwards. Then installs it
+# into a fresh debootstrap'd root and boots that with systemd-nspawn to drive the unit (test_deb_systemd.py).
 test-deb: deps deb
-	PGDOORMAN_TEST_DEB=1 $(VPY) -m pytest -q tests/integration/test_deb_package.py
+	scripts/ensure_deps.sh rootfs
+	PGDOORMAN_TEST_DEB=1 $(VPY) -m pytest -q tests/integration/test_deb_package.py tests/integration/test_deb_systemd.py
 
 # `pipx install` (Debian's pipx) from a clean copy of the committed tree, into a throwaway PIPX_HOME.
 test-pipx:
