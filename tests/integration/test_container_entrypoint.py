@@ -1,6 +1,7 @@
 """What of the container image can run without a container engine: contrib/docker-entrypoint.sh (config
 from the environment, or a mounted file) and the Dockerfile's HEALTHCHECK command, against the test
-PostgreSQL. The image build itself (docker build) is not exercised here (docs/install.md)."""
+PostgreSQL, quickly and without root. The image itself is built and run by test_image_rootfs.py (debootstrap,
+namespaces) and test_image_podman.py (podman); docs/install.md says what none of them exercises."""
 
 from __future__ import annotations
 
