@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import random
 import time
+import weakref
 from typing import TYPE_CHECKING, cast
 
-from pgdoorman.session.states import ACTIVE
+from pgdoorman.session.states import ACTIVE, CONNECTING, IDLE, LOGIN
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pool
@@ -27,6 +28,9 @@ log = logging.getLogger("pgdoorman.janitor")
 
 # How often waiters are checked against query_wait_timeout (the error comes at most this late).
 WAIT_TICK = 0.1
+# Replacements opened ahead of server_lifetime at once, per pool: the pool may hold this many servers over
+# pool_size while they overlap with the servers they replace (PgDoorman's limit).
+PRE_REPLACE_MAX = 3
 
 
 class Janitor:
@@ -34,6 +38,8 @@ class Janitor:
         self.worker = worker
         # query_timeout: the requests in flight at the last tick, by server: (client, its answered count, since).
         self.watch: dict[ServerConn, tuple[object, int, float]] = {}
+        # Servers of this worker that already have a replacement opened ahead of their server_lifetime.
+        self.replaced: weakref.WeakSet[ServerConn] = weakref.WeakSet()
 
     def start(self) -> None:
         """On the worker's loop (or before it runs): arm the two periodic checks."""
@@ -48,6 +54,9 @@ class Janitor:
             self.check_queries(now)
         elif self.watch:
             self.watch = {}
+        for pool in self.worker.app.pool_list:
+            if pool.check_wanted:
+                self.fetch_check_reply(pool)
         self.worker.loop.call_later(WAIT_TICK, self._wait_tick)
 
     def check_queries(self, now: float) -> int:
@@ -76,6 +85,26 @@ class Janitor:
                 watch[s] = (c, c.answered, since)
         self.watch = watch
         return n
+
+    def fetch_check_reply(self, pool: Pool) -> bool:
+        """Clients sent pooler_check_query and no answer is kept: run it on an idle server of this shard (if
+        there is one) and keep PostgreSQL's answer, unless it is an error or leaves a transaction open (then
+        the next one goes to PostgreSQL again). True when a server runs it."""
+        s = cast("ServerConn | None", pool.take_one_idle(self.worker.id))
+        if s is None:
+            return False
+        pool.check_wanted = False
+        msg = pool.check_msg
+        s.reply = bytearray()
+        s.run_internal([msg[5:-1].decode()], lambda ok: self._check_fetched(pool, s, msg, ok))
+        return True
+
+    def _check_fetched(self, pool: Pool, s: ServerConn, msg: bytes, ok: bool) -> None:
+        reply, s.reply = bytes(s.reply or b""), None
+        if ok and reply.endswith(b"Z\0\0\0\x05I") and pool.check_msg == msg:
+            pool.check_reply = reply
+            log.debug("pooler_check_query of %s: PostgreSQL's answer (%d bytes) kept", pool.name, len(reply))
+        self.worker.release_server(s)
 
     def expire_waiters(self, now: float) -> int:
         """Fail the clients (of any worker) that waited longer than query_wait_timeout; how many."""
@@ -107,6 +136,7 @@ class Janitor:
         closed = 0
         pools = list(w.app.pool_list)
         random.shuffle(pools)
+        self.pre_replace(now)
         for pool in pools:
             for s, why in pool.take_expired(w.id, now, limit - closed):
                 cast("ServerConn", s).retire(why)
@@ -114,6 +144,33 @@ class Janitor:
             if w.id == 0:
                 self.ensure_min(pool)
         return closed
+
+    def pre_replace(self, now: float) -> int:
+        """Open a replacement for each server of this worker whose server_lifetime ends before the next round
+        is over (or within its last 5%), so that no client waits for a new connection when it is closed: the
+        replacement is idle in the pool by then. At most PRE_REPLACE_MAX per pool over pool_size at once.
+        A replaced server that is idle and past its lifetime is closed now. How many were opened."""
+        horizon = 1.5 * self._retain_interval()
+        opened = 0
+        for s in list(self.worker.servers):
+            pool = s.pool
+            life = pool.server_lifetime
+            if life <= 0 or s.closed or s.state in (CONNECTING, LOGIN) or s.epoch != pool.epoch:
+                continue
+            age = now - s.created
+            if s in self.replaced:
+                if age > life and s.state == IDLE and pool.take_idle(s, self.worker.id):
+                    s.retire("server_lifetime reached (replaced)")
+                continue
+            if age + max(horizon, 0.05 * life) < life or self.worker.app.shutting_down:
+                continue
+            if pool.reserve_spawn(extra=PRE_REPLACE_MAX):
+                self.replaced.add(s)
+                log.info("server %s (pid %d) of %s reaches server_lifetime in %.1f s: opening its replacement",
+                         s.addr, s.pid, pool.name, max(0.0, life - age))
+                self.worker.spawn_server(pool)
+                opened += 1
+        return opened
 
     def ensure_min(self, pool: Pool) -> None:
         if pool.min_pool_size <= 0:

@@ -48,6 +48,8 @@ class Field:
     example: Any = None
     # False: no meaning in pgdoorman (tokio's knobs): checked, then ignored with one info line per load.
     applies: bool = True
+    # (value, why): that value of an implemented setting is not followed; it loads with this warning.
+    unhonoured: tuple[Any, str] | None = None
 
     @property
     def annotation(self) -> Any:
@@ -184,3 +186,7 @@ def _aq(key: str, type_: ValueType, default: Any, doc: str, **kw: Any) -> Field:
 
 
 MiB = 1 << 20
+# The warning of sync_server_parameters: false (general and pools).
+SYNC_OFF = ("false is not honoured: pgdoorman always gives each server connection the settings of the client using "
+            "it (its startup settings and what it SETs), so that no client sees another's settings; it behaves "
+            "as true")

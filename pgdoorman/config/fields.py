@@ -15,6 +15,7 @@ from pgdoorman.config.field import (
     _NI_WARNING,
     REQUIRED,
     SECTIONS,
+    SYNC_OFF,
     Field,
     MiB,
     SectionInfo,
@@ -102,9 +103,12 @@ FIELDS: Final[tuple[Field, ...]] = (
              "to their `min_pool_size`."),
     _general("Timeouts", "retain_connections_max", Int(0), 3, True,
              "Most server connections closed by one maintenance pass (oldest first); 0 means no limit."),
-    _general("Timeouts", "server_idle_check_timeout", Duration(), 60_000, False,
-             "A server connection idle for longer than this is checked with an empty query before a client gets "
-             "it, so connections killed while idle are not handed out. 0 disables the check."),
+    _general("Timeouts", "server_idle_check_timeout", Duration(), 60_000, True,
+             "A server connection idle for longer than this is checked with an empty query (`;`) before a client "
+             "gets it: one that does not answer within `connect_timeout`, or is gone, is closed and the client "
+             "gets another, so connections that died silently while idle (a firewall or NAT that forgot them, a "
+             "killed backend whose goodbye never arrived) are not handed out. Connections in use, or idle for "
+             "less than this, are not checked. 0 disables the check."),
     _general("Timeouts", "shutdown_timeout", Duration(), 10_000, True,
              "On graceful shutdown or binary upgrade, how long clients get to finish before they are disconnected."),
     _general("Timeouts", "proxy_copy_data_timeout", Duration(), 15_000, False,
@@ -159,21 +163,29 @@ FIELDS: Final[tuple[Field, ...]] = (
              "Send the log to syslog under this program name instead of stderr.", optional=True,
              reloadable=False, example="pg_doorman"),
     # ------------------------------------------------------------------ general: pool behaviour
-    _general("Pool behaviour", "server_round_robin", Bool(), False, False,
-             "Hand out idle server connections in rotation instead of most-recently-used first. The default "
-             "keeps a small hot set busy and lets the rest reach `idle_timeout`."),
-    _general("Pool behaviour", "sync_server_parameters", Bool(), False, False,
-             "In transaction mode, make each server connection match the client's session parameters "
+    _general("Pool behaviour", "server_round_robin", Bool(), False, True,
+             "Hand out idle server connections in rotation (the one idle longest first) instead of "
+             "most-recently-used first. The default keeps a small hot set busy and lets the rest reach "
+             "`idle_timeout`. With several worker threads the rotation is per worker's share of the pool."),
+    _general("Pool behaviour", "sync_server_parameters", Bool(), False, True,
+             "PgDoorman: in transaction mode, make each server connection match the client's session parameters "
              "(client_encoding, DateStyle, IntervalStyle, TimeZone, standard_conforming_strings, application_name "
-             "and safe startup parameters) with SET/RESET when it is checked out."),
+             "and safe startup parameters) with SET/RESET when it is checked out. pgdoorman always does this, and "
+             "more (settings the client SETs are read back and follow it too, see docs/transaction-mode.md), in "
+             "both pool modes, with one round trip only when the server differs: `true` changes nothing, and "
+             "`false` is not honoured (it would let a client see another's settings): it loads with a warning "
+             "saying so.", unhonoured=(False, SYNC_OFF)),
     _general("Pool behaviour", "session_real_backend_key", Bool(), True, True,
              "Session mode only (a pgdoorman setting, not PgDoorman's): give each client the BackendKeyData "
              "(process ID and secret key) of the server connection it holds for its whole session, so that "
              "`pg_backend_pid()`, `pg_terminate_backend()`, NOTIFY's sender PID, `pg_stat_activity` and cancel "
              "requests behave as on a direct connection. Off: a pooler-made key, as in transaction mode."),
-    _general("Pool behaviour", "pooler_check_query", Str(nonempty=True), ";", False,
-             "A simple query byte-for-byte equal to this is a health check: it is answered from a cached server "
-             "reply without using a server connection."),
+    _general("Pool behaviour", "pooler_check_query", Str(nonempty=True), ";", True,
+             "A simple query byte-for-byte equal to this, sent outside a transaction, is a health check: it is "
+             "answered with PostgreSQL's answer to it, kept per pool, without using a server connection. Until "
+             "an answer is kept (after start, RELOAD changing the text, or an answer that was an error or left a "
+             "transaction open) it goes to PostgreSQL as any query, and the pooler fetches the answer to keep on "
+             "an idle server. The query must always give the same answer and change nothing."),
     _general("Pool behaviour", "startup_parameters", StartupParameters(), FrozenMapping[str, str](), True,
              "Parameters (GUCs) sent in the startup packet of every server connection; pools override them "
              "key by key. Reserved names (user, database, options, role, ...) are refused."),

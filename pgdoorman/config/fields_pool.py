@@ -10,6 +10,7 @@ from pgdoorman.config.field import (
     _INT_MS_NOTE,
     _POOL_MODE,
     REQUIRED,
+    SYNC_OFF,
     Field,
     _aq,
     _pool,
@@ -54,8 +55,10 @@ POOL_FIELDS: Final[tuple[Field, ...]] = (
           "simple query or a prepared statement that creates it is refused with 0A000 before it reaches "
           "PostgreSQL, and such state created otherwise (inside a function) is cleaned at the end of the "
           "transaction. See docs/transaction-mode.md."),
-    _pool("Behaviour", "sync_server_parameters", Bool(), None, False,
-          "Per-pool `general.sync_server_parameters` (added by a PgDoorman release after 3.10.7).", optional=True,
+    _pool("Behaviour", "sync_server_parameters", Bool(), None, True,
+          "Per-pool `general.sync_server_parameters` (added by a PgDoorman release after 3.10.7). As there, "
+          "pgdoorman always syncs: `false` loads with a warning saying it is not honoured.", optional=True,
+          unhonoured=(False, SYNC_OFF),
           default_doc="`general.sync_server_parameters`", example=True),
     _pool("Timeouts", "connect_timeout", Duration(int_only_upstream=True), None, True,
           "Overrides `general.connect_timeout` for this pool." + _INT_MS_NOTE, optional=True,

@@ -330,6 +330,8 @@ def _walk_section(
             continue
         if not f.applies:
             ctx.inapplicable.append(f"{kfile}: {format_path(kpath)}")
+        elif f.unhonoured is not None and values[f.key] == f.unhonoured[0]:
+            ctx.warn(kfile, kpath, f.unhonoured[1])  # a value pgdoorman does not follow, and says why
     for f in fields_of(section):
         if f.required and f.implemented and f.key not in written:
             ctx.error(file, [*path, f.key], "is required")
@@ -428,11 +430,8 @@ def _check_general(ctx: _Ctx, values: dict[str, Any], files: dict[str, str]) -> 
     enabled = values.get("prepared_statements", field("general", "prepared_statements").default)
     size = values.get("prepared_statements_cache_size")
     if enabled and size == 0:
-        ctx.error(
-            files["prepared_statements_cache_size"],
-            ["general", "prepared_statements_cache_size"],
-            "must be >= 1 while prepared_statements is true, got 0",
-        )
+        ctx.error(files["prepared_statements_cache_size"], ["general", "prepared_statements_cache_size"],
+                  "must be >= 1 while prepared_statements is true, got 0")
     if values.get("hba") and values.get("pg_hba") is not None:
         ctx.error(files["hba"], ["general", "hba"], "cannot be combined with pg_hba: keep one of them")
     _check_sockets(ctx, values, files)

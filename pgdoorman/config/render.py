@@ -386,7 +386,8 @@ def _reference_item(f: Field, value: Any = REQUIRED) -> _Item:
     if placeholder:
         # No default to write: show an example, commented out so the file keeps the default.
         return _Item(f.key, f.example, comment, disabled=True)
-    return _Item(f.key, f.type.to_config(f.default), comment, disabled=not f.implemented)
+    unfollowed = f.unhonoured is not None and f.default == f.unhonoured[0]  # (it would warn)
+    return _Item(f.key, f.type.to_config(f.default), comment, disabled=not f.implemented or unfollowed)
 
 
 def _reference_section(section: str, overrides: Mapping[str, Any] | None = None) -> list[_Node]:

@@ -57,7 +57,7 @@ class PoolStats:
     """
 
     __slots__ = ("bytes_in", "bytes_out", "max_wait_us", "errors", "xact_hist", "query_hist", "wait_hist",
-                 "errors_by_class", "pins", "refused", "query_timeouts")
+                 "errors_by_class", "pins", "refused", "query_timeouts", "check_cache", "check_backend")
 
     def __init__(self) -> None:
         self.bytes_in = 0
@@ -71,6 +71,8 @@ class PoolStats:
         self.pins = 0  # transaction-mode clients pinned to their server (session/client_base.py session_check)
         self.refused = 0  # statements refused because they would pin (transaction_pinning: refuse)
         self.query_timeouts = 0  # requests cancelled by query_timeout
+        self.check_cache = 0  # pooler_check_query answered from the kept answer
+        self.check_backend = 0  # pooler_check_query sent to PostgreSQL (no answer kept yet)
 
     @property
     def xact_count(self) -> int:
@@ -179,6 +181,9 @@ class Pool:
         self.server_lifetime = cfg.timeout_for(pool_cfg, user_cfg, "server_lifetime") / 1000.0
         self.query_wait_timeout = cfg.general.query_wait_timeout / 1000.0
         self.query_timeout = cfg.timeout_for(pool_cfg, user_cfg, "query_timeout") / 1000.0
+        self.idle_check = cfg.general.server_idle_check_timeout / 1000.0  # 0: off (session/client_base.py _link)
+        self.round_robin = cfg.general.server_round_robin  # idle servers handed out oldest first
+        self.set_check_query(cfg.general.pooler_check_query)
         self.cleanup = pool_cfg.cleanup_server_connections
         # transaction_pinning: refuse (statements that would pin a client are refused, core/sqllex.py)
         self.pin_refuse = self.transaction_mode and pool_cfg.transaction_pinning == "refuse"
@@ -198,6 +203,16 @@ class Pool:
         # Clients of this user answer with a clear-text password: a JWT token, or a password PAM checks.
         self.cleartext_login = self.jwt_key is not None or bool(user_cfg.auth_pam_service)
         self.set_startup(self.startup_row, self.startup_dedicated)
+
+    def set_check_query(self, sql: str) -> None:
+        """pooler_check_query: the Query message clients send as a health check (session/client_base.py
+        _check_query answers it from `check_reply`, PostgreSQL's answer, kept from the first time)."""
+        msg = b"Q" + (len(sql.encode()) + 5).to_bytes(4, "big") + sql.encode() + b"\0"
+        if getattr(self, "check_msg", None) != msg:
+            self.check_msg = msg
+            self.check_n = len(msg)
+            self.check_reply: bytes | None = None
+            self.check_wanted = False  # a client asked it and no answer is kept: the janitor fetches one
 
     def set_startup(self, row: str | None, dedicated: bool = False) -> None:
         """The settings this pool's server connections send in their StartupMessage: general's, the pool's,
@@ -226,7 +241,7 @@ class Pool:
                 lst = self.idle[wid]
                 if lst:
                     self.n_idle -= 1
-                    return lst.pop()
+                    return lst.pop(0) if self.round_robin else lst.pop()
             client.wait_start = now
             client.waiting = True
             self.waiters.append(client)
@@ -243,10 +258,11 @@ class Pool:
             return True
         return False
 
-    def reserve_spawn(self) -> bool:
-        """Reserve a slot for a new server outside of a checkout (min_pool_size, login parameters)."""
+    def reserve_spawn(self, extra: int = 0) -> bool:
+        """Reserve a slot for a new server outside of a checkout (min_pool_size, login parameters; `extra`
+        slots over pool_size for a replacement opened before a server's server_lifetime ends)."""
         with self.lock:
-            if self.total < self.pool_size and not self.paused:
+            if self.total < self.pool_size + extra and not self.paused:
                 self.total += 1
                 self.connecting += 1
                 return True
@@ -265,12 +281,13 @@ class Pool:
             if not lst:
                 lst = next(x for x in self.idle if x)
             self.n_idle -= 1
-            pairs.append((lst.pop(), c))
+            pairs.append((lst.pop(0) if self.round_robin else lst.pop(), c))
         return pairs
 
     def release(self, server: Pooled, wid: int, now: float) -> Waiter | None:
         """A server became free in worker `wid` (its owner): the oldest waiter to hand it to, or None when
         it was parked idle in that shard."""
+        server.idle_since = now  # free since now, whether parked or handed on (the idle check reads it)
         with self.lock:
             waiters = self.waiters
             if waiters and not self.paused:
@@ -281,7 +298,6 @@ class Pool:
                     return c
             self.idle[wid].append(server)
             self.n_idle += 1
-            server.idle_since = now
             return None
 
     def take_idle(self, server: Pooled, wid: int) -> bool:
@@ -294,6 +310,16 @@ class Pool:
                 return False
             self.n_idle -= 1
             return True
+
+    def take_one_idle(self, wid: int) -> Pooled | None:
+        """Take the most recently parked idle server of shard `wid` out of the pool (for the pooler's own use),
+        or None."""
+        with self.lock:
+            lst = self.idle[wid]
+            if not lst:
+                return None
+            self.n_idle -= 1
+            return lst.pop()
 
     def drain_idle(self, wid: int, unless_waited_for: bool = False) -> list[Pooled]:
         """Take every idle server out of shard `wid` (the pool is reconfigured, or a binary upgrade hands over;

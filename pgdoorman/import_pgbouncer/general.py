@@ -139,8 +139,7 @@ def timeouts(t: Translator) -> None:
         t.gen("daemon_pid_file", s.value.strip(), f"{src_note(s)}: translated (used with -d)")
     s = t.get("server_round_robin")
     if s is not None:
-        t.gen("server_round_robin", to_bool(s), f"{src_note(s)}: translated; pgdoorman does not implement it "
-              "yet (-t warns) and hands out the most recently used server first")
+        t.gen("server_round_robin", to_bool(s), f"{src_note(s)}: translated")
 
 
 def tcp(t: Translator) -> None:

@@ -19,9 +19,9 @@ NOT_TRANSLATED: dict[str, str] = {
                             "across pools",
     "max_db_client_connections": "pgdoorman has no per-database client limit (general.max_connections is global)",
     "max_user_client_connections": "pgdoorman has no per-user client limit (general.max_connections is global)",
-    "server_check_query": "pgdoorman's idle check (general.server_idle_check_timeout, PgDoorman's empty query) "
-                          "is not implemented yet; broken servers are replaced when they fail",
-    "server_check_delay": "see server_check_query",
+    "server_check_query": "pgdoorman's idle check always sends PgDoorman's empty query (;), to servers idle "
+                          "longer than general.server_idle_check_timeout (default 60s)",
+    "server_check_delay": "see server_check_query; the nearest setting is general.server_idle_check_timeout",
     "server_fast_close": "pgdoorman closes servers of removed or changed pools when they are given back",
     "server_login_retry": "pgdoorman retries a failed server login at the next client request",
     "client_login_timeout": "pgdoorman allows a fixed time for a client to log in",

@@ -70,6 +70,7 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     fams += _pool_pinning_families(rows)
     fams.append(_pool_query_timeouts_family(rows))
     fams += _pool_prepared_families(rows)
+    fams += _check_query_families(rows)
     fams += _auth_query_families(obs)
     fams += _startup_parameters_family(obs)
     fams += webstats.families(obs.config)
@@ -288,6 +289,18 @@ def _pool_query_timeouts_family(rows: list[_PoolRow]) -> Family:
     for row in rows:
         fam.add(row.totals.query_timeouts, row.labels)
     return fam
+
+
+def _check_query_families(rows: list[_PoolRow]) -> list[Family]:
+    """PgDoorman's two pooler_check_query counters (process-wide, no labels): the pools' sum."""
+    backend = Family("pg_doorman_pooler_check_query_backend_total", "counter",
+                     "Pooler check queries sent to PostgreSQL because no answer to general.pooler_check_query "
+                     "was kept for the pool yet (after start, or a RELOAD that changed it).")
+    cache = Family("pg_doorman_pooler_check_query_cache_total", "counter",
+                   "Pooler check queries answered with the pool's kept answer, without a server.")
+    backend.add(sum(r.totals.check_backend for r in rows), {})
+    cache.add(sum(r.totals.check_cache for r in rows), {})
+    return [backend, cache]
 
 
 def _pool_prepared_families(rows: list[_PoolRow]) -> list[Family]:

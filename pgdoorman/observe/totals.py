@@ -41,6 +41,8 @@ class Totals:
     errors_by_class: dict[str, int] = field(default_factory=dict)
     pins: int = 0  # times a transaction-mode client was pinned to its server
     refused: int = 0  # statements refused because they would pin (transaction_pinning: refuse)
+    check_cache: int = 0  # pooler_check_query answered from the kept answer
+    check_backend: int = 0  # pooler_check_query sent to PostgreSQL
     # (query, transaction, wait) histograms read in the same pass as the counts above, which come from them:
     # a scrape's totals and histogram counts agree even while workers keep counting.
     hists: tuple[Merged, Merged, Merged] = ((([], 0, 0)), (([], 0, 0)), (([], 0, 0)))
@@ -65,6 +67,8 @@ def pool_totals(pool: Pool) -> Totals:
         t.max_wait_us = max(t.max_wait_us, st.max_wait_us)
         t.pins += st.pins
         t.refused += st.refused
+        t.check_cache += st.check_cache
+        t.check_backend += st.check_backend
         for k, n in dict_copy(st.errors_by_class).items():
             t.errors_by_class[k] = t.errors_by_class.get(k, 0) + n
     return t

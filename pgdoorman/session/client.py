@@ -83,21 +83,21 @@ class ClientConn(ClientLogin):
         """Frontend bytes after login: scan, then forward to the linked server or keep until one is."""
         s = self.server
         if s is None and not self.waiting and not self.raw and not self.pending:
-            # Start of a transaction: take a server first so the bytes go straight through, unscanned
-            # twice and uncopied, when one is free (the common case).
+            # Start of a transaction: take a server first, so the bytes go straight through when one is free.
             if n == 5 and view[0] == 88:  # a lone Terminate
                 self.close("client terminated")
                 return
+            pool = self.pool
+            assert pool is not None
             maybe = view[0] == 81 and 6 < n < BEGIN_MAX and (view[5] | 32) + (view[6] | 32) in _BE_ST
-            if (maybe or self.begin_held is not None) and self._deferred_begin(view, n):
+            if ((maybe or self.begin_held is not None) and self._deferred_begin(view, n)
+                    or n == pool.check_n and self.begin_held is None and self._check_query(view)):
                 return
             if self.ps and view[0] == 80 and n > 10:
                 second = 1 + _unpack(view, 1)[0]  # only Parse... Sync can be answered here: peek first
                 if second < n and view[second] in b"PS" and (answer := self.rw.parse_sync_locally(view)):
                     self.write(answer)
                     return
-            pool = self.pool
-            assert pool is not None
             s = self.worker.checkout(pool, self)
             if s is not None and not self._link(s):
                 s = None  # linked, but a parameter sync runs first: hold the bytes until it is done

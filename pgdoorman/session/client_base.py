@@ -44,6 +44,7 @@ _CHECKED = DIRTY_SET | DIRTY_TEMP | DIRTY_CURSOR | DIRTY_PREPARE
 _PINNING = DIRTY_TEMP | DIRTY_CURSOR | DIRTY_PREPARE
 
 _unpack = m.U32.unpack_from
+SLOW_CHECKOUT_US = 500_000  # a client that waited this long for a server is logged (PgDoorman's threshold)
 assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls
 
 
@@ -75,7 +76,7 @@ class ClientBase(Conn):
         "named_parse", "copy_window", "copy_syncs", "in_copy_in",
         "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
         "begin_held", "answered",
-        "want_base", "pinned", "checked_xact",
+        "want_base", "pinned", "checked_xact", "probing",
     )
 
     def __init__(self, sock: socket.socket, worker: Host, addr: str, is_unix: bool = False) -> None:
@@ -96,6 +97,7 @@ class ClientBase(Conn):
         self.want_base: dict[str, str] = {}  # `want` at login: what RESET returns to (core/txstate.py)
         self.pinned = ""  # what keeps this client on its server between transactions ('' for nothing)
         self.checked_xact = -1  # the server's xact_count at the last check (session_check)
+        self.probing: ServerConn | None = None  # linked, answering the idle check first (_probe)
         self.want_key: tuple[tuple[str, str], ...] = ()
         self.expect = 0
         self.unsynced = False
@@ -405,15 +407,30 @@ class ClientBase(Conn):
                 st.wait_hist.record(waited)
                 if waited > st.max_wait_us:
                     st.max_wait_us = waited
+                if waited >= SLOW_CHECKOUT_US:
+                    self._slow_checkout(pool, s, waited)
         if self.closed:
             self.worker.release_server(s, client_gone=True)
             return
         if self._link(s):
             self._server_ready()
 
+    def _slow_checkout(self, pool: Pool, s: ServerConn, waited: int) -> None:
+        """PgDoorman's slow-checkout warning: this client waited half a second or more for a server."""
+        n = pool.counts()
+        log.warning("slow checkout: client %s (%s) waited %d ms for a server (pid %d): pool size %d/%d, "
+                    "idle %d, connecting %d, clients waiting %d%s", self.addr, pool.name, waited // 1000, s.pid,
+                    n["sv_total"], pool.pool_size, n["sv_idle"], n["sv_login"], n["cl_waiting"],
+                    ", paused" if pool.paused else "")
+
     def _link(self, s: ServerConn) -> bool:
-        """Make `s` this client's server; False while a parameter sync runs first (then _synced follows)."""
+        """Make `s` this client's server; False while an idle check or a parameter sync runs first (then
+        _probed or _synced follows)."""
         self.server = s
+        t = s.pool.idle_check
+        if t and s.state == 2 and self.loop.now - s.idle_since > t:  # 2: IDLE, straight from the pool
+            self._probe(s)
+            return False
         s.link(self)
         if s.ps_on:
             s.set_ps_mode(False)  # switched on by _track() when extended-protocol entries are in flight
@@ -426,6 +443,53 @@ class ClientBase(Conn):
         if self.begin_held is not None:
             self._send_begin(s)
         return True
+
+    def _check_query(self, view: memoryview) -> bool:
+        """A simple query byte for byte equal to pooler_check_query, outside a transaction: answered with
+        PostgreSQL's answer to it, kept from the first time, without a server. True when answered here; the
+        first ones (no answer kept yet) go to PostgreSQL as any query, and the janitor fetches the answer to
+        keep on an idle server."""
+        pool = self.pool
+        assert pool is not None
+        if view != pool.check_msg:
+            return False
+        st = pool.stats[self.worker.id]
+        reply = pool.check_reply
+        if reply is None:
+            st.check_backend += 1
+            pool.check_wanted = True
+            return False
+        st.check_cache += 1
+        self.query_count += 1
+        self.xact_count += 1
+        self.write(reply)
+        return True
+
+    def _probe(self, s: ServerConn) -> None:
+        """`s` sat idle longer than server_idle_check_timeout: before this client's bytes go to it, an empty
+        query checks that it is alive, answered within connect_timeout. A server that fails it is closed and
+        this client asks for another (server_failed); what it sent meanwhile is held, as during a sync."""
+        s.link(self)
+        self.probing = s
+        s.timer = self.loop.call_later(s.pool.connect_timeout, lambda: self._probe_timed_out(s))
+        s.run_internal([";"], lambda ok: self._probed(s, ok))
+
+    def _probe_timed_out(self, s: ServerConn) -> None:
+        if self.probing is s and not s.closed:
+            s.close("idle check: no answer within connect_timeout")
+
+    def _probed(self, s: ServerConn, ok: bool) -> None:
+        if self.probing is not s:
+            return
+        if not ok:  # nothing healthy fails `;`
+            s.close("idle check failed")  # -> server_failed: this client asks for another server
+            return
+        self.probing = None
+        s.timer.cancel()
+        if self.closed or s.client is not self:
+            self.worker.release_server(s)  # the client left meanwhile (on_close unlinked it)
+        elif self._link(s):
+            self._server_ready()
 
     def _send_begin(self, s: ServerConn) -> None:
         """The deferred BEGIN goes ahead of this client's bytes; its answer is swallowed (ServerConn.send_ahead)."""
@@ -532,6 +596,13 @@ class ClientBase(Conn):
         if self.closed:
             return
         self.waiting = False
+        s = self.probing
+        if s is not None and error is None:  # the server failed its idle check: never mind, another one
+            self.probing = None
+            log.info("server %s (pid %d) of %s failed its idle check: replaced for client %s", s.addr, s.pid,
+                     s.pool.name, self.addr)
+            self.need_server()
+            return
         if error:
             self.write(error)
             self.close("server connection failed")
@@ -551,4 +622,9 @@ class ClientBase(Conn):
 
     def on_close(self, reason: str) -> None:
         self.login_timer.cancel()
+        s = self.probing
+        if s is not None and self.server is s:
+            # Its idle check goes on: _probed gives the server back to the pool when it is answered.
+            self.server = None
+            s.client = None
         self.worker.client_closed(self, reason)

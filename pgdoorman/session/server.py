@@ -100,6 +100,7 @@ class ServerConn(ServerWrapped):
         self.timer = worker.loop.call_later(pool.connect_timeout, self._connect_timed_out)
         self.connect_error: bytes | None = None
         self.fatal_forwarded = False
+        self.reply = None
         self.xact_start = 0.0
         self.query_count = 0
         self.counted = 0  # query_count when the linked client was last told (ClientBase.ready)
@@ -498,6 +499,8 @@ class ServerConn(ServerWrapped):
             return
         buf = self.inbuf
         buf += data
+        if self.reply is not None:
+            self.reply += data
         try:
             self._internal_messages(buf)
         except m.ProtocolViolation as e:  # a length word no PostgreSQL sends

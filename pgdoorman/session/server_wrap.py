@@ -38,7 +38,7 @@ FATAL_SEVERITY = (b"SFATAL\x00", b"SPANIC\x00")
 
 class ServerWrapped(ServerPrepared):
     __slots__ = ("ahead", "ahead_quiet", "txn_status", "fatal_forwarded", "cancel_pending", "cancel_parked",
-                 "cancel_paused")
+                 "cancel_paused", "reply")
     ahead: int  # answers (ReadyForQuery) still due for queries sent ahead of the client's (send_ahead)
     ahead_quiet: int  # errors among them that are expected (swallowed)
     txn_status: int  # the transaction status of the last ReadyForQuery (73 'I', 84 'T', 69 'E')
@@ -46,6 +46,7 @@ class ServerWrapped(ServerPrepared):
     cancel_pending: int  # CancelRequests on their way (see the module's docstring)
     cancel_parked: bool  # given back meanwhile: waits outside the pool
     cancel_paused: ClientPeer | None  # the linked client, not read meanwhile
+    reply: bytearray | None  # while not None, a housekeeping query's answer is kept whole here (run_internal)
 
     if TYPE_CHECKING:  # fields and methods of ServerConn this part uses
         worker: Host

@@ -467,6 +467,24 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
     assert config.pools["a"].auth_query is not None and config.pools["a"].auth_query.query == "SELECT 1"
 
 
+def test_sync_server_parameters_false_is_said_to_be_ignored(tmp_path: Path) -> None:
+    """pgdoorman always syncs a client's settings: `false` (general or a pool's) loads with a warning saying so,
+    `true` and leaving it out load silently."""
+    path = write(tmp_path, "c.yaml", """\
+        general: {admin_username: admin, admin_password: secret, sync_server_parameters: false}
+        pools:
+          a: {sync_server_parameters: false, users: [{username: u, password: p, pool_size: 1}]}
+          b: {sync_server_parameters: true, users: [{username: u, password: p, pool_size: 1}]}
+          c: {users: [{username: u, password: p, pool_size: 1}]}
+        """)
+    config = load_config(path)
+    why = ("false is not honoured: pgdoorman always gives each server connection the settings of the client using it "
+           "(its startup settings and what it SETs), so that no client sees another's settings; it behaves as true")
+    assert config.warnings == (f"{path}: general.sync_server_parameters: {why}",
+                               f"{path}: pools.a.sync_server_parameters: {why}")
+    assert config.general.sync_server_parameters is False and config.pools["b"].sync_server_parameters is True
+
+
 def test_unknown_key_inside_auth_query_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, "c.yaml", BASE_YAML + "    auth_query:\n      usr: x\n")
     assert errors_of(path) == [f'{path}: pools.app.auth_query.usr: unknown key "usr"; did you mean "user"?',
