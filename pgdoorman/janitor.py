@@ -146,10 +146,10 @@ class Janitor:
         return closed
 
     def pre_replace(self, now: float) -> int:
-        """Open a replacement for each server of this worker whose server_lifetime ends before the next round
-        is over (or within its last 5%), so that no client waits for a new connection when it is closed: the
-        replacement is idle in the pool by then. At most PRE_REPLACE_MAX per pool over pool_size at once.
-        A replaced server that is idle and past its lifetime is closed now. How many were opened."""
+        """Open a replacement for each server of this worker in use lately whose server_lifetime ends before
+        the next round is over (or within its last 5%), so that no client waits for a new connection when it
+        is closed: the replacement is idle in the pool by then. At most PRE_REPLACE_MAX per pool over pool_size
+        at once. A replaced server that is idle and past its lifetime is closed now. How many were opened."""
         horizon = 1.5 * self._retain_interval()
         opened = 0
         for s in list(self.worker.servers):
@@ -164,6 +164,8 @@ class Janitor:
                 continue
             if age + max(horizon, 0.05 * life) < life or self.worker.app.shutting_down:
                 continue
+            if s.state == IDLE and now - s.idle_since > horizon:
+                continue  # not used lately: it may expire without a successor (the pool shrinks, as PgDoorman's)
             if pool.reserve_spawn(extra=PRE_REPLACE_MAX):
                 self.replaced.add(s)
                 log.info("server %s (pid %d) of %s reaches server_lifetime in %.1f s: opening its replacement",

@@ -235,20 +235,24 @@ def test_pooler_check_query_answered_without_a_server(pooler_factory: Any, pg: A
     assert m.value("pg_doorman_pooler_check_query_cache_total") == 3
 
 
-def test_default_pooler_check_query_in_session_mode(pooler_factory: Any, pg: Any) -> None:
-    """`;` (the default) as a session-mode client's first query, with the pool's only server held by another
-    session: PostgreSQL's EmptyQueryResponse, no wait; the next query of that client waits for a server."""
-    p = pooler_factory(pool_mode="session", pool_size=1)
+def test_default_pooler_check_query(pooler_factory: Any, pg: Any) -> None:
+    """`;` (the default) while the pool's only server is in another client's transaction: PostgreSQL's
+    EmptyQueryResponse at once; the same client's next query waits for the server. (In session mode a client
+    holds its server from login on, so its `;` goes to that server.)"""
+    p = pooler_factory(pool_size=1)
     want = _answer(pg.host, pg.port, SUPERUSER, ";")
     assert _answer(p.host, p.port, SCRAM_USER, ";", SCRAM_PASSWORD) == want
     wait_for(lambda: "pooler_check_query of app_scram@app" in p.log(), what="answer kept")
     with connect(p) as holder:
-        holder.execute("select 1")  # session mode: it keeps the pool's only server
+        holder.execute("begin")
+        holder.execute("select 1")
         with WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD) as w:
             assert w.query(";") == want
             w.send(query("select 2"))
             with pytest.raises(TimeoutError):
                 w.read_message(timeout=0.5)
+            holder.execute("commit")
+            assert w.read_until("Z") == _answer(pg.host, pg.port, SUPERUSER, "select 2")
 
 
 # ------------------------------------------------------------------------------------------ server choice
