@@ -127,12 +127,13 @@ def health_pooler(pooler_factory: Any, proxy: FreezingProxy, idle_check: int, po
 
 
 # ------------------------------------------------------------------------------------------ idle check
-@pytest.mark.parametrize("pool_size", [1, 2])
+@pytest.mark.parametrize("pool_size,workers", [(1, 1), (2, 1), (2, 2)])
 def test_server_killed_while_idle_is_never_handed_out(pooler_factory: Any, pg: Any, proxy: FreezingProxy,
-                                                      pool_size: int) -> None:
+                                                      pool_size: int, workers: int) -> None:
     """Backends killed (pg_terminate_backend) while idle, their goodbye lost on the way: each client's next
-    query runs on a fresh server and answers as PostgreSQL does directly."""
-    p = health_pooler(pooler_factory, proxy, 300, pool_size)
+    query runs on a fresh server and answers as PostgreSQL does directly (with two workers, an idle server may
+    be checked on the client's worker after moving there)."""
+    p = health_pooler(pooler_factory, proxy, 300, pool_size, general={"worker_threads": workers})
     want = {}
     for user in SETTINGS:
         with direct(pg, user) as d:
@@ -314,6 +315,17 @@ def _total_wait(p: Any) -> int:
         cols = [d.name for d in cur.description or []]
         row = next(dict(zip(cols, r, strict=True)) for r in cur.fetchall() if r[0] == DBNAME and r[1] == SCRAM_USER)
     return int(row["total_wait_time"])
+
+
+def test_unused_server_expires_without_a_replacement(pooler_factory: Any) -> None:
+    """A server nobody uses past its server_lifetime is closed and not replaced: an unused pool shrinks."""
+    p = pooler_factory(general={"retain_connections_time": 300}, pool={"server_lifetime": 1500}, pool_size=1)
+    with connect(p) as c:
+        c.execute("select 1")
+        assert p.wait_for_log("closed: server_lifetime", timeout=10)
+        time.sleep(1)
+    assert "opening its replacement" not in p.log()
+    assert p.log().count("connected for app_scram@app") == 1
 
 
 # ------------------------------------------------------------------------------------------ slow checkout
