@@ -30,6 +30,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,7 +219,6 @@ def parse_env(args: str) -> dict[str, str]:
 def build(dockerfile: Path, context: Path, cache: Path) -> Stage:
     stages: dict[str, Stage] = {}
     stage: Stage | None = None
-    keep: set[Path] = set()
     work = cache / "work"
     for word, args in instructions(dockerfile.read_text()):
         if word == "FROM":
@@ -243,8 +244,7 @@ def build(dockerfile: Path, context: Path, cache: Path) -> Stage:
                 stage.materialize(context, stages)
                 run_in(stage, args)
                 copy_tree(stage.root, snap)
-                (snap / ".complete").touch()
-            keep.add(snap)
+            (snap / ".complete").touch()  # its mtime: when a build last used it
             continue
         if word == "COPY":
             paths, _, frm = copy_sources(args, context, stages)
@@ -255,15 +255,14 @@ def build(dockerfile: Path, context: Path, cache: Path) -> Stage:
         stage.key = _key(stage.key, step)
     if stage is None:
         raise BuildError("no FROM")
-    for old in (cache / "layers").glob("*"):  # only the layers of this build are kept
-        if old not in keep:
-            shutil.rmtree(old, ignore_errors=True)
+    _prune(cache / "layers", lambda p: p / ".complete")
     stage.config.update({"Env": [f"{k}={v}" for k, v in stage.env.items()], "User": stage.user,
                          "WorkingDir": stage.workdir})
-    # One root per build key (a test may still be running on an older one); the three newest are kept.
+    # One root per build key (a test may still be running on an older one).
     image = cache / "images" / stage.key[:24]
     if (image / "image.json").exists():
         print("build_rootfs: the image root is up to date", flush=True)
+        (image / "image.json").touch()
         stage.root = image / "root"
         return stage
     stage.materialize(context, stages)
@@ -274,9 +273,19 @@ def build(dockerfile: Path, context: Path, cache: Path) -> Stage:
     stage.root.rename(image / "root")
     stage.root = image / "root"
     (image / "image.json").write_text(json.dumps(stage.config, indent=2) + "\n")
-    for old in sorted((cache / "images").iterdir(), key=lambda p: p.stat().st_mtime)[:-3]:
-        shutil.rmtree(old, ignore_errors=True)
+    _prune(cache / "images", lambda p: p / "image.json")
     return stage
+
+
+def _prune(d: Path, marker: Callable[[Path], Path], days: float = 7) -> None:
+    """Removes what no build used for `days` (several Dockerfiles and checkouts share the cache; a test may
+    still be running on an older image root, so nothing used recently goes)."""
+    cutoff = time.time() - days * 86400
+    for old in d.glob("*"):
+        m = marker(old)
+        used = m.stat().st_mtime if m.exists() else old.stat().st_mtime + 86400 - days * 86400
+        if used < cutoff:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _key(*parts: str) -> str:
