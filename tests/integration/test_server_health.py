@@ -6,6 +6,7 @@ answers directly."""
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import threading
 import time
@@ -234,6 +235,32 @@ def test_pooler_check_query_answered_without_a_server(pooler_factory: Any, pg: A
     m = scrape(port)
     assert m.value("pg_doorman_pooler_check_query_backend_total") == 1
     assert m.value("pg_doorman_pooler_check_query_cache_total") == 3
+
+
+def test_pooler_check_query_errors_are_not_kept_and_reload_changes_it(pooler_factory: Any, pg: Any) -> None:
+    """An error answer is never kept (each check goes to PostgreSQL, which answers it as directly); a RELOAD
+    that changes pooler_check_query drops the kept answer: the new text goes to PostgreSQL once, then is kept."""
+    bad = "select 1/0"
+    p, port = metrics_pooler(pooler_factory, general={"pooler_check_query": bad}, pool_size=1)
+    want = _answer(pg.host, pg.port, SUPERUSER, bad)
+    assert [t for t, _ in want] == ["E", "Z"]
+    for _ in range(3):
+        assert _answer(p.host, p.port, SCRAM_USER, bad, SCRAM_PASSWORD) == want
+        time.sleep(0.3)  # the janitor's try at keeping an answer has run (and kept nothing)
+    assert "pooler_check_query of app_scram@app" not in p.log()
+    assert scrape(port).value("pg_doorman_pooler_check_query_backend_total") == 3
+    good = "select 'up'"
+    p.config["general"]["pooler_check_query"] = good
+    p.write_config()
+    p.signal(signal.SIGHUP)
+    assert p.wait_for_log("configuration reloaded from", timeout=10)
+    want = _answer(pg.host, pg.port, SUPERUSER, good)
+    for _ in range(3):
+        assert _answer(p.host, p.port, SCRAM_USER, good, SCRAM_PASSWORD) == want
+        wait_for(lambda: "pooler_check_query of app_scram@app" in p.log(), what="answer kept")
+    m = scrape(port)
+    assert m.value("pg_doorman_pooler_check_query_backend_total") == 4
+    assert m.value("pg_doorman_pooler_check_query_cache_total") == 2
 
 
 def test_default_pooler_check_query(pooler_factory: Any, pg: Any) -> None:
