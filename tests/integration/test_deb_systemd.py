@@ -74,9 +74,13 @@ class Machine:
              f"--bind={pg.sockdir}:/mnt"],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = 0
-        wait_for(self._find_init, 60, "the container's systemd")
-        wait_for(lambda: self.systemctl("is-system-running", check=False).stdout.strip() in
-                 ("running", "degraded"), 90, "the container to finish booting")
+        try:
+            wait_for(self._find_init, 60, "the container's systemd")
+            wait_for(lambda: self.systemctl("is-system-running", check=False).stdout.strip() in
+                     ("running", "degraded"), 90, "the container to finish booting")
+        except BaseException:
+            self.shutdown()  # no container is left running when it does not boot
+            raise
 
     def _find_init(self) -> bool:
         """The container's PID 1 (systemd): a descendant of systemd-nspawn whose innermost pid is 1."""
