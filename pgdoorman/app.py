@@ -27,6 +27,7 @@ from pgdoorman.config import Config, ConfigError
 from pgdoorman.core.cancel import CancelRegistry
 from pgdoorman.core.pool import Pool
 from pgdoorman.janitor import Janitor
+from pgdoorman.net.budget import Budget
 from pgdoorman.net.ratelimit import HandshakeLimiter
 from pgdoorman.net.sockopts import TcpOptions, tcp_listener, unix_listener
 from pgdoorman.observe import UnknownDatabase
@@ -67,6 +68,9 @@ class App:
         g = config.general
         self.nworkers = g.worker_threads or default_workers()
         self.workers = [Worker(self, i) for i in range(self.nworkers)]
+        self.budget = Budget(g.max_memory_usage)  # max_memory_usage, one part per worker loop
+        for w in self.workers:
+            w.loop.mem = self.budget.part()
         self.janitors = [Janitor(w) for w in self.workers]  # one per worker, on its loop
         self.pools: dict[tuple[str, str], Pool] = {}
         self.pool_list: list[Pool] = []
@@ -204,6 +208,7 @@ class App:
             if getattr(old.general, key) != getattr(new.general, key):
                 log.warning("RELOAD: general.%s changed but needs a restart (or binary upgrade) to apply", key)
         self.config = new
+        self.budget.limit = new.general.max_memory_usage
         self.resources = loaded.resources
         self._use_access(loaded.resources)
         self.tcp_options = self._tcp_options()

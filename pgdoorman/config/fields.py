@@ -111,8 +111,11 @@ FIELDS: Final[tuple[Field, ...]] = (
              "less than this, are not checked. 0 disables the check."),
     _general("Timeouts", "shutdown_timeout", Duration(), 10_000, True,
              "On graceful shutdown or binary upgrade, how long clients get to finish before they are disconnected."),
-    _general("Timeouts", "proxy_copy_data_timeout", Duration(), 15_000, False,
-             "Timeout for relaying COPY data and streamed large messages between client and server."),
+    _general("Timeouts", "proxy_copy_data_timeout", Duration(), 15_000, True,
+             "How long a server connection may take none of the data queued for it (a client's COPY data or "
+             "large messages, once more than 1 MiB waits or max_memory_usage is reached and the client is no "
+             "longer read) before it is closed and its client gets FATAL 58006 (\"pooler is shut down now "
+             "(flush timeout ...)\") instead of waiting for good. 0 disables it."),
     # ------------------------------------------------------------------ general: TCP
     _general("TCP", "tcp_keepalives_idle", Seconds(), 5, True,
              "TCP keepalive: seconds of idleness before the first probe (client and server sockets)."),
@@ -136,8 +139,13 @@ FIELDS: Final[tuple[Field, ...]] = (
              "are warned about: they slow large results and COPY. A reload applies it to new connections only. "
              "(PgDoorman also sets it on the web listener's connections; pgdoorman does not.)"),
     # ------------------------------------------------------------------ general: limits
-    _general("Limits", "max_memory_usage", ByteSize(), 256 * MiB, False,
-             "Budget for protocol message bytes buffered in memory across all connections."),
+    _general("Limits", "max_memory_usage", ByteSize(), 256 * MiB, True,
+             "Budget for the bytes the pooler holds in memory across all connections: output queued for a "
+             "socket that does not take it fast enough, and client messages that must be read whole (Parse "
+             "and Bind in prepared-statement mode, larger than 8 KiB and split across reads). Past it, a "
+             "connection whose queue grows stops its producer until the queue has drained (results to a slow "
+             "client wait, nothing fails), and a client message that would pass it closes that client with "
+             "FATAL 53200. Streamed bytes (rows, COPY data, large simple queries) never count. Reloadable."),
     _general("Limits", "message_size_to_be_stream", ByteSize(), MiB, False,
              "DataRow, CopyData and FunctionCallResponse messages larger than this are relayed in pieces as they "
              "arrive instead of being buffered whole."),

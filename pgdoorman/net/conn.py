@@ -127,6 +127,12 @@ class Conn:
         out = self.out
         if out:
             out += data
+            mem = self.loop.mem
+            if mem is not None:
+                mem.used += len(data)
+                if mem.over():  # past max_memory_usage: the producer waits until this queue has drained
+                    self.on_backlog()
+                    return
             if len(out) > HIGH_WATER:
                 self.on_backlog()
             return
@@ -138,10 +144,25 @@ class Conn:
             self.close(f"write failed: {e}")
             return
         if sent < len(data):
-            self.out = bytearray(data[sent:])
+            self.out = out = bytearray(data[sent:])
             self._apply_mask()
-            if len(self.out) > HIGH_WATER:
+            mem = self.loop.mem
+            if mem is not None:
+                mem.used += len(out)
+                if mem.over():
+                    self.on_backlog()
+                    return
+            if len(out) > HIGH_WATER:
                 self.on_backlog()
+
+    def first_out(self, data: bytes) -> None:
+        """`data` is all there is to send, once the socket is writable (a connection being made or made
+        again: whatever was queued for an earlier socket is dropped)."""
+        mem = self.loop.mem
+        if mem is not None:
+            mem.used += len(data) - (len(self.out) if self.out else 0)
+        self.out = bytearray(data)
+        self._apply_mask()
 
     def _flush(self) -> None:
         out = self.out
@@ -154,6 +175,9 @@ class Conn:
         except OSError as e:
             self.close(f"write failed: {e}")
             return
+        mem = self.loop.mem
+        if mem is not None:
+            mem.used -= sent
         if sent == len(out):
             self.out = None
             self._apply_mask()
@@ -166,7 +190,8 @@ class Conn:
         return len(self.out) if self.out else 0
 
     def on_backlog(self) -> None:
-        """Queued output passed HIGH_WATER: the producer feeding this connection should pause."""
+        """Queued output passed HIGH_WATER (or the process's queues passed max_memory_usage): the producer
+        feeding this connection should pause."""
 
     def on_drained(self) -> None:
         """Everything queued has been sent: a paused producer may resume."""
@@ -180,6 +205,9 @@ class Conn:
             self.sock.close()
         except OSError:
             pass
+        mem = self.loop.mem
+        if mem is not None and self.out:
+            mem.used -= len(self.out)
         self.out = None
         self.on_close(reason)
 

@@ -25,6 +25,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from pgdoorman.net.budget import BudgetPart
+
 log = logging.getLogger("pgdoorman.loop")
 
 EVENT_READ = selectors.EVENT_READ
@@ -220,6 +222,7 @@ class Loop:
         self.running = False
         self.thread: threading.Thread | None = None
         self.now = time.monotonic()
+        self.mem: BudgetPart | None = None  # max_memory_usage accounting (net/budget.py), set by the owner
 
     # -- the wake-up socket is itself a handler
     def on_event(self, mask: int) -> None:

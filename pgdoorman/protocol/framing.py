@@ -21,6 +21,7 @@ Incomplete headers (< 5 bytes) are always withheld: at most 4 bytes of delay.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from pgdoorman.protocol.messages import MAX_MESSAGE_LEN, U32, ProtocolViolation
 
@@ -59,8 +60,29 @@ def _noop_message(t: int, body: Body) -> bytes | None:
     return None
 
 
+class MemoryBudget(Protocol):
+    """What a Scanner needs of max_memory_usage's accounting (pgdoorman.net.budget.BudgetPart)."""
+
+    used: int
+
+    def take(self, n: int) -> bool: ...
+
+    def give(self, n: int) -> None: ...
+
+
+class OverBudget(ProtocolViolation):
+    """A FULL message too large for the memory left under the budget (answered with 53200, not 08P01)."""
+
+    sqlstate = "53200"
+
+    def __init__(self, length: int) -> None:
+        super().__init__(f"a message of {length} bytes would take the pooler's buffered memory past "
+                         "max_memory_usage")
+        self.length = length
+
+
 class Scanner:
-    __slots__ = ("table", "on_header", "on_message", "skip", "carry", "max_len")
+    __slots__ = ("table", "on_header", "on_message", "skip", "carry", "max_len", "budget", "held")
 
     def __init__(
         self,
@@ -68,6 +90,7 @@ class Scanner:
         on_header: OnHeader = _noop_header,
         on_message: OnMessage = _noop_message,
         max_len: int = MAX_MESSAGE_LEN,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.table = table
         self.on_header = on_header
@@ -75,6 +98,10 @@ class Scanner:
         self.skip = 0  # body bytes of a PASS/NOTIFY message still to stream through
         self.carry: bytearray | None = None  # withheld incomplete header or FULL message
         self.max_len = max_len
+        # A FULL message larger than SMALL_LIMIT that spans reads is counted in `budget` while it is
+        # assembled (`held` bytes): one that would pass the limit raises OverBudget.
+        self.budget = budget
+        self.held = 0
 
     @property
     def mid_message(self) -> bool:
@@ -84,6 +111,22 @@ class Scanner:
     def reset(self) -> None:
         self.skip = 0
         self.carry = None
+        if self.held:
+            self._release()
+
+    def _hold(self, total: int) -> None:
+        """A FULL message of `total` bytes will be assembled across reads: count it, or refuse it."""
+        budget = self.budget
+        if budget is not None and not self.held:
+            if not budget.take(total):
+                raise OverBudget(total)
+            self.held = total
+
+    def _release(self) -> None:
+        budget = self.budget
+        if budget is not None:
+            budget.give(self.held)
+        self.held = 0
 
     def _check(self, t: int, ln: int) -> int:
         mode = self.table[t]
@@ -130,11 +173,15 @@ class Scanner:
             if mode == FULL:
                 take = total - len(carry)
                 if take > n - pos:
+                    if total > SMALL_LIMIT:
+                        self._hold(total)
                     carry += data[pos:]
                     self.carry = carry
                     return None
                 carry += data[pos : pos + take]
                 pos += take
+                if self.held:
+                    self._release()
                 rep = self.on_message(t, memoryview(carry)[5:])
                 out = carry if rep is None else bytearray(rep)
                 emit = pos
@@ -167,6 +214,8 @@ class Scanner:
             nxt = pos + 1 + ln
             if mode == FULL:
                 if nxt > n:
+                    if ln >= SMALL_LIMIT:
+                        self._hold(ln + 1)
                     self.carry = bytearray(data[pos:])
                     end = pos
                     break

@@ -24,7 +24,7 @@ from pgdoorman.net.conn import AGAIN, HIGH_WATER, Conn
 from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN
 from pgdoorman.protocol import messages as m
-from pgdoorman.protocol.framing import SMALL_LIMIT
+from pgdoorman.protocol.framing import SMALL_LIMIT, OverBudget
 from pgdoorman.session.login import ClientLogin
 from pgdoorman.session.states import ADMIN as ADMIN  # re-exported: the worker and tests import them from here
 from pgdoorman.session.states import LOGIN_WAIT, refuse_listen
@@ -116,7 +116,7 @@ class ClientConn(ClientLogin):
         try:
             out = self.scanner.feed(view)
         except m.ProtocolViolation as e:
-            self.fatal("08P01", f"protocol violation: {e}")
+            self._violation(e)
             return
         if self.ps:
             self._after_ps_scan(out, n)
@@ -137,6 +137,17 @@ class ClientConn(ClientLogin):
                     self.worker.release_server(s)
         if self.terminating:
             self.close("client terminated")
+
+    def _violation(self, e: m.ProtocolViolation) -> None:
+        """The scanner refused what the client sent: FATAL 08P01, or 53200 for a message that would take the
+        process's buffered bytes past max_memory_usage (OverBudget)."""
+        if not isinstance(e, OverBudget):
+            self.fatal("08P01", f"protocol violation: {e}")
+            return
+        limit = self.loop.mem.budget.limit if self.loop.mem is not None else 0
+        log.warning("client %s (%s@%s): %s (%d bytes)", self.addr, self.user, self.database, e, limit)
+        self.fatal("53200", f"out of memory: {e} ({limit} bytes)",
+                   hint="Send large values in smaller messages, or raise general.max_memory_usage.")
 
     def _deferred_begin(self, view: memoryview, n: int) -> bool:
         """Deferred BEGIN (txbegin.py): True when these bytes were answered here."""

@@ -105,7 +105,8 @@ class ClientBase(Conn):
         self.waiting = False
         self.wait_start = 0.0
         self.pending = bytearray()
-        self.scanner = Scanner(CLIENT_TABLE, on_header=self._on_header, on_message=self._on_message)
+        self.scanner = Scanner(CLIENT_TABLE, on_header=self._on_header, on_message=self._on_message,
+                               budget=self.loop.mem)
         self.terminating = False
         self.pid = 0
         self.secret = 0
@@ -627,4 +628,6 @@ class ClientBase(Conn):
             # Its idle check goes on: _probed gives the server back to the pool when it is answered.
             self.server = None
             s.client = None
+        if self.scanner.held:
+            self.scanner.reset()  # a message it was assembling no longer counts against max_memory_usage
         self.worker.client_closed(self, reason)

@@ -37,7 +37,8 @@ class FastPaths(ClientBase):
         """Prepared-statement mode from now on: every extended-protocol message is read by the rewriter."""
         rw = self.rw
         rw.start(pool.ps_cache, sig)
-        self.scanner = Scanner(CLIENT_PS_TABLE, on_header=rw.on_header, on_message=rw.on_message)
+        self.scanner = Scanner(CLIENT_PS_TABLE, on_header=rw.on_header, on_message=rw.on_message,
+                               budget=self.loop.mem)
 
     def _after_ps_scan(self, out: Any, n: int) -> None:
         s = self.server

@@ -158,10 +158,9 @@ class ServerConn(ServerWrapped):
             return
         if tls:
             self.tls_phase = 1
-            self.out = bytearray(m.I32.pack(8) + m.I32.pack(m.SSL_REQUEST))
+            self.first_out(m.I32.pack(8) + m.I32.pack(m.SSL_REQUEST))
         else:
-            self.out = bytearray(self._startup_packet())
-        self._apply_mask()
+            self.first_out(self._startup_packet())
 
     def _retry_with_tls(self) -> None:
         """server_tls_mode allow: PostgreSQL refused the plain connection (a hostssl rule): once more, on a
@@ -598,17 +597,6 @@ class ServerConn(ServerWrapped):
                 self.synced_key = None
             self.dirty = 0
 
-    # ------------------------------------------------------------------ lifecycle
-    def on_backlog(self) -> None:
-        c = self.client
-        if c is not None:
-            c.pause_reading()
-
-    def on_drained(self) -> None:
-        c = self.client
-        if c is not None and not c.closed and c.read_paused and not c.waiting:
-            c.resume_reading()
-
     # ------------------------------------------------------------------ state moves made by other modules
     @property
     def status(self) -> str:
@@ -645,4 +633,6 @@ class ServerConn(ServerWrapped):
         prev = self.state
         self.state = CLOSED
         self.timer.cancel()
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
         self.worker.server_closed(self, prev, reason)

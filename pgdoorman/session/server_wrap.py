@@ -24,10 +24,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pgdoorman.core.cancel import CANCEL_DELIVERED, CANCEL_NOT_SENT, send_cancel
+from pgdoorman.protocol import messages as m
 from pgdoorman.session.server_prepared import ServerPrepared
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import PoolStats
+    from pgdoorman.net.loop import Timer
     from pgdoorman.session.host import Host
     from pgdoorman.session.peer import ClientPeer
 
@@ -38,7 +40,7 @@ FATAL_SEVERITY = (b"SFATAL\x00", b"SPANIC\x00")
 
 class ServerWrapped(ServerPrepared):
     __slots__ = ("ahead", "ahead_quiet", "txn_status", "fatal_forwarded", "cancel_pending", "cancel_parked",
-                 "cancel_paused", "reply")
+                 "cancel_paused", "reply", "stall_timer", "stall_mark")
     ahead: int  # answers (ReadyForQuery) still due for queries sent ahead of the client's (send_ahead)
     ahead_quiet: int  # errors among them that are expected (swallowed)
     txn_status: int  # the transaction status of the last ReadyForQuery (73 'I', 84 'T', 69 'E')
@@ -47,6 +49,8 @@ class ServerWrapped(ServerPrepared):
     cancel_parked: bool  # given back meanwhile: waits outside the pool
     cancel_paused: ClientPeer | None  # the linked client, not read meanwhile
     reply: bytearray | None  # while not None, a housekeeping query's answer is kept whole here (run_internal)
+    stall_timer: Timer | None  # proxy_copy_data_timeout: armed while the output queue holds the client back
+    stall_mark: int  # the queue's length when it was armed
 
     if TYPE_CHECKING:  # fields and methods of ServerConn this part uses
         worker: Host
@@ -55,6 +59,7 @@ class ServerWrapped(ServerPrepared):
         pid: int
         secret: int
         state: int
+        client: ClientPeer | None
 
         def _on_parameter(self, body: memoryview) -> None: ...
 
@@ -65,6 +70,8 @@ class ServerWrapped(ServerPrepared):
         self.cancel_pending = 0
         self.cancel_parked = False
         self.cancel_paused = None
+        self.stall_timer = None
+        self.stall_mark = 0
 
     def _relay_handler(self) -> Callable[[int, memoryview], bytes | None]:
         if self.cancel_pending:
@@ -159,3 +166,46 @@ class ServerWrapped(ServerPrepared):
         if self.cancel_parked:
             self.cancel_parked = False
             self.worker.release_server(self)
+
+    # ------------------------------------------------------------------ back-pressure and proxy_copy_data_timeout
+    def on_backlog(self) -> None:
+        """What the client sends is queued faster than PostgreSQL takes it: stop reading the client, and give
+        PostgreSQL proxy_copy_data_timeout to take some of it."""
+        c = self.client
+        if c is not None:
+            c.pause_reading()
+        if self.stall_timer is None:
+            self._arm_stall()
+
+    def on_drained(self) -> None:
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+            self.stall_timer = None
+        c = self.client
+        if c is not None and not c.closed and c.read_paused and not c.waiting:
+            c.resume_reading()
+
+    def _arm_stall(self) -> None:
+        self.stall_mark = self.backlog
+        timeout = self.worker.app.config.general.proxy_copy_data_timeout
+        self.stall_timer = self.loop.call_later(timeout / 1000, self._stall_check) if timeout > 0 else None
+
+    def _stall_check(self) -> None:
+        """proxy_copy_data_timeout passed with output queued: closed when PostgreSQL took none of it meanwhile
+        (a stuck backend), the client told with 58006; else watched again."""
+        self.stall_timer = None
+        if self.closed or not self.backlog:
+            return
+        if self.backlog < self.stall_mark:
+            self._arm_stall()
+            return
+        timeout = self.worker.app.config.general.proxy_copy_data_timeout
+        log.warning("server %s (pid %d): took none of %d queued bytes in %d ms (proxy_copy_data_timeout): closed",
+                    self.addr, self.pid, self.backlog, timeout)
+        c = self.client
+        if c is not None and not c.closed:
+            self.fatal_forwarded = True  # the client has its error: it is closed with the server, nothing more
+            c.write(m.error_response(
+                "58006", f"pooler is shut down now (flush timeout: the server took no data for {timeout} ms, "
+                "proxy_copy_data_timeout)", "FATAL"))
+        self.close("flush timeout (proxy_copy_data_timeout)")
