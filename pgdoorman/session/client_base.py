@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgdoorman.core import leaks, sqllex, txstate
 from pgdoorman.core import prepared as ps
-from pgdoorman.core.params import TRACKED_PARAMS
+from pgdoorman.core.params import READ_ONLY, TRACKED_PARAMS
 from pgdoorman.net.conn import Conn
 from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN
@@ -283,10 +283,11 @@ class ClientBase(Conn):
         pins = bool(self.pinned) or bool(d & _PINNING)
         reset = bool(d & DIRTY_SET) and not pins
         q = txstate.check_query(bool(d & DIRTY_SET), pins, reset)
-        s.run_internal([q], lambda ok: self._checked(s, ok, reset), rows=True)
+        seen = dict(self.want)  # the reported values as the client knows them (the RESET will not tell it)
+        s.run_internal([q], lambda ok: self._checked(s, ok, reset, seen), rows=True)
         return True
 
-    def _checked(self, s: ServerConn, ok: bool, reset: bool) -> None:
+    def _checked(self, s: ServerConn, ok: bool, reset: bool, seen: dict[str, str]) -> None:
         rows, s.internal_rows = s.internal_rows or [], None
         if s.client is not self or self.closed:
             return
@@ -297,7 +298,7 @@ class ClientBase(Conn):
             login_user = pool.server_params.get("session_authorization") if pool and pool.server_params else None
             session, pins = txstate.read_rows(rows, login_user)
             if s.dirty & DIRTY_SET:
-                self._follow(txstate.followed(self.want_base, session))
+                self._follow(txstate.followed(self.want_base, session), s.params, seen)
             if reset:
                 s.dirty &= ~DIRTY_SET
                 s.extra.clear()
@@ -347,8 +348,14 @@ class ClientBase(Conn):
         pool.stats[self.worker.id].refused += 1
         return txstate.refusal(why, pool.name)
 
-    def _follow(self, want: dict[str, str]) -> None:
-        """The settings this client's session holds now: replayed on the next server it gets."""
+    def _follow(self, want: dict[str, str], reported: dict[str, str], seen: dict[str, str]) -> None:
+        """The settings this client's session holds now: replayed on the next server it gets. A reported one
+        whose value differs from the last the client was told (a RESET of a startup setting: the server went
+        back to the pool's value) is reported now, as PostgreSQL would have at the RESET."""
+        news = [m.parameter_status(k, v) for k, v in want.items()
+                if k in reported and k not in READ_ONLY and seen.get(k, v) != v]
+        if news:
+            self.write(b"".join(news))
         if want != self.want:
             self.want = want
             self.want_key = tuple(want.items())

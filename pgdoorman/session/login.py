@@ -413,6 +413,7 @@ class ClientLogin(FastPaths):
                 if k in self.want:
                     reported[k] = self.want[k]
         want = self.want
+        self.want_base = dict(want)  # as PostgreSQL spells them now (the login's sync normalised them)
         self.ps = self.transaction_mode and self.app.config.general.prepared_statements
         if not self.transaction_mode:
             self.scanner.table = CLIENT_SESSION_TABLE
