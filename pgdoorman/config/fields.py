@@ -146,9 +146,11 @@ FIELDS: Final[tuple[Field, ...]] = (
              "connection whose queue grows stops its producer until the queue has drained (results to a slow "
              "client wait, nothing fails), and a client message that would pass it closes that client with "
              "FATAL 53200. Streamed bytes (rows, COPY data, large simple queries) never count. Reloadable."),
-    _general("Limits", "message_size_to_be_stream", ByteSize(), MiB, False,
-             "DataRow, CopyData and FunctionCallResponse messages larger than this are relayed in pieces as they "
-             "arrive instead of being buffered whole."),
+    _general("Limits", "message_size_to_be_stream", ByteSize(), MiB, True,
+             "DataRow, CopyData and FunctionCallResponse messages of at least this size that arrive in pieces are "
+             "counted as streamed (`pg_doorman_streaming_events_total`, `pg_doorman_streaming_bytes_total`). "
+             "pgdoorman relays every message in pieces as it arrives, whatever its size (PgDoorman buffers the "
+             "smaller ones whole), so this setting only decides what the metrics count."),
     # ------------------------------------------------------------------ general: workers
     _general("Workers", "worker_threads", WorkerThreads(), None, True,
              'Number of worker threads, each running its own event loop. "auto" means one per CPU on '

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pgdoorman.config import Config, PoolConfig, UserConfig
 from pgdoorman.core import startup_params
 from pgdoorman.core.prepared import PoolCache
-from pgdoorman.core.stats import Histogram
+from pgdoorman.core.stats import STREAM_KINDS, Histogram
 
 if TYPE_CHECKING:
     import ssl
@@ -57,7 +57,7 @@ class PoolStats:
     """
 
     __slots__ = ("bytes_in", "bytes_out", "max_wait_us", "errors", "xact_hist", "query_hist", "wait_hist",
-                 "errors_by_class", "pins", "refused", "query_timeouts", "check_cache", "check_backend")
+                 "errors_by_class", "pins", "refused", "query_timeouts", "check_cache", "check_backend", "streams")
 
     def __init__(self) -> None:
         self.bytes_in = 0
@@ -73,6 +73,16 @@ class PoolStats:
         self.query_timeouts = 0  # requests cancelled by query_timeout
         self.check_cache = 0  # pooler_check_query answered from the kept answer
         self.check_backend = 0  # pooler_check_query sent to PostgreSQL (no answer kept yet)
+        # Streamed messages (message_size_to_be_stream): by kind (STREAM_KINDS), ok count, error count, bytes.
+        self.streams = [0] * 9
+
+    def streamed(self, t: int, size: int, ok: bool) -> None:
+        """A message of `size` bytes went through in pieces (ok), or its connection closed in its middle."""
+        k = STREAM_KINDS.get(t)
+        if k is not None:
+            k *= 3
+            self.streams[k + (0 if ok else 1)] += 1
+            self.streams[k + 2] += size
 
     @property
     def xact_count(self) -> int:

@@ -79,3 +79,9 @@ def percentile(counts: Sequence[int], n: int, q: float) -> float:
         if acc >= rank and c:
             return bucket_upper_us(i)
     return bucket_upper_us(len(counts) - 1)
+
+
+# The kinds of streamed messages PgDoorman counts (message_size_to_be_stream), by message type: DataRow,
+# CopyData, FunctionCallResponse; PoolStats.streams holds ok, error and byte counts for each, in this order.
+STREAM_KINDS = {68: 0, 100: 1, 86: 2}
+STREAM_KIND_NAMES = ("data_row", "copy_data", "function_call_response")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pgdoorman import __version__, logs
-from pgdoorman.core.stats import percentile
+from pgdoorman.core.stats import STREAM_KIND_NAMES, percentile
 from pgdoorman.metrics import webstats
 from pgdoorman.metrics.exposition import Family, cumulative_at, render
 from pgdoorman.metrics.process import cached_socket_counts, memory_bytes
@@ -69,6 +69,7 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     fams.append(_server_login_failures_family(obs))
     fams += _pool_pinning_families(rows)
     fams.append(_pool_query_timeouts_family(rows))
+    fams += _streaming_families(rows)
     fams += _pool_prepared_families(rows)
     fams += _check_query_families(rows)
     fams += _auth_query_families(obs)
@@ -280,6 +281,23 @@ def _pool_pinning_families(rows: list[_PoolRow]) -> list[Family]:
         pins.add(row.totals.pins, row.labels)
         refused.add(row.totals.refused, row.labels)
     return [pinned, pins, refused]
+
+
+def _streaming_families(rows: list[_PoolRow]) -> list[Family]:
+    """Messages of at least message_size_to_be_stream bytes relayed in pieces (all are; these are counted)."""
+    events = Family("pg_doorman_streaming_events_total", "counter",
+                    "DataRow, CopyData and FunctionCallResponse messages of at least message_size_to_be_stream "
+                    "bytes relayed in pieces, per pool and kind; result=error when a connection closed in "
+                    "the middle of one.")
+    size = Family("pg_doorman_streaming_bytes_total", "counter",
+                  "Bytes of those streamed messages (whole messages, the failed ones included), per pool and kind.")
+    for row in rows:
+        st = row.totals.streams
+        for k, kind in enumerate(STREAM_KIND_NAMES):
+            events.add(st[3 * k], {**row.labels, "kind": kind, "result": "ok"})
+            events.add(st[3 * k + 1], {**row.labels, "kind": kind, "result": "error"})
+            size.add(st[3 * k + 2], {**row.labels, "kind": kind})
+    return [events, size]
 
 
 def _pool_query_timeouts_family(rows: list[_PoolRow]) -> Family:

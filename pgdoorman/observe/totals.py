@@ -43,6 +43,7 @@ class Totals:
     refused: int = 0  # statements refused because they would pin (transaction_pinning: refuse)
     check_cache: int = 0  # pooler_check_query answered from the kept answer
     check_backend: int = 0  # pooler_check_query sent to PostgreSQL
+    streams: list[int] = field(default_factory=lambda: [0] * 9)  # streamed messages (core/stats.py STREAM_KINDS)
     # (query, transaction, wait) histograms read in the same pass as the counts above, which come from them:
     # a scrape's totals and histogram counts agree even while workers keep counting.
     hists: tuple[Merged, Merged, Merged] = ((([], 0, 0)), (([], 0, 0)), (([], 0, 0)))
@@ -69,6 +70,7 @@ def pool_totals(pool: Pool) -> Totals:
         t.refused += st.refused
         t.check_cache += st.check_cache
         t.check_backend += st.check_backend
+        t.streams = [a + b for a, b in zip(t.streams, copy_of(st.streams), strict=True)]
         for k, n in dict_copy(st.errors_by_class).items():
             t.errors_by_class[k] = t.errors_by_class.get(k, 0) + n
     return t

@@ -37,6 +37,7 @@ _unpack = U32.unpack_from
 Body = memoryview
 OnHeader = Callable[[int, int], None]
 OnMessage = Callable[[int, Body], "bytes | None"]
+OnStream = Callable[[int, int, bool], None]
 
 
 def make_table(
@@ -82,7 +83,8 @@ class OverBudget(ProtocolViolation):
 
 
 class Scanner:
-    __slots__ = ("table", "on_header", "on_message", "skip", "carry", "max_len", "budget", "held")
+    __slots__ = ("table", "on_header", "on_message", "skip", "carry", "max_len", "budget", "held", "stream_min",
+                 "streaming", "stream_len", "on_stream")
 
     def __init__(
         self,
@@ -102,6 +104,12 @@ class Scanner:
         # assembled (`held` bytes): one that would pass the limit raises OverBudget.
         self.budget = budget
         self.held = 0
+        # A PASS/NOTIFY message of at least `stream_min` bytes that spans reads is a streamed one: when it has
+        # gone through (or its connection closed in its middle: reset), on_stream(type, size, ok) is told.
+        self.stream_min = MAX_MESSAGE_LEN + 1
+        self.streaming = 0  # the type of the streamed message in progress, 0 for none
+        self.stream_len = 0
+        self.on_stream: OnStream | None = None
 
     @property
     def mid_message(self) -> bool:
@@ -109,6 +117,8 @@ class Scanner:
         return bool(self.skip) or bool(self.carry)
 
     def reset(self) -> None:
+        if self.streaming:
+            self._streamed(False)
         self.skip = 0
         self.carry = None
         if self.held:
@@ -121,6 +131,13 @@ class Scanner:
             if not budget.take(total):
                 raise OverBudget(total)
             self.held = total
+
+    def _streamed(self, ok: bool) -> None:
+        t = self.streaming
+        self.streaming = 0
+        cb = self.on_stream
+        if cb is not None:
+            cb(t, self.stream_len + 1, ok)
 
     def _release(self) -> None:
         budget = self.budget
@@ -149,11 +166,13 @@ class Scanner:
 
         skip = self.skip
         if skip:
-            if skip >= n:
+            if skip > n:
                 self.skip = skip - n
                 return data
             pos = skip
             self.skip = 0
+            if self.streaming:
+                self._streamed(True)
 
         carry = self.carry
         if carry is not None:
@@ -192,6 +211,8 @@ class Scanner:
                 rem = total - len(carry)  # body bytes left, all of them in `data` from pos on
                 if rem > n - pos:
                     self.skip = rem - (n - pos)
+                    if ln >= self.stream_min:
+                        self.streaming, self.stream_len = t, ln
                     out += data[pos:]
                     return out
                 emit = pos
@@ -232,6 +253,8 @@ class Scanner:
                     self.on_header(t, ln)
                 if nxt > n:
                     self.skip = nxt - n
+                    if ln >= self.stream_min:
+                        self.streaming, self.stream_len = t, ln
                     break
             pos = nxt
 

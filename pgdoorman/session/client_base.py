@@ -635,6 +635,6 @@ class ClientBase(Conn):
             # Its idle check goes on: _probed gives the server back to the pool when it is answered.
             self.server = None
             s.client = None
-        if self.scanner.held:
-            self.scanner.reset()  # a message it was assembling no longer counts against max_memory_usage
+        if self.scanner.held or self.scanner.streaming:
+            self.scanner.reset()  # no longer counted against max_memory_usage; a streamed message failed
         self.worker.client_closed(self, reason)

@@ -419,6 +419,8 @@ class ClientLogin(FastPaths):
             self.scanner.table = CLIENT_SESSION_TABLE
         if self.ps:
             self.use_ps_scanner(pool, tuple(want.get(k, "") for k in ps.PLANNER_PARAMS))
+        sc = self.scanner  # the client's large CopyData count as streamed (message_size_to_be_stream)
+        sc.stream_min, sc.on_stream = self.app.config.general.message_size_to_be_stream, pool.stats[self.worker.id].streamed
         out = [m.parameter_status(k, v) for k, v in reported.items()]
         if s is not None and not self.transaction_mode and self.app.config.general.session_real_backend_key \
                 and s.pid and self.app.cancels.register_key(self, s.pid, s.secret):

@@ -88,6 +88,7 @@ class ServerConn(ServerWrapped):
         self.epoch = pool.epoch
         self.dirty = 0
         self.scanner = Scanner(SERVER_TABLE, on_message=self._on_message)
+        self.scanner.stream_min = worker.app.config.general.message_size_to_be_stream
         self.inbuf = bytearray()
         self.release_pending = False
         self.internal_left = 0
@@ -108,6 +109,7 @@ class ServerConn(ServerWrapped):
         self.bytes_in = 0
         self.bytes_out = 0
         self.pstats = pool.stats[worker.id]
+        self.scanner.on_stream = self.pstats.streamed
         self.prepared: OrderedDict[bytes, None] = OrderedDict()  # DOORMAN_n names this backend holds
         self.evicted: list[bytes] = []  # to DEALLOCATE at the next checkin
         self.ps_cap = pool.server_ps_cache_size
@@ -635,4 +637,6 @@ class ServerConn(ServerWrapped):
         self.timer.cancel()
         if self.stall_timer is not None:
             self.stall_timer.cancel()
+        if self.scanner.streaming:
+            self.scanner.reset()  # a streamed message failed
         self.worker.server_closed(self, prev, reason)

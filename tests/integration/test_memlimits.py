@@ -4,6 +4,7 @@ else, and proxy_copy_data_timeout turns a backend that stopped reading into 5800
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER, pooler_config
-from tests.support.pooler import Pooler, wait_for
+from tests.support.pooler import Pooler, free_port, wait_for
 from tests.support.wire import WireClient, bind, execute, frame, parse, parse_fields, query, sync
 
 pytestmark = pytest.mark.timeout(300)
@@ -205,3 +206,45 @@ def test_a_stuck_backend_gets_58006_after_proxy_copy_data_timeout(pg: Any, tmp_p
         assert b.query_rows("select 'next'") == [["next"]]
     p.stop()
 
+
+
+def metrics(port: int) -> dict[str, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("pg_doorman_streaming_"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+def test_streaming_metrics_count_messages_of_message_size_to_be_stream(pg: Any, tmp_path_factory: Any) -> None:
+    web = free_port()
+    cfg = pooler_config(pg, pool_mode="transaction", pool_size=2,
+                        general={"message_size_to_be_stream": "1MB", "worker_threads": 1})
+    cfg["web"] = {"enabled": True, "host": "127.0.0.1", "port": web}
+    p = Pooler(cfg, str(tmp_path_factory.mktemp("streaming"))).start()
+    labels = f'user="{SCRAM_USER}",database="{DBNAME}"'
+    try:
+        with connect(p) as c:
+            c.query("select repeat('x', 500000)")  # under the threshold: not counted
+            assert len(c.query_rows("select repeat('x', 3000000)")[0][0] or "") == 3_000_000
+            c.send(query("copy (select repeat('y', 2000000)) to stdout"))
+            assert [m[0] for m in c.read_until("Z")] == ["H", "d", "c", "C", "Z"]
+        m = metrics(web)
+        assert m[f'pg_doorman_streaming_events_total{{{labels},kind="data_row",result="ok"}}'] == 1
+        assert m[f'pg_doorman_streaming_events_total{{{labels},kind="copy_data",result="ok"}}'] == 1
+        assert m[f'pg_doorman_streaming_bytes_total{{{labels},kind="data_row"}}'] > 3_000_000
+        assert m[f'pg_doorman_streaming_events_total{{{labels},kind="data_row",result="error"}}'] == 0
+        # A client that leaves in the middle of a 50 MB row: its server is closed mid-message, an error.
+        c = connect(p)
+        c.send(query("select repeat('x', 50000000)"))
+        c.read_bytes(100)
+        c.close()
+        key = f'pg_doorman_streaming_events_total{{{labels},kind="data_row",result="error"}}'
+        wait_for(lambda: metrics(web)[key] == 1, what="the failed stream counted")
+    finally:
+        p.stop()

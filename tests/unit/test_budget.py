@@ -59,3 +59,24 @@ def test_a_message_past_the_limit_is_refused_and_reset_releases() -> None:
     sc2.reset()
     sc2.feed(memoryview(msg(b"B", 200_000)[:1000]))
     assert other.used == 200_005
+
+
+def test_streamed_messages_are_reported_once_whole_or_failed() -> None:
+    seen: list[tuple[int, int, bool]] = []
+    sc = Scanner(make_table())
+    sc.stream_min = 1000
+    sc.on_stream = lambda t, size, ok: seen.append((t, size, ok))
+    big = msg(b"D", 5000)
+    sc.feed(memoryview(big[:3]))  # the header split, then the body in pieces
+    sc.feed(memoryview(big[3:700]))
+    assert seen == []
+    sc.feed(memoryview(big[700:4000]))
+    sc.feed(memoryview(big[4000:] + msg(b"D", 10)))
+    assert seen == [(68, 5005, True)]
+    sc.feed(memoryview(msg(b"D", 999) + msg(b"C", 5)))  # whole in one read, or under the threshold: not counted
+    sc.feed(memoryview(msg(b"d", 2000)[:100]))
+    sc.reset()  # its connection closed in the middle
+    assert seen == [(68, 5005, True), (100, 2005, False)]
+    sc.feed(memoryview(msg(b"D", 1000)[:100]))
+    sc.feed(memoryview(msg(b"D", 1000)[100:]))  # ends exactly at the end of a read
+    assert seen[-1] == (68, 1005, True)

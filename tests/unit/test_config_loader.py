@@ -108,10 +108,8 @@ def test_durations_and_sizes_in_files(tmp_path: Path) -> None:
     config = load_config(path)
     g = config.general
     assert (g.idle_timeout, g.connect_timeout, g.server_lifetime) == (300_000, 1500, 3_600_000)
-    # Sizes are parsed and validated even for settings pgdoorman does not implement yet (which keep their
-    # default and warn); the parser itself is checked in test_config_values.py.
-    assert (g.max_memory_usage, g.message_size_to_be_stream) == (64 << 20, 1 << 20)
-    assert any("general.message_size_to_be_stream: not implemented" in w for w in config.warnings)
+    # Sizes are parsed (the parser itself is checked in test_config_values.py).
+    assert (g.max_memory_usage, g.message_size_to_be_stream) == (64 << 20, 512 << 10)
     assert g.unix_socket_mode == 0o660
     assert g.worker_threads == 2
     pool = config.pools["app"]
@@ -437,7 +435,7 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
           admin_username: admin
           admin_password: secret
           worker_stack_size: 8MB
-          message_size_to_be_stream: not-even-a-size
+          fallback_cooldown: not-even-a-duration
         talos:
           keys: [/k.pem]
         pools:
@@ -454,7 +452,7 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
     )
     config = load_config(path)
     assert config.warnings == (
-        f"{path}: general.message_size_to_be_stream: not implemented by pgdoorman yet; ignored",
+        f"{path}: general.fallback_cooldown: not implemented by pgdoorman yet; ignored",
         f"{path}: pools.a.max_db_connections: not implemented by pgdoorman yet; ignored",
         f"{path}: pools.b.max_db_connections: not implemented by pgdoorman yet; ignored",
     )

@@ -48,7 +48,7 @@ IMPLEMENTED = {
         "host", "port", "max_connections", "connect_timeout", "query_wait_timeout", "query_timeout", "idle_timeout",
         "server_lifetime", "retain_connections_time", "retain_connections_max", "shutdown_timeout",
         "admin_username", "admin_password", "worker_threads", "worker_cpu_affinity_pinning", "unix_socket_dir",
-        "startup_parameters", "max_memory_usage", "proxy_copy_data_timeout",
+        "startup_parameters", "max_memory_usage", "proxy_copy_data_timeout", "message_size_to_be_stream",
         # parsing only (fields.applies False): they load with one info line
         "worker_stack_size", "max_blocking_threads", "tokio_global_queue_interval", "tokio_event_interval",
         "unix_socket_mode", "tcp_no_delay", "tcp_keepalives_idle", "tcp_keepalives_interval",
