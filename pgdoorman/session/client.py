@@ -29,7 +29,7 @@ from pgdoorman.session.login import ClientLogin
 from pgdoorman.session.states import ADMIN as ADMIN  # re-exported: the worker and tests import them from here
 from pgdoorman.session.states import LOGIN_WAIT, refuse_listen
 from pgdoorman.session.states import READY as READY
-from pgdoorman.session.txbegin import BEGIN_MAX, end_answer, lone_begin, lone_end
+from pgdoorman.session.txbegin import BEGIN_DONE, BEGIN_MAX, START_DONE, end_answer, lone_begin, lone_end
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pool
@@ -165,6 +165,7 @@ class ClientConn(ClientLogin):
         self.query_count += 1
         self.xact_start = self.loop.now
         self.write(answer)
+        self._answered_here(n, 0, False)  # its answer is counted when PostgreSQL's is (swallowed) or at the end
         return True
 
     def _end_deferred(self, view: memoryview, n: int) -> bool:
@@ -174,13 +175,31 @@ class ClientConn(ClientLogin):
         commit = lone_end(bytes(view[5:n]))
         if commit is None:
             return False
-        self.write(end_answer(commit, self.last_status == 69))
+        answer = end_answer(commit, self.last_status == 69)
+        self.write(answer)
+        held = self.begin_held
+        begun = START_DONE if held is not None and held[0][5:6] in (b"s", b"S") else BEGIN_DONE
         self.begin_held = None
         self.last_status = 73
         self.query_count += 1
         self.xact_count += 1
+        self._answered_here(n, len(answer) + len(begun), True)  # the BEGIN's answer never came from a server
         self.xact_start = 0.0
         return True
+
+    def _answered_here(self, n_in: int, n_out: int, xact_end: bool) -> None:
+        """SHOW STATS for a statement of `n_in` bytes the pooler answered itself (a deferred BEGIN, the COMMIT or
+        ROLLBACK of its empty transaction): a query (and a transaction when it ends one), as PostgreSQL's answer
+        would have been counted, and the bytes no server relay counts."""
+        pool = self.pool
+        if pool is None:
+            return
+        st = pool.stats[self.worker.id]
+        st.bytes_in += n_in
+        st.bytes_out += n_out
+        st.query_hist.record(0)
+        if xact_end and self.xact_start:
+            st.xact_hist.record(int((self.loop.now - self.xact_start) * 1e6))
 
     def _hold(self, view: memoryview) -> bool:
         """No server ready for these bytes yet. True when they are kept unscanned (prepared-statement mode:

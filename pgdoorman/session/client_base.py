@@ -504,8 +504,7 @@ class ClientBase(Conn):
         held = self.begin_held
         assert held is not None
         self.begin_held = None
-        s.bytes_out += len(held[0])
-        s.pstats.bytes_in += len(held[0])
+        s.bytes_out += len(held[0])  # (the pool's bytes received were counted when the client sent it)
         s.send_ahead(held[0], 1 + held[1], held[1])
 
     def _synced(self, ok: bool) -> None:

@@ -30,10 +30,12 @@ def test_bytes_sent_while_waiting_for_a_server_are_counted(pooler_factory: Any, 
     holder = WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD)
     waiter = WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD)
     try:
-        begin = query("BEGIN")
-        holder.send(begin)
-        sent += len(begin)
-        assert holder.read_until()[-1] == ("Z", b"T")
+        # (A lone BEGIN takes no server in transaction mode: the statement after it does.)
+        for text in ("BEGIN", "SELECT 1"):
+            msg = query(text)
+            holder.send(msg)
+            sent += len(msg)
+            assert holder.read_until()[-1] == ("Z", b"T")
         # The only server is in the holder's transaction: these bytes are held until it is free.
         waiting = query("SELECT 'held while waiting for a server', " + ", ".join(str(i) for i in range(200)))
         waiter.send(waiting)
