@@ -91,6 +91,20 @@ def _process_families(obs: Observer) -> list[Family]:
         .add(1, {"level": logs.current_filter()}),
         F("pg_doorman_total_memory", "gauge", "Resident memory of the pooler process in bytes.")
         .add(memory_bytes()),
+        *_memory_budget_families(obs),
+    ]
+
+
+def _memory_budget_families(obs: Observer) -> list[Family]:
+    """max_memory_usage (pgdoorman's own metrics; docs/robustness.md)."""
+    used, limit, refused = obs.memory_budget()
+    return [
+        Family("pg_doorman_memory_budget_bytes", "gauge",
+               "max_memory_usage: bytes the relay holds now (queued output, messages read whole) and the limit.")
+        .add(used, {"kind": "used"}).add(limit, {"kind": "limit"}),
+        Family("pg_doorman_memory_budget_refused_total", "counter",
+               "Client messages refused with 53200 because they would have passed max_memory_usage.")
+        .add(refused),
     ]
 
 

@@ -175,6 +175,15 @@ class Observer:
         counts = getattr(self._src, "server_login_failures", None)
         return dict_copy(counts) if counts is not None else {}
 
+    def memory_budget(self) -> tuple[int, int, int]:
+        """max_memory_usage: (bytes counted now, the limit, messages refused since start); zeros for a source
+        without a budget."""
+        budget = getattr(self._src, "budget", None)
+        if budget is None:
+            return 0, 0, 0
+        parts = copy_of(budget.parts)
+        return sum(p.used for p in parts), int(budget.limit), sum(p.refused for p in parts)
+
     def rejections(self) -> dict[str, int]:
         """Clients refused before they authenticated, by reason."""
         return dict_copy(self._src.listener_rejections)

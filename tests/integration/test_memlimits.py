@@ -208,14 +208,14 @@ def test_a_stuck_backend_gets_58006_after_proxy_copy_data_timeout(pg: Any, tmp_p
 
 
 
-def metrics(port: int) -> dict[str, float]:
+def metrics(port: int, prefix: str = "pg_doorman_streaming_") -> dict[str, float]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     conn.close()
     out = {}
     for line in text.splitlines():
-        if line.startswith("pg_doorman_streaming_"):
+        if line.startswith(prefix):
             k, v = line.rsplit(" ", 1)
             out[k] = float(v)
     return out
@@ -224,7 +224,8 @@ def metrics(port: int) -> dict[str, float]:
 def test_streaming_metrics_count_messages_of_message_size_to_be_stream(pg: Any, tmp_path_factory: Any) -> None:
     web = free_port()
     cfg = pooler_config(pg, pool_mode="transaction", pool_size=2,
-                        general={"message_size_to_be_stream": "1MB", "worker_threads": 1})
+                        general={"message_size_to_be_stream": "1MB", "worker_threads": 1,
+                                 "max_memory_usage": "4MB"})
     cfg["web"] = {"enabled": True, "host": "127.0.0.1", "port": web}
     p = Pooler(cfg, str(tmp_path_factory.mktemp("streaming"))).start()
     labels = f'user="{SCRAM_USER}",database="{DBNAME}"'
@@ -246,5 +247,27 @@ def test_streaming_metrics_count_messages_of_message_size_to_be_stream(pg: Any, 
         c.close()
         key = f'pg_doorman_streaming_events_total{{{labels},kind="data_row",result="error"}}'
         wait_for(lambda: metrics(web)[key] == 1, what="the failed stream counted")
+        # max_memory_usage's own metrics: the limit, what is counted now, the messages refused.
+        mem = metrics(web, "pg_doorman_memory_budget_")
+        assert mem['pg_doorman_memory_budget_bytes{kind="limit"}'] == 4 * MiB
+        assert mem["pg_doorman_memory_budget_refused_total"] == 0
+        c = connect(p)
+        big = big_bind(6 * MiB)
+        sender = threading.Thread(target=lambda: _send_quietly(c, big), daemon=True)
+        sender.start()
+        assert parse_fields(c.read_message()[1])["C"] == "53200"
+        sender.join(10)
+        c.close()
+        mem = metrics(web, "pg_doorman_memory_budget_")
+        assert mem["pg_doorman_memory_budget_refused_total"] == 1
+        wait_for(lambda: metrics(web, "pg_doorman_memory_budget_")['pg_doorman_memory_budget_bytes{kind="used"}'] == 0,
+                 what="nothing counted once the clients are gone")
     finally:
         p.stop()
+
+
+def _send_quietly(c: WireClient, data: bytes) -> None:
+    try:
+        c.sock.sendall(data)
+    except OSError:
+        pass  # the pooler closed the connection before it had it all
