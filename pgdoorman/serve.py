@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pgdoorman import systemd
 from pgdoorman.admin.console import AdminSession
 from pgdoorman.app import App
+from pgdoorman.core import fallback
 from pgdoorman.core.cancel import fake_pid
 from pgdoorman.metrics.process import refresh_socket_counts
 from pgdoorman.metrics.server import MetricsServer, start_metrics_server
@@ -94,6 +95,9 @@ def serve(config: Config, daemon: Daemon | None = None, inherited: Inherited | N
         return code
 
     app.upgrader = upgrade
+    # Patroni-assisted fallbacks (core/fallback.py): the local server lost, a fallback host taken, it is back.
+    fallback.add_listener(lambda kind, target, ok, detail: events.record(kind, target, "Patroni-assisted fallback",
+                                                                        ok, detail))
     if inherited is not None and inherited.cancel_pid_base is not None:
         app.cancels.next_pid = fake_pid(inherited.cancel_pid_base)
     g = config.general

@@ -11,8 +11,10 @@ import os
 import select
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
+from pgdoorman.core import fallback
 from pgdoorman.net.conn import Conn
 from pgdoorman.net.loop import Loop
 from pgdoorman.net.sockopts import apply_socket, linger_off
@@ -285,23 +287,57 @@ class Worker:
 
     # ------------------------------------------------------------------ servers
     def spawn_server(self, pool: Pool) -> None:
+        fb = pool.fallback
+        to = fb.target(self.loop.now, self.id, self._fallback_waker(pool)) if fb is not None else None
+        if to is fallback.WAIT:  # Patroni is being read: _fallback_woken opens it then
+            pool.server_gone(was_connecting=True)
+            return
         try:
-            s = ServerConn.open(self, pool)
+            s = ServerConn.open(self, pool, (to.ip, to.port) if isinstance(to, fallback.Target) else None)
         except OSError as e:
             log.warning("cannot connect to %s:%s for %s: %s", pool.pool_cfg.server_host,
                         pool.pool_cfg.server_port, pool.name, e)
             pool.server_gone(was_connecting=True)
             err = m.error_response("08006", f"could not connect to server: {e}", "FATAL")
+            if fb is not None and fb.connect_failed(to if isinstance(to, fallback.Target) else None, err,
+                                                    self.loop.now):
+                self._fallback_retry(pool)
+                return
             self.app.server_login_failed(pool, err)
             c = pool.fail_first_waiter()
             if c is not None:
                 self._fail_client(cast(ClientConn, c), err)
             return
+        if isinstance(to, fallback.Target) and fb is not None:
+            s.fallback, s.fallback_until = to, s.created + fb.settings.lifetime
+            s.timer.cancel()
+            s.timer = self.loop.call_later(fb.settings.connect_timeout, s._connect_timed_out)
         self.servers.add(s)
 
     def server_ready(self, s: ServerConn) -> None:
         """A new server finished login: give it to the oldest waiter or park it."""
+        if s.pool.fallback is not None:
+            s.pool.fallback.connected(s.fallback, self.loop.now)
         self._give_back(s)
+
+    # -- Patroni-assisted fallback (core/fallback.py)
+    def _fallback_waker(self, pool: Pool) -> Callable[[bool, str], None]:
+        return lambda ok, why: self.loop.call_soon_threadsafe(self._fallback_woken, pool, ok, why)
+
+    def _fallback_woken(self, pool: Pool, ok: bool, why: str) -> None:
+        """Patroni was read for `pool`: open servers for its waiters, or fail them if no member is usable."""
+        if ok:
+            self._fallback_retry(pool)
+            return
+        err = m.error_response("08006", f"could not connect to server, and no fallback: {why}", "FATAL")
+        while (c := pool.fail_first_waiter()) is not None:
+            self._fail_client(cast(ClientConn, c), err)
+
+    def _fallback_retry(self, pool: Pool) -> None:
+        for _ in range(pool.counts()["cl_waiting"]):
+            if not pool.retry_for_waiters():
+                break
+            self.spawn_server(pool)
 
     def _give_back(self, s: ServerConn) -> None:
         c = s.pool.release(s, self.id, self.loop.now)
@@ -413,8 +449,8 @@ class Worker:
         if s.epoch != pool.epoch:
             s.close("pool reconnected")
             return
-        if pool.server_lifetime > 0 and now - s.created > pool.server_lifetime:
-            s.close("server_lifetime reached")
+        if pool.server_lifetime > 0 and now - s.created > pool.server_lifetime or 0 < s.fallback_until < now:
+            s.close("fallback_lifetime reached" if 0 < s.fallback_until < now else "server_lifetime reached")
             return
         if self.app.shutting_down:
             s.close("shutting down")
@@ -430,6 +466,10 @@ class Worker:
             log.warning("server connection to %s for %s failed: %s", s.addr, pool.name, reason)
             self.app.server_login_failed(pool, s.connect_error)
             pool.server_gone(was_connecting=True)
+            if pool.fallback is not None and pool.fallback.connect_failed(s.fallback, s.connect_error,
+                                                                          self.loop.now):
+                self._fallback_retry(pool)
+                return
             c = pool.fail_first_waiter()
             if c is not None:
                 self._fail_client(cast(ClientConn, c), s.connect_error)

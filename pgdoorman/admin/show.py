@@ -178,7 +178,7 @@ def show_pools(ctx: ShowContext) -> ResultSet:
             v.cl_idle, v.cl_active, v.cl_waiting, 0,
             v.sv_active, v.sv_idle, v.sv_used, v.sv_login,
             p.pool_size, secs, us, avg.xact_time,
-            1 if p.paused else 0, 0, v.oldest_active_age_ms,
+            1 if p.paused else 0, 1 if p.fallback_active else 0, v.oldest_active_age_ms,
         ])
     return ResultSet(POOLS_COLUMNS, rows)
 

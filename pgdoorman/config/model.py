@@ -38,6 +38,17 @@ def _a(key: str) -> Any:
 
 
 @dataclass(frozen=True)
+class FallbackSettings:
+    """A pool's effective Patroni-assisted fallback settings (Config.fallback_for), durations in seconds."""
+
+    urls: tuple[str, ...]
+    cooldown: float
+    api_timeout: float
+    connect_timeout: float
+    lifetime: float
+
+
+@dataclass(frozen=True)
 class General:
     host: str = _g("host")
     port: int = _g("port")
@@ -267,6 +278,25 @@ class Config:
             return pool_value
         general_value: int = getattr(self.general, key)
         return general_value
+
+    def fallback_for(self, pool: PoolConfig) -> FallbackSettings | None:
+        """Patroni-assisted fallback of a pool (its own values, else general's, else PgDoorman's defaults),
+        or None when no patroni_api_urls apply to it."""
+        urls = pool.patroni_api_urls if pool.patroni_api_urls is not None else self.general.patroni_api_urls
+        if not urls:
+            return None
+
+        def ms(key: str, default: int) -> int:
+            for src in (pool, self.general):
+                v: int | None = getattr(src, key)
+                if v is not None:
+                    return v
+            return default
+
+        cooldown = ms("fallback_cooldown", 30000)
+        return FallbackSettings(urls, cooldown / 1000.0, ms("patroni_api_timeout", 5000) / 1000.0,
+                                ms("fallback_connect_timeout", 5000) / 1000.0,
+                                ms("fallback_lifetime", cooldown) / 1000.0)
 
     def prepared_cache_size_for(self, pool: PoolConfig) -> int:
         """The pool-level prepared statement cache size (pool override, else general)."""

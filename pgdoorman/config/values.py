@@ -425,6 +425,31 @@ class StrList(ValueType):
         return list(value)
 
 
+class HttpUrlList(StrList):
+    """A non-empty list of http:// or https:// URLs (patroni_api_urls)."""
+
+    doc_name = "list of URLs"
+
+    def parse(self, raw: object) -> tuple[str, ...]:
+        urls = super().parse(raw)
+        if not urls:
+            raise Invalid("must list at least one URL")
+        for u in urls:
+            if not u.lower().startswith(("http://", "https://")) or len(u.split("://", 1)[1]) == 0:
+                raise Invalid(f"{show(u)} is not an http:// or https:// URL")
+        return urls
+
+
+class PositiveDuration(Duration):
+    """A duration above 0."""
+
+    def parse(self, raw: object) -> int:
+        value = parse_duration(raw)
+        if value <= 0:
+            raise Invalid("must be above 0")
+        return value
+
+
 _STARTUP_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _RESERVED_STARTUP_KEYS = frozenset({"user", "database", "replication", "options", "role", "session_authorization"})
 # One level of startup_parameters may take this much of PostgreSQL's 10,000-byte startup packet.

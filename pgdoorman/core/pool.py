@@ -16,7 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pgdoorman.config import Config, PoolConfig, UserConfig
-from pgdoorman.core import startup_params
+from pgdoorman.core import fallback, startup_params
 from pgdoorman.core.prepared import PoolCache
 from pgdoorman.core.stats import STREAM_KINDS, Histogram
 
@@ -131,6 +131,7 @@ class Pooled(Protocol):
     """A server as the pool sees it (ServerConn): parked idle, expired by age or idleness."""
 
     idle_since: float
+    fallback_until: float  # a fallback host's connection: closed after this (0: not one)
 
     @property
     def id(self) -> int: ...
@@ -213,6 +214,8 @@ class Pool:
         # Clients of this user answer with a clear-text password: a JWT token, or a password PAM checks.
         self.cleartext_login = self.jwt_key is not None or bool(user_cfg.auth_pam_service)
         self.set_startup(self.startup_row, self.startup_dedicated)
+        self.fallback = fallback.for_pool(pool_cfg.name, cfg.fallback_for(pool_cfg), pool_cfg.server_host,
+                                          pool_cfg.server_port)
 
     def set_check_query(self, sql: str) -> None:
         """pooler_check_query: the Query message clients send as a health check (session/client_base.py
@@ -355,7 +358,8 @@ class Pool:
                     break
                 jit = 0.8 + 0.4 * ((s.id * 2654435761) % 1000) / 1000.0
                 too_idle = self.idle_timeout > 0 and now - s.idle_since > self.idle_timeout * jit
-                too_old = self.server_lifetime > 0 and now - s.created > self.server_lifetime * jit
+                too_old = self.server_lifetime > 0 and now - s.created > self.server_lifetime * jit \
+                    or 0 < s.fallback_until < now
                 if (too_idle or too_old) and self.total - len(out) > self.min_pool_size:
                     lst.remove(s)
                     self.n_idle -= 1

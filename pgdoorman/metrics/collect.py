@@ -8,10 +8,12 @@ the per-worker shards summed at read time.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pgdoorman import __version__, logs
+from pgdoorman.core.fallback import API_BUCKETS
 from pgdoorman.core.stats import STREAM_KIND_NAMES, percentile
 from pgdoorman.metrics import webstats
 from pgdoorman.metrics.exposition import Family, cumulative_at, render
@@ -74,6 +76,7 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     fams += _check_query_families(rows)
     fams += _auth_query_families(obs)
     fams += _startup_parameters_family(obs)
+    fams += _fallback_families(obs)
     fams += webstats.families(obs.config)
     return fams
 
@@ -420,6 +423,43 @@ def _startup_parameters_family(obs: Observer) -> list[Family]:
     for (pool, reason), n in sorted(counts.items()):
         f.add(n, {"pool": pool, "reason": reason})
     return [f]
+
+
+_FALLBACK_REASONS = ("connect_error", "startup_error", "server_unavailable", "timeout", "other")
+
+
+def _fallback_families(obs: Observer) -> list[Family]:
+    """PgDoorman's Patroni-assisted fallback metrics, per configured pool with patroni_api_urls."""
+    views = obs.fallbacks()
+    if not views:
+        return []
+    fams = {name: Family(name, kind, text) for name, kind, text in (
+        ("pg_doorman_patroni_api_requests_total", "counter", "Requests to Patroni's API (GET /cluster)."),
+        ("pg_doorman_patroni_api_errors_total", "counter", "Failed requests to Patroni's API."),
+        ("pg_doorman_patroni_api_duration_seconds", "histogram", "Duration of requests to Patroni's API."),
+        ("pg_doorman_fallback_active", "gauge", "1 while new server connections go to a fallback host."),
+        ("pg_doorman_fallback_host", "gauge", "The fallback host in use (1), by pool, host and port."),
+        ("pg_doorman_fallback_connections_total", "counter", "Server connections opened to fallback hosts."),
+        ("pg_doorman_fallback_cache_hits_total", "counter",
+         "Server connections sent to the kept fallback host without asking Patroni."),
+        ("pg_doorman_fallback_candidate_failures_total", "counter", "Fallback candidates that failed, by reason."),
+    )}
+    for v in views:
+        pool = {"pool": v.pool}
+        fams["pg_doorman_patroni_api_requests_total"].add(v.api_requests, pool)
+        fams["pg_doorman_patroni_api_errors_total"].add(v.api_errors, pool)
+        cum = list(itertools.accumulate(v.api_buckets))
+        fams["pg_doorman_patroni_api_duration_seconds"].add_histogram(
+            pool, list(zip(API_BUCKETS, cum, strict=True)), round(v.api_seconds, 6), v.api_requests)
+        fams["pg_doorman_fallback_active"].add(1 if v.active else 0, pool)
+        if v.active:
+            fams["pg_doorman_fallback_host"].add(1, {"pool": v.pool, "host": v.host, "port": str(v.port)})
+        fams["pg_doorman_fallback_connections_total"].add(v.connections, pool)
+        fams["pg_doorman_fallback_cache_hits_total"].add(v.cache_hits, pool)
+        for reason in _FALLBACK_REASONS:
+            fams["pg_doorman_fallback_candidate_failures_total"].add(v.failures.get(reason, 0),
+                                                                     {"pool": v.pool, "reason": reason})
+    return list(fams.values())
 
 
 def render_metrics(obs: Observer) -> str:

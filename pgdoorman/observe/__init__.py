@@ -16,6 +16,7 @@ the sampler.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ from pgdoorman.observe.interfaces import (
 from pgdoorman.observe.snapshot import (
     CLIENT_STATES,
     ClientInfo,
+    FallbackView,
     PoolInfo,
     PoolView,
     PreparedView,
@@ -40,6 +42,7 @@ from pgdoorman.observe.snapshot import (
     Snapshot,
     StatementInfo,
     client_id,
+    fallback_view,
     live_clients,
     live_servers,
     pool_info,
@@ -164,6 +167,16 @@ class Observer:
                 if reason in startup_params.BUDGET_REASONS:
                     rows.append((p.username, p.database, k, v, src, "dropped_due_to_budget"))
         return rows
+
+    def fallbacks(self) -> list[FallbackView]:
+        """The Patroni-assisted fallback of each configured pool that has one (pg_doorman_fallback_*)."""
+        seen: dict[str, FallbackView] = {}
+        now = time.monotonic()
+        for p in copy_of(self._src.pool_list):
+            fb = p.fallback
+            if fb is not None and p.database not in seen:
+                seen[p.database] = fallback_view(p.database, fb, now)
+        return list(seen.values())
 
     def startup_dropped(self) -> dict[tuple[str, str], int]:
         """(pool, reason) -> startup parameters dropped since start (pool: the database name)."""

@@ -1,5 +1,6 @@
 """The event journal: what was done to the pooler and by whom (reloads and their outcome, pauses,
-resumes, reconnects, kills, log level changes, binary upgrades, shutdown requests), newest last, bounded.
+resumes, reconnects, kills, log level changes, binary upgrades, shutdown requests) and what happened to it
+(Patroni-assisted fallbacks: a pool's server lost, a fallback host taken, the server back), newest last, bounded.
 The web console shows it (`/api/events`). `RecordingControl` wraps the `Control` the admin console and
 the web API are handed, so each command is recorded where it is carried out, with its source; the
 composition root records what does not pass through a console (start, SIGHUP reloads, upgrades).
@@ -22,7 +23,7 @@ CAPACITY = 1000
 class Event:
     seq: int
     time: float  # wall clock
-    kind: str  # start, reload, pause, resume, reconnect, kill, log_level, upgrade, shutdown
+    kind: str  # start, reload, pause, resume, reconnect, kill, log_level, upgrade, shutdown, fallback
     target: str  # the database, "all pools", the log filter, ... ("" when none)
     source: str  # "admin console 127.0.0.1:5544 (admin)", "web API 10.0.0.7 (admin)", "SIGHUP", ...
     ok: bool

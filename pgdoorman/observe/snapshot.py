@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pgdoorman.observe.interfaces import PoolKey, Source, copy_of, dict_copy
 
 if TYPE_CHECKING:
+    from pgdoorman.core.fallback import PoolFallback
     from pgdoorman.core.pool import Pool
     from pgdoorman.session.client import ClientConn
     from pgdoorman.session.server import ServerConn
@@ -78,6 +79,7 @@ class PoolInfo:
     server_host: str
     server_port: int
     server_database: str
+    fallback_active: bool = False  # new server connections go to a Patroni fallback host (core/fallback.py)
 
     @property
     def key(self) -> PoolKey:
@@ -181,12 +183,39 @@ class Snapshot:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class FallbackView:
+    """A configured pool's Patroni-assisted fallback (core/fallback.py): state and counters since start."""
+
+    pool: str
+    active: bool
+    host: str  # the fallback host kept ("" when none)
+    port: int
+    api_requests: int
+    api_errors: int
+    api_seconds: float
+    api_buckets: list[int]  # requests per bucket of core/fallback.py's API_BUCKETS (not cumulative)
+    connections: int
+    cache_hits: int
+    failures: dict[str, int]
+
+
+def fallback_view(database: str, fb: PoolFallback, now: float) -> FallbackView:
+    with fb.lock:
+        c, host = fb.counters, fb.host
+        return FallbackView(database, fb.active(now), host.host if host else "", host.port if host else 0,
+                            c.api_requests, c.api_errors, c.api_seconds, list(c.api_buckets), c.connections,
+                            c.cache_hits,
+                            dict(c.failures))
+
+
 def pool_info(p: Pool) -> PoolInfo:
     pc = p.pool_cfg
     return PoolInfo(
         database=p.database, user=p.username, name=p.name, mode=p.mode, pool_size=p.pool_size,
         min_pool_size=p.min_pool_size or 0, reserve_pool_size=pc.reserve_pool_size or 0, paused=bool(p.paused),
         total=p.total, server_host=pc.server_host, server_port=pc.server_port, server_database=pc.server_database,
+        fallback_active=p.fallback is not None and p.fallback.active(time.monotonic()),
     )
 
 

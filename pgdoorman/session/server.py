@@ -129,9 +129,8 @@ class ServerConn(ServerWrapped):
 
     # ------------------------------------------------------------------ connecting and login
     @classmethod
-    def open(cls, worker: Host, pool: Pool) -> ServerConn:
-        host = pool.pool_cfg.server_host
-        port = pool.pool_cfg.server_port
+    def open(cls, worker: Host, pool: Pool, fallback: tuple[str, int] | None = None) -> ServerConn:
+        host, port = fallback or (pool.pool_cfg.server_host, pool.pool_cfg.server_port)  # fallback: an address
         if host.startswith("/"):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             target: str | tuple[str, int] = os.path.join(host, f".s.PGSQL.{port}")

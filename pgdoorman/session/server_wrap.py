@@ -28,6 +28,7 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.session.server_prepared import ServerPrepared
 
 if TYPE_CHECKING:
+    from pgdoorman.core.fallback import Target
     from pgdoorman.core.pool import PoolStats
     from pgdoorman.net.loop import Timer
     from pgdoorman.session.host import Host
@@ -40,7 +41,7 @@ FATAL_SEVERITY = (b"SFATAL\x00", b"SPANIC\x00")
 
 class ServerWrapped(ServerPrepared):
     __slots__ = ("ahead", "ahead_quiet", "txn_status", "fatal_forwarded", "cancel_pending", "cancel_parked",
-                 "cancel_paused", "reply", "stall_timer", "stall_mark")
+                 "cancel_paused", "reply", "stall_timer", "stall_mark", "fallback", "fallback_until")
     ahead: int  # answers (ReadyForQuery) still due for queries sent ahead of the client's (send_ahead)
     ahead_quiet: int  # errors among them that are expected (swallowed)
     txn_status: int  # the transaction status of the last ReadyForQuery (73 'I', 84 'T', 69 'E')
@@ -51,6 +52,8 @@ class ServerWrapped(ServerPrepared):
     reply: bytearray | None  # while not None, a housekeeping query's answer is kept whole here (run_internal)
     stall_timer: Timer | None  # proxy_copy_data_timeout: armed while the output queue holds the client back
     stall_mark: int  # the queue's length when it was armed
+    fallback: Target | None  # a fallback host found through Patroni (core/fallback.py), set by the worker
+    fallback_until: float  # then its fallback_lifetime ends (0: not a fallback host's connection)
 
     if TYPE_CHECKING:  # fields and methods of ServerConn this part uses
         worker: Host
@@ -72,6 +75,8 @@ class ServerWrapped(ServerPrepared):
         self.cancel_paused = None
         self.stall_timer = None
         self.stall_mark = 0
+        self.fallback = None
+        self.fallback_until = 0.0
 
     def _relay_handler(self) -> Callable[[int, memoryview], bytes | None]:
         if self.cancel_pending:

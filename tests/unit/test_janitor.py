@@ -23,6 +23,7 @@ class Server:
     id: int = field(default_factory=lambda: next(_ids))
     created: float = 0.0
     idle_since: float = 0.0
+    fallback_until: float = 0.0
     retired: str | None = None
     pool: Pool | None = None
 

@@ -33,6 +33,7 @@ class Server:
     id: int = field(default_factory=lambda: next(_ids))
     created: float = 0.0
     idle_since: float = 0.0
+    fallback_until: float = 0.0
 
 
 def make_pool(pool_size: int, workers: int = 1) -> Pool:
