@@ -435,7 +435,7 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
           admin_username: admin
           admin_password: secret
           worker_stack_size: 8MB
-          fallback_cooldown: not-even-a-duration
+          query_interner_anon_idle_ttl_seconds: not-even-a-number
         talos:
           keys: [/k.pem]
         pools:
@@ -452,7 +452,7 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
     )
     config = load_config(path)
     assert config.warnings == (
-        f"{path}: general.fallback_cooldown: not implemented by pgdoorman yet; ignored",
+        f"{path}: general.query_interner_anon_idle_ttl_seconds: not implemented by pgdoorman yet; ignored",
         f"{path}: pools.a.max_db_connections: not implemented by pgdoorman yet; ignored",
         f"{path}: pools.b.max_db_connections: not implemented by pgdoorman yet; ignored",
     )
