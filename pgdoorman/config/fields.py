@@ -215,11 +215,15 @@ FIELDS: Final[tuple[Field, ...]] = (
     _general("Prepared statements", "client_anonymous_prepared_cache_size", Int(0), None, False,
              "How many unnamed prepared statements each client keeps (least recently used are dropped); 0 means "
              "no limit (warned about). Unset: the pool-level cache size. The old name "
-             "`client_prepared_statements_cache_size` is accepted with a warning.",
+             "`client_prepared_statements_cache_size` is accepted with a warning. pgdoorman keeps one unnamed "
+             "statement per client, as PostgreSQL does: it refers to the pool's cache entry for its text (shared "
+             "by every client and parsed once per server), so older ones would only keep evicted texts alive.",
              optional=True, aliases=("client_prepared_statements_cache_size",), example=256,
              default_doc="`prepared_statements_cache_size`"),
     _general("Prepared statements", "query_interner_gc_interval_seconds", Seconds(1), 60, False,
-             "Interval of PgDoorman's query-text interner garbage collection.", reloadable=False),
+             "Interval of PgDoorman's query-text interner garbage collection. pgdoorman has no interner: a text "
+             "is one object held by the pool's statement cache and referred to by clients, freed by reference "
+             "counting.", reloadable=False),
     _general("Prepared statements", "query_interner_anon_idle_ttl_seconds", Seconds(), 60, False,
              "Query text of unnamed statements idle this long is released; 0 keeps it."),
     # ------------------------------------------------------------------ general: Patroni
