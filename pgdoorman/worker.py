@@ -19,6 +19,7 @@ from pgdoorman.net.conn import Conn
 from pgdoorman.net.loop import Loop
 from pgdoorman.net.sockopts import apply_socket, linger_off
 from pgdoorman.protocol import messages as m
+from pgdoorman.session import listening
 from pgdoorman.session.client import ADMIN, READY, ClientConn
 from pgdoorman.session.host import Registry
 from pgdoorman.session.server import ServerConn
@@ -265,6 +266,8 @@ class Worker:
     def client_closed(self, c: ClientConn, reason: str) -> None:
         self.clients.discard(c)
         self.app.client_left()
+        if c.lsn is not None:
+            listening.client_gone(c)  # transaction mode LISTEN: its channels, UNLISTENed where nobody else listens
         if c.pid:
             self.app.cancels.unregister(c.pid, c)
         if c.admin is not None and c.admin is not True:

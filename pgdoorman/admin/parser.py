@@ -30,6 +30,7 @@ SHOW_SUBCOMMANDS = (
     "auth_query",
     "startup_parameters",
     "sockets",
+    "listeners",
 )
 # Accepted spellings that map onto a canonical subcommand.
 SHOW_ALIASES = {"pool_memory": "pools_memory"}

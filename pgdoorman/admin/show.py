@@ -88,6 +88,12 @@ VERSION_COLUMNS: Columns = [("version", TEXT)]
 STARTUP_PARAMETERS_COLUMNS: Columns = [
     ("user", TEXT), ("database", TEXT), ("parameter", TEXT), ("value", TEXT), ("source", TEXT), ("state", TEXT),
 ]
+# One row per pool with a LISTEN connection (transaction mode LISTEN/NOTIFY, core/listen.py).
+LISTENERS_COLUMNS: Columns = [
+    ("user", TEXT), ("database", TEXT), ("state", TEXT), ("server_pid", NUMERIC), ("channels", NUMERIC),
+    ("clients", NUMERIC), ("connects", NUMERIC), ("failures", NUMERIC), ("received", NUMERIC),
+    ("delivered", NUMERIC), ("overflows", NUMERIC),
+]
 AUTH_QUERY_COLUMNS: Columns = [
     ("database", TEXT), ("cache_entries", NUMERIC), ("cache_hits", NUMERIC), ("cache_misses", NUMERIC),
     ("cache_refetches", NUMERIC), ("cache_rate_limited", NUMERIC), ("auth_success", NUMERIC),
@@ -104,6 +110,7 @@ HELP_ITEMS = (
     "SHOW LOG_LEVEL",
     "SHOW AUTH_QUERY",
     "SHOW STARTUP_PARAMETERS",
+    "SHOW LISTENERS",
     "SET log_level = '<level>'",
     "RELOAD",
     "SHUTDOWN",
@@ -406,6 +413,14 @@ def show_startup_parameters(ctx: ShowContext) -> ResultSet:
     return ResultSet(STARTUP_PARAMETERS_COLUMNS, [list(r) for r in ctx.obs.startup_parameters()])
 
 
+def show_listeners(ctx: ShowContext) -> ResultSet:
+    """Each pool's LISTEN connection: up or down, its backend, the channels it LISTENs on for how many
+    clients, and its counters (notifications received, copies delivered to clients, clients closed for a
+    full queue)."""
+    names = [c[0] for c in LISTENERS_COLUMNS[2:]]
+    return ResultSet(LISTENERS_COLUMNS, [[user, db, *(d[k] for k in names)] for user, db, d in ctx.obs.listeners()])
+
+
 SHOW_BUILDERS: dict[str, Callable[[ShowContext], ResultSet]] = {
     "help": show_help,
     "config": show_config,
@@ -425,6 +440,7 @@ SHOW_BUILDERS: dict[str, Callable[[ShowContext], ResultSet]] = {
     "auth_query": show_auth_query,
     "startup_parameters": show_startup_parameters,
     "sockets": show_sockets,
+    "listeners": show_listeners,
 }
 assert set(SHOW_BUILDERS) == set(SHOW_SUBCOMMANDS), "parser and builders disagree on SHOW subcommands"
 
@@ -436,5 +452,6 @@ SHOW_COLUMNS: dict[str, Columns] = {
     "connections": CONNECTIONS_COLUMNS, "stats": STATS_COLUMNS, "version": VERSION_COLUMNS,
     "users": USERS_COLUMNS, "log_level": LOG_LEVEL_COLUMNS, "lists": LISTS_COLUMNS, "sockets": SOCKETS_COLUMNS,
     "auth_query": AUTH_QUERY_COLUMNS, "startup_parameters": STARTUP_PARAMETERS_COLUMNS,
+    "listeners": LISTENERS_COLUMNS,
 }
 

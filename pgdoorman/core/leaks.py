@@ -20,17 +20,22 @@ from __future__ import annotations
 # Bits of what a text may leave (ClientConn.leaves, Statement.leaves).
 PINS = 1  # temporary objects or advisory locks
 SETTINGS = 2  # set_config(): session settings changed without a SET tag
+# "listen" (LISTEN, UNLISTEN), or a prepared DISCARD ALL: the text is read for them (session/listening.py);
+# nothing to clean or check.
+LISTENS = 4
 # The longest keyword is 10 bytes: a keyword split between two reads has at most 9 bytes in the first.
 TAIL = 9
 CLEANUP = "DISCARD TEMP; SELECT pg_catalog.pg_advisory_unlock_all()"
 
 
 def lowered_may_leave_state(low: bytes) -> int:
-    """What `low` (already lower-cased) may leave: PINS | SETTINGS bits, 0 for nothing."""
+    """What `low` (already lower-cased) may leave: PINS | SETTINGS | LISTENS bits, 0 for nothing."""
     # find() rather than `in`: measurably faster on short queries (bytes.__contains__ searches differently).
     bits = PINS if low.find(b"temp") >= 0 or low.find(b"advisory") >= 0 else 0
     if low.find(b"set_config") >= 0:
         bits |= SETTINGS
+    if low.find(b"listen") >= 0:
+        bits |= LISTENS
     return bits
 
 

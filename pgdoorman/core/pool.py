@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pgdoorman.config import Config, PoolConfig, UserConfig
 from pgdoorman.core import fallback, startup_params
+from pgdoorman.core.listen import Channels
 from pgdoorman.core.prepared import PoolCache
 from pgdoorman.core.stats import STREAM_KINDS, Histogram
 
@@ -176,6 +177,8 @@ class Pool:
         # The startup_parameters cascade (core/startup_params.py): an auth_query row's JSON, and dedicated mode.
         self.startup_row: str | None = None
         self.startup_dedicated = False
+        # Transaction mode LISTEN/NOTIFY (core/listen.py): made at the first client's LISTEN/UNLISTEN.
+        self.channels: Channels | None = None
         self.apply(cfg, pool_cfg, user_cfg, live)
 
     def apply(self, cfg: Config, pool_cfg: PoolConfig, user_cfg: UserConfig, live: PoolLive) -> None:

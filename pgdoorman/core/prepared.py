@@ -25,6 +25,7 @@ import threading
 from collections import OrderedDict, deque
 from typing import Any
 
+from pgdoorman.core import leaks, listen
 from pgdoorman.core.leaks import may_leave_state
 from pgdoorman.protocol import messages as m
 
@@ -74,7 +75,7 @@ _names = itertools.count(1)  # process-wide: a name is never reused, even after 
 
 
 class Statement:
-    __slots__ = ("name", "parse_msg", "query", "key", "uses", "dead", "leaves")
+    __slots__ = ("name", "parse_msg", "query", "key", "uses", "dead", "leaves", "listen")
 
     def __init__(self, key: tuple[bytes, bytes, tuple[str, ...]], query: bytes, types: bytes) -> None:
         self.key = key
@@ -83,6 +84,13 @@ class Statement:
         self.uses = 0
         self.dead = False  # forgotten by the pool (failed Parse, result type changed): never reuse
         self.leaves = may_leave_state(query)  # leaks.PINS | leaks.SETTINGS bits
+        # LISTEN, UNLISTEN or DISCARD ALL (core/listen.py): flagged in `leaves` too (leaks.LISTENS, no cleanup), so
+        # that binding it takes the same rare branch; a LISTEN is parsed on servers as LISTEN of a channel nobody
+        # notifies.
+        self.listen = listen.statement(query)
+        if self.listen is not None:
+            self.leaves |= leaks.LISTENS
+            query = listen.server_text(self.listen, query)
         body = self.name + b"\x00" + query + b"\x00" + types
         self.parse_msg = b"P" + m.U32.pack(len(body) + 4) + body
 

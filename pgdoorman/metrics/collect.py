@@ -78,6 +78,7 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     fams += _startup_parameters_family(obs)
     fams += _fallback_families(obs)
     fams += webstats.families(obs.config)
+    fams += _listen_families(obs)
     return fams
 
 
@@ -460,6 +461,33 @@ def _fallback_families(obs: Observer) -> list[Family]:
             fams["pg_doorman_fallback_candidate_failures_total"].add(v.failures.get(reason, 0),
                                                                      {"pool": v.pool, "reason": reason})
     return list(fams.values())
+
+
+def _listen_families(obs: Observer) -> list[Family]:
+    """pg_doorman_listen_*{user,database}: each pool's LISTEN connection (transaction mode LISTEN/NOTIFY)."""
+    rows = obs.listeners()
+    if not rows:
+        return []
+    up = Family("pg_doorman_listen_connection_up", "gauge", "1 while the pool's LISTEN connection is logged in.")
+    chans = Family("pg_doorman_listen_channels", "gauge", "Channels the pool's LISTEN connection listens on.")
+    clients = Family("pg_doorman_listen_clients", "gauge", "Clients listening on at least one channel.")
+    notes = Family("pg_doorman_listen_notifications_total", "counter",
+                   "Notifications received by the LISTEN connection (type=received) and copies written or queued "
+                   "to listening clients (type=delivered).")
+    fails = Family("pg_doorman_listen_connection_failures_total", "counter",
+                   "LISTEN connections lost or refused (each is opened again).")
+    over = Family("pg_doorman_listen_overflows_total", "counter",
+                  "Listening clients closed because their notifications could not be written (54000).")
+    for user, db, d in rows:
+        lab = {"user": user, "database": db}
+        up.add(1 if d["state"] == "up" else 0, lab)
+        chans.add(d["channels"], lab)
+        clients.add(d["clients"], lab)
+        notes.add(d["received"], {**lab, "type": "received"})
+        notes.add(d["delivered"], {**lab, "type": "delivered"})
+        fails.add(d["failures"], lab)
+        over.add(d["overflows"], lab)
+    return [up, chans, clients, notes, fails, over]
 
 
 def render_metrics(obs: Observer) -> str:

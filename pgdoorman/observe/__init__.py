@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pgdoorman.core import startup_params
 from pgdoorman.observe.interfaces import (
@@ -177,6 +177,13 @@ class Observer:
             if fb is not None and p.database not in seen:
                 seen[p.database] = fallback_view(p.database, fb, now)
         return list(seen.values())
+
+    def listeners(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(user, database, counters) of each pool whose clients used LISTEN in transaction mode (SHOW
+        LISTENERS, pg_doorman_listen_*): state, server_pid, channels, clients, connects, failures, received,
+        delivered, overflows (core/listen.Channels.snapshot)."""
+        return [(p.username, p.database, p.channels.snapshot()) for p in copy_of(self._src.pool_list)
+                if p.channels is not None]
 
     def startup_dropped(self) -> dict[tuple[str, str], int]:
         """(pool, reason) -> startup parameters dropped since start (pool: the database name)."""

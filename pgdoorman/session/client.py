@@ -25,9 +25,10 @@ from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import SMALL_LIMIT, OverBudget
+from pgdoorman.session import listening
 from pgdoorman.session.login import ClientLogin
 from pgdoorman.session.states import ADMIN as ADMIN  # re-exported: the worker and tests import them from here
-from pgdoorman.session.states import LOGIN_WAIT, refuse_listen
+from pgdoorman.session.states import LOGIN_WAIT
 from pgdoorman.session.states import READY as READY
 from pgdoorman.session.txbegin import BEGIN_DONE, BEGIN_MAX, START_DONE, end_answer, lone_begin, lone_end
 
@@ -38,9 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgdoorman.client")
 
 _unpack = m.U32.unpack_from
-# The sums of the first two letters (lower-cased) of BEGIN and START: a Query starting otherwise (SELECT, SET,
-# SHOW, ...) is not looked at for a deferred BEGIN; an unrelated text with the same sum only costs a regex.
-_BE_ST = (98 + 101, 115 + 116)
+# The sums of the first two letters (lower-cased) of BEGIN and START, and of LISTEN and UNLISTEN: a Query
+# starting otherwise (SELECT, SET, SHOW, ...) is not looked at for a deferred BEGIN or a lone LISTEN/UNLISTEN;
+# an unrelated text with the same sum only costs a regex.
+_BE_ST = (98 + 101, 115 + 116, 108 + 105, 117 + 110)
 assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls
 
 
@@ -150,8 +152,13 @@ class ClientConn(ClientLogin):
                    hint="Send large values in smaller messages, or raise general.max_memory_usage.")
 
     def _deferred_begin(self, view: memoryview, n: int) -> bool:
-        """Deferred BEGIN (txbegin.py): True when these bytes were answered here."""
-        return self._end_deferred(view, n) if self.begin_held is not None else self._defer_begin(view, n)
+        """Deferred BEGIN (txbegin.py), or a lone LISTEN/UNLISTEN (listening.py): True when these bytes were
+        answered here."""
+        if self.begin_held is not None:
+            return self._end_deferred(view, n)
+        if view[5] | 32 in b"lu":
+            return listening.idle_statement(self, view, n)
+        return self._defer_begin(view, n)
 
     def _defer_begin(self, view: memoryview, n: int) -> bool:
         """A lone BEGIN (transaction mode, no server held): answered here, sent with the next request."""
@@ -185,6 +192,8 @@ class ClientConn(ClientLogin):
         self.xact_count += 1
         self._answered_here(n, len(answer) + len(begun), True)  # the BEGIN's answer never came from a server
         self.xact_start = 0.0
+        if self.lsn is not None:
+            listening.flush(self)  # notifications that came during the deferred transaction
         return True
 
     def _answered_here(self, n_in: int, n_out: int, xact_end: bool) -> None:
@@ -257,12 +266,12 @@ class ClientConn(ClientLogin):
             if not body:
                 return None
             refused = self.refuse_pinning(body)
-            return refuse_listen(body) if refused is None else m.query(refused)
+            return listening.in_request(self, body) if refused is None else m.query(refused)
         if t == 80:  # a small Parse (transaction mode, prepared_statements off)
             self._on_header(t, 0)
             if not body or body[0] != 0:
                 self.named_parse = True
-            return None
+            return listening.parse_refusal(body) if body else None
         # Terminate: never forwarded (the server stays with the pool).
         self.terminating = True
         return b""
@@ -302,7 +311,7 @@ class ClientConn(ClientLogin):
             self.state == READY and not self.closed and self.server is None and not self.waiting
             and not self.terminating and not self.in_flight and self.last_status == 73
             and not self.pending and not self.inbuf and not self.out and not self.read_paused
-            and not self.raw and not self.tls
+            and not self.raw and not self.tls and not listening.holds(self)
         )
 
     def export_state(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
+from pgdoorman.session import listening
 from pgdoorman.session.rewrite import Rewriter
 from pgdoorman.session.states import (
     CLIENT_TABLE,
@@ -76,7 +77,7 @@ class ClientBase(Conn):
         "named_parse", "copy_window", "copy_syncs", "in_copy_in",
         "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
         "begin_held", "answered",
-        "want_base", "pinned", "checked_xact", "probing",
+        "want_base", "pinned", "checked_xact", "probing", "lsn",
     )
 
     def __init__(self, sock: socket.socket, worker: Host, addr: str, is_unix: bool = False) -> None:
@@ -147,6 +148,7 @@ class ClientBase(Conn):
         # many of them make the server's transaction fail (a request cancelled while it waited for a server).
         self.begin_held: tuple[bytes, int] | None = None
         self.answered = 0  # ReadyForQuery messages relayed so far (the janitor's query_timeout tells requests apart)
+        self.lsn: listening.ListenState | None = None  # transaction mode LISTEN (listening.py), once used
 
     @property
     def status(self) -> str | None:
@@ -226,6 +228,8 @@ class ClientBase(Conn):
         rw.fast_bind = None
         rw.fast_redo = None
         self.last_status = status
+        if self.lsn is not None:
+            listening.ready(self, status)
         pool = self.pool
         if pool is not None:  # accounting, inline: this runs once per request
             st = pool.stats[self.worker.id]
@@ -368,6 +372,12 @@ class ClientBase(Conn):
         still working for this client cannot go to another (the counters, the prepared-statement queue,
         a COPY whose Syncs cannot be told apart)."""
         return self.expect > 0 or self.unsynced or self.scanner.mid_message or bool(self.rw.rq) or self.copy_confused
+
+    def listen_statement(self, body: memoryview) -> bytes | None:  # (Relay, for the rewriter: listening.py)
+        return listening.in_request(self, body)
+
+    def listen_bound(self, st: ps.Statement) -> None:  # (Relay, for the rewriter: listening.py)
+        listening.bound(self, st)
 
     def on_server_error(self, body: memoryview) -> None:
         self.error_count += 1

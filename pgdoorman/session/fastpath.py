@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgdoorman.core import prepared as ps
 from pgdoorman.core import sqllex
-from pgdoorman.core.leaks import may_leave_state
+from pgdoorman.core.leaks import LISTENS, may_leave_state
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import SMALL_LIMIT, Scanner
 from pgdoorman.session.client_base import ClientBase
@@ -79,10 +79,12 @@ class FastPaths(ClientBase):
         if sc.carry is not None or sc.skip:
             return False
         b0 = view[5]
-        if b0 in _MAYBE_SPECIAL:
-            return False
+        if b0 in _MAYBE_SPECIAL or self.lsn is not None:
+            return False  # (a listening client's statements are all read: listening.in_request)
         bits = may_leave_state(view[5:n])
         if bits or b0 | 32 == 112:  # temp/advisory, or a PREPARE: transaction_pinning refuse refuses it there
+            if bits & LISTENS:
+                return False  # LISTEN/UNLISTEN after another statement: listening.in_request
             pool = self.pool
             if pool is not None and pool.pin_refuse and sqllex.pinning_text(view[5:n]) is not None:
                 return False
@@ -102,8 +104,8 @@ class FastPaths(ClientBase):
         the general path."""
         sc = self.scanner
         rw = self.rw
-        if sc.skip or sc.carry is not None or rw.rq or rw.synth_head is not None:
-            return False
+        if sc.skip or sc.carry is not None or rw.rq or rw.synth_head is not None or self.lsn is not None:
+            return False  # (a listening client's Binds are all looked at: listening.bound)
         out = rw.fast_batch(view, n, s)
         if out is None:
             return False

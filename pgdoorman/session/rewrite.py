@@ -20,7 +20,7 @@ from pgdoorman.core import prepared as ps
 from pgdoorman.protocol import frontend
 from pgdoorman.protocol import messages as m
 from pgdoorman.session.rewrite_replies import Held, RewriterBase
-from pgdoorman.session.states import LISTEN_REFUSAL, LISTEN_START, refuse_listen
+from pgdoorman.session.states import LISTEN_START
 
 # SQL EXECUTE of a statement the client prepared through the protocol: the server knows it by the pool's name.
 _EXECUTE = re.compile(rb"^(\s*execute\s+)(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)", re.I)
@@ -68,7 +68,7 @@ class Rewriter(RewriterBase):
                 return ex
             self.on_header(t, 0)
             refused = self.relay.refuse_pinning(body)  # transaction_pinning: refuse
-            return refuse_listen(body) if refused is None else m.query(refused)
+            return self.relay.listen_statement(body) if refused is None else m.query(refused)
         if t == 72:  # Flush
             return None
         if t == 88:  # Terminate
@@ -100,6 +100,12 @@ class Rewriter(RewriterBase):
             return self._ps_close(body, rq)
         return None
 
+    def _leaves(self, st: ps.Statement) -> None:
+        """A Bind of a statement whose text may leave state (leaks.py) or that LISTENs (Statement.listen)."""
+        self.relay.leaves |= st.leaves
+        if st.listen is not None:
+            self.relay.listen_bound(st)
+
     def _ps_bind(self, body: memoryview, rq: deque[tuple[int, Any]]) -> bytes | None:
         """Bind: portal, statement, parameters: the statement renamed to the pool's."""
         self.relay.unsynced = True
@@ -121,7 +127,9 @@ class Rewriter(RewriterBase):
             rq.append((ps.BIND, None))
             return None  # PostgreSQL answers 26000 itself: the client's name does not exist there
         if st.leaves:
-            self.relay.leaves |= st.leaves
+            self._leaves(st)
+        elif self.relay.lsn is not None:
+            self.relay.listen_bound(st)  # (a ROLLBACK voids the transaction's LISTEN/UNLISTEN)
         pre = self._ensure(st)
         rq.append((ps.BIND, (st, b[j + 1 : k])))
         return pre + renamed_bind(b, j, k, st.name)
@@ -146,9 +154,7 @@ class Rewriter(RewriterBase):
             cache = self.cache
             assert cache is not None
             text = b[j + 1 : k]
-            if LISTEN_START.match(text):
-                text = LISTEN_REFUSAL
-            elif (refused := self.relay.refuse_pinning(text)) is not None:
+            if (refused := self.relay.refuse_pinning(text)) is not None:
                 text = refused.encode()
             st = cache.get(text, b[k + 1 :], self.sig)
             self.last_parse = (b, name, st)
@@ -420,7 +426,7 @@ class Rewriter(RewriterBase):
                 return None
         assert st is not None
         if st.leaves:
-            self.relay.leaves |= st.leaves
+            self._leaves(st)
         # Committed: the same effects as the general path, message by message.
         if parsed is not None:
             cache = self.cache

@@ -97,6 +97,15 @@ class Relay(Protocol):
 
     def refuse_pinning(self, text: bytes | memoryview) -> str | None: ...  # transaction_pinning: refuse
 
+    # Transaction mode LISTEN (session/listening.py): the client's state (None unless it used LISTEN), a small
+    # simple query's replacement, and a Bind of a statement that is a LISTEN/UNLISTEN (or any, while pending).
+    @property
+    def lsn(self) -> Any: ...
+
+    def listen_statement(self, body: memoryview) -> bytes | None: ...
+
+    def listen_bound(self, st: ps.Statement) -> None: ...
+
 
 class RewriterBase:
     """The prepared-statement state of one client: its names (`named`, `unnamed`) for statements of the pool's

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from enum import IntEnum
 
-from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import FULL, INVALID, NOTIFY, PASS, SMALL
 
 # AUTH: password messages go to the ClientAuth exchange; AUTH_WAIT: a PAM thread checks a clear-text password.
@@ -20,8 +19,8 @@ for _c in b"QSFcfBCDEP":
     _t[_c] = NOTIFY
 _t[ord("X")] = FULL
 CLIENT_SESSION_TABLE = bytes(_t)
-# Transaction mode reads small simple queries to refuse LISTEN (see refuse_listen), and small Parse
-# messages to see whether they name a statement (which must then be deallocated at checkin).
+# Transaction mode reads small simple queries for LISTEN/UNLISTEN (session/listening.py), and small Parse
+# messages to see whether they name a statement (which must then be deallocated at checkin) or LISTEN.
 _t[ord("Q")] = SMALL
 _t[ord("P")] = SMALL
 CLIENT_TABLE = bytes(_t)
@@ -32,23 +31,8 @@ for _c in b"PBDCESHX":
 _t[ord("Q")] = SMALL
 CLIENT_PS_TABLE = bytes(_t)
 del _t, _c
+# Parse texts the batch fast path leaves to the general one (session/listening.py reads LISTEN).
 LISTEN_START = re.compile(rb"^\s*listen\b", re.I)
-# LISTEN cannot work in transaction mode (notifications arrive on whichever server the client had): the
-# statement is replaced by one that makes PostgreSQL itself raise 0A000, so the error, the aborted
-# transaction and ReadyForQuery's status are exactly what the client would get from a refusal there.
-LISTEN_REFUSAL = (
-    b"DO $pgdoorman$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', "
-    b"MESSAGE = 'LISTEN is not supported in transaction pooling mode', "
-    b"HINT = 'Use a pool with pool_mode = session for LISTEN/NOTIFY.'; END $pgdoorman$"
-)
-
-
-def refuse_listen(body: memoryview) -> bytes | None:
-    """The replacement for a small simple query that is a LISTEN (transaction mode), else None."""
-    b0 = body[0] | 32
-    if (b0 == 108 or body[0] in b" \t\r\n") and LISTEN_START.match(body):
-        return m.query(LISTEN_REFUSAL.decode())
-    return None
 
 
 class ServerState(IntEnum):

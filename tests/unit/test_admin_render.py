@@ -87,6 +87,7 @@ EXPECTED_COLUMNS = {
         "unknown"]),
     "prepared_statements": "pool hash name query count_used kind",
     "help": "item",
+    "listeners": "user database state server_pid channels clients connects failures received delivered overflows",
     "log_level": "log_level",
     "version": "version",
 }

@@ -203,12 +203,24 @@ def test_simple_query_fast_path_and_what_it_leaves_alone(linked: Any) -> None:
     _server_answers(server, s_peer, ROW + RFQ)
     assert [t for t, _ in _read_messages(c_peer)] == ["T", "D", "C", "Z"]
     assert client.expect == 0 and client.server is None and client.query_start == 0.0
-    # LISTEN behind a blank is still refused (the fast path leaves blanks, d/D and l/L to the general one).
+    # LISTEN behind a blank goes to the general path (the fast path leaves blanks, d/D and l/L to it), which
+    # runs it on the server as a LISTEN of a channel nobody notifies (session/listening.py).
     _client_sends(client, c_peer, query(" \tlisten chan"))
     sent = _read_messages(s_peer)
-    assert len(sent) == 1 and sent[0][0] == "Q" and sent[0][1].startswith(b"DO $pgdoorman$")
-    _server_answers(server, s_peer, _error("refused") + RFQ)
-    assert [t for t, _ in _read_messages(c_peer)] == ["E", "Z"]
+    assert sent == [("Q", b'LISTEN "pg_doorman.listen"\0')]
+    _server_answers(server, s_peer, frame("C", b"LISTEN\0") + RFQ)
+    assert [t for t, _ in _read_messages(c_peer)] == ["C", "Z"]
+    assert client.lsn is not None and client.lsn.channels == {b"chan"}
+    # Back in the pool, the server is cleaned of that LISTEN (DIRTY_LISTEN) before anyone else uses it.
+    assert _read_messages(s_peer) == [("Q", b"UNLISTEN *\0")]
+    s_peer.sendall(frame("C", b"UNLISTEN\0") + RFQ)
+    server.on_readable()  # (INTERNAL: the cleanup's answer is swallowed)
+    assert server.state != ACTIVE and client.server is None
+    # ... and so does one after another statement.
+    _client_sends(client, c_peer, query("select 1; unlisten chan"))
+    assert _read_messages(s_peer) == [("Q", b"select 1; unlisten chan\0")]
+    _server_answers(server, s_peer, ROW + frame("C", b"UNLISTEN\0") + RFQ)
+    assert [t for t, _ in _read_messages(c_peer)] == ["T", "D", "C", "C", "Z"] and client.lsn.channels == set()
     # Two queries in one read: the general path relays both, and the server is kept until both answered.
     _client_sends(client, c_peer, query("select 1"), query("select 2"))
     assert [t for t, _ in _read_messages(s_peer)] == ["Q", "Q"] and client.expect == 2

@@ -63,12 +63,19 @@ class FakeRelay:
         self.terminating = False
         self.last_status = 73
         self.marked = 0
+        self.lsn = None  # no LISTEN (session/listening.py)
 
     def _mark_query(self) -> None:
         self.marked += 1
 
     def refuse_pinning(self, text: bytes | memoryview) -> str | None:
         return None  # transaction_pinning: allow
+
+    def listen_statement(self, body: memoryview) -> bytes | None:
+        return None  # no LISTEN/UNLISTEN in these tests
+
+    def listen_bound(self, st: Any) -> None:
+        raise AssertionError("no LISTEN statement in these tests")
 
 
 class Pair:

@@ -1,0 +1,393 @@
+"""LISTEN/NOTIFY in transaction mode (issue 12 item 2): the same steps run by a pair of clients directly on
+PostgreSQL and through pgdoorman in transaction mode (pool_size 1 and 2, so servers are shared and reused)
+give the same messages: LISTEN/UNLISTEN's answers, and each notification's channel, payload and sender
+(the PID of the backend that ran the NOTIFY, which a client learns with pg_backend_pid() in the same
+transaction), delivered only between transactions. Session mode is unchanged (the last tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.cluster import (
+    ADMIN_PASSWORD,
+    ADMIN_USER,
+    DBNAME,
+    SCRAM_PASSWORD,
+    SCRAM_USER,
+    pooler_config,
+)
+from tests.support.pooler import Pooler, wait_for
+from tests.support.wire import WireClient, command_tag, parse_fields, rows
+
+pytestmark = pytest.mark.timeout(240)
+
+Transcript = list[Any]
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["pool_size1", "pool_size2"])
+def txn_pooler(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
+    cfg = pooler_config(pg, pool_mode="transaction", pool_size=request.param,
+                        general={"query_wait_timeout": 20000})
+    p = Pooler(cfg, str(tmp_path_factory.mktemp(f"listen-{request.param}"))).start()
+    yield p
+    p.stop()
+
+
+def connect(host: str, port: int) -> WireClient:
+    return WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD)
+
+
+def shape(msgs: list[tuple[str, bytes]], sender: tuple[str, int] = ("", 0)) -> list[Any]:
+    """Messages as comparable values: tags, statuses, error codes, notifications as (channel, payload, who
+    sent it: the name of the client of the last notify step if it carries that step's backend PID)."""
+    out: list[Any] = []
+    for t, body in msgs:
+        if t == "C":
+            out.append(("C", command_tag(body)))
+        elif t == "Z":
+            out.append(("Z", body.decode()))
+        elif t == "E":
+            f = parse_fields(body)
+            out.append(("E", f.get("C"), f.get("M")))
+        elif t == "N":
+            out.append(("N", parse_fields(body).get("C")))
+        elif t == "A":
+            pid = struct.unpack_from("!i", body, 0)[0]
+            ch, payload = body[4:].split(b"\x00")[:2]
+            who = sender[0] if pid == sender[1] else "another backend"
+            out.append(("A", ch.decode(), payload.decode(), who))
+        elif t == "D":
+            out.append(("D",))
+        else:
+            out.append((t,))
+    return out
+
+
+def drain(c: WireClient, wait: float = 0.3) -> list[tuple[str, bytes]]:
+    """Whatever arrives within `wait` seconds (notifications of an idle client)."""
+    got = []
+    end = time.monotonic() + wait
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return got
+        try:
+            got.append(c.read_message(timeout=left))
+        except TimeoutError:
+            return got
+
+
+class Pair:
+    """Clients a and b (and more) of one side, with each notifier's backend PIDs learned as it runs."""
+
+    def __init__(self, host: str, port: int, pg: Any) -> None:
+        self.host, self.port, self.pg = host, port, pg
+        self.clients: dict[str, WireClient] = {}
+        self.pids: tuple[str, int] = ("", 0)  # the last notify step's client and backend PID
+
+    def __getitem__(self, name: str) -> WireClient:
+        if name not in self.clients:
+            # "pg-..." is a checker connected to PostgreSQL itself on both sides: it can NOTIFY while a
+            # pooled client holds the only server of pool_size 1 in a transaction.
+            direct = name.startswith("pg-")
+            self.clients[name] = connect(self.pg.host if direct else self.host, self.pg.port if direct else self.port)
+        return self.clients[name]
+
+    def run(self, name: str, sql: str) -> list[Any]:
+        return shape(self[name].query(sql), self.pids)
+
+    def notify(self, name: str, sql: str) -> list[Any]:
+        """`sql` (NOTIFYs) in one transaction with pg_backend_pid(), so the sender's PID is known."""
+        msgs = self[name].query(f"begin; select pg_backend_pid(); {sql}; commit")
+        self.pids = (name, int(rows(msgs)[0][0] or 0))
+        return shape([m for m in msgs if m[0] != "D"], self.pids)
+
+    def idle(self, name: str, wait: float = 0.3) -> list[Any]:
+        return shape(drain(self[name], wait), self.pids)
+
+    def notify_self(self, name: str, sql: str) -> list[Any]:
+        """notify() by a client that listens itself, with the notifications that follow (see _after)."""
+        return _after(self.notify(name, sql) + self.idle(name))
+
+    def end(self, name: str, sql: str) -> list[Any]:
+        """A statement that ends a transaction, with the notifications that follow (see _after)."""
+        return _after(self.run(name, sql) + self.idle(name))
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.close()
+
+
+def _after(step: list[Any]) -> list[Any]:
+    """Notifications that wait for the end of a transaction (a client's own, or ones that came during it):
+    PostgreSQL sends them just before the ReadyForQuery that ends it, pgdoorman just after it (the listener
+    connection receives a client's own once its COMMIT is done, and queued ones are written when its server
+    goes back to the pool). Everything else, and the notifications' order, is compared as it is."""
+    return [x for x in step if x[0] != "A"] + [x for x in step if x[0] == "A"]
+
+
+
+def compare(pg: Any, pooler: Pooler, steps: Callable[[Pair], Transcript]) -> Transcript:
+    got = {}
+    for side, host, port in (("direct", pg.host, pg.port), ("pooled", pooler.host, pooler.port)):
+        pair = Pair(host, port, pg)
+        try:
+            got[side] = steps(pair)
+        finally:
+            pair.close()
+    assert got["pooled"] == got["direct"]
+    return got["direct"]
+
+
+def test_listen_notify_basic(pg: Any, txn_pooler: Pooler) -> None:
+    def steps(p: Pair) -> Transcript:
+        t = [p.run("a", "LISTEN ch1"), p.run("a", 'listen "Ch 2"'), p.run("a", "LISTEN CH3;")]
+        t.append(p.notify("b", "notify ch1, 'one'; notify \"Ch 2\", 'two'; select pg_notify('ch3', 'three')"))
+        t.append(p.idle("a"))
+        t.append(p.notify("b", "notify other, 'nobody'; notify ch1"))
+        t.append(p.idle("a"))
+        t.append(p.idle("b", 0.1))
+        return t
+
+    t = compare(pg, txn_pooler, steps)
+    assert ("A", "ch1", "one", "b") in t[4] and ("A", "ch3", "three", "b") in t[4]  # the test means it
+
+
+def test_own_notify_and_unlisten(pg: Any, txn_pooler: Pooler) -> None:
+    def steps(p: Pair) -> Transcript:
+        t = [p.run("a", "LISTEN x1"), p.run("a", "LISTEN x2")]
+        t.append(p.notify_self("a", "notify x1, 'self'"))
+        t.append(p.run("a", "UNLISTEN x1"))
+        t.append(p.notify("b", "notify x1, 'gone'; notify x2, 'still'"))
+        t.append(p.idle("a"))
+        t.append(p.run("a", "UNLISTEN *"))
+        t.append(p.notify("b", "notify x2, 'none'"))
+        t.append(p.run("a", "select 1"))
+        t.append(p.idle("a"))
+        return t
+
+    t = compare(pg, txn_pooler, steps)
+    assert ("A", "x2", "still", "b") in t[5] and ("A", "x1", "self", "a") in t[2]
+
+
+def test_listen_in_transaction_takes_effect_at_commit(pg: Any, txn_pooler: Pooler) -> None:
+    def steps(p: Pair) -> Transcript:
+        t = [p.run("a", "begin"), p.run("a", "listen t1"), p.run("a", "select 1")]
+        t.append(p.notify("pg-b", "notify t1, 'before commit'"))
+        t.append(p.idle("a", 0.2))
+        t.append(p.run("a", "commit"))
+        t.append(p.idle("a", 0.2))
+        t.append(p.notify("pg-b", "notify t1, 'after commit'"))
+        t.append(p.idle("a"))
+        # rolled back: no effect
+        t += [p.run("a", "begin; listen t2"), p.run("a", "rollback")]
+        t.append(p.notify("pg-b", "notify t2, 'rolled back'; notify t1, 'marker'"))
+        t.append(p.idle("a"))
+        # failed transaction: COMMIT is a ROLLBACK
+        t += [p.run("a", "begin"), p.run("a", "listen t3"), p.run("a", "select 1/0"), p.run("a", "listen t4"),
+              p.run("a", "commit")]
+        t.append(p.notify("pg-b", "notify t3; notify t4; notify t1, 'marker2'"))
+        t.append(p.idle("a"))
+        # UNLISTEN in a transaction, rolled back, then committed
+        t += [p.run("a", "begin; unlisten t1; rollback")]
+        t.append(p.notify("pg-b", "notify t1, 'kept'"))
+        t.append(p.idle("a"))
+        t += [p.run("a", "begin; unlisten *"), p.run("a", "commit")]
+        t.append(p.notify("pg-b", "notify t1, 'dropped'"))
+        t.append(p.run("a", "select 2"))
+        t.append(p.idle("a"))
+        return t
+
+    t = compare(pg, txn_pooler, steps)
+    assert ("A", "t1", "after commit", "pg-b") in t[8]
+
+
+def test_notification_waits_for_the_end_of_the_transaction(pg: Any, txn_pooler: Pooler) -> None:
+    def steps(p: Pair) -> Transcript:
+        t = [p.run("a", "listen w1"), p.run("a", "begin"), p.run("a", "select 1")]
+        t.append(p.notify("pg-b", "notify w1, 'during'"))
+        t.append(p.idle("a", 0.3))
+        t.append(p.run("a", "select 2"))
+        t.append(p.end("a", "commit"))
+        return t
+
+    compare(pg, txn_pooler, steps)
+
+
+# ------------------------------------------------------------------------------ drivers
+def _psycopg_steps(dsn: str, prepare: int | None) -> list[Any]:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=prepare) as a, \
+            psycopg.connect(dsn, autocommit=True) as b:
+        out: list[Any] = []
+        a.execute('LISTEN "drv one"')
+        a.execute("listen drv2")
+        pid_b = b.execute("select pg_backend_pid(), pg_notify('drv one', 'p1')").fetchone()[0]
+        got = [(n.channel, n.payload, n.pid == pid_b) for n in a.notifies(timeout=2, stop_after=1)]
+        out.append(got)
+        with a.transaction():  # LISTEN in a transaction, then the client's own NOTIFY
+            a.execute("listen drv3")
+            pid_a = a.execute("select pg_backend_pid()").fetchone()[0]
+            a.execute("notify drv3, 'own'")
+        got = [(n.channel, n.payload, n.pid == pid_a) for n in a.notifies(timeout=2, stop_after=1)]
+        out.append(got)
+        a.execute("unlisten drv2")
+        b.execute("notify drv2, 'x'; notify drv3, 'y'")
+        out.append([(n.channel, n.payload) for n in a.notifies(timeout=1, stop_after=1)])
+        return out
+
+
+@pytest.mark.parametrize("prepare", [None, 0], ids=["simple", "prepare0"])
+def test_psycopg_listen_notify(pg: Any, txn_pooler: Pooler, prepare: int | None) -> None:
+    """psycopg 3's notifies(): the simple protocol, and prepare_threshold=0 (LISTEN as a prepared statement)."""
+    via_pg = _psycopg_steps(f"host={pg.host} port={pg.port} dbname={DBNAME} user={SCRAM_USER} "
+                            f"password={SCRAM_PASSWORD} sslmode=disable", prepare)
+    via_pooler = _psycopg_steps(txn_pooler.dsn(SCRAM_USER, SCRAM_PASSWORD, DBNAME), prepare)
+    assert via_pooler == via_pg
+    assert via_pg[0] == [("drv one", "p1", True)] and via_pg[1] == [("drv3", "own", True)]
+
+
+def _asyncpg_steps(host: str, port: int) -> list[Any]:
+    import asyncpg
+
+    async def run() -> list[Any]:
+        a = await asyncpg.connect(host=host, port=port, user=SCRAM_USER, password=SCRAM_PASSWORD,
+                                  database=DBNAME, ssl=False)
+        b = await asyncpg.connect(host=host, port=port, user=SCRAM_USER, password=SCRAM_PASSWORD,
+                                  database=DBNAME, ssl=False)
+        got: asyncio.Queue[tuple[int, str, str]] = asyncio.Queue()
+        try:
+            await a.add_listener("apg_ch", lambda _c, pid, ch, payload: got.put_nowait((pid, ch, payload)))
+            pid_b = await b.fetchval("select pg_backend_pid() from pg_notify('apg_ch', 'hello')")
+            pid, ch, payload = await asyncio.wait_for(got.get(), 5)
+            out: list[Any] = [(ch, payload, pid == pid_b)]
+            await a.remove_listener("apg_ch", lambda *_: None)  # not the registered callback: still listens
+            await b.execute("notify apg_ch, 'again'")
+            pid, ch, payload = await asyncio.wait_for(got.get(), 5)
+            out.append((ch, payload))
+            await a.execute("unlisten apg_ch")
+            await b.execute("notify apg_ch, 'gone'")
+            await a.execute("select 1")
+            await asyncio.sleep(0.5)
+            out.append(got.qsize())
+            return out
+        finally:
+            await a.close()
+            await b.close()
+
+    return asyncio.run(run())
+
+
+def test_asyncpg_listen_notify(pg: Any, txn_pooler: Pooler) -> None:
+    """asyncpg's add_listener sends LISTEN as a prepared statement (the extended protocol)."""
+    via_pg = _asyncpg_steps(pg.host, pg.port)
+    assert _asyncpg_steps(txn_pooler.host, txn_pooler.port) == via_pg
+    assert via_pg[0] == ("apg_ch", "hello", True)
+
+
+# ------------------------------------------------------------------------------ the listener connection
+def _listeners(p: Pooler) -> dict[str, str | None]:
+    with WireClient.connect(p.host, p.port, ADMIN_USER, "pgdoorman", ADMIN_PASSWORD) as adm:
+        rows_ = adm.query_rows("show listeners")
+    cols = ["user", "database", "state", "server_pid", "channels", "clients", "connects", "failures", "received",
+            "delivered", "overflows"]
+    mine = [r for r in rows_ if r[0] == SCRAM_USER]
+    return dict(zip(cols, mine[0], strict=True)) if mine else {}
+
+
+def test_listener_reconnects_and_clients_leave(pg: Any, pooler_factory: Any) -> None:
+    """The LISTEN connection killed by PostgreSQL is opened again and LISTENs on the union (notifications
+    sent while it is down are lost, as with a direct session that PostgreSQL restarts); a client that
+    disconnects stops being listened for; SHOW LISTENERS says so."""
+    p = pooler_factory(pool_size=1)
+    a, b = connect(p.host, p.port), connect(p.host, p.port)
+    checker = connect(pg.host, pg.port)
+    try:
+        assert shape(a.query("listen r1")) == [("C", "LISTEN"), ("Z", "I")]
+        assert shape(b.query("listen r2")) == [("C", "LISTEN"), ("Z", "I")]
+        info = _listeners(p)
+        assert (info["state"], info["channels"], info["clients"]) == ("up", "2", "2")
+        old_pid = info["server_pid"]
+        killed = checker.query_rows(f"select pg_terminate_backend({old_pid})")
+        assert killed == [["t"]]
+        def back() -> dict[str, str | None] | None:
+            info = _listeners(p)  # one reading: state and PID of the same connection
+            return info if info["state"] == "up" and info["server_pid"] not in (old_pid, "0") else None
+
+        new_pid = wait_for(back, what="the LISTEN connection back")["server_pid"]
+        listening = checker.query_rows(f"select count(*) from pg_stat_activity where pid = {new_pid}")
+        assert listening == [["1"]]
+        checker.query("notify r1, 'after'; notify r2, 'after too'")
+        assert [x[:3] for x in shape(drain(a, 1.0))] == [("A", "r1", "after")]
+        assert [x[:3] for x in shape(drain(b, 1.0))] == [("A", "r2", "after too")]
+        assert p.wait_for_log("LISTEN connection for")
+        b.terminate()
+        wait_for(lambda: (lambda i: i["channels"] == "1" and i["clients"] == "1")(_listeners(p)),
+                 what="b's channel given up")
+        info = _listeners(p)
+        assert int(info["failures"] or 0) == 1 and int(info["connects"] or 0) == 2
+    finally:
+        a.close()
+        b.close()
+        checker.close()
+
+
+def test_a_client_that_does_not_take_its_notifications_is_closed(pg: Any, pooler_factory: Any) -> None:
+    """More than 10,000 notifications waiting for a client in a transaction: it gets 54000 and is closed
+    (PostgreSQL would keep them in its 8 GB queue; the pooler bounds what it holds per client)."""
+    p = pooler_factory(pool_size=2)
+    a = connect(p.host, p.port)
+    checker = connect(pg.host, pg.port)
+    try:
+        a.query("listen flood")
+        a.query("begin")
+        a.query("select 1")  # holds a server: in a transaction
+        checker.query("select pg_notify('flood', g::text) from generate_series(1, 10001) g")
+        got = a.expect_closed(timeout=10)
+        assert b"54000" in got
+        wait_for(lambda: _listeners(p)["overflows"] == "1", what="the overflow counted")
+    finally:
+        a.close()
+        checker.close()
+
+
+# ------------------------------------------------------------------------------ other modes
+def test_session_mode_listen_is_the_servers_own(pooler_factory: Any) -> None:
+    """Session mode is unchanged: LISTEN runs on the client's own server, and no LISTEN connection opens."""
+    p = pooler_factory(pool_mode="session", pool_size=2)
+    with connect(p.host, p.port) as a, connect(p.host, p.port) as b:
+        a.query("listen sess1")
+        assert a.query_rows("select pg_listening_channels()") == [["sess1"]]
+        b.query("notify sess1, 'hi'")
+        assert [x[:3] for x in shape(drain(a, 1.0))] == [("A", "sess1", "hi")]
+    assert _listeners(p) == {}
+
+
+def test_prepared_statements_off(pooler_factory: Any) -> None:
+    """Without prepared_statements a simple-query LISTEN works; a Parse of LISTEN is refused with 0A000 (its
+    Execute would run on whichever server the client has then)."""
+    p = pooler_factory(pool_size=1, general={"prepared_statements": False})
+    with connect(p.host, p.port) as a, connect(p.host, p.port) as b:
+        assert shape(a.query("listen off1")) == [("C", "LISTEN"), ("Z", "I")]
+        b.query("notify off1, 'x'")
+        assert [x[:3] for x in shape(drain(a, 1.0))] == [("A", "off1", "x")]
+        from tests.support.wire import bind, execute, parse, sync
+        a.send(parse("", "listen off2"), bind(), execute(), sync())
+        got = shape(a.read_until("Z"))
+        assert got[:2] == [("1",), ("2",)] and got[2][:2] == ("E", "0A000") and got[-1] == ("Z", "I")
+
+
+def test_unreadable_listen_is_refused(pg: Any, txn_pooler: Pooler) -> None:
+    """A LISTEN the pooler cannot read (a Unicode-escaped name) is refused with 0A000 rather than guessed at;
+    the transaction fails as PostgreSQL's own error would make it."""
+    with connect(txn_pooler.host, txn_pooler.port) as a:
+        got = shape(a.query('LISTEN U&"d\\0061t\\+000061"'))
+        assert got[0][:2] == ("E", "0A000") and got[-1] == ("Z", "I")
+        assert shape(a.query("select 1"))[-1] == ("Z", "I")
