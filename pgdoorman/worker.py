@@ -371,8 +371,10 @@ class Worker:
         owner = s.worker
         if owner is self:
             if c.worker is self:
+                s.pstats.handed_local += 1
                 c.attach_server(s)
             else:
+                s.pstats.handed_moved += 1
                 s.detach()
                 self.servers.discard(s)
                 c.worker.loop.call_soon_threadsafe(c.worker.adopt, s, c)
@@ -511,6 +513,7 @@ class Worker:
         if c.worker is self:
             c.attach_server(s) if c.waiting else self._give_back(s)
             return
+        s.pstats.handed_moved += 1
         s.detach()
         self.servers.discard(s)
         c.worker.loop.call_soon_threadsafe(c.worker.adopt, s, c)

@@ -6,7 +6,8 @@ up: it knows a client and a server only through the small protocols `Waiter` and
 
 Invariant: a server is handed to a waiter exactly once, and no client waits while an idle server sits in
 any shard: every state change that could break that (a server becoming idle, a client starting to wait)
-ends with `_match_locked`, which pairs idle servers with waiters, oldest waiter first.
+ends with `_match_locked`, which pairs idle servers with waiters, oldest waiter first. A server freed while
+clients wait goes to a waiter of its own worker when one queued about as early as the oldest (`release`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class PoolStats:
     """
 
     __slots__ = ("bytes_in", "bytes_out", "max_wait_us", "errors", "xact_hist", "query_hist", "wait_hist",
-                 "errors_by_class", "pins", "refused", "query_timeouts", "check_cache", "check_backend", "streams")
+                 "errors_by_class", "pins", "refused", "query_timeouts", "check_cache", "check_backend", "streams",
+                 "handed_local", "handed_moved")
 
     def __init__(self) -> None:
         self.bytes_in = 0
@@ -76,6 +78,8 @@ class PoolStats:
         self.check_backend = 0  # pooler_check_query sent to PostgreSQL (no answer kept yet)
         # Streamed messages (message_size_to_be_stream): by kind (STREAM_KINDS), ok count, error count, bytes.
         self.streams = [0] * 9
+        self.handed_local = 0  # freed servers handed to a waiter of the same worker (worker.py Worker.hand)
+        self.handed_moved = 0  # ... to a waiter of another worker: the server moved there
 
     def streamed(self, t: int, size: int, ok: bool) -> None:
         """A message of `size` bytes went through in pieces (ok), or its connection closed in its middle."""
@@ -141,6 +145,15 @@ class Pooled(Protocol):
     def created(self) -> float: ...
 
 
+# Pool.release serves a waiter of the releasing worker before an older waiter of another worker (a server
+# moving between workers costs an epoll unregister/register, a cross-thread call and often a wake-up, and
+# makes both threads touch its objects: docs/performance.md), but only one that queued at most LOCAL_SLACK
+# seconds after the oldest waiter of all, and found among the LOCAL_SCAN waiters after it: no waiter is ever
+# overtaken by one that queued more than LOCAL_SLACK after it, so nobody starves.
+LOCAL_SLACK = 0.01
+LOCAL_SCAN = 32
+
+
 # What the worker must do after a state change: (server, waiter) pairs to hand over, and whether to open a
 # new server connection (its slot is already reserved).
 Pairs = list[tuple[Pooled, Waiter]]
@@ -159,6 +172,7 @@ class Pool:
         self.total = 0  # connected + connecting servers, counted against pool_size
         self.connecting = 0
         self.waiters: deque[Waiter] = deque()
+        self.local_first = nworkers > 1  # Pool.release prefers the releasing worker's waiters
         self.paused = False
         self.epoch = 0  # RECONNECT bumps it: servers of an older epoch are closed when they come back
         # Learned from the first server connection and sent to every client at login.
@@ -301,8 +315,9 @@ class Pool:
         return pairs
 
     def release(self, server: Pooled, wid: int, now: float) -> Waiter | None:
-        """A server became free in worker `wid` (its owner): the oldest waiter to hand it to, or None when
-        it was parked idle in that shard."""
+        """A server became free in worker `wid` (its owner): the waiter to hand it to, or None when it was
+        parked idle in that shard. The waiter is the oldest one of worker `wid` if it queued at most
+        LOCAL_SLACK after the oldest waiter of all (so the server stays on its thread), else the oldest."""
         server.idle_since = now  # free since now, whether parked or handed on (the idle check reads it)
         with self.lock:
             waiters = self.waiters
@@ -311,10 +326,28 @@ class Pool:
                 while not c.waiting and waiters:
                     c = waiters.popleft()
                 if c.waiting:
+                    if c.worker.id != wid and waiters and self.local_first:
+                        return self._local_waiter_locked(c, wid)
                     return c
             self.idle[wid].append(server)
             self.n_idle += 1
             return None
+
+    def _local_waiter_locked(self, oldest: Waiter, wid: int) -> Waiter:
+        """Worker `wid`'s oldest waiter queued within LOCAL_SLACK of `oldest` (popped already; it goes back
+        to the head of the queue), looking at most LOCAL_SCAN waiters ahead; else `oldest`."""
+        waiters = self.waiters
+        limit = oldest.wait_start + LOCAL_SLACK
+        i = 0
+        for c in waiters:
+            if c.wait_start > limit or i >= LOCAL_SCAN:
+                break
+            if c.waiting and c.worker.id == wid:
+                del waiters[i]
+                waiters.appendleft(oldest)
+                return c
+            i += 1
+        return oldest
 
     def take_idle(self, server: Pooled, wid: int) -> bool:
         """Remove a specific idle server from shard `wid` (it died or is being retired)."""

@@ -72,6 +72,7 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     fams += _pool_pinning_families(rows)
     fams.append(_pool_query_timeouts_family(rows))
     fams += _streaming_families(rows)
+    fams.append(_pool_handed_family(rows))
     fams += _pool_prepared_families(rows)
     fams += _check_query_families(rows)
     fams += _auth_query_families(obs)
@@ -324,6 +325,17 @@ def _pool_query_timeouts_family(rows: list[_PoolRow]) -> Family:
                  "query_timeout (a pgdoorman metric, not PgDoorman's).")
     for row in rows:
         fam.add(row.totals.query_timeouts, row.labels)
+    return fam
+
+
+def _pool_handed_family(rows: list[_PoolRow]) -> Family:
+    fam = Family("pg_doorman_pools_servers_handed_total", "counter",
+                 "Servers handed to a waiting client as they were freed (or found idle), by whether the client "
+                 "is on the server's worker thread or another one, which the server then moves to "
+                 "(a pgdoorman metric, not PgDoorman's).")
+    for row in rows:
+        fam.add(row.totals.handed_local, {**row.labels, "worker": "same"})
+        fam.add(row.totals.handed_moved, {**row.labels, "worker": "other"})
     return fam
 
 

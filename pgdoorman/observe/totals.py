@@ -44,6 +44,8 @@ class Totals:
     check_cache: int = 0  # pooler_check_query answered from the kept answer
     check_backend: int = 0  # pooler_check_query sent to PostgreSQL
     streams: list[int] = field(default_factory=lambda: [0] * 9)  # streamed messages (core/stats.py STREAM_KINDS)
+    handed_local: int = 0  # freed servers handed to a waiting client of the same worker
+    handed_moved: int = 0  # ... of another worker (the server moved there)
     # (query, transaction, wait) histograms read in the same pass as the counts above, which come from them:
     # a scrape's totals and histogram counts agree even while workers keep counting.
     hists: tuple[Merged, Merged, Merged] = ((([], 0, 0)), (([], 0, 0)), (([], 0, 0)))
@@ -71,6 +73,8 @@ def pool_totals(pool: Pool) -> Totals:
         t.check_cache += st.check_cache
         t.check_backend += st.check_backend
         t.streams = [a + b for a, b in zip(t.streams, copy_of(st.streams), strict=True)]
+        t.handed_local += st.handed_local
+        t.handed_moved += st.handed_moved
         for k, n in dict_copy(st.errors_by_class).items():
             t.errors_by_class[k] = t.errors_by_class.get(k, 0) + n
     return t

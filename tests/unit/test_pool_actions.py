@@ -11,6 +11,7 @@ from itertools import count
 
 from pgdoorman.app import App
 from pgdoorman.config import config_from_dict
+from pgdoorman.core import pool as pool_mod
 from pgdoorman.core.pool import Pool
 
 _ids = count(1)
@@ -132,3 +133,90 @@ def test_expired_waiters_pops_only_those_past_query_wait_timeout() -> None:
     assert pool.counts()["cl_waiting"] == 1
     new.waiting = False  # it left: dropped from the queue without being reported
     assert pool.expired_waiters(100.0) == [] and not pool.waiters
+
+
+def _queue(pool: Pool, *spec: tuple[int, float]) -> list[Client]:
+    """Clients queued in this order, each (worker, wait start); the pool is full so none gets a server."""
+    pool.total = pool.pool_size
+    out = []
+    for wid, t in spec:
+        c = Client(Shard(wid))
+        assert pool.acquire(c, wid, t) is None
+        out.append(c)
+    return out
+
+
+def _served(pool: Pool, wid: int, now: float) -> Client | None:
+    c = pool.release(Server(), wid, now)
+    if c is not None:
+        c.waiting = False  # the worker attaches the server to it
+    return c  # type: ignore[return-value]
+
+
+def test_release_prefers_a_waiter_of_the_releasing_worker_queued_about_as_early() -> None:
+    pool = make_pool(2, workers=2)
+    a1, b1, a2, b2 = _queue(pool, (1, 1.000), (0, 1.001), (1, 1.002), (0, 1.003))
+    # Worker 0 frees a server: its own oldest waiter b1 (1 ms younger than a1), not a1 on worker 1.
+    assert _served(pool, 0, 1.010) is b1
+    assert _served(pool, 0, 1.011) is b2
+    # None of worker 0's left: the oldest waiter of worker 1 gets it (the server moves there).
+    assert _served(pool, 0, 1.012) is a1
+    # The overtaken waiter kept its place at the head of the queue.
+    assert _served(pool, 1, 1.013) is a2
+    assert not pool.waiters
+
+
+def test_release_serves_the_oldest_waiter_when_the_local_one_queued_much_later() -> None:
+    pool = make_pool(2, workers=2)
+    slack = pool_mod.LOCAL_SLACK
+    old, local = _queue(pool, (1, 1.0), (0, 1.0 + 2 * slack))
+    assert _served(pool, 0, 2.0) is old  # the fairness bound: it moves to worker 1
+    assert _served(pool, 0, 2.1) is local
+
+
+def test_release_looks_only_local_scan_waiters_ahead() -> None:
+    pool = make_pool(2, workers=2)
+    n = pool_mod.LOCAL_SCAN
+    queued = _queue(pool, *([(1, 1.0)] * n + [(0, 1.0)] + [(1, 1.0)] + [(0, 1.0)]))
+    assert _served(pool, 0, 2.0) is queued[n]  # the LOCAL_SCAN-th waiter after the oldest is looked at
+    assert _served(pool, 0, 2.0) is queued[0]  # the next of worker 0 is past the scan: the oldest wins
+
+
+def test_release_skips_clients_that_stopped_waiting_when_looking_for_a_local_one() -> None:
+    pool = make_pool(2, workers=2)
+    a, gone, b = _queue(pool, (1, 1.0), (0, 1.001), (0, 1.002))
+    gone.waiting = False
+    assert _served(pool, 0, 1.01) is b
+    assert _served(pool, 0, 1.02) is a
+    assert _served(pool, 0, 1.03) is None  # nobody waits any more: parked idle
+    assert pool.counts()["sv_idle"] == 1
+
+
+def test_one_worker_release_is_plain_fifo() -> None:
+    pool = make_pool(1)
+    assert not pool.local_first
+    first, second = _queue(pool, (0, 1.0), (0, 1.001))
+    assert _served(pool, 0, 1.01) is first and _served(pool, 0, 1.02) is second
+
+
+def test_no_waiter_starves_when_one_worker_keeps_releasing_to_its_own() -> None:
+    """Worker 0 owns every server and its clients queue again right after each transaction; worker 1's
+    client, queued once, is served once nobody of worker 0 queued within LOCAL_SLACK after it."""
+    pool = make_pool(3, workers=2)
+    slack = pool_mod.LOCAL_SLACK
+    t = 1.0
+    starved = _queue(pool, (1, t))[0]
+    locals_ = _queue(pool, *[(0, t + 0.0001 * i) for i in range(1, 4)])
+    served_at = None
+    for step in range(1, 1000):
+        now = t + step * slack / 10
+        c = _served(pool, 0, now)
+        if c is starved:
+            served_at = now
+            break
+        assert c in locals_
+        assert c.wait_start <= t + slack  # overtaken only by waiters queued within the slack after it
+        c.waiting = True  # it runs a transaction and queues again, behind everyone
+        c.wait_start = now
+        pool.waiters.append(c)
+    assert served_at is not None and served_at - t <= 2 * slack
