@@ -50,9 +50,9 @@ def test_freed_servers_go_to_waiters_of_their_own_worker(pooler_factory: Any, pg
     p.web_port = free_port()
     p.config["web"] = {"enabled": True, "host": "127.0.0.1", "port": p.web_port}
     p.start()
-    # Each statement holds its server 2 ms, so the servers are the bottleneck and clients of both workers
+    # Each statement holds its server 1 ms or more, so the servers are the bottleneck and clients of both workers
     # are always waiting (as at pgbench -c 100 over a pool of 20).
-    sql = "select %s::int * 1000 + %s::int, pg_sleep(0.002) is not null"
+    sql = "select %s::int * 1000 + %s::int, pg_sleep(0.001) is not null"
     direct_dsn = f"host={pg.host} port={pg.port} user={SCRAM_USER} password={SCRAM_PASSWORD} dbname={DBNAME}"
     direct = asyncio.run(_run(direct_dsn, sql, 2))
     through = asyncio.run(_run(p.dsn(SCRAM_USER, SCRAM_PASSWORD, DBNAME), sql, ROUNDS))
@@ -63,6 +63,7 @@ def test_freed_servers_go_to_waiters_of_their_own_worker(pooler_factory: Any, pg
     total = n["same"] + n["other"]
     # 40 clients over 4 servers: most transactions waited for a freed server.
     assert total >= CLIENTS * ROUNDS // 2, n
-    # Oldest-waiter-first moved about half of them (the clients are split over the two workers); with the
-    # local preference a server moves only when its worker has no client waiting, or one waited LOCAL_SLACK.
-    assert n["other"] <= total // 5, n
+    # Oldest-waiter-first moved 30-48 % of them (the clients are split over the two workers); with the local
+    # preference a server moves only when its worker has no client waiting, or for fairness (LOCAL_SLACK):
+    # 6-7 % when this was written, on both builds.
+    assert n["other"] <= total * 15 // 100, n

@@ -158,3 +158,25 @@ def test_stale_event_of_an_unregistered_fd_is_not_dispatched(poller: Any) -> Non
         for s in [a, a_peer, b, b_peer, *ha.reborn, *hb.reborn]:
             s.close()
         loop.close()
+
+
+def test_cross_thread_calls_queued_before_the_loop_runs_share_one_wake_up() -> None:
+    """Servers handed to another worker arrive through call_soon_threadsafe: the calls queued while the loop
+    has not yet drained its wake-up socket cost one wake-up byte (one recv, one epoll event), not one each."""
+    loop = Loop("t")
+    ran: list[int] = []
+    try:
+        for i in range(5):
+            loop.call_soon_threadsafe(ran.append, i)
+        loop._wake_r.setblocking(False)
+        assert loop._wake_r.recv(64) == b"\0"  # one byte for the five calls
+        with pytest.raises(BlockingIOError):
+            loop._wake_r.recv(64)
+        loop._wake_w.send(b"\0")  # put it back for the loop to drain
+        loop.call_soon(loop.stop)
+        loop.run()
+        assert ran == [0, 1, 2, 3, 4]
+        loop.call_soon_threadsafe(ran.append, 5)  # drained: the next call wakes the loop again
+        assert loop._wake_r.recv(64) == b"\0"
+    finally:
+        loop.close()
