@@ -19,8 +19,8 @@ from tests.support.pooler import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
-CLIENTS = 40
-ROUNDS = 30
+CLIENTS = 16
+ROUNDS = 60
 
 
 def _handed(p: Any) -> dict[str, int]:
@@ -61,9 +61,11 @@ def test_freed_servers_go_to_waiters_of_their_own_worker(pooler_factory: Any, pg
     n = _handed(p)
     print("servers handed:", n)
     total = n["same"] + n["other"]
-    # 40 clients over 4 servers: most transactions waited for a freed server.
+    # 16 clients over 4 servers: most transactions waited for a freed server.
     assert total >= CLIENTS * ROUNDS // 2, n
-    # Oldest-waiter-first moved 30-48 % of them (the clients are split over the two workers); with the local
+    # Oldest-waiter-first moved 45-57 % of them (the clients are split over the two workers); with the local
     # preference a server moves only when its worker has no client waiting, or for fairness (LOCAL_SLACK):
-    # 6-7 % when this was written, on both builds.
+    # 1-6 % when this was written, GIL and 3.13t, on a loaded machine. Few clients per server keep the
+    # waits, and so how much the two workers' waits differ when the kernel splits the clients unevenly,
+    # well under LOCAL_SLACK (40 clients made that 6-16 %).
     assert n["other"] <= total * 15 // 100, n
