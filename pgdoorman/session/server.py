@@ -190,7 +190,7 @@ class ServerConn(ServerWrapped):
         st = self.pool.server_tls
         if answer == 83:  # 'S'
             assert st.context is not None
-            host = self.pool.pool_cfg.server_host
+            host = self.fallback.host if self.fallback else self.pool.pool_cfg.server_host  # the name to verify
             try:
                 self.detach()
                 self.sock = st.context.wrap_socket(self.sock, server_side=False, do_handshake_on_connect=False,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,9 +82,11 @@ def ask(conn: Any) -> tuple[Any, ...]:
     return tuple(row)
 
 
-def start_pooler(nodes: dict[str, Any], tmp_path: Path, patroni: FakePatroni, **pool: Any) -> tuple[Pooler, int]:
+def start_pooler(nodes: dict[str, Any], tmp_path: Path, patroni: FakePatroni, workers: int = 1,
+                 **pool: Any) -> tuple[Pooler, int]:
     a = nodes["node_a"]
-    cfg = pooler_config(a, pool_size=2, general={"admin_password": PASSWORD, "query_wait_timeout": 20000},
+    general = {"admin_password": PASSWORD, "query_wait_timeout": 20000, "worker_threads": workers}
+    cfg = pooler_config(a, pool_size=2, general=general,
                         pool={"patroni_api_urls": [patroni.url], "fallback_cooldown": "2s",
                               "fallback_lifetime": "2s", "fallback_connect_timeout": "2s", **pool})
     web = free_port()
@@ -104,11 +107,13 @@ def pool_row(p: Pooler, user: str = SCRAM_USER) -> dict[str, Any]:
         return row
 
 
-def test_fallback_to_the_standby_and_back(nodes: dict[str, Any], node_a: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fallback_to_the_standby_and_back(nodes: dict[str, Any], node_a: Any, tmp_path: Path, workers: int) -> None:
+    """With two workers, clients and the servers opened for them may live on different threads."""
     b = nodes["node_b"]
     patroni = FakePatroni([pmember("node_a", "leader", "127.0.0.1", node_a.port),
                            pmember("node_b", "sync_standby", "127.0.0.1", b.port)])
-    p, web = start_pooler(nodes, tmp_path, patroni)
+    p, web = start_pooler(nodes, tmp_path, patroni, workers)
     try:
         with direct(node_a) as d, connect(p) as c:
             assert ask(c) == ask(d) and ask(c)[0] == "node_a"
@@ -195,5 +200,41 @@ def test_no_usable_member_fails_the_client_at_once(nodes: dict[str, Any], node_a
         with direct(node_a) as d, connect(p) as c:
             assert ask(c) == ask(d)
     finally:
+        p.stop()
+        patroni.close()
+
+
+def test_session_mode_clients_waiting_together(nodes: dict[str, Any], node_a: Any, tmp_path: Path) -> None:
+    """Session mode, pool_size 2: two clients logging in at once while Patroni is read each get a server of
+    their own on node_b (the retry opens one per waiter)."""
+    b = nodes["node_b"]
+    patroni = FakePatroni([pmember("node_b", "replica", "127.0.0.1", b.port)])
+    p, web = start_pooler(nodes, tmp_path, patroni, pool_mode="session")
+    conns: list[Any] = []
+    try:
+        node_a.stop("fast")
+        errors: list[BaseException] = []
+
+        def login() -> None:
+            try:
+                conns.append(connect(p))
+            except BaseException as e:  # noqa: BLE001 (reported below)
+                errors.append(e)
+
+        threads = [threading.Thread(target=login) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors and len(conns) == 2
+        with direct(b) as d:
+            assert [ask(c) for c in conns] == [ask(d)] * 2
+        pids = {c.execute("select pg_backend_pid()").fetchone() for c in conns}
+        assert len(pids) == 2
+        row = pool_row(p)
+        assert (row["sv_active"], row["fallback_active"]) == (2, 1)
+    finally:
+        for c in conns:
+            c.close()
         p.stop()
         patroni.close()
