@@ -175,6 +175,8 @@ class PoolFallback:
             if target is None:
                 first = now >= self.local_down_until
                 self.local_down_until = now + self.settings.cooldown
+                if first and not (self.host is not None and now < self.host_until):
+                    self.candidates = []  # a new episode: Patroni is read again, not an old answer trusted
             else:
                 reason = "timeout" if "timeout" in why else "connect_error"
                 self.counters.failures[reason] = self.counters.failures.get(reason, 0) + 1

@@ -134,6 +134,12 @@ def test_back_to_the_configured_server(patroni: FakePatroni, events: list[Any]) 
     fb.connected(None, 130.2)
     assert fb.host is None and not fb.active(130.2)
     assert events[-1] == ("fallback", "app", True, "server 127.0.0.1:5432 is back: fallback ended")
+    # It fails again later: a new episode reads Patroni again (the topology may have changed meanwhile).
+    patroni.members = [pmember("r2", "sync_standby", "127.0.0.4")]
+    assert fb.connect_failed(None, REFUSED, 200.0)
+    assert discover(fb, 200.0) == (True, "")
+    r2 = fb.target(200.0, 0, lambda ok, why: None)
+    assert isinstance(r2, Target) and r2.ip == "127.0.0.4"
 
 
 def test_patroni_unreachable_or_useless(patroni: FakePatroni, events: list[Any]) -> None:
@@ -157,3 +163,18 @@ def test_for_pool_keeps_one_state_per_configured_pool() -> None:
     assert fallback.for_pool("fb_test_pool", s2, "127.0.0.1", 5432) is a and a.settings == s2
     assert fallback.for_pool("fb_test_pool", None, "127.0.0.1", 5432) is None
     assert a not in fallback.states()
+
+
+def test_a_new_episode_reads_patroni_again(patroni: FakePatroni) -> None:
+    """The server failed, Patroni was read, and nothing connected before the cooldown ended; it fails again:
+    the old answer is not trusted, Patroni is read again."""
+    patroni.members = [pmember("r", "replica", "127.0.0.3")]
+    fb = make([patroni.url], cooldown=30.0)
+    fb.connect_failed(None, REFUSED, 100.0)
+    discover(fb, 100.0)
+    assert fb.target(131.0, 0, lambda ok, why: None) is None  # the cooldown is over
+    patroni.members = [pmember("s", "sync_standby", "127.0.0.4")]
+    assert fb.connect_failed(None, REFUSED, 131.0)
+    assert discover(fb, 131.0) == (True, "")
+    s = fb.target(131.0, 0, lambda ok, why: None)
+    assert isinstance(s, Target) and s.ip == "127.0.0.4"
