@@ -25,6 +25,7 @@ from pgdoorman import __version__, hba, logs, systemd, talos
 from pgdoorman.auth_query import DynamicPools
 from pgdoorman.config import Config, ConfigError
 from pgdoorman.core.cancel import CancelRegistry
+from pgdoorman.core.coordinator import Coordinators
 from pgdoorman.core.pool import Pool
 from pgdoorman.janitor import Janitor
 from pgdoorman.net.budget import Budget
@@ -73,7 +74,8 @@ class App:
             w.loop.mem = self.budget.part()
         self.janitors = [Janitor(w) for w in self.workers]  # one per worker, on its loop
         self.pools: dict[tuple[str, str], Pool] = {}
-        self.pool_list: list[Pool] = []
+        self.coordinators = Coordinators()  # max_db_connections, per database (core/coordinator.py)
+        self._pool_list: list[Pool] = []
         self.cancels = CancelRegistry()
         self.count_lock = threading.Lock()
         self.n_clients = 0
@@ -119,6 +121,17 @@ class App:
         # auth_query: the lookups and the pools of the users they find (pgdoorman/auth_query/).
         self.auth_query = DynamicPools(self)
         self._next_collect = 0.0
+
+    @property
+    def pool_list(self) -> list[Pool]:
+        return self._pool_list
+
+    @pool_list.setter
+    def pool_list(self, pools: list[Pool]) -> None:
+        """Every change of the pool list (start, RELOAD, auth_query's pools) passes here: the databases'
+        coordinators follow it."""
+        self.coordinators.refresh(self.config, pools)
+        self._pool_list = pools
 
     # ------------------------------------------------------------------ config
     def _use_access(self, resources: Resources) -> None:

@@ -16,6 +16,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, cast
 
+from pgdoorman.protocol import messages as m
 from pgdoorman.session.states import ACTIVE, CONNECTING, IDLE, LOGIN
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class Janitor:
         for pool in self.worker.app.pool_list:
             if pool.check_wanted:
                 self.fetch_check_reply(pool)
+        self.pressure(now)
         self.worker.loop.call_later(WAIT_TICK, self._wait_tick)
 
     def check_queries(self, now: float) -> int:
@@ -120,6 +122,33 @@ class Janitor:
                 n += 1
         return n
 
+    def pressure(self, now: float) -> None:
+        """The slow paths of pools with waiters: a missed anticipation timer, and for a pool its database's
+        coordinator refuses (core/coordinator.py) another eviction try, then PgDoorman's error for the clients
+        that waited reserve_pool_timeout."""
+        w = self.worker
+        for pool in w.app.pool_list:
+            if not pool.queued:
+                continue
+            if pool.antic_wait and (not pool.antic_due or pool.antic_due < now - WAIT_TICK):
+                w.anticipation_due(pool)
+            coord = pool.coord
+            if coord is None or not pool.coord_blocked_since:
+                continue
+            if w.id == 0:
+                w.evict_for(pool)
+            for waiter in pool.exhausted_waiters(now):
+                coord.exhausted()
+                err = m.error_response("53300", coord.exhausted_error(pool.username), "FATAL")
+                log.warning("pool coordinator: %s waited reserve_pool_timeout for a server of database %s "
+                            "(max_db_connections %d, reserve %d/%d in use)", pool.name, pool.database,
+                            coord.max_db, coord.reserve_used, coord.reserve_size)
+                c = cast("ClientConn", waiter)
+                if c.worker is w:
+                    c.server_failed(err)
+                else:
+                    c.worker.loop.call_soon_threadsafe(c.server_failed, err)
+
     def _retain_interval(self) -> float:
         base = self.worker.app.config.general.retain_connections_time / 1000.0
         return max(0.05, base)
@@ -141,6 +170,8 @@ class Janitor:
             for s, why in pool.take_expired(w.id, now, limit - closed):
                 cast("ServerConn", s).retire(why)
                 closed += 1
+            for s in pool.take_reserve_idle(w.id, now):
+                cast("ServerConn", s).retire("reserve connection idle longer than min_connection_lifetime")
             if w.id == 0:
                 self.ensure_min(pool)
         return closed

@@ -318,10 +318,16 @@ class Worker:
         self.servers.add(s)
 
     def server_ready(self, s: ServerConn) -> None:
-        """A new server finished login: give it to the oldest waiter or park it."""
+        """A new server finished login: give it to the oldest waiter or park it; its place in the burst gate
+        may open one more for the waiters."""
         if s.pool.fallback is not None:
             s.pool.fallback.connected(s.fallback, self.loop.now)
         self._give_back(s)
+        pool = s.pool
+        if pool.queued and pool.retry_for_waiters():
+            self.spawn_server(pool)
+        while pool.total < pool.min_pool_size and pool.reserve_spawn():  # min_pool_size, past the burst gate
+            self.spawn_server(pool)
 
     # -- Patroni-assisted fallback (core/fallback.py)
     def _fallback_waker(self, pool: Pool) -> Callable[[bool, str], None]:
@@ -353,17 +359,61 @@ class Worker:
         one later through `hand`."""
         r = pool.acquire(c, self.id, self.loop.now)
         if type(r) is tuple:
-            self.carry_out(pool, r[0], r[1])
+            self.carry_out(pool, r[0], r[1], r[2])
             return None
+        if r is None and pool.coord_blocked_since:
+            self.evict_for(pool)
         return r  # type: ignore[return-value]  # None, or a server: the pool holds only the ServerConns workers gave it
 
-    def carry_out(self, pool: Pool, pairs: Pairs | None, spawn: bool) -> None:
-        """What a pool's decision asks of this worker: hand servers to waiters, open a server."""
+    def carry_out(self, pool: Pool, pairs: Pairs | None, spawn: bool, antic: float = 0.0) -> None:
+        """What a pool's decision asks of this worker: hand servers to waiters, open a server, come back when
+        a waiter's anticipation ends."""
         if pairs:
             for s, c in pairs:
                 self.hand(cast(ServerConn, s), cast(ClientConn, c))
         if spawn:
             self.spawn_server(pool)
+        if antic:
+            self.loop.call_later(antic, self.anticipation_due, pool)
+        if pool.coord_blocked_since:
+            self.evict_for(pool)
+
+    def anticipation_due(self, pool: Pool) -> None:
+        """Waiters above the warm threshold waited their budget for a returned server: open servers now."""
+        n, again = pool.anticipation_due(self.loop.now)
+        for _ in range(n):
+            self.spawn_server(pool)
+        if again:
+            self.loop.call_later(again, self.anticipation_due, pool)
+
+    # -- the database's coordinator (core/coordinator.py)
+    def evict_for(self, pool: Pool) -> None:
+        """`pool` was refused a slot at max_db_connections: close an idle server of another user for it."""
+        coord = pool.coord
+        victim = coord.evict_for(pool, self.loop.now) if coord is not None else None
+        if victim is None:
+            return
+        v = cast(ServerConn, victim)
+        why = f"evicted by the pool coordinator for {pool.name}"
+        log.info("pool coordinator: closing idle server %s of %s for %s", v.addr, v.pool.name, pool.name)
+        owner = cast(Worker, v.worker)  # an idle server's worker is the one of its shard
+        if owner is self:
+            v.retire(why)
+        else:
+            owner.loop.call_soon_threadsafe(owner.retire_idle, v, why)
+
+    def retire_idle(self, s: ServerConn, why: str) -> None:
+        if not s.closed:
+            s.retire(why)
+
+    def _slot_freed(self, pool: Pool) -> None:
+        """A server of `pool` is gone: pools of its database the coordinator refused may open one now."""
+        coord = pool.coord
+        if coord is None or not coord.blocked:
+            return
+        for p in coord.take_blocked():
+            if p.retry_for_waiters():
+                self.spawn_server(cast("Pool", p))  # the coordinator's members are the App's pools
 
     def hand(self, s: ServerConn, c: ClientConn) -> None:
         """Give server `s` to waiter `c`, from this worker: directly when both live here (the common case),
@@ -385,7 +435,7 @@ class Worker:
         """PAUSE / RESUME of `pool`; clients that waited meanwhile are served starting from this worker."""
         r = pool.set_paused(paused)
         if r is not None:
-            self.carry_out(pool, r[0], r[1])
+            self.carry_out(pool, r[0], r[1], r[2])
 
     def release_server(self, s: ServerConn, client_gone: bool = False, client: ClientConn | None = None) -> None:
         """The linked client is done with `s` (ReadyForQuery idle in transaction mode, or it left)."""
@@ -471,6 +521,7 @@ class Worker:
             log.warning("server connection to %s for %s failed: %s", s.addr, pool.name, reason)
             self.app.server_login_failed(pool, s.connect_error)
             pool.server_gone(was_connecting=True)
+            self._slot_freed(pool)
             if pool.fallback is not None and pool.fallback.connect_failed(s.fallback, s.connect_error,
                                                                           self.loop.now):
                 self._fallback_retry(pool)
@@ -496,6 +547,7 @@ class Worker:
                 linked.server_failed(None)
         if pool.server_gone():
             self.spawn_server(pool)
+        self._slot_freed(pool)
 
     def _fail_client(self, c: ClientConn, error: bytes | None) -> None:
         if c.worker is self:

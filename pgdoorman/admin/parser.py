@@ -31,6 +31,8 @@ SHOW_SUBCOMMANDS = (
     "startup_parameters",
     "sockets",
     "listeners",
+    "pool_coordinator",
+    "pool_scaling",
 )
 # Accepted spellings that map onto a canonical subcommand.
 SHOW_ALIASES = {"pool_memory": "pools_memory"}

@@ -82,6 +82,15 @@ PREPARED_STATEMENTS_COLUMNS: Columns = [
 ]
 # One row: the process's sockets by kind and state (observe/sockets.py).
 SOCKETS_COLUMNS: Columns = [(name, NUMERIC) for name in sockets.COLUMNS]
+POOL_COORDINATOR_COLUMNS: Columns = [
+    ("database", TEXT), ("max_db_conn", NUMERIC), ("current", NUMERIC), ("reserve_size", NUMERIC),
+    ("reserve_used", NUMERIC), ("evictions", NUMERIC), ("reserve_acq", NUMERIC), ("exhaustions", NUMERIC),
+]
+POOL_SCALING_COLUMNS: Columns = [
+    ("user", TEXT), ("database", TEXT), ("inflight", NUMERIC), ("creates", NUMERIC), ("gate_waits", NUMERIC),
+    ("gate_budget_ex", NUMERIC), ("antic_notify", NUMERIC), ("antic_timeout", NUMERIC),
+    ("create_fallback", NUMERIC), ("replenish_def", NUMERIC),
+]
 HELP_COLUMNS: Columns = [("item", TEXT)]
 LOG_LEVEL_COLUMNS: Columns = [("log_level", TEXT)]
 VERSION_COLUMNS: Columns = [("version", TEXT)]
@@ -111,6 +120,8 @@ HELP_ITEMS = (
     "SHOW AUTH_QUERY",
     "SHOW STARTUP_PARAMETERS",
     "SHOW LISTENERS",
+    "SHOW POOL_COORDINATOR",
+    "SHOW POOL_SCALING",
     "SET log_level = '<level>'",
     "RELOAD",
     "SHUTDOWN",
@@ -421,6 +432,17 @@ def show_listeners(ctx: ShowContext) -> ResultSet:
     return ResultSet(LISTENERS_COLUMNS, [[user, db, *(d[k] for k in names)] for user, db, d in ctx.obs.listeners()])
 
 
+def show_pool_coordinator(ctx: ShowContext) -> ResultSet:
+    """One row per database with max_db_connections: its cap, servers now, reserve, and what the coordinator
+    did since start."""
+    return ResultSet(POOL_COORDINATOR_COLUMNS, [list(r) for r in ctx.obs.pool_coordinator()])
+
+
+def show_pool_scaling(ctx: ShowContext) -> ResultSet:
+    """One row per pool: server connections being opened, and the connection scaling's counters."""
+    return ResultSet(POOL_SCALING_COLUMNS, [list(r) for r in ctx.obs.pool_scaling()])
+
+
 SHOW_BUILDERS: dict[str, Callable[[ShowContext], ResultSet]] = {
     "help": show_help,
     "config": show_config,
@@ -441,6 +463,8 @@ SHOW_BUILDERS: dict[str, Callable[[ShowContext], ResultSet]] = {
     "startup_parameters": show_startup_parameters,
     "sockets": show_sockets,
     "listeners": show_listeners,
+    "pool_coordinator": show_pool_coordinator,
+    "pool_scaling": show_pool_scaling,
 }
 assert set(SHOW_BUILDERS) == set(SHOW_SUBCOMMANDS), "parser and builders disagree on SHOW subcommands"
 
@@ -453,5 +477,6 @@ SHOW_COLUMNS: dict[str, Columns] = {
     "users": USERS_COLUMNS, "log_level": LOG_LEVEL_COLUMNS, "lists": LISTS_COLUMNS, "sockets": SOCKETS_COLUMNS,
     "auth_query": AUTH_QUERY_COLUMNS, "startup_parameters": STARTUP_PARAMETERS_COLUMNS,
     "listeners": LISTENERS_COLUMNS,
+    "pool_coordinator": POOL_COORDINATOR_COLUMNS, "pool_scaling": POOL_SCALING_COLUMNS,
 }
 

@@ -290,14 +290,22 @@ FIELDS: Final[tuple[Field, ...]] = (
              "reject): inline text, `{path = \"...\"}` or `{content = \"...\"}`.", optional=True,
              example="host all all 127.0.0.1/32 md5"),
     # ------------------------------------------------------------------ general: connection scaling
-    _general("Connection scaling", "max_concurrent_creates", Int(1), 4, False,
-             "Most server connections being opened at once."),
-    _general("Connection scaling", "scaling_warm_pool_ratio", Int(0, 100), 20, False,
-             "Percentage of pool_size below which new server connections are opened without waiting."),
-    _general("Connection scaling", "scaling_fast_retries", Int(0), 10, False,
-             "Quick retries for an idle server before opening a new one."),
-    _general("Connection scaling", "scaling_max_parallel_creates", Int(1), 2, False,
-             "Most server connections being opened at once per pool."),
+    _general("Connection scaling", "max_concurrent_creates", Int(1), 4, True,
+             "Most server connections one pool (database and user) opens at once, min_pool_size top-ups "
+             "included; with `scaling_max_parallel_creates` the lower of the two applies."),
+    _general("Connection scaling", "scaling_warm_pool_ratio", Int(0, 100), 20, True,
+             "Percentage of a pool's `pool_size` (at least 1 connection) below which a client that finds no idle "
+             "server gets a new one opened at once. Above it the client first waits for a returned server "
+             "for twice the pool's p99 transaction time (100 ms before any transaction, within 5-500 ms and "
+             "`query_wait_timeout` less 500 ms), then one is opened for it (docs/operations.md)."),
+    _general("Connection scaling", "scaling_fast_retries", Int(0), 10, True,
+             "PgDoorman's quick re-checks for a returned server before the anticipation wait. Checked and "
+             "accepted; pgdoorman needs no re-checks: a server returned on any worker goes at once to the "
+             "oldest waiting client."),
+    _general("Connection scaling", "scaling_max_parallel_creates", Int(1), 2, True,
+             "Most server connections one pool (database and user) opens at once for its waiting clients (the "
+             "burst gate): a burst of clients waits for these or for returned servers instead of opening one "
+             "each."),
     # ------------------------------------------------------------------ web
     _web("Listener", "enabled", Bool(), False, True,
          "Start the HTTP listener serving Prometheus metrics at `/metrics`.", reloadable=False),

@@ -13,105 +13,22 @@ clients wait goes to a waiter of its own worker when one queued about as early a
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pgdoorman.config import Config, PoolConfig, UserConfig
 from pgdoorman.core import fallback, startup_params
 from pgdoorman.core.listen import Channels
+from pgdoorman.core.pool_parts import PoolLive as PoolLive
+from pgdoorman.core.pool_parts import PoolStats as PoolStats
+from pgdoorman.core.pool_parts import ServerTlsLike as ServerTlsLike
 from pgdoorman.core.prepared import PoolCache
-from pgdoorman.core.stats import STREAM_KINDS, Histogram
+from pgdoorman.core.scaling import Scaling, budget
+from pgdoorman.core.stats import merged, percentile
 
 if TYPE_CHECKING:
-    import ssl
-
-
-class ServerTlsLike(Protocol):
-    """What a pool's server connections read of its server TLS (pgdoorman.net.tls.ServerTls)."""
-
-    @property
-    def mode(self) -> str: ...
-    @property
-    def context(self) -> ssl.SSLContext | None: ...
-    @property
-    def first(self) -> bool: ...
-    @property
-    def required(self) -> bool: ...
-
-
-class PoolLive(Protocol):
-    """The live objects of one (pool, user), built once from the checked config by pgdoorman.resources
-    (PoolResources): server TLS, and the JWT keys for clients' tokens and for ours to PostgreSQL."""
-
-    @property
-    def server_tls(self) -> ServerTlsLike: ...
-    @property
-    def jwt_key(self) -> Any: ...
-    @property
-    def jwt_server_key(self) -> Any: ...
-
-
-class PoolStats:
-    """Per-worker counters of one pool: only the owning worker writes them, readers sum the shards.
-
-    Query, transaction and wait counts and time sums live in the histograms only: one write per event,
-    so a reader on another thread (free-threaded CPython) never sees a count and its histogram disagree.
-    """
-
-    __slots__ = ("bytes_in", "bytes_out", "max_wait_us", "errors", "xact_hist", "query_hist", "wait_hist",
-                 "errors_by_class", "pins", "refused", "query_timeouts", "check_cache", "check_backend", "streams",
-                 "handed_local", "handed_moved")
-
-    def __init__(self) -> None:
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.max_wait_us = 0
-        self.errors = 0
-        self.xact_hist = Histogram()
-        self.query_hist = Histogram()
-        self.wait_hist = Histogram()
-        self.errors_by_class: dict[str, int] = {}  # SQLSTATE class (first two chars) -> count
-        self.pins = 0  # transaction-mode clients pinned to their server (session/client_base.py session_check)
-        self.refused = 0  # statements refused because they would pin (transaction_pinning: refuse)
-        self.query_timeouts = 0  # requests cancelled by query_timeout
-        self.check_cache = 0  # pooler_check_query answered from the kept answer
-        self.check_backend = 0  # pooler_check_query sent to PostgreSQL (no answer kept yet)
-        # Streamed messages (message_size_to_be_stream): by kind (STREAM_KINDS), ok count, error count, bytes.
-        self.streams = [0] * 9
-        self.handed_local = 0  # freed servers handed to a waiter of the same worker (worker.py Worker.hand)
-        self.handed_moved = 0  # ... to a waiter of another worker: the server moved there
-
-    def streamed(self, t: int, size: int, ok: bool) -> None:
-        """A message of `size` bytes went through in pieces (ok), or its connection closed in its middle."""
-        k = STREAM_KINDS.get(t)
-        if k is not None:
-            k *= 3
-            self.streams[k + (0 if ok else 1)] += 1
-            self.streams[k + 2] += size
-
-    @property
-    def xact_count(self) -> int:
-        return self.xact_hist.n
-
-    @property
-    def xact_time_us(self) -> int:
-        return self.xact_hist.total
-
-    @property
-    def query_count(self) -> int:
-        return self.query_hist.n
-
-    @property
-    def query_time_us(self) -> int:
-        return self.query_hist.total
-
-    @property
-    def wait_count(self) -> int:
-        return self.wait_hist.n
-
-    @property
-    def wait_time_us(self) -> int:
-        return self.wait_hist.total
+    from pgdoorman.core.coordinator import Coordinator
 
 
 class Shard(Protocol):
@@ -154,10 +71,11 @@ LOCAL_SLACK = 0.01
 LOCAL_SCAN = 32
 
 
-# What the worker must do after a state change: (server, waiter) pairs to hand over, and whether to open a
-# new server connection (its slot is already reserved).
+# What the worker must do after a state change: (server, waiter) pairs to hand over, whether to open a
+# new server connection (its slot is already reserved), and in how many seconds to call `anticipation_due`
+# (0: no timer).
 Pairs = list[tuple[Pooled, Waiter]]
-Actions = tuple[Pairs | None, bool]
+Actions = tuple[Pairs | None, bool, float]
 
 
 class Pool:
@@ -193,6 +111,14 @@ class Pool:
         self.startup_dedicated = False
         # Transaction mode LISTEN/NOTIFY (core/listen.py): made at the first client's LISTEN/UNLISTEN.
         self.channels: Channels | None = None
+        # Connection scaling and the database's coordinator (core/coordinator.py; None: no max_db_connections).
+        self.scaling = Scaling()
+        self.coord: Coordinator | None = None
+        self.coord_blocked_since = 0.0  # monotonic: since when the coordinator refuses a slot waiters need
+        self.antic_wait = False  # the last spawn check waited for a returned server (anticipation)
+        self.antic_due = 0.0  # when a timer will call anticipation_due (0: none armed)
+        self.antic_cut = 0.0  # waiters queued before this had their anticipation timeout counted
+        self._p99 = (-10.0, 0.0)  # (when computed, transactions' p99 in us)
         self.apply(cfg, pool_cfg, user_cfg, live)
 
     def apply(self, cfg: Config, pool_cfg: PoolConfig, user_cfg: UserConfig, live: PoolLive) -> None:
@@ -212,6 +138,11 @@ class Pool:
         self.idle_check = cfg.general.server_idle_check_timeout / 1000.0  # 0: off (session/client_base.py _link)
         self.round_robin = cfg.general.server_round_robin  # idle servers handed out oldest first
         self.set_check_query(cfg.general.pooler_check_query)
+        g = cfg.general
+        ratio = pool_cfg.scaling_warm_pool_ratio
+        ratio = g.scaling_warm_pool_ratio if ratio is None else ratio
+        self.warm = max(1, self.pool_size * ratio // 100)  # below it, servers are opened without waiting
+        self.max_creates = max(1, min(g.scaling_max_parallel_creates, g.max_concurrent_creates))
         self.cleanup = pool_cfg.cleanup_server_connections
         # transaction_pinning: refuse (statements that would pin a client are refused, core/sqllex.py)
         self.pin_refuse = self.transaction_mode and pool_cfg.transaction_pinning == "refuse"
@@ -262,6 +193,15 @@ class Pool:
     def name(self) -> str:
         return f"{self.username}@{self.database}"
 
+    @property
+    def idle_count(self) -> int:
+        return self.n_idle
+
+    @property
+    def queued(self) -> bool:
+        """Clients wait (read without the lock: a hint for the worker's and janitor's slow paths)."""
+        return bool(self.waiters)
+
     # ------------------------------------------------------------------ checkout / release
     def acquire(self, client: Waiter, wid: int, now: float) -> Pooled | Actions | None:
         """A local idle server now (the common case: nothing allocated), or queue the client: then None, or
@@ -277,26 +217,146 @@ class Pool:
             self.waiters.append(client)
             pairs = self._match_locked() if self.n_idle else None
             spawn = self._want_spawn_locked()
-        return (pairs, spawn) if pairs or spawn else None
+            delay = self._arm_antic_locked(now) if self.antic_wait and not self.antic_due else 0.0
+        return (pairs, spawn, delay) if pairs or spawn or delay else None
 
     def _want_spawn_locked(self) -> bool:
-        if self.paused:
+        """Reserve a slot for a new server for the waiters, if they need one and may have it: pool_size,
+        the anticipation above the warm threshold, the burst gate, then the database's coordinator."""
+        self.antic_wait = False
+        if self.paused or self.total >= self.pool_size or self.connecting >= len(self.waiters):
             return False
-        if self.total < self.pool_size and self.connecting < len(self.waiters):
-            self.total += 1
-            self.connecting += 1
-            return True
+        anticipated = self.total >= self.warm
+        if anticipated and not self._anticipation_over_locked():
+            self.antic_wait = True
+            return False
+        if self.connecting >= self.max_creates:
+            self._gate_full_locked()
+            return False
+        coord = self.coord
+        if coord is not None and not coord.take(self):
+            if not self.coord_blocked_since:
+                self.coord_blocked_since = time.monotonic()
+            return False
+        self.coord_blocked_since = 0.0
+        if anticipated:
+            self.scaling.create_fallback += 1
+        self.total += 1
+        self.connecting += 1
+        self.scaling.creates += 1
+        return True
+
+    def _anticipation_over_locked(self) -> bool:
+        """Above the warm threshold a server is opened only for a waiter that waited its anticipation budget
+        without getting a returned one: more such waiters than servers being opened."""
+        cut = time.monotonic() - self._anticbudget()
+        n = 0
+        for c in self.waiters:
+            if c.wait_start > cut:
+                return False
+            if c.waiting:
+                n += 1
+                if n > self.connecting:
+                    return True
         return False
+
+    def _anticbudget(self) -> float:
+        now = time.monotonic()
+        when, p99 = self._p99
+        if now - when > 1.0:
+            counts, n, _ = merged(st.xact_hist for st in self.stats)
+            p99 = percentile(counts, n, 0.99)
+            self._p99 = (now, p99)
+        return min(budget(p99, 5.0), max(0.0, self.query_wait_timeout - 0.5))
+
+    def _gate_full_locked(self) -> None:
+        sc = self.scaling
+        sc.gate_waits += 1
+        for c in self.waiters:
+            if c.waiting:
+                if time.monotonic() - c.wait_start > budget(self._p99[1], 20.0):
+                    sc.gate_budget_ex += 1
+                break
+
+    def _arm_antic_locked(self, now: float) -> float:
+        """Seconds until the oldest waiter still anticipating runs out of budget (its worker arms a timer
+        for anticipation_due); 0 when none does."""
+        if self.total >= self.pool_size:
+            return 0.0
+        cut = now - self._anticbudget()
+        for c in self.waiters:
+            if c.waiting and c.wait_start > cut:
+                self.antic_due = c.wait_start - cut + now
+                return max(0.001, self.antic_due - now)
+        return 0.0
+
+    def anticipation_due(self, now: float) -> tuple[int, float]:
+        """The anticipation timer: how many servers to open for waiters whose budget ran out (their slots are
+        reserved), and in how many seconds to come back (0: no timer)."""
+        with self.lock:
+            self.antic_due = 0.0
+            cut = now - self._anticbudget()
+            for c in self.waiters:
+                if c.wait_start > cut:
+                    break
+                if c.waiting and c.wait_start > self.antic_cut:
+                    self.scaling.antic_timeout += 1
+            self.antic_cut = cut
+            n = 0
+            while n < self.max_creates and self._want_spawn_locked():
+                n += 1
+            return n, self._arm_antic_locked(now) if self.waiters else 0.0
 
     def reserve_spawn(self, extra: int = 0) -> bool:
         """Reserve a slot for a new server outside of a checkout (min_pool_size, login parameters; `extra`
-        slots over pool_size for a replacement opened before a server's server_lifetime ends)."""
+        slots over pool_size for a replacement opened before a server's server_lifetime ends): not past the
+        burst gate (put off to the next round) nor past the database's cap (no reserve, no eviction for it)."""
         with self.lock:
-            if self.total < self.pool_size + extra and not self.paused:
-                self.total += 1
-                self.connecting += 1
-                return True
-            return False
+            if self.total >= self.pool_size + extra or self.paused:
+                return False
+            if self.connecting >= self.max_creates:
+                self.scaling.replenish_def += 1
+                return False
+            if self.coord is not None and not self.coord.take(self, main_only=True):
+                return False
+            self.total += 1
+            self.connecting += 1
+            self.scaling.creates += 1
+            return True
+
+    # ------------------------------------------------------------------ the database's coordinator
+    def join(self, coord: Coordinator | None) -> None:
+        """Count this pool's servers in `coord` (None: in none) from now on (Coordinators.refresh)."""
+        if self.coord is coord:  # the common case on a refresh: nothing to lock for
+            return
+        with self.lock:
+            old = self.coord
+            if old is coord:
+                return
+            if old is not None:
+                old.joined(-self.total)
+                old.unblock(self)
+            if coord is not None:
+                coord.joined(self.total)
+            self.coord = coord
+            self.coord_blocked_since = 0.0
+
+    def take_oldest_idle(self, created_before: float, keep: int) -> Pooled | None:
+        """The coordinator evicts: the oldest idle server created before `created_before`, out of its shard,
+        unless the pool would go below `keep` servers; the caller retires it."""
+        with self.lock:
+            if self.total <= keep:
+                return None
+            best: tuple[list[Pooled], Pooled] | None = None
+            for lst in self.idle:
+                for s in lst:
+                    if s.created <= created_before and (best is None or s.created < best[1].created):
+                        best = (lst, s)
+            if best is None:
+                return None
+            best[0].remove(best[1])
+            self.n_idle -= 1
+            return best[1]
 
     def _match_locked(self) -> Pairs:
         pairs: Pairs = []
@@ -326,11 +386,15 @@ class Pool:
                 while not c.waiting and waiters:
                     c = waiters.popleft()
                 if c.waiting:
+                    if self.warm <= self.total < self.pool_size:  # it was anticipating: served by a return
+                        self.scaling.antic_notify += 1
                     if c.worker.id != wid and waiters and self.local_first:
                         return self._local_waiter_locked(c, wid)
                     return c
             self.idle[wid].append(server)
             self.n_idle += 1
+            if self.coord_blocked_since:  # nobody waits any more
+                self._unblock_locked()
             return None
 
     def _local_waiter_locked(self, oldest: Waiter, wid: int) -> Waiter:
@@ -348,6 +412,11 @@ class Pool:
                 return c
             i += 1
         return oldest
+
+    def _unblock_locked(self) -> None:
+        self.coord_blocked_since = 0.0
+        if self.coord is not None:
+            self.coord.unblock(self)
 
     def take_idle(self, server: Pooled, wid: int) -> bool:
         """Remove a specific idle server from shard `wid` (it died or is being retired)."""
@@ -408,6 +477,8 @@ class Pool:
         (its slot is reserved)."""
         with self.lock:
             self.total -= 1
+            if self.coord is not None:
+                self.coord.give_back()
             if was_connecting:
                 self.connecting -= 1
                 return False
@@ -451,6 +522,49 @@ class Pool:
                     out.append(c)
         return out
 
+    def exhausted_waiters(self, now: float) -> list[Waiter]:
+        """Pop the waiters that waited reserve_pool_timeout while the coordinator refused this pool the slot
+        they need (they get the coordinator's error)."""
+        coord = self.coord
+        since = self.coord_blocked_since
+        if coord is None or not since or not self.waiters or now - since < coord.reserve_timeout:
+            return []
+        out: list[Waiter] = []
+        limit = now - coord.reserve_timeout
+        with self.lock:
+            if not self.coord_blocked_since:
+                return out
+            if not coord.is_blocked(self):  # it got a slot meanwhile, or needs none
+                self.coord_blocked_since = 0.0
+                return out
+            w = self.waiters
+            while w and (not w[0].waiting or w[0].wait_start <= limit):
+                c = w.popleft()
+                if c.waiting:
+                    out.append(c)
+            if not any(c.waiting for c in w):
+                self._unblock_locked()
+        return out
+
+    def take_reserve_idle(self, wid: int, now: float) -> list[Pooled]:
+        """Servers the database holds above max_db_connections (the reserve) are closed once idle longer than
+        min_connection_lifetime, while nobody waits here: this shard's, at most the reserve in use."""
+        coord = self.coord
+        if coord is None or coord.current <= coord.max_db or self.waiters:
+            return []
+        out: list[Pooled] = []
+        with self.lock:
+            lst = self.idle[wid]
+            n = coord.current - coord.max_db
+            for s in list(lst):
+                if len(out) >= n:
+                    break
+                if now - s.idle_since >= coord.min_lifetime:
+                    lst.remove(s)
+                    self.n_idle -= 1
+                    out.append(s)
+        return out
+
     def set_paused(self, paused: bool) -> Actions | None:
         """PAUSE or RESUME; on resume, the actions for the clients that waited meanwhile."""
         with self.lock:
@@ -459,7 +573,7 @@ class Pool:
                 return None
             pairs = self._match_locked()
             spawn = self._want_spawn_locked()
-        return (pairs, spawn) if pairs or spawn else None
+        return (pairs, spawn, 0.0) if pairs or spawn else None
 
     # ------------------------------------------------------------------ reporting
     def counts(self) -> dict[str, int]:
@@ -470,3 +584,11 @@ class Pool:
                 "sv_login": self.connecting,
                 "cl_waiting": sum(1 for c in self.waiters if c.waiting),
             }
+
+    def scaling_row(self) -> tuple[int, ...]:
+        """SHOW POOL_SCALING after user and database: inflight, creates, gate_waits, gate_budget_ex,
+        antic_notify, antic_timeout, create_fallback, replenish_def."""
+        sc = self.scaling
+        with self.lock:
+            return (self.connecting, sc.creates, sc.gate_waits, sc.gate_budget_ex, sc.antic_notify,
+                    sc.antic_timeout, sc.create_fallback, sc.replenish_def)

@@ -233,7 +233,7 @@ def _server_parameters(pool: PoolOut, db: _Db, src: str) -> None:
 
 
 def _limits(pool: PoolOut, db: _Db, d: _Defaults, src: str) -> None:
-    """max_db_connections / reserve pool (PgDoorman's coordinator; not implemented by pgdoorman yet)."""
+    """max_db_connections / reserve pool (PgDoorman's pool coordinator, core/coordinator.py)."""
     p = db.params
     maxdb = to_int(db.setting, p["max_db_connections"]) if "max_db_connections" in p else (
         to_int(d.maxdb_s) if d.maxdb_s is not None else 0)
@@ -241,8 +241,8 @@ def _limits(pool: PoolOut, db: _Db, d: _Defaults, src: str) -> None:
         where = (f"{src}: max_db_connections" if "max_db_connections" in p else
                  src_note(d.maxdb_s) if d.maxdb_s else "")
         pool.lines.append(Line("max_db_connections", maxdb, [
-            f"{where}: translated (PgDoorman's pool coordinator); pgdoorman does not implement it yet "
-            "(-t warns): until it does, only each user's pool_size limits server connections"]))
+            f"{where}: translated (PgDoorman's pool coordinator; unlike PgBouncer, at the cap an idle "
+            "connection of another user is closed for a waiting client)"]))
     reserve_raw = p.get("reserve_pool", p.get("reserve_pool_size"))
     reserve = to_int(db.setting, reserve_raw) if reserve_raw is not None else (
         to_int(d.reserve_s) if d.reserve_s is not None else 0)
@@ -251,10 +251,12 @@ def _limits(pool: PoolOut, db: _Db, d: _Defaults, src: str) -> None:
         where = f"{src}: reserve_pool" if reserve_raw is not None else src_note(d.reserve_s) if d.reserve_s else ""
         if maxdb:
             pool.lines.append(Line("reserve_pool_size", reserve, [
-                f"{where}: translated; pgdoorman does not implement it yet (-t warns)"]))
+                f"{where}: approximated: PgDoorman's reserve is per database and taken at once at the cap "
+                "(PgBouncer's is per pool, after reserve_pool_timeout)"]))
             if reserve_t is not None:
                 pool.lines.append(Line("reserve_pool_timeout", millis(reserve_t), [
-                    f"{src_note(reserve_t)}: translated (milliseconds); not implemented by pgdoorman yet"]))
+                    f"{src_note(reserve_t)}: approximated (milliseconds): how long clients wait at the cap "
+                    "before an error"]))
         else:
             pool.lines.append(Line(None, None, [
                 f"{where}: not translated: PgDoorman's reserve is part of max_db_connections, which the "

@@ -78,6 +78,8 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     fams += _auth_query_families(obs)
     fams += _startup_parameters_family(obs)
     fams += _fallback_families(obs)
+    fams += _coordinator_families(obs)
+    fams += _scaling_families(obs)
     fams += webstats.families(obs.config)
     fams += _listen_families(obs)
     return fams
@@ -473,6 +475,42 @@ def _fallback_families(obs: Observer) -> list[Family]:
             fams["pg_doorman_fallback_candidate_failures_total"].add(v.failures.get(reason, 0),
                                                                      {"pool": v.pool, "reason": reason})
     return list(fams.values())
+# ---------------------------------------------------------------- pool coordinator and connection scaling
+def _coordinator_families(obs: Observer) -> list[Family]:
+    """pg_doorman_pool_coordinator{type,database} (gauges) and pg_doorman_pool_coordinator_total (counters),
+    per database with max_db_connections (SHOW POOL_COORDINATOR's numbers)."""
+    rows = obs.pool_coordinator()
+    if not rows:
+        return []
+    gauge = Family("pg_doorman_pool_coordinator", "gauge",
+                   "Pool coordinator per database: server connections, reserve in use, and the limits.")
+    total = Family("pg_doorman_pool_coordinator_total", "counter",
+                   "Pool coordinator per database since start: evictions, reserve acquisitions, exhaustions.")
+    for db, max_db, current, reserve_size, reserve_used, evictions, reserve_acq, exhaustions in rows:
+        for kind, v in (("connections", current), ("reserve_in_use", reserve_used), ("max_connections", max_db),
+                        ("reserve_pool_size", reserve_size)):
+            gauge.add(v, {"type": kind, "database": db})
+        for kind, v in (("evictions", evictions), ("reserve_acquisitions", reserve_acq),
+                        ("exhaustions", exhaustions)):
+            total.add(v, {"type": kind, "database": db})
+    return [gauge, total]
+
+
+_SCALING_KINDS = ("creates_started", "burst_gate_waits", "burst_gate_budget_exhausted", "anticipation_wakes_notify",
+                  "anticipation_wakes_timeout", "create_fallback", "replenish_deferred")
+
+
+def _scaling_families(obs: Observer) -> list[Family]:
+    """pg_doorman_pool_scaling{type=inflight_creates} and pg_doorman_pool_scaling_total{type} per pool
+    (SHOW POOL_SCALING's numbers under PgDoorman's label values)."""
+    gauge = Family("pg_doorman_pool_scaling", "gauge", "Server connections being opened now, per pool.")
+    total = Family("pg_doorman_pool_scaling_total", "counter",
+                   "Connection scaling per pool since start: creates, burst gate waits, anticipation outcomes.")
+    for user, db, inflight, *counters in obs.pool_scaling():
+        gauge.add(inflight, {"type": "inflight_creates", "user": user, "database": db})
+        for kind, v in zip(_SCALING_KINDS, counters, strict=True):
+            total.add(v, {"type": kind, "user": user, "database": db})
+    return [gauge, total]
 
 
 def _listen_families(obs: Observer) -> list[Family]:

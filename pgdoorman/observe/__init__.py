@@ -185,6 +185,18 @@ class Observer:
         return [(p.username, p.database, p.channels.snapshot()) for p in copy_of(self._src.pool_list)
                 if p.channels is not None]
 
+    def pool_coordinator(self) -> list[tuple[str, int, int, int, int, int, int, int]]:
+        """(database, max_db_conn, current, reserve_size, reserve_used, evictions, reserve_acq, exhaustions) of
+        each database with max_db_connections (core/coordinator.py), by database."""
+        coords = getattr(self._src, "coordinators", None)
+        return coords.rows() if coords is not None else []
+
+    def pool_scaling(self) -> list[tuple[Any, ...]]:
+        """(user, database, inflight, creates, gate_waits, gate_budget_ex, antic_notify, antic_timeout,
+        create_fallback, replenish_def) of every pool, by database and user."""
+        pools = sorted(copy_of(self._src.pool_list), key=lambda p: (p.database, p.username))
+        return [(p.username, p.database, *p.scaling_row()) for p in pools]
+
     def startup_dropped(self) -> dict[tuple[str, str], int]:
         """(pool, reason) -> startup parameters dropped since start (pool: the database name)."""
         return startup_params.dropped_counts()

@@ -65,6 +65,8 @@ TABLE_VIEWS: dict[str, str] = {
     "prepared": "prepared_statements",
     "lists": "lists",
     "auth_query": "auth_query",
+    "pool_coordinator": "pool_coordinator",
+    "pool_scaling": "pool_scaling",
 }
 OBJECT_VIEWS = ("overview", "sockets", "process")
 LIVE_VIEWS = ("logs", "events")  # read live, not from the snapshot

@@ -350,7 +350,7 @@ def test_psql_tab_completion_queries(pooler_factory: Any) -> None:
         # What psql 15 sends for "SHOW po<TAB>", "SET <TAB>" and "SET log_level = <TAB>".
         got = a.execute("SELECT pg_catalog.lower(name) FROM pg_catalog.pg_settings "
                         "WHERE pg_catalog.lower(name) LIKE pg_catalog.lower('po%')").fetchall()
-        assert got == [("pools",), ("pools_extended",), ("pools_memory",)]
+        assert got == [("pools",), ("pools_extended",), ("pools_memory",), ("pool_coordinator",), ("pool_scaling",)]
         got = a.execute("SELECT val FROM (SELECT name, pg_catalog.unnest(enumvals) AS val "
                         "FROM pg_catalog.pg_settings) ss WHERE val LIKE '%'").fetchall()
         assert [v for (v,) in got] == ["error", "warn", "info", "debug", "trace", "off", "default"]

@@ -86,6 +86,9 @@ EXPECTED_COLUMNS = {
         "unix_free unix_unconnected unix_connecting unix_connected unix_disconnecting unix_dgram unix_seq_packet",
         "unknown"]),
     "prepared_statements": "pool hash name query count_used kind",
+    "pool_coordinator": "database max_db_conn current reserve_size reserve_used evictions reserve_acq exhaustions",
+    "pool_scaling": "user database inflight creates gate_waits gate_budget_ex antic_notify antic_timeout "
+                    "create_fallback replenish_def",
     "help": "item",
     "listeners": "user database state server_pid channels clients connects failures received delivered overflows",
     "log_level": "log_level",
@@ -102,8 +105,9 @@ def test_show_columns_in_pgdoorman_order() -> None:
 def test_tab_completion_answers() -> None:
     show = tab_completion("SELECT pg_catalog.lower(name) FROM pg_catalog.pg_settings "
                           "WHERE pg_catalog.lower(name) LIKE pg_catalog.lower('po%')")
-    assert [r[0] for r in show.rows] == ["pools", "pools_extended", "pools_memory"]
-    assert show.tag == "SELECT 3"
+    assert [r[0] for r in show.rows] == ["pools", "pools_extended", "pools_memory", "pool_coordinator",
+                                         "pool_scaling"]
+    assert show.tag == "SELECT 5"
     every = tab_completion("SELECT name FROM pg_catalog.pg_settings")
     assert [r[0] for r in every.rows] == list(SHOW_SUBCOMMANDS)
     settable = tab_completion("SELECT name FROM pg_catalog.pg_settings WHERE context IN ('user', 'superuser') "

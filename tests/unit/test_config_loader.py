@@ -436,32 +436,28 @@ def test_unimplemented_keys_warn_once_per_occurrence(tmp_path: Path) -> None:
           admin_password: secret
           worker_stack_size: 8MB
           query_interner_anon_idle_ttl_seconds: not-even-a-number
+          query_interner_gc_interval_seconds: 7
         talos:
           keys: [/k.pem]
         pools:
           a:
-            max_db_connections: 10
             auth_query:
               query: SELECT 1
               user: x
-            users: [{username: u, password: p, pool_size: 1}]
-          b:
-            max_db_connections: 10
             users: [{username: u, password: p, pool_size: 1}]
         """,
     )
     config = load_config(path)
     assert config.warnings == (
         f"{path}: general.query_interner_anon_idle_ttl_seconds: not implemented by pgdoorman yet; ignored",
-        f"{path}: pools.a.max_db_connections: not implemented by pgdoorman yet; ignored",
-        f"{path}: pools.b.max_db_connections: not implemented by pgdoorman yet; ignored",
+        f"{path}: general.query_interner_gc_interval_seconds: not implemented by pgdoorman yet; ignored",
     )
     # tokio settings have no meaning here: one info line, no warning.
     assert config.notes == (f"{path}: general.worker_stack_size: do not apply to pgdoorman (settings of PgDoorman's "
                             "tokio runtime; pgdoorman's workers are threads with one event loop each, see "
                             "general.worker_threads): checked and ignored",)
     # Ignored means ignored: the attributes keep their defaults.
-    assert config.pools["a"].max_db_connections is None
+    assert config.general.query_interner_gc_interval_seconds != 7
     assert config.pools["a"].auth_query is not None and config.pools["a"].auth_query.query == "SELECT 1"
 
 

@@ -61,6 +61,7 @@ IMPLEMENTED = {
         "session_real_backend_key", "server_idle_check_timeout", "server_round_robin", "pooler_check_query",
         "sync_server_parameters", "patroni_api_urls", "fallback_cooldown", "patroni_api_timeout",
         "fallback_connect_timeout", "fallback_lifetime",
+        "max_concurrent_creates", "scaling_warm_pool_ratio", "scaling_fast_retries", "scaling_max_parallel_creates",
     },
     "web": {"enabled", "host", "port", "ui", "ui_anonymous", "log_tap_max_entries", "trusted_proxies",
             "sso_enabled", "sso_proxy_url", "sso_public_key_file", "sso_audience", "sso_allowed_users",
@@ -74,6 +75,8 @@ IMPLEMENTED = {
         "startup_parameters", "log_client_parameter_status_changes", "transaction_pinning",
         "sync_server_parameters", "patroni_api_urls", "fallback_cooldown", "patroni_api_timeout",
         "fallback_connect_timeout", "fallback_lifetime",
+        "scaling_warm_pool_ratio", "scaling_fast_retries", "max_db_connections", "min_connection_lifetime",
+        "reserve_pool_size", "reserve_pool_timeout", "min_guaranteed_pool_size",
     },
     "user": {
         "username", "password", "pool_size", "min_pool_size", "pool_mode", "server_username",

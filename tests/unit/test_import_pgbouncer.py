@@ -142,16 +142,16 @@ def test_production_transaction(work: Path) -> None:
     ro = cfg.pools["app_ro"]
     assert ro.server_host == "10.0.0.6" and ro.pool_mode == "session"
     assert 'startup_parameters: {client_encoding: "UTF8", DateStyle: "ISO, MDY", TimeZone: "UTC"}' in text
-    # Settings pgdoorman does not implement yet load with a warning and are not kept: look at the text.
     batch = text.split("  batch:\n", 1)[1]
     assert "max_db_connections: 10\n" in batch and "reserve_pool_size: 2\n" in batch
+    assert (cfg.pools["batch"].max_db_connections, cfg.pools["batch"].reserve_pool_size) == (10, 2)
     assert pool_user(cfg, "batch", "app").pool_size == 1 and pool_user(cfg, "batch", "app").min_pool_size == 1
     assert "ops get no console access" in text
     # stats_users: /metrics on loopback, which needs no login (no read-only console users in pgdoorman).
     assert "stats_users = monitoring: approximated" in text and "monitoring cannot log in to it" in text
     assert (cfg.web.enabled, cfg.web.host, cfg.web.port) == (True, "127.0.0.1", 9127)
     assert "ignore_startup_parameters = extra_float_digits, search_path: not needed" in text
-    assert "max_db_connections" in err  # -t's not-implemented warnings are passed on
+    assert "max_db_connections" not in err  # the coordinator is implemented: -t does not warn about it
 
 
 def test_scram_only(work: Path) -> None:

@@ -6,8 +6,11 @@ integration tests."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from itertools import count
+
+import pytest
 
 from pgdoorman.app import App
 from pgdoorman.config import config_from_dict
@@ -62,9 +65,9 @@ def test_acquire_takes_a_local_idle_server_and_queues_nobody() -> None:
 def test_acquire_queues_and_asks_for_a_server_while_the_pool_has_room() -> None:
     pool = make_pool(2)
     a, b, c = Client(Shard(0)), Client(Shard(0)), Client(Shard(0))
-    assert pool.acquire(a, 0, 1.0) == (None, True)  # queued; open a server (slot reserved)
+    assert pool.acquire(a, 0, 1.0) == (None, True, 0.0)  # queued; open a server (slot reserved)
     assert a.waiting and a.wait_start == 1.0
-    assert pool.acquire(b, 0, 2.0) == (None, True)
+    assert pool.acquire(b, 0, 2.0) == (None, True, 0.0)
     assert pool.acquire(c, 0, 3.0) is None  # full: it just waits
     assert pool.counts() == {"sv_idle": 0, "sv_total": 2, "sv_login": 2, "cl_waiting": 3}
 
@@ -75,7 +78,7 @@ def test_acquire_pairs_a_waiter_with_an_idle_server_of_another_shard() -> None:
     pool.total = 1
     assert pool.release(s, 1, 0.0) is None  # idle in shard 1
     c = Client(Shard(0))
-    assert pool.acquire(c, 0, 1.0) == ([(s, c)], False)
+    assert pool.acquire(c, 0, 1.0) == ([(s, c)], False, 0.0)
     assert pool.counts()["sv_idle"] == 0 and pool.counts()["cl_waiting"] == 0
 
 
@@ -96,7 +99,7 @@ def test_release_hands_to_the_oldest_client_still_waiting() -> None:
 def test_server_gone_and_retry_reserve_a_replacement_only_for_waiters() -> None:
     pool = make_pool(1)
     c = Client(Shard(0))
-    assert pool.acquire(c, 0, 0.0) == (None, True)
+    assert pool.acquire(c, 0, 0.0) == (None, True, 0.0)
     assert pool.server_gone(was_connecting=True) is False  # the login failed: no retry loop from here
     assert pool.counts()["sv_total"] == 0
     assert pool.retry_for_waiters() is True and pool.counts()["sv_login"] == 1
@@ -117,7 +120,7 @@ def test_paused_pool_queues_without_opening_and_resume_returns_the_backlog() -> 
     c = Client(Shard(0))
     assert pool.acquire(c, 0, 1.0) is None  # not the idle server, no new one: it waits
     assert c.waiting
-    assert pool.set_paused(False) == ([(s, c)], False)
+    assert pool.set_paused(False) == ([(s, c)], False, 0.0)
     assert pool.set_paused(False) is None  # nothing left to do
 
 
@@ -220,3 +223,117 @@ def test_no_waiter_starves_when_one_worker_keeps_releasing_to_its_own() -> None:
         c.wait_start = now
         pool.waiters.append(c)
     assert served_at is not None and served_at - t <= 2 * slack
+
+
+# ------------------------------------------------------------------ connection scaling and the coordinator
+def test_burst_gate_caps_the_servers_being_opened() -> None:
+    pool = make_pool(10)
+    pool.warm, pool.max_creates = 10, 2  # no anticipation here: the gate alone
+    clients = [Client(Shard(0)) for _ in range(5)]
+    got = [pool.acquire(c, 0, time.monotonic()) for c in clients]
+    assert got == [(None, True, 0.0), (None, True, 0.0), None, None, None]
+    assert pool.scaling_row()[:3] == (2, 2, 3)  # inflight, creates, gate_waits
+    pool.connected(Server())  # one login done: its place in the gate opens one more for the waiters
+    assert pool.retry_for_waiters() is True and pool.scaling_row()[:2] == (2, 3)
+    assert pool.reserve_spawn() is False and pool.scaling.replenish_def == 1  # min_pool_size waits its turn
+
+
+def test_anticipation_above_the_warm_threshold() -> None:
+    pool = make_pool(10)
+    pool.warm = 1
+    a, b, c = Client(Shard(0)), Client(Shard(0)), Client(Shard(0))
+    assert pool.acquire(a, 0, time.monotonic()) == (None, True, 0.0)  # cold: opened at once
+    pool.connected(Server())
+    a.waiting = False
+    r = pool.acquire(b, 0, time.monotonic())  # above the threshold: wait for a return first
+    assert r is not None and r[:2] == (None, False) and 0.05 < r[2] <= 0.1  # 100 ms before any transaction
+    assert pool.release(Server(), 0, time.monotonic()) is b  # a returned server serves it
+    assert pool.scaling.antic_notify == 1
+    b.waiting = False
+    assert pool.anticipation_due(time.monotonic()) == (0, 0.0)  # b's timer: nobody left to open one for
+    r = pool.acquire(c, 0, time.monotonic())
+    assert r is not None and r[:2] == (None, False)
+    assert pool.anticipation_due(time.monotonic()) == (0, pytest.approx(r[2], abs=0.02))  # too early
+    time.sleep(r[2] + 0.01)
+    assert pool.anticipation_due(time.monotonic()) == (1, 0.0)  # its budget ran out: open one
+    assert (pool.scaling.antic_timeout, pool.scaling.create_fallback, pool.scaling.creates) == (1, 1, 2)
+
+
+def two_users(**pool: object) -> App:
+    app = App(config_from_dict({
+        "general": {"admin_username": "admin", "admin_password": "admin", "worker_threads": 1},
+        "pools": {"app": {"server_host": "127.0.0.1", "server_port": 5432, "max_db_connections": 2,
+                          "reserve_pool_size": 1, "reserve_pool_timeout": 1000, "min_connection_lifetime": 0,
+                          **pool,
+                          "users": [{"username": "a", "password": "p", "pool_size": 5},
+                                    {"username": "b", "password": "p", "pool_size": 5}]}},
+    }, "test.yaml"))
+    for w in app.workers:
+        w.loop.close()
+    return app
+
+
+def fill(pool: Pool, n: int) -> list[Server]:
+    """`n` servers of `pool` opened for `n` clients at once, then parked idle."""
+    clients = [Client(Shard(0)) for _ in range(n)]
+    for c in clients:
+        r = pool.acquire(c, 0, time.monotonic())
+        assert r is not None and r[1]
+    out = []
+    for c in clients:
+        s = Server(created=time.monotonic() - 1)
+        pool.connected(s)
+        assert pool.release(s, 0, time.monotonic()) is c
+        c.waiting = False
+        out.append(s)
+    for s in out:
+        pool.release(s, 0, time.monotonic())
+    return out
+
+
+def test_coordinator_cap_reserve_eviction_and_error() -> None:
+    app = two_users()
+    a, b = app.pools[("app", "a")], app.pools[("app", "b")]
+    for p in (a, b):
+        p.warm, p.max_creates = 5, 5
+    coord = app.coordinators.by_db["app"]
+    assert a.coord is coord and b.coord is coord
+    fill(a, 3)  # two under the cap, one from the reserve
+    assert app.coordinators.rows() == [("app", 2, 3, 1, 1, 0, 1, 0)]
+    c = Client(Shard(0))
+    assert pool_acquire_blocked(b, c)
+    victim = coord.evict_for(b, time.monotonic())
+    assert victim is not None and a.idle_count == 2  # the user with a surplus gives its oldest idle server
+    assert coord.evict_for(b, time.monotonic()) is None  # one eviction at a time per blocked pool
+    a.server_gone()  # the victim closed: the slot is free for b
+    assert coord.take_blocked() == [b] and b.retry_for_waiters() is True
+    assert app.coordinators.rows() == [("app", 2, 3, 1, 1, 1, 2, 0)]
+    s = Server()
+    b.connected(s)
+    assert b.release(s, 0, time.monotonic()) is c
+    c.waiting = False
+    # b's server is busy, a keeps 2: a client of b that needs a second one is refused until reserve_pool_timeout
+    d = Client(Shard(0))
+    assert pool_acquire_blocked(b, d, wait_start=time.monotonic() - 1.5)
+    assert b.exhausted_waiters(time.monotonic()) == []
+    b.coord_blocked_since -= 1.0
+    assert b.exhausted_waiters(time.monotonic()) == [d]
+    assert "(max=2, reserve=1/1, user='b')" in coord.exhausted_error("b")
+
+
+def pool_acquire_blocked(pool: Pool, c: Client, wait_start: float | None = None) -> bool:
+    r = pool.acquire(c, 0, time.monotonic() if wait_start is None else wait_start)
+    return r is None and bool(pool.coord_blocked_since) and c.waiting
+
+
+def test_no_eviction_below_the_guarantee_and_reload_leaves_the_coordinator() -> None:
+    app = two_users(min_guaranteed_pool_size=3)
+    a, b = app.pools[("app", "a")], app.pools[("app", "b")]
+    for p in (a, b):
+        p.warm, p.max_creates = 5, 5
+    fill(a, 3)
+    assert pool_acquire_blocked(b, Client(Shard(0)))
+    coord = app.coordinators.by_db["app"]
+    assert coord.evict_for(b, time.monotonic()) is None  # a has nothing above its guarantee
+    app.coordinators.refresh(app.config, [b])  # a leaves (a RELOAD removed it): its servers are not counted
+    assert a.coord is None and coord.current == 0 and b.retry_for_waiters() is True
