@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from pgdoorman.config.coordination import check_coordinators
 from pgdoorman.config.fields import (
     FIELDS,
     NOT_IMPLEMENTED_WARNING,
@@ -597,6 +598,7 @@ def _build(root: _Table, main_file: str) -> tuple[Config, list[str]]:
     talos_values = _build_talos(doc)
     pools = _build_pools(doc)
     _check_startup_packets(ctx, general_values.get("startup_parameters", {}), pools)
+    check_coordinators(ctx, general_values, pools)
     config = Config(
         path=main_file,
         general=General(**general_values),
