@@ -32,8 +32,8 @@ class ConsoleLoop(Protocol):
 class ConsoleClient(Protocol):
     """The client connection an admin session talks through (a logged-in `ClientConn`)."""
 
-    pending: bytearray
-    inbuf: bytearray
+    pending: bytes | bytearray
+    inbuf: bytes | bytearray
 
     @property
     def closed(self) -> bool: ...
@@ -115,8 +115,8 @@ class AdminSession:
         if c.closed:
             return
         extra = bytes(c.pending) + bytes(c.inbuf)
-        c.pending = bytearray()
-        c.inbuf = bytearray()
+        c.pending = b""
+        c.inbuf = b""
         if extra:
             self.feed(extra)
 

@@ -25,8 +25,9 @@ from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import SMALL_LIMIT, OverBudget
-from pgdoorman.session import listening
+from pgdoorman.session import listening, shared
 from pgdoorman.session.login import ClientLogin
+from pgdoorman.session.shared import EMPTY
 from pgdoorman.session.states import ADMIN as ADMIN  # re-exported: the worker and tests import them from here
 from pgdoorman.session.states import LOGIN_WAIT
 from pgdoorman.session.states import READY as READY
@@ -125,9 +126,7 @@ class ClientConn(ClientLogin):
             return
         if out is not None:
             if hold:
-                self.pending += out  # scanned, sent when the server is ready
-                if len(self.pending) > HIGH_WATER:
-                    self.pause_reading()
+                self._keep_pending(out)  # scanned, sent when the server is ready
             else:
                 assert s is not None
                 s.bytes_out += n
@@ -217,7 +216,7 @@ class ClientConn(ClientLogin):
             self.need_server()  # held bytes and no request yet (defensive: should not happen)
         if not self.ps:
             return False
-        self.raw += view
+        self._keep_raw(view)
         if len(self.raw) > HIGH_WATER:
             self.pause_reading()
         return True
@@ -284,13 +283,13 @@ class ClientConn(ClientLogin):
             self._finish_login()
         if self.pending:
             data = self.pending
-            self.pending = bytearray()
+            self.pending = EMPTY
             s.bytes_out += len(data)
             s.pstats.bytes_in += len(data)
             s.write(data)
         if self.raw:
             raw = self.raw
-            self.raw = bytearray()
+            self.raw = EMPTY
             self._consume(memoryview(raw), len(raw))
             if self.closed:
                 return
@@ -338,9 +337,10 @@ class ClientConn(ClientLogin):
         user's, upgrade/receive.py); else its user's static pool. The caller owns admission counting and
         registration."""
         c = cls(sock, worker, str(st["addr"]), bool(st["is_unix"]))
-        c.login_timer.cancel()
+        c._login_done()
+        c.inbuf = EMPTY
         c.user, c.database = str(st["user"]), str(st["database"])
-        c.startup = {str(k): str(v) for k, v in st["startup"].items()}
+        c.startup = shared.params({str(k): str(v) for k, v in st["startup"].items()})[0]
         c.application_name = str(st["application_name"])
         c.connect_time = float(st["connect_time"])
         c.query_count, c.xact_count = int(st["query_count"]), int(st["xact_count"])
@@ -354,9 +354,9 @@ class ClientConn(ClientLogin):
             return c
         c.pool = pool
         c.transaction_mode = pool.transaction_mode
-        c.want = {str(k): str(v) for k, v in st["want"]}
-        c.want_key = tuple(c.want.items())
-        c.want_base = {str(k): str(v) for k, v in st.get("want_base", st["want"])}
+        # Shared with the clients that want the same (session/shared.py), as after a login.
+        c.want, c.want_key = shared.params({str(k): str(v) for k, v in st["want"]})
+        c.want_base = shared.params({str(k): str(v) for k, v in st.get("want_base", st["want"])})[0]
         c.last_status = 73
         c.ps = c.transaction_mode and app.config.general.prepared_statements
         if c.ps:

@@ -20,6 +20,7 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
 from pgdoorman.session import listening
 from pgdoorman.session.rewrite import Rewriter
+from pgdoorman.session.shared import EMPTY
 from pgdoorman.session.states import (
     CLIENT_TABLE,
     DIRTY_CURSOR,
@@ -49,7 +50,7 @@ SLOW_CHECKOUT_US = 500_000  # a client that waited this long for a server is log
 assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls
 
 
-def _first_request_end(buf: bytearray) -> int | None:
+def _first_request_end(buf: bytes | bytearray) -> int | None:
     """The length of the first request in `buf` (whole messages through the first Query, Sync or
     FunctionCall: what one ReadyForQuery answers), or None if it is not all there."""
     pos = 0
@@ -87,7 +88,7 @@ class ClientBase(Conn):
         self.addr = addr
         self.is_unix = is_unix
         self.state = STARTUP
-        self.inbuf = bytearray()
+        self.inbuf: bytes | bytearray = EMPTY  # what the login reads (a bytearray while it does)
         self.pool: Pool | None = None
         self.server: ServerConn | None = None
         self.user = ""
@@ -105,7 +106,7 @@ class ClientBase(Conn):
         self.transaction_mode = True
         self.waiting = False
         self.wait_start = 0.0
-        self.pending = bytearray()
+        self.pending: bytes | bytearray = EMPTY  # scanned, held until a server is ready (a bytearray then)
         self.scanner = Scanner(CLIENT_TABLE, on_header=self._on_header, on_message=self._on_message,
                                budget=self.loop.mem)
         self.terminating = False
@@ -130,7 +131,7 @@ class ClientBase(Conn):
         self.ps = False  # transparent prepared statements active (transaction mode)
         # Its prepared-statement state and rewriting, both directions (rewrite.py; started at login).
         self.rw = Rewriter(self)
-        self.raw = bytearray()  # received but not yet scanned (waiting for a server, prepared mode)
+        self.raw: bytes | bytearray = EMPTY  # received but not yet scanned (waiting for a server, prepared mode)
         self.named_parse = False  # a named Parse was forwarded untouched (prepared_statements off)
         # COPY FROM STDIN bookkeeping (see copy_in_started)
         self.copy_window = False  # since the last Execute/Query, no CopyDone/CopyFail yet
@@ -392,17 +393,17 @@ class ClientBase(Conn):
         """The client changed a reported setting (SET): remember it for the next server it gets."""
         if self.pool is not None and self.pool.pool_cfg.log_client_parameter_status_changes:
             log.info("client %s (%s@%s): %s changed to %r", self.addr, self.user, self.database, k, v)
-        if k in self.want or k in TRACKED_PARAMS:
-            self.want[k] = v
-            self.want_key = tuple(self.want.items())
-            if self.server is not None:
-                self.server.synced_key = self.want_key
+        if (k in self.want or k in TRACKED_PARAMS) and self.want.get(k) != v:
+            self.want = want = {**self.want, k: v}  # `want` is shared with other clients (shared.py): a copy
+            self.want_key = tuple(want.items())
+        if k in self.want and self.server is not None:
+            self.server.synced_key = self.want_key
 
     def param_synced(self, k: str, v: str) -> None:
         """PostgreSQL's normalised form of a value we set for this client (e.g. 'ISO' -> 'ISO, MDY')."""
         if k in self.want and self.want[k] != v:
-            self.want[k] = v
-            self.want_key = tuple(self.want.items())
+            self.want = want = {**self.want, k: v}  # shared: a copy (see param_changed)
+            self.want_key = tuple(want.items())
 
     # ------------------------------------------------------------------ pool interaction
     def need_server(self) -> None:
@@ -567,7 +568,7 @@ class ClientBase(Conn):
         cancel is ignored, as PostgreSQL ignores one that arrives before the query."""
         held = self.raw if self.ps else self.pending
         end = _first_request_end(held)
-        if end is None:
+        if end is None or not isinstance(held, bytearray):  # (a whole request is in a bytearray)
             log.debug("cancel request for %r: no whole request held", self)
             return
         del held[:end]

@@ -1,7 +1,7 @@
 """The client's side of transparent prepared statements (transaction mode): its messages handed to its
 `Rewriter` (rewrite.py), what that returns sent to the server, and the fast paths, which take a whole small
 simple Query, or a whole Parse/Bind/Describe/Execute/Sync batch of cached statements, straight to the server
-without the general path's queue.
+without the general path's queue. It also keeps what a client holds for a server (`raw`, `pending`).
 
 `FastPaths` is a part of `ClientConn` kept in its own file; each path must produce exactly what the general
 path would (tests/unit/test_fast_batch.py, test_rewriter.py and the differential suite check it).
@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 from pgdoorman.core import prepared as ps
 from pgdoorman.core import sqllex
 from pgdoorman.core.leaks import LISTENS, may_leave_state
+from pgdoorman.net.conn import HIGH_WATER
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import SMALL_LIMIT, Scanner
+from pgdoorman.session import shared
 from pgdoorman.session.client_base import ClientBase
 from pgdoorman.session.states import CLIENT_PS_TABLE
 
@@ -33,10 +35,32 @@ _MAYBE_SPECIAL = frozenset(b"dDlLeE \t\r\n\x0b\x0c")
 class FastPaths(ClientBase):
     __slots__ = ()
 
+    # ------------------------------------------------------------------ bytes held for a server
+    # `raw` and `pending` are EMPTY (shared, immutable) while nothing is held: a client gets a bytearray of its
+    # own when it holds something, so that idle clients hold no buffer.
+    def _keep_raw(self, data: bytes | bytearray | memoryview) -> None:
+        """Append to `raw` (received, not scanned yet)."""
+        raw = self.raw
+        if isinstance(raw, bytearray):
+            raw += data
+        else:
+            self.raw = bytearray(data)
+
+    def _keep_pending(self, out: memoryview | bytearray) -> None:
+        """Append to `pending` (scanned, sent when the server is ready); stop reading past HIGH_WATER."""
+        held = self.pending
+        if isinstance(held, bytearray):
+            held += out
+        else:
+            self.pending = held = bytearray(out)
+        if len(held) > HIGH_WATER:
+            self.pause_reading()
+
+    # ------------------------------------------------------------------ prepared-statement mode
     def use_ps_scanner(self, pool: Pool, sig: tuple[str, ...]) -> None:
         """Prepared-statement mode from now on: every extended-protocol message is read by the rewriter."""
         rw = self.rw
-        rw.start(pool.ps_cache, sig)
+        rw.start(pool.ps_cache, shared.same(sig))  # one tuple per distinct signature (shared.py)
         self.scanner = Scanner(CLIENT_PS_TABLE, on_header=rw.on_header, on_message=rw.on_message,
                                budget=self.loop.mem)
 

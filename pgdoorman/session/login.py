@@ -18,8 +18,10 @@ from pgdoorman.net.sockopts import linger_off
 from pgdoorman.net.tls import TLS_READ_MIN, ssl_reason
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
+from pgdoorman.session import shared
 from pgdoorman.session.client_auth import CHECK, FAILED, PENDING, ClientAuth
 from pgdoorman.session.fastpath import FastPaths
+from pgdoorman.session.shared import EMPTY, NO_TIMER
 from pgdoorman.session.states import (
     ADMIN,
     AUTH,
@@ -42,6 +44,11 @@ log = logging.getLogger("pgdoorman.client")
 
 class ClientLogin(FastPaths):
     __slots__ = ()
+
+    def _login_done(self) -> None:
+        """Logged in (or into the admin console): the login timer goes, with what it holds."""
+        self.login_timer.cancel()
+        self.login_timer = NO_TIMER
 
     def _login_timeout(self) -> None:
         if self.state < READY:
@@ -96,7 +103,10 @@ class ClientLogin(FastPaths):
         if data is None:
             return
         buf = self.inbuf
-        buf += data
+        if isinstance(buf, bytearray):
+            buf += data
+        else:
+            buf = self.inbuf = bytearray(data)
         try:
             while buf and not self.closed:
                 if self.state == STARTUP:
@@ -123,7 +133,7 @@ class ClientLogin(FastPaths):
                     self._password(body)
                 else:
                     # Pipelined messages after login (sent before ReadyForQuery): keep for the relay.
-                    self.raw += buf
+                    self._keep_raw(buf)
                     buf.clear()
                     return
         except m.ProtocolViolation as e:
@@ -131,7 +141,8 @@ class ClientLogin(FastPaths):
             self.fatal("08P01", str(e))
 
     def _startup(self, body: bytes) -> None:
-        code, params = m.parse_startup(body)
+        known = shared.startup(body)  # the same packet as another client's: its parse, shared
+        code, params = (m.I32.unpack_from(body)[0], known[0]) if known is not None else m.parse_startup(body)
         if code == m.SSL_REQUEST or code == m.GSSENC_REQUEST:
             if self.inbuf:
                 raise m.ProtocolViolation("unexpected data after encryption request")
@@ -155,12 +166,15 @@ class ClientLogin(FastPaths):
             return
         self.user = user
         self.database = params.get("database") or user
-        self.startup = params
-        try:
-            self.settings = startup_settings(params)
-        except OptionsError as e:
-            self.fatal("42601", str(e))
-            return
+        if known is not None:
+            self.startup, self.settings = known
+        else:
+            try:
+                settings = startup_settings(params)
+            except OptionsError as e:
+                self.fatal("42601", str(e))
+                return
+            self.startup, self.settings = shared.keep_startup(body, params, settings)
         self.application_name = self.settings.get("application_name", "")
         if "replication" in params and params["replication"].lower() not in ("false", "0", "off", "no"):
             self.fatal("08P01", "replication connections are not supported by pgdoorman")
@@ -312,7 +326,8 @@ class ClientLogin(FastPaths):
                 self._cleartext_checked("Talos", str(e))
                 return
             if client_id:
-                self.settings["application_name"] = self.application_name = client_id
+                self.settings = {**self.settings, "application_name": client_id}  # shared: copied
+                self.application_name = client_id
             self._cleartext_checked("Talos", None)
             return
         service = pool.user_cfg.auth_pam_service
@@ -360,7 +375,7 @@ class ClientLogin(FastPaths):
             self._finish_login()
             if self.raw:
                 raw = self.raw
-                self.raw = bytearray()
+                self.raw = EMPTY
                 self._consume(memoryview(raw), len(raw))
 
     def _want_settings(self) -> bool:
@@ -383,9 +398,10 @@ class ClientLogin(FastPaths):
                     known = False
                     c = v
             want[k] = c
-        self.want = want
-        self.want_base = dict(want)
-        self.want_key = tuple(want.items())
+        # Shared with every client of this worker that wants the same (session/shared.py): never changed in
+        # place, and `want_base` is the same object until one of them changes.
+        self.want, self.want_key = shared.params(want)
+        self.want_base = self.want
         return known
 
     def _learn_spellings(self, s: ServerConn) -> None:
@@ -431,23 +447,25 @@ class ClientLogin(FastPaths):
         out.append(m.backend_key_data(self.pid, self.secret))
         out.append(m.RFQ_IDLE)
         self.write(b"".join(out))
-        self.login_timer.cancel()
+        self._login_done()
         self.state = READY
         if self.app.config.general.log_client_connections:
             log.info("client %s logged in to %s (%s mode)", self.addr, pool.name, pool.mode)
         if self.inbuf:
-            self.raw += self.inbuf
-            self.inbuf = bytearray()
+            self._keep_raw(self.inbuf)
+        self.inbuf = EMPTY  # what follows login is read by the relay (client.py)
 
     def _want_reported(self, reported: dict[str, str]) -> None:
         """The first login of a pool learns its reported defaults from this server: they are wanted too, so
         that another client's value of one of them never stays on a server this client gets."""
+        want = dict(self.want)  # shared (see _want_settings): copied, then shared again
         for k, v in reported.items():
-            if k not in READ_ONLY and k not in self.want:
-                self.want[k] = self.want_base[k] = v
-        self.want_key = tuple(self.want.items())
+            if k not in READ_ONLY and k not in want:
+                want[k] = v
+        self.want, self.want_key = shared.params(want)
+        self.want_base = self.want
 
     def _start_admin(self) -> None:
-        self.login_timer.cancel()
+        self._login_done()
         self.admin = self.app.make_admin(self)
         self.state = ADMIN

@@ -19,7 +19,7 @@ from typing import Any
 from pgdoorman.core import prepared as ps
 from pgdoorman.protocol import frontend
 from pgdoorman.protocol import messages as m
-from pgdoorman.session.rewrite_replies import Held, RewriterBase
+from pgdoorman.session.rewrite_replies import NO_REQUESTS, Held, RewriterBase
 from pgdoorman.session.states import LISTEN_START
 
 # SQL EXECUTE of a statement the client prepared through the protocol: the server knows it by the pool's name.
@@ -267,6 +267,8 @@ class Rewriter(RewriterBase):
         """The response queue, switched on: the server relay walks it from now on."""
         rq = self.rq
         if not rq:
+            if rq is NO_REQUESTS:
+                rq = self._queue()  # the first time: a queue of its own
             left = self.relay.expect
             if self.fast_bind is not None:
                 # A fast batch is the oldest request in flight: queue it as one entry through its
@@ -464,8 +466,9 @@ class Rewriter(RewriterBase):
                 b, j, k, sent = redo
                 rest = sent[5 + len(b) - (k - j - 1) + len(fb[0].name) :]  # what followed the Bind we sent
                 s.remember(fresh.name)
-                self.rq.append((ps.INJECT, fresh))
-                self.rq.append((ps.QUERY, (fresh, sname)))
+                rq = self._queue()
+                rq.append((ps.INJECT, fresh))
+                rq.append((ps.QUERY, (fresh, sname)))
                 s.set_ps_mode(True)
                 return fresh.parse_msg + renamed_bind(b, j, k, fresh.name) + rest, None
         return None, held

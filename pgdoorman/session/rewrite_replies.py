@@ -120,8 +120,9 @@ class RewriterBase:
         self.sig: tuple[str, ...] = ()  # the client's planner settings: part of each statement's key
         self.named: dict[bytes, ps.Statement] = {}
         self.unnamed: ps.Statement | None = None
-        # The expected-response queue, made by start() (760 bytes each: most refused connections never get
-        # that far, and session-mode clients never use it).
+        # The expected-response queue: a deque of its own (760 bytes) from the first extended-protocol message
+        # that needs one (Rewriter._track, in prepared-statement mode), so that clients that never send one
+        # (idle ones, simple queries, session mode) do not pay for it.
         self.rq: deque[tuple[int, Any]] = NO_REQUESTS
         self.last_parse: tuple[bytes, bytes, ps.Statement] | None = None  # the last Parse body, its name and statement
         # A fast batch in flight (rewrite.py fast_batch): its ParseComplete answered here, to go in front of the
@@ -136,7 +137,15 @@ class RewriterBase:
         """Prepared-statement mode from now on, with this pool cache and these planner settings."""
         self.cache = cache
         self.sig = sig
-        self.rq = deque()
+
+    def _queue(self) -> deque[tuple[int, Any]]:
+        """The response queue, made on first use (prepared-statement mode only: NO_REQUESTS says so loudly)."""
+        rq = self.rq
+        if rq is NO_REQUESTS:
+            if self.cache is None:
+                raise RuntimeError("response queued outside prepared-statement mode")
+            rq = self.rq = deque()
+        return rq
 
     # ------------------------------------------------------------------ the client's names
     def lookup(self, name: bytes) -> ps.Statement | None:

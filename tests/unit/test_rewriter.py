@@ -268,8 +268,8 @@ def test_parse_sync_answered_locally_from_the_pool_cache() -> None:
 
 def test_copy_start_drops_the_syncs_postgres_ignores() -> None:
     p = Pair()
-    rq: Any = p.rw.rq
     p.send(parse("", "copy t from stdin") + bind("", "") + execute() + sync())
+    rq: Any = p.rw.rq  # (made by the first message that needs it)
     p.answer(m.PARSE_COMPLETE + m.BIND_COMPLETE)
     assert [e[0] for e in rq][-1] != 0 and len(rq) == 2  # the Execute and the Sync
     p.rw.copy_started(1)
