@@ -45,7 +45,7 @@ class PoolStats:
 
     __slots__ = ("bytes_in", "bytes_out", "max_wait_us", "errors", "xact_hist", "query_hist", "wait_hist",
                  "errors_by_class", "pins", "refused", "query_timeouts", "check_cache", "check_backend", "streams",
-                 "handed_local", "handed_moved")
+                 "handed_local", "handed_moved", "on_streamed")
 
     def __init__(self) -> None:
         self.bytes_in = 0
@@ -65,6 +65,8 @@ class PoolStats:
         self.streams = [0] * 9
         self.handed_local = 0  # freed servers handed to a waiter of the same worker (worker.py Worker.hand)
         self.handed_moved = 0  # ... to a waiter of another worker: the server moved there
+        # `streamed` bound once: every client's scanner holds this one (a bound method each costs 64 bytes).
+        self.on_streamed = self.streamed
 
     def streamed(self, t: int, size: int, ok: bool) -> None:
         """A message of `size` bytes went through in pieces (ok), or its connection closed in its middle."""

@@ -381,7 +381,7 @@ class ClientConn(ClientLogin):
         rw = self.rw
         cache = pool.ps_cache
         for name, q, types in st.get("named") or []:
-            rw.named[_unb64(name)] = cache.get(_unb64(q), _unb64(types), sig)
+            rw.define(_unb64(name), cache.get(_unb64(q), _unb64(types), sig))
         un = st.get("unnamed")
         if un:
             rw.unnamed = cache.get(_unb64(un[0]), _unb64(un[1]), sig)

@@ -429,14 +429,15 @@ class ClientLogin(FastPaths):
                 if k in self.want:
                     reported[k] = self.want[k]
         want = self.want
-        self.want_base = dict(want)  # as PostgreSQL spells them now (the login's sync normalised them)
+        self.want_base = want  # as PostgreSQL spells them now (the login's sync normalised them); shared, never
+        # changed in place: a later change of `want` replaces it (session/shared.py)
         self.ps = self.transaction_mode and self.app.config.general.prepared_statements
         if not self.transaction_mode:
             self.scanner.table = CLIENT_SESSION_TABLE
         if self.ps:
             self.use_ps_scanner(pool, tuple(want.get(k, "") for k in ps.PLANNER_PARAMS))
         sc = self.scanner  # the client's large CopyData count as streamed (message_size_to_be_stream)
-        sc.stream_min, sc.on_stream = self.app.config.general.message_size_to_be_stream, pool.stats[self.worker.id].streamed
+        sc.stream_min, sc.on_stream = self.app.config.general.message_size_to_be_stream, pool.stats[self.worker.id].on_streamed
         out = [m.parameter_status(k, v) for k, v in reported.items()]
         if s is not None and not self.transaction_mode and self.app.config.general.session_real_backend_key \
                 and s.pid and self.app.cancels.register_key(self, s.pid, s.secret):

@@ -58,6 +58,23 @@ class _NoRequests(deque[tuple[int, Any]]):
 NO_REQUESTS = _NoRequests()
 
 
+class _NoNames(dict[bytes, Any]):
+    """The statement names of a client that never named one: always empty, shared, and loud if anything is
+    added (Rewriter.define gives a client its own dict at its first named Parse)."""
+
+    def __setitem__(self, k: bytes, v: Any) -> None:
+        raise RuntimeError("statement named in the shared empty table")
+
+    def setdefault(self, k: bytes, v: Any = None) -> Any:
+        raise RuntimeError("statement named in the shared empty table")
+
+    def update(self, *a: Any, **kw: Any) -> None:
+        raise RuntimeError("statement named in the shared empty table")
+
+
+NO_NAMES: dict[bytes, ps.Statement] = _NoNames()
+
+
 class Held(Protocol):
     """The server a client is linked to, as its rewriter sees it: which pool statements (DOORMAN_n) it holds,
     its hit/miss counters, and its relay's switches. ServerConn is one."""
@@ -118,7 +135,7 @@ class RewriterBase:
         self.relay = relay
         self.cache: PoolCache | None = None  # the pool's statements (set by start())
         self.sig: tuple[str, ...] = ()  # the client's planner settings: part of each statement's key
-        self.named: dict[bytes, ps.Statement] = {}
+        self.named: dict[bytes, ps.Statement] = NO_NAMES  # a dict of its own from its first named Parse
         self.unnamed: ps.Statement | None = None
         # The expected-response queue: a deque of its own (760 bytes) from the first extended-protocol message
         # that needs one (Rewriter._track, in prepared-statement mode), so that clients that never send one
@@ -156,6 +173,8 @@ class RewriterBase:
         if name:
             if st is None:
                 self.named.pop(name, None)
+            elif self.named is NO_NAMES:
+                self.named = {name: st}
             else:
                 self.named[name] = st
         else:

@@ -126,7 +126,8 @@ def test_idle_clients_hold_little_and_no_login_state(app: App) -> None:
                 ("response queue of its own", c.rw.rq is not NO_REQUESTS),
             ) if bad]
             for what, get in (("startup parameters", lambda c: c.startup), ("wanted settings", lambda c: c.want),
-                              ("settings key", lambda c: c.want_key), ("planner signature", lambda c: c.rw.sig)):
+                              ("settings at login", lambda c: c.want_base), ("settings key", lambda c: c.want_key),
+                              ("planner signature", lambda c: c.rw.sig), ("statement names", lambda c: c.rw.named)):
                 if len({id(get(c)) for c in idle}) != 1:
                     problems.append(f"{what} not shared by clients with the same startup packet")
             return problems

@@ -114,7 +114,7 @@ def populate(app: App) -> dict[str, Any]:
     st1 = p.ps_cache.get(b"select $1", b"\x00\x01\x00\x00\x00\x17", ())
     st2 = p.ps_cache.get(b"select 2", b"\x00\x00", ())
     p.ps_cache.get(b"select $1", b"\x00\x01\x00\x00\x00\x17", ())
-    active.rw.named[b"mine"] = st1
+    active.rw.define(b"mine", st1)
     active.rw.unnamed = st2
     s_active.ps_hits, s_active.ps_misses = 5, 2
     s_active.prepared[st1.name] = None
