@@ -24,7 +24,7 @@ import pytest
 
 from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER, SUPERUSER
 from tests.support.pooler import free_port
-from tests.support.wire import WireClient, cancel_request, parse_fields, query
+from tests.support.wire import WireClient, cancel_request, comparable, parse_fields, query
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -33,15 +33,6 @@ def connect(host: str, port: int) -> WireClient:
     return WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD)
 
 
-def _norm(msgs: list[tuple[str, bytes]]) -> list[Any]:
-    out: list[Any] = []
-    for t, b in msgs:
-        if t in ("E", "N"):
-            f = parse_fields(b)
-            out.append((t, f.get("S"), f.get("C"), f.get("M")))
-        else:
-            out.append((t, b))
-    return out
 
 
 def _pid(c: WireClient) -> int:
@@ -96,7 +87,7 @@ def test_cancelled_as_postgres_cancels_and_server_stays(pg: Any, pooler_factory:
             th = _cancel_later(pg, pid, 0.7) if name == "direct" and b"sleep" in data else None
             t0 = time.monotonic()
             c.send(data)
-            seq.append(_norm(c.read_until("Z", timeout=10)))
+            seq.append(comparable(c.read_until("Z", timeout=10)))
             if b"sleep" in data:
                 assert time.monotonic() - t0 < 2.5
             if th is not None:
@@ -151,12 +142,12 @@ def test_late_cancel_never_hits_the_next_statement(pg: Any, pooler_factory: Any,
     pid = _pid(a)
     with frozen_postmaster(pg):
         a.send(query("select pg_sleep(1.3)"))
-        first = _norm(a.read_until("Z", timeout=10))  # past the timeout: the cancel is sent and waits
+        first = comparable(a.read_until("Z", timeout=10))  # past the timeout: the cancel is sent and waits
         assert not [m for m in first if m[0] == "E"]
         b.send(query("select pg_sleep(0.8), pg_backend_pid()"))  # shorter than query_timeout
         time.sleep(0.3)  # without the gate, b's statement would be running now, and get the cancel below
     second = b.read_until("Z", timeout=10)
-    assert not [m for m in _norm(second) if m[0] == "E"], _norm(second)
+    assert not [m for m in comparable(second) if m[0] == "E"], comparable(second)
     assert [r for t, r in second if t == "D"][0].endswith(str(pid).encode())  # the same server, kept
     assert _timeouts_metric(p) == 1
     a.close()
@@ -180,12 +171,12 @@ def test_client_cancel_is_gated_the_same_way(pg: Any, pooler_factory: Any, mode:
         with socket.create_connection((p.host, p.port)) as s:
             s.sendall(cancel_request(*a.backend_key))
             s.recv(1)
-        first = _norm(a.read_until("Z", timeout=10))
+        first = comparable(a.read_until("Z", timeout=10))
         assert not [m for m in first if m[0] == "E"]  # the cancel has not reached PostgreSQL: it ran to its end
         b.send(query("select pg_sleep(0.6), pg_backend_pid()"))
         time.sleep(0.3)  # without the gate, b's statement would be running now, and get the cancel below
     second = b.read_until("Z", timeout=10)
-    assert not [m for m in _norm(second) if m[0] == "E"], _norm(second)
+    assert not [m for m in comparable(second) if m[0] == "E"], comparable(second)
     assert [r for t, r in second if t == "D"][0].endswith(str(pid).encode())
     # and a cancel that reaches a running statement cancels it, as before, on a server that is kept
     b.send(query("select pg_sleep(5)"))

@@ -13,6 +13,7 @@ import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 _I32 = struct.Struct("!i")
 _I16 = struct.Struct("!h")
@@ -121,6 +122,31 @@ def terminate() -> bytes:
 
 
 # --------------------------------------------------------------------------------------------- parsers
+
+
+def split_messages(data: bytes) -> list[Message]:
+    """Bytes holding whole backend (or frontend, after the startup packet) messages -> [(type, body)]."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        (ln,) = struct.unpack_from("!I", data, pos + 1)
+        out.append((chr(data[pos]), data[pos + 5 : pos + 1 + ln]))
+        pos += 1 + ln
+    assert pos == len(data), "a message is cut off"
+    return out
+
+
+def comparable(msgs: list[Message]) -> list[Any]:
+    """Messages as a comparison with PostgreSQL's answer sees them: errors and notices by severity, SQLSTATE
+    and text (their other fields vary between runs), everything else byte for byte."""
+    out: list[Any] = []
+    for t, b in msgs:
+        if t in ("E", "N"):
+            f = parse_fields(b)
+            out.append((t, f.get("S"), f.get("C"), f.get("M")))
+        else:
+            out.append((t, b))
+    return out
 
 
 def parse_fields(body: bytes) -> dict[str, str]:

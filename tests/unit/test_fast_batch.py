@@ -6,7 +6,6 @@ The worker's loop is not run: the test calls the connections' read handlers itse
 from __future__ import annotations
 
 import socket
-import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from pgdoorman.session.client import READY, ClientConn
 from pgdoorman.session.server import ACTIVE, IDLE, ServerConn
 from tests.support.app import one_pool_app
-from tests.support.wire import bind, describe, execute, frame, parse, query, sync
+from tests.support.wire import bind, describe, execute, frame, parse, query, split_messages, sync
 
 
 def _read_messages(sock: socket.socket) -> list[tuple[str, bytes]]:
@@ -31,14 +30,7 @@ def _read_messages(sock: socket.socket) -> list[tuple[str, bytes]]:
         if not chunk:
             break
         data += chunk
-    out = []
-    pos = 0
-    while pos < len(data):
-        (ln,) = struct.unpack_from("!I", data, pos + 1)
-        out.append((chr(data[pos]), data[pos + 5 : pos + 1 + ln]))
-        pos += 1 + ln
-    assert pos == len(data)
-    return out
+    return split_messages(data)
 
 
 def _error(message: str) -> bytes:

@@ -6,7 +6,6 @@ answers are the ones PostgreSQL gives to those messages (the live comparison is 
 
 from __future__ import annotations
 
-import struct
 from collections import OrderedDict
 from typing import Any
 
@@ -16,7 +15,7 @@ from pgdoorman.protocol.framing import Scanner
 from pgdoorman.session.rewrite import Rewriter
 from pgdoorman.session.server_prepared import SERVER_PS_TABLE, SERVER_TABLE
 from pgdoorman.session.states import CLIENT_PS_TABLE
-from tests.support.wire import bind, close, describe, execute, frame, parse, query, sync
+from tests.support.wire import bind, close, describe, execute, frame, parse, query, split_messages, sync
 
 
 class FakeHeld:
@@ -93,7 +92,7 @@ class Pair:
     def send(self, data: bytes) -> list[tuple[str, bytes]]:
         """The client sends `data`: the messages the server gets."""
         out = self.client_scanner.feed(memoryview(data))
-        return split(b"" if out is None else bytes(out))
+        return split_messages(b"" if out is None else bytes(out))
 
     def answer(self, data: bytes) -> list[tuple[str, bytes]]:
         """The server answers `data`: the messages the client gets (synthetic ones included)."""
@@ -102,17 +101,7 @@ class Pair:
         out = sc.feed(memoryview(data))
         got = b"" if out is None else bytes(out)
         synth = self.rw.take_synth()  # what the client side flushes when nothing else is due
-        return split(got + (bytes(synth) if synth else b""))
-
-
-def split(data: bytes) -> list[tuple[str, bytes]]:
-    out = []
-    pos = 0
-    while pos < len(data):
-        (ln,) = struct.unpack_from("!I", data, pos + 1)
-        out.append((chr(data[pos]), data[pos + 5 : pos + 1 + ln]))
-        pos += 1 + ln
-    return out
+        return split_messages(got + (bytes(synth) if synth else b""))
 
 
 def types(msgs: list[tuple[str, bytes]]) -> str:
@@ -199,7 +188,7 @@ def test_deallocate_is_answered_here() -> None:
     sent = p.send(query("DEALLOCATE s1"))
     assert sent == []
     synth = p.rw.take_synth()
-    assert synth is not None and types(split(bytes(synth))) == "CZ"
+    assert synth is not None and types(split_messages(bytes(synth))) == "CZ"
     assert b"s1" not in p.rw.named
 
 
@@ -237,11 +226,11 @@ def test_fast_batch_renames_the_bind_and_puts_parse_complete_first() -> None:
     batch = parse("", "select 1") + bind("", "") + describe("P", "") + execute() + sync()
     out = p.rw.fast_batch(memoryview(batch), len(batch), held)
     assert out is not None
-    sent = split(bytes(out))
+    sent = split_messages(bytes(out))
     assert types(sent) == "BDES" and sent[0][1].split(b"\0")[1] == warm.rw.unnamed.name  # type: ignore[union-attr]
     assert p.rw.synth_head == m.PARSE_COMPLETE and p.rw.fast_bind is not None and not p.rw.rq
     first = m.BIND_COMPLETE
-    assert types(split(bytes(p.rw.after_synth(first)))) == "12"
+    assert types(split_messages(bytes(p.rw.after_synth(first)))) == "12"
     assert p.rw.synth_head is None
 
 
@@ -260,7 +249,7 @@ def test_parse_sync_answered_locally_from_the_pool_cache() -> None:
     p = Pair(cache, FakeHeld())
     data = parse("q1", "select 1") + sync()
     answer = p.rw.parse_sync_locally(memoryview(data))
-    assert answer is not None and types(split(answer)) == "1Z"
+    assert answer is not None and types(split_messages(answer)) == "1Z"
     assert p.rw.named[b"q1"] is warm.rw.unnamed
     unknown = parse("q2", "select 42") + sync()
     assert p.rw.parse_sync_locally(memoryview(unknown)) is None
