@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from typing import TypeVar
 
 from pgdoorman.net.loop import Timer
 
@@ -29,6 +30,8 @@ NO_TIMER.cancel()
 
 Params = dict[str, str]
 WantKey = tuple[tuple[str, str], ...]
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class _Tables(threading.local):
@@ -51,12 +54,8 @@ def startup(body: bytes) -> tuple[Params, Params] | None:
 def keep_startup(body: bytes, params: Params, settings: Params) -> tuple[Params, Params]:
     """Remember a startup packet's parse for the next client that sends the same bytes; the pair to use
     from now on (its names interned: clients whose packets differ still share them)."""
-    table = _tables.startups
-    if len(table) >= CACHE_MAX:
-        table.clear()
     kept = ({sys.intern(k): v for k, v in params.items()}, {sys.intern(k): v for k, v in settings.items()})
-    table[body] = kept
-    return kept
+    return _keep(_tables.startups, body, kept)
 
 
 def params(values: Params) -> tuple[Params, WantKey]:
@@ -66,21 +65,19 @@ def params(values: Params) -> tuple[Params, WantKey]:
     key = tuple(values.items())
     table = _tables.wants
     hit = table.get(key)
-    if hit is not None:
-        return hit
-    if len(table) >= CACHE_MAX:
-        table.clear()
-    table[key] = (values, key)
-    return values, key
+    return hit if hit is not None else _keep(table, key, (values, key))
 
 
 def same(t: tuple[str, ...]) -> tuple[str, ...]:
     """The shared tuple equal to `t` (the planner signature of a client's prepared statements)."""
     table = _tables.tuples
     hit = table.get(t)
-    if hit is not None:
-        return hit
+    return hit if hit is not None else _keep(table, t, t)
+
+
+def _keep(table: dict[K, V], key: K, value: V) -> V:
+    """Keep `value` under `key` in one of this thread's tables, which starts over past CACHE_MAX entries."""
     if len(table) >= CACHE_MAX:
         table.clear()
-    table[t] = t
-    return t
+    table[key] = value
+    return value
