@@ -29,19 +29,10 @@ from typing import Any
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 
+from bench import vm_kib  # noqa: E402
 from pgcluster import PgCluster  # noqa: E402
 
 HOST = "127.0.0.1"
-
-
-def vm_kib(pid: int) -> dict[str, int]:
-    out: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                k, v = line.split(":")
-                out[k] = int(v.split()[0])
-    return out
 
 
 def wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
