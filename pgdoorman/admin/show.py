@@ -223,9 +223,9 @@ def show_pools_memory(ctx: ShowContext) -> ResultSet:
     rows: list[list[Cell]] = []
     for v in ctx.snap.pools:
         pv = ctx.obs.prepared(v)
-        # One unnamed statement per client, never evicted; Flush-based "async" clients are not tracked.
+        # Flush-based "async" clients are not tracked (they get no per-session names here).
         rows.append([v.info.database, v.info.user, pv.pool_entries, pv.pool_bytes, pv.client_entries,
-                     pv.client_bytes, pv.client_named, pv.client_anonymous, 0, 0])
+                     pv.client_bytes, pv.client_named, pv.client_anonymous, pv.client_anon_evicted, 0])
     return ResultSet(POOLS_MEMORY_COLUMNS, rows)
 
 
@@ -236,8 +236,7 @@ def show_prepared_statements(ctx: ShowContext) -> ResultSet:
         unnamed_ids: set[int] = set()
         for c in v.clients:
             named_ids.update(c.ps_named)
-            if c.ps_unnamed is not None:
-                unnamed_ids.add(c.ps_unnamed)
+            unnamed_ids.update(c.ps_anon)
         for st in ctx.obs.statements(v.key):
             kind = st.kind
             if kind is None:

@@ -212,12 +212,14 @@ FIELDS: Final[tuple[Field, ...]] = (
              "How many prepared statements each server connection keeps (least recently used are closed). "
              "Unset: the pool-level cache size.", optional=True, example=1024,
              default_doc="`prepared_statements_cache_size`"),
-    _general("Prepared statements", "client_anonymous_prepared_cache_size", Int(0), None, False,
-             "How many unnamed prepared statements each client keeps (least recently used are dropped); 0 means "
-             "no limit (warned about). Unset: the pool-level cache size. The old name "
-             "`client_prepared_statements_cache_size` is accepted with a warning. pgdoorman keeps one unnamed "
-             "statement per client, as PostgreSQL does: it refers to the pool's cache entry for its text (shared "
-             "by every client and parsed once per server), so older ones would only keep evicted texts alive.",
+    _general("Prepared statements", "client_anonymous_prepared_cache_size", Int(0), None, True,
+             "How many of its recent unnamed prepared statements each client keeps (least recently used are "
+             "dropped); 0 means no limit (warned about). Unset: the pool's cache size. A client alternating "
+             "between several unnamed queries (psycopg, asyncpg) finds each again here, without the pool's "
+             "lock and also after the pool's cache evicted it, so a server that holds it is not sent its Parse "
+             "again. A Bind of the unnamed statement always runs the client's latest unnamed Parse, as on "
+             "PostgreSQL. Dropping an entry only drops the client's reference. The old name "
+             "`client_prepared_statements_cache_size` is accepted with a warning.",
              optional=True, aliases=("client_prepared_statements_cache_size",), example=256,
              default_doc="`prepared_statements_cache_size`"),
     _general("Prepared statements", "query_interner_gc_interval_seconds", Seconds(1), 60, False,

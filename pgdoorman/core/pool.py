@@ -147,6 +147,7 @@ class Pool:
         # transaction_pinning: refuse (statements that would pin a client are refused, core/sqllex.py)
         self.pin_refuse = self.transaction_mode and pool_cfg.transaction_pinning == "refuse"
         self.ps_cache.size = max(1, cfg.prepared_cache_size_for(pool_cfg))
+        self.ps_cache.anon_size = cfg.client_anonymous_cache_size_for(pool_cfg)
         self.server_ps_cache_size = max(1, cfg.server_prepared_cache_size_for(pool_cfg))
         self.server_user = user_cfg.server_username or user_cfg.username
         self.server_tls = live.server_tls

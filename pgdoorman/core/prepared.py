@@ -105,6 +105,10 @@ class PoolCache:
         self.hits = 0
         self.misses = 0
         self.invalidations = 0
+        # Each client's LRU of its unnamed statements (session/rewrite_replies.py RewriterBase.anon): its size
+        # (client_anonymous_prepared_cache_size; 0: no limit) and the entries all clients evicted from theirs.
+        self.anon_size = self.size
+        self.anon_evictions = 0
 
     def get(self, query: bytes, types: bytes, sig: tuple[str, ...]) -> Statement:
         key = (query, types, sig)

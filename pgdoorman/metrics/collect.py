@@ -382,7 +382,7 @@ def _pool_prepared_families(rows: list[_PoolRow]) -> list[Family]:
         for f, n in zip(prepared, (
             pv.pool_entries, pv.pool_bytes, pv.client_entries, pv.client_bytes, pv.client_named,
             pv.client_anonymous,
-            0,  # one unnamed statement per client, replaced, never evicted from an LRU
+            pv.anon_evictions,
             pv.server_hits, pv.server_misses, row.prepared_hits_total, row.prepared_misses_total,
             0,  # Flush-based "async" clients are not tracked
         ), strict=True):

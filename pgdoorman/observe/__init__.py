@@ -126,11 +126,12 @@ class Observer:
         p = self._pool(v.key)
         if p is not None:
             pv.pool_entries, pv.pool_bytes = pool_statement_sizes(p)
+            pv.anon_evictions = int(getattr(p.ps_cache, "anon_evictions", 0))
         for c in v.clients:
             pv.client_named += len(c.ps_named)
             pv.client_bytes += c.ps_bytes
-            if c.ps_unnamed is not None:
-                pv.client_anonymous += 1
+            pv.client_anonymous += len(c.ps_anon)
+            pv.client_anon_evicted += c.ps_anon_evicted
         pv.client_entries = pv.client_named + pv.client_anonymous
         for s in v.servers:
             pv.server_hits += s.ps_hits

@@ -106,6 +106,8 @@ class ClientInfo:
     wait_start: float  # monotonic; 0 when not queued
     ps_named: tuple[int, ...] = ()  # identities (StatementInfo.ident) of its named prepared statements
     ps_unnamed: int | None = None  # identity of its unnamed statement, if any
+    ps_anon: tuple[int, ...] = ()  # identities of the unnamed statements it keeps (its LRU, the latest included)
+    ps_anon_evicted: int = 0  # entries its LRU of unnamed statements dropped for its size
     ps_bytes: int = 0  # Parse bytes of those statements
     pinned: str = ""  # transaction mode: what keeps it on its server between transactions ('temp,cursor'...)
 
@@ -223,6 +225,8 @@ def client_info(c: ClientConn, state: str) -> ClientInfo:
     pool = c.pool
     named: tuple[int, ...] = ()
     unnamed: int | None = None
+    anon: tuple[int, ...] = ()
+    evicted = 0
     size = 0
     if state != "login":
         rw = getattr(c, "rw", None)
@@ -232,9 +236,15 @@ def client_info(c: ClientConn, state: str) -> ClientInfo:
             named = tuple(id(st) for st in values)
             size = sum(len(st.parse_msg) for st in values)
         un = getattr(rw, "unnamed", None)
+        anon_map = getattr(rw, "anon", None)
+        anon_vals = list(dict_copy(anon_map).values()) if anon_map else []
         if un is not None:
             unnamed = id(un)
-            size += len(un.parse_msg)
+            if all(v is not un for v in anon_vals):
+                anon_vals.append(un)
+        anon = tuple(id(st) for st in anon_vals)
+        size += sum(len(st.parse_msg) for st in anon_vals)
+        evicted = int(getattr(rw, "anon_evicted", 0))
     return ClientInfo(
         id="" if state == "login" else client_id(c),
         pool=(pool.database, pool.username) if pool is not None else None,
@@ -242,6 +252,7 @@ def client_info(c: ClientConn, state: str) -> ClientInfo:
         tls=bool(getattr(c, "tls", False)), writing=bool(c.out), xact_count=c.xact_count,
         query_count=c.query_count, error_count=c.error_count, connect_time=c.connect_time,
         wait_start=c.wait_start if state == "waiting" else 0.0, ps_named=named, ps_unnamed=unnamed, ps_bytes=size,
+        ps_anon=anon, ps_anon_evicted=evicted,
         pinned=str(getattr(c, "pinned", "")),
     )
 
@@ -313,7 +324,7 @@ def take_snapshot(src: Source) -> Snapshot:
 @dataclass
 class PreparedView:
     """Prepared statement caches of one pool: the pool's shared cache, the references its clients hold
-    (named, and the one unnamed statement each), and the live servers' hit/miss counters."""
+    (named, and the unnamed ones each keeps in its LRU), and the live servers' hit/miss counters."""
 
     pool_entries: int = 0
     pool_bytes: int = 0
@@ -321,6 +332,8 @@ class PreparedView:
     client_bytes: int = 0
     client_named: int = 0
     client_anonymous: int = 0
+    client_anon_evicted: int = 0  # evictions from the LRUs of the clients connected now
+    anon_evictions: int = 0  # evictions from all its clients' LRUs since the pool started
     server_hits: int = 0
     server_misses: int = 0
     server_cached: int = 0

@@ -156,7 +156,12 @@ class Rewriter(RewriterBase):
             text = b[j + 1 : k]
             if (refused := self.relay.refuse_pinning(text)) is not None:
                 text = refused.encode()
-            st = cache.get(text, b[k + 1 :], self.sig)
+            found = None if name else self.find_anon(text, b[k + 1 :])
+            if found is None:
+                st = cache.get(text, b[k + 1 :], self.sig)
+            else:
+                st = found
+                cache.count_hit(st)
             self.last_parse = (b, name, st)
         if name:
             held = self.named.get(name)
@@ -296,6 +301,7 @@ class Rewriter(RewriterBase):
         if ident.lower() == b"all":
             self.named.clear()
             self.unnamed = None
+            self.anon = None
             tag = "DEALLOCATE ALL"
         else:
             name = ident[1:-1].replace(b'""', b'"') if ident[:1] == b'"' else ident.lower()
@@ -378,9 +384,11 @@ class Rewriter(RewriterBase):
             k = memo_body.find(b"\x00", j + 1) if j >= 0 else -1
             if k < 0 or LISTEN_START.match(memo_body[j + 1 : k]):
                 return None
-            cache = self.cache
-            assert cache is not None
-            found = cache.peek(memo_body[j + 1 : k], memo_body[k + 1 :], self.sig)
+            found = None if j else self.find_anon(memo_body[1:k], memo_body[k + 1 :])
+            if found is None:
+                cache = self.cache
+                assert cache is not None
+                found = cache.peek(memo_body[j + 1 : k], memo_body[k + 1 :], self.sig)
             if found is None or found.dead:
                 return None
             parsed, pname = found, memo_body[:j]

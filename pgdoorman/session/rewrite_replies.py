@@ -128,8 +128,8 @@ class RewriterBase:
     """The prepared-statement state of one client: its names (`named`, `unnamed`) for statements of the pool's
     cache, the responses its requests expect (`rq`), the fast batch in flight, and the reply direction."""
 
-    __slots__ = ("relay", "cache", "sig", "named", "unnamed", "rq", "last_parse", "synth_head", "fast_bind",
-                 "fast_redo", "held_error")
+    __slots__ = ("relay", "cache", "sig", "named", "unnamed", "anon", "anon_evicted", "rq", "last_parse",
+                 "synth_head", "fast_bind", "fast_redo", "held_error")
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
@@ -137,6 +137,13 @@ class RewriterBase:
         self.sig: tuple[str, ...] = ()  # the client's planner settings: part of each statement's key
         self.named: dict[bytes, ps.Statement] = NO_NAMES  # a dict of its own from its first named Parse
         self.unnamed: ps.Statement | None = None
+        # The unnamed statements it parsed lately, by statement key, most recent last (at most the pool's
+        # `anon_size`; 0: no limit): made when it parses a second distinct one, so that a client alternating
+        # between a few unnamed queries finds each again without the pool's lock, also after the pool's cache
+        # evicted it (the server still holds it under its name: no Parse again). Only a memo of Parses:
+        # a Bind of "" always means `unnamed`, the latest, as on PostgreSQL.
+        self.anon: OrderedDict[tuple[bytes, bytes, tuple[str, ...]], ps.Statement] | None = None
+        self.anon_evicted = 0  # entries `anon` dropped for its size (SHOW POOLS_MEMORY)
         # The expected-response queue: a deque of its own (760 bytes) from the first extended-protocol message
         # that needs one (Rewriter._track, in prepared-statement mode), so that clients that never send one
         # (idle ones, simple queries, session mode) do not pay for it.
@@ -178,12 +185,46 @@ class RewriterBase:
             else:
                 self.named[name] = st
         else:
+            if st is not None and st is not self.unnamed:
+                self._remember_anon(st)
             self.unnamed = st
+
+    def _remember_anon(self, st: ps.Statement) -> None:
+        """`st` is the client's unnamed statement from now on: keep it in `anon`, evicting the least recent."""
+        anon = self.anon
+        if anon is None:
+            prev = self.unnamed
+            if prev is None or prev.dead:
+                return  # one unnamed statement so far: `unnamed` and `last_parse` find it
+            anon = self.anon = OrderedDict(((prev.key, prev),))
+        key = st.key
+        if key in anon:
+            anon.move_to_end(key)
+        anon[key] = st
+        cache = self.cache
+        size = cache.anon_size if cache is not None else 0
+        while size and len(anon) > size:  # (more than one only after RELOAD made it smaller)
+            anon.popitem(last=False)  # only our reference goes: the pool's and the servers' copies stay
+            self.anon_evicted += 1
+            if cache is not None:
+                cache.anon_evictions += 1
+
+    def find_anon(self, query: bytes, types: bytes) -> ps.Statement | None:
+        """The unnamed statement of this text and parameter types the client parsed lately, if still good."""
+        anon = self.anon
+        if anon is None:
+            return None
+        st = anon.get((query, types, self.sig))
+        if st is None or not st.dead:
+            return st
+        del anon[st.key]  # forgotten by the pool (failed Parse, DDL): the next Parse makes a new one
+        return None
 
     def forget_statements(self) -> None:
         """The server ran DISCARD ALL / DEALLOCATE ALL for us: PostgreSQL would have dropped them all."""
         self.named.clear()
         self.unnamed = None
+        self.anon = None
 
     def _statement_failed(self, name: bytes, st: ps.Statement) -> None:
         """PostgreSQL refused the Parse of `st` under the client's `name`: the name means nothing now, as on
@@ -191,8 +232,11 @@ class RewriterBase:
         if name:
             if self.named.get(name) is st:
                 del self.named[name]
-        elif self.unnamed is st:
-            self.unnamed = None
+        else:
+            if self.unnamed is st:
+                self.unnamed = None
+            if self.anon is not None and self.anon.get(st.key) is st:
+                del self.anon[st.key]
 
     def _statement_replaced(self, st: ps.Statement, fresh: ps.Statement) -> None:
         """`st` went stale on the server (DDL changed its result type): the client's names for it now mean

@@ -504,11 +504,12 @@ def test_deprecated_alias_warns_and_is_used(tmp_path: Path) -> None:
         BASE_YAML.replace("  admin_password: secret\n", "  admin_password: secret\n  client_prepared_statements_cache_size: 64\n"),
     )
     config = load_config(path)
-    # the alias is recognised (and warned about); the setting itself is not implemented yet, so it also warns
-    assert config.warnings[0] == (
-        f'{path}: general.client_prepared_statements_cache_size: deprecated name; use "client_anonymous_prepared_cache_size"'
+    # the alias is recognised (and warned about), and its value is the setting's
+    assert config.warnings == (
+        f'{path}: general.client_prepared_statements_cache_size: deprecated name; use "client_anonymous_prepared_cache_size"',
     )
-    assert len(config.warnings) == 2 and "not implemented by pgdoorman yet" in config.warnings[1]
+    assert config.general.client_anonymous_prepared_cache_size == 64
+    assert config.client_anonymous_cache_size_for(next(iter(config.pools.values()))) == 64
     both = write(
         tmp_path,
         "d.yaml",

@@ -263,3 +263,103 @@ def test_copy_start_drops_the_syncs_postgres_ignores() -> None:
     assert [e[0] for e in rq][-1] != 0 and len(rq) == 2  # the Execute and the Sync
     p.rw.copy_started(1)
     assert len(rq) == 1  # the Execute only: PostgreSQL ignores that Sync during COPY IN
+
+
+def _alternate(p: Pair, texts: list[str], rounds: int) -> list[str]:
+    """The client runs each text as an unnamed statement in turn (psycopg, asyncpg), `rounds` times; the
+    server answers as PostgreSQL does. The message types the server got, batch by batch."""
+    seen = []
+    for _ in range(rounds):
+        for text in texts:
+            sent = p.send(parse("", text) + bind("", "") + execute() + sync())
+            seen.append(types(sent))
+            reply = (m.PARSE_COMPLETE if sent[0][0] == "P" else b"") + m.BIND_COMPLETE + OK_ROW + RFQ
+            assert types(p.answer(reply)) == "12DCZ"  # the client always sees its ParseComplete
+    return seen
+
+
+def test_alternating_unnamed_queries_are_found_again_after_the_pool_evicted_them() -> None:
+    cache = PoolCache(1)  # the pool keeps one statement: each Parse evicts the one before
+    cache.anon_size = 8
+    p = Pair(cache)
+    seen = _alternate(p, ["select 1", "select 2", "select 3"], 3)
+    assert seen == ["PBES"] * 3 + ["BES"] * 6  # parsed once each on this server, then found in the client's LRU
+    assert p.held.ps_misses == 3 and p.held.ps_hits == 6 and len(p.held.prepared) == 3
+    assert p.rw.anon is not None and len(p.rw.anon) == 3 and p.rw.anon_evicted == 0
+    assert p.rw.unnamed is not None and p.rw.unnamed.query == b"select 3"
+
+
+def test_a_client_lru_of_one_keeps_only_the_latest() -> None:
+    cache = PoolCache(1)
+    cache.anon_size = 1
+    p = Pair(cache)
+    seen = _alternate(p, ["select 1", "select 2"], 2)
+    assert seen == ["PBES"] * 4  # evicted from the pool and from the client: a new statement each time
+    assert p.rw.anon is not None and len(p.rw.anon) == 1 and p.rw.anon_evicted == 3 and cache.anon_evictions == 3
+
+
+def test_unbounded_client_lru() -> None:
+    cache = PoolCache(2)
+    cache.anon_size = 0
+    p = Pair(cache)
+    _alternate(p, [f"select {i}" for i in range(20)], 2)
+    assert p.rw.anon is not None and len(p.rw.anon) == 20 and p.rw.anon_evicted == 0
+    assert p.held.ps_misses == 20
+
+
+def test_one_unnamed_statement_makes_no_lru() -> None:
+    p = Pair()
+    _alternate(p, ["select 1"], 3)
+    assert p.rw.anon is None  # the common case costs nothing more than before
+
+
+def test_bind_of_unnamed_runs_the_latest_parse_also_when_found_in_the_lru() -> None:
+    cache = PoolCache(1)
+    cache.anon_size = 8
+    p = Pair(cache)
+    _alternate(p, ["select 1", "select 2"], 1)
+    p.send(parse("", "select 1") + sync())  # found in the LRU: answered here
+    p.answer(RFQ)
+    sent = p.send(bind("", "") + execute() + sync())
+    one = p.rw.anon[(b"select 1", b"\0\0", ())] if p.rw.anon is not None else None
+    assert one is not None and sent[0][1].split(b"\0")[1] == one.name
+    p.answer(m.BIND_COMPLETE + OK_ROW + RFQ)
+
+
+def test_failed_unnamed_parse_leaves_no_unnamed_statement_and_leaves_the_lru() -> None:
+    cache = PoolCache(1)
+    cache.anon_size = 8
+    p = Pair(cache)
+    _alternate(p, ["select 1", "select 2"], 1)
+    sent = p.send(parse("", "selec 3") + sync())
+    assert types(sent) == "PS"
+    got = p.answer(error("42601", 'syntax error at or near "selec"') + RFQ)
+    assert types(got) == "EZ"
+    assert p.rw.unnamed is None  # PostgreSQL dropped the old unnamed statement before parsing the new one
+    assert p.rw.anon is not None and (b"selec 3", b"\0\0", ()) not in p.rw.anon
+    sent = p.send(bind("", "") + execute() + sync())
+    assert sent[0][1].split(b"\0")[1] == b""  # passed on: PostgreSQL answers 26000 itself
+
+
+def test_a_statement_forgotten_by_the_pool_is_not_taken_from_the_lru() -> None:
+    cache = PoolCache(10)
+    cache.anon_size = 8
+    p = Pair(cache)
+    _alternate(p, ["select 1", "select 2"], 1)
+    old = p.rw.anon[(b"select 1", b"\0\0", ())] if p.rw.anon is not None else None
+    cache.invalidate()  # DDL ran
+    sent = p.send(parse("", "select 1") + bind("", "") + execute() + sync())
+    assert types(sent) == "PBES" and old is not None and sent[0][1].split(b"\0")[0] != old.name
+    p.answer(m.PARSE_COMPLETE + m.BIND_COMPLETE + OK_ROW + RFQ)
+
+
+def test_fast_batch_finds_an_alternating_unnamed_statement_in_the_lru() -> None:
+    cache = PoolCache(1)
+    cache.anon_size = 8
+    p = Pair(cache)
+    _alternate(p, ["select 1", "select 2"], 1)
+    batch = parse("", "select 1") + bind("", "") + execute() + sync()
+    out = p.rw.fast_batch(memoryview(batch), len(batch), p.held)
+    assert out is not None and types(split_messages(bytes(out))) == "BES"
+    assert p.rw.unnamed is not None and p.rw.unnamed.query == b"select 1"
+    assert list(p.rw.anon or ())[-1] == (b"select 1", b"\0\0", ())  # the most recent last

@@ -1,0 +1,190 @@
+"""client_anonymous_prepared_cache_size: each client's LRU of its recent unnamed statements.
+
+The pool's own cache is kept at one statement here, so that every Parse of another text evicts the one before
+and only the client's LRU can find a statement again. Differential part: sequences of unnamed statements sent
+directly to PostgreSQL and through pgdoorman must get the same responses (a Bind of "" always runs the latest
+unnamed Parse, also after a failed Parse, a skipped one and a Close), in transaction mode with pool_size 1 and 2
+(the client's server switched between steps), with the LRU at 8 and at 1. Then what the LRU is for: a client
+alternating between unnamed queries (raw wire, psycopg, asyncpg) has each parsed once on its server, not once
+per use, with the answers PostgreSQL gives; with an LRU of 1 each use is a new statement."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.integration.test_admin import admin, rows
+from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER, pooler_config
+from tests.support.pooler import Pooler
+from tests.support.wire import WireClient, bind, close, comparable, describe, execute, parse, query, sync
+
+pytestmark = pytest.mark.timeout(300)
+
+S = sync()
+A, B_, C = "select $1::int + 1 as a", "select $1::text || 'b' as b", "select 3 as c, $1::int as d"
+
+
+def run(q: str, *params: str) -> bytes:
+    return parse("", q) + bind("", "", params) + execute() + S
+
+
+# Steps: (bytes, ReadyForQuerys to wait for).
+SEQUENCES: dict[str, list[tuple[bytes, int]]] = {
+    "alternate_three": [(run(q, "7"), 1) for _ in range(3) for q in (A, B_, C)],
+    "latest_parse_wins": [(parse("", A) + S, 1), (parse("", B_) + S, 1), (parse("", A) + S, 1),
+                          (parse("", B_) + S, 1), (bind("", "", ("x",)) + execute() + S, 1)],
+    "latest_after_failed_parse": [(run(A, "1"), 1), (run(B_, "2"), 1), (parse("", "selec bad") + S, 1),
+                                  (bind("", "", ("3",)) + execute() + S, 1), (run(A, "4"), 1),
+                                  (bind("", "", ("5",)) + execute() + S, 1)],
+    "pipeline_alternating": [(parse("", A) + bind("", "", ("1",)) + execute() + parse("", B_)
+                              + bind("", "", ("2",)) + execute() + parse("", A) + bind("", "", ("3",)) + execute()
+                              + S, 1), (bind("", "", ("4",)) + execute() + S, 1)],
+    "describe_alternating": [(parse("", A) + describe("S") + S, 1), (parse("", C) + describe("S") + S, 1),
+                             (parse("", A) + describe("S") + S, 1), (bind("", "", ("6",)) + execute() + S, 1)],
+    "same_text_other_types": [(parse("", "select $1 as v", (23,)) + bind("", "", ("1",)) + execute() + S, 1),
+                              (parse("", "select $1 as v", (25,)) + bind("", "", ("x",)) + execute() + S, 1),
+                              (parse("", "select $1 as v", (23,)) + describe("S") + S, 1),
+                              (bind("", "", ("2",)) + execute() + S, 1)],
+    # Bind with a parameter too many fails, so PostgreSQL skips the Parse after it: "" is still A.
+    "skipped_parse_keeps_latest": [(run(B_, "1"), 1), (run(A, "1"), 1),
+                                   (bind("", "", ("1", "2")) + execute() + parse("", B_) + S, 1),
+                                   (bind("", "", ("8",)) + execute() + S, 1)],
+    "close_unnamed_then_bind": [(run(A, "1"), 1), (run(B_, "1"), 1), (close("S") + S, 1),
+                                (bind("", "", ("1",)) + execute() + S, 1), (run(A, "9"), 1)],
+    "in_transaction": [(query("begin"), 1), (run(A, "1"), 1), (run(B_, "2"), 1), (run(A, "3"), 1),
+                       (bind("", "", ("4",)) + execute() + S, 1), (query("commit"), 1)],
+}
+
+CASES = [(1, 8), (2, 8), (2, 1)]  # (pool_size, client_anonymous_prepared_cache_size)
+
+
+def _connect(host: str, port: int) -> WireClient:
+    return WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD)
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"pool{p}-lru{n}" for p, n in CASES])
+def pooler(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
+    size, lru = request.param
+    cfg = pooler_config(pg, pool_size=size, pool={"prepared_statements_cache_size": 1},
+                        general={"client_anonymous_prepared_cache_size": lru,
+                                 "server_prepared_statements_cache_size": 100})
+    p = Pooler(cfg, str(tmp_path_factory.mktemp(f"pooler-anon-{size}-{lru}"))).start()
+    p.pool_size, p.lru = size, lru  # type: ignore[attr-defined]
+    yield p
+    p.stop()
+
+
+def _transcript(c: WireClient, steps: list[tuple[bytes, int]], between: Any = None) -> list[Any]:
+    out = []
+    for data, zs in steps:
+        c.send(data)
+        got = []
+        while zs:
+            t, body = c.read_message(timeout=10)
+            got.append((t, body))
+            zs -= t == "Z"
+        out.append(comparable(got))
+        if between is not None:
+            between()
+    return out
+
+
+@pytest.mark.parametrize("name", list(SEQUENCES))
+def test_same_responses_as_postgres(pg: Any, pooler: Pooler, name: str) -> None:
+    steps = SEQUENCES[name]
+    direct, pooled = _connect(pg.host, pg.port), _connect(pooler.host, pooler.port)
+    # pool_size 2, idle servers handed out most recent first: a helper that holds the last used server
+    # makes the client's next transaction run on the other one (statements parsed again there).
+    helper = _connect(pooler.host, pooler.port) if pooler.pool_size == 2 else None  # type: ignore[attr-defined]
+    holding = [False]
+
+    def switch() -> None:
+        if helper is not None and "transaction" not in name:
+            if holding[0]:
+                helper.query("commit")
+            helper.query("begin")
+            helper.query("select 1")
+            holding[0] = True
+
+    try:
+        want = _transcript(direct, steps)
+        got = _transcript(pooled, steps, switch)
+        assert got == want
+    finally:
+        if holding[0] and helper is not None:
+            helper.query("commit")
+        for c in (direct, pooled, helper):
+            if c is not None:
+                c.close()
+
+
+def _server_statements(c: WireClient) -> int:
+    return int(c.query_rows("select count(*) from pg_prepared_statements")[0][0] or 0)
+
+
+@pytest.mark.parametrize("lru", [8, 1])
+def test_alternating_unnamed_queries_are_parsed_once_per_server(pooler_factory: Any, lru: int) -> None:
+    pooler = pooler_factory(pool_size=1, pool={"prepared_statements_cache_size": 1},
+                            general={"client_anonymous_prepared_cache_size": lru,
+                                     "server_prepared_statements_cache_size": 100})
+    pooled = _connect(pooler.host, pooler.port)
+    try:
+        before = _server_statements(pooled)
+        texts = [f"select $1::int + {i} as v" for i in range(4)]
+        for r in range(5):
+            for q in texts:
+                pooled.send(run(q, str(r)))
+                pooled.read_until("Z")
+        new = _server_statements(pooled) - before
+        # The pool's cache holds one statement: with an LRU of 8 the client finds its four again on the server;
+        # with an LRU of 1 every Parse is a new statement, parsed again (the server keeps up to 100 names).
+        assert new == (4 if lru >= 4 else 20), new
+        with admin(pooler) as a:
+            mem = [r for r in rows(a, "POOLS_MEMORY") if r["user"] == SCRAM_USER][0]
+            assert int(mem["client_anonymous_count"]) == min(4, lru)
+            assert int(mem["client_anonymous_evictions_alive"]) == (0 if lru >= 4 else 19)
+    finally:
+        pooled.close()
+
+
+def _psycopg_answers(host: str, port: int) -> list[Any]:
+    out = []
+    with psycopg.connect(host=host, port=port, user=SCRAM_USER, password=SCRAM_PASSWORD, dbname=DBNAME,
+                         sslmode="disable", autocommit=True, prepare_threshold=None) as c:  # unnamed Parse each execute
+        for r in range(4):
+            out.append(c.execute("select %s::int * 2 as x", (r,)).fetchall())
+            out.append(c.execute("select %s::text as y, %s::int as z", (f"t{r}", r)).fetchall())
+            out.append(c.execute("select count(*) from generate_series(1, %s::int)", (r + 1,)).fetchall())
+            with c.transaction():
+                out.append(c.execute("select %s::int * 2 as x", (r + 10,)).fetchall())
+                out.append(c.execute("select %s::text as y, %s::int as z", ("in", r)).fetchall())
+    return out
+
+
+async def _asyncpg_answers(host: str, port: int) -> list[Any]:
+    # statement_cache_size=0: asyncpg prepares every query as the unnamed statement (Parse, Describe, Bind).
+    c = await asyncpg.connect(host=host, port=port, user=SCRAM_USER, password=SCRAM_PASSWORD, database=DBNAME,
+                              statement_cache_size=0)
+    out: list[Any] = []
+    try:
+        for r in range(4):
+            out.append(await c.fetchval("select $1::int * 3", r))
+            out.append(tuple(await c.fetchrow("select $1::text as y, $2::int8 as z", f"a{r}", r)))
+            async with c.transaction():
+                out.append(await c.fetchval("select $1::int * 3", r + 100))
+                out.append([tuple(x) for x in await c.fetch("select g from generate_series(1, $1::int) g", r)])
+    finally:
+        await c.close()
+    return out
+
+
+def test_drivers_alternating_unnamed_statements_get_postgres_answers(pg: Any, pooler: Pooler) -> None:
+    want = _psycopg_answers(pg.host, pg.port)
+    assert _psycopg_answers(pooler.host, pooler.port) == want
+    want_a = asyncio.run(_asyncpg_answers(pg.host, pg.port))
+    assert asyncio.run(_asyncpg_answers(pooler.host, pooler.port)) == want_a
