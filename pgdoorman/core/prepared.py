@@ -46,6 +46,7 @@ FUNC = 10      # function call: FunctionCallResponse through ReadyForQuery
 DUP = 11       # (statement, name): a Parse of a name the client holds, sent to fail as PostgreSQL fails it (42P05)
 UNPARSE = 12   # our own Close of a statement about to be parsed again: swallow CloseComplete
 MALFORMED = 13  # a message sent on untouched for PostgreSQL to refuse (ErrorResponse, then the skip to Sync)
+PARSE_ANY = 14  # prepared_statements off: a client's Parse sent untouched (session/tracking.py): ParseComplete
 
 # Response types that complete an entry of each kind (ReadyForQuery and ErrorResponse are handled apart).
 TERMINAL: tuple[frozenset[int], ...] = (
@@ -63,6 +64,7 @@ TERMINAL: tuple[frozenset[int], ...] = (
     frozenset(b"1"),            # DUP (always answered by an ErrorResponse)
     frozenset(b"3"),            # UNPARSE
     frozenset(),                # MALFORMED
+    frozenset(b"1"),            # PARSE_ANY
 )
 SWALLOWED = frozenset((INJECT, UNPARSE))
 

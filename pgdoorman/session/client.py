@@ -25,7 +25,7 @@ from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import SMALL_LIMIT, OverBudget
-from pgdoorman.session import listening, shared
+from pgdoorman.session import listening, shared, tracking
 from pgdoorman.session.login import ClientLogin
 from pgdoorman.session.shared import EMPTY
 from pgdoorman.session.states import ADMIN as ADMIN  # re-exported: the worker and tests import them from here
@@ -124,6 +124,8 @@ class ClientConn(ClientLogin):
         if self.ps:
             self._after_ps_scan(out, n)
             return
+        if self.unsynced and not self.rw.rq:
+            tracking.start(self, 0)  # an extended-protocol window goes on past this read: queued from now on
         if out is not None:
             if hold:
                 self._keep_pending(out)  # scanned, sent when the server is ready
@@ -234,6 +236,8 @@ class ClientConn(ClientLogin):
 
     def _on_header(self, t: int, ln: int) -> None:
         if t == 81:  # Query
+            if self.unsynced or self.rw.rq:
+                tracking.request(self, t)  # inside an extended-protocol window: PostgreSQL may skip it
             self.expect += 1
             self.copy_window = True
             self.copy_syncs = 0
@@ -243,15 +247,29 @@ class ClientConn(ClientLogin):
                 return  # PostgreSQL ignores Sync during COPY IN
             self.expect += 1
             self.unsynced = False
+            rq = self.rw.rq
+            if rq:
+                rq.append(tracking.ENTRY[t])
+            elif self.window:
+                self.window.clear()
             if self.copy_window:
                 self.copy_syncs += 1
         elif t == 70:  # FunctionCall
+            if self.unsynced or self.rw.rq:
+                tracking.request(self, t)
             self.expect += 1
         elif t == 99 or t == 102:  # CopyDone, CopyFail
             self.copy_window = False
             self.in_copy_in = False
         elif t in b"PBDEC":
             self.unsynced = True
+            rq = self.rw.rq
+            if rq:
+                rq.append(tracking.ENTRY[t])
+            elif self.window is None:
+                self.window = bytearray((t,))  # this window's messages, by type (tracking.py)
+            else:
+                self.window.append(t)
             if t == 69:
                 self.copy_window = True  # an Execute may start a COPY FROM STDIN
                 self.copy_syncs = 0

@@ -18,7 +18,7 @@ from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
-from pgdoorman.session import listening
+from pgdoorman.session import listening, tracking
 from pgdoorman.session.rewrite import Rewriter
 from pgdoorman.session.shared import EMPTY
 from pgdoorman.session.states import (
@@ -50,22 +50,6 @@ SLOW_CHECKOUT_US = 500_000  # a client that waited this long for a server is log
 assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls
 
 
-def _first_request_end(buf: bytes | bytearray) -> int | None:
-    """The length of the first request in `buf` (whole messages through the first Query, Sync or
-    FunctionCall: what one ReadyForQuery answers), or None if it is not all there."""
-    pos = 0
-    n = len(buf)
-    while pos + 5 <= n:
-        t = buf[pos]
-        end = pos + 1 + _unpack(buf, pos + 1)[0]
-        if end > n:
-            return None
-        if t == 81 or t == 83 or t == 70:
-            return int(end)
-        pos = end
-    return None
-
-
 class ClientBase(Conn):
     """The state of one client connection and its link to a server: what every part of ClientConn reads."""
 
@@ -77,7 +61,7 @@ class ClientBase(Conn):
         "last_status", "xact_start", "query_start", "ps", "rw", "raw",
         "named_parse", "copy_window", "copy_syncs", "in_copy_in",
         "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
-        "begin_held", "answered",
+        "begin_held", "answered", "window",
         "want_base", "pinned", "checked_xact", "probing", "lsn",
     )
 
@@ -136,6 +120,7 @@ class ClientBase(Conn):
         # COPY FROM STDIN bookkeeping (see copy_in_started)
         self.copy_window = False  # since the last Execute/Query, no CopyDone/CopyFail yet
         self.copy_syncs = 0  # Syncs counted in that window
+        self.window: bytearray | None = None  # plain relay: the open extended-protocol window's types (tracking.py)
         self.in_copy_in = False  # PostgreSQL is in COPY IN for us: it ignores Sync
         self.tls = False  # the client's socket is an ssl.SSLSocket (handshake done)
         self.handshaking = False  # wrapped after SSLRequest, handshake not finished yet
@@ -451,8 +436,8 @@ class ClientBase(Conn):
             self._probe(s)
             return False
         s.link(self)
-        if s.ps_on:
-            s.set_ps_mode(False)  # switched on by _track() when extended-protocol entries are in flight
+        if s.ps_on or self.rw.rq:  # on while expected responses are queued (Rewriter._track, tracking.start)
+            s.set_ps_mode(bool(self.rw.rq))
         if s.synced_key != self.want_key:
             queries = s.sync_queries(self.want)
             if queries:
@@ -567,13 +552,14 @@ class ClientBase(Conn):
         waiting when nothing else is held. A request not wholly received yet cannot be cut out: then the
         cancel is ignored, as PostgreSQL ignores one that arrives before the query."""
         held = self.raw if self.ps else self.pending
-        end = _first_request_end(held)
+        end = tracking.first_request_end(held)
         if end is None or not isinstance(held, bytearray):  # (a whole request is in a bytearray)
             log.debug("cancel request for %r: no whole request held", self)
             return
         del held[:end]
         if not self.ps:
             self.expect -= 1  # counted when it was scanned
+            self.rw.drop_request()  # (its queue entries, if the plain relay queues them: tracking.py)
             if not held:
                 self.unsynced = False
         self.query_start = 0.0

@@ -263,6 +263,14 @@ class RewriterBase:
         sent again with fresh statements (rewrite.py redo_fast_batch) or the error is relayed after all."""
         self.held_error = m.msg(b"E", body)
 
+    def drop_request(self) -> None:
+        """The plain relay's queue (session/tracking.py), if it runs: the entries of the oldest request, held
+        for a server and cancelled before it got one, are dropped with it."""
+        rq = self.rq
+        while rq:
+            if rq.popleft()[0] in (ps.SYNC, ps.QUERY, ps.FUNC):
+                return
+
     def _skipped(self, kind: int, data: Any) -> None:
         """PostgreSQL skipped the message of this queue entry (an earlier error in the same batch): undo what
         sending it did to the client's names and counters."""
@@ -317,6 +325,7 @@ class RewriterBase:
             if rq:
                 s.release_pending = False  # more was pipelined after this Sync
             else:
+                s.skipping = False  # (a Sync the plain relay did not queue ended the skip: session/tracking.py)
                 s.set_ps_mode(False)
         if prefix is None and suffix is None and not rewritten:
             return b"" if swallow else None
@@ -357,7 +366,8 @@ class RewriterBase:
         """Keep caches true after an error; return the error body with our statement name replaced by the
         client's when PostgreSQL quoted it."""
         cache = self.cache
-        assert cache is not None
+        if cache is None:
+            return None  # the plain relay's queue (session/tracking.py): nothing was renamed
         if kind == ps.PARSE or kind == ps.INJECT:
             st = data[0] if kind == ps.PARSE else data  # type: ignore[index]
             assert isinstance(st, ps.Statement)
