@@ -59,6 +59,8 @@ PORT_PGDOORMAN = 26002
 PORT_PGBOUNCER_NEW = 26003
 DB = "bench"
 ROLE = "bench"
+# The login storm's role: stored as SCRAM-SHA-256 (ROLE is md5), the same password.
+SCRAM_ROLE = "bench_scram"
 # 200 like the baseline: direct -c 100 fits next to a 20-connection pool, -c 1000 does not.
 PG_MAX_CONNECTIONS = 200
 PG_RESERVED = 3  # superuser_reserved_connections default
@@ -76,6 +78,12 @@ NCPU = os.cpu_count() or 1
 PGBOUNCER_PREPARED_NOTE = "not supported (PgBouncer before 1.21 has no prepared statements in transaction mode)"
 DIRECT_TOO_MANY_NOTE = "n/a (max_connections)"
 IDLE_LOGIN_CONCURRENCY = 200
+# PgBouncer's default query_wait_timeout, given to pgdoorman too (its default, 5 s, would end clients of the
+# 10,000-client cell that queue longer than that, where PgBouncer lets them wait).
+QUERY_WAIT_TIMEOUT_S = 120
+# The headline cells (issue 15): -c 10,000 in this protocol, and the TLS + SCRAM login storm's pgbench clients.
+HEADLINE_MODE = "extended"
+STORM_CLIENTS = 10
 
 
 class StartError(RuntimeError):
@@ -268,6 +276,9 @@ class Cell:
     tps: float | None = None
     lat_ms: float | None = None
     p99_ms: float | None = None
+    p50_ms: float | None = None
+    conn_ms: float | None = None  # pgbench's initial (or, under -C, average) connection time
+    kind: str = "grid"  # grid (the -M x -c tables) | headline (-c 10,000) | storm (TLS + SCRAM logins)
     n_tx: int | None = None
     failed: int | None = None
     aborted_clients: int = 0
@@ -286,6 +297,21 @@ class Cell:
     errors: list[str] = dataclasses.field(default_factory=list)
     cmd: str = ""
     progress: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # pgbench -P 1: (s, tps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """How pgbench runs a cell beyond target, -M and -c: the defaults are the grid's cells (-S as the md5 role,
+    -j 2, -T --duration)."""
+
+    kind: str = "grid"
+    duration: int | None = None
+    # Seconds added to -T for the connections: pgbench's -T clock starts before its clients connect, and 10,000
+    # TLS logins take a while. With it the CPU window starts from the first progress line (all connected).
+    connect_s: int = 0
+    threads: int = 2
+    role: str = ROLE
+    script: tuple[str, ...] = ("-S",)
 
 
 @dataclasses.dataclass
@@ -332,6 +358,9 @@ class Bench:
         self.tmp.chmod(0o755)  # the postgres OS user runs the cluster and PgBouncer below it
         self.password = secrets.token_hex(12)
         self.stored_password = ""
+        self.scram_verifier = ""
+        # Who the poolers let in: ROLE (md5) for the pgbench cells, SCRAM_ROLE for the login storm's fresh poolers.
+        self.login_role = ROLE
         self.cluster: Any = None
         self.bindir = ""
         self.postmaster = 0
@@ -339,12 +368,15 @@ class Bench:
         self.idle: list[Idle] = []
         self.storm: list[Storm] = []
         self.storm_error = ""  # why the login-storm cell gave no rows
+        self.headline: list[Cell] = []  # -c --headline-clients, HEADLINE_MODE, every pooler
+        self.storm_cells: list[Cell] = []  # the TLS + SCRAM login storm (--tls), every pooler
         self.commands: list[str] = []
         self.versions: dict[str, str] = {}
         self.start_errors: dict[str, str] = {}
         # Targets left out of this run, and why (the current PgBouncer could not be built, say): not a failure.
         self.unavailable: dict[str, str] = {}
         self.pgbouncer_new_exe: str | None = None
+        self.nofile = 0  # RLIMIT_NOFILE (soft) of the harness and every process it starts
         self.charts: dict[str, str] = {}  # mode -> PNG path relative to the report
         self.charts_note = ""
         # How pgdoorman is started: scripts/profile_workers.py runs it under scripts/pgdoorman_counters.py,
@@ -380,6 +412,10 @@ class Bench:
         self.stored_password = self.cluster.stored_password(ROLE)
         if not self.stored_password.startswith("md5"):
             raise StartError(f"role {ROLE} has no md5 password (got {self.stored_password[:12]}...)")
+        self.cluster.create_role(SCRAM_ROLE, self.password, method="scram-sha-256")
+        self.scram_verifier = self.cluster.stored_password(SCRAM_ROLE)
+        if not self.scram_verifier.startswith("SCRAM-SHA-256$"):
+            raise StartError(f"role {SCRAM_ROLE} has no SCRAM verifier (got {self.scram_verifier[:14]}...)")
         datadir = self.cluster.psql("SHOW data_directory").strip()
         with open(os.path.join(datadir, "postmaster.pid")) as f:
             self.postmaster = int(f.readline())
@@ -419,7 +455,7 @@ class Bench:
         env = dict(self.env, PGCONNECT_TIMEOUT="3")
         if self.args.tls and port != PORT_PG:
             env["PGSSLMODE"] = "require"
-        probe = [self.bin("psql"), "-h", HOST, "-p", str(port), "-U", ROLE, "-d", DB, "-Atc", "select 1"]
+        probe = [self.bin("psql"), "-h", HOST, "-p", str(port), "-U", self.login_role, "-d", DB, "-Atc", "select 1"]
         last = "no answer"
         while True:
             rc = p.poll()
@@ -506,7 +542,8 @@ class Bench:
         d = self.tmp / name
         d.mkdir(exist_ok=True)
         userlist = d / "userlist.txt"
-        userlist.write_text(f'"{ROLE}" "{self.stored_password}"\n')
+        scram = self.login_role == SCRAM_ROLE
+        userlist.write_text(f'"{self.login_role}" "{self.scram_verifier if scram else self.stored_password}"\n')
         userlist.chmod(0o600)
         ini = d / "pgbouncer.ini"
         ini.write_text(
@@ -516,7 +553,7 @@ class Bench:
             f"listen_addr = {HOST}\n"
             f"listen_port = {port}\n"
             "unix_socket_dir =\n"
-            "auth_type = md5\n"
+            f"auth_type = {'scram-sha-256' if scram else 'md5'}\n"
             f"auth_file = {userlist}\n"
             "pool_mode = transaction\n"
             f"default_pool_size = {self.args.pool_size}\n"
@@ -564,6 +601,9 @@ class Bench:
             f"  admin_password: {q(secrets.token_hex(8))}\n"
             f"  worker_threads: {self.workers}\n"
             f"  max_connections: {MAX_CLIENTS_POOLER}\n"
+            f"  query_wait_timeout: {QUERY_WAIT_TIMEOUT_S * 1000}\n"
+            "  log_client_connections: false\n"
+            "  log_client_disconnections: false\n"
             + (f"  tls_mode: {q('require')}\n  tls_certificate: {q(str(self.tls_files()[0]))}\n"
                f"  tls_private_key: {q(str(self.tls_files()[1]))}\n" if self.args.tls else "")
             + "pools:\n"
@@ -572,8 +612,8 @@ class Bench:
             f"    server_port: {PORT_PG}\n"
             f"    pool_mode: {q('transaction')}\n"
             "    users:\n"
-            f"      - username: {q(ROLE)}\n"
-            f"        password: {q(self.stored_password)}\n"
+            f"      - username: {q(self.login_role)}\n"
+            f"        password: {q(self.scram_verifier if self.login_role == SCRAM_ROLE else self.stored_password)}\n"
             f"        pool_size: {self.args.pool_size}\n"
         )
         return cfg
@@ -615,12 +655,13 @@ class Bench:
 
     # --- pgbench cells ---------------------------------------------------------------------
 
-    def cell(self, target: str, port: int, mode: str, clients: int, pooler_pid: int | None) -> Cell:
+    def cell(self, target: str, port: int, mode: str, clients: int, pooler_pid: int | None,
+             run: Run | None = None) -> Cell:
         """Run one cell, retrying while foreign load contaminated the CPU window."""
         best: Cell | None = None
         for attempt in range(1, self.args.retries + 2):
             pre = wait_quiet(self.args.wait_quiet, self.args.max_foreign)
-            c = self.pgbench_once(target, port, mode, clients, pooler_pid)
+            c = self.pgbench_once(target, port, mode, clients, pooler_pid, run)
             c.attempts, c.pre_busy = attempt, pre
             if c.status == "ok" and c.foreign_cores is not None and c.foreign_cores > self.args.max_foreign:
                 c.contaminated = True
@@ -638,10 +679,15 @@ class Bench:
         assert best is not None
         return best
 
-    def pgbench_once(self, target: str, port: int, mode: str, clients: int, pooler_pid: int | None) -> Cell:
-        c = Cell(target, mode, clients)
+    def pgbench_once(self, target: str, port: int, mode: str, clients: int, pooler_pid: int | None,
+                     run: Run | None = None) -> Cell:
+        """One pgbench run; `run` changes the defaults (-S as bench, -j 2, -T --duration) for the headline
+        cells: its duration and threads, the role, and what each client runs (a login storm's -C -R -f)."""
+        run = run or Run()
+        c = Cell(target, mode, clients, kind=run.kind)
         logdir = Path(tempfile.mkdtemp(prefix=f"{target}-{mode}-{clients}-", dir=self.tmp))
-        duration = self.args.duration
+        duration = run.duration or self.args.duration
+        total = duration + run.connect_s
         cmd = [
             *nice_prefix(),
             self.bin("pgbench"),
@@ -650,16 +696,16 @@ class Bench:
             "-p",
             str(port),
             "-U",
-            ROLE,
+            run.role,
             "-M",
             mode,
-            "-S",
+            *run.script,
             "-c",
             str(clients),
             "-j",
-            str(min(2, clients)),
+            str(min(run.threads, clients)),
             "-T",
-            str(duration),
+            str(total),
             "-P",
             "1",
             "--log",
@@ -683,7 +729,7 @@ class Bench:
             env=env,
         )
         # pgbench -T cannot stop a client stuck in connect(); a hung pooler must not hang the benchmark.
-        limit = duration + 30 + clients * 0.02
+        limit = total + 30 + clients * 0.02
         hung = threading.Event()
 
         def kill_hung() -> None:
@@ -713,6 +759,9 @@ class Bench:
                     continue
                 t, tps = float(m.group(1)), float(m.group(2))
                 progress.append((t, tps))
+                if run.connect_s and len(progress) == 1:  # connected: the window counts from here
+                    win_start = t + max(1.0, round(duration * 0.2))
+                    win_end = max(win_start + 1.0, total - 1.0)
                 if s0 is None and t >= win_start:
                     s0, t0 = Snapshot.take(pids, self.postmaster), t
                 elif s0 is not None and s1 is None and t >= win_end:
@@ -731,7 +780,9 @@ class Bench:
             m = re.search(pattern, out)
             return m.group(1) if m else None
 
-        tps_s = grab(r"tps = ([\d.]+) \(without initial connection time\)")
+        tps_s = grab(r"tps = ([\d.]+) \((?:without initial connection time|including reconnection times)\)")
+        conn = grab(r"(?:initial|average) connection time = ([\d.]+) ms")
+        c.conn_ms = float(conn) if conn else None
         lat = grab(r"latency average = ([\d.]+) ms")
         n_tx = grab(r"number of transactions actually processed: (\d+)")
         failed = grab(r"number of failed transactions: (\d+)")
@@ -742,6 +793,8 @@ class Bench:
         c.aborted_clients = sum(1 for ln in err_lines if re.search(r"client \d+ .*aborted", ln))
         noise = ("pgbench (", "starting vacuum", "end.", "dropping old", "creating ")
         c.errors = [ln for ln in err_lines if ln and not ln.startswith(noise)][-6:]
+        if c.tps is None and not c.errors:  # e.g. -T ran out before a transaction: pgbench's own summary says so
+            c.errors = [ln.rstrip() for ln in out_lines if ln.strip()][-4:]
         if hung.is_set():
             # Say where pgbench was stuck: its last output line, e.g. an unfinished "starting vacuum...".
             last = next((ln for ln in reversed(err_lines) if ln), "")
@@ -749,7 +802,7 @@ class Bench:
             c.note = f"pgbench hung and was killed after {limit:.0f} s ({where}" + (
                 f"; last stderr line: {last!r})" if last else ")"
             )
-        c.p99_ms, log_failed = p99_from_logs(logdir)
+        (c.p50_ms, c.p99_ms), log_failed = percentiles_from_logs(logdir, (0.5, 0.99))
         if c.failed is None and log_failed:
             c.failed = log_failed
         shutil.rmtree(logdir, ignore_errors=True)
@@ -824,6 +877,7 @@ class Bench:
                     for target in targets:
                         cell = self.run_cell(target, mode, clients, poolers, restart)
                         self.cells.append(cell)
+            self.run_headline([t for t in targets if t != "direct"], poolers, restart)
         finally:
             for pooler in poolers.values():
                 if pooler is not None:
@@ -834,6 +888,53 @@ class Bench:
                 self.idle.append(self.idle_memory(target, starter, PORTS[target]))
         if "pgdoorman" in targets and self.args.login_storm > 0 and not self.args.tls:
             self.login_storm()
+        if self.args.login_storm > 0 and self.args.tls:
+            self.run_tls_storm([t for t in targets if t != "direct"])
+
+    # --- headline cells --------------------------------------------------------------------
+
+    def run_headline(self, targets: list[str], poolers: dict[str, subprocess.Popen[Any] | None],
+                     restart: dict[str, bool]) -> None:
+        """-c --headline-clients (10,000) in HEADLINE_MODE through every pooler, back to back, on the processes
+        that ran the grid: -j 2 and a longer -T (--headline-duration), as 10,000 logins take a while."""
+        n = self.args.headline_clients
+        if n <= 0:
+            return
+        run = Run("headline", duration=self.args.headline_duration, connect_s=headline_connect_s(n))
+        for target in targets:
+            self.headline.append(self.run_cell(target, HEADLINE_MODE, n, poolers, restart, run))
+
+    def run_tls_storm(self, targets: list[str]) -> None:
+        """The login storm over TLS with SCRAM-SHA-256 (--tls): fresh pooler processes that let SCRAM_ROLE in,
+        pgbench -C -R rate (each transaction a new connection: TLS handshake, SCRAM, `select 1`, close)."""
+        a = self.args
+        script = self.tmp / "select1.sql"
+        script.write_text("select 1;\n")
+        script.chmod(0o644)
+        run = Run("storm", duration=a.login_storm, role=SCRAM_ROLE,
+                  script=("-C", "-R", str(a.login_storm_rate), "-f", str(script)))
+        poolers: dict[str, subprocess.Popen[Any] | None] = {}
+        restart = {t: False for t in targets}
+        self.login_role = SCRAM_ROLE
+        try:
+            for target in targets:
+                if target in self.start_errors:
+                    continue
+                starter = self.starter(target)
+                assert starter is not None
+                try:
+                    poolers[target] = starter()
+                except StartError as exc:
+                    print(f"  {target}: could not start for the login storm: {exc}", flush=True)
+                    self.storm_cells.append(Cell(target, "simple", STORM_CLIENTS, kind="storm", status="error",
+                                                 note=f"pooler did not start: {_md(str(exc))}"))
+            for target in poolers:
+                self.storm_cells.append(self.run_cell(target, "simple", STORM_CLIENTS, poolers, restart, run))
+        finally:
+            self.login_role = ROLE
+            for pooler in poolers.values():
+                if pooler is not None:
+                    self.procs.stop(pooler)
 
     # --- login storm -----------------------------------------------------------------------
 
@@ -858,7 +959,7 @@ class Bench:
                                for r in self.storm) or self.storm_error), flush=True)
 
     def run_cell(self, target: str, mode: str, clients: int, poolers: dict[str, subprocess.Popen[Any] | None],
-                 restart: dict[str, bool]) -> Cell:
+                 restart: dict[str, bool], run: Run | None = None) -> Cell:
         starter = self.starter(target)
         cell = self.skip_reason(target, mode, clients)
         if cell is None and target in self.start_errors:
@@ -877,9 +978,11 @@ class Bench:
                 self.start_errors[target] = str(exc)
                 cell = Cell(target, mode, clients, status="error", note="pooler crashed")
         if cell is not None:
+            cell.kind = run.kind if run else cell.kind
             return cell
-        print(f"  {target:13} -M {mode:8} -c {clients:<5} ...", end="", flush=True)
-        cell = self.cell(target, PORTS[target], mode, clients, pooler.pid if pooler else None)
+        label = "login storm" if run and run.kind == "storm" else f"-M {mode:8} -c {clients:<5}"
+        print(f"  {target:13} {label} ...", end="", flush=True)
+        cell = self.cell(target, PORTS[target], mode, clients, pooler.pid if pooler else None, run)
         if pooler is not None and pooler.poll() is not None:
             cell.status = "error"
             cell.note = (cell.note + "; " if cell.note else "") + f"pooler exited with status {pooler.returncode}"
@@ -1019,7 +1122,7 @@ class Bench:
     def run(self) -> int:
         self.find_pgbouncer_new()
         self.collect_versions()
-        raise_nofile(MAX_CLIENTS_POOLER + 4096)
+        self.nofile = raise_nofile(MAX_CLIENTS_POOLER + 4096)
         print(f"workdir {self.tmp}; creating the cluster (pgbench -i -s {self.args.scale}) ...", flush=True)
         try:
             self.start_cluster()
@@ -1049,8 +1152,8 @@ class Bench:
     def bad_results(self) -> list[str]:
         """Pooler cells and idle tests whose answers were wrong or missing: these fail the run."""
         bad = [
-            f"{c.target} -M {c.mode} -c {c.clients}: {c.status} {c.note}".strip()
-            for c in self.cells
+            f"{c.target} {cell_name(c)}: {c.status} {c.note}".strip()
+            for c in self.cells + self.headline + self.storm_cells
             if c.target != "direct" and c.status in ("failed", "error") and c.target not in self.start_errors
         ]
         bad += [f"{i.target} idle clients: {i.status}" for i in self.idle if i.status != "ok"]
@@ -1100,11 +1203,13 @@ def _next_json(lines: queue.Queue[str | None], timeout: float) -> dict[str, Any]
                 return obj
 
 
-def p99_from_logs(logdir: Path) -> tuple[float | None, int]:
-    """p99 latency (ms) from pgbench --log files, and the number of transactions logged as failed.
+def percentiles_from_logs(logdir: Path, qs: tuple[float, ...]) -> tuple[tuple[float | None, ...], int]:
+    """Latency percentiles (ms) from pgbench --log files, and the number of transactions logged as failed.
 
     Per-transaction log lines are `client_id transaction_no time script_no time_epoch time_us [...]`
-    where `time` is the latency in microseconds, or "failed" / "skipped"."""
+    where `time` is the latency in microseconds, or "failed" / "skipped". Under -R `time` counts from the
+    transaction's scheduled start, so with -C it holds the wait for the schedule, the connection (TLS and
+    authentication included) and the query."""
     lat: list[int] = []
     failed = 0
     for path in glob.glob(str(logdir / "tx.*")):
@@ -1119,9 +1224,9 @@ def p99_from_logs(logdir: Path) -> tuple[float | None, int]:
                 elif field == "failed":
                     failed += 1
     if not lat:
-        return None, failed
+        return tuple(None for _ in qs), failed
     lat.sort()
-    return lat[max(0, math.ceil(0.99 * len(lat)) - 1)] / 1000.0, failed
+    return tuple(lat[max(0, math.ceil(q * len(lat)) - 1)] / 1000.0 for q in qs), failed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1191,6 +1296,135 @@ def one_line(c: Cell) -> str:
     if c.status != "ok" and (c.note or c.errors):
         s += f" [{'; '.join(filter(None, [c.note, *c.errors[-2:]]))}]"
     return s
+
+
+def headline_connect_s(clients: int) -> int:
+    """Seconds of -T set aside for the headline cell's logins (10,000 TLS logins: 17-25 s seen on a busy box)."""
+    return max(10, clients // 250)
+
+
+def tps_text(c: Cell) -> str:
+    if c.status == "error" and c.tps is None:
+        return "error: " + _md("; ".join(filter(None, [c.note, *c.errors[-1:]])))
+    return fmt(c.tps, thousands=True) + (" †" if c.contaminated else "") + (" (FAILED)" if c.status != "ok" else "")
+
+
+def bouncer_label(bench: Bench, target: str) -> str:
+    m = re.match(r"PgBouncer (\S+)", bench.versions.get(target, ""))
+    return f"PgBouncer {m.group(1)} (`{target}`)" if m else f"`{target}`"
+
+
+def _ratio(x: float | None, y: float | None, digits: int = 2) -> str:
+    return f"{x / y:.{digits}f}×" if x is not None and y else "–"
+
+
+def comparisons(bench: Bench, cells: list[Cell]) -> list[str]:
+    """pgdoorman against each PgBouncer of the same cell in this run: the headline's target (tps ratio ≥ 1.0
+    and p99 no worse), or the login storm's logins/s, p99 and CPU per login."""
+    by = {c.target: c for c in cells if c.status == "ok"}
+    me = by.get("pgdoorman")
+    out: list[str] = []
+    for b in ("pgbouncer", "pgbouncer-new"):
+        other = by.get(b)
+        if other is None or me is None:
+            if any(c.target == b for c in cells):
+                out.append(f"* pgdoorman / {bouncer_label(bench, b)}: no ratio (a cell of the pair failed).")
+            continue
+        if me.kind == "headline":
+            met = (me.tps or 0) >= (other.tps or 0) and (me.p99_ms or 0) <= (other.p99_ms or 0)
+            out.append(f"* pgdoorman / {bouncer_label(bench, b)}: tps **{_ratio(me.tps, other.tps)}**, p99 "
+                       f"{fmt(me.p99_ms, 1)} ms vs {fmt(other.p99_ms, 1)} ms ({_ratio(me.p99_ms, other.p99_ms)}), "
+                       f"pooler CPU {_ratio(me.pooler_us, other.pooler_us)} per transaction: target "
+                       + ("**met**." if met else "**not met**."))
+        else:
+            out.append(f"* pgdoorman / {bouncer_label(bench, b)}: logins/s {_ratio(me.tps, other.tps)}, p99 "
+                       f"{fmt(me.p99_ms, 2)} ms vs {fmt(other.p99_ms, 2)} ms ({_ratio(me.p99_ms, other.p99_ms)}), "
+                       f"pooler CPU per login {fmt(me.pooler_us, 0)} µs vs {fmt(other.pooler_us, 0)} µs "
+                       f"({_ratio(me.pooler_us, other.pooler_us)}).")
+    return out
+
+
+def headline_section(bench: Bench) -> list[str]:
+    """The headline cells (issue 15), first in the report: each pooler's row, then pgdoorman against each
+    PgBouncer (ratios of cells of this run only). Empty when neither ran."""
+    a = bench.args
+    out: list[str] = []
+    if bench.headline:
+        n = bench.headline[0].clients
+        out += [
+            f"## Headline: {n:,} clients{' over TLS' if a.tls else ''}, -M {HEADLINE_MODE}",
+            "",
+            f"`pgbench -S -M {HEADLINE_MODE} -c {n} -j 2 -T {a.headline_duration + headline_connect_s(n)}` "
+            f"({a.headline_duration} s once connected) through each pooler, back to back (how: *Setup and "
+            "method* below). Target: pgdoorman at least 1.0× PgBouncer's tps with a p99 latency no worse.",
+            "",
+            "| target | tps | avg latency ms | p99 latency ms | failed tx | initial connection s | pooler µs/tx |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for c in bench.headline:
+            conn_s = c.conn_ms / 1000 if c.conn_ms is not None else None
+            out.append(f"| {c.target} | {tps_text(c)} | {fmt(c.lat_ms, 1)} | {fmt(c.p99_ms, 1)} | {failed_text(c)} "
+                       f"| {fmt(conn_s, 1)} | {fmt(c.pooler_us)} |")
+        out += ["", *comparisons(bench, bench.headline), ""]
+    if bench.storm_cells:
+        out += [
+            "## Headline: login storm over TLS with SCRAM-SHA-256",
+            "",
+            f"{a.login_storm_rate} new connections per second asked for {a.login_storm} s through each pooler "
+            "(fresh processes, back to back): each one a TLS handshake, SCRAM-SHA-256, `select 1`, close "
+            "(`pgbench -C -R`; how: *Setup and method* below).",
+            "",
+            "| target | logins/s done | logins | failed | p50 ms | p99 ms | avg connect ms | pooler µs/login |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for c in bench.storm_cells:
+            out.append(f"| {c.target} | {tps_text(c)} | {fmt(c.n_tx, thousands=True)} | {failed_text(c)} "
+                       f"| {fmt(c.p50_ms, 2)} | {fmt(c.p99_ms, 2)} | {fmt(c.conn_ms, 2)} | {fmt(c.pooler_us, 0)} |")
+        out += ["", *comparisons(bench, bench.storm_cells), ""]
+    return out
+
+
+def headline_method(bench: Bench) -> list[str]:
+    """The method bullets of the headline cells that ran."""
+    a = bench.args
+    out: list[str] = []
+    if bench.headline:
+        n = bench.headline[0].clients
+        conn = headline_connect_s(n)
+        out.append(
+            f"* **Headline cell** (`-c {n}`, `-M {HEADLINE_MODE}`), after the grid on the same pooler processes: "
+            f"`-j 2` (two pgbench threads of {n // 2:,} connections each: pgbench 15 waits with ppoll, so "
+            "FD_SETSIZE does not limit it, and more threads would only take CPU from the poolers on this "
+            f"2-core box) and `-T {a.headline_duration + conn}`. pgbench's -T clock starts before its threads "
+            "open their connections (one after another, TLS and md5 login included), so -T is "
+            f"{a.headline_duration} s plus {conn} s set aside for the logins; **tps** is pgbench's figure without "
+            "the initial connection time, which has its own column. The CPU window runs from "
+            f"{max(1.0, round(a.headline_duration * 0.2)):.0f} s after the first progress line (all clients "
+            f"connected) to the line at {a.headline_duration + conn - 1} s. The harness raises RLIMIT_NOFILE to "
+            f"{bench.nofile or 'the hard limit'} for itself and everything it starts (pgbench needs one descriptor "
+            f"per connection, the poolers one per client); both poolers allow {MAX_CLIENTS_POOLER:,} clients, and "
+            f"pgdoorman's `query_wait_timeout` is PgBouncer's default, {QUERY_WAIT_TIMEOUT_S} s (pgdoorman's own "
+            f"default, 5 s, would end clients that queue longer behind the {a.pool_size} server connections).")
+    if bench.storm_cells:
+        ws = max(1.0, round(a.login_storm * 0.2))
+        out.append(
+            f"* **Login storm** (`--login-storm {a.login_storm} --login-storm-rate {a.login_storm_rate}`): fresh "
+            f"pooler processes whose one user is role `{SCRAM_ROLE}`, stored by PostgreSQL as a SCRAM-SHA-256 "
+            "verifier (PgBouncer: `auth_type = scram-sha-256` with that verifier in its auth_file; pgdoorman: the "
+            "verifier as the user's password); both log in to PostgreSQL with the client's SCRAM keys. "
+            f"`pgbench -C -R {a.login_storm_rate} -c {STORM_CLIENTS} -j 2 -T {a.login_storm} -M simple -f "
+            "select1.sql` over TLS: every transaction opens a new connection (a full TLS handshake: libpq does "
+            "not resume sessions; SCRAM-SHA-256), runs `select 1` and closes it. **logins/s done** is pgbench's "
+            "tps (including reconnection times); **p50/p99** come from the per-transaction log, where under -R "
+            "a latency counts from the scheduled start: the wait for its pgbench thread (pgbench connects "
+            "synchronously), the connection and the query; **avg connect ms** is pgbench's average connection "
+            "time; **pooler µs/login** is the pooler's CPU in the window (progress lines at "
+            f"{ws:.0f} s to {max(ws + 1, a.login_storm - 1):.0f} s) divided by the logins in it.")
+    return out
+
+
+def cell_name(c: Cell) -> str:
+    return "login storm" if c.kind == "storm" else f"-M {c.mode} -c {c.clients}"
 
 
 def ratio_text(c: Cell, base: Cell | None) -> str:
@@ -1273,6 +1507,7 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
         "Each cell is a single pgbench run on a shared machine. Single runs carry about 3–8 % noise on this "
         "kind of box, so treat differences under about 10 % as noise.",
         "",
+        *headline_section(bench),
         "## Machine and versions",
         "",
         "| item | value |",
@@ -1310,14 +1545,15 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
         + (f" **pgbouncer-new was left out of this run:** {_md(bench.unavailable['pgbouncer-new'])}."
            if "pgbouncer-new" in bench.unavailable else ""),
         f"* pgdoorman on port {PORT_PGDOORMAN}: `pool_mode: transaction`, md5 user, `pool_size: {a.pool_size}`, "
-        f"`max_connections: {MAX_CLIENTS_POOLER}`, `worker_threads: {bench.workers}`"
-        + (", `tls_mode: require` with the same certificate." if a.tls else "."),
+        f"`max_connections: {MAX_CLIENTS_POOLER}`, `query_wait_timeout: {QUERY_WAIT_TIMEOUT_S * 1000}` (ms: "
+        "PgBouncer's default), connection logging off as in PgBouncer, `worker_threads: "
+        f"{bench.workers}`" + (", `tls_mode: require` with the same certificate." if a.tls else "."),
         ("* Direct PostgreSQL is not run with `--tls` (the cluster has no certificate); the poolers reach "
          "PostgreSQL in plain text." if a.tls else
          "* Direct: pgbench straight to PostgreSQL. Direct cells with more clients than "
          f"`max_connections` − {PG_RESERVED} reserved − both pools' server connections are not run "
          f"({DIRECT_TOO_MANY_NOTE})."),
-        f"* Every cell: `pgbench -S` (select-only), `-j 2`, `-T {a.duration}`, `-P 1`, over TCP with "
+        f"* Every cell of the -M tables: `pgbench -S` (select-only), `-j 2`, `-T {a.duration}`, `-P 1`, over TCP with "
         f"`PGSSLMODE={'require' if a.tls else 'disable'}`. **tps** is pgbench's figure without initial "
         "connection time, **avg latency** is "
         "pgbench's latency average, **p99** is computed from pgbench's per-transaction `--log` files, "
@@ -1347,6 +1583,7 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
          f"(VmRSS with the clients − VmRSS before) / clients, read 2 s after the last login. Afterwards "
          "`SELECT 1` runs on 20 random idle clients to prove they are alive." if a.idle_clients else
          "* Idle clients: not measured in this run (`scripts/idle_clients.py` speaks plain TCP only)."),
+        *headline_method(bench),
         "",
         "## Commands",
         "",
@@ -1373,6 +1610,10 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
     if seen:
         out.append(f"# pgbench cells: N in {{{','.join(map(str, a.clients))}}} (-j 1 when N is 1)")
         out += seen
+    for kind, title in (("headline", "# the headline cell"), ("storm", "# the login storm (TLS + SCRAM)")):
+        cmds = list(dict.fromkeys(c.cmd.replace(str(bench.tmp), "$TMP") for c in bench.headline + bench.storm_cells
+                                  if c.kind == kind and c.cmd))
+        out += [title, *cmds] if cmds else []
     out += ["```", ""]
     for mode in a.modes:
         cells = [c for c in bench.cells if c.mode == mode]
@@ -1401,9 +1642,10 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
         (c for c in bench.cells if c.status != "skipped" and (c.tps is not None or c.pooler_us is not None)),
         key=lambda c: (TARGETS.index(c.target), a.modes.index(c.mode), a.clients.index(c.clients)),
     )
+    extra = [c for c in bench.headline + bench.storm_cells if c.tps is not None or c.pooler_us is not None]
     out += (
         []
-        if not measured
+        if not measured + extra
         else [
             "## CPU detail per cell",
             "",
@@ -1415,14 +1657,15 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
     )
-    for c in measured:
+    for c in measured + extra:
+        mode = c.mode if c.kind == "grid" else f"{c.mode} ({'headline' if c.kind == 'headline' else 'login storm'})"
         out.append(
-            f"| {c.target} | {c.mode} | {c.clients} | {fmt(c.tps, thousands=True)}{' †' if c.contaminated else ''} "
+            f"| {c.target} | {mode} | {c.clients} | {fmt(c.tps, thousands=True)}{' †' if c.contaminated else ''} "
             f"| {fmt(c.pgbench_us)} | {fmt(c.postgres_us)} | {fmt(c.pooler_us)} | {fmt(c.box_us)} "
             f"| {fmt(c.busy_cores, 2)} | {fmt(c.foreign_cores, 2)} | {fmt(c.pre_busy, 2)} | {fmt(c.window_s, 1)} "
             f"| {c.attempts} |"
         )
-    problems = [c for c in bench.cells if c.status in ("failed", "error")]
+    problems = [c for c in bench.cells + bench.headline + bench.storm_cells if c.status in ("failed", "error")]
     if problems or bench.start_errors:
         out += ["", "## Failures and errors", ""]
         for t, err in bench.start_errors.items():
@@ -1435,7 +1678,7 @@ def render(bench: Bench, started: datetime.datetime, finished: datetime.datetime
             ]
         for c in problems:
             detail = "; ".join(filter(None, [c.note, *c.errors]))
-            out.append(f"* {c.target} -M {c.mode} -c {c.clients}: {c.status}, rc={c.rc}: {_md(detail)}")
+            out.append(f"* {c.target} {cell_name(c)}: {c.status}, rc={c.rc}: {_md(detail)}")
     bad = bench.bad_results()
     out += [
         "",
@@ -1561,10 +1804,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--login-storm",
         type=int,
-        help="seconds a pass of the login-storm cell (scripts/login_storm.py: static vs auth_query users; 0 skips "
-        "it, as --tls does); default 5, 3 with --quick",
+        help="seconds a pass of the login-storm cell; 0 skips it. Without --tls: scripts/login_storm.py, static vs "
+        "auth_query users through pgdoorman, default 5 (3 with --quick). With --tls: pgbench -C -R through every "
+        "pooler, TLS + SCRAM-SHA-256 logins, default 10 (5 with --quick)",
     )
-    ap.add_argument("--login-storm-rate", type=int, default=500, help="new connections per second in it")
+    ap.add_argument("--login-storm-rate", type=int,
+                    help="new connections per second in it (default 500; 100 with --tls, where a libpq client spends "
+                    "about 4 ms of CPU on each TLS + SCRAM login)")
+    ap.add_argument("--headline-clients", type=int,
+                    help=f"clients of the headline cell (-M {HEADLINE_MODE} through every pooler, after the grid; "
+                    "0 skips it); default 10000 with --tls (1000 with --quick), else 0")
+    ap.add_argument("--headline-duration", type=int,
+                    help="seconds of the headline cell after its clients have connected (pgbench -T is this plus "
+                    "clients/250 s, at least 10, for the logins); default 20, 10 with --quick")
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i -s")
     ap.add_argument(
         "--wait-quiet",
@@ -1605,15 +1857,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if a.idle_clients is None:
         a.idle_clients = 0 if a.tls else 2000 if a.quick else 10000
     if a.login_storm is None:
-        a.login_storm = 0 if a.tls else 3 if a.quick else 5
+        a.login_storm = (5 if a.quick else 10) if a.tls else 3 if a.quick else 5
+    if a.login_storm_rate is None:
+        a.login_storm_rate = 100 if a.tls else 500
+    if a.headline_clients is None:
+        a.headline_clients = (1000 if a.quick else 10000) if a.tls else 0
+    if a.headline_duration is None:
+        a.headline_duration = 10 if a.quick else 20
     if a.tls:
         a.only = [t for t in a.only if t != "direct"]  # the benchmark cluster runs without TLS
     if a.wait_quiet is None:
         a.wait_quiet = 10.0 if a.quick else 60.0
     if a.retries is None:
         a.retries = 0 if a.quick else 2
-    if a.duration < 3:
-        ap.error("--duration must be at least 3 s (the CPU window needs a steady part)")
+    if min(a.duration, a.headline_duration, a.login_storm or 3) < 3:
+        ap.error("--duration, --headline-duration and --login-storm must be at least 3 s (the CPU window needs "
+                 "a steady part)")
     return a
 
 
@@ -1649,12 +1908,13 @@ def main(argv: list[str] | None = None) -> int:
     finished = datetime.datetime.now(datetime.UTC)
     if bench.cells and args.charts:
         draw_charts(bench, Path(args.out))
-    if bench.cells or bench.idle or bench.storm or bench.storm_error:
+    if bench.cells or bench.idle or bench.storm or bench.storm_error or bench.headline or bench.storm_cells:
         report = render(bench, started, finished, argv)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(report)
         print()
-        print(report[report.index("## -S") if "## -S" in report else 0 :])
+        first = min((report.index(h) for h in ("## Headline", "## -S") if h in report), default=0)
+        print(report[first:])
         print(f"wrote {args.out}")
     if args.json:
         Path(args.json).write_text(
@@ -1662,6 +1922,8 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "versions": bench.versions,
                     "cells": [dataclasses.asdict(c) for c in bench.cells],
+                    "headline": [dataclasses.asdict(c) for c in bench.headline],
+                    "login_storm_tls": [dataclasses.asdict(c) for c in bench.storm_cells],
                     "idle": [
                         dataclasses.asdict(i) | {"kib_per_client": i.kib_per_client} for i in bench.idle
                     ],

@@ -120,4 +120,61 @@ def test_login_storm_without_a_result_says_so(b: bench.Bench) -> None:
     now = datetime.datetime.now(datetime.UTC)
     assert "Not measured: no result from login_storm.py" in bench.render(b, now, now, [])
     assert b.bad_results() == ["login storm: no result from login_storm.py (no JSON line): Traceback"]
-    assert bench.parse_args(["--tls"]).login_storm == 0 and bench.parse_args(["--quick"]).login_storm == 3
+    assert bench.parse_args(["--quick"]).login_storm == 3
+
+
+def test_tls_runs_the_headline_cells_by_default() -> None:
+    tls = bench.parse_args(["--tls"])
+    assert (tls.headline_clients, tls.headline_duration, tls.login_storm, tls.login_storm_rate) == (10000, 20, 10, 100)
+    plain = bench.parse_args([])
+    assert (plain.headline_clients, plain.login_storm, plain.login_storm_rate) == (0, 5, 500)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--tls", "--headline-duration", "2"])
+
+
+def headline_cells() -> list[bench.Cell]:
+    return [bench.Cell("pgbouncer", "extended", 10000, kind="headline", tps=20000.0, lat_ms=500.0, p99_ms=800.0,
+                       failed=0, pooler_us=22.0, conn_ms=9000.0),
+            bench.Cell("pgbouncer-new", "extended", 10000, kind="headline", tps=16000.0, lat_ms=620.0, p99_ms=700.0,
+                       failed=0, pooler_us=25.0, conn_ms=9500.0),
+            bench.Cell("pgdoorman", "extended", 10000, kind="headline", tps=18000.0, lat_ms=550.0, p99_ms=760.0,
+                       failed=0, pooler_us=30.0, conn_ms=12000.0)]
+
+
+def storm_cells() -> list[bench.Cell]:
+    return [bench.Cell(t, "simple", bench.STORM_CLIENTS, kind="storm", tps=100.0, n_tx=1000, failed=0, p50_ms=p50,
+                       p99_ms=p99, conn_ms=3.0, pooler_us=us)
+            for t, p50, p99, us in (("pgbouncer", 4.0, 9.0, 600.0), ("pgbouncer-new", 4.5, 10.0, 650.0),
+                                    ("pgdoorman", 5.0, 12.0, 900.0))]
+
+
+def test_headline_cells_first_with_ratios_and_the_target_per_pgbouncer(b: bench.Bench) -> None:
+    b.args = bench.parse_args(["--tls", "--out", b.args.out])
+    b.headline, b.storm_cells = headline_cells(), storm_cells()
+    now = datetime.datetime.now(datetime.UTC)
+    report = bench.render(b, now, now, ["--tls"])
+    assert report.index("## Headline: 10,000 clients over TLS, -M extended") < report.index("## Machine and versions")
+    assert "| pgdoorman | 18,000 | 550.0 | 760.0 | 0 | 12.0 | 30.0 |" in report
+    # Fewer tps than PgBouncer 1.18 fails the target; more tps and a lower p99 than the current one meets it.
+    assert ("pgdoorman / PgBouncer 1.18.0 (`pgbouncer`): tps **0.90×**, p99 760.0 ms vs 800.0 ms (0.95×), pooler "
+            "CPU 1.36× per transaction: target **not met**.") in report
+    assert "pgdoorman / PgBouncer 1.24.1 (`pgbouncer-new`): tps **1.12×**, p99 760.0 ms vs 700.0 ms" in report
+    assert "(1.09×), pooler CPU 1.20× per transaction: target **not met**." in report
+    assert "## Headline: login storm over TLS with SCRAM-SHA-256" in report
+    assert "| pgdoorman | 100 | 1,000 | 0 | 5.00 | 12.00 | 3.00 | 900 |" in report
+    assert "pooler CPU per login 900 µs vs 600 µs (1.50×)" in report
+    assert "* **Headline cell** (`-c 10000`, `-M extended`)" in report and "* **Login storm** (" in report
+    assert "| pgdoorman | extended (headline) | 10000 | 18,000 |" in report
+    assert "| pgdoorman | simple (login storm) | 10 | 100 |" in report
+    assert b.bad_results() == []
+
+
+def test_headline_target_met_and_failed_cells_fail_the_run(b: bench.Bench) -> None:
+    b.headline = headline_cells()
+    b.headline[2].tps, b.headline[2].p99_ms = 20000.0, 800.0  # equal counts as met
+    assert bench.comparisons(b, b.headline)[0].endswith("target **met**.")
+    b.storm_cells = storm_cells()
+    b.storm_cells[2].status, b.storm_cells[2].failed = "failed", 3
+    assert bench.comparisons(b, b.storm_cells)[0] == ("* pgdoorman / PgBouncer 1.18.0 (`pgbouncer`): no ratio (a "
+                                                      "cell of the pair failed).")
+    assert b.bad_results() == ["pgdoorman login storm: failed"]
