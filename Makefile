@@ -14,7 +14,7 @@ help:
 	@echo "make test       lint, type-check, import contracts, the test suite, then the free-threaded (3.13t) concurrency tests"
 	@echo "make lint       ruff, mypy and the import contracts (lint-imports) only"
 	@echo "make bench      scripts/bench.py (pgdoorman vs Debian's and a current PgBouncer, charts; docs/benchmarks.md)"
-	@echo "make bench-tls  the same with clients over TLS (docs/benchmarks-tls.md)"
+	@echo "make bench-tls  the same with clients over TLS, plus 10,000 clients and a TLS + SCRAM login storm (docs/benchmarks-tls.md)"
 	@echo "make bench-profile scripts/profile_workers.py: 1 vs 2 workers on 3.13t, perf and counters (docs/performance.md)"
 	@echo "make soak       scripts/soak.py: 30 min of mixed traffic, RSS/fds/servers every minute (ARGS=--duration S)"
 	@echo "make abuse-bench scripts/abuse_bench.py: RSS and canary latency under refused/half-open/stalled clients"
