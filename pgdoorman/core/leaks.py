@@ -26,6 +26,9 @@ LISTENS = 4
 # The longest keyword is 10 bytes: a keyword split between two reads has at most 9 bytes in the first.
 TAIL = 9
 CLEANUP = "DISCARD TEMP; SELECT pg_catalog.pg_advisory_unlock_all()"
+# Every keyword looked for. session/fastpath.py's _fast_query repeats them inline (a call less per simple
+# query); tests/unit/test_leaks_keywords.py checks that both places look for exactly these.
+KEYWORDS = (b"temp", b"advisory", b"set_config", b"listen")
 
 
 def lowered_may_leave_state(low: bytes) -> int:

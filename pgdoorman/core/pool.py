@@ -118,7 +118,6 @@ class Pool:
         self.antic_wait = False  # the last spawn check waited for a returned server (anticipation)
         self.antic_due = 0.0  # when a timer will call anticipation_due (0: none armed)
         self.antic_cut = 0.0  # waiters queued before this had their anticipation timeout counted
-        self._p99 = (-10.0, 0.0)  # (when computed, transactions' p99 in us)
         self.apply(cfg, pool_cfg, user_cfg, live)
 
     def apply(self, cfg: Config, pool_cfg: PoolConfig, user_cfg: UserConfig, live: PoolLive) -> None:
@@ -134,6 +133,7 @@ class Pool:
         self.idle_timeout = cfg.timeout_for(pool_cfg, user_cfg, "idle_timeout") / 1000.0
         self.server_lifetime = cfg.timeout_for(pool_cfg, user_cfg, "server_lifetime") / 1000.0
         self.query_wait_timeout = cfg.general.query_wait_timeout / 1000.0
+        self._p99 = (-10.0, 0.0, 0.0)  # (when computed, transactions' p99 in us, anticipation budget in s)
         self.query_timeout = cfg.timeout_for(pool_cfg, user_cfg, "query_timeout") / 1000.0
         self.idle_check = cfg.general.server_idle_check_timeout / 1000.0  # 0: off (session/client_base.py _link)
         self.round_robin = cfg.general.server_round_robin  # idle servers handed out oldest first
@@ -250,7 +250,9 @@ class Pool:
     def _anticipation_over_locked(self) -> bool:
         """Above the warm threshold a server is opened only for a waiter that waited its anticipation budget
         without getting a returned one: more such waiters than servers being opened."""
-        cut = time.monotonic() - self._anticbudget()
+        now = time.monotonic()
+        when, _, antic = self._p99  # _anticbudget() inline while fresh: this runs at every queued checkout
+        cut = now - (antic if now - when <= 1.0 else self._anticbudget())
         n = 0
         for c in self.waiters:
             if c.wait_start > cut:
@@ -263,12 +265,13 @@ class Pool:
 
     def _anticbudget(self) -> float:
         now = time.monotonic()
-        when, p99 = self._p99
+        when, p99, antic = self._p99
         if now - when > 1.0:
             counts, n, _ = merged(st.xact_hist for st in self.stats)
             p99 = percentile(counts, n, 0.99)
-            self._p99 = (now, p99)
-        return min(budget(p99, 5.0), max(0.0, self.query_wait_timeout - 0.5))
+            antic = min(budget(p99, 5.0), max(0.0, self.query_wait_timeout - 0.5))
+            self._p99 = (now, p99, antic)
+        return antic
 
     def _gate_full_locked(self) -> None:
         sc = self.scaling

@@ -231,7 +231,7 @@ class ClientBase(Conn):
                     st.xact_hist.record(int((now - start) * 1e6))
                     self.xact_start = 0.0
         return status == 73 and self.expect <= 0 and not self.unsynced and self.transaction_mode \
-            and not self.scanner.mid_message
+            and not (sc := self.scanner).skip and not sc.carry  # (Scanner.mid_message, without a call)
 
     def gave_back(self, s: ServerConn, gone: bool) -> int:
         """The worker takes `s` back from this client (it is done, or it left if `gone`): unlink it, and say
@@ -528,7 +528,7 @@ class ClientBase(Conn):
         ends the work is handled by the server's relay, which sets release_pending.)"""
         return (self.transaction_mode and self.server is s and s.state == 3 and s.txn_status == 73
                 and self.expect <= 0 and not self.unsynced and not self.rw.rq and not s.release_pending
-                and not self.scanner.mid_message)
+                and not (sc := self.scanner).skip and not sc.carry)  # (Scanner.mid_message, without a call)
 
     # ------------------------------------------------------------------ cancel requests
     def cancel_requested(self) -> None:
