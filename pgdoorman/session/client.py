@@ -266,6 +266,8 @@ class ClientConn(ClientLogin):
                 tracking.request(self, t)
             self.expect += 1
         elif t == 99 or t == 102:  # CopyDone, CopyFail
+            if not self.in_copy_in and (self.expect > 0 or self.unsynced):
+                self.copy_early = True  # sent before PostgreSQL answered what it ends (copy_in_started)
             self.copy_window = False
             self.in_copy_in = False
         elif t in b"PBDEC":

@@ -61,7 +61,7 @@ class ClientBase(Conn):
         "last_status", "xact_start", "query_start", "ps", "rw", "raw",
         "named_parse", "copy_window", "copy_syncs", "in_copy_in",
         "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
-        "begin_held", "answered", "window",
+        "begin_held", "answered", "window", "copy_early",
         "want_base", "pinned", "checked_xact", "probing", "lsn",
     )
 
@@ -130,6 +130,7 @@ class ClientBase(Conn):
         self.leaves = 0
         self.scan_tail = b""
         self.copy_confused = False  # see copy_in_started
+        self.copy_early = False  # a CopyDone/CopyFail came behind an unanswered request (see copy_in_started)
         # A deferred BEGIN (txbegin.py): the Query messages to send ahead of this client's next request, and how
         # many of them make the server's transaction fail (a request cancelled while it waited for a server).
         self.begin_held: tuple[bytes, int] | None = None
@@ -190,13 +191,14 @@ class ClientBase(Conn):
         rw = self.rw
         rq = rw.rq
         pipelined = any(e[0] != ps.SYNC for e in list(rq)[1:]) if rq else self.expect > 1 + n
-        if pipelined or not self.copy_window:
+        if pipelined or not self.copy_window or self.copy_early:
             # The client sent more than data behind the message that started this COPY before PostgreSQL
             # answered it (other requests, or the CopyDone already): which of its Syncs PostgreSQL ignores
             # cannot be told from the counters. This client keeps the server until it leaves, and the server
             # is closed then, so that no answer of its can reach another client.
             self.copy_confused = True
         self.copy_syncs = 0
+        self.copy_early = False
         self.in_copy_in = self.copy_window
         rw.copy_started(n)  # its Syncs get no ReadyForQuery, and a fast batch's Bind succeeded
         self.expect -= n
@@ -225,6 +227,7 @@ class ClientBase(Conn):
                 st.query_hist.record(int((now - qs) * 1e6))
                 self.query_start = now if self.expect > 0 else 0.0
             if status == 73 and self.expect <= 0:
+                self.copy_early = False  # (nothing is unanswered: no COPY can start behind it)
                 self.xact_count += 1
                 start = self.xact_start
                 if start:

@@ -118,3 +118,34 @@ def test_skipped_requests_do_not_hold_the_server(pg: Any, relay: Pooler, name: s
     with connect(relay.host, relay.port) as b:  # session mode: kept (reset), not closed as busy
         assert pid_of(b) == pid
     assert "Traceback" not in relay.log()
+
+
+def test_requests_pipelined_behind_a_copy_start_never_reach_another_client(pg: Any, relay: Pooler) -> None:
+    """COPY FROM STDIN, its data and CopyDone, then an extended-protocol batch, all sent before PostgreSQL's
+    CopyInResponse; then, once answered, another batch with a Query pipelined behind its Sync. Every answer is
+    PostgreSQL's and reaches this client; a client waiting meanwhile gets only its own answer. (Such a client
+    keeps its server until it leaves: docs/robustness.md.)"""
+    with connect(pg.host, pg.port) as d:
+        d.query("create table if not exists hostile_relay_copy (a int)")
+    first = (query("copy hostile_relay_copy from stdin") + frame("d", b"1\n") + frame("c")
+             + parse("", "select 42") + bind() + execute() + sync())
+    second = parse("", "select 43") + bind() + execute() + sync() + query("select 'a' from pg_sleep(0.5)")
+    answers = []
+    for host, port in ((pg.host, pg.port), (relay.host, relay.port)):
+        a = connect(host, port)
+        a.send(first)
+        got = a.read_until("Z") + a.read_until("Z")
+        b = connect(host, port) if relay.mode == "transaction" else None  # type: ignore[attr-defined]
+        if b is not None:
+            b.send(query("select 'b'"))
+        a.send(second)
+        got += a.read_until("Z") + a.read_until("Z")
+        answers.append(comparable([(t, body) for t, body in got if t != "G"]))
+        a.close()
+        if b is not None:
+            assert b.read_until("Z", timeout=10)[1] == ("D", b"\x00\x01\x00\x00\x00\x01b")
+            b.close()
+    assert answers[1] == answers[0]
+    with connect(relay.host, relay.port) as c:
+        assert c.query_rows("select 'c'") == [["c"]]
+    assert "Traceback" not in relay.log()
