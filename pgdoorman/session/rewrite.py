@@ -26,6 +26,7 @@ from pgdoorman.session.states import LISTEN_START
 _EXECUTE = re.compile(rb"^(\s*execute\s+)(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)", re.I)
 _DEALLOCATE = re.compile(rb"^\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)\s*;?\s*$", re.I)
 _unpack = m.U32.unpack_from
+_pack = m.U32.pack
 
 
 def renamed_bind(b: bytes, j: int, k: int, name: bytes) -> bytes:
@@ -417,21 +418,20 @@ class Rewriter(RewriterBase):
             t = view[pos]
         if t != 66:
             return None
-        bstart = pos
-        bend = _bind_end(view, pos, n)
+        bend = _bind_end(view, pos, n)  # (the Bind starts at pos)
         if not bend:
             return None
-        b = bytes(view[bstart + 5 : bend])
+        b = bytes(view[pos + 5 : bend])
         j = b.find(b"\x00")
         k = b.find(b"\x00", j + 1) if j >= 0 else -1
-        if k < 0 or bend - bstart < 9:
+        if k < 0 or bend - pos < 9:
             return None
         sname = b[j + 1 : k]
         prepared = s.prepared
         if parsed is not None and sname == pname:
             st: ps.Statement | None = parsed
         else:
-            st = self.lookup(sname)
+            st = self.named.get(sname) if sname else self.unnamed  # (lookup(), inline)
             if st is None or st.name not in prepared:
                 return None
         assert st is not None
@@ -444,13 +444,15 @@ class Rewriter(RewriterBase):
             cache.count_hit(parsed)
             if memo_body is not None:
                 self.last_parse = (memo_body, pname, parsed)
-            self.define(pname, parsed)
+            if pname or parsed is not self.unnamed:  # (else define() would change nothing: a call saved)
+                self.define(pname, parsed)
             prepared.move_to_end(parsed.name)
             s.ps_hits += 1
             self.synth_head = m.PARSE_COMPLETE
         prepared.move_to_end(st.name)
         self.fast_bind = (st, sname)
-        out = renamed_bind(b, j, k, st.name) + view[bend:n]
+        nb = b[: j + 1] + st.name + b[k:]  # renamed_bind(b, j, k, st.name) + the rest, inline
+        out = b"B" + _pack(len(nb) + 4) + nb + view[bend:n]
         if st is parsed:
             # PostgreSQL would have planned this Parse afresh: a plan gone stale must not show (see fast_redo).
             self.fast_redo = (b, j, k, out)
