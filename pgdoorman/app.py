@@ -292,6 +292,11 @@ class App:
                 pool.epoch += 1
             self._close_idle(pool)
 
+    def reset_interner(self) -> int:
+        """RESET INTERNER: every pool's cache forgets the statements only ever prepared unnamed (their texts
+        go with the last client or server still holding them; the next Parse of each makes a new entry)."""
+        return sum(pool.ps_cache.drop_anonymous() for pool in list(self.pool_list))
+
     def kill(self, database: str | None) -> None:
         """Drop every client and server of the database's pools, each on its own worker."""
         targets = {id(p) for p in self._pools_for(database)}

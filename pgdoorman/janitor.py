@@ -47,6 +47,23 @@ class Janitor:
         loop = self.worker.loop
         loop.call_later(WAIT_TICK, self._wait_tick)
         loop.call_later(self._retain_interval(), self._retain_tick)
+        if self.worker.id == 0:
+            # The query interner's sweep (PoolCache.sweep) ticks at a quarter of its interval, read once: a
+            # restart-only setting, as in PgDoorman.
+            tick = self.worker.app.config.general.query_interner_gc_interval_seconds / 4
+            loop.call_later(tick, self._interner_tick, tick)
+
+    def _interner_tick(self, tick: float) -> None:
+        self.sweep_interner(time.monotonic())
+        self.worker.loop.call_later(tick, self._interner_tick, tick)
+
+    def sweep_interner(self, now: float) -> int:
+        """query_interner_anon_idle_ttl_seconds (0: off): each pool's statements prepared only unnamed and idle
+        that long leave its cache. Worker 0 only, for every pool. How many went."""
+        ttl = self.worker.app.config.general.query_interner_anon_idle_ttl_seconds
+        if not ttl:
+            return 0
+        return sum(pool.ps_cache.sweep(now, ttl) for pool in list(self.worker.app.pool_list))
 
     def _wait_tick(self) -> None:
         now = time.monotonic()

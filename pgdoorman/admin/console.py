@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from pgdoorman import logs
 from pgdoorman.admin.parser import SHOW_SUBCOMMANDS, Command, ParseError, parse
 from pgdoorman.admin.resultset import BOOL, TEXT, ResultSet, render, render_command
-from pgdoorman.admin.show import SHOW_BUILDERS, ShowContext
+from pgdoorman.admin.show import SHOW_BUILDERS, ShowContext, show_interner_top
 from pgdoorman.observe import Control, Observer, UnknownDatabase
 from pgdoorman.protocol import messages as m
 
@@ -211,7 +211,13 @@ def run_command(control: Control, here: Any, ctx: ShowContext, cmd: Command) -> 
     verb = cmd.verb
     if verb == "SHOW":
         assert cmd.arg is not None
+        if cmd.count is not None:  # SHOW INTERNER <n>
+            return render(show_interner_top(ctx, cmd.count))
         return render(SHOW_BUILDERS[cmd.arg](ctx))
+    if verb == "RESET":  # RESET INTERNER
+        n = control.reset_interner()
+        log.info("RESET INTERNER: %d unnamed-only statements dropped from the pools' caches", n)
+        return render_command("RESET")
     if verb == "EMPTY":
         return EMPTY_QUERY
     if verb == "TAB_COMPLETION":

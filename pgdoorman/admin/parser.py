@@ -33,6 +33,7 @@ SHOW_SUBCOMMANDS = (
     "listeners",
     "pool_coordinator",
     "pool_scaling",
+    "interner",
 )
 # Accepted spellings that map onto a canonical subcommand.
 SHOW_ALIASES = {"pool_memory": "pools_memory"}
@@ -43,11 +44,13 @@ UNSUPPORTED_SHOW = "Unsupported SHOW query against the admin database"
 
 @dataclass(frozen=True)
 class Command:
-    """verb: SHOW, PAUSE, RESUME, RECONNECT, KILL, RELOAD, SHUTDOWN, UPGRADE, SET, TAB_COMPLETION, EMPTY.
-    arg: the SHOW subcommand (lower case), the database name, the log filter, or the raw query."""
+    """verb: SHOW, PAUSE, RESUME, RECONNECT, KILL, RELOAD, SHUTDOWN, UPGRADE, SET, RESET, TAB_COMPLETION, EMPTY.
+    arg: the SHOW subcommand (lower case), the database name, the log filter, the raw query, or what RESET
+    resets (`interner`). count: SHOW INTERNER's row count, when given."""
 
     verb: str
     arg: str | None = None
+    count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,8 @@ def parse_statement(stmt: str) -> Parsed:
         return Command(verb)
     if verb == "SET":
         return _parse_set(args)
+    if verb == "RESET" and [a.lower() for a in args] == ["interner"]:
+        return Command("RESET", "interner")
     return ParseError("58000", UNSUPPORTED)
 
 
@@ -190,6 +195,10 @@ def _parse_show(args: list[str]) -> Parsed:
     sub = SHOW_ALIASES.get(sub, sub)
     if sub not in SHOW_SUBCOMMANDS:
         return ParseError("58000", UNSUPPORTED_SHOW)
+    if sub == "interner" and len(args) == 2:
+        if not args[1].isdigit():
+            return ParseError("42601", "SHOW INTERNER takes a row count: SHOW INTERNER [n]")
+        return Command("SHOW", sub, int(args[1]))
     if len(args) > 1:
         return ParseError("42601", f"SHOW {sub.upper()} takes no arguments")
     return Command("SHOW", sub)

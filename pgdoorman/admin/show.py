@@ -16,7 +16,7 @@ from pgdoorman import __version__, logs
 from pgdoorman.admin.parser import SHOW_SUBCOMMANDS
 from pgdoorman.admin.resultset import INT4, NUMERIC, TEXT, Cell, ResultSet
 from pgdoorman.core.stats import percentile
-from pgdoorman.observe import ClientInfo, Observer, Snapshot, StatsSampler, sockets
+from pgdoorman.observe import ClientInfo, Observer, Snapshot, StatementInfo, StatsSampler, sockets
 
 Columns = list[tuple[str, int]]
 
@@ -45,6 +45,9 @@ POOLS_MEMORY_COLUMNS: Columns = [
     ("client_named_count", NUMERIC), ("client_anonymous_count", NUMERIC),
     ("client_anonymous_evictions_alive", NUMERIC), ("async_clients", NUMERIC),
 ]
+INTERNER_COLUMNS: Columns = [("kind", TEXT), ("entries", NUMERIC), ("bytes", NUMERIC)]
+INTERNER_TOP_COLUMNS: Columns = [("hash", TEXT), ("kind", TEXT), ("bytes", NUMERIC), ("idle_ms", NUMERIC),
+                                 ("query", TEXT)]
 CLIENTS_COLUMNS: Columns = [
     ("client_id", TEXT), ("database", TEXT), ("user", TEXT), ("application_name", TEXT), ("addr", TEXT),
     ("tls", TEXT), ("state", TEXT), ("wait", TEXT),
@@ -122,6 +125,7 @@ HELP_ITEMS = (
     "SHOW LISTENERS",
     "SHOW POOL_COORDINATOR",
     "SHOW POOL_SCALING",
+    "SHOW INTERNER [n]",
     "SET log_level = '<level>'",
     "RELOAD",
     "SHUTDOWN",
@@ -130,6 +134,7 @@ HELP_ITEMS = (
     "RESUME [db]",
     "RECONNECT [db]",
     "KILL <db>",
+    "RESET INTERNER",
 )
 
 # Settings that only a restart (or binary upgrade) applies: SHOW CONFIG says changeable = no.
@@ -245,6 +250,31 @@ def show_prepared_statements(ctx: ShowContext) -> ResultSet:
                 kind = "mixed" if n and a else "named" if n else "anonymous" if a else ""
             rows.append([v.info.name, st.hash, st.name, st.query, st.uses, kind])
     return ResultSet(PREPARED_STATEMENTS_COLUMNS, rows)
+
+
+def _interned(ctx: ShowContext) -> list[StatementInfo]:
+    """Every pool's cached statements: a query text is one object, held by its pool's cache entry."""
+    return [st for v in ctx.snap.pools for st in ctx.obs.statements(v.key)]
+
+
+def show_interner(ctx: ShowContext) -> ResultSet:
+    """The query texts of the pools' statement caches (PgDoorman's query interner): rows `named` (some client
+    prepared it under a name) and `anonymous` (only ever unnamed: dropped once idle past
+    query_interner_anon_idle_ttl_seconds)."""
+    sums = {"named": [0, 0], "anonymous": [0, 0]}
+    for st in _interned(ctx):
+        row = sums["named" if st.named else "anonymous"]
+        row[0] += 1
+        row[1] += st.text_bytes
+    return ResultSet(INTERNER_COLUMNS, [[k, n, b] for k, (n, b) in sums.items()])
+
+
+def show_interner_top(ctx: ShowContext, n: int) -> ResultSet:
+    """SHOW INTERNER <n>: the n largest texts."""
+    top = sorted(_interned(ctx), key=lambda st: -st.text_bytes)[:n]
+    return ResultSet(INTERNER_TOP_COLUMNS, [
+        [f"{st.hash:016x}", "named" if st.named else "anonymous", st.text_bytes, st.idle_ms, st.query[:120]]
+        for st in top])
 
 
 def client_host(addr: str) -> str:
@@ -464,6 +494,7 @@ SHOW_BUILDERS: dict[str, Callable[[ShowContext], ResultSet]] = {
     "listeners": show_listeners,
     "pool_coordinator": show_pool_coordinator,
     "pool_scaling": show_pool_scaling,
+    "interner": show_interner,
 }
 assert set(SHOW_BUILDERS) == set(SHOW_SUBCOMMANDS), "parser and builders disagree on SHOW subcommands"
 
@@ -477,5 +508,6 @@ SHOW_COLUMNS: dict[str, Columns] = {
     "auth_query": AUTH_QUERY_COLUMNS, "startup_parameters": STARTUP_PARAMETERS_COLUMNS,
     "listeners": LISTENERS_COLUMNS,
     "pool_coordinator": POOL_COORDINATOR_COLUMNS, "pool_scaling": POOL_SCALING_COLUMNS,
+    "interner": INTERNER_COLUMNS,
 }
 

@@ -222,12 +222,17 @@ FIELDS: Final[tuple[Field, ...]] = (
              "`client_prepared_statements_cache_size` is accepted with a warning.",
              optional=True, aliases=("client_prepared_statements_cache_size",), example=256,
              default_doc="`prepared_statements_cache_size`"),
-    _general("Prepared statements", "query_interner_gc_interval_seconds", Seconds(1), 60, False,
-             "Interval of PgDoorman's query-text interner garbage collection. pgdoorman has no interner: a text "
-             "is one object held by the pool's statement cache and referred to by clients, freed by reference "
-             "counting.", reloadable=False),
-    _general("Prepared statements", "query_interner_anon_idle_ttl_seconds", Seconds(), 60, False,
-             "Query text of unnamed statements idle this long is released; 0 keeps it."),
+    _general("Prepared statements", "query_interner_gc_interval_seconds", Seconds(1), 60, True,
+             "PgDoorman's query-text interner is, here, the pools' statement caches: each text is one object "
+             "held by its cache entry, which clients and servers refer to (freed with the last reference). "
+             "A quarter of this interval is how often the entries only ever prepared unnamed are checked "
+             "against `query_interner_anon_idle_ttl_seconds`. `SHOW INTERNER` and `RESET INTERNER` in the "
+             "admin console.", reloadable=False),
+    _general("Prepared statements", "query_interner_anon_idle_ttl_seconds", Seconds(), 60, True,
+             "A statement of a pool's cache that no client prepared under a name and that no Parse used for "
+             "this long leaves the cache, with its text once no client or server holds it any more (those that "
+             "do keep using it; the next Parse of that text makes a new entry, parsed again on each server). "
+             "0 keeps them until the cache's own LRU evicts them."),
     # ------------------------------------------------------------------ general: Patroni
     _general("Patroni-assisted fallback", "patroni_api_urls", HttpUrlList(), None, True,
              "Patroni REST API URLs (http or https). When set, a failed local server connection falls back to "

@@ -488,7 +488,8 @@ def _section_doc(section: str) -> str:
     fields = fields_of(section)
     out = [_GENERATED_NOTE, "", f"# {info.title}", "", info.intro, ""]
     done = sum(f.implemented for f in fields)
-    out += [f"{done} of {len(fields)} settings are implemented by pgdoorman so far.", ""]
+    out += [(f"{done} of {len(fields)} settings are implemented by pgdoorman so far." if done < len(fields)
+             else f"All {done} settings are implemented by pgdoorman."), ""]
     out += ["| Setting | Type | Default | Implemented | Reload |", "|---|---|---|---|---|"]
     for f in fields:
         out.append(
@@ -522,9 +523,12 @@ def _index_doc() -> str:
         "# Configuration reference",
         "",
         "pgdoorman reads PgDoorman's configuration format: any PgDoorman config file loads. "
-        f"{done} of {total} settings are implemented so far; the others are accepted with one warning "
-        "per occurrence (`<file>: <key path>: not implemented by pgdoorman yet; ignored`) and have no effect. "
-        'A key that is not a PgDoorman setting at all is an error, with a "did you mean" suggestion when '
+        + (f"{done} of {total} settings are implemented so far; the others are accepted with one warning "
+           "per occurrence (`<file>: <key path>: not implemented by pgdoorman yet; ignored`) and have no effect. "
+           if done < total else
+           f"All {total} settings are implemented (those with no meaning here, PgDoorman's tokio runtime "
+           "settings, are checked and ignored with one info line each). ")
+        + 'A key that is not a PgDoorman setting at all is an error, with a "did you mean" suggestion when '
         "the name is close to a real one.",
         "",
         "## Files and formats",

@@ -77,7 +77,8 @@ _names = itertools.count(1)  # process-wide: a name is never reused, even after 
 
 
 class Statement:
-    __slots__ = ("name", "parse_msg", "query", "key", "uses", "dead", "leaves", "listen")
+    __slots__ = ("name", "parse_msg", "query", "key", "uses", "dead", "leaves", "listen", "named", "seen",
+                 "idle_since")
 
     def __init__(self, key: tuple[bytes, bytes, tuple[str, ...]], query: bytes, types: bytes) -> None:
         self.key = key
@@ -85,6 +86,12 @@ class Statement:
         self.query = query
         self.uses = 0
         self.dead = False  # forgotten by the pool (failed Parse, result type changed): never reuse
+        # The query interner's view (PoolCache.sweep): a client prepared it under a name (else only unnamed,
+        # dropped from the cache once idle past query_interner_anon_idle_ttl_seconds); `uses` at the last sweep,
+        # and since when (monotonic) it has not moved.
+        self.named = False
+        self.seen = -1
+        self.idle_since = 0.0
         self.leaves = may_leave_state(query)  # leaks.PINS | leaks.SETTINGS bits
         # LISTEN, UNLISTEN or DISCARD ALL (core/listen.py): flagged in `leaves` too (leaks.LISTENS, no cleanup), so
         # that binding it takes the same rare branch; a LISTEN is parsed on servers as LISTEN of a channel nobody
@@ -111,6 +118,7 @@ class PoolCache:
         # (client_anonymous_prepared_cache_size; 0: no limit) and the entries all clients evicted from theirs.
         self.anon_size = self.size
         self.anon_evictions = 0
+        self.ttl_evictions = 0  # entries sweep() dropped: prepared unnamed only, idle past the TTL
 
     def get(self, query: bytes, types: bytes, sig: tuple[str, ...]) -> Statement:
         key = (query, types, sig)
@@ -159,6 +167,33 @@ class PoolCache:
                 st.dead = True
             self.entries.clear()
             self.invalidations += 1
+
+    def sweep(self, now: float, ttl: float) -> int:
+        """query_interner_anon_idle_ttl_seconds, called every query_interner_gc_interval_seconds / 4: forget the
+        statements no client ever named whose use count has not moved for `ttl` seconds (seen at two sweeps at
+        least `ttl` apart). Their text goes with the last reference: the clients and servers that still hold one
+        keep using it (nothing is closed); the next Parse of that text makes a new entry. How many went."""
+        dropped = 0
+        with self.lock:
+            for key, st in list(self.entries.items()):
+                if st.named:
+                    continue
+                if st.uses != st.seen:
+                    st.seen = st.uses
+                    st.idle_since = now
+                elif now - st.idle_since >= ttl:
+                    del self.entries[key]
+                    dropped += 1
+            self.ttl_evictions += dropped
+        return dropped
+
+    def drop_anonymous(self) -> int:
+        """RESET INTERNER: forget every statement no client ever named, now (as an expired TTL would)."""
+        with self.lock:
+            gone = [k for k, st in self.entries.items() if not st.named]
+            for k in gone:
+                del self.entries[k]
+        return len(gone)
 
     def snapshot(self) -> list[Statement]:
         with self.lock:

@@ -74,6 +74,7 @@ def collect(obs: Observer, snap: Snapshot | None = None) -> list[Family]:
     fams += _streaming_families(rows)
     fams.append(_pool_handed_family(rows))
     fams += _pool_prepared_families(rows)
+    fams += _interner_families(rows)
     fams += _check_query_families(rows)
     fams += _auth_query_families(obs)
     fams += _startup_parameters_family(obs)
@@ -388,6 +389,30 @@ def _pool_prepared_families(rows: list[_PoolRow]) -> list[Family]:
         ), strict=True):
             f.add(n, row.labels)
     return prepared
+
+
+def _interner_families(rows: list[_PoolRow]) -> list[Family]:
+    """PgDoorman's query interner: here the texts of the pools' statement caches (one object each), by kind."""
+    F = Family
+    entries = F("pg_doorman_query_interner_entries", "gauge",
+                "Query texts held by the pools' prepared statement caches, by kind (named: some client prepared "
+                "it under a name; anonymous: only ever unnamed).")
+    size = F("pg_doorman_query_interner_bytes", "gauge", "Bytes of those query texts, by kind.")
+    evicted = F("pg_doorman_query_interner_evictions_total", "counter",
+                "Unnamed-only statements dropped from the pools' caches once idle past "
+                "query_interner_anon_idle_ttl_seconds.")
+    named = anon = (0, 0)
+    ttl = 0
+    for row in rows:
+        pv = row.prepared
+        named = (named[0] + pv.interned_named[0], named[1] + pv.interned_named[1])
+        anon = (anon[0] + pv.interned_anonymous[0], anon[1] + pv.interned_anonymous[1])
+        ttl += pv.interner_ttl_evictions
+    for kind, (n, b) in (("named", named), ("anonymous", anon)):
+        entries.add(n, {"kind": kind})
+        size.add(b, {"kind": kind})
+    evicted.add(ttl, {"kind": "anonymous", "reason": "ttl_expired"})
+    return [entries, size, evicted]
 
 
 # ---------------------------------------------------------------- auth_query

@@ -46,6 +46,7 @@ from pgdoorman.observe.snapshot import (
     live_clients,
     live_servers,
     pool_info,
+    pool_interner,
     pool_statement_sizes,
     pool_statements,
     server_info,
@@ -61,7 +62,7 @@ __all__ = [
     "CLIENT_STATES", "Averages", "CancelCounts", "ClientInfo", "Control", "Observer", "PoolInfo", "PoolKey",
     "PoolView", "PreparedView", "ServerInfo", "Snapshot", "Source", "StatementInfo", "StatsSampler", "Totals",
     "UnknownDatabase", "WorkerView", "averages", "client_id", "copy_of", "dict_copy",
-    "live_clients", "live_servers", "pool_info", "pool_statement_sizes", "pool_statements", "pool_totals",
+    "live_clients", "live_servers", "pool_info", "pool_interner", "pool_statement_sizes", "pool_statements", "pool_totals",
     "server_info", "take_snapshot",
 ]
 
@@ -127,6 +128,7 @@ class Observer:
         if p is not None:
             pv.pool_entries, pv.pool_bytes = pool_statement_sizes(p)
             pv.anon_evictions = int(getattr(p.ps_cache, "anon_evictions", 0))
+            pool_interner(p, pv)
         for c in v.clients:
             pv.client_named += len(c.ps_named)
             pv.client_bytes += c.ps_bytes

@@ -23,7 +23,7 @@ CAPACITY = 1000
 class Event:
     seq: int
     time: float  # wall clock
-    kind: str  # start, reload, pause, resume, reconnect, kill, log_level, upgrade, shutdown, fallback
+    kind: str  # start, reload, pause, resume, reconnect, kill, log_level, upgrade, shutdown, fallback, reset_interner
     target: str  # the database, "all pools", the log filter, ... ("" when none)
     source: str  # "admin console 127.0.0.1:5544 (admin)", "web API 10.0.0.7 (admin)", "SIGHUP", ...
     ok: bool
@@ -101,3 +101,8 @@ class RecordingControl:
     def request_shutdown(self) -> None:
         self.inner.request_shutdown()
         self.journal.record("shutdown", "", self.source)
+
+    def reset_interner(self) -> int:
+        n = self.inner.reset_interner()
+        self.journal.record("reset_interner", "", self.source, True, f"{n} statements dropped")
+        return n

@@ -144,6 +144,9 @@ class StatementInfo:
     size: int  # bytes of its Parse message
     hash: int  # stable 64-bit hash of what identifies it (text, parameter types, settings)
     kind: str | None  # the core's own label, if it keeps one
+    named: bool = False  # some client prepared it under a name (the query interner's "named" kind)
+    text_bytes: int = 0  # bytes of its query text
+    idle_ms: int = -1  # unnamed-only statements: how long its use count has not moved, as the sweeps saw it
 
 
 @dataclass
@@ -337,6 +340,26 @@ class PreparedView:
     server_hits: int = 0
     server_misses: int = 0
     server_cached: int = 0
+    # The query interner's view of the pool's cache: texts (count, bytes) of statements some client named, of
+    # those only ever unnamed, and how many of the latter the TTL sweep dropped since the pool started.
+    interned_named: tuple[int, int] = (0, 0)
+    interned_anonymous: tuple[int, int] = (0, 0)
+    interner_ttl_evictions: int = 0
+
+
+def pool_interner(pool: Pool, pv: PreparedView) -> None:
+    """Fill `pv`'s query interner fields from the pool's statement cache."""
+    cache = getattr(pool, "ps_cache", None)
+    if cache is None:
+        return
+    named = [0, 0]
+    anon = [0, 0]
+    for st in cache.snapshot():
+        row = named if st.named else anon
+        row[0] += 1
+        row[1] += len(st.query)
+    pv.interned_named, pv.interned_anonymous = (named[0], named[1]), (anon[0], anon[1])
+    pv.interner_ttl_evictions = int(getattr(cache, "ttl_evictions", 0))
 
 
 def statement_hash(key: Any) -> int:
@@ -347,10 +370,22 @@ def pool_statements(pool: Pool) -> list[StatementInfo]:
     cache = getattr(pool, "ps_cache", None)
     if cache is None:
         return []
+    now = time.monotonic()
     return [StatementInfo(ident=id(st), name=st.name.decode("utf-8", "replace"),
                           query=st.query.decode("utf-8", "replace"), uses=st.uses, size=len(st.parse_msg),
-                          hash=statement_hash(st.key), kind=getattr(st, "kind", None))
+                          hash=statement_hash(st.key), kind=getattr(st, "kind", None), named=st.named,
+                          text_bytes=len(st.query), idle_ms=_idle_ms(st, now))
             for st in cache.snapshot()]
+
+
+def _idle_ms(st: Any, now: float) -> int:
+    """-1 for a named statement; else since when its use count has not moved (0 if it moved since the last
+    sweep of the query interner, PoolCache.sweep)."""
+    if st.named:
+        return -1
+    if st.seen != st.uses or not st.idle_since:
+        return 0
+    return int((now - st.idle_since) * 1000)
 
 
 def pool_statement_sizes(pool: Pool) -> tuple[int, int]:

@@ -180,7 +180,10 @@ class RewriterBase:
         if name:
             if st is None:
                 self.named.pop(name, None)
-            elif self.named is NO_NAMES:
+                return
+            if not st.named:
+                st.named = True  # (the query interner's kind: never dropped for idling, see PoolCache.sweep)
+            if self.named is NO_NAMES:
                 self.named = {name: st}
             else:
                 self.named[name] = st
@@ -244,6 +247,7 @@ class RewriterBase:
         for k, v in list(self.named.items()):
             if v is st:
                 self.named[k] = fresh
+                fresh.named = True
         if self.unnamed is st:
             self.unnamed = fresh
 

@@ -67,6 +67,7 @@ TABLE_VIEWS: dict[str, str] = {
     "auth_query": "auth_query",
     "pool_coordinator": "pool_coordinator",
     "pool_scaling": "pool_scaling",
+    "interner": "interner",
 }
 OBJECT_VIEWS = ("overview", "sockets", "process")
 LIVE_VIEWS = ("logs", "events")  # read live, not from the snapshot

@@ -11,6 +11,7 @@ per use, with the answers PostgreSQL gives; with an LRU of 1 each use is a new s
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 
 from tests.integration.test_admin import admin, rows
 from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER, pooler_config
-from tests.support.pooler import Pooler
+from tests.support.pooler import Pooler, wait_for
 from tests.support.wire import WireClient, bind, close, comparable, describe, execute, parse, query, sync
 
 pytestmark = pytest.mark.timeout(300)
@@ -188,3 +189,84 @@ def test_drivers_alternating_unnamed_statements_get_postgres_answers(pg: Any, po
     assert _psycopg_answers(pooler.host, pooler.port) == want
     want_a = asyncio.run(_asyncpg_answers(pg.host, pg.port))
     assert asyncio.run(_asyncpg_answers(pooler.host, pooler.port)) == want_a
+
+
+# ------------------------------------------------------------------ the query interner
+def _interner(p: Pooler) -> dict[str, tuple[int, int]]:
+    with admin(p) as a:
+        return {r["kind"]: (int(r["entries"]), int(r["bytes"])) for r in rows(a, "INTERNER")}
+
+
+def _names(p: Pooler) -> dict[str, str]:
+    with admin(p) as a:
+        return {r["query"]: r["name"] for r in rows(a, "PREPARED_STATEMENTS")}
+
+
+X, Y = "select $1::int * 11 as x", "select $1::text || 'named' as y"
+
+
+def _steps_then(c: WireClient, between: Any) -> list[Any]:
+    """An unnamed statement prepared, `between()`, then bound again, then prepared again and run: the answers."""
+    out = [comparable(c.read_until("Z")) for _ in [c.send(parse("", X) + bind("", "", ("1",)) + execute() + S)]]
+    between()
+    c.send(bind("", "", ("2",)) + execute() + S)
+    out.append(comparable(c.read_until("Z")))
+    c.send(run(X, "3"))
+    out.append(comparable(c.read_until("Z")))
+    return out
+
+
+def test_unnamed_only_statements_leave_the_cache_after_the_idle_ttl(pg: Any, pooler_factory: Any) -> None:
+    p = pooler_factory(pool_size=1, general={"query_interner_gc_interval_seconds": 1,
+                                             "query_interner_anon_idle_ttl_seconds": 1})
+    direct, pooled, other = _connect(pg.host, pg.port), _connect(p.host, p.port), _connect(p.host, p.port)
+    try:
+        other.send(parse("keep", Y) + S)  # named: never dropped for idling
+        other.read_until("Z")
+        seen: dict[str, Any] = {}
+
+        def idle_past_ttl() -> None:
+            seen["before"] = _names(p)
+            assert _interner(p) == {"named": (1, len(Y)), "anonymous": (1, len(X))}
+            with admin(p) as a:
+                top = {r["query"]: r for r in rows(a, "INTERNER 5")}
+            assert top[Y]["kind"] == "named" and int(top[Y]["idle_ms"]) == -1
+            assert top[X]["kind"] == "anonymous" and len(top[X]["hash"]) == 16
+            wait_for(lambda: _interner(p)["anonymous"] == (0, 0), timeout=10, what="the unnamed text swept")
+            assert _interner(p)["named"] == (1, len(Y))
+
+        want = _steps_then(direct, lambda: None)
+        assert _steps_then(pooled, idle_past_ttl) == want  # the client's statement still runs after the sweep
+        # (That client's own statement served its new Parse too.) Another client's Parse of the text makes a
+        # new entry, under a new name; the named one is still the same.
+        assert X not in _names(p)
+        other.send(run(X, "4") + bind("", "keep", ("n",)) + execute() + S)
+        assert [t for t, _ in other.read_until("Z")] == ["1", "2", "D", "C", "Z"]
+        other.read_until("Z")
+        after = _names(p)
+        assert after[X] != seen["before"][X] and after[Y] == seen["before"][Y]
+    finally:
+        for c in (direct, pooled, other):
+            c.close()
+
+
+def test_ttl_zero_keeps_them_and_reset_interner_drops_them(pg: Any, pooler_factory: Any) -> None:
+    p = pooler_factory(pool_size=1, general={"query_interner_gc_interval_seconds": 1,
+                                             "query_interner_anon_idle_ttl_seconds": 0})
+    direct, pooled = _connect(pg.host, pg.port), _connect(p.host, p.port)
+    try:
+        pooled.send(parse("keep", Y) + S)
+        pooled.read_until("Z")
+
+        def reset() -> None:
+            time.sleep(1.5)  # six sweep ticks: TTL 0 drops nothing
+            assert _interner(p) == {"named": (1, len(Y)), "anonymous": (1, len(X))}
+            with admin(p) as a:
+                assert a.execute("RESET INTERNER").statusmessage == "RESET"
+            assert _interner(p) == {"named": (1, len(Y)), "anonymous": (0, 0)}
+
+        want = _steps_then(direct, lambda: None)
+        assert _steps_then(pooled, reset) == want
+    finally:
+        direct.close()
+        pooled.close()

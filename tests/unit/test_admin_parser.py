@@ -89,8 +89,16 @@ def test_set_errors_are_42601(sql: str, fragment: str) -> None:
 
 
 def test_unknown_commands_are_58000() -> None:
-    for sql in ("SELECT 1", "BEGIN", "KILL_CLIENT 1", "RESET INTERNER", "hello world"):
+    for sql in ("SELECT 1", "BEGIN", "KILL_CLIENT 1", "RESET ALL", "RESET INTERNER NOW", "hello world"):
         assert parse(sql) == [ParseError("58000", UNSUPPORTED)], sql
+
+
+def test_interner_commands() -> None:
+    assert parse("RESET INTERNER; reset interner") == [Command("RESET", "interner")] * 2
+    assert parse("SHOW INTERNER") == [Command("SHOW", "interner")]
+    assert parse("show interner 5") == [Command("SHOW", "interner", 5)]
+    err = parse("SHOW INTERNER x")[0]
+    assert isinstance(err, ParseError) and err.sqlstate == "42601"
 
 
 def test_several_statements_in_one_query() -> None:

@@ -90,6 +90,7 @@ EXPECTED_COLUMNS = {
     "pool_scaling": "user database inflight creates gate_waits gate_budget_ex antic_notify antic_timeout "
                     "create_fallback replenish_def",
     "help": "item",
+    "interner": "kind entries bytes",
     "listeners": "user database state server_pid channels clients connects failures received delivered overflows",
     "log_level": "log_level",
     "version": "version",

@@ -56,6 +56,7 @@ IMPLEMENTED = {
         "tcp_so_linger", "tcp_socket_buffer_size", "unix_socket_buffer_size", "tls_rate_limit_per_second",
         "log_client_disconnections", "prepared_statements", "prepared_statements_cache_size",
         "server_prepared_statements_cache_size", "client_anonymous_prepared_cache_size",
+        "query_interner_gc_interval_seconds", "query_interner_anon_idle_ttl_seconds",
         "daemon_pid_file", "syslog_prog_name", "tls_certificate", "tls_private_key", "tls_ca_cert", "tls_mode",
         "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key", "hba", "pg_hba",
         "session_real_backend_key", "server_idle_check_timeout", "server_round_robin", "pooler_check_query",

@@ -49,6 +49,9 @@ class Pooler:
     def request_shutdown(self) -> None:
         pass
 
+    def reset_interner(self) -> int:
+        return 0
+
 
 def test_recording_control() -> None:
     journal = EventJournal()

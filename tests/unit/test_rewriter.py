@@ -363,3 +363,33 @@ def test_fast_batch_finds_an_alternating_unnamed_statement_in_the_lru() -> None:
     assert out is not None and types(split_messages(bytes(out))) == "BES"
     assert p.rw.unnamed is not None and p.rw.unnamed.query == b"select 1"
     assert list(p.rw.anon or ())[-1] == (b"select 1", b"\0\0", ())  # the most recent last
+
+
+def test_interner_sweep_drops_only_idle_unnamed_statements() -> None:
+    cache = PoolCache(100)
+    p = Pair(cache)
+    _alternate(p, ["select 1", "select 2"], 1)  # unnamed only
+    p.send(parse("n", "select 3") + sync())  # named
+    p.answer(m.PARSE_COMPLETE + RFQ)
+    assert cache.sweep(100.0, 10) == 0  # first sight: use counts noted
+    _alternate(p, ["select 2"], 1)  # "select 2" used again
+    assert cache.sweep(105.0, 10) == 0
+    assert cache.sweep(110.0, 10) == 1  # "select 1": unused for 10 s
+    assert {st.query for st in cache.snapshot()} == {b"select 3", b"select 2"}
+    assert cache.sweep(115.0, 10) == 1 and cache.ttl_evictions == 2  # "select 2": unused since 105
+    assert [st.query for st in cache.snapshot()] == [b"select 3"]  # named: never for idling
+    # The client's statement stays usable: its Bind still names it (the server holds it).
+    sent = p.send(bind("", "") + execute() + sync())
+    assert p.rw.unnamed is not None and sent[0][1].split(b"\0")[1] == p.rw.unnamed.name
+    p.answer(m.BIND_COMPLETE + OK_ROW + RFQ)
+
+
+def test_reset_interner_drops_unnamed_only_statements() -> None:
+    cache = PoolCache(100)
+    p = Pair(cache)
+    _alternate(p, ["select 1"], 1)
+    p.send(parse("n", "select 1") + sync())  # the same statement, now also named: kept
+    p.answer(m.PARSE_COMPLETE + RFQ)
+    _alternate(p, ["select 2"], 1)
+    assert cache.drop_anonymous() == 1
+    assert [st.query for st in cache.snapshot()] == [b"select 1"]
