@@ -179,7 +179,7 @@ class ClientBase(Conn):
 
     def _mark_query(self) -> None:
         if self.query_start == 0.0:
-            self.query_start = self.xact_start or self.loop.now
+            self.query_start = self.loop.now
             if self.xact_start == 0.0:
                 self.xact_start = self.query_start
 

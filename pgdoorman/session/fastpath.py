@@ -117,7 +117,7 @@ class FastPaths(ClientBase):
                 return False
             self.leaves |= bits
         if self.query_start == 0.0:  # ClientBase._mark_query, inline
-            self.query_start = self.xact_start or self.loop.now
+            self.query_start = self.loop.now
             if self.xact_start == 0.0:
                 self.xact_start = self.query_start
         self.copy_window = True
@@ -140,7 +140,7 @@ class FastPaths(ClientBase):
         if out is None:
             return False
         if self.query_start == 0.0:  # ClientBase._mark_query, inline
-            self.query_start = self.xact_start or self.loop.now
+            self.query_start = self.loop.now
             if self.xact_start == 0.0:
                 self.xact_start = self.query_start
         self.expect += 1

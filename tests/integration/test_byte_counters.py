@@ -3,6 +3,7 @@ bytes that arrive while the client waits for a server and are held until one is 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -50,3 +51,24 @@ def test_bytes_sent_while_waiting_for_a_server_are_counted(pooler_factory: Any, 
         holder.close()
         waiter.close()
     assert int(stats_row(p)["total_received"]) == sent
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_query_time_excludes_the_clients_think_time(pooler_factory: Any, mode: str) -> None:
+    """SHOW STATS query time runs from a statement's arrival to its answer, as PgBouncer counts it: the time a
+    client spends between the statements of a transaction is transaction time, not query time. (Before,
+    every statement of a transaction counted from the transaction's start.)"""
+    p = pooler_factory(pool_mode=mode, pool_size=1)
+    c = WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD)
+    try:
+        for text in ("BEGIN", "SELECT 1", None, "SELECT 2", "COMMIT"):
+            if text is None:
+                time.sleep(1.0)  # the client thinks inside its transaction
+                continue
+            c.send(query(text))
+            assert c.read_until()[-1][0] == "Z"
+    finally:
+        c.close()
+    row = stats_row(p)
+    assert int(row["total_xact_time"]) >= 1_000_000, row  # the transaction lasted the think time and more
+    assert int(row["total_query_time"]) < 500_000, row  # its statements took milliseconds
