@@ -21,6 +21,7 @@ from pgdoorman.protocol.framing import Scanner
 from pgdoorman.session import listening, tracking
 from pgdoorman.session.rewrite import Rewriter
 from pgdoorman.session.shared import EMPTY
+from pgdoorman.session.slow_checkout import SLOW_CHECKOUT_US, log_slow_checkout
 from pgdoorman.session.states import (
     CLIENT_TABLE,
     DIRTY_CURSOR,
@@ -46,7 +47,6 @@ _CHECKED = DIRTY_SET | DIRTY_TEMP | DIRTY_CURSOR | DIRTY_PREPARE
 _PINNING = DIRTY_TEMP | DIRTY_CURSOR | DIRTY_PREPARE
 
 _unpack = m.U32.unpack_from
-SLOW_CHECKOUT_US = 500_000  # a client that waited this long for a server is logged (PgDoorman's threshold)
 assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls
 
 
@@ -415,20 +415,12 @@ class ClientBase(Conn):
                 if waited > st.max_wait_us:
                     st.max_wait_us = waited
                 if waited >= SLOW_CHECKOUT_US:
-                    self._slow_checkout(pool, s, waited)
+                    log_slow_checkout(self.addr, pool, s.pid, waited, self.loop.now)
         if self.closed:
             self.worker.release_server(s, client_gone=True)
             return
         if self._link(s):
             self._server_ready()
-
-    def _slow_checkout(self, pool: Pool, s: ServerConn, waited: int) -> None:
-        """PgDoorman's slow-checkout warning: this client waited half a second or more for a server."""
-        n = pool.counts()
-        log.warning("slow checkout: client %s (%s) waited %d ms for a server (pid %d): pool size %d/%d, "
-                    "idle %d, connecting %d, clients waiting %d%s", self.addr, pool.name, waited // 1000, s.pid,
-                    n["sv_total"], pool.pool_size, n["sv_idle"], n["sv_login"], n["cl_waiting"],
-                    ", paused" if pool.paused else "")
 
     def _link(self, s: ServerConn) -> bool:
         """Make `s` this client's server; False while an idle check or a parameter sync runs first (then
