@@ -20,7 +20,7 @@ from pgdoorman.core import prepared as ps
 from pgdoorman.protocol import frontend
 from pgdoorman.protocol import messages as m
 from pgdoorman.session.rewrite_replies import NO_REQUESTS, Held, RewriterBase
-from pgdoorman.session.states import LISTEN_START
+from pgdoorman.session.states import DIRTY_PREPARE, LISTEN_START
 
 # SQL EXECUTE of a statement the client prepared through the protocol: the server knows it by the pool's name.
 _EXECUTE = re.compile(rb"^(\s*execute\s+)(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)", re.I)
@@ -303,6 +303,12 @@ class Rewriter(RewriterBase):
             self.named.clear()
             self.unnamed = None
             self.anon = None
+            held = self.relay.server
+            if held is not None and held.dirty & DIRTY_PREPARE:
+                # Its SQL PREPAREd statements are on this (pinned) server: PostgreSQL deallocates them, and the
+                # server then forgets the pool's statements it held too (its DEALLOCATE ALL tag).
+                self.on_header(81, 0)
+                return None
             tag = "DEALLOCATE ALL"
         else:
             name = ident[1:-1].replace(b'""', b'"') if ident[:1] == b'"' else ident.lower()

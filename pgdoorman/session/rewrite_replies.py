@@ -84,6 +84,7 @@ class Held(Protocol):
     ps_hits: int
     ps_misses: int
     txn_status: int
+    dirty: int  # session/states.py's DIRTY_* bits
     skipping: bool  # PostgreSQL skips to the next Sync after an error in this batch
     release_pending: bool
 

@@ -52,6 +52,7 @@ class ServerPrepared(Conn):
         pool: Pool
         scanner: Scanner
         txn_status: int
+        dirty: int
 
         def _on_message(self, t: int, body: memoryview) -> bytes | None: ...
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.cluster import ADMIN_PASSWORD, ADMIN_USER, DBNAME, SCRAM_PASSWORD, SCRAM_USER
 from tests.support.pooler import Pooler, free_port, wait_for
-from tests.support.wire import WireClient, WireError, parse, sync
+from tests.support.wire import WireClient, WireError, bind, execute, parse, parse_fields, rows, sync
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -421,3 +421,37 @@ def test_sql_execute_finds_a_protocol_prepared_statement(pg: Any, pooler: Pooler
         answers[name] = got
     assert answers["pooled"] == answers["direct"]
     assert answers["direct"][1] == [["42"]]
+
+
+def test_deallocate_all_of_a_pinned_client(pg: Any, pooler: Pooler) -> None:
+    """A simple-query DEALLOCATE ALL (answered by the pooler for protocol-level statements) deallocates the SQL
+    PREPAREd statements of a client pinned by them, as on PostgreSQL, and unpins it."""
+    steps: Steps = [
+        ("a", "PREPARE dp AS SELECT 1"), ("a", "EXECUTE dp"), ("a", "DEALLOCATE ALL"),
+        ("a", "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"), ("a", "EXECUTE dp"),
+        ("a", "PREPARE dp AS SELECT 2"), ("a", "EXECUTE dp"), ("a", "DEALLOCATE ALL"), ("a", "DEALLOCATE ALL"),
+        ("b", "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"),
+        ("a", "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"),
+    ]
+    compare_wire(pg, pooler, steps)
+
+
+def compare_wire(pg: Any, p: Pooler, steps: Steps, extended: bool = False) -> None:
+    """compare() on the wire (WireClient): simple queries, or unnamed Parse/Bind/Execute/Sync."""
+    answers = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", p.host, p.port)):
+        got: list[Any] = []
+        with WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD) as a, \
+                WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD) as b:
+            for who, sql in steps:
+                c = a if who == "a" else b
+                if extended:
+                    c.send(parse("", sql), bind(), execute(), sync())
+                    msgs = c.read_until("Z")
+                else:
+                    msgs = c.query(sql)
+                errors = [parse_fields(body).get("C") for t, body in msgs if t == "E"]
+                got.append((who, sql, errors or rows(msgs)))
+        answers[name] = got
+    for d, q in zip(answers["direct"], answers["pooled"], strict=True):
+        assert q == d, f"through pgdoorman {q!r}, on PostgreSQL {d!r}"
