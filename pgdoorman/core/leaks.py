@@ -23,6 +23,9 @@ SETTINGS = 2  # set_config(): session settings changed without a SET tag
 # "listen" (LISTEN, UNLISTEN), or a prepared DISCARD ALL: the text is read for them (session/listening.py);
 # nothing to clean or check.
 LISTENS = 4
+# A prepared statement's text names custom settings (Statement.settings, core/sqllex.py's setting_names): noted
+# when it is bound; nothing to clean or check.
+CUSTOM = 8
 # The longest keyword is 10 bytes: a keyword split between two reads has at most 9 bytes in the first.
 TAIL = 9
 CLEANUP = "DISCARD TEMP; SELECT pg_catalog.pg_advisory_unlock_all()"

@@ -167,7 +167,7 @@ class Pool:
                                           pool_cfg.server_port)
 
     def set_check_query(self, sql: str) -> None:
-        """pooler_check_query: the Query message clients send as a health check (session/client_base.py
+        """pooler_check_query: the Query message clients send as a health check (session/fastpath.py
         _check_query answers it from `check_reply`, PostgreSQL's answer, kept from the first time)."""
         msg = b"Q" + (len(sql.encode()) + 5).to_bytes(4, "big") + sql.encode() + b"\0"
         if getattr(self, "check_msg", None) != msg:

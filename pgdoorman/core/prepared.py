@@ -27,6 +27,7 @@ from typing import Any
 
 from pgdoorman.core import leaks, listen
 from pgdoorman.core.leaks import may_leave_state
+from pgdoorman.core.sqllex import setting_names_text
 from pgdoorman.protocol import messages as m
 
 # Entry kinds of the expected-response queue.
@@ -78,7 +79,7 @@ _names = itertools.count(1)  # process-wide: a name is never reused, even after 
 
 class Statement:
     __slots__ = ("name", "parse_msg", "query", "key", "uses", "dead", "leaves", "listen", "named", "seen",
-                 "idle_since")
+                 "idle_since", "settings")
 
     def __init__(self, key: tuple[bytes, bytes, tuple[str, ...]], query: bytes, types: bytes) -> None:
         self.key = key
@@ -93,6 +94,10 @@ class Statement:
         self.seen = -1
         self.idle_since = 0.0
         self.leaves = may_leave_state(query)  # leaks.PINS | leaks.SETTINGS bits
+        # The custom settings it names (read back when a transaction that bound it ends, core/txstate.py).
+        self.settings = tuple(setting_names_text(query))
+        if self.settings:
+            self.leaves |= leaks.CUSTOM
         # LISTEN, UNLISTEN or DISCARD ALL (core/listen.py): flagged in `leaves` too (leaks.LISTENS, no cleanup), so
         # that binding it takes the same rare branch; a LISTEN is parsed on servers as LISTEN of a channel nobody
         # notifies.

@@ -1,5 +1,7 @@
 """A small SQL lexer: just enough to tell, before a statement reaches PostgreSQL, whether it creates session
-state that cannot move between servers (transaction_pinning: refuse, docs/transaction-mode.md).
+state that cannot move between servers (transaction_pinning: refuse, docs/transaction-mode.md), and which
+custom (placeholder) settings it names (`setting_names`: they are read back at the end of the transaction,
+core/txstate.py, since pg_settings does not list them).
 
 It reads what PostgreSQL's scanner would: `--` and nested `/* */` comments, '' strings (E'' with backslash
 escapes, U&'' and B''/X'' alike), "" identifiers, $tag$ dollar quotes, and splits statements at `;` outside
@@ -28,8 +30,9 @@ KEYWORDS = (b"temp", b"advisory", b"declare", b"prepare")
 
 
 def tokens(sql: str) -> Iterator[tuple[int, str]]:
-    """(kind, text): WORD (an unquoted identifier or keyword, lower-cased), QIDENT, STRING (its body
-    unread), OTHER (one character of punctuation or an operator, or a number or parameter)."""
+    """(kind, text): WORD (an unquoted identifier or keyword, lower-cased), QIDENT, STRING (the body of a ''
+    string or a dollar quote; "" for an escape string with a backslash), OTHER (one character of punctuation or
+    an operator, or a number or parameter)."""
     i, n = 0, len(sql)
     while i < n:
         c = sql[i]
@@ -41,8 +44,11 @@ def tokens(sql: str) -> Iterator[tuple[int, str]]:
         elif c == "/" and sql.startswith("/*", i):
             i = _skip_block_comment(sql, i)
         elif c == "'":
-            i = _skip_string(sql, i + 1, backslash=_word_before(sql, i) in ("e", "E"))
-            yield STRING, ""
+            backslash = _word_before(sql, i) in ("e", "E")
+            j = _skip_string(sql, i + 1, backslash)
+            body = sql[i + 1 : j - 1]
+            yield STRING, "" if backslash and "\\" in body else body.replace("''", "'")
+            i = j
         elif c == '"':
             j = i + 1
             while True:
@@ -61,8 +67,8 @@ def tokens(sql: str) -> Iterator[tuple[int, str]]:
             m = _DOLLAR_TAG.match(sql, i)
             if m is not None:
                 end = sql.find(m.group(0), m.end())
+                yield STRING, sql[m.end() : n if end < 0 else end]
                 i = n if end < 0 else end + len(m.group(0))
-                yield STRING, ""
             else:
                 m2 = _PARAM.match(sql, i)
                 i = m2.end() if m2 is not None else i + 1
@@ -177,3 +183,70 @@ def pinning_text(text: bytes | bytearray | memoryview) -> str | None:
         if why is not None:
             return why
     return None
+
+
+MAX_NAMES = 64  # names one query text may give (more are ignored, as names computed at run time are)
+
+
+def setting_names(stmt: list[tuple[int, str]]) -> list[str]:
+    """The custom settings (names with a dot: PostgreSQL's placeholders, `myapp.user_id`) a statement may
+    create or change: the variable of `SET [SESSION | LOCAL] name ...` and `RESET name`, and the literal first
+    argument of each `set_config('name', ...)` call, lower-cased (setting names are case-insensitive)."""
+    out: list[str] = []
+    first = stmt[0] if stmt else (OTHER, "")
+    if first[0] == WORD and first[1] in ("set", "reset"):
+        i = 1
+        if first[1] == "set" and i < len(stmt) and stmt[i][0] == WORD and stmt[i][1] in ("session", "local") \
+                and stmt[i + 1 : i + 2] != [(OTHER, ".")]:
+            i += 1
+        name = _dotted(stmt, i)
+        if name is not None:
+            out.append(name)
+    for i in range(len(stmt) - 3):
+        if stmt[i] == (WORD, "set_config") and stmt[i + 1] == (OTHER, "(") and stmt[i + 2][0] == STRING \
+                and stmt[i + 3] == (OTHER, ",") and "." in stmt[i + 2][1]:
+            out.append(stmt[i + 2][1].lower())
+    return out
+
+
+def _dotted(stmt: list[tuple[int, str]], i: int) -> str | None:
+    """A var_name at `i` (identifiers joined by dots), lower-cased, when it has a dot."""
+    parts: list[str] = []
+    while i < len(stmt) and stmt[i][0] in (WORD, QIDENT):
+        parts.append(stmt[i][1])
+        if stmt[i + 1 : i + 2] != [(OTHER, ".")]:
+            break
+        i += 2
+    return ".".join(parts).lower() if len(parts) > 1 else None
+
+
+def names_settings(low: bytes) -> bool:
+    """Cheap pre-check for setting_names_text on lower-cased text: it has a dot (every custom setting's name
+    does), and a set_config call or a statement that starts with SET or RESET (or with a comment: the lexer
+    looks). False for nearly every query."""
+    if low.find(b".") < 0:
+        return False
+    if low.find(b"set_config") >= 0:
+        return True
+    if low.find(b"set") < 0:
+        return False
+    return any(p.lstrip().startswith(_SETTING_STARTS) for p in low.split(b";"))
+
+
+_SETTING_STARTS = (b"set", b"reset", b"/*", b"--")
+
+
+def setting_names_text(text: bytes | bytearray | memoryview, low: bytes | None = None) -> list[str]:
+    """`setting_names` of every statement of a query text ([] at once for the many that name none); `low`: the
+    text lower-cased, when the caller has it."""
+    raw = bytes(text)
+    if low is None:
+        if raw.find(b".") < 0:
+            return []
+        low = raw.lower()
+    if not names_settings(low):
+        return []
+    out: list[str] = []
+    for stmt in statements(raw.decode("utf-8", "replace")):
+        out.extend(setting_names(stmt))
+    return out[:MAX_NAMES]

@@ -5,8 +5,11 @@ Settings are read back rather than interpreted: when a transaction ran SET, RESE
 set_config, PostgreSQL itself has applied SET LOCAL, rollbacks and savepoints by the time it is idle, and
 `pg_settings` rows whose source is 'session' are exactly the settings the session changed (the pooler's own
 sync of the client's startup settings uses set_config(..., false), whose source is 'session' too). `role`
-and `session_authorization`, which pg_settings does not list, are read with current_setting(). The result
-becomes the client's wanted settings, replayed on whichever server it gets next by the startup sync.
+and `session_authorization`, which pg_settings does not list, are read with current_setting(). So are the
+custom (placeholder) settings the client has (`myapp.user_id`: pg_settings does not list them either), by name:
+those in its wanted settings and those its SQL named (core/sqllex.py's setting_names); NULL is a name that is
+not defined on the server. The result becomes the client's wanted settings, replayed on whichever server it
+gets next by the startup sync.
 
 What cannot move (temporary objects, session advisory locks, WITH HOLD cursors, SQL prepared statements) is
 looked up in the catalogs; anything left pins the client to its server until a later check finds nothing.
@@ -14,8 +17,11 @@ looked up in the catalogs; anything left pins the client to its server until a l
 
 from __future__ import annotations
 
-from pgdoorman.core.params import canonical_name
+from collections.abc import Iterable
 
+from pgdoorman.core.params import canonical_name, quote
+
+MAX_NAMED = 64  # custom setting names a client's SQL named that are waiting to be read back (noted)
 # Per-transaction settings: not session state even when pg_settings says 'session' inside a transaction.
 _TRANSACTION_ONLY = "'transaction_isolation', 'transaction_read_only', 'transaction_deferrable'"
 SETTINGS_QUERY = (
@@ -59,11 +65,38 @@ def refusal(why: str, pool: str) -> str:
             f"HINT = '{hint}'; END $pgdoorman$")
 
 
-def check_query(settings: bool, pins: bool, reset: bool) -> str:
-    """One simple query (one round trip): the settings read back, the pin check, then the reset."""
+def customs_query(names: Iterable[str]) -> str:
+    """The custom settings `names` as they are on the server: rows (name, value or NULL when not defined,
+    'custom'), three columns to tell them from SETTINGS_QUERY's rows; settings pg_settings lists (an extension's,
+    read by SETTINGS_QUERY when the session set them) are left out."""
+    arr = ", ".join(quote(n) for n in names)
+    return ("SELECT n, pg_catalog.current_setting(n, true), 'custom' FROM pg_catalog.unnest(ARRAY[" + arr
+            + "]::text[]) n WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE "
+            "pg_catalog.lower(s.name) = pg_catalog.lower(n))")
+
+
+def customs_to_read(want: dict[str, str], named: tuple[str, ...]) -> list[str]:
+    """The custom settings a check reads: those a client has (names with a dot in its wanted settings) and
+    those its SQL named since (`named`, ClientConn.customs)."""
+    return [k for k in want if "." in k] + list(named)
+
+
+def noted(named: tuple[str, ...], names: list[str], want: dict[str, str]) -> tuple[str, ...]:
+    """ClientConn.customs with `names` (sqllex.setting_names_text of a query) added: those not known yet, the
+    MAX_NAMED most recent kept (a name the client never had defined on a server is dropped after that)."""
+    new = [n for n in dict.fromkeys(names) if n not in named and n not in want]
+    return (*named, *new)[-MAX_NAMED:] if new else named
+
+
+def check_query(settings: bool, pins: bool, reset: bool, customs: Iterable[str] = ()) -> str:
+    """One simple query (one round trip): the settings read back (with the custom ones named), the pin check,
+    then the reset."""
     parts = []
     if settings:
         parts.append(SETTINGS_QUERY)
+        names = sorted(set(customs))
+        if names:
+            parts.append(customs_query(names))
     if pins:
         parts.append(PINS_QUERY)
     if reset:
@@ -71,16 +104,23 @@ def check_query(settings: bool, pins: bool, reset: bool) -> str:
     return "; ".join(parts)
 
 
-def read_rows(rows: list[list[str | None]], login_user: str | None) -> tuple[list[tuple[str, str]], str]:
+Rows = tuple[list[tuple[str, str]], str, dict[str, str | None]]
+
+
+def read_rows(rows: list[list[str | None]], login_user: str | None) -> Rows:
     """The check's DataRows: the session's settings (name as params.canonical_name, value), with
     session_authorization (when not the login user) and role (when set) last, in the order they must be
-    applied; and what pins ('' for nothing)."""
+    applied; what pins ('' for nothing); and the custom settings read (name: value, None when not defined)."""
     settings: list[tuple[str, str]] = []
     auth: list[tuple[str, str]] = []
+    customs: dict[str, str | None] = {}
     pins = ""
     for r in rows:
         if len(r) == 1:
             pins = r[0] or ""
+            continue
+        if len(r) == 3 and r[0] is not None:
+            customs[canonical_name(r[0])] = r[1]
             continue
         if len(r) != 2 or r[0] is None or r[1] is None:
             continue
@@ -93,14 +133,20 @@ def read_rows(rows: list[list[str | None]], login_user: str | None) -> tuple[lis
                 auth.insert(0, (name, value))
         else:
             settings.append((canonical_name(name), value))
-    return settings + auth, pins
+    return settings + auth, pins, customs
 
 
-def followed(base: dict[str, str], session: list[tuple[str, str]]) -> dict[str, str]:
+def followed(base: dict[str, str], session: list[tuple[str, str]],
+             customs: dict[str, str | None] | None = None) -> dict[str, str]:
     """A client's wanted settings: what it had at login (`base`: the pool's reported defaults and its startup
     settings), with what its session holds now over them (RESET returns a setting to `base`, as RESET on
-    PostgreSQL returns it to the startup packet's value)."""
+    PostgreSQL returns it to the startup packet's value), and its custom settings as read (a defined one stays
+    defined, '' after a RESET on PostgreSQL, so it is kept with that value; one given at startup that reads ''
+    was RESET on a server whose own value is '': back to `base`)."""
     want = dict(base)
+    for k, c in (customs or {}).items():
+        if c is not None and (c or not base.get(k)):
+            want[k] = c
     for k, v in session:  # role and session_authorization are never in `base`: they stay last
         want[k] = v
     return want

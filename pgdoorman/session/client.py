@@ -297,6 +297,10 @@ class ClientConn(ClientLogin):
             self._on_header(t, 0)
             if not body or body[0] != 0:
                 self.named_parse = True
+            if body:
+                text = bytes(body)
+                j = text.find(b"\x00") + 1
+                self.note_settings(text[j : text.find(b"\x00", j)])
             return listening.parse_refusal(body) if body else None
         # Terminate: never forwarded (the server stays with the pool).
         self.terminating = True

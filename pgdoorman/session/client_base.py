@@ -62,7 +62,7 @@ class ClientBase(Conn):
         "named_parse", "copy_window", "copy_syncs", "in_copy_in",
         "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
         "begin_held", "answered", "window", "copy_early",
-        "want_base", "pinned", "checked_xact", "probing", "lsn",
+        "want_base", "pinned", "checked_xact", "probing", "lsn", "customs",
     )
 
     def __init__(self, sock: socket.socket, worker: Host, addr: str, is_unix: bool = False) -> None:
@@ -136,6 +136,7 @@ class ClientBase(Conn):
         self.begin_held: tuple[bytes, int] | None = None
         self.answered = 0  # ReadyForQuery messages relayed so far (the janitor's query_timeout tells requests apart)
         self.lsn: listening.ListenState | None = None  # transaction mode LISTEN (listening.py), once used
+        self.customs: tuple[str, ...] = ()  # custom settings its SQL named, not yet read back defined (txstate.py)
 
     @property
     def status(self) -> str | None:
@@ -275,7 +276,7 @@ class ClientBase(Conn):
             return False
         pins = bool(self.pinned) or bool(d & _PINNING)
         reset = bool(d & DIRTY_SET) and not pins
-        q = txstate.check_query(bool(d & DIRTY_SET), pins, reset)
+        q = txstate.check_query(bool(d & DIRTY_SET), pins, reset, txstate.customs_to_read(self.want, self.customs))
         seen = dict(self.want)  # the reported values as the client knows them (the RESET will not tell it)
         s.run_internal([q], lambda ok: self._checked(s, ok, reset, seen), rows=True)
         return True
@@ -289,9 +290,10 @@ class ClientBase(Conn):
         if ok:
             pool = self.pool
             login_user = pool.server_params.get("session_authorization") if pool and pool.server_params else None
-            session, pins = txstate.read_rows(rows, login_user)
+            session, pins, customs = txstate.read_rows(rows, login_user)
             if s.dirty & DIRTY_SET:
-                self._follow(txstate.followed(self.want_base, session), s.params, seen)
+                self._follow(txstate.followed(self.want_base, session, customs), s.params, seen)
+                self.customs = tuple(n for n in self.customs if customs.get(n) is None)
             if reset:
                 s.dirty &= ~DIRTY_SET
                 s.extra.clear()
@@ -317,6 +319,7 @@ class ClientBase(Conn):
             if ok and s.dirty & DIRTY_SET:
                 # RESET on PostgreSQL returns to the client's startup values, on `s` to the pool's: sync.
                 s.extra = {k: v for k, v in session if k not in s.params}
+                s.extra.update((k, c) for k, c in customs.items() if c is not None)
                 s.synced_key = None
                 if not self._link(s):
                     return  # _synced sends what the client sent meanwhile
@@ -325,13 +328,17 @@ class ClientBase(Conn):
         self.pinned = ""
         self.server = None
         s.client = None
+        held, self.leaves = self.leaves, 0  # what text sent meanwhile may leave: not on `s`, on the next server
         self.worker.release_server(s, client=self)
+        self.leaves |= held
         if (self.pending or self.raw) and not self.closed and not self.waiting:
             self.need_server()  # sent meanwhile: held for the next server
 
     def refuse_pinning(self, text: bytes | memoryview) -> str | None:
-        """transaction_pinning: refuse: the statement to run instead of query text that would pin this client
-        (it raises 0A000 on PostgreSQL), or None to run the text as it is."""
+        """Every small simple query and Parse text: the custom settings it names are noted (read back at the end
+        of the transaction, core/txstate.py); and with transaction_pinning: refuse, the statement to run instead
+        of one that would pin this client (it raises 0A000 on PostgreSQL), or None to run the text as it is."""
+        self.note_settings(text)
         pool = self.pool
         if pool is None or not pool.pin_refuse:
             return None
@@ -340,6 +347,15 @@ class ClientBase(Conn):
             return None
         pool.stats[self.worker.id].refused += 1
         return txstate.refusal(why, pool.name)
+
+    def note_settings(self, text: bytes | memoryview, low: bytes | None = None) -> None:
+        """The custom settings (`myapp.x`) `text` names: read back when its transaction ends (txstate.py)."""
+        names = sqllex.setting_names_text(text, low)
+        if names:
+            self.customs = txstate.noted(self.customs, names, self.want)
+
+    def note_names(self, names: tuple[str, ...]) -> None:
+        self.customs = txstate.noted(self.customs, list(names), self.want)
 
     def _follow(self, want: dict[str, str], reported: dict[str, str], seen: dict[str, str]) -> None:
         """The settings this client's session holds now: replayed on the next server it gets. A reported one
@@ -441,27 +457,6 @@ class ClientBase(Conn):
             s.synced_key = self.want_key
         if self.begin_held is not None:
             self._send_begin(s)
-        return True
-
-    def _check_query(self, view: memoryview) -> bool:
-        """A simple query byte for byte equal to pooler_check_query, outside a transaction: answered with
-        PostgreSQL's answer to it, kept from the first time, without a server. True when answered here; the
-        first ones (no answer kept yet) go to PostgreSQL as any query, and the janitor fetches the answer to
-        keep on an idle server."""
-        pool = self.pool
-        assert pool is not None
-        if view != pool.check_msg:
-            return False
-        st = pool.stats[self.worker.id]
-        reply = pool.check_reply
-        if reply is None:
-            st.check_backend += 1
-            pool.check_wanted = True
-            return False
-        st.check_cache += 1
-        self.query_count += 1
-        self.xact_count += 1
-        self.write(reply)
         return True
 
     def _probe(self, s: ServerConn) -> None:

@@ -56,6 +56,28 @@ class FastPaths(ClientBase):
         if len(held) > HIGH_WATER:
             self.pause_reading()
 
+    # ------------------------------------------------------------------ pooler_check_query
+    def _check_query(self, view: memoryview) -> bool:
+        """A simple query byte for byte equal to pooler_check_query, outside a transaction: answered with
+        PostgreSQL's answer to it, kept from the first time, without a server. True when answered here; the
+        first ones (no answer kept yet) go to PostgreSQL as any query, and the janitor fetches the answer to
+        keep on an idle server."""
+        pool = self.pool
+        assert pool is not None
+        if view != pool.check_msg:
+            return False
+        st = pool.stats[self.worker.id]
+        reply = pool.check_reply
+        if reply is None:
+            st.check_backend += 1
+            pool.check_wanted = True
+            return False
+        st.check_cache += 1
+        self.query_count += 1
+        self.xact_count += 1
+        self.write(reply)
+        return True
+
     # ------------------------------------------------------------------ prepared-statement mode
     def use_ps_scanner(self, pool: Pool, sig: tuple[str, ...]) -> None:
         """Prepared-statement mode from now on: every extended-protocol message is read by the rewriter."""
@@ -109,6 +131,8 @@ class FastPaths(ClientBase):
         low = bytes(view[5:n]).lower()
         bits = 0 if low.find(b"temp") < 0 and low.find(b"advisory") < 0 and low.find(b"set_config") < 0 \
             and low.find(b"listen") < 0 else lowered_may_leave_state(low)
+        if low.find(b".") >= 0:
+            self.note_settings(view[5:n], low)  # custom settings (sqllex.setting_names_text)
         if bits or b0 | 32 == 112:  # temp/advisory, or a PREPARE: transaction_pinning refuse refuses it there
             if bits & LISTENS:
                 return False  # LISTEN/UNLISTEN after another statement: listening.in_request

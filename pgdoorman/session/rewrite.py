@@ -104,6 +104,8 @@ class Rewriter(RewriterBase):
     def _leaves(self, st: ps.Statement) -> None:
         """A Bind of a statement whose text may leave state (leaks.py) or that LISTENs (Statement.listen)."""
         self.relay.leaves |= st.leaves
+        if st.settings:
+            self.relay.note_names(st.settings)
         if st.listen is not None:
             self.relay.listen_bound(st)
 

@@ -115,6 +115,8 @@ class Relay(Protocol):
 
     def refuse_pinning(self, text: bytes | memoryview) -> str | None: ...  # transaction_pinning: refuse
 
+    def note_names(self, names: tuple[str, ...]) -> None: ...  # custom settings a bound statement names
+
     # Transaction mode LISTEN (session/listening.py): the client's state (None unless it used LISTEN), a small
     # simple query's replacement, and a Bind of a statement that is a LISTEN/UNLISTEN (or any, while pending).
     @property

@@ -293,6 +293,9 @@ def _leak_program(rng: random.Random, me: int) -> list[str]:
         lambda: "DEALLOCATE ALL",
         lambda: "RESET ALL",
         lambda: "DISCARD ALL",
+        lambda: f"SET leak.v = 'c{me}'",
+        lambda: f"SELECT set_config('leak.c{me}', 'v{me}', false)",
+        lambda: f"SET LOCAL leak.c{me} = 'local{me}'",
     ]
     return [rng.choice(ops)() for _ in range(12)]
 
@@ -302,7 +305,11 @@ LEAK_CHECK = (
     "(SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relnamespace = pg_my_temp_schema()), "
     "(SELECT string_agg(objid::text, ',' ORDER BY objid) FROM pg_locks WHERE locktype = 'advisory' "
     "AND pid = pg_backend_pid()), (SELECT string_agg(name, ',' ORDER BY name) FROM pg_cursors), "
-    "(SELECT string_agg(name, ',' ORDER BY name) FROM pg_prepared_statements WHERE from_sql)"
+    "(SELECT string_agg(name, ',' ORDER BY name) FROM pg_prepared_statements WHERE from_sql), "
+    # Custom settings: the values; a name another client created reads '' on a server it used rather than NULL
+    # (PostgreSQL cannot remove a placeholder: docs/transaction-mode.md), so NULL and '' are one here.
+    "concat_ws(',', coalesce(current_setting('leak.v', true), ''), "
+    + ", ".join(f"coalesce(current_setting('leak.c{i}', true), '')" for i in range(4)) + ")"
 )
 
 
@@ -423,17 +430,64 @@ def test_sql_execute_finds_a_protocol_prepared_statement(pg: Any, pooler: Pooler
     assert answers["direct"][1] == [["42"]]
 
 
-def test_deallocate_all_of_a_pinned_client(pg: Any, pooler: Pooler) -> None:
-    """A simple-query DEALLOCATE ALL (answered by the pooler for protocol-level statements) deallocates the SQL
-    PREPAREd statements of a client pinned by them, as on PostgreSQL, and unpins it."""
+# Custom (placeholder) settings: `myapp.user_id`, which pg_settings does not list. A client reads only the
+# custom settings it set itself: one another client created reads '' on a server that client used, rather than
+# undefined (PostgreSQL cannot remove a placeholder: a known difference), and a pooled server keeps the names of
+# earlier tests, so each run names its own (`tag`).
+def custom_steps(tag: str) -> Steps:
+    a_show = ("SELECT current_setting('myapp.user_id@', true), current_setting('myapp.tenant@', true), "
+              "current_setting('a.b.c@', true), current_setting('myapp.quoted@', true), "
+              "current_setting('x.multi@', true), current_setting('x.never@', true)")
+    b_show = "SELECT current_setting('myapp.user_id@', true), current_setting('myapp.tenant@', true)"
     steps: Steps = [
-        ("a", "PREPARE dp AS SELECT 1"), ("a", "EXECUTE dp"), ("a", "DEALLOCATE ALL"),
-        ("a", "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"), ("a", "EXECUTE dp"),
-        ("a", "PREPARE dp AS SELECT 2"), ("a", "EXECUTE dp"), ("a", "DEALLOCATE ALL"), ("a", "DEALLOCATE ALL"),
-        ("b", "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"),
-        ("a", "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"),
+        ("b", "SET myapp.user_id@ = '7'"), ("b", "SELECT set_config('myapp.tenant@', 'b-tenant', false)"),
+        ("a", "SET myapp.user_id@ = '42'"), ("a", "SELECT set_config('myapp.tenant@', 't1', false)"),
+        ("a", a_show), ("b", b_show), ("a", "SHOW myapp.user_id@"), ("b", "SHOW myapp.user_id@"),
+        ("a", "SHOW x.never@"),
+        # SET LOCAL and set_config(..., true) end with the transaction, leaving the setting defined ('')
+        ("a", "BEGIN"), ("a", "SET LOCAL a.b.c@ = 'local'"), ("a", a_show), ("a", "COMMIT"), ("a", a_show),
+        ("a", "SELECT set_config('myapp.tenant@', 't2', true)"), ("a", a_show),
+        # a rolled back SET or set_config is undone; a savepoint rolled back to as well
+        ("a", "BEGIN"), ("a", "SET myapp.user_id@ = '43'"), ("a", "ROLLBACK"), ("a", a_show),
+        ("a", "BEGIN"), ("a", "SELECT set_config('myapp.user_id@', '44', false)"), ("a", "ROLLBACK"),
+        ("a", a_show),
+        ("a", "BEGIN"), ("a", "SET myapp.user_id@ = '45'"), ("a", "SAVEPOINT s"), ("a", "SET myapp.user_id@ = '46'"),
+        ("a", "ROLLBACK TO SAVEPOINT s"), ("a", "COMMIT"), ("a", a_show), ("b", b_show),
+        ("a", "BEGIN"), ("a", "SET myapp.user_id@ = '47'"), ("a", "SELECT 1/0"), ("a", "COMMIT"), ("a", a_show),
+        # quoted names (setting names are case-insensitive), several statements in one query
+        ("a", """SET "MyApp"."Quoted@" = 'q'"""), ("a", a_show), ("a", "SELECT 1; SET x.multi@ = 'm'"),
+        ("a", a_show),
+        # RESET, SET ... TO DEFAULT, RESET ALL, DISCARD ALL: '' and still defined
+        ("a", "RESET myapp.tenant@"), ("a", a_show), ("a", "SHOW myapp.tenant@"),
+        ("a", "SET myapp.user_id@ TO DEFAULT"), ("a", a_show), ("b", b_show),
+        ("a", "SET myapp.user_id@ = '50'"), ("a", "RESET ALL"), ("a", a_show),
+        ("a", "SET myapp.user_id@ = '51'"), ("a", "DISCARD ALL"), ("a", a_show), ("b", b_show),
+        ("b", "RESET ALL"), ("b", b_show), ("a", "SET myapp.user_id@ = '52'"), ("b", b_show), ("a", a_show),
     ]
-    compare_wire(pg, pooler, steps)
+    return [(who, sql.replace("@", tag)) for who, sql in steps]
+
+
+def _tag() -> str:
+    return f"_{random.randrange(10**9)}"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_custom_settings_follow_their_client(pg: Any, pooler: Pooler, driver: str) -> None:
+    compare(pg, pooler, driver, custom_steps(_tag()))
+
+
+def test_custom_settings_simple_query(pg: Any, pooler: Pooler) -> None:
+    """The same over the simple query protocol (psql, client-side binding), where the texts are read as they pass
+    (prepared statements are read once, in the pool's cache)."""
+    compare_wire(pg, pooler, custom_steps(_tag()))
+
+
+@pytest.mark.parametrize("extended", [False, True], ids=["simple", "unnamed_parse"])
+def test_custom_settings_prepared_statements_off(pg: Any, pooler_factory: Any, extended: bool) -> None:
+    """Without prepared_statements, where Parse texts are read as they pass too (unnamed statements: named ones
+    need prepared_statements in transaction mode)."""
+    p = pooler_factory(pool_size=1, general={"prepared_statements": False})
+    compare_wire(pg, p, custom_steps(_tag()), extended)
 
 
 def compare_wire(pg: Any, p: Pooler, steps: Steps, extended: bool = False) -> None:
@@ -455,3 +509,29 @@ def compare_wire(pg: Any, p: Pooler, steps: Steps, extended: bool = False) -> No
         answers[name] = got
     for d, q in zip(answers["direct"], answers["pooled"], strict=True):
         assert q == d, f"through pgdoorman {q!r}, on PostgreSQL {d!r}"
+
+
+def test_custom_startup_settings(pg: Any, pooler: Pooler) -> None:
+    """options=-c myapp.x=...: the startup value follows the client, SET over it too, and RESET returns to it."""
+    steps: Steps = [
+        ("a", "SELECT current_setting('myapp.start', true)"), ("b", "SELECT current_setting('myapp.start', true)"),
+        ("a", "SET myapp.start = 'changed'"), ("b", "SHOW myapp.start"), ("a", "SHOW myapp.start"),
+        ("a", "RESET myapp.start"), ("b", "SHOW myapp.start"), ("a", "SHOW myapp.start"),
+        ("a", "SELECT set_config('myapp.start', 'again', false)"), ("b", "SHOW myapp.start"),
+        ("a", "SHOW myapp.start"), ("a", "RESET ALL"), ("b", "SHOW myapp.start"), ("a", "SHOW myapp.start"),
+    ]
+    opts = {"a": {"options": "'-c myapp.start=from-a'"}, "b": {"options": "'-c myapp.start=from-b'"}}
+    compare(pg, pooler, "psycopg", steps, opts)
+
+
+def test_deallocate_all_of_a_pinned_client(pg: Any, pooler: Pooler) -> None:
+    """A simple-query DEALLOCATE ALL (answered by the pooler for protocol-level statements) deallocates the SQL
+    PREPAREd statements of a client pinned by them, as on PostgreSQL, and unpins it."""
+    steps: Steps = [
+        ("a", "PREPARE dp AS SELECT 1"), ("a", "EXECUTE dp"), ("a", "DEALLOCATE ALL"),
+        ("a", "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"), ("a", "EXECUTE dp"),
+        ("a", "PREPARE dp AS SELECT 2"), ("a", "EXECUTE dp"), ("a", "DEALLOCATE ALL"), ("a", "DEALLOCATE ALL"),
+        ("b", "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"),
+        ("a", "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"),
+    ]
+    compare_wire(pg, pooler, steps)

@@ -20,13 +20,14 @@ def test_read_rows_orders_role_last_and_skips_defaults() -> None:
         ["work_mem", "9MB"], ["DateStyle", "German, DMY"], ["session_authorization", "app"], ["role", "none"],
         ["temp,cursor"],
     ]
-    settings, pins = txstate.read_rows(rows, "app")
+    settings, pins, customs = txstate.read_rows(rows, "app")
     assert settings == [("work_mem", "9MB"), ("DateStyle", "German, DMY")]
-    assert pins == "temp,cursor"
-    settings, pins = txstate.read_rows([["role", "r1"], ["session_authorization", "bob"], ["geqo", "off"], [""]],
-                                       "app")
+    assert pins == "temp,cursor" and customs == {}
+    settings, pins, customs = txstate.read_rows(
+        [["role", "r1"], ["session_authorization", "bob"], ["geqo", "off"], ["MyApp.X", "1", "custom"],
+         ["myapp.never", None, "custom"], [""]], "app")
     assert settings == [("geqo", "off"), ("session_authorization", "bob"), ("role", "r1")]
-    assert pins == ""
+    assert pins == "" and customs == {"myapp.x": "1", "myapp.never": None}
 
 
 def test_followed_puts_the_session_over_the_login_settings() -> None:
@@ -34,6 +35,34 @@ def test_followed_puts_the_session_over_the_login_settings() -> None:
     want = txstate.followed(base, [("work_mem", "9MB"), ("geqo", "off")])
     assert want == {"TimeZone": "UTC", "application_name": "a", "work_mem": "9MB", "geqo": "off"}
     assert txstate.followed(base, []) == base and txstate.followed(base, []) is not base
+
+
+def test_followed_custom_settings() -> None:
+    """A custom setting read back stays wanted (with '' too: once defined it stays defined), one not defined is
+    not wanted, and one given at startup that reads '' was RESET on a server whose own value is '': back to
+    its startup value. Role stays last."""
+    base = {"myapp.start": "s", "TimeZone": "UTC"}
+    want = txstate.followed(base, [("work_mem", "9MB"), ("role", "r")],
+                            {"myapp.x": "1", "myapp.e": "", "myapp.never": None, "myapp.start": ""})
+    assert want == {"myapp.start": "s", "TimeZone": "UTC", "myapp.x": "1", "myapp.e": "", "work_mem": "9MB",
+                    "role": "r"}
+    assert list(want)[-1] == "role"
+    assert txstate.followed(base, [], {"myapp.start": "t"})["myapp.start"] == "t"
+
+
+def test_custom_settings_read_back() -> None:
+    assert txstate.customs_to_read({"TimeZone": "UTC", "myapp.a": "1"}, ("x.y",)) == ["myapp.a", "x.y"]
+    q = txstate.check_query(True, False, True, ["x.y", "myapp.a", "x.y"])
+    assert q.startswith(txstate.SETTINGS_QUERY + "; SELECT n, pg_catalog.current_setting(n, true), 'custom'")
+    assert "ARRAY[E'myapp.a', E'x.y']" in q and q.endswith(txstate.RESET)
+    assert txstate.check_query(True, False, False, []) == txstate.SETTINGS_QUERY
+    assert "'custom'" not in txstate.check_query(False, True, False, ["x.y"])
+    assert "E'it''s.x'" in txstate.customs_query(["it's.x"])
+    named = txstate.noted((), ["a.b", "a.b", "c.d", "w.x"], {"w.x": "1"})
+    assert named == ("a.b", "c.d")
+    assert txstate.noted(named, ["a.b"], {}) is named
+    many = txstate.noted((), [f"n.{i}" for i in range(100)], {})
+    assert len(many) == txstate.MAX_NAMED and many[-1] == "n.99"
 
 
 def test_leaks_bits() -> None:
@@ -73,6 +102,25 @@ def test_leaks_bits() -> None:
 ])
 def test_lexer_recognises_what_pins(sql: str, why: str | None) -> None:
     assert sqllex.pinning_text(sql.encode()) == why
+
+
+@pytest.mark.parametrize(("sql", "names"), [
+    ("SET myapp.user_id = 42", ["myapp.user_id"]),
+    ("set local MyApp.X to default", ["myapp.x"]),
+    ("SET SESSION a.b.c TO 'v'", ["a.b.c"]),
+    ("SET session.x = 1", ["session.x"]),  # a prefix named like the keyword
+    ("RESET myapp . x", ["myapp.x"]),
+    ('/* c */ SET "My"."Q" = 1; select 1; -- x\n reset z.w', ["my.q", "z.w"]),
+    ("select pg_catalog.SET_CONFIG('MyApp.Y', $1, false), set_config($$d.q$$, 'v', true)", ["myapp.y", "d.q"]),
+    ("select set_config('it''s.x', 'v', false)", ["it's.x"]),
+    ("SET work_mem = '1MB'; RESET ALL; SET TIME ZONE 'UTC'", []),
+    ("select set_config('work_mem', '1MB', false), set_config(name, 'v', false)", []),  # no dot, not a literal
+    ("UPDATE s.t SET a = 1.5", []),
+    ("select 'SET a.b = 1'", []),
+    ("do $$ begin perform set_config('a.b', '1', false); end $$", []),  # inside a body: not seen
+])
+def test_lexer_finds_custom_setting_names(sql: str, names: list[str]) -> None:
+    assert sqllex.setting_names_text(sql.encode()) == names
 
 
 def test_lexer_splits_statements_outside_parentheses() -> None:
