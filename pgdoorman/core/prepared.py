@@ -27,7 +27,7 @@ from typing import Any
 
 from pgdoorman.core import leaks, listen
 from pgdoorman.core.leaks import may_leave_state
-from pgdoorman.core.sqllex import setting_names_text
+from pgdoorman.core.sqllex import statement_settings
 from pgdoorman.protocol import messages as m
 
 # Entry kinds of the expected-response queue.
@@ -95,7 +95,7 @@ class Statement:
         self.idle_since = 0.0
         self.leaves = may_leave_state(query)  # leaks.PINS | leaks.SETTINGS bits
         # The custom settings it names (read back when a transaction that bound it ends, core/txstate.py).
-        self.settings = tuple(setting_names_text(query))
+        self.settings = statement_settings(query)  # (an int: set_config($n + 1, ...), named at each Bind)
         if self.settings:
             self.leaves |= leaks.CUSTOM
         # LISTEN, UNLISTEN or DISCARD ALL (core/listen.py): flagged in `leaves` too (leaks.LISTENS, no cleanup), so

@@ -32,7 +32,7 @@ KEYWORDS = (b"temp", b"advisory", b"declare", b"prepare")
 def tokens(sql: str) -> Iterator[tuple[int, str]]:
     """(kind, text): WORD (an unquoted identifier or keyword, lower-cased), QIDENT, STRING (the body of a ''
     string or a dollar quote; "" for an escape string with a backslash), OTHER (one character of punctuation or
-    an operator, or a number or parameter)."""
+    an operator, or a number, or a parameter: `$1`)."""
     i, n = 0, len(sql)
     while i < n:
         c = sql[i]
@@ -72,7 +72,7 @@ def tokens(sql: str) -> Iterator[tuple[int, str]]:
             else:
                 m2 = _PARAM.match(sql, i)
                 i = m2.end() if m2 is not None else i + 1
-                yield OTHER, "$"
+                yield OTHER, "$" if m2 is None else m2.group(0)
         elif _IDENT_START.match(c):
             m3 = _IDENT.match(sql, i + 1)
             assert m3 is not None
@@ -188,10 +188,11 @@ def pinning_text(text: bytes | bytearray | memoryview) -> str | None:
 MAX_NAMES = 64  # names one query text may give (more are ignored, as names computed at run time are)
 
 
-def setting_names(stmt: list[tuple[int, str]]) -> list[str]:
+def setting_names(stmt: list[tuple[int, str]], params: bool = False) -> list[str]:
     """The custom settings (names with a dot: PostgreSQL's placeholders, `myapp.user_id`) a statement may
     create or change: the variable of `SET [SESSION | LOCAL] name ...` and `RESET name`, and the literal first
-    argument of each `set_config('name', ...)` call, lower-cased (setting names are case-insensitive)."""
+    argument of each `set_config('name', ...)` call, lower-cased (setting names are case-insensitive); with
+    `params`, also `$n` for a `set_config($n, ...)`."""
     out: list[str] = []
     first = stmt[0] if stmt else (OTHER, "")
     if first[0] == WORD and first[1] in ("set", "reset"):
@@ -203,9 +204,12 @@ def setting_names(stmt: list[tuple[int, str]]) -> list[str]:
         if name is not None:
             out.append(name)
     for i in range(len(stmt) - 3):
-        if stmt[i] == (WORD, "set_config") and stmt[i + 1] == (OTHER, "(") and stmt[i + 2][0] == STRING \
-                and stmt[i + 3] == (OTHER, ",") and "." in stmt[i + 2][1]:
-            out.append(stmt[i + 2][1].lower())
+        if stmt[i] == (WORD, "set_config") and stmt[i + 1] == (OTHER, "(") and stmt[i + 3] == (OTHER, ","):
+            arg = stmt[i + 2]
+            if arg[0] == STRING and "." in arg[1]:
+                out.append(arg[1].lower())
+            elif params and arg[0] == OTHER and arg[1][1:].isdigit():
+                out.append(arg[1])  # `$n`: the name is the statement's parameter n (statement_settings)
     return out
 
 
@@ -250,3 +254,30 @@ def setting_names_text(text: bytes | bytearray | memoryview, low: bytes | None =
     for stmt in statements(raw.decode("utf-8", "replace")):
         out.extend(setting_names(stmt))
     return out[:MAX_NAMES]
+
+
+def statement_settings(query: bytes) -> tuple[str | int, ...]:
+    """A prepared statement's custom settings: the names its text gives (setting_names_text) and, for each
+    `set_config($n, ...)`, the index n - 1 of the parameter whose value (at each Bind) is the name."""
+    low = query.lower()
+    if low.find(b"set_config") < 0:
+        return tuple(setting_names_text(query, low))
+    out: list[str | int] = []
+    for stmt in statements(query.decode("utf-8", "replace")):
+        for name in setting_names(stmt, params=True):
+            out.append(int(name[1:]) - 1 if name[:1] == "$" else name)
+    return tuple(dict.fromkeys(out))[:MAX_NAMES]
+
+
+def bound_names(settings: tuple[str | int, ...], values: tuple[memoryview | None, ...]) -> tuple[str, ...]:
+    """Statement_settings with each parameter index replaced by that Bind parameter's value (when it is a
+    name with a dot; a name's text and binary forms are the same bytes)."""
+    out: list[str] = []
+    for x in settings:
+        if isinstance(x, str):
+            out.append(x)
+        elif 0 <= x < len(values) and (v := values[x]) is not None:
+            name = v.tobytes().decode("utf-8", "replace").lower()
+            if "." in name:
+                out.append(name)
+    return tuple(out)

@@ -17,6 +17,7 @@ from collections import deque
 from typing import Any
 
 from pgdoorman.core import prepared as ps
+from pgdoorman.core import sqllex
 from pgdoorman.protocol import frontend
 from pgdoorman.protocol import messages as m
 from pgdoorman.session.rewrite_replies import NO_REQUESTS, Held, RewriterBase
@@ -101,13 +102,24 @@ class Rewriter(RewriterBase):
             return self._ps_close(body, rq)
         return None
 
-    def _leaves(self, st: ps.Statement) -> None:
-        """A Bind of a statement whose text may leave state (leaks.py) or that LISTENs (Statement.listen)."""
+    def _leaves(self, st: ps.Statement, bind: bytes) -> None:
+        """A Bind (body `bind`) of a statement whose text may leave state (leaks.py), names custom settings
+        (Statement.settings) or LISTENs (Statement.listen)."""
         self.relay.leaves |= st.leaves
         if st.settings:
-            self.relay.note_names(st.settings)
+            self._bound_settings(st, bind)
         if st.listen is not None:
             self.relay.listen_bound(st)
+
+    def _bound_settings(self, st: ps.Statement, bind: bytes) -> None:
+        settings = st.settings
+        values: tuple[memoryview | None, ...] = ()
+        if any(isinstance(x, int) for x in settings):  # set_config($n, ...): the name is a parameter
+            try:
+                values = frontend.parse_bind(bind)[3]
+            except frontend.InvalidMessage:
+                pass  # PostgreSQL refuses the Bind: nothing runs
+        self.relay.note_names(sqllex.bound_names(settings, values))
 
     def _ps_bind(self, body: memoryview, rq: deque[tuple[int, Any]]) -> bytes | None:
         """Bind: portal, statement, parameters: the statement renamed to the pool's."""
@@ -130,7 +142,7 @@ class Rewriter(RewriterBase):
             rq.append((ps.BIND, None))
             return None  # PostgreSQL answers 26000 itself: the client's name does not exist there
         if st.leaves:
-            self._leaves(st)
+            self._leaves(st, b)
         elif self.relay.lsn is not None:
             self.relay.listen_bound(st)  # (a ROLLBACK voids the transaction's LISTEN/UNLISTEN)
         pre = self._ensure(st)
@@ -444,7 +456,7 @@ class Rewriter(RewriterBase):
                 return None
         assert st is not None
         if st.leaves:
-            self._leaves(st)
+            self._leaves(st, b)
         # Committed: the same effects as the general path, message by message.
         if parsed is not None:
             cache = self.cache

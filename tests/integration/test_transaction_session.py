@@ -511,6 +511,52 @@ def compare_wire(pg: Any, p: Pooler, steps: Steps, extended: bool = False) -> No
         assert q == d, f"through pgdoorman {q!r}, on PostgreSQL {d!r}"
 
 
+def test_custom_setting_named_by_a_parameter(pg: Any, pooler: Pooler) -> None:
+    """set_config($1, $2, false) with the name as a parameter (psycopg's and asyncpg's server-side binding): the
+    name is taken from each Bind (prepared statements on)."""
+    tag = _tag()
+    name_a, name_b = f"param.a{tag}", f"param.b{tag}"
+
+    def run_psycopg_params(host: str, port: int) -> list[Any]:
+        with psycopg.connect(_dsn(host, port), autocommit=True) as a, \
+                psycopg.connect(_dsn(host, port), autocommit=True) as b:
+            out: list[Any] = []
+            for c, sql, args in ((a, "SELECT set_config(%s, %s, false)", (name_a, "a1")),
+                                 (b, "SELECT set_config(%s, %s, false)", (name_b, "b1")),
+                                 (a, "SELECT current_setting(%s, true)", (name_a,)),
+                                 (b, "SELECT current_setting(%s, true)", (name_b,)),
+                                 (a, "SELECT set_config(%s, %s, true)", (name_a, "local")),
+                                 (a, "SELECT current_setting(%s, true)", (name_a,)),
+                                 (a, "RESET ALL", None), (a, "SELECT current_setting(%s, true)", (name_a,)),
+                                 (b, "SELECT current_setting(%s, true)", (name_b,))):
+                cur = c.execute(sql, args)
+                out.append(cur.fetchall() if cur.description else cur.statusmessage)
+            return out
+
+    async def run_asyncpg_params(host: str, port: int) -> list[Any]:
+        conns = [await asyncpg.connect(host=host, port=port, user=SCRAM_USER, password=SCRAM_PASSWORD,
+                                       database=DBNAME, ssl=False) for _ in range(2)]
+        a, b = conns
+        try:
+            out: list[Any] = []
+            for c, sql, args in ((a, "SELECT set_config($1, $2, false)", (name_a, "a2")),
+                                 (b, "SELECT set_config($1, $2, false)", (name_b, "b2")),
+                                 (a, "SELECT current_setting($1, true)", (name_a,)),
+                                 (b, "SELECT current_setting($1, true)", (name_b,)),
+                                 (b, "SELECT set_config($1, $2, false)", (name_b, "b3")),
+                                 (a, "SELECT current_setting($1, true)", (name_a,)),
+                                 (b, "SELECT current_setting($1, true)", (name_b,))):
+                out.append(await c.fetchval(sql, *args))
+            return out
+        finally:
+            for c in conns:
+                await c.close()
+
+    assert run_psycopg_params(pooler.host, pooler.port) == run_psycopg_params(pg.host, pg.port)
+    direct = asyncio.run(run_asyncpg_params(pg.host, pg.port))
+    assert asyncio.run(run_asyncpg_params(pooler.host, pooler.port)) == direct
+
+
 def test_custom_startup_settings(pg: Any, pooler: Pooler) -> None:
     """options=-c myapp.x=...: the startup value follows the client, SET over it too, and RESET returns to it."""
     steps: Steps = [

@@ -123,6 +123,18 @@ def test_lexer_finds_custom_setting_names(sql: str, names: list[str]) -> None:
     assert sqllex.setting_names_text(sql.encode()) == names
 
 
+def test_statement_settings_name_parameters() -> None:
+    """A prepared statement's set_config($n, ...) names its setting by parameter: resolved at each Bind."""
+    assert sqllex.statement_settings(b"select set_config($1, $2, false)") == (0,)
+    st = sqllex.statement_settings(b"select pg_catalog.set_config('A.b', $1, true), set_config($2, 'x', false)")
+    assert st == ("a.b", 1)
+    assert sqllex.statement_settings(b"SET a.b = 1") == ("a.b",)
+    assert sqllex.statement_settings(b"select $1::text") == ()
+    assert sqllex.bound_names(st, (memoryview(b"v"), memoryview(b"My.X"))) == ("a.b", "my.x")
+    assert sqllex.bound_names(st, (None, None)) == ("a.b",)
+    assert sqllex.bound_names((0, 1), (memoryview(b"work_mem"),)) == ()  # no dot; parameter missing
+
+
 def test_lexer_splits_statements_outside_parentheses() -> None:
     stmts = list(sqllex.statements("create rule r as on insert to t do (select 1; select 2); select 3;;"))
     assert len(stmts) == 2
