@@ -243,13 +243,14 @@ _SETTING_STARTS = (b"set", b"reset", b"/*", b"--")
 def setting_names_text(text: bytes | bytearray | memoryview, low: bytes | None = None) -> list[str]:
     """`setting_names` of every statement of a query text ([] at once for the many that name none); `low`: the
     text lower-cased, when the caller has it."""
-    raw = bytes(text)
     if low is None:
+        raw = bytes(text)
         if raw.find(b".") < 0:
             return []
         low = raw.lower()
     if not names_settings(low):
         return []
+    raw = bytes(text)
     out: list[str] = []
     for stmt in statements(raw.decode("utf-8", "replace")):
         out.extend(setting_names(stmt))

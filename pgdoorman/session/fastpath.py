@@ -131,7 +131,7 @@ class FastPaths(ClientBase):
         low = bytes(view[5:n]).lower()
         bits = 0 if low.find(b"temp") < 0 and low.find(b"advisory") < 0 and low.find(b"set_config") < 0 \
             and low.find(b"listen") < 0 else lowered_may_leave_state(low)
-        if low.find(b".") >= 0:
+        if low.find(b"set") >= 0 and low.find(b".") >= 0:
             self.note_settings(view[5:n], low)  # custom settings (sqllex.setting_names_text)
         if bits or b0 | 32 == 112:  # temp/advisory, or a PREPARE: transaction_pinning refuse refuses it there
             if bits & LISTENS:
