@@ -51,7 +51,9 @@ def add_common_options(p: argparse.ArgumentParser, prog: str, log_formats: list[
     p.add_argument("-l", "--log-level", default=os.environ.get("LOG_LEVEL", "info"),
                    choices=["error", "warn", "info", "debug", "trace"], help="log level; env LOG_LEVEL")
     p.add_argument("-F", "--log-format", default=os.environ.get("LOG_FORMAT", "text"), choices=log_formats,
-                   help="text, or structured (one JSON object per line); env LOG_FORMAT")
+                   help="text, or structured (one JSON object per line)"
+                        + ("; debug is accepted as text (PgDoorman's name)" if "debug" in log_formats else "")
+                        + "; env LOG_FORMAT")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ advisory locks) and settings changed by a function call rather than a SET statem
 Transaction mode hands a client's next transaction to whichever server is free, so a temporary table or a
 session advisory lock it leaves behind would be seen by (or block) the next client of that server, and a
 temporary table even shadows the next client's table of the same name (pg_temp comes first in every
-search_path). A transaction whose text named one of them ends with a check on its server (session/txstate.py):
+search_path). A transaction whose text named one of them ends with a check on its server (session/client_base.py's session_check):
 what remains pins the client to that server; settings are read back so that they follow the client.
 
 The keywords: "temp" (TEMP, TEMPORARY, pg_temp), "advisory" (pg_advisory_lock and friends) and "set_config",

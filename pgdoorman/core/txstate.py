@@ -1,5 +1,5 @@
 """Session state at the end of a transaction-mode transaction: the housekeeping query that reads it back
-from the server, and what its answer means (pure functions: the client runs the query, session/txstate.py).
+from the server, and what its answer means (pure functions: the client runs the query, session/client_base.py's session_check).
 
 Settings are read back rather than interpreted: when a transaction ran SET, RESET, DISCARD ALL or named
 set_config, PostgreSQL itself has applied SET LOCAL, rollbacks and savepoints by the time it is idle, and

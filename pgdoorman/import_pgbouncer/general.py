@@ -176,8 +176,7 @@ def tcp(t: Translator) -> None:
         t.gen("tcp_user_timeout", 0, t.default_note("tcp_user_timeout", "0 (the kernel's default)"))
     s = t.get("tcp_socket_buffer")
     if s is not None:
-        t.gen("tcp_socket_buffer_size", to_int(s), f"{src_note(s)}: translated; pgdoorman does not implement it "
-              "yet (-t warns)")
+        t.gen("tcp_socket_buffer_size", to_int(s), f"{src_note(s)}: translated")
 
 
 def log_settings(t: Translator) -> None:
