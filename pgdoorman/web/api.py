@@ -68,6 +68,8 @@ TABLE_VIEWS: dict[str, str] = {
     "pool_coordinator": "pool_coordinator",
     "pool_scaling": "pool_scaling",
     "interner": "interner",
+    "listeners": "listeners",
+    "startup_parameters": "startup_parameters",
 }
 OBJECT_VIEWS = ("overview", "sockets", "process")
 LIVE_VIEWS = ("logs", "events")  # read live, not from the snapshot
