@@ -270,11 +270,13 @@ def test_cancel_key_and_settings_survive_the_move(pooler_factory: Any) -> None:
     c = client(p)
     # A reported setting (transaction mode replays those on every server the client gets).
     c.execute("SET DateStyle = 'German, DMY'")
+    c.execute("SET myapp.moved = 'yes'")  # a custom (placeholder) setting follows it too
     key = (c.pgconn.backend_pid,)
     new = upgrade(p)
     wait_exit(old, p)
     assert c.pgconn.backend_pid == key[0]
     assert c.execute("show DateStyle").fetchone() == ("German, DMY",)
+    assert c.execute("show myapp.moved").fetchone() == ("yes",)
     result: list[BaseException | None] = []
 
     def sleeper() -> None:
