@@ -446,7 +446,7 @@ class Worker:
         linked: ClientConn | None = s.client  # type: ignore[assignment]
         if not client_gone and linked is not None:
             if linked.copy_confused:
-                return  # it keeps this server until it leaves (ClientConn.copy_in_started)
+                return  # it keeps this server until it leaves (ClientConn.on_server_error)
             if linked.transaction_mode and s.txn_status == 73 and (s.dirty or linked.leaves or linked.pinned) \
                     and linked.session_check(s):
                 return  # its session state is read back first, or it stays pinned to `s`

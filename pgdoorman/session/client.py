@@ -27,6 +27,7 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import SMALL_LIMIT, OverBudget
 from pgdoorman.session import listening, shared, tracking
 from pgdoorman.session.login import ClientLogin
+from pgdoorman.session.rewrite_replies import SYNC_AFTER_DATA
 from pgdoorman.session.shared import EMPTY
 from pgdoorman.session.states import ADMIN as ADMIN  # re-exported: the worker and tests import them from here
 from pgdoorman.session.states import LOGIN_WAIT
@@ -246,17 +247,19 @@ class ClientConn(ClientLogin):
             if self.unsynced or self.rw.rq:
                 tracking.request(self, t)  # inside an extended-protocol window: PostgreSQL may skip it
             self.expect += 1
-            self.copy_window = True
+            self.copy_window = 81
             self.copy_syncs = 0
             self._mark_query()
         elif t == 83:  # Sync
             if self.in_copy_in:
+                if self.copy_window >= 1000:
+                    self.copy_risk = True  # after CopyData (Rewriter.copy_started)
                 return  # PostgreSQL ignores Sync during COPY IN
             self.expect += 1
             self.unsynced = False
             rq = self.rw.rq
             if rq:
-                rq.append(tracking.ENTRY[t])
+                rq.append(SYNC_AFTER_DATA if self.copy_window >= 1000 else tracking.ENTRY[t])
             elif self.window:
                 self.window.clear()
             if self.copy_window:
@@ -265,10 +268,14 @@ class ClientConn(ClientLogin):
             if self.unsynced or self.rw.rq:
                 tracking.request(self, t)
             self.expect += 1
+        elif t == 100:  # CopyData
+            if 0 < self.copy_window < 1000:
+                self.copy_window += 1000
+                self.copy_pre = self.copy_syncs
         elif t == 99 or t == 102:  # CopyDone, CopyFail
-            if not self.in_copy_in and (self.expect > 0 or self.unsynced):
-                self.copy_early = True  # sent before PostgreSQL answered what it ends (copy_in_started)
-            self.copy_window = False
+            if not self.in_copy_in:
+                tracking.copy_end(self)  # behind unanswered requests: its place among them is queued
+            self.copy_window = 0
             self.in_copy_in = False
         elif t in b"PBDEC":
             self.unsynced = True
@@ -280,7 +287,7 @@ class ClientConn(ClientLogin):
             else:
                 self.window.append(t)
             if t == 69:
-                self.copy_window = True  # an Execute may start a COPY FROM STDIN
+                self.copy_window = 69  # an Execute may start a COPY FROM STDIN
                 self.copy_syncs = 0
             if t == 80 and ln > SMALL_LIMIT:
                 self.named_parse = True  # too big to read: assume it named a statement

@@ -61,7 +61,7 @@ class ClientBase(Conn):
         "last_status", "xact_start", "query_start", "ps", "rw", "raw",
         "named_parse", "copy_window", "copy_syncs", "in_copy_in",
         "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
-        "begin_held", "answered", "window", "copy_early",
+        "begin_held", "answered", "window", "copy_pre", "copy_risk",
         "want_base", "pinned", "checked_xact", "probing", "lsn", "customs",
     )
 
@@ -118,8 +118,11 @@ class ClientBase(Conn):
         self.raw: bytes | bytearray = EMPTY  # received but not yet scanned (waiting for a server, prepared mode)
         self.named_parse = False  # a named Parse was forwarded untouched (prepared_statements off)
         # COPY FROM STDIN bookkeeping (see copy_in_started)
-        self.copy_window = False  # since the last Execute/Query, no CopyDone/CopyFail yet
+        # 0, or 81/69: since the last Query/Execute, no CopyDone/CopyFail yet (+ 1000 once CopyData followed)
+        self.copy_window = 0
         self.copy_syncs = 0  # Syncs counted in that window
+        self.copy_pre = 0  # of which before its first CopyData
+        self.copy_risk = False  # a Sync after CopyData was taken as ignored by a COPY (Rewriter.copy_started)
         self.window: bytearray | None = None  # plain relay: the open extended-protocol window's types (tracking.py)
         self.in_copy_in = False  # PostgreSQL is in COPY IN for us: it ignores Sync
         self.tls = False  # the client's socket is an ssl.SSLSocket (handshake done)
@@ -129,8 +132,7 @@ class ClientBase(Conn):
         # last bytes read, lower-cased, for a keyword split between two reads.
         self.leaves = 0
         self.scan_tail = b""
-        self.copy_confused = False  # see copy_in_started
-        self.copy_early = False  # a CopyDone/CopyFail came behind an unanswered request (see copy_in_started)
+        self.copy_confused = False  # see on_server_error
         # A deferred BEGIN (txbegin.py): the Query messages to send ahead of this client's next request, and how
         # many of them make the server's transaction fail (a request cancelled while it waited for a server).
         self.begin_held: tuple[bytes, int] | None = None
@@ -185,24 +187,9 @@ class ClientBase(Conn):
                 self.xact_start = self.query_start
 
     def copy_in_started(self) -> None:
-        """PostgreSQL answered CopyInResponse. Until the client's CopyDone/CopyFail it ignores Sync and Flush,
-        so Syncs the client sent after the Execute (tokio-postgres sends Bind, Execute, Sync, then the data)
-        will get no ReadyForQuery: stop expecting one for them."""
-        n = self.copy_syncs
-        rw = self.rw
-        rq = rw.rq
-        pipelined = any(e[0] != ps.SYNC for e in list(rq)[1:]) if rq else self.expect > 1 + n
-        if pipelined or not self.copy_window or self.copy_early:
-            # The client sent more than data behind the message that started this COPY before PostgreSQL
-            # answered it (other requests, or the CopyDone already): which of its Syncs PostgreSQL ignores
-            # cannot be told from the counters. This client keeps the server until it leaves, and the server
-            # is closed then, so that no answer of its can reach another client.
-            self.copy_confused = True
-        self.copy_syncs = 0
-        self.copy_early = False
-        self.in_copy_in = self.copy_window
-        rw.copy_started(n)  # its Syncs get no ReadyForQuery, and a fast batch's Bind succeeded
-        self.expect -= n
+        """PostgreSQL answered CopyInResponse: the Syncs it will ignore are not waited for (Rewriter.copy_started,
+        both relays)."""
+        self.rw.copy_started()
 
     # ------------------------------------------------------------------ server side events
     def ready(self, status: int, completed: int) -> bool:
@@ -228,7 +215,7 @@ class ClientBase(Conn):
                 st.query_hist.record(int((now - qs) * 1e6))
                 self.query_start = now if self.expect > 0 else 0.0
             if status == 73 and self.expect <= 0:
-                self.copy_early = False  # (nothing is unanswered: no COPY can start behind it)
+                self.copy_risk = False
                 self.xact_count += 1
                 start = self.xact_start
                 if start:
@@ -385,6 +372,11 @@ class ClientBase(Conn):
         listening.bound(self, st)
 
     def on_server_error(self, body: memoryview) -> None:
+        if self.copy_risk:
+            # A COPY that swallowed a Sync sent after CopyData failed (or something failed after it): PostgreSQL
+            # may have read that Sync after the failure and will answer it, or not. This client keeps its server
+            # until it leaves, and the server is closed then, so that no answer of its can reach another client.
+            self.copy_confused = True
         self.error_count += 1
         pool = self.pool
         if pool is not None:

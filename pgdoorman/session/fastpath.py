@@ -109,7 +109,7 @@ class FastPaths(ClientBase):
 
     def flush_synth(self) -> None:
         out = self.rw.take_synth()
-        if out is not None:
+        if out:  # (b"" for COPY_END markers only)
             self.write(out)
 
     def _fast_query(self, view: memoryview, n: int, s: ServerConn) -> bool:
@@ -144,7 +144,7 @@ class FastPaths(ClientBase):
             self.query_start = self.loop.now
             if self.xact_start == 0.0:
                 self.xact_start = self.query_start
-        self.copy_window = True
+        self.copy_window = 81
         self.copy_syncs = 0
         self.expect += 1
         s.bytes_out += n
@@ -168,7 +168,7 @@ class FastPaths(ClientBase):
             if self.xact_start == 0.0:
                 self.xact_start = self.query_start
         self.expect += 1
-        self.copy_window = True
+        self.copy_window = 69
         self.copy_syncs = 1
         s.bytes_out += n
         s.pstats.bytes_in += n

@@ -20,7 +20,7 @@ from pgdoorman.core import prepared as ps
 from pgdoorman.core import sqllex
 from pgdoorman.protocol import frontend
 from pgdoorman.protocol import messages as m
-from pgdoorman.session.rewrite_replies import NO_REQUESTS, Held, RewriterBase
+from pgdoorman.session.rewrite_replies import COPY_END, NO_REQUESTS, SYNC_AFTER_DATA, Held, RewriterBase
 from pgdoorman.session.states import DIRTY_PREPARE, LISTEN_START
 
 # SQL EXECUTE of a statement the client prepared through the protocol: the server knows it by the pool's name.
@@ -77,13 +77,15 @@ class Rewriter(RewriterBase):
             self.relay.terminating = True
             return b""
         if t == 83 and self.relay.in_copy_in:
+            if self.relay.copy_window >= 1000:
+                self.relay.copy_risk = True  # after data: see session/tracking.py
             return None  # PostgreSQL ignores Sync during COPY IN: no ReadyForQuery will answer it
         rq = self._track()
         if t == 66:  # Bind: portal, statement, ...
             return self._ps_bind(body, rq)
         if t == 69:  # Execute
             self.relay.unsynced = True
-            self.relay.copy_window = True  # it may start a COPY FROM STDIN
+            self.relay.copy_window = 69  # it may start a COPY FROM STDIN
             self.relay.copy_syncs = 0
             rq.append((ps.EXEC, None))
             return None
@@ -92,7 +94,7 @@ class Rewriter(RewriterBase):
             self.relay.unsynced = False
             if self.relay.copy_window:
                 self.relay.copy_syncs += 1
-            rq.append((ps.SYNC, None))
+            rq.append(SYNC_AFTER_DATA if self.relay.copy_window >= 1000 else (ps.SYNC, None))
             return None
         if t == 80:  # Parse: name, query, types
             return self._ps_parse(body, rq)
@@ -273,15 +275,25 @@ class Rewriter(RewriterBase):
         # when an extended-protocol entry joins.
         if t == 81:
             self.relay._mark_query()
-            self.relay.copy_window = True
+            self.relay.copy_window = 81
             self.relay.copy_syncs = 0
         if t == 81 or t == 70:
             self.relay.expect += 1
             if self.rq:
                 self.rq.append((ps.QUERY if t == 81 else ps.FUNC, None))
+        elif t == 100:  # CopyData
+            relay = self.relay
+            if 0 < relay.copy_window < 1000:
+                relay.copy_window += 1000
+                relay.copy_pre = relay.copy_syncs
         elif t == 99 or t == 102:  # CopyDone, CopyFail
-            self.relay.copy_window = False
-            self.relay.in_copy_in = False
+            relay = self.relay
+            if not relay.in_copy_in and (relay.expect > 0 or self.rq):
+                # Behind an unanswered request (before PostgreSQL said whether it starts a COPY): its place
+                # among the requests is queued (copy_started).
+                (self.rq or self._track()).append(COPY_END)
+            relay.copy_window = 0
+            relay.in_copy_in = False
 
     def _track(self) -> deque[tuple[int, Any]]:
         """The response queue, switched on: the server relay walks it from now on."""
@@ -503,21 +515,57 @@ class Rewriter(RewriterBase):
                 return fresh.parse_msg + renamed_bind(b, j, k, fresh.name) + rest, None
         return None, held
 
-    def copy_started(self, syncs: int) -> None:
-        """PostgreSQL answered CopyInResponse and will ignore the client's next `syncs` Syncs (see
-        ClientBase.copy_in_started): no ReadyForQuery answers them, and the fast batch's Bind succeeded."""
+    def copy_started(self) -> None:
+        """PostgreSQL answered CopyInResponse: until the client's CopyDone or CopyFail it ignores Sync and Flush
+        (the Syncs the client sent after the message that started this COPY and before its CopyDone/CopyFail get
+        no ReadyForQuery), and answers anything else with 08P01 and the end of the session. Which Syncs those
+        are is exact (both relays): if the client sent nothing but CopyData, Sync and Flush behind that message,
+        the counters say it; if it also sent its CopyDone/CopyFail (maybe more requests after it), that is
+        queued (COPY_END). A Sync after CopyData is noted (copy_risk): should the COPY fail, PostgreSQL may
+        have read it after the failure and answer it (ClientBase.on_server_error). A fast batch's Bind
+        succeeded."""
+        relay = self.relay
         self.fast_bind = None
         self.fast_redo = None
+        k = relay.copy_syncs
+        relay.copy_syncs = 0
         rq = self.rq
-        if syncs and rq:
-            keep = [rq.popleft()]  # the Execute being answered
-            while rq and syncs:
-                e = rq.popleft()
-                if e[0] == ps.SYNC:
-                    syncs -= 1
-                else:
-                    keep.append(e)
-            rq.extendleft(reversed(keep))
+        if not rq:
+            relay.expect -= k
+            relay.in_copy_in = True
+            if k > (relay.copy_pre if relay.copy_window >= 1000 else k):
+                relay.copy_risk = True
+            if relay.copy_window % 1000 == 69:
+                # An Execute's COPY whose Sync was one of those: nothing is counted as due any more, yet the
+                # server is busy until its CommandComplete (or error): queued, so it is not given back before.
+                if rq is NO_REQUESTS:
+                    rq = self.rq = deque()
+                rq.append((ps.EXEC, None))
+                s: Held | None = relay.server
+                if s is not None:
+                    s.set_ps_mode(True)
+            return
+        head = rq.popleft()  # the entry this COPY answers (its Query, or its Execute)
+        removed = 0
+        if head[0] == ps.QUERY and head[1] is not None:  # a fast batch queued whole: its Sync is one of them
+            head = (ps.EXEC, None)
+            removed = 1
+        keep = [head]
+        ended = False
+        while rq:
+            e = rq.popleft()
+            if e is COPY_END:
+                ended = True
+                break
+            if e[0] == ps.SYNC:
+                removed += 1
+                if e[1] is not None:
+                    relay.copy_risk = True
+            else:
+                keep.append(e)  # (PostgreSQL ends the session when it reads it during the COPY)
+        rq.extendleft(reversed(keep))
+        relay.expect -= removed
+        relay.in_copy_in = not ended
 
 
 def _bind_end(view: memoryview, pos: int, n: int) -> int:

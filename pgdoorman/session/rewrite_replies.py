@@ -56,6 +56,13 @@ class _NoRequests(deque[tuple[int, Any]]):
 
 
 NO_REQUESTS = _NoRequests()
+# Where a client's CopyDone/CopyFail falls among its requests (session/tracking.py: the Syncs before it after a
+# COPY start are ignored by PostgreSQL). A synthetic entry with nothing to send: one left at the head of the
+# queue (no COPY started before it) goes with the next synthetic answers. Compared by identity.
+COPY_END: tuple[int, Any] = (ps.SYNTH, b"")
+# A Sync sent after CopyData since the last Query/Execute: if a COPY swallows it and then fails, PostgreSQL may
+# have read it before the failure (ignored) or after (answered).
+SYNC_AFTER_DATA: tuple[int, Any] = (ps.SYNC, True)
 
 
 class _NoNames(dict[bytes, Any]):
@@ -101,8 +108,10 @@ class Relay(Protocol):
 
     expect: int  # ReadyForQuerys due
     unsynced: bool  # an extended-protocol message was sent and its Sync not yet
-    copy_window: bool
+    copy_window: int  # 0, or the type of the last Query (81) / Execute (69), + 1000 once CopyData followed
     copy_syncs: int
+    copy_pre: int  # Syncs in that window before its first CopyData
+    copy_risk: bool
     in_copy_in: bool
     leaves: int  # what it may leave on its server: core/leaks.py's PINS | SETTINGS bits
     terminating: bool
@@ -276,7 +285,9 @@ class RewriterBase:
         rq = self.rq
         while rq:
             if rq.popleft()[0] in (ps.SYNC, ps.QUERY, ps.FUNC):
-                return
+                break
+        while rq and rq[0] is COPY_END:
+            rq.popleft()
 
     def _skipped(self, kind: int, data: Any) -> None:
         """PostgreSQL skipped the message of this queue entry (an earlier error in the same batch): undo what

@@ -13,9 +13,10 @@ STARTUP, AUTH, AUTH_WAIT, LOGIN_WAIT, READY, ADMIN = range(6)
 
 # Frontend message types after login. Password messages ('p') are only valid during authentication.
 _t = bytearray([INVALID]) * 256
-for _c in b"Hd":
-    _t[_c] = PASS
-for _c in b"QSFcfBCDEP":
+_t[ord("H")] = PASS
+# CopyData's header is seen (its body streams): a Sync that comes after data inside a COPY may or may not be
+# ignored by PostgreSQL when that COPY fails (session/tracking.py).
+for _c in b"QSFcfBCDEPd":
     _t[_c] = NOTIFY
 _t[ord("X")] = FULL
 CLIENT_SESSION_TABLE = bytes(_t)

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from pgdoorman.core import prepared as ps
 from pgdoorman.protocol import messages as m
 from pgdoorman.session.rewrite import Rewriter
-from pgdoorman.session.rewrite_replies import NO_REQUESTS
+from pgdoorman.session.rewrite_replies import COPY_END, NO_REQUESTS, SYNC_AFTER_DATA
 
 _unpack = m.U32.unpack_from
 
@@ -38,6 +38,9 @@ class Tracked(Protocol):
     rw: Rewriter
     expect: int
     window: bytearray | None
+    copy_window: int
+    copy_syncs: int
+    copy_pre: int
 
     @property
     def server(self) -> Any: ...  # ServerConn | None
@@ -81,6 +84,44 @@ def start(c: Tracked, t: int) -> None:
         window.clear()
     if t:
         rq.append(ENTRY[t])
+    s = c.server
+    if s is not None:
+        s.set_ps_mode(True)
+
+
+def copy_end(c: Tracked) -> None:
+    """A CopyDone or CopyFail, not in COPY IN: if it comes behind unanswered requests (one of them may start a
+    COPY it ends), its place among them is queued (COPY_END; Rewriter.copy_started reads it). The queue starts
+    here if it does not run: the last Query/Execute and the Syncs counted since (copy_window, copy_syncs) are
+    entries of their own, since PostgreSQL ignores those Syncs if that message starts a COPY."""
+    rw = c.rw
+    rq = rw.rq
+    if rq:
+        rq.append(COPY_END)
+        return
+    window = c.window
+    if c.expect <= 0 and not window:
+        return  # nothing unanswered: PostgreSQL ignores a CopyDone/CopyFail outside COPY
+    if rq is NO_REQUESTS:
+        rq = rw.rq = deque()
+    w = c.copy_window
+    kind = w % 1000
+    k = c.copy_syncs
+    if kind and k:
+        pre = c.copy_pre if w >= 1000 else k
+        for _ in range(max(0, c.expect - k - (kind == 81))):
+            rq.append(PLACEHOLDER)
+        rq.append(ENTRY[kind])  # the Query, or the Execute standing for its window up to it
+        for i in range(k):
+            rq.append(ENTRY[83] if i < pre else SYNC_AFTER_DATA)
+    else:
+        for _ in range(max(0, c.expect)):
+            rq.append(PLACEHOLDER)
+    if window:
+        for t in window:
+            rq.append(ENTRY[t])
+        window.clear()
+    rq.append(COPY_END)
     s = c.server
     if s is not None:
         s.set_ps_mode(True)

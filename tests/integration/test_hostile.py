@@ -171,8 +171,8 @@ def test_a_server_that_breaks_the_protocol_gives_its_clients_an_error(pg: Any, p
 
 def test_requests_pipelined_behind_a_copy_start_stay_with_their_client(pg: Any, one_server: Pooler) -> None:
     """COPY FROM STDIN, its data and CopyDone, then an extended-protocol batch, all sent before PostgreSQL's
-    CopyInResponse: every answer reaches this client (as on PostgreSQL), none the next client. (Such a client
-    keeps its server until it leaves: with pool_size 1 the next client comes after it.)"""
+    CopyInResponse: every answer reaches this client (as on PostgreSQL), none the next client (with pool_size 1
+    it comes after it; tests/integration/test_hostile_relay.py checks that it gets the server at once)."""
     with connect(pg.host, pg.port) as d:
         d.query("drop table if exists hostile_copy; create table hostile_copy (a int)")
     batch = (query("copy hostile_copy from stdin") + frame("d", b"1\n") + frame("c")

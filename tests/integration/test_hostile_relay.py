@@ -1,5 +1,6 @@
-"""Requests PostgreSQL will never answer do not hold a server (issue 18 item 2), in every relay: transaction and
-session mode, prepared_statements on and off. Raw protocol through tests/support/wire.py, pool_size 1: each
+"""Requests PostgreSQL will never answer do not hold a server (issue 18 item 2), and a COPY FROM STDIN holds it
+exactly as long as PostgreSQL works on it, in every relay: transaction and session mode, prepared_statements on
+and off. Raw protocol through tests/support/wire.py, pool_size 1: each
 sequence runs directly on PostgreSQL and through the pooler, with the same answers; then the server is
 checked: in transaction mode a second client gets it at once (the same backend, idle), in session mode the
 client goes on and, once it leaves, the next client gets the same backend (it was not closed as busy)."""
@@ -123,8 +124,7 @@ def test_skipped_requests_do_not_hold_the_server(pg: Any, relay: Pooler, name: s
 def test_requests_pipelined_behind_a_copy_start_never_reach_another_client(pg: Any, relay: Pooler) -> None:
     """COPY FROM STDIN, its data and CopyDone, then an extended-protocol batch, all sent before PostgreSQL's
     CopyInResponse; then, once answered, another batch with a Query pipelined behind its Sync. Every answer is
-    PostgreSQL's and reaches this client; a client waiting meanwhile gets only its own answer. (Such a client
-    keeps its server until it leaves: docs/robustness.md.)"""
+    PostgreSQL's and reaches this client; a client waiting meanwhile gets only its own answer."""
     with connect(pg.host, pg.port) as d:
         d.query("create table if not exists hostile_relay_copy (a int)")
     first = (query("copy hostile_relay_copy from stdin") + frame("d", b"1\n") + frame("c")
@@ -148,4 +148,99 @@ def test_requests_pipelined_behind_a_copy_start_never_reach_another_client(pg: A
     assert answers[1] == answers[0]
     with connect(relay.host, relay.port) as c:
         assert c.query_rows("select 'c'") == [["c"]]
+    assert "Traceback" not in relay.log()
+
+
+COPY = query("copy relay_copy from stdin")
+XCOPY = parse("", "copy relay_copy from stdin") + bind() + execute()
+ROW, BAD, DONE, FAIL = frame("d", b"1\n"), frame("d", b"x\n"), frame("c"), frame("f", b"no\x00")
+BATCH = parse("", "select 42") + bind() + execute() + sync()
+# COPY FROM STDIN with more behind it. PostgreSQL ignores Sync and Flush during the COPY, ends the session on
+# anything else but CopyData/CopyDone/CopyFail, and (after an error in the data) ignores what is left of the
+# COPY's messages and answers the rest.
+COPY_SEQUENCES: dict[str, list[Step]] = {
+    # All sent before PostgreSQL's CopyInResponse.
+    "copydone_then_batch": [(COPY + ROW + DONE + BATCH, "Z", 2)],
+    "copydone_then_query": [(COPY + ROW + DONE + query("select 43"), "Z", 2)],
+    "copydone_then_query_and_batch": [(COPY + ROW + DONE + query("select 43") + BATCH, "Z", 3)],
+    "copy_in_a_multi_statement_query": [(query("copy relay_copy from stdin; select 9") + ROW + DONE
+                                         + query("select 2"), "Z", 2)],
+    "two_copies_in_one_query": [(query("copy relay_copy from stdin; copy relay_copy from stdin") + ROW + DONE
+                                 + ROW + DONE + query("select 3"), "Z", 2)],
+    "copyfail_then_query": [(COPY + ROW + FAIL + query("select 2"), "Z", 2)],
+    "bad_row_then_query": [(COPY + BAD + ROW + DONE + query("select 2"), "Z", 2)],
+    # Extended protocol: the Sync after the Execute is ignored (libpq, tokio-postgres), the one after the
+    # CopyDone/CopyFail is answered.
+    "extended_copy_pipelined": [(XCOPY + sync() + ROW + DONE + sync() + BATCH, "Z", 2)],
+    "extended_copydone_then_batch": [(XCOPY + sync() + ROW + DONE + BATCH, "Z", 1)],
+    "extended_copyfail_pipelined": [(XCOPY + sync() + ROW + FAIL + sync() + query("select 3"), "Z", 2)],
+    "extended_copy_without_sync": [(XCOPY + ROW + DONE + sync() + query("select 3"), "Z", 2)],
+    # Not pipelined: the client waits for CopyInResponse.
+    "extended_bad_row_after_copy_in": [(XCOPY + sync(), "G", 1), (BAD + DONE, "E", 1), (sync(), "Z", 1)],
+    "sync_inside_a_good_copy": [(COPY, "G", 1), (ROW + sync() + ROW + DONE, "Z", 1)],
+    # The second time the statement is cached on the server (prepared-statement mode's fast batch): the
+    # server stays with its client through the whole COPY.
+    "extended_copy_twice": [(XCOPY + sync(), "G", 1), (ROW + DONE + sync(), "Z", 1), (XCOPY + sync(), "G", 1),
+                            (ROW, "", 0), (ROW + DONE + sync(), "Z", 1)],
+    # A Sync after CopyData inside a COPY that fails: whether PostgreSQL read it before the failure (ignored)
+    # or after (answered) cannot be known; this client keeps its server until it leaves (closed then).
+    "sync_inside_a_failing_copy": [(COPY, "G", 1), (BAD + sync() + ROW + DONE, "Z", 2)],
+    "sync_inside_a_failing_copy_pipelined": [(COPY + BAD + sync() + ROW + DONE + query("select 2"), "Z", 3)],
+}
+KEPT = {"sync_inside_a_failing_copy", "sync_inside_a_failing_copy_pipelined"}
+
+
+@pytest.mark.parametrize("name", list(COPY_SEQUENCES))
+def test_copy_with_requests_behind_it(pg: Any, relay: Pooler, name: str) -> None:
+    steps = COPY_SEQUENCES[name]
+    with connect(pg.host, pg.port) as d:
+        d.query("create table if not exists relay_copy (a int)")
+        direct = run(d, steps) + comparable(d.query("select 'after'"))
+    a = connect(relay.host, relay.port)
+    try:
+        pid = pid_of(a)
+        through = run(a, steps)
+        if relay.mode == "transaction" and name not in KEPT:  # type: ignore[attr-defined]
+            with connect(relay.host, relay.port) as b:  # the only server is free at once, and the same one
+                b.send(query("select pg_backend_pid()"))
+                got = b.read_until("Z", timeout=3)
+                assert [t for t, _ in got] == ["T", "D", "C", "Z"] and got[-1][1] == b"I"
+                assert got[1][1][6:].decode() == pid
+        through += comparable(a.query("select 'after'"))
+        assert a.transaction_status == "I"
+    finally:
+        a.close()
+    assert through == direct
+    with connect(relay.host, relay.port) as b:
+        if name in KEPT:
+            assert pid_of(b) != pid  # the server was closed with its client
+        else:
+            assert pid_of(b) == pid  # session mode: kept (reset), not closed as busy
+    assert "Traceback" not in relay.log()
+
+
+def test_a_waiting_client_never_gets_a_server_in_the_middle_of_a_copy(pg: Any, relay: Pooler) -> None:
+    """Extended-protocol COPY FROM STDIN of a statement the server already has (the fast batch in
+    prepared-statement mode), its Sync sent before the data as libpq and tokio-postgres do: while the client
+    sends its data, a client waiting for the only server must not get it (PostgreSQL would answer its query with
+    08P01 and end the session); it gets it once the COPY is answered."""
+    if relay.mode != "transaction":  # type: ignore[attr-defined]
+        pytest.skip("session mode: a server is never shared while its client is connected")
+    with connect(pg.host, pg.port) as d:
+        d.query("create table if not exists relay_copy (a int)")
+    xcopy = parse("", "copy relay_copy from stdin") + bind() + execute() + sync()
+    with connect(relay.host, relay.port) as a, connect(relay.host, relay.port) as b:
+        a.send(xcopy)
+        a.read_until("G")
+        a.send(frame("d", b"1\n") + frame("c") + sync())
+        assert [t for t, _ in a.read_until("Z")] == ["C", "Z"]
+        a.send(xcopy)  # the statement is on the server now
+        a.read_until("G")
+        a.send(frame("d", b"2\n"))
+        time.sleep(0.2)
+        b.send(query("select 'b'"))
+        time.sleep(0.3)
+        a.send(frame("d", b"3\n") + frame("c") + sync())
+        assert comparable(a.read_until("Z")) == [("C", b"COPY 2\x00"), ("Z", b"I")]
+        assert [t for t, _ in b.read_until("Z", timeout=10)] == ["T", "D", "C", "Z"]
     assert "Traceback" not in relay.log()

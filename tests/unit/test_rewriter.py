@@ -55,8 +55,10 @@ class FakeRelay:
         self.server = server
         self.expect = 0
         self.unsynced = False
-        self.copy_window = False
+        self.copy_window = 0
         self.copy_syncs = 0
+        self.copy_pre = 0
+        self.copy_risk = False
         self.in_copy_in = False
         self.leaves = False
         self.terminating = False
@@ -261,8 +263,9 @@ def test_copy_start_drops_the_syncs_postgres_ignores() -> None:
     rq: Any = p.rw.rq  # (made by the first message that needs it)
     p.answer(m.PARSE_COMPLETE + m.BIND_COMPLETE)
     assert [e[0] for e in rq][-1] != 0 and len(rq) == 2  # the Execute and the Sync
-    p.rw.copy_started(1)
+    p.rw.copy_started()
     assert len(rq) == 1  # the Execute only: PostgreSQL ignores that Sync during COPY IN
+    assert p.relay.in_copy_in and not p.relay.copy_risk  # no CopyDone yet; that Sync came before any data
 
 
 def _alternate(p: Pair, texts: list[str], rounds: int) -> list[str]:
