@@ -30,6 +30,8 @@ _unpack = m.U32.unpack_from
 # First bytes of a simple query that the fast path leaves to the general one: DEALLOCATE and LISTEN are
 # answered or refused by the pooler, EXECUTE may name a protocol-level statement, and any may follow blanks.
 _MAYBE_SPECIAL = frozenset(b"dDlLeE \t\r\n\x0b\x0c")
+# A query that may name a custom setting has "set" (SET, RESET, set_config) and a dot: sqllex.names_settings.
+_SET = b"set"
 
 
 class FastPaths(ClientBase):
@@ -131,7 +133,7 @@ class FastPaths(ClientBase):
         low = bytes(view[5:n]).lower()
         bits = 0 if low.find(b"temp") < 0 and low.find(b"advisory") < 0 and low.find(b"set_config") < 0 \
             and low.find(b"listen") < 0 else lowered_may_leave_state(low)
-        if low.find(b"set") >= 0 and low.find(b".") >= 0:
+        if low.find(_SET) >= 0 and low.find(b".") >= 0:
             self.note_settings(view[5:n], low)  # custom settings (sqllex.setting_names_text)
         if bits or b0 | 32 == 112:  # temp/advisory, or a PREPARE: transaction_pinning refuse refuses it there
             if bits & LISTENS:
