@@ -65,14 +65,21 @@ def refusal(why: str, pool: str) -> str:
             f"HINT = '{hint}'; END $pgdoorman$")
 
 
-def customs_query(names: Iterable[str]) -> str:
-    """The custom settings `names` as they are on the server: rows (name, value or NULL when not defined,
-    'custom'), three columns to tell them from SETTINGS_QUERY's rows; settings pg_settings lists (an extension's,
-    read by SETTINGS_QUERY when the session set them) are left out."""
-    arr = ", ".join(quote(n) for n in names)
-    return ("SELECT n, pg_catalog.current_setting(n, true), 'custom' FROM pg_catalog.unnest(ARRAY[" + arr
-            + "]::text[]) n WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE "
-            "pg_catalog.lower(s.name) = pg_catalog.lower(n))")
+def settings_query(customs: list[str]) -> str:
+    """SETTINGS_QUERY, and with it the custom settings `customs` as they are on the server: rows (name, value or
+    NULL when not defined, 'custom'), the others with NULL in that third column. Settings pg_settings lists (an
+    extension's: SETTINGS_QUERY reads them when the session set them) are left out; pg_settings is read once."""
+    if not customs:
+        return SETTINGS_QUERY
+    arr = ", ".join(quote(n) for n in customs)
+    return ("WITH s AS (SELECT name, source FROM pg_catalog.pg_settings WHERE source = 'session' "
+            "OR pg_catalog.strpos(name, '.') > 0) "
+            "SELECT name, pg_catalog.current_setting(name), NULL FROM s WHERE source = 'session' "
+            f"AND name NOT IN ({_TRANSACTION_ONLY}) "
+            "UNION ALL SELECT 'session_authorization', pg_catalog.current_setting('session_authorization'), NULL "
+            "UNION ALL SELECT 'role', pg_catalog.current_setting('role'), NULL "
+            "UNION ALL SELECT n, pg_catalog.current_setting(n, true), 'custom' FROM pg_catalog.unnest(ARRAY["
+            f"{arr}]::text[]) n WHERE NOT EXISTS (SELECT FROM s WHERE pg_catalog.lower(s.name) = pg_catalog.lower(n))")
 
 
 def customs_to_read(want: dict[str, str], named: tuple[str, ...]) -> list[str]:
@@ -93,10 +100,7 @@ def check_query(settings: bool, pins: bool, reset: bool, customs: Iterable[str] 
     then the reset."""
     parts = []
     if settings:
-        parts.append(SETTINGS_QUERY)
-        names = sorted(set(customs))
-        if names:
-            parts.append(customs_query(names))
+        parts.append(settings_query(sorted(set(customs))))
     if pins:
         parts.append(PINS_QUERY)
     if reset:
@@ -119,9 +123,11 @@ def read_rows(rows: list[list[str | None]], login_user: str | None) -> Rows:
         if len(r) == 1:
             pins = r[0] or ""
             continue
-        if len(r) == 3 and r[0] is not None:
-            customs[canonical_name(r[0])] = r[1]
-            continue
+        if len(r) == 3:
+            if r[2] is not None and r[0] is not None:
+                customs[canonical_name(r[0])] = r[1]
+                continue
+            r = r[:2]  # (settings_query: a SETTINGS_QUERY row)
         if len(r) != 2 or r[0] is None or r[1] is None:
             continue
         name, value = r[0], r[1]

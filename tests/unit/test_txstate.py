@@ -24,8 +24,8 @@ def test_read_rows_orders_role_last_and_skips_defaults() -> None:
     assert settings == [("work_mem", "9MB"), ("DateStyle", "German, DMY")]
     assert pins == "temp,cursor" and customs == {}
     settings, pins, customs = txstate.read_rows(
-        [["role", "r1"], ["session_authorization", "bob"], ["geqo", "off"], ["MyApp.X", "1", "custom"],
-         ["myapp.never", None, "custom"], [""]], "app")
+        [["role", "r1", None], ["session_authorization", "bob", None], ["geqo", "off", None],
+         ["MyApp.X", "1", "custom"], ["myapp.never", None, "custom"], [""]], "app")
     assert settings == [("geqo", "off"), ("session_authorization", "bob"), ("role", "r1")]
     assert pins == "" and customs == {"myapp.x": "1", "myapp.never": None}
 
@@ -53,11 +53,12 @@ def test_followed_custom_settings() -> None:
 def test_custom_settings_read_back() -> None:
     assert txstate.customs_to_read({"TimeZone": "UTC", "myapp.a": "1"}, ("x.y",)) == ["myapp.a", "x.y"]
     q = txstate.check_query(True, False, True, ["x.y", "myapp.a", "x.y"])
-    assert q.startswith(txstate.SETTINGS_QUERY + "; SELECT n, pg_catalog.current_setting(n, true), 'custom'")
-    assert "ARRAY[E'myapp.a', E'x.y']" in q and q.endswith(txstate.RESET)
+    assert q.startswith("WITH s AS (SELECT name, source FROM pg_catalog.pg_settings WHERE ")
+    assert q.count("pg_settings") == 1  # read once
+    assert "ARRAY[E'myapp.a', E'x.y']" in q and q.endswith("; " + txstate.RESET)
     assert txstate.check_query(True, False, False, []) == txstate.SETTINGS_QUERY
     assert "'custom'" not in txstate.check_query(False, True, False, ["x.y"])
-    assert "E'it''s.x'" in txstate.customs_query(["it's.x"])
+    assert "E'it''s.x'" in txstate.settings_query(["it's.x"])
     named = txstate.noted((), ["a.b", "a.b", "c.d", "w.x"], {"w.x": "1"})
     assert named == ("a.b", "c.d")
     assert txstate.noted(named, ["a.b"], {}) is named
