@@ -416,6 +416,7 @@ def show_lists(ctx: ShowContext) -> ResultSet:
     login_clients = states.count("login")
     free_servers = sum(1 for s in snap.servers if s.state == "idle")
     used_servers = sum(1 for s in snap.servers if s.state in ("active", "used"))
+    dns = ctx.obs.dns_counts()
     rows: list[list[Cell]] = [
         # +1: the admin database and the admin user count, as in PgBouncer.
         ["databases", len({p.database for p in pools}) + 1],
@@ -426,10 +427,10 @@ def show_lists(ctx: ShowContext) -> ResultSet:
         ["login_clients", login_clients],
         ["free_servers", free_servers],
         ["used_servers", used_servers],
-        ["dns_names", 0],
-        ["dns_zones", 0],
-        ["dns_queries", 0],
-        ["dns_pending", 0],
+        ["dns_names", dns["names"]],  # server host names cached (net/resolve.py)
+        ["dns_zones", 0],  # no zone serial checks (PgBouncer's dns_zone_check_period)
+        ["dns_queries", dns["queries"]],  # lookups in flight
+        ["dns_pending", 0],  # unused in PgBouncer too
     ]
     return ResultSet(LISTS_COLUMNS, rows)
 

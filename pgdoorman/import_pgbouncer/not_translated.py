@@ -26,7 +26,7 @@ NOT_TRANSLATED: dict[str, str] = {
     "server_login_retry": "pgdoorman retries a failed server login at the next client request",
     "client_login_timeout": "pgdoorman allows a fixed time for a client to log in",
     "autodb_idle_timeout": "no automatically created databases (the * entry is not translated)",
-    "dns_max_ttl": "pgdoorman resolves server host names with the system resolver on each connect",
+    "dns_max_ttl": "pgdoorman caches server host names for a fixed 15 s, failures too (not configurable)",
     "dns_nxdomain_ttl": "see dns_max_ttl",
     "dns_zone_check_period": "see dns_max_ttl",
     "resolv_conf": "see dns_max_ttl",

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pgdoorman.core import startup_params
+from pgdoorman.net import resolve
 from pgdoorman.observe.interfaces import (
     CancelCounts,
     Control,
@@ -150,6 +151,10 @@ class Observer:
         errors = int(src.connection_errors)
         plain = max(0, total - tls - cancel - errors)
         return {"total": total, "errors": errors, "tls": tls, "plain": plain, "cancel": cancel}
+
+    def dns_counts(self) -> dict[str, int]:
+        """The server host name cache (net/resolve.py): names cached, lookups in flight (SHOW LISTS)."""
+        return resolve.RESOLVER.counts()
 
     def auth_query(self) -> list[tuple[str, dict[str, int]]]:
         """(database, counters) of each pool's auth_query (SHOW AUTH_QUERY, pg_doorman_auth_query_*): cache_entries,

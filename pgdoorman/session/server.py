@@ -8,11 +8,9 @@ States: CONNECTING -> LOGIN -> IDLE <-> ACTIVE, with INTERNAL while a housekeepi
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket
-import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,10 +19,10 @@ from typing import TYPE_CHECKING
 from pgdoorman.core import leaks, params
 from pgdoorman.core import prepared as ps
 from pgdoorman.net.conn import AGAIN, Conn
-from pgdoorman.net.tls import ssl_reason
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
+from pgdoorman.session.server_dial import dial_socket
 from pgdoorman.session.server_login import READY, REFUSED, BackendLogin
 from pgdoorman.session.server_prepared import SERVER_TABLE
 from pgdoorman.session.server_wrap import FATAL_SEVERITY, ServerWrapped
@@ -62,11 +60,11 @@ _TAG_LENS = frozenset({4, 6, 7, 8, 12, 15})
 _DDL_TAGS = frozenset((b"CREAT", b"ALTER", b"DROP "))
 class ServerConn(ServerWrapped):
     __slots__ = (
-        "id", "worker", "pool", "state", "client", "params", "extra", "extra_undo", "synced_key", "pid", "secret",
-        "created", "idle_since", "epoch", "dirty", "scanner", "inbuf",
-        "internal_left", "internal_error", "internal_done", "internal_rows", "deferred", "login",
-        "timer", "connect_error", "addr", "xact_start", "query_count", "counted", "xact_count",
-        "bytes_in", "bytes_out", "pstats", "tls", "tls_phase", "tls_retried", "target",
+        "id", "worker", "pool", "client", "extra", "extra_undo", "synced_key", "pid", "secret",
+        "created", "idle_since", "epoch", "dirty", "scanner",
+        "internal_left", "internal_error", "internal_done", "internal_rows", "deferred",
+        "timer", "addr", "xact_start", "query_count", "counted", "xact_count",
+        "bytes_in", "bytes_out", "pstats",
     )
 
     def __init__(self, sock: socket.socket, worker: Host, pool: Pool, addr: str) -> None:
@@ -99,7 +97,6 @@ class ServerConn(ServerWrapped):
         self.txn_status = 73  # 'I'
         self.login: BackendLogin | None = BackendLogin(pool)  # None once logged in
         self.timer = worker.loop.call_later(pool.connect_timeout, self._connect_timed_out)
-        self.connect_error: bytes | None = None
         self.fatal_forwarded = False
         self.reply = None
         self.xact_start = 0.0
@@ -121,123 +118,25 @@ class ServerConn(ServerWrapped):
         self.skipping = False
         self._plain_handler = self.scanner.on_message  # the same object: set_ps_mode compares them
         self._ps_handler = self._on_message_ps
-        self.tls = False  # the socket is an ssl.SSLSocket, handshake done
-        self.tls_phase = 0  # 1: SSLRequest sent, waiting for S/N; 2: handshaking
-        self.tls_retried = False  # server_tls_mode allow: the plain attempt was refused, this is the TLS one
-        self.target: str | tuple[str, int] = ""
+        self._init_dial()
         self._init_wrapped()
 
-    # ------------------------------------------------------------------ connecting and login
+    # ------------------------------------------------------------------ connecting and login (server_dial.py)
     @classmethod
     def open(cls, worker: Host, pool: Pool, fallback: tuple[str, int] | None = None) -> ServerConn:
-        host, port = fallback or (pool.pool_cfg.server_host, pool.pool_cfg.server_port)  # fallback: an address
-        if host.startswith("/"):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            target: str | tuple[str, int] = os.path.join(host, f".s.PGSQL.{port}")
-            addr = str(target)
-        else:
-            infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
-            family, _, _, _, sockaddr = infos[0]
-            target = (str(sockaddr[0]), int(sockaddr[1]))
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            addr = f"{host}:{port}"
-        sock.setblocking(False)
-        s = cls(sock, worker, pool, addr)
-        s.target = target
-        s._connect(pool.server_tls.first and isinstance(target, tuple))
+        """A new server connection for `pool` on `worker`'s loop, connecting (to `fallback`, an address, if
+        given); a name is resolved off the loop. OSError: no socket could be made."""
+        host, port = fallback or (pool.pool_cfg.server_host, pool.pool_cfg.server_port)
+        unix = host.startswith("/")
+        s = cls(dial_socket(host), worker, pool, os.path.join(host, f".s.PGSQL.{port}") if unix else f"{host}:{port}")
+        s.dial(host, port)
         return s
-
-    def _connect(self, tls: bool) -> None:
-        """Start connecting self.sock; the first bytes (SSLRequest or the startup packet) go out once it is
-        writable."""
-        self.worker.apply_tcp(self.sock)
-        err = self.sock.connect_ex(self.target)
-        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
-            self.connect_error = m.error_response(
-                "08006", f"could not connect to server {self.addr}: {os.strerror(err)}", "FATAL")
-            self.loop.call_soon(self.close, f"connect failed: {os.strerror(err)}")
-            return
-        if tls:
-            self.tls_phase = 1
-            self.first_out(m.I32.pack(8) + m.I32.pack(m.SSL_REQUEST))
-        else:
-            self.first_out(self._startup_packet())
-
-    def _retry_with_tls(self) -> None:
-        """server_tls_mode allow: PostgreSQL refused the plain connection (a hostssl rule): once more, on a
-        new socket, with TLS (libpq's sslmode=allow does the same)."""
-        self.detach()
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        assert isinstance(self.target, tuple)
-        family = socket.AF_INET6 if ":" in self.target[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.inbuf = bytearray()
-        self.params = {}
-        self.login = BackendLogin(self.pool)
-        self.connect_error = None
-        self.tls_retried = True
-        self.state = CONNECTING
-        self._connect(True)
-
-    def _tls_answer(self, answer: int) -> None:
-        """PostgreSQL's one-byte answer to our SSLRequest."""
-        st = self.pool.server_tls
-        if answer == 83:  # 'S'
-            assert st.context is not None
-            host = self.fallback.host if self.fallback else self.pool.pool_cfg.server_host  # the name to verify
-            try:
-                self.detach()
-                self.sock = st.context.wrap_socket(self.sock, server_side=False, do_handshake_on_connect=False,
-                                                   server_hostname=host if st.context.check_hostname else None)
-            except (OSError, ValueError) as e:
-                self._tls_failed(f"TLS setup failed: {e}")
-                return
-            self.tls_phase = 2
-            self._apply_mask()
-            self._tls_handshake()
-            return
-        if answer == 78 and not st.required:  # 'N' under prefer (or allow's retry): go on in plain text
-            self.tls_phase = 0
-            self.write(self._startup_packet())
-            return
-        why = ("server does not support SSL, but SSL was required" if answer == 78
-               else f"unexpected answer {bytes([answer])!r} to SSLRequest")
-        self._tls_failed(why)
-
-    def _tls_handshake(self) -> None:
-        try:
-            if not self.tls_handshake_step():
-                return
-        except (ssl.SSLError, OSError) as e:
-            self._tls_failed(f"TLS handshake failed: {ssl_reason(e)}")
-            return
-        self.tls_phase = 0
-        self.tls = True
-        self._apply_mask()
-        self.write(self._startup_packet())
-
-    def _tls_failed(self, why: str) -> None:
-        self.connect_error = m.error_response("08006", f"could not connect to server {self.addr}: {why}", "FATAL")
-        log.warning("server %s for %s: %s", self.addr, self.pool.name, why)
-        self.close(why)
 
     def _startup_packet(self) -> bytes:
         assert self.login is not None
         cfg = self.pool.pool_cfg
         return self.login.startup_packet(cfg.server_database, cfg.application_name or "pg_doorman",
                                          self.pool.startup_parameters)
-
-    def _connect_timed_out(self) -> None:
-        if self.state in (CONNECTING, LOGIN):
-            self.connect_error = m.error_response(
-                "08006", f"could not connect to server {self.addr}: connect_timeout expired", "FATAL")
-            self.close("connect timeout")
 
     def on_event(self, mask: int) -> None:
         if mask == 1 and self.state == ACTIVE:  # the relay's read, here rather than in on_readable: a call less
@@ -271,9 +170,7 @@ class ServerConn(ServerWrapped):
         if self.state == CONNECTING and mask & 2:
             err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                self.connect_error = m.error_response(
-                    "08006", f"could not connect to server {self.addr}: {os.strerror(err)}", "FATAL")
-                self.close(f"connect failed: {os.strerror(err)}")
+                self.connect_failed(err, later=False)  # the next address, or the connection fails
                 return
             self.state = LOGIN
         Conn.on_event(self, mask)

@@ -14,8 +14,8 @@ import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from pgdoorman.net.conn import Conn
 from pgdoorman.protocol.framing import Scanner, make_table
+from pgdoorman.session.server_dial import ServerDial
 
 if TYPE_CHECKING:
     from collections.abc import Callable as _Callable
@@ -32,7 +32,7 @@ SERVER_TABLE = make_table(full=b"ZCSEGHW")
 # synthetic ParseCompletes can be spliced in and responses to injected Parses swallowed. DataRows stream.
 SERVER_PS_TABLE = make_table(full=b"ZCSEGHW123tTnIsV")
 
-class ServerPrepared(Conn):
+class ServerPrepared(ServerDial):
     # The prepared-statement fields of a server connection (set by ServerConn.__init__).
     __slots__ = ("prepared", "evicted", "ps_cap", "ps_hits", "ps_misses", "ps_on", "skipping", "release_pending",
                  "_plain_handler", "_ps_handler")
