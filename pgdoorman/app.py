@@ -37,6 +37,7 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.resources import Resources
 from pgdoorman.resources import build as build_resources
 from pgdoorman.resources import load as load_resources
+from pgdoorman.session import listener
 from pgdoorman.worker import Worker
 
 if TYPE_CHECKING:
@@ -180,6 +181,7 @@ class App:
                         pool.epoch += 1  # servers of the old target are closed as they come back
                         pool.server_params = None
                         self._close_idle(pool)
+                        listener.follow(pool)
                     pool.scram_verifier = None
         for key in list(self.pools):
             if key not in seen and not self.pools[key].dynamic:  # auth_query's pools: auth_query.reload
@@ -291,6 +293,7 @@ class App:
             with pool.lock:
                 pool.epoch += 1
             self._close_idle(pool)
+            listener.follow(pool)  # its LISTEN connection too, without a gap
 
     def reset_interner(self) -> int:
         """RESET INTERNER: every pool's cache forgets the statements only ever prepared unnamed (their texts

@@ -7,6 +7,13 @@ reach it only through `command`, posted on the host's loop, and it hands each no
 own workers on their loops (Loop.call_soon_threadsafe, the wake-up queue servers move between workers by).
 When it dies it is opened again (0.1 s later, 1 s after a failed login) and LISTENs on the union of its
 clients' channels before anything else; notifications sent while it was down are lost (docs/transaction-mode.md).
+
+RECONNECT, and a RELOAD that changes where or as whom the pool's servers log in, replace it without a gap
+(`replace`): a successor logs in and LISTENs on the union; the old one LISTENs on a private channel, on which the
+successor then NOTIFYs a token. PostgreSQL delivers notifications to every listener in commit order, so the
+old connection hands on what it receives before the token and the successor what it receives after it (held
+until the old one has seen the token, to keep the order): nothing is lost or delivered twice. Commands wait
+meanwhile and run on the successor, which then takes over; the old one closes once its answers are in.
 """
 
 from __future__ import annotations
@@ -32,10 +39,49 @@ Done = Callable[[bool, bytes], None]
 Command = tuple[bytes, bytes, int, Done | None]
 RETRY_LOST = 0.1  # seconds before opening the connection again after it was lost
 RETRY_FAILED = 1.0  # ... after a connection that never logged in
+SWITCH_CHANNEL = b"pg_doorman.switch"  # the replacement's token travels on it (see the module's docstring)
+SWITCH_TIMEOUT = 5.0  # seconds (at least; twice connect_timeout if longer) a replacement may take
+
+
+class Switch:
+    """One replacement in progress: the old connection, its successor, the token, what is settled."""
+
+    __slots__ = ("old", "new", "token", "pending", "old_seen", "new_seen", "held")
+
+    def __init__(self, old: ListenerConn, new: ListenerConn) -> None:
+        self.old = old
+        self.new = new
+        self.token = str(new.id).encode()
+        self.pending = 2  # LISTENs to be answered before the token is sent: the old one's, the successor's last
+        self.old_seen = False
+        self.new_seen = False
+        self.held: list[tuple[bytes, bytes]] = []  # the successor's notifications after the token, in order
+
+    def listened(self, ok: bool, data: bytes) -> None:
+        if not ok:
+            self.new.close("LISTEN on the replacement failed")
+            return
+        self.pending -= 1
+        if self.pending == 0 and self.old.switch is self:
+            # Both send the token: on one server each connection sees both, in the same (commit) order, and
+            # switches at the first; after a RELOAD to another server each sees its own.
+            stmt = b"NOTIFY " + lsn.quote(SWITCH_CHANNEL) + b", '" + self.token + b"'"
+            self.new._send((stmt, SWITCH_CHANNEL, lsn.LISTEN, None))
+            self.old._send((stmt, SWITCH_CHANNEL, lsn.LISTEN, None))
+
+    def expire(self) -> None:
+        """Not done in time (an old server that no longer answers, say): the successor takes over if it is
+        up, else the old connection goes on."""
+        if self.old.switch is not self:
+            return
+        if self.new.up:
+            self.old.close("its replacement did not complete in time")
+        else:
+            self.new.close("did not complete the replacement in time")
 
 
 class ListenerConn(ServerConn):
-    __slots__ = ("channels", "sent", "up", "answer", "answer_ok")
+    __slots__ = ("channels", "sent", "up", "answer", "answer_ok", "switch", "retired")
 
     def __init__(self, sock: Any, worker: Host, pool: Pool, addr: str) -> None:
         super().__init__(sock, worker, pool, addr)
@@ -44,6 +90,8 @@ class ListenerConn(ServerConn):
         self.up = False
         self.answer = bytearray()  # the answer to the oldest sent command, so far
         self.answer_ok = True
+        self.switch: Switch | None = None  # a replacement this connection is part of (old or successor)
+        self.retired = False  # replaced: closes once its answers are in
 
     # ------------------------------------------------------------------ login
     def _login_complete(self) -> None:
@@ -56,16 +104,30 @@ class ListenerConn(ServerConn):
         self.park()
         self.up = True
         ch = self.channels
+        names = ch.union()
+        sw = self.switch
+        log.info("LISTEN connection for %s up (pid %d)%s, listening on %d channel(s)", ch.name, self.pid,
+                 f" to replace pid {sw.old.pid}" if sw is not None else "", len(names))
+        for name in names:
+            self._send((b"LISTEN " + lsn.quote(name), name, lsn.LISTEN, None))
+        if sw is not None:  # the token comes next; the commands wait for the take-over
+            self._send((b"LISTEN " + lsn.quote(SWITCH_CHANNEL), SWITCH_CHANNEL, lsn.LISTEN, sw.listened))
+            return
+        self._take_over()
+
+    def _take_over(self) -> None:
+        """This connection is the pool's now: the commands waiting run on it."""
+        ch = self.channels
+        assert ch is not None
+        ch.conn = self
         ch.server_pid = self.pid
         ch.connects += 1
         ch.retry = RETRY_LOST
-        names = ch.union()
-        log.info("LISTEN connection for %s up (pid %d), listening on %d channel(s)", ch.name, self.pid, len(names))
-        for name in names:
-            self._send((b"LISTEN " + lsn.quote(name), name, lsn.LISTEN, None))
         queued = ch.queue
         while queued:
             self._send(queued.popleft())
+        if self.epoch != self.pool.epoch:  # RECONNECT or RELOAD meanwhile: this one is outdated already
+            self.loop.call_soon(replace, ch, self.pool, self.worker)
 
     def _send(self, cmd: Command) -> None:
         self.sent.append(cmd)
@@ -79,7 +141,7 @@ class ListenerConn(ServerConn):
             if cmd[3] is not None:
                 cmd[3](True, b"")
             return  # a client listens on it again meanwhile
-        if self.up:
+        if self.up and self.switch is None:
             self._send(cmd)
         else:
             ch.queue.append(cmd)
@@ -103,7 +165,14 @@ class ListenerConn(ServerConn):
     def _message(self, t: int, body: bytes) -> None:
         if t == 65:  # NotificationResponse: pid, channel, payload
             end = body.index(b"\x00", 4)
-            self._dispatch(body[4:end], m.msg(b"A", body))
+            if self.retired:
+                return
+            if self.switch is None:
+                if body[4:end] == SWITCH_CHANNEL:
+                    return  # the other token of a replacement (pg_doorman.switch is reserved)
+                self._dispatch(body[4:end], m.msg(b"A", body))
+            else:
+                self._switching(body[4:end], body[end + 1:body.index(b"\x00", end + 1)], m.msg(b"A", body))
             return
         if not self.sent:
             if t == 69:
@@ -114,6 +183,8 @@ class ListenerConn(ServerConn):
             self.answer_ok = False
         self.answer += m.msg(bytes([t]), body)
         if t == 90:
+            if self.retired and len(self.sent) == 1:
+                self.loop.call_soon(self.close, "replaced by a new LISTEN connection")
             cmd = self.sent.popleft()
             data, ok = bytes(self.answer), self.answer_ok
             self.answer = bytearray()
@@ -122,6 +193,37 @@ class ListenerConn(ServerConn):
                 log.warning("LISTEN connection for %s: %s failed", self.pool.name, cmd[0].decode(errors="replace"))
             if cmd[3] is not None:
                 cmd[3](ok, data)
+
+    def _switching(self, channel: bytes, payload: bytes, msg: bytes) -> None:
+        """A notification while this connection is being replaced, or replaces one."""
+        sw = self.switch
+        assert sw is not None
+        if channel == SWITCH_CHANNEL and payload == sw.token:
+            if self is sw.old:
+                sw.old_seen = True
+            else:
+                sw.new_seen = True
+        elif self is sw.old:
+            if not sw.old_seen:
+                self._dispatch(channel, msg)  # committed before the token
+            return
+        elif sw.new_seen:
+            sw.held.append((channel, msg))  # committed after the token: once the old one has handed on its part
+        if not (sw.old_seen and sw.new_seen):
+            return
+        old, new = sw.old, sw.new
+        old.switch = new.switch = None
+        log.info("LISTEN connection for %s: pid %d replaces pid %d", self.pool.name, new.pid, old.pid)
+        old.step_down()
+        new._take_over()
+        for held in sw.held:
+            new._dispatch(*held)
+
+    def step_down(self) -> None:
+        """Replaced: close now, or once the answers still due are in."""
+        self.retired = True  # from now on its notifications are the successor's to hand on
+        if not self.sent:
+            self.loop.call_soon(self.close, "replaced by a new LISTEN connection")
 
     def _dispatch(self, channel: bytes, msg: bytes) -> None:
         """One notification to every client of the pool listening on `channel`, each on its own worker."""
@@ -145,7 +247,9 @@ class ListenerConn(ServerConn):
     def on_close(self, reason: str) -> None:
         self.timer.cancel()
         ch = self.channels
-        if ch is None:
+        if ch is None or self.retired:
+            return
+        if self.switch is not None and self._switch_broken(reason):
             return
         was_up = self.up
         self.up = False
@@ -170,6 +274,73 @@ class ListenerConn(ServerConn):
             ch.retry = RETRY_FAILED
         if ch.union():
             self.loop.call_later(ch.retry, ensure, ch, self.pool, self.worker)
+
+
+    def _switch_broken(self, reason: str) -> bool:
+        """This connection closed while it was being replaced, or replacing one. True: nothing more to do."""
+        sw = self.switch
+        assert sw is not None and self.channels is not None
+        ch = self.channels
+        sw.old.switch = sw.new.switch = None
+        if self is sw.new:  # the old one goes on; the replacement is tried again later
+            ch.failures += 1
+            log.warning("LISTEN connection for %s: its replacement failed (%s); pid %d goes on", ch.name, reason,
+                        sw.old.pid)
+            queued = ch.queue
+            while queued and not sw.old.closed:
+                sw.old._send(queued.popleft())
+            self.loop.call_later(RETRY_FAILED, replace, ch, self.pool, self.worker)
+            return True
+        # The old one died first: its successor takes over now (as it would after a lost connection).
+        new = sw.new
+        ch.conn = None
+        if new.up:
+            new._take_over()
+            for held in sw.held:
+                new._dispatch(*held)
+        else:
+            ch.conn = new  # it takes over when it has logged in
+        self.up = False
+        ch.failures += 1
+        waiting = [c for c in self.sent if c[3] is not None]
+        self.sent.clear()
+        log.warning("LISTEN connection for %s (pid %d) lost while being replaced: %s", ch.name, self.pid, reason)
+        for cmd in waiting:
+            new.command(cmd)
+        return True
+
+
+def replace(ch: lsn.Channels, pool: Pool, worker: Host) -> None:
+    """RECONNECT or a RELOAD that changed the pool's server: a new LISTEN connection in place of the old one
+    (on the host's loop; see the module's docstring). Nothing to do if it is down (it opens with the new
+    settings), logging in (it checks when it is up) or being replaced already (the successor checks)."""
+    old: ListenerConn | None = ch.conn
+    if old is None or not old.up or old.switch is not None or old.retired or old.epoch == pool.epoch:
+        return
+    try:
+        opened = ListenerConn.open(worker, pool)
+    except OSError as e:
+        log.warning("LISTEN connection for %s: cannot open its replacement: %s", ch.name, e)
+        return
+    assert isinstance(opened, ListenerConn)
+    new = opened
+    new.channels = ch
+    sw = Switch(old, new)
+    old.switch = new.switch = sw
+    log.info("LISTEN connection for %s (pid %d): replacing it", ch.name, old.pid)
+    worker.loop.call_later(max(SWITCH_TIMEOUT, 2 * pool.connect_timeout), sw.expire)
+    old._send((b"LISTEN " + lsn.quote(SWITCH_CHANNEL), SWITCH_CHANNEL, lsn.LISTEN, sw.listened))
+
+
+def follow(pool: Pool) -> None:
+    """From any thread, after pool.epoch changed: the pool's LISTEN connection is replaced on its host."""
+    ch = pool.channels
+    if ch is None:
+        return
+    with ch.lock:
+        host = ch.host
+    if host is not None:
+        host.loop.call_soon_threadsafe(replace, ch, pool, host)
 
 
 def ensure(ch: lsn.Channels, pool: Pool, worker: Host) -> ListenerConn | None:
