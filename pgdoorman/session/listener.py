@@ -198,7 +198,9 @@ class ListenerConn(ServerConn):
         """A notification while this connection is being replaced, or replaces one."""
         sw = self.switch
         assert sw is not None
-        if channel == SWITCH_CHANNEL and payload == sw.token:
+        if channel == SWITCH_CHANNEL:
+            if payload != sw.token:
+                return  # an earlier replacement's token (the channel is reserved)
             if self is sw.old:
                 sw.old_seen = True
             else:
