@@ -244,8 +244,10 @@ class ClientConn(ClientLogin):
 
     def _on_header(self, t: int, ln: int) -> None:
         if t == 81:  # Query
-            if self.unsynced or self.rw.rq:
-                tracking.request(self, t)  # inside an extended-protocol window: PostgreSQL may skip it
+            if self.unsynced or self.rw.rq or self.copy_window >= 1000:
+                # Inside an extended-protocol window (PostgreSQL may skip it), or after CopyData (a COPY that
+                # failed on it is over, and PostgreSQL answers this as usual): queued.
+                tracking.request(self, t)
             self.expect += 1
             self.copy_window = 81
             self.copy_syncs = 0
@@ -265,7 +267,7 @@ class ClientConn(ClientLogin):
             if self.copy_window:
                 self.copy_syncs += 1
         elif t == 70:  # FunctionCall
-            if self.unsynced or self.rw.rq:
+            if self.unsynced or self.rw.rq or self.copy_window >= 1000:
                 tracking.request(self, t)
             self.expect += 1
         elif t == 100:  # CopyData
@@ -282,10 +284,13 @@ class ClientConn(ClientLogin):
             rq = self.rw.rq
             if rq:
                 rq.append(tracking.ENTRY[t])
-            elif self.window is None:
-                self.window = bytearray((t,))  # this window's messages, by type (tracking.py)
             else:
-                self.window.append(t)
+                if self.window is None:
+                    self.window = bytearray((t,))  # this window's messages, by type (tracking.py)
+                else:
+                    self.window.append(t)
+                if self.copy_window >= 1000:
+                    tracking.start(self, 0)  # after CopyData: see the Query's case
             if t == 69:
                 self.copy_window = 69  # an Execute may start a COPY FROM STDIN
                 self.copy_syncs = 0

@@ -199,6 +199,8 @@ class ClientBase(Conn):
         sending: the server stays with the client until that message is whole)."""
         self.expect -= 1
         self.answered += 1
+        if self.expect <= 0 and not self.unsynced:
+            self.copy_window = 0  # everything is answered: no COPY can start from what it noted
         self.query_count += completed
         rw = self.rw
         rw.fast_bind = None
@@ -372,6 +374,8 @@ class ClientBase(Conn):
         listening.bound(self, st)
 
     def on_server_error(self, body: memoryview) -> None:
+        if self.in_copy_in:
+            self.in_copy_in = False  # the COPY failed: PostgreSQL answers the client's Syncs from now on
         if self.copy_risk:
             # A COPY that swallowed a Sync sent after CopyData failed (or something failed after it): PostgreSQL
             # may have read that Sync after the failure and will answer it, or not. This client keeps its server

@@ -553,16 +553,19 @@ class Rewriter(RewriterBase):
         keep = [head]
         ended = False
         while rq:
-            e = rq.popleft()
+            e = rq[0]
             if e is COPY_END:
+                rq.popleft()
                 ended = True
                 break
-            if e[0] == ps.SYNC:
-                removed += 1
-                if e[1] is not None:
-                    relay.copy_risk = True
-            else:
-                keep.append(e)  # (PostgreSQL ends the session when it reads it during the COPY)
+            if e[0] != ps.SYNC:
+                # Another message: PostgreSQL ends the session when it reads it during the COPY, or the COPY
+                # failed on its data before and it is answered as usual, with what follows it.
+                break
+            rq.popleft()
+            removed += 1
+            if e[1] is not None:
+                relay.copy_risk = True
         rq.extendleft(reversed(keep))
         relay.expect -= removed
         relay.in_copy_in = not ended

@@ -67,21 +67,12 @@ def request(c: Tracked, t: int) -> None:
 
 
 def start(c: Tracked, t: int) -> None:
-    """Queue from now on: one placeholder per request in flight, the open window's messages, then `t` (a
-    Query or FunctionCall; 0 for none); the linked server reads each response from now on."""
+    """Queue from now on: the requests in flight (_prefix), the open window's messages, then `t` (a Query or
+    FunctionCall; 0 for none); the linked server reads each response from now on."""
     window = c.window
     if not window and not t:
         return  # the window's messages were all answered (PostgreSQL skips the rest after an error)
-    rw = c.rw
-    rq = rw.rq
-    if rq is NO_REQUESTS:
-        rq = rw.rq = deque()
-    for _ in range(max(0, c.expect)):
-        rq.append(PLACEHOLDER)
-    if window:
-        for k in window:
-            rq.append(ENTRY[k])
-        window.clear()
+    rq = _prefix(c)
     if t:
         rq.append(ENTRY[t])
     s = c.server
@@ -91,17 +82,26 @@ def start(c: Tracked, t: int) -> None:
 
 def copy_end(c: Tracked) -> None:
     """A CopyDone or CopyFail, not in COPY IN: if it comes behind unanswered requests (one of them may start a
-    COPY it ends), its place among them is queued (COPY_END; Rewriter.copy_started reads it). The queue starts
-    here if it does not run: the last Query/Execute and the Syncs counted since (copy_window, copy_syncs) are
-    entries of their own, since PostgreSQL ignores those Syncs if that message starts a COPY."""
-    rw = c.rw
-    rq = rw.rq
+    COPY it ends), its place among them is queued (COPY_END; Rewriter.copy_started reads it)."""
+    rq = c.rw.rq
     if rq:
         rq.append(COPY_END)
         return
-    window = c.window
-    if c.expect <= 0 and not window:
+    if c.expect <= 0 and not c.window:
         return  # nothing unanswered: PostgreSQL ignores a CopyDone/CopyFail outside COPY
+    _prefix(c).append(COPY_END)
+    s = c.server
+    if s is not None:
+        s.set_ps_mode(True)
+
+
+def _prefix(c: Tracked) -> deque[tuple[int, Any]]:
+    """The queue started: one placeholder per request in flight, then the open window's messages. The last
+    Query/Execute, if unanswered, and the Syncs counted since (copy_window, copy_syncs) are entries of their
+    own, not placeholders: if that message starts a COPY, PostgreSQL ignores those Syncs (Rewriter.copy_started
+    drops them, and tells a Sync after CopyData from one before)."""
+    rw = c.rw
+    rq = rw.rq
     if rq is NO_REQUESTS:
         rq = rw.rq = deque()
     w = c.copy_window
@@ -117,14 +117,12 @@ def copy_end(c: Tracked) -> None:
     else:
         for _ in range(max(0, c.expect)):
             rq.append(PLACEHOLDER)
+    window = c.window
     if window:
         for t in window:
             rq.append(ENTRY[t])
         window.clear()
-    rq.append(COPY_END)
-    s = c.server
-    if s is not None:
-        s.set_ps_mode(True)
+    return rq
 
 
 def first_request_end(buf: bytes | bytearray) -> int | None:

@@ -182,6 +182,11 @@ COPY_SEQUENCES: dict[str, list[Step]] = {
     # server stays with its client through the whole COPY.
     "extended_copy_twice": [(XCOPY + sync(), "G", 1), (ROW + DONE + sync(), "Z", 1), (XCOPY + sync(), "G", 1),
                             (ROW, "", 0), (ROW + DONE + sync(), "Z", 1)],
+    # A COPY that fails on its data is over: what the client pipelined behind the data is answered as usual
+    # (after PostgreSQL's skip to Sync for an Execute's COPY), also what it sends after the error reached it.
+    "requests_after_bad_data": [(XCOPY + BAD + BAD_BIND + BAD + BATCH + sync() + sync(), "Z", 3)],
+    "query_after_bad_data": [(COPY + BAD + query("select 5") + sync(), "Z", 3)],
+    "batches_after_the_error_arrived": [(XCOPY + sync(), "G", 1), (BAD, "E", 1), (BATCH + BATCH, "Z", 2)],
     # A Sync after CopyData inside a COPY that fails: whether PostgreSQL read it before the failure (ignored)
     # or after (answered) cannot be known; this client keeps its server until it leaves (closed then).
     "sync_inside_a_failing_copy": [(COPY, "G", 1), (BAD + sync() + ROW + DONE, "Z", 2)],
