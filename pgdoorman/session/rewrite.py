@@ -38,16 +38,51 @@ def renamed_bind(b: bytes, j: int, k: int, name: bytes) -> bytes:
 class Rewriter(RewriterBase):
     __slots__ = ()
 
-    def _ensure(self, st: ps.Statement) -> bytes:
-        """Make sure the linked server holds `st`: b'' if it does, else the Parse to inject before."""
+    def _ensure(self, st: ps.Statement, cname: bytes | None = None) -> bytes:
+        """Make sure the linked server holds `st` (for a message naming it `cname`, None: not the client's own
+        name): b'' if it does, else the Parse to inject before (after a Close, when unsure)."""
         s: Held = self.relay.server
         prepared = s.prepared
         if st.name in prepared:
-            prepared.move_to_end(st.name)
-            return b""
+            if self.parsing is None or not self._unsure(st, cname):
+                prepared.move_to_end(st.name)
+                return b""
+        elif st.name not in s.unsure:
+            s.remember(st.name)
+            self._parsing(st, None)
+            self._track().append((ps.INJECT, st))
+            return st.parse_msg
+        return self._reparse(s, st, (ps.INJECT, st))
+
+    def _unsure(self, st: ps.Statement, cname: bytes | None) -> bool:
+        """`st`'s latest Parse is in flight in an earlier window than the message at hand: PostgreSQL may skip it
+        (an error before it in its window) and still run this one. Except when the message names the client's
+        own statement of that Parse: then the server holds `st` exactly when the client's name exists, and
+        PostgreSQL's answer (26000 under the client's name, error_rewrite) is the one it would give directly."""
+        p = self.parsing
+        assert p is not None
+        e = p.get(st.name)
+        if e is None or e[0] >= self.win or e[0] < self.done:
+            return False
+        return cname is None or e[1] != cname
+
+    def _parsing(self, st: ps.Statement, cname: bytes | None) -> None:
+        """A Parse of `st` goes to the server in the current window (see RewriterBase.parsing)."""
+        p = self.parsing
+        if p is None:
+            p = self.parsing = {}
+        p[st.name] = (self.win, cname)
+
+    def _reparse(self, s: Held, st: ps.Statement, entry: tuple[int, Any]) -> bytes:
+        """Close and Parse `st` again on `s`, which may or may not hold it (`entry`: the Parse's queue entry).
+        PostgreSQL answers Close of a statement that does not exist with CloseComplete: swallowed (UNPARSE)."""
+        s.unsure.discard(st.name)
         s.remember(st.name)
-        self._track().append((ps.INJECT, st))
-        return st.parse_msg
+        self._parsing(st, entry[1][1] if entry[0] == ps.PARSE else None)
+        rq = self._track()
+        rq.append((ps.UNPARSE, None))
+        rq.append(entry)
+        return m.msg(b"C", b"S" + st.name + b"\x00") + st.parse_msg
 
     def _malformed(self, rq: deque[tuple[int, Any]]) -> bytes | None:
         """A message body PostgreSQL will refuse (08P01, "invalid message format" and the like): sent on
@@ -90,6 +125,7 @@ class Rewriter(RewriterBase):
             rq.append((ps.EXEC, None))
             return None
         if t == 83:  # Sync
+            self.win += 1  # (a window ends: RewriterBase.parsing)
             self.relay.expect += 1
             self.relay.unsynced = False
             if self.relay.copy_window:
@@ -136,7 +172,7 @@ class Rewriter(RewriterBase):
             j = b.find(b"\x00")
             k = b.find(b"\x00", j + 1) if j >= 0 else -1
             st = self.lookup(b[j + 1 : k]) if k >= 0 else None
-            pre = self._ensure(st) if st is not None else b""  # an injected Parse is answered first
+            pre = self._ensure(st, b[j + 1 : k]) if st is not None else b""  # an injected Parse is answered first
             self._malformed(rq)
             return None if st is None else pre + renamed_bind(b, j, k, st.name)
         st = self.lookup(b[j + 1 : k])
@@ -147,7 +183,7 @@ class Rewriter(RewriterBase):
             self._leaves(st, b)
         elif self.relay.lsn is not None:
             self.relay.listen_bound(st)  # (a ROLLBACK voids the transaction's LISTEN/UNLISTEN)
-        pre = self._ensure(st)
+        pre = self._ensure(st, b[j + 1 : k])
         rq.append((ps.BIND, (st, b[j + 1 : k])))
         return pre + renamed_bind(b, j, k, st.name)
 
@@ -193,14 +229,19 @@ class Rewriter(RewriterBase):
         s = self.relay.server
         assert s is not None
         if st.name in s.prepared:
-            s.prepared.move_to_end(st.name)
-            s.ps_hits += 1
-            rq.append((ps.SYNTH, (m.PARSE_COMPLETE, (name, prev))))
-            return b""
+            if self.parsing is None or not self._unsure(st, None):
+                s.prepared.move_to_end(st.name)
+                s.ps_hits += 1
+                rq.append((ps.SYNTH, (m.PARSE_COMPLETE, (name, prev))))
+                return b""
+        elif st.name not in s.unsure:
+            s.ps_misses += 1
+            s.remember(st.name)
+            self._parsing(st, name)
+            rq.append((ps.PARSE, (st, name, prev)))
+            return st.parse_msg
         s.ps_misses += 1
-        s.remember(st.name)
-        rq.append((ps.PARSE, (st, name, prev)))
-        return st.parse_msg
+        return self._reparse(s, st, (ps.PARSE, (st, name, prev)))
 
     def _ps_describe(self, body: memoryview, rq: deque[tuple[int, Any]]) -> bytes | None:
         """Describe of a portal or a statement (renamed to the pool's)."""
@@ -217,7 +258,7 @@ class Rewriter(RewriterBase):
         if st is None:
             rq.append((ps.DESC_S, None))
             return None
-        pre = self._ensure(st)
+        pre = self._ensure(st, b[1:-1])
         if not pre and rq:
             last = rq[-1]
             if last[0] == ps.SYNTH and isinstance(last[1], tuple) and last[1][1][0] == b[1:-1]:
@@ -225,9 +266,7 @@ class Rewriter(RewriterBase):
                 # here, but PostgreSQL would have parsed it afresh, and DDL since (maybe through another
                 # connection) may have changed its parameter or result types. Parse it again on this
                 # server, so Describe says what the schema says now.
-                rq.append((ps.UNPARSE, None))
-                rq.append((ps.INJECT, st))
-                pre = m.msg(b"C", b"S" + st.name + b"\x00") + st.parse_msg
+                pre = self._reparse(self.relay.server, st, (ps.INJECT, st))
         rq.append((ps.DESC_S, (st, b[1:-1])))
         nb = b"S" + st.name + b"\x00"
         return pre + b"D" + m.U32.pack(len(nb) + 4) + nb
@@ -301,6 +340,9 @@ class Rewriter(RewriterBase):
         if not rq:
             if rq is NO_REQUESTS:
                 rq = self._queue()  # the first time: a queue of its own
+            if self.parsing is not None:  # nothing in flight: no Parse either
+                self.parsing = None
+                self.win = self.done = 0
             left = self.relay.expect
             if self.fast_bind is not None:
                 # A fast batch is the oldest request in flight: queue it as one entry through its

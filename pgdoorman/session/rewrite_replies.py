@@ -88,6 +88,10 @@ class Held(Protocol):
 
     prepared: OrderedDict[bytes, None]
     evicted: list[bytes]
+    # Statements it may or may not hold: a Parse of one was skipped or failed, maybe after our Close of it, maybe
+    # with another Parse of it in flight. Not in `prepared`; parsed there again only after a Close (no error
+    # on PostgreSQL when the statement does not exist).
+    unsure: set[bytes]
     ps_hits: int
     ps_misses: int
     txn_status: int
@@ -141,7 +145,7 @@ class RewriterBase:
     cache, the responses its requests expect (`rq`), the fast batch in flight, and the reply direction."""
 
     __slots__ = ("relay", "cache", "sig", "named", "unnamed", "anon", "anon_evicted", "rq", "last_parse",
-                 "synth_head", "fast_bind", "fast_redo", "held_error")
+                 "synth_head", "fast_bind", "fast_redo", "held_error", "parsing", "win", "done")
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
@@ -168,6 +172,14 @@ class RewriterBase:
         self.fast_bind: tuple[ps.Statement, bytes] | None = None
         self.fast_redo: tuple[bytes, int, int, bytes] | None = None
         self.held_error: bytes | None = None
+        # The Parses of pool statements in flight (general path): server name -> (the window it was sent in,
+        # the client's name for a Parse of the client's own, None for one of ours), the latest per statement.
+        # Windows are numbered by the Syncs queued (`win`) and answered (`done`); all reset when the queue is
+        # empty. A message after a later Sync must not rely on such a Parse: PostgreSQL may skip it after an
+        # error in its window (Rewriter._unsure).
+        self.parsing: dict[bytes, tuple[int, bytes | None]] | None = None
+        self.win = 0
+        self.done = 0
 
     def start(self, cache: PoolCache, sig: tuple[str, ...]) -> None:
         """Prepared-statement mode from now on, with this pool cache and these planner settings."""
@@ -324,8 +336,8 @@ class RewriterBase:
                 else:
                     while rq and rq[0][0] not in (ps.SYNC, ps.QUERY, ps.FUNC):
                         self._skip_entry(s, *rq.popleft())  # never answered: skipped
-                if rq:
-                    rq.popleft()
+                if rq and rq.popleft()[0] == ps.SYNC:
+                    self.done += 1
             elif t == 69:  # ErrorResponse
                 rep = self._error_response(s, kind, data, body)
                 if rep is not None:
@@ -334,6 +346,8 @@ class RewriterBase:
             elif t in ps.TERMINAL[kind]:
                 rq.popleft()
                 swallow = kind in ps.SWALLOWED
+                if s.unsure and (kind == ps.PARSE or kind == ps.INJECT):  # it holds the statement now (Held.unsure)
+                    self._parsed(s, data[0] if kind == ps.PARSE else data)
         if t in PLAIN_TYPES:
             s._on_message(t, body)
         # Synthetic responses due right after this one (e.g. a CloseComplete between a BindComplete and the
@@ -375,10 +389,21 @@ class RewriterBase:
     def _skip_entry(self, s: Held, kind: int, data: Any) -> None:
         """PostgreSQL skipped the message of this expected-response entry: undo what sending it did."""
         self._skipped(kind, data)
-        if kind == ps.PARSE:
-            s.prepared.pop(data[0].name, None)
-        elif kind == ps.INJECT:
-            s.prepared.pop(data.name, None)
+        if kind == ps.PARSE or kind == ps.INJECT:
+            self._not_parsed(s, data[0] if kind == ps.PARSE else data)
+
+    @staticmethod
+    def _parsed(s: Held, st: ps.Statement) -> None:
+        if st.name in s.unsure:
+            s.unsure.discard(st.name)
+            s.remember(st.name)
+
+    @staticmethod
+    def _not_parsed(s: Held, st: ps.Statement) -> None:
+        """A Parse of `st` was skipped or failed: whether `s` holds it depends on what came before (our Close of
+        it skipped too, an earlier Parse of it in flight): from now on it is parsed there only after a Close."""
+        s.prepared.pop(st.name, None)
+        s.unsure.add(st.name)
 
     def error_rewrite(self, s: Held, kind: int, data: object, body: memoryview) -> bytes | None:
         """Keep caches true after an error; return the error body with our statement name replaced by the
@@ -389,7 +414,7 @@ class RewriterBase:
         if kind == ps.PARSE or kind == ps.INJECT:
             st = data[0] if kind == ps.PARSE else data  # type: ignore[index]
             assert isinstance(st, ps.Statement)
-            s.prepared.pop(st.name, None)
+            self._not_parsed(s, st)
             if kind == ps.PARSE:
                 # A failed Parse creates nothing, on PostgreSQL as here: forget it everywhere.
                 cache.forget(st)

@@ -109,6 +109,7 @@ class ServerConn(ServerWrapped):
         self.scanner.on_stream = self.pstats.streamed
         self.prepared: OrderedDict[bytes, None] = OrderedDict()  # DOORMAN_n names this backend holds
         self.evicted: list[bytes] = []  # to DEALLOCATE at the next checkin
+        self.unsure: set[bytes] = set()  # DOORMAN_n names it may hold (rewrite_replies.Held)
         self.ps_cap = pool.server_ps_cache_size
         self.ps_hits = 0
         self.ps_misses = 0
@@ -358,6 +359,7 @@ class ServerConn(ServerWrapped):
 
     def _statements_gone(self) -> None:
         self.prepared.clear()
+        self.unsure.clear()
         self.evicted.clear()
         c = self.client
         if c is not None:
@@ -486,6 +488,7 @@ class ServerConn(ServerWrapped):
         self.evicted.clear()
         if self.pool.cleanup and self.dirty & (DIRTY_PREPARE | DIRTY_SESSION):
             self.prepared.clear()
+            self.unsure.clear()
             if self.dirty & DIRTY_SESSION:
                 self.extra.clear()
                 self.synced_key = None

@@ -34,10 +34,11 @@ SERVER_PS_TABLE = make_table(full=b"ZCSEGHW123tTnIsV")
 
 class ServerPrepared(ServerDial):
     # The prepared-statement fields of a server connection (set by ServerConn.__init__).
-    __slots__ = ("prepared", "evicted", "ps_cap", "ps_hits", "ps_misses", "ps_on", "skipping", "release_pending",
+    __slots__ = ("prepared", "evicted", "unsure", "ps_cap", "ps_hits", "ps_misses", "ps_on", "skipping", "release_pending",
                  "_plain_handler", "_ps_handler")
     prepared: OrderedDict[bytes, None]
     evicted: list[bytes]
+    unsure: set[bytes]
     ps_cap: int
     ps_hits: int
     ps_misses: int

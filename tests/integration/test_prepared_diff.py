@@ -178,6 +178,33 @@ SEQUENCES: dict[str, list[Step]] = {
                       one(B("", "kc"), E(), S)],
     "skipped_query_after_error": [one(P("", "select 1"), B("", fmts=(7,)), Q("select 2"), E(), S),
                                   one(Q("select 'next'"))],
+    # Pipelined windows: a Parse in an earlier window, unanswered when the next window is sent, is skipped by
+    # PostgreSQL after an error before it in its window; the next window must not rely on it.
+    "skipped_parse_at_bind_error_next_window_parses_again": [
+        one(P("", "select $1::int"), B("", ("1",), fmts=(7,)), P("", "select 8001"), B(), E(), S,
+            P("", "select 8001"), B(), E(), S, wait=2)],
+    "skipped_parse_at_execute_error_next_window_parses_again": [
+        one(P("", "select 1/0"), B(), E(), P("", "select 8002"), B(), E(), S, P("", "select 8002"), B(), E(), S,
+            wait=2)],
+    "skipped_parse_next_window_describes_and_binds_another_name": [
+        one(P("w3", "select 8003"), S),
+        one(P("", "select 1/0"), B(), E(), P("w3b", "select 8003 "), P("", "select 8003 "), S,
+            P("w3", "select 8003"), describe("S", "w3"), B("w3"), E(), S, B("", "w3"), E(), S, wait=3)],
+    "skipped_named_parse_next_window_binds_it": [
+        one(P("", "select 1/0"), B(), E(), P("w4", "select 8004"), S, B("w4"), E(), S, describe("S", "w4"), S,
+            P("w4", "select 8004"), B("w4"), E(), S, wait=4)],
+    "skipped_describe_reparse_next_window": [
+        one(P("", "select 8005"), B(), E(), S),
+        one(P("", "select 1/0"), B(), E(), P("", "select 8005"), describe("S"), S, P("", "select 8005"),
+            describe("S"), B(), E(), S, wait=2),
+        one(P("", "select 8005"), B(), E(), S)],
+    "skipped_close_next_window": [
+        one(P("w6", "select 8006"), S),
+        one(P("", "select 1/0"), B(), E(), close("S", "w6"), S, B("w6"), E(), S, P("w6", "select 8006"), S,
+            wait=3)],
+    "failed_parse_next_window_after_create": [
+        one(P("", "select * from w7_t"), S, Q("create table w7_t as select 8007 as v"),
+            P("", "select * from w7_t"), B(), E(), S, Q("drop table w7_t"), wait=4)],
     # Startup settings (see CLIENT_PARAMS): each client sees its own, whatever server it lands on.
     "startup_settings_two_clients": [one(Q("show search_path; show work_mem; show application_name")),
                                      one(Q("show search_path; show work_mem; show TimeZone"), client=1),
@@ -186,6 +213,13 @@ SEQUENCES: dict[str, list[Step]] = {
                                      one(P("", "select current_setting('work_mem')"), B(), E(), S, client=1),
                                      one(Q("show application_name; show statement_timeout"), client=1)],
 }
+
+# Known differences, transaction mode (strict xfail: the day they pass, the marker goes): a message relying on the
+# client's own name whose Parse (or Close) is unanswered in an earlier window, when PostgreSQL skipped that
+# Parse (Close): the pooler decided the name's meaning when it sent the later window (42P05 for a second Parse of
+# the name, 26000 for a Bind after the Close). Exact answers need the later window held until the earlier one
+# is answered.
+KNOWN_DIFF = {"skipped_named_parse_next_window_binds_it", "skipped_close_next_window"}
 
 # Startup-packet settings of each client, per sequence (default: none).
 CLIENT_PARAMS: dict[str, list[dict[str, str]]] = {
@@ -250,8 +284,11 @@ def _connect(host: str, port: int, params: dict[str, str] | None = None) -> Wire
 
 
 @pytest.mark.parametrize("name", list(SEQUENCES))
-def test_same_responses_as_postgres(pg: Any, pooler: Any, name: str) -> None:
+def test_same_responses_as_postgres(pg: Any, pooler: Any, name: str, request: pytest.FixtureRequest) -> None:
     steps = SEQUENCES[name]
+    if name in KNOWN_DIFF and pooler.mode == "transaction":
+        request.applymarker(pytest.mark.xfail(strict=True, reason="a skipped Parse/Close of the client's own name "
+                                              "relied on by a later window (see KNOWN_DIFF)"))
     nclients = 1 + max(s[0] for s in steps)
     params = CLIENT_PARAMS.get(name, [{}] * nclients)
     direct = [_connect(pg.host, pg.port, params[i]) for i in range(nclients)]

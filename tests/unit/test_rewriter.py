@@ -24,6 +24,7 @@ class FakeHeld:
     def __init__(self) -> None:
         self.prepared: OrderedDict[bytes, None] = OrderedDict()
         self.evicted: list[bytes] = []
+        self.unsure: set[bytes] = set()
         self.ps_hits = 0
         self.ps_misses = 0
         self.txn_status = 73
@@ -396,3 +397,57 @@ def test_reset_interner_drops_unnamed_only_statements() -> None:
     _alternate(p, ["select 2"], 1)
     assert cache.drop_anonymous() == 1
     assert [st.query for st in cache.snapshot()] == [b"select 1"]
+
+
+# A Parse in flight in an earlier window (before a Sync) may be skipped by PostgreSQL after an error before it in
+# its window, while the messages after that Sync run: they must not rely on it (found by a pipelined Bind error).
+BAD_BIND = parse("", "select $1::int") + bind("", "", ("1",), (7,))
+
+
+def test_a_parse_behind_an_unanswered_parse_in_an_earlier_window_is_closed_and_parsed_again() -> None:
+    p = Pair()
+    first = p.send(BAD_BIND + parse("", "select 8") + bind() + execute() + sync())
+    assert types(first) == "PBPBES"
+    st = p.rw.unnamed
+    assert st is not None and st.query == b"select 8"
+    # Same statement, next window: PostgreSQL may have skipped the first Parse of it.
+    again = p.send(parse("", "select 8") + bind() + execute() + sync())
+    assert types(again) == "CPBES" and again[0][1] == b"S" + st.name + b"\0"
+    got = p.answer(frame("1") + error("22023", "unsupported format code: 7") + RFQ
+                   + frame("3") + frame("1") + frame("2") + OK_ROW + RFQ)
+    assert types(got) == "1EZ12DCZ"  # the CloseComplete is swallowed, the ParseComplete is PostgreSQL's
+    assert st.name in p.held.prepared and not p.rw.rq
+    # Everything answered: the same Parse is answered here again.
+    assert types(p.send(parse("", "select 8") + bind() + execute() + sync())) == "BES"
+
+
+def test_a_parse_in_the_same_window_relies_on_the_earlier_one() -> None:
+    p = Pair()
+    assert types(p.send(parse("", "select 8") + bind() + execute() + parse("", "select 8") + bind() + execute()
+                        + sync())) == "PBEBES"
+
+
+def test_bind_of_the_clients_own_unanswered_parse_relies_on_it() -> None:
+    """The server holds the statement exactly when the client's Parse ran: PostgreSQL's 26000, renamed."""
+    p = Pair()
+    p.send(BAD_BIND + parse("s1", "select 8") + sync())
+    st = p.rw.named[b"s1"]
+    assert types(p.send(bind("", "s1") + execute() + sync())) == "BES"
+    got = p.answer(frame("1") + error("22023", "unsupported format code: 7") + RFQ
+                   + error("26000", 'prepared statement "' + st.name.decode() + '" does not exist') + RFQ)
+    assert types(got) == "1EZEZ" and b'prepared statement "s1" does not exist' in got[3][1]
+
+
+def test_a_skipped_close_and_parse_leave_the_statement_unsure() -> None:
+    """After a skipped Parse (maybe behind our skipped Close of it) the server may or may not hold the statement:
+    it is parsed there again only after a Close (PostgreSQL answers Close of a missing statement without error)."""
+    p = Pair()
+    p.send(parse("", "select 8") + bind() + execute() + sync())
+    st = p.rw.unnamed
+    assert st is not None
+    p.send(BAD_BIND + parse("", "select 8") + bind() + execute() + sync())  # closed and parsed again
+    p.answer(frame("1") + frame("2") + OK_ROW + RFQ + frame("1") + error("22023", "unsupported format code: 7")
+             + RFQ)
+    assert st.name not in p.held.prepared and st.name in p.held.unsure
+    assert types(p.send(parse("", "select 8") + bind() + execute() + sync())) == "CPBES"
+    assert st.name in p.held.prepared and st.name not in p.held.unsure
