@@ -20,7 +20,8 @@ from pgdoorman.core import prepared as ps
 from pgdoorman.core import sqllex
 from pgdoorman.protocol import frontend
 from pgdoorman.protocol import messages as m
-from pgdoorman.session.rewrite_replies import COPY_END, NO_REQUESTS, SYNC_AFTER_DATA, Held, RewriterBase
+from pgdoorman.session.noqueue import NO_REQUESTS
+from pgdoorman.session.rewrite_replies import COPY_END, SYNC_AFTER_DATA, Held, RewriterBase
 from pgdoorman.session.states import DIRTY_PREPARE, LISTEN_START
 
 # SQL EXECUTE of a statement the client prepared through the protocol: the server knows it by the pool's name.

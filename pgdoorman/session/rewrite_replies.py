@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pgdoorman.core import prepared as ps
 from pgdoorman.protocol import messages as m
+from pgdoorman.session.noqueue import NO_REQUESTS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pgdoorman.core.prepared import PoolCache
 
 log = logging.getLogger("pgdoorman.server")
@@ -41,21 +44,6 @@ def is_stale_plan(fields: dict[str, str]) -> bool:
     return (code == "0A000" and _STALE_PLAN in msg) or (code == "XX000" and msg.startswith(_DROPPED_TYPE))
 
 
-class _NoRequests(deque[tuple[int, Any]]):
-    """The queue of a client not in prepared-statement mode: always empty, and loud if anything is queued."""
-
-    def append(self, _: tuple[int, Any]) -> None:
-        raise RuntimeError("response queued outside prepared-statement mode")
-
-    appendleft = append
-
-    def extend(self, _: Any) -> None:
-        raise RuntimeError("response queued outside prepared-statement mode")
-
-    extendleft = extend
-
-
-NO_REQUESTS = _NoRequests()
 # Where a client's CopyDone/CopyFail falls among its requests (session/tracking.py: the Syncs before it after a
 # COPY start are ignored by PostgreSQL). A synthetic entry with nothing to send: one left at the head of the
 # queue (no COPY started before it) goes with the next synthetic answers. Compared by identity.
@@ -103,7 +91,7 @@ class Held(Protocol):
 
     def set_ps_mode(self, on: bool) -> None: ...
 
-    def _on_message(self, t: int, body: memoryview) -> bytes | None: ...  # the plain relay handler
+    _plain_handler: Callable[[int, memoryview], bytes | None]  # the plain relay's handler
 
 
 class Relay(Protocol):
@@ -349,7 +337,7 @@ class RewriterBase:
                 if s.unsure and (kind == ps.PARSE or kind == ps.INJECT):  # it holds the statement now (Held.unsure)
                     self._parsed(s, data[0] if kind == ps.PARSE else data)
         if t in PLAIN_TYPES:
-            s._on_message(t, body)
+            s._plain_handler(t, body)
         # Synthetic responses due right after this one (e.g. a CloseComplete between a BindComplete and the
         # DataRows that follow): emit them now, since DataRows stream by without reaching this handler.
         suffix = ps.take_synth(rq)

@@ -133,12 +133,6 @@ class ServerConn(ServerWrapped):
         s.dial(host, port)
         return s
 
-    def _startup_packet(self) -> bytes:
-        assert self.login is not None
-        cfg = self.pool.pool_cfg
-        return self.login.startup_packet(cfg.server_database, cfg.application_name or "pg_doorman",
-                                         self.pool.startup_parameters)
-
     def on_event(self, mask: int) -> None:
         if mask == 1 and self.state == ACTIVE:  # the relay's read, here rather than in on_readable: a call less
             try:

@@ -51,14 +51,12 @@ class ServerDial(Conn):
     inbuf: bytearray
     params: dict[str, str]
 
-    if TYPE_CHECKING:  # fields and methods of ServerConn this part uses
-        worker: Host
-        pool: Pool
-        addr: str
-        timer: Timer
-        fallback: Target | None
-
-        def _startup_packet(self) -> bytes: ...
+    # Fields of ServerConn this part uses (plain annotations, not under TYPE_CHECKING: see server_prepared.py).
+    worker: Host
+    pool: Pool
+    addr: str
+    timer: Timer
+    fallback: Target | None
 
     def _init_dial(self) -> None:
         self.target = ""
@@ -68,6 +66,12 @@ class ServerDial(Conn):
         self.tls_phase = 0
         self.tls_retried = False
         self.connect_error = None
+
+    def _startup_packet(self) -> bytes:
+        assert self.login is not None
+        cfg = self.pool.pool_cfg
+        return self.login.startup_packet(cfg.server_database, cfg.application_name or "pg_doorman",
+                                         self.pool.startup_parameters)
 
     def dial(self, host: str, port: int) -> None:
         """Start connecting to `host` (a name, an IP literal or a unix socket directory) and `port`."""

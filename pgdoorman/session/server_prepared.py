@@ -48,14 +48,13 @@ class ServerPrepared(ServerDial):
     _plain_handler: _Callable[[int, memoryview], bytes | None]
     _ps_handler: _Callable[[int, memoryview], bytes | None]
 
-    if TYPE_CHECKING:  # fields and methods of ServerConn this part uses
-        client: ClientPeer | None
-        pool: Pool
-        scanner: Scanner
-        txn_status: int
-        dirty: int
-
-        def _on_message(self, t: int, body: memoryview) -> bytes | None: ...
+    # Fields of ServerConn this part uses (plain annotations, not under TYPE_CHECKING: a compiled build,
+    # scripts/build_mypyc.sh, gives a class the attributes its own body declares).
+    client: ClientPeer | None
+    pool: Pool
+    scanner: Scanner
+    txn_status: int
+    dirty: int
 
     def set_ps_mode(self, on: bool) -> None:
         if on != self.ps_on:
@@ -77,5 +76,5 @@ class ServerPrepared(ServerDial):
         """The scanner's handler in prepared-statement mode: the linked client's rewriter rewrites the reply."""
         c = self.client
         if c is None:
-            return self._on_message(t, body)
+            return self._plain_handler(t, body)
         return c.rw.reply(t, body, self)

@@ -55,16 +55,13 @@ class ServerWrapped(ServerPrepared):
     fallback: Target | None  # a fallback host found through Patroni (core/fallback.py), set by the worker
     fallback_until: float  # then its fallback_lifetime ends (0: not a fallback host's connection)
 
-    if TYPE_CHECKING:  # fields and methods of ServerConn this part uses
-        worker: Host
-        pstats: PoolStats
-        addr: str
-        pid: int
-        secret: int
-        state: int
-        client: ClientPeer | None
-
-        def _on_parameter(self, body: memoryview) -> None: ...
+    # Fields of ServerConn this part uses (plain annotations: see server_prepared.py).
+    worker: Host
+    pstats: PoolStats
+    addr: str
+    pid: int
+    secret: int
+    state: int
 
     def _init_wrapped(self) -> None:
         """This part's fields (part of ServerConn.__init__)."""
@@ -113,9 +110,8 @@ class ServerWrapped(ServerPrepared):
             if c is not None:
                 c.on_server_error(body)
             return None
-        if t == 83:  # ParameterStatus
-            self._on_parameter(body)
-            return None
+        if t == 83:  # ParameterStatus: the plain relay's handler takes it
+            return self._plain_handler(t, body)
         return b""  # CommandComplete (and nothing else comes for BEGIN)
 
     # ------------------------------------------------------------------ cancels

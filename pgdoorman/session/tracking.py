@@ -26,8 +26,9 @@ from typing import Any, Protocol
 
 from pgdoorman.core import prepared as ps
 from pgdoorman.protocol import messages as m
+from pgdoorman.session.noqueue import NO_REQUESTS
 from pgdoorman.session.rewrite import Rewriter
-from pgdoorman.session.rewrite_replies import COPY_END, NO_REQUESTS, SYNC_AFTER_DATA
+from pgdoorman.session.rewrite_replies import COPY_END, SYNC_AFTER_DATA
 
 _unpack = m.U32.unpack_from
 

@@ -23,7 +23,7 @@ import pytest
 from pgdoorman.app import App
 from pgdoorman.config import config_from_dict
 from pgdoorman.session.client import READY
-from pgdoorman.session.rewrite_replies import NO_REQUESTS
+from pgdoorman.session.noqueue import NO_REQUESTS
 from pgdoorman.session.shared import EMPTY, NO_TIMER
 from tests.support.cluster import DBNAME, MD5_PASSWORD, MD5_USER, pooler_config
 from tests.support.pooler import Pooler, free_port

@@ -33,6 +33,7 @@ class FakeHeld:
         self.ps_on = False
         self.plain: list[int] = []  # message types handed to the plain relay handler
         self.relay: FakeRelay | None = None
+        self._plain_handler = self._on_message  # as ServerConn's: the plain relay's handler
 
     def remember(self, name: bytes) -> None:
         self.prepared[name] = None
