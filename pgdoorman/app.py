@@ -51,6 +51,11 @@ def gil_enabled() -> bool:
     return True if f is None else bool(f())
 
 
+def compiled() -> bool:
+    """Whether the per-transaction modules run compiled (the optional mypyc build, scripts/build_mypyc.sh)."""
+    return str(getattr(sys.modules[Worker.__module__], "__file__", "")).endswith((".so", ".pyd"))
+
+
 def default_workers() -> int:
     if gil_enabled():
         return 1
@@ -386,9 +391,9 @@ class App:
             self.workers[0].add_listener(sock, is_unix=True)
         elif unix is not None:
             unix.close()
-        log.info("pgdoorman %s listening on %s:%d with %d worker(s)%s%s", __version__, g.host, g.port,
+        log.info("pgdoorman %s listening on %s:%d with %d worker(s)%s%s%s", __version__, g.host, g.port,
                  self.nworkers, f", unix socket {self.unix_path}" if self.unix_path else "",
-                 "" if gil_enabled() else " (free-threaded)")
+                 "" if gil_enabled() else " (free-threaded)", " (compiled with mypyc)" if compiled() else "")
 
     def start_workers(self) -> None:
         for j in self.janitors:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # Tests import their helpers as ``tests.support.*`` whatever directory pytest was started from.
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# PGDOORMAN_SRC=DIR: test the pgdoorman package in DIR (the compiled tree of scripts/build_mypyc.sh) instead
+# of this checkout's, in this process and in the poolers it starts (tests/support/pooler.py).
+if os.environ.get("PGDOORMAN_SRC"):
+    sys.path.insert(0, os.environ["PGDOORMAN_SRC"])
 
 from tests.support.cluster import PgCluster, pooler_config, throwaway_cluster  # noqa: E402
 from tests.support.pooler import Pooler  # noqa: E402
@@ -29,6 +34,14 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "concurrency: multi-threaded tests, also run under free-threaded CPython 3.13t by `make test`",
     )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    import pgdoorman
+
+    pkg = Path(pgdoorman.__file__).parent
+    compiled = sum(1 for _ in pkg.rglob("*.so"))
+    return f"pgdoorman: {pkg}" + (f" ({compiled} compiled modules)" if compiled else "")
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

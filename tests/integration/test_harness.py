@@ -33,7 +33,7 @@ from tests.support.cluster import (
     deep_merge,
     pooler_config,
 )
-from tests.support.pooler import Pooler, free_port
+from tests.support.pooler import SRC, Pooler, free_port
 
 CREDENTIALS = [(SCRAM_USER, SCRAM_PASSWORD), (MD5_USER, MD5_PASSWORD)]
 
@@ -320,7 +320,7 @@ def test_free_threaded_interpreter_when_expected() -> None:
     # ...then in the pooler's own process, which must stay free-threaded.
     out = subprocess.run(
         [sys.executable, "-W", "error::RuntimeWarning", "-c", POOLER_GIL_PROBE],
-        capture_output=True, text=True, timeout=60, cwd=str(Path(__file__).resolve().parents[2]),
+        capture_output=True, text=True, timeout=60, cwd=str(SRC),  # the package under test (PGDOORMAN_SRC)
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+# The directory holding the pgdoorman package the poolers run: this checkout, or PGDOORMAN_SRC (tests/conftest.py).
+SRC = Path(os.environ.get("PGDOORMAN_SRC") or ROOT)
 
 # Poolers started by this process; whatever a crashed or interrupted test left running is stopped
 # when the interpreter exits, so no pooler outlives the test run.
@@ -152,8 +154,8 @@ class Pooler:
         self.config["general"]["port"] = self.port
         self.write_config()
         env = {**os.environ, **self.env}
-        # The pooler must import this checkout even from a venv where it is not installed.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        # The pooler must import this checkout (or PGDOORMAN_SRC) even from a venv where it is not installed.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH", "")) if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(self.log_path, "ab") as log:
             log.write(f"--- starting pooler on {self.host}:{self.port} ---\n".encode())
