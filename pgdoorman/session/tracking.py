@@ -120,8 +120,7 @@ def _prefix(c: Tracked) -> deque[tuple[int, Any]]:
             rq.append(PLACEHOLDER)
     window = c.window
     if window:
-        for t in window:
-            rq.append(ENTRY[t])
+        rq.extend(map(ENTRY.__getitem__, window))  # not `for k in window`: mypyc cannot loop over a bytearray
         window.clear()
     return rq
 
