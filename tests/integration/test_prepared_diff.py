@@ -202,6 +202,8 @@ SEQUENCES: dict[str, list[Step]] = {
         one(P("w6", "select 8006"), S),
         one(P("", "select 1/0"), B(), E(), close("S", "w6"), S, B("w6"), E(), S, P("w6", "select 8006"), S,
             wait=3)],
+    "skipped_unnamed_parse_next_window_binds_the_previous": [
+        one(P("", "select 1/0"), B(), E(), P("", "select 8008"), S, B(), E(), S, wait=2)],
     "failed_parse_next_window_after_create": [
         one(P("", "select * from w7_t"), S, Q("create table w7_t as select 8007 as v"),
             P("", "select * from w7_t"), B(), E(), S, Q("drop table w7_t"), wait=4)],
@@ -217,9 +219,11 @@ SEQUENCES: dict[str, list[Step]] = {
 # Known differences, transaction mode (strict xfail: the day they pass, the marker goes): a message relying on the
 # client's own name whose Parse (or Close) is unanswered in an earlier window, when PostgreSQL skipped that
 # Parse (Close): the pooler decided the name's meaning when it sent the later window (42P05 for a second Parse of
-# the name, 26000 for a Bind after the Close). Exact answers need the later window held until the earlier one
-# is answered.
-KNOWN_DIFF = {"skipped_named_parse_next_window_binds_it", "skipped_close_next_window"}
+# the name, 26000 for a Bind after the Close, and a Bind of "" names the skipped Parse's statement where
+# PostgreSQL binds the unnamed statement it still has from before). Exact answers need the later window held
+# until the earlier one is answered.
+KNOWN_DIFF = {"skipped_named_parse_next_window_binds_it", "skipped_close_next_window",
+              "skipped_unnamed_parse_next_window_binds_the_previous"}
 
 # Startup-packet settings of each client, per sequence (default: none).
 CLIENT_PARAMS: dict[str, list[dict[str, str]]] = {
