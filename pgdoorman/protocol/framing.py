@@ -82,9 +82,14 @@ class OverBudget(ProtocolViolation):
         self.length = length
 
 
+# What on_message returns to stop the scan before the message it was given (see Scanner.rest). A bytes object of
+# its own, compared by identity.
+HOLD: bytes = bytes(bytearray(b"hold"))
+
+
 class Scanner:
     __slots__ = ("table", "on_header", "on_message", "skip", "carry", "max_len", "budget", "held", "stream_min",
-                 "streaming", "stream_len", "on_stream")
+                 "streaming", "stream_len", "on_stream", "rest")
 
     def __init__(
         self,
@@ -110,6 +115,9 @@ class Scanner:
         self.streaming = 0  # the type of the streamed message in progress, 0 for none
         self.stream_len = 0
         self.on_stream: OnStream | None = None
+        # on_message returned HOLD: the scan stopped before that message; it and what followed it in the data
+        # are here, unscanned, for the caller to feed again later.
+        self.rest: bytes | None = None
 
     @property
     def mid_message(self) -> bool:
@@ -202,6 +210,9 @@ class Scanner:
                 if self.held:
                     self._release()
                 rep = self.on_message(t, memoryview(carry)[5:])
+                if rep is HOLD:
+                    self.rest = bytes(carry) + bytes(data[pos:])
+                    return None
                 out = carry if rep is None else bytearray(rep)
                 emit = pos
             else:
@@ -242,6 +253,10 @@ class Scanner:
                     break
                 rep = self.on_message(t, data[pos + 5 : nxt])
                 if rep is not None:
+                    if rep is HOLD:
+                        self.rest = bytes(data[pos:])
+                        end = pos
+                        break
                     if out is None:
                         out = bytearray(data[emit:pos])
                     else:

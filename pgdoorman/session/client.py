@@ -318,6 +318,22 @@ class ClientConn(ClientLogin):
         self.terminating = True
         return b""
 
+    def _resume_held(self) -> None:
+        self.expect -= 1  # (RewriterBase._waits kept the server with one more)
+        s = self.server
+        if self.closed or s is None:
+            return
+        raw = self.raw
+        self.raw = EMPTY
+        if raw:
+            self._consume(memoryview(raw), len(raw))
+        if self.closed:
+            return
+        if self.read_paused and not self.raw and not s.out:
+            self.resume_reading()
+        if self.server is s and self._server_done(s):
+            self.worker.release_server(s)
+
     def _server_ready(self) -> None:
         s = self.server
         assert s is not None

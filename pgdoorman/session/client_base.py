@@ -508,6 +508,14 @@ class ClientBase(Conn):
             self._send_begin(s)
         self._server_ready()
 
+    def resume_held(self) -> None:
+        """The rewriter held messages of this client (`raw`) until what it sent before them was answered: now it
+        is (from the server's reply handler: fed again from the loop, after it)."""
+        self.loop.call_soon(self._resume_held)
+
+    def _resume_held(self) -> None:  # ClientConn's (client.py)
+        raise NotImplementedError
+
     def _server_done(self, s: ServerConn) -> bool:
         """Transaction mode, `s` is this client's and idle, everything sent to it was answered (no response is
         due, none queued) and on a message boundary: it may go back to the pool now. (A ReadyForQuery that

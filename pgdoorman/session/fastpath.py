@@ -91,6 +91,10 @@ class FastPaths(ClientBase):
     def _after_ps_scan(self, out: Any, n: int) -> None:
         s = self.server
         assert s is not None
+        rest = self.scanner.rest
+        if rest is not None:  # the rewriter held the rest (RewriterBase._waits): fed again by resume_held
+            self.scanner.rest = None
+            self._keep_raw(rest)
         if out:
             s.bytes_out += n
             s.pstats.bytes_in += n

@@ -20,6 +20,7 @@ from pgdoorman.core import prepared as ps
 from pgdoorman.core import sqllex
 from pgdoorman.protocol import frontend
 from pgdoorman.protocol import messages as m
+from pgdoorman.protocol.framing import HOLD
 from pgdoorman.session.noqueue import NO_REQUESTS
 from pgdoorman.session.rewrite_replies import COPY_END, SYNC_AFTER_DATA, Held, RewriterBase
 from pgdoorman.session.states import DIRTY_PREPARE, LISTEN_START
@@ -29,6 +30,7 @@ _EXECUTE = re.compile(rb"^(\s*execute\s+)(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-
 _DEALLOCATE = re.compile(rb"^\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)\s*;?\s*$", re.I)
 _unpack = m.U32.unpack_from
 _pack = m.U32.pack
+_NAMING = frozenset(b"PBDC")
 
 
 def renamed_bind(b: bytes, j: int, k: int, name: bytes) -> bytes:
@@ -39,47 +41,44 @@ def renamed_bind(b: bytes, j: int, k: int, name: bytes) -> bytes:
 class Rewriter(RewriterBase):
     __slots__ = ()
 
-    def _ensure(self, st: ps.Statement, cname: bytes | None = None) -> bytes:
-        """Make sure the linked server holds `st` (for a message naming it `cname`, None: not the client's own
-        name): b'' if it does, else the Parse to inject before (after a Close, when unsure)."""
+    def _ensure(self, st: ps.Statement) -> bytes:
+        """Make sure the linked server holds `st`: b'' if it does, else the Parse to inject before (after a Close,
+        when unsure)."""
         s: Held = self.relay.server
         prepared = s.prepared
         if st.name in prepared:
-            if self.parsing is None or not self._unsure(st, cname):
+            if self.parsing is None or not self._unsure(st):
                 prepared.move_to_end(st.name)
                 return b""
         elif st.name not in s.unsure:
             s.remember(st.name)
-            self._parsing(st, None)
+            self._parsing(st)
             self._track().append((ps.INJECT, st))
             return st.parse_msg
         return self._reparse(s, st, (ps.INJECT, st))
 
-    def _unsure(self, st: ps.Statement, cname: bytes | None) -> bool:
+    def _unsure(self, st: ps.Statement) -> bool:
         """`st`'s latest Parse is in flight in an earlier window than the message at hand: PostgreSQL may skip it
-        (an error before it in its window) and still run this one. Except when the message names the client's
-        own statement of that Parse: then the server holds `st` exactly when the client's name exists, and
-        PostgreSQL's answer (26000 under the client's name, error_rewrite) is the one it would give directly."""
+        (an error before it in its window) and still run this one. (A message naming a client's statement whose
+        own Parse that is waits instead: RewriterBase._waits.)"""
         p = self.parsing
         assert p is not None
         e = p.get(st.name)
-        if e is None or e[0] >= self.win or e[0] < self.done:
-            return False
-        return cname is None or e[1] != cname
+        return e is not None and self.done <= e < self.win
 
-    def _parsing(self, st: ps.Statement, cname: bytes | None) -> None:
+    def _parsing(self, st: ps.Statement) -> None:
         """A Parse of `st` goes to the server in the current window (see RewriterBase.parsing)."""
         p = self.parsing
         if p is None:
             p = self.parsing = {}
-        p[st.name] = (self.win, cname)
+        p[st.name] = self.win
 
     def _reparse(self, s: Held, st: ps.Statement, entry: tuple[int, Any]) -> bytes:
         """Close and Parse `st` again on `s`, which may or may not hold it (`entry`: the Parse's queue entry).
         PostgreSQL answers Close of a statement that does not exist with CloseComplete: swallowed (UNPARSE)."""
         s.unsure.discard(st.name)
         s.remember(st.name)
-        self._parsing(st, entry[1][1] if entry[0] == ps.PARSE else None)
+        self._parsing(st)
         rq = self._track()
         rq.append((ps.UNPARSE, None))
         rq.append(entry)
@@ -116,6 +115,8 @@ class Rewriter(RewriterBase):
             if self.relay.copy_window >= 1000:
                 self.relay.copy_risk = True  # after data: see session/tracking.py
             return None  # PostgreSQL ignores Sync during COPY IN: no ReadyForQuery will answer it
+        if self.defs is not None and t in _NAMING and self._waits(t, body):
+            return HOLD
         rq = self._track()
         if t == 66:  # Bind: portal, statement, ...
             return self._ps_bind(body, rq)
@@ -173,7 +174,7 @@ class Rewriter(RewriterBase):
             j = b.find(b"\x00")
             k = b.find(b"\x00", j + 1) if j >= 0 else -1
             st = self.lookup(b[j + 1 : k]) if k >= 0 else None
-            pre = self._ensure(st, b[j + 1 : k]) if st is not None else b""  # an injected Parse is answered first
+            pre = self._ensure(st) if st is not None else b""  # an injected Parse is answered first
             self._malformed(rq)
             return None if st is None else pre + renamed_bind(b, j, k, st.name)
         st = self.lookup(b[j + 1 : k])
@@ -184,7 +185,7 @@ class Rewriter(RewriterBase):
             self._leaves(st, b)
         elif self.relay.lsn is not None:
             self.relay.listen_bound(st)  # (a ROLLBACK voids the transaction's LISTEN/UNLISTEN)
-        pre = self._ensure(st, b[j + 1 : k])
+        pre = self._ensure(st)
         rq.append((ps.BIND, (st, b[j + 1 : k])))
         return pre + renamed_bind(b, j, k, st.name)
 
@@ -227,18 +228,22 @@ class Rewriter(RewriterBase):
                 return pre + m.msg(b"P", held.name + b"\x00\x00\x00\x00")
         prev = self.lookup(name)
         self.define(name, st)
+        defs = self.defs
+        if defs is None:
+            defs = self.defs = {}
+        defs[name] = self.win
         s = self.relay.server
         assert s is not None
         if st.name in s.prepared:
-            if self.parsing is None or not self._unsure(st, None):
+            if self.parsing is None or not self._unsure(st):
                 s.prepared.move_to_end(st.name)
                 s.ps_hits += 1
-                rq.append((ps.SYNTH, (m.PARSE_COMPLETE, (name, prev))))
+                rq.append((ps.SYNTH, (m.PARSE_COMPLETE, (name, prev, st))))
                 return b""
         elif st.name not in s.unsure:
             s.ps_misses += 1
             s.remember(st.name)
-            self._parsing(st, name)
+            self._parsing(st)
             rq.append((ps.PARSE, (st, name, prev)))
             return st.parse_msg
         s.ps_misses += 1
@@ -259,7 +264,7 @@ class Rewriter(RewriterBase):
         if st is None:
             rq.append((ps.DESC_S, None))
             return None
-        pre = self._ensure(st, b[1:-1])
+        pre = self._ensure(st)
         if not pre and rq:
             last = rq[-1]
             if last[0] == ps.SYNTH and isinstance(last[1], tuple) and last[1][1][0] == b[1:-1]:
@@ -288,9 +293,13 @@ class Rewriter(RewriterBase):
             self.named.pop(name, None)
         else:
             self.unnamed = None
+        defs = self.defs
+        if defs is None:
+            defs = self.defs = {}
+        defs[name] = self.win
         # The server's copy stays (other clients share it); PostgreSQL answers CloseComplete even
         # for a name that does not exist, so do we.
-        rq.append((ps.SYNTH, (m.CLOSE_COMPLETE, (name, prev))))
+        rq.append((ps.SYNTH, (m.CLOSE_COMPLETE, (name, prev, None))))
         return b""
 
     def _sql_execute(self, body: memoryview) -> bytes | None:
@@ -341,8 +350,8 @@ class Rewriter(RewriterBase):
         if not rq:
             if rq is NO_REQUESTS:
                 rq = self._queue()  # the first time: a queue of its own
-            if self.parsing is not None:  # nothing in flight: no Parse either
-                self.parsing = None
+            if self.parsing is not None or self.defs is not None:  # nothing in flight: no Parse either
+                self.parsing = self.defs = None
                 self.win = self.done = 0
             left = self.relay.expect
             if self.fast_bind is not None:

@@ -28,6 +28,8 @@ log = logging.getLogger("pgdoorman.server")
 
 # The response types the plain relay handler acts on (ReadyForQuery, CommandComplete, ParameterStatus, Error).
 PLAIN_TYPES = frozenset(b"ZCSEG")
+# The queue entries answered by a ReadyForQuery.
+_ENDS = frozenset((ps.SYNC, ps.QUERY, ps.FUNC))
 # What PostgreSQL may send while it skips to a Sync: that Sync's ReadyForQuery, and asynchronous messages.
 _WHILE_SKIPPING = frozenset(b"ZSNA")
 # PostgreSQL's message when DDL changed the result of a statement prepared before (SQLSTATE 0A000).
@@ -127,13 +129,16 @@ class Relay(Protocol):
 
     def listen_bound(self, st: ps.Statement) -> None: ...
 
+    def resume_held(self) -> None: ...  # messages the rewriter held (RewriterBase._waits) may be fed again
+
 
 class RewriterBase:
     """The prepared-statement state of one client: its names (`named`, `unnamed`) for statements of the pool's
     cache, the responses its requests expect (`rq`), the fast batch in flight, and the reply direction."""
 
     __slots__ = ("relay", "cache", "sig", "named", "unnamed", "anon", "anon_evicted", "rq", "last_parse",
-                 "synth_head", "fast_bind", "fast_redo", "held_error", "parsing", "win", "done")
+                 "synth_head", "fast_bind", "fast_redo", "held_error", "parsing", "win", "done", "defs",
+                 "holding")
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
@@ -160,14 +165,19 @@ class RewriterBase:
         self.fast_bind: tuple[ps.Statement, bytes] | None = None
         self.fast_redo: tuple[bytes, int, int, bytes] | None = None
         self.held_error: bytes | None = None
-        # The Parses of pool statements in flight (general path): server name -> (the window it was sent in,
-        # the client's name for a Parse of the client's own, None for one of ours), the latest per statement.
+        # The Parses of pool statements in flight (general path): server name -> the window the latest was sent
+        # in.
         # Windows are numbered by the Syncs queued (`win`) and answered (`done`); all reset when the queue is
         # empty. A message after a later Sync must not rely on such a Parse: PostgreSQL may skip it after an
         # error in its window (Rewriter._unsure).
-        self.parsing: dict[bytes, tuple[int, bytes | None]] | None = None
+        self.parsing: dict[bytes, int] | None = None
         self.win = 0
         self.done = 0
+        # The client's statement names a Parse or Close in flight changed: name -> the window of the latest.
+        # A message naming one in a later window waits until the earlier windows are answered (`holding`: see
+        # _waits), since PostgreSQL may skip that Parse or Close and the name's meaning is known only then.
+        self.defs: dict[bytes, int] | None = None
+        self.holding = False
 
     def start(self, cache: PoolCache, sig: tuple[str, ...]) -> None:
         """Prepared-statement mode from now on, with this pool cache and these planner settings."""
@@ -292,11 +302,15 @@ class RewriterBase:
     def _skipped(self, kind: int, data: Any) -> None:
         """PostgreSQL skipped the message of this queue entry (an earlier error in the same batch): undo what
         sending it did to the client's names and counters."""
+        # (Only when the name still means what the message made it mean: a later window's Parse of the
+        # unnamed statement, sent before this skip was known, stands.)
         if kind == ps.PARSE:
-            self.define(data[1], data[2])
+            if self.lookup(data[1]) is data[0]:
+                self.define(data[1], data[2])
         elif kind == ps.SYNTH and isinstance(data, tuple):
-            name, prev = data[1]
-            self.define(name, prev)
+            name, prev, cur = data[1]
+            if self.lookup(name) is cur:
+                self.define(name, prev)
         elif kind == ps.QUERY or kind == ps.FUNC:
             self.relay.expect -= 1  # no ReadyForQuery will answer it
 
@@ -342,6 +356,8 @@ class RewriterBase:
         # DataRows that follow): emit them now, since DataRows stream by without reaching this handler.
         suffix = ps.take_synth(rq)
         if t == 90:
+            if self.holding:
+                self._resume()
             if rq:
                 s.release_pending = False  # more was pipelined after this Sync
             else:
@@ -385,6 +401,42 @@ class RewriterBase:
         if st.name in s.unsure:
             s.unsure.discard(st.name)
             s.remember(st.name)
+
+    def _waits(self, t: int, body: memoryview) -> bool:
+        """Must this message (a Parse, Bind, Describe or Close) and what follows it wait? It names a statement of
+        the client changed by a Parse or Close still unanswered in an earlier window. Then it is held (the relay
+        feeds it again after `relay.resume_held`); the server stays with the client meanwhile."""
+        defs = self.defs
+        assert defs is not None
+        raw = bytes(body)
+        j = raw.find(b"\x00")
+        if t == 80:
+            if j <= 0:
+                return False  # unnamed: a Parse replaces it anyway (for the server's copy see Rewriter._unsure)
+            name = raw[:j]
+        elif t == 66:
+            k = raw.find(b"\x00", j + 1) if j >= 0 else -1
+            if k < 0:
+                return False
+            name = raw[j + 1 : k]
+        elif raw[:1] == b"S" and j == len(raw) - 1:  # Describe, Close
+            name = raw[1:j]
+        else:
+            return False
+        w = defs.get(name)
+        if w is None or w >= self.win or w < self.done:
+            return False
+        if not any(e[0] in _ENDS for e in self.rq):
+            return False  # nothing before it is unanswered after all (the counters lag after a COPY)
+        self.holding = True
+        self.relay.expect += 1  # (so the server stays: given back by relay.resume_held)
+        return True
+
+    def _resume(self) -> None:
+        """ReadyForQuery while messages are held: once everything before them is answered, feed them again."""
+        if not any(e[0] in _ENDS for e in self.rq):
+            self.holding = False
+            self.relay.resume_held()
 
     @staticmethod
     def _not_parsed(s: Held, st: ps.Statement) -> None:

@@ -5,6 +5,7 @@ prepare_threshold 0 and psycopg's default)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -57,3 +58,32 @@ def test_psycopg_pipeline_with_a_failure_as_on_postgres(pg: Any, pooler_factory:
     want = _run(pg.host, pg.port, threshold)
     assert ("error", "22012") in want  # (the failure happened: the comparison below is about it)
     assert _run(p.host, p.port, threshold) == want
+
+
+def _wire_run(host: str, port: int) -> list[Any]:
+    """A window that fails slowly, skipping a Parse of "w9"; the next window binds "w9" (it waits in the pooler
+    until the first is answered), and more arrives while it waits."""
+    from tests.support.wire import WireClient, bind, comparable, execute, parse, sync
+
+    c = WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD)
+    try:
+        slow_error = "select 1 / (count(*) - count(*))::int from (select pg_sleep(0.3)) s"  # (after 0.3 s)
+        c.send(parse("", slow_error) + bind() + execute() + parse("w9", "select 9") + sync()
+               + bind("", "w9") + execute() + sync())
+        time.sleep(0.1)
+        c.send(parse("w9", "select 9") + bind("", "w9") + execute() + sync() + parse("", "select 10") + bind()
+               + execute() + sync())
+        got = c.read_until("Z") + c.read_until("Z") + c.read_until("Z") + c.read_until("Z")
+        return comparable(got)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("size", [1, 2])
+def test_messages_waiting_for_an_earlier_window_and_more_behind_them(pg: Any, pooler_factory: Any, mode: str,
+                                                                      size: int) -> None:
+    p = pooler_factory(pool_mode=mode, pool_size=size, general={"prepared_statements": True})
+    want = _wire_run(pg.host, pg.port)
+    assert [m for m in want if m[0] == "E"][1][2] == "26000"  # (w9 was skipped: the comparison is about it)
+    assert _wire_run(p.host, p.port) == want

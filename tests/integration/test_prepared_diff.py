@@ -178,8 +178,9 @@ SEQUENCES: dict[str, list[Step]] = {
                       one(B("", "kc"), E(), S)],
     "skipped_query_after_error": [one(P("", "select 1"), B("", fmts=(7,)), Q("select 2"), E(), S),
                                   one(Q("select 'next'"))],
-    # Pipelined windows: a Parse in an earlier window, unanswered when the next window is sent, is skipped by
-    # PostgreSQL after an error before it in its window; the next window must not rely on it.
+    # Pipelined windows: a Parse (or Close) in an earlier window, unanswered when the next window is sent, is
+    # skipped by PostgreSQL after an error before it in its window; the next window must not rely on it (the
+    # pool's statement is closed and parsed again, a message naming the client's statement waits).
     "skipped_parse_at_bind_error_next_window_parses_again": [
         one(P("", "select $1::int"), B("", ("1",), fmts=(7,)), P("", "select 8001"), B(), E(), S,
             P("", "select 8001"), B(), E(), S, wait=2)],
@@ -215,15 +216,6 @@ SEQUENCES: dict[str, list[Step]] = {
                                      one(P("", "select current_setting('work_mem')"), B(), E(), S, client=1),
                                      one(Q("show application_name; show statement_timeout"), client=1)],
 }
-
-# Known differences, transaction mode (strict xfail: the day they pass, the marker goes): a message relying on the
-# client's own name whose Parse (or Close) is unanswered in an earlier window, when PostgreSQL skipped that
-# Parse (Close): the pooler decided the name's meaning when it sent the later window (42P05 for a second Parse of
-# the name, 26000 for a Bind after the Close, and a Bind of "" names the skipped Parse's statement where
-# PostgreSQL binds the unnamed statement it still has from before). Exact answers need the later window held
-# until the earlier one is answered.
-KNOWN_DIFF = {"skipped_named_parse_next_window_binds_it", "skipped_close_next_window",
-              "skipped_unnamed_parse_next_window_binds_the_previous"}
 
 # Startup-packet settings of each client, per sequence (default: none).
 CLIENT_PARAMS: dict[str, list[dict[str, str]]] = {
@@ -288,11 +280,8 @@ def _connect(host: str, port: int, params: dict[str, str] | None = None) -> Wire
 
 
 @pytest.mark.parametrize("name", list(SEQUENCES))
-def test_same_responses_as_postgres(pg: Any, pooler: Any, name: str, request: pytest.FixtureRequest) -> None:
+def test_same_responses_as_postgres(pg: Any, pooler: Any, name: str) -> None:
     steps = SEQUENCES[name]
-    if name in KNOWN_DIFF and pooler.mode == "transaction":
-        request.applymarker(pytest.mark.xfail(strict=True, reason="a skipped Parse/Close of the client's own name "
-                                              "relied on by a later window (see KNOWN_DIFF)"))
     nclients = 1 + max(s[0] for s in steps)
     params = CLIENT_PARAMS.get(name, [{}] * nclients)
     direct = [_connect(pg.host, pg.port, params[i]) for i in range(nclients)]

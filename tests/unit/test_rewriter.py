@@ -66,6 +66,7 @@ class FakeRelay:
         self.terminating = False
         self.last_status = 73
         self.marked = 0
+        self.resumed = 0  # resume_held calls
         self.lsn = None  # no LISTEN (session/listening.py)
 
     def _mark_query(self) -> None:
@@ -76,6 +77,9 @@ class FakeRelay:
 
     def listen_statement(self, body: memoryview) -> bytes | None:
         return None  # no LISTEN/UNLISTEN in these tests
+
+    def resume_held(self) -> None:
+        self.resumed += 1
 
     def listen_bound(self, st: Any) -> None:
         raise AssertionError("no LISTEN statement in these tests")
@@ -428,15 +432,29 @@ def test_a_parse_in_the_same_window_relies_on_the_earlier_one() -> None:
                         + sync())) == "PBEBES"
 
 
-def test_bind_of_the_clients_own_unanswered_parse_relies_on_it() -> None:
-    """The server holds the statement exactly when the client's Parse ran: PostgreSQL's 26000, renamed."""
+def test_a_message_naming_a_statement_whose_parse_is_unanswered_in_an_earlier_window_waits() -> None:
+    """PostgreSQL may skip that Parse: whether the name exists is known when its window is answered."""
+    p = Pair()
+    assert types(p.send(BAD_BIND + parse("s1", "select 8") + sync() + bind("", "s1") + execute() + sync())) \
+        == "PBPS"
+    assert p.rw.holding and p.relay.expect == 2  # (one more while held: the server stays)
+    rest = p.client_scanner.rest
+    assert rest == bind("", "s1") + execute() + sync()
+    p.client_scanner.rest = None
+    got = p.answer(frame("1") + error("22023", "unsupported format code: 7") + RFQ)
+    assert types(got) == "1EZ" and p.relay.resumed == 1 and not p.rw.holding
+    assert b"s1" not in p.rw.named
+    p.relay.expect -= 1  # (what the client's resume_held does)
+    # Fed again: s1 does not exist, PostgreSQL says so under the client's name.
+    assert p.send(rest) == [("B", bind("", "s1")[5:]), ("E", execute()[5:]), ("S", b"")]
+    assert not p.rw.holding
+
+
+def test_a_message_naming_a_statement_defined_in_its_own_window_does_not_wait() -> None:
     p = Pair()
     p.send(BAD_BIND + parse("s1", "select 8") + sync())
-    st = p.rw.named[b"s1"]
-    assert types(p.send(bind("", "s1") + execute() + sync())) == "BES"
-    got = p.answer(frame("1") + error("22023", "unsupported format code: 7") + RFQ
-                   + error("26000", 'prepared statement "' + st.name.decode() + '" does not exist') + RFQ)
-    assert types(got) == "1EZEZ" and b'prepared statement "s1" does not exist' in got[3][1]
+    assert types(p.send(parse("s2", "select 9") + bind("", "s2") + execute() + sync())) == "PBES"
+    assert not p.rw.holding
 
 
 def test_a_skipped_close_and_parse_leave_the_statement_unsure() -> None:
