@@ -95,6 +95,7 @@ class FastPaths(ClientBase):
         if rest is not None:  # the rewriter held the rest (RewriterBase._waits): fed again by resume_held
             self.scanner.rest = None
             self._keep_raw(rest)
+            n = max(0, n - len(rest))  # (counted when fed again)
         if out:
             s.bytes_out += n
             s.pstats.bytes_in += n
