@@ -30,6 +30,7 @@ log = logging.getLogger("pgdoorman.server")
 PLAIN_TYPES = frozenset(b"ZCSEG")
 # The queue entries answered by a ReadyForQuery.
 _ENDS = frozenset((ps.SYNC, ps.QUERY, ps.FUNC))
+_SYNC = frozenset((ps.SYNC,))
 # What PostgreSQL may send while it skips to a Sync: that Sync's ReadyForQuery, and asynchronous messages.
 _WHILE_SKIPPING = frozenset(b"ZSNA")
 # PostgreSQL's message when DDL changed the result of a statement prepared before (SQLSTATE 0A000).
@@ -333,11 +334,10 @@ class RewriterBase:
                     # It answers the Sync that ended PostgreSQL's skip: whatever the client sent before that
                     # Sync (also after the error reached us) was skipped.
                     s.skipping = False
-                    while rq and rq[0][0] != ps.SYNC:
-                        self._skip_entry(s, *rq.popleft())
-                else:
-                    while rq and rq[0][0] not in (ps.SYNC, ps.QUERY, ps.FUNC):
-                        self._skip_entry(s, *rq.popleft())  # never answered: skipped
+                    if rq and rq[0][0] != ps.SYNC:
+                        self._skip_until(s, _SYNC)
+                elif rq and rq[0][0] not in _ENDS:
+                    self._skip_until(s, _ENDS)  # never answered: skipped
                 if rq and rq.popleft()[0] == ps.SYNC:
                     self.done += 1
             elif t == 69:  # ErrorResponse
@@ -384,11 +384,21 @@ class RewriterBase:
         # messages did to our view of the client's and this server's statements is undone (also for messages
         # the client sends after this, until its Sync: see Held.skipping).
         rq.popleft()
-        while rq and rq[0][0] != ps.SYNC:
-            self._skip_entry(s, *rq.popleft())
+        if rq and rq[0][0] != ps.SYNC:
+            self._skip_until(s, _SYNC)
         if not rq:
             s.skipping = True
         return rep
+
+    def _skip_until(self, s: Held, ends: frozenset[int]) -> None:
+        """PostgreSQL skipped the queued messages before the next entry of a kind in `ends`: each is undone, the
+        latest first (a name closed, then parsed again, among them means what it meant before the first)."""
+        rq = self.rq
+        skipped = []
+        while rq and rq[0][0] not in ends:
+            skipped.append(rq.popleft())
+        for kind, data in reversed(skipped):
+            self._skip_entry(s, kind, data)
 
     def _skip_entry(self, s: Held, kind: int, data: Any) -> None:
         """PostgreSQL skipped the message of this expected-response entry: undo what sending it did."""

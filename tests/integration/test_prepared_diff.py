@@ -205,6 +205,14 @@ SEQUENCES: dict[str, list[Step]] = {
             wait=3)],
     "skipped_unnamed_parse_next_window_binds_the_previous": [
         one(P("", "select 1/0"), B(), E(), P("", "select 8008"), S, B(), E(), S, wait=2)],
+    "skipped_close_and_parse_of_a_name_leave_it_as_before": [
+        one(P("w10", "select 8010"), S),
+        one(P("", "select 1/0"), B(), E(), close("S", "w10"), P("w10", "select 8010.5"), S, B("w10"), E(), S,
+            wait=2)],
+    "two_skipped_unnamed_parses_leave_the_one_before": [
+        one(P("", "select 8011"), S),
+        one(P("", "select 1/0"), B(), E(), P("", "select 8011.1"), P("", "select 8011.2"), S, B(), E(), S,
+            wait=2)],
     "failed_parse_next_window_after_create": [
         one(P("", "select * from w7_t"), S, Q("create table w7_t as select 8007 as v"),
             P("", "select * from w7_t"), B(), E(), S, Q("drop table w7_t"), wait=4)],
