@@ -6,7 +6,7 @@ mode) and a current one (`pgbouncer-new`: 1.24+, with max_prepared_statements) t
 builds from Debian trixie's source package into /var/cache/pgdoorman; when it cannot be built the run says why
 and goes on without that column.
 
-Owns the whole run: a throwaway cluster on ports 26000-26099, the poolers as plain child processes,
+Owns the whole run: a throwaway cluster on ports 26000-26003 (--port-base), the poolers as plain child processes,
 pgbench select-only cells with per-process CPU accounting, the idle-client memory test
 (scripts/idle_clients.py), the generated report docs/benchmarks.md and its charts (PNG, matplotlib, next to
 the report in img/). Every process it starts is stopped again in `finally`, also on Ctrl-C / SIGTERM.
@@ -1818,6 +1818,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="seconds of the headline cell after its clients have connected (pgbench -T is this plus "
                     "clients/250 s, at least 10, for the logins); default 20, 10 with --quick")
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i -s")
+    ap.add_argument("--port-base", type=int, default=PORT_PG,
+                    help=f"PostgreSQL's port; the poolers take the next three (default {PORT_PG})")
     ap.add_argument(
         "--wait-quiet",
         type=float,
@@ -1880,9 +1882,18 @@ def _on_signal(signum: int, _frame: object) -> None:
     raise Interrupted(f"signal {signum}")
 
 
+def set_ports(base: int) -> None:
+    """--port-base: PostgreSQL on `base`, PgBouncer, pgdoorman and the current PgBouncer on the next three."""
+    global PORT_PG, PORT_PGBOUNCER, PORT_PGDOORMAN, PORT_PGBOUNCER_NEW
+    PORT_PG, PORT_PGBOUNCER, PORT_PGDOORMAN, PORT_PGBOUNCER_NEW = base, base + 1, base + 2, base + 3
+    PORTS.update({"direct": PORT_PG, "pgbouncer": PORT_PGBOUNCER, "pgbouncer-new": PORT_PGBOUNCER_NEW,
+                  "pgdoorman": PORT_PGDOORMAN})
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    set_ports(args.port_base)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     # Started in the background by a non-interactive shell, SIGINT arrives ignored; we still want it to stop us.

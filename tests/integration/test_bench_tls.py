@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.pooler import free_port_block
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,7 +34,8 @@ def test_headline_and_tls_scram_login_storm_through_every_pooler(tmp_path: Path)
     cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--tls", "--only", ",".join(targets),
            "--python", sys.executable, "--scale", "1", "--modes", "extended", "--clients", "2", "--duration", "3",
            "--headline-clients", "20", "--headline-duration", "3", "--login-storm", "3", "--login-storm-rate", "10",
-           "--wait-quiet", "0", "--retries", "0", "--no-charts", "--out", str(out), "--json", str(raw)]
+           "--wait-quiet", "0", "--retries", "0", "--no-charts", "--out", str(out), "--json", str(raw),
+           "--port-base", str(free_port_block(4))]  # not bench.py's default ports: a `make bench` may be running
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=280, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads(raw.read_text())

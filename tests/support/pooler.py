@@ -69,6 +69,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_block(n: int, host: str = "127.0.0.1") -> int:
+    """The first of `n` consecutive ports that all bind now (a program that takes a base port and the ones
+    after it, as scripts/bench.py --port-base). As racy as free_port."""
+    for _ in range(100):
+        base = free_port(host)
+        rest = range(base + 1, base + n)
+        if any(p in _handed_out for p in rest):
+            continue
+        try:
+            for p in rest:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind((host, p))
+        except OSError:
+            continue
+        _handed_out.update(rest)
+        return base
+    raise RuntimeError(f"no block of {n} free ports on {host}")
+
+
 def port_free_on_both(host_a: str, host_b: str) -> int:
     """A port free on two loopback addresses at once (servers that must share a port number)."""
     for _ in range(50):
