@@ -47,6 +47,16 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def _binds(host: str, port: int) -> bool:
+    """Whether a TCP socket can bind (host, port) now."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, port))
+    except OSError:
+        return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that binds now, below the kernel's ephemeral range and never handed out before by this
     process. Port 0 would give an ephemeral port, the very range every outgoing connection of the suite
@@ -55,12 +65,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     low, high = 12000, _ephemeral_low() - 1
     for _ in range(200 if high - low > 1000 else 0):
         port = random.randint(low, high)
-        if port in _handed_out:
-            continue
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind((host, port))
-        except OSError:
+        if port in _handed_out or not _binds(host, port):
             continue
         _handed_out.add(port)
         return port
@@ -75,13 +80,7 @@ def free_port_block(n: int, host: str = "127.0.0.1") -> int:
     for _ in range(100):
         base = free_port(host)
         rest = range(base + 1, base + n)
-        if any(p in _handed_out for p in rest):
-            continue
-        try:
-            for p in rest:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                    s.bind((host, p))
-        except OSError:
+        if any(p in _handed_out or not _binds(host, p) for p in rest):
             continue
         _handed_out.update(rest)
         return base
@@ -92,12 +91,8 @@ def port_free_on_both(host_a: str, host_b: str) -> int:
     """A port free on two loopback addresses at once (servers that must share a port number)."""
     for _ in range(50):
         p = free_port(host_a)
-        try:
-            with socket.socket() as s:
-                s.bind((host_b, p))
-        except OSError:
-            continue
-        return p
+        if _binds(host_b, p):
+            return p
     raise RuntimeError(f"no port free on both {host_a} and {host_b}")
 
 
