@@ -54,6 +54,16 @@ def pid_of(c: WireClient) -> str | None:
     return c.query_rows("select pg_backend_pid()")[0][0]
 
 
+def assert_free_at_once(relay: Pooler, pid: str | None) -> None:
+    """Transaction mode, pool_size 1, while the first client is still connected: a second client is served at
+    once (within 3 s, not after query_wait_timeout), by the same server `pid`."""
+    with connect(relay.host, relay.port) as b:
+        b.send(query("select pg_backend_pid()"))
+        got = b.read_until("Z", timeout=3)
+        assert [t for t, _ in got] == ["T", "D", "C", "Z"] and got[-1][1] == b"I"
+        assert got[1][1][6:].decode() == pid
+
+
 # A step: bytes to send, then read through the `count`-th message of type `stop` (0: nothing to read).
 Step = tuple[bytes, str, int]
 
@@ -106,11 +116,7 @@ def test_skipped_requests_do_not_hold_the_server(pg: Any, relay: Pooler, name: s
         pid = pid_of(a)
         through = run(a, steps)
         if relay.mode == "transaction":  # type: ignore[attr-defined]
-            with connect(relay.host, relay.port) as b:  # the only server is free at once, and the same one
-                b.send(query("select pg_backend_pid()"))
-                got = b.read_until("Z", timeout=3)
-                assert [t for t, _ in got] == ["T", "D", "C", "Z"] and got[-1][1] == b"I"
-                assert got[1][1][6:].decode() == pid
+            assert_free_at_once(relay, pid)
         through += comparable(a.query("select 'after'"))
         assert a.transaction_status == "I"
     finally:
@@ -206,11 +212,7 @@ def test_copy_with_requests_behind_it(pg: Any, relay: Pooler, name: str) -> None
         pid = pid_of(a)
         through = run(a, steps)
         if relay.mode == "transaction" and name not in KEPT:  # type: ignore[attr-defined]
-            with connect(relay.host, relay.port) as b:  # the only server is free at once, and the same one
-                b.send(query("select pg_backend_pid()"))
-                got = b.read_until("Z", timeout=3)
-                assert [t for t, _ in got] == ["T", "D", "C", "Z"] and got[-1][1] == b"I"
-                assert got[1][1][6:].decode() == pid
+            assert_free_at_once(relay, pid)
         through += comparable(a.query("select 'after'"))
         assert a.transaction_status == "I"
     finally:
