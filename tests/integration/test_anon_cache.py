@@ -22,7 +22,18 @@ import pytest
 from tests.integration.test_admin import admin, rows
 from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER, pooler_config
 from tests.support.pooler import Pooler, wait_for
-from tests.support.wire import WireClient, bind, close, comparable, describe, execute, parse, query, sync
+from tests.support.wire import (
+    ServerHolder,
+    WireClient,
+    bind,
+    close,
+    comparable,
+    describe,
+    execute,
+    parse,
+    query,
+    sync,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -101,27 +112,16 @@ def test_same_responses_as_postgres(pg: Any, pooler: Pooler, name: str) -> None:
     direct, pooled = _connect(pg.host, pg.port), _connect(pooler.host, pooler.port)
     # pool_size 2, idle servers handed out most recent first: a helper that holds the last used server
     # makes the client's next transaction run on the other one (statements parsed again there).
-    helper = _connect(pooler.host, pooler.port) if pooler.pool_size == 2 else None  # type: ignore[attr-defined]
-    holding = [False]
-
-    def switch() -> None:
-        if helper is not None and "transaction" not in name:
-            if holding[0]:
-                helper.query("commit")
-            helper.query("begin")
-            helper.query("select 1")
-            holding[0] = True
-
+    switching = pooler.pool_size == 2 and "transaction" not in name  # type: ignore[attr-defined]
+    holder = ServerHolder(_connect(pooler.host, pooler.port) if switching else None)
     try:
         want = _transcript(direct, steps)
-        got = _transcript(pooled, steps, switch)
+        got = _transcript(pooled, steps, holder.move)
         assert got == want
     finally:
-        if holding[0] and helper is not None:
-            helper.query("commit")
-        for c in (direct, pooled, helper):
-            if c is not None:
-                c.close()
+        holder.close()
+        direct.close()
+        pooled.close()
 
 
 def _server_statements(c: WireClient) -> int:

@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER
 from tests.support.wire import (
+    ServerHolder,
     WireClient,
     bind,
     close,
@@ -297,26 +298,14 @@ def test_same_responses_as_postgres(pg: Any, pooler: Any, name: str) -> None:
     # Transaction mode, pool_size 2 and an idle LIFO: grabbing the most recently used server in a helper
     # transaction makes the client's next transaction land on the other server. (Session mode: each client
     # keeps its server; the sequences before this one used them.)
-    helper = _connect(pooler.host, pooler.port) if pooler.mode == "transaction" else None
-    holding = [False]
-
-    def shuffle() -> None:
-        if helper is None:
-            return
-        if holding[0]:
-            helper.query("commit")
-        helper.query("begin")
-        helper.query("select 1")
-        holding[0] = True
-
+    holder = ServerHolder(_connect(pooler.host, pooler.port) if pooler.mode == "transaction" else None)
     try:
         want = run_steps(direct, steps)
-        got = run_steps(pooled, steps, shuffle)
+        got = run_steps(pooled, steps, holder.move)
         assert got == want
     finally:
-        if holding[0] and helper is not None:
-            helper.query("commit")
-        for c in direct + pooled + ([helper] if helper is not None else []):
+        holder.close()
+        for c in direct + pooled:
             c.close()
 
 
