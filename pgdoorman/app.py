@@ -171,6 +171,7 @@ class App:
                 if pool is not None and pool.dynamic:  # an auth_query user is now a static one: a new pool
                     pool.epoch += 1
                     self._close_idle(pool)
+                    listener.drop(pool)
                     pool = None
                 if pool is None:
                     pool = Pool(config, pcfg, ucfg, self.nworkers, live)
@@ -194,6 +195,7 @@ class App:
                 pool.epoch += 1
                 pool.paused = False
                 self._close_idle(pool)
+                listener.drop(pool)  # its clients stay until they leave, its LISTEN connection while they listen
         self.pool_list = list(self.pools.values())
 
     def _close_idle(self, pool: Pool) -> None:

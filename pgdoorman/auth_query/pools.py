@@ -26,6 +26,7 @@ from pgdoorman.auth_query.service import AuthQueryService, Lookup, Stats
 from pgdoorman.config import AuthQueryConfig, Config, PoolConfig, UserConfig
 from pgdoorman.core import startup_params
 from pgdoorman.core.pool import Pool, PoolLive
+from pgdoorman.session import listener
 
 log = logging.getLogger("pgdoorman.auth_query")
 
@@ -133,6 +134,7 @@ class DynamicPools:
                 p.epoch += 1
                 p.paused = False
             host._close_idle(p)
+            listener.drop(p)
             self.stats.setdefault(database, Stats()).dynamic_pools_destroyed += 1
         log.info("auth_query: %d dynamic pool(s) of %r dropped: %s", len(gone), database, reason)
 
@@ -243,6 +245,7 @@ class DynamicPools:
             with p.lock:
                 p.epoch += 1
             host._close_idle(p)
+            listener.drop(p)
             log.info("auth_query: dynamic pool %s collected (unused)", p.name)
         return len(gone)
 

@@ -200,6 +200,9 @@ class Channels:
         self.received = 0  # NotificationResponses the listener received
         self.delivered = 0  # ... written or queued to clients (one per listening client)
         self.overflows = 0  # clients closed because their notification queue was full
+        # The pool was removed (RELOAD, auth_query): the connection serves the clients it still has and is
+        # closed once none of them listens (session/listener.py `drop`).
+        self.dropped = False
         # Owned by the host's loop: commands waiting for the connection to log in, the reconnect delay.
         self.queue: deque[Any] = deque()
         self.retry = 0.1

@@ -14,6 +14,9 @@ successor then NOTIFYs a token. PostgreSQL delivers notifications to every liste
 old connection hands on what it receives before the token and the successor what it receives after it (held
 until the old one has seen the token, to keep the order): nothing is lost or delivered twice. Commands wait
 meanwhile and run on the successor, which then takes over; the old one closes once its answers are in.
+
+A pool removed by a RELOAD (or auth_query) keeps its clients until they leave, and this connection while one
+of them listens (`drop`); then it is closed, and not opened again after a loss while no client needs it.
 """
 
 from __future__ import annotations
@@ -126,7 +129,9 @@ class ListenerConn(ServerConn):
         queued = ch.queue
         while queued:
             self._send(queued.popleft())
-        if self.epoch != self.pool.epoch:  # RECONNECT or RELOAD meanwhile: this one is outdated already
+        if ch.dropped:  # the pool was removed meanwhile: closed at once if no client needs it
+            self.loop.call_soon(close_unused, ch)
+        elif self.epoch != self.pool.epoch:  # RECONNECT or RELOAD meanwhile: this one is outdated already
             self.loop.call_soon(replace, ch, self.pool, self.worker)
 
     def _send(self, cmd: Command) -> None:
@@ -193,6 +198,8 @@ class ListenerConn(ServerConn):
                 log.warning("LISTEN connection for %s: %s failed", self.pool.name, cmd[0].decode(errors="replace"))
             if cmd[3] is not None:
                 cmd[3](ok, data)
+            if not self.sent and self.channels is not None and self.channels.dropped:
+                self.loop.call_soon(close_unused, self.channels)
 
     def _switching(self, channel: bytes, payload: bytes, msg: bytes) -> None:
         """A notification while this connection is being replaced, or replaces one."""
@@ -274,9 +281,8 @@ class ListenerConn(ServerConn):
                 assert cmd[3] is not None
                 cmd[3](False, err + m.RFQ_IDLE)
             ch.retry = RETRY_FAILED
-        if ch.union():
-            self.loop.call_later(ch.retry, ensure, ch, self.pool, self.worker)
-
+        if _wanted(ch):
+            self.loop.call_later(ch.retry, _reopen, ch, self.pool, self.worker)
 
     def _switch_broken(self, reason: str) -> bool:
         """This connection closed while it was being replaced, or replacing one. True: nothing more to do."""
@@ -317,7 +323,7 @@ def replace(ch: lsn.Channels, pool: Pool, worker: Host) -> None:
     (on the host's loop; see the module's docstring). Nothing to do if it is down (it opens with the new
     settings), logging in (it checks when it is up) or being replaced already (the successor checks)."""
     old: ListenerConn | None = ch.conn
-    if old is None or not old.up or old.switch is not None or old.retired or old.epoch == pool.epoch:
+    if old is None or ch.dropped or not old.up or old.switch is not None or old.retired or old.epoch == pool.epoch:
         return
     try:
         opened = ListenerConn.open(worker, pool)
@@ -345,6 +351,49 @@ def follow(pool: Pool) -> None:
         host.loop.call_soon_threadsafe(replace, ch, pool, host)
 
 
+def drop(pool: Pool) -> None:
+    """From any thread, when a RELOAD or auth_query removed `pool`: its clients stay until they leave, and
+    its LISTEN connection until none of them listens (closed at once if none does; see `close_unused`)."""
+    ch = pool.channels
+    if ch is None:
+        return
+    with ch.lock:
+        ch.dropped = True
+        host = ch.host
+    if host is not None:
+        host.loop.call_soon_threadsafe(close_unused, ch)
+
+
+def close_unused(ch: lsn.Channels) -> None:
+    """A removed pool's LISTEN connection (and its successor, if one is logging in) closed if no client
+    listens, no command waits and no client's LISTEN is on its way (on the host's loop)."""
+    conn: ListenerConn | None = ch.conn
+    if conn is None or not ch.dropped or _wanted(ch):
+        return
+    sw = conn.switch
+    conns = [conn] if sw is None else [sw.old, sw.new]
+    if any(c[3] is not None and c[1] != SWITCH_CHANNEL for x in conns for c in x.sent):
+        return  # a client waits for this answer (its LISTEN): checked again once it is in
+    ch.conn = None
+    for x in conns:
+        log.info("LISTEN connection for %s%s closed: the pool was removed and no client listens", ch.name,
+                 f" (pid {x.pid})" if x.up else "")
+        x.switch = None
+        x.retired = True  # (no reconnection)
+        x.close("pool removed, no client listens")
+
+
+def _wanted(ch: lsn.Channels) -> bool:
+    """A client listens, or a command waits for a connection."""
+    return bool(ch.queue) or bool(ch.union())
+
+
+def _reopen(ch: lsn.Channels, pool: Pool, worker: Host) -> None:
+    """The retry after a lost or failed connection: opened again if a client still needs it."""
+    if _wanted(ch):
+        ensure(ch, pool, worker)
+
+
 def ensure(ch: lsn.Channels, pool: Pool, worker: Host) -> ListenerConn | None:
     """The pool's listener connection, opened if it is down (on the host's loop)."""
     conn: ListenerConn | None = ch.conn
@@ -361,8 +410,8 @@ def ensure(ch: lsn.Channels, pool: Pool, worker: Host) -> ListenerConn | None:
         for cmd in waiting:
             assert cmd[3] is not None
             cmd[3](False, err + m.RFQ_IDLE)
-        if ch.union():
-            worker.loop.call_later(RETRY_FAILED, ensure, ch, pool, worker)
+        if _wanted(ch):
+            worker.loop.call_later(RETRY_FAILED, _reopen, ch, pool, worker)
         return None
     assert isinstance(opened, ListenerConn)
     conn = opened
@@ -372,6 +421,10 @@ def ensure(ch: lsn.Channels, pool: Pool, worker: Host) -> ListenerConn | None:
 
 
 def _run(ch: lsn.Channels, pool: Pool, worker: Host, cmd: Command) -> None:
+    if cmd[2] == lsn.UNLISTEN and ch.conn is None and not ch.queue:
+        if cmd[3] is not None:  # down: the next connection LISTENs on the union only, without this channel
+            cmd[3](True, b"")
+        return
     conn = ensure(ch, pool, worker)
     if conn is not None:
         conn.command(cmd)

@@ -1,0 +1,234 @@
+"""A pool that a RELOAD removes keeps its clients until they leave (docs/operations.md, "Reload"), and its LISTEN
+connection as long as one of them listens: a listening client goes on receiving what a session listening on
+PostgreSQL itself receives. Once none listens (at the RELOAD, or when the last one leaves or UNLISTENs) the
+LISTEN connection is closed, its backend gone from pg_stat_activity, also when the pool was removed while that
+connection was logging in again or waiting to retry."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tests.integration.test_listen_notify import connect, drain, shape
+from tests.support.cluster import ADMIN_PASSWORD, ADMIN_USER, DBNAME, SCRAM_PASSWORD, SCRAM_USER
+from tests.support.pooler import Pooler, wait_for
+from tests.support.wire import WireClient, WireError
+
+pytestmark = pytest.mark.timeout(120)
+
+GONE = "app_gone"  # the pool the RELOAD removes (DBNAME on the same cluster)
+
+
+def _gone_pool(pg: Any, port: int | None = None) -> dict[str, Any]:
+    return {"server_host": "127.0.0.1", "server_port": port or pg.port, "server_database": DBNAME,
+            "connect_timeout": 30000,
+            "users": [{"username": SCRAM_USER, "password": pg.stored_password(SCRAM_USER), "pool_size": 1}]}
+
+
+def _gone_client(p: Pooler) -> WireClient:
+    return WireClient.connect(p.host, p.port, SCRAM_USER, GONE, SCRAM_PASSWORD)
+
+
+def _listener_pid(p: Pooler) -> str:
+    """The server PID of GONE's LISTEN connection (SHOW LISTENERS), once it is up."""
+    def up() -> str | None:
+        with WireClient.connect(p.host, p.port, ADMIN_USER, "pgdoorman", ADMIN_PASSWORD) as adm:
+            mine = [r for r in adm.query_rows("show listeners") if r[1] == GONE and r[2] == "up"]
+        return mine[0][3] if mine else None
+
+    pid: str = wait_for(up, what=f"{GONE}'s LISTEN connection up")
+    return pid
+
+
+def _remove_gone(p: Pooler) -> None:
+    del p.config["pools"][GONE]
+    p.write_config()
+    with WireClient.connect(p.host, p.port, ADMIN_USER, "pgdoorman", ADMIN_PASSWORD) as adm:
+        adm.query("reload")
+    with pytest.raises(WireError, match="3D000"):  # a removed pool takes no new logins
+        _gone_client(p).close()
+
+
+def _backend_gone(checker: WireClient, pid: str) -> None:
+    wait_for(lambda: checker.query_rows(f"select count(*) from pg_stat_activity where pid = {pid}") == [["0"]],
+             10, f"the LISTEN backend {pid} gone")
+
+
+def test_removed_pool_delivers_to_its_listening_client_then_closes(pg: Any, pooler_factory: Any) -> None:
+    p = pooler_factory(pool_size=1, pools={GONE: _gone_pool(pg)})
+    pooled, direct, checker = _gone_client(p), connect(pg.host, pg.port), connect(pg.host, pg.port)
+    try:
+        assert shape(pooled.query("listen rl")) == shape(direct.query("listen rl")) == [("C", "LISTEN"), ("Z", "I")]
+        pid = _listener_pid(p)
+        _remove_gone(p)
+        checker.query("notify rl, 'after the reload'")
+        got = [x[:3] for x in shape(drain(pooled, 1.0))]
+        assert got == [x[:3] for x in shape(drain(direct, 1.0))] == [("A", "rl", "after the reload")]
+        # It is still a working client: a transaction on a server of the removed pool, another LISTEN.
+        assert shape(pooled.query("select 1")) == shape(direct.query("select 1"))
+        assert shape(pooled.query("listen r2")) == shape(direct.query("listen r2"))
+        checker.query("notify r2, 'two'")
+        assert [x[:3] for x in shape(drain(pooled, 1.0))] == [x[:3] for x in shape(drain(direct, 1.0))]
+        assert checker.query_rows(f"select count(*) from pg_stat_activity where pid = {pid}") == [["1"]]
+        pooled.terminate()  # the last listening client leaves: nobody needs the LISTEN connection any more
+        _backend_gone(checker, pid)
+        assert p.wait_for_log(f"(pid {pid}) closed: the pool was removed and no client listens")
+    finally:
+        pooled.close()
+        direct.close()
+        checker.close()
+
+
+def test_removed_pool_nobody_listens_on_closes_it_at_the_reload(pg: Any, pooler_factory: Any) -> None:
+    p = pooler_factory(pool_size=1, pools={GONE: _gone_pool(pg)})
+    pooled, checker = _gone_client(p), connect(pg.host, pg.port)
+    try:
+        assert shape(pooled.query("listen rl")) == [("C", "LISTEN"), ("Z", "I")]
+        pid = _listener_pid(p)
+        assert shape(pooled.query("unlisten *")) == [("C", "UNLISTEN"), ("Z", "I")]
+        time.sleep(0.3)  # (the UNLISTEN runs on the LISTEN connection; it stays up for the pool)
+        assert checker.query_rows(f"select count(*) from pg_stat_activity where pid = {pid}") == [["1"]]
+        _remove_gone(p)
+        _backend_gone(checker, pid)
+        assert shape(pooled.query("select 1"))[-1] == ("Z", "I")  # the client itself stays
+    finally:
+        pooled.close()
+        checker.close()
+
+
+class GateProxy:
+    """A TCP relay to PostgreSQL for one pool. `hold()`: new connections are accepted and wait (a login
+    that does not progress) until `open()`; `refuse()`: they are closed at once (a login that fails).
+    `ports` are the relay's own ports towards PostgreSQL (pg_stat_activity.client_port)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self.gate = threading.Event()
+        self.gate.set()
+        self.refusing = False
+        self.waiting = 0  # connections held at the gate
+        self.ports: list[int] = []
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold(self) -> None:
+        self.gate.clear()
+
+    def refuse(self) -> None:
+        self.refusing = True
+
+    def open(self) -> None:
+        self.refusing = False
+        self.gate.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.socks.append(down)
+            threading.Thread(target=self._serve, args=(down,), daemon=True).start()
+
+    def _serve(self, down: socket.socket) -> None:
+        if self.refusing:
+            down.close()
+            return
+        self.waiting += 1
+        self.gate.wait()
+        self.waiting -= 1
+        up = socket.create_connection(self.target)
+        self.socks.append(up)
+        self.ports.append(up.getsockname()[1])
+        threading.Thread(target=self._pump, args=(up, down), daemon=True).start()
+        self._pump(down, up)
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def backends(self, checker: WireClient) -> list[list[str | None]]:
+        """PostgreSQL's sessions that came through this relay, still there."""
+        if not self.ports:
+            return []
+        ports = ",".join(map(str, self.ports))
+        return checker.query_rows(f"select pid, state, query from pg_stat_activity where client_port in ({ports})")
+
+    def close(self) -> None:
+        self.lsock.close()
+        for s in self.socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def gate(pg: Any) -> Any:
+    px = GateProxy("127.0.0.1", pg.port)
+    yield px
+    px.close()
+
+
+def test_pool_removed_while_its_listen_connection_logs_in_again(pg: Any, pooler_factory: Any,
+                                                                   gate: GateProxy) -> None:
+    """The LISTEN connection is lost and its successor's login hangs; meanwhile the pool is removed and its
+    listening client leaves. When the login completes, the connection is closed."""
+    p = pooler_factory(pool_size=1, pools={GONE: _gone_pool(pg, gate.port)})
+    pooled, checker = _gone_client(p), connect(pg.host, pg.port)
+    try:
+        assert shape(pooled.query("listen rl")) == [("C", "LISTEN"), ("Z", "I")]
+        pid = _listener_pid(p)
+        gate.hold()
+        assert checker.query_rows(f"select pg_terminate_backend({pid})") == [["t"]]
+        wait_for(lambda: gate.waiting == 1, what="the new LISTEN connection held at the gate")
+        _remove_gone(p)
+        pooled.terminate()
+        time.sleep(0.3)
+        gate.open()
+        wait_for(lambda: p.log().count(f"LISTEN connection for {SCRAM_USER}@{GONE} up") >= 2, 10,
+                 "the new LISTEN connection logged in")
+        wait_for(lambda: gate.backends(checker) == [], 10, "no backend left through the relay")
+    finally:
+        pooled.close()
+        checker.close()
+
+
+def test_pool_removed_while_its_listen_connection_waits_to_retry(pg: Any, pooler_factory: Any,
+                                                                   gate: GateProxy) -> None:
+    """The LISTEN connection is lost and PostgreSQL refuses its successor (it retries every second); the pool
+    is removed and its listening client leaves before the retry: no connection is opened again."""
+    p = pooler_factory(pool_size=1, pools={GONE: _gone_pool(pg, gate.port)})
+    pooled, checker = _gone_client(p), connect(pg.host, pg.port)
+    try:
+        assert shape(pooled.query("listen rl")) == [("C", "LISTEN"), ("Z", "I")]
+        pid = _listener_pid(p)
+        gate.refuse()
+        assert checker.query_rows(f"select pg_terminate_backend({pid})") == [["t"]]
+        assert p.wait_for_log(f"LISTEN connection for {SCRAM_USER}@{GONE} could not be opened")
+        _remove_gone(p)
+        pooled.terminate()
+        gate.open()
+        time.sleep(2.5)  # past the retry (1 s after the failed login)
+        assert gate.backends(checker) == []
+    finally:
+        pooled.close()
+        checker.close()
