@@ -218,6 +218,8 @@ def take_synth(rq: deque[tuple[int, Any]]) -> bytearray | None:
 
 
 def deallocate_queries(names: list[bytes]) -> list[str]:
+    """The DEALLOCATE of a server's evicted statements, at check-in. The names are quoted: DOORMAN_n unquoted
+    would be folded to doorman_n, which does not exist (26000, and the server would be closed)."""
     if not names:
         return []
-    return ["; ".join(f"DEALLOCATE {n.decode()}" for n in names)]
+    return ["; ".join(f'DEALLOCATE "{n.decode()}"' for n in names)]

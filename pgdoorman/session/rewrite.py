@@ -22,7 +22,7 @@ from pgdoorman.protocol import frontend
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import HOLD
 from pgdoorman.session.noqueue import NO_REQUESTS
-from pgdoorman.session.rewrite_replies import COPY_END, SYNC_AFTER_DATA, Held, RewriterBase
+from pgdoorman.session.rewrite_replies import COPY_END, SYNC_AFTER_DATA, Held, RewriterBase, revive
 from pgdoorman.session.states import DIRTY_PREPARE, LISTEN_START
 
 # SQL EXECUTE of a statement the client prepared through the protocol: the server knows it by the pool's name.
@@ -46,6 +46,7 @@ class Rewriter(RewriterBase):
         when unsure)."""
         s: Held = self.relay.server
         prepared = s.prepared
+        revive(s, st)
         if st.name in prepared:
             if self.parsing is None or not self._unsure(st):
                 prepared.move_to_end(st.name)
@@ -234,6 +235,7 @@ class Rewriter(RewriterBase):
         defs[name] = self.win
         s = self.relay.server
         assert s is not None
+        revive(s, st)
         if st.name in s.prepared:
             if self.parsing is None or not self._unsure(st):
                 s.prepared.move_to_end(st.name)

@@ -97,6 +97,16 @@ class Held(Protocol):
     _plain_handler: Callable[[int, memoryview], bytes | None]  # the plain relay's handler
 
 
+def revive(s: Held, st: ps.Statement) -> None:
+    """If `st` was evicted from `s` since the server was checked out, it is still there (its DEALLOCATE comes
+    at check-in): held again rather than parsed (PostgreSQL would refuse that Parse with 42P05). A Parse of it
+    still in flight may yet be skipped: Rewriter._unsure decides, as for any statement held. Not a statement
+    the pool forgot (a stale plan): that one is parsed afresh under a new name anyway."""
+    ev = s.evicted
+    if ev and st.name in ev and st.name not in s.prepared and not st.dead:
+        s.remember(st.name)
+
+
 class Relay(Protocol):
     """The client a rewriter serves, as the rewriter sees it: the request counters its relay keeps, which the
     rewriter keeps true for the messages it reads. ClientConn is one."""
@@ -454,6 +464,8 @@ class RewriterBase:
         it skipped too, an earlier Parse of it in flight): from now on it is parsed there only after a Close."""
         s.prepared.pop(st.name, None)
         s.unsure.add(st.name)
+        if s.evicted and st.name in s.evicted:
+            s.evicted.remove(st.name)  # no DEALLOCATE at check-in: it may not exist (it fails, the server is lost)
 
     def error_rewrite(self, s: Held, kind: int, data: object, body: memoryview) -> bytes | None:
         """Keep caches true after an error; return the error body with our statement name replaced by the
@@ -480,7 +492,8 @@ class RewriterBase:
             # DDL changed the statement's result type. PostgreSQL keeps failing a statement like that until
             # it is prepared again: do that for the client, under a new name, and drop the stale copy here.
             s.prepared.pop(st.name, None)
-            s.evicted.append(st.name)
+            if st.name not in s.evicted:
+                s.evicted.append(st.name)
             cache.forget(st)
             self._statement_replaced(st, cache.get(st.query, st.key[1], st.key[2]))
         return rep if rep != raw else None

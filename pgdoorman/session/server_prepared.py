@@ -65,12 +65,19 @@ class ServerPrepared(ServerDial):
                 sc.on_message = self._ps_handler if on else self._plain_handler
 
     def remember(self, name: bytes) -> None:
-        """Record that a Parse of `name` is being sent; evict the least recently used beyond the cap."""
+        """Record that this server holds `name` (a Parse of it is being sent, or it was evicted and is used
+        again before its DEALLOCATE); evict the least recently used beyond the cap. An evicted statement stays
+        on the server until the DEALLOCATE at the next check-in (cleanup_queries): meanwhile it is `evicted`,
+        and what uses it again takes it back from there (Rewriter._ensure), since a Parse would fail (42P05)."""
         prepared = self.prepared
         prepared[name] = None
+        prepared.move_to_end(name)
+        evicted = self.evicted
+        if evicted and name in evicted:
+            evicted.remove(name)
         if len(prepared) > self.ps_cap:
             old, _ = prepared.popitem(last=False)
-            self.evicted.append(old)
+            evicted.append(old)
 
     def _on_message_ps(self, t: int, body: memoryview) -> bytes | None:
         """The scanner's handler in prepared-statement mode: the linked client's rewriter rewrites the reply."""
