@@ -316,7 +316,12 @@ class Rewriter(RewriterBase):
         st = self.lookup(name)
         if st is None:
             return None  # a statement of SQL PREPARE, or none: PostgreSQL answers
-        pre = self._ensure(st)
+        s = self.relay.server
+        if s is not None and s.txn_status == 69 and not self.relay.expect and not self.rq:
+            pre = b""  # a failed transaction: 25P02 whether the server holds it or not (a Parse would fail first,
+            # and PostgreSQL would then skip this Query until a Sync that never comes)
+        else:
+            pre = self._ensure(st)
         self.on_header(81, 0)
         return pre + m.msg(b"Q", text[: mt.end(1)] + b'"' + st.name + b'"' + text[mt.end(2) :] + b"\x00")
 

@@ -78,6 +78,12 @@ SEQUENCES: dict[str, list[Step]] = {
     "close_of_evicted_then_parse_again": [
         one(Q("begin")), one(P("c1", T[0]), P("c2", T[1]), P("c3", T[2]), S), one(close("S", "c1"), S),
         one(P("c1", T[0]), B("c1"), E(), S), one(Q("commit")), *_bind_each_again(["c1", "c2", "c3"])],
+    # EXECUTE (SQL) of an evicted, DEALLOCATEd statement in a failed transaction: 25P02, as on PostgreSQL (the
+    # Parse that would prepare it again fails first, and PostgreSQL then ignores the query until a Sync).
+    "sql_execute_in_a_failed_transaction": [
+        one(P("x1", T[0]), S), one(P("x2", T[1]), S), one(P("x3", T[2]), S),
+        one(Q("begin")), one(Q("select 1/0")), one(Q("execute x1")), one(Q("rollback")), one(Q("execute x1")),
+        *_bind_each_again(["x1", "x2", "x3"])],
     # Two clients sharing statements (the same texts), each evicting the other's on the one server.
     "two_clients_share_and_evict": [
         one(P("a1", T[0]), P("a2", T[1]), P("a3", T[2]), B("a1"), E(), S),

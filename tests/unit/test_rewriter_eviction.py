@@ -10,7 +10,7 @@ from __future__ import annotations
 from pgdoorman.core import prepared as ps
 from pgdoorman.protocol import messages as m
 from pgdoorman.session.server_prepared import ServerPrepared
-from tests.support.wire import bind, describe, execute, frame, parse, sync
+from tests.support.wire import bind, describe, execute, frame, parse, query, sync
 from tests.unit.test_rewriter import OK_ROW, RFQ, FakeHeld, Pair, error, types
 
 
@@ -109,3 +109,19 @@ def test_deallocate_queries_quote_the_names() -> None:
     """Unquoted, DOORMAN_1 would be folded to doorman_1, which does not exist (the check-in would fail)."""
     assert ps.deallocate_queries([b"DOORMAN_1", b"DOORMAN_22"]) == ['DEALLOCATE "DOORMAN_1"; DEALLOCATE "DOORMAN_22"']
     assert ps.deallocate_queries([]) == []
+
+
+def test_sql_execute_in_a_failed_transaction_sends_no_parse() -> None:
+    """PostgreSQL answers 25P02 whether the server holds the statement or not; a Parse sent first would fail,
+    and PostgreSQL would then ignore the query until a Sync that never comes."""
+    p = _pair()
+    p.send(parse("s1", "select 1") + sync())
+    p.answer(m.PARSE_COMPLETE + RFQ)
+    d1 = p.rw.named[b"s1"].name
+    p.held.prepared.clear()  # (another server, or this one after the DEALLOCATE of an eviction)
+    p.held.txn_status = 69
+    sent = p.send(query("execute s1"))
+    assert sent == [("Q", b'execute "' + d1 + b'"\0')]
+    p.relay.expect -= 1  # (its answer came)
+    p.held.txn_status = 84  # in a transaction that has not failed: parsed there first
+    assert types(p.send(query("execute s1"))) == "PQ"
