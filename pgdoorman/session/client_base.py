@@ -194,37 +194,52 @@ class ClientBase(Conn):
     # ------------------------------------------------------------------ server side events
     def ready(self, status: int, completed: int) -> bool:
         """ReadyForQuery relayed from the linked server, after `completed` CommandCompletes: one request fewer
-        in flight; account the queries and maybe the transaction. True when the server may go back to the pool: transaction mode, idle, nothing
-        in flight and no message half-read (PostgreSQL still reads the rest of a message the client is
-        sending: the server stays with the client until that message is whole)."""
-        self.expect -= 1
+        in flight; account the queries and maybe the transaction. True when the server may go back to the
+        pool: transaction mode, idle, nothing in flight and no message half-read (PostgreSQL still reads the
+        rest of a message the client is sending: the server stays with the client until that message is
+        whole). Written for the bytecode count: it runs once per request."""
+        self.expect = expect = self.expect - 1
         self.answered += 1
-        if self.expect <= 0 and not self.unsynced:
-            self.copy_window = 0  # everything is answered: no COPY can start from what it noted
         self.query_count += completed
         rw = self.rw
-        rw.fast_bind = None
-        rw.fast_redo = None
+        if rw.fast_bind is not None:  # (fast_redo is set only with fast_bind)
+            rw.fast_bind = None
+            rw.fast_redo = None
         self.last_status = status
         if self.lsn is not None:
             listening.ready(self, status)
         pool = self.pool
-        if pool is not None:  # accounting, inline: this runs once per request
+        if pool is None:
+            return False  # (not linked to a pool: no server to give back)
+        qs = self.query_start
+        if expect > 0:  # more requests in flight: the next one's time starts now
+            if qs:
+                now = self.loop.now
+                pool.stats[self.worker.id].query_hist.record(int((now - qs) * 1e6))
+                self.query_start = now
+            return False
+        unsynced = self.unsynced
+        if not unsynced:
+            self.copy_window = 0  # everything is answered: no COPY can start from what it noted
+        if qs:
+            self.query_start = 0.0
             st = pool.stats[self.worker.id]
             now = self.loop.now
-            qs = self.query_start
-            if qs:
-                st.query_hist.record(int((now - qs) * 1e6))
-                self.query_start = now if self.expect > 0 else 0.0
-            if status == 73 and self.expect <= 0:
-                self.copy_risk = False
-                self.xact_count += 1
-                start = self.xact_start
-                if start:
-                    st.xact_hist.record(int((now - start) * 1e6))
-                    self.xact_start = 0.0
-        return status == 73 and self.expect <= 0 and not self.unsynced and self.transaction_mode \
-            and not (sc := self.scanner).skip and not sc.carry  # (Scanner.mid_message, without a call)
+            st.query_hist.record(int((now - qs) * 1e6))
+            if status == 73 and self.xact_start:
+                st.xact_hist.record(int((now - self.xact_start) * 1e6))
+                self.xact_start = 0.0
+        elif status == 73 and self.xact_start:
+            pool.stats[self.worker.id].xact_hist.record(int((self.loop.now - self.xact_start) * 1e6))
+            self.xact_start = 0.0
+        if status != 73:
+            return False
+        self.copy_risk = False
+        self.xact_count += 1
+        if unsynced or not self.transaction_mode:
+            return False
+        sc = self.scanner
+        return not sc.skip and not sc.carry  # (Scanner.mid_message, without a call)
 
     def gave_back(self, s: ServerConn, gone: bool) -> int:
         """The worker takes `s` back from this client (it is done, or it left if `gone`): unlink it, and say

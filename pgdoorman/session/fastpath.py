@@ -30,8 +30,6 @@ _unpack = m.U32.unpack_from
 # First bytes of a simple query that the fast path leaves to the general one: DEALLOCATE and LISTEN are
 # answered or refused by the pooler, EXECUTE may name a protocol-level statement, and any may follow blanks.
 _MAYBE_SPECIAL = frozenset(b"dDlLeE \t\r\n\x0b\x0c")
-# A query that may name a custom setting has "set" (SET, RESET, set_config) and a dot: sqllex.names_settings.
-_SET = b"set"
 
 
 class FastPaths(ClientBase):
@@ -123,23 +121,25 @@ class FastPaths(ClientBase):
         """One whole small simple Query with nothing queued: what the scanner and the rewriter would do, in
         one step. Anything else (a partial or pipelined message, a possible DEALLOCATE or LISTEN, a client
         already queueing extended-protocol responses) takes the general path."""
-        if n < 6:
-            return False  # not even a whole header and one byte: the scanner keeps it until the rest comes
-        ln = _unpack(view, 1)[0]
-        if ln + 1 != n or ln > SMALL_LIMIT or ln < 5 or self.rw.rq or self.in_copy_in:
-            return False
+        if not 6 <= n <= SMALL_LIMIT + 1 or _unpack(view, 1)[0] + 1 != n or self.rw.rq or self.in_copy_in:
+            return False  # not one whole small message (the scanner keeps a partial one until the rest comes)
         sc = self.scanner
         if sc.carry is not None or sc.skip:
             return False
         b0 = view[5]
         if b0 in _MAYBE_SPECIAL or self.lsn is not None:
             return False  # (a listening client's statements are all read: listening.in_request)
-        # leaks.may_leave_state, inline (its keywords; a call less per statement on the simplest path)
+        # leaks.may_leave_state, inline (its keywords; a call less per statement on the simplest path). "set"
+        # stands for set_config too, and for the custom settings a SET, RESET or set_config may name.
         low = bytes(view[5:n]).lower()
-        bits = 0 if low.find(b"temp") < 0 and low.find(b"advisory") < 0 and low.find(b"set_config") < 0 \
-            and low.find(b"listen") < 0 else lowered_may_leave_state(low)
-        if low.find(_SET) >= 0 and low.find(b".") >= 0:
-            self.note_settings(view[5:n], low)  # custom settings (sqllex.setting_names_text)
+        if low.find(b"set") >= 0:
+            bits = lowered_may_leave_state(low)
+            if low.find(b".") >= 0:
+                self.note_settings(view[5:n], low)  # custom settings (sqllex.setting_names_text)
+        elif low.find(b"temp") < 0 and low.find(b"advisory") < 0 and low.find(b"listen") < 0:
+            bits = 0
+        else:
+            bits = lowered_may_leave_state(low)
         if bits or b0 | 32 == 112:  # temp/advisory, or a PREPARE: transaction_pinning refuse refuses it there
             if bits & LISTENS:
                 return False  # LISTEN/UNLISTEN after another statement: listening.in_request
@@ -147,10 +147,10 @@ class FastPaths(ClientBase):
             if pool is not None and pool.pin_refuse and sqllex.pinning_text(view[5:n]) is not None:
                 return False
             self.leaves |= bits
-        if self.query_start == 0.0:  # ClientBase._mark_query, inline
-            self.query_start = self.loop.now
-            if self.xact_start == 0.0:
-                self.xact_start = self.query_start
+        if not self.query_start:  # ClientBase._mark_query, inline
+            self.query_start = now = self.loop.now
+            if not self.xact_start:
+                self.xact_start = now
         self.copy_window = 81
         self.copy_syncs = 0
         self.expect += 1

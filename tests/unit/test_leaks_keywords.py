@@ -1,6 +1,7 @@
 """The leak keywords are looked for in two places (core/leaks.py, and inline on the simple-query fast path in
-session/fastpath.py): both must look for exactly leaks.KEYWORDS, or a temporary table or set_config() sent
-through the fast path would go unseen."""
+session/fastpath.py): the fast path must find every one of leaks.KEYWORDS (itself, or a part of it that sends
+the statement to leaks.lowered_may_leave_state), or a temporary table or set_config() sent through the fast
+path would go unseen."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ _FIND = re.compile(r'low\.find\(b"([a-z_]+)"\)')
 
 
 def test_fast_query_looks_for_every_keyword() -> None:
-    assert set(_FIND.findall(inspect.getsource(FastPaths._fast_query))) == {k.decode() for k in leaks.KEYWORDS}
+    found = set(_FIND.findall(inspect.getsource(FastPaths._fast_query)))
+    for kw in leaks.KEYWORDS:
+        assert any(f in kw.decode() for f in found), kw
 
 
 def test_leaks_looks_for_every_keyword() -> None:

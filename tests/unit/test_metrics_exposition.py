@@ -114,6 +114,21 @@ def test_log_bucket_bounds_match_recording() -> None:
         assert lo <= us < hi, us
 
 
+def test_record_table_matches_bucket_of() -> None:
+    """Histogram.record looks buckets up in tables below 2**26 us and computes them above: all must put
+    every value where bucket_of() says, count it and add it to the sum, negatives (clock steps) in bucket 0."""
+    values = [-5, 0, 1, 3, 4, 5, 7, 8, 1000, 65535, 65536, 65537, 2**26 - 1, 2**26, 10**9, 2**40]
+    values += list(range(0, 1 << 16, 7)) + list(range(1 << 16, 1 << 26, 4099)) + [(i << 14) - 1 for i in range(5, 4096, 3)]
+    h = Histogram()
+    want = [0] * BUCKETS
+    for us in values:
+        h.record(us)
+        want[bucket_of(us)] += 1
+    assert h.counts == want
+    assert h.n == len(values)
+    assert h.total == sum(values)
+
+
 def hist_of(values: list[int]) -> Histogram:
     h = Histogram()
     for v in values:
