@@ -447,7 +447,7 @@ class Worker:
         if not client_gone and linked is not None:
             if linked.copy_confused:
                 return  # it keeps this server until it leaves (ClientConn.on_server_error)
-            if linked.transaction_mode and s.txn_status == 73 and (s.dirty or linked.leaves or linked.pinned) \
+            if (s.dirty or linked.leaves or linked.pinned) and linked.transaction_mode and s.txn_status == 73 \
                     and linked.session_check(s):
                 return  # its session state is read back first, or it stays pinned to `s`
         c = client if client is not None else linked

@@ -217,8 +217,12 @@ class Pool:
             client.waiting = True
             self.waiters.append(client)
             pairs = self._match_locked() if self.n_idle else None
-            spawn = self._want_spawn_locked()
-            delay = self._arm_antic_locked(now) if self.antic_wait and not self.antic_due else 0.0
+            if self.total < self.pool_size:
+                spawn = self._want_spawn_locked()
+                delay = self._arm_antic_locked(now) if self.antic_wait and not self.antic_due else 0.0
+            else:  # a full pool (the usual case under load): _want_spawn_locked's first test, without the call
+                self.antic_wait = False
+                return (pairs, False, 0.0) if pairs else None
         return (pairs, spawn, delay) if pairs or spawn or delay else None
 
     def _want_spawn_locked(self) -> bool:

@@ -233,11 +233,8 @@ class Scanner:
         max_len = self.max_len
         small_max = SMALL_LIMIT if SMALL_LIMIT <= max_len else max_len
         end = n
-        while pos < n:
-            if n - pos < 5:
-                self.carry = bytearray(data[pos:])
-                end = pos
-                break
+        last = n - 5  # a header starting after `last` is not whole: carried (the while's else)
+        while pos <= last:
             t = data[pos]
             (ln,) = _unpack(data, pos + 1)
             mode = table[t]
@@ -272,6 +269,10 @@ class Scanner:
                         self.streaming, self.stream_len = t, ln
                     break
             pos = nxt
+        else:
+            if pos < n:
+                self.carry = bytearray(data[pos:])
+                end = pos
 
         if out is None:
             if emit == 0 and end == n:

@@ -41,10 +41,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgdoorman.client")
 
 _unpack = m.U32.unpack_from
-# The sums of the first two letters (lower-cased) of BEGIN and START, and of LISTEN and UNLISTEN: a Query
-# starting otherwise (SELECT, SET, SHOW, ...) is not looked at for a deferred BEGIN or a lone LISTEN/UNLISTEN;
-# an unrelated text with the same sum only costs a regex.
-_BE_ST = (98 + 101, 115 + 116, 108 + 105, 117 + 110)
+# The first two letters of BEGIN and START, and of LISTEN and UNLISTEN: _SECOND[first byte] is the second one
+# (lower case; 0 for any other first byte). A Query starting otherwise (SELECT, SET, SHOW, ...) is not looked
+# at for a deferred BEGIN or a lone LISTEN/UNLISTEN.
+
+
+def _second_letters() -> bytes:
+    table = bytearray(256)
+    for first, second in (b"be", b"st", b"li", b"un"):
+        table[first] = table[first & ~32] = second
+    return bytes(table)
+
+
+_SECOND = _second_letters()
 assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls
 
 
@@ -91,16 +100,18 @@ class ClientConn(ClientLogin):
         s = self.server
         if s is None and not self.waiting and not self.raw and not self.pending:
             # Start of a transaction: take a server first, so the bytes go straight through when one is free.
-            if n == 5 and view[0] == 88:  # a lone Terminate
-                self.close("client terminated")
-                return
             pool = self.pool
             assert pool is not None
-            maybe = view[0] == 81 and 6 < n < BEGIN_MAX and (view[5] | 32) + (view[6] | 32) in _BE_ST
-            if ((maybe or self.begin_held is not None) and self._deferred_begin(view, n)
-                    or n == pool.check_n and self.begin_held is None and self._check_query(view)):
+            t0 = view[0]
+            if t0 == 81:  # maybe a lone BEGIN, LISTEN or UNLISTEN, an end of a deferred BEGIN, pooler_check_query
+                if ((6 < n < BEGIN_MAX and view[6] | 32 == _SECOND[view[5]] or self.begin_held is not None)
+                        and self._deferred_begin(view, n)
+                        or n == pool.check_n and self.begin_held is None and self._check_query(view)):
+                    return
+            elif n == 5 and t0 == 88:  # a lone Terminate
+                self.close("client terminated")
                 return
-            if self.ps and view[0] == 80 and n > 10:
+            elif self.ps and t0 == 80 and n > 10:
                 second = 1 + _unpack(view, 1)[0]  # only Parse... Sync can be answered here: peek first
                 if second < n and view[second] in b"PS" and (answer := self.rw.parse_sync_locally(view)):
                     self.write(answer)
@@ -108,7 +119,7 @@ class ClientConn(ClientLogin):
             s = self.worker.checkout(pool, self)
             if s is not None and not self._link(s):
                 s = None  # linked, but a parameter sync runs first: hold the bytes until it is done
-        hold = s is None or s.state != 3 or (self.ps and bool(self.raw))  # 3: ServerState.ACTIVE
+        hold = s is None or s.state != 3 or self.ps and self.raw  # 3: ServerState.ACTIVE (a truth value, no bool())
         if hold and self._hold(view):
             return
         if self.ps:
@@ -349,7 +360,12 @@ class ClientConn(ClientLogin):
         if self.raw:
             raw = self.raw
             self.raw = EMPTY
-            self._consume(memoryview(raw), len(raw))
+            n = len(raw)
+            view = memoryview(raw)
+            # What _consume does with a held simple Query on an ACTIVE server, without its preamble (a client that
+            # queued for a server comes here once per transaction).
+            if not (raw[0] == 81 and self.ps and s.state == 3 and self._fast_query(view, n, s)):
+                self._consume(view, n)
             if self.closed:
                 return
         if self.read_paused and not s.out and not self.closed:
