@@ -504,7 +504,7 @@ class Worker:
         if s.epoch != pool.epoch:
             s.close("pool reconnected")
             return
-        if pool.server_lifetime > 0 and now - s.created > pool.server_lifetime or 0 < s.fallback_until < now:
+        if now - s.created > pool.server_lifetime > 0 or 0 < s.fallback_until < now:  # (0: no lifetime)
             s.close("fallback_lifetime reached" if 0 < s.fallback_until < now else "server_lifetime reached")
             return
         if self.app.shutting_down:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 
 _unpack = m.U32.unpack_from
+_SMALL_QUERY = SMALL_LIMIT + 1  # the longest Query message the fast path takes (type byte included)
 # First bytes of a simple query that the fast path leaves to the general one: DEALLOCATE and LISTEN are
 # answered or refused by the pooler, EXECUTE may name a protocol-level statement, and any may follow blanks.
 _MAYBE_SPECIAL = frozenset(b"dDlLeE \t\r\n\x0b\x0c")
@@ -121,7 +122,7 @@ class FastPaths(ClientBase):
         """One whole small simple Query with nothing queued: what the scanner and the rewriter would do, in
         one step. Anything else (a partial or pipelined message, a possible DEALLOCATE or LISTEN, a client
         already queueing extended-protocol responses) takes the general path."""
-        if not 6 <= n <= SMALL_LIMIT + 1 or _unpack(view, 1)[0] + 1 != n or self.rw.rq or self.in_copy_in:
+        if not 6 <= n <= _SMALL_QUERY or _unpack(view, 1)[0] + 1 != n or self.rw.rq or self.in_copy_in:
             return False  # not one whole small message (the scanner keeps a partial one until the rest comes)
         sc = self.scanner
         if sc.carry is not None or sc.skip:
