@@ -65,9 +65,10 @@ def trace_main(kind: str, out: str, argv: list[str]) -> None:
             counts[("C", getattr(arg, "__qualname__", str(arg)), 0)] += 1
 
     def dump(*_: Any) -> None:
-        with open(out + ".tmp", "w") as f:
+        tmp = f"{out}.{time.monotonic_ns()}.tmp"  # (a second signal may come while the first is written)
+        with open(tmp, "w") as f:
             json.dump([[*k, v] for k, v in dict(counts).items()], f)
-        os.replace(out + ".tmp", out)
+        os.replace(tmp, out)
 
     signal.signal(DUMP, dump)
     signal.signal(RESET, lambda *_: counts.clear())

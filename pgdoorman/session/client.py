@@ -234,8 +234,8 @@ class ClientConn(ClientLogin):
         if not self.ps:
             return False
         raw = self.raw  # (FastPaths._keep_raw, inline: once per request that waits for a server)
-        if isinstance(raw, bytearray):
-            raw += view
+        if raw:  # a bytearray of its own (else EMPTY, or an empty one: replaced)
+            raw += view  # (never the shared EMPTY: that is falsy)
         else:
             self.raw = raw = bytearray(view)
         if len(raw) > HIGH_WATER:

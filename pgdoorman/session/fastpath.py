@@ -132,11 +132,11 @@ class FastPaths(ClientBase):
             return False  # (a listening client's statements are all read: listening.in_request)
         # leaks.may_leave_state, inline (its keywords; a call less per statement on the simplest path). "set"
         # stands for set_config too, and for the custom settings a SET, RESET or set_config may name.
-        low = bytes(view[5:n]).lower()
+        low = bytes(view).lower()  # (its 5-byte header too: a slice less; at worst it makes a false "maybe")
         if low.find(b"set") >= 0:
             bits = lowered_may_leave_state(low)
             if low.find(b".") >= 0:
-                self.note_settings(view[5:n], low)  # custom settings (sqllex.setting_names_text)
+                self.note_settings(view[5:n], low[5:])  # custom settings (sqllex.setting_names_text)
         elif low.find(b"temp") < 0 and low.find(b"advisory") < 0 and low.find(b"listen") < 0:
             bits = 0
         else:

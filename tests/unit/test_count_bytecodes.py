@@ -44,6 +44,7 @@ def test_tracer_counts_every_thread(tmp_path: Path) -> None:
         "    for _ in range(1000):\n"
         "        n += 1\n"
         "t = threading.Thread(target=spin); t.start(); t.join()\n"
+        f"open({str(tmp_path / 'ready')!r}, 'w').close()\n"
         "time.sleep(60)\n"
     )
     out = tmp_path / "counts.json"
@@ -52,13 +53,16 @@ def test_tracer_counts_every_thread(tmp_path: Path) -> None:
                           str(out)], env=env)
     try:
         rows = None
+        for _ in range(300):  # (a signal before the tracer's handler is set would end the process)
+            if (tmp_path / "ready").exists():
+                break
+            time.sleep(0.1)
+        os.kill(p.pid, cb.DUMP)
         for _ in range(100):
             time.sleep(0.1)
-            os.kill(p.pid, cb.DUMP)
             if out.exists():
                 rows = json.loads(out.read_text())
-                if any(r[1] == "spin" for r in rows):
-                    break
+                break
         assert rows is not None
         spin = sum(r[3] for r in rows if r[1] == "spin")
         assert spin > 1000 * 4  # at least four instructions per loop turn, in the thread
