@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -67,6 +68,10 @@ class Stoppable(Protocol):
 
 
 class App:
+    # Pools a RELOAD or auth_query removed (pool_removed), as long as clients or servers still hold them: the
+    # janitors expire their idle servers as a configured pool's. Replaced whole: workers read it without a lock.
+    removed_pools: tuple[weakref.ref[Pool], ...] = ()
+
     def __init__(self, config: Config, resources: Resources | None = None) -> None:
         """`resources`: the live objects built from `config` (pgdoorman.resources; serve() passes those built
         while the config was checked); built here when not given."""
@@ -171,7 +176,7 @@ class App:
                 if pool is not None and pool.dynamic:  # an auth_query user is now a static one: a new pool
                     pool.epoch += 1
                     self._close_idle(pool)
-                    listener.drop(pool)
+                    self.pool_removed(pool)
                     pool = None
                 if pool is None:
                     pool = Pool(config, pcfg, ucfg, self.nworkers, live)
@@ -195,12 +200,19 @@ class App:
                 pool.epoch += 1
                 pool.paused = False
                 self._close_idle(pool)
-                listener.drop(pool)  # its clients stay until they leave, its LISTEN connection while they listen
+                self.pool_removed(pool)
         self.pool_list = list(self.pools.values())
 
     def _close_idle(self, pool: Pool) -> None:
         for j in self.janitors:
             j.worker.loop.call_soon_threadsafe(j.close_idle, pool)
+
+    def pool_removed(self, pool: Pool) -> None:
+        """`pool` left the registry (RELOAD, auth_query): its clients stay until they leave; the servers they
+        use are expired by the janitors as a configured pool's are (idle_timeout, server_lifetime), and its
+        LISTEN connection is closed once none of them listens."""
+        self.removed_pools = (*(r for r in self.removed_pools if r() is not None), weakref.ref(pool))
+        listener.drop(pool)
 
     def reload(self) -> tuple[bool, str]:
         """Re-read the config file; keep the old one if the new one is invalid. Called from the main thread

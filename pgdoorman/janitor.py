@@ -176,20 +176,23 @@ class Janitor:
 
     def retain(self, now: float) -> int:
         """Close idle servers past idle_timeout or server_lifetime (at most retain_connections_max per
-        round, pools in random order); worker 0 also keeps min_pool_size warm. How many were closed."""
+        round, pools in random order, then the pools removed while clients still use them); worker 0 also
+        keeps the configured pools' min_pool_size warm. How many were closed."""
         w = self.worker
         limit = w.app.config.general.retain_connections_max or 1 << 30
         closed = 0
         pools = list(w.app.pool_list)
         random.shuffle(pools)
         self.pre_replace(now)
-        for pool in pools:
+        gone = [p for r in w.app.removed_pools if (p := r()) is not None]  # (App.pool_removed)
+        for pool in pools + gone:
             for s, why in pool.take_expired(w.id, now, limit - closed):
                 cast("ServerConn", s).retire(why)
                 closed += 1
             for s in pool.take_reserve_idle(w.id, now):
                 cast("ServerConn", s).retire("reserve connection idle longer than min_connection_lifetime")
-            if w.id == 0:
+        if w.id == 0:
+            for pool in pools:  # (not for removed pools)
                 self.ensure_min(pool)
         return closed
 

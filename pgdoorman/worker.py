@@ -32,6 +32,8 @@ from pgdoorman.session.states import (
 )
 
 if TYPE_CHECKING:
+    import weakref
+
     from pgdoorman.core.pool import Pairs, Pool
     from pgdoorman.net.loop import Timer
     from pgdoorman.net.sockopts import TcpOptions
@@ -52,6 +54,9 @@ class Process(Registry, Protocol):
 
     @property
     def pool_list(self) -> list[Pool]: ...
+
+    @property
+    def removed_pools(self) -> tuple[weakref.ref[Pool], ...]: ...
 
     def cpu_for_worker(self, wid: int) -> set[int] | None: ...
 

@@ -26,7 +26,6 @@ from pgdoorman.auth_query.service import AuthQueryService, Lookup, Stats
 from pgdoorman.config import AuthQueryConfig, Config, PoolConfig, UserConfig
 from pgdoorman.core import startup_params
 from pgdoorman.core.pool import Pool, PoolLive
-from pgdoorman.session import listener
 
 log = logging.getLogger("pgdoorman.auth_query")
 
@@ -63,6 +62,8 @@ class Host(Protocol):
     def workers(self) -> Sequence[_Worker]: ...
 
     def _close_idle(self, pool: Pool) -> None: ...
+
+    def pool_removed(self, pool: Pool) -> None: ...
 
 
 def _live_clients(w: _Worker) -> list[_Client]:
@@ -134,7 +135,7 @@ class DynamicPools:
                 p.epoch += 1
                 p.paused = False
             host._close_idle(p)
-            listener.drop(p)
+            host.pool_removed(p)
             self.stats.setdefault(database, Stats()).dynamic_pools_destroyed += 1
         log.info("auth_query: %d dynamic pool(s) of %r dropped: %s", len(gone), database, reason)
 
@@ -245,7 +246,7 @@ class DynamicPools:
             with p.lock:
                 p.epoch += 1
             host._close_idle(p)
-            listener.drop(p)
+            host.pool_removed(p)
             log.info("auth_query: dynamic pool %s collected (unused)", p.name)
         return len(gone)
 

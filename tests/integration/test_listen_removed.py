@@ -1,5 +1,6 @@
-"""A pool that a RELOAD removes keeps its clients until they leave (docs/operations.md, "Reload"), and its LISTEN
-connection as long as one of them listens: a listening client goes on receiving what a session listening on
+"""A pool that a RELOAD removes keeps its clients until they leave (docs/operations.md, "Reload"); its idle
+servers expire as a configured pool's do (the last test), and its LISTEN connection stays as long as one of
+them listens: a listening client goes on receiving what a session listening on
 PostgreSQL itself receives. Once none listens (at the RELOAD, or when the last one leaves or UNLISTENs) the
 LISTEN connection is closed, its backend gone from pg_stat_activity, also when the pool was removed while that
 connection was logging in again or waiting to retry."""
@@ -231,4 +232,31 @@ def test_pool_removed_while_its_listen_connection_waits_to_retry(pg: Any, pooler
         assert gate.backends(checker) == []
     finally:
         pooled.close()
+        checker.close()
+
+
+def test_removed_pool_expires_its_idle_servers(pg: Any, pooler_factory: Any, gate: GateProxy) -> None:
+    """The clients of a removed pool keep working, and the servers opened for them expire by the pool's
+    idle_timeout as a configured pool's do (before, the janitor no longer saw the pool: they stayed for good)."""
+    p = pooler_factory(pool_size=1, pools={GONE: {**_gone_pool(pg, gate.port), "idle_timeout": 300}},
+                       general={"retain_connections_time": 200})
+    pooled, direct, checker = _gone_client(p), connect(pg.host, pg.port), connect(pg.host, pg.port)
+    try:
+        ask = "select current_database(), current_user, current_setting('DateStyle')"
+        assert pooled.query_rows(ask) == direct.query_rows(ask)
+        assert len(gate.backends(checker)) == 1  # its server, idle in the pool
+        _remove_gone(p)
+        wait_for(lambda: gate.backends(checker) == [], 10, "the idle server closed by the RELOAD")
+        assert shape(pooled.query("begin")) == shape(direct.query("begin"))
+        assert pooled.query_rows(ask) == direct.query_rows(ask)
+        time.sleep(1)  # past idle_timeout: in use by the client's transaction, it stays
+        assert len(gate.backends(checker)) == 1
+        assert shape(pooled.query("commit")) == shape(direct.query("commit"))
+        wait_for(lambda: gate.backends(checker) == [], 10, "the removed pool's server closed by idle_timeout")
+        assert pooled.query_rows(ask) == direct.query_rows(ask)  # the client still works
+        wait_for(lambda: gate.backends(checker) == [], 10, "that server closed by idle_timeout too")
+        assert p.wait_for_log("closed: idle_timeout")
+    finally:
+        pooled.close()
+        direct.close()
         checker.close()
