@@ -17,7 +17,7 @@ import pytest
 from tests.integration.test_listen_notify import connect, drain, shape
 from tests.support.cluster import ADMIN_PASSWORD, ADMIN_USER, DBNAME, SCRAM_PASSWORD, SCRAM_USER
 from tests.support.pooler import Pooler, wait_for
-from tests.support.wire import WireClient, WireError
+from tests.support.wire import WireClient, WireError, query
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -103,7 +103,8 @@ def test_removed_pool_nobody_listens_on_closes_it_at_the_reload(pg: Any, pooler_
 
 class GateProxy:
     """A TCP relay to PostgreSQL for one pool. `hold()`: new connections are accepted and wait (a login
-    that does not progress) until `open()`; `refuse()`: they are closed at once (a login that fails).
+    that does not progress) until `open()`; `refuse()`: they are closed at once (a login that fails);
+    `freeze()`: what PostgreSQL sends on the connections open now is dropped, until `cut()` closes them.
     `ports` are the relay's own ports towards PostgreSQL (pg_stat_activity.client_port)."""
 
     def __init__(self, host: str, port: int) -> None:
@@ -116,7 +117,21 @@ class GateProxy:
         self.waiting = 0  # connections held at the gate
         self.ports: list[int] = []
         self.socks: list[socket.socket] = []
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []  # (pooler side, PostgreSQL side)
+        self.frozen: set[int] = set()  # ids of the pooler-side sockets
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self.frozen = {id(d) for d, _ in self.pairs}
+
+    def cut(self) -> None:
+        for d, u in self.pairs:
+            if id(d) in self.frozen:
+                for x in (d, u):
+                    try:
+                        x.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
 
     def hold(self) -> None:
         self.gate.clear()
@@ -147,17 +162,18 @@ class GateProxy:
         up = socket.create_connection(self.target)
         self.socks.append(up)
         self.ports.append(up.getsockname()[1])
+        self.pairs.append((down, up))
         threading.Thread(target=self._pump, args=(up, down), daemon=True).start()
         self._pump(down, up)
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         while True:
             try:
                 data = src.recv(65536)
                 if not data:
                     break
-                dst.sendall(data)
+                if id(dst) not in self.frozen:
+                    dst.sendall(data)
             except OSError:
                 break
         for s in (src, dst):
@@ -256,6 +272,35 @@ def test_removed_pool_expires_its_idle_servers(pg: Any, pooler_factory: Any, gat
         assert pooled.query_rows(ask) == direct.query_rows(ask)  # the client still works
         wait_for(lambda: gate.backends(checker) == [], 10, "that server closed by idle_timeout too")
         assert p.wait_for_log("closed: idle_timeout")
+    finally:
+        pooled.close()
+        direct.close()
+        checker.close()
+
+
+def test_a_lone_listen_in_flight_when_the_listen_connection_is_lost_is_run_on_the_next(
+        pg: Any, pooler_factory: Any, gate: GateProxy) -> None:
+    """The client's LISTEN is the only thing the LISTEN connection is needed for (no channel listened yet) when
+    that connection is lost before answering it: it is opened again and the LISTEN runs there; the client gets
+    PostgreSQL's answer and then the channel's notifications (before, nothing reopened it: the client hung)."""
+    p = pooler_factory(pool_size=1, pools={GONE: _gone_pool(pg, gate.port)})
+    pooled, direct, checker = _gone_client(p), connect(pg.host, pg.port), connect(pg.host, pg.port)
+    try:
+        assert shape(pooled.query("listen a1")) == [("C", "LISTEN"), ("Z", "I")]
+        assert shape(pooled.query("unlisten a1")) == [("C", "UNLISTEN"), ("Z", "I")]
+        pid = _listener_pid(p)
+        time.sleep(0.3)  # (the UNLISTEN answered on the LISTEN connection)
+        gate.freeze()
+        pooled.send(query("listen a2"))
+        time.sleep(0.5)  # it reached PostgreSQL; the answer is dropped
+        assert drain(pooled, 0.1) == []
+        gate.cut()
+        got = shape(pooled.read_until("Z", timeout=10))
+        assert got == shape(direct.query("listen a2")) == [("C", "LISTEN"), ("Z", "I")]
+        assert _listener_pid(p) != pid
+        checker.query("notify a2, 'after'")
+        assert [x[:3] for x in shape(drain(pooled, 1.0))] == [x[:3] for x in shape(drain(direct, 1.0))] \
+            == [("A", "a2", "after")]
     finally:
         pooled.close()
         direct.close()
