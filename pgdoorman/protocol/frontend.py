@@ -419,3 +419,30 @@ def parse_sasl_initial_response(body: Buffer) -> tuple[bytes, memoryview | None]
 
 def parse_sasl_response(body: Buffer) -> memoryview:
     return _view(body)
+
+
+# What nearly every driver sends after a Bind: Execute of the unnamed portal for all rows, then Sync (with a
+# Describe of the unnamed portal before them, or not). bind_batch_end compares them whole before it walks.
+_EXECUTE_SYNC = b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00S\x00\x00\x00\x04"
+_DESCRIBE_PORTAL = b"D\x00\x00\x00\x06P\x00"
+
+
+def bind_batch_end(view: memoryview, pos: int, n: int) -> int:
+    """Where the Bind at `pos` ends, if the batch goes on as `Bind [Describe portal] Execute Sync` to its end
+    `n`; 0 otherwise (a statement Describe needs the general path's queue)."""
+    bend: int = pos + 1 + _U32(view, pos + 1)[0]
+    tail = n - 15
+    if view[tail:n] == _EXECUTE_SYNC and (bend == tail or bend + 7 == tail and view[bend:tail] == _DESCRIBE_PORTAL):
+        return bend
+    if bend + 5 > n:
+        return 0
+    pos = bend
+    if view[pos] == 68:  # Describe
+        if view[pos + 5] != 80:
+            return 0
+        pos += 1 + _U32(view, pos + 1)[0]
+        if pos + 5 > n:
+            return 0
+    if view[pos] != 69 or pos + 1 + _U32(view, pos + 1)[0] != n - 5:
+        return 0
+    return bend

@@ -362,9 +362,11 @@ class ClientConn(ClientLogin):
             self.raw = EMPTY
             n = len(raw)
             view = memoryview(raw)
-            # What _consume does with a held simple Query on an ACTIVE server, without its preamble (a client that
-            # queued for a server comes here once per transaction).
-            if not (raw[0] == 81 and self.ps and s.state == 3 and self._fast_query(view, n, s)):
+            # _consume's fast paths for held bytes on an ACTIVE server, without its preamble (a client that queued
+            # for a server comes here once per transaction).
+            if not (self.ps and s.state == 3 and (
+                    self._fast_query(view, n, s) if raw[0] == 81 else
+                    self.expect <= 0 and not self.unsynced and not self.in_copy_in and self._fast_batch(view, n, s))):
                 self._consume(view, n)
             if self.closed:
                 return

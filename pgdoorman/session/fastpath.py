@@ -171,10 +171,10 @@ class FastPaths(ClientBase):
         out = rw.fast_batch(view, n, s)
         if out is None:
             return False
-        if self.query_start == 0.0:  # ClientBase._mark_query, inline
-            self.query_start = self.loop.now
-            if self.xact_start == 0.0:
-                self.xact_start = self.query_start
+        if not self.query_start:  # ClientBase._mark_query, inline
+            self.query_start = now = self.loop.now
+            if not self.xact_start:
+                self.xact_start = now
         self.expect += 1
         self.copy_window = 69
         self.copy_syncs = 1

@@ -509,7 +509,7 @@ class Rewriter(RewriterBase):
             t = view[pos]
         if t != 66:
             return None
-        bend = _bind_end(view, pos, n)  # (the Bind starts at pos)
+        bend = frontend.bind_batch_end(view, pos, n)  # (the Bind starts at pos)
         if not bend:
             return None
         b = bytes(view[pos + 5 : bend])
@@ -628,21 +628,3 @@ class Rewriter(RewriterBase):
         rq.extendleft(reversed(keep))
         relay.expect -= removed
         relay.in_copy_in = not ended
-
-
-def _bind_end(view: memoryview, pos: int, n: int) -> int:
-    """Where the Bind at `pos` ends, if the batch goes on as `Bind [Describe portal] Execute Sync` to its end
-    `n`; 0 otherwise (a statement Describe needs the general path's queue)."""
-    bend: int = pos + 1 + _unpack(view, pos + 1)[0]
-    if bend + 5 > n:
-        return 0
-    pos = bend
-    if view[pos] == 68:  # Describe
-        if view[pos + 5] != 80:
-            return 0
-        pos += 1 + _unpack(view, pos + 1)[0]
-        if pos + 5 > n:
-            return 0
-    if view[pos] != 69 or pos + 1 + _unpack(view, pos + 1)[0] != n - 5:
-        return 0
-    return bend

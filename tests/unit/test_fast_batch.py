@@ -247,3 +247,28 @@ def test_simple_query_behind_a_pipelined_batch_keeps_the_response_order(linked: 
     assert [t for t, _ in _read_messages(c_peer)] == ["1", "2", "T", "D", "C", "Z", "T", "D", "C", "Z",
                                                       "1", "2", "T", "D", "C", "Z"]
     assert not client.rw.rq and client.expect == 0 and client.server is None
+
+
+def test_bind_end_whole_tail_and_walk_agree() -> None:
+    """frontend.bind_batch_end compares the usual `[Describe portal ""] Execute "" 0, Sync` tail whole before it walks
+    the messages: both ways must accept exactly the batches the fast path may take."""
+    from pgdoorman.protocol.frontend import bind_batch_end
+
+    b = bind("", "S_1", [b"42"])
+    ok = [
+        b + execute() + sync(),
+        b + describe("P") + execute() + sync(),
+        b + describe("P", "p1") + execute() + sync(),  # (a named portal: walked)
+        b + execute("", 10) + sync(),  # (a row limit: walked)
+    ]
+    for batch in ok:
+        assert bind_batch_end(memoryview(batch), 0, len(batch)) == len(b), batch
+    refused = [
+        b + describe("S", "S_1") + execute() + sync(),  # a statement Describe: the general path's queue
+        b + execute() + sync() + sync(),
+        b + execute() + frame("H") + sync(),
+        b + describe("P") + describe("P") + execute() + sync(),
+        b + describe("P") + sync(),
+    ]
+    for batch in refused:
+        assert bind_batch_end(memoryview(batch), 0, len(batch)) == 0, batch
