@@ -54,6 +54,9 @@ class Pooled(Protocol):
 
     idle_since: float
     fallback_until: float  # a fallback host's connection: closed after this (0: not one)
+    # When parked idle with server_idle_check_timeout on: the time after which it is probed before a client
+    # uses it (0: no probe; the client that links it clears it).
+    check_at: float
 
     @property
     def id(self) -> int: ...
@@ -135,7 +138,7 @@ class Pool:
         self.query_wait_timeout = cfg.general.query_wait_timeout / 1000.0
         self._p99 = (-10.0, 0.0, 0.0)  # (when computed, transactions' p99 in us, anticipation budget in s)
         self.query_timeout = cfg.timeout_for(pool_cfg, user_cfg, "query_timeout") / 1000.0
-        self.idle_check = cfg.general.server_idle_check_timeout / 1000.0  # 0: off (session/client_base.py _link)
+        self.idle_check = cfg.general.server_idle_check_timeout / 1000.0  # 0: off (release sets check_at; ClientBase._link)
         self.round_robin = cfg.general.server_round_robin  # idle servers handed out oldest first
         self.set_check_query(cfg.general.pooler_check_query)
         g = cfg.general
@@ -386,7 +389,7 @@ class Pool:
         """A server became free in worker `wid` (its owner): the waiter to hand it to, or None when it was
         parked idle in that shard. The waiter is the oldest one of worker `wid` if it queued at most
         LOCAL_SLACK after the oldest waiter of all (so the server stays on its thread), else the oldest."""
-        server.idle_since = now  # free since now, whether parked or handed on (the idle check reads it)
+        server.idle_since = now  # free since now, whether parked or handed on (idle_timeout reads it)
         with self.lock:
             waiters = self.waiters
             if waiters and not self.paused:
@@ -401,6 +404,8 @@ class Pool:
                     return c
             self.idle[wid].append(server)
             self.n_idle += 1
+            if self.idle_check:
+                server.check_at = now + self.idle_check
             if self.coord_blocked_since:  # nobody waits any more
                 self._unblock_locked()
             return None

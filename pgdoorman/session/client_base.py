@@ -453,10 +453,12 @@ class ClientBase(Conn):
         """Make `s` this client's server; False while an idle check or a parameter sync runs first (then
         _probed or _synced follows)."""
         self.server = s
-        t = s.pool.idle_check
-        if t and s.state == 2 and self.loop.now - s.idle_since > t:  # 2: IDLE, straight from the pool
-            self._probe(s)
-            return False
+        check_at = s.check_at  # set when it was parked idle (Pool.release) and server_idle_check_timeout is on
+        if check_at:
+            s.check_at = 0.0
+            if self.loop.now > check_at:  # idle longer than the timeout, straight from the pool: probe it
+                self._probe(s)
+                return False
         s.link(self)
         if s.ps_on or self.rw.rq:  # on while expected responses are queued (Rewriter._track, tracking.start)
             s.set_ps_mode(bool(self.rw.rq))

@@ -61,7 +61,7 @@ _DDL_TAGS = frozenset((b"CREAT", b"ALTER", b"DROP "))
 class ServerConn(ServerWrapped):
     __slots__ = (
         "id", "worker", "pool", "client", "extra", "extra_undo", "synced_key", "pid", "secret",
-        "created", "idle_since", "epoch", "dirty", "scanner",
+        "created", "idle_since", "check_at", "epoch", "dirty", "scanner",
         "internal_left", "internal_error", "internal_done", "internal_rows", "deferred",
         "timer", "addr", "xact_start", "query_count", "counted", "xact_count",
         "bytes_in", "bytes_out", "pstats",
@@ -83,6 +83,7 @@ class ServerConn(ServerWrapped):
         self.secret = 0
         self.created = time.monotonic()
         self.idle_since = self.created
+        self.check_at = 0.0  # (Pooled.check_at: server_idle_check_timeout's probe)
         self.epoch = pool.epoch
         self.dirty = 0
         self.scanner = Scanner(SERVER_TABLE, on_message=self._on_message)
