@@ -48,6 +48,7 @@ DUP = 11       # (statement, name): a Parse of a name the client holds, sent to 
 UNPARSE = 12   # our own Close of a statement about to be parsed again: swallow CloseComplete
 MALFORMED = 13  # a message sent on untouched for PostgreSQL to refuse (ErrorResponse, then the skip to Sync)
 PARSE_ANY = 14  # prepared_statements off: a client's Parse sent untouched (session/tracking.py): ParseComplete
+INJ_SYNC = 15  # our own Sync after an INJECT before a SQL EXECUTE: swallow ReadyForQuery; data True once that Parse failed
 
 # Response types that complete an entry of each kind (ReadyForQuery and ErrorResponse are handled apart).
 TERMINAL: tuple[frozenset[int], ...] = (
@@ -66,6 +67,7 @@ TERMINAL: tuple[frozenset[int], ...] = (
     frozenset(b"3"),            # UNPARSE
     frozenset(),                # MALFORMED
     frozenset(b"1"),            # PARSE_ANY
+    frozenset(),                # INJ_SYNC: ReadyForQuery
 )
 SWALLOWED = frozenset((INJECT, UNPARSE))
 

@@ -53,8 +53,9 @@ class Rewriter(RewriterBase):
                 return b""
         elif st.name not in s.unsure:
             s.remember(st.name)
+            rq = self._track()  # (first: switching the queue on forgets the Parses in flight)
             self._parsing(st)
-            self._track().append((ps.INJECT, st))
+            rq.append((ps.INJECT, st))
             return st.parse_msg
         return self._reparse(s, st, (ps.INJECT, st))
 
@@ -79,8 +80,8 @@ class Rewriter(RewriterBase):
         PostgreSQL answers Close of a statement that does not exist with CloseComplete: swallowed (UNPARSE)."""
         s.unsure.discard(st.name)
         s.remember(st.name)
+        rq = self._track()  # (first: switching the queue on forgets the Parses in flight)
         self._parsing(st)
-        rq = self._track()
         rq.append((ps.UNPARSE, None))
         rq.append(entry)
         return m.msg(b"C", b"S" + st.name + b"\x00") + st.parse_msg
@@ -322,6 +323,12 @@ class Rewriter(RewriterBase):
             # and PostgreSQL would then skip this Query until a Sync that never comes)
         else:
             pre = self._ensure(st)
+            if pre and not self.relay.unsynced:
+                # Should that Parse fail (a table it reads dropped since), PostgreSQL skips to a Sync, this Query
+                # too: our Sync ends the skip, and the Parse's error answers the Query (rewrite_replies: INJ_SYNC).
+                pre += m.SYNC
+                self.win += 1
+                self.rq.append((ps.INJ_SYNC, None))
         self.on_header(81, 0)
         return pre + m.msg(b"Q", text[: mt.end(1)] + b'"' + st.name + b'"' + text[mt.end(2) :] + b"\x00")
 

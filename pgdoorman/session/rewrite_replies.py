@@ -29,8 +29,11 @@ log = logging.getLogger("pgdoorman.server")
 # The response types the plain relay handler acts on (ReadyForQuery, CommandComplete, ParameterStatus, Error).
 PLAIN_TYPES = frozenset(b"ZCSEG")
 # The queue entries answered by a ReadyForQuery.
-_ENDS = frozenset((ps.SYNC, ps.QUERY, ps.FUNC))
-_SYNC = frozenset((ps.SYNC,))
+_ENDS = frozenset((ps.SYNC, ps.QUERY, ps.FUNC, ps.INJ_SYNC))
+_SYNC = frozenset((ps.SYNC, ps.INJ_SYNC))
+# The data of a SQL EXECUTE's QUERY entry once the Parse injected before it failed (the statement does not exist
+# on the server): the Parse's error answered the client, the EXECUTE's own error (26000 or 25P02) is swallowed.
+_VOID = "the injected Parse failed"
 # What PostgreSQL may send while it skips to a Sync: that Sync's ReadyForQuery, and asynchronous messages.
 _WHILE_SKIPPING = frozenset(b"ZSNA")
 # PostgreSQL's message when DDL changed the result of a statement prepared before (SQLSTATE 0A000).
@@ -344,15 +347,20 @@ class RewriterBase:
                     # It answers the Sync that ended PostgreSQL's skip: whatever the client sent before that
                     # Sync (also after the error reached us) was skipped.
                     s.skipping = False
-                    if rq and rq[0][0] != ps.SYNC:
+                    if rq and rq[0][0] not in _SYNC:
                         self._skip_until(s, _SYNC)
                 elif rq and rq[0][0] not in _ENDS:
                     self._skip_until(s, _ENDS)  # never answered: skipped
-                if rq and rq.popleft()[0] == ps.SYNC:
-                    self.done += 1
+                if rq:
+                    end = rq.popleft()
+                    if end[0] == ps.SYNC:
+                        self.done += 1
+                    elif end[0] == ps.INJ_SYNC:
+                        swallow = self._injected_sync(s, end[1], body[0])
             elif t == 69:  # ErrorResponse
-                rep = self._error_response(s, kind, data, body)
-                if rep is not None:
+                if data is _VOID:
+                    swallow = True  # (the entry stays until its ReadyForQuery)
+                elif (rep := self._error_response(s, kind, data, body)) is not None:
                     body = memoryview(rep)
                     rewritten = True
             elif t in ps.TERMINAL[kind]:
@@ -360,7 +368,7 @@ class RewriterBase:
                 swallow = kind in ps.SWALLOWED
                 if s.unsure and (kind == ps.PARSE or kind == ps.INJECT):  # it holds the statement now (Held.unsure)
                     self._parsed(s, data[0] if kind == ps.PARSE else data)
-        if t in PLAIN_TYPES:
+        if t in PLAIN_TYPES and not swallow:
             s._plain_handler(t, body)
         # Synthetic responses due right after this one (e.g. a CloseComplete between a BindComplete and the
         # DataRows that follow): emit them now, since DataRows stream by without reaching this handler.
@@ -394,11 +402,25 @@ class RewriterBase:
         # messages did to our view of the client's and this server's statements is undone (also for messages
         # the client sends after this, until its Sync: see Held.skipping).
         rq.popleft()
-        if rq and rq[0][0] != ps.SYNC:
+        if rq and rq[0][0] == ps.INJ_SYNC:
+            rq[0] = (ps.INJ_SYNC, True)  # our Parse before a SQL EXECUTE: its error answers the EXECUTE
+        elif rq and rq[0][0] != ps.SYNC:
             self._skip_until(s, _SYNC)
         if not rq:
             s.skipping = True
         return rep
+
+    def _injected_sync(self, s: Held, failed: bool, status: int) -> bool:
+        """ReadyForQuery (`status`) answering our Sync after a Parse injected before a SQL EXECUTE
+        (Rewriter._sql_execute): swallowed (True). If that Parse failed, the EXECUTE that follows fails too (its
+        statement does not exist there, or the transaction is aborted): its error is swallowed, its
+        ReadyForQuery ends the client's query as PostgreSQL's own would have, after the Parse's error."""
+        self.done += 1
+        s.txn_status = status
+        rq = self.rq
+        if failed and rq and rq[0] == (ps.QUERY, None):
+            rq[0] = (ps.QUERY, _VOID)
+        return True
 
     def _skip_until(self, s: Held, ends: frozenset[int]) -> None:
         """PostgreSQL skipped the queued messages before the next entry of a kind in `ends`: each is undone, the

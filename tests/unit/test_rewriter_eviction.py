@@ -124,4 +124,4 @@ def test_sql_execute_in_a_failed_transaction_sends_no_parse() -> None:
     assert sent == [("Q", b'execute "' + d1 + b'"\0')]
     p.relay.expect -= 1  # (its answer came)
     p.held.txn_status = 84  # in a transaction that has not failed: parsed there first
-    assert types(p.send(query("execute s1"))) == "PQ"
+    assert types(p.send(query("execute s1"))) == "PSQ"  # (the Sync: tests/unit/test_rewriter_sql_execute.py)

@@ -1,0 +1,141 @@
+"""SQL `EXECUTE name` of a statement the client prepared through the protocol, on a server that does not hold it:
+the pooler parses it there first. When that Parse fails (a table the statement reads was dropped since, a
+column's type changed, the transaction failed in a query pipelined before), a direct session would re-plan
+the statement at EXECUTE and answer with the same error and ReadyForQuery. Each sequence runs directly and
+through pgdoorman, message for message (tests/integration/test_prepared_diff.py's pattern), for two clients
+whose startup settings differ: transaction mode with pool_size 2 (the client's server switched between steps,
+so one of them lacks the statement) and pool_size 1 with a server cache of 2 (the statement evicted and
+DEALLOCATEd, then executed again). Before the fix, the client got the Parse's error and no ReadyForQuery (a
+hang: the read timed out). Afterwards the pool's servers are clean: another client gets one at once, idle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.test_prepared_diff import B, E, P, Q, S, Step, _connect, one, run_steps
+from tests.support.cluster import pooler_config
+from tests.support.pooler import Pooler
+from tests.support.wire import WireClient
+
+pytestmark = pytest.mark.timeout(300)
+
+# Two statements after the one under test: with a server cache of 2 it is evicted (pool_size 1).
+FILL = one(P("f1", "select 1 as f1"), P("f2", "select 2 as f2"), S)
+CREATE = "drop table if exists xr; create table xr (a int); insert into xr values (1)"
+
+SEQUENCES: dict[str, list[Step]] = {
+    "table_dropped": [
+        one(Q(CREATE)), one(P("d1", "select a * 1 as v from xr"), S), one(P("e1", "select a * 2 as v from xr"), S, client=1), FILL,
+        one(Q("execute e1"), client=1), one(Q("drop table xr")), one(Q("execute d1")), one(Q("execute d1")),
+        one(Q("execute e1"), client=1), one(Q("select 'after'")), one(Q(CREATE)), one(Q("execute d1")),
+        one(Q("execute d1")), one(B("d1"), E(), S), one(Q("execute e1"), client=1), one(Q("drop table xr"))],
+    "table_dropped_in_a_transaction": [
+        one(Q(CREATE)), one(P("d2", "select a * 1 as v from xr"), S), FILL, one(Q("drop table xr")),
+        one(Q("begin")), one(Q("execute d2")), one(Q("select 1")), one(Q("rollback")),
+        one(Q("begin")), one(Q("execute d2 ; select 2")), one(Q("rollback")), one(Q("execute d2")),
+        one(Q(CREATE)), one(Q("begin")), one(Q("execute d2")), one(Q("commit")), one(Q("drop table xr"))],
+    "column_type_changed": [
+        one(Q(CREATE)), one(P("t1", "select a + 1 as b from xr"), S), FILL,
+        one(Q("alter table xr alter a type text")), one(Q("execute t1")), one(Q("execute t1")),
+        one(Q("alter table xr alter a type int using a::int")), one(Q("execute t1")), one(Q("execute t1")),
+        one(Q("drop table xr"))],
+    "pipelined": [
+        one(Q(CREATE)), one(P("p1", "select a * 1 as v from xr"), S), FILL, one(Q("drop table xr")),
+        one(Q("begin"), Q("select 1/0"), Q("execute p1"), Q("rollback"), wait=4),
+        one(Q("execute p1"), Q("select 'next'"), Q("execute p1"), wait=3),
+        one(P("", "select 1/0"), B(), E(), S, Q("execute p1"), Q("select 3"), wait=3),
+        # A Query inside an unsynced batch that failed before it: skipped up to the Sync, directly too.
+        one(P("", "select 1/0"), B(), E(), Q("execute p1"), S, wait=1),
+        one(Q(CREATE), Q("execute p1"), B("p1"), E(), S, Q("execute p1"), wait=4), one(Q("drop table xr"))],
+}
+
+class Alternate:
+    """pool_size 2: each step runs on the other server than the step before. One helper connection takes the
+    server the last step used (the only idle one) in an open transaction, then the other lets its own go.
+    (tests/support/wire.py's ServerHolder takes back the server it has just let go, the most recent idle one:
+    after the first step the client stays on the same server.) Not while a client is inside a transaction
+    block: it keeps its server, and the helper would wait for one."""
+
+    def __init__(self, a: WireClient, b: WireClient, clients: list[WireClient]) -> None:
+        self.helpers = [a, b]
+        self.held = [False, False]
+        self.next = 0
+        self.status = [b"I"] * len(clients)
+        for n, c in enumerate(clients):
+            self._watch(c, n)
+
+    def _watch(self, c: WireClient, n: int) -> None:
+        read = c.read_message
+
+        def read_message(timeout: float | None = None) -> tuple[str, bytes]:
+            t, body = read(timeout)
+            if t == "Z":
+                self.status[n] = body
+            return t, body
+
+        c.read_message = read_message  # type: ignore[method-assign]
+
+    def move(self) -> None:
+        if any(st != b"I" for st in self.status):
+            return
+        i = self.next
+        self.helpers[i].query("begin")
+        self.helpers[i].query("select 1")
+        self.held[i] = True
+        if self.held[1 - i]:
+            self.helpers[1 - i].query("commit")
+            self.held[1 - i] = False
+        self.next = 1 - i
+
+    def close(self) -> None:
+        for h, held in zip(self.helpers, self.held, strict=True):
+            if held:
+                h.query("commit")
+            h.close()
+
+
+CLIENT_PARAMS = [{"DateStyle": "SQL, DMY", "application_name": "c0"}, {"DateStyle": "German", "TimeZone": "Asia/Tokyo"}]
+
+
+@pytest.fixture(scope="module", params=["pool_size_2", "pool_size_1_evicting"])
+def pooler(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
+    two = request.param == "pool_size_2"
+    cfg = pooler_config(pg, pool_size=2 if two else 1,
+                        general={"server_prepared_statements_cache_size": 100 if two else 2,
+                                 "query_wait_timeout": 20000})
+    p = Pooler(cfg, str(tmp_path_factory.mktemp("pooler-sql-execute"))).start()
+    p.two = two  # type: ignore[attr-defined]
+    yield p
+    p.stop()
+
+
+@pytest.mark.parametrize("name", list(SEQUENCES))
+def test_same_responses_as_postgres(pg: Any, pooler: Pooler, name: str) -> None:
+    steps = SEQUENCES[name]
+    nclients = 1 + max(s[0] for s in steps)
+    direct = [_connect(pg.host, pg.port, CLIENT_PARAMS[i]) for i in range(nclients)]
+    pooled = [_connect(pooler.host, pooler.port, CLIENT_PARAMS[i]) for i in range(nclients)]
+    alt = None
+    if pooler.two:  # type: ignore[attr-defined]
+        alt = Alternate(_connect(pooler.host, pooler.port), _connect(pooler.host, pooler.port), pooled)
+    try:
+        want = run_steps(direct, steps)
+        got = run_steps(pooled, steps, alt.move if alt is not None else None)
+    finally:
+        if alt is not None:
+            alt.close()
+        for c in direct + pooled:
+            c.close()
+    assert got == want
+    # Every server is back in the pool, idle and usable by another client (a dirty one would have been closed,
+    # a hung one would not come back: the read times out).
+    other = _connect(pooler.host, pooler.port)
+    try:
+        for _ in range(3):
+            assert other.query_rows("select 'ok', current_setting('transaction_isolation')") == \
+                [["ok", "read committed"]]
+    finally:
+        other.close()
