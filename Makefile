@@ -51,6 +51,12 @@ lint: venv
 	$(VPY) -m mypy
 	$(VENV)/bin/lint-imports --no-cache
 
+# pytest runs in two pytest-xdist worker processes (CI has 2 cores; much of the suite waits on sockets,
+# timeouts and pgbench rather than the CPU), each given whole test files (--dist loadfile: a module's shared
+# poolers, and the driver matrix with its one-time builds, stay in one process). Each worker has its own
+# PostgreSQL and its own share of the port range (tests/support/pooler.py). PYTEST_PARALLEL= runs one process.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
+
 # Every step runs even after a failure, so one CI run reports all of them; the exit code is
 # non-zero if any failed.
 test: deps venv drivers
@@ -59,7 +65,7 @@ test: deps venv drivers
 	step ruff $(VPY) -m ruff check pgdoorman tests scripts; \
 	step mypy $(VPY) -m mypy; \
 	step imports $(VENV)/bin/lint-imports --no-cache; \
-	step pytest $(VPY) -m pytest; \
+	step pytest $(VPY) -m pytest $(PYTEST_PARALLEL); \
 	step free-threaded $(MAKE) --no-print-directory test-ft; \
 	step deb $(MAKE) --no-print-directory test-deb; \
 	step pipx $(MAKE) --no-print-directory test-pipx; \

@@ -79,6 +79,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+# Runs of the driver matrix (tests/drivers/test_matrix.py records each as a user property), gathered from
+# every test report: in this process, or the controller's when pytest-xdist workers ran the tests.
+_driver_runs: list[dict[str, Any]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _driver_runs.extend(v for k, v in report.user_properties if k == "driver_matrix_run")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _driver_runs:
+        return
+    drivers = str(ROOT / "tests" / "drivers")
+    if drivers not in sys.path:
+        sys.path.insert(0, drivers)
+    from run_matrix import render_recorded
+
+    terminalreporter.section("driver compatibility matrix")
+    terminalreporter.write_line(render_recorded(_driver_runs))
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PgCluster]:
     """A started PostgreSQL with database ``app``, roles app_scram (SCRAM) / app_md5 (md5), superuser postgres."""

@@ -358,6 +358,35 @@ class Run:
         return [(s, c.detail) for s, c in self.cells.items() if c.status == "fail"]
 
 
+# The user property (pytest's record_property) under which tests/drivers/test_matrix.py reports each run.
+MATRIX_PROPERTY = "driver_matrix_run"
+
+
+def run_to_dict(run: Run) -> dict[str, Any]:
+    """A Run as plain data (it travels from a pytest-xdist worker to the controller)."""
+    return {
+        "driver": run.driver,
+        "mode": run.mode,
+        "version": run.version,
+        "missing": run.missing,
+        "notes": list(run.notes),
+        "cells": {s: [c.status, c.detail] for s, c in run.cells.items()},
+    }
+
+
+def run_from_dict(data: dict[str, Any]) -> Run:
+    cells = {s: Cell(str(st), str(detail)) for s, (st, detail) in data["cells"].items()}
+    return Run(data["driver"], data["mode"], cells, data["version"], data["missing"], notes=list(data["notes"]))
+
+
+def render_recorded(recorded: list[dict[str, Any]]) -> str:
+    """render_text() of runs recorded with run_to_dict(), drivers and modes in the matrix's order."""
+    runs = {(r.driver, r.mode): r for r in map(run_from_dict, recorded)}
+    ran = [d for d in DRIVERS if any(dn == d.name for dn, _ in runs)]
+    modes = [mode for mode in MODES if any(md == mode for _, md in runs)]
+    return render_text(runs, ran, modes, list(SCENARIOS))
+
+
 def _killpg(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)

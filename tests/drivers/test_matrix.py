@@ -2,7 +2,7 @@
 session, transaction), each running that driver's program through tests/drivers/run_matrix.py's
 Matrix and failing with every failed scenario's detail. A driver whose toolchain is missing fails
 under CI=true (CI must run scripts/install_drivers.sh) and is skipped with its reason otherwise.
-The driver x scenario x mode table is printed at the end of the module."""
+The driver x scenario x mode table is printed at the end of the session."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_matrix import DRIVERS, MODES, SCENARIOS, Driver, Matrix, render_text  # noqa: E402
+from run_matrix import DRIVERS, MATRIX_PROPERTY, MODES, SCENARIOS, Driver, Matrix, run_to_dict  # noqa: E402
 
 from tests.support.cluster import PgCluster  # noqa: E402
 
@@ -24,28 +25,18 @@ CASES = [(mode, d) for mode in MODES for d in DRIVERS]
 
 
 @pytest.fixture(scope="module")
-def matrix(pg: PgCluster, request: pytest.FixtureRequest) -> Iterator[Matrix]:
+def matrix(pg: PgCluster) -> Iterator[Matrix]:
     workers = os.environ.get("PGDOORMAN_DRIVER_WORKERS")
     m = Matrix(pg=pg, workers=int(workers) if workers else None)
     try:
         yield m
     finally:
         m.close()
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        capture = request.config.pluginmanager.get_plugin("capturemanager")
-        if reporter is not None and capture is not None and m.runs:
-            ran = [d for d in DRIVERS if any(dn == d.name for dn, _ in m.runs)]
-            modes = [mode for mode in MODES if any(md == mode for _, md in m.runs)]
-            # Teardown output is captured by default; the table is for the person running `make test`.
-            with capture.global_and_fixture_disabled():
-                reporter.ensure_newline()
-                reporter.section("driver compatibility matrix")
-                reporter.write_line(render_text(m.runs, ran, modes, list(SCENARIOS)))
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(("mode", "driver"), CASES, ids=[f"{d.name}-{mode}" for mode, d in CASES])
-def test_driver(matrix: Matrix, mode: str, driver: Driver) -> None:
+def test_driver(matrix: Matrix, mode: str, driver: Driver, record_property: Any) -> None:
     missing = driver.missing()
     if missing:
         if os.environ.get("CI"):
@@ -54,6 +45,9 @@ def test_driver(matrix: Matrix, mode: str, driver: Driver) -> None:
             )
         pytest.skip(f"{driver.name}: toolchain missing ({missing}); run scripts/install_drivers.sh as root")
     run = matrix.run(driver, mode)
+    # The driver x scenario x mode table is printed at the end of the session from these (tests/conftest.py's
+    # pytest_terminal_summary), also when the test ran in a pytest-xdist worker.
+    record_property(MATRIX_PROPERTY, run_to_dict(run))
     failures = run.failures()
     lines = [f"{s}: {detail}" for s, detail in failures] + [f"note: {n}" for n in run.notes]
     if failures and run.pooler_excerpt:

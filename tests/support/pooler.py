@@ -57,12 +57,26 @@ def _binds(host: str, port: int) -> bool:
     return True
 
 
+def _worker_range(low: int, high: int) -> tuple[int, int]:
+    """This pytest-xdist worker's share of [low, high] (the whole of it without xdist): the `make test` workers
+    never hand out the same port, which a port's bind check alone cannot rule out (the other worker may have
+    chosen it and not bound it yet)."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if count <= 1 or not worker.startswith("gw") or not worker[2:].isdigit():
+        return low, high
+    size = (high - low + 1) // count
+    start = low + int(worker[2:]) % count * size
+    return start, start + size - 1
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that binds now, below the kernel's ephemeral range and never handed out before by this
     process. Port 0 would give an ephemeral port, the very range every outgoing connection of the suite
     (clients, pgbench, the pooler's server connections) draws from, so a listener started a moment later
-    could find it taken. Still racy against other programs, as any free-port scheme."""
-    low, high = 12000, _ephemeral_low() - 1
+    could find it taken. Under pytest-xdist, from this worker's share of the range only. Still racy against
+    other programs, as any free-port scheme."""
+    low, high = _worker_range(12000, _ephemeral_low() - 1)
     for _ in range(200 if high - low > 1000 else 0):
         port = random.randint(low, high)
         if port in _handed_out or not _binds(host, port):
