@@ -109,10 +109,14 @@ class FreezingProxy:
         with self.lock:
             for d, u in self.pairs:
                 for s in (d, u):
+                    # shutdown first: close() alone does not end a connection whose socket a pump thread is
+                    # blocked reading (the kernel keeps it open until that read returns), and PostgreSQL's
+                    # backends behind frozen pairs stayed connected for the rest of the session.
                     try:
-                        s.close()
+                        s.shutdown(socket.SHUT_RDWR)
                     except OSError:
                         pass
+                    s.close()
 
 
 @pytest.fixture
