@@ -104,7 +104,7 @@ STARTUP_PARAMETERS_COLUMNS: Columns = [
 LISTENERS_COLUMNS: Columns = [
     ("user", TEXT), ("database", TEXT), ("state", TEXT), ("server_pid", NUMERIC), ("channels", NUMERIC),
     ("clients", NUMERIC), ("connects", NUMERIC), ("failures", NUMERIC), ("received", NUMERIC),
-    ("delivered", NUMERIC), ("overflows", NUMERIC),
+    ("delivered", NUMERIC), ("overflows", NUMERIC), ("removed", NUMERIC),
 ]
 AUTH_QUERY_COLUMNS: Columns = [
     ("database", TEXT), ("cache_entries", NUMERIC), ("cache_hits", NUMERIC), ("cache_misses", NUMERIC),

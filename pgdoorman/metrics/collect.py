@@ -554,6 +554,8 @@ def _listen_families(obs: Observer) -> list[Family]:
     over = Family("pg_doorman_listen_overflows_total", "counter",
                   "Listening clients closed because their notifications could not be written (54000).")
     for user, db, d in rows:
+        if d["removed"]:
+            continue  # (a removed pool's: a pool configured again under its name would have the same labels)
         lab = {"user": user, "database": db}
         up.add(1 if d["state"] == "up" else 0, lab)
         chans.add(d["channels"], lab)

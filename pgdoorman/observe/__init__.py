@@ -189,9 +189,20 @@ class Observer:
     def listeners(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(user, database, counters) of each pool whose clients used LISTEN in transaction mode (SHOW
         LISTENERS, pg_doorman_listen_*): state, server_pid, channels, clients, connects, failures, received,
-        delivered, overflows (core/listen.Channels.snapshot)."""
-        return [(p.username, p.database, p.channels.snapshot()) for p in copy_of(self._src.pool_list)
-                if p.channels is not None]
+        delivered, overflows (core/listen.Channels.snapshot), and removed: 1 for a pool a RELOAD or auth_query
+        removed whose LISTEN connection still serves its remaining clients (App.pool_removed), listed after
+        the configured pools until that connection is closed."""
+        rows = [(p.username, p.database, {**p.channels.snapshot(), "removed": 0})
+                for p in copy_of(self._src.pool_list) if p.channels is not None]
+        for ref in getattr(self._src, "removed_pools", ()):
+            p = ref()
+            ch = p.channels if p is not None else None
+            if p is None or ch is None:
+                continue
+            d = ch.snapshot()
+            if ch.conn is not None or d["clients"]:  # (down while clients listen: opened again)
+                rows.append((p.username, p.database, {**d, "removed": 1}))
+        return rows
 
     def pool_coordinator(self) -> list[tuple[str, int, int, int, int, int, int, int]]:
         """(database, max_db_conn, current, reserve_size, reserve_used, evictions, reserve_acq, exhaustions) of

@@ -297,7 +297,7 @@ def _listeners(p: Pooler) -> dict[str, str | None]:
     with WireClient.connect(p.host, p.port, ADMIN_USER, "pgdoorman", ADMIN_PASSWORD) as adm:
         rows_ = adm.query_rows("show listeners")
     cols = ["user", "database", "state", "server_pid", "channels", "clients", "connects", "failures", "received",
-            "delivered", "overflows"]
+            "delivered", "overflows", "removed"]
     mine = [r for r in rows_ if r[0] == SCRAM_USER]
     return dict(zip(cols, mine[0], strict=True)) if mine else {}
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_listen_notify import connect, drain, shape
+from tests.integration.test_web_api import get, web_pooler
 from tests.support.cluster import ADMIN_PASSWORD, ADMIN_USER, DBNAME, SCRAM_PASSWORD, SCRAM_USER
 from tests.support.pooler import Pooler, wait_for
 from tests.support.wire import WireClient, WireError, query
@@ -30,6 +31,12 @@ def _gone_pool(pg: Any, port: int | None = None) -> dict[str, Any]:
             "users": [{"username": SCRAM_USER, "password": pg.stored_password(SCRAM_USER), "pool_size": 1}]}
 
 
+def _admin(p: Pooler) -> WireClient:
+    """The admin console (with the web API on, its admin_password is test_web_api's)."""
+    return WireClient.connect(p.host, p.port, ADMIN_USER, "pgdoorman",
+                              p.config["general"].get("admin_password", ADMIN_PASSWORD))
+
+
 def _gone_client(p: Pooler) -> WireClient:
     return WireClient.connect(p.host, p.port, SCRAM_USER, GONE, SCRAM_PASSWORD)
 
@@ -37,7 +44,7 @@ def _gone_client(p: Pooler) -> WireClient:
 def _listener_pid(p: Pooler) -> str:
     """The server PID of GONE's LISTEN connection (SHOW LISTENERS), once it is up."""
     def up() -> str | None:
-        with WireClient.connect(p.host, p.port, ADMIN_USER, "pgdoorman", ADMIN_PASSWORD) as adm:
+        with _admin(p) as adm:
             mine = [r for r in adm.query_rows("show listeners") if r[1] == GONE and r[2] == "up"]
         return mine[0][3] if mine else None
 
@@ -45,10 +52,24 @@ def _listener_pid(p: Pooler) -> str:
     return pid
 
 
+def _gone_listeners(p: Pooler) -> list[list[str | None]]:
+    """GONE's rows of SHOW LISTENERS; /api/listeners must have the same."""
+    with _admin(p) as adm:
+        rows = [r for r in adm.query_rows("show listeners") if r[1] == GONE]
+    web = p.config.get("web", {})
+    if web.get("enabled"):
+        def api() -> list[list[str]]:
+            return [[str(v) for v in r.values()] for r in get(web["port"], "listeners")["rows"]
+                    if r["database"] == GONE]
+
+        wait_for(lambda: api() == rows, 10, "/api/listeners as SHOW LISTENERS")
+    return rows
+
+
 def _remove_gone(p: Pooler) -> None:
     del p.config["pools"][GONE]
     p.write_config()
-    with WireClient.connect(p.host, p.port, ADMIN_USER, "pgdoorman", ADMIN_PASSWORD) as adm:
+    with _admin(p) as adm:
         adm.query("reload")
     with pytest.raises(WireError, match="3D000"):  # a removed pool takes no new logins
         _gone_client(p).close()
@@ -60,12 +81,14 @@ def _backend_gone(checker: WireClient, pid: str) -> None:
 
 
 def test_removed_pool_delivers_to_its_listening_client_then_closes(pg: Any, pooler_factory: Any) -> None:
-    p = pooler_factory(pool_size=1, pools={GONE: _gone_pool(pg)})
+    p, _ = web_pooler(pooler_factory, pool_size=1, pools={GONE: _gone_pool(pg)})
     pooled, direct, checker = _gone_client(p), connect(pg.host, pg.port), connect(pg.host, pg.port)
     try:
         assert shape(pooled.query("listen rl")) == shape(direct.query("listen rl")) == [("C", "LISTEN"), ("Z", "I")]
         pid = _listener_pid(p)
         _remove_gone(p)
+        # Still listed (SHOW LISTENERS, /api/listeners), marked removed, while its client uses it.
+        assert _gone_listeners(p) == [[SCRAM_USER, GONE, "up", pid, "1", "1", "1", "0", "0", "0", "0", "1"]]
         checker.query("notify rl, 'after the reload'")
         got = [x[:3] for x in shape(drain(pooled, 1.0))]
         assert got == [x[:3] for x in shape(drain(direct, 1.0))] == [("A", "rl", "after the reload")]
@@ -78,6 +101,7 @@ def test_removed_pool_delivers_to_its_listening_client_then_closes(pg: Any, pool
         pooled.terminate()  # the last listening client leaves: nobody needs the LISTEN connection any more
         _backend_gone(checker, pid)
         assert p.wait_for_log(f"(pid {pid}) closed: the pool was removed and no client listens")
+        assert _gone_listeners(p) == []
     finally:
         pooled.close()
         direct.close()

@@ -91,7 +91,7 @@ EXPECTED_COLUMNS = {
                     "create_fallback replenish_def",
     "help": "item",
     "interner": "kind entries bytes",
-    "listeners": "user database state server_pid channels clients connects failures received delivered overflows",
+    "listeners": "user database state server_pid channels clients connects failures received delivered overflows removed",
     "log_level": "log_level",
     "version": "version",
 }
