@@ -329,9 +329,19 @@ def test_trusted_proxies(pooler_factory: Any) -> None:
     assert "198.51.100.4" not in p2.log()
 
 
+def started_events(port: int) -> Any:
+    """GET /api/events once it holds the pooler's start event: serve.py records it just after the listeners are
+    up, so a read as soon as the pooler accepts connections can come before it."""
+    def read() -> Any:
+        body = get(port, "events")
+        return body if body["events"] else None
+
+    return wait_for(read, what="the pooler's start event")
+
+
 def test_events(pooler_factory: Any) -> None:
     p, port = web_pooler(pooler_factory, anonymous=True)
-    start = get(port, "events")
+    start = started_events(port)
     assert [e["kind"] for e in start["events"]] == ["start"] and start["last"] == 1
     assert post(port, "pause", f"?db={DBNAME}")[0] == 200
     assert post(port, "resume", "?db=nope")[0] == 404  # changed nothing: not recorded
@@ -361,7 +371,7 @@ def test_sighup_reload_is_an_event(pooler_factory: Any) -> None:
     """A RELOAD by SIGHUP to the pooler process is in /api/events as the console's RELOAD is, with source
     SIGHUP; a refused one with why."""
     p, port = web_pooler(pooler_factory)
-    last = get(port, "events")["last"]
+    last = started_events(port)["last"]
     p.config["general"]["query_wait_timeout"] = 12345
     p.write_config()
     p.signal(signal.SIGHUP)
