@@ -21,9 +21,9 @@ import pytest
 
 from tests.integration.test_admin import admin, rows
 from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER, pooler_config
+from tests.support.holder import ServerHolder
 from tests.support.pooler import Pooler, wait_for
 from tests.support.wire import (
-    ServerHolder,
     WireClient,
     bind,
     close,
@@ -110,14 +110,15 @@ def _transcript(c: WireClient, steps: list[tuple[bytes, int]], between: Any = No
 def test_same_responses_as_postgres(pg: Any, pooler: Pooler, name: str) -> None:
     steps = SEQUENCES[name]
     direct, pooled = _connect(pg.host, pg.port), _connect(pooler.host, pooler.port)
-    # pool_size 2, idle servers handed out most recent first: a helper that holds the last used server
-    # makes the client's next transaction run on the other one (statements parsed again there).
-    switching = pooler.pool_size == 2 and "transaction" not in name  # type: ignore[attr-defined]
-    holder = ServerHolder(_connect(pooler.host, pooler.port) if switching else None)
+    # pool_size 2: each step runs on the other server than the one before (statements parsed again there;
+    # the holder checks it).
+    holder = ServerHolder(pooler.host, pooler.port, [pooled], enabled=pooler.pool_size == 2)  # type: ignore[attr-defined]
     try:
         want = _transcript(direct, steps)
         got = _transcript(pooled, steps, holder.move)
         assert got == want
+        if pooler.pool_size == 2 and name != "in_transaction":  # type: ignore[attr-defined]
+            assert holder.switches > 0, holder.used  # (never two steps in a row on one server: holder checks)
     finally:
         holder.close()
         direct.close()

@@ -1,8 +1,9 @@
 """Differential tests: each sequence of wire messages is sent directly to PostgreSQL and through pgdoorman, and
 the responses must be the same message for message (BackendKeyData and ParameterStatus values aside;
 ErrorResponses compared on severity, SQLSTATE and message). Transaction mode (pool_size 2, the client's server
-switched between steps, so statements are prepared again and settings replayed on another server) and session
-mode (pool_size 2, servers reused from one sequence to the next)."""
+switched between steps by tests/support/holder.py, which checks that it was, so statements are prepared again
+and settings replayed on another server) and session mode (pool_size 2, servers reused from one sequence to the
+next)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER
+from tests.support.holder import ServerHolder
 from tests.support.wire import (
-    ServerHolder,
     WireClient,
     bind,
     close,
@@ -226,6 +227,12 @@ SEQUENCES: dict[str, list[Step]] = {
                                      one(Q("show application_name; show statement_timeout"), client=1)],
 }
 
+# Several steps, yet one server: the steps but the last use none (a Parse or Close the pooler answers alone) or
+# keep theirs (a Flush, a transaction block, an error the client has not yet synced).
+ONE_SERVER = {"flush_then_sync_asyncpg_style", "flush_parse_only", "deallocate_then_bind", "deallocate_prepare_keyword",
+              "deallocate_all_then_bind", "inside_explicit_transaction", "quoted_deallocate_name",
+              "skipped_query_after_error"}
+
 # Startup-packet settings of each client, per sequence (default: none).
 CLIENT_PARAMS: dict[str, list[dict[str, str]]] = {
     "startup_settings_two_clients": [
@@ -295,10 +302,9 @@ def test_same_responses_as_postgres(pg: Any, pooler: Any, name: str) -> None:
     params = CLIENT_PARAMS.get(name, [{}] * nclients)
     direct = [_connect(pg.host, pg.port, params[i]) for i in range(nclients)]
     pooled = [_connect(pooler.host, pooler.port, params[i]) for i in range(nclients)]
-    # Transaction mode, pool_size 2 and an idle LIFO: grabbing the most recently used server in a helper
-    # transaction makes the client's next transaction land on the other server. (Session mode: each client
-    # keeps its server; the sequences before this one used them.)
-    holder = ServerHolder(_connect(pooler.host, pooler.port) if pooler.mode == "transaction" else None)
+    # Transaction mode, pool_size 2: each step runs on the other server than the one before (the holder
+    # checks it). Session mode: each client keeps its server; the sequences before this one used them.
+    holder = ServerHolder(pooler.host, pooler.port, pooled, enabled=pooler.mode == "transaction")
     try:
         want = run_steps(direct, steps)
         got = run_steps(pooled, steps, holder.move)
@@ -307,6 +313,9 @@ def test_same_responses_as_postgres(pg: Any, pooler: Any, name: str) -> None:
         holder.close()
         for c in direct + pooled:
             c.close()
+    # The holder asserted that no two steps in a row ran on one server; here, that it switched at all.
+    if pooler.mode == "transaction" and len(steps) > 1 and name not in ONE_SERVER:
+        assert holder.switches > 0, holder.used
 
 
 def test_thousand_statements_through_cache_of_100(pg: Any, pooler: Any) -> None:

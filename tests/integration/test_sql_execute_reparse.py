@@ -17,8 +17,8 @@ import pytest
 
 from tests.integration.test_prepared_diff import B, E, P, Q, S, Step, _connect, one, run_steps
 from tests.support.cluster import pooler_config
+from tests.support.holder import ServerHolder
 from tests.support.pooler import Pooler
-from tests.support.wire import WireClient
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -52,51 +52,6 @@ SEQUENCES: dict[str, list[Step]] = {
         one(Q(CREATE), Q("execute p1"), B("p1"), E(), S, Q("execute p1"), wait=4), one(Q("drop table xr"))],
 }
 
-class Alternate:
-    """pool_size 2: each step runs on the other server than the step before. One helper connection takes the
-    server the last step used (the only idle one) in an open transaction, then the other lets its own go.
-    (tests/support/wire.py's ServerHolder takes back the server it has just let go, the most recent idle one:
-    after the first step the client stays on the same server.) Not while a client is inside a transaction
-    block: it keeps its server, and the helper would wait for one."""
-
-    def __init__(self, a: WireClient, b: WireClient, clients: list[WireClient]) -> None:
-        self.helpers = [a, b]
-        self.held = [False, False]
-        self.next = 0
-        self.status = [b"I"] * len(clients)
-        for n, c in enumerate(clients):
-            self._watch(c, n)
-
-    def _watch(self, c: WireClient, n: int) -> None:
-        read = c.read_message
-
-        def read_message(timeout: float | None = None) -> tuple[str, bytes]:
-            t, body = read(timeout)
-            if t == "Z":
-                self.status[n] = body
-            return t, body
-
-        c.read_message = read_message  # type: ignore[method-assign]
-
-    def move(self) -> None:
-        if any(st != b"I" for st in self.status):
-            return
-        i = self.next
-        self.helpers[i].query("begin")
-        self.helpers[i].query("select 1")
-        self.held[i] = True
-        if self.held[1 - i]:
-            self.helpers[1 - i].query("commit")
-            self.held[1 - i] = False
-        self.next = 1 - i
-
-    def close(self) -> None:
-        for h, held in zip(self.helpers, self.held, strict=True):
-            if held:
-                h.query("commit")
-            h.close()
-
-
 CLIENT_PARAMS = [{"DateStyle": "SQL, DMY", "application_name": "c0"}, {"DateStyle": "German", "TimeZone": "Asia/Tokyo"}]
 
 
@@ -118,17 +73,16 @@ def test_same_responses_as_postgres(pg: Any, pooler: Pooler, name: str) -> None:
     nclients = 1 + max(s[0] for s in steps)
     direct = [_connect(pg.host, pg.port, CLIENT_PARAMS[i]) for i in range(nclients)]
     pooled = [_connect(pooler.host, pooler.port, CLIENT_PARAMS[i]) for i in range(nclients)]
-    alt = None
-    if pooler.two:  # type: ignore[attr-defined]
-        alt = Alternate(_connect(pooler.host, pooler.port), _connect(pooler.host, pooler.port), pooled)
+    holder = ServerHolder(pooler.host, pooler.port, pooled, enabled=pooler.two)  # type: ignore[attr-defined]
     try:
         want = run_steps(direct, steps)
-        got = run_steps(pooled, steps, alt.move if alt is not None else None)
+        got = run_steps(pooled, steps, holder.move)
     finally:
-        if alt is not None:
-            alt.close()
+        holder.close()
         for c in direct + pooled:
             c.close()
+    if pooler.two:  # type: ignore[attr-defined]
+        assert holder.switches > 0, holder.used  # (and never two steps in a row on one server: the holder checks)
     assert got == want
     # Every server is back in the pool, idle and usable by another client (a dirty one would have been closed,
     # a hung one would not come back: the read times out).

@@ -402,31 +402,3 @@ class WireClient:
             pass
         self.close()
 
-
-class ServerHolder:
-    """Transaction mode, pool_size 2, idle servers handed out most recent first: `client` (None: do nothing)
-    holds the most recently used server in an open transaction, so another client's next transaction runs on
-    the other server (its statements prepared, its settings replayed there again). `move()` lets the held
-    server go and takes the latest one; `close()` ends the transaction and the connection."""
-
-    def __init__(self, client: WireClient | None) -> None:
-        self.client = client
-        self.holding = False
-
-    def move(self) -> None:
-        c = self.client
-        if c is None:
-            return
-        if self.holding:
-            c.query("commit")
-        c.query("begin")
-        c.query("select 1")
-        self.holding = True
-
-    def close(self) -> None:
-        c = self.client
-        if c is None:
-            return
-        if self.holding:
-            c.query("commit")
-        c.close()
