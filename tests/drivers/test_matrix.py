@@ -10,7 +10,6 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -36,7 +35,7 @@ def matrix(pg: PgCluster) -> Iterator[Matrix]:
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(("mode", "driver"), CASES, ids=[f"{d.name}-{mode}" for mode, d in CASES])
-def test_driver(matrix: Matrix, mode: str, driver: Driver, record_property: Any) -> None:
+def test_driver(matrix: Matrix, mode: str, driver: Driver, request: pytest.FixtureRequest) -> None:
     missing = driver.missing()
     if missing:
         if os.environ.get("CI"):
@@ -47,7 +46,8 @@ def test_driver(matrix: Matrix, mode: str, driver: Driver, record_property: Any)
     run = matrix.run(driver, mode)
     # The driver x scenario x mode table is printed at the end of the session from these (tests/conftest.py's
     # pytest_terminal_summary), also when the test ran in a pytest-xdist worker.
-    record_property(MATRIX_PROPERTY, run_to_dict(run))
+    # (user_properties, not the record_property fixture, which warns under --junitxml's default xunit2)
+    request.node.user_properties.append((MATRIX_PROPERTY, run_to_dict(run)))
     failures = run.failures()
     lines = [f"{s}: {detail}" for s, detail in failures] + [f"note: {n}" for n in run.notes]
     if failures and run.pooler_excerpt:
