@@ -41,6 +41,15 @@ def _gone_client(p: Pooler) -> WireClient:
     return WireClient.connect(p.host, p.port, SCRAM_USER, GONE, SCRAM_PASSWORD)
 
 
+def _lose_listener(p: Pooler, pooled: WireClient, checker: WireClient, gate_first: Any) -> None:
+    """`pooled` LISTENs on GONE; `gate_first()` sets what the gate does to the next connection; then the
+    LISTEN connection's backend is terminated."""
+    assert shape(pooled.query("listen rl")) == [("C", "LISTEN"), ("Z", "I")]
+    pid = _listener_pid(p)
+    gate_first()
+    assert checker.query_rows(f"select pg_terminate_backend({pid})") == [["t"]]
+
+
 def _listener_pid(p: Pooler) -> str:
     """The server PID of GONE's LISTEN connection (SHOW LISTENERS), once it is up."""
     def up() -> str | None:
@@ -236,10 +245,7 @@ def test_pool_removed_while_its_listen_connection_logs_in_again(pg: Any, pooler_
     p = pooler_factory(pool_size=1, pools={GONE: _gone_pool(pg, gate.port)})
     pooled, checker = _gone_client(p), connect(pg.host, pg.port)
     try:
-        assert shape(pooled.query("listen rl")) == [("C", "LISTEN"), ("Z", "I")]
-        pid = _listener_pid(p)
-        gate.hold()
-        assert checker.query_rows(f"select pg_terminate_backend({pid})") == [["t"]]
+        _lose_listener(p, pooled, checker, gate.hold)
         wait_for(lambda: gate.waiting == 1, what="the new LISTEN connection held at the gate")
         _remove_gone(p)
         pooled.terminate()
@@ -260,10 +266,7 @@ def test_pool_removed_while_its_listen_connection_waits_to_retry(pg: Any, pooler
     p = pooler_factory(pool_size=1, pools={GONE: _gone_pool(pg, gate.port)})
     pooled, checker = _gone_client(p), connect(pg.host, pg.port)
     try:
-        assert shape(pooled.query("listen rl")) == [("C", "LISTEN"), ("Z", "I")]
-        pid = _listener_pid(p)
-        gate.refuse()
-        assert checker.query_rows(f"select pg_terminate_backend({pid})") == [["t"]]
+        _lose_listener(p, pooled, checker, gate.refuse)
         assert p.wait_for_log(f"LISTEN connection for {SCRAM_USER}@{GONE} could not be opened")
         _remove_gone(p)
         pooled.terminate()

@@ -295,13 +295,20 @@ def _connect(host: str, port: int, params: dict[str, str] | None = None) -> Wire
     return WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, params=params)
 
 
+# Two clients whose startup settings differ: what each sees must be its own, whatever server it lands on.
+TWO_SETTINGS = [{"DateStyle": "SQL, DMY", "application_name": "c0"}, {"DateStyle": "German", "TimeZone": "Asia/Tokyo"}]
+
+
+def connect_both(pg: Any, pooler: Any, params: list[dict[str, str]]) -> tuple[list[WireClient], list[WireClient]]:
+    """One client per entry of `params` straight to PostgreSQL, and one each through the pooler."""
+    return ([_connect(pg.host, pg.port, p) for p in params], [_connect(pooler.host, pooler.port, p) for p in params])
+
+
 @pytest.mark.parametrize("name", list(SEQUENCES))
 def test_same_responses_as_postgres(pg: Any, pooler: Any, name: str) -> None:
     steps = SEQUENCES[name]
     nclients = 1 + max(s[0] for s in steps)
-    params = CLIENT_PARAMS.get(name, [{}] * nclients)
-    direct = [_connect(pg.host, pg.port, params[i]) for i in range(nclients)]
-    pooled = [_connect(pooler.host, pooler.port, params[i]) for i in range(nclients)]
+    direct, pooled = connect_both(pg, pooler, CLIENT_PARAMS.get(name, [{}] * nclients))
     # Transaction mode, pool_size 2: each step runs on the other server than the one before (the holder
     # checks it). Session mode: each client keeps its server; the sequences before this one used them.
     holder = ServerHolder(pooler.host, pooler.port, pooled, enabled=pooler.mode == "transaction")

@@ -14,7 +14,18 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_prepared_diff import B, E, P, Q, S, Step, _connect, one, run_steps
+from tests.integration.test_prepared_diff import (
+    TWO_SETTINGS,
+    B,
+    E,
+    P,
+    Q,
+    S,
+    Step,
+    connect_both,
+    one,
+    run_steps,
+)
 from tests.support.cluster import pooler_config
 from tests.support.pooler import Pooler
 from tests.support.wire import close, describe, flush
@@ -92,9 +103,6 @@ SEQUENCES: dict[str, list[Step]] = {
         *_bind_each_again(["b1", "b3", "b4"], client=1), *_bind_each_again(["a1", "a2", "a3"])],
 }
 
-CLIENT_PARAMS = [{"DateStyle": "SQL, DMY", "application_name": "c0"}, {"DateStyle": "German", "TimeZone": "Asia/Tokyo"}]
-
-
 @pytest.fixture(scope="module")
 def pooler(pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
     cfg = pooler_config(pg, pool_size=1, general={"server_prepared_statements_cache_size": CACHE,
@@ -108,8 +116,7 @@ def pooler(pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
 def test_same_responses_as_postgres(pg: Any, pooler: Pooler, name: str) -> None:
     steps = SEQUENCES[name]
     nclients = 1 + max(s[0] for s in steps)
-    direct = [_connect(pg.host, pg.port, CLIENT_PARAMS[i]) for i in range(nclients)]
-    pooled = [_connect(pooler.host, pooler.port, CLIENT_PARAMS[i]) for i in range(nclients)]
+    direct, pooled = connect_both(pg, pooler, TWO_SETTINGS[:nclients])
     try:
         backend = pooled[0].query_rows("select pg_backend_pid()")
         want = run_steps(direct, steps)

@@ -15,7 +15,19 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_prepared_diff import B, E, P, Q, S, Step, _connect, one, run_steps
+from tests.integration.test_prepared_diff import (
+    TWO_SETTINGS,
+    B,
+    E,
+    P,
+    Q,
+    S,
+    Step,
+    _connect,
+    connect_both,
+    one,
+    run_steps,
+)
 from tests.support.cluster import pooler_config
 from tests.support.holder import ServerHolder
 from tests.support.pooler import Pooler
@@ -52,9 +64,6 @@ SEQUENCES: dict[str, list[Step]] = {
         one(Q(CREATE), Q("execute p1"), B("p1"), E(), S, Q("execute p1"), wait=4), one(Q("drop table xr"))],
 }
 
-CLIENT_PARAMS = [{"DateStyle": "SQL, DMY", "application_name": "c0"}, {"DateStyle": "German", "TimeZone": "Asia/Tokyo"}]
-
-
 @pytest.fixture(scope="module", params=["pool_size_2", "pool_size_1_evicting"])
 def pooler(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
     two = request.param == "pool_size_2"
@@ -71,8 +80,7 @@ def pooler(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> It
 def test_same_responses_as_postgres(pg: Any, pooler: Pooler, name: str) -> None:
     steps = SEQUENCES[name]
     nclients = 1 + max(s[0] for s in steps)
-    direct = [_connect(pg.host, pg.port, CLIENT_PARAMS[i]) for i in range(nclients)]
-    pooled = [_connect(pooler.host, pooler.port, CLIENT_PARAMS[i]) for i in range(nclients)]
+    direct, pooled = connect_both(pg, pooler, TWO_SETTINGS[:nclients])
     holder = ServerHolder(pooler.host, pooler.port, pooled, enabled=pooler.two)  # type: ignore[attr-defined]
     try:
         want = run_steps(direct, steps)
