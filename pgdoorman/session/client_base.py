@@ -221,17 +221,16 @@ class ClientBase(Conn):
         unsynced = self.unsynced
         if not unsynced:
             self.copy_window = 0  # everything is answered: no COPY can start from what it noted
-        if qs:
-            self.query_start = 0.0
+        xact_end = status == 73 and self.xact_start
+        if qs or xact_end:
             st = pool.stats[self.worker.id]
             now = self.loop.now
-            st.query_hist.record(int((now - qs) * 1e6))
-            if status == 73 and self.xact_start:
+            if qs:
+                self.query_start = 0.0
+                st.query_hist.record(int((now - qs) * 1e6))
+            if xact_end:
                 st.xact_hist.record(int((now - self.xact_start) * 1e6))
                 self.xact_start = 0.0
-        elif status == 73 and self.xact_start:
-            pool.stats[self.worker.id].xact_hist.record(int((self.loop.now - self.xact_start) * 1e6))
-            self.xact_start = 0.0
         if status != 73:
             return False
         self.copy_risk = False
