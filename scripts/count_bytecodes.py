@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     import bench
 
+    bench.set_ports(a.port_base)  # (bench.main's step: parse_args alone leaves the module's ports as they are)
     b = bench.Bench(bench.parse_args([
         "--python", a.python, "--only", "pgdoorman", "--idle-clients", "0", "--login-storm", "0",
         "--scale", "1", "--workers", "1", "--pool-size", str(a.pool_size), "--port-base", str(a.port_base),
