@@ -547,6 +547,8 @@ def test_pause_resume_reconnect_reload_under_pgbench(pooler_factory: Any, tmp_pa
         try:
             wait_for(lambda: pool_row(a)["cl_active"] + pool_row(a)["cl_idle"] + pool_row(a)["cl_waiting"] == 8,
                      what="pgbench clients to connect")
+            # (the clients can be in before any server is: under load their first transactions still wait)
+            wait_for(lambda: any(r["user"] == SCRAM_USER for r in rows(a, "SERVERS")), what="a server opened")
             first_pids = {r["server_process_id"] for r in rows(a, "SERVERS") if r["user"] == SCRAM_USER}
             time.sleep(1)
             a.execute("PAUSE")
