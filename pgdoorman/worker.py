@@ -489,6 +489,20 @@ class Worker:
             return
         self._return_to_pool(s)
 
+    def release_done(self, s: ServerConn) -> None:
+        """release_server(s) after the ReadyForQuery that ended its client's work (ServerConn.on_event, once
+        per transaction): its common case, a clean server back to the pool, in one call; anything else (dirt
+        to clean or read back, a pin, a cancel on its way, a paused read) takes release_server."""
+        c: ClientConn | None = s.client  # type: ignore[assignment]  # (as in release_server)
+        if (c is None or s.dirty or s.read_paused or s.cancel_pending or s.evicted or s.closed or c.leaves
+                or c.pinned or c.named_parse or c.copy_confused or s.txn_status != 73):
+            self.release_server(s)
+            return
+        if c.server is s:  # (ClientBase.gave_back, with nothing to say)
+            c.server = None
+        s.client = None
+        self._return_to_pool(s)
+
     def _after_client_left(self, s: ServerConn, ok: bool) -> None:
         if not ok:
             s.close("housekeeping failed")
@@ -515,9 +529,13 @@ class Worker:
         if self.app.shutting_down:
             s.close("shutting down")
             return
-        c = pool.release(s, self.id, now)
+        c: ClientConn | None = pool.release(s, self.id, now)  # type: ignore[assignment]  # (as in _give_back)
         if c is not None:
-            self.hand(s, c)  # type: ignore[arg-type]  # (as in _give_back; no cast(): a call per transaction)
+            if c.worker is self and s.worker is self:  # hand()'s common case, inline: once per transaction
+                s.pstats.handed_local += 1
+                c.attach_server(s)
+            else:
+                self.hand(s, c)
 
     def server_closed(self, s: ServerConn, prev_state: int, reason: str) -> None:
         self.servers.discard(s)

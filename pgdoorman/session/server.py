@@ -158,7 +158,7 @@ class ServerConn(ServerWrapped):
                     c.write(rw.after_synth(out))
             if self.release_pending:
                 self.release_pending = False
-                self.worker.release_server(self)
+                self.worker.release_done(self)
             return
         if self.tls_phase == 2:
             self._tls_handshake()
