@@ -227,7 +227,11 @@ class ClientBase(Conn):
             now = self.loop.now
             if qs:
                 self.query_start = 0.0
-                st.query_hist.record(int((now - qs) * 1e6))
+                if qs == xact_end:  # a one-statement transaction: the same time for both, in one call
+                    self.xact_start = xact_end = 0.0
+                    st.query_hist.record_with(st.xact_hist, int((now - qs) * 1e6))
+                else:
+                    st.query_hist.record(int((now - qs) * 1e6))
             if xact_end:
                 st.xact_hist.record(int((now - self.xact_start) * 1e6))
                 self.xact_start = 0.0

@@ -127,6 +127,15 @@ def test_record_table_matches_bucket_of() -> None:
     assert h.counts == want
     assert h.n == len(values)
     assert h.total == sum(values)
+    # record_with (a one-statement transaction: one time for the query and the transaction) records the same
+    # in both histograms as record() in each would.
+    q, x = Histogram(), Histogram()
+    x.record(12)  # what the other histogram held already stays
+    for us in values:
+        q.record_with(x, us)
+    assert q.counts == want and q.total == sum(values)
+    want[bucket_of(12)] += 1
+    assert x.counts == want and x.total == sum(values) + 12
 
 
 def hist_of(values: list[int]) -> Histogram:
