@@ -303,8 +303,9 @@ class Loop:
                 # may already belong to a new socket.
                 if dropped and fd in dropped:
                     continue
-                h = handlers.get(fd)
-                if h is None:
+                try:
+                    h = handlers[fd]  # (not .get(): a C call less per event; the try costs nothing when it holds)
+                except KeyError:
                     continue
                 try:
                     h.on_event(1 if ev == 1 else to_mask(fd, ev))
