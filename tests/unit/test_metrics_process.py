@@ -1,6 +1,7 @@
 """Process facts for /metrics read from /proc: resident memory, and the process's sockets by type.
 The counts are checked as differences around sockets this test opens, so other sockets of the test
-process (pytest's, the interpreter's) do not matter."""
+process (pytest's, the interpreter's) do not matter, each count read until it is settled (a read of
+/proc/net can skip one of them while other processes open and close sockets: tests/support/sockstates.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import pytest
 
 from pgdoorman.metrics.process import memory_bytes, socket_counts
+from tests.support.sockstates import settled
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux only)")
 
@@ -21,8 +23,7 @@ def test_memory_bytes_is_resident_size() -> None:
 
 
 def test_socket_counts_by_type(tmp_path: os.PathLike[str]) -> None:
-    before = socket_counts()
-    assert before is not None
+    before = settled(socket_counts)
     opened: list[socket.socket] = []
     try:
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -45,11 +46,10 @@ def test_socket_counts_by_type(tmp_path: os.PathLike[str]) -> None:
                 pass  # no IPv6 loopback on this machine: the tcp6 count is only checked when it exists
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # neither tcp nor unix: "unknown"
         opened.append(udp)
-        after = socket_counts()
-        assert after is not None
+        after = settled(socket_counts)
         diff = {k: after[k] - before[k] for k in after}
         assert diff == {"tcp": 3, "tcp6": want_tcp6, "unix": 2, "unknown": 1}
     finally:
         for s in opened:
             s.close()
-    assert socket_counts() == before
+    assert settled(socket_counts) == before

@@ -15,6 +15,7 @@ from pgdoorman.config import ConfigError, load_config
 from pgdoorman.net.ratelimit import HandshakeLimiter
 from pgdoorman.net.sockopts import TcpOptions, apply_socket
 from pgdoorman.observe import sockets
+from tests.support.sockstates import settled
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux socket options and /proc")
 
@@ -89,17 +90,7 @@ def test_options_on_tcp_and_unix_sockets() -> None:
 
 
 def _settled_states() -> dict[str, int]:
-    """socket_states() twice in a row the same. /proc/net/unix lists the whole machine's Unix sockets and a read
-    is not atomic: while other processes open and close theirs, one of this process's can be missed (counted
-    "unknown")."""
-    last = sockets.socket_states()
-    for _ in range(50):
-        now = sockets.socket_states()
-        if now == last:
-            break
-        last = now
-    assert last is not None
-    return last
+    return settled(sockets.socket_states)
 
 
 @linux_only
