@@ -12,11 +12,11 @@ pooler's CPU in this workload, so 100 instructions per transaction are about 1.2
     .venv/bin/python scripts/count_bytecodes.py --src /tmp/old --src . --modes simple,extended,prepared
     # /tmp/old: `mkdir /tmp/old && git archive <commit> pgdoorman | tar -x -C /tmp/old`
 
-For each --src (a directory holding a pgdoorman/ package) and mode: a fresh pooler (one worker, transaction
-mode, pool_size --pool-size) on one throwaway cluster (scripts/bench.py's), a warm-up run, the counters reset,
-then `pgbench -S -M mode -c clients -j 1 -t transactions/clients`, the counters dumped. The tracer slows the
-pooler about 20-fold, so the timings inside it (queueing, batching) are not those of a real run: compare
-two sources measured the same way, never with a plain run.
+For each --src (a directory holding a pgdoorman/ package) and mode: a fresh pooler (--workers worker threads,
+one by default; transaction mode, pool_size --pool-size) on one throwaway cluster (scripts/bench.py's), a
+warm-up run, the counters reset, then `pgbench -S -M mode -c clients -j 1 -t transactions/clients`, the
+counters dumped. The tracer slows the pooler about 20-fold, so the timings inside it (queueing, batching)
+are not those of a real run: compare two sources measured the same way, never with a plain run.
 """
 
 from __future__ import annotations
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="simple", help="pgbench -M modes, comma-separated")
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--pool-size", type=int, default=20)
+    ap.add_argument("--workers", type=int, default=1, help="pgdoorman's worker_threads")
     ap.add_argument("--transactions", type=int, default=3000)
     ap.add_argument("--no-calls", action="store_true", help="count bytecodes only (half the time)")
     ap.add_argument("--top", type=int, default=30, help="functions listed per mode (largest difference first)")
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.set_ports(a.port_base)  # (bench.main's step: parse_args alone leaves the module's ports as they are)
     b = bench.Bench(bench.parse_args([
         "--python", a.python, "--only", "pgdoorman", "--idle-clients", "0", "--login-storm", "0",
-        "--scale", "1", "--workers", "1", "--pool-size", str(a.pool_size), "--port-base", str(a.port_base),
+        "--scale", "1", "--workers", str(a.workers), "--pool-size", str(a.pool_size), "--port-base", str(a.port_base),
     ]))
     srcs = [str(Path(s).resolve()) for s in a.src]
     results: dict[str, dict[str, dict[str, Any]]] = {}

@@ -1,4 +1,4 @@
-"""A (database, user) pool shared by every worker: the global cap, the FIFO of waiting clients and one
+"""A (database, user) pool shared by every worker: the global cap, one FIFO of waiting clients and one
 idle LIFO per worker (shard). All decisions are taken under `lock`; the methods return the resulting actions
 (a server to attach, (server, waiter) pairs to hand, whether to open a new connection) and the worker
 carries them out outside the lock (worker.py: Worker.checkout, hand, carry_out). The pool never calls
@@ -8,6 +8,10 @@ Invariant: a server is handed to a waiter exactly once, and no client waits whil
 any shard: every state change that could break that (a server becoming idle, a client starting to wait)
 ends with `_match_locked`, which pairs idle servers with waiters, oldest waiter first. A server freed while
 clients wait goes to a waiter of its own worker when one queued about as early as the oldest (`release`).
+
+Each worker queues its own clients (`queues[wid]`, a FIFO, so ordered by `wait_start`): the oldest waiter
+of all is the oldest of the N heads, and no decision walks other threads' clients. `n_queued` counts the
+entries of all queues; a client that stopped waiting (`waiting` False) is dropped when it reaches a head.
 """
 
 from __future__ import annotations
@@ -15,14 +19,19 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol
+from math import inf
+from typing import TYPE_CHECKING, Any
 
 from pgdoorman.config import Config, PoolConfig, UserConfig
 from pgdoorman.core import fallback, startup_params
 from pgdoorman.core.listen import Channels
+from pgdoorman.core.pool_parts import Pooled as Pooled
 from pgdoorman.core.pool_parts import PoolLive as PoolLive
 from pgdoorman.core.pool_parts import PoolStats as PoolStats
 from pgdoorman.core.pool_parts import ServerTlsLike as ServerTlsLike
+from pgdoorman.core.pool_parts import Shard as Shard
+from pgdoorman.core.pool_parts import Waiter as Waiter
+from pgdoorman.core.pool_parts import expiry
 from pgdoorman.core.prepared import PoolCache
 from pgdoorman.core.scaling import Scaling, budget
 from pgdoorman.core.stats import merged, percentile
@@ -31,47 +40,12 @@ if TYPE_CHECKING:
     from pgdoorman.core.coordinator import Coordinator
 
 
-class Shard(Protocol):
-    """The worker a waiter lives on, as the pool sees it: which idle list to serve it from."""
-
-    @property
-    def id(self) -> int: ...
-
-
-class Waiter(Protocol):
-    """A client as the pool sees it (ClientConn): queued while it waits; `waiting` turns False when it gets
-    a server or gives up, and the pool then skips it."""
-
-    waiting: bool
-    wait_start: float
-
-    @property
-    def worker(self) -> Shard: ...
-
-
-class Pooled(Protocol):
-    """A server as the pool sees it (ServerConn): parked idle, expired by age or idleness."""
-
-    idle_since: float
-    fallback_until: float  # a fallback host's connection: closed after this (0: not one)
-    # When parked idle with server_idle_check_timeout on: the time after which it is probed before a client
-    # uses it (0: no probe; the client that links it clears it).
-    check_at: float
-
-    @property
-    def id(self) -> int: ...
-
-    @property
-    def created(self) -> float: ...
-
-
-# Pool.release serves a waiter of the releasing worker before an older waiter of another worker (a server
+# Pool.release serves the releasing worker's oldest waiter before an older waiter of another worker (a server
 # moving between workers costs an epoll unregister/register, a cross-thread call and often a wake-up, and
-# makes both threads touch its objects: docs/performance.md), but only one that queued at most LOCAL_SLACK
-# seconds after the oldest waiter of all, and found among the LOCAL_SCAN waiters after it: no waiter is ever
-# overtaken by one that queued more than LOCAL_SLACK after it, so nobody starves.
+# makes both threads touch its objects: docs/performance.md), but only when it queued at most LOCAL_SLACK
+# seconds after the oldest waiter of all: no waiter is ever overtaken by one that queued more than LOCAL_SLACK
+# after it, so nobody starves.
 LOCAL_SLACK = 0.01
-LOCAL_SCAN = 32
 
 
 # What the worker must do after a state change: (server, waiter) pairs to hand over, whether to open a
@@ -92,7 +66,10 @@ class Pool:
         self.n_idle = 0
         self.total = 0  # connected + connecting servers, counted against pool_size
         self.connecting = 0
-        self.waiters: deque[Waiter] = deque()
+        self.queues: list[deque[Waiter]] = [deque() for _ in range(nworkers)]  # waiters, by their worker
+        self.n_queued = 0  # entries in all queues (clients that stopped waiting and were not dropped yet included)
+        self.queue0 = self.queues[0]  # with one worker its only queue (Pool.release reads it without indexing)
+        self.others = [self.queues[:i] + self.queues[i + 1:] for i in range(nworkers)]  # by worker: the rest
         self.local_first = nworkers > 1  # Pool.release prefers the releasing worker's waiters
         self.paused = False
         self.epoch = 0  # RECONNECT bumps it: servers of an older epoch are closed when they come back
@@ -204,35 +181,38 @@ class Pool:
     @property
     def queued(self) -> bool:
         """Clients wait (read without the lock: a hint for the worker's and janitor's slow paths)."""
-        return bool(self.waiters)
+        return self.n_queued > 0
 
     # ------------------------------------------------------------------ checkout / release
     def acquire(self, client: Waiter, wid: int, now: float) -> Pooled | Actions | None:
         """A local idle server now (the common case: nothing allocated), or queue the client: then None, or
         the actions that the queueing calls for (idle servers elsewhere to hand, a server to open)."""
         with self.lock:
-            if not self.waiters and not self.paused:
+            if not self.n_queued and not self.paused:
                 lst = self.idle[wid]
                 if lst:
                     self.n_idle -= 1
                     return lst.pop(0) if self.round_robin else lst.pop()
             client.wait_start = now
             client.waiting = True
-            self.waiters.append(client)
+            self.queues[wid].append(client)
+            self.n_queued += 1
+            if self.total >= self.pool_size:  # a full pool (the usual case under load): no spawn, no timer
+                self.antic_wait = False  # (_want_spawn_locked's first test, without the call)
+                if not self.n_idle:
+                    return None
+                full = self._match_locked()
+                return (full, False, 0.0) if full else None
             pairs = self._match_locked() if self.n_idle else None
-            if self.total < self.pool_size:
-                spawn = self._want_spawn_locked()
-                delay = self._arm_antic_locked(now) if self.antic_wait and not self.antic_due else 0.0
-            else:  # a full pool (the usual case under load): _want_spawn_locked's first test, without the call
-                self.antic_wait = False
-                return (pairs, False, 0.0) if pairs else None
+            spawn = self._want_spawn_locked()
+            delay = self._arm_antic_locked(now) if self.antic_wait and not self.antic_due else 0.0
         return (pairs, spawn, delay) if pairs or spawn or delay else None
 
     def _want_spawn_locked(self) -> bool:
         """Reserve a slot for a new server for the waiters, if they need one and may have it: pool_size,
         the anticipation above the warm threshold, the burst gate, then the database's coordinator."""
         self.antic_wait = False
-        if self.paused or self.total >= self.pool_size or self.connecting >= len(self.waiters):
+        if self.paused or self.total >= self.pool_size or self.connecting >= self.n_queued:
             return False
         anticipated = self.total >= self.warm
         if anticipated and not self._anticipation_over_locked():
@@ -261,13 +241,14 @@ class Pool:
         when, _, antic = self._p99  # _anticbudget() inline while fresh: this runs at every queued checkout
         cut = now - (antic if now - when <= 1.0 else self._anticbudget())
         n = 0
-        for c in self.waiters:
-            if c.wait_start > cut:
-                return False
-            if c.waiting:
-                n += 1
-                if n > self.connecting:
-                    return True
+        for q in self.queues:
+            for c in q:
+                if c.wait_start > cut:
+                    break
+                if c.waiting:
+                    n += 1
+                    if n > self.connecting:
+                        return True
         return False
 
     def _anticbudget(self) -> float:
@@ -283,11 +264,9 @@ class Pool:
     def _gate_full_locked(self) -> None:
         sc = self.scaling
         sc.gate_waits += 1
-        for c in self.waiters:
-            if c.waiting:
-                if time.monotonic() - c.wait_start > budget(self._p99[1], 20.0):
-                    sc.gate_budget_ex += 1
-                break
+        i = self._oldest_locked()
+        if i >= 0 and time.monotonic() - self.queues[i][0].wait_start > budget(self._p99[1], 20.0):
+            sc.gate_budget_ex += 1
 
     def _arm_antic_locked(self, now: float) -> float:
         """Seconds until the oldest waiter still anticipating runs out of budget (its worker arms a timer
@@ -295,11 +274,16 @@ class Pool:
         if self.total >= self.pool_size:
             return 0.0
         cut = now - self._anticbudget()
-        for c in self.waiters:
-            if c.waiting and c.wait_start > cut:
-                self.antic_due = c.wait_start - cut + now
-                return max(0.001, self.antic_due - now)
-        return 0.0
+        first = inf  # the oldest of each queue's first waiter still anticipating (a queue is ordered by wait start)
+        for q in self.queues:
+            for c in q:
+                if c.waiting and c.wait_start > cut:
+                    first = min(first, c.wait_start)
+                    break
+        if first == inf:
+            return 0.0
+        self.antic_due = first - cut + now
+        return max(0.001, self.antic_due - now)
 
     def anticipation_due(self, now: float) -> tuple[int, float]:
         """The anticipation timer: how many servers to open for waiters whose budget ran out (their slots are
@@ -307,16 +291,17 @@ class Pool:
         with self.lock:
             self.antic_due = 0.0
             cut = now - self._anticbudget()
-            for c in self.waiters:
-                if c.wait_start > cut:
-                    break
-                if c.waiting and c.wait_start > self.antic_cut:
-                    self.scaling.antic_timeout += 1
+            for q in self.queues:
+                for c in q:
+                    if c.wait_start > cut:
+                        break
+                    if c.waiting and c.wait_start > self.antic_cut:
+                        self.scaling.antic_timeout += 1
             self.antic_cut = cut
             n = 0
             while n < self.max_creates and self._want_spawn_locked():
                 n += 1
-            return n, self._arm_antic_locked(now) if self.waiters else 0.0
+            return n, self._arm_antic_locked(now) if self.n_queued else 0.0
 
     def reserve_spawn(self, extra: int = 0) -> bool:
         """Reserve a slot for a new server outside of a checkout (min_pool_size, login parameters; `extra`
@@ -373,17 +358,34 @@ class Pool:
         pairs: Pairs = []
         if self.paused:
             return pairs
-        waiters = self.waiters
-        while waiters and self.n_idle:
-            c = waiters.popleft()
-            if not c.waiting:
-                continue
-            lst = self.idle[c.worker.id]
+        while self.n_idle:
+            i = self._oldest_locked()
+            if i < 0:
+                break
+            c = self.queues[i].popleft()
+            self.n_queued -= 1
+            lst = self.idle[i]  # the waiter's own shard first
             if not lst:
                 lst = next(x for x in self.idle if x)
             self.n_idle -= 1
             pairs.append((lst.pop(0) if self.round_robin else lst.pop(), c))
         return pairs
+
+    def _oldest_locked(self) -> int:
+        """The worker whose queue holds the oldest waiter of all (at its head), or -1 when nobody waits; heads
+        that stopped waiting are dropped on the way. Ties go to the lower worker id."""
+        best = -1
+        first = 0.0
+        for i, q in enumerate(self.queues):
+            while q:
+                c = q[0]
+                if c.waiting:
+                    if best < 0 or c.wait_start < first:
+                        best, first = i, c.wait_start
+                    break
+                q.popleft()
+                self.n_queued -= 1
+        return best
 
     def release(self, server: Pooled, wid: int, now: float) -> Waiter | None:
         """A server became free in worker `wid` (its owner): the waiter to hand it to, or None when it was
@@ -391,16 +393,21 @@ class Pool:
         LOCAL_SLACK after the oldest waiter of all (so the server stays on its thread), else the oldest."""
         server.idle_since = now  # free since now, whether parked or handed on (idle_timeout reads it)
         with self.lock:
-            waiters = self.waiters
-            if waiters and not self.paused:
-                c = waiters.popleft()
-                while not c.waiting and waiters:
-                    c = waiters.popleft()
-                if c.waiting:
-                    if self.warm <= self.total < self.pool_size:  # it was anticipating: served by a return
+            if self.n_queued and not self.paused:
+                c: Waiter | None
+                if self.local_first:
+                    c = self._pick_locked(wid)
+                else:  # one worker: plain FIFO (its one queue holds every entry counted)
+                    c = self.queue0.popleft()
+                    self.n_queued -= 1
+                    if c.waiting:
+                        if self.total < self.pool_size and self.warm <= self.total:  # it was anticipating:
+                            self.scaling.antic_notify += 1  # served by a return
+                        return c
+                    c = self._pick_any_locked(wid)  # it stopped waiting: the next one that waits, if any
+                if c is not None:
+                    if self.total < self.pool_size and self.warm <= self.total:
                         self.scaling.antic_notify += 1
-                    if c.worker.id != wid and waiters and self.local_first:
-                        return self._local_waiter_locked(c, wid)
                     return c
             self.idle[wid].append(server)
             self.n_idle += 1
@@ -410,21 +417,50 @@ class Pool:
                 self._unblock_locked()
             return None
 
-    def _local_waiter_locked(self, oldest: Waiter, wid: int) -> Waiter:
-        """Worker `wid`'s oldest waiter queued within LOCAL_SLACK of `oldest` (popped already; it goes back
-        to the head of the queue), looking at most LOCAL_SCAN waiters ahead; else `oldest`."""
-        waiters = self.waiters
-        limit = oldest.wait_start + LOCAL_SLACK
-        i = 0
-        for c in waiters:
-            if c.wait_start > limit or i >= LOCAL_SCAN:
-                break
-            if c.waiting and c.worker.id == wid:
-                del waiters[i]
-                waiters.appendleft(oldest)
-                return c
-            i += 1
-        return oldest
+    def _pick_locked(self, wid: int) -> Waiter | None:
+        """The waiter (popped) a server freed by worker `wid` goes to, with more than one worker: `wid`'s own
+        oldest waiter if it queued at most LOCAL_SLACK after the oldest waiter of all, else the oldest of all;
+        None when nobody waits. Reads the heads of the other queues only."""
+        own = self.queues[wid]
+        c = own[0] if own else None
+        if c is None or not c.waiting:
+            return self._pick_any_locked(wid)
+        best = own
+        limit = c.wait_start - LOCAL_SLACK  # a head elsewhere older than this wins
+        for q in self.others[wid]:
+            if q:
+                o = q[0]
+                if o.wait_start < limit:
+                    if not o.waiting:  # it stopped waiting: dropped there
+                        return self._pick_any_locked(wid)
+                    best, limit = q, o.wait_start
+        self.n_queued -= 1
+        return best.popleft()
+
+    def _pick_any_locked(self, wid: int) -> Waiter | None:
+        """_pick_locked's decision after dropping the heads that stopped waiting, in every queue."""
+        queues = self.queues
+        own = queues[wid]
+        while own and not own[0].waiting:
+            own.popleft()
+            self.n_queued -= 1
+        best = own if own else None
+        limit = own[0].wait_start - LOCAL_SLACK if own else 0.0  # an older head elsewhere wins
+        for q in queues:
+            if q is own:
+                continue
+            while q:
+                c = q[0]
+                if c.waiting:
+                    if best is None or c.wait_start < limit:
+                        best, limit = q, c.wait_start
+                    break
+                q.popleft()
+                self.n_queued -= 1
+        if best is None:
+            return None
+        self.n_queued -= 1
+        return best.popleft()
 
     def _unblock_locked(self) -> None:
         self.coord_blocked_since = 0.0
@@ -456,7 +492,7 @@ class Pool:
         """Take every idle server out of shard `wid` (the pool is reconfigured, or a binary upgrade hands over;
         with `unless_waited_for`, none while clients wait): the caller retires them."""
         with self.lock:
-            if unless_waited_for and self.waiters:
+            if unless_waited_for and self.n_queued:
                 return []
             lst = self.idle[wid]
             victims = list(lst)
@@ -466,22 +502,17 @@ class Pool:
 
     def take_expired(self, wid: int, now: float, budget: int) -> list[tuple[Pooled, str]]:
         """Take up to `budget` idle servers of shard `wid` past idle_timeout or server_lifetime out of the pool,
-        never going below min_pool_size, with the reason for each; the caller retires them. +-20% jitter so
-        servers opened together do not all expire together."""
+        never going below min_pool_size, with the reason for each (pool_parts.expiry); the caller retires them."""
         out: list[tuple[Pooled, str]] = []
         with self.lock:
             lst = self.idle[wid]
             for s in list(lst):
                 if len(out) >= budget:
                     break
-                jit = 0.8 + 0.4 * ((s.id * 2654435761) % 1000) / 1000.0
-                too_idle = self.idle_timeout > 0 and now - s.idle_since > self.idle_timeout * jit
-                too_old = self.server_lifetime > 0 and now - s.created > self.server_lifetime * jit \
-                    or 0 < s.fallback_until < now
-                if (too_idle or too_old) and self.total - len(out) > self.min_pool_size:
+                why = expiry(s, now, self.idle_timeout, self.server_lifetime)
+                if why is not None and self.total - len(out) > self.min_pool_size:
                     lst.remove(s)
                     self.n_idle -= 1
-                    why = "idle_timeout" if now - s.idle_since > self.idle_timeout else "server_lifetime"
                     out.append((s, why))
         return out
 
@@ -502,12 +533,13 @@ class Pool:
             self.connecting -= 1
 
     def fail_first_waiter(self) -> Waiter | None:
+        """Pop the oldest waiter of all (its server could not be opened), or None."""
         with self.lock:
-            while self.waiters:
-                c = self.waiters.popleft()
-                if c.waiting:
-                    return c
-        return None
+            i = self._oldest_locked()
+            if i < 0:
+                return None
+            self.n_queued -= 1
+            return self.queues[i].popleft()
 
     def retry_for_waiters(self) -> bool:
         """True: open a server for the waiters (its slot is reserved)."""
@@ -515,24 +547,36 @@ class Pool:
             return self._want_spawn_locked()
 
     def remove_waiter(self, client: Waiter) -> None:
+        """Take `client` out of its queue (its worker's; it left or got its answer while it waited)."""
         with self.lock:
-            try:
-                self.waiters.remove(client)
-            except ValueError:
-                pass
+            wid = client.worker.id
+            for q in (self.queues[wid], *self.others[wid]):  # its own first; the others just in case
+                try:
+                    q.remove(client)
+                except ValueError:
+                    continue
+                self.n_queued -= 1
+                return
 
     def expired_waiters(self, now: float) -> list[Waiter]:
-        """Pop waiters older than query_wait_timeout (the FIFO is ordered by wait start)."""
-        out: list[Waiter] = []
-        if not self.waiters:  # read without the lock: a waiter queued meanwhile is checked next time
-            return out
-        limit = now - self.query_wait_timeout
+        """Pop waiters older than query_wait_timeout, oldest first."""
+        if not self.n_queued:  # read without the lock: a waiter queued meanwhile is checked next time
+            return []
         with self.lock:
-            w = self.waiters
-            while w and (not w[0].waiting or w[0].wait_start <= limit):
-                c = w.popleft()
+            return self._pop_older_locked(now - self.query_wait_timeout)
+
+    def _pop_older_locked(self, limit: float) -> list[Waiter]:
+        """Pop the waiters that queued at `limit` or before, oldest first (each FIFO is ordered by wait start);
+        entries that stopped waiting are dropped on the way."""
+        out: list[Waiter] = []
+        for q in self.queues:
+            while q and (not q[0].waiting or q[0].wait_start <= limit):
+                c = q.popleft()
+                self.n_queued -= 1
                 if c.waiting:
                     out.append(c)
+        if len(self.queues) > 1:
+            out.sort(key=_wait_start)
         return out
 
     def exhausted_waiters(self, now: float) -> list[Waiter]:
@@ -540,22 +584,16 @@ class Pool:
         they need (they get the coordinator's error)."""
         coord = self.coord
         since = self.coord_blocked_since
-        if coord is None or not since or not self.waiters or now - since < coord.reserve_timeout:
+        if coord is None or not since or not self.n_queued or now - since < coord.reserve_timeout:
             return []
-        out: list[Waiter] = []
-        limit = now - coord.reserve_timeout
         with self.lock:
             if not self.coord_blocked_since:
-                return out
+                return []
             if not coord.is_blocked(self):  # it got a slot meanwhile, or needs none
                 self.coord_blocked_since = 0.0
-                return out
-            w = self.waiters
-            while w and (not w[0].waiting or w[0].wait_start <= limit):
-                c = w.popleft()
-                if c.waiting:
-                    out.append(c)
-            if not any(c.waiting for c in w):
+                return []
+            out = self._pop_older_locked(now - coord.reserve_timeout)
+            if self._oldest_locked() < 0:
                 self._unblock_locked()
         return out
 
@@ -563,7 +601,7 @@ class Pool:
         """Servers the database holds above max_db_connections (the reserve) are closed once idle longer than
         min_connection_lifetime, while nobody waits here: this shard's, at most the reserve in use."""
         coord = self.coord
-        if coord is None or coord.current <= coord.max_db or self.waiters:
+        if coord is None or coord.current <= coord.max_db or self.n_queued:
             return []
         out: list[Pooled] = []
         with self.lock:
@@ -595,7 +633,7 @@ class Pool:
                 "sv_idle": self.n_idle,
                 "sv_total": self.total,
                 "sv_login": self.connecting,
-                "cl_waiting": sum(1 for c in self.waiters if c.waiting),
+                "cl_waiting": sum(1 for q in self.queues for c in q if c.waiting),
             }
 
     def scaling_row(self) -> tuple[int, ...]:
@@ -605,3 +643,7 @@ class Pool:
         with self.lock:
             return (self.connecting, sc.creates, sc.gate_waits, sc.gate_budget_ex, sc.antic_notify,
                     sc.antic_timeout, sc.create_fallback, sc.replenish_def)
+
+
+def _wait_start(c: Waiter) -> float:
+    return c.wait_start

@@ -1,5 +1,6 @@
-"""A pool's per-worker counters (`PoolStats`) and the protocols of the live objects it is built with
-(`PoolLive`, `ServerTlsLike`); core/pool.py re-exports them."""
+"""A pool's per-worker counters (`PoolStats`), the protocols of the live objects it is built with
+(`PoolLive`, `ServerTlsLike`) and of the clients and servers it queues and parks (`Waiter`, `Shard`,
+`Pooled`); core/pool.py re-exports them."""
 
 from __future__ import annotations
 
@@ -34,6 +35,51 @@ class PoolLive(Protocol):
     def jwt_key(self) -> Any: ...
     @property
     def jwt_server_key(self) -> Any: ...
+
+
+class Shard(Protocol):
+    """The worker a waiter lives on, as the pool sees it: which idle list to serve it from."""
+
+    @property
+    def id(self) -> int: ...
+
+
+class Waiter(Protocol):
+    """A client as the pool sees it (ClientConn): queued while it waits; `waiting` turns False when it gets
+    a server or gives up, and the pool then skips it."""
+
+    waiting: bool
+    wait_start: float
+
+    @property
+    def worker(self) -> Shard: ...
+
+
+class Pooled(Protocol):
+    """A server as the pool sees it (ServerConn): parked idle, expired by age or idleness."""
+
+    idle_since: float
+    fallback_until: float  # a fallback host's connection: closed after this (0: not one)
+    # When parked idle with server_idle_check_timeout on: the time after which it is probed before a client
+    # uses it (0: no probe; the client that links it clears it).
+    check_at: float
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def created(self) -> float: ...
+
+
+def expiry(s: Pooled, now: float, idle_timeout: float, lifetime: float) -> str | None:
+    """Why idle server `s` is closed now: "idle_timeout" or "server_lifetime" (a fallback host's connection past
+    its lifetime included), or None. +-20% jitter so servers opened together do not all expire together."""
+    jit = 0.8 + 0.4 * ((s.id * 2654435761) % 1000) / 1000.0
+    too_idle = idle_timeout > 0 and now - s.idle_since > idle_timeout * jit
+    too_old = lifetime > 0 and now - s.created > lifetime * jit or 0 < s.fallback_until < now
+    if not (too_idle or too_old):
+        return None
+    return "idle_timeout" if now - s.idle_since > idle_timeout else "server_lifetime"
 
 
 class PoolStats:

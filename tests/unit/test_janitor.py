@@ -84,7 +84,8 @@ def test_close_idle_empties_the_shard_unless_clients_wait_during_an_upgrade() ->
     park(pool, [a, b])
     j = app.janitors[0]
     c = Client(app.workers[0])
-    pool.waiters.append(c)  # a client of this pool waits (for a server being opened)
+    pool.queues[0].append(c)  # a client of this pool waits (for a server being opened)
+    pool.n_queued += 1
     c.waiting = True
     j.trim()
     assert a.retired is None and b.retired is None

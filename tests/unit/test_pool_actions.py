@@ -6,7 +6,9 @@ integration tests."""
 
 from __future__ import annotations
 
+import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -135,7 +137,7 @@ def test_expired_waiters_pops_only_those_past_query_wait_timeout() -> None:
     assert old.waiting  # the client's to clear (wait_timed_out, on its worker)
     assert pool.counts()["cl_waiting"] == 1
     new.waiting = False  # it left: dropped from the queue without being reported
-    assert pool.expired_waiters(100.0) == [] and not pool.waiters
+    assert pool.expired_waiters(100.0) == [] and not pool.queued
 
 
 def _queue(pool: Pool, *spec: tuple[int, float]) -> list[Client]:
@@ -166,7 +168,7 @@ def test_release_prefers_a_waiter_of_the_releasing_worker_queued_about_as_early(
     assert _served(pool, 0, 1.012) is a1
     # The overtaken waiter kept its place at the head of the queue.
     assert _served(pool, 1, 1.013) is a2
-    assert not pool.waiters
+    assert not pool.queued
 
 
 def test_release_serves_the_oldest_waiter_when_the_local_one_queued_much_later() -> None:
@@ -177,12 +179,14 @@ def test_release_serves_the_oldest_waiter_when_the_local_one_queued_much_later()
     assert _served(pool, 0, 2.1) is local
 
 
-def test_release_looks_only_local_scan_waiters_ahead() -> None:
+def test_release_finds_the_local_waiter_behind_any_number_of_others() -> None:
+    """Each worker has its own queue: worker 0's oldest waiter is its queue's head, however many clients of
+    other workers queued before it (within LOCAL_SLACK)."""
     pool = make_pool(2, workers=2)
-    n = pool_mod.LOCAL_SCAN
-    queued = _queue(pool, *([(1, 1.0)] * n + [(0, 1.0)] + [(1, 1.0)] + [(0, 1.0)]))
-    assert _served(pool, 0, 2.0) is queued[n]  # the LOCAL_SCAN-th waiter after the oldest is looked at
-    assert _served(pool, 0, 2.0) is queued[0]  # the next of worker 0 is past the scan: the oldest wins
+    queued = _queue(pool, *([(1, 1.0)] * 100 + [(0, 1.0)] + [(1, 1.0)] + [(0, 1.0)]))
+    assert _served(pool, 0, 2.0) is queued[100]
+    assert _served(pool, 0, 2.0) is queued[102]
+    assert _served(pool, 0, 2.0) is queued[0]  # none of worker 0's left: the oldest of all
 
 
 def test_release_skips_clients_that_stopped_waiting_when_looking_for_a_local_one() -> None:
@@ -219,10 +223,134 @@ def test_no_waiter_starves_when_one_worker_keeps_releasing_to_its_own() -> None:
             break
         assert c in locals_
         assert c.wait_start <= t + slack  # overtaken only by waiters queued within the slack after it
-        c.waiting = True  # it runs a transaction and queues again, behind everyone
-        c.wait_start = now
-        pool.waiters.append(c)
+        assert pool.acquire(c, 0, now) is None  # it runs a transaction and queues again, behind everyone
     assert served_at is not None and served_at - t <= 2 * slack
+
+
+# ------------------------------------------------------------------ one waiter queue per worker
+def test_release_on_a_worker_with_nobody_waiting_serves_the_oldest_head_of_all() -> None:
+    pool = make_pool(3, workers=3)
+    b1, a1, b2, a2 = _queue(pool, (2, 1.0), (1, 1.1), (2, 1.2), (1, 1.3))
+    assert pool.queues[0] == deque() and len(pool.queues[1]) == len(pool.queues[2]) == 2
+    assert [_served(pool, 0, 2.0) for _ in range(4)] == [b1, a1, b2, a2]
+    assert _served(pool, 0, 2.0) is None and pool.n_queued == 0 and pool.counts()["sv_idle"] == 1
+
+
+def test_fifo_within_a_worker() -> None:
+    pool = make_pool(2, workers=2)
+    mine = _queue(pool, *[(1, 1.0 + i * 0.001) for i in range(5)])
+    assert [_served(pool, 1, 2.0) for _ in range(5)] == mine
+
+
+def test_local_waiter_within_the_slack_wins_and_beyond_it_loses() -> None:
+    pool = make_pool(2, workers=3)
+    slack = pool_mod.LOCAL_SLACK
+    old1, old2, local = _queue(pool, (1, 1.0), (2, 1.0 + slack / 4), (0, 1.0 + slack))
+    assert _served(pool, 0, 2.0) is local  # exactly LOCAL_SLACK after the oldest: still served first
+    late = _queue(pool, (0, 1.0 + 2 * slack))[0]
+    assert _served(pool, 0, 2.0) is old1  # queued more than LOCAL_SLACK after old1: old1 first
+    assert _served(pool, 0, 2.0) is old2  # ... and after old2 (LOCAL_SLACK / 4 younger than old1)
+    assert _served(pool, 0, 2.0) is late
+
+
+def test_a_head_that_stopped_waiting_is_skipped_and_dropped() -> None:
+    pool = make_pool(2, workers=2)
+    gone, other, mine_gone, mine = _queue(pool, (1, 1.0), (1, 1.5), (0, 0.5), (0, 1.2))
+    gone.waiting = mine_gone.waiting = False  # they left (or timed out) while queued
+    assert pool.counts()["cl_waiting"] == 2 and pool.n_queued == 4
+    # Worker 0's own stopped head is dropped; worker 1's (1.0, older than `mine`) does not count.
+    assert _served(pool, 0, 2.0) is mine
+    assert pool.n_queued == 1 and list(pool.queues[1]) == [other]
+    assert _served(pool, 0, 2.0) is other
+    assert _served(pool, 0, 2.0) is None and not pool.queued
+
+
+def test_remove_waiter_takes_it_out_of_its_workers_queue() -> None:
+    pool = make_pool(2, workers=2)
+    a, b, c = _queue(pool, (0, 1.0), (1, 1.001), (1, 1.002))
+    b.waiting = False
+    pool.remove_waiter(b)
+    pool.remove_waiter(b)  # a second time: nothing to remove
+    assert pool.n_queued == 2 and list(pool.queues[1]) == [c]
+    assert _served(pool, 1, 2.0) is c and _served(pool, 1, 2.0) is a
+
+
+def test_fail_first_waiter_takes_the_oldest_of_all_queues() -> None:
+    pool = make_pool(2, workers=3)
+    spec = [(2, 1.0), (0, 1.1), (1, 1.2), (0, 1.3), (2, 1.4), (1, 1.5)]
+    clients = _queue(pool, *spec)
+    clients[1].waiting = False
+    order = []
+    while (c := pool.fail_first_waiter()) is not None:
+        order.append(c)
+    assert order == [c for c in clients if c is not clients[1]] and pool.n_queued == 0
+
+
+def test_resume_pairs_waiters_in_global_order_each_with_its_own_shards_server_first() -> None:
+    pool = make_pool(4, workers=2)
+    pool.set_paused(True)
+    s0, s1a, s1b = Server(), Server(), Server()
+    pool.total = 3
+    for s, wid in ((s0, 0), (s1a, 1), (s1b, 1)):
+        assert pool.release(s, wid, 0.5) is None  # paused: parked
+    clients = [Client(Shard(w)) for w in (1, 0, 0, 1)]
+    for c, t in zip(clients, (1.0, 1.1, 1.2, 1.3), strict=True):
+        assert pool.acquire(c, c.worker.id, t) is None  # paused: queued, not served
+    r = pool.set_paused(False)
+    assert r is not None
+    pairs, spawn, _ = r
+    # Oldest first: clients[0] (worker 1) gets s1b (its shard's LIFO), clients[1] (worker 0) s0, clients[2]
+    # (worker 0, its shard now empty) worker 1's last one; clients[3] waits for the next server.
+    assert pairs == [(s1b, clients[0]), (s0, clients[1]), (s1a, clients[2])]
+    assert spawn is True and pool.counts()["cl_waiting"] == 1 and list(pool.queues[1]) == [clients[3]]
+
+
+def test_expired_waiters_come_from_every_queue_oldest_first() -> None:
+    pool = make_pool(1, workers=2)
+    pool.query_wait_timeout = 5.0
+    a, b, c, d = _queue(pool, (1, 1.0), (0, 2.0), (1, 3.0), (0, 9.0))
+    assert pool.expired_waiters(8.5) == [a, b, c]
+    assert pool.n_queued == 1 and pool.counts()["cl_waiting"] == 1 and list(pool.queues[0]) == [d]
+
+
+def test_fairness_bound_holds_for_random_queueing_and_releases_over_three_workers() -> None:
+    """No waiter is ever overtaken by one that queued more than LOCAL_SLACK after it, whatever the order of
+    queueing, leaving and releases, and every waiter is served in the end."""
+    rng = random.Random(15)
+    slack = pool_mod.LOCAL_SLACK
+    pool = make_pool(4, workers=3)
+    pool.total = pool.pool_size
+    now = 1.0
+    waiting: list[Client] = []
+    served = 0
+    for _ in range(5000):
+        now += rng.random() * slack / 3
+        op = rng.random()
+        if op < 0.5:
+            c = Client(Shard(rng.randrange(3)))
+            assert pool.acquire(c, c.worker.id, now) is None
+            waiting.append(c)
+        elif op < 0.55 and waiting:
+            c = waiting.pop(rng.randrange(len(waiting)))
+            c.waiting = False  # it left; half the time it is removed, else it stays until it is a head
+            if rng.random() < 0.5:
+                pool.remove_waiter(c)
+        else:
+            got = _served(pool, rng.randrange(3), now)
+            if got is None:
+                assert not waiting
+                pool.total = pool.pool_size
+                pool.take_one_idle(0) or pool.take_one_idle(1) or pool.take_one_idle(2)
+                continue
+            waiting.remove(got)
+            served += 1
+            assert all(w.wait_start >= got.wait_start - slack for w in waiting), got.wait_start
+        assert pool.counts()["cl_waiting"] == len(waiting)
+    while waiting:
+        got = _served(pool, rng.randrange(3), now)
+        assert got is not None and all(w.wait_start >= got.wait_start - slack for w in waiting)
+        waiting.remove(got)
+    assert served > 1000 and pool.fail_first_waiter() is None
 
 
 # ------------------------------------------------------------------ connection scaling and the coordinator
