@@ -431,7 +431,7 @@ class Pool:
             if q:
                 o = q[0]
                 if o.wait_start < limit:
-                    if not o.waiting:  # it stopped waiting: dropped there
+                    if not o.waiting:  # it stopped waiting: decide again without it
                         return self._pick_any_locked(wid)
                     best, limit = q, o.wait_start
         self.n_queued -= 1
@@ -439,16 +439,13 @@ class Pool:
 
     def _pick_any_locked(self, wid: int) -> Waiter | None:
         """_pick_locked's decision after dropping the heads that stopped waiting, in every queue."""
-        queues = self.queues
-        own = queues[wid]
+        own = self.queues[wid]
         while own and not own[0].waiting:
             own.popleft()
             self.n_queued -= 1
         best = own if own else None
         limit = own[0].wait_start - LOCAL_SLACK if own else 0.0  # an older head elsewhere wins
-        for q in queues:
-            if q is own:
-                continue
+        for q in self.others[wid]:
             while q:
                 c = q[0]
                 if c.waiting:
