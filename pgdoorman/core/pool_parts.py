@@ -77,9 +77,9 @@ def expiry(s: Pooled, now: float, idle_timeout: float, lifetime: float) -> str |
     jit = 0.8 + 0.4 * ((s.id * 2654435761) % 1000) / 1000.0
     too_idle = idle_timeout > 0 and now - s.idle_since > idle_timeout * jit
     too_old = lifetime > 0 and now - s.created > lifetime * jit or 0 < s.fallback_until < now
-    if not (too_idle or too_old):
-        return None
-    return "idle_timeout" if now - s.idle_since > idle_timeout else "server_lifetime"
+    if too_idle:
+        return "idle_timeout"
+    return "server_lifetime" if too_old else None
 
 
 class PoolStats:

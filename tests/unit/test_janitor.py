@@ -77,6 +77,23 @@ def test_retain_retires_expired_idle_servers_within_budget_and_min_pool_size() -
     assert pool.counts()["sv_idle"] == 2
 
 
+def test_retired_servers_are_named_by_the_limit_they_passed() -> None:
+    """The reason is the limit that retired the server: server_lifetime when idle_timeout is off (it was named
+    idle_timeout whenever it had been idle at all), idle_timeout when its jittered idle_timeout passed."""
+    app = make_app(retain_connections_max=10)
+    pool = app.pools[("app", "u")]
+    pool.idle_timeout, pool.server_lifetime = 0.0, 50.0  # idle_timeout off
+    aged = Server(created=0.0, idle_since=90.0, pool=pool)
+    park(pool, [aged])
+    assert app.janitors[0].retain(100.0) == 1 and aged.retired == "server_lifetime"
+    pool.idle_timeout, pool.server_lifetime = 10.0, 1000.0
+    # Idle 9 s: past idle_timeout for the servers whose jitter factor is below 0.9, not past 10 s itself.
+    idle = [Server(created=99.0, idle_since=91.0, pool=pool) for _ in range(40)]
+    park(pool, idle)
+    assert app.janitors[0].retain(100.0) > 0
+    assert {s.retired for s in idle} == {None, "idle_timeout"}
+
+
 def test_close_idle_empties_the_shard_unless_clients_wait_during_an_upgrade() -> None:
     app = make_app()
     pool = app.pools[("app", "u")]
