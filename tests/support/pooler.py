@@ -90,11 +90,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def free_port_block(n: int, host: str = "127.0.0.1") -> int:
     """The first of `n` consecutive ports that all bind now (a program that takes a base port and the ones
-    after it, as scripts/bench.py --port-base). As racy as free_port."""
+    after it, as scripts/bench.py --port-base), all in this xdist worker's share of the range (free_port's
+    base alone could sit at the top of it, the rest in the other worker's). As racy as free_port."""
+    high = _worker_range(12000, _ephemeral_low() - 1)[1]
     for _ in range(100):
         base = free_port(host)
         rest = range(base + 1, base + n)
-        if any(p in _handed_out or not _binds(host, p) for p in rest):
+        if base + n - 1 > high or any(p in _handed_out or not _binds(host, p) for p in rest):
             continue
         _handed_out.update(rest)
         return base
