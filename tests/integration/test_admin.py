@@ -214,8 +214,9 @@ def test_show_values_under_twenty_waiting_clients(pooler_factory: Any, workers: 
                 h.execute("commit")
         assert results.count((42,)) == 20, results
         with admin(p) as a:
-            pr = pool_row(a)
-            assert (pr["cl_waiting"], pr["cl_active"], pr["cl_idle"], pr["sv_active"]) == (0, 0, 2, 0)
+            # The 20 have closed their connections; the pooler sees them go a moment later (polled).
+            pool_row_when(a, lambda r: (r["cl_waiting"], r["cl_active"], r["cl_idle"], r["sv_active"]) == (0, 0, 2, 0),
+                          "the 20 gone, the holders idle, no server active")
     finally:
         for h in holders:
             h.close()
@@ -552,9 +553,10 @@ def test_pause_resume_reconnect_reload_under_pgbench(pooler_factory: Any, tmp_pa
             first_pids = {r["server_process_id"] for r in rows(a, "SERVERS") if r["user"] == SCRAM_USER}
             time.sleep(1)
             a.execute("PAUSE")
-            time.sleep(1.0)
-            paused = pool_row(a)
-            assert paused["paused"] == 1 and paused["sv_active"] == 0  # running transactions finished
+            # PAUSE returns at once; the transactions running then finish (polled: under load they can take
+            # longer than any fixed sleep) and no new one starts.
+            paused = pool_row_when(a, lambda r: r["sv_active"] == 0, "running transactions to finish")
+            assert paused["paused"] == 1
             a.execute("RESUME")
             time.sleep(1)
             a.execute("RECONNECT")
@@ -568,8 +570,14 @@ def test_pause_resume_reconnect_reload_under_pgbench(pooler_factory: Any, tmp_pa
             time.sleep(0.5)
             a.execute(f"RESUME {DBNAME}")
             a.execute(f"RECONNECT {DBNAME}")
-            time.sleep(1)
-            later_pids = {r["server_process_id"] for r in rows(a, "SERVERS") if r["user"] == SCRAM_USER}
+
+            def replaced() -> set[str]:
+                # Servers of the first epoch are closed as their transactions end; pgbench's next ones run on
+                # new servers (polled: under load a transaction can outlast a fixed sleep).
+                pids = {r["server_process_id"] for r in rows(a, "SERVERS") if r["user"] == SCRAM_USER}
+                return pids if pids and not (first_pids & pids) else set()
+
+            later_pids = wait_for(replaced, what="the first servers replaced by new ones")
         finally:
             out = finish_pgbench(bench)
         assert first_pids and later_pids and not (first_pids & later_pids), (first_pids, later_pids)
