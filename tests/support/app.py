@@ -3,10 +3,15 @@ listening and the worker's loop not running."""
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pgdoorman.app import App
 from pgdoorman.config import config_from_dict
+from pgdoorman.session.client import READY, ClientConn
+from pgdoorman.session.server import IDLE, ServerConn
 
 
 def one_pool_app(pool_size: int, **pool: Any) -> App:
@@ -15,3 +20,37 @@ def one_pool_app(pool_size: int, **pool: Any) -> App:
         "pools": {"app": {"server_host": "127.0.0.1", "server_port": 5432, **pool,
                           "users": [{"username": "u", "password": "p", "pool_size": pool_size}]}},
     }, "test.yaml"))
+
+
+@contextmanager
+def linked_pair(ps: bool) -> Iterator[tuple[ClientConn, ServerConn, socket.socket, socket.socket]]:
+    """A logged-in transaction-mode client (prepared-statement mode if `ps`) and its pool's one server, idle in
+    the pool, each on a socketpair whose other end the test plays (client, server, client's peer, server's
+    peer); the client's first bytes check the server out. Closed, with the worker's loop, on exit."""
+    app = one_pool_app(pool_size=1, pool_mode="transaction")
+    worker = app.workers[0]
+    pool = app.pools[("app", "u")]
+    c_sock, c_peer = socket.socketpair()
+    s_sock, s_peer = socket.socketpair()
+    for x in (c_sock, s_sock):
+        x.setblocking(False)
+    client = ClientConn(c_sock, worker, "test")
+    client.login_timer.cancel()
+    client.pool = pool
+    client.state = READY
+    if ps:
+        client.ps = True
+        client.use_ps_scanner(pool, ())
+    server = ServerConn(s_sock, worker, pool, "test")
+    server.timer.cancel()
+    server.state = IDLE
+    server.synced_key = ()
+    server.attach(worker.loop)
+    pool.total = 1
+    assert pool.release(server, worker.id, worker.loop.now) is None
+    try:
+        yield client, server, c_peer, s_peer
+    finally:
+        for x in (c_sock, c_peer, s_sock, s_peer):
+            x.close()
+        worker.loop.close()

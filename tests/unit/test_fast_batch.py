@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from pgdoorman.session.client import READY, ClientConn
-from pgdoorman.session.server import ACTIVE, IDLE, ServerConn
-from tests.support.app import one_pool_app
+from pgdoorman.session.client import ClientConn
+from pgdoorman.session.server import ACTIVE, ServerConn
+from tests.support.app import linked_pair
 from tests.support.wire import bind, describe, execute, frame, parse, query, split_messages, sync
 
 
@@ -44,32 +44,8 @@ RFQ = frame("Z", b"I")
 
 @pytest.fixture()
 def linked() -> Iterator[tuple[ClientConn, ServerConn, socket.socket, socket.socket]]:
-    app = one_pool_app(pool_size=1, pool_mode="transaction")
-    worker = app.workers[0]
-    pool = app.pools[("app", "u")]
-    c_sock, c_peer = socket.socketpair()
-    s_sock, s_peer = socket.socketpair()
-    for x in (c_sock, s_sock):
-        x.setblocking(False)
-    client = ClientConn(c_sock, worker, "test")
-    client.login_timer.cancel()
-    client.pool = pool
-    client.state = READY
-    client.ps = True
-    client.use_ps_scanner(pool, ())
-    server = ServerConn(s_sock, worker, pool, "test")
-    server.timer.cancel()
-    server.state = IDLE
-    server.synced_key = ()
-    server.attach(worker.loop)
-    pool.total = 1
-    assert pool.release(server, worker.id, worker.loop.now) is None  # idle: the client's first bytes check it out
-    try:
-        yield client, server, c_peer, s_peer
-    finally:
-        for x in (c_sock, c_peer, s_sock, s_peer):
-            x.close()
-        worker.loop.close()
+    with linked_pair(ps=True) as pair:
+        yield pair
 
 
 def _client_sends(client: ClientConn, peer: socket.socket, *chunks: bytes) -> None:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from pgdoorman.session.client import READY, ClientConn
+from pgdoorman.session.client import ClientConn
 from pgdoorman.session.server import ACTIVE, IDLE, ServerConn
-from tests.support.app import one_pool_app
+from tests.support.app import linked_pair
 from tests.support.wire import frame, query
 
 ROW = frame("T", b"\0\x01a\0" + b"\0" * 18) + frame("D", b"\0\x01\0\0\0\x011") + frame("C", b"SELECT 1\0")
@@ -23,38 +23,17 @@ ROW = frame("T", b"\0\x01a\0" + b"\0" * 18) + frame("D", b"\0\x01\0\0\0\x011") +
 @pytest.fixture()
 def linked(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ClientConn, ServerConn, socket.socket, list[Any]]]:
     """A transaction-mode client and its pool's one server, idle; the calls to release_server are listed."""
-    app = one_pool_app(pool_size=1, pool_mode="transaction")
-    worker = app.workers[0]
-    pool = app.pools[("app", "u")]
-    c_sock, c_peer = socket.socketpair()
-    s_sock, s_peer = socket.socketpair()
-    for x in (c_sock, s_sock):
-        x.setblocking(False)
-    client = ClientConn(c_sock, worker, "test")
-    client.login_timer.cancel()
-    client.pool = pool
-    client.state = READY
-    server = ServerConn(s_sock, worker, pool, "test")
-    server.timer.cancel()
-    server.state = IDLE
-    server.synced_key = ()
-    server.attach(worker.loop)
-    pool.total = 1
-    assert pool.release(server, worker.id, worker.loop.now) is None
-    general: list[Any] = []
-    real = worker.release_server
+    with linked_pair(ps=False) as (client, server, _, s_peer):
+        worker = client.worker
+        general: list[Any] = []
+        real = worker.release_server
 
-    def spy(s: ServerConn, client_gone: bool = False, client: Any = None) -> None:
-        general.append(s)
-        real(s, client_gone, client)
+        def spy(s: ServerConn, client_gone: bool = False, client: Any = None) -> None:
+            general.append(s)
+            real(s, client_gone, client)
 
-    monkeypatch.setattr(worker, "release_server", spy)
-    try:
+        monkeypatch.setattr(worker, "release_server", spy)
         yield client, server, s_peer, general
-    finally:
-        for x in (c_sock, c_peer, s_sock, s_peer):
-            x.close()
-        worker.loop.close()
 
 
 def _transaction(client: ClientConn, server: ServerConn, s_peer: socket.socket, status: bytes = b"I",
