@@ -16,6 +16,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, cast
 
+from pgdoorman import placement
 from pgdoorman.protocol import messages as m
 from pgdoorman.session.states import ACTIVE, CONNECTING, IDLE, LOGIN
 
@@ -76,7 +77,36 @@ class Janitor:
             if pool.check_wanted:
                 self.fetch_check_reply(pool)
         self.pressure(now)
+        self.place(now)
         self.worker.loop.call_later(WAIT_TICK, self._wait_tick)
+
+    def place(self, now: float) -> int:
+        """With two workers or more, about once a second: measure this worker's CPU share; with
+        general.worker_placement `pack`, when it is busy and another worker has room, move a batch of its
+        idle clients there. How many moved."""
+        w = self.worker
+        g = w.app.config.general
+        workers = w.app.workers
+        if len(workers) < 2 or not placement.sample(w.load, now, g.worker_busy_percent):
+            return 0
+        if g.worker_placement != "pack" or not w.load.busy or not w.accepting:  # (not while upgrading or stopping)
+            return 0
+        to = placement.spill_target(workers, w, g.worker_busy_percent)
+        if to is None:
+            return 0
+        n = placement.batch(len(w.clients))
+        moving = []
+        for c in w.clients:
+            if placement.movable(c):
+                moving.append(c)
+                if len(moving) == n:
+                    break
+        for c in moving:
+            w.clients.discard(c)
+            c.detach()  # not read again here: bytes it sends meanwhile wait in the socket for `to`'s epoll
+            to.loop.call_soon_threadsafe(adopt_client, to, c)
+        w.load.spilled += len(moving)
+        return len(moving)
 
     def check_queries(self, now: float) -> int:
         """query_timeout: cancel the requests of this worker's servers that have been unanswered longer than their
@@ -247,3 +277,21 @@ class Janitor:
         has its own."""
         for pool in self.worker.app.pool_list:
             self.close_idle(pool, "binary upgrade: not needed by the old process", unless_waited_for=True)
+
+
+def adopt_client(w: Worker, c: ClientConn) -> None:
+    """On `w`'s thread: take over an idle client a busy worker moved here (Janitor.place)."""
+    c.worker = w
+    c.loop = w.loop
+    pool = c.pool
+    sc = c.scanner  # at a message boundary, holding nothing (placement.movable): only its owners change
+    sc.budget = w.loop.mem
+    if sc.on_stream is not None and pool is not None:
+        sc.on_stream = pool.stats[w.id].on_streamed
+    w.clients.add(c)
+    w.load.adopted += 1
+    if w.app.shutting_down:
+        c.write(m.error_response("58006", "pooler is shut down now", "FATAL"))
+        c.close("shutdown")
+        return
+    c.attach(w.loop)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
+from pgdoorman import placement
 from pgdoorman.core import fallback
 from pgdoorman.net.conn import Conn
 from pgdoorman.net.loop import Loop
@@ -57,6 +58,9 @@ class Process(Registry, Protocol):
 
     @property
     def removed_pools(self) -> tuple[weakref.ref[Pool], ...]: ...
+
+    @property
+    def workers(self) -> list[Worker]: ...
 
     def cpu_for_worker(self, wid: int) -> set[int] | None: ...
 
@@ -205,6 +209,7 @@ class Worker:
         self.clients: set[ClientConn] = set()
         self.servers: set[ServerConn] = set()
         self.accepting = True
+        self.load = placement.Load()  # general.worker_placement: this thread's CPU share, written by it only
 
     # ------------------------------------------------------------------ setup
     def add_listener(self, sock: socket.socket, is_unix: bool = False) -> None:
@@ -262,6 +267,18 @@ class Worker:
             # Sent before the client's startup packet: a reset (tcp_so_linger 0) could reach the client while
             # it still connects, before it reads the error. An orderly close delivers it.
             linger_off(sock)
+            sock.close()
+            return
+        w = placement.target(self.app.workers, self, self.app.config.general)
+        if w is not self:  # placed before any byte is read: the client lives on `w` from the start
+            w.loop.call_soon_threadsafe(w.take_client, sock, peer, is_unix)
+            return
+        self.take_client(sock, peer, is_unix)
+
+    def take_client(self, sock: socket.socket, peer: str, is_unix: bool) -> None:
+        """A client accepted (and admitted) by this worker or placed here by the one that accepted it."""
+        if self.app.shutting_down:
+            self.app.client_left()
             sock.close()
             return
         c = ClientConn(sock, self, peer, is_unix)

@@ -160,6 +160,18 @@ FIELDS: Final[tuple[Field, ...]] = (
              reloadable=False, default_doc='`"auto"`'),
     _general("Workers", "worker_cpu_affinity_pinning", Bool(), False, True,
              "Pin each worker thread to a CPU of its own.", reloadable=False),
+    _general("Workers", "worker_placement", Choice("pack", "spread"), "pack", True,
+             "Which worker thread serves a client (a pgdoorman setting, not PgDoorman's). `spread`: the one whose listener "
+             "accepted it (the kernel spreads new clients evenly over the workers). `pack`: the lowest-numbered "
+             "worker that is not busy (see `worker_busy_percent`), and a worker that stays busy moves some of its "
+             "idle clients (logged in, between transactions, holding no bytes) to one that is not, a batch a "
+             "second. Fewer, fuller worker loops cost less CPU per transaction than many half-idle ones (on "
+             "free-threaded CPython each extra runnable thread pays its own wake-ups, preemptions and sharing; "
+             "docs/performance.md). Reloadable; clients already placed stay where they are."),
+    _general("Workers", "worker_busy_percent", Int(0, 100), 70, True,
+             "With `worker_placement: pack` (a pgdoorman setting, not PgDoorman's): a worker whose thread used at least this share of one CPU over the "
+             "last second is busy: new clients go to the next worker, and it moves idle clients away. 0 makes "
+             "every worker busy (new clients stay where the kernel put them, nobody moves). Reloadable."),
     _tokio("worker_stack_size", ByteSize(), "Stack size of PgDoorman's tokio worker threads.", "8MB"),
     _tokio("max_blocking_threads", Int(1), "Upper bound on PgDoorman's tokio blocking-thread pool.", 512),
     _tokio("tokio_global_queue_interval", Int(1), "Tokio scheduler tuning knob of PgDoorman (global queue interval).",

@@ -100,7 +100,25 @@ def _process_families(obs: Observer) -> list[Family]:
         F("pg_doorman_total_memory", "gauge", "Resident memory of the pooler process in bytes.")
         .add(memory_bytes()),
         *_memory_budget_families(obs),
+        *_worker_families(obs),
     ]
+
+
+def _worker_families(obs: Observer) -> list[Family]:
+    """The worker threads and general.worker_placement (pgdoorman's own metrics; docs/performance.md)."""
+    clients = Family("pg_doorman_worker_clients", "gauge", "Client connections each worker thread serves now.")
+    share = Family("pg_doorman_worker_cpu_share", "gauge",
+                   "CPU seconds each worker thread used per second over the last second it measured (with two "
+                   "workers or more; worker_busy_percent compares it).")
+    moved = Family("pg_doorman_worker_clients_moved_total", "counter",
+                   "Idle clients a busy worker moved to another one (worker_placement: pack): `out` of this "
+                   "worker, `in` to it.")
+    for wid, n, cpu, spilled, adopted in obs.worker_loads():
+        w = {"worker": str(wid)}
+        clients.add(n, w)
+        share.add(round(cpu, 3), w)
+        moved.add(spilled, {**w, "direction": "out"}).add(adopted, {**w, "direction": "in"})
+    return [clients, share, moved]
 
 
 def _memory_budget_families(obs: Observer) -> list[Family]:

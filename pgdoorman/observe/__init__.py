@@ -235,6 +235,17 @@ class Observer:
         parts = copy_of(budget.parts)
         return sum(p.used for p in parts), int(budget.limit), sum(p.refused for p in parts)
 
+    def worker_loads(self) -> list[tuple[int, int, float, int, int]]:
+        """Per worker thread (general.worker_placement): its number, the clients it serves now, its CPU time per
+        second over the last second it measured (with two workers or more), and the idle clients moved away
+        from it and to it since start."""
+        out = []
+        for i, w in enumerate(copy_of(self._src.workers)):
+            load = getattr(w, "load", None)
+            share, spilled, adopted = (load.share, load.spilled, load.adopted) if load is not None else (0.0, 0, 0)
+            out.append((i, len(w.clients), share, spilled, adopted))
+        return out
+
     def rejections(self) -> dict[str, int]:
         """Clients refused before they authenticated, by reason."""
         return dict_copy(self._src.listener_rejections)

@@ -1,0 +1,125 @@
+"""Which worker serves a client (general.worker_placement).
+
+`spread`: the worker whose SO_REUSEPORT listener accepted it (the kernel spreads new clients evenly).
+`pack` (work-conserving): clients go to the lowest-numbered worker that is not busy, and a worker that stays
+busy moves some of its idle clients to one that is not. A loop handles a client most cheaply when it already
+has work: every extra runnable worker thread pays its own wake-ups, preemptions and the cross-thread sharing
+of the pool's objects (docs/performance.md, "Packing clients onto few workers"), so the clients are kept on as
+few workers as the load needs.
+
+"Busy": the worker thread's own CPU time over the last interval (`time.thread_time()`, read by the thread
+itself on the janitor's tick, about once a second) is at least `worker_busy_percent` of one core. Each worker
+writes only its own `Load`; the others read its `busy` flag (one attribute read, no lock). A worker never
+counts as busy when it is the only one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from pgdoorman.session.shared import NO_TIMER
+from pgdoorman.session.states import READY
+
+if TYPE_CHECKING:
+    from pgdoorman.session.client import ClientConn
+
+# How often a worker measures itself (seconds of wall time between samples; the janitor ticks every 0.1 s).
+INTERVAL = 1.0
+# At most this many idle clients leave a busy worker per interval (and at most a quarter of its clients):
+# the load moves over a few seconds instead of all at once on one sample.
+SPILL_BATCH = 32
+# A busy worker spills only to one whose share is below this fraction of the threshold: room to spare, so
+# that the clients do not bounce back and forth between two workers near the threshold.
+SPILL_ROOM = 0.8
+
+
+class Load:
+    """A worker's own measure of itself, written only by its thread."""
+
+    __slots__ = ("busy", "share", "cpu", "wall", "spilled", "adopted")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.share = 0.0  # CPU seconds per wall second over the last interval
+        self.cpu = 0.0  # the thread's CPU time at `wall`
+        self.wall = 0.0  # 0: not sampled yet on the worker's thread
+        self.spilled = 0  # clients moved away since start
+        self.adopted = 0  # clients taken from other workers (after accept or spilled)
+
+
+def sample(load: Load, now: float, percent: int) -> bool:
+    """On the worker's own thread: update `load` when an interval has passed. True when it did."""
+    if load.wall == 0.0:
+        load.cpu, load.wall = time.thread_time(), now
+        return False
+    span = now - load.wall
+    if span < INTERVAL:
+        return False
+    cpu = time.thread_time()
+    load.share = (cpu - load.cpu) / span
+    load.cpu, load.wall = cpu, now
+    load.busy = load.share * 100 >= percent
+    return True
+
+
+class Placed(Protocol):
+    """A worker as placement sees it."""
+
+    @property
+    def load(self) -> Load: ...
+
+
+W = TypeVar("W", bound=Placed)
+
+
+class Settings(Protocol):
+    """The two general settings placement reads (config.model.GeneralConfig has them)."""
+
+    @property
+    def worker_placement(self) -> str: ...
+
+    @property
+    def worker_busy_percent(self) -> int: ...
+
+
+def target(workers: Sequence[W], me: W, g: Settings) -> W:
+    """Where a client `me` accepted goes: with `pack`, the lowest-numbered worker that is not busy (`me` when
+    every one before it is; at worker_busy_percent 0 every worker is); with `spread`, `me`."""
+    if g.worker_placement != "pack" or not g.worker_busy_percent:
+        return me
+    for w in workers:
+        if w is me or not w.load.busy:
+            return w
+    return me
+
+
+def spill_target(workers: Sequence[W], me: W, percent: int) -> W | None:
+    """A busy worker's idle clients go to the lowest-numbered worker that is not busy and has room to spare."""
+    room = percent * SPILL_ROOM / 100
+    for w in workers:
+        if w is not me and not w.load.busy and w.load.share < room:
+            return w
+    return None
+
+
+def batch(n_clients: int) -> int:
+    """How many idle clients a busy worker moves away at one sample."""
+    return min(SPILL_BATCH, max(1, n_clients // 4))
+
+
+def movable(c: ClientConn) -> bool:
+    """A client that can change worker between two of its transactions. What a binary upgrade asks before it
+    hands a client to the new process (`ClientConn.movable`: logged in, outside a transaction, no server
+    held or awaited, nothing withheld, half-scanned, owed or unsent), and besides: transaction mode, not the
+    admin console, not mid-COPY or mid-extended-protocol window, not pinned, no deferred BEGIN, never
+    LISTENed (its channels live with its worker's registry), not being checked against a server. A TLS client
+    whose handshake is done moves like any other (unlike to another process): its ssl.SSLSocket is one
+    object, read only by the loop it is registered on."""
+    return (c.state == READY and c.admin is None and c.transaction_mode and c.server is None and not c.waiting
+            and c.probing is None and not c.closed and not c.terminating and c.last_status == 73
+            and not c.in_flight and not c.out and not c.pending and not c.raw and not c.inbuf
+            and not c.read_paused and not c.pinned and c.lsn is None and not c.handshaking and not c.in_copy_in
+            and not c.copy_window and c.window is None and not c.leaves and c.scanner.rest is None
+            and not c.begin_held and c.login_timer is NO_TIMER)
