@@ -82,16 +82,18 @@ class Janitor:
 
     def place(self, now: float) -> int:
         """With two workers or more, about once a second: measure this worker's CPU share; with
-        general.worker_placement `pack`, when it is busy and another worker has room, move a batch of its
-        idle clients there. How many moved."""
+        general.worker_placement `pack`, move a batch of its idle clients to another worker when it is busy
+        and that one has room (spill), or when a lower-numbered one has room for this one's load as well
+        (gather, so that clients come back once the load has gone). How many moved."""
         w = self.worker
         g = w.app.config.general
         workers = w.app.workers
         if len(workers) < 2 or not placement.sample(w.load, now, g.worker_busy_percent):
             return 0
-        if g.worker_placement != "pack" or not w.load.busy or not w.accepting:  # (not while upgrading or stopping)
+        if g.worker_placement != "pack" or not w.clients or not w.accepting:  # (not while upgrading or stopping)
             return 0
-        to = placement.spill_target(workers, w, g.worker_busy_percent)
+        pct = g.worker_busy_percent
+        to = placement.spill_target(workers, w, pct) if w.load.busy else placement.gather_target(workers, w, pct)
         if to is None:
             return 0
         n = placement.batch(len(w.clients))

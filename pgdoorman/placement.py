@@ -1,8 +1,9 @@
 """Which worker serves a client (general.worker_placement).
 
 `spread`: the worker whose SO_REUSEPORT listener accepted it (the kernel spreads new clients evenly).
-`pack` (work-conserving): clients go to the lowest-numbered worker that is not busy, and a worker that stays
-busy moves some of its idle clients to one that is not. A loop handles a client most cheaply when it already
+`pack` (work-conserving): clients go to the lowest-numbered worker that is not busy, a worker that stays
+busy moves some of its idle clients to one that is not, and a worker whose load a lower-numbered one can
+take as well gives its idle clients back to that one. A loop handles a client most cheaply when it already
 has work: every extra runnable worker thread pays its own wake-ups, preemptions and the cross-thread sharing
 of the pool's objects (docs/performance.md, "Packing clients onto few workers"), so the clients are kept on as
 few workers as the load needs.
@@ -100,6 +101,18 @@ def spill_target(workers: Sequence[W], me: W, percent: int) -> W | None:
     room = percent * SPILL_ROOM / 100
     for w in workers:
         if w is not me and not w.load.busy and w.load.share < room:
+            return w
+    return None
+
+
+def gather_target(workers: Sequence[W], me: W, percent: int) -> W | None:
+    """A worker that is not busy gives its idle clients to the lowest-numbered worker before it that is not
+    busy and would stay under SPILL_ROOM of the threshold with both loads (so it does not spill them back)."""
+    room = percent * SPILL_ROOM / 100
+    for w in workers:
+        if w is me:
+            return None
+        if not w.load.busy and w.load.share + me.load.share < room:
             return w
     return None
 

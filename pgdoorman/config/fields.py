@@ -165,7 +165,7 @@ FIELDS: Final[tuple[Field, ...]] = (
              "accepted it (the kernel spreads new clients evenly over the workers). `pack`: the lowest-numbered "
              "worker that is not busy (see `worker_busy_percent`), and a worker that stays busy moves some of its "
              "idle clients (logged in, between transactions, holding no bytes) to one that is not, a batch a "
-             "second. Fewer, fuller worker loops cost less CPU per transaction than many half-idle ones (on "
+             "second; they come back to a lower worker once it has room for them. Fewer, fuller worker loops cost less CPU per transaction than many half-idle ones (on "
              "free-threaded CPython each extra runnable thread pays its own wake-ups, preemptions and sharing; "
              "docs/performance.md). Reloadable; clients already placed stay where they are."),
     _general("Workers", "worker_busy_percent", Int(0, 100), 70, True,

@@ -111,8 +111,8 @@ def _worker_families(obs: Observer) -> list[Family]:
                    "CPU seconds each worker thread used per second over the last second it measured (with two "
                    "workers or more; worker_busy_percent compares it).")
     moved = Family("pg_doorman_worker_clients_moved_total", "counter",
-                   "Idle clients a busy worker moved to another one (worker_placement: pack): `out` of this "
-                   "worker, `in` to it.")
+                   "Idle clients moved between workers by worker_placement pack (away from a busy worker, or "
+                   "back to a lower one with room): `out` of this worker, `in` to it.")
     for wid, n, cpu, spilled, adopted in obs.worker_loads():
         w = {"worker": str(wid)}
         clients.add(n, w)

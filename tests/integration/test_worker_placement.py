@@ -1,7 +1,7 @@
 """general.worker_placement (issue 15 item 1; pgdoorman/placement.py): with `pack`, clients go to the
 lowest-numbered worker that is not busy, and a busy worker moves idle clients to one that is not; `spread`
 (and `pack` with worker_busy_percent 0, every worker busy) leaves each client on the worker whose listener
-accepted it. Where clients are is read from pg_doorman_worker_clients{worker}, moves from
+accepted it; once the load has gone, `pack` gathers the clients on the lowest worker again. Where clients are is read from pg_doorman_worker_clients{worker}, moves from
 pg_doorman_worker_clients_moved_total. Answers are checked against PostgreSQL's."""
 
 from __future__ import annotations
@@ -148,6 +148,13 @@ def test_busy_worker_moves_idle_clients_and_they_keep_working(pooler_factory: An
         with _connect(p) as c:
             assert c.execute("select count(*), sum(x) from placed_copy").fetchone() == (3, 6)
             assert c.execute("select count(*) from placed_tx").fetchone() == (12,)
+
+        # The load is gone: worker 0 has room for worker 1's clients again, and they come back.
+        wait_for(lambda: _placed(p) == (13, 0), timeout=60, what="the clients gathered on worker 0")
+        m = _metrics(p)
+        assert m['pg_doorman_worker_clients_moved_total{worker="0",direction="in"}'] >= 10
+        for i, c in enumerate(idle):
+            assert c.execute(sql, (i, "abcd"), prepare=True).fetchone() == (i * 100 + 4,)
     finally:
         for c in [*idle, loader, txc]:
             c.close()

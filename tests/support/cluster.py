@@ -127,6 +127,10 @@ def pooler_config(
             "admin_username": ADMIN_USER,
             "admin_password": ADMIN_PASSWORD,
             "worker_threads": 1,
+            # Tests that run several workers are about what happens between them (servers handed across,
+            # waiters on every worker): keep each client where the kernel put it. The default, `pack`, would
+            # gather an idle test's clients on worker 0 (test_worker_placement.py tests it).
+            "worker_placement": "spread",
         },
         "pools": {DBNAME: deep_merge(app_pool, pool or {})},
     }

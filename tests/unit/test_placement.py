@@ -52,6 +52,18 @@ def test_spill_goes_to_a_worker_with_room() -> None:
     assert placement.spill_target(ws, ws[0], 70) is None
 
 
+def test_gather_goes_to_a_lower_worker_with_room_for_both_loads() -> None:
+    ws = _workers(False, False, False, share=0.2)
+    assert placement.gather_target(ws, ws[2], 70) is ws[0]
+    assert placement.gather_target(ws, ws[0], 70) is None  # nobody before the first one
+    ws = _workers(False, False, share=0.3)  # 0.3 + 0.3 is over 80 % of 70 %: worker 0 would spill them back
+    assert placement.gather_target(ws, ws[1], 70) is None
+    ws = _workers(True, False, share=0.0)
+    assert placement.gather_target(ws, ws[1], 70) is None  # the busy one takes nothing
+    ws = _workers(False, False)
+    assert placement.gather_target(ws, ws[1], 0) is None  # 0 %: nobody moves
+
+
 def test_batches_are_bounded() -> None:
     assert placement.batch(1) == 1
     assert placement.batch(40) == 10
