@@ -97,6 +97,8 @@ class ClientConn(ClientLogin):
 
     def _consume(self, view: memoryview, n: int) -> None:
         """Frontend bytes after login: scan, then forward to the linked server or keep until one is."""
+        # Exempt from the size rule (tests/unit/test_sizes.py): it runs for every read of a logged-in client, and
+        # the checkout and the holding of bytes are inline, a function call less per transaction each.
         s = self.server
         if s is None and not self.waiting and not self.raw and not self.pending:
             # Start of a transaction: take a server first, so the bytes go straight through when one is free.
@@ -116,12 +118,34 @@ class ClientConn(ClientLogin):
                 if second < n and view[second] in b"PS" and (answer := self.rw.parse_sync_locally(view)):
                     self.write(answer)
                     return
-            s = self.worker.checkout(pool, self)
-            if s is not None and not self._link(s):
-                s = None  # linked, but a parameter sync runs first: hold the bytes until it is done
+            r: Any = pool.acquire(self, self.worker.id, self.loop.now)  # (Worker.checkout, inline: a call less)
+            if r is None:
+                s = None  # queued: a server comes through Worker.hand
+                if pool.coord_blocked_since:
+                    self.worker.evict_for(pool)
+            elif type(r) is tuple:
+                s = None  # queued, and the pool asks for more (Worker.carry_out evicts for a blocked pool too)
+                self.worker.carry_out(pool, r[0], r[1], r[2])
+            else:
+                s = r  # (a ServerConn: the pool holds only the ones workers gave it)
+                if not self._link(s):
+                    s = None  # linked, but a parameter sync runs first: hold the bytes until it is done
         hold = s is None or s.state != 3 or self.ps and self.raw  # 3: ServerState.ACTIVE (a truth value, no bool())
-        if hold and self._hold(view):
-            return
+        if hold:  # no server ready for these bytes yet
+            if self.server is None and not self.waiting and not self.closed:
+                self.need_server()  # held bytes and no request yet (defensive: should not happen)
+            if self.ps:  # kept unscanned: rewriting needs the server (scanned once one is linked: _server_ready)
+                raw = self.raw  # (FastPaths._keep_raw, inline: once per request that waits for a server)
+                if raw:  # more of a request already held: a bytearray of its own from here on
+                    if type(raw) is not bytearray:
+                        self.raw = raw = bytearray(raw)
+                    raw += view
+                    n = len(raw)
+                else:  # bytes: _server_ready's fast path reads them without another copy
+                    self.raw = bytes(view)
+                if n > HIGH_WATER:
+                    self.pause_reading()
+                return
         if self.ps:
             assert s is not None
             if view[0] == 81:
@@ -225,22 +249,6 @@ class ClientConn(ClientLogin):
         st.query_hist.record(0)
         if xact_end and self.xact_start:
             st.xact_hist.record(int((self.loop.now - self.xact_start) * 1e6))
-
-    def _hold(self, view: memoryview) -> bool:
-        """No server ready for these bytes yet. True when they are kept unscanned (prepared-statement mode:
-        rewriting needs to know the server, so they are scanned once one is linked, see _server_ready)."""
-        if self.server is None and not self.waiting and not self.closed:
-            self.need_server()  # held bytes and no request yet (defensive: should not happen)
-        if not self.ps:
-            return False
-        raw = self.raw  # (FastPaths._keep_raw, inline: once per request that waits for a server)
-        if raw:  # a bytearray of its own (else EMPTY, or an empty one: replaced)
-            raw += view  # (never the shared EMPTY: that is falsy)
-        else:
-            self.raw = raw = bytearray(view)
-        if len(raw) > HIGH_WATER:
-            self.pause_reading()
-        return True
 
     def _scan_leaks(self, view: memoryview) -> None:
         """The general path sees every byte (large messages stream through unread), so it looks for temp/advisory
@@ -361,13 +369,13 @@ class ClientConn(ClientLogin):
             raw = self.raw
             self.raw = EMPTY
             n = len(raw)
-            view = memoryview(raw)
             # _consume's fast paths for held bytes on an ACTIVE server, without its preamble (a client that queued
-            # for a server comes here once per transaction).
+            # for a server comes here once per transaction). _fast_query reads `raw` itself (bytes: no copy).
             if not (self.ps and s.state == 3 and (
-                    self._fast_query(view, n, s) if raw[0] == 81 else
-                    self.expect <= 0 and not self.unsynced and not self.in_copy_in and self._fast_batch(view, n, s))):
-                self._consume(view, n)
+                    self._fast_query(raw, n, s) if raw[0] == 81 else
+                    self.expect <= 0 and not self.unsynced and not self.in_copy_in
+                    and self._fast_batch(memoryview(raw), n, s))):
+                self._consume(memoryview(raw), n)
             if self.closed:
                 return
         if self.read_paused and not s.out and not self.closed:

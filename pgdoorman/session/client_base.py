@@ -117,9 +117,8 @@ class ClientBase(Conn):
         self.rw = Rewriter(self)
         self.raw: bytes | bytearray = EMPTY  # received but not yet scanned (waiting for a server, prepared mode)
         self.named_parse = False  # a named Parse was forwarded untouched (prepared_statements off)
-        # COPY FROM STDIN bookkeeping (see copy_in_started)
-        # 0, or 81/69: since the last Query/Execute, no CopyDone/CopyFail yet (+ 1000 once CopyData followed)
-        self.copy_window = 0
+        self.copy_window = 0  # COPY FROM STDIN (copy_in_started): 0, or 81/69 since the last Query/Execute, no
+        # CopyDone/CopyFail yet (+ 1000 once CopyData followed)
         self.copy_syncs = 0  # Syncs counted in that window
         self.copy_pre = 0  # of which before its first CopyData
         self.copy_risk = False  # a Sync after CopyData was taken as ignored by a COPY (Rewriter.copy_started)
@@ -143,9 +142,8 @@ class ClientBase(Conn):
     @property
     def status(self) -> str | None:
         """The state as SHOW CLIENTS names it: 'waiting' (queued for a server), 'active' (linked to a server, or
-        in a transaction whose BEGIN is deferred),
-        'idle' (logged in, between transactions), 'login' (still logging in), or None for admin sessions and
-        closed clients."""
+        in a transaction whose BEGIN is deferred), 'idle' (logged in, between transactions), 'login' (still
+        logging in), or None for admin sessions and closed clients."""
         if self.admin is not None or self.closed:
             return None
         if self.waiting:
@@ -173,7 +171,6 @@ class ClientBase(Conn):
     def __repr__(self) -> str:
         return f"<client {self.user}@{self.database} {self.addr}>"
 
-    # ------------------------------------------------------------------ errors
     def fatal(self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None) -> None:
         """Send a FATAL ErrorResponse and close."""
         if not self.closed:
@@ -193,11 +190,10 @@ class ClientBase(Conn):
 
     # ------------------------------------------------------------------ server side events
     def ready(self, status: int, completed: int) -> bool:
-        """ReadyForQuery relayed from the linked server, after `completed` CommandCompletes: one request fewer
-        in flight; account the queries and maybe the transaction. True when the server may go back to the
-        pool: transaction mode, idle, nothing in flight and no message half-read (PostgreSQL still reads the
-        rest of a message the client is sending: the server stays with the client until that message is
-        whole). Written for the bytecode count: it runs once per request."""
+        """ReadyForQuery relayed from the linked server, after `completed` CommandCompletes: one request fewer in
+        flight; account the queries and maybe the transaction. True when the server may go back to the pool:
+        transaction mode, idle, nothing in flight and no message half-read (PostgreSQL still reads the rest of a
+        message the client is sending: the server stays with it until then). Runs once per request."""
         self.expect = expect = self.expect - 1
         self.answered += 1
         self.query_count += completed
@@ -355,7 +351,7 @@ class ClientBase(Conn):
         pool.stats[self.worker.id].refused += 1
         return txstate.refusal(why, pool.name)
 
-    def note_settings(self, text: bytes | memoryview, low: bytes | None = None) -> None:
+    def note_settings(self, text: bytes | bytearray | memoryview, low: bytes | None = None) -> None:
         """The custom settings (`myapp.x`) `text` names: read back when its transaction ends (txstate.py)."""
         names = sqllex.setting_names_text(text, low)
         if names:
@@ -567,11 +563,14 @@ class ClientBase(Conn):
         cancel is ignored, as PostgreSQL ignores one that arrives before the query."""
         held = self.raw if self.ps else self.pending
         end = tracking.first_request_end(held)
-        if end is None or not isinstance(held, bytearray):  # (a whole request is in a bytearray)
+        if end is None:
             log.debug("cancel request for %r: no whole request held", self)
             return
-        del held[:end]
-        if not self.ps:
+        held = held[end:]  # (raw may be bytes: ClientConn._consume keeps one read so)
+        if self.ps:
+            self.raw = held
+        else:
+            self.pending = held
             self.expect -= 1  # counted when it was scanned
             self.rw.drop_request()  # (its queue entries, if the plain relay queues them: tracking.py)
             if not held:
@@ -627,7 +626,7 @@ class ClientBase(Conn):
         else:
             self.fatal("08006", "server closed the connection unexpectedly")
 
-    # ------------------------------------------------------------------ teardown
+    # ------------------------------------------------------------------ back-pressure and teardown
     def on_backlog(self) -> None:
         s = self.server
         if s is not None:

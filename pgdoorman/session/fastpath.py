@@ -42,10 +42,9 @@ class FastPaths(ClientBase):
     def _keep_raw(self, data: bytes | bytearray | memoryview) -> None:
         """Append to `raw` (received, not scanned yet)."""
         raw = self.raw
-        if isinstance(raw, bytearray):
-            raw += data
-        else:
-            self.raw = bytearray(data)
+        if type(raw) is not bytearray:  # EMPTY, or the bytes ClientConn._consume keeps for one read
+            self.raw = raw = bytearray(raw)
+        raw += data
 
     def _keep_pending(self, out: memoryview | bytearray) -> None:
         """Append to `pending` (scanned, sent when the server is ready); stop reading past HIGH_WATER."""
@@ -118,7 +117,7 @@ class FastPaths(ClientBase):
         if out:  # (b"" for COPY_END markers only)
             self.write(out)
 
-    def _fast_query(self, view: memoryview, n: int, s: ServerConn) -> bool:
+    def _fast_query(self, view: memoryview | bytes | bytearray, n: int, s: ServerConn) -> bool:
         """One whole small simple Query with nothing queued: what the scanner and the rewriter would do, in
         one step. Anything else (a partial or pipelined message, a possible DEALLOCATE or LISTEN, a client
         already queueing extended-protocol responses) takes the general path."""
@@ -132,7 +131,7 @@ class FastPaths(ClientBase):
             return False  # (a listening client's statements are all read: listening.in_request)
         # leaks.may_leave_state, inline (its keywords; a call less per statement on the simplest path). "set"
         # stands for set_config too, and for the custom settings a SET, RESET or set_config may name.
-        low = bytes(view).lower()  # (its 5-byte header too: a slice less; at worst it makes a false "maybe")
+        low = bytes(view).lower()  # (no copy for bytes; its 5-byte header too: a slice less, at worst a false "maybe")
         if low.find(b"set") >= 0:
             bits = lowered_may_leave_state(low)
             if low.find(b".") >= 0:

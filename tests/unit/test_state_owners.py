@@ -22,6 +22,8 @@ def test_only_server_module_assigns_server_state() -> None:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
                 if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            # (a, b.state) = ... assigns too: look into tuple and list targets.
+            targets = [e for t in targets for e in (t.elts if isinstance(t, (ast.Tuple, ast.List)) else [t])]
             for t in targets:
                 if isinstance(t, ast.Attribute) and t.attr == "state" and not (
                         isinstance(t.value, ast.Name) and t.value.id == "self"):
