@@ -16,6 +16,8 @@ counts as busy when it is the only one.
 
 from __future__ import annotations
 
+import socket
+import ssl
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -129,10 +131,16 @@ def movable(c: ClientConn) -> bool:
     admin console, not mid-COPY or mid-extended-protocol window, not pinned, no deferred BEGIN, never
     LISTENed (its channels live with its worker's registry), not being checked against a server. A TLS client
     whose handshake is done moves like any other (unlike to another process): its ssl.SSLSocket is one
-    object, read only by the loop it is registered on."""
+    object, read only by the loop it is registered on, and holds no decrypted byte epoll could not report."""
     return (c.state == READY and c.admin is None and c.transaction_mode and c.server is None and not c.waiting
             and c.probing is None and not c.closed and not c.terminating and c.last_status == 73
             and not c.in_flight and not c.out and not c.pending and not c.raw and not c.inbuf
             and not c.read_paused and not c.pinned and c.lsn is None and not c.handshaking and not c.in_copy_in
             and not c.copy_window and c.window is None and not c.leaves and c.scanner.rest is None
-            and not c.begin_held and c.login_timer is NO_TIMER)
+            and not c.begin_held and c.login_timer is NO_TIMER
+            and not (c.tls and _tls_pending(c.sock)))
+
+
+def _tls_pending(sock: socket.socket) -> int:
+    """Decrypted bytes OpenSSL holds (always 0: net/tls.py reads whole records; checked all the same)."""
+    return sock.pending() if isinstance(sock, ssl.SSLSocket) else 0

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.certs import Certs, make_certs
 from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER
 from tests.support.pooler import Pooler, free_port, wait_for
 from tests.support.wire import WireClient, frame, query
@@ -46,6 +47,11 @@ def _moved(p: Pooler) -> int:
                    and 'direction="out"' in k))
 
 
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"), SCRAM_USER)
+
+
 def _pooler(pooler_factory: Any, pg: Any, **general: Any) -> Pooler:
     users = [{"username": SCRAM_USER, "password": pg.stored_password(SCRAM_USER), "pool_size": 2}]
     session = {"server_host": pg.host, "server_port": pg.port, "server_database": DBNAME, "pool_mode": "session",
@@ -57,8 +63,8 @@ def _pooler(pooler_factory: Any, pg: Any, **general: Any) -> Pooler:
     return p.start()
 
 
-def _connect(p: Pooler, db: str = DBNAME) -> psycopg.Connection[Any]:
-    return psycopg.connect(p.dsn(SCRAM_USER, SCRAM_PASSWORD, db), autocommit=True)
+def _connect(p: Pooler, db: str = DBNAME, sslmode: str = "disable") -> psycopg.Connection[Any]:
+    return psycopg.connect(p.dsn(SCRAM_USER, SCRAM_PASSWORD, db), autocommit=True, sslmode=sslmode)
 
 
 def test_pack_keeps_clients_on_the_first_worker(pooler_factory: Any, pg: Any) -> None:
@@ -96,13 +102,15 @@ def test_spread_leaves_clients_where_the_kernel_put_them(pooler_factory: Any, pg
             c.close()
 
 
-def test_busy_worker_moves_idle_clients_and_they_keep_working(pooler_factory: Any, pg: Any) -> None:
-    p = _pooler(pooler_factory, pg, worker_placement="pack", worker_busy_percent=100)
+def test_busy_worker_moves_idle_clients_and_they_keep_working(pooler_factory: Any, pg: Any, certs: Certs) -> None:
+    p = _pooler(pooler_factory, pg, worker_placement="pack", worker_busy_percent=100,
+                tls_certificate=certs.server_cert, tls_private_key=certs.server_key)
     with _connect(p) as c:
         c.execute("drop table if exists placed_tx, placed_copy")
         c.execute("create table placed_tx (x int)")
         c.execute("create table placed_copy (x int)")
-    idle = [_connect(p) for _ in range(10)]
+    idle = [_connect(p, sslmode="require" if i % 3 == 0 else "disable") for i in range(10)]  # 4 over TLS
+    assert [c.pgconn.ssl_in_use for c in idle].count(True) == 4
     loader = _connect(p, SESSION_DB)  # holds its server: stays on worker 0 and keeps it busy
     txc = _connect(p)  # in a transaction across the moves: linked to a server, not moved
     copier = WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD)  # mid-COPY: not moved
@@ -131,7 +139,8 @@ def test_busy_worker_moves_idle_clients_and_they_keep_working(pooler_factory: An
         wait_for(spread_out, timeout=60, what="the idle clients moved to worker 1")
         assert _moved(p) >= 10
 
-        # Each moved client: its prepared statement, a transaction, a plain query, all on worker 1 now.
+        # Each moved client (TLS ones included): its prepared statement, a transaction, a plain query, all on
+        # worker 1 now.
         for i, c in enumerate(idle):
             assert c.execute(sql, (i, "abc"), prepare=True).fetchone() == (i * 100 + 3,)
             with c.transaction():
