@@ -106,6 +106,9 @@ class Janitor:
         for c in moving:
             w.clients.discard(c)
             c.detach()  # not read again here: bytes it sends meanwhile wait in the socket for `to`'s epoll
+            # Its worker from now on, before `to` adopts it: a cancel request posted for it meanwhile goes on to
+            # `to`'s loop, behind the adoption (cancel.deliver), and never runs here beside its next query there.
+            c.worker = to
             to.loop.call_soon_threadsafe(adopt_client, to, c)
         w.load.spilled += len(moving)
         return len(moving)

@@ -101,7 +101,19 @@ class CancelRegistry:
             return
         client = entry[1]
         # Whatever the client is doing is decided on its own loop, where its state is consistent.
-        client.worker.loop.call_soon_threadsafe(client.cancel_requested)
+        client.worker.loop.call_soon_threadsafe(deliver, client)
+
+
+def deliver(client: Cancellable) -> None:
+    """On a worker loop: `client.cancel_requested`, run by the thread that owns the client now. With
+    general.worker_placement `pack` an idle client may have moved to another worker after the request was
+    posted here (placement.py): then the request follows it there, so that only the client's own thread ever
+    touches it, and a cancel meant for an idle client cannot run beside the next query on the other thread."""
+    loop = client.worker.loop
+    if loop.thread is not None and loop.thread is not threading.current_thread():
+        loop.call_soon_threadsafe(deliver, client)
+        return
+    client.cancel_requested()
 
 
 # Outcomes of a CancelRequest (send_cancel's `done`): PostgreSQL closed the cancel connection after it had
