@@ -88,7 +88,7 @@ class Janitor:
         w = self.worker
         g = w.app.config.general
         workers = w.app.workers
-        if len(workers) < 2 or not placement.sample(w.load, now, g.worker_busy_percent):
+        if len(workers) < 2 or not placement.sample(w.load, now, g.worker_busy_percent, g.worker_spare_cpu_percent):
             return 0
         if g.worker_placement != "pack" or not w.clients or not w.accepting:  # (not while upgrading or stopping)
             return 0

@@ -9,13 +9,16 @@ of the pool's objects (docs/performance.md, "Packing clients onto few workers"),
 few workers as the load needs.
 
 "Busy": the worker thread's own CPU time over the last interval (`time.thread_time()`, read by the thread
-itself on the janitor's tick, about once a second) is at least `worker_busy_percent` of one core. Each worker
-writes only its own `Load`; the others read its `busy` flag (one attribute read, no lock). A worker never
-counts as busy when it is the only one.
+itself on the janitor's tick, about once a second) is at least `worker_busy_percent` of one core, while the
+machine left at least `worker_spare_cpu_percent` of one CPU idle (/proc/stat) over it: a second worker costs
+CPU per transaction and is worth it only when it has a CPU to run on. Each worker writes only its own `Load`;
+the others read its `busy` flag (one attribute read, no lock). A worker never counts as busy when it is the
+only one.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import time
@@ -41,7 +44,7 @@ SPILL_ROOM = 0.8
 class Load:
     """A worker's own measure of itself, written only by its thread."""
 
-    __slots__ = ("busy", "share", "cpu", "wall", "spilled", "adopted")
+    __slots__ = ("busy", "share", "cpu", "wall", "spilled", "adopted", "box_idle", "box_ticks", "spare")
 
     def __init__(self) -> None:
         self.busy = False
@@ -50,12 +53,37 @@ class Load:
         self.wall = 0.0  # 0: not sampled yet on the worker's thread
         self.spilled = 0  # clients moved away since start
         self.adopted = 0  # clients taken from other workers (after accept or spilled)
+        self.box_idle = 0  # the machine's idle CPU time and all its CPU time at `wall` (/proc/stat, clock ticks)
+        self.box_ticks = 0
+        self.spare = -1.0  # CPUs the machine left idle over the last interval (-1: unknown)
 
 
-def sample(load: Load, now: float, percent: int) -> bool:
-    """On the worker's own thread: update `load` when an interval has passed. True when it did."""
+def machine_ticks() -> tuple[int, int] | None:
+    """The machine's idle (idle + iowait) and total CPU time so far, in clock ticks, from /proc/stat's first
+    line; None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            head = f.readline().split()
+    except OSError:
+        return None
+    if head[:1] != [b"cpu"] or len(head) < 9:
+        return None
+    v = [int(x) for x in head[1:9]]  # user nice system idle iowait irq softirq steal
+    return v[3] + v[4], sum(v)
+
+
+def sample(load: Load, now: float, percent: int, spare_percent: int = 0,
+           ticks: tuple[int, int] | None = None, ncpu: int | None = None) -> bool:
+    """On the worker's own thread: update `load` when an interval has passed. True when it did. A worker is
+    busy when its thread used `percent` of a CPU and, with `spare_percent`, the machine left at least that
+    share of one CPU idle over the interval: moving clients to another worker costs CPU per transaction, and
+    buys throughput only when there is a CPU for that worker to run on (`ticks`, `ncpu`: for tests)."""
+    if ticks is None:
+        ticks = machine_ticks()
     if load.wall == 0.0:
         load.cpu, load.wall = time.thread_time(), now
+        if ticks is not None:
+            load.box_idle, load.box_ticks = ticks
         return False
     span = now - load.wall
     if span < INTERVAL:
@@ -63,7 +91,14 @@ def sample(load: Load, now: float, percent: int) -> bool:
     cpu = time.thread_time()
     load.share = (cpu - load.cpu) / span
     load.cpu, load.wall = cpu, now
-    load.busy = load.share * 100 >= percent
+    load.spare = -1.0
+    if ticks is not None:
+        d_all = ticks[1] - load.box_ticks
+        if d_all > 0 and load.box_ticks:
+            load.spare = (ticks[0] - load.box_idle) / d_all * (ncpu or os.cpu_count() or 1)
+        load.box_idle, load.box_ticks = ticks
+    load.busy = load.share * 100 >= percent and (spare_percent <= 0 or load.spare < 0
+                                                  or load.spare * 100 >= spare_percent)
     return True
 
 

@@ -172,6 +172,12 @@ FIELDS: Final[tuple[Field, ...]] = (
              "With `worker_placement: pack` (a pgdoorman setting, not PgDoorman's): a worker whose thread used at least this share of one CPU over the "
              "last second is busy: new clients go to the next worker, and it moves idle clients away. 0 makes "
              "every worker busy (new clients stay where the kernel put them, nobody moves). Reloadable."),
+    _general("Workers", "worker_spare_cpu_percent", Int(0, 100), 50, True,
+             "With `worker_placement: pack` (a pgdoorman setting, not PgDoorman's): a worker over "
+             "`worker_busy_percent` counts as busy only while the machine left at least this share of one CPU "
+             "idle over the same second (/proc/stat). Spreading clients over more worker threads costs CPU per "
+             "transaction and pays only when another CPU is free: on a machine that PostgreSQL or the clients "
+             "keep busy, the clients stay on one worker. 0: do not look at the machine. Reloadable."),
     _tokio("worker_stack_size", ByteSize(), "Stack size of PgDoorman's tokio worker threads.", "8MB"),
     _tokio("max_blocking_threads", Int(1), "Upper bound on PgDoorman's tokio blocking-thread pool.", 512),
     _tokio("tokio_global_queue_interval", Int(1), "Tokio scheduler tuning knob of PgDoorman (global queue interval).",

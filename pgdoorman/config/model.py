@@ -80,6 +80,7 @@ class General:
     worker_cpu_affinity_pinning: bool = _g("worker_cpu_affinity_pinning")
     worker_placement: str = _g("worker_placement")
     worker_busy_percent: int = _g("worker_busy_percent")
+    worker_spare_cpu_percent: int = _g("worker_spare_cpu_percent")
     worker_stack_size: int | None = _g("worker_stack_size")
     max_blocking_threads: int | None = _g("max_blocking_threads")
     tokio_global_queue_interval: int | None = _g("tokio_global_queue_interval")

@@ -125,8 +125,10 @@ def test_busy_worker_moves_idle_clients_and_they_keep_working(pooler_factory: An
         copier.send(frame("d", b"1\n2\n"))
         assert _placed(p) == (13, 0)
 
-        # Any CPU use makes worker 0 busy now; worker 1 serves nobody and stays under it.
+        # Any CPU use makes worker 0 busy now, however busy the machine is; worker 1 serves nobody and stays
+        # under it.
         p.config["general"]["worker_busy_percent"] = 1
+        p.config["general"]["worker_spare_cpu_percent"] = 0
         p.write_config()
         p.signal(signal.SIGHUP)
         assert p.wait_for_log("configuration reloaded", timeout=10)

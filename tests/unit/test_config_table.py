@@ -48,7 +48,7 @@ IMPLEMENTED = {
         "host", "port", "max_connections", "connect_timeout", "query_wait_timeout", "query_timeout", "idle_timeout",
         "server_lifetime", "retain_connections_time", "retain_connections_max", "shutdown_timeout",
         "admin_username", "admin_password", "worker_threads", "worker_cpu_affinity_pinning", "unix_socket_dir",
-        "worker_placement", "worker_busy_percent", "startup_parameters", "max_memory_usage", "proxy_copy_data_timeout", "message_size_to_be_stream",
+        "worker_placement", "worker_busy_percent", "worker_spare_cpu_percent", "startup_parameters", "max_memory_usage", "proxy_copy_data_timeout", "message_size_to_be_stream",
         # parsing only (fields.applies False): they load with one info line
         "worker_stack_size", "max_blocking_threads", "tokio_global_queue_interval", "tokio_event_interval",
         "unix_socket_mode", "tcp_no_delay", "tcp_keepalives_idle", "tcp_keepalives_interval",
@@ -159,7 +159,7 @@ def test_dataclass_matches_table(section: str, cls: type[Any], extra: tuple[str,
 
 
 # Settings of ours that PgDoorman does not have (each documented as such in its text).
-OUR_KEYS = {"general": {"session_real_backend_key", "query_timeout", "worker_placement", "worker_busy_percent"}, "pool": {"query_timeout", "transaction_pinning"}}
+OUR_KEYS = {"general": {"session_real_backend_key", "query_timeout", "worker_placement", "worker_busy_percent", "worker_spare_cpu_percent"}, "pool": {"query_timeout", "transaction_pinning"}}
 
 
 def test_every_pgdoorman_key_is_in_the_table() -> None:

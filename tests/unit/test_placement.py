@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import pytest
+
 from pgdoorman import placement
 
 
@@ -82,3 +84,32 @@ def test_a_worker_measures_its_own_thread_once_an_interval() -> None:
     assert load.share > 0 and load.busy  # at 0 % every worker is busy
     assert placement.sample(load, load.wall + placement.INTERVAL, 100)
     assert not load.busy  # no thread uses more than its CPU
+
+
+def test_busy_only_while_the_machine_has_a_cpu_to_spare() -> None:
+    """worker_spare_cpu_percent: over the thread threshold, a worker is busy only when the machine left that
+    share of one CPU idle over the interval (/proc/stat ticks: idle, total)."""
+    def run(idle_ticks: int, spare_percent: int) -> placement.Load:
+        load = placement.Load()
+        t0 = time.monotonic()
+        assert not placement.sample(load, t0, 0, spare_percent, ticks=(1000, 10_000), ncpu=2)
+        # 100 ticks of machine time later on 2 CPUs, `idle_ticks` of them idle; the thread used >= 0 % of a CPU.
+        assert placement.sample(load, t0 + 1.5, 0, spare_percent, ticks=(1000 + idle_ticks, 10_100), ncpu=2)
+        return load
+    saturated = run(2, 50)  # 2 of 100 ticks idle: 0.04 CPUs to spare
+    assert saturated.spare == pytest.approx(0.04) and not saturated.busy
+    free = run(40, 50)  # 0.8 CPUs to spare
+    assert free.spare == pytest.approx(0.8) and free.busy
+    assert run(2, 0).busy  # 0: the machine is not looked at
+    load = placement.Load()  # no /proc/stat: only the thread's own share counts
+    assert not placement.sample(load, 1.0, 0, 50, ticks=None)
+    load.wall = 1.0
+    assert placement.sample(load, 2.5, 0, 50, ticks=None) and load.spare < 0 and load.busy
+
+
+def test_machine_ticks_reads_proc_stat() -> None:
+    t = placement.machine_ticks()
+    if t is None:
+        pytest.skip("no /proc/stat on this system")
+    idle, total = t
+    assert 0 <= idle <= total and total > 0
