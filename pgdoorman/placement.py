@@ -78,15 +78,15 @@ def sample(load: Load, now: float, percent: int, spare_percent: int = 0,
     busy when its thread used `percent` of a CPU and, with `spare_percent`, the machine left at least that
     share of one CPU idle over the interval: moving clients to another worker costs CPU per transaction, and
     buys throughput only when there is a CPU for that worker to run on (`ticks`, `ncpu`: for tests)."""
+    span = now - load.wall
+    if load.wall != 0.0 and span < INTERVAL:
+        return False  # (on most janitor ticks: nothing read)
     if ticks is None:
         ticks = machine_ticks()
     if load.wall == 0.0:
         load.cpu, load.wall = time.thread_time(), now
         if ticks is not None:
             load.box_idle, load.box_ticks = ticks
-        return False
-    span = now - load.wall
-    if span < INTERVAL:
         return False
     cpu = time.thread_time()
     load.share = (cpu - load.cpu) / span

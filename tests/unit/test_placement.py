@@ -101,10 +101,14 @@ def test_busy_only_while_the_machine_has_a_cpu_to_spare() -> None:
     free = run(40, 50)  # 0.8 CPUs to spare
     assert free.spare == pytest.approx(0.8) and free.busy
     assert run(2, 0).busy  # 0: the machine is not looked at
-    load = placement.Load()  # no /proc/stat: only the thread's own share counts
-    assert not placement.sample(load, 1.0, 0, 50, ticks=None)
-    load.wall = 1.0
-    assert placement.sample(load, 2.5, 0, 50, ticks=None) and load.spare < 0 and load.busy
+
+
+def test_without_proc_stat_only_the_threads_share_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(placement, "machine_ticks", lambda: None)  # a system without /proc/stat
+    load = placement.Load()
+    assert not placement.sample(load, 1.0, 0, 50)
+    assert not placement.sample(load, 1.5, 0, 50)  # within the interval: nothing measured
+    assert placement.sample(load, 2.5, 0, 50) and load.spare < 0 and load.busy
 
 
 def test_machine_ticks_reads_proc_stat() -> None:
