@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from pgdoorman.session.shared import NO_TIMER
-from pgdoorman.session.states import READY
 
 if TYPE_CHECKING:
     from pgdoorman.session.client import ClientConn
@@ -160,17 +159,15 @@ def batch(n_clients: int) -> int:
 
 
 def movable(c: ClientConn) -> bool:
-    """A client that can change worker between two of its transactions. What a binary upgrade asks before it
-    hands a client to the new process (`ClientConn.movable`: logged in, outside a transaction, no server
-    held or awaited, nothing withheld, half-scanned, owed or unsent), and besides: transaction mode, not the
-    admin console, not mid-COPY or mid-extended-protocol window, not pinned, no deferred BEGIN, never
-    LISTENed (its channels live with its worker's registry), not being checked against a server. A TLS client
-    whose handshake is done moves like any other (unlike to another process): its ssl.SSLSocket is one
-    object, read only by the loop it is registered on, and holds no decrypted byte epoll could not report."""
-    return (c.state == READY and c.admin is None and c.transaction_mode and c.server is None and not c.waiting
-            and c.probing is None and not c.closed and not c.terminating and c.last_status == 73
-            and not c.in_flight and not c.out and not c.pending and not c.raw and not c.inbuf
-            and not c.read_paused and not c.pinned and c.lsn is None and not c.handshaking and not c.in_copy_in
+    """A client that can change worker between two of its transactions. What a binary upgrade asks first
+    (`ClientConn.between_transactions`: logged in, outside a transaction, no server held or awaited, nothing
+    withheld, half-scanned, owed or unsent), and besides: transaction mode, not the admin console, not
+    mid-COPY or mid-extended-protocol window, not pinned, no deferred BEGIN, never LISTENed (its channels live
+    with its worker's registry), not being checked against a server. A TLS client whose handshake is done
+    moves like any other (unlike to another process): its ssl.SSLSocket is one object, read only by the loop
+    it is registered on, and holds no decrypted byte epoll could not report."""
+    return (c.between_transactions and c.admin is None and c.transaction_mode and c.probing is None
+            and not c.pinned and c.lsn is None and not c.handshaking and not c.in_copy_in
             and not c.copy_window and c.window is None and not c.leaves and c.scanner.rest is None
             and not c.begin_held and c.login_timer is NO_TIMER
             and not (c.tls and _tls_pending(c.sock)))

@@ -377,8 +377,8 @@ class Worker:
 
     # -- carrying out the pool's decisions
     def checkout(self, pool: Pool, c: ClientConn) -> ServerConn | None:
-        """A server for `c` now (an idle one of this shard), or None: `c` waits in the pool's queue and gets
-        one later through `hand`."""
+        """A server for `c` now (an idle one of this shard), or None: `c` waits in the pool's queue and gets one
+        later through `hand`. ClientConn._consume repeats this inline (a call less): change them together."""
         r = pool.acquire(c, self.id, self.loop.now)
         if type(r) is tuple:
             self.carry_out(pool, r[0], r[1], r[2])

@@ -386,17 +386,22 @@ class ClientConn(ClientLogin):
 
     # ------------------------------------------------------------------ binary upgrade
     @property
-    def movable(self) -> bool:
-        """May this client move to the new process now? Logged in, no server held or awaited, and nothing of
-        it buffered here: not a byte withheld or half-scanned, no response owed, nothing unsent. (Bytes it
-        already sent that sit in the kernel's socket buffer move with the socket.) A TLS session cannot be
-        handed to another process: such a client stays here until it leaves."""
+    def between_transactions(self) -> bool:
+        """Logged in, between two transactions, no server held or awaited, and nothing of it buffered here: not
+        a byte withheld or half-scanned, no response owed, nothing unsent. (Bytes it already sent that sit in
+        the kernel's socket buffer move with the socket.) What moving it to another process (`movable`) or to
+        another worker (placement.movable) asks first."""
         return (
             self.state == READY and not self.closed and self.server is None and not self.waiting
             and not self.terminating and not self.in_flight and self.last_status == 73
-            and not self.pending and not self.inbuf and not self.out and not self.read_paused
-            and not self.raw and not self.tls and not listening.holds(self)
+            and not self.pending and not self.inbuf and not self.out and not self.read_paused and not self.raw
         )
+
+    @property
+    def movable(self) -> bool:
+        """May this client move to the new process now? Between transactions with nothing buffered, and not
+        over TLS: a TLS session cannot be handed to another process, such a client stays here until it leaves."""
+        return self.between_transactions and not self.tls and not listening.holds(self)
 
     def export_state(self) -> dict[str, Any]:
         """Everything the new process needs to keep serving this client as if nothing happened: who it is, the
