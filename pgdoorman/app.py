@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pgdoorman import __version__, hba, logs, systemd, talos
+from pgdoorman import __version__, hba, logs, placement, systemd, talos
 from pgdoorman.auth_query import DynamicPools
 from pgdoorman.config import Config, ConfigError
 from pgdoorman.core.cancel import CancelRegistry
@@ -84,6 +84,7 @@ class App:
         for w in self.workers:
             w.loop.mem = self.budget.part()
         self.janitors = [Janitor(w) for w in self.workers]  # one per worker, on its loop
+        self.transit = placement.Transit(self.nworkers)  # clients moving between workers (Janitor.place)
         self.pools: dict[tuple[str, str], Pool] = {}
         self.coordinators = Coordinators()  # max_db_connections, per database (core/coordinator.py)
         self._pool_list: list[Pool] = []
@@ -96,7 +97,6 @@ class App:
         self.listener_rejections: dict[str, int] = {}
         # Server connections the pooler failed to open or log in: (database, user, SQLSTATE class) -> count.
         self.server_login_failures: dict[tuple[str, str, str], int] = {}
-        g = config.general
         # Client TLS is the one built at start: certificates are not reloaded (as in PgDoorman).
         self.client_tls = self.resources.client_tls
         self.tls_limiter = HandshakeLimiter(g.tls_rate_limit_per_second)  # not reloaded either (as PgDoorman)
@@ -321,12 +321,15 @@ class App:
 
     def kill(self, database: str | None) -> None:
         """Drop every client and server of the database's pools, each on its own worker."""
-        targets = {id(p) for p in self._pools_for(database)}
-        for w in self.workers:
-            w.loop.call_soon_threadsafe(self._kill_in, w, targets)
+        targets = frozenset(id(p) for p in self._pools_for(database))
 
-    @staticmethod
-    def _kill_in(w: Worker, targets: set[int]) -> None:
+        def post(gen: int) -> None:
+            for w in self.workers:
+                w.loop.call_soon_threadsafe(self._kill_in, w, targets, gen)
+
+        self.transit.kill(targets, post)  # numbered, for the clients moving between workers meanwhile
+
+    def _kill_in(self, w: Worker, targets: frozenset[int], gen: int) -> None:
         # Clients first, with PostgreSQL's own message for an administrator's kill; their servers then
         # close with them (or below) instead of telling the client that the server vanished.
         msg = m.error_response("57P01", "terminating connection due to administrator command", "FATAL")
@@ -337,6 +340,7 @@ class App:
         for s in list(w.servers):
             if not s.closed and id(s.pool) in targets:
                 s.close("killed from the admin console")
+        self.transit.ran(w.id, gen)
 
     def set_log_level(self, spec: str) -> str:
         return logs.set_filter(spec)

@@ -10,6 +10,7 @@ them on this worker's thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -104,14 +105,20 @@ class Janitor:
                 if len(moving) == n:
                     break
         for c in moving:
-            w.clients.discard(c)
-            c.detach()  # not read again here: bytes it sends meanwhile wait in the socket for `to`'s epoll
-            # Its worker from now on, before `to` adopts it: a cancel request posted for it meanwhile goes on to
-            # `to`'s loop, behind the adoption (cancel.deliver), and never runs here beside its next query there.
-            c.worker = to
-            to.loop.call_soon_threadsafe(adopt_client, to, c)
+            self.move(c, to)
         w.load.spilled += len(moving)
         return len(moving)
+
+    def move(self, c: ClientConn, to: Worker) -> None:
+        """Give an idle client (placement.movable) to worker `to`, which adopts it on its own thread."""
+        w = self.worker
+        w.clients.discard(c)
+        c.detach()  # not read again here: bytes it sends meanwhile wait in the socket for `to`'s epoll
+        # Its worker from now on, before `to` adopts it: a cancel request posted for it meanwhile goes on to
+        # `to`'s loop, behind the adoption (cancel.deliver), and never runs here beside its next query there.
+        c.worker = to
+        # Listed as moving until `to` adopts it (SHOW CLIENTS, KILL, a binary upgrade: placement.Transit).
+        w.app.transit.leave(c, w.id, functools.partial(to.loop.call_soon_threadsafe, adopt_client, to, c))
 
     def check_queries(self, now: float) -> int:
         """query_timeout: cancel the requests of this worker's servers that have been unanswered longer than their
@@ -293,8 +300,12 @@ def adopt_client(w: Worker, c: ClientConn) -> None:
     sc.budget = w.loop.mem
     if sc.on_stream is not None and pool is not None:
         sc.on_stream = pool.stats[w.id].on_streamed
-    w.clients.add(c)
+    w.clients.add(c)  # (before it leaves the moving list: never out of both)
     w.load.adopted += 1
+    if w.app.transit.arrive(c, w.id, pool):  # an admin KILL of its pool ran here before it came
+        c.write(m.error_response("57P01", "terminating connection due to administrator command", "FATAL"))
+        c.close("killed from the admin console")
+        return
     if w.app.shutting_down:
         c.write(m.error_response("58006", "pooler is shut down now", "FATAL"))
         c.close("shutdown")

@@ -21,13 +21,16 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from pgdoorman.session.shared import NO_TIMER
 
 if TYPE_CHECKING:
+    from pgdoorman.core.pool import Pool
     from pgdoorman.session.client import ClientConn
 
 # How often a worker measures itself (seconds of wall time between samples; the janitor ticks every 0.1 s).
@@ -38,6 +41,9 @@ SPILL_BATCH = 32
 # A busy worker spills only to one whose share is below this fraction of the threshold: room to spare, so
 # that the clients do not bounce back and forth between two workers near the threshold.
 SPILL_ROOM = 0.8
+# The admin console's KILLs a client moving between workers is checked against when it arrives: the last this
+# many. A move takes one loop iteration of the worker it goes to; so many KILLs meanwhile cannot happen.
+KILL_LOG = 64
 
 
 class Load:
@@ -176,3 +182,58 @@ def movable(c: ClientConn) -> bool:
 def _tls_pending(sock: socket.socket) -> int:
     """Decrypted bytes OpenSSL holds (always 0: net/tls.py reads whole records; checked all the same)."""
     return sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+
+
+class Transit:
+    """Clients on their way from one worker to another (`Janitor.place` took them off one worker's set, the
+    other has not adopted them yet), and the KILLs they might miss meanwhile. One per pooler.
+
+    Readers of every worker's clients (SHOW CLIENTS, auth_query's collection of unused pools, a binary
+    upgrade waiting for the last client) add `clients()`: a moving client is in no worker's set for one loop
+    iteration of the worker it goes to, and would be missed. A KILL runs on each worker's own thread
+    (`App._kill_in`) and may run on the worker a client goes to before that worker adopts it, while the client
+    has left the other already: so KILLs are numbered and logged here, each worker notes the last one it ran
+    (`ran`), a moving client carries the last one its old worker ran, and `arrive` tells whether a KILL of its
+    pool ran on its new worker after it left the old one and before it arrived. Worker threads and the admin
+    console's thread use it, under one lock; moves and KILLs are rare, so nothing on the relay touches it."""
+
+    __slots__ = ("lock", "moving", "gen", "kills", "seen")
+
+    def __init__(self, nworkers: int) -> None:
+        self.lock = threading.Lock()
+        self.moving: dict[ClientConn, int] = {}  # client -> the last KILL its old worker had run when it left
+        self.gen = 0  # the last KILL's number
+        self.kills: deque[tuple[int, Collection[int]]] = deque(maxlen=KILL_LOG)  # (number, ids of its pools)
+        self.seen = [0] * nworkers  # per worker: the last KILL it ran (written by its own thread)
+
+    def kill(self, targets: Collection[int], post: Callable[[int], None]) -> None:
+        """A KILL of the pools whose ids are `targets`: numbered and logged, then `post(number)` posts it to
+        every worker, all under the lock, so that no client leaves a worker between the two."""
+        with self.lock:
+            self.gen += 1
+            self.kills.append((self.gen, targets))
+            post(self.gen)
+
+    def ran(self, wid: int, gen: int) -> None:
+        """On worker `wid`'s thread, after it ran KILL number `gen` (in the order they were posted)."""
+        self.seen[wid] = gen
+
+    def leave(self, c: ClientConn, wid: int, post: Callable[[], None]) -> None:
+        """On worker `wid`'s thread: `c` leaves it; `post()` posts its adoption to the worker it goes to."""
+        with self.lock:
+            self.moving[c] = self.seen[wid]
+            post()
+
+    def arrive(self, c: ClientConn, wid: int, pool: Pool | None) -> bool:
+        """On worker `wid`'s thread, once `c` is in its set: True when a KILL of `pool` ran here after `c` left
+        its old worker (which ran the KILLs before) and before it arrived, so that it missed `c`."""
+        with self.lock:
+            left = self.moving.pop(c, None)
+            if left is None or pool is None:
+                return False
+            seen = self.seen[wid]
+            return any(left < g <= seen and id(pool) in t for g, t in self.kills)
+
+    def clients(self) -> list[ClientConn]:
+        with self.lock:
+            return list(self.moving)

@@ -24,13 +24,7 @@ from pgdoorman.session import listening
 from pgdoorman.session.client import ADMIN, READY, ClientConn
 from pgdoorman.session.host import Registry
 from pgdoorman.session.server import ServerConn
-from pgdoorman.session.states import (
-    ACTIVE,
-    CONNECTING,
-    IDLE,
-    INTERNAL,
-    LOGIN,
-)
+from pgdoorman.session.states import ACTIVE, CONNECTING, IDLE, INTERNAL, LOGIN
 
 if TYPE_CHECKING:
     import weakref
@@ -38,6 +32,7 @@ if TYPE_CHECKING:
     from pgdoorman.core.pool import Pairs, Pool
     from pgdoorman.net.loop import Timer
     from pgdoorman.net.sockopts import TcpOptions
+    from pgdoorman.placement import Transit
 
 log = logging.getLogger("pgdoorman.worker")
 
@@ -61,6 +56,9 @@ class Process(Registry, Protocol):
 
     @property
     def workers(self) -> list[Worker]: ...
+
+    @property
+    def transit(self) -> Transit: ...
 
     def cpu_for_worker(self, wid: int) -> set[int] | None: ...
 

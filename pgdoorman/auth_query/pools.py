@@ -47,6 +47,10 @@ class _Worker(Protocol):
     def clients(self) -> Iterable[_Client]: ...
 
 
+class _Moving(Protocol):
+    def clients(self) -> Iterable[_Client]: ...
+
+
 class Host(Protocol):
     """What this needs of the App: its registry of pools and what to build a pool with."""
 
@@ -60,6 +64,9 @@ class Host(Protocol):
 
     @property
     def workers(self) -> Sequence[_Worker]: ...
+
+    @property
+    def transit(self) -> _Moving: ...  # clients moving between workers, in no worker's set meanwhile
 
     def _close_idle(self, pool: Pool) -> None: ...
 
@@ -233,6 +240,7 @@ class DynamicPools:
         if not candidates:
             return 0
         used = {id(c.pool) for w in host.workers for c in _live_clients(w)}
+        used.update(id(c.pool) for c in host.transit.clients())
         victims = [p for p in candidates if id(p) not in used]
         if not victims:
             return 0

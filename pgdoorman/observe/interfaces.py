@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 if TYPE_CHECKING:
     from pgdoorman.config import Config
     from pgdoorman.core.pool import Pool
+    from pgdoorman.placement import Transit
     from pgdoorman.session.client import ClientConn
     from pgdoorman.session.server import ServerConn
 
@@ -42,6 +43,8 @@ class Source(Protocol):
     def started(self) -> float: ...  # wall clock
     @property
     def workers(self) -> Sequence[WorkerView]: ...
+    @property
+    def transit(self) -> Transit: ...  # clients moving between workers, in no worker's set meanwhile
     @property
     def pool_list(self) -> Sequence[Pool]: ...
     @property

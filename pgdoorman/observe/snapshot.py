@@ -24,9 +24,15 @@ CLIENT_STATES = ("login", "waiting", "active", "idle")
 
 
 def live_clients(src: Source) -> list[ClientConn]:
+    # A client moving between workers (general.worker_placement) is in neither set for a moment, and is listed
+    # as moving until the other worker has it in its own: it may be in both, counted once.
     out: list[ClientConn] = []
     for w in src.workers:
         out.extend(copy_of(w.clients))
+    moving = src.transit.clients()
+    if moving:
+        seen = {id(c) for c in out}
+        out.extend(c for c in moving if id(c) not in seen)
     return out
 
 

@@ -244,6 +244,7 @@ class Handoff:
         timeout = app.config.general.shutdown_timeout / 1000.0
         deadline = time.monotonic() + timeout
         reported = -1
+        settle: list[int] | None = [-1] * len(self.ticks)  # every worker's ticks since nothing was moving
         while True:
             if not self.child_alive() or self.failed:
                 self._resume()
@@ -251,7 +252,14 @@ class Handoff:
             with self.lock:
                 inflight = self.inflight
             left = sum(x for x in self.left if x > 0)
-            if min(self.left) >= 0 and left == 0 and inflight == 0:
+            # A client Janitor.place was moving between two workers when they stopped moving clients is in
+            # neither's count until the other adopts it, and counted or handed over on that one's next tick.
+            if app.transit.moving:
+                settle = None
+            elif settle is None:
+                settle = list(self.ticks)
+            settled = settle is not None and all(t > s for t, s in zip(self.ticks, settle, strict=True))
+            if min(self.left) >= 0 and left == 0 and inflight == 0 and settled:
                 log.info("binary upgrade: all clients handed over (%d); this process (pid %d) exits now",
                          self.moved, os.getpid())
                 break
