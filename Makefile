@@ -7,7 +7,7 @@ VPY    := $(VENV)/bin/python
 FT_PY  := .venv-ft/bin/python
 STAMP  := $(VENV)/.pgdoorman-installed
 
-.PHONY: help venv deps drivers run test test-ft lint bench bench-tls bench-deps bench-profile bench-count soak abuse-bench ft-python deb test-deb test-pipx rootfs man clean distclean
+.PHONY: help venv deps drivers run test test-ft lint bench bench-tls bench-deps bench-profile bench-count bench-sched soak abuse-bench ft-python deb test-deb test-pipx rootfs man clean distclean
 
 help:
 	@echo "make run        throwaway PostgreSQL + pgdoorman on 127.0.0.1:6432 in the foreground, web console on :9127"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench-tls  the same with clients over TLS, plus 10,000 clients and a TLS + SCRAM login storm (docs/benchmarks-tls.md)"
 	@echo "make bench-profile scripts/profile_workers.py: 1 vs 2 workers on 3.13t, perf and counters (docs/performance.md)"
 	@echo "make bench-count scripts/count_bytecodes.py: bytecodes and calls per transaction, A/B with ARGS='--src A --src B'"
+	@echo "make bench-sched scripts/sched_share.py: PgBouncer and pgdoorman at -c 100, who ran and who waited for a CPU"
 	@echo "make soak       scripts/soak.py: 30 min of mixed traffic, RSS/fds/servers every minute (ARGS=--duration S)"
 	@echo "make abuse-bench scripts/abuse_bench.py: RSS and canary latency under refused/half-open/stalled clients"
 	@echo "make ft-python  build/reuse free-threaded CPython 3.13t and .venv-ft"
@@ -136,6 +137,10 @@ bench-profile: venv bench-deps ft-python
 bench-count: venv bench-deps
 	scripts/ensure_deps.sh postgres
 	$(VPY) scripts/count_bytecodes.py $(or $(ARGS),--src .)
+
+bench-sched: venv bench-deps
+	scripts/ensure_deps.sh postgres pgbouncer
+	$(VPY) scripts/sched_share.py $(ARGS)
 
 clean:
 	-test -d .run/pg && $(PYTHON) scripts/pgcluster.py stop .run/pg
