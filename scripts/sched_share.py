@@ -90,8 +90,13 @@ def cell(b: B.Bench, target: str, pooler: int, port: int, mode: str, args: argpa
     time.sleep(w0)
     groups = {"pooler": [pooler], "postgres": children(b.postmaster), "pgbench": [pb.pid]}
     s0 = snapshot(groups)
+    perf = None
+    if args.perf:  # machine-wide software events over the window (they need no hardware counters)
+        perf = subprocess.Popen(["perf", "stat", "-a", "-x,", "-e", "context-switches,cpu-migrations", "--",
+                                 "sleep", str(w1 - w0)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(max(0.0, start + w1 - time.monotonic()))
     s1 = snapshot(groups)
+    counted = perf.communicate()[1] if perf is not None else ""
     window = time.monotonic() - start - w0
     _, err = pb.communicate()
     ntx = sum(float(tps) for t, tps in _PROGRESS.findall(err) if w0 < float(t) <= w1 + 0.5)
@@ -105,6 +110,10 @@ def cell(b: B.Bench, target: str, pooler: int, port: int, mode: str, args: argpa
         if name == "pooler":
             busiest = max(d, key=lambda x: x[4])
             cols.append(f"{busiest[4] / window / 1e7:5.1f} {busiest[5] / window / 1e7:5.1f}")
+    for line in counted.splitlines():
+        f = line.split(",")
+        if len(f) > 2 and f[0].isdigit():
+            cols.append(f"{f[2]} {int(f[0]) / ntx:.2f}")
     return "  ".join(cols)
 
 
@@ -120,6 +129,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--perf", action="store_true",
+                    help="also the machine's context switches and CPU migrations per transaction (perf stat -a)")
     ap.add_argument("--pgbench-nice", type=int, choices=(0, B.NICE), default=B.NICE,
                     help=f"pgbench's nice value: {B.NICE} (the poolers' and PostgreSQL's, as in make bench) or 0")
     args = ap.parse_args()
