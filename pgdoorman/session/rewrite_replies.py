@@ -429,7 +429,8 @@ class RewriterBase:
         skipped = []
         while rq and rq[0][0] not in ends:
             skipped.append(rq.popleft())
-        for kind, data in reversed(skipped):
+        skipped.reverse()  # (not `in reversed(skipped)`: mypyc fails on that loop, scripts/build_mypyc.sh)
+        for kind, data in skipped:
             self._skip_entry(s, kind, data)
 
     def _skip_entry(self, s: Held, kind: int, data: Any) -> None:
