@@ -41,10 +41,15 @@ class _Owner(Protocol):
 
 
 class Cancellable(Protocol):
-    """A client as the registry sees it (ClientConn): a cancel request runs on its worker's loop."""
+    """A client as the registry sees it (ClientConn): a cancel request runs on its worker's loop. Its
+    `secret` is the one its key was registered with: the caller of `register`, `register_key` or `adopt`
+    sets it (before it tells the client the key, so that no request can carry it earlier)."""
 
     @property
     def worker(self) -> _Owner: ...
+
+    @property
+    def secret(self) -> int: ...
 
     def cancel_requested(self) -> None: ...
 
@@ -52,7 +57,8 @@ class Cancellable(Protocol):
 class CancelRegistry:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.by_pid: dict[int, tuple[int, Cancellable]] = {}
+        # The client of each PID (its secret is the client's own: no tuple per client, issue 15 item 4).
+        self.by_pid: dict[int, Cancellable] = {}
         self.next_pid = fake_pid(FAKE_PID_MIN + int.from_bytes(os.urandom(3), "big"))
         self.requests = 0
 
@@ -64,7 +70,7 @@ class CancelRegistry:
             while pid in self.by_pid:
                 pid = fake_pid(pid + 1)
             self.next_pid = fake_pid(pid + 1)
-            self.by_pid[pid] = (secret, client)
+            self.by_pid[pid] = client
         return pid, secret
 
     def register_key(self, client: Cancellable, pid: int, secret: int) -> bool:
@@ -73,7 +79,7 @@ class CancelRegistry:
         with self.lock:
             if pid in self.by_pid:
                 return False
-            self.by_pid[pid] = (secret, client)
+            self.by_pid[pid] = client
             return True
 
     def adopt(self, pid: int, secret: int, client: Cancellable) -> tuple[int, int]:
@@ -82,24 +88,23 @@ class CancelRegistry:
         a new one: its old key is then lost, and the caller says so."""
         with self.lock:
             if pid and pid not in self.by_pid:
-                self.by_pid[pid] = (secret, client)
+                self.by_pid[pid] = client
                 return pid, secret
         return self.register(client)
 
     def unregister(self, pid: int, client: Cancellable | None = None) -> None:
         with self.lock:
             entry = self.by_pid.get(pid)
-            if entry is not None and (client is None or entry[1] is client):
+            if entry is not None and (client is None or entry is client):
                 del self.by_pid[pid]
 
     def cancel(self, pid: int, secret: int) -> None:
         with self.lock:
             self.requests += 1
-            entry = self.by_pid.get(pid)
-        if entry is None or entry[0] != secret:
+            client = self.by_pid.get(pid)
+        if client is None or client.secret != secret:
             log.info("cancel request for unknown key (pid %d) ignored", pid)
             return
-        client = entry[1]
         # Whatever the client is doing is decided on its own loop, where its state is consistent.
         client.worker.loop.call_soon_threadsafe(deliver, client)
 

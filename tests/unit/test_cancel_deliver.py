@@ -18,6 +18,7 @@ from pgdoorman.net.loop import Loop
 class Client:
     def __init__(self, loop: Loop) -> None:
         self.worker = SimpleNamespace(loop=loop)
+        self.secret = 0
         self.ran_on: list[str] = []
         self.done = threading.Event()
 
@@ -50,6 +51,9 @@ def test_cancel_runs_at_once_on_the_clients_own_loop(loops: tuple[Loop, Loop]) -
     c = Client(a)
     reg = CancelRegistry()
     pid, secret = reg.register(c)
+    reg.cancel(pid, secret)  # before the client has its key (the caller sets it): nobody's request
+    reg.cancel(pid, secret + 1)
+    c.secret = secret
     reg.cancel(pid, secret)
     assert c.done.wait(5)
     assert c.ran_on == ["worker-a"]
