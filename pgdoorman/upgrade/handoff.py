@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgdoorman import systemd
@@ -124,6 +125,26 @@ def _wait_ready(rfd: int, proc: subprocess.Popen[bytes], timeout: float) -> int 
         elif proc.poll() not in (None, 0):
             # (0 is the parent of a daemon that detached: the daemon still holds the pipe.)
             return None
+
+
+class Settle:
+    """Whether every worker has counted its clients since the last one moving between two workers arrived.
+    A client Janitor.place was moving when the workers stopped moving clients (placement.Transit) is in
+    neither worker's count until the other adopts it, and counted or handed over on that one's next tick:
+    until then `Handoff.drain` must not take the counts' zeros for "nobody left"."""
+
+    __slots__ = ("since",)
+
+    def __init__(self, nworkers: int) -> None:
+        self.since: list[int] | None = [-1] * nworkers  # each worker's tick count when nothing was moving
+
+    def check(self, moving: bool, ticks: Sequence[int]) -> bool:
+        if moving:
+            self.since = None
+            return False
+        if self.since is None:
+            self.since = list(ticks)
+        return all(t > s for t, s in zip(ticks, self.since, strict=True))
 
 
 def start_upgrade(app: App) -> Handoff | None:
@@ -244,7 +265,7 @@ class Handoff:
         timeout = app.config.general.shutdown_timeout / 1000.0
         deadline = time.monotonic() + timeout
         reported = -1
-        settle: list[int] | None = [-1] * len(self.ticks)  # every worker's ticks since nothing was moving
+        settle = Settle(len(self.ticks))
         while True:
             if not self.child_alive() or self.failed:
                 self._resume()
@@ -252,13 +273,7 @@ class Handoff:
             with self.lock:
                 inflight = self.inflight
             left = sum(x for x in self.left if x > 0)
-            # A client Janitor.place was moving between two workers when they stopped moving clients is in
-            # neither's count until the other adopts it, and counted or handed over on that one's next tick.
-            if app.transit.moving:
-                settle = None
-            elif settle is None:
-                settle = list(self.ticks)
-            settled = settle is not None and all(t > s for t, s in zip(self.ticks, settle, strict=True))
+            settled = settle.check(bool(app.transit.moving), self.ticks)
             if min(self.left) >= 0 and left == 0 and inflight == 0 and settled:
                 log.info("binary upgrade: all clients handed over (%d); this process (pid %d) exits now",
                          self.moved, os.getpid())
