@@ -38,13 +38,15 @@ class Conn:
         if want == self.mask or self.closed:
             return
         sel = self.loop.sel
+        # Registered by its number, `fd`: the poller's tables then key on that very int object instead of
+        # one more from sock.fileno() per connection (issue 15 item 4).
         try:
             if self.mask == 0:
-                sel.register(self.sock, want, self)
+                sel.register(self.fd, want, self)
             elif want == 0:
-                sel.unregister(self.sock)
+                sel.unregister(self.fd)
             else:
-                sel.modify(self.sock, want, self)
+                sel.modify(self.fd, want, self)
         except (KeyError, ValueError, OSError):
             # The fd may have been closed underneath us; the read path will notice.
             return
@@ -60,7 +62,7 @@ class Conn:
         """Unregister from the current loop so another loop can adopt the socket."""
         if self.mask:
             try:
-                self.loop.sel.unregister(self.sock)
+                self.loop.sel.unregister(self.fd)
             except (KeyError, ValueError, OSError):
                 pass
         self.mask = 0
