@@ -38,15 +38,13 @@ class Conn:
         if want == self.mask or self.closed:
             return
         sel = self.loop.sel
-        # Registered by its number, `fd`: the poller's tables then key on that very int object instead of
-        # one more from sock.fileno() per connection (issue 15 item 4).
         try:
             if self.mask == 0:
-                sel.register(self.fd, want, self)
+                sel.register(self.sock, want, self)
             elif want == 0:
-                sel.unregister(self.fd)
+                sel.unregister(self.sock)
             else:
-                sel.modify(self.fd, want, self)
+                sel.modify(self.sock, want, self)
         except (KeyError, ValueError, OSError):
             # The fd may have been closed underneath us; the read path will notice.
             return
@@ -62,7 +60,7 @@ class Conn:
         """Unregister from the current loop so another loop can adopt the socket."""
         if self.mask:
             try:
-                self.loop.sel.unregister(self.fd)
+                self.loop.sel.unregister(self.sock)
             except (KeyError, ValueError, OSError):
                 pass
         self.mask = 0
