@@ -548,9 +548,11 @@ def test_pause_resume_reconnect_reload_under_pgbench(pooler_factory: Any, tmp_pa
         try:
             wait_for(lambda: pool_row(a)["cl_active"] + pool_row(a)["cl_idle"] + pool_row(a)["cl_waiting"] == 8,
                      what="pgbench clients to connect")
-            # (the clients can be in before any server is: under load their first transactions still wait)
-            wait_for(lambda: any(r["user"] == SCRAM_USER for r in rows(a, "SERVERS")), what="a server opened")
-            first_pids = {r["server_process_id"] for r in rows(a, "SERVERS") if r["user"] == SCRAM_USER}
+            # (the clients can be in before any server is: under load their first transactions still wait; and
+            # with two workers SHOW SERVERS misses a server being handed from one worker to the other for a
+            # moment, so the set is read in one go and read again until it has one)
+            first_pids = wait_for(lambda: {r["server_process_id"] for r in rows(a, "SERVERS")
+                                           if r["user"] == SCRAM_USER}, what="a server opened")
             time.sleep(1)
             a.execute("PAUSE")
             # PAUSE returns at once; the transactions running then finish (polled: under load they can take
