@@ -28,7 +28,7 @@ from pgdoorman.config import Config, ConfigError
 from pgdoorman.core.cancel import CancelRegistry
 from pgdoorman.core.coordinator import Coordinators
 from pgdoorman.core.pool import Pool
-from pgdoorman.janitor import Janitor
+from pgdoorman.janitor import Janitor, kill_client
 from pgdoorman.net.budget import Budget
 from pgdoorman.net.ratelimit import HandshakeLimiter
 from pgdoorman.net.sockopts import TcpOptions, tcp_listener, unix_listener
@@ -332,11 +332,9 @@ class App:
     def _kill_in(self, w: Worker, targets: frozenset[int], gen: int) -> None:
         # Clients first, with PostgreSQL's own message for an administrator's kill; their servers then
         # close with them (or below) instead of telling the client that the server vanished.
-        msg = m.error_response("57P01", "terminating connection due to administrator command", "FATAL")
         for c in list(w.clients):
             if c.admin is None and not c.closed and c.pool is not None and id(c.pool) in targets:
-                c.write(msg)
-                c.close("killed from the admin console")
+                kill_client(c)
         for s in list(w.servers):
             if not s.closed and id(s.pool) in targets:
                 s.close("killed from the admin console")

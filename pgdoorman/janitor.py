@@ -291,6 +291,12 @@ class Janitor:
             self.close_idle(pool, "binary upgrade: not needed by the old process", unless_waited_for=True)
 
 
+def kill_client(c: ClientConn) -> None:
+    """The admin console's KILL of a client: PostgreSQL's own message for an administrator's kill, then close."""
+    c.write(m.error_response("57P01", "terminating connection due to administrator command", "FATAL"))
+    c.close("killed from the admin console")
+
+
 def adopt_client(w: Worker, c: ClientConn) -> None:
     """On `w`'s thread: take over an idle client a busy worker moved here (Janitor.place)."""
     c.worker = w
@@ -303,8 +309,7 @@ def adopt_client(w: Worker, c: ClientConn) -> None:
     w.clients.add(c)  # (before it leaves the moving list: never out of both)
     w.load.adopted += 1
     if w.app.transit.arrive(c, w.id, pool):  # an admin KILL of its pool ran here before it came
-        c.write(m.error_response("57P01", "terminating connection due to administrator command", "FATAL"))
-        c.close("killed from the admin console")
+        kill_client(c)
         return
     if w.app.shutting_down:
         c.write(m.error_response("58006", "pooler is shut down now", "FATAL"))

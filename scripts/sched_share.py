@@ -58,19 +58,6 @@ def task_stats(pid: int) -> dict[str, list[int]]:
     return out
 
 
-def children(parent: int) -> list[int]:
-    pids = [parent]
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
-                        pids.append(int(d))
-            except (OSError, ValueError, IndexError):
-                continue
-    return pids
-
-
 def snapshot(groups: dict[str, list[int]]) -> dict[str, dict[str, list[int]]]:
     return {name: {f"{pid}/{tid}": v for pid in pids for tid, v in task_stats(pid).items()}
             for name, pids in groups.items()}
@@ -88,7 +75,7 @@ def cell(b: B.Bench, target: str, pooler: int, port: int, mode: str, args: argpa
     start = time.monotonic()
     w0, w1 = 3.0, args.duration - 2.0
     time.sleep(w0)
-    groups = {"pooler": [pooler], "postgres": children(b.postmaster), "pgbench": [pb.pid]}
+    groups = {"pooler": [pooler], "postgres": list(B.family_cpu_ns(b.postmaster)), "pgbench": [pb.pid]}
     s0 = snapshot(groups)
     perf = None
     if args.perf:  # machine-wide software events over the window (they need no hardware counters)
