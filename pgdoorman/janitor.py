@@ -294,7 +294,7 @@ class Janitor:
 def kill_client(c: ClientConn) -> None:
     """The admin console's KILL of a client: PostgreSQL's own message for an administrator's kill, then close."""
     c.write(m.error_response("57P01", "terminating connection due to administrator command", "FATAL"))
-    c.close("killed from the admin console")
+    c.close_orderly("killed from the admin console")
 
 
 def adopt_client(w: Worker, c: ClientConn) -> None:
@@ -313,6 +313,6 @@ def adopt_client(w: Worker, c: ClientConn) -> None:
         return
     if w.app.shutting_down:
         c.write(m.error_response("58006", "pooler is shut down now", "FATAL"))
-        c.close("shutdown")
+        c.close_orderly("shutdown")
         return
     c.attach(w.loop)

@@ -630,6 +630,7 @@ class Worker:
         for c in list(self.clients):
             if c.state == READY or c.state == ADMIN:
                 c.write(m.error_response("58006", "pooler is shut down now", "FATAL"))
+                c.close_orderly(reason)
             c.close(reason)
         for s in list(self.servers):
             s.close(reason)
@@ -639,7 +640,7 @@ class Worker:
         for c in list(self.clients):
             if c.server is None and not c.waiting and c.state == READY and c.last_status == 73:
                 c.write(m.error_response("58006", "pooler is shut down now", "FATAL"))
-                c.close("shutdown")
+                c.close_orderly("shutdown")
 
     def conn_count(self) -> tuple[int, int]:
         return len(self.clients), len(self.servers)

@@ -10,10 +10,15 @@ import ssl
 from typing import Any
 
 from pgdoorman.net.loop import EVENT_READ, EVENT_WRITE, Loop
+from pgdoorman.net.sockopts import linger_off
 
 # Back-pressure: stop reading the producer once this much is queued for a slow consumer, resume when the
 # queue has drained. 1 MiB bounds per-connection memory while letting big results flow at full speed.
 HIGH_WATER = 1 << 20
+
+# close_orderly: at most this many reads of what the peer sent and nobody read (closing over unread bytes
+# makes the kernel send a reset instead of an end of file).
+DRAIN_READS = 4
 
 # "Nothing to do now, try again on the next event": a plain non-blocking socket raises the first two, a TLS
 # socket the last two (its record layer needs more bytes in, or room out).
@@ -210,6 +215,25 @@ class Conn:
             mem.used -= len(self.out)
         self.out = None
         self.on_close(reason)
+
+    def close_orderly(self, reason: str) -> None:
+        """Close after the pooler's last word to the peer (a FATAL ErrorResponse just written), so that the
+        peer reads it: an end of file after it, as PostgreSQL closes after its own FATAL, whatever
+        tcp_so_linger says. With SO_LINGER 0 the close is a reset, and a reset can reach the peer before it
+        has read the error: psycopg then reports "connection socket closed" instead of the error (its wait
+        treats POLLERR/POLLHUP as a dead socket). What the peer sent and nobody read is drained first, since
+        closing over unread bytes is a reset too. Output still queued here (the peer not reading) is lost."""
+        if self.closed:
+            return
+        sock = self.sock
+        linger_off(sock)
+        try:
+            for _ in range(DRAIN_READS):
+                if not sock.recv(65536):
+                    break
+        except (OSError, ValueError):  # nothing more to read now (AGAIN), or the connection is gone already
+            pass
+        self.close(reason)
 
     def on_close(self, reason: str) -> None:
         """Called once after the socket is closed."""

@@ -175,7 +175,7 @@ class ClientBase(Conn):
         """Send a FATAL ErrorResponse and close."""
         if not self.closed:
             self.write(m.error_response(sqlstate, message, "FATAL", detail, hint))
-            self.close(f"{sqlstate}: {message}")
+            self.close_orderly(f"{sqlstate}: {message}")
 
     def _mark_query(self) -> None:
         if self.query_start == 0.0:
@@ -622,7 +622,7 @@ class ClientBase(Conn):
             return
         if error:
             self.write(error)
-            self.close("server connection failed")
+            self.close_orderly("server connection failed")
         else:
             self.fatal("08006", "server closed the connection unexpectedly")
 

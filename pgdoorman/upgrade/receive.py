@@ -20,6 +20,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
+from pgdoorman.net.sockopts import linger_off
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
 from pgdoorman.upgrade.inherit import Inherited
@@ -164,4 +165,5 @@ def _refuse(sock: socket.socket, st: dict[str, Any]) -> None:
                                                "after the binary upgrade", "FATAL"))
     except OSError:
         pass
+    linger_off(sock)  # an end of file after the error, not a reset the client could see first (Conn.close_orderly)
     sock.close()

@@ -1,6 +1,6 @@
 """Sockets end to end, the pooler as a subprocess on a real PostgreSQL: tcp_so_linger, tcp_socket_buffer_size
 and unix_socket_buffer_size read back from the pooler's own client and server sockets (TCP and Unix), the
-reset a closed client sees by default, an accept loop that neither spins nor floods its log when the
+reset a client that ends its session sees by default and the end of file after a FATAL, an accept loop that neither spins nor floods its log when the
 descriptor limit is reached and accepts again once descriptors free up, tls_rate_limit_per_second with real
 TLS handshakes, and SHOW SOCKETS."""
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
+import select
 import socket
 import ssl
 import struct
@@ -24,9 +25,9 @@ import pytest
 from pgdoorman.observe import sockets as proc_sockets
 from tests.integration.test_admin import admin, client, rows
 from tests.support.certs import Certs, make_certs
-from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER, PgCluster
+from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER, SUPERUSER, PgCluster
 from tests.support.pooler import Pooler, wait_for
-from tests.support.wire import WireClient, cancel_request, parse_fields, startup_message
+from tests.support.wire import WireClient, cancel_request, parse_fields, query, startup_message, terminate
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -107,21 +108,84 @@ def test_socket_options_on_client_and_server_connections(pooler_factory: Any, pg
             s.close()
 
 
-def test_default_linger_resets_a_closed_client_after_its_error(pooler_factory: Any) -> None:
-    """tcp_so_linger 0 (the default): the pooler's close is a reset, after the FATAL the client can read;
-    a cancel request's connection is closed in order."""
+POLL_DEAD = select.POLLERR | select.POLLHUP  # what psycopg's wait takes for a dead socket, even with data
+
+
+def last_word(s: socket.socket) -> tuple[int, bytes, bool]:
+    """Once the peer has spoken and a reset would have arrived: the poll events a client waiting to read
+    sees (psycopg's C wait raises "connection socket closed" on POLLERR or POLLHUP), everything readable,
+    and whether it ended in an end of file (not a reset)."""
+    assert select.select([s], [], [], 10)[0], "the peer said nothing"
+    time.sleep(0.3)
+    poller = select.poll()
+    poller.register(s, select.POLLIN)
+    events = poller.poll(1000)[0][1]
+    data = b""
+    s.settimeout(5)
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        return events, data, False
+    return events, data, True
+
+
+def error_code(data: bytes) -> str:
+    """The SQLSTATE of the first ErrorResponse in these messages."""
+    while data:
+        size = int.from_bytes(data[1:5], "big")
+        if data[:1] == b"E":
+            return parse_fields(data[5:1 + size])["C"]
+        data = data[1 + size:]
+    raise AssertionError("no ErrorResponse")
+
+
+def test_a_fatal_error_closes_in_order_as_postgresql_does(pooler_factory: Any, pg: PgCluster) -> None:
+    """tcp_so_linger 0 (the default) makes a close a reset, and a reset can reach a client before it reads
+    the FATAL that came before it: psycopg then reports "connection socket closed" instead of the error (CI
+    saw it on query_wait_timeout's 53300). PostgreSQL closes after its FATAL with an end of file, and so does
+    the pooler after its own: at login, on query_wait_timeout and on an admin KILL."""
+    p = pooler_factory(pool_size=1, general={"query_wait_timeout": 500})
+    for host, port, user in ((pg.host, pg.port, SUPERUSER), (p.host, p.port, SCRAM_USER)):  # (trust on PG)
+        with WireClient(host, port) as w:
+            w.send(startup_message({"user": user, "database": "no_such_db"}))
+            events, data, eof = last_word(w.sock)
+            assert error_code(data) == "3D000", (port, data)
+            assert eof and not events & POLL_DEAD, (port, events)
+    with WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD) as holder, \
+            WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD) as waiter:
+        holder.query_rows("begin")
+        holder.query_rows("select 1")  # (a lone BEGIN takes no server yet)
+        waiter.send(query("select 1"))  # waits for the one server, past query_wait_timeout
+        events, data, eof = last_word(waiter.sock)
+        assert error_code(data) == "53300", data
+        assert eof and not events & POLL_DEAD, events
+        holder.query_rows("commit")
+    with WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD) as idle, admin(p) as a:
+        a.execute(f"KILL {DBNAME}")
+        events, data, eof = last_word(idle.sock)
+        assert error_code(data) == "57P01", data
+        assert eof and not events & POLL_DEAD, events
+
+
+def test_default_linger_resets_a_client_that_ends_its_session(pooler_factory: Any) -> None:
+    """tcp_so_linger 0 still applies where nothing is left to tell: a client's Terminate is answered by a
+    reset, which leaves no TIME_WAIT on either side. A cancel request's connection is closed in order (as
+    PgDoorman): its sender waits for an end of file."""
     p = pooler_factory()
-    with WireClient(p.host, p.port) as w:
+    with WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD) as w:
         local = w.sock.getsockname()
-        w.send(startup_message({"user": SCRAM_USER, "database": "no_such_db"}))
-        data = w.expect_closed()  # a reset counts as closed here, after what arrived
-        assert data[:1] == b"E" and parse_fields(data[5:])["C"] == "3D000"
-    # No TIME_WAIT on either side of that connection: a reset leaves none.
+        w.send(terminate())
+        time.sleep(0.3)
+        poller = select.poll()
+        poller.register(w.sock, select.POLLIN)
+        assert poller.poll(5000)[0][1] & POLL_DEAD
+        with pytest.raises(ConnectionResetError):
+            w.sock.recv(1)
     ports = {f"{local[1]:04X}", f"{p.port:04X}"}
     with open("/proc/net/tcp", encoding="ascii") as f:
         time_wait = [ln.split() for ln in f if ln.split()[3:4] == ["06"]]
     assert not [t for t in time_wait if {t[1].split(":")[1], t[2].split(":")[1]} == ports]
-    # Except a cancel request's connection (as PgDoorman): its sender waits for an end of file.
     with socket.create_connection((p.host, p.port), timeout=5) as s:
         s.sendall(cancel_request(12345, 678))
         assert s.recv(1) == b""

@@ -45,6 +45,9 @@ class Client:
     def close(self, why: str) -> None:
         self.closed, self.why = True, why
 
+    def close_orderly(self, why: str) -> None:
+        self.close(why)
+
 
 @pytest.fixture
 def app() -> Any:
