@@ -530,7 +530,7 @@ class App:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for w in self.workers:
-                w.loop.call_soon_threadsafe(w.idle_clients_close)
+                w.loop.call_soon_threadsafe(self.janitors[w.id].close_idle_clients)
             time.sleep(0.1)
             if all(not w.clients for w in self.workers):
                 break
@@ -556,7 +556,7 @@ class App:
         lk = threading.Lock()
 
         def close_and_stop(w: Worker) -> None:
-            w.close_all(reason)
+            self.janitors[w.id].close_all(reason)
             w.loop.stop()
             with lk:
                 left[0] -= 1

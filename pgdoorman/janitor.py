@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, cast
 
 from pgdoorman import placement
 from pgdoorman.protocol import messages as m
-from pgdoorman.session.states import ACTIVE, CONNECTING, IDLE, LOGIN
+from pgdoorman.session.states import ACTIVE, ADMIN, CONNECTING, IDLE, LOGIN, READY
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pool
@@ -284,6 +284,23 @@ class Janitor:
             cast("ServerConn", s).retire(reason)
         return len(victims)
 
+    def close_all(self, reason: str) -> None:
+        """Shutdown: close every client (58006 to those logged in) and server of this worker."""
+        w = self.worker
+        for c in list(w.clients):
+            if c.state == READY or c.state == ADMIN:
+                tell_shutdown(c, reason)
+            else:
+                c.close(reason)
+        for s in list(w.servers):
+            s.close(reason)
+
+    def close_idle_clients(self) -> None:
+        """During shutdown: close the clients that hold no server (between transactions)."""
+        for c in list(self.worker.clients):
+            if c.server is None and not c.waiting and c.state == READY and c.last_status == 73:
+                tell_shutdown(c, "shutdown")
+
     def trim(self) -> None:
         """Binary upgrade: close this shard's idle servers of pools nobody here waits for; the new process
         has its own."""
@@ -295,6 +312,12 @@ def kill_client(c: ClientConn) -> None:
     """The admin console's KILL of a client: PostgreSQL's own message for an administrator's kill, then close."""
     c.write(m.error_response("57P01", "terminating connection due to administrator command", "FATAL"))
     c.close_orderly("killed from the admin console")
+
+
+def tell_shutdown(c: ClientConn, reason: str) -> None:
+    """58006, PgBouncer's and PgDoorman's word for a pooler going away, then close."""
+    c.write(m.error_response("58006", "pooler is shut down now", "FATAL"))
+    c.close_orderly(reason)
 
 
 def adopt_client(w: Worker, c: ClientConn) -> None:
@@ -312,7 +335,6 @@ def adopt_client(w: Worker, c: ClientConn) -> None:
         kill_client(c)
         return
     if w.app.shutting_down:
-        c.write(m.error_response("58006", "pooler is shut down now", "FATAL"))
-        c.close_orderly("shutdown")
+        tell_shutdown(c, "shutdown")
         return
     c.attach(w.loop)

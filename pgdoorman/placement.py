@@ -32,6 +32,7 @@ from pgdoorman.session.shared import NO_TIMER
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pool
     from pgdoorman.session.client import ClientConn
+    from pgdoorman.session.server import ServerConn
 
 # How often a worker measures itself (seconds of wall time between samples; the janitor ticks every 0.1 s).
 INTERVAL = 1.0
@@ -186,7 +187,8 @@ def _tls_pending(sock: socket.socket) -> int:
 
 class Transit:
     """Clients on their way from one worker to another (`Janitor.place` took them off one worker's set, the
-    other has not adopted them yet), and the KILLs they might miss meanwhile. One per pooler.
+    other has not adopted them yet), servers likewise (`Worker._move_server`, a server handed to a waiter of
+    another worker), and the KILLs they might miss meanwhile. One per pooler.
 
     Readers of every worker's clients (SHOW CLIENTS, auth_query's collection of unused pools, a binary
     upgrade waiting for the last client) add `clients()`: a moving client is in no worker's set for one loop
@@ -194,14 +196,17 @@ class Transit:
     (`App._kill_in`) and may run on the worker a client goes to before that worker adopts it, while the client
     has left the other already: so KILLs are numbered and logged here, each worker notes the last one it ran
     (`ran`), a moving client carries the last one its old worker ran, and `arrive` tells whether a KILL of its
-    pool ran on its new worker after it left the old one and before it arrived. Worker threads and the admin
-    console's thread use it, under one lock; moves and KILLs are rare, so nothing on the relay touches it."""
+    pool ran on its new worker after it left the old one and before it arrived. The same holds for servers:
+    SHOW SERVERS adds `servers()`, and `server_arrives` tells whether a KILL missed one. Worker threads and
+    the admin console's thread use it, under one lock; moves and KILLs are rare (a server moves only when no
+    server of its client's own worker was free), so the relay's common path never touches it."""
 
-    __slots__ = ("lock", "moving", "gen", "kills", "seen")
+    __slots__ = ("lock", "moving", "moving_servers", "gen", "kills", "seen")
 
     def __init__(self, nworkers: int) -> None:
         self.lock = threading.Lock()
         self.moving: dict[ClientConn, int] = {}  # client -> the last KILL its old worker had run when it left
+        self.moving_servers: dict[ServerConn, int] = {}  # likewise
         self.gen = 0  # the last KILL's number
         self.kills: deque[tuple[int, Collection[int]]] = deque(maxlen=KILL_LOG)  # (number, ids of its pools)
         self.seen = [0] * nworkers  # per worker: the last KILL it ran (written by its own thread)
@@ -228,12 +233,29 @@ class Transit:
         """On worker `wid`'s thread, once `c` is in its set: True when a KILL of `pool` ran here after `c` left
         its old worker (which ran the KILLs before) and before it arrived, so that it missed `c`."""
         with self.lock:
-            left = self.moving.pop(c, None)
-            if left is None or pool is None:
-                return False
-            seen = self.seen[wid]
-            return any(left < g <= seen and id(pool) in t for g, t in self.kills)
+            return self._missed(self.moving.pop(c, None), wid, pool)
+
+    def _missed(self, left: int | None, wid: int, pool: Pool | None) -> bool:
+        if left is None or pool is None:
+            return False
+        seen = self.seen[wid]
+        return any(left < g <= seen and id(pool) in t for g, t in self.kills)
+
+    def server_leaves(self, s: ServerConn, wid: int) -> None:
+        """On worker `wid`'s thread: `s` left its set; its adoption is posted next (a KILL numbered meanwhile
+        is posted to its new worker too, and `server_arrives` or that worker's own pass finds it)."""
+        with self.lock:
+            self.moving_servers[s] = self.seen[wid]
+
+    def server_arrives(self, s: ServerConn, wid: int) -> bool:
+        """On worker `wid`'s thread, once `s` is in its set: as `arrive`, for a server."""
+        with self.lock:
+            return self._missed(self.moving_servers.pop(s, None), wid, s.pool)
 
     def clients(self) -> list[ClientConn]:
         with self.lock:
             return list(self.moving)
+
+    def servers(self) -> list[ServerConn]:
+        with self.lock:
+            return list(self.moving_servers)

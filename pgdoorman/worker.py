@@ -21,7 +21,7 @@ from pgdoorman.net.loop import Loop
 from pgdoorman.net.sockopts import apply_socket, linger_off
 from pgdoorman.protocol import messages as m
 from pgdoorman.session import listening
-from pgdoorman.session.client import ADMIN, READY, ClientConn
+from pgdoorman.session.client import READY, ClientConn
 from pgdoorman.session.host import Registry
 from pgdoorman.session.server import ServerConn
 from pgdoorman.session.states import ACTIVE, CONNECTING, IDLE, INTERNAL, LOGIN
@@ -444,10 +444,7 @@ class Worker:
                 s.pstats.handed_local += 1
                 c.attach_server(s)
             else:
-                s.pstats.handed_moved += 1
-                s.detach()
-                self.servers.discard(s)
-                c.worker.loop.call_soon_threadsafe(c.worker.adopt, s, c)
+                self._move_server(s, c)
         else:
             owner.loop.call_soon_threadsafe(owner.hand_over, s, c)
 
@@ -603,17 +600,27 @@ class Worker:
         if c.worker is self:
             c.attach_server(s) if c.waiting else self._give_back(s)
             return
+        self._move_server(s, c)
+
+    def _move_server(self, s: ServerConn, c: ClientConn) -> None:
+        """Send `s`, owned here, to `c`'s worker; on the moving list until adopted (SHOW SERVERS, KILL)."""
         s.pstats.handed_moved += 1
         s.detach()
         self.servers.discard(s)
-        c.worker.loop.call_soon_threadsafe(c.worker.adopt, s, c)
+        to = c.worker
+        self.app.transit.server_leaves(s, self.id)
+        to.loop.call_soon_threadsafe(to.adopt, s, c)
 
     def adopt(self, s: ServerConn, c: ClientConn) -> None:
         """In the client's worker: take ownership of a server moved from another worker."""
         s.worker = self
         s.loop = self.loop
         s.pstats = s.pool.stats[self.id]
-        self.servers.add(s)
+        self.servers.add(s)  # (before it leaves the moving list: never out of both)
+        if self.app.transit.server_arrives(s, self.id):  # an admin KILL of its pool ran here before it came
+            s.close("killed from the admin console")
+            self.retry_checkout(c)
+            return
         s.attach(self.loop)
         if c.waiting and not c.closed:
             c.attach_server(s)
@@ -624,23 +631,6 @@ class Worker:
         if c.waiting and not c.closed:
             c.waiting = False
             c.need_server()
-
-    # ------------------------------------------------------------------ shutdown
-    def close_all(self, reason: str) -> None:
-        for c in list(self.clients):
-            if c.state == READY or c.state == ADMIN:
-                c.write(m.error_response("58006", "pooler is shut down now", "FATAL"))
-                c.close_orderly(reason)
-            c.close(reason)
-        for s in list(self.servers):
-            s.close(reason)
-
-    def idle_clients_close(self) -> None:
-        """During shutdown: close clients that hold no server (between transactions)."""
-        for c in list(self.clients):
-            if c.server is None and not c.waiting and c.state == READY and c.last_status == 73:
-                c.write(m.error_response("58006", "pooler is shut down now", "FATAL"))
-                c.close_orderly("shutdown")
 
     def conn_count(self) -> tuple[int, int]:
         return len(self.clients), len(self.servers)

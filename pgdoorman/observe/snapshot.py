@@ -37,7 +37,8 @@ def live_clients(src: Source) -> list[ClientConn]:
 
 
 def live_servers(src: Source) -> list[ServerConn]:
-    # A server moving between workers can sit in two workers' sets for a moment: count it once.
+    # A server moving between workers is in no worker's set until it arrives (the moving list has it), and
+    # then in its new worker's set while still on that list for a moment: each counts once.
     seen: set[int] = set()
     out: list[ServerConn] = []
     for w in src.workers:
@@ -45,6 +46,7 @@ def live_servers(src: Source) -> list[ServerConn]:
             if id(s) not in seen:
                 seen.add(id(s))
                 out.append(s)
+    out.extend(s for s in src.transit.servers() if id(s) not in seen)
     return out
 
 

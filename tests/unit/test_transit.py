@@ -1,7 +1,9 @@
 """A client moving between workers (general.worker_placement `pack`: Janitor.move, then adopt_client on the
 other worker's thread) is in no worker's set meanwhile. placement.Transit lists it, so that SHOW CLIENTS
 (observe.live_clients) still sees it, and numbers the admin console's KILLs, so that a KILL that ran on the
-new worker before the client arrived there, after the old worker had let it go, still reaches it.
+new worker before the client arrived there, after the old worker had let it go, still reaches it. The same
+for a server handed to a waiter of another worker (Worker._move_server, then Worker.adopt): SHOW SERVERS
+(observe.live_servers) lists it meanwhile, and a KILL it missed closes it on arrival.
 
 A real App with two workers whose loops are not run: the calls posted to each loop are run here, one loop at
 a time, in the orders the two threads could run them. The client is a stand-in with what the move, the
@@ -19,6 +21,7 @@ from pgdoorman.app import App
 from pgdoorman.config import config_from_dict
 from pgdoorman.net.loop import Loop
 from pgdoorman.observe import live_clients
+from pgdoorman.observe.snapshot import live_servers
 from pgdoorman.placement import KILL_LOG, Transit
 
 
@@ -157,3 +160,79 @@ def test_transit_checks_only_the_kills_between_leaving_and_arriving() -> None:
     for _ in range(KILL_LOG + 5):
         t.kill(frozenset(), posted.append)
     assert len(t.kills) == KILL_LOG
+
+
+# ------------------------------------------------------------------ servers handed to another worker's waiter
+@dataclass(eq=False)
+class Server:
+    pool: Any
+    worker: Any
+    loop: Any = None
+    closed: bool = False
+    why: str = ""
+    pstats: Any = field(default_factory=lambda: SimpleNamespace(handed_moved=0))
+
+    def detach(self) -> None:
+        pass
+
+    def attach(self, loop: Loop) -> None:
+        self.loop = loop
+
+    def close(self, why: str) -> None:
+        self.closed, self.why = True, why
+
+
+@dataclass(eq=False)
+class Waiter:
+    worker: Any
+    waiting: bool = True
+    closed: bool = False
+    got: Any = None
+    asked_again: int = 0
+
+    def attach_server(self, s: Any) -> None:
+        self.waiting, self.got = False, s
+
+    def need_server(self) -> None:
+        self.asked_again += 1
+
+
+def server_on(app: Any, wid: int, database: str = "one") -> Server:
+    w = app.workers[wid]
+    s = Server(pool=app.pools[(database, "u")], worker=w)
+    w.servers.add(s)
+    return s
+
+
+def test_a_server_handed_to_another_workers_waiter_is_listed_while_it_moves(app: Any) -> None:
+    w0, w1 = app.workers
+    s, c = server_on(app, 0), Waiter(worker=w1)
+    w0.hand(s, c)  # worker 0 owns the server, the waiter is worker 1's: the server moves
+    assert s not in w0.servers and s not in w1.servers
+    assert [id(x) for x in live_servers(app)] == [id(s)]  # SHOW SERVERS still sees it
+    run_posted(w1.loop)
+    assert c.got is s and s in w1.servers and s.worker is w1 and s.loop is w1.loop
+    assert [id(x) for x in live_servers(app)] == [id(s)] and not app.transit.moving_servers
+
+
+def test_a_kill_that_ran_where_the_server_goes_before_it_arrived_still_closes_it(app: Any) -> None:
+    w0, w1 = app.workers
+    s, c = server_on(app, 0), Waiter(worker=w1)
+    app.kill("one")  # posted to both loops; worker 0 hands the server on before its loop runs the KILL
+    w0.hand(s, c)
+    run_posted(w0.loop)  # the KILL on worker 0: the server is gone from its set
+    assert not s.closed
+    run_posted(w1.loop)  # the KILL first (the server is not there yet), then the adoption
+    assert s.closed and s.why == "killed from the admin console"
+    assert c.got is None and c.asked_again == 1  # the waiter (of another worker's KILL pass) asks again
+    assert not app.transit.moving_servers
+
+
+def test_a_kill_of_another_database_leaves_the_moving_server_alone(app: Any) -> None:
+    w0, w1 = app.workers
+    s, c = server_on(app, 0, "two"), Waiter(worker=w1)
+    app.kill("one")
+    w0.hand(s, c)
+    run_posted(w0.loop)
+    run_posted(w1.loop)
+    assert not s.closed and c.got is s
