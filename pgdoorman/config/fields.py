@@ -208,10 +208,11 @@ FIELDS: Final[tuple[Field, ...]] = (
              "`false` is not honoured (it would let a client see another's settings): it loads with a warning "
              "saying so.", unhonoured=(False, SYNC_OFF)),
     _general("Pool behaviour", "session_real_backend_key", Bool(), True, True,
-             "Session mode only (a pgdoorman setting, not PgDoorman's): give each client the BackendKeyData "
-             "(process ID and secret key) of the server connection it holds for its whole session, so that "
+             "Session mode only (a pgdoorman setting, not PgDoorman's): give each client, in its BackendKeyData, "
+             "the process ID of the server connection it holds for its whole session, so that "
              "`pg_backend_pid()`, `pg_terminate_backend()`, NOTIFY's sender PID, `pg_stat_activity` and cancel "
-             "requests behave as on a direct connection. Off: a pooler-made key, as in transaction mode."),
+             "requests behave as on a direct connection. The secret key is the client's own, so that the key "
+             "dies with the session as on PostgreSQL. Off: a pooler-made key, as in transaction mode."),
     _general("Pool behaviour", "pooler_check_query", Str(nonempty=True), ";", True,
              "A simple query byte-for-byte equal to this, sent outside a transaction, is a health check: it is "
              "answered with PostgreSQL's answer to it, kept per pool, without using a server connection. Until "

@@ -1,8 +1,11 @@
 """Cancel keys: the BackendKeyData each client gets, and the routing of a CancelRequest to that client.
 
 A transaction-mode client gets a key made here; its PID lies above any Linux process ID (`FAKE_PID_MIN`), so it
-can never equal the PID of a real backend. A session-mode client may get the real key of the server it holds
-for its whole session (`register_key`). Either way a CancelRequest is handed to the client's own worker loop
+can never equal the PID of a real backend. A session-mode client may get the real PID of the server it holds
+for its whole session (`register_pid`), with a secret of its own: the server's secret would outlive the
+session, and the next client of that server would get it too, so that a client long gone could cancel that
+one's queries (on PostgreSQL a key dies with its session). The server's real key is used only for the cancel
+request sent to PostgreSQL. Either way a CancelRequest is handed to the client's own worker loop
 (`ClientConn.cancel_requested`), which cancels what that client is doing at that moment: a request still
 waiting for a server is answered there with 57014; a running one is cancelled on its server, and nothing more
 is sent to that server until PostgreSQL has closed the cancel connection (session/server_wrap.py), so a cancel
@@ -42,7 +45,7 @@ class _Owner(Protocol):
 
 class Cancellable(Protocol):
     """A client as the registry sees it (ClientConn): a cancel request runs on its worker's loop. Its
-    `secret` is the one its key was registered with: the caller of `register`, `register_key` or `adopt`
+    `secret` is the one its key was registered with: the caller of `register`, `register_pid` or `adopt`
     sets it (before it tells the client the key, so that no request can carry it earlier)."""
 
     @property
@@ -64,7 +67,7 @@ class CancelRegistry:
 
     def register(self, client: Cancellable) -> tuple[int, int]:
         """A new pooler-made key for `client`."""
-        secret = int.from_bytes(os.urandom(4), "big", signed=True)
+        secret = new_secret()
         with self.lock:
             pid = self.next_pid
             while pid in self.by_pid:
@@ -73,14 +76,16 @@ class CancelRegistry:
             self.by_pid[pid] = client
         return pid, secret
 
-    def register_key(self, client: Cancellable, pid: int, secret: int) -> bool:
-        """Route cancel requests carrying a real server's key to `client`; False when another client of ours
-        already has that PID (a server of another PostgreSQL with the same PID)."""
+    def register_pid(self, client: Cancellable, pid: int) -> int | None:
+        """Route cancel requests carrying a real server's PID to `client`: the secret of its key, new for its
+        session; None when another client of ours already has that PID (a server of another PostgreSQL with
+        the same PID)."""
+        secret = new_secret()
         with self.lock:
             if pid in self.by_pid:
-                return False
+                return None
             self.by_pid[pid] = client
-            return True
+            return secret
 
     def adopt(self, pid: int, secret: int, client: Cancellable) -> tuple[int, int]:
         """Keep the key a client handed over by a binary upgrade already had; the key `client` has now. Only
@@ -107,6 +112,10 @@ class CancelRegistry:
             return
         # Whatever the client is doing is decided on its own loop, where its state is consistent.
         client.worker.loop.call_soon_threadsafe(deliver, client)
+
+
+def new_secret() -> int:
+    return int.from_bytes(os.urandom(4), "big", signed=True)
 
 
 def deliver(client: Cancellable) -> None:

@@ -440,9 +440,10 @@ class ClientLogin(FastPaths):
         sc.stream_min, sc.on_stream = self.app.config.general.message_size_to_be_stream, pool.stats[self.worker.id].on_streamed
         out = [m.parameter_status(k, v) for k, v in reported.items()]
         if s is not None and not self.transaction_mode and self.app.config.general.session_real_backend_key \
-                and s.pid and self.app.cancels.register_key(self, s.pid, s.secret):
-            # Session mode: the client is this server's only user until it leaves; it may know its real key.
-            self.pid, self.secret = s.pid, s.secret
+                and s.pid and (secret := self.app.cancels.register_pid(self, s.pid)) is not None:
+            # Session mode: the client is this server's only user until it leaves; it may know its real PID (its
+            # secret is its own: the server's would let it cancel the next client's queries, core/cancel.py).
+            self.pid, self.secret = s.pid, secret
         else:
             self.pid, self.secret = self.app.cancels.register(self)
         out.append(m.backend_key_data(self.pid, self.secret))

@@ -168,7 +168,7 @@ def test_session_mode_client_gets_the_real_backend_key(pg: Any, pooler_factory: 
     a = connect(p.host, p.port)
     pid = int(a.query_rows("select pg_backend_pid()")[0][0] or 0)
     assert a.backend_key[0] == pid
-    # a cancel with the real key reaches the query
+    # a cancel with that key reaches the query
     a.send(query("select pg_sleep(10)"))
     time.sleep(0.5)
     with socket.create_connection((p.host, p.port)) as s:
@@ -187,6 +187,39 @@ def test_session_mode_client_gets_the_real_backend_key(pg: Any, pooler_factory: 
     assert t == "E" and parse_fields(body)["C"] == "57P01"
     assert a.expect_closed(timeout=10) == b""
     a.close()
+
+
+def send_cancel(host: str, port: int, key: tuple[int, int] | None) -> None:
+    assert key is not None
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(cancel_request(*key))
+        s.recv(1)  # the end of file: the request was taken
+
+
+def error_codes(msgs: list[tuple[str, bytes]]) -> list[str]:
+    return [parse_fields(b)["C"] for t, b in msgs if t == "E"]
+
+
+def test_a_departed_clients_key_cancels_nothing(pg: Any, mode_pooler: Pooler) -> None:
+    """On PostgreSQL a cancel key dies with its session: once client A has left, a cancel request with A's key
+    cancels nothing, whoever runs a query. Through the pooler the same, though client B (other settings) gets
+    A's server (pool_size 1) and, in session mode, that server's PID as its own key's (session_real_backend_key)."""
+    got: dict[str, Any] = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
+        a = connect(host, port, SETTINGS_A)
+        a_key = a.backend_key
+        a.send(query("select pg_sleep(10)"))
+        time.sleep(0.5)
+        send_cancel(host, port, a_key)  # while A is there, its key cancels its query
+        a_codes = error_codes(a.read_until("Z", timeout=8))
+        a.terminate()
+        with connect(host, port) as b:
+            b.send(query("select pg_sleep(1.5)"))
+            time.sleep(0.5)
+            send_cancel(host, port, a_key)
+            got[name] = (a_codes, error_codes(b.read_until("Z", timeout=10)))
+    assert got["direct"] == (["57014"], [])
+    assert got["pooled"] == got["direct"]
 
 
 def test_session_mode_real_key_can_be_turned_off(pg: Any, pooler_factory: Any) -> None:
