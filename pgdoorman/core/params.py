@@ -27,11 +27,12 @@ _CANONICAL_CASE = {k.lower(): k for k in TRACKED_PARAMS}
 
 # Startup parameters that are not settings to replay on a server.
 NOT_SETTINGS = frozenset({"user", "database", "replication", "options"})
-# Settings PostgreSQL reports but no client may set.
+# Settings PostgreSQL reports but no client may set (session_authorization only by its own statement, read
+# back apart: core/txstate.py; transaction_isolation only inside a transaction). default_transaction_read_only
+# and scram_iterations are reported and a client may set them, in its startup packet too: they follow it.
 READ_ONLY = frozenset({
     "server_version", "server_encoding", "is_superuser", "session_authorization", "integer_datetimes",
     "in_hot_standby", "server_version_num", "lc_collate", "lc_ctype", "transaction_isolation",
-    "default_transaction_read_only", "scram_iterations",
 })
 
 # PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes and replaces what is not printable ASCII;

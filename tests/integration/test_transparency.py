@@ -222,6 +222,40 @@ def test_a_departed_clients_key_cancels_nothing(pg: Any, mode_pooler: Pooler) ->
     assert got["pooled"] == got["direct"]
 
 
+def replies(msgs: list[tuple[str, bytes]]) -> list[tuple[str, str]]:
+    """What a client reads of a simple query's answer: errors by SQLSTATE, rows, command tags."""
+    out = []
+    for t, b in msgs:
+        if t == "E":
+            out.append(("E", parse_fields(b)["C"]))
+        elif t == "D":
+            out.append(("D", b[6:].decode(errors="replace")))
+        elif t == "C":
+            out.append(("C", b.rstrip(b"\0").decode()))
+    return out
+
+
+def test_default_transaction_read_only_is_a_setting_like_any_other(pg: Any, mode_pooler: Pooler) -> None:
+    """PostgreSQL reports default_transaction_read_only, and a client may set it, in its startup packet too
+    (`-c default_transaction_read_only=on`, the usual read-only connection). Through the pooler a startup
+    value was dropped, and a value SET by one client stayed on the server for the next (pool_size 1)."""
+    got: dict[str, Any] = {}
+    steps = ["show default_transaction_read_only", "create temp table ro_t (x int)"]
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
+        ro = connect(host, port, {"options": "-c default_transaction_read_only=on"})
+        r = [replies(ro.query(q)) for q in steps]
+        ro.terminate()
+        a = connect(host, port, SETTINGS_A)
+        r += [replies(a.query("set default_transaction_read_only = on"))]
+        a.terminate()
+        with connect(host, port) as b:
+            r += [replies(b.query(q)) for q in steps]
+            b.query("drop table if exists ro_t")
+        got[name] = r
+    assert got["direct"][1] == [("E", "25006")] and got["direct"][4] == [("C", "CREATE TABLE")]
+    assert got["pooled"] == got["direct"]
+
+
 def test_session_mode_real_key_can_be_turned_off(pg: Any, pooler_factory: Any) -> None:
     p = pooler_factory(pool_mode="session", pool_size=2, general={"session_real_backend_key": False})
     with connect(p.host, p.port) as a:
