@@ -20,11 +20,11 @@ from pgdoorman.net.conn import Conn
 from pgdoorman.net.loop import Loop
 from pgdoorman.net.sockopts import apply_socket, linger_off
 from pgdoorman.protocol import messages as m
-from pgdoorman.session import listening
+from pgdoorman.session import listening, resets
 from pgdoorman.session.client import READY, ClientConn
 from pgdoorman.session.host import Registry
 from pgdoorman.session.server import ServerConn
-from pgdoorman.session.states import ACTIVE, CONNECTING, IDLE, INTERNAL, LOGIN
+from pgdoorman.session.states import ACTIVE, CONNECTING, DIRTY_RESTORE, IDLE, INTERNAL, LOGIN
 
 if TYPE_CHECKING:
     import weakref
@@ -464,9 +464,10 @@ class Worker:
         if not client_gone and linked is not None:
             if linked.copy_confused:
                 return  # it keeps this server until it leaves (ClientConn.on_server_error)
-            if (s.dirty or linked.leaves or linked.pinned) and linked.transaction_mode and s.txn_status == 73 \
-                    and linked.session_check(s):
-                return  # its session state is read back first, or it stays pinned to `s`
+            if (s.dirty or linked.leaves or linked.pinned) and s.txn_status == 73 and (
+                    linked.session_check(s) if linked.transaction_mode
+                    else s.dirty & DIRTY_RESTORE and resets.restore(linked, s)):
+                return  # its session state is read back first, or it stays pinned to `s` (session mode: its own)
         c = client if client is not None else linked
         if linked is not None and linked is not c:
             s.dirty |= linked.gave_back(s, False)

@@ -156,3 +156,23 @@ def followed(base: dict[str, str], session: list[tuple[str, str]],
     for k, v in session:  # role and session_authorization are never in `base`: they stay last
         want[k] = v
     return want
+
+
+def lost_at_reset(startup: dict[str, str], base: dict[str, str], session: list[tuple[str, str]],
+                  customs: dict[str, str | None]) -> dict[str, str]:
+    """Session mode, read back after a RESET: the client's startup settings (`startup`, names as
+    params.canonical_name) its session no longer holds, with the values to set again (`base`: as PostgreSQL
+    spells them). A setting the session holds was set since (SET after the RESET): it stays. A custom one
+    reads '' once RESET (a placeholder stays defined): it goes back to its startup value too."""
+    held = {k for k, _ in session}
+    lost = {}
+    for k in startup:
+        v = base.get(k)
+        if v is None:
+            continue
+        if "." in k:
+            if customs.get(k) == "" and v:
+                lost[k] = v
+        elif k not in held:
+            lost[k] = v
+    return lost

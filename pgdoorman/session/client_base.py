@@ -26,6 +26,7 @@ from pgdoorman.session.states import (
     CLIENT_TABLE,
     DIRTY_CURSOR,
     DIRTY_PREPARE,
+    DIRTY_RESTORE,
     DIRTY_SESSION,
     DIRTY_SET,
     DIRTY_TEMP,
@@ -235,8 +236,8 @@ class ClientBase(Conn):
             return False
         self.copy_risk = False
         self.xact_count += 1
-        if unsynced or not self.transaction_mode:
-            return False
+        if unsynced or not (self.transaction_mode or (s := self.server) is not None and s.dirty & DIRTY_RESTORE):
+            return False  # (session mode: only to set the startup settings a RESET took again, resets.py)
         sc = self.scanner
         return not sc.skip and not sc.carry  # (Scanner.mid_message, without a call)
 

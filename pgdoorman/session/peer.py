@@ -23,6 +23,9 @@ class ClientPeer(Protocol):
     def waiting(self) -> bool: ...
 
     @property
+    def transaction_mode(self) -> bool: ...
+
+    @property
     def xact_start(self) -> float: ...
 
     @property

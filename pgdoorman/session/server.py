@@ -33,6 +33,7 @@ from pgdoorman.session.states import (
     DIRTY_CURSOR,
     DIRTY_LISTEN,
     DIRTY_PREPARE,
+    DIRTY_RESTORE,
     DIRTY_SESSION,
     DIRTY_SET,
     DIRTY_TEMP,
@@ -330,6 +331,8 @@ class ServerConn(ServerWrapped):
         if tag == b"SET" or tag == b"RESET":
             self.dirty |= DIRTY_SET  # transaction mode reads the settings back at its end (txstate.py)
             self._settings_unknown()
+            if tag == b"RESET":
+                self._reset_seen()
         elif tag == b"PREPARE":
             self.dirty |= DIRTY_PREPARE
         elif tag == b"DECLARE CURSOR":
@@ -341,9 +344,15 @@ class ServerConn(ServerWrapped):
             self.extra.clear()
             self.synced_key = None
             self._statements_gone()
+            self._reset_seen()
         elif tag == b"DEALLOCATE ALL":
             self.dirty &= ~DIRTY_PREPARE
             self._statements_gone()
+
+    def _reset_seen(self) -> None:
+        c = self.client
+        if c is not None and not c.transaction_mode:
+            self.dirty |= DIRTY_RESTORE  # session mode: the startup settings are set again (resets.py)
 
     def _settings_unknown(self) -> None:
         """The client changed settings with SQL: what we set there (`extra`) may no longer hold, so the next

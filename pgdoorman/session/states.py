@@ -58,3 +58,4 @@ DIRTY_CURSOR = 4
 DIRTY_LISTEN = 8
 DIRTY_SESSION = 16  # a session-mode client left: reset everything (DISCARD ALL), as PgBouncer does
 DIRTY_TEMP = 32  # temp objects or session advisory locks may be left (leaks.py)
+DIRTY_RESTORE = 64  # session mode: a RESET ran; the startup settings it took are set again (resets.py)

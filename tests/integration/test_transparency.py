@@ -92,6 +92,34 @@ def test_startup_settings_reach_the_server_and_follow_their_client(pg: Any, mode
     assert expected["direct"]["a"]["client_encoding"] == "UTF8"  # the test means what it says
 
 
+def test_reset_returns_a_startup_setting_to_its_startup_value(pg: Any, mode_pooler: Pooler) -> None:
+    """On PostgreSQL RESET, RESET ALL and DISCARD ALL return a setting to the value the startup packet gave;
+    through the pooler that value was set on a server started for the pool, whose RESET returned it to the
+    pool's value (session mode). The next client (pool_size 1) still gets none of it."""
+    got: dict[str, Any] = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
+        a = connect(host, port, SETTINGS_A)
+        seen: dict[str, Any] = {}
+        for q in ("set work_mem = '9MB'", "set timezone = 'UTC'", "reset all"):
+            a.query_rows(q)
+        seen["reset all"] = show_all(a)
+        for q in ("set work_mem = '10MB'", "set datestyle = 'German'", "reset work_mem"):
+            a.query_rows(q)
+        seen["reset one"] = show_all(a)
+        for q in ("begin", "reset datestyle", "rollback"):
+            a.query_rows(q)
+        seen["rolled back"] = show_all(a)
+        a.query_rows("discard all")
+        seen["discard all"] = show_all(a)
+        seen["reported"] = {k: a.parameters.get(k) for k in ("TimeZone", "DateStyle", "application_name")}
+        a.terminate()
+        with connect(host, port) as b:
+            seen["next client"] = show_all(b)
+        got[name] = seen
+    assert got["direct"]["reset all"]["work_mem"] == "7MB" and got["direct"]["rolled back"]["DateStyle"] == "German, DMY"
+    assert got["pooled"] == got["direct"]
+
+
 def test_bad_startup_setting_is_refused_as_postgres_refuses_it(pg: Any, mode_pooler: Pooler) -> None:
     answers = []
     for host, port in ((pg.host, pg.port), (mode_pooler.host, mode_pooler.port)):

@@ -50,6 +50,15 @@ def test_followed_custom_settings() -> None:
     assert txstate.followed(base, [], {"myapp.start": "t"})["myapp.start"] == "t"
 
 
+
+def test_lost_at_reset_names_the_startup_settings_the_session_no_longer_holds() -> None:
+    startup = {"work_mem": "7MB", "TimeZone": "Asia/Tokyo", "myapp.x": "1", "myapp.y": "2", "gone": "x"}
+    base = {"work_mem": "7MB", "TimeZone": "Asia/Tokyo", "DateStyle": "ISO, MDY", "myapp.x": "1", "myapp.y": "2"}
+    session = [("TimeZone", "UTC"), ("search_path", "s1")]  # TimeZone was SET again after the RESET
+    customs: dict[str, str | None] = {"myapp.x": "", "myapp.y": "3"}
+    assert txstate.lost_at_reset(startup, base, session, customs) == {"work_mem": "7MB", "myapp.x": "1"}
+    assert txstate.lost_at_reset({}, base, [], {}) == {}
+
 def test_custom_settings_read_back() -> None:
     assert txstate.customs_to_read({"TimeZone": "UTC", "myapp.a": "1"}, ("x.y",)) == ["myapp.a", "x.y"]
     q = txstate.check_query(True, False, True, ["x.y", "myapp.a", "x.y"])

@@ -1,0 +1,85 @@
+"""Session mode's RESET. On PostgreSQL, `RESET name`, `RESET ALL` and `DISCARD ALL` return a setting to its
+value at the session's start: the one the client's startup packet gave. A pooled server started for the pool,
+and the client's startup settings were set on it with set_config() (core/params.py), so there a RESET returns
+them to the pool's values instead. So after the transaction that ran a RESET (ServerConn._note_tag:
+DIRTY_RESTORE), before the client's next statement reaches the server, the settings its session holds are read
+back (core/txstate.py's query, as transaction mode's check reads them) and the startup settings the RESET took
+away are set again, their ParameterStatus sent to the client. What stays different (inside that transaction a
+startup setting reads as the pool's value; `SET name TO DEFAULT`, tagged SET like any SET, is not followed):
+docs/transparency.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from pgdoorman.core import txstate
+from pgdoorman.core.params import quote
+from pgdoorman.protocol import messages as m
+from pgdoorman.session.peer import ClientPeer
+from pgdoorman.session.states import DIRTY_RESTORE
+
+if TYPE_CHECKING:
+    from pgdoorman.core.pool import Pool
+    from pgdoorman.session.server import ServerConn
+
+log = logging.getLogger("pgdoorman.client")
+
+
+class Session(ClientPeer, Protocol):
+    """What of a session-mode client (ClientConn) this module reads and calls, besides what its server does."""
+
+    addr: str
+    user: str
+    database: str
+    pool: Pool | None
+    settings: dict[str, str]
+    want: dict[str, str]
+    want_base: dict[str, str]
+    customs: tuple[str, ...]
+
+    def _server_ready(self) -> None: ...
+
+
+def restore(c: Session, s: ServerConn) -> bool:
+    """Session mode, `s` (`c`'s, for the whole session) idle after a transaction that ran a RESET: read the
+    session's settings back, then set again the startup settings it lost. True: `s` stays with `c`."""
+    s.dirty &= ~DIRTY_RESTORE
+    if c.settings:
+        q = txstate.settings_query(sorted(set(txstate.customs_to_read(c.want, c.customs))))
+        s.run_internal([q], lambda ok: _read(c, s, ok), rows=True)
+    return True
+
+
+def _read(c: Session, s: ServerConn, ok: bool) -> None:
+    rows, s.internal_rows = s.internal_rows or [], None
+    if s.client is not c or c.closed:
+        return
+    lost: dict[str, str] = {}
+    if ok:
+        pool = c.pool
+        login_user = pool.server_params.get("session_authorization") if pool and pool.server_params else None
+        session, _, customs = txstate.read_rows(rows, login_user)
+        lost = txstate.lost_at_reset(c.settings, c.want_base, session, customs)
+    else:
+        log.warning("client %s (%s@%s): its settings could not be read back after a RESET: %s", c.addr, c.user,
+                    c.database, (s.internal_error or {}).get("M"))
+    if not lost:
+        c._server_ready()  # what the client sent meanwhile
+        return
+    before = {k: s.params.get(k) for k in lost}
+    calls = ", ".join(f"pg_catalog.set_config({quote(k)}, {quote(v)}, false)" for k, v in lost.items())
+    s.run_internal(["SELECT " + calls], lambda ok: _restored(c, s, ok, before))
+
+
+def _restored(c: Session, s: ServerConn, ok: bool, before: dict[str, str | None]) -> None:
+    if s.client is not c or c.closed:
+        return
+    if not ok:
+        log.warning("client %s (%s@%s): its startup settings could not be set again after a RESET: %s", c.addr,
+                    c.user, c.database, (s.internal_error or {}).get("M"))
+    news = [m.parameter_status(k, v) for k, b in before.items() if (v := s.params.get(k)) is not None and v != b]
+    if news:
+        c.write(b"".join(news))
+    c._server_ready()
