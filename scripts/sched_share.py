@@ -9,6 +9,7 @@ the context switches per transaction of each side (voluntary: it slept; involunt
     .venv/bin/python scripts/sched_share.py --pgbench-nice 0           # pgbench below them
     .venv/bin/python scripts/sched_share.py --python .venv-ft/bin/python --workers 2 \\
         --set worker_placement=spread --only pgdoorman
+    .venv/bin/python scripts/sched_share.py --profile 25               # and where PostgreSQL's CPU goes
 
 One throwaway cluster and both poolers from scripts/bench.py (the same settings, pool_size 20, everything
 at nice -10 as root); each cell runs pgbench for --duration seconds and reads /proc over the window from
@@ -78,12 +79,20 @@ def cell(b: B.Bench, target: str, pooler: int, port: int, mode: str, args: argpa
     groups = {"pooler": [pooler], "postgres": list(B.family_cpu_ns(b.postmaster)), "pgbench": [pb.pid]}
     s0 = snapshot(groups)
     perf = None
+    profile = None
+    if args.profile:  # where PostgreSQL's CPU goes, sampled over the window (cpu-clock needs no hardware counters)
+        data = b.tmp / f"perf-{target}-{mode}.data"
+        profile = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-o", str(data),
+                                    "-p", ",".join(map(str, groups["postgres"])), "--", "sleep", str(w1 - w0)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if args.perf:  # machine-wide software events over the window (they need no hardware counters)
         perf = subprocess.Popen(["perf", "stat", "-a", "-x,", "-e", "context-switches,cpu-migrations", "--",
                                  "sleep", str(w1 - w0)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(max(0.0, start + w1 - time.monotonic()))
     s1 = snapshot(groups)
     counted = perf.communicate()[1] if perf is not None else ""
+    if profile is not None:
+        profile.wait()
     window = time.monotonic() - start - w0
     _, err = pb.communicate()
     ntx = sum(float(tps) for t, tps in _PROGRESS.findall(err) if w0 < float(t) <= w1 + 0.5)
@@ -101,7 +110,18 @@ def cell(b: B.Bench, target: str, pooler: int, port: int, mode: str, args: argpa
         f = line.split(",")
         if len(f) > 2 and f[0].isdigit():
             cols.append(f"{f[2]} {int(f[0]) / ntx:.2f}")
-    return "  ".join(cols)
+    line = "  ".join(cols)
+    if profile is not None:
+        line += "\n" + top_symbols(b.tmp / f"perf-{target}-{mode}.data", args.profile)
+    return line
+
+
+def top_symbols(data: Path, n: int) -> str:
+    """The `n` symbols PostgreSQL's processes spent most samples in (kernel ones marked [k]), as shares."""
+    out = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "sym",
+                          "--percent-limit", "0.5"], capture_output=True, text=True).stdout
+    rows = [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.startswith("#")]
+    return "\n".join("    " + r for r in rows[:n])
 
 
 def main() -> int:
@@ -118,6 +138,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--perf", action="store_true",
                     help="also the machine's context switches and CPU migrations per transaction (perf stat -a)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also PostgreSQL's N busiest symbols in each cell (perf record -e cpu-clock)")
     ap.add_argument("--pgbench-nice", type=int, choices=(0, B.NICE), default=B.NICE,
                     help=f"pgbench's nice value: {B.NICE} (the poolers' and PostgreSQL's, as in make bench) or 0")
     args = ap.parse_args()
