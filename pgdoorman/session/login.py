@@ -186,7 +186,7 @@ class ClientLogin(FastPaths):
         else:
             pool_cfg = app.config.pools.get(self.database)
             if pool_cfg is None:
-                self.fatal("3D000", f'no such database: "{self.database}"')
+                self.fatal("3D000", f'database "{self.database}" does not exist')  # (PostgreSQL's words)
                 return
             self.pool = app.pools.get((self.database, user))
             self.stored = self.pool.user_cfg.password if self.pool is not None else ""

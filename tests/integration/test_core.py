@@ -52,7 +52,7 @@ def test_wrong_password_unknown_user_unknown_db(pooler_factory: Any) -> None:
         assert t == "R" and body[:4] == (10).to_bytes(4, "big") and b"SCRAM-SHA-256" in body
     with pytest.raises(psycopg.OperationalError) as ei:
         psycopg.connect(p.dsn(SCRAM_USER, SCRAM_PASSWORD, "nosuchdb"))
-    assert "no such database" in str(ei.value)
+    assert 'database "nosuchdb" does not exist' in str(ei.value)
 
 
 def frame_startup(user: str, db: str = DBNAME) -> bytes:

@@ -130,14 +130,18 @@ def last_word(s: socket.socket) -> tuple[int, bytes, bool]:
     return events, data, True
 
 
-def error_code(data: bytes) -> str:
-    """The SQLSTATE of the first ErrorResponse in these messages."""
+def first_error(data: bytes) -> dict[str, str]:
+    """The fields of the first ErrorResponse in these messages."""
     while data:
         size = int.from_bytes(data[1:5], "big")
         if data[:1] == b"E":
-            return parse_fields(data[5:1 + size])["C"]
+            return parse_fields(data[5:1 + size])
         data = data[1 + size:]
     raise AssertionError("no ErrorResponse")
+
+
+def error_code(data: bytes) -> str:
+    return first_error(data)["C"]
 
 
 def test_a_fatal_error_closes_in_order_as_postgresql_does(pooler_factory: Any, pg: PgCluster) -> None:
@@ -146,12 +150,15 @@ def test_a_fatal_error_closes_in_order_as_postgresql_does(pooler_factory: Any, p
     saw it on query_wait_timeout's 53300). PostgreSQL closes after its FATAL with an end of file, and so does
     the pooler after its own: at login, on query_wait_timeout and on an admin KILL."""
     p = pooler_factory(pool_size=1, general={"query_wait_timeout": 500})
+    said = []
     for host, port, user in ((pg.host, pg.port, SUPERUSER), (p.host, p.port, SCRAM_USER)):  # (trust on PG)
         with WireClient(host, port) as w:
             w.send(startup_message({"user": user, "database": "no_such_db"}))
             events, data, eof = last_word(w.sock)
-            assert error_code(data) == "3D000", (port, data)
+            f = first_error(data)
+            said.append((f["S"], f["C"], f["M"]))
             assert eof and not events & POLL_DEAD, (port, events)
+    assert said[1] == said[0] == ("FATAL", "3D000", 'database "no_such_db" does not exist')
     with WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD) as holder, \
             WireClient.connect(p.host, p.port, SCRAM_USER, DBNAME, SCRAM_PASSWORD) as waiter:
         holder.query_rows("begin")
