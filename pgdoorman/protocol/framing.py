@@ -71,6 +71,14 @@ class MemoryBudget(Protocol):
     def give(self, n: int) -> None: ...
 
 
+class UnknownType(ProtocolViolation):
+    """A message type the table does not know. A client is told PostgreSQL's words for it."""
+
+    def __init__(self, t: int) -> None:
+        super().__init__(f"invalid message type {chr(t)!r}" if 32 < t < 127 else f"invalid message type {t}")
+        self.t = t
+
+
 class OverBudget(ProtocolViolation):
     """A FULL message too large for the memory left under the budget (answered with 53200, not 08P01)."""
 
@@ -156,7 +164,7 @@ class Scanner:
     def _check(self, t: int, ln: int) -> int:
         mode = self.table[t]
         if mode == INVALID:
-            raise ProtocolViolation(f"invalid message type {chr(t)!r}" if 32 < t < 127 else f"invalid message type {t}")
+            raise UnknownType(t)
         if ln < 4 or ln > self.max_len:
             raise ProtocolViolation(f"invalid message length {ln}")
         if mode == SMALL:

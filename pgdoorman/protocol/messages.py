@@ -38,11 +38,31 @@ class ProtocolViolation(Exception):
     """The peer sent bytes that are not a valid protocol message (answered with 08P01)."""
 
 
+class UnsupportedProtocol(ProtocolViolation):
+    """A startup packet for another major version of the protocol than 3 (PostgreSQL answers 0A000, to a
+    version-2 client in that version's own error format)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server supports 3.0 to 3.0")
+        self.major = code >> 16
+
+    def answer(self) -> bytes:
+        if self.major < 3:
+            return b"EFATAL:  " + str(self).encode() + b"\n\0"
+        return error_response("0A000", str(self), "FATAL")
+
+
 # ---------------------------------------------------------------------------------------------- builders
 
 
 def msg(t: bytes, body: bytes | bytearray | memoryview = b"") -> bytes:
     return t + U32.pack(len(body) + 4) + body
+
+
+def negotiate_protocol_version(options: list[str]) -> bytes:
+    """NegotiateProtocolVersion: the newest protocol version spoken (3.0; the whole number, as PostgreSQL
+    sends it, though the documentation says the minor one), and the `_pq_.` options not recognised."""
+    return msg(b"v", TWO_I32.pack(3 << 16, len(options)) + b"".join(o.encode() + b"\0" for o in options))
 
 
 def cstr(s: str | bytes) -> bytes:
@@ -177,7 +197,7 @@ def parse_startup(body: bytes) -> tuple[int, dict[str, str]]:
     if code in (SSL_REQUEST, GSSENC_REQUEST):
         return code, {}
     if code >> 16 != 3:
-        raise ProtocolViolation(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}")
+        raise UnsupportedProtocol(code)
     parts = bytes(body[4:]).split(b"\x00")
     # A well-formed list ends with an empty name then the trailing empty string after the final NUL.
     if len(parts) < 2 or parts[-1] != b"" or parts[-2] != b"":

@@ -24,7 +24,7 @@ from pgdoorman.net.conn import AGAIN, HIGH_WATER, Conn
 from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN
 from pgdoorman.protocol import messages as m
-from pgdoorman.protocol.framing import SMALL_LIMIT, OverBudget
+from pgdoorman.protocol.framing import SMALL_LIMIT, OverBudget, UnknownType
 from pgdoorman.session import listening, shared, tracking
 from pgdoorman.session.login import ClientLogin
 from pgdoorman.session.rewrite_replies import SYNC_AFTER_DATA
@@ -183,6 +183,9 @@ class ClientConn(ClientLogin):
     def _violation(self, e: m.ProtocolViolation) -> None:
         """The scanner refused what the client sent: FATAL 08P01, or 53200 for a message that would take the
         process's buffered bytes past max_memory_usage (OverBudget)."""
+        if isinstance(e, UnknownType):
+            self.fatal("08P01", f"invalid frontend message type {e.t}")  # (PostgreSQL's words)
+            return
         if not isinstance(e, OverBudget):
             self.fatal("08P01", f"protocol violation: {e}")
             return

@@ -138,7 +138,11 @@ class ClientLogin(FastPaths):
                     return
         except m.ProtocolViolation as e:
             self.app.count_rejection("invalid_startup" if self.state == STARTUP else "protocol_error")
-            self.fatal("08P01", str(e))
+            if isinstance(e, m.UnsupportedProtocol):
+                self.write(e.answer())
+                self.close_orderly(str(e))
+            else:
+                self.fatal("08P01", str(e))
 
     def _startup(self, body: bytes) -> None:
         known = shared.startup(body)  # the same packet as another client's: its parse, shared
@@ -156,6 +160,9 @@ class ClientLogin(FastPaths):
             linger_off(self.sock)  # the sender waits for an end of file, not a reset (tcp_so_linger)
             self.close("cancel request")
             return
+        unknown = [k for k in params if k.startswith("_pq_.")]
+        if code & 0xFFFF or unknown:  # a newer minor version or protocol options: 3.0 and none, as PostgreSQL 15 says
+            self.write(m.negotiate_protocol_version(unknown))
         if not self.tls and not self.is_unix and self.app.client_tls.required:
             self.app.count_rejection("tls_required")
             self.fatal("28000", "SSL required", f"tls_mode is {self.app.client_tls.mode!r}: TCP clients must use TLS")

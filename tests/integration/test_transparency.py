@@ -13,18 +13,22 @@ from typing import Any
 
 import pytest
 
-from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER
+from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER, SUPERUSER
 from tests.support.pooler import Pooler
 from tests.support.wire import (
     WireClient,
     WireError,
     bind,
     cancel_request,
+    comparable,
     execute,
     flush,
+    frame,
     parse,
     parse_fields,
     query,
+    split_messages,
+    startup_message,
     sync,
 )
 
@@ -282,6 +286,49 @@ def test_default_transaction_read_only_is_a_setting_like_any_other(pg: Any, mode
         got[name] = r
     assert got["direct"][1] == [("E", "25006")] and got["direct"][4] == [("C", "CREATE TABLE")]
     assert got["pooled"] == got["direct"]
+
+
+def test_protocol_versions_and_unknown_messages_answered_as_postgresql(pg: Any, mode_pooler: Pooler) -> None:
+    """A startup packet asking for protocol 3.1 or 3.2, or with `_pq_.` options, gets NegotiateProtocolVersion
+    (3.0, the options not recognised) before authentication, as from PostgreSQL 15; one for protocol 2.0 gets
+    PostgreSQL's refusal in that version's own error format (a client asking for 3.2 that hears nothing
+    assumes 3.2). A message type PostgreSQL does not know gets its FATAL 08P01, word for word."""
+    got: dict[str, Any] = {}
+    for name, host, port, user in (("direct", pg.host, pg.port, SUPERUSER),
+                                   ("pooled", mode_pooler.host, mode_pooler.port, SCRAM_USER)):
+        seen = []
+        for version, extra in (((3 << 16) | 1, {}), ((3 << 16) | 2, {"_pq_.foo": "1", "_pq_.bar": "x"}),
+                               ((3 << 16), {"_pq_.foo": "1"})):
+            with socket.create_connection((host, port), timeout=10) as s:
+                s.sendall(startup_message({"user": user, "database": DBNAME, **extra}, protocol=version))
+                t, body = read_one(s)
+                seen.append((t, body))  # then authentication, which differs (trust on PostgreSQL here)
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(startup_message({"user": user, "database": DBNAME}, protocol=2 << 16))
+            s.settimeout(10)
+            raw = b""
+            while chunk := s.recv(65536):
+                raw += chunk
+            seen.append(("v2", raw))
+        w = connect(host, port) if name == "pooled" else WireClient.connect(host, port, SUPERUSER, DBNAME, None)
+        w.send(frame("x", b""))
+        seen.append(("unknown", comparable(split_messages(w.expect_closed()))))
+        w.close()
+        got[name] = seen
+    assert got["direct"][0] == ("v", (3 << 16).to_bytes(4, "big") + bytes(4))
+    assert got["pooled"] == got["direct"]
+
+
+def read_one(s: socket.socket) -> tuple[str, bytes]:
+    s.settimeout(10)
+    head = b""
+    while len(head) < 5:
+        head += s.recv(5 - len(head))
+    n = int.from_bytes(head[1:5], "big") - 4
+    body = b""
+    while len(body) < n:
+        body += s.recv(n - len(body))
+    return chr(head[0]), body
 
 
 def test_session_mode_real_key_can_be_turned_off(pg: Any, pooler_factory: Any) -> None:
