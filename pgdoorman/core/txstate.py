@@ -158,9 +158,9 @@ def followed(base: dict[str, str], session: list[tuple[str, str]],
     return want
 
 
-def lost_at_reset(startup: dict[str, str], base: dict[str, str], session: list[tuple[str, str]],
+def lost_at_reset(startup: Iterable[str], base: dict[str, str], session: list[tuple[str, str]],
                   customs: dict[str, str | None]) -> dict[str, str]:
-    """Session mode, read back after a RESET: the client's startup settings (`startup`, names as
+    """Session mode, read back after a RESET: the client's startup settings (`startup`: their names, as
     params.canonical_name) its session no longer holds, with the values to set again (`base`: as PostgreSQL
     spells them). A setting the session holds was set since (SET after the RESET): it stays. A custom one
     reads '' once RESET (a placeholder stays defined): it goes back to its startup value too."""

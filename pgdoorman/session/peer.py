@@ -26,6 +26,12 @@ class ClientPeer(Protocol):
     def transaction_mode(self) -> bool: ...
 
     @property
+    def settings(self) -> dict[str, str]: ...  # its startup packet's settings (params.startup_settings)
+
+    @property
+    def want(self) -> dict[str, str]: ...  # the settings its session holds, reported ones as it was told them
+
+    @property
     def xact_start(self) -> float: ...
 
     @property

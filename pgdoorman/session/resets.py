@@ -34,8 +34,6 @@ class Session(ClientPeer, Protocol):
     user: str
     database: str
     pool: Pool | None
-    settings: dict[str, str]
-    want: dict[str, str]
     want_base: dict[str, str]
     customs: tuple[str, ...]
 
@@ -46,14 +44,14 @@ def restore(c: Session, s: ServerConn) -> bool:
     """Session mode, `s` (`c`'s, for the whole session) idle after a transaction that ran a RESET: read the
     session's settings back, then set again the startup settings it lost. True: `s` stays with `c`."""
     s.dirty &= ~DIRTY_RESTORE
-    if c.settings:
-        q = txstate.settings_query(sorted(set(txstate.customs_to_read(c.want, c.customs))))
-        s.run_internal([q], lambda ok: _read(c, s, ok), rows=True)
+    q = txstate.settings_query(sorted(set(txstate.customs_to_read(c.want, c.customs))))
+    s.run_internal([q], lambda ok: _read(c, s, ok), rows=True)
     return True
 
 
 def _read(c: Session, s: ServerConn, ok: bool) -> None:
     rows, s.internal_rows = s.internal_rows or [], None
+    told, s.untold = s.untold or {}, None  # the values the client last heard of what the RESET's report dropped
     if s.client is not c or c.closed:
         return
     lost: dict[str, str] = {}
@@ -61,14 +59,19 @@ def _read(c: Session, s: ServerConn, ok: bool) -> None:
         pool = c.pool
         login_user = pool.server_params.get("session_authorization") if pool and pool.server_params else None
         session, _, customs = txstate.read_rows(rows, login_user)
-        lost = txstate.lost_at_reset(c.settings, c.want_base, session, customs)
+        # application_name too: one the client did not send is '' (or the pool's), not the server's own.
+        lost = txstate.lost_at_reset([*c.settings, "application_name"], c.want_base, session, customs)
     else:
         log.warning("client %s (%s@%s): its settings could not be read back after a RESET: %s", c.addr, c.user,
                     c.database, (s.internal_error or {}).get("M"))
+    stale = [m.parameter_status(k, v) for k, t in told.items()
+             if k not in lost and (v := s.params.get(k)) is not None and v != t]
+    if stale:  # (not put back: the client must hear the value its session has now)
+        c.write(b"".join(stale))
     if not lost:
         c._server_ready()  # what the client sent meanwhile
         return
-    before = {k: s.params.get(k) for k in lost}
+    before = {k: told.get(k, s.params.get(k)) for k in lost}  # as the client last heard them
     calls = ", ".join(f"pg_catalog.set_config({quote(k)}, {quote(v)}, false)" for k, v in lost.items())
     s.run_internal(["SELECT " + calls], lambda ok: _restored(c, s, ok, before))
 

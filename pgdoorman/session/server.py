@@ -65,7 +65,7 @@ class ServerConn(ServerWrapped):
         "created", "idle_since", "check_at", "epoch", "dirty", "scanner",
         "internal_left", "internal_error", "internal_done", "internal_rows", "deferred",
         "timer", "addr", "xact_start", "query_count", "counted", "xact_count",
-        "bytes_in", "bytes_out", "pstats",
+        "bytes_in", "bytes_out", "pstats", "reset_at", "untold",
     )
 
     def __init__(self, sock: socket.socket, worker: Host, pool: Pool, addr: str) -> None:
@@ -103,6 +103,8 @@ class ServerConn(ServerWrapped):
         self.reply = None
         self.xact_start = 0.0
         self.query_count = 0
+        self.reset_at = -1  # query_count at the last RESET or DISCARD ALL (_on_parameter)
+        self.untold: dict[str, str] | None = None  # session mode: what the client was told of settings dropped
         self.counted = 0  # query_count when the linked client was last told (ClientBase.ready)
         self.xact_count = 0
         self.bytes_in = 0
@@ -294,7 +296,7 @@ class ServerConn(ServerWrapped):
                 # client's own Parse would be on PostgreSQL.
                 self.pool.ps_cache.invalidate()
         elif t == 83:  # ParameterStatus
-            self._on_parameter(body)
+            return self._on_parameter(body)
         elif t == 69:
             return self._on_error(body)
         elif t == 71:  # CopyInResponse
@@ -303,13 +305,27 @@ class ServerConn(ServerWrapped):
                 c.copy_in_started()
         return None
 
-    def _on_parameter(self, body: memoryview) -> None:
+    def _on_parameter(self, body: memoryview) -> bytes | None:
+        """A ParameterStatus on the relay: passed on (None), or dropped (b"") when it is a RESET's report of
+        the pool's value of a setting the client's session started with: on PostgreSQL that RESET returns to
+        the client's value and reports nothing; the pooler puts the value back before the client's next
+        statement (session/resets.py, or transaction mode's read-back), telling the client only what then
+        differs from what it was told. (PostgreSQL reports after the statement's CommandComplete.)"""
         k, v = m.parse_parameter_status(body)
+        told = self.params.get(k)
         self.params[k] = v
         self.synced_key = None
         c = self.client
-        if c is not None:
-            c.param_changed(k, v)
+        if c is None:
+            return None
+        if self.reset_at == self.query_count and (k in c.settings or k == "application_name") \
+                and c.want.get(k, v) != v and v == (self.pool.server_params or {}).get(k):
+            if not c.transaction_mode and told is not None:
+                self.untold = untold = self.untold or {}
+                untold.setdefault(k, told)
+            return b""
+        c.param_changed(k, v)
+        return None
 
     def _on_error(self, body: memoryview) -> bytes | None:
         """An ErrorResponse relayed to the linked client (None: as it is; b"": held; else the replacement)."""
@@ -333,6 +349,7 @@ class ServerConn(ServerWrapped):
             self._settings_unknown()
             if tag == b"RESET":
                 self._reset_seen()
+                self.reset_at = self.query_count
         elif tag == b"PREPARE":
             self.dirty |= DIRTY_PREPARE
         elif tag == b"DECLARE CURSOR":
@@ -345,6 +362,7 @@ class ServerConn(ServerWrapped):
             self.synced_key = None
             self._statements_gone()
             self._reset_seen()
+            self.reset_at = self.query_count
         elif tag == b"DEALLOCATE ALL":
             self.dirty &= ~DIRTY_PREPARE
             self._statements_gone()
