@@ -51,7 +51,9 @@ def restore(c: Session, s: ServerConn) -> bool:
 
 def _read(c: Session, s: ServerConn, ok: bool) -> None:
     rows, s.internal_rows = s.internal_rows or [], None
-    told, s.untold = s.untold or {}, None  # the values the client last heard of what the RESET's report dropped
+    # The values the client last heard of the settings whose RESET report was dropped (ServerConn._on_parameter).
+    told = s.untold[1] if s.untold is not None and s.untold[0] is c else {}
+    s.untold = None
     if s.client is not c or c.closed:
         return
     lost: dict[str, str] = {}

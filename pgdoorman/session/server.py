@@ -104,7 +104,8 @@ class ServerConn(ServerWrapped):
         self.xact_start = 0.0
         self.query_count = 0
         self.reset_at = -1  # query_count at the last RESET or DISCARD ALL (_on_parameter)
-        self.untold: dict[str, str] | None = None  # session mode: what the client was told of settings dropped
+        # Session mode: (client, what it was last told of each setting whose report was dropped), for resets.py.
+        self.untold: tuple[ClientPeer, dict[str, str]] | None = None
         self.counted = 0  # query_count when the linked client was last told (ClientBase.ready)
         self.xact_count = 0
         self.bytes_in = 0
@@ -321,8 +322,9 @@ class ServerConn(ServerWrapped):
         if self.reset_at == self.query_count and (k in c.settings or k == "application_name") \
                 and c.want.get(k, v) != v and v == (self.pool.server_params or {}).get(k):
             if not c.transaction_mode and told is not None:
-                self.untold = untold = self.untold or {}
-                untold.setdefault(k, told)
+                if self.untold is None or self.untold[0] is not c:  # (not another client's, left behind)
+                    self.untold = (c, {})
+                self.untold[1].setdefault(k, told)
             return b""
         c.param_changed(k, v)
         return None
