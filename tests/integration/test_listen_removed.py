@@ -225,10 +225,14 @@ class GateProxy:
     def close(self) -> None:
         self.lsock.close()
         for s in self.socks:
+            # shutdown first: a bare close() of a socket another thread is blocked reading leaves the
+            # connection open (the kernel keeps it for that read), and PostgreSQL's backend with it (one stayed
+            # through the rest of its xdist worker's run and was counted by test_coordinator).
             try:
-                s.close()
+                s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            s.close()
 
 
 @pytest.fixture
