@@ -42,7 +42,11 @@ class Session(ClientPeer, Protocol):
 
 def restore(c: Session, s: ServerConn) -> bool:
     """Session mode, `s` (`c`'s, for the whole session) idle after a transaction that ran a RESET: read the
-    session's settings back, then set again the startup settings it lost. True: `s` stays with `c`."""
+    session's settings back, then set again the startup settings it lost. True: `s` stays with `c`. With a
+    cancel request on its way nothing may go to `s` (ServerWrapped.cancel_gated): the next ReadyForQuery
+    tries again."""
+    if s.cancel_pending:
+        return True
     s.dirty &= ~DIRTY_RESTORE
     q = txstate.settings_query(sorted(set(txstate.customs_to_read(c.want, c.customs))))
     s.run_internal([q], lambda ok: _read(c, s, ok), rows=True)
