@@ -136,6 +136,11 @@ def quote(v: str) -> str:
     return "E'" + v.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+def set_config_call(k: str, v: str) -> str:
+    """The call that sets `k` to `v` for the session (source 'session', as a SET)."""
+    return f"pg_catalog.set_config({quote(k)}, {quote(v)}, false)"
+
+
 def sync_calls(want: dict[str, str], reported: dict[str, str], extra: dict[str, str]) -> list[str]:
     """set_config() calls that take a server whose reported settings are `reported` and whose other settings
     we changed to `extra` to exactly the settings `want` (what is not in `want` goes back to its default).
@@ -146,7 +151,7 @@ def sync_calls(want: dict[str, str], reported: dict[str, str], extra: dict[str, 
         if cur is None:
             cur = extra.get(k)
         if cur != v:
-            calls.append(f"pg_catalog.set_config({quote(k)}, {quote(v)}, false)")
+            calls.append(set_config_call(k, v))
             if k not in reported:
                 extra[k] = v
     for k in [k for k in extra if k not in want]:

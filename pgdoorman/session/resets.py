@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from pgdoorman.core import txstate
-from pgdoorman.core.params import quote
+from pgdoorman.core.params import set_config_call
 from pgdoorman.protocol import messages as m
 from pgdoorman.session.peer import ClientPeer
 from pgdoorman.session.states import DIRTY_RESTORE
@@ -78,7 +78,7 @@ def _read(c: Session, s: ServerConn, ok: bool) -> None:
         c._server_ready()  # what the client sent meanwhile
         return
     before = {k: told.get(k, s.params.get(k)) for k in lost}  # as the client last heard them
-    calls = ", ".join(f"pg_catalog.set_config({quote(k)}, {quote(v)}, false)" for k, v in lost.items())
+    calls = ", ".join(set_config_call(k, v) for k, v in lost.items())
     s.run_internal(["SELECT " + calls], lambda ok: _restored(c, s, ok, before))
 
 

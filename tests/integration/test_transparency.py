@@ -301,17 +301,12 @@ def test_protocol_versions_and_unknown_messages_answered_as_postgresql(pg: Any, 
         seen = []
         for version, extra in (((3 << 16) | 1, {}), ((3 << 16) | 2, {"_pq_.foo": "1", "_pq_.bar": "x"}),
                                ((3 << 16), {"_pq_.foo": "1"})):
-            with socket.create_connection((host, port), timeout=10) as s:
-                s.sendall(startup_message({"user": user, "database": DBNAME, **extra}, protocol=version))
-                t, body = read_one(s)
-                seen.append((t, body))  # then authentication, which differs (trust on PostgreSQL here)
-        with socket.create_connection((host, port), timeout=10) as s:
-            s.sendall(startup_message({"user": user, "database": DBNAME}, protocol=2 << 16))
-            s.settimeout(10)
-            raw = b""
-            while chunk := s.recv(65536):
-                raw += chunk
-            seen.append(("v2", raw))
+            with WireClient(host, port) as w:
+                w.send(startup_message({"user": user, "database": DBNAME, **extra}, protocol=version))
+                seen.append(w.read_message())  # then authentication, which differs (trust on PostgreSQL here)
+        with WireClient(host, port) as w:
+            w.send(startup_message({"user": user, "database": DBNAME}, protocol=2 << 16))
+            seen.append(("v2", w.expect_closed()))  # (not protocol 3: the raw bytes)
         w = connect(host, port) if name == "pooled" else WireClient.connect(host, port, SUPERUSER, DBNAME, None)
         w.send(frame("x", b""))
         seen.append(("unknown", comparable(split_messages(w.expect_closed()))))
@@ -319,18 +314,6 @@ def test_protocol_versions_and_unknown_messages_answered_as_postgresql(pg: Any, 
         got[name] = seen
     assert got["direct"][0] == ("v", (3 << 16).to_bytes(4, "big") + bytes(4))
     assert got["pooled"] == got["direct"]
-
-
-def read_one(s: socket.socket) -> tuple[str, bytes]:
-    s.settimeout(10)
-    head = b""
-    while len(head) < 5:
-        head += s.recv(5 - len(head))
-    n = int.from_bytes(head[1:5], "big") - 4
-    body = b""
-    while len(body) < n:
-        body += s.recv(n - len(body))
-    return chr(head[0]), body
 
 
 def test_session_mode_real_key_can_be_turned_off(pg: Any, pooler_factory: Any) -> None:

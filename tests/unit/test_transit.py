@@ -26,15 +26,14 @@ from pgdoorman.placement import KILL_LOG, Transit
 
 
 @dataclass(eq=False)
-class Client:
+class StandIn:
+    """What a move, an adoption and a KILL read and call on a client or a server."""
+
     pool: Any
     worker: Any
-    admin: None = None
-    closed: bool = False
-    written: list[bytes] = field(default_factory=list)
-    why: str = ""
-    scanner: Any = field(default_factory=lambda: SimpleNamespace(budget=None, on_stream=None))
     loop: Any = None
+    closed: bool = False
+    why: str = ""
 
     def detach(self) -> None:
         pass
@@ -42,11 +41,18 @@ class Client:
     def attach(self, loop: Loop) -> None:
         self.loop = loop
 
-    def write(self, data: bytes) -> None:
-        self.written.append(bytes(data))
-
     def close(self, why: str) -> None:
         self.closed, self.why = True, why
+
+
+@dataclass(eq=False)
+class Client(StandIn):
+    admin: None = None
+    written: list[bytes] = field(default_factory=list)
+    scanner: Any = field(default_factory=lambda: SimpleNamespace(budget=None, on_stream=None))
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
 
     def close_orderly(self, why: str) -> None:
         self.close(why)
@@ -76,9 +82,8 @@ def run_posted(loop: Loop) -> None:
 
 
 def client_on(app: Any, wid: int, database: str = "one") -> Client:
-    w = app.workers[wid]
-    c = Client(pool=app.pools[(database, "u")], worker=w)
-    w.clients.add(c)
+    c = Client(pool=app.pools[(database, "u")], worker=app.workers[wid])
+    c.worker.clients.add(c)
     return c
 
 
@@ -164,22 +169,8 @@ def test_transit_checks_only_the_kills_between_leaving_and_arriving() -> None:
 
 # ------------------------------------------------------------------ servers handed to another worker's waiter
 @dataclass(eq=False)
-class Server:
-    pool: Any
-    worker: Any
-    loop: Any = None
-    closed: bool = False
-    why: str = ""
+class Server(StandIn):
     pstats: Any = field(default_factory=lambda: SimpleNamespace(handed_moved=0))
-
-    def detach(self) -> None:
-        pass
-
-    def attach(self, loop: Loop) -> None:
-        self.loop = loop
-
-    def close(self, why: str) -> None:
-        self.closed, self.why = True, why
 
 
 @dataclass(eq=False)
@@ -198,9 +189,8 @@ class Waiter:
 
 
 def server_on(app: Any, wid: int, database: str = "one") -> Server:
-    w = app.workers[wid]
-    s = Server(pool=app.pools[(database, "u")], worker=w)
-    w.servers.add(s)
+    s = Server(pool=app.pools[(database, "u")], worker=app.workers[wid])
+    s.worker.servers.add(s)
     return s
 
 
