@@ -578,7 +578,7 @@ class Worker:
         if linked is not None and not linked.closed:
             linked.server = None
             if s.fatal_forwarded:
-                linked.close(f"server ended the session: {reason}")  # the client has PostgreSQL's FATAL already
+                linked.close_orderly(f"server ended the session: {reason}")  # the client has PostgreSQL's FATAL already
             elif prev_state in (ACTIVE, INTERNAL):
                 linked.server_failed(None)
         if pool.server_gone():

@@ -131,9 +131,10 @@ FIELDS: Final[tuple[Field, ...]] = (
     _general("TCP", "tcp_so_linger", Seconds(), 0, True,
              "SO_LINGER seconds set on client and server connections (TCP and Unix): how long closing a socket "
              "may wait for unsent data to be delivered. 0 resets the connection (RST) at once instead, so closed "
-             "connections leave no TIME_WAIT behind. Not after a FATAL error the pooler sends a client: that close "
-             "is orderly whatever this says, as PostgreSQL's, since a reset can reach the client before it reads "
-             "the error. A reload applies it to new connections only."),
+             "connections leave no TIME_WAIT behind. Not after a FATAL error a client gets (the pooler's own, or "
+             "PostgreSQL's when the client's server ends its session): that close is orderly whatever this says, "
+             "as PostgreSQL's, since a reset can reach the client before it reads the error. A reload applies it "
+             "to new connections only."),
     _general("TCP", "tcp_no_delay", Bool(), True, True,
              "Set TCP_NODELAY so small protocol messages are sent without Nagle's delay."),
     _general("TCP", "tcp_socket_buffer_size", ByteSize(), 0, True,

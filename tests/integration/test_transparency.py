@@ -316,6 +316,62 @@ def test_protocol_versions_and_unknown_messages_answered_as_postgresql(pg: Any, 
     assert got["pooled"] == got["direct"]
 
 
+def to_the_end(w: WireClient) -> list[Any]:
+    """Every message up to the close, then how it closed: an end of file, or a reset (which loses what the
+    client had not read yet)."""
+    out: list[Any] = []
+    try:
+        while True:
+            t, body = w.read_message(timeout=5)
+            if t == "E":
+                f = parse_fields(body)
+                out.append((t, f["S"], f["C"]))
+            elif t == "Z":
+                out.append((t, body.decode()))
+    except ConnectionResetError:
+        out.append("reset")
+    except ConnectionError:
+        out.append("end of file")
+    return out
+
+
+def test_a_server_ending_the_session_reaches_the_client_as_postgresql_ends_it(pg: Any, mode_pooler: Pooler) -> None:
+    """A server that ends its session with a FATAL of its own (pg_terminate_backend, an
+    idle_in_transaction_session_timeout, a lost protocol synchronisation) while a client holds it (session
+    mode, or inside a transaction): the client reads PostgreSQL's FATAL, then an end of file. The pooler
+    closed such a client with a reset (tcp_so_linger 0), and the reset took the unread FATAL with it."""
+    got: dict[str, Any] = {}
+    killer = connect(pg.host, pg.port)
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
+        seen = []
+        a = connect(host, port, SETTINGS_A)
+        a.query("begin")
+        killer.query(f"select pg_terminate_backend({a.query_rows('select pg_backend_pid()')[0][0]})")
+        time.sleep(0.3)
+        a.send(query("select 1"))
+        seen.append(to_the_end(a))
+        a.close()
+        a = connect(host, port, {"options": "-c idle_in_transaction_session_timeout=200"})
+        a.query("begin")
+        a.query("select 1")  # (the pooler defers a lone BEGIN: transaction-mode.md)
+        time.sleep(0.6)
+        a.send(query("select 1"))
+        seen.append(to_the_end(a))
+        a.close()
+        a = connect(host, port, SETTINGS_A)
+        a.send(query("create temp table if not exists end_t (x int); copy end_t from stdin"))
+        a.read_until("G")
+        a.send(frame("d", b"1\n"), query("select 1"))  # a Query inside COPY: synchronisation is lost
+        seen.append(to_the_end(a))
+        a.close()
+        with connect(host, port) as b:  # and the next client (pool_size 1) is served
+            seen.append(b.query_rows("select 2"))
+        got[name] = seen
+    killer.close()
+    assert got["direct"][0] == [("E", "FATAL", "57P01"), "end of file"]
+    assert got["pooled"] == got["direct"]
+
+
 def test_session_mode_real_key_can_be_turned_off(pg: Any, pooler_factory: Any) -> None:
     p = pooler_factory(pool_mode="session", pool_size=2, general={"session_real_backend_key": False})
     with connect(p.host, p.port) as a:
