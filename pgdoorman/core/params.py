@@ -40,8 +40,21 @@ READ_ONLY = frozenset({
 _APPNAME_MAX = 63
 
 
+# Settings PostgreSQL computes itself (context "internal"): a startup packet naming one is refused (55P02), as
+# PostgreSQL refuses it, not dropped.
+INTERNAL = frozenset({
+    "server_version", "server_encoding", "is_superuser", "integer_datetimes", "in_hot_standby",
+    "server_version_num", "lc_collate", "lc_ctype",
+})
+
+
 class OptionsError(ValueError):
-    """`options` holds something PostgreSQL would refuse ("invalid command-line argument")."""
+    """A startup packet PostgreSQL would refuse: its message, and the SQLSTATE (42601 "invalid command-line
+    argument" unless said)."""
+
+    def __init__(self, message: str, sqlstate: str = "42601") -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 def canonical_name(name: str) -> str:
@@ -78,36 +91,84 @@ def split_options(options: str) -> list[str]:
     return out
 
 
+# PostgreSQL's own single-letter switches (postgres.c, process_postgres_switches), read from `options` as its
+# getopt reads them: the setting each one sets, with its value (None: the switch's argument); _IGNORED are
+# taken and ignored (an argument, if they have one, consumed). -d (debug level) is not among them: it is
+# refused as an invalid argument.
+_SWITCHES: dict[str, tuple[str, str | None]] = {
+    "B": ("shared_buffers", None), "e": ("datestyle", "euro"), "F": ("fsync", "false"),
+    "h": ("listen_addresses", None), "i": ("listen_addresses", "*"), "k": ("unix_socket_directories", None),
+    "l": ("ssl", "true"), "N": ("max_connections", None), "O": ("allow_system_table_mods", "true"),
+    "P": ("ignore_system_indexes", "true"), "p": ("port", None), "S": ("work_mem", None),
+    "s": ("log_statement_stats", "true"), "W": ("post_auth_delay", None),
+}
+_IGNORED = frozenset("bCDEjnrTv")
+_WITH_ARGUMENT = frozenset("BCcDdfhkNprStvW-")
+_PLAN_SWITCHES = {"s": "enable_seqscan", "i": "enable_indexscan", "o": "enable_indexonlyscan",
+                  "b": "enable_bitmapscan", "t": "enable_tidscan", "n": "enable_nestloop",
+                  "m": "enable_mergejoin", "h": "enable_hashjoin"}
+_STATS_SWITCHES = {"pa": "log_parser_stats", "pl": "log_planner_stats", "ex": "log_executor_stats"}
+
+
 def parse_options(options: str) -> list[tuple[str, str]]:
-    """The settings of an `options` startup parameter: `-c name=value`, `-cname=value` and `--name=value`
-    (dashes in the name read as underscores, as PostgreSQL does). Anything else raises OptionsError."""
+    """The settings of an `options` startup parameter, as PostgreSQL's backend reads its command line:
+    `-c name=value`, `-cname=value` and `--name=value` (dashes in the name read as underscores), PostgreSQL's
+    single-letter switches (`-e`, `-S 4MB`, `-fs`, ...; several in one word), `--` ending the switches.
+    Raises OptionsError with PostgreSQL's message where PostgreSQL refuses the packet."""
     words = split_options(options)
     out: list[tuple[str, str]] = []
     i = 0
     while i < len(words):
         w = words[i]
         i += 1
-        if w == "-c":
-            if i >= len(words):
-                raise OptionsError("-c requires a value")
-            arg = words[i]
-            i += 1
-        elif w.startswith("-c"):
-            arg = w[2:]
-        elif w.startswith("--"):
-            arg = w[2:]
-        else:
-            raise OptionsError(f'invalid command-line argument for server process: {w}')
-        name, eq, value = arg.partition("=")
-        if not eq or not name:
-            raise OptionsError(f'invalid command-line argument for server process: {w if w != "-c" else arg}')
-        out.append((name.replace("-", "_"), value))
+        if w == "--":  # the end of the switches: anything after it is an argument the backend refuses
+            if i < len(words):
+                raise OptionsError(f"invalid command-line argument for server process: {words[i]}")
+            break
+        if len(w) < 2 or w[0] != "-":
+            raise OptionsError(f"invalid command-line argument for server process: {w}")
+        j = 1
+        while j < len(w):
+            flag = w[j]
+            j += 1
+            arg = ""
+            if flag in _WITH_ARGUMENT:
+                if j < len(w):
+                    arg = w[j:]
+                elif i < len(words):
+                    arg = words[i]
+                    i += 1
+                else:
+                    raise OptionsError(f"invalid command-line argument for server process: {w}")
+                j = len(w)
+            if flag in "c-":
+                name, eq, value = arg.partition("=")
+                if not eq:
+                    raise OptionsError(f"{'-c ' if flag == 'c' else '--'}{arg} requires a value")
+                if not name:
+                    raise OptionsError('unrecognized configuration parameter ""', "42704")
+                out.append((name.replace("-", "_"), value))
+            elif flag == "f":
+                if arg[:1] not in _PLAN_SWITCHES:  # (PostgreSQL reads the first letter only)
+                    raise OptionsError(f"invalid command-line argument for server process: {w}")
+                out.append((_PLAN_SWITCHES[arg[:1]], "false"))
+            elif flag == "t":
+                if arg[:2] not in _STATS_SWITCHES:  # (the first two letters)
+                    raise OptionsError(f"invalid command-line argument for server process: {w}")
+                out.append((_STATS_SWITCHES[arg[:2]], "true"))
+            elif flag in _SWITCHES:
+                setting, fixed = _SWITCHES[flag]
+                out.append((setting, arg if fixed is None else fixed))
+            elif flag not in _IGNORED:
+                raise OptionsError(f"invalid command-line argument for server process: {w}")
     return out
 
 
 def startup_settings(params: dict[str, str]) -> dict[str, str]:
     """The settings a startup packet asks for, keyed by `canonical_name`, in the order PostgreSQL applies
-    them (options first, then the packet's own keys, which win). Raises OptionsError."""
+    them (options first, then the packet's own keys, which win). Raises OptionsError where PostgreSQL refuses
+    the packet: a setting PostgreSQL computes itself (55P02), `transaction_isolation` (25001: PostgreSQL
+    takes it for a SET TRANSACTION), a `session_authorization` other than the user itself (42501)."""
     out: dict[str, str] = {}
     opts = params.get("options")
     if opts:
@@ -119,7 +180,14 @@ def startup_settings(params: dict[str, str]) -> dict[str, str]:
             continue
         out[canonical_name(k)] = v
     for k in list(out):
-        if k.lower() in READ_ONLY:
+        lk = k.lower()
+        if lk in INTERNAL:
+            raise OptionsError(f'parameter "{lk}" cannot be changed', "55P02")
+        if lk == "transaction_isolation":
+            raise OptionsError("SET TRANSACTION ISOLATION LEVEL must be called before any query", "25001")
+        if lk == "session_authorization" and out[k] != params.get("user"):
+            raise OptionsError(f'permission denied to set session authorization "{out[k]}"', "42501")
+        if lk in READ_ONLY:
             del out[k]
     return out
 

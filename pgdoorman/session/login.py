@@ -179,7 +179,7 @@ class ClientLogin(FastPaths):
             try:
                 settings = startup_settings(params)
             except OptionsError as e:
-                self.fatal("42601", str(e))
+                self.fatal(e.sqlstate, str(e))
                 return
             self.startup, self.settings = shared.keep_startup(body, params, settings)
         self.application_name = self.settings.get("application_name", "")

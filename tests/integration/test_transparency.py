@@ -140,6 +140,47 @@ def test_bad_startup_setting_is_refused_as_postgres_refuses_it(pg: Any, mode_poo
         assert c.query_rows("select 1") == [["1"]]
 
 
+# Startup packets PostgreSQL refuses or takes in a way of its own, and the setting to SHOW when it takes them.
+STARTUP_EDGES = [
+    ({"is_superuser": "on"}, "is_superuser"),  # computed by PostgreSQL: 55P02
+    ({"options": "-c lc_collate=C"}, "lc_collate"),
+    ({"options": "-c transaction_isolation=serializable"}, "transaction_isolation"),  # 25001
+    ({"options": "-c session_authorization=app_md5"}, "session_authorization"),  # another role: 42501
+    ({"options": "-c session_authorization=" + SCRAM_USER}, "session_authorization"),  # its own: taken
+    ({"options": "-e"}, "DateStyle"),  # PostgreSQL's own switches
+    ({"options": "-S 5MB -fs"}, "work_mem"),
+    ({"options": "-tpa"}, "log_parser_stats"),  # a superuser's setting: 42501
+    ({"options": "-F"}, "fsync"),  # 55P02 "cannot be changed now"
+    ({"options": "-c geqo=off --"}, "geqo"),  # -- ends the switches
+    ({"options": "-- -c geqo=off"}, "geqo"),
+    ({"options": "-c geqo"}, "geqo"),  # "-c geqo requires a value"
+    ({"options": "--geqo"}, "geqo"),
+    ({"options": "-c"}, "geqo"),
+    ({"options": "-c -x"}, "geqo"),
+    ({"options": "-c =1"}, "geqo"),  # 42704
+]
+
+
+def test_startup_packets_taken_and_refused_as_postgresql_does(pg: Any, mode_pooler: Pooler) -> None:
+    """Each packet above, directly and through the pooler: the same refusal (severity, SQLSTATE, message), or
+    the same value of the setting it names. The pooler dropped the settings PostgreSQL refuses
+    (is_superuser, lc_collate, transaction_isolation, another role's session_authorization), refused
+    PostgreSQL's single-letter switches, `--`, and gave other words for a `-c` without a value."""
+    got: dict[str, list[Any]] = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
+        got[name] = []
+        for params, shown in STARTUP_EDGES:
+            try:
+                c = connect(host, port, params)
+            except WireError as e:
+                got[name].append((params, e.fields.get("S"), e.fields.get("C"), e.fields.get("M")))
+                continue
+            got[name].append((params, c.query_rows(f"show {shown}")))
+            c.terminate()
+    assert sum(len(r) == 2 for r in got["direct"]) == 4  # (taken: the comparison covers both outcomes)
+    assert got["pooled"] == got["direct"]
+
+
 def test_temp_tables_and_advisory_locks_do_not_leak(pg: Any, mode_pooler: Pooler) -> None:
     """Defect 3: a temporary table or session advisory lock left by one client is gone for the next one. (In
     transaction mode they pin A to its server, the only one here: A keeps them, as on PostgreSQL, until it

@@ -27,15 +27,40 @@ def test_split_options_as_pg_split_opts() -> None:
 def test_parse_options_forms() -> None:
     assert parse_options("-c a=1 -cb=2 --c-d=3") == [("a", "1"), ("b", "2"), ("c_d", "3")]
     assert parse_options("-c lock_timeout=4s --geqo=off") == [("lock_timeout", "4s"), ("geqo", "off")]
-    for bad in ("-z", "-c", "-c novalue", "--=x", "plain"):
-        with pytest.raises(OptionsError):
+    # PostgreSQL's own switches, several in one word, an argument attached or next; -- ends them
+    assert parse_options("-eP -S 4MB -fs -tpa -C x -- ") == [
+        ("datestyle", "euro"), ("ignore_system_indexes", "true"), ("work_mem", "4MB"),
+        ("enable_seqscan", "false"), ("log_parser_stats", "true")]
+    assert parse_options("--") == []
+    for bad, message, sqlstate in (
+            ("-z", "invalid command-line argument for server process: -z", "42601"),
+            ("-c", "invalid command-line argument for server process: -c", "42601"),
+            ("-c novalue", "-c novalue requires a value", "42601"),
+            ("--novalue", "--novalue requires a value", "42601"),
+            ("-c -x", "-c -x requires a value", "42601"),
+            ("-- -c a=1", "invalid command-line argument for server process: -c", "42601"),
+            ("--=x", 'unrecognized configuration parameter ""', "42704"),
+            ("-fz", "invalid command-line argument for server process: -fz", "42601"),
+            ("plain", "invalid command-line argument for server process: plain", "42601")):
+        with pytest.raises(OptionsError) as ei:
             parse_options(bad)
+        assert (str(ei.value), ei.value.sqlstate) == (message, sqlstate)
+
+
+def test_startup_settings_refused_as_postgresql_refuses_them() -> None:
+    for params, sqlstate in (({"is_superuser": "on"}, "55P02"), ({"options": "-c lc_collate=C"}, "55P02"),
+                             ({"options": "-c transaction_isolation=serializable"}, "25001"),
+                             ({"session_authorization": "other"}, "42501")):
+        with pytest.raises(OptionsError) as ei:
+            startup_settings({"user": "u", **params})
+        assert ei.value.sqlstate == sqlstate
+    assert startup_settings({"user": "u", "session_authorization": "u"}) == {}  # its own: nothing to do
 
 
 def test_startup_settings_keys_and_precedence() -> None:
     got = startup_settings({"user": "u", "database": "d", "options": "-c work_mem=1MB -c TimeZone=UTC",
                             "timezone": "Asia/Tokyo", "_pq_.x": "1", "replication": "false",
-                            "is_superuser": "on", "Application_Name": "a"})
+                            "Application_Name": "a"})
     # The packet's own keys win over options; reported settings keep PostgreSQL's spelling; read-only and
     # protocol keys are not settings.
     assert got == {"work_mem": "1MB", "TimeZone": "Asia/Tokyo", "application_name": "a"}
