@@ -430,6 +430,7 @@ class ClientLogin(FastPaths):
             reported = {k: v for k, v in s.params.items()}
             if pool.server_params is None or len(self.want_base) < len(reported):
                 self._want_reported(reported)
+            self._want_spelled(reported)
         else:
             reported = dict(pool.server_params or {})
             for k in reported:
@@ -473,6 +474,17 @@ class ClientLogin(FastPaths):
                 want[k] = v
         self.want, self.want_key = shared.params(want)
         self.want_base = self.want
+
+    def _want_spelled(self, reported: dict[str, str]) -> None:
+        """The client's reported settings as this server, which has just applied them, spells them
+        (`client_encoding=utf8` is `UTF8`): what the client is told now and later compared with. Left as the
+        packet spelt them, a later read-back (core/txstate.py) found them "changed" and told the client again,
+        in either spelling."""
+        want = self.want
+        spelled = {k: v for k, v in reported.items() if k in want and want[k] != v}
+        if spelled:
+            self.want, self.want_key = shared.params({**want, **spelled})  # (shared: never changed in place)
+            self.want_base = self.want
 
     def _start_admin(self) -> None:
         self._login_done()

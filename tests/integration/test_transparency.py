@@ -126,6 +126,41 @@ def test_reset_returns_a_startup_setting_to_its_startup_value(pg: Any, mode_pool
     assert got["pooled"] == got["direct"]
 
 
+def everything(msgs: list[tuple[str, bytes]]) -> list[Any]:
+    """A simple query's answer as a client reads it, ParameterStatus messages included."""
+    out: list[Any] = []
+    for t, b in msgs:
+        if t == "S":
+            out.append((t, *b.rstrip(b"\0").decode().split("\0")))
+        elif t in "DC":
+            out.append((t, b[6:] if t == "D" else b.rstrip(b"\0")))
+        elif t == "Z":
+            out.append((t, b))
+    return out
+
+
+def test_startup_values_are_reported_as_postgresql_spells_them_and_only_on_change(pg: Any,
+                                                                                 mode_pooler: Pooler) -> None:
+    """Client A's startup packet spells client_encoding `utf8` (PostgreSQL reports `UTF8`). In transaction mode,
+    after A changed a setting and client B used the server in between (pool_size 1), A was told
+    `client_encoding=UTF8` again, and later `utf8` (the packet's spelling), though its encoding never changed:
+    PostgreSQL reports a setting only when its value changes."""
+    steps = [("a", "set application_name = 'a2'"), ("b", "select 1"), ("a", "select 1"),
+             ("a", "set datestyle = 'German'"), ("b", "select 2"), ("a", "show datestyle"), ("a", "select 3")]
+    got: dict[str, Any] = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
+        a = connect(host, port, SETTINGS_A)
+        b = connect(host, port) if mode_pooler.mode == "transaction" else None  # type: ignore[attr-defined]
+        got[name] = [(who, everything(a.query(q) if who == "a" else b.query(q))) for who, q in steps
+                     if who == "a" or b is not None]
+        got[name].append(a.parameters["client_encoding"])
+        a.close()
+        if b is not None:
+            b.close()
+    assert got["direct"][-1] == "UTF8"
+    assert got["pooled"] == got["direct"]
+
+
 def test_bad_startup_setting_is_refused_as_postgres_refuses_it(pg: Any, mode_pooler: Pooler) -> None:
     answers = []
     for host, port in ((pg.host, pg.port), (mode_pooler.host, mode_pooler.port)):
