@@ -18,7 +18,7 @@ from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
-from pgdoorman.session import listening, tracking
+from pgdoorman.session import listening
 from pgdoorman.session.rewrite import Rewriter
 from pgdoorman.session.shared import EMPTY
 from pgdoorman.session.slow_checkout import SLOW_CHECKOUT_US, log_slow_checkout
@@ -33,7 +33,6 @@ from pgdoorman.session.states import (
     READY,
     STARTUP,
 )
-from pgdoorman.session.txbegin import ABORT_QUERY
 
 if TYPE_CHECKING:
     from pgdoorman.core.pool import Pool
@@ -540,62 +539,6 @@ class ClientBase(Conn):
         return (self.transaction_mode and self.server is s and s.state == 3 and s.txn_status == 73
                 and self.expect <= 0 and not self.unsynced and not self.rw.rq and not s.release_pending
                 and not (sc := self.scanner).skip and not sc.carry)  # (Scanner.mid_message, without a call)
-
-    # ------------------------------------------------------------------ cancel requests
-    def cancel_requested(self) -> None:
-        """A CancelRequest with this client's key (on this client's loop): cancel what it is doing now, as
-        PostgreSQL would. A request still waiting for a server is answered here with 57014 and never reaches
-        one; a running one is cancelled on its server, and nothing more is sent to that server until PostgreSQL
-        has the cancel (ServerWrapped.cancel_gated), so it cannot hit a later statement and the server is kept."""
-        if self.closed or self.state != READY:
-            return
-        s = self.server
-        if self.waiting or (s is not None and s.state == 4):  # waiting, or its server runs our sync first
-            self._cancel_held()
-            return
-        if s is None or s.closed or not s.pid:
-            log.debug("cancel request for %r: no query running", self)
-            return
-        s.cancel_gated()
-
-    def _cancel_held(self) -> None:
-        """Answer the oldest request held for a server with PostgreSQL's cancel error and drop its bytes; stop
-        waiting when nothing else is held. A request not wholly received yet cannot be cut out: then the
-        cancel is ignored, as PostgreSQL ignores one that arrives before the query."""
-        held = self.raw if self.ps else self.pending
-        end = tracking.first_request_end(held)
-        if end is None:
-            log.debug("cancel request for %r: no whole request held", self)
-            return
-        held = held[end:]  # (raw may be bytes: ClientConn._consume keeps one read so)
-        if self.ps:
-            self.raw = held
-        else:
-            self.pending = held
-            self.expect -= 1  # counted when it was scanned
-            self.rw.drop_request()  # (its queue entries, if the plain relay queues them: tracking.py)
-            if not held:
-                self.unsynced = False
-        self.query_start = 0.0
-        held_begin = self.begin_held
-        if held_begin is None:
-            self.xact_start = 0.0
-            rfq = m.RFQ_IDLE
-        else:  # in a transaction (deferred BEGIN): it fails, as on PostgreSQL, and the server's must too
-            if not held_begin[1]:
-                self.begin_held = (held_begin[0] + ABORT_QUERY, 1)
-            self.last_status = 69
-            rfq = m.ready_for_query(b"E")
-        self.write(m.error_response("57014", "canceling statement due to user request") + rfq)
-        if held or self.raw or self.pending:
-            return
-        if self.waiting:
-            self.waiting = False
-            pool = self.pool
-            if pool is not None:
-                pool.remove_waiter(self)
-        if self.read_paused and not self.closed:
-            self.resume_reading()
 
     def wait_timed_out(self) -> None:
         if not self.waiting or self.closed:
