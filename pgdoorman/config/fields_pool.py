@@ -56,6 +56,14 @@ POOL_FIELDS: Final[tuple[Field, ...]] = (
           "simple query or a prepared statement that creates it is refused with 0A000 before it reaches "
           "PostgreSQL, and such state created otherwise (inside a function) is cleaned at the end of the "
           "transaction. See docs/transaction-mode.md."),
+    _pool("Behaviour", "transaction_discard_sequences", Bool(), True, True,
+          "Transaction mode (a pgdoorman setting, not PgDoorman's): a server on which a client's transaction may "
+          "have drawn a sequence value (its CommandComplete was INSERT, COPY or MERGE, or its text names "
+          "nextval or setval) gets DISCARD SEQUENCES before another client that reads sequence values (its SQL "
+          "names currval or lastval) runs anything there, with no extra round trip, so that currval() and "
+          "lastval() never return another client's value: they fail with 55000 as in a session that has not "
+          "called nextval(). false: as PgBouncer and PgDoorman, the next client can read them. See "
+          "docs/transaction-mode.md."),
     _pool("Behaviour", "sync_server_parameters", Bool(), None, True,
           "Per-pool `general.sync_server_parameters` (added by a PgDoorman release after 3.10.7). As there, "
           "pgdoorman always syncs: `false` loads with a warning saying it is not honoured.", optional=True,

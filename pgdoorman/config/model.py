@@ -190,6 +190,7 @@ class PoolConfig:
     cleanup_server_connections: bool = _p("cleanup_server_connections")
     log_client_parameter_status_changes: bool = _p("log_client_parameter_status_changes")
     transaction_pinning: str = _p("transaction_pinning")
+    transaction_discard_sequences: bool = _p("transaction_discard_sequences")
     sync_server_parameters: bool | None = _p("sync_server_parameters")
     connect_timeout: int | None = _p("connect_timeout")
     idle_timeout: int | None = _p("idle_timeout")

@@ -9,7 +9,9 @@ search_path). A transaction whose text named one of them ends with a check on it
 what remains pins the client to that server; settings are read back so that they follow the client.
 
 The keywords: "temp" (TEMP, TEMPORARY, pg_temp), "advisory" (pg_advisory_lock and friends) and "set_config",
-in any letter case. A false positive costs one housekeeping round trip at the end of that transaction; a
+in any letter case. And for sequences (pool setting transaction_discard_sequences, ClientBase._link): "nextval"
+and "setval" leave a value in the session that currval() and lastval() read, which must not reach another
+client of that server; "currval" and "lastval" mark a client that reads them. A false positive costs one housekeeping round trip at the end of that transaction; a
 false negative is impossible for these spellings, since every statement that creates a temporary object,
 takes a session advisory lock or calls set_config names one of them (a function that does so internally is
 not seen: docs/transaction-mode.md).
@@ -20,6 +22,10 @@ from __future__ import annotations
 # Bits of what a text may leave (ClientConn.leaves, Statement.leaves).
 PINS = 1  # temporary objects or advisory locks
 SETTINGS = 2  # set_config(): session settings changed without a SET tag
+# nextval()/setval(): the session now has sequence values for currval()/lastval() (ServerConn.seq_client)
+SEQUENCES = 16
+# currval()/lastval(): the client reads sequence values of its session (ClientBase.seq_reader)
+READS_SEQUENCES = 32
 # "listen" (LISTEN, UNLISTEN), or a prepared DISCARD ALL: the text is read for them (session/listening.py);
 # nothing to clean or check.
 LISTENS = 4
@@ -29,20 +35,33 @@ CUSTOM = 8
 # The longest keyword is 10 bytes: a keyword split between two reads has at most 9 bytes in the first.
 TAIL = 9
 CLEANUP = "DISCARD TEMP; SELECT pg_catalog.pg_advisory_unlock_all()"
+# What a client gets ahead of its first request on a server that may hold another client's sequence values.
+DISCARD_SEQUENCES = "DISCARD SEQUENCES"
 # Every keyword looked for. session/fastpath.py's _fast_query repeats them inline (a call less per simple
 # query); tests/unit/test_leaks_keywords.py checks that both places look for exactly these.
-KEYWORDS = (b"temp", b"advisory", b"set_config", b"listen")
+KEYWORDS = (b"temp", b"advisory", b"set_config", b"listen", b"nextval", b"setval", b"currval", b"lastval")
 
 
 def lowered_may_leave_state(low: bytes) -> int:
-    """What `low` (already lower-cased) may leave: PINS | SETTINGS | LISTENS bits, 0 for nothing."""
+    """What `low` (already lower-cased) may leave: PINS | SETTINGS | LISTENS | SEQUENCES | READS_SEQUENCES bits, 0
+    for nothing."""
     # find() rather than `in`: measurably faster on short queries (bytes.__contains__ searches differently).
     bits = PINS if low.find(b"temp") >= 0 or low.find(b"advisory") >= 0 else 0
     if low.find(b"set_config") >= 0:
         bits |= SETTINGS
     if low.find(b"listen") >= 0:
         bits |= LISTENS
+    if low.find(b"nextval") >= 0 or low.find(b"setval") >= 0:
+        bits |= SEQUENCES
+    if low.find(b"currval") >= 0 or low.find(b"lastval") >= 0:
+        bits |= READS_SEQUENCES
     return bits
+
+
+def reads_sequences(request: bytes | bytearray | memoryview) -> bool:
+    """The start of a request (8 kB) names currval or lastval."""
+    low = bytes(request[:8192]).lower()
+    return low.find(b"currval") >= 0 or low.find(b"lastval") >= 0
 
 
 def may_leave_state(text: bytes | bytearray | memoryview) -> int:

@@ -126,6 +126,8 @@ class Pool:
         self.cleanup = pool_cfg.cleanup_server_connections
         # transaction_pinning: refuse (statements that would pin a client are refused, core/sqllex.py)
         self.pin_refuse = self.transaction_mode and pool_cfg.transaction_pinning == "refuse"
+        # transaction_discard_sequences: another client's sequence values are discarded (ClientBase._link)
+        self.discard_sequences = pool_cfg.transaction_discard_sequences
         self.ps_cache.size = max(1, cfg.prepared_cache_size_for(pool_cfg))
         self.ps_cache.anon_size = cfg.client_anonymous_cache_size_for(pool_cfg)
         self.server_ps_cache_size = max(1, cfg.server_prepared_cache_size_for(pool_cfg))

@@ -128,7 +128,7 @@ class ClientConn(ClientLogin):
                 self.worker.carry_out(pool, r[0], r[1], r[2])
             else:
                 s = r  # (a ServerConn: the pool holds only the ones workers gave it)
-                if not self._link(s):
+                if not self._link(s, view):
                     s = None  # linked, but a parameter sync runs first: hold the bytes until it is done
         hold = s is None or s.state != 3 or self.ps and self.raw  # 3: ServerState.ACTIVE (a truth value, no bool())
         if hold:  # no server ready for these bytes yet

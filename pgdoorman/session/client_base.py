@@ -44,6 +44,7 @@ log = logging.getLogger("pgdoorman.client")
 
 # Server dirt that a transaction-mode client's check at the end of its transaction looks at (see session_check).
 _CHECKED = DIRTY_SET | DIRTY_TEMP | DIRTY_CURSOR | DIRTY_PREPARE
+DISCARD_SEQUENCES_QUERY = m.query(leaks.DISCARD_SEQUENCES)
 _PINNING = DIRTY_TEMP | DIRTY_CURSOR | DIRTY_PREPARE
 
 _unpack = m.U32.unpack_from
@@ -62,7 +63,7 @@ class ClientBase(Conn):
         "named_parse", "copy_window", "copy_syncs", "in_copy_in",
         "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
         "begin_held", "answered", "window", "copy_pre", "copy_risk",
-        "want_base", "pinned", "checked_xact", "probing", "lsn", "customs",
+        "want_base", "pinned", "checked_xact", "probing", "lsn", "customs", "seq_reader",
     )
 
     def __init__(self, sock: socket.socket, worker: Host, addr: str, is_unix: bool = False) -> None:
@@ -131,6 +132,7 @@ class ClientBase(Conn):
         # last bytes read, lower-cased, for a keyword split between two reads.
         self.leaves = 0
         self.scan_tail = b""
+        self.seq_reader = False  # its SQL has named currval or lastval (leaks.READS_SEQUENCES; ClientBase._link)
         self.copy_confused = False  # see on_server_error
         # A deferred BEGIN (txbegin.py): the Query messages to send ahead of this client's next request, and how
         # many of them make the server's transaction fail (a request cancelled while it waited for a server).
@@ -252,15 +254,19 @@ class ClientBase(Conn):
             dirty = DIRTY_PREPARE  # prepared_statements off: a named Parse stays on the server
             self.named_parse = False
         if self.leaves:
-            dirty |= self._leaves_dirt()
+            dirty |= self._leaves_dirt(s)
         if gone and self.pinned:
             self.pinned = ""
         return dirty
 
-    def _leaves_dirt(self) -> int:
-        """What `leaves` means for the server (DIRTY_* bits), forgotten here."""
+    def _leaves_dirt(self, s: ServerConn) -> int:
+        """What `leaves` means for the server (DIRTY_* bits, and `seq_client`), forgotten here."""
         bits = self.leaves
         self.leaves = 0
+        if bits & leaks.SEQUENCES:
+            s.seq_client = self
+        if bits & leaks.READS_SEQUENCES:
+            self.seq_reader = True
         return (DIRTY_TEMP if bits & leaks.PINS else 0) | (DIRTY_SET if bits & leaks.SETTINGS else 0)
 
     # ------------------------------------------------------------------ session state (transaction mode)
@@ -270,7 +276,7 @@ class ClientBase(Conn):
         core/txstate.py): the settings then follow this client, and what cannot move pins it to `s`. True:
         the worker must not take `s` back now (the check runs, or the client stays pinned)."""
         if self.leaves:
-            s.dirty |= self._leaves_dirt()
+            s.dirty |= self._leaves_dirt(s)
         d = s.dirty & _CHECKED
         if self.pinned:
             if s.xact_count == self.checked_xact:
@@ -448,9 +454,9 @@ class ClientBase(Conn):
         if self._link(s):
             self._server_ready()
 
-    def _link(self, s: ServerConn) -> bool:
+    def _link(self, s: ServerConn, request: bytes | bytearray | memoryview = b"") -> bool:
         """Make `s` this client's server; False while an idle check or a parameter sync runs first (then
-        _probed or _synced follows)."""
+        _probed or _synced follows). `request`: the start of what the client sends first."""
         self.server = s
         check_at = s.check_at  # set when it was parked idle (Pool.release) and server_idle_check_timeout is on
         if check_at:
@@ -461,14 +467,20 @@ class ClientBase(Conn):
         s.link(self)
         if s.ps_on or self.rw.rq:  # on while expected responses are queued (Rewriter._track, tracking.start)
             s.set_ps_mode(bool(self.rw.rq))
+        # Another client's sequence values are not for one that reads them (leaks.py).
+        if discard := (sc := s.seq_client) is not None and sc is not self and s.pool.discard_sequences and (
+                self.seq_reader or leaks.reads_sequences(request or self.pending or self.raw)):
+            s.seq_client = None
         if s.synced_key != self.want_key:
             queries = s.sync_queries(self.want)
             if queries:
-                s.run_internal(queries, self._synced)
+                s.run_internal([leaks.DISCARD_SEQUENCES, *queries] if discard else queries, self._synced)
                 return False
             s.synced_key = self.want_key
         if self.begin_held is not None:
-            self._send_begin(s)
+            self._send_begin(s, DISCARD_SEQUENCES_QUERY if discard else b"")  # (one write for both)
+        elif discard:
+            s.send_ahead(DISCARD_SEQUENCES_QUERY, 1, 0, in_txn=False)
         return True
 
     def _probe(self, s: ServerConn) -> None:
@@ -497,13 +509,14 @@ class ClientBase(Conn):
         elif self._link(s):
             self._server_ready()
 
-    def _send_begin(self, s: ServerConn) -> None:
-        """The deferred BEGIN goes ahead of this client's bytes; its answer is swallowed (ServerConn.send_ahead)."""
+    def _send_begin(self, s: ServerConn, discard: bytes = b"") -> None:
+        """The deferred BEGIN goes ahead of this client's bytes (after `discard`, DISCARD SEQUENCES, if given);
+        its answer is swallowed (ServerConn.send_ahead)."""
         held = self.begin_held
         assert held is not None
         self.begin_held = None
         s.bytes_out += len(held[0])  # (the pool's bytes received were counted when the client sent it)
-        s.send_ahead(held[0], 1 + held[1], held[1])
+        s.send_ahead(discard + held[0], 1 + held[1] + (1 if discard else 0), held[1])
 
     def _synced(self, ok: bool) -> None:
         s = self.server

@@ -130,13 +130,14 @@ class FastPaths(ClientBase):
         if b0 in _MAYBE_SPECIAL or self.lsn is not None:
             return False  # (a listening client's statements are all read: listening.in_request)
         # leaks.may_leave_state, inline (its keywords; a call less per statement on the simplest path). "set"
-        # stands for set_config too, and for the custom settings a SET, RESET or set_config may name.
+        # stands for set_config and setval too, and for the custom settings a SET, RESET or set_config may name.
         low = bytes(view).lower()  # (no copy for bytes; its 5-byte header too: a slice less, at worst a false "maybe")
         if low.find(b"set") >= 0:
             bits = lowered_may_leave_state(low)
             if low.find(b".") >= 0:
                 self.note_settings(view[5:n], low[5:])  # custom settings (sqllex.setting_names_text)
-        elif low.find(b"temp") < 0 and low.find(b"advisory") < 0 and low.find(b"listen") < 0:
+        elif (low.find(b"temp") < 0 and low.find(b"advisory") < 0 and low.find(b"listen") < 0
+              and low.find(b"val") < 0):  # ("val": nextval, currval, lastval; and VALUES, interval: a "maybe")
             bits = 0
         else:
             bits = lowered_may_leave_state(low)

@@ -59,13 +59,14 @@ UNKNOWN = "\x00"
 _TAG_LENS = frozenset({4, 6, 7, 8, 12, 15})
 # CommandComplete tags of DDL, by their first five bytes (no other tag starts like these).
 _DDL_TAGS = frozenset((b"CREAT", b"ALTER", b"DROP "))
+_SEQ_TAGS = frozenset((b"INSER", b"COPY ", b"MERGE"))
 class ServerConn(ServerWrapped):
     __slots__ = (
         "id", "worker", "pool", "client", "extra", "extra_undo", "synced_key", "pid", "secret",
         "created", "idle_since", "check_at", "epoch", "dirty", "scanner",
         "internal_left", "internal_error", "internal_done", "internal_rows", "deferred",
         "timer", "addr", "xact_start", "query_count", "counted", "xact_count",
-        "bytes_in", "bytes_out", "pstats", "reset_at", "untold",
+        "bytes_in", "bytes_out", "pstats", "reset_at", "untold", "seq_client",
     )
 
     def __init__(self, sock: socket.socket, worker: Host, pool: Pool, addr: str) -> None:
@@ -87,6 +88,8 @@ class ServerConn(ServerWrapped):
         self.check_at = 0.0  # (Pooled.check_at: server_idle_check_timeout's probe)
         self.epoch = pool.epoch
         self.dirty = 0
+        # Whose nextval()/setval() may have left values for currval() here (transaction mode; ClientBase._link)
+        self.seq_client: ClientPeer | None = None
         self.scanner = Scanner(SERVER_TABLE, on_message=self._on_message)
         self.scanner.stream_min = worker.app.config.general.message_size_to_be_stream
         self.inbuf = bytearray()
@@ -291,6 +294,11 @@ class ServerConn(ServerWrapped):
             b0 = body[0]
             if len(body) in _TAG_LENS and b0 in b"SPDLUR":
                 self._note_tag(bytes(body[:-1]))
+            elif b0 in b"ICM" and bytes(body[:5]) in _SEQ_TAGS:
+                # A column's DEFAULT nextval() leaves no trace in the SQL text: what inserts rows may have run one.
+                c = self.client
+                if c is not None and c.transaction_mode:
+                    self.seq_client = c
             if b0 in b"CDA" and bytes(body[:5]) in _DDL_TAGS:
                 # DDL may change what a statement parsed before means (types, columns, result rows), and the
                 # pool's statements are parsed once per server: from now on each text is parsed afresh, as a

@@ -80,15 +80,17 @@ class ServerWrapped(ServerPrepared):
             return self._on_cancelling
         return self._ps_handler if self.ps_on else self._plain_handler
 
-    def send_ahead(self, data: bytes, n: int, quiet: int) -> None:
-        """`n` simple queries of the linked client's that the pooler answered itself (a deferred BEGIN), sent in
-        front of its next request; their answers are swallowed, with `quiet` expected errors (other errors are
-        relayed: the client must learn why its transaction is not what it was told). The relay handler is
-        wrapped until their last ReadyForQuery, so other clients' relay pays nothing for it."""
+    def send_ahead(self, data: bytes, n: int, quiet: int, in_txn: bool = True) -> None:
+        """`n` simple queries sent in front of the linked client's next request: of the client's, that the
+        pooler answered itself (a deferred BEGIN), or the pooler's own (DISCARD SEQUENCES, `in_txn` False);
+        their answers are swallowed, with `quiet` expected errors (other errors are relayed: the client must
+        learn why its transaction is not what it was told). The relay handler is wrapped until their last
+        ReadyForQuery, so other clients' relay pays nothing for it."""
         self.write(data)
         self.ahead += n
         self.ahead_quiet += quiet
-        self.txn_status = 84  # what the client was told; requests answered locally meanwhile say so too
+        if in_txn:
+            self.txn_status = 84  # what the client was told; requests answered locally meanwhile say so too
         self.scanner.on_message = self._on_ahead
 
     def _on_ahead(self, t: int, body: memoryview) -> bytes | None:

@@ -5,6 +5,7 @@ indistinguishable")."""
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
@@ -446,6 +447,68 @@ def test_a_server_ending_the_session_reaches_the_client_as_postgresql_ends_it(pg
     killer.close()
     assert got["direct"][0] == [("E", "FATAL", "57P01"), "end of file"]
     assert got["pooled"] == got["direct"]
+
+
+SEQUENCE_SETUP = ("create table if not exists seq_t (id serial primary key, x int)",
+                  "create sequence if not exists seq_s")
+# What may leave a sequence value in the session: a column DEFAULT (no sequence named in the text), an
+# explicit nextval() or setval() in a SELECT, and nextval() through the extended protocol.
+SEQUENCE_USES = ("insert into seq_t (x) values (1)", "select nextval('seq_s') > 0",
+                 "select setval('seq_s', 42) > 0", "extended")
+# (B's first statement a BEGIN: the pooler defers it, and the discard goes ahead of it in the same write)
+SEQUENCE_READS = ("begin", "select currval('seq_t_id_seq')", "rollback", "select currval('seq_s')",
+                  "select lastval()")
+
+
+def use_sequence(c: WireClient, how: str) -> list[tuple[str, str]]:
+    if how != "extended":
+        return replies(c.query(how))
+    c.send(parse("", "select nextval('seq_s') > 0"), bind(), execute(), sync())
+    return replies(c.read_until("Z"))
+
+
+def test_a_clients_sequence_values_do_not_reach_the_next_client(pg: Any, mode_pooler: Pooler) -> None:
+    """On PostgreSQL currval() and lastval() read what this session's nextval()/setval() left: 55000 in a
+    session that never called one. Through the pooler client B (pool_size 1: client A's server) read A's
+    values in transaction mode, whether A's nextval() was a column DEFAULT, explicit, or a setval()."""
+    with connect(pg.host, pg.port) as setup:
+        for q in SEQUENCE_SETUP:
+            setup.query(q)
+    got: dict[str, list[Any]] = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
+        got[name] = []
+        # B with A's settings gets the server as it is (the discard goes ahead of B's query); B without them
+        # has it synced first (the discard goes with the sync).
+        for how, b_settings in itertools.product(SEQUENCE_USES, (SETTINGS_A, None)):
+            a = connect(host, port, SETTINGS_A)
+            used = use_sequence(a, how)
+            if mode_pooler.mode == "session":  # type: ignore[attr-defined]
+                a.terminate()  # (pool_size 1: B gets A's server once A has left)
+            with connect(host, port, b_settings) as b:
+                got[name].append((how, used, [replies(b.query(q)) for q in SEQUENCE_READS]))
+            a.close()
+        # A client that neither draws nor reads sequence values changes nothing: A, back on its server after
+        # B's transaction (pool_size 1), reads its own value there, as on PostgreSQL.
+        a = connect(host, port, SETTINGS_A)
+        a.query("select setval('seq_s', 99)")
+        if mode_pooler.mode == "transaction":  # type: ignore[attr-defined]
+            with connect(host, port, SETTINGS_A) as b:
+                b.query("select count(*) from seq_t")
+            got[name].append(replies(a.query("select currval('seq_s')")))
+        a.close()
+    assert got["direct"][0][2] == [[("C", "BEGIN")], [("E", "55000")], [("C", "ROLLBACK")], [("E", "55000")],
+                                   [("E", "55000")]]
+    assert got["pooled"] == got["direct"]
+
+
+def test_sequence_values_stay_on_the_server_when_told_to(pg: Any, pooler_factory: Any) -> None:
+    """transaction_discard_sequences: false keeps PgBouncer's behaviour: B reads A's value."""
+    p = pooler_factory(pool_mode="transaction", pool_size=1, pool={"transaction_discard_sequences": False})
+    with connect(p.host, p.port) as a, connect(p.host, p.port) as b:
+        for q in SEQUENCE_SETUP:
+            a.query(q)
+        a.query("select setval('seq_s', 77)")
+        assert replies(b.query("select currval('seq_s')")) == [("D", "77"), ("C", "SELECT 1")]
 
 
 def test_session_mode_real_key_can_be_turned_off(pg: Any, pooler_factory: Any) -> None:

@@ -73,7 +73,7 @@ IMPLEMENTED = {
         "cleanup_server_connections", "connect_timeout", "idle_timeout", "query_timeout", "server_lifetime",
         "prepared_statements_cache_size", "server_prepared_statements_cache_size", "users",
         "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key", "auth_query",
-        "startup_parameters", "log_client_parameter_status_changes", "transaction_pinning",
+        "startup_parameters", "log_client_parameter_status_changes", "transaction_pinning", "transaction_discard_sequences",
         "sync_server_parameters", "patroni_api_urls", "fallback_cooldown", "patroni_api_timeout",
         "fallback_connect_timeout", "fallback_lifetime",
         "scaling_warm_pool_ratio", "scaling_fast_retries", "max_db_connections", "min_connection_lifetime",
@@ -159,7 +159,7 @@ def test_dataclass_matches_table(section: str, cls: type[Any], extra: tuple[str,
 
 
 # Settings of ours that PgDoorman does not have (each documented as such in its text).
-OUR_KEYS = {"general": {"session_real_backend_key", "query_timeout", "worker_placement", "worker_busy_percent", "worker_spare_cpu_percent"}, "pool": {"query_timeout", "transaction_pinning"}}
+OUR_KEYS = {"general": {"session_real_backend_key", "query_timeout", "worker_placement", "worker_busy_percent", "worker_spare_cpu_percent"}, "pool": {"query_timeout", "transaction_pinning", "transaction_discard_sequences"}}
 
 
 def test_every_pgdoorman_key_is_in_the_table() -> None:
