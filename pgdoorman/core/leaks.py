@@ -9,12 +9,14 @@ search_path). A transaction whose text named one of them ends with a check on it
 what remains pins the client to that server; settings are read back so that they follow the client.
 
 The keywords: "temp" (TEMP, TEMPORARY, pg_temp), "advisory" (pg_advisory_lock and friends) and "set_config",
-in any letter case. And for sequences (pool setting transaction_discard_sequences, ClientBase._link): "nextval"
-and "setval" leave a value in the session that currval() and lastval() read, which must not reach another
-client of that server; "currval" and "lastval" mark a client that reads them. A false positive costs one housekeeping round trip at the end of that transaction; a
+in any letter case. A false positive costs one housekeeping round trip at the end of that transaction; a
 false negative is impossible for these spellings, since every statement that creates a temporary object,
 takes a session advisory lock or calls set_config names one of them (a function that does so internally is
 not seen: docs/transaction-mode.md).
+
+Sequences (pool setting transaction_discard_sequences, ClientBase._link): "nextval" and "setval" leave values in
+the session that currval() and lastval() read, which must not reach another client of that server; "currval"
+and "lastval" mark a client that reads them.
 """
 
 from __future__ import annotations

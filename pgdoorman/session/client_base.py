@@ -44,8 +44,8 @@ log = logging.getLogger("pgdoorman.client")
 
 # Server dirt that a transaction-mode client's check at the end of its transaction looks at (see session_check).
 _CHECKED = DIRTY_SET | DIRTY_TEMP | DIRTY_CURSOR | DIRTY_PREPARE
-DISCARD_SEQUENCES_QUERY = m.query(leaks.DISCARD_SEQUENCES)
 _PINNING = DIRTY_TEMP | DIRTY_CURSOR | DIRTY_PREPARE
+DISCARD_SEQUENCES_QUERY = m.query(leaks.DISCARD_SEQUENCES)
 
 _unpack = m.U32.unpack_from
 assert RECV_BUFFER_SIZE >= TLS_READ_MIN  # see ClientConn._start_tls

@@ -59,7 +59,10 @@ UNKNOWN = "\x00"
 _TAG_LENS = frozenset({4, 6, 7, 8, 12, 15})
 # CommandComplete tags of DDL, by their first five bytes (no other tag starts like these).
 _DDL_TAGS = frozenset((b"CREAT", b"ALTER", b"DROP "))
+# ... and of what inserts rows, which may draw sequence values (a column's DEFAULT nextval()).
 _SEQ_TAGS = frozenset((b"INSER", b"COPY ", b"MERGE"))
+
+
 class ServerConn(ServerWrapped):
     __slots__ = (
         "id", "worker", "pool", "client", "extra", "extra_undo", "synced_key", "pid", "secret",
@@ -88,7 +91,7 @@ class ServerConn(ServerWrapped):
         self.check_at = 0.0  # (Pooled.check_at: server_idle_check_timeout's probe)
         self.epoch = pool.epoch
         self.dirty = 0
-        # Whose nextval()/setval() may have left values for currval() here (transaction mode; ClientBase._link)
+        # Whose nextval() may have left values for currval() here (ClientBase._link; a departed one's kept till then)
         self.seq_client: ClientPeer | None = None
         self.scanner = Scanner(SERVER_TABLE, on_message=self._on_message)
         self.scanner.stream_min = worker.app.config.general.message_size_to_be_stream
@@ -294,8 +297,7 @@ class ServerConn(ServerWrapped):
             b0 = body[0]
             if len(body) in _TAG_LENS and b0 in b"SPDLUR":
                 self._note_tag(bytes(body[:-1]))
-            elif b0 in b"ICM" and bytes(body[:5]) in _SEQ_TAGS:
-                # A column's DEFAULT nextval() leaves no trace in the SQL text: what inserts rows may have run one.
+            elif b0 in b"ICM" and bytes(body[:5]) in _SEQ_TAGS:  # (a DEFAULT nextval() is not in the text)
                 c = self.client
                 if c is not None and c.transaction_mode:
                     self.seq_client = c
