@@ -429,9 +429,7 @@ class ClientLogin(FastPaths):
         if s is not None:
             # What the server reports now, our settings applied (ParameterStatus during the sync).
             reported = {k: v for k, v in s.params.items()}
-            if pool.server_params is None or len(self.want_base) < len(reported):
-                self._want_reported(reported)
-            self._want_spelled(reported)
+            self._want_reported(reported, pool.server_params is None or len(self.want_base) < len(reported))
         else:
             reported = dict(pool.server_params or {})
             for k in reported:
@@ -466,25 +464,17 @@ class ClientLogin(FastPaths):
             self._keep_raw(self.inbuf)
         self.inbuf = EMPTY  # what follows login is read by the relay (client.py)
 
-    def _want_reported(self, reported: dict[str, str]) -> None:
-        """The first login of a pool learns its reported defaults from this server: they are wanted too, so
-        that another client's value of one of them never stays on a server this client gets."""
-        want = dict(self.want)  # shared (see _want_settings): copied, then shared again
-        for k, v in reported.items():
-            if k not in READ_ONLY and k not in want:
-                want[k] = v
-        self.want, self.want_key = shared.params(want)
-        self.want_base = self.want
-
-    def _want_spelled(self, reported: dict[str, str]) -> None:
-        """The client's reported settings as this server, which has just applied them, spells them
-        (`client_encoding=utf8` is `UTF8`): what the client is told now and later compared with. Left as the
-        packet spelt them, a later read-back (core/txstate.py) found them "changed" and told the client again,
-        in either spelling."""
+    def _want_reported(self, reported: dict[str, str], defaults: bool) -> None:
+        """`want` as this server, which has just applied the client's settings, reports them: its spelling of
+        each (`client_encoding=utf8` is `UTF8`: what the client is told now and later compared with; left as
+        the packet spelt them, a later read-back, core/txstate.py, found them "changed" and told the client
+        again, in either spelling); and with `defaults` (the first login of a pool) the reported settings it
+        lacks, so that another client's value of one of them never stays on a server this client gets."""
         want = self.want
-        spelled = {k: v for k, v in reported.items() if k in want and want[k] != v}
-        if spelled:
-            self.want, self.want_key = shared.params({**want, **spelled})  # (shared: never changed in place)
+        new = {k: v for k, v in reported.items()
+               if (want[k] != v if k in want else defaults and k not in READ_ONLY)}
+        if new:
+            self.want, self.want_key = shared.params({**want, **new})  # (shared: never changed in place)
             self.want_base = self.want
 
     # ------------------------------------------------------------------ cancel requests (with the key registered here)
