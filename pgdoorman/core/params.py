@@ -110,6 +110,10 @@ _PLAN_SWITCHES = {"s": "enable_seqscan", "i": "enable_indexscan", "o": "enable_i
 _STATS_SWITCHES = {"pa": "log_parser_stats", "pl": "log_planner_stats", "ex": "log_executor_stats"}
 
 
+def _invalid(word: str) -> OptionsError:
+    return OptionsError(f"invalid command-line argument for server process: {word}")
+
+
 def parse_options(options: str) -> list[tuple[str, str]]:
     """The settings of an `options` startup parameter, as PostgreSQL's backend reads its command line:
     `-c name=value`, `-cname=value` and `--name=value` (dashes in the name read as underscores), PostgreSQL's
@@ -123,10 +127,10 @@ def parse_options(options: str) -> list[tuple[str, str]]:
         i += 1
         if w == "--":  # the end of the switches: anything after it is an argument the backend refuses
             if i < len(words):
-                raise OptionsError(f"invalid command-line argument for server process: {words[i]}")
+                raise _invalid(words[i])
             break
         if len(w) < 2 or w[0] != "-":
-            raise OptionsError(f"invalid command-line argument for server process: {w}")
+            raise _invalid(w)
         j = 1
         while j < len(w):
             flag = w[j]
@@ -139,7 +143,7 @@ def parse_options(options: str) -> list[tuple[str, str]]:
                     arg = words[i]
                     i += 1
                 else:
-                    raise OptionsError(f"invalid command-line argument for server process: {w}")
+                    raise _invalid(w)
                 j = len(w)
             if flag in "c-":
                 name, eq, value = arg.partition("=")
@@ -150,17 +154,17 @@ def parse_options(options: str) -> list[tuple[str, str]]:
                 out.append((name.replace("-", "_"), value))
             elif flag == "f":
                 if arg[:1] not in _PLAN_SWITCHES:  # (PostgreSQL reads the first letter only)
-                    raise OptionsError(f"invalid command-line argument for server process: {w}")
+                    raise _invalid(w)
                 out.append((_PLAN_SWITCHES[arg[:1]], "false"))
             elif flag == "t":
                 if arg[:2] not in _STATS_SWITCHES:  # (the first two letters)
-                    raise OptionsError(f"invalid command-line argument for server process: {w}")
+                    raise _invalid(w)
                 out.append((_STATS_SWITCHES[arg[:2]], "true"))
             elif flag in _SWITCHES:
                 setting, fixed = _SWITCHES[flag]
                 out.append((setting, arg if fixed is None else fixed))
             elif flag not in _IGNORED:
-                raise OptionsError(f"invalid command-line argument for server process: {w}")
+                raise _invalid(w)
     return out
 
 
