@@ -21,14 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from login_storm import cpu_seconds  # noqa: E402
+
 from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER, pooler_config, throwaway_cluster  # noqa: E402
 from tests.support.pooler import Pooler  # noqa: E402
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pgbench(args: list[str], env: dict[str, str]) -> tuple[float, int]:
