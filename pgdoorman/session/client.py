@@ -226,7 +226,10 @@ class ClientConn(ClientLogin):
         if commit is None:
             return False
         answer = end_answer(commit, self.last_status == 69)
-        self.write(answer)
+        if (lsn := self.lsn) is not None and lsn.queue:  # notifications that came meanwhile go before its Z
+            self.write(answer[:-6] + lsn.take() + answer[-6:])
+        else:
+            self.write(answer)
         held = self.begin_held
         begun = START_DONE if held is not None and held[0][5:6] in (b"s", b"S") else BEGIN_DONE
         self.begin_held = None
@@ -235,8 +238,6 @@ class ClientConn(ClientLogin):
         self.xact_count += 1
         self._answered_here(n, len(answer) + len(begun), True)  # the BEGIN's answer never came from a server
         self.xact_start = 0.0
-        if self.lsn is not None:
-            listening.flush(self)  # notifications that came during the deferred transaction
         return True
 
     def _answered_here(self, n_in: int, n_out: int, xact_end: bool) -> None:

@@ -16,7 +16,8 @@ the notifications waiting for it (docs/transaction-mode.md, "LISTEN and NOTIFY")
   from the committing transaction itself (its server's PID) and those after them are delivered.
 - Notifications reach the client on its own worker; they are written at once while it is between
   transactions and queued while it is in one or has a request in flight (PostgreSQL delivers them only
-  between transactions), then written after the ReadyForQuery that ends it. At most MAX_QUEUED wait, and a
+  between transactions), then written just before the ReadyForQuery that ends it (ServerConn._on_message),
+  as PostgreSQL writes them. At most MAX_QUEUED wait, and a
   client that does not read its socket may have at most MAX_BACKLOG bytes unsent: past either it is closed
   with 54000 rather than losing notifications silently.
 
@@ -62,6 +63,12 @@ class ListenState:
         # Notifications on channels the open transaction LISTENs on, received before it ended.
         self.tentative: list[tuple[bytes, bytes]] = []
         self.holds = 0  # LISTENs the listener has not confirmed yet (the client's server is not read meanwhile)
+
+    def take(self) -> bytes:
+        """The queued notifications on channels still listened to, as one write; the queue is emptied."""
+        q, self.queue = self.queue, deque()
+        chans = self.channels
+        return b"".join(msg for ch, msg in q if ch in chans)
 
 
 def registry(pool: Any) -> ls.Channels:
@@ -130,9 +137,10 @@ def _listened(c: Any, name: bytes, ok: bool, data: bytes) -> None:
         return
     if ok:
         st.channels.add(name)
+    if st.queue and data[-6:-5] == b"Z":  # notifications that came meanwhile go before its ReadyForQuery
+        data = data[:-6] + st.take() + data[-6:]
     c.write(data)
     c.resume_reading()
-    flush(c)
 
 
 def in_request(c: Any, body: memoryview) -> bytes | None:
@@ -259,8 +267,7 @@ def ready(c: Any, status: int) -> None:
             st.failed = False
         else:
             st.failed = status == 69  # T after E: ROLLBACK TO SAVEPOINT
-    if status == 73 and st.queue:
-        c.loop.call_soon(flush, c)  # after this ReadyForQuery is written
+    # (The server's relay then writes what is queued just before this ReadyForQuery when its status is I.)
 
 
 def _apply(c: Any, st: ListenState, ops: list[tuple[int, bytes]]) -> None:
@@ -359,8 +366,7 @@ def flush(c: Any) -> None:
     st: ListenState | None = c.lsn
     if st is None or not st.queue or not _idle(c):
         return
-    q, st.queue = st.queue, deque()
-    c.write(b"".join(msg for ch, msg in q if ch in st.channels))
+    c.write(st.take())
 
 
 def _overflow(c: Any, st: ListenState, why: str) -> None:

@@ -4,9 +4,20 @@ links itself to a server (ServerConn.link)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Protocol
 
 from pgdoorman.session.rewrite import Rewriter
+
+
+class HeldNotifications(Protocol):
+    """What the server's relay uses of a listening client's state (listening.ListenState): the notifications
+    waiting for its next ReadyForQuery."""
+
+    @property
+    def queue(self) -> Collection[tuple[bytes, bytes]]: ...
+
+    def take(self) -> bytes: ...
 
 
 class ClientPeer(Protocol):
@@ -30,6 +41,12 @@ class ClientPeer(Protocol):
 
     @property
     def want(self) -> dict[str, str]: ...  # the settings its session holds, reported ones as it was told them
+
+    @property
+    def want_base(self) -> dict[str, str]: ...  # `want` at login: what a RESET returns to
+
+    @property
+    def lsn(self) -> HeldNotifications | None: ...  # transaction mode LISTEN state, once it used LISTEN
 
     @property
     def xact_start(self) -> float: ...

@@ -338,8 +338,7 @@ class RewriterBase:
         if s.skipping and t not in _WHILE_SKIPPING:
             s.skipping = False
         prefix = None if s.skipping else ps.take_synth(rq)
-        swallow = False
-        rewritten = False
+        swallow = rewritten = False
         if rq and t not in (83, 78, 65):  # ParameterStatus, notices and notifications belong to no entry
             kind, data = rq[0]
             if t == 90:  # ReadyForQuery ends the batch
@@ -368,8 +367,7 @@ class RewriterBase:
                 swallow = kind in ps.SWALLOWED
                 if s.unsure and (kind == ps.PARSE or kind == ps.INJECT):  # it holds the statement now (Held.unsure)
                     self._parsed(s, data[0] if kind == ps.PARSE else data)
-        if t in PLAIN_TYPES and not swallow:
-            s._plain_handler(t, body)
+        plain = s._plain_handler(t, body) if t in PLAIN_TYPES and not swallow else None  # (its replacement)
         # Synthetic responses due right after this one (e.g. a CloseComplete between a BindComplete and the
         # DataRows that follow): emit them now, since DataRows stream by without reaching this handler.
         suffix = ps.take_synth(rq)
@@ -382,9 +380,11 @@ class RewriterBase:
                 s.skipping = False  # (a Sync the plain relay did not queue ended the skip: session/tracking.py)
                 s.set_ps_mode(False)
         if prefix is None and suffix is None and not rewritten:
-            return b"" if swallow else None
+            return b"" if swallow else plain
         out = prefix if prefix is not None else bytearray()
-        if not swallow:
+        if plain is not None:
+            out += plain
+        elif not swallow:
             out += bytes([t]) + m.U32.pack(len(body) + 4) + body
         if suffix is not None:
             out += suffix

@@ -23,7 +23,7 @@ from tests.support.cluster import (
     pooler_config,
 )
 from tests.support.pooler import Pooler, wait_for
-from tests.support.wire import WireClient, command_tag, parse_fields, rows
+from tests.support.wire import WireClient, bind, command_tag, execute, parse, parse_fields, query, rows, sync
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -115,20 +115,15 @@ class Pair:
         """notify() by a client that listens itself, with the notifications that follow (see _after)."""
         return _after(self.notify(name, sql) + self.idle(name))
 
-    def end(self, name: str, sql: str) -> list[Any]:
-        """A statement that ends a transaction, with the notifications that follow (see _after)."""
-        return _after(self.run(name, sql) + self.idle(name))
-
     def close(self) -> None:
         for c in self.clients.values():
             c.close()
 
 
 def _after(step: list[Any]) -> list[Any]:
-    """Notifications that wait for the end of a transaction (a client's own, or ones that came during it):
-    PostgreSQL sends them just before the ReadyForQuery that ends it, pgdoorman just after it (the listener
-    connection receives a client's own once its COMMIT is done, and queued ones are written when its server
-    goes back to the pool). Everything else, and the notifications' order, is compared as it is."""
+    """A client's own notifications: PostgreSQL sends them just before the ReadyForQuery that ends the
+    transaction, pgdoorman just after it (the listener connection receives them once the COMMIT is done;
+    docs/transaction-mode.md). Everything else, and the notifications' order, is compared as it is."""
     return [x for x in step if x[0] != "A"] + [x for x in step if x[0] == "A"]
 
 
@@ -209,15 +204,42 @@ def test_listen_in_transaction_takes_effect_at_commit(pg: Any, txn_pooler: Poole
 
 
 def test_notification_waits_for_the_end_of_the_transaction(pg: Any, txn_pooler: Pooler) -> None:
+    """Another session's notifications that come while a client is in a transaction, or has a request in
+    flight, reach it just before the ReadyForQuery that leaves it idle, as PostgreSQL sends them: compared
+    message by message, the order included (psycopg2's `conn.notifies` has them when its execute returns)."""
+    def extended(p: Pair, sql: str) -> list[Any]:
+        p["a"].send(parse("", sql), bind(), execute(), sync())
+        return shape(p["a"].read_until("Z"), p.pids)
+
     def steps(p: Pair) -> Transcript:
-        t = [p.run("a", "listen w1"), p.run("a", "begin"), p.run("a", "select 1")]
+        t = [p.run("a", "listen w1"), p.run("a", "listen w2"), p.run("a", "begin"), p.run("a", "select 1")]
         t.append(p.notify("pg-b", "notify w1, 'during'"))
         t.append(p.idle("a", 0.3))
         t.append(p.run("a", "select 2"))
-        t.append(p.end("a", "commit"))
+        t.append(p.run("a", "commit"))  # CommandComplete, the notification, ReadyForQuery
+        t.append(p.idle("a", 0.2))
+        # The extended protocol (the rewriter's relay), a COMMIT and a ROLLBACK.
+        for end in ("commit", "rollback"):
+            t += [extended(p, "begin"), extended(p, "select 3")]
+            t.append(p.notify("pg-b", f"notify w2, '{end} extended'; notify w1"))
+            t.append(p.idle("a", 0.3))
+            t.append(extended(p, end))
+        # An empty transaction (pgdoorman answers its BEGIN and COMMIT itself in transaction mode).
+        t.append(p.run("a", "begin"))
+        t.append(p.notify("pg-b", "notify w1, 'empty'"))
+        t.append(p.idle("a", 0.3))
+        t.append(p.run("a", "commit"))
+        # A request in flight, outside a transaction.
+        p["a"].send(query("select pg_sleep(0.6)"))
+        time.sleep(0.1)
+        t.append(p.notify("pg-b", "notify w2, 'in flight'"))
+        t.append(shape(p["a"].read_until("Z"), p.pids))
+        t.append(p.idle("a", 0.2))
         return t
 
-    compare(pg, txn_pooler, steps)
+    t = compare(pg, txn_pooler, steps)
+    assert t[7][-2:] == [("A", "w1", "during", "pg-b"), ("Z", "I")]  # the test means it
+    assert ("A", "w2", "in flight", "pg-b") in t[-2]
 
 
 # ------------------------------------------------------------------------------ drivers
