@@ -4,7 +4,8 @@ and the client's startup settings were set on it with set_config() (core/params.
 them to the pool's values instead. So after the transaction that ran a RESET (ServerConn._note_tag:
 DIRTY_RESTORE), before the client's next statement reaches the server, the settings its session holds are read
 back (core/txstate.py's query, as transaction mode's check reads them) and the startup settings the RESET took
-away are set again, their ParameterStatus sent to the client. What stays different (inside that transaction a
+away are set again (the RESET's own report already told the client the startup value: ServerConn._on_parameter),
+their ParameterStatus sent to the client if it has not heard them. What stays different (inside that transaction a
 startup setting reads as the pool's value; `SET name TO DEFAULT`, tagged SET like any SET, is not followed):
 docs/transparency.md.
 """
@@ -55,8 +56,9 @@ def restore(c: Session, s: ServerConn) -> bool:
 
 def _read(c: Session, s: ServerConn, ok: bool) -> None:
     rows, s.internal_rows = s.internal_rows or [], None
-    # The values the client last heard of the settings whose RESET report was dropped (ServerConn._on_parameter).
-    told = s.untold[1] if s.untold is not None and s.untold[0] is c else {}
+    # The settings a RESET reported (ServerConn._on_parameter), with the values the client last heard of them
+    # (`want`: what was passed on since, a ROLLBACK's or a later SET's report, included).
+    told = {k: c.want.get(k, t) for k, t in s.untold[1].items()} if s.untold is not None and s.untold[0] is c else {}
     s.untold = None
     if s.client is not c or c.closed:
         return

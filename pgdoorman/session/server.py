@@ -320,11 +320,12 @@ class ServerConn(ServerWrapped):
         return None
 
     def _on_parameter(self, body: memoryview) -> bytes | None:
-        """A ParameterStatus on the relay: passed on (None), or dropped (b"") when it is a RESET's report of
-        the pool's value of a setting the client's session started with: on PostgreSQL that RESET returns to
-        the client's value and reports nothing; the pooler puts the value back before the client's next
-        statement (session/resets.py, or transaction mode's read-back), telling the client only what then
-        differs from what it was told. (PostgreSQL reports after the statement's CommandComplete.)"""
+        """A ParameterStatus on the relay: passed on (None), or, when it is a RESET's report of the pool's value
+        of a setting the client's session started with, replaced: on PostgreSQL that RESET returns to the
+        client's startup value and reports it (if the client was last told another; else nothing). The pooler
+        puts the value back on the server before the client's next statement (session/resets.py, or
+        transaction mode's read-back). (PostgreSQL reports after the statement's last CommandComplete: one
+        that follows the RESET's is not the RESET's own, and is passed on.)"""
         k, v = m.parse_parameter_status(body)
         told = self.params.get(k)
         self.params[k] = v
@@ -334,11 +335,18 @@ class ServerConn(ServerWrapped):
             return None
         if self.reset_at == self.query_count and (k in c.settings or k == "application_name") \
                 and c.want.get(k, v) != v and v == (self.pool.server_params or {}).get(k):
+            # PostgreSQL reports the startup value here when the client was last told another: so does the
+            # pooler (the read-back after the transaction then finds nothing new to tell).
+            rep = b""
+            base = c.want_base.get(k)
+            if base is not None and base != c.want.get(k):
+                c.param_synced(k, base)  # what the client's session holds now (not yet set on this server)
+                rep = m.parameter_status(k, base)
             if not c.transaction_mode and told is not None:
                 if self.untold is None or self.untold[0] is not c:  # (not another client's, left behind)
                     self.untold = (c, {})
-                self.untold[1].setdefault(k, told)
-            return b""
+                self.untold[1][k] = c.want.get(k, told)  # the value the client last heard
+            return rep
         c.param_changed(k, v)
         return None
 

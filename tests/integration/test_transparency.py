@@ -162,6 +162,56 @@ def test_startup_values_are_reported_as_postgresql_spells_them_and_only_on_chang
     assert got["pooled"] == got["direct"]
 
 
+def _extended(c: WireClient, sql: str) -> list[Any]:
+    c.send(parse("", sql), bind(), execute(), sync())
+    return everything(c.read_until("Z"))
+
+
+def _quiet(c: WireClient, wait: float = 0.15) -> list[Any]:
+    """What arrives unasked within `wait` seconds."""
+    out = []
+    try:
+        while True:
+            out.append(c.read_message(timeout=wait))
+    except TimeoutError:
+        return everything(out)
+
+
+RESETS = ["set timezone = 'UTC'", "reset timezone", "set datestyle = 'German'", "reset all",
+          "set timezone = 'UTC'", "begin", "reset timezone", "commit",
+          "set timezone = 'UTC'", "begin", "reset timezone", "rollback",
+          "begin", "reset timezone", "set timezone = 'Europe/Paris'", "commit",
+          "set application_name = 'a2'", "reset application_name", "reset all", "discard all", "select 1"]
+
+
+def test_a_reset_reports_the_startup_value_where_postgresql_does(pg: Any, mode_pooler: Pooler) -> None:
+    """On PostgreSQL a RESET (RESET ALL, DISCARD ALL) of a startup setting the client had changed reports the
+    startup value just before its ReadyForQuery. Through the pooler the server's RESET reports the pool's
+    value: it was dropped and the startup value told only after the ReadyForQuery (when the transaction's
+    settings were read back); in the extended protocol with prepared statements the pool's values
+    (application_name 'pg_doorman', the server's TimeZone and DateStyle) reached the client. Compared message
+    by message, simple and extended protocol, in and out of transactions, client B (no startup settings) on
+    the same server in between (transaction mode)."""
+    got: dict[str, Any] = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
+        out = []
+        for settings in (SETTINGS_A, None):
+            a = connect(host, port, settings)
+            for how in ("simple", "extended"):
+                for q in RESETS:
+                    answer = everything(a.query(q)) if how == "simple" else _extended(a, q)
+                    out.append((how, q, answer, _quiet(a) if answer[-1] == ("Z", b"I") else []))
+                    if answer[-1] == ("Z", b"I") and mode_pooler.mode == "transaction":  # type: ignore[attr-defined]
+                        with connect(host, port) as b:
+                            out.append(("b", everything(b.query("show timezone"))))
+            out.append(("shown", show_all(a)))
+            a.close()
+        got[name] = out
+    assert ("simple", "reset timezone", [("C", b"RESET"), ("S", "TimeZone", "Asia/Tokyo"), ("Z", b"I")], []) \
+        in got["direct"]
+    assert got["pooled"] == got["direct"]
+
+
 def test_bad_startup_setting_is_refused_as_postgres_refuses_it(pg: Any, mode_pooler: Pooler) -> None:
     answers = []
     for host, port in ((pg.host, pg.port), (mode_pooler.host, mode_pooler.port)):
