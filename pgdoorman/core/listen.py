@@ -27,6 +27,7 @@ REFUSAL = (
 # PostgreSQL truncates identifiers to NAMEDATALEN - 1 bytes (and says so in a NOTICE).
 NAMEDATALEN = 64
 LISTEN, UNLISTEN, UNLISTEN_ALL = 1, 2, 3
+BARRIER = 6  # a listener command that changes no channel: its answer means earlier notifications came
 DISCARD_ALL = 5  # UNLISTEN * too
 # A statement that looks like LISTEN/UNLISTEN but that this parser does not read (several statements, a
 # Unicode-escaped name): refused in transaction mode rather than guessed at.

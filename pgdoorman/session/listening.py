@@ -40,6 +40,7 @@ log = logging.getLogger("pgdoorman.listen")
 
 MAX_QUEUED = 10_000  # notifications waiting for one client in a transaction
 MAX_BACKLOG = 16 << 20  # bytes not yet sent to a client when a notification comes
+HOLD_READY = 1.0  # seconds a ReadyForQuery waits at most for the LISTEN connection's round trip (_hold_ready)
 # What a LISTEN inside a transaction runs on the client's server: the same tag, errors and transaction status,
 # on a channel nobody notifies, so that the server relays none of the client's notifications.
 MARKER_SQL = ls.MARKER
@@ -51,7 +52,8 @@ _U32 = m.U32.unpack_from
 class ListenState:
     """One client's LISTEN state (ClientBase.lsn, made at its first LISTEN/UNLISTEN)."""
 
-    __slots__ = ("reg", "channels", "queue", "ops", "errors", "failed", "tentative", "holds")
+    __slots__ = ("reg", "channels", "queue", "ops", "errors", "failed", "tentative", "holds", "notified",
+                 "ready_held")
 
     def __init__(self, reg: ls.Channels, errors: int) -> None:
         self.reg = reg
@@ -63,12 +65,27 @@ class ListenState:
         # Notifications on channels the open transaction LISTENs on, received before it ended.
         self.tentative: list[tuple[bytes, bytes]] = []
         self.holds = 0  # LISTENs the listener has not confirmed yet (the client's server is not read meanwhile)
+        self.notified = False  # the open transaction's text named "notify" (in_request, bound)
+        self.ready_held: bytes | None = None  # a ReadyForQuery waiting for the LISTEN connection (_hold_ready)
 
     def take(self) -> bytes:
         """The queued notifications on channels still listened to, as one write; the queue is emptied."""
         q, self.queue = self.queue, deque()
         chans = self.channels
         return b"".join(msg for ch, msg in q if ch in chans)
+
+    def before_ready(self, c: Any, z: bytes) -> bytes:
+        """What the client gets in place of the ReadyForQuery `z` (status I) its server sent: the notifications
+        queued for it, then `z`. After a transaction that may have notified a channel the client listens on,
+        `z` waits for a round trip of the LISTEN connection (_hold_ready), so that the client's own
+        notifications come before it, as PostgreSQL sends them."""
+        out = self.take()
+        if self.notified:
+            self.notified = False
+            if self.channels and not c.expect and not c.rw.rq and not c.closed:  # (nothing pipelined after it)
+                _hold_ready(c, self, z)
+                return out
+        return out + z
 
 
 def registry(pool: Any) -> ls.Channels:
@@ -149,6 +166,8 @@ def in_request(c: Any, body: memoryview) -> bytes | None:
     (REFUSAL), else None; notes the client's LISTEN, UNLISTEN, DISCARD ALL and ROLLBACK for the end of its
     transaction."""
     st: ListenState | None = c.lsn
+    if st is not None and not st.notified:
+        st.notified = bytes(body).lower().find(b"notify") >= 0
     pending = st is not None and bool(st.ops)
     if not pending:
         if body[0] | 32 == 100:  # d: DISCARD ALL is UNLISTEN * too
@@ -179,6 +198,7 @@ def in_request(c: Any, body: memoryview) -> bytes | None:
     if not ops:
         return None
     st = state(c)
+    st.notified = st.notified or text.lower().find(b"notify") >= 0
     for r in ops:
         if r[0] == ROLLBACK:
             _rolled_back(c, st)
@@ -214,6 +234,33 @@ def _listener_listens(c: Any, s: Any) -> None:
         s.resume_reading()
 
 
+def _hold_ready(c: Any, st: ListenState, z: bytes) -> None:
+    """The client's transaction may have notified a channel it listens on: PostgreSQL sends that notification
+    before the ReadyForQuery `z`, the LISTEN connection receives it only once the COMMIT is done. An empty
+    query on the LISTEN connection is answered after PostgreSQL has sent it the notifications committed
+    before (it sends them ahead of every ReadyForQuery), and they are delivered to the client (written at
+    once: it is between transactions) before `z` is. The client is not read meanwhile. `z` waits
+    HOLD_READY seconds at most (a LISTEN connection being opened again, say)."""
+    c.pause_reading()
+    st.ready_held = z
+    loop = c.loop
+    loop.call_later(HOLD_READY, _release_ready, c, z)
+
+    def done(ok: bool, data: bytes) -> None:  # on the listener's loop (or at once, when it cannot be opened)
+        loop.call_soon_threadsafe(_release_ready, c, z)
+
+    command(st.reg, c.pool, c.worker, (b"", b"", ls.BARRIER, done))
+
+
+def _release_ready(c: Any, z: bytes) -> None:
+    st: ListenState = c.lsn
+    if c.closed or st.ready_held is not z:
+        return  # (released already)
+    st.ready_held = None
+    c.write(st.take() + z)
+    c.resume_reading()
+
+
 def _rolled_back(c: Any, st: ListenState) -> None:
     """ROLLBACK or ABORT sent: what the transaction did to the client's channels so far is void."""
     ops, st.ops = st.ops, []
@@ -225,6 +272,8 @@ def bound(c: Any, stmt: Any) -> None:
     (`stmt.listen`), or, for a client with such changes pending, any statement (a ROLLBACK)."""
     r = stmt.listen
     st: ListenState | None = c.lsn
+    if st is not None and not st.notified:
+        st.notified = stmt.query.lower().find(b"notify") >= 0
     if r is None:
         if st is not None and st.ops and ls.is_rollback(stmt.query):
             _rolled_back(c, st)
@@ -232,6 +281,7 @@ def bound(c: Any, stmt: Any) -> None:
     if r[0] == ls.UNREADABLE:
         return
     st = state(c)
+    st.notified = st.notified or stmt.query.lower().find(b"notify") >= 0
     st.ops.append(r)
     if r[0] == ls.LISTEN:
         _pre_listen(c, st, r[1])

@@ -150,7 +150,7 @@ class Rewriter(RewriterBase):
         self.relay.leaves |= st.leaves
         if st.settings:
             self._bound_settings(st, bind)
-        if st.listen is not None:
+        if st.listen is not None or self.relay.lsn is not None:
             self.relay.listen_bound(st)
 
     def _bound_settings(self, st: ps.Statement, bind: bytes) -> None:

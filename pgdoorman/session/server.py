@@ -290,9 +290,9 @@ class ServerConn(ServerWrapped):
             if c is not None and c.ready(st, self.query_count - self.counted):
                 self.release_pending = True
             self.counted = self.query_count
-            if st == 73 and c is not None and (lsn := c.lsn) is not None and lsn.queue:
+            if st == 73 and c is not None and (lsn := c.lsn) is not None and (lsn.queue or lsn.notified):
                 # Notifications that came during the request: PostgreSQL sends them before this ReadyForQuery.
-                return (held or b"") + lsn.take() + m.msg(b"Z", body)
+                return (held or b"") + lsn.before_ready(c, m.msg(b"Z", body))
             if held is not None:
                 return held + m.msg(b"Z", body)
         elif t == 67:  # CommandComplete
