@@ -324,8 +324,10 @@ class ServerConn(ServerWrapped):
         of a setting the client's session started with, replaced: on PostgreSQL that RESET returns to the
         client's startup value and reports it (if the client was last told another; else nothing). The pooler
         puts the value back on the server before the client's next statement (session/resets.py, or
-        transaction mode's read-back). (PostgreSQL reports after the statement's last CommandComplete: one
-        that follows the RESET's is not the RESET's own, and is passed on.)"""
+        transaction mode's read-back). PostgreSQL reports what changed just before the ReadyForQuery: a report
+        of the request in which a RESET ran (reset_at, later than `counted`), with no SET after it, is the
+        RESET's. (A set_config() after the RESET to the pool's own value is mistaken for it: the read-back
+        then tells the client the value its session holds, after the ReadyForQuery.)"""
         k, v = m.parse_parameter_status(body)
         told = self.params.get(k)
         self.params[k] = v
@@ -333,7 +335,7 @@ class ServerConn(ServerWrapped):
         c = self.client
         if c is None:
             return None
-        if self.reset_at == self.query_count and (k in c.settings or k == "application_name") \
+        if self.reset_at > self.counted and (k in c.settings or k == "application_name") \
                 and c.want.get(k, v) != v and v == (self.pool.server_params or {}).get(k):
             # PostgreSQL reports the startup value here when the client was last told another: so does the
             # pooler (the read-back after the transaction then finds nothing new to tell).
@@ -373,6 +375,8 @@ class ServerConn(ServerWrapped):
             if tag == b"RESET":
                 self._reset_seen()
                 self.reset_at = self.query_count
+            else:
+                self.reset_at = -1  # a report after this may be the SET's own value
         elif tag == b"PREPARE":
             self.dirty |= DIRTY_PREPARE
         elif tag == b"DECLARE CURSOR":

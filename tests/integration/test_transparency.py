@@ -181,15 +181,17 @@ RESETS = ["set timezone = 'UTC'", "reset timezone", "set datestyle = 'German'", 
           "set timezone = 'UTC'", "begin", "reset timezone", "commit",
           "set timezone = 'UTC'", "begin", "reset timezone", "rollback",
           "begin", "reset timezone", "set timezone = 'Europe/Paris'", "commit",
-          "set application_name = 'a2'", "reset application_name", "reset all", "discard all", "select 1"]
+          "set application_name = 'a2'", "reset application_name", "reset all", "discard all", "select 1",
+          "set timezone = 'UTC'; set datestyle = 'German'", "reset all; select 1", "select 2"]
 
 
 def test_a_reset_reports_the_startup_value_where_postgresql_does(pg: Any, mode_pooler: Pooler) -> None:
     """On PostgreSQL a RESET (RESET ALL, DISCARD ALL) of a startup setting the client had changed reports the
     startup value just before its ReadyForQuery. Through the pooler the server's RESET reports the pool's
     value: it was dropped and the startup value told only after the ReadyForQuery (when the transaction's
-    settings were read back); in the extended protocol with prepared statements the pool's values
-    (application_name 'pg_doorman', the server's TimeZone and DateStyle) reached the client. Compared message
+    settings were read back); in the extended protocol with prepared statements, and after a RESET followed
+    by another statement in the same query, the pool's values (application_name 'pg_doorman', the server's
+    TimeZone and DateStyle) reached the client. Compared message
     by message, simple and extended protocol, in and out of transactions, client B (no startup settings) on
     the same server in between (transaction mode)."""
     got: dict[str, Any] = {}
@@ -198,7 +200,7 @@ def test_a_reset_reports_the_startup_value_where_postgresql_does(pg: Any, mode_p
         for settings in (SETTINGS_A, None):
             a = connect(host, port, settings)
             for how in ("simple", "extended"):
-                for q in RESETS:
+                for q in RESETS if how == "simple" else [q for q in RESETS if ";" not in q]:
                     answer = everything(a.query(q)) if how == "simple" else _extended(a, q)
                     out.append((how, q, answer, _quiet(a) if answer[-1] == ("Z", b"I") else []))
                     if answer[-1] == ("Z", b"I") and mode_pooler.mode == "transaction":  # type: ignore[attr-defined]
