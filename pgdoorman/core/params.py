@@ -213,15 +213,21 @@ def set_config_call(k: str, v: str) -> str:
     return f"pg_catalog.set_config({quote(k)}, {quote(v)}, false)"
 
 
-def sync_calls(want: dict[str, str], reported: dict[str, str], extra: dict[str, str]) -> list[str]:
+def sync_calls(want: dict[str, str], reported: dict[str, str], extra: dict[str, str],
+               base: dict[str, str] | None = None) -> list[str]:
     """set_config() calls that take a server whose reported settings are `reported` and whose other settings
     we changed to `extra` to exactly the settings `want` (what is not in `want` goes back to its default).
-    Updates `extra` to what the calls leave."""
+    Updates `extra` to what the calls leave. A reported setting whose wanted value is not the client's startup
+    value (`base`) is set even when the server shows that value already (its own default, say): the
+    transaction-mode read-back takes a setting the session does not hold for one the client RESET, i.e. back
+    at its startup value (ClientBase._checked)."""
     calls = []
     for k, v in want.items():
         cur = reported.get(k)
         if cur is None:
             cur = extra.get(k)
+        elif base is not None and cur == v and base.get(k, v) != v:
+            cur = None
         if cur != v:
             calls.append(set_config_call(k, v))
             if k not in reported:

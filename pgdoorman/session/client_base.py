@@ -472,7 +472,7 @@ class ClientBase(Conn):
                 self.seq_reader or leaks.reads_sequences(request or self.pending or self.raw)):
             s.seq_client = None
         if s.synced_key != self.want_key:
-            queries = s.sync_queries(self.want)
+            queries = s.sync_queries(self.want, self.want_base if self.transaction_mode else None)
             if queries:
                 s.run_internal([leaks.DISCARD_SEQUENCES, *queries] if discard else queries, self._synced)
                 return False

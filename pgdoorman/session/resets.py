@@ -5,9 +5,10 @@ them to the pool's values instead. So after the transaction that ran a RESET (Se
 DIRTY_RESTORE), before the client's next statement reaches the server, the settings its session holds are read
 back (core/txstate.py's query, as transaction mode's check reads them) and the startup settings the RESET took
 away are set again (the RESET's own report already told the client the startup value: ServerConn._on_parameter),
-their ParameterStatus sent to the client if it has not heard them. What stays different (inside that transaction a
-startup setting reads as the pool's value; `SET name TO DEFAULT`, tagged SET like any SET, is not followed):
-docs/transparency.md.
+their ParameterStatus sent to the client if it has not heard them. The same runs after a SET that took a
+reported startup setting to the pool's value (ServerConn._on_parameter): it may have been `SET name TO DEFAULT`.
+What stays different (inside that transaction a startup setting reads as the pool's value; `SET name TO DEFAULT`
+of a setting PostgreSQL does not report is not followed): docs/transparency.md.
 """
 
 from __future__ import annotations

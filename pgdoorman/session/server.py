@@ -349,6 +349,12 @@ class ServerConn(ServerWrapped):
                     self.untold = (c, {})
                 self.untold[1][k] = c.want.get(k, told)  # the value the client last heard
             return rep
+        if not c.transaction_mode and v == (self.pool.server_params or {}).get(k) and c.want.get(k, v) != v \
+                and (k in c.settings or k == "application_name"):
+            # A startup setting back at the pool's value: `SET name TO DEFAULT` (PostgreSQL: the startup value),
+            # or a SET to that value. The settings are read back after the transaction (resets.py): one the
+            # session does not hold is set to its startup value again.
+            self.dirty |= DIRTY_RESTORE
         c.param_changed(k, v)
         return None
 
@@ -486,10 +492,10 @@ class ServerConn(ServerWrapped):
                     done(ok)
                 return
 
-    def sync_queries(self, want: dict[str, str]) -> list[str]:
+    def sync_queries(self, want: dict[str, str], base: dict[str, str] | None = None) -> list[str]:
         """set_config() calls that make this server match a client's settings (see params.sync_calls)."""
         before = dict(self.extra)
-        calls = params.sync_calls(want, self.params, self.extra)
+        calls = params.sync_calls(want, self.params, self.extra, base)
         if not calls:
             return []
         self.extra_undo = before

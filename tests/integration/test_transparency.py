@@ -214,6 +214,27 @@ def test_a_reset_reports_the_startup_value_where_postgresql_does(pg: Any, mode_p
     assert got["pooled"] == got["direct"]
 
 
+def test_set_to_default_returns_to_the_startup_value(pg: Any, mode_pooler: Pooler) -> None:
+    """`SET name TO DEFAULT` is a RESET: on PostgreSQL a startup setting goes back to its startup value. In
+    session mode it stayed at the pool's value for the rest of the session. A SET to the pool's own value is
+    a SET like any other: it stays; in transaction mode it went back to the startup value after the next
+    transaction that ran a SET (the server showed the pool's value, so the sync did not set it, and the
+    read-back took "not set in this session" for a RESET). Compared by what the client reads (its reports
+    may differ: docs). Session mode follows TO DEFAULT only for settings PostgreSQL reports (docs)."""
+    steps = ["set datestyle = 'German'", "set datestyle to default", "show datestyle",
+             "begin", "set timezone to default", "commit", "show timezone",
+             "set timezone = 'Etc/UTC'", "show timezone", "select 1", "show timezone",
+             "set datestyle = 'ISO, MDY'", "select 2", "set work_mem = '3MB'", "show datestyle", "show timezone"]
+    if mode_pooler.mode == "transaction":  # type: ignore[attr-defined]
+        steps += ["set search_path = default", "show search_path", "set work_mem = default", "show work_mem"]
+    got: dict[str, Any] = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
+        with connect(host, port, SETTINGS_A) as a:
+            got[name] = [replies(a.query(q)) for q in steps] + [show_all(a)]
+    assert got["direct"][2] == [("D", "SQL, DMY"), ("C", "SHOW")] and got["direct"][8][0] == ("D", "Etc/UTC")
+    assert got["pooled"] == got["direct"]
+
+
 def test_bad_startup_setting_is_refused_as_postgres_refuses_it(pg: Any, mode_pooler: Pooler) -> None:
     answers = []
     for host, port in ((pg.host, pg.port), (mode_pooler.host, mode_pooler.port)):

@@ -88,6 +88,17 @@ def test_sync_calls_set_reset_and_unknown() -> None:
         "pg_catalog.set_config(E'application_name', E'it''s\\\\', false)"]
 
 
+def test_sync_sets_a_value_other_than_the_startup_one_even_when_the_server_shows_it() -> None:
+    """The server shows the pool's TimeZone (its default, not set in its session); the client set that value
+    itself, away from its startup value: it is set, so that the read-back sees it held (not a RESET)."""
+    base = {"TimeZone": "Asia/Tokyo", "DateStyle": "ISO, MDY"}
+    want = {"TimeZone": "Etc/UTC", "DateStyle": "ISO, MDY"}
+    reported = {"TimeZone": "Etc/UTC", "DateStyle": "ISO, MDY"}
+    assert sync_calls(want, reported, {}, base) == ["pg_catalog.set_config(E'TimeZone', E'Etc/UTC', false)"]
+    assert sync_calls(want, reported, {}) == []  # (without `base`: session mode)
+    assert sync_calls(base, {**reported, "TimeZone": "Asia/Tokyo"}, {}, base) == []
+
+
 @pytest.mark.parametrize("text", [b"create TEMP table t (a int)", b"CREATE TEMPORARY TABLE t()",
                                   b"select * from pg_temp.t", b"select pg_advisory_lock(1)",
                                   b"SELECT PG_TRY_ADVISORY_LOCK_SHARED(1)", b"select temperature from w"])
