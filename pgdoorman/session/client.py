@@ -226,10 +226,7 @@ class ClientConn(ClientLogin):
         if commit is None:
             return False
         answer = end_answer(commit, self.last_status == 69)
-        if (lsn := self.lsn) is not None and lsn.queue:  # notifications that came meanwhile go before its Z
-            self.write(answer[:-6] + lsn.take() + answer[-6:])
-        else:
-            self.write(answer)
+        self.write(answer if self.lsn is None else self.lsn.ahead_of_ready(answer))  # (notifications meanwhile)
         held = self.begin_held
         begun = START_DONE if held is not None and held[0][5:6] in (b"s", b"S") else BEGIN_DONE
         self.begin_held = None

@@ -74,6 +74,11 @@ class ListenState:
         chans = self.channels
         return b"".join(msg for ch, msg in q if ch in chans)
 
+    def ahead_of_ready(self, data: bytes) -> bytes:
+        """`data`, an answer that ends with a ReadyForQuery (status I), with the queued notifications put just
+        before it, as PostgreSQL sends them."""
+        return data[:-6] + self.take() + data[-6:] if self.queue else data
+
     def before_ready(self, c: Any, z: bytes) -> bytes:
         """What the client gets in place of the ReadyForQuery `z` (status I) its server sent: the notifications
         queued for it, then `z`. After a transaction that may have notified a channel the client listens on,
@@ -154,9 +159,7 @@ def _listened(c: Any, name: bytes, ok: bool, data: bytes) -> None:
         return
     if ok:
         st.channels.add(name)
-    if st.queue and data[-6:-5] == b"Z":  # notifications that came meanwhile go before its ReadyForQuery
-        data = data[:-6] + st.take() + data[-6:]
-    c.write(data)
+    c.write(st.ahead_of_ready(data) if data[-6:-5] == b"Z" else data)
     c.resume_reading()
 
 
@@ -197,8 +200,9 @@ def in_request(c: Any, body: memoryview) -> bytes | None:
         out.append(part)
     if not ops:
         return None
-    st = state(c)
-    st.notified = st.notified or text.lower().find(b"notify") >= 0
+    if st is None:  # registered by this query: its text was not looked at for "notify" above
+        st = state(c)
+        st.notified = text.lower().find(b"notify") >= 0
     for r in ops:
         if r[0] == ROLLBACK:
             _rolled_back(c, st)
@@ -280,8 +284,9 @@ def bound(c: Any, stmt: Any) -> None:
         return
     if r[0] == ls.UNREADABLE:
         return
-    st = state(c)
-    st.notified = st.notified or stmt.query.lower().find(b"notify") >= 0
+    if st is None:  # registered by this statement: its text was not looked at for "notify" above
+        st = state(c)
+        st.notified = stmt.query.lower().find(b"notify") >= 0
     st.ops.append(r)
     if r[0] == ls.LISTEN:
         _pre_listen(c, st, r[1])

@@ -335,26 +335,26 @@ class ServerConn(ServerWrapped):
         c = self.client
         if c is None:
             return None
-        if self.reset_at > self.counted and (k in c.settings or k == "application_name") \
-                and c.want.get(k, v) != v and v == (self.pool.server_params or {}).get(k):
-            # PostgreSQL reports the startup value here when the client was last told another: so does the
-            # pooler (the read-back after the transaction then finds nothing new to tell).
-            rep = b""
-            base = c.want_base.get(k)
-            if base is not None and base != c.want.get(k):
-                c.param_synced(k, base)  # what the client's session holds now (not yet set on this server)
-                rep = m.parameter_status(k, base)
-            if not c.transaction_mode and told is not None:
-                if self.untold is None or self.untold[0] is not c:  # (not another client's, left behind)
-                    self.untold = (c, {})
-                self.untold[1][k] = c.want.get(k, told)  # the value the client last heard
-            return rep
-        if not c.transaction_mode and v == (self.pool.server_params or {}).get(k) and c.want.get(k, v) != v \
-                and (k in c.settings or k == "application_name"):
-            # A startup setting back at the pool's value: `SET name TO DEFAULT` (PostgreSQL: the startup value),
-            # or a SET to that value. The settings are read back after the transaction (resets.py): one the
-            # session does not hold is set to its startup value again.
-            self.dirty |= DIRTY_RESTORE
+        if (k in c.settings or k == "application_name") and c.want.get(k, v) != v \
+                and v == (self.pool.server_params or {}).get(k):  # a startup setting back at the pool's value
+            if self.reset_at > self.counted:
+                # PostgreSQL reports the startup value here when the client was last told another: so does the
+                # pooler (the read-back after the transaction then finds nothing new to tell).
+                rep = b""
+                base = c.want_base.get(k)
+                if base is not None and base != c.want.get(k):
+                    c.param_synced(k, base)  # what the client's session holds now (not yet set on this server)
+                    rep = m.parameter_status(k, base)
+                if not c.transaction_mode and told is not None:
+                    if self.untold is None or self.untold[0] is not c:  # (not another client's, left behind)
+                        self.untold = (c, {})
+                    self.untold[1][k] = c.want.get(k, told)  # the value the client last heard
+                return rep
+            if not c.transaction_mode:
+                # After a SET: `SET name TO DEFAULT` (PostgreSQL: the startup value), or a SET to that value. The
+                # settings are read back after the transaction (resets.py): one the session does not hold is set
+                # to its startup value again.
+                self.dirty |= DIRTY_RESTORE
         c.param_changed(k, v)
         return None
 
