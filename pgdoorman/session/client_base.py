@@ -18,7 +18,7 @@ from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
-from pgdoorman.session import listening
+from pgdoorman.session import listening, reports
 from pgdoorman.session.rewrite import Rewriter
 from pgdoorman.session.shared import EMPTY
 from pgdoorman.session.slow_checkout import SLOW_CHECKOUT_US, log_slow_checkout
@@ -293,6 +293,7 @@ class ClientBase(Conn):
     def _checked(self, s: ServerConn, ok: bool, reset: bool, seen: dict[str, str]) -> None:
         rows, s.internal_rows = s.internal_rows or [], None
         if s.client is not self or self.closed:
+            s.held_ps = None
             return
         pins = ""
         session: list[tuple[str, str]] = []
@@ -301,7 +302,11 @@ class ClientBase(Conn):
             login_user = pool.server_params.get("session_authorization") if pool and pool.server_params else None
             session, pins, customs = txstate.read_rows(rows, login_user)
             if s.dirty & DIRTY_SET:
-                self._follow(txstate.followed(self.want_base, session, customs), s.params, seen)
+                want = txstate.followed(self.want_base, session, customs)
+                if reports.waiting(s):
+                    reports.tell(s, self, want)  # the request's reports as PostgreSQL sends them, its ReadyForQuery
+                    seen = want
+                self._follow(want, s.params, seen)
                 self.customs = tuple(n for n in self.customs if customs.get(n) is None)
             if reset:
                 s.dirty &= ~DIRTY_SET
@@ -315,6 +320,8 @@ class ClientBase(Conn):
             log.warning("client %s (%s@%s): session state check failed: %s; it keeps its server", self.addr,
                         self.user, self.database, (s.internal_error or {}).get("M"))
             pins = "unchecked"
+        if reports.waiting(s):
+            reports.tell(s, self, None)  # (nothing read back: as the server reported them)
         self.checked_xact = s.xact_count
         if pins and self.pool is not None and self.pool.pin_refuse:
             # Not recognised up front (a function did it, a query too large to read): cleaned, not kept.

@@ -55,6 +55,9 @@ class ClientPeer(Protocol):
     def xact_start(self) -> float: ...
 
     @property
+    def copy_confused(self) -> bool: ...  # it keeps its server until it leaves (ClientBase.on_server_error)
+
+    @property
     def in_flight(self) -> bool: ...  # something it sent is unanswered (see ClientBase.in_flight)  # monotonic start of its transaction, 0.0 outside one
 
     # The client's prepared-statement rewriter (rewrite.py): the server hands it each response in

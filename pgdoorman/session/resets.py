@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from pgdoorman.core import txstate
 from pgdoorman.core.params import set_config_call
 from pgdoorman.protocol import messages as m
+from pgdoorman.session import reports
 from pgdoorman.session.peer import ClientPeer
 from pgdoorman.session.states import DIRTY_RESTORE
 
@@ -48,6 +49,7 @@ def restore(c: Session, s: ServerConn) -> bool:
     cancel request on its way nothing may go to `s` (ServerWrapped.cancel_gated): the next ReadyForQuery
     tries again."""
     if s.cancel_pending:
+        reports.tell(s, c, None)  # (a held ReadyForQuery, if any: reports.at_ready does not hold one then)
         return True
     s.dirty &= ~DIRTY_RESTORE
     q = txstate.settings_query(sorted(set(txstate.customs_to_read(c.want, c.customs))))
@@ -62,6 +64,7 @@ def _read(c: Session, s: ServerConn, ok: bool) -> None:
     told = {k: c.want.get(k, t) for k, t in s.untold[1].items()} if s.untold is not None and s.untold[0] is c else {}
     s.untold = None
     if s.client is not c or c.closed:
+        s.held_ps = None
         return
     lost: dict[str, str] = {}
     if ok:
@@ -73,11 +76,14 @@ def _read(c: Session, s: ServerConn, ok: bool) -> None:
     else:
         log.warning("client %s (%s@%s): its settings could not be read back after a RESET: %s", c.addr, c.user,
                     c.database, (s.internal_error or {}).get("M"))
+    if reports.waiting(s):  # its ReadyForQuery waits: told with it, once the settings are right
+        told = {}
     stale = [m.parameter_status(k, v) for k, t in told.items()
              if k not in lost and (v := s.params.get(k)) is not None and v != t]
     if stale:  # (not put back: the client must hear the value its session has now)
         c.write(b"".join(stale))
     if not lost:
+        reports.tell(s, c, s.params if ok else None)
         c._server_ready()  # what the client sent meanwhile
         return
     before = {k: told.get(k, s.params.get(k)) for k in lost}  # as the client last heard them
@@ -87,11 +93,16 @@ def _read(c: Session, s: ServerConn, ok: bool) -> None:
 
 def _restored(c: Session, s: ServerConn, ok: bool, before: dict[str, str | None]) -> None:
     if s.client is not c or c.closed:
+        s.held_ps = None
         return
     if not ok:
         log.warning("client %s (%s@%s): its startup settings could not be set again after a RESET: %s", c.addr,
                     c.user, c.database, (s.internal_error or {}).get("M"))
-    news = [m.parameter_status(k, v) for k, b in before.items() if (v := s.params.get(k)) is not None and v != b]
-    if news:
-        c.write(b"".join(news))
+    if reports.waiting(s):
+        reports.tell(s, c, s.params)  # what PostgreSQL would have reported, then the held ReadyForQuery
+    else:
+        news = [m.parameter_status(k, v) for k, b in before.items()
+                if (v := s.params.get(k)) is not None and v != b]
+        if news:
+            c.write(b"".join(news))
     c._server_ready()

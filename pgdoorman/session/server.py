@@ -22,6 +22,7 @@ from pgdoorman.net.conn import AGAIN, Conn
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
+from pgdoorman.session import reports
 from pgdoorman.session.server_dial import dial_socket
 from pgdoorman.session.server_login import READY, REFUSED, BackendLogin
 from pgdoorman.session.server_prepared import SERVER_TABLE
@@ -69,7 +70,7 @@ class ServerConn(ServerWrapped):
         "created", "idle_since", "check_at", "epoch", "dirty", "scanner",
         "internal_left", "internal_error", "internal_done", "internal_rows", "deferred",
         "timer", "addr", "xact_start", "query_count", "counted", "xact_count",
-        "bytes_in", "bytes_out", "pstats", "reset_at", "untold", "seq_client",
+        "bytes_in", "bytes_out", "pstats", "reset_at", "untold", "seq_client", "held_ps",
     )
 
     def __init__(self, sock: socket.socket, worker: Host, pool: Pool, addr: str) -> None:
@@ -110,8 +111,8 @@ class ServerConn(ServerWrapped):
         self.xact_start = 0.0
         self.query_count = 0
         self.reset_at = -1  # query_count at the last RESET or DISCARD ALL (_on_parameter)
-        # Session mode: (client, what it was last told of each setting whose report was dropped), for resets.py.
-        self.untold: tuple[ClientPeer, dict[str, str]] | None = None
+        self.untold: tuple[ClientPeer, dict[str, str]] | None = None  # session mode: (client, what it last heard)
+        self.held_ps: reports.Held | None = None  # this request's ParameterStatus, held (session/reports.py)
         self.counted = 0  # query_count when the linked client was last told (ClientBase.ready)
         self.xact_count = 0
         self.bytes_in = 0
@@ -290,6 +291,11 @@ class ServerConn(ServerWrapped):
             if c is not None and c.ready(st, self.query_count - self.counted):
                 self.release_pending = True
             self.counted = self.query_count
+            if self.held_ps is not None:  # (after a SET or RESET: session/reports.py)
+                pre = reports.at_ready(self, c, st, body)
+                if pre is None:
+                    return held or b""  # the ReadyForQuery waits for the settings to be read back
+                held = (held or b"") + pre
             if st == 73 and c is not None and (lsn := c.lsn) is not None and (lsn.queue or lsn.notified):
                 # Notifications that came during the request: PostgreSQL sends them before this ReadyForQuery.
                 return (held or b"") + lsn.before_ready(c, m.msg(b"Z", body))
@@ -326,8 +332,8 @@ class ServerConn(ServerWrapped):
         puts the value back on the server before the client's next statement (session/resets.py, or
         transaction mode's read-back). PostgreSQL reports what changed just before the ReadyForQuery: a report
         of the request in which a RESET ran (reset_at, later than `counted`), with no SET after it, is the
-        RESET's. (A set_config() after the RESET to the pool's own value is mistaken for it: the read-back
-        then tells the client the value its session holds, after the ReadyForQuery.)"""
+        RESET's. A report of the pool's value after a SET may be `SET name TO DEFAULT`: doubtful. While a
+        request's reports are held (session/reports.py) this one is too (b"")."""
         k, v = m.parse_parameter_status(body)
         told = self.params.get(k)
         self.params[k] = v
@@ -335,6 +341,10 @@ class ServerConn(ServerWrapped):
         c = self.client
         if c is None:
             return None
+        held = self.held_ps
+        heard = c.want.get(k, told)
+        rep: bytes | None = None
+        base: str | None = None
         if (k in c.settings or k == "application_name") and c.want.get(k, v) != v \
                 and v == (self.pool.server_params or {}).get(k):  # a startup setting back at the pool's value
             if self.reset_at > self.counted:
@@ -343,18 +353,27 @@ class ServerConn(ServerWrapped):
                 rep = b""
                 base = c.want_base.get(k)
                 if base is not None and base != c.want.get(k):
-                    c.param_synced(k, base)  # what the client's session holds now (not yet set on this server)
                     rep = m.parameter_status(k, base)
+                else:
+                    base = None
                 if not c.transaction_mode and told is not None:
                     if self.untold is None or self.untold[0] is not c:  # (not another client's, left behind)
                         self.untold = (c, {})
-                    self.untold[1][k] = c.want.get(k, told)  # the value the client last heard
-                return rep
-            if not c.transaction_mode:
-                # After a SET: `SET name TO DEFAULT` (PostgreSQL: the startup value), or a SET to that value. The
-                # settings are read back after the transaction (resets.py): one the session does not hold is set
-                # to its startup value again.
-                self.dirty |= DIRTY_RESTORE
+                    self.untold[1][k] = base or c.want.get(k, told)  # the value the client last heard
+            else:
+                if not c.transaction_mode:
+                    # After a SET: `SET name TO DEFAULT` (PostgreSQL: the startup value), or a SET to that value. The
+                    # settings are read back after the transaction (resets.py): one the session does not hold is set
+                    # to its startup value again.
+                    self.dirty |= DIRTY_RESTORE
+                if held is not None:
+                    held.doubt = True
+        if held is not None:
+            return reports.hold(held, k, v if rep is None else base, rep is not None, heard)
+        if rep is not None:
+            if base is not None:
+                c.param_synced(k, base)  # what the client's session holds now (not yet set on this server)
+            return rep
         c.param_changed(k, v)
         return None
 
@@ -378,6 +397,8 @@ class ServerConn(ServerWrapped):
         if tag == b"SET" or tag == b"RESET":
             self.dirty |= DIRTY_SET  # transaction mode reads the settings back at its end (txstate.py)
             self._settings_unknown()
+            if self.client is not None:
+                reports.start(self, self.client, tag == b"RESET")
             if tag == b"RESET":
                 self._reset_seen()
                 self.reset_at = self.query_count
@@ -396,6 +417,8 @@ class ServerConn(ServerWrapped):
             self._statements_gone()
             self._reset_seen()
             self.reset_at = self.query_count
+            if self.client is not None:
+                reports.start(self, self.client, True)
         elif tag == b"DEALLOCATE ALL":
             self.dirty &= ~DIRTY_PREPARE
             self._statements_gone()

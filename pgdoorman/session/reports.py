@@ -1,0 +1,150 @@
+"""ParameterStatus where PostgreSQL sends it, after SET, RESET and DISCARD ALL.
+
+On PostgreSQL a client's startup settings are its session's defaults: RESET and `SET name TO DEFAULT` return
+to them, and PostgreSQL tells the client (just before the request's ReadyForQuery) each reported setting whose
+value is not the one it last told. A pooled server was started for the pool, and the client's startup settings
+were set on it (core/params.py): its defaults are the pool's values. So on a server
+
+* `SET name TO DEFAULT` reports the pool's value, where PostgreSQL reports the startup value (or nothing, when
+  the client had not changed it); a SET to the pool's own value reports the same thing, rightly;
+* a RESET of a setting the client had set to the pool's own value changes nothing there, so the server reports
+  nothing, where PostgreSQL reports the startup value.
+
+Which of these it was, only the session's settings tell: whether the session holds the setting (core/txstate.py
+reads them back). So for a client whose startup settings are not all the pool's, the reports of a request that
+ran SET, RESET or DISCARD ALL are held (`Held`, from its first such CommandComplete on: PostgreSQL sends them
+all just before the ReadyForQuery). When one of them, or a missing one, is doubtful, the ReadyForQuery (status
+I) waits as well: the settings are read back (transaction mode: the check at the transaction's end,
+ClientBase.session_check; session mode: resets.restore), the client is told what PostgreSQL would have told it,
+in the server's order, and then it gets the ReadyForQuery. Otherwise the held reports go out as the server sent
+them (a RESET's report of the pool's value already replaced: ServerConn._on_parameter) just before it.
+
+Inside a transaction nothing may run before the client's next statement (SET TRANSACTION must come first), so
+there a doubtful report goes out as it came, and the reports of the requests that follow are held until the one
+that ends the transaction: the values are put right before its ReadyForQuery (docs/transparency.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
+
+from pgdoorman.core.params import READ_ONLY
+from pgdoorman.protocol import messages as m
+from pgdoorman.session.states import DIRTY_RESTORE, DIRTY_SET
+
+if TYPE_CHECKING:
+    from pgdoorman.core.pool import Pool
+    from pgdoorman.session.peer import ClientPeer
+
+
+class Held:
+    """The ParameterStatus messages of one request, held until its ReadyForQuery."""
+
+    __slots__ = ("heard", "emit", "doubt", "ready")
+
+    def __init__(self, doubt: bool = False) -> None:
+        self.heard: dict[str, str | None] = {}  # each reported setting, in the server's order: what the client last heard
+        # What the relay passes on when nothing is read back: the value (None: nothing), and whether it is a
+        # RESET's startup value put in place of the pool's (ClientPeer.param_synced) or the server's own.
+        self.emit: dict[str, tuple[str | None, bool]] = {}
+        self.doubt = doubt  # only the session's settings can tell what PostgreSQL would report
+        self.ready: bytes | None = None  # the ReadyForQuery, waiting for them to be read back
+
+
+class Server(Protocol):
+    """What of a server connection (ServerConn) this module reads, and the one field it owns there."""
+
+    held_ps: Held | None
+    pool: Pool
+    params: dict[str, str]  # the values the server reported last
+    release_pending: bool
+    cancel_pending: int
+    dirty: int
+
+
+def _startup_keys(c: ClientPeer) -> dict[str, None]:
+    return dict.fromkeys((*c.settings, "application_name"))
+
+
+def start(s: Server, c: ClientPeer, reset: bool) -> None:
+    """A SET, RESET or DISCARD ALL completed on `s` for `c`: hold this request's reports when `c` started with
+    reported settings that are not the pool's. After a RESET, a startup setting the client had set to the
+    pool's own value gets no report from the server where PostgreSQL would send one: doubtful."""
+    pool_params = s.pool.server_params or {}
+    differ = [k for k in _startup_keys(c) if (p := pool_params.get(k)) is not None and c.want_base.get(k, p) != p]
+    if not differ:
+        return
+    held = s.held_ps
+    if held is None:
+        s.held_ps = held = Held()
+    if reset and any(c.want.get(k) == pool_params[k] for k in differ):
+        held.doubt = True
+
+
+def hold(held: Held, k: str, emit: str | None, synced: bool, heard: str | None) -> bytes:
+    """A report of the request, held (ServerConn._on_parameter): b"", relayed in its place."""
+    held.heard.setdefault(k, heard)
+    held.emit[k] = (emit, synced)
+    return b""
+
+
+def at_ready(s: Server, c: ClientPeer | None, st: int, body: memoryview) -> bytes | None:
+    """The request's ReadyForQuery (status `st`) came: the held reports to put before it, or None when it
+    waits (kept in Held.ready) for the settings to be read back. After the ReadyForQuery of a client whose
+    server goes back to the pool (release_pending) the worker runs that read-back (transaction mode) or
+    resets.restore (session mode, DIRTY_RESTORE)."""
+    held = s.held_ps
+    assert held is not None
+    if c is None:
+        s.held_ps = None
+        return b""
+    if (held.doubt and st == 73 and s.release_pending and not s.cancel_pending and not c.copy_confused
+            and ((lsn := c.lsn) is None or not (lsn.queue or lsn.notified))  # (else listening.py may hold it)
+            and s.dirty & (DIRTY_SET if c.transaction_mode else DIRTY_RESTORE)):
+        held.ready = m.msg(b"Z", body)
+        for k in _startup_keys(c):  # (a RESET the server did not report: what the client heard, before the read-back)
+            if k in s.params:
+                held.heard.setdefault(k, c.want.get(k))
+        return None
+    s.held_ps = Held(True) if held.doubt and st != 73 else None  # (put right at the transaction's end)
+    return _as_reported(held, c)
+
+
+def _as_reported(held: Held, c: ClientPeer) -> bytes:
+    out = []
+    for k, (v, synced) in held.emit.items():
+        if v is not None:
+            out.append(m.parameter_status(k, v))
+            if synced:
+                c.param_synced(k, v)
+            else:
+                c.param_changed(k, v)
+    return b"".join(out)
+
+
+def waiting(s: Server) -> bool:
+    """A ReadyForQuery is held for the settings read back (at_ready)."""
+    return s.held_ps is not None and s.held_ps.ready is not None
+
+
+def tell(s: Server, c: ClientPeer, final: Mapping[str, str] | None) -> None:
+    """The settings were read back (`final`: the session's reported settings as PostgreSQL would have them; None:
+    they could not be read): tell the client each one whose value is not what it last heard, in the server's
+    order, then the held ReadyForQuery. Session mode notes what it told (transaction mode's check replaces
+    the client's settings as a whole: ClientBase._follow)."""
+    held, s.held_ps = s.held_ps, None
+    if held is None:
+        return
+    if final is None:
+        out = _as_reported(held, c)
+    else:
+        parts = []
+        for k, heard in held.heard.items():
+            v = final.get(k, s.params.get(k))
+            if v is not None and heard is not None and v != heard and k not in READ_ONLY:
+                parts.append(m.parameter_status(k, v))
+                if not c.transaction_mode:
+                    c.param_changed(k, v)
+        out = b"".join(parts)
+    c.write(out + (held.ready or b""))
