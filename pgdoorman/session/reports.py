@@ -53,7 +53,8 @@ class Held:
 
 
 class Server(Protocol):
-    """What of a server connection (ServerConn) this module reads, and the one field it owns there."""
+    """What of a server connection (ServerConn) this module reads; it owns `held_ps` there, and marks `dirty`
+    with DIRTY_RESTORE (session mode: the settings are read back, resets.py)."""
 
     held_ps: Held | None
     pool: Pool
@@ -67,10 +68,11 @@ def _startup_keys(c: ClientPeer) -> dict[str, None]:
     return dict.fromkeys((*c.settings, "application_name"))
 
 
-def start(s: Server, c: ClientPeer, reset: bool) -> None:
+def start(s: Server, c: ClientPeer) -> None:
     """A SET, RESET or DISCARD ALL completed on `s` for `c`: hold this request's reports when `c` started with
-    reported settings that are not the pool's. After a RESET, a startup setting the client had set to the
-    pool's own value gets no report from the server where PostgreSQL would send one: doubtful."""
+    reported settings that are not the pool's. When the client had set one of those to the pool's own value,
+    a RESET (or `SET name TO DEFAULT`) of it gets no report from the server where PostgreSQL sends one:
+    doubtful."""
     pool_params = s.pool.server_params or {}
     differ = [k for k in _startup_keys(c) if (p := pool_params.get(k)) is not None and c.want_base.get(k, p) != p]
     if not differ:
@@ -78,8 +80,10 @@ def start(s: Server, c: ClientPeer, reset: bool) -> None:
     held = s.held_ps
     if held is None:
         s.held_ps = held = Held()
-    if reset and any(c.want.get(k) == pool_params[k] for k in differ):
+    if any(c.want.get(k) == pool_params[k] for k in differ):
         held.doubt = True
+        if not c.transaction_mode:
+            s.dirty |= DIRTY_RESTORE  # (session mode reads the settings back after a RESET: resets.py)
 
 
 def hold(held: Held, k: str, emit: str | None, synced: bool, heard: str | None) -> bytes:
@@ -123,6 +127,14 @@ def _as_reported(held: Held, c: ClientPeer) -> bytes:
     return b"".join(out)
 
 
+def _sorts_reports(version: str) -> bool:
+    """PostgreSQL before 16 sends a request's reports sorted by name (it walks its sorted table of settings);
+    16 and later in the reverse order of the changes, which the pooler cannot know for one the server did not
+    report: it goes after the server's."""
+    major = version.split(".", 1)[0].split(" ", 1)[0]
+    return major.isdigit() and int(major) < 16
+
+
 def waiting(s: Server) -> bool:
     """A ReadyForQuery is held for the settings read back (at_ready)."""
     return s.held_ps is not None and s.held_ps.ready is not None
@@ -140,7 +152,11 @@ def tell(s: Server, c: ClientPeer, final: Mapping[str, str] | None) -> None:
         out = _as_reported(held, c)
     else:
         parts = []
-        for k, heard in held.heard.items():
+        keys = list(held.heard)
+        if _sorts_reports(s.params.get("server_version", "")):
+            keys.sort(key=str.lower)
+        for k in keys:
+            heard = held.heard[k]
             v = final.get(k, s.params.get(k))
             if v is not None and heard is not None and v != heard and k not in READ_ONLY:
                 parts.append(m.parameter_status(k, v))

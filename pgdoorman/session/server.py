@@ -398,7 +398,7 @@ class ServerConn(ServerWrapped):
             self.dirty |= DIRTY_SET  # transaction mode reads the settings back at its end (txstate.py)
             self._settings_unknown()
             if self.client is not None:
-                reports.start(self, self.client, tag == b"RESET")
+                reports.start(self, self.client)
             if tag == b"RESET":
                 self._reset_seen()
                 self.reset_at = self.query_count
@@ -418,7 +418,7 @@ class ServerConn(ServerWrapped):
             self._reset_seen()
             self.reset_at = self.query_count
             if self.client is not None:
-                reports.start(self, self.client, True)
+                reports.start(self, self.client)
         elif tag == b"DEALLOCATE ALL":
             self.dirty &= ~DIRTY_PREPARE
             self._statements_gone()
