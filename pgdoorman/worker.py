@@ -478,6 +478,7 @@ class Worker:
         if c is not None:
             s.dirty |= c.gave_back(s, client_gone)
         if client_gone:
+            s.held_ps = None  # (what was held for it, session/reports.py: nobody else's to hear)
             if s.state == INTERNAL:
                 # Our own query is running: let it finish, then clean up as usual.
                 s.internal_done = lambda ok: self._after_client_left(s, ok)
