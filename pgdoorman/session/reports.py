@@ -142,8 +142,8 @@ def waiting(s: Server) -> bool:
 
 def tell(s: Server, c: ClientPeer, final: Mapping[str, str] | None) -> None:
     """The settings were read back (`final`: the session's reported settings as PostgreSQL would have them; None:
-    they could not be read): tell the client each one whose value is not what it last heard, in the server's
-    order, then the held ReadyForQuery. Session mode notes what it told (transaction mode's check replaces
+    they could not be read): tell the client each one whose value is not what it last heard, in PostgreSQL's
+    order where it is known (_sorts_reports; else the server's), then the held ReadyForQuery. Session mode notes what it told (transaction mode's check replaces
     the client's settings as a whole: ClientBase._follow)."""
     held, s.held_ps = s.held_ps, None
     if held is None:
