@@ -20,6 +20,7 @@ from tests.integration.test_transparency import (  # noqa: F401  (mode_pooler: t
     mode_pooler,
     show_all,
 )
+from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER
 from tests.support.pooler import Pooler
 
 pytestmark = pytest.mark.timeout(180)
@@ -88,3 +89,26 @@ def test_reports_after_set_to_default_and_reset_are_postgresqls(pg: Any, mode_po
     assert ("simple", "reset timezone", [("C", b"RESET"), ("S", "TimeZone", "Asia/Tokyo"), ("Z", b"I")], []) \
         in direct
     assert got["pooled"] == direct
+
+
+def test_psycopg_reads_timestamps_in_the_zone_postgresql_reports(pg: Any, mode_pooler: Pooler) -> None:  # noqa: F811
+    """psycopg 3 gives a timestamptz the time zone of the connection's last TimeZone report. Through the
+    pooler, right after `SET timezone TO DEFAULT` that was the pool's zone (its report came first, the
+    startup value only after the ReadyForQuery), so the next rows came back in the wrong zone."""
+    import psycopg
+
+    got = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
+        with psycopg.connect(host=host, port=port, user=SCRAM_USER, password=SCRAM_PASSWORD, dbname=DBNAME,
+                             options="-c TimeZone=Asia/Tokyo", application_name="app-1", autocommit=True) as c:
+            seen = []
+            for q in ["set timezone = 'Etc/UTC'", "set timezone to default", f"set application_name = '{POOL_APP}'",
+                      "reset application_name", "set timezone = 'UTC'", "set timezone to default", "discard all"]:
+                c.execute(q)
+                row = c.execute("select now()").fetchone()
+                assert row is not None
+                seen.append((q, c.info.parameter_status("TimeZone"), c.info.parameter_status("application_name"),
+                             str(row[0].tzinfo)))
+            got[name] = seen
+    assert got["direct"][1][1:] == ("Asia/Tokyo", "app-1", "Asia/Tokyo")
+    assert got["pooled"] == got["direct"]
