@@ -157,8 +157,11 @@ def tell(s: Server, c: ClientPeer, final: Mapping[str, str] | None) -> None:
             keys.sort(key=str.lower)
         for k in keys:
             heard = held.heard[k]
-            v = final.get(k, s.params.get(k))
-            if v is not None and heard is not None and v != heard and k not in READ_ONLY:
+            if k in READ_ONLY:  # (no setting the read-back gives: `is_superuser` after SET ROLE, as reported)
+                v = held.emit[k][0] if k in held.emit else None
+            else:
+                v = final.get(k, s.params.get(k))
+            if v is not None and heard is not None and v != heard:
                 parts.append(m.parameter_status(k, v))
                 if not c.transaction_mode:
                     c.param_changed(k, v)

@@ -47,16 +47,20 @@ def tokyo() -> Iterator[tuple[ClientConn, ServerConn, socket.socket, socket.sock
         yield client, server, c_peer, s_peer
 
 
-def _set_to_default(client: ClientConn, server: ServerConn, s_peer: socket.socket) -> bytes:
-    """`SET timezone TO DEFAULT`: the server goes back to the pool's value and reports it. The request's
-    ReadyForQuery is held, the read-back sent; what the server got is returned."""
+def _set_to_default(client: ClientConn, server: ServerConn, s_peer: socket.socket, more: bytes = b"") -> bytes:
+    """`SET timezone TO DEFAULT`: the server goes back to the pool's value and reports it (after `more`
+    reports). The request's ReadyForQuery is held, the read-back sent; what the server got is returned."""
     q = query("set timezone to default")
     client._consume(memoryview(q), len(q))
     assert s_peer.recv(65536) == q
-    s_peer.sendall(frame("C", b"SET\0") + _status("TimeZone", POOL_TZ) + frame("Z", b"I"))
+    s_peer.sendall(frame("C", b"SET\0") + more + _status("TimeZone", POOL_TZ) + frame("Z", b"I"))
     server.on_event(1)
     assert reports.waiting(server) and server.state == INTERNAL
     return s_peer.recv(65536)
+
+
+CHECK_ANSWER = (frame("T", b"\0\x02" + b"name\0" + b"\0" * 18 + b"v\0" + b"\0" * 18) + frame("C", b"SELECT 0\0")
+                + frame("C", b"RESET\0") * 3 + frame("Z", b"I"))  # (the session holds no setting of its own)
 
 
 def test_the_ready_for_query_follows_the_read_back(tokyo: Any) -> None:
@@ -65,8 +69,7 @@ def test_the_ready_for_query_follows_the_read_back(tokyo: Any) -> None:
     assert b"pg_settings" in check and b"RESET ALL" in check
     assert _read(c_peer) == [("C", b"SET\0")]  # the pool's value is not told, and the ReadyForQuery waits
     # The session holds no TimeZone of its own (TO DEFAULT): the startup value, which the client heard already.
-    s_peer.sendall(frame("T", b"\0\x02" + b"name\0" + b"\0" * 18 + b"v\0" + b"\0" * 18)
-                   + frame("C", b"SELECT 0\0") + frame("C", b"RESET\0") * 3 + frame("Z", b"I"))
+    s_peer.sendall(CHECK_ANSWER)
     server.on_event(1)
     assert _read(c_peer) == [("Z", b"I")]  # as PostgreSQL: no report, TimeZone never changed
     assert server.held_ps is None and client.want["TimeZone"] == "Asia/Tokyo"
@@ -77,3 +80,14 @@ def test_nothing_held_for_a_client_that_left_stays_on_its_server(tokyo: Any) -> 
     _set_to_default(client, server, s_peer)
     client.close("gone")  # while the read-back runs
     assert server.held_ps is None  # (it would have put this client's ReadyForQuery before the next one's)
+
+
+def test_a_report_the_read_back_cannot_give_goes_as_the_server_sent_it(tokyo: Any) -> None:
+    """`SET ROLE` to a superuser role in the same query: PostgreSQL reports is_superuser, which is no setting
+    the read-back reads (its RESET ROLE turns it off again): it goes as the server reported it."""
+    client, server, c_peer, s_peer = tokyo
+    server.params["is_superuser"] = "off"
+    _set_to_default(client, server, s_peer, more=_status("is_superuser", "on"))
+    s_peer.sendall(CHECK_ANSWER[:-len(frame("Z", b"I"))] + _status("is_superuser", "off") + frame("Z", b"I"))
+    server.on_event(1)
+    assert _read(c_peer) == [("C", b"SET\0"), ("S", b"is_superuser\0on\0"), ("Z", b"I")]
