@@ -332,8 +332,10 @@ class ServerConn(ServerWrapped):
         puts the value back on the server before the client's next statement (session/resets.py, or
         transaction mode's read-back). PostgreSQL reports what changed just before the ReadyForQuery: a report
         of the request in which a RESET ran (reset_at, later than `counted`), with no SET after it, is the
-        RESET's. A report of the pool's value after a SET may be `SET name TO DEFAULT`: doubtful. While a
-        request's reports are held (session/reports.py) this one is too (b"")."""
+        RESET's. (A set_config() after the RESET to the pool's own value is mistaken for it: the read-back
+        then tells the client the value its session holds, after the ReadyForQuery.) A report of the pool's
+        value after a SET may be `SET name TO DEFAULT`: doubtful. While a request's reports are held
+        (session/reports.py) this one is too (b"")."""
         k, v = m.parse_parameter_status(body)
         told = self.params.get(k)
         self.params[k] = v
