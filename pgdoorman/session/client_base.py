@@ -305,7 +305,7 @@ class ClientBase(Conn):
                 want = txstate.followed(self.want_base, session, customs)
                 if reports.waiting(s):
                     reports.tell(s, self, want)  # the request's reports as PostgreSQL sends them, its ReadyForQuery
-                    seen = want
+                    seen = want  # (told there: _follow only takes them as the client's settings)
                 self._follow(want, s.params, seen)
                 self.customs = tuple(n for n in self.customs if customs.get(n) is None)
             if reset:

@@ -64,7 +64,9 @@ class Server(Protocol):
     dirty: int
 
 
-def _startup_keys(c: ClientPeer) -> dict[str, None]:
+def startup_keys(c: ClientPeer) -> dict[str, None]:
+    """The settings a RESET returns to the client's startup value: its startup packet's, and application_name
+    (one the client did not send is '' or the pool's, never the server's own)."""
     return dict.fromkeys((*c.settings, "application_name"))
 
 
@@ -74,7 +76,7 @@ def start(s: Server, c: ClientPeer) -> None:
     a RESET (or `SET name TO DEFAULT`) of it gets no report from the server where PostgreSQL sends one:
     doubtful."""
     pool_params = s.pool.server_params or {}
-    differ = [k for k in _startup_keys(c) if (p := pool_params.get(k)) is not None and c.want_base.get(k, p) != p]
+    differ = [k for k in startup_keys(c) if (p := pool_params.get(k)) is not None and c.want_base.get(k, p) != p]
     if not differ:
         return
     held = s.held_ps
@@ -107,7 +109,7 @@ def at_ready(s: Server, c: ClientPeer | None, st: int, body: memoryview) -> byte
             and ((lsn := c.lsn) is None or not (lsn.queue or lsn.notified))  # (else listening.py may hold it)
             and s.dirty & (DIRTY_SET if c.transaction_mode else DIRTY_RESTORE)):
         held.ready = m.msg(b"Z", body)
-        for k in _startup_keys(c):  # (a RESET the server did not report: what the client heard, before the read-back)
+        for k in startup_keys(c):  # (a RESET the server did not report: what the client heard, before the read-back)
             if k in s.params:
                 held.heard.setdefault(k, c.want.get(k))
         return None
@@ -143,8 +145,9 @@ def waiting(s: Server) -> bool:
 def tell(s: Server, c: ClientPeer, final: Mapping[str, str] | None) -> None:
     """The settings were read back (`final`: the session's reported settings as PostgreSQL would have them; None:
     they could not be read): tell the client each one whose value is not what it last heard, in PostgreSQL's
-    order where it is known (_sorts_reports; else the server's), then the held ReadyForQuery. Session mode notes what it told (transaction mode's check replaces
-    the client's settings as a whole: ClientBase._follow)."""
+    order where it is known (_sorts_reports; else the server's), then the held ReadyForQuery. Session mode
+    notes what it told (transaction mode's check replaces the client's settings as a whole:
+    ClientBase._follow)."""
     held, s.held_ps = s.held_ps, None
     if held is None:
         return

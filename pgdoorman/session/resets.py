@@ -71,8 +71,7 @@ def _read(c: Session, s: ServerConn, ok: bool) -> None:
         pool = c.pool
         login_user = pool.server_params.get("session_authorization") if pool and pool.server_params else None
         session, _, customs = txstate.read_rows(rows, login_user)
-        # application_name too: one the client did not send is '' (or the pool's), not the server's own.
-        lost = txstate.lost_at_reset([*c.settings, "application_name"], c.want_base, session, customs)
+        lost = txstate.lost_at_reset(reports.startup_keys(c), c.want_base, session, customs)
     else:
         log.warning("client %s (%s@%s): its settings could not be read back after a RESET: %s", c.addr, c.user,
                     c.database, (s.internal_error or {}).get("M"))
