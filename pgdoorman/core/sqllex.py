@@ -282,3 +282,21 @@ def bound_names(settings: tuple[str | int, ...], values: tuple[memoryview | None
             if "." in name:
                 out.append(name)
     return tuple(out)
+
+
+_FIRST = re.compile(rb"\s*(?:([A-Za-z_]+)(\s+transaction\b)?|([^-/;\s]))", re.I)
+_EXITS = frozenset({b"commit", b"end", b"rollback", b"abort"})
+
+
+def refused_when_aborted(text: bytes) -> bool:
+    """Does PostgreSQL refuse a Parse of `text` in a failed transaction (25P02, creating nothing)? It does for
+    every statement but those that end the transaction (COMMIT, END, ROLLBACK [TO], ABORT, PREPARE
+    TRANSACTION), and not for an empty text. False when it cannot tell at a glance (a comment first)."""
+    mt = _FIRST.match(text)
+    if mt is None:
+        return False  # empty, or a comment or `;` first
+    word = mt.group(1)
+    if word is None:
+        return True  # `(select 1)`, `values (1)` ...
+    w = word.lower()
+    return w not in _EXITS and not (w == b"prepare" and mt.group(2))

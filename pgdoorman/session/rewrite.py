@@ -220,14 +220,8 @@ class Rewriter(RewriterBase):
                 st = found
                 cache.count_hit(st)
             self.last_parse = (b, name, st)
-        if name:
-            held = self.named.get(name)
-            if held is not None:
-                # PostgreSQL refuses a second Parse of a name (42P05) and skips to Sync: have it do exactly
-                # that, with a Parse of the statement's own server name (the error names the client's).
-                pre = self._ensure(held)
-                rq.append((ps.DUP, (held, name)))
-                return pre + m.msg(b"P", held.name + b"\x00\x00\x00\x00")
+        if name and (held := self.named.get(name)) is not None:
+            return self._dup_parse(held, name, body, rq)
         prev = self.lookup(name)
         self.define(name, st)
         defs = self.defs
@@ -238,7 +232,10 @@ class Rewriter(RewriterBase):
         assert s is not None
         revive(s, st)
         if st.name in s.prepared:
-            if self.parsing is None or not self._unsure(st):
+            # (Not answered here when the transaction may have failed, a request in flight or the last one's
+            # status: PostgreSQL refuses a Parse there, 25P02, creating nothing, so it must see this one.)
+            if (self.parsing is None or not self._unsure(st)) and not (
+                    (self.relay.expect or self.relay.last_status == 69) and sqllex.refused_when_aborted(st.query)):
                 s.prepared.move_to_end(st.name)
                 s.ps_hits += 1
                 rq.append((ps.SYNTH, (m.PARSE_COMPLETE, (name, prev, st))))
@@ -251,6 +248,15 @@ class Rewriter(RewriterBase):
             return st.parse_msg
         s.ps_misses += 1
         return self._reparse(s, st, (ps.PARSE, (st, name, prev)))
+
+    def _dup_parse(self, held: ps.Statement, name: bytes, body: memoryview, rq: deque[tuple[int, Any]]) -> bytes:
+        """PostgreSQL refuses a second Parse of a name (42P05; 42601 first for bad syntax, 25P02 in a failed
+        transaction) and skips to Sync: have it do exactly that, with a Parse of the text under the statement's
+        own server name (the error names the client's)."""
+        pre = self._ensure(held)
+        rq.append((ps.DUP, (held, name)))
+        raw = bytes(body)
+        return pre + m.msg(b"P", held.name + raw[raw.find(b"\x00") :])
 
     def _ps_describe(self, body: memoryview, rq: deque[tuple[int, Any]]) -> bytes | None:
         """Describe of a portal or a statement (renamed to the pool's)."""
@@ -390,7 +396,11 @@ class Rewriter(RewriterBase):
         return rq
 
     def _deallocate(self, ident: bytes) -> bytes | None:
-        """DEALLOCATE of a protocol-level statement is answered here: the server copy is shared."""
+        """DEALLOCATE of a protocol-level statement is answered here: the server copy is shared. (Not in a failed
+        transaction: PostgreSQL refuses it there, 25P02, and the statements stay.)"""
+        if self.relay.last_status == 69 and not self.relay.expect and not self.rq:
+            self.on_header(81, 0)
+            return None
         if ident.lower() == b"all":
             self.named.clear()
             self.unnamed = None
@@ -471,8 +481,8 @@ class Rewriter(RewriterBase):
         sent last time needs no lookup): (end of the Parse, the statement, the client's name, the Parse body
         to remember or None when it is the remembered one). None: the general path must take the batch."""
         pos = 1 + _unpack(view, 1)[0]
-        if pos + 5 > n:
-            return None
+        if pos + 5 > n or self.relay.last_status == 69:
+            return None  # (a failed transaction: PostgreSQL refuses the Parse, _ps_parse)
         memo = self.last_parse
         memo_body: bytes | None = None
         if memo is not None and not memo[2].dead and view[5:pos] == memo[0]:

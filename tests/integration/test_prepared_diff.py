@@ -218,6 +218,22 @@ SEQUENCES: dict[str, list[Step]] = {
     "failed_parse_next_window_after_create": [
         one(P("", "select * from w7_t"), S, Q("create table w7_t as select 8007 as v"),
             P("", "select * from w7_t"), B(), E(), S, Q("drop table w7_t"), wait=4)],
+    # In a failed transaction PostgreSQL refuses every Parse but one of a statement that ends it (25P02, before
+    # it looks at the name: a duplicate is refused the same way) and creates nothing, and refuses DEALLOCATE:
+    # the pooler must not answer them itself, nor keep what it would have created, pipelined or not.
+    "parse_and_deallocate_in_failed_transaction": [
+        one(P("fa1", "select 8101"), S), one(Q("begin")), one(Q("select 1/0")), one(P("fa2", "select 8101"), S),
+        one(P("fa1", "select 8101"), S), one(P("", "select 8101"), B(), E(), S), one(Q("deallocate all")),
+        one(Q("deallocate fa1")), one(P("fa3", "rollback"), S), one(P("fa4", ""), S), one(Q("rollback")),
+        one(B("fa1"), E(), S), one(describe("S", "fa2"), S), one(B(), E(), S), one(describe("S", "fa3"), S),
+        one(describe("S", "fa4"), S)],
+    "parse_in_failed_transaction_pipelined": [
+        one(P("fp1", "select 8102"), S), one(P("", "select 8102"), S),  # (on both servers: not in flight below)
+        one(Q("begin"), Q("select 1/0"), P("fp2", "select 8102"), S, wait=3), one(Q("rollback")),
+        one(Q("begin"), P("", "select 1/0"), B(), E(), S, P("fp3", "select 8102"), B("", "fp3"), E(), S, wait=3),
+        one(Q("rollback")), one(describe("S", "fp2"), S), one(P("fp3", "select 8102"), S), one(B("fp3"), E(), S)],
+    "duplicate_parse_with_bad_syntax": [
+        one(P("fd", "select 8104"), S), one(P("fd", "selec 8104"), S), one(P("fd", "select 8105"), S)],
     # Startup settings (see CLIENT_PARAMS): each client sees its own, whatever server it lands on.
     "startup_settings_two_clients": [one(Q("show search_path; show work_mem; show application_name")),
                                      one(Q("show search_path; show work_mem; show TimeZone"), client=1),
