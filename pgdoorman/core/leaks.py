@@ -34,6 +34,9 @@ LISTENS = 4
 # A prepared statement's text names custom settings (Statement.settings, core/sqllex.py's setting_names): noted
 # when it is bound; nothing to clean or check.
 CUSTOM = 8
+# A prepared `DEALLOCATE`: its Bind and Execute are answered for the client's own statements
+# (RewriterBase.dealloc_bind); nothing to clean or check.
+DEALLOC = 64
 # The longest keyword is 10 bytes: a keyword split between two reads has at most 9 bytes in the first.
 TAIL = 9
 CLEANUP = "DISCARD TEMP; SELECT pg_catalog.pg_advisory_unlock_all()"

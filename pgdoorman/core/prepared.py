@@ -21,6 +21,7 @@ server is next returned to the pool, never under a batch that may still bind the
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 from collections import OrderedDict, deque
 from typing import Any
@@ -79,9 +80,14 @@ PLANNER_PARAMS = ("search_path", "default_transaction_isolation", "default_trans
 _names = itertools.count(1)  # process-wide: a name is never reused, even after eviction
 
 
+# `DEALLOCATE [PREPARE] name | ALL`, alone: of a client's protocol-level statements it is answered by the pooler
+# (their server copies are shared), as a simple query (Rewriter._deallocate) or prepared (Statement.dealloc).
+DEALLOCATE_TEXT = re.compile(rb"^\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)\s*;?\s*$", re.I)
+
+
 class Statement:
     __slots__ = ("name", "parse_msg", "query", "key", "uses", "dead", "leaves", "listen", "named", "seen",
-                 "idle_since", "settings")
+                 "idle_since", "settings", "dealloc")
 
     def __init__(self, key: tuple[bytes, bytes, tuple[str, ...]], query: bytes, types: bytes) -> None:
         self.key = key
@@ -103,6 +109,10 @@ class Statement:
         # LISTEN, UNLISTEN or DISCARD ALL (core/listen.py): flagged in `leaves` too (leaks.LISTENS, no cleanup), so
         # that binding it takes the same rare branch; a LISTEN is parsed on servers as LISTEN of a channel nobody
         # notifies.
+        mt = DEALLOCATE_TEXT.match(query) if query[:1] in b"dD \t\r\n" else None
+        self.dealloc: bytes | None = None if mt is None else mt.group(1)  # the name DEALLOCATE gives (or ALL)
+        if mt is not None:
+            self.leaves |= leaks.DEALLOC
         self.listen = listen.statement(query)
         if self.listen is not None:
             self.leaves |= leaks.LISTENS

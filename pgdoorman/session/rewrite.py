@@ -23,11 +23,10 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import HOLD
 from pgdoorman.session.noqueue import NO_REQUESTS
 from pgdoorman.session.rewrite_replies import COPY_END, SYNC_AFTER_DATA, Held, RewriterBase, revive
-from pgdoorman.session.states import DIRTY_PREPARE, LISTEN_START
+from pgdoorman.session.states import LISTEN_START
 
 # SQL EXECUTE of a statement the client prepared through the protocol: the server knows it by the pool's name.
 _EXECUTE = re.compile(rb"^(\s*execute\s+)(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)", re.I)
-_DEALLOCATE = re.compile(rb"^\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)\s*;?\s*$", re.I)
 _unpack = m.U32.unpack_from
 _pack = m.U32.pack
 _NAMING = frozenset(b"PBDC")
@@ -100,7 +99,7 @@ class Rewriter(RewriterBase):
                 return None
             blank = body[0] in b" \t\r\n"
             if body[0] | 32 == 100 or blank:  # starts with d/D or blank: maybe DEALLOCATE
-                mt = _DEALLOCATE.match(bytes(body[:-1]))
+                mt = ps.DEALLOCATE_TEXT.match(bytes(body[:-1]))
                 if mt is not None:
                     return self._deallocate(mt.group(1))
             if (body[0] | 32 == 101 or blank) and (ex := self._sql_execute(body)) is not None:  # maybe EXECUTE
@@ -123,6 +122,8 @@ class Rewriter(RewriterBase):
         if t == 66:  # Bind: portal, statement, ...
             return self._ps_bind(body, rq)
         if t == 69:  # Execute
+            if self.dealloc_portal is not None and self.dealloc_exec(body, rq):
+                return b""
             self.relay.unsynced = True
             self.relay.copy_window = 69  # it may start a COPY FROM STDIN
             self.relay.copy_syncs = 0
@@ -144,14 +145,18 @@ class Rewriter(RewriterBase):
             return self._ps_close(body, rq)
         return None
 
-    def _leaves(self, st: ps.Statement, bind: bytes) -> None:
+    def _leaves(self, st: ps.Statement, bind: bytes) -> bool:
         """A Bind (body `bind`) of a statement whose text may leave state (leaks.py), names custom settings
-        (Statement.settings) or LISTENs (Statement.listen)."""
+        (Statement.settings) or LISTENs (Statement.listen). False, nothing done: a prepared DEALLOCATE
+        (RewriterBase.dealloc_bind)."""
+        if st.dealloc is not None:
+            return False
         self.relay.leaves |= st.leaves
         if st.settings:
             self._bound_settings(st, bind)
         if st.listen is not None or self.relay.lsn is not None:
             self.relay.listen_bound(st)
+        return True
 
     def _bound_settings(self, st: ps.Statement, bind: bytes) -> None:
         settings = st.settings
@@ -184,7 +189,8 @@ class Rewriter(RewriterBase):
             rq.append((ps.BIND, None))
             return None  # PostgreSQL answers 26000 itself: the client's name does not exist there
         if st.leaves:
-            self._leaves(st, b)
+            if not self._leaves(st, b) and self.dealloc_bind(st, b[:j], rq):
+                return b""
         elif self.relay.lsn is not None:
             self.relay.listen_bound(st)  # (a ROLLBACK voids the transaction's LISTEN/UNLISTEN)
         pre = self._ensure(st)
@@ -266,8 +272,9 @@ class Rewriter(RewriterBase):
         except frontend.InvalidMessage:
             return self._malformed(rq)
         if body[0] == 80:  # portal
-            rq.append((ps.DESC_P, None))
-            return None
+            dp = self.dealloc_portal
+            rq.append((ps.SYNTH, m.NO_DATA) if dp is not None and dp[0] == body[1:-1] else (ps.DESC_P, None))
+            return b"" if rq[-1][0] == ps.SYNTH else None
         b = bytes(body)
         st = self.lookup(b[1:-1])
         if st is None:
@@ -396,32 +403,11 @@ class Rewriter(RewriterBase):
         return rq
 
     def _deallocate(self, ident: bytes) -> bytes | None:
-        """DEALLOCATE of a protocol-level statement is answered here: the server copy is shared. (Not in a failed
-        transaction: PostgreSQL refuses it there, 25P02, and the statements stay.)"""
-        if self.relay.last_status == 69 and not self.relay.expect and not self.rq:
+        """Simple-query DEALLOCATE: answered here for the client's own statements (RewriterBase.dealloc_here)."""
+        tag = self.dealloc_here(ident)
+        if tag is None:
             self.on_header(81, 0)
-            return None
-        if ident.lower() == b"all":
-            self.named.clear()
-            self.unnamed = None
-            self.anon = None
-            held = self.relay.server
-            if held is not None and held.dirty & DIRTY_PREPARE:
-                # Its SQL PREPAREd statements are on this (pinned) server: PostgreSQL deallocates them, and the
-                # server then forgets the pool's statements it held too (its DEALLOCATE ALL tag).
-                self.on_header(81, 0)
-                return None
-            tag = "DEALLOCATE ALL"
-        else:
-            name = ident[1:-1].replace(b'""', b'"') if ident[:1] == b'"' else ident.lower()
-            if name not in self.named:
-                if ident[:1] != b'"' and ident in self.named:
-                    name = ident
-                else:
-                    self.on_header(81, 0)
-                    return None  # let PostgreSQL say 26000 in its own words
-            del self.named[name]
-            tag = "DEALLOCATE"
+            return None  # PostgreSQL answers
         s = self.relay.server
         status = s.txn_status if s is not None else 73
         self._track().append((ps.SYNTH, m.command_complete(tag) + m.ready_for_query(bytes([status]))))
@@ -543,8 +529,8 @@ class Rewriter(RewriterBase):
             if st is None or st.name not in prepared:
                 return None
         assert st is not None
-        if st.leaves:
-            self._leaves(st, b)
+        if st.leaves and not self._leaves(st, b):
+            return None  # (a prepared DEALLOCATE: the general path, _ps_bind)
         # Committed: the same effects as the general path, message by message.
         if parsed is not None:
             cache = self.cache

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pgdoorman.core import prepared as ps
 from pgdoorman.protocol import messages as m
 from pgdoorman.session.noqueue import NO_REQUESTS
+from pgdoorman.session.states import DIRTY_PREPARE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -152,7 +153,7 @@ class RewriterBase:
 
     __slots__ = ("relay", "cache", "sig", "named", "unnamed", "anon", "anon_evicted", "rq", "last_parse",
                  "synth_head", "fast_bind", "fast_redo", "held_error", "parsing", "win", "done", "defs",
-                 "holding")
+                 "holding", "dealloc_portal")
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
@@ -192,6 +193,8 @@ class RewriterBase:
         # _waits), since PostgreSQL may skip that Parse or Close and the name's meaning is known only then.
         self.defs: dict[bytes, int] | None = None
         self.holding = False
+        # A portal bound to a prepared DEALLOCATE answered here (dealloc_bind): (its name, the DEALLOCATE's).
+        self.dealloc_portal: tuple[bytes, bytes] | None = None
 
     def start(self, cache: PoolCache, sig: tuple[str, ...]) -> None:
         """Prepared-statement mode from now on, with this pool cache and these planner settings."""
@@ -208,6 +211,73 @@ class RewriterBase:
         return rq
 
     # ------------------------------------------------------------------ the client's names
+    # ------------------------------------------------------------------ DEALLOCATE
+    def dealloc_here(self, ident: bytes) -> str | None:
+        """`DEALLOCATE ident` (a name as SQL spells it, or ALL) of this client's protocol-level statements: done
+        here (their server copies are shared), returning its CommandComplete tag; None when PostgreSQL must
+        answer it: in a failed transaction (25P02: nothing is deallocated), for a name the client does not hold
+        (26000 in PostgreSQL's words; or its own SQL-PREPAREd statement on a pinned server), and for ALL when
+        the server holds SQL-PREPAREd statements of the client's (PostgreSQL deallocates them too)."""
+        relay = self.relay
+        if relay.last_status == 69 and not relay.expect and not self.rq:
+            return None
+        if ident.lower() == b"all":
+            self.named.clear()
+            self.unnamed = None
+            self.anon = None
+            held = relay.server
+            return None if held is not None and held.dirty & DIRTY_PREPARE else "DEALLOCATE ALL"
+        name = self._dealloc_name(ident)
+        if name is None:
+            return None
+        self.define(name, None)
+        return "DEALLOCATE"
+
+    def _dealloc_name(self, ident: bytes) -> bytes | None:
+        """The client's statement `ident` names: folded to lower case unless quoted (and as written, for a name
+        a driver prepared in capitals); None when it holds no such statement."""
+        name = ident[1:-1].replace(b'""', b'"') if ident[:1] == b'"' else ident.lower()
+        if name in self.named:
+            return name
+        return ident if ident[:1] != b'"' and ident in self.named else None
+
+    def dealloc_bind(self, st: ps.Statement, portal: bytes, rq: deque[tuple[int, Any]]) -> bool:
+        """A Bind of a prepared `DEALLOCATE ident` (psycopg evicts its statements so in pipeline mode, with a
+        libpq before 17): True when it is answered here, as the simple query is (BindComplete now, the
+        Execute's CommandComplete by dealloc_exec); False: sent on, PostgreSQL answers (dealloc_here's cases)."""
+        relay = self.relay
+        ident = st.dealloc
+        if ident is None or relay.last_status == 69 and not relay.expect and not rq:
+            return False
+        if ident.lower() == b"all":
+            held = relay.server
+            if held is not None and held.dirty & DIRTY_PREPARE:
+                return False
+        elif self._dealloc_name(ident) is None:
+            return False
+        rq.append((ps.SYNTH, m.BIND_COMPLETE))
+        self.dealloc_portal = (portal, ident)
+        return True
+
+    def dealloc_exec(self, body: memoryview, rq: deque[tuple[int, Any]]) -> bool:
+        """An Execute: of the portal dealloc_bind answered, it deallocates here (undone if PostgreSQL skips it
+        after an earlier error in its batch: a name, not ALL) and is answered with CommandComplete."""
+        portal, ident = self.dealloc_portal or (b"", b"")
+        if bytes(body[: len(body) - 5]) != portal:
+            return False
+        self.dealloc_portal = None
+        self.relay.unsynced = True
+        if ident.lower() == b"all":
+            self.named.clear()
+            self.unnamed = None
+            self.anon = None
+            rq.append((ps.SYNTH, m.command_complete("DEALLOCATE ALL")))
+            return True
+        name = self._dealloc_name(ident) or ident  # (closed since its Bind: nothing to drop)
+        rq.append((ps.SYNTH, (m.command_complete("DEALLOCATE"), (name, self.lookup(name), None))))
+        self.define(name, None)
+        return True
+
     def lookup(self, name: bytes) -> ps.Statement | None:
         return self.named.get(name) if name else self.unnamed
 

@@ -234,6 +234,19 @@ SEQUENCES: dict[str, list[Step]] = {
         one(Q("rollback")), one(describe("S", "fp2"), S), one(P("fp3", "select 8102"), S), one(B("fp3"), E(), S)],
     "duplicate_parse_with_bad_syntax": [
         one(P("fd", "select 8104"), S), one(P("fd", "selec 8104"), S), one(P("fd", "select 8105"), S)],
+    # SQL DEALLOCATE of a protocol-level statement sent through the extended protocol (psycopg in pipeline mode
+    # with a libpq before 17): the client's name goes, as with the simple query; one PostgreSQL skips after an
+    # error in its batch deallocates nothing.
+    "prepared_deallocate": [
+        one(P("pd1", "select 8201"), S), one(P("", "deallocate pd1"), B(), E(), S), one(B("pd1"), E(), S),
+        one(P("", "deallocate pd1"), B(), E(), S), one(P("pd2", "select 8202"), S),
+        one(P("dx", "DEALLOCATE PREPARE pd2"), S, B("dx"), describe("P"), E(), S, wait=2),
+        one(describe("S", "pd2"), S), one(P("pd3", "select 8203"), S),
+        one(P("", "select 8203"), B(), E(), S, P("", "deallocate all"), B(), E(), S, wait=2),
+        one(B("pd3"), E(), S), one(P("pd4", "select 8204"), S),
+        one(P("", "select 1/0"), B(), E(), P("", "deallocate pd4"), B(), E(), S), one(B("pd4"), E(), S),
+        one(Q("begin")), one(Q("select 1/0")), one(P("", "deallocate pd4"), B(), E(), S), one(Q("rollback")),
+        one(B("pd4"), E(), S), one(P("", "deallocate nosuch"), B(), E(), S)],
     # Startup settings (see CLIENT_PARAMS): each client sees its own, whatever server it lands on.
     "startup_settings_two_clients": [one(Q("show search_path; show work_mem; show application_name")),
                                      one(Q("show search_path; show work_mem; show TimeZone"), client=1),

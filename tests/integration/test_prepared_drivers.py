@@ -169,3 +169,36 @@ def test_pgbench_prepared_100_clients(pooler_factory: Any, pg: Any) -> None:
         assert m is not None and m.group(1) == "0", out
         done = re.search(r"number of transactions actually processed: (\d+)", out)
         assert done is not None and int(done.group(1)) > 100, out
+
+
+def _psycopg_evicting(host: str, port: int) -> list[Any]:
+    """psycopg in pipeline mode with a statement cache of 2: it evicts with `DEALLOCATE name`, sent through the
+    extended protocol, when its libpq has no PQsendClosePrepared (before 17, as Debian 12's)."""
+    out: list[Any] = []
+    with psycopg.connect(host=host, port=port, user=SCRAM_USER, password=SCRAM_PASSWORD, dbname=DBNAME,
+                         autocommit=True) as conn:
+        conn.prepare_threshold = 0
+        conn.prepared_max = 2
+        for i in range(8):
+            try:
+                with conn.pipeline():
+                    cur = conn.execute(f"select {i} + %s::int", (1,))
+                out.append(cur.fetchall())
+            except psycopg.Error as e:
+                out.append((type(e).__name__, str(e)))
+    return out
+
+
+def test_psycopg_pipeline_evicting_with_deallocate(pooler_factory: Any, pg: Any, monkeypatch: Any) -> None:
+    """Before: every statement after the first eviction failed through the pooler ("prepared statement
+    \"_pg3_0\" does not exist": the DEALLOCATE reached the server, which knows the pool's names)."""
+    import psycopg._connection_base as base
+
+    if not hasattr(base, "_HAS_SEND_CLOSE"):
+        pytest.skip(f"psycopg {psycopg.__version__} no longer has _HAS_SEND_CLOSE: this test needs updating")
+    monkeypatch.setattr(base, "_HAS_SEND_CLOSE", False)  # as with a libpq before 17
+    p = pooler_factory(pool_mode="transaction", pool_size=1)
+    want = _psycopg_evicting(pg.host, pg.port)
+    assert want == [[(i + 1,)] for i in range(8)]
+    assert _psycopg_evicting(p.host, p.port) == want
+
