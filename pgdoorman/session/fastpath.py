@@ -155,6 +155,7 @@ class FastPaths(ClientBase):
         self.copy_window = 81
         self.copy_syncs = 0
         self.expect += 1
+        self.rw.unnamed = None  # (PostgreSQL drops the unnamed statement when a simple query starts)
         s.bytes_out += n
         s.pstats.bytes_in += n
         s.write(view)

@@ -53,7 +53,7 @@ def restore(c: Session, s: ServerConn) -> bool:
         return True
     s.dirty &= ~DIRTY_RESTORE
     q = txstate.settings_query(sorted(set(txstate.customs_to_read(c.want, c.customs))))
-    s.run_internal([q], lambda ok: _read(c, s, ok), rows=True)
+    s.run_internal([q], lambda ok: _read(c, s, ok), rows=True, extended=True)  # (the client's unnamed statement stays)
     return True
 
 
@@ -87,7 +87,7 @@ def _read(c: Session, s: ServerConn, ok: bool) -> None:
         return
     before = {k: told.get(k, s.params.get(k)) for k in lost}  # as the client last heard them
     calls = ", ".join(set_config_call(k, v) for k, v in lost.items())
-    s.run_internal(["SELECT " + calls], lambda ok: _restored(c, s, ok, before))
+    s.run_internal(["SELECT " + calls], lambda ok: _restored(c, s, ok, before), extended=True)
 
 
 def _restored(c: Session, s: ServerConn, ok: bool, before: dict[str, str | None]) -> None:

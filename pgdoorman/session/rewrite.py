@@ -94,6 +94,7 @@ class Rewriter(RewriterBase):
 
     def on_message(self, t: int, body: memoryview) -> bytes | None:
         if t == 81:  # small simple query
+            self.unnamed = None  # (also when answered here: see on_header)
             if len(body) < 2:  # empty, or no text before the NUL: PostgreSQL's answer, untouched
                 self.on_header(t, 0)
                 return None
@@ -350,6 +351,7 @@ class Rewriter(RewriterBase):
         # need no entry (the server relays with the plain handler); `_track` adds placeholders for them
         # when an extended-protocol entry joins.
         if t == 81:
+            self.unnamed = None  # (PostgreSQL drops the unnamed statement when a simple query starts)
             self.relay._mark_query()
             self.relay.copy_window = 81
             self.relay.copy_syncs = 0

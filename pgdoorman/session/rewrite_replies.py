@@ -222,8 +222,7 @@ class RewriterBase:
         if relay.last_status == 69 and not relay.expect and not self.rq:
             return None
         if ident.lower() == b"all":
-            self.named.clear()
-            self.unnamed = None
+            self.named.clear()  # (not the unnamed statement: see forget_statements)
             self.anon = None
             held = relay.server
             return None if held is not None and held.dirty & DIRTY_PREPARE else "DEALLOCATE ALL"
@@ -268,10 +267,8 @@ class RewriterBase:
         self.dealloc_portal = None
         self.relay.unsynced = True
         if ident.lower() == b"all":
-            self.named.clear()
-            self.unnamed = None
-            self.anon = None
-            rq.append((ps.SYNTH, m.command_complete("DEALLOCATE ALL")))
+            rq.append((ps.SYNTH, (m.command_complete("DEALLOCATE ALL"), (None, self.named, None))))
+            self.named = NO_NAMES  # (not the unnamed statement: see forget_statements)
             return True
         name = self._dealloc_name(ident) or ident  # (closed since its Bind: nothing to drop)
         rq.append((ps.SYNTH, (m.command_complete("DEALLOCATE"), (name, self.lookup(name), None))))
@@ -330,9 +327,9 @@ class RewriterBase:
         return None
 
     def forget_statements(self) -> None:
-        """The server ran DISCARD ALL / DEALLOCATE ALL for us: PostgreSQL would have dropped them all."""
+        """The server ran DISCARD ALL / DEALLOCATE ALL for us: PostgreSQL would have dropped them all (the named
+        ones: the unnamed statement stays, unless it came as a simple query, which drops it: on_header)."""
         self.named.clear()
-        self.unnamed = None
         self.anon = None
 
     def _statement_failed(self, name: bytes, st: ps.Statement) -> None:
@@ -393,7 +390,9 @@ class RewriterBase:
                 self.define(data[1], data[2])
         elif kind == ps.SYNTH and isinstance(data, tuple):
             name, prev, cur = data[1]
-            if self.lookup(name) is cur:
+            if name is None:
+                self.named = prev  # a prepared DEALLOCATE ALL (dealloc_exec): the names as they were
+            elif self.lookup(name) is cur:
                 self.define(name, prev)
         elif kind == ps.QUERY or kind == ps.FUNC:
             self.relay.expect -= 1  # no ReadyForQuery will answer it

@@ -50,6 +50,10 @@ if TYPE_CHECKING:
     from pgdoorman.session.peer import ClientPeer
 
 log = logging.getLogger("pgdoorman.server")
+# run_internal(extended=True): our statement and portal, bound, run and closed, then Sync.
+_OURS = b"pgdoorman_internal\x00"
+_OURS_RUN = (m.msg(b"B", _OURS + _OURS + b"\x00" * 6) + m.msg(b"E", _OURS + b"\x00" * 4) + m.msg(b"C", b"P" + _OURS)
+             + m.msg(b"C", b"S" + _OURS) + m.SYNC)
 
 
 _ids = iter(range(1, 1 << 62))
@@ -460,9 +464,12 @@ class ServerConn(ServerWrapped):
         self.close(reason)
 
     # ------------------------------------------------------------------ housekeeping queries
-    def run_internal(self, queries: list[str], done: Callable[[bool], None], rows: bool = False) -> None:
+    def run_internal(self, queries: list[str], done: Callable[[bool], None], rows: bool = False,
+                     extended: bool = False) -> None:
         """Send our own simple queries; swallow their responses (their DataRows kept in `internal_rows` if
-        `rows`); call done(ok) after the last Z."""
+        `rows`); call done(ok) after the last Z. `extended`: each one a statement of its own, sent as a named
+        statement and portal, closed after it: a simple query would drop the client's unnamed statement and
+        portal (session mode, where the server is the client's: session/resets.py)."""
         log.debug("server %s (pid %d): housekeeping %r", self.addr, self.pid, queries)
         self.state = INTERNAL
         self.internal_left = len(queries)
@@ -470,7 +477,10 @@ class ServerConn(ServerWrapped):
         self.internal_rows = [] if rows else None
         self.internal_done = done
         self.inbuf = bytearray()
-        self.write(b"".join(m.query(q) for q in queries))
+        if extended:
+            self.write(b"".join(m.msg(b"P", _OURS + m.cstr(q) + b"\x00\x00") + _OURS_RUN for q in queries))
+        else:
+            self.write(b"".join(m.query(q) for q in queries))
 
     def _internal_read(self) -> None:
         data = self.recv_or_close(65536, "server closed the connection")

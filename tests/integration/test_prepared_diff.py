@@ -246,7 +246,15 @@ SEQUENCES: dict[str, list[Step]] = {
         one(B("pd3"), E(), S), one(P("pd4", "select 8204"), S),
         one(P("", "select 1/0"), B(), E(), P("", "deallocate pd4"), B(), E(), S), one(B("pd4"), E(), S),
         one(Q("begin")), one(Q("select 1/0")), one(P("", "deallocate pd4"), B(), E(), S), one(Q("rollback")),
-        one(B("pd4"), E(), S), one(P("", "deallocate nosuch"), B(), E(), S)],
+        one(B("pd4"), E(), S), one(P("", "deallocate nosuch"), B(), E(), S),
+        one(Q("begin")), one(Q("select 1/0")), one(P("", "deallocate pd4"), B(), E(), S),
+        one(P("pd5", "select 8205"), B(), E(), S), one(P("", "deallocate all"), B(), E(), S), one(Q("rollback")),
+        one(describe("S", "pd4"), S)],
+    # After a RESET the pooler reads the session's settings back and sets the startup ones again (session
+    # mode, session/resets.py): as a simple query, that dropped the client's unnamed statement.
+    "unnamed_statement_survives_a_reset": [
+        one(P("", "select 8301"), S), one(Q("reset all")), one(B(), E(), S), one(Q("set timezone to default")),
+        one(B(), E(), S), one(P("", "discard all"), B(), E(), S), one(B(), E(), S), one(Q("show timezone"))],
     # Startup settings (see CLIENT_PARAMS): each client sees its own, whatever server it lands on.
     "startup_settings_two_clients": [one(Q("show search_path; show work_mem; show application_name")),
                                      one(Q("show search_path; show work_mem; show TimeZone"), client=1),
@@ -264,6 +272,7 @@ ONE_SERVER = {"flush_then_sync_asyncpg_style", "flush_parse_only", "deallocate_t
 
 # Startup-packet settings of each client, per sequence (default: none).
 CLIENT_PARAMS: dict[str, list[dict[str, str]]] = {
+    "unnamed_statement_survives_a_reset": [{"TimeZone": "Asia/Tokyo", "work_mem": "7MB", "application_name": "c0"}],
     "startup_settings_two_clients": [
         {"search_path": "s1, public", "work_mem": "7MB", "application_name": "c0", "DateStyle": "SQL, DMY",
          "options": "-c statement_timeout=12345"},
