@@ -1,0 +1,198 @@
+"""Random sequences of session-state statements, run directly against PostgreSQL and through pgdoorman, compared
+message by message (the standard: compare with PostgreSQL, not with our expectations).
+
+Two clients whose startup settings differ (A: SETTINGS_A; B: its own TimeZone, DateStyle, application_name and
+work_mem) take turns on a pool of 3 servers in session and in transaction mode, so that servers are reused and
+shared. Each step is one of OPS: temporary tables, SQL and protocol-level prepared statements (Parse, Bind,
+Describe, Close, DEALLOCATE, SQL EXECUTE), cursors, advisory locks, transactions with savepoints and errors,
+settings (SET, SET LOCAL, RESET, set_config, custom settings), sequences, roles, COPY, a pipeline of two
+batches, a portal suspended; a statement without `;` is sent as a simple query or through the extended protocol
+at random. Now and then a fresh client C connects, reads what a new session would see (CHECKS: nothing of A's
+or B's), and leaves; now and then A or B reconnects.
+
+Left out, as documented differences (docs/transaction-mode.md "Session state: known differences",
+docs/prepared-statements.md "Known differences from PostgreSQL"): RESET, DISCARD ALL and `TO DEFAULT` inside a
+transaction block (a startup setting reads as the pool's value there until the transaction ends), and SQL
+EXECUTE of a protocol-level statement through the extended protocol. pg_prepared_statements is read for SQL
+PREPAREd names only.
+
+The seeds are fixed; PGDOORMAN_STATE_SEEDS=<n> runs n of them per mode (the defects this found were within the
+first 30). A failure prints the client's history up to the first difference, both ways.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.test_transparency import SETTINGS_A, connect
+from tests.support.pooler import Pooler
+from tests.support.wire import WireClient, bind, close, describe, execute, parse, parse_fields, sync
+
+pytestmark = pytest.mark.timeout(300)
+
+SEEDS = int(os.environ.get("PGDOORMAN_STATE_SEEDS", "16"))
+STEPS = 60
+B_SETTINGS = {"TimeZone": "Europe/Paris", "DateStyle": "German", "application_name": "bee", "work_mem": "9MB"}
+
+# {me}: the client's letter (each names its own objects). Upper-case words: protocol messages (see run()).
+OPS = [
+    "create temp table tt_{me} (x int)", "insert into tt_{me} values (1)", "select count(*) from tt_{me}",
+    "drop table tt_{me}", "create temp table tc_{me} (x int) on commit drop",
+    "create temp table td_{me} (x int) on commit delete rows",
+    "select to_regclass('tt_a') is null, to_regclass('tt_b') is null, to_regclass('tc_a') is null",
+    "prepare p_{me} as select 1", "execute p_{me}", "deallocate p_{me}", "deallocate all",
+    "select name from pg_prepared_statements where name like 'p\\_%' order by 1",
+    "declare c_{me} cursor with hold for select generate_series(1,3)", "fetch c_{me}", "close c_{me}", "close all",
+    "declare n_{me} cursor for select 1", "select name from pg_cursors order by 1",
+    "select pg_try_advisory_lock(1)", "select pg_try_advisory_lock(2)", "select pg_advisory_unlock(1)",
+    "select pg_advisory_unlock_all()", "select pg_try_advisory_xact_lock(3)",
+    "select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()",
+    "begin", "commit", "rollback", "savepoint s", "rollback to savepoint s", "release savepoint s", "select 1/0",
+    "begin isolation level repeatable read", "start transaction read only", "show transaction_isolation",
+    "set transaction isolation level serializable", "show transaction_read_only",
+    "set work_mem = '3MB'", "set local work_mem = '5MB'", "show work_mem", "reset work_mem",
+    "set search_path = pg_catalog", "show search_path", "reset search_path", "reset all", "discard all",
+    "set myapp.{me} = 'v'; show myapp.{me}", "reset myapp.{me}; show myapp.{me}",
+    "discard temp", "discard plans", "discard sequences", "create temp sequence sq_{me}",
+    "select nextval('sq_{me}')", "set role = pg_monitor", "reset role", "select current_user, session_user",
+    "set statement_timeout = 1000", "show statement_timeout", "show timezone", "show datestyle", "select 1",
+    "set default_transaction_read_only = on", "reset default_transaction_read_only",
+    "select set_config('work_mem', '6MB', true)", "select set_config('work_mem', '4MB', false)",
+    "set session characteristics as transaction isolation level serializable", "show default_transaction_isolation",
+    "PARSE n1_{me} select 1", "PARSE n1_{me} select 2", "PARSE n2_{me} select $1::int", "PARSE n3_{me} selec 1",
+    "PARSE  select 7", "BIND n1_{me}", "BIND n2_{me}", "BIND ", "CLOSE n1_{me}", "CLOSE n2_{me}", "DESC n1_{me}",
+    "DESC n2_{me}", "execute n1_{me}", "deallocate n1_{me}", "deallocate n2_{me}", "PIPE",
+    "select 1; select 1/0; select 2", "begin; select 1/0; commit", "savepoint s; select 1/0",
+    "copy (select 1) to stdout", "PORTAL",
+]
+# What a fresh session sees.
+CHECKS = [
+    "select to_regclass('tt_a') is null, to_regclass('tt_b') is null",
+    "select name from pg_prepared_statements where name like 'p\\_%' order by 1",
+    "select name from pg_cursors order by 1",
+    "select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()",
+    "show work_mem", "show search_path", "show statement_timeout", "select current_user",
+    "show transaction_read_only", "show default_transaction_isolation", "show timezone",
+]
+IN_BLOCK_DIFFERENCES = ("reset", "discard all", "default")  # (see the module's docstring)
+
+
+def answer(msgs: list[tuple[str, bytes]]) -> list[Any]:
+    """What the client reads: every message, ErrorResponses and notices by severity, SQLSTATE and text."""
+    out: list[Any] = []
+    for t, b in msgs:
+        if t in "EN":
+            f = parse_fields(b)
+            out.append((t, f.get("V"), f.get("C"), f.get("M")))
+        elif t == "S":
+            out.append((t, *b.rstrip(b"\0").decode().split("\0")))
+        elif t in "DCZIA":
+            out.append((t, b[4:] if t == "A" else b))
+        elif t == "T":
+            out.append((t, b[2:].split(b"\0")[0]))
+        elif t != "K":
+            out.append((t,))
+    return out
+
+
+def run(c: WireClient, q: str, ext: bool) -> list[Any]:
+    op, _, rest = q.partition(" ")
+    if op == "PARSE":
+        name, _, text = rest.partition(" ")
+        c.send(parse(name, text), sync())
+    elif op == "BIND":
+        c.send(bind("", rest, ["5"] if rest.startswith("n2") else []), execute(), sync())
+    elif op == "CLOSE":
+        c.send(close("S", rest), sync())
+    elif op == "DESC":
+        c.send(describe("S", rest), sync())
+    elif op == "PORTAL":
+        c.send(parse("", "select generate_series(1, 5)"), bind(), execute("", 2), execute("", 2), sync())
+    elif op == "PIPE":
+        c.send(parse("", "select 1/0"), bind(), execute(), sync(), parse("", "select 8"), bind(), execute(), sync())
+        return answer(c.read_until("Z", timeout=10)) + answer(c.read_until("Z", timeout=10))
+    elif ext:
+        c.send(parse("", q), bind(), execute(), sync())
+    else:
+        return answer(c.query(q))
+    return answer(c.read_until("Z", timeout=10))
+
+
+@pytest.fixture(scope="module", params=("session", "transaction"))
+def pooler3(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
+    from tests.support.cluster import pooler_config
+
+    cfg = pooler_config(pg, pool_mode=request.param, pool_size=3, general={"query_wait_timeout": 8000})
+    p = Pooler(cfg, str(tmp_path_factory.mktemp(f"state-{request.param}"))).start()
+    p.mode = request.param  # type: ignore[attr-defined]
+    yield p
+    p.stop()
+
+
+def steps(seed: int) -> list[tuple[str, str, bool]]:
+    rnd = random.Random(seed * 7919 + 1)
+    seq = []
+    for _ in range(STEPS):
+        r = rnd.random()
+        if r < 0.06:
+            seq.append(("c", "", False))
+        elif r < 0.09:
+            seq.append((rnd.choice("ab"), "RECONNECT", False))
+        else:
+            who = rnd.choice("ab")
+            q = rnd.choice(OPS).replace("{me}", who)
+            seq.append((who, q, rnd.random() < 0.4 and ";" not in q))
+    return seq
+
+
+def play(host: str, port: int, seq: list[tuple[str, str, bool]]) -> list[Any]:
+    params = {"a": SETTINGS_A, "b": B_SETTINGS}
+    cs = {k: connect(host, port, params[k]) for k in "ab"}
+    status = {"a": b"I", "b": b"I"}
+    out: list[Any] = []
+    try:
+        for who, q, ext in seq:
+            if who == "c":
+                with connect(host, port) as c:
+                    out.append(("c", [run(c, x, False) for x in CHECKS]))
+                continue
+            if q == "RECONNECT":
+                cs[who].close()
+                cs[who] = connect(host, port, params[who])
+                status[who] = b"I"
+                out.append((who, "reconnect"))
+                continue
+            if (status[who] != b"I" and any(w in q for w in IN_BLOCK_DIFFERENCES)
+                    or ext and q.startswith("execute n")):
+                q, ext = "select 'left out'", False
+            got = run(cs[who], q, ext)
+            status[who] = [x for x in got if x[0] == "Z"][-1][1]
+            out.append((who, q, ext, got))
+    finally:
+        for c in cs.values():
+            c.close()
+    return out
+
+
+@pytest.mark.parametrize("seed", range(SEEDS))
+def test_random_session_state_as_on_postgresql(pg: Any, pooler3: Any, seed: int) -> None:
+    seq = steps(seed)
+    want = play(pg.host, pg.port, seq)
+    got = play(pooler3.host, pooler3.port, seq)
+    for i, (d, p) in enumerate(zip(want, got, strict=True)):
+        if d != p:
+            print(f"{pooler3.mode} mode, seed {seed}, step {i}: client {d[0]}'s history, PostgreSQL then pgdoorman")
+            for x, y in zip(want[:i], got[:i], strict=True):
+                if x[0] == d[0]:
+                    print("  ", x[1:3], x[3] if len(x) > 3 else "")
+                    if x != y:
+                        print("   P", y[3] if len(y) > 3 else y)
+            print("XX", d)
+            print(" P", p)
+            break
+    assert got == want
