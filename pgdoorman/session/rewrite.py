@@ -239,8 +239,8 @@ class Rewriter(RewriterBase):
         assert s is not None
         revive(s, st)
         if st.name in s.prepared:
-            # (Not answered here when the transaction may have failed, a request in flight or the last one's
-            # status: PostgreSQL refuses a Parse there, 25P02, creating nothing, so it must see this one.)
+            # (Not answered here when the transaction may have failed: the last ReadyForQuery said so, or a
+            # request is still in flight. PostgreSQL refuses a Parse there, 25P02, creating nothing.)
             if (self.parsing is None or not self._unsure(st)) and not (
                     (self.relay.expect or self.relay.last_status == 69) and sqllex.refused_when_aborted(st.query)):
                 s.prepared.move_to_end(st.name)

@@ -210,7 +210,6 @@ class RewriterBase:
             rq = self.rq = deque()
         return rq
 
-    # ------------------------------------------------------------------ the client's names
     # ------------------------------------------------------------------ DEALLOCATE
     def dealloc_here(self, ident: bytes) -> str | None:
         """`DEALLOCATE ident` (a name as SQL spells it, or ALL) of this client's protocol-level statements: done
@@ -259,8 +258,8 @@ class RewriterBase:
         return True
 
     def dealloc_exec(self, body: memoryview, rq: deque[tuple[int, Any]]) -> bool:
-        """An Execute: of the portal dealloc_bind answered, it deallocates here (undone if PostgreSQL skips it
-        after an earlier error in its batch: a name, not ALL) and is answered with CommandComplete."""
+        """An Execute: of the portal dealloc_bind answered, it deallocates here and is answered with
+        CommandComplete (undone by _skipped if PostgreSQL skips it after an earlier error in its batch)."""
         portal, ident = self.dealloc_portal or (b"", b"")
         if bytes(body[: len(body) - 5]) != portal:
             return False
@@ -275,6 +274,7 @@ class RewriterBase:
         self.define(name, None)
         return True
 
+    # ------------------------------------------------------------------ the client's names
     def lookup(self, name: bytes) -> ps.Statement | None:
         return self.named.get(name) if name else self.unnamed
 

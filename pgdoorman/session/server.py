@@ -50,10 +50,12 @@ if TYPE_CHECKING:
     from pgdoorman.session.peer import ClientPeer
 
 log = logging.getLogger("pgdoorman.server")
-# run_internal(extended=True): our statement and portal, bound, run and closed, then Sync.
+# run_internal(extended=True): our statement (closed first too: one an error left behind would refuse the Parse,
+# 42P05) and portal, bound, run and closed, then Sync.
 _OURS = b"pgdoorman_internal\x00"
+_OURS_CLOSE = m.msg(b"C", b"S" + _OURS)
 _OURS_RUN = (m.msg(b"B", _OURS + _OURS + b"\x00" * 6) + m.msg(b"E", _OURS + b"\x00" * 4) + m.msg(b"C", b"P" + _OURS)
-             + m.msg(b"C", b"S" + _OURS) + m.SYNC)
+             + _OURS_CLOSE + m.SYNC)
 
 
 _ids = iter(range(1, 1 << 62))
@@ -478,7 +480,7 @@ class ServerConn(ServerWrapped):
         self.internal_done = done
         self.inbuf = bytearray()
         if extended:
-            self.write(b"".join(m.msg(b"P", _OURS + m.cstr(q) + b"\x00\x00") + _OURS_RUN for q in queries))
+            self.write(b"".join(_OURS_CLOSE + m.msg(b"P", _OURS + m.cstr(q) + b"\x00\x00") + _OURS_RUN for q in queries))
         else:
             self.write(b"".join(m.query(q) for q in queries))
 
