@@ -56,7 +56,7 @@ class ClientBase(Conn):
 
     __slots__ = (
         "worker", "app", "state", "inbuf", "pool", "server", "user", "database", "startup", "settings", "want",
-        "want_key", "expect", "unsynced", "transaction_mode", "waiting", "wait_start", "pending",
+        "want_key", "expect", "unsynced", "transaction_mode", "waiting", "wait_start", "handed_at", "pending",
         "scanner", "terminating", "pid", "secret", "client_auth", "stored", "addr", "connect_time",
         "query_count", "xact_count", "error_count", "login_timer", "admin", "application_name", "is_unix",
         "last_status", "xact_start", "query_start", "ps", "rw", "raw",
@@ -91,6 +91,7 @@ class ClientBase(Conn):
         self.transaction_mode = True
         self.waiting = False
         self.wait_start = 0.0
+        self.handed_at = 0.0  # when a server last came to it after a wait (login.py: cancel_requested)
         self.pending: bytes | bytearray = EMPTY  # scanned, held until a server is ready (a bytearray then)
         self.scanner = Scanner(CLIENT_TABLE, on_header=self._on_header, on_message=self._on_message,
                                budget=self.loop.mem)
@@ -448,13 +449,14 @@ class ClientBase(Conn):
             self.waiting = False
             pool = self.pool
             if pool is not None:
-                waited = int((self.loop.now - self.wait_start) * 1e6)
+                self.handed_at = now = self.loop.now
+                waited = int((now - self.wait_start) * 1e6)
                 st = pool.stats[self.worker.id]
                 st.wait_hist.record(waited)
                 if waited > st.max_wait_us:
                     st.max_wait_us = waited
                 if waited >= SLOW_CHECKOUT_US:
-                    log_slow_checkout(self.addr, pool, s.pid, waited, self.loop.now)
+                    log_slow_checkout(self.addr, pool, s.pid, waited, now)
         if self.closed:
             self.worker.release_server(s, client_gone=True)
             return

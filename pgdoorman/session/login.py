@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     pass
 
 log = logging.getLogger("pgdoorman.client")
+# A cancel within this many seconds of a waiting request's hand-over to a server is sent again a fifth of it later
+# if that request still runs (ClientConn._cancel_again).
+CANCEL_RACE = 0.5
 
 
 class ClientLogin(FastPaths):
@@ -493,6 +496,16 @@ class ClientLogin(FastPaths):
             log.debug("cancel request for %r: no query running", self)
             return
         s.cancel_gated()
+        if self.loop.now - self.handed_at < CANCEL_RACE:
+            self.loop.call_later(CANCEL_RACE / 5, self._cancel_again, s, self.answered)
+
+    def _cancel_again(self, s: ServerConn, answered: int) -> None:
+        """A cancel came just after a waiting request was handed its server, and that request still runs: its
+        backend may have had the cancel before reading the statement (PostgreSQL ignores a cancel while it reads
+        a command). Sent once more, while the same request is unanswered (docs/transparency.md)."""
+        if not self.closed and self.server is s and self.answered == answered and self.expect == 1 and not s.closed:
+            log.debug("cancel request for %r: sent again, its request still runs", self)
+            s.cancel_gated()
 
     def _cancel_held(self) -> None:
         """Answer the oldest request held for a server with PostgreSQL's cancel error and drop its bytes; stop
