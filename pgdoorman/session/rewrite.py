@@ -273,9 +273,11 @@ class Rewriter(RewriterBase):
         except frontend.InvalidMessage:
             return self._malformed(rq)
         if body[0] == 80:  # portal
-            dp = self.dealloc_portal
-            rq.append((ps.SYNTH, m.NO_DATA) if dp is not None and dp[0] == body[1:-1] else (ps.DESC_P, None))
-            return b"" if rq[-1][0] == ps.SYNTH else None
+            if (dp := self.dealloc_portal) is not None and dp[0] == body[1:-1]:
+                rq.append((ps.SYNTH, m.NO_DATA))  # (a prepared DEALLOCATE answered here: dealloc_bind)
+                return b""
+            rq.append((ps.DESC_P, None))
+            return None
         b = bytes(body)
         st = self.lookup(b[1:-1])
         if st is None:

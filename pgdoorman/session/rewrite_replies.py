@@ -217,19 +217,23 @@ class RewriterBase:
         answer it: in a failed transaction (25P02: nothing is deallocated), for a name the client does not hold
         (26000 in PostgreSQL's words; or its own SQL-PREPAREd statement on a pinned server), and for ALL when
         the server holds SQL-PREPAREd statements of the client's (PostgreSQL deallocates them too)."""
-        relay = self.relay
-        if relay.last_status == 69 and not relay.expect and not self.rq:
+        if self._surely_failed():
             return None
         if ident.lower() == b"all":
-            self.named.clear()  # (not the unnamed statement: see forget_statements)
-            self.anon = None
-            held = relay.server
+            self.forget_statements()
+            held = self.relay.server
             return None if held is not None and held.dirty & DIRTY_PREPARE else "DEALLOCATE ALL"
         name = self._dealloc_name(ident)
         if name is None:
             return None
         self.define(name, None)
         return "DEALLOCATE"
+
+    def _surely_failed(self) -> bool:
+        """The last ReadyForQuery said the transaction failed, and nothing sent since is unanswered or queued:
+        PostgreSQL refuses what comes now (25P02) but a statement that ends the transaction."""
+        relay = self.relay
+        return relay.last_status == 69 and not relay.expect and not self.rq
 
     def _dealloc_name(self, ident: bytes) -> bytes | None:
         """The client's statement `ident` names: folded to lower case unless quoted (and as written, for a name
@@ -243,12 +247,11 @@ class RewriterBase:
         """A Bind of a prepared `DEALLOCATE ident` (psycopg evicts its statements so in pipeline mode, with a
         libpq before 17): True when it is answered here, as the simple query is (BindComplete now, the
         Execute's CommandComplete by dealloc_exec); False: sent on, PostgreSQL answers (dealloc_here's cases)."""
-        relay = self.relay
         ident = st.dealloc
-        if ident is None or relay.last_status == 69 and not relay.expect and not rq:
+        if ident is None or self._surely_failed():
             return False
         if ident.lower() == b"all":
-            held = relay.server
+            held = self.relay.server
             if held is not None and held.dirty & DIRTY_PREPARE:
                 return False
         elif self._dealloc_name(ident) is None:
