@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER
 from tests.support.holder import ServerHolder
+from tests.support.pooler import started_in_mode
 from tests.support.wire import (
     WireClient,
     bind,
@@ -318,15 +319,9 @@ def run_steps(clients: list[WireClient], steps: list[Step], shuffle: Any = None)
 
 @pytest.fixture(scope="module", params=["transaction", "session"])
 def pooler(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> Iterator[Any]:
-    from tests.support.cluster import pooler_config
-    from tests.support.pooler import Pooler
-
-    cfg = pooler_config(pg, pool_size=2, pool_mode=request.param,
-                        general={"server_prepared_statements_cache_size": 100, "query_wait_timeout": 20000})
-    p = Pooler(cfg, str(tmp_path_factory.mktemp(f"pooler-diff-{request.param}"))).start()
-    p.mode = request.param
-    yield p
-    p.stop()
+    with started_in_mode(pg, tmp_path_factory, request.param, "pooler-diff", pool_size=2,
+                         general={"server_prepared_statements_cache_size": 100, "query_wait_timeout": 20000}) as p:
+        yield p
 
 
 def _connect(host: str, port: int, params: dict[str, str] | None = None) -> WireClient:

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_transparency import SETTINGS_A, connect
-from tests.support.pooler import Pooler
+from tests.support.pooler import Pooler, started_in_mode
 from tests.support.wire import WireClient, bind, close, describe, execute, parse, parse_fields, sync
 
 pytestmark = pytest.mark.timeout(300)
@@ -125,13 +125,9 @@ def run(c: WireClient, q: str, ext: bool) -> list[Any]:
 
 @pytest.fixture(scope="module", params=("session", "transaction"))
 def pooler3(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
-    from tests.support.cluster import pooler_config
-
-    cfg = pooler_config(pg, pool_mode=request.param, pool_size=3, general={"query_wait_timeout": 8000})
-    p = Pooler(cfg, str(tmp_path_factory.mktemp(f"state-{request.param}"))).start()
-    p.mode = request.param  # type: ignore[attr-defined]
-    yield p
-    p.stop()
+    with started_in_mode(pg, tmp_path_factory, request.param, "state", pool_size=3,
+                         general={"query_wait_timeout": 8000}) as p:
+        yield p
 
 
 def steps(seed: int) -> list[tuple[str, str, bool]]:

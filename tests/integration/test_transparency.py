@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER, SUPERUSER
-from tests.support.pooler import Pooler
+from tests.support.pooler import Pooler, started_in_mode
 from tests.support.wire import (
     WireClient,
     WireError,
@@ -62,13 +62,9 @@ def connect(host: str, port: int, params: dict[str, str] | None = None) -> WireC
 
 @pytest.fixture(scope="module", params=MODES)
 def mode_pooler(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
-    from tests.support.cluster import pooler_config
-
-    cfg = pooler_config(pg, pool_mode=request.param, pool_size=1, general={"query_wait_timeout": 20000})
-    p = Pooler(cfg, str(tmp_path_factory.mktemp(f"transparency-{request.param}"))).start()
-    p.mode = request.param  # type: ignore[attr-defined]
-    yield p
-    p.stop()
+    with started_in_mode(pg, tmp_path_factory, request.param, "transparency", pool_size=1,
+                         general={"query_wait_timeout": 20000}) as p:
+        yield p
 
 
 def test_startup_settings_reach_the_server_and_follow_their_client(pg: Any, mode_pooler: Pooler) -> None:

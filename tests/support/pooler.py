@@ -14,7 +14,8 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -278,3 +279,17 @@ class Pooler:
             "sslmode": "disable",
         }
         return " ".join(f"{k}={libpq_quote(v)}" for k, v in parts.items())
+
+
+@contextmanager
+def started_in_mode(pg: Any, tmp_path_factory: Any, mode: str, name: str, **config: Any) -> Iterator[Pooler]:
+    """A pooler in front of `pg` with `pooler_config(pg, pool_mode=mode, **config)`, its `mode` attribute set (the
+    module-scoped fixtures that run each test in session and in transaction mode); stopped on exit."""
+    from tests.support.cluster import pooler_config
+
+    p = Pooler(pooler_config(pg, pool_mode=mode, **config), str(tmp_path_factory.mktemp(f"{name}-{mode}"))).start()
+    p.mode = mode  # type: ignore[attr-defined]
+    try:
+        yield p
+    finally:
+        p.stop()
