@@ -8,7 +8,9 @@ Describe, Close, DEALLOCATE, SQL EXECUTE), cursors, advisory locks, transactions
 settings (SET, SET LOCAL, RESET, set_config, custom settings), sequences, roles, COPY, a pipeline of two
 batches, a portal suspended; a statement without `;` is sent as a simple query or through the extended protocol
 at random. Now and then a fresh client C connects, reads what a new session would see (CHECKS: nothing of A's
-or B's), and leaves; now and then A or B reconnects.
+or B's), and leaves; now and then A or B reconnects. The same again in transaction mode with pool_size 1, so that
+A and B run every request on the one server: without what pins a client, and with a client in a transaction
+block keeping the turn until it ends (the other would wait for the server).
 
 Left out, as documented differences (docs/transaction-mode.md "Session state: known differences",
 docs/prepared-statements.md "Known differences from PostgreSQL"): RESET, DISCARD ALL and `TO DEFAULT` inside a
@@ -130,7 +132,7 @@ def pooler3(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> I
         yield p
 
 
-def steps(seed: int) -> list[tuple[str, str, bool]]:
+def steps(seed: int, ops: list[str] = OPS) -> list[tuple[str, str, bool]]:
     rnd = random.Random(seed * 7919 + 1)
     seq = []
     for _ in range(STEPS):
@@ -140,19 +142,25 @@ def steps(seed: int) -> list[tuple[str, str, bool]]:
         elif r < 0.09:
             seq.append((rnd.choice("ab"), "RECONNECT", False))
         else:
-            who = rnd.choice("ab")
-            q = rnd.choice(OPS).replace("{me}", who)
-            seq.append((who, q, rnd.random() < 0.4 and ";" not in q))
+            q = rnd.choice(ops)
+            seq.append((rnd.choice("ab"), q, rnd.random() < 0.4 and ";" not in q))
     return seq
 
 
-def play(host: str, port: int, seq: list[tuple[str, str, bool]]) -> list[Any]:
+def play(host: str, port: int, seq: list[tuple[str, str, bool]], one_server: bool = False) -> list[Any]:
+    """`one_server`: the pool has one server, which a client in a transaction block keeps: the steps go to that
+    client until the block ends, and the fresh client waits for it too."""
     params = {"a": SETTINGS_A, "b": B_SETTINGS}
     cs = {k: connect(host, port, params[k]) for k in "ab"}
     status = {"a": b"I", "b": b"I"}
     out: list[Any] = []
     try:
         for who, q, ext in seq:
+            if one_server and (busy := [k for k in "ab" if status[k] != b"I"]):
+                if who == "c":
+                    continue
+                who = busy[0]
+            q = q.replace("{me}", who)
             if who == "c":
                 with connect(host, port) as c:
                     out.append(("c", [run(c, x, False) for x in CHECKS]))
@@ -175,14 +183,36 @@ def play(host: str, port: int, seq: list[tuple[str, str, bool]]) -> list[Any]:
     return out
 
 
+# What pins a client to its server in transaction mode (then the other client would wait for the one server).
+PINNING = ("temp", "advisory_lock(", "with hold", "prepare p_", "execute p_", "sequence")
+
+
+@pytest.fixture(scope="module")
+def one_server(pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
+    with started_in_mode(pg, tmp_path_factory, "transaction", "state-one", pool_size=1,
+                         general={"query_wait_timeout": 8000}) as p:
+        yield p
+
+
+@pytest.mark.parametrize("seed", range(SEEDS))
+def test_random_steps_on_one_shared_server_as_on_postgresql(pg: Any, one_server: Any, seed: int) -> None:
+    """Transaction mode, pool_size 1: A and B, whose settings differ, run every request on the same server."""
+    seq = steps(seed, [o for o in OPS if not any(p in o for p in PINNING)])
+    want = play(pg.host, pg.port, seq, one_server=True)
+    got = play(one_server.host, one_server.port, seq, one_server=True)
+    _compare("transaction (one server)", seed, want, got)
+
+
 @pytest.mark.parametrize("seed", range(SEEDS))
 def test_random_session_state_as_on_postgresql(pg: Any, pooler3: Any, seed: int) -> None:
     seq = steps(seed)
-    want = play(pg.host, pg.port, seq)
-    got = play(pooler3.host, pooler3.port, seq)
+    _compare(pooler3.mode, seed, play(pg.host, pg.port, seq), play(pooler3.host, pooler3.port, seq))
+
+
+def _compare(mode: str, seed: int, want: list[Any], got: list[Any]) -> None:
     for i, (d, p) in enumerate(zip(want, got, strict=True)):
         if d != p:
-            print(f"{pooler3.mode} mode, seed {seed}, step {i}: client {d[0]}'s history, PostgreSQL then pgdoorman")
+            print(f"{mode} mode, seed {seed}, step {i}: client {d[0]}'s history, PostgreSQL then pgdoorman")
             for x, y in zip(want[:i], got[:i], strict=True):
                 if x[0] == d[0]:
                     print("  ", x[1:3], x[3] if len(x) > 3 else "")
