@@ -300,3 +300,100 @@ def refused_when_aborted(text: bytes) -> bool:
         return True  # `(select 1)`, `values (1)` ...
     w = word.lower()
     return w not in _EXITS and not (w == b"prepare" and mt.group(2))
+
+
+# reset_steps: what each statement does to a setting, in order. A step is (name, kind); the names are lower-cased
+# (PostgreSQL compares setting names so), with four markers: ALL_SETTINGS (RESET ALL), UNKNOWN (a set_config()
+# whose name is not a literal), UNDONE (ROLLBACK [TO SAVEPOINT], ABORT: what the text did may be undone) and
+# ENDED (COMMIT, END, PREPARE TRANSACTION: what came before belongs to a finished transaction).
+SET_STEP, RESET_STEP = 0, 1
+LOCAL_STEP = 2  # a bit on either: SET LOCAL, which ends with the transaction
+ALL_SETTINGS, UNKNOWN, UNDONE, ENDED = "*", "?", "!", "|"
+_SET_SPECIAL = {("time", "zone"): "timezone", ("session", "authorization"): "session_authorization",
+                ("xml", "option"): "xmloption"}
+_SET_ONE_WORD = {"schema": "search_path", "names": "client_encoding", "role": "role"}
+_CHARACTERISTICS = ("default_transaction_isolation", "default_transaction_read_only",
+                    "default_transaction_deferrable")
+
+
+def reset_steps(text: bytes | bytearray | memoryview) -> list[tuple[str, int]]:
+    """The settings each statement of a query text sets or returns to its default, in order: `RESET name`,
+    `RESET ALL`, `SET [SESSION | LOCAL] name {TO | =} {value | DEFAULT}`, the special forms (`SET TIME ZONE
+    {LOCAL | DEFAULT | value}`, `SET SCHEMA`, `SET NAMES`, `SET ROLE`, `SET SESSION AUTHORIZATION`, `SET XML
+    OPTION`, `SET SESSION CHARACTERISTICS AS TRANSACTION`) and each `set_config()` call (a SET_STEP, as its
+    value is not looked at). What it does not recognise it leaves out (a function that sets a setting)."""
+    out: list[tuple[str, int]] = []
+    for stmt in statements(bytes(text).rstrip(b"\x00").decode("utf-8", "replace")):  # (a Query's NUL)
+        first = stmt[0]
+        if first[0] == WORD:
+            w = first[1]
+            if w == "reset":
+                out.extend(_reset(stmt))
+            elif w == "set":
+                out.extend(_set(stmt))
+            elif w in ("rollback", "abort"):
+                out.append((UNDONE, SET_STEP))
+            elif w in ("commit", "end") or w == "prepare" and stmt[1:2] == [(WORD, "transaction")]:
+                out.append((ENDED, SET_STEP))
+        for i in range(len(stmt) - 3):
+            if stmt[i] == (WORD, "set_config") and stmt[i + 1] == (OTHER, "(") and stmt[i + 3] == (OTHER, ","):
+                arg = stmt[i + 2]
+                out.append((arg[1].lower() if arg[0] == STRING else UNKNOWN, SET_STEP))
+        if len(out) > MAX_NAMES:
+            return [(UNKNOWN, SET_STEP)]
+    return out
+
+
+def _words(stmt: list[tuple[int, str]], i: int, n: int) -> tuple[str, ...]:
+    return tuple(t for k, t in stmt[i : i + n] if k == WORD)
+
+
+def _var_name(stmt: list[tuple[int, str]], i: int) -> tuple[str | None, int]:
+    """A var_name at `i` (identifiers joined by dots), lower-cased, and the index after it."""
+    parts: list[str] = []
+    while i < len(stmt) and stmt[i][0] in (WORD, QIDENT):
+        parts.append(stmt[i][1])
+        i += 1
+        if stmt[i : i + 1] != [(OTHER, ".")]:
+            break
+        i += 1
+    return (".".join(parts).lower() if parts else None), i
+
+
+def _reset(stmt: list[tuple[int, str]]) -> list[tuple[str, int]]:
+    two = _words(stmt, 1, 2)
+    if two[:1] == ("all",) and len(stmt) == 2:
+        return [(ALL_SETTINGS, RESET_STEP)]
+    if two in _SET_SPECIAL:
+        return [(_SET_SPECIAL[two], RESET_STEP)]
+    name, _ = _var_name(stmt, 1)
+    return [] if name is None else [(name, RESET_STEP)]
+
+
+def _set(stmt: list[tuple[int, str]]) -> list[tuple[str, int]]:
+    i = 1
+    local = 0
+    if stmt[1:2] in ([(WORD, "local")], [(WORD, "session")]) and stmt[2:3] != [(OTHER, ".")]:
+        local = LOCAL_STEP if stmt[1][1] == "local" else 0
+        if _words(stmt, 1, 2) == ("session", "characteristics"):
+            return [(k, SET_STEP) for k in _CHARACTERISTICS]
+        if _words(stmt, 1, 2) != ("session", "authorization"):
+            i = 2
+    two = _words(stmt, i, 2)
+    if two in _SET_SPECIAL:
+        name: str | None = _SET_SPECIAL[two]
+        value = stmt[i + 2 :]
+        default = ("local", "default") if name == "timezone" else ("default",)
+    elif two[:1] in (("transaction",), ("constraints",)):
+        return []
+    elif two[:1] and two[0] in _SET_ONE_WORD and stmt[i + 1 : i + 2] != [(OTHER, ".")]:
+        name, value, default = _SET_ONE_WORD[two[0]], stmt[i + 1 :], ("default",)
+    else:
+        name, j = _var_name(stmt, i)
+        if j < len(stmt) and stmt[j] in ((WORD, "to"), (OTHER, "=")):
+            j += 1
+        value, default = stmt[j:], ("default",)
+    if name is None:
+        return []
+    reset = len(value) == 1 and value[0][0] == WORD and value[0][1] in default
+    return [(name, (RESET_STEP if reset else SET_STEP) | local)]

@@ -25,7 +25,7 @@ from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import SMALL_LIMIT, OverBudget, UnknownType
-from pgdoorman.session import listening, shared, tracking
+from pgdoorman.session import listening, shared, tracking, txresets
 from pgdoorman.session.login import ClientLogin
 from pgdoorman.session.rewrite_replies import SYNC_AFTER_DATA
 from pgdoorman.session.shared import EMPTY
@@ -319,14 +319,22 @@ class ClientConn(ClientLogin):
             self._mark_query()
 
     def _on_message(self, t: int, body: memoryview) -> bytes | None:
-        if t == 81:  # a small simple query (transaction mode)
+        if t == 81:  # a small simple query (transaction mode; session mode: CLIENT_SESSION_READ_TABLE)
             self._on_header(t, 0)
             if not body:
                 return None
+            if not self.transaction_mode:
+                txresets.note(self, body)
+                return None
             refused = self.refuse_pinning(body)
             return listening.in_request(self, body) if refused is None else m.query(refused)
-        if t == 80:  # a small Parse (transaction mode, prepared_statements off)
+        if t == 80:  # a small Parse (transaction mode, prepared_statements off; session mode, as Query above)
             self._on_header(t, 0)
+            if not self.transaction_mode:
+                text = body.tobytes()
+                j = text.find(b"\x00") + 1
+                txresets.note(self, text[j : text.find(b"\x00", j)])
+                return None
             if not body or body[0] != 0:
                 self.named_parse = True
             if body:

@@ -18,7 +18,7 @@ from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
-from pgdoorman.session import listening, reports
+from pgdoorman.session import listening, reports, txresets
 from pgdoorman.session.rewrite import Rewriter
 from pgdoorman.session.shared import EMPTY
 from pgdoorman.session.slow_checkout import SLOW_CHECKOUT_US, log_slow_checkout
@@ -63,7 +63,7 @@ class ClientBase(Conn):
         "named_parse", "copy_window", "copy_syncs", "in_copy_in",
         "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
         "begin_held", "answered", "window", "copy_pre", "copy_risk",
-        "want_base", "pinned", "checked_xact", "probing", "lsn", "customs", "seq_reader",
+        "want_base", "pinned", "checked_xact", "probing", "lsn", "customs", "seq_reader", "resets",
     )
 
     def __init__(self, sock: socket.socket, worker: Host, addr: str, is_unix: bool = False) -> None:
@@ -141,6 +141,7 @@ class ClientBase(Conn):
         self.answered = 0  # ReadyForQuery messages relayed so far (the janitor's query_timeout tells requests apart)
         self.lsn: listening.ListenState | None = None  # transaction mode LISTEN (listening.py), once used
         self.customs: tuple[str, ...] = ()  # custom settings its SQL named, not yet read back defined (txstate.py)
+        self.resets: txresets.STEPS | None = None  # what a request's text resets (txresets.py)
 
     @property
     def status(self) -> str | None:
@@ -366,10 +367,12 @@ class ClientBase(Conn):
         return txstate.refusal(why, pool.name)
 
     def note_settings(self, text: bytes | bytearray | memoryview, low: bytes | None = None) -> None:
-        """The custom settings (`myapp.x`) `text` names: read back when its transaction ends (txstate.py)."""
+        """The custom settings (`myapp.x`) `text` names: read back when its transaction ends (txstate.py); and
+        the startup settings it may reset, put back if it runs in a transaction block (txresets.py)."""
         names = sqllex.setting_names_text(text, low)
         if names:
             self.customs = txstate.noted(self.customs, names, self.want)
+        txresets.note(self, text, low)
 
     def note_names(self, names: tuple[str, ...]) -> None:
         self.customs = txstate.noted(self.customs, list(names), self.want)

@@ -134,8 +134,7 @@ class FastPaths(ClientBase):
         low = bytes(view).lower()  # (no copy for bytes; its 5-byte header too: a slice less, at worst a false "maybe")
         if low.find(b"set") >= 0:
             bits = lowered_may_leave_state(low)
-            if low.find(b".") >= 0:
-                self.note_settings(view[5:n], low[5:])  # custom settings (sqllex.setting_names_text)
+            self.note_settings(view[5:n], low[5:])  # custom settings, and what it resets (txresets.py)
         elif (low.find(b"temp") < 0 and low.find(b"advisory") < 0 and low.find(b"listen") < 0
               and low.find(b"val") < 0):  # ("val": nextval, currval, lastval; and VALUES, interval: a "maybe")
             bits = 0

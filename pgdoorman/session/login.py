@@ -26,6 +26,7 @@ from pgdoorman.session.states import (
     ADMIN,
     AUTH,
     AUTH_WAIT,
+    CLIENT_SESSION_READ_TABLE,
     CLIENT_SESSION_TABLE,
     LOGIN_WAIT,
     READY,
@@ -443,7 +444,8 @@ class ClientLogin(FastPaths):
         # changed in place: a later change of `want` replaces it (session/shared.py)
         self.ps = self.transaction_mode and self.app.config.general.prepared_statements
         if not self.transaction_mode:
-            self.scanner.table = CLIENT_SESSION_TABLE
+            read = len(self.settings) > ("application_name" in self.settings)
+            self.scanner.table = CLIENT_SESSION_READ_TABLE if read else CLIENT_SESSION_TABLE
         if self.ps:
             self.use_ps_scanner(pool, tuple(want.get(k, "") for k in ps.PLANNER_PARAMS))
         sc = self.scanner  # the client's large CopyData count as streamed (message_size_to_be_stream)

@@ -49,6 +49,9 @@ class ClientPeer(Protocol):
     def want_base(self) -> dict[str, str]: ...  # `want` at login: what a RESET returns to
 
     @property
+    def resets(self) -> tuple[int, list[tuple[str, int]]] | None: ...  # what its request resets (txresets.py)
+
+    @property
     def lsn(self) -> HeldNotifications | None: ...  # transaction mode LISTEN state, once it used LISTEN
 
     @property

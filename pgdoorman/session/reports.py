@@ -19,9 +19,11 @@ ClientBase.session_check; session mode: resets.restore), the client is told what
 in the server's order, and then it gets the ReadyForQuery. Otherwise the held reports go out as the server sent
 them (a RESET's report of the pool's value already replaced: ServerConn._on_parameter) just before it.
 
-Inside a transaction nothing may run before the client's next statement (SET TRANSACTION must come first), so
-there a doubtful report goes out as it came, and the reports of the requests that follow are held until the one
-that ends the transaction: the values are put right before its ReadyForQuery (docs/transparency.md).
+Inside a transaction nothing that takes a snapshot may run before the client's next statement (SET TRANSACTION
+must come first). When the request's text said what it reset (session/txresets.py), the startup values are set
+again with SET before its ReadyForQuery and the reports are what PostgreSQL sends (`_put_back`); otherwise a
+doubtful report goes out as it came, and the reports of the requests that follow are held until the one that
+ends the transaction: the values are put right before its ReadyForQuery (docs/transparency.md).
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from pgdoorman.core.params import READ_ONLY
 from pgdoorman.protocol import messages as m
+from pgdoorman.session import txresets
 from pgdoorman.session.states import DIRTY_RESTORE, DIRTY_SET
 
 if TYPE_CHECKING:
-    from pgdoorman.core.pool import Pool
     from pgdoorman.session.peer import ClientPeer
 
 
@@ -52,16 +54,13 @@ class Held:
         self.ready: bytes | None = None  # the ReadyForQuery, waiting for them to be read back
 
 
-class Server(Protocol):
+class Server(txresets.Server, Protocol):
     """What of a server connection (ServerConn) this module reads; it owns `held_ps` there, and marks `dirty`
     with DIRTY_RESTORE (session mode: the settings are read back, resets.py)."""
 
     held_ps: Held | None
-    pool: Pool
     params: dict[str, str]  # the values the server reported last
     release_pending: bool
-    cancel_pending: int
-    dirty: int
 
 
 def startup_keys(c: ClientPeer) -> dict[str, None]:
@@ -75,6 +74,8 @@ def start(s: Server, c: ClientPeer) -> None:
     reported settings that are not the pool's. When the client had set one of those to the pool's own value,
     a RESET (or `SET name TO DEFAULT`) of it gets no report from the server where PostgreSQL sends one:
     doubtful."""
+    if c.resets is not None and s.held_ps is None:
+        s.held_ps = Held()  # (its ReadyForQuery may wait for a reset inside a transaction block: txresets.py)
     pool_params = s.pool.server_params or {}
     differ = [k for k in startup_keys(c) if (p := pool_params.get(k)) is not None and c.want_base.get(k, p) != p]
     if not differ:
@@ -105,6 +106,11 @@ def at_ready(s: Server, c: ClientPeer | None, st: int, body: memoryview) -> byte
     if c is None:
         s.held_ps = None
         return b""
+    if c.resets is not None and (back := txresets.taken(s, c, st)):
+        s.held_ps = None  # (the request's text said what its reports of the pool's values were: nothing in doubt)
+        _put_back(s, held, c, back)
+        txresets.run(s, c, [q for _, _, q in back], _as_reported(held, c) + m.msg(b"Z", body))
+        return None
     if (held.doubt and st == 73 and s.release_pending and not s.cancel_pending and not c.copy_confused
             and ((lsn := c.lsn) is None or not (lsn.queue or lsn.notified))  # (else listening.py may hold it)
             and s.dirty & (DIRTY_SET if c.transaction_mode else DIRTY_RESTORE)):
@@ -115,6 +121,17 @@ def at_ready(s: Server, c: ClientPeer | None, st: int, body: memoryview) -> byte
         return None
     s.held_ps = Held(True) if held.doubt and st != 73 else None  # (put right at the transaction's end)
     return _as_reported(held, c)
+
+
+def _put_back(s: Server, held: Held, c: ClientPeer, back: list[tuple[str, str, str]]) -> None:
+    """The request reset these startup settings (name, startup value) and they are set again before its
+    ReadyForQuery (txresets.py): it reports the startup value of each reported one, as PostgreSQL does, where
+    the client last heard another, and nothing where it heard that one (a report of the pool's value dropped)."""
+    for k, v, _ in back:
+        if k in s.params:
+            held.emit[k] = (None, False) if held.heard.get(k, c.want.get(k)) == v else (v, True)
+    if _sorts_reports(s.params.get("server_version", "")):
+        held.emit = dict(sorted(held.emit.items(), key=lambda e: e[0].lower()))
 
 
 def _as_reported(held: Held, c: ClientPeer) -> bytes:

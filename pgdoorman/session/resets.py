@@ -7,8 +7,8 @@ back (core/txstate.py's query, as transaction mode's check reads them) and the s
 away are set again (the RESET's own report already told the client the startup value: ServerConn._on_parameter),
 their ParameterStatus sent to the client if it has not heard them. The same runs after a SET that took a
 reported startup setting to the pool's value (ServerConn._on_parameter): it may have been `SET name TO DEFAULT`.
-What stays different (inside that transaction a startup setting reads as the pool's value; `SET name TO DEFAULT`
-of a setting PostgreSQL does not report is not followed): docs/transparency.md.
+Inside a transaction block (and for `SET name TO DEFAULT` of a setting PostgreSQL does not report) the request's
+text says what it reset: session/txresets.py. What stays different: docs/transparency.md.
 """
 
 from __future__ import annotations

@@ -20,6 +20,11 @@ for _c in b"QSFcfBCDEPd":
     _t[_c] = NOTIFY
 _t[ord("X")] = FULL
 CLIENT_SESSION_TABLE = bytes(_t)
+# Session mode, for a client with startup settings (other than application_name): small simple queries and
+# Parse messages are read for what they reset (session/txresets.py).
+_t[ord("Q")] = _t[ord("P")] = SMALL
+CLIENT_SESSION_READ_TABLE = bytes(_t)
+_t[ord("Q")] = _t[ord("P")] = NOTIFY
 # Transaction mode reads small simple queries for LISTEN/UNLISTEN (session/listening.py), and small Parse
 # messages to see whether they name a statement (which must then be deallocated at checkin) or LISTEN.
 _t[ord("Q")] = SMALL

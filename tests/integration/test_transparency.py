@@ -216,18 +216,59 @@ def test_set_to_default_returns_to_the_startup_value(pg: Any, mode_pooler: Poole
     a SET like any other: it stays; in transaction mode it went back to the startup value after the next
     transaction that ran a SET (the server showed the pool's value, so the sync did not set it, and the
     read-back took "not set in this session" for a RESET). Compared by what the client reads (its reports
-    may differ: docs). Session mode follows TO DEFAULT only for settings PostgreSQL reports (docs)."""
+    may differ: docs). Session mode followed TO DEFAULT only for settings PostgreSQL reports until it read the
+    query texts of a client with startup settings (session/txresets.py)."""
     steps = ["set datestyle = 'German'", "set datestyle to default", "show datestyle",
              "begin", "set timezone to default", "commit", "show timezone",
              "set timezone = 'Etc/UTC'", "show timezone", "select 1", "show timezone",
              "set datestyle = 'ISO, MDY'", "select 2", "set work_mem = '3MB'", "show datestyle", "show timezone"]
-    if mode_pooler.mode == "transaction":  # type: ignore[attr-defined]
-        steps += ["set search_path = default", "show search_path", "set work_mem = default", "show work_mem"]
+    steps += ["set search_path = default", "show search_path", "set work_mem = default", "show work_mem"]
     got: dict[str, Any] = {}
     for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
         with connect(host, port, SETTINGS_A) as a:
             got[name] = [replies(a.query(q)) for q in steps] + [show_all(a)]
     assert got["direct"][2] == [("D", "SQL, DMY"), ("C", "SHOW")] and got["direct"][8][0] == ("D", "Etc/UTC")
+    assert got["pooled"] == got["direct"]
+
+
+IN_BLOCK = ["begin", "reset all", "show timezone", "show search_path", "show work_mem", "show application_name",
+            "show lock_timeout", "show datestyle", "commit",
+            "begin", "set local timezone to default", "show timezone", "set work_mem = '1MB'", "reset work_mem",
+            "show work_mem", "rollback", "show work_mem",
+            "begin", "set time zone local", "show timezone", "set search_path to default", "show search_path",
+            "set names default", "show client_encoding", "savepoint a", "reset datestyle", "show datestyle",
+            "rollback to a", "show datestyle", "commit",
+            "begin", "reset all", "set transaction isolation level serializable", "show transaction_isolation",
+            "show timezone", "commit",
+            "begin", "set search_path = public", "reset search_path; set work_mem = '2MB'", "show search_path",
+            "show work_mem", "rollback",
+            "set search_path = public", "set search_path to default", "show search_path",
+            "set lock_timeout = '1s'", "set lock_timeout to default", "show lock_timeout",
+            "begin", "reset all", "x-reset work_mem", "show work_mem", "commit"]
+
+
+def test_a_reset_inside_a_transaction_block_reads_the_startup_value(pg: Any, mode_pooler: Pooler) -> None:
+    """On PostgreSQL `RESET` (`RESET ALL`, `SET name TO DEFAULT`, `SET TIME ZONE LOCAL`, `SET NAMES DEFAULT`)
+    inside a transaction block returns a startup setting to its startup value at once; through the pooler it
+    read as the pool's value until the transaction ended (and in session mode `SET name TO DEFAULT` of a
+    setting PostgreSQL does not report, outside a block too, for good). What the client reads and is told,
+    step by step; `SET TRANSACTION` still works after the RESET (nothing that takes a snapshot ran); client B
+    (other settings) on the same server between A's transactions (transaction mode, pool_size 1). `x-`: the
+    statement through the extended protocol."""
+    got: dict[str, Any] = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
+        out: list[Any] = []
+        a = connect(host, port, SETTINGS_A)
+        for q in IN_BLOCK:
+            answer = _extended(a, q[2:]) if q.startswith("x-") else everything(a.query(q))
+            out.append((q, answer))
+            if answer[-1] == ("Z", b"I") and mode_pooler.mode == "transaction":  # type: ignore[attr-defined]
+                with connect(host, port, {"TimeZone": "UTC", "search_path": "public"}) as b:
+                    out.append(("b", show_all(b)))
+        out.append(("shown", show_all(a)))
+        a.close()
+        got[name] = out
+    assert ("show timezone", [("D", b"Asia/Tokyo"), ("C", b"SHOW"), ("Z", b"T")]) in got["direct"]
     assert got["pooled"] == got["direct"]
 
 
