@@ -109,6 +109,7 @@ class ClientConn(ClientLogin):
                 if ((6 < n < BEGIN_MAX and view[6] | 32 == _SECOND[view[5]] or self.begin_held is not None)
                         and self._deferred_begin(view, n)
                         or n == pool.check_n and self.begin_held is None and self._check_query(view)):
+                    self.rw.unnamed = None  # (answered here: PostgreSQL drops it when any simple query starts)
                     return
             elif n == 5 and t0 == 88:  # a lone Terminate
                 self.close("client terminated")

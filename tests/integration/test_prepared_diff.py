@@ -256,6 +256,13 @@ SEQUENCES: dict[str, list[Step]] = {
     "unnamed_statement_survives_a_reset": [
         one(P("", "select 8301"), S), one(Q("reset all")), one(B(), E(), S), one(Q("set timezone to default")),
         one(B(), E(), S), one(P("", "discard all"), B(), E(), S), one(B(), E(), S), one(Q("show timezone"))],
+    # A lone BEGIN, the COMMIT of its empty transaction and an UNLISTEN are answered by the pooler without a
+    # server (transaction mode): PostgreSQL drops the unnamed statement when any simple query starts, and so
+    # must the pooler when it answers one (found by test_state_random).
+    "unnamed_statement_gone_after_a_query_answered_here": [
+        one(P("", "select 8302"), S), one(Q("begin")), one(B(), E(), S), one(Q("commit")),
+        one(P("", "select 8303"), S), one(Q("begin")), one(Q("commit")), one(B(), E(), S),
+        one(P("", "select 8304"), S), one(Q("unlisten *")), one(B(), E(), S)],
     # Startup settings (see CLIENT_PARAMS): each client sees its own, whatever server it lands on.
     "startup_settings_two_clients": [one(Q("show search_path; show work_mem; show application_name")),
                                      one(Q("show search_path; show work_mem; show TimeZone"), client=1),

@@ -5,8 +5,9 @@ Two clients whose startup settings differ (A: SETTINGS_A; B: its own TimeZone, D
 work_mem) take turns on a pool of 3 servers in session and in transaction mode, so that servers are reused and
 shared. Each step is one of OPS: temporary tables, SQL and protocol-level prepared statements (Parse, Bind,
 Describe, Close, DEALLOCATE, SQL EXECUTE), cursors, advisory locks, transactions with savepoints and errors,
-settings (SET, SET LOCAL, RESET, set_config, custom settings), sequences, roles, COPY, a pipeline of two
-batches, a portal suspended; a statement without `;` is sent as a simple query or through the extended protocol
+settings (SET, SET LOCAL, RESET, `TO DEFAULT`, set_config, custom settings), sequences, roles, COPY (FROM STDIN
+too), a pipeline of two batches, a portal suspended, a named portal executed again in a later request, a Flush
+before the Sync, results in binary; a statement without `;` is sent as a simple query or through the extended protocol
 at random. Now and then a fresh client C connects, reads what a new session would see (CHECKS: nothing of A's
 or B's), and leaves; now and then A or B reconnects. The same again in transaction mode with pool_size 1, so that
 A and B run every request on the one server: without what pins a client, and with a client in a transaction
@@ -32,7 +33,19 @@ import pytest
 
 from tests.integration.test_transparency import SETTINGS_A, connect
 from tests.support.pooler import Pooler, started_in_mode
-from tests.support.wire import WireClient, bind, close, describe, execute, parse, parse_fields, sync
+from tests.support.wire import (
+    WireClient,
+    bind,
+    close,
+    describe,
+    execute,
+    flush,
+    frame,
+    parse,
+    parse_fields,
+    query,
+    sync,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -70,6 +83,10 @@ OPS = [
     "DESC n2_{me}", "execute n1_{me}", "deallocate n1_{me}", "deallocate n2_{me}", "PIPE",
     "select 1; select 1/0; select 2", "begin; select 1/0; commit", "savepoint s; select 1/0",
     "copy (select 1) to stdout", "PORTAL",
+    "set timezone to default", "set local timezone to default", "set time zone local", "reset timezone",
+    "set datestyle to default", "set search_path to default", "set work_mem to default", "set names default",
+    "COPYIN", "BINARY n2_{me}", "FLUSH", "NPORTAL", "NEXEC", "PARSE n4_{me} select 1; select 2",
+    "copy tt_{me} to stdout",
 ]
 # What a fresh session sees.
 CHECKS = [
@@ -100,7 +117,7 @@ def answer(msgs: list[tuple[str, bytes]]) -> list[Any]:
     return out
 
 
-def run(c: WireClient, q: str, ext: bool) -> list[Any]:
+def run(c: WireClient, q: str, ext: bool, me: str = "") -> list[Any]:
     op, _, rest = q.partition(" ")
     if op == "PARSE":
         name, _, text = rest.partition(" ")
@@ -111,6 +128,22 @@ def run(c: WireClient, q: str, ext: bool) -> list[Any]:
         c.send(close("S", rest), sync())
     elif op == "DESC":
         c.send(describe("S", rest), sync())
+    elif op == "COPYIN":  # (PostgreSQL ignores the CopyData and CopyDone when the COPY fails first)
+        c.send(query(f"copy tt_{me} (x) from stdin"), frame("d", b"4\n5\n"), frame("c"))
+    elif op == "BINARY":  # the result in binary
+        c.send(bind("", rest, ["6"], result_formats=[1]), execute(), sync())
+    elif op == "FLUSH":  # the answers before any Sync, then the Sync's
+        c.send(parse("", "select 9"), bind(), execute(), flush())
+        got = [c.read_message(timeout=10)]
+        while got[-1][0] not in "CE":  # (in a failed transaction the Parse is refused: nothing more comes)
+            got.append(c.read_message(timeout=10))
+        first = answer(got)
+        c.send(sync())
+        return first + answer(c.read_until("Z", timeout=10))
+    elif op == "NPORTAL":  # a named portal, left open (it lasts to the transaction's end)
+        c.send(parse("", "select generate_series(1, 5)"), bind(f"np_{me}"), execute(f"np_{me}", 2), sync())
+    elif op == "NEXEC":  # that portal again, in a later request
+        c.send(execute(f"np_{me}", 2), sync())
     elif op == "PORTAL":
         c.send(parse("", "select generate_series(1, 5)"), bind(), execute("", 2), execute("", 2), sync())
     elif op == "PIPE":
@@ -171,7 +204,7 @@ def play(host: str, port: int, seq: list[tuple[str, str, bool]], one_server: boo
                 continue
             if ext and q.startswith("execute n"):  # (see the module's docstring)
                 q, ext = "select 'left out'", False
-            got = run(cs[who], q, ext)
+            got = run(cs[who], q, ext, who)
             status[who] = [x for x in got if x[0] == "Z"][-1][1]
             out.append((who, q, ext, got))
     finally:
