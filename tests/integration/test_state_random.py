@@ -5,18 +5,20 @@ Two clients whose startup settings differ (A: SETTINGS_A; B: its own TimeZone, D
 work_mem) take turns on a pool of 3 servers in session and in transaction mode, so that servers are reused and
 shared. Each step is one of OPS: temporary tables, SQL and protocol-level prepared statements (Parse, Bind,
 Describe, Close, DEALLOCATE, SQL EXECUTE), cursors, advisory locks, transactions with savepoints and errors,
-settings (SET, SET LOCAL, RESET, `TO DEFAULT`, set_config, custom settings), sequences, roles, COPY (FROM STDIN
-too), a pipeline of two batches, a portal suspended, a named portal executed again in a later request, a Flush
-before the Sync, results in binary; a statement without `;` is sent as a simple query or through the extended protocol
-at random. Now and then a fresh client C connects, reads what a new session would see (CHECKS: nothing of A's
-or B's), and leaves; now and then A or B reconnects. The same again in transaction mode with pool_size 1, so that
-A and B run every request on the one server: without what pins a client, and with a client in a transaction
-block keeping the turn until it ends (the other would wait for the server).
+settings (SET, SET LOCAL, RESET, `TO DEFAULT`, set_config, custom settings), LISTEN, UNLISTEN and NOTIFY of
+the client's own channel, sequences, roles, COPY (FROM STDIN too), a pipeline of two batches, a portal
+suspended, a named portal executed again in a later request, a Flush before the Sync, results in binary; a
+statement without `;` is sent as a simple query or through the extended protocol at random. Now and then a
+fresh client C connects, reads what a new session would see (CHECKS: nothing of A's or B's), and leaves; now
+and then A or B reconnects. The same again in transaction mode with pool_size 1, so that A and B run every
+request on the one server: without what pins a client, and with a client in a transaction block keeping the
+turn until it ends (the other would wait for the server).
 
-Left out, as a documented difference (docs/prepared-statements.md "Known differences from PostgreSQL"): SQL
-EXECUTE of a protocol-level statement through the extended protocol. (RESET and `TO DEFAULT` inside a transaction
-block were left out until session/txresets.py.) pg_prepared_statements is read for SQL
-PREPAREd names only.
+Left out, as documented differences: SQL EXECUTE of a protocol-level statement through the extended protocol
+(docs/prepared-statements.md "Known differences from PostgreSQL"), and `LISTEN ch; NOTIFY ch` in one query
+string (docs/transaction-mode.md "LISTEN and NOTIFY": the pool's first LISTEN of a channel may lose it). RESET
+and `TO DEFAULT` inside a transaction block were left out until session/txresets.py. pg_prepared_statements is
+read for SQL PREPAREd names only.
 
 The seeds are fixed; PGDOORMAN_STATE_SEEDS=<n> runs n of them per mode (the defects this found were within the
 first 30). A failure prints the client's history up to the first difference, both ways.
@@ -87,6 +89,7 @@ OPS = [
     "set datestyle to default", "set search_path to default", "set work_mem to default", "set names default",
     "COPYIN", "BINARY n2_{me}", "FLUSH", "NPORTAL", "NEXEC", "PARSE n4_{me} select 1; select 2",
     "copy tt_{me} to stdout",
+    "listen ch_{me}", "notify ch_{me}, 'p'", "select pg_notify('ch_{me}', 'q')", "unlisten ch_{me}", "unlisten *",
 ]
 # What a fresh session sees.
 CHECKS = [
