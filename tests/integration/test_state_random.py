@@ -6,8 +6,8 @@ work_mem) take turns on a pool of 3 servers in session and in transaction mode, 
 shared. Each step is one of OPS: temporary tables, SQL and protocol-level prepared statements (Parse, Bind,
 Describe, Close, DEALLOCATE, SQL EXECUTE), cursors, advisory locks, transactions with savepoints and errors,
 settings (SET, SET LOCAL, RESET, `TO DEFAULT`, set_config, custom settings), LISTEN, UNLISTEN and NOTIFY of
-the client's own channel, sequences, roles, COPY (FROM STDIN too), a pipeline of two batches, a portal
-suspended, a named portal executed again in a later request, a Flush before the Sync, results in binary; a
+the client's own channel, sequences, roles, COPY (FROM STDIN as a simple query and through the extended protocol,
+CopyFail), a FunctionCall, a pipeline of two batches, a portal suspended, a named portal executed again in a later request, a Flush before the Sync, results in binary; a
 statement without `;` is sent as a simple query or through the extended protocol at random. Now and then a
 fresh client C connects, reads what a new session would see (CHECKS: nothing of A's or B's), and leaves; now
 and then A or B reconnects. The same again in transaction mode with pool_size 1, so that A and B run every
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,9 +88,10 @@ OPS = [
     "copy (select 1) to stdout", "PORTAL",
     "set timezone to default", "set local timezone to default", "set time zone local", "reset timezone",
     "set datestyle to default", "set search_path to default", "set work_mem to default", "set names default",
-    "COPYIN", "BINARY n2_{me}", "FLUSH", "NPORTAL", "NEXEC", "PARSE n4_{me} select 1; select 2",
+    "COPYIN tt_{me}", "COPYIN copy_{me}", "BINARY n2_{me}", "FLUSH", "NPORTAL", "NEXEC", "PARSE n4_{me} select 1; select 2",
     "copy tt_{me} to stdout",
     "listen ch_{me}", "notify ch_{me}, 'p'", "select pg_notify('ch_{me}', 'q')", "unlisten ch_{me}", "unlisten *",
+    "XCOPYIN tt_{me}", "XCOPYIN copy_{me}", "COPYFAIL copy_{me}", "FCALL",
 ]
 # What a fresh session sees.
 CHECKS = [
@@ -111,7 +113,7 @@ def answer(msgs: list[tuple[str, bytes]]) -> list[Any]:
             out.append((t, f.get("V"), f.get("C"), f.get("M")))
         elif t == "S":
             out.append((t, *b.rstrip(b"\0").decode().split("\0")))
-        elif t in "DCZIA":
+        elif t in "DCZIAV":
             out.append((t, b[4:] if t == "A" else b))
         elif t == "T":
             out.append((t, b[2:].split(b"\0")[0]))
@@ -132,7 +134,17 @@ def run(c: WireClient, q: str, ext: bool, me: str = "") -> list[Any]:
     elif op == "DESC":
         c.send(describe("S", rest), sync())
     elif op == "COPYIN":  # (PostgreSQL ignores the CopyData and CopyDone when the COPY fails first)
-        c.send(query(f"copy tt_{me} (x) from stdin"), frame("d", b"4\n5\n"), frame("c"))
+        c.send(query(f"copy {rest} (x) from stdin"), frame("d", b"4\n5\n"), frame("c"))
+    elif op == "XCOPYIN":  # COPY FROM STDIN through the extended protocol, as libpq sends it (a Sync after too)
+        c.send(parse("", f"copy {rest} (x) from stdin"), bind(), execute(), sync(), frame("d", b"6\n"), frame("c"),
+               sync())
+        first = c.read_until("Z", timeout=10)  # (a COPY that started ignores the first Sync: one ReadyForQuery)
+        return answer(first) + ([] if any(t == "G" for t, _ in first) else answer(c.read_until("Z", timeout=10)))
+    elif op == "COPYFAIL":
+        c.send(query(f"copy {rest} (x) from stdin"), frame("d", b"7\n"), frame("f", b"given up\0"))
+    elif op == "FCALL":  # FunctionCall: int4pl(2, 3), binary arguments and result
+        c.send(frame("F", struct.pack("!IHHHI4sI4sH", 177, 1, 1, 2, 4, struct.pack("!i", 2), 4,
+                                      struct.pack("!i", 3), 1)))
     elif op == "BINARY":  # the result in binary
         c.send(bind("", rest, ["6"], result_formats=[1]), execute(), sync())
     elif op == "FLUSH":  # the answers before any Sync, then the Sync's
@@ -185,6 +197,8 @@ def play(host: str, port: int, seq: list[tuple[str, str, bool]], one_server: boo
     """`one_server`: the pool has one server, which a client in a transaction block keeps: the steps go to that
     client until the block ends, and the fresh client waits for it too."""
     params = {"a": SETTINGS_A, "b": B_SETTINGS}
+    with connect(host, port) as setup:  # (tables COPY fills: permanent, so that a COPY usually starts)
+        setup.query_rows("create table if not exists copy_a (x int); create table if not exists copy_b (x int)")
     cs = {k: connect(host, port, params[k]) for k in "ab"}
     status = {"a": b"I", "b": b"I"}
     out: list[Any] = []
