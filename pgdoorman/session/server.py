@@ -22,7 +22,7 @@ from pgdoorman.net.conn import AGAIN, Conn
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import Scanner
-from pgdoorman.session import reports
+from pgdoorman.session import reports, txresets
 from pgdoorman.session.server_dial import dial_socket
 from pgdoorman.session.server_login import READY, REFUSED, BackendLogin
 from pgdoorman.session.server_prepared import SERVER_TABLE
@@ -368,6 +368,9 @@ class ServerConn(ServerWrapped):
                     if self.untold is None or self.untold[0] is not c:  # (not another client's, left behind)
                         self.untold = (c, {})
                     self.untold[1][k] = base or c.want.get(k, told)  # the value the client last heard
+                txresets.reported(c, k)  # (put back at once if a transaction block goes on)
+                if held is None:
+                    self.held_ps = held = reports.Held()  # (its ReadyForQuery may wait: txresets.py)
             else:
                 if not c.transaction_mode:
                     # After a SET: `SET name TO DEFAULT` (PostgreSQL: the startup value), or a SET to that value. The

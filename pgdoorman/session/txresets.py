@@ -8,22 +8,24 @@ settings are read back after the request and put right before the client's next 
 check, session/resets.py). Inside one nothing that takes a snapshot may run before the client's next statement
 (`SET TRANSACTION ISOLATION LEVEL` must come before any query, and a REPEATABLE READ transaction's snapshot is
 taken by its first query), so there the request's own text says which settings went back to their default:
-`note` reads it (sqllex.reset_steps) when it has one of the words such a statement needs, and at the request's
+`note` reads it (sqllex.reset_steps) when it has one of the words such a statement needs (and `reported` takes
+a RESET's report of the pool's value of a reported setting for one more such step), and at the request's
 ReadyForQuery (status T, nothing else in flight) `taken` turns the steps into SET statements (which take no
 snapshot) that give each such startup setting its startup value again, `SET LOCAL` for `SET LOCAL name TO
 DEFAULT`; they run on the server before the ReadyForQuery goes to the client (`run`). The reports the RESET
 caused were already put right (ServerConn._on_parameter, session/reports.py).
 
 Session mode reads the small Query and Parse messages of a client with startup settings (other than
-application_name) for this (CLIENT_SESSION_READ_TABLE), and puts back a `SET name TO DEFAULT` outside a transaction
-block the same way (one PostgreSQL does not report: the read-back of session/resets.py runs only on a report or a
-RESET).
+application_name) for this (CLIENT_SESSION_READ_TABLE), and puts back a `SET name TO DEFAULT` outside a
+transaction block the same way (one PostgreSQL does not report: the read-back of session/resets.py runs only on
+a report or a RESET).
 
 Left as they were (the setting reads as the pool's value until the transaction ends: docs/transaction-mode.md):
 a setting the request changes again after its reset (a SET or set_config() of it, or one whose name is not a
 literal), a request that rolls back to a savepoint, a request sent behind or before another one still in flight,
-a statement after the reset in the same query string, a prepared statement's reset executed in a later request
-than its Parse, and a text too large to read (over 8 kB).
+a statement after the reset in the same query string, and for a setting PostgreSQL does not report: a prepared
+statement's reset executed in a later request than its Parse, a text too large to read (over 8 kB), a session-mode
+client's whose only startup setting is application_name.
 """
 
 from __future__ import annotations
@@ -91,6 +93,19 @@ def note(c: Client, text: bytes | bytearray | memoryview, low: bytes | None = No
     steps = sqllex.reset_steps(text)
     if any(k & 1 for _, k in steps):
         c.resets = (c.answered, steps)
+
+
+def reported(peer: ClientPeer, k: str) -> None:
+    """A RESET's report of the pool's value of the client's startup setting `k` (ServerConn._on_parameter): a
+    step of the request, as its text would say (a text not read: session mode's without startup settings but
+    application_name, one over 8 kB, a prepared statement's executed after the request that parsed it)."""
+    c = cast(Client, peer)
+    name = k.lower()
+    noted = c.resets
+    if noted is None or noted[0] != c.answered:
+        c.resets = (c.answered, [(name, sqllex.RESET_STEP)])
+    elif all(n != name for n, _ in noted[1]):  # (the text's steps of `k`, in their order, are the better guide)
+        noted[1].append((name, sqllex.RESET_STEP))
 
 
 def taken(s: Server, peer: ClientPeer, st: int) -> list[tuple[str, str, str]]:

@@ -267,6 +267,24 @@ def test_a_reset_inside_a_transaction_block_reads_the_startup_value(pg: Any, mod
                     out.append(("b", show_all(b)))
         out.append(("shown", show_all(a)))
         a.close()
+        # Texts the pooler does not read: the RESET's reports say which reported settings went back. A client
+        # whose only startup setting is application_name (session mode reads none of its queries), a query
+        # over 8 kB, and a prepared RESET executed in a later request than its Parse.
+        with connect(host, port, {"application_name": "only-name"}) as b:
+            for q in ("begin", "reset all", "show application_name", "commit", "begin", "reset application_name",
+                      "show application_name", "rollback"):
+                out.append(("only-name", q, everything(b.query(q))))
+        with connect(host, port, SETTINGS_A) as a:
+            long = "reset timezone /*" + "x" * 9000 + "*/"
+            a.send(parse("r", "reset datestyle"), sync())
+            a.read_until("Z")
+            for q in ("begin", long, "show timezone", "x-r", "show datestyle", "commit"):
+                if q == "x-r":
+                    a.send(bind("", "r"), execute(), sync())
+                    answer = everything(a.read_until("Z"))
+                else:
+                    answer = everything(a.query(q))
+                out.append(("unread", q[:20], answer))
         got[name] = out
     assert ("show timezone", [("D", b"Asia/Tokyo"), ("C", b"SHOW"), ("Z", b"T")]) in got["direct"]
     assert got["pooled"] == got["direct"]
