@@ -135,12 +135,12 @@ def statements(c: ClientPeer, pool: Pool, steps: list[tuple[str, int]]) -> list[
         elif name in keys:
             last[name] = kind
     out = []
-    reported = pool.server_params or {}
+    pool_values = pool.server_params or {}
     for name, kind in last.items():
         k = keys[name]
         v = c.want_base.get(k)
         if (not kind & sqllex.RESET_STEP or v is None or name.startswith("transaction_") or k in READ_ONLY
-                or reported.get(k, v + "\x00") == v):  # (a reported setting whose startup value is the pool's)
+                or pool_values.get(k, v + "\x00") == v):  # (a reported setting whose startup value is the pool's)
             continue
         value = _list_value(v) if name in _LIST_QUOTE else quote(v)
         if value is None:
