@@ -91,7 +91,8 @@ OPS = [
     "COPYIN tt_{me}", "COPYIN copy_{me}", "BINARY n2_{me}", "FLUSH", "NPORTAL", "NEXEC", "PARSE n4_{me} select 1; select 2",
     "copy tt_{me} to stdout",
     "listen ch_{me}", "notify ch_{me}, 'p'", "select pg_notify('ch_{me}', 'q')", "unlisten ch_{me}", "unlisten *",
-    "XCOPYIN tt_{me}", "XCOPYIN copy_{me}", "COPYFAIL copy_{me}", "FCALL",
+    "XCOPYIN tt_{me}", "XCOPYIN copy_{me}", "COPYFAIL copy_{me}", "FCALL", "show all", "DESCP",
+    "select 1 /*" + "x" * 9000 + "*/; set work_mem = '2MB'",
 ]
 # What a fresh session sees.
 CHECKS = [
@@ -142,6 +143,8 @@ def run(c: WireClient, q: str, ext: bool, me: str = "") -> list[Any]:
         return answer(first) + ([] if any(t == "G" for t, _ in first) else answer(c.read_until("Z", timeout=10)))
     elif op == "COPYFAIL":
         c.send(query(f"copy {rest} (x) from stdin"), frame("d", b"7\n"), frame("f", b"given up\0"))
+    elif op == "DESCP":  # a typed parameter, the portal described
+        c.send(parse("", "select $1::int + 1", [23]), bind("", "", ["4"]), describe("P", ""), execute(), sync())
     elif op == "FCALL":  # FunctionCall: int4pl(2, 3), binary arguments and result
         c.send(frame("F", struct.pack("!IHHHI4sI4sH", 177, 1, 1, 2, 4, struct.pack("!i", 2), 4,
                                       struct.pack("!i", 3), 1)))
