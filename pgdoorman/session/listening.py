@@ -217,18 +217,33 @@ def in_request(c: Any, body: memoryview) -> bytes | None:
 def _pre_listen(c: Any, st: ListenState, name: bytes) -> None:
     """A LISTEN run on the client's server: the client is registered at once (notifications are held until
     its transaction ends: `tentative`) and the listener LISTENs now; until it does, the client's server is
-    not read, so that the client sees its LISTEN done (and can COMMIT) only once the listener listens."""
+    not read, so that the client sees its LISTEN done (and can COMMIT) only once the listener listens. When
+    the request also names NOTIFY (`LISTEN ch; NOTIFY ch` in one query string commits on the server at once,
+    and PostgreSQL sends the session its own notification) the request is not even sent until then: it waits
+    behind a Flush in the server's output queue, with no write interest (`_cork`), else the LISTEN connection
+    could start listening after that commit and never see the notification."""
     st.reg.subscribe(c, name)
     s, loop = c.server, c.loop
     if s is not None:
         st.holds += 1
         s.pause_reading()
+        if st.notified and not s.out:
+            _cork(s)
 
     def done(ok: bool, data: bytes) -> None:  # on the listener's loop
         if s is not None:
             loop.call_soon_threadsafe(_listener_listens, c, s)
 
     command(st.reg, c.pool, c.worker, (b"LISTEN " + ls.quote(name), name, ls.LISTEN, done))
+
+
+def _cork(s: Any) -> None:
+    """Writes to `s` queue up unsent from now on (Conn.write appends to a non-empty `out`), until its mask is
+    next applied (resume_reading: _listener_listens). A Flush heads the queue: PostgreSQL answers nothing to it."""
+    s.out = bytearray(m.FLUSH)
+    mem = s.loop.mem
+    if mem is not None:
+        mem.used += len(m.FLUSH)
 
 
 def _listener_listens(c: Any, s: Any) -> None:

@@ -166,6 +166,38 @@ def test_own_notify_and_unlisten(pg: Any, txn_pooler: Pooler) -> None:
     assert ("A", "x2", "still", "b") in t[5] and ("A", "x1", "self", "a") in t[2]
 
 
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "plain"])
+def test_listen_and_notify_in_one_query_on_a_fresh_pool(pg: Any, pooler_factory: Any, prepared: bool) -> None:
+    """`LISTEN ch; NOTIFY ch` in one query string commits on the client's server at once; PostgreSQL sends the
+    session its own notification before the ReadyForQuery. On a pool whose LISTEN connection was still being
+    opened the LISTEN connection listened only after that commit, and the notification was lost: the query now
+    waits until it listens. Each case on a pool of its own (its first LISTEN), compared with PostgreSQL."""
+    cases = [["listen ch_a; notify ch_a, 'p'"], ["begin", "listen ch_b; select pg_notify('ch_b', 'q')", "commit"],
+             ["listen ch_c; notify ch_c", "notify ch_c, 'again'", "unlisten *; notify ch_c"]]
+    got: dict[str, Any] = {}
+    for case in cases:
+        p = pooler_factory(pool_mode="transaction", pool_size=2, general={"prepared_statements": prepared})
+        for name, host, port in (("direct", pg.host, pg.port), ("pooled", p.host, p.port)):
+            c = connect(host, port)
+            got.setdefault(name, []).append([_notifications(c.query(q)) for q in case])
+            c.close()
+        p.stop()
+    assert got["direct"][0] == [[("C", "LISTEN"), ("C", "NOTIFY"), ("A", "ch_a", "p"), ("Z", "I")]]
+    assert got["pooled"] == got["direct"]
+
+
+def _notifications(msgs: list[tuple[str, bytes]]) -> list[Any]:
+    out: list[Any] = []
+    for t, b in msgs:
+        if t == "A":
+            out.append((t, *b[4:].rstrip(b"\0").decode().split("\0")))
+        elif t in "CZ":
+            out.append((t, b.rstrip(b"\0").decode()))
+        elif t in "TDE":
+            out.append((t,))
+    return out
+
+
 def test_listen_in_transaction_takes_effect_at_commit(pg: Any, txn_pooler: Pooler) -> None:
     def steps(p: Pair) -> Transcript:
         t = [p.run("a", "begin"), p.run("a", "listen t1"), p.run("a", "select 1")]
