@@ -443,9 +443,9 @@ class RewriterBase:
         # Synthetic responses due right after this one (e.g. a CloseComplete between a BindComplete and the
         # DataRows that follow): emit them now, since DataRows stream by without reaching this handler.
         suffix = ps.take_synth(rq)
+        if self.holding and (t == 90 or t == 67):  # (67: a COPY's end, whose Syncs PostgreSQL ignored: no Z comes)
+            self._resume()
         if t == 90:
-            if self.holding:
-                self._resume()
             if rq:
                 s.release_pending = False  # more was pipelined after this Sync
             else:

@@ -143,6 +143,14 @@ SEQUENCES: dict[str, list[Step]] = {
                                one(P("", "copy cpy from stdin"), B(), E(), flush(), wait=("n", 3)),
                                one(frame("d", b"7\n"), frame("c"), S),
                                one(Q("select sum(a) from cpy; drop table cpy"))],
+    # The whole COPY in one write, a Close of its statement after the CopyDone: the Close waited for the COPY's
+    # window to be answered (RewriterBase._waits), whose Sync PostgreSQL ignores, and PostgreSQL keeps the
+    # COPY's CommandComplete until a Sync or Flush comes: it hung (found by test_state_random).
+    "copy_in_then_close_in_one_write": [
+        one(Q("drop table if exists cpw; create table cpw (a int)")),
+        one(P("cw", "copy cpw from stdin"), B("cw"), E(), S, frame("d", b"5\n"), frame("c"), close("S", "cw"), S),
+        one(P("", "copy cpw from stdin"), B(), E(), S, frame("d", b"6\n"), frame("c"), close("S", ""), S),
+        one(Q("select sum(a) from cpw; drop table cpw"))],
     # Repeated batches take the batch fast path (ClientConn._fast_batch) once both servers hold the statement.
     "fast_unnamed_repeated": [one(P("", "select $1::int + 1"), B("", ("1",)), describe("P"), E(), S)] * 5,
     "fast_named_bind_error": [one(P("fw", "select $1::int"), S)] + [one(B("fw", ("2",)), E(), S)] * 3
