@@ -85,9 +85,9 @@ class ListenState:
         `z` waits for a round trip of the LISTEN connection (_hold_ready), so that the client's own
         notifications come before it, as PostgreSQL sends them."""
         out = self.take()
-        if self.notified:
+        if self.notified and not c.expect and not c.rw.rq:  # (with requests pipelined after it: at the last one)
             self.notified = False
-            if self.channels and not c.expect and not c.rw.rq and not c.closed:  # (nothing pipelined after it)
+            if self.channels and not c.closed:
                 _hold_ready(c, self, z)
                 return out
         return out + z
@@ -217,17 +217,18 @@ def in_request(c: Any, body: memoryview) -> bytes | None:
 def _pre_listen(c: Any, st: ListenState, name: bytes) -> None:
     """A LISTEN run on the client's server: the client is registered at once (notifications are held until
     its transaction ends: `tentative`) and the listener LISTENs now; until it does, the client's server is
-    not read, so that the client sees its LISTEN done (and can COMMIT) only once the listener listens. When
-    the request also names NOTIFY (`LISTEN ch; NOTIFY ch` in one query string commits on the server at once,
-    and PostgreSQL sends the session its own notification) the request is not even sent until then: it waits
-    behind a Flush in the server's output queue, with no write interest (`_cork`), else the LISTEN connection
-    could start listening after that commit and never see the notification."""
+    not read, so that the client sees its LISTEN done (and can COMMIT) only once the listener listens. The
+    request (and what the client pipelined behind it) is not even sent until then: it waits behind a Flush in
+    the server's output queue, with no write interest (`_cork`). Else `LISTEN ch; NOTIFY ch` in one query
+    string, or a NOTIFY pipelined behind the LISTEN, could commit before the LISTEN connection listens, and
+    the client would never get its own notification (PostgreSQL sends it before the ReadyForQuery). The client
+    waits for that round trip anyway (the server is not read meanwhile)."""
     st.reg.subscribe(c, name)
     s, loop = c.server, c.loop
     if s is not None:
         st.holds += 1
         s.pause_reading()
-        if st.notified and not s.out:
+        if not s.out:
             _cork(s)
 
     def done(ok: bool, data: bytes) -> None:  # on the listener's loop

@@ -171,15 +171,23 @@ def test_listen_and_notify_in_one_query_on_a_fresh_pool(pg: Any, pooler_factory:
     """`LISTEN ch; NOTIFY ch` in one query string commits on the client's server at once; PostgreSQL sends the
     session its own notification before the ReadyForQuery. On a pool whose LISTEN connection was still being
     opened the LISTEN connection listened only after that commit, and the notification was lost: the query now
-    waits until it listens. Each case on a pool of its own (its first LISTEN), compared with PostgreSQL."""
+    waits until it listens; so does a NOTIFY pipelined behind the LISTEN (whose ReadyForQuery waited for the
+    notification only when no request was pipelined after it). Each case on a pool of its own (its first
+    LISTEN), compared with PostgreSQL."""
     cases = [["listen ch_a; notify ch_a, 'p'"], ["begin", "listen ch_b; select pg_notify('ch_b', 'q')", "commit"],
-             ["listen ch_c; notify ch_c", "notify ch_c, 'again'", "unlisten *; notify ch_c"]]
+             ["listen ch_c; notify ch_c", "notify ch_c, 'again'", "unlisten *; notify ch_c"],
+             ["select 1 || listen ch_d || notify ch_d, 'r'"]]  # (`||`: pipelined, sent in one write)
     got: dict[str, Any] = {}
     for case in cases:
         p = pooler_factory(pool_mode="transaction", pool_size=2, general={"prepared_statements": prepared})
         for name, host, port in (("direct", pg.host, pg.port), ("pooled", p.host, p.port)):
             c = connect(host, port)
-            got.setdefault(name, []).append([_notifications(c.query(q)) for q in case])
+            answers = []
+            for q in case:
+                parts = q.split(" || ")
+                c.send(*(query(x) for x in parts))
+                answers.append(_notifications([msg for _ in parts for msg in c.read_until("Z")]))
+            got.setdefault(name, []).append(answers)
             c.close()
         p.stop()
     assert got["direct"][0] == [[("C", "LISTEN"), ("C", "NOTIFY"), ("A", "ch_a", "p"), ("Z", "I")]]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from pgdoorman.session import listening
 from pgdoorman.session.client import ClientConn
 from pgdoorman.session.server import ACTIVE, ServerConn
 from tests.support.app import linked_pair
@@ -172,10 +173,14 @@ def test_simple_query_fast_path_and_what_it_leaves_alone(linked: Any) -> None:
     assert [t for t, _ in _read_messages(c_peer)] == ["T", "D", "C", "Z"]
     assert client.expect == 0 and client.server is None and client.query_start == 0.0
     # LISTEN behind a blank goes to the general path (the fast path leaves blanks, d/D and l/L to it), which
-    # runs it on the server as a LISTEN of a channel nobody notifies (session/listening.py).
+    # runs it on the server as a LISTEN of a channel nobody notifies (session/listening.py), sent once the
+    # LISTEN connection listens (queued behind a Flush until then; here the listener's answer is played).
     _client_sends(client, c_peer, query(" \tlisten chan"))
+    assert _read_messages(s_peer) == []
+    listening._listener_listens(client, server)
+    server._flush()  # (what the loop does once the server's write interest is back)
     sent = _read_messages(s_peer)
-    assert sent == [("Q", b'LISTEN "pg_doorman.listen"\0')]
+    assert sent == [("H", b""), ("Q", b'LISTEN "pg_doorman.listen"\0')]
     _server_answers(server, s_peer, frame("C", b"LISTEN\0") + RFQ)
     assert [t for t, _ in _read_messages(c_peer)] == ["C", "Z"]
     assert client.lsn is not None and client.lsn.channels == {b"chan"}
