@@ -203,25 +203,37 @@ def setting_names(stmt: list[tuple[int, str]], params: bool = False) -> list[str
         name = _dotted(stmt, i)
         if name is not None:
             out.append(name)
-    for i in range(len(stmt) - 3):
-        if stmt[i] == (WORD, "set_config") and stmt[i + 1] == (OTHER, "(") and stmt[i + 3] == (OTHER, ","):
-            arg = stmt[i + 2]
-            if arg[0] == STRING and "." in arg[1]:
-                out.append(arg[1].lower())
-            elif params and arg[0] == OTHER and arg[1][1:].isdigit():
-                out.append(arg[1])  # `$n`: the name is the statement's parameter n (statement_settings)
+    for arg in _set_config_args(stmt):
+        if arg[0] == STRING and "." in arg[1]:
+            out.append(arg[1].lower())
+        elif params and arg[0] == OTHER and arg[1][1:].isdigit():
+            out.append(arg[1])  # `$n`: the name is the statement's parameter n (statement_settings)
     return out
 
 
 def _dotted(stmt: list[tuple[int, str]], i: int) -> str | None:
     """A var_name at `i` (identifiers joined by dots), lower-cased, when it has a dot."""
+    parts, _ = _name_parts(stmt, i)
+    return ".".join(parts).lower() if len(parts) > 1 else None
+
+
+def _name_parts(stmt: list[tuple[int, str]], i: int) -> tuple[list[str], int]:
+    """The identifiers of a var_name at `i` (joined by dots), and the index after it."""
     parts: list[str] = []
     while i < len(stmt) and stmt[i][0] in (WORD, QIDENT):
         parts.append(stmt[i][1])
-        if stmt[i + 1 : i + 2] != [(OTHER, ".")]:
+        i += 1
+        if stmt[i : i + 1] != [(OTHER, ".")]:
             break
-        i += 2
-    return ".".join(parts).lower() if len(parts) > 1 else None
+        i += 1
+    return parts, i
+
+
+def _set_config_args(stmt: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    """The first argument of each `set_config(` call of a statement (a token)."""
+    for i in range(len(stmt) - 3):
+        if stmt[i] == (WORD, "set_config") and stmt[i + 1] == (OTHER, "(") and stmt[i + 3] == (OTHER, ","):
+            yield stmt[i + 2]
 
 
 def names_settings(low: bytes) -> bool:
@@ -335,10 +347,7 @@ def reset_steps(text: bytes | bytearray | memoryview) -> list[tuple[str, int]]:
                 out.append((UNDONE, SET_STEP))
             elif w in ("commit", "end") or w == "prepare" and stmt[1:2] == [(WORD, "transaction")]:
                 out.append((ENDED, SET_STEP))
-        for i in range(len(stmt) - 3):
-            if stmt[i] == (WORD, "set_config") and stmt[i + 1] == (OTHER, "(") and stmt[i + 3] == (OTHER, ","):
-                arg = stmt[i + 2]
-                out.append((arg[1].lower() if arg[0] == STRING else UNKNOWN, SET_STEP))
+        out.extend((arg[1].lower() if arg[0] == STRING else UNKNOWN, SET_STEP) for arg in _set_config_args(stmt))
         if len(out) > MAX_NAMES:
             return [(UNKNOWN, SET_STEP)]
     return out
@@ -350,14 +359,8 @@ def _words(stmt: list[tuple[int, str]], i: int, n: int) -> tuple[str, ...]:
 
 def _var_name(stmt: list[tuple[int, str]], i: int) -> tuple[str | None, int]:
     """A var_name at `i` (identifiers joined by dots), lower-cased, and the index after it."""
-    parts: list[str] = []
-    while i < len(stmt) and stmt[i][0] in (WORD, QIDENT):
-        parts.append(stmt[i][1])
-        i += 1
-        if stmt[i : i + 1] != [(OTHER, ".")]:
-            break
-        i += 1
-    return (".".join(parts).lower() if parts else None), i
+    parts, j = _name_parts(stmt, i)
+    return (".".join(parts).lower() if parts else None), j
 
 
 def _reset(stmt: list[tuple[int, str]]) -> list[tuple[str, int]]:

@@ -331,17 +331,16 @@ class ClientConn(ClientLogin):
             return listening.in_request(self, body) if refused is None else m.query(refused)
         if t == 80:  # a small Parse (transaction mode, prepared_statements off; session mode, as Query above)
             self._on_header(t, 0)
+            text = bytes(body)
+            j = text.find(b"\x00") + 1
+            sql = text[j : text.find(b"\x00", j)]  # (after the statement's name)
             if not self.transaction_mode:
-                text = body.tobytes()
-                j = text.find(b"\x00") + 1
-                txresets.note(self, text[j : text.find(b"\x00", j)])
+                txresets.note(self, sql)
                 return None
             if not body or body[0] != 0:
                 self.named_parse = True
             if body:
-                text = bytes(body)
-                j = text.find(b"\x00") + 1
-                self.note_settings(text[j : text.find(b"\x00", j)])
+                self.note_settings(sql)
             return listening.parse_refusal(body) if body else None
         # Terminate: never forwarded (the server stays with the pool).
         self.terminating = True

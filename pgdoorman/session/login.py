@@ -444,7 +444,7 @@ class ClientLogin(FastPaths):
         # changed in place: a later change of `want` replaces it (session/shared.py)
         self.ps = self.transaction_mode and self.app.config.general.prepared_statements
         if not self.transaction_mode:
-            read = len(self.settings) > ("application_name" in self.settings)
+            read = any(k != "application_name" for k in self.settings)  # (what it may RESET: txresets.py)
             self.scanner.table = CLIENT_SESSION_READ_TABLE if read else CLIENT_SESSION_TABLE
         if self.ps:
             self.use_ps_scanner(pool, tuple(want.get(k, "") for k in ps.PLANNER_PARAMS))

@@ -635,7 +635,7 @@ class Rewriter(RewriterBase):
         rq.extendleft(reversed(keep))
         relay.expect -= removed
         relay.in_copy_in = not ended
-        if ended and removed and self.holding and (s2 := relay.server) is not None:
+        if ended and removed and self.holding and (server := relay.server) is not None:
             # Messages wait (_waits) for the answers before them, which PostgreSQL flushes at a Sync: the ones it
             # ignored do not, so a Flush (after the CopyDone, already sent) gets them (rewrite_replies._resume).
-            s2.write(m.FLUSH)
+            server.write(m.FLUSH)

@@ -46,8 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgdoorman.client")
 
-# Words one of the statements above must have (lower-cased text): a text with none of them is not lexed.
-_WORDS = (b"reset", b"default", b"local")
 # Settings whose value is a list of identifiers that SET quotes one by one (PostgreSQL's GUC_LIST_QUOTE).
 _LIST_QUOTE = frozenset({"search_path", "temp_tablespaces", "local_preload_libraries", "session_preload_libraries"})
 STEPS = tuple[int, list[tuple[str, int]]]  # (the client's `answered` when noted, sqllex.reset_steps)
@@ -88,6 +86,7 @@ def note(c: Client, text: bytes | bytearray | memoryview, low: bytes | None = No
     reset a setting, kept for the request's ReadyForQuery."""
     if low is None:
         low = bytes(text).lower()
+    # Words one of those statements must have: a text with none of them is not lexed.
     if low.find(b"reset") < 0 and low.find(b"default") < 0 and low.find(b"local") < 0:
         return
     steps = sqllex.reset_steps(text)
