@@ -326,18 +326,18 @@ def ready(c: Any, status: int) -> None:
     st: ListenState = c.lsn
     error = c.error_count != st.errors
     st.errors = c.error_count
-    if st.ops:
-        if status == 73:
+    if status == 73:  # the transaction ended (a ROLLBACK may have emptied `ops` already: its `failed` goes too)
+        if st.ops:
             ops, st.ops = st.ops, []
             if error or st.failed:
                 _drop(c, st, ops)
             else:
                 _apply(c, st, ops)
                 _own_and_after(c, st)
-            st.tentative = []
-            st.failed = False
-        else:
-            st.failed = status == 69  # T after E: ROLLBACK TO SAVEPOINT
+        st.tentative = []
+        st.failed = False
+    elif st.ops:
+        st.failed = status == 69  # T after E: ROLLBACK TO SAVEPOINT
     # (The server's relay then writes what is queued just before this ReadyForQuery when its status is I.)
 
 

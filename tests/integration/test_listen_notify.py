@@ -232,10 +232,16 @@ def test_listen_in_transaction_takes_effect_at_commit(pg: Any, txn_pooler: Poole
         t.append(p.notify("pg-b", "notify t1, 'dropped'"))
         t.append(p.run("a", "select 2"))
         t.append(p.idle("a"))
+        # a failed transaction that LISTENed, rolled back: the next one's LISTEN counts
+        t += [p.run("a", "begin"), p.run("a", "listen t5"), p.run("a", "select 1/0"), p.run("a", "rollback")]
+        t.append(p.run("a", "listen t6; select 1"))  # (autocommit: run on the server, ready with status I)
+        t.append(p.notify("pg-b", "notify t5; notify t6, 'after a rollback'"))
+        t.append(p.idle("a"))
         return t
 
     t = compare(pg, txn_pooler, steps)
     assert ("A", "t1", "after commit", "pg-b") in t[8]
+    assert ("A", "t6", "after a rollback", "pg-b") in t[-1]
 
 
 def test_notification_waits_for_the_end_of_the_transaction(pg: Any, txn_pooler: Pooler) -> None:
