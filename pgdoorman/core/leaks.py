@@ -37,6 +37,9 @@ CUSTOM = 8
 # A prepared `DEALLOCATE`: its Bind and Execute are answered for the client's own statements
 # (RewriterBase.dealloc_bind); nothing to clean or check.
 DEALLOC = 64
+# A prepared statement's text returns a setting to its default (sqllex.resetting_steps): noted when it is bound
+# (session/txresets.py); nothing to clean or check.
+RESETS = 128
 # The longest keyword is 10 bytes: a keyword split between two reads has at most 9 bytes in the first.
 TAIL = 9
 CLEANUP = "DISCARD TEMP; SELECT pg_catalog.pg_advisory_unlock_all()"

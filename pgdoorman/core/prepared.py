@@ -28,7 +28,7 @@ from typing import Any
 
 from pgdoorman.core import leaks, listen
 from pgdoorman.core.leaks import may_leave_state
-from pgdoorman.core.sqllex import statement_settings
+from pgdoorman.core.sqllex import resetting_steps, statement_settings
 from pgdoorman.protocol import messages as m
 
 # Entry kinds of the expected-response queue.
@@ -106,6 +106,8 @@ class Statement:
         self.settings = statement_settings(query)  # (an int: set_config($n + 1, ...), named at each Bind)
         if self.settings:
             self.leaves |= leaks.CUSTOM
+        if resetting_steps(query) is not None:
+            self.leaves |= leaks.RESETS  # (its steps are noted at each Bind: session/txresets.py)
         # LISTEN, UNLISTEN or DISCARD ALL (core/listen.py): flagged in `leaves` too (leaks.LISTENS, no cleanup), so
         # that binding it takes the same rare branch; a LISTEN is parsed on servers as LISTEN of a channel nobody
         # notifies.

@@ -328,6 +328,18 @@ _CHARACTERISTICS = ("default_transaction_isolation", "default_transaction_read_o
                     "default_transaction_deferrable")
 
 
+def resetting_steps(text: bytes | bytearray | memoryview, low: bytes | None = None) -> list[tuple[str, int]] | None:
+    """reset_steps of a text that returns a setting to its default (at least one RESET_STEP), else None; a text
+    without one of the words such a statement needs (`low`: the text lower-cased, when the caller has it) is not
+    lexed."""
+    if low is None:
+        low = bytes(text).lower()
+    if low.find(b"reset") < 0 and low.find(b"default") < 0 and low.find(b"local") < 0:
+        return None
+    steps = reset_steps(text)
+    return steps if any(k & RESET_STEP for _, k in steps) else None
+
+
 def reset_steps(text: bytes | bytearray | memoryview) -> list[tuple[str, int]]:
     """The settings each statement of a query text sets or returns to its default, in order: `RESET name`,
     `RESET ALL`, `SET [SESSION | LOCAL] name {TO | =} {value | DEFAULT}`, the special forms (`SET TIME ZONE

@@ -352,11 +352,12 @@ class ClientBase(Conn):
         if (self.pending or self.raw) and not self.closed and not self.waiting:
             self.need_server()  # sent meanwhile: held for the next server
 
-    def refuse_pinning(self, text: bytes | memoryview) -> str | None:
+    def refuse_pinning(self, text: bytes | memoryview, parse: bool = False) -> str | None:
         """Every small simple query and Parse text: the custom settings it names are noted (read back at the end
-        of the transaction, core/txstate.py); and with transaction_pinning: refuse, the statement to run instead
-        of one that would pin this client (it raises 0A000 on PostgreSQL), or None to run the text as it is."""
-        self.note_settings(text)
+        of the transaction, core/txstate.py), and a query's resets (a prepared statement's are noted where it is
+        bound: Rewriter._leaves); and with transaction_pinning: refuse, the statement to run instead of one that
+        would pin this client (it raises 0A000 on PostgreSQL), or None to run the text as it is."""
+        self.note_settings(text, resets=not parse)
         pool = self.pool
         if pool is None or not pool.pin_refuse:
             return None
@@ -366,13 +367,18 @@ class ClientBase(Conn):
         pool.stats[self.worker.id].refused += 1
         return txstate.refusal(why, pool.name)
 
-    def note_settings(self, text: bytes | bytearray | memoryview, low: bytes | None = None) -> None:
+    def note_settings(self, text: bytes | bytearray | memoryview, low: bytes | None = None,
+                      resets: bool = True) -> None:
         """The custom settings (`myapp.x`) `text` names: read back when its transaction ends (txstate.py); and
         the startup settings it may reset, put back if it runs in a transaction block (txresets.py)."""
         names = sqllex.setting_names_text(text, low)
         if names:
             self.customs = txstate.noted(self.customs, names, self.want)
-        txresets.note(self, text, low)
+        if resets:
+            txresets.note(self, text, low)
+
+    def note_resets(self, text: bytes) -> None:
+        txresets.note(self, text)
 
     def note_names(self, names: tuple[str, ...]) -> None:
         self.customs = txstate.noted(self.customs, list(names), self.want)

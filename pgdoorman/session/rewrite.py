@@ -16,8 +16,8 @@ import re
 from collections import deque
 from typing import Any
 
+from pgdoorman.core import leaks, sqllex
 from pgdoorman.core import prepared as ps
-from pgdoorman.core import sqllex
 from pgdoorman.protocol import frontend
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import HOLD
@@ -155,6 +155,8 @@ class Rewriter(RewriterBase):
         self.relay.leaves |= st.leaves
         if st.settings:
             self._bound_settings(st, bind)
+        if st.leaves & leaks.RESETS:
+            self.relay.note_resets(st.query)  # (where it runs: not at its Parse, which may be all there is)
         if st.listen is not None or self.relay.lsn is not None:
             self.relay.listen_bound(st)
         return True
@@ -218,7 +220,7 @@ class Rewriter(RewriterBase):
             cache = self.cache
             assert cache is not None
             text = b[j + 1 : k]
-            if (refused := self.relay.refuse_pinning(text)) is not None:
+            if (refused := self.relay.refuse_pinning(text, parse=True)) is not None:
                 text = refused.encode()
             found = None if name else self.find_anon(text, b[k + 1 :])
             if found is None:

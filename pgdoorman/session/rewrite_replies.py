@@ -131,7 +131,8 @@ class Relay(Protocol):
 
     def _mark_query(self) -> None: ...
 
-    def refuse_pinning(self, text: bytes | memoryview) -> str | None: ...  # transaction_pinning: refuse
+    def refuse_pinning(self, text: bytes | memoryview, parse: bool = False) -> str | None: ...  # and notes it
+    def note_resets(self, text: bytes) -> None: ...  # a bound statement's resets (session/txresets.py)
 
     def note_names(self, names: tuple[str, ...]) -> None: ...  # custom settings a bound statement names
 

@@ -24,7 +24,8 @@ Left as they were (the setting reads as the pool's value until the transaction e
 a setting the request changes again after its reset (a SET or set_config() of it, or one whose name is not a
 literal), a request that rolls back to a savepoint, a request sent behind or before another one still in flight,
 a statement after the reset in the same query string, and for a setting PostgreSQL does not report: a prepared
-statement's reset executed in a later request than its Parse, a text too large to read (over 8 kB), a session-mode
+statement's reset executed in a later request than its Parse where statements are not the pooler's (session
+mode, prepared_statements off: there the Parse's text is noted), a text too large to read (over 8 kB), a session-mode
 client's whose only startup setting is application_name.
 """
 
@@ -82,15 +83,11 @@ class Server(Protocol):
 
 
 def note(c: Client, text: bytes | bytearray | memoryview, low: bytes | None = None) -> None:
-    """A small simple query or Parse text of the client's (ClientBase.note_settings): its steps, if it may
+    """A small simple query or Parse text of the client's (ClientBase.note_settings), or the text of a prepared
+    statement it binds (transparent prepared statements: leaks.RESETS, Rewriter._leaves): its steps, if it may
     reset a setting, kept for the request's ReadyForQuery."""
-    if low is None:
-        low = bytes(text).lower()
-    # Words one of those statements must have: a text with none of them is not lexed.
-    if low.find(b"reset") < 0 and low.find(b"default") < 0 and low.find(b"local") < 0:
-        return
-    steps = sqllex.reset_steps(text)
-    if any(k & 1 for _, k in steps):
+    steps = sqllex.resetting_steps(text, low)
+    if steps is not None:
         c.resets = (c.answered, steps)
 
 

@@ -244,7 +244,12 @@ IN_BLOCK = ["begin", "reset all", "show timezone", "show search_path", "show wor
             "show work_mem", "rollback",
             "set search_path = public", "set search_path to default", "show search_path",
             "set lock_timeout = '1s'", "set lock_timeout to default", "show lock_timeout",
-            "begin", "reset all", "x-reset work_mem", "show work_mem", "commit"]
+            "begin", "reset all", "x-reset work_mem", "show work_mem", "commit",
+            # the same statement parsed again (the pooler's prepared statement, its Parse answered here), and a
+            # Parse of a RESET that is not executed
+            "begin", "x-set timezone to default", "x-set timezone to default", "show timezone",
+            "x-reset work_mem", "x-reset work_mem", "show work_mem", "set work_mem = '1MB'", "p-reset work_mem",
+            "show work_mem", "commit"]
 
 
 def test_a_reset_inside_a_transaction_block_reads_the_startup_value(pg: Any, mode_pooler: Pooler) -> None:
@@ -254,13 +259,17 @@ def test_a_reset_inside_a_transaction_block_reads_the_startup_value(pg: Any, mod
     setting PostgreSQL does not report, outside a block too, for good). What the client reads and is told,
     step by step; `SET TRANSACTION` still works after the RESET (nothing that takes a snapshot ran); client B
     (other settings) on the same server between A's transactions (transaction mode, pool_size 1). `x-`: the
-    statement through the extended protocol."""
+    statement through the extended protocol, `p-`: only parsed."""
     got: dict[str, Any] = {}
     for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
         out: list[Any] = []
         a = connect(host, port, SETTINGS_A)
         for q in IN_BLOCK:
-            answer = _extended(a, q[2:]) if q.startswith("x-") else everything(a.query(q))
+            if q.startswith("p-"):
+                a.send(parse("", q[2:]), sync())
+                answer = everything(a.read_until("Z"))
+            else:
+                answer = _extended(a, q[2:]) if q.startswith("x-") else everything(a.query(q))
             out.append((q, answer))
             if answer[-1] == ("Z", b"I") and mode_pooler.mode == "transaction":  # type: ignore[attr-defined]
                 with connect(host, port, {"TimeZone": "UTC", "search_path": "public"}) as b:
@@ -285,6 +294,16 @@ def test_a_reset_inside_a_transaction_block_reads_the_startup_value(pg: Any, mod
                 else:
                     answer = everything(a.query(q))
                 out.append(("unread", q[:20], answer))
+        if mode_pooler.mode == "transaction":  # type: ignore[attr-defined]
+            # A prepared `SET name TO DEFAULT` of a setting PostgreSQL does not report, executed in a later
+            # request than its Parse: the pooler knows the statement's text at the Bind (session mode does not:
+            # docs/transaction-mode.md).
+            with connect(host, port, SETTINGS_A) as a:
+                a.send(parse("w", "set work_mem to default"), sync())
+                a.read_until("Z")
+                a.query("begin")
+                a.send(bind("", "w"), execute(), sync())
+                out.append(("later", everything(a.read_until("Z")), everything(a.query("show work_mem"))))
         got[name] = out
     assert ("show timezone", [("D", b"Asia/Tokyo"), ("C", b"SHOW"), ("Z", b"T")]) in got["direct"]
     assert got["pooled"] == got["direct"]

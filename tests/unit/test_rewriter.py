@@ -68,11 +68,15 @@ class FakeRelay:
         self.marked = 0
         self.resumed = 0  # resume_held calls
         self.lsn = None  # no LISTEN (session/listening.py)
+        self.resets: list[bytes] = []  # texts of bound statements that reset a setting (note_resets)
 
     def _mark_query(self) -> None:
         self.marked += 1
 
-    def refuse_pinning(self, text: bytes | memoryview) -> str | None:
+    def note_resets(self, text: bytes) -> None:
+        self.resets.append(text)
+
+    def refuse_pinning(self, text: bytes | memoryview, parse: bool = False) -> str | None:
         return None  # transaction_pinning: allow
 
     def listen_statement(self, body: memoryview) -> bytes | None:
@@ -240,6 +244,23 @@ def test_fast_batch_renames_the_bind_and_puts_parse_complete_first() -> None:
     first = m.BIND_COMPLETE
     assert types(split_messages(bytes(p.rw.after_synth(first)))) == "12"
     assert p.rw.synth_head is None
+
+
+def test_a_statement_that_resets_a_setting_is_noted_where_it_is_bound() -> None:
+    """session/txresets.py: the steps of a prepared `RESET` count for the request that executes it (each time,
+    the fast batch's Bind too), not for one that only parses it."""
+    p = Pair()
+    p.send(parse("r", "reset work_mem") + parse("", "set timezone to default") + sync())
+    assert p.relay.resets == []
+    p.answer(m.PARSE_COMPLETE * 2 + RFQ)
+    p.send(bind("", "r") + execute() + sync())
+    assert p.relay.resets == [b"reset work_mem"]
+    p.answer(m.BIND_COMPLETE + frame("C", b"RESET\0") + RFQ)
+    batch = parse("", "set timezone to default") + bind("", "") + execute() + sync()
+    assert p.rw.fast_batch(memoryview(batch), len(batch), p.held) is not None
+    assert p.relay.resets == [b"reset work_mem", b"set timezone to default"]
+    p.send(bind("", "r") + execute() + sync())
+    assert p.relay.resets[2:] == [b"reset work_mem"]
 
 
 def test_fast_batch_declines_what_the_general_path_must_take() -> None:
