@@ -325,7 +325,7 @@ class ClientConn(ClientLogin):
             if not body:
                 return None
             if not self.transaction_mode:
-                txresets.note(self, body)
+                txresets.note(self, body, counted=True)
                 return None
             refused = self.refuse_pinning(body)
             return listening.in_request(self, body) if refused is None else m.query(refused)

@@ -357,7 +357,7 @@ class ClientBase(Conn):
         of the transaction, core/txstate.py), and a query's resets (a prepared statement's are noted where it is
         bound: Rewriter._leaves); and with transaction_pinning: refuse, the statement to run instead of one that
         would pin this client (it raises 0A000 on PostgreSQL), or None to run the text as it is."""
-        self.note_settings(text, resets=not parse)
+        self.note_settings(text, resets=not parse, counted=True)
         pool = self.pool
         if pool is None or not pool.pin_refuse:
             return None
@@ -368,14 +368,14 @@ class ClientBase(Conn):
         return txstate.refusal(why, pool.name)
 
     def note_settings(self, text: bytes | bytearray | memoryview, low: bytes | None = None,
-                      resets: bool = True) -> None:
+                      resets: bool = True, counted: bool = False) -> None:
         """The custom settings (`myapp.x`) `text` names: read back when its transaction ends (txstate.py); and
         the startup settings it may reset, put back if it runs in a transaction block (txresets.py)."""
         names = sqllex.setting_names_text(text, low)
         if names:
             self.customs = txstate.noted(self.customs, names, self.want)
         if resets:
-            txresets.note(self, text, low)
+            txresets.note(self, text, low, counted)  # (counted: a simple query, among those in flight already)
 
     def note_resets(self, text: bytes) -> None:
         txresets.note(self, text)

@@ -22,7 +22,7 @@ a report or a RESET).
 
 Left as they were (the setting reads as the pool's value until the transaction ends: docs/transaction-mode.md):
 a setting the request changes again after its reset (a SET or set_config() of it, or one whose name is not a
-literal), a request that rolls back to a savepoint, a request sent behind or before another one still in flight,
+literal), a request that rolls back to a savepoint, a request with another pipelined behind it,
 a statement after the reset in the same query string, and for a setting PostgreSQL does not report: a prepared
 statement's reset executed in a later request than its Parse where statements are not the pooler's (session
 mode, prepared_statements off: there the Parse's text is noted), a text too large to read (over 8 kB), a session-mode
@@ -49,7 +49,7 @@ log = logging.getLogger("pgdoorman.client")
 
 # Settings whose value is a list of identifiers that SET quotes one by one (PostgreSQL's GUC_LIST_QUOTE).
 _LIST_QUOTE = frozenset({"search_path", "temp_tablespaces", "local_preload_libraries", "session_preload_libraries"})
-STEPS = tuple[int, list[tuple[str, int]]]  # (the client's `answered` when noted, sqllex.reset_steps)
+STEPS = tuple[int, list[tuple[str, int]]]  # (the client's `answered` before the request's answer, reset_steps)
 
 
 class Client(ClientPeer, Protocol):
@@ -82,13 +82,14 @@ class Server(Protocol):
                      extended: bool = False) -> None: ...
 
 
-def note(c: Client, text: bytes | bytearray | memoryview, low: bytes | None = None) -> None:
+def note(c: Client, text: bytes | bytearray | memoryview, low: bytes | None = None, counted: bool = False) -> None:
     """A small simple query or Parse text of the client's (ClientBase.note_settings), or the text of a prepared
     statement it binds (transparent prepared statements: leaks.RESETS, Rewriter._leaves): its steps, if it may
-    reset a setting, kept for the request's ReadyForQuery."""
+    reset a setting, kept for the request's ReadyForQuery: the one after those in flight (`counted`: a simple
+    query, already among them)."""
     steps = sqllex.resetting_steps(text, low)
     if steps is not None:
-        c.resets = (c.answered, steps)
+        c.resets = (c.answered + c.expect - counted, steps)
 
 
 def reported(peer: ClientPeer, k: str) -> None:
@@ -108,8 +109,11 @@ def taken(s: Server, peer: ClientPeer, st: int) -> list[tuple[str, str, str]]:
     """At a ReadyForQuery (status `st`, the request already counted: ClientBase.ready) of a request that ran a
     SET or RESET: what puts back what it reset (`statements`), or [] (nothing to do, or not now)."""
     c = cast(Client, peer)
-    noted, c.resets = c.resets, None
-    if noted is None or noted[0] + 1 != c.answered or c.expect or s.cancel_pending or c.copy_confused or c.rw.rq:
+    noted = c.resets
+    if noted is None or noted[0] >= c.answered:
+        return []  # (a request pipelined behind this one noted it)
+    c.resets = None
+    if noted[0] + 1 != c.answered or c.expect or s.cancel_pending or c.copy_confused or c.rw.rq:
         return []
     if st != 84 and (st != 73 or c.transaction_mode or s.dirty & DIRTY_RESTORE):
         return []  # (outside a transaction block the settings are read back: ClientBase.session_check, resets.py)

@@ -294,6 +294,12 @@ def test_a_reset_inside_a_transaction_block_reads_the_startup_value(pg: Any, mod
                 else:
                     answer = everything(a.query(q))
                 out.append(("unread", q[:20], answer))
+        with connect(host, port, SETTINGS_A) as a:  # the reset pipelined behind another request (the last one)
+            for first, second in (("begin", "set time zone local"), ("select 1", "set work_mem to default")):
+                a.send(query(first), query(second))
+                answer = everything(a.read_until("Z")) + everything(a.read_until("Z"))
+                out.append(("pipelined", second, answer, everything(a.query("show timezone; show work_mem"))))
+            a.query("commit")
         if mode_pooler.mode == "transaction":  # type: ignore[attr-defined]
             # A prepared `SET name TO DEFAULT` of a setting PostgreSQL does not report, executed in a later
             # request than its Parse: the pooler knows the statement's text at the Bind (session mode does not:
