@@ -44,7 +44,7 @@ HOLD_READY = 1.0  # seconds a ReadyForQuery waits at most for the LISTEN connect
 # What a LISTEN inside a transaction runs on the client's server: the same tag, errors and transaction status,
 # on a channel nobody notifies, so that the server relays none of the client's notifications.
 MARKER_SQL = ls.MARKER
-ROLLBACK = 0  # in_request's note of a ROLLBACK after a LISTEN/UNLISTEN in the same query
+ROLLBACK = 0  # in `ops`: a ROLLBACK or ABORT after a LISTEN/UNLISTEN (in_request, bound), applied at its answer
 REFUSAL = m.msg(b"Q", ls.REFUSAL + b"\x00")
 _U32 = m.U32.unpack_from
 
@@ -52,7 +52,7 @@ _U32 = m.U32.unpack_from
 class ListenState:
     """One client's LISTEN state (ClientBase.lsn, made at its first LISTEN/UNLISTEN)."""
 
-    __slots__ = ("reg", "channels", "queue", "ops", "errors", "failed", "tentative", "holds", "notified",
+    __slots__ = ("reg", "channels", "queue", "ops", "marks", "errors", "failed", "tentative", "holds", "notified",
                  "ready_held")
 
     def __init__(self, reg: ls.Channels, errors: int) -> None:
@@ -60,6 +60,9 @@ class ListenState:
         self.channels: set[bytes] = set()  # committed: notifications on these reach the client
         self.queue: deque[tuple[bytes, bytes]] = deque()  # (channel, NotificationResponse) to write
         self.ops: list[tuple[int, bytes]] = []  # LISTEN/UNLISTEN of the open transaction, in order
+        # For each of `ops`, the client's `answered` count before the request it is part of is answered (a request
+        # pipelined behind others: its changes are not the earlier ones' to apply or drop).
+        self.marks: list[int] = []
         self.errors = errors  # the client's error_count at its last ReadyForQuery: more means an error since
         self.failed = False  # the open transaction failed (status E)
         # Notifications on channels the open transaction LISTENs on, received before it ended.
@@ -176,7 +179,7 @@ def in_request(c: Any, body: memoryview) -> bytes | None:
         if body[0] | 32 == 100:  # d: DISCARD ALL is UNLISTEN * too
             r = ls.parse(bytes(body[:-1])) if len(body) > 3 and body[1] | 32 == 105 else None
             if r is not None:
-                state(c).ops.append(r)
+                _add(c, state(c), r, 1)
             return None
         if not c.leaves & LISTENS:  # the text names no "listen" (ClientConn._scan_leaks looked)
             return None
@@ -204,14 +207,18 @@ def in_request(c: Any, body: memoryview) -> bytes | None:
         st = state(c)
         st.notified = text.lower().find(b"notify") >= 0
     for r in ops:
-        if r[0] == ROLLBACK:
-            _rolled_back(c, st)
-            continue
-        st.ops.append(r)
+        _add(c, st, r, 1)
         if r[0] == ls.LISTEN:
             # The listener LISTENs now, so that it already does when the client's COMMIT returns.
             _pre_listen(c, st, r[1])
     return m.msg(b"Q", b" ".join(out) + b"\x00") if changed else None
+
+
+def _add(c: Any, st: ListenState, r: tuple[int, bytes], counted: int) -> None:
+    """A LISTEN/UNLISTEN/DISCARD ALL of the request being read (`counted`: 1 for a simple query, already among
+    the client's requests in flight; 0 for a Bind, whose request is counted at its Sync)."""
+    st.ops.append(r)
+    st.marks.append(c.answered + c.expect - counted)
 
 
 def _pre_listen(c: Any, st: ListenState, name: bytes) -> None:
@@ -281,12 +288,6 @@ def _release_ready(c: Any, z: bytes) -> None:
     c.resume_reading()
 
 
-def _rolled_back(c: Any, st: ListenState) -> None:
-    """ROLLBACK or ABORT sent: what the transaction did to the client's channels so far is void."""
-    ops, st.ops = st.ops, []
-    _drop(c, st, ops)
-
-
 def bound(c: Any, stmt: Any) -> None:
     """A Bind of a prepared statement (core/prepared.Statement) that is a LISTEN, UNLISTEN or DISCARD ALL
     (`stmt.listen`), or, for a client with such changes pending, any statement (a ROLLBACK)."""
@@ -296,14 +297,14 @@ def bound(c: Any, stmt: Any) -> None:
         st.notified = stmt.query.lower().find(b"notify") >= 0
     if r is None:
         if st is not None and st.ops and ls.is_rollback(stmt.query):
-            _rolled_back(c, st)
+            _add(c, st, (ROLLBACK, b""), 0)
         return
     if r[0] == ls.UNREADABLE:
         return
     if st is None:  # registered by this statement: its text was not looked at for "notify" above
         st = state(c)
         st.notified = stmt.query.lower().find(b"notify") >= 0
-    st.ops.append(r)
+    _add(c, st, r, 0)
     if r[0] == ls.LISTEN:
         _pre_listen(c, st, r[1])
 
@@ -326,17 +327,29 @@ def ready(c: Any, status: int) -> None:
     st: ListenState = c.lsn
     error = c.error_count != st.errors
     st.errors = c.error_count
-    if status == 73:  # the transaction ended (a ROLLBACK may have emptied `ops` already: its `failed` goes too)
-        if st.ops:
-            ops, st.ops = st.ops, []
-            if error or st.failed:
+    marks = st.marks
+    done = c.answered  # (counted already: the ops of requests before it are this transaction's)
+    k = 0
+    while k < len(marks) and marks[k] < done:
+        k += 1
+    if status == 73:  # the transaction ended (its `failed` goes, also when none of `ops` is this request's)
+        if k:
+            ops = st.ops[:k]
+            del st.ops[:k], marks[:k]
+            # A ROLLBACK voids what its transaction did before it (what came after it, in its query, stands).
+            cut = max((i + 1 for i, (kind, _) in enumerate(ops) if kind == ROLLBACK), default=0)
+            if cut:
+                _drop(c, st, ops[:cut])
+                ops = ops[cut:]
+            if ops and (error or st.failed and not cut):
                 _drop(c, st, ops)
-            else:
+            elif ops:
                 _apply(c, st, ops)
                 _own_and_after(c, st)
-        st.tentative = []
+        if not st.ops:
+            st.tentative = []  # (else some are a pipelined request's channels)
         st.failed = False
-    elif st.ops:
+    elif k:
         st.failed = status == 69  # T after E: ROLLBACK TO SAVEPOINT
     # (The server's relay then writes what is queued just before this ReadyForQuery when its status is I.)
 
@@ -397,6 +410,7 @@ def client_gone(c: Any) -> None:
     names = st.channels | {name for kind, name in st.ops if kind == ls.LISTEN}
     st.channels = set()
     st.ops = []
+    st.marks = []
     st.queue.clear()
     _unlisten(c, st.reg.unsubscribe(c, names))
 

@@ -172,11 +172,16 @@ def test_listen_and_notify_in_one_query_on_a_fresh_pool(pg: Any, pooler_factory:
     session its own notification before the ReadyForQuery. On a pool whose LISTEN connection was still being
     opened the LISTEN connection listened only after that commit, and the notification was lost: the query now
     waits until it listens; so does a NOTIFY pipelined behind the LISTEN (whose ReadyForQuery waited for the
-    notification only when no request was pipelined after it). Each case on a pool of its own (its first
-    LISTEN), compared with PostgreSQL."""
+    notification only when no request was pipelined after it). A LISTEN's fate is its own request's: it was
+    dropped with an earlier pipelined request's error, or by a ROLLBACK pipelined after its autocommit
+    transaction. Each case on a pool of its own (its first LISTEN), compared with PostgreSQL."""
     cases = [["listen ch_a; notify ch_a, 'p'"], ["begin", "listen ch_b; select pg_notify('ch_b', 'q')", "commit"],
              ["listen ch_c; notify ch_c", "notify ch_c, 'again'", "unlisten *; notify ch_c"],
-             ["select 1 || listen ch_d || notify ch_d, 'r'"]]  # (`||`: pipelined, sent in one write)
+             ["select 1 || listen ch_d || notify ch_d, 'r'"],  # (`||`: pipelined, sent in one write)
+             # a LISTEN pipelined behind a request that fails (its error is not the LISTEN's), and one followed by
+             # a pipelined ROLLBACK outside any transaction (it undoes nothing)
+             ["select 1/0 || listen ch_e; notify ch_e", "notify ch_e, 'again'"],
+             ["listen ch_f; select 1 || rollback", "notify ch_f, 'kept'"]]
     got: dict[str, Any] = {}
     for case in cases:
         p = pooler_factory(pool_mode="transaction", pool_size=2, general={"prepared_statements": prepared})
