@@ -409,7 +409,14 @@ class Rewriter(RewriterBase):
         return rq
 
     def _deallocate(self, ident: bytes) -> bytes | None:
-        """Simple-query DEALLOCATE: answered here for the client's own statements (RewriterBase.dealloc_here)."""
+        """Simple-query DEALLOCATE: answered here for the client's own statements (RewriterBase.dealloc_here).
+        Behind requests still in flight, one of which may fail the transaction (PostgreSQL then refuses it,
+        25P02), it waits for their answers (held as RewriterBase._waits holds, fed again by _resume)."""
+        if self.relay.expect > 0:
+            self._track()  # (the server relay walks the queue: its ReadyForQuery resumes the held message)
+            self.holding = True
+            self.relay.expect += 1  # (so the server stays: given back by relay.resume_held)
+            return HOLD
         tag = self.dealloc_here(ident)
         if tag is None:
             self.on_header(81, 0)

@@ -241,6 +241,13 @@ SEQUENCES: dict[str, list[Step]] = {
         one(Q("begin"), Q("select 1/0"), P("fp2", "select 8102"), S, wait=3), one(Q("rollback")),
         one(Q("begin"), P("", "select 1/0"), B(), E(), S, P("fp3", "select 8102"), B("", "fp3"), E(), S, wait=3),
         one(Q("rollback")), one(describe("S", "fp2"), S), one(P("fp3", "select 8102"), S), one(B("fp3"), E(), S)],
+    # A DEALLOCATE pipelined behind a request that fails the transaction: refused (25P02), names kept; behind
+    # one that does not: done (it waits for the answers in flight, then is answered here).
+    "deallocate_pipelined_behind_a_failure": [
+        one(P("fq1", "select 8103"), P("fq2", "select 8103"), S), one(Q("begin")),
+        one(Q("select 1/0"), Q("deallocate all"), wait=2), one(Q("rollback")),
+        one(Q("begin"), Q("select 1/0"), Q("deallocate fq1"), wait=3), one(Q("rollback")),
+        one(B("fq1"), E(), S), one(Q("select 1"), Q("deallocate fq2"), wait=2), one(B("fq2"), E(), S)],
     "duplicate_parse_with_bad_syntax": [
         one(P("fd", "select 8104"), S), one(P("fd", "selec 8104"), S), one(P("fd", "select 8105"), S)],
     # SQL DEALLOCATE of a protocol-level statement sent through the extended protocol (psycopg in pipeline mode
