@@ -8,19 +8,19 @@ Describe, Close, DEALLOCATE, SQL EXECUTE), cursors, advisory locks, transactions
 settings (SET, SET LOCAL, RESET, `TO DEFAULT`, set_config, custom settings), LISTEN, UNLISTEN and NOTIFY of
 the client's own channel, sequences, roles, COPY (FROM STDIN as a simple query and through the extended
 protocol, CopyFail), a FunctionCall, a pipeline of two batches, two requests in one write (simple or
-extended), a portal suspended, a named portal executed again in a later request, a Flush before the Sync,
-results in binary; a statement without `;` is sent as a simple query or through the extended protocol at
+extended; fixed pairs, and random pairs of the SQL statements), a portal suspended, a named portal executed
+again in a later request, a Flush before the Sync, results in binary; a statement without `;` is sent as a simple query or through the extended protocol at
 random. Now and then a fresh client C connects, reads what a new session would see (CHECKS: nothing of A's or
 B's), and leaves; now and then A or B reconnects. The same again in transaction mode with pool_size 1, so that
 A and B run every request on the one server: without what pins a client, and with a client in a transaction
 block keeping the turn until it ends (the other would wait for the server).
 
-Left out, as a documented difference: SQL EXECUTE of a protocol-level statement through the extended protocol
-(docs/prepared-statements.md "Known differences from PostgreSQL"). RESET and `TO DEFAULT` inside a transaction
-block were left out until session/txresets.py; a reset followed by a request pipelined behind it is left out
-(the pipelined request reads the pool's value: docs/transaction-mode.md), and so is a COMMIT with a request
-pipelined behind it (a notification of the committed transaction may come after that request's answer: same). pg_prepared_statements is read for SQL
-PREPAREd names only.
+Left out, as documented differences (docs/prepared-statements.md "Known differences from PostgreSQL"): SQL
+EXECUTE of a protocol-level statement through the extended protocol, and in a transaction block a DEALLOCATE or
+a Parse alone (the pooler may answer them itself, taking no snapshot). A reset followed by a request pipelined
+behind it is left out (the pipelined request reads the pool's value: docs/transaction-mode.md), and so is a
+COMMIT or NOTIFY with a request pipelined behind it (a notification of the client's own may come after that
+request's answer: same). pg_prepared_statements is read for SQL PREPAREd names only.
 
 The seeds are fixed; PGDOORMAN_STATE_SEEDS=<n> runs n of them per mode (the defects this found were within the
 first 30). A failure prints the client's history up to the first difference, both ways.
@@ -100,7 +100,11 @@ OPS = [
     "PAIRQ listen ch_{me} || notify ch_{me}", "PAIRQ select 1/0 || rollback", "PAIRX PREP || execute n5_{me}",
     "XCOPYIN tt_{me}", "XCOPYIN copy_{me}", "COPYFAIL copy_{me}", "FCALL", "show all", "DESCP",
     "select 1 /*" + "x" * 9000 + "*/; set work_mem = '2MB'",
+    "PIPE2", "PIPE2", "PIPE2", "PIPE2",  # two of the SQL statements above, in one write (_pipe)
 ]
+# What may not come first in a random pipeline (documented differences: a reset, or a COMMIT or NOTIFY of the
+# client's own channel, followed by a pipelined request).
+NOT_FIRST = ("reset", "default", "time zone local", "discard all", "commit", "notify", "end")
 # What a fresh session sees.
 CHECKS = [
     "select to_regclass('tt_a') is null, to_regclass('tt_b') is null",
@@ -209,8 +213,31 @@ def steps(seed: int, ops: list[str] = OPS) -> list[tuple[str, str, bool]]:
             seq.append((rnd.choice("ab"), "RECONNECT", False))
         else:
             q = rnd.choice(ops)
+            if q == "PIPE2":
+                q = _pipe(rnd, ops)
             seq.append((rnd.choice("ab"), q, rnd.random() < 0.4 and ";" not in q))
     return seq
+
+
+def _no_snapshot(q: str, status: bytes) -> bool:
+    """A step the pooler may answer itself in a transaction block, which on PostgreSQL takes the transaction's
+    snapshot: a DEALLOCATE, a Parse alone (also a DEALLOCATE pipelined behind a BEGIN)."""
+    if status == b"T" and ("deallocate" in q or q.startswith("PARSE ")):
+        return True
+    return q.startswith("PAIR") and "deallocate" in q and ("begin" in q or "start transaction" in q)
+
+
+def _pipe(rnd: random.Random, ops: list[str]) -> str:
+    """Two SQL statements of `ops` sent in one write: as simple queries, or (when neither has a `;`) through the
+    extended protocol, each with its Sync."""
+    plain = [o for o in ops if o[:1].islower()]
+    first = rnd.choice([o for o in plain if not any(w in o for w in NOT_FIRST)])
+    second = rnd.choice(plain)
+    if ";" in first + second or rnd.random() < 0.5:
+        return f"PAIRQ {first} || {second}"
+    if "execute n" in first + second:  # (SQL EXECUTE of a protocol statement, extended: the module's docstring)
+        return f"PAIRQ {first} || {second}"
+    return f"PAIRX {first} || {second}"
 
 
 def play(host: str, port: int, seq: list[tuple[str, str, bool]], one_server: bool = False) -> list[Any]:
@@ -239,7 +266,7 @@ def play(host: str, port: int, seq: list[tuple[str, str, bool]], one_server: boo
                 status[who] = b"I"
                 out.append((who, "reconnect"))
                 continue
-            if ext and q.startswith("execute n"):  # (see the module's docstring)
+            if ext and q.startswith("execute n") or _no_snapshot(q, status[who]):  # (see the module's docstring)
                 q, ext = "select 'left out'", False
             got = run(cs[who], q, ext, who)
             status[who] = [x for x in got if x[0] == "Z"][-1][1]
