@@ -102,7 +102,7 @@ class Rewriter(RewriterBase):
             if body[0] | 32 == 100 or blank:  # starts with d/D or blank: maybe DEALLOCATE
                 mt = ps.DEALLOCATE_TEXT.match(bytes(body[:-1]))
                 if mt is not None:
-                    return self._deallocate(mt.group(1))
+                    return self.deallocate(mt.group(1))
             if (body[0] | 32 == 101 or blank) and (ex := self._sql_execute(body)) is not None:  # maybe EXECUTE
                 return ex
             self.on_header(t, 0)
@@ -136,8 +136,10 @@ class Rewriter(RewriterBase):
             self.relay.unsynced = False
             if self.relay.copy_window:
                 self.relay.copy_syncs += 1
+            pre = None if self.snap is None else self.snapshot_parse(self.snap) + m.SYNC
+            self.snap = None
             rq.append(SYNC_AFTER_DATA if self.relay.copy_window >= 1000 else (ps.SYNC, None))
-            return None
+            return pre
         if t == 80:  # Parse: name, query, types
             return self._ps_parse(body, rq)
         if t == 68:  # Describe
@@ -173,6 +175,7 @@ class Rewriter(RewriterBase):
 
     def _ps_bind(self, body: memoryview, rq: deque[tuple[int, Any]]) -> bytes | None:
         """Bind: portal, statement, parameters: the statement renamed to the pool's."""
+        self.snap = None  # (it, or its Execute, takes the snapshot PostgreSQL takes)
         self.relay.unsynced = True
         self.relay._mark_query()
         b = bytes(body)
@@ -248,6 +251,8 @@ class Rewriter(RewriterBase):
                 s.prepared.move_to_end(st.name)
                 s.ps_hits += 1
                 rq.append((ps.SYNTH, (m.PARSE_COMPLETE, (name, prev, st))))
+                if self.relay.last_status != 73 or self.relay.expect:  # (a transaction block may be open)
+                    self.snap = st
                 return b""
         elif st.name not in s.unsure:
             s.ps_misses += 1
@@ -407,24 +412,6 @@ class Rewriter(RewriterBase):
             if s is not None:
                 s.set_ps_mode(True)
         return rq
-
-    def _deallocate(self, ident: bytes) -> bytes | None:
-        """Simple-query DEALLOCATE: answered here for the client's own statements (RewriterBase.dealloc_here).
-        Behind requests still in flight, one of which may fail the transaction (PostgreSQL then refuses it,
-        25P02), it waits for their answers (held as RewriterBase._waits holds, fed again by _resume)."""
-        if self.relay.expect > 0:
-            self._track()  # (the server relay walks the queue: its ReadyForQuery resumes the held message)
-            self.holding = True
-            self.relay.expect += 1  # (so the server stays: given back by relay.resume_held)
-            return HOLD
-        tag = self.dealloc_here(ident)
-        if tag is None:
-            self.on_header(81, 0)
-            return None  # PostgreSQL answers
-        s = self.relay.server
-        status = s.txn_status if s is not None else 73
-        self._track().append((ps.SYNTH, m.command_complete(tag) + m.ready_for_query(bytes([status]))))
-        return b""
 
     # ------------------------------------------------------------------ shortcuts
     def parse_sync_locally(self, view: memoryview) -> bytes | None:

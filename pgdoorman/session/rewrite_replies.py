@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pgdoorman.core import prepared as ps
 from pgdoorman.protocol import messages as m
+from pgdoorman.protocol.framing import HOLD
 from pgdoorman.session.noqueue import NO_REQUESTS
 from pgdoorman.session.states import DIRTY_PREPARE
 
@@ -35,6 +36,8 @@ _SYNC = frozenset((ps.SYNC, ps.INJ_SYNC))
 # The data of a SQL EXECUTE's QUERY entry once the Parse injected before it failed (the statement does not exist
 # on the server): the Parse's error answered the client, the EXECUTE's own error (26000 or 25P02) is swallowed.
 _VOID = "the injected Parse failed"
+_CLOSE_UNNAMED = m.msg(b"C", b"S\x00")
+_SNAPSHOT = ps.Statement((b"SELECT", b"\x00\x00", ()), b"SELECT", b"\x00\x00")  # what takes a snapshot (snapshot_parse)
 # What PostgreSQL may send while it skips to a Sync: that Sync's ReadyForQuery, and asynchronous messages.
 _WHILE_SKIPPING = frozenset(b"ZSNA")
 # PostgreSQL's message when DDL changed the result of a statement prepared before (SQLSTATE 0A000).
@@ -154,7 +157,7 @@ class RewriterBase:
 
     __slots__ = ("relay", "cache", "sig", "named", "unnamed", "anon", "anon_evicted", "rq", "last_parse",
                  "synth_head", "fast_bind", "fast_redo", "held_error", "parsing", "win", "done", "defs",
-                 "holding", "dealloc_portal")
+                 "holding", "dealloc_portal", "snap")
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
@@ -196,6 +199,8 @@ class RewriterBase:
         self.holding = False
         # A portal bound to a prepared DEALLOCATE answered here (dealloc_bind): (its name, the DEALLOCATE's).
         self.dealloc_portal: tuple[bytes, bytes] | None = None
+        # A Parse answered here, no Bind after it yet, maybe in a transaction block: parsed at the Sync (snapshot_parse).
+        self.snap: ps.Statement | None = None
 
     def start(self, cache: PoolCache, sig: tuple[str, ...]) -> None:
         """Prepared-statement mode from now on, with this pool cache and these planner settings."""
@@ -211,7 +216,45 @@ class RewriterBase:
             rq = self.rq = deque()
         return rq
 
+    def _track(self) -> deque[tuple[int, Any]]:
+        raise NotImplementedError  # (Rewriter's)
+
+    def on_header(self, t: int, ln: int) -> None:
+        raise NotImplementedError  # (Rewriter's)
+
+    def snapshot_parse(self, st: ps.Statement) -> bytes:
+        """What takes the snapshot PostgreSQL's Parse of a query or DEALLOCATE takes, for one answered here in a
+        transaction block: `st`'s text parsed as the unnamed statement, then closed, both answers swallowed (an
+        error, should the text fail now, is the client's, as PostgreSQL's Parse would fail)."""
+        self.rq.extend(((ps.INJECT, st), (ps.UNPARSE, None)))  # (the server keeps no unnamed statement of ours)
+        rest = st.parse_msg[5 + len(st.name) :]  # (an unnamed Parse's body: "", the text, the types)
+        return b"P" + m.U32.pack(len(rest) + 4) + rest + _CLOSE_UNNAMED
+
     # ------------------------------------------------------------------ DEALLOCATE
+    def deallocate(self, ident: bytes) -> bytes | None:
+        """Simple-query DEALLOCATE of the client's own statements, answered here (dealloc_here); behind requests in
+        flight (one may fail the transaction: PostgreSQL refuses it then, 25P02), once they are answered (held as
+        _waits holds); in a transaction block with a snapshot taken (snapshot_parse, then our Sync: INJ_SYNC)."""
+        if self.relay.expect > 0:
+            self._track()  # (the server relay walks the queue: its ReadyForQuery resumes the held message)
+            self.holding = True
+            self.relay.expect += 1  # (so the server stays: given back by relay.resume_held)
+            return HOLD
+        tag = self.dealloc_here(ident)
+        if tag is None:
+            self.on_header(81, 0)
+            return None  # PostgreSQL answers
+        s = self.relay.server
+        status = s.txn_status if s is not None else 73
+        rq = self._track()
+        pre = b""
+        if status == 84:
+            pre = self.snapshot_parse(_SNAPSHOT) + m.SYNC
+            self.win += 1
+            rq.append((ps.INJ_SYNC, None))
+        rq.append((ps.SYNTH, m.command_complete(tag) + m.ready_for_query(bytes([status]))))
+        return pre
+
     def dealloc_here(self, ident: bytes) -> str | None:
         """`DEALLOCATE ident` (a name as SQL spells it, or ALL) of this client's protocol-level statements: done
         here (their server copies are shared), returning its CommandComplete tag; None when PostgreSQL must

@@ -15,9 +15,8 @@ B's), and leaves; now and then A or B reconnects. The same again in transaction 
 A and B run every request on the one server: without what pins a client, and with a client in a transaction
 block keeping the turn until it ends (the other would wait for the server).
 
-Left out, as documented differences (docs/prepared-statements.md "Known differences from PostgreSQL"): SQL
-EXECUTE of a protocol-level statement through the extended protocol, and in a transaction block a DEALLOCATE or
-a Parse alone (the pooler may answer them itself, taking no snapshot). A reset followed by a request pipelined
+Left out, as documented differences: SQL EXECUTE of a protocol-level statement through the extended protocol
+(docs/prepared-statements.md "Known differences from PostgreSQL"). A reset followed by a request pipelined
 behind it is left out (the pipelined request reads the pool's value: docs/transaction-mode.md), and so is a
 COMMIT or NOTIFY with a request pipelined behind it (a notification of the client's own may come after that
 request's answer: same). pg_prepared_statements is read for SQL PREPAREd names only.
@@ -219,14 +218,6 @@ def steps(seed: int, ops: list[str] = OPS) -> list[tuple[str, str, bool]]:
     return seq
 
 
-def _no_snapshot(q: str, status: bytes) -> bool:
-    """A step the pooler may answer itself in a transaction block, which on PostgreSQL takes the transaction's
-    snapshot: a DEALLOCATE, a Parse alone (also a DEALLOCATE pipelined behind a BEGIN)."""
-    if status == b"T" and ("deallocate" in q or q.startswith("PARSE ")):
-        return True
-    return q.startswith("PAIR") and "deallocate" in q and ("begin" in q or "start transaction" in q)
-
-
 def _pipe(rnd: random.Random, ops: list[str]) -> str:
     """Two SQL statements of `ops` sent in one write: as simple queries, or (when neither has a `;`) through the
     extended protocol, each with its Sync."""
@@ -266,7 +257,7 @@ def play(host: str, port: int, seq: list[tuple[str, str, bool]], one_server: boo
                 status[who] = b"I"
                 out.append((who, "reconnect"))
                 continue
-            if ext and q.startswith("execute n") or _no_snapshot(q, status[who]):  # (see the module's docstring)
+            if ext and q.startswith("execute n"):  # (see the module's docstring)
                 q, ext = "select 'left out'", False
             got = run(cs[who], q, ext, who)
             status[who] = [x for x in got if x[0] == "Z"][-1][1]

@@ -157,6 +157,19 @@ def test_a_parse_the_server_holds_is_answered_here() -> None:
     assert second.rw.named[b"mine"] is first.rw.unnamed
 
 
+def test_a_parse_answered_here_in_a_transaction_block_is_parsed_unnamed_at_its_sync() -> None:
+    """PostgreSQL takes the transaction's snapshot at a Parse of a query: the server parses its text as the
+    unnamed statement before the Sync, then closes it (both answers swallowed), unless a Bind follows."""
+    p = Pair()
+    p.send(parse("s1", "select 1") + sync())
+    p.answer(m.PARSE_COMPLETE + RFQ)
+    p.relay.last_status = 84  # in a transaction block
+    sent = p.send(parse("s2", "select 1") + sync())
+    assert types(sent) == "PCS" and sent[0][1] == b"\0select 1\0\0\0" and sent[1][1] == b"S\0"
+    assert types(p.answer(m.PARSE_COMPLETE + m.CLOSE_COMPLETE + frame("Z", b"T"))) == "1Z"
+    assert types(p.send(parse("s3", "select 1") + bind("", "s3") + execute() + sync())) == "BES"
+
+
 def test_failed_parse_forgets_the_name_and_skips_to_sync() -> None:
     p = Pair()
     sent = p.send(parse("bad", "selec 1") + bind("", "bad") + execute() + sync())
