@@ -123,8 +123,8 @@ class Rewriter(RewriterBase):
         if t == 66:  # Bind: portal, statement, ...
             return self._ps_bind(body, rq)
         if t == 69:  # Execute
-            if self.dealloc_portal is not None and self.dealloc_exec(body, rq):
-                return b""
+            if self.dealloc_portal is not None and (out := self.dealloc_exec(body, rq)) is not None:
+                return out
             self.relay.unsynced = True
             self.relay.copy_window = 69  # it may start a COPY FROM STDIN
             self.relay.copy_syncs = 0
@@ -195,8 +195,8 @@ class Rewriter(RewriterBase):
             rq.append((ps.BIND, None))
             return None  # PostgreSQL answers 26000 itself: the client's name does not exist there
         if st.leaves:
-            if not self._leaves(st, b) and self.dealloc_bind(st, b[:j], rq):
-                return b""
+            if not self._leaves(st, b) and (here := self.dealloc_bind(st, b[:j], rq)) is not None:
+                return here
         elif self.relay.lsn is not None:
             self.relay.listen_bound(st)  # (a ROLLBACK voids the transaction's LISTEN/UNLISTEN)
         pre = self._ensure(st)

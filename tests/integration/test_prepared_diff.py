@@ -247,7 +247,11 @@ SEQUENCES: dict[str, list[Step]] = {
         one(P("fq1", "select 8103"), P("fq2", "select 8103"), S), one(Q("begin")),
         one(Q("select 1/0"), Q("deallocate all"), wait=2), one(Q("rollback")),
         one(Q("begin"), Q("select 1/0"), Q("deallocate fq1"), wait=3), one(Q("rollback")),
-        one(B("fq1"), E(), S), one(Q("select 1"), Q("deallocate fq2"), wait=2), one(B("fq2"), E(), S)],
+        one(B("fq1"), E(), S), one(Q("select 1"), Q("deallocate fq2"), wait=2), one(B("fq2"), E(), S),
+        # the same through the extended protocol (a prepared DEALLOCATE)
+        one(P("fq3", "select 8103"), S), one(Q("begin")),
+        one(Q("select 1/0"), P("", "deallocate fq3"), B(), E(), S, wait=2), one(Q("rollback")),
+        one(B("fq3"), E(), S)],
     # In a transaction block PostgreSQL takes the transaction's snapshot at a Parse of a query and at a DEALLOCATE
     # (SET TRANSACTION after them fails, 25001), not at a Parse of a SET: so must what the pooler answers itself.
     "snapshot_at_a_parse_or_deallocate_answered_here": [
@@ -258,7 +262,8 @@ SEQUENCES: dict[str, list[Step]] = {
         one(Q("begin")), one(P("sn4", "set work_mem = '1MB'"), describe("S", "sn4"), S),
         one(Q("set transaction isolation level serializable; show transaction_isolation")), one(Q("rollback")),
         one(Q("begin")), one(Q("select 1"), Q("deallocate sn1"), wait=2), one(Q("show transaction_isolation")),
-        one(Q("commit"))],
+        one(Q("commit")), one(P("sn5", "select 8401"), S), one(Q("begin")), one(P("", "deallocate sn5"), B(), E(), S),
+        one(Q("set transaction isolation level serializable")), one(Q("rollback"))],
     "duplicate_parse_with_bad_syntax": [
         one(P("fd", "select 8104"), S), one(P("fd", "selec 8104"), S), one(P("fd", "select 8105"), S)],
     # SQL DEALLOCATE of a protocol-level statement sent through the extended protocol (psycopg in pipeline mode
