@@ -74,12 +74,13 @@ class Rewriter(RewriterBase):
             p = self.parsing = {}
         p[st.name] = self.win
 
-    def _reparse(self, s: Held, st: ps.Statement, entry: tuple[int, Any]) -> bytes:
+    def _reparse(self, s: Held, st: ps.Statement, entry: tuple[int, Any], tracked: bool = False) -> bytes:
         """Close and Parse `st` again on `s`, which may or may not hold it (`entry`: the Parse's queue entry).
-        PostgreSQL answers Close of a statement that does not exist with CloseComplete: swallowed (UNPARSE)."""
+        PostgreSQL answers Close of a statement that does not exist with CloseComplete: swallowed (UNPARSE).
+        `tracked`: the queue is on (a client's Parse, whose name _ps_parse noted in `defs` already)."""
         s.unsure.discard(st.name)
         s.remember(st.name)
-        rq = self._track()  # (first: switching the queue on forgets the Parses in flight)
+        rq = self.rq if tracked else self._track()  # (switching the queue on forgets the Parses in flight)
         self._parsing(st)
         rq.append((ps.UNPARSE, None))
         rq.append(entry)
@@ -261,7 +262,7 @@ class Rewriter(RewriterBase):
             rq.append((ps.PARSE, (st, name, prev)))
             return st.parse_msg
         s.ps_misses += 1
-        return self._reparse(s, st, (ps.PARSE, (st, name, prev)))
+        return self._reparse(s, st, (ps.PARSE, (st, name, prev)), True)
 
     def _dup_parse(self, held: ps.Statement, name: bytes, body: memoryview, rq: deque[tuple[int, Any]]) -> bytes:
         """PostgreSQL refuses a second Parse of a name (42P05; 42601 first for bad syntax, 25P02 in a failed

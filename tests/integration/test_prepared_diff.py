@@ -264,6 +264,10 @@ SEQUENCES: dict[str, list[Step]] = {
         one(Q("begin")), one(Q("select 1"), Q("deallocate sn1"), wait=2), one(Q("show transaction_isolation")),
         one(Q("commit")), one(P("sn5", "select 8401"), S), one(Q("begin")), one(P("", "deallocate sn5"), B(), E(), S),
         one(Q("set transaction isolation level serializable")), one(Q("rollback"))],
+    "describe_after_a_parse_refused_in_a_failed_transaction": [
+        one(P("fr0", "select 8105"), S), one(Q("begin")), one(Q("select 1/0")),
+        one(P("fr1", "select 8105"), S, describe("S", "fr1"), S, wait=2), one(Q("rollback")),
+        one(describe("S", "fr1"), S)],
     "duplicate_parse_with_bad_syntax": [
         one(P("fd", "select 8104"), S), one(P("fd", "selec 8104"), S), one(P("fd", "select 8105"), S)],
     # SQL DEALLOCATE of a protocol-level statement sent through the extended protocol (psycopg in pipeline mode

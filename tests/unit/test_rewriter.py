@@ -170,6 +170,19 @@ def test_a_parse_answered_here_in_a_transaction_block_is_parsed_unnamed_at_its_s
     assert types(p.send(parse("s3", "select 1") + bind("", "s3") + execute() + sync())) == "BES"
 
 
+def test_a_describe_waits_for_a_parse_sent_again_in_a_failed_transaction() -> None:
+    """In a failed transaction a Parse of a statement the server holds is sent (Close, Parse) for PostgreSQL to
+    refuse; a Describe of its name pipelined behind it waits for that answer (the name then means nothing:
+    26000), and did not: switching the queue on forgot the name just noted, and the Describe named the pool's
+    statement (25P02)."""
+    p = Pair()
+    p.send(parse("x", "select 2") + sync())
+    p.answer(m.PARSE_COMPLETE + RFQ)
+    p.relay.last_status = 69
+    sent = p.send(parse("n1", "select 2") + sync() + describe("S", "n1") + sync())
+    assert types(sent) == "CPS" and p.rw.holding
+
+
 def test_failed_parse_forgets_the_name_and_skips_to_sync() -> None:
     p = Pair()
     sent = p.send(parse("bad", "selec 1") + bind("", "bad") + execute() + sync())
