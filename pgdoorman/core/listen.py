@@ -28,6 +28,9 @@ REFUSAL = (
 NAMEDATALEN = 64
 LISTEN, UNLISTEN, UNLISTEN_ALL = 1, 2, 3
 BARRIER = 6  # a listener command that changes no channel: its answer means earlier notifications came
+# Savepoints of a transaction that LISTENs (session/listening.py: what ROLLBACK TO undoes): `SAVEPOINT name`,
+# `ROLLBACK TO [SAVEPOINT] name`, `RELEASE [SAVEPOINT] name` (savepoint()).
+SAVEPOINT, ROLLBACK_TO, RELEASE = 7, 8, 9
 DISCARD_ALL = 5  # UNLISTEN * too
 # A statement that looks like LISTEN/UNLISTEN but that this parser does not read (several statements, a
 # Unicode-escaped name): refused in transaction mode rather than guessed at.
@@ -41,6 +44,11 @@ _STMT = re.compile(
 )
 _DISCARD_ALL = re.compile(rb"^\s*discard\s+all\s*;?\s*$", re.I)
 _START = re.compile(rb"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(listen|unlisten)\b", re.I | re.S)
+_SAVEPOINT = re.compile(
+    rb'^\s*(savepoint|release(?:\s+savepoint)?|rollback(?:\s+(?:work|transaction))?\s+to(?:\s+savepoint)?)\s+'
+    rb'(?:"((?:[^"]|"")+)"|([A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*))\s*;?\s*$',
+    re.I | re.S,
+)
 _ROLLBACK = re.compile(rb"^\s*(?:rollback|abort)\b(?!\s+(?:to|prepared)\b)(?!\s+(?:work|transaction)\s+to\b)",
                        re.I)
 
@@ -174,6 +182,19 @@ def server_text(r: tuple[int, bytes], text: bytes) -> bytes:
 def is_rollback(text: bytes) -> bool:
     """ROLLBACK or ABORT of the whole transaction (not ROLLBACK TO a savepoint, nor ROLLBACK PREPARED)."""
     return _ROLLBACK.match(text) is not None
+
+
+def savepoint(text: bytes) -> tuple[int, bytes] | None:
+    """(SAVEPOINT | ROLLBACK_TO | RELEASE, name) for a statement that sets, rolls back to or releases a savepoint
+    (the name as PostgreSQL keeps it), else None."""
+    mt = _SAVEPOINT.match(text)
+    if mt is None:
+        return None
+    verb = mt.group(1)[:3].lower()
+    kind = SAVEPOINT if verb == b"sav" else RELEASE if verb == b"rel" else ROLLBACK_TO
+    if mt.group(2) is not None:
+        return kind, truncate(mt.group(2).replace(b'""', b'"'))
+    return kind, truncate(bytes(c + 32 if 65 <= c <= 90 else c for c in mt.group(3)))
 
 
 def _nobody(clients: list[Any], channel: bytes, msg: bytes) -> None:

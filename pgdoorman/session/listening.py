@@ -190,8 +190,11 @@ def in_request(c: Any, body: memoryview) -> bytes | None:
     for part in ls.split(text):
         r = ls.parse(part)
         if r is None:
-            if (ops or pending) and ls.is_rollback(part):
-                ops.append((ROLLBACK, b""))
+            if ops or pending:  # (a savepoint set before any change of this transaction's is not needed: ready)
+                if ls.is_rollback(part):
+                    ops.append((ROLLBACK, b""))
+                elif (sp := ls.savepoint(part)) is not None:
+                    ops.append(sp)
             out.append(part)
             continue
         if r[0] == ls.UNREADABLE:
@@ -296,8 +299,11 @@ def bound(c: Any, stmt: Any) -> None:
     if st is not None and not st.notified:
         st.notified = stmt.query.lower().find(b"notify") >= 0
     if r is None:
-        if st is not None and st.ops and ls.is_rollback(stmt.query):
-            _add(c, st, (ROLLBACK, b""), 0)
+        if st is not None and st.ops:
+            if ls.is_rollback(stmt.query):
+                _add(c, st, (ROLLBACK, b""), 0)
+            elif (sp := ls.savepoint(stmt.query)) is not None:
+                _add(c, st, sp, 0)
         return
     if r[0] == ls.UNREADABLE:
         return
@@ -334,13 +340,10 @@ def ready(c: Any, status: int) -> None:
         k += 1
     if status == 73:  # the transaction ended (its `failed` goes, also when none of `ops` is this request's)
         if k:
-            ops = st.ops[:k]
+            ops, gone, cut = _undone(st.ops[:k])
             del st.ops[:k], marks[:k]
-            # A ROLLBACK voids what its transaction did before it (what came after it, in its query, stands).
-            cut = max((i + 1 for i, (kind, _) in enumerate(ops) if kind == ROLLBACK), default=0)
-            if cut:
-                _drop(c, st, ops[:cut])
-                ops = ops[cut:]
+            if gone:
+                _drop(c, st, gone)
             if ops and (error or st.failed and not cut):
                 _drop(c, st, ops)
             elif ops:
@@ -352,6 +355,31 @@ def ready(c: Any, status: int) -> None:
     elif k:
         st.failed = status == 69  # T after E: ROLLBACK TO SAVEPOINT
     # (The server's relay then writes what is queued just before this ReadyForQuery when its status is I.)
+
+
+def _undone(ops: list[tuple[int, bytes]]) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]], bool]:
+    """A transaction's changes and savepoints, in order: (the changes that stand, those a ROLLBACK or ROLLBACK TO
+    voided, whether a ROLLBACK came). ROLLBACK TO a savepoint not among them (set before the first change) voids
+    every change before it; RELEASE keeps the changes and forgets that savepoint and the later ones."""
+    kept: list[tuple[int, bytes]] = []
+    gone: list[tuple[int, bytes]] = []
+    cut = False
+    for e in ops:
+        kind = e[0]
+        if kind == ROLLBACK or kind == ls.ROLLBACK_TO or kind == ls.RELEASE:
+            i = len(kept) - 1
+            while i >= 0 and not (kind != ROLLBACK and kept[i] == (ls.SAVEPOINT, e[1])):
+                i -= 1
+            if kind == ls.RELEASE:
+                if i >= 0:
+                    kept = kept[:i] + [x for x in kept[i:] if x[0] != ls.SAVEPOINT]
+                continue
+            cut = cut or kind == ROLLBACK
+            gone += [x for x in kept[i + 1 :] if x[0] != ls.SAVEPOINT]
+            del kept[i + 1 :]
+        else:
+            kept.append(e)
+    return [e for e in kept if e[0] != ls.SAVEPOINT], gone, cut
 
 
 def _apply(c: Any, st: ListenState, ops: list[tuple[int, bytes]]) -> None:

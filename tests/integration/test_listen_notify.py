@@ -242,11 +242,18 @@ def test_listen_in_transaction_takes_effect_at_commit(pg: Any, txn_pooler: Poole
         t.append(p.run("a", "listen t6; select 1"))  # (autocommit: run on the server, ready with status I)
         t.append(p.notify("pg-b", "notify t5; notify t6, 'after a rollback'"))
         t.append(p.idle("a"))
+        # savepoints: ROLLBACK TO undoes the LISTEN/UNLISTEN after it, RELEASE keeps them (psycopg's quoted names)
+        t += [p.run("a", "begin"), p.run("a", "savepoint s"), p.run("a", "listen t7"), p.run("a", "unlisten t6"),
+              p.run("a", "rollback to savepoint s"), p.run("a", 'savepoint "_pg3_1"'), p.run("a", "listen t8"),
+              p.run("a", 'release savepoint "_pg3_1"'), p.run("a", "commit")]
+        t.append(p.notify("pg-b", "notify t7; notify t8, 'released'; notify t6, 'kept'"))
+        t.append(p.idle("a"))
         return t
 
     t = compare(pg, txn_pooler, steps)
     assert ("A", "t1", "after commit", "pg-b") in t[8]
-    assert ("A", "t6", "after a rollback", "pg-b") in t[-1]
+    assert ("A", "t6", "after a rollback", "pg-b") in t[-12]
+    assert ("A", "t8", "released", "pg-b") in t[-1] and ("A", "t6", "kept", "pg-b") in t[-1]
 
 
 def test_notification_waits_for_the_end_of_the_transaction(pg: Any, txn_pooler: Pooler) -> None:
