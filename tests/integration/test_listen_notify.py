@@ -181,7 +181,9 @@ def test_listen_and_notify_in_one_query_on_a_fresh_pool(pg: Any, pooler_factory:
              # a LISTEN pipelined behind a request that fails (its error is not the LISTEN's), and one followed by
              # a pipelined ROLLBACK outside any transaction (it undoes nothing)
              ["select 1/0 || listen ch_e; notify ch_e", "notify ch_e, 'again'"],
-             ["listen ch_f; select 1 || rollback", "notify ch_f, 'kept'"]]
+             ["listen ch_f; select 1 || rollback", "notify ch_f, 'kept'"],
+             # a NOTIFY before the client's first LISTEN, in the same transaction: delivered before the COMMIT's end
+             ["begin", "notify ch_g, 'first'", "listen ch_g", "commit"]]
     got: dict[str, Any] = {}
     for case in cases:
         p = pooler_factory(pool_mode="transaction", pool_size=2, general={"prepared_statements": prepared})
