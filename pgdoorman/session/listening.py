@@ -207,7 +207,7 @@ def in_request(c: Any, body: memoryview) -> bytes | None:
     if not ops:
         return None
     if st is None:  # registered by this query: its text was not looked at for "notify" above
-        st = _registered(c, text, c.expect - 1)
+        st = _registered(c, text, c.expect - 1, any(r[0] == ls.LISTEN for r in ops))
     for r in ops:
         _add(c, st, r, 1)
         if r[0] == ls.LISTEN:
@@ -216,13 +216,14 @@ def in_request(c: Any, body: memoryview) -> bytes | None:
     return m.msg(b"Q", b" ".join(out) + b"\x00") if changed else None
 
 
-def _registered(c: Any, text: bytes, ahead: int) -> ListenState:
+def _registered(c: Any, text: bytes, ahead: int, listens: bool) -> ListenState:
     """The client's state, made at a LISTEN/UNLISTEN run on its server (`text`; `ahead`: its requests in flight
-    before this one). In a transaction block, or behind other requests, a NOTIFY sent before it (not looked at:
-    the client did not listen) may be of the same transaction, whose end then waits for the LISTEN connection
-    (before_ready), as PostgreSQL sends the session its own notification before the COMMIT's ReadyForQuery."""
+    before this one). When it LISTENs in a transaction block (not a failed one), or behind other requests, a
+    NOTIFY sent before it (not looked at: the client did not listen) may be of the same transaction, whose end
+    then waits for the LISTEN connection (before_ready), as PostgreSQL sends the session its own notification
+    before the COMMIT's ReadyForQuery."""
     st = state(c)
-    st.notified = c.last_status != 73 or ahead > 0 or text.lower().find(b"notify") >= 0
+    st.notified = listens and (c.last_status == 84 or ahead > 0) or text.lower().find(b"notify") >= 0
     return st
 
 
@@ -317,7 +318,7 @@ def bound(c: Any, stmt: Any) -> None:
     if r[0] == ls.UNREADABLE:
         return
     if st is None:  # registered by this statement: its text was not looked at for "notify" above
-        st = _registered(c, stmt.query, c.expect)
+        st = _registered(c, stmt.query, c.expect, r[0] == ls.LISTEN)
     _add(c, st, r, 0)
     if r[0] == ls.LISTEN:
         _pre_listen(c, st, r[1])
