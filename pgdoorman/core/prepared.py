@@ -87,7 +87,7 @@ DEALLOCATE_TEXT = re.compile(rb"^\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\"
 
 class Statement:
     __slots__ = ("name", "parse_msg", "query", "key", "uses", "dead", "leaves", "listen", "named", "seen",
-                 "idle_since", "settings", "dealloc")
+                 "idle_since", "settings", "dealloc", "resets")
 
     def __init__(self, key: tuple[bytes, bytes, tuple[str, ...]], query: bytes, types: bytes) -> None:
         self.key = key
@@ -106,8 +106,10 @@ class Statement:
         self.settings = statement_settings(query)  # (an int: set_config($n + 1, ...), named at each Bind)
         if self.settings:
             self.leaves |= leaks.CUSTOM
-        if resetting_steps(query) is not None:
-            self.leaves |= leaks.RESETS  # (its steps are noted at each Bind: session/txresets.py)
+        # What it returns to its default (sqllex.resetting_steps), noted at each Bind (session/txresets.py).
+        self.resets = resetting_steps(query)
+        if self.resets is not None:
+            self.leaves |= leaks.RESETS
         # LISTEN, UNLISTEN or DISCARD ALL (core/listen.py): flagged in `leaves` too (leaks.LISTENS, no cleanup), so
         # that binding it takes the same rare branch; a LISTEN is parsed on servers as LISTEN of a channel nobody
         # notifies.

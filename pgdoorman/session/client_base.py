@@ -377,8 +377,14 @@ class ClientBase(Conn):
         if resets:
             txresets.note(self, text, low, counted)  # (counted: a simple query, among those in flight already)
 
-    def note_resets(self, text: bytes) -> None:
-        txresets.note(self, text)
+    def note_resets(self, st: ps.Statement) -> None:
+        assert st.resets is not None
+        txresets.keep(self, st.resets)
+
+    def request_index(self, counted: bool) -> int:
+        """The `answered` count before the answer of the request being read: after those in flight (`counted`:
+        a simple query, already among them; a Bind's or Parse's request is counted at its Sync)."""
+        return self.answered + self.expect - counted
 
     def note_names(self, names: tuple[str, ...]) -> None:
         self.customs = txstate.noted(self.customs, list(names), self.want)

@@ -61,6 +61,13 @@ class Deallocating:
     def on_header(self, t: int, ln: int) -> None:
         raise NotImplementedError  # (Rewriter's)
 
+    def hold(self) -> bytes:
+        """The message being read, and what follows it, wait until the answers in flight before it came
+        (RewriterBase._waits, DEALLOCATE): the relay feeds them again after `relay.resume_held` (_resume)."""
+        self.holding = True
+        self.relay.expect += 1  # (so the server stays: given back by relay.resume_held)
+        return HOLD
+
     def snapshot_parse(self, st: ps.Statement) -> bytes:
         """What takes the snapshot PostgreSQL's Parse of a query or DEALLOCATE takes, for one answered here in a
         transaction block: `st`'s text parsed as the unnamed statement, then closed, both answers swallowed (an
@@ -76,9 +83,7 @@ class Deallocating:
         _waits holds); in a transaction block with a snapshot taken (snapshot_parse, then our Sync: INJ_SYNC)."""
         if self.relay.expect > 0:
             self._track()  # (the server relay walks the queue: its ReadyForQuery resumes the held message)
-            self.holding = True
-            self.relay.expect += 1  # (so the server stays: given back by relay.resume_held)
-            return HOLD
+            return self.hold()
         tag = self.dealloc_here(ident)
         if tag is None:
             self.on_header(81, 0)
@@ -141,9 +146,7 @@ class Deallocating:
         elif self._dealloc_name(ident) is None:
             return None
         if self.relay.expect > 0:
-            self.holding = True
-            self.relay.expect += 1  # (so the server stays: given back by relay.resume_held)
-            return HOLD
+            return self.hold()
         rq.append((ps.SYNTH, m.BIND_COMPLETE))
         self.dealloc_portal = (portal, ident)
         return b""

@@ -179,7 +179,7 @@ def in_request(c: Any, body: memoryview) -> bytes | None:
         if body[0] | 32 == 100:  # d: DISCARD ALL is UNLISTEN * too
             r = ls.parse(bytes(body[:-1])) if len(body) > 3 and body[1] | 32 == 105 else None
             if r is not None:
-                _add(c, state(c), r, 1)
+                _add(c, state(c), r, True)
             return None
         if not c.leaves & LISTENS:  # the text names no "listen" (ClientConn._scan_leaks looked)
             return None
@@ -209,7 +209,7 @@ def in_request(c: Any, body: memoryview) -> bytes | None:
     if st is None:  # registered by this query: its text was not looked at for "notify" above
         st = _registered(c, text, c.expect - 1, any(r[0] == ls.LISTEN for r in ops))
     for r in ops:
-        _add(c, st, r, 1)
+        _add(c, st, r, True)
         if r[0] == ls.LISTEN:
             # The listener LISTENs now, so that it already does when the client's COMMIT returns.
             _pre_listen(c, st, r[1])
@@ -227,11 +227,11 @@ def _registered(c: Any, text: bytes, ahead: int, listens: bool) -> ListenState:
     return st
 
 
-def _add(c: Any, st: ListenState, r: tuple[int, bytes], counted: int) -> None:
-    """A LISTEN/UNLISTEN/DISCARD ALL of the request being read (`counted`: 1 for a simple query, already among
-    the client's requests in flight; 0 for a Bind, whose request is counted at its Sync)."""
+def _add(c: Any, st: ListenState, r: tuple[int, bytes], counted: bool) -> None:
+    """A LISTEN/UNLISTEN/DISCARD ALL/ROLLBACK/savepoint of the request being read, marked with it
+    (ClientBase.request_index; `counted`: a simple query)."""
     st.ops.append(r)
-    st.marks.append(c.answered + c.expect - counted)
+    st.marks.append(c.request_index(counted))
 
 
 def _pre_listen(c: Any, st: ListenState, name: bytes) -> None:
@@ -311,15 +311,15 @@ def bound(c: Any, stmt: Any) -> None:
     if r is None:
         if st is not None and st.ops:
             if ls.is_rollback(stmt.query):
-                _add(c, st, (ROLLBACK, b""), 0)
+                _add(c, st, (ROLLBACK, b""), False)
             elif (sp := ls.savepoint(stmt.query)) is not None:
-                _add(c, st, sp, 0)
+                _add(c, st, sp, False)
         return
     if r[0] == ls.UNREADABLE:
         return
     if st is None:  # registered by this statement: its text was not looked at for "notify" above
         st = _registered(c, stmt.query, c.expect, r[0] == ls.LISTEN)
-    _add(c, st, r, 0)
+    _add(c, st, r, False)
     if r[0] == ls.LISTEN:
         _pre_listen(c, st, r[1])
 
@@ -375,19 +375,19 @@ def _undone(ops: list[tuple[int, bytes]]) -> tuple[list[tuple[int, bytes]], list
     cut = False
     for e in ops:
         kind = e[0]
-        if kind == ROLLBACK or kind == ls.ROLLBACK_TO or kind == ls.RELEASE:
-            i = len(kept) - 1
-            while i >= 0 and not (kind != ROLLBACK and kept[i] == (ls.SAVEPOINT, e[1])):
-                i -= 1
-            if kind == ls.RELEASE:
-                if i >= 0:
-                    kept = kept[:i] + [x for x in kept[i:] if x[0] != ls.SAVEPOINT]
-                continue
-            cut = cut or kind == ROLLBACK
-            gone += [x for x in kept[i + 1 :] if x[0] != ls.SAVEPOINT]
-            del kept[i + 1 :]
-        else:
+        if kind != ROLLBACK and kind != ls.ROLLBACK_TO and kind != ls.RELEASE:
             kept.append(e)
+            continue
+        # the savepoint's place (the latest of that name); -1: before every change (ROLLBACK: all of them)
+        mark = (ls.SAVEPOINT, e[1])
+        i = -1 if kind == ROLLBACK else max((j for j, x in enumerate(kept) if x == mark), default=-1)
+        if kind == ls.RELEASE:
+            if i >= 0:
+                kept = kept[:i] + [x for x in kept[i:] if x[0] != ls.SAVEPOINT]
+            continue
+        cut = cut or kind == ROLLBACK
+        gone += [x for x in kept[i + 1 :] if x[0] != ls.SAVEPOINT]
+        del kept[i + 1 :]
     return [e for e in kept if e[0] != ls.SAVEPOINT], gone, cut
 
 

@@ -159,7 +159,7 @@ class Rewriter(RewriterBase):
         if st.settings:
             self._bound_settings(st, bind)
         if st.leaves & leaks.RESETS:
-            self.relay.note_resets(st.query)  # (where it runs: not at its Parse, which may be all there is)
+            self.relay.note_resets(st)  # (where it runs: not at its Parse, which may be all there is)
         if st.listen is not None or self.relay.lsn is not None:
             self.relay.listen_bound(st)
         return True

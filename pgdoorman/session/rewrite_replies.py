@@ -60,8 +60,6 @@ COPY_END: tuple[int, Any] = (ps.SYNTH, b"")
 SYNC_AFTER_DATA: tuple[int, Any] = (ps.SYNC, True)
 
 
-
-
 class Held(Protocol):
     """The server a client is linked to, as its rewriter sees it: which pool statements (DOORMAN_n) it holds,
     its hit/miss counters, and its relay's switches. ServerConn is one."""
@@ -117,7 +115,7 @@ class Relay(Protocol):
     def _mark_query(self) -> None: ...
 
     def refuse_pinning(self, text: bytes | memoryview, parse: bool = False) -> str | None: ...  # and notes it
-    def note_resets(self, text: bytes) -> None: ...  # a bound statement's resets (session/txresets.py)
+    def note_resets(self, st: ps.Statement) -> None: ...  # a bound statement's resets (session/txresets.py)
 
     def note_names(self, names: tuple[str, ...]) -> None: ...  # custom settings a bound statement names
 
@@ -463,8 +461,7 @@ class RewriterBase(Deallocating):
             return False
         if not any(e[0] in _ENDS for e in self.rq):
             return False  # nothing before it is unanswered after all (the counters lag after a COPY)
-        self.holding = True
-        self.relay.expect += 1  # (so the server stays: given back by relay.resume_held)
+        self.hold()
         return True
 
     def _resume(self) -> None:

@@ -65,6 +65,8 @@ class Client(ClientPeer, Protocol):
 
     def _server_ready(self) -> None: ...
 
+    def request_index(self, counted: bool) -> int: ...
+
 
 class Server(Protocol):
     """What of a server connection (ServerConn) this module reads and calls."""
@@ -83,13 +85,17 @@ class Server(Protocol):
 
 
 def note(c: Client, text: bytes | bytearray | memoryview, low: bytes | None = None, counted: bool = False) -> None:
-    """A small simple query or Parse text of the client's (ClientBase.note_settings), or the text of a prepared
-    statement it binds (transparent prepared statements: leaks.RESETS, Rewriter._leaves): its steps, if it may
-    reset a setting, kept for the request's ReadyForQuery: the one after those in flight (`counted`: a simple
-    query, already among them)."""
+    """A small simple query or Parse text of the client's (ClientBase.note_settings): its steps, if it may reset
+    a setting, kept for the request's ReadyForQuery (ClientBase.request_index; `counted`: a simple query)."""
     steps = sqllex.resetting_steps(text, low)
     if steps is not None:
-        c.resets = (c.answered + c.expect - counted, steps)
+        c.resets = (c.request_index(counted), steps)
+
+
+def keep(c: Client, steps: list[tuple[str, int]]) -> None:
+    """The steps of a prepared statement the client binds (Statement.resets, lexed once), as `note` keeps a
+    text's (a copy: `reported` may add to it)."""
+    c.resets = (c.request_index(False), list(steps))
 
 
 def reported(peer: ClientPeer, k: str) -> None:

@@ -73,8 +73,8 @@ class FakeRelay:
     def _mark_query(self) -> None:
         self.marked += 1
 
-    def note_resets(self, text: bytes) -> None:
-        self.resets.append(text)
+    def note_resets(self, st: Any) -> None:
+        self.resets.append(st.query)
 
     def refuse_pinning(self, text: bytes | memoryview, parse: bool = False) -> str | None:
         return None  # transaction_pinning: allow
