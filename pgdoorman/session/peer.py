@@ -55,13 +55,19 @@ class ClientPeer(Protocol):
     def lsn(self) -> HeldNotifications | None: ...  # transaction mode LISTEN state, once it used LISTEN
 
     @property
-    def xact_start(self) -> float: ...
+    def xact_start(self) -> float: ...  # monotonic start of its transaction, 0.0 outside one
+
+    @property
+    def pending(self) -> bytes | bytearray: ...  # what it sent, scanned, waiting for a server
+
+    @property
+    def raw(self) -> bytes | bytearray: ...  # what it sent, not yet scanned (waiting for a server)
 
     @property
     def copy_confused(self) -> bool: ...  # it keeps its server until it leaves (ClientBase.on_server_error)
 
     @property
-    def in_flight(self) -> bool: ...  # something it sent is unanswered (see ClientBase.in_flight)  # monotonic start of its transaction, 0.0 outside one
+    def in_flight(self) -> bool: ...  # something it sent is unanswered (see ClientBase.in_flight)
 
     # The client's prepared-statement rewriter (rewrite.py): the server hands it each response in
     # prepared-statement mode, and asks it about the fast batch in flight.

@@ -112,7 +112,6 @@ def at_ready(s: Server, c: ClientPeer | None, st: int, body: memoryview) -> byte
         txresets.run(s, c, [q for _, _, q in back], _as_reported(held, c) + m.msg(b"Z", body))
         return None
     if (held.doubt and st == 73 and s.release_pending and not s.cancel_pending and not c.copy_confused
-            and ((lsn := c.lsn) is None or not (lsn.queue or lsn.notified))  # (else listening.py may hold it)
             and s.dirty & (DIRTY_SET if c.transaction_mode else DIRTY_RESTORE)):
         held.ready = m.msg(b"Z", body)
         for k in startup_keys(c):  # (a RESET the server did not report: what the client heard, before the read-back)
@@ -186,4 +185,11 @@ def tell(s: Server, c: ClientPeer, final: Mapping[str, str] | None) -> None:
                 if not c.transaction_mode:
                     c.param_changed(k, v)
         out = b"".join(parts)
-    c.write(out + (held.ready or b""))
+    ready = held.ready or b""
+    lsn = c.lsn
+    if lsn is not None and (lsn.queue or lsn.notified) and ready[5:] == b"I" and not c.pending and not c.raw:
+        # A listening client: its notifications go before the reports, as PostgreSQL sends them, and when its
+        # transaction may have notified it, all of it waits for the LISTEN connection's round trip (listening.py).
+        c.write(lsn.before_ready(c, out + ready))
+        return
+    c.write(out + ready)

@@ -297,16 +297,18 @@ class ServerConn(ServerWrapped):
             if c is not None and c.ready(st, self.query_count - self.counted):
                 self.release_pending = True
             self.counted = self.query_count
-            if self.held_ps is not None:  # (after a SET or RESET: session/reports.py)
-                pre = reports.at_ready(self, c, st, body)
-                if pre is None:
+            pre = b""  # the request's reports
+            if self.held_ps is not None:  # (after a SET or RESET, or a listening client's: session/reports.py)
+                p = reports.at_ready(self, c, st, body)
+                if p is None:
                     return held or b""  # the ReadyForQuery waits for the settings to be read back
-                held = (held or b"") + pre
+                pre = p
             if st == 73 and c is not None and (lsn := c.lsn) is not None and (lsn.queue or lsn.notified):
-                # Notifications that came during the request: PostgreSQL sends them before this ReadyForQuery.
-                return (held or b"") + lsn.before_ready(c, m.msg(b"Z", body))
-            if held is not None:
-                return held + m.msg(b"Z", body)
+                # Notifications that came during the request: PostgreSQL sends them before its reports and this
+                # ReadyForQuery.
+                return (held or b"") + lsn.before_ready(c, pre + m.msg(b"Z", body))
+            if held is not None or pre:
+                return (held or b"") + pre + m.msg(b"Z", body)
         elif t == 67:  # CommandComplete
             self.query_count += 1
             b0 = body[0]
@@ -379,6 +381,8 @@ class ServerConn(ServerWrapped):
                     self.dirty |= DIRTY_RESTORE
                 if held is not None:
                     held.doubt = True
+        if held is None and c.lsn is not None:
+            self.held_ps = held = reports.Held()  # (notifications may come: PostgreSQL sends them first)
         if held is not None:
             return reports.hold(held, k, v if rep is None else base, rep is not None, heard)
         if rep is not None:

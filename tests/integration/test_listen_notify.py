@@ -258,6 +258,32 @@ def test_listen_in_transaction_takes_effect_at_commit(pg: Any, txn_pooler: Poole
     assert ("A", "t8", "released", "pg-b") in t[-1] and ("A", "t6", "kept", "pg-b") in t[-1]
 
 
+def test_a_reset_and_own_notification_in_one_request(pg: Any, txn_pooler: Pooler) -> None:
+    """A listening client whose startup TimeZone is not the pool's sets it `TO DEFAULT` in the request that
+    brings it its own notification. PostgreSQL reports nothing when the value comes back to what the client
+    last heard, and its startup value when it does not; notifications before the reports, then the
+    ReadyForQuery. The pooler held that ReadyForQuery twice, for the settings read-back and for the LISTEN
+    connection's round trip, and the second hold skipped the first: the client heard the pool's value (a
+    documented difference until both holds ran one after the other). Messages compared whole, bodies too."""
+    def steps(host: str, port: int) -> list[Any]:
+        a = WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, params={"TimeZone": "Asia/Tokyo"})
+        try:
+            out = []
+            for sql in ("listen tz1", "set timezone to default; notify tz1, 'one'",
+                        "set timezone = 'UTC'", "set timezone to default; notify tz1, 'two'",
+                        "begin; set timezone = 'UTC'; commit; set timezone to default; notify tz1, 'three'",
+                        "set timezone = 'Europe/Paris'; notify tz1, 'four'", "show timezone"):
+                out.append([(t, b if t in "SZDC" else b[4:]) for t, b in a.query(sql)])
+            out.append([(t, b[4:]) for t, b in drain(a)])
+            return out
+        finally:
+            a.close()
+
+    direct = steps(pg.host, pg.port)
+    assert direct[1] == [("C", b"SET\0"), ("C", b"NOTIFY\0"), ("A", b"tz1\0one\0"), ("Z", b"I")]
+    assert steps(txn_pooler.host, txn_pooler.port) == direct
+
+
 def test_notification_waits_for_the_end_of_the_transaction(pg: Any, txn_pooler: Pooler) -> None:
     """Another session's notifications that come while a client is in a transaction, or has a request in
     flight, reach it just before the ReadyForQuery that leaves it idle, as PostgreSQL sends them: compared

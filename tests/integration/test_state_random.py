@@ -95,6 +95,7 @@ OPS = [
     "copy tt_{me} to stdout",
     "listen ch_{me}", "notify ch_{me}, 'p'", "select pg_notify('ch_{me}', 'q')", "unlisten ch_{me}", "unlisten *",
     "listen ch_{me}; notify ch_{me}",
+    "set timezone to default; notify ch_{me}, 'z'", "set timezone = 'UTC'; select pg_notify('ch_{me}', 'u')",
     "PAIRX set work_mem = '2MB' || show work_mem", "PAIRX begin || reset timezone",
     "PAIRX select 1/0 || show work_mem",
     "PAIRQ set local work_mem = '8MB' || show work_mem",
