@@ -123,12 +123,14 @@ def taken(s: Server, peer: ClientPeer, st: int) -> list[tuple[str, str, str]]:
         return []
     if st != 84 and (st != 73 or c.transaction_mode or s.dirty & DIRTY_RESTORE):
         return []  # (outside a transaction block the settings are read back: ClientBase.session_check, resets.py)
-    return statements(c, s.pool, noted[1])
+    return statements(c, s.pool, noted[1], st == 84)
 
 
-def statements(c: ClientPeer, pool: Pool, steps: list[tuple[str, int]]) -> list[tuple[str, str, str]]:
+def statements(c: ClientPeer, pool: Pool, steps: list[tuple[str, int]], block: bool) -> list[tuple[str, str, str]]:
     """For each startup setting the steps leave at its default: its name, startup value, and the SET statement
-    that gives it that value again."""
+    that gives it that value again. Outside a transaction block (`block` False: the request ended in none) a
+    SET LOCAL did nothing that lasts: its steps are left out (a warning on PostgreSQL, and the value after it
+    is the one before)."""
     keys = {k.lower(): k for k in (*c.settings, "application_name")}
     last: dict[str, int] = {}
     for name, kind in steps:
@@ -138,7 +140,7 @@ def statements(c: ClientPeer, pool: Pool, steps: list[tuple[str, int]]) -> list[
             last.clear()
         elif name == sqllex.ALL_SETTINGS:
             last.update(dict.fromkeys(keys, sqllex.RESET_STEP))
-        elif name in keys:
+        elif name in keys and (block or not kind & sqllex.LOCAL_STEP):
             last[name] = kind
     out = []
     pool_values = pool.server_params or {}

@@ -54,6 +54,7 @@ def steps(pool_tz: str) -> list[str]:
         f"set timezone = '{pool_tz}'", "set timezone to default",  # the server's value does not change either
         f"set timezone = '{pool_tz}'", "set timezone to default; set datestyle = 'German'", "show timezone",
         "set intervalstyle = 'iso_8601'", "set application_name = 'y'", "reset all",  # several reports at once
+        "set timezone = 'UTC'", "set local timezone to default", "show timezone",  # (no block: nothing changes)
     ]
 
 

@@ -54,8 +54,9 @@ class _Pool:
     server_params = {"TimeZone": "Etc/UTC", "application_name": "pg_doorman"}
 
 
-def _sets(text: bytes) -> list[str]:
-    return [q for _, _, q in txresets.statements(_Client(), _Pool(), sqllex.reset_steps(text))]  # type: ignore[arg-type]
+def _sets(text: bytes, block: bool = True) -> list[str]:
+    steps = sqllex.reset_steps(text)
+    return [q for _, _, q in txresets.statements(_Client(), _Pool(), steps, block)]  # type: ignore[arg-type]
 
 
 def test_the_statements_give_back_the_startup_values() -> None:
@@ -71,6 +72,16 @@ def test_the_statements_give_back_the_startup_values() -> None:
     assert _sets(b"reset work_mem; rollback to a") == []
     assert _sets(b"reset timezone; commit; begin; reset work_mem") == ["""SET "work_mem" TO E'7MB'"""]
     assert _sets(b"reset lock_timeout") == []  # (no startup setting)
+
+
+def test_a_set_local_outside_a_block_is_left_out() -> None:
+    """A request that ended outside a transaction block (session mode puts its resets back too): its SET
+    LOCAL did nothing that lasts (PostgreSQL warns, and the value after it is the one before), a plain reset
+    before or after it counts."""
+    assert _sets(b"set local work_mem to default", block=False) == []
+    assert _sets(b"set work_mem to default; set local work_mem to default", block=False) == [
+        """SET "work_mem" TO E'7MB'"""]
+    assert _sets(b"set local timezone to default; reset work_mem", block=False) == ["""SET "work_mem" TO E'7MB'"""]
 
 
 @pytest.fixture()
