@@ -252,6 +252,11 @@ SEQUENCES: dict[str, list[Step]] = {
         one(P("fq3", "select 8103"), S), one(Q("begin")),
         one(Q("select 1/0"), P("", "deallocate fq3"), B(), E(), S, wait=2), one(Q("rollback")),
         one(B("fq3"), E(), S)],
+    # A notice of a request pipelined behind a DEALLOCATE answered here comes after the DEALLOCATE's answer (the
+    # notice streamed past the queued answer; test_state_random transaction seed 40).
+    "notice_behind_a_deallocate_answered_here": [
+        one(P("fn1", "select 8104"), P("fn2", "select 8104"), S), one(Q("deallocate fn1"), Q("rollback"), wait=2),
+        one(Q("deallocate fn2"), Q("commit"), Q("select 1"), wait=3)],
     # In a transaction block PostgreSQL takes the transaction's snapshot at a Parse of a query and at a DEALLOCATE
     # (SET TRANSACTION after them fails, 25001), not at a Parse of a SET: so must what the pooler answers itself.
     "snapshot_at_a_parse_or_deallocate_answered_here": [
