@@ -29,9 +29,10 @@ log = logging.getLogger("pgdoorman.server")
 # responses; everything else (RowDescription, DataRow, CopyData, notices...) streams through unread.
 SERVER_TABLE = make_table(full=b"ZCSEGHW")
 # With transparent prepared statements every response that completes a frontend message is read, so that
-# synthetic ParseCompletes can be spliced in and responses to injected Parses swallowed, and so is a notice, so
-# that the answers of requests the pooler answered before it go out first. DataRows stream.
-SERVER_PS_TABLE = make_table(full=b"ZCSEGHW123tTnIsVN")
+# synthetic ParseCompletes can be spliced in and responses to injected Parses swallowed; so are notices and
+# notifications (session mode's), so that the answers the pooler gave to requests before them go out first.
+# DataRows stream.
+SERVER_PS_TABLE = make_table(full=b"ZCSEGHW123tTnIsVNA")
 
 class ServerPrepared(ServerDial):
     # The prepared-statement fields of a server connection (set by ServerConn.__init__).
