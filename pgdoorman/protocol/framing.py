@@ -93,6 +93,9 @@ class OverBudget(ProtocolViolation):
 # What on_message returns to stop the scan before the message it was given (see Scanner.rest). A bytes object of
 # its own, compared by identity.
 HOLD: bytes = bytes(bytearray(b"hold"))
+# What on_message returns when it changed the scanner's table: the message passes as it is, and the messages
+# after it in the same data are scanned with the new table.
+RETABLE: bytes = bytes(bytearray(b"retable"))
 
 
 class Scanner:
@@ -221,7 +224,7 @@ class Scanner:
                 if rep is HOLD:
                     self.rest = bytes(carry) + bytes(data[pos:])
                     return None
-                out = carry if rep is None else bytearray(rep)
+                out = carry if rep is None or rep is RETABLE else bytearray(rep)  # (the table is read below)
                 emit = pos
             else:
                 if mode == 1:
@@ -262,12 +265,15 @@ class Scanner:
                         self.rest = bytes(data[pos:])
                         end = pos
                         break
-                    if out is None:
-                        out = bytearray(data[emit:pos])
+                    if rep is RETABLE:
+                        table = self.table
                     else:
-                        out += data[emit:pos]
-                    out += rep
-                    emit = nxt
+                        if out is None:
+                            out = bytearray(data[emit:pos])
+                        else:
+                            out += data[emit:pos]
+                        out += rep
+                        emit = nxt
             else:
                 if mode == NOTIFY:
                     self.on_header(t, ln)

@@ -326,7 +326,11 @@ class ClientConn(ClientLogin):
                 return None
             if not self.transaction_mode:
                 txresets.note(self, body, counted=True)
+                if self.reset_names:
+                    txresets.forgotten(self, body)
                 return None
+            if self.reset_names:
+                txresets.forgotten(self, body)
             refused = self.refuse_pinning(body)
             return listening.in_request(self, body) if refused is None else m.query(refused)
         if t == 80:  # a small Parse (transaction mode, prepared_statements off; session mode, as Query above)
@@ -335,13 +339,17 @@ class ClientConn(ClientLogin):
             j = text.find(b"\x00") + 1
             sql = text[j : text.find(b"\x00", j)]  # (after the statement's name)
             if not self.transaction_mode:
-                txresets.note(self, sql)
-                return None
+                return txresets.parsed(self, text[: j - 1], sql)
             if not body or body[0] != 0:
                 self.named_parse = True
-            if body:
-                self.note_settings(sql)
-            return listening.parse_refusal(body) if body else None
+            if not body:
+                return None
+            self.note_settings(sql, resets=False)
+            return listening.parse_refusal(body) or txresets.parsed(self, text[: j - 1], sql)
+        if t == 66 or t == 67:  # a small Bind or Close, read once a statement that resets was parsed (txresets)
+            self._on_header(t, 0)
+            txresets.bound(self, t, body)
+            return None
         # Terminate: never forwarded (the server stays with the pool).
         self.terminating = True
         return b""

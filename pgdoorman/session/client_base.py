@@ -63,7 +63,7 @@ class ClientBase(Conn):
         "named_parse", "copy_window", "copy_syncs", "in_copy_in",
         "tls", "handshaking", "leaves", "scan_tail", "copy_confused",
         "begin_held", "answered", "window", "copy_pre", "copy_risk",
-        "want_base", "pinned", "checked_xact", "probing", "lsn", "customs", "seq_reader", "resets",
+        "want_base", "pinned", "checked_xact", "probing", "lsn", "customs", "seq_reader", "resets", "reset_names",
     )
 
     def __init__(self, sock: socket.socket, worker: Host, addr: str, is_unix: bool = False) -> None:
@@ -119,6 +119,9 @@ class ClientBase(Conn):
         self.rw = Rewriter(self)
         self.raw: bytes | bytearray = EMPTY  # received but not yet scanned (waiting for a server, prepared mode)
         self.named_parse = False  # a named Parse was forwarded untouched (prepared_statements off)
+        # Statements not kept by the pooler (session mode, prepared_statements off) whose text resets a setting:
+        # name -> their steps, noted where they are bound (txresets.parsed); None until the first one.
+        self.reset_names: dict[bytes, list[tuple[str, int]]] | None = None
         self.copy_window = 0  # COPY FROM STDIN (copy_in_started): 0, or 81/69 since the last Query/Execute, no
         # CopyDone/CopyFail yet (+ 1000 once CopyData followed)
         self.copy_syncs = 0  # Syncs counted in that window

@@ -24,12 +24,21 @@ CLIENT_SESSION_TABLE = bytes(_t)
 # Parse messages are read for what they reset (session/txresets.py).
 _t[ord("Q")] = _t[ord("P")] = SMALL
 CLIENT_SESSION_READ_TABLE = bytes(_t)
+# ... and, once it parsed a statement that resets a setting, small Bind and Close messages (txresets.bound).
+_t[ord("B")] = _t[ord("C")] = SMALL
+CLIENT_SESSION_BIND_TABLE = bytes(_t)
+_t[ord("B")] = _t[ord("C")] = NOTIFY
 _t[ord("Q")] = _t[ord("P")] = NOTIFY
 # Transaction mode reads small simple queries for LISTEN/UNLISTEN (session/listening.py), and small Parse
 # messages to see whether they name a statement (which must then be deallocated at checkin) or LISTEN.
 _t[ord("Q")] = SMALL
 _t[ord("P")] = SMALL
 CLIENT_TABLE = bytes(_t)
+_t[ord("B")] = _t[ord("C")] = SMALL  # (as CLIENT_SESSION_BIND_TABLE, for prepared_statements off)
+CLIENT_BIND_TABLE = bytes(_t)
+_t[ord("B")] = _t[ord("C")] = NOTIFY
+# The table that also reads Binds, for each table that reads Parses without keeping statements.
+READS_BINDS = {CLIENT_SESSION_READ_TABLE: CLIENT_SESSION_BIND_TABLE, CLIENT_TABLE: CLIENT_BIND_TABLE}
 # With transparent prepared statements every extended-protocol message is read (and maybe rewritten);
 # a simple query is read when small enough to be a DEALLOCATE.
 for _c in b"PBDCESHX":

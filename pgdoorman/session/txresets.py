@@ -23,10 +23,10 @@ a report or a RESET).
 Left as they were (the setting reads as the pool's value until the transaction ends: docs/transaction-mode.md):
 a setting the request changes again after its reset (a SET or set_config() of it, or one whose name is not a
 literal), a request that rolls back to a savepoint, a request with another pipelined behind it,
-a statement after the reset in the same query string, and for a setting PostgreSQL does not report: a prepared
-statement's reset executed in a later request than its Parse where statements are not the pooler's (session
-mode, prepared_statements off: there the Parse's text is noted), a text too large to read (over 8 kB), a session-mode
-client's whose only startup setting is application_name.
+a statement after the reset in the same query string, and for a setting PostgreSQL does not report: a text too
+large to read (over 8 kB; where statements are not the pooler's, session mode and prepared_statements off, a
+Bind too: `parsed` keeps the steps of a statement by name, `bound` notes them), a session-mode client's whose
+only startup setting is application_name.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING, Protocol, cast
 from pgdoorman.core import sqllex
 from pgdoorman.core.params import READ_ONLY, quote
 from pgdoorman.protocol import messages as m
+from pgdoorman.protocol.framing import RETABLE, Scanner
 from pgdoorman.session.peer import ClientPeer
-from pgdoorman.session.states import DIRTY_RESTORE
+from pgdoorman.session.states import DIRTY_RESTORE, READS_BINDS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -56,6 +57,8 @@ class Client(ClientPeer, Protocol):
     """What of a client (ClientBase) this module reads and writes, besides ClientPeer."""
 
     resets: STEPS | None
+    reset_names: dict[bytes, list[tuple[str, int]]] | None
+    scanner: Scanner
     addr: str
     user: str
     database: str
@@ -96,6 +99,52 @@ def keep(c: Client, steps: list[tuple[str, int]]) -> None:
     """The steps of a prepared statement the client binds (Statement.resets, lexed once), as `note` keeps a
     text's (a copy: `reported` may add to it)."""
     c.resets = (c.request_index(False), list(steps))
+
+
+def parsed(c: Client, name: bytes, sql: bytes) -> bytes | None:
+    """A small Parse the pooler does not keep (session mode, prepared_statements off) of statement `name`: when
+    its text may reset a setting, its steps are kept and noted where it is bound (`bound`: a Parse alone, as
+    asyncpg's prepare() sends it, resets nothing), and the client's Binds are read from now on (RETABLE, for
+    the scanner: the Bind may follow in the same data)."""
+    steps = sqllex.resetting_steps(sql)
+    names = c.reset_names
+    if steps is not None:
+        if names is None:
+            c.reset_names = {name: steps}
+            sc = c.scanner
+            sc.table = READS_BINDS.get(sc.table, sc.table)
+            return RETABLE
+        names[name] = steps
+    elif names:
+        names.pop(name, None)  # (the unnamed statement replaced)
+        forgotten(c, sql)
+    return None
+
+
+def bound(c: Client, t: int, body: memoryview) -> None:
+    """A small Bind (t 66) or Close (67) of a client that parsed a statement that resets (`parsed`)."""
+    names = c.reset_names
+    if not names:
+        return
+    b = bytes(body)
+    if t == 67:
+        if b[:1] == b"S":
+            names.pop(b[1 : b.find(b"\x00", 1)], None)
+        return
+    j = b.find(b"\x00") + 1
+    steps = names.get(b[j : b.find(b"\x00", j)])
+    if steps is not None:
+        keep(c, steps)
+
+
+def forgotten(c: Client, text: bytes | memoryview) -> None:
+    """A small simple query or Parse of a client that parsed a statement that resets: a DEALLOCATE or DISCARD
+    may drop it (then its name is forgotten, all of them: a Bind of it fails on PostgreSQL, and noting its steps would
+    put settings back that no RESET took)."""
+    low = bytes(text).lower()
+    if low.find(b"deallocate") >= 0 or low.find(b"discard") >= 0:
+        assert c.reset_names is not None
+        c.reset_names.clear()
 
 
 def reported(peer: ClientPeer, k: str) -> None:

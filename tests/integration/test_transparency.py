@@ -21,6 +21,7 @@ from tests.support.wire import (
     WireError,
     bind,
     cancel_request,
+    close,
     comparable,
     execute,
     flush,
@@ -300,18 +301,54 @@ def test_a_reset_inside_a_transaction_block_reads_the_startup_value(pg: Any, mod
                 answer = everything(a.read_until("Z")) + everything(a.read_until("Z"))
                 out.append(("pipelined", second, answer, everything(a.query("show timezone; show work_mem"))))
             a.query("commit")
-        if mode_pooler.mode == "transaction":  # type: ignore[attr-defined]
-            # A prepared `SET name TO DEFAULT` of a setting PostgreSQL does not report, executed in a later
-            # request than its Parse: the pooler knows the statement's text at the Bind (session mode does not:
-            # docs/transaction-mode.md).
-            with connect(host, port, SETTINGS_A) as a:
-                a.send(parse("w", "set work_mem to default"), sync())
-                a.read_until("Z")
-                a.query("begin")
-                a.send(bind("", "w"), execute(), sync())
-                out.append(("later", everything(a.read_until("Z")), everything(a.query("show work_mem"))))
         got[name] = out
     assert ("show timezone", [("D", b"Asia/Tokyo"), ("C", b"SHOW"), ("Z", b"T")]) in got["direct"]
+    assert got["pooled"] == got["direct"]
+
+
+@pytest.mark.parametrize("mode,prepared", [("session", True), ("transaction", True), ("transaction", False)],
+                         ids=["session", "transaction", "transaction-no-ps"])
+def test_a_prepared_reset_counts_where_it_is_executed(pg: Any, pooler_factory: Any, mode: str,
+                                                      prepared: bool) -> None:
+    """A prepared reset of a setting PostgreSQL does not report (work_mem; client A started with 7MB, the pool
+    has 4MB) executed in a later request than its Parse (asyncpg's prepare()), in a transaction block and
+    outside one; a Parse alone resets nothing; a Bind of a closed or deallocated one fails and resets nothing.
+    Where the pooler does not keep statements (session mode, prepared_statements off) it noted the text at
+    the Parse: a Parse alone put the startup value back, and a later Bind did not."""
+    p = pooler_factory(pool_mode=mode, pool_size=1, general={"prepared_statements": prepared})
+    got: dict[str, Any] = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", p.host, p.port)):
+        out: list[Any] = []
+        with connect(host, port, SETTINGS_A) as a:
+            def run(*msgs: bytes) -> list[Any]:
+                a.send(*msgs, sync())
+                got = a.read_until("Z")
+                return [("E", parse_fields(b).get("C")) for t, b in got if t == "E"] + everything(got)
+
+            if not prepared:
+                a.query("begin")  # (named statements last until the transaction's end there: in one block)
+            out.append(run(parse("w", "set work_mem to default")))
+            a.query("begin")
+            out.append(("in a block", run(bind("", "w"), execute()), everything(a.query("show work_mem"))))
+            if prepared:
+                a.query("commit")
+            a.query("set work_mem = '1MB'")
+            out.append(("parsed only", run(parse("w2", "reset work_mem")), everything(a.query("show work_mem"))))
+            out.append(("later", run(bind("", "w2"), execute()), everything(a.query("show work_mem"))))
+            if not prepared:
+                out.append(everything(a.query("commit")))
+                got[name] = out
+                continue
+            a.query("set work_mem = '2MB'")
+            out.append(("closed", run(close("S", "w2")), run(bind("", "w2"), execute()),
+                        everything(a.query("show work_mem"))))
+            out.append(("deallocated", everything(a.query("deallocate w")), run(bind("", "w"), execute()),
+                        everything(a.query("show work_mem"))))
+            out.append(("unnamed", run(parse("", "reset work_mem"), bind(), execute()),
+                        everything(a.query("show work_mem"))))
+        got[name] = out
+    status = b"I" if prepared else b"T"
+    assert got["direct"][3] == ("later", [("C", b"RESET"), ("Z", status)], [("D", b"7MB"), ("C", b"SHOW"), ("Z", status)])
     assert got["pooled"] == got["direct"]
 
 

@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from pgdoorman.protocol import messages as m
-from pgdoorman.protocol.framing import Scanner, make_table
+from pgdoorman.protocol.framing import RETABLE, Scanner, make_table
 
 STREAM = b"".join([
     m.msg(b"T", b"\x00\x01col\x00" + b"\x00" * 18),
@@ -97,6 +97,29 @@ def test_replacement_and_drop_in_every_split() -> None:
         out, calls, _ = run(factory, splits(stream, (cut,)) if 0 < cut < len(stream) else [stream])
         assert out == expected, cut
         assert [c[1] for c in calls] == [ord("X"), ord("S")]
+
+
+def test_a_table_changed_by_on_message_applies_to_the_rest_of_the_data() -> None:
+    """on_message switches the table and returns RETABLE (txresets.parsed: a Parse of a RESET makes the client's
+    Binds read): the message passes unchanged, and the next one, in the same data or not, is scanned with the
+    new table. Without RETABLE the scan went on with the old one to the end of the data."""
+    stream = m.msg(b"P", b"\x00reset all\x00\x00\x00") + m.msg(b"B", b"\x00\x00" + b"\x00" * 6) + m.SYNC
+
+    def factory(calls):
+        def on_message(t, body):
+            calls.append(("msg", t, bytes(body)))
+            if t == ord("P"):
+                sc.table = make_table(full=b"PB")
+                return RETABLE
+            return None
+
+        sc = Scanner(make_table(full=b"P", notify=b"BS"), on_message=on_message)
+        return sc
+
+    for cut in range(0, len(stream) + 1):
+        out, calls, _ = run(factory, splits(stream, (cut,)) if 0 < cut < len(stream) else [stream])
+        assert out == stream, cut
+        assert [c[1] for c in calls] == [ord("P"), ord("B")], cut
 
 
 def test_large_message_streams_without_buffering() -> None:
