@@ -8,7 +8,8 @@ Describe, Close, DEALLOCATE, SQL EXECUTE), cursors, advisory locks, transactions
 settings (SET, SET LOCAL, RESET, `TO DEFAULT`, set_config, custom settings), LISTEN, UNLISTEN and NOTIFY of
 the client's own channel, sequences, roles, COPY (FROM STDIN as a simple query and through the extended
 protocol, CopyFail), a FunctionCall, a pipeline of two batches, two requests in one write (simple or
-extended; fixed pairs, random pairs of the SQL statements, and two or three requests of any kind), a portal
+extended; fixed pairs, random pairs of the SQL statements, and two or three requests of any kind, a COPY FROM
+STDIN with its data among them), a portal
 suspended, a named portal executed again in a later request, a Flush before the Sync, results in binary; a
 statement without `;` is sent as a simple query or through the extended protocol at random. Now and then a
 fresh client C connects, reads what a new session would see (CHECKS: nothing of A's or B's), and leaves; now
@@ -162,6 +163,10 @@ def _request(q: str, ext: bool, me: str) -> bytes | None:
         return execute(f"np_{me}", 2) + sync()
     if op == "PORTAL":
         return parse("", "select generate_series(1, 5)") + bind() + execute("", 2) + execute("", 2) + sync()
+    if op == "COPYIN":  # (PostgreSQL ignores the CopyData and CopyDone when the COPY fails first)
+        return query(f"copy {rest} (x) from stdin") + frame("d", b"4\n5\n") + frame("c")
+    if op == "COPYFAIL":
+        return query(f"copy {rest} (x) from stdin") + frame("d", b"7\n") + frame("f", b"given up\0")
     if q[:1].islower():
         return parse("", q) + bind() + execute() + sync() if ext else query(q)
     return None
@@ -176,16 +181,12 @@ def run(c: WireClient, q: str, ext: bool, me: str = "") -> list[Any]:
         parts = rest.split(" || ")
         c.send(*(_request(p[2:], p[0] == "x", me) or b"" for p in parts))
         return [x for _ in parts for x in answer(c.read_until("Z", timeout=10))]
-    elif op == "COPYIN":  # (PostgreSQL ignores the CopyData and CopyDone when the COPY fails first)
-        c.send(query(f"copy {rest} (x) from stdin"), frame("d", b"4\n5\n"), frame("c"))
     elif op == "XCOPYIN":  # COPY FROM STDIN through the extended protocol, as libpq sends it (a Sync after too)
         c.send(parse(f"xc_{me}", f"copy {rest} (x) from stdin"), bind("", f"xc_{me}"), execute(), sync(),
                frame("d", b"6\n"), frame("c"), close("S", f"xc_{me}"), sync())  # (named: a BIND of the unnamed
         # statement later would start that COPY again and wait for data that never comes)
         first = c.read_until("Z", timeout=10)  # (a COPY that started ignores the first Sync: one ReadyForQuery)
         return answer(first) + ([] if any(t == "G" for t, _ in first) else answer(c.read_until("Z", timeout=10)))
-    elif op == "COPYFAIL":
-        c.send(query(f"copy {rest} (x) from stdin"), frame("d", b"7\n"), frame("f", b"given up\0"))
     elif op in ("PAIRX", "PAIRQ"):  # two requests in one write (a pipeline): extended, or simple queries
         first, _, second = rest.partition(" || ")
         if first == "PREP":
