@@ -297,18 +297,13 @@ class ServerConn(ServerWrapped):
             if c is not None and c.ready(st, self.query_count - self.counted):
                 self.release_pending = True
             self.counted = self.query_count
-            pre = b""  # the request's reports
             if self.held_ps is not None:  # (after a SET or RESET, or a listening client's: session/reports.py)
-                p = reports.at_ready(self, c, st, body)
-                if p is None:
-                    return held or b""  # the ReadyForQuery waits for the settings to be read back
-                pre = p
+                return self._ready_reported(c, st, body, held)
             if st == 73 and c is not None and (lsn := c.lsn) is not None and (lsn.queue or lsn.notified):
-                # Notifications that came during the request: PostgreSQL sends them before its reports and this
-                # ReadyForQuery.
-                return (held or b"") + lsn.before_ready(c, pre + m.msg(b"Z", body))
-            if held is not None or pre:
-                return (held or b"") + pre + m.msg(b"Z", body)
+                # Notifications that came during the request: PostgreSQL sends them before this ReadyForQuery.
+                return (held or b"") + lsn.before_ready(c, m.msg(b"Z", body))
+            if held is not None:
+                return held + m.msg(b"Z", body)
         elif t == 67:  # CommandComplete
             self.query_count += 1
             b0 = body[0]
@@ -332,6 +327,17 @@ class ServerConn(ServerWrapped):
             if c is not None:
                 c.copy_in_started()
         return None
+
+    def _ready_reported(self, c: ClientPeer | None, st: int, body: memoryview, held: bytes | None) -> bytes:
+        """The ReadyForQuery (status `st`) of a request whose reports were held (`held`: what goes before them):
+        the reports, then the ReadyForQuery, or nothing yet (it waits for the settings to be read back); a
+        listening client's notifications go before the reports, as PostgreSQL sends them."""
+        pre = reports.at_ready(self, c, st, body)
+        if pre is None:
+            return held or b""
+        if st == 73 and c is not None and (lsn := c.lsn) is not None and (lsn.queue or lsn.notified):
+            return (held or b"") + lsn.before_ready(c, pre + m.msg(b"Z", body))
+        return (held or b"") + pre + m.msg(b"Z", body)
 
     def _on_parameter(self, body: memoryview) -> bytes | None:
         """A ParameterStatus on the relay: passed on (None), or, when it is a RESET's report of the pool's value
