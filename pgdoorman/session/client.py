@@ -345,7 +345,7 @@ class ClientConn(ClientLogin):
             if not body:
                 return None
             self.note_settings(sql, resets=False)
-            return listening.parse_refusal(body) or txresets.parsed(self, text[: j - 1], sql)
+            return listening.parse_refusal(self, body) or txresets.parsed(self, text[: j - 1], sql)
         if t == 66 or t == 67:  # a small Bind or Close, read once a statement that resets was parsed (txresets)
             self._on_header(t, 0)
             txresets.bound(self, t, body)

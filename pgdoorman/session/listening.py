@@ -324,14 +324,20 @@ def bound(c: Any, stmt: Any) -> None:
         _pre_listen(c, st, r[1])
 
 
-def parse_refusal(body: memoryview) -> bytes | None:
+def parse_refusal(c: Any, body: memoryview) -> bytes | None:
     """Without transparent prepared statements: a Parse (body) of a LISTEN/UNLISTEN is refused, since the
-    statement would run on whichever server the client has at its Execute (REFUSAL with no parameters)."""
+    statement would run on whichever server the client has at its Execute (REFUSAL with no parameters). A
+    DISCARD ALL goes on, and is noted as the UNLISTEN * it also is, for its request (that of its Parse: the
+    pooler does not keep these statements)."""
     b = bytes(body)
     j = b.find(b"\x00")
     k = b.find(b"\x00", j + 1) if j >= 0 else -1
     r = ls.statement(b[j + 1 : k]) if k >= 0 else None
-    if r is None or r[0] == ls.DISCARD_ALL:
+    if r is None:
+        return None
+    if r[0] == ls.DISCARD_ALL:
+        if c.lsn is not None:
+            _add(c, c.lsn, r, False)
         return None
     return m.msg(b"P", b[: j + 1] + ls.REFUSAL + b"\x00\x00\x00")
 

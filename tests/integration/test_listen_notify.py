@@ -554,6 +554,27 @@ def test_prepared_statements_off(pooler_factory: Any) -> None:
         assert got[:2] == [("1",), ("2",)] and got[2][:2] == ("E", "0A000") and got[-1] == ("Z", "I")
 
 
+def test_discard_all_through_the_extended_protocol_without_prepared_statements(pg: Any, pooler_factory: Any) -> None:
+    """DISCARD ALL is UNLISTEN * too. Without prepared_statements a Parse of it goes to the server (unlike a
+    LISTEN's); the client went on listening (test_state_random's prepared_statements-off variant found it).
+    Compared with PostgreSQL, pool_size 1."""
+    p = pooler_factory(pool_size=1, general={"prepared_statements": False})
+
+    def steps(pair: Pair) -> Transcript:
+        t = [pair.run("a", "listen dx1")]
+        t.append(pair.notify("b", "notify dx1, 'before'"))
+        t.append(pair.idle("a"))
+        pair["a"].send(parse("", "discard all"), bind(), execute(), sync())
+        t.append(shape(pair["a"].read_until("Z")))
+        t.append(pair.notify("b", "notify dx1, 'after'"))
+        t.append(pair.idle("a"))
+        t.append(pair.run("a", "select 1"))
+        return t
+
+    t = compare(pg, p, steps)
+    assert t[2] and not t[5]
+
+
 def test_unreadable_listen_is_refused(pg: Any, txn_pooler: Pooler) -> None:
     """A LISTEN the pooler cannot read (a Unicode-escaped name) is refused with 0A000 rather than guessed at;
     the transaction fails as PostgreSQL's own error would make it."""
