@@ -414,17 +414,30 @@ def _apply(c: Any, st: ListenState, ops: list[tuple[int, bytes]]) -> None:
         command(reg, c.pool, c.worker, (b"LISTEN " + ls.quote(name), name, ls.LISTEN, None))
     removed = before - chans
     if removed:
-        _unlisten(c, reg.unsubscribe(c, removed))
         if st.queue:
             st.queue = deque(e for e in st.queue if e[0] in chans)
+        if st.ops:
+            removed -= _later_listens(st)
+        if removed:
+            _unlisten(c, reg.unsubscribe(c, removed))
     _drop(c, st, ops)
 
 
 def _drop(c: Any, st: ListenState, ops: list[tuple[int, bytes]]) -> None:
     """LISTENs that did not commit: the client was registered early for them (_pre_listen)."""
     names = {name for kind, name in ops if kind == ls.LISTEN and name not in st.channels}
+    if names and st.ops:
+        names -= _later_listens(st)
     if names:
         _unlisten(c, st.reg.unsubscribe(c, names))
+
+
+def _later_listens(st: ListenState) -> set[bytes]:
+    """The channels a LISTEN of a later request (pipelined, still in `ops`) registered the client for early
+    (_pre_listen): an UNLISTEN, or a failed LISTEN, of an earlier request leaves those registrations alone (else
+    the notifications of that later request's own NOTIFY were lost: `UNLISTEN *` pipelined before `LISTEN ch;
+    NOTIFY ch`)."""
+    return {name for kind, name in st.ops if kind == ls.LISTEN}
 
 
 def _own_and_after(c: Any, st: ListenState) -> None:

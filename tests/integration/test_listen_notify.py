@@ -183,7 +183,11 @@ def test_listen_and_notify_in_one_query_on_a_fresh_pool(pg: Any, pooler_factory:
              ["select 1/0 || listen ch_e; notify ch_e", "notify ch_e, 'again'"],
              ["listen ch_f; select 1 || rollback", "notify ch_f, 'kept'"],
              # a NOTIFY before the client's first LISTEN, in the same transaction: delivered before the COMMIT's end
-             ["begin", "notify ch_g, 'first'", "listen ch_g", "commit"]]
+             ["begin", "notify ch_g, 'first'", "listen ch_g", "commit"],
+             # an UNLISTEN pipelined before a LISTEN of the same channel and a NOTIFY of it: the UNLISTEN, applied
+             # at its own ReadyForQuery, undid the later LISTEN's early registration (random probe, seed 1171)
+             ["listen ch_h"] + ["unlisten * || select 1 || listen ch_h; notify ch_h, 'back'",
+                                "unlisten ch_h || listen ch_h; notify ch_h, 'again'"] * 3]
     got: dict[str, Any] = {}
     for case in cases:
         p = pooler_factory(pool_mode="transaction", pool_size=2, general={"prepared_statements": prepared})
