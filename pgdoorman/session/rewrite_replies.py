@@ -87,10 +87,12 @@ class Held(Protocol):
 def revive(s: Held, st: ps.Statement) -> None:
     """If `st` was evicted from `s` since the server was checked out, it is still there (its DEALLOCATE comes
     at check-in): held again rather than parsed (PostgreSQL would refuse that Parse with 42P05). A Parse of it
-    still in flight may yet be skipped: Rewriter._unsure decides, as for any statement held. Not a statement
-    the pool forgot (a stale plan): that one is parsed afresh under a new name anyway."""
+    still in flight may yet be skipped: Rewriter._unsure decides, as for any statement held. A statement the
+    pool forgot (`dead`) too: a client that named it before DDL invalidated the pool's cache still uses it (as
+    PostgreSQL keeps a session's statements), and another client's name for a stale plan still points at it
+    until its own error replaces it; parsing it again here failed with 42P05."""
     ev = s.evicted
-    if ev and st.name in ev and st.name not in s.prepared and not st.dead:
+    if ev and st.name in ev and st.name not in s.prepared:
         s.remember(st.name)
 
 

@@ -405,6 +405,31 @@ def test_same_responses_as_postgres(pg: Any, pooler: Any, name: str) -> None:
         assert holder.switches > 0, holder.used
 
 
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "in_a_block"])
+def test_a_statement_evicted_then_invalidated_is_used_again(pg: Any, pooler_factory: Any, pinned: bool) -> None:
+    """Server caches of 1: a client keeps its server (pinned by a temp table, or inside one transaction block),
+    names a statement, an unnamed one evicts it from the server's cache (its DEALLOCATE waits for the check-in),
+    and DDL invalidates the pool's cache. Its Bind was sent with a Parse again, which PostgreSQL refused
+    (42P05: the server still held it); it is used as the server holds it, as PostgreSQL keeps a session's
+    statement (test_state_random with tiny caches found it)."""
+    p = pooler_factory(pool_mode="transaction", pool_size=2,
+                       general={"server_prepared_statements_cache_size": 1, "prepared_statements_cache_size": 2})
+    first = Q("create temp table ev_a (x int)") if pinned else Q("begin")
+    steps = [one(first), one(P("ev1", "select 8201"), S), one(P("", "select 8202"), B(), E(), S),
+             one(Q("create temp table ev_b (x int)" if pinned else "create table ev_c (x int)")),
+             one(B("ev1"), E(), S), one(Q("select 1")), one(B("ev1"), E(), S)]
+    if not pinned:
+        steps.append(one(Q("rollback")))
+    direct, pooled = _connect(pg.host, pg.port), _connect(p.host, p.port)
+    try:
+        want = run_steps([direct], steps)
+        assert want[4][1][1] == ("D", b"\x00\x01\x00\x00\x00\x048201")
+        assert run_steps([pooled], steps) == want
+    finally:
+        direct.close()
+        pooled.close()
+
+
 def test_thousand_statements_through_cache_of_100(pg: Any, pooler: Any) -> None:
     """1,000 distinct statements with server caches of 100 (transaction mode): evictions happen, answers stay
     right."""

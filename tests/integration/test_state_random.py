@@ -17,7 +17,7 @@ and then A or B reconnects. The same again in transaction mode with pool_size 1,
 request on the one server: without what pins a client, and with a client in a transaction
 block keeping the turn until it ends (the other would wait for the server). And in transaction mode with
 prepared_statements off, without named protocol-level statements and with LISTEN and NOTIFY as simple queries
-only (the documented differences there).
+only (the documented differences there); and with statement caches of 2 per server and 3 per pool.
 
 Left out, as documented differences: SQL EXECUTE of a protocol-level statement through the extended protocol
 (docs/prepared-statements.md "Known differences from PostgreSQL"). A reset followed by a request pipelined
@@ -355,6 +355,22 @@ def test_random_steps_without_prepared_statements_as_on_postgresql(pg: Any, no_p
     seq = _without_ps(steps(seed, [o for o in OPS if not any(w in o for w in NAMED)]))
     _compare("transaction (prepared_statements off)", seed, play(pg.host, pg.port, seq),
              play(no_ps.host, no_ps.port, seq))
+
+
+@pytest.fixture(scope="module")
+def tiny_caches(pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
+    with started_in_mode(pg, tmp_path_factory, "transaction", "state-tiny", pool_size=3,
+                         general={"query_wait_timeout": 8000, "server_prepared_statements_cache_size": 2,
+                                  "prepared_statements_cache_size": 3}) as p:
+        yield p
+
+
+@pytest.mark.parametrize("seed", range(SEEDS))
+def test_random_steps_with_tiny_statement_caches_as_on_postgresql(pg: Any, tiny_caches: Any, seed: int) -> None:
+    """Transaction mode, servers that keep 2 statements and a pool cache of 3: evictions on every few steps."""
+    seq = steps(seed)
+    _compare("transaction (tiny caches)", seed, play(pg.host, pg.port, seq),
+             play(tiny_caches.host, tiny_caches.port, seq))
 
 
 @pytest.mark.parametrize("seed", range(SEEDS))
