@@ -77,6 +77,21 @@ class ListenState:
         chans = self.channels
         return b"".join(msg for ch, msg in q if ch in chans)
 
+    def _others(self, c: Any) -> bytes:
+        """take(), but for the notifications the client's own server sent, which stay queued: at a ReadyForQuery
+        with more requests pipelined behind it, one of those requests may have sent them (a NOTIFY pipelined
+        behind a LISTEN), and PostgreSQL sends them before that request's ReadyForQuery. (With one worker they
+        cannot arrive before this ReadyForQuery is read; the LISTEN connection's thread can deliver them
+        earlier.)"""
+        s = c.server
+        pid = s.pid if s is not None else 0
+        q = self.queue
+        if not pid or all(_U32(msg, 5)[0] != pid for _, msg in q):
+            return self.take()
+        chans = self.channels
+        self.queue = deque(e for e in q if _U32(e[1], 5)[0] == pid)
+        return b"".join(msg for ch, msg in q if ch in chans and _U32(msg, 5)[0] != pid)
+
     def ahead_of_ready(self, data: bytes) -> bytes:
         """`data`, an answer that ends with a ReadyForQuery (status I), with the queued notifications put just
         before it, as PostgreSQL sends them."""
@@ -87,8 +102,10 @@ class ListenState:
         queued for it, then `z`. After a transaction that may have notified a channel the client listens on,
         `z` waits for a round trip of the LISTEN connection (_hold_ready), so that the client's own
         notifications come before it, as PostgreSQL sends them."""
+        if c.expect or c.rw.rq:
+            return self._others(c) + z  # (requests pipelined after it: the client's own wait for the last one)
         out = self.take()
-        if self.notified and not c.expect and not c.rw.rq:  # (with requests pipelined after it: at the last one)
+        if self.notified:
             self.notified = False
             if self.channels and not c.closed:
                 _hold_ready(c, self, z)
