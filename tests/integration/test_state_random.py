@@ -17,7 +17,8 @@ and then A or B reconnects. The same again in transaction mode with pool_size 1,
 request on the one server: without what pins a client, and with a client in a transaction
 block keeping the turn until it ends (the other would wait for the server). And in transaction mode with
 prepared_statements off, without named protocol-level statements and with LISTEN and NOTIFY as simple queries
-only (the documented differences there); and with statement caches of 2 per server and 3 per pool.
+only (the documented differences there); with statement caches of 2 per server and 3 per pool; and on two
+worker threads (`worker_placement: spread`), both modes.
 
 Left out, as documented differences: SQL EXECUTE of a protocol-level statement through the extended protocol
 (docs/prepared-statements.md "Known differences from PostgreSQL"). A reset followed by a request pipelined
@@ -371,6 +372,21 @@ def test_random_steps_with_tiny_statement_caches_as_on_postgresql(pg: Any, tiny_
     seq = steps(seed)
     _compare("transaction (tiny caches)", seed, play(pg.host, pg.port, seq),
              play(tiny_caches.host, tiny_caches.port, seq))
+
+
+@pytest.fixture(scope="module", params=("session", "transaction"))
+def two_workers(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
+    with started_in_mode(pg, tmp_path_factory, request.param, "state-two", pool_size=3,
+                         general={"query_wait_timeout": 8000, "worker_threads": 2, "worker_placement": "spread"}) as p:
+        yield p
+
+
+@pytest.mark.parametrize("seed", range(SEEDS))
+def test_random_steps_on_two_workers_as_on_postgresql(pg: Any, two_workers: Any, seed: int) -> None:
+    """Two worker threads, clients spread over both (servers and the LISTEN connection move between them)."""
+    seq = steps(seed)
+    _compare(f"{two_workers.mode} (two workers)", seed, play(pg.host, pg.port, seq),
+             play(two_workers.host, two_workers.port, seq))
 
 
 @pytest.mark.parametrize("seed", range(SEEDS))
