@@ -324,13 +324,11 @@ class ClientConn(ClientLogin):
             self._on_header(t, 0)
             if not body:
                 return None
-            if not self.transaction_mode:
-                txresets.note(self, body, counted=True)
-                if self.reset_names:
-                    txresets.forgotten(self, body)
-                return None
             if self.reset_names:
                 txresets.forgotten(self, body)
+            if not self.transaction_mode:
+                txresets.note(self, body, counted=True)
+                return None
             refused = self.refuse_pinning(body)
             return listening.in_request(self, body) if refused is None else m.query(refused)
         if t == 80:  # a small Parse (transaction mode, prepared_statements off; session mode, as Query above)

@@ -85,12 +85,18 @@ class ListenState:
         earlier.)"""
         s = c.server
         pid = s.pid if s is not None else 0
-        q = self.queue
-        if not pid or all(_U32(msg, 5)[0] != pid for _, msg in q):
+        if not pid:
             return self.take()
         chans = self.channels
-        self.queue = deque(e for e in q if _U32(e[1], 5)[0] == pid)
-        return b"".join(msg for ch, msg in q if ch in chans and _U32(msg, 5)[0] != pid)
+        own: deque[tuple[bytes, bytes]] = deque()
+        out = []
+        for e in self.queue:
+            if _U32(e[1], 5)[0] == pid:
+                own.append(e)
+            elif e[0] in chans:
+                out.append(e[1])
+        self.queue = own
+        return b"".join(out)
 
     def ahead_of_ready(self, data: bytes) -> bytes:
         """`data`, an answer that ends with a ReadyForQuery (status I), with the queued notifications put just
