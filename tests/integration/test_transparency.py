@@ -38,6 +38,9 @@ pytestmark = pytest.mark.timeout(180)
 
 MODES = ("session", "transaction")
 
+# Another client's, which differ from A's in a reported and an unreported setting.
+SETTINGS_B = {"TimeZone": "Europe/Paris", "work_mem": "9MB"}
+
 # Startup settings of client A, PostgreSQL's reported ones and others, one through `options`.
 SETTINGS_A = {
     "application_name": "app-1",
@@ -313,6 +316,7 @@ def test_a_prepared_reset_counts_where_it_is_executed(pg: Any, pooler_factory: A
     """A prepared reset of a setting PostgreSQL does not report (work_mem; client A started with 7MB, the pool
     has 4MB) executed in a later request than its Parse (asyncpg's prepare()), in a transaction block and
     outside one; a Parse alone resets nothing; a Bind of a closed or deallocated one fails and resets nothing.
+    Client B (9MB, another TimeZone) uses the one server between A's transactions and after A left.
     Where the pooler does not keep statements (session mode, prepared_statements off) it noted the text at
     the Parse: a Parse alone put the startup value back, and a later Bind did not."""
     p = pooler_factory(pool_mode=mode, pool_size=1, general={"prepared_statements": prepared})
@@ -325,6 +329,12 @@ def test_a_prepared_reset_counts_where_it_is_executed(pg: Any, pooler_factory: A
                 got = a.read_until("Z")
                 return [("E", parse_fields(b).get("C")) for t, b in got if t == "E"] + everything(got)
 
+            def b_sees(host: str = host, port: int = port, out: list[Any] = out) -> None:
+                """Client B (other settings) on the one server between A's transactions (transaction mode)."""
+                if mode == "transaction":
+                    with connect(host, port, SETTINGS_B) as b:
+                        out.append(("b", everything(b.query("show work_mem; show timezone"))))
+
             if not prepared:
                 a.query("begin")  # (named statements last until the transaction's end there: in one block)
             out.append(run(parse("w", "set work_mem to default")))
@@ -334,21 +344,28 @@ def test_a_prepared_reset_counts_where_it_is_executed(pg: Any, pooler_factory: A
                 a.query("commit")
             a.query("set work_mem = '1MB'")
             out.append(("parsed only", run(parse("w2", "reset work_mem")), everything(a.query("show work_mem"))))
+            if prepared:
+                b_sees()
             out.append(("later", run(bind("", "w2"), execute()), everything(a.query("show work_mem"))))
             if not prepared:
                 out.append(everything(a.query("commit")))
-                got[name] = out
-                continue
-            a.query("set work_mem = '2MB'")
-            out.append(("closed", run(close("S", "w2")), run(bind("", "w2"), execute()),
-                        everything(a.query("show work_mem"))))
-            out.append(("deallocated", everything(a.query("deallocate w")), run(bind("", "w"), execute()),
-                        everything(a.query("show work_mem"))))
-            out.append(("unnamed", run(parse("", "reset work_mem"), bind(), execute()),
-                        everything(a.query("show work_mem"))))
+            else:
+                b_sees()
+                a.query("set work_mem = '2MB'")
+                out.append(("closed", run(close("S", "w2")), run(bind("", "w2"), execute()),
+                            everything(a.query("show work_mem"))))
+                b_sees()
+                out.append(("deallocated", everything(a.query("deallocate w")), run(bind("", "w"), execute()),
+                            everything(a.query("show work_mem"))))
+                out.append(("unnamed", run(parse("", "reset work_mem"), bind(), execute()),
+                            everything(a.query("show work_mem"))))
+                b_sees()
+        with connect(host, port, SETTINGS_B) as b:  # (after A left: the server it used, pool_size 1)
+            out.append(("b after", everything(b.query("show work_mem; show timezone"))))
         got[name] = out
     status = b"I" if prepared else b"T"
-    assert got["direct"][3] == ("later", [("C", b"RESET"), ("Z", status)], [("D", b"7MB"), ("C", b"SHOW"), ("Z", status)])
+    got_later = [e for e in got["direct"] if e[0] == "later"]
+    assert got_later[0] == ("later", [("C", b"RESET"), ("Z", status)], [("D", b"7MB"), ("C", b"SHOW"), ("Z", status)])
     assert got["pooled"] == got["direct"]
 
 
