@@ -13,10 +13,13 @@ console, no error handling beyond closing: nothing a real pooler could leave out
 
     .venv/bin/python scripts/relay_floor.py compare --rounds 2           # floor, PgBouncer, pgdoorman
     .venv/bin/python scripts/relay_floor.py compare --python .venv-ft/bin/python --only floor,pgdoorman
+    .venv/bin/python scripts/relay_floor.py count      # its bytecodes and calls a transaction
 
 `compare` runs `serve` next to scripts/bench.py's cluster and poolers (pool_size 20, everything at nice
 -10) and prints scripts/sched_share.py's columns for each: tps, and CPU per transaction (user+system) of
-the pooler, PostgreSQL and pgbench. A diagnostic, not a benchmark.
+the pooler, PostgreSQL and pgbench. A diagnostic, not a benchmark. `count` runs `serve` under
+scripts/count_bytecodes.py's tracer and prints its bytecodes, Python calls and C calls per transaction, the
+figures count_bytecodes.py gives for pgdoorman.
 """
 
 from __future__ import annotations
@@ -244,7 +247,81 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def count(args: argparse.Namespace) -> int:
+    import collections
+    import json
+    import signal
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench as B
+
+    B.set_ports(26200)
+    b = B.Bench(B.parse_args(["--only", "pgdoorman", "--idle-clients", "0", "--login-storm", "0", "--scale", "1",
+                              "--port-base", "26200"]))
+    port = "26299"
+    try:
+        b.start_cluster()
+        for kind in ("ops", "calls"):
+            out = b.tmp / f"counts-{kind}.json"
+            p = b.procs.spawn([sys.executable, str(Path(__file__).resolve()), "traced", kind, str(out), "serve",
+                               "--port", port, "--server", f"{B.HOST}:{B.PORT_PG}", "--pool", "20",
+                               "--user", B.ROLE, "--db", B.DB],
+                              env=dict(b.env, PGPASSWORD=b.password), stdout=subprocess.PIPE, text=True)
+            assert p.stdout is not None
+            p.stdout.readline()
+
+            def pgbench(clients: int, tx: int) -> None:
+                r = subprocess.run([b.bin("pgbench"), "-h", B.HOST, "-p", port, "-U", B.ROLE, "-n", "-S", "-M",
+                                    "simple", "-c", str(clients), "-j", "1", "-t", str(tx), B.DB],
+                                   env=b.env, capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise SystemExit(f"pgbench failed: {r.stderr[-500:]}")
+
+            pgbench(20, 50)
+            os.kill(p.pid, signal.SIGRTMIN + 2)  # count_bytecodes.RESET
+            time.sleep(0.3)
+            pgbench(args.clients, args.transactions // args.clients)
+            os.kill(p.pid, signal.SIGRTMIN + 1)  # count_bytecodes.DUMP
+            for _ in range(100):
+                if out.exists():
+                    break
+                time.sleep(0.1)
+            agg: collections.Counter[str] = collections.Counter()
+            for f, fn, _line, v in json.loads(out.read_text()):
+                agg[f"{f}:{fn}"] += v
+            n = args.transactions // args.clients * args.clients
+            c_calls = sum(v for k, v in agg.items() if k.startswith("C:")) / n
+            if kind == "ops":
+                print(f"bytecodes/tx {sum(agg.values()) / n:.0f}")
+            else:
+                print(f"Python calls/tx {sum(agg.values()) / n - c_calls:.1f}   C calls/tx {c_calls:.1f}")
+            for k, v in agg.most_common(8):
+                print(f"  {v / n:8.1f}  {k}")
+            b.procs.stop(p)
+    finally:
+        b.cleanup()
+    return 0
+
+
+def traced(argv: list[str]) -> None:
+    """`serve` under count_bytecodes.py's tracer (argv: kind, output file, serve's arguments)."""
+    import runpy
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import count_bytecodes
+
+    def run_floor(*_: object, **__: object) -> None:
+        sys.argv = [__file__, *argv[2:]]
+        runpy.run_path(__file__, run_name="__main__")
+
+    runpy.run_module = run_floor  # type: ignore[assignment]  # (trace_main runs pgdoorman with it)
+    count_bytecodes.trace_main(argv[0], argv[1], argv[2:])
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["traced"]:
+        traced(sys.argv[2:])
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sv = sub.add_parser("serve", help="run the floor relay (PGPASSWORD is the servers' password)")
@@ -260,11 +337,14 @@ def main() -> int:
     cp.add_argument("--clients", type=int, default=100)
     cp.add_argument("--duration", type=int, default=12)
     cp.add_argument("--rounds", type=int, default=1)
+    ct = sub.add_parser("count", help="serve's bytecodes and calls a transaction (3.11's tracer)")
+    ct.add_argument("--clients", type=int, default=100)
+    ct.add_argument("--transactions", type=int, default=3000)
     args = ap.parse_args()
     if args.cmd == "serve":
         serve(args)
         return 0
-    return compare(args)
+    return compare(args) if args.cmd == "compare" else count(args)
 
 
 if __name__ == "__main__":
