@@ -10,8 +10,11 @@ the client's own channel, sequences, roles, COPY (FROM STDIN as a simple query a
 protocol, CopyFail), a FunctionCall, a pipeline of two batches, two requests in one write (simple or
 extended; fixed pairs, random pairs of the SQL statements, and two or three requests of any kind, a COPY FROM
 STDIN with its data among them), a portal
-suspended, a named portal executed again in a later request, a Flush before the Sync, results in binary; a
-statement without `;` is sent as a simple query or through the extended protocol at random. Now and then a
+suspended, a named portal executed again in a later request, a Flush before the Sync, results in binary, a
+statement cancelled while it runs (alone, or with a query pipelined behind it); a statement without `;` is sent
+as a simple query or through the extended protocol at random. The clients also act on each other: one sends a
+cancel while idle as the other's statement runs (which PostgreSQL ignores: its own backend is idle), and one
+NOTIFYs the other's channel, which reads what arrives within 0.3 s (sometimes after a LISTEN of it). Now and then a
 fresh client C connects, reads what a new session would see (CHECKS: nothing of A's or B's), and leaves; now
 and then A or B reconnects. The same again in transaction mode with pool_size 1, so that A and B run every
 request on the one server: without what pins a client, and with a client in a transaction
@@ -35,7 +38,9 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import struct
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,6 +51,7 @@ from tests.support.pooler import Pooler, started_in_mode
 from tests.support.wire import (
     WireClient,
     bind,
+    cancel_request,
     close,
     describe,
     execute,
@@ -108,6 +114,9 @@ OPS = [
     "select 1 /*" + "x" * 9000 + "*/; set work_mem = '2MB'",
     "PIPE2", "PIPE2", "PIPE2", "PIPE2",  # two of the SQL statements above, in one write (_pipe)
     "PIPEN", "PIPEN", "PIPEN",  # two or three requests of the above, protocol steps too, in one write (_pipen)
+    "CANCEL", "CANCEL show work_mem", "CANCEL set work_mem = '7MB'",  # cancelled while it runs (a request behind)
+    "XCANCEL", "XNOTIFY", "XLISTEN",  # a cancel while idle and the other client's query runs; a NOTIFY of the
+    # other's channel (XLISTEN: it LISTENs to it first)
 ]
 # What may not come first in a random pipeline (documented differences: a reset, or a COMMIT or NOTIFY of the
 # client's own channel, followed by a pipelined request).
@@ -175,11 +184,46 @@ def _request(q: str, ext: bool, me: str) -> bytes | None:
     return None
 
 
+SLEEP = "select pg_sleep(30)"
+# PostgreSQL itself (the pg fixture), where _wait_running looks for a statement running (_watch sets it).
+_PG: dict[str, Any] = {}
+
+
+@pytest.fixture(autouse=True)
+def _watch(pg: Any) -> Iterator[None]:
+    _PG.setdefault("addr", (pg.host, pg.port))
+    yield
+
+
+def _wait_running(text: str) -> None:
+    """Until a backend runs `text` (so that a cancel finds it running), asked of PostgreSQL directly."""
+    if _PG.get("conn") is None:
+        _PG["conn"] = connect(*_PG["addr"])
+    sql = f"select count(*) from pg_stat_activity where state = 'active' and query = '{text}'"
+    deadline = time.monotonic() + 10
+    while _PG["conn"].query_rows(sql)[0][0] != "1":
+        assert time.monotonic() < deadline, f"{text!r} never ran"
+        time.sleep(0.005)
+
+
+def _cancel(c: WireClient) -> None:
+    """A CancelRequest with `c`'s key, sent where `c` is connected (as libpq does: a connection of its own)."""
+    assert c.backend_key is not None
+    with socket.create_connection(c.sock.getpeername()[:2], timeout=10) as s:
+        s.sendall(cancel_request(*c.backend_key))
+        s.recv(1)  # (the server closes it without an answer)
+
+
 def run(c: WireClient, q: str, ext: bool, me: str = "") -> list[Any]:
     op, _, rest = q.partition(" ")
     one = _request(q, ext, me)
     if one is not None:
         c.send(one)
+    elif op == "CANCEL":  # a long statement cancelled while it runs; `CANCEL x`: the query x pipelined behind it
+        c.send(_request(SLEEP, ext, me) or b"", query(rest) if rest else b"")
+        _wait_running(SLEEP)
+        _cancel(c)
+        return answer(c.read_until("Z", timeout=10)) + (answer(c.read_until("Z", timeout=10)) if rest else [])
     elif op == "PIPEN":  # several requests in one write: `q:` a simple query, `x:` extended, else a protocol step
         parts = rest.split(" || ")
         c.send(*(_request(p[2:], p[0] == "x", me) or b"" for p in parts))
@@ -295,6 +339,29 @@ def play(host: str, port: int, seq: list[tuple[str, str, bool]], one_server: boo
                 continue
             if ext and q.startswith("execute n"):  # (see the module's docstring)
                 q, ext = "select 'left out'", False
+            other = "b" if who == "a" else "a"
+            if q == "XCANCEL":  # the other client's statement runs; this one, idle, sends a cancel: nothing happens
+                if (one_server and status[who] != b"I") or status[other] == b"E":
+                    continue  # (the other would wait for the one server; or its statement is refused at once)
+                cs[other].send(query("select pg_sleep(0.3)"))
+                _wait_running("select pg_sleep(0.3)")
+                _cancel(cs[who])
+                got = answer(cs[other].read_until("Z", timeout=10))
+                status[other] = got[-1][1]
+                out.append((other, q, ext, got))
+                continue
+            if q == "XLISTEN":
+                if not (one_server and status[who] != b"I"):  # (else the other would wait for the one server)
+                    got = run(cs[other], f"listen ch_{other}", False)
+                    status[other] = got[-1][1]
+                    out.append((other, q, ext, got))
+                q = "XNOTIFY"
+            if q == "XNOTIFY":  # what the other client reads within 0.3 s after a NOTIFY of its channel
+                out.append((who, q, ext, run(cs[who], f"notify ch_{other}, 'x'", False)))
+                out.append((other, "notified", False, _notified(cs[other])))
+                continue
+            if q.startswith("CANCEL") and status[who] == b"E":
+                q = SLEEP  # (refused at once in a failed transaction: nothing runs to cancel)
             got = run(cs[who], q, ext, who)
             status[who] = [x for x in got if x[0] == "Z"][-1][1]
             out.append((who, q, ext, got))
@@ -302,6 +369,18 @@ def play(host: str, port: int, seq: list[tuple[str, str, bool]], one_server: boo
         for c in cs.values():
             c.close()
     return out
+
+
+def _notified(c: WireClient) -> list[Any]:
+    """The messages `c` receives within 0.3 s, or up to its first NotificationResponse."""
+    got: list[tuple[str, bytes]] = []
+    deadline = time.monotonic() + 0.3
+    while not got or got[-1][0] != "A":
+        try:
+            got.append(c.read_message(timeout=max(deadline - time.monotonic(), 0.001)))
+        except TimeoutError:
+            break
+    return answer(got)
 
 
 # What pins a client to its server in transaction mode (then the other client would wait for the one server).
