@@ -464,6 +464,9 @@ class Worker:
         if not client_gone and linked is not None:
             if linked.copy_confused:
                 return  # it keeps this server until it leaves (ClientConn.on_server_error)
+            if s.cancel_pending and (s.dirty or linked.leaves or linked.pinned) and s.txn_status == 73:
+                s.wait_for_cancel(linked)  # (kept, or read back first: not before PostgreSQL has the cancel)
+                return
             if (s.dirty or linked.leaves or linked.pinned) and s.txn_status == 73 and (
                     linked.session_check(s) if linked.transaction_mode
                     else s.dirty & DIRTY_RESTORE and resets.restore(linked, s)):

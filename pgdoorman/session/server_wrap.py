@@ -138,6 +138,16 @@ class ServerWrapped(ServerPrepared):
         send_cancel(self.addr, self.pid, self.secret,
                     lambda outcome: loop.call_soon_threadsafe(self._cancel_sent, outcome))
 
+    def wait_for_cancel(self, c: ClientPeer) -> None:
+        """(Worker.release_server) A cancel is on its way, and `c`, done with this server, keeps it (pinned, or
+        session mode) or has its session read back on it first: neither that query nor `c`'s next request may
+        reach PostgreSQL before the cancel does (it would hit them). `c` is not read meanwhile; _cancel_sent
+        releases the server again."""
+        if self.cancel_paused is None:
+            self.cancel_paused = c
+            c.pause_reading()
+        self.cancel_parked = True
+
     def _on_cancelling(self, t: int, body: memoryview) -> bytes | None:
         """The relay handler while the cancel is on its way: as usual, but a ReadyForQuery that leaves the client
         nothing in flight stops reading the client until the cancel has reached PostgreSQL."""

@@ -192,6 +192,43 @@ def test_client_cancel_is_gated_the_same_way(pg: Any, pooler_factory: Any, mode:
         b.close()
 
 
+STARTUP = {"DateStyle": "German", "TimeZone": "Europe/Paris"}
+
+
+@pytest.mark.parametrize("mode,before", [("transaction", "create temp table tq (x int)"),
+                                         ("transaction", "set work_mem = '3MB'"), ("session", "select 1")])
+def test_a_client_that_keeps_its_server_waits_for_its_cancel(pg: Any, pooler_factory: Any, mode: str,
+                                                             before: str) -> None:
+    """The gate again, for a client whose server is not given back at its ReadyForQuery: pinned to it (a
+    temporary table) or in session mode, or whose settings are read back on it first (after a SET). Its
+    statement ends on its own while its cancel waits for the frozen postmaster, and it sends `SET datestyle
+    TO DEFAULT` at once. That request goes to the server only once PostgreSQL has taken the cancel (then the
+    backend is idle and ignores it), and it is answered as on PostgreSQL, where it ran before the cancel came:
+    no report (the startup DateStyle stays). A pinned client's was sent at once, and the read-back after it
+    skipped while the cancel was on its way: it reported the pool's DateStyle (found by test_state_random);
+    the other two were gated already (session mode is not read at a ReadyForQuery while a cancel is on its
+    way; the read-back of a SET parks the server), and now the read-back waits for the cancel too."""
+    p = _pooler(pooler_factory, mode, 1, timeout=0)
+    got = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", p.host, p.port)):
+        a = WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, params=STARTUP)
+        a.query(before)
+        with frozen_postmaster(pg):
+            a.send(query("select pg_sleep(0.4)"))
+            time.sleep(0.2)
+            k = socket.create_connection((host, port))  # (PostgreSQL's own answer waits for the postmaster)
+            k.sendall(cancel_request(*a.backend_key))  # type: ignore[misc]
+            first = comparable(a.read_until("Z", timeout=10))
+            a.send(query("set datestyle to default"))
+            time.sleep(0.3)
+        k.recv(1)
+        k.close()
+        got[name] = [first, comparable(a.read_until("Z", timeout=10)), a.query_rows("show datestyle")]
+        a.close()
+    assert got["pooled"] == got["direct"]
+    assert got["direct"][1:] == [[("C", b"SET\0"), ("Z", b"I")], [["German, DMY"]]]
+
+
 # ------------------------------------------------------------------ drivers
 def _psycopg_run(host: str, port: int, cancel: Any) -> list[Any]:
     dsn = f"host={host} port={port} dbname={DBNAME} user={SCRAM_USER} password={SCRAM_PASSWORD} sslmode=disable"
