@@ -351,12 +351,20 @@ def parse_refusal(c: Any, body: memoryview) -> bytes | None:
     """Without transparent prepared statements: a Parse (body) of a LISTEN/UNLISTEN is refused, since the
     statement would run on whichever server the client has at its Execute (REFUSAL with no parameters). A
     DISCARD ALL goes on, and is noted as the UNLISTEN * it also is, for its request (that of its Parse: the
-    pooler does not keep these statements)."""
+    pooler does not keep these statements); so is a ROLLBACK or a savepoint's statement while the client's
+    LISTEN or UNLISTEN waits for its transaction's end (as `bound` notes them)."""
     b = bytes(body)
     j = b.find(b"\x00")
     k = b.find(b"\x00", j + 1) if j >= 0 else -1
     r = ls.statement(b[j + 1 : k]) if k >= 0 else None
     if r is None:
+        st: ListenState | None = c.lsn
+        if st is not None and st.ops and k >= 0:
+            text = b[j + 1 : k]
+            if ls.is_rollback(text):
+                _add(c, st, (ROLLBACK, b""), False)
+            elif (sp := ls.savepoint(text)) is not None:
+                _add(c, st, sp, False)
         return None
     if r[0] == ls.DISCARD_ALL:
         if c.lsn is not None:

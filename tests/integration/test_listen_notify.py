@@ -579,6 +579,33 @@ def test_discard_all_through_the_extended_protocol_without_prepared_statements(p
     assert t[2] and not t[5]
 
 
+@pytest.mark.parametrize("undo", ["rollback", "abort", "rollback to savepoint s"])
+def test_rollback_through_the_extended_protocol_without_prepared_statements(pg: Any, pooler_factory: Any,
+                                                                            undo: str) -> None:
+    """A LISTEN in a transaction block that a ROLLBACK (or ROLLBACK TO SAVEPOINT) sent through the extended
+    protocol undoes, as drivers send it: the client did not listen on PostgreSQL, and without prepared_statements
+    it did through the pooler (the Parse of the ROLLBACK was not read for it; test_state_random's
+    prepared_statements-off variant found it, seed 203). Compared with PostgreSQL, pool_size 1."""
+    p = pooler_factory(pool_size=1, general={"prepared_statements": False})
+
+    def ext(pair: Pair, sql: str) -> list[Any]:
+        pair["a"].send(parse("", sql), bind(), execute(), sync())
+        return shape(pair["a"].read_until("Z"))
+
+    def steps(pair: Pair) -> Transcript:
+        t = [pair.run("a", "begin"), ext(pair, "savepoint s"), pair.run("a", "listen rb1")]
+        t.append(ext(pair, undo))
+        if undo.endswith(" s"):
+            t.append(ext(pair, "commit"))
+        t.append(pair.notify("b", "notify rb1, 'after'"))
+        t.append(pair.idle("a"))
+        t.append(pair.run("a", "select pg_notify('rb1', 'own')"))
+        return t
+
+    t = compare(pg, p, steps)
+    assert not t[-2] and ("A",) not in [x[:1] for x in t[-1]]
+
+
 def test_unreadable_listen_is_refused(pg: Any, txn_pooler: Pooler) -> None:
     """A LISTEN the pooler cannot read (a Unicode-escaped name) is refused with 0A000 rather than guessed at;
     the transaction fails as PostgreSQL's own error would make it."""
