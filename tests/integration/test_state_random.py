@@ -4,7 +4,7 @@ message by message (the standard: compare with PostgreSQL, not with our expectat
 Two clients whose startup settings differ (A: SETTINGS_A; B: its own TimeZone, DateStyle, application_name and
 work_mem) take turns on a pool of 3 servers in session and in transaction mode, so that servers are reused and
 shared. Each step is one of OPS: temporary tables, SQL and protocol-level prepared statements (Parse, Bind,
-Describe, Close, DEALLOCATE, SQL EXECUTE), cursors, advisory locks, transactions with savepoints and errors,
+Describe, Close, DEALLOCATE, SQL EXECUTE; names of each client's own, and one name both use for their own texts), cursors, advisory locks, transactions with savepoints and errors,
 settings (SET, SET LOCAL, RESET, `TO DEFAULT`, set_config, custom settings), LISTEN, UNLISTEN and NOTIFY of
 the client's own channel, sequences, roles, COPY (FROM STDIN as a simple query and through the extended
 protocol, CopyFail), a FunctionCall, a pipeline of two batches, two requests in one write (simple or
@@ -115,6 +115,8 @@ OPS = [
     "PIPE2", "PIPE2", "PIPE2", "PIPE2",  # two of the SQL statements above, in one write (_pipe)
     "PIPEN", "PIPEN", "PIPEN",  # two or three requests of the above, protocol steps too, in one write (_pipen)
     "CANCEL", "CANCEL show work_mem", "CANCEL set work_mem = '7MB'",  # cancelled while it runs (a request behind)
+    "PARSE sh_x select '{me}'", "BIND sh_x", "DESC sh_x", "CLOSE sh_x",  # one name, each client's own text
+    "prepare sh_p as select '{me}'", "execute sh_p", "deallocate sh_p",
     "XCANCEL", "XNOTIFY", "XLISTEN",  # a cancel while idle and the other client's query runs; a NOTIFY of the
     # other's channel (XLISTEN: it LISTENs to it first)
 ]
@@ -223,7 +225,11 @@ def run(c: WireClient, q: str, ext: bool, me: str = "") -> list[Any]:
         c.send(_request(SLEEP, ext, me) or b"", query(rest) if rest else b"")
         _wait_running(SLEEP)
         _cancel(c)
-        return answer(c.read_until("Z", timeout=10)) + (answer(c.read_until("Z", timeout=10)) if rest else [])
+        got = answer(c.read_until("Z", timeout=10)) + (answer(c.read_until("Z", timeout=10)) if rest else [])
+        if ext:  # (else a later `BIND ` would run the sleep again: the unnamed statement is another one)
+            c.send(parse("", "select 7") + sync())
+            got += answer(c.read_until("Z", timeout=10))
+        return got
     elif op == "PIPEN":  # several requests in one write: `q:` a simple query, `x:` extended, else a protocol step
         parts = rest.split(" || ")
         c.send(*(_request(p[2:], p[0] == "x", me) or b"" for p in parts))
@@ -384,7 +390,7 @@ def _notified(c: WireClient) -> list[Any]:
 
 
 # What pins a client to its server in transaction mode (then the other client would wait for the one server).
-PINNING = ("temp", "advisory_lock(", "with hold", "prepare p_", "execute p_", "sequence")
+PINNING = ("temp", "advisory_lock(", "with hold", "prepare p_", "execute p_", "sequence", "sh_p")
 
 
 @pytest.fixture(scope="module")
@@ -406,7 +412,7 @@ def test_random_steps_on_one_shared_server_as_on_postgresql(pg: Any, one_server:
 # With prepared_statements off a client's named statements last until its transaction ends, and LISTEN, UNLISTEN
 # and NOTIFY through the extended protocol are refused or not held for (docs/prepared-statements.md,
 # docs/transaction-mode.md): left out there.
-NAMED = ("n1_", "n2_", "n3_", "n4_", "n5_", "PREP", "XCOPYIN", "NEXEC", "BIND", "CLOSE", "DESC ", "BINARY")
+NAMED = ("n1_", "n2_", "n3_", "n4_", "n5_", "sh_x", "PREP", "XCOPYIN", "NEXEC", "BIND", "CLOSE", "DESC ", "BINARY")
 _SIMPLE_ONLY = ("listen", "unlisten", "notify", "select pg_notify")
 
 
