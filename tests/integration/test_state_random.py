@@ -198,10 +198,12 @@ def _watch(pg: Any) -> Iterator[None]:
 
 
 def _wait_running(text: str) -> None:
-    """Until a backend runs `text` (so that a cancel finds it running), asked of PostgreSQL directly."""
+    """Until a backend sleeps in `text` (so that a cancel finds it running), asked of PostgreSQL directly. (Its
+    Parse already shows it active: a cancel then may fail the Parse, before the ParseComplete that a pooler
+    which parsed it earlier sends.)"""
     if _PG.get("conn") is None:
         _PG["conn"] = connect(*_PG["addr"])
-    sql = f"select count(*) from pg_stat_activity where state = 'active' and query = '{text}'"
+    sql = f"select count(*) from pg_stat_activity where wait_event = 'PgSleep' and query = '{text}'"
     deadline = time.monotonic() + 10
     while _PG["conn"].query_rows(sql)[0][0] != "1":
         assert time.monotonic() < deadline, f"{text!r} never ran"
