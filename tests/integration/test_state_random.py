@@ -4,24 +4,23 @@ message by message (the standard: compare with PostgreSQL, not with our expectat
 Two clients whose startup settings differ (A: SETTINGS_A; B: its own TimeZone, DateStyle, application_name and
 work_mem) take turns on a pool of 3 servers in session and in transaction mode, so that servers are reused and
 shared. Each step is one of OPS: temporary tables, SQL and protocol-level prepared statements (Parse, Bind,
-Describe, Close, DEALLOCATE, SQL EXECUTE; names of each client's own, and one name both use for their own texts), cursors, advisory locks, transactions with savepoints and errors,
-settings (SET, SET LOCAL, RESET, `TO DEFAULT`, set_config, custom settings), LISTEN, UNLISTEN and NOTIFY of
-the client's own channel, sequences, roles, COPY (FROM STDIN as a simple query and through the extended
-protocol, CopyFail), a FunctionCall, a pipeline of two batches, two requests in one write (simple or
-extended; fixed pairs, random pairs of the SQL statements, and two or three requests of any kind, a COPY FROM
-STDIN with its data among them), a portal
-suspended, a named portal executed again in a later request, a Flush before the Sync, results in binary, a
-statement cancelled while it runs (alone, or with a query pipelined behind it); a statement without `;` is sent
-as a simple query or through the extended protocol at random. The clients also act on each other: one sends a
-cancel while idle as the other's statement runs (which PostgreSQL ignores: its own backend is idle), and one
-NOTIFYs the other's channel, which reads what arrives within 0.3 s (sometimes after a LISTEN of it). Now and then a
-fresh client C connects, reads what a new session would see (CHECKS: nothing of A's or B's), and leaves; now
-and then A or B reconnects. The same again in transaction mode with pool_size 1, so that A and B run every
-request on the one server: without what pins a client, and with a client in a transaction
-block keeping the turn until it ends (the other would wait for the server). And in transaction mode with
-prepared_statements off, without named protocol-level statements and with LISTEN and NOTIFY as simple queries
-only (the documented differences there); with statement caches of 2 per server and 3 per pool; and on two
-worker threads (`worker_placement: spread`), both modes.
+Describe, Close, DEALLOCATE, SQL EXECUTE; names of each client's own, and one name both use for their own texts),
+cursors, advisory locks, transactions with savepoints and errors, settings (SET, SET LOCAL, RESET, `TO DEFAULT`,
+set_config, custom settings), LISTEN, UNLISTEN and NOTIFY of the client's own channel, sequences, roles, COPY (FROM
+STDIN as a simple query and through the extended protocol, CopyFail), a FunctionCall, a pipeline of two batches, two
+requests in one write (simple or extended; fixed pairs, random pairs of the SQL statements, and two or three
+requests of any kind, a COPY FROM STDIN with its data among them), a portal suspended, a named portal executed again
+in a later request, a Flush before the Sync, results in binary, a statement cancelled while it runs (alone, or with
+a query pipelined behind it); a statement without `;` is sent as a simple query or through the extended protocol at
+random. The clients also act on each other: one sends a cancel while idle as the other's statement runs (which
+PostgreSQL ignores: its own backend is idle), and one NOTIFYs the other's channel, which reads what arrives within
+0.3 s (sometimes after a LISTEN of it). Now and then a fresh client C connects, reads what a new session would see
+(CHECKS: nothing of A's or B's), and leaves; now and then A or B reconnects. The same again in transaction mode with
+pool_size 1, so that A and B run every request on the one server: without what pins a client, and with a client in a
+transaction block keeping the turn until it ends (the other would wait for the server). And in transaction mode with
+prepared_statements off, without named protocol-level statements and with LISTEN and NOTIFY as simple queries only
+(the documented differences there); with statement caches of 2 per server and 3 per pool; and on two worker threads
+(`worker_placement: spread`), both modes.
 
 Left out, as documented differences: SQL EXECUTE of a protocol-level statement through the extended protocol
 (docs/prepared-statements.md "Known differences from PostgreSQL"). A reset followed by a request pipelined
@@ -50,6 +49,7 @@ from tests.integration.test_transparency import SETTINGS_A, connect
 from tests.support.pooler import Pooler, started_in_mode
 from tests.support.wire import (
     WireClient,
+    WireError,
     bind,
     cancel_request,
     close,
@@ -201,13 +201,26 @@ def _wait_running(text: str) -> None:
     """Until a backend sleeps in `text` (so that a cancel finds it running), asked of PostgreSQL directly. (Its
     Parse already shows it active: a cancel then may fail the Parse, before the ParseComplete that a pooler
     which parsed it earlier sends.)"""
-    if _PG.get("conn") is None:
-        _PG["conn"] = connect(*_PG["addr"])
     sql = f"select count(*) from pg_stat_activity where wait_event = 'PgSleep' and query = '{text}'"
     deadline = time.monotonic() + 10
-    while _PG["conn"].query_rows(sql)[0][0] != "1":
+    w = _watcher()
+    while w.query_rows(sql)[0][0] != "1":
         assert time.monotonic() < deadline, f"{text!r} never ran"
         time.sleep(0.005)
+
+
+def _watcher() -> WireClient:
+    """The connection to PostgreSQL that _wait_running asks (opened again if another test closed it)."""
+    c: WireClient | None = _PG.get("conn")
+    if c is not None:
+        try:
+            c.query_rows("select 1")
+            return c
+        except (OSError, ValueError, WireError):
+            c.close()
+    c = connect(*_PG["addr"])
+    _PG["conn"] = c
+    return c
 
 
 def _cancel(c: WireClient) -> None:
