@@ -464,13 +464,13 @@ class Worker:
         if not client_gone and linked is not None:
             if linked.copy_confused:
                 return  # it keeps this server until it leaves (ClientConn.on_server_error)
-            if s.cancel_pending and (s.dirty or linked.leaves or linked.pinned) and s.txn_status == 73:
-                s.wait_for_cancel(linked)  # (kept, or read back first: not before PostgreSQL has the cancel)
-                return
-            if (s.dirty or linked.leaves or linked.pinned) and s.txn_status == 73 and (
-                    linked.session_check(s) if linked.transaction_mode
-                    else s.dirty & DIRTY_RESTORE and resets.restore(linked, s)):
-                return  # its session state is read back first, or it stays pinned to `s` (session mode: its own)
+            if (s.dirty or linked.leaves or linked.pinned) and s.txn_status == 73:
+                if s.cancel_pending:
+                    s.wait_for_cancel(linked)  # (kept, or read back first: not before PostgreSQL has the cancel)
+                    return
+                if (linked.session_check(s) if linked.transaction_mode
+                        else s.dirty & DIRTY_RESTORE and resets.restore(linked, s)):
+                    return  # its session state is read back first, or it stays pinned to `s` (session mode: its own)
         c = client if client is not None else linked
         if linked is not None and linked is not c:
             s.dirty |= linked.gave_back(s, False)

@@ -333,10 +333,7 @@ def bound(c: Any, stmt: Any) -> None:
         st.notified = stmt.query.lower().find(b"notify") >= 0
     if r is None:
         if st is not None and st.ops:
-            if ls.is_rollback(stmt.query):
-                _add(c, st, (ROLLBACK, b""), False)
-            elif (sp := ls.savepoint(stmt.query)) is not None:
-                _add(c, st, sp, False)
+            _note_end(c, st, stmt.query)
         return
     if r[0] == ls.UNREADABLE:
         return
@@ -345,6 +342,15 @@ def bound(c: Any, stmt: Any) -> None:
     _add(c, st, r, False)
     if r[0] == ls.LISTEN:
         _pre_listen(c, st, r[1])
+
+
+def _note_end(c: Any, st: ListenState, text: bytes) -> None:
+    """A prepared statement (`text`) of a client whose LISTEN/UNLISTEN waits for its transaction's end: noted
+    when it is a ROLLBACK or a savepoint's statement."""
+    if ls.is_rollback(text):
+        _add(c, st, (ROLLBACK, b""), False)
+    elif (sp := ls.savepoint(text)) is not None:
+        _add(c, st, sp, False)
 
 
 def parse_refusal(c: Any, body: memoryview) -> bytes | None:
@@ -360,11 +366,7 @@ def parse_refusal(c: Any, body: memoryview) -> bytes | None:
     if r is None:
         st: ListenState | None = c.lsn
         if st is not None and st.ops and k >= 0:
-            text = b[j + 1 : k]
-            if ls.is_rollback(text):
-                _add(c, st, (ROLLBACK, b""), False)
-            elif (sp := ls.savepoint(text)) is not None:
-                _add(c, st, sp, False)
+            _note_end(c, st, b[j + 1 : k])
         return None
     if r[0] == ls.DISCARD_ALL:
         if c.lsn is not None:

@@ -45,12 +45,8 @@ class Session(ClientPeer, Protocol):
 
 def restore(c: Session, s: ServerConn) -> bool:
     """Session mode, `s` (`c`'s, for the whole session) idle after a transaction that ran a RESET: read the
-    session's settings back, then set again the startup settings it lost. True: `s` stays with `c`. With a
-    cancel request on its way nothing may go to `s` (ServerWrapped.cancel_gated): the next ReadyForQuery
-    tries again."""
-    if s.cancel_pending:
-        reports.tell(s, c, None)  # (a held ReadyForQuery, if any: reports.at_ready does not hold one then)
-        return True
+    session's settings back, then set again the startup settings it lost. True: `s` stays with `c`. (Never
+    with a cancel request on its way: Worker.release_server waits for it first, ServerWrapped.wait_for_cancel.)"""
     s.dirty &= ~DIRTY_RESTORE
     q = txstate.settings_query(sorted(set(txstate.customs_to_read(c.want, c.customs))))
     s.run_internal([q], lambda ok: _read(c, s, ok), rows=True, extended=True)  # (the client's unnamed statement stays)
