@@ -215,7 +215,7 @@ def compare(args: argparse.Namespace) -> int:
     only = args.only.split(",")
     b.nofile = B.raise_nofile(20000)
     ns = argparse.Namespace(clients=args.clients, duration=args.duration, pgbench_nice=B.NICE, profile=0,
-                            perf=False)
+                            perf=False, rounds=args.rounds)
     try:
         b.start_cluster()
         poolers = []
@@ -230,35 +230,25 @@ def compare(args: argparse.Namespace) -> int:
             if "listening" not in line:
                 raise SystemExit(f"relay_floor did not start: {line!r}")
             poolers.append(("floor", floor.pid, PORT_FLOOR))
-        if "pgbouncer" in only:
-            poolers.append(("pgbouncer", b.start_pgbouncer().pid, B.PORT_PGBOUNCER))
-        if "pgdoorman" in only:
-            poolers.append(("pgdoorman", b.start_pgdoorman().pid, B.PORT_PGDOORMAN))
-        print("per transaction: CPU µs user+system, context switches voluntary/involuntary; pooler's busiest "
-              "thread: % of the window running, % runnable but waiting")
-        print(f"{'target':10} {'mode':9} {'tps':>9}  {'pooler':>21}  {'run':>5} {'wait':>5}  {'postgres':>21}  "
-              f"{'pgbench':>21}")
-        for _ in range(args.rounds):
-            for target, pid, port in poolers:
-                print(S.cell(b, target, pid, port, "simple", ns), flush=True)
-                time.sleep(1)
+        S.table(b, poolers + S.start_poolers(b, only), ["simple"], ns, pause=1.0)
     finally:
         b.cleanup()
     return 0
 
 
 def count(args: argparse.Namespace) -> int:
-    import collections
     import json
-    import signal
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench as B
+    import count_bytecodes as CB
 
     B.set_ports(26200)
     b = B.Bench(B.parse_args(["--only", "pgdoorman", "--idle-clients", "0", "--login-storm", "0", "--scale", "1",
                               "--port-base", "26200"]))
     port = "26299"
+    per = max(1, args.transactions // args.clients)
+    counts: dict[str, dict[str, object]] = {}
     try:
         b.start_cluster()
         for kind in ("ops", "calls"):
@@ -278,28 +268,19 @@ def count(args: argparse.Namespace) -> int:
                     raise SystemExit(f"pgbench failed: {r.stderr[-500:]}")
 
             pgbench(20, 50)
-            os.kill(p.pid, signal.SIGRTMIN + 2)  # count_bytecodes.RESET
+            os.kill(p.pid, CB.RESET)
             time.sleep(0.3)
-            pgbench(args.clients, args.transactions // args.clients)
-            os.kill(p.pid, signal.SIGRTMIN + 1)  # count_bytecodes.DUMP
+            pgbench(args.clients, per)
+            os.kill(p.pid, CB.DUMP)
             for _ in range(100):
                 if out.exists():
                     break
                 time.sleep(0.1)
-            agg: collections.Counter[str] = collections.Counter()
-            for f, fn, _line, v in json.loads(out.read_text()):
-                agg[f"{f}:{fn}"] += v
-            n = args.transactions // args.clients * args.clients
-            c_calls = sum(v for k, v in agg.items() if k.startswith("C:")) / n
-            if kind == "ops":
-                print(f"bytecodes/tx {sum(agg.values()) / n:.0f}")
-            else:
-                print(f"Python calls/tx {sum(agg.values()) / n - c_calls:.1f}   C calls/tx {c_calls:.1f}")
-            for k, v in agg.most_common(8):
-                print(f"  {v / n:8.1f}  {k}")
+            counts[kind] = {"n": per * args.clients, "rows": json.loads(out.read_text())}
             b.procs.stop(p)
     finally:
         b.cleanup()
+    print(CB.report(["floor"], {"simple": {"floor": counts}}, 8))
     return 0
 
 

@@ -116,6 +116,30 @@ def cell(b: B.Bench, target: str, pooler: int, port: int, mode: str, args: argpa
     return line
 
 
+def start_poolers(b: B.Bench, only: list[str]) -> list[tuple[str, int, int]]:
+    """PgBouncer and pgdoorman as `make bench` runs them, those named in `only`: (target, pid, port) each."""
+    poolers = []
+    if "pgbouncer" in only:
+        poolers.append(("pgbouncer", b.start_pgbouncer().pid, B.PORT_PGBOUNCER))
+    if "pgdoorman" in only:
+        poolers.append(("pgdoorman", b.start_pgdoorman().pid, B.PORT_PGDOORMAN))
+    return poolers
+
+
+def table(b: B.Bench, poolers: list[tuple[str, int, int]], modes: list[str], args: argparse.Namespace,
+          pause: float = 0.0) -> None:
+    """The header, then a cell for each round (args.rounds), pooler and mode, `pause` seconds after each."""
+    print("per transaction: CPU µs user+system, context switches voluntary/involuntary; pooler's busiest "
+          "thread: % of the window running, % runnable but waiting")
+    print(f"{'target':10} {'mode':9} {'tps':>9}  {'pooler':>21}  {'run':>5} {'wait':>5}  {'postgres':>21}  "
+          f"{'pgbench':>21}")
+    for _ in range(args.rounds):
+        for target, pid, port in poolers:
+            for mode in modes:
+                print(cell(b, target, pid, port, mode, args), flush=True)
+                time.sleep(pause)
+
+
 def top_symbols(data: Path, n: int) -> str:
     """The `n` symbols PostgreSQL's processes spent most samples in (kernel ones marked [k]), as shares."""
     out = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "sym",
@@ -163,19 +187,7 @@ def main() -> int:
     b.nofile = B.raise_nofile(20000)
     try:
         b.start_cluster()
-        poolers = []
-        if "pgbouncer" in only:
-            poolers.append(("pgbouncer", b.start_pgbouncer().pid, B.PORT_PGBOUNCER))
-        if "pgdoorman" in only:
-            poolers.append(("pgdoorman", b.start_pgdoorman().pid, B.PORT_PGDOORMAN))
-        print("per transaction: CPU µs user+system, context switches voluntary/involuntary; pooler's busiest "
-              "thread: % of the window running, % runnable but waiting")
-        print(f"{'target':10} {'mode':9} {'tps':>9}  {'pooler':>21}  {'run':>5} {'wait':>5}  {'postgres':>21}  "
-              f"{'pgbench':>21}")
-        for _ in range(args.rounds):
-            for target, pid, port in poolers:
-                for mode in args.modes.split(","):
-                    print(cell(b, target, pid, port, mode, args), flush=True)
+        table(b, start_poolers(b, only), args.modes.split(","), args)
     finally:
         b.cleanup()
     return 0
