@@ -193,6 +193,7 @@ def test_client_cancel_is_gated_the_same_way(pg: Any, pooler_factory: Any, mode:
 
 
 STARTUP = {"DateStyle": "German", "TimeZone": "Europe/Paris"}
+OTHER = {"DateStyle": "SQL, MDY", "TimeZone": "Asia/Tokyo", "work_mem": "9MB"}
 
 
 @pytest.mark.parametrize("mode,before", [("transaction", "create temp table tq (x int)"),
@@ -207,7 +208,8 @@ def test_a_client_that_keeps_its_server_waits_for_its_cancel(pg: Any, pooler_fac
     no report (the startup DateStyle stays). A pinned client's was sent at once, and the read-back after it
     skipped while the cancel was on its way: it reported the pool's DateStyle (found by test_state_random);
     the other two were gated already (session mode is not read at a ReadyForQuery while a cancel is on its
-    way; the read-back of a SET parks the server), and now the read-back waits for the cancel too."""
+    way; the read-back of a SET parks the server), and now the read-back waits for the cancel too. Then client
+    B, with other settings, on the server A used (pool_size 1) sees none of A's."""
     p = _pooler(pooler_factory, mode, 1, timeout=0)
     got = {}
     for name, host, port in (("direct", pg.host, pg.port), ("pooled", p.host, p.port)):
@@ -225,8 +227,11 @@ def test_a_client_that_keeps_its_server_waits_for_its_cancel(pg: Any, pooler_fac
         k.close()
         got[name] = [first, comparable(a.read_until("Z", timeout=10)), a.query_rows("show datestyle")]
         a.close()
+        with WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, params=OTHER) as b:
+            # (another client, other settings, on the one server A used: nothing of A's)
+            got[name].append(b.query_rows("show datestyle; show timezone; show work_mem"))
     assert got["pooled"] == got["direct"]
-    assert got["direct"][1:] == [[("C", b"SET\0"), ("Z", b"I")], [["German, DMY"]]]
+    assert got["direct"][1:3] == [[("C", b"SET\0"), ("Z", b"I")], [["German, DMY"]]]
 
 
 # ------------------------------------------------------------------ drivers
