@@ -20,7 +20,7 @@ from pgdoorman.net.conn import Conn
 from pgdoorman.net.loop import Loop
 from pgdoorman.net.sockopts import apply_socket, linger_off
 from pgdoorman.protocol import messages as m
-from pgdoorman.session import listening, resets
+from pgdoorman.session import listening, resets, unlocks
 from pgdoorman.session.client import READY, ClientConn
 from pgdoorman.session.host import Registry
 from pgdoorman.session.server import ServerConn
@@ -485,6 +485,7 @@ class Worker:
             if s.state == INTERNAL:
                 # Our own query is running: let it finish, then clean up as usual.
                 s.internal_done = lambda ok: self._after_client_left(s, ok)
+                unlocks.begin(s)  # (the cleanup after it may release advisory locks)
                 return
             busy = client is not None and client.in_flight
             if busy or s.scanner.mid_message or s.out or s.skipping or s.ahead:
@@ -502,6 +503,7 @@ class Worker:
             return
         queries = s.cleanup_queries(s.txn_status != 73)
         if queries:
+            unlocks.begin(s, queries)  # (a request for advisory locks waits for it)
             s.run_internal(queries, lambda ok: self._cleaned(s, ok))
             return
         self._return_to_pool(s)
@@ -525,8 +527,11 @@ class Worker:
             s.close("housekeeping failed")
             return
         self.release_server(s)
+        if s.state != INTERNAL:
+            unlocks.end(s, self)  # no cleanup after all (else _cleaned ends the wait)
 
     def _cleaned(self, s: ServerConn, ok: bool) -> None:
+        unlocks.end(s, self)
         if not ok or s.txn_status != 73:
             s.close("cleanup failed")
             return
@@ -556,6 +561,7 @@ class Worker:
 
     def server_closed(self, s: ServerConn, prev_state: int, reason: str) -> None:
         self.servers.discard(s)
+        unlocks.end(s, self)
         pool = s.pool
         if prev_state in (CONNECTING, LOGIN):
             log.warning("server connection to %s for %s failed: %s", s.addr, pool.name, reason)

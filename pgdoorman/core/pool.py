@@ -72,6 +72,7 @@ class Pool:
         self.others = [self.queues[:i] + self.queues[i + 1:] for i in range(nworkers)]  # by worker: the rest
         self.local_first = nworkers > 1  # Pool.release prefers the releasing worker's waiters
         self.paused = False
+        self.unlocking: Any = None  # departed clients' advisory locks being released (session/unlocks.py)
         self.epoch = 0  # RECONNECT bumps it: servers of an older epoch are closed when they come back
         # Learned from the first server connection and sent to every client at login.
         self.server_params: dict[str, str] | None = None

@@ -25,7 +25,7 @@ from pgdoorman.net.loop import RECV_BUFFER_SIZE
 from pgdoorman.net.tls import TLS_READ_MIN
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.framing import SMALL_LIMIT, OverBudget, UnknownType
-from pgdoorman.session import listening, shared, tracking, txresets
+from pgdoorman.session import listening, shared, tracking, txresets, unlocks
 from pgdoorman.session.login import ClientLogin
 from pgdoorman.session.rewrite_replies import SYNC_AFTER_DATA
 from pgdoorman.session.shared import EMPTY
@@ -119,7 +119,8 @@ class ClientConn(ClientLogin):
                 if second < n and view[second] in b"PS" and (answer := self.rw.parse_sync_locally(view)):
                     self.write(answer)
                     return
-            r: Any = pool.acquire(self, self.worker.id, self.loop.now)  # (Worker.checkout, inline: a call less)
+            r: Any = (None if pool.unlocking and unlocks.hold(self, pool, view)  # (a departed client's locks)
+                      else pool.acquire(self, self.worker.id, self.loop.now))  # (Worker.checkout, inline)
             if r is None:
                 s = None  # queued: a server comes through Worker.hand
                 if pool.coord_blocked_since:

@@ -18,7 +18,7 @@ from pgdoorman.net.sockopts import linger_off
 from pgdoorman.net.tls import TLS_READ_MIN, ssl_reason
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
-from pgdoorman.session import shared, tracking
+from pgdoorman.session import shared, tracking, unlocks
 from pgdoorman.session.client_auth import CHECK, FAILED, PENDING, ClientAuth
 from pgdoorman.session.fastpath import FastPaths
 from pgdoorman.session.shared import EMPTY, NO_TIMER
@@ -380,9 +380,11 @@ class ClientLogin(FastPaths):
         self.state = LOGIN_WAIT
         known = self._want_settings()
         if not known or not self.transaction_mode:
-            # Session mode keeps the server it gets now; in transaction mode a server checks settings whose
-            # spelling (or validity) is not known yet, as PostgreSQL checks them at login.
-            self.need_server()
+            # Session mode keeps the server it gets now (once a departed client's advisory locks are released:
+            # session/unlocks.py); in transaction mode a server checks settings whose spelling (or validity) is
+            # not known yet, as PostgreSQL checks them at login.
+            if self.transaction_mode or not (pool.unlocking and unlocks.hold_login(self, pool)):
+                self.need_server()
         else:
             self._finish_login()
             if self.raw:
