@@ -500,7 +500,7 @@ class ClientLogin(FastPaths):
             log.debug("cancel request for %r: no query running", self)
             return
         s.cancel_gated()
-        if self.loop.now - self.handed_at < CANCEL_RACE:
+        if self.expect == 1 and self.loop.now - self.handed_at < CANCEL_RACE:  # (idle: PostgreSQL ignores it)
             self.loop.call_later(CANCEL_RACE / 5, self._cancel_again, s, self.answered)
 
     def _cancel_again(self, s: ServerConn, answered: int) -> None:
