@@ -15,9 +15,10 @@ a query pipelined behind it); a statement without `;` is sent as a simple query 
 random. The clients also act on each other: one sends a cancel while idle as the other's statement runs (which
 PostgreSQL ignores: its own backend is idle), and one NOTIFYs the other's channel, which reads what arrives within
 0.3 s (sometimes after a LISTEN of it). Now and then a fresh client C connects, reads what a new session would see
-(CHECKS: nothing of A's or B's), and leaves; now and then A or B reconnects. The same again in transaction mode with
-pool_size 1, so that A and B run every request on the one server: without what pins a client, and with a client in a
-transaction block keeping the turn until it ends (the other would wait for the server). And in transaction mode with
+(CHECKS: nothing of A's or B's sessions but their advisory locks, which PostgreSQL shows every session), and
+leaves; now and then A or B reconnects. The same again in transaction mode with pool_size 1, so that A and B run
+every request on the one server: without what pins a client, and with a client in a transaction block keeping the
+turn until it ends (the other would wait for the server). And in transaction mode with
 prepared_statements off, without named protocol-level statements and with LISTEN and NOTIFY as simple queries only
 (the documented differences there); with statement caches of 2 per server and 3 per pool; and on two worker threads
 (`worker_placement: spread`), both modes.
@@ -129,6 +130,8 @@ CHECKS = [
     "select name from pg_prepared_statements where name like 'p\\_%' order by 1",
     "select name from pg_cursors order by 1",
     "select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()",
+    # (every session's: A's and B's, and none of a session that reconnected: session/unlocks.py)
+    "select objid, mode, granted from pg_locks where locktype = 'advisory' order by 1, 2, 3",
     "show work_mem", "show search_path", "show statement_timeout", "select current_user",
     "show transaction_read_only", "show default_transaction_isolation", "show timezone",
 ]
