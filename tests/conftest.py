@@ -72,9 +72,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     report = yield
-    # A failing test shows the tail of every pooler it started, next to its traceback.
+    # A failing test shows the tail of every pooler it started, and of every pooler a fixture of wider scope
+    # gave it (test_state_random's, say), next to its traceback.
     if report.failed:
-        for pooler in item.stash.get(_POOLERS, []):
+        started: list[Pooler] = item.stash.get(_POOLERS, [])
+        funcargs = getattr(item, "funcargs", {})
+        poolers = started + [v for v in funcargs.values() if isinstance(v, Pooler) and v not in started]
+        for pooler in poolers:
             report.sections.append((f"pooler log (port {pooler.port})", pooler.log_tail()))
     return report
 
