@@ -67,13 +67,18 @@ def _run(host: str, port: int, extended: bool, stop: bool, settle: float) -> lis
     return got
 
 
-@pytest.mark.parametrize("mode,ps,extended,settle", [
-    ("transaction", True, False, 0), ("transaction", True, True, 0), ("transaction", True, False, 0.1),
-    ("transaction", False, False, 0), ("transaction", False, True, 0.1), ("session", True, False, 0)])
+@pytest.mark.parametrize("mode,ps,extended,settle,workers", [
+    ("transaction", True, False, 0, 1), ("transaction", True, True, 0, 1), ("transaction", True, False, 0.1, 1),
+    ("transaction", False, False, 0, 1), ("transaction", False, True, 0.1, 1), ("session", True, False, 0, 1),
+    ("transaction", True, False, 0.1, 2), ("session", True, False, 0, 2)])
 def test_a_client_that_connects_again_finds_its_advisory_lock_released(pg: Any, pooler_factory: Any, mode: str,
-                                                                       ps: bool, extended: bool, settle: float) -> None:
+                                                                       ps: bool, extended: bool, settle: float,
+                                                                       workers: int) -> None:
+    """(`workers` 2: clients spread over two worker threads, so that the cleanup may end on another worker than
+    the one of the client waiting for it.)"""
     p = pooler_factory(pool_mode=mode, pool_size=2,
-                       general={"query_wait_timeout": 20000, "prepared_statements": ps})
+                       general={"query_wait_timeout": 20000, "prepared_statements": ps, "worker_threads": workers,
+                                "worker_placement": "spread"})
     direct = _run(pg.host, pg.port, extended, False, settle)
     pooled = _run(p.host, p.port, extended, True, settle)
     assert pooled == direct
