@@ -70,7 +70,8 @@ def _run(host: str, port: int, extended: bool, stop: bool, settle: float) -> lis
 @pytest.mark.parametrize("mode,ps,extended,settle,workers", [
     ("transaction", True, False, 0, 1), ("transaction", True, True, 0, 1), ("transaction", True, False, 0.1, 1),
     ("transaction", False, False, 0, 1), ("transaction", False, True, 0.1, 1), ("session", True, False, 0, 1),
-    ("transaction", True, False, 0.1, 2), ("session", True, False, 0, 2)])
+    pytest.param("transaction", True, False, 0.1, 2, marks=pytest.mark.concurrency),
+    pytest.param("session", True, False, 0, 2, marks=pytest.mark.concurrency)])
 def test_a_client_that_connects_again_finds_its_advisory_lock_released(pg: Any, pooler_factory: Any, mode: str,
                                                                        ps: bool, extended: bool, settle: float,
                                                                        workers: int) -> None:
