@@ -29,8 +29,10 @@ from __future__ import annotations
 from math import inf
 from typing import Any
 
+from pgdoorman.core import leaks
+
 LIMIT = 1.0  # seconds a request or login waits for the cleanups at most
-_RELEASES = ("pg_advisory_unlock_all", "DISCARD ALL")
+_RELEASES = (leaks.CLEANUP, "DISCARD ALL")  # (ServerConn.cleanup_queries' parts that release advisory locks)
 
 
 class Unlocks:

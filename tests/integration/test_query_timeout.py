@@ -254,7 +254,6 @@ def test_a_cancel_while_idle_does_not_reach_the_next_statement(pg: Any, pooler_f
     for name, host, port in (("direct", pg.host, pg.port), ("pooled", p.host, p.port)):
         holder = connect(host, port)
         holder.query("select 1")
-        a = None
         if first is None:
             box: dict[str, WireClient] = {}
             th = threading.Thread(target=_login_into, args=(box, host, port))
