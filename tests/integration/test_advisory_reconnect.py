@@ -67,17 +67,20 @@ def _run(host: str, port: int, extended: bool, stop: bool, settle: float) -> lis
     return got
 
 
-@pytest.mark.parametrize("mode,ps,extended,settle,workers", [
-    ("transaction", True, False, 0, 1), ("transaction", True, True, 0, 1), ("transaction", True, False, 0.1, 1),
-    ("transaction", False, False, 0, 1), ("transaction", False, True, 0.1, 1), ("session", True, False, 0, 1),
-    pytest.param("transaction", True, False, 0.1, 2, marks=pytest.mark.concurrency),
-    pytest.param("session", True, False, 0, 2, marks=pytest.mark.concurrency)])
+@pytest.mark.parametrize("mode,ps,extended,settle,workers,size", [
+    ("transaction", True, False, 0, 1, 2), ("transaction", True, True, 0, 1, 2),
+    ("transaction", True, False, 0.1, 1, 2), ("transaction", False, False, 0, 1, 2),
+    ("transaction", False, True, 0.1, 1, 2), ("session", True, False, 0, 1, 2),
+    ("transaction", True, False, 0.1, 1, 1), ("session", True, False, 0, 1, 1),
+    pytest.param("transaction", True, False, 0.1, 2, 2, marks=pytest.mark.concurrency),
+    pytest.param("session", True, False, 0, 2, 2, marks=pytest.mark.concurrency)])
 def test_a_client_that_connects_again_finds_its_advisory_lock_released(pg: Any, pooler_factory: Any, mode: str,
                                                                        ps: bool, extended: bool, settle: float,
-                                                                       workers: int) -> None:
+                                                                       workers: int, size: int) -> None:
     """(`workers` 2: clients spread over two worker threads, so that the cleanup may end on another worker than
-    the one of the client waiting for it.)"""
-    p = pooler_factory(pool_mode=mode, pool_size=2,
+    the one of the client waiting for it. `size` 1: one server, the one A used, which A again and B then get:
+    the wait for the cleanup and the wait for the server together, as a guard.)"""
+    p = pooler_factory(pool_mode=mode, pool_size=size,
                        general={"query_wait_timeout": 20000, "prepared_statements": ps, "worker_threads": workers,
                                 "worker_placement": "spread"})
     direct = _run(pg.host, pg.port, extended, False, settle)
