@@ -29,8 +29,8 @@ from tests.support.wire import WireClient, cancel_request, comparable, parse_fie
 pytestmark = pytest.mark.timeout(180)
 
 
-def connect(host: str, port: int) -> WireClient:
-    return WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD)
+def connect(host: str, port: int, params: dict[str, str] | None = None) -> WireClient:
+    return WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, params=params)
 
 
 
@@ -213,7 +213,7 @@ def test_a_client_that_keeps_its_server_waits_for_its_cancel(pg: Any, pooler_fac
     p = _pooler(pooler_factory, mode, 1, timeout=0)
     got = {}
     for name, host, port in (("direct", pg.host, pg.port), ("pooled", p.host, p.port)):
-        a = WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, params=STARTUP)
+        a = connect(host, port, STARTUP)
         a.query(before)
         with frozen_postmaster(pg):
             a.send(query("select pg_sleep(0.4)"))
@@ -227,7 +227,7 @@ def test_a_client_that_keeps_its_server_waits_for_its_cancel(pg: Any, pooler_fac
         k.close()
         got[name] = [first, comparable(a.read_until("Z", timeout=10)), a.query_rows("show datestyle")]
         a.close()
-        with WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, params=OTHER) as b:
+        with connect(host, port, OTHER) as b:
             # (another client, other settings, on the one server A used: nothing of A's)
             got[name].append(b.query_rows("show datestyle; show timezone; show work_mem"))
     assert got["pooled"] == got["direct"]
@@ -235,7 +235,7 @@ def test_a_client_that_keeps_its_server_waits_for_its_cancel(pg: Any, pooler_fac
 
 
 def _login_into(box: dict[str, WireClient], host: str, port: int) -> None:
-    box["a"] = WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, params=STARTUP)
+    box["a"] = connect(host, port, STARTUP)
 
 
 @pytest.mark.parametrize("mode,first", [("session", None), ("transaction", "create temp table tw (x int)")])
@@ -264,7 +264,7 @@ def test_a_cancel_while_idle_does_not_reach_the_next_statement(pg: Any, pooler_f
             a = box["a"]
             out = []
         else:
-            a = WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, params=STARTUP)
+            a = connect(host, port, STARTUP)
             holder.query("begin")  # (through the pool: holds the one server until it ends)
             a.send(query(first))
             time.sleep(0.2)
@@ -276,7 +276,7 @@ def test_a_cancel_while_idle_does_not_reach_the_next_statement(pg: Any, pooler_f
         out.append(comparable(a.query("select pg_sleep(0.3)")))
         a.close()
         holder.close()
-        with WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, params=OTHER) as b:
+        with connect(host, port, OTHER) as b:
             out.append(b.query_rows("show datestyle; show timezone; select to_regclass('tw') is null"))
         got[name] = out
     assert got["pooled"] == got["direct"]
