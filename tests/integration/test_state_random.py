@@ -132,6 +132,16 @@ OPS = [
     "set timezone = 'Asia/Tokyo'", "select '2024-01-01 00:00+00'::timestamptz::text",
     "set client_min_messages = warning", "do $$ begin raise notice 'n_{me}'; end $$",
     "set lock_timeout = 1000", "show lock_timeout", "set row_security = off", "show row_security",
+    "set session authorization app_scram", "reset session authorization", "set session authorization default",
+    "create function pg_temp.f_{me}() returns int language sql as 'select 1'",
+    # (not a call of pg_temp.f: a server keeps its empty temporary schema, docs/transparency.md)
+    "select count(*) from pg_proc where pronamespace = pg_my_temp_schema()",
+    "select pg_advisory_lock_shared(5)", "select pg_advisory_unlock_shared(5)",
+    "set work_mem = 'bogus'", "set no_such_setting = 1", "set local lock_timeout = 2000",
+    "select * into temp tsel_{me} from generate_series(1, 2)", "create temp view tv_{me} as select 1",
+    "select count(*) from pg_class where relnamespace = pg_my_temp_schema()",
+    "set constraints all deferred", "select lo_create(0) > 0",
+    "begin; set local work_mem = '11MB'; show work_mem", "set search_path = pg_temp, public",
     "XCANCEL", "XNOTIFY", "XLISTEN",  # a cancel while idle and the other client's query runs; a NOTIFY of the
     # other's channel (XLISTEN: it LISTENs to it first)
 ]
@@ -402,7 +412,11 @@ def play(host: str, port: int, seq: list[tuple[str, str, bool]], one_server: boo
                 continue
             if q.startswith("CANCEL") and status[who] == b"E":
                 q = SLEEP  # (refused at once in a failed transaction: nothing runs to cancel)
-            got = run(cs[who], q, ext, who)
+            try:
+                got = run(cs[who], q, ext, who)
+            except Exception:
+                print(f"step {q!r} of client {who} failed; its last answers:", out[-3:])
+                raise
             status[who] = [x for x in got if x[0] == "Z"][-1][1]
             out.append((who, q, ext, got))
     finally:
@@ -424,7 +438,8 @@ def _notified(c: WireClient) -> list[Any]:
 
 
 # What pins a client to its server in transaction mode (then the other client would wait for the one server).
-PINNING = ("temp", "advisory_lock(", "with hold", "prepare p_", "execute p_", "sequence", "sh_p")
+PINNING = ("temp", "advisory_lock(", "advisory_lock_shared(", "with hold", "prepare p_", "execute p_", "sequence",
+           "sh_p")
 
 
 @pytest.fixture(scope="module")
