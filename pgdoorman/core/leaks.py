@@ -12,7 +12,9 @@ The keywords: "temp" (TEMP, TEMPORARY, pg_temp), "advisory" (pg_advisory_lock an
 in any letter case. A false positive costs one housekeeping round trip at the end of that transaction; a
 false negative is impossible for these spellings, since every statement that creates a temporary object,
 takes a session advisory lock or calls set_config names one of them (a function that does so internally is
-not seen: docs/transaction-mode.md).
+not seen: docs/transaction-mode.md), but for a CREATE under a search_path that puts pg_temp first: setting
+that path names "temp", and the check then keeps the client on its server while the path is so
+(core/txstate.py's `temp_path`).
 
 Sequences (pool setting transaction_discard_sequences, ClientBase._link): "nextval" and "setval" leave values in
 the session that currval() and lastval() read, which must not reach another client of that server; "currval"

@@ -328,8 +328,9 @@ class ClientBase(Conn):
         if reports.waiting(s):
             reports.tell(s, self, None)  # (nothing read back: as the server reported them)
         self.checked_xact = s.xact_count
-        if pins and self.pool is not None and self.pool.pin_refuse:
-            # Not recognised up front (a function did it, a query too large to read): cleaned, not kept.
+        if pins and self.pool is not None and self.pool.pin_refuse and "temp_path" not in pins:
+            # Not recognised up front (a function did it, a query too large to read): cleaned, not kept. (But not
+            # a search_path creating in pg_temp: cleaning leaves it, and the next CREATE would leak: txstate.py.)
             log.warning("client %s (%s@%s) left %s on its server, which transaction_pinning: refuse does not "
                         "keep: cleaned", self.addr, self.user, self.database, pins)
             pins = ""

@@ -12,6 +12,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 from pgdoorman import hba, jwt_auth, pam_auth, talos
+from pgdoorman.core import leaks
 from pgdoorman.core import prepared as ps
 from pgdoorman.core.params import READ_ONLY, OptionsError, known_spelling, startup_settings
 from pgdoorman.net.sockopts import linger_off
@@ -445,6 +446,8 @@ class ClientLogin(FastPaths):
         self.want_base = want  # as PostgreSQL spells them now (the login's sync normalised them); shared, never
         # changed in place: a later change of `want` replaces it (session/shared.py)
         self.ps = self.transaction_mode and self.app.config.general.prepared_statements
+        if self.transaction_mode and want.get("search_path", "").lower().find("pg_temp") >= 0:
+            self.leaves |= leaks.PINS  # its first transaction ends with the pin check (core/txstate.py: temp_path)
         if not self.transaction_mode:
             read = any(k != "application_name" for k in self.settings)  # (what it may RESET: txresets.py)
             self.scanner.table = CLIENT_SESSION_READ_TABLE if read else CLIENT_SESSION_TABLE

@@ -1,0 +1,108 @@
+"""A search_path that puts pg_temp first makes `CREATE TABLE t` a temporary table, with no TEMP in its text:
+what leaks.py's keywords cannot see. Through a transaction-mode pool that table stayed on the server, which the
+next client got (it read the rows of another client's table, `select * from t` finding pg_temp first); the
+client that made it lost it when its next transaction went to another server. Now the end-of-transaction check
+(core/txstate.py's PINS_QUERY, `temp_path`) keeps such a client on its server while its search_path creates in
+pg_temp (found by test_state_random's `set search_path = pg_temp, public` step with its DDL steps).
+
+The same steps run directly on PostgreSQL and through pgdoorman, in both modes, pool_size 1 and 2, clients A and
+B with different settings; the search_path set by SET or given at startup.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.test_transparency import SETTINGS_A, connect
+from tests.support.cluster import ADMIN_PASSWORD, ADMIN_USER
+from tests.support.wire import WireClient, WireError
+
+pytestmark = pytest.mark.timeout(120)
+
+OTHER = {"DateStyle": "SQL, MDY", "TimeZone": "Asia/Tokyo", "work_mem": "9MB", "application_name": "bee"}
+COUNT = "select count(*) from tsp_t"
+
+
+def _q(c: WireClient, sql: str) -> Any:
+    try:
+        return c.query_rows(sql)
+    except WireError as e:
+        return ("E", e.fields.get("C"))
+
+
+def _a(host: str, port: int, startup: bool) -> WireClient:
+    if startup:
+        return connect(host, port, {**SETTINGS_A, "search_path": "pg_temp, public"})
+    a = connect(host, port, SETTINGS_A)
+    a.query_rows("set search_path = pg_temp, public")
+    return a
+
+
+def _both(host: str, port: int, startup: bool) -> list[Any]:
+    """Pool of 2: A's table while A is still there, for A and for B."""
+    b = connect(host, port, OTHER)
+    a = _a(host, port, startup)
+    got = [_q(a, "create table tsp_t (x int)"), _q(a, "insert into tsp_t values (1)")]
+    got += [_q(b, COUNT), _q(b, "show search_path"), _q(b, "show work_mem")]  # (B: no such table)
+    got += [_q(a, COUNT), _q(a, "select relpersistence from pg_class where oid = 'tsp_t'::regclass")]
+    got += [_q(b, COUNT), _q(a, "insert into tsp_t values (2)"), _q(a, COUNT)]
+    got += [_q(a, "drop table tsp_t"), _q(a, "set search_path = public"), _q(a, "show search_path")]
+    got += [_q(b, COUNT), _q(a, COUNT)]
+    a.close()
+    b.close()
+    return got
+
+
+def _after(host: str, port: int, startup: bool) -> list[Any]:
+    """Pool of 1: A makes its table and leaves; B, on the one server, finds none."""
+    a = _a(host, port, startup)
+    got = [_q(a, "create table tsp_t (x int)"), _q(a, "insert into tsp_t values (1)"), _q(a, COUNT)]
+    a.close()
+    with connect(host, port, OTHER) as b:
+        got += [_q(b, COUNT), _q(b, "show search_path"), _q(b, "show timezone")]
+        got += [_q(b, "select count(*) from pg_class where relnamespace = pg_my_temp_schema()")]
+    return got
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("startup", [False, True], ids=["set", "startup"])
+@pytest.mark.parametrize("size", [1, 2])
+def test_a_table_created_in_pg_temp_by_its_search_path_stays_the_clients_own(
+        pg: Any, pooler_factory: Any, mode: str, startup: bool, size: int) -> None:
+    p = pooler_factory(pool_mode=mode, pool_size=size, general={"query_wait_timeout": 20000})
+    run = _both if size == 2 else _after
+    direct = run(pg.host, pg.port, startup)
+    pooled = run(p.host, p.port, startup)
+    assert pooled == direct
+    assert direct[2 if size == 2 else 3] == ("E", "42P01")  # (B has no such table on PostgreSQL)
+
+
+@pytest.mark.parametrize("startup", [False, True], ids=["set", "startup"])
+def test_transaction_pinning_refuse_keeps_such_a_client_too(pg: Any, pooler_factory: Any, startup: bool) -> None:
+    """`transaction_pinning: refuse` refuses what it recognises up front (CREATE TEMP ...); a table made in
+    pg_temp by the search_path is found only afterwards, where the cleanup it does for the rest would not change
+    the search_path: the client keeps its server as with `allow`, not another client's table."""
+    p = pooler_factory(pool_mode="transaction", pool_size=2, pool={"transaction_pinning": "refuse"},
+                       general={"query_wait_timeout": 20000})
+    assert _both(p.host, p.port, startup) == _both(pg.host, pg.port, startup)
+
+
+def test_a_search_path_with_pg_temp_last_does_not_pin(pg: Any, pooler_factory: Any) -> None:
+    """`public, pg_temp` (the hardening PostgreSQL's docs advise) creates in public: the client moves freely
+    between servers as before; the pin check sees no reason to keep it (SHOW CLIENTS' pinned column)."""
+    p = pooler_factory(pool_mode="transaction", pool_size=2)
+    pinned = []
+    for path in ("public, pg_temp", "pg_temp, public"):  # (the second one pins: the test sees the column)
+        with connect(p.host, p.port, SETTINGS_A) as a:
+            a.query_rows(f"set search_path = {path}")
+            a.query_rows("select 1")
+            with psycopg.connect(p.dsn(ADMIN_USER, ADMIN_PASSWORD, "pgdoorman"), autocommit=True,
+                                 prepare_threshold=None) as adm:
+                cur = adm.execute("show clients")
+                assert cur.description is not None
+                i = [d.name for d in cur.description].index("pinned")
+                pinned.append([r[i] for r in cur.fetchall() if r[i] is not None])
+    assert pinned == [[""], ["temp_path"]], pinned
