@@ -31,7 +31,8 @@ request's answer: same). pg_prepared_statements is read for SQL PREPAREd names o
 are left out: a server on which any client ran PL/pgSQL (the DO step) lists them for every later client
 (docs/transparency.md, "Known differences").
 
-The seeds are fixed; PGDOORMAN_STATE_SEEDS=<n> runs n of them per mode, from PGDOORMAN_STATE_SEED_BASE (0) on
+The seeds are fixed; PGDOORMAN_STATE_SEEDS=<n> runs n of them per mode, from PGDOORMAN_STATE_SEED_BASE (0) on;
+PGDOORMAN_STATE_ALL=1 prints every client's steps before a difference, not only the one that differs
 (most defects this found were within the first 30; some only with hundreds or thousands, worth a run after a
 change to the relay: 300 take about 12 minutes with -n 2). A failure prints the client's history up to the first difference, both ways.
 """
@@ -142,6 +143,16 @@ OPS = [
     "select count(*) from pg_class where relnamespace = pg_my_temp_schema()",
     "set constraints all deferred", "select lo_create(0) > 0",
     "begin; set local work_mem = '11MB'; show work_mem", "set search_path = pg_temp, public",
+    # DDL on a table of each client's (`pt{w}_a`, `pt{w}_b`; {w}: the test process), statements of either
+    # prepared before and used after it; a lock held by the other client's open transaction times out alike
+    "create table pt{w}_{me} (x int)", "insert into pt{w}_{me} values (1)", "select * from pt{w}_{me}",
+    "set lock_timeout = 200; alter table pt{w}_{me} alter column x type text",
+    "set lock_timeout = 200; alter table pt{w}_{other} alter column x type text",
+    "set lock_timeout = 200; alter table pt{w}_{me} alter column x type int using x::int",
+    "set lock_timeout = 200; alter table pt{w}_{me} add column y int",
+    "set lock_timeout = 200; drop table pt{w}_{me}", "set lock_timeout = 200; drop table pt{w}_{other}",
+    "PARSE n6_{me} select * from pt{w}_{me}", "BIND n6_{me}", "DESC n6_{me}",
+    "PARSE n7_{me} select * from pt{w}_{other}", "BIND n7_{me}",
     "XCANCEL", "XNOTIFY", "XLISTEN",  # a cancel while idle and the other client's query runs; a NOTIFY of the
     # other's channel (XLISTEN: it LISTENs to it first)
 ]
@@ -216,6 +227,7 @@ def _request(q: str, ext: bool, me: str) -> bytes | None:
 
 
 SLEEP = "select pg_sleep(30)"
+_W = os.environ.get("PYTEST_XDIST_WORKER", "")  # in the DDL steps' table names: each test process its own
 # PostgreSQL itself (the pg fixture), where _wait_running looks for a statement running (_watch sets it).
 _PG: dict[str, Any] = {}
 
@@ -367,6 +379,7 @@ def play(host: str, port: int, seq: list[tuple[str, str, bool]], one_server: boo
     params = {"a": SETTINGS_A, "b": B_SETTINGS}
     with connect(host, port) as setup:  # (tables COPY fills: permanent, so that a COPY usually starts)
         setup.query_rows("create table if not exists copy_a (x int); create table if not exists copy_b (x int)")
+        setup.query_rows(f"drop table if exists pt{_W}_a, pt{_W}_b")  # (this process's: the DDL steps')
     cs = {k: connect(host, port, params[k]) for k in "ab"}
     status = {"a": b"I", "b": b"I"}
     out: list[Any] = []
@@ -376,7 +389,7 @@ def play(host: str, port: int, seq: list[tuple[str, str, bool]], one_server: boo
                 if who == "c":
                     continue
                 who = busy[0]
-            q = q.replace("{me}", who)
+            q = q.replace("{me}", who).replace("{other}", "b" if who == "a" else "a").replace("{w}", _W)
             if who == "c":
                 with connect(host, port) as c:
                     out.append(("c", [run(c, x, False) for x in CHECKS]))
@@ -461,7 +474,8 @@ def test_random_steps_on_one_shared_server_as_on_postgresql(pg: Any, one_server:
 # With prepared_statements off a client's named statements last until its transaction ends, and LISTEN, UNLISTEN
 # and NOTIFY through the extended protocol are refused or not held for (docs/prepared-statements.md,
 # docs/transaction-mode.md): left out there.
-NAMED = ("n1_", "n2_", "n3_", "n4_", "n5_", "sh_x", "PREP", "XCOPYIN", "NEXEC", "BIND", "CLOSE", "DESC ", "BINARY")
+NAMED = ("n1_", "n2_", "n3_", "n4_", "n5_", "n6_", "n7_", "sh_x", "PREP", "XCOPYIN", "NEXEC", "BIND", "CLOSE",
+         "DESC ", "BINARY")
 _SIMPLE_ONLY = ("listen", "unlisten", "notify", "select pg_notify")
 
 
@@ -534,8 +548,8 @@ def _compare(mode: str, seed: int, want: list[Any], got: list[Any]) -> None:
         if d != p:
             print(f"{mode} mode, seed {seed}, step {i}: client {d[0]}'s history, PostgreSQL then pgdoorman")
             for x, y in zip(want[:i], got[:i], strict=True):
-                if x[0] == d[0]:
-                    print("  ", x[1:3], x[3] if len(x) > 3 else "")
+                if x[0] == d[0] or os.environ.get("PGDOORMAN_STATE_ALL"):  # (every client's steps)
+                    print("  ", x[0], x[1:3], x[3] if len(x) > 3 else "")
                     if x != y:
                         print("   P", y[3] if len(y) > 3 else y)
             print("XX", d)
