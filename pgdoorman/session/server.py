@@ -464,25 +464,11 @@ class ServerConn(ServerWrapped):
         if c is not None:
             c.rw.forget_statements()
 
-    def _idle_read(self) -> None:
-        data = self.recv_or_close(65536, "server closed an idle connection")
-        if data is None:
-            return
-        # Anything an idle backend says (a FATAL before it exits, a stray notification) makes it unsafe.
-        reason = "unexpected data from an idle server"
-        if data[:1] == b"E":
-            try:
-                f = m.parse_fields(data[5:])
-                reason = f"idle server sent {f.get('S')} {f.get('C')}: {f.get('M')}"
-            except Exception:
-                pass
-        self.close(reason)
-
     # ------------------------------------------------------------------ housekeeping queries
     def run_internal(self, queries: list[str], done: Callable[[bool], None], rows: bool = False,
                      extended: bool = False) -> None:
         """Send our own simple queries; swallow their responses (their DataRows kept in `internal_rows` if
-        `rows`); call done(ok) after the last Z. `extended`: each one a statement of its own, sent as a named
+        `rows`; a session client's notifications passed on); call done(ok) after the last Z. `extended`: each one a statement of its own, sent as a named
         statement and portal, closed after it: a simple query would drop the client's unnamed statement and
         portal (session mode, where the server is the client's: session/resets.py)."""
         log.debug("server %s (pid %d): housekeeping %r", self.addr, self.pid, queries)
@@ -527,8 +513,10 @@ class ServerConn(ServerWrapped):
                 c = self.client
                 if c is not None:
                     c.param_synced(k, v)
+            elif t == 65 and (c := self._session_client()) is not None:
+                c.write(m.msg(b"A", body))  # (another session's NOTIFY for this session's LISTEN)
             if self.internal_left == 0:
-                if buf:
+                if buf and not (buf[0] == 65 and self._notified_after(buf)):
                     self.close("unexpected data after housekeeping query")
                     return
                 done = self.internal_done

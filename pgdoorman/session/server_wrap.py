@@ -222,3 +222,38 @@ class ServerWrapped(ServerPrepared):
                 "58006", f"pooler is shut down now (flush timeout: the server took no data for {timeout} ms, "
                 "proxy_copy_data_timeout)", "FATAL"))
         self.close("flush timeout (proxy_copy_data_timeout)")
+
+    # ------------------------------------------------------------------ reads outside the relay
+    def _idle_read(self) -> None:
+        data = self.recv_or_close(65536, "server closed an idle connection")
+        if data is None:
+            return
+        # Anything an idle backend says (a FATAL before it exits, a stray notification) makes it unsafe.
+        reason = "unexpected data from an idle server"
+        if data[:1] == b"E":
+            try:
+                f = m.parse_fields(data[5:])
+                reason = f"idle server sent {f.get('S')} {f.get('C')}: {f.get('M')}"
+            except Exception:
+                pass
+        self.close(reason)
+
+    def _session_client(self) -> ClientPeer | None:
+        """The session-mode client this server is linked to, if any: during our own queries its backend may
+        send a NotificationResponse for the client's LISTEN (another session's NOTIFY), which is the client's.
+        (In transaction mode servers LISTEN on no channel of a client's: session/listening.py.)"""
+        c = self.client
+        return c if c is not None and not c.transaction_mode and not c.closed else None
+
+    def _notified_after(self, buf: bytearray) -> bool:
+        """A session's notification came in the same read behind our last query's ReadyForQuery (PostgreSQL
+        sends it as soon as the backend is idle): relayed as the server's next bytes (the scanner is at a
+        message boundary; the rest of a split one follows through it). False: not a session's server."""
+        c = self._session_client()
+        if c is None:
+            return False
+        out = self.scanner.feed(memoryview(bytes(buf)))
+        buf.clear()
+        if out:
+            c.write(out)
+        return True
