@@ -153,6 +153,13 @@ OPS = [
     "set lock_timeout = 200; drop table pt{w}_{me}", "set lock_timeout = 200; drop table pt{w}_{other}",
     "PARSE n6_{me} select * from pt{w}_{me}", "BIND n6_{me}", "DESC n6_{me}",
     "PARSE n7_{me} select * from pt{w}_{other}", "BIND n7_{me}",
+    # types too: a composite and an enum of each client's, dropped and made again under the same name
+    "create type ty{w}_{me} as (a int, b text)", "set lock_timeout = 200; drop type ty{w}_{me}",
+    "set lock_timeout = 200; drop type ty{w}_{other}", "PARSE n8_{me} select row(1, 'x')::ty{w}_{me}",
+    "BIND n8_{me}", "select row(2, 'y')::ty{w}_{me}", "create type en{w}_{me} as enum ('p', 'q')",
+    "select 'p'::en{w}_{me}", "set lock_timeout = 200; drop type en{w}_{me}",
+    "set lock_timeout = 200; alter type en{w}_{me} add value 'r'", "PARSE n9_{me} select $1::en{w}_{me}",
+    "select enum_range(null::en{w}_{other})",
     "XCANCEL", "XNOTIFY", "XLISTEN",  # a cancel while idle and the other client's query runs; a NOTIFY of the
     # other's channel (XLISTEN: it LISTENs to it first)
 ]
@@ -380,6 +387,7 @@ def play(host: str, port: int, seq: list[tuple[str, str, bool]], one_server: boo
     with connect(host, port) as setup:  # (tables COPY fills: permanent, so that a COPY usually starts)
         setup.query_rows("create table if not exists copy_a (x int); create table if not exists copy_b (x int)")
         setup.query_rows(f"drop table if exists pt{_W}_a, pt{_W}_b")  # (this process's: the DDL steps')
+        setup.query_rows(f"drop type if exists ty{_W}_a, ty{_W}_b, en{_W}_a, en{_W}_b")
     cs = {k: connect(host, port, params[k]) for k in "ab"}
     status = {"a": b"I", "b": b"I"}
     out: list[Any] = []
@@ -474,8 +482,8 @@ def test_random_steps_on_one_shared_server_as_on_postgresql(pg: Any, one_server:
 # With prepared_statements off a client's named statements last until its transaction ends, and LISTEN, UNLISTEN
 # and NOTIFY through the extended protocol are refused or not held for (docs/prepared-statements.md,
 # docs/transaction-mode.md): left out there.
-NAMED = ("n1_", "n2_", "n3_", "n4_", "n5_", "n6_", "n7_", "sh_x", "PREP", "XCOPYIN", "NEXEC", "BIND", "CLOSE",
-         "DESC ", "BINARY")
+NAMED = ("n1_", "n2_", "n3_", "n4_", "n5_", "n6_", "n7_", "n8_", "n9_", "sh_x", "PREP", "XCOPYIN", "NEXEC", "BIND",
+         "CLOSE", "DESC ", "BINARY")
 _SIMPLE_ONLY = ("listen", "unlisten", "notify", "select pg_notify")
 
 
