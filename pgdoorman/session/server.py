@@ -468,9 +468,10 @@ class ServerConn(ServerWrapped):
     def run_internal(self, queries: list[str], done: Callable[[bool], None], rows: bool = False,
                      extended: bool = False) -> None:
         """Send our own simple queries; swallow their responses (their DataRows kept in `internal_rows` if
-        `rows`; a session client's notifications passed on); call done(ok) after the last Z. `extended`: each one a statement of its own, sent as a named
-        statement and portal, closed after it: a simple query would drop the client's unnamed statement and
-        portal (session mode, where the server is the client's: session/resets.py)."""
+        `rows`; a session client's notifications passed on); call done(ok) after the last Z. `extended`: each
+        one a statement of its own, sent as a named statement and portal, closed after it: a simple query would
+        drop the client's unnamed statement and portal (session mode, where the server is the client's:
+        session/resets.py)."""
         log.debug("server %s (pid %d): housekeeping %r", self.addr, self.pid, queries)
         self.state = INTERNAL
         self.internal_left = len(queries)
