@@ -44,11 +44,13 @@ PINS_QUERY = (
     # A search_path whose first schema that exists is pg_temp: a CREATE without a schema makes a temporary
     # object, whatever its text says (`SET search_path = pg_temp, public; CREATE TABLE t ...`). What the
     # session creates then cannot be seen by keyword, so the client keeps its server while it has it.
+    # (The operators named with their schema: this search_path is the client's, which may put another first.)
     "CASE WHEN (SELECT e FROM pg_catalog.unnest(pg_catalog.string_to_array("
     "pg_catalog.current_setting('search_path'), ',')) WITH ORDINALITY AS p(x, n), "
-    "LATERAL (SELECT pg_catalog.btrim(x, ' \"') AS e) b WHERE e ~ '^pg_temp(_[0-9]+)?$' "
-    "OR EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = "
-    "CASE WHEN e = '$user' THEN current_user ELSE e END) ORDER BY n LIMIT 1) ~ '^pg_temp' THEN 'temp_path' END)"
+    "LATERAL (SELECT pg_catalog.btrim(x, ' \"') AS e) b WHERE e OPERATOR(pg_catalog.~) '^pg_temp(_[0-9]+)?$' "
+    "OR EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname::text OPERATOR(pg_catalog.=) "
+    "CASE WHEN e OPERATOR(pg_catalog.=) '$user' THEN current_user::text ELSE e END) ORDER BY n LIMIT 1) "
+    "OPERATOR(pg_catalog.~) '^pg_temp' THEN 'temp_path' END)"
 )
 # What RESET ALL leaves alone, first (a server goes back to the pool with none of a client's settings).
 RESET = "RESET ROLE; RESET SESSION AUTHORIZATION; RESET ALL"
