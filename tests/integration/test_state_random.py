@@ -31,10 +31,10 @@ request's answer: same). pg_prepared_statements is read for SQL PREPAREd names o
 are left out: a server on which any client ran PL/pgSQL (the DO step) lists them for every later client
 (docs/transparency.md, "Known differences").
 
-The seeds are fixed; PGDOORMAN_STATE_SEEDS=<n> runs n of them per mode, from PGDOORMAN_STATE_SEED_BASE (0) on;
-PGDOORMAN_STATE_ALL=1 prints every client's steps before a difference, not only the one that differs
+The seeds are fixed; PGDOORMAN_STATE_SEEDS=<n> runs n of them per mode, from PGDOORMAN_STATE_SEED_BASE (0) on
 (most defects this found were within the first 30; some only with hundreds or thousands, worth a run after a
-change to the relay: 300 take about 12 minutes with -n 2). A failure prints the client's history up to the first difference, both ways.
+change to the relay: 300 take about 10 minutes with -n 2). A failure prints the client's history up to the
+first difference, both ways; PGDOORMAN_STATE_ALL=1 prints every client's steps, not only the one that differs.
 """
 
 from __future__ import annotations
