@@ -24,9 +24,14 @@ from pgdoorman.core.params import canonical_name, quote
 MAX_NAMED = 64  # custom setting names a client's SQL named that are waiting to be read back (noted)
 # Per-transaction settings: not session state even when pg_settings says 'session' inside a transaction.
 _TRANSACTION_ONLY = "'transaction_isolation', 'transaction_read_only', 'transaction_deferrable'"
+# These queries run under the client's search_path, which may put a schema of its own with its own operators
+# before pg_catalog: every operator is named with its schema (an `=` of the client's could hide a temporary
+# table from the pin check, and the table would reach the next client of the server).
+_EQ = "OPERATOR(pg_catalog.=)"
+_NOT_TRANSACTION_ONLY = f"name OPERATOR(pg_catalog.<>) ALL (ARRAY[{_TRANSACTION_ONLY}])"
 SETTINGS_QUERY = (
-    "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session' "
-    f"AND name NOT IN ({_TRANSACTION_ONLY}) "
+    f"SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source {_EQ} 'session' "
+    f"AND {_NOT_TRANSACTION_ONLY} "
     "UNION ALL SELECT 'session_authorization', pg_catalog.current_setting('session_authorization') "
     "UNION ALL SELECT 'role', pg_catalog.current_setting('role')"
 )
@@ -34,17 +39,16 @@ SETTINGS_QUERY = (
 _TEMP = "pg_catalog.pg_my_temp_schema()"
 PINS_QUERY = (
     "SELECT pg_catalog.concat_ws(',', "
-    f"CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace = {_TEMP}) "
-    f"OR EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace = {_TEMP}) "
-    f"OR EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace = {_TEMP}) THEN 'temp' END, "
-    "CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory' "
-    "AND pid = pg_catalog.pg_backend_pid()) THEN 'advisory_lock' END, "
+    f"CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace {_EQ} {_TEMP}) "
+    f"OR EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace {_EQ} {_TEMP}) "
+    f"OR EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace {_EQ} {_TEMP}) THEN 'temp' END, "
+    f"CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype {_EQ} 'advisory' "
+    f"AND pid {_EQ} pg_catalog.pg_backend_pid()) THEN 'advisory_lock' END, "
     "CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable) THEN 'cursor' END, "
     "CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql) THEN 'prepare' END, "
     # A search_path whose first schema that exists is pg_temp: a CREATE without a schema makes a temporary
     # object, whatever its text says (`SET search_path = pg_temp, public; CREATE TABLE t ...`). What the
     # session creates then cannot be seen by keyword, so the client keeps its server while it has it.
-    # (The operators named with their schema: this search_path is the client's, which may put another first.)
     "CASE WHEN (SELECT e FROM pg_catalog.unnest(pg_catalog.string_to_array("
     "pg_catalog.current_setting('search_path'), ',')) WITH ORDINALITY AS p(x, n), "
     "LATERAL (SELECT pg_catalog.btrim(x, ' \"') AS e) b WHERE e OPERATOR(pg_catalog.~) '^pg_temp(_[0-9]+)?$' "
@@ -82,14 +86,14 @@ def settings_query(customs: list[str]) -> str:
     if not customs:
         return SETTINGS_QUERY
     arr = ", ".join(quote(n) for n in customs)
-    return ("WITH s AS (SELECT name, source FROM pg_catalog.pg_settings WHERE source = 'session' "
-            "OR pg_catalog.strpos(name, '.') > 0) "
-            "SELECT name, pg_catalog.current_setting(name), NULL FROM s WHERE source = 'session' "
-            f"AND name NOT IN ({_TRANSACTION_ONLY}) "
+    return (f"WITH s AS (SELECT name, source FROM pg_catalog.pg_settings WHERE source {_EQ} 'session' "
+            "OR pg_catalog.strpos(name, '.') OPERATOR(pg_catalog.>) 0) "
+            f"SELECT name, pg_catalog.current_setting(name), NULL FROM s WHERE source {_EQ} 'session' "
+            f"AND {_NOT_TRANSACTION_ONLY} "
             "UNION ALL SELECT 'session_authorization', pg_catalog.current_setting('session_authorization'), NULL "
             "UNION ALL SELECT 'role', pg_catalog.current_setting('role'), NULL "
             "UNION ALL SELECT n, pg_catalog.current_setting(n, true), 'custom' FROM pg_catalog.unnest(ARRAY["
-            f"{arr}]::text[]) n WHERE NOT EXISTS (SELECT FROM s WHERE pg_catalog.lower(s.name) = pg_catalog.lower(n))")
+            f"{arr}]::text[]) n WHERE NOT EXISTS (SELECT FROM s WHERE pg_catalog.lower(s.name) {_EQ} pg_catalog.lower(n))")
 
 
 def customs_to_read(want: dict[str, str], named: tuple[str, ...]) -> list[str]:

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from tests.integration.test_transparency import SETTINGS_A, connect
-from tests.support.cluster import ADMIN_PASSWORD, ADMIN_USER
+from tests.support.cluster import ADMIN_PASSWORD, ADMIN_USER, DBNAME, SUPERUSER
 from tests.support.wire import WireClient, WireError
 
 pytestmark = pytest.mark.timeout(120)
@@ -109,3 +109,34 @@ def test_a_search_path_with_pg_temp_last_does_not_pin(pg: Any, pooler_factory: A
                 i = [d.name for d in cur.description].index("pinned")
                 pinned.append([r[i] for r in cur.fetchall() if r[i] is not None])
     assert pinned == [[""], ["temp_path"], ["temp_path"], ["temp_path"], [""]], pinned
+
+
+def _own_equals(pg: Any) -> None:
+    """A schema with an `=` for oids that is always false, which any role may put in its search_path (a role
+    with CREATE on a schema can make one)."""
+    with WireClient.connect(pg.host, pg.port, SUPERUSER, DBNAME, None) as su:
+        su.query_rows("drop schema if exists tsp_ops cascade; create schema tsp_ops; grant usage on schema tsp_ops "
+                      "to public; create function tsp_ops.never(oid, oid) returns bool language sql immutable "
+                      "as 'select false'; create operator tsp_ops.= (leftarg = oid, rightarg = oid, "
+                      "function = tsp_ops.never)")
+
+
+def _hidden(host: str, port: int) -> list[Any]:
+    a = connect(host, port, SETTINGS_A)
+    got = [_q(a, "set search_path = tsp_ops, pg_catalog, public"), _q(a, "create temp table tsp_t (x int)"),
+           _q(a, "insert into tsp_t values (1)"), _q(a, COUNT)]
+    a.close()
+    with connect(host, port, OTHER) as b:
+        got += [_q(b, COUNT), _q(b, "show search_path")]
+    return got
+
+
+def test_the_pin_check_does_not_use_the_clients_operators(pg: Any, pooler_factory: Any) -> None:
+    """The pin check runs under the client's search_path: with an `=` of the client's before pg_catalog's, a
+    check written with a bare `=` found no temporary table, and the table reached the next client of the one
+    server (B read A's row). Its operators are named with their schema (core/txstate.py)."""
+    _own_equals(pg)
+    p = pooler_factory(pool_mode="transaction", pool_size=1, general={"query_wait_timeout": 20000})
+    direct = _hidden(pg.host, pg.port)
+    assert _hidden(p.host, p.port) == direct
+    assert direct[4] == ("E", "42P01")
