@@ -11,7 +11,7 @@ from typing import Any
 from pgdoorman.app import App
 from pgdoorman.config import config_from_dict
 from pgdoorman.session.client import READY, ClientConn
-from pgdoorman.session.server import IDLE, ServerConn
+from pgdoorman.session.server import ACTIVE, IDLE, ServerConn
 
 
 def one_pool_app(pool_size: int, **pool: Any) -> App:
@@ -23,11 +23,13 @@ def one_pool_app(pool_size: int, **pool: Any) -> App:
 
 
 @contextmanager
-def linked_pair(ps: bool) -> Iterator[tuple[ClientConn, ServerConn, socket.socket, socket.socket]]:
-    """A logged-in transaction-mode client (prepared-statement mode if `ps`) and its pool's one server, idle in
-    the pool, each on a socketpair whose other end the test plays (client, server, client's peer, server's
-    peer); the client's first bytes check the server out. Closed, with the worker's loop, on exit."""
-    app = one_pool_app(pool_size=1, pool_mode="transaction")
+def linked_pair(ps: bool, pool_mode: str = "transaction",
+                linked: bool = False) -> Iterator[tuple[ClientConn, ServerConn, socket.socket, socket.socket]]:
+    """A logged-in client (prepared-statement mode if `ps`) and its pool's one server, idle in the pool, each on
+    a socketpair whose other end the test plays (client, server, client's peer, server's peer); the client's
+    first bytes check the server out. `linked`: the server is the client's already, active (as a session-mode
+    client's is). Closed, with the worker's loop, on exit."""
+    app = one_pool_app(pool_size=1, pool_mode=pool_mode)
     worker = app.workers[0]
     pool = app.pools[("app", "u")]
     c_sock, c_peer = socket.socketpair()
@@ -37,6 +39,7 @@ def linked_pair(ps: bool) -> Iterator[tuple[ClientConn, ServerConn, socket.socke
     client = ClientConn(c_sock, worker, "test")
     client.login_timer.cancel()
     client.pool = pool
+    client.transaction_mode = pool.transaction_mode
     client.state = READY
     if ps:
         client.ps = True
@@ -47,7 +50,11 @@ def linked_pair(ps: bool) -> Iterator[tuple[ClientConn, ServerConn, socket.socke
     server.synced_key = ()
     server.attach(worker.loop)
     pool.total = 1
-    assert pool.release(server, worker.id, worker.loop.now) is None
+    if linked:
+        server.state = ACTIVE
+        server.client, client.server = client, server
+    else:
+        assert pool.release(server, worker.id, worker.loop.now) is None
     try:
         yield client, server, c_peer, s_peer
     finally:

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from pgdoorman.session.client import READY, ClientConn
+from pgdoorman.session.client import ClientConn
 from pgdoorman.session.server import ACTIVE, CLOSED, INTERNAL, ServerConn
-from tests.support.app import one_pool_app
+from tests.support.app import linked_pair
 from tests.support.wire import frame, split_messages
 
 NOTIFY = frame("A", b"\0\0\x30\x39ch_b\0x\0")  # (PID 12345, channel ch_b, payload x)
@@ -28,32 +28,12 @@ ANSWER = frame("T", b"\0\x01name\0" + b"\0" * 18) + frame("C", b"SELECT 0\0") + 
 @pytest.fixture(params=["session", "transaction"])
 def pair(request: Any) -> Iterator[tuple[ClientConn, ServerConn, socket.socket, socket.socket]]:
     """A logged-in client linked to its server, each on a socketpair whose other end the test plays."""
-    app = one_pool_app(pool_size=1, pool_mode=request.param)
-    worker = app.workers[0]
-    pool = app.pools[("app", "u")]
-    c_sock, c_peer = socket.socketpair()
-    s_sock, s_peer = socket.socketpair()
-    for x in (c_sock, s_sock, c_peer, s_peer):
-        x.setblocking(False)
-    client = ClientConn(c_sock, worker, "test")
-    client.login_timer.cancel()
-    client.pool = pool
-    client.transaction_mode = pool.transaction_mode
-    client.state = READY
-    server = ServerConn(s_sock, worker, pool, "test")
-    server.timer.cancel()
-    server.attach(worker.loop)
-    server.state = ACTIVE
-    server.client, client.server = client, server
-    try:
-        yield client, server, c_peer, s_peer
-    finally:
-        for x in (c_sock, c_peer, s_sock, s_peer):
-            x.close()
-        worker.loop.close()
+    with linked_pair(ps=False, pool_mode=request.param, linked=True) as p:
+        yield p
 
 
 def _client_got(peer: socket.socket) -> list[str]:
+    peer.setblocking(False)
     try:
         return [t for t, _ in split_messages(peer.recv(65536))]
     except BlockingIOError:
