@@ -32,7 +32,7 @@ NOT_SETTINGS = frozenset({"user", "database", "replication", "options"})
 # and scram_iterations are reported and a client may set them, in its startup packet too: they follow it.
 READ_ONLY = frozenset({
     "server_version", "server_encoding", "is_superuser", "session_authorization", "integer_datetimes",
-    "in_hot_standby", "server_version_num", "lc_collate", "lc_ctype", "transaction_isolation",
+    "in_hot_standby", "server_version_num", "transaction_isolation",
 })
 
 # PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes and replaces what is not printable ASCII;
@@ -40,11 +40,13 @@ READ_ONLY = frozenset({
 _APPNAME_MAX = 63
 
 
-# Settings PostgreSQL computes itself (context "internal"): a startup packet naming one is refused (55P02), as
-# PostgreSQL refuses it, not dropped.
+# Settings PostgreSQL computes itself (context "internal") in every version we serve: a startup packet naming
+# one is refused (55P02), as PostgreSQL refuses it, not dropped. lc_collate and lc_ctype are not among them:
+# internal settings up to PostgreSQL 15 (55P02), no settings at all from 16 on (42704); the server's own
+# set_config() at login answers each version as its startup would.
 INTERNAL = frozenset({
     "server_version", "server_encoding", "is_superuser", "integer_datetimes", "in_hot_standby",
-    "server_version_num", "lc_collate", "lc_ctype",
+    "server_version_num",
 })
 
 
