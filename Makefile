@@ -7,11 +7,12 @@ VPY    := $(VENV)/bin/python
 FT_PY  := .venv-ft/bin/python
 STAMP  := $(VENV)/.pgdoorman-installed
 
-.PHONY: help venv deps drivers run test test-ft lint bench bench-tls bench-deps bench-profile bench-count bench-sched soak abuse-bench ft-python deb test-deb test-pipx rootfs man clean distclean
+.PHONY: help venv deps drivers run test test-ft test-pg-newest lint bench bench-tls bench-deps bench-profile bench-count bench-sched soak abuse-bench ft-python deb test-deb test-pipx rootfs man clean distclean
 
 help:
 	@echo "make run        throwaway PostgreSQL + pgdoorman on 127.0.0.1:6432 in the foreground, web console on :9127"
 	@echo "make test       lint, type-check, import contracts, the test suite, then the free-threaded (3.13t) concurrency tests"
+	@echo "make test-pg-newest the tests that compare with PostgreSQL, against PostgreSQL 18 (PG_NEWEST=17: 17)"
 	@echo "make lint       ruff, mypy and the import contracts (lint-imports) only"
 	@echo "make bench      scripts/bench.py (pgdoorman vs Debian's and a current PgBouncer, charts; docs/benchmarks.md)"
 	@echo "make bench-tls  the same with clients over TLS, plus 10,000 clients and a TLS + SCRAM login storm (docs/benchmarks-tls.md)"
@@ -68,10 +69,23 @@ test: deps venv drivers
 	step imports $(VENV)/bin/lint-imports --no-cache; \
 	step pytest $(VPY) -m pytest $(PYTEST_PARALLEL); \
 	step free-threaded $(MAKE) --no-print-directory test-ft; \
+	step postgres-$(PG_NEWEST) $(MAKE) --no-print-directory test-pg-newest; \
 	step deb $(MAKE) --no-print-directory test-deb; \
 	step pipx $(MAKE) --no-print-directory test-pipx; \
 	if [ -n "$$failed" ]; then echo "=== FAILED:$$failed"; exit 1; fi; \
 	echo "=== all checks passed"
+
+# The tests that compare pgdoorman with PostgreSQL, again against the newest PostgreSQL (the suite runs on the
+# machine's: 15 on Debian 12, 17 on Debian 13). scripts/fetch_postgres.py brings it (npm's relocatable builds),
+# cached in /var/cache/pgdoorman; PG_NEWEST=17 for the other one it knows.
+PG_NEWEST ?= 18
+COMPARE_TESTS = $(addprefix tests/integration/,test_transparency.py test_setting_reports.py \
+	test_startup_parameters.py test_transaction_session.py test_temp_search_path.py test_state_random.py \
+	test_deferred_begin.py test_prepared_diff.py test_transparency_drivers.py test_listen_notify.py)
+
+test-pg-newest: deps venv drivers
+	bindir=$$($(VPY) scripts/fetch_postgres.py $(PG_NEWEST)) && \
+	PGDOORMAN_PG_BINDIR=$$bindir $(VPY) -m pytest $(PYTEST_PARALLEL) $(COMPARE_TESTS)
 
 test-ft: deps ft-python
 	PGDOORMAN_EXPECT_FREE_THREADING=1 $(FT_PY) -m pytest -m concurrency tests/integration

@@ -49,7 +49,14 @@ def _newest_debian_bindir() -> str | None:
 
 
 def find_bindir() -> str:
-    """Directory holding initdb/pg_ctl/postgres/psql; installs Debian's postgresql if none is found."""
+    """Directory holding initdb/pg_ctl/postgres/psql: PGDOORMAN_PG_BINDIR when set (another version's, from
+    scripts/fetch_postgres.py), else pg_config's or the newest Debian one; installs Debian's postgresql if none
+    is found."""
+    chosen = os.environ.get("PGDOORMAN_PG_BINDIR")
+    if chosen:
+        if not _has_server_tools(chosen):
+            raise RuntimeError(f"PGDOORMAN_PG_BINDIR={chosen}: no initdb and pg_ctl there")
+        return chosen
     for attempt in range(2):
         bindir = _pg_config_bindir()
         if bindir and _has_server_tools(bindir):

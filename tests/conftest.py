@@ -41,7 +41,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 
     pkg = Path(pgdoorman.__file__).parent
     compiled = sum(1 for _ in pkg.rglob("*.so"))
-    return f"pgdoorman: {pkg}" + (f" ({compiled} compiled modules)" if compiled else "")
+    header = f"pgdoorman: {pkg}" + (f" ({compiled} compiled modules)" if compiled else "")
+    bindir = os.environ.get("PGDOORMAN_PG_BINDIR")
+    return header + (f"\nPostgreSQL: {bindir} (PGDOORMAN_PG_BINDIR)" if bindir else "")
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

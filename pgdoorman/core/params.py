@@ -54,9 +54,10 @@ class OptionsError(ValueError):
     """A startup packet PostgreSQL would refuse: its message, and the SQLSTATE (42601 "invalid command-line
     argument" unless said)."""
 
-    def __init__(self, message: str, sqlstate: str = "42601") -> None:
+    def __init__(self, message: str, sqlstate: str = "42601", hint: str | None = None) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
+        self.hint = hint
 
 
 def canonical_name(name: str) -> str:
@@ -173,8 +174,9 @@ def parse_options(options: str) -> list[tuple[str, str]]:
 def startup_settings(params: dict[str, str]) -> dict[str, str]:
     """The settings a startup packet asks for, keyed by `canonical_name`, in the order PostgreSQL applies
     them (options first, then the packet's own keys, which win). Raises OptionsError where PostgreSQL refuses
-    the packet: a setting PostgreSQL computes itself (55P02), `transaction_isolation` (25001: PostgreSQL
-    takes it for a SET TRANSACTION), a `session_authorization` other than the user itself (42501)."""
+    the packet: a setting PostgreSQL computes itself (55P02), a `session_authorization` other than the user
+    itself (42501). `transaction_isolation` is left out: its answer depends on the server's version
+    (`isolation_refusal`, once a server is known)."""
     out: dict[str, str] = {}
     opts = params.get("options")
     if opts:
@@ -189,13 +191,43 @@ def startup_settings(params: dict[str, str]) -> dict[str, str]:
         lk = k.lower()
         if lk in INTERNAL:
             raise OptionsError(f'parameter "{lk}" cannot be changed', "55P02")
-        if lk == "transaction_isolation":
-            raise OptionsError("SET TRANSACTION ISOLATION LEVEL must be called before any query", "25001")
         if lk == "session_authorization" and out[k] != params.get("user"):
             raise OptionsError(f'permission denied to set session authorization "{out[k]}"', "42501")
         if lk in READ_ONLY:
             del out[k]
     return out
+
+
+ISOLATION_LEVELS = ("serializable", "repeatable read", "read committed", "read uncommitted")
+
+
+def startup_isolation(params: dict[str, str]) -> str | None:
+    """The `transaction_isolation` a startup packet gives (in `options` or as its own key, which wins), if any."""
+    value = None
+    opts = params.get("options")
+    if opts and "isolation" in opts:
+        for k, v in parse_options(opts):
+            if k.lower() == "transaction_isolation":
+                value = v
+    for k, v in params.items():
+        if k.lower() == "transaction_isolation":
+            value = v
+    return value
+
+
+def isolation_refusal(value: str, server_version: str) -> OptionsError | None:
+    """PostgreSQL's answer to a startup packet's `transaction_isolation`, by the server's version: a value
+    that is no level is refused (22023); up to PostgreSQL 17 a level is then refused as a SET TRANSACTION
+    after the login's first query (25001; PostgreSQL itself takes the level its login transaction already
+    has, which only a server could tell: docs/transparency.md), and from 18 on it is taken, without effect
+    (each transaction starts at default_transaction_isolation)."""
+    if value.lower() not in ISOLATION_LEVELS:
+        return OptionsError(f'invalid value for parameter "transaction_isolation": "{value}"', "22023",
+                            f"Available values: {', '.join(ISOLATION_LEVELS)}.")
+    digits = len(server_version) - len(server_version.lstrip("0123456789"))
+    if int(server_version[:digits] or 0) < 18:
+        return OptionsError("SET TRANSACTION ISOLATION LEVEL must be called before any query", "25001")
+    return None
 
 
 def known_spelling(name: str, value: str) -> str | None:

@@ -375,6 +375,8 @@ class ClientConn(ClientLogin):
         if self.state == LOGIN_WAIT:
             self._learn_spellings(s)
             self._finish_login()
+            if self.closed:  # (refused: params.isolation_refusal)
+                return
         if self.pending:
             data = self.pending
             self.pending = EMPTY

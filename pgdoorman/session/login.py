@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING
 from pgdoorman import hba, jwt_auth, pam_auth, talos
 from pgdoorman.core import leaks
 from pgdoorman.core import prepared as ps
-from pgdoorman.core.params import READ_ONLY, OptionsError, known_spelling, startup_settings
+from pgdoorman.core.params import (
+    READ_ONLY,
+    OptionsError,
+    isolation_refusal,
+    known_spelling,
+    startup_isolation,
+    startup_settings,
+)
 from pgdoorman.net.sockopts import linger_off
 from pgdoorman.net.tls import TLS_READ_MIN, ssl_reason
 from pgdoorman.protocol import auth
@@ -185,7 +192,7 @@ class ClientLogin(FastPaths):
             try:
                 settings = startup_settings(params)
             except OptionsError as e:
-                self.fatal(e.sqlstate, str(e))
+                self.fatal(e.sqlstate, str(e), hint=e.hint)
                 return
             self.startup, self.settings = shared.keep_startup(body, params, settings)
         self.application_name = self.settings.get("application_name", "")
@@ -388,7 +395,7 @@ class ClientLogin(FastPaths):
                 self.need_server()
         else:
             self._finish_login()
-            if self.raw:
+            if self.raw and not self.closed:
                 raw = self.raw
                 self.raw = EMPTY
                 self._consume(memoryview(raw), len(raw))
@@ -433,6 +440,12 @@ class ClientLogin(FastPaths):
         pool = self.pool
         assert pool is not None
         s = self.server
+        iso = startup_isolation(self.startup)
+        if iso is not None:  # (refused after authentication, as PostgreSQL does, by the server's version)
+            e = isolation_refusal(iso, (s.params if s is not None else pool.server_params or {}).get("server_version", ""))
+            if e is not None:
+                self.fatal(e.sqlstate, str(e), hint=e.hint)
+                return
         if s is not None:
             # What the server reports now, our settings applied (ParameterStatus during the sync).
             reported = {k: v for k, v in s.params.items()}

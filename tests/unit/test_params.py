@@ -9,9 +9,11 @@ from pgdoorman.core.leaks import TAIL, may_leave_state
 from pgdoorman.core.params import (
     OptionsError,
     canonical_name,
+    isolation_refusal,
     known_spelling,
     parse_options,
     split_options,
+    startup_isolation,
     startup_settings,
     sync_calls,
 )
@@ -49,7 +51,6 @@ def test_parse_options_forms() -> None:
 
 def test_startup_settings_refused_as_postgresql_refuses_them() -> None:
     for params, sqlstate in (({"is_superuser": "on"}, "55P02"), ({"options": "-c server_version_num=1"}, "55P02"),
-                             ({"options": "-c transaction_isolation=serializable"}, "25001"),
                              ({"session_authorization": "other"}, "42501")):
         with pytest.raises(OptionsError) as ei:
             startup_settings({"user": "u", **params})
@@ -59,6 +60,27 @@ def test_startup_settings_refused_as_postgresql_refuses_them() -> None:
     # as that version's startup does (55P02 or 42704; test_transparency.py compares on the cluster).
     assert startup_settings({"user": "u", "options": "-c lc_collate=C", "LC_CTYPE": "C"}) == {
         "lc_collate": "C", "lc_ctype": "C"}
+
+
+def test_startup_isolation_answered_by_the_servers_version() -> None:
+    """PostgreSQL up to 17 refuses a startup transaction_isolation level (25001), 18 takes it; a value that is
+    no level is refused by every version (22023). test_transparency.py compares with each server."""
+    packet = {"user": "u", "options": "-c transaction_isolation=serializable -c work_mem=4MB"}
+    assert startup_settings(packet) == {"work_mem": "4MB"}  # (never a setting to replay)
+    assert startup_isolation(packet) == "serializable"
+    assert startup_isolation({**packet, "Transaction_Isolation": "read committed"}) == "read committed"
+    assert startup_isolation({"user": "u", "options": "-c work_mem=4MB"}) is None
+    assert startup_isolation({"user": "u", "options": "--transaction-isolation=serializable"}) == "serializable"
+    for version, value, sqlstate in (("15.18 (Debian 15.18-0+deb12u1)", "serializable", "25001"),
+                                     ("17.10", "Repeatable Read", "25001"), ("", "serializable", "25001"),
+                                     ("18.4", "Repeatable Read", None), ("19beta1", "read uncommitted", None),
+                                     ("18.4", "bogus", "22023"), ("15.18", "bogus", "22023")):
+        e = isolation_refusal(value, version)
+        assert (e.sqlstate if e is not None else None) == sqlstate, (version, value)
+    e = isolation_refusal("bogus", "18.4")
+    assert e is not None and (str(e), e.hint) == ('invalid value for parameter "transaction_isolation": "bogus"',
+                                                  "Available values: serializable, repeatable read, read committed, "
+                                                  "read uncommitted.")
 
 
 def test_startup_settings_keys_and_precedence() -> None:
