@@ -140,3 +140,34 @@ def test_the_pin_check_does_not_use_the_clients_operators(pg: Any, pooler_factor
     direct = _hidden(pg.host, pg.port)
     assert _hidden(p.host, p.port) == direct
     assert direct[4] == ("E", "42P01")
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_role_default_search_path_with_pg_temp_first(pg: Any, pooler_factory: Any, mode: str) -> None:
+    """`ALTER ROLE ... SET search_path = pg_temp, public`: every session of the role creates in pg_temp, its
+    startup packet and its text saying nothing. PostgreSQL 18 reports search_path at login, so the pool's
+    reported settings carry it and the client's first transaction is checked (login.py); before 18 nothing
+    tells the pooler until a text names `temp` (docs/transaction-mode.md), so there the test has nothing to
+    compare (`make test-pg-newest` runs it on 18 in CI). Pool of 1: B, the same role, finds no table of A's."""
+    with connect(pg.host, pg.port) as c:
+        if "search_path" not in c.parameters:
+            pytest.skip(f"PostgreSQL {c.parameters['server_version']} does not report search_path (18 does)")
+    pg.psql("ALTER ROLE app_scram IN DATABASE app SET search_path = pg_temp, public")
+    try:
+        p = pooler_factory(pool_mode=mode, pool_size=1, general={"query_wait_timeout": 20000})
+        direct = _role_default(pg.host, pg.port)
+        pooled = _role_default(p.host, p.port)
+    finally:
+        pg.psql("ALTER ROLE app_scram IN DATABASE app RESET search_path")
+    assert pooled == direct
+    assert direct[0] == [["pg_temp, public"]] and direct[5] == ("E", "42P01")
+
+
+def _role_default(host: str, port: int) -> list[Any]:
+    a = connect(host, port, {k: v for k, v in SETTINGS_A.items() if k != "search_path"})
+    got = [_q(a, "show search_path"), _q(a, "create table tsp_t (x int)"), _q(a, "insert into tsp_t values (1)")]
+    got += [_q(a, COUNT), _q(a, "select relpersistence from pg_class where oid = 'tsp_t'::regclass")]
+    a.close()
+    with connect(host, port, OTHER) as b:
+        got += [_q(b, COUNT), _q(b, "show search_path"), _q(b, "show timezone")]
+    return got
