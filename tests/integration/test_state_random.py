@@ -51,7 +51,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_transparency import SETTINGS_A, connect
+from tests.integration.test_transparency import SETTINGS_A, connect, server_major
 from tests.support.pooler import Pooler, started_in_mode
 from tests.support.wire import (
     WireClient,
@@ -390,7 +390,7 @@ def play(host: str, port: int, seq: list[tuple[str, str, bool]], one_server: boo
         setup.query_rows("create table if not exists copy_a (x int); create table if not exists copy_b (x int)")
         setup.query_rows(f"drop table if exists pt{_W}_a, pt{_W}_b")  # (this process's: the DDL steps')
         setup.query_rows(f"drop type if exists ty{_W}_a, ty{_W}_b, en{_W}_a, en{_W}_b")
-        _SERVER_MAJOR[0] = int(setup.parameters["server_version"].split(".")[0].split("beta")[0])
+        _SERVER_MAJOR[0] = server_major(setup)
     cs = {k: connect(host, port, params[k]) for k in "ab"}
     status = {"a": b"I", "b": b"I"}
     out: list[Any] = []

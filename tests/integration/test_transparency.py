@@ -64,6 +64,13 @@ def connect(host: str, port: int, params: dict[str, str] | None = None) -> WireC
     return WireClient.connect(host, port, SCRAM_USER, DBNAME, SCRAM_PASSWORD, params=params)
 
 
+def server_major(c: WireClient) -> int:
+    """The major version of the PostgreSQL `c` talks to, from its ParameterStatus server_version ("18.4",
+    "15.18 (Debian ...)", "19beta1")."""
+    v = c.parameters["server_version"]
+    return int(v[: len(v) - len(v.lstrip("0123456789"))])
+
+
 @pytest.fixture(scope="module", params=MODES)
 def mode_pooler(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) -> Iterator[Pooler]:
     with started_in_mode(pg, tmp_path_factory, request.param, "transparency", pool_size=1,
@@ -425,7 +432,7 @@ def test_startup_packets_taken_and_refused_as_postgresql_does(pg: Any, mode_pool
             got[name].append((params, c.query_rows(f"show {shown}")))
             c.terminate()
     with connect(pg.host, pg.port) as c:
-        major = int(c.parameters["server_version"].split(".")[0].split("beta")[0])
+        major = server_major(c)
     # (taken: the comparison covers both outcomes)
     assert sum(len(r) == 2 for r in got["direct"]) == (6 if major >= 18 else 4)
     assert got["pooled"] == got["direct"]
@@ -605,7 +612,7 @@ def test_protocol_versions_and_unknown_messages_answered_as_postgresql(pg: Any, 
         w.close()
         got[name] = seen
     with connect(pg.host, pg.port) as c:
-        major = int(c.parameters["server_version"].split(".")[0].split("beta")[0])
+        major = server_major(c)
     if major >= 18:
         # PostgreSQL 18 speaks protocol 3.2 (and takes 3.1 without a word); the pooler answers as PostgreSQL up
         # to 17 does, which every client that asks for 3.2 accepts (docs/transparency.md, "Known differences").
