@@ -78,6 +78,18 @@ def mode_pooler(request: pytest.FixtureRequest, pg: Any, tmp_path_factory: Any) 
         yield p
 
 
+def test_login_reports_every_setting_postgresql_reports(pg: Any, mode_pooler: Pooler) -> None:
+    """The ParameterStatus messages of a login, names, values and order, are PostgreSQL's: whichever settings
+    its version reports (18 adds search_path), with and without startup settings of the client's own."""
+    got: dict[str, list[Any]] = {}
+    for name, host, port in (("direct", pg.host, pg.port), ("pooled", mode_pooler.host, mode_pooler.port)):
+        got[name] = []
+        for params in ({}, SETTINGS_A, {"search_path": "x, public", "application_name": "tr"}):
+            with connect(host, port, params) as c:
+                got[name].append(list(c.parameters.items()))
+    assert got["pooled"] == got["direct"]
+
+
 def test_startup_settings_reach_the_server_and_follow_their_client(pg: Any, mode_pooler: Pooler) -> None:
     """Defects 1, 2 and 8: every startup setting is applied before the first query, reported as PostgreSQL
     reports it, and a second client on the same server (pool_size 1) sees none of them."""
