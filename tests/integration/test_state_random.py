@@ -560,7 +560,7 @@ _SERVER_MAJOR = [0]  # the version the last play() ran against (its ParameterSta
 def _reports_in_order(step: Any) -> Any:
     """A step's answer with each run of ParameterStatus messages sorted by name, on PostgreSQL 16 and later:
     there a request's reports come in the reverse order of the changes, which for a setting the pooler's
-    server did not change itself the pooler cannot know (session/reports.py; docs/transparency.md). Before 16
+    server did not change itself the pooler cannot know (session/reports.py; docs/transaction-mode.md). Before 16
     PostgreSQL sorts them by name, and the order is compared as it comes."""
     if _SERVER_MAJOR[0] < 16 or len(step) < 4 or not isinstance(step[3], list):
         return step
