@@ -224,10 +224,16 @@ def isolation_refusal(value: str, server_version: str) -> OptionsError | None:
     if value.lower() not in ISOLATION_LEVELS:
         return OptionsError(f'invalid value for parameter "transaction_isolation": "{value}"', "22023",
                             f"Available values: {', '.join(ISOLATION_LEVELS)}.")
-    digits = len(server_version) - len(server_version.lstrip("0123456789"))
-    if int(server_version[:digits] or 0) < 18:
+    if server_major(server_version) < 18:
         return OptionsError("SET TRANSACTION ISOLATION LEVEL must be called before any query", "25001")
     return None
+
+
+def server_major(server_version: str) -> int:
+    """The major version in a server's reported `server_version` ("18.4", "15.18 (Debian ...)", "19beta1");
+    0 when it names none."""
+    digits = len(server_version) - len(server_version.lstrip("0123456789"))
+    return int(server_version[:digits] or 0)
 
 
 def known_spelling(name: str, value: str) -> str | None:

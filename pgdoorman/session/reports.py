@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from pgdoorman.core.params import READ_ONLY
+from pgdoorman.core.params import READ_ONLY, server_major
 from pgdoorman.protocol import messages as m
 from pgdoorman.session import txresets
 from pgdoorman.session.states import DIRTY_RESTORE, DIRTY_SET
@@ -149,8 +149,7 @@ def _sorts_reports(version: str) -> bool:
     """PostgreSQL before 16 sends a request's reports sorted by name (it walks its sorted table of settings);
     16 and later in the reverse order of the changes, which the pooler cannot know for one the server did not
     report: it goes after the server's."""
-    major = version.split(".", 1)[0].split(" ", 1)[0]
-    return major.isdigit() and int(major) < 16
+    return 0 < server_major(version) < 16
 
 
 def waiting(s: Server) -> bool:

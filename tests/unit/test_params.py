@@ -12,6 +12,7 @@ from pgdoorman.core.params import (
     isolation_refusal,
     known_spelling,
     parse_options,
+    server_major,
     split_options,
     startup_isolation,
     startup_settings,
@@ -77,6 +78,8 @@ def test_startup_isolation_answered_by_the_servers_version() -> None:
                                      ("18.4", "bogus", "22023"), ("15.18", "bogus", "22023")):
         e = isolation_refusal(value, version)
         assert (e.sqlstate if e is not None else None) == sqlstate, (version, value)
+    assert [server_major(v) for v in ("18.4", "15.18 (Debian 15.18-0+deb12u1)", "19beta1", "9.6", "")] == [
+        18, 15, 19, 9, 0]
     e = isolation_refusal("bogus", "18.4")
     assert e is not None and (str(e), e.hint) == ('invalid value for parameter "transaction_isolation": "bogus"',
                                                   "Available values: serializable, repeatable read, read committed, "
