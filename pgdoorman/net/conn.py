@@ -222,7 +222,9 @@ class Conn:
         tcp_so_linger says. With SO_LINGER 0 the close is a reset, and a reset can reach the peer before it
         has read the error: psycopg then reports "connection socket closed" instead of the error (its wait
         treats POLLERR/POLLHUP as a dead socket). What the peer sent and nobody read is drained first, since
-        closing over unread bytes is a reset too. Output still queued here (the peer not reading) is lost."""
+        closing over unread bytes is a reset too. Output still queued here (the peer not reading) is lost. Over TLS
+        the end is OpenSSL's close_notify, as PostgreSQL's: libpq 17's encrypted cancel request takes an end of
+        file without it for a failure ("SSL error: unexpected eof while reading")."""
         if self.closed:
             return
         sock = self.sock
@@ -233,6 +235,11 @@ class Conn:
                     break
         except (OSError, ValueError):  # nothing more to read now (AGAIN), or the connection is gone already
             pass
+        if isinstance(sock, ssl.SSLSocket):
+            try:
+                sock.unwrap()  # sends close_notify (PostgreSQL's last word over TLS); raises rather than wait
+            except (OSError, ValueError):
+                pass
         self.close(reason)
 
     def on_close(self, reason: str) -> None:

@@ -19,6 +19,8 @@ MODES = ("disable", "allow", "require", "verify-full")
 # The most plaintext one TLS record carries. A TLS connection is always read with at least this much room,
 # so OpenSSL never holds decrypted bytes back (SSLSocket.pending() stays 0) where epoll could not see them.
 TLS_READ_MIN = 16384
+# The ALPN protocol name PostgreSQL 17 offers and a direct TLS connection must agree on.
+ALPN = "postgresql"
 
 
 class TlsSetupError(Exception):
@@ -72,6 +74,9 @@ def client_tls(mode: str | None, certificate: str | None, private_key: str | Non
     # No TLS 1.2 renegotiation: a write that needs a read first would stall the relay (PostgreSQL refuses
     # it too).
     ctx.options |= ssl.OP_NO_RENEGOTIATION
+    # As PostgreSQL 17: "postgresql" is agreed when a client offers it (libpq 17 does, either way it starts
+    # TLS); a direct TLS client must (ClientLogin._tls_handshake).
+    ctx.set_alpn_protocols([ALPN])
     return ClientTls(mode, ctx)
 
 

@@ -130,7 +130,7 @@ class ClientBase(Conn):
         self.window: bytearray | None = None  # plain relay: the open extended-protocol window's types (tracking.py)
         self.in_copy_in = False  # PostgreSQL is in COPY IN for us: it ignores Sync
         self.tls = False  # the client's socket is an ssl.SSLSocket (handshake done)
-        self.handshaking = False  # wrapped after SSLRequest, handshake not finished yet
+        self.handshaking = 0  # wrapped, handshake not finished yet: login.REQUESTED (SSLRequest) or DIRECT
         # Transaction mode: what this client sent may leave temp objects, advisory locks or settings on its
         # server (leaks.PINS | leaks.SETTINGS, see leaks.py; checked at the end of the transaction), and the
         # last bytes read, lower-cased, for a keyword split between two reads.

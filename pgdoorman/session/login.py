@@ -8,6 +8,7 @@ text checked by PAM or as a JWT) and the settings sync that ends it with ReadyFo
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from typing import TYPE_CHECKING
 
@@ -22,8 +23,7 @@ from pgdoorman.core.params import (
     startup_isolation,
     startup_settings,
 )
-from pgdoorman.net.sockopts import linger_off
-from pgdoorman.net.tls import TLS_READ_MIN, ssl_reason
+from pgdoorman.net.tls import ALPN, TLS_READ_MIN, ssl_reason
 from pgdoorman.protocol import auth
 from pgdoorman.protocol import messages as m
 from pgdoorman.session import shared, tracking, unlocks
@@ -53,6 +53,10 @@ log = logging.getLogger("pgdoorman.client")
 # A cancel within this many seconds of a waiting request's hand-over to a server is sent again a fifth of it later
 # if that request still runs (ClientConn._cancel_again).
 CANCEL_RACE = 0.5
+# ClientConn.handshaking: after an SSLRequest, or a direct TLS handshake (the client's first byte a TLS record's).
+REQUESTED = 1
+DIRECT = 2
+TLS_HANDSHAKE = 0x16  # the content type of a TLS handshake record
 
 
 class ClientLogin(FastPaths):
@@ -68,8 +72,9 @@ class ClientLogin(FastPaths):
             self.fatal("08P01", "authentication timeout")
 
     # ------------------------------------------------------------------ TLS
-    def _start_tls(self) -> None:
+    def _start_tls(self, direct: bool = False) -> None:
         """SSLRequest accepted: answer 'S' on the plain socket, then wrap it and wait for the ClientHello.
+        `direct`: the client began with its ClientHello (PostgreSQL 17's `sslnegotiation=direct`), no 'S'.
 
         After the handshake the socket is read as any other: every read asks for at least a whole TLS
         record's plaintext (TLS_READ_MIN), so OpenSSL never keeps decrypted bytes that epoll
@@ -78,14 +83,14 @@ class ClientLogin(FastPaths):
         assert ctx is not None
         try:
             # Nothing was sent to this client yet, so the one byte goes out at once or the client is gone.
-            if self.sock.send(b"S") != 1:
+            if not direct and self.sock.send(b"S") != 1:
                 raise OSError("could not send the SSLRequest answer")
             self.detach()
             self.sock = ctx.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
         except (OSError, ValueError) as e:
             self.close(f"TLS setup failed: {e}")
             return
-        self.handshaking = True
+        self.handshaking = DIRECT if direct else REQUESTED
         wait = self.app.tls_limiter.delay()
         if wait > 0:  # tls_rate_limit_per_second: the client waits for our part of the handshake
             self.loop.call_later(wait, self._apply_mask)
@@ -102,7 +107,14 @@ class ClientLogin(FastPaths):
             log.info("client %s: TLS handshake failed: %s", self.addr, reason)
             self.close(f"TLS handshake failed: {reason}")
             return
-        self.handshaking = False
+        sock = self.sock
+        if self.handshaking == DIRECT and not (isinstance(sock, ssl.SSLSocket) and sock.selected_alpn_protocol() == ALPN):
+            # As PostgreSQL 17: a direct handshake must have agreed on "postgresql" (a client of another
+            # protocol that reached this port); closed without a word but TLS's close_notify, as there.
+            self.app.count_rejection("tls_handshake_fail")
+            self.close_orderly("direct TLS connection without ALPN protocol negotiation")
+            return
+        self.handshaking = 0
         self.tls = True
         self.app.count_tls()
         self._apply_mask()  # back to read interest only
@@ -111,6 +123,8 @@ class ClientLogin(FastPaths):
     def _login_read(self) -> None:
         if self.handshaking:
             self._tls_handshake()
+            return
+        if self.inbuf is EMPTY and not self.tls and self._direct_tls():  # (EMPTY: nothing read yet)
             return
         data = self.recv_or_close(TLS_READ_MIN, "client disconnected during login")
         if data is None:
@@ -157,6 +171,31 @@ class ClientLogin(FastPaths):
             else:
                 self.fatal("08P01", str(e))
 
+    def _direct_tls(self) -> bool:
+        """The first read of a connection: True when it began with a TLS handshake record (PostgreSQL 17's
+        direct TLS, no SSLRequest first) and was taken care of: the handshake started where TLS is on for
+        this client, else closed without a word as PostgreSQL does (a Unix socket, TLS off). Peeked, so
+        that the ClientHello stays in the socket for OpenSSL; a startup packet's first byte is always 0
+        (its length is below 2**24), so nothing a PostgreSQL client sends first is taken for one."""
+        try:
+            first = self.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError as e:
+            self.close(f"read failed: {e}")
+            return True
+        if not first:
+            self.close("client disconnected during login")
+            return True
+        if first[0] != TLS_HANDSHAKE:
+            return False
+        if self.is_unix or self.app.client_tls.context is None:
+            self.app.count_rejection("invalid_startup")
+            self.close_orderly("direct TLS on a Unix socket" if self.is_unix else "direct TLS connection with TLS off")
+            return True
+        self._start_tls(direct=True)
+        return True
+
     def _startup(self, body: bytes) -> None:
         known = shared.startup(body)  # the same packet as another client's: its parse, shared
         code, params = (m.I32.unpack_from(body)[0], known[0]) if known is not None else m.parse_startup(body)
@@ -170,8 +209,7 @@ class ClientLogin(FastPaths):
             return
         if code == m.CANCEL_REQUEST:
             self.app.cancels.cancel(int(params["pid"]), int(params["secret"]))
-            linger_off(self.sock)  # the sender waits for an end of file, not a reset (tcp_so_linger)
-            self.close("cancel request")
+            self.close_orderly("cancel request")  # the sender waits for an end of file, not a reset (tcp_so_linger)
             return
         unknown = [k for k in params if k.startswith("_pq_.")]
         if code & 0xFFFF or unknown:  # a newer minor version or protocol options: 3.0 and none, as PostgreSQL 15 says
