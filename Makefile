@@ -82,7 +82,7 @@ PG_NEWEST ?= 18
 COMPARE_TESTS = $(addprefix tests/integration/,test_transparency.py test_setting_reports.py \
 	test_startup_parameters.py test_transaction_session.py test_temp_search_path.py test_state_random.py \
 	test_deferred_begin.py test_prepared_diff.py test_transparency_drivers.py test_listen_notify.py \
-	test_direct_tls.py)
+	test_direct_tls.py test_channel_binding.py)
 
 test-pg-newest: deps venv drivers
 	bindir=$$($(VPY) scripts/fetch_postgres.py $(PG_NEWEST)) && \

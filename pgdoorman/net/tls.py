@@ -11,6 +11,7 @@ signed by `tls_ca_cert`. TLS 1.2 is the minimum both ways.
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 from dataclasses import dataclass
 
@@ -37,6 +38,9 @@ class ClientTls:
 
     mode: str
     context: ssl.SSLContext | None
+    # SCRAM channel binding's tls-server-end-point data: the hash of the certificate clients see (None: no
+    # TLS, or a signature algorithm without a hash to use; SCRAM-SHA-256-PLUS is then not offered).
+    end_point: bytes | None = None
 
     @property
     def required(self) -> bool:
@@ -77,7 +81,64 @@ def client_tls(mode: str | None, certificate: str | None, private_key: str | Non
     # As PostgreSQL 17: "postgresql" is agreed when a client offers it (libpq 17 does, either way it starts
     # TLS); a direct TLS client must (ClientLogin._tls_handshake).
     ctx.set_alpn_protocols([ALPN])
-    return ClientTls(mode, ctx)
+    return ClientTls(mode, ctx, end_point_data(certificate))
+
+
+# The hash of tls-server-end-point (RFC 5929 section 4.1): the certificate's signature hash, SHA-256 for MD5 and
+# SHA-1, keyed by the DER body of the signature algorithm's object identifier (RSA PKCS#1 v1.5 and ECDSA).
+_SIGNATURE_HASHES = {
+    bytes.fromhex("2a864886f70d010104"): "sha256",  # md5WithRSAEncryption
+    bytes.fromhex("2a864886f70d010105"): "sha256",  # sha1WithRSAEncryption
+    bytes.fromhex("2a864886f70d01010b"): "sha256",
+    bytes.fromhex("2a864886f70d01010c"): "sha384",
+    bytes.fromhex("2a864886f70d01010d"): "sha512",
+    bytes.fromhex("2a864886f70d01010e"): "sha224",
+    bytes.fromhex("2a8648ce3d0401"): "sha256",  # ecdsa-with-SHA1
+    bytes.fromhex("2a8648ce3d040301"): "sha224",
+    bytes.fromhex("2a8648ce3d040302"): "sha256",
+    bytes.fromhex("2a8648ce3d040303"): "sha384",
+    bytes.fromhex("2a8648ce3d040304"): "sha512",
+}
+_PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
+_PEM_END = "-----END CERTIFICATE-----"
+
+
+def end_point_data(certificate: str) -> bytes | None:
+    """SCRAM channel binding data for the first certificate of a PEM file (the one a TLS client is shown), as
+    PostgreSQL computes it for its own certificate; None for a signature algorithm outside the table
+    (RSA-PSS, Ed25519: no hash to take; PostgreSQL cannot bind them either)."""
+    with open(certificate, encoding="ascii", errors="replace") as f:
+        text = f.read()
+    start = text.find(_PEM_BEGIN)
+    end = text.find(_PEM_END, start)
+    if start < 0 or end < 0:
+        return None
+    der = ssl.PEM_cert_to_DER_cert(text[start : end + len(_PEM_END)])
+    try:
+        name = _SIGNATURE_HASHES.get(_signature_oid(der))
+    except (IndexError, ValueError):
+        return None
+    return hashlib.new(name, der).digest() if name else None
+
+
+def _signature_oid(der: bytes) -> bytes:
+    """The signatureAlgorithm's object identifier of a DER certificate: SEQUENCE { tbsCertificate SEQUENCE,
+    signatureAlgorithm SEQUENCE { OID, ... }, signatureValue }."""
+
+    def item(pos: int, tag: int) -> tuple[int, int]:  # (content start, content end) of the element at pos
+        if der[pos] != tag:
+            raise ValueError(f"DER tag {der[pos]:#x} where {tag:#x} was expected")
+        n = der[pos + 1]
+        if n < 0x80:
+            return pos + 2, pos + 2 + n
+        size = int.from_bytes(der[pos + 2 : pos + 2 + (n & 0x7F)], "big")
+        return pos + 2 + (n & 0x7F), pos + 2 + (n & 0x7F) + size
+
+    body, _ = item(0, 0x30)
+    _, tbs_end = item(body, 0x30)
+    alg, _ = item(tbs_end, 0x30)
+    oid, oid_end = item(alg, 0x06)
+    return der[oid:oid_end]
 
 
 def _check_pair(prefix: str, certificate: str | None, private_key: str | None) -> None:

@@ -17,7 +17,6 @@ import re
 import stringprep
 import unicodedata
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 __all__ = [
     "AuthError",
@@ -34,6 +33,8 @@ __all__ = [
 ]
 
 SCRAM_SHA_256 = "SCRAM-SHA-256"
+SCRAM_SHA_256_PLUS = "SCRAM-SHA-256-PLUS"
+CBIND_TYPE = "tls-server-end-point"  # the one channel binding type PostgreSQL (and libpq) use
 # PostgreSQL's defaults (SCRAM_DEFAULT_SALT_LEN, SCRAM_RAW_NONCE_LEN, scram_iterations).
 _DEFAULT_SALT_LEN = 16
 _RAW_NONCE_LEN = 18
@@ -52,8 +53,20 @@ class AuthError(Exception):
     """A malformed or failed authentication exchange.
 
     Messages describe what was wrong without echoing secrets (passwords, proofs, keys), so they
-    are safe to log and, where appropriate, to forward to the client.
+    are safe to log and, where appropriate, to forward to the client. `sqlstate` (with `message` and
+    `detail`) is set where PostgreSQL answers with its own error rather than "password authentication
+    failed": the SCRAM channel-binding errors, in its words.
     """
+
+    def __init__(self, message: str, sqlstate: str = "", detail: str | None = None) -> None:
+        super().__init__(f"{message}: {detail}" if detail else message)
+        self.message = message
+        self.sqlstate = sqlstate
+        self.detail = detail
+
+
+def _malformed(detail: str) -> AuthError:
+    return AuthError("malformed SCRAM message", "08P01", detail)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -325,13 +338,18 @@ class ScramServer:
     AuthenticationSASLFinal). Any error is final: the exchange cannot be resumed.
     After success ``client_key`` holds the client's ClientKey, which is what SCRAM
     passthrough replays to the backend.
+
+    `end_point`: on a TLS connection, the tls-server-end-point data of the certificate the client was shown
+    (net/tls.py): SCRAM-SHA-256-PLUS is offered first, as PostgreSQL offers it over TLS, and a client that
+    could bind but was not offered it ("y") is refused, as there.
     """
 
-    MECHANISMS: ClassVar[tuple[str, ...]] = (SCRAM_SHA_256,)
-
-    def __init__(self, verifier: ScramVerifier, nonce: bytes | None = None) -> None:
+    def __init__(self, verifier: ScramVerifier, nonce: bytes | None = None, end_point: bytes | None = None) -> None:
         self._verifier = verifier
         self._server_nonce = _check_nonce_arg(nonce)
+        self._end_point = end_point
+        self.mechanisms = (SCRAM_SHA_256_PLUS, SCRAM_SHA_256) if end_point else (SCRAM_SHA_256,)
+        self._binding = False  # the client chose SCRAM-SHA-256-PLUS
         self._state = "start"
         self._gs2_header = ""
         self._client_first_bare = ""
@@ -348,24 +366,17 @@ class ScramServer:
         if self._state != "start":
             raise self._fail("unexpected SASLInitialResponse")
         self._state = "failed"  # until this step completes
-        if mechanism not in self.MECHANISMS:
-            raise AuthError("client selected an invalid SASL authentication mechanism")
+        if mechanism not in self.mechanisms:
+            raise AuthError("client selected an invalid SASL authentication mechanism", "08P01")
+        self._binding = mechanism == SCRAM_SHA_256_PLUS
         text = _decode_message(data, "client-first-message")
-        flag = text[:1]
-        if flag == "p":
-            # We only advertise SCRAM-SHA-256, never -PLUS, so channel binding data is refused.
-            raise AuthError("client requested SCRAM channel binding, which is not supported")
-        if flag not in ("n", "y"):
-            # "y" (client could bind but thinks we cannot) is fine since we offer no -PLUS.
-            raise AuthError("malformed SCRAM client-first-message: bad channel-binding flag")
-        if text[1:2] != ",":
-            raise AuthError("malformed SCRAM client-first-message: expected ',' after flag")
-        if text[2:3] == "a":
+        comma = self._gs2_flag(text)
+        if text[comma + 1 : comma + 2] == "a":
             raise AuthError("SCRAM authorization identity is not supported")
-        if text[2:3] != ",":
+        if text[comma + 1 : comma + 2] != ",":
             raise AuthError("malformed SCRAM client-first-message: bad gs2 header")
-        self._gs2_header = text[:3]
-        bare = text[3:]
+        self._gs2_header = text[: comma + 2]
+        bare = text[comma + 2 :]
         if bare.startswith("m"):
             raise AuthError("client requires an unsupported SCRAM extension")
         parts = bare.split(",")
@@ -383,6 +394,33 @@ class ScramServer:
         self._state = "first"
         return self._server_first.encode("ascii")
 
+    def _gs2_flag(self, text: str) -> int:
+        """The channel-binding flag of a client-first-message, checked as PostgreSQL checks it against the
+        mechanism chosen and whether binding was offered; the index of the comma after it."""
+        flag = text[:1]
+        if flag == "n" or flag == "y":
+            if self._binding:
+                raise _malformed("The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include "
+                                 "channel binding data.")
+            if flag == "y" and self._end_point:
+                raise AuthError("SCRAM channel binding negotiation error", "28000",
+                                "The client supports SCRAM channel binding but thinks the server does not.  "
+                                "However, this server does support channel binding.")
+            if text[1:2] != ",":
+                raise AuthError("malformed SCRAM client-first-message: expected ',' after flag")
+            return 1
+        if flag == "p":
+            if not self._binding:
+                raise _malformed("The client selected SCRAM-SHA-256 without channel binding, but the SCRAM message "
+                                 "includes channel binding data.")
+            comma = text.find(",")
+            if text[1:2] != "=" or comma < 0:
+                raise _malformed('Expected character "=" for attribute "p".')
+            if text[2:comma] != CBIND_TYPE:
+                raise AuthError(f'unsupported SCRAM channel-binding type "{text[2:comma]}"', "08P01")
+            return comma
+        raise AuthError("malformed SCRAM client-first-message: bad channel-binding flag")
+
     def client_final(self, data: bytes) -> bytes:
         """Consume client-final-message; return server-final-message or raise AuthError."""
         if self._state != "first":
@@ -391,8 +429,11 @@ class ScramServer:
         text = _decode_message(data, "client-final-message")
         parts = text.split(",")
         cbind = _b64dec(_expect_attr(parts[0], "c", "client-final-message"), "channel binding")
-        if cbind != self._gs2_header.encode("ascii"):
-            raise AuthError("SCRAM channel binding check failed")
+        if self._binding:
+            if cbind != self._gs2_header.encode("ascii") + (self._end_point or b""):
+                raise AuthError("SCRAM channel binding check failed", "28000")
+        elif cbind != self._gs2_header.encode("ascii"):
+            raise AuthError("unexpected SCRAM channel-binding attribute in client-final-message", "08P01")
         nonce = _expect_attr(parts[1] if len(parts) > 1 else None, "r", "client-final-message")
         if nonce != self._nonce:
             raise AuthError("SCRAM nonce mismatch")

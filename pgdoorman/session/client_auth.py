@@ -32,16 +32,18 @@ _FAKE_KEY = os.urandom(32)
 
 
 class ClientAuth:
-    __slots__ = ("user", "stored", "step", "salt", "scram", "why", "password", "client_key")
+    __slots__ = ("user", "stored", "step", "salt", "scram", "why", "error", "password", "client_key")
 
     def __init__(self, user: str, stored: str, *, cleartext: bool = False, force_md5: bool = False,
-                 plain_verifier: Callable[[], auth.ScramVerifier] | None = None) -> None:
+                 plain_verifier: Callable[[], auth.ScramVerifier] | None = None,
+                 end_point: bytes | None = None) -> None:
         """`stored`: the configured password (plain text, an md5 hash or a SCRAM verifier; "" for an unknown
         user). `cleartext`: ask for the password in clear (JWT and PAM users). `force_md5`: pg_hba chose md5,
         so a plain-text password is used as its md5 hash. `plain_verifier`: the (cached) SCRAM verifier of a
-        plain-text stored password."""
+        plain-text stored password. `end_point`: the client is on TLS and SCRAM may bind to it (ScramServer)."""
         self.user = user
         self.why = ""
+        self.error: auth.AuthError | None = None  # a failure PostgreSQL reports in its own words (sqlstate set)
         self.password = ""
         self.client_key: bytes | None = None  # the ClientKey a SCRAM client proved (SCRAM passthrough)
         self.salt = b""
@@ -64,7 +66,7 @@ class ClientAuth:
             # Unknown user (or no password): run a believable exchange that can only fail.
             seed = hmac.new(_FAKE_KEY, user.encode(), hashlib.sha256).digest()
             verifier = auth.ScramVerifier(4096, seed[:16], os.urandom(32), os.urandom(32))
-        self.scram = auth.ScramServer(verifier)
+        self.scram = auth.ScramServer(verifier, end_point=end_point)
         self.step = _SASL_FIRST
 
     def request(self) -> bytes:
@@ -73,7 +75,8 @@ class ClientAuth:
             return m.AUTH_CLEARTEXT
         if self.step == _MD5:
             return m.auth_md5(self.salt)
-        return m.auth_sasl(auth.ScramServer.MECHANISMS)
+        assert self.scram is not None
+        return m.auth_sasl(self.scram.mechanisms)
 
     def feed(self, body: bytes) -> tuple[bytes, int]:
         """One password message's body (PasswordMessage, SASLInitialResponse or SASLResponse)."""
@@ -96,6 +99,8 @@ class ClientAuth:
             self.step = _DONE
             final = scram.client_final(body)
         except auth.AuthError as e:
+            if e.sqlstate:
+                self.error = e
             return self._fail(str(e))
         if not self.stored:
             return self._fail("no such user")

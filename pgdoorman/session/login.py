@@ -328,7 +328,8 @@ class ClientLogin(FastPaths):
         password for a JWT or PAM user (see client_auth.py)."""
         pool = self.pool
         a = ClientAuth(self.user, self.stored, cleartext=pool.cleartext_login if pool is not None else self._talos(),
-                       force_md5=force_md5, plain_verifier=self._plain_verifier)
+                       force_md5=force_md5, plain_verifier=self._plain_verifier,
+                       end_point=self.app.client_tls.end_point if self.tls else None)
         self.client_auth = a
         self.state = AUTH
         self.write(a.request())
@@ -360,6 +361,10 @@ class ClientLogin(FastPaths):
             return
         if outcome == FAILED:
             log.debug("client %s: authentication of %r failed: %s", self.addr, self.user, a.why)
+            if a.error is not None:  # a broken exchange PostgreSQL names (channel binding): not a wrong password
+                log.info("client %s: SCRAM exchange of %r refused: %s", self.addr, self.user, a.why)
+                self.fatal(a.error.sqlstate, a.error.message, a.error.detail)
+                return
             self._auth_failed()
             return
         if outcome == CHECK:

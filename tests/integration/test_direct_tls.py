@@ -70,11 +70,11 @@ def target(name: str, tls_pg: PgCluster, pooler: Pooler) -> tuple[str, int]:
 
 
 def libpq(host: str, port: int, negotiation: str, settings: dict[str, str], certs: Certs,
-          sslmode: str = "verify-full") -> psycopg.Connection[Any]:
+          sslmode: str = "verify-full", **kw: Any) -> psycopg.Connection[Any]:
     options = " ".join(f"-c {k}={v}" for k, v in settings.items())
     return psycopg.connect(host=host, port=port, user=SCRAM_USER, password=SCRAM_PASSWORD, dbname=DBNAME,
                            sslmode=sslmode, sslrootcert=certs.ca, sslnegotiation=negotiation, options=options,
-                           autocommit=True, connect_timeout=10)
+                           autocommit=True, connect_timeout=10, **kw)
 
 
 def session_of(c: psycopg.Connection[Any]) -> tuple[Any, ...]:

@@ -397,13 +397,15 @@ def test_server_accepts_extensions_in_client_first() -> None:
     )
 
 
-def _manual_client_final(password: bytes, gs2: str, bare: str, server_first: bytes, extra: str = "") -> bytes:
-    """An independent client-final computation, to drive the server with unusual headers."""
+def _manual_client_final(password: bytes, gs2: str, bare: str, server_first: bytes, extra: str = "",
+                         cbind: bytes = b"") -> bytes:
+    """An independent client-final computation, to drive the server with unusual headers (`cbind`: the
+    channel binding data after the gs2 header)."""
     attrs = dict(a.split("=", 1) for a in server_first.decode().split(","))
     salted = hashlib.pbkdf2_hmac("sha256", password, base64.b64decode(attrs["s"]), int(attrs["i"]))
     client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
     stored_key = hashlib.sha256(client_key).digest()
-    without_proof = f"c={base64.b64encode(gs2.encode()).decode()},r={attrs['r']}{extra}"
+    without_proof = f"c={base64.b64encode(gs2.encode() + cbind).decode()},r={attrs['r']}{extra}"
     auth = f"{bare},{server_first.decode()},{without_proof}".encode()
     sig = hmac.new(stored_key, auth, hashlib.sha256).digest()
     proof = bytes(a ^ b for a, b in zip(client_key, sig, strict=True))
@@ -423,7 +425,7 @@ def test_server_rejects_cbind_not_matching_header() -> None:
     server = _server()
     bare = "n=,r=clientnonce"
     server_first = server.client_first("SCRAM-SHA-256", ("y,," + bare).encode())
-    with pytest.raises(AuthError, match="channel binding"):
+    with pytest.raises(AuthError, match="channel-binding attribute"):
         server.client_final(_manual_client_final(b"pencil", "n,,", bare, server_first))
 
 
@@ -440,10 +442,10 @@ def test_server_accepts_extension_before_proof() -> None:
     [
         (lambda m: m.replace(b"c=biws,", b""), "'c'"),  # missing c=
         (lambda m: m.replace(b"c=biws", b"c=bi!s"), "base64"),
-        (lambda m: m.replace(b"c=biws", b"c=eSws"), "channel binding"),  # "y,," instead of "n,,"
+        (lambda m: m.replace(b"c=biws", b"c=eSws"), "channel-binding attribute"),  # "y,," instead of "n,,"
         (
             lambda m: m.replace(b"c=biws", b"c=" + base64.b64encode(b"p=tls-server-end-point,,")),
-            "channel binding",
+            "channel-binding attribute",
         ),
         (lambda m: m.split(b",p=")[0], "'p'"),  # missing proof
         (lambda m: m.replace(b",r=", b",x="), "'r'"),
@@ -875,3 +877,54 @@ def test_live_pg15_logins(live_pg: LivePG) -> None:
     with pytest.raises(PGError, match="28P01"):
         _login(port, "resalted", scram=mismatched)
     assert mismatched.salt == resalted.salt != pg_verifier.salt
+
+
+# --------------------------------------------------------------------------- channel binding (SCRAM-SHA-256-PLUS)
+END_POINT = bytes(range(32))
+
+
+def _bound_server() -> ScramServer:
+    return ScramServer(ScramVerifier.from_password("pencil", b"0123456789abcdef", FAST), end_point=END_POINT)
+
+
+def test_mechanisms_offered_with_and_without_binding() -> None:
+    assert _server().mechanisms == ("SCRAM-SHA-256",)
+    assert _bound_server().mechanisms == ("SCRAM-SHA-256-PLUS", "SCRAM-SHA-256")
+
+
+@pytest.mark.parametrize("cbind,ok", [(END_POINT, True), (b"\0" * 32, False), (b"", False)])
+def test_a_bound_exchange_checks_the_binding_data(cbind: bytes, ok: bool) -> None:
+    server = _bound_server()
+    gs2, bare = "p=tls-server-end-point,,", "n=,r=clientnonce"
+    server_first = server.client_first("SCRAM-SHA-256-PLUS", (gs2 + bare).encode())
+    final = _manual_client_final(b"pencil", gs2, bare, server_first, cbind=cbind)
+    if ok:
+        assert server.client_final(final).startswith(b"v=") and server.client_key is not None
+        return
+    with pytest.raises(AuthError) as ei:
+        server.client_final(final)
+    assert (ei.value.sqlstate, ei.value.message) == ("28000", "SCRAM channel binding check failed")
+    assert server.client_key is None
+
+
+def test_an_unbound_exchange_next_to_binding() -> None:
+    """Over TLS a client may still choose SCRAM-SHA-256 with "n" (libpq's channel_binding=disable)."""
+    server = _bound_server()
+    bare = "n=,r=clientnonce"
+    server_first = server.client_first("SCRAM-SHA-256", ("n,," + bare).encode())
+    assert server.client_final(_manual_client_final(b"pencil", "n,,", bare, server_first)).startswith(b"v=")
+
+
+@pytest.mark.parametrize("mechanism,first,sqlstate,message", [
+    ("SCRAM-SHA-256", "y,,n=,r=abc", "28000", "SCRAM channel binding negotiation error"),
+    ("SCRAM-SHA-256-PLUS", "n,,n=,r=abc", "08P01", "malformed SCRAM message"),
+    ("SCRAM-SHA-256-PLUS", "y,,n=,r=abc", "08P01", "malformed SCRAM message"),
+    ("SCRAM-SHA-256", "p=tls-server-end-point,,n=,r=abc", "08P01", "malformed SCRAM message"),
+    ("SCRAM-SHA-256-PLUS", "p=tls-unique,,n=,r=abc", "08P01", 'unsupported SCRAM channel-binding type "tls-unique"'),
+    ("SCRAM-SHA-256-PLUS", "p,,n=,r=abc", "08P01", "malformed SCRAM message"),
+    ("SCRAM-SHA-1", "n,,n=,r=abc", "08P01", "client selected an invalid SASL authentication mechanism"),
+])
+def test_binding_refusals_in_postgresqls_words(mechanism: str, first: str, sqlstate: str, message: str) -> None:
+    with pytest.raises(AuthError) as ei:
+        _bound_server().client_first(mechanism, first.encode())
+    assert (ei.value.sqlstate, ei.value.message) == (sqlstate, message)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from pgdoorman.net.tls import TlsSetupError, client_tls, server_tls
+from pgdoorman.net.tls import TlsSetupError, client_tls, end_point_data, server_tls
 from tests.support.certs import Certs, make_certs
 
 
@@ -79,3 +81,38 @@ def test_server_errors_name_the_key(certs: Certs, args: tuple[str | None, ...], 
     with pytest.raises(TlsSetupError) as ei:
         server_tls(mode, ca, cert, pkey)
     assert ei.value.key == key and text in str(ei.value), str(ei.value)
+
+
+def _self_signed(d: Path, name: str, *key_args: str, digest: str | None) -> str:
+    """A self-signed certificate made by the openssl tool with this key and signature digest."""
+    args = ["openssl", "req", "-x509", "-nodes", "-days", "1", "-subj", f"/CN={name}", "-keyout",
+            str(d / f"{name}.key"), "-out", str(d / f"{name}.crt"), *key_args]
+    if digest:
+        args.append(f"-{digest}")
+    subprocess.run(args, check=True, capture_output=True)
+    return str(d / f"{name}.crt")
+
+
+@pytest.mark.parametrize("name,key_args,digest,hash_name", [
+    ("rsa-sha256", ("-newkey", "rsa:2048"), "sha256", "sha256"),
+    ("rsa-sha1", ("-newkey", "rsa:2048"), "sha1", "sha256"),  # MD5 and SHA-1 bind with SHA-256 (RFC 5929)
+    ("rsa-sha512", ("-newkey", "rsa:2048"), "sha512", "sha512"),
+    ("ec-sha384", ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"), "sha384", "sha384"),
+    ("ed25519", ("-newkey", "ed25519"), None, None),  # no hash in its signature: no channel binding
+])
+def test_channel_binding_data_is_the_certificates_signature_hash(tmp_path: Path, name: str,
+                                                                 key_args: tuple[str, ...], digest: str | None,
+                                                                 hash_name: str | None) -> None:
+    """tls-server-end-point as libpq computes it for the certificate it is shown (the DER, hashed with the
+    signature's hash), the first certificate of the file when it holds a chain."""
+    crt = _self_signed(tmp_path, name, *key_args, digest=digest)
+    other = _self_signed(tmp_path, "other", "-newkey", "rsa:2048", digest="sha256")
+    chain = tmp_path / "chain.crt"
+    chain.write_text(Path(crt).read_text() + Path(other).read_text())
+    der = ssl.PEM_cert_to_DER_cert(Path(crt).read_text())
+    expected = hashlib.new(hash_name, der).digest() if hash_name else None
+    assert end_point_data(crt) == expected
+    assert end_point_data(str(chain)) == expected
+    tls = client_tls(None, crt, str(tmp_path / f"{name}.key"), None)
+    assert tls.end_point == expected
+    assert client_tls(None, None, None, None).end_point is None

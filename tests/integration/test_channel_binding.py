@@ -1,0 +1,186 @@
+"""SCRAM channel binding (SCRAM-SHA-256-PLUS, tls-server-end-point) towards clients: over TLS PostgreSQL offers it
+first, and libpq uses it by default (`channel_binding=prefer`) and insists on it with `channel_binding=require`.
+The same logins and the same broken exchanges directly against a PostgreSQL with TLS on and through pgdoorman
+(session and transaction mode, pool_size 1, two clients with different settings one after the other), with the
+same certificate on both, so that the binding data is the same: the mechanisms offered, the logins, and every
+refusal's SQLSTATE, message and detail."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import socket
+import ssl
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.test_direct_tls import SETTINGS, certs, libpq, pooler, session_of, target, tls_pg
+from tests.support.certs import Certs
+from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER, PgCluster
+from tests.support.pooler import Pooler
+from tests.support.wire import parse_fields, startup_message
+
+pytestmark = pytest.mark.timeout(120)
+__all__ = ["certs", "pooler", "tls_pg"]  # the fixtures, shared with test_direct_tls
+
+PLUS, PLAIN = "SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"
+SSL_REQUEST = struct.pack("!II", 8, 80877103)
+
+
+def test_libpq_channel_binding_as_on_postgresql(tls_pg: PgCluster, pooler: Pooler, certs: Certs) -> None:
+    """channel_binding=require (bound, or no login), prefer (libpq's default: bound over TLS) and disable, with
+    two clients of different settings one after the other on the one server."""
+    seen: dict[str, list[tuple[Any, ...]]] = {}
+    for name in ("postgresql", "pooler"):
+        host, port = target(name, tls_pg, pooler)
+        seen[name] = []
+        for binding in ("require", "prefer", "disable"):
+            for settings in SETTINGS:
+                with libpq(host, port, "postgres", settings, certs, channel_binding=binding) as c:
+                    seen[name].append((binding, *session_of(c)))
+    assert seen["pooler"] == seen["postgresql"]
+    assert [s[1] for s in seen["pooler"]] == [True] * 6  # all on TLS
+
+
+def test_channel_binding_required_without_tls_fails_the_same(tls_pg: PgCluster, pooler: Pooler, certs: Certs) -> None:
+    """Plain TCP: only SCRAM-SHA-256 is offered, so libpq refuses to go on with channel_binding=require."""
+    errors = {}
+    for name in ("postgresql", "pooler"):
+        with pytest.raises(psycopg.OperationalError) as ei:
+            libpq(*target(name, tls_pg, pooler), "postgres", {}, certs, sslmode="disable", channel_binding="require")
+        errors[name] = str(ei.value).rsplit("failed: ", 1)[-1]
+    assert errors["pooler"] == errors["postgresql"]
+    assert "channel binding" in errors["pooler"]
+
+
+# ------------------------------------------------------------------------------------------- the raw exchange
+def recv_message(sock: socket.socket | ssl.SSLSocket) -> tuple[str, bytes]:
+    head = recv_exact(sock, 5)
+    (length,) = struct.unpack("!I", head[1:])
+    return chr(head[0]), recv_exact(sock, length - 4)
+
+
+def recv_exact(sock: socket.socket | ssl.SSLSocket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+    return data
+
+
+def message(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+@pytest.fixture
+def connect_tls() -> Iterator[Any]:
+    socks: list[socket.socket] = []
+
+    def connect(host: str, port: int, tls: bool = True) -> socket.socket | ssl.SSLSocket:
+        sock = socket.create_connection((host, port), timeout=10)
+        socks.append(sock)
+        if not tls:
+            return sock
+        sock.sendall(SSL_REQUEST)
+        assert sock.recv(1) == b"S"
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        wrapped = ctx.wrap_socket(sock)
+        socks.append(wrapped)
+        return wrapped
+
+    yield connect
+    for s in socks:
+        s.close()
+
+
+def end_point(sock: socket.socket | ssl.SSLSocket) -> bytes:
+    """tls-server-end-point of the certificate shown (the test certificates are signed with SHA-256)."""
+    assert isinstance(sock, ssl.SSLSocket)
+    der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return hashlib.sha256(der).digest()
+
+
+def exchange(sock: socket.socket | ssl.SSLSocket, mechanism: str, gs2: str, cbind: bytes | None = None) -> Any:
+    """Startup, then one SCRAM exchange with this mechanism and gs2 header; `cbind`: the binding data echoed in
+    the final message (gs2 header alone if None). What PostgreSQL said: the mechanisms it offered, then
+    'ok' or its error's severity, SQLSTATE, message and detail."""
+    sock.sendall(startup_message({"user": SCRAM_USER, "database": DBNAME}))
+    kind, body = recv_message(sock)
+    assert kind == "R" and struct.unpack("!I", body[:4])[0] == 10, (kind, body)
+    offered = tuple(x.decode() for x in body[4:].split(b"\0") if x)
+    nonce = base64.b64encode(os.urandom(18)).decode()
+    bare = f"n=,r={nonce}"
+    first = (gs2 + bare).encode()
+    sock.sendall(message(b"p", mechanism.encode() + b"\0" + struct.pack("!i", len(first)) + first))
+    kind, body = recv_message(sock)
+    if kind == "E":
+        return offered, said(body)
+    server_first = body[4:].decode()
+    attrs = dict(a.split("=", 1) for a in server_first.split(","))
+    salted = hashlib.pbkdf2_hmac("sha256", SCRAM_PASSWORD.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    c = base64.b64encode(gs2.encode() + (cbind or b"")).decode()
+    without_proof = f"c={c},r={attrs['r']}"
+    signature = hmac.new(stored_key, f"{bare},{server_first},{without_proof}".encode(), hashlib.sha256).digest()
+    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True))).decode()
+    sock.sendall(message(b"p", f"{without_proof},p={proof}".encode()))
+    kind, body = recv_message(sock)
+    if kind == "E":
+        return offered, said(body)
+    assert kind == "R" and struct.unpack("!I", body[:4])[0] == 12, (kind, body)  # SASLFinal
+    kind, body = recv_message(sock)
+    return offered, "ok" if (kind, body) == ("R", b"\0\0\0\0") else said(body)
+
+
+def said(body: bytes) -> tuple[str | None, ...]:
+    f = parse_fields(body)
+    return f.get("S"), f.get("C"), f.get("M"), f.get("D")
+
+
+CASES = {
+    "bound": (PLUS, "p=tls-server-end-point,,", "right"),
+    "bound to another certificate": (PLUS, "p=tls-server-end-point,,", "wrong"),
+    "y: thinks the server cannot bind": (PLAIN, "y,,", None),
+    "n: does not bind": (PLAIN, "n,,", None),
+    "PLUS without binding data": (PLUS, "n,,", None),
+    "PLUS with y": (PLUS, "y,,", None),
+    "binding data without PLUS": (PLAIN, "p=tls-server-end-point,,", None),
+    "another binding type": (PLUS, "p=tls-unique,,", "right"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_scram_exchanges_over_tls_as_on_postgresql(tls_pg: PgCluster, pooler: Pooler, connect_tls: Any,
+                                                   case: str) -> None:
+    mechanism, gs2, cbind = CASES[case]
+    seen = {}
+    for name in ("postgresql", "pooler"):
+        sock = connect_tls(*target(name, tls_pg, pooler))
+        data = {"right": end_point(sock), "wrong": b"\1" * 32, None: None}[cbind]
+        seen[name] = exchange(sock, mechanism, gs2, data if gs2.startswith("p") else None)
+    assert seen["pooler"] == seen["postgresql"]
+    assert seen["pooler"][0] == (PLUS, PLAIN)
+
+
+@pytest.mark.parametrize("mechanism,gs2", [(PLAIN, "n,,"), (PLAIN, "y,,"), (PLUS, "p=tls-server-end-point,,")])
+def test_scram_exchanges_without_tls_as_on_postgresql(tls_pg: PgCluster, pooler: Pooler, connect_tls: Any,
+                                                      mechanism: str, gs2: str) -> None:
+    """Plain TCP: SCRAM-SHA-256 alone is offered, "y" is fine, and choosing PLUS is refused."""
+    cbind = b"\0" * 32 if gs2.startswith("p") else None
+    seen = {name: exchange(connect_tls(*target(name, tls_pg, pooler), tls=False), mechanism, gs2, cbind)
+            for name in ("postgresql", "pooler")}
+    assert seen["pooler"] == seen["postgresql"]
+    assert seen["pooler"][0] == (PLAIN,)
+
