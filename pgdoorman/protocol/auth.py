@@ -362,31 +362,31 @@ class ScramServer:
         return AuthError(msg)
 
     def client_first(self, mechanism: str, data: bytes) -> bytes:
-        """Consume client-first-message; return server-first-message."""
+        """Consume client-first-message; return server-first-message. Checked in PostgreSQL's order and
+        refused in its words (read_client_first_message): bytes are taken as they come, as C chars."""
         if self._state != "start":
             raise self._fail("unexpected SASLInitialResponse")
         self._state = "failed"  # until this step completes
         if mechanism not in self.mechanisms:
             raise AuthError("client selected an invalid SASL authentication mechanism", "08P01")
         self._binding = mechanism == SCRAM_SHA_256_PLUS
-        text = _decode_message(data, "client-first-message")
-        comma = self._gs2_flag(text)
-        if text[comma + 1 : comma + 2] == "a":
-            raise AuthError("SCRAM authorization identity is not supported")
-        if text[comma + 1 : comma + 2] != ",":
-            raise AuthError("malformed SCRAM client-first-message: bad gs2 header")
-        self._gs2_header = text[: comma + 2]
-        bare = text[comma + 2 :]
-        if bare.startswith("m"):
-            raise AuthError("client requires an unsupported SCRAM extension")
-        parts = bare.split(",")
-        # The SCRAM username is ignored (the startup packet's user counts), as in PostgreSQL.
-        _expect_attr(parts[0], "n", "client-first-message")
-        nonce = _expect_attr(parts[1] if len(parts) > 1 else None, "r", "client-first-message")
-        if not _is_printable_nonce(nonce):
-            raise AuthError("malformed SCRAM client-first-message: invalid nonce")
-        for ext in parts[2:]:
-            _split_attr(ext, "client-first-message")  # optional extensions, validated and ignored
+        r = _Reader(data)
+        self._gs2_flag(r)
+        if r.peek() == "a":
+            raise AuthError("client uses authorization identity, but it is not supported", "0A000")
+        if r.peek() != ",":
+            raise _malformed(f'Unexpected attribute "{r.char()}" in client-first-message.')
+        r.pos += 1
+        self._gs2_header = r.text[: r.pos]
+        bare = r.text[r.pos :]
+        if r.peek() == "m":
+            raise AuthError("client requires an unsupported SCRAM extension", "0A000")
+        r.attr("n")  # the SCRAM username is ignored (the startup packet's user counts), as in PostgreSQL
+        nonce = r.attr("r")
+        if not all(0x21 <= ord(c) <= 0x7E and c != "," for c in nonce):
+            raise AuthError("non-printable characters in SCRAM nonce", "08P01")
+        while not r.end():
+            r.any_attr()  # optional extensions, checked and ignored
         self._client_first_bare = bare
         self._nonce = nonce + self._server_nonce
         v = self._verifier
@@ -394,10 +394,10 @@ class ScramServer:
         self._state = "first"
         return self._server_first.encode("ascii")
 
-    def _gs2_flag(self, text: str) -> int:
+    def _gs2_flag(self, r: _Reader) -> None:
         """The channel-binding flag of a client-first-message, checked as PostgreSQL checks it against the
-        mechanism chosen and whether binding was offered; the index of the comma after it."""
-        flag = text[:1]
+        mechanism chosen and whether binding was offered; `r` is left after it (and its comma)."""
+        flag = r.peek()
         if flag == "n" or flag == "y":
             if self._binding:
                 raise _malformed("The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include "
@@ -406,54 +406,53 @@ class ScramServer:
                 raise AuthError("SCRAM channel binding negotiation error", "28000",
                                 "The client supports SCRAM channel binding but thinks the server does not.  "
                                 "However, this server does support channel binding.")
-            if text[1:2] != ",":
-                raise AuthError("malformed SCRAM client-first-message: expected ',' after flag")
-            return 1
+            r.pos += 1
+            if r.peek() != ",":
+                raise _malformed(f'Comma expected, but found character "{r.char()}".')
+            r.pos += 1
+            return
         if flag == "p":
             if not self._binding:
                 raise _malformed("The client selected SCRAM-SHA-256 without channel binding, but the SCRAM message "
                                  "includes channel binding data.")
-            comma = text.find(",")
-            if text[1:2] != "=" or comma < 0:
-                raise _malformed('Expected character "=" for attribute "p".')
-            if text[2:comma] != CBIND_TYPE:
-                raise AuthError(f'unsupported SCRAM channel-binding type "{text[2:comma]}"', "08P01")
-            return comma
-        raise AuthError("malformed SCRAM client-first-message: bad channel-binding flag")
+            kind = r.attr("p")
+            if kind != CBIND_TYPE:
+                raise AuthError(f'unsupported SCRAM channel-binding type "{_sanitize_str(kind)}"', "08P01")
+            return
+        raise _malformed(f'Unexpected channel-binding flag "{r.char()}".')
 
     def client_final(self, data: bytes) -> bytes:
-        """Consume client-final-message; return server-final-message or raise AuthError."""
+        """Consume client-final-message; return server-final-message or raise AuthError (PostgreSQL's
+        read_client_final_message and its checks after it, in their order and words; a wrong proof is the
+        one failure without a SQLSTATE: "password authentication failed")."""
         if self._state != "first":
             raise self._fail("unexpected SASLResponse")
         self._state = "failed"
-        text = _decode_message(data, "client-final-message")
-        parts = text.split(",")
-        cbind = _b64dec(_expect_attr(parts[0], "c", "client-final-message"), "channel binding")
+        r = _Reader(data)
+        cbind = r.attr("c")
         if self._binding:
-            if cbind != self._gs2_header.encode("ascii") + (self._end_point or b""):
+            expected = base64.b64encode(self._gs2_header.encode("latin-1") + (self._end_point or b"")).decode()
+            if cbind != expected:
                 raise AuthError("SCRAM channel binding check failed", "28000")
-        elif cbind != self._gs2_header.encode("ascii"):
+        elif not ((cbind == "biws" and self._gs2_header[0] == "n") or (cbind == "eSws" and self._gs2_header[0] == "y")):
             raise AuthError("unexpected SCRAM channel-binding attribute in client-final-message", "08P01")
-        nonce = _expect_attr(parts[1] if len(parts) > 1 else None, "r", "client-final-message")
-        if nonce != self._nonce:
-            raise AuthError("SCRAM nonce mismatch")
-        # Any extensions sit between r= and p=; the proof must be the last attribute.
-        idx = 2
-        while True:
-            if idx >= len(parts):
-                raise AuthError("malformed SCRAM client-final-message: missing attribute 'p'")
-            name, value = _split_attr(parts[idx], "client-final-message")
+        nonce = r.attr("r")
+        while True:  # extensions, then the proof
+            proof_at = r.pos - 1
+            name, value = r.any_attr()
             if name == "p":
                 break
-            idx += 1
-        if idx != len(parts) - 1:
-            raise AuthError("malformed SCRAM client-final-message: garbage after proof")
-        proof = _b64dec(value, "client proof")
+        try:
+            proof = base64.b64decode(value.encode("latin-1"), validate=True)
+        except (binascii.Error, ValueError):
+            proof = b""
         if len(proof) != _KEY_LEN:
-            raise AuthError("malformed SCRAM client-final-message: invalid proof length")
-        without_proof = ",".join(parts[:idx])
-        auth_message = ",".join((self._client_first_bare, self._server_first, without_proof))
-        auth_message_b = auth_message.encode("utf-8")
+            raise _malformed("Malformed proof in client-final-message.")
+        if not r.end():
+            raise _malformed("Garbage found at the end of client-final-message.")
+        if nonce != self._nonce:
+            raise AuthError("invalid SCRAM response", "08P01", "Nonce does not match.")
+        auth_message_b = ",".join((self._client_first_bare, self._server_first, r.text[:proof_at])).encode("latin-1")
         v = self._verifier
         client_key = _xor(proof, _hmac(v.stored_key, auth_message_b))
         if not hmac.compare_digest(_sha256(client_key), v.stored_key):
@@ -461,6 +460,66 @@ class ScramServer:
         self.client_key = client_key
         self._state = "done"
         return b"v=" + _b64enc(_hmac(v.server_key, auth_message_b)).encode("ascii")
+
+
+class _Reader:
+    """A SCRAM message read as PostgreSQL's server reads it (read_attr_value, read_any_attr): one byte a
+    character (latin-1, so that any bytes pass and hash as sent), attributes `x=value` up to a comma."""
+
+    __slots__ = ("text", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        if not data:
+            raise _malformed("The message is empty.")
+        if b"\0" in data:
+            raise _malformed("Message length does not match input length.")
+        self.text = data.decode("latin-1")
+        self.pos = 0
+
+    def peek(self) -> str:
+        return self.text[self.pos : self.pos + 1]
+
+    def end(self) -> bool:
+        return self.pos >= len(self.text)
+
+    def char(self) -> str:
+        """The character here as PostgreSQL's sanitize_char shows it in an error."""
+        c = self.peek()
+        return f"'{c}'" if c and 0x21 <= ord(c) <= 0x7E else f"0x{ord(c) if c else 0:02x}"
+
+    def _value(self) -> str:
+        end = self.text.find(",", self.pos)
+        if end < 0:
+            value, self.pos = self.text[self.pos :], len(self.text)
+        else:
+            value, self.pos = self.text[self.pos : end], end + 1
+        return value
+
+    def attr(self, name: str) -> str:
+        if self.peek() != name:
+            raise _malformed(f'Expected attribute "{name}" but found "{self.char()}".')
+        self.pos += 1
+        if self.peek() != "=":
+            raise _malformed(f'Expected character "=" for attribute "{name}".')
+        self.pos += 1
+        return self._value()
+
+    def any_attr(self) -> tuple[str, str]:
+        name = self.peek()
+        if not name:
+            raise _malformed("Attribute expected, but found end of string.")
+        if not ("A" <= name <= "Z" or "a" <= name <= "z"):
+            raise _malformed(f'Attribute expected, but found invalid character "{self.char()}".')
+        self.pos += 1
+        if self.peek() != "=":
+            raise _malformed(f'Expected character "=" for attribute "{name}".')
+        self.pos += 1
+        return name, self._value()
+
+
+def _sanitize_str(s: str) -> str:
+    """PostgreSQL's sanitize_str: unprintable characters as '?', at most 30 of them."""
+    return "".join(c if 0x21 <= ord(c) <= 0x7E else "?" for c in s[:30])
 
 
 # --------------------------------------------------------------------------- SCRAM client

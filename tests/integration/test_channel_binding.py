@@ -111,17 +111,19 @@ def end_point(sock: socket.socket | ssl.SSLSocket) -> bytes:
     return hashlib.sha256(der).digest()
 
 
-def exchange(sock: socket.socket | ssl.SSLSocket, mechanism: str, gs2: str, cbind: bytes | None = None) -> Any:
+def exchange(sock: socket.socket | ssl.SSLSocket, mechanism: str, gs2: str, cbind: bytes | None = None,
+             first: bytes | None = None, final: Any = None) -> Any:
     """Startup, then one SCRAM exchange with this mechanism and gs2 header; `cbind`: the binding data echoed in
-    the final message (gs2 header alone if None). What PostgreSQL said: the mechanisms it offered, then
-    'ok' or its error's severity, SQLSTATE, message and detail."""
+    the final message (gs2 header alone if None); `first`: this client-first-message instead; `final`: a change
+    made to the client-final-message. What PostgreSQL said: the mechanisms it offered, then 'ok' or its
+    error's severity, SQLSTATE, message and detail."""
     sock.sendall(startup_message({"user": SCRAM_USER, "database": DBNAME}))
     kind, body = recv_message(sock)
     assert kind == "R" and struct.unpack("!I", body[:4])[0] == 10, (kind, body)
     offered = tuple(x.decode() for x in body[4:].split(b"\0") if x)
     nonce = base64.b64encode(os.urandom(18)).decode()
     bare = f"n=,r={nonce}"
-    first = (gs2 + bare).encode()
+    first = (gs2 + bare).encode() if first is None else first
     sock.sendall(message(b"p", mechanism.encode() + b"\0" + struct.pack("!i", len(first)) + first))
     kind, body = recv_message(sock)
     if kind == "E":
@@ -135,7 +137,8 @@ def exchange(sock: socket.socket | ssl.SSLSocket, mechanism: str, gs2: str, cbin
     without_proof = f"c={c},r={attrs['r']}"
     signature = hmac.new(stored_key, f"{bare},{server_first},{without_proof}".encode(), hashlib.sha256).digest()
     proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True))).decode()
-    sock.sendall(message(b"p", f"{without_proof},p={proof}".encode()))
+    data = f"{without_proof},p={proof}".encode()
+    sock.sendall(message(b"p", final(data) if final is not None else data))
     kind, body = recv_message(sock)
     if kind == "E":
         return offered, said(body)
@@ -184,3 +187,40 @@ def test_scram_exchanges_without_tls_as_on_postgresql(tls_pg: PgCluster, pooler:
     assert seen["pooler"] == seen["postgresql"]
     assert seen["pooler"][0] == (PLAIN,)
 
+
+
+# Broken SCRAM messages, refused in PostgreSQL's words (not "password authentication failed").
+BAD_FIRST = [b"n,,n=,", b"n,,r=abc", b"n,,n=,r=ab\x7fc", b"n,,n=,r=abc,=bad", b"n,,n=,r=abc,x", b"n,a=admin,n=,r=abc",
+             b"n,,m=ext,n=,r=abc", b"x,,n=,r=abc", b"n;,n=,r=abc", b"n,x,n=,r=abc", b"n", b"n,,n=\0,r=abc",
+             b"n,,n=,r=", b"n,,n=\xff,r=abc"]
+BAD_FINAL = {
+    "no c": lambda m: m.replace(b"c=biws,", b""),
+    "c not base64": lambda m: m.replace(b"c=biws", b"c=bi!s"),
+    "c of y": lambda m: m.replace(b"c=biws", b"c=eSws"),
+    "no proof": lambda m: m.split(b",p=")[0],
+    "no r": lambda m: m.split(b",r=")[0],
+    "other nonce": lambda m: m.replace(b",r=", b",r=X"),
+    "after the proof": lambda m: m + b",x=after",
+    "proof not base64": lambda m: m.replace(b",p=", b",p=!"),
+    "short proof": lambda m: m.split(b",p=")[0] + b",p=" + base64.b64encode(b"\0" * 31),
+    "bad extension": lambda m: m.split(b",p=")[0] + b",=x,p=AAAA",
+    "extension": lambda m: m.split(b",p=")[0] + b",x=ext," + b"p=" + m.split(b",p=")[1],
+    "wrong proof": lambda m: m.split(b",p=")[0] + b",p=" + base64.b64encode(b"\1" * 32),
+    "empty": lambda m: b"",
+}
+
+
+@pytest.mark.parametrize("first", BAD_FIRST)
+def test_broken_client_first_messages_as_on_postgresql(tls_pg: PgCluster, pooler: Pooler, connect_tls: Any,
+                                                       first: bytes) -> None:
+    seen = {name: exchange(connect_tls(*target(name, tls_pg, pooler), tls=False), PLAIN, "n,,", first=first)
+            for name in ("postgresql", "pooler")}
+    assert seen["pooler"] == seen["postgresql"]
+
+
+@pytest.mark.parametrize("case", BAD_FINAL)
+def test_broken_client_final_messages_as_on_postgresql(tls_pg: PgCluster, pooler: Pooler, connect_tls: Any,
+                                                       case: str) -> None:
+    seen = {name: exchange(connect_tls(*target(name, tls_pg, pooler), tls=False), PLAIN, "n,,", final=BAD_FINAL[case])
+            for name in ("postgresql", "pooler")}
+    assert seen["pooler"] == seen["postgresql"]

@@ -329,8 +329,10 @@ def test_tampered_proof() -> None:
 def test_client_final_nonce_mismatch() -> None:
     server, _client, client_final = _first_exchange()
     tampered = client_final.replace(b",r=", b",r=X", 1)
-    with pytest.raises(AuthError, match="nonce"):
+    with pytest.raises(AuthError) as ei:
         server.client_final(tampered)
+    assert (ei.value.sqlstate, ei.value.message, ei.value.detail) == ("08P01", "invalid SCRAM response",
+                                                                        "Nonce does not match.")
 
 
 @pytest.mark.parametrize(
@@ -358,36 +360,51 @@ def test_server_first_nonce_with_comma_free_extension_is_fine() -> None:
 # --------------------------------------------------------------------------- malformed: server side
 
 
+M = "malformed SCRAM message"
+
+
 @pytest.mark.parametrize(
-    ("mechanism", "message", "match"),
-    [
-        ("SCRAM-SHA-256", b"n,,n=,", "'r'"),  # missing r=
-        ("SCRAM-SHA-256", b"n,,n=", "'r'"),
-        ("SCRAM-SHA-256", b"n,,r=abc", "'n'"),  # missing n=
-        ("SCRAM-SHA-256", b"n,,n=,r=", "nonce"),  # empty nonce
-        ("SCRAM-SHA-256", b"n,,n=,r=ab\x7fc", "nonce"),  # non-printable nonce
-        ("SCRAM-SHA-256", b"n,,n=,x=abc", "'r'"),
-        ("SCRAM-SHA-256", b"n,,n=,r=abc,=bad", "attribute"),  # malformed extension
-        ("SCRAM-SHA-256", b"p=tls-server-end-point,,n=,r=abc", "channel binding"),
-        ("SCRAM-SHA-256", b"p,,n=,r=abc", "channel binding"),
-        ("SCRAM-SHA-256", b"n,a=admin,n=,r=abc", "authorization identity"),
-        ("SCRAM-SHA-256", b"n,,m=ext,n=,r=abc", "extension"),
-        ("SCRAM-SHA-256", b"x,,n=,r=abc", "flag"),
-        ("SCRAM-SHA-256", b"n;,n=,r=abc", "after flag"),
-        ("SCRAM-SHA-256", b"n,x,n=,r=abc", "gs2"),
-        ("SCRAM-SHA-256", b"", "flag"),
-        ("SCRAM-SHA-256", b"n,,n=\xff,r=abc", "UTF-8"),
-        ("SCRAM-SHA-256-PLUS", b"p=tls-server-end-point,,n=,r=abc", "mechanism"),
-        ("SCRAM-SHA-1", b"n,,n=,r=abc", "mechanism"),
-        ("", b"n,,n=,r=abc", "mechanism"),
+    ("mechanism", "message", "refusal"),
+    [  # PostgreSQL's read_client_first_message: SQLSTATE, message, detail
+        ("SCRAM-SHA-256", b"n,,n=,", ("08P01", M, 'Expected attribute "r" but found "0x00".')),
+        ("SCRAM-SHA-256", b"n,,n=", ("08P01", M, 'Expected attribute "r" but found "0x00".')),
+        ("SCRAM-SHA-256", b"n,,r=abc", ("08P01", M, '''Expected attribute "n" but found "'r'".''')),
+        ("SCRAM-SHA-256", b"n,,n=,r=ab\x7fc", ("08P01", "non-printable characters in SCRAM nonce", None)),
+        ("SCRAM-SHA-256", b"n,,n=,x=abc", ("08P01", M, '''Expected attribute "r" but found "'x'".''')),
+        ("SCRAM-SHA-256", b"n,,n=,r=abc,=bad", ("08P01", M, '''Attribute expected, but found invalid character "'='".''')),
+        ("SCRAM-SHA-256", b"n,,n=,r=abc,x", ("08P01", M, 'Expected character "=" for attribute "x".')),
+        ("SCRAM-SHA-256", b"p=tls-server-end-point,,n=,r=abc", ("08P01", M, "The client selected SCRAM-SHA-256 "
+                          "without channel binding, but the SCRAM message includes channel binding data.")),
+        ("SCRAM-SHA-256", b"n,a=admin,n=,r=abc",
+         ("0A000", "client uses authorization identity, but it is not supported", None)),
+        ("SCRAM-SHA-256", b"n,,m=ext,n=,r=abc", ("0A000", "client requires an unsupported SCRAM extension", None)),
+        ("SCRAM-SHA-256", b"x,,n=,r=abc", ("08P01", M, '''Unexpected channel-binding flag "'x'".''')),
+        ("SCRAM-SHA-256", b"n;,n=,r=abc", ("08P01", M, '''Comma expected, but found character "';'".''')),
+        ("SCRAM-SHA-256", b"n,x,n=,r=abc", ("08P01", M, '''Unexpected attribute "'x'" in client-first-message.''')),
+        ("SCRAM-SHA-256", b"n", ("08P01", M, 'Comma expected, but found character "0x00".')),
+        ("SCRAM-SHA-256", b"", ("08P01", M, "The message is empty.")),
+        ("SCRAM-SHA-256", b"n,,n=\0,r=abc", ("08P01", M, "Message length does not match input length.")),
+        ("SCRAM-SHA-256-PLUS", b"p=tls-server-end-point,,n=,r=abc",
+         ("08P01", "client selected an invalid SASL authentication mechanism", None)),
+        ("SCRAM-SHA-1", b"n,,n=,r=abc", ("08P01", "client selected an invalid SASL authentication mechanism", None)),
+        ("", b"n,,n=,r=abc", ("08P01", "client selected an invalid SASL authentication mechanism", None)),
     ],
 )
-def test_server_rejects_malformed_client_first(mechanism: str, message: bytes, match: str) -> None:
+def test_server_rejects_malformed_client_first(mechanism: str, message: bytes,
+                                               refusal: tuple[str, str, str | None]) -> None:
     server = _server()
-    with pytest.raises(AuthError, match=match):
+    with pytest.raises(AuthError) as ei:
         server.client_first(mechanism, message)
+    assert (ei.value.sqlstate, ei.value.message, ei.value.detail) == refusal
     with pytest.raises(AuthError):  # and the exchange is dead
         server.client_first("SCRAM-SHA-256", b"n,,n=,r=abc")
+
+
+@pytest.mark.parametrize("message", [b"n,,n=,r=", b"n,,n=\xff\xfe,r=abc", b"y,,n=x,r=abc,e=1,F=2"])
+def test_server_takes_what_postgresql_takes_in_client_first(message: bytes) -> None:
+    """An empty nonce (printable: no character is not), a user name in any bytes (ignored), extensions."""
+    server = _server(nonce=b"SRV")
+    assert server.client_first("SCRAM-SHA-256", message).startswith(b"r=" + message.split(b"r=")[1].split(b",")[0])
 
 
 def test_server_accepts_extensions_in_client_first() -> None:
@@ -438,31 +455,35 @@ def test_server_accepts_extension_before_proof() -> None:
 
 
 @pytest.mark.parametrize(
-    ("mutate", "match"),
-    [
-        (lambda m: m.replace(b"c=biws,", b""), "'c'"),  # missing c=
-        (lambda m: m.replace(b"c=biws", b"c=bi!s"), "base64"),
-        (lambda m: m.replace(b"c=biws", b"c=eSws"), "channel-binding attribute"),  # "y,," instead of "n,,"
-        (
-            lambda m: m.replace(b"c=biws", b"c=" + base64.b64encode(b"p=tls-server-end-point,,")),
-            "channel-binding attribute",
-        ),
-        (lambda m: m.split(b",p=")[0], "'p'"),  # missing proof
-        (lambda m: m.replace(b",r=", b",x="), "'r'"),
-        (lambda m: m.split(b",r=")[0], "'r'"),
-        (lambda m: m + b",x=after", "after proof"),
-        (lambda m: m.replace(b",p=", b",p=!"), "base64"),
-        (lambda m: m.split(b",p=")[0] + b",p=" + base64.b64encode(b"\x00" * 31), "length"),
-        (lambda m: m.split(b",p=")[0] + b",p=", "length"),
-        (lambda m: m.split(b",p=")[0] + b",=x,p=AAAA", "attribute"),
-        (lambda m: b"\xff" + m, "UTF-8"),
-        (lambda m: b"", "attribute"),
+    ("mutate", "refusal"),
+    [  # PostgreSQL's read_client_final_message and the nonce check after it
+        (lambda m: m.replace(b"c=biws,", b""), ("08P01", M, '''Expected attribute "c" but found "'r'".''')),
+        (lambda m: m.replace(b"c=biws", b"c=bi!s"),
+         ("08P01", "unexpected SCRAM channel-binding attribute in client-final-message", None)),
+        (lambda m: m.replace(b"c=biws", b"c=eSws"),  # "y,," where it said "n,,"
+         ("08P01", "unexpected SCRAM channel-binding attribute in client-final-message", None)),
+        (lambda m: m.replace(b"c=biws", b"c=" + base64.b64encode(b"p=tls-server-end-point,,")),
+         ("08P01", "unexpected SCRAM channel-binding attribute in client-final-message", None)),
+        (lambda m: m.split(b",p=")[0], ("08P01", M, "Attribute expected, but found end of string.")),
+        (lambda m: m.replace(b",r=", b",x="), ("08P01", M, '''Expected attribute "r" but found "'x'".''')),
+        (lambda m: m.split(b",r=")[0], ("08P01", M, 'Expected attribute "r" but found "0x00".')),
+        (lambda m: m + b",x=after", ("08P01", M, "Garbage found at the end of client-final-message.")),
+        (lambda m: m.replace(b",p=", b",p=!"), ("08P01", M, "Malformed proof in client-final-message.")),
+        (lambda m: m.split(b",p=")[0] + b",p=" + base64.b64encode(b"\x00" * 31),
+         ("08P01", M, "Malformed proof in client-final-message.")),
+        (lambda m: m.split(b",p=")[0] + b",p=", ("08P01", M, "Malformed proof in client-final-message.")),
+        (lambda m: m.split(b",p=")[0] + b",=x,p=AAAA",
+         ("08P01", M, '''Attribute expected, but found invalid character "'='".''')),
+        (lambda m: b"\xff" + m, ("08P01", M, 'Expected attribute "c" but found "0xff".')),
+        (lambda m: b"", ("08P01", M, "The message is empty.")),
     ],
 )
-def test_server_rejects_malformed_client_final(mutate: Callable[[bytes], bytes], match: str) -> None:
+def test_server_rejects_malformed_client_final(mutate: Callable[[bytes], bytes],
+                                               refusal: tuple[str, str, str | None]) -> None:
     server, _client, client_final = _first_exchange()
-    with pytest.raises(AuthError, match=match):
+    with pytest.raises(AuthError) as ei:
         server.client_final(mutate(client_final))
+    assert (ei.value.sqlstate, ei.value.message, ei.value.detail) == refusal
     assert server.client_key is None
 
 
