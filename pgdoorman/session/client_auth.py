@@ -25,14 +25,14 @@ FAILED = 2  # wrong password, unknown user or a broken exchange: 28P01 (`why` sa
 CHECK = 3  # a clear-text password (`password`): the caller checks it (PAM, JWT) and reports the verdict
 
 # The exchange's own steps.
-_MD5, _SASL_FIRST, _SASL_FINAL, _CLEARTEXT, _DONE = range(5)
+_MD5, _SASL_FIRST, _SASL_FINAL, _CLEARTEXT, _DONE, _SASL_LATE = range(6)
 
 # Fake SCRAM salt for unknown users: derived from a per-process key so repeated attempts look stable.
 _FAKE_KEY = os.urandom(32)
 
 
 class ClientAuth:
-    __slots__ = ("user", "stored", "step", "salt", "scram", "why", "error", "password", "client_key")
+    __slots__ = ("user", "stored", "step", "salt", "scram", "why", "error", "password", "client_key", "mechanism")
 
     def __init__(self, user: str, stored: str, *, cleartext: bool = False, force_md5: bool = False,
                  plain_verifier: Callable[[], auth.ScramVerifier] | None = None,
@@ -45,6 +45,7 @@ class ClientAuth:
         self.why = ""
         self.error: auth.AuthError | None = None  # a failure PostgreSQL reports in its own words (sqlstate set)
         self.password = ""
+        self.mechanism = ""  # the SASL mechanism of a SASLInitialResponse without data (_SASL_LATE)
         self.client_key: bytes | None = None  # the ClientKey a SCRAM client proved (SCRAM passthrough)
         self.salt = b""
         self.scram: auth.ScramServer | None = None
@@ -78,16 +79,25 @@ class ClientAuth:
         assert self.scram is not None
         return m.auth_sasl(self.scram.mechanisms)
 
+    @property
+    def sasl(self) -> bool:
+        """A SASL (SCRAM) exchange is under way: what PostgreSQL's refusal of another message type says."""
+        return self.scram is not None
+
     def feed(self, body: bytes) -> tuple[bytes, int]:
-        """One password message's body (PasswordMessage, SASLInitialResponse or SASLResponse)."""
+        """One password message's body (PasswordMessage, SASLInitialResponse or SASLResponse). A message
+        PostgreSQL cannot read raises ProtocolViolation with its words."""
         step = self.step
+        if step == _CLEARTEXT or step == _MD5:
+            if not body or body.find(b"\x00") != len(body) - 1:  # one string, its NUL last (recv_password_packet)
+                raise m.ProtocolViolation("invalid password packet size")
         if step == _CLEARTEXT:
             self.step = _DONE
-            self.password = body.rstrip(b"\x00").decode("utf-8", "replace")
+            self.password = body[:-1].decode("utf-8", "replace")
             return b"", CHECK
         if step == _MD5:
             self.step = _DONE
-            if self.stored and auth.md5_verify(self.user, self.stored, self.salt, body.rstrip(b"\x00")):
+            if self.stored and auth.md5_verify(self.user, self.stored, self.salt, body[:-1]):
                 return b"", OK
             return self._fail("wrong md5 password" if self.stored else "no such user")
         scram = self.scram
@@ -96,6 +106,9 @@ class ClientAuth:
         try:
             if step == _SASL_FIRST:
                 return self._sasl_first(scram, body), PENDING
+            if step == _SASL_LATE:  # the client-first-message after an empty challenge
+                self.step = _SASL_FINAL
+                return m.auth_sasl_continue(scram.client_first(self.mechanism, body)), PENDING
             self.step = _DONE
             final = scram.client_final(body)
         except auth.AuthError as e:
@@ -109,12 +122,25 @@ class ClientAuth:
         return m.auth_sasl_final(final), OK
 
     def _sasl_first(self, scram: auth.ScramServer, body: bytes) -> bytes:
-        mech, pos = m.read_cstr(body, 0)
+        """SASLInitialResponse, read as PostgreSQL reads it (CheckSASLAuth), in its words."""
+        end = body.find(b"\x00")
+        if end < 0:
+            raise m.ProtocolViolation("invalid string in message")
+        mech = body[:end].decode(errors="replace")
+        pos = end + 1
         if len(body) < pos + 4:
-            raise m.ProtocolViolation("malformed SASLInitialResponse")
+            raise m.ProtocolViolation("insufficient data left in message")
         (dl,) = m.I32.unpack_from(body, pos)
-        data = body[pos + 4 : pos + 4 + dl] if dl >= 0 else b""
-        reply = scram.client_first(mech.decode(errors="replace"), data)
+        pos += 4
+        if dl < -1 or pos + max(dl, 0) > len(body):
+            raise m.ProtocolViolation("insufficient data left in message")
+        if pos + max(dl, 0) != len(body):
+            raise m.ProtocolViolation("invalid message format")
+        if dl == -1:  # no initial response: an empty challenge, and the client-first-message comes next
+            self.step = _SASL_LATE
+            self.mechanism = mech
+            return m.auth_sasl_continue(b"")
+        reply = scram.client_first(mech, body[pos:])
         self.step = _SASL_FINAL
         return m.auth_sasl_continue(reply)
 

@@ -151,7 +151,11 @@ class ClientLogin(FastPaths):
                     if len(buf) < 5:
                         return
                     (ln,) = m.U32.unpack_from(buf, 1)
-                    if buf[0] != 112 or ln < 4 or ln > 65536:  # 'p'
+                    if buf[0] != 112:  # 'p'
+                        a = self.client_auth
+                        what = "SASL" if a is not None and a.sasl else "password"
+                        raise m.ProtocolViolation(f"expected {what} response, got message type {buf[0]}")
+                    if ln < 4 or ln > 65536:
                         raise m.ProtocolViolation("expected a password message")
                     if len(buf) < ln + 1:
                         return

@@ -1,9 +1,10 @@
-"""SCRAM channel binding (SCRAM-SHA-256-PLUS, tls-server-end-point) towards clients: over TLS PostgreSQL offers it
-first, and libpq uses it by default (`channel_binding=prefer`) and insists on it with `channel_binding=require`.
-The same logins and the same broken exchanges directly against a PostgreSQL with TLS on and through pgdoorman
-(session and transaction mode, pool_size 1, two clients with different settings one after the other), with the
-same certificate on both, so that the binding data is the same: the mechanisms offered, the logins, and every
-refusal's SQLSTATE, message and detail."""
+"""SCRAM and the password message towards clients, compared with PostgreSQL. Channel binding (SCRAM-SHA-256-PLUS,
+tls-server-end-point): over TLS PostgreSQL offers it first, libpq uses it by default (`channel_binding=prefer`)
+and insists on it with `channel_binding=require`. The same logins and the same broken exchanges directly
+against a PostgreSQL with TLS on and through pgdoorman (session and transaction mode, pool_size 1, two clients
+with different settings one after the other), with the same certificate on both, so that the binding data is
+the same: the mechanisms offered, the logins, and every refusal's SQLSTATE, message and detail; then broken
+SCRAM and password messages, which PostgreSQL refuses in its own words."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import pytest
 
 from tests.integration.test_direct_tls import SETTINGS, certs, libpq, pooler, session_of, target, tls_pg
 from tests.support.certs import Certs
-from tests.support.cluster import DBNAME, SCRAM_PASSWORD, SCRAM_USER, PgCluster
+from tests.support.cluster import DBNAME, MD5_USER, SCRAM_PASSWORD, SCRAM_USER, PgCluster
 from tests.support.pooler import Pooler
 from tests.support.wire import parse_fields, startup_message
 
@@ -222,5 +223,47 @@ def test_broken_client_first_messages_as_on_postgresql(tls_pg: PgCluster, pooler
 def test_broken_client_final_messages_as_on_postgresql(tls_pg: PgCluster, pooler: Pooler, connect_tls: Any,
                                                        case: str) -> None:
     seen = {name: exchange(connect_tls(*target(name, tls_pg, pooler), tls=False), PLAIN, "n,,", final=BAD_FINAL[case])
+            for name in ("postgresql", "pooler")}
+    assert seen["pooler"] == seen["postgresql"]
+
+
+def said_after_startup(sock: socket.socket | ssl.SSLSocket, user: str, payload: bytes) -> list[tuple[Any, ...]]:
+    """Startup as `user`, the authentication request read, then `payload`: what comes back until the close
+    or a second of silence."""
+    sock.sendall(startup_message({"user": user, "database": DBNAME}))
+    recv_message(sock)
+    sock.sendall(payload)
+    sock.settimeout(1)
+    seen: list[tuple[Any, ...]] = []
+    try:
+        while True:
+            kind, body = recv_message(sock)
+            seen.append(("E", *said(body)) if kind == "E" else (kind, body))
+    except (ConnectionError, TimeoutError, OSError):
+        pass
+    return seen
+
+
+PASSWORD_FRAMES = {
+    "query instead of SASL": (SCRAM_USER, message(b"Q", b"select 1\0")),
+    "terminate instead of SASL": (SCRAM_USER, message(b"X", b"")),
+    "no initial response": (SCRAM_USER, message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", -1))),
+    "bytes after the response": (SCRAM_USER, message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", 3) + b"n,,XX")),
+    "response shorter than said": (SCRAM_USER, message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", 30) + b"n,,")),
+    "mechanism without its NUL": (SCRAM_USER, message(b"p", b"SCRAM-SHA-256")),
+    "query instead of md5": (MD5_USER, message(b"Q", b"select 1\0")),
+    "md5 with bytes after its NUL": (MD5_USER, message(b"p", b"md5abc\0xx")),
+    "md5 without its NUL": (MD5_USER, message(b"p", b"md5abc")),
+    "md5 empty": (MD5_USER, message(b"p", b"")),
+}
+
+
+@pytest.mark.parametrize("case", PASSWORD_FRAMES)
+def test_broken_password_messages_as_on_postgresql(tls_pg: PgCluster, pooler: Pooler, connect_tls: Any,
+                                                   case: str) -> None:
+    """The password message's own framing, refused as PostgreSQL refuses it (`no initial response`: SASL's
+    empty challenge, then the client's first message in the next one)."""
+    user, payload = PASSWORD_FRAMES[case]
+    seen = {name: said_after_startup(connect_tls(*target(name, tls_pg, pooler), tls=False), user, payload)
             for name in ("postgresql", "pooler")}
     assert seen["pooler"] == seen["postgresql"]

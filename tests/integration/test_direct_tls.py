@@ -26,7 +26,9 @@ from tests.support.wire import WireClient, parse_fields, split_messages, startup
 pytestmark = pytest.mark.timeout(120)
 
 MODES = ("session", "transaction")
-HBA = "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
+# md5: PostgreSQL picks per role, SCRAM for a role stored as SCRAM (over TLS with channel binding), md5 for one
+# stored md5 (as the pooler picks by the password it has).
+HBA = "local all all trust\nhost all all 127.0.0.1/32 md5\n"
 SETTINGS = ({"TimeZone": "Asia/Tokyo", "work_mem": "7MB"}, {"TimeZone": "Europe/Paris", "work_mem": "9MB"})
 SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
 

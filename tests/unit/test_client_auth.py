@@ -102,3 +102,41 @@ def test_malformed_initial_response_is_a_protocol_violation() -> None:
         a.feed(b"SCRAM-SHA-256\x00\x00\x00")
     b = ClientAuth("app", auth.scram_verifier_for("x"))
     assert b.feed(initial_response(b"SCRAM-SHA-1", b"n,,n=,r=abc"))[1] == FAILED  # unsupported mechanism
+
+
+def test_scram_without_an_initial_response_gets_an_empty_challenge() -> None:
+    """SASLInitialResponse with data length -1: SASL's empty challenge, then the client-first-message comes as a
+    SASLResponse (as PostgreSQL takes it)."""
+    stored = auth.scram_verifier_for("s3cret")
+    a = ClientAuth("app", stored)
+    a.request()
+    out, st = a.feed(b"SCRAM-SHA-256\x00" + struct.pack("!i", -1))
+    assert (out, st) == (m.auth_sasl_continue(b""), PENDING)
+    client = auth.ScramClient("app", password="s3cret")
+    out, st = a.feed(client.client_first())
+    assert st == PENDING and struct.unpack_from("!I", out, 5)[0] == 11
+    out, st = a.feed(client.server_first(out[9:]))
+    assert st == OK and a.client_key is not None
+
+
+@pytest.mark.parametrize("body,words", [
+    (b"SCRAM-SHA-256", "invalid string in message"),
+    (b"SCRAM-SHA-256\x00\x00\x00", "insufficient data left in message"),
+    (b"SCRAM-SHA-256\x00" + struct.pack("!i", 9) + b"n,,", "insufficient data left in message"),
+    (b"SCRAM-SHA-256\x00" + struct.pack("!i", -2), "insufficient data left in message"),
+    (b"SCRAM-SHA-256\x00" + struct.pack("!i", 1) + b"nn", "invalid message format"),
+])
+def test_a_broken_sasl_initial_response_in_postgresqls_words(body: bytes, words: str) -> None:
+    a = ClientAuth("app", auth.scram_verifier_for("s3cret"))
+    a.request()
+    with pytest.raises(m.ProtocolViolation, match=words):
+        a.feed(body)
+
+
+@pytest.mark.parametrize("body", [b"md5abc", b"md5abc\x00xx", b"", b"a\x00b\x00"])
+def test_a_password_message_is_one_string(body: bytes) -> None:
+    for a in (ClientAuth("app", "md5" + "0" * 32), ClientAuth("app", "x", cleartext=True)):
+        a.request()
+        assert not a.sasl
+        with pytest.raises(m.ProtocolViolation, match="invalid password packet size"):
+            a.feed(body)
