@@ -140,6 +140,9 @@ class ClientLogin(FastPaths):
                     if len(buf) < 4:
                         return
                     (ln,) = m.I32.unpack_from(buf, 0)
+                    if buf[0] == TLS_HANDSHAKE and not self.tls:
+                        self._refuse_direct_tls()  # (where TLS is on for it, _direct_tls took it before the read)
+                        return
                     if ln < m.MIN_STARTUP_LEN or ln > m.MAX_STARTUP_LEN:
                         raise m.ProtocolViolation("invalid length of startup packet")
                     if len(buf) < ln:
@@ -176,11 +179,13 @@ class ClientLogin(FastPaths):
                 self.fatal("08P01", str(e))
 
     def _direct_tls(self) -> bool:
-        """The first read of a connection: True when it began with a TLS handshake record (PostgreSQL 17's
-        direct TLS, no SSLRequest first) and was taken care of: the handshake started where TLS is on for
-        this client, else closed without a word as PostgreSQL does (a Unix socket, TLS off). Peeked, so
-        that the ClientHello stays in the socket for OpenSSL; a startup packet's first byte is always 0
-        (its length is below 2**24), so nothing a PostgreSQL client sends first is taken for one."""
+        """The first read of a TCP connection where TLS is on: True when it began with a TLS handshake record
+        (PostgreSQL 17's direct TLS, no SSLRequest first) and its handshake was started. Peeked, so that the
+        ClientHello stays in the socket for OpenSSL; a startup packet's first byte is always 0 (its length is
+        below 2**24), so nothing a PostgreSQL client sends first is taken for one. Elsewhere (a Unix socket,
+        TLS off) there is no peek: the startup packet's reading finds the record (_refuse_direct_tls)."""
+        if self.is_unix or self.app.client_tls.context is None:
+            return False
         try:
             first = self.sock.recv(1, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
@@ -193,12 +198,14 @@ class ClientLogin(FastPaths):
             return True
         if first[0] != TLS_HANDSHAKE:
             return False
-        if self.is_unix or self.app.client_tls.context is None:
-            self.app.count_rejection("invalid_startup")
-            self.close_orderly("direct TLS on a Unix socket" if self.is_unix else "direct TLS connection with TLS off")
-            return True
         self._start_tls(direct=True)
         return True
+
+    def _refuse_direct_tls(self) -> None:
+        """A TLS handshake record where TLS is not on for this client (a Unix socket, TLS off): closed without a
+        word, as PostgreSQL closes it."""
+        self.app.count_rejection("invalid_startup")
+        self.close_orderly("direct TLS on a Unix socket" if self.is_unix else "direct TLS connection with TLS off")
 
     def _startup(self, body: bytes) -> None:
         known = shared.startup(body)  # the same packet as another client's: its parse, shared
