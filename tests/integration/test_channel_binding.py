@@ -12,9 +12,11 @@ import base64
 import hashlib
 import hmac
 import os
+import shutil
 import socket
 import ssl
 import struct
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +26,7 @@ import pytest
 from tests.integration.test_direct_tls import SETTINGS, certs, libpq, pooler, session_of, target, tls_pg
 from tests.support.certs import Certs
 from tests.support.cluster import DBNAME, MD5_USER, SCRAM_PASSWORD, SCRAM_USER, PgCluster
-from tests.support.pooler import Pooler
+from tests.support.pooler import ROOT, Pooler
 from tests.support.wire import parse_fields, startup_message
 
 pytestmark = pytest.mark.timeout(120)
@@ -267,3 +269,33 @@ def test_broken_password_messages_as_on_postgresql(tls_pg: PgCluster, pooler: Po
     seen = {name: said_after_startup(connect_tls(*target(name, tls_pg, pooler), tls=False), user, payload)
             for name in ("postgresql", "pooler")}
     assert seen["pooler"] == seen["postgresql"]
+
+
+NODE = ROOT / "tests" / "drivers" / "node"
+NODE_SCRIPT = r"""
+const { Client } = require('pg');
+const [host, port, user, password, database] = process.argv.slice(1);
+(async () => {
+  const c = new Client({ host, port: Number(port), user, password, database, enableChannelBinding: true,
+                         ssl: { rejectUnauthorized: false } });
+  await c.connect();
+  const r = await c.query('select 6 * 7 as x, current_setting($1) as tz', ['TimeZone']);
+  console.log(JSON.stringify(r.rows));
+  await c.end();
+})().catch((e) => console.log('ERR ' + e.message));
+"""
+
+
+def test_node_postgres_binds_as_on_postgresql(tls_pg: PgCluster, pooler: Pooler) -> None:
+    """node-postgres computes tls-server-end-point itself (from the certificate's signature algorithm): with
+    `enableChannelBinding` it chooses SCRAM-SHA-256-PLUS, and its binding data must be what the pooler expects."""
+    if shutil.which("node") is None or not (NODE / "node_modules" / "pg").is_dir():
+        pytest.skip("node-postgres is not installed here (make drivers, scripts/install_drivers.sh, installs it)")
+    seen = {}
+    for name in ("postgresql", "pooler"):
+        host, port = target(name, tls_pg, pooler)
+        out = subprocess.run(["node", "-e", NODE_SCRIPT, host, str(port), SCRAM_USER, SCRAM_PASSWORD, DBNAME],
+                             cwd=NODE, capture_output=True, text=True, timeout=60)
+        seen[name] = out.stdout.strip() or out.stderr.strip()
+    assert seen["pooler"] == seen["postgresql"]
+    assert seen["pooler"].startswith('[{"x":42')
