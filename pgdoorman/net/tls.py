@@ -113,7 +113,14 @@ def end_point_data(certificate: str) -> bytes | None:
     end = text.find(_PEM_END, start)
     if start < 0 or end < 0:
         return None
-    der = ssl.PEM_cert_to_DER_cert(text[start : end + len(_PEM_END)])
+    return end_point_of(ssl.PEM_cert_to_DER_cert(text[start : end + len(_PEM_END)]))
+
+
+def end_point_of(der: bytes | None) -> bytes | None:
+    """tls-server-end-point data of a DER certificate (the one a server showed the pooler, or the pooler's own);
+    None when its signature algorithm has no hash to use (or there is no certificate)."""
+    if not der:
+        return None
     try:
         name = _SIGNATURE_HASHES.get(_signature_oid(der))
     except (IndexError, ValueError):

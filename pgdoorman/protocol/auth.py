@@ -542,7 +542,10 @@ class ScramClient:
         client_key: bytes | None = None,
         server_key: bytes | None = None,
         nonce: bytes | None = None,
+        end_point: bytes | None = None,
     ) -> None:
+        """`end_point`: bind the exchange to the TLS connection (SCRAM-SHA-256-PLUS, tls-server-end-point data of
+        the certificate the server showed), as libpq does by default when the server offers it."""
         if (password is None) == (client_key is None):
             raise ValueError("exactly one of password and client_key is required")
         if client_key is not None and len(client_key) != _KEY_LEN:
@@ -554,6 +557,9 @@ class ScramClient:
         self._client_key = client_key
         self._server_key = server_key
         self._nonce = _check_nonce_arg(nonce)
+        self._end_point = end_point
+        self._gs2_header = f"p={CBIND_TYPE},," if end_point else "n,,"
+        self.mechanism = SCRAM_SHA_256_PLUS if end_point else SCRAM_SHA_256
         self._state = "start"
         self._client_first_bare = ""
         self._expected_server_signature: bytes | None = None
@@ -570,7 +576,7 @@ class ScramClient:
         # PostgreSQL ignores n= (the startup packet's user counts); libpq sends it empty.
         self._client_first_bare = f"n={_saslname_escape(self._username)},r={self._nonce}"
         self._state = "first"
-        return ("n,," + self._client_first_bare).encode("utf-8")
+        return (self._gs2_header + self._client_first_bare).encode("utf-8")
 
     def server_first(self, data: bytes) -> bytes:
         """Consume server-first-message; return client-final-message."""
@@ -612,7 +618,7 @@ class ScramClient:
             client_key = self._client_key
             server_key = self._server_key
         stored_key = _sha256(client_key)
-        without_proof = f"c={_b64enc(b'n,,')},r={nonce}"
+        without_proof = f"c={_b64enc(self._gs2_header.encode('ascii') + (self._end_point or b''))},r={nonce}"
         auth_message = ",".join((self._client_first_bare, text, without_proof)).encode("utf-8")
         proof = _xor(client_key, _hmac(stored_key, auth_message))
         if server_key is not None:

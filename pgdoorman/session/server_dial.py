@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgdoorman.net import resolve
 from pgdoorman.net.conn import Conn
-from pgdoorman.net.tls import ssl_reason
+from pgdoorman.net.tls import end_point_of, ssl_reason
 from pgdoorman.protocol import messages as m
 from pgdoorman.session.server_login import BackendLogin
 from pgdoorman.session.states import CONNECTING, LOGIN
@@ -199,6 +199,9 @@ class ServerDial(Conn):
             return
         self.tls_phase = 0
         self.tls = True
+        sock = self.sock
+        if self.login is not None and isinstance(sock, ssl.SSLSocket):
+            self.login.end_point = end_point_of(sock.getpeercert(binary_form=True))
         self._apply_mask()
         self.write(self._startup_packet())
 

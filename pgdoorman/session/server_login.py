@@ -40,10 +40,13 @@ class Credentials(Protocol):
 
 
 class BackendLogin:
-    __slots__ = ("creds", "params", "pid", "secret", "scram", "error")
+    __slots__ = ("creds", "params", "pid", "secret", "scram", "error", "end_point")
 
     def __init__(self, creds: Credentials) -> None:
         self.creds = creds
+        # Over TLS, the tls-server-end-point data of the server's certificate (net/tls.py's end_point_of): SCRAM
+        # binds to it when PostgreSQL offers SCRAM-SHA-256-PLUS, as libpq's default channel_binding=prefer does.
+        self.end_point: bytes | None = None
         self.params: dict[str, str] = {}
         self.pid = 0
         self.secret = 0
@@ -97,7 +100,7 @@ class BackendLogin:
             return m.password_message(m.cstr(secret))
         if code == 10:
             self.scram = self._scram_client([x.decode() for x in body[4:].split(b"\x00") if x])
-            return m.sasl_initial_response("SCRAM-SHA-256", self.scram.client_first())
+            return m.sasl_initial_response(self.scram.mechanism, self.scram.client_first())
         if code == 11:
             if self.scram is None:
                 raise auth.AuthError("unexpected SASL continue")
@@ -130,12 +133,14 @@ class BackendLogin:
             raise auth.AuthError(
                 "server asked for SCRAM but the configured password is an md5 hash; "
                 "set server_password or store the role's password as SCRAM")
+        # Without binding data the flag is "n" (never "y": PostgreSQL over TLS takes that for a downgrade).
+        bind = self.end_point if auth.SCRAM_SHA_256_PLUS in mechanisms else None
         if not auth.is_scram_verifier(secret):
-            return auth.ScramClient(creds.server_user, password=secret)
+            return auth.ScramClient(creds.server_user, password=secret, end_point=bind)
         client_key = creds.scram_client_key
         if client_key is None:
             raise auth.AuthError(
                 "SCRAM passthrough needs one client to log in first (no ClientKey yet); "
                 "or set server_username/server_password")
         ver = auth.ScramVerifier.parse(secret)
-        return auth.ScramClient(creds.server_user, client_key=client_key, server_key=ver.server_key)
+        return auth.ScramClient(creds.server_user, client_key=client_key, server_key=ver.server_key, end_point=bind)

@@ -12,11 +12,13 @@ import base64
 import hashlib
 import hmac
 import os
+import select
 import shutil
 import socket
 import ssl
 import struct
 import subprocess
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,9 +26,9 @@ import psycopg
 import pytest
 
 from tests.integration.test_direct_tls import SETTINGS, certs, libpq, pooler, session_of, target, tls_pg
-from tests.support.certs import Certs
+from tests.support.certs import Certs, make_certs
 from tests.support.cluster import DBNAME, MD5_USER, SCRAM_PASSWORD, SCRAM_USER, PgCluster
-from tests.support.pooler import ROOT, Pooler
+from tests.support.pooler import ROOT, Pooler, started_in_mode
 from tests.support.wire import parse_fields, startup_message
 
 pytestmark = pytest.mark.timeout(120)
@@ -299,3 +301,94 @@ def test_node_postgres_binds_as_on_postgresql(tls_pg: PgCluster, pooler: Pooler)
         seen[name] = out.stdout.strip() or out.stderr.strip()
     assert seen["pooler"] == seen["postgresql"]
     assert seen["pooler"].startswith('[{"x":42')
+
+
+# ------------------------------------------------------------------------ the pooler's own logins to PostgreSQL
+class TlsMiddle:
+    """A man in the middle between a client and PostgreSQL: it answers the SSLRequest itself, shows its own
+    certificate, opens a TLS connection of its own to PostgreSQL and relays the bytes. SCRAM without channel
+    binding goes through it; with binding PostgreSQL sees the other certificate's data and refuses."""
+
+    def __init__(self, upstream: int, cert: str, key: str) -> None:
+        self.upstream = upstream
+        self.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.server_ctx.load_cert_chain(cert, key)
+        self.client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.client_ctx.check_hostname = False
+        self.client_ctx.verify_mode = ssl.CERT_NONE
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                assert recv_exact(conn, 8) == SSL_REQUEST
+                conn.sendall(b"S")
+                with self.server_ctx.wrap_socket(conn, server_side=True) as near, \
+                        socket.create_connection(("127.0.0.1", self.upstream)) as up:
+                    up.sendall(SSL_REQUEST)
+                    assert up.recv(1) == b"S"
+                    with self.client_ctx.wrap_socket(up) as far:
+                        self._relay(near, far)
+        except (OSError, AssertionError):
+            pass
+
+    @staticmethod
+    def _relay(a: ssl.SSLSocket, b: ssl.SSLSocket) -> None:
+        peers = {a: b, b: a}
+        while True:
+            ready, _, _ = select.select([a, b], [], [], 30)
+            if not ready:
+                return
+            for src in ready:
+                data = src.recv(65536)
+                if not data:
+                    return
+                peers[src].sendall(data)
+                while src.pending():  # decrypted bytes select cannot see
+                    peers[src].sendall(src.recv(65536))
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def middle(tls_pg: PgCluster, tmp_path: Any) -> Iterator[TlsMiddle]:
+    other = make_certs(tmp_path / "middle", SCRAM_USER)  # another certificate than PostgreSQL's
+    m = TlsMiddle(tls_pg.port, other.server_cert, other.server_key)
+    yield m
+    m.close()
+
+
+def test_a_man_in_the_middle_is_caught_as_libpq_catches_it(tls_pg: PgCluster, middle: TlsMiddle,
+                                                            tmp_path_factory: Any) -> None:
+    """libpq's default (channel_binding=prefer) binds SCRAM to the TLS connection it sees, so PostgreSQL behind
+    a man in the middle that holds another certificate refuses the login; the pooler's own logins to
+    PostgreSQL (server_tls_mode require, which checks no certificate) bind the same way and are refused
+    the same way. Without binding both go through (checked: the middle relays faithfully)."""
+    direct = {"host": "127.0.0.1", "port": middle.port, "user": SCRAM_USER, "password": SCRAM_PASSWORD,
+              "dbname": DBNAME, "sslmode": "require", "connect_timeout": 10}
+    with psycopg.connect(**direct, channel_binding="disable") as c:
+        assert c.execute("select 1").fetchone() == (1,)
+    with pytest.raises(psycopg.OperationalError, match="SCRAM channel binding check failed"):
+        psycopg.connect(**direct)
+    pool = {"server_host": "127.0.0.1", "server_port": middle.port, "server_tls_mode": "require"}
+    with started_in_mode(tls_pg, tmp_path_factory, "transaction", "middle", pool_size=1, pool=pool) as p:
+        with pytest.raises(psycopg.OperationalError, match="SCRAM channel binding check failed"):
+            psycopg.connect(host=p.host, port=p.port, user=SCRAM_USER, password=SCRAM_PASSWORD, dbname=DBNAME,
+                            sslmode="disable", connect_timeout=10).execute("select 1")
+    pool["server_port"] = tls_pg.port  # no middle: the pooler's binding is what PostgreSQL expects
+    with started_in_mode(tls_pg, tmp_path_factory, "transaction", "no-middle", pool_size=1, pool=pool) as p:
+        with psycopg.connect(host=p.host, port=p.port, user=SCRAM_USER, password=SCRAM_PASSWORD, dbname=DBNAME,
+                             sslmode="disable", connect_timeout=10) as c:
+            row = c.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone()
+            assert row == (True,)

@@ -132,3 +132,41 @@ def test_refusal_keeps_postgresqls_fields() -> None:
 def test_unexpected_message_during_login() -> None:
     with pytest.raises(auth.AuthError, match="unexpected message 'D'"):
         BackendLogin(Creds()).feed(68, b"\x00\x00")
+
+
+END_POINT = bytes(range(32))
+
+
+def _sasl(*mechanisms: bytes) -> bytes:
+    return r(10, b"".join(x + b"\x00" for x in mechanisms) + b"\x00")
+
+
+@pytest.mark.parametrize("end_point,offered,mechanism,gs2", [
+    (END_POINT, (b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256"), b"SCRAM-SHA-256-PLUS", b"p=tls-server-end-point,,"),
+    (END_POINT, (b"SCRAM-SHA-256",), b"SCRAM-SHA-256", b"n,,"),  # not offered: no binding, and "n", never "y"
+    (None, (b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256"), b"SCRAM-SHA-256", b"n,,"),  # no TLS, or no hash to bind
+])
+def test_scram_binds_to_tls_when_offered(end_point: bytes | None, offered: tuple[bytes, ...], mechanism: bytes,
+                                         gs2: bytes) -> None:
+    """As libpq's default channel_binding=prefer: SCRAM-SHA-256-PLUS over TLS when PostgreSQL offers it."""
+    login = BackendLogin(Creds())
+    login.end_point = end_point
+    out, st = login.feed(82, _sasl(*offered))
+    assert st == PENDING and out[5:].startswith(mechanism + b"\x00") and out[5 + len(mechanism) + 5:].startswith(gs2)
+
+
+@pytest.mark.parametrize("server_end_point,ok", [(END_POINT, True), (bytes(32), False)])
+def test_a_bound_exchange_with_the_pooler_s_own_server_side(server_end_point: bytes, ok: bool) -> None:
+    """The client side's binding data against the server side's check (a server showing another certificate
+    than the one the pooler saw: a man in the middle)."""
+    verifier = auth.ScramVerifier.from_password("s3cret", b"0123456789abcdef", 4096)
+    server = auth.ScramServer(verifier, end_point=server_end_point)
+    client = auth.ScramClient("app", password="s3cret", end_point=END_POINT)
+    first = server.client_first(client.mechanism, client.client_first())
+    final = client.server_first(first)
+    if ok:
+        client.server_final(server.client_final(final))
+        assert client.server_verified
+        return
+    with pytest.raises(auth.AuthError, match="SCRAM channel binding check failed"):
+        server.client_final(final)
