@@ -21,7 +21,7 @@ from pgdoorman.protocol import messages as m
 # What feed() says after a password message.
 PENDING = 0  # send the bytes and wait for the next password message
 OK = 1  # authenticated: send the bytes (SASL final, if any), then AuthenticationOk is the caller's
-FAILED = 2  # wrong password, unknown user or a broken exchange: 28P01 (`why` says which, for the log)
+FAILED = 2  # wrong password, unknown user or a broken exchange: 28P01, or `error` (PostgreSQL's own words); `why` logs it
 CHECK = 3  # a clear-text password (`password`): the caller checks it (PAM, JWT) and reports the verdict
 
 # The exchange's own steps.
