@@ -252,6 +252,7 @@ PASSWORD_FRAMES = {
     "query instead of SASL": (SCRAM_USER, message(b"Q", b"select 1\0")),
     "terminate instead of SASL": (SCRAM_USER, message(b"X", b"")),
     "no initial response": (SCRAM_USER, message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", -1))),
+    "no initial response, another mechanism": (SCRAM_USER, message(b"p", b"SCRAM-SHA-1\0" + struct.pack("!i", -1))),
     "bytes after the response": (SCRAM_USER, message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", 3) + b"n,,XX")),
     "response shorter than said": (SCRAM_USER, message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", 30) + b"n,,")),
     "mechanism without its NUL": (SCRAM_USER, message(b"p", b"SCRAM-SHA-256")),
