@@ -18,6 +18,9 @@ import stringprep
 import unicodedata
 from dataclasses import dataclass, field
 
+from pgdoorman.protocol.auth_error import AuthError, malformed
+from pgdoorman.protocol.scram_reader import Reader, sanitize_str
+
 __all__ = [
     "AuthError",
     "ScramClient",
@@ -47,26 +50,6 @@ _MD5_LEN = 35  # "md5" + 32 hex digits, PostgreSQL's MD5_PASSWD_LEN
 _MD5_RE = re.compile(r"md5[0-9a-f]{32}")  # PostgreSQL accepts lowercase hex only
 _DIGITS_RE = re.compile(r"[0-9]+")
 _INT32_MAX = 2**31 - 1
-
-
-class AuthError(Exception):
-    """A malformed or failed authentication exchange.
-
-    Messages describe what was wrong without echoing secrets (passwords, proofs, keys), so they
-    are safe to log and, where appropriate, to forward to the client. `sqlstate` (with `message` and
-    `detail`) is set where PostgreSQL answers with its own error rather than "password authentication
-    failed": the SCRAM channel-binding errors, in its words.
-    """
-
-    def __init__(self, message: str, sqlstate: str = "", detail: str | None = None) -> None:
-        super().__init__(f"{message}: {detail}" if detail else message)
-        self.message = message
-        self.sqlstate = sqlstate
-        self.detail = detail
-
-
-def _malformed(detail: str) -> AuthError:
-    return AuthError("malformed SCRAM message", "08P01", detail)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -370,12 +353,12 @@ class ScramServer:
         if mechanism not in self.mechanisms:
             raise AuthError("client selected an invalid SASL authentication mechanism", "08P01")
         self._binding = mechanism == SCRAM_SHA_256_PLUS
-        r = _Reader(data)
+        r = Reader(data)
         self._gs2_flag(r)
         if r.peek() == "a":
             raise AuthError("client uses authorization identity, but it is not supported", "0A000")
         if r.peek() != ",":
-            raise _malformed(f'Unexpected attribute "{r.char()}" in client-first-message.')
+            raise malformed(f'Unexpected attribute "{r.char()}" in client-first-message.')
         r.pos += 1
         self._gs2_header = r.text[: r.pos]
         bare = r.text[r.pos :]
@@ -394,13 +377,13 @@ class ScramServer:
         self._state = "first"
         return self._server_first.encode("ascii")
 
-    def _gs2_flag(self, r: _Reader) -> None:
+    def _gs2_flag(self, r: Reader) -> None:
         """The channel-binding flag of a client-first-message, checked as PostgreSQL checks it against the
         mechanism chosen and whether binding was offered; `r` is left after it (and its comma)."""
         flag = r.peek()
         if flag == "n" or flag == "y":
             if self._binding:
-                raise _malformed("The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include "
+                raise malformed("The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include "
                                  "channel binding data.")
             if flag == "y" and self._end_point:
                 raise AuthError("SCRAM channel binding negotiation error", "28000",
@@ -408,18 +391,18 @@ class ScramServer:
                                 "However, this server does support channel binding.")
             r.pos += 1
             if r.peek() != ",":
-                raise _malformed(f'Comma expected, but found character "{r.char()}".')
+                raise malformed(f'Comma expected, but found character "{r.char()}".')
             r.pos += 1
             return
         if flag == "p":
             if not self._binding:
-                raise _malformed("The client selected SCRAM-SHA-256 without channel binding, but the SCRAM message "
+                raise malformed("The client selected SCRAM-SHA-256 without channel binding, but the SCRAM message "
                                  "includes channel binding data.")
             kind = r.attr("p")
             if kind != CBIND_TYPE:
-                raise AuthError(f'unsupported SCRAM channel-binding type "{_sanitize_str(kind)}"', "08P01")
+                raise AuthError(f'unsupported SCRAM channel-binding type "{sanitize_str(kind)}"', "08P01")
             return
-        raise _malformed(f'Unexpected channel-binding flag "{r.char()}".')
+        raise malformed(f'Unexpected channel-binding flag "{r.char()}".')
 
     def client_final(self, data: bytes) -> bytes:
         """Consume client-final-message; return server-final-message or raise AuthError (PostgreSQL's
@@ -428,7 +411,7 @@ class ScramServer:
         if self._state != "first":
             raise self._fail("unexpected SASLResponse")
         self._state = "failed"
-        r = _Reader(data)
+        r = Reader(data)
         cbind = r.attr("c")
         if self._binding:
             expected = base64.b64encode(self._gs2_header.encode("latin-1") + (self._end_point or b"")).decode()
@@ -447,9 +430,9 @@ class ScramServer:
         except (binascii.Error, ValueError):
             proof = b""
         if len(proof) != _KEY_LEN:
-            raise _malformed("Malformed proof in client-final-message.")
+            raise malformed("Malformed proof in client-final-message.")
         if not r.end():
-            raise _malformed("Garbage found at the end of client-final-message.")
+            raise malformed("Garbage found at the end of client-final-message.")
         if nonce != self._nonce:
             raise AuthError("invalid SCRAM response", "08P01", "Nonce does not match.")
         auth_message_b = ",".join((self._client_first_bare, self._server_first, r.text[:proof_at])).encode("latin-1")
@@ -460,66 +443,6 @@ class ScramServer:
         self.client_key = client_key
         self._state = "done"
         return b"v=" + _b64enc(_hmac(v.server_key, auth_message_b)).encode("ascii")
-
-
-class _Reader:
-    """A SCRAM message read as PostgreSQL's server reads it (read_attr_value, read_any_attr): one byte a
-    character (latin-1, so that any bytes pass and hash as sent), attributes `x=value` up to a comma."""
-
-    __slots__ = ("text", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        if not data:
-            raise _malformed("The message is empty.")
-        if b"\0" in data:
-            raise _malformed("Message length does not match input length.")
-        self.text = data.decode("latin-1")
-        self.pos = 0
-
-    def peek(self) -> str:
-        return self.text[self.pos : self.pos + 1]
-
-    def end(self) -> bool:
-        return self.pos >= len(self.text)
-
-    def char(self) -> str:
-        """The character here as PostgreSQL's sanitize_char shows it in an error."""
-        c = self.peek()
-        return f"'{c}'" if c and 0x21 <= ord(c) <= 0x7E else f"0x{ord(c) if c else 0:02x}"
-
-    def _value(self) -> str:
-        end = self.text.find(",", self.pos)
-        if end < 0:
-            value, self.pos = self.text[self.pos :], len(self.text)
-        else:
-            value, self.pos = self.text[self.pos : end], end + 1
-        return value
-
-    def attr(self, name: str) -> str:
-        if self.peek() != name:
-            raise _malformed(f'Expected attribute "{name}" but found "{self.char()}".')
-        self.pos += 1
-        if self.peek() != "=":
-            raise _malformed(f'Expected character "=" for attribute "{name}".')
-        self.pos += 1
-        return self._value()
-
-    def any_attr(self) -> tuple[str, str]:
-        name = self.peek()
-        if not name:
-            raise _malformed("Attribute expected, but found end of string.")
-        if not ("A" <= name <= "Z" or "a" <= name <= "z"):
-            raise _malformed(f'Attribute expected, but found invalid character "{self.char()}".')
-        self.pos += 1
-        if self.peek() != "=":
-            raise _malformed(f'Expected character "=" for attribute "{name}".')
-        self.pos += 1
-        return name, self._value()
-
-
-def _sanitize_str(s: str) -> str:
-    """PostgreSQL's sanitize_str: unprintable characters as '?', at most 30 of them."""
-    return "".join(c if 0x21 <= ord(c) <= 0x7E else "?" for c in s[:30])
 
 
 # --------------------------------------------------------------------------- SCRAM client
