@@ -350,9 +350,7 @@ class ScramServer:
         if self._state != "start":
             raise self._fail("unexpected SASLInitialResponse")
         self._state = "failed"  # until this step completes
-        if mechanism not in self.mechanisms:
-            raise AuthError("client selected an invalid SASL authentication mechanism", "08P01")
-        self._binding = mechanism == SCRAM_SHA_256_PLUS
+        self.select(mechanism)
         r = Reader(data)
         self._gs2_flag(r)
         if r.peek() == "a":
@@ -366,7 +364,7 @@ class ScramServer:
             raise AuthError("client requires an unsupported SCRAM extension", "0A000")
         r.attr("n")  # the SCRAM username is ignored (the startup packet's user counts), as in PostgreSQL
         nonce = r.attr("r")
-        if not all(0x21 <= ord(c) <= 0x7E and c != "," for c in nonce):
+        if nonce and not _is_printable_nonce(nonce):  # (an empty one passes, as in PostgreSQL)
             raise AuthError("non-printable characters in SCRAM nonce", "08P01")
         while not r.end():
             r.any_attr()  # optional extensions, checked and ignored
@@ -376,6 +374,13 @@ class ScramServer:
         self._server_first = f"r={self._nonce},s={_b64enc(v.salt)},i={v.iterations}"
         self._state = "first"
         return self._server_first.encode("ascii")
+
+    def select(self, mechanism: str) -> None:
+        """The mechanism the client chose, checked first as PostgreSQL checks it (also when its first message
+        comes only after SASL's empty challenge: ClientAuth)."""
+        if mechanism not in self.mechanisms:
+            raise AuthError("client selected an invalid SASL authentication mechanism", "08P01")
+        self._binding = mechanism == SCRAM_SHA_256_PLUS
 
     def _gs2_flag(self, r: Reader) -> None:
         """The channel-binding flag of a client-first-message, checked as PostgreSQL checks it against the
@@ -414,8 +419,7 @@ class ScramServer:
         r = Reader(data)
         cbind = r.attr("c")
         if self._binding:
-            expected = base64.b64encode(self._gs2_header.encode("latin-1") + (self._end_point or b"")).decode()
-            if cbind != expected:
+            if cbind != _b64enc(self._gs2_header.encode("latin-1") + (self._end_point or b"")):
                 raise AuthError("SCRAM channel binding check failed", "28000")
         elif not ((cbind == "biws" and self._gs2_header[0] == "n") or (cbind == "eSws" and self._gs2_header[0] == "y")):
             raise AuthError("unexpected SCRAM channel-binding attribute in client-final-message", "08P01")

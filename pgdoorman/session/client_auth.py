@@ -137,8 +137,7 @@ class ClientAuth:
         if pos + max(dl, 0) != len(body):
             raise m.ProtocolViolation("invalid message format")
         if dl == -1:  # no initial response: an empty challenge, and the client-first-message comes next
-            if mech not in scram.mechanisms:  # (PostgreSQL checks the mechanism first)
-                raise auth.AuthError("client selected an invalid SASL authentication mechanism", "08P01")
+            scram.select(mech)  # (PostgreSQL checks the mechanism before its challenge)
             self.step = _SASL_LATE
             self.mechanism = mech
             return m.auth_sasl_continue(b"")
