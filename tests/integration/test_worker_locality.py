@@ -104,6 +104,7 @@ def test_freed_servers_go_to_waiters_of_their_own_worker(pooler_factory: Any, pg
     # preference a server moves only when its worker has no client waiting, or for fairness, when a waiter of
     # the other worker has waited LOCAL_SLACK: 1-6 % when this was written (GIL and 3.13t), and on 3.13t with
     # the clients split 8/8, 6.4-6.5 % on a quiet machine and 19 % with the rest of the suite running beside
-    # it (waits past LOCAL_SLACK); at random splits (the kernel's) 26-29 % was seen. A third tells the two
-    # rules apart with room on both sides.
-    assert n["other"] <= total // 3, n
+    # it (waits past LOCAL_SLACK); at random splits (the kernel's) 26-29 % was seen, and once in CI (2026-12-05)
+    # 34 % (227 of 672) beside the suite. Two fifths still tells the two rules apart (the oldest-waiter rule never
+    # went under 45 %) without failing on a loaded machine.
+    assert n["other"] <= total * 2 // 5, n
