@@ -82,8 +82,9 @@ apt_install ruby ruby-pg php-cli php-pgsql
 
 # --- Rust: cargo and tokio-postgres from Debian's packaged crates (/usr/share/cargo/registry) ------
 # crates.io is not reachable; run_matrix.py points cargo at Debian's registry and builds offline.
+# native-tls and tokio-native-tls (OpenSSL, hence libssl-dev and pkg-config) give it TLS for the matrix's -tls modes.
 apt_install cargo librust-tokio-postgres-dev librust-tokio-dev librust-futures-util-dev \
-    librust-bytes-dev librust-md5-dev
+    librust-bytes-dev librust-md5-dev librust-native-tls-dev librust-tokio-native-tls-dev libssl-dev pkg-config
 
 # --- Python: SQLAlchemy's asyncio extension needs greenlet ------------------------------------------
 # The Python drivers themselves come from the project's test extras (.venv); greenlet is the one

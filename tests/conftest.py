@@ -85,8 +85,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-# Runs of the driver matrix (tests/drivers/test_matrix.py records each as a user property), gathered from
-# every test report: in this process, or the controller's when pytest-xdist workers ran the tests.
+# Runs of the driver matrix (tests/drivers/test_matrix.py and test_matrix_tls.py record each as a user
+# property), gathered from every test report: in this process, or the controller's when pytest-xdist workers
+# ran the tests.
 _driver_runs: list[dict[str, Any]] = []
 
 

@@ -3,10 +3,16 @@ transaction mode, pool_size 3), runs every driver program under tests/drivers/ d
 PostgreSQL ("direct", which proves the scenario itself) and through each pooler, prints a
 driver x scenario x mode table, writes docs/compatibility.md and exits non-zero on any failure.
 
-    python tests/drivers/run_matrix.py [--drivers a,b] [--modes direct,session,transaction]
+The -tls modes run the same programs over TLS (DRV_SSL=require: encrypted, certificates not checked)
+against a second PostgreSQL that takes only TLS connections over TCP (hostssl): "direct-tls" straight to
+it, "transaction-tls" through a pgdoorman in transaction mode with `tls_mode: require` towards the
+clients and `server_tls_mode: require` towards PostgreSQL, pool_churn with TLS_CHURN connections.
+
+    python tests/drivers/run_matrix.py [--drivers a,b] [--modes direct,session,transaction,...]
                                        [--scenarios x,y] [--workers N] [--doc PATH | --no-doc]
 
-tests/drivers/test_matrix.py is the pytest entry point over the same Matrix class.
+tests/drivers/test_matrix.py (plain modes) and test_matrix_tls.py (-tls modes) are the pytest entry points
+over the same Matrix class.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,7 @@ for _p in (str(ROOT), str(HERE)):
 
 from scenarios import BY_DESIGN_TRANSACTION_MODE, SCENARIO_TABLE, SCENARIOS  # noqa: E402
 
+from tests.support.certs import make_certs, tls_cluster  # noqa: E402
 from tests.support.cluster import (  # noqa: E402
     DBNAME,
     MD5_PASSWORD,
@@ -49,7 +57,13 @@ from tests.support.cluster import (  # noqa: E402
 )
 from tests.support.pooler import Pooler, free_port  # noqa: E402
 
-MODES = ("direct", "session", "transaction")
+MODES = ("direct", "session", "transaction", "direct-tls", "transaction-tls")
+TLS_SUFFIX = "-tls"
+# pool_churn's connections in the -tls modes: each is a TLS handshake and a SCRAM exchange at both ends.
+TLS_CHURN = 200
+# The TLS cluster takes TLS connections only over TCP (the drivers' and the pooler's), md5 by the role's
+# stored password (SCRAM for the SCRAM role), trust over its Unix socket (the harness's psql).
+TLS_HBA = "local all all trust\nhostssl all all 127.0.0.1/32 md5\nhostnossl all all 127.0.0.1/32 reject\n"
 POOL_SIZE = 3
 BUILD = HERE / "build"
 GOCODE = Path("/usr/share/gocode")
@@ -440,7 +454,8 @@ def run_program(
     timeout: float = PROGRAM_TIMEOUT,
     on_result: Callable[[str, Cell], bool] | None = None,
 ) -> Run:
-    """Runs one driver program against host:port and parses its JSON lines into a Run."""
+    """Runs one driver program against host:port and parses its JSON lines into a Run. A -tls mode runs it
+    with DRV_SSL=require and DRV_MODE the mode without the suffix."""
     run = Run(driver.name, mode)
     missing = driver.missing()
     if missing:
@@ -462,7 +477,8 @@ def run_program(
         "DRV_PASSWORD": SCRAM_PASSWORD,
         "DRV_MD5_USER": MD5_USER,
         "DRV_MD5_PASSWORD": MD5_PASSWORD,
-        "DRV_MODE": mode,
+        "DRV_MODE": mode.removesuffix(TLS_SUFFIX),
+        "DRV_SSL": "require" if mode.endswith(TLS_SUFFIX) else "",
         "DRV_CLIENTS": str(clients),
         "DRV_CHURN": str(churn),
         "DRV_TIMEOUT": str(SCENARIO_TIMEOUT),
@@ -561,6 +577,9 @@ class Matrix:
         self.pooler_logs_all: list[tuple[str, str]] = []
         self.kept_logs: list[Path] = []
         self._pooler_starts = 0
+        self._tls: ExitStack | None = None
+        self._tls_pg: PgCluster | None = None
+        self._server_cert: tuple[str, str] = ("", "")
 
     @property
     def pg(self) -> PgCluster:
@@ -569,12 +588,27 @@ class Matrix:
             self._pg = start_test_cluster(os.path.join(self.workdir, "pg"), free_port())
         return self._pg
 
+    @property
+    def tls_pg(self) -> PgCluster:
+        """The -tls modes' PostgreSQL (TLS_HBA), with throwaway certificates, started on first use."""
+        if self._tls_pg is None:
+            certs = make_certs(Path(self.workdir) / "certs", "matrix-client")
+            self._server_cert = (certs.server_cert, certs.server_key)
+            self._tls = ExitStack()
+            self._tls_pg = self._tls.enter_context(tls_cluster(certs, TLS_HBA))
+        return self._tls_pg
+
     def _start_pooler(self, mode: str) -> None:
         self.stop_pooler()
         general: dict[str, Any] = {}
         if self.workers is not None:
             general["worker_threads"] = self.workers
-        cfg = pooler_config(self.pg, general=general, pool_mode=mode, pool_size=POOL_SIZE)
+        tls = mode.endswith(TLS_SUFFIX)
+        pg = self.tls_pg if tls else self.pg
+        if tls:
+            general.update(tls_certificate=self._server_cert[0], tls_private_key=self._server_cert[1],
+                           tls_mode="require", server_tls_mode="require")
+        cfg = pooler_config(pg, general=general, pool_mode=mode.removesuffix(TLS_SUFFIX), pool_size=POOL_SIZE)
         self._pooler_starts += 1
         workdir = os.path.join(self.workdir, f"pooler-{mode}-{self._pooler_starts}")
         os.makedirs(workdir, exist_ok=True)
@@ -606,6 +640,8 @@ class Matrix:
         """(host, port) for the mode, or why there is none."""
         if mode == "direct":
             return (self.pg.host, self.pg.port)
+        if mode == "direct" + TLS_SUFFIX:
+            return (self.tls_pg.host, self.tls_pg.port)
         if self.pooler_mode != mode or self.pooler is None or not self.pooler.running():
             self._start_pooler(mode)
         if self.pooler is None:
@@ -614,6 +650,8 @@ class Matrix:
 
     def run(self, driver: Driver, mode: str, scenarios: list[str] | None = None, churn: int = 1000) -> Run:
         scenarios = scenarios or list(SCENARIOS)
+        if mode.endswith(TLS_SUFFIX):
+            churn = min(churn, TLS_CHURN)
         tgt = self.target(mode)
         if isinstance(tgt, str):
             run = Run(driver.name, mode)
@@ -622,13 +660,13 @@ class Matrix:
                 run.cells[s] = Cell("missing", missing) if missing else Cell("fail", tgt)
             run.missing = missing
         else:
-            log_before = len(self.pooler.log()) if self.pooler and mode != "direct" else 0
+            log_before = len(self.pooler.log()) if self.pooler and not mode.startswith("direct") else 0
             notes: list[str] = []
 
             def on_result(scenario: str, cell: Cell) -> bool:
                 # A scenario that timed out may mean a wedged pooler: check, and restart it on the
                 # same port so the program's remaining scenarios and the next drivers get a fresh one.
-                if mode == "direct" or self.pooler is None or "timed out" not in cell.detail:
+                if mode.startswith("direct") or self.pooler is None or "timed out" not in cell.detail:
                     return False
                 why = health_check(self.pooler.host, self.pooler.port)
                 if not why:
@@ -650,7 +688,7 @@ class Matrix:
 
             run = run_program(driver, mode, tgt[0], tgt[1], scenarios, churn=churn, on_result=on_result)
             run.notes.extend(notes)
-            if self.pooler is not None and mode != "direct":
+            if self.pooler is not None and not mode.startswith("direct"):
                 new_log = self.pooler.log()[log_before:]
                 # What the pooler had to say about this program's run, minus per-client chatter.
                 run.pooler_excerpt = [
@@ -675,7 +713,7 @@ class Matrix:
 
     def server_version(self) -> str:
         try:
-            return self.pg.psql("SHOW server_version;")
+            return (self._pg or self.tls_pg).psql("SHOW server_version;")
         except Exception as exc:  # noqa: BLE001
             return f"unknown ({exc})"
 
@@ -692,9 +730,11 @@ class Matrix:
         return kept
 
     def close(self) -> None:
-        if any(r.failures() and r.mode != "direct" for r in self.runs.values()):
+        if any(r.failures() and not r.mode.startswith("direct") for r in self.runs.values()):
             self.kept_logs = self.keep_logs()
         self.stop_pooler()
+        if self._tls is not None:
+            self._tls.close()
         if self._own_pg and self._pg is not None:
             self._pg.stop()
         if self._own_dir and not os.environ.get("PGDOORMAN_KEEP_DRIVER_RUNS"):
@@ -793,7 +833,12 @@ def render_markdown(
         "scenario itself) and through pgdoorman in **session** and **transaction** mode, with "
         f"`pool_size: {POOL_SIZE}` and 30 concurrent clients where a scenario is concurrent"
         + (f", `worker_threads: {workers}`" if workers else "")
-        + ".",
+        + ". The **-tls** modes run the same programs over TLS (`DRV_SSL=require`: encrypted, the certificate "
+        "not checked) against a second PostgreSQL that takes TCP connections only with TLS (`hostssl`): "
+        "**direct-tls** straight to it, **transaction-tls** through pgdoorman in transaction mode with "
+        "`tls_mode: require` and `server_tls_mode: require`; their `pool_churn` opens "
+        f"{TLS_CHURN} connections. Where the driver has the setting (libpq's drivers, tokio-postgres), the "
+        "SCRAM role logs in with `channel_binding=require` there: bound (`SCRAM-SHA-256-PLUS`) at both ends.",
         "",
         "Legend: `ok` pass, **FAIL** fail (details below), `n/a` not applicable (reason below), "
         "`--` toolchain missing on the machine that generated this file.",
@@ -880,7 +925,8 @@ def render_markdown(
         "`python tests/drivers/run_matrix.py` regenerates this file; `pytest tests/drivers` runs one test "
         "per driver and mode (a missing toolchain fails under `CI=true` and is skipped with its reason otherwise). "
         "Each program reads `DRV_HOST`, `DRV_PORT`, `DRV_DB`, `DRV_USER`, `DRV_PASSWORD`, `DRV_MD5_USER`, "
-        "`DRV_MD5_PASSWORD`, `DRV_MODE` (and optionally `DRV_ONLY`, `DRV_CLIENTS`, `DRV_CHURN`, `DRV_TIMEOUT`) "
+        "`DRV_MD5_PASSWORD`, `DRV_MODE` (and optionally `DRV_ONLY`, `DRV_CLIENTS`, `DRV_CHURN`, `DRV_TIMEOUT`, "
+        "`DRV_SSL`) "
         "and prints one JSON line per scenario: `{driver, scenario, status: pass|fail|na, detail}`.",
         "",
     ]
@@ -894,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--drivers", help="comma-separated driver names (default: all)")
     ap.add_argument(
-        "--modes", default=",".join(MODES), help="comma-separated subset of direct,session,transaction"
+        "--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}"
     )
     ap.add_argument("--scenarios", help="comma-separated scenario names (default: all)")
     ap.add_argument(

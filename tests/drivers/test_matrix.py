@@ -1,8 +1,8 @@
-"""pytest entry point of the driver compatibility matrix: one test per driver x mode (direct,
-session, transaction), each running that driver's program through tests/drivers/run_matrix.py's
-Matrix and failing with every failed scenario's detail. A driver whose toolchain is missing fails
-under CI=true (CI must run scripts/install_drivers.sh) and is skipped with its reason otherwise.
-The driver x scenario x mode table is printed at the end of the session."""
+"""pytest entry point of the driver compatibility matrix in plain text: one test per driver x mode (direct,
+session, transaction), each running that driver's program through tests/drivers/run_matrix.py's Matrix
+(matrix_case.py). The TLS modes are test_matrix_tls.py, a file of their own so that pytest-xdist's
+--dist loadfile can run the two on different workers. The driver x scenario x mode table is printed at the
+end of the session."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_matrix import DRIVERS, MATRIX_PROPERTY, MODES, SCENARIOS, Driver, Matrix, run_to_dict  # noqa: E402
+from matrix_case import check_driver  # noqa: E402
+from run_matrix import DRIVERS, MODES, TLS_SUFFIX, Driver, Matrix  # noqa: E402
 
 from tests.support.cluster import PgCluster  # noqa: E402
 
 # Mode-major order: all drivers run against one pooler before the next mode's pooler starts.
-CASES = [(mode, d) for mode in MODES for d in DRIVERS]
+CASES = [(mode, d) for mode in MODES if not mode.endswith(TLS_SUFFIX) for d in DRIVERS]
 
 
 @pytest.fixture(scope="module")
@@ -36,27 +37,4 @@ def matrix(pg: PgCluster) -> Iterator[Matrix]:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(("mode", "driver"), CASES, ids=[f"{d.name}-{mode}" for mode, d in CASES])
 def test_driver(matrix: Matrix, mode: str, driver: Driver, request: pytest.FixtureRequest) -> None:
-    missing = driver.missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(
-                f"{driver.name}: toolchain missing in CI ({missing}); CI must run scripts/install_drivers.sh"
-            )
-        pytest.skip(f"{driver.name}: toolchain missing ({missing}); run scripts/install_drivers.sh as root")
-    run = matrix.run(driver, mode)
-    # The driver x scenario x mode table is printed at the end of the session from these (tests/conftest.py's
-    # pytest_terminal_summary), also when the test ran in a pytest-xdist worker.
-    # (user_properties, not the record_property fixture, which warns under --junitxml's default xunit2)
-    request.node.user_properties.append((MATRIX_PROPERTY, run_to_dict(run)))
-    failures = run.failures()
-    lines = [f"{s}: {detail}" for s, detail in failures] + [f"note: {n}" for n in run.notes]
-    if failures and run.pooler_excerpt:
-        lines += ["--- pooler warnings/errors during this run ---", *run.pooler_excerpt]
-    assert not failures, f"{driver.name} in {mode} mode: {len(failures)} failing scenarios\n" + "\n".join(
-        lines
-    )
-    # Every scenario must have been reported; "na" is allowed only with a reason.
-    assert set(run.cells) == set(SCENARIOS)
-    for s, c in run.cells.items():
-        assert c.status in ("pass", "na"), f"{s}: {c.status} {c.detail}"
-        assert c.status != "na" or c.detail, f"{s}: n/a without a reason"
+    check_driver(matrix, mode, driver, request)

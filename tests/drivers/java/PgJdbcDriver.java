@@ -69,6 +69,8 @@ public class PgJdbcDriver {
     final int clients = Integer.parseInt(env("DRV_CLIENTS", "30"));
     final int churn = Integer.parseInt(env("DRV_CHURN", "1000"));
     final double timeout = Double.parseDouble(env("DRV_TIMEOUT", "60"));
+    // DRV_SSL=require (the matrix's -tls modes): TLS without certificate checks.
+    final boolean ssl = env("DRV_SSL", "").equals("require");
     final Set<String> only = new HashSet<>();
     final String prepareThreshold;
     final String name;
@@ -135,6 +137,7 @@ public class PgJdbcDriver {
         props.setProperty("password", pw);
         props.setProperty("connectTimeout", "10");
         if (prepareThreshold != null) props.setProperty("prepareThreshold", prepareThreshold);
+        props.setProperty("sslmode", ssl ? "require" : "disable");
         return DriverManager.getConnection("jdbc:postgresql://" + host + ":" + port + "/" + db, props);
     }
 

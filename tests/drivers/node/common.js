@@ -36,6 +36,7 @@ function params() {
     churn: parseInt(e.DRV_CHURN || '1000', 10),
     timeout: parseFloat(e.DRV_TIMEOUT || '60'),
     only: new Set((e.DRV_ONLY || '').split(',').filter(Boolean)),
+    ssl: e.DRV_SSL === 'require', // TLS without certificate checks (the matrix's -tls modes)
   }
 }
 

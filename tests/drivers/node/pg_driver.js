@@ -19,6 +19,7 @@ function config(user, password, extra = {}) {
     user: user || p.user,
     password: password !== undefined ? password : p.password,
     connectionTimeoutMillis: 10000,
+    ssl: p.ssl ? { rejectUnauthorized: false } : false,
     ...extra,
   }
 }

@@ -19,6 +19,7 @@ function open(opts = {}) {
     password: opts.password !== undefined ? opts.password : p.password,
     max: opts.max || 1,
     connect_timeout: 10,
+    ssl: p.ssl ? 'require' : false,
     onnotice: () => {},
     prepare: true,
   })

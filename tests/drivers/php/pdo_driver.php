@@ -28,6 +28,8 @@ $P = [
     'mode' => envv('DRV_MODE', 'direct'), 'clients' => (int) envv('DRV_CLIENTS', '30'),
     'churn' => (int) envv('DRV_CHURN', '1000'),
     'only' => array_values(array_filter(explode(',', envv('DRV_ONLY', '')))),
+    // DRV_SSL=require (the matrix's -tls modes): TLS without certificate checks; otherwise libpq's default.
+    'sslmode' => envv('DRV_SSL', '') === 'require' ? 'require' : 'prefer',
 ];
 
 class NotApplicable extends Exception {}
@@ -64,7 +66,10 @@ function expect_state(callable $fn, string ...$states): void
 function connect(?string $user = null, ?string $password = null): PDO
 {
     global $P;
-    $dsn = "pgsql:host={$P['host']};port={$P['port']};dbname={$P['db']};connect_timeout=10";
+    // Over TLS the SCRAM role's logins must bind to the channel (SCRAM-SHA-256-PLUS); the md5 role cannot.
+    $binding = $P['sslmode'] === 'require' && ($user ?? $P['user']) === $P['user'] ? 'require' : 'prefer';
+    $dsn = "pgsql:host={$P['host']};port={$P['port']};dbname={$P['db']};connect_timeout=10;sslmode={$P['sslmode']}"
+        . ";channel_binding=$binding";
     return new PDO($dsn, $user ?? $P['user'], $password ?? $P['password'], [
         PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION,
         PDO::ATTR_EMULATE_PREPARES => false,

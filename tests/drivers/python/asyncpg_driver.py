@@ -51,6 +51,7 @@ class Driver:
             user=user or self.p.user,
             password=password if password is not None else self.p.password,
             timeout=10,
+            **({"ssl": "require"} if self.p.ssl else {}),
         )
 
     async def table(self, conn: Any, cols: str = "k int, v text") -> str:

@@ -42,6 +42,7 @@ class Params:
     churn: int
     timeout: float
     only: set[str]
+    ssl: bool  # DRV_SSL=require: TLS without certificate checks (the matrix's -tls modes)
 
     @classmethod
     def from_env(cls) -> Params:
@@ -60,18 +61,27 @@ class Params:
             churn=int(e.get("DRV_CHURN", "1000")),
             timeout=float(e.get("DRV_TIMEOUT", "60")),
             only=only,
+            ssl=e.get("DRV_SSL", "") == "require",
         )
 
     def conninfo(self, user: str | None = None, password: str | None = None) -> str:
         return (
             f"host={self.host} port={self.port} dbname={self.db} user={user or self.user} "
             f"password={password if password is not None else self.password} connect_timeout=10"
+            + (" sslmode=require" + self._binding(user) if self.ssl else "")
         )
+
+    def _binding(self, user: str | None) -> str:
+        # Over TLS the SCRAM role's logins must bind to the channel (SCRAM-SHA-256-PLUS), directly and through
+        # the pooler; the md5 role cannot (libpq refuses an md5 login under channel_binding=require).
+        return " channel_binding=require" if user in (None, self.user) else ""
 
     def url(self, scheme: str, user: str | None = None, password: str | None = None) -> str:
         return (
             f"{scheme}://{user or self.user}:{password if password is not None else self.password}"
             f"@{self.host}:{self.port}/{self.db}"
+            + (("?ssl=require" if "asyncpg" in scheme else "?sslmode=require" + self._binding(user).replace(" ", "&"))
+               if self.ssl else "")
         )
 
 

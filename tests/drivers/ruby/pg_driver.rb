@@ -23,7 +23,9 @@ P = {
   md5_user: E.fetch('DRV_MD5_USER', 'app_md5'), md5_password: E.fetch('DRV_MD5_PASSWORD', ''),
   mode: E.fetch('DRV_MODE', 'direct'), clients: E.fetch('DRV_CLIENTS', '30').to_i,
   churn: E.fetch('DRV_CHURN', '1000').to_i, timeout: E.fetch('DRV_TIMEOUT', '60').to_f,
-  only: E.fetch('DRV_ONLY', '').split(',').reject(&:empty?)
+  only: E.fetch('DRV_ONLY', '').split(',').reject(&:empty?),
+  # DRV_SSL=require (the matrix's -tls modes): TLS without certificate checks; otherwise libpq's default.
+  sslmode: E.fetch('DRV_SSL', '') == 'require' ? 'require' : 'prefer'
 }.freeze
 
 class NotApplicable < StandardError; end
@@ -58,7 +60,10 @@ def listen_refused(err)
 end
 
 def connect(user = P[:user], password = P[:password])
-  PG.connect(host: P[:host], port: P[:port], dbname: P[:db], user: user, password: password, connect_timeout: 10)
+  # Over TLS the SCRAM role's logins must bind to the channel (SCRAM-SHA-256-PLUS); the md5 role cannot.
+  binding = P[:sslmode] == 'require' && user == P[:user] ? 'require' : 'prefer'
+  PG.connect(host: P[:host], port: P[:port], dbname: P[:db], user: user, password: password, connect_timeout: 10,
+             sslmode: P[:sslmode], channel_binding: binding)
 end
 
 def with_conn

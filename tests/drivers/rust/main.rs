@@ -5,10 +5,16 @@
 
 use bytes::Bytes;
 use futures_util::{future, pin_mut, stream, SinkExt, StreamExt};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Notification, SimpleQueryMessage};
 
 const NAME: &str = "tokio-postgres";
@@ -35,6 +41,7 @@ struct Params {
     churn: i32,
     timeout: f64,
     only: Vec<String>,
+    ssl: bool,
 }
 
 fn env(key: &str, def: &str) -> String {
@@ -56,6 +63,7 @@ impl Params {
             churn: env("DRV_CHURN", "1000").parse().unwrap(),
             timeout: env("DRV_TIMEOUT", "60").parse().unwrap(),
             only: env("DRV_ONLY", "").split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+            ssl: env("DRV_SSL", "") == "require",
         }
     }
 }
@@ -128,12 +136,76 @@ struct Conn {
     notes: mpsc::UnboundedReceiver<Notification>,
 }
 
-async fn connect_as(p: &Params, user: &str, password: &str) -> Result<Conn, tokio_postgres::Error> {
-    let conninfo = format!(
-        "host={} port={} dbname={} user={} password={} connect_timeout=10",
-        p.host, p.port, p.db, user, password
-    );
-    let (client, mut connection) = tokio_postgres::connect(&conninfo, NoTls).await?;
+// TLS for DRV_SSL=require (the matrix's -tls modes): native-tls without certificate checks, and the
+// tls-server-end-point channel binding data of the server's certificate, so that tokio-postgres's SCRAM
+// binds (SCRAM-SHA-256-PLUS) as it would with the postgres-native-tls crate, which Debian does not package.
+#[derive(Clone)]
+struct Tls(tokio_native_tls::TlsConnector);
+
+impl Tls {
+    fn new() -> Tls {
+        let c = native_tls::TlsConnector::builder().danger_accept_invalid_certs(true).build().unwrap();
+        Tls(tokio_native_tls::TlsConnector::from(c))
+    }
+}
+
+struct TlsTo(tokio_native_tls::TlsConnector, String);
+
+struct TlsConn<S>(tokio_native_tls::TlsStream<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> MakeTlsConnect<S> for Tls {
+    type Stream = TlsConn<S>;
+    type TlsConnect = TlsTo;
+    type Error = native_tls::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<TlsTo, native_tls::Error> {
+        Ok(TlsTo(self.0.clone(), domain.to_string()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> TlsConnect<S> for TlsTo {
+    type Stream = TlsConn<S>;
+    type Error = native_tls::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<TlsConn<S>, native_tls::Error>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move { Ok(TlsConn(self.0.connect(&self.1, stream).await?)) })
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for TlsConn<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        match self.0.get_ref().tls_server_end_point() {
+            Ok(Some(data)) => ChannelBinding::tls_server_end_point(data),
+            _ => ChannelBinding::none(),
+        }
+    }
+}
+
+// Drives a Connection; its asynchronous NotificationResponse messages (LISTEN) go to the returned channel.
+fn pump<S, T>(mut connection: tokio_postgres::Connection<S, T>) -> mpsc::UnboundedReceiver<Notification>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = mpsc::unbounded_channel();
     // The Connection future must be polled for anything to happen; poll_message also yields
     // the asynchronous NotificationResponse messages that LISTEN needs.
@@ -149,7 +221,29 @@ async fn connect_as(p: &Params, user: &str, password: &str) -> Result<Conn, toki
             }
         }
     });
-    Ok(Conn { client, notes: rx })
+    rx
+}
+
+async fn connect_as(p: &Params, user: &str, password: &str) -> Result<Conn, tokio_postgres::Error> {
+    let conninfo = format!(
+        "host={} port={} dbname={} user={} password={} connect_timeout=10 sslmode={} channel_binding={}",
+        p.host,
+        p.port,
+        p.db,
+        user,
+        password,
+        if p.ssl { "require" } else { "disable" },
+        // Over TLS the SCRAM role's logins must bind to the channel (SCRAM-SHA-256-PLUS); the md5 role cannot.
+        if p.ssl && user == p.user { "require" } else { "prefer" }
+    );
+    let (client, notes) = if p.ssl {
+        let (client, connection) = tokio_postgres::connect(&conninfo, Tls::new()).await?;
+        (client, pump(connection))
+    } else {
+        let (client, connection) = tokio_postgres::connect(&conninfo, NoTls).await?;
+        (client, pump(connection))
+    };
+    Ok(Conn { client, notes })
 }
 
 async fn connect(p: &Params) -> R<Conn> {
@@ -411,7 +505,11 @@ async fn scenario(name: &str, p: Arc<Params>) -> R<String> {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let t0 = Instant::now();
-            token.cancel_query(NoTls).await?;
+            if p.ssl {
+                token.cancel_query(Tls::new()).await?;
+            } else {
+                token.cancel_query(NoTls).await?;
+            }
             match tokio::time::timeout(Duration::from_secs(5), task).await {
                 Ok(Ok(res)) => expect_state(res, "57014")?,
                 Ok(Err(e)) => return Err(Failure::Fail(format!("query task failed: {e}"))),

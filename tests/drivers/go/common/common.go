@@ -44,6 +44,7 @@ type Params struct {
 	Port, Clients, Churn                                 int
 	Timeout                                              time.Duration
 	Only                                                 map[string]bool
+	SSLMode                                              string
 }
 
 func env(key, def string) string {
@@ -69,12 +70,18 @@ func FromEnv() Params {
 			only[s] = true
 		}
 	}
+	// DRV_SSL=require (the matrix's -tls modes): TLS without certificate checks, as libpq's sslmode=require.
+	sslMode := "disable"
+	if env("DRV_SSL", "") == "require" {
+		sslMode = "require"
+	}
 	return Params{
 		Host: env("DRV_HOST", "127.0.0.1"), Port: atoi(env("DRV_PORT", "5432")), DB: env("DRV_DB", "app"),
 		User: env("DRV_USER", "app_scram"), Password: env("DRV_PASSWORD", ""),
 		MD5User: env("DRV_MD5_USER", "app_md5"), MD5Password: env("DRV_MD5_PASSWORD", ""),
 		Mode: env("DRV_MODE", "direct"), Clients: atoi(env("DRV_CLIENTS", "30")),
 		Churn: atoi(env("DRV_CHURN", "1000")), Timeout: time.Duration(secs * float64(time.Second)), Only: only,
+		SSLMode: sslMode,
 	}
 }
 
@@ -83,7 +90,7 @@ func (p Params) URL(user, password string) string {
 	if user == "" {
 		user, password = p.User, p.Password
 	}
-	return fmt.Sprintf("postgres://%s:%s@%s:%d/%s?sslmode=disable&connect_timeout=10", user, password, p.Host, p.Port, p.DB)
+	return fmt.Sprintf("postgres://%s:%s@%s:%d/%s?sslmode=%s&connect_timeout=10", user, password, p.Host, p.Port, p.DB, p.SSLMode)
 }
 
 // Scenarios reads the canonical list from tests/drivers/scenarios.py so the languages cannot drift.
