@@ -9,7 +9,8 @@ it, "transaction-tls" through a pgdoorman in transaction mode with `tls_mode: re
 clients and `server_tls_mode: require` towards PostgreSQL, pool_churn with TLS_CHURN connections.
 
     python tests/drivers/run_matrix.py [--drivers a,b] [--modes direct,session,transaction,...]
-                                       [--scenarios x,y] [--workers N] [--doc PATH | --no-doc]
+                                       [--scenarios x,y] [--workers N] [--pooler-python PY]
+                                       [--doc PATH | --no-doc]
 
 tests/drivers/test_matrix.py (plain modes) and test_matrix_tls.py (-tls modes) are the pytest entry points
 over the same Matrix class.
@@ -560,7 +561,11 @@ class Matrix:
     """Owns the PostgreSQL cluster (or borrows one) and the pooler for the current mode."""
 
     def __init__(
-        self, pg: PgCluster | None = None, workers: int | None = None, workdir: str | None = None
+        self,
+        pg: PgCluster | None = None,
+        workers: int | None = None,
+        workdir: str | None = None,
+        pooler_python: str | None = None,
     ) -> None:
         self._own_dir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix="pgdoorman-drivers-")
@@ -569,6 +574,8 @@ class Matrix:
         self._own_pg = pg is None
         self._pg = pg
         self.workers = workers
+        # The interpreter the poolers run on (the free-threaded build, say); the test process's by default.
+        self.pooler_python = os.path.abspath(pooler_python) if pooler_python else sys.executable
         self.pooler: Pooler | None = None
         self.pooler_mode: str | None = None
         self.pooler_error: str | None = None
@@ -612,7 +619,7 @@ class Matrix:
         self._pooler_starts += 1
         workdir = os.path.join(self.workdir, f"pooler-{mode}-{self._pooler_starts}")
         os.makedirs(workdir, exist_ok=True)
-        pooler = Pooler(cfg, workdir)
+        pooler = Pooler(cfg, workdir, python=self.pooler_python)
         self.pooler_mode = mode
         self.pooler_logs[mode] = pooler.log_path
         self.pooler_logs_all.append((mode, pooler.log_path))
@@ -946,6 +953,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--workers", type=int, default=None, help="pooler worker_threads (default: the test config's)"
     )
+    ap.add_argument("--pooler-python", default=None, help="the interpreter the poolers run on (default: this one)")
     ap.add_argument("--churn", type=int, default=1000, help="connections in pool_churn (default 1000)")
     ap.add_argument(
         "--doc", default=None, help=f"markdown output (default {DOC_PATH.relative_to(ROOT)} on a full run)"
@@ -972,7 +980,7 @@ def main(argv: list[str] | None = None) -> int:
     full = not args.drivers and not args.scenarios and modes == list(MODES) and args.churn == 1000
     doc = None if args.no_doc else (Path(args.doc) if args.doc else (DOC_PATH if full else None))
 
-    matrix = Matrix(workers=args.workers)
+    matrix = Matrix(workers=args.workers, pooler_python=args.pooler_python)
     started = time.monotonic()
     try:
         for mode in modes:
