@@ -88,8 +88,13 @@ test-pg-newest: deps venv drivers
 	bindir=$$($(VPY) scripts/fetch_postgres.py $(PG_NEWEST)) && \
 	PGDOORMAN_PG_BINDIR=$$bindir $(VPY) -m pytest $(PYTEST_PARALLEL) $(COMPARE_TESTS)
 
-test-ft: deps ft-python
-	PGDOORMAN_EXPECT_FREE_THREADING=1 $(FT_PY) -m pytest -m concurrency tests/integration
+# The concurrency tests on the free-threaded build, then the driver matrix (run by .venv's pytest, where the
+# drivers are) with its poolers on that build and two worker threads: tests/drivers/test_matrix_ft.py.
+test-ft: deps venv drivers ft-python
+	rc=0; \
+	PGDOORMAN_EXPECT_FREE_THREADING=1 $(FT_PY) -m pytest -m concurrency tests/integration || rc=1; \
+	PGDOORMAN_FT_PYTHON=$(abspath $(FT_PY)) $(VPY) -m pytest tests/drivers/test_matrix_ft.py || rc=1; \
+	exit $$rc
 
 ft-python:
 	scripts/build_python_ft.sh

@@ -11,7 +11,10 @@ import pytest
 from run_matrix import MATRIX_PROPERTY, SCENARIOS, Driver, Matrix, run_to_dict
 
 
-def check_driver(matrix: Matrix, mode: str, driver: Driver, request: pytest.FixtureRequest) -> None:
+def check_driver(
+    matrix: Matrix, mode: str, driver: Driver, request: pytest.FixtureRequest, label: str | None = None
+) -> None:
+    """`label`: the mode's name in the table printed at the end of the session (default `mode`)."""
     missing = driver.missing()
     if missing:
         if os.environ.get("CI"):
@@ -23,7 +26,7 @@ def check_driver(matrix: Matrix, mode: str, driver: Driver, request: pytest.Fixt
     # The driver x scenario x mode table is printed at the end of the session from these (tests/conftest.py's
     # pytest_terminal_summary), also when the test ran in a pytest-xdist worker.
     # (user_properties, not the record_property fixture, which warns under --junitxml's default xunit2)
-    request.node.user_properties.append((MATRIX_PROPERTY, run_to_dict(run)))
+    request.node.user_properties.append((MATRIX_PROPERTY, {**run_to_dict(run), "mode": label or mode}))
     failures = run.failures()
     lines = [f"{s}: {detail}" for s, detail in failures] + [f"note: {n}" for n in run.notes]
     if failures and run.pooler_excerpt:

@@ -399,6 +399,7 @@ def render_recorded(recorded: list[dict[str, Any]]) -> str:
     runs = {(r.driver, r.mode): r for r in map(run_from_dict, recorded)}
     ran = [d for d in DRIVERS if any(dn == d.name for dn, _ in runs)]
     modes = [mode for mode in MODES if any(md == mode for _, md in runs)]
+    modes += sorted({md for _, md in runs} - set(modes))  # labels of other runs (test_matrix_ft.py's)
     return render_text(runs, ran, modes, list(SCENARIOS))
 
 
