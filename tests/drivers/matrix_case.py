@@ -6,9 +6,26 @@ its reason otherwise."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from run_matrix import MATRIX_PROPERTY, SCENARIOS, Driver, Matrix, run_to_dict
+
+from tests.support.cluster import PgCluster
+
+
+def matrix_for(pg: PgCluster | None = None, workers: int | None = None,
+               pooler_python: str | None = None) -> Iterator[Matrix]:
+    """A module's Matrix (its fixture yields from this), closed at the end: on `pg` (else one of its own, started
+    when a mode needs it), with `workers` worker threads (default PGDOORMAN_DRIVER_WORKERS, else the test
+    config's), its poolers on `pooler_python` (default this interpreter)."""
+    env = os.environ.get("PGDOORMAN_DRIVER_WORKERS")
+    m = Matrix(pg=pg, workers=workers if workers is not None else int(env) if env else None,
+               pooler_python=pooler_python)
+    try:
+        yield m
+    finally:
+        m.close()
 
 
 def check_driver(

@@ -6,7 +6,6 @@ end of the session."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from matrix_case import check_driver  # noqa: E402
+from matrix_case import check_driver, matrix_for  # noqa: E402
 from run_matrix import DRIVERS, MODES, TLS_SUFFIX, Driver, Matrix  # noqa: E402
 
 from tests.support.cluster import PgCluster  # noqa: E402
@@ -26,12 +25,7 @@ CASES = [(mode, d) for mode in MODES if not mode.endswith(TLS_SUFFIX) for d in D
 
 @pytest.fixture(scope="module")
 def matrix(pg: PgCluster) -> Iterator[Matrix]:
-    workers = os.environ.get("PGDOORMAN_DRIVER_WORKERS")
-    m = Matrix(pg=pg, workers=int(workers) if workers else None)
-    try:
-        yield m
-    finally:
-        m.close()
+    yield from matrix_for(pg=pg)
 
 
 @pytest.mark.timeout(900)

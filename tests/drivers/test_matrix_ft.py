@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from matrix_case import check_driver  # noqa: E402
+from matrix_case import check_driver, matrix_for  # noqa: E402
 from run_matrix import DRIVERS, ROOT, TLS_SUFFIX, Driver, Matrix  # noqa: E402
 
 MODES = ("transaction", "transaction" + TLS_SUFFIX)
@@ -50,11 +50,7 @@ def _ft_python() -> str:
 
 @pytest.fixture(scope="module")
 def matrix() -> Iterator[Matrix]:
-    m = Matrix(workers=WORKERS, pooler_python=_ft_python())
-    try:
-        yield m
-    finally:
-        m.close()
+    yield from matrix_for(workers=WORKERS, pooler_python=_ft_python())
 
 
 @pytest.mark.timeout(900)

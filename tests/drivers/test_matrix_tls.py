@@ -6,7 +6,6 @@ libpq's, tokio-postgres's) under each driver's own TLS code. Same body as test_m
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from matrix_case import check_driver  # noqa: E402
+from matrix_case import check_driver, matrix_for  # noqa: E402
 from run_matrix import DRIVERS, MODES, TLS_SUFFIX, Driver, Matrix  # noqa: E402
 
 CASES = [(mode, d) for mode in MODES if mode.endswith(TLS_SUFFIX) for d in DRIVERS]
@@ -24,12 +23,7 @@ CASES = [(mode, d) for mode in MODES if mode.endswith(TLS_SUFFIX) for d in DRIVE
 @pytest.fixture(scope="module")
 def matrix() -> Iterator[Matrix]:
     """A Matrix of its own: it starts only the TLS PostgreSQL (the plain one is never asked for)."""
-    workers = os.environ.get("PGDOORMAN_DRIVER_WORKERS")
-    m = Matrix(workers=int(workers) if workers else None)
-    try:
-        yield m
-    finally:
-        m.close()
+    yield from matrix_for()
 
 
 @pytest.mark.timeout(900)

@@ -137,7 +137,7 @@ public class PgJdbcDriver {
         props.setProperty("password", pw);
         props.setProperty("connectTimeout", "10");
         if (prepareThreshold != null) props.setProperty("prepareThreshold", prepareThreshold);
-        props.setProperty("sslmode", ssl ? "require" : "disable");
+        if (ssl) props.setProperty("sslmode", "require"); // (otherwise pgjdbc's default, prefer: SSLRequest, then N)
         return DriverManager.getConnection("jdbc:postgresql://" + host + ":" + port + "/" + db, props);
     }
 
