@@ -1,7 +1,7 @@
-"""The body of one driver matrix test (tests/drivers/test_matrix.py, test_matrix_tls.py): runs one driver
-program in one mode through run_matrix.py's Matrix and fails with every failed scenario's detail. A driver
-whose toolchain is missing fails under CI=true (CI must run scripts/install_drivers.sh) and is skipped with
-its reason otherwise."""
+"""The body of one driver matrix test (tests/drivers/test_matrix.py, test_matrix_tls.py, test_matrix_ft.py):
+runs one driver program in one mode through run_matrix.py's Matrix and fails with every failed scenario's
+detail. A driver whose toolchain is missing fails under CI=true (CI must run scripts/install_drivers.sh) and
+is skipped with its reason otherwise. Their fixtures yield the module's Matrix from `matrix_for`."""
 
 from __future__ import annotations
 
