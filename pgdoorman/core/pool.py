@@ -76,6 +76,7 @@ class Pool:
         self.epoch = 0  # RECONNECT bumps it: servers of an older epoch are closed when they come back
         # Learned from the first server connection and sent to every client at login.
         self.server_params: dict[str, str] | None = None
+        self.default_search_path = ""  # the role's or database's, read at server login before PostgreSQL 18
         # (setting, value as a client gave it) -> the value as PostgreSQL reports it, for startup settings a
         # server accepted: a client whose settings are all known logs in (transaction mode) without a server.
         self.spellings: dict[tuple[str, str], str] = {}

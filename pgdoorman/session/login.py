@@ -513,7 +513,7 @@ class ClientLogin(FastPaths):
         self.want_base = want  # as PostgreSQL spells them now (the login's sync normalised them); shared, never
         # changed in place: a later change of `want` replaces it (session/shared.py)
         self.ps = self.transaction_mode and self.app.config.general.prepared_statements
-        if self.transaction_mode and want.get("search_path", "").lower().find("pg_temp") >= 0:
+        if self.transaction_mode and want.get("search_path", pool.default_search_path).lower().find("pg_temp") >= 0:
             self.leaves |= leaks.PINS  # its first transaction ends with the pin check (core/txstate.py: temp_path)
         if not self.transaction_mode:
             read = any(k != "application_name" for k in self.settings)  # (what it may RESET: txresets.py)

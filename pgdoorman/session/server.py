@@ -254,13 +254,27 @@ class ServerConn(ServerWrapped):
         return False
 
     def _login_complete(self) -> None:
-        self.timer.cancel()
         self.state = IDLE
         self.inbuf = bytearray()
         login = self.login
         assert login is not None
         self.params, self.pid, self.secret = login.params, login.pid, login.secret
         self.login = None
+        if self.pool.transaction_mode and params.server_major(self.params.get("server_version", "")) < 18:
+            # Before 18 PostgreSQL does not report search_path: a role's or database's default that puts pg_temp
+            # first would make a client's CREATE TABLE temporary unseen (login.py checks its first transaction).
+            self.run_internal(["SHOW search_path"], self._search_path_read, rows=True)
+            return
+        self._logged_in()
+
+    def _search_path_read(self, ok: bool) -> None:
+        rows, self.internal_rows = self.internal_rows or [], None
+        if ok and rows and rows[0]:
+            self.pool.default_search_path = rows[0][0] or ""
+        self._logged_in()
+
+    def _logged_in(self) -> None:
+        self.timer.cancel()
         pool = self.pool
         if pool.server_params is None:
             pool.server_params = dict(self.params)

@@ -24,7 +24,7 @@ from pgdoorman.net.conn import Conn
 from pgdoorman.net.tls import end_point_of, ssl_reason
 from pgdoorman.protocol import messages as m
 from pgdoorman.session.server_login import BackendLogin
-from pgdoorman.session.states import CONNECTING, LOGIN
+from pgdoorman.session.states import CONNECTING, INTERNAL, LOGIN
 
 if TYPE_CHECKING:
     from pgdoorman.core.fallback import Target
@@ -211,7 +211,8 @@ class ServerDial(Conn):
         self.close(why)
 
     def _connect_timed_out(self) -> None:
-        if self.state in (CONNECTING, LOGIN):
+        # (INTERNAL: the login's own read of search_path, server.py; the timer is cancelled once logged in)
+        if self.state in (CONNECTING, LOGIN, INTERNAL):
             self.connect_error = m.error_response(
                 "08006", f"could not connect to server {self.addr}: connect_timeout expired", "FATAL")
             self.close("connect timeout")
