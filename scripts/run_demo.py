@@ -137,7 +137,11 @@ def main(argv: list[str]) -> int:
         config = write_config(cluster, port, web_port)
         print(f"PostgreSQL {cluster.bindir} on {HOST}:{pg_port} (log {cluster.logfile})")
         print(f"pgdoorman config: {config}")
-        proc = subprocess.Popen([sys.executable, "-m", "pgdoorman", str(config), *argv], cwd=ROOT)
+        # Its own session: Ctrl-C (or a SIGINT sent to the whole group, as `timeout -s INT` sends it) is ours to
+        # handle. Reaching the pooler without a terminal, SIGINT is PgDoorman's binary upgrade: a new pooler
+        # process took over and outlived this script and its PostgreSQL.
+        proc = subprocess.Popen([sys.executable, "-m", "pgdoorman", str(config), *argv], cwd=ROOT,
+                                start_new_session=True)
         try:
             if wait_listening(proc, port):
                 psql = shutil.which("psql") or os.path.join(cluster.bindir, "psql")
@@ -154,11 +158,6 @@ def main(argv: list[str]) -> int:
             print(f"run_demo: pgdoorman exited with {code}")
             return code
         except KeyboardInterrupt:
-            # Ctrl-C reached the pooler too (same process group); give it a moment to shut down.
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
             return 0
         finally:
             stop_pooler(proc)
