@@ -260,7 +260,9 @@ class ServerConn(ServerWrapped):
         assert login is not None
         self.params, self.pid, self.secret = login.params, login.pid, login.secret
         self.login = None
-        if self.pool.transaction_mode and params.server_major(self.params.get("server_version", "")) < 18:
+        pool = self.pool
+        pool.connected(self)  # (a connected server's slot from here: one that closes while search_path is read too)
+        if pool.transaction_mode and params.server_major(self.params.get("server_version", "")) < 18:
             # Before 18 PostgreSQL does not report search_path: a role's or database's default that puts pg_temp
             # first would make a client's CREATE TABLE temporary unseen (login.py checks its first transaction).
             self.run_internal(["SHOW search_path"], self._search_path_read, rows=True)
@@ -278,7 +280,6 @@ class ServerConn(ServerWrapped):
         pool = self.pool
         if pool.server_params is None:
             pool.server_params = dict(self.params)
-        pool.connected(self)
         log.debug("server %s connected for %s (pid %d)", self.addr, pool.name, self.pid)
         self.worker.server_ready(self)
 

@@ -211,7 +211,8 @@ class ServerDial(Conn):
         self.close(why)
 
     def _connect_timed_out(self) -> None:
-        # (INTERNAL: the login's own read of search_path, server.py; the timer is cancelled once logged in)
+        # (INTERNAL: the login's read of search_path, server.py, the server's slot counted as connected: its close
+        # frees the slot and opens another for the waiters, worker.server_closed; the timer stops once logged in)
         if self.state in (CONNECTING, LOGIN, INTERNAL):
             self.connect_error = m.error_response(
                 "08006", f"could not connect to server {self.addr}: connect_timeout expired", "FATAL")
