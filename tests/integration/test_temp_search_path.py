@@ -207,7 +207,11 @@ class _CutFirstLogin:
                     break
         except OSError:
             pass
-        for s in (a, b):
+        for s in (a, b):  # shutdown first: a close alone does not end the other thread's recv, nor send the FIN
+            try:  # (PostgreSQL's backend would stay, idle, for the rest of the session)
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             s.close()
 
 
