@@ -7,8 +7,6 @@ connection was logging in again or waiting to retry."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from typing import Any
 
@@ -18,6 +16,7 @@ from tests.integration.test_listen_notify import connect, drain, shape
 from tests.integration.test_web_api import get, web_pooler
 from tests.support.cluster import ADMIN_PASSWORD, ADMIN_USER, DBNAME, SCRAM_PASSWORD, SCRAM_USER
 from tests.support.pooler import Pooler, wait_for
+from tests.support.relay import GateProxy
 from tests.support.wire import WireClient, WireError, query
 
 pytestmark = pytest.mark.timeout(120)
@@ -132,107 +131,6 @@ def test_removed_pool_nobody_listens_on_closes_it_at_the_reload(pg: Any, pooler_
     finally:
         pooled.close()
         checker.close()
-
-
-class GateProxy:
-    """A TCP relay to PostgreSQL for one pool. `hold()`: new connections are accepted and wait (a login
-    that does not progress) until `open()`; `refuse()`: they are closed at once (a login that fails);
-    `freeze()`: what PostgreSQL sends on the connections open now is dropped, until `cut()` closes them.
-    `ports` are the relay's own ports towards PostgreSQL (pg_stat_activity.client_port)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.lsock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.lsock.getsockname()[1]
-        self.gate = threading.Event()
-        self.gate.set()
-        self.refusing = False
-        self.waiting = 0  # connections held at the gate
-        self.ports: list[int] = []
-        self.socks: list[socket.socket] = []
-        self.pairs: list[tuple[socket.socket, socket.socket]] = []  # (pooler side, PostgreSQL side)
-        self.frozen: set[int] = set()  # ids of the pooler-side sockets
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def freeze(self) -> None:
-        self.frozen = {id(d) for d, _ in self.pairs}
-
-    def cut(self) -> None:
-        for d, u in self.pairs:
-            if id(d) in self.frozen:
-                for x in (d, u):
-                    try:
-                        x.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-    def hold(self) -> None:
-        self.gate.clear()
-
-    def refuse(self) -> None:
-        self.refusing = True
-
-    def open(self) -> None:
-        self.refusing = False
-        self.gate.set()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                down, _ = self.lsock.accept()
-            except OSError:
-                return
-            self.socks.append(down)
-            threading.Thread(target=self._serve, args=(down,), daemon=True).start()
-
-    def _serve(self, down: socket.socket) -> None:
-        if self.refusing:
-            down.close()
-            return
-        self.waiting += 1
-        self.gate.wait()
-        self.waiting -= 1
-        up = socket.create_connection(self.target)
-        self.socks.append(up)
-        self.ports.append(up.getsockname()[1])
-        self.pairs.append((down, up))
-        threading.Thread(target=self._pump, args=(up, down), daemon=True).start()
-        self._pump(down, up)
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        while True:
-            try:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if id(dst) not in self.frozen:
-                    dst.sendall(data)
-            except OSError:
-                break
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def backends(self, checker: WireClient) -> list[list[str | None]]:
-        """PostgreSQL's sessions that came through this relay, still there."""
-        if not self.ports:
-            return []
-        ports = ",".join(map(str, self.ports))
-        return checker.query_rows(f"select pid, state, query from pg_stat_activity where client_port in ({ports})")
-
-    def close(self) -> None:
-        self.lsock.close()
-        for s in self.socks:
-            # shutdown first: a bare close() of a socket another thread is blocked reading leaves the
-            # connection open (the kernel keeps it for that read), and PostgreSQL's backend with it (one stayed
-            # through the rest of its xdist worker's run and was counted by test_coordinator).
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
 
 
 @pytest.fixture

@@ -11,9 +11,6 @@ B with different settings; the search_path set by SET or given at startup.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from typing import Any
 
 import psycopg
@@ -21,6 +18,7 @@ import pytest
 
 from tests.integration.test_transparency import SETTINGS_A, connect
 from tests.support.cluster import ADMIN_PASSWORD, ADMIN_USER, DBNAME, SUPERUSER
+from tests.support.relay import GateProxy
 from tests.support.wire import WireClient, WireError
 
 pytestmark = pytest.mark.timeout(120)
@@ -173,48 +171,6 @@ def _role_default(host: str, port: int) -> list[Any]:
     return got
 
 
-class _CutFirstLogin:
-    """A TCP relay to PostgreSQL that closes its first connection right after passing on the login's
-    ReadyForQuery (so, before 18, while the pooler's login reads search_path); later connections pass whole."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.cut = True
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            u = socket.create_connection(self.target)
-            cut, self.cut = self.cut, False
-            threading.Thread(target=self._pump, args=(u, c, cut), daemon=True).start()
-            threading.Thread(target=self._pump, args=(c, u, False), daemon=True).start()
-
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket, cut: bool) -> None:
-        seen = b""
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-                seen += data if cut else b""
-                if cut and b"Z\x00\x00\x00\x05" in seen:
-                    time.sleep(0.05)  # (the pooler's SHOW is on its way)
-                    break
-        except OSError:
-            pass
-        for s in (a, b):  # shutdown first: a close alone does not end the other thread's recv, nor send the FIN
-            try:  # (PostgreSQL's backend would stay, idle, for the rest of the session)
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-
 def test_a_server_lost_while_its_login_reads_search_path_frees_its_slot(pg: Any, pooler_factory: Any) -> None:
     """Before 18 a transaction-mode server's login ends with `SHOW search_path` (server.py). A server lost then
     (here: the relay cuts it) must give its slot back and a new server must open for the waiting client; the
@@ -223,7 +179,8 @@ def test_a_server_lost_while_its_login_reads_search_path_frees_its_slot(pg: Any,
         if "search_path" in c.parameters:
             pytest.skip(f"PostgreSQL {c.parameters['server_version']} reports search_path: no read at login (before "
                         "18 only; the main run's PostgreSQL 15 runs this)")
-    relay = _CutFirstLogin(pg.host, pg.port)
+    relay = GateProxy(pg.host, pg.port)
+    relay.cut_after_login()
     try:
         p = pooler_factory(pool_mode="transaction", pool_size=1, general={"query_wait_timeout": 10000},
                            pool={"server_port": relay.port})
@@ -231,4 +188,4 @@ def test_a_server_lost_while_its_login_reads_search_path_frees_its_slot(pg: Any,
             with connect(p.host, p.port) as c:
                 assert c.query_rows(f"select {n}") == [[str(n)]]
     finally:
-        relay.sock.close()
+        relay.close()
